@@ -1,0 +1,183 @@
+"""Verification of the accounts service's tokens, locally, from its cached JWKS.
+
+Checkout and inventory never call accounts on the order path: the JWKS is fetched once, kept,
+and refreshed only when a token names a key id we do not know, at most once per
+`min_refresh_seconds`, so a flood of forged key ids cannot turn into a flood of fetches.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import wraps
+from typing import Callable
+
+import jwt
+import requests
+from flask import current_app, g, request
+
+from shared.errors import Forbidden, Unauthorized
+
+ALGORITHMS = ("ES256",)
+log = logging.getLogger("floodgate.auth")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a buyer, an admin, or another service."""
+
+    subject: str
+    role: str
+    email: str | None = None
+    tier: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class KeySet:
+    """The accounts service's public keys, fetched lazily and refreshed at a bounded rate."""
+
+    def __init__(self, jwks_url: str, min_refresh_seconds: float = 30.0, fetch: Callable[[str], dict] | None = None):
+        self._url = jwks_url
+        self._min_refresh = min_refresh_seconds
+        self._fetch = fetch or _http_fetch
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._last_fetch = float("-inf")
+        self._lock = threading.Lock()
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        """The public key with id `kid`, refreshing the set once if it is unknown and allowed."""
+        found = self._keys.get(kid)
+        if found is not None:
+            return found
+        with self._lock:
+            if kid not in self._keys and time.monotonic() - self._last_fetch >= self._min_refresh:
+                self._refresh()
+        return self._keys.get(kid)
+
+    def _refresh(self) -> None:
+        self._last_fetch = time.monotonic()
+        try:
+            document = self._fetch(self._url)
+        except Exception:  # keep serving the keys we have; the next unknown kid retries later
+            log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=True)
+            return
+        keys = {}
+        for entry in document.get("keys", []):
+            try:
+                if entry.get("kid") and entry.get("alg") in ALGORITHMS:
+                    keys[entry["kid"]] = jwt.PyJWK(entry)
+            except jwt.PyJWTError:
+                log.warning("ignoring unusable JWK", extra={"kid": entry.get("kid")})
+        self._keys = keys
+
+
+def _http_fetch(url: str) -> dict:
+    response = requests.get(url, timeout=3)
+    response.raise_for_status()
+    return response.json()
+
+
+class TokenVerifier:
+    """Checks a bearer token's signature, algorithm, key id, issuer, audience and lifetime."""
+
+    def __init__(self, keys: KeySet, issuer: str, audience: str, leeway_seconds: int = 5):
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+
+    def verify(self, token: str) -> Principal:
+        """The token's principal, or `Unauthorized` with a generic reason."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("The access token is malformed.")
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthorized("The access token's algorithm is not accepted.")
+        key = self._keys.key(str(header.get("kid", "")))
+        if key is None:
+            raise Unauthorized("The access token was signed by an unknown key.")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(ALGORITHMS),
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The access token has expired.")
+        except jwt.PyJWTError:
+            raise Unauthorized("The access token is not valid.")
+        return Principal(
+            subject=str(claims["sub"]),
+            role=str(claims.get("role", "buyer")),
+            email=claims.get("email"),
+            tier=claims.get("tier"),
+        )
+
+
+def init_app(app, verifier: TokenVerifier, service_key: str) -> None:
+    """Make `verifier` and the service key available to the decorators below."""
+    app.extensions["floodgate.auth"] = (verifier, service_key)
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send an access token as 'Authorization: Bearer <token>'.")
+    return token.strip()
+
+
+def current_principal() -> Principal:
+    """The verified caller of this request (verified once per request)."""
+    if "principal" not in g:
+        verifier, _ = current_app.extensions["floodgate.auth"]
+        g.principal = verifier.verify(_bearer())
+    return g.principal
+
+
+def require_user(view):
+    """Any signed-in buyer or admin."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        current_principal()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_admin(view):
+    """Admins only; buyers get 403."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not current_principal().is_admin:
+            raise Forbidden("This endpoint is for administrators.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_service(view):
+    """Other Floodgate services only, identified by the shared service key; never a buyer token."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        _, service_key = current_app.extensions["floodgate.auth"]
+        presented = request.headers.get("X-Service-Key", "")
+        if not presented or not hmac.compare_digest(presented.encode(), service_key.encode()):
+            raise Unauthorized("This endpoint is for Floodgate services.")
+        g.principal = Principal(subject="service", role="service")
+        return view(*args, **kwargs)
+
+    return wrapper

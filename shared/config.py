@@ -1,0 +1,76 @@
+"""Configuration read from environment variables, once, with local-development defaults.
+
+Every default here is a development default: it points at the local PostgreSQL and RabbitMQ
+and uses keys that are public in this repository. Production sets every one of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+DEV_SERVICE_KEY = "dev-only-service-key-not-a-secret"
+DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-not-a-secret"
+
+
+def _cast(raw: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(like, int):
+        return int(raw)
+    if isinstance(like, float):
+        return float(raw)
+    if isinstance(like, tuple):
+        return tuple(type(like[0])(part) if like else part for part in raw.split(",") if part)
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings every service shares. A service subclasses it to add its own fields.
+
+    Each field is read from the upper-cased environment variable of the same name;
+    `from_env` is the only place the environment is read.
+    """
+
+    service_name: str = "floodgate"
+    database_url: str = ""
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    log_level: str = "INFO"
+    # token verification (the accounts service's JWKS)
+    jwks_url: str = "http://127.0.0.1:8001/.well-known/jwks.json"
+    jwt_issuer: str = "floodgate-accounts"
+    jwt_audience: str = "floodgate"
+    jwks_min_refresh_seconds: float = 30.0
+    # service-to-service calls carry this key (development default)
+    service_key: str = DEV_SERVICE_KEY
+    # consumers
+    consumer_prefetch: int = 20
+    retry_delays_ms: tuple = (1000, 10_000, 60_000, 600_000)
+    max_attempts: int = 5
+    # outbox relay
+    relay_batch_size: int = 500
+    relay_idle_seconds: float = 0.05
+    # fault injection for tests and rehearsals; never set in production
+    fault_relay_exit_after_publish: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from `environ` (default: the process environment) and overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is not None:
+                values[f.name] = _cast(raw, f.default if f.default is not None else "")
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.database_url:
+            object.__setattr__(
+                settings,
+                "database_url",
+                f"postgresql+psycopg://postgres@127.0.0.1:5432/floodgate_{settings.service_name}",
+            )
+        return settings
+
+

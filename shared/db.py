@@ -1,0 +1,105 @@
+"""Database engine, sessions and the unit of work every service uses."""
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.engine import make_url
+
+from shared.messaging.outbox import add_event
+
+
+def make_engine(url: str, pool_size: int = 5, **kwargs) -> sa.Engine:
+    """A pooled engine. Connections are checked before use so a database restart heals itself."""
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        future=True,
+        **kwargs,
+    )
+
+
+def make_session_factory(engine: sa.Engine) -> orm.sessionmaker:
+    """Sessions that keep loaded objects readable after commit (views dump them afterwards)."""
+    return orm.sessionmaker(bind=engine, expire_on_commit=False, future=True)
+
+
+class UnitOfWork:
+    """One database transaction around one domain operation.
+
+    `with uow:` opens a session; leaving the block without `commit()` rolls back, so a handler
+    that raises changes nothing.
+    """
+
+    def __init__(self, session_factory: Callable[[], orm.Session], source: str):
+        self._session_factory = session_factory
+        self.source = source
+        self.session: orm.Session | None = None
+        self.committed = False
+
+    def __enter__(self) -> "UnitOfWork":
+        self.session = self._session_factory()
+        self.committed = False
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if not self.committed:
+                self.session.rollback()
+        finally:
+            self.session.close()
+            self.session = None
+
+    def commit(self) -> None:
+        """Commit the transaction; the block may go on and open another one."""
+        self.session.commit()
+        self.committed = True
+
+    def rollback(self) -> None:
+        """Abandon the transaction."""
+        self.session.rollback()
+
+    def publish(self, event_type: str, data: dict) -> None:
+        """Record an event in the outbox, in this transaction; the relay publishes it later."""
+        add_event(self.session, self.source, event_type, data)
+
+
+def create_database_if_missing(url: str) -> bool:
+    """Create the database named in `url` when it does not exist; return True if created.
+
+    Used by the development stack and the tests; in Kubernetes the databases are provisioned.
+    """
+    target = make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            )
+            if exists:
+                return False
+            conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+            return True
+    finally:
+        admin.dispose()
+
+
+def drop_database(url: str) -> None:
+    """Drop the database named in `url`, disconnecting its sessions (tests clean up with it)."""
+    target = make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def ping(engine: sa.Engine) -> None:
+    """Raise when the database does not answer a trivial query."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))

@@ -1,0 +1,119 @@
+"""Errors as values with a type, rendered as `application/problem+json` (RFC 9457) in one place."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+PROBLEM_BASE = "https://floodgate.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger("floodgate.errors")
+
+
+class Problem(Exception):
+    """A domain or protocol error a client can act on.
+
+    Subclasses set `status`, `slug` (the stable last part of the `type` URI) and `title`;
+    instances carry a human `detail` and optional extension members.
+    """
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extensions: Any):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extensions = extensions
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem document, without the request-specific `instance`."""
+        body = {"type": PROBLEM_BASE + self.slug, "title": self.title, "status": self.status, "detail": self.detail}
+        body.update(self.extensions)
+        return body
+
+
+class InvalidRequest(Problem):
+    status, slug, title = 422, "validation", "Request failed validation"
+
+
+class MalformedRequest(Problem):
+    status, slug, title = 400, "malformed", "Malformed request"
+
+
+class Unauthorized(Problem):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any):
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="floodgate"'})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "unavailable", "Temporarily unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1, **kwargs: Any):
+        kwargs.setdefault("headers", {"Retry-After": str(retry_after)})
+        super().__init__(detail, **kwargs)
+
+
+def problem_response(problem: Problem) -> Response:
+    """Render `problem` as an RFC 9457 response."""
+    body = problem.to_dict()
+    body["instance"] = request.path
+    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
+    for name, value in problem.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def validation_problem(error: ValidationError) -> InvalidRequest:
+    """A 422 problem listing marshmallow's field-level messages."""
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    return InvalidRequest("One or more fields are invalid.", errors=messages)
+
+
+def init_app(app: Flask) -> None:
+    """Route every error raised in `app` through problem+json; no stack trace reaches a client."""
+
+    @app.errorhandler(Problem)
+    def _problem(problem: Problem):
+        return problem_response(problem)
+
+    @app.errorhandler(ValidationError)
+    def _validation(error: ValidationError):
+        return problem_response(validation_problem(error))
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException):
+        generic = Problem(error.description)
+        generic.status, generic.title = error.code or 500, error.name
+        generic.slug = error.name.lower().replace(" ", "-")
+        response = problem_response(generic)
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        internal = Problem("The server could not complete the request; it has been logged.")
+        internal.status, internal.slug, internal.title = 500, "internal", "Internal error"
+        return problem_response(internal)

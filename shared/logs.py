@@ -1,0 +1,78 @@
+"""JSON structured logs that carry the request id (and the order id when one is known).
+
+The request id comes from `X-Request-ID` or is minted at the edge; it travels in AMQP message
+headers so a consumer's log lines share the id of the request that caused them.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from pythonjsonlogger.json import JsonFormatter
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+order_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("order_id", default=None)
+_service_name = "floodgate"
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = _service_name
+        record.request_id = request_id_var.get()
+        order_id = order_id_var.get()
+        if order_id and not hasattr(record, "order_id"):
+            record.order_id = order_id
+        return True
+
+
+def configure(service_name: str, level: str = "INFO") -> None:
+    """Send every log record to stderr as one JSON object per line."""
+    global _service_name
+    _service_name = service_name
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("pika", "urllib3"):
+        logging.getLogger(noisy).setLevel("WARNING")
+
+
+def new_request_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The request id of the work in hand, if any."""
+    return request_id_var.get()
+
+
+@contextmanager
+def log_context(request_id: str | None = None, order_id: str | None = None) -> Iterator[None]:
+    """Attach a request id and/or order id to every log line written inside the block."""
+    tokens = []
+    if request_id is not None:
+        tokens.append((request_id_var, request_id_var.set(request_id)))
+    if order_id is not None:
+        tokens.append((order_id_var, order_id_var.set(order_id)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def bind_order_id(order_id: str) -> None:
+    """Attach `order_id` to the rest of the current request's or message's log lines."""
+    order_id_var.set(str(order_id))

@@ -1,0 +1,244 @@
+"""The consumer runner every service's `consumer.py` starts.
+
+Sequence, as in pika's examples: connect, declare the topology, set the prefetch, consume. Each
+message is handled on a worker thread, so the connection thread keeps answering heartbeats while
+a handler waits on SMTP or the database; the ack goes back through `add_callback_threadsafe`.
+
+Per message: one unit of work records the message id in the inbox (a duplicate is acked and
+skipped), runs the handler, and commits; only then is the message acked. A failure sends a copy
+to the next retry tier (a delay queue that expires back into the work queue) or, after
+`max_attempts` or on a `PermanentFailure`, to the dead-letter queue; the copy is confirmed by the
+broker before the original is acked, so nothing is lost in between.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import pika
+
+from shared import logs
+from shared.config import Settings
+from shared.messaging import connection as amqp
+from shared.messaging import topology
+from shared.messaging.envelope import Envelope, MalformedEvent
+from shared.messaging.outbox import claim_message
+
+log = logging.getLogger("floodgate.consumer")
+
+Handler = Callable[[Envelope, object], None]
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler when retrying cannot help; the message goes straight to the DLQ."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do with a delivery after handling it: ack, retry after a delay, or park it."""
+
+    action: str  # "ack" | "retry" | "dead"
+    delay_ms: int | None = None
+    error: str | None = None
+
+
+def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...], error: str) -> Outcome:
+    """After failed attempt number `attempt` (1-based): retry with the tier's delay, or park."""
+    if attempt >= max_attempts or not retry_delays_ms:
+        return Outcome("dead", error=error)
+    tier = min(attempt, len(retry_delays_ms)) - 1
+    return Outcome("retry", delay_ms=retry_delays_ms[tier], error=error)
+
+
+def handle_delivery(
+    body: bytes,
+    attempt: int,
+    handlers: dict[str, Handler],
+    uow_factory: Callable[[], object],
+    settings: Settings,
+) -> Outcome:
+    """Run the handler for one delivery inside a unit of work and decide the outcome."""
+    try:
+        envelope = Envelope.from_json(body)
+    except MalformedEvent as error:
+        return Outcome("dead", error=str(error))
+    handler = handlers.get(envelope.type)
+    if handler is None:
+        return Outcome("dead", error=f"no handler for {envelope.type}")
+    try:
+        with uow_factory() as uow:
+            if claim_message(uow.session, envelope.id, envelope.type):
+                handler(envelope, uow)
+            else:
+                log.info("duplicate message dropped", extra={"message_id": envelope.id, "event_type": envelope.type})
+            uow.commit()
+        return Outcome("ack")
+    except PermanentFailure as error:
+        log.error("permanent failure", extra={"message_id": envelope.id, "error": str(error)})
+        return Outcome("dead", error=f"permanent: {error}")
+    except Exception as error:
+        log.warning(
+            "handler failed",
+            exc_info=True,
+            extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
+        )
+        return next_step(attempt, settings.max_attempts, tuple(settings.retry_delays_ms), repr(error)[:500])
+
+
+class ConsumerRunner:
+    """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
+
+    def __init__(self, settings: Settings, handlers: dict[str, Handler], uow_factory: Callable[[], object]):
+        self.settings = settings
+        self.handlers = handlers
+        self.uow_factory = uow_factory
+        self.queue = topology.work_queue(settings.service_name)
+        self.stop = threading.Event()
+        self._worker = None
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop.set())
+
+    def run(self) -> None:
+        delays = amqp.backoff()
+        while not self.stop.is_set():
+            try:
+                self._consume_until_stopped()
+                delays = amqp.backoff()
+            except amqp.RECOVERABLE as error:
+                pause = next(delays)
+                log.warning("broker connection lost, reconnecting", extra={"error": repr(error), "retry_in": round(pause, 2)})
+                self.stop.wait(pause)
+        log.info("consumer stopped")
+
+    def _consume_until_stopped(self) -> None:
+        conn = amqp.connect(self.settings.amqp_url, f"{self.settings.service_name}-consumer")
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+        in_flight: set[Future] = set()
+        try:
+            channel = conn.channel()
+            topology.declare(channel, self.settings.retry_delays_ms)
+            # Retry and dead-letter copies go out on their own confirmed channel.
+            republish = conn.channel()
+            republish.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.settings.consumer_prefetch)
+
+            def on_message(ch, method, properties, body):
+                future = worker.submit(self._handle, conn, ch, republish, method, properties, body)
+                in_flight.add(future)
+                future.add_done_callback(in_flight.discard)
+
+            tag = channel.basic_consume(self.queue, on_message)
+            log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch})
+            while not self.stop.is_set():
+                conn.process_data_events(time_limit=0.5)
+            # Graceful stop: no new deliveries, finish the message in hand, return the rest.
+            channel.basic_cancel(tag)
+            worker.shutdown(wait=False, cancel_futures=True)
+            while in_flight:
+                conn.process_data_events(time_limit=0.1)
+            conn.process_data_events(time_limit=0)
+        finally:
+            worker.shutdown(wait=False, cancel_futures=True)
+            if conn.is_open:
+                conn.close()
+
+    def _handle(self, conn, channel, republish, method, properties, body) -> None:
+        headers = properties.headers or {}
+        attempt = int(headers.get("x-attempt", 0) or 0) + 1
+        request_id = headers.get("x-request-id") or properties.correlation_id
+        with logs.log_context(request_id=request_id):
+            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings)
+        settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)
+        try:
+            conn.add_callback_threadsafe(settle)
+        except Exception:  # the connection died; the broker redelivers the message
+            log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
+
+    def _settle(self, channel, republish, method, properties, body, attempt, outcome: Outcome) -> None:
+        service = self.settings.service_name
+        with logs.log_context(request_id=(properties.headers or {}).get("x-request-id")):
+            if outcome.action != "ack":
+                target = (
+                    topology.retry_queue(service, outcome.delay_ms)
+                    if outcome.action == "retry"
+                    else topology.dead_letter_queue(service)
+                )
+                headers = dict(properties.headers or {})
+                headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
+                copy = pika.BasicProperties(
+                    message_id=properties.message_id,
+                    type=properties.type,
+                    app_id=properties.app_id,
+                    correlation_id=properties.correlation_id,
+                    content_type=properties.content_type,
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    headers=headers,
+                )
+                republish.basic_publish(exchange="", routing_key=target, body=body, properties=copy, mandatory=True)
+                log.warning(
+                    "message retried" if outcome.action == "retry" else "message dead-lettered",
+                    extra={"message_id": properties.message_id, "attempt": attempt, "queue": target, "error": outcome.error},
+                )
+            channel.basic_ack(method.delivery_tag)
+
+
+def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None, limit: int = 1000) -> int:
+    """Move dead letters of `service` (all, or those with the given ids) back to its work queue.
+
+    Their attempt count starts again. Returns how many were replayed.
+    """
+    conn = amqp.connect(url, f"{service}-replay")
+    replayed = 0
+    try:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for _ in range(limit):
+            method, properties, body = channel.basic_get(topology.dead_letter_queue(service))
+            if method is None:
+                break
+            if message_ids is not None and properties.message_id not in message_ids:
+                continue  # left unacked: returns to the queue when the channel closes
+            headers = dict(properties.headers or {})
+            headers["x-attempt"] = 0
+            headers["x-replayed"] = True
+            properties.headers = headers
+            channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)
+            channel.basic_ack(method.delivery_tag)
+            replayed += 1
+    finally:
+        if conn.is_open:
+            conn.close()
+    return replayed
+
+
+def peek_dead_letters(url: str, service: str, limit: int = 100) -> list[dict]:
+    """The dead letters of `service`, without removing them."""
+    conn = amqp.connect(url, f"{service}-dead-letters")
+    letters = []
+    try:
+        channel = conn.channel()
+        for _ in range(limit):
+            method, properties, body = channel.basic_get(topology.dead_letter_queue(service))
+            if method is None:
+                break
+            headers = properties.headers or {}
+            letters.append(
+                {
+                    "message_id": properties.message_id,
+                    "type": properties.type,
+                    "attempts": int(headers.get("x-attempt", 0) or 0),
+                    "last_error": headers.get("x-last-error"),
+                    "body": body.decode("utf-8", "replace"),
+                }
+            )
+    finally:
+        if conn.is_open:
+            conn.close()  # every message got is unacked, so the broker puts it back
+    return letters

@@ -1,0 +1,72 @@
+"""The envelope every domain event travels in."""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pika
+
+
+class MalformedEvent(ValueError):
+    """A message body that is not a valid envelope; retrying it cannot help."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """`id` is also the AMQP `message_id`, so consumers dedupe on it."""
+
+    type: str
+    data: dict[str, Any]
+    source: str
+    correlation_id: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_json(self) -> bytes:
+        """The body published on the wire."""
+        return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: bytes) -> "Envelope":
+        """Parse a body, or raise `MalformedEvent`."""
+        try:
+            raw = json.loads(body)
+        except ValueError as error:
+            raise MalformedEvent(f"not JSON: {error}") from error
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Envelope":
+        """Build from a decoded body, or raise `MalformedEvent`."""
+        try:
+            envelope = cls(
+                id=str(raw["id"]),
+                type=str(raw["type"]),
+                occurred_at=str(raw["occurred_at"]),
+                source=str(raw["source"]),
+                correlation_id=raw.get("correlation_id"),
+                data=raw["data"],
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise MalformedEvent(f"not an event envelope: {error}") from error
+        if not isinstance(envelope.data, dict):
+            raise MalformedEvent("event data must be an object")
+        return envelope
+
+    def properties(self, request_id: str | None = None, attempt: int = 0) -> pika.BasicProperties:
+        """AMQP properties: persistent, `message_id` = envelope id, request id in the headers."""
+        return pika.BasicProperties(
+            message_id=self.id,
+            type=self.type,
+            app_id=self.source,
+            correlation_id=self.correlation_id,
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": attempt},
+        )

@@ -1,0 +1,73 @@
+"""The transactional outbox and the consumers' inbox, as tables every service's database holds.
+
+An event is written as an outbox row in the same transaction as the state change it reports;
+the relay (`shared.messaging.relay`) publishes it later. A consumer records each message id in its
+inbox in the same transaction as its effects, so a redelivered message changes nothing.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy import orm
+
+from shared.logs import current_request_id
+from shared.messaging.envelope import Envelope
+
+
+def define_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The outbox and inbox tables, added to a service's metadata."""
+    outbox = sa.Table(
+        "outbox",
+        metadata,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", pg.UUID(as_uuid=False), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(100), nullable=False),
+        sa.Column("envelope", pg.JSONB, nullable=False),
+        sa.Column("request_id", sa.String(128)),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        sa.Index("outbox_pending", "id", postgresql_where=sa.text("published_at IS NULL")),
+    )
+    inbox = sa.Table(
+        "inbox",
+        metadata,
+        sa.Column("message_id", sa.String(128), primary_key=True),
+        sa.Column("event_type", sa.String(100), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )
+    return outbox, inbox
+
+
+# The relay and consumer use these lightweight mirrors, which need no service metadata.
+_shared_metadata = sa.MetaData()
+OUTBOX, INBOX = define_tables(_shared_metadata)
+
+
+def add_event(session: orm.Session, source: str, event_type: str, data: dict, correlation_id: str | None = None) -> Envelope:
+    """Write `event_type` to the outbox inside the session's transaction."""
+    request_id = current_request_id()
+    envelope = Envelope(type=event_type, data=data, source=source, correlation_id=correlation_id or request_id)
+    session.execute(
+        OUTBOX.insert().values(
+            event_id=envelope.id,
+            event_type=event_type,
+            envelope=envelope.to_dict(),
+            request_id=request_id,
+        )
+    )
+    return envelope
+
+
+def claim_message(session: orm.Session, message_id: str, event_type: str) -> bool:
+    """Record `message_id` in the inbox; False when it was handled before (a duplicate).
+
+    Concurrent deliveries of one id serialise on the primary key: the second waits for the
+    first transaction and then sees the conflict.
+    """
+    inserted = session.execute(
+        pg.insert(INBOX)
+        .values(message_id=message_id, event_type=event_type)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(INBOX.c.message_id)
+    ).first()
+    return inserted is not None

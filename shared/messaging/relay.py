@@ -1,0 +1,135 @@
+"""The outbox relay: publishes committed events with publisher confirms, then marks them sent.
+
+Run one or more per service: `python -m shared.messaging.relay <service>`. Rows are claimed with
+`FOR UPDATE SKIP LOCKED`, so replicas share the work. A row is marked sent only after the broker
+confirmed it; a crash in between republishes the row, which consumers drop by message id.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import pika
+import sqlalchemy as sa
+
+from shared import db, logs
+from shared.config import Settings
+from shared.messaging import connection as amqp
+from shared.messaging import topology
+from shared.messaging.envelope import Envelope
+from shared.messaging.outbox import OUTBOX
+
+log = logging.getLogger("floodgate.relay")
+RETENTION = "1 day"
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, engine: sa.Engine, stop: threading.Event | None = None):
+        self.settings = settings
+        self.engine = engine
+        self.stop = stop or threading.Event()
+        self.published = 0
+        self._last_purge = 0.0
+
+    def run(self) -> None:
+        """Publish until asked to stop, reconnecting to the broker with capped back-off."""
+        delays = amqp.backoff()
+        while not self.stop.is_set():
+            try:
+                conn = amqp.connect(self.settings.amqp_url, f"{self.settings.service_name}-relay")
+                try:
+                    channel = conn.channel()
+                    topology.declare(channel, self.settings.retry_delays_ms)
+                    channel.confirm_delivery()
+                    log.info("relay connected")
+                    delays = amqp.backoff()
+                    self._pump(conn, channel)
+                finally:
+                    if conn.is_open:
+                        conn.close()
+            except amqp.RECOVERABLE as error:
+                pause = next(delays)
+                log.warning("broker unavailable, retrying", extra={"error": repr(error), "retry_in": round(pause, 2)})
+                self.stop.wait(pause)
+            except sa.exc.OperationalError as error:
+                pause = next(delays)
+                log.warning("database unavailable, retrying", extra={"error": repr(error), "retry_in": round(pause, 2)})
+                self.stop.wait(pause)
+
+    def _pump(self, conn: pika.BlockingConnection, channel) -> None:
+        while not self.stop.is_set():
+            sent = self.publish_batch(channel)
+            if sent == 0:
+                self._purge_old()
+                # process_data_events answers heartbeats while idle
+                conn.process_data_events(time_limit=self.settings.relay_idle_seconds)
+
+    def publish_batch(self, channel) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        with self.engine.begin() as tx:
+            rows = tx.execute(
+                sa.select(OUTBOX.c.id, OUTBOX.c.envelope, OUTBOX.c.request_id)
+                .where(OUTBOX.c.published_at.is_(None))
+                .order_by(OUTBOX.c.id)
+                .limit(self.settings.relay_batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return 0
+            for row in rows:
+                envelope = Envelope.from_dict(row.envelope)
+                # With confirms on, basic_publish returns once the broker has the message
+                # (persisted in the quorum queues); an unroutable one raises UnroutableError.
+                channel.basic_publish(
+                    exchange=topology.EVENTS_EXCHANGE,
+                    routing_key=envelope.type,
+                    body=envelope.to_json(),
+                    properties=envelope.properties(request_id=row.request_id),
+                    mandatory=True,
+                )
+            if self.settings.fault_relay_exit_after_publish:
+                log.error("fault injection: exiting after publish, before marking sent", extra={"rows": len(rows)})
+                logging.shutdown()
+                os._exit(3)
+            tx.execute(
+                sa.update(OUTBOX)
+                .where(OUTBOX.c.id.in_([row.id for row in rows]))
+                .values(published_at=sa.func.now())
+            )
+        self.published += len(rows)
+        log.info("published", extra={"count": len(rows), "total": self.published})
+        return len(rows)
+
+    def _purge_old(self) -> None:
+        if time.monotonic() - self._last_purge < 60:
+            return
+        self._last_purge = time.monotonic()
+        with self.engine.begin() as tx:
+            tx.execute(
+                sa.delete(OUTBOX).where(
+                    OUTBOX.c.published_at < sa.func.now() - sa.text(f"interval '{RETENTION}'")
+                )
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `python -m shared.messaging.relay <service>`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m shared.messaging.relay <service>")
+    settings = Settings.from_env(service_name=argv[0])
+    logs.configure(f"{settings.service_name}-relay", settings.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    engine = db.make_engine(settings.database_url, pool_size=1)
+    OutboxRelay(settings, engine, stop).run()
+    log.info("relay stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The whole RabbitMQ topology, declared here and nowhere else.
+
+- `floodgate.events`: one durable topic exchange; the routing key is the event type.
+  Events nobody is bound to go to its alternate exchange, so a `mandatory` publish of an event
+  without consumers is still routed (to `floodgate.unrouted`) and never bounces.
+- Per consuming service: a quorum work queue `<service>.events` bound to the event types the
+  service handles; retry tiers `<service>.retry.<ms>ms` whose messages expire back into the work
+  queue after their delay; and `<service>.dead` where poison messages are parked. Dead-lettering
+  uses the at-least-once strategy, so a retry is never lost between queues.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+EVENTS_EXCHANGE = "floodgate.events"
+UNROUTED_EXCHANGE = "floodgate.unrouted"
+UNROUTED_QUEUE = "floodgate.unrouted"
+# The broker's own safety net for a message that crashes its consumer before it can be retried.
+BROKER_DELIVERY_LIMIT = 20
+
+# Which service consumes which events: the single source of every binding.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "inventory": ("order.confirmed", "order.cancelled", "order.expired"),
+    "checkout": ("reservation.expired",),
+    "notifications": ("order.confirmed",),
+}
+
+
+def work_queue(service: str) -> str:
+    return f"{service}.events"
+
+
+def retry_queue(service: str, delay_ms: int) -> str:
+    return f"{service}.retry.{delay_ms}ms"
+
+
+def dead_letter_queue(service: str) -> str:
+    return f"{service}.dead"
+
+
+def _quorum(**arguments) -> dict:
+    return {"x-queue-type": "quorum", **arguments}
+
+
+def _dead_letter_to(queue: str) -> dict:
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def declare(channel, retry_delays_ms: Iterable[int]) -> None:
+    """Declare exchanges, queues and bindings on `channel`; safe to call from every process."""
+    channel.exchange_declare(UNROUTED_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue_declare(
+        UNROUTED_QUEUE, durable=True, arguments=_quorum(**{"x-max-length": 100_000, "x-overflow": "drop-head"})
+    )
+    channel.queue_bind(UNROUTED_QUEUE, UNROUTED_EXCHANGE)
+    channel.exchange_declare(
+        EVENTS_EXCHANGE, exchange_type="topic", durable=True, arguments={"alternate-exchange": UNROUTED_EXCHANGE}
+    )
+    for service, event_types in SUBSCRIPTIONS.items():
+        dead = dead_letter_queue(service)
+        work = work_queue(service)
+        channel.queue_declare(dead, durable=True, arguments=_quorum())
+        channel.queue_declare(
+            work,
+            durable=True,
+            arguments=_quorum(**{"x-delivery-limit": BROKER_DELIVERY_LIMIT}, **_dead_letter_to(dead)),
+        )
+        for event_type in event_types:
+            channel.queue_bind(work, EVENTS_EXCHANGE, routing_key=event_type)
+        for delay in retry_delays_ms:
+            channel.queue_declare(
+                retry_queue(service, delay),
+                durable=True,
+                arguments=_quorum(**{"x-message-ttl": int(delay)}, **_dead_letter_to(work)),
+            )

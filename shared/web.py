@@ -1,0 +1,146 @@
+"""What every service's Flask app has: errors, logs, request ids, metrics, probes, OpenAPI."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from marshmallow import Schema
+from sqlalchemy import orm
+
+from shared import auth, db, errors, logs, metrics, openapi
+from shared.config import Settings
+from shared.messaging import connection as amqp
+
+log = logging.getLogger("floodgate.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+READINESS_CACHE_SECONDS = 2.0
+
+
+@dataclass
+class ServiceContext:
+    """A service's wiring, created once per process by its app factory."""
+
+    settings: Settings
+    engine: sa.Engine
+    session_factory: orm.sessionmaker
+    readiness: dict
+
+
+def create_app(settings: Settings, blueprints: list[Blueprint], title: str, pool_size: int = 5) -> Flask:
+    """A Flask app for `settings.service_name` with the common machinery and `blueprints`."""
+    logs.configure(settings.service_name, settings.log_level)
+    app = Flask(settings.service_name)
+    app.json.sort_keys = False
+    engine = db.make_engine(settings.database_url, pool_size=pool_size)
+    app.extensions["floodgate"] = ServiceContext(
+        settings=settings, engine=engine, session_factory=db.make_session_factory(engine), readiness={}
+    )
+    errors.init_app(app)
+    verifier = auth.TokenVerifier(
+        auth.KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds), settings.jwt_issuer, settings.jwt_audience
+    )
+    auth.init_app(app, verifier, settings.service_key)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_blueprint(_probes)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+    app.config["OPENAPI_TITLE"] = title
+    return app
+
+
+def context() -> ServiceContext:
+    """The current app's service context."""
+    return current_app.extensions["floodgate"]
+
+
+def unit_of_work() -> db.UnitOfWork:
+    """A unit of work on the current service's database."""
+    ctx = context()
+    return db.UnitOfWork(ctx.session_factory, ctx.settings.service_name)
+
+
+def load(schema: Schema, data: Any = None) -> dict:
+    """The request's JSON body (or `data`) validated by `schema`; 400 for non-JSON, 422 for invalid."""
+    if data is None:
+        data = request.get_json(silent=True)
+        if data is None:
+            raise errors.MalformedRequest("The request body must be a JSON document.")
+    return schema.load(data)
+
+
+def _start_request() -> None:
+    presented = request.headers.get("X-Request-ID", "")
+    g.request_id = presented if _REQUEST_ID.match(presented) else logs.new_request_id()
+    logs.request_id_var.set(g.request_id)
+    logs.order_id_var.set(None)
+    g.started = time.perf_counter()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    service = context().settings.service_name
+    metrics.HTTP_REQUESTS.labels(service, request.method, endpoint, response.status_code).inc()
+    metrics.HTTP_LATENCY.labels(service, request.method, endpoint).observe(elapsed)
+    if endpoint not in ("/healthz", "/readyz", "/metrics"):
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+    return response
+
+
+_probes = Blueprint("probes", __name__)
+
+
+@_probes.get("/healthz")
+def healthz():
+    """Liveness: the process answers. Never checks dependencies."""
+    return jsonify(status="ok")
+
+
+@_probes.get("/readyz")
+def readyz():
+    """Readiness: this service's database and the broker answer (cached for two seconds)."""
+    ctx = context()
+    cached = ctx.readiness
+    if time.monotonic() - cached.get("at", float("-inf")) > READINESS_CACHE_SECONDS:
+        checks = {}
+        try:
+            db.ping(ctx.engine)
+            checks["database"] = "ok"
+        except Exception as error:
+            checks["database"] = f"unavailable: {type(error).__name__}"
+        try:
+            amqp.ping(ctx.settings.amqp_url)
+            checks["broker"] = "ok"
+        except Exception as error:
+            checks["broker"] = f"unavailable: {type(error).__name__}"
+        cached.update(at=time.monotonic(), checks=checks)
+    checks = cached["checks"]
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify(status="ready" if ready else "not ready", checks=checks), (200 if ready else 503)
+
+
+@_probes.get("/metrics")
+def prometheus():
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@_probes.get("/openapi.json")
+def openapi_document():
+    """This service's OpenAPI description."""
+    return jsonify(openapi.build_spec(current_app, current_app.config["OPENAPI_TITLE"]))
