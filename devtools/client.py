@@ -1,0 +1,122 @@
+"""A small HTTP client for the stack, used by the demo, the integration tests and rehearsals."""
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Callable, TypeVar
+
+import requests
+
+from devtools.stack import ROOT, Stack
+
+T = TypeVar("T")
+
+CANADIAN_ADDRESS = {
+    "name": "Alex Tremblay",
+    "street_address": "24 Sussex Drive",
+    "city": "Ottawa",
+    "postal_code": "K1A 0B1",
+    "country_area": "ON",
+    "country_code": "CA",
+}
+
+
+def poll(probe: Callable[[], T], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> T:
+    """Call `probe` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {result!r}")
+        time.sleep(interval)
+
+
+class Floodgate:
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.http = requests.Session()
+
+    def _url(self, service: str, path: str) -> str:
+        return self.stack.url(service) + path
+
+    # accounts
+    def create_admin(self, email: str, password: str) -> str:
+        """Create an admin with the accounts CLI and return an access token."""
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "flask") if (ROOT / ".venv").exists() else "flask",
+             "--app", "services.accounts.app", "create-admin", "--email", email, "--password", password],
+            cwd=ROOT, env=self.stack.env("accounts"), check=True, capture_output=True,
+        )
+        return self.login(email, password)
+
+    def register(self, email: str | None = None, password: str = "correct horse battery", name: str = "Buyer") -> tuple[str, str]:
+        email = email or f"buyer-{uuid.uuid4().hex[:10]}@example.com"
+        response = self.http.post(self._url("accounts", "/accounts"), json={"email": email, "password": password, "name": name})
+        response.raise_for_status()
+        return email, self.login(email, password)
+
+    def login(self, email: str, password: str) -> str:
+        response = self.http.post(self._url("accounts", "/sessions"), json={"email": email, "password": password})
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    # inventory
+    def create_drop(self, admin_token: str, quantity: int, price: int = 29900, currency: str = "CAD",
+                    opens_in: float = -1, lasts: float = 3600, per_buyer_limit: int = 1) -> dict:
+        auth = {"Authorization": f"Bearer {admin_token}"}
+        product = self.http.post(self._url("inventory", "/products"), headers=auth, json={
+            "sku": f"OPO-{uuid.uuid4().hex[:8]}", "name": "OnePlus One 64GB Sandstone Black",
+            "description": "The flagship killer", "price": {"amount": price, "currency": currency},
+        })
+        product.raise_for_status()
+        now = datetime.now(timezone.utc)
+        drop = self.http.post(self._url("inventory", "/drops"), headers=auth, json={
+            "product_id": product.json()["id"], "quantity": quantity,
+            "opens_at": (now + timedelta(seconds=opens_in)).isoformat(),
+            "closes_at": (now + timedelta(seconds=opens_in + lasts)).isoformat(),
+            "per_buyer_limit": per_buyer_limit,
+        })
+        drop.raise_for_status()
+        return drop.json()
+
+    def get_drop(self, drop_id: str) -> dict:
+        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"))
+        response.raise_for_status()
+        return response.json()
+
+    # checkout
+    def place_order(self, token: str, drop_id: str, key: str | None = None, quantity: int = 1,
+                    address: dict | None = None) -> requests.Response:
+        return self.http.post(
+            self._url("checkout", "/orders"),
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key or str(uuid.uuid4())},
+            json={"drop_id": drop_id, "quantity": quantity, "shipping_address": address or CANADIAN_ADDRESS},
+        )
+
+    def get_order(self, token: str, order_id: str) -> requests.Response:
+        return self.http.get(self._url("checkout", f"/orders/{order_id}"), headers={"Authorization": f"Bearer {token}"})
+
+    def pay(self, order: dict) -> requests.Response:
+        """Approve the order's payment at the provider, as the buyer would from the approval link."""
+        link = order["payment"]["approval_url"]
+        path, _, query = link.partition("?")
+        return self.http.post(f"{path}/approve?{query}")
+
+    def wait_for_status(self, token: str, order_id: str, status: str, timeout: float = 30) -> dict:
+        return poll(
+            lambda: (lambda o: o if o.get("status") == status else None)(self.get_order(token, order_id).json()),
+            timeout=timeout, what=f"order {order_id} to be {status}",
+        )
+
+    # mail
+    def mails(self) -> list[dict]:
+        response = self.http.get(f"http://127.0.0.1:{self.stack.ports['smtp-control']}/messages")
+        response.raise_for_status()
+        return response.json()
+
+    def mails_about(self, order_id: str) -> list[dict]:
+        return [mail for mail in self.mails() if order_id in (mail.get("text") or "")]

@@ -1,0 +1,248 @@
+"""The whole Floodgate stack as local processes: `make run` (python -m devtools.stack).
+
+`Stack` is also what the integration tests start, with their own databases, vhost and ports, so
+a test run never collides with a running `make run` stack.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from shared.db import create_database_if_missing
+from shared.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("accounts", "inventory", "checkout", "notifications")
+CONSUMERS = ("inventory", "checkout", "notifications")
+RELAYS = ("accounts", "inventory", "checkout")
+DEFAULT_PORTS = {
+    "accounts": 8001,
+    "inventory": 8002,
+    "checkout": 8003,
+    "notifications": 8004,
+    "payments": 8010,
+    "smtp": 1025,
+    "smtp-control": 8025,
+}
+
+
+@dataclass
+class Infra:
+    """Where PostgreSQL and RabbitMQ are, and the names this stack uses on them."""
+
+    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    database_prefix: str = "floodgate"
+
+    def database_url(self, service: str) -> str:
+        return f"{self.postgres_url.rstrip('/')}/{self.database_prefix}_{service}"
+
+
+@dataclass
+class Stack:
+    infra: Infra
+    var_dir: Path
+    ports: dict = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    extra_env: dict = field(default_factory=dict)
+    processes: dict = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def maildir(self) -> Path:
+        return self.var_dir / "mail"
+
+    def env(self, service: str | None = None) -> dict:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            AMQP_URL=self.infra.amqp_url,
+            JWKS_URL=f"{self.url('accounts')}/.well-known/jwks.json",
+            INVENTORY_URL=self.url("inventory"),
+            PAYMENT_PROVIDER_URL=self.url("payments"),
+            PUBLIC_URL=self.url("checkout"),
+            CHECKOUT_WEBHOOK_URL=f"{self.url('checkout')}/payments/webhook",
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(self.ports["smtp"]),
+        )
+        if service:
+            env["DATABASE_URL"] = self.infra.database_url(service)
+            metrics_dir = self.var_dir / "metrics" / service
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        env.update(self.extra_env)
+        return env
+
+    def migrate(self) -> None:
+        for service in SERVICES:
+            url = self.infra.database_url(service)
+            create_database_if_missing(url)
+            upgrade(service, url)
+
+    def commands(self) -> dict[str, tuple[list[str], str | None]]:
+        """Every process of the stack: name -> (argv, service whose database it uses)."""
+        py = sys.executable
+        gunicorn = str(Path(py).with_name("gunicorn"))
+        specs: dict[str, tuple[list[str], str | None]] = {
+            "smtp": (
+                [py, "-m", "devtools.smtp_server", "--port", str(self.ports["smtp"]),
+                 "--control-port", str(self.ports["smtp-control"]), "--maildir", str(self.maildir)],
+                None,
+            ),
+            "payments": ([py, "-m", "devtools.payment_simulator", "--port", str(self.ports["payments"])], None),
+        }
+        for service in SERVICES:
+            specs[f"{service}-api"] = (
+                [gunicorn, "-c", f"services/{service}/gunicorn.conf.py", "--bind", f"127.0.0.1:{self.ports[service]}",
+                 f"services.{service}.app:create_app()"],
+                service,
+            )
+        for service in CONSUMERS:
+            specs[f"{service}-consumer"] = ([py, "-m", f"services.{service}.consumer"], service)
+        for service in RELAYS:
+            specs[f"{service}-relay"] = ([py, "-m", "shared.messaging.relay", service], service)
+        if (ROOT / "services" / "inventory" / "sweeper.py").exists():
+            specs["inventory-sweeper"] = ([py, "-m", "services.inventory.sweeper"], "inventory")
+        return specs
+
+    def start(self, name: str, env_overrides: dict | None = None) -> subprocess.Popen:
+        argv, service = self.commands()[name]
+        env = self.env(service)
+        env.update(env_overrides or {})
+        log_dir = self.var_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        log_file.close()
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        os.killpg(process.pid, sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        self.stop(name, signal.SIGKILL)
+
+    def start_all(self) -> None:
+        for name in self.commands():
+            self.start(name)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        """Wait for every API to answer /readyz and the simulators to listen; raise if one died."""
+        deadline = time.monotonic() + timeout
+        waiting = {f"{s}-api": f"{self.url(s)}/readyz" for s in SERVICES}
+        waiting["payments"] = f"{self.url('payments')}/healthz"
+        waiting["smtp"] = f"http://127.0.0.1:{self.ports['smtp-control']}/messages"
+        while waiting:
+            for name, url in list(waiting.items()):
+                process = self.processes.get(name)
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.var_dir / 'logs' / (name + '.log')}")
+                try:
+                    if requests.get(url, timeout=1).status_code == 200:
+                        waiting.pop(name)
+                except requests.RequestException:
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout}s: {', '.join(waiting)}")
+            time.sleep(0.2)
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_local_servers() -> None:
+    """Start the locally installed PostgreSQL and RabbitMQ when they do not answer, or explain."""
+    if not answers("127.0.0.1", 5432):
+        if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").exists():
+            version = sorted(os.listdir("/etc/postgresql"))[-1]
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
+        else:
+            sys.exit("PostgreSQL does not answer on 127.0.0.1:5432. Install PostgreSQL 15 "
+                     "(apt install postgresql) or set POSTGRES_URL to a server you have.")
+    if not answers("127.0.0.1", 5672):
+        if shutil.which("rabbitmq-server"):
+            subprocess.run(["rabbitmq-server", "-detached"], check=False)
+        else:
+            sys.exit("RabbitMQ does not answer on 127.0.0.1:5672. Install RabbitMQ 3.10+ "
+                     "(apt install rabbitmq-server) or set AMQP_URL to a broker you have.")
+    deadline = time.monotonic() + 60
+    while not (answers("127.0.0.1", 5432) and answers("127.0.0.1", 5672)):
+        if time.monotonic() > deadline:
+            sys.exit("PostgreSQL or RabbitMQ did not come up within 60 s.")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--var-dir", default=str(ROOT / "var" / "stack"))
+    args = parser.parse_args()
+    infra = Infra(
+        postgres_url=os.environ.get("POSTGRES_URL", Infra.postgres_url),
+        amqp_url=os.environ.get("AMQP_URL", Infra.amqp_url),
+    )
+    if "POSTGRES_URL" not in os.environ or "AMQP_URL" not in os.environ:
+        ensure_local_servers()
+    stack = Stack(infra=infra, var_dir=Path(args.var_dir))
+    print("migrating databases ...", flush=True)
+    stack.migrate()
+    stack.start_all()
+    try:
+        stack.wait_until_ready()
+        print("\nFloodgate is up (logs in %s):" % (stack.var_dir / "logs"))
+        for name in ("accounts", "inventory", "checkout", "notifications", "payments"):
+            print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)"
+                  if name != "payments" else f"  {name:<14} {stack.url(name)}   (payment provider simulator)")
+        print(f"  {'smtp':<14} smtp://127.0.0.1:{stack.ports['smtp']}   (mail kept in {stack.maildir}; "
+              f"list: http://127.0.0.1:{stack.ports['smtp-control']}/messages)")
+        print("\nIn another terminal: `make demo` sells a small drop and shows the email. Ctrl-C stops everything.",
+              flush=True)
+        while True:
+            for name, process in list(stack.processes.items()):
+                if process.poll() is not None:
+                    print(f"{name} exited ({process.returncode}); restarting it", flush=True)
+                    stack.start(name)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    finally:
+        stack.stop_all()
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    main()

@@ -1,0 +1,176 @@
+"""Checkout's HTTP endpoints: thin views over `handlers`."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify, request
+from marshmallow import ValidationError
+
+from services.checkout import handlers
+from services.checkout.errors import InvalidSignature, OrderNotFound
+from services.checkout.models import Order
+from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
+from services.checkout.schemas import (
+    ListQuerySchema,
+    OrderListSchema,
+    OrderRequestSchema,
+    OrderSchema,
+    WebhookAnswerSchema,
+    WebhookResourceSchema,
+    WebhookSchema,
+)
+from shared.auth import current_principal, require_user
+from shared.errors import InvalidRequest, Problem
+from shared.openapi import operation
+from shared.web import context, load, unit_of_work
+
+bp = Blueprint("checkout", __name__)
+
+
+def _inventory():
+    return current_app.extensions["checkout.inventory"]
+
+
+@bp.post("/orders")
+@require_user
+@operation(
+    "Place an order: hold stock for the buyer and get the payment link",
+    request=OrderRequestSchema,
+    response=OrderSchema,
+    status=201,
+    errors=(400, 403, 404, 409, 503),
+    auth="bearer",
+    headers={"Idempotency-Key": "unique per purchase intent; a retry with the same key gets the same answer"},
+)
+def place_order():
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not 1 <= len(key) <= 255:
+        raise InvalidRequest("Send an Idempotency-Key header (1 to 255 characters) with every order.",
+                             errors={"Idempotency-Key": ["Missing or too long."]})
+    body = load(OrderRequestSchema())
+    principal = current_principal()
+    cmd = handlers.PlaceOrder(
+        buyer_id=principal.subject,
+        buyer_email=principal.email or "",
+        idempotency_key=key,
+        drop_id=str(body["drop_id"]),
+        quantity=body["quantity"],
+        shipping_address=body["shipping_address"],
+    )
+    settings = context().settings
+    stored = handlers.claim_idempotency_key(cmd, unit_of_work, settings.idempotency_wait_seconds)
+    if stored is not None:
+        return _replay(stored)
+    try:
+        with unit_of_work() as uow:
+            order = handlers.place_order(cmd, uow, _inventory(), settings)
+            answer = OrderSchema().dump(order)
+            handlers.remember_response(cmd, uow, 201, answer)
+            uow.commit()
+    except Problem as problem:
+        with unit_of_work() as uow:
+            if problem.status < 500:
+                body = problem.to_dict()
+                body["instance"] = request.path
+                handlers.remember_response(cmd, uow, problem.status, body)
+            else:
+                handlers.release_idempotency_key(cmd, uow)
+            uow.commit()
+        raise
+    except Exception:
+        with unit_of_work() as uow:
+            handlers.release_idempotency_key(cmd, uow)
+            uow.commit()
+        raise
+    return jsonify(answer), 201, {"Location": f"/orders/{order.id}"}
+
+
+def _replay(stored: handlers.StoredResponse):
+    mimetype = "application/problem+json" if stored.status >= 400 else "application/json"
+    response = current_app.response_class(json.dumps(stored.body), status=stored.status, mimetype=mimetype)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/orders/<order_id>")
+@require_user
+@operation("One order, for its buyer or an admin", response=OrderSchema, errors=(404,), auth="bearer")
+def get_order(order_id: str):
+    with unit_of_work() as uow:
+        order = _visible_order(uow, order_id)
+        return jsonify(OrderSchema().dump(order))
+
+
+@bp.get("/orders")
+@require_user
+@operation("The buyer's own orders, newest first", response=OrderListSchema, auth="bearer")
+def list_orders():
+    query = ListQuerySchema().load(request.args)
+    principal = current_principal()
+    with unit_of_work() as uow:
+        rows = uow.session.scalars(
+            sa.select(Order)
+            .where(Order.buyer_id == principal.subject)
+            .order_by(Order.created_at.desc(), Order.id)
+            .limit(query["limit"] + 1)
+            .offset(query["offset"])
+        ).all()
+    more = len(rows) > query["limit"]
+    return jsonify(
+        OrderListSchema().dump(
+            {"orders": rows[: query["limit"]], "next_offset": query["offset"] + query["limit"] if more else None}
+        )
+    )
+
+
+def _visible_order(uow, order_id: str) -> Order:
+    try:
+        order = uow.session.get(Order, uuid.UUID(order_id))
+    except ValueError:
+        order = None
+    principal = current_principal()
+    if order is None or (order.buyer_id != principal.subject and not principal.is_admin):
+        raise OrderNotFound(f"There is no order {order_id} for you.")
+    return order
+
+
+@bp.post("/payments/webhook")
+@operation(
+    "Payment provider callback (signed)",
+    request=WebhookSchema,
+    response=WebhookAnswerSchema,
+    errors=(400, 401, 404),
+    headers={SIGNATURE_HEADER: "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>"},
+)
+def payment_webhook():
+    settings = context().settings
+    payload = request.get_data(cache=True)
+    if not signature_is_valid(
+        settings.payment_webhook_secret,
+        payload,
+        request.headers.get(SIGNATURE_HEADER, ""),
+        settings.webhook_tolerance_seconds,
+    ):
+        raise InvalidSignature("The webhook signature is missing, wrong or outside the time tolerance.")
+    event = load(WebhookSchema())
+    try:
+        resource = WebhookResourceSchema().load(event["resource"])
+    except ValidationError as error:
+        raise InvalidRequest("The webhook resource is invalid.", errors={"resource": error.messages})
+    notice = handlers.PaymentNotice(
+        event_id=event["id"],
+        event_type=event["event_type"],
+        order_id=resource["order_id"],
+        capture_id=resource["id"],
+        amount=resource["amount"],
+        currency=resource["currency"],
+    )
+    with unit_of_work() as uow:
+        result = handlers.apply_payment(notice, uow, settings)
+        uow.commit()
+    return jsonify(WebhookAnswerSchema().dump({"result": result}))
+
+
+

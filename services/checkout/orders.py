@@ -1,0 +1,35 @@
+"""The order state machine: which status may follow which."""
+from __future__ import annotations
+
+from services.checkout.errors import InvalidTransition
+from services.checkout.models import Order, OrderTransition
+
+AWAITING_PAYMENT = "awaiting_payment"
+CONFIRMED = "confirmed"
+SHIPPED = "shipped"
+EXPIRED = "expired"
+PAYMENT_FAILED = "payment_failed"
+CANCELLED = "cancelled"
+
+ALLOWED = {
+    AWAITING_PAYMENT: {CONFIRMED, EXPIRED, PAYMENT_FAILED, CANCELLED},
+    CONFIRMED: {SHIPPED, CANCELLED},
+}
+
+
+def can_move(from_status: str | None, to_status: str) -> bool:
+    return to_status in ALLOWED.get(from_status, set())
+
+
+def move(order: Order, to_status: str, reason: str) -> None:
+    """Change `order`'s status and record the step in its history, or raise InvalidTransition."""
+    if not can_move(order.status, to_status):
+        raise InvalidTransition(f"An order that is {order.status} cannot become {to_status}.")
+    order.history.append(OrderTransition(from_status=order.status, to_status=to_status, reason=reason))
+    order.status = to_status
+
+
+def move_new(order: Order, reason: str) -> None:
+    """Start a new order's life in `awaiting_payment`."""
+    order.history.append(OrderTransition(from_status=None, to_status=AWAITING_PAYMENT, reason=reason))
+    order.status = AWAITING_PAYMENT

@@ -1,0 +1,112 @@
+"""What checkout's endpoints accept and return."""
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+
+class AddressSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    street_address = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    city = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    postal_code = fields.String(required=True, validate=validate.Length(min=1, max=20))
+    country_area = fields.String(load_default="", validate=validate.Length(max=100))
+    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+
+
+class OrderRequestSchema(Schema):
+    drop_id = fields.UUID(required=True)
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10))
+    shipping_address = fields.Nested(AddressSchema, required=True)
+
+
+class MoneySchema(Schema):
+    amount = fields.Integer()
+    currency = fields.String()
+
+
+class ItemSchema(Schema):
+    sku = fields.String()
+    name = fields.String()
+    quantity = fields.Integer()
+    unit_price = fields.Nested(MoneySchema)
+
+
+class TransitionSchema(Schema):
+    from_status = fields.String(allow_none=True)
+    to_status = fields.String(attribute="to_status", data_key="status")
+    reason = fields.String()
+    at = fields.DateTime()
+
+
+class PaymentSchema(Schema):
+    status = fields.String()
+    approval_url = fields.String(allow_none=True)
+    capture_id = fields.String(allow_none=True)
+
+
+class OrderSchema(Schema):
+    id = fields.UUID()
+    status = fields.String()
+    drop_id = fields.UUID()
+    items = fields.Method("_items")
+    total = fields.Method("_total")
+    shipping_address = fields.Nested(AddressSchema)
+    hold_expires_at = fields.DateTime()
+    payment = fields.Method("_payment")
+    history = fields.List(fields.Nested(TransitionSchema))
+    created_at = fields.DateTime()
+    confirmed_at = fields.DateTime(allow_none=True)
+
+    def _items(self, order):
+        return [
+            {
+                "sku": order.sku,
+                "name": order.product_name,
+                "quantity": order.quantity,
+                "unit_price": {"amount": order.unit_amount, "currency": order.currency},
+            }
+        ]
+
+    def _total(self, order):
+        return {"amount": order.total_amount, "currency": order.currency}
+
+    def _payment(self, order):
+        return {
+            "status": "captured" if order.payment_capture_id else "pending",
+            "approval_url": order.approval_url if order.status == "awaiting_payment" else None,
+            "capture_id": order.payment_capture_id,
+        }
+
+
+class OrderListSchema(Schema):
+    orders = fields.List(fields.Nested(OrderSchema))
+    next_offset = fields.Integer(allow_none=True)
+
+
+class ListQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class WebhookSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    event_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    resource = fields.Dict(required=True)
+
+
+class WebhookResourceSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    amount = fields.Integer(required=True, strict=True)
+    currency = fields.String(required=True, validate=validate.Length(equal=3))
+
+
+class WebhookAnswerSchema(Schema):
+    result = fields.String()

@@ -1,0 +1,79 @@
+"""Integration fixtures: real gunicorn processes, real PostgreSQL, RabbitMQ and SMTP."""
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devtools.client import Floodgate
+from devtools.stack import SERVICES, Infra, Stack
+from shared.db import drop_database
+from tests.integration.infra import provision
+
+# Fast retries so retry and dead-letter behaviour shows within a test.
+TEST_ENV = {
+    "RETRY_DELAYS_MS": "200,500",
+    "MAX_ATTEMPTS": "3",
+    "JWKS_MIN_REFRESH_SECONDS": "1",
+    "WEB_CONCURRENCY": "2",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def infra():
+    provisioned = provision()
+    yield provisioned
+    provisioned.cleanup()
+
+
+@pytest.fixture(scope="session")
+def stack(infra, tmp_path_factory):
+    prefix = f"fgtest_{uuid.uuid4().hex[:8]}"
+    ports = {name: _free_port() for name in
+             ("accounts", "inventory", "checkout", "notifications", "payments", "smtp", "smtp-control")}
+    stack = Stack(
+        infra=Infra(postgres_url=infra.postgres_url, amqp_url=infra.amqp_url, database_prefix=prefix),
+        var_dir=Path(tmp_path_factory.mktemp("stack")),
+        ports=ports,
+        extra_env=dict(TEST_ENV),
+    )
+    stack.migrate()
+    stack.start_all()
+    try:
+        stack.wait_until_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+        for service in SERVICES:
+            drop_database(stack.infra.database_url(service))
+
+
+@pytest.fixture(scope="session")
+def floodgate(stack) -> Floodgate:
+    return Floodgate(stack)
+
+
+@pytest.fixture(scope="session")
+def admin_token(floodgate) -> str:
+    return floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@floodgate.test", "admin password for tests")
+
+
+@pytest.fixture
+def buyer(floodgate):
+    """A registered, signed-in buyer: (email, token)."""
+    return floodgate.register()
+
+
+@pytest.fixture
+def open_drop(floodgate, admin_token):
+    """A drop open now with 50 units, one per buyer."""
+    return floodgate.create_drop(admin_token, quantity=50)

@@ -1,0 +1,97 @@
+"""Where the integration tests find PostgreSQL and RabbitMQ.
+
+With a Docker engine, testcontainers starts private PostgreSQL and RabbitMQ containers. Without
+one, the servers named by TEST_POSTGRES_URL and TEST_AMQP_URL are used (default: the local
+ones), each test session in its own databases and its own RabbitMQ vhost, so runs never collide
+with each other or with a `make run` stack.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import quote
+
+from sqlalchemy.engine import make_url
+
+
+@dataclass
+class TestInfra:
+    postgres_url: str
+    amqp_url: str
+    restart_broker: Callable[[], None]
+    cleanup: Callable[[], None]
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def from_containers() -> TestInfra:
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    postgres = PostgresContainer("postgres:15", driver="psycopg").start()
+    rabbit = RabbitMqContainer("rabbitmq:3.10").start()
+    url = make_url(postgres.get_connection_url()).set(database=None)
+    params = rabbit.get_connection_params()
+
+    def restart_broker() -> None:
+        for command in ("stop_app", "start_app"):
+            code, output = rabbit.exec(["rabbitmqctl", command])
+            assert code == 0, output
+
+    def cleanup() -> None:
+        rabbit.stop()
+        postgres.stop()
+
+    return TestInfra(
+        postgres_url=url.render_as_string(hide_password=False),
+        amqp_url=f"amqp://guest:guest@{params.host}:{params.port}/%2F",
+        restart_broker=restart_broker,
+        cleanup=cleanup,
+    )
+
+
+def from_environment() -> TestInfra:
+    postgres_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+    given_amqp = os.environ.get("TEST_AMQP_URL")
+    rabbitmqctl = shutil.which("rabbitmqctl")
+
+    def ctl(*args: str) -> None:
+        subprocess.run([rabbitmqctl, *args], check=True, capture_output=True, timeout=120)
+
+    if given_amqp:
+        amqp_url, cleanup = given_amqp, (lambda: None)
+    else:
+        if rabbitmqctl is None:
+            raise RuntimeError("set TEST_AMQP_URL, or install rabbitmqctl so tests can create their vhost")
+        vhost = f"floodgate-test-{uuid.uuid4().hex[:8]}"
+        ctl("add_vhost", vhost)
+        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+
+        def cleanup() -> None:
+            ctl("delete_vhost", vhost)
+
+    def restart_broker() -> None:
+        if rabbitmqctl is None:
+            raise RuntimeError("restarting the broker needs rabbitmqctl")
+        ctl("stop_app")
+        ctl("start_app")
+        ctl("await_startup")
+
+    return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker, cleanup=cleanup)
+
+
+def provision() -> TestInfra:
+    return from_containers() if docker_available() else from_environment()

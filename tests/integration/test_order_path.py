@@ -1,0 +1,79 @@
+"""The thin path of a drop, end to end: order, payment, sale, email."""
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+
+import sqlalchemy as sa
+
+from devtools.client import poll
+
+
+def scalar(stack, service: str, sql: str, **params):
+    engine = sa.create_engine(stack.infra.database_url(service), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_a_paid_order_is_confirmed_sold_once_and_emailed_once(floodgate, stack, buyer, open_drop):
+    email, token = buyer
+    placed = floodgate.place_order(token, open_drop["id"])
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert order["status"] == "awaiting_payment"
+    assert order["shipping_address"]["country_code"] == "CA"
+
+    assert floodgate.pay(order).status_code == 200
+    confirmed = floodgate.wait_for_status(token, order["id"], "confirmed")
+    assert [step["status"] for step in confirmed["history"]] == ["awaiting_payment", "confirmed"]
+
+    poll(lambda: scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "sold",
+         what="the hold to become a sale")
+    assert floodgate.get_drop(open_drop["id"])["remaining"] == open_drop["quantity"] - 1
+
+    mails = poll(lambda: floodgate.mails_about(order["id"]), what="the confirmation email")
+    assert len(mails) == 1
+    [mail] = mails
+    assert mail["to"] == [email]
+    assert "K1A 0B1" in mail["text"] and "Ottawa" in mail["text"]
+    assert "Canada" in mail["text"] or "CA" in mail["text"]
+
+
+def test_the_last_unit_sells_once_and_the_next_buyer_hears_sold_out(floodgate, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=2)
+    answers = [floodgate.place_order(floodgate.register()[1], drop["id"]) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert answers[2].headers["Content-Type"] == "application/problem+json"
+    assert answers[2].json()["type"].endswith("/sold-out")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 0
+
+
+def test_one_idempotency_key_makes_one_order_sequentially_and_concurrently(floodgate, stack, buyer, open_drop):
+    _, token = buyer
+    key = str(uuid.uuid4())
+    first = floodgate.place_order(token, open_drop["id"], key=key)
+    second = floodgate.place_order(token, open_drop["id"], key=key)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json() == second.json()
+
+    other_address = dict(first.json()["shipping_address"], city="Toronto")
+    refused = floodgate.place_order(token, open_drop["id"], key=key, address=other_address)
+    assert refused.status_code == 422
+    assert refused.json()["type"].endswith("/idempotency-key-reused")
+
+    _, racer = floodgate.register()
+    race_key = str(uuid.uuid4())
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: floodgate.place_order(racer, open_drop["id"], key=race_key), range(12)))
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len({a.text for a in answers}) == 1
+
+    for token_ in (token, racer):
+        listed = floodgate.http.get(stack.url("checkout") + "/orders", headers={"Authorization": f"Bearer {token_}"})
+        assert len(listed.json()["orders"]) == 1
+    assert scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE order_id IN (:a, :b)",
+                  a=first.json()["id"], b=answers[0].json()["id"]) == 2

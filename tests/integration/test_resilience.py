@@ -1,0 +1,120 @@
+"""Failures on the way: the email consumer down, the relay crashing, the broker restarting, poison."""
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+
+import pika
+
+from devtools.client import poll
+from shared.messaging import topology
+from shared.messaging.envelope import Envelope
+from tests.integration.test_order_path import scalar
+
+
+def place_orders(floodgate, drop_id: str, count: int) -> list[tuple[str, dict]]:
+    orders = []
+    for _ in range(count):
+        _, token = floodgate.register()
+        placed = floodgate.place_order(token, drop_id)
+        assert placed.status_code == 201, placed.text
+        orders.append((token, placed.json()))
+    return orders
+
+
+def pay_timed(floodgate, orders) -> list[float]:
+    durations = []
+    for _, order in orders:
+        started = time.perf_counter()
+        answer = floodgate.pay(order)
+        durations.append(time.perf_counter() - started)
+        assert answer.status_code == 200 and answer.json()["webhook_status"] == 200, answer.text
+    return durations
+
+
+def queue_depth(stack, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def settled(stack) -> bool:
+    """Every committed event published and every notification handled."""
+    return (
+        scalar(stack, "checkout", "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+        and queue_depth(stack, topology.work_queue("notifications")) == 0
+    )
+
+
+def test_orders_confirm_while_the_email_consumer_is_dead_and_mail_follows(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=40)
+    baseline = pay_timed(floodgate, place_orders(floodgate, drop["id"], 5))
+
+    stack.kill("notifications-consumer")
+    orders = place_orders(floodgate, drop["id"], 20)
+    while_down = pay_timed(floodgate, orders)
+    for token, order in orders:
+        floodgate.wait_for_status(token, order["id"], "confirmed")
+    assert all(not floodgate.mails_about(order["id"]) for _, order in orders)
+    # The webhook does not wait on email: its timing with the consumer dead matches the baseline.
+    assert statistics.median(while_down) < 3 * statistics.median(baseline) + 0.1
+
+    stack.start("notifications-consumer")
+    poll(lambda: all(floodgate.mails_about(order["id"]) for _, order in orders), timeout=60,
+         what="20 emails after the consumer restarted")
+    poll(lambda: settled(stack), what="queues to drain")
+    assert [len(floodgate.mails_about(order["id"])) for _, order in orders] == [1] * 20
+
+
+def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(floodgate, stack, admin_token, infra):
+    drop = floodgate.create_drop(admin_token, quantity=40)
+    stack.stop("checkout-relay")
+    relay = stack.start("checkout-relay", {"FAULT_RELAY_EXIT_AFTER_PUBLISH": "1"})
+    crashed = place_orders(floodgate, drop["id"], 5)
+    pay_timed(floodgate, crashed)
+    poll(lambda: relay.poll() is not None, what="the relay to crash after publishing")
+    assert relay.returncode == 3
+    stack.start("checkout-relay")
+
+    during_restart = place_orders(floodgate, drop["id"], 10)
+    pay_timed(floodgate, during_restart[:5])
+    infra.restart_broker()
+    pay_timed(floodgate, during_restart[5:])
+
+    everything = crashed + during_restart
+    for token, order in everything:
+        floodgate.wait_for_status(token, order["id"], "confirmed", timeout=60)
+    poll(lambda: all(floodgate.mails_about(order["id"]) for _, order in everything), timeout=90,
+         what="every confirmation email")
+    poll(lambda: settled(stack), timeout=30, what="queues to drain")
+    assert [len(floodgate.mails_about(order["id"])) for _, order in everything] == [1] * 15
+
+
+def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodgate, stack, admin_token):
+    poison = Envelope(type="order.confirmed", data={"order_id": str(uuid.uuid4())}, source="tests")
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(topology.EVENTS_EXCHANGE, poison.type, poison.to_json(), poison.properties(), mandatory=True)
+    finally:
+        connection.close()
+
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    [(token, order)] = place_orders(floodgate, drop["id"], 1)
+    pay_timed(floodgate, [(token, order)])
+    poll(lambda: floodgate.mails_about(order["id"]), what="the healthy order's email")
+
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    letters_url = stack.url("notifications") + "/dead-letters"
+
+    def parked():
+        letters = floodgate.http.get(letters_url, headers=admin).json()
+        items = letters if isinstance(letters, list) else letters.get("dead_letters", letters.get("items", []))
+        return [letter for letter in items if letter["message_id"] == poison.id]
+
+    [letter] = poll(parked, timeout=30, what="the poison message in the dead-letter queue")
+    assert letter["attempts"] == 3

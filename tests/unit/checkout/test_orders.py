@@ -1,0 +1,68 @@
+from datetime import datetime, timezone
+
+import pytest
+
+from services.checkout import orders
+from services.checkout.errors import InvalidTransition
+from services.checkout.handlers import PlaceOrder
+from services.checkout.models import Order
+from services.checkout.payments import approval_url, sign, signature_is_valid
+
+SECRET = "test-secret"
+
+
+def new_order() -> Order:
+    order = Order(status=None, history=[], hold_expires_at=datetime.now(timezone.utc))
+    orders.move_new(order, "placed")
+    return order
+
+
+@pytest.mark.parametrize(
+    "path",
+    [["confirmed", "shipped"], ["confirmed", "cancelled"], ["expired"], ["payment_failed"], ["cancelled"]],
+)
+def test_allowed_paths_are_recorded_in_the_history(path):
+    order = new_order()
+    for status in path:
+        orders.move(order, status, f"to {status}")
+    assert [step.to_status for step in order.history] == ["awaiting_payment", *path]
+    assert order.status == path[-1]
+
+
+@pytest.mark.parametrize(
+    "path", [["shipped"], ["confirmed", "expired"], ["confirmed", "shipped", "cancelled"], ["expired", "confirmed"]]
+)
+def test_other_paths_are_refused_and_leave_the_order_alone(path):
+    order = new_order()
+    with pytest.raises(InvalidTransition):
+        for status in path:
+            orders.move(order, status, "try")
+    assert order.status != path[-1]
+
+
+def test_one_key_means_one_order_id_and_one_fingerprint_per_body():
+    address = {"name": "A", "country_code": "CA"}
+    first = PlaceOrder("buyer", "b@x.io", "key-1", "drop", 1, address)
+    again = PlaceOrder("buyer", "b@x.io", "key-1", "drop", 1, dict(reversed(list(address.items()))))
+    other_body = PlaceOrder("buyer", "b@x.io", "key-1", "drop", 2, address)
+    other_buyer = PlaceOrder("buyer-2", "c@x.io", "key-1", "drop", 1, address)
+    assert first.order_id == again.order_id and first.fingerprint == again.fingerprint
+    assert first.fingerprint != other_body.fingerprint
+    assert first.order_id != other_buyer.order_id
+
+
+def test_webhook_signatures_must_match_the_body_and_be_fresh():
+    body = b'{"id": "WH-1"}'
+    header = sign(SECRET, body, timestamp=1_000_000)
+    assert signature_is_valid(SECRET, body, header, 300, now=1_000_100)
+    assert not signature_is_valid(SECRET, body, header, 300, now=1_000_301)
+    assert not signature_is_valid(SECRET, body + b" ", header, 300, now=1_000_100)
+    assert not signature_is_valid("other", body, header, 300, now=1_000_100)
+    assert not signature_is_valid(SECRET, body, "t=abc,v1=00", 300, now=1_000_100)
+    assert not signature_is_valid(SECRET, body, "", 300)
+
+
+def test_the_approval_link_signs_the_amount():
+    link = approval_url("http://pay.local/", SECRET, "order-1", 29900, "CAD")
+    assert link.startswith("http://pay.local/pay/order-1?amount=29900&currency=CAD&sig=")
+    assert link != approval_url("http://pay.local/", SECRET, "order-1", 1, "CAD")

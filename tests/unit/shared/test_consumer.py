@@ -1,0 +1,93 @@
+"""The consumer runner's decisions, with a fake unit of work and no broker."""
+from __future__ import annotations
+
+from shared.config import Settings
+from shared.messaging.consumer import PermanentFailure, handle_delivery, next_step
+from shared.messaging.envelope import Envelope
+
+SETTINGS = Settings(service_name="notifications", retry_delays_ms=(100, 1000), max_attempts=3)
+
+
+class FakeUnitOfWork:
+    """Remembers claimed message ids across units, like the inbox table."""
+
+    inbox: set
+
+    def __init__(self, inbox: set):
+        self.inbox = inbox
+        self.session = self
+        self.committed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def commit(self):
+        self.committed = True
+
+
+def run(body: bytes, handler, attempt: int = 1, inbox: set | None = None, uows: list | None = None):
+    inbox = set() if inbox is None else inbox
+    uows = [] if uows is None else uows
+
+    def factory():
+        uow = FakeUnitOfWork(inbox)
+        uows.append(uow)
+        return uow
+
+    return handle_delivery(body, attempt, {"order.confirmed": handler}, factory, SETTINGS)
+
+
+def claim(session, message_id, event_type):
+    if message_id in session.inbox:
+        return False
+    session.inbox.add(message_id)
+    return True
+
+
+def test_retries_walk_the_tiers_then_park(monkeypatch):
+    assert next_step(1, 3, (100, 1000), "boom").delay_ms == 100
+    assert next_step(2, 3, (100, 1000), "boom").delay_ms == 1000
+    assert next_step(3, 3, (100, 1000), "boom").action == "dead"
+    assert next_step(2, 9, (100,), "boom").delay_ms == 100
+
+
+def test_a_handled_message_is_committed_then_acked_and_a_duplicate_is_skipped(monkeypatch):
+    monkeypatch.setattr("shared.messaging.consumer.claim_message", claim)
+    calls, inbox, uows = [], set(), []
+    body = Envelope(type="order.confirmed", data={"order_id": "1"}, source="checkout").to_json()
+    assert run(body, lambda env, uow: calls.append(env.id), inbox=inbox, uows=uows).action == "ack"
+    assert run(body, lambda env, uow: calls.append(env.id), inbox=inbox, uows=uows).action == "ack"
+    assert len(calls) == 1
+    assert all(uow.committed for uow in uows)
+
+
+def test_a_failing_handler_commits_nothing_and_is_retried(monkeypatch):
+    monkeypatch.setattr("shared.messaging.consumer.claim_message", claim)
+    uows = []
+
+    def broken(envelope, uow):
+        raise RuntimeError("SMTP said 451")
+
+    body = Envelope(type="order.confirmed", data={}, source="checkout").to_json()
+    outcome = run(body, broken, attempt=1, uows=uows)
+    assert (outcome.action, outcome.delay_ms) == ("retry", 100)
+    assert "451" in outcome.error
+    assert not uows[0].committed
+    assert run(body, broken, attempt=3).action == "dead"
+
+
+def test_permanent_failures_and_malformed_bodies_are_parked_at_once(monkeypatch):
+    monkeypatch.setattr("shared.messaging.consumer.claim_message", claim)
+
+    def refused(envelope, uow):
+        raise PermanentFailure("550 mailbox unavailable")
+
+    body = Envelope(type="order.confirmed", data={}, source="checkout").to_json()
+    assert run(body, refused).action == "dead"
+    assert run(b"{not json", refused).action == "dead"
+    assert run(b'{"id": "1"}', refused).action == "dead"
+    unknown = Envelope(type="order.teleported", data={}, source="checkout").to_json()
+    assert run(unknown, refused).action == "dead"
