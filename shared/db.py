@@ -49,6 +49,8 @@ class UnitOfWork:
     def __exit__(self, *exc_info) -> None:
         try:
             if not self.committed:
+                # Detach first: loaded objects stay readable for a view that only read them.
+                self.session.expunge_all()
                 self.session.rollback()
         finally:
             self.session.close()

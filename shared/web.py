@@ -71,7 +71,30 @@ def load(schema: Schema, data: Any = None) -> dict:
         data = request.get_json(silent=True)
         if data is None:
             raise errors.MalformedRequest("The request body must be a JSON document.")
+    unstorable = _unstorable_text(data)
+    if unstorable:
+        raise errors.InvalidRequest(
+            "Text must be valid UTF-8 without NUL characters.", errors={unstorable: ["Invalid characters."]}
+        )
     return schema.load(data)
+
+
+def _unstorable_text(value: Any, path: str = "body") -> str | None:
+    """The path of the first string PostgreSQL cannot store (lone surrogates, NUL), if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _unstorable_text(key, path):
+            return path
+        found = _unstorable_text(item, f"{path}.{key}" if path != "body" else str(key))
+        if found:
+            return found
+    return None
 
 
 def _start_request() -> None:

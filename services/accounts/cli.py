@@ -1,0 +1,57 @@
+"""Operator commands: `flask --app services.accounts.app create-admin | rotate-keys`."""
+from datetime import timedelta
+
+import click
+from flask import Flask
+from flask.cli import with_appcontext
+from marshmallow import ValidationError
+
+from services.accounts import handlers, schemas
+from services.accounts.bootstrap import dependencies
+from services.accounts.repository import unit_of_work
+
+
+@click.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--password", required=True, help="At least 10 characters.")
+@click.option("--name", default=None)
+@with_appcontext
+def create_admin(email: str, password: str, name: str | None) -> None:
+    """Create an admin account, or promote an existing one (setting its password); print its id."""
+    try:
+        cmd = schemas.RegistrationSchema().load({"email": email, "password": password, "name": name})
+    except ValidationError as error:
+        raise click.UsageError(_messages(error))
+    with unit_of_work() as uow:
+        account = handlers.create_admin(cmd, uow, dependencies().passwords)
+        uow.commit()
+    click.echo(str(account.id))
+
+
+@click.command("rotate-keys")
+@click.option(
+    "--retire-older-than-hours",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Also retire keys that stopped signing at least this many hours ago "
+    "(keep it above the token lifetime, or their tokens stop verifying).",
+)
+@with_appcontext
+def rotate_keys(retire_older_than_hours: float | None) -> None:
+    """Sign new tokens with a new key; earlier keys stay published until retired."""
+    retire_after = None if retire_older_than_hours is None else timedelta(hours=retire_older_than_hours)
+    with unit_of_work() as uow:
+        key, retired = handlers.rotate_keys(uow, retire_after)
+        uow.commit()
+    click.echo(f"signing with {key.kid}")
+    for old in retired:
+        click.echo(f"retired {old.kid}")
+
+
+def _messages(error: ValidationError) -> str:
+    return "; ".join(f"{field}: {' '.join(map(str, problems))}" for field, problems in error.messages.items())
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(create_admin)
+    app.cli.add_command(rotate_keys)

@@ -1,0 +1,59 @@
+"""Password hashing: argon2id at OWASP's parameters, bounded per process."""
+from __future__ import annotations
+
+import secrets
+import threading
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Iterator
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from services.accounts.errors import SignInBusy
+
+MIN_LENGTH = 10
+# Long enough for any passphrase; short enough that a request cannot make hashing expensive.
+MAX_LENGTH = 1024
+
+# OWASP Password Storage Cheat Sheet: argon2id, 19 MiB, 2 iterations, 1 degree of parallelism.
+OWASP_ARGON2ID = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
+
+
+class Passwords:
+    """Hashes and checks passwords, at most `concurrency` at a time in this process."""
+
+    def __init__(self, hasher: PasswordHasher = OWASP_ARGON2ID, concurrency: int = 2, wait_seconds: float = 5.0):
+        self._hasher = hasher
+        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        self._wait = wait_seconds
+
+    def hash(self, password: str) -> str:
+        with self._slot():
+            return self._hasher.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when `password` matches. With no hash (an unknown email) a dummy hash is checked
+        all the same, so a wrong email costs as long as a wrong password."""
+        with self._slot():
+            try:
+                matched = self._hasher.verify(password_hash or self._dummy_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+        return matched and password_hash is not None
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(password_hash)
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        return self._hasher.hash(secrets.token_urlsafe(16))
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._wait):
+            raise SignInBusy("Too many people are signing in right now; try again in a moment.")
+        try:
+            yield
+        finally:
+            self._slots.release()

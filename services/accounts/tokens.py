@@ -1,0 +1,68 @@
+"""Access tokens: ES256 JWTs signed with the newest signing key, and the JWKS that verifies them."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from services.accounts.models import Account, SigningKey
+
+ALGORITHM = "ES256"
+
+
+def new_signing_key(now: datetime) -> SigningKey:
+    """A fresh P-256 key pair; its `kid` is the RFC 7638 thumbprint of the public key."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    public_jwk = json.loads(ECAlgorithm.to_jwk(private_key.public_key()))
+    kid = _thumbprint(public_jwk)
+    public_jwk.update(kid=kid, alg=ALGORITHM, use="sig")
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return SigningKey(kid=kid, private_key_pem=pem, public_jwk=public_jwk, created_at=now, retired_at=None)
+
+
+def _thumbprint(jwk: dict) -> str:
+    canonical = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def key_set(keys: list[SigningKey]) -> dict:
+    """The JWKS document publishing `keys`' public halves."""
+    return {"keys": [key.public_jwk for key in keys]}
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    """Mints access tokens for the audience every Floodgate service verifies."""
+
+    issuer: str
+    audience: str
+    ttl_seconds: int
+
+    def issue(self, account: Account, key: SigningKey, now: datetime) -> AccessToken:
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(account.id),
+            "role": account.role,
+            "email": account.email,
+            "tier": account.tier,
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+        }
+        token = jwt.encode(claims, key.private_key_pem, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return AccessToken(token=token, expires_in=self.ttl_seconds)

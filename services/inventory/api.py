@@ -1,0 +1,77 @@
+"""HTTP entry points: load with a schema, run a handler in a unit of work, dump with a schema."""
+from __future__ import annotations
+
+from flask import Blueprint
+
+from services.inventory import handlers, schemas
+from shared.auth import require_admin, require_service
+from shared.openapi import operation
+from shared.web import context, load, unit_of_work
+
+bp = Blueprint("inventory", __name__)
+
+
+@bp.post("/products")
+@operation("Add a product", request=schemas.NewProductSchema, response=schemas.ProductSchema, status=201, errors=(403, 409), auth="bearer")
+@require_admin
+def add_product():
+    command = load(schemas.NewProductSchema())
+    with unit_of_work() as uow:
+        product = handlers.add_product(command, uow)
+        uow.commit()
+    return schemas.ProductSchema().dump(product), 201
+
+
+@bp.get("/products/<product_id>")
+@operation("Show a product", response=schemas.ProductSchema, errors=(404,))
+def show_product(product_id: str):
+    with unit_of_work() as uow:
+        # Dumped inside the block: leaving it rolls back, which expires what was loaded.
+        return schemas.ProductSchema().dump(handlers.show_product(product_id, uow))
+
+
+@bp.post("/drops")
+@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, errors=(403,), auth="bearer")
+@require_admin
+def schedule_drop():
+    command = load(schemas.NewDropSchema())
+    with unit_of_work() as uow:
+        drop = handlers.schedule_drop(command, uow)
+        uow.commit()
+    return schemas.DropSchema().dump(drop), 201
+
+
+@bp.get("/drops/<drop_id>")
+@operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,))
+def show_drop(drop_id: str):
+    with unit_of_work() as uow:
+        # Dumped inside the block: leaving it rolls back, which expires what was loaded.
+        return schemas.DropSchema().dump(handlers.show_drop(drop_id, uow))
+
+
+@bp.post("/reservations")
+@operation(
+    "Hold stock for an order (idempotent by order_id; 201 new, 200 repeat)",
+    request=schemas.ReservationRequestSchema,
+    response=schemas.ReservationSchema,
+    status=201,
+    errors=(403, 404, 409),
+    auth="service",
+)
+@require_service
+def reserve():
+    command = load(schemas.ReservationRequestSchema())
+    with unit_of_work() as uow:
+        reservation, created = handlers.reserve(command, uow, context().settings.hold_ttl_seconds)
+        uow.commit()
+    return schemas.ReservationSchema().dump(reservation), (201 if created else 200)
+
+
+@bp.post("/reservations/<order_id>/release")
+@operation("Release a held reservation (idempotent)", response=schemas.ReservationSchema, errors=(404, 409), auth="service")
+@require_service
+def release(order_id: str):
+    with unit_of_work() as uow:
+        reservation = handlers.release(order_id, uow)
+        uow.commit()
+    return schemas.ReservationSchema().dump(reservation)

@@ -1,0 +1,32 @@
+"""`python -m services.inventory.sweeper`: gives the stock of unpaid, expired holds back to their drops."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from services.inventory import config, handlers
+from shared import db, logs
+
+log = logging.getLogger("floodgate.inventory.sweeper")
+
+
+def main() -> None:
+    settings = config.load()
+    logs.configure(settings.service_name, settings.log_level)
+    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=1))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("sweeping expired holds", extra={"interval_seconds": settings.sweep_interval_seconds})
+    handlers.sweep_until_stopped(
+        stop,
+        lambda: db.UnitOfWork(session_factory, "inventory"),
+        settings.sweep_batch_size,
+        settings.sweep_interval_seconds,
+    )
+    log.info("sweeper stopped")
+
+
+if __name__ == "__main__":
+    main()

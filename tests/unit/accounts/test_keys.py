@@ -1,0 +1,79 @@
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from services.accounts import handlers
+from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
+from shared.auth import KeySet, TokenVerifier
+from shared.errors import Unauthorized
+
+
+def published(uow):
+    return {key["kid"]: key for key in handlers.published_keys(uow)["keys"]}
+
+
+def test_the_key_set_publishes_only_public_es256_signing_keys(uow):
+    keys = list(published(uow).values())
+
+    assert len(keys) == 1
+    key = keys[0]
+    assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
+    assert key["kid"] and key["x"] and key["y"]
+    assert "d" not in key  # the private part never leaves
+
+
+def test_after_a_rotation_new_tokens_use_the_new_key_and_old_tokens_still_verify(uow, ann_token):
+    old_token, sign_in = ann_token
+    new_key, retired = handlers.rotate_keys(uow)
+    new_token = sign_in()
+
+    assert retired == []
+    assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
+    assert set(published(uow)) == {new_key.kid, jwt.get_unverified_header(old_token)["kid"]}
+    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+    assert verifier.verify(old_token).email == verifier.verify(new_token).email == "ann@example.com"
+
+
+def test_retiring_drops_only_keys_that_stopped_signing_long_enough_ago(uow):
+    handlers.published_keys(uow)
+    oldest = uow.signing_keys.active()[0]
+    middle, _ = handlers.rotate_keys(uow)
+    # oldest stopped signing two days ago (when middle was made); middle stops signing now
+    oldest.created_at -= timedelta(days=3)
+    middle.created_at -= timedelta(days=2)
+
+    newest, retired = handlers.rotate_keys(uow, retire_superseded_for=timedelta(hours=1))
+
+    assert retired == [oldest]
+    assert set(published(uow)) == {newest.kid, middle.kid}
+
+
+def test_retiring_at_zero_hours_leaves_only_the_new_key_and_refuses_older_tokens(uow, ann_token):
+    old_token, _ = ann_token
+
+    newest, _ = handlers.rotate_keys(uow, retire_superseded_for=timedelta(0))
+
+    assert set(published(uow)) == {newest.kid}
+    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+    with pytest.raises(Unauthorized):
+        verifier.verify(old_token)
+
+
+def test_over_http_the_key_set_may_be_cached_for_five_minutes(client):
+    response = client.get("/.well-known/jwks.json")
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    assert [key["alg"] for key in response.get_json()["keys"]] == ["ES256"]
+
+
+@pytest.fixture
+def ann_token(uow, passwords, issuer):
+    handlers.register_account(RegistrationSchema().load({"email": "ann@example.com", "password": "correct horse battery"}), uow, passwords)
+    credentials = SessionRequestSchema().load({"email": "ann@example.com", "password": "correct horse battery"})
+
+    def sign_in():
+        return handlers.open_session(credentials, uow, passwords, issuer).token
+
+    return sign_in(), sign_in
