@@ -1,7 +1,6 @@
 """Checkout's HTTP endpoints: thin views over `handlers`."""
 from __future__ import annotations
 
-import json
 import uuid
 
 import sqlalchemy as sa
@@ -62,36 +61,37 @@ def place_order():
     settings = context().settings
     stored = handlers.claim_idempotency_key(cmd, unit_of_work, settings.idempotency_wait_seconds)
     if stored is not None:
-        return _replay(stored)
+        response = _send(stored)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
     try:
         with unit_of_work() as uow:
             order = handlers.place_order(cmd, uow, _inventory(), settings)
-            answer = OrderSchema().dump(order)
-            handlers.remember_response(cmd, uow, 201, answer)
+            stored = handlers.remember_response(cmd, uow, 201, OrderSchema().dump(order))
             uow.commit()
     except Problem as problem:
-        with unit_of_work() as uow:
-            if problem.status < 500:
-                body = problem.to_dict()
-                body["instance"] = request.path
-                handlers.remember_response(cmd, uow, problem.status, body)
-            else:
+        if problem.status >= 500:
+            with unit_of_work() as uow:
                 handlers.release_idempotency_key(cmd, uow)
+                uow.commit()
+            raise
+        # A definitive refusal (sold out, not open, ...) is this key's answer from now on.
+        with unit_of_work() as uow:
+            stored = handlers.remember_response(cmd, uow, problem.status, dict(problem.to_dict(), instance=request.path))
             uow.commit()
-        raise
+        return _send(stored)
     except Exception:
         with unit_of_work() as uow:
             handlers.release_idempotency_key(cmd, uow)
             uow.commit()
         raise
-    return jsonify(answer), 201, {"Location": f"/orders/{order.id}"}
-
-
-def _replay(stored: handlers.StoredResponse):
-    mimetype = "application/problem+json" if stored.status >= 400 else "application/json"
-    response = current_app.response_class(json.dumps(stored.body), status=stored.status, mimetype=mimetype)
-    response.headers["Idempotent-Replayed"] = "true"
+    response = _send(stored)
+    response.headers["Location"] = f"/orders/{order.id}"
     return response
+
+
+def _send(stored: handlers.StoredResponse):
+    return current_app.response_class(stored.body, status=stored.status, mimetype=stored.media_type)
 
 
 @bp.get("/orders/<order_id>")

@@ -46,7 +46,11 @@ class PlaceOrder:
 @dataclass(frozen=True)
 class StoredResponse:
     status: int
-    body: dict
+    body: str
+
+    @property
+    def media_type(self) -> str:
+        return "application/problem+json" if self.status >= 400 else "application/json"
 
 
 def claim_idempotency_key(cmd: PlaceOrder, uow_factory: Callable, wait_seconds: float) -> StoredResponse | None:
@@ -78,13 +82,15 @@ def claim_idempotency_key(cmd: PlaceOrder, uow_factory: Callable, wait_seconds: 
         time.sleep(0.05)
 
 
-def remember_response(cmd: PlaceOrder, uow, status: int, body: dict) -> None:
+def remember_response(cmd: PlaceOrder, uow, status: int, body: dict) -> StoredResponse:
     """Store the answer for this key, in the caller's transaction."""
+    stored = StoredResponse(status, json.dumps(body))
     uow.session.execute(
         sa.update(IdempotencyKey)
         .where(IdempotencyKey.buyer_id == cmd.buyer_id, IdempotencyKey.key == cmd.idempotency_key)
-        .values(response_status=status, response_body=body)
+        .values(response_status=stored.status, response_body=stored.body)
     )
+    return stored
 
 
 def release_idempotency_key(cmd: PlaceOrder, uow) -> None:

@@ -61,7 +61,8 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(sa.String(64))
     response_status: Mapped[int | None]
-    response_body: Mapped[dict | None] = mapped_column(pg.JSONB)
+    # kept as text so a replay returns the very bytes of the first answer
+    response_body: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 

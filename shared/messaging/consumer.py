@@ -153,6 +153,7 @@ class ConsumerRunner:
         headers = properties.headers or {}
         attempt = int(headers.get("x-attempt", 0) or 0) + 1
         request_id = headers.get("x-request-id") or properties.correlation_id
+        logs.order_id_var.set(None)  # the worker thread's context outlives each message
         with logs.log_context(request_id=request_id):
             outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings)
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)

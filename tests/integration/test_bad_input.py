@@ -31,7 +31,7 @@ def forged_tokens() -> dict[str, str]:
               "iat": now, "exp": now + 600}
     unsigned = jwt.encode(claims, key=None, algorithm="none")
     stranger = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "stranger"})
-    hs256 = jwt.encode(claims, "guessable", algorithm="HS256")
+    hs256 = jwt.encode(claims, "a-guessable-shared-secret-of-32-bytes!", algorithm="HS256")
     return {"alg-none": unsigned, "unknown-key": stranger, "hs256": hs256, "garbage": "not.a.jwt"}
 
 

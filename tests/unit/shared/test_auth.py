@@ -52,7 +52,7 @@ def test_a_good_token_gives_its_principal_and_the_keys_are_fetched_once(verifier
     "make",
     [
         lambda j: jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE}, None, algorithm="none"),
-        lambda j: jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": 9999999999}, "secret", algorithm="HS256"),
+        lambda j: jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": 9999999999}, "an-attacker-chosen-secret-of-32-bytes", algorithm="HS256"),
         lambda j: j.token(exp=int(time.time()) - 60),
         lambda j: j.token(aud="another-audience"),
         lambda j: j.token(iss="someone-else"),

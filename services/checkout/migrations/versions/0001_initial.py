@@ -50,7 +50,7 @@ def upgrade():
         sa.Column("key", sa.String(255), primary_key=True),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("response_status", sa.Integer),
-        sa.Column("response_body", pg.JSONB),
+        sa.Column("response_body", sa.Text),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
     op.create_table(

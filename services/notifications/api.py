@@ -1,0 +1,61 @@
+"""Notifications' admin API: the delivery log and the dead letters."""
+from flask import Blueprint, jsonify, request
+
+from shared import web
+from shared.auth import require_admin
+from shared.openapi import operation
+from services.notifications import handlers
+from services.notifications.repository import UnitOfWork
+from services.notifications.schemas import (
+    DeadLetterSchema,
+    DeliveryQuerySchema,
+    DeliverySchema,
+    ReplayRequestSchema,
+    ReplayResultSchema,
+)
+
+bp = Blueprint("notifications", __name__)
+
+
+def unit_of_work() -> UnitOfWork:
+    ctx = web.context()
+    return UnitOfWork(ctx.session_factory, ctx.settings.service_name)
+
+
+@bp.get("/notifications")
+@operation(
+    "Emails sent, newest first; filter with ?order_id=, ?to=, ?status=, ?limit= (1-500, default 50)",
+    response=DeliverySchema(many=True),
+    auth="bearer",
+    errors=(403, 422),
+)
+@require_admin
+def list_deliveries():
+    query = web.load(DeliveryQuerySchema(), request.args.to_dict())
+    with unit_of_work() as uow:
+        # dumped inside: leaving a read-only unit of work rolls back, which expires what it loaded
+        return jsonify(DeliverySchema(many=True).dump(handlers.find_deliveries(query, uow)))
+
+
+@bp.get("/dead-letters")
+@operation("Events parked after their last attempt", response=DeadLetterSchema(many=True), auth="bearer", errors=(403, 503))
+@require_admin
+def list_dead_letters():
+    letters = handlers.dead_letters(web.context().settings)
+    return jsonify(DeadLetterSchema(many=True).dump(letters))
+
+
+@bp.post("/dead-letters/replay")
+@operation(
+    "Send one parked event (by message_id) or all of them back to be handled again",
+    request=ReplayRequestSchema,
+    response=ReplayResultSchema,
+    auth="bearer",
+    errors=(400, 403, 503),
+)
+@require_admin
+def replay_dead_letters():
+    # An empty body means "replay everything".
+    args = web.load(ReplayRequestSchema(), {} if not request.get_data() else None)
+    replayed = handlers.replay(args["message_id"], web.context().settings)
+    return jsonify(ReplayResultSchema().dump({"replayed": replayed}))

@@ -1,0 +1,1 @@
+from shared.gunicorn_defaults import *  # noqa: F401,F403

@@ -1,0 +1,90 @@
+import pytest
+
+from services.notifications import emails
+from tests.unit.notifications.fakes import order
+
+
+def render(document=None, event_id="e-1"):
+    return emails.order_confirmation(emails.read_confirmed_order(document or order()), event_id)
+
+
+def test_confirmation_names_the_order_in_subject_and_body():
+    email = render()
+    assert email.to == "emilie@example.ca"
+    assert "7d9c1f9e-3b1a-4c52-9f0e-0c2b5f7a1e11" in email.subject
+    assert "7d9c1f9e-3b1a-4c52-9f0e-0c2b5f7a1e11" in email.text
+    assert "7d9c1f9e-3b1a-4c52-9f0e-0c2b5f7a1e11" in email.html
+
+
+def test_a_canadian_address_stays_canadian():
+    email = render()
+    for body in (email.text, email.html):
+        assert "24 Sussex Drive" in body
+        assert "Ottawa ON" in body
+        assert "K1A 0B1" in body
+        assert "Canada (CA)" in body
+        assert "United States" not in body and "(US)" not in body
+
+
+def test_an_unlisted_country_is_shown_by_its_code():
+    document = order()
+    document["shipping_address"].update(country_code="LU", country_area="", postal_code="L-1234")
+    email = render(document)
+    assert "LU (LU)" in email.text
+
+
+def test_total_is_shown_in_major_units_with_its_currency():
+    email = render()
+    assert "Total: 1,349.99 EUR" in email.text
+    assert "1,349.99 EUR" in email.html
+
+
+@pytest.mark.parametrize(
+    "money, shown",
+    [
+        ({"amount": 34999, "currency": "EUR"}, "349.99 EUR"),
+        ({"amount": 5, "currency": "CAD"}, "0.05 CAD"),
+        ({"amount": 49800, "currency": "JPY"}, "49,800 JPY"),
+        ({"amount": 12345, "currency": "KWD"}, "12.345 KWD"),
+    ],
+)
+def test_money_uses_the_currency_minor_unit(money, shown):
+    assert emails.format_money(money) == shown
+
+
+def test_html_escapes_what_the_buyer_typed_and_text_keeps_it():
+    document = order()
+    document["shipping_address"]["name"] = '<script>alert("x")</script> & Co'
+    email = render(document)
+    assert "<script>" not in email.html
+    assert "&lt;script&gt;" in email.html and "&amp; Co" in email.html
+    assert '<script>alert("x")</script> & Co' in email.text
+
+
+def test_status_link_is_in_both_parts():
+    email = render()
+    assert order()["status_url"] in email.text
+    assert f'href="{order()["status_url"]}"' in email.html
+
+
+def test_message_id_is_derived_from_the_event():
+    assert render(event_id="0b6c3e0e").message_id == "<0b6c3e0e@floodgate>"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.pop("buyer_email"),
+        lambda d: d.update(buyer_email="not an address"),
+        lambda d: d.pop("shipping_address"),
+        lambda d: d["shipping_address"].pop("country_code"),
+        lambda d: d.update(items=[]),
+        lambda d: d.update(total={"amount": "12.50", "currency": "EUR"}),
+        lambda d: d.update(status_url="javascript:alert(1)"),
+    ],
+)
+def test_an_order_missing_what_the_email_needs_is_refused(change):
+    document = order()
+    change(document)
+    with pytest.raises(emails.IncompleteOrder):
+        emails.read_confirmed_order(document)

@@ -1,0 +1,122 @@
+import smtplib
+
+import pytest
+
+from shared.messaging.consumer import PermanentFailure
+from services.notifications import emails
+from services.notifications.mailer import MailNotSent, MailRejected, SmtpMailer
+from tests.unit.notifications.fakes import order
+
+
+class FakeSMTP:
+    """smtplib.SMTP without the network: `refuse` and `reply` script the server."""
+
+    opened = []
+    refuse: Exception | None = None
+    reply: Exception | None = None
+
+    def __init__(self, host, port, timeout):
+        if FakeSMTP.refuse is not None:
+            raise FakeSMTP.refuse
+        self.messages = []
+        self.open = True
+        FakeSMTP.opened.append(self)
+
+    def noop(self):
+        if not self.open:
+            raise smtplib.SMTPServerDisconnected("gone")
+        return 250, b"OK"
+
+    def send_message(self, message, to_addrs):
+        if FakeSMTP.reply is not None:
+            raise FakeSMTP.reply
+        self.messages.append((message, to_addrs))
+
+    def quit(self):
+        self.open = False
+
+    close = quit
+
+
+@pytest.fixture
+def smtp(monkeypatch):
+    monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
+    FakeSMTP.opened, FakeSMTP.refuse, FakeSMTP.reply = [], None, None
+    return FakeSMTP
+
+
+@pytest.fixture
+def email():
+    return emails.order_confirmation(emails.read_confirmed_order(order()), "ev-1")
+
+
+def mailer():
+    return SmtpMailer("127.0.0.1", 1025, "Floodgate <orders@floodgate.test>", timeout_seconds=1)
+
+
+def test_sends_text_and_html_with_the_event_message_id(smtp, email):
+    mailer().send(email)
+    [(message, to_addrs)] = smtp.opened[0].messages
+    assert to_addrs == ["emilie@example.ca"]
+    assert message["Message-ID"] == "<ev-1@floodgate>"
+    assert message["From"] == "Floodgate <orders@floodgate.test>"
+    assert message.get_body(("plain",)).get_content() == email.text
+    assert message.get_body(("html",)).get_content() == email.html
+
+
+def test_keeps_one_connection_and_reopens_it_when_the_server_hung_up(smtp, email):
+    sender = mailer()
+    sender.send(email)
+    sender.send(email)
+    assert len(smtp.opened) == 1
+    smtp.opened[0].open = False
+    sender.send(email)
+    assert len(smtp.opened) == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        smtplib.SMTPDataError(550, b"5.1.1 Mailbox unavailable"),
+        smtplib.SMTPRecipientsRefused({"emilie@example.ca": (550, b"no such user")}),
+        smtplib.SMTPSenderRefused(553, b"sender rejected", "orders@floodgate.test"),
+    ],
+)
+def test_a_5xx_reply_is_a_permanent_failure(smtp, email, reply):
+    smtp.reply = reply
+    with pytest.raises(MailRejected) as raised:
+        mailer().send(email)
+    assert isinstance(raised.value, PermanentFailure)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        smtplib.SMTPDataError(451, b"4.3.0 try again later"),
+        smtplib.SMTPDataError(421, b"4.3.2 closing"),
+        smtplib.SMTPRecipientsRefused({"emilie@example.ca": (450, b"mailbox busy")}),
+        smtplib.SMTPServerDisconnected("Connection unexpectedly closed: timed out"),
+        TimeoutError("timed out"),
+    ],
+)
+def test_a_4xx_reply_or_a_lost_connection_is_retried(smtp, email, reply):
+    smtp.reply = reply
+    with pytest.raises(MailNotSent) as raised:
+        mailer().send(email)
+    assert not isinstance(raised.value, PermanentFailure)
+
+
+def test_an_unreachable_server_is_retried(smtp, email):
+    smtp.refuse = ConnectionRefusedError(111, "Connection refused")
+    with pytest.raises(MailNotSent):
+        mailer().send(email)
+
+
+def test_after_a_failure_the_next_send_opens_a_fresh_connection(smtp, email):
+    sender = mailer()
+    smtp.reply = smtplib.SMTPDataError(451, b"try later")
+    with pytest.raises(MailNotSent):
+        sender.send(email)
+    smtp.reply = None
+    sender.send(email)
+    assert len(smtp.opened) == 2 and len(smtp.opened[1].messages) == 1
