@@ -40,7 +40,7 @@ def main() -> None:
     for email, token in buyers:
         answer = floodgate.place_order(token, drop["id"])
         body = answer.json()
-        print(f"{email}: {answer.status_code} {body.get('status') or body.get('title')}")
+        print(f"{email}: {answer.status_code} {body['status'] if answer.ok else body['title']}")
         if answer.status_code == 201:
             orders.append((token, body))
 
