@@ -28,18 +28,20 @@ def operation(
     summary: str,
     *,
     request: Any = None,
+    query: Any = None,
     response: Any = None,
     status: int = 200,
     errors: tuple[int, ...] = (),
     auth: str | None = None,
     headers: dict[str, str] | None = None,
 ):
-    """Describe a view: request and response schemas, success status, problem statuses, auth."""
+    """Describe a view: request, query and response schemas, success status, problem statuses, auth."""
 
     def decorate(view):
         view.openapi = {
             "summary": summary,
             "request": request,
+            "query": query,
             "response": response,
             "status": status,
             "errors": errors,
@@ -77,6 +79,8 @@ def _operation(meta: dict, arguments) -> dict:
         {"name": name, "in": "header", "required": True, "schema": {"type": "string"}, "description": text}
         for name, text in meta["headers"].items()
     ]
+    if meta["query"] is not None:
+        params.append({"in": "query", "schema": meta["query"]})
     if params:
         op["parameters"] = params
     if meta["request"] is not None:

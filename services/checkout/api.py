@@ -105,7 +105,7 @@ def get_order(order_id: str):
 
 @bp.get("/orders")
 @require_user
-@operation("The buyer's own orders, newest first", response=OrderListSchema, auth="bearer")
+@operation("The buyer's own orders, newest first", query=ListQuerySchema, response=OrderListSchema, auth="bearer")
 def list_orders():
     query = ListQuerySchema().load(request.args)
     principal = current_principal()

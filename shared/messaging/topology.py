@@ -22,7 +22,16 @@ BROKER_DELIVERY_LIMIT = 20
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "inventory": ("order.confirmed", "order.cancelled", "order.expired"),
     "checkout": ("reservation.expired",),
-    "notifications": ("order.confirmed",),
+    "notifications": (
+        "order.placed",
+        "order.confirmed",
+        "order.cancelled",
+        "order.expired",
+        "order.shipped",
+        "payment.refunded",
+        "account.registered",
+        "invite.issued",
+    ),
 }
 
 
