@@ -118,5 +118,12 @@ class Floodgate:
         response.raise_for_status()
         return response.json()
 
-    def mails_about(self, order_id: str) -> list[dict]:
-        return [mail for mail in self.mails() if order_id in (mail.get("text") or "")]
+    def mails_about(self, order_id: str, subject_word: str = "") -> list[dict]:
+        """Emails that name `order_id`, optionally only those whose subject holds `subject_word`."""
+        return [
+            mail for mail in self.mails()
+            if order_id in (mail.get("text") or "") and subject_word.lower() in (mail.get("subject") or "").lower()
+        ]
+
+    def confirmations_of(self, order_id: str) -> list[dict]:
+        return self.mails_about(order_id, "confirmed")

@@ -52,8 +52,8 @@ def main() -> None:
     print(f"drop now: {floodgate.get_drop(drop['id'])['remaining']} left")
 
     step("confirmation emails in the local SMTP server")
-    mails = poll(lambda: [m for _, o in orders for m in floodgate.mails_about(o["id"])]
-                 if all(floodgate.mails_about(o["id"]) for _, o in orders) else None, what="the emails")
+    mails = poll(lambda: [m for _, o in orders for m in floodgate.confirmations_of(o["id"])]
+                 if all(floodgate.confirmations_of(o["id"]) for _, o in orders) else None, what="the emails")
     for mail in mails:
         print(f"to {mail['to'][0]}: {mail['subject']}")
     print("\n" + mails[0]["text"])

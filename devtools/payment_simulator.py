@@ -1,9 +1,14 @@
 """A PayPal-like payment provider for local runs and tests: `python -m devtools.payment_simulator`.
 
-The buyer follows the approval link checkout gave them (`GET /pay/<order_id>?amount=&currency=&sig=`),
-approves (`POST /pay/<order_id>/approve` with the same query), and the simulator captures the
-payment and calls checkout's webhook, signed like the real provider does. Approving twice captures
-once and sends the same event again, as providers do when they retry.
+The buyer follows the approval link checkout gave them (`GET /pay/<order_id>?amount=&currency=&sig=`)
+and approves (`POST /pay/<order_id>/approve` with the same query). The simulator captures the
+payment once and calls checkout's webhook, signed like the real provider does:
+`CHECKOUT.ORDER.APPROVED`, then `PAYMENT.CAPTURE.COMPLETED` (or `PAYMENT.CAPTURE.DENIED`).
+
+Tests and rehearsals steer it with `POST /control`:
+`{"outcome": "approve"|"decline", "delay_seconds": 0, "duplicates": 0, "reorder": false}` —
+decline payments, deliver webhooks late (in the background), send each one more than once, or
+send them in reverse order. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
 """
 from __future__ import annotations
 
@@ -26,20 +31,39 @@ from shared import logs
 
 # Development default: the same public value checkout uses unless PAYMENT_WEBHOOK_SECRET is set.
 DEV_SECRET = "dev-only-webhook-secret-not-a-secret"
+SIGNATURE_HEADER = "Provider-Signature"
 log = logging.getLogger("floodgate.payment-simulator")
 
 PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
 <h1>Pay {amount} {currency}</h1><p>Order {order_id}</p>
 <form method="post" action="/pay/{order_id}/approve?{query}"><button>Approve payment</button></form>"""
 
+DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False}
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def signature_ok(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:
+    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    return abs(time.time() - timestamp) <= tolerance and hmac.compare_digest(signature(secret, body, timestamp), header)
+
 
 def create_app(webhook_url: str, secret: str) -> Flask:
     app = Flask("payment-simulator")
-    captures: dict[str, dict] = {}
+    payments: dict[str, dict] = {}
+    refunds: dict[str, dict] = {}
+    control = dict(DEFAULT_CONTROL)
     lock = threading.Lock()
     http = requests.Session()
 
-    def link_is_genuine(order_id: str) -> tuple[int, str] | None:
+    def link_terms(order_id: str) -> tuple[int, str] | None:
         try:
             amount, currency = int(request.args["amount"]), request.args["currency"]
         except (KeyError, ValueError):
@@ -47,17 +71,15 @@ def create_app(webhook_url: str, secret: str) -> Flask:
         expected = hmac.new(secret.encode(), f"{order_id}:{amount}:{currency}".encode(), hashlib.sha256).hexdigest()
         return (amount, currency) if hmac.compare_digest(expected, request.args.get("sig", "")) else None
 
-    def send_webhook(event: dict) -> int | None:
+    def deliver(event: dict) -> int | None:
         body = json.dumps(event).encode()
         for attempt in range(5):
-            timestamp = int(time.time())
-            digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
             try:
                 response = http.post(
                     webhook_url,
                     data=body,
-                    headers={"Content-Type": "application/json", "Provider-Signature": f"t={timestamp},v1={digest}"},
-                    timeout=5,
+                    headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time()))},
+                    timeout=10,
                 )
                 if response.status_code < 500:
                     return response.status_code
@@ -66,35 +88,114 @@ def create_app(webhook_url: str, secret: str) -> Flask:
             time.sleep(0.2 * 2**attempt)
         return None
 
+    def deliver_all(events: list[dict], settings: dict) -> list[int | None]:
+        if settings["reorder"]:
+            events = list(reversed(events))
+        statuses = []
+        for event in events:
+            for _ in range(1 + int(settings["duplicates"])):
+                statuses.append(deliver(event))
+        return statuses
+
+    def event(event_type: str, payment: dict) -> dict:
+        return {
+            "id": f"WH-{uuid.uuid4()}",
+            "event_type": event_type,
+            "create_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "resource": {
+                "id": payment["capture_id"],
+                "order_id": payment["order_id"],
+                "amount": payment["amount"],
+                "currency": payment["currency"],
+            },
+        }
+
     @app.get("/pay/<order_id>")
     def approval_page(order_id: str):
-        terms = link_is_genuine(order_id)
+        terms = link_terms(order_id)
         if terms is None:
             return jsonify(error="invalid payment link"), 400
         return PAGE.format(amount=terms[0], currency=terms[1], order_id=order_id, query=request.query_string.decode())
 
     @app.post("/pay/<order_id>/approve")
     def approve(order_id: str):
-        terms = link_is_genuine(order_id)
+        terms = link_terms(order_id)
         if terms is None:
             return jsonify(error="invalid payment link"), 400
         with lock:
-            capture = captures.get(order_id)
-            if capture is None:
-                capture = {
-                    "id": f"WH-{uuid.uuid4()}",
-                    "event_type": "PAYMENT.CAPTURE.COMPLETED",
-                    "create_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "resource": {
-                        "id": f"CAP-{uuid.uuid4().hex[:16].upper()}",
-                        "order_id": order_id,
-                        "amount": terms[0],
-                        "currency": terms[1],
-                    },
+            settings = dict(control)
+            payment = payments.get(order_id)
+            if payment is None:
+                declined = settings["outcome"] == "decline"
+                payment = {
+                    "order_id": order_id,
+                    "amount": terms[0],
+                    "currency": terms[1],
+                    "capture_id": f"CAP-{uuid.uuid4().hex[:16].upper()}",
+                    "status": "DECLINED" if declined else "COMPLETED",
                 }
-                captures[order_id] = capture
-        status = send_webhook(capture)
-        return jsonify(status="COMPLETED", capture_id=capture["resource"]["id"], event_id=capture["id"], webhook_status=status)
+                payment["events"] = [event("CHECKOUT.ORDER.APPROVED", payment)] + [
+                    event("PAYMENT.CAPTURE.DENIED" if declined else "PAYMENT.CAPTURE.COMPLETED", payment)
+                ]
+                payments[order_id] = payment
+        # Approving again re-sends the same events, as a provider retrying its webhooks does.
+        if settings["delay_seconds"] > 0:
+            def later():
+                time.sleep(settings["delay_seconds"])
+                deliver_all(payment["events"], settings)
+
+            threading.Thread(target=later, daemon=True).start()
+            statuses = None
+        else:
+            statuses = deliver_all(payment["events"], settings)
+        return jsonify(
+            status=payment["status"],
+            capture_id=payment["capture_id"],
+            event_ids=[e["id"] for e in payment["events"]],
+            webhook_status=statuses[-1] if statuses else None,
+            webhook_statuses=statuses,
+        )
+
+    @app.post("/v1/refunds")
+    def refund():
+        body = request.get_data()
+        if not signature_ok(secret, body, request.headers.get(SIGNATURE_HEADER, "")):
+            return jsonify(error="invalid signature"), 401
+        try:
+            asked = json.loads(body)
+            capture_id, amount = str(asked["capture_id"]), int(asked["amount"])
+        except (ValueError, KeyError, TypeError):
+            return jsonify(error="capture_id and amount required"), 422
+        with lock:
+            payment = next((p for p in payments.values() if p["capture_id"] == capture_id), None)
+            if payment is None or payment["status"] not in ("COMPLETED", "REFUNDED"):
+                return jsonify(error="no such captured payment"), 404
+            if amount != payment["amount"]:
+                return jsonify(error="only full refunds are simulated"), 422
+            done = refunds.get(capture_id)
+            if done is None:
+                done = {"refund_id": f"REF-{uuid.uuid4().hex[:16].upper()}", "capture_id": capture_id,
+                        "amount": amount, "currency": payment["currency"], "status": "COMPLETED"}
+                refunds[capture_id] = done
+                payment["status"] = "REFUNDED"
+        return jsonify(done), 201
+
+    @app.get("/v1/payments/<order_id>")
+    def show_payment(order_id: str):
+        payment = payments.get(order_id)
+        if payment is None:
+            return jsonify(error="no such payment"), 404
+        return jsonify({k: v for k, v in payment.items() if k != "events"}, refund=refunds.get(payment["capture_id"]))
+
+    @app.route("/control", methods=["GET", "POST"])
+    def steer():
+        if request.method == "POST":
+            asked = request.get_json(silent=True) or {}
+            with lock:
+                control.clear()
+                control.update(DEFAULT_CONTROL)
+                control.update({k: asked[k] for k in DEFAULT_CONTROL if k in asked})
+        return jsonify(control)
 
     @app.get("/healthz")
     def healthz():
@@ -104,7 +205,7 @@ def create_app(webhook_url: str, secret: str) -> Flask:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--webhook-url", default=os.environ.get("CHECKOUT_WEBHOOK_URL", "http://127.0.0.1:8003/payments/webhook"))

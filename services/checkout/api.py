@@ -1,16 +1,18 @@
 """Checkout's HTTP endpoints: thin views over `handlers`."""
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
+from threading import BoundedSemaphore
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from services.checkout import handlers
-from services.checkout.errors import InvalidSignature, OrderNotFound
+from services.checkout.errors import InvalidSignature, OrderNotFound, TooBusy
+from services.checkout.inventory_client import InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
+from services.checkout.payments import SIGNATURE_HEADER, PaymentProvider, signature_is_valid
 from services.checkout.schemas import (
     ListQuerySchema,
     OrderListSchema,
@@ -20,7 +22,7 @@ from services.checkout.schemas import (
     WebhookResourceSchema,
     WebhookSchema,
 )
-from shared.auth import current_principal, require_user
+from shared.auth import current_principal, require_admin, require_user
 from shared.errors import InvalidRequest, Problem
 from shared.openapi import operation
 from shared.web import context, load, unit_of_work
@@ -28,8 +30,15 @@ from shared.web import context, load, unit_of_work
 bp = Blueprint("checkout", __name__)
 
 
-def _inventory():
-    return current_app.extensions["checkout.inventory"]
+@dataclass(frozen=True)
+class Wiring:
+    inventory: InventoryClient
+    provider: PaymentProvider
+    orders_in_flight: BoundedSemaphore
+
+
+def _wiring() -> Wiring:
+    return current_app.extensions["checkout"]
 
 
 @bp.post("/orders")
@@ -39,7 +48,7 @@ def _inventory():
     request=OrderRequestSchema,
     response=OrderSchema,
     status=201,
-    errors=(400, 403, 404, 409, 503),
+    errors=(400, 403, 404, 409, 429, 503),
     auth="bearer",
     headers={"Idempotency-Key": "unique per purchase intent; a retry with the same key gets the same answer"},
 )
@@ -57,7 +66,19 @@ def place_order():
         drop_id=str(body["drop_id"]),
         quantity=body["quantity"],
         shipping_address=body["shipping_address"],
+        buyer_tier=principal.tier,
     )
+    wiring = _wiring()
+    # Shed load at once rather than queue: a buyer told "retry in 1 s" beats one left hanging.
+    if not wiring.orders_in_flight.acquire(blocking=False):
+        raise TooBusy("Checkout is taking as many orders as it can; retry in a moment.")
+    try:
+        return _place(cmd, wiring)
+    finally:
+        wiring.orders_in_flight.release()
+
+
+def _place(cmd: handlers.PlaceOrder, wiring: Wiring):
     settings = context().settings
     stored = handlers.claim_idempotency_key(cmd, unit_of_work, settings.idempotency_wait_seconds)
     if stored is not None:
@@ -66,11 +87,11 @@ def place_order():
         return response
     try:
         with unit_of_work() as uow:
-            order = handlers.place_order(cmd, uow, _inventory(), settings)
+            order = handlers.place_order(cmd, uow, wiring.inventory, wiring.provider, settings)
             stored = handlers.remember_response(cmd, uow, 201, OrderSchema().dump(order))
             uow.commit()
     except Problem as problem:
-        if problem.status >= 500:
+        if problem.status >= 500 or problem.status == 429:
             with unit_of_work() as uow:
                 handlers.release_idempotency_key(cmd, uow)
                 uow.commit()
@@ -100,7 +121,7 @@ def _send(stored: handlers.StoredResponse):
 def get_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id)
-        return jsonify(OrderSchema().dump(order))
+    return jsonify(OrderSchema().dump(order))
 
 
 @bp.get("/orders")
@@ -125,11 +146,31 @@ def list_orders():
     )
 
 
-def _visible_order(uow, order_id: str) -> Order:
-    try:
-        order = uow.session.get(Order, uuid.UUID(order_id))
-    except ValueError:
-        order = None
+@bp.post("/orders/<order_id>/cancel")
+@require_user
+@operation("Cancel an order before it ships: stock released, payment refunded", response=OrderSchema,
+           errors=(404, 409), auth="bearer")
+def cancel_order(order_id: str):
+    with unit_of_work() as uow:
+        order = _visible_order(uow, order_id, lock=True)
+        handlers.cancel_order(order, uow, context().settings, by_admin=current_principal().is_admin)
+        uow.commit()
+    return jsonify(OrderSchema().dump(order))
+
+
+@bp.post("/orders/<order_id>/ship")
+@require_admin
+@operation("Mark a confirmed order shipped (admin)", response=OrderSchema, errors=(403, 404, 409), auth="bearer")
+def ship_order(order_id: str):
+    with unit_of_work() as uow:
+        order = _visible_order(uow, order_id, lock=True)
+        handlers.ship_order(order, uow, context().settings)
+        uow.commit()
+    return jsonify(OrderSchema().dump(order))
+
+
+def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
+    order = handlers.find_order(uow, order_id, lock=lock)
     principal = current_principal()
     if order is None or (order.buyer_id != principal.subject and not principal.is_admin):
         raise OrderNotFound(f"There is no order {order_id} for you.")
@@ -168,9 +209,6 @@ def payment_webhook():
         currency=resource["currency"],
     )
     with unit_of_work() as uow:
-        result = handlers.apply_payment(notice, uow, settings)
+        result = handlers.apply_payment(notice, uow, _wiring().inventory, settings)
         uow.commit()
     return jsonify(WebhookAnswerSchema().dump({"result": result}))
-
-
-

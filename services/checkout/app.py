@@ -1,13 +1,23 @@
 """Checkout's app factory."""
+import threading
+
 from services.checkout import api, config
-from services.checkout.inventory_client import InventoryClient
+from services.checkout.inventory_client import CircuitBreaker, InventoryClient
+from services.checkout.payments import HttpPaymentProvider
 from shared import web
 
 
 def create_app(settings: config.Settings | None = None):
     settings = settings or config.load()
     app = web.create_app(settings, [api.bp], title="Floodgate checkout", pool_size=10)
-    app.extensions["checkout.inventory"] = InventoryClient(
-        settings.inventory_url, settings.service_key, settings.inventory_timeout_seconds
+    app.extensions["checkout"] = api.Wiring(
+        inventory=InventoryClient(
+            settings.inventory_url,
+            settings.service_key,
+            settings.inventory_timeout_seconds,
+            CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
+        ),
+        provider=HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret),
+        orders_in_flight=threading.BoundedSemaphore(settings.max_orders_in_flight),
     )
     return app

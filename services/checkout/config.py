@@ -14,6 +14,12 @@ class Settings(CommonSettings):
     webhook_tolerance_seconds: int = 300
     public_url: str = "http://127.0.0.1:8003"
     idempotency_wait_seconds: float = 10.0
+    # resellers share addresses: units of one drop per shipping address, across buyers
+    per_address_limit: int = 2
+    # load shedding: orders handled at once per process, and the inventory circuit breaker
+    max_orders_in_flight: int = 6
+    inventory_breaker_threshold: int = 5
+    inventory_breaker_cooldown_seconds: float = 3.0
 
 
 def load() -> Settings:

@@ -1,5 +1,6 @@
 """Checkout's consumer: `python -m services.checkout.consumer`."""
 from services.checkout import config, handlers
+from services.checkout.payments import HttpPaymentProvider
 from shared import db, logs
 from shared.messaging.consumer import ConsumerRunner
 
@@ -8,7 +9,10 @@ def main() -> None:
     settings = config.load()
     logs.configure("checkout-consumer", settings.log_level)
     session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=2))
-    runner = ConsumerRunner(settings, handlers.EVENT_HANDLERS, lambda: db.UnitOfWork(session_factory, "checkout"))
+    provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret)
+    runner = ConsumerRunner(
+        settings, handlers.event_handlers(provider, settings), lambda: db.UnitOfWork(session_factory, "checkout")
+    )
     runner.install_signal_handlers()
     runner.run()
 

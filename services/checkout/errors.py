@@ -44,3 +44,23 @@ class InvalidTransition(Conflict):
 
 class InvalidSignature(Unauthorized):
     slug, title = "invalid-signature", "Webhook signature is missing, wrong or stale"
+
+
+class InviteOnly(Problem):
+    status, slug, title = 403, "invite-only", "The drop is open to invited buyers only for now"
+
+
+class CountryNotAllowed(Problem):
+    status, slug, title = 422, "country-not-allowed", "The drop does not ship to that country"
+
+
+class AddressLimitReached(Problem):
+    status, slug, title = 409, "address-limit-exceeded", "Purchase limit reached for this shipping address"
+
+
+class TooBusy(Problem):
+    status, slug, title = 429, "too-busy", "Checkout is at capacity"
+
+    def __init__(self, detail=None, retry_after: int = 1, **kwargs):
+        kwargs.setdefault("headers", {"Retry-After": str(retry_after)})
+        super().__init__(detail, **kwargs)

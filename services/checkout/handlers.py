@@ -1,6 +1,7 @@
 """Checkout's domain operations and event handlers."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -15,8 +16,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from services.checkout import errors, orders
 from services.checkout.inventory_client import InventoryClient
-from services.checkout.models import IdempotencyKey, Order, PaymentEvent
-from services.checkout.payments import approval_url
+from services.checkout.models import AddressAllowance, IdempotencyKey, Order, PaymentEvent
+from services.checkout.payments import PaymentProvider
 from shared.logs import bind_order_id
 
 log = logging.getLogger("floodgate.checkout")
@@ -31,6 +32,7 @@ class PlaceOrder:
     drop_id: str
     quantity: int
     shipping_address: dict
+    buyer_tier: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -104,14 +106,24 @@ def release_idempotency_key(cmd: PlaceOrder, uow) -> None:
     )
 
 
-def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, settings) -> Order:
-    """Reserve the stock and record the order awaiting payment, with `order.placed` in the outbox."""
+def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings) -> Order:
+    """Hold the stock and record the order awaiting payment, with `order.placed` in the outbox."""
     order_id = cmd.order_id
     bind_order_id(str(order_id))
-    hold = inventory.reserve(str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)
+    hold = inventory.reserve(
+        str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
+        buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
+    )
     existing = uow.session.get(Order, order_id)
     if existing is not None:
         return existing
+    address_key = address_key_of(cmd.shipping_address)
+    if not _take_address_allowance(uow, uuid.UUID(cmd.drop_id), address_key, hold.quantity, settings.per_address_limit):
+        uow.rollback()
+        inventory.release(str(order_id))
+        raise errors.AddressLimitReached(
+            f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
+        )
     order = Order(
         id=order_id,
         buyer_id=cmd.buyer_id,
@@ -123,22 +135,51 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, settings) -> O
         unit_amount=hold.unit_amount,
         currency=hold.currency,
         shipping_address=cmd.shipping_address,
+        address_key=address_key,
         status=None,
         hold_expires_at=hold.hold_expires_at,
-        approval_url=approval_url(
-            settings.payment_provider_url,
-            settings.payment_webhook_secret,
-            str(order_id),
-            hold.unit_amount * hold.quantity,
-            hold.currency,
-        ),
+        approval_url=provider.approval_url(str(order_id), hold.unit_amount * hold.quantity, hold.currency),
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
     uow.session.add(order)
     uow.session.flush()
-    publish_placed(order, uow, settings)
+    data = order_document(order, settings)
+    data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
+    uow.publish("order.placed", data)
     return order
+
+
+def address_key_of(address: dict) -> str:
+    """One key per physical address, however it is spelled in case and spacing."""
+    parts = [address.get(field, "") for field in ("country_code", "postal_code", "street_address")]
+    canonical = "|".join(" ".join(str(part).lower().split()) for part in parts)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _take_address_allowance(uow, drop_id: uuid.UUID, address_key: str, quantity: int, limit: int) -> bool:
+    if quantity > limit:
+        return False
+    taken = uow.session.execute(
+        pg.insert(AddressAllowance)
+        .values(drop_id=drop_id, address_key=address_key, taken=quantity)
+        .on_conflict_do_update(
+            index_elements=["drop_id", "address_key"],
+            set_={"taken": AddressAllowance.taken + quantity},
+            where=AddressAllowance.taken + quantity <= limit,
+        )
+        .returning(AddressAllowance.taken)
+    ).first()
+    return taken is not None
+
+
+def _give_back_address_allowance(uow, order: Order) -> None:
+    if order.address_key:
+        uow.session.execute(
+            sa.update(AddressAllowance)
+            .where(AddressAllowance.drop_id == order.drop_id, AddressAllowance.address_key == order.address_key)
+            .values(taken=AddressAllowance.taken - order.quantity)
+        )
 
 
 def order_document(order: Order, settings) -> dict:
@@ -164,10 +205,11 @@ def order_document(order: Order, settings) -> dict:
     }
 
 
-def publish_placed(order: Order, uow, settings) -> None:
-    data = order_document(order, settings)
-    data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
-    uow.publish("order.placed", data)
+def find_order(uow, order_id: str, lock: bool = False) -> Order | None:
+    order_uuid = _uuid_or_none(order_id)
+    if order_uuid is None:
+        return None
+    return uow.session.get(Order, order_uuid, with_for_update=lock)
 
 
 @dataclass(frozen=True)
@@ -182,8 +224,15 @@ class PaymentNotice:
     currency: str
 
 
-def apply_payment(notice: PaymentNotice, uow, settings) -> str:
-    """Apply one provider event exactly once; returns what happened, for the response and logs."""
+CAPTURE_COMPLETED = "PAYMENT.CAPTURE.COMPLETED"
+CAPTURE_DENIED = "PAYMENT.CAPTURE.DENIED"
+
+
+def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settings) -> str:
+    """Apply one provider event exactly once, whatever order events arrive in.
+
+    Returns what happened, for the response and the logs.
+    """
     bind_order_id(notice.order_id)
     first_time = uow.session.execute(
         pg.insert(PaymentEvent)
@@ -193,46 +242,149 @@ def apply_payment(notice: PaymentNotice, uow, settings) -> str:
     ).first()
     if not first_time:
         return "duplicate"
-    order_uuid = _uuid_or_none(notice.order_id)
-    order = uow.session.get(Order, order_uuid, with_for_update=True) if order_uuid else None
+    order = find_order(uow, notice.order_id, lock=True)
     if order is None:
         raise errors.OrderNotFound("The payment names an order this shop does not know.")
-    if notice.event_type != "PAYMENT.CAPTURE.COMPLETED":
-        log.info("payment event recorded without effect", extra={"event_type": notice.event_type})
-        return "ignored"
+    if notice.event_type == CAPTURE_DENIED:
+        if order.status != orders.AWAITING_PAYMENT:
+            return f"ignored-{order.status}"
+        orders.move(order, orders.PAYMENT_FAILED, "payment declined by the provider")
+        _end_order(order, uow, settings, "order.payment_failed")
+        return orders.PAYMENT_FAILED
+    if notice.event_type != CAPTURE_COMPLETED:
+        return "noted"
+    if order.payment_capture_id is not None:
+        if order.payment_capture_id == notice.capture_id:
+            return "already-captured"
+        _request_refund(order, uow, notice.capture_id, "a second payment for the same order")
+        return "second-capture-refunded"
+    order.payment_capture_id = notice.capture_id
     if (notice.amount, notice.currency) != (order.total_amount, order.currency):
         log.error("payment amount differs from order total", extra={"paid": notice.amount, "due": order.total_amount})
-        return "amount-mismatch"
+        _request_refund(order, uow, notice.capture_id, "the amount paid differs from the order total")
+        return "amount-mismatch-refunded"
+    if order.status == orders.AWAITING_PAYMENT and _now() <= order.hold_expires_at:
+        _confirm(order, uow, settings, "payment captured")
+        return orders.CONFIRMED
+    if order.status in (orders.AWAITING_PAYMENT, orders.EXPIRED, orders.PAYMENT_FAILED):
+        return _late_payment(order, uow, inventory, settings)
+    # cancelled (or already confirmed by another capture): the money goes back
+    _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
+    return "refunded"
+
+
+def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
+    """Money arrived after the hold ran out: keep the order if stock can be held again, else refund."""
+    try:
+        hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True)
+    except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
+        if order.status == orders.AWAITING_PAYMENT:
+            orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")
+            _end_order(order, uow, settings, "order.expired")
+        _request_refund(order, uow, order.payment_capture_id, f"late payment and {refusal.title.lower()}")
+        return "late-refunded"
+    order.hold_expires_at = hold.hold_expires_at
     if order.status != orders.AWAITING_PAYMENT:
-        log.warning("payment for an order that is no longer awaiting payment", extra={"status": order.status})
-        return f"already-{order.status}"
-    orders.move(order, orders.CONFIRMED, "payment captured")
-    order.payment_capture_id = notice.capture_id
-    order.confirmed_at = datetime.now(timezone.utc)
+        # The address's count was given back when the order ended; the paid order counts again.
+        _take_address_allowance(uow, order.drop_id, order.address_key, order.quantity, limit=2**31 - 1)
+    _confirm(order, uow, settings, "late payment; stock held again")
+    return "late-confirmed"
+
+
+def _confirm(order: Order, uow, settings, reason: str) -> None:
+    orders.move(order, orders.CONFIRMED, reason)
+    order.confirmed_at = _now()
     data = order_document(order, settings)
     data["confirmed_at"] = order.confirmed_at.isoformat()
     uow.publish("order.confirmed", data)
-    return "confirmed"
 
 
-def on_reservation_expired(envelope, uow) -> None:
+def _end_order(order: Order, uow, settings, event_type: str, **extra) -> None:
+    """The order no longer holds stock: give back the address allowance and tell inventory."""
+    _give_back_address_allowance(uow, order)
+    data = order_document(order, settings)
+    data.update(extra)
+    uow.publish(event_type, data)
+
+
+def _request_refund(order: Order, uow, capture_id: str, reason: str) -> None:
+    """Ask for the refund through the outbox; checkout's consumer performs it with retries."""
+    uow.publish("payment.refund_requested", {
+        "order_id": str(order.id),
+        "capture_id": capture_id,
+        "amount": order.total_amount,
+        "currency": order.currency,
+        "reason": reason,
+    })
+
+
+def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
+    """Cancel before shipping, at any time: stock goes back at once, a captured payment is refunded."""
+    if order.status == orders.CANCELLED:
+        return order
+    paid = order.status == orders.CONFIRMED
+    orders.move(order, orders.CANCELLED, "cancelled by an admin" if by_admin else "cancelled by the buyer")
+    order.cancelled_at = _now()
+    refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
+    _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
+               reason="cancelled before shipping", refund=refund)
+    if paid:
+        _request_refund(order, uow, order.payment_capture_id, "order cancelled before shipping")
+    return order
+
+
+def ship_order(order: Order, uow, settings) -> Order:
+    orders.move(order, orders.SHIPPED, "handed to the carrier")
+    order.shipped_at = _now()
+    data = order_document(order, settings)
+    data["shipped_at"] = order.shipped_at.isoformat()
+    uow.publish("order.shipped", data)
+    return order
+
+
+def on_reservation_expired(envelope, uow, settings) -> None:
     """A hold ran out before payment: the order expires (its stock is already back on sale)."""
-    order_uuid = _uuid_or_none(str(envelope.data.get("order_id", "")))
-    order = uow.session.get(Order, order_uuid, with_for_update=True) if order_uuid else None
+    order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
     if order is None or order.status != orders.AWAITING_PAYMENT:
         return
     bind_order_id(str(order.id))
     orders.move(order, orders.EXPIRED, "payment not received before the hold expired")
-    uow.publish("order.expired", {
-        "order_id": str(order.id),
-        "drop_id": str(order.drop_id),
-        "buyer_id": order.buyer_id,
-        "buyer_email": order.buyer_email,
-        "quantity": order.quantity,
-    })
+    _end_order(order, uow, settings, "order.expired")
 
 
-EVENT_HANDLERS = {"reservation.expired": on_reservation_expired}
+def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> None:
+    """Refund at the provider (idempotent per capture there), then record it and tell the buyer."""
+    data = envelope.data
+    order = find_order(uow, str(data["order_id"]), lock=True)
+    if order is None:
+        raise errors.OrderNotFound(f"refund for unknown order {data['order_id']}")
+    bind_order_id(str(order.id))
+    refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
+    order.refund_id = refund.refund_id
+    order.refunded_at = _now()
+    document = order_document(order, settings)
+    document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
+                    reason=data.get("reason", ""))
+    uow.publish("payment.refunded", document)
+
+
+def on_email_sent(envelope, uow) -> None:
+    """Notifications sent the confirmation: the buyer's order page says so."""
+    order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
+    if order is not None and envelope.data.get("event_type") == "order.confirmed" and order.email_sent_at is None:
+        order.email_sent_at = datetime.fromisoformat(envelope.data["sent_at"])
+
+
+def event_handlers(provider: PaymentProvider, settings) -> dict:
+    return {
+        "reservation.expired": functools.partial(on_reservation_expired, settings=settings),
+        "payment.refund_requested": functools.partial(on_refund_requested, provider=provider, settings=settings),
+        "email.sent": on_email_sent,
+    }
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:

@@ -1,7 +1,9 @@
-"""Inventory over HTTP: the order path's one outgoing call."""
+"""Inventory over HTTP: the order path's one outgoing call, behind timeouts and a circuit breaker."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +20,8 @@ _PROBLEMS = {
     "not-open": errors.SaleNotOpen,
     "drop-not-found": errors.DropNotFound,
     "limit-exceeded": errors.LimitExceeded,
+    "invite-only": errors.InviteOnly,
+    "country-not-allowed": errors.CountryNotAllowed,
 }
 
 
@@ -33,46 +37,116 @@ class Hold:
     product_name: str
 
 
-class InventoryClient:
-    """Reserves stock; turns inventory's problems into checkout's typed errors."""
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; while open, calls fail at once.
 
-    def __init__(self, base_url: str, service_key: str, timeout_seconds: float):
+    After `cooldown_seconds` one trial call is let through: success closes it, failure reopens it.
+    """
+
+    def __init__(self, threshold: int, cooldown_seconds: float, clock=time.monotonic):
+        self._threshold = threshold
+        self._cooldown = cooldown_seconds
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._clock() - self._opened_at >= self._cooldown:
+                self._opened_at = self._clock()  # one trial per cooldown
+                return True
+            return False
+
+    def retry_after(self) -> int:
+        return max(1, int(self._cooldown))
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures, self._opened_at = 0, None
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                if self._opened_at is None:
+                    log.warning("inventory circuit opened", extra={"failures": self._failures})
+                self._opened_at = self._clock()
+
+
+class InventoryClient:
+    """Reserves and releases stock; turns inventory's problems into checkout's typed errors."""
+
+    def __init__(self, base_url: str, service_key: str, timeout_seconds: float, breaker: CircuitBreaker):
         self._url = base_url.rstrip("/")
         self._timeout = (min(1.0, timeout_seconds), timeout_seconds)
+        self._breaker = breaker
         self._session = requests.Session()
         self._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0))
         self._session.headers.update({"X-Service-Key": service_key})
 
-    def reserve(self, order_id: str, drop_id: str, buyer_id: str, quantity: int) -> Hold:
-        """Hold `quantity` units for `order_id` (idempotent by order id)."""
+    def reserve(
+        self,
+        order_id: str,
+        drop_id: str,
+        buyer_id: str,
+        quantity: int,
+        buyer_tier: str | None = None,
+        shipping_country: str | None = None,
+        renew: bool = False,
+    ) -> Hold:
+        """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released one)."""
+        body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
+                "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None}
+        response = self._call("/reservations", {k: v for k, v in body.items() if v is not None})
+        if response.status_code in (200, 201):
+            held = response.json()
+            return Hold(
+                order_id=held["order_id"],
+                drop_id=held["drop_id"],
+                quantity=held["quantity"],
+                hold_expires_at=datetime.fromisoformat(held["hold_expires_at"]),
+                unit_amount=held["unit_price"]["amount"],
+                currency=held["unit_price"]["currency"],
+                sku=held["product"]["sku"],
+                product_name=held["product"]["name"],
+            )
+        raise self._refusal(response)
+
+    def release(self, order_id: str) -> None:
+        """Give a held unit back at once (used when checkout refuses an order after the hold)."""
+        response = self._call(f"/reservations/{order_id}/release", {})
+        if response.status_code not in (200, 404):
+            raise self._refusal(response)
+
+    def _call(self, path: str, body: dict) -> requests.Response:
+        if not self._breaker.allow():
+            raise errors.InventoryUnavailable(
+                "Inventory is not answering; try again shortly.", retry_after=self._breaker.retry_after()
+            )
         try:
             response = self._session.post(
-                f"{self._url}/reservations",
-                json={"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity},
-                headers={"X-Request-ID": current_request_id() or ""},
-                timeout=self._timeout,
+                f"{self._url}{path}", json=body, headers={"X-Request-ID": current_request_id() or ""}, timeout=self._timeout
             )
         except requests.RequestException as error:
+            self._breaker.failed()
             log.warning("inventory unreachable", extra={"error": repr(error)})
             raise errors.InventoryUnavailable("Inventory did not answer in time; try again shortly.")
-        if response.status_code in (200, 201):
-            body = response.json()
-            return Hold(
-                order_id=body["order_id"],
-                drop_id=body["drop_id"],
-                quantity=body["quantity"],
-                hold_expires_at=datetime.fromisoformat(body["hold_expires_at"]),
-                unit_amount=body["unit_price"]["amount"],
-                currency=body["unit_price"]["currency"],
-                sku=body["product"]["sku"],
-                product_name=body["product"]["name"],
-            )
+        if response.status_code >= 500:
+            self._breaker.failed()
+        else:
+            self._breaker.succeeded()
+        return response
+
+    def _refusal(self, response: requests.Response) -> Exception:
         problem = _problem(response)
         slug = problem.get("type", "").rsplit("/", 1)[-1]
         if slug in _PROBLEMS:
-            raise _PROBLEMS[slug](problem.get("detail"))
+            return _PROBLEMS[slug](problem.get("detail"))
         log.error("unexpected inventory answer", extra={"status": response.status_code, "problem": problem})
-        raise errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
+        return errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
 
 
 def _problem(response: requests.Response) -> dict:

@@ -30,8 +30,14 @@ class Order(Base):
     hold_expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     approval_url: Mapped[str] = mapped_column(sa.String(1000))
     payment_capture_id: Mapped[str | None] = mapped_column(sa.String(128))
+    address_key: Mapped[str | None] = mapped_column(sa.String(64))
+    refund_id: Mapped[str | None] = mapped_column(sa.String(128))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     confirmed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    shipped_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    refunded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    email_sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     history: Mapped[list["OrderTransition"]] = relationship(
         order_by="OrderTransition.id", lazy="selectin", cascade="all, delete-orphan"
     )
@@ -75,3 +81,13 @@ class PaymentEvent(Base):
     order_id: Mapped[uuid.UUID | None] = mapped_column(pg.UUID(as_uuid=True))
     event_type: Mapped[str] = mapped_column(sa.String(64))
     received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class AddressAllowance(Base):
+    """Units ordered per drop for one shipping address, across buyers (resellers share addresses)."""
+
+    __tablename__ = "address_allowances"
+
+    drop_id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
+    address_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    taken: Mapped[int]

@@ -14,7 +14,12 @@ CANCELLED = "cancelled"
 ALLOWED = {
     AWAITING_PAYMENT: {CONFIRMED, EXPIRED, PAYMENT_FAILED, CANCELLED},
     CONFIRMED: {SHIPPED, CANCELLED},
+    # A payment that completes late is kept only if its stock could be held again.
+    EXPIRED: {CONFIRMED},
+    PAYMENT_FAILED: {CONFIRMED},
 }
+# Orders that count against the buyer's and the address's limits.
+LIVE = (AWAITING_PAYMENT, CONFIRMED, SHIPPED)
 
 
 def can_move(from_status: str | None, to_status: str) -> bool:

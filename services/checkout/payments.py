@@ -1,15 +1,20 @@
-"""The payment provider: approval links out, signed webhooks in.
+"""The payment provider: approval links out, refunds out, signed webhooks in.
 
-The provider is PayPal-like; locally `devtools.payment_simulator` plays it. Webhooks carry
-`Provider-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`; a signature older
-than the tolerance is refused, so a captured webhook cannot be replayed later.
+The provider is PayPal-like; locally `devtools.payment_simulator` plays it. Requests both ways
+carry `Provider-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`; a signature
+older than the tolerance is refused, so a captured webhook cannot be replayed later.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode
+
+import requests
 
 SIGNATURE_HEADER = "Provider-Signature"
 
@@ -38,3 +43,49 @@ def approval_url(provider_url: str, secret: str, order_id: str, amount: int, cur
     query = {"amount": amount, "currency": currency}
     query["sig"] = hmac.new(secret.encode(), f"{order_id}:{amount}:{currency}".encode(), hashlib.sha256).hexdigest()
     return f"{provider_url.rstrip('/')}/pay/{order_id}?{urlencode(query)}"
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str
+    amount: int
+    currency: str
+
+
+class RefundFailed(Exception):
+    """The provider did not confirm the refund; the consumer retries it."""
+
+
+class PaymentProvider(Protocol):
+    def approval_url(self, order_id: str, amount: int, currency: str) -> str: ...
+
+    def refund(self, capture_id: str, amount: int, currency: str) -> Refund: ...
+
+
+class HttpPaymentProvider:
+    """The PayPal-like provider over HTTP. Refunds are idempotent per capture at the provider."""
+
+    def __init__(self, base_url: str, secret: str, timeout_seconds: float = 5.0):
+        self._url = base_url.rstrip("/")
+        self._secret = secret
+        self._timeout = timeout_seconds
+        self._http = requests.Session()
+
+    def approval_url(self, order_id: str, amount: int, currency: str) -> str:
+        return approval_url(self._url, self._secret, order_id, amount, currency)
+
+    def refund(self, capture_id: str, amount: int, currency: str) -> Refund:
+        body = json.dumps({"capture_id": capture_id, "amount": amount, "currency": currency}).encode()
+        try:
+            response = self._http.post(
+                f"{self._url}/v1/refunds",
+                data=body,
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body, int(time.time()))},
+                timeout=self._timeout,
+            )
+        except requests.RequestException as error:
+            raise RefundFailed(f"provider unreachable: {error!r}") from error
+        if response.status_code not in (200, 201):
+            raise RefundFailed(f"provider answered {response.status_code}: {response.text[:200]}")
+        answer = response.json()
+        return Refund(refund_id=answer["refund_id"], amount=answer["amount"], currency=answer["currency"])

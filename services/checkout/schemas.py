@@ -39,12 +39,6 @@ class TransitionSchema(Schema):
     at = fields.DateTime()
 
 
-class PaymentSchema(Schema):
-    status = fields.String()
-    approval_url = fields.String(allow_none=True)
-    capture_id = fields.String(allow_none=True)
-
-
 class OrderSchema(Schema):
     id = fields.UUID()
     status = fields.String()
@@ -55,8 +49,11 @@ class OrderSchema(Schema):
     hold_expires_at = fields.DateTime()
     payment = fields.Method("_payment")
     history = fields.List(fields.Nested(TransitionSchema))
+    email = fields.Method("_email")
     created_at = fields.DateTime()
     confirmed_at = fields.DateTime(allow_none=True)
+    cancelled_at = fields.DateTime(allow_none=True)
+    shipped_at = fields.DateTime(allow_none=True)
 
     def _items(self, order):
         return [
@@ -72,10 +69,26 @@ class OrderSchema(Schema):
         return {"amount": order.total_amount, "currency": order.currency}
 
     def _payment(self, order):
+        if order.refunded_at:
+            state = "refunded"
+        elif order.payment_capture_id:
+            state = "captured"
+        elif order.status == "payment_failed":
+            state = "declined"
+        else:
+            state = "pending" if order.status == "awaiting_payment" else "none"
         return {
-            "status": "captured" if order.payment_capture_id else "pending",
+            "status": state,
             "approval_url": order.approval_url if order.status == "awaiting_payment" else None,
             "capture_id": order.payment_capture_id,
+            "refund_id": order.refund_id,
+            "refunded_at": order.refunded_at.isoformat() if order.refunded_at else None,
+        }
+
+    def _email(self, order):
+        return {
+            "confirmation_sent": order.email_sent_at is not None,
+            "sent_at": order.email_sent_at.isoformat() if order.email_sent_at else None,
         }
 
 

@@ -20,8 +20,8 @@ BROKER_DELIVERY_LIMIT = 20
 
 # Which service consumes which events: the single source of every binding.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "inventory": ("order.confirmed", "order.cancelled", "order.expired"),
-    "checkout": ("reservation.expired",),
+    "inventory": ("order.confirmed", "order.cancelled", "order.expired", "order.payment_failed"),
+    "checkout": ("reservation.expired", "payment.refund_requested", "email.sent"),
     "notifications": (
         "order.placed",
         "order.confirmed",

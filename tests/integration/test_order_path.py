@@ -34,7 +34,7 @@ def test_a_paid_order_is_confirmed_sold_once_and_emailed_once(floodgate, stack, 
          what="the hold to become a sale")
     assert floodgate.get_drop(open_drop["id"])["remaining"] == open_drop["quantity"] - 1
 
-    mails = poll(lambda: floodgate.mails_about(order["id"]), what="the confirmation email")
+    mails = poll(lambda: floodgate.confirmations_of(order["id"]), what="the confirmation email")
     assert len(mails) == 1
     [mail] = mails
     assert mail["to"] == [email]
@@ -68,8 +68,11 @@ def test_one_idempotency_key_makes_one_order_sequentially_and_concurrently(flood
     race_key = str(uuid.uuid4())
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda _: floodgate.place_order(racer, open_drop["id"], key=race_key), range(12)))
+    # Checkout may shed some of the burst (429 + Retry-After); retrying them gets the same answer.
+    assert {a.status_code for a in answers} <= {201, 429} and answers.count(None) == 0
+    assert all(a.headers.get("Retry-After") for a in answers if a.status_code == 429)
+    answers = [a if a.status_code == 201 else floodgate.place_order(racer, open_drop["id"], key=race_key) for a in answers]
     assert {a.status_code for a in answers} == {201}
-    assert len({a.json()["id"] for a in answers}) == 1
     assert len({a.text for a in answers}) == 1
 
     for token_ in (token, racer):

@@ -58,15 +58,15 @@ def test_orders_confirm_while_the_email_consumer_is_dead_and_mail_follows(floodg
     while_down = pay_timed(floodgate, orders)
     for token, order in orders:
         floodgate.wait_for_status(token, order["id"], "confirmed")
-    assert all(not floodgate.mails_about(order["id"]) for _, order in orders)
+    assert all(not floodgate.confirmations_of(order["id"]) for _, order in orders)
     # The webhook does not wait on email: its timing with the consumer dead matches the baseline.
     assert statistics.median(while_down) < 3 * statistics.median(baseline) + 0.1
 
     stack.start("notifications-consumer")
-    poll(lambda: all(floodgate.mails_about(order["id"]) for _, order in orders), timeout=60,
+    poll(lambda: all(floodgate.confirmations_of(order["id"]) for _, order in orders), timeout=60,
          what="20 emails after the consumer restarted")
     poll(lambda: settled(stack), what="queues to drain")
-    assert [len(floodgate.mails_about(order["id"])) for _, order in orders] == [1] * 20
+    assert [len(floodgate.confirmations_of(order["id"])) for _, order in orders] == [1] * 20
 
 
 def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(floodgate, stack, admin_token, infra):
@@ -87,10 +87,10 @@ def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(
     everything = crashed + during_restart
     for token, order in everything:
         floodgate.wait_for_status(token, order["id"], "confirmed", timeout=60)
-    poll(lambda: all(floodgate.mails_about(order["id"]) for _, order in everything), timeout=90,
+    poll(lambda: all(floodgate.confirmations_of(order["id"]) for _, order in everything), timeout=90,
          what="every confirmation email")
     poll(lambda: settled(stack), timeout=30, what="queues to drain")
-    assert [len(floodgate.mails_about(order["id"])) for _, order in everything] == [1] * 15
+    assert [len(floodgate.confirmations_of(order["id"])) for _, order in everything] == [1] * 15
 
 
 def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodgate, stack, admin_token):
@@ -106,7 +106,7 @@ def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodga
     drop = floodgate.create_drop(admin_token, quantity=5)
     [(token, order)] = place_orders(floodgate, drop["id"], 1)
     pay_timed(floodgate, [(token, order)])
-    poll(lambda: floodgate.mails_about(order["id"]), what="the healthy order's email")
+    poll(lambda: floodgate.confirmations_of(order["id"]), what="the healthy order's email")
 
     admin = {"Authorization": f"Bearer {admin_token}"}
     letters_url = stack.url("notifications") + "/dead-letters"
