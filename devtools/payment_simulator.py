@@ -185,7 +185,9 @@ def create_app(webhook_url: str, secret: str) -> Flask:
         payment = payments.get(order_id)
         if payment is None:
             return jsonify(error="no such payment"), 404
-        return jsonify({k: v for k, v in payment.items() if k != "events"}, refund=refunds.get(payment["capture_id"]))
+        shown = {k: v for k, v in payment.items() if k != "events"}
+        shown["refund"] = refunds.get(payment["capture_id"])
+        return jsonify(shown)
 
     @app.route("/control", methods=["GET", "POST"])
     def steer():

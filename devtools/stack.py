@@ -148,9 +148,19 @@ class Stack:
         for name in self.commands():
             self.start(name)
 
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+    def stop_all(self, timeout: float = 30) -> None:
+        """SIGTERM every process at once, then wait for each (SIGKILL after `timeout`)."""
+        running = {name: p for name, p in self.processes.items() if p.poll() is None}
+        for process in running.values():
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, process in running.items():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
 
     def wait_until_ready(self, timeout: float = 60) -> None:
         """Wait for every API to answer /readyz and the simulators to listen; raise if one died."""

@@ -103,6 +103,9 @@ class InventoryClient:
         response = self._call("/reservations", {k: v for k, v in body.items() if v is not None})
         if response.status_code in (200, 201):
             held = response.json()
+            if held["status"] == "released":
+                # an earlier hold for this order ran out and inventory could not renew it
+                raise errors.SoldOut("The hold for this order was released and could not be renewed.")
             return Hold(
                 order_id=held["order_id"],
                 drop_id=held["drop_id"],

@@ -1,0 +1,198 @@
+"""Checkout to depth: webhooks in any order, limits under concurrency, late payments, outages, cancels."""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+import uuid
+
+import pytest
+import requests
+
+from devtools.client import CANADIAN_ADDRESS, poll
+from tests.integration.test_order_path import scalar
+
+
+@contextlib.contextmanager
+def provider_behaviour(floodgate, **control):
+    url = floodgate.stack.url("payments") + "/control"
+    floodgate.http.post(url, json=control).raise_for_status()
+    try:
+        yield
+    finally:
+        floodgate.http.post(url, json={}).raise_for_status()
+
+
+@contextlib.contextmanager
+def restarted(stack, name: str, **env):
+    """Run process `name` with extra environment for the block, then as before."""
+    stack.stop(name)
+    stack.start(name, {k.upper(): str(v) for k, v in env.items()})
+    try:
+        if name.endswith("-api"):
+            stack.wait_until_ready()
+        yield
+    finally:
+        stack.stop(name)
+        stack.start(name)
+        if name.endswith("-api"):
+            stack.wait_until_ready()
+
+
+def definitive(floodgate, token, drop_id, key, address=None):
+    """Place an order, retrying while checkout sheds load, as a well-behaved client does."""
+    for _ in range(50):
+        answer = floodgate.place_order(token, drop_id, key=key, address=address)
+        if answer.status_code != 429:
+            return answer
+        time.sleep(float(answer.headers["Retry-After"]) / 10)
+    return answer
+
+
+def test_webhooks_replayed_and_out_of_order_confirm_once_and_sell_once(floodgate, stack, admin_token, buyer):
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    order = floodgate.place_order(token, drop["id"]).json()
+    with provider_behaviour(floodgate, duplicates=4, reorder=True):
+        paid = floodgate.pay(order).json()
+    assert paid["webhook_statuses"] == [200] * 10  # 2 events x 5 deliveries, completion first
+    confirmed = floodgate.wait_for_status(token, order["id"], "confirmed")
+    assert [s["status"] for s in confirmed["history"]].count("confirmed") == 1
+    assert confirmed["payment"]["status"] == "captured"
+    poll(lambda: scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id",
+                        id=order["id"]) == "sold", what="one sale")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+    assert scalar(stack, "checkout", "SELECT count(*) FROM outbox WHERE event_type = 'order.confirmed' "
+                                     "AND envelope->'data'->>'order_id' = :id", id=order["id"]) == 1
+
+
+def test_a_declined_payment_fails_the_order_and_frees_the_unit(floodgate, admin_token, buyer):
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=1)
+    order = floodgate.place_order(token, drop["id"]).json()
+    with provider_behaviour(floodgate, outcome="decline"):
+        floodgate.pay(order)
+    failed = floodgate.wait_for_status(token, order["id"], "payment_failed")
+    assert failed["payment"]["status"] == "declined"
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, what="the unit back on sale")
+
+
+def test_the_per_buyer_limit_holds_under_50_concurrent_orders(floodgate, stack, admin_token, buyer):
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=100, per_buyer_limit=2)
+    with concurrent.futures.ThreadPoolExecutor(25) as pool:
+        answers = list(pool.map(lambda i: definitive(floodgate, token, drop["id"], f"limit-{i}"), range(50)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(201) == 2, codes
+    assert all(a.json()["type"].endswith("/limit-exceeded") for a in answers if a.status_code == 409)
+    assert set(codes) == {201, 409}
+    assert floodgate.get_drop(drop["id"])["remaining"] == 98
+
+
+def test_the_per_address_limit_holds_across_buyers_sharing_an_address(floodgate, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=100, per_buyer_limit=1)
+    shared_address = dict(CANADIAN_ADDRESS, street_address="1 Reseller Lane")
+    buyers = [floodgate.register()[1] for _ in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: definitive(floodgate, t, drop["id"], str(uuid.uuid4()), shared_address), buyers))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201, 201] + [409] * 6, codes
+    assert all(a.json()["type"].endswith("/address-limit-exceeded") for a in answers if a.status_code == 409)
+    # The refused orders held nothing: only the two accepted units left the drop.
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 98, what="refused holds released")
+    respelled = dict(shared_address, street_address="1  RESELLER lane")
+    assert definitive(floodgate, floodgate.register()[1], drop["id"], "x", respelled).status_code == 409
+
+
+def test_late_payments_are_kept_while_stock_lasts_and_refunded_after(floodgate, stack, admin_token):
+    with restarted(stack, "inventory-api", hold_ttl_seconds=2), restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+        drop = floodgate.create_drop(admin_token, quantity=1)
+        _, early = floodgate.register()
+        first = floodgate.place_order(early, drop["id"]).json()
+        floodgate.wait_for_status(early, first["id"], "expired", timeout=30)
+        floodgate.pay(first)
+        kept = floodgate.wait_for_status(early, first["id"], "confirmed")
+        assert "late payment" in kept["history"][-1]["reason"]
+
+        _, later = floodgate.register()
+        other_drop = floodgate.create_drop(admin_token, quantity=1)
+        second = floodgate.place_order(later, other_drop["id"]).json()
+        floodgate.wait_for_status(later, second["id"], "expired", timeout=30)
+        _, rival = floodgate.register()
+        rival_order = floodgate.place_order(rival, other_drop["id"])
+        assert rival_order.status_code == 201
+        floodgate.pay(second)
+        refunded = poll(lambda: (lambda o: o if o["payment"]["status"] == "refunded" else None)(
+            floodgate.get_order(later, second["id"]).json()), timeout=30, what="the late payment refunded")
+        assert refunded["status"] == "expired"
+        assert floodgate.get_drop(other_drop["id"])["remaining"] == 0
+        at_provider = floodgate.http.get(stack.url("payments") + f"/v1/payments/{second['id']}").json()
+        assert at_provider["status"] == "REFUNDED"
+
+
+def test_with_inventory_down_buyers_get_fast_answers_and_ordering_resumes(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=20)
+    tokens = [floodgate.register()[1] for _ in range(10)]
+    stack.kill("inventory-api")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            def attempt(token):
+                started = time.perf_counter()
+                answer = floodgate.place_order(token, drop["id"])
+                return answer, time.perf_counter() - started
+            results = list(pool.map(attempt, tokens))
+        for answer, elapsed in results:
+            assert answer.status_code in (429, 503), answer.text
+            assert answer.headers["Content-Type"] == "application/problem+json"
+            assert int(answer.headers["Retry-After"]) >= 1
+            assert elapsed < 5, "a buyer was left hanging"
+    finally:
+        stack.start("inventory-api")
+        stack.wait_until_ready()
+    answer = poll(lambda: (lambda a: a if a.status_code == 201 else None)(floodgate.place_order(tokens[0], drop["id"])),
+                  timeout=30, what="ordering to resume")
+    assert answer.json()["status"] == "awaiting_payment"
+
+
+def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=1)
+    first_email, first = floodgate.register()
+    second_email, second = floodgate.register()
+    mine = floodgate.place_order(first, drop["id"]).json()
+    floodgate.pay(mine)
+    floodgate.wait_for_status(first, mine["id"], "confirmed")
+    assert floodgate.place_order(second, drop["id"]).status_code == 409
+
+    cancel = floodgate.http.post(stack.url("checkout") + f"/orders/{mine['id']}/cancel",
+                                 headers={"Authorization": f"Bearer {first}"})
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, what="the unit back on sale")
+    theirs = floodgate.place_order(second, drop["id"])
+    assert theirs.status_code == 201
+    floodgate.pay(theirs.json())
+    floodgate.wait_for_status(second, theirs.json()["id"], "confirmed")
+    poll(lambda: floodgate.get_order(first, mine["id"]).json()["payment"]["status"] == "refunded",
+         what="the refund")
+
+    poll(lambda: floodgate.mails_about(mine["id"], "cancel"), what="the cancellation email")
+    poll(lambda: floodgate.confirmations_of(theirs.json()["id"]), what="the second buyer's confirmation")
+    assert all(m["to"] == [first_email] for m in floodgate.mails_about(mine["id"]))
+    assert all(m["to"] == [second_email] for m in floodgate.mails_about(theirs.json()["id"]))
+
+
+def test_shipping_is_for_admins_and_ends_cancellation(floodgate, stack, admin_token, buyer):
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=2)
+    order = floodgate.place_order(token, drop["id"]).json()
+    url = stack.url("checkout") + f"/orders/{order['id']}"
+    as_buyer, as_admin = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {admin_token}"}
+    not_yet = floodgate.http.post(url + "/ship", headers=as_admin)
+    assert not_yet.status_code == 409 and not_yet.json()["type"].endswith("/invalid-transition")
+    floodgate.pay(order)
+    floodgate.wait_for_status(token, order["id"], "confirmed")
+    assert floodgate.http.post(url + "/ship", headers=as_buyer).status_code == 403
+    shipped = floodgate.http.post(url + "/ship", headers=as_admin)
+    assert shipped.status_code == 200 and shipped.json()["status"] == "shipped"
+    too_late = floodgate.http.post(url + "/cancel", headers=as_buyer)
+    assert too_late.status_code == 409
+    assert floodgate.get_order(token, order["id"]).json()["status"] == "shipped"
