@@ -3,11 +3,17 @@
 Checkout and inventory never call accounts on the order path: the JWKS is fetched once, kept,
 and refreshed only when a token names a key id we do not know, at most once per
 `min_refresh_seconds`, so a flood of forged key ids cannot turn into a flood of fetches.
+
+Under gunicorn every worker fetches the keys as it starts (retrying with capped back-off until
+accounts answers once), so a buyer who signed in before an accounts outage is verified by any
+worker during it, not only by the workers that happened to see a token before.
 """
 from __future__ import annotations
 
 import hmac
 import logging
+import os
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +27,8 @@ from flask import current_app, g, request
 from shared.errors import Forbidden, Unauthorized
 
 ALGORITHMS = ("ES256",)
+TOKEN_ROLES = ("buyer", "admin")
+WARM_UP_MAX_DELAY_SECONDS = 10.0
 log = logging.getLogger("floodgate.auth")
 
 
@@ -59,12 +67,36 @@ class KeySet:
                 self._refresh()
         return self._keys.get(kid)
 
-    def _refresh(self) -> None:
+    @property
+    def fetches_over_http(self) -> bool:
+        """True when the keys come from the JWKS URL (not from a fetcher given by a test or by
+        accounts itself, which reads its own table)."""
+        return self._fetch is _http_fetch
+
+    @property
+    def loaded(self) -> bool:
+        """True once a fetch has brought at least one usable key."""
+        return bool(self._keys)
+
+    def warm_up(self, still_wanted: Callable[[], bool] = lambda: True, max_delay: float = WARM_UP_MAX_DELAY_SECONDS) -> None:
+        """Fetch the keys until one fetch succeeds (or `still_wanted()` turns false), backing
+        off up to `max_delay` seconds with jitter, so workers starting together do not stampede."""
+        delay = 0.2
+        while still_wanted() and not self.loaded:
+            with self._lock:
+                if not self.loaded:
+                    self._refresh(quiet=True)
+            if self.loaded:
+                return
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(max_delay, delay * 2)
+
+    def _refresh(self, quiet: bool = False) -> None:
         self._last_fetch = time.monotonic()
         try:
             document = self._fetch(self._url)
         except Exception:  # keep serving the keys we have; the next unknown kid retries later
-            log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=True)
+            log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=not quiet)
             return
         keys = {}
         for entry in document.get("keys", []):
@@ -83,13 +115,19 @@ def _http_fetch(url: str) -> dict:
 
 
 class TokenVerifier:
-    """Checks a bearer token's signature, algorithm, key id, issuer, audience and lifetime."""
+    """Checks a bearer token's signature, algorithm, key id, issuer, audience and lifetime
+    (expired, and not yet valid by `nbf` or a future `iat`, are both refused)."""
 
     def __init__(self, keys: KeySet, issuer: str, audience: str, leeway_seconds: int = 5):
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+
+    @property
+    def keys(self) -> KeySet:
+        """The key set this verifier checks signatures against."""
+        return self._keys
 
     def verify(self, token: str) -> Principal:
         """The token's principal, or `Unauthorized` with a generic reason."""
@@ -114,19 +152,37 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The access token has expired.")
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The access token is not valid yet.")
         except jwt.PyJWTError:
             raise Unauthorized("The access token is not valid.")
-        return Principal(
-            subject=str(claims["sub"]),
-            role=str(claims.get("role", "buyer")),
-            email=claims.get("email"),
-            tier=claims.get("tier"),
-        )
+        role, tier, email = claims.get("role", "buyer"), claims.get("tier"), claims.get("email")
+        if (
+            role not in TOKEN_ROLES
+            or not isinstance(claims["sub"], str)
+            or not isinstance(tier, (str, type(None)))
+            or not isinstance(email, (str, type(None)))
+        ):
+            raise Unauthorized("The access token is not valid.")
+        return Principal(subject=claims["sub"], role=role, email=email, tier=tier)
 
 
 def init_app(app, verifier: TokenVerifier, service_key: str) -> None:
-    """Make `verifier` and the service key available to the decorators below."""
+    """Make `verifier` and the service key available to the decorators below. In a gunicorn
+    worker whose keys come over HTTP, also start fetching them now, in the background."""
     app.extensions["floodgate.auth"] = (verifier, service_key)
+    if verifier.keys.fetches_over_http and os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        # An app factory may replace the verifier right after (accounts reads its own table):
+        # the warm-up stops as soon as this one is no longer the app's.
+        def still_wanted() -> bool:
+            return app.extensions.get("floodgate.auth", (None,))[0] is verifier
+
+        threading.Thread(target=_warm_up_later, args=(verifier.keys, still_wanted), name="jwks-warm-up", daemon=True).start()
+
+
+def _warm_up_later(keys: KeySet, still_wanted: Callable[[], bool]) -> None:
+    time.sleep(random.uniform(0.1, 0.5))  # lets the app factory finish, spreads workers apart
+    keys.warm_up(still_wanted)
 
 
 def _bearer() -> str:

@@ -1,6 +1,8 @@
 """The accounts app factory."""
 from __future__ import annotations
 
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 from shared import auth, web
 from services.accounts import api, bootstrap, cli, config, tokens
 from services.accounts.repository import AccountsUnitOfWork
@@ -11,6 +13,9 @@ def create_app(settings: config.Settings | None = None):
     app = web.create_app(settings, [api.bp], title="Floodgate accounts")
     bootstrap.init_app(app, settings)
     cli.init_app(app)
+    if settings.trusted_proxy_hops > 0:
+        # The sign-in throttle counts per client address: take it from the trusted proxies.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)
     # Accounts verifies its own tokens from its own table, never by calling itself over HTTP;
     # a read is cheap, so a key minted by a rotation moments ago is picked up within a second.
     session_factory = app.extensions["floodgate"].session_factory

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import Flask, current_app
 
 from services.accounts.config import Settings
 from services.accounts.passwords import Passwords
+from services.accounts.throttle import BackoffPolicy, SignInThrottle
 from services.accounts.tokens import TokenIssuer
 
 
@@ -14,14 +16,29 @@ from services.accounts.tokens import TokenIssuer
 class Dependencies:
     passwords: Passwords
     issuer: TokenIssuer
+    throttle: SignInThrottle
+    refresh_ttl: timedelta
+    max_addresses: int
 
 
 def init_app(app: Flask, settings: Settings) -> None:
+    window = timedelta(seconds=settings.login_failure_window_seconds)
+    base = timedelta(seconds=settings.login_backoff_base_seconds)
     app.extensions["floodgate.accounts"] = Dependencies(
         passwords=Passwords(
             concurrency=settings.password_hashing_concurrency, wait_seconds=settings.password_hashing_wait_seconds
         ),
         issuer=TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds),
+        throttle=SignInThrottle(
+            per_account=BackoffPolicy(
+                settings.login_account_free_failures, base, timedelta(seconds=settings.login_account_backoff_max_seconds), window
+            ),
+            per_client=BackoffPolicy(
+                settings.login_client_free_failures, base, timedelta(seconds=settings.login_client_backoff_max_seconds), window
+            ),
+        ),
+        refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+        max_addresses=settings.max_addresses_per_account,
     )
 
 

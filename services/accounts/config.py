@@ -6,11 +6,25 @@ from shared.config import Settings as CommonSettings
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
-    access_token_ttl_seconds: int = 3600
+    # Short: a revoked session's access tokens stop working within this; clients refresh.
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 14 * 24 * 3600
     # Each argon2id hash holds 19 MiB and a core for ~tens of ms; more concurrent hashes per
     # process than cores only adds memory, so a login storm queues here instead.
     password_hashing_concurrency: int = 2
     password_hashing_wait_seconds: float = 5.0
+    # Sign-in throttling: after the free failures, each further failure doubles the wait.
+    login_account_free_failures: int = 5
+    login_client_free_failures: int = 50
+    login_backoff_base_seconds: float = 1.0
+    login_account_backoff_max_seconds: float = 900.0
+    login_client_backoff_max_seconds: float = 300.0
+    login_failure_window_seconds: float = 900.0
+    max_addresses_per_account: int = 20
+    # Proxies (ingress, load balancer) in front of this service whose X-Forwarded-For is trusted;
+    # 0 means clients connect directly. Wrong here, every client looks like the proxy to the
+    # per-client sign-in throttle.
+    trusted_proxy_hops: int = 0
 
 
 def load() -> Settings:

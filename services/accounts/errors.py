@@ -1,5 +1,5 @@
 """Accounts' typed errors; shared.errors renders them as problem+json."""
-from shared.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
+from shared.errors import Conflict, InvalidRequest, NotFound, Problem, ServiceUnavailable, Unauthorized
 
 
 class EmailTaken(Conflict):
@@ -16,3 +16,35 @@ class AccountNotFound(NotFound):
 
 class SignInBusy(ServiceUnavailable):
     slug, title = "sign-in-busy", "Too many sign-ins at once"
+
+
+class SignInThrottled(Problem):
+    """Too many failed sign-ins for this account or from this client; says which neither."""
+
+    status, slug, title = 429, "too-many-sign-in-attempts", "Too many sign-in attempts"
+
+    def __init__(self, retry_after: int):
+        super().__init__(
+            "Too many failed sign-in attempts; wait before trying again.", headers={"Retry-After": str(retry_after)}
+        )
+
+
+class InvalidRefreshToken(Unauthorized):
+    slug, title = "invalid-refresh-token", "Refresh token not accepted"
+
+
+class InviteNotUsable(InvalidRequest):
+    """One answer for an unknown, expired, used-up or someone else's code, so codes cannot be probed."""
+
+    slug, title = "invite-not-usable", "Invite code cannot be used"
+
+    def __init__(self, field: str = "code"):
+        super().__init__("This invite code cannot be used.", errors={field: ["This invite code cannot be used."]})
+
+
+class AddressNotFound(NotFound):
+    slug, title = "address-not-found", "No such address"
+
+
+class TooManyAddresses(Conflict):
+    slug, title = "too-many-addresses", "Too many saved addresses"

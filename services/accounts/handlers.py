@@ -1,17 +1,43 @@
-"""What accounts does: register buyers, sign them in, keep the keys their tokens are signed with."""
+"""What accounts does: register buyers, sign them in and keep them signed in, invite them, keep
+their addresses, and keep the keys their tokens are signed with."""
 from __future__ import annotations
 
+import logging
+import random
+import re
+import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from shared import addresses as postal
 from services.accounts import tokens
-from services.accounts.errors import AccountNotFound, EmailTaken, InvalidCredentials
-from services.accounts.models import Account, SigningKey
+from services.accounts.errors import (
+    AccountNotFound,
+    AddressNotFound,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    InviteNotUsable,
+    SignInThrottled,
+    TooManyAddresses,
+)
+from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
-from services.accounts.tokens import AccessToken, TokenIssuer
+from services.accounts.throttle import BackoffPolicy, SignInThrottle, retry_after_seconds
+from services.accounts.tokens import SessionTokens, TokenIssuer
+
+log = logging.getLogger("floodgate.accounts")
 
 # One message for a wrong email and a wrong password, so a login cannot probe who has an account.
 WRONG_CREDENTIALS = "Email or password is incorrect"
+DEFAULT_THROTTLE = SignInThrottle(
+    per_account=BackoffPolicy(5, timedelta(seconds=1), timedelta(minutes=15), timedelta(minutes=15)),
+    per_client=BackoffPolicy(50, timedelta(seconds=1), timedelta(minutes=5), timedelta(minutes=15)),
+)
+DEFAULT_REFRESH_TTL = timedelta(days=14)
+# Without 0/O, 1/I: codes are read out and typed. 12 symbols of 32 = 60 random bits.
+INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+INVITE_CODE_LENGTH = 12
 
 
 def _now() -> datetime:
@@ -19,7 +45,8 @@ def _now() -> datetime:
 
 
 def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") -> Account:
-    """A new account for `cmd` (email normalised, password checked by the schema)."""
+    """A new account for `cmd` (email normalised, password checked by the schema), redeeming
+    `cmd["invite_code"]` in the same transaction when one is given."""
     if uow.accounts.by_email(cmd["email"]) is not None:
         raise EmailTaken("An account cannot be registered with this email.")
     account = Account(
@@ -32,19 +59,111 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") 
         created_at=_now(),
     )
     uow.accounts.add(account)
-    uow.publish("account.registered", {"account_id": str(account.id), "email": account.email})
+    if cmd.get("invite_code"):
+        redeem_invite(cmd["invite_code"], account, uow, field="invite_code")
+    uow.publish("account.registered", {"account_id": str(account.id), "email": account.email, "name": account.name})
     return account
 
 
-def open_session(cmd: dict, uow, passwords: Passwords, issuer: TokenIssuer) -> AccessToken:
-    """An access token for the account whose email and password match, else `InvalidCredentials`."""
+def open_session(
+    cmd: dict,
+    uow,
+    passwords: Passwords,
+    issuer: TokenIssuer,
+    throttle: SignInThrottle = DEFAULT_THROTTLE,
+    refresh_ttl: timedelta = DEFAULT_REFRESH_TTL,
+) -> SessionTokens:
+    """Tokens for the account whose email and password match, else `InvalidCredentials`.
+
+    Failures are counted per account and per client (`cmd["client"]`); past the free ones each
+    key is refused for a doubling time (`SignInThrottled`, 429) before any password is checked,
+    so a throttled account costs no hashing and slows nobody else. Unknown emails are counted
+    like known ones, so throttling reveals nothing either.
+    """
+    now = _now()
+    keys = throttle.keys(cmd["email"], cmd.get("client"))
+    blocked_until = uow.login_throttles.blocked_until(list(keys), now)
+    if blocked_until is not None:
+        raise SignInThrottled(retry_after_seconds(blocked_until, now))
     account = uow.accounts.by_email(cmd["email"])
     if not passwords.verify(account.password_hash if account else None, cmd["password"]):
+        _count_failure(uow, keys, now)
+        uow.commit()  # the failure counts even though the request fails
         raise InvalidCredentials(WRONG_CREDENTIALS)
     if passwords.needs_rehash(account.password_hash):
         account.password_hash = passwords.hash(cmd["password"])
+    uow.login_throttles.clear(f"account:{cmd['email']}")
+    return _start_session(account, uow, issuer, refresh_ttl, now)
+
+
+def _count_failure(uow, keys: dict[str, BackoffPolicy], now: datetime) -> None:
+    for key, policy in keys.items():
+        failures = uow.login_throttles.record_failure(key, now, forget_before=now - policy.window)
+        wait = policy.wait_after(failures)
+        if wait is not None:
+            uow.login_throttles.block(key, now + wait)
+            log.warning("sign-in throttled", extra={"throttle": key.split(":", 1)[0], "failures": failures,
+                                                    "wait_seconds": wait.total_seconds()})
+    if random.random() < 0.01:  # now and then, drop rows nobody has failed on for a while
+        uow.login_throttles.forget_stale(now - max(policy.window for policy in keys.values()))
+
+
+def _start_session(account: Account, uow, issuer: TokenIssuer, refresh_ttl: timedelta, now: datetime) -> SessionTokens:
+    signed_in = Session(id=uuid.uuid4(), account_id=account.id, created_at=now, revoked_at=None, revoked_reason=None)
+    uow.sessions.add(signed_in)
+    return _tokens_for(account, signed_in, uow, issuer, refresh_ttl, now)
+
+
+def _tokens_for(account: Account, signed_in: Session, uow, issuer: TokenIssuer, refresh_ttl: timedelta, now: datetime) -> SessionTokens:
+    refresh, refresh_hash = tokens.new_refresh_token()
+    uow.refresh_tokens.add(
+        RefreshToken(token_hash=refresh_hash, session_id=signed_in.id, issued_at=now, expires_at=now + refresh_ttl, used_at=None)
+    )
+    access = issuer.issue(account, signing_key(uow, now), now)
+    return SessionTokens(access=access, refresh_token=refresh, refresh_expires_in=int(refresh_ttl.total_seconds()))
+
+
+def refresh_session(refresh_token: str, uow, issuer: TokenIssuer, refresh_ttl: timedelta = DEFAULT_REFRESH_TTL) -> SessionTokens:
+    """Exchange a refresh token for a new access token and a new refresh token (rotation).
+
+    A refresh token works once. Presenting one that was already exchanged means two parties
+    hold it, one of them a thief: the whole session (every token rotated from the same sign-in)
+    is revoked and the caller must sign in again. The new access token carries the account's
+    current role and tier.
+    """
     now = _now()
-    return issuer.issue(account, signing_key(uow, now), now)
+    row = uow.refresh_tokens.get_for_update(tokens.refresh_token_hash(refresh_token))
+    if row is None:
+        raise InvalidRefreshToken("Sign in again.")
+    signed_in = uow.sessions.get_for_update(row.session_id)
+    if signed_in is None or signed_in.revoked_at is not None:
+        raise InvalidRefreshToken("Sign in again.")
+    if row.used_at is not None:
+        signed_in.revoked_at, signed_in.revoked_reason = now, "refresh-token-reuse"
+        uow.commit()  # the revocation stands although the request fails
+        log.warning("refresh token reused; session revoked", extra={"session_id": str(signed_in.id)})
+        raise InvalidRefreshToken("Sign in again.")
+    account = uow.accounts.get(signed_in.account_id)
+    if row.expires_at <= now or account is None:
+        raise InvalidRefreshToken("Sign in again.")
+    row.used_at = now
+    return _tokens_for(account, signed_in, uow, issuer, refresh_ttl, now)
+
+
+def end_session(refresh_token: str, uow) -> None:
+    """Log out: revoke the session `refresh_token` belongs to. Unknown tokens change nothing."""
+    row = uow.refresh_tokens.get_for_update(tokens.refresh_token_hash(refresh_token))
+    if row is None:
+        return
+    signed_in = uow.sessions.get_for_update(row.session_id)
+    if signed_in is not None and signed_in.revoked_at is None:
+        signed_in.revoked_at, signed_in.revoked_reason = _now(), "logout"
+
+
+def end_all_sessions(account_id: str, uow) -> int:
+    """Log out everywhere: revoke every session of the account; returns how many."""
+    account = find_account(account_id, uow)
+    return uow.sessions.revoke_all(account.id, _now(), "logout-everywhere")
 
 
 def signing_key(uow, now: datetime) -> SigningKey:
@@ -109,3 +228,94 @@ def rotate_keys(uow, retire_superseded_for: timedelta | None = None) -> tuple[Si
                 old.retired_at = now
                 retired.append(old)
     return key, retired
+
+
+def issue_invite(cmd: dict, uow, issued_by: str | None = None) -> Invite:
+    """A new invite code for `cmd["tier"]`; `invite.issued` when it is for a person (`email`),
+    so notifications can send it."""
+    now = _now()
+    invite = Invite(
+        id=uuid.uuid4(),
+        code="".join(secrets.choice(INVITE_ALPHABET) for _ in range(INVITE_CODE_LENGTH)),
+        email=cmd.get("email"),
+        tier=cmd["tier"],
+        max_uses=cmd.get("max_uses", 1),
+        uses=0,
+        expires_at=cmd.get("expires_at"),
+        created_at=now,
+        created_by=_uuid_or_none(issued_by),
+    )
+    uow.invites.add(invite)
+    if invite.email:
+        uow.publish(
+            "invite.issued",
+            {
+                "invite_id": str(invite.id),
+                "code": display_code(invite.code),
+                "email": invite.email,
+                "tier": invite.tier,
+                "expires_at": invite.expires_at.isoformat() if invite.expires_at else None,
+            },
+        )
+    return invite
+
+
+def redeem_invite(code: str, account: Account, uow, field: str = "code") -> Account:
+    """Give `account` the invite's tier. Redeeming the same invite again changes nothing; an
+    unknown, expired, used-up or someone else's code is one `InviteNotUsable` on `field`."""
+    invite = uow.invites.by_code_for_update(normalise_code(code))
+    now = _now()
+    if invite is None or (invite.email and invite.email != account.email):
+        raise InviteNotUsable(field)
+    if uow.invites.redeemed_by(invite.id, account.id):
+        return account
+    if (invite.expires_at is not None and invite.expires_at <= now) or invite.uses >= invite.max_uses:
+        raise InviteNotUsable(field)
+    invite.uses += 1
+    uow.invites.add_redemption(InviteRedemption(invite_id=invite.id, account_id=account.id, redeemed_at=now))
+    account.tier = invite.tier
+    return account
+
+
+def normalise_code(code: str) -> str:
+    return re.sub(r"[^0-9A-Z]", "", code.upper())
+
+
+def display_code(code: str) -> str:
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def save_address(account_id: str, fields: dict, uow, max_addresses: int = 20) -> Address:
+    """Validate and normalise `fields` for their country (`shared.addresses`) and save them for
+    the account; `InvalidAddress` (422, per field) when the country's rules refuse them."""
+    account = find_account(account_id, uow)
+    normalised = postal.normalise(fields)
+    if len(uow.addresses.of(account.id)) >= max_addresses:
+        raise TooManyAddresses(f"Keep at most {max_addresses} addresses; delete one first.")
+    address = Address(id=uuid.uuid4(), account_id=account.id, created_at=_now(), **normalised)
+    uow.addresses.add(address)
+    return address
+
+
+def addresses_of(account_id: str, uow) -> list[Address]:
+    return uow.addresses.of(find_account(account_id, uow).id)
+
+
+def find_address(account_id: str | None, address_id: str, uow) -> Address:
+    """The address, if it belongs to `account_id` (any account's for `None`, the service
+    lookup); another buyer's address is as unknown as a missing one."""
+    address = uow.addresses.get(_uuid_or_none(address_id)) if _uuid_or_none(address_id) else None
+    if address is None or (account_id is not None and str(address.account_id) != account_id):
+        raise AddressNotFound("No such address.")
+    return address
+
+
+def delete_address(account_id: str, address_id: str, uow) -> None:
+    uow.addresses.delete(find_address(account_id, address_id, uow))
+
+
+def _uuid_or_none(value) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import sqlalchemy as sa
 from psycopg import errors as pg_errors
 from sqlalchemy import orm
+from sqlalchemy.dialects.postgresql import insert
 
 from shared import web
 from shared.db import UnitOfWork
 from services.accounts.errors import EmailTaken
-from services.accounts.models import Account, SigningKey
+from services.accounts.models import (
+    Account,
+    Address,
+    Invite,
+    InviteRedemption,
+    LoginThrottle,
+    RefreshToken,
+    Session,
+    SigningKey,
+)
 
 # Any constant shared by every accounts process: serialises the creation of the first key.
 SIGNING_KEY_LOCK = 0x466C6F6F64  # "Flood"
@@ -58,16 +69,145 @@ class SigningKeys:
         self._session.execute(sa.select(sa.func.pg_advisory_xact_lock(SIGNING_KEY_LOCK)))
 
 
+class Sessions:
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def add(self, signed_in: Session) -> None:
+        self._session.add(signed_in)
+        self._session.flush()
+
+    def get_for_update(self, session_id: uuid.UUID) -> Session | None:
+        return self._session.get(Session, session_id, with_for_update=True)
+
+    def revoke_all(self, account_id: uuid.UUID, now: datetime, reason: str) -> int:
+        result = self._session.execute(
+            sa.update(Session)
+            .where(Session.account_id == account_id, Session.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+        )
+        return result.rowcount
+
+
+class RefreshTokens:
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def add(self, token: RefreshToken) -> None:
+        self._session.add(token)
+        self._session.flush()
+
+    def get_for_update(self, token_hash: str) -> RefreshToken | None:
+        """The token row, locked: two requests presenting the same token are served in turn,
+        so exactly one of them rotates it and the other is seen as a reuse."""
+        return self._session.get(RefreshToken, token_hash, with_for_update=True)
+
+
+class LoginThrottles:
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def blocked_until(self, keys: list[str], now: datetime) -> datetime | None:
+        """The latest time any of `keys` is refused until, if it is still in the future."""
+        return self._session.scalar(
+            sa.select(sa.func.max(LoginThrottle.blocked_until)).where(
+                LoginThrottle.key.in_(keys), LoginThrottle.blocked_until > now
+            )
+        )
+
+    def record_failure(self, key: str, now: datetime, forget_before: datetime) -> int:
+        """Count one failure for `key` atomically (every worker shares the row); failures
+        before `forget_before` no longer count. Returns the failures now counted."""
+        statement = insert(LoginThrottle).values(key=key, failures=1, last_failure_at=now)
+        statement = statement.on_conflict_do_update(
+            index_elements=[LoginThrottle.key],
+            set_={
+                "failures": sa.case(
+                    (LoginThrottle.last_failure_at < forget_before, 1), else_=LoginThrottle.failures + 1
+                ),
+                "last_failure_at": now,
+            },
+        ).returning(LoginThrottle.failures)
+        return self._session.execute(statement).scalar_one()
+
+    def block(self, key: str, until: datetime) -> None:
+        self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == key).values(blocked_until=until))
+
+    def clear(self, key: str) -> None:
+        self._session.execute(sa.delete(LoginThrottle).where(LoginThrottle.key == key))
+
+    def forget_stale(self, before: datetime) -> None:
+        self._session.execute(
+            sa.delete(LoginThrottle).where(
+                LoginThrottle.last_failure_at < before,
+                sa.or_(LoginThrottle.blocked_until.is_(None), LoginThrottle.blocked_until < before),
+            )
+        )
+
+
+class Invites:
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def add(self, invite: Invite) -> None:
+        self._session.add(invite)
+        self._session.flush()
+
+    def by_code_for_update(self, code: str) -> Invite | None:
+        """The invite, locked, so concurrent redemptions cannot exceed its uses."""
+        return self._session.scalar(sa.select(Invite).where(Invite.code == code).with_for_update())
+
+    def redeemed_by(self, invite_id: uuid.UUID, account_id: uuid.UUID) -> bool:
+        return self._session.get(InviteRedemption, (invite_id, account_id)) is not None
+
+    def add_redemption(self, redemption: InviteRedemption) -> None:
+        self._session.add(redemption)
+        self._session.flush()
+
+
+class Addresses:
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def add(self, address: Address) -> None:
+        self._session.add(address)
+        self._session.flush()
+
+    def of(self, account_id: uuid.UUID) -> list[Address]:
+        return list(
+            self._session.scalars(
+                sa.select(Address).where(Address.account_id == account_id).order_by(Address.created_at, Address.id)
+            )
+        )
+
+    def get(self, address_id: uuid.UUID) -> Address | None:
+        return self._session.get(Address, address_id)
+
+    def delete(self, address: Address) -> None:
+        self._session.delete(address)
+        self._session.flush()
+
+
 class AccountsUnitOfWork(UnitOfWork):
     """The shared unit of work plus the accounts' repositories on its session."""
 
     accounts: Accounts
     signing_keys: SigningKeys
+    sessions: Sessions
+    refresh_tokens: RefreshTokens
+    login_throttles: LoginThrottles
+    invites: Invites
+    addresses: Addresses
 
     def __enter__(self) -> "AccountsUnitOfWork":
         super().__enter__()
         self.accounts = Accounts(self.session)
         self.signing_keys = SigningKeys(self.session)
+        self.sessions = Sessions(self.session)
+        self.refresh_tokens = RefreshTokens(self.session)
+        self.login_throttles = LoginThrottles(self.session)
+        self.invites = Invites(self.session)
+        self.addresses = Addresses(self.session)
         return self
 
 

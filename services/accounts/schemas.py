@@ -1,6 +1,10 @@
 """What accounts accepts and answers, in JSON."""
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from datetime import datetime, timezone
 
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+
+from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
 
@@ -15,11 +19,19 @@ def storable_text(value: str) -> None:
         raise ValidationError("Must be valid Unicode text.") from None
 
 
-class NormalisedEmail(fields.Email):
-    """An email address, trimmed and lower-cased before it is checked, stored or looked up."""
+class NormalisedEmail(fields.String):
+    """An email address checked by email-validator (syntax only, no DNS), then lower-cased, so
+    `Ann@Example.com` and `ann@example.com` are one account. Addresses under `.test` (RFC 2606,
+    never delivered) are accepted for tests and rehearsals."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        storable_text(text)
+        try:
+            checked = validate_email(text, check_deliverability=False, test_environment=True)
+        except EmailNotValidError:
+            raise ValidationError("Not a valid email address.") from None
+        return checked.normalized.lower()
 
 
 class RegistrationSchema(Schema):
@@ -33,6 +45,7 @@ class RegistrationSchema(Schema):
         ],
     )
     name = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=200), storable_text])
+    invite_code = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=64), storable_text])
 
 
 class AccountSchema(Schema):
@@ -40,6 +53,7 @@ class AccountSchema(Schema):
     email = fields.String()
     name = fields.String(allow_none=True)
     role = fields.String()
+    tier = fields.String(allow_none=True)
 
 
 class SessionRequestSchema(Schema):
@@ -49,14 +63,106 @@ class SessionRequestSchema(Schema):
 
     @post_load
     def _normalise_email(self, data, **kwargs):
-        data["email"] = data["email"].strip().lower()
+        data["email"] = sign_in_email(data["email"])
         return data
 
 
-class AccessTokenSchema(Schema):
+def sign_in_email(text: str) -> str:
+    """The email as registration stored it when it is a valid address; otherwise just trimmed
+    and lower-cased, so a miss costs and answers the same as any other."""
+    try:
+        return validate_email(text.strip(), check_deliverability=False, test_environment=True).normalized.lower()
+    except EmailNotValidError:
+        return text.strip().lower()
+
+
+class SessionTokensSchema(Schema):
     access_token = fields.String(attribute="token")
     token_type = fields.Constant("Bearer")
-    expires_in = fields.Integer()
+    expires_in = fields.Integer(metadata={"description": "seconds the access token is valid"})
+    refresh_token = fields.String(metadata={"description": "opaque; works once, exchange it at POST /sessions/refresh"})
+    refresh_expires_in = fields.Integer()
+
+
+class RefreshTokenSchema(Schema):
+    refresh_token = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=200), storable_text])
+
+
+TIER = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
+
+
+class InviteRequestSchema(Schema):
+    email = NormalisedEmail(load_default=None, allow_none=True, metadata={"description": "the one person who may redeem it; they are emailed the code"})
+    tier = fields.String(required=True, validate=TIER)
+    max_uses = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000))
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+    @validates("expires_at")
+    def _in_the_future(self, value, **kwargs):
+        if value is not None and value <= datetime.now(timezone.utc):
+            raise ValidationError("Must be in the future.")
+
+    @validates_schema
+    def _one_person_one_use(self, data, **kwargs):
+        if data.get("email") and data.get("max_uses", 1) != 1:
+            raise ValidationError("An invite for one person is single-use.", "max_uses")
+
+
+class InviteSchema(Schema):
+    id = fields.UUID()
+    code = fields.Function(lambda invite: "-".join(invite.code[i : i + 4] for i in range(0, len(invite.code), 4)))
+    email = fields.String(allow_none=True)
+    tier = fields.String()
+    max_uses = fields.Integer()
+    uses = fields.Integer()
+    expires_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class RedeemInviteSchema(Schema):
+    code = fields.String(required=True, validate=[validate.Length(min=1, max=64), storable_text])
+
+
+def _address_field(name: str, required: bool = False):
+    length = validate.Length(min=1 if required else 0, max=ADDRESS_MAX_LENGTH[name])
+    if required:
+        return fields.String(required=True, validate=length)
+    return fields.String(load_default="", validate=length)
+
+
+class AddressRequestSchema(Schema):
+    """A shipping address as the buyer types it; `shared.addresses` then checks it against its
+    country's rules and writes it the country's way."""
+
+    name = _address_field("name", required=True)
+    street_address = _address_field("street_address", required=True)
+    city = _address_field("city")
+    city_area = _address_field("city_area")
+    sorting_code = _address_field("sorting_code")
+    postal_code = _address_field("postal_code")
+    country_area = _address_field("country_area")
+    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+
+
+class AddressSchema(Schema):
+    id = fields.UUID()
+    name = fields.String()
+    street_address = fields.String()
+    city = fields.String()
+    city_area = fields.String()
+    sorting_code = fields.String()
+    postal_code = fields.String()
+    country_area = fields.String()
+    country_code = fields.String()
+    created_at = fields.DateTime()
+
+
+class AddressListSchema(Schema):
+    items = fields.List(fields.Nested(AddressSchema))
+
+
+class ServiceAddressSchema(AddressSchema):
+    account_id = fields.UUID()
 
 
 class JsonWebKeySchema(Schema):

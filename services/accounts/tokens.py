@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -46,6 +48,34 @@ class AccessToken:
 
 
 @dataclass(frozen=True)
+class SessionTokens:
+    """What a sign-in or a refresh hands the client: a short access token and the refresh
+    token that gets the next one."""
+
+    access: AccessToken
+    refresh_token: str
+    refresh_expires_in: int
+
+    @property
+    def token(self) -> str:
+        return self.access.token
+
+    @property
+    def expires_in(self) -> int:
+        return self.access.expires_in
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """An opaque refresh token (256 random bits) and the hash it is stored under."""
+    token = secrets.token_urlsafe(32)
+    return token, refresh_token_hash(token)
+
+
+def refresh_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
 class TokenIssuer:
     """Mints access tokens for the audience every Floodgate service verifies."""
 
@@ -62,7 +92,9 @@ class TokenIssuer:
             "email": account.email,
             "tier": account.tier,
             "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
             "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+            "jti": str(uuid.uuid4()),
         }
         token = jwt.encode(claims, key.private_key_pem, algorithm=ALGORITHM, headers={"kid": key.kid})
         return AccessToken(token=token, expires_in=self.ttl_seconds)

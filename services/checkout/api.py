@@ -22,6 +22,7 @@ from services.checkout.schemas import (
     WebhookResourceSchema,
     WebhookSchema,
 )
+from shared.addresses import InvalidAddress, normalise
 from shared.auth import current_principal, require_admin, require_user
 from shared.errors import InvalidRequest, Problem
 from shared.openapi import operation
@@ -58,6 +59,10 @@ def place_order():
         raise InvalidRequest("Send an Idempotency-Key header (1 to 255 characters) with every order.",
                              errors={"Idempotency-Key": ["Missing or too long."]})
     body = load(OrderRequestSchema())
+    try:
+        address = normalise(body["shipping_address"])
+    except InvalidAddress as invalid:
+        raise InvalidAddress({"shipping_address": invalid.errors}) from None
     principal = current_principal()
     cmd = handlers.PlaceOrder(
         buyer_id=principal.subject,
@@ -65,7 +70,7 @@ def place_order():
         idempotency_key=key,
         drop_id=str(body["drop_id"]),
         quantity=body["quantity"],
-        shipping_address=body["shipping_address"],
+        shipping_address=address,
         buyer_tier=principal.tier,
     )
     wiring = _wiring()

@@ -3,15 +3,19 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 
 class AddressSchema(Schema):
+    """Shape only; the country's own rules are applied by `shared.addresses.normalise`."""
+
     class Meta:
         unknown = EXCLUDE
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     street_address = fields.String(required=True, validate=validate.Length(min=1, max=300))
-    city = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    postal_code = fields.String(required=True, validate=validate.Length(min=1, max=20))
+    city = fields.String(load_default="", validate=validate.Length(max=100))
+    city_area = fields.String(load_default="", validate=validate.Length(max=100))
+    sorting_code = fields.String(load_default="", validate=validate.Length(max=20))
+    postal_code = fields.String(load_default="", validate=validate.Length(max=20))
     country_area = fields.String(load_default="", validate=validate.Length(max=100))
-    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
 
 
 class OrderRequestSchema(Schema):

@@ -66,6 +66,10 @@ ORDER_CASES = {
     "missing address": ({"drop_id": "DROP", "quantity": 1}, 422),
     "address without postal code": ({"drop_id": "DROP", "quantity": 1,
                                      "shipping_address": {k: v for k, v in ADDRESS.items() if k != "postal_code"}}, 422),
+    "US address with a Canadian postal code": ({"drop_id": "DROP", "quantity": 1, "shipping_address": dict(
+        ADDRESS, country_code="US", country_area="CA", city="Mountain View")}, 422),
+    "province that is not Canadian": ({"drop_id": "DROP", "quantity": 1,
+                                       "shipping_address": dict(ADDRESS, country_area="TX")}, 422),
     "body is a list": ([1, 2], 422),
     "unknown drop": ({"drop_id": str(uuid.uuid4()), "quantity": 1, "shipping_address": ADDRESS}, 404),
 }

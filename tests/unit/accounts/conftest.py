@@ -40,10 +40,107 @@ class FakeSigningKeys:
         self.locked = True
 
 
+class FakeSessions:
+    def __init__(self):
+        self.rows = {}
+
+    def add(self, signed_in):
+        self.rows[signed_in.id] = signed_in
+
+    def get_for_update(self, session_id):
+        return self.rows.get(session_id)
+
+    def revoke_all(self, account_id, now, reason):
+        live = [s for s in self.rows.values() if s.account_id == account_id and s.revoked_at is None]
+        for signed_in in live:
+            signed_in.revoked_at, signed_in.revoked_reason = now, reason
+        return len(live)
+
+
+class FakeRefreshTokens:
+    def __init__(self):
+        self.rows = {}
+
+    def add(self, token):
+        self.rows[token.token_hash] = token
+
+    def get_for_update(self, token_hash):
+        return self.rows.get(token_hash)
+
+
+class FakeLoginThrottles:
+    """The same arithmetic as the SQL upsert, in a dict."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def blocked_until(self, keys, now):
+        times = [self.rows[k]["blocked_until"] for k in keys if k in self.rows and self.rows[k]["blocked_until"]]
+        future = [t for t in times if t > now]
+        return max(future) if future else None
+
+    def record_failure(self, key, now, forget_before):
+        row = self.rows.get(key)
+        if row is None or row["last_failure_at"] < forget_before:
+            row = self.rows[key] = {"failures": 0, "blocked_until": row["blocked_until"] if row else None}
+        row["failures"] += 1
+        row["last_failure_at"] = now
+        return row["failures"]
+
+    def block(self, key, until):
+        self.rows[key]["blocked_until"] = until
+
+    def clear(self, key):
+        self.rows.pop(key, None)
+
+    def forget_stale(self, before):
+        pass
+
+
+class FakeInvites:
+    def __init__(self):
+        self.rows = {}
+        self.redemptions = set()
+
+    def add(self, invite):
+        self.rows[invite.code] = invite
+
+    def by_code_for_update(self, code):
+        return self.rows.get(code)
+
+    def redeemed_by(self, invite_id, account_id):
+        return (invite_id, account_id) in self.redemptions
+
+    def add_redemption(self, redemption):
+        self.redemptions.add((redemption.invite_id, redemption.account_id))
+
+
+class FakeAddresses:
+    def __init__(self):
+        self.rows = {}
+
+    def add(self, address):
+        self.rows[address.id] = address
+
+    def of(self, account_id):
+        return [a for a in self.rows.values() if a.account_id == account_id]
+
+    def get(self, address_id):
+        return self.rows.get(address_id)
+
+    def delete(self, address):
+        del self.rows[address.id]
+
+
 class FakeUnitOfWork:
     def __init__(self):
         self.accounts = FakeAccounts()
         self.signing_keys = FakeSigningKeys()
+        self.sessions = FakeSessions()
+        self.refresh_tokens = FakeRefreshTokens()
+        self.login_throttles = FakeLoginThrottles()
+        self.invites = FakeInvites()
+        self.addresses = FakeAddresses()
         self.published = []
         self.committed = False
 

@@ -14,7 +14,7 @@ def test_a_buyer_registers_with_a_normalised_email_and_the_registration_is_annou
     account = register(uow, passwords, email="  Ann.Lee@Example.COM ", password="correct horse battery", name="Ann")
 
     assert (account.email, account.name, account.role, account.tier) == ("ann.lee@example.com", "Ann", "buyer", None)
-    assert uow.published == [("account.registered", {"account_id": str(account.id), "email": "ann.lee@example.com"})]
+    assert uow.published == [("account.registered", {"account_id": str(account.id), "email": "ann.lee@example.com", "name": "Ann"})]
 
 
 def test_the_password_is_stored_as_an_argon2id_hash_at_owasp_parameters(uow, passwords):
@@ -80,7 +80,7 @@ def test_over_http_registration_answers_201_with_the_account_but_never_the_passw
 
     assert response.status_code == 201
     body = response.get_json()
-    assert set(body) == {"id", "email", "name", "role"}
+    assert set(body) == {"id", "email", "name", "role", "tier"}
     assert (body["email"], body["role"]) == ("ann@example.com", "buyer")
     assert uow.committed
 

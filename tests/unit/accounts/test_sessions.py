@@ -127,7 +127,9 @@ def test_over_http_sign_in_answers_a_bearer_token_that_is_never_cached(client, u
 
     assert response.status_code == 201
     body = response.get_json()
-    assert (body["token_type"], body["expires_in"]) == ("Bearer", 3600)
+    # short-lived access token; the refresh token gets the next one
+    assert (body["token_type"], body["expires_in"]) == ("Bearer", 900)
+    assert body["refresh_token"] and body["refresh_expires_in"] == 14 * 24 * 3600
     assert response.headers["Cache-Control"] == "no-store"
 
 
@@ -139,4 +141,4 @@ def test_over_http_the_signed_in_buyer_sees_their_account(app, client, uow, ann)
     response = client.get("/accounts/me", headers={"Authorization": f"Bearer {token['access_token']}"})
 
     assert response.status_code == 200
-    assert response.get_json() == {"id": str(ann.id), "email": "ann@example.com", "name": "Ann", "role": "buyer"}
+    assert response.get_json() == {"id": str(ann.id), "email": "ann@example.com", "name": "Ann", "role": "buyer", "tier": None}

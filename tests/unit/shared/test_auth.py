@@ -57,10 +57,16 @@ def test_a_good_token_gives_its_principal_and_the_keys_are_fetched_once(verifier
         lambda j: j.token(aud="another-audience"),
         lambda j: j.token(iss="someone-else"),
         lambda j: j.token(iat=None),
+        lambda j: j.token(nbf=int(time.time()) + 600),
+        lambda j: j.token(iat=int(time.time()) + 600, exp=int(time.time()) + 1200),
+        lambda j: j.token(role="service"),
+        lambda j: j.token(sub=12345),
+        lambda j: j.token(tier={"not": "a tier"}),
         lambda j: j.token(key=ec.generate_private_key(ec.SECP256R1())),
         lambda j: "not-a-token",
     ],
-    ids=["alg-none", "hs256", "expired", "audience", "issuer", "no-iat", "wrong-signature", "garbage"],
+    ids=["alg-none", "hs256", "expired", "audience", "issuer", "no-iat", "not-before-in-future", "issued-in-future",
+         "service-role", "numeric-subject", "tier-not-text", "wrong-signature", "garbage"],
 )
 def test_bad_tokens_are_refused(verifier, jwks, make):
     with pytest.raises(Unauthorized):
@@ -72,3 +78,48 @@ def test_unknown_key_ids_refetch_at_a_bounded_rate(verifier, jwks):
         with pytest.raises(Unauthorized):
             verifier.verify(jwks.token(kid="forged-kid"))
     assert jwks.fetches == 1
+
+
+def test_a_token_not_valid_yet_says_so(verifier, jwks):
+    with pytest.raises(Unauthorized) as refused:
+        verifier.verify(jwks.token(nbf=int(time.time()) + 600))
+
+    assert refused.value.status == 401 and "not valid yet" in refused.value.detail
+
+
+def test_a_token_whose_not_before_has_passed_is_accepted(verifier, jwks):
+    assert verifier.verify(jwks.token(nbf=int(time.time()) - 1)).subject == "buyer-1"
+
+
+def test_warm_up_retries_until_the_keys_arrive_then_stops(monkeypatch, jwks):
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    answers = iter([ConnectionError("accounts is down"), ConnectionError("still down")])
+
+    def flaky(url):
+        error = next(answers, None)
+        if error:
+            raise error
+        return jwks(url)
+
+    keys = KeySet("http://accounts/jwks", min_refresh_seconds=60, fetch=flaky)
+    keys.warm_up()
+
+    assert keys.loaded and jwks.fetches == 1
+    # Once warm, a token is verified without another fetch, even with accounts gone.
+    verifier = TokenVerifier(keys, ISSUER, AUDIENCE)
+    assert verifier.verify(jwks.token()).subject == "buyer-1"
+    assert jwks.fetches == 1
+
+
+def test_warm_up_gives_up_when_no_longer_wanted(monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    attempts = []
+
+    def down(url):
+        attempts.append(url)
+        raise ConnectionError("accounts is down")
+
+    keys = KeySet("http://accounts/jwks", fetch=down)
+    keys.warm_up(still_wanted=lambda: len(attempts) < 3)
+
+    assert len(attempts) == 3 and not keys.loaded

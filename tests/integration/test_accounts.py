@@ -1,0 +1,267 @@
+"""Accounts on drop day: tokens checkout refuses, throttled sign-ins, sessions, addresses, an outage."""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import uuid
+
+import jwt
+import requests
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from devtools.client import poll
+
+PASSWORD = "correct horse battery"
+ADDRESSES = {
+    "CA": ({"street_address": "24 Sussex Drive", "city": "ottawa", "postal_code": "k1a0b1", "country_area": "Ontario"},
+           {"city": "OTTAWA", "postal_code": "K1A 0B1", "country_area": "ON"}),
+    "US": ({"street_address": "1600 Amphitheatre Pkwy", "city": "Mountain View", "postal_code": "940431351", "country_area": "California"},
+           {"city": "MOUNTAIN VIEW", "postal_code": "94043-1351", "country_area": "CA"}),
+    "GB": ({"street_address": "10 Downing Street", "city": "London", "postal_code": "sw1a1aa"},
+           {"city": "LONDON", "postal_code": "SW1A 1AA", "country_area": ""}),
+    "DE": ({"street_address": "Platz der Republik 1", "city": "Berlin", "postal_code": "11011"},
+           {"city": "BERLIN", "postal_code": "11011", "country_area": ""}),
+    "IN": ({"street_address": "1 Mahatma Gandhi Road", "city": "Mumbai", "postal_code": "400 001", "country_area": "Maharashtra"},
+           {"city": "MUMBAI", "postal_code": "400001", "country_area": "Maharashtra"}),
+    "JP": ({"street_address": "1-1 Chiyoda", "city": "Chiyoda-ku", "postal_code": "1008111", "country_area": "Tokyo"},
+           {"street_address": "1-1 Chiyoda\nChiyoda-ku", "city": "", "postal_code": "100-8111", "country_area": "東京都"}),
+}
+
+
+def accounts(stack, path: str) -> str:
+    return stack.url("accounts") + path
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def sign_in(stack, email: str, password: str = PASSWORD) -> requests.Response:
+    return requests.post(accounts(stack, "/sessions"), json={"email": email, "password": password}, timeout=10)
+
+
+def signing_key(stack) -> tuple[str, str]:
+    """The accounts service's current signing key, read from its database as an insider would."""
+    engine = sa.create_engine(stack.infra.database_url("accounts"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT kid, private_key_pem FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1"
+            )).one()
+    finally:
+        engine.dispose()
+    return row.kid, row.private_key_pem
+
+
+def claims(**changes) -> dict:
+    now = int(time.time())
+    body = {"iss": "floodgate-accounts", "aud": "floodgate", "sub": str(uuid.uuid4()), "role": "buyer",
+            "email": "mallory@example.com", "tier": None, "iat": now, "nbf": now, "exp": now + 600}
+    body.update(changes)
+    return body
+
+
+def test_checkout_refuses_tokens_unsigned_unknown_expired_early_or_for_another_audience(floodgate, stack, open_drop, buyer):
+    kid, pem = signing_key(stack)
+    now = int(time.time())
+    forged = {
+        "alg-none": jwt.encode(claims(), None, algorithm="none", headers={"kid": kid}),
+        "unknown-key": jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "not-a-floodgate-key"}),
+        "known-kid-other-key": jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": kid}),
+        "expired": jwt.encode(claims(iat=now - 1200, nbf=now - 1200, exp=now - 600), pem, algorithm="ES256", headers={"kid": kid}),
+        "other-audience": jwt.encode(claims(aud="another-platform"), pem, algorithm="ES256", headers={"kid": kid}),
+        "not-yet-valid": jwt.encode(claims(nbf=now + 600, exp=now + 1200), pem, algorithm="ES256", headers={"kid": kid}),
+    }
+
+    for name, token in forged.items():
+        refused = floodgate.place_order(token, open_drop["id"])
+        assert refused.status_code == 401, (name, refused.text)
+        assert refused.headers["Content-Type"] == "application/problem+json", name
+        assert refused.json()["status"] == 401 and "Traceback" not in refused.text
+
+    # The same key and claims, valid: the refusals above were for what was wrong, not the key.
+    accepted = floodgate.place_order(jwt.encode(claims(), pem, algorithm="ES256", headers={"kid": kid}), open_drop["id"])
+    assert accepted.status_code == 201, accepted.text
+    assert floodgate.get_drop(open_drop["id"])["remaining"] == open_drop["quantity"] - 1
+
+
+def test_thirty_wrong_passwords_throttle_that_account_while_another_signs_in(floodgate, stack):
+    victim, _ = floodgate.register()
+    other, _ = floodgate.register()
+
+    answers = [sign_in(stack, victim, f"guess number {n}") for n in range(30)]
+
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) == {401, 429}, statuses
+    assert statuses.index(429) <= 6 and statuses[-1] == 429
+    for answer in answers:
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        if answer.status_code == 429:
+            assert int(answer.headers["Retry-After"]) >= 1
+            assert victim not in answer.text  # generic: does not say which account or why
+    assert sign_in(stack, victim).status_code == 429  # even the right password waits
+    started = time.perf_counter()
+    assert sign_in(stack, other).status_code == 201
+    print(f"\nother account signed in in {1000 * (time.perf_counter() - started):.0f} ms while the victim was throttled")
+
+
+def test_one_email_in_any_case_registers_once_and_failed_sign_ins_look_alike(floodgate, stack):
+    email = f"Case.Test-{uuid.uuid4().hex[:8]}@Example.COM"
+    first = requests.post(accounts(stack, "/accounts"), json={"email": email, "password": PASSWORD}, timeout=10)
+    again = requests.post(accounts(stack, "/accounts"), json={"email": email.lower(), "password": "another password ok"}, timeout=10)
+    assert first.status_code == 201 and first.json()["email"] == email.lower()
+    assert again.status_code == 409 and again.json()["type"].endswith("/email-taken")
+
+    wrong_password = sign_in(stack, email.upper(), "not the password")
+    unknown_email = sign_in(stack, f"nobody-{uuid.uuid4().hex[:8]}@example.com", "not the password")
+    assert (wrong_password.status_code, wrong_password.json()) == (unknown_email.status_code, unknown_email.json())
+    assert wrong_password.status_code == 401
+    assert sign_in(stack, email.upper()).status_code == 201
+
+
+def test_addresses_from_six_countries_come_back_normalised_and_a_us_address_with_a_canadian_code_is_refused(floodgate, stack, buyer):
+    _, token = buyer
+    saved = {}
+    for country, (given, _) in ADDRESSES.items():
+        answer = requests.post(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), timeout=10,
+                               json={"name": "Sam Buyer", "country_code": country, **given})
+        assert answer.status_code == 201, (country, answer.text)
+        saved[country] = answer.json()["id"]
+
+    refused = requests.post(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), timeout=10, json={
+        "name": "Sam Buyer", "street_address": "1 Main Street", "city": "Buffalo", "postal_code": "K1A 0B1",
+        "country_area": "NY", "country_code": "US"})
+    assert refused.status_code == 422 and refused.headers["Content-Type"] == "application/problem+json"
+    assert list(refused.json()["errors"]) == ["postal_code"]
+
+    listed = requests.get(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), timeout=10).json()["items"]
+    assert len(listed) == 6  # the refused one was not kept
+    by_id = {address["id"]: address for address in listed}
+    for country, (_, expected) in ADDRESSES.items():
+        address = by_id[saved[country]]
+        assert address["country_code"] == country
+        assert {field: address[field] for field in expected} == expected, country
+
+
+def test_a_buyer_signed_in_before_accounts_dies_orders_and_pays_with_their_saved_canadian_address(floodgate, stack, admin_token, buyer):
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    given, _ = ADDRESSES["CA"]
+    saved = requests.post(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), timeout=10,
+                          json={"name": "Alex Tremblay", "country_code": "CA", **given}).json()
+    # What a client does before the drop: read the saved address, keep it to send inline.
+    address = {field: saved[field] for field in ("name", "street_address", "city", "postal_code", "country_area", "country_code")}
+
+    stack.kill("accounts-api")
+    try:
+        try:
+            requests.get(accounts(stack, "/healthz"), timeout=2)
+            raise AssertionError("accounts still answers after SIGKILL")
+        except requests.ConnectionError:
+            pass
+        placed = floodgate.place_order(token, drop["id"], address=address)
+        assert placed.status_code == 201, placed.text
+        order = placed.json()
+        assert floodgate.pay(order).status_code == 200
+        confirmed = floodgate.wait_for_status(token, order["id"], "confirmed")
+        assert confirmed["shipping_address"]["country_code"] == "CA"
+        assert (confirmed["shipping_address"]["postal_code"], confirmed["shipping_address"]["country_area"]) == ("K1A 0B1", "ON")
+        mail = poll(lambda: floodgate.mails_about(order["id"]), what="the confirmation email")[0]
+        assert "K1A 0B1" in mail["text"] and "United States" not in mail["text"]
+    finally:
+        stack.start("accounts-api")
+        poll(lambda: _ready(stack), timeout=60, what="accounts to be ready again")
+
+
+def _ready(stack) -> bool:
+    try:
+        return requests.get(accounts(stack, "/readyz"), timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_reusing_a_rotated_refresh_token_ends_the_whole_session_and_logout_everywhere_ends_the_rest(floodgate, stack):
+    email, _ = floodgate.register()
+    first = sign_in(stack, email).json()
+    other_device = sign_in(stack, email).json()
+
+    rotated = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": first["refresh_token"]}, timeout=10)
+    assert rotated.status_code == 201
+    assert rotated.json()["refresh_token"] != first["refresh_token"]
+    assert floodgate.http.get(accounts(stack, "/accounts/me"), headers=bearer(rotated.json()["access_token"])).status_code == 200
+
+    replayed = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": first["refresh_token"]}, timeout=10)
+    assert replayed.status_code == 401 and replayed.json()["type"].endswith("/invalid-refresh-token")
+    family = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": rotated.json()["refresh_token"]}, timeout=10)
+    assert family.status_code == 401  # the legitimate holder's newer token died with the family
+
+    elsewhere = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": other_device["refresh_token"]}, timeout=10)
+    assert elsewhere.status_code == 201  # another sign-in is another family
+    out = requests.delete(accounts(stack, "/accounts/me/sessions"), headers=bearer(elsewhere.json()["access_token"]), timeout=10)
+    assert out.status_code == 204
+    assert requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": elsewhere.json()["refresh_token"]},
+                         timeout=10).status_code == 401
+
+
+def test_an_invite_redeemed_at_registration_puts_its_tier_in_the_token_and_is_announced(floodgate, stack, admin_token):
+    email = f"invited-{uuid.uuid4().hex[:8]}@example.com"
+    issued = requests.post(accounts(stack, "/invites"), headers=bearer(admin_token), timeout=10,
+                           json={"email": email, "tier": "early-access"})
+    assert issued.status_code == 201, issued.text
+    _, buyer_token = floodgate.register()
+    assert requests.post(accounts(stack, "/invites"), headers=bearer(buyer_token), json={"tier": "x"}, timeout=10).status_code == 403
+
+    registered = requests.post(accounts(stack, "/accounts"), timeout=10,
+                               json={"email": email, "password": PASSWORD, "invite_code": issued.json()["code"]})
+    assert registered.status_code == 201 and registered.json()["tier"] == "early-access"
+    token = sign_in(stack, email).json()["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["tier"] == "early-access"
+
+    engine = sa.create_engine(stack.infra.database_url("accounts"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            codes = conn.execute(sa.text(
+                "SELECT envelope->'data'->>'code' FROM outbox WHERE event_type = 'invite.issued' AND envelope->'data'->>'email' = :e"
+            ), {"e": email}).scalars().all()
+    finally:
+        engine.dispose()
+    assert codes == [issued.json()["code"]]
+
+
+def test_two_concurrent_refreshes_with_one_token_rotate_it_once_and_end_the_session(floodgate, stack):
+    email, _ = floodgate.register()
+    signed = sign_in(stack, email).json()
+    barrier = threading.Barrier(2)
+
+    def refresh():
+        barrier.wait()
+        return requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": signed["refresh_token"]}, timeout=10)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: refresh(), range(2)))
+
+    assert sorted(answer.status_code for answer in answers) == [201, 401]
+    [winner] = [answer for answer in answers if answer.status_code == 201]
+    # The loser was seen as a reuse, so even the winner's new token is dead.
+    assert requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": winner.json()["refresh_token"]},
+                         timeout=10).status_code == 401
+
+
+def test_concurrent_registrations_never_use_an_invite_more_times_than_it_allows(floodgate, stack, admin_token):
+    code = requests.post(accounts(stack, "/invites"), headers=bearer(admin_token), timeout=10,
+                         json={"tier": "early-access", "max_uses": 3}).json()["code"]
+    barrier = threading.Barrier(8)
+
+    def register(n):
+        barrier.wait()
+        return requests.post(accounts(stack, "/accounts"), timeout=30, json={
+            "email": f"rush-{n}-{uuid.uuid4().hex[:6]}@example.com", "password": PASSWORD, "invite_code": code})
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(register, range(8)))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * 3 + [422] * 5, [answer.text for answer in answers]
+    assert all(answer.json()["tier"] == "early-access" for answer in answers if answer.status_code == 201)

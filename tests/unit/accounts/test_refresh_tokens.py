@@ -1,0 +1,100 @@
+"""Refresh tokens: opaque, stored hashed, rotated on use; a reuse ends the whole session."""
+import jwt
+import pytest
+
+from services.accounts import handlers
+from services.accounts.errors import InvalidRefreshToken
+from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
+
+
+@pytest.fixture
+def ann(uow, passwords):
+    return handlers.register_account(RegistrationSchema().load({"email": "ann@example.com", "password": "correct horse battery"}), uow, passwords)
+
+
+@pytest.fixture
+def signed_in(uow, passwords, issuer, ann):
+    def sign_in():
+        cmd = SessionRequestSchema().load({"email": "ann@example.com", "password": "correct horse battery"})
+        return handlers.open_session(cmd, uow, passwords, issuer)
+
+    return sign_in
+
+
+def test_the_refresh_token_is_stored_only_as_a_hash(uow, signed_in):
+    tokens = signed_in()
+
+    assert len(uow.refresh_tokens.rows) == 1
+    (stored,) = uow.refresh_tokens.rows
+    assert tokens.refresh_token not in stored and len(stored) == 64
+
+
+def test_a_refresh_rotates_the_token_and_gives_a_fresh_access_token(uow, issuer, signed_in, ann):
+    first = signed_in()
+
+    second = handlers.refresh_session(first.refresh_token, uow, issuer)
+
+    assert second.refresh_token != first.refresh_token
+    claims = jwt.decode(second.token, options={"verify_signature": False})
+    assert claims["sub"] == str(ann.id)
+    with pytest.raises(InvalidRefreshToken):  # the old one worked once
+        handlers.refresh_session(first.refresh_token, uow, issuer)
+
+
+def test_reusing_a_rotated_token_revokes_every_token_of_that_sign_in_but_not_other_sign_ins(uow, issuer, signed_in):
+    stolen = signed_in()
+    other_device = signed_in()
+    rotated = handlers.refresh_session(stolen.refresh_token, uow, issuer)
+
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(stolen.refresh_token, uow, issuer)  # the thief (or the owner) replays it
+
+    assert uow.committed  # the revocation is kept although the request fails
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(rotated.refresh_token, uow, issuer)  # the whole family is gone
+    assert handlers.refresh_session(other_device.refresh_token, uow, issuer).token
+    reasons = sorted(str(s.revoked_reason) for s in uow.sessions.rows.values())
+    assert reasons == ["None", "refresh-token-reuse"]
+
+
+def test_logout_ends_that_session_only_and_unknown_tokens_change_nothing(uow, issuer, signed_in):
+    phone, laptop = signed_in(), signed_in()
+
+    handlers.end_session(phone.refresh_token, uow)
+    handlers.end_session("not-a-token", uow)
+
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(phone.refresh_token, uow, issuer)
+    assert handlers.refresh_session(laptop.refresh_token, uow, issuer).token
+
+
+def test_logout_everywhere_ends_every_session(uow, issuer, signed_in, ann):
+    phone, laptop = signed_in(), signed_in()
+
+    assert handlers.end_all_sessions(str(ann.id), uow) == 2
+
+    for tokens in (phone, laptop):
+        with pytest.raises(InvalidRefreshToken):
+            handlers.refresh_session(tokens.refresh_token, uow, issuer)
+
+
+def test_an_expired_refresh_token_is_refused(uow, issuer, signed_in):
+    tokens = signed_in()
+    for row in uow.refresh_tokens.rows.values():
+        row.expires_at = row.issued_at
+
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(tokens.refresh_token, uow, issuer)
+
+
+def test_over_http_refresh_and_logout(client, uow, ann):
+    signed = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"}).get_json()
+
+    refreshed = client.post("/sessions/refresh", json={"refresh_token": signed["refresh_token"]})
+    assert refreshed.status_code == 201 and refreshed.headers["Cache-Control"] == "no-store"
+    assert client.post("/sessions/logout", json={"refresh_token": refreshed.get_json()["refresh_token"]}).status_code == 204
+
+    again = client.post("/sessions/refresh", json={"refresh_token": refreshed.get_json()["refresh_token"]})
+    assert again.status_code == 401 and again.mimetype == "application/problem+json"
+    assert again.get_json()["type"].endswith("/invalid-refresh-token")
+    assert client.post("/sessions/refresh", json={}).status_code == 422
