@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make run    - install, migrate and start the whole stack (Ctrl-C stops it)"
 	@echo "make demo   - against a running stack: sell a small drop and show the email"
-	@echo "make test   - unit and integration tests (installs what it needs)"
+	@echo "make test   - unit, integration and Kubernetes manifest tests (installs what it needs)"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
 
-test: unit integration
+test: unit integration k8s-validate
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -32,3 +32,42 @@ integration: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
+
+# --- Kubernetes (deploy/k8s; see deploy/k8s/README.md) -----------------------------------------
+K8S_STAMP := $(VENV)/.installed-k8s
+OPENS_AT  ?=
+
+.PHONY: k8s-validate k8s-drop
+
+$(K8S_STAMP): requirements-k8s.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-k8s.txt
+	touch $(K8S_STAMP)
+
+# render every overlay, validate strictly against two Kubernetes versions, policies, hadolint, tests
+k8s-validate: $(STAMP) $(K8S_STAMP)
+	$(BIN)/python -m deploy.validate --out var/k8s
+	$(BIN)/python -m pytest tests/k8s -q
+
+# the drop overlay for an opening time: make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop.yaml
+k8s-drop: $(K8S_STAMP)
+	@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)")
+
+# holds per second with 1 and 16 stock rows, next to pgbench on the same SQL (not a test)
+bench-inventory: $(STAMP)
+	$(BIN)/python -m benchmarks.inventory_holds
+
+# --- Drop rehearsal (benchmarks/rehearsal; see its README.md) ---------------------------------
+BENCH_STAMP    := $(VENV)/.installed-bench
+REHEARSAL_ARGS ?=
+
+.PHONY: rehearsal
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+# an isolated stack, a drop of 300 units to 1,000 buyers with faults, pgbench and the naive
+# checkout; report in var/rehearsal/<timestamp>/. Sizes and faults: make rehearsal REHEARSAL_ARGS="--units 500 --buyers 2000"
+rehearsal: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.rehearsal $(REHEARSAL_ARGS)

@@ -8,11 +8,14 @@ the mail and rehearse an SMTP outage:
     GET    /messages[?to=address]  received mail, oldest first
     DELETE /messages               forget all of it
     GET    /faults                 the current fault
-    POST   /faults                 {"mode": "none"|"421"|"451"|"550"|"refuse"|"stall", "seconds": N}
+    POST   /faults                 {"mode": "none"|"421"|"451"|"550"|"refuse"|"stall", "seconds": N,
+                                    "recipients": [address, ...]}
 
 421 and 451 answer DATA with a temporary failure (421 also closes the connection), 550 with a
 permanent one, `stall` waits `seconds` before answering DATA, and `refuse` closes the listening
-socket until the mode changes again.
+socket until the mode changes again. With `recipients`, the fault hits only mail to one of those
+addresses (not `refuse`); other mail is accepted. `GET /faults` also says how many messages a
+stall is holding right now (`stalled`), so a test can act while a client waits mid-send.
 """
 from __future__ import annotations
 
@@ -48,6 +51,12 @@ MODES = ("none", "refuse", "stall", *REPLIES)
 class Fault:
     mode: str = "none"
     seconds: float = 0.0
+    recipients: tuple[str, ...] = ()
+
+    def hits(self, rcpt_tos: list[str]) -> bool:
+        if not self.recipients:
+            return True
+        return any(address.lower() in self.recipients for address in rcpt_tos)
 
 
 class MailStore:
@@ -106,6 +115,7 @@ def _summary(raw: bytes) -> dict:
         "from": message.get("From"),
         "to": [a.strip() for a in str(message.get(RCPT_TO, "")).split(",") if a.strip()],
         "subject": message.get("Subject"),
+        "event": message.get("X-Floodgate-Event"),
         "date": _iso_date(message.get("Date")),
         "text": text.get_content() if text is not None else None,
         "html": html.get_content() if html is not None else None,
@@ -128,13 +138,18 @@ class DeliveryHandler:
     def __init__(self, store: MailStore):
         self.store = store
         self.fault = Fault()
+        self.stalled = 0
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        fault = self.fault
+        fault = self.fault if self.fault.hits(list(envelope.rcpt_tos)) else Fault()
         if fault.mode == "stall":
             # A client that gives up meanwhile closes the connection, which cancels this
             # coroutine: its message is not kept, as a real server never completed it either.
-            await asyncio.sleep(fault.seconds)
+            self.stalled += 1
+            try:
+                await asyncio.sleep(fault.seconds)
+            finally:
+                self.stalled -= 1
         elif fault.mode in REPLIES:
             if fault.mode == "421":
                 asyncio.get_running_loop().call_soon(server.transport.close)
@@ -194,7 +209,7 @@ def _control_api(server: LocalMailServer) -> type[BaseHTTPRequestHandler]:
                 to = parse_qs(url.query).get("to", [None])[0]
                 self._reply(200, server.store.messages(to))
             elif url.path == "/faults":
-                self._reply(200, asdict(server.handler.fault))
+                self._reply(200, {**asdict(server.handler.fault), "stalled": server.handler.stalled})
             else:
                 self._reply(404, {"error": "not found"})
 
@@ -211,11 +226,15 @@ def _control_api(server: LocalMailServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 mode = str(body.get("mode", "none"))
                 seconds = float(body.get("seconds", 0))
+                listed = body.get("recipients") or []
+                if not isinstance(listed, list):
+                    raise TypeError("recipients must be a list")
+                recipients = tuple(str(address).lower() for address in listed)
             except (ValueError, TypeError, AttributeError):
-                return self._reply(400, {"error": 'send {"mode": ..., "seconds": N} as JSON'})
+                return self._reply(400, {"error": 'send {"mode": ..., "seconds": N, "recipients": [...]} as JSON'})
             if mode not in MODES or seconds < 0:
                 return self._reply(400, {"error": f"mode must be one of {', '.join(MODES)}; seconds >= 0"})
-            fault = Fault(mode, seconds)
+            fault = Fault(mode, seconds, recipients)
             server.set_fault(fault)
             self._reply(200, asdict(fault))
 

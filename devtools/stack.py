@@ -24,7 +24,7 @@ from shared.migrate import upgrade
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("accounts", "inventory", "checkout", "notifications")
 CONSUMERS = ("inventory", "checkout", "notifications")
-RELAYS = ("accounts", "inventory", "checkout")
+RELAYS = ("accounts", "inventory", "checkout", "notifications")
 DEFAULT_PORTS = {
     "accounts": 8001,
     "inventory": 8002,

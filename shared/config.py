@@ -45,12 +45,15 @@ class Settings:
     # service-to-service calls carry this key (development default)
     service_key: str = DEV_SERVICE_KEY
     # consumers
+    amqp_heartbeat_seconds: int = 30
     consumer_prefetch: int = 20
     retry_delays_ms: tuple = (1000, 10_000, 60_000, 600_000)
     max_attempts: int = 5
     # outbox relay
     relay_batch_size: int = 500
     relay_idle_seconds: float = 0.05
+    # consumers, relays and sweepers touch this file every turn of their loop (liveness)
+    heartbeat_file: str = ""
     # fault injection for tests and rehearsals; never set in production
     fault_relay_exit_after_publish: bool = False
 

@@ -24,7 +24,8 @@ def unit_of_work() -> UnitOfWork:
 
 @bp.get("/notifications")
 @operation(
-    "Emails sent, newest first; filter with ?order_id=, ?to=, ?status=, ?limit= (1-500, default 50)",
+    "Deliveries (sent, retrying or dead), newest first; filter with ?order_id=, ?to=, ?status=, ?limit= (1-500, default 50)",
+    query=DeliveryQuerySchema,
     response=DeliverySchema(many=True),
     auth="bearer",
     errors=(403, 422),
@@ -57,5 +58,5 @@ def list_dead_letters():
 def replay_dead_letters():
     # An empty body means "replay everything".
     args = web.load(ReplayRequestSchema(), {} if not request.get_data() else None)
-    replayed = handlers.replay(args["message_id"], web.context().settings)
+    replayed = handlers.replay(args["message_id"], web.context().settings, unit_of_work())
     return jsonify(ReplayResultSchema().dump({"replayed": replayed}))

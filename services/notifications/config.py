@@ -6,6 +6,13 @@ from shared.config import Settings as CommonSettings
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
+    # Email may be late, never lost: temporary SMTP failures wait 10 s, 1 min, 10 min, then every
+    # hour, for about three days (10 s + 1 min + 10 min + 72 x 1 h) before the event is parked.
+    retry_delays_ms: tuple = (10_000, 60_000, 600_000, 3_600_000)
+    max_attempts: int = 76
+    # An event missing what its email needs is parked after this many attempts, whatever
+    # `max_attempts` says: waiting days for a fixed consumer helps nobody; a replay does.
+    incomplete_event_attempts: int = 3
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_timeout_seconds: float = 10.0
@@ -14,6 +21,8 @@ class Settings(CommonSettings):
     # empty in development; production reads it from a Secret
     smtp_password: str = ""
     mail_from: str = "Floodgate <orders@floodgate.test>"
+    # /metrics asks the database and the broker; each question gets at most this long
+    metrics_query_timeout_seconds: float = 2.0
 
 
 def load() -> Settings:

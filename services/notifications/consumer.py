@@ -1,22 +1,62 @@
-"""Notifications' consumer: `python -m services.notifications.consumer`."""
-import functools
+"""Notifications' consumer: `python -m services.notifications.consumer`.
+
+The shared runner handles each message on a worker thread (heartbeats keep flowing while SMTP is
+slow), acks after the commit and routes failures to the retry tiers or the dead-letter queue.
+This module adds what email needs on top: a failure is written to the delivery log with the
+outcome the runner will give it (from the runner's `current_attempt`), and an event that cannot
+be mailed is parked after a few attempts instead of waiting out days of SMTP retries.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
 
 from shared import db, logs
-from shared.messaging.consumer import ConsumerRunner
+from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
+from shared.messaging.envelope import Envelope
 from services.notifications import config, handlers
-from services.notifications.mailer import SmtpMailer
+from services.notifications.mailer import Mailer, SmtpMailer
+from services.notifications.models import DEAD
 from services.notifications.repository import UnitOfWork
+
+log = logging.getLogger("floodgate.notifications")
+
+
+class ParkedEvent(PermanentFailure):
+    """An event the delivery log decided to park before the runner's last attempt."""
+
+
+def mailing_handler(settings: config.Settings, mailer: Mailer, uow_factory: Callable[[], object]):
+    """The runner's handler for every event notifications mails."""
+
+    def handle(envelope: Envelope, uow) -> None:
+        attempt = current_attempt.get()
+        try:
+            handlers.send_notification(envelope, uow, mailer)
+        except Exception as error:
+            outcome = handlers.failure_outcome(error, attempt, settings)
+            try:
+                handlers.record_failure(envelope, error, outcome, uow_factory())
+            except Exception:  # the log is for admins; the broker still holds the event
+                log.warning("could not record the failed attempt", exc_info=True, extra={"message_id": envelope.id})
+            if outcome == DEAD and not isinstance(error, PermanentFailure):
+                raise ParkedEvent(str(error)) from error
+            raise
+
+    return handle
 
 
 def main() -> None:
     settings = config.load()
     logs.configure(f"{settings.service_name}-consumer", settings.log_level)
     session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=1))
+
+    def uow_factory() -> UnitOfWork:
+        return UnitOfWork(session_factory, settings.service_name)
+
     mailer = SmtpMailer.from_settings(settings)
-    event_handlers = {
-        event_type: functools.partial(handler, mailer=mailer) for event_type, handler in handlers.EVENT_HANDLERS.items()
-    }
-    runner = ConsumerRunner(settings, event_handlers, lambda: UnitOfWork(session_factory, settings.service_name))
+    handle = mailing_handler(settings, mailer, uow_factory)
+    runner = ConsumerRunner(settings, {event_type: handle for event_type in handlers.EVENT_HANDLERS}, uow_factory)
     runner.install_signal_handlers()
     try:
         runner.run()

@@ -1,53 +1,85 @@
-"""Notifications' operations: mailing confirmed orders, the delivery log, dead letters."""
+"""Notifications' operations: mailing events, the delivery log, dead letters."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import datetime, timezone
 
 import pika
 
 from shared import logs
 from shared.messaging import connection as amqp
-from shared.messaging.consumer import peek_dead_letters, replay_dead_letters
+from shared.messaging.consumer import PermanentFailure, next_step, peek_dead_letters, replay_dead_letters
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
 from services.notifications.errors import BrokerUnavailable
 from services.notifications.mailer import Mailer
-from services.notifications.models import Delivery
+from services.notifications.models import DEAD, RETRYING, SENT, Delivery
 
 log = logging.getLogger("floodgate.notifications")
 NOT_FOUND = 404
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def on_order_confirmed(envelope: Envelope, uow, mailer: Mailer) -> None:
-    """Mail the buyer their confirmation, once per event, and log the delivery in `uow`.
+def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
+    """Mail the email `envelope` asks for, once per event, and log the delivery in `uow`.
 
     The mail goes out before the transaction commits: should the commit fail, the event is
     retried and mailed again with the same Message-ID. The reverse order could lose the email.
     """
-    if uow.deliveries.for_event(envelope.id) is not None:
+    existing = uow.deliveries.for_event(envelope.id)
+    if existing is not None and existing.status == SENT:
         return
-    order = emails.read_confirmed_order(envelope.data)
-    with logs.log_context(order_id=order["order_id"]):
-        email = emails.order_confirmation(order, envelope.id)
+    if emails.addressed_to_nobody(envelope.type, envelope.data):
+        log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})
+        return
+    data = emails.read(envelope.type, envelope.data)
+    with logs.log_context(order_id=data.get("order_id")):
+        email = emails.render(envelope.type, data, envelope.id)
         mailer.send(email)
-        uow.deliveries.add(
-            Delivery(
-                event_id=envelope.id,
-                event_type=envelope.type,
-                order_id=order["order_id"],
-                to_address=email.to,
-                subject=email.subject,
-                status="sent",
-                message_id=email.message_id,
-                sent_at=datetime.now(timezone.utc),
-            )
-        )
-        log.info("confirmation email sent", extra={"message_id": email.message_id})
+        sent_at = datetime.now(timezone.utc)
+        uow.deliveries.record_sent(_attempt(envelope, email), sent_at)
+        if data.get("order_id"):
+            # checkout shows the buyer whether and when their order's email went out
+            uow.publish("email.sent", {"order_id": data["order_id"], "event_type": envelope.type,
+                                       "sent_at": sent_at.isoformat(), "message_id": email.message_id})
+        log.info("email sent", extra={"message_id": email.message_id, "event_type": envelope.type})
 
 
-EVENT_HANDLERS = {"order.confirmed": on_order_confirmed}
+EVENT_HANDLERS = {event_type: send_notification for event_type in emails.KINDS}
+
+
+def failure_outcome(error: Exception, attempt: int, settings: Settings) -> str:
+    """What the consumer runner does with an event whose attempt number `attempt` raised `error`:
+    `retrying` (a delay queue) or `dead` (the dead-letter queue). Mirrors the runner's rule."""
+    if isinstance(error, PermanentFailure):
+        return DEAD
+    if isinstance(error, emails.IncompleteEvent) and attempt >= settings.incomplete_event_attempts:
+        return DEAD
+    step = next_step(attempt, settings.max_attempts, tuple(settings.retry_delays_ms), "")
+    return RETRYING if step.action == "retry" else DEAD
+
+
+def record_failure(envelope: Envelope, error: Exception, outcome: str, uow) -> None:
+    """Note a failed attempt in the delivery log, in its own transaction (the event's own one
+    rolls back), so admins see what is retrying and why."""
+    data = envelope.data if isinstance(envelope.data, dict) else {}
+    recipient = data.get("buyer_email") or data.get("email")
+    attempt = {
+        "event_id": envelope.id,
+        "event_type": envelope.type,
+        "order_id": _text(data.get("order_id"), 64),
+        "to_address": _text(recipient, 320),
+        "subject": None,
+        "message_id": emails.message_id_for(envelope.id),
+        "occurred_at": _moment(envelope.occurred_at),
+        "handled_by": WORKER,
+    }
+    with uow:
+        uow.deliveries.record_failure(attempt, datetime.now(timezone.utc), outcome, f"{type(error).__name__}: {error}"[:2000])
+        uow.commit()
 
 
 def find_deliveries(query: dict, uow) -> list[Delivery]:
@@ -67,10 +99,13 @@ def dead_letters(settings: Settings) -> list[dict]:
         raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
 
 
-def replay(message_id: str | None, settings: Settings) -> int:
-    """Send one parked event (or all of them) back to the work queue; how many went back."""
+def replay(message_id: str | None, settings: Settings, uow=None) -> int:
+    """Send one parked event (or all of them) back to the work queue; how many went back.
+
+    The delivery log shows replayed events as `retrying` again.
+    """
     try:
-        return replay_dead_letters(
+        replayed = replay_dead_letters(
             settings.amqp_url, settings.service_name, None if message_id is None else {message_id}
         )
     except pika.exceptions.ChannelClosedByBroker as error:
@@ -79,3 +114,33 @@ def replay(message_id: str | None, settings: Settings) -> int:
         raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
     except amqp.RECOVERABLE as error:
         raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
+    if replayed and uow is not None:
+        with uow:
+            uow.deliveries.mark_replayed(None if message_id is None else {message_id})
+            uow.commit()
+    return replayed
+
+
+def _attempt(envelope: Envelope, email: emails.Email) -> dict:
+    return {
+        "event_id": envelope.id,
+        "event_type": envelope.type,
+        "order_id": email.order_id,
+        "to_address": email.to,
+        "subject": email.subject[:300],
+        "message_id": email.message_id,
+        "occurred_at": _moment(envelope.occurred_at),
+        "handled_by": WORKER,
+    }
+
+
+def _moment(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _text(value, limit: int) -> str | None:
+    return str(value)[:limit] if value else None

@@ -91,6 +91,7 @@ class SmtpMailer:
         message["Date"] = format_datetime(datetime.now(timezone.utc))
         message["Message-ID"] = email.message_id
         message["Auto-Submitted"] = "auto-generated"
+        message["X-Floodgate-Event"] = email.event_type
         message.set_content(email.text)
         message.add_alternative(email.html, subtype="html")
         return message

@@ -1,4 +1,4 @@
-"""Notifications' table: the delivery log, one row per event whose email was sent."""
+"""Notifications' table: the delivery log, one row per event it was asked to mail."""
 from __future__ import annotations
 
 import uuid
@@ -8,13 +8,21 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+SENT, RETRYING, DEAD = "sent", "retrying", "dead"
+STATUSES = (SENT, RETRYING, DEAD)
+
 
 class Base(DeclarativeBase):
     pass
 
 
 class Delivery(Base):
-    """An email sent for an event. `event_id` is unique, so an event never sends twice."""
+    """The email of one event. `event_id` is unique, so an event is never mailed twice.
+
+    `status` is `sent`, `retrying` (an attempt failed; the event waits in a delay queue) or
+    `dead` (parked in the dead-letter queue until an admin replays it). `attempts`, `retries` and
+    `dead_letters` only grow, across replays too: /metrics reads its totals from them.
+    """
 
     __tablename__ = "deliveries"
 
@@ -22,8 +30,15 @@ class Delivery(Base):
     event_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
     event_type: Mapped[str] = mapped_column(sa.String(100))
     order_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
-    to_address: Mapped[str] = mapped_column(sa.String(320))
-    subject: Mapped[str] = mapped_column(sa.String(300))
+    to_address: Mapped[str | None] = mapped_column(sa.String(320))
+    subject: Mapped[str | None] = mapped_column(sa.String(300))
     status: Mapped[str] = mapped_column(sa.String(20))
     message_id: Mapped[str] = mapped_column(sa.String(200))
-    sent_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=1)
+    retries: Mapped[int] = mapped_column(sa.Integer, default=0)
+    dead_letters: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    occurred_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    handled_by: Mapped[str | None] = mapped_column(sa.String(200))

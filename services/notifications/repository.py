@@ -1,15 +1,19 @@
 """The delivery log, and the unit of work that carries it."""
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql as pg
 
 from shared import db
-from services.notifications.models import Delivery
+from services.notifications.models import DEAD, RETRYING, SENT, Delivery
 
 
 class DeliveryLog:
-    """Deliveries in the service's database."""
+    """Deliveries in the service's database. Writes are upserts keyed by the event id."""
 
     def __init__(self, session: orm.Session):
         self._session = session
@@ -17,14 +21,34 @@ class DeliveryLog:
     def for_event(self, event_id: str) -> Delivery | None:
         return self._session.scalar(sa.select(Delivery).where(Delivery.event_id == event_id))
 
-    def add(self, delivery: Delivery) -> None:
-        self._session.add(delivery)
+    def record_sent(self, attempt: dict, now: datetime) -> None:
+        """The email of `attempt` (event_id, event_type, order_id, to_address, subject, message_id,
+        occurred_at, handled_by) was accepted by the SMTP server."""
+        self._upsert(attempt, now, status=SENT, sent_at=now)
+
+    def record_failure(self, attempt: dict, now: datetime, outcome: str, error: str) -> None:
+        """An attempt failed; `outcome` is `retrying` or `dead`. A sent delivery stays sent."""
+        self._upsert(
+            attempt,
+            now,
+            status=outcome,
+            last_error=error,
+            retries=1 if outcome == RETRYING else 0,
+            dead_letters=1 if outcome == DEAD else 0,
+        )
+
+    def mark_replayed(self, event_ids: set[str] | None) -> int:
+        """Parked deliveries sent back for another attempt (all of them when `event_ids` is None)."""
+        query = sa.update(Delivery).where(Delivery.status == DEAD).values(status=RETRYING, updated_at=sa.func.now())
+        if event_ids is not None:
+            query = query.where(Delivery.event_id.in_(event_ids))
+        return self._session.execute(query).rowcount
 
     def search(
         self, order_id: str | None = None, to: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Delivery]:
         """Newest first."""
-        query = sa.select(Delivery).order_by(Delivery.sent_at.desc(), Delivery.id).limit(limit)
+        query = sa.select(Delivery).order_by(Delivery.updated_at.desc(), Delivery.id).limit(limit)
         if order_id is not None:
             query = query.where(Delivery.order_id == order_id)
         if to is not None:
@@ -32,6 +56,62 @@ class DeliveryLog:
         if status is not None:
             query = query.where(Delivery.status == status)
         return list(self._session.scalars(query))
+
+    def totals(self) -> dict:
+        """Counts for /metrics: sent, retries and dead letters so far, and the oldest pending event."""
+        row = self._session.execute(
+            sa.select(
+                sa.func.count().filter(Delivery.status == SENT),
+                sa.func.coalesce(sa.func.sum(Delivery.retries), 0),
+                sa.func.coalesce(sa.func.sum(Delivery.dead_letters), 0),
+                sa.func.count().filter(Delivery.status == RETRYING),
+                sa.func.count().filter(Delivery.status == DEAD),
+                sa.func.min(Delivery.occurred_at).filter(Delivery.status == RETRYING),
+                sa.func.now(),
+            )
+        ).one()
+        return dict(zip(("sent", "retries", "dead_letters", "retrying", "dead", "oldest_pending", "now"), row))
+
+    def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> None:
+        values = {
+            "event_id": attempt["event_id"],
+            "event_type": attempt["event_type"],
+            "order_id": attempt.get("order_id"),
+            "to_address": attempt.get("to_address"),
+            "subject": attempt.get("subject"),
+            "message_id": attempt["message_id"],
+            "occurred_at": attempt.get("occurred_at"),
+            "handled_by": attempt.get("handled_by"),
+            "status": status,
+            "attempts": 1,
+            "retries": 0,
+            "dead_letters": 0,
+            "updated_at": now,
+            **changes,
+        }
+        insert = pg.insert(Delivery).values(id=uuid.uuid4(), **values)
+        table = Delivery.__table__
+        update = {
+            "status": insert.excluded.status,
+            "attempts": table.c.attempts + 1,
+            "retries": table.c.retries + insert.excluded.retries,
+            "dead_letters": table.c.dead_letters + insert.excluded.dead_letters,
+            "updated_at": insert.excluded.updated_at,
+            "handled_by": insert.excluded.handled_by,
+            # what a failure could not read stays as an earlier attempt found it
+            "to_address": sa.func.coalesce(insert.excluded.to_address, table.c.to_address),
+            "subject": sa.func.coalesce(insert.excluded.subject, table.c.subject),
+            "order_id": sa.func.coalesce(insert.excluded.order_id, table.c.order_id),
+        }
+        if "last_error" in changes:
+            update["last_error"] = insert.excluded.last_error
+        if "sent_at" in changes:
+            update["sent_at"] = insert.excluded.sent_at
+        self._session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[table.c.event_id], set_=update, where=table.c.status != SENT
+            )
+        )
 
 
 class UnitOfWork(db.UnitOfWork):

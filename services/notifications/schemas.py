@@ -1,5 +1,7 @@
-"""What notifications reads and answers: the order.confirmed data it mails, and its admin API."""
+"""What notifications reads and answers: the event data it mails, and its admin API."""
 from marshmallow import EXCLUDE, Schema, fields, validate
+
+from services.notifications.models import STATUSES
 
 non_empty = validate.Length(min=1)
 
@@ -26,14 +28,15 @@ class ItemSchema(_Lenient):
 class AddressSchema(_Lenient):
     name = fields.String(required=True, validate=non_empty)
     street_address = fields.String(required=True, validate=non_empty)
-    city = fields.String(required=True, validate=non_empty)
-    postal_code = fields.String(required=True, validate=non_empty)
+    city = fields.String(load_default="", allow_none=True)
+    city_area = fields.String(load_default="", allow_none=True)
+    postal_code = fields.String(load_default="", allow_none=True)
     country_area = fields.String(load_default="", allow_none=True)
     country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{2}$"))
 
 
-class ConfirmedOrderSchema(_Lenient):
-    """The order document of `order.confirmed` (docs/contracts.md), as far as the email needs it."""
+class OrderSchema(_Lenient):
+    """The order document every `order.*` event carries (docs/contracts.md), as far as email needs it."""
 
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     buyer_email = fields.Email(required=True)
@@ -43,10 +46,55 @@ class ConfirmedOrderSchema(_Lenient):
     status_url = fields.Url(required=True, require_tld=False, schemes={"http", "https"})
 
 
+class PlacedOrderSchema(OrderSchema):
+    hold_expires_at = fields.AwareDateTime(required=True)
+    payment_url = fields.Url(required=True, require_tld=False, schemes={"http", "https"})
+
+
+class ConfirmedOrderSchema(OrderSchema):
+    pass
+
+
+class EndedOrderSchema(OrderSchema):
+    """`order.cancelled` and `order.expired`: early producers sent only the order's ids and the
+    buyer's address, so the summary parts are optional and the email leaves out what is missing."""
+
+    items = fields.List(fields.Nested(ItemSchema), load_default=None)
+    total = fields.Nested(MoneySchema, load_default=None)
+    shipping_address = fields.Nested(AddressSchema, load_default=None)
+    status_url = fields.Url(load_default=None, require_tld=False, schemes={"http", "https"})
+    cancelled_at = fields.AwareDateTime(load_default=None)
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    refund = fields.Nested(MoneySchema, load_default=None, allow_none=True)
+
+
+class ShippedOrderSchema(OrderSchema):
+    shipped_at = fields.AwareDateTime(load_default=None)
+
+
+class RefundedOrderSchema(OrderSchema):
+    refund = fields.Nested(MoneySchema, required=True)
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class AccountSchema(_Lenient):
+    account_id = fields.String(required=True, validate=non_empty)
+    email = fields.Email(required=True)
+    name = fields.String(load_default=None, allow_none=True)
+
+
+class InviteSchema(_Lenient):
+    invite_id = fields.String(required=True, validate=non_empty)
+    code = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = fields.Email(required=True)
+    tier = fields.String(load_default=None, allow_none=True)
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
 class DeliveryQuerySchema(Schema):
     order_id = fields.String(validate=validate.Length(max=64))
     to = fields.String(validate=validate.Length(max=320))
-    status = fields.String(validate=validate.OneOf(["sent"]))
+    status = fields.String(validate=validate.OneOf(STATUSES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
@@ -55,11 +103,18 @@ class DeliverySchema(Schema):
     event_id = fields.String()
     event_type = fields.String()
     order_id = fields.String(allow_none=True)
-    to_address = fields.String()
-    subject = fields.String()
+    to_address = fields.String(allow_none=True)
+    subject = fields.String(allow_none=True)
     status = fields.String()
     message_id = fields.String()
-    sent_at = fields.DateTime()
+    attempts = fields.Integer()
+    retries = fields.Integer()
+    dead_letters = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    occurred_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime()
+    sent_at = fields.DateTime(allow_none=True)
+    handled_by = fields.String(allow_none=True)
 
 
 class DeadLetterSchema(Schema):

@@ -12,6 +12,7 @@ broker before the original is acked, so nothing is lost in between.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import signal
@@ -24,6 +25,7 @@ import pika
 
 from shared import logs
 from shared.config import Settings
+from shared.heartbeat import Heartbeat
 from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope, MalformedEvent
@@ -32,6 +34,8 @@ from shared.messaging.outbox import claim_message
 log = logging.getLogger("floodgate.consumer")
 
 Handler = Callable[[Envelope, object], None]
+# Which delivery of the message in hand this is (1 = first), for handlers that log attempts.
+current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("current_attempt", default=1)
 
 
 class PermanentFailure(Exception):
@@ -99,7 +103,7 @@ class ConsumerRunner:
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)
         self.stop = threading.Event()
-        self._worker = None
+        self.heartbeat = Heartbeat(settings.heartbeat_file)
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -118,7 +122,9 @@ class ConsumerRunner:
         log.info("consumer stopped")
 
     def _consume_until_stopped(self) -> None:
-        conn = amqp.connect(self.settings.amqp_url, f"{self.settings.service_name}-consumer")
+        conn = amqp.connect(
+            self.settings.amqp_url, f"{self.settings.service_name}-consumer", self.settings.amqp_heartbeat_seconds
+        )
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
         in_flight: set[Future] = set()
         try:
@@ -138,6 +144,7 @@ class ConsumerRunner:
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch})
             while not self.stop.is_set():
                 conn.process_data_events(time_limit=0.5)
+                self.heartbeat.beat()
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             channel.basic_cancel(tag)
             worker.shutdown(wait=False, cancel_futures=True)
@@ -154,6 +161,7 @@ class ConsumerRunner:
         attempt = int(headers.get("x-attempt", 0) or 0) + 1
         request_id = headers.get("x-request-id") or properties.correlation_id
         logs.order_id_var.set(None)  # the worker thread's context outlives each message
+        current_attempt.set(attempt)
         with logs.log_context(request_id=request_id):
             outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings)
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from shared import db, logs
 from shared.config import Settings
+from shared.heartbeat import Heartbeat
 from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
@@ -33,6 +34,7 @@ class OutboxRelay:
         self.engine = engine
         self.stop = stop or threading.Event()
         self.published = 0
+        self.heartbeat = Heartbeat(settings.heartbeat_file)
         self._last_purge = 0.0
 
     def run(self) -> None:
@@ -40,7 +42,9 @@ class OutboxRelay:
         delays = amqp.backoff()
         while not self.stop.is_set():
             try:
-                conn = amqp.connect(self.settings.amqp_url, f"{self.settings.service_name}-relay")
+                conn = amqp.connect(
+                    self.settings.amqp_url, f"{self.settings.service_name}-relay", self.settings.amqp_heartbeat_seconds
+                )
                 try:
                     channel = conn.channel()
                     topology.declare(channel, self.settings.retry_delays_ms)
@@ -62,6 +66,7 @@ class OutboxRelay:
 
     def _pump(self, conn: pika.BlockingConnection, channel) -> None:
         while not self.stop.is_set():
+            self.heartbeat.beat()
             sent = self.publish_batch(channel)
             if sent == 0:
                 self._purge_old()

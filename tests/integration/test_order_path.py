@@ -40,6 +40,9 @@ def test_a_paid_order_is_confirmed_sold_once_and_emailed_once(floodgate, stack, 
     assert mail["to"] == [email]
     assert "K1A 0B1" in mail["text"] and "ottawa" in mail["text"].lower()
     assert "Canada" in mail["text"] and "United States" not in mail["text"]
+    shown = poll(lambda: (lambda o: o if o["email"]["confirmation_sent"] else None)(
+        floodgate.get_order(token, order["id"]).json()), what="the order to show its email went out")
+    assert shown["email"]["sent_at"]
 
 
 def test_the_last_unit_sells_once_and_the_next_buyer_hears_sold_out(floodgate, admin_token):

@@ -1,5 +1,6 @@
 """In-memory stand-ins for the delivery log, the unit of work and the mailer."""
 import copy
+from types import SimpleNamespace
 
 from shared.messaging.envelope import Envelope
 
@@ -34,16 +35,38 @@ def confirmed(data: dict | None = None, event_id: str = "0b6c3e0e-6a3c-4d0e-9d7e
     return Envelope(type="order.confirmed", data=data or order(), source="checkout", id=event_id)
 
 
+def event(event_type: str, data: dict, event_id: str = "1c7d4f1f-7b4d-4e1f-8e8f-2d3e4f5a6b7c") -> Envelope:
+    return Envelope(type=event_type, data=data, source="tests", id=event_id)
+
+
 class FakeDeliveryLog:
+    """Deliveries as SimpleNamespaces; like the real log, a sent delivery is never changed."""
+
     def __init__(self):
         self.committed = []
         self.pending = []
 
     def for_event(self, event_id):
-        return next((d for d in self.committed + self.pending if d.event_id == event_id), None)
+        return next((d for d in reversed(self.pending + self.committed) if d.event_id == event_id), None)
 
-    def add(self, delivery):
-        self.pending.append(delivery)
+    def record_sent(self, attempt, now):
+        self._upsert(attempt, now, status="sent", sent_at=now)
+
+    def record_failure(self, attempt, now, outcome, error):
+        self._upsert(attempt, now, status=outcome, last_error=error,
+                     retries=int(outcome == "retrying"), dead_letters=int(outcome == "dead"))
+
+    def _upsert(self, attempt, now, status, **changes):
+        previous = self.for_event(attempt["event_id"])
+        if previous is not None and previous.status == "sent":
+            return
+        base = vars(previous) if previous is not None else {"attempts": 0, "retries": 0, "dead_letters": 0, "last_error": None}
+        row = {**base, **{k: base.get(k) if v is None else v for k, v in attempt.items()}, "status": status, "updated_at": now}
+        row["attempts"] = base["attempts"] + 1
+        row["retries"] = base["retries"] + changes.pop("retries", 0)
+        row["dead_letters"] = base["dead_letters"] + changes.pop("dead_letters", 0)
+        row.update(changes)
+        self.pending.append(SimpleNamespace(**row))
 
 
 class FakeUnitOfWork:
@@ -65,6 +88,9 @@ class FakeUnitOfWork:
         self.deliveries.committed.extend(self.deliveries.pending)
         self.deliveries.pending.clear()
         self.committed = True
+
+    def publish(self, event_type, data):
+        self.published.append((event_type, data))
 
 
 class FakeMailer:

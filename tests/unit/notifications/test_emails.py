@@ -5,7 +5,7 @@ from tests.unit.notifications.fakes import order
 
 
 def render(document=None, event_id="e-1"):
-    return emails.order_confirmation(emails.read_confirmed_order(document or order()), event_id)
+    return emails.render("order.confirmed", emails.read("order.confirmed", document or order()), event_id)
 
 
 def test_confirmation_names_the_order_in_subject_and_body():
@@ -26,11 +26,11 @@ def test_a_canadian_address_stays_canadian():
         assert "United States" not in body and "(US)" not in body
 
 
-def test_an_unlisted_country_is_shown_by_its_code():
+def test_a_country_outside_the_usual_list_is_named_from_the_address_data_in_its_own_layout():
     document = order()
-    document["shipping_address"].update(country_code="LU", country_area="", postal_code="L-1234")
+    document["shipping_address"].update(country_code="LU", country_area="", postal_code="L-1234", city="Luxembourg")
     email = render(document)
-    assert "LU (LU)" in email.text
+    assert "L-1234 Luxembourg" in email.text and "Luxembourg (LU)" in email.text
 
 
 def test_total_is_shown_in_major_units_with_its_currency():
@@ -86,5 +86,5 @@ def test_message_id_is_derived_from_the_event():
 def test_an_order_missing_what_the_email_needs_is_refused(change):
     document = order()
     change(document)
-    with pytest.raises(emails.IncompleteOrder):
-        emails.read_confirmed_order(document)
+    with pytest.raises(emails.IncompleteEvent):
+        emails.read("order.confirmed", document)

@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import pytest
 
 from shared.messaging.consumer import PermanentFailure
-from services.notifications import handlers
-from services.notifications.emails import IncompleteOrder
+from services.notifications import consumer, handlers
+from services.notifications.config import Settings
+from services.notifications.emails import IncompleteEvent
 from services.notifications.mailer import MailNotSent, MailRejected
 from tests.unit.notifications.fakes import FakeDeliveryLog, FakeMailer, FakeUnitOfWork, confirmed, order
 
@@ -10,7 +13,7 @@ from tests.unit.notifications.fakes import FakeDeliveryLog, FakeMailer, FakeUnit
 def deliver(envelope, mailer, deliveries):
     """As the consumer runner does: one unit of work per delivery, committed when the handler returns."""
     with FakeUnitOfWork(deliveries) as uow:
-        handlers.on_order_confirmed(envelope, uow, mailer=mailer)
+        handlers.send_notification(envelope, uow, mailer)
         uow.commit()
 
 
@@ -23,6 +26,16 @@ def test_a_confirmed_order_is_mailed_and_logged():
     assert delivery.order_id == order()["order_id"]
     assert delivery.status == "sent"
     assert delivery.message_id == "<ev-1@floodgate>" == mailer.sent[0].message_id
+
+
+def test_a_sent_order_email_is_announced_so_checkout_can_show_it():
+    uow = FakeUnitOfWork()
+    with uow:
+        handlers.send_notification(confirmed(event_id="ev-7"), uow, FakeMailer())
+        uow.commit()
+    [(event_type, data)] = uow.published
+    assert event_type == "email.sent"
+    assert (data["order_id"], data["event_type"], data["message_id"]) == (order()["order_id"], "order.confirmed", "<ev-7@floodgate>")
 
 
 def test_the_same_event_twice_sends_one_email():
@@ -62,7 +75,96 @@ def test_an_order_without_buyer_email_sends_nothing_and_is_retried_towards_the_d
     data = order()
     del data["buyer_email"]
     mailer, deliveries = FakeMailer(), FakeDeliveryLog()
-    with pytest.raises(IncompleteOrder) as raised:
+    with pytest.raises(IncompleteEvent) as raised:
         deliver(confirmed(data), mailer, deliveries)
     assert not isinstance(raised.value, PermanentFailure)
+    assert mailer.sent == [] and deliveries.committed == []
+
+
+# --- failed attempts in the delivery log, and what the runner does with them ------------------
+
+SETTINGS = Settings(retry_delays_ms=(10_000, 60_000), max_attempts=5, incomplete_event_attempts=3)
+
+
+@pytest.mark.parametrize(
+    "error, attempt, outcome",
+    [
+        (MailNotSent("421"), 1, "retrying"),
+        (MailNotSent("refused"), 4, "retrying"),
+        (MailNotSent("refused"), 5, "dead"),
+        (MailRejected("550"), 1, "dead"),
+        (IncompleteEvent("no buyer_email"), 2, "retrying"),
+        (IncompleteEvent("no buyer_email"), 3, "dead"),
+        (RuntimeError("database went away"), 1, "retrying"),
+    ],
+)
+def test_a_failure_is_retried_or_parked_as_the_runner_will(error, attempt, outcome):
+    assert handlers.failure_outcome(error, attempt, SETTINGS) == outcome
+
+
+def test_the_production_retry_tiers_wait_about_three_days_before_parking():
+    production = Settings()
+    assert production.retry_delays_ms == (10_000, 60_000, 600_000, 3_600_000)
+    waited_ms = sum(production.retry_delays_ms[min(n, 4) - 1] for n in range(1, production.max_attempts))
+    assert 71 * 3600 < waited_ms / 1000 < 73 * 3600
+
+
+def run_handler(envelope, mailer, deliveries, attempt):
+    """As the runner does: the attempt number is set, the handler runs in a unit of work."""
+    handle = consumer.mailing_handler(SETTINGS, mailer, lambda: FakeUnitOfWork(deliveries))
+    consumer.current_attempt.set(attempt)
+    with FakeUnitOfWork(deliveries) as uow:
+        handle(envelope, uow)
+        uow.commit()
+
+
+def test_failed_attempts_are_logged_for_admins_and_the_send_after_them_once():
+    deliveries = FakeDeliveryLog()
+    for attempt in (1, 2):
+        with pytest.raises(MailNotSent):
+            run_handler(confirmed(event_id="ev-1"), FakeMailer(MailNotSent("421 busy")), deliveries, attempt)
+    row = deliveries.for_event("ev-1")
+    assert (row.status, row.attempts, row.retries, row.to_address) == ("retrying", 2, 2, "emilie@example.ca")
+    assert "421 busy" in row.last_error
+    mailer = FakeMailer()
+    run_handler(confirmed(event_id="ev-1"), mailer, deliveries, 3)
+    run_handler(confirmed(event_id="ev-1"), mailer, deliveries, 1)  # a replay after it was sent
+    row = deliveries.for_event("ev-1")
+    assert (row.status, row.attempts, row.retries) == ("sent", 3, 2)
+    assert len(mailer.sent) == 1
+
+
+def test_a_rejected_email_is_logged_dead_and_parked():
+    deliveries = FakeDeliveryLog()
+    with pytest.raises(PermanentFailure):
+        run_handler(confirmed(event_id="ev-1"), FakeMailer(MailRejected("550 no mailbox")), deliveries, 1)
+    row = deliveries.for_event("ev-1")
+    assert (row.status, row.dead_letters) == ("dead", 1)
+
+
+def test_an_incomplete_event_is_parked_after_its_few_attempts_not_after_days():
+    data = order()
+    del data["buyer_email"]
+    deliveries = FakeDeliveryLog()
+    with pytest.raises(IncompleteEvent) as first:
+        run_handler(confirmed(data, event_id="ev-1"), FakeMailer(), deliveries, 1)
+    assert not isinstance(first.value, PermanentFailure)
+    with pytest.raises(PermanentFailure):
+        run_handler(confirmed(data, event_id="ev-1"), FakeMailer(), deliveries, 3)
+    row = deliveries.for_event("ev-1")
+    assert (row.status, row.attempts, row.to_address) == ("dead", 2, None)
+
+
+def test_every_subscribed_event_type_is_handled_and_mailed():
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    data = {"account_id": "a-1", "email": "sam@example.com"}
+    deliver(replace(confirmed(), type="account.registered", data=data, id="ev-9"), mailer, deliveries)
+    assert [(email.to, email.event_type) for email in mailer.sent] == [("sam@example.com", "account.registered")]
+    assert deliveries.for_event("ev-9").order_id is None
+
+
+def test_an_invite_for_nobody_in_particular_mails_nothing_and_is_not_an_error():
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    data = {"invite_id": "i-1", "code": "DROP-7Q2X", "email": None, "tier": "early", "expires_at": None}
+    deliver(replace(confirmed(), type="invite.issued", data=data, id="ev-10"), mailer, deliveries)
     assert mailer.sent == [] and deliveries.committed == []

@@ -47,7 +47,7 @@ def smtp(monkeypatch):
 
 @pytest.fixture
 def email():
-    return emails.order_confirmation(emails.read_confirmed_order(order()), "ev-1")
+    return emails.render("order.confirmed", emails.read("order.confirmed", order()), "ev-1")
 
 
 def mailer():

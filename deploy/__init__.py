@@ -1,0 +1,1 @@
+"""Deployment tooling: render the kustomize overlays and check them (see k8s/README.md)."""

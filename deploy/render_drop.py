@@ -1,0 +1,173 @@
+"""Render the drop overlay for an opening time: `python -m deploy.render_drop [--opens-at ISO]`.
+
+Everything about a drop is set in deploy/k8s/overlays/drop/drop.yaml: when it opens, how long it
+lasts, and each autoscaler's floor outside the drop, floor during it and ceiling. This renders the
+overlay with `kubectl kustomize` and fills in from it
+
+- each HorizontalPodAutoscaler's minReplicas (the normal floor) and maxReplicas,
+- the drop-raise-floor CronJob: `raise_minutes_before` (30) before the opening, it sets every
+  autoscaler's floor to its drop floor,
+- the drop-lower-floor CronJob: `lower_minutes_after` after the close, it sets them back,
+- the drop-scaler Role's resourceNames: exactly those autoscalers.
+
+Schedules are UTC (the CronJobs carry `timeZone: Etc/UTC`); an opening time must name its offset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
+
+from deploy import render
+
+OVERLAY = render.K8S_DIR / "overlays" / "drop"
+RAISE_JOB = "drop-raise-floor"
+LOWER_JOB = "drop-lower-floor"
+SCALER_ROLE = "drop-scaler"
+
+
+@dataclass(frozen=True)
+class Autoscaler:
+    name: str
+    normal_min: int
+    drop_min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Drop:
+    opens_at: datetime
+    window_minutes: int
+    raise_minutes_before: int
+    lower_minutes_after: int
+    autoscalers: tuple[Autoscaler, ...]
+
+    @property
+    def closes_at(self) -> datetime:
+        return self.opens_at + timedelta(minutes=self.window_minutes)
+
+    @property
+    def raise_at(self) -> datetime:
+        return (self.opens_at - timedelta(minutes=self.raise_minutes_before)).astimezone(timezone.utc)
+
+    @property
+    def lower_at(self) -> datetime:
+        return (self.closes_at + timedelta(minutes=self.lower_minutes_after)).astimezone(timezone.utc)
+
+
+class DropConfigError(ValueError):
+    pass
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        raise DropConfigError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise DropConfigError(f"the opening time must name its offset (e.g. +01:00 or Z): {text!r}")
+    return moment
+
+
+def load_config(path: Path, opens_at: str | None = None) -> Drop:
+    raw = yaml.safe_load(path.read_text())
+    try:
+        autoscalers = tuple(
+            Autoscaler(name, int(spec["normal_min"]), int(spec["drop_min"]), int(spec["max"]))
+            for name, spec in raw["autoscalers"].items()
+        )
+        drop = Drop(
+            opens_at=parse_time(opens_at if opens_at else raw["opens_at"]),
+            window_minutes=int(raw["window_minutes"]),
+            raise_minutes_before=int(raw.get("raise_minutes_before", 30)),
+            lower_minutes_after=int(raw.get("lower_minutes_after", 0)),
+            autoscalers=autoscalers,
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise DropConfigError(f"{path}: missing or malformed setting: {error}") from None
+    if drop.window_minutes <= 0 or drop.raise_minutes_before < 0 or drop.lower_minutes_after < 0:
+        raise DropConfigError(f"{path}: the window must be positive and the offsets not negative")
+    for a in autoscalers:
+        if not 1 <= a.normal_min <= a.drop_min <= a.max:
+            raise DropConfigError(f"{path}: {a.name}: need 1 <= normal_min <= drop_min <= max")
+    return drop
+
+
+def cron(moment: datetime) -> str:
+    """A five-field schedule for that UTC minute (it names a day of a month, not a year)."""
+    moment = moment.astimezone(timezone.utc)
+    return f"{moment.minute} {moment.hour} {moment.day} {moment.month} *"
+
+
+def _find(objects: list[dict], kind: str, name: str) -> dict:
+    for obj in objects:
+        if obj.get("kind") == kind and obj.get("metadata", {}).get("name") == name:
+            return obj
+    raise DropConfigError(f"the drop overlay has no {kind} {name}")
+
+
+def _configure_job(cronjob: dict, when: datetime, floors: dict[str, int]) -> None:
+    cronjob["spec"]["schedule"] = cron(when)
+    cronjob["spec"]["suspend"] = False
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = [when.date().isoformat()] + [f"{name}={floor}" for name, floor in floors.items()]
+
+
+def fill(objects: list[dict], drop: Drop) -> list[dict]:
+    """Set the drop's values on the rendered overlay's objects (in place) and return them."""
+    for a in drop.autoscalers:
+        hpa = _find(objects, "HorizontalPodAutoscaler", a.name)
+        hpa["spec"]["minReplicas"] = a.normal_min
+        hpa["spec"]["maxReplicas"] = a.max
+    _configure_job(_find(objects, "CronJob", RAISE_JOB), drop.raise_at, {a.name: a.drop_min for a in drop.autoscalers})
+    _configure_job(_find(objects, "CronJob", LOWER_JOB), drop.lower_at, {a.name: a.normal_min for a in drop.autoscalers})
+    role = _find(objects, "Role", SCALER_ROLE)
+    role["rules"] = [{
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "resourceNames": [a.name for a in drop.autoscalers],
+        "verbs": ["patch"],
+    }]
+    return objects
+
+
+def render_drop(opens_at: str | None = None, overlay: Path = OVERLAY, config: Path | None = None) -> tuple[Drop, list[dict]]:
+    drop = load_config(config or overlay / "drop.yaml", opens_at)
+    return drop, fill(render.render(overlay), drop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--opens-at", default=None, help="ISO 8601 opening time with offset (default: drop.yaml's)")
+    parser.add_argument("--overlay", type=Path, default=OVERLAY)
+    parser.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        drop, objects = render_drop(args.opens_at or None, args.overlay)
+    except (DropConfigError, render.RenderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if drop.raise_at < datetime.now(timezone.utc):
+        print(f"warning: the floors would have been raised at {drop.raise_at.isoformat()}, which has passed",
+              file=sys.stderr)
+    text = render.dump(objects)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    print(
+        f"drop opens {drop.opens_at.isoformat()}, closes {drop.closes_at.isoformat()}; floors raised at "
+        f"{drop.raise_at.isoformat()} ({cron(drop.raise_at)}), lowered at {drop.lower_at.isoformat()} "
+        f"({cron(drop.lower_at)}); "
+        + ", ".join(f"{a.name} {a.normal_min}->{a.drop_min} (max {a.max})" for a in drop.autoscalers),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

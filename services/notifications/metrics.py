@@ -1,0 +1,123 @@
+"""Email metrics, read from the delivery log and the broker when Prometheus scrapes the API.
+
+The consumers are separate processes (several, possibly on other machines), so their counts are
+not kept in their memory: the delivery log already knows every send, retry and dead letter, for
+all consumers together and across restarts, and the broker knows how many events wait.
+
+- `floodgate_notifications_emails_sent_total`, `..._retries_total`, `..._dead_lettered_total`:
+  from the delivery log (counters: its columns only grow).
+- `floodgate_notifications_queue_messages{queue}`: messages ready in the work queue, each retry
+  tier and the dead-letter queue (a passive declare, which changes nothing).
+- `floodgate_notifications_oldest_pending_age_seconds`: how long the oldest event that was tried
+  and is still waiting for its email (status `retrying`) has waited since it occurred. An event
+  still in the work queue has not been tried yet; the broker cannot say its age without
+  delivering it (which counts towards its delivery limit), so that backlog shows as queue depth.
+- `floodgate_notifications_last_delivery_lag_seconds`: occurred-to-sent time of the latest email,
+  which is how long the queue currently makes email wait when it is merely slow.
+"""
+from __future__ import annotations
+
+import logging
+
+import pika
+import sqlalchemy as sa
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared.messaging import connection as amqp
+from shared.messaging import topology
+from services.notifications.config import Settings
+from services.notifications.models import SENT, Delivery
+from services.notifications.repository import DeliveryLog
+
+log = logging.getLogger("floodgate.notifications")
+PREFIX = "floodgate_notifications"
+
+
+class EmailMetrics(Collector):
+    def __init__(self, settings: Settings, session_factory):
+        self.settings = settings
+        self.session_factory = session_factory
+
+    def collect(self):
+        up = GaugeMetricFamily(f"{PREFIX}_metrics_source_up", "Whether /metrics could read a source", labels=["source"])
+        try:
+            totals = self._delivery_totals()
+            up.add_metric(["database"], 1)
+        except Exception as error:
+            log.warning("metrics: delivery log unreadable", extra={"error": repr(error)})
+            totals = None
+            up.add_metric(["database"], 0)
+        if totals is not None:
+            yield CounterMetricFamily(f"{PREFIX}_emails_sent", "Emails accepted by the SMTP server", value=totals["sent"])
+            yield CounterMetricFamily(
+                f"{PREFIX}_retries", "Failed attempts sent to a retry tier", value=totals["retries"]
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_dead_lettered", "Events parked in the dead-letter queue", value=totals["dead_letters"]
+            )
+            deliveries = GaugeMetricFamily(f"{PREFIX}_deliveries", "Deliveries by status", labels=["status"])
+            for status in ("retrying", "dead"):
+                deliveries.add_metric([status], totals[status])
+            yield deliveries
+            oldest = totals["oldest_pending"]
+            age = max(0.0, (totals["now"] - oldest).total_seconds()) if oldest is not None else 0.0
+            yield GaugeMetricFamily(
+                f"{PREFIX}_oldest_pending_age_seconds",
+                "Age of the oldest event tried and still waiting for its email",
+                value=age,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_last_delivery_lag_seconds",
+                "Seconds from the latest sent email's event to its sending",
+                value=totals["last_lag"],
+            )
+        try:
+            depths = self._queue_depths()
+            up.add_metric(["broker"], 1)
+        except amqp.RECOVERABLE as error:
+            log.warning("metrics: broker unreadable", extra={"error": repr(error)})
+            depths = None
+            up.add_metric(["broker"], 0)
+        if depths is not None:
+            queues = GaugeMetricFamily(f"{PREFIX}_queue_messages", "Messages ready in a queue", labels=["queue"])
+            for queue, depth in depths.items():
+                queues.add_metric([queue], depth)
+            yield queues
+        yield up
+
+    def _delivery_totals(self) -> dict:
+        timeout_ms = int(self.settings.metrics_query_timeout_seconds * 1000)
+        with self.session_factory() as session:
+            session.execute(sa.text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+            totals = DeliveryLog(session).totals()
+            latest = session.execute(
+                sa.select(Delivery.sent_at - Delivery.occurred_at)
+                .where(Delivery.status == SENT, Delivery.occurred_at.is_not(None))
+                .order_by(Delivery.sent_at.desc())
+                .limit(1)
+            ).scalar()
+            totals["last_lag"] = max(0.0, latest.total_seconds()) if latest is not None else 0.0
+            session.rollback()
+        return totals
+
+    def _queue_depths(self) -> dict[str, int]:
+        service = self.settings.service_name
+        queues = [topology.work_queue(service), topology.dead_letter_queue(service)]
+        queues += [topology.retry_queue(service, delay) for delay in self.settings.retry_delays_ms]
+        params = amqp.parameters(self.settings.amqp_url, f"{service}-metrics", heartbeat=0)
+        params.socket_timeout = self.settings.metrics_query_timeout_seconds
+        connection = pika.BlockingConnection(params)
+        depths = {}
+        try:
+            channel = connection.channel()
+            for queue in queues:
+                try:
+                    depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:  # not declared yet: nothing waits there
+                    depths[queue] = 0
+                    channel = connection.channel()
+        finally:
+            if connection.is_open:
+                connection.close()
+        return depths

@@ -1,0 +1,365 @@
+"""Email that may be slow, down or broken without costing a single order.
+
+The real SMTP server of the stack (aiosmtpd) is told through its control API to refuse
+connections, stall, or answer 550; every test puts it back to normal in a `finally` block.
+
+For this module the notifications consumer runs with a 3 s AMQP heartbeat (so a 10 s SMTP stall
+would cost it the broker connection if heartbeats stopped while it waits), a 30 s SMTP timeout and
+retries that outlast an outage of a minute (the stack's default for tests parks after 3 attempts).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import pika
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.client import CANADIAN_ADDRESS, poll
+from devtools.stack import ROOT
+from shared.messaging import topology
+from shared.messaging.envelope import Envelope
+from tests.integration.test_order_path import scalar
+
+HEARTBEAT_SECONDS = 3
+PATIENT_CONSUMER = {"RETRY_DELAYS_MS": "300,1000", "MAX_ATTEMPTS": "100", "SMTP_TIMEOUT_SECONDS": "30",
+                    "AMQP_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)}
+ORDER = {
+    "buyer_id": "b-42",
+    "drop_id": "5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40",
+    "status": "confirmed",
+    "items": [{"sku": "OPO-64-BLK", "name": "OnePlus One 64GB", "quantity": 1, "unit_price": {"amount": 29900, "currency": "CAD"}}],
+    "total": {"amount": 29900, "currency": "CAD"},
+    "shipping_address": {
+        "name": "Alex Tremblay", "street_address": "24 Sussex Drive", "city": "Ottawa",
+        "postal_code": "K1A 0B1", "country_area": "ON", "country_code": "CA",
+    },
+}
+
+
+def start_consumer(stack, name: str, **env) -> subprocess.Popen:
+    """A notifications consumer process, registered with the stack so stop/kill work on it."""
+    environment = stack.env("notifications")
+    environment.update(PATIENT_CONSUMER, **env)
+    log_dir = stack.var_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{name}.log", "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "services.notifications.consumer"], cwd=ROOT, env=environment,
+                                   stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.processes[name] = process
+    return process
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patient_consumer(stack):
+    stack.stop("notifications-consumer")
+    start_consumer(stack, "notifications-consumer")
+    poll(lambda: consumers_on_work_queue(stack) == 1, what="the consumer to subscribe")
+    yield
+    set_fault(stack, "none")
+    stack.stop("notifications-consumer")
+    stack.start("notifications-consumer")
+
+
+# --- the SMTP server's control API -------------------------------------------------------------
+
+def set_fault(stack, mode: str, seconds: float = 0, recipients: tuple[str, ...] = ()) -> None:
+    answer = requests.post(f"http://127.0.0.1:{stack.ports['smtp-control']}/faults",
+                           json={"mode": mode, "seconds": seconds, "recipients": list(recipients)}, timeout=5)
+    assert answer.status_code == 200, answer.text
+
+
+def smtp_fault(stack) -> dict:
+    return requests.get(f"http://127.0.0.1:{stack.ports['smtp-control']}/faults", timeout=5).json()
+
+
+def mails_by_message_id(floodgate, message_ids: set[str]) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for mail in floodgate.mails():
+        if mail["message_id"] in message_ids:
+            found.setdefault(mail["message_id"], []).append(mail)
+    return found
+
+
+# --- the broker --------------------------------------------------------------------------------
+
+def publish(stack, envelopes: list[Envelope]) -> None:
+    """Publish as the outbox relays do: persistent, mandatory, confirmed."""
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for envelope in envelopes:
+            channel.basic_publish(topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(), envelope.properties(),
+                                  mandatory=True)
+    finally:
+        connection.close()
+
+
+def _work_queue(stack):
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        return connection.channel().queue_declare(topology.work_queue("notifications"), passive=True).method
+    finally:
+        connection.close()
+
+
+def consumers_on_work_queue(stack) -> int:
+    return _work_queue(stack).consumer_count
+
+
+def order_confirmed(recipient: str) -> Envelope:
+    order_id = str(uuid.uuid4())
+    data = copy.deepcopy(ORDER)
+    data.update(order_id=order_id, buyer_email=recipient, status_url=f"http://127.0.0.1:8003/orders/{order_id}",
+                confirmed_at="2014-10-27T15:03:00+00:00")
+    return Envelope(type="order.confirmed", data=data, source="tests")
+
+
+def message_id(envelope: Envelope) -> str:
+    return f"<{envelope.id}@floodgate>"
+
+
+# --- the admin API -----------------------------------------------------------------------------
+
+def admin_get(floodgate, stack, admin_token, path: str, **params):
+    return floodgate.http.get(stack.url("notifications") + path, params=params,
+                              headers={"Authorization": f"Bearer {admin_token}"})
+
+
+def deliveries(floodgate, stack, admin_token, **params) -> list[dict]:
+    answer = admin_get(floodgate, stack, admin_token, "/notifications", **params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def email_metrics(floodgate, stack) -> dict[str, float]:
+    text = floodgate.http.get(stack.url("notifications") + "/metrics").text
+    values = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("floodgate_notifications"):
+            for sample in family.samples:
+                key = sample.name + "".join(f"[{v}]" for v in sample.labels.values())
+                values[key] = sample.value
+    return values
+
+
+# --- orders through checkout -------------------------------------------------------------------
+
+def place_and_pay(floodgate, drop_id: str, buyers) -> tuple[list[tuple[str, dict]], list[float], list[float]]:
+    orders, placing, paying = [], [], []
+    for _, token in buyers:
+        # a street of its own: checkout limits the units per shipping address
+        address = dict(CANADIAN_ADDRESS, street_address=f"{uuid.uuid4().int % 9000 + 100} Sussex Drive")
+        started = time.perf_counter()
+        placed = floodgate.place_order(token, drop_id, address=address)
+        placing.append(time.perf_counter() - started)
+        assert placed.status_code == 201, placed.text
+        started = time.perf_counter()
+        paid = floodgate.pay(placed.json())
+        paying.append(time.perf_counter() - started)
+        assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
+        orders.append((token, placed.json()))
+    return orders, placing, paying
+
+
+def order_mails(floodgate, order_ids: set[str]) -> dict[tuple[str, str], int]:
+    """How many emails arrived per (order id, event type)."""
+    counts: dict[tuple[str, str], int] = {}
+    for mail in floodgate.mails():
+        for order_id in order_ids:
+            if order_id in (mail.get("text") or ""):
+                counts[(order_id, mail.get("event"))] = counts.get((order_id, mail.get("event")), 0) + 1
+    return counts
+
+
+# --- the must-show behaviours ------------------------------------------------------------------
+
+def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    buyers = [floodgate.register() for _ in range(5)]
+    retries_before = email_metrics(floodgate, stack).get("floodgate_notifications_retries_total", 0)
+    set_fault(stack, "refuse")
+    try:
+        orders, _, _ = place_and_pay(floodgate, drop["id"], buyers)
+        for token, order in orders:
+            floodgate.wait_for_status(token, order["id"], "confirmed")
+        order_ids = {order["id"] for _, order in orders}
+
+        def confirmations_retrying():
+            rows = [row for order_id in order_ids for row in deliveries(floodgate, stack, admin_token, order_id=order_id)]
+            return {row["order_id"] for row in rows if row["event_type"] == "order.confirmed"
+                    and row["status"] == "retrying" and row["attempts"] >= 2} == order_ids
+
+        poll(confirmations_retrying, timeout=30, what="admins to see every confirmation retrying")
+        metrics = email_metrics(floodgate, stack)
+        assert metrics["floodgate_notifications_retries_total"] > retries_before
+        assert metrics["floodgate_notifications_oldest_pending_age_seconds"] > 0
+        assert metrics["floodgate_notifications_deliveries[retrying]"] >= 5
+        assert not order_mails(floodgate, order_ids)
+    finally:
+        set_fault(stack, "none")
+
+    expected = {(order_id, event) for order_id in order_ids for event in ("order.placed", "order.confirmed")}
+    poll(lambda: set(order_mails(floodgate, order_ids)) >= expected, timeout=30,
+         what="the payment and confirmation emails once SMTP is back")
+    poll(lambda: all(row["status"] == "sent" for order_id in order_ids
+                     for row in deliveries(floodgate, stack, admin_token, order_id=order_id)),
+         what="every delivery logged as sent")
+    assert order_mails(floodgate, order_ids) == {key: 1 for key in expected}
+    after = email_metrics(floodgate, stack)
+    assert after["floodgate_notifications_deliveries[retrying]"] <= metrics["floodgate_notifications_deliveries[retrying]"] - 5
+    assert after["floodgate_notifications_emails_sent_total"] >= 10
+
+
+def test_smtp_stalling_10s_per_message_leaves_order_and_webhook_timings_unchanged(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=8)
+    buyers = [floodgate.register() for _ in range(8)]
+    log_path = stack.var_dir / "logs" / "notifications-consumer.log"
+    log_offset = log_path.stat().st_size
+    _, base_placing, base_paying = place_and_pay(floodgate, drop["id"], buyers[:4])
+
+    set_fault(stack, "stall", seconds=10)
+    try:
+        orders, placing, paying = place_and_pay(floodgate, drop["id"], buyers[4:])
+        poll(lambda: smtp_fault(stack)["stalled"] >= 1, what="the consumer to be held mid-send")
+        for token, order in orders:  # confirmed while the email consumer waits on SMTP
+            floodgate.wait_for_status(token, order["id"], "confirmed")
+    finally:
+        set_fault(stack, "none")
+
+    print(f"\nmedian POST /orders {statistics.median(base_placing) * 1000:.0f} ms -> "
+          f"{statistics.median(placing) * 1000:.0f} ms; approve+webhook {statistics.median(base_paying) * 1000:.0f} ms "
+          f"-> {statistics.median(paying) * 1000:.0f} ms with SMTP stalling 10 s")
+    assert statistics.median(placing) < 3 * statistics.median(base_placing) + 0.25
+    assert statistics.median(paying) < 3 * statistics.median(base_paying) + 0.25
+
+    order_ids = {order["id"] for _, order in orders}
+    expected = {(order_id, event) for order_id in order_ids for event in ("order.placed", "order.confirmed")}
+    poll(lambda: set(order_mails(floodgate, order_ids)) >= expected, timeout=40, what="the stalled emails")
+    poll(lambda: all(row["status"] == "sent" for order_id in order_ids
+                     for row in deliveries(floodgate, stack, admin_token, order_id=order_id)),
+         what="every delivery logged as sent")
+    assert order_mails(floodgate, order_ids) == {key: 1 for key in expected}
+    rows = [row for order_id in order_ids for row in deliveries(floodgate, stack, admin_token, order_id=order_id)]
+    # The stalled email waited 10 s on SMTP in one attempt; the broker connection (3 s heartbeat)
+    # stayed up meanwhile, so nothing was redelivered or retried.
+    assert [row["attempts"] for row in rows] == [1] * len(rows)
+    with open(log_path, "rb") as log_file:
+        log_file.seek(log_offset)
+        assert b"broker connection lost" not in log_file.read()
+
+
+def test_two_consumers_send_exactly_one_email_per_event_over_500_events(floodgate, stack):
+    start_consumer(stack, "notifications-consumer-2")
+    try:
+        poll(lambda: consumers_on_work_queue(stack) == 2, what="the second consumer to subscribe")
+        run = uuid.uuid4().hex[:8]
+        envelopes = [order_confirmed(f"buyer-{n}@bulk-{run}.test") for n in range(500)]
+        wanted = {message_id(envelope) for envelope in envelopes}
+        started = time.perf_counter()
+        publish(stack, envelopes)
+        poll(lambda: len(mails_by_message_id(floodgate, wanted)) == 500, timeout=90, interval=0.5,
+             what="500 emails")
+        print(f"\n500 emails through two consumers in {time.perf_counter() - started:.1f} s")
+        # Wait for the work queue to drain, then count again: nothing more may arrive.
+        poll(lambda: _work_queue(stack).message_count == 0, what="the work queue to drain")
+        poll(lambda: scalar(stack, "notifications",
+                            "SELECT count(*) FROM deliveries WHERE status = 'sent' AND to_address LIKE :domain",
+                            domain=f"%@bulk-{run}.test") == 500, what="500 deliveries logged")
+        found = mails_by_message_id(floodgate, wanted)
+        assert sorted(len(mails) for mails in found.values()) == [1] * 500
+        workers = scalar(stack, "notifications",
+                         "SELECT count(DISTINCT handled_by) FROM deliveries WHERE to_address LIKE :domain",
+                         domain=f"%@bulk-{run}.test")
+        assert workers == 2
+    finally:
+        stack.stop("notifications-consumer-2")
+
+
+def test_a_consumer_killed_mid_send_loses_nothing_and_sends_nothing_twice(floodgate, stack):
+    run = uuid.uuid4().hex[:8]
+    envelopes = [order_confirmed(f"killed-{n}@{run}.test") for n in range(3)]
+    wanted = {message_id(envelope) for envelope in envelopes}
+    set_fault(stack, "stall", seconds=30)
+    try:
+        publish(stack, envelopes)
+        poll(lambda: smtp_fault(stack)["stalled"] >= 1, what="the consumer to be mid-send")
+        stack.kill("notifications-consumer")
+        # The half-sent message dies with its SMTP connection: the server never accepted it.
+        poll(lambda: smtp_fault(stack)["stalled"] == 0, timeout=10, what="the server to drop the half-sent message")
+    finally:
+        set_fault(stack, "none")
+    assert not mails_by_message_id(floodgate, wanted)
+
+    start_consumer(stack, "notifications-consumer")
+    poll(lambda: len(mails_by_message_id(floodgate, wanted)) == 3, timeout=30, what="the three emails after restart")
+
+    # A redelivered event that was already mailed (the relay's crash window) sends nothing; a
+    # sentinel published after it shows the duplicate has been handled.
+    sentinel = order_confirmed(f"sentinel@{run}.test")
+    publish(stack, [envelopes[0], sentinel])
+    poll(lambda: mails_by_message_id(floodgate, {message_id(sentinel)}), what="the sentinel email")
+    assert sorted(len(mails) for mails in mails_by_message_id(floodgate, wanted).values()) == [1, 1, 1]
+
+
+def test_a_poison_event_is_parked_shown_to_admins_and_delivered_after_a_replay(floodgate, stack, admin_token):
+    run = uuid.uuid4().hex[:8]
+    poison_address = f"no-such-mailbox-{run}@example.com"
+    poison, healthy = order_confirmed(poison_address), order_confirmed(f"healthy-{run}@example.com")
+    set_fault(stack, "550", recipients=(poison_address,))
+    try:
+        publish(stack, [poison, healthy])
+        poll(lambda: mails_by_message_id(floodgate, {message_id(healthy)}), what="the healthy email")
+
+        def parked():
+            answer = admin_get(floodgate, stack, admin_token, "/dead-letters")
+            assert answer.status_code == 200, answer.text
+            return [letter for letter in answer.json() if letter["message_id"] == poison.id]
+
+        [letter] = poll(parked, timeout=30, what="the poison event in the dead-letter queue")
+        assert "550" in letter["last_error"]
+        [row] = deliveries(floodgate, stack, admin_token, to=poison_address.upper(), status="dead")
+        assert row["event_id"] == poison.id and row["dead_letters"] == 1 and "550" in row["last_error"]
+        assert not mails_by_message_id(floodgate, {message_id(poison)})
+    finally:
+        set_fault(stack, "none")
+
+    # Only admins see or replay; a bad filter is a 422 problem.
+    assert floodgate.http.get(stack.url("notifications") + "/dead-letters").status_code == 401
+    bad = admin_get(floodgate, stack, admin_token, "/notifications", status="lost")
+    assert bad.status_code == 422 and bad.headers["Content-Type"] == "application/problem+json"
+
+    replay = floodgate.http.post(stack.url("notifications") + "/dead-letters/replay", json={"message_id": poison.id},
+                                 headers={"Authorization": f"Bearer {admin_token}"})
+    assert replay.status_code == 200 and replay.json() == {"replayed": 1}, replay.text
+    poll(lambda: mails_by_message_id(floodgate, {message_id(poison)}), what="the replayed email")
+    poll(lambda: deliveries(floodgate, stack, admin_token, to=poison_address)[0]["status"] == "sent",
+         what="the delivery logged as sent")
+    assert len(mails_by_message_id(floodgate, {message_id(poison)})[message_id(poison)]) == 1
+    assert not parked()
+
+
+def test_sigterm_finishes_the_email_in_hand_and_returns_the_rest(floodgate, stack):
+    run = uuid.uuid4().hex[:8]
+    in_hand, waiting = order_confirmed(f"in-hand@{run}.test"), order_confirmed(f"waiting@{run}.test")
+    set_fault(stack, "stall", seconds=3)
+    try:
+        publish(stack, [in_hand, waiting])
+        poll(lambda: smtp_fault(stack)["stalled"] >= 1, what="the consumer to be mid-send")
+        assert stack.stop("notifications-consumer", timeout=20) == 0
+    finally:
+        set_fault(stack, "none")
+    # The stalled email was finished before the process left; the other went back to the queue.
+    assert list(mails_by_message_id(floodgate, {message_id(in_hand), message_id(waiting)})) == [message_id(in_hand)]
+    assert _work_queue(stack).message_count == 1
+
+    start_consumer(stack, "notifications-consumer")
+    poll(lambda: mails_by_message_id(floodgate, {message_id(waiting)}), what="the returned email after restart")
+    assert sorted(len(m) for m in mails_by_message_id(floodgate, {message_id(in_hand), message_id(waiting)}).values()) == [1, 1]

@@ -1,0 +1,104 @@
+"""Who may talk to whom, evaluated from the rendered NetworkPolicies (both ends' policies)."""
+from __future__ import annotations
+
+import pytest
+
+from deploy import policy
+
+SERVICES = policy.FLOODGATE_SERVICES
+KUBE_DNS = {"k8s-app": "kube-dns"}
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
+EDGE = {"kubernetes.io/metadata.name": "ingress", "floodgate.io/edge": "true"}
+
+
+def pod(objects: list[dict], kind: str, name: str) -> dict:
+    """The pod labels of one workload."""
+    workload = policy.find(objects, kind, name)
+    assert workload is not None, f"{kind}/{name} is not rendered"
+    return policy.pod_labels(workload)
+
+
+def every_pod(objects):
+    """Labels of every pod the overlay runs, Floodgate's and the infrastructure's."""
+    return [policy.pod_labels(o) for o in policy.of_kind(objects, *policy.WORKLOADS)]
+
+
+def describe(labels):
+    return f"{labels.get('app.kubernetes.io/name')}/{labels.get('app.kubernetes.io/component', '-')}"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
+def test_only_checkout_api_reaches_inventory_api(targets, overlay):
+    objects = targets[overlay].objects
+    inventory_api = pod(objects, "Deployment", "inventory-api")
+    allowed = {describe(p) for p in every_pod(objects) if policy.reachable(objects, p, inventory_api, 8000)}
+    assert allowed == {"checkout/api"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
+def test_inventory_api_is_not_reachable_from_the_edge(targets, overlay):
+    objects = targets[overlay].objects
+    inventory_api = pod(objects, "Deployment", "inventory-api")
+    assert not policy.ingress_allowed(objects, {}, inventory_api, 8000, source_namespace_labels=EDGE)
+    for public in ("accounts-api", "checkout-api", "notifications-api"):
+        assert policy.ingress_allowed(objects, {}, pod(objects, "Deployment", public), 8000,
+                                      source_namespace_labels=EDGE)
+
+
+def test_each_service_reaches_only_its_own_database_in_prod(prod):
+    """prod: each service's database has its own address; a service reaches that one only."""
+    address = {}
+    for service in SERVICES:
+        rule = policy.find(prod, "NetworkPolicy", f"{service}-to-database")["spec"]["egress"][0]
+        address[service] = rule["to"][0]["ipBlock"]["cidr"].split("/")[0]
+    assert len(set(address.values())) == len(SERVICES)
+    for source in policy.floodgate_pods(prod):
+        own = source["app.kubernetes.io/name"]
+        reached = {s for s in SERVICES if policy.egress_allowed(prod, source, 5432, to_ip=address[s])}
+        assert reached == {own}, describe(source)
+
+
+def test_dev_database_server_is_reached_by_the_services_only(dev):
+    """dev: one PostgreSQL holds the four databases; per-service roles keep them apart."""
+    postgresql = pod(dev, "StatefulSet", "postgresql")
+    for source in every_pod(dev):
+        expected = source.get("app.kubernetes.io/name") in SERVICES
+        assert policy.reachable(dev, source, postgresql, 5432) == expected, describe(source)
+
+
+def test_dev_roles_connect_to_their_own_database_only():
+    from deploy import render
+
+    script = (render.K8S_DIR / "infra" / "init-databases.sh").read_text()
+    assert "REVOKE ALL ON DATABASE" in script and 'OWNER :"role"' in script
+    for service in SERVICES:
+        assert service in script
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_floodgate_process_reaches_the_broker_and_dns(targets, overlay):
+    objects = targets[overlay].objects
+    for source in policy.floodgate_pods(objects):
+        if overlay == "dev":
+            assert policy.reachable(objects, source, pod(objects, "StatefulSet", "rabbitmq"), 5672), describe(source)
+        else:
+            assert policy.egress_allowed(objects, source, 5672, to_ip="192.0.2.10"), describe(source)
+        assert policy.egress_allowed(objects, source, 53, protocol="UDP", to_labels=KUBE_DNS,
+                                     to_namespace_labels=KUBE_SYSTEM), describe(source)
+
+
+def test_apis_that_verify_tokens_reach_accounts_jwks_and_nothing_else_does(dev):
+    accounts_api = pod(dev, "Deployment", "accounts-api")
+    allowed = {describe(p) for p in every_pod(dev) if policy.reachable(dev, p, accounts_api, 8000)}
+    assert allowed == {"inventory/api", "checkout/api", "notifications/api"}
+
+
+def test_only_mail_and_refunds_leave_the_cluster(prod):
+    """notifications' consumer sends mail; checkout's consumer asks the payment provider for refunds."""
+    outside = "198.51.100.7"
+    for source in policy.floodgate_pods(prod):
+        refunds = describe(source) == "checkout/consumer"
+        mail = describe(source) == "notifications/consumer"
+        assert policy.egress_allowed(prod, source, 443, to_ip=outside) == refunds, describe(source)
+        assert policy.egress_allowed(prod, source, 587, to_ip=outside) == mail, describe(source)
+        assert not policy.egress_allowed(prod, source, 80, to_ip=outside), describe(source)

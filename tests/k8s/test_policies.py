@@ -1,0 +1,95 @@
+"""Policies every rendered overlay meets: each a separate test, so a failure names the rule."""
+from __future__ import annotations
+
+import pytest
+
+from deploy import policy, validate
+
+TARGETS = validate.TARGETS
+CHECKS = {
+    "requests and limits on every container": policy.check_resources,
+    "liveness, readiness and startup probes": policy.check_probes,
+    "non-root, read-only, no capabilities": policy.check_security,
+    "pinned image tags": policy.check_images,
+    "a PodDisruptionBudget per Deployment": policy.check_disruption_budgets,
+    "topology spread per Deployment": policy.check_topology_spread,
+    "grace period > preStop + gunicorn graceful_timeout": policy.check_graceful_shutdown,
+    "default-deny NetworkPolicy": policy.check_default_deny,
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("rule", CHECKS)
+def test_every_overlay_meets(targets, target, rule):
+    assert CHECKS[rule](targets[target].objects) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_what_pods_name_exists(targets, target):
+    t = targets[target]
+    assert policy.check_references(t.objects, secrets_provided_outside=not t.dev) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secret_values_only_public_dev_ones(targets, target):
+    t = targets[target]
+    assert policy.check_secrets(t.objects, dev=t.dev) == []
+    if not t.dev:
+        assert policy.of_kind(t.objects, "Secret") == []
+
+
+@pytest.mark.parametrize("target", ["dev+keda", "prod+keda"])
+def test_keda_scales_notifications_on_its_work_queue(targets, target):
+    assert targets[target].extra == []
+    scaled = policy.of_kind(targets[target].objects, "ScaledObject")
+    assert [s["spec"]["scaleTargetRef"]["name"] for s in scaled] == ["notifications-consumer"]
+
+
+def test_every_service_has_its_processes(dev):
+    deployments = {d["metadata"]["name"] for d in policy.of_kind(dev, "Deployment")}
+    assert {"accounts-api", "accounts-relay", "inventory-api", "inventory-consumer", "inventory-relay",
+            "inventory-sweeper", "checkout-api", "checkout-consumer", "checkout-relay", "notifications-api",
+            "notifications-consumer", "notifications-relay"} <= deployments
+    jobs = {j["metadata"]["name"] for j in policy.of_kind(dev, "Job")}
+    assert jobs == {f"{s}-migrate" for s in policy.FLOODGATE_SERVICES}
+    assert {s["metadata"]["name"] for s in policy.of_kind(dev, "StatefulSet")} == {"postgresql", "rabbitmq"}
+
+
+def test_commands_match_the_contracts(dev):
+    """The processes docs/contracts.md lists, run from each service's image."""
+    commands = {}
+    for obj in policy.of_kind(dev, "Deployment", "Job"):
+        container = policy.pod_spec(obj)["containers"][0]
+        commands[obj["metadata"]["name"]] = (container["image"].split(":")[0], container.get("command"))
+    assert commands["checkout-api"] == ("floodgate/checkout", None)  # the image's gunicorn entry point
+    assert commands["inventory-consumer"] == ("floodgate/inventory", ["python", "-m", "services.inventory.consumer"])
+    assert commands["accounts-relay"] == ("floodgate/accounts", ["python", "-m", "shared.messaging.relay", "accounts"])
+    assert commands["inventory-sweeper"] == ("floodgate/inventory", ["python", "-m", "services.inventory.sweeper"])
+    assert commands["notifications-migrate"] == ("floodgate/notifications",
+                                                 ["python", "-m", "shared.migrate", "notifications"])
+
+
+def test_metrics_and_tmp_are_writable_on_a_read_only_root(dev):
+    for obj in policy.of_kind(dev, "Deployment"):
+        if obj["metadata"]["labels"].get("app.kubernetes.io/part-of") != "floodgate":
+            continue
+        container = policy.pod_spec(obj)["containers"][0]
+        volumes = {v["name"]: v for v in policy.pod_spec(obj)["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], obj["metadata"]["name"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if "PROMETHEUS_MULTIPROC_DIR" in env:
+            assert "emptyDir" in volumes[mounts[env["PROMETHEUS_MULTIPROC_DIR"]]]
+    api = policy.find(dev, "Deployment", "checkout-api")
+    assert any(e["name"] == "PROMETHEUS_MULTIPROC_DIR" for e in policy.pod_spec(api)["containers"][0]["env"])
+
+
+@pytest.mark.parametrize("target", ["dev", "prod", "drop"])
+def test_migrations_can_run_before_the_rest_is_applied(targets, target):
+    """`kubectl apply -l floodgate.io/apply-first=true` brings the migration Jobs and what they name."""
+    objects = targets[target].objects
+    first = [o for o in objects if o["metadata"].get("labels", {}).get("floodgate.io/apply-first") == "true"]
+    jobs = policy.of_kind(first, "Job")
+    assert {j["metadata"]["name"] for j in jobs} == {f"{s}-migrate" for s in policy.FLOODGATE_SERVICES}
+    needed = [problem for problem in policy.check_references(first, secrets_provided_outside=True)]
+    assert needed == []
