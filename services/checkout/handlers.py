@@ -368,6 +368,21 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     uow.publish("payment.refunded", document)
 
 
+def on_reservation_lost(envelope, uow, settings) -> None:
+    """Inventory could not sell a confirmed order's units (its confirmation came after the hold
+    was given back and the drop sold out meanwhile): cancel the order and refund it."""
+    order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
+    if order is None or order.status != orders.CONFIRMED:
+        return
+    bind_order_id(str(order.id))
+    orders.move(order, orders.CANCELLED, "the reserved unit was lost; payment refunded")
+    order.cancelled_at = _now()
+    refund = {"amount": order.total_amount, "currency": order.currency}
+    _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
+               reason="we could not keep your unit", refund=refund)
+    _request_refund(order, uow, order.payment_capture_id, "the reserved unit was lost")
+
+
 def on_email_sent(envelope, uow) -> None:
     """Notifications sent the confirmation: the buyer's order page says so."""
     order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
@@ -378,6 +393,7 @@ def on_email_sent(envelope, uow) -> None:
 def event_handlers(provider: PaymentProvider, settings) -> dict:
     return {
         "reservation.expired": functools.partial(on_reservation_expired, settings=settings),
+        "reservation.lost": functools.partial(on_reservation_lost, settings=settings),
         "payment.refund_requested": functools.partial(on_refund_requested, provider=provider, settings=settings),
         "email.sent": on_email_sent,
     }

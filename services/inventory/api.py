@@ -36,9 +36,26 @@ def show_product(product_id: str):
 def schedule_drop():
     command = load(schemas.NewDropSchema())
     with unit_of_work() as uow:
-        drop = handlers.schedule_drop(command, uow)
+        drop = handlers.schedule_drop(command, uow, context().settings.default_stock_shards)
         uow.commit()
     return schemas.DropSchema().dump(drop), 201
+
+
+@bp.patch("/drops/<drop_id>")
+@operation(
+    "Move a drop's close (extend, shorten or reopen) and/or add stock",
+    request=schemas.ChangeDropSchema,
+    response=schemas.DropSchema,
+    errors=(403, 404),
+    auth="bearer",
+)
+@require_admin
+def change_drop(drop_id: str):
+    command = load(schemas.ChangeDropSchema())
+    with unit_of_work() as uow:
+        drop = handlers.change_drop(drop_id, command, uow)
+        uow.commit()
+    return schemas.DropSchema().dump(drop)
 
 
 @bp.get("/drops/<drop_id>")
@@ -55,7 +72,7 @@ def show_drop(drop_id: str):
     request=schemas.ReservationRequestSchema,
     response=schemas.ReservationSchema,
     status=201,
-    errors=(403, 404, 409),
+    errors=(403, 404, 409, 422),
     auth="service",
 )
 @require_service

@@ -22,6 +22,21 @@ class ScheduleDrop:
     opens_at: datetime
     closes_at: datetime
     per_buyer_limit: int = 1
+    invite_only_until: datetime | None = None
+    invite_tier: str | None = None
+    shipping_countries: tuple[str, ...] = ()
+    # None: the service's DEFAULT_STOCK_SHARDS.
+    stock_shards: int | None = None
+    # None: the service's HOLD_TTL_SECONDS.
+    hold_ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ChangeDrop:
+    """An admin moving a drop's close and/or adding stock; at least one is given."""
+
+    closes_at: datetime | None = None
+    add_quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -30,3 +45,7 @@ class ReserveStock:
     drop_id: uuid.UUID
     buyer_id: str
     quantity: int
+    buyer_tier: str | None = None
+    shipping_country: str | None = None
+    # Hold a released reservation's units again (a payment that arrived after its hold expired).
+    renew: bool = False

@@ -12,7 +12,12 @@ class Settings(config.Settings):
     # How long a reservation holds its stock while the buyer pays.
     hold_ttl_seconds: int = 600
     sweep_interval_seconds: float = 5.0
+    # A hold is released this long after it expires, so a payment checkout accepted just before
+    # the expiry reaches inventory (as order.confirmed) while the hold still stands.
+    hold_release_grace_seconds: float = 30.0
     sweep_batch_size: int = 500
+    # Rows a new drop's stock is spread over, so concurrent holds lock different rows (1-64).
+    default_stock_shards: int = 16
 
 
 def load() -> Settings:

@@ -39,3 +39,11 @@ class InvalidDrop(InvalidRequest):
 
     def __init__(self, field: str, message: str):
         super().__init__("One or more fields are invalid.", errors={field: [message]})
+
+
+class InviteOnly(Forbidden):
+    slug, title = "invite-only", "The drop is open to invited buyers only"
+
+
+class CountryNotAllowed(InvalidRequest):
+    slug, title = "country-not-allowed", "The drop does not ship to this country"

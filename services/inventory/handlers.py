@@ -1,8 +1,10 @@
 """The inventory's operations, each run inside one unit of work, and its event handlers.
 
-Every transaction that moves stock locks buyer allowance rows before drop rows (several of each
-in sorted order), so none can deadlock another. Releases lock the reservation row first; a new
-reservation is inserted last, and its row is one nobody else can be waiting for.
+Lock order, so no two transactions can deadlock: reservation row (releases, renewals) → buyer
+allowance rows (sorted) → stock shard rows (in shard order whenever a transaction may wait for a
+second one; see `take_stock`) → the drop row and its announcements. A new reservation is inserted
+before its stock is taken, keeping a stock row locked only for the decrement and the commit; its
+row is one nobody else can be waiting for.
 """
 from __future__ import annotations
 
@@ -10,15 +12,15 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.inventory.commands import AddProduct, ReserveStock, ScheduleDrop
+from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.errors import (
     DropNotFound,
     InvalidDrop,
@@ -26,10 +28,24 @@ from services.inventory.errors import (
     ProductNotFound,
     ReservationNotFound,
     ReservationSold,
+    SaleNotOpen,
     SkuTaken,
     SoldOut,
 )
-from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Drop, Product, Reservation
+from services.inventory.models import (
+    DROP_OPENED,
+    DROP_SOLD_OUT,
+    HELD,
+    RELEASED,
+    SOLD,
+    BuyerAllowance,
+    Drop,
+    DropAnnouncement,
+    Product,
+    Reservation,
+    StockShard,
+    spread,
+)
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
 
@@ -43,23 +59,35 @@ class DropView:
     id: uuid.UUID
     product: Product
     quantity: int
+    restocked: int
     remaining: int
     state: str
     opens_at: datetime
     closes_at: datetime
     per_buyer_limit: int
+    invite_only_until: datetime | None
+    invite_tier: str | None
+    shipping_countries: list[str]
+    stock_shards: int
+    hold_ttl_seconds: int | None
 
     @classmethod
-    def of(cls, drop: Drop, now: datetime) -> "DropView":
+    def of(cls, drop: Drop, now: datetime, remaining: int) -> "DropView":
         return cls(
             id=drop.id,
             product=drop.product,
             quantity=drop.quantity,
-            remaining=drop.available,
-            state=drop.state_at(now),
+            restocked=drop.restocked,
+            remaining=remaining,
+            state=drop.state_at(now, remaining),
             opens_at=drop.opens_at,
             closes_at=drop.closes_at,
             per_buyer_limit=drop.per_buyer_limit,
+            invite_only_until=drop.invite_only_until,
+            invite_tier=drop.invite_tier,
+            shipping_countries=list(drop.shipping_countries),
+            stock_shards=drop.stock_shards,
+            hold_ttl_seconds=drop.hold_ttl_seconds,
         )
 
 
@@ -68,6 +96,22 @@ class Held:
     stock: int  # units a released reservation gives back
     drop_id: uuid.UUID
     buyer_id: str
+
+
+# A drop has at most this much stock over its life (quantity plus restocks): 422 beyond.
+MAX_TOTAL_STOCK = 10_000_000
+
+SHARDS = StockShard.__table__
+RESERVATIONS = Reservation.__table__
+
+
+def _remaining(drop_id):
+    """A scalar subquery: the drop's available units, summed over its shard rows."""
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(SHARDS.c.available), 0))
+        .where(SHARDS.c.drop_id == drop_id)
+        .scalar_subquery()
+    )
 
 
 def _database_now(uow) -> datetime:
@@ -108,25 +152,84 @@ def show_product(product_id: str, uow) -> Product:
     return product
 
 
-def schedule_drop(cmd: ScheduleDrop, uow) -> DropView:
+def schedule_drop(cmd: ScheduleDrop, uow, default_stock_shards: int = 16) -> DropView:
     product = uow.session.get(Product, cmd.product_id)
     if product is None:
         raise InvalidDrop("product_id", "No product has this id.")
     now = _database_now(uow)
-    drop = Drop.schedule(product, cmd.quantity, cmd.opens_at, cmd.closes_at, cmd.per_buyer_limit, now)
+    drop = Drop.schedule(
+        product,
+        cmd.quantity,
+        cmd.opens_at,
+        cmd.closes_at,
+        cmd.per_buyer_limit,
+        now,
+        stock_shards=cmd.stock_shards or default_stock_shards,
+        invite_only_until=cmd.invite_only_until,
+        invite_tier=cmd.invite_tier,
+        shipping_countries=cmd.shipping_countries,
+        hold_ttl_seconds=cmd.hold_ttl_seconds,
+    )
     uow.session.add(drop)
     uow.session.flush()
-    return DropView.of(drop, now)
+    uow.session.add_all(drop.initial_stock())
+    uow.session.flush()
+    return DropView.of(drop, now, drop.quantity)
 
 
 def show_drop(drop_id: str, uow) -> DropView:
     row = uow.session.execute(
-        sa.select(Drop, sa.func.now()).where(Drop.id == _parse_id(drop_id, DropNotFound))
+        sa.select(Drop, sa.func.now(), _remaining(Drop.id))
+        .where(Drop.id == _parse_id(drop_id, DropNotFound))
+        .execution_options(populate_existing=True)
     ).first()
     if row is None:
         raise DropNotFound()
-    drop, now = row
-    return DropView.of(drop, now)
+    drop, now, remaining = row
+    return DropView.of(drop, now, remaining)
+
+
+def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
+    """Move a drop's close (extend or shorten, even reopen a closed drop) and/or add stock.
+
+    Shard rows are locked before the drop row, as a reservation that sells the last unit does.
+    """
+    view = show_drop(drop_id, uow)
+    drops = Drop.__table__
+    if cmd.closes_at is not None:
+        uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
+    if cmd.add_quantity:
+        if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
+            raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
+        _restock(uow, view.id, view.stock_shards, cmd.add_quantity)
+        uow.session.execute(
+            drops.update().where(drops.c.id == view.id).values(restocked=drops.c.restocked + cmd.add_quantity)
+        )
+        # Stock came back: the next time it runs out is news again.
+        announcements = DropAnnouncement.__table__
+        uow.session.execute(
+            announcements.delete().where(
+                announcements.c.drop_id == view.id, announcements.c.event_type == DROP_SOLD_OUT
+            )
+        )
+    if cmd.closes_at is not None:
+        uow.session.execute(drops.update().where(drops.c.id == view.id).values(closes_at=cmd.closes_at))
+    log.info(
+        "drop changed",
+        extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
+               "add_quantity": cmd.add_quantity},
+    )
+    return show_drop(str(view.id), uow)
+
+
+def _restock(uow, drop_id: uuid.UUID, shard_count: int, units: int) -> None:
+    # Every shard row is updated in shard order, the order a multi-shard hold locks them in.
+    uow.session.execute(
+        SHARDS.update()
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.shard == sa.bindparam("s"))
+        .values(available=SHARDS.c.available + sa.bindparam("q")),
+        [{"s": shard, "q": q} for shard, q in enumerate(spread(units, shard_count)) if q],
+    )
 
 
 # --- reservations (checkout, on the order path) -----------------------------------------------
@@ -139,10 +242,19 @@ def find_reservation(order_id: uuid.UUID, uow, for_update: bool = False) -> Rese
 
 
 def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation, bool]:
-    """Hold stock for an order; idempotent by order id. Returns the reservation and whether it is new."""
+    """Hold stock for an order; idempotent by order id. Returns the reservation and whether it is new.
+
+    `hold_ttl_seconds` is the service default; a drop may set its own.
+    """
     bind_order_id(cmd.order_id)
-    existing = find_reservation(cmd.order_id, uow)
+    # A bare Core probe first: nearly every request on drop day is a new order id.
+    known = uow.session.scalar(_RESERVATION_STATUS, {"order_id": cmd.order_id})
+    existing = find_reservation(cmd.order_id, uow, for_update=cmd.renew) if known else None
     if existing is not None:
+        if cmd.renew and existing.status == RELEASED:
+            # A payment that arrived after its hold was given back: hold the same units again.
+            renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
+            return _hold(renewal, uow, hold_ttl_seconds, renewing=existing), True
         return existing, False
     try:
         return _hold(cmd, uow, hold_ttl_seconds), True
@@ -157,19 +269,24 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
         return winner, False
 
 
+# Built once: composing a statement costs more Python time than running it on the order path.
+_RESERVATION_STATUS = sa.select(RESERVATIONS.c.status).where(RESERVATIONS.c.order_id == sa.bindparam("order_id"))
+_DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), _remaining(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
+
+
 class _LostRace(Exception):
     """Another transaction inserted a reservation with this order id first."""
 
 
-def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> Reservation:
+def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int, renewing: Reservation | None = None) -> Reservation:
     session = uow.session
-    row = session.execute(sa.select(Drop, sa.func.now()).where(Drop.id == cmd.drop_id)).first()
+    row = session.execute(_DROP_NOW_AND_REMAINING, {"drop_id": cmd.drop_id}).first()
     if row is None:
         raise DropNotFound()
-    drop, now = row
-    drop.check_reservable(cmd.quantity, now)
-    if drop.available < cmd.quantity:
-        raise _sold_out(drop)  # no stock in sight: refuse without taking a single row lock
+    drop, now, remaining = row
+    drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None)
+    if remaining < cmd.quantity:
+        raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
 
     allowance = BuyerAllowance.__table__
     taken = session.execute(
@@ -185,36 +302,136 @@ def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> Reservation:
     if taken is None:
         raise LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
 
-    drops = Drop.__table__
-    remaining = session.execute(
-        sa.update(drops)
-        .where(drops.c.id == drop.id, drops.c.available >= cmd.quantity)
-        .values(available=drops.c.available - cmd.quantity)
-        .returning(drops.c.available)
-    ).scalar()
-    if remaining is None:
-        raise _sold_out(drop)
-
-    reservation = Reservation(
-        order_id=cmd.order_id,
-        drop=drop,
-        buyer_id=cmd.buyer_id,
-        quantity=cmd.quantity,
-        status=HELD,
-        hold_expires_at=now + timedelta(seconds=hold_ttl_seconds),
-    )
-    session.add(reservation)
-    try:
+    # The reservation is written before the stock is taken, so the transaction holds a stock
+    # row's lock for as little time as possible: the decrement, then the commit.
+    expires_at = now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
+    if renewing is not None:
+        reservation = renewing
+        reservation.status, reservation.hold_expires_at = HELD, expires_at
         session.flush()
-    except sa.exc.IntegrityError:
-        raise _LostRace() from None
-    if remaining == 0:
-        uow.publish("drop.sold_out", {"drop_id": str(drop.id), "product_id": str(drop.product_id)})
+    else:
+        values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
+                      status=HELD, hold_expires_at=expires_at)
+        try:
+            # Core rather than Session.add + flush: the order path's hottest statement.
+            session.execute(RESERVATIONS.insert().values(**values))
+        except sa.exc.IntegrityError:
+            raise _LostRace() from None
+        # What the response shows; not added to the session, which has nothing left to flush.
+        reservation = Reservation(**values)
+        reservation.drop = drop
+
+    shard_left = take_stock(session, drop.id, cmd.quantity)
+    if shard_left is None:
+        raise _sold_out(0)  # the caller rolls back, reservation row included
+    if shard_left == 0 and session.scalar(sa.select(_remaining(drop.id))) == 0:
+        _announce(uow, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
     return reservation
 
 
-def _sold_out(drop: Drop) -> SoldOut:
-    return SoldOut("No stock is left for this drop.", remaining=max(drop.available, 0))
+# Takes `q` units from one shard row with enough stock. FOR UPDATE re-checks `available` on the
+# row version it locks, so the decrement never goes below zero; a row whose re-check fails stays
+# locked until the transaction ends (PostgreSQL keeps the lock), which is why the statements run
+# inside a savepoint that is rolled back when they take nothing.
+_TAKE_FROM_ONE_SHARD = """
+UPDATE drop_stock_shards SET available = available - :q
+WHERE drop_id = :d AND available >= :q AND shard = (
+    SELECT shard FROM drop_stock_shards
+    WHERE drop_id = :d AND available >= :q
+    ORDER BY {order} LIMIT 1
+    FOR UPDATE {skip})
+RETURNING available
+"""
+# A random shard among those nobody has locked: no waiting at all.
+TAKE_FROM_UNLOCKED_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="random()", skip="SKIP LOCKED"))
+# The first shard with stock, waiting for its lock; in shard order, like every statement that may
+# wait for a second shard row while holding one, so they cannot deadlock.
+TAKE_FROM_ANY_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="shard", skip=""))
+
+
+def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
+    """Take `quantity` units of a drop's stock; return what is left in the (last) shard touched,
+    or None when the drop has not got that many units.
+
+    Three steps, each only when the one before took nothing: a random unlocked shard with enough
+    stock; any shard with enough stock, waiting for its lock (a shard locked by a transaction
+    that will roll back still has stock: no false sold-out); units gathered from several shards
+    locked in shard order (a hold of several units when no single row has them).
+    """
+    params = {"d": drop_id, "q": quantity}
+    for statement in (TAKE_FROM_UNLOCKED_SHARD, TAKE_FROM_ANY_SHARD):
+        session.execute(_SAVEPOINT)
+        left = session.execute(statement, params).scalar()
+        if left is not None:
+            return left
+        session.execute(_ROLLBACK_TO_SAVEPOINT)  # drop the locks on rows that had emptied meanwhile
+    rows = session.execute(
+        sa.select(SHARDS.c.shard, SHARDS.c.available)
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.available > 0)
+        .order_by(SHARDS.c.shard)
+        .with_for_update()
+    ).all()
+    if sum(available for _, available in rows) < quantity:
+        return None
+    wanted, taken = quantity, []
+    for shard, available in rows:
+        take = min(available, wanted)
+        taken.append({"s": shard, "q": take})
+        wanted -= take
+        if not wanted:
+            break
+    session.execute(
+        SHARDS.update()
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.shard == sa.bindparam("s"))
+        .values(available=SHARDS.c.available - sa.bindparam("q")),
+        taken,
+    )
+    return available - taken[-1]["q"]
+
+
+# Plain SQL rather than Session.begin_nested(): the savepoint only ever wraps these Core
+# statements, and a successful take needs no RELEASE round trip (the commit releases it).
+_SAVEPOINT = sa.text("SAVEPOINT take_stock")
+_ROLLBACK_TO_SAVEPOINT = sa.text("ROLLBACK TO SAVEPOINT take_stock")
+
+
+def _sold_out(remaining: int) -> SoldOut:
+    return SoldOut("No stock is left for this drop.", remaining=max(remaining, 0))
+
+
+def _announce(uow, drop_ids: Iterable[uuid.UUID], event_type: str, product_ids: dict) -> list[uuid.UUID]:
+    """Publish `event_type` for each drop that has not had it yet; return those announced now."""
+    announcements = DropAnnouncement.__table__
+    fresh = uow.session.scalars(
+        pg.insert(announcements)
+        .values([{"drop_id": drop_id, "event_type": event_type} for drop_id in drop_ids])
+        .on_conflict_do_nothing()
+        .returning(announcements.c.drop_id)
+    ).all()
+    for drop_id in fresh:
+        uow.publish(event_type, {"drop_id": str(drop_id), "product_id": str(product_ids[drop_id])})
+    return list(fresh)
+
+
+def announce_drops(uow) -> int:
+    """Publish `drop.opened` for open drops not yet announced, and `drop.sold_out` for open drops
+    without stock whose last units went in two racing transactions (each saw the other's unit)."""
+    now = sa.func.now()
+    open_now = sa.select(Drop.id, Drop.product_id).where(Drop.opens_at <= now, Drop.closes_at > now)
+    announcements = DropAnnouncement.__table__
+
+    def not_announced(event_type: str):
+        return ~sa.exists().where(announcements.c.drop_id == Drop.id, announcements.c.event_type == event_type)
+
+    count = 0
+    for event_type, query in (
+        (DROP_OPENED, open_now.where(not_announced(DROP_OPENED))),
+        (DROP_SOLD_OUT, open_now.where(not_announced(DROP_SOLD_OUT), _remaining(Drop.id) == 0)),
+    ):
+        found = dict(uow.session.execute(query).all())
+        if found:
+            count += len(_announce(uow, sorted(found), event_type, found))
+    return count
 
 
 def release(order_id: str, uow) -> Reservation:
@@ -238,6 +455,17 @@ def _release(reservations: list[Reservation], uow) -> None:
     _give_back(uow, [Held(r.quantity, r.drop_id, r.buyer_id) for r in reservations])
 
 
+# Released units go to one shard row of the drop, picked at random (without waiting for a lock
+# to pick it: the update then waits for that row like any other).
+_GIVE_BACK = sa.text(
+    """
+    UPDATE drop_stock_shards SET available = available + :q
+    WHERE drop_id = :d AND shard = (
+        SELECT shard FROM drop_stock_shards WHERE drop_id = :d ORDER BY random() LIMIT 1)
+    """
+)
+
+
 def _give_back(uow, holds: Iterable[Held]) -> None:
     """Return units to their drops and to their buyers' allowances, in the global lock order."""
     by_buyer: Counter = Counter()
@@ -246,25 +474,26 @@ def _give_back(uow, holds: Iterable[Held]) -> None:
         by_buyer[(hold.drop_id, hold.buyer_id)] += hold.stock
         by_drop[hold.drop_id] += hold.stock
     allowance = BuyerAllowance.__table__
-    drops = Drop.__table__
     uow.session.execute(
         allowance.update()
         .where(allowance.c.drop_id == sa.bindparam("d"), allowance.c.buyer_id == sa.bindparam("b"))
         .values(taken=allowance.c.taken - sa.bindparam("q")),
         [{"d": d, "b": b, "q": q} for (d, b), q in sorted(by_buyer.items())],
     )
-    uow.session.execute(
-        drops.update().where(drops.c.id == sa.bindparam("d")).values(available=drops.c.available + sa.bindparam("q")),
-        [{"d": d, "q": q} for d, q in sorted(by_drop.items())],
-    )
+    for drop_id, units in sorted(by_drop.items()):
+        uow.session.execute(_GIVE_BACK, {"d": drop_id, "q": units})
 
 
-def release_expired_holds(uow, batch_size: int) -> int:
-    """Release up to `batch_size` holds whose time ran out; replicas share the work (SKIP LOCKED)."""
+def release_expired_holds(uow, batch_size: int, grace_seconds: float = 0) -> int:
+    """Release up to `batch_size` holds whose time ran out `grace_seconds` ago; replicas share
+    the work (SKIP LOCKED)."""
     expired = uow.session.scalars(
         sa.select(Reservation)
         .options(orm.lazyload(Reservation.drop))
-        .where(Reservation.status == HELD, Reservation.hold_expires_at <= sa.func.now())
+        .where(
+            Reservation.status == HELD,
+            Reservation.hold_expires_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, grace_seconds),
+        )
         .order_by(Reservation.hold_expires_at)
         .limit(batch_size)
         .with_for_update(of=Reservation, skip_locked=True)
@@ -281,16 +510,28 @@ def release_expired_holds(uow, batch_size: int) -> int:
     return len(expired)
 
 
-def sweep_until_stopped(stop: threading.Event, uow_factory, batch_size: int, interval_seconds: float) -> None:
-    """Release expired holds until `stop` is set; a full batch means more are waiting, so no pause."""
+def sweep_until_stopped(
+    stop: threading.Event,
+    uow_factory,
+    batch_size: int,
+    interval_seconds: float,
+    grace_seconds: float = 0,
+    on_turn: Callable[[], None] = lambda: None,
+) -> None:
+    """Release expired holds and announce drops until `stop` is set; a full batch means more
+    holds are waiting, so no pause. `on_turn` runs every turn (the liveness heartbeat)."""
     while not stop.is_set():
+        on_turn()
+        released = 0
         try:
             with uow_factory() as uow:
-                released = release_expired_holds(uow, batch_size)
+                released = release_expired_holds(uow, batch_size, grace_seconds)
+                uow.commit()
+            with uow_factory() as uow:
+                announce_drops(uow)
                 uow.commit()
         except sa.exc.SQLAlchemyError:
             log.warning("sweep failed, trying again later", exc_info=True)
-            released = 0
         if released < batch_size:
             stop.wait(interval_seconds)
 
@@ -314,8 +555,24 @@ def on_order_confirmed(envelope, uow) -> None:
     if reservation.status == HELD:
         reservation.status = SOLD
     elif reservation.status == RELEASED:
-        # Paid after the hold was given back; checkout re-reserves or refunds (not handled here).
-        log.warning("confirmed order's reservation was already released", extra={"drop_id": str(reservation.drop_id)})
+        _sell_again(reservation, uow)
+
+
+def _sell_again(reservation: Reservation, uow) -> None:
+    """A confirmation that reached us after the hold was given back (the consumer was down past
+    the grace period): take the units again if the drop still has them, else say the order lost
+    them, so checkout cancels and refunds it. Never an oversell, never money kept without goods."""
+    renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
+                           buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
+    try:
+        with uow.session.begin_nested():
+            _hold(renewal, uow, hold_ttl_seconds=0, renewing=reservation)
+        reservation.status = SOLD
+        log.warning("released hold sold again after a late confirmation", extra={"drop_id": str(reservation.drop_id)})
+    except (SoldOut, SaleNotOpen, LimitExceeded) as refusal:
+        log.error("a confirmed order lost its units", extra={"drop_id": str(reservation.drop_id), "reason": refusal.slug})
+        uow.publish("reservation.lost", {"order_id": str(reservation.order_id), "drop_id": str(reservation.drop_id),
+                                         "quantity": reservation.quantity, "reason": refusal.slug})
 
 
 def on_order_ended(envelope, uow) -> None:
@@ -333,4 +590,5 @@ EVENT_HANDLERS = {
     "order.confirmed": on_order_confirmed,
     "order.cancelled": on_order_ended,
     "order.expired": on_order_ended,
+    "order.payment_failed": on_order_ended,
 }

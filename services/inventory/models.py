@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.inventory.errors import InvalidDrop, LimitExceeded, SaleNotOpen
+from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
 
 HELD, SOLD, RELEASED = "held", "sold", "released"
 SCHEDULED, OPEN, SOLD_OUT, CLOSED = "scheduled", "open", "sold_out", "closed"
+DROP_OPENED, DROP_SOLD_OUT = "drop.opened", "drop.sold_out"
+MAX_STOCK_SHARDS = 64
 
 
 class Base(orm.DeclarativeBase):
@@ -45,60 +48,162 @@ class Drop(Base):
     __tablename__ = "drops"
     __table_args__ = (
         sa.CheckConstraint("quantity > 0", name="quantity_positive"),
-        # The upper bound turns a double release into a failed transaction instead of extra stock.
-        sa.CheckConstraint("available >= 0 AND available <= quantity", name="available_within_stock"),
         sa.CheckConstraint("closes_at > opens_at", name="closes_after_opening"),
         sa.CheckConstraint("per_buyer_limit > 0", name="per_buyer_limit_positive"),
+        sa.CheckConstraint(f"stock_shards BETWEEN 1 AND {MAX_STOCK_SHARDS}", name="stock_shards_in_range"),
+        sa.CheckConstraint("restocked >= 0", name="restocked_not_negative"),
+        sa.CheckConstraint("(invite_only_until IS NULL) = (invite_tier IS NULL)", name="invite_phase_complete"),
+        sa.CheckConstraint("hold_ttl_seconds IS NULL OR hold_ttl_seconds > 0", name="hold_ttl_positive"),
     )
 
     id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     product_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("products.id"), index=True)
     quantity: orm.Mapped[int] = orm.mapped_column(sa.Integer)
-    available: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    # Units added after scheduling; the stock a drop ever had is quantity + restocked.
+    restocked: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    stock_shards: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=1)
     opens_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
     closes_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
     per_buyer_limit: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1)
+    invite_only_until: orm.Mapped[datetime | None] = orm.mapped_column(sa.DateTime(timezone=True), nullable=True)
+    invite_tier: orm.Mapped[str | None] = orm.mapped_column(sa.String(64), nullable=True)
+    shipping_countries: orm.Mapped[list[str]] = orm.mapped_column(pg.ARRAY(sa.String(2)), default=list)
+    hold_ttl_seconds: orm.Mapped[int | None] = orm.mapped_column(sa.Integer, nullable=True)
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
     product: orm.Mapped[Product] = orm.relationship(lazy="joined", innerjoin=True)
 
     @classmethod
     def schedule(
-        cls, product: Product, quantity: int, opens_at: datetime, closes_at: datetime, per_buyer_limit: int, now: datetime
+        cls,
+        product: Product,
+        quantity: int,
+        opens_at: datetime,
+        closes_at: datetime,
+        per_buyer_limit: int,
+        now: datetime,
+        *,
+        stock_shards: int = 1,
+        invite_only_until: datetime | None = None,
+        invite_tier: str | None = None,
+        shipping_countries: Iterable[str] = (),
+        hold_ttl_seconds: int | None = None,
     ) -> "Drop":
         """A new drop of `quantity` units of `product`, refusing a window that is empty or already over."""
         if closes_at <= opens_at:
             raise InvalidDrop("closes_at", "The drop must close after it opens.")
         if closes_at <= now:
             raise InvalidDrop("closes_at", "The drop would already be closed.")
+        if (invite_only_until is None) != (invite_tier is None):
+            field = "invite_tier" if invite_tier is None else "invite_only_until"
+            raise InvalidDrop(field, "An invite-only phase needs both invite_only_until and invite_tier.")
+        if invite_only_until is not None and invite_only_until <= opens_at:
+            raise InvalidDrop("invite_only_until", "The invite-only phase must end after the drop opens.")
+        if not 1 <= stock_shards <= MAX_STOCK_SHARDS:
+            raise InvalidDrop("stock_shards", f"Between 1 and {MAX_STOCK_SHARDS}.")
         return cls(
             id=uuid.uuid4(),
             product=product,
             quantity=quantity,
-            available=quantity,
+            restocked=0,
+            # More rows than units would only hold zeros.
+            stock_shards=min(stock_shards, quantity),
             opens_at=opens_at,
             closes_at=closes_at,
             per_buyer_limit=per_buyer_limit,
+            invite_only_until=invite_only_until,
+            invite_tier=invite_tier,
+            shipping_countries=sorted(set(shipping_countries)),
+            hold_ttl_seconds=hold_ttl_seconds,
         )
+
+    def initial_stock(self) -> list["StockShard"]:
+        """The drop's quantity spread as evenly as possible over its shard rows."""
+        return [
+            StockShard(drop_id=self.id, shard=shard, available=units)
+            for shard, units in enumerate(spread(self.quantity, self.stock_shards))
+        ]
 
     def is_open_at(self, now: datetime) -> bool:
         return self.opens_at <= now < self.closes_at
 
-    def state_at(self, now: datetime) -> str:
+    def state_at(self, now: datetime, remaining: int) -> str:
         if now < self.opens_at:
             return SCHEDULED
         if now >= self.closes_at:
             return CLOSED
-        return SOLD_OUT if self.available <= 0 else OPEN
+        return SOLD_OUT if remaining <= 0 else OPEN
 
-    def check_reservable(self, quantity: int, now: datetime) -> None:
-        """Refuse what no amount of stock could satisfy: a closed window or more than one buyer may take."""
+    def is_invite_only_at(self, now: datetime) -> bool:
+        return self.invite_only_until is not None and now < self.invite_only_until
+
+    def check_reservable(
+        self,
+        quantity: int,
+        now: datetime,
+        buyer_tier: str | None = None,
+        shipping_country: str | None = None,
+        renewal: bool = False,
+    ) -> None:
+        """Refuse what no amount of stock could satisfy: a closed window, a buyer without the
+        early-access tier during the invite-only phase, a country the drop does not ship to, or more
+        than one buyer may take. A renewal was checked for tier and country when first held."""
         if now < self.opens_at:
             raise SaleNotOpen("The drop has not opened yet.", opens_at=self.opens_at.isoformat())
         if now >= self.closes_at:
             raise SaleNotOpen("The drop has closed.", closes_at=self.closes_at.isoformat())
+        if renewal:
+            return
+        if self.is_invite_only_at(now) and buyer_tier != self.invite_tier:
+            raise InviteOnly(
+                f"Until {self.invite_only_until.isoformat()} this drop is open to the {self.invite_tier!r} tier only.",
+                invite_only_until=self.invite_only_until.isoformat(),
+            )
+        if self.shipping_countries and shipping_country not in self.shipping_countries:
+            named = f"{shipping_country!r}" if shipping_country else "no country"
+            raise CountryNotAllowed(
+                f"This drop ships only to {', '.join(self.shipping_countries)}; the request named {named}.",
+                shipping_countries=list(self.shipping_countries),
+            )
         if quantity > self.per_buyer_limit:
             raise LimitExceeded(f"A buyer may reserve at most {self.per_buyer_limit} of this drop.")
+
+    def check_new_close(self, closes_at: datetime, now: datetime) -> None:
+        """An admin may move the close of a drop to any time after it opens that is not already past."""
+        if closes_at <= self.opens_at:
+            raise InvalidDrop("closes_at", "The drop must close after it opens.")
+        if closes_at < now:
+            raise InvalidDrop("closes_at", "The new closing time has already passed.")
+
+
+def spread(units: int, rows: int) -> list[int]:
+    """`units` over `rows` as evenly as possible, the first rows taking the remainder."""
+    base, extra = divmod(units, rows)
+    return [base + (1 if row < extra else 0) for row in range(rows)]
+
+
+class StockShard(Base):
+    """One slice of a drop's available stock: concurrent holds decrement different rows."""
+
+    __tablename__ = "drop_stock_shards"
+    __table_args__ = (
+        sa.CheckConstraint("available >= 0", name="shard_available_not_negative"),
+        sa.CheckConstraint("shard >= 0", name="shard_not_negative"),
+    )
+
+    drop_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("drops.id"), primary_key=True)
+    shard: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, primary_key=True)
+    available: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+
+
+class DropAnnouncement(Base):
+    """An event about a drop already written to the outbox, so it is published once."""
+
+    __tablename__ = "drop_announcements"
+
+    drop_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("drops.id"), primary_key=True)
+    event_type: orm.Mapped[str] = orm.mapped_column(sa.String(32), primary_key=True)
+    announced_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 
 class Reservation(Base):

@@ -5,9 +5,13 @@ from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_schema, ValidationError
 
-from services.inventory.commands import AddProduct, ReserveStock, ScheduleDrop
+from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
+from services.inventory.models import MAX_STOCK_SHARDS
 
 MAX_QUANTITY = 1_000_000
+MAX_HOLD_TTL_SECONDS = 86_400
+COUNTRY_CODE = validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
+TIER = validate.Length(min=1, max=64)
 # Far enough for any real drop, near enough that no time zone pushes it past what Python can hold.
 SCHEDULE_RANGE = validate.Range(
     min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc)
@@ -68,15 +72,51 @@ class NewDropSchema(Schema):
     opens_at = fields.AwareDateTime(required=True, validate=SCHEDULE_RANGE)
     closes_at = fields.AwareDateTime(required=True, validate=SCHEDULE_RANGE)
     per_buyer_limit = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+    # Until this time only buyers of `invite_tier` may reserve; both or neither.
+    invite_only_until = fields.AwareDateTime(load_default=None, allow_none=True, validate=SCHEDULE_RANGE)
+    invite_tier = fields.String(load_default=None, allow_none=True, validate=TIER)
+    # Empty: ships everywhere.
+    shipping_countries = fields.List(
+        fields.String(validate=COUNTRY_CODE), load_default=list, validate=validate.Length(max=250)
+    )
+    stock_shards = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_STOCK_SHARDS)
+    )
+    hold_ttl_seconds = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_HOLD_TTL_SECONDS)
+    )
 
     @validates_schema
     def window_not_empty(self, data, **kwargs) -> None:
         if "opens_at" in data and "closes_at" in data and data["closes_at"] <= data["opens_at"]:
             raise ValidationError("The drop must close after it opens.", field_name="closes_at")
 
+    @validates_schema
+    def invite_phase_complete(self, data, **kwargs) -> None:
+        until, tier = data.get("invite_only_until"), data.get("invite_tier")
+        if (until is None) != (tier is None):
+            missing = "invite_tier" if tier is None else "invite_only_until"
+            raise ValidationError("An invite-only phase needs both invite_only_until and invite_tier.", field_name=missing)
+        if until is not None and "opens_at" in data and until <= data["opens_at"]:
+            raise ValidationError("The invite-only phase must end after the drop opens.", field_name="invite_only_until")
+
     @post_load
     def to_command(self, data, **kwargs) -> ScheduleDrop:
-        return ScheduleDrop(**data)
+        return ScheduleDrop(**{**data, "shipping_countries": tuple(sorted(set(data["shipping_countries"])))})
+
+
+class ChangeDropSchema(Schema):
+    closes_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
+    add_quantity = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+
+    @validates_schema
+    def something_to_change(self, data, **kwargs) -> None:
+        if not data:
+            raise ValidationError("Give closes_at, add_quantity or both.", field_name="_schema")
+
+    @post_load
+    def to_command(self, data, **kwargs) -> ChangeDrop:
+        return ChangeDrop(**data)
 
 
 class DropSchema(Schema):
@@ -88,6 +128,12 @@ class DropSchema(Schema):
     opens_at = fields.DateTime()
     closes_at = fields.DateTime()
     per_buyer_limit = fields.Integer()
+    restocked = fields.Integer()
+    invite_only_until = fields.DateTime(allow_none=True)
+    invite_tier = fields.String(allow_none=True)
+    shipping_countries = fields.List(fields.String())
+    stock_shards = fields.Integer()
+    hold_ttl_seconds = fields.Integer(allow_none=True)
 
 
 class ReservationRequestSchema(Schema):
@@ -99,10 +145,16 @@ class ReservationRequestSchema(Schema):
     drop_id = fields.UUID(required=True)
     buyer_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+    # The buyer's early-access tier (from their token), checked during an invite-only phase.
+    buyer_tier = fields.String(load_default=None, allow_none=True, validate=TIER)
+    # Where the order ships, checked against the drop's shipping countries.
+    shipping_country = fields.String(load_default=None, allow_none=True, validate=COUNTRY_CODE)
+    # True: a released reservation with this order id is held again (late payment); null = false.
+    renew = fields.Boolean(load_default=False, allow_none=True)
 
     @post_load
     def to_command(self, data, **kwargs) -> ReserveStock:
-        return ReserveStock(**data)
+        return ReserveStock(**{**data, "renew": bool(data["renew"])})
 
 
 class ReservationSchema(Schema):

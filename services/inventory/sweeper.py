@@ -7,6 +7,7 @@ import threading
 
 from services.inventory import config, handlers
 from shared import db, logs
+from shared.heartbeat import Heartbeat
 
 log = logging.getLogger("floodgate.inventory.sweeper")
 
@@ -24,6 +25,8 @@ def main() -> None:
         lambda: db.UnitOfWork(session_factory, "inventory"),
         settings.sweep_batch_size,
         settings.sweep_interval_seconds,
+        grace_seconds=settings.hold_release_grace_seconds,
+        on_turn=Heartbeat(settings.heartbeat_file).beat,
     )
     log.info("sweeper stopped")
 

@@ -21,7 +21,7 @@ BROKER_DELIVERY_LIMIT = 20
 # Which service consumes which events: the single source of every binding.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "inventory": ("order.confirmed", "order.cancelled", "order.expired", "order.payment_failed"),
-    "checkout": ("reservation.expired", "payment.refund_requested", "email.sent"),
+    "checkout": ("reservation.expired", "reservation.lost", "payment.refund_requested", "email.sent"),
     "notifications": (
         "order.placed",
         "order.confirmed",

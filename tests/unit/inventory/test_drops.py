@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.inventory.errors import InvalidDrop, LimitExceeded, SaleNotOpen
-from services.inventory.models import CLOSED, OPEN, SCHEDULED, SOLD_OUT, Drop, Product
+from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
+from services.inventory.models import CLOSED, OPEN, SCHEDULED, SOLD_OUT, Drop, Product, spread
 
 OPENS = datetime(2014, 10, 27, 15, 0, tzinfo=timezone.utc)
 CLOSES = OPENS + timedelta(hours=1)
@@ -16,15 +16,27 @@ def product() -> Product:
     return Product(id=uuid.uuid4(), sku="ONE-64", name="One 64GB", description="", price_amount=29900, currency="EUR")
 
 
-def drop(available: int = 100, per_buyer_limit: int = 1) -> Drop:
-    scheduled = Drop.schedule(product(), 100, OPENS, CLOSES, per_buyer_limit, now=OPENS - timedelta(days=1))
-    scheduled.available = available
-    return scheduled
+def drop(per_buyer_limit: int = 1, **options) -> Drop:
+    return Drop.schedule(product(), 100, OPENS, CLOSES, per_buyer_limit, now=OPENS - timedelta(days=1), **options)
 
 
-def test_a_new_drop_has_all_its_stock_available():
-    new = drop()
-    assert new.available == new.quantity == 100
+def test_a_new_drop_has_all_its_stock_available_spread_over_its_shards():
+    new = drop(stock_shards=16)
+    shards = new.initial_stock()
+    assert [s.shard for s in shards] == list(range(16))
+    assert sum(s.available for s in shards) == new.quantity == 100
+    assert max(s.available for s in shards) - min(s.available for s in shards) <= 1
+
+
+def test_a_small_drop_gets_no_empty_shards():
+    small = Drop.schedule(product(), 3, OPENS, CLOSES, 1, now=OPENS - timedelta(days=1), stock_shards=16)
+    assert [s.available for s in small.initial_stock()] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("units, rows", [(0, 1), (1, 1), (7, 3), (100, 16), (16, 16), (5, 64)])
+def test_spread_keeps_every_unit_and_is_even(units, rows):
+    parts = spread(units, rows)
+    assert len(parts) == rows and sum(parts) == units and max(parts) - min(parts) <= 1
 
 
 @pytest.mark.parametrize(
@@ -38,17 +50,16 @@ def test_a_new_drop_has_all_its_stock_available():
     ],
 )
 def test_state_follows_the_clock(now, state):
-    assert drop().state_at(now) == state
+    assert drop().state_at(now, remaining=100) == state
 
 
 def test_an_open_drop_without_stock_is_sold_out_until_it_closes():
-    empty = drop(available=0)
-    assert empty.state_at(OPENS + SECOND) == SOLD_OUT
-    assert empty.state_at(CLOSES) == CLOSED
+    assert drop().state_at(OPENS + SECOND, remaining=0) == SOLD_OUT
+    assert drop().state_at(CLOSES, remaining=0) == CLOSED
 
 
 def test_returned_stock_reopens_a_sold_out_drop():
-    assert drop(available=1).state_at(OPENS + SECOND) == OPEN
+    assert drop().state_at(OPENS + SECOND, remaining=1) == OPEN
 
 
 def test_one_second_before_opening_nothing_can_be_reserved():
@@ -89,4 +100,63 @@ def test_a_drop_that_would_already_be_closed_is_refused():
 
 def test_a_drop_may_be_scheduled_while_its_window_is_already_open():
     late = Drop.schedule(product(), 10, OPENS, CLOSES, 1, now=OPENS + SECOND)
-    assert late.state_at(OPENS + SECOND) == OPEN
+    assert late.state_at(OPENS + SECOND, remaining=10) == OPEN
+
+
+INVITE_ENDS = OPENS + timedelta(minutes=10)
+
+
+def test_during_the_invite_only_phase_only_the_invited_tier_may_reserve():
+    invite_only = drop(invite_only_until=INVITE_ENDS, invite_tier="early")
+    for tier in (None, "other", "EARLY"):
+        with pytest.raises(InviteOnly) as refused:
+            invite_only.check_reservable(1, OPENS, buyer_tier=tier)
+        assert (refused.value.status, refused.value.slug) == (403, "invite-only")
+    invite_only.check_reservable(1, OPENS, buyer_tier="early")
+    invite_only.check_reservable(1, INVITE_ENDS - SECOND, buyer_tier="early")
+
+
+def test_after_the_invite_only_phase_everyone_may_reserve():
+    drop(invite_only_until=INVITE_ENDS, invite_tier="early").check_reservable(1, INVITE_ENDS, buyer_tier=None)
+
+
+def test_before_opening_even_invited_buyers_hear_not_open():
+    with pytest.raises(SaleNotOpen):
+        drop(invite_only_until=INVITE_ENDS, invite_tier="early").check_reservable(1, OPENS - SECOND, buyer_tier="early")
+
+
+@pytest.mark.parametrize("until, tier, field", [
+    (INVITE_ENDS, None, "invite_tier"),
+    (None, "early", "invite_only_until"),
+    (OPENS, "early", "invite_only_until"),
+])
+def test_an_invite_only_phase_needs_a_tier_and_an_end_after_opening(until, tier, field):
+    with pytest.raises(InvalidDrop) as refused:
+        drop(invite_only_until=until, invite_tier=tier)
+    assert field in refused.value.to_dict()["errors"]
+
+
+def test_a_drop_limited_to_some_countries_refuses_others_and_requests_without_one():
+    limited = drop(shipping_countries=["CA", "US"])
+    limited.check_reservable(1, OPENS, shipping_country="CA")
+    for country in ("FR", None):
+        with pytest.raises(CountryNotAllowed) as refused:
+            limited.check_reservable(1, OPENS, shipping_country=country)
+        assert (refused.value.status, refused.value.slug) == (422, "country-not-allowed")
+        assert refused.value.to_dict()["shipping_countries"] == ["CA", "US"]
+
+
+def test_a_drop_without_countries_ships_everywhere():
+    drop().check_reservable(1, OPENS, shipping_country="FR")
+    drop().check_reservable(1, OPENS, shipping_country=None)
+
+
+def test_a_window_may_be_extended_shortened_or_reopened_but_not_emptied_or_put_in_the_past():
+    running = drop()
+    running.check_new_close(CLOSES + timedelta(hours=2), now=OPENS + SECOND)
+    running.check_new_close(OPENS + SECOND, now=OPENS + SECOND)
+    running.check_new_close(CLOSES + timedelta(hours=1), now=CLOSES + SECOND)
+    with pytest.raises(InvalidDrop):
+        running.check_new_close(OPENS, now=OPENS - SECOND)
+    with pytest.raises(InvalidDrop):
+        running.check_new_close(OPENS + SECOND, now=OPENS + 2 * SECOND)

@@ -7,7 +7,8 @@ from marshmallow import ValidationError
 from services.inventory import config
 from services.inventory.app import create_app
 from services.inventory.commands import ReserveStock
-from services.inventory.schemas import NewDropSchema, ReservationRequestSchema
+from services.inventory.commands import ChangeDrop
+from services.inventory.schemas import ChangeDropSchema, NewDropSchema, ReservationRequestSchema
 from shared.config import DEV_SERVICE_KEY
 
 SERVICE = {"X-Service-Key": DEV_SERVICE_KEY}
@@ -62,6 +63,80 @@ def test_a_drop_window_needs_explicit_offsets_and_must_not_be_empty():
     assert "closes_at" in empty.value.messages
     command = NewDropSchema().load({**base, "opens_at": "2030-01-01T15:00:00Z", "closes_at": "2030-01-01T16:00:00Z"})
     assert command.per_buyer_limit == 1
+
+
+def test_a_reservation_may_carry_the_buyer_tier_and_shipping_country():
+    command = ReservationRequestSchema().load(reservation(buyer_tier="early", shipping_country="CA"))
+    assert (command.buyer_tier, command.shipping_country) == ("early", "CA")
+    assert ReservationRequestSchema().load(reservation()).shipping_country is None
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"shipping_country": "Canada"}, "shipping_country"),
+    ({"shipping_country": "ca"}, "shipping_country"),
+    ({"buyer_tier": ""}, "buyer_tier"),
+    ({"buyer_tier": "t" * 65}, "buyer_tier"),
+])
+def test_invalid_tier_or_country_names_the_field(changes, field):
+    with pytest.raises(ValidationError) as invalid:
+        ReservationRequestSchema().load(reservation(**changes))
+    assert field in invalid.value.messages
+
+
+DROP = {"product_id": str(uuid.uuid4()), "quantity": 10, "opens_at": "2030-01-01T15:00:00Z",
+        "closes_at": "2030-01-01T16:00:00Z"}
+
+
+def test_a_drop_may_have_an_invite_phase_countries_shards_and_hold_ttl():
+    command = NewDropSchema().load({**DROP, "invite_only_until": "2030-01-01T15:10:00Z", "invite_tier": "early",
+                                    "shipping_countries": ["US", "CA", "CA"], "stock_shards": 4,
+                                    "hold_ttl_seconds": 30})
+    assert command.invite_tier == "early" and command.shipping_countries == ("CA", "US")
+    assert (command.stock_shards, command.hold_ttl_seconds) == (4, 30)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"invite_tier": "early"}, "invite_only_until"),
+    ({"invite_only_until": "2030-01-01T15:10:00Z"}, "invite_tier"),
+    ({"invite_only_until": "2030-01-01T14:00:00Z", "invite_tier": "early"}, "invite_only_until"),
+    ({"shipping_countries": ["Canada"]}, "shipping_countries"),
+    ({"shipping_countries": "CA"}, "shipping_countries"),
+    ({"stock_shards": 0}, "stock_shards"),
+    ({"stock_shards": 65}, "stock_shards"),
+    ({"hold_ttl_seconds": 0}, "hold_ttl_seconds"),
+    ({"quantity": -5}, "quantity"),
+    ({"quantity": 10**7}, "quantity"),
+])
+def test_invalid_drops_name_the_field(changes, field):
+    with pytest.raises(ValidationError) as invalid:
+        NewDropSchema().load({**DROP, **changes})
+    assert field in invalid.value.messages
+
+
+def test_a_drop_change_moves_the_close_and_or_adds_stock():
+    assert ChangeDropSchema().load({"add_quantity": 5}) == ChangeDrop(add_quantity=5)
+    both = ChangeDropSchema().load({"closes_at": "2030-01-01T18:00:00Z", "add_quantity": 1})
+    assert both.closes_at.hour == 18 and both.add_quantity == 1
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "_schema"),
+    ({"add_quantity": 0}, "add_quantity"),
+    ({"add_quantity": -3}, "add_quantity"),
+    ({"add_quantity": 10**9}, "add_quantity"),
+    ({"closes_at": "2030-01-01T18:00:00"}, "closes_at"),
+    ({"quantity": 5}, "quantity"),
+])
+def test_invalid_drop_changes_name_the_field(body, field):
+    with pytest.raises(ValidationError) as invalid:
+        ChangeDropSchema().load(body)
+    assert field in invalid.value.messages
+
+
+def test_changing_a_drop_needs_an_admin(client):
+    response = client.patch(f"/drops/{uuid.uuid4()}", json={"add_quantity": 1})
+    assert response.status_code == 401
+    assert response.content_type == "application/problem+json"
 
 
 def test_reservations_need_the_service_key(client):

@@ -1,0 +1,315 @@
+"""Inventory against the real service: the opening second, holds that expire, the window's edges,
+invite-only phases, shipping countries and restocks. Every drop's windows are placed relative to now."""
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import uuid
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import requests
+import sqlalchemy as sa
+
+from devtools.client import poll
+from shared.config import DEV_SERVICE_KEY
+
+PROCESSES, THREADS_PER_PROCESS = 4, 16
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def query(stack, sql: str, **params) -> list:
+    engine = sa.create_engine(stack.infra.database_url("inventory"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).all()
+    finally:
+        engine.dispose()
+
+
+def service_headers(stack) -> dict:
+    return {"X-Service-Key": stack.env().get("SERVICE_KEY", DEV_SERVICE_KEY)}
+
+
+def at(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+
+
+def new_drop(floodgate, admin_token, quantity: int, opens_in: float = -1, lasts: float = 3600, **options) -> dict:
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    product = floodgate.http.post(floodgate.stack.url("inventory") + "/products", headers=auth, json={
+        "sku": f"INV-{uuid.uuid4().hex[:10]}", "name": "OnePlus One 64GB", "price": {"amount": 29900, "currency": "EUR"},
+    })
+    assert product.status_code == 201, product.text
+    drop = floodgate.http.post(floodgate.stack.url("inventory") + "/drops", headers=auth, json={
+        "product_id": product.json()["id"], "quantity": quantity,
+        "opens_at": at(opens_in), "closes_at": at(opens_in + lasts), **options,
+    })
+    assert drop.status_code == 201, drop.text
+    return drop.json()
+
+
+def reserve(floodgate, drop_id: str, buyer: str | None = None, order_id: str | None = None, **extra) -> requests.Response:
+    body = {"order_id": order_id or str(uuid.uuid4()), "drop_id": drop_id,
+            "buyer_id": buyer or f"buyer-{uuid.uuid4().hex[:8]}", "quantity": 1, **extra}
+    return floodgate.http.post(floodgate.stack.url("inventory") + "/reservations", json=body,
+                               headers=service_headers(floodgate.stack))
+
+
+def change(floodgate, admin_token, drop_id: str, **body) -> requests.Response:
+    return floodgate.http.patch(floodgate.stack.url("inventory") + f"/drops/{drop_id}", json=body,
+                                headers={"Authorization": f"Bearer {admin_token}"})
+
+
+def slug(response: requests.Response) -> str:
+    assert response.headers["Content-Type"].startswith("application/problem+json"), response.text
+    return response.json()["type"].rsplit("/", 1)[-1]
+
+
+def answered(status: int, response: requests.Response) -> list:
+    """[response] when it has `status` (a list, since a 4xx response is falsy), else []."""
+    return [response] if response.status_code == status else []
+
+
+def assert_invariants(stack, drop_id: str) -> dict:
+    """Every unit is available, held or sold, exactly once; no buyer above the limit; nothing
+    held or sold outside the window."""
+    [(quantity, restocked, limit, opens_at, closes_at)] = query(
+        stack, "SELECT quantity, restocked, per_buyer_limit, opens_at, closes_at FROM drops WHERE id = :d", d=drop_id)
+    shards = [row.available for row in query(stack, "SELECT available FROM drop_stock_shards WHERE drop_id = :d", d=drop_id)]
+    counts = dict(query(stack, "SELECT status, sum(quantity) FROM reservations WHERE drop_id = :d GROUP BY status", d=drop_id))
+    held, sold = counts.get("held", 0), counts.get("sold", 0)
+    assert min(shards) >= 0
+    assert sum(shards) + held + sold == quantity + restocked
+    over = query(stack, "SELECT buyer_id FROM reservations WHERE drop_id = :d AND status <> 'released' "
+                        "GROUP BY buyer_id HAVING sum(quantity) > :limit", d=drop_id, limit=limit)
+    assert over == []
+    allowances = dict(query(stack, "SELECT buyer_id, taken FROM buyer_allowances WHERE drop_id = :d AND taken > 0", d=drop_id))
+    active = dict(query(stack, "SELECT buyer_id, sum(quantity) FROM reservations WHERE drop_id = :d "
+                               "AND status <> 'released' GROUP BY buyer_id", d=drop_id))
+    assert allowances == active
+    outside = query(stack, "SELECT order_id FROM reservations WHERE drop_id = :d AND NOT "
+                           "(created_at >= :opens AND created_at <= :closes)", d=drop_id, opens=opens_at, closes=closes_at)
+    assert outside == []
+    return {"available": sum(shards), "held": held, "sold": sold}
+
+
+def events_about(stack, event_type: str, drop_id: str) -> list:
+    return query(stack, "SELECT envelope FROM outbox WHERE event_type = :t AND envelope->'data'->>'drop_id' = :d",
+                 t=event_type, d=drop_id)
+
+
+# --- the opening second -----------------------------------------------------------------------
+
+def _attempt_all(url: str, headers: dict, attempts: list, start, results) -> None:
+    """One buyer-facing process: its threads fire their reservations once every process is ready."""
+    local = threading.local()
+
+    def one(attempt):
+        if not hasattr(local, "http"):
+            local.http = requests.Session()
+        order_id, drop_id, buyer = attempt
+        response = local.http.post(url, json={"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer,
+                                              "quantity": 1}, headers=headers, timeout=30)
+        body = response.json()
+        outcome = body["status"] if response.ok else body.get("type", "").rsplit("/", 1)[-1]
+        return order_id, response.status_code, outcome
+
+    with ThreadPoolExecutor(THREADS_PER_PROCESS) as pool:
+        start.wait(60)
+        results.put(list(pool.map(one, attempts)))
+
+
+def test_a_thousand_concurrent_attempts_on_a_hundred_units_make_exactly_a_hundred_holds(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=100)
+    assert drop["stock_shards"] == 16
+    # 900 buyers, 100 of whom send their request twice, from two different processes.
+    buyers = [(str(uuid.uuid4()), drop["id"], f"crowd-{n}") for n in range(900)]
+    share = [buyers[k::PROCESSES] + [buyers[n] for n in range(100) if (n + 1) % PROCESSES == k] for k in range(PROCESSES)]
+    for part in share:
+        random.shuffle(part)
+    assert sum(map(len, share)) == 1000
+
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_attempt_all, args=(stack.url("inventory") + "/reservations",
+                                                          service_headers(stack), part, start, results))
+               for part in share]
+    seen_remaining, sampling = [], threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            seen_remaining.append(floodgate.get_drop(drop["id"])["remaining"])
+
+    for worker in workers:
+        worker.start()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start.set()
+    try:
+        answers = [answer for _ in workers for answer in results.get(timeout=120)]
+    finally:
+        sampling.set()
+        sampler.join()
+        for worker in workers:
+            worker.join(10)
+
+    assert len(answers) == 1000
+    assert Counter(code for _, code, _ in answers).keys() <= {200, 201, 409}
+    by_order = defaultdict(list)
+    for order_id, code, outcome in answers:
+        by_order[order_id].append((code, outcome))
+    held = {order_id for order_id, outcomes in by_order.items() if (201, "held") in outcomes}
+    assert len(held) == 100
+    for order_id, outcomes in by_order.items():
+        if order_id in held:  # one new hold, any repeat sees that same hold
+            assert sorted(outcomes) == [(200, "held")] * (len(outcomes) - 1) + [(201, "held")]
+        else:
+            assert set(outcomes) == {(409, "sold-out")}
+
+    rows = query(stack, "SELECT order_id::text, status FROM reservations WHERE drop_id = :d", d=drop["id"])
+    assert sorted(order_id for order_id, _ in rows) == sorted(held)
+    assert {status for _, status in rows} == {"held"}
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 100, "sold": 0}
+    shown = floodgate.get_drop(drop["id"])
+    assert (shown["remaining"], shown["state"]) == (0, "sold_out")
+    assert seen_remaining and min(seen_remaining) >= 0
+    poll(lambda: len(events_about(stack, "drop.sold_out", drop["id"])) == 1, what="drop.sold_out")
+    poll(lambda: len(events_about(stack, "drop.opened", drop["id"])) == 1, what="drop.opened from the sweeper")
+
+
+# --- holds that expire ------------------------------------------------------------------------
+
+def test_an_expired_hold_returns_its_unit_and_a_later_buyer_gets_it(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=1, hold_ttl_seconds=1)
+    first = reserve(floodgate, drop["id"])
+    assert first.status_code == 201, first.text
+    assert slug(reserve(floodgate, drop["id"])) == "sold-out"
+
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, timeout=30, what="the expired hold's unit to return")
+    order_id = first.json()["order_id"]
+    expired = events_about(stack, "reservation.expired", drop["id"])
+    assert [row.envelope["data"]["order_id"] for row in expired] == [order_id]
+    again = reserve(floodgate, drop["id"], order_id=order_id)
+    assert (again.status_code, again.json()["status"]) == (200, "released")
+
+    later = reserve(floodgate, drop["id"])
+    assert later.status_code == 201, later.text
+    assert floodgate.get_drop(drop["id"])["state"] == "sold_out"
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 1, "sold": 0}
+
+
+# --- the window's edges -----------------------------------------------------------------------
+
+def test_the_window_refuses_before_opening_and_from_closing_until_an_extension(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=1000, opens_in=2, lasts=2, per_buyer_limit=1000)
+    early = reserve(floodgate, drop["id"])
+    assert (early.status_code, slug(early)) == (403, "not-open")
+    assert early.json()["opens_at"]
+    assert floodgate.get_drop(drop["id"])["state"] == "scheduled"
+
+    [opened] = poll(lambda: answered(201, reserve(floodgate, drop["id"], buyer="edge")),
+                    timeout=10, interval=0.05, what="the drop to open")
+    assert floodgate.get_drop(drop["id"])["state"] in ("open", "closed")
+    created = query(stack, "SELECT r.created_at >= d.opens_at FROM reservations r JOIN drops d ON d.id = r.drop_id "
+                           "WHERE order_id = :o", o=opened.json()["order_id"])
+    assert created == [(True,)]
+
+    [closed] = poll(lambda: answered(403, reserve(floodgate, drop["id"], buyer="edge")),
+                    timeout=10, interval=0.05, what="the drop to close")
+    assert slug(closed) == "not-open" and closed.json()["closes_at"]
+    assert floodgate.get_drop(drop["id"])["state"] == "closed"
+
+    extended = change(floodgate, admin_token, drop["id"], closes_at=at(3600))
+    assert extended.status_code == 200, extended.text
+    assert extended.json()["state"] == "open"
+    after = reserve(floodgate, drop["id"], buyer="edge")
+    assert after.status_code == 201, after.text
+
+    shortened = change(floodgate, admin_token, drop["id"], closes_at=at(0.5))
+    assert shortened.status_code == 200, shortened.text
+    poll(lambda: floodgate.get_drop(drop["id"])["state"] == "closed", timeout=10, what="the shortened window to close")
+    assert slug(reserve(floodgate, drop["id"], buyer="edge")) == "not-open"
+    assert assert_invariants(stack, drop["id"])["held"] >= 2
+
+
+# --- invite-only phase, shipping countries ----------------------------------------------------
+
+def test_invite_only_phase_and_shipping_countries_are_enforced(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=5, invite_only_until=at(600), invite_tier="early-access",
+                    shipping_countries=["CA", "US"])
+    assert drop["shipping_countries"] == ["CA", "US"] and drop["invite_tier"] == "early-access"
+    uninvited = reserve(floodgate, drop["id"], shipping_country="CA")
+    assert (uninvited.status_code, slug(uninvited)) == (403, "invite-only")
+    other_tier = reserve(floodgate, drop["id"], shipping_country="CA", buyer_tier="press")
+    assert slug(other_tier) == "invite-only"
+    abroad = reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="FR")
+    assert (abroad.status_code, slug(abroad)) == (422, "country-not-allowed")
+    assert abroad.json()["shipping_countries"] == ["CA", "US"]
+    nowhere = reserve(floodgate, drop["id"], buyer_tier="early-access")
+    assert slug(nowhere) == "country-not-allowed"
+    assert floodgate.get_drop(drop["id"])["remaining"] == 5
+
+    invited = reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="CA")
+    assert invited.status_code == 201, invited.text
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+    assert assert_invariants(stack, drop["id"]) == {"available": 4, "held": 1, "sold": 0}
+
+
+def test_after_the_invite_only_phase_every_buyer_may_reserve(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=5, opens_in=-10, invite_only_until=at(-1), invite_tier="early")
+    assert reserve(floodgate, drop["id"]).status_code == 201
+
+
+# --- restocks and bad changes -----------------------------------------------------------------
+
+def test_a_restock_reopens_a_sold_out_drop_and_the_next_buyer_gets_a_unit(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=2, stock_shards=2)
+    assert [reserve(floodgate, drop["id"]).status_code for _ in range(3)] == [201, 201, 409]
+    poll(lambda: len(events_about(stack, "drop.sold_out", drop["id"])) == 1, what="drop.sold_out")
+
+    restocked = change(floodgate, admin_token, drop["id"], add_quantity=3)
+    assert restocked.status_code == 200, restocked.text
+    body = restocked.json()
+    assert (body["quantity"], body["restocked"], body["remaining"], body["state"]) == (2, 3, 3, "open")
+    assert [reserve(floodgate, drop["id"]).status_code for _ in range(4)] == [201, 201, 201, 409]
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 5, "sold": 0}
+    # Selling out again after a restock is news again.
+    poll(lambda: len(events_about(stack, "drop.sold_out", drop["id"])) == 2, what="a second drop.sold_out")
+
+
+def test_bad_drop_changes_are_refused_and_change_nothing(floodgate, stack, admin_token, buyer):
+    drop = new_drop(floodgate, admin_token, quantity=5, opens_in=-60)
+    cases = [
+        ({"add_quantity": -1}, 422, "validation"),
+        ({"add_quantity": 0}, 422, "validation"),
+        ({"add_quantity": 10**9}, 422, "validation"),
+        ({"closes_at": at(-120)}, 422, "validation"),  # before it opened
+        ({"closes_at": at(-30)}, 422, "validation"),   # already past
+        ({"closes_at": "tomorrow"}, 422, "validation"),
+        ({"quantity": 1}, 422, "validation"),
+        ({}, 422, "validation"),
+    ]
+    for body, status, expected in cases:
+        answer = change(floodgate, admin_token, drop["id"], **body)
+        assert (answer.status_code, slug(answer)) == (status, expected), body
+    assert slug(change(floodgate, admin_token, str(uuid.uuid4()), add_quantity=1)) == "drop-not-found"
+    assert change(floodgate, buyer[1], drop["id"], add_quantity=1).status_code == 403
+    shown = floodgate.get_drop(drop["id"])
+    assert (shown["remaining"], shown["restocked"], shown["closes_at"]) == (5, 0, drop["closes_at"])
+
+
+def test_bad_drops_are_refused(floodgate, stack, admin_token):
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    product = floodgate.http.post(stack.url("inventory") + "/products", headers=auth, json={
+        "sku": f"BAD-{uuid.uuid4().hex[:8]}", "name": "x", "price": {"amount": 1, "currency": "EUR"}}).json()
+    base = {"product_id": product["id"], "quantity": 5, "opens_at": at(60), "closes_at": at(3600)}
+    for changes in ({"quantity": -5}, {"quantity": 10**8}, {"closes_at": at(30)}, {"opens_at": at(-7200), "closes_at": at(-3600)},
+                    {"invite_tier": "early"}, {"invite_only_until": at(30), "invite_tier": "early"},
+                    {"shipping_countries": ["Canada"]}, {"stock_shards": 100}, {"hold_ttl_seconds": -1}):
+        answer = floodgate.http.post(stack.url("inventory") + "/drops", headers=auth, json={**base, **changes})
+        assert (answer.status_code, slug(answer)) == (422, "validation"), changes
+    assert query(stack, "SELECT count(*) FROM drops WHERE product_id = :p", p=product["id"]) == [(0,)]
