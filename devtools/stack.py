@@ -144,6 +144,16 @@ class Stack:
         """SIGKILL, as a crash would."""
         self.stop(name, signal.SIGKILL)
 
+    def ensure_running(self) -> list[str]:
+        """Start every process of the stack that is not running (as configured); their names."""
+        missing = [name for name in self.commands()
+                   if name not in self.processes or self.processes[name].poll() is not None]
+        for name in missing:
+            self.start(name)
+        if missing:
+            self.wait_until_ready()
+        return missing
+
     def start_all(self) -> None:
         for name in self.commands():
             self.start(name)

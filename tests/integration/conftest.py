@@ -58,6 +58,15 @@ def stack(infra, tmp_path_factory):
             drop_database(stack.infra.database_url(service))
 
 
+@pytest.fixture(autouse=True)
+def whole_stack(request):
+    """A test that stopped a process and failed before restarting it does not take the next
+    tests down with it."""
+    yield
+    if "stack" in request.fixturenames:
+        request.getfixturevalue("stack").ensure_running()
+
+
 @pytest.fixture(scope="session")
 def floodgate(stack) -> Floodgate:
     return Floodgate(stack)
