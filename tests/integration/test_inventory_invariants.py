@@ -146,15 +146,15 @@ class Inventory(RuleBasedStateMachine):
         sellable = not self.expected_refusals(order["buyer"], order["quantity"])
         envelope = Envelope(type="order.confirmed", data={"order_id": str(order_id)}, source="checkout")
 
-        def confirm(uow):
-            handlers.on_order_confirmed(envelope, uow)
+        def losses(uow):
             return uow.session.execute(
                 sa.text("SELECT count(*) FROM outbox WHERE event_type = 'reservation.lost' "
                         "AND envelope->'data'->>'order_id' = :id"), {"id": str(order_id)}).scalar()
 
-        lost_announced = self.run(confirm)
+        before = self.run(losses)
+        self.run(lambda uow: handlers.on_order_confirmed(envelope, uow))
         order["status"] = "sold" if sellable else "released"
-        assert lost_announced == (0 if sellable else 1)
+        assert self.run(losses) - before == (0 if sellable else 1)
 
     @precondition(lambda self: self.orders)
     @rule(data=st.data())
@@ -243,7 +243,8 @@ class Inventory(RuleBasedStateMachine):
 def test_every_invariant_holds_whatever_the_sequence(session_factory):
     run_state_machine_as_test(
         lambda: Inventory(session_factory),
-        settings=settings(max_examples=40, stateful_step_count=25, deadline=None,
+        # derandomized: CI explores the same sequences each run; run with a random seed to explore more
+        settings=settings(max_examples=40, stateful_step_count=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow], database=None),
     )
 
