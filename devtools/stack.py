@@ -201,25 +201,47 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
+# Containers `make run` starts when neither the servers nor their binaries are on this machine.
+DOCKER_SERVERS = {
+    5432: ["--name", "floodgate-postgres", "-p", "127.0.0.1:5432:5432", "-e", "POSTGRES_HOST_AUTH_METHOD=trust",
+           "postgres:15"],
+    5672: ["--name", "floodgate-rabbitmq", "-p", "127.0.0.1:5672:5672", "rabbitmq:3.10"],
+}
+
+
+def _docker_engine() -> bool:
+    return bool(shutil.which("docker")) and subprocess.run(
+        ["docker", "info"], capture_output=True, check=False
+    ).returncode == 0
+
+
+def _start_server(port: int) -> None:
+    if port == 5432 and shutil.which("pg_ctlcluster") and Path("/etc/postgresql").exists():
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
+    elif port == 5672 and shutil.which("rabbitmq-server"):
+        subprocess.run(["rabbitmq-server", "-detached"], check=False)
+    elif _docker_engine():
+        print(f"starting {DOCKER_SERVERS[port][1]} in Docker ...", flush=True)
+        subprocess.run(["docker", "run", "-d", "--rm", *DOCKER_SERVERS[port]], check=False)
+    else:
+        what = ("PostgreSQL 15 (apt install postgresql)" if port == 5432
+                else "RabbitMQ 3.10+ (apt install rabbitmq-server)")
+        variable = "POSTGRES_URL" if port == 5432 else "AMQP_URL"
+        sys.exit(f"Nothing answers on 127.0.0.1:{port} and there is no Docker engine. Install {what}, "
+                 f"or set {variable} to a server you have.")
+
+
 def ensure_local_servers() -> None:
-    """Start the locally installed PostgreSQL and RabbitMQ when they do not answer, or explain."""
-    if not answers("127.0.0.1", 5432):
-        if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").exists():
-            version = sorted(os.listdir("/etc/postgresql"))[-1]
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
-        else:
-            sys.exit("PostgreSQL does not answer on 127.0.0.1:5432. Install PostgreSQL 15 "
-                     "(apt install postgresql) or set POSTGRES_URL to a server you have.")
-    if not answers("127.0.0.1", 5672):
-        if shutil.which("rabbitmq-server"):
-            subprocess.run(["rabbitmq-server", "-detached"], check=False)
-        else:
-            sys.exit("RabbitMQ does not answer on 127.0.0.1:5672. Install RabbitMQ 3.10+ "
-                     "(apt install rabbitmq-server) or set AMQP_URL to a broker you have.")
-    deadline = time.monotonic() + 60
+    """Start PostgreSQL and RabbitMQ when they do not answer: the installed servers, else Docker
+    containers, else say exactly what to install."""
+    for port in (5432, 5672):
+        if not answers("127.0.0.1", port):
+            _start_server(port)
+    deadline = time.monotonic() + 90
     while not (answers("127.0.0.1", 5432) and answers("127.0.0.1", 5672)):
         if time.monotonic() > deadline:
-            sys.exit("PostgreSQL or RabbitMQ did not come up within 60 s.")
+            sys.exit("PostgreSQL or RabbitMQ did not come up within 90 s.")
         time.sleep(0.5)
 
 
