@@ -43,6 +43,7 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
+        """Admins may use every admin endpoint and see every buyer's orders."""
         return self.role == "admin"
 
 

@@ -39,14 +39,20 @@ class Problem(Exception):
 
 
 class InvalidRequest(Problem):
+    """422: the request is well-formed but its content is not acceptable (field-level `errors`)."""
+
     status, slug, title = 422, "validation", "Request failed validation"
 
 
 class MalformedRequest(Problem):
+    """400: the body is not a JSON document."""
+
     status, slug, title = 400, "malformed", "Malformed request"
 
 
 class Unauthorized(Problem):
+    """401: no credentials, or credentials that do not verify."""
+
     status, slug, title = 401, "unauthorized", "Authentication required"
 
     def __init__(self, detail: str | None = None, **kwargs: Any):
@@ -55,18 +61,26 @@ class Unauthorized(Problem):
 
 
 class Forbidden(Problem):
+    """403: a verified caller who may not do this."""
+
     status, slug, title = 403, "forbidden", "Not allowed"
 
 
 class NotFound(Problem):
+    """404: nothing there, or nothing there for this caller."""
+
     status, slug, title = 404, "not-found", "Not found"
 
 
 class Conflict(Problem):
+    """409: the request clashes with the current state."""
+
     status, slug, title = 409, "conflict", "Conflict"
 
 
 class ServiceUnavailable(Problem):
+    """503 with `Retry-After`: a dependency is down; the caller should come back shortly."""
+
     status, slug, title = 503, "unavailable", "Temporarily unavailable"
 
     def __init__(self, detail: str | None = None, retry_after: int = 1, **kwargs: Any):

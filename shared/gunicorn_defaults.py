@@ -20,6 +20,7 @@ accesslog = None  # the app logs each request as JSON with its request id
 
 
 def child_exit(server, worker):
+    """Drop a dead worker's samples from the shared metrics directory."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

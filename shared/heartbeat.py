@@ -21,6 +21,7 @@ class Heartbeat:
         self._last = 0.0
 
     def beat(self) -> None:
+        """Record that the loop turned (cheap: touches the file at most once a second)."""
         now = time.monotonic()
         if self._path is None or now - self._last < 1.0:
             return
@@ -37,6 +38,7 @@ def age_seconds(path: str) -> float:
 
 
 def main() -> None:
+    """The liveness probe: exit 1 when the heartbeat is older than `--max-age` seconds."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("path")
     parser.add_argument("--max-age", type=float, default=60.0)

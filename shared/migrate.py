@@ -18,6 +18,7 @@ SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 
 
 def alembic_config(service: str, database_url: str) -> Config:
+    """Alembic's configuration for `service`'s migrations on `database_url`."""
     config = Config()
     config.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -44,6 +45,7 @@ def run_migrations() -> None:
 
 
 def main() -> None:
+    """Command line: migrate one service's database."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("service")
     parser.add_argument("--create-database", action="store_true", help="create the database first (development)")

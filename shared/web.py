@@ -159,6 +159,7 @@ def readyz():
 
 @_probes.get("/metrics")
 def prometheus():
+    """Prometheus metrics of every worker of this service."""
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
 

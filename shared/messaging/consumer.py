@@ -106,10 +106,12 @@ class ConsumerRunner:
         self.heartbeat = Heartbeat(settings.heartbeat_file)
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop.set())
 
     def run(self) -> None:
+        """Consume until stopped, reconnecting to the broker with capped back-off."""
         delays = amqp.backoff()
         while not self.stop.is_set():
             try:

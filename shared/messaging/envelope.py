@@ -30,6 +30,7 @@ class Envelope:
         return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
 
     def to_dict(self) -> dict[str, Any]:
+        """The envelope as a JSON-ready dict (what the outbox stores)."""
         return asdict(self)
 
     @classmethod

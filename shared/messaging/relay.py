@@ -29,6 +29,8 @@ RETENTION = "1 day"
 
 
 class OutboxRelay:
+    """Publishes a service's pending outbox rows to the events exchange, oldest first."""
+
     def __init__(self, settings: Settings, engine: sa.Engine, stop: threading.Event | None = None):
         self.settings = settings
         self.engine = engine

@@ -36,14 +36,17 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def work_queue(service: str) -> str:
+    """The quorum queue `service` consumes its events from."""
     return f"{service}.events"
 
 
 def retry_queue(service: str, delay_ms: int) -> str:
+    """The delay queue whose messages return to `service`'s work queue after `delay_ms`."""
     return f"{service}.retry.{delay_ms}ms"
 
 
 def dead_letter_queue(service: str) -> str:
+    """Where `service`'s poison and exhausted messages are parked for an admin."""
     return f"{service}.dead"
 
 
