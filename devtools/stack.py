@@ -54,6 +54,9 @@ class Stack:
     var_dir: Path
     ports: dict = field(default_factory=lambda: dict(DEFAULT_PORTS))
     extra_env: dict = field(default_factory=dict)
+    # one process relays every outbox (saves ~180 MiB); tests keep one per service to kill one
+    combine_relays: bool = False
+    api_workers: dict = field(default_factory=dict)  # service -> gunicorn workers, where not the default
     processes: dict = field(default_factory=dict)
 
     def url(self, name: str) -> str:
@@ -83,6 +86,8 @@ class Stack:
             metrics_dir.mkdir(parents=True, exist_ok=True)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         env.update(self.extra_env)
+        if service in self.api_workers:
+            env["WEB_CONCURRENCY"] = str(self.api_workers[service])
         return env
 
     def migrate(self) -> None:
@@ -111,8 +116,12 @@ class Stack:
             )
         for service in CONSUMERS:
             specs[f"{service}-consumer"] = ([py, "-m", f"services.{service}.consumer"], service)
-        for service in RELAYS:
-            specs[f"{service}-relay"] = ([py, "-m", "shared.messaging.relay", service], service)
+        if self.combine_relays:
+            relays = [f"{service}={self.infra.database_url(service)}" for service in RELAYS]
+            specs["relays"] = ([py, "-m", "shared.messaging.relay", *relays], None)
+        else:
+            for service in RELAYS:
+                specs[f"{service}-relay"] = ([py, "-m", "shared.messaging.relay", service], service)
         if (ROOT / "services" / "inventory" / "sweeper.py").exists():
             specs["inventory-sweeper"] = ([py, "-m", "services.inventory.sweeper"], "inventory")
         return specs
@@ -255,7 +264,8 @@ def main() -> None:
     )
     if "POSTGRES_URL" not in os.environ or "AMQP_URL" not in os.environ:
         ensure_local_servers()
-    stack = Stack(infra=infra, var_dir=Path(args.var_dir))
+    # notifications' API serves admins only: one worker is plenty
+    stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True, api_workers={"notifications": 1})
     print("migrating databases ...", flush=True)
     stack.migrate()
     stack.start_all()

@@ -51,7 +51,7 @@ class Settings:
     max_attempts: int = 5
     # outbox relay
     relay_batch_size: int = 500
-    relay_idle_seconds: float = 0.05
+    relay_idle_seconds: float = 0.25  # the longest pause between polls of an idle outbox
     # consumers, relays and sweepers touch this file every turn of their loop (liveness)
     heartbeat_file: str = ""
     # fault injection for tests and rehearsals; never set in production

@@ -6,6 +6,7 @@ confirmed it; a crash in between republishes the row, which consumers drop by me
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from shared.messaging.outbox import OUTBOX
 
 log = logging.getLogger("floodgate.relay")
 RETENTION = "1 day"
+IDLE_FLOOR_SECONDS = 0.005
 
 
 class OutboxRelay:
@@ -67,13 +69,18 @@ class OutboxRelay:
                 self.stop.wait(pause)
 
     def _pump(self, conn: pika.BlockingConnection, channel) -> None:
+        # Idle polls back off from 5 ms to `relay_idle_seconds`, so a quiet relay costs almost no
+        # CPU and a busy one publishes within milliseconds of the commit.
+        idle = IDLE_FLOOR_SECONDS
         while not self.stop.is_set():
             self.heartbeat.beat()
-            sent = self.publish_batch(channel)
-            if sent == 0:
-                self._purge_old()
-                # process_data_events answers heartbeats while idle
-                conn.process_data_events(time_limit=self.settings.relay_idle_seconds)
+            if self.publish_batch(channel):
+                idle = IDLE_FLOOR_SECONDS
+                continue
+            self._purge_old()
+            # process_data_events answers heartbeats while idle
+            conn.process_data_events(time_limit=idle)
+            idle = min(self.settings.relay_idle_seconds, idle * 2)
 
     def publish_batch(self, channel) -> int:
         """Publish one batch of pending rows; returns how many were published."""
@@ -124,17 +131,33 @@ class OutboxRelay:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `python -m shared.messaging.relay <service>`."""
+    """Entry point.
+
+    `python -m shared.messaging.relay <service>` relays one service's outbox from DATABASE_URL
+    (one Deployment per service in Kubernetes). `... relay <service>=<database url> ...` relays
+    several from one process, a thread and a broker connection each (the local stack, to save
+    memory).
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m shared.messaging.relay <service>")
-    settings = Settings.from_env(service_name=argv[0])
-    logs.configure(f"{settings.service_name}-relay", settings.log_level)
+    if not argv:
+        sys.exit("usage: python -m shared.messaging.relay <service> | <service>=<database url> ...")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    engine = db.make_engine(settings.database_url, pool_size=1)
-    OutboxRelay(settings, engine, stop).run()
+    relays = []
+    for arg in argv:
+        service, _, url = arg.partition("=")
+        settings = Settings.from_env(service_name=service)
+        if url:
+            settings = dataclasses.replace(settings, database_url=url)
+        relays.append(OutboxRelay(settings, db.make_engine(settings.database_url, pool_size=1), stop))
+    logs.configure("relay" if len(relays) > 1 else f"{relays[0].settings.service_name}-relay", relays[0].settings.log_level)
+    threads = [threading.Thread(target=relay.run, name=f"{relay.settings.service_name}-relay") for relay in relays]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
     log.info("relay stopped")
 
 
