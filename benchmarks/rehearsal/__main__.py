@@ -1,0 +1,3 @@
+from benchmarks.rehearsal.cli import main
+
+main()

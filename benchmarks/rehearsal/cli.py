@@ -1,0 +1,328 @@
+"""Drop rehearsal: one command runs a realistic drop against the stack, breaks things on purpose,
+and reports the figures.
+
+    python -m benchmarks.rehearsal [--units 300] [--buyers 1000]
+        [--faults notifications,smtp,checkout-worker,accounts] [--fault-at checkout-worker=0.5]
+        [--use-running] [--naive-seconds 15] [--pgbench-seconds 10] [--out DIR]
+
+Steps: bring up an isolated stack (own databases, vhost and ports; or --use-running), register
+and sign in the buyers, create the drop, release the whole crowd at the opening with Locust while
+the faults hit on schedule, lift the faults, wait for every confirmed order to be sold and emailed,
+check the books, run pgbench and the naive checkout for comparison, and write report.json,
+report.md and PNG plots to var/rehearsal/<timestamp>/. The exit status is 1 when a must-hold
+figure fails (a 5xx, an oversold unit, a confirmed order without its sale or email, a duplicate).
+
+The `broker` fault (restart RabbitMQ) is not in the defaults: it disturbs every other user of the
+local broker. Add it explicitly (--faults ...,broker), on a machine whose broker is yours.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import requests
+
+from benchmarks.rehearsal import buyers as crowd_signup
+from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, pgbench, report, rig as rigs
+from benchmarks.rehearsal.events import EventReader
+from benchmarks.rehearsal.sampler import Sampler
+from devtools.client import Floodgate
+from devtools.stack import ROOT
+from shared.db import create_database_if_missing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rehearsal", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--units", type=int, default=300, help="units in the drop (default 300)")
+    parser.add_argument("--buyers", type=int, default=1000, help="buyers released at the opening (default 1000)")
+    parser.add_argument("--faults", default=",".join(faults_mod.DEFAULT),
+                        help=f"comma-separated, from {', '.join(faults_mod.ALL)}; 'none' for none "
+                             f"(default: {','.join(faults_mod.DEFAULT)}; broker is opt-in)")
+    parser.add_argument("--fault-at", action="append", default=[], metavar="FAULT=SECONDS",
+                        help=f"when a fault starts, from the opening (defaults: {faults_mod.DEFAULT_AT})")
+    parser.add_argument("--smtp-outlasts", type=float, default=3.0,
+                        help="seconds the SMTP server stays down after notifications is back (default 3)")
+    parser.add_argument("--use-running", action="store_true", help="use the `make run` stack instead of starting one")
+    parser.add_argument("--lead", type=float, default=6.0, help="seconds from creating the drop to its opening (default 6)")
+    parser.add_argument("--drop-seconds", type=float, default=60.0, help="longest the crowd may stay (default 60)")
+    parser.add_argument("--give-up-seconds", type=float, default=20.0,
+                        help="a buyer stops retrying an order, or waiting for its confirmation, after this long (default 20)")
+    parser.add_argument("--settle-seconds", type=float, default=90.0,
+                        help="longest to wait after recovery for every sale and email (default 90)")
+    parser.add_argument("--pgbench-seconds", type=float, default=10.0, help="0 skips pgbench (default 10)")
+    parser.add_argument("--pgbench-clients", type=int, default=16)
+    parser.add_argument("--naive-seconds", type=float, default=15.0, help="0 skips the naive checkout (default 15)")
+    parser.add_argument("--register-threads", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default var/rehearsal/<timestamp>)")
+    parser.add_argument("--keep", action="store_true", help="keep the isolated stack's databases and vhost")
+    args = parser.parse_args(argv)
+    args.fault_list = [] if args.faults.strip() in ("", "none") else [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = set(args.fault_list) - set(faults_mod.ALL)
+    if unknown:
+        parser.error(f"unknown faults: {', '.join(sorted(unknown))}; choose from {', '.join(faults_mod.ALL)}")
+    args.fault_times = {}
+    for item in args.fault_at:
+        name, _, seconds = item.partition("=")
+        if name not in faults_mod.ALL:
+            parser.error(f"--fault-at: unknown fault {name!r}")
+        args.fault_times[name] = float(seconds)
+    if args.units < 1 or args.buyers < 1:
+        parser.error("--units and --buyers must be at least 1")
+    return args
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}, load average {load:.1f} at start"
+
+
+_last_status = [0.0]
+
+
+def say(text: str) -> None:
+    """Write to the terminal; a line starting with \\r is a status line that replaces the last one
+    (when the output is not a terminal, status lines go out one a line, at most every 2 s)."""
+    if text.startswith("\r") and not sys.stdout.isatty():
+        if time.monotonic() - _last_status[0] < 2:
+            return
+        _last_status[0] = time.monotonic()
+        text = text[1:].rstrip() + "\n"
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run_load(out: Path, name: str, config: dict, live) -> list[dict]:
+    """Run the Locust process; call `live(new_events, all_events)` every second; return every event."""
+    config_path, events_path = out / f"{name}.config.json", out / f"{name}.events.jsonl"
+    config["events"] = str(events_path)
+    config_path.write_text(json.dumps(config))
+    reader, events = EventReader(events_path), []
+    with open(out / f"{name}.locust.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "benchmarks.rehearsal.load", str(config_path)], cwd=ROOT,
+                                   env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT)
+        meter = psutil.Process(process.pid)
+        cpu_seconds = 0.0
+        try:
+            while process.poll() is None:
+                try:
+                    times = meter.cpu_times()
+                    cpu_seconds = times.user + times.system
+                except psutil.Error:
+                    pass
+                time.sleep(1)
+                new = reader.read_new()
+                events.extend(new)
+                live(new, events)
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            process.wait(10)
+            raise
+    events.extend(reader.read_new())
+    events.append({"ev": "load_cpu", "t": time.time(), "cpu_seconds": round(cpu_seconds, 1)})
+    if process.returncode != 0:
+        raise RuntimeError(f"the load process failed ({process.returncode}); see {out / (name + '.locust.log')}")
+    return events
+
+
+class Progress:
+    """One status line a second while the crowd is in."""
+
+    def __init__(self, opens_at: float, sampler: Sampler | None):
+        self.opens_at, self.sampler = opens_at, sampler
+        self.placed = self.confirmed = self.sold_out = self.shed = self.server_errors = self.cut = 0
+        self.window: list[float] = []
+        self.last_placed = 0
+
+    def __call__(self, new: list[dict], _all: list[dict]) -> None:
+        for e in new:
+            if e["ev"] == "spawned":
+                late = e["t"] - self.opens_at
+                say(f"\n  {e['users']} buyers waiting, {-late:.1f}s before the opening\n" if late < 0 else
+                    f"\n  !!! the crowd was spawned {late:.1f}s after the opening: raise --lead !!!\n")
+            elif e["ev"] == "placed":
+                self.placed += 1
+            elif e["ev"] == "confirmed":
+                self.confirmed += 1
+            elif e["ev"] == "sold_out":
+                self.sold_out += 1
+            elif e["ev"] == "request":
+                if e["name"] == report.POST_ORDERS:
+                    self.window.append(e["ms"])
+                if e["status"] in (429, 503):
+                    self.shed += 1
+                elif e["status"] >= 500:
+                    self.server_errors += 1
+                elif e["status"] == 0:
+                    self.cut += 1
+        t = time.time() - self.opens_at
+        if t < 0:
+            say(f"\r  opening in {-t:4.1f}s ...")
+            return
+        rate, self.last_placed = self.placed - self.last_placed, self.placed
+        p99 = report.percentile(self.window[-2000:], 99)
+        s = self.sampler.latest if self.sampler else {}
+        alarm = f"  5xx {self.server_errors} !!!" if self.server_errors else "  5xx 0"
+        say(f"\r  t={t:+6.1f}s placed {self.placed:>6} ({rate:>4}/s) confirmed {self.confirmed:>6} sold-out {self.sold_out:>6}"
+            f" 429/503 {self.shed:>5} cut {self.cut:>3}{alarm}  p99 {p99 if p99 is not None else '-':>6} ms"
+            f"  remaining {s.get('remaining', '-')!s:>5} queue {s.get('queue', '-')!s:>5} outbox {s.get('outbox', '-')!s:>4}  ")
+
+
+def naive_run(rig, out: Path, buyers: list, units: int, seconds: float) -> dict:
+    """The naive reference under the same crowd for `seconds`, with a 1 s-per-message SMTP server."""
+    py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
+    smtp_port, control_port, app_port = (rigs.free_port() for _ in range(3))
+    database = rig.scratch_database("naive")
+    create_database_if_missing(database)
+    drop_id = str(uuid.uuid4())
+    naive_checkout.prepare(database, drop_id, units)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NAIVE_DATABASE_URL=database, NAIVE_SMTP_PORT=str(smtp_port))
+    processes = []
+    try:
+        with open(out / "naive.processes.log", "wb") as log:
+            processes.append(subprocess.Popen(
+                [py, "-m", "devtools.smtp_server", "--port", str(smtp_port), "--control-port", str(control_port),
+                 "--maildir", str(out / "naive-mail")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen(
+                [gunicorn, "-w", "1", "-k", "sync", "--bind", f"127.0.0.1:{app_port}", "--log-level", "warning",
+                 "benchmarks.rehearsal.naive_checkout:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.post(f"http://127.0.0.1:{control_port}/faults", json={"mode": "stall", "seconds": 1}, timeout=2).raise_for_status()
+                requests.get(f"http://127.0.0.1:{app_port}/", timeout=2)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the naive checkout did not start; see {out / 'naive.processes.log'}")
+                time.sleep(0.3)
+        opens_at = time.time() + 4
+        progress = Progress(opens_at, None)
+        events = run_load(out, "naive", {"mode": "naive", "host": f"http://127.0.0.1:{app_port}", "drop_id": drop_id,
+                                         "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + seconds,
+                                         "give_up_seconds": seconds}, progress)
+        say("\n")
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    answered = [e for e in events if e["ev"] == "request" and e["name"] == report.POST_ORDERS and e["status"] != 0]
+    orders = sum(1 for e in events if e["ev"] == "placed")
+    decided = sum(1 for e in events if e["ev"] in ("placed", "sold_out", "gave_up"))
+    return {"users": len(buyers), "seconds": seconds, "orders": orders, "orders_per_second": round(orders / seconds, 2),
+            "latency": report.latency([e["ms"] for e in answered]), "unanswered": len(buyers) - decided,
+            "answers": dict(Counter(e["kind"] for e in answered))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    wall = time.monotonic()
+    machine_info = machine()
+    out = args.out or ROOT / "var" / "rehearsal" / started.strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.rehearsal " + shlex.join(argv if argv is not None else sys.argv[1:])
+    say(f"Drop rehearsal: {args.units} units, {args.buyers} buyers, faults: {', '.join(args.fault_list) or 'none'}\n"
+        f"  report folder {out}\n")
+
+    say("  starting an isolated stack (own databases, vhost, ports) ...\n" if not args.use_running
+        else "  using the running stack ...\n")
+    phases, mark = {}, [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = phases.get(name, 0) + now - mark[0]
+        mark[0] = now
+
+    rig = rigs.running(out / "stack") if args.use_running else rigs.isolated(out / "stack", env={})
+    phase("stack up")
+    failed = False
+    try:
+        floodgate = Floodgate(rig.stack)
+        admin = floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@rehearsal.example", "rehearsal admin, dev only")
+        say(f"  registering and signing in {args.buyers} buyers ({args.register_threads} threads) ...\n")
+        buyers = crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, args.register_threads, progress=say)
+
+        phase("buyers signed in")
+        drop = floodgate.create_drop(admin, quantity=args.units, opens_in=args.lead, lasts=3600)
+        opens_at = datetime.fromisoformat(drop["opens_at"]).timestamp()
+        say(f"  drop {drop['id']}: {args.units} units over {drop.get('stock_shards', '?')} stock rows, opens in {opens_at - time.time():.1f}s\n")
+
+        timeline = faults_mod.Timeline(opens_at)
+        injector = faults_mod.Faults(rig, args.fault_list, args.fault_times, timeline, args.smtp_outlasts)
+        for name, reason in injector.skipped.items():
+            say(f"  fault {name} skipped: {reason}\n")
+        sampler = Sampler(rig, drop["id"])
+        sampler.start()
+        injector.start()
+        progress = Progress(opens_at, sampler)
+        events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"), "drop_id": drop["id"],
+                                        "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + args.drop_seconds,
+                                        "give_up_seconds": args.give_up_seconds, "confirm_timeout_seconds": args.give_up_seconds},
+                          progress)
+        phase("drop")
+        crowd_left = time.time()
+        say(f"\n  the crowd has gone ({crowd_left - opens_at:.1f}s after the opening); lifting the faults ...\n")
+        recovered_at = injector.recover()
+        say("  waiting for every confirmed order to be sold and emailed ...\n")
+        verdict = checks.settle(rig, drop["id"], recovered_at, args.settle_seconds, progress=say)
+        time.sleep(1)
+        sampler.stop()
+        phase("recovery")
+
+        pg = None
+        if args.pgbench_seconds > 0:
+            say(f"  pgbench: the same transaction, {args.pgbench_clients} clients, {args.pgbench_seconds:.0f}s ...\n")
+            pg = pgbench.run(rig.scratch_database("pgbench"), stock_rows=int(drop.get("stock_shards") or 1),
+                             clients=args.pgbench_clients, seconds=args.pgbench_seconds)
+            say(f"  pgbench: {pg.tps:,.0f} tx/s\n")
+            phase("pgbench")
+        naive = None
+        if args.naive_seconds > 0:
+            say(f"  the naive checkout under the same crowd for {args.naive_seconds:.0f}s ...\n")
+            naive = naive_run(rig, out, buyers, args.units, args.naive_seconds)
+            phase("naive")
+
+        crowd = report.crowd_figures(events, opens_at)
+        series = report.per_second(events, opens_at, max(e["t"] for e in events) - opens_at + 1)
+        headline = report.headline(crowd, verdict, series, pg, naive)
+        figures = {
+            "run": {"started": started.isoformat(), "command": command, "machine": machine_info, "units": args.units,
+                    "buyers": args.buyers, "stack": "isolated" if rig.owned else "running",
+                    "faults": injector.enabled, "faults_skipped": injector.skipped,
+                    "wall_seconds": time.monotonic() - wall, "phases": phases, "drop_id": drop["id"]},
+            "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
+            "pgbench": pg.as_dict() if pg else None, "naive": naive,
+        }
+        report.write(out, figures, series, sampler.samples, opens_at)
+        say("\n" + (out / "report.md").read_text().split("## Faults")[0])
+        failed = not all(ok for _, ok, _ in report.verdicts(figures))
+        if crowd["server_errors_5xx"]:
+            say(f"\n!!! {crowd['server_errors_5xx']} requests were answered with a 5xx: {crowd['server_errors_by_kind']} !!!\n")
+        say(f"\nReport: {out / 'report.md'} (JSON: report.json; plots: *.png)\n")
+    finally:
+        rig.teardown(keep=args.keep)
+    if failed:
+        say("\nREHEARSAL FAILED: a must-hold figure does not hold (see Verdicts above).\n")
+        sys.exit(1)

@@ -1,0 +1,210 @@
+"""The crowd: Locust, run as a library in its own process (gevent patches everything it imports).
+
+    python -m benchmarks.rehearsal.load CONFIG.json
+
+CONFIG names the mode (`drop`: the real stack; `naive`: the reference checkout), the host, the drop,
+the signed-in buyers, the opening time and where to write the event log (see events.py). Every
+simulated buyer waits for the opening, so the whole crowd arrives at once, then:
+
+  drop   POST /orders with an Idempotency-Key (the same key on every retry; 429/503 and
+         request-in-progress are retried after Retry-After, a dropped connection after a short
+         back-off), approve the payment at the simulator, poll GET /orders/{id} until confirmed.
+  naive  POST /orders once (retrying only a dropped connection), as long as the run lasts.
+"""
+from __future__ import annotations
+
+import locust  # noqa: I001  (first: it monkey-patches the standard library with gevent)
+
+import json
+import random
+import sys
+import time
+import uuid
+from itertools import count
+
+import gevent
+from locust import FastHttpUser, constant, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+from benchmarks.rehearsal.events import classify
+
+CONFIG: dict = {}
+_next_buyer = count()
+_log_lines: list[str] = []
+_finished = 0
+
+
+def record(ev: str, **fields) -> None:
+    fields["ev"] = ev
+    fields.setdefault("t", time.time())
+    _log_lines.append(json.dumps(fields))
+
+
+def _flush_forever(path: str) -> None:
+    with open(path, "a", buffering=1 << 16) as log:
+        while True:
+            gevent.sleep(0.25)
+            if _log_lines:
+                lines = _log_lines[:]
+                del _log_lines[: len(lines)]
+                log.write("\n".join(lines) + "\n")
+                log.flush()
+
+
+def _problem_type(response) -> str | None:
+    try:
+        return (response.json() or {}).get("type")
+    except Exception:
+        return None
+
+
+def _retry_after(response, attempt: int) -> float:
+    try:
+        return max(0.05, float(response.headers.get("Retry-After")))
+    except (AttributeError, TypeError, ValueError):
+        # a dropped connection: a short, jittered back-off so the retries do not arrive as one wave
+        return min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+
+
+def address_of(index: int) -> dict:
+    # One physical address per buyer: checkout limits units per address across buyers.
+    return {
+        "name": f"Buyer {index}",
+        "street_address": f"{100 + index} Sussex Drive",
+        "city": "Ottawa",
+        "postal_code": "K1A 0B1",
+        "country_area": "ON",
+        "country_code": "CA",
+    }
+
+
+class _Buyer(FastHttpUser):
+    abstract = True
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 10.0
+
+    def on_start(self) -> None:
+        self.index = next(_next_buyer)
+        email, self.token = CONFIG["buyers"][self.index % len(CONFIG["buyers"])]
+        self.auth = {"Authorization": f"Bearer {self.token}"}
+        # Everyone waits for the opening: the crowd arrives at once.
+        gevent.sleep(max(0.0, CONFIG["opens_at"] - time.time()))
+
+    def on_stop(self) -> None:
+        global _finished
+        _finished += 1
+        record("done", buyer=self.index)
+
+    def request(self, method: str, url: str, name: str, **kwargs):
+        """One HTTP request, logged with its latency and kind of answer; never raises."""
+        with self.client.request(method, url, name=name, catch_response=True, **kwargs) as response:
+            status = response.status_code or 0
+            problem = _problem_type(response) if status >= 400 else None
+            kind = classify(status, problem, type(response.error).__name__ if status == 0 and response.error else None)
+            meta = response.request_meta
+            record("request", t=meta["start_time"], ms=round(meta["response_time"], 2), name=name, status=status, kind=kind)
+            if status >= 500 or status == 0:
+                response.failure(kind)
+            else:
+                response.success()
+            return response, status, problem
+
+    def place(self, path: str = "/orders") -> dict | None:
+        """Place one order, retrying with the same Idempotency-Key; the order, or None if refused."""
+        key = str(uuid.uuid4())
+        headers = {**self.auth, "Idempotency-Key": key}
+        body = {"drop_id": CONFIG["drop_id"], "quantity": 1, "shipping_address": address_of(self.index)}
+        deadline = time.monotonic() + CONFIG.get("give_up_seconds", 60)
+        for attempt in range(1000):
+            response, status, problem = self.request("POST", path, "POST /orders", json=body, headers=headers)
+            if status == 201:
+                order = response.json()
+                record("placed", order_id=order["id"], buyer=self.index)
+                return order
+            if status == 409 and (problem or "").endswith("sold-out"):
+                record("sold_out", buyer=self.index)
+                return None
+            retryable = status in (0, 429, 502, 503, 504) or (status == 409 and (problem or "").endswith("in-progress"))
+            if not retryable or time.monotonic() > deadline or not self.environment.runner or self.stopping:
+                record("gave_up", buyer=self.index, reason=classify(status, problem))
+                return None
+            gevent.sleep(_retry_after(response, attempt))
+        return None
+
+    @property
+    def stopping(self) -> bool:
+        return time.time() > CONFIG.get("stop_at", float("inf"))
+
+
+class DropBuyer(_Buyer):
+    """A buyer of the real stack: order, pay at the simulator, wait for the confirmation."""
+
+    @task
+    def buy(self) -> None:
+        order = self.place()
+        if order is not None:
+            self.pay(order)
+            self.await_confirmation(order)
+        raise StopUser()
+
+    def pay(self, order: dict) -> None:
+        link = order["payment"]["approval_url"]
+        path, _, query = link.partition("?")
+        for attempt in range(20):
+            _, status, _ = self.request("POST", f"{path}/approve?{query}", "POST /pay/{id}/approve")
+            if 200 <= status < 300:
+                return
+            gevent.sleep(_retry_after(None, attempt))
+        record("gave_up", buyer=self.index, reason="payment not approved")
+
+    def await_confirmation(self, order: dict) -> None:
+        deadline = time.monotonic() + CONFIG.get("confirm_timeout_seconds", 60)
+        while time.monotonic() < deadline:
+            response, status, _ = self.request(
+                "GET", f"/orders/{order['id']}", "GET /orders/{id}", headers=self.auth
+            )
+            if status == 200 and response.json().get("status") == "confirmed":
+                record("confirmed", order_id=order["id"], buyer=self.index)
+                return
+            # a status page refreshing once a second
+            gevent.sleep(1.0 if status == 200 else max(1.0, _retry_after(response, 1)))
+        record("gave_up", buyer=self.index, reason="not confirmed in time")
+
+
+class NaiveBuyer(_Buyer):
+    """The same crowd against the naive checkout: one order each, until the run ends."""
+
+    network_timeout = 60.0
+
+    @task
+    def buy(self) -> None:
+        self.place()
+        raise StopUser()
+
+
+def main() -> None:
+    CONFIG.update(json.loads(open(sys.argv[1]).read()))
+    user_class = DropBuyer if CONFIG["mode"] == "drop" else NaiveBuyer
+    users = CONFIG.get("users") or len(CONFIG["buyers"])
+    env = Environment(user_classes=[user_class], host=CONFIG["host"], events=locust.events)
+    runner = env.create_local_runner()
+    flusher = gevent.spawn(_flush_forever, CONFIG["events"])
+    env.events.spawning_complete.add_listener(lambda user_count: record("spawned", users=user_count))
+    record("start", users=users)
+    # Spawned well before the opening; the users themselves wait for it.
+    runner.start(users, spawn_rate=max(users, 1))
+    deadline = CONFIG["stop_at"]
+    while time.time() < deadline:
+        gevent.sleep(0.2)
+        if _finished >= users:
+            break
+    runner.quit()
+    record("end", finished=_finished, users=users)
+    gevent.sleep(0.5)
+    flusher.kill()
+
+
+if __name__ == "__main__":
+    main()

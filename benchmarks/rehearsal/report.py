@@ -1,0 +1,286 @@
+"""Figures from the event log, the sampler and the checks; written as JSON, Markdown and PNG plots."""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+POST_ORDERS = "POST /orders"
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
+    return round(ordered[rank], 1)
+
+
+def latency(values: list[float]) -> dict:
+    return {"count": len(values), "p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95),
+            "p99_ms": percentile(values, 99), "max_ms": round(max(values), 1) if values else None}
+
+
+def crowd_figures(events: list[dict], opens_at: float) -> dict:
+    """What the buyers saw: answers, latencies, errors by kind, orders placed and confirmed."""
+    requests_ = [e for e in events if e["ev"] == "request"]
+    orders = [e for e in requests_ if e["name"] == POST_ORDERS]
+    placed = sorted(e["t"] - opens_at for e in events if e["ev"] == "placed")
+    confirmed = sorted(e["t"] - opens_at for e in events if e["ev"] == "confirmed")
+    errors: dict[str, Counter] = defaultdict(Counter)
+    for e in requests_:
+        if e["status"] >= 400 or e["status"] == 0:
+            errors[e["name"]][e["kind"]] += 1
+    server_errors = [e for e in requests_ if e["status"] >= 500]
+    return {
+        "buyers_finished": sum(1 for e in events if e["ev"] == "done"),
+        "orders_placed": len(placed),
+        "orders_confirmed_seen_by_buyers": len(confirmed),
+        "told_sold_out": sum(1 for e in events if e["ev"] == "sold_out"),
+        "gave_up": dict(Counter(e.get("reason", "?") for e in events if e["ev"] == "gave_up")),
+        "post_orders_answers": dict(Counter(e["kind"] for e in orders)),
+        "post_orders_latency_all": latency([e["ms"] for e in orders]),
+        "post_orders_latency_201": latency([e["ms"] for e in orders if e["status"] == 201]),
+        "errors_by_kind": {name: dict(kinds) for name, kinds in errors.items()},
+        "server_errors_5xx": len(server_errors),
+        "server_errors_by_kind": dict(Counter(f"{e['name']}: {e['kind']}" for e in server_errors)),
+        "crowd_seconds": round(max(e["t"] for e in events) - opens_at, 1) if events else None,
+        "first_placed_s": round(placed[0], 3) if placed else None,
+        "last_placed_s": round(placed[-1], 3) if placed else None,
+        "last_confirmed_s": round(confirmed[-1], 3) if confirmed else None,
+        "requests_total": len(requests_),
+        # the load generator shares the machine: its CPU time is CPU the stack did not get
+        "load_generator_cpu_seconds": next((e["cpu_seconds"] for e in events if e["ev"] == "load_cpu"), None),
+    }
+
+
+def per_second(events: list[dict], opens_at: float, horizon: float) -> dict:
+    """Series for the plots, one point a second from the opening."""
+    seconds = max(1, int(math.ceil(horizon)))
+    placed, confirmed, answers = [0] * seconds, [0] * seconds, [0] * seconds
+    buckets: list[list[float]] = [[] for _ in range(seconds)]
+    for e in events:
+        i = int(e["t"] - opens_at)
+        if not 0 <= i < seconds:
+            continue
+        if e["ev"] == "placed":
+            placed[i] += 1
+        elif e["ev"] == "confirmed":
+            confirmed[i] += 1
+        elif e["ev"] == "request" and e["name"] == POST_ORDERS:
+            answers[i] += 1
+            buckets[i].append(e["ms"])
+    return {
+        "t": list(range(seconds)),
+        "placed": placed,
+        "confirmed": confirmed,
+        "post_orders_answers": answers,
+        "p50": [percentile(b, 50) for b in buckets],
+        "p95": [percentile(b, 95) for b in buckets],
+        "p99": [percentile(b, 99) for b in buckets],
+    }
+
+
+def headline(crowd: dict, checks: dict, series: dict, pg, naive: dict | None) -> dict:
+    """The figures the report opens with; the placement rate is the rate while stock lasted."""
+    sell_out = crowd["last_placed_s"] if checks["available_after"] == 0 else None
+    # If the stock never ran out, the rate until the last order; never over less than 0.1 s.
+    window = sell_out if sell_out is not None else crowd["last_placed_s"]
+    placed_rate = crowd["orders_placed"] / max(window, 0.1) if window is not None else None
+    return {
+        "sell_out_seconds": sell_out,
+        "placed_per_second": round(placed_rate, 1) if placed_rate else None,
+        "confirmed_per_second": round(crowd["orders_confirmed_seen_by_buyers"] / crowd["last_confirmed_s"], 1)
+        if crowd["last_confirmed_s"] else None,
+        "peak_answers_per_second": max(series["post_orders_answers"]) if series["post_orders_answers"] else None,
+        "pgbench_tps": round(pg.tps, 1) if pg else None,
+        "ratio_to_pgbench": round(placed_rate / pg.tps, 3) if pg and placed_rate else None,
+        "naive_orders_per_second": naive["orders_per_second"] if naive else None,
+        "naive_p99_ms": naive["latency"]["p99_ms"] if naive else None,
+    }
+
+
+def plots(out: Path, series: dict, samples: list[dict], opens_at: float, timeline: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def markers(ax):
+        for entry in timeline:
+            ax.axvline(entry["t"], color="grey", alpha=0.35, linestyle=":")
+            ax.annotate(f"{entry['fault']}: {entry['action'].split(' (')[0]}", (entry["t"], 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=6, color="grey")
+
+    files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    mid = [t + 0.5 for t in series["t"]]
+    ax.bar(series["t"], series["post_orders_answers"], width=0.9, align="edge", color="#ddd", label="POST /orders answered")
+    ax.plot(mid, series["placed"], marker="o", ms=3, label="orders placed (201)")
+    ax.plot(mid, series["confirmed"], marker="o", ms=3, label="orders confirmed (seen by buyer)")
+    ax.set(xlabel="seconds from opening", ylabel="per second", title="Orders per second")
+    markers(ax)
+    ax.legend(fontsize=8)
+    save(fig, "orders_per_second.png")
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for key in ("p50", "p95", "p99"):
+        ax.plot([t + 0.5 for t in series["t"]], [v if v is not None else float("nan") for v in series[key]],
+                marker="o", ms=3, label=key)
+    ax.axhline(250, color="red", alpha=0.4, linestyle="--", label="p99 target 250 ms")
+    ax.set(xlabel="seconds from opening (request start)", ylabel="ms", title="POST /orders latency percentiles")
+    markers(ax)
+    ax.legend(fontsize=8)
+    save(fig, "latency_percentiles.png")
+
+    t = [s["t"] - opens_at for s in samples]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(t, [s["remaining"] if s["remaining"] is not None else float("nan") for s in samples], drawstyle="steps-post")
+    ax.set(xlabel="seconds from opening", ylabel="units", title="Remaining stock (GET /drops/{id})")
+    markers(ax)
+    save(fig, "remaining_stock.png")
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(t, [s["queue"] if s["queue"] is not None else float("nan") for s in samples], label="notifications.events ready")
+    ax.plot(t, [s["retrying"] if s.get("retrying") is not None else float("nan") for s in samples], label="notifications retry tiers")
+    ax.plot(t, [s["outbox"] if s["outbox"] is not None else float("nan") for s in samples], label="checkout outbox unpublished")
+    ax.set(xlabel="seconds from opening", ylabel="messages", title="Queue depth")
+    markers(ax)
+    ax.legend(fontsize=8)
+    save(fig, "queue_depth.png")
+    return files
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        value = f"{value:,.1f}"
+    return f"{value}{unit}"
+
+
+def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
+    checks, crowd = figures["checks"], figures["crowd"]
+    return [
+        ("no 5xx answer", crowd["server_errors_5xx"] == 0, str(crowd["server_errors_5xx"])),
+        ("oversold units = 0", checks["oversold_units"] == 0, str(checks["oversold_units"])),
+        ("stock accounted for (available + held + sold = quantity)", checks["stock_accounted_for"], ""),
+        ("confirmed orders without a sale = 0", not checks["confirmed_without_sale"], str(len(checks["confirmed_without_sale"]))),
+        ("confirmed orders without an email = 0", not checks["confirmed_without_email"], str(len(checks["confirmed_without_email"]))),
+        ("duplicate emails = 0", checks["duplicate_emails"] == 0, str(checks["duplicate_emails"])),
+    ]
+
+
+def warnings(figures: dict) -> list[tuple[str, bool, str]]:
+    """What a buyer would notice without anything being lost: shown, not failed on."""
+    checks, crowd = figures["checks"], figures["crowd"]
+    gave_up = sum(crowd["gave_up"].values())
+    return [
+        ("units held without an order (unsold until the hold expires)", not checks["holds_without_order"],
+         str(len(checks["holds_without_order"]))),
+        ("idempotency keys claimed and never answered (retries get 409 request-in-progress)",
+         not checks.get("stuck_idempotency_keys"), str(checks.get("stuck_idempotency_keys"))),
+        ("buyers who gave up without an answer", gave_up == 0, f"{gave_up} {crowd['gave_up'] or ''}".strip()),
+        ("confirmation emails for orders not confirmed", not checks["emails_for_unconfirmed_orders"],
+         str(len(checks["emails_for_unconfirmed_orders"]))),
+    ]
+
+
+def markdown(figures: dict, images: list[str]) -> str:
+    crowd, checks, headline = figures["crowd"], figures["checks"], figures["headline"]
+    run = figures["run"]
+    lines = [
+        f"# Drop rehearsal {run['started']}",
+        "",
+        f"`{run['command']}`  ",
+        f"machine: {run['machine']}  ",
+        f"stack: {run['stack']}; faults: {', '.join(run['faults']) or 'none'}"
+        + (f" (skipped: {', '.join(f'{k}: {v}' for k, v in run['faults_skipped'].items())})" if run["faults_skipped"] else "")
+        + f"; wall time {run['wall_seconds']:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in run.get("phases", {}).items()) + ")",
+        "",
+        "## Verdicts",
+        "",
+        "| must hold (PASS/FAIL), should hold (ok/WARN) | | value |",
+        "|---|---|---|",
+    ]
+    for name, ok, value in verdicts(figures):
+        lines.append(f"| {name} | {'PASS' if ok else '**FAIL**'} | {value} |")
+    for name, ok, value in warnings(figures):
+        lines.append(f"| {name} | {'ok' if ok else '**WARN**'} | {value} |")
+    ratio = f"{headline['ratio_to_pgbench']:.3f}" if headline["ratio_to_pgbench"] is not None else "n/a"
+    o = crowd["post_orders_latency_all"]
+    o201 = crowd["post_orders_latency_201"]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| drop | {run['units']} units, {run['buyers']} buyers released at once |",
+        f"| orders placed (201) | {crowd['orders_placed']} |",
+        f"| orders confirmed (checkout database) | {checks['confirmed_orders']} |",
+        f"| buyers told sold out | {crowd['told_sold_out']} |",
+        f"| sell-out time (opening to last unit placed) | {_fmt(headline['sell_out_seconds'], ' s')} |",
+        f"| orders placed per second (while stock lasted) | {_fmt(headline['placed_per_second'])} |",
+        f"| orders confirmed per second (opening to last confirmation) | {_fmt(headline['confirmed_per_second'])} |",
+        f"| POST /orders answered per second (busiest second) | {_fmt(headline['peak_answers_per_second'])} |",
+        f"| POST /orders p50 / p95 / p99, all answers | {_fmt(o['p50_ms'])} / {_fmt(o['p95_ms'])} / {_fmt(o['p99_ms'])} ms (n={o['count']}, max {_fmt(o['max_ms'])}) |",
+        f"| POST /orders p50 / p95 / p99, 201 only | {_fmt(o201['p50_ms'])} / {_fmt(o201['p95_ms'])} / {_fmt(o201['p99_ms'])} ms |",
+        f"| load generator (Locust) CPU while the crowd was in | {_fmt(crowd['load_generator_cpu_seconds'], ' s')} of {_fmt(crowd['crowd_seconds'], ' s')} |",
+        f"| time to all sales after recovery | {_fmt(checks['seconds_to_all_sales_after_recovery'], ' s')} |",
+        f"| time to deliver every email after recovery | {_fmt(checks['seconds_to_all_emails_after_recovery'], ' s')} |",
+        f"| pgbench, same transaction, same PostgreSQL | {_fmt(headline['pgbench_tps'])} tx/s |",
+        f"| **placement rate / pgbench rate** | **{ratio}** |",
+        f"| naive checkout (1 sync worker, SMTP 1 s/message) | {_fmt(headline['naive_orders_per_second'])} orders/s, p99 {_fmt(headline['naive_p99_ms'])} ms |",
+        "",
+        "### Answers to POST /orders",
+        "",
+        "| answer | count |",
+        "|---|---|",
+    ]
+    lines += [f"| {kind} | {n} |" for kind, n in sorted(crowd["post_orders_answers"].items(), key=lambda kv: -kv[1])]
+    lines += ["", "### Errors by kind (every answer that was not 2xx, and cut connections)", ""]
+    if crowd["errors_by_kind"]:
+        lines += ["| request | kind | count |", "|---|---|---|"]
+        for name, kinds in crowd["errors_by_kind"].items():
+            lines += [f"| {name} | {kind} | {n} |" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    else:
+        lines.append("none")
+    if crowd["server_errors_5xx"]:
+        lines += ["", f"**{crowd['server_errors_5xx']} ANSWERS WERE 5xx**: {crowd['server_errors_by_kind']}"]
+    if crowd["gave_up"]:
+        lines += ["", f"Buyers who gave up: {crowd['gave_up']}"]
+    lines += ["", "## Faults", "", "| t (s from opening) | fault | what happened |", "|---|---|---|"]
+    lines += [f"| {e['t']:+.2f} | {e['fault']} | {e['action']}{' — ' + e['detail'] if e['detail'] else ''} |"
+              for e in figures["timeline"]]
+    naive = figures.get("naive")
+    if naive:
+        lines += ["", "## The naive checkout", "",
+                  f"Same crowd ({naive['users']} buyers at once) for {naive['seconds']} s: "
+                  f"{naive['orders']} orders ({_fmt(naive['orders_per_second'])}/s), "
+                  f"p50 {_fmt(naive['latency']['p50_ms'])} ms, p99 {_fmt(naive['latency']['p99_ms'])} ms of the answered requests; "
+                  f"{naive['unanswered']} buyers had no answer when the time was up."]
+    pg = figures.get("pgbench")
+    if pg:
+        lines += ["", "## pgbench", "",
+                  f"`{pg['command']}`: {_fmt(pg['tps'])} tx/s, {pg['clients']} clients, {pg['seconds']} s, "
+                  f"{pg['stock_rows']} stock rows, average latency {_fmt(pg['latency_ms'])} ms, {pg['failed']} failed."]
+    lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, figures: dict, series: dict, samples: list[dict], opens_at: float) -> list[str]:
+    images = plots(out, series, samples, opens_at, figures["timeline"])
+    figures = dict(figures, series=series, samples=[dict(s, t=round(s["t"] - opens_at, 3)) for s in samples])
+    (out / "report.json").write_text(json.dumps(figures, indent=2, default=str))
+    (out / "report.md").write_text(markdown(figures, images))
+    return images

@@ -1,0 +1,117 @@
+"""The stack a rehearsal runs against: its own isolated one (the default) or a running one.
+
+An isolated stack gets its own databases (`fgreh_<id>_<service>`), its own RabbitMQ vhost on the
+local broker (made with rabbitmqctl) and free ports, like the integration tests' stack, so a
+rehearsal never disturbs `make run` or a test session, and is removed afterwards.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from devtools.stack import DEFAULT_PORTS, SERVICES, Infra, Stack, ensure_local_servers
+from shared.db import drop_database
+
+PORT_NAMES = ("accounts", "inventory", "checkout", "notifications", "payments", "smtp", "smtp-control")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    owned: bool  # we started the processes (and may stop, kill and restart them)
+    vhost: str | None = None  # our own vhost on the local broker, deleted afterwards
+    scratch_databases: list[str] = field(default_factory=list)
+
+    @property
+    def amqp_url(self) -> str:
+        return self.stack.infra.amqp_url
+
+    @property
+    def broker_is_local_and_ours(self) -> bool:
+        return self.owned and self.vhost is not None and shutil.which("rabbitmqctl") is not None
+
+    def scratch_database(self, name: str) -> str:
+        url = f"{self.stack.infra.postgres_url.rstrip('/')}/{self.stack.infra.database_prefix}_{name}"
+        self.scratch_databases.append(url)
+        return url
+
+    def teardown(self, keep: bool = False) -> None:
+        if self.owned:
+            self.stack.stop_all()
+        for url in self.scratch_databases:
+            drop_database(url)
+        if self.owned and not keep:
+            for service in SERVICES:
+                drop_database(self.stack.infra.database_url(service))
+            if self.vhost:
+                try:
+                    _ctl("delete_vhost", self.vhost)
+                except (subprocess.SubprocessError, OSError):
+                    pass
+
+
+def isolated(var_dir: Path, env: dict) -> Rig:
+    """Start a whole stack of our own: databases, vhost, ports; migrated and ready."""
+    run_id = uuid.uuid4().hex[:8]
+    postgres_url = os.environ.get("POSTGRES_URL", Infra.postgres_url)
+    vhost = None
+    if "AMQP_URL" in os.environ:
+        amqp_url = os.environ["AMQP_URL"]
+    else:
+        ensure_local_servers()
+        if shutil.which("rabbitmqctl") is None:
+            raise SystemExit("an isolated rehearsal needs rabbitmqctl (to create its vhost) or AMQP_URL")
+        vhost = f"floodgate-rehearsal-{run_id}"
+        _ctl("add_vhost", vhost)
+        _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    stack = Stack(
+        infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=f"fgreh_{run_id}"),
+        var_dir=var_dir,
+        ports={name: free_port() for name in PORT_NAMES},
+        extra_env=dict(env),
+    )
+    rig = Rig(stack=stack, owned=True, vhost=vhost)
+    try:
+        stack.migrate()
+        stack.start_all()
+        stack.wait_until_ready(timeout=120)
+    except BaseException:
+        rig.teardown()
+        raise
+    return rig
+
+
+def running(var_dir: Path) -> Rig:
+    """The stack `make run` started (default ports, or POSTGRES_URL / AMQP_URL)."""
+    stack = Stack(
+        infra=Infra(
+            postgres_url=os.environ.get("POSTGRES_URL", Infra.postgres_url),
+            amqp_url=os.environ.get("AMQP_URL", Infra.amqp_url),
+        ),
+        var_dir=var_dir,
+        ports=dict(DEFAULT_PORTS),
+    )
+    stack.wait_until_ready(timeout=10)
+    return Rig(stack=stack, owned=False)
+
+
+def vhost_of(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
