@@ -85,7 +85,9 @@ def place_order():
 
 def _place(cmd: handlers.PlaceOrder, wiring: Wiring):
     settings = context().settings
-    stored = handlers.claim_idempotency_key(cmd, unit_of_work, settings.idempotency_wait_seconds)
+    stored = handlers.claim_idempotency_key(
+        cmd, unit_of_work, settings.idempotency_wait_seconds, settings.idempotency_takeover_seconds
+    )
     if stored is not None:
         response = _send(stored)
         response.headers["Idempotent-Replayed"] = "true"

@@ -55,10 +55,15 @@ class StoredResponse:
         return "application/problem+json" if self.status >= 400 else "application/json"
 
 
-def claim_idempotency_key(cmd: PlaceOrder, uow_factory: Callable, wait_seconds: float) -> StoredResponse | None:
+def claim_idempotency_key(
+    cmd: PlaceOrder, uow_factory: Callable, wait_seconds: float, takeover_seconds: float
+) -> StoredResponse | None:
     """Take the key for this request (None), or return the response it already produced.
 
-    A concurrent duplicate waits for the first request's answer so both get the same one.
+    A concurrent duplicate waits for the first request's answer so both get the same one. A claim
+    left unanswered for `takeover_seconds` belonged to a worker that died mid-request: the retry
+    takes it over. That is safe because the order id comes from the key and inventory's hold is
+    idempotent by order id, so the retry finishes the same order.
     """
     deadline = time.monotonic() + wait_seconds
     while True:
@@ -76,9 +81,30 @@ def claim_idempotency_key(cmd: PlaceOrder, uow_factory: Callable, wait_seconds: 
             raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
         if existing.response_status is not None:
             return StoredResponse(existing.response_status, existing.response_body)
+        if _take_over_abandoned_claim(uow_factory, existing, takeover_seconds):
+            log.warning("took over an abandoned idempotency key", extra={"claimed_at": existing.created_at.isoformat()})
+            return None
         if time.monotonic() >= deadline:
             raise errors.RequestInProgress("The first request with this Idempotency-Key is still being handled.")
         time.sleep(0.05)
+
+
+def _take_over_abandoned_claim(uow_factory: Callable, claim: IdempotencyKey, takeover_seconds: float) -> bool:
+    with uow_factory() as uow:
+        # compare-and-set on the claim time: of several retries, one takes the claim over
+        taken = uow.session.execute(
+            sa.update(IdempotencyKey)
+            .where(
+                IdempotencyKey.buyer_id == claim.buyer_id,
+                IdempotencyKey.key == claim.key,
+                IdempotencyKey.response_status.is_(None),
+                IdempotencyKey.created_at == claim.created_at,
+                IdempotencyKey.created_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, takeover_seconds),
+            )
+            .values(created_at=sa.func.now())
+        ).rowcount
+        uow.commit()
+    return taken == 1
 
 
 def remember_response(cmd: PlaceOrder, uow, status: int, body: dict) -> StoredResponse:

@@ -196,3 +196,33 @@ def test_shipping_is_for_admins_and_ends_cancellation(floodgate, stack, admin_to
     too_late = floodgate.http.post(url + "/cancel", headers=as_buyer)
     assert too_late.status_code == 409
     assert floodgate.get_order(token, order["id"]).json()["status"] == "shipped"
+
+
+def test_a_claim_left_by_a_dead_worker_is_taken_over_by_the_retry(floodgate, stack, admin_token, buyer):
+    """A worker killed mid-request leaves its Idempotency-Key claimed and unanswered; the buyer's
+    retry, once the claim is old, finishes the same order instead of hearing "in progress" forever."""
+    import jwt
+    import sqlalchemy as sa
+
+    from devtools.client import home_of
+    from services.checkout.handlers import PlaceOrder
+    from shared.addresses import normalise
+
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=3)
+    key = str(uuid.uuid4())
+    address = home_of(token)
+    abandoned = PlaceOrder(jwt.decode(token, options={"verify_signature": False})["sub"], "", key,
+                           drop["id"], 1, normalise(address))
+    engine = sa.create_engine(stack.infra.database_url("checkout"), poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO idempotency_keys (buyer_id, key, fingerprint, created_at) "
+                             "VALUES (:buyer, :key, :fingerprint, now() - interval '1 minute')"),
+                     {"buyer": abandoned.buyer_id, "key": key, "fingerprint": abandoned.fingerprint})
+    engine.dispose()
+
+    retry = floodgate.place_order(token, drop["id"], key=key, address=address)
+    assert retry.status_code == 201, retry.text
+    assert retry.json()["id"] == str(abandoned.order_id)
+    assert floodgate.place_order(token, drop["id"], key=key, address=address).json() == retry.json()
+    assert floodgate.get_drop(drop["id"])["remaining"] == 2
