@@ -82,6 +82,7 @@ class Stack:
         )
         if service:
             env["DATABASE_URL"] = self.infra.database_url(service)
+            env["JWKS_CACHE_FILE"] = str(self.var_dir / f"jwks-{service}.json")
             metrics_dir = self.var_dir / "metrics" / service
             metrics_dir.mkdir(parents=True, exist_ok=True)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -11,6 +11,7 @@ worker during it, not only by the workers that happened to see a token before.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import wraps
+from pathlib import Path
 from typing import Callable
 
 import jwt
@@ -50,13 +52,27 @@ class Principal:
 class KeySet:
     """The accounts service's public keys, fetched lazily and refreshed at a bounded rate."""
 
-    def __init__(self, jwks_url: str, min_refresh_seconds: float = 30.0, fetch: Callable[[str], dict] | None = None):
+    def __init__(
+        self,
+        jwks_url: str,
+        min_refresh_seconds: float = 30.0,
+        fetch: Callable[[str], dict] | None = None,
+        cache_file: str = "",
+    ):
         self._url = jwks_url
         self._min_refresh = min_refresh_seconds
         self._fetch = fetch or _http_fetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
         self._lock = threading.Lock()
+        # The last good JWKS is kept on disk, so a worker started while accounts is down (after
+        # another one crashed, say) still knows the keys its siblings verified with.
+        self._cache = Path(cache_file) if cache_file else None
+        if self._cache is not None and self._cache.exists():
+            try:
+                self._keys = _usable_keys(json.loads(self._cache.read_text()))
+            except (OSError, ValueError, AttributeError):
+                log.warning("ignoring unreadable JWKS cache", extra={"path": str(self._cache)})
 
     def key(self, kid: str) -> jwt.PyJWK | None:
         """The public key with id `kid`, refreshing the set once if it is unknown and allowed."""
@@ -99,14 +115,25 @@ class KeySet:
         except Exception:  # keep serving the keys we have; the next unknown kid retries later
             log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=not quiet)
             return
-        keys = {}
-        for entry in document.get("keys", []):
+        self._keys = _usable_keys(document)
+        if self._cache is not None and self._keys:
             try:
-                if entry.get("kid") and entry.get("alg") in ALGORITHMS:
-                    keys[entry["kid"]] = jwt.PyJWK(entry)
-            except jwt.PyJWTError:
-                log.warning("ignoring unusable JWK", extra={"kid": entry.get("kid")})
-        self._keys = keys
+                partial = self._cache.with_name(f"{self._cache.name}.{os.getpid()}")
+                partial.write_text(json.dumps(document))
+                partial.replace(self._cache)  # atomic: a reader never sees half a file
+            except OSError:
+                log.warning("could not write the JWKS cache", extra={"path": str(self._cache)})
+
+
+def _usable_keys(document: dict) -> dict[str, jwt.PyJWK]:
+    keys = {}
+    for entry in document.get("keys", []):
+        try:
+            if entry.get("kid") and entry.get("alg") in ALGORITHMS:
+                keys[entry["kid"]] = jwt.PyJWK(entry)
+        except jwt.PyJWTError:
+            log.warning("ignoring unusable JWK", extra={"kid": entry.get("kid")})
+    return keys
 
 
 def _http_fetch(url: str) -> dict:

@@ -42,6 +42,8 @@ class Settings:
     jwt_issuer: str = "floodgate-accounts"
     jwt_audience: str = "floodgate"
     jwks_min_refresh_seconds: float = 30.0
+    # where the last good JWKS is kept for workers that start while accounts is down ("" = nowhere)
+    jwks_cache_file: str = ""
     # service-to-service calls carry this key (development default)
     service_key: str = DEV_SERVICE_KEY
     # consumers

@@ -42,7 +42,9 @@ def create_app(settings: Settings, blueprints: list[Blueprint], title: str, pool
     )
     errors.init_app(app)
     verifier = auth.TokenVerifier(
-        auth.KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds), settings.jwt_issuer, settings.jwt_audience
+        auth.KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file),
+        settings.jwt_issuer,
+        settings.jwt_audience,
     )
     auth.init_app(app, verifier, settings.service_key)
     app.before_request(_start_request)

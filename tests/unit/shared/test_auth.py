@@ -123,3 +123,18 @@ def test_warm_up_gives_up_when_no_longer_wanted(monkeypatch):
     keys.warm_up(still_wanted=lambda: len(attempts) < 3)
 
     assert len(attempts) == 3 and not keys.loaded
+
+
+def test_a_worker_started_while_accounts_is_down_uses_the_keys_its_siblings_cached(jwks, tmp_path):
+    cache = tmp_path / "jwks.json"
+    first = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache)), ISSUER, AUDIENCE)
+    first.verify(jwks.token())
+
+    def accounts_down(url):
+        raise ConnectionError("accounts is down")
+
+    later = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=accounts_down, cache_file=str(cache)), ISSUER, AUDIENCE)
+    assert later.verify(jwks.token()).subject == "buyer-1"
+    stranger = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=accounts_down), ISSUER, AUDIENCE)
+    with pytest.raises(Unauthorized):
+        stranger.verify(jwks.token())
