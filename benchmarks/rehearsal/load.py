@@ -118,8 +118,6 @@ class _Buyer(FastHttpUser):
         body = {"drop_id": CONFIG["drop_id"], "quantity": 1, "shipping_address": address_of(self.index)}
         deadline = time.monotonic() + CONFIG.get("give_up_seconds", 60)
         for attempt in range(1000):
-            # stamped as an ingress would, so checkout sheds what queued too long in front of it
-            headers["X-Request-Start"] = f"t={time.time():.6f}"
             response, status, problem = self.request("POST", path, "POST /orders", json=body, headers=headers)
             if status == 201:
                 order = response.json()

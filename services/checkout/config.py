@@ -20,8 +20,6 @@ class Settings(CommonSettings):
     per_address_limit: int = 2
     # load shedding: orders handled at once per process, and the inventory circuit breaker
     max_orders_in_flight: int = 6
-    # an order that waited longer than this in front of checkout (X-Request-Start) is shed at once
-    max_queue_seconds: float = 1.0
     inventory_breaker_threshold: int = 5
     inventory_breaker_cooldown_seconds: float = 3.0
 

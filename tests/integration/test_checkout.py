@@ -226,20 +226,3 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over_by_the_retry(floodgate, sta
     assert retry.json()["id"] == str(abandoned.order_id)
     assert floodgate.place_order(token, drop["id"], key=key, address=address).json() == retry.json()
     assert floodgate.get_drop(drop["id"])["remaining"] == 2
-
-
-def test_an_order_that_queued_too_long_in_front_of_checkout_is_shed_at_once(floodgate, stack, admin_token, buyer):
-    _, token = buyer
-    drop = floodgate.create_drop(admin_token, quantity=2)
-
-    def order(queued_for: float):
-        return floodgate.http.post(stack.url("checkout") + "/orders", json={
-            "drop_id": drop["id"], "quantity": 1, "shipping_address": CANADIAN_ADDRESS,
-        }, headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "queued",
-                    "X-Request-Start": f"t={time.time() - queued_for:.3f}"})
-
-    stale = order(queued_for=5)
-    assert stale.status_code == 429 and stale.json()["type"].endswith("/too-busy")
-    assert int(stale.headers["Retry-After"]) >= 1
-    assert floodgate.get_drop(drop["id"])["remaining"] == 2
-    assert order(queued_for=0).status_code == 201  # the same key, retried, is handled afresh

@@ -66,17 +66,3 @@ def test_the_approval_link_signs_the_amount():
     link = approval_url("http://pay.local/", SECRET, "order-1", 29900, "CAD")
     assert link.startswith("http://pay.local/pay/order-1?amount=29900&currency=CAD&sig=")
     assert link != approval_url("http://pay.local/", SECRET, "order-1", 1, "CAD")
-
-
-@pytest.mark.parametrize("header", ["t=999.5", "t=999500", "t=999500000", "999.5"])
-def test_the_time_a_request_queued_is_read_from_the_ingress_stamp_in_any_unit(header):
-    from services.checkout.api import queued_seconds
-
-    assert queued_seconds(header, now=1000.0) == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize("header", ["", "t=", "t=soon", "garbage"])
-def test_without_a_usable_stamp_nothing_is_assumed(header):
-    from services.checkout.api import queued_seconds
-
-    assert queued_seconds(header, now=1000.0) is None
