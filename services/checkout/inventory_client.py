@@ -118,6 +118,12 @@ class InventoryClient:
             )
         raise self._refusal(response)
 
+    def sell(self, order_id: str) -> None:
+        """Make the order's hold a sale now (idempotent); SoldOut when its units are gone."""
+        response = self._call(f"/reservations/{order_id}/sell", {})
+        if response.status_code != 200:
+            raise self._refusal(response)
+
     def release(self, order_id: str) -> None:
         """Give a held unit back at once (used when checkout refuses an order after the hold)."""
         response = self._call(f"/reservations/{order_id}/release", {})

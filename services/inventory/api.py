@@ -84,6 +84,17 @@ def reserve():
     return schemas.ReservationSchema().dump(reservation), (201 if created else 200)
 
 
+@bp.post("/reservations/<order_id>/sell")
+@operation("Turn a hold into a sale as its payment is confirmed (idempotent)", response=schemas.ReservationSchema,
+           errors=(403, 404, 409), auth="service")
+@require_service
+def sell(order_id: str):
+    with unit_of_work() as uow:
+        reservation = handlers.sell(order_id, uow)
+        uow.commit()
+    return schemas.ReservationSchema().dump(reservation)
+
+
 @bp.post("/reservations/<order_id>/release")
 @operation("Release a held reservation (idempotent)", response=schemas.ReservationSchema, errors=(404, 409), auth="service")
 @require_service

@@ -448,6 +448,28 @@ def release(order_id: str, uow) -> Reservation:
     return reservation
 
 
+def sell(order_id: str, uow) -> Reservation:
+    """Turn an order's hold into a sale now: checkout calls this as it confirms a payment, so a
+    paid order's units never wait on the event (`order.confirmed` repeats it, harmlessly). A hold
+    already given back is taken again if the units are still there; else SoldOut (or another
+    refusal) and checkout refunds."""
+    parsed = _parse_id(order_id, ReservationNotFound)
+    bind_order_id(parsed)
+    reservation = find_reservation(parsed, uow, for_update=True)
+    if reservation is None:
+        raise ReservationNotFound()
+    if reservation.status == RELEASED:
+        _take_again(reservation, uow)
+    reservation.status = SOLD
+    return reservation
+
+
+def _take_again(reservation: Reservation, uow) -> None:
+    renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
+                           buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
+    _hold(renewal, uow, hold_ttl_seconds=0, renewing=reservation)
+
+
 def _release(reservations: list[Reservation], uow) -> None:
     for reservation in reservations:
         reservation.status = RELEASED
@@ -562,11 +584,9 @@ def _sell_again(reservation: Reservation, uow) -> None:
     """A confirmation that reached us after the hold was given back (the consumer was down past
     the grace period): take the units again if the drop still has them, else say the order lost
     them, so checkout cancels and refunds it. Never an oversell, never money kept without goods."""
-    renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
-                           buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
     try:
         with uow.session.begin_nested():
-            _hold(renewal, uow, hold_ttl_seconds=0, renewing=reservation)
+            _take_again(reservation, uow)
         reservation.status = SOLD
         log.warning("released hold sold again after a late confirmation", extra={"drop_id": str(reservation.drop_id)})
     except (SoldOut, SaleNotOpen, LimitExceeded) as refusal:

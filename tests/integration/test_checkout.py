@@ -226,3 +226,20 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over_by_the_retry(floodgate, sta
     assert retry.json()["id"] == str(abandoned.order_id)
     assert floodgate.place_order(token, drop["id"], key=key, address=address).json() == retry.json()
     assert floodgate.get_drop(drop["id"])["remaining"] == 2
+
+
+def test_an_order_paid_in_time_keeps_its_unit_while_inventory_consumer_is_down(floodgate, stack, admin_token, buyer):
+    """The sale is made as the payment is confirmed, not only when `order.confirmed` is consumed,
+    so the sweeper cannot give a paid unit to someone else while inventory's consumer lags."""
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=2)
+    stack.stop("inventory-consumer")
+    try:
+        order = floodgate.place_order(token, drop["id"]).json()
+        floodgate.pay(order)
+        floodgate.wait_for_status(token, order["id"], "confirmed")
+        # sold with nobody consuming order.confirmed: the sweeper, which releases holds, cannot touch it
+        assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "sold"
+    finally:
+        stack.start("inventory-consumer")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 1
