@@ -9,6 +9,7 @@ from datetime import datetime
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 from services.checkout import errors
 from shared.logs import current_request_id
@@ -84,7 +85,10 @@ class InventoryClient:
         self._timeout = (min(1.0, timeout_seconds), timeout_seconds)
         self._breaker = breaker
         self._session = requests.Session()
-        self._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0))
+        # One retry for a pooled connection inventory closed (it restarted): every call here is
+        # idempotent (by order id), so sending it again is safe.
+        once = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False)
+        self._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=once))
         self._session.headers.update({"X-Service-Key": service_key})
 
     def reserve(
