@@ -36,6 +36,16 @@ DEFAULT_PORTS = {
 }
 
 
+def free_ports() -> dict[str, int]:
+    """A free local port for each of the stack's listeners, for a stack beside `make run`'s."""
+    ports = {}
+    for name in DEFAULT_PORTS:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[name] = sock.getsockname()[1]
+    return ports
+
+
 @dataclass
 class Infra:
     """Where PostgreSQL and RabbitMQ are, and the names this stack uses on them."""
@@ -127,8 +137,10 @@ class Stack:
             specs["inventory-sweeper"] = ([py, "-m", "services.inventory.sweeper"], "inventory")
         return specs
 
-    def start(self, name: str, env_overrides: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, env_overrides: dict | None = None, as_name: str | None = None) -> subprocess.Popen:
+        """Start process `name`; `as_name` runs another instance of it beside the first."""
         argv, service = self.commands()[name]
+        name = as_name or name
         env = self.env(service)
         env.update(env_overrides or {})
         log_dir = self.var_dir / "logs"

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
 import psutil
 import requests
+
+from devtools import broker
 
 ALL = ("notifications", "smtp", "checkout-worker", "accounts", "broker")
 DEFAULT = ("notifications", "smtp", "checkout-worker", "accounts")
@@ -147,6 +148,5 @@ class Faults:
 
     def _restart_broker(self) -> None:
         self.timeline.note("broker", "stop_app")
-        for command in ("stop_app", "start_app", "await_startup"):
-            subprocess.run(["rabbitmqctl", command], check=True, capture_output=True, timeout=120)
+        broker.restart()
         self.timeline.note("broker", "start_app done")

@@ -7,29 +7,15 @@ rehearsal never disturbs `make run` or a test session, and is removed afterwards
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from devtools.stack import DEFAULT_PORTS, SERVICES, Infra, Stack, ensure_local_servers
+from devtools import broker
+from devtools.stack import DEFAULT_PORTS, SERVICES, Infra, Stack, ensure_local_servers, free_ports
 from shared.db import drop_database
-
-PORT_NAMES = ("accounts", "inventory", "checkout", "notifications", "payments", "smtp", "smtp-control")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
 
 @dataclass
 class Rig:
@@ -44,7 +30,7 @@ class Rig:
 
     @property
     def broker_is_local_and_ours(self) -> bool:
-        return self.owned and self.vhost is not None and shutil.which("rabbitmqctl") is not None
+        return self.owned and self.vhost is not None and broker.available()
 
     def scratch_database(self, name: str) -> str:
         url = f"{self.stack.infra.postgres_url.rstrip('/')}/{self.stack.infra.database_prefix}_{name}"
@@ -61,7 +47,7 @@ class Rig:
                 drop_database(self.stack.infra.database_url(service))
             if self.vhost:
                 try:
-                    _ctl("delete_vhost", self.vhost)
+                    broker.delete_vhost(self.vhost)
                 except (subprocess.SubprocessError, OSError):
                     pass
 
@@ -75,16 +61,13 @@ def isolated(var_dir: Path, env: dict) -> Rig:
         amqp_url = os.environ["AMQP_URL"]
     else:
         ensure_local_servers()
-        if shutil.which("rabbitmqctl") is None:
+        if not broker.available():
             raise SystemExit("an isolated rehearsal needs rabbitmqctl (to create its vhost) or AMQP_URL")
-        vhost = f"floodgate-rehearsal-{run_id}"
-        _ctl("add_vhost", vhost)
-        _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+        vhost, amqp_url = broker.private_vhost("floodgate-rehearsal")
     stack = Stack(
         infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=f"fgreh_{run_id}"),
         var_dir=var_dir,
-        ports={name: free_port() for name in PORT_NAMES},
+        ports=free_ports(),
         extra_env=dict(env),
     )
     rig = Rig(stack=stack, owned=True, vhost=vhost)

@@ -18,8 +18,6 @@ ALLOWED = {
     EXPIRED: {CONFIRMED},
     PAYMENT_FAILED: {CONFIRMED},
 }
-# Orders that count against the buyer's and the address's limits.
-LIVE = (AWAITING_PAYMENT, CONFIRMED, SHIPPED)
 
 
 def can_move(from_status: str | None, to_status: str) -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from typing import Iterator
 
 import pika
@@ -51,8 +50,3 @@ def ping(url: str) -> None:
     params.socket_timeout = 2
     connection = pika.BlockingConnection(params)
     connection.close()
-
-
-def wait(stop: threading.Event, seconds: float) -> bool:
-    """Sleep up to `seconds` unless asked to stop; True when asked to stop."""
-    return stop.wait(seconds)

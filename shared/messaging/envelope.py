@@ -60,7 +60,7 @@ class Envelope:
             raise MalformedEvent("event data must be an object")
         return envelope
 
-    def properties(self, request_id: str | None = None, attempt: int = 0) -> pika.BasicProperties:
+    def properties(self, request_id: str | None = None) -> pika.BasicProperties:
         """AMQP properties: persistent, `message_id` = envelope id, request id in the headers."""
         return pika.BasicProperties(
             message_id=self.id,
@@ -69,5 +69,5 @@ class Envelope:
             correlation_id=self.correlation_id,
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
-            headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": attempt},
+            headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": 0},
         )

@@ -1,14 +1,13 @@
 """Integration fixtures: real gunicorn processes, real PostgreSQL, RabbitMQ and SMTP."""
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
 from devtools.client import Floodgate
-from devtools.stack import SERVICES, Infra, Stack
+from devtools.stack import SERVICES, Infra, Stack, free_ports
 from shared.db import drop_database
 from tests.integration.infra import provision
 
@@ -23,12 +22,6 @@ TEST_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def infra():
     provisioned = provision()
@@ -39,12 +32,10 @@ def infra():
 @pytest.fixture(scope="session")
 def stack(infra, tmp_path_factory):
     prefix = f"fgtest_{uuid.uuid4().hex[:8]}"
-    ports = {name: _free_port() for name in
-             ("accounts", "inventory", "checkout", "notifications", "payments", "smtp", "smtp-control")}
     stack = Stack(
         infra=Infra(postgres_url=infra.postgres_url, amqp_url=infra.amqp_url, database_prefix=prefix),
         var_dir=Path(tmp_path_factory.mktemp("stack")),
-        ports=ports,
+        ports=free_ports(),
         extra_env=dict(TEST_ENV),
     )
     stack.migrate()

@@ -8,14 +8,12 @@ with each other or with a `make run` stack.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import uuid
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
+
+from devtools import broker
 
 
 @dataclass
@@ -65,30 +63,20 @@ def from_containers() -> TestInfra:
 def from_environment() -> TestInfra:
     postgres_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
     given_amqp = os.environ.get("TEST_AMQP_URL")
-    rabbitmqctl = shutil.which("rabbitmqctl")
-
-    def ctl(*args: str) -> None:
-        subprocess.run([rabbitmqctl, *args], check=True, capture_output=True, timeout=120)
-
     if given_amqp:
         amqp_url, cleanup = given_amqp, (lambda: None)
     else:
-        if rabbitmqctl is None:
+        if not broker.available():
             raise RuntimeError("set TEST_AMQP_URL, or install rabbitmqctl so tests can create their vhost")
-        vhost = f"floodgate-test-{uuid.uuid4().hex[:8]}"
-        ctl("add_vhost", vhost)
-        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+        vhost, amqp_url = broker.private_vhost("floodgate-test")
 
         def cleanup() -> None:
-            ctl("delete_vhost", vhost)
+            broker.delete_vhost(vhost)
 
     def restart_broker() -> None:
-        if rabbitmqctl is None:
+        if not broker.available():
             raise RuntimeError("restarting the broker needs rabbitmqctl")
-        ctl("stop_app")
-        ctl("start_app")
-        ctl("await_startup")
+        broker.restart()
 
     return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker, cleanup=cleanup)
 

@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.test_order_path import scalar
+from tests.integration.database import scalar
 
 ADDRESS = {"name": "A", "street_address": "1 Main St", "city": "Ottawa", "postal_code": "K1A 0B1",
            "country_area": "ON", "country_code": "CA"}

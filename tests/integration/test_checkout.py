@@ -6,11 +6,9 @@ import contextlib
 import time
 import uuid
 
-import pytest
-import requests
 
 from devtools.client import CANADIAN_ADDRESS, poll
-from tests.integration.test_order_path import scalar
+from tests.integration.database import scalar
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 
@@ -22,10 +21,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.client import CANADIAN_ADDRESS, poll
-from devtools.stack import ROOT
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
-from tests.integration.test_order_path import scalar
+from tests.integration.database import scalar
 
 HEARTBEAT_SECONDS = 3
 PATIENT_CONSUMER = {"RETRY_DELAYS_MS": "300,1000", "MAX_ATTEMPTS": "100", "SMTP_TIMEOUT_SECONDS": "30",
@@ -45,15 +43,7 @@ ORDER = {
 
 def start_consumer(stack, name: str, **env) -> subprocess.Popen:
     """A notifications consumer process, registered with the stack so stop/kill work on it."""
-    environment = stack.env("notifications")
-    environment.update(PATIENT_CONSUMER, **env)
-    log_dir = stack.var_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{name}.log", "ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "services.notifications.consumer"], cwd=ROOT, env=environment,
-                                   stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    stack.processes[name] = process
-    return process
+    return stack.start("notifications-consumer", {**PATIENT_CONSUMER, **env}, as_name=name)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,18 +4,8 @@ from __future__ import annotations
 import concurrent.futures
 import uuid
 
-import sqlalchemy as sa
-
 from devtools.client import poll
-
-
-def scalar(stack, service: str, sql: str, **params):
-    engine = sa.create_engine(stack.infra.database_url(service), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text(sql), params).scalar()
-    finally:
-        engine.dispose()
+from tests.integration.database import scalar
 
 
 def test_a_paid_order_is_confirmed_sold_once_and_emailed_once(floodgate, stack, buyer, open_drop):

@@ -10,7 +10,7 @@ import pika
 from devtools.client import poll
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
-from tests.integration.test_order_path import scalar
+from tests.integration.database import scalar
 
 
 def place_orders(floodgate, drop_id: str, count: int) -> list[tuple[str, dict]]:

@@ -69,7 +69,7 @@ def test_a_missing_liveness_probe_is_refused(tmp_path):
 ])
 def test_a_policy_breach_is_refused(tmp_path, patch, message):
     result = validate_copy(tmp_path, "dev", patch, "accounts-api")
-    assert_refused(result, "dev", f"Deployment/accounts-api", message)
+    assert_refused(result, "dev", "Deployment/accounts-api", message)
 
 
 def test_a_type_error_is_refused(tmp_path):

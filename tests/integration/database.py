@@ -1,0 +1,11 @@
+"""Reading a service's database from a test, to assert what no endpoint shows."""
+import sqlalchemy as sa
+
+
+def scalar(stack, service: str, sql: str, **params):
+    engine = sa.create_engine(stack.infra.database_url(service), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+    finally:
+        engine.dispose()
