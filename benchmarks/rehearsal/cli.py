@@ -39,7 +39,7 @@ from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, p
 from benchmarks.rehearsal.events import EventReader
 from benchmarks.rehearsal.sampler import Sampler
 from devtools.client import Floodgate
-from devtools.stack import ROOT
+from devtools.stack import ROOT, free_ports
 from shared.db import create_database_if_missing
 
 
@@ -188,7 +188,8 @@ class Progress:
 def naive_run(rig, out: Path, buyers: list, units: int, seconds: float) -> dict:
     """The naive reference under the same crowd for `seconds`, with a 1 s-per-message SMTP server."""
     py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
-    smtp_port, control_port, app_port = (rigs.free_port() for _ in range(3))
+    ports = free_ports()
+    smtp_port, control_port, app_port = ports["smtp"], ports["smtp-control"], ports["checkout"]
     database = rig.scratch_database("naive")
     create_database_if_missing(database)
     drop_id = str(uuid.uuid4())
