@@ -71,3 +71,13 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 # checkout; report in var/rehearsal/<timestamp>/. Sizes and faults: make rehearsal REHEARSAL_ARGS="--units 500 --buyers 2000"
 rehearsal: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.rehearsal $(REHEARSAL_ARGS)
+
+# --- Cost per order (benchmarks/cost.py) --------------------------------------------------------
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+# an isolated stack under a light load generator at 16 and 64 connections: orders/s, latency,
+# machine CPU per placed order split per process, pgbench and the naive checkout, same run
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.cost $(BENCH_ARGS)

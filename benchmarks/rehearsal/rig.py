@@ -52,8 +52,10 @@ class Rig:
                     pass
 
 
-def isolated(var_dir: Path, env: dict) -> Rig:
-    """Start a whole stack of our own: databases, vhost, ports; migrated and ready."""
+def isolated(var_dir: Path, env: dict, combine_relays: bool = False) -> Rig:
+    """Start a whole stack of our own: databases, vhost, ports; migrated and ready.
+
+    `combine_relays` relays every outbox from one process, as `make run` does."""
     run_id = uuid.uuid4().hex[:8]
     postgres_url = os.environ.get("POSTGRES_URL", Infra.postgres_url)
     vhost = None
@@ -69,6 +71,7 @@ def isolated(var_dir: Path, env: dict) -> Rig:
         var_dir=var_dir,
         ports=free_ports(),
         extra_env=dict(env),
+        combine_relays=combine_relays,
     )
     rig = Rig(stack=stack, owned=True, vhost=vhost)
     try:

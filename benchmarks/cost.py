@@ -1,0 +1,425 @@
+"""What a placed order costs: throughput, latency and the machine's CPU per order, split per process.
+
+    make bench                                   # installs what it needs (requirements-bench.txt)
+    python -m benchmarks.cost [--seconds 20] [--connections 16,64] [--buyers 200] [--out DIR]
+
+One run:
+1. starts an isolated stack (own databases, vhost and ports, as the rehearsal does; relays in one
+   process, as `make run` runs them), signs the buyers in and opens a drop with more stock than
+   any run sells, so every order is a real hold;
+2. for each connection count, places orders with a light closed-loop generator
+   (`benchmarks/loadgen.py`) for `--seconds`, then lets the pipeline drain (every outbox
+   published, every queue empty, every `order.placed` email sent), sampling the CPU of every
+   process on the machine from the first order to the drained pipeline;
+3. runs pgbench on the same order transaction on the same PostgreSQL (the ceiling), and the
+   naive one-process checkout (`benchmarks/rehearsal/naive_checkout.py`) under the same generator
+   with an instant SMTP server and with one taking 1 s a message;
+4. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
+   var/bench/<timestamp>/.
+
+CPU per placed order is the machine's busy CPU time (all cores, from /proc/stat) over the phase,
+divided by the orders placed; the split names each stack process (a gunicorn master with its
+workers), PostgreSQL (every postgres process), RabbitMQ (the Erlang VM), the load generator and
+the benchmark itself, and `other` for the rest of the machine. Not a test: figures, no verdict
+except that the drop was not oversold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pika
+import psutil
+import requests
+import sqlalchemy as sa
+
+from benchmarks.rehearsal import buyers as crowd_signup
+from benchmarks.rehearsal import naive_checkout, pgbench
+from benchmarks.rehearsal import rig as rigs
+from devtools.client import Floodgate
+from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES, free_ports
+from shared.db import create_database_if_missing
+from shared.messaging.topology import work_queue
+
+UNITS = 1_000_000  # more than any run sells: every order is a hold, none a sell-out
+BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))], 1)
+
+
+# --- CPU ----------------------------------------------------------------------------------------
+
+class CpuMeter(threading.Thread):
+    """CPU seconds per process group between `start()` and `stop()`.
+
+    Processes are sampled every `interval`; one that exits keeps what it used until its last
+    sample (short-lived PostgreSQL backends are rare: every service pools its connections)."""
+
+    def __init__(self, roots: dict[int, str], interval: float = 0.5):
+        super().__init__(name="cpu-meter", daemon=True)
+        self.roots = dict(roots)
+        self.interval = interval
+        self._group: dict[int, str] = {}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._halt = threading.Event()
+        self._machine_start = self._machine_busy()
+        self._t0 = time.monotonic()
+        self._sample(first=True)
+        self.seconds = 0.0
+        self.machine_seconds = 0.0
+
+    @staticmethod
+    def _machine_busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+    def _classify(self, process: psutil.Process) -> str:
+        pid = process.pid
+        if pid == os.getpid():
+            return "benchmark (this process)"
+        try:
+            name = process.name()
+            if name == "postgres" or name.startswith("postgres:"):
+                return "PostgreSQL"
+            if name in BROKER_PROCESSES:
+                return "RabbitMQ"
+            for parent in [process, *process.parents()]:
+                if parent.pid in self.roots:
+                    return self.roots[parent.pid]
+        except psutil.Error:
+            pass
+        return "other"
+
+    def _sample(self, first: bool = False) -> None:
+        for process in psutil.process_iter():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            pid = process.pid
+            if pid not in self._group:
+                self._group[pid] = self._classify(process)
+                self._first[pid] = used if first else 0.0
+            self._last[pid] = used
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling; CPU seconds per group."""
+        self._halt.set()
+        self.join()
+        self._sample()
+        self.seconds = time.monotonic() - self._t0
+        self.machine_seconds = self._machine_busy() - self._machine_start
+        groups: dict[str, float] = {}
+        for pid, group in self._group.items():
+            groups[group] = groups.get(group, 0.0) + max(0.0, self._last[pid] - self._first[pid])
+        return groups
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+def stack_roots(stack) -> dict[int, str]:
+    return {process.pid: name for name, process in stack.processes.items()}
+
+
+class Pipeline:
+    """Whether everything an order set in motion has happened: outboxes published, queues empty,
+    every `order.placed` email sent."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.engines = {s: sa.create_engine(rig.stack.infra.database_url(s), pool_size=1, max_overflow=0)
+                        for s in SERVICES}
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+    def _scalar(self, service: str, sql: str) -> int:
+        with self.engines[service].connect() as conn:
+            return int(conn.execute(sa.text(sql)).scalar() or 0)
+
+    def placed_emails(self) -> int:
+        return self._scalar("notifications", "SELECT count(*) FROM deliveries WHERE status = 'sent' "
+                                             "AND event_type = 'order.placed'")
+
+    def orders(self) -> int:
+        return self._scalar("checkout", "SELECT count(*) FROM orders")
+
+    def pending(self) -> int:
+        outboxes = sum(self._scalar(s, "SELECT count(*) FROM outbox WHERE published_at IS NULL") for s in RELAYS)
+        params = pika.URLParameters(self.rig.amqp_url)
+        params.connection_attempts, params.socket_timeout = 1, 2
+        conn = pika.BlockingConnection(params)
+        try:
+            channel = conn.channel()
+            queued = sum(channel.queue_declare(work_queue(s), passive=True).method.message_count for s in CONSUMERS)
+        finally:
+            conn.close()
+        return outboxes + queued
+
+    def wait_drained(self, timeout: float = 300) -> float:
+        """Seconds until drained (twice in a row, 0.25 s apart)."""
+        started = time.monotonic()
+        calm = 0
+        while calm < 2:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the pipeline did not drain in {timeout}s")
+            orders = self.orders()
+            calm = calm + 1 if self.pending() == 0 and self.placed_emails() >= orders else 0
+            time.sleep(0.25)
+        return time.monotonic() - started
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+def generate(url: str, tokens: list[str], drop_id: str, connections: int, seconds: float, workdir: Path,
+             first_number: int = 100) -> tuple[dict, int]:
+    """Run the load generator; its result and its pid (already exited)."""
+    config = {"url": url, "tokens": tokens, "drop_id": drop_id, "connections": connections, "seconds": seconds,
+              "first_number": first_number, "out": str(workdir / f"load-{uuid.uuid4().hex[:6]}.json")}
+    config_path = workdir / f"loadgen-{uuid.uuid4().hex[:6]}.json"
+    config_path.write_text(json.dumps(config))
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadgen", str(config_path)], cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return config, process
+
+
+def summarise(result: dict, seconds: float) -> dict:
+    answers = {int(k): v for k, v in result["answers"].items()}
+    created = answers.get(201, [])
+    every = [ms for status, values in answers.items() if status > 0 for ms in values]
+    return {
+        "orders": len(created),
+        "orders_per_second": round(len(created) / seconds, 1),
+        "answers": {str(k): len(v) for k, v in sorted(answers.items())},
+        "p50_201_ms": percentile(created, 50), "p99_201_ms": percentile(created, 99),
+        "p50_all_ms": percentile(every, 50), "p99_all_ms": percentile(every, 99),
+        "loadgen_cpu_seconds": round(result.get("cpu_seconds", 0.0), 2),
+    }
+
+
+def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections: int, seconds: float,
+          workdir: Path, first_number: int) -> dict:
+    """Place orders at `connections` for `seconds`, drain, and account for every CPU second."""
+    meter = CpuMeter(stack_roots(rig.stack))
+    meter.start()
+    config, process = generate(f"{rig.stack.url('checkout')}/orders", tokens, drop_id, connections, seconds,
+                               workdir, first_number)
+    meter.roots[process.pid] = "load generator"
+    started = time.monotonic()
+    while process.poll() is None:
+        time.sleep(1)
+        say(f"\r  {connections:>3} connections: {time.monotonic() - started:5.1f}s, orders so far {pipeline.orders():>7} ")
+    if process.returncode != 0:
+        raise RuntimeError("the load generator failed")
+    say("  draining ...")
+    drain_seconds = pipeline.wait_drained()
+    cpu = meter.stop()
+    result = json.loads(Path(config["out"]).read_text())
+    figures = summarise(result, seconds)
+    orders = max(1, figures["orders"])
+    figures.update(
+        connections=connections, seconds=seconds, drain_seconds=round(drain_seconds, 1),
+        window_seconds=round(meter.seconds, 1),
+        cpu_ms_per_order={name: round(value * 1000 / orders, 2) for name, value in
+                          sorted(cpu.items(), key=lambda item: -item[1])},
+        machine_cpu_ms_per_order=round(meter.machine_seconds * 1000 / orders, 2),
+        # what the stack and its servers used, without the generator and this benchmark
+        stack_cpu_ms_per_order=round(sum(v for k, v in cpu.items()
+                                         if k not in ("load generator", "benchmark (this process)", "other"))
+                                     * 1000 / orders, 2),
+    )
+    say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
+        f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
+        f"drained in {figures['drain_seconds']} s\n")
+    return figures
+
+
+def naive(rig, tokens: list[str], connections: int, seconds: float, smtp_seconds: float, workdir: Path) -> dict:
+    """The naive one-process checkout under the same generator, its SMTP server taking `smtp_seconds`."""
+    py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
+    ports = free_ports()
+    database = rig.scratch_database(f"naive{int(smtp_seconds * 1000)}")
+    create_database_if_missing(database)
+    drop_id = str(uuid.uuid4())
+    naive_checkout.prepare(database, drop_id, UNITS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NAIVE_DATABASE_URL=database, NAIVE_SMTP_PORT=str(ports["smtp"]))
+    processes = []
+    try:
+        with open(workdir / "naive.log", "ab") as log:
+            processes.append(subprocess.Popen(
+                [py, "-m", "devtools.smtp_server", "--port", str(ports["smtp"]), "--control-port",
+                 str(ports["smtp-control"]), "--maildir", str(workdir / "naive-mail")],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen(
+                [gunicorn, "-w", "1", "-k", "sync", "--bind", f"127.0.0.1:{ports['checkout']}", "--log-level",
+                 "warning", "benchmarks.rehearsal.naive_checkout:create_app()"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        fault = {"mode": "stall", "seconds": smtp_seconds} if smtp_seconds else {"mode": "none"}
+        while True:
+            try:
+                requests.post(f"http://127.0.0.1:{ports['smtp-control']}/faults", json=fault, timeout=2).raise_for_status()
+                requests.get(f"http://127.0.0.1:{ports['checkout']}/", timeout=2)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the naive checkout did not start; see {workdir / 'naive.log'}")
+                time.sleep(0.3)
+        config, process = generate(f"http://127.0.0.1:{ports['checkout']}/orders", tokens, drop_id, connections,
+                                   seconds, workdir)
+        process.wait()
+        figures = summarise(json.loads(Path(config["out"]).read_text()), seconds)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    figures.update(connections=connections, seconds=seconds, smtp_seconds_per_message=smtp_seconds)
+    say(f"  naive checkout, SMTP {smtp_seconds:g} s/message: {figures['orders_per_second']} orders/s, "
+        f"p99 (201) {figures['p99_201_ms']} ms\n")
+    return figures
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def markdown(figures: dict) -> str:
+    lines = [f"# Cost per order — {figures['run']['started']}", "",
+             f"`{figures['run']['command']}` on {figures['run']['machine']}", ""]
+    for p in figures["phases"]:
+        lines += [f"## {p['connections']} connections, {p['seconds']:g} s", "",
+                  "| figure | value |", "|---|---|",
+                  f"| orders placed / s | **{p['orders_per_second']}** ({p['orders']} orders) |",
+                  f"| answers | {', '.join(f'{k}: {v}' for k, v in p['answers'].items())} |",
+                  f"| `POST /orders` p50 / p99, 201s | {p['p50_201_ms']} / {p['p99_201_ms']} ms |",
+                  f"| `POST /orders` p50 / p99, all answers | {p['p50_all_ms']} / {p['p99_all_ms']} ms |",
+                  f"| pipeline drained after the load | {p['drain_seconds']} s |",
+                  f"| **machine CPU per placed order** | **{p['machine_cpu_ms_per_order']} ms** "
+                  f"(stack and its servers: {p['stack_cpu_ms_per_order']} ms) |", "",
+                  "| process | CPU ms per placed order |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in p["cpu_ms_per_order"].items()]
+        lines.append("")
+    r = figures["ratios"]
+    pg, n0, n1 = figures.get("pgbench"), figures.get("naive_instant_smtp"), figures.get("naive_1s_smtp")
+    lines += ["## The ceiling and the peer, same run", "", "| figure | value |", "|---|---|"]
+    if pg:
+        lines.append(f"| pgbench, the same order transaction, {pg['clients']} clients | {pg['tps']:,.0f} tx/s |")
+    if n0:
+        lines.append(f"| naive checkout, instant SMTP, {n0['connections']} connections | {n0['orders_per_second']} orders/s "
+                     f"(p99 {n0['p99_201_ms']} ms) |")
+    if n1:
+        lines.append(f"| naive checkout, SMTP 1 s/message, {n1['connections']} connections | {n1['orders_per_second']} "
+                     f"orders/s (p99 {n1['p99_201_ms']} ms) |")
+    lines += ["", "| ratio (Floodgate at the best phase) | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in r.items()]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20, help="load per phase (default 20)")
+    parser.add_argument("--connections", default="16,64", help="one phase per count (default 16,64)")
+    parser.add_argument("--buyers", type=int, default=200, help="signed-in buyers the orders rotate over (default 200)")
+    parser.add_argument("--pgbench-seconds", type=float, default=10, help="0 skips pgbench (default 10)")
+    parser.add_argument("--naive-seconds", type=float, default=10, help="0 skips the naive checkout (default 10)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench/<timestamp>)")
+    args = parser.parse_args(argv)
+    started = datetime.now(timezone.utc)
+    out = args.out or ROOT / "var" / "bench" / started.strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="load-", dir=out))
+    command = "python -m benchmarks.cost " + " ".join(argv if argv is not None else sys.argv[1:])
+    say(f"Cost per order: report folder {out}\n  starting an isolated stack ...\n")
+    rig = rigs.isolated(out / "stack", env={}, combine_relays=True)
+    pipeline = Pipeline(rig)
+    try:
+        floodgate = Floodgate(rig.stack)
+        admin = floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@bench.example", "bench admin, dev only")
+        say(f"  signing in {args.buyers} buyers ...\n")
+        tokens = [token for _, token in crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, progress=say)]
+        drop = floodgate.create_drop(admin, quantity=UNITS, opens_in=-1, lasts=3600, per_buyer_limit=UNITS)
+        say(f"  drop {drop['id']}: {UNITS:,} units over {drop.get('stock_shards')} stock rows\n")
+        pipeline.wait_drained()
+        phases = []
+        for index, connections in enumerate(int(c) for c in args.connections.split(",")):
+            phases.append(phase(rig, pipeline, tokens, drop["id"], connections, args.seconds, workdir,
+                                first_number=100 + index * 10_000_000))
+        remaining = floodgate.get_drop(drop["id"])["remaining"]
+        sold = sum(p["orders"] for p in phases)
+        if remaining != UNITS - pipeline.orders():
+            raise SystemExit(f"!!! stock does not add up: {remaining} left of {UNITS} after {pipeline.orders()} orders")
+        pg = None
+        if args.pgbench_seconds > 0:
+            say(f"  pgbench, the same transaction, 16 clients, {args.pgbench_seconds:g}s ...\n")
+            pg = pgbench.run(rig.scratch_database("pgbench"), stock_rows=int(drop.get("stock_shards") or 1),
+                             clients=16, seconds=args.pgbench_seconds).as_dict()
+            say(f"  pgbench: {pg['tps']:,.0f} tx/s\n")
+        naive_instant = naive_slow = None
+        if args.naive_seconds > 0:
+            naive_instant = naive(rig, tokens, 64, args.naive_seconds, 0, workdir)
+            naive_slow = naive(rig, tokens, 64, args.naive_seconds, 1, workdir)
+        best = max(phases, key=lambda p: p["orders_per_second"])
+        figures = {
+            "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold},
+            "phases": phases, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
+            "ratios": {
+                "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),
+                "placement / naive, instant SMTP": ratio(best["orders_per_second"],
+                                                         naive_instant and naive_instant["orders_per_second"]),
+                "placement / naive, SMTP 1 s": ratio(best["orders_per_second"],
+                                                     naive_slow and naive_slow["orders_per_second"]),
+            },
+        }
+        (out / "bench.json").write_text(json.dumps(figures, indent=2))
+        (out / "bench.md").write_text(markdown(figures))
+        say("\n" + markdown(figures) + f"\nReport: {out / 'bench.md'}\n")
+    finally:
+        pipeline.close()
+        rig.teardown()
+
+
+if __name__ == "__main__":
+    main()
