@@ -54,6 +54,7 @@ class Settings:
     # outbox relay
     relay_batch_size: int = 500
     relay_idle_seconds: float = 0.25  # the longest pause between polls of an idle outbox
+    relay_batch_window_seconds: float = 0.02  # after a batch that was not full, let rows gather
     # consumers, relays and sweepers touch this file every turn of their loop (liveness)
     heartbeat_file: str = ""
     # fault injection for tests and rehearsals; never set in production

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask, Response, json, request
 from marshmallow import ValidationError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_BASE = "https://floodgate.dev/problems/"
@@ -88,6 +89,12 @@ class ServiceUnavailable(Problem):
         super().__init__(detail, **kwargs)
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """503: the service's database did not answer (restarting, failing over); nothing was done."""
+
+    slug, title = "database-unavailable", "The database is not answering"
+
+
 def problem_response(problem: Problem) -> Response:
     """Render `problem` as an RFC 9457 response."""
     body = problem.to_dict()
@@ -124,6 +131,15 @@ def init_app(app: Flask) -> None:
         if error.code == 405 and getattr(error, "valid_methods", None):
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
+
+    @app.errorhandler(sa_exc.OperationalError)
+    @app.errorhandler(sa_exc.InterfaceError)
+    @app.errorhandler(sa_exc.TimeoutError)
+    def _database_unavailable(error: Exception):
+        # The transaction was rolled back with the lost connection; the pool replaces the
+        # connections it had, so the buyer's retry (same Idempotency-Key) is handled afresh.
+        log.warning("database unavailable", extra={"error": repr(error)[:500]})
+        return problem_response(DatabaseUnavailable("The database is not answering; retry in a moment."))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

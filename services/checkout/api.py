@@ -84,35 +84,23 @@ def place_order():
 
 
 def _place(cmd: handlers.PlaceOrder, wiring: Wiring):
-    settings = context().settings
-    stored = handlers.claim_idempotency_key(
-        cmd, unit_of_work, settings.idempotency_wait_seconds, settings.idempotency_takeover_seconds
-    )
-    if stored is not None:
-        response = _send(stored)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    try:
-        with unit_of_work() as uow:
-            order = handlers.place_order(cmd, uow, wiring.inventory, wiring.provider, settings)
-            stored = handlers.remember_response(cmd, uow, 201, OrderSchema().dump(order))
-            uow.commit()
-    except Problem as problem:
-        if problem.status >= 500 or problem.status == 429:
-            with unit_of_work() as uow:
-                handlers.release_idempotency_key(cmd, uow)
-                uow.commit()
-            raise
-        # A definitive refusal (sold out, not open, ...) is this key's answer from now on.
-        with unit_of_work() as uow:
+    with unit_of_work() as uow:
+        stored = handlers.claim_idempotency_key(cmd, uow)
+        if stored is not None:
+            response = _send(stored)
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
+        try:
+            order = handlers.place_order(cmd, uow, wiring.inventory, wiring.provider, context().settings)
+        except Problem as problem:
+            if problem.status >= 500 or problem.status == 429:
+                raise  # leaving the block rolls the claim back: the buyer's retry starts afresh
+            # A definitive refusal (sold out, not open, ...) is this key's answer from now on.
             stored = handlers.remember_response(cmd, uow, problem.status, dict(problem.to_dict(), instance=request.path))
             uow.commit()
-        return _send(stored)
-    except Exception:
-        with unit_of_work() as uow:
-            handlers.release_idempotency_key(cmd, uow)
-            uow.commit()
-        raise
+            return _send(stored)
+        stored = handlers.remember_response(cmd, uow, 201, OrderSchema().dump(order))
+        uow.commit()
     response = _send(stored)
     response.headers["Location"] = f"/orders/{order.id}"
     return response

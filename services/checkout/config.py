@@ -13,9 +13,6 @@ class Settings(CommonSettings):
     payment_webhook_secret: str = DEV_WEBHOOK_SECRET
     webhook_tolerance_seconds: int = 300
     public_url: str = "http://127.0.0.1:8003"
-    idempotency_wait_seconds: float = 10.0
-    # an unanswered claim this old was left by a worker that died; a retry takes it over
-    idempotency_takeover_seconds: float = 15.0
     # resellers share addresses: units of one drop per shipping address, across buyers
     per_address_limit: int = 2
     # load shedding: orders handled at once per process, and the inventory circuit breaker

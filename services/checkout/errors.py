@@ -26,14 +26,6 @@ class IdempotencyKeyReused(Problem):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key already used for another request"
 
 
-class RequestInProgress(Conflict):
-    slug, title = "request-in-progress", "A request with this Idempotency-Key is in progress"
-
-    def __init__(self, detail=None, **kwargs):
-        kwargs.setdefault("headers", {"Retry-After": "1"})
-        super().__init__(detail, **kwargs)
-
-
 class OrderNotFound(NotFound):
     slug, title = "order-not-found", "No such order"
 

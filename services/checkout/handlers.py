@@ -5,18 +5,16 @@ import functools
 import hashlib
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from services.checkout import errors, orders
 from services.checkout.inventory_client import InventoryClient
-from services.checkout.models import AddressAllowance, IdempotencyKey, Order, PaymentEvent
+from services.checkout.models import AddressAllowance, Order, OrderTransition, PaymentEvent
 from services.checkout.payments import PaymentProvider
 from shared.logs import bind_order_id
 
@@ -55,78 +53,38 @@ class StoredResponse:
         return "application/problem+json" if self.status >= 400 else "application/json"
 
 
-def claim_idempotency_key(
-    cmd: PlaceOrder, uow_factory: Callable, wait_seconds: float, takeover_seconds: float
-) -> StoredResponse | None:
-    """Take the key for this request (None), or return the response it already produced.
+def claim_idempotency_key(cmd: PlaceOrder, uow) -> StoredResponse | None:
+    """Take the key for this request in `uow`'s transaction (None), or return the answer it
+    already has.
 
-    A concurrent duplicate waits for the first request's answer so both get the same one. A claim
-    left unanswered for `takeover_seconds` belonged to a worker that died mid-request: the retry
-    takes it over. That is safe because the order id comes from the key and inventory's hold is
-    idempotent by order id, so the retry finishes the same order.
+    The claim is committed with the order and its answer, all in one transaction: a concurrent
+    duplicate waits on the key's unique index until that commits (and then returns the same
+    answer) or rolls back (and then takes the key itself). A claim without an answer can only
+    have been left by a version that committed claims on their own: the retry takes it over,
+    which is safe because the order id comes from the key and inventory's hold is idempotent by
+    order id.
     """
-    deadline = time.monotonic() + wait_seconds
+    params = {"buyer_id": cmd.buyer_id, "key": cmd.idempotency_key, "fingerprint": cmd.fingerprint}
     while True:
-        with uow_factory() as uow:
-            inserted = uow.session.execute(
-                _CLAIM_KEY, {"buyer_id": cmd.buyer_id, "key": cmd.idempotency_key, "fingerprint": cmd.fingerprint}
-            ).first()
-            uow.commit()
-            if inserted:
-                return None
-            existing = uow.session.get(IdempotencyKey, (cmd.buyer_id, cmd.idempotency_key))
-        if existing is None:
-            continue  # released by a request that failed in between; take it
-        if existing.fingerprint != cmd.fingerprint:
-            raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
-        if existing.response_status is not None:
-            return StoredResponse(existing.response_status, existing.response_body)
-        if _take_over_abandoned_claim(uow_factory, existing, takeover_seconds):
-            log.warning("took over an abandoned idempotency key", extra={"claimed_at": existing.created_at.isoformat()})
+        if uow.session.execute(_CLAIM_KEY, params).first():
             return None
-        if time.monotonic() >= deadline:
-            raise errors.RequestInProgress("The first request with this Idempotency-Key is still being handled.")
-        time.sleep(0.05)
-
-
-def _take_over_abandoned_claim(uow_factory: Callable, claim: IdempotencyKey, takeover_seconds: float) -> bool:
-    with uow_factory() as uow:
-        # compare-and-set on the claim time: of several retries, one takes the claim over
-        taken = uow.session.execute(
-            sa.update(IdempotencyKey)
-            .where(
-                IdempotencyKey.buyer_id == claim.buyer_id,
-                IdempotencyKey.key == claim.key,
-                IdempotencyKey.response_status.is_(None),
-                IdempotencyKey.created_at == claim.created_at,
-                IdempotencyKey.created_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, takeover_seconds),
-            )
-            .values(created_at=sa.func.now())
-        ).rowcount
-        uow.commit()
-    return taken == 1
+        existing = uow.session.execute(_LOCK_KEY, params).first()
+        if existing is not None:
+            break
+    if existing.fingerprint != cmd.fingerprint:
+        raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
+    if existing.response_status is not None:
+        return StoredResponse(existing.response_status, existing.response_body)
+    log.warning("took over an unanswered idempotency key")
+    return None
 
 
 def remember_response(cmd: PlaceOrder, uow, status: int, body: dict) -> StoredResponse:
     """Store the answer for this key, in the caller's transaction."""
     stored = StoredResponse(status, json.dumps(body))
-    uow.session.execute(
-        sa.update(IdempotencyKey)
-        .where(IdempotencyKey.buyer_id == cmd.buyer_id, IdempotencyKey.key == cmd.idempotency_key)
-        .values(response_status=stored.status, response_body=stored.body)
-    )
+    uow.session.execute(_REMEMBER_RESPONSE, {"buyer_id": cmd.buyer_id, "key": cmd.idempotency_key,
+                                             "status": stored.status, "body": stored.body})
     return stored
-
-
-def release_idempotency_key(cmd: PlaceOrder, uow) -> None:
-    """Forget an unanswered key so the buyer's retry is handled afresh."""
-    uow.session.execute(
-        sa.delete(IdempotencyKey).where(
-            IdempotencyKey.buyer_id == cmd.buyer_id,
-            IdempotencyKey.key == cmd.idempotency_key,
-            IdempotencyKey.response_status.is_(None),
-        )
-    )
 
 
 def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings) -> Order:
@@ -139,11 +97,11 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
     )
     address_key = address_key_of(cmd.shipping_address)
     if not _take_address_allowance(uow, uuid.UUID(cmd.drop_id), address_key, hold.quantity, settings.per_address_limit):
-        uow.rollback()
         inventory.release(str(order_id))
         raise errors.AddressLimitReached(
             f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
         )
+    placed_at = _now()
     order = Order(
         id=order_id,
         buyer_id=cmd.buyer_id,
@@ -159,11 +117,16 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         status=None,
         hold_expires_at=hold.hold_expires_at,
         approval_url=provider.approval_url(str(order_id), hold.unit_amount * hold.quantity, hold.currency),
+        created_at=placed_at,
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
-    uow.session.add(order)
-    uow.session.flush()
+    # Core inserts of a transient Order: the ORM's flush cost more than the statements themselves.
+    uow.session.execute(_INSERT_ORDER, {column: getattr(order, column) for column in _ORDER_COLUMNS})
+    first = order.history[0]
+    first.at = placed_at
+    uow.session.execute(_INSERT_TRANSITION, {"order_id": order_id, "from_status": first.from_status,
+                                             "to_status": first.to_status, "reason": first.reason, "at": placed_at})
     data = order_document(order, settings)
     data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
     uow.publish("order.placed", data)
@@ -192,6 +155,18 @@ _CLAIM_KEY = sa.text(
     "INSERT INTO idempotency_keys (buyer_id, key, fingerprint) VALUES (:buyer_id, :key, :fingerprint) "
     "ON CONFLICT DO NOTHING RETURNING key"
 )
+_LOCK_KEY = sa.text(
+    "SELECT fingerprint, response_status, response_body FROM idempotency_keys "
+    "WHERE buyer_id = :buyer_id AND key = :key FOR UPDATE"
+)
+_REMEMBER_RESPONSE = sa.text(
+    "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
+)
+_INSERT_ORDER = Order.__table__.insert()
+_ORDER_COLUMNS = ("id", "buyer_id", "buyer_email", "drop_id", "sku", "product_name", "quantity", "unit_amount",
+                  "currency", "shipping_address", "status", "hold_expires_at", "approval_url", "address_key",
+                  "created_at")
+_INSERT_TRANSITION = OrderTransition.__table__.insert()
 _TAKE_ADDRESS_ALLOWANCE = sa.text(
     "INSERT INTO address_allowances (drop_id, address_key, taken) VALUES (:drop_id, :address_key, :quantity) "
     "ON CONFLICT (drop_id, address_key) DO UPDATE SET taken = address_allowances.taken + :quantity "

@@ -24,6 +24,7 @@ from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import OUTBOX
+from shared.messaging.publisher import ConfirmedPublisher
 
 log = logging.getLogger("floodgate.relay")
 RETENTION = "1 day"
@@ -50,12 +51,11 @@ class OutboxRelay:
                     self.settings.amqp_url, f"{self.settings.service_name}-relay", self.settings.amqp_heartbeat_seconds
                 )
                 try:
-                    channel = conn.channel()
-                    topology.declare(channel, self.settings.retry_delays_ms)
-                    channel.confirm_delivery()
+                    topology.declare(conn.channel(), self.settings.retry_delays_ms)
+                    publisher = ConfirmedPublisher(conn)
                     log.info("relay connected")
                     delays = amqp.backoff()
-                    self._pump(conn, channel)
+                    self._pump(conn, publisher)
                 finally:
                     if conn.is_open:
                         conn.close()
@@ -68,52 +68,39 @@ class OutboxRelay:
                 log.warning("database unavailable, retrying", extra={"error": repr(error), "retry_in": round(pause, 2)})
                 self.stop.wait(pause)
 
-    def _pump(self, conn: pika.BlockingConnection, channel) -> None:
+    def _pump(self, conn: pika.BlockingConnection, publisher: ConfirmedPublisher) -> None:
         # Idle polls back off from 5 ms to `relay_idle_seconds`, so a quiet relay costs almost no
-        # CPU and a busy one publishes within milliseconds of the commit.
+        # CPU and a busy one publishes within milliseconds of the commit. After a batch that was
+        # not full, the relay waits `relay_batch_window_seconds` so that rows gather into the next
+        # one: a batch costs the same few statements and one wait for confirms whatever its size.
         idle = IDLE_FLOOR_SECONDS
         while not self.stop.is_set():
             self.heartbeat.beat()
-            if self.publish_batch(channel):
+            published = self.publish_batch(publisher)
+            if published:
                 idle = IDLE_FLOOR_SECONDS
+                if published < self.settings.relay_batch_size:
+                    conn.process_data_events(time_limit=self.settings.relay_batch_window_seconds)
                 continue
             self._purge_old()
             # process_data_events answers heartbeats while idle
             conn.process_data_events(time_limit=idle)
             idle = min(self.settings.relay_idle_seconds, idle * 2)
 
-    def publish_batch(self, channel) -> int:
+    def publish_batch(self, publisher: ConfirmedPublisher) -> int:
         """Publish one batch of pending rows; returns how many were published."""
         with self.engine.begin() as tx:
-            rows = tx.execute(
-                sa.select(OUTBOX.c.id, OUTBOX.c.envelope, OUTBOX.c.request_id)
-                .where(OUTBOX.c.published_at.is_(None))
-                .order_by(OUTBOX.c.id)
-                .limit(self.settings.relay_batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
+            rows = tx.execute(_PENDING, {"limit": self.settings.relay_batch_size}).all()
             if not rows:
                 return 0
-            for row in rows:
-                envelope = Envelope.from_dict(row.envelope)
-                # With confirms on, basic_publish returns once the broker has the message
-                # (persisted in the quorum queues); an unroutable one raises UnroutableError.
-                channel.basic_publish(
-                    exchange=topology.EVENTS_EXCHANGE,
-                    routing_key=envelope.type,
-                    body=envelope.to_json(),
-                    properties=envelope.properties(request_id=row.request_id),
-                    mandatory=True,
-                )
+            # Returns once the broker has confirmed every message (persisted in the quorum
+            # queues); a nack or an unroutable message raises and the rows stay pending.
+            publisher.publish(_message(row) for row in rows)
             if self.settings.fault_relay_exit_after_publish:
                 log.error("fault injection: exiting after publish, before marking sent", extra={"rows": len(rows)})
                 logging.shutdown()
                 os._exit(3)
-            tx.execute(
-                sa.update(OUTBOX)
-                .where(OUTBOX.c.id.in_([row.id for row in rows]))
-                .values(published_at=sa.func.now())
-            )
+            tx.execute(_MARK_SENT, {"ids": [row.id for row in rows]})
         self.published += len(rows)
         log.info("published", extra={"count": len(rows), "total": self.published})
         return len(rows)
@@ -128,6 +115,21 @@ class OutboxRelay:
                     OUTBOX.c.published_at < sa.func.now() - sa.text(f"interval '{RETENTION}'")
                 )
             )
+
+
+_PENDING = (
+    sa.select(OUTBOX.c.id, OUTBOX.c.envelope, OUTBOX.c.request_id)
+    .where(OUTBOX.c.published_at.is_(None))
+    .order_by(OUTBOX.c.id)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_MARK_SENT = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
+
+
+def _message(row) -> tuple[str, str, bytes, pika.BasicProperties]:
+    envelope = Envelope.from_dict(row.envelope)
+    return topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(), envelope.properties(request_id=row.request_id)
 
 
 def main(argv: list[str] | None = None) -> None:

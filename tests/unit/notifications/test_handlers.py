@@ -7,7 +7,7 @@ from services.notifications import consumer, handlers
 from services.notifications.config import Settings
 from services.notifications.emails import IncompleteEvent
 from services.notifications.mailer import MailNotSent, MailRejected
-from tests.unit.notifications.fakes import FakeDeliveryLog, FakeMailer, FakeUnitOfWork, confirmed, order
+from tests.unit.notifications.fakes import FakeDeliveryLog, FakeMailer, FakeUnitOfWork, confirmed, event, order
 
 
 def deliver(envelope, mailer, deliveries):
@@ -168,3 +168,12 @@ def test_an_invite_for_nobody_in_particular_mails_nothing_and_is_not_an_error():
     data = {"invite_id": "i-1", "code": "DROP-7Q2X", "email": None, "tier": "early", "expires_at": None}
     deliver(replace(confirmed(), type="invite.issued", data=data, id="ev-10"), mailer, deliveries)
     assert mailer.sent == [] and deliveries.committed == []
+
+
+def test_only_the_confirmation_email_is_announced():
+    placed = dict(order(), hold_expires_at="2026-12-05T18:15:00+00:00", payment_url="http://pay.example/o")
+    uow = FakeUnitOfWork()
+    with uow:
+        handlers.send_notification(event("order.placed", placed, event_id="ev-8"), uow, FakeMailer())
+        uow.commit()
+    assert uow.published == []
