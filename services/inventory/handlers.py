@@ -274,6 +274,15 @@ _RESERVATION_STATUS = sa.select(RESERVATIONS.c.status).where(RESERVATIONS.c.orde
 _DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), _remaining(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
 
 
+# SQLAlchemy cannot cache a compiled ON CONFLICT statement; written once, it costs nothing to build.
+_TAKE_BUYER_ALLOWANCE = sa.text(
+    "INSERT INTO buyer_allowances (drop_id, buyer_id, taken) VALUES (:drop_id, :buyer_id, :quantity) "
+    "ON CONFLICT (drop_id, buyer_id) DO UPDATE SET taken = buyer_allowances.taken + :quantity "
+    "WHERE buyer_allowances.taken + :quantity <= :limit RETURNING taken"
+)
+_INSERT_RESERVATION = RESERVATIONS.insert()
+
+
 class _LostRace(Exception):
     """Another transaction inserted a reservation with this order id first."""
 
@@ -288,16 +297,9 @@ def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int, renewing: Reservation |
     if remaining < cmd.quantity:
         raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
 
-    allowance = BuyerAllowance.__table__
     taken = session.execute(
-        pg.insert(allowance)
-        .values(drop_id=drop.id, buyer_id=cmd.buyer_id, taken=cmd.quantity)
-        .on_conflict_do_update(
-            index_elements=[allowance.c.drop_id, allowance.c.buyer_id],
-            set_={"taken": allowance.c.taken + cmd.quantity},
-            where=allowance.c.taken + cmd.quantity <= drop.per_buyer_limit,
-        )
-        .returning(allowance.c.taken)
+        _TAKE_BUYER_ALLOWANCE,
+        {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit},
     ).first()
     if taken is None:
         raise LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
@@ -314,7 +316,7 @@ def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int, renewing: Reservation |
                       status=HELD, hold_expires_at=expires_at)
         try:
             # Core rather than Session.add + flush: the order path's hottest statement.
-            session.execute(RESERVATIONS.insert().values(**values))
+            session.execute(_INSERT_RESERVATION, values)
         except sa.exc.IntegrityError:
             raise _LostRace() from None
         # What the response shows; not added to the session, which has nothing left to flush.

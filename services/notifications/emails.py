@@ -160,6 +160,7 @@ _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
     autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
     undefined=jinja2.StrictUndefined,
+    auto_reload=False,  # templates ship with the code: no stat() of every template per email
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,

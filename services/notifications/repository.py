@@ -6,7 +6,6 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import orm
-from sqlalchemy.dialects import postgresql as pg
 
 from shared import db
 from services.notifications.models import DEAD, RETRYING, SENT, Delivery
@@ -74,6 +73,7 @@ class DeliveryLog:
 
     def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> None:
         values = {
+            "id": uuid.uuid4(),
             "event_id": attempt["event_id"],
             "event_type": attempt["event_type"],
             "order_id": attempt.get("order_id"),
@@ -83,35 +83,42 @@ class DeliveryLog:
             "occurred_at": attempt.get("occurred_at"),
             "handled_by": attempt.get("handled_by"),
             "status": status,
-            "attempts": 1,
             "retries": 0,
             "dead_letters": 0,
+            "last_error": None,
+            "sent_at": None,
             "updated_at": now,
             **changes,
         }
-        insert = pg.insert(Delivery).values(id=uuid.uuid4(), **values)
-        table = Delivery.__table__
-        update = {
-            "status": insert.excluded.status,
-            "attempts": table.c.attempts + 1,
-            "retries": table.c.retries + insert.excluded.retries,
-            "dead_letters": table.c.dead_letters + insert.excluded.dead_letters,
-            "updated_at": insert.excluded.updated_at,
-            "handled_by": insert.excluded.handled_by,
-            # what a failure could not read stays as an earlier attempt found it
-            "to_address": sa.func.coalesce(insert.excluded.to_address, table.c.to_address),
-            "subject": sa.func.coalesce(insert.excluded.subject, table.c.subject),
-            "order_id": sa.func.coalesce(insert.excluded.order_id, table.c.order_id),
-        }
-        if "last_error" in changes:
-            update["last_error"] = insert.excluded.last_error
-        if "sent_at" in changes:
-            update["sent_at"] = insert.excluded.sent_at
-        self._session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[table.c.event_id], set_=update, where=table.c.status != SENT
-            )
-        )
+        self._session.execute(_UPSERT, values)
+
+
+# One statement written once: SQLAlchemy cannot cache a compiled ON CONFLICT, and compiling it
+# per email cost more than running it. A sent delivery stays sent; what a failure could not read
+# (recipient, subject, order) stays as an earlier attempt found it.
+_UPSERT = sa.text(
+    f"""
+    INSERT INTO deliveries (id, event_id, event_type, order_id, to_address, subject, message_id, occurred_at,
+                            handled_by, status, attempts, retries, dead_letters, last_error, sent_at, updated_at)
+    VALUES (:id, :event_id, :event_type, :order_id, :to_address, :subject, :message_id, :occurred_at,
+            :handled_by, :status, 1, :retries, :dead_letters, :last_error, :sent_at, :updated_at)
+    ON CONFLICT (event_id) DO UPDATE SET
+        status = EXCLUDED.status,
+        attempts = deliveries.attempts + 1,
+        retries = deliveries.retries + EXCLUDED.retries,
+        dead_letters = deliveries.dead_letters + EXCLUDED.dead_letters,
+        updated_at = EXCLUDED.updated_at,
+        handled_by = EXCLUDED.handled_by,
+        to_address = coalesce(EXCLUDED.to_address, deliveries.to_address),
+        subject = coalesce(EXCLUDED.subject, deliveries.subject),
+        order_id = coalesce(EXCLUDED.order_id, deliveries.order_id),
+        last_error = coalesce(EXCLUDED.last_error, deliveries.last_error),
+        sent_at = coalesce(EXCLUDED.sent_at, deliveries.sent_at)
+    WHERE deliveries.status <> '{SENT}'
+    """
+).bindparams(sa.bindparam("occurred_at", type_=sa.DateTime(timezone=True)),
+             sa.bindparam("sent_at", type_=sa.DateTime(timezone=True)),
+             sa.bindparam("updated_at", type_=sa.DateTime(timezone=True)))
 
 
 class UnitOfWork(db.UnitOfWork):

@@ -1,4 +1,6 @@
 import smtplib
+from dataclasses import replace
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -28,6 +30,8 @@ class FakeSMTP:
         return 250, b"OK"
 
     def send_message(self, message, to_addrs):
+        if not self.open:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
         if FakeSMTP.reply is not None:
             raise FakeSMTP.reply
         self.messages.append((message, to_addrs))
@@ -60,8 +64,16 @@ def test_sends_text_and_html_with_the_event_message_id(smtp, email):
     assert to_addrs == ["emilie@example.ca"]
     assert message["Message-ID"] == "<ev-1@floodgate>"
     assert message["From"] == "Floodgate <orders@floodgate.test>"
-    assert message.get_body(("plain",)).get_content() == email.text
-    assert message.get_body(("html",)).get_content() == email.html
+    received = message_from_bytes(message.as_bytes(), policy=policy.default)  # as a mail client reads it
+    assert received.get_body(("plain",)).get_content() == email.text
+    assert received.get_body(("html",)).get_content() == email.html
+
+
+def test_a_subject_beyond_ascii_arrives_intact(smtp, email):
+    mailer().send(replace(email, subject="Votre commande est confirmée — Émilie"))
+    [(message, _)] = smtp.opened[0].messages
+    received = message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert received["Subject"] == "Votre commande est confirmée — Émilie"
 
 
 def test_keeps_one_connection_and_reopens_it_when_the_server_hung_up(smtp, email):
