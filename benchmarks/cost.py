@@ -366,14 +366,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pgbench-seconds", type=float, default=10, help="0 skips pgbench (default 10)")
     parser.add_argument("--naive-seconds", type=float, default=10, help="0 skips the naive checkout (default 10)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench/<timestamp>)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every process of the stack, e.g. GUNICORN_THREADS=4")
     args = parser.parse_args(argv)
+    stack_env = dict(item.split("=", 1) for item in args.env)
     started = datetime.now(timezone.utc)
     out = args.out or ROOT / "var" / "bench" / started.strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="load-", dir=out))
     command = "python -m benchmarks.cost " + " ".join(argv if argv is not None else sys.argv[1:])
     say(f"Cost per order: report folder {out}\n  starting an isolated stack ...\n")
-    rig = rigs.isolated(out / "stack", env={}, combine_relays=True)
+    rig = rigs.isolated(out / "stack", env=stack_env, combine_relays=True)
     pipeline = Pipeline(rig)
     try:
         floodgate = Floodgate(rig.stack)
@@ -403,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
             naive_slow = naive(rig, tokens, 64, args.naive_seconds, 1, workdir)
         best = max(phases, key=lambda p: p["orders_per_second"])
         figures = {
-            "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold},
+            "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold,
+                    "env": stack_env},
             "phases": phases, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
             "ratios": {
                 "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),

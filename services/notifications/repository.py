@@ -20,6 +20,10 @@ class DeliveryLog:
     def for_event(self, event_id: str) -> Delivery | None:
         return self._session.scalar(sa.select(Delivery).where(Delivery.event_id == event_id))
 
+    def was_sent(self, event_id: str) -> bool:
+        """Whether the email of `event_id` was already accepted by the SMTP server."""
+        return self._session.execute(_STATUS, {"event_id": event_id}).scalar() == SENT
+
     def record_sent(self, attempt: dict, now: datetime) -> None:
         """The email of `attempt` (event_id, event_type, order_id, to_address, subject, message_id,
         occurred_at, handled_by) was accepted by the SMTP server."""
@@ -93,6 +97,7 @@ class DeliveryLog:
         self._session.execute(_UPSERT, values)
 
 
+_STATUS = sa.text("SELECT status FROM deliveries WHERE event_id = :event_id")
 # One statement written once: SQLAlchemy cannot cache a compiled ON CONFLICT, and compiling it
 # per email cost more than running it. A sent delivery stays sent; what a failure could not read
 # (recipient, subject, order) stays as an earlier attempt found it.

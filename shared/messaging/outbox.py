@@ -48,12 +48,8 @@ def add_event(session: orm.Session, source: str, event_type: str, data: dict, co
     request_id = current_request_id()
     envelope = Envelope(type=event_type, data=data, source=source, correlation_id=correlation_id or request_id)
     session.execute(
-        OUTBOX.insert().values(
-            event_id=envelope.id,
-            event_type=event_type,
-            envelope=envelope.to_dict(),
-            request_id=request_id,
-        )
+        _INSERT_EVENT,
+        {"event_id": envelope.id, "event_type": event_type, "envelope": envelope.to_dict(), "request_id": request_id},
     )
     return envelope
 
@@ -64,10 +60,13 @@ def claim_message(session: orm.Session, message_id: str, event_type: str) -> boo
     Concurrent deliveries of one id serialise on the primary key: the second waits for the
     first transaction and then sees the conflict.
     """
-    inserted = session.execute(
-        pg.insert(INBOX)
-        .values(message_id=message_id, event_type=event_type)
-        .on_conflict_do_nothing(index_elements=["message_id"])
-        .returning(INBOX.c.message_id)
-    ).first()
+    inserted = session.execute(_CLAIM_MESSAGE, {"message_id": message_id, "event_type": event_type}).first()
     return inserted is not None
+
+
+# Built once: an ON CONFLICT statement is compiled anew each time SQLAlchemy is handed one.
+_INSERT_EVENT = OUTBOX.insert()
+_CLAIM_MESSAGE = sa.text(
+    "INSERT INTO inbox (message_id, event_type) VALUES (:message_id, :event_type) "
+    "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+)

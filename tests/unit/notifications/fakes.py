@@ -49,6 +49,10 @@ class FakeDeliveryLog:
     def for_event(self, event_id):
         return next((d for d in reversed(self.pending + self.committed) if d.event_id == event_id), None)
 
+    def was_sent(self, event_id):
+        delivery = self.for_event(event_id)
+        return delivery is not None and delivery.status == "sent"
+
     def record_sent(self, attempt, now):
         self._upsert(attempt, now, status="sent", sent_at=now)
 
