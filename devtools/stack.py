@@ -89,6 +89,8 @@ class Stack:
             CHECKOUT_WEBHOOK_URL=f"{self.url('checkout')}/payments/webhook",
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.ports["smtp"]),
+            # everything on one machine: consumers, relays and the sweeper yield the CPU to the APIs
+            BACKGROUND_NICENESS="10",
         )
         if service:
             env["DATABASE_URL"] = self.infra.database_url(service)

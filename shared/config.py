@@ -57,6 +57,9 @@ class Settings:
     relay_batch_window_seconds: float = 0.02  # after a batch that was not full, let rows gather
     # consumers, relays and sweepers touch this file every turn of their loop (liveness)
     heartbeat_file: str = ""
+    # consumers, relays and sweepers lower their CPU priority by this much (nice): on a machine
+    # shared with the APIs the rush's requests win and the follow-up work drains after
+    background_niceness: int = 0
     # fault injection for tests and rehearsals; never set in production
     fault_relay_exit_after_publish: bool = False
 
@@ -80,3 +83,9 @@ class Settings:
         return settings
 
 
+
+
+def lower_priority(settings: Settings) -> None:
+    """Run this (background) process at `settings.background_niceness` below the APIs."""
+    if settings.background_niceness > 0:
+        os.nice(settings.background_niceness)

@@ -7,6 +7,7 @@ import threading
 
 from services.inventory import config, handlers
 from shared import db, logs
+from shared.config import lower_priority
 from shared.heartbeat import Heartbeat
 
 log = logging.getLogger("floodgate.inventory.sweeper")
@@ -15,6 +16,7 @@ log = logging.getLogger("floodgate.inventory.sweeper")
 def main() -> None:
     settings = config.load()
     logs.configure(settings.service_name, settings.log_level)
+    lower_priority(settings)
     session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=1))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

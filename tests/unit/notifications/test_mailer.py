@@ -29,7 +29,7 @@ class FakeSMTP:
             raise smtplib.SMTPServerDisconnected("gone")
         return 250, b"OK"
 
-    def send_message(self, message, to_addrs):
+    def sendmail(self, from_addr, to_addrs, message):
         if not self.open:
             raise smtplib.SMTPServerDisconnected("please run connect() first")
         if FakeSMTP.reply is not None:
@@ -60,20 +60,32 @@ def mailer():
 
 def test_sends_text_and_html_with_the_event_message_id(smtp, email):
     mailer().send(email)
-    [(message, to_addrs)] = smtp.opened[0].messages
+    [(raw, to_addrs)] = smtp.opened[0].messages
     assert to_addrs == ["emilie@example.ca"]
-    assert message["Message-ID"] == "<ev-1@floodgate>"
-    assert message["From"] == "Floodgate <orders@floodgate.test>"
-    received = message_from_bytes(message.as_bytes(), policy=policy.default)  # as a mail client reads it
+    received = message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=policy.default)  # as a mailbox keeps it
+    assert received["Message-ID"] == "<ev-1@floodgate>"
+    assert received["From"] == "Floodgate <orders@floodgate.test>"
+    assert received["To"] == "emilie@example.ca"
+    assert received["X-Floodgate-Event"] == "order.confirmed"
     assert received.get_body(("plain",)).get_content() == email.text
     assert received.get_body(("html",)).get_content() == email.html
+    assert not received.defects
 
 
-def test_a_subject_beyond_ascii_arrives_intact(smtp, email):
-    mailer().send(replace(email, subject="Votre commande est confirmée — Émilie"))
-    [(message, _)] = smtp.opened[0].messages
-    received = message_from_bytes(message.as_bytes(), policy=policy.default)
-    assert received["Subject"] == "Votre commande est confirmée — Émilie"
+@pytest.mark.parametrize("subject", ["Votre commande est confirmée — Émilie", "Order " + "x" * 1200])
+def test_a_subject_beyond_ascii_or_one_line_arrives_intact(smtp, email, subject):
+    mailer().send(replace(email, subject=subject))
+    [(raw, _)] = smtp.opened[0].messages
+    received = message_from_bytes(raw, policy=policy.default)
+    assert received["Subject"] == subject
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_a_line_break_in_event_data_cannot_add_a_header(smtp, email):
+    mailer().send(replace(email, subject="Hi\r\nBcc: everyone@example.com"))
+    [(raw, _)] = smtp.opened[0].messages
+    received = message_from_bytes(raw, policy=policy.default)
+    assert received["Bcc"] is None and received["Subject"] == "Hi Bcc: everyone@example.com"
 
 
 def test_keeps_one_connection_and_reopens_it_when_the_server_hung_up(smtp, email):
