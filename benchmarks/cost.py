@@ -55,7 +55,17 @@ UNITS = 1_000_000  # more than any run sells: every order is a hold, none a sell
 BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}
 
 
+_last_status = [0.0]
+
+
 def say(text: str) -> None:
+    """Write to the terminal; a line starting with \\r is a status line that replaces the last one
+    (when the output is not a terminal, status lines go out one a line, at most every 2 s)."""
+    if text.startswith("\r") and not sys.stdout.isatty():
+        if time.monotonic() - _last_status[0] < 2 and not text.rstrip().endswith(("s", ")")):
+            return
+        _last_status[0] = time.monotonic()
+        text = text[1:].rstrip() + "\n"
     sys.stdout.write(text)
     sys.stdout.flush()
 
@@ -168,6 +178,14 @@ class Pipeline:
         return self._scalar("notifications", "SELECT count(*) FROM deliveries WHERE status = 'sent' "
                                              "AND event_type = 'order.placed'")
 
+    def sending_window(self, newest: int) -> tuple[float, float]:
+        """When the first and the last of the `newest` order.placed emails were sent (epoch s)."""
+        with self.engines["notifications"].connect() as conn:
+            return tuple(conn.execute(sa.text(
+                "SELECT extract(epoch FROM min(sent_at)), extract(epoch FROM max(sent_at)) FROM ("
+                " SELECT sent_at FROM deliveries WHERE status = 'sent' AND event_type = 'order.placed'"
+                " ORDER BY sent_at DESC LIMIT :n) newest"), {"n": newest}).one())
+
     def orders(self) -> int:
         return self._scalar("checkout", "SELECT count(*) FROM orders")
 
@@ -199,10 +217,11 @@ class Pipeline:
 # --- load ---------------------------------------------------------------------------------------
 
 def generate(url: str, tokens: list[str], drop_id: str, connections: int, seconds: float, workdir: Path,
-             first_number: int = 100) -> tuple[dict, int]:
-    """Run the load generator; its result and its pid (already exited)."""
+             first_number: int = 100, stop_after_orders: int = 0) -> tuple[dict, subprocess.Popen]:
+    """Start the load generator; its configuration (with the file it writes) and its process."""
     config = {"url": url, "tokens": tokens, "drop_id": drop_id, "connections": connections, "seconds": seconds,
-              "first_number": first_number, "out": str(workdir / f"load-{uuid.uuid4().hex[:6]}.json")}
+              "first_number": first_number, "stop_after_orders": stop_after_orders,
+              "out": str(workdir / f"load-{uuid.uuid4().hex[:6]}.json")}
     config_path = workdir / f"loadgen-{uuid.uuid4().hex[:6]}.json"
     config_path.write_text(json.dumps(config))
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadgen", str(config_path)], cwd=ROOT,
@@ -258,6 +277,49 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
         f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
         f"drained in {figures['drain_seconds']} s\n")
+    return figures
+
+
+def email_backlog(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, orders: int, workdir: Path,
+                  first_number: int) -> dict:
+    """With the notifications consumer stopped, place `orders` orders (their emails wait in
+    RabbitMQ), then start it and time the backlog: emails per second for one consumer and the
+    CPU each email costs it and the SMTP server."""
+    stack = rig.stack
+    stack.stop("notifications-consumer")
+    already = pipeline.placed_emails()
+    config, process = generate(f"{stack.url('checkout')}/orders", tokens, drop_id, 16, 300, workdir, first_number,
+                               stop_after_orders=orders)
+    while process.poll() is None:
+        time.sleep(1)
+        say(f"\r  email backlog: {pipeline.orders():>7} orders placed with the email consumer stopped ")
+    placed = len(json.loads(Path(config["out"]).read_text())["answers"].get("201", []))
+    while pipeline.pending() > placed:  # every order.placed event in the consumer's queue
+        time.sleep(0.25)
+    say("\n  email backlog: starting the email consumer ...")
+    started = time.monotonic()
+    process = stack.start("notifications-consumer")
+    meter = CpuMeter({process.pid: "notifications-consumer", stack.processes["smtp"].pid: "smtp"})
+    meter.start()
+    target = already + placed
+    while (sent := pipeline.placed_emails()) < target:
+        if time.monotonic() - started > 600:
+            raise TimeoutError(f"{target - sent} emails still unsent after 600 s")
+        time.sleep(0.1)
+    seconds = time.monotonic() - started
+    cpu = meter.stop()
+    first, last = pipeline.sending_window(placed)
+    figures = {
+        "emails": placed,
+        "seconds_to_all_sent": round(seconds, 1),
+        "seconds_to_first_sent": round(seconds - (last - first), 1),
+        # the consumer's rate once running (its start, about a second of imports, not counted)
+        "emails_per_second": round((placed - 1) / max(last - first, 1e-3), 1),
+        "consumer_cpu_ms_per_email": round(cpu.get("notifications-consumer", 0) * 1000 / placed, 2),
+        "smtp_server_cpu_ms_per_email": round(cpu.get("smtp", 0) * 1000 / placed, 2),
+    }
+    say(f"\r  email backlog: {placed} emails sent {seconds:.1f} s after the consumer started "
+        f"({figures['emails_per_second']}/s, {figures['consumer_cpu_ms_per_email']} ms CPU each)\n")
     return figures
 
 
@@ -332,6 +394,16 @@ def markdown(figures: dict) -> str:
                   "| process | CPU ms per placed order |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in p["cpu_ms_per_order"].items()]
         lines.append("")
+    b = figures.get("email_backlog")
+    if b:
+        lines += ["## Email backlog: the consumer stopped while orders were placed, then started", "",
+                  "| figure | value |", "|---|---|",
+                  f"| emails waiting | {b['emails']} |",
+                  f"| all sent after the consumer started | {b['seconds_to_all_sent']} s "
+                  f"(the first after {b['seconds_to_first_sent']} s) |",
+                  f"| **emails per second, one consumer** | **{b['emails_per_second']}** |",
+                  f"| CPU per email: consumer / SMTP server | {b['consumer_cpu_ms_per_email']} / "
+                  f"{b['smtp_server_cpu_ms_per_email']} ms |", ""]
     r = figures["ratios"]
     pg, n0, n1 = figures.get("pgbench"), figures.get("naive_instant_smtp"), figures.get("naive_1s_smtp")
     lines += ["## The ceiling and the peer, same run", "", "| figure | value |", "|---|---|"]
@@ -363,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20, help="load per phase (default 20)")
     parser.add_argument("--connections", default="16,64", help="one phase per count (default 16,64)")
     parser.add_argument("--buyers", type=int, default=200, help="signed-in buyers the orders rotate over (default 200)")
+    parser.add_argument("--email-backlog", type=int, default=1000,
+                        help="orders whose emails wait for a stopped consumer, then drain; 0 skips (default 1000)")
     parser.add_argument("--pgbench-seconds", type=float, default=10, help="0 skips pgbench (default 10)")
     parser.add_argument("--naive-seconds", type=float, default=10, help="0 skips the naive checkout (default 10)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench/<timestamp>)")
@@ -390,8 +464,12 @@ def main(argv: list[str] | None = None) -> None:
         for index, connections in enumerate(int(c) for c in args.connections.split(",")):
             phases.append(phase(rig, pipeline, tokens, drop["id"], connections, args.seconds, workdir,
                                 first_number=100 + index * 10_000_000))
+        backlog = None
+        if args.email_backlog > 0:
+            backlog = email_backlog(rig, pipeline, tokens, drop["id"], args.email_backlog, workdir,
+                                    first_number=100 + len(phases) * 10_000_000)
         remaining = floodgate.get_drop(drop["id"])["remaining"]
-        sold = sum(p["orders"] for p in phases)
+        sold = pipeline.orders()
         if remaining != UNITS - pipeline.orders():
             raise SystemExit(f"!!! stock does not add up: {remaining} left of {UNITS} after {pipeline.orders()} orders")
         pg = None
@@ -408,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold,
                     "env": stack_env},
-            "phases": phases, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
+            "phases": phases, "email_backlog": backlog, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
             "ratios": {
                 "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),
                 "placement / naive, instant SMTP": ratio(best["orders_per_second"],

@@ -4,7 +4,7 @@ loop, raw HTTP/1.1, every answer's status and latency recorded.
     python -m benchmarks.loadgen CONFIG.json
 
 CONFIG names the target (`url`), the buyers' `tokens`, the `drop_id`, `connections`, `seconds`
-and the `out` file, where one JSON document is written at the end: the answers by status, the
+(and optionally `stop_after_orders`, to stop sooner) and the `out` file, where one JSON document is written at the end: the answers by status, the
 latencies (ms) of each status, and the generator's own CPU seconds, so the benchmark can report
 them apart from the stack's. Status 0 is a connection that failed or was cut; -1 a request still
 unanswered when the time was up (only answers within `seconds` count). wrk (from Debian's packages) costs a little less, but it cannot tell
@@ -59,8 +59,9 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
     target = urlsplit(config["url"])
     host, port, path = target.hostname, target.port or 80, target.path or "/orders"
     max_pause = float(config.get("max_retry_after", 2.0))
+    enough = int(config.get("stop_after_orders") or 0)
     reader = writer = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (enough and len(answers.get(201, ())) >= enough):
         if writer is None:
             try:
                 reader, writer = await asyncio.open_connection(host, port)

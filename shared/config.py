@@ -49,6 +49,9 @@ class Settings:
     # consumers
     amqp_heartbeat_seconds: int = 30
     consumer_prefetch: int = 20
+    # messages handled at once per consumer process, each on its own thread and database
+    # connection (handlers that wait on SMTP or HTTP gain from more than one)
+    consumer_threads: int = 1
     retry_delays_ms: tuple = (1000, 10_000, 60_000, 600_000)
     max_attempts: int = 5
     # outbox relay

@@ -13,6 +13,9 @@ class Settings(CommonSettings):
     # An event missing what its email needs is parked after this many attempts, whatever
     # `max_attempts` says: waiting days for a fixed consumer helps nobody; a replay does.
     incomplete_event_attempts: int = 3
+    # each handler thread keeps its own SMTP connection: a message's round trips to the SMTP server
+    # and the database overlap with the next one's work
+    consumer_threads: int = 4
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_timeout_seconds: float = 10.0

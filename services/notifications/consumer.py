@@ -15,7 +15,7 @@ from shared import db, logs
 from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
 from shared.messaging.envelope import Envelope
 from services.notifications import config, handlers
-from services.notifications.mailer import Mailer, SmtpMailer
+from services.notifications.mailer import Mailer, SmtpMailers
 from services.notifications.models import DEAD
 from services.notifications.repository import UnitOfWork
 
@@ -49,12 +49,13 @@ def mailing_handler(settings: config.Settings, mailer: Mailer, uow_factory: Call
 def main() -> None:
     settings = config.load()
     logs.configure(f"{settings.service_name}-consumer", settings.log_level)
-    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=1))
+    # a connection per handler thread, and one more each for logging a failed attempt
+    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=settings.consumer_threads))
 
     def uow_factory() -> UnitOfWork:
         return UnitOfWork(session_factory, settings.service_name)
 
-    mailer = SmtpMailer.from_settings(settings)
+    mailer = SmtpMailers(settings)
     handle = mailing_handler(settings, mailer, uow_factory)
     runner = ConsumerRunner(settings, {event_type: handle for event_type in handlers.EVENT_HANDLERS}, uow_factory)
     runner.install_signal_handlers()

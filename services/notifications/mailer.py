@@ -151,6 +151,30 @@ class SmtpMailer:
         return connection
 
 
+class SmtpMailers:
+    """A `Mailer` for a consumer with several handler threads: one `SmtpMailer`, and so one SMTP
+    connection, per thread."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._local = threading.local()
+        self._mailers: list[SmtpMailer] = []
+        self._lock = threading.Lock()
+
+    def send(self, email: Email) -> None:
+        mailer = getattr(self._local, "mailer", None)
+        if mailer is None:
+            mailer = self._local.mailer = SmtpMailer.from_settings(self._settings)
+            with self._lock:
+                self._mailers.append(mailer)
+        mailer.send(email)
+
+    def close(self) -> None:
+        with self._lock:
+            for mailer in self._mailers:
+                mailer.close()
+
+
 def _header_value(value: str) -> str:
     value = " ".join(value.splitlines())  # no header injection through event data
     if value.isascii() and len(value) <= 900:

@@ -1,8 +1,9 @@
 """The consumer runner every service's `consumer.py` starts.
 
 Sequence, as in pika's examples: connect, declare the topology, set the prefetch, consume. Each
-message is handled on a worker thread, so the connection thread keeps answering heartbeats while
-a handler waits on SMTP or the database; the ack goes back through `add_callback_threadsafe`.
+message is handled on one of `consumer_threads` worker threads, so the connection thread keeps
+answering heartbeats while a handler waits on SMTP or the database; the ack goes back through
+`add_callback_threadsafe`.
 
 Per message: one unit of work records the message id in the inbox (a duplicate is acked and
 skipped), runs the handler, and commits; only then is the message acked. A failure sends a copy
@@ -128,7 +129,7 @@ class ConsumerRunner:
         conn = amqp.connect(
             self.settings.amqp_url, f"{self.settings.service_name}-consumer", self.settings.amqp_heartbeat_seconds
         )
-        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+        worker = ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler")
         in_flight: set[Future] = set()
         try:
             channel = conn.channel()
@@ -144,7 +145,8 @@ class ConsumerRunner:
                 future.add_done_callback(in_flight.discard)
 
             tag = channel.basic_consume(self.queue, on_message)
-            log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch})
+            log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
+                                         "threads": self.settings.consumer_threads})
             while not self.stop.is_set():
                 conn.process_data_events(time_limit=0.5)
                 self.heartbeat.beat()

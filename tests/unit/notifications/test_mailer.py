@@ -144,3 +144,20 @@ def test_after_a_failure_the_next_send_opens_a_fresh_connection(smtp, email):
     smtp.reply = None
     sender.send(email)
     assert len(smtp.opened) == 2 and len(smtp.opened[1].messages) == 1
+
+
+def test_each_consumer_thread_sends_on_its_own_connection(smtp, email):
+    import threading
+
+    from services.notifications.config import Settings
+    from services.notifications.mailer import SmtpMailers
+
+    mailers = SmtpMailers(Settings(smtp_host="127.0.0.1", smtp_port=1025))
+    threads = [threading.Thread(target=lambda: [mailers.send(email) for _ in range(3)]) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(smtp.opened) == 3 and all(len(connection.messages) == 3 for connection in smtp.opened)
+    mailers.close()
+    assert not any(connection.open for connection in smtp.opened)
