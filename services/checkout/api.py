@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from threading import BoundedSemaphore
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
@@ -12,6 +11,7 @@ from marshmallow import ValidationError
 from services.checkout import handlers
 from services.checkout.errors import InvalidSignature, OrderNotFound, TooBusy
 from services.checkout.inventory_client import InventoryClient
+from services.checkout.load_shedding import OrderGate
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, PaymentProvider, signature_is_valid
 from services.checkout.schemas import (
@@ -39,7 +39,7 @@ ORDER = OrderSchema()
 class Wiring:
     inventory: InventoryClient
     provider: PaymentProvider
-    orders_in_flight: BoundedSemaphore
+    orders_in_flight: OrderGate
 
 
 def _wiring() -> Wiring:
@@ -48,18 +48,19 @@ def _wiring() -> Wiring:
 
 def _shed_when_busy(view):
     """Answer 429 + Retry-After at once when this process has as many orders in hand as it
-    takes, before any other work: a buyer told "retry in 1 s" beats one left hanging, and a
+    takes, before any other work: a buyer told when to come back beats one left hanging, and a
     refusal that first verified a token and validated an address cost a third of an order."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        in_flight = _wiring().orders_in_flight
-        if not in_flight.acquire(blocking=False):
-            raise TooBusy("Checkout is taking as many orders as it can; retry in a moment.")
+        gate = _wiring().orders_in_flight
+        if not gate.try_enter():
+            raise TooBusy("Checkout is taking as many orders as it can; retry after the time given.",
+                          retry_after=gate.retry_after())
         try:
             return view(*args, **kwargs)
         finally:
-            in_flight.release()
+            gate.leave()
 
     return wrapper
 

@@ -1,8 +1,7 @@
 """Checkout's app factory."""
-import threading
-
 from services.checkout import api, config
 from services.checkout.inventory_client import CircuitBreaker, InventoryClient
+from services.checkout.load_shedding import OrderGate
 from services.checkout.payments import HttpPaymentProvider
 from shared import web
 
@@ -18,6 +17,6 @@ def create_app(settings: config.Settings | None = None):
             CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
         ),
         provider=HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret),
-        orders_in_flight=threading.BoundedSemaphore(settings.max_orders_in_flight),
+        orders_in_flight=OrderGate(settings.max_orders_in_flight, settings.max_retry_after_seconds),
     )
     return app

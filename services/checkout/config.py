@@ -17,6 +17,8 @@ class Settings(CommonSettings):
     per_address_limit: int = 2
     # load shedding: orders handled at once per process, and the inventory circuit breaker
     max_orders_in_flight: int = 6
+    # the longest Retry-After a shed buyer is given (it follows the refused/admitted ratio)
+    max_retry_after_seconds: int = 10
     inventory_breaker_threshold: int = 5
     inventory_breaker_cooldown_seconds: float = 3.0
 
