@@ -1,7 +1,6 @@
 """Checkout's HTTP endpoints: thin views over `handlers`."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -9,9 +8,8 @@ from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from services.checkout import handlers
-from services.checkout.errors import InvalidSignature, OrderNotFound, TooBusy
+from services.checkout.errors import InvalidSignature, OrderNotFound
 from services.checkout.inventory_client import InventoryClient
-from services.checkout.load_shedding import OrderGate
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, PaymentProvider, signature_is_valid
 from services.checkout.schemas import (
@@ -39,34 +37,13 @@ ORDER = OrderSchema()
 class Wiring:
     inventory: InventoryClient
     provider: PaymentProvider
-    orders_in_flight: OrderGate
 
 
 def _wiring() -> Wiring:
     return current_app.extensions["checkout"]
 
 
-def _shed_when_busy(view):
-    """Answer 429 + Retry-After at once when this process has as many orders in hand as it
-    takes, before any other work: a buyer told when to come back beats one left hanging, and a
-    refusal that first verified a token and validated an address cost a third of an order."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        gate = _wiring().orders_in_flight
-        if not gate.try_enter():
-            raise TooBusy("Checkout is taking as many orders as it can; retry after the time given.",
-                          retry_after=gate.retry_after())
-        try:
-            return view(*args, **kwargs)
-        finally:
-            gate.leave()
-
-    return wrapper
-
-
 @bp.post("/orders")
-@_shed_when_busy
 @require_user
 @operation(
     "Place an order: hold stock for the buyer and get the payment link",

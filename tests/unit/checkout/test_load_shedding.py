@@ -55,3 +55,35 @@ def test_the_wait_is_drawn_at_random_from_one_second_up():
     gate = OrderGate(1, clock=Clock(), draw=lambda low, high: draws.append((low, high)) or low)
     gate.try_enter(), gate.try_enter()
     assert gate.retry_after() == 1 and draws == [(1, 2)]
+
+
+def test_admission_answers_a_refused_order_itself_and_lets_the_rest_through():
+    import json
+
+    from services.checkout.errors import TooBusy
+    from services.checkout.load_shedding import OrderAdmission
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        start_response("201 Created", [])
+        return [b"{}"]
+
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(app, gate, TooBusy("busy"), "checkout")
+    answers = []
+    post = {"REQUEST_METHOD": "POST", "PATH_INFO": "/orders"}
+
+    assert gate.try_enter()  # another order is in hand
+    body = b"".join(admission(post, lambda status, headers: answers.append((status, dict(headers)))))
+    status, headers = answers[-1]
+    assert status.startswith("429") and headers["Retry-After"] == "2"
+    assert headers["Content-Type"] == "application/problem+json"
+    assert json.loads(body)["type"].endswith("/too-busy") and seen == []
+
+    admission({"REQUEST_METHOD": "GET", "PATH_INFO": "/orders"}, lambda *a: None)  # not an order: never shed
+    gate.leave()
+    admission(post, lambda *a: None)
+    assert seen == ["/orders", "/orders"]
+    assert gate.try_enter()  # the admitted order gave its slot back
