@@ -186,7 +186,7 @@ def warnings(figures: dict) -> list[tuple[str, bool, str]]:
     return [
         ("units held without an order (unsold until the hold expires)", not checks["holds_without_order"],
          str(len(checks["holds_without_order"]))),
-        ("idempotency keys claimed and never answered (retries get 409 request-in-progress)",
+        ("idempotency keys claimed and never answered (left by an older version; a retry takes them over)",
          not checks.get("stuck_idempotency_keys"), str(checks.get("stuck_idempotency_keys"))),
         ("buyers who gave up without an answer", gave_up == 0, f"{gave_up} {crowd['gave_up'] or ''}".strip()),
         ("confirmation emails for orders not confirmed", not checks["emails_for_unconfirmed_orders"],

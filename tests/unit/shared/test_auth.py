@@ -17,12 +17,13 @@ ISSUER, AUDIENCE = "floodgate-accounts", "floodgate"
 class FakeJwks:
     def __init__(self):
         self.key = ec.generate_private_key(ec.SECP256R1())
+        self.kid = "k1"
         self.fetches = 0
 
     def __call__(self, url):
         self.fetches += 1
         public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        return {"keys": [dict(public, kid="k1", alg="ES256", use="sig")]}
+        return {"keys": [dict(public, kid=self.kid, alg="ES256", use="sig")]}
 
     def token(self, kid="k1", key=None, **claims):
         now = int(time.time())
@@ -138,3 +139,48 @@ def test_a_worker_started_while_accounts_is_down_uses_the_keys_its_siblings_cach
     stranger = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=accounts_down), ISSUER, AUDIENCE)
     with pytest.raises(Unauthorized):
         stranger.verify(jwks.token())
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_token_verified_before_still_expires_on_time():
+    jwks, clock = FakeJwks(), Clock()
+    verifier = TokenVerifier(KeySet("http://accounts/jwks", min_refresh_seconds=0, fetch=jwks), ISSUER, AUDIENCE,
+                             clock=clock)
+    token = jwks.token()
+    assert verifier.verify(token).subject == "buyer-1"
+    clock.now += 30
+    assert verifier.verify(token).subject == "buyer-1"  # remembered
+    clock.now += 60
+    with pytest.raises(Unauthorized):
+        verifier.verify(token)
+
+
+def test_a_remembered_token_is_refused_once_its_key_is_gone_from_the_set():
+    jwks = FakeJwks()
+    verifier = TokenVerifier(KeySet("http://accounts/jwks", min_refresh_seconds=0, fetch=jwks), ISSUER, AUDIENCE)
+    old_token = jwks.token()
+    verifier.verify(old_token)
+    jwks.key = ec.generate_private_key(ec.SECP256R1())
+    jwks.kid = "k2"  # accounts rotated its signing key and dropped k1 from the set
+    verifier.verify(jwks.token(kid="k2"))  # an unknown kid makes the set refresh
+    assert jwks.fetches == 2
+    with pytest.raises(Unauthorized):
+        verifier.verify(old_token)
+
+
+def test_a_changed_token_is_verified_afresh(verifier, jwks):
+    token = jwks.token()
+    verifier.verify(token)
+    header, body, signature = token.split(".")
+    forged = ".".join([header, jwt.utils.base64url_encode(json.dumps(
+        {"sub": "admin", "role": "admin", "iss": ISSUER, "aud": AUDIENCE, "iat": int(time.time()),
+         "exp": int(time.time()) + 60}).encode()).decode(), signature])
+    with pytest.raises(Unauthorized):
+        verifier.verify(forged)
