@@ -181,7 +181,7 @@ class Pipeline:
     def sending_window(self, newest: int) -> tuple[float, float]:
         """When the first and the last of the `newest` order.placed emails were sent (epoch s)."""
         with self.engines["notifications"].connect() as conn:
-            return tuple(conn.execute(sa.text(
+            return tuple(float(value) for value in conn.execute(sa.text(
                 "SELECT extract(epoch FROM min(sent_at)), extract(epoch FROM max(sent_at)) FROM ("
                 " SELECT sent_at FROM deliveries WHERE status = 'sent' AND event_type = 'order.placed'"
                 " ORDER BY sent_at DESC LIMIT :n) newest"), {"n": newest}).one())
