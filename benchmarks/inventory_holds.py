@@ -47,7 +47,6 @@ HOLD_TTL_SECONDS = 600
 PGBENCH_SCRIPT = """\
 SELECT gen_random_uuid() AS order_id \\gset
 BEGIN;
-SELECT status FROM reservations WHERE order_id = ':order_id';
 SELECT d.*, p.*, now(), (SELECT coalesce(sum(s.available), 0) FROM drop_stock_shards s WHERE s.drop_id = d.id)
   FROM drops d JOIN products p ON p.id = d.product_id WHERE d.id = ':drop';
 INSERT INTO buyer_allowances (drop_id, buyer_id, taken) VALUES (':drop', 'buyer-:order_id', 1)

@@ -22,8 +22,10 @@ from sqlalchemy.dialects import postgresql as pg
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.errors import (
+    CountryNotAllowed,
     DropNotFound,
     InvalidDrop,
+    InviteOnly,
     LimitExceeded,
     ProductNotFound,
     ReservationNotFound,
@@ -247,21 +249,23 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     `hold_ttl_seconds` is the service default; a drop may set its own.
     """
     bind_order_id(cmd.order_id)
-    # A bare Core probe first: nearly every request on drop day is a new order id.
-    known = uow.session.scalar(_RESERVATION_STATUS, {"order_id": cmd.order_id})
-    existing = find_reservation(cmd.order_id, uow, for_update=cmd.renew) if known else None
-    if existing is not None:
-        if cmd.renew and existing.status == RELEASED:
-            # A payment that arrived after its hold was given back: hold the same units again.
-            renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
-            return _hold(renewal, uow, hold_ttl_seconds, renewing=existing), True
-        return existing, False
+    if cmd.renew:
+        existing = find_reservation(cmd.order_id, uow, for_update=True)
+        if existing is not None:
+            if existing.status == RELEASED:
+                # A payment that arrived after its hold was given back: hold the same units again.
+                renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
+                return _hold(renewal, uow, hold_ttl_seconds, renewing=existing), True
+            return existing, False
+    # Nearly every request on drop day is a new order id: no look-up first. A repeat finds its
+    # reservation when the insert (or a refusal before it) sends it to the existing one below.
     try:
         return _hold(cmd, uow, hold_ttl_seconds), True
-    except (LimitExceeded, SoldOut, _LostRace):
-        # A concurrent request with the same order id may have committed first: our allowance
-        # and stock updates then waited on its row locks and saw its effects. Its reservation,
-        # not our refusal, is the answer.
+    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, CountryNotAllowed, _LostRace):
+        # The order id may already have its reservation: made by this order's earlier attempt
+        # (before the drop closed, say), or by a concurrent request that committed first, whose
+        # allowance and stock updates ours waited on. That reservation, not our refusal, is the
+        # answer.
         uow.rollback()
         winner = find_reservation(cmd.order_id, uow)
         if winner is None:
@@ -270,7 +274,6 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
 
 
 # Built once: composing a statement costs more Python time than running it on the order path.
-_RESERVATION_STATUS = sa.select(RESERVATIONS.c.status).where(RESERVATIONS.c.order_id == sa.bindparam("order_id"))
 _DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), _remaining(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
 
 

@@ -222,6 +222,9 @@ def test_the_window_refuses_before_opening_and_from_closing_until_an_extension(f
                     timeout=10, interval=0.05, what="the drop to close")
     assert slug(closed) == "not-open" and closed.json()["closes_at"]
     assert floodgate.get_drop(drop["id"])["state"] == "closed"
+    # an order held while the drop was open keeps its hold when it asks again after the close
+    repeat = reserve(floodgate, drop["id"], buyer="edge", order_id=opened.json()["order_id"])
+    assert repeat.status_code == 200 and repeat.json()["status"] == "held", repeat.text
 
     extended = change(floodgate, admin_token, drop["id"], closes_at=at(3600))
     assert extended.status_code == 200, extended.text
