@@ -40,14 +40,13 @@ from pathlib import Path
 
 import pika
 import psutil
-import requests
 import sqlalchemy as sa
 
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
 from devtools.client import Floodgate
-from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES, free_ports
+from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing
 from shared.messaging.topology import work_queue
 
@@ -325,47 +324,14 @@ def email_backlog(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, orde
 
 def naive(rig, tokens: list[str], connections: int, seconds: float, smtp_seconds: float, workdir: Path) -> dict:
     """The naive one-process checkout under the same generator, its SMTP server taking `smtp_seconds`."""
-    py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
-    ports = free_ports()
     database = rig.scratch_database(f"naive{int(smtp_seconds * 1000)}")
     create_database_if_missing(database)
     drop_id = str(uuid.uuid4())
     naive_checkout.prepare(database, drop_id, UNITS)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NAIVE_DATABASE_URL=database, NAIVE_SMTP_PORT=str(ports["smtp"]))
-    processes = []
-    try:
-        with open(workdir / "naive.log", "ab") as log:
-            processes.append(subprocess.Popen(
-                [py, "-m", "devtools.smtp_server", "--port", str(ports["smtp"]), "--control-port",
-                 str(ports["smtp-control"]), "--maildir", str(workdir / "naive-mail")],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-            processes.append(subprocess.Popen(
-                [gunicorn, "-w", "1", "-k", "sync", "--bind", f"127.0.0.1:{ports['checkout']}", "--log-level",
-                 "warning", "benchmarks.rehearsal.naive_checkout:create_app()"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 30
-        fault = {"mode": "stall", "seconds": smtp_seconds} if smtp_seconds else {"mode": "none"}
-        while True:
-            try:
-                requests.post(f"http://127.0.0.1:{ports['smtp-control']}/faults", json=fault, timeout=2).raise_for_status()
-                requests.get(f"http://127.0.0.1:{ports['checkout']}/", timeout=2)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the naive checkout did not start; see {workdir / 'naive.log'}")
-                time.sleep(0.3)
-        config, process = generate(f"http://127.0.0.1:{ports['checkout']}/orders", tokens, drop_id, connections,
-                                   seconds, workdir)
+    with naive_checkout.running(database, smtp_seconds, workdir / "naive.log", workdir / "naive-mail") as host:
+        config, process = generate(f"{host}/orders", tokens, drop_id, connections, seconds, workdir)
         process.wait()
         figures = summarise(json.loads(Path(config["out"]).read_text()), seconds)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
     figures.update(connections=connections, seconds=seconds, smtp_seconds_per_message=smtp_seconds)
     say(f"  naive checkout, SMTP {smtp_seconds:g} s/message: {figures['orders_per_second']} orders/s, "
         f"p99 (201) {figures['p99_201_ms']} ms\n")

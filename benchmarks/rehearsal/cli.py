@@ -32,14 +32,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
-import requests
 
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, pgbench, report, rig as rigs
 from benchmarks.rehearsal.events import EventReader
 from benchmarks.rehearsal.sampler import Sampler
 from devtools.client import Floodgate
-from devtools.stack import ROOT, free_ports
+from devtools.stack import ROOT
 from shared.db import create_database_if_missing
 
 
@@ -187,47 +186,17 @@ class Progress:
 
 def naive_run(rig, out: Path, buyers: list, units: int, seconds: float) -> dict:
     """The naive reference under the same crowd for `seconds`, with a 1 s-per-message SMTP server."""
-    py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
-    ports = free_ports()
-    smtp_port, control_port, app_port = ports["smtp"], ports["smtp-control"], ports["checkout"]
     database = rig.scratch_database("naive")
     create_database_if_missing(database)
     drop_id = str(uuid.uuid4())
     naive_checkout.prepare(database, drop_id, units)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NAIVE_DATABASE_URL=database, NAIVE_SMTP_PORT=str(smtp_port))
-    processes = []
-    try:
-        with open(out / "naive.processes.log", "wb") as log:
-            processes.append(subprocess.Popen(
-                [py, "-m", "devtools.smtp_server", "--port", str(smtp_port), "--control-port", str(control_port),
-                 "--maildir", str(out / "naive-mail")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-            processes.append(subprocess.Popen(
-                [gunicorn, "-w", "1", "-k", "sync", "--bind", f"127.0.0.1:{app_port}", "--log-level", "warning",
-                 "benchmarks.rehearsal.naive_checkout:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.post(f"http://127.0.0.1:{control_port}/faults", json={"mode": "stall", "seconds": 1}, timeout=2).raise_for_status()
-                requests.get(f"http://127.0.0.1:{app_port}/", timeout=2)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the naive checkout did not start; see {out / 'naive.processes.log'}")
-                time.sleep(0.3)
+    with naive_checkout.running(database, 1, out / "naive.processes.log", out / "naive-mail") as host:
         opens_at = time.time() + 4
         progress = Progress(opens_at, None)
-        events = run_load(out, "naive", {"mode": "naive", "host": f"http://127.0.0.1:{app_port}", "drop_id": drop_id,
+        events = run_load(out, "naive", {"mode": "naive", "host": host, "drop_id": drop_id,
                                          "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + seconds,
                                          "give_up_seconds": seconds}, progress)
         say("\n")
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
     answered = [e for e in events if e["ev"] == "request" and e["name"] == report.POST_ORDERS and e["status"] != 0]
     orders = sum(1 for e in events if e["ev"] == "placed")
     decided = sum(1 for e in events if e["ev"] in ("placed", "sold_out", "gave_up"))

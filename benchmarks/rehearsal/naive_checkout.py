@@ -12,13 +12,20 @@ The bearer token is read without verification (the reference needs a buyer id, n
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import smtplib
+import subprocess
+import sys
+import time
 import uuid
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Iterator
 
 import jwt
+import requests
 import sqlalchemy as sa
 from flask import Flask, jsonify, request
 
@@ -39,6 +46,49 @@ def prepare(database_url: str, drop_id: str, quantity: int) -> None:
             conn.execute(sa.text(statement))
         conn.execute(sa.text("INSERT INTO naive_stock VALUES (:d, :q)"), {"d": drop_id, "q": quantity})
     engine.dispose()
+
+
+@contextlib.contextmanager
+def running(database_url: str, smtp_seconds: float, log_path: Path, maildir: Path) -> Iterator[str]:
+    """The naive checkout under gunicorn (one sync worker) with an SMTP server of its own that
+    takes `smtp_seconds` a message (0: at once); yields the checkout's base URL."""
+    from devtools.stack import ROOT, free_ports
+
+    py, gunicorn = sys.executable, str(Path(sys.executable).with_name("gunicorn"))
+    ports = free_ports()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NAIVE_DATABASE_URL=database_url, NAIVE_SMTP_PORT=str(ports["smtp"]))
+    base_url = f"http://127.0.0.1:{ports['checkout']}"
+    processes = []
+    try:
+        with open(log_path, "ab") as log:
+            processes.append(subprocess.Popen(
+                [py, "-m", "devtools.smtp_server", "--port", str(ports["smtp"]), "--control-port",
+                 str(ports["smtp-control"]), "--maildir", str(maildir)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen(
+                [gunicorn, "-w", "1", "-k", "sync", "--bind", f"127.0.0.1:{ports['checkout']}", "--log-level",
+                 "warning", "benchmarks.rehearsal.naive_checkout:create_app()"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        fault = {"mode": "stall", "seconds": smtp_seconds} if smtp_seconds else {"mode": "none"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.post(f"http://127.0.0.1:{ports['smtp-control']}/faults", json=fault, timeout=2).raise_for_status()
+                requests.get(f"{base_url}/", timeout=2)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the naive checkout did not start; see {log_path}")
+                time.sleep(0.3)
+        yield base_url
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def create_app() -> Flask:

@@ -16,7 +16,7 @@ from services.notifications import emails
 from services.notifications.config import Settings
 from services.notifications.errors import BrokerUnavailable
 from services.notifications.mailer import Mailer
-from services.notifications.models import DEAD, RETRYING, SENT, Delivery
+from services.notifications.models import DEAD, RETRYING, Delivery
 
 log = logging.getLogger("floodgate.notifications")
 NOT_FOUND = 404
