@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import sqlalchemy as sa
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
+from benchmarks.rehearsal.cli import machine, say
 from devtools.client import Floodgate
 from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing
@@ -52,21 +52,6 @@ from shared.messaging.topology import work_queue
 
 UNITS = 1_000_000  # more than any run sells: every order is a hold, none a sell-out
 BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}
-
-
-_last_status = [0.0]
-
-
-def say(text: str) -> None:
-    """Write to the terminal; a line starting with \\r is a status line that replaces the last one
-    (when the output is not a terminal, status lines go out one a line, at most every 2 s)."""
-    if text.startswith("\r") and not sys.stdout.isatty():
-        if time.monotonic() - _last_status[0] < 2 and not text.rstrip().endswith(("s", ")")):
-            return
-        _last_status[0] = time.monotonic()
-        text = text[1:].rstrip() + "\n"
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -384,15 +369,6 @@ def markdown(figures: dict) -> str:
     lines += ["", "| ratio (Floodgate at the best phase) | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in r.items()]
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}"
 
 
 def main(argv: list[str] | None = None) -> None:
