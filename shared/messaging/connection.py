@@ -42,11 +42,3 @@ def backoff(initial: float = 0.2, cap: float = 10.0) -> Iterator[float]:
     while True:
         yield random.uniform(delay / 2, delay)
         delay = min(cap, delay * 2)
-
-
-def ping(url: str) -> None:
-    """Raise when the broker does not complete an AMQP handshake."""
-    params = parameters(url, "readiness-probe", heartbeat=0)
-    params.socket_timeout = 2
-    connection = pika.BlockingConnection(params)
-    connection.close()

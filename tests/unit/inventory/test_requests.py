@@ -171,3 +171,17 @@ def test_malformed_ids_are_not_found(client, method, path, slug):
     response = getattr(client, method)(path, headers=SERVICE)
     assert response.status_code == 404
     assert response.get_json()["type"].endswith("/" + slug)
+
+
+def test_a_database_that_does_not_answer_is_a_retryable_503_never_a_500(client):
+    answer = client.post("/reservations", json=reservation(), headers=SERVICE)
+    assert answer.status_code == 503
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert answer.headers["Retry-After"]
+    assert answer.get_json()["type"].endswith("/database-unavailable")
+
+
+def test_readiness_is_the_database_alone(client):
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert set(answer.get_json()["checks"]) == {"database"}
