@@ -39,6 +39,10 @@ Handler = Callable[[Envelope, object], None]
 current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("current_attempt", default=1)
 
 
+class ConsumerCancelled(pika.exceptions.AMQPChannelError):
+    """The broker cancelled our consumer; the runner reconnects."""
+
+
 class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help; the message goes straight to the DLQ."""
 
@@ -144,12 +148,18 @@ class ConsumerRunner:
                 in_flight.add(future)
                 future.add_done_callback(in_flight.discard)
 
+            cancelled: list = []
+            # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
+            # blocking channel then drops it silently. We reconnect (declaring the topology again).
+            channel.add_on_cancel_callback(cancelled.append)
             tag = channel.basic_consume(self.queue, on_message)
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads})
             while not self.stop.is_set():
                 conn.process_data_events(time_limit=0.5)
-                self.heartbeat.beat()
+                if cancelled:
+                    raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
+                self.heartbeat.beat()  # only while consuming: the liveness probe means it
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             channel.basic_cancel(tag)
             worker.shutdown(wait=False, cancel_futures=True)

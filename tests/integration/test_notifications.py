@@ -358,3 +358,24 @@ def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, sta
     start_consumer(stack, "notifications-consumer")
     poll(lambda: len(mails_by_message_id(floodgate, ids)) == len(events), what="the returned emails after restart")
     assert all(len(copies) == 1 for copies in mails_by_message_id(floodgate, ids).values())
+
+
+def test_a_consumer_cancelled_by_the_broker_comes_back_and_mails_on(floodgate, stack):
+    """Deleting the work queue makes the broker cancel its consumer: the consumer must notice,
+    reconnect (declaring its queue and bindings again) and go on mailing."""
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        connection.channel().queue_delete(topology.work_queue("notifications"))
+    finally:
+        connection.close()
+
+    def consuming_again() -> bool:
+        try:
+            return consumers_on_work_queue(stack) >= 1
+        except pika.exceptions.ChannelClosedByBroker:  # not declared again yet
+            return False
+
+    poll(consuming_again, timeout=30, what="the consumer to declare its queue and consume again")
+    event = order_confirmed(f"after-cancel@{uuid.uuid4().hex[:8]}.test")
+    publish(stack, [event])
+    poll(lambda: mails_by_message_id(floodgate, {message_id(event)}), timeout=30, what="the email after the cancel")
