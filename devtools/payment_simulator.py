@@ -6,9 +6,9 @@ payment once and calls checkout's webhook, signed like the real provider does:
 `CHECKOUT.ORDER.APPROVED`, then `PAYMENT.CAPTURE.COMPLETED` (or `PAYMENT.CAPTURE.DENIED`).
 
 Tests and rehearsals steer it with `POST /control`:
-`{"outcome": "approve"|"decline", "delay_seconds": 0, "duplicates": 0, "reorder": false}` —
-decline payments, deliver webhooks late (in the background), send each one more than once, or
-send them in reverse order. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
+`{"outcome": "approve"|"decline", "delay_seconds": 0, "duplicates": 0, "reorder": false,
+"refunds": "ok"|"fail"}` — decline payments, deliver webhooks late (in the background), send each
+one more than once, send them in reverse order, or answer refunds with 503. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
 <h1>Pay {amount} {currency}</h1><p>Order {order_id}</p>
 <form method="post" action="/pay/{order_id}/approve?{query}"><button>Approve payment</button></form>"""
 
-DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False}
+DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False, "refunds": "ok"}
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
@@ -158,6 +158,10 @@ def create_app(webhook_url: str, secret: str) -> Flask:
 
     @app.post("/v1/refunds")
     def refund():
+        with lock:
+            failing = control["refunds"] == "fail"
+        if failing:
+            return jsonify(error="refunds are failing (simulated outage)"), 503
         body = request.get_data()
         if not signature_ok(secret, body, request.headers.get(SIGNATURE_HEADER, "")):
             return jsonify(error="invalid signature"), 401

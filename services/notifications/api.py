@@ -7,6 +7,7 @@ from shared.openapi import operation
 from services.notifications import handlers
 from services.notifications.repository import UnitOfWork
 from services.notifications.schemas import (
+    DeadLetterQuerySchema,
     DeadLetterSchema,
     DeliveryQuerySchema,
     DeliverySchema,
@@ -39,16 +40,19 @@ def list_deliveries():
 
 
 @bp.get("/dead-letters")
-@operation("Events parked after their last attempt", response=DeadLetterSchema(many=True), auth="bearer", errors=(403, 503))
+@operation("Events parked after their last attempt, of every service (or ?service=checkout, ...)",
+           query=DeadLetterQuerySchema, response=DeadLetterSchema(many=True), auth="bearer", errors=(403, 422, 503))
 @require_admin
 def list_dead_letters():
-    letters = handlers.dead_letters(web.context().settings)
+    query = DeadLetterQuerySchema().load(request.args)
+    letters = handlers.dead_letters(web.context().settings, query["service"])
     return jsonify(DeadLetterSchema(many=True).dump(letters))
 
 
 @bp.post("/dead-letters/replay")
 @operation(
-    "Send one parked event (by message_id) or all of them back to be handled again",
+    "Send one parked event (by message_id) or all of them, of one service (default notifications), "
+    "back to be handled again",
     request=ReplayRequestSchema,
     response=ReplayResultSchema,
     auth="bearer",
@@ -58,5 +62,5 @@ def list_dead_letters():
 def replay_dead_letters():
     # An empty body means "replay everything".
     args = web.load(ReplayRequestSchema(), {} if not request.get_data() else None)
-    replayed = handlers.replay(args["message_id"], web.context().settings, unit_of_work())
+    replayed = handlers.replay(args["message_id"], web.context().settings, unit_of_work(), args["service"])
     return jsonify(ReplayResultSchema().dump({"replayed": replayed}))

@@ -10,6 +10,7 @@ import pika
 
 from shared import logs
 from shared.messaging import connection as amqp
+from shared.messaging import topology
 from shared.messaging.consumer import PermanentFailure, next_step, peek_dead_letters, replay_dead_letters
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
@@ -91,37 +92,41 @@ def find_deliveries(query: dict, uow) -> list[Delivery]:
     return uow.deliveries.search(**query)
 
 
-def dead_letters(settings: Settings) -> list[dict]:
-    """The events parked in notifications' dead-letter queue, left in place."""
+def dead_letters(settings: Settings, service: str | None = None) -> list[dict]:
+    """The events parked in one service's dead-letter queue, or in every consuming service's,
+    left in place; each names its service."""
+    letters = []
+    for name in [service] if service else sorted(topology.SUBSCRIPTIONS):
+        try:
+            parked = peek_dead_letters(settings.amqp_url, name)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == NOT_FOUND:  # no consumer has declared its queues yet: nothing parked
+                continue
+            raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
+        except amqp.RECOVERABLE as error:
+            raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
+        letters += [dict(letter, service=name) for letter in parked]
+    return letters
+
+
+def replay(message_id: str | None, settings: Settings, uow=None, service: str | None = None) -> int:
+    """Send one parked event (or all of them) of `service` (default: notifications) back to its
+    work queue; how many went back. Notifications' own delivery log shows replayed events as
+    `retrying` again."""
+    service = service or settings.service_name
     try:
-        return peek_dead_letters(settings.amqp_url, settings.service_name)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code == NOT_FOUND:  # no consumer has declared the queues yet: nothing parked
-            return []
-        raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
-    except amqp.RECOVERABLE as error:
-        raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
-
-
-def replay(message_id: str | None, settings: Settings, uow=None) -> int:
-    """Send one parked event (or all of them) back to the work queue; how many went back.
-
-    The delivery log shows replayed events as `retrying` again.
-    """
-    try:
-        replayed = replay_dead_letters(
-            settings.amqp_url, settings.service_name, None if message_id is None else {message_id}
-        )
+        replayed = replay_dead_letters(settings.amqp_url, service, None if message_id is None else {message_id})
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == NOT_FOUND:
             return 0
         raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
     except amqp.RECOVERABLE as error:
         raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
-    if replayed and uow is not None:
+    if replayed and uow is not None and service == settings.service_name:
         with uow:
             uow.deliveries.mark_replayed(None if message_id is None else {message_id})
             uow.commit()
+    log.info("dead letters replayed", extra={"service": service, "replayed": replayed, "message_id": message_id})
     return replayed
 
 

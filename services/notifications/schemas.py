@@ -2,6 +2,7 @@
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.notifications.models import STATUSES
+from shared.messaging import topology
 
 non_empty = validate.Length(min=1)
 
@@ -117,7 +118,15 @@ class DeliverySchema(Schema):
     handled_by = fields.String(allow_none=True)
 
 
+_SERVICES = validate.OneOf(sorted(topology.SUBSCRIPTIONS), error="One of: {choices}.")
+
+
+class DeadLetterQuerySchema(Schema):
+    service = fields.String(load_default=None, validate=_SERVICES)
+
+
 class DeadLetterSchema(Schema):
+    service = fields.String()
     message_id = fields.String(allow_none=True)
     type = fields.String(allow_none=True)
     attempts = fields.Integer()
@@ -127,6 +136,8 @@ class DeadLetterSchema(Schema):
 
 class ReplayRequestSchema(Schema):
     message_id = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    # whose dead-letter queue; notifications' own when not named
+    service = fields.String(load_default="notifications", validate=_SERVICES)
 
 
 class ReplayResultSchema(Schema):

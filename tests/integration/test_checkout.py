@@ -241,3 +241,47 @@ def test_an_order_paid_in_time_keeps_its_unit_while_inventory_consumer_is_down(f
     finally:
         stack.start("inventory-consumer")
     assert floodgate.get_drop(drop["id"])["remaining"] == 1
+
+
+def test_a_refund_parked_by_a_provider_outage_is_listed_and_replayed_by_an_admin(floodgate, stack, admin_token, buyer):
+    """A refund that failed every attempt is money owed to a buyer: it is parked in checkout's
+    dead-letter queue, where the admin API and the command both find it, and a replay pays it."""
+    import json
+    import subprocess
+    import sys
+
+    from devtools.stack import ROOT
+
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=1)
+    order = floodgate.place_order(token, drop["id"]).json()
+    floodgate.pay(order)
+    floodgate.wait_for_status(token, order["id"], "confirmed")
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    dead_letters = stack.url("notifications") + "/dead-letters"
+
+    def parked_refund():
+        letters = floodgate.http.get(dead_letters, headers=admin, params={"service": "checkout"}).json()
+        return next((letter for letter in letters
+                     if letter["type"] == "payment.refund_requested" and order["id"] in letter["body"]), None)
+
+    with provider_behaviour(floodgate, refunds="fail"):
+        assert floodgate.http.post(f"{stack.url('checkout')}/orders/{order['id']}/cancel",
+                                   headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        letter = poll(parked_refund, timeout=30, what="the failed refund to be parked")
+    assert letter["service"] == "checkout" and letter["attempts"] >= 1
+    everywhere = floodgate.http.get(dead_letters, headers=admin).json()
+    assert letter["message_id"] in {parked["message_id"] for parked in everywhere if parked["service"] == "checkout"}
+    assert floodgate.http.get(dead_letters, headers=admin, params={"service": "nowhere"}).status_code == 422
+    listed = subprocess.run([sys.executable, "-m", "shared.messaging.dead_letters", "list", "--service", "checkout"],
+                            cwd=ROOT, env=stack.env(), capture_output=True, text=True, check=True).stdout
+    assert letter["message_id"] in {json.loads(line)["message_id"] for line in listed.splitlines()}
+    assert floodgate.get_order(token, order["id"]).json()["payment"]["status"] != "refunded"
+
+    replayed = floodgate.http.post(dead_letters + "/replay", headers=admin,
+                                   json={"service": "checkout", "message_id": letter["message_id"]})
+    assert replayed.json() == {"replayed": 1}, replayed.text
+    refunded = poll(lambda: (lambda o: o if o["payment"]["status"] == "refunded" else None)(
+        floodgate.get_order(token, order["id"]).json()), timeout=30, what="the replayed refund")
+    assert refunded["payment"]["refund_id"]
+    assert parked_refund() is None
