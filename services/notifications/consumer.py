@@ -34,6 +34,9 @@ def mailing_handler(settings: config.Settings, mailer: Mailer, uow_factory: Call
         try:
             handlers.send_notification(envelope, uow, mailer)
         except Exception as error:
+            # This attempt's own writes (the delivery row it expected to send) hold the row the
+            # failure is logged in, from another transaction: give them up first.
+            uow.rollback()
             outcome = handlers.failure_outcome(error, attempt, settings)
             try:
                 handlers.record_failure(envelope, error, outcome, uow_factory())

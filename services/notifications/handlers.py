@@ -32,8 +32,9 @@ ANNOUNCED_EMAILS = frozenset({"order.confirmed"})
 def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     """Mail the email `envelope` asks for, once per event, and log the delivery in `uow`.
 
-    The mail goes out before the transaction commits: should the commit fail, the event is
-    retried and mailed again with the same Message-ID. The reverse order could lose the email.
+    Everything the transaction writes is written before the mail goes out, so that once the SMTP
+    server has accepted it only the commit remains: should that commit fail, the event is retried
+    and mailed again with the same Message-ID. Sending after the commit could lose the email.
     """
     if uow.deliveries.was_sent(envelope.id):
         return
@@ -43,13 +44,13 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     data = emails.read(envelope.type, envelope.data)
     with logs.log_context(order_id=data.get("order_id")):
         email = emails.render(envelope.type, data, envelope.id)
-        mailer.send(email)
         sent_at = datetime.now(timezone.utc)
         uow.deliveries.record_sent(_attempt(envelope, email), sent_at)
         if envelope.type in ANNOUNCED_EMAILS and data.get("order_id"):
             # checkout shows the buyer whether and when their order's confirmation went out
             uow.publish("email.sent", {"order_id": data["order_id"], "event_type": envelope.type,
                                        "sent_at": sent_at.isoformat(), "message_id": email.message_id})
+        mailer.send(email)  # a refusal raises: the writes above roll back with the event
         log.info("email sent", extra={"message_id": email.message_id, "event_type": envelope.type})
 
 

@@ -46,6 +46,12 @@ class FakeDeliveryLog:
         self.committed = []
         self.pending = []
 
+    def transaction(self) -> "FakeDeliveryLog":
+        """The log as one transaction sees it: everything committed, and its own writes."""
+        view = FakeDeliveryLog()
+        view.committed = self.committed
+        return view
+
     def for_event(self, event_id):
         return next((d for d in reversed(self.pending + self.committed) if d.event_id == event_id), None)
 
@@ -77,19 +83,26 @@ class FakeUnitOfWork:
     """Like the real one: what is added is kept only if the block commits."""
 
     def __init__(self, deliveries: FakeDeliveryLog | None = None):
-        self.deliveries = deliveries or FakeDeliveryLog()
+        self.log = deliveries or FakeDeliveryLog()
+        self.deliveries = self.log
         self.committed = False
         self.published = []
 
     def __enter__(self):
+        # like a database transaction: another unit of work does not see these writes uncommitted
+        self.deliveries = self.log.transaction()
         self.committed = False
         return self
 
     def __exit__(self, *exc_info):
+        self.deliveries = self.log
+
+    def rollback(self):
         self.deliveries.pending.clear()
+        self.published.clear()
 
     def commit(self):
-        self.deliveries.committed.extend(self.deliveries.pending)
+        self.log.committed.extend(self.deliveries.pending)
         self.deliveries.pending.clear()
         self.committed = True
 

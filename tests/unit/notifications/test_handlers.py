@@ -177,3 +177,19 @@ def test_only_the_confirmation_email_is_announced():
         handlers.send_notification(event("order.placed", placed, event_id="ev-8"), uow, FakeMailer())
         uow.commit()
     assert uow.published == []
+
+
+def test_everything_is_written_before_the_mail_goes_out_so_only_the_commit_follows_it():
+    uow = FakeUnitOfWork()
+    seen_at_send = []
+
+    class WatchingMailer(FakeMailer):
+        def send(self, email):
+            seen_at_send.append(([d.status for d in uow.deliveries.pending], list(uow.published)))
+            super().send(email)
+
+    with uow:
+        handlers.send_notification(confirmed(event_id="ev-11"), uow, WatchingMailer())
+        uow.commit()
+    [(pending, published)] = seen_at_send
+    assert pending == ["sent"] and [event_type for event_type, _ in published] == ["email.sent"]
