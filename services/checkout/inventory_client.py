@@ -130,7 +130,9 @@ class InventoryClient:
 
     def sell(self, order_id: str) -> None:
         """Make the order's hold a sale now (idempotent); SoldOut when its units are gone."""
-        response = self._call(f"/reservations/{order_id}/sell", {})
+        # Not behind the circuit breaker: a payment is confirmed at most once, and making its sale
+        # at once is what keeps the sweeper off a paid unit; the provider can wait for an answer.
+        response = self._call(f"/reservations/{order_id}/sell", {}, guarded=False)
         if response.status != 200:
             raise self._refusal(response)
 
@@ -140,8 +142,8 @@ class InventoryClient:
         if response.status not in (200, 404):
             raise self._refusal(response)
 
-    def _call(self, path: str, body: dict) -> urllib3.BaseHTTPResponse:
-        if not self._breaker.allow():
+    def _call(self, path: str, body: dict, guarded: bool = True) -> urllib3.BaseHTTPResponse:
+        if guarded and not self._breaker.allow():
             raise errors.InventoryUnavailable(
                 "Inventory is not answering; try again shortly.", retry_after=self._breaker.retry_after()
             )
