@@ -8,6 +8,8 @@ with each other or with a `make run` stack.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +23,7 @@ class TestInfra:
     postgres_url: str
     amqp_url: str
     restart_broker: Callable[[], None]
+    restart_database: Callable[[], None]
     cleanup: Callable[[], None]
 
 
@@ -48,6 +51,10 @@ def from_containers() -> TestInfra:
             code, output = rabbit.exec(["rabbitmqctl", command])
             assert code == 0, output
 
+    def restart_database() -> None:
+        code, output = postgres.exec(["pg_ctl", "restart", "-m", "fast", "-D", "/var/lib/postgresql/data"])
+        assert code == 0, output
+
     def cleanup() -> None:
         rabbit.stop()
         postgres.stop()
@@ -56,6 +63,7 @@ def from_containers() -> TestInfra:
         postgres_url=url.render_as_string(hide_password=False),
         amqp_url=f"amqp://guest:guest@{params.host}:{params.port}/%2F",
         restart_broker=restart_broker,
+        restart_database=restart_database,
         cleanup=cleanup,
     )
 
@@ -78,7 +86,15 @@ def from_environment() -> TestInfra:
             raise RuntimeError("restarting the broker needs rabbitmqctl")
         broker.restart()
 
-    return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker, cleanup=cleanup)
+    def restart_database() -> None:
+        clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+        if not shutil.which("pg_ctlcluster") or not clusters:
+            raise RuntimeError("restarting the database needs pg_ctlcluster (Debian's PostgreSQL)")
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "--mode", "fast", clusters[-1], "main", "restart"],
+                       check=True, capture_output=True, timeout=120)
+
+    return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker,
+                     restart_database=restart_database, cleanup=cleanup)
 
 
 def provision() -> TestInfra:

@@ -118,3 +118,49 @@ def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodga
 
     [letter] = poll(parked, timeout=30, what="the poison message in the dead-letter queue")
     assert letter["attempts"] == 3
+
+
+def test_a_database_restart_mid_rush_costs_no_buyer_and_no_unit(floodgate, stack, admin_token, infra):
+    """PostgreSQL restarts while 20 buyers order 10 units: every answer is an order, "sold out" or
+    a retryable 503/429 (never a 500), each buyer's retry with the same key ends with a definitive
+    answer, and every held unit has its order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    units, crowd = 10, 20
+    drop = floodgate.create_drop(admin_token, quantity=units)
+    tokens = [floodgate.register()[1] for _ in range(crowd)]
+    started = threading.Barrier(crowd + 1)
+    answers: list[tuple[int, str | None]] = []
+
+    def buyer(token: str) -> int:
+        key, deadline = str(uuid.uuid4()), time.monotonic() + 90
+        started.wait()
+        while time.monotonic() < deadline:
+            try:
+                answer = floodgate.place_order(token, drop["id"], key=key)
+            except requests.RequestException:
+                continue
+            answers.append((answer.status_code, answer.headers.get("Retry-After")))
+            if answer.status_code not in (429, 503):
+                return answer.status_code
+            time.sleep(min(2.0, float(answer.headers["Retry-After"])))  # as the answer asks
+        return 0
+
+    with ThreadPoolExecutor(crowd) as pool:
+        finals = [pool.submit(buyer, token) for token in tokens]
+        started.wait()
+        infra.restart_database()
+        finals = [future.result() for future in finals]
+
+    assert [status for status, _ in answers if status >= 500 and status != 503] == []
+    assert all(retry_after for status, retry_after in answers if status in (429, 503))
+    assert sorted(finals) == [201] * units + [409] * (crowd - units)
+    held = scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE drop_id = :d AND status = 'held'",
+                  d=drop["id"])
+    ordered = scalar(stack, "checkout", "SELECT count(*) FROM orders WHERE drop_id = :d", d=drop["id"])
+    assert held == ordered == units
+    assert floodgate.get_drop(drop["id"])["remaining"] == 0
+    stack.wait_until_ready()
