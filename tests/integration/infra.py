@@ -52,7 +52,13 @@ def from_containers() -> TestInfra:
             assert code == 0, output
 
     def restart_database() -> None:
-        code, output = postgres.exec(["pg_ctl", "restart", "-m", "fast", "-D", "/var/lib/postgresql/data"])
+        # The server is the container's first process, so it cannot restart in place; every
+        # client connection is cut instead, which is what the services see of a restart.
+        code, output = postgres.exec([
+            "psql", "-U", postgres.username, "-d", postgres.dbname, "-c",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        ])
         assert code == 0, output
 
     def cleanup() -> None:

@@ -310,7 +310,8 @@ def test_a_poison_event_is_parked_shown_to_admins_and_delivered_after_a_replay(f
         poll(lambda: mails_by_message_id(floodgate, {message_id(healthy)}), what="the healthy email")
 
         def parked():
-            answer = admin_get(floodgate, stack, admin_token, "/dead-letters")
+            # inventory parks its copy too (the order does not exist): this test is about the email
+            answer = admin_get(floodgate, stack, admin_token, "/dead-letters", service="notifications")
             assert answer.status_code == 200, answer.text
             return [letter for letter in answer.json() if letter["message_id"] == poison.id]
 
