@@ -17,6 +17,7 @@ from services.checkout.inventory_client import InventoryClient
 from services.checkout.models import AddressAllowance, Order, OrderTransition, PaymentEvent
 from services.checkout.payments import PaymentProvider
 from shared.logs import bind_order_id
+from shared.messaging.consumer import PermanentFailure
 
 log = logging.getLogger("floodgate.checkout")
 ORDER_ID_NAMESPACE = uuid.UUID("6f1c6a52-3b1e-4a8e-9a55-8f4f8d0e7a10")
@@ -374,7 +375,8 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     data = envelope.data
     order = find_order(uow, str(data["order_id"]), lock=True)
     if order is None:
-        raise errors.OrderNotFound(f"refund for unknown order {data['order_id']}")
+        # no retry can make the order appear: parked at once for an admin to read
+        raise PermanentFailure(f"refund for unknown order {data['order_id']}")
     bind_order_id(str(order.id))
     refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
     order.refund_id = refund.refund_id

@@ -285,3 +285,31 @@ def test_a_refund_parked_by_a_provider_outage_is_listed_and_replayed_by_an_admin
         floodgate.get_order(token, order["id"]).json()), timeout=30, what="the replayed refund")
     assert refunded["payment"]["refund_id"]
     assert parked_refund() is None
+
+
+def test_a_refund_for_an_order_nobody_knows_is_parked_at_once(floodgate, stack, admin_token):
+    """Retrying cannot make an unknown order appear: the event goes to checkout.dead on its first
+    attempt, where an admin reads why, instead of going through every retry tier."""
+    import pika
+
+    from shared.messaging import topology
+    from shared.messaging.envelope import Envelope
+
+    event = Envelope(type="payment.refund_requested", source="tests", data={
+        "order_id": str(uuid.uuid4()), "capture_id": "CAP-unknown", "amount": 100, "currency": "CAD", "reason": "test"})
+    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(topology.EVENTS_EXCHANGE, event.type, event.to_json(), event.properties(), mandatory=True)
+    finally:
+        connection.close()
+    admin = {"Authorization": f"Bearer {admin_token}"}
+
+    def parked():
+        letters = floodgate.http.get(stack.url("notifications") + "/dead-letters", headers=admin,
+                                     params={"service": "checkout"}).json()
+        return [letter for letter in letters if letter["message_id"] == event.id]
+
+    [letter] = poll(parked, timeout=30, what="the refund for an unknown order to be parked")
+    assert letter["attempts"] == 1 and "unknown order" in letter["last_error"]
