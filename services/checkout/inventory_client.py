@@ -83,8 +83,7 @@ class InventoryClient:
     def __init__(self, base_url: str, service_key: str, timeout_seconds: float, breaker: CircuitBreaker):
         self._breaker = breaker
         self._headers = {"X-Service-Key": service_key, "Content-Type": "application/json"}
-        self._prefix = urllib3.util.parse_url(base_url).path or ""
-        self._prefix = self._prefix.rstrip("/")
+        self._prefix = (urllib3.util.parse_url(base_url).path or "").rstrip("/")
         # urllib3's pool without requests on top: requests' per-call work (environment proxies,
         # cookies, hooks) cost more CPU than the rest of the call. One retry for a pooled
         # connection inventory closed (it restarted): every call here is idempotent (by order

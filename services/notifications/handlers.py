@@ -1,6 +1,7 @@
 """Notifications' operations: mailing events, the delivery log, dead letters."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -10,8 +11,8 @@ import pika
 
 from shared import logs
 from shared.messaging import connection as amqp
-from shared.messaging import topology
-from shared.messaging.consumer import PermanentFailure, next_step, peek_dead_letters, replay_dead_letters
+from shared.messaging import dead_letters as parked_letters
+from shared.messaging.consumer import PermanentFailure, next_step
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
@@ -20,7 +21,6 @@ from services.notifications.mailer import Mailer
 from services.notifications.models import DEAD, RETRYING, Delivery
 
 log = logging.getLogger("floodgate.notifications")
-NOT_FOUND = 404
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -96,18 +96,8 @@ def find_deliveries(query: dict, uow) -> list[Delivery]:
 def dead_letters(settings: Settings, service: str | None = None) -> list[dict]:
     """The events parked in one service's dead-letter queue, or in every consuming service's,
     left in place; each names its service."""
-    letters = []
-    for name in [service] if service else sorted(topology.SUBSCRIPTIONS):
-        try:
-            parked = peek_dead_letters(settings.amqp_url, name)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == NOT_FOUND:  # no consumer has declared its queues yet: nothing parked
-                continue
-            raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
-        except amqp.RECOVERABLE as error:
-            raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
-        letters += [dict(letter, service=name) for letter in parked]
-    return letters
+    with _broker_answers():
+        return parked_letters.parked(settings.amqp_url, service)
 
 
 def replay(message_id: str | None, settings: Settings, uow=None, service: str | None = None) -> int:
@@ -115,20 +105,24 @@ def replay(message_id: str | None, settings: Settings, uow=None, service: str | 
     work queue; how many went back. Notifications' own delivery log shows replayed events as
     `retrying` again."""
     service = service or settings.service_name
-    try:
-        replayed = replay_dead_letters(settings.amqp_url, service, None if message_id is None else {message_id})
-    except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code == NOT_FOUND:
-            return 0
-        raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
-    except amqp.RECOVERABLE as error:
-        raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
+    with _broker_answers():
+        replayed = parked_letters.replay(settings.amqp_url, service, message_id)
     if replayed and uow is not None and service == settings.service_name:
         with uow:
             uow.deliveries.mark_replayed(None if message_id is None else {message_id})
             uow.commit()
     log.info("dead letters replayed", extra={"service": service, "replayed": replayed, "message_id": message_id})
     return replayed
+
+
+@contextlib.contextmanager
+def _broker_answers():
+    try:
+        yield
+    except pika.exceptions.ChannelClosedByBroker as error:
+        raise BrokerUnavailable(f"The broker refused: {error.reply_text}") from error
+    except amqp.RECOVERABLE as error:
+        raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
 
 
 def _attempt(envelope: Envelope, email: emails.Email) -> dict:

@@ -17,9 +17,6 @@ class DeliveryLog:
     def __init__(self, session: orm.Session):
         self._session = session
 
-    def for_event(self, event_id: str) -> Delivery | None:
-        return self._session.scalar(sa.select(Delivery).where(Delivery.event_id == event_id))
-
     def was_sent(self, event_id: str) -> bool:
         """Whether the email of `event_id` was already accepted by the SMTP server."""
         return self._session.execute(_STATUS, {"event_id": event_id}).scalar() == SENT

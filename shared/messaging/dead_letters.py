@@ -13,9 +13,36 @@ import argparse
 import json
 import sys
 
+import pika
+
 from shared.config import Settings
 from shared.messaging import topology
 from shared.messaging.consumer import peek_dead_letters, replay_dead_letters
+
+NOT_FOUND = 404
+
+
+def parked(amqp_url: str, service: str | None = None) -> list[dict]:
+    """The dead letters of `service`, or of every consuming service, left in place; each names
+    its service. A dead-letter queue no consumer has declared yet holds nothing."""
+    letters = []
+    for name in [service] if service else sorted(topology.SUBSCRIPTIONS):
+        try:
+            letters += [dict(letter, service=name) for letter in peek_dead_letters(amqp_url, name)]
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != NOT_FOUND:
+                raise
+    return letters
+
+
+def replay(amqp_url: str, service: str, message_id: str | None = None) -> int:
+    """Send `service`'s parked events (or the one with `message_id`) back to its work queue."""
+    try:
+        return replay_dead_letters(amqp_url, service, None if message_id is None else {message_id})
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == NOT_FOUND:
+            return 0
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,12 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     amqp_url = Settings.from_env().amqp_url
     if args.command == "list":
-        for service in [args.service] if args.service else sorted(topology.SUBSCRIPTIONS):
-            for letter in peek_dead_letters(amqp_url, service):
-                print(json.dumps(dict(letter, service=service)))
+        for letter in parked(amqp_url, args.service):
+            print(json.dumps(letter))
     else:
-        ids = None if args.message_id is None else {args.message_id}
-        replayed = replay_dead_letters(amqp_url, args.service, ids)
+        replayed = replay(amqp_url, args.service, args.message_id)
         print(f"{replayed} event(s) of {args.service} sent back to {topology.work_queue(args.service)}", file=sys.stderr)
 
 

@@ -290,20 +290,12 @@ def test_a_refund_parked_by_a_provider_outage_is_listed_and_replayed_by_an_admin
 def test_a_refund_for_an_order_nobody_knows_is_parked_at_once(floodgate, stack, admin_token):
     """Retrying cannot make an unknown order appear: the event goes to checkout.dead on its first
     attempt, where an admin reads why, instead of going through every retry tier."""
-    import pika
-
-    from shared.messaging import topology
     from shared.messaging.envelope import Envelope
+    from tests.integration.events import publish
 
     event = Envelope(type="payment.refund_requested", source="tests", data={
         "order_id": str(uuid.uuid4()), "capture_id": "CAP-unknown", "amount": 100, "currency": "CAD", "reason": "test"})
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(topology.EVENTS_EXCHANGE, event.type, event.to_json(), event.properties(), mandatory=True)
-    finally:
-        connection.close()
+    publish(stack, [event])
     admin = {"Authorization": f"Bearer {admin_token}"}
 
     def parked():

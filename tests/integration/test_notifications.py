@@ -25,6 +25,7 @@ from services.notifications.config import Settings as NotificationSettings
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
 from tests.integration.database import scalar
+from tests.integration.events import publish
 
 HEARTBEAT_SECONDS = 3
 PATIENT_CONSUMER = {"RETRY_DELAYS_MS": "300,1000", "MAX_ATTEMPTS": "100", "SMTP_TIMEOUT_SECONDS": "30",
@@ -79,19 +80,6 @@ def mails_by_message_id(floodgate, message_ids: set[str]) -> dict[str, list[dict
 
 
 # --- the broker --------------------------------------------------------------------------------
-
-def publish(stack, envelopes: list[Envelope]) -> None:
-    """Publish as the outbox relays do: persistent, mandatory, confirmed."""
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for envelope in envelopes:
-            channel.basic_publish(topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(), envelope.properties(),
-                                  mandatory=True)
-    finally:
-        connection.close()
-
 
 def _work_queue(stack):
     connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))

@@ -11,6 +11,7 @@ from devtools.client import poll
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
 from tests.integration.database import scalar
+from tests.integration.events import publish
 
 
 def place_orders(floodgate, drop_id: str, count: int) -> list[tuple[str, dict]]:
@@ -95,13 +96,7 @@ def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(
 
 def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodgate, stack, admin_token):
     poison = Envelope(type="order.confirmed", data={"order_id": str(uuid.uuid4())}, source="tests")
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(topology.EVENTS_EXCHANGE, poison.type, poison.to_json(), poison.properties(), mandatory=True)
-    finally:
-        connection.close()
+    publish(stack, [poison])
 
     drop = floodgate.create_drop(admin_token, quantity=5)
     [(token, order)] = place_orders(floodgate, drop["id"], 1)
