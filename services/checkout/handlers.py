@@ -192,6 +192,7 @@ def order_document(order: Order, settings) -> dict:
         "buyer_email": order.buyer_email,
         "drop_id": str(order.drop_id),
         "status": order.status,
+        "version": orders.version(order),
         "quantity": order.quantity,
         "items": [
             {
@@ -280,7 +281,7 @@ def _on_time_payment(order: Order, uow, inventory: InventoryClient, settings) ->
     sweeper give a paid unit away. With inventory down the order is confirmed all the same and
     `order.confirmed` makes the sale when inventory is back."""
     try:
-        inventory.sell(str(order.id))
+        inventory.sell(str(order.id), order_version=orders.version(order) + 1)
     except errors.InventoryUnavailable:
         log.warning("inventory unavailable while confirming; the sale follows from order.confirmed")
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded):
@@ -292,7 +293,8 @@ def _on_time_payment(order: Order, uow, inventory: InventoryClient, settings) ->
 def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
     """Money arrived after the hold ran out: keep the order if stock can be held again, else refund."""
     try:
-        hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True)
+        hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True,
+                                 order_version=orders.version(order) + 1)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
         if order.status == orders.AWAITING_PAYMENT:
             orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")

@@ -105,10 +105,13 @@ class InventoryClient:
         buyer_tier: str | None = None,
         shipping_country: str | None = None,
         renew: bool = False,
+        order_version: int | None = None,
     ) -> Hold:
-        """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released one)."""
+        """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released
+        one). `order_version`: the order's version once this hold serves it (1 for a new order)."""
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
-                "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None}
+                "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
+                "order_version": order_version}
         response = self._call("/reservations", {k: v for k, v in body.items() if v is not None})
         if response.status in (200, 201):
             held = json.loads(response.data)
@@ -127,11 +130,12 @@ class InventoryClient:
             )
         raise self._refusal(response)
 
-    def sell(self, order_id: str) -> None:
-        """Make the order's hold a sale now (idempotent); SoldOut when its units are gone."""
+    def sell(self, order_id: str, order_version: int) -> None:
+        """Make the order's hold a sale now (idempotent); SoldOut when its units are gone.
+        `order_version`: the version the confirmed order will have."""
         # Not behind the circuit breaker: a payment is confirmed at most once, and making its sale
         # at once is what keeps the sweeper off a paid unit; the provider can wait for an answer.
-        response = self._call(f"/reservations/{order_id}/sell", {}, guarded=False)
+        response = self._call(f"/reservations/{order_id}/sell", {"order_version": order_version}, guarded=False)
         if response.status != 200:
             raise self._refusal(response)
 

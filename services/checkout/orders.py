@@ -32,6 +32,12 @@ def move(order: Order, to_status: str, reason: str) -> None:
     order.status = to_status
 
 
+def version(order: Order) -> int:
+    """How many status changes the order has been through: every order event carries it, so
+    inventory can tell a stale (retried or delayed) event from the newest state."""
+    return len(order.history)
+
+
 def move_new(order: Order, reason: str) -> None:
     """Start a new order's life in `awaiting_payment`."""
     order.history.append(OrderTransition(from_status=None, to_status=AWAITING_PAYMENT, reason=reason))

@@ -1,7 +1,7 @@
 """HTTP entry points: load with a schema, run a handler in a unit of work, dump with a schema."""
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from services.inventory import handlers, schemas
 from shared.auth import require_admin, require_service
@@ -12,10 +12,11 @@ bp = Blueprint("inventory", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
 RESERVATION_REQUEST = schemas.ReservationRequestSchema()
 RESERVATION = schemas.ReservationSchema()
+SALE_REQUEST = schemas.SaleRequestSchema()
 
 
 @bp.post("/products")
-@operation("Add a product", request=schemas.NewProductSchema, response=schemas.ProductSchema, status=201, errors=(403, 409), auth="bearer")
+@operation("Add a product", request=schemas.NewProductSchema, response=schemas.ProductSchema, status=201, errors=(409,), auth="admin")
 @require_admin
 def add_product():
     command = load(schemas.NewProductSchema())
@@ -34,7 +35,7 @@ def show_product(product_id: str):
 
 
 @bp.post("/drops")
-@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, errors=(403,), auth="bearer")
+@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, auth="admin")
 @require_admin
 def schedule_drop():
     command = load(schemas.NewDropSchema())
@@ -49,8 +50,8 @@ def schedule_drop():
     "Move a drop's close (extend, shorten or reopen) and/or add stock",
     request=schemas.ChangeDropSchema,
     response=schemas.DropSchema,
-    errors=(403, 404),
-    auth="bearer",
+    errors=(404,),
+    auth="admin",
 )
 @require_admin
 def change_drop(drop_id: str):
@@ -74,7 +75,7 @@ def show_drop(drop_id: str):
     "Hold stock for an order (idempotent by order_id; 201 new, 200 repeat)",
     request=schemas.ReservationRequestSchema,
     response=schemas.ReservationSchema,
-    status=201,
+    status=(201, 200),
     errors=(403, 404, 409, 422),
     auth="service",
 )
@@ -88,12 +89,14 @@ def reserve():
 
 
 @bp.post("/reservations/<order_id>/sell")
-@operation("Turn a hold into a sale as its payment is confirmed (idempotent)", response=schemas.ReservationSchema,
-           errors=(403, 404, 409), auth="service")
+@operation("Turn a hold into a sale as its payment is confirmed (idempotent)", request=schemas.SaleRequestSchema,
+           response=schemas.ReservationSchema, errors=(403, 404, 409, 422), auth="service")
 @require_service
 def sell(order_id: str):
+    # The body is optional: an older checkout sends none.
+    order_version = load(SALE_REQUEST, request.get_json(silent=True) or {})["order_version"]
     with unit_of_work() as uow:
-        reservation = handlers.sell(order_id, uow)
+        reservation = handlers.sell(order_id, uow, order_version)
         uow.commit()
     return RESERVATION.dump(reservation)
 

@@ -49,3 +49,5 @@ class ReserveStock:
     shipping_country: str | None = None
     # Hold a released reservation's units again (a payment that arrived after its hold expired).
     renew: bool = False
+    # The order's version once this hold serves it (see Reservation.order_version); None: 1.
+    order_version: int | None = None

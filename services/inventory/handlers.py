@@ -252,6 +252,7 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     if cmd.renew:
         existing = find_reservation(cmd.order_id, uow, for_update=True)
         if existing is not None:
+            _note_order_version(existing, cmd.order_version)
             if existing.status == RELEASED:
                 # A payment that arrived after its hold was given back: hold the same units again.
                 renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
@@ -316,7 +317,7 @@ def _hold(cmd: ReserveStock, uow, hold_ttl_seconds: int, renewing: Reservation |
         session.flush()
     else:
         values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
-                      status=HELD, hold_expires_at=expires_at)
+                      status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
         try:
             # Core rather than Session.add + flush: the order path's hottest statement.
             session.execute(_INSERT_RESERVATION, values)
@@ -453,16 +454,17 @@ def release(order_id: str, uow) -> Reservation:
     return reservation
 
 
-def sell(order_id: str, uow) -> Reservation:
+def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
     """Turn an order's hold into a sale now: checkout calls this as it confirms a payment, so a
     paid order's units never wait on the event (`order.confirmed` repeats it, harmlessly). A hold
     already given back is taken again if the units are still there; else SoldOut (or another
-    refusal) and checkout refunds."""
+    refusal) and checkout refunds. `order_version` is the confirmed order's."""
     parsed = _parse_id(order_id, ReservationNotFound)
     bind_order_id(parsed)
     reservation = find_reservation(parsed, uow, for_update=True)
     if reservation is None:
         raise ReservationNotFound()
+    _note_order_version(reservation, order_version)
     if reservation.status == RELEASED:
         _take_again(reservation, uow)
     reservation.status = SOLD
@@ -574,11 +576,36 @@ def _order_id_of(envelope) -> uuid.UUID:
     return order_id
 
 
+def _note_order_version(reservation: Reservation, version: int | None) -> None:
+    """Remember that the reservation now serves order version `version` (None: not known)."""
+    if version is not None and version > reservation.order_version:
+        reservation.order_version = version
+
+
+def _is_stale(envelope, reservation: Reservation) -> bool:
+    """An order event older than what the reservation already acted on: a retried or delayed
+    delivery (a late payment re-held the unit after `order.expired` was sent, say, or a retried
+    `order.confirmed` after `order.cancelled`). Applying it would undo the newer state, so it is
+    dropped; an equal version is applied again, harmlessly. Events without a version (from a
+    checkout older than versioning) are applied as they come."""
+    version = envelope.data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return False
+    if version < reservation.order_version:
+        log.warning("stale order event ignored", extra={
+            "event_type": envelope.type, "event_version": version, "order_version": reservation.order_version})
+        return True
+    reservation.order_version = version
+    return False
+
+
 def on_order_confirmed(envelope, uow) -> None:
     order_id = _order_id_of(envelope)
     reservation = find_reservation(order_id, uow, for_update=True)
     if reservation is None:
         raise PermanentFailure("a confirmed order has no reservation")
+    if _is_stale(envelope, reservation):
+        return
     if reservation.status == HELD:
         reservation.status = SOLD
     elif reservation.status == RELEASED:
@@ -606,6 +633,8 @@ def on_order_ended(envelope, uow) -> None:
     reservation = find_reservation(order_id, uow, for_update=True)
     if reservation is None:
         log.warning("no reservation to release", extra={"event_type": envelope.type})
+        return
+    if _is_stale(envelope, reservation):
         return
     if reservation.status != RELEASED:
         _release([reservation], uow)

@@ -223,6 +223,9 @@ class Reservation(Base):
     quantity: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     status: orm.Mapped[str] = orm.mapped_column(sa.String(16), default=HELD)
     hold_expires_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    # The newest version of the order (checkout's count of its status changes) this reservation
+    # has acted on: an order event older than that is stale and changes nothing.
+    order_version: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1, server_default="1")
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     updated_at: orm.Mapped[datetime] = orm.mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()

@@ -151,10 +151,22 @@ class ReservationRequestSchema(Schema):
     shipping_country = fields.String(load_default=None, allow_none=True, validate=COUNTRY_CODE)
     # True: a released reservation with this order id is held again (late payment); null = false.
     renew = fields.Boolean(load_default=False, allow_none=True)
+    # The order's version once this hold serves it: order events older than that are ignored.
+    order_version = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                   validate=validate.Range(min=1, max=2**31 - 1))
 
     @post_load
     def to_command(self, data, **kwargs) -> ReserveStock:
         return ReserveStock(**{**data, "renew": bool(data["renew"])})
+
+
+class SaleRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    # The confirmed order's version: order events older than that are ignored. Absent: unknown.
+    order_version = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                   validate=validate.Range(min=1, max=2**31 - 1))
 
 
 class ReservationSchema(Schema):

@@ -305,3 +305,58 @@ def test_a_refund_for_an_order_nobody_knows_is_parked_at_once(floodgate, stack, 
 
     [letter] = poll(parked, timeout=30, what="the refund for an unknown order to be parked")
     assert letter["attempts"] == 1 and "unknown order" in letter["last_error"]
+
+
+def _handled_by_inventory(stack, message_ids) -> bool:
+    return scalar(stack, "inventory", "SELECT count(*) FROM inbox WHERE message_id = ANY(:ids)",
+                  ids=[m for _, m in message_ids]) == len(message_ids)
+
+
+def test_a_confirmation_delivered_after_its_cancellation_takes_no_unit(floodgate, stack, admin_token, buyer):
+    """Inventory acts only on an order's newest state: a retried `order.confirmed` that reaches it
+    after the order's `order.cancelled` is stale, so the cancelled unit stays on sale."""
+    from tests.integration.events import redeliver_reversed
+
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=1)
+    stack.stop("inventory-consumer")
+    try:
+        order = floodgate.place_order(token, drop["id"]).json()
+        floodgate.pay(order)
+        floodgate.wait_for_status(token, order["id"], "confirmed")
+        cancel = floodgate.http.post(stack.url("checkout") + f"/orders/{order['id']}/cancel",
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert cancel.status_code == 200
+        delivered = redeliver_reversed(stack, "inventory.events", order["id"], 2)
+        assert [event_type for event_type, _ in delivered] == ["order.cancelled", "order.confirmed"]
+    finally:
+        stack.start("inventory-consumer")
+    poll(lambda: _handled_by_inventory(stack, delivered), what="both events handled")
+    assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "released"
+    assert floodgate.get_drop(drop["id"])["remaining"] == 1
+
+
+def test_an_expiry_delivered_after_a_late_payment_kept_the_unit_leaves_it_sold(floodgate, stack, admin_token, buyer):
+    """A payment after the hold ran out holds the unit again and confirms the order; the order's
+    earlier `order.expired`, delivered after that confirmation, is stale and must not give the
+    paid unit back to the drop (a refund for the buyer, an oversell risk for the shop)."""
+    from tests.integration.events import redeliver_reversed
+
+    _, token = buyer
+    with restarted(stack, "inventory-api", hold_ttl_seconds=2), restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+        drop = floodgate.create_drop(admin_token, quantity=1)
+        stack.stop("inventory-consumer")
+        try:
+            order = floodgate.place_order(token, drop["id"]).json()
+            floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+            floodgate.pay(order)
+            kept = floodgate.wait_for_status(token, order["id"], "confirmed")
+            assert "late payment" in kept["history"][-1]["reason"]
+            delivered = redeliver_reversed(stack, "inventory.events", order["id"], 2)
+            assert [event_type for event_type, _ in delivered] == ["order.confirmed", "order.expired"]
+        finally:
+            stack.start("inventory-consumer")
+        poll(lambda: _handled_by_inventory(stack, delivered), what="both events handled")
+    assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "sold"
+    assert floodgate.get_drop(drop["id"])["remaining"] == 0
+    assert floodgate.get_order(token, order["id"]).json()["status"] == "confirmed"
