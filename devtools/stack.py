@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import requests
 
@@ -269,6 +271,71 @@ def ensure_local_servers() -> None:
         time.sleep(0.5)
 
 
+class StopSignals:
+    """SIGTERM and SIGINT ask the supervisor to stop; the first one counts, the rest are noted.
+
+    `make run` forwards the signal it gets and Ctrl-C reaches make and the supervisor alike, so
+    the supervisor often gets two or three at once. A signal raises KeyboardInterrupt only while
+    the supervisor waits (`interruptible()`), and only the first one: while it starts or stops
+    children a signal is remembered, so none cuts `stop_all()` short or orphans a child mid-start.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._interruptible = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.received.append(signum)
+        if self._interruptible and len(self.received) == 1:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A stretch of waiting, which the first stop signal cuts short (also one already received)."""
+        self._interruptible = True
+        try:
+            if self.received:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._interruptible = False
+
+
+def supervise(stack: Stack, announce: Callable[[Stack], None] = lambda stack: None) -> None:
+    """Start every process of `stack`, restart one that exits, and on SIGTERM or SIGINT stop each
+    of them exactly once, however many signals arrive."""
+    stop = StopSignals()
+    try:
+        stack.start_all()
+        with stop.interruptible():
+            stack.wait_until_ready()
+        announce(stack)
+        while True:
+            for name, process in list(stack.processes.items()):
+                if process.poll() is not None:
+                    print(f"{name} exited ({process.returncode}); restarting it", flush=True)
+                    stack.start(name)
+            with stop.interruptible():
+                time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    finally:
+        stack.stop_all()
+
+
+def announce(stack: Stack) -> None:
+    print("\nFloodgate is up (logs in %s):" % (stack.var_dir / "logs"))
+    for name in ("accounts", "inventory", "checkout", "notifications", "payments"):
+        print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)"
+              if name != "payments" else f"  {name:<14} {stack.url(name)}   (payment provider simulator)")
+    print(f"  {'smtp':<14} smtp://127.0.0.1:{stack.ports['smtp']}   (mail kept in {stack.maildir}; "
+          f"list: http://127.0.0.1:{stack.ports['smtp-control']}/messages)")
+    print("\nIn another terminal: `make demo` sells a small drop and shows the email. Ctrl-C stops everything.",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--var-dir", default=str(ROOT / "var" / "stack"))
@@ -283,33 +350,8 @@ def main() -> None:
     stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True, api_workers={"notifications": 1})
     print("migrating databases ...", flush=True)
     stack.migrate()
-    stack.start_all()
-    try:
-        stack.wait_until_ready()
-        print("\nFloodgate is up (logs in %s):" % (stack.var_dir / "logs"))
-        for name in ("accounts", "inventory", "checkout", "notifications", "payments"):
-            print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)"
-                  if name != "payments" else f"  {name:<14} {stack.url(name)}   (payment provider simulator)")
-        print(f"  {'smtp':<14} smtp://127.0.0.1:{stack.ports['smtp']}   (mail kept in {stack.maildir}; "
-              f"list: http://127.0.0.1:{stack.ports['smtp-control']}/messages)")
-        print("\nIn another terminal: `make demo` sells a small drop and shows the email. Ctrl-C stops everything.",
-              flush=True)
-        while True:
-            for name, process in list(stack.processes.items()):
-                if process.poll() is not None:
-                    print(f"{name} exited ({process.returncode}); restarting it", flush=True)
-                    stack.start(name)
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-    finally:
-        stack.stop_all()
-
-
-def _interrupt(*_):
-    raise KeyboardInterrupt
+    supervise(stack, announce)
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
     main()

@@ -80,6 +80,8 @@ def settle(rig, drop_id: str, recovered_at: float, deadline_seconds: float, prog
         "orders_by_status": dict(Counter(status for status, _ in book["orders"].values())),
         "confirmed_orders": len(confirmed),
         "oversold_units": max(0, held_or_sold - book["quantity"], confirmed_units - book["quantity"]),
+        "sold_units": book["units"].get("sold", 0),
+        "confirmed_units": confirmed_units,
         "stock_accounted_for": book["available"] + held_or_sold == book["quantity"],
         "confirmed_without_sale": sorted(unsold),
         "confirmed_without_email": sorted(unmailed),

@@ -10,10 +10,11 @@ and sign in the buyers, create the drop, release the whole crowd at the opening 
 the faults hit on schedule, lift the faults, wait for every confirmed order to be sold and emailed,
 check the books, run pgbench and the naive checkout for comparison, and write report.json,
 report.md and PNG plots to var/rehearsal/<timestamp>/. The exit status is 1 when a must-hold
-figure fails (a 5xx, an oversold unit, a confirmed order without its sale or email, a duplicate).
+figure fails (a 5xx but a 503 with Retry-After, an oversold unit, a confirmed order without its sale or email, a duplicate).
 
-The `broker` fault (restart RabbitMQ) is not in the defaults: it disturbs every other user of the
-local broker. Add it explicitly (--faults ...,broker), on a machine whose broker is yours.
+The `broker` fault (restart RabbitMQ) and the `database` fault (restart PostgreSQL mid-rush) are not
+in the defaults: they disturb every other user of the local broker or database cluster. Add them
+explicitly (--faults ...,broker,database), on a machine whose servers are yours.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buyers", type=int, default=1000, help="buyers released at the opening (default 1000)")
     parser.add_argument("--faults", default=",".join(faults_mod.DEFAULT),
                         help=f"comma-separated, from {', '.join(faults_mod.ALL)}; 'none' for none "
-                             f"(default: {','.join(faults_mod.DEFAULT)}; broker is opt-in)")
+                             f"(default: {','.join(faults_mod.DEFAULT)}; broker and database are opt-in)")
     parser.add_argument("--fault-at", action="append", default=[], metavar="FAULT=SECONDS",
                         help=f"when a fault starts, from the opening (defaults: {faults_mod.DEFAULT_AT})")
     parser.add_argument("--smtp-outlasts", type=float, default=3.0,
@@ -283,13 +284,15 @@ def main(argv: list[str] | None = None) -> None:
                     "faults": injector.enabled, "faults_skipped": injector.skipped,
                     "wall_seconds": time.monotonic() - wall, "phases": phases, "drop_id": drop["id"]},
             "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
+            "database_restart": report.database_restart(events, timeline.entries, verdict, opens_at),
             "pgbench": pg.as_dict() if pg else None, "naive": naive,
         }
         report.write(out, figures, series, sampler.samples, opens_at)
         say("\n" + (out / "report.md").read_text().split("## Faults")[0])
         failed = not all(ok for _, ok, _ in report.verdicts(figures))
-        if crowd["server_errors_5xx"]:
-            say(f"\n!!! {crowd['server_errors_5xx']} requests were answered with a 5xx: {crowd['server_errors_by_kind']} !!!\n")
+        if crowd["unexpected_5xx"]:
+            say(f"\n!!! {crowd['unexpected_5xx']} requests were answered with a 5xx other than a 503 with Retry-After: "
+                f"{crowd['server_errors_by_kind']} !!!\n")
         say(f"\nReport: {out / 'report.md'} (JSON: report.json; plots: *.png)\n")
     finally:
         rig.teardown(keep=args.keep)

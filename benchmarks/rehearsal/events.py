@@ -2,6 +2,7 @@
 
 Kinds of line (`ev`):
   request   {"t": start (epoch s), "ms": latency, "name": "POST /orders", "status": 201, "kind": "201"}
+            (a 429 or 503 also has "retry_after": its Retry-After header, or null)
   placed    an order was accepted (201)         {"t", "order_id", "buyer"}
   confirmed the buyer saw the order confirmed   {"t", "order_id"}
   sold_out  the buyer was told the drop sold out

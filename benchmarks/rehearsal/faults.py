@@ -12,6 +12,10 @@
   broker           RabbitMQ is restarted once (rabbitmqctl stop_app / start_app). Opt-in only and
                    only on an isolated stack in its own vhost on the local broker: it disturbs
                    every other user of that broker (other stacks, test sessions).
+  database         PostgreSQL is restarted once, mid-rush (pg_ctlcluster --mode fast restart), while
+                   a probe notes when it stopped and started answering queries. Opt-in only and only
+                   on an isolated stack on this machine's cluster: every database on it goes away
+                   meanwhile, everyone's.
 """
 from __future__ import annotations
 
@@ -24,12 +28,13 @@ from dataclasses import dataclass, field
 import psutil
 import requests
 
-from devtools import broker
+from devtools import broker, database
 
-ALL = ("notifications", "smtp", "checkout-worker", "accounts", "broker")
+ALL = ("notifications", "smtp", "checkout-worker", "accounts", "broker", "database")
 DEFAULT = ("notifications", "smtp", "checkout-worker", "accounts")
 # When each fault starts, in seconds from the opening (negative: before it).
-DEFAULT_AT = {"notifications": -1.0, "smtp": 0.0, "checkout-worker": 0.5, "accounts": 1.0, "broker": 2.0}
+DEFAULT_AT = {"notifications": -1.0, "smtp": 0.0, "checkout-worker": 0.5, "accounts": 1.0, "broker": 2.0,
+              "database": 2.0}
 
 
 @dataclass
@@ -38,10 +43,12 @@ class Timeline:
     entries: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def note(self, fault: str, action: str, detail: str = "") -> None:
-        t = time.time()
+    def note(self, fault: str, action: str, detail: str = "", at: float | None = None) -> None:
+        """Note what a fault did, now or `at` (epoch seconds) when it was observed afterwards."""
+        t = time.time() if at is None else at
         with self.lock:
             self.entries.append({"fault": fault, "action": action, "t": round(t - self.opens_at, 3), "detail": detail})
+            self.entries.sort(key=lambda entry: entry["t"])
         print(f"\n  [{t - self.opens_at:+7.2f}s] fault {fault}: {action}{' (' + detail + ')' if detail else ''}", flush=True)
 
 
@@ -62,6 +69,8 @@ class Faults:
             return "needs a stack the rehearsal started (a running stack's supervisor restarts its processes)"
         if name == "broker" and not self.rig.broker_is_local_and_ours:
             return "only on an isolated stack in its own vhost on the local broker (rabbitmqctl)"
+        if name == "database" and not (self.rig.owned and database.restartable(self.rig.stack.infra.postgres_url)):
+            return "only on an isolated stack on this machine's PostgreSQL cluster (pg_ctlcluster)"
         return None
 
     # --- the schedule --------------------------------------------------------------------------
@@ -73,6 +82,7 @@ class Faults:
             "checkout-worker": self._kill_checkout_worker,
             "accounts": self._stop_accounts,
             "broker": self._restart_broker,
+            "database": self._restart_database,
         }
         for name in self.enabled:
             thread = threading.Thread(target=self._at, args=(self.at[name], name, actions[name]), daemon=True)
@@ -150,3 +160,52 @@ class Faults:
         self.timeline.note("broker", "stop_app")
         broker.restart()
         self.timeline.note("broker", "start_app done")
+
+    def _restart_database(self) -> None:
+        probe = Availability(self.rig.stack.infra.database_url("checkout"))
+        probe.start()
+        if not probe.answering.wait(30):
+            raise RuntimeError("the database did not answer before its restart")
+        self.timeline.note("database", "restarting", "pg_ctlcluster --mode fast restart")
+        try:
+            database.restart()
+            self.timeline.note("database", "restart done")
+        finally:
+            probe.restarted.set()
+            probe.join(timeout=60)
+            probe.halt.set()
+        if probe.went_at is None:
+            self.timeline.note("database", "never seen unavailable", f"probed every {probe.interval * 1000:.0f} ms")
+            return
+        self.timeline.note("database", "unavailable", at=probe.went_at)
+        if probe.back_at is not None:
+            self.timeline.note("database", "available again", f"{probe.back_at - probe.went_at:.2f} s unavailable",
+                               at=probe.back_at)
+
+
+class Availability(threading.Thread):
+    """Whether a database answers a query on a new connection, probed every `interval` seconds:
+    `went_at`, when a probe first failed (its start); `back_at`, when one first succeeded again
+    (its end). Ends when the database is back, or answers after `restarted` without a failure
+    seen (an outage shorter than the interval)."""
+
+    def __init__(self, url: str, interval: float = 0.05):
+        super().__init__(name="database-availability", daemon=True)
+        self.url, self.interval = url, interval
+        self.went_at: float | None = None
+        self.back_at: float | None = None
+        self.answering, self.restarted, self.halt = threading.Event(), threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.time()
+            if database.answers(self.url):
+                self.answering.set()
+                if self.went_at is not None:
+                    self.back_at = time.time()
+                    return
+                if self.restarted.is_set():
+                    return
+            elif self.went_at is None and self.answering.is_set():
+                self.went_at = started
+            self.halt.wait(max(0.0, self.interval - (time.time() - started)))

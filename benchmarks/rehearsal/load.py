@@ -104,7 +104,10 @@ class _Buyer(FastHttpUser):
             problem = _problem_type(response) if status >= 400 else None
             kind = classify(status, problem, type(response.error).__name__ if status == 0 and response.error else None)
             meta = response.request_meta
-            record("request", t=meta["start_time"], ms=round(meta["response_time"], 2), name=name, status=status, kind=kind)
+            # whether a refusal says when to come back: a 429 or 503 without Retry-After is a fault
+            refusal = {"retry_after": response.headers.get("Retry-After")} if status in (429, 503) else {}
+            record("request", t=meta["start_time"], ms=round(meta["response_time"], 2), name=name, status=status, kind=kind,
+                   **refusal)
             if status >= 500 or status == 0:
                 response.failure(kind)
             else:

@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 POST_ORDERS = "POST /orders"
+# After a database restart each pooled connection fails once (a 503) before the pool reconnects.
+AFTERMATH_SECONDS = 5.0
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -33,6 +35,7 @@ def crowd_figures(events: list[dict], opens_at: float) -> dict:
         if e["status"] >= 400 or e["status"] == 0:
             errors[e["name"]][e["kind"]] += 1
     server_errors = [e for e in requests_ if e["status"] >= 500]
+    retryable = [e for e in server_errors if _retryable_503(e)]
     return {
         "buyers_finished": sum(1 for e in events if e["ev"] == "done"),
         "orders_placed": len(placed),
@@ -44,7 +47,10 @@ def crowd_figures(events: list[dict], opens_at: float) -> dict:
         "post_orders_latency_201": latency([e["ms"] for e in orders if e["status"] == 201]),
         "errors_by_kind": {name: dict(kinds) for name, kinds in errors.items()},
         "server_errors_5xx": len(server_errors),
-        "server_errors_by_kind": dict(Counter(f"{e['name']}: {e['kind']}" for e in server_errors)),
+        # a 503 with Retry-After asks the buyer to come back, as a 429 does (the database restarting)
+        "retryable_503": len(retryable),
+        "unexpected_5xx": len(server_errors) - len(retryable),
+        "server_errors_by_kind": dict(Counter(f"{e['name']}: {_answer(e)}" for e in server_errors)),
         "crowd_seconds": round(max(e["t"] for e in events) - opens_at, 1) if events else None,
         "first_placed_s": round(placed[0], 3) if placed else None,
         "last_placed_s": round(placed[-1], 3) if placed else None,
@@ -52,6 +58,60 @@ def crowd_figures(events: list[dict], opens_at: float) -> dict:
         "requests_total": len(requests_),
         # the load generator shares the machine: its CPU time is CPU the stack did not get
         "load_generator_cpu_seconds": next((e["cpu_seconds"] for e in events if e["ev"] == "load_cpu"), None),
+    }
+
+
+def _retryable_503(event: dict) -> bool:
+    return event["status"] == 503 and bool(event.get("retry_after"))
+
+
+def _answer(event: dict) -> str:
+    """The kind of answer, and for a 429 or 503 whether it said when to come back."""
+    if event["status"] in (429, 503):
+        return f"{event['kind']} {'with' if event.get('retry_after') else 'WITHOUT'} Retry-After"
+    return event["kind"]
+
+
+def database_restart(events: list[dict], timeline: list[dict], checks: dict, opens_at: float) -> dict | None:
+    """The database fault's figures: when PostgreSQL restarted, how long it answered no query,
+    what the buyers were answered meanwhile and just after (stale pooled connections), and what
+    must hold afterwards. None when the fault did not run."""
+    noted: dict[str, float] = {}
+    for entry in timeline:
+        if entry["fault"] == "database":
+            noted.setdefault(entry["action"], entry["t"])
+    if "restarting" not in noted:
+        return None
+    went, back = noted.get("unavailable"), noted.get("available again")
+    outage = (went, back) if went is not None and back is not None else (noted["restarting"], noted.get("restart done"))
+
+    def answered(e: dict) -> float:
+        return e["t"] + e["ms"] / 1000 - opens_at
+
+    def answers(start: float | None, end: float | None) -> dict:
+        counts: dict[str, Counter] = defaultdict(Counter)
+        if start is not None and end is not None:
+            for e in events:
+                if e["ev"] == "request" and start <= answered(e) <= end:
+                    counts[e["name"]][_answer(e)] += 1
+        return {name: dict(kinds) for name, kinds in counts.items()}
+
+    settled = outage[1] + AFTERMATH_SECONDS if outage[1] is not None else float("inf")
+    unexpected = [e for e in events if e["ev"] == "request" and e["status"] >= 500 and not _retryable_503(e)
+                  and noted["restarting"] <= answered(e) <= settled]
+    return {
+        "restarted_at_s": noted["restarting"],
+        "restart_command_seconds": round(noted["restart done"] - noted["restarting"], 2) if "restart done" in noted else None,
+        "unavailable_from_s": went,
+        "unavailable_until_s": back,
+        "unavailable_seconds": round(back - went, 2) if went is not None and back is not None else None,
+        "answers_while_unavailable": answers(*outage),
+        "answers_just_after": answers(outage[1], outage[1] + AFTERMATH_SECONDS if outage[1] is not None else None),
+        "aftermath_seconds": AFTERMATH_SECONDS,
+        "unexpected_5xx": dict(Counter(f"{e['name']}: {_answer(e)}" for e in unexpected)),
+        "sold_units": checks["sold_units"],
+        "confirmed_units": checks["confirmed_units"],
+        "holds_without_order": len(checks["holds_without_order"]),
     }
 
 
@@ -169,13 +229,21 @@ def _fmt(value, unit: str = "") -> str:
 
 def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
     checks, crowd = figures["checks"], figures["crowd"]
+    restart = figures.get("database_restart")
+    during_restart = [] if restart is None else [
+        ("database restart: sold units = units of confirmed orders", restart["sold_units"] == restart["confirmed_units"],
+         f"{restart['sold_units']} / {restart['confirmed_units']}"),
+        ("database restart: units held without an order = 0", restart["holds_without_order"] == 0,
+         str(restart["holds_without_order"])),
+    ]
     return [
-        ("no 5xx answer", crowd["server_errors_5xx"] == 0, str(crowd["server_errors_5xx"])),
+        ("no 5xx answer (but a 503 with Retry-After)", crowd["unexpected_5xx"] == 0, str(crowd["unexpected_5xx"])),
         ("oversold units = 0", checks["oversold_units"] == 0, str(checks["oversold_units"])),
         ("stock accounted for (available + held + sold = quantity)", checks["stock_accounted_for"], ""),
         ("confirmed orders without a sale = 0", not checks["confirmed_without_sale"], str(len(checks["confirmed_without_sale"]))),
         ("confirmed orders without an email = 0", not checks["confirmed_without_email"], str(len(checks["confirmed_without_email"]))),
         ("duplicate emails = 0", checks["duplicate_emails"] == 0, str(checks["duplicate_emails"])),
+        *during_restart,
     ]
 
 
@@ -191,6 +259,34 @@ def warnings(figures: dict) -> list[tuple[str, bool, str]]:
         ("buyers who gave up without an answer", gave_up == 0, f"{gave_up} {crowd['gave_up'] or ''}".strip()),
         ("confirmation emails for orders not confirmed", not checks["emails_for_unconfirmed_orders"],
          str(len(checks["emails_for_unconfirmed_orders"]))),
+        ("503s with Retry-After (retryable; expected only around a database restart)",
+         not crowd["retryable_503"] or figures.get("database_restart") is not None, str(crowd["retryable_503"])),
+    ]
+
+
+def _answers_text(answers: dict) -> str:
+    return "; ".join(f"{name}: " + ", ".join(f"{n} × {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+                     for name, kinds in answers.items()) or "none"
+
+
+def database_restart_markdown(restart: dict) -> list[str]:
+    took = restart["restart_command_seconds"]
+    unavailable = (f"{restart['unavailable_from_s']:+.2f} s to {restart['unavailable_until_s']:+.2f} s: "
+                   f"**{restart['unavailable_seconds']:.2f} s**" if restart["unavailable_seconds"] is not None
+                   else "not seen (shorter than the probe's 50 ms)")
+    unexpected = sum(restart["unexpected_5xx"].values())
+    return [
+        "| figure | value |",
+        "|---|---|",
+        f"| restart issued (`pg_ctlcluster --mode fast restart`) | {restart['restarted_at_s']:+.2f} s from the opening; "
+        f"the command returned after {_fmt(took, ' s')} |",
+        f"| PostgreSQL unavailable (a new connection answered no query) | {unavailable} |",
+        f"| answers while it was unavailable | {_answers_text(restart['answers_while_unavailable'])} |",
+        f"| answers in the {restart['aftermath_seconds']:.0f} s after it was back | {_answers_text(restart['answers_just_after'])} |",
+        f"| 5xx but a 503 with Retry-After, from the restart to {restart['aftermath_seconds']:.0f} s after | "
+        f"{unexpected}{' ' + str(restart['unexpected_5xx']) if unexpected else ''} |",
+        f"| sold units / units of confirmed orders | {restart['sold_units']} / {restart['confirmed_units']} |",
+        f"| units held without an order | {restart['holds_without_order']} |",
     ]
 
 
@@ -255,10 +351,14 @@ def markdown(figures: dict, images: list[str]) -> str:
             lines += [f"| {name} | {kind} | {n} |" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     else:
         lines.append("none")
-    if crowd["server_errors_5xx"]:
-        lines += ["", f"**{crowd['server_errors_5xx']} ANSWERS WERE 5xx**: {crowd['server_errors_by_kind']}"]
+    if crowd["unexpected_5xx"]:
+        lines += ["", f"**{crowd['unexpected_5xx']} ANSWERS WERE 5xx** (but a 503 with Retry-After): "
+                      f"{crowd['server_errors_by_kind']}"]
     if crowd["gave_up"]:
         lines += ["", f"Buyers who gave up: {crowd['gave_up']}"]
+    restart = figures.get("database_restart")
+    if restart:
+        lines += ["", "## Database restart", "", *database_restart_markdown(restart)]
     lines += ["", "## Faults", "", "| t (s from opening) | fault | what happened |", "|---|---|---|"]
     lines += [f"| {e['t']:+.2f} | {e['fault']} | {e['action']}{' — ' + e['detail'] if e['detail'] else ''} |"
               for e in figures["timeline"]]
