@@ -285,6 +285,13 @@ def test_a_refund_parked_by_a_provider_outage_is_listed_and_replayed_by_an_admin
         floodgate.get_order(token, order["id"]).json()), timeout=30, what="the replayed refund")
     assert refunded["payment"]["refund_id"]
     assert parked_refund() is None
+    # the buyer hears of the refund once: the parked attempts sent nothing
+    [email] = poll(lambda: floodgate.mails_about(order["id"], "refunded"), what="the refund email")
+    assert email["event"] == "payment.refunded"
+    poll(lambda: scalar(stack, "notifications", "SELECT count(*) FROM inbox WHERE event_type = 'payment.refunded' "
+                        "AND message_id = ANY(:ids)", ids=_refunded_event_ids(stack, order["id"])) == 1,
+         what="notifications to have handled the refund event")
+    assert len(floodgate.mails_about(order["id"], "refunded")) == 1
 
 
 def test_a_refund_for_an_order_nobody_knows_is_parked_at_once(floodgate, stack, admin_token):
@@ -305,6 +312,11 @@ def test_a_refund_for_an_order_nobody_knows_is_parked_at_once(floodgate, stack, 
 
     [letter] = poll(parked, timeout=30, what="the refund for an unknown order to be parked")
     assert letter["attempts"] == 1 and "unknown order" in letter["last_error"]
+
+
+def _refunded_event_ids(stack, order_id: str) -> list[str]:
+    return scalar(stack, "checkout", "SELECT coalesce(array_agg(event_id::text), '{}') FROM outbox "
+                  "WHERE event_type = 'payment.refunded' AND envelope->'data'->>'order_id' = :id", id=order_id)
 
 
 def _handled_by_inventory(stack, message_ids) -> bool:
