@@ -37,7 +37,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pika
 import psutil
 import sqlalchemy as sa
 
@@ -48,6 +47,7 @@ from benchmarks.rehearsal.cli import machine, say
 from devtools.client import Floodgate
 from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing
+from shared.messaging import connection as amqp
 from shared.messaging.topology import work_queue
 
 UNITS = 1_000_000  # more than any run sells: every order is a hold, none a sell-out
@@ -175,9 +175,7 @@ class Pipeline:
 
     def pending(self) -> int:
         outboxes = sum(self._scalar(s, "SELECT count(*) FROM outbox WHERE published_at IS NULL") for s in RELAYS)
-        params = pika.URLParameters(self.rig.amqp_url)
-        params.connection_attempts, params.socket_timeout = 1, 2
-        conn = pika.BlockingConnection(params)
+        conn = amqp.connect(self.rig.amqp_url, "bench-pipeline", socket_timeout=2)
         try:
             channel = conn.channel()
             queued = sum(channel.queue_declare(work_queue(s), passive=True).method.message_count for s in CONSUMERS)

@@ -10,6 +10,7 @@ import requests
 import sqlalchemy as sa
 
 from shared.config import Settings
+from shared.messaging import connection as amqp
 from shared.messaging.topology import retry_queue, work_queue
 
 
@@ -60,10 +61,7 @@ class Sampler(threading.Thread):
         declares on the stack's vhost)."""
         try:
             if self._amqp is None or not self._amqp.is_open:
-                params = pika.URLParameters(self.rig.amqp_url)
-                params.socket_timeout = params.blocked_connection_timeout = 2
-                params.connection_attempts = 1
-                self._amqp = pika.BlockingConnection(params)
+                self._amqp = amqp.connect(self.rig.amqp_url, "rehearsal-sampler", socket_timeout=2)
             channel = self._amqp.channel()
             try:
                 depths = {"work": channel.queue_declare(work_queue("notifications"), passive=True).method.message_count,

@@ -105,9 +105,8 @@ class EmailMetrics(Collector):
         service = self.settings.service_name
         queues = [topology.work_queue(service), topology.dead_letter_queue(service)]
         queues += [topology.retry_queue(service, delay) for delay in self.settings.retry_delays_ms]
-        params = amqp.parameters(self.settings.amqp_url, f"{service}-metrics", heartbeat=0)
-        params.socket_timeout = self.settings.metrics_query_timeout_seconds
-        connection = pika.BlockingConnection(params)
+        connection = amqp.connect(self.settings.amqp_url, f"{service}-metrics", heartbeat=0,
+                                  socket_timeout=self.settings.metrics_query_timeout_seconds)
         depths = {}
         try:
             channel = connection.channel()

@@ -1,8 +1,16 @@
-"""Opening broker connections: one per process or thread, after gunicorn forks."""
+"""Opening broker connections: one per process or thread, after gunicorn forks.
+
+A broker URL names one node (`amqp://user:pass@host:5672/vhost`) or several, separated by commas
+(`amqp://...@rabbit-0:5672/%2F,amqp://...@rabbit-1:5672/%2F,...`): the nodes of a cluster. A
+connection goes to the first of them that answers; each new connection of a process starts one
+node further along, so a relay or consumer whose node went away tries another node first.
+"""
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import re
 from typing import Iterator
 
 import pika
@@ -20,20 +28,41 @@ RECOVERABLE = (
 )
 
 
-def parameters(url: str, name: str, heartbeat: int = 30) -> pika.URLParameters:
-    """Connection parameters with short timeouts and a name that shows in the management UI."""
+def addresses(url: str) -> list[str]:
+    """The broker URLs in `url`: one, or several separated by commas (each starting `amqp`)."""
+    # A comma inside one URL (in a query option, say) is not followed by a scheme.
+    return [part.strip() for part in re.split(r",(?=\s*amqps?://)", url) if part.strip()]
+
+
+def parameters(url: str, name: str, heartbeat: int = 30, socket_timeout: float = 5) -> pika.URLParameters:
+    """Connection parameters for one node, with short timeouts and a name that shows in the
+    management UI and in `rabbitmqctl list_connections client_properties`."""
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
     params.blocked_connection_timeout = 30
-    params.socket_timeout = 5
+    params.socket_timeout = socket_timeout
     params.connection_attempts = 1
     params.client_properties = {"connection_name": name}
     return params
 
 
-def connect(url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
-    """A blocking connection; not thread-safe, so open one per process or thread."""
-    return pika.BlockingConnection(parameters(url, name, heartbeat))
+# Which node this process's next connection tries first.
+_next_start = itertools.count()
+
+
+def connect(url: str, name: str, heartbeat: int = 30, socket_timeout: float = 5) -> pika.BlockingConnection:
+    """A blocking connection to the first node of `url` that answers; not thread-safe, so open
+    one per process or thread.
+
+    Each call starts one node further along the list (and goes round the others after it), so a
+    reconnect after a lost node tries the next node first instead of waiting on the lost one.
+    """
+    nodes = addresses(url)
+    if not nodes:
+        raise ValueError("no broker address in the AMQP URL")
+    start = next(_next_start) % len(nodes)
+    ordered = nodes[start:] + nodes[:start]
+    return pika.BlockingConnection([parameters(node, name, heartbeat, socket_timeout) for node in ordered])
 
 
 def backoff(initial: float = 0.2, cap: float = 10.0) -> Iterator[float]:

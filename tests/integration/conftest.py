@@ -1,8 +1,10 @@
 """Integration fixtures: real gunicorn processes, real PostgreSQL, RabbitMQ and SMTP."""
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
+from typing import Callable, ContextManager, Iterator
 
 import pytest
 
@@ -29,12 +31,14 @@ def infra():
     provisioned.cleanup()
 
 
-@pytest.fixture(scope="session")
-def stack(infra, tmp_path_factory):
+@contextlib.contextmanager
+def running_stack(postgres_url: str, amqp_url: str, var_dir: Path) -> Iterator[Stack]:
+    """A whole stack in its own databases and on its own ports, migrated, started and ready;
+    stopped and its databases dropped afterwards."""
     prefix = f"fgtest_{uuid.uuid4().hex[:8]}"
     stack = Stack(
-        infra=Infra(postgres_url=infra.postgres_url, amqp_url=infra.amqp_url, database_prefix=prefix),
-        var_dir=Path(tmp_path_factory.mktemp("stack")),
+        infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=prefix),
+        var_dir=var_dir,
         ports=free_ports(),
         extra_env=dict(TEST_ENV),
     )
@@ -47,6 +51,18 @@ def stack(infra, tmp_path_factory):
         stack.stop_all()
         for service in SERVICES:
             drop_database(stack.infra.database_url(service))
+
+
+@pytest.fixture(scope="session")
+def stack(infra, tmp_path_factory):
+    with running_stack(infra.postgres_url, infra.amqp_url, Path(tmp_path_factory.mktemp("stack"))) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def stack_on(infra, tmp_path_factory) -> Callable[[str], ContextManager[Stack]]:
+    """Another stack, on the session's PostgreSQL and the broker(s) of the AMQP URL given."""
+    return lambda amqp_url: running_stack(infra.postgres_url, amqp_url, Path(tmp_path_factory.mktemp("stack")))
 
 
 @pytest.fixture(autouse=True)

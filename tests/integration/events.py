@@ -1,15 +1,15 @@
 """Events published straight to the broker, as the outbox relays publish them."""
 from __future__ import annotations
 
-import pika
 
 from shared.messaging import topology
+from shared.messaging import connection as amqp
 from shared.messaging.envelope import Envelope
 
 
 def publish(stack, envelopes: list[Envelope]) -> None:
     """Publish as the outbox relays do: persistent, mandatory, confirmed."""
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -27,7 +27,7 @@ def redeliver_reversed(stack, queue: str, order_id: str, count: int, timeout: fl
     the order's messages in the new delivery order. Nobody may be consuming `queue`."""
     from devtools.client import poll
 
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         channel = connection.channel()
         channel.confirm_delivery()

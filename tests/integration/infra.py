@@ -3,19 +3,19 @@
 With a Docker engine, testcontainers starts private PostgreSQL and RabbitMQ containers. Without
 one, the servers named by TEST_POSTGRES_URL and TEST_AMQP_URL are used (default: the local
 ones), each test session in its own databases and its own RabbitMQ vhost, so runs never collide
-with each other or with a `make run` stack.
+with each other or with a `make run` stack. TEST_BROKER=private gives the session its own
+broker node instead (devtools.broker.LocalCluster), so the test that restarts the broker
+restarts nobody else's.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy.engine import make_url
 
-from devtools import broker
+from devtools import broker, database
 
 
 @dataclass
@@ -54,12 +54,7 @@ def from_containers() -> TestInfra:
     def restart_database() -> None:
         # The server is the container's first process, so it cannot restart in place; every
         # client connection is cut instead, which is what the services see of a restart.
-        code, output = postgres.exec([
-            "psql", "-U", postgres.username, "-d", postgres.dbname, "-c",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
-        ])
-        assert code == 0, output
+        database.cut_client_connections(url.render_as_string(hide_password=False))
 
     def cleanup() -> None:
         rabbit.stop()
@@ -76,6 +71,8 @@ def from_containers() -> TestInfra:
 
 def from_environment() -> TestInfra:
     postgres_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+    if os.environ.get("TEST_BROKER") == "private":
+        return with_private_broker(postgres_url)
     given_amqp = os.environ.get("TEST_AMQP_URL")
     if given_amqp:
         amqp_url, cleanup = given_amqp, (lambda: None)
@@ -92,15 +89,16 @@ def from_environment() -> TestInfra:
             raise RuntimeError("restarting the broker needs rabbitmqctl")
         broker.restart()
 
-    def restart_database() -> None:
-        clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-        if not shutil.which("pg_ctlcluster") or not clusters:
-            raise RuntimeError("restarting the database needs pg_ctlcluster (Debian's PostgreSQL)")
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "--mode", "fast", clusters[-1], "main", "restart"],
-                       check=True, capture_output=True, timeout=120)
-
     return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker,
-                     restart_database=restart_database, cleanup=cleanup)
+                     restart_database=database.restart, cleanup=cleanup)
+
+
+def with_private_broker(postgres_url: str) -> TestInfra:
+    """The session's own one-node broker beside the system's (TEST_BROKER=private): restarting it
+    disturbs no one else on the machine."""
+    node = broker.LocalCluster(size=1, prefix="floodgate-test").start()
+    return TestInfra(postgres_url=postgres_url, amqp_url=node.amqp_url, restart_broker=node.restart,
+                     restart_database=database.restart, cleanup=node.stop)
 
 
 def provision() -> TestInfra:

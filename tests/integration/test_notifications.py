@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.client import CANADIAN_ADDRESS, poll
 from services.notifications.config import Settings as NotificationSettings
 from shared.messaging import topology
+from shared.messaging import connection as amqp
 from shared.messaging.envelope import Envelope
 from tests.integration.database import scalar
 from tests.integration.events import publish
@@ -82,7 +83,7 @@ def mails_by_message_id(floodgate, message_ids: set[str]) -> dict[str, list[dict
 # --- the broker --------------------------------------------------------------------------------
 
 def _work_queue(stack):
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         return connection.channel().queue_declare(topology.work_queue("notifications"), passive=True).method
     finally:
@@ -352,7 +353,7 @@ def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, sta
 def test_a_consumer_cancelled_by_the_broker_comes_back_and_mails_on(floodgate, stack):
     """Deleting the work queue makes the broker cancel its consumer: the consumer must notice,
     reconnect (declaring its queue and bindings again) and go on mailing."""
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         connection.channel().queue_delete(topology.work_queue("notifications"))
     finally:

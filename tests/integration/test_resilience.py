@@ -1,13 +1,19 @@
 """Failures on the way: the email consumer down, the relay crashing, the broker restarting, poison."""
 from __future__ import annotations
 
+import itertools
 import statistics
+import threading
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
-import pika
+import pytest
 
-from devtools.client import poll
+from devtools.client import CANADIAN_ADDRESS, poll
+from devtools.stack import SERVICES
+from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
 from tests.integration.database import scalar
@@ -35,7 +41,7 @@ def pay_timed(floodgate, orders) -> list[float]:
 
 
 def queue_depth(stack, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(stack.infra.amqp_url))
+    connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
@@ -92,6 +98,66 @@ def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(
          what="every confirmation email")
     poll(lambda: settled(stack), timeout=30, what="queues to drain")
     assert [len(floodgate.confirmations_of(order["id"])) for _, order in everything] == [1] * 15
+
+
+def test_checkout_answers_201_and_every_api_stays_ready_while_the_broker_restarts(floodgate, stack, admin_token, infra):
+    """Buyers keep ordering before, during and after a broker restart: every answer is a 201,
+    every API's /readyz a 200, and every order's "pay for" email arrives once."""
+    drop = floodgate.create_drop(admin_token, quantity=5000, per_buyer_limit=5000)
+    tokens = [floodgate.register()[1] for _ in range(3)]
+    phase, done = ["before"], threading.Event()
+    street_numbers = itertools.count(100)
+    orders: list[tuple[str, str]] = []  # (phase, order id)
+    placed: list[tuple[str, int]] = []  # (phase, status) of every POST /orders
+    ready: list[tuple[str, str, int]] = []  # (phase, service, status) of every GET /readyz
+
+    def keep_ordering(token: str) -> None:
+        while not done.is_set():
+            # a new address each time: the per-address limit is not what this test is about
+            address = dict(CANADIAN_ADDRESS, street_address=f"{next(street_numbers)} Sussex Drive")
+            answer = floodgate.place_order(token, drop["id"], address=address)
+            placed.append((phase[0], answer.status_code))
+            if answer.status_code == 201:
+                orders.append((phase[0], answer.json()["id"]))
+
+    def keep_probing() -> None:
+        while not done.is_set():
+            for service in SERVICES:
+                ready.append((phase[0], service, floodgate.http.get(f"{stack.url(service)}/readyz").status_code))
+            done.wait(0.1)
+
+    with ThreadPoolExecutor(len(tokens) + 1) as pool:
+        running = [pool.submit(keep_ordering, token) for token in tokens] + [pool.submit(keep_probing)]
+        try:
+            poll(lambda: len(orders) >= 5, what="orders before the restart")
+            witness = amqp.connect(stack.infra.amqp_url, "restart-witness")
+            phase[0] = "during"
+            infra.restart_broker()
+            phase[0] = "after"
+            with pytest.raises(amqp.RECOVERABLE):  # the broker did restart: its old connections are gone
+                witness.process_data_events(time_limit=0)
+            placed_during = len(orders)
+            poll(lambda: len(orders) >= placed_during + 5, what="orders after the restart")
+        finally:
+            done.set()
+            for future in running:
+                future.result()
+
+    assert {status for _, status in placed} == {201}
+    assert {status for _, _, status in ready} == {200}
+    assert sum(when == "during" for when, _ in placed) >= 1
+    assert {service for when, service, _ in ready if when == "during"} == set(SERVICES)
+
+    ids = {order_id for _, order_id in orders}
+
+    def asked_to_pay() -> Counter:
+        subjects = [mail.get("subject") or "" for mail in floodgate.mails()]
+        return Counter(order_id for order_id in (s.split()[3] for s in subjects if s.startswith("Pay for order "))
+                       if order_id in ids)
+
+    poll(lambda: len(asked_to_pay()) == len(ids), timeout=90, what=f"the {len(ids)} orders' emails")
+    poll(lambda: settled(stack), timeout=30, what="queues to drain")
+    assert set(asked_to_pay().values()) == {1}
 
 
 def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodgate, stack, admin_token):
