@@ -93,3 +93,27 @@ def test_migrations_can_run_before_the_rest_is_applied(targets, target):
     assert {j["metadata"]["name"] for j in jobs} == {f"{s}-migrate" for s in policy.FLOODGATE_SERVICES}
     needed = [problem for problem in policy.check_references(first, secrets_provided_outside=True)]
     assert needed == []
+
+
+@pytest.mark.parametrize("target", ["dev", "prod", "drop"])
+def test_spent_refresh_tokens_are_purged_nightly_by_a_job_given_only_the_database(targets, target):
+    purge = policy.find(targets[target].objects, "CronJob", "accounts-purge-refresh-tokens")
+    assert purge is not None
+    assert purge["spec"]["concurrencyPolicy"] == "Forbid" and purge["spec"]["timeZone"] == "Etc/UTC"
+    assert not purge["spec"].get("suspend")
+    container = policy.pod_spec(purge)["containers"][0]
+    assert container["command"] == ["python", "-m", "services.accounts.cli", "purge-refresh-tokens"]
+    assert container["image"].split(":")[0].endswith("floodgate/accounts")
+    secrets = [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert len(secrets) == 1 and secrets[0].startswith("accounts-database")  # neither the KEKs nor the broker
+
+
+@pytest.mark.parametrize("target, environment", [("dev", "development"), ("prod", "production"), ("drop", "production")])
+def test_accounts_api_takes_its_signing_key_encryption_keys_from_a_secret(targets, target, environment):
+    objects = targets[target].objects
+    api = policy.pod_spec(policy.find(objects, "Deployment", "accounts-api"))["containers"][0]
+    keks = next(e for e in api["env"] if e["name"] == "SIGNING_KEY_ENCRYPTION_KEYS")["valueFrom"]["secretKeyRef"]
+    assert keks["name"].startswith("accounts-signing-key-encryption") and keks["key"] == "keys"
+    assert not keks.get("optional")  # without it the pod does not start
+    config = next(c for c in policy.of_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("accounts-config"))
+    assert config["data"]["DEPLOYMENT_ENVIRONMENT"] == environment
