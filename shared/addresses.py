@@ -29,6 +29,9 @@ MAX_LENGTH = {
     "country_code": 2,
 }
 _SEPARATORS = re.compile(r"[\s\-]+")
+# How an OpenAPI document states what `normalise` checks beyond the address's JSON Schema.
+RULE = ("the address follows its country's postal rules (Google's address data: required fields, postal "
+        "code format, known country areas); `invalid-address` names each field that does not")
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,14 +1,26 @@
 """gunicorn settings every service's `gunicorn.conf.py` starts from.
 
-`BIND`, `WEB_CONCURRENCY` and `GUNICORN_THREADS` tune a deployment without a code change.
+`BIND`, `WEB_CONCURRENCY` and `GUNICORN_THREADS` tune a deployment without a code change;
+`METRICS_BIND` (HOST:PORT) moves `/metrics` off `BIND` to a port of its own.
 """
+import json
 import os
 import tempfile
+
+from gunicorn import util as _gunicorn_util
 
 # Prometheus needs a directory shared by the workers, named before any worker imports it.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="floodgate-metrics-"))
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
+# Prometheus' port (the Kubernetes manifests set it): gunicorn listens there too, and /metrics
+# answers there and nowhere else (post_worker_init). Unset, /metrics stays on `bind`.
+_METRICS_BIND = os.environ.get("METRICS_BIND", "")
+if _METRICS_BIND:
+    _, _colon, _METRICS_PORT = _METRICS_BIND.rpartition(":")
+    if not (_colon and _METRICS_PORT.isdigit()):
+        raise ValueError(f"METRICS_BIND must be HOST:PORT, not {_METRICS_BIND!r}")
+    bind = [bind, _METRICS_BIND]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
@@ -17,6 +29,29 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app logs each request as JSON with its request id
+# The longest request line (method, path and query) taken; longer ones are answered 414 below.
+limit_request_line = 4094
+# No control socket (`gunicornc`): it would go to $HOME, which the images' user does not have
+# (a read-only /nonexistent), and Kubernetes, not a socket, manages these processes.
+control_socket_disable = True
+
+
+def _problem_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """What gunicorn answers itself (a request line over `limit_request_line`, headers over their
+    limits, a malformed request) is problem+json like every other error, not gunicorn's HTML page.
+    Spelled out here rather than through `shared.errors`: that would load Flask into the master."""
+    body = json.dumps({
+        "type": "https://floodgate.dev/problems/" + reason.lower().replace(" ", "-"),
+        "title": reason,
+        "status": status_int,
+        "detail": mesg or reason,
+    }).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    _gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+_gunicorn_util.write_error = _problem_error
 
 
 def child_exit(server, worker):
@@ -24,3 +59,29 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def _metrics_port_only(app, port: str):
+    """The WSGI app, with /metrics answered on the metrics port only and nothing else there. The
+    port is the listener's (SERVER_PORT), never what a client's Host header claims."""
+    body = json.dumps({
+        "type": "https://floodgate.dev/problems/not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "Not found",
+    }).encode()
+
+    def routed(environ, start_response):
+        if (environ.get("PATH_INFO") == "/metrics") != (environ.get("SERVER_PORT") == port):
+            start_response("404 Not Found", [("Content-Type", "application/problem+json"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return routed
+
+
+def post_worker_init(worker):
+    """Keep /metrics off the public port when a metrics port is configured."""
+    if _METRICS_BIND:
+        worker.wsgi = _metrics_port_only(worker.wsgi, _METRICS_PORT)

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from marshmallow import Schema
+from marshmallow import EXCLUDE, Schema, fields
 from sqlalchemy import orm
 
 from shared import auth, db, errors, logs, metrics, openapi
@@ -66,18 +66,46 @@ def unit_of_work() -> db.UnitOfWork:
     return db.UnitOfWork(ctx.session_factory, ctx.settings.service_name)
 
 
-def load(schema: Schema, data: Any = None) -> dict:
-    """The request's JSON body (or `data`) validated by `schema`; 400 for non-JSON, 422 for invalid."""
+def load(schema: Schema, data: Any = None, *, allow_empty: bool = False) -> dict:
+    """The request's JSON body (or `data`) validated by `schema`; 400 for non-JSON, 422 for invalid.
+
+    With `allow_empty`, an empty body is taken as `{}` (an operation whose body is optional)."""
     if data is None:
-        data = request.get_json(silent=True)
+        if allow_empty and not request.get_data(cache=True):
+            data = {}
+        else:
+            data = request.get_json(silent=True)
         if data is None:
             raise errors.MalformedRequest("The request body must be a JSON document.")
-    unstorable = _unstorable_text(data)
+    unstorable = _unstorable_text(_declared(schema, data))
     if unstorable:
         raise errors.InvalidRequest(
             "Text must be valid UTF-8 without NUL characters.", errors={unstorable: ["Invalid characters."]}
         )
     return schema.load(data)
+
+
+def _declared(schema: Schema, data: Any) -> Any:
+    """`data` without the members `schema` ignores (unknown ones, where it excludes them): what
+    is not kept need not be storable."""
+    if not isinstance(data, dict):
+        return data
+    declared = {field.data_key or name: field for name, field in schema.fields.items()}
+    return {
+        key: _declared_value(declared[key], value) if key in declared else value
+        for key, value in data.items()
+        if key in declared or schema.unknown != EXCLUDE
+    }
+
+
+def _declared_value(field: fields.Field, value: Any) -> Any:
+    if isinstance(field, fields.Nested) and isinstance(field.schema, Schema):
+        if field.many and isinstance(value, list):
+            return [_declared(field.schema, item) for item in value]
+        return _declared(field.schema, value)
+    if isinstance(field, fields.List) and isinstance(value, list):
+        return [_declared_value(field.inner, item) for item in value]
+    return value
 
 
 def _unstorable_text(value: Any, path: str = "body") -> str | None:

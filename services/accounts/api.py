@@ -1,6 +1,7 @@
 """Accounts' HTTP endpoints: thin views over the handlers."""
 from flask import Blueprint, Response, jsonify, request
 
+from shared import addresses
 from shared.auth import current_principal, require_admin, require_service, require_user
 from shared.openapi import operation
 from shared.web import load
@@ -11,6 +12,8 @@ from services.accounts.repository import unit_of_work
 bp = Blueprint("accounts", __name__)
 
 JWKS_MAX_AGE_SECONDS = 300
+INVITE_RULE = ("is an invite still open to this account: not unknown, expired, used up or issued to someone else "
+               "(one answer for all of them, `invite-not-usable`)")
 
 
 def _no_store(body: dict, status: int = 200) -> Response:
@@ -21,7 +24,8 @@ def _no_store(body: dict, status: int = 200) -> Response:
 
 
 @bp.post("/accounts")
-@operation("Register a buyer (optionally redeeming an invite code)", request=schemas.RegistrationSchema, response=schemas.AccountSchema, status=201, errors=(400, 409))
+@operation("Register a buyer (optionally redeeming an invite code)", request=schemas.RegistrationSchema, response=schemas.AccountSchema, status=201, errors=(409,),
+           rules=(f"`invite_code`, when given, {INVITE_RULE}",))
 def register():
     cmd = load(schemas.RegistrationSchema())
     with unit_of_work() as uow:
@@ -43,7 +47,7 @@ def sign_in():
 
 
 @bp.post("/sessions/refresh")
-@operation("Exchange a refresh token (once) for new tokens; a reused one ends its whole session", request=schemas.RefreshTokenSchema, response=schemas.SessionTokensSchema, status=201, errors=(400, 401))
+@operation("Exchange a refresh token (once) for new tokens; a reused one ends its whole session", request=schemas.RefreshTokenSchema, response=schemas.SessionTokensSchema, status=201, errors=(400, 401, 503))
 def refresh():
     cmd = load(schemas.RefreshTokenSchema())
     deps = dependencies()
@@ -77,7 +81,7 @@ def logout_everywhere():
 @operation("The public keys that verify access tokens", response=schemas.KeySetSchema)
 def jwks():
     with unit_of_work() as uow:
-        key_set = handlers.published_keys(uow)
+        key_set = handlers.published_keys(uow, dependencies().key_encryption)
         uow.commit()
     response = jsonify(schemas.KeySetSchema().dump(key_set))
     response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
@@ -95,7 +99,8 @@ def me():
 
 
 @bp.post("/invites")
-@operation("Issue an invite code (admin); one for a person is emailed to them", request=schemas.InviteRequestSchema, response=schemas.InviteSchema, status=201, errors=(403,), auth="bearer")
+@operation("Issue an invite code (admin); one for a person is emailed to them", request=schemas.InviteRequestSchema, response=schemas.InviteSchema, status=201, auth="admin",
+           rules=("`expires_at`, when given, is in the future", "an invite for one `email` has `max_uses` 1"))
 @require_admin
 def issue_invite():
     cmd = load(schemas.InviteRequestSchema())
@@ -106,7 +111,8 @@ def issue_invite():
 
 
 @bp.post("/accounts/me/invites")
-@operation("Redeem an invite code: the account gets its tier (refresh to get a token carrying it)", request=schemas.RedeemInviteSchema, response=schemas.AccountSchema, errors=(404,), auth="bearer")
+@operation("Redeem an invite code: the account gets its tier (refresh to get a token carrying it)", request=schemas.RedeemInviteSchema, response=schemas.AccountSchema, errors=(404,), auth="bearer",
+           rules=(f"`code` {INVITE_RULE}",))
 @require_user
 def redeem_invite():
     cmd = load(schemas.RedeemInviteSchema())
@@ -126,7 +132,8 @@ def list_addresses():
 
 
 @bp.post("/accounts/me/addresses")
-@operation("Save a shipping address, validated and normalised for its country", request=schemas.AddressRequestSchema, response=schemas.AddressSchema, status=201, errors=(404, 409), auth="bearer")
+@operation("Save a shipping address, validated and normalised for its country", request=schemas.AddressRequestSchema, response=schemas.AddressSchema, status=201, errors=(404, 409), auth="bearer",
+           rules=(addresses.RULE,))
 @require_user
 def save_address():
     cmd = load(schemas.AddressRequestSchema())

@@ -1,4 +1,11 @@
-"""Operator commands: `flask --app services.accounts.app create-admin | rotate-keys`."""
+"""Operator commands.
+
+`flask --app services.accounts.app create-admin | rotate-keys | reencrypt-signing-keys` run in
+the app (they need its key-encryption keys). `python -m services.accounts.cli
+purge-refresh-tokens`, the scheduled job, needs only the database: it loads no app, so the
+job is given neither the KEKs nor the broker.
+"""
+import logging
 from datetime import timedelta
 
 import click
@@ -6,9 +13,13 @@ from flask import Flask
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
-from services.accounts import handlers, schemas
+from shared import db, logs
+from services.accounts import config, handlers, schemas
 from services.accounts.bootstrap import dependencies
-from services.accounts.repository import unit_of_work
+from services.accounts.key_encryption import SigningKeyUnreadable
+from services.accounts.repository import AccountsUnitOfWork, unit_of_work
+
+log = logging.getLogger("floodgate.accounts")
 
 
 @click.command("create-admin")
@@ -41,11 +52,55 @@ def rotate_keys(retire_older_than_hours: float | None) -> None:
     """Sign new tokens with a new key; earlier keys stay published until retired."""
     retire_after = None if retire_older_than_hours is None else timedelta(hours=retire_older_than_hours)
     with unit_of_work() as uow:
-        key, retired = handlers.rotate_keys(uow, retire_after)
+        key, retired = handlers.rotate_keys(uow, dependencies().key_encryption, retire_after)
         uow.commit()
     click.echo(f"signing with {key.kid}")
     for old in retired:
         click.echo(f"retired {old.kid}")
+
+
+@click.command("reencrypt-signing-keys")
+@with_appcontext
+def reencrypt_signing_keys() -> None:
+    """Encrypt every stored signing key with the first SIGNING_KEY_ENCRYPTION_KEYS entry: keys
+    stored in clear before encryption, and keys under older KEKs (which can then be removed)."""
+    with unit_of_work() as uow:
+        try:
+            counts = handlers.reencrypt_signing_keys(uow, dependencies().key_encryption)
+        except SigningKeyUnreadable as error:
+            raise click.ClickException(f"{error} Nothing was changed.")
+        uow.commit()
+    click.echo(
+        f"encrypted {counts['encrypted']} key(s) stored in clear, re-encrypted {counts['reencrypted']} "
+        f"under the newest KEK; {counts['current']} already were"
+    )
+
+
+@click.group()
+def jobs() -> None:
+    """Accounts' scheduled jobs: they need only the database."""
+
+
+@jobs.command("purge-refresh-tokens")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows deleted per transaction.")
+def purge_refresh_tokens(batch_size: int) -> None:
+    """Delete refresh tokens spent (used, expired, or of a revoked session) longer than
+    SPENT_REFRESH_TOKEN_RETENTION_SECONDS ago, and the sessions left without tokens."""
+    settings = config.load()
+    logs.configure(settings.service_name, settings.log_level)
+    engine = db.make_engine(settings.database_url, pool_size=1)
+    retention = timedelta(seconds=settings.spent_refresh_token_retention_seconds)
+    try:
+        with AccountsUnitOfWork(db.make_session_factory(engine), settings.service_name) as uow:
+            deleted = handlers.purge_spent_refresh_tokens(uow, retention, batch_size)
+    finally:
+        engine.dispose()
+    log.info("spent refresh tokens purged", extra={"retention_seconds": retention.total_seconds(), **deleted})
+    click.echo(
+        f"deleted {deleted['used']} used, {deleted['expired']} expired and {deleted['revoked']} revoked "
+        f"refresh token(s) and {deleted['sessions']} session(s) left without tokens"
+    )
 
 
 def _messages(error: ValidationError) -> str:
@@ -55,3 +110,8 @@ def _messages(error: ValidationError) -> str:
 def init_app(app: Flask) -> None:
     app.cli.add_command(create_admin)
     app.cli.add_command(rotate_keys)
+    app.cli.add_command(reencrypt_signing_keys)
+
+
+if __name__ == "__main__":
+    jobs()

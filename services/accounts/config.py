@@ -25,6 +25,16 @@ class Settings(CommonSettings):
     # 0 means clients connect directly. Wrong here, every client looks like the proxy to the
     # per-client sign-in throttle.
     trusted_proxy_hops: int = 0
+    # "development" or "production". Production refuses to start without a key-encryption key;
+    # the Kubernetes base sets it, the dev overlay and local runs keep the development default.
+    deployment_environment: str = "development"
+    # Key-encryption keys (Fernet) for the signing keys at rest, comma-separated, newest first:
+    # the first encrypts, all decrypt. Empty in development means the public dev-only KEK
+    # (key_encryption.DEV_KEY_ENCRYPTION_KEY); production reads it from a Secret.
+    signing_key_encryption_keys: str = ""
+    # A spent refresh token (used, expired, or of a revoked session) is purged this long after:
+    # until then, presenting a used one again still revokes its session as a theft.
+    spent_refresh_token_retention_seconds: int = 7 * 24 * 3600
 
 
 def load() -> Settings:

@@ -18,6 +18,12 @@ class SignInBusy(ServiceUnavailable):
     slug, title = "sign-in-busy", "Too many sign-ins at once"
 
 
+class SigningUnavailable(ServiceUnavailable):
+    """The signing key cannot be decrypted (a KEK is missing); the log says which key and why."""
+
+    slug, title = "signing-unavailable", "Tokens cannot be issued right now"
+
+
 class SignInThrottled(Problem):
     """Too many failed sign-ins for this account or from this client; says which neither."""
 

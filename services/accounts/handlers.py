@@ -19,8 +19,10 @@ from services.accounts.errors import (
     InvalidRefreshToken,
     InviteNotUsable,
     SignInThrottled,
+    SigningUnavailable,
     TooManyAddresses,
 )
+from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
 from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
 from services.accounts.throttle import BackoffPolicy, SignInThrottle, retry_after_seconds
@@ -119,7 +121,11 @@ def _tokens_for(account: Account, signed_in: Session, uow, issuer: TokenIssuer, 
     uow.refresh_tokens.add(
         RefreshToken(token_hash=refresh_hash, session_id=signed_in.id, issued_at=now, expires_at=now + refresh_ttl, used_at=None)
     )
-    access = issuer.issue(account, signing_key(uow, now), now)
+    try:
+        access = issuer.issue(account, signing_key(uow, now, issuer.key_encryption), now)
+    except SigningKeyUnreadable as error:
+        log.error("cannot sign access tokens", extra={"error": str(error)})
+        raise SigningUnavailable("Tokens cannot be issued right now; try again later.", retry_after=30) from None
     return SessionTokens(access=access, refresh_token=refresh, refresh_expires_in=int(refresh_ttl.total_seconds()))
 
 
@@ -166,7 +172,7 @@ def end_all_sessions(account_id: str, uow) -> int:
     return uow.sessions.revoke_all(account.id, _now(), "logout-everywhere")
 
 
-def signing_key(uow, now: datetime) -> SigningKey:
+def signing_key(uow, now: datetime, key_encryption: KeyEncryptionKeys) -> SigningKey:
     """The key that signs now: the newest non-retired one, created on first use."""
     active = uow.signing_keys.active()
     if active:
@@ -176,14 +182,14 @@ def signing_key(uow, now: datetime) -> SigningKey:
     active = uow.signing_keys.active()
     if active:
         return active[0]
-    key = tokens.new_signing_key(now)
+    key = tokens.new_signing_key(now, key_encryption)
     uow.signing_keys.add(key)
     return key
 
 
-def published_keys(uow) -> dict:
+def published_keys(uow, key_encryption: KeyEncryptionKeys) -> dict:
     """The JWKS: every non-retired key, so tokens signed before a rotation still verify."""
-    signing_key(uow, _now())
+    signing_key(uow, _now(), key_encryption)
     return tokens.key_set(uow.signing_keys.active())
 
 
@@ -210,14 +216,16 @@ def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
     return account
 
 
-def rotate_keys(uow, retire_superseded_for: timedelta | None = None) -> tuple[SigningKey, list[SigningKey]]:
+def rotate_keys(
+    uow, key_encryption: KeyEncryptionKeys, retire_superseded_for: timedelta | None = None
+) -> tuple[SigningKey, list[SigningKey]]:
     """Start signing with a new key. The previous keys stay published; with
     `retire_superseded_for`, those that stopped signing at least that long ago are retired
     (their tokens have expired once it exceeds the token lifetime; zero retires them all now)."""
     now = _now()
     uow.signing_keys.lock()
     previous = uow.signing_keys.active()
-    key = tokens.new_signing_key(now)
+    key = tokens.new_signing_key(now, key_encryption)
     uow.signing_keys.add(key)
     retired = []
     if retire_superseded_for is not None:
@@ -228,6 +236,51 @@ def rotate_keys(uow, retire_superseded_for: timedelta | None = None) -> tuple[Si
                 old.retired_at = now
                 retired.append(old)
     return key, retired
+
+
+def reencrypt_signing_keys(uow, key_encryption: KeyEncryptionKeys) -> dict[str, int]:
+    """Encrypt every stored signing key (retired ones too) with the newest KEK: keys stored in
+    clear before encryption, and keys under an older KEK, which can be removed afterwards.
+    `SigningKeyUnreadable` if a KEK that encrypted one is missing (nothing is then changed)."""
+    uow.signing_keys.lock()
+    counts = {"encrypted": 0, "reencrypted": 0, "current": 0}
+    for key in uow.signing_keys.all():
+        if key.encrypted_private_key is None:
+            key.encrypted_private_key = key_encryption.encrypt(key.kid, key.private_key_pem)
+            key.private_key_pem = None
+            counts["encrypted"] += 1
+        elif key_encryption.is_current(key.encrypted_private_key):
+            counts["current"] += 1
+        else:
+            pem = key_encryption.decrypt(key.kid, key.encrypted_private_key)
+            key.encrypted_private_key = key_encryption.encrypt(key.kid, pem)
+            counts["reencrypted"] += 1
+    return counts
+
+
+def purge_spent_refresh_tokens(uow, retention: timedelta, batch_size: int) -> dict[str, int]:
+    """Delete refresh tokens spent more than `retention` ago (used, expired, or of a revoked
+    session), then the sessions left without any token, `batch_size` rows per transaction so
+    that sign-ins and refreshes never wait long behind it. Returns how many of each went.
+
+    Within the retention a used token is still known, so presenting it again still revokes its
+    session (a theft); after it, that token is refused as unknown, without the revocation."""
+    cutoff = _now() - retention
+    purges = {
+        "used": uow.refresh_tokens.delete_used_before,
+        "expired": uow.refresh_tokens.delete_expired_before,
+        "revoked": uow.refresh_tokens.delete_of_sessions_revoked_before,
+        "sessions": uow.sessions.delete_without_tokens_before,
+    }
+    deleted = dict.fromkeys(purges, 0)
+    for what, delete in purges.items():
+        while True:
+            count = delete(cutoff, batch_size)
+            uow.commit()
+            deleted[what] += count
+            if count < batch_size:
+                break
+    return deleted
 
 
 def issue_invite(cmd: dict, uow, issued_by: str | None = None) -> Invite:

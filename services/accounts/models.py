@@ -33,12 +33,16 @@ class Account(Base):
 
 
 class SigningKey(Base):
-    """An ES256 key pair. The newest non-retired key signs; every non-retired key is published."""
+    """An ES256 key pair. The newest non-retired key signs; every non-retired key is published.
+
+    The private half is stored encrypted (`key_encryption`). `private_key_pem` holds it in clear
+    only for keys made before encryption, until `reencrypt-signing-keys` encrypts them."""
 
     __tablename__ = "signing_keys"
 
     kid: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
-    private_key_pem: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    encrypted_private_key: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    private_key_pem: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     public_jwk: orm.Mapped[dict] = orm.mapped_column(pg.JSONB)
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
     retired_at: orm.Mapped[datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))

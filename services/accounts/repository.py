@@ -60,6 +60,10 @@ class SigningKeys:
             )
         )
 
+    def all(self) -> list[SigningKey]:
+        """Every key, retired ones too."""
+        return list(self._session.scalars(sa.select(SigningKey).order_by(SigningKey.created_at)))
+
     def add(self, key: SigningKey) -> None:
         self._session.add(key)
         self._session.flush()
@@ -88,6 +92,18 @@ class Sessions:
         )
         return result.rowcount
 
+    def delete_without_tokens_before(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` sessions begun before `cutoff` that have no refresh token left
+        (nothing can refresh them any more); returns how many."""
+        has_tokens = sa.exists().where(RefreshToken.session_id == Session.id)
+        batch = (
+            sa.select(Session.id)
+            .where(Session.created_at < cutoff, ~has_tokens)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return _delete(self._session, Session, Session.id, batch)
+
 
 class RefreshTokens:
     def __init__(self, session: orm.Session):
@@ -101,6 +117,27 @@ class RefreshTokens:
         """The token row, locked: two requests presenting the same token are served in turn,
         so exactly one of them rotates it and the other is seen as a reuse."""
         return self._session.get(RefreshToken, token_hash, with_for_update=True)
+
+    def delete_used_before(self, cutoff: datetime, limit: int) -> int:
+        return self._delete_where(RefreshToken.used_at < cutoff, limit)
+
+    def delete_expired_before(self, cutoff: datetime, limit: int) -> int:
+        return self._delete_where(RefreshToken.expires_at < cutoff, limit)
+
+    def delete_of_sessions_revoked_before(self, cutoff: datetime, limit: int) -> int:
+        revoked = sa.select(Session.id).where(Session.revoked_at < cutoff)
+        return self._delete_where(RefreshToken.session_id.in_(revoked), limit)
+
+    def _delete_where(self, condition, limit: int) -> int:
+        """Delete up to `limit` tokens meeting `condition`. Rows a refresh holds locked are
+        skipped (the next purge takes them), so neither waits for the other."""
+        batch = sa.select(RefreshToken.token_hash).where(condition).limit(limit).with_for_update(skip_locked=True)
+        return _delete(self._session, RefreshToken, RefreshToken.token_hash, batch)
+
+
+def _delete(session: orm.Session, model, key, batch: sa.Select) -> int:
+    statement = sa.delete(model).where(key.in_(batch))
+    return session.execute(statement, execution_options={"synchronize_session": False}).rowcount
 
 
 class LoginThrottles:

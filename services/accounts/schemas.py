@@ -24,6 +24,10 @@ class NormalisedEmail(fields.String):
     `Ann@Example.com` and `ann@example.com` are one account. Addresses under `.test` (RFC 2606,
     never delivered) are accepted for tests and rehearsals."""
 
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"format": "email", **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs).strip()
         storable_text(text)

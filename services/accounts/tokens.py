@@ -14,13 +14,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from services.accounts.key_encryption import KeyEncryptionKeys
 from services.accounts.models import Account, SigningKey
 
 ALGORITHM = "ES256"
 
 
-def new_signing_key(now: datetime) -> SigningKey:
-    """A fresh P-256 key pair; its `kid` is the RFC 7638 thumbprint of the public key."""
+def new_signing_key(now: datetime, key_encryption: KeyEncryptionKeys) -> SigningKey:
+    """A fresh P-256 key pair, its private half encrypted with the newest KEK; its `kid` is the
+    RFC 7638 thumbprint of the public key."""
     private_key = ec.generate_private_key(ec.SECP256R1())
     public_jwk = json.loads(ECAlgorithm.to_jwk(private_key.public_key()))
     kid = _thumbprint(public_jwk)
@@ -28,7 +30,14 @@ def new_signing_key(now: datetime) -> SigningKey:
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    return SigningKey(kid=kid, private_key_pem=pem, public_jwk=public_jwk, created_at=now, retired_at=None)
+    return SigningKey(
+        kid=kid,
+        encrypted_private_key=key_encryption.encrypt(kid, pem),
+        private_key_pem=None,
+        public_jwk=public_jwk,
+        created_at=now,
+        retired_at=None,
+    )
 
 
 def _thumbprint(jwk: dict) -> str:
@@ -77,13 +86,16 @@ def refresh_token_hash(token: str) -> str:
 
 @dataclass(frozen=True)
 class TokenIssuer:
-    """Mints access tokens for the audience every Floodgate service verifies."""
+    """Mints access tokens for the audience every Floodgate service verifies, with signing keys
+    it opens (and makes) with `key_encryption`."""
 
     issuer: str
     audience: str
     ttl_seconds: int
+    key_encryption: KeyEncryptionKeys
 
     def issue(self, account: Account, key: SigningKey, now: datetime) -> AccessToken:
+        """`SigningKeyUnreadable` when `key` cannot be decrypted with the configured KEKs."""
         claims = {
             "iss": self.issuer,
             "aud": self.audience,
@@ -96,5 +108,6 @@ class TokenIssuer:
             "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
             "jti": str(uuid.uuid4()),
         }
-        token = jwt.encode(claims, key.private_key_pem, algorithm=ALGORITHM, headers={"kid": key.kid})
+        private_key = self.key_encryption.private_key_pem(key)
+        token = jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return AccessToken(token=token, expires_in=self.ttl_seconds)

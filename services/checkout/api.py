@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
-from marshmallow import ValidationError
 
 from services.checkout import handlers
 from services.checkout.errors import InvalidSignature, OrderNotFound
@@ -18,9 +17,9 @@ from services.checkout.schemas import (
     OrderRequestSchema,
     OrderSchema,
     WebhookAnswerSchema,
-    WebhookResourceSchema,
     WebhookSchema,
 )
+from shared import addresses
 from shared.addresses import InvalidAddress, normalise
 from shared.auth import current_principal, require_admin, require_user
 from shared.errors import InvalidRequest, Problem
@@ -31,6 +30,8 @@ bp = Blueprint("checkout", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
 ORDER_REQUEST = OrderRequestSchema()
 ORDER = OrderSchema()
+WEBHOOK = WebhookSchema()
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,23 @@ def _wiring() -> Wiring:
     request=OrderRequestSchema,
     response=OrderSchema,
     status=201,
-    errors=(400, 403, 404, 409, 429, 503),
+    errors=(403, 404, 409, 429, 503),
     auth="bearer",
-    headers={"Idempotency-Key": "unique per purchase intent; a retry with the same key gets the same answer"},
+    rules=(addresses.RULE, "the drop ships to the address's country (`country-not-allowed`)",
+           "an `Idempotency-Key` already sent with another body is not sent again (`idempotency-key-reused`)"),
+    headers={"Idempotency-Key": {
+        "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
+                       "(header `Idempotent-Replayed: true`); the same key with another body answers 422.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
+    }},
 )
 def place_order():
     key = request.headers.get("Idempotency-Key", "").strip()
-    if not 1 <= len(key) <= 255:
-        raise InvalidRequest("Send an Idempotency-Key header (1 to 255 characters) with every order.",
-                             errors={"Idempotency-Key": ["Missing or too long."]})
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise InvalidRequest(
+            f"Send an Idempotency-Key header (1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters) with every order.",
+            errors={"Idempotency-Key": ["Missing or too long."]},
+        )
     body = load(ORDER_REQUEST)
     try:
         address = normalise(body["shipping_address"])
@@ -149,7 +158,7 @@ def cancel_order(order_id: str):
 
 @bp.post("/orders/<order_id>/ship")
 @require_admin
-@operation("Mark a confirmed order shipped (admin)", response=OrderSchema, errors=(403, 404, 409), auth="bearer")
+@operation("Mark a confirmed order shipped (admin)", response=OrderSchema, errors=(404, 409), auth="admin")
 def ship_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
@@ -171,8 +180,9 @@ def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
     "Payment provider callback (signed)",
     request=WebhookSchema,
     response=WebhookAnswerSchema,
-    errors=(400, 401, 404),
-    headers={SIGNATURE_HEADER: "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>"},
+    errors=(401, 404),
+    headers={SIGNATURE_HEADER: {"description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>; "
+                                               "missing, wrong or stale answers 401"}},
 )
 def payment_webhook():
     settings = context().settings
@@ -184,11 +194,8 @@ def payment_webhook():
         settings.webhook_tolerance_seconds,
     ):
         raise InvalidSignature("The webhook signature is missing, wrong or outside the time tolerance.")
-    event = load(WebhookSchema())
-    try:
-        resource = WebhookResourceSchema().load(event["resource"])
-    except ValidationError as error:
-        raise InvalidRequest("The webhook resource is invalid.", errors={"resource": error.messages})
+    event = load(WEBHOOK)
+    resource = event["resource"]
     notice = handlers.PaymentNotice(
         event_id=event["id"],
         event_type=event["event_type"],

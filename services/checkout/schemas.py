@@ -103,16 +103,8 @@ class OrderListSchema(Schema):
 
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
-
-
-class WebhookSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
-    event_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    resource = fields.Dict(required=True)
+    # Bounded: PostgreSQL's OFFSET is a bigint, and no buyer pages past this many orders.
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
 
 
 class WebhookResourceSchema(Schema):
@@ -123,6 +115,15 @@ class WebhookResourceSchema(Schema):
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     amount = fields.Integer(required=True, strict=True)
     currency = fields.String(required=True, validate=validate.Length(equal=3))
+
+
+class WebhookSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    event_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    resource = fields.Nested(WebhookResourceSchema, required=True)
 
 
 class WebhookAnswerSchema(Schema):

@@ -1,7 +1,7 @@
 """HTTP entry points: load with a schema, run a handler in a unit of work, dump with a schema."""
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from services.inventory import handlers, schemas
 from shared.auth import require_admin, require_service
@@ -35,7 +35,11 @@ def show_product(product_id: str):
 
 
 @bp.post("/drops")
-@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, auth="admin")
+@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, auth="admin", rules=(
+    "`product_id` names a product",
+    "`closes_at` is after `opens_at` and in the future",
+    "`invite_only_until` and `invite_tier` come together, and the invite-only phase ends after `opens_at`",
+))
 @require_admin
 def schedule_drop():
     command = load(schemas.NewDropSchema())
@@ -52,6 +56,8 @@ def schedule_drop():
     response=schemas.DropSchema,
     errors=(404,),
     auth="admin",
+    rules=("`closes_at` is after the drop's `opens_at` and in the future",
+           f"the drop holds at most {handlers.MAX_TOTAL_STOCK} units over its life"),
 )
 @require_admin
 def change_drop(drop_id: str):
@@ -76,7 +82,8 @@ def show_drop(drop_id: str):
     request=schemas.ReservationRequestSchema,
     response=schemas.ReservationSchema,
     status=(201, 200),
-    errors=(403, 404, 409, 422),
+    errors=(403, 404, 409),
+    rules=("a drop that ships to a list of countries gets a `shipping_country` in it (`country-not-allowed`)",),
     auth="service",
 )
 @require_service
@@ -90,11 +97,11 @@ def reserve():
 
 @bp.post("/reservations/<order_id>/sell")
 @operation("Turn a hold into a sale as its payment is confirmed (idempotent)", request=schemas.SaleRequestSchema,
-           response=schemas.ReservationSchema, errors=(403, 404, 409, 422), auth="service")
+           request_required=False, response=schemas.ReservationSchema, errors=(403, 404, 409), auth="service")
 @require_service
 def sell(order_id: str):
     # The body is optional: an older checkout sends none.
-    order_version = load(SALE_REQUEST, request.get_json(silent=True) or {})["order_version"]
+    order_version = load(SALE_REQUEST, allow_empty=True)["order_version"]
     with unit_of_work() as uow:
         reservation = handlers.sell(order_id, uow, order_version)
         uow.commit()

@@ -28,8 +28,7 @@ def unit_of_work() -> UnitOfWork:
     "Deliveries (sent, retrying or dead), newest first; filter with ?order_id=, ?to=, ?status=, ?limit= (1-500, default 50)",
     query=DeliveryQuerySchema,
     response=DeliverySchema(many=True),
-    auth="bearer",
-    errors=(403, 422),
+    auth="admin",
 )
 @require_admin
 def list_deliveries():
@@ -41,7 +40,7 @@ def list_deliveries():
 
 @bp.get("/dead-letters")
 @operation("Events parked after their last attempt, of every service (or ?service=checkout, ...)",
-           query=DeadLetterQuerySchema, response=DeadLetterSchema(many=True), auth="bearer", errors=(403, 422, 503))
+           query=DeadLetterQuerySchema, response=DeadLetterSchema(many=True), auth="admin", errors=(503,))
 @require_admin
 def list_dead_letters():
     query = DeadLetterQuerySchema().load(request.args)
@@ -54,13 +53,14 @@ def list_dead_letters():
     "Send one parked event (by message_id) or all of them, of one service (default notifications), "
     "back to be handled again",
     request=ReplayRequestSchema,
+    request_required=False,
     response=ReplayResultSchema,
-    auth="bearer",
-    errors=(400, 403, 503),
+    auth="admin",
+    errors=(503,),
+    description="An empty body replays every parked event of notifications, as `{}` does.",
 )
 @require_admin
 def replay_dead_letters():
-    # An empty body means "replay everything".
-    args = web.load(ReplayRequestSchema(), {} if not request.get_data() else None)
+    args = web.load(ReplayRequestSchema(), allow_empty=True)
     replayed = handlers.replay(args["message_id"], web.context().settings, unit_of_work(), args["service"])
     return jsonify(ReplayResultSchema().dump({"replayed": replayed}))

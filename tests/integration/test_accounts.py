@@ -2,16 +2,26 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import jwt
+import pytest
 import requests
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.client import poll
+from services.accounts import key_encryption
+from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
+from services.accounts.tokens import refresh_token_hash
 
 PASSWORD = "correct horse battery"
 ADDRESSES = {
@@ -43,16 +53,32 @@ def sign_in(stack, email: str, password: str = PASSWORD) -> requests.Response:
 
 
 def signing_key(stack) -> tuple[str, str]:
-    """The accounts service's current signing key, read from its database as an insider would."""
+    """The accounts service's current signing key, read from its database and decrypted as an
+    insider holding the key-encryption key would."""
+    row = accounts_rows(stack, "SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1")[0]
+    return row.kid, stack_keks(stack).decrypt(row.kid, row.encrypted_private_key)
+
+
+def stack_keks(stack) -> KeyEncryptionKeys:
+    """The KEKs the stack's accounts service runs with (none set: the development one)."""
+    return key_encryption.configured(stack.env("accounts").get("SIGNING_KEY_ENCRYPTION_KEYS", ""), "development")
+
+
+def accounts_rows(stack, sql: str, **params) -> list:
     engine = sa.create_engine(stack.infra.database_url("accounts"), poolclass=sa.pool.NullPool)
     try:
-        with engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "SELECT kid, private_key_pem FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1"
-            )).one()
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(sql), params)
+            return result.all() if result.returns_rows else []
     finally:
         engine.dispose()
-    return row.kid, row.private_key_pem
+
+
+def accounts_command(stack, *argv: str) -> subprocess.CompletedProcess:
+    """Run an accounts operator command (`flask ...` or `python -m ...`) as an operator would."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", *argv], cwd=root, env=stack.env("accounts"),
+                          capture_output=True, text=True, timeout=60)
 
 
 def claims(**changes) -> dict:
@@ -265,3 +291,92 @@ def test_concurrent_registrations_never_use_an_invite_more_times_than_it_allows(
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [201] * 3 + [422] * 5, [answer.text for answer in answers]
     assert all(answer.json()["tier"] == "early-access" for answer in answers if answer.status_code == 201)
+
+
+def me(stack, token: str) -> int:
+    return requests.get(accounts(stack, "/accounts/me"), headers=bearer(token), timeout=10).status_code
+
+
+def keys_in_clear(stack) -> list[str]:
+    return [row.kid for row in accounts_rows(
+        stack, "SELECT kid FROM signing_keys WHERE private_key_pem IS NOT NULL OR encrypted_private_key LIKE '%PRIVATE KEY%'")]
+
+
+def test_signing_keys_are_stored_encrypted_and_one_stored_in_clear_signs_until_the_command_encrypts_it(floodgate, stack):
+    email, token = floodgate.register()
+    assert me(stack, token) == 200
+    assert keys_in_clear(stack) == []
+    kid = jwt.get_unverified_header(token)["kid"]
+    (stored,) = accounts_rows(stack, "SELECT * FROM signing_keys WHERE kid = :kid", kid=kid)
+    with pytest.raises(SigningKeyUnreadable):
+        KeyEncryptionKeys([Fernet.generate_key().decode()]).decrypt(kid, stored.encrypted_private_key)
+    private_key = serialization.load_pem_private_key(stack_keks(stack).decrypt(kid, stored.encrypted_private_key).encode(), None)
+    assert jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)["x"] == stored.public_jwk["x"]
+
+    # a key as the version before encryption stored it, made the signing key (the newest)
+    legacy_kid = f"stored-in-clear-{uuid.uuid4().hex[:8]}"
+    legacy = ec.generate_private_key(ec.SECP256R1())
+    public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(legacy.public_key(), as_dict=True) | {"kid": legacy_kid, "alg": "ES256", "use": "sig"}
+    pem = legacy.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    accounts_rows(stack, "INSERT INTO signing_keys (kid, private_key_pem, public_jwk, created_at) "
+                         "VALUES (:kid, :pem, CAST(:jwk AS jsonb), now())", kid=legacy_kid, pem=pem, jwk=json.dumps(public_jwk))
+    before = sign_in(stack, email).json()["access_token"]
+    assert jwt.get_unverified_header(before)["kid"] == legacy_kid
+    poll(lambda: me(stack, before) == 200, timeout=10, what="a token signed with the key stored in clear to verify")
+    assert keys_in_clear(stack) == [legacy_kid]
+
+    done = accounts_command(stack, "flask", "--app", "services.accounts.app", "reencrypt-signing-keys")
+
+    assert done.returncode == 0, done.stderr
+    assert "encrypted 1 key(s) stored in clear" in done.stdout
+    assert keys_in_clear(stack) == []
+    after = sign_in(stack, email).json()["access_token"]
+    assert jwt.get_unverified_header(after)["kid"] == legacy_kid
+    assert me(stack, after) == me(stack, before) == 200
+
+
+def test_the_purge_deletes_long_spent_refresh_tokens_and_dead_sessions_and_keeps_live_and_recent_ones(floodgate, stack):
+    email, _ = floodgate.register()
+
+    def refresh(tokens: dict) -> requests.Response:
+        return requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": tokens["refresh_token"]}, timeout=10)
+
+    def backdate(sql: str, tokens: dict) -> None:
+        accounts_rows(stack, sql, hash=refresh_token_hash(tokens["refresh_token"]))
+
+    live = sign_in(stack, email).json()
+    used_now = sign_in(stack, email).json()
+    after_used_now = refresh(used_now).json()
+    used_long_ago = sign_in(stack, email).json()
+    after_used_long_ago = refresh(used_long_ago).json()
+    backdate("UPDATE refresh_tokens SET used_at = used_at - interval '8 days' WHERE token_hash = :hash", used_long_ago)
+    logged_out = sign_in(stack, email).json()
+    assert requests.post(accounts(stack, "/sessions/logout"), json={"refresh_token": logged_out["refresh_token"]}, timeout=10).status_code == 204
+    backdate("UPDATE sessions SET created_at = created_at - interval '8 days', revoked_at = revoked_at - interval '8 days' "
+             "WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = :hash)", logged_out)
+    expired = sign_in(stack, email).json()
+    backdate("UPDATE refresh_tokens SET issued_at = issued_at - interval '22 days', expires_at = expires_at - interval '22 days' "
+             "WHERE token_hash = :hash", expired)
+    backdate("UPDATE sessions SET created_at = created_at - interval '22 days' "
+             "WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = :hash)", expired)
+    sessions = {name: accounts_rows(stack, "SELECT session_id FROM refresh_tokens WHERE token_hash = :hash",
+                                    hash=refresh_token_hash(tokens["refresh_token"]))[0].session_id
+                for name, tokens in (("logged_out", logged_out), ("expired", expired), ("live", live))}
+
+    done = accounts_command(stack, "services.accounts.cli", "purge-refresh-tokens", "--batch-size", "1")
+
+    assert done.returncode == 0, done.stderr
+    assert "deleted 1 used, 1 expired and 1 revoked refresh token(s) and 2 session(s) left without tokens" in done.stdout
+    gone = [tokens for tokens in (used_long_ago, logged_out, expired)
+            if not accounts_rows(stack, "SELECT 1 FROM refresh_tokens WHERE token_hash = :hash", hash=refresh_token_hash(tokens["refresh_token"]))]
+    assert gone == [used_long_ago, logged_out, expired]
+    left = {row.id for row in accounts_rows(stack, "SELECT id FROM sessions WHERE id = ANY(:ids)", ids=list(sessions.values()))}
+    assert left == {sessions["live"]}
+    # live sessions refresh as before
+    assert refresh(live).status_code == 201
+    assert refresh(after_used_long_ago).status_code == 201
+    # a token used within the retention is still known: presenting it again still ends its session
+    assert refresh(used_now).status_code == 401
+    assert refresh(after_used_now).status_code == 401
+    # one purged is refused as unknown
+    assert refresh(used_long_ago).status_code == 401

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.fernet import Fernet
 
 from services.accounts.errors import EmailTaken
+from services.accounts.key_encryption import KeyEncryptionKeys
 from services.accounts.passwords import Passwords
 from services.accounts.tokens import TokenIssuer
 
@@ -33,6 +35,9 @@ class FakeSigningKeys:
         live = [key for key in self.rows if key.retired_at is None]
         return sorted(live, key=lambda key: key.created_at, reverse=True)
 
+    def all(self):
+        return sorted(self.rows, key=lambda key: key.created_at)
+
     def add(self, key):
         self.rows.append(key)
 
@@ -56,16 +61,47 @@ class FakeSessions:
             signed_in.revoked_at, signed_in.revoked_reason = now, reason
         return len(live)
 
+    def delete_without_tokens_before(self, cutoff, limit):
+        empty = [s for s in self.rows.values() if s.created_at < cutoff and not self.tokens.of(s.id)][:limit]
+        for signed_in in empty:
+            del self.rows[signed_in.id]
+        return len(empty)
+
 
 class FakeRefreshTokens:
-    def __init__(self):
+    def __init__(self, sessions):
         self.rows = {}
+        self.sessions = sessions
+        self.batches = []  # the size of every delete, to see that none exceeds its limit
 
     def add(self, token):
         self.rows[token.token_hash] = token
 
     def get_for_update(self, token_hash):
         return self.rows.get(token_hash)
+
+    def of(self, session_id):
+        return [t for t in self.rows.values() if t.session_id == session_id]
+
+    def delete_used_before(self, cutoff, limit):
+        return self._delete(lambda t: t.used_at is not None and t.used_at < cutoff, limit)
+
+    def delete_expired_before(self, cutoff, limit):
+        return self._delete(lambda t: t.expires_at < cutoff, limit)
+
+    def delete_of_sessions_revoked_before(self, cutoff, limit):
+        def revoked(token):
+            signed_in = self.sessions.rows.get(token.session_id)
+            return signed_in is not None and signed_in.revoked_at is not None and signed_in.revoked_at < cutoff
+
+        return self._delete(revoked, limit)
+
+    def _delete(self, condition, limit):
+        doomed = [t for t in self.rows.values() if condition(t)][:limit]
+        for token in doomed:
+            del self.rows[token.token_hash]
+        self.batches.append(len(doomed))
+        return len(doomed)
 
 
 class FakeLoginThrottles:
@@ -137,7 +173,8 @@ class FakeUnitOfWork:
         self.accounts = FakeAccounts()
         self.signing_keys = FakeSigningKeys()
         self.sessions = FakeSessions()
-        self.refresh_tokens = FakeRefreshTokens()
+        self.refresh_tokens = FakeRefreshTokens(self.sessions)
+        self.sessions.tokens = self.refresh_tokens
         self.login_throttles = FakeLoginThrottles()
         self.invites = FakeInvites()
         self.addresses = FakeAddresses()
@@ -169,8 +206,14 @@ def passwords():
 
 
 @pytest.fixture
-def issuer():
-    return TokenIssuer(issuer="floodgate-accounts", audience="floodgate", ttl_seconds=3600)
+def key_encryption():
+    """One key-encryption key, made for the test."""
+    return KeyEncryptionKeys([Fernet.generate_key().decode()])
+
+
+@pytest.fixture
+def issuer(key_encryption):
+    return TokenIssuer(issuer="floodgate-accounts", audience="floodgate", ttl_seconds=3600, key_encryption=key_encryption)
 
 
 @pytest.fixture

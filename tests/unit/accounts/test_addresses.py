@@ -58,7 +58,8 @@ def test_a_buyer_keeps_a_bounded_number_of_addresses(uow, ann):
 
 
 def test_over_http_addresses_are_per_buyer_and_the_service_lookup_takes_only_the_service_key(app, client, uow, ann, bob):
-    auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate"), "service-key")
+    keks = app.extensions["floodgate.accounts"].key_encryption
+    auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")
 
     def bearer(email):
         token = client.post("/sessions", json={"email": email, "password": "correct horse battery"}).get_json()["access_token"]

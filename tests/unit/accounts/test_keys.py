@@ -9,12 +9,17 @@ from shared.auth import KeySet, TokenVerifier
 from shared.errors import Unauthorized
 
 
-def published(uow):
-    return {key["kid"]: key for key in handlers.published_keys(uow)["keys"]}
+def published(uow, key_encryption):
+    return {key["kid"]: key for key in handlers.published_keys(uow, key_encryption)["keys"]}
 
 
-def test_the_key_set_publishes_only_public_es256_signing_keys(uow):
-    keys = list(published(uow).values())
+def verifier_for(uow, key_encryption):
+    fetch = lambda _url: handlers.published_keys(uow, key_encryption)  # noqa: E731
+    return TokenVerifier(KeySet("unused", fetch=fetch), "floodgate-accounts", "floodgate")
+
+
+def test_the_key_set_publishes_only_public_es256_signing_keys(uow, key_encryption):
+    keys = list(published(uow, key_encryption).values())
 
     assert len(keys) == 1
     key = keys[0]
@@ -23,39 +28,39 @@ def test_the_key_set_publishes_only_public_es256_signing_keys(uow):
     assert "d" not in key  # the private part never leaves
 
 
-def test_after_a_rotation_new_tokens_use_the_new_key_and_old_tokens_still_verify(uow, ann_token):
+def test_after_a_rotation_new_tokens_use_the_new_key_and_old_tokens_still_verify(uow, key_encryption, ann_token):
     old_token, sign_in = ann_token
-    new_key, retired = handlers.rotate_keys(uow)
+    new_key, retired = handlers.rotate_keys(uow, key_encryption)
     new_token = sign_in()
 
     assert retired == []
     assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
-    assert set(published(uow)) == {new_key.kid, jwt.get_unverified_header(old_token)["kid"]}
-    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+    assert set(published(uow, key_encryption)) == {new_key.kid, jwt.get_unverified_header(old_token)["kid"]}
+    verifier = verifier_for(uow, key_encryption)
     assert verifier.verify(old_token).email == verifier.verify(new_token).email == "ann@example.com"
 
 
-def test_retiring_drops_only_keys_that_stopped_signing_long_enough_ago(uow):
-    handlers.published_keys(uow)
+def test_retiring_drops_only_keys_that_stopped_signing_long_enough_ago(uow, key_encryption):
+    handlers.published_keys(uow, key_encryption)
     oldest = uow.signing_keys.active()[0]
-    middle, _ = handlers.rotate_keys(uow)
+    middle, _ = handlers.rotate_keys(uow, key_encryption)
     # oldest stopped signing two days ago (when middle was made); middle stops signing now
     oldest.created_at -= timedelta(days=3)
     middle.created_at -= timedelta(days=2)
 
-    newest, retired = handlers.rotate_keys(uow, retire_superseded_for=timedelta(hours=1))
+    newest, retired = handlers.rotate_keys(uow, key_encryption, retire_superseded_for=timedelta(hours=1))
 
     assert retired == [oldest]
-    assert set(published(uow)) == {newest.kid, middle.kid}
+    assert set(published(uow, key_encryption)) == {newest.kid, middle.kid}
 
 
-def test_retiring_at_zero_hours_leaves_only_the_new_key_and_refuses_older_tokens(uow, ann_token):
+def test_retiring_at_zero_hours_leaves_only_the_new_key_and_refuses_older_tokens(uow, key_encryption, ann_token):
     old_token, _ = ann_token
 
-    newest, _ = handlers.rotate_keys(uow, retire_superseded_for=timedelta(0))
+    newest, _ = handlers.rotate_keys(uow, key_encryption, retire_superseded_for=timedelta(0))
 
-    assert set(published(uow)) == {newest.kid}
-    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+    assert set(published(uow, key_encryption)) == {newest.kid}
+    verifier = verifier_for(uow, key_encryption)
     with pytest.raises(Unauthorized):
         verifier.verify(old_token)
 

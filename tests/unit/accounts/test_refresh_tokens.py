@@ -1,10 +1,13 @@
 """Refresh tokens: opaque, stored hashed, rotated on use; a reuse ends the whole session."""
+from datetime import timedelta
+
 import jwt
 import pytest
 
 from services.accounts import handlers
 from services.accounts.errors import InvalidRefreshToken
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
+from services.accounts.tokens import refresh_token_hash
 
 
 @pytest.fixture
@@ -98,3 +101,48 @@ def test_over_http_refresh_and_logout(client, uow, ann):
     assert again.status_code == 401 and again.mimetype == "application/problem+json"
     assert again.get_json()["type"].endswith("/invalid-refresh-token")
     assert client.post("/sessions/refresh", json={}).status_code == 422
+
+
+
+def test_the_purge_removes_long_spent_tokens_and_dead_sessions_in_bounded_batches_and_keeps_the_rest(uow, issuer, signed_in):
+    long_ago = timedelta(days=8)
+    live = signed_in()
+    refreshed = signed_in()
+    refreshed_now = handlers.refresh_session(refreshed.refresh_token, uow, issuer)
+    refreshed_long_ago = signed_in()
+    handlers.refresh_session(refreshed_long_ago.refresh_token, uow, issuer)
+    row(uow, refreshed_long_ago).used_at -= long_ago
+    logged_out = [signed_in() for _ in range(3)]
+    for tokens in logged_out:
+        handlers.end_session(tokens.refresh_token, uow)
+        backdate(session_of(uow, tokens), long_ago)
+    expired = signed_in()
+    row(uow, expired).expires_at -= timedelta(days=14) + long_ago
+    backdate(session_of(uow, expired), timedelta(days=14) + long_ago)
+    dead_sessions = {session_of(uow, tokens).id for tokens in [*logged_out, expired]}
+    sessions_before = set(uow.sessions.rows)
+
+    deleted = handlers.purge_spent_refresh_tokens(uow, retention=timedelta(days=7), batch_size=2)
+
+    assert deleted == {"used": 1, "expired": 1, "revoked": 3, "sessions": 4}
+    assert max(uow.refresh_tokens.batches) <= 2 and uow.committed
+    assert [row(uow, tokens) for tokens in [refreshed_long_ago, expired, *logged_out]] == [None] * 5
+    assert set(uow.sessions.rows) == sessions_before - dead_sessions
+    # spent within the retention: still known, so presenting it again is still seen as a theft
+    assert row(uow, refreshed).used_at is not None
+    assert handlers.refresh_session(live.refresh_token, uow, issuer).token
+    assert handlers.refresh_session(refreshed_now.refresh_token, uow, issuer).token
+
+
+def row(uow, tokens):
+    return uow.refresh_tokens.rows.get(refresh_token_hash(tokens.refresh_token))
+
+
+def session_of(uow, tokens):
+    return uow.sessions.rows[row(uow, tokens).session_id]
+
+
+def backdate(signed_in, by):
+    signed_in.created_at -= by
+    if signed_in.revoked_at is not None:
+        signed_in.revoked_at -= by

@@ -30,8 +30,8 @@ def sign_in(uow, passwords, issuer, email, password):
     return handlers.open_session(SessionRequestSchema().load({"email": email, "password": password}), uow, passwords, issuer)
 
 
-def verifier_for(uow):
-    return TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+def verifier_for(uow, issuer):
+    return TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, issuer.key_encryption)), "floodgate-accounts", "floodgate")
 
 
 def test_the_access_token_carries_who_the_buyer_is_and_names_its_key(uow, passwords, issuer, ann):
@@ -49,7 +49,7 @@ def test_the_access_token_carries_who_the_buyer_is_and_names_its_key(uow, passwo
 def test_other_services_accept_the_token_from_the_published_keys(uow, passwords, issuer, ann):
     token = sign_in(uow, passwords, issuer, "ann@example.com", "correct horse battery")
 
-    principal = verifier_for(uow).verify(token.token)
+    principal = verifier_for(uow, issuer).verify(token.token)
 
     assert (principal.subject, principal.role, principal.email) == (str(ann.id), "buyer", "ann@example.com")
 
@@ -98,7 +98,7 @@ def test_admins_get_the_admin_role_in_their_token(uow, passwords, issuer):
 
     token = sign_in(uow, passwords, issuer, "boss@example.com", "admin password")
 
-    assert verifier_for(uow).verify(token.token).is_admin
+    assert verifier_for(uow, issuer).verify(token.token).is_admin
 
 
 def test_create_admin_promotes_an_existing_buyer_and_sets_the_given_password(uow, passwords, ann):
@@ -134,7 +134,8 @@ def test_over_http_sign_in_answers_a_bearer_token_that_is_never_cached(client, u
 
 
 def test_over_http_the_signed_in_buyer_sees_their_account(app, client, uow, ann):
-    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow)), "floodgate-accounts", "floodgate")
+    keks = app.extensions["floodgate.accounts"].key_encryption
+    verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate")
     auth.init_app(app, verifier, "service-key")
     token = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"}).get_json()
 
