@@ -49,7 +49,8 @@ k8s-validate: $(STAMP) $(K8S_STAMP)
 	$(BIN)/python -m deploy.validate --out var/k8s
 	$(BIN)/python -m pytest tests/k8s -q
 
-# the drop overlay for an opening time: make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop.yaml
+# the drop overlay for an opening time, with the floors of this moment (deploy/k8s/README.md):
+#   make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop-manifests.yaml
 k8s-drop: $(K8S_STAMP)
 	@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)")
 

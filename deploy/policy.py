@@ -6,15 +6,21 @@ overlay they look at.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import urlsplit
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")
 FLOODGATE_SERVICES = ("accounts", "inventory", "checkout", "notifications")
 ROOT = Path(__file__).resolve().parent.parent
+# The oldest release series of an image still supported upstream. RabbitMQ gives community
+# support to its newest series only (https://www.rabbitmq.com/release-information): 4.3 since
+# April 2026. Raise this when a newer series ships.
+OLDEST_SUPPORTED = {"rabbitmq": (4, 3)}
 
 
 def gunicorn_graceful_timeout() -> int:
@@ -51,6 +57,14 @@ def containers(obj: dict, init: bool = True) -> Iterator[tuple[str, dict, dict]]
     if init:
         for c in spec.get("initContainers", []):
             yield "initContainer", c, spec
+
+
+def is_floodgate_image(image: str) -> bool:
+    return image.split("/")[-1].startswith(FLOODGATE_SERVICES)
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", []) if "value" in e}
 
 
 def of_kind(objects: Iterable[dict], *kinds: str) -> list[dict]:
@@ -120,6 +134,75 @@ def check_images(objects: list[dict]) -> list[str]:
     return problems
 
 
+def check_supported_images(objects: list[dict]) -> list[str]:
+    """No image of a release series its maintainers no longer support (OLDEST_SUPPORTED)."""
+    problems = []
+    for obj in of_kind(objects, *WORKLOADS):
+        for what, c, _ in containers(obj):
+            repository, _, tag = c.get("image", "").split("@")[0].rpartition("/")[2].partition(":")
+            oldest = OLDEST_SUPPORTED.get(repository)
+            series = re.match(r"(\d+)\.(\d+)", tag)
+            if oldest and (series is None or tuple(map(int, series.groups())) < oldest):
+                problems.append(f"{name_of(obj)} {what} {c['name']}: image {c['image']!r} is older than the "
+                                f"oldest supported {repository} series {'.'.join(map(str, oldest))}")
+    return problems
+
+
+def check_readiness(objects: list[dict]) -> list[str]:
+    """Floodgate's readiness probes ask the real question: an API whether it can serve (/readyz), a
+    process without HTTP (consumer, relay, sweeper) whether its loop turns (shared.heartbeat on
+    its HEARTBEAT_FILE), not merely whether its process exists."""
+    problems = []
+    for obj in of_kind(objects, *LONG_RUNNING):
+        for _, c, _ in containers(obj, init=False):
+            if not is_floodgate_image(c.get("image", "")):
+                continue
+            probe = c.get("readinessProbe") or {}
+            where = f"{name_of(obj)} container {c['name']}"
+            if c.get("ports"):
+                if probe.get("httpGet", {}).get("path") != "/readyz":
+                    problems.append(f"{where}: readiness probe is not GET /readyz")
+                continue
+            command = probe.get("exec", {}).get("command", [])
+            heartbeat = env_of(c).get("HEARTBEAT_FILE")
+            if command[:3] != ["python", "-m", "shared.heartbeat"] or heartbeat is None or heartbeat not in command:
+                problems.append(f"{where}: readiness probe does not check the loop's heartbeat "
+                                f"(python -m shared.heartbeat $HEARTBEAT_FILE): {command}")
+    return problems
+
+
+def check_metrics_port(objects: list[dict]) -> list[str]:
+    """Every Floodgate API serves /metrics on a port of its own (gunicorn's METRICS_BIND), named
+    `metrics`, announced to Prometheus by the pod's annotations and published by no Service:
+    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring)."""
+    problems = []
+    services = of_kind(objects, "Service")
+    for obj in of_kind(objects, "Deployment"):
+        for _, c, _ in containers(obj, init=False):
+            if not c.get("ports") or not is_floodgate_image(c.get("image", "")):
+                continue
+            where = f"{name_of(obj)} container {c['name']}"
+            bind = env_of(c).get("METRICS_BIND") or ""
+            port = int(bind.rpartition(":")[2]) if bind.rpartition(":")[2].isdigit() else None
+            named = {p.get("name"): p["containerPort"] for p in c["ports"]}
+            if port is None:
+                problems.append(f"{where}: no METRICS_BIND: /metrics is served on the public port")
+                continue
+            if named.get("metrics") != port:
+                problems.append(f"{where}: METRICS_BIND {bind} but container port `metrics` is {named.get('metrics')}")
+            annotations = obj["spec"]["template"].get("metadata", {}).get("annotations", {})
+            expected = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+            if {k: annotations.get(k) for k in expected} != expected:
+                problems.append(f"{name_of(obj)}: pod annotations do not announce /metrics on port {port} to Prometheus")
+            for svc in services:
+                if svc["metadata"].get("namespace") == obj["metadata"].get("namespace") and _selects(
+                        {"matchLabels": svc["spec"].get("selector", {})}, pod_labels(obj)):
+                    for sp in svc["spec"].get("ports", []):
+                        if sp.get("targetPort") in ("metrics", port):
+                            problems.append(f"{name_of(svc)}: publishes {name_of(obj)}'s metrics port")
+    return problems
+
+
 # --- every Deployment ------------------------------------------------------------------------
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -180,7 +263,7 @@ def check_graceful_shutdown(objects: list[dict]) -> list[str]:
     for obj in of_kind(objects, "Deployment"):
         spec = pod_spec(obj)
         for c in spec["containers"]:
-            if not c.get("ports") or not c.get("image", "").split("/")[-1].startswith(FLOODGATE_SERVICES):
+            if not c.get("ports") or not is_floodgate_image(c.get("image", "")):
                 continue
             pause = _prestop_seconds(c)
             grace = spec.get("terminationGracePeriodSeconds", 30)
@@ -189,6 +272,29 @@ def check_graceful_shutdown(objects: list[dict]) -> list[str]:
             if grace <= pause + graceful:
                 problems.append(f"{name_of(obj)}: terminationGracePeriodSeconds {grace} <= preStop {pause} s "
                                 f"+ gunicorn graceful_timeout {graceful} s")
+    return problems
+
+
+def check_autoscalers(objects: list[dict]) -> list[str]:
+    """Every HorizontalPodAutoscaler works as rendered: autoscaling/v2, a rendered target that leaves
+    its replica count to the autoscaler (one that names a count fights it at every apply), and a
+    real range (not the 1/1 a placeholder would pin the API at)."""
+    problems = []
+    for hpa in of_kind(objects, "HorizontalPodAutoscaler"):
+        spec = hpa["spec"]
+        if hpa["apiVersion"] != "autoscaling/v2":
+            problems.append(f"{name_of(hpa)}: not autoscaling/v2")
+        ref = spec["scaleTargetRef"]
+        target = find(objects, ref["kind"], ref["name"])
+        if target is None:
+            problems.append(f"{name_of(hpa)}: scales a workload that is not rendered")
+        elif "replicas" in target["spec"]:
+            problems.append(f"{name_of(target)}: sets replicas although {name_of(hpa)} owns them")
+        low, high = spec.get("minReplicas", 1), spec["maxReplicas"]
+        if low < 2:
+            problems.append(f"{name_of(hpa)}: minReplicas {low} leaves the service to one pod")
+        if high <= low:
+            problems.append(f"{name_of(hpa)}: maxReplicas {high} leaves no room above minReplicas {low}")
     return problems
 
 
@@ -234,8 +340,6 @@ def check_references(objects: list[dict], secrets_provided_outside: bool) -> lis
 
 def check_secrets(objects: list[dict], dev: bool) -> list[str]:
     """No Secret values outside dev; dev's are public development values, labelled as such."""
-    import base64
-
     problems = []
     for s in of_kind(objects, "Secret"):
         if not dev:
@@ -252,10 +356,12 @@ def check_secrets(objects: list[dict], dev: bool) -> list[str]:
 
 def check_all(objects: list[dict], dev: bool) -> list[str]:
     """Every overlay-independent policy."""
-    return (check_resources(objects) + check_probes(objects) + check_security(objects) + check_images(objects)
+    return (check_resources(objects) + check_probes(objects) + check_readiness(objects) + check_security(objects)
+            + check_images(objects) + check_supported_images(objects) + check_metrics_port(objects)
             + check_disruption_budgets(objects) + check_topology_spread(objects)
-            + check_graceful_shutdown(objects) + check_references(objects, secrets_provided_outside=not dev)
-            + check_secrets(objects, dev) + check_default_deny(objects))
+            + check_graceful_shutdown(objects) + check_autoscalers(objects)
+            + check_references(objects, secrets_provided_outside=not dev)
+            + check_secrets(objects, dev) + check_default_deny(objects) + check_egress_peers(objects))
 
 
 # --- network ---------------------------------------------------------------------------------
@@ -268,6 +374,16 @@ def check_default_deny(objects: list[dict]) -> list[str]:
                    and {"Ingress", "Egress"} <= set(p["spec"].get("policyTypes", [])) and not p["spec"].get("ingress")
                    and not p["spec"].get("egress") for p in of_kind(objects, "NetworkPolicy")):
             problems.append(f"namespace {namespace}: no default-deny NetworkPolicy for ingress and egress")
+    return problems
+
+
+def check_egress_peers(objects: list[dict]) -> list[str]:
+    """Every egress rule names where it goes (`to`): a rule without peers allows every address."""
+    problems = []
+    for p in of_kind(objects, "NetworkPolicy"):
+        for number, rule in enumerate(p["spec"].get("egress", []), start=1):
+            if not rule.get("to"):
+                problems.append(f"{name_of(p)}: egress rule {number} has no `to`: it allows any address")
     return problems
 
 
@@ -353,37 +469,42 @@ def floodgate_pods(objects: list[dict]) -> list[dict]:
 
 # --- the drop --------------------------------------------------------------------------------
 
-def check_drop(objects: list[dict], drop, prod_objects: list[dict]) -> list[str]:
-    """The drop overlay against its configuration (a render_drop.Drop) and the prod overlay."""
-    from deploy.render_drop import LOWER_JOB, RAISE_JOB, SCALER_ROLE, cron
+def check_drop(objects: list[dict], drop, prod_objects: list[dict], at) -> list[str]:
+    """The drop overlay, rendered for moment `at`, against its configuration (a render_drop.Drop)
+    and the prod overlay, whose autoscalers it shares."""
+    from deploy.render_drop import LOWER_JOB, RAISE_JOB, SCALER_ROLE, VALID_FROM, VALID_UNTIL, cron
 
     problems = []
+    valid_from, valid_until = drop.floors_period(at)
+    period = {VALID_FROM: valid_from and valid_from.isoformat(), VALID_UNTIL: valid_until and valid_until.isoformat()}
     for a in drop.autoscalers:
         hpa = find(objects, "HorizontalPodAutoscaler", a.name)
         if hpa is None:
             problems.append(f"no HorizontalPodAutoscaler {a.name}")
             continue
-        if hpa["apiVersion"] != "autoscaling/v2":
-            problems.append(f"{name_of(hpa)}: not autoscaling/v2")
         spec = hpa["spec"]
-        if (spec["minReplicas"], spec["maxReplicas"]) != (a.normal_min, a.max):
+        floor = drop.floor(a, at)
+        if (spec["minReplicas"], spec["maxReplicas"]) != (floor, a.max):
             problems.append(f"{name_of(hpa)}: floor/ceiling {spec['minReplicas']}/{spec['maxReplicas']}, "
-                            f"drop.yaml says {a.normal_min}/{a.max}")
+                            f"drop.yaml says {floor}/{a.max} at {at.isoformat()}")
+        annotations = hpa["metadata"].get("annotations", {})
+        if {k: annotations.get(k) for k in period} != period:
+            problems.append(f"{name_of(hpa)}: floors valid {annotations.get(VALID_FROM)} - {annotations.get(VALID_UNTIL)}, "
+                            f"the schedule says {period[VALID_FROM]} - {period[VALID_UNTIL]}")
         up = spec.get("behavior", {}).get("scaleUp", {})
         if up.get("stabilizationWindowSeconds", 0) != 0 or not any(
                 p["periodSeconds"] <= 15 for p in up.get("policies", [])):
             problems.append(f"{name_of(hpa)}: scale-up is not immediate (stabilization 0, a policy every <= 15 s)")
-        target = find(objects, spec["scaleTargetRef"]["kind"], spec["scaleTargetRef"]["name"])
-        if target is None:
-            problems.append(f"{name_of(hpa)}: scales a workload that is not rendered")
-        elif "replicas" in target["spec"]:
-            problems.append(f"{name_of(target)}: sets replicas although {name_of(hpa)} owns them")
-        prod = find(prod_objects, "Deployment", spec["scaleTargetRef"]["name"])
-        prod_replicas = prod["spec"].get("replicas", 1) if prod else 1
-        if a.drop_min <= prod_replicas:
-            problems.append(f"{a.name}: the drop floor {a.drop_min} does not exceed prod's {prod_replicas} replicas")
-        if a.normal_min < prod_replicas:
-            problems.append(f"{a.name}: the normal floor {a.normal_min} is below prod's {prod_replicas} replicas")
+        prod = find(prod_objects, "HorizontalPodAutoscaler", a.name)
+        if prod is None:
+            problems.append(f"{a.name}: prod has no such autoscaler")
+            continue
+        prod_range = (prod["spec"]["minReplicas"], prod["spec"]["maxReplicas"])
+        if prod_range != (a.normal_min, a.max):
+            problems.append(f"{a.name}: prod's floor/ceiling {prod_range[0]}/{prod_range[1]}, drop.yaml's normal_min/max "
+                            f"{a.normal_min}/{a.max}")
+        if a.drop_min <= prod_range[0]:
+            problems.append(f"{a.name}: the drop floor {a.drop_min} does not exceed prod's floor {prod_range[0]}")
     for job_name, when, floors in (
         (RAISE_JOB, drop.raise_at, {a.name: a.drop_min for a in drop.autoscalers}),
         (LOWER_JOB, drop.lower_at, {a.name: a.normal_min for a in drop.autoscalers}),
@@ -435,9 +556,36 @@ def check_keda(objects: list[dict]) -> list[str]:
                 queue = trigger["metadata"].get("queueName")
                 if queue != topology.work_queue("notifications"):
                     problems.append(f"{name_of(so)}: queue {queue!r} is not notifications' work queue")
-    secrets = {o["metadata"]["name"] for o in of_kind(objects, "Secret")}
+    secrets = {o["metadata"]["name"]: o for o in of_kind(objects, "Secret")}
     for ta in of_kind(objects, "TriggerAuthentication"):
         for ref in ta["spec"].get("secretTargetRef", []):
             if secrets and ref["name"] not in secrets:
                 problems.append(f"{name_of(ta)}: Secret {ref['name']} is not rendered")
+            elif ref["name"] in secrets and ref["parameter"] == "host":
+                problems += _broker_host_problems(ta, secrets[ref["name"]], ref["key"], objects)
     return problems
+
+
+def _broker_host_problems(ta: dict, secret: dict, key: str, objects: list[dict]) -> list[str]:
+    """KEDA's operator opens the broker URL itself, from its own namespace (keda): a short Service
+    name, which resolves only inside Floodgate's namespace, does not reach the broker from there."""
+    value = base64.b64decode(secret.get("data", {}).get(key, "")).decode()
+    where = f"{name_of(ta)}: Secret {secret['metadata']['name']} key {key}"
+    if "," in value:
+        return [f"{where}: KEDA's rabbitmq scaler takes one broker address, not a list"]
+    host = urlsplit(value).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return []
+    except ValueError:
+        pass
+    labels = host.split(".")
+    namespace = secret["metadata"].get("namespace")
+    service = next((o for o in of_kind(objects, "Service") if o["metadata"]["name"] == labels[0]
+                    and o["metadata"].get("namespace") == namespace), None)
+    if len(labels) == 1:
+        return [f"{where}: broker host {host!r} is a short name, which KEDA's operator cannot resolve from its "
+                f"namespace: use {host}.{namespace}.svc"]
+    if service is not None and labels[1] != namespace:
+        return [f"{where}: broker host {host!r} names namespace {labels[1]!r}, but Service {labels[0]} is in {namespace!r}"]
+    return []

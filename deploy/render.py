@@ -39,8 +39,12 @@ def kustomize(directory: Path) -> str:
     return result.stdout
 
 
+# libyaml's loader when PyYAML has it: the renderings are thousands of lines, read many times
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load(text: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc]
 
 
 class _Dumper(yaml.SafeDumper):

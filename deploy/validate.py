@@ -1,7 +1,7 @@
 """`make k8s-validate`'s checker: `python -m deploy.validate [--k8s-dir DIR] [--versions 1.35,1.37]`.
 
-1. renders every overlay (dev, prod, drop for drop.yaml's opening time, and dev and prod with the
-   optional KEDA component) with the venv's `kubectl kustomize`;
+1. renders every overlay (dev, prod, drop for drop.yaml's opening time as it would be applied now,
+   and dev and prod with the optional KEDA component) with the venv's `kubectl kustomize`;
 2. validates every object strictly (unknown fields are errors) against the Kubernetes schemas of
    each version given (kubernetes-validate); a kind without a schema is an error, except the KEDA
    CRDs, which the policy checks cover;
@@ -64,9 +64,10 @@ def build(name: str, k8s_dir: Path) -> Target:
     """Render one target: an overlay, or an overlay with the KEDA component."""
     overlays, components = k8s_dir / "overlays", k8s_dir / "components"
     if name == "drop":
-        drop, objects = render_drop.render_drop(overlay=overlays / "drop")
+        at = render_drop.now()
+        drop, objects = render_drop.render_drop(overlay=overlays / "drop", at=at)
         prod = render.render(overlays / "prod")
-        return Target(name, objects, dev=False, extra=policy.check_drop(objects, drop, prod))
+        return Target(name, objects, dev=False, extra=policy.check_drop(objects, drop, prod, at))
     overlay, _, component = name.partition("+")
     if component:
         objects = render.render_with_components(overlays / overlay, [components / component])

@@ -79,6 +79,15 @@ def test_a_type_error_is_refused(tmp_path):
     assert_refused(result, "dev", "Deployment/notifications-api", "replicas")
 
 
+def test_an_autoscaler_pinned_at_one_pod_is_refused(tmp_path):
+    result = validate_copy(tmp_path, "prod", [
+        {"op": "replace", "path": "/spec/minReplicas", "value": 1},
+        {"op": "replace", "path": "/spec/maxReplicas", "value": 1},
+    ], "checkout-api", kind="HorizontalPodAutoscaler")
+    assert_refused(result, "prod", "HorizontalPodAutoscaler/checkout-api: minReplicas 1 leaves the service to one pod",
+                   "HorizontalPodAutoscaler/checkout-api: maxReplicas 1 leaves no room above minReplicas 1")
+
+
 def test_hadolint_refuses_a_careless_dockerfile(tmp_path):
     from deploy import validate
 

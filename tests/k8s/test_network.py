@@ -87,6 +87,40 @@ def test_every_floodgate_process_reaches_the_broker_and_dns(targets, overlay):
                                      to_namespace_labels=KUBE_SYSTEM), describe(source)
 
 
+@pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
+@pytest.mark.parametrize("resolver", ["169.254.20.10", "169.254.169.253"])
+def test_every_pod_reaches_a_link_local_resolver_on_the_dns_port_only(targets, overlay, resolver):
+    """NodeLocal DNSCache answers on 169.254.20.10; some clusters give pods another link-local resolver."""
+    objects = targets[overlay].objects
+    for source in every_pod(objects):
+        for protocol in ("UDP", "TCP"):
+            assert policy.egress_allowed(objects, source, 53, protocol=protocol, to_ip=resolver), describe(source)
+        assert not policy.egress_allowed(objects, source, 80, to_ip="169.254.169.254"), describe(source)  # metadata
+
+
+def test_the_drop_scaler_reaches_the_api_server_and_nothing_else(drop):
+    scaler = pod(drop, "CronJob", "drop-raise-floor")
+    rule = policy.find(drop, "NetworkPolicy", "drop-scaler-to-api-server")["spec"]["egress"][0]
+    api_server = [peer["ipBlock"]["cidr"].split("/")[0] for peer in rule["to"]]
+    for address in api_server:
+        for port in (443, 6443):
+            assert policy.egress_allowed(drop, scaler, port, to_ip=address)
+    for elsewhere in ("198.51.100.7", "10.0.0.99"):
+        assert not policy.egress_allowed(drop, scaler, 443, to_ip=elsewhere)
+    assert not policy.egress_allowed(drop, scaler, 5672, to_labels={"app.kubernetes.io/name": "rabbitmq"})
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_only_the_monitoring_namespace_reaches_the_metrics_port(targets, overlay):
+    objects = targets[overlay].objects
+    monitoring = {"kubernetes.io/metadata.name": "monitoring", "floodgate.io/monitoring": "true"}
+    for name in ("accounts-api", "inventory-api", "checkout-api", "notifications-api"):
+        api = pod(objects, "Deployment", name)
+        assert policy.ingress_allowed(objects, {}, api, 9100, source_namespace_labels=monitoring), name
+        assert not policy.ingress_allowed(objects, {}, api, 9100, source_namespace_labels=EDGE), name
+        assert not any(policy.reachable(objects, p, api, 9100) for p in every_pod(objects)), name
+
+
 def test_apis_that_verify_tokens_reach_accounts_jwks_and_nothing_else_does(dev):
     accounts_api = pod(dev, "Deployment", "accounts-api")
     allowed = {describe(p) for p in every_pod(dev) if policy.reachable(dev, p, accounts_api, 8000)}

@@ -9,8 +9,13 @@ TARGETS = validate.TARGETS
 CHECKS = {
     "requests and limits on every container": policy.check_resources,
     "liveness, readiness and startup probes": policy.check_probes,
+    "readiness asks whether the process can work": policy.check_readiness,
     "non-root, read-only, no capabilities": policy.check_security,
     "pinned image tags": policy.check_images,
+    "no image of an unsupported release series": policy.check_supported_images,
+    "/metrics on a port of its own": policy.check_metrics_port,
+    "autoscalers deployable as rendered": policy.check_autoscalers,
+    "every egress rule names where it goes": policy.check_egress_peers,
     "a PodDisruptionBudget per Deployment": policy.check_disruption_budgets,
     "topology spread per Deployment": policy.check_topology_spread,
     "grace period > preStop + gunicorn graceful_timeout": policy.check_graceful_shutdown,
@@ -43,6 +48,34 @@ def test_keda_scales_notifications_on_its_work_queue(targets, target):
     assert targets[target].extra == []
     scaled = policy.of_kind(targets[target].objects, "ScaledObject")
     assert [s["spec"]["scaleTargetRef"]["name"] for s in scaled] == ["notifications-consumer"]
+
+
+def test_keda_must_be_given_a_broker_address_it_can_resolve(targets):
+    """KEDA's operator connects from its own namespace: `rabbitmq` alone resolves to nothing there."""
+    import base64
+    import copy
+
+    objects = copy.deepcopy(targets["dev+keda"].objects)
+    broker = policy.find(objects, "Secret", "broker")
+    url = base64.b64decode(broker["data"]["url"]).decode()
+    assert "@rabbitmq.floodgate.svc:5672/" in url
+    for host, message in (("rabbitmq", "is a short name"), ("rabbitmq.default.svc", "names namespace 'default'")):
+        broker["data"]["url"] = base64.b64encode(url.replace("rabbitmq.floodgate.svc", host).encode()).decode()
+        assert any(message in p for p in policy.check_keda(objects)), host
+    broker["data"]["url"] = base64.b64encode(f"{url},{url}".encode()).decode()
+    assert any("one broker address" in p for p in policy.check_keda(objects))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_drop_scaler_gets_a_service_account_token(targets, target):
+    accounts = {o["metadata"]["name"]: o for o in policy.of_kind(targets[target].objects, "ServiceAccount")}
+    mounting = set()
+    for obj in policy.of_kind(targets[target].objects, *policy.WORKLOADS):
+        spec = policy.pod_spec(obj)
+        account = accounts.get(spec.get("serviceAccountName", "default"), {})
+        if spec.get("automountServiceAccountToken", account.get("automountServiceAccountToken", True)):
+            mounting.add(obj["metadata"]["name"])
+    assert mounting <= {"drop-raise-floor", "drop-lower-floor"}
 
 
 def test_every_service_has_its_processes(dev):

@@ -77,8 +77,10 @@ def test_sends_one_merge_patch_per_autoscaler_and_reads_nothing(api, scaler):
     result = scaler(api, today(), "checkout-api=40", "inventory-api=12")
     assert result.returncode == 0, result.stderr
     assert [(method, path) for method, path, _, _ in FakeApi.requests] == [
-        ("PATCH", "/apis/autoscaling/v2/namespaces/floodgate/horizontalpodautoscalers/checkout-api"),
-        ("PATCH", "/apis/autoscaling/v2/namespaces/floodgate/horizontalpodautoscalers/inventory-api"),
+        ("PATCH", "/apis/autoscaling/v2/namespaces/floodgate/horizontalpodautoscalers/checkout-api"
+                  "?fieldManager=floodgate-drop-scaler"),
+        ("PATCH", "/apis/autoscaling/v2/namespaces/floodgate/horizontalpodautoscalers/inventory-api"
+                  "?fieldManager=floodgate-drop-scaler"),
     ]
     _, _, headers, body = FakeApi.requests[0]
     assert headers["Authorization"] == "Bearer test-token"

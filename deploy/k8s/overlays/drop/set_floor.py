@@ -1,7 +1,9 @@
 """Set the floor (minReplicas) of this namespace's autoscalers: `set_floor.py DATE NAME=MIN ...`.
 
 Runs in the drop's CronJobs under a ServiceAccount that may only `patch` those autoscalers, so it
-sends one JSON merge patch per autoscaler and reads nothing. A CronJob schedule names a minute
+sends one JSON merge patch per autoscaler and reads nothing. The patches name their field manager,
+`floodgate-drop-scaler`: once it has changed a floor it owns it, so a server-side apply of a
+rendering with another floor is refused instead of undoing it. A CronJob schedule names a minute
 of a day of a month and would fire again a year later: on any day but DATE (UTC, give or take
 one) the job does nothing.
 """
@@ -13,6 +15,7 @@ import sys
 import urllib.request
 
 ACCOUNT = os.environ.get("SERVICE_ACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount")
+FIELD_MANAGER = "floodgate-drop-scaler"
 
 
 def api_url() -> str:
@@ -45,7 +48,8 @@ def main(argv: list[str]) -> int:
         name, _, floor = pair.partition("=")
         body = json.dumps({"spec": {"minReplicas": int(floor)}}).encode()
         request = urllib.request.Request(
-            f"{base}/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}",
+            f"{base}/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}"
+            f"?fieldManager={FIELD_MANAGER}",
             data=body,
             method="PATCH",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"},

@@ -1,0 +1,124 @@
+"""The APIs' gunicorn as the images run it: a real gunicorn with a service's gunicorn.conf.py (which
+starts from shared/gunicorn_defaults.py) serving a small WSGI app, under the pod's conditions: a
+home directory nobody can write (the image's user has /nonexistent, on a read-only root) and, as in
+the manifests, /metrics on a port of its own."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from deploy import render
+
+APP = '''
+def app(environ, start_response):
+    body = f"{environ['PATH_INFO']} on {environ['SERVER_PORT']}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn(tmp_path, metrics_port: int | None = None):
+    """Runs gunicorn (debug log) until the block ends; yields the public port and its log lines as they come."""
+    (tmp_path / "probe_app.py").write_text(APP)
+    (tmp_path / "metrics").mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "METRICS_BIND")}
+    # a home that cannot be created, whoever runs the test (root could create /nonexistent)
+    env.update(HOME="/dev/null/nonexistent", BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    if metrics_port:
+        env["METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "services/checkout/gunicorn.conf.py", "--log-level", "debug",
+         "--pythonpath", str(tmp_path), "probe_app:app"],
+        cwd=render.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get(port, "/")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("gunicorn did not start:\n" + "".join(log)) from None
+                time.sleep(0.1)
+        yield port, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        reader.join(timeout=30)
+
+
+def wait_for_line(log: list[str], *fragments: str) -> str:
+    """The first log line with one of the fragments, polling for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = next((line for line in list(log) if any(f in line for f in fragments)), None)
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {fragments}:\n" + "".join(log))
+
+
+def get(port: int, path: str, host: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_starts_without_a_complaint_when_home_cannot_be_written(tmp_path):
+    with gunicorn(tmp_path) as (port, log):
+        assert get(port, "/orders") == (200, f"/orders on {port}")
+        # the master deals with its control socket once the workers run, on a thread of its own
+        wait_for_line(log, "Control socket", "Control server")
+    complaints = [line for line in log if any(level in line for level in ("[ERROR]", "[WARNING]", "[CRITICAL]"))]
+    assert complaints == []
+
+
+def test_metrics_answer_on_the_metrics_port_only(tmp_path):
+    metrics = free_port()
+    with gunicorn(tmp_path, metrics_port=metrics) as (port, _):
+        assert get(metrics, "/metrics") == (200, f"/metrics on {metrics}")
+        status, body = get(port, "/metrics")
+        assert status == 404 and json.loads(body)["status"] == 404
+        # the port is the listener's, not what the client claims
+        assert get(port, "/metrics", host=f"127.0.0.1:{metrics}")[0] == 404
+        assert get(port, "/orders") == (200, f"/orders on {port}")
+        assert get(metrics, "/orders")[0] == 404
+
+
+def test_without_a_metrics_port_metrics_stay_where_they_were(tmp_path):
+    """Local runs (make run, the integration tests) set no METRICS_BIND."""
+    with gunicorn(tmp_path) as (port, _):
+        assert get(port, "/metrics") == (200, f"/metrics on {port}")
+
+
+@pytest.mark.parametrize("bind", ["9100", "0.0.0.0:", "[::]:x"])
+def test_a_metrics_bind_without_a_port_is_refused(bind):
+    result = subprocess.run(
+        [sys.executable, "-c", "import shared.gunicorn_defaults"], cwd=render.ROOT, capture_output=True, text=True,
+        env={**os.environ, "METRICS_BIND": bind, "PROMETHEUS_MULTIPROC_DIR": "/tmp"})
+    assert result.returncode != 0 and "METRICS_BIND" in result.stderr
