@@ -27,8 +27,16 @@ test: unit integration k8s-validate
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP)
+integration: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest tests/integration -q
+
+# tests/integration/test_pgbouncer.py runs a stack through a local PgBouncer (Debian's package;
+# /usr/sbin is not on every user's PATH), installed here when missing
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: pgbouncer
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+	  $(SUDO) apt-get install -y pgbouncer || { $(SUDO) apt-get update && $(SUDO) apt-get install -y pgbouncer; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

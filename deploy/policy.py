@@ -462,9 +462,11 @@ def reachable(objects: list[dict], source: dict, destination: dict, port: int) -
 
 
 def floodgate_pods(objects: list[dict]) -> list[dict]:
-    """The pod labels of every Floodgate workload (APIs, consumers, relays, sweeper, migrations)."""
+    """The pod labels of every Floodgate workload (APIs, consumers, relays, sweeper, migrations),
+    not the services' PgBouncers."""
     return [pod_labels(o) for o in of_kind(objects, *WORKLOADS)
-            if pod_labels(o).get("app.kubernetes.io/name") in FLOODGATE_SERVICES]
+            if pod_labels(o).get("app.kubernetes.io/name") in FLOODGATE_SERVICES
+            and pod_labels(o).get("app.kubernetes.io/component") != "pgbouncer"]
 
 
 # --- the drop --------------------------------------------------------------------------------

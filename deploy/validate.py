@@ -5,7 +5,8 @@
 2. validates every object strictly (unknown fields are errors) against the Kubernetes schemas of
    each version given (kubernetes-validate); a kind without a schema is an error, except the KEDA
    CRDs, which the policy checks cover;
-3. runs the policy checks of deploy/policy.py on each rendering;
+3. runs the policy checks of deploy/policy.py on each rendering, and deploy/pooling.py's: every
+   process but the migrations through its PgBouncer, whose connections fit max_connections;
 4. runs hadolint on every services/*/Dockerfile.
 Exits 1 if anything failed, after printing every problem.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import kubernetes_validate
 from kubernetes_validate import utils as kv_utils
 
-from deploy import policy, render, render_drop
+from deploy import policy, pooling, render, render_drop
 
 # The oldest and the newest minor version Kubernetes supports while this is written (one
 # release a season, the newest three supported); override with --versions.
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{target.name}.yaml").write_text(render.dump(target.objects))
         problems = (schema_errors(target.objects, versions) + policy.check_all(target.objects, target.dev)
+                    + pooling.check(target.objects) + pooling.check_processes_use_the_pooler(target.objects)
                     + target.extra)
         status = "FAIL" if problems else "ok"
         print(f"{status:4} {target.name}: {len(target.objects)} objects, Kubernetes {', '.join(versions)} "

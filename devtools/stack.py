@@ -55,9 +55,19 @@ class Infra:
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     database_prefix: str = "floodgate"
+    # a transaction pooler (PgBouncer) in front of the same server: the services' processes go
+    # through it, migrations and tests' own queries straight to PostgreSQL, as in Kubernetes
+    pooler_url: str = ""
 
     def database_url(self, service: str) -> str:
+        """Straight to PostgreSQL: migrations, and whoever looks at the data."""
         return f"{self.postgres_url.rstrip('/')}/{self.database_prefix}_{service}"
+
+    def service_database_url(self, service: str) -> str:
+        """What the service's own processes are given: through the pooler, if there is one."""
+        if not self.pooler_url:
+            return self.database_url(service)
+        return f"{self.pooler_url.rstrip('/')}/{self.database_prefix}_{service}"
 
 
 @dataclass
@@ -94,8 +104,10 @@ class Stack:
             # everything on one machine: consumers, relays and the sweeper yield the CPU to the APIs
             BACKGROUND_NICENESS="10",
         )
+        if self.infra.pooler_url:
+            env["DATABASE_PREPARED_STATEMENTS"] = "false"
         if service:
-            env["DATABASE_URL"] = self.infra.database_url(service)
+            env["DATABASE_URL"] = self.infra.service_database_url(service)
             env["JWKS_CACHE_FILE"] = str(self.var_dir / f"jwks-{service}.json")
             metrics_dir = self.var_dir / "metrics" / service
             metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +144,7 @@ class Stack:
         for service in CONSUMERS:
             specs[f"{service}-consumer"] = ([py, "-m", f"services.{service}.consumer"], service)
         if self.combine_relays:
-            relays = [f"{service}={self.infra.database_url(service)}" for service in RELAYS]
+            relays = [f"{service}={self.infra.service_database_url(service)}" for service in RELAYS]
             specs["relays"] = ([py, "-m", "shared.messaging.relay", *relays], None)
         else:
             for service in RELAYS:

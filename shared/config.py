@@ -35,6 +35,10 @@ class Settings:
 
     service_name: str = "floodgate"
     database_url: str = ""
+    # false when DATABASE_URL goes through a transaction pooler (PgBouncer, pool_mode=transaction):
+    # each transaction may run on another server connection, where a statement psycopg prepared on
+    # the last one does not exist (deploy/k8s/README.md, "PgBouncer")
+    database_prepared_statements: bool = True
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     log_level: str = "INFO"
     # token verification (the accounts service's JWKS)

@@ -7,17 +7,24 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.engine import make_url
 
+from shared.config import Settings
 from shared.messaging.outbox import add_event
 
 
-def make_engine(url: str, pool_size: int = 5, **kwargs) -> sa.Engine:
+def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:
     """A pooled engine.
 
     Connections are not pinged before each use (a round trip per transaction, a fifth of an
     order's database time): after a database restart the first statement on a stale connection
     fails, SQLAlchemy then discards every connection the pool held, and the APIs answer that one
     request with a retryable 503.
+
+    `prepared_statements=False` (the setting DATABASE_PREPARED_STATEMENTS) for a URL that goes
+    through a transaction pooler: psycopg otherwise prepares a statement on the server after its
+    fifth use, and the next transaction, on another server connection, does not find it.
     """
+    if not prepared_statements:
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "prepare_threshold": None}
     return sa.create_engine(
         url,
         pool_size=pool_size,
@@ -26,6 +33,13 @@ def make_engine(url: str, pool_size: int = 5, **kwargs) -> sa.Engine:
         future=True,
         **kwargs,
     )
+
+
+def engine_for(settings: Settings, pool_size: int = 5) -> sa.Engine:
+    """`make_engine` on a service's database as its settings describe it: the URL, and whether
+    that URL goes through a transaction pooler."""
+    return make_engine(settings.database_url, pool_size=pool_size,
+                       prepared_statements=settings.database_prepared_statements)
 
 
 def make_session_factory(engine: sa.Engine) -> orm.sessionmaker:

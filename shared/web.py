@@ -35,7 +35,7 @@ def create_app(settings: Settings, blueprints: list[Blueprint], title: str, pool
     logs.configure(settings.service_name, settings.log_level)
     app = Flask(settings.service_name)
     app.json.sort_keys = False
-    engine = db.make_engine(settings.database_url, pool_size=pool_size)
+    engine = db.engine_for(settings, pool_size=pool_size)
     app.extensions["floodgate"] = ServiceContext(
         settings=settings, engine=engine, session_factory=db.make_session_factory(engine), readiness={}
     )

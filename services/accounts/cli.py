@@ -89,7 +89,7 @@ def purge_refresh_tokens(batch_size: int) -> None:
     SPENT_REFRESH_TOKEN_RETENTION_SECONDS ago, and the sessions left without tokens."""
     settings = config.load()
     logs.configure(settings.service_name, settings.log_level)
-    engine = db.make_engine(settings.database_url, pool_size=1)
+    engine = db.engine_for(settings, pool_size=1)
     retention = timedelta(seconds=settings.spent_refresh_token_retention_seconds)
     try:
         with AccountsUnitOfWork(db.make_session_factory(engine), settings.service_name) as uow:

@@ -8,7 +8,7 @@ from shared.messaging.consumer import ConsumerRunner
 def main() -> None:
     settings = config.load()
     logs.configure("checkout-consumer", settings.log_level)
-    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=2))
+    session_factory = db.make_session_factory(db.engine_for(settings, pool_size=2))
     provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret)
     runner = ConsumerRunner(
         settings, handlers.event_handlers(provider, settings), lambda: db.UnitOfWork(session_factory, "checkout")

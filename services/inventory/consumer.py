@@ -9,7 +9,7 @@ from shared.messaging.consumer import ConsumerRunner
 def main() -> None:
     settings = config.load()
     logs.configure(settings.service_name, settings.log_level)
-    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=2))
+    session_factory = db.make_session_factory(db.engine_for(settings, pool_size=2))
     runner = ConsumerRunner(settings, handlers.EVENT_HANDLERS, lambda: db.UnitOfWork(session_factory, "inventory"))
     runner.install_signal_handlers()
     runner.run()

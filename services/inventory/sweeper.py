@@ -17,7 +17,7 @@ def main() -> None:
     settings = config.load()
     logs.configure(settings.service_name, settings.log_level)
     lower_priority(settings)
-    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=1))
+    session_factory = db.make_session_factory(db.engine_for(settings, pool_size=1))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -53,7 +53,7 @@ def main() -> None:
     settings = config.load()
     logs.configure(f"{settings.service_name}-consumer", settings.log_level)
     # a connection per handler thread, and one more each for logging a failed attempt
-    session_factory = db.make_session_factory(db.make_engine(settings.database_url, pool_size=settings.consumer_threads))
+    session_factory = db.make_session_factory(db.engine_for(settings, pool_size=settings.consumer_threads))
 
     def uow_factory() -> UnitOfWork:
         return UnitOfWork(session_factory, settings.service_name)

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env(service_name=service)
         if url:
             settings = dataclasses.replace(settings, database_url=url)
-        relays.append(OutboxRelay(settings, db.make_engine(settings.database_url, pool_size=1), stop))
+        relays.append(OutboxRelay(settings, db.engine_for(settings, pool_size=1), stop))
     lower_priority(relays[0].settings)
     logs.configure("relay" if len(relays) > 1 else f"{relays[0].settings.service_name}-relay", relays[0].settings.log_level)
     threads = [threading.Thread(target=relay.run, name=f"{relay.settings.service_name}-relay") for relay in relays]

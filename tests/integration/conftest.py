@@ -32,12 +32,13 @@ def infra():
 
 
 @contextlib.contextmanager
-def running_stack(postgres_url: str, amqp_url: str, var_dir: Path) -> Iterator[Stack]:
+def running_stack(postgres_url: str, amqp_url: str, var_dir: Path, pooler_url: str = "") -> Iterator[Stack]:
     """A whole stack in its own databases and on its own ports, migrated, started and ready;
-    stopped and its databases dropped afterwards."""
+    stopped and its databases dropped afterwards. With `pooler_url` (a PgBouncer in front of
+    `postgres_url`) the services' processes go through the pooler; migrations go straight."""
     prefix = f"fgtest_{uuid.uuid4().hex[:8]}"
     stack = Stack(
-        infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=prefix),
+        infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=prefix, pooler_url=pooler_url),
         var_dir=var_dir,
         ports=free_ports(),
         extra_env=dict(TEST_ENV),

@@ -46,23 +46,30 @@ def test_inventory_api_is_not_reachable_from_the_edge(targets, overlay):
 
 
 def test_each_service_reaches_only_its_own_database_in_prod(prod):
-    """prod: each service's database has its own address; a service reaches that one only."""
+    """prod: each service's database has its own address; only that service's PgBouncer and its
+    migration reach it, and every other process of the service reaches its own PgBouncer only."""
     address = {}
     for service in SERVICES:
         rule = policy.find(prod, "NetworkPolicy", f"{service}-to-database")["spec"]["egress"][0]
         address[service] = rule["to"][0]["ipBlock"]["cidr"].split("/")[0]
     assert len(set(address.values())) == len(SERVICES)
-    for source in policy.floodgate_pods(prod):
+    poolers = {s: pod(prod, "Deployment", f"{s}-pgbouncer") for s in SERVICES}
+    for source in policy.floodgate_pods(prod) + list(poolers.values()):
         own = source["app.kubernetes.io/name"]
+        direct = source["app.kubernetes.io/component"] in ("pgbouncer", "migration")
         reached = {s for s in SERVICES if policy.egress_allowed(prod, source, 5432, to_ip=address[s])}
-        assert reached == {own}, describe(source)
+        assert reached == ({own} if direct else set()), describe(source)
+        pooled = {s for s in SERVICES if policy.reachable(prod, source, poolers[s], 6432)}
+        assert pooled == (set() if direct else {own}), describe(source)
 
 
-def test_dev_database_server_is_reached_by_the_services_only(dev):
-    """dev: one PostgreSQL holds the four databases; per-service roles keep them apart."""
+def test_dev_database_server_is_reached_by_the_pgbouncers_and_migrations_only(dev):
+    """dev: one PostgreSQL holds the four databases; per-service roles keep them apart, and the
+    services' other processes go through their PgBouncer."""
     postgresql = pod(dev, "StatefulSet", "postgresql")
     for source in every_pod(dev):
-        expected = source.get("app.kubernetes.io/name") in SERVICES
+        expected = (source.get("app.kubernetes.io/name") in SERVICES
+                    and source.get("app.kubernetes.io/component") in ("pgbouncer", "migration"))
         assert policy.reachable(dev, source, postgresql, 5432) == expected, describe(source)
 
 

@@ -1,0 +1,272 @@
+"""PgBouncer sizing, from the pod counts: `python -m deploy.pooling` prints it for the drop.
+
+Every service's processes reach its database through that service's PgBouncer (transaction
+pooling; deploy/k8s/README.md, "PgBouncer"). Two numbers matter:
+
+- client connections, on PgBouncer's side: what the service's pods may open at the most, with
+  every autoscaler at its ceiling. An API pod opens up to WEB_CONCURRENCY x (its engine's pool
+  ceiling, capped by GUNICORN_THREADS: a request thread holds one connection at a time); a
+  consumer, relay, sweeper or job up to its engine's ceiling (pool_size + max_overflow).
+  PgBouncer's `max_client_conn` must hold them all (times CLIENT_HEADROOM), on one pod: the
+  Service balances connections, not load, so one PgBouncer pod may get most of them.
+- server connections, on PostgreSQL's side: each PgBouncer pod opens at most
+  `max_db_connections`. Summed over every PgBouncer pod of every service, plus one per migration
+  Job (they go straight to PostgreSQL) and RESERVED_CONNECTIONS, they must fit the server's
+  `max_connections`. The four databases may share one server (dev's does), so the sum is over all
+  four: it then fits four servers as well.
+
+`plan()` shares the server's connections out: MIN_SERVER_CONNECTIONS per PgBouncer pod first,
+the rest in proportion to each service's client connections, i.e. to the pods it may run.
+`check()` holds a rendering to it (make k8s-validate, tests/k8s/test_pooling.py).
+"""
+from __future__ import annotations
+
+import configparser
+import math
+import re
+import sys
+from dataclasses import dataclass
+
+from deploy import policy
+
+# A managed PostgreSQL's max_connections, where the rendering runs no PostgreSQL of its own
+# (prod, the drop): a small instance's (2 vCPU / 8 GB gives 200 or more on the usual clouds).
+# Set yours here; an overlay that runs PostgreSQL (dev) is held to its `-c max_connections=`.
+ASSUMED_MAX_CONNECTIONS = 200
+# superuser_reserved_connections (3), and operators, monitoring and backups (7)
+RESERVED_CONNECTIONS = 10
+# each migration Job opens one connection (shared/migrate.py: NullPool), straight to PostgreSQL
+MIGRATION_CONNECTIONS = 1
+MIN_SERVER_CONNECTIONS = 5
+# the drop runbook's ceiling raised on the spot (80 -> 120 checkout pods) still gets connected
+CLIENT_HEADROOM = 1.5
+
+POOLER = "pgbouncer"
+# Each process's engine pool_size (services/*/app.py, consumer.py, sweeper.py, shared/messaging/
+# relay.py, services/accounts/cli.py; shared/web.py's default 5); its ceiling is twice that.
+POOL_SIZE = {
+    ("accounts", "api"): 5, ("inventory", "api"): 5, ("checkout", "api"): 10, ("notifications", "api"): 2,
+    ("inventory", "consumer"): 2, ("checkout", "consumer"): 2, ("inventory", "sweeper"): 1,
+    ("accounts", "purge-refresh-tokens"): 1,
+}
+RELAY_POOL_SIZE = 1
+# notifications' consumer sizes its pool by its handler threads (services/notifications/config.py)
+CONSUMER_THREADS_DEFAULT = {"notifications": 4}
+
+
+@dataclass(frozen=True)
+class PoolerSize:
+    service: str
+    client_connections: int  # what the service's pods may open at their ceilings
+    max_client_conn: int
+    max_db_connections: int  # per PgBouncer pod; default_pool_size is the same
+
+    def ini(self) -> dict[str, int]:
+        return {"max_client_conn": self.max_client_conn, "default_pool_size": self.max_db_connections,
+                "max_db_connections": self.max_db_connections}
+
+
+def plan(client_connections: dict[str, int], max_connections: int, pooler_replicas: dict[str, int],
+         migrations: int) -> dict[str, PoolerSize]:
+    """Each service's PgBouncer sizes for `client_connections` (service -> connections its pods may
+    open) on a server of `max_connections`, with `pooler_replicas` PgBouncer pods per service."""
+    budget = max_connections - RESERVED_CONNECTIONS - migrations * MIGRATION_CONNECTIONS
+    floor = sum(MIN_SERVER_CONNECTIONS * pooler_replicas[s] for s in client_connections)
+    spare, demand = budget - floor, sum(client_connections.values())
+    if spare < 0:
+        raise ValueError(f"{max_connections} connections cannot give every PgBouncer pod {MIN_SERVER_CONNECTIONS}")
+    sizes = {}
+    for service, clients in client_connections.items():
+        share = MIN_SERVER_CONNECTIONS * pooler_replicas[service] + spare * clients // demand
+        sizes[service] = PoolerSize(service, clients, _round_up(clients * CLIENT_HEADROOM, 100),
+                                    share // pooler_replicas[service])
+    return sizes
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+# --- reading a rendering ---------------------------------------------------------------------
+
+def _config_maps(objects: list[dict]) -> dict[str, dict]:
+    return {c["metadata"]["name"]: c.get("data", {}) for c in policy.of_kind(objects, "ConfigMap")}
+
+
+def _environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str]:
+    env = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps.get(source["configMapRef"]["name"], {}))
+    env.update(policy.env_of(container))
+    return env
+
+
+def ceiling(objects: list[dict], workload: dict) -> int:
+    """The most pods of `workload` there may be: its autoscaler's ceiling, else its replica count."""
+    name = workload["metadata"]["name"]
+    for hpa in policy.of_kind(objects, "HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return hpa["spec"]["maxReplicas"]
+    for scaled in policy.of_kind(objects, "ScaledObject"):
+        if scaled["spec"]["scaleTargetRef"]["name"] == name:
+            return scaled["spec"].get("maxReplicaCount", 100)
+    if workload["kind"] in ("Job", "CronJob"):
+        return 1
+    return replicas(workload)
+
+
+def replicas(deployment: dict) -> int:
+    """Its replica count (a count of the wrong type is the schema check's to report: 1 here)."""
+    count = deployment["spec"].get("replicas", 1)
+    return count if isinstance(count, int) else 1
+
+
+def component(workload: dict) -> str:
+    if workload["kind"] == "CronJob":
+        return policy.pod_spec(workload)["containers"][0].get("command", [""])[-1]
+    return policy.pod_labels(workload).get("app.kubernetes.io/component", "")
+
+
+def client_connections(objects: list[dict]) -> dict[str, int]:
+    """service -> connections its processes (not its migrations) may open, at their ceilings."""
+    config_maps = _config_maps(objects)
+    totals: dict[str, int] = {}
+    for workload in policy.of_kind(objects, *policy.WORKLOADS):
+        service, kind = policy.pod_labels(workload).get("app.kubernetes.io/name"), component(workload)
+        if service not in policy.FLOODGATE_SERVICES or kind in (POOLER, "migration"):
+            continue
+        env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
+        if kind == "relay":
+            per_pod = 2 * RELAY_POOL_SIZE
+        elif kind == "consumer" and service in CONSUMER_THREADS_DEFAULT:
+            per_pod = 2 * int(env.get("CONSUMER_THREADS", CONSUMER_THREADS_DEFAULT[service]))
+        elif kind == "api":
+            per_worker = min(int(env.get("GUNICORN_THREADS", 8)), 2 * POOL_SIZE[(service, kind)])
+            per_pod = int(env.get("WEB_CONCURRENCY", 2)) * per_worker
+        else:
+            per_pod = 2 * POOL_SIZE[(service, kind)]
+        totals[service] = totals.get(service, 0) + ceiling(objects, workload) * per_pod
+    return totals
+
+
+def pooler_settings(objects: list[dict]) -> dict[str, tuple[dict, dict[str, str]]]:
+    """service -> (its PgBouncer Deployment, the [pgbouncer] section of its pgbouncer.ini)."""
+    config_maps = _config_maps(objects)
+    found = {}
+    for deployment in policy.of_kind(objects, "Deployment"):
+        labels = policy.pod_labels(deployment)
+        if labels.get("app.kubernetes.io/component") != POOLER:
+            continue
+        volumes = policy.pod_spec(deployment).get("volumes", [])
+        names = [v["configMap"]["name"] for v in volumes if "configMap" in v]
+        text = next((config_maps[n]["pgbouncer.ini"] for n in names if "pgbouncer.ini" in config_maps.get(n, {})), "")
+        parser = configparser.ConfigParser(comment_prefixes=(";", "#", "%"), interpolation=None)
+        parser.read_string(text)
+        section = dict(parser["pgbouncer"]) if parser.has_section("pgbouncer") else {}
+        found[labels["app.kubernetes.io/name"]] = (deployment, section)
+    return found
+
+
+def max_connections(objects: list[dict]) -> int:
+    """The rendered PostgreSQL's `-c max_connections=N`, else ASSUMED_MAX_CONNECTIONS."""
+    for server in policy.of_kind(objects, "StatefulSet"):
+        for container in policy.pod_spec(server)["containers"]:
+            if container.get("image", "").split("/")[-1].startswith("postgres"):
+                arguments = " ".join(container.get("args", []))
+                match = re.search(r"max_connections=(\d+)", arguments)
+                return int(match.group(1)) if match else 100  # PostgreSQL's default
+    return ASSUMED_MAX_CONNECTIONS
+
+
+def rendered_plan(objects: list[dict]) -> dict[str, PoolerSize]:
+    """plan() for a rendering: its ceilings, its PgBouncer replica counts, its server."""
+    poolers = pooler_settings(objects)
+    migrations = len([j for j in policy.of_kind(objects, "Job") if component(j) == "migration"])
+    return plan(client_connections(objects), max_connections(objects),
+                {s: replicas(d) for s, (d, _) in poolers.items()}, migrations)
+
+
+def server_connections(objects: list[dict]) -> int:
+    """What PostgreSQL may see at the most: every PgBouncer pod's max_db_connections, every
+    migration Job's connection, and the reserved ones."""
+    total = RESERVED_CONNECTIONS
+    for deployment, section in pooler_settings(objects).values():
+        total += replicas(deployment) * int(section.get("max_db_connections", 10**6))
+    total += MIGRATION_CONNECTIONS * len([j for j in policy.of_kind(objects, "Job") if component(j) == "migration"])
+    return total
+
+
+def check(objects: list[dict]) -> list[str]:
+    """A rendering's PgBouncers in transaction mode, holding every client its pods may open, and
+    their server connections, with the migrations' and the reserved ones, within max_connections."""
+    problems = []
+    poolers = pooler_settings(objects)
+    clients = client_connections(objects)
+    for service in sorted(set(clients) - set(poolers)):
+        problems.append(f"{service}: no PgBouncer Deployment (component {POOLER}) in front of its database")
+    for service, (deployment, section) in sorted(poolers.items()):
+        where = f"{policy.name_of(deployment)} (pgbouncer.ini)"
+        if section.get("pool_mode") != "transaction":
+            problems.append(f"{where}: pool_mode {section.get('pool_mode')!r}, not transaction")
+        if "max_db_connections" not in section:
+            problems.append(f"{where}: no max_db_connections: the server connections are not bounded")
+            continue
+        if int(section.get("max_client_conn", 100)) < clients.get(service, 0):
+            problems.append(f"{where}: max_client_conn {section.get('max_client_conn', 100)} < the "
+                            f"{clients[service]} connections {service}'s pods may open at their ceilings")
+        if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
+            problems.append(f"{where}: default_pool_size above max_db_connections")
+    used, limit = server_connections(objects), max_connections(objects)
+    if used > limit:
+        problems.append(f"PostgreSQL max_connections {limit} < {used}: every PgBouncer pod's max_db_connections, "
+                        f"the migrations' and {RESERVED_CONNECTIONS} reserved (python -m deploy.pooling)")
+    return problems
+
+
+def check_processes_use_the_pooler(objects: list[dict]) -> list[str]:
+    """Every Floodgate process but the migrations takes DATABASE_URL from its Secret's `pooler-url`
+    and prepares no statements (DATABASE_PREPARED_STATEMENTS=false); a migration takes `url`, the
+    server's own address."""
+    problems = []
+    config_maps = _config_maps(objects)
+    for workload in policy.of_kind(objects, *policy.WORKLOADS):
+        if policy.pod_labels(workload).get("app.kubernetes.io/name") not in policy.FLOODGATE_SERVICES:
+            continue
+        for _, container, _ in policy.containers(workload):
+            source = next((e.get("valueFrom", {}).get("secretKeyRef", {}) for e in container.get("env", [])
+                           if e["name"] == "DATABASE_URL"), None)
+            if source is None:
+                continue
+            where = f"{policy.name_of(workload)} container {container['name']}"
+            if component(workload) == "migration":
+                if source.get("key") != "url":
+                    problems.append(f"{where}: a migration goes straight to PostgreSQL (key url), not {source.get('key')!r}")
+                continue
+            if source.get("key") != "pooler-url":
+                problems.append(f"{where}: DATABASE_URL from key {source.get('key')!r}, not the pooler's (pooler-url)")
+            if _environment(container, config_maps).get("DATABASE_PREPARED_STATEMENTS", "true").lower() != "false":
+                problems.append(f"{where}: prepares statements through a transaction pooler "
+                                f"(DATABASE_PREPARED_STATEMENTS is not false)")
+    return problems
+
+
+def main() -> None:
+    """Print the PgBouncer sizes for the drop at its ceilings, as pgbouncer.ini wants them."""
+    from deploy import render_drop
+
+    _, objects = render_drop.render_drop(overlay=render_drop.OVERLAY, at=render_drop.now())
+    sizes = rendered_plan(objects)
+    print(f"PostgreSQL max_connections {max_connections(objects)}; reserved {RESERVED_CONNECTIONS}; "
+          f"migrations {len([j for j in policy.of_kind(objects, 'Job') if component(j) == 'migration'])}")
+    for service, size in sizes.items():
+        settings = " ".join(f"{k} = {v};" for k, v in size.ini().items())
+        print(f"{service:<14} clients at the ceilings {size.client_connections:>5}   {settings}")
+    problems = check(objects)
+    for problem in problems:
+        print(f"  - {problem}")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""PgBouncer in front of every service's database, sized from the pod counts (deploy/pooling.py):
+at the drop's ceilings its server connections fit PostgreSQL's max_connections, and every
+process but the migrations goes through it without preparing statements."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from deploy import policy, pooling, validate
+
+SERVICES = policy.FLOODGATE_SERVICES
+
+
+@pytest.mark.parametrize("target", validate.TARGETS)
+def test_every_rendering_pools_within_max_connections(targets, target):
+    objects = targets[target].objects
+    assert pooling.check(objects) == []
+    assert pooling.check_processes_use_the_pooler(objects) == []
+    assert set(pooling.pooler_settings(objects)) == set(SERVICES)
+
+
+def test_the_drop_at_its_ceilings_fits_the_database(drop, drop_config):
+    ceilings = {a.name: a.max for a in drop_config.autoscalers}
+    assert {hpa["metadata"]["name"]: hpa["spec"]["maxReplicas"]
+            for hpa in policy.of_kind(drop, "HorizontalPodAutoscaler")} == ceilings
+    clients = pooling.client_connections(drop)
+    # issue 14: 80 checkout pods x 4 workers x 8 threads, before consumers and relays
+    assert clients["checkout"] >= ceilings["checkout-api"] * 4 * 8 >= 2560
+    poolers = pooling.pooler_settings(drop)
+    for service, (_, ini) in poolers.items():
+        assert int(ini["max_client_conn"]) >= clients[service], service
+    servers = sum(pooling.replicas(d) * int(ini["max_db_connections"]) for d, ini in poolers.values())
+    assert servers < clients["checkout"] / 10  # what the pooler is for
+    assert pooling.server_connections(drop) <= pooling.max_connections(drop) == pooling.ASSUMED_MAX_CONNECTIONS
+
+
+def test_the_pool_sizes_are_those_derived_from_the_drops_ceilings(drop):
+    """pgbouncer.ini carries what `python -m deploy.pooling` computes: change drop.yaml's ceilings
+    or the PgBouncer replicas, and this names the numbers to write."""
+    planned = pooling.rendered_plan(drop)
+    for service, (_, ini) in pooling.pooler_settings(drop).items():
+        written = {key: int(ini[key]) for key in planned[service].ini()}
+        assert written == planned[service].ini(), service
+
+
+def test_dev_postgresql_is_given_room_for_the_poolers(dev):
+    assert pooling.max_connections(dev) == 200
+    assert pooling.server_connections(dev) <= 200
+
+
+def _deployment(objects, name):
+    return policy.find(objects, "Deployment", name)
+
+
+def test_a_ceiling_raised_past_the_pooler_is_refused(drop):
+    objects = copy.deepcopy(drop)
+    policy.find(objects, "HorizontalPodAutoscaler", "checkout-api")["spec"]["maxReplicas"] = 200
+    assert any("max_client_conn" in p and "checkout" in p for p in pooling.check(objects))
+
+
+def test_poolers_that_would_exhaust_max_connections_are_refused(drop):
+    objects = copy.deepcopy(drop)
+    _deployment(objects, "checkout-pgbouncer")["spec"]["replicas"] = 4
+    assert any("max_connections 200 <" in p for p in pooling.check(objects))
+
+
+def test_session_pooling_is_refused(dev):
+    objects = copy.deepcopy(dev)
+    config = next(c for c in policy.of_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("inventory-pgbouncer"))
+    config["data"]["pgbouncer.ini"] = config["data"]["pgbouncer.ini"].replace("pool_mode = transaction",
+                                                                              "pool_mode = session")
+    assert any("pool_mode 'session'" in p for p in pooling.check(objects))
+
+
+def test_a_process_around_the_pooler_or_preparing_statements_is_refused(dev):
+    objects = copy.deepcopy(dev)
+    api = policy.pod_spec(_deployment(objects, "checkout-api"))["containers"][0]
+    next(e for e in api["env"] if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"]["key"] = "url"
+    relay = policy.pod_spec(_deployment(objects, "inventory-relay"))["containers"][0]
+    relay["env"].append({"name": "DATABASE_PREPARED_STATEMENTS", "value": "true"})
+    problems = pooling.check_processes_use_the_pooler(objects)
+    assert any(p.startswith("Deployment/checkout-api") and "pooler-url" in p for p in problems), problems
+    assert any(p.startswith("Deployment/inventory-relay") and "prepares statements" in p for p in problems), problems
+
+
+def test_migrations_go_straight_to_postgresql(dev):
+    for job in policy.of_kind(dev, "Job"):
+        container = policy.pod_spec(job)["containers"][0]
+        source = next(e for e in container["env"] if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"]
+        assert source["key"] == "url", job["metadata"]["name"]

@@ -1,0 +1,41 @@
+"""Engines through a transaction pooler prepare nothing on the server; engines straight to
+PostgreSQL keep psycopg's default. No database is contacted: the arguments psycopg would be
+called with are caught on the way."""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from shared import db
+from shared.config import Settings
+
+URL = "postgresql+psycopg://floodgate@127.0.0.1:6432/floodgate_checkout"
+
+
+class Caught(Exception):
+    pass
+
+
+def psycopg_arguments(engine: sa.Engine) -> dict:
+    def catch(dialect, record, cargs, cparams):
+        raise Caught(cparams)
+
+    sa.event.listen(engine, "do_connect", catch)
+    try:
+        with pytest.raises(Caught) as caught:
+            engine.connect()
+        return caught.value.args[0]
+    finally:
+        engine.dispose()
+
+
+def test_an_engine_through_a_transaction_pooler_never_prepares_statements():
+    settings = Settings.from_env({"DATABASE_URL": URL, "DATABASE_PREPARED_STATEMENTS": "false"}, service_name="checkout")
+    arguments = psycopg_arguments(db.engine_for(settings, pool_size=2))
+    assert "prepare_threshold" in arguments and arguments["prepare_threshold"] is None
+
+
+def test_an_engine_straight_to_postgresql_keeps_psycopg_preparing_repeated_statements():
+    settings = Settings.from_env({"DATABASE_URL": URL}, service_name="checkout")
+    assert settings.database_prepared_statements is True
+    assert "prepare_threshold" not in psycopg_arguments(db.engine_for(settings, pool_size=2))
