@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from devtools.ports import free_ports
 
 
 def available() -> bool:
@@ -99,7 +100,7 @@ class LocalCluster:
         self._own_base = base_dir is None
         self.cookie = cookie or secrets.token_hex(20)
         run_id = uuid.uuid4().hex[:6]
-        ports = _free_ports(2 * size)
+        ports = free_ports(2 * size)
         self.nodes = [
             Node(name=f"{prefix}-{run_id}-{number}@localhost", port=ports.pop(), dist_port=ports.pop(),
                  home=self.base / f"node{number}")
@@ -332,16 +333,6 @@ def _scripts_dir() -> Path:
     return directory
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free local ports (all held open until each is known)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _tail(node: Node, lines: int = 30) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy.engine import make_url
+
+from devtools.ports import free_port
 
 INSTALL_HINT = "apt-get install -y pgbouncer (make integration installs it)"
 
@@ -34,12 +35,6 @@ def executable() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LocalPgBouncer:
     """One pgbouncer process: transaction pooling, every database of the server behind it,
     clients trusted (it listens on 127.0.0.1 only), at most `server_connections` server
@@ -49,7 +44,7 @@ class LocalPgBouncer:
         self.server = make_url(postgres_url)
         self.server_connections = server_connections
         self.max_client_conn = max_client_conn
-        self.port = _free_port()
+        self.port = free_port()
         self.directory: Path | None = None
         self.process: subprocess.Popen | None = None
 

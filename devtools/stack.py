@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import requests
 
+from devtools import ports
 from shared.db import create_database_if_missing
 from shared.migrate import upgrade
 
@@ -40,12 +41,7 @@ DEFAULT_PORTS = {
 
 def free_ports() -> dict[str, int]:
     """A free local port for each of the stack's listeners, for a stack beside `make run`'s."""
-    ports = {}
-    for name in DEFAULT_PORTS:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports[name] = sock.getsockname()[1]
-    return ports
+    return dict(zip(DEFAULT_PORTS, ports.free_ports(len(DEFAULT_PORTS))))
 
 
 @dataclass

@@ -10,7 +10,9 @@ restarts nobody else's.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
+from urllib.parse import quote
 from typing import Callable
 
 from sqlalchemy.engine import make_url
@@ -25,6 +27,13 @@ class TestInfra:
     restart_broker: Callable[[], None]
     restart_database: Callable[[], None]
     cleanup: Callable[[], None]
+    # A vhost of its own on the same broker, for a second stack whose consumers must not share
+    # the session stack's queues: (its AMQP URL, what deletes it).
+    new_vhost: Callable[[], tuple[str, Callable[[], None]]]
+
+
+def _vhost_name() -> str:
+    return f"floodgate-test-{uuid.uuid4().hex[:8]}"
 
 
 def docker_available() -> bool:
@@ -60,12 +69,21 @@ def from_containers() -> TestInfra:
         rabbit.stop()
         postgres.stop()
 
+    def new_vhost() -> tuple[str, Callable[[], None]]:
+        vhost = _vhost_name()
+        for command in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+            code, output = rabbit.exec(["rabbitmqctl", *command])
+            assert code == 0, output
+        url = f"amqp://guest:guest@{params.host}:{params.port}/{quote(vhost, safe='')}"
+        return url, lambda: rabbit.exec(["rabbitmqctl", "delete_vhost", vhost])
+
     return TestInfra(
         postgres_url=url.render_as_string(hide_password=False),
         amqp_url=f"amqp://guest:guest@{params.host}:{params.port}/%2F",
         restart_broker=restart_broker,
         restart_database=restart_database,
         cleanup=cleanup,
+        new_vhost=new_vhost,
     )
 
 
@@ -89,16 +107,30 @@ def from_environment() -> TestInfra:
             raise RuntimeError("restarting the broker needs rabbitmqctl")
         broker.restart()
 
+    def new_vhost() -> tuple[str, Callable[[], None]]:
+        if not broker.available():
+            raise RuntimeError("a second stack's vhost needs rabbitmqctl on this machine")
+        vhost, url = broker.private_vhost("floodgate-test")
+        return url, lambda: broker.delete_vhost(vhost)
+
     return TestInfra(postgres_url=postgres_url, amqp_url=amqp_url, restart_broker=restart_broker,
-                     restart_database=database.restart, cleanup=cleanup)
+                     restart_database=database.restart, cleanup=cleanup, new_vhost=new_vhost)
 
 
 def with_private_broker(postgres_url: str) -> TestInfra:
     """The session's own one-node broker beside the system's (TEST_BROKER=private): restarting it
     disturbs no one else on the machine."""
     node = broker.LocalCluster(size=1, prefix="floodgate-test").start()
+    first = node.nodes[0]
+
+    def new_vhost() -> tuple[str, Callable[[], None]]:
+        vhost = _vhost_name()
+        node.ctl(first, "add_vhost", vhost)
+        node.ctl(first, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return first.url.rsplit("/", 1)[0] + "/" + quote(vhost, safe=""), lambda: node.ctl(first, "delete_vhost", vhost)
+
     return TestInfra(postgres_url=postgres_url, amqp_url=node.amqp_url, restart_broker=node.restart,
-                     restart_database=database.restart, cleanup=node.stop)
+                     restart_database=database.restart, cleanup=node.stop, new_vhost=new_vhost)
 
 
 def provision() -> TestInfra:

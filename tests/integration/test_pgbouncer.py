@@ -41,8 +41,13 @@ def pgbouncer(infra):
 @pytest.fixture(scope="module")
 def pooled_stack(infra, pgbouncer, tmp_path_factory):
     var_dir = Path(tmp_path_factory.mktemp("pooled-stack"))
-    with running_stack(infra.postgres_url, infra.amqp_url, var_dir, pooler_url=pgbouncer.url) as stack:
-        yield stack
+    # a vhost of its own: on the session stack's, that stack's consumers would take half its events
+    amqp_url, delete_vhost = infra.new_vhost()
+    try:
+        with running_stack(infra.postgres_url, amqp_url, var_dir, pooler_url=pgbouncer.url) as stack:
+            yield stack
+    finally:
+        delete_vhost()
 
 
 def until_answered(request, deadline: float) -> requests.Response:
