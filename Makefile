@@ -10,6 +10,7 @@ help:
 	@echo "make run    - install, migrate and start the whole stack (Ctrl-C stops it)"
 	@echo "make demo   - against a running stack: sell a small drop and show the email"
 	@echo "make test   - unit, integration and Kubernetes manifest tests (installs what it needs)"
+	@echo "make images - build the four service images and smoke-test them (installs podman if no Docker)"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,3 +91,16 @@ BENCH_ARGS ?=
 # machine CPU per placed order split per process, pgbench and the naive checkout, same run
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.cost $(BENCH_ARGS)
+
+# --- Images (deploy/images.py; see deploy/k8s/README.md, "Images") ------------------------------
+IMAGES_ARGS ?=
+
+.PHONY: images images-smoke
+
+# build all four images (Docker if an engine answers, else podman, installed here) and smoke-test
+# each: read-only as UID 10001, /healthz answers, a worker's heartbeat check passes, size printed
+images: $(STAMP)
+	$(BIN)/python -m deploy.images build smoke $(IMAGES_ARGS)
+
+images-smoke: $(STAMP)
+	$(BIN)/python -m deploy.images smoke $(IMAGES_ARGS)
