@@ -22,6 +22,16 @@ def provider_behaviour(floodgate, **control):
 
 
 @contextlib.contextmanager
+def stopped(stack, name: str):
+    """Process `name` stopped for the block, started again after it whatever happens."""
+    stack.stop(name)
+    try:
+        yield
+    finally:
+        stack.start(name)
+
+
+@contextlib.contextmanager
 def restarted(stack, name: str, **env):
     """Run process `name` with extra environment for the block, then as before."""
     stack.stop(name)
@@ -231,15 +241,12 @@ def test_an_order_paid_in_time_keeps_its_unit_while_inventory_consumer_is_down(f
     so the sweeper cannot give a paid unit to someone else while inventory's consumer lags."""
     _, token = buyer
     drop = floodgate.create_drop(admin_token, quantity=2)
-    stack.stop("inventory-consumer")
-    try:
+    with stopped(stack, "inventory-consumer"):
         order = floodgate.place_order(token, drop["id"]).json()
         floodgate.pay(order)
         floodgate.wait_for_status(token, order["id"], "confirmed")
         # sold with nobody consuming order.confirmed: the sweeper, which releases holds, cannot touch it
         assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "sold"
-    finally:
-        stack.start("inventory-consumer")
     assert floodgate.get_drop(drop["id"])["remaining"] == 1
 
 
@@ -331,8 +338,7 @@ def test_a_confirmation_delivered_after_its_cancellation_takes_no_unit(floodgate
 
     _, token = buyer
     drop = floodgate.create_drop(admin_token, quantity=1)
-    stack.stop("inventory-consumer")
-    try:
+    with stopped(stack, "inventory-consumer"):
         order = floodgate.place_order(token, drop["id"]).json()
         floodgate.pay(order)
         floodgate.wait_for_status(token, order["id"], "confirmed")
@@ -341,8 +347,6 @@ def test_a_confirmation_delivered_after_its_cancellation_takes_no_unit(floodgate
         assert cancel.status_code == 200
         delivered = redeliver_reversed(stack, "inventory.events", order["id"], 2)
         assert [event_type for event_type, _ in delivered] == ["order.cancelled", "order.confirmed"]
-    finally:
-        stack.start("inventory-consumer")
     poll(lambda: _handled_by_inventory(stack, delivered), what="both events handled")
     assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "released"
     assert floodgate.get_drop(drop["id"])["remaining"] == 1
@@ -357,8 +361,7 @@ def test_an_expiry_delivered_after_a_late_payment_kept_the_unit_leaves_it_sold(f
     _, token = buyer
     with restarted(stack, "inventory-api", hold_ttl_seconds=2), restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
         drop = floodgate.create_drop(admin_token, quantity=1)
-        stack.stop("inventory-consumer")
-        try:
+        with stopped(stack, "inventory-consumer"):
             order = floodgate.place_order(token, drop["id"]).json()
             floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
             floodgate.pay(order)
@@ -366,8 +369,6 @@ def test_an_expiry_delivered_after_a_late_payment_kept_the_unit_leaves_it_sold(f
             assert "late payment" in kept["history"][-1]["reason"]
             delivered = redeliver_reversed(stack, "inventory.events", order["id"], 2)
             assert [event_type for event_type, _ in delivered] == ["order.confirmed", "order.expired"]
-        finally:
-            stack.start("inventory-consumer")
         poll(lambda: _handled_by_inventory(stack, delivered), what="both events handled")
     assert scalar(stack, "inventory", "SELECT status FROM reservations WHERE order_id = :id", id=order["id"]) == "sold"
     assert floodgate.get_drop(drop["id"])["remaining"] == 0
