@@ -4,13 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test unit integration migrate clean help
+.PHONY: run demo test unit integration clean help
 
 help:
-	@echo "make run    - install, migrate and start the whole stack (Ctrl-C stops it)"
-	@echo "make demo   - against a running stack: sell a small drop and show the email"
-	@echo "make test   - unit, integration and Kubernetes manifest tests (installs what it needs)"
-	@echo "make images - build the four service images and smoke-test them (installs podman if no Docker)"
+	@echo "make run             - install, migrate and start the whole stack (Ctrl-C stops it)"
+	@echo "make demo            - against a running stack: sell a small drop and show the email"
+	@echo "make test            - unit, integration and Kubernetes manifest tests (installs what it needs)"
+	@echo "make unit            - the unit tests alone (no network)"
+	@echo "make integration     - the integration tests alone (real processes and servers)"
+	@echo "make k8s-validate    - render every overlay, validate strictly, policies and their tests"
+	@echo "make k8s-drop OPENS_AT=...  - the drop overlay for an opening time, on stdout"
+	@echo "make images          - build the four service images and smoke-test them (installs podman if no Docker)"
+	@echo "make images-smoke    - smoke-test the images already built"
+	@echo "make bench           - cost per order: orders/s, latency, CPU per order split per process"
+	@echo "make bench-inventory - holds per second next to pgbench on the same statements"
+	@echo "make rehearsal       - a whole drop with 1,000 buyers and faults, the books checked"
+	@echo "make clean           - remove the virtualenv and everything under var/"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -11,7 +11,6 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from devtools import broker
 from devtools.stack import DEFAULT_PORTS, SERVICES, Infra, Stack, ensure_local_servers, free_ports
@@ -96,8 +95,3 @@ def running(var_dir: Path) -> Rig:
     )
     stack.wait_until_ready(timeout=10)
     return Rig(stack=stack, owned=False)
-
-
-def vhost_of(amqp_url: str) -> str:
-    path = urlsplit(amqp_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"

@@ -7,9 +7,10 @@ import random
 import re
 import secrets
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from shared import addresses as postal
+from shared.values import utc_now, uuid_or_none
 from services.accounts import tokens
 from services.accounts.errors import (
     AccountNotFound,
@@ -42,9 +43,6 @@ INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 INVITE_CODE_LENGTH = 12
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
 
 def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") -> Account:
     """A new account for `cmd` (email normalised, password checked by the schema), redeeming
@@ -58,7 +56,7 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") 
         password_hash=passwords.hash(cmd["password"]),
         role=role,
         tier=None,
-        created_at=_now(),
+        created_at=utc_now(),
     )
     uow.accounts.add(account)
     if cmd.get("invite_code"):
@@ -82,7 +80,7 @@ def open_session(
     so a throttled account costs no hashing and slows nobody else. Unknown emails are counted
     like known ones, so throttling reveals nothing either.
     """
-    now = _now()
+    now = utc_now()
     keys = throttle.keys(cmd["email"], cmd.get("client"))
     blocked_until = uow.login_throttles.blocked_until(list(keys), now)
     if blocked_until is not None:
@@ -137,7 +135,7 @@ def refresh_session(refresh_token: str, uow, issuer: TokenIssuer, refresh_ttl: t
     is revoked and the caller must sign in again. The new access token carries the account's
     current role and tier.
     """
-    now = _now()
+    now = utc_now()
     row = uow.refresh_tokens.get_for_update(tokens.refresh_token_hash(refresh_token))
     if row is None:
         raise InvalidRefreshToken("Sign in again.")
@@ -163,13 +161,13 @@ def end_session(refresh_token: str, uow) -> None:
         return
     signed_in = uow.sessions.get_for_update(row.session_id)
     if signed_in is not None and signed_in.revoked_at is None:
-        signed_in.revoked_at, signed_in.revoked_reason = _now(), "logout"
+        signed_in.revoked_at, signed_in.revoked_reason = utc_now(), "logout"
 
 
 def end_all_sessions(account_id: str, uow) -> int:
     """Log out everywhere: revoke every session of the account; returns how many."""
     account = find_account(account_id, uow)
-    return uow.sessions.revoke_all(account.id, _now(), "logout-everywhere")
+    return uow.sessions.revoke_all(account.id, utc_now(), "logout-everywhere")
 
 
 def signing_key(uow, now: datetime, key_encryption: KeyEncryptionKeys) -> SigningKey:
@@ -189,7 +187,7 @@ def signing_key(uow, now: datetime, key_encryption: KeyEncryptionKeys) -> Signin
 
 def published_keys(uow, key_encryption: KeyEncryptionKeys) -> dict:
     """The JWKS: every non-retired key, so tokens signed before a rotation still verify."""
-    signing_key(uow, _now(), key_encryption)
+    signing_key(uow, utc_now(), key_encryption)
     return tokens.key_set(uow.signing_keys.active())
 
 
@@ -222,7 +220,7 @@ def rotate_keys(
     """Start signing with a new key. The previous keys stay published; with
     `retire_superseded_for`, those that stopped signing at least that long ago are retired
     (their tokens have expired once it exceeds the token lifetime; zero retires them all now)."""
-    now = _now()
+    now = utc_now()
     uow.signing_keys.lock()
     previous = uow.signing_keys.active()
     key = tokens.new_signing_key(now, key_encryption)
@@ -265,7 +263,7 @@ def purge_spent_refresh_tokens(uow, retention: timedelta, batch_size: int) -> di
 
     Within the retention a used token is still known, so presenting it again still revokes its
     session (a theft); after it, that token is refused as unknown, without the revocation."""
-    cutoff = _now() - retention
+    cutoff = utc_now() - retention
     purges = {
         "used": uow.refresh_tokens.delete_used_before,
         "expired": uow.refresh_tokens.delete_expired_before,
@@ -286,7 +284,7 @@ def purge_spent_refresh_tokens(uow, retention: timedelta, batch_size: int) -> di
 def issue_invite(cmd: dict, uow, issued_by: str | None = None) -> Invite:
     """A new invite code for `cmd["tier"]`; `invite.issued` when it is for a person (`email`),
     so notifications can send it."""
-    now = _now()
+    now = utc_now()
     invite = Invite(
         id=uuid.uuid4(),
         code="".join(secrets.choice(INVITE_ALPHABET) for _ in range(INVITE_CODE_LENGTH)),
@@ -296,7 +294,7 @@ def issue_invite(cmd: dict, uow, issued_by: str | None = None) -> Invite:
         uses=0,
         expires_at=cmd.get("expires_at"),
         created_at=now,
-        created_by=_uuid_or_none(issued_by),
+        created_by=uuid_or_none(issued_by),
     )
     uow.invites.add(invite)
     if invite.email:
@@ -317,7 +315,7 @@ def redeem_invite(code: str, account: Account, uow, field: str = "code") -> Acco
     """Give `account` the invite's tier. Redeeming the same invite again changes nothing; an
     unknown, expired, used-up or someone else's code is one `InviteNotUsable` on `field`."""
     invite = uow.invites.by_code_for_update(normalise_code(code))
-    now = _now()
+    now = utc_now()
     if invite is None or (invite.email and invite.email != account.email):
         raise InviteNotUsable(field)
     if uow.invites.redeemed_by(invite.id, account.id):
@@ -345,7 +343,7 @@ def save_address(account_id: str, fields: dict, uow, max_addresses: int = 20) ->
     normalised = postal.normalise(fields)
     if len(uow.addresses.of(account.id)) >= max_addresses:
         raise TooManyAddresses(f"Keep at most {max_addresses} addresses; delete one first.")
-    address = Address(id=uuid.uuid4(), account_id=account.id, created_at=_now(), **normalised)
+    address = Address(id=uuid.uuid4(), account_id=account.id, created_at=utc_now(), **normalised)
     uow.addresses.add(address)
     return address
 
@@ -357,7 +355,7 @@ def addresses_of(account_id: str, uow) -> list[Address]:
 def find_address(account_id: str | None, address_id: str, uow) -> Address:
     """The address, if it belongs to `account_id` (any account's for `None`, the service
     lookup); another buyer's address is as unknown as a missing one."""
-    address = uow.addresses.get(_uuid_or_none(address_id)) if _uuid_or_none(address_id) else None
+    address = uow.addresses.get(uuid_or_none(address_id)) if uuid_or_none(address_id) else None
     if address is None or (account_id is not None and str(address.account_id) != account_id):
         raise AddressNotFound("No such address.")
     return address
@@ -366,9 +364,3 @@ def find_address(account_id: str | None, address_id: str, uow) -> Address:
 def delete_address(account_id: str, address_id: str, uow) -> None:
     uow.addresses.delete(find_address(account_id, address_id, uow))
 
-
-def _uuid_or_none(value) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value is not None else None
-    except ValueError:
-        return None

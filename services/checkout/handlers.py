@@ -7,7 +7,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -18,6 +18,7 @@ from services.checkout.models import AddressAllowance, Order, OrderTransition, P
 from services.checkout.payments import PaymentProvider
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
+from shared.values import utc_now, uuid_or_none
 
 log = logging.getLogger("floodgate.checkout")
 ORDER_ID_NAMESPACE = uuid.UUID("6f1c6a52-3b1e-4a8e-9a55-8f4f8d0e7a10")
@@ -102,7 +103,7 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         raise errors.AddressLimitReached(
             f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
         )
-    placed_at = _now()
+    placed_at = utc_now()
     order = Order(
         id=order_id,
         buyer_id=cmd.buyer_id,
@@ -209,7 +210,7 @@ def order_document(order: Order, settings) -> dict:
 
 
 def find_order(uow, order_id: str, lock: bool = False) -> Order | None:
-    order_uuid = _uuid_or_none(order_id)
+    order_uuid = uuid_or_none(order_id)
     if order_uuid is None:
         return None
     return uow.session.get(Order, order_uuid, with_for_update=lock)
@@ -239,7 +240,7 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
     bind_order_id(notice.order_id)
     first_time = uow.session.execute(
         pg.insert(PaymentEvent)
-        .values(provider_event_id=notice.event_id, order_id=_uuid_or_none(notice.order_id), event_type=notice.event_type)
+        .values(provider_event_id=notice.event_id, order_id=uuid_or_none(notice.order_id), event_type=notice.event_type)
         .on_conflict_do_nothing()
         .returning(PaymentEvent.provider_event_id)
     ).first()
@@ -267,7 +268,7 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
         _request_refund(order, uow, notice.capture_id, "the amount paid differs from the order total", paid=notice)
         return "amount-mismatch-refunded"
     order.payment_capture_id = notice.capture_id
-    if order.status == orders.AWAITING_PAYMENT and _now() <= order.hold_expires_at:
+    if order.status == orders.AWAITING_PAYMENT and utc_now() <= order.hold_expires_at:
         return _on_time_payment(order, uow, inventory, settings)
     if order.status in (orders.AWAITING_PAYMENT, orders.EXPIRED, orders.PAYMENT_FAILED):
         return _late_payment(order, uow, inventory, settings)
@@ -311,7 +312,7 @@ def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> st
 
 def _confirm(order: Order, uow, settings, reason: str) -> None:
     orders.move(order, orders.CONFIRMED, reason)
-    order.confirmed_at = _now()
+    order.confirmed_at = utc_now()
     data = order_document(order, settings)
     data["confirmed_at"] = order.confirmed_at.isoformat()
     uow.publish("order.confirmed", data)
@@ -344,7 +345,7 @@ def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
         return order
     paid = order.status == orders.CONFIRMED
     orders.move(order, orders.CANCELLED, "cancelled by an admin" if by_admin else "cancelled by the buyer")
-    order.cancelled_at = _now()
+    order.cancelled_at = utc_now()
     refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
     _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
                reason="cancelled before shipping", refund=refund)
@@ -355,7 +356,7 @@ def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
 
 def ship_order(order: Order, uow, settings) -> Order:
     orders.move(order, orders.SHIPPED, "handed to the carrier")
-    order.shipped_at = _now()
+    order.shipped_at = utc_now()
     data = order_document(order, settings)
     data["shipped_at"] = order.shipped_at.isoformat()
     uow.publish("order.shipped", data)
@@ -382,7 +383,7 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     bind_order_id(str(order.id))
     refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
     order.refund_id = refund.refund_id
-    order.refunded_at = _now()
+    order.refunded_at = utc_now()
     document = order_document(order, settings)
     document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
                     reason=data.get("reason", ""))
@@ -397,7 +398,7 @@ def on_reservation_lost(envelope, uow, settings) -> None:
         return
     bind_order_id(str(order.id))
     orders.move(order, orders.CANCELLED, "the reserved unit was lost; payment refunded")
-    order.cancelled_at = _now()
+    order.cancelled_at = utc_now()
     refund = {"amount": order.total_amount, "currency": order.currency}
     _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
                reason="we could not keep your unit", refund=refund)
@@ -420,12 +421,3 @@ def event_handlers(provider: PaymentProvider, settings) -> dict:
     }
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _uuid_or_none(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return None

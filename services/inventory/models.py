@@ -124,9 +124,6 @@ class Drop(Base):
             for shard, units in enumerate(spread(self.quantity, self.stock_shards))
         ]
 
-    def is_open_at(self, now: datetime) -> bool:
-        return self.opens_at <= now < self.closes_at
-
     def state_at(self, now: datetime, remaining: int) -> str:
         if now < self.opens_at:
             return SCHEDULED

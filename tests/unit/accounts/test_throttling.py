@@ -23,7 +23,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(handlers, "_now", clock)
+    monkeypatch.setattr(handlers, "utc_now", clock)
     return clock
 
 
