@@ -94,7 +94,6 @@ def jwks():
 def me():
     with unit_of_work() as uow:
         account = handlers.find_account(current_principal().subject, uow)
-        # dumped inside the block: leaving it rolls back, which expires what was loaded
         return schemas.AccountSchema().dump(account)
 
 

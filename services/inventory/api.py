@@ -30,7 +30,6 @@ def add_product():
 @operation("Show a product", response=schemas.ProductSchema, errors=(404,))
 def show_product(product_id: str):
     with unit_of_work() as uow:
-        # Dumped inside the block: leaving it rolls back, which expires what was loaded.
         return schemas.ProductSchema().dump(handlers.show_product(product_id, uow))
 
 
@@ -72,7 +71,6 @@ def change_drop(drop_id: str):
 @operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,))
 def show_drop(drop_id: str):
     with unit_of_work() as uow:
-        # Dumped inside the block: leaving it rolls back, which expires what was loaded.
         return schemas.DropSchema().dump(handlers.show_drop(drop_id, uow))
 
 

@@ -34,7 +34,6 @@ def unit_of_work() -> UnitOfWork:
 def list_deliveries():
     query = web.load(DeliveryQuerySchema(), request.args.to_dict())
     with unit_of_work() as uow:
-        # dumped inside: leaving a read-only unit of work rolls back, which expires what it loaded
         return jsonify(DeliverySchema(many=True).dump(handlers.find_deliveries(query, uow)))
 
 
