@@ -133,7 +133,7 @@ class Stack:
         }
         for service in SERVICES:
             specs[f"{service}-api"] = (
-                [gunicorn, "-c", f"services/{service}/gunicorn.conf.py", "--bind", f"127.0.0.1:{self.ports[service]}",
+                [gunicorn, "-c", "python:shared.gunicorn_defaults", "--bind", f"127.0.0.1:{self.ports[service]}",
                  f"services.{service}.app:create_app()"],
                 service,
             )

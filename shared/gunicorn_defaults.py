@@ -1,4 +1,4 @@
-"""gunicorn settings every service's `gunicorn.conf.py` starts from.
+"""gunicorn settings of every service's API: `gunicorn -c python:shared.gunicorn_defaults APP`.
 
 `BIND`, `WEB_CONCURRENCY` and `GUNICORN_THREADS` tune a deployment without a code change;
 `METRICS_BIND` (HOST:PORT) moves `/metrics` off `BIND` to a port of its own.

@@ -1,5 +1,5 @@
-"""The APIs' gunicorn as the images run it: a real gunicorn with a service's gunicorn.conf.py (which
-starts from shared/gunicorn_defaults.py) serving a small WSGI app, under the pod's conditions: a
+"""The APIs' gunicorn as the images run it: a real gunicorn with the services' settings
+(`-c python:shared.gunicorn_defaults`) serving a small WSGI app, under the pod's conditions: a
 home directory nobody can write (the image's user has /nonexistent, on a read-only root) and, as in
 the manifests, /metrics on a port of its own."""
 from __future__ import annotations
@@ -41,7 +41,7 @@ def gunicorn(tmp_path, metrics_port: int | None = None):
     if metrics_port:
         env["METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "services/checkout/gunicorn.conf.py", "--log-level", "debug",
+        [sys.executable, "-m", "gunicorn", "-c", "python:shared.gunicorn_defaults", "--log-level", "debug",
          "--pythonpath", str(tmp_path), "probe_app:app"],
         cwd=render.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log: list[str] = []

@@ -1,1 +1,0 @@
-from shared.gunicorn_defaults import *  # noqa
