@@ -27,7 +27,7 @@ class Account(Base):
     password_hash: orm.Mapped[str] = orm.mapped_column(sa.String(255))
     role: orm.Mapped[str] = orm.mapped_column(sa.String(16))
     tier: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
-    created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
     __table_args__ = (sa.CheckConstraint(f"role IN {ROLES}", name="accounts_role"),)
 
@@ -44,7 +44,7 @@ class SigningKey(Base):
     encrypted_private_key: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     private_key_pem: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     public_jwk: orm.Mapped[dict] = orm.mapped_column(pg.JSONB)
-    created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     retired_at: orm.Mapped[datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
 
 
@@ -53,6 +53,11 @@ class Session(Base):
     them all; its access tokens run out on their own within their short lifetime."""
 
     __tablename__ = "sessions"
+    __table_args__ = (
+        sa.Index("sessions_account_id", "account_id"),
+        # what the purge of spent refresh tokens looks for
+        sa.Index("sessions_revoked_at", "revoked_at", postgresql_where=sa.text("revoked_at IS NOT NULL")),
+    )
 
     id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), primary_key=True)
     account_id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), sa.ForeignKey("accounts.id", ondelete="CASCADE"))
@@ -66,6 +71,11 @@ class RefreshToken(Base):
     fast hash is enough). `used_at` is set when it is exchanged; a second use is a theft."""
 
     __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        sa.Index("refresh_tokens_session_id", "session_id"),
+        sa.Index("refresh_tokens_expires_at", "expires_at"),
+        sa.Index("refresh_tokens_used_at", "used_at", postgresql_where=sa.text("used_at IS NOT NULL")),
+    )
 
     token_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
     session_id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), sa.ForeignKey("sessions.id", ondelete="CASCADE"))
@@ -79,6 +89,7 @@ class LoginThrottle(Base):
     every worker, and until when that key is refused without checking a password."""
 
     __tablename__ = "login_throttle"
+    __table_args__ = (sa.Index("login_throttle_last_failure_at", "last_failure_at"),)
 
     key: orm.Mapped[str] = orm.mapped_column(sa.String(300), primary_key=True)
     failures: orm.Mapped[int] = orm.mapped_column(sa.Integer)
@@ -96,7 +107,7 @@ class Invite(Base):
     email: orm.Mapped[str | None] = orm.mapped_column(sa.String(254))
     tier: orm.Mapped[str] = orm.mapped_column(sa.String(64))
     max_uses: orm.Mapped[int] = orm.mapped_column(sa.Integer)
-    uses: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    uses: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
     expires_at: orm.Mapped[datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
     created_by: orm.Mapped[uuid.UUID | None] = orm.mapped_column(pg.UUID(as_uuid=True))
@@ -114,6 +125,7 @@ class Address(Base):
     """A buyer's saved shipping address, stored as `shared.addresses.normalise` returns it."""
 
     __tablename__ = "addresses"
+    __table_args__ = (sa.Index("addresses_account_id", "account_id"),)
 
     id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), primary_key=True)
     account_id: orm.Mapped[uuid.UUID] = orm.mapped_column(pg.UUID(as_uuid=True), sa.ForeignKey("accounts.id", ondelete="CASCADE"))

@@ -15,6 +15,8 @@ class Base(DeclarativeBase):
 
 class Order(Base):
     __tablename__ = "orders"
+    # a buyer's orders, newest first (GET /orders)
+    __table_args__ = (sa.Index("orders_buyer_newest", "buyer_id", sa.text("created_at DESC")),)
 
     id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
     buyer_id: Mapped[str] = mapped_column(sa.String(64), index=True)

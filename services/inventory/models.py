@@ -60,14 +60,15 @@ class Drop(Base):
     product_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("products.id"), index=True)
     quantity: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     # Units added after scheduling; the stock a drop ever had is quantity + restocked.
-    restocked: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
-    stock_shards: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=1)
+    restocked: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
+    stock_shards: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=1, server_default="1")
     opens_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
     closes_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True))
-    per_buyer_limit: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1)
+    per_buyer_limit: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1, server_default="1")
     invite_only_until: orm.Mapped[datetime | None] = orm.mapped_column(sa.DateTime(timezone=True), nullable=True)
     invite_tier: orm.Mapped[str | None] = orm.mapped_column(sa.String(64), nullable=True)
-    shipping_countries: orm.Mapped[list[str]] = orm.mapped_column(pg.ARRAY(sa.String(2)), default=list)
+    shipping_countries: orm.Mapped[list[str]] = orm.mapped_column(pg.ARRAY(sa.String(2)), default=list,
+                                                                   server_default=sa.text("'{}'"))
     hold_ttl_seconds: orm.Mapped[int | None] = orm.mapped_column(sa.Integer, nullable=True)
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 

@@ -25,6 +25,13 @@ class Delivery(Base):
     """
 
     __tablename__ = "deliveries"
+    __table_args__ = (
+        # who was mailed what, whatever the address's case (the admin API's search)
+        sa.Index("deliveries_to_address", sa.text("lower(to_address)")),
+        sa.Index("deliveries_status", "status", "updated_at"),
+        # the oldest event still waiting for its email, for /metrics
+        sa.Index("deliveries_pending_since", "occurred_at", postgresql_where=sa.text("status = 'retrying'")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     event_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
@@ -34,11 +41,11 @@ class Delivery(Base):
     subject: Mapped[str | None] = mapped_column(sa.String(300))
     status: Mapped[str] = mapped_column(sa.String(20))
     message_id: Mapped[str] = mapped_column(sa.String(200))
-    attempts: Mapped[int] = mapped_column(sa.Integer, default=1)
-    retries: Mapped[int] = mapped_column(sa.Integer, default=0)
-    dead_letters: Mapped[int] = mapped_column(sa.Integer, default=0)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+    retries: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    dead_letters: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     occurred_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     handled_by: Mapped[str | None] = mapped_column(sa.String(200))
