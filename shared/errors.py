@@ -79,14 +79,20 @@ class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 
 
-class ServiceUnavailable(Problem):
-    """503 with `Retry-After`: a dependency is down; the caller should come back shortly."""
-
-    status, slug, title = 503, "unavailable", "Temporarily unavailable"
+class RetryLater(Problem):
+    """A problem that tells the caller when to come back: `Retry-After`, in seconds. Every 429
+    and 503 is one (checkout's load-shedding middleware, which answers before Flask, sets the
+    same header on its own response)."""
 
     def __init__(self, detail: str | None = None, retry_after: int = 1, **kwargs: Any):
         kwargs.setdefault("headers", {"Retry-After": str(retry_after)})
         super().__init__(detail, **kwargs)
+
+
+class ServiceUnavailable(RetryLater):
+    """503 with `Retry-After`: a dependency is down; the caller should come back shortly."""
+
+    status, slug, title = 503, "unavailable", "Temporarily unavailable"
 
 
 class DatabaseUnavailable(ServiceUnavailable):

@@ -1,5 +1,5 @@
 """Accounts' typed errors; shared.errors renders them as problem+json."""
-from shared.errors import Conflict, InvalidRequest, NotFound, Problem, ServiceUnavailable, Unauthorized
+from shared.errors import Conflict, InvalidRequest, NotFound, RetryLater, ServiceUnavailable, Unauthorized
 
 
 class EmailTaken(Conflict):
@@ -24,15 +24,13 @@ class SigningUnavailable(ServiceUnavailable):
     slug, title = "signing-unavailable", "Tokens cannot be issued right now"
 
 
-class SignInThrottled(Problem):
+class SignInThrottled(RetryLater):
     """Too many failed sign-ins for this account or from this client; says which neither."""
 
     status, slug, title = 429, "too-many-sign-in-attempts", "Too many sign-in attempts"
 
     def __init__(self, retry_after: int):
-        super().__init__(
-            "Too many failed sign-in attempts; wait before trying again.", headers={"Retry-After": str(retry_after)}
-        )
+        super().__init__("Too many failed sign-in attempts; wait before trying again.", retry_after=retry_after)
 
 
 class InvalidRefreshToken(Unauthorized):

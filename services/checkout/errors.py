@@ -1,5 +1,5 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
-from shared.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unauthorized
+from shared.errors import Conflict, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
 
 
 class SoldOut(Problem):
@@ -50,9 +50,5 @@ class AddressLimitReached(Problem):
     status, slug, title = 409, "address-limit-exceeded", "Purchase limit reached for this shipping address"
 
 
-class TooBusy(Problem):
+class TooBusy(RetryLater):
     status, slug, title = 429, "too-busy", "Checkout is at capacity"
-
-    def __init__(self, detail=None, retry_after: int = 1, **kwargs):
-        kwargs.setdefault("headers", {"Retry-After": str(retry_after)})
-        super().__init__(detail, **kwargs)
