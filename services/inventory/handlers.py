@@ -582,21 +582,22 @@ def _note_order_version(reservation: Reservation, version: int | None) -> None:
         reservation.order_version = version
 
 
-def _is_stale(envelope, reservation: Reservation) -> bool:
-    """An order event older than what the reservation already acted on: a retried or delayed
-    delivery (a late payment re-held the unit after `order.expired` was sent, say, or a retried
-    `order.confirmed` after `order.cancelled`). Applying it would undo the newer state, so it is
-    dropped; an equal version is applied again, harmlessly. Events without a version (from a
-    checkout older than versioning) are applied as they come."""
+def _accept_order_event(envelope, reservation: Reservation) -> bool:
+    """False for an order event older than what the reservation already acted on: a retried or
+    delayed delivery (a late payment re-held the unit after `order.expired` was sent, say, or a
+    retried `order.confirmed` after `order.cancelled`). Applying it would undo the newer state, so
+    it is dropped. Otherwise the reservation notes the event's version and True: an equal version
+    is applied again, harmlessly, and events without a version (from a checkout older than
+    versioning) are applied as they come."""
     version = envelope.data.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        return False
+        return True
     if version < reservation.order_version:
         log.warning("stale order event ignored", extra={
             "event_type": envelope.type, "event_version": version, "order_version": reservation.order_version})
-        return True
-    reservation.order_version = version
-    return False
+        return False
+    _note_order_version(reservation, version)
+    return True
 
 
 def on_order_confirmed(envelope, uow) -> None:
@@ -604,7 +605,7 @@ def on_order_confirmed(envelope, uow) -> None:
     reservation = find_reservation(order_id, uow, for_update=True)
     if reservation is None:
         raise PermanentFailure("a confirmed order has no reservation")
-    if _is_stale(envelope, reservation):
+    if not _accept_order_event(envelope, reservation):
         return
     if reservation.status == HELD:
         reservation.status = SOLD
@@ -634,7 +635,7 @@ def on_order_ended(envelope, uow) -> None:
     if reservation is None:
         log.warning("no reservation to release", extra={"event_type": envelope.type})
         return
-    if _is_stale(envelope, reservation):
+    if not _accept_order_event(envelope, reservation):
         return
     if reservation.status != RELEASED:
         _release([reservation], uow)

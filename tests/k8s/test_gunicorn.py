@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from devtools.client import poll
 from devtools.ports import free_port
 
 from deploy import render
@@ -47,16 +47,16 @@ def gunicorn(tmp_path, metrics_port: int | None = None):
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True)
     reader.start()
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError("gunicorn exited:\n" + "".join(log))
+        try:
+            return bool(get(port, "/"))
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                get(port, "/")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("gunicorn did not start:\n" + "".join(log)) from None
-                time.sleep(0.1)
+        poll(answers, timeout=30, what="gunicorn to answer")
         yield port, log
     finally:
         process.terminate()
@@ -66,13 +66,8 @@ def gunicorn(tmp_path, metrics_port: int | None = None):
 
 def wait_for_line(log: list[str], *fragments: str) -> str:
     """The first log line with one of the fragments, polling for up to 30 s."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = next((line for line in list(log) if any(f in line for f in fragments)), None)
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"no log line with {fragments}:\n" + "".join(log))
+    return poll(lambda: next((line for line in list(log) if any(f in line for f in fragments)), None),
+                timeout=30, interval=0.05, what=f"a log line with {fragments}")
 
 
 def get(port: int, path: str, host: str | None = None) -> tuple[int, str]:

@@ -6,6 +6,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
+from shared.messaging.frozen_migrations import create_outbox_and_inbox_v1, drop_outbox_and_inbox_v1
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -28,28 +30,9 @@ def upgrade():
     # The admin API looks addresses up case-insensitively.
     op.create_index("deliveries_to_address", "deliveries", [sa.text("lower(to_address)")])
     # Notifications publishes nothing today; the outbox is there so every service looks alike.
-    # The outbox and inbox as shared/messaging/outbox.py defined them at this revision, spelled
-    # out: a later change to the shared tables comes with a migration of its own.
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("event_id", pg.UUID(as_uuid=False), nullable=False, unique=True),
-        sa.Column("event_type", sa.String(100), nullable=False),
-        sa.Column("envelope", pg.JSONB, nullable=False),
-        sa.Column("request_id", sa.String(128)),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        sa.Column("published_at", sa.DateTime(timezone=True)),
-    )
-    op.create_index("outbox_pending", "outbox", ["id"], postgresql_where=sa.text("published_at IS NULL"))
-    op.create_table(
-        "inbox",
-        sa.Column("message_id", sa.String(128), primary_key=True),
-        sa.Column("event_type", sa.String(100), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    )
+    create_outbox_and_inbox_v1()  # as they were at this revision (frozen)
 
 
 def downgrade():
-    op.drop_table("inbox")
-    op.drop_table("outbox")
+    drop_outbox_and_inbox_v1()
     op.drop_table("deliveries")
