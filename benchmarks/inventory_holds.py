@@ -4,7 +4,7 @@
     make bench-inventory
 
 For a drop whose stock sits in 1 row and then in N rows, it measures
-  - python:  `handlers.reserve` through a UnitOfWork (SQLAlchemy, psycopg), the code behind
+  - python:  `reservations.reserve` through a UnitOfWork (SQLAlchemy, psycopg), the code behind
              `POST /reservations` minus HTTP and JSON, from processes x threads clients;
   - pgbench: the same statements in the same transaction shape, with as many clients,
 on the same scratch database in the same run, and prints both and their ratio. The database is
@@ -33,17 +33,18 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.inventory import handlers  # noqa: E402
+from services.inventory.handlers import drops, reservations  # noqa: E402
 from services.inventory.commands import AddProduct, ReserveStock, ScheduleDrop  # noqa: E402
 from shared import db  # noqa: E402
+from services.inventory.bootstrap import MIGRATIONS  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 
 UNITS = 1_000_000  # more than any run sells, so every attempt is a hold
 HOLD_TTL_SECONDS = 600
 
-# What `handlers.reserve` sends for a new order that gets a unit (services/inventory/handlers.py:
-# `reserve`, `_hold`, `take_stock`); the counts wrapped around the stock updates only let pgbench
-# branch the way the Python code does.
+# What `reservations.reserve` sends for a new order that gets a unit
+# (services/inventory/handlers/reservations.py: `reserve`, `_hold`, `take_stock`); the counts
+# wrapped around the stock updates only let pgbench branch the way the Python code does.
 PGBENCH_SCRIPT = """\
 SELECT gen_random_uuid() AS order_id \\gset
 BEGIN;
@@ -84,8 +85,8 @@ def log(message: str) -> None:
 def schedule(session_factory, shards: int) -> uuid.UUID:
     now = datetime.now(timezone.utc)
     with db.UnitOfWork(session_factory, "inventory") as uow:
-        product = handlers.add_product(AddProduct(f"BENCH-{uuid.uuid4().hex[:8]}", "bench", "", 100, "EUR"), uow)
-        drop = handlers.schedule_drop(
+        product = drops.add_product(AddProduct(f"BENCH-{uuid.uuid4().hex[:8]}", "bench", "", 100, "EUR"), uow)
+        drop = drops.schedule_drop(
             ScheduleDrop(product.id, UNITS, now - timedelta(minutes=1), now + timedelta(hours=2), 1, stock_shards=shards),
             uow,
         )
@@ -107,7 +108,7 @@ def _client_process(url: str, drop_id: uuid.UUID, threads: int, ready, start, st
         while time.time() < stop_at.value:
             with db.UnitOfWork(session_factory, "inventory") as uow:
                 order_id = uuid.uuid4()
-                handlers.reserve(ReserveStock(order_id, drop_id, f"buyer-{order_id}", 1), uow, HOLD_TTL_SECONDS)
+                reservations.reserve(ReserveStock(order_id, drop_id, f"buyer-{order_id}", 1), uow, HOLD_TTL_SECONDS)
                 uow.commit()
             with counts.get_lock():
                 counts[slot] += 1
@@ -229,7 +230,7 @@ def main() -> None:
     engine = db.make_engine(url, pool_size=1)
     results = []
     try:
-        upgrade("inventory", url)
+        upgrade(MIGRATIONS, url)
         session_factory = db.make_session_factory(engine)
         for shards in (1, args.shards):
             rows = f"{shards} row{'s' if shards > 1 else ''}"

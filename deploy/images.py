@@ -1,9 +1,10 @@
 """Build every service's image and smoke-test it: `make images` (python -m deploy.images).
 
-`build` uses a Docker engine when one answers, otherwise podman (the Debian packages, installed
-here when missing). When the Dockerfiles' base image (`python:3.11-slim-bookworm`) cannot be
+`build` makes every image from deploy/Dockerfile, naming the service in its `SERVICE` build
+argument, with a Docker engine when one answers, otherwise podman (the Debian packages, installed
+here when missing). When the Dockerfile's base image (`python:3.11-slim-bookworm`) cannot be
 pulled, it builds a base from Debian's own repositories with mmdebstrap, imports it into podman,
-and passes it through the Dockerfiles' `PYTHON_IMAGE` build argument. That base is cached, keyed
+and passes it through the Dockerfile's `PYTHON_IMAGE` build argument. That base is cached, keyed
 by everything that makes it: as a tarball in var/images/ (what CI caches) and as a podman image.
 
 `smoke` runs each image the way Kubernetes does (read-only root, /tmp a tmpfs, UID 10001):
@@ -33,6 +34,7 @@ from devtools.ports import free_port
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "images"
 SERVICES = ("accounts", "inventory", "checkout", "notifications")
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 UPSTREAM_BASE = "docker.io/library/python:3.11-slim-bookworm"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -40,7 +42,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_PACKAGES = ("podman", "buildah", "runc", "mmdebstrap", "uidmap", "fuse-overlayfs", "slirp4netns",
                  "netavark", "aardvark-dns")
 
-# The base made from Debian: the Dockerfiles need python (python-is-python3), venv, the CA
+# The base made from Debian: the Dockerfile needs python (python-is-python3), venv, the CA
 # certificates, and groupadd/useradd (passwd, not in minbase).
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates", "passwd")
@@ -180,7 +182,7 @@ def debian_base(eng: Engine) -> str:
 
 
 def base_image(eng: Engine, choice: str) -> str:
-    """The PYTHON_IMAGE to build on: the Dockerfiles' own when it can be had, else Debian's."""
+    """The PYTHON_IMAGE to build on: the Dockerfile's own when it can be had, else Debian's."""
     if choice == "debian":
         return debian_base(eng)
     if eng.has_image(UPSTREAM_BASE):
@@ -206,8 +208,8 @@ def build(eng: Engine, base: str, tag: str, services: tuple[str, ...]) -> dict[s
     for service in services:
         log(f"building {image_name(service, tag)} on {base} ...")
         started = time.monotonic()
-        args = ["build", "--file", f"services/{service}/Dockerfile", "--tag", image_name(service, tag),
-                "--build-arg", f"PYTHON_IMAGE={base}", "--network", "host"]
+        args = ["build", "--file", str(DOCKERFILE), "--tag", image_name(service, tag),
+                "--build-arg", f"SERVICE={service}", "--build-arg", f"PYTHON_IMAGE={base}", "--network", "host"]
         if HOST_CA_BUNDLE.exists():
             args += ["--secret", f"id=ca-bundle,src={HOST_CA_BUNDLE}"]
         if eng.command == "podman":
@@ -221,10 +223,10 @@ def build(eng: Engine, base: str, tag: str, services: tuple[str, ...]) -> dict[s
 # --- smoke test ------------------------------------------------------------------------------
 
 WORKERS = {
-    "accounts": ["-m", "shared.messaging.relay", "accounts"],
-    "inventory": ["-m", "services.inventory.consumer"],
-    "checkout": ["-m", "services.checkout.consumer"],
-    "notifications": ["-m", "services.notifications.consumer"],
+    "accounts": ["-m", "services.accounts", "relay"],
+    "inventory": ["-m", "services.inventory", "consumer"],
+    "checkout": ["-m", "services.checkout", "consumer"],
+    "notifications": ["-m", "services.notifications", "consumer"],
 }
 
 
@@ -329,7 +331,7 @@ def smoke(eng: Engine, tag: str, services: tuple[str, ...]) -> bool:
         for service in services:
             size = eng.image_size(image_name(service, tag))
             try:
-                test.oneshot(service, "-m", "shared.migrate", service, "--create-database")
+                test.oneshot(service, "-m", f"services.{service}", "migrate", "--create-database")
                 healthz = test.api(service)
                 heartbeat = test.worker(service)
             except (SmokeFailure, subprocess.TimeoutExpired) as failure:
@@ -349,7 +351,7 @@ def main() -> None:
     parser.add_argument("steps", nargs="*", choices=("build", "smoke"), default=["build", "smoke"])
     parser.add_argument("--tag", default="local")
     parser.add_argument("--base", choices=("auto", "upstream", "debian"), default="auto",
-                        help="auto: the Dockerfiles' base when it can be pulled, else one made from Debian")
+                        help="auto: the Dockerfile's base when it can be pulled, else one made from Debian")
     parser.add_argument("--service", action="append", choices=SERVICES, help="only these (repeatable)")
     args = parser.parse_args()
     services = tuple(args.service or SERVICES)

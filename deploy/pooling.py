@@ -22,12 +22,14 @@ the rest in proportion to each service's client connections, i.e. to the pods it
 from __future__ import annotations
 
 import configparser
+import importlib
 import math
 import re
 import sys
 from dataclasses import dataclass
 
 from deploy import policy
+from shared import service as service_root
 
 # A managed PostgreSQL's max_connections, where the rendering runs no PostgreSQL of its own
 # (prod, the drop): a small instance's (2 vCPU / 8 GB gives 200 or more on the usual clouds).
@@ -42,16 +44,16 @@ MIN_SERVER_CONNECTIONS = 5
 CLIENT_HEADROOM = 1.5
 
 POOLER = "pgbouncer"
-# Each process's engine pool_size (services/*/app.py, consumer.py, sweeper.py, shared/messaging/
-# relay.py, services/accounts/cli.py; shared/web.py's default 5); its ceiling is twice that.
-POOL_SIZE = {
-    ("accounts", "api"): 5, ("inventory", "api"): 5, ("checkout", "api"): 10, ("notifications", "api"): 2,
-    ("inventory", "consumer"): 2, ("checkout", "consumer"): 2, ("inventory", "sweeper"): 1,
-    ("accounts", "purge-refresh-tokens"): 1,
-}
-RELAY_POOL_SIZE = 1
-# notifications' consumer sizes its pool by its handler threads (services/notifications/config.py)
-CONSUMER_THREADS_DEFAULT = {"notifications": 4}
+
+
+def process_pool_size(service: str, kind: str, env: dict[str, str]) -> int:
+    """The engine pool_size of one process of `service`'s `kind` (a pod's component), from the same
+    table the process itself uses (its bootstrap's POOL_SIZES over shared/service.py's defaults);
+    its ceiling is twice that."""
+    bootstrap = importlib.import_module(f"services.{service}.bootstrap")
+    config = importlib.import_module(f"services.{service}.config")
+    threads = int(env.get("CONSUMER_THREADS", config.Settings.consumer_threads))
+    return service_root.pool_size(kind if kind in service_root.KINDS else "job", bootstrap.POOL_SIZES, threads)
 
 
 @dataclass(frozen=True)
@@ -137,15 +139,11 @@ def client_connections(objects: list[dict]) -> dict[str, int]:
         if service not in policy.FLOODGATE_SERVICES or kind in (POOLER, "migration"):
             continue
         env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
-        if kind == "relay":
-            per_pod = 2 * RELAY_POOL_SIZE
-        elif kind == "consumer" and service in CONSUMER_THREADS_DEFAULT:
-            per_pod = 2 * int(env.get("CONSUMER_THREADS", CONSUMER_THREADS_DEFAULT[service]))
-        elif kind == "api":
-            per_worker = min(int(env.get("GUNICORN_THREADS", 8)), 2 * POOL_SIZE[(service, kind)])
-            per_pod = int(env.get("WEB_CONCURRENCY", 2)) * per_worker
+        ceiling_per_process = 2 * process_pool_size(service, kind, env)
+        if kind == "api":
+            per_pod = int(env.get("WEB_CONCURRENCY", 2)) * min(int(env.get("GUNICORN_THREADS", 8)), ceiling_per_process)
         else:
-            per_pod = 2 * POOL_SIZE[(service, kind)]
+            per_pod = ceiling_per_process
         totals[service] = totals.get(service, 0) + ceiling(objects, workload) * per_pod
     return totals
 

@@ -7,7 +7,7 @@
    CRDs, which the policy checks cover;
 3. runs the policy checks of deploy/policy.py on each rendering, and deploy/pooling.py's: every
    process but the migrations through its PgBouncer, whose connections fit max_connections;
-4. runs hadolint on every services/*/Dockerfile.
+4. runs hadolint on deploy/Dockerfile (every service's image).
 Exits 1 if anything failed, after printing every problem.
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ from deploy import policy, pooling, render, render_drop
 DEFAULT_VERSIONS = ("1.35", "1.37")
 # Custom resources kubernetes-validate has no schema for: checked by policy.check_keda instead.
 CRD_GROUPS = ("keda.sh/",)
+# every service's image, relative to the repository root
+DOCKERFILE = "deploy/Dockerfile"
 
 # kubernetes-validate reads the big definitions file for every object; read each file once.
 kv_utils.schema_contents = functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
@@ -84,10 +86,10 @@ def hadolint_errors(root: Path) -> list[str]:
     hadolint = Path(sys.executable).with_name("hadolint")
     if not hadolint.exists():
         return [f"no hadolint beside {sys.executable}: install requirements-k8s.txt"]
-    dockerfiles = sorted(root.glob("services/*/Dockerfile"))
-    if not dockerfiles:
-        return ["no services/*/Dockerfile found"]
-    result = subprocess.run([str(hadolint), *map(str, dockerfiles)], capture_output=True, text=True)
+    dockerfile = root / DOCKERFILE
+    if not dockerfile.exists():
+        return [f"no {DOCKERFILE} found"]
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     if result.returncode != 0:
         return [f"hadolint: {line}" for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     return []
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated Kubernetes versions to validate against")
     parser.add_argument("--out", type=Path, default=None, help="also write each rendering to OUT/<target>.yaml")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from: " + ", ".join(TARGETS))
-    parser.add_argument("--no-hadolint", action="store_true", help="skip the Dockerfiles")
+    parser.add_argument("--no-hadolint", action="store_true", help="skip the Dockerfile")
     args = parser.parse_args(argv)
     versions = tuple(v.strip() for v in args.versions.split(",") if v.strip())
     if len(versions) < 1:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= bool(problems)
     if not args.no_hadolint:
         problems = hadolint_errors(render.ROOT)
-        print(f"{'FAIL' if problems else 'ok':4} hadolint: services/*/Dockerfile")
+        print(f"{'FAIL' if problems else 'ok':4} hadolint: {DOCKERFILE}")
         for problem in problems:
             print(f"     - {problem}")
         failed |= bool(problems)

@@ -1,6 +1,6 @@
 """The local SMTP server the stack and the tests send their mail to.
 
-    python -m devtools.smtp_server [--host 127.0.0.1] [--port 1025] [--control-port 8025] [--maildir var/mail]
+    python -m devtools.smtp_server [--host 127.0.0.1] [--port 1025] [--control-port 8025] [--maildir var/stack/mail]
 
 Every accepted message is kept in a Maildir. A small HTTP API on the control port lets tests read
 the mail and rehearse an SMTP outage:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1025)
     parser.add_argument("--control-port", type=int, default=8025)
-    parser.add_argument("--maildir", default="var/mail")
+    parser.add_argument("--maildir", default="var/stack/mail", help="the folder make run uses")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

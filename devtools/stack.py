@@ -6,6 +6,7 @@ a test run never collides with a running `make run` stack.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import signal
@@ -117,7 +118,7 @@ class Stack:
         for service in SERVICES:
             url = self.infra.database_url(service)
             create_database_if_missing(url)
-            upgrade(service, url)
+            upgrade(importlib.import_module(f"services.{service}.bootstrap").MIGRATIONS, url)
 
     def commands(self) -> dict[str, tuple[list[str], str | None]]:
         """Every process of the stack: name -> (argv, service whose database it uses)."""
@@ -138,15 +139,14 @@ class Stack:
                 service,
             )
         for service in CONSUMERS:
-            specs[f"{service}-consumer"] = ([py, "-m", f"services.{service}.consumer"], service)
+            specs[f"{service}-consumer"] = ([py, "-m", f"services.{service}", "consumer"], service)
         if self.combine_relays:
             relays = [f"{service}={self.infra.service_database_url(service)}" for service in RELAYS]
-            specs["relays"] = ([py, "-m", "shared.messaging.relay", *relays], None)
+            specs["relays"] = ([py, "-m", "devtools.relays", *relays], None)
         else:
             for service in RELAYS:
-                specs[f"{service}-relay"] = ([py, "-m", "shared.messaging.relay", service], service)
-        if (ROOT / "services" / "inventory" / "sweeper.py").exists():
-            specs["inventory-sweeper"] = ([py, "-m", "services.inventory.sweeper"], "inventory")
+                specs[f"{service}-relay"] = ([py, "-m", f"services.{service}", "relay"], service)
+        specs["inventory-sweeper"] = ([py, "-m", "services.inventory", "sweeper"], "inventory")
         return specs
 
     def start(self, name: str, env_overrides: dict | None = None, as_name: str | None = None) -> subprocess.Popen:

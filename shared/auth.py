@@ -86,12 +86,6 @@ class KeySet:
         return self._keys.get(kid)
 
     @property
-    def fetches_over_http(self) -> bool:
-        """True when the keys come from the JWKS URL (not from a fetcher given by a test or by
-        accounts itself, which reads its own table)."""
-        return self._fetch is _http_fetch
-
-    @property
     def loaded(self) -> bool:
         """True once a fetch has brought at least one usable key."""
         return bool(self._keys)
@@ -238,22 +232,23 @@ class _Verified:
     key: object
 
 
+def jwks_verifier(settings) -> TokenVerifier:
+    """The verifier of every service but accounts: keys fetched from accounts' JWKS_URL. In a
+    gunicorn worker it starts fetching them at once, in the background."""
+    keys = KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file)
+    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        threading.Thread(target=_warm_up_later, args=(keys,), name="jwks-warm-up", daemon=True).start()
+    return TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+
+
 def init_app(app, verifier: TokenVerifier, service_key: str) -> None:
-    """Make `verifier` and the service key available to the decorators below. In a gunicorn
-    worker whose keys come over HTTP, also start fetching them now, in the background."""
+    """Make `verifier` and the service key available to the decorators below."""
     app.extensions["floodgate.auth"] = (verifier, service_key)
-    if verifier.keys.fetches_over_http and os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
-        # An app factory may replace the verifier right after (accounts reads its own table):
-        # the warm-up stops as soon as this one is no longer the app's.
-        def still_wanted() -> bool:
-            return app.extensions.get("floodgate.auth", (None,))[0] is verifier
-
-        threading.Thread(target=_warm_up_later, args=(verifier.keys, still_wanted), name="jwks-warm-up", daemon=True).start()
 
 
-def _warm_up_later(keys: KeySet, still_wanted: Callable[[], bool]) -> None:
-    time.sleep(random.uniform(0.1, 0.5))  # lets the app factory finish, spreads workers apart
-    keys.warm_up(still_wanted)
+def _warm_up_later(keys: KeySet) -> None:
+    time.sleep(random.uniform(0.1, 0.5))  # spreads workers that start together apart
+    keys.warm_up()
 
 
 def _bearer() -> str:

@@ -21,7 +21,8 @@ def _cast(raw: str, like: Any) -> Any:
     if isinstance(like, float):
         return float(raw)
     if isinstance(like, tuple):
-        return tuple(type(like[0])(part) if like else part for part in raw.split(",") if part)
+        # every list setting is of numbers (an empty default says nothing of its items)
+        return tuple(type(like[0])(part) if like else int(part) for part in raw.split(",") if part)
     return raw
 
 
@@ -56,7 +57,9 @@ class Settings:
     # messages handled at once per consumer process, each on its own thread and database
     # connection (handlers that wait on SMTP or HTTP gain from more than one)
     consumer_threads: int = 1
-    retry_delays_ms: tuple = (1000, 10_000, 60_000, 600_000)
+    # empty: the service's retry tiers in shared/messaging/topology.py; set (the same in every
+    # process) only by tests and local rehearsals that cannot wait seconds for a retry
+    retry_delays_ms: tuple = ()
     max_attempts: int = 5
     # outbox relay
     relay_batch_size: int = 500

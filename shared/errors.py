@@ -101,6 +101,34 @@ class DatabaseUnavailable(ServiceUnavailable):
     slug, title = "database-unavailable", "The database is not answering"
 
 
+# --- a drop's refusals -----------------------------------------------------------------------
+# Inventory refuses a hold with these and checkout passes them on to the buyer as they are, so
+# they are declared once, here, with one status and title each.
+
+class DropNotFound(NotFound):
+    slug, title = "drop-not-found", "No such drop"
+
+
+class SaleNotOpen(Forbidden):
+    slug, title = "not-open", "The drop is not open"
+
+
+class InviteOnly(Forbidden):
+    slug, title = "invite-only", "The drop is open to invited buyers only for now"
+
+
+class SoldOut(Conflict):
+    slug, title = "sold-out", "Sold out"
+
+
+class LimitExceeded(Conflict):
+    slug, title = "limit-exceeded", "Purchase limit reached"
+
+
+class CountryNotAllowed(InvalidRequest):
+    slug, title = "country-not-allowed", "The drop does not ship to that country"
+
+
 def problem_response(problem: Problem) -> Response:
     """Render `problem` as an RFC 9457 response."""
     body = problem.to_dict()

@@ -1,7 +1,8 @@
 """gunicorn settings of every service's API: `gunicorn -c python:shared.gunicorn_defaults APP`.
 
 `BIND`, `WEB_CONCURRENCY` and `GUNICORN_THREADS` tune a deployment without a code change;
-`METRICS_BIND` (HOST:PORT) moves `/metrics` off `BIND` to a port of its own.
+`METRICS_BIND` (HOST:PORT) moves `/metrics` off `BIND` to a port of its own. `WSGI_APP` names the
+app when the command line does not (the images set it: `services.<service>.app:create_app()`).
 """
 import json
 import os
@@ -13,6 +14,8 @@ from gunicorn import util as _gunicorn_util
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="floodgate-metrics-"))
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
+if os.environ.get("WSGI_APP"):
+    wsgi_app = os.environ["WSGI_APP"]
 # Prometheus' port (the Kubernetes manifests set it): gunicorn listens there too, and /metrics
 # answers there and nowhere else (post_worker_init). Unset, /metrics stays on `bind`.
 _METRICS_BIND = os.environ.get("METRICS_BIND", "")

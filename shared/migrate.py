@@ -1,35 +1,31 @@
-"""Alembic, per service: `python -m shared.migrate <service> [--create-database]`.
+"""Alembic, per service: `python -m services.<service> migrate [--create-database]`.
 
-Each service keeps its migrations in `services/<service>/migrations/`; their `env.py` calls
-`run_migrations()` below, so the wiring is written once.
+Each service says where its migrations live (its root's `migrations`, `services/<service>/
+migrations/`); their `env.py` calls `run_migrations()` below, so the wiring is written once.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
 from shared import db
-from shared.config import Settings
-
-SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 
 
-def alembic_config(service: str, database_url: str) -> Config:
-    """Alembic's configuration for `service`'s migrations on `database_url`."""
+def alembic_config(migrations: Path, database_url: str) -> Config:
+    """Alembic's configuration for the migrations in `migrations` on `database_url`."""
     config = Config()
-    config.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
+    config.set_main_option("script_location", str(migrations))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 
-def upgrade(service: str, database_url: str, create_database: bool = False) -> None:
-    """Bring `service`'s database to the newest revision."""
+def upgrade(migrations: Path, database_url: str, create_database: bool = False) -> None:
+    """Bring the database at `database_url` to the newest revision in `migrations`."""
     if create_database:
         db.create_database_if_missing(database_url)
-    command.upgrade(alembic_config(service, database_url), "head")
+    command.upgrade(alembic_config(migrations, database_url), "head")
 
 
 def run_migrations() -> None:
@@ -42,17 +38,3 @@ def run_migrations() -> None:
         context.configure(connection=connection)
         with context.begin_transaction():
             context.run_migrations()
-
-
-def main() -> None:
-    """Command line: migrate one service's database."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("service")
-    parser.add_argument("--create-database", action="store_true", help="create the database first (development)")
-    args = parser.parse_args()
-    settings = Settings.from_env(service_name=args.service)
-    upgrade(args.service, settings.database_url, args.create_database)
-
-
-if __name__ == "__main__":
-    main()

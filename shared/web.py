@@ -4,48 +4,40 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
-import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import EXCLUDE, Schema, fields
-from sqlalchemy import orm
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from shared import auth, db, errors, logs, metrics, openapi
-from shared.config import Settings
+from shared.service import Root
 
 log = logging.getLogger("floodgate.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 READINESS_CACHE_SECONDS = 2.0
 
 
-@dataclass
-class ServiceContext:
-    """A service's wiring, created once per process by its app factory."""
+def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: auth.TokenVerifier | None = None,
+               collectors: Iterable[Collector] = ()) -> Flask:
+    """A Flask app for the service of `root` (its composition root, kind "api") with the common
+    machinery and `blueprints`.
 
-    settings: Settings
-    engine: sa.Engine
-    session_factory: orm.sessionmaker
-    readiness: dict
-
-
-def create_app(settings: Settings, blueprints: list[Blueprint], title: str, pool_size: int = 5) -> Flask:
-    """A Flask app for `settings.service_name` with the common machinery and `blueprints`."""
-    logs.configure(settings.service_name, settings.log_level)
+    `verifier` checks access tokens (default: with the keys accounts publishes at JWKS_URL);
+    `collectors` add the service's own figures to /metrics."""
+    settings = root.settings
+    logs.configure(root.process, settings.log_level)
     app = Flask(settings.service_name)
     app.json.sort_keys = False
-    engine = db.engine_for(settings, pool_size=pool_size)
-    app.extensions["floodgate"] = ServiceContext(
-        settings=settings, engine=engine, session_factory=db.make_session_factory(engine), readiness={}
-    )
+    app.extensions["floodgate"] = root
+    app.extensions["floodgate.readiness"] = {}
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    app.extensions["floodgate.metrics"] = registry
     errors.init_app(app)
-    verifier = auth.TokenVerifier(
-        auth.KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file),
-        settings.jwt_issuer,
-        settings.jwt_audience,
-    )
-    auth.init_app(app, verifier, settings.service_key)
+    auth.init_app(app, verifier or auth.jwks_verifier(settings), settings.service_key)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_blueprint(_probes)
@@ -55,15 +47,15 @@ def create_app(settings: Settings, blueprints: list[Blueprint], title: str, pool
     return app
 
 
-def context() -> ServiceContext:
-    """The current app's service context."""
+def root() -> Root:
+    """The current app's composition root: its settings, unit of work and clients."""
     return current_app.extensions["floodgate"]
 
 
 def unit_of_work() -> db.UnitOfWork:
-    """A unit of work on the current service's database."""
-    ctx = context()
-    return db.UnitOfWork(ctx.session_factory, ctx.settings.service_name)
+    """A unit of work on the current service's database (the service's own kind, with its
+    repositories)."""
+    return root().unit_of_work()
 
 
 def load(schema: Schema, data: Any = None, *, allow_empty: bool = False) -> dict:
@@ -138,7 +130,7 @@ def _finish_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    service = context().settings.service_name
+    service = root().service
     metrics.HTTP_REQUESTS.labels(service, request.method, endpoint, response.status_code).inc()
     metrics.HTTP_LATENCY.labels(service, request.method, endpoint).observe(elapsed)
     if endpoint not in ("/healthz", "/readyz", "/metrics"):
@@ -170,12 +162,11 @@ def readyz():
     Not the broker: an API only writes events to its outbox, in its own database, and the relays
     publish them whenever the broker is there; a broker restart must not take the storefront out
     of its Service. The broker's health is the relays' and the consumers' (their heartbeats)."""
-    ctx = context()
-    cached = ctx.readiness
+    cached = current_app.extensions["floodgate.readiness"]
     if time.monotonic() - cached.get("at", float("-inf")) > READINESS_CACHE_SECONDS:
         checks = {}
         try:
-            db.ping(ctx.engine)
+            db.ping(root().engine)
             checks["database"] = "ok"
         except Exception as error:
             checks["database"] = f"unavailable: {type(error).__name__}"
@@ -187,9 +178,9 @@ def readyz():
 
 @_probes.get("/metrics")
 def prometheus():
-    """Prometheus metrics of every worker of this service."""
+    """Prometheus metrics of every worker of this service, then the service's own figures."""
     body, content_type = metrics.exposition()
-    return Response(body, content_type=content_type)
+    return Response(body + generate_latest(current_app.extensions["floodgate.metrics"]), content_type=content_type)
 
 
 @_probes.get("/openapi.json")

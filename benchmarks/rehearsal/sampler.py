@@ -1,7 +1,6 @@
 """A background sampler: the drop's remaining stock, the notifications queue and the checkout outbox."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -11,11 +10,11 @@ import sqlalchemy as sa
 
 from shared.config import Settings
 from shared.messaging import connection as amqp
-from shared.messaging.topology import retry_queue, work_queue
+from shared.messaging.topology import retry_delays, retry_queue, work_queue
 
 
-RETRY_DELAYS_MS = [int(d) for d in os.environ["RETRY_DELAYS_MS"].split(",")] if os.environ.get("RETRY_DELAYS_MS") \
-    else list(Settings.retry_delays_ms)
+# the notifications consumer's tiers, as it declares them (with the rehearsal's environment)
+RETRY_DELAYS_MS = retry_delays("notifications", Settings.from_env().retry_delays_ms)
 
 
 class Sampler(threading.Thread):

@@ -4,10 +4,8 @@ from flask import Blueprint, Response, jsonify, request
 from shared import addresses
 from shared.auth import current_principal, require_admin, require_service, require_user
 from shared.openapi import operation
-from shared.web import load
+from shared.web import load, root, unit_of_work
 from services.accounts import handlers, schemas
-from services.accounts.bootstrap import dependencies
-from services.accounts.repository import unit_of_work
 
 bp = Blueprint("accounts", __name__)
 
@@ -29,7 +27,7 @@ def _no_store(body: dict, status: int = 200) -> Response:
 def register():
     cmd = load(schemas.RegistrationSchema())
     with unit_of_work() as uow:
-        account = handlers.register_account(cmd, uow, dependencies().passwords)
+        account = handlers.register_account(cmd, uow, root().passwords)
         uow.commit()
     return schemas.AccountSchema().dump(account), 201
 
@@ -39,7 +37,7 @@ def register():
 def sign_in():
     cmd = load(schemas.SessionRequestSchema())
     cmd["client"] = request.remote_addr
-    deps = dependencies()
+    deps = root()
     with unit_of_work() as uow:
         tokens = handlers.open_session(cmd, uow, deps.passwords, deps.issuer, deps.throttle, deps.refresh_ttl)
         uow.commit()
@@ -50,7 +48,7 @@ def sign_in():
 @operation("Exchange a refresh token (once) for new tokens; a reused one ends its whole session", request=schemas.RefreshTokenSchema, response=schemas.SessionTokensSchema, status=201, errors=(400, 401, 503))
 def refresh():
     cmd = load(schemas.RefreshTokenSchema())
-    deps = dependencies()
+    deps = root()
     with unit_of_work() as uow:
         tokens = handlers.refresh_session(cmd["refresh_token"], uow, deps.issuer, deps.refresh_ttl)
         uow.commit()
@@ -81,7 +79,7 @@ def logout_everywhere():
 @operation("The public keys that verify access tokens", response=schemas.KeySetSchema)
 def jwks():
     with unit_of_work() as uow:
-        key_set = handlers.published_keys(uow, dependencies().key_encryption)
+        key_set = handlers.published_keys(uow, root().key_encryption)
         uow.commit()
     response = jsonify(schemas.KeySetSchema().dump(key_set))
     response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
@@ -137,7 +135,7 @@ def list_addresses():
 def save_address():
     cmd = load(schemas.AddressRequestSchema())
     with unit_of_work() as uow:
-        address = handlers.save_address(current_principal().subject, cmd, uow, dependencies().max_addresses)
+        address = handlers.save_address(current_principal().subject, cmd, uow, root().settings.max_addresses_per_account)
         uow.commit()
     return schemas.AddressSchema().dump(address), 201
 

@@ -1,35 +1,65 @@
-"""Wires what the handlers depend on from the settings, once per process."""
+"""Accounts' composition root: its API, relay, jobs, operator commands and tests are built from it.
+
+Only the API (and the operator commands, which run in it) signs and verifies tokens, so only a
+root of kind "api" reads the key-encryption keys: the relay and the purge job are given neither
+them nor anything they protect.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
-from flask import Flask, current_app
-
-from services.accounts import key_encryption
-from services.accounts.config import Settings
+from services.accounts import config, key_encryption, tokens
 from services.accounts.key_encryption import KeyEncryptionKeys
 from services.accounts.passwords import Passwords
+from services.accounts.repository import AccountsUnitOfWork
 from services.accounts.throttle import BackoffPolicy, SignInThrottle
 from services.accounts.tokens import TokenIssuer
+from shared import auth, service
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+POOL_SIZES: dict = {}  # the defaults of shared/service.py
 
 
-@dataclass(frozen=True)
-class Dependencies:
-    passwords: Passwords
-    issuer: TokenIssuer
-    key_encryption: KeyEncryptionKeys
-    throttle: SignInThrottle
-    refresh_ttl: timedelta
-    max_addresses: int
+@dataclass(frozen=True, kw_only=True)
+class Accounts(service.Root):
+    settings: config.Settings
+    # None outside the API (see the module's docstring)
+    passwords: Passwords | None = None
+    issuer: TokenIssuer | None = None
+    key_encryption: KeyEncryptionKeys | None = None
+    throttle: SignInThrottle | None = None
+    verifier: auth.TokenVerifier | None = None
+
+    @property
+    def refresh_ttl(self) -> timedelta:
+        return timedelta(seconds=self.settings.refresh_token_ttl_seconds)
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    """`KeyEncryptionMisconfigured` (the process does not start) when the KEK settings cannot be used."""
+def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
+    """Accounts as a process of `kind` needs it (see `shared.service`).
+
+    `KeyEncryptionMisconfigured` (the API does not start) when the KEK settings cannot be used."""
+    settings = settings or config.load()
+    database = service.database(settings, kind, AccountsUnitOfWork, POOL_SIZES)
+    if kind != "api":
+        return Accounts(**database, migrations=MIGRATIONS)
     keks = key_encryption.configured(settings.signing_key_encryption_keys, settings.deployment_environment)
     window = timedelta(seconds=settings.login_failure_window_seconds)
     base = timedelta(seconds=settings.login_backoff_base_seconds)
-    app.extensions["floodgate.accounts"] = Dependencies(
+    unit_of_work = database["unit_of_work"]
+
+    def own_key_set(_url: str) -> dict:
+        # Accounts verifies its own tokens from its own table, never by calling itself over
+        # HTTP; a read is cheap, so a key minted by a rotation moments ago is picked up within a
+        # second.
+        with unit_of_work() as uow:
+            return tokens.key_set(uow.signing_keys.active())
+
+    return Accounts(
+        **database,
+        migrations=MIGRATIONS,
         passwords=Passwords(
             concurrency=settings.password_hashing_concurrency, wait_seconds=settings.password_hashing_wait_seconds
         ),
@@ -43,10 +73,9 @@ def init_app(app: Flask, settings: Settings) -> None:
                 settings.login_client_free_failures, base, timedelta(seconds=settings.login_client_backoff_max_seconds), window
             ),
         ),
-        refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
-        max_addresses=settings.max_addresses_per_account,
+        verifier=auth.TokenVerifier(
+            auth.KeySet(settings.jwks_url, min_refresh_seconds=1.0, fetch=own_key_set),
+            settings.jwt_issuer,
+            settings.jwt_audience,
+        ),
     )
-
-
-def dependencies() -> Dependencies:
-    return current_app.extensions["floodgate.accounts"]

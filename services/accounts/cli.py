@@ -1,10 +1,11 @@
 """Operator commands.
 
 `flask --app services.accounts.app create-admin | rotate-keys | reencrypt-signing-keys` run in
-the app (they need its key-encryption keys). `python -m services.accounts.cli
-purge-refresh-tokens`, the scheduled job, needs only the database: it loads no app, so the
-job is given neither the KEKs nor the broker.
+the app (they need its key-encryption keys). `python -m services.accounts purge-refresh-tokens`,
+the scheduled job, needs only the database: it loads no app, so the job is given neither the
+KEKs nor the broker.
 """
+import argparse
 import logging
 from datetime import timedelta
 
@@ -13,11 +14,10 @@ from flask import Flask
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
-from shared import db, logs
-from services.accounts import config, handlers, schemas
-from services.accounts.bootstrap import dependencies
+from shared.processes import Process
+from shared.web import root, unit_of_work
+from services.accounts import handlers, schemas
 from services.accounts.key_encryption import SigningKeyUnreadable
-from services.accounts.repository import AccountsUnitOfWork, unit_of_work
 
 log = logging.getLogger("floodgate.accounts")
 
@@ -34,7 +34,7 @@ def create_admin(email: str, password: str, name: str | None) -> None:
     except ValidationError as error:
         raise click.UsageError(_messages(error))
     with unit_of_work() as uow:
-        account = handlers.create_admin(cmd, uow, dependencies().passwords)
+        account = handlers.create_admin(cmd, uow, root().passwords)
         uow.commit()
     click.echo(str(account.id))
 
@@ -52,7 +52,7 @@ def rotate_keys(retire_older_than_hours: float | None) -> None:
     """Sign new tokens with a new key; earlier keys stay published until retired."""
     retire_after = None if retire_older_than_hours is None else timedelta(hours=retire_older_than_hours)
     with unit_of_work() as uow:
-        key, retired = handlers.rotate_keys(uow, dependencies().key_encryption, retire_after)
+        key, retired = handlers.rotate_keys(uow, root().key_encryption, retire_after)
         uow.commit()
     click.echo(f"signing with {key.kid}")
     for old in retired:
@@ -66,7 +66,7 @@ def reencrypt_signing_keys() -> None:
     stored in clear before encryption, and keys under older KEKs (which can then be removed)."""
     with unit_of_work() as uow:
         try:
-            counts = handlers.reencrypt_signing_keys(uow, dependencies().key_encryption)
+            counts = handlers.reencrypt_signing_keys(uow, root().key_encryption)
         except SigningKeyUnreadable as error:
             raise click.ClickException(f"{error} Nothing was changed.")
         uow.commit()
@@ -76,31 +76,32 @@ def reencrypt_signing_keys() -> None:
     )
 
 
-@click.group()
-def jobs() -> None:
-    """Accounts' scheduled jobs: they need only the database."""
-
-
-@jobs.command("purge-refresh-tokens")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Rows deleted per transaction.")
-def purge_refresh_tokens(batch_size: int) -> None:
+def purge_refresh_tokens(root, args) -> None:
     """Delete refresh tokens spent (used, expired, or of a revoked session) longer than
     SPENT_REFRESH_TOKEN_RETENTION_SECONDS ago, and the sessions left without tokens."""
-    settings = config.load()
-    logs.configure(settings.service_name, settings.log_level)
-    engine = db.engine_for(settings, pool_size=1)
-    retention = timedelta(seconds=settings.spent_refresh_token_retention_seconds)
-    try:
-        with AccountsUnitOfWork(db.make_session_factory(engine), settings.service_name) as uow:
-            deleted = handlers.purge_spent_refresh_tokens(uow, retention, batch_size)
-    finally:
-        engine.dispose()
+    retention = timedelta(seconds=root.settings.spent_refresh_token_retention_seconds)
+    with root.unit_of_work() as uow:
+        deleted = handlers.purge_spent_refresh_tokens(uow, retention, args.batch_size)
     log.info("spent refresh tokens purged", extra={"retention_seconds": retention.total_seconds(), **deleted})
-    click.echo(
+    print(
         f"deleted {deleted['used']} used, {deleted['expired']} expired and {deleted['revoked']} revoked "
         f"refresh token(s) and {deleted['sessions']} session(s) left without tokens"
     )
+
+
+def _batch_size(parser) -> None:
+    parser.add_argument("--batch-size", type=_positive, default=1000, help="rows deleted per transaction (1000)")
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+# the scheduled job: `python -m services.accounts purge-refresh-tokens [--batch-size N]`
+PURGE_REFRESH_TOKENS = Process("purge spent refresh tokens (nightly)", purge_refresh_tokens, _batch_size)
 
 
 def _messages(error: ValidationError) -> str:
@@ -111,7 +112,3 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(create_admin)
     app.cli.add_command(rotate_keys)
     app.cli.add_command(reencrypt_signing_keys)
-
-
-if __name__ == "__main__":
-    jobs()

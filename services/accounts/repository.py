@@ -9,7 +9,6 @@ from psycopg import errors as pg_errors
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert
 
-from shared import web
 from shared.db import UnitOfWork
 from services.accounts.errors import EmailTaken
 from services.accounts.models import (
@@ -246,9 +245,3 @@ class AccountsUnitOfWork(UnitOfWork):
         self.invites = Invites(self.session)
         self.addresses = Addresses(self.session)
         return self
-
-
-def unit_of_work() -> AccountsUnitOfWork:
-    """A unit of work on the accounts database of the current app."""
-    ctx = web.context()
-    return AccountsUnitOfWork(ctx.session_factory, ctx.settings.service_name)

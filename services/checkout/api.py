@@ -1,16 +1,12 @@
-"""Checkout's HTTP endpoints: thin views over `handlers`."""
+"""Checkout's HTTP endpoints: thin views over `handlers` (and `idempotency` for placing orders)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 
-from services.checkout import handlers
+from services.checkout import handlers, idempotency
 from services.checkout.errors import InvalidSignature, OrderNotFound
-from services.checkout.inventory_client import InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import SIGNATURE_HEADER, PaymentProvider, signature_is_valid
+from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
     ListQuerySchema,
     OrderListSchema,
@@ -22,9 +18,9 @@ from services.checkout.schemas import (
 from shared import addresses
 from shared.addresses import InvalidAddress, normalise
 from shared.auth import current_principal, require_admin, require_user
-from shared.errors import InvalidRequest, Problem
+from shared.errors import InvalidRequest
 from shared.openapi import operation
-from shared.web import context, load, unit_of_work
+from shared.web import load, root, unit_of_work
 
 bp = Blueprint("checkout", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
@@ -34,18 +30,7 @@ WEBHOOK = WebhookSchema()
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
-@dataclass(frozen=True)
-class Wiring:
-    inventory: InventoryClient
-    provider: PaymentProvider
-
-
-def _wiring() -> Wiring:
-    return current_app.extensions["checkout"]
-
-
 @bp.post("/orders")
-@require_user
 @operation(
     "Place an order: hold stock for the buyer and get the payment link",
     request=OrderRequestSchema,
@@ -61,6 +46,7 @@ def _wiring() -> Wiring:
         "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     }},
 )
+@require_user
 def place_order():
     key = request.headers.get("Idempotency-Key", "").strip()
     if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
@@ -83,39 +69,18 @@ def place_order():
         shipping_address=address,
         buyer_tier=principal.tier,
     )
-    return _place(cmd, _wiring())
-
-
-def _place(cmd: handlers.PlaceOrder, wiring: Wiring):
+    checkout = root()
     with unit_of_work() as uow:
-        stored = handlers.claim_idempotency_key(cmd, uow)
-        if stored is not None:
-            response = _send(stored)
-            response.headers["Idempotent-Replayed"] = "true"
-            return response
-        try:
-            order = handlers.place_order(cmd, uow, wiring.inventory, wiring.provider, context().settings)
-        except Problem as problem:
-            if problem.status >= 500 or problem.status == 429:
-                raise  # leaving the block rolls the claim back: the buyer's retry starts afresh
-            # A definitive refusal (sold out, not open, ...) is this key's answer from now on.
-            stored = handlers.remember_response(cmd, uow, problem.status, dict(problem.to_dict(), instance=request.path))
-            uow.commit()
-            return _send(stored)
-        stored = handlers.remember_response(cmd, uow, 201, ORDER.dump(order))
-        uow.commit()
-    response = _send(stored)
-    response.headers["Location"] = f"/orders/{order.id}"
+        answer = idempotency.place_once(cmd, uow, checkout.inventory, checkout.provider, checkout.settings,
+                                        render=ORDER.dump, instance=request.path)
+    response = current_app.response_class(answer.body, status=answer.status, mimetype=answer.media_type)
+    response.headers.update(answer.headers)
     return response
 
 
-def _send(stored: handlers.StoredResponse):
-    return current_app.response_class(stored.body, status=stored.status, mimetype=stored.media_type)
-
-
 @bp.get("/orders/<order_id>")
-@require_user
 @operation("One order, for its buyer or an admin", response=OrderSchema, errors=(404,), auth="bearer")
+@require_user
 def get_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id)
@@ -123,46 +88,35 @@ def get_order(order_id: str):
 
 
 @bp.get("/orders")
-@require_user
 @operation("The buyer's own orders, newest first", query=ListQuerySchema, response=OrderListSchema, auth="bearer")
+@require_user
 def list_orders():
     query = ListQuerySchema().load(request.args)
     principal = current_principal()
     with unit_of_work() as uow:
-        rows = uow.session.scalars(
-            sa.select(Order)
-            .where(Order.buyer_id == principal.subject)
-            .order_by(Order.created_at.desc(), Order.id)
-            .limit(query["limit"] + 1)
-            .offset(query["offset"])
-        ).all()
-    more = len(rows) > query["limit"]
-    return jsonify(
-        OrderListSchema().dump(
-            {"orders": rows[: query["limit"]], "next_offset": query["offset"] + query["limit"] if more else None}
-        )
-    )
+        page = handlers.orders_page(uow, principal.subject, query["limit"], query["offset"])
+    return jsonify(OrderListSchema().dump(page))
 
 
 @bp.post("/orders/<order_id>/cancel")
-@require_user
 @operation("Cancel an order before it ships: stock released, payment refunded", response=OrderSchema,
            errors=(404, 409), auth="bearer")
+@require_user
 def cancel_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
-        handlers.cancel_order(order, uow, context().settings, by_admin=current_principal().is_admin)
+        handlers.cancel_order(order, uow, root().settings, by_admin=current_principal().is_admin)
         uow.commit()
     return jsonify(ORDER.dump(order))
 
 
 @bp.post("/orders/<order_id>/ship")
-@require_admin
 @operation("Mark a confirmed order shipped (admin)", response=OrderSchema, errors=(404, 409), auth="admin")
+@require_admin
 def ship_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
-        handlers.ship_order(order, uow, context().settings)
+        handlers.ship_order(order, uow, root().settings)
         uow.commit()
     return jsonify(ORDER.dump(order))
 
@@ -185,7 +139,7 @@ def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
                                                "missing, wrong or stale answers 401"}},
 )
 def payment_webhook():
-    settings = context().settings
+    settings = root().settings
     payload = request.get_data(cache=True)
     if not signature_is_valid(
         settings.payment_webhook_secret,
@@ -205,6 +159,6 @@ def payment_webhook():
         currency=resource["currency"],
     )
     with unit_of_work() as uow:
-        result = handlers.apply_payment(notice, uow, _wiring().inventory, settings)
+        result = handlers.apply_payment(notice, uow, root().inventory, settings)
         uow.commit()
     return jsonify(WebhookAnswerSchema().dump({"result": result}))

@@ -1,21 +1,12 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
+from shared import errors as common
 from shared.errors import Conflict, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
 
-
-class SoldOut(Problem):
-    status, slug, title = 409, "sold-out", "Sold out"
-
-
-class SaleNotOpen(Problem):
-    status, slug, title = 403, "not-open", "The drop is not open"
-
-
-class DropNotFound(Problem):
-    status, slug, title = 404, "drop-not-found", "No such drop"
-
-
-class LimitExceeded(Problem):
-    status, slug, title = 409, "limit-exceeded", "Purchase limit reached"
+# A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
+DropNotFound, SaleNotOpen, InviteOnly, SoldOut, LimitExceeded, CountryNotAllowed = (
+    common.DropNotFound, common.SaleNotOpen, common.InviteOnly, common.SoldOut, common.LimitExceeded,
+    common.CountryNotAllowed,
+)
 
 
 class InventoryUnavailable(ServiceUnavailable):
@@ -36,14 +27,6 @@ class InvalidTransition(Conflict):
 
 class InvalidSignature(Unauthorized):
     slug, title = "invalid-signature", "Webhook signature is missing, wrong or stale"
-
-
-class InviteOnly(Problem):
-    status, slug, title = 403, "invite-only", "The drop is open to invited buyers only for now"
-
-
-class CountryNotAllowed(Problem):
-    status, slug, title = 422, "country-not-allowed", "The drop does not ship to that country"
 
 
 class AddressLimitReached(Problem):

@@ -9,12 +9,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
-
 from services.checkout import errors, orders
 from services.checkout.inventory_client import InventoryClient
-from services.checkout.models import AddressAllowance, Order, OrderTransition, PaymentEvent
+from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
@@ -26,6 +23,8 @@ ORDER_ID_NAMESPACE = uuid.UUID("6f1c6a52-3b1e-4a8e-9a55-8f4f8d0e7a10")
 
 @dataclass(frozen=True)
 class PlaceOrder:
+    """An order as the buyer asked for it; `idempotency.place_once` places it at most once per key."""
+
     buyer_id: str
     buyer_email: str
     idempotency_key: str
@@ -43,50 +42,6 @@ class PlaceOrder:
     def order_id(self) -> uuid.UUID:
         # Derived from the key, so a retry after a crash asks inventory for the same hold.
         return uuid.uuid5(ORDER_ID_NAMESPACE, f"{self.buyer_id}:{self.idempotency_key}")
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    status: int
-    body: str
-
-    @property
-    def media_type(self) -> str:
-        return "application/problem+json" if self.status >= 400 else "application/json"
-
-
-def claim_idempotency_key(cmd: PlaceOrder, uow) -> StoredResponse | None:
-    """Take the key for this request in `uow`'s transaction (None), or return the answer it
-    already has.
-
-    The claim is committed with the order and its answer, all in one transaction: a concurrent
-    duplicate waits on the key's unique index until that commits (and then returns the same
-    answer) or rolls back (and then takes the key itself). A claim without an answer can only
-    have been left by a version that committed claims on their own: the retry takes it over,
-    which is safe because the order id comes from the key and inventory's hold is idempotent by
-    order id.
-    """
-    params = {"buyer_id": cmd.buyer_id, "key": cmd.idempotency_key, "fingerprint": cmd.fingerprint}
-    while True:
-        if uow.session.execute(_CLAIM_KEY, params).first():
-            return None
-        existing = uow.session.execute(_LOCK_KEY, params).first()
-        if existing is not None:
-            break
-    if existing.fingerprint != cmd.fingerprint:
-        raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
-    if existing.response_status is not None:
-        return StoredResponse(existing.response_status, existing.response_body)
-    log.warning("took over an unanswered idempotency key")
-    return None
-
-
-def remember_response(cmd: PlaceOrder, uow, status: int, body: dict) -> StoredResponse:
-    """Store the answer for this key, in the caller's transaction."""
-    stored = StoredResponse(status, json.dumps(body))
-    uow.session.execute(_REMEMBER_RESPONSE, {"buyer_id": cmd.buyer_id, "key": cmd.idempotency_key,
-                                             "status": stored.status, "body": stored.body})
-    return stored
 
 
 def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings) -> Order:
@@ -123,12 +78,8 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
-    # Core inserts of a transient Order: the ORM's flush cost more than the statements themselves.
-    uow.session.execute(_INSERT_ORDER, {column: getattr(order, column) for column in _ORDER_COLUMNS})
-    first = order.history[0]
-    first.at = placed_at
-    uow.session.execute(_INSERT_TRANSITION, {"order_id": order_id, "from_status": first.from_status,
-                                             "to_status": first.to_status, "reason": first.reason, "at": placed_at})
+    order.history[0].at = placed_at
+    uow.orders.add(order)
     data = order_document(order, settings)
     data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
     uow.publish("order.placed", data)
@@ -143,46 +94,12 @@ def address_key_of(address: dict) -> str:
 
 
 def _take_address_allowance(uow, drop_id: uuid.UUID, address_key: str, quantity: int, limit: int) -> bool:
-    if quantity > limit:
-        return False
-    taken = uow.session.execute(
-        _TAKE_ADDRESS_ALLOWANCE, {"drop_id": drop_id, "address_key": address_key, "quantity": quantity, "limit": limit}
-    ).first()
-    return taken is not None
-
-
-# The order path's upserts as plain SQL: SQLAlchemy cannot cache a compiled ON CONFLICT statement,
-# and compiling them on every order cost more CPU than running them.
-_CLAIM_KEY = sa.text(
-    "INSERT INTO idempotency_keys (buyer_id, key, fingerprint) VALUES (:buyer_id, :key, :fingerprint) "
-    "ON CONFLICT DO NOTHING RETURNING key"
-)
-_LOCK_KEY = sa.text(
-    "SELECT fingerprint, response_status, response_body FROM idempotency_keys "
-    "WHERE buyer_id = :buyer_id AND key = :key FOR UPDATE"
-)
-_REMEMBER_RESPONSE = sa.text(
-    "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
-)
-_INSERT_ORDER = Order.__table__.insert()
-_ORDER_COLUMNS = ("id", "buyer_id", "buyer_email", "drop_id", "sku", "product_name", "quantity", "unit_amount",
-                  "currency", "shipping_address", "status", "hold_expires_at", "approval_url", "address_key",
-                  "created_at")
-_INSERT_TRANSITION = OrderTransition.__table__.insert()
-_TAKE_ADDRESS_ALLOWANCE = sa.text(
-    "INSERT INTO address_allowances (drop_id, address_key, taken) VALUES (:drop_id, :address_key, :quantity) "
-    "ON CONFLICT (drop_id, address_key) DO UPDATE SET taken = address_allowances.taken + :quantity "
-    "WHERE address_allowances.taken + :quantity <= :limit RETURNING taken"
-)
+    return quantity <= limit and uow.address_allowances.take(drop_id, address_key, quantity, limit)
 
 
 def _give_back_address_allowance(uow, order: Order) -> None:
     if order.address_key:
-        uow.session.execute(
-            sa.update(AddressAllowance)
-            .where(AddressAllowance.drop_id == order.drop_id, AddressAllowance.address_key == order.address_key)
-            .values(taken=AddressAllowance.taken - order.quantity)
-        )
+        uow.address_allowances.give_back(order.drop_id, order.address_key, order.quantity)
 
 
 def order_document(order: Order, settings) -> dict:
@@ -210,10 +127,14 @@ def order_document(order: Order, settings) -> dict:
 
 
 def find_order(uow, order_id: str, lock: bool = False) -> Order | None:
-    order_uuid = uuid_or_none(order_id)
-    if order_uuid is None:
-        return None
-    return uow.session.get(Order, order_uuid, with_for_update=lock)
+    return uow.orders.get(order_id, lock=lock)
+
+
+def orders_page(uow, buyer_id: str, limit: int, offset: int) -> dict:
+    """The buyer's orders, newest first, from `offset`, and where the next page starts (None
+    after the last)."""
+    rows = uow.orders.newest_of(buyer_id, limit + 1, offset)
+    return {"orders": rows[:limit], "next_offset": offset + limit if len(rows) > limit else None}
 
 
 @dataclass(frozen=True)
@@ -238,13 +159,7 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
     Returns what happened, for the response and the logs.
     """
     bind_order_id(notice.order_id)
-    first_time = uow.session.execute(
-        pg.insert(PaymentEvent)
-        .values(provider_event_id=notice.event_id, order_id=uuid_or_none(notice.order_id), event_type=notice.event_type)
-        .on_conflict_do_nothing()
-        .returning(PaymentEvent.provider_event_id)
-    ).first()
-    if not first_time:
+    if not uow.payment_events.record(notice.event_id, uuid_or_none(notice.order_id), notice.event_type):
         return "duplicate"
     order = find_order(uow, notice.order_id, lock=True)
     if order is None:

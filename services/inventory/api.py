@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from services.inventory import handlers, schemas
+from services.inventory import schemas
+from services.inventory.handlers import drops, reservations
 from shared.auth import require_admin, require_service
 from shared.openapi import operation
-from shared.web import context, load, unit_of_work
+from shared.web import load, root, unit_of_work
 
 bp = Blueprint("inventory", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
@@ -21,7 +22,7 @@ SALE_REQUEST = schemas.SaleRequestSchema()
 def add_product():
     command = load(schemas.NewProductSchema())
     with unit_of_work() as uow:
-        product = handlers.add_product(command, uow)
+        product = drops.add_product(command, uow)
         uow.commit()
     return schemas.ProductSchema().dump(product), 201
 
@@ -30,7 +31,7 @@ def add_product():
 @operation("Show a product", response=schemas.ProductSchema, errors=(404,))
 def show_product(product_id: str):
     with unit_of_work() as uow:
-        return schemas.ProductSchema().dump(handlers.show_product(product_id, uow))
+        return schemas.ProductSchema().dump(drops.show_product(product_id, uow))
 
 
 @bp.post("/drops")
@@ -43,7 +44,7 @@ def show_product(product_id: str):
 def schedule_drop():
     command = load(schemas.NewDropSchema())
     with unit_of_work() as uow:
-        drop = handlers.schedule_drop(command, uow, context().settings.default_stock_shards)
+        drop = drops.schedule_drop(command, uow, root().settings.default_stock_shards)
         uow.commit()
     return schemas.DropSchema().dump(drop), 201
 
@@ -56,13 +57,13 @@ def schedule_drop():
     errors=(404,),
     auth="admin",
     rules=("`closes_at` is after the drop's `opens_at` and in the future",
-           f"the drop holds at most {handlers.MAX_TOTAL_STOCK} units over its life"),
+           f"the drop holds at most {drops.MAX_TOTAL_STOCK} units over its life"),
 )
 @require_admin
 def change_drop(drop_id: str):
     command = load(schemas.ChangeDropSchema())
     with unit_of_work() as uow:
-        drop = handlers.change_drop(drop_id, command, uow)
+        drop = drops.change_drop(drop_id, command, uow)
         uow.commit()
     return schemas.DropSchema().dump(drop)
 
@@ -71,7 +72,7 @@ def change_drop(drop_id: str):
 @operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,))
 def show_drop(drop_id: str):
     with unit_of_work() as uow:
-        return schemas.DropSchema().dump(handlers.show_drop(drop_id, uow))
+        return schemas.DropSchema().dump(drops.show_drop(drop_id, uow))
 
 
 @bp.post("/reservations")
@@ -88,7 +89,7 @@ def show_drop(drop_id: str):
 def reserve():
     command = load(RESERVATION_REQUEST)
     with unit_of_work() as uow:
-        reservation, created = handlers.reserve(command, uow, context().settings.hold_ttl_seconds)
+        reservation, created = reservations.reserve(command, uow, root().settings.hold_ttl_seconds)
         uow.commit()
     return RESERVATION.dump(reservation), (201 if created else 200)
 
@@ -101,7 +102,7 @@ def sell(order_id: str):
     # The body is optional: an older checkout sends none.
     order_version = load(SALE_REQUEST, allow_empty=True)["order_version"]
     with unit_of_work() as uow:
-        reservation = handlers.sell(order_id, uow, order_version)
+        reservation = reservations.sell(order_id, uow, order_version)
         uow.commit()
     return RESERVATION.dump(reservation)
 
@@ -111,6 +112,6 @@ def sell(order_id: str):
 @require_service
 def release(order_id: str):
     with unit_of_work() as uow:
-        reservation = handlers.release(order_id, uow)
+        reservation = reservations.release(order_id, uow)
         uow.commit()
     return RESERVATION.dump(reservation)

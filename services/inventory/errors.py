@@ -1,13 +1,16 @@
 """The inventory's domain errors; `shared.errors` renders them as problem+json."""
-from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from shared import errors as common
+from shared.errors import Conflict, InvalidRequest, NotFound
+
+# A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
+DropNotFound, SaleNotOpen, InviteOnly, SoldOut, LimitExceeded, CountryNotAllowed = (
+    common.DropNotFound, common.SaleNotOpen, common.InviteOnly, common.SoldOut, common.LimitExceeded,
+    common.CountryNotAllowed,
+)
 
 
 class ProductNotFound(NotFound):
     slug, title = "product-not-found", "Product not found"
-
-
-class DropNotFound(NotFound):
-    slug, title = "drop-not-found", "Drop not found"
 
 
 class ReservationNotFound(NotFound):
@@ -16,18 +19,6 @@ class ReservationNotFound(NotFound):
 
 class SkuTaken(Conflict):
     slug, title = "sku-taken", "SKU already in use"
-
-
-class SaleNotOpen(Forbidden):
-    slug, title = "not-open", "The drop is not open"
-
-
-class SoldOut(Conflict):
-    slug, title = "sold-out", "Sold out"
-
-
-class LimitExceeded(Conflict):
-    slug, title = "limit-exceeded", "Per-buyer limit exceeded"
 
 
 class ReservationSold(Conflict):
@@ -39,11 +30,3 @@ class InvalidDrop(InvalidRequest):
 
     def __init__(self, field: str, message: str):
         super().__init__("One or more fields are invalid.", errors={field: [message]})
-
-
-class InviteOnly(Forbidden):
-    slug, title = "invite-only", "The drop is open to invited buyers only"
-
-
-class CountryNotAllowed(InvalidRequest):
-    slug, title = "country-not-allowed", "The drop does not ship to this country"

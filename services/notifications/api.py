@@ -5,7 +5,6 @@ from shared import web
 from shared.auth import require_admin
 from shared.openapi import operation
 from services.notifications import handlers
-from services.notifications.repository import UnitOfWork
 from services.notifications.schemas import (
     DeadLetterQuerySchema,
     DeadLetterSchema,
@@ -18,11 +17,6 @@ from services.notifications.schemas import (
 bp = Blueprint("notifications", __name__)
 
 
-def unit_of_work() -> UnitOfWork:
-    ctx = web.context()
-    return UnitOfWork(ctx.session_factory, ctx.settings.service_name)
-
-
 @bp.get("/notifications")
 @operation(
     "Deliveries (sent, retrying or dead), newest first; filter with ?order_id=, ?to=, ?status=, ?limit= (1-500, default 50)",
@@ -33,7 +27,7 @@ def unit_of_work() -> UnitOfWork:
 @require_admin
 def list_deliveries():
     query = web.load(DeliveryQuerySchema(), request.args.to_dict())
-    with unit_of_work() as uow:
+    with web.unit_of_work() as uow:
         return jsonify(DeliverySchema(many=True).dump(handlers.find_deliveries(query, uow)))
 
 
@@ -43,7 +37,7 @@ def list_deliveries():
 @require_admin
 def list_dead_letters():
     query = DeadLetterQuerySchema().load(request.args)
-    letters = handlers.dead_letters(web.context().settings, query["service"])
+    letters = handlers.dead_letters(web.root().settings, query["service"])
     return jsonify(DeadLetterSchema(many=True).dump(letters))
 
 
@@ -61,5 +55,5 @@ def list_dead_letters():
 @require_admin
 def replay_dead_letters():
     args = web.load(ReplayRequestSchema(), allow_empty=True)
-    replayed = handlers.replay(args["message_id"], web.context().settings, unit_of_work(), args["service"])
+    replayed = handlers.replay(args["message_id"], web.root().settings, web.unit_of_work(), args["service"])
     return jsonify(ReplayResultSchema().dump({"replayed": replayed}))

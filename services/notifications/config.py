@@ -6,9 +6,8 @@ from shared.config import Settings as CommonSettings
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
-    # Email may be late, never lost: temporary SMTP failures wait 10 s, 1 min, 10 min, then every
-    # hour, for about three days (10 s + 1 min + 10 min + 72 x 1 h) before the event is parked.
-    retry_delays_ms: tuple = (10_000, 60_000, 600_000, 3_600_000)
+    # Email may be late, never lost: with the retry tiers of shared/messaging/topology.py (10 s,
+    # 1 min, 10 min, then every hour) an event is parked after about three days.
     max_attempts: int = 76
     # An event missing what its email needs is parked after this many attempts, whatever
     # `max_attempts` says: waiting days for a fixed consumer helps nobody; a replay does.

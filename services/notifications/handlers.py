@@ -6,13 +6,15 @@ import logging
 import os
 import socket
 from datetime import datetime, timezone
+from typing import Callable
 
 import pika
 
 from shared import logs
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
-from shared.messaging.consumer import PermanentFailure, next_step
+from shared.messaging import topology
+from shared.messaging.consumer import PermanentFailure, current_attempt, next_step
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
@@ -54,7 +56,36 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
         log.info("email sent", extra={"message_id": email.message_id, "event_type": envelope.type})
 
 
-EVENT_HANDLERS = {event_type: send_notification for event_type in emails.KINDS}
+class ParkedEvent(PermanentFailure):
+    """An event the delivery log decided to park before the runner's last attempt."""
+
+
+def event_handlers(settings: Settings, mailer: Mailer, unit_of_work: Callable[[], object]) -> dict:
+    """The consumer's handler of every event notifications mails.
+
+    On top of mailing (`send_notification`): a failure is written to the delivery log with the
+    outcome the runner will give it (from the runner's `current_attempt`), in a unit of work of
+    its own, and an event that cannot be mailed is parked after a few attempts instead of waiting
+    out days of SMTP retries."""
+
+    def handle(envelope: Envelope, uow) -> None:
+        attempt = current_attempt.get()
+        try:
+            send_notification(envelope, uow, mailer)
+        except Exception as error:
+            # This attempt's own writes (the delivery row it expected to send) hold the row the
+            # failure is logged in, from another transaction: give them up first.
+            uow.rollback()
+            outcome = failure_outcome(error, attempt, settings)
+            try:
+                record_failure(envelope, error, outcome, unit_of_work())
+            except Exception:  # the log is for admins; the broker still holds the event
+                log.warning("could not record the failed attempt", exc_info=True, extra={"message_id": envelope.id})
+            if outcome == DEAD and not isinstance(error, PermanentFailure):
+                raise ParkedEvent(str(error)) from error
+            raise
+
+    return {event_type: handle for event_type in emails.KINDS}
 
 
 def failure_outcome(error: Exception, attempt: int, settings: Settings) -> str:
@@ -64,7 +95,7 @@ def failure_outcome(error: Exception, attempt: int, settings: Settings) -> str:
         return DEAD
     if isinstance(error, emails.IncompleteEvent) and attempt >= settings.incomplete_event_attempts:
         return DEAD
-    step = next_step(attempt, settings.max_attempts, tuple(settings.retry_delays_ms), "")
+    step = next_step(attempt, settings.max_attempts, topology.retry_delays(settings.service_name, settings.retry_delays_ms), "")
     return RETRYING if step.action == "retry" else DEAD
 
 

@@ -104,7 +104,8 @@ class EmailMetrics(Collector):
     def _queue_depths(self) -> dict[str, int]:
         service = self.settings.service_name
         queues = [topology.work_queue(service), topology.dead_letter_queue(service)]
-        queues += [topology.retry_queue(service, delay) for delay in self.settings.retry_delays_ms]
+        queues += [topology.retry_queue(service, delay)
+                   for delay in topology.retry_delays(service, self.settings.retry_delays_ms)]
         connection = amqp.connect(self.settings.amqp_url, f"{service}-metrics", heartbeat=0,
                                   socket_timeout=self.settings.metrics_query_timeout_seconds)
         depths = {}

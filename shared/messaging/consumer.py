@@ -1,4 +1,4 @@
-"""The consumer runner every service's `consumer.py` starts.
+"""The consumer every service that subscribes to events runs: `python -m services.<service> consumer`.
 
 Sequence, as in pika's examples: connect, declare the topology, set the prefetch, consume. Each
 message is handled on one of `consumer_threads` worker threads, so the connection thread keeps
@@ -20,7 +20,7 @@ import signal
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import pika
 
@@ -67,7 +67,7 @@ def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...],
 def handle_delivery(
     body: bytes,
     attempt: int,
-    handlers: dict[str, Handler],
+    handlers: Mapping[str, Handler],
     uow_factory: Callable[[], object],
     settings: Settings,
 ) -> Outcome:
@@ -96,14 +96,17 @@ def handle_delivery(
             exc_info=True,
             extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
         )
-        return next_step(attempt, settings.max_attempts, tuple(settings.retry_delays_ms), repr(error)[:500])
+        return next_step(attempt, settings.max_attempts, topology.retry_delays(settings.service_name, settings.retry_delays_ms),
+                         repr(error)[:500])
 
 
 class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
-    def __init__(self, settings: Settings, handlers: dict[str, Handler], uow_factory: Callable[[], object]):
+    def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
+                 process: str = ""):
         self.settings = settings
+        self.process = process or f"{settings.service_name}-consumer"
         self.handlers = handlers
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)
@@ -131,7 +134,7 @@ class ConsumerRunner:
 
     def _consume_until_stopped(self) -> None:
         conn = amqp.connect(
-            self.settings.amqp_url, f"{self.settings.service_name}-consumer", self.settings.amqp_heartbeat_seconds
+            self.settings.amqp_url, self.process, self.settings.amqp_heartbeat_seconds
         )
         worker = ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler")
         in_flight: set[Future] = set()
@@ -211,6 +214,16 @@ class ConsumerRunner:
                     extra={"message_id": properties.message_id, "attempt": attempt, "queue": target, "error": outcome.error},
                 )
             channel.basic_ack(method.delivery_tag)
+
+
+def run(root) -> None:
+    """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`)."""
+    runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process)
+    runner.install_signal_handlers()
+    try:
+        runner.run()
+    finally:
+        root.close()
 
 
 def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None, limit: int = 1000) -> int:

@@ -1,7 +1,7 @@
 """The transactional outbox and the consumers' inbox, as tables every service's database holds.
 
 An event is written as an outbox row in the same transaction as the state change it reports;
-the relay (`shared.messaging.relay`) publishes it later. A consumer records each message id in its
+the relay (`python -m services.<service> relay`) publishes it later. A consumer records each message id in its
 inbox in the same transaction as its effects, so a redelivered message changes nothing.
 """
 from __future__ import annotations

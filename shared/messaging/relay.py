@@ -1,23 +1,20 @@
 """The outbox relay: publishes committed events with publisher confirms, then marks them sent.
 
-Run one or more per service: `python -m shared.messaging.relay <service>`. Rows are claimed with
+Run one or more per service: `python -m services.<service> relay`. Rows are claimed with
 `FOR UPDATE SKIP LOCKED`, so replicas share the work. A row is marked sent only after the broker
 confirmed it; a crash in between republishes the row, which consumers drop by message id.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 
 import pika
 import sqlalchemy as sa
 
-from shared import db, logs
 from shared.config import Settings, lower_priority
 from shared.heartbeat import Heartbeat
 from shared.messaging import connection as amqp
@@ -34,8 +31,9 @@ IDLE_FLOOR_SECONDS = 0.005
 class OutboxRelay:
     """Publishes a service's pending outbox rows to the events exchange, oldest first."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, stop: threading.Event | None = None):
+    def __init__(self, settings: Settings, engine: sa.Engine, stop: threading.Event | None = None, process: str = ""):
         self.settings = settings
+        self.process = process or f"{settings.service_name}-relay"
         self.engine = engine
         self.stop = stop or threading.Event()
         self.published = 0
@@ -48,7 +46,7 @@ class OutboxRelay:
         while not self.stop.is_set():
             try:
                 conn = amqp.connect(
-                    self.settings.amqp_url, f"{self.settings.service_name}-relay", self.settings.amqp_heartbeat_seconds
+                    self.settings.amqp_url, self.process, self.settings.amqp_heartbeat_seconds
                 )
                 try:
                     topology.declare(conn.channel(), self.settings.retry_delays_ms)
@@ -132,37 +130,22 @@ def _message(row) -> tuple[str, str, bytes, pika.BasicProperties]:
     return topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(), envelope.properties(request_id=row.request_id)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point.
-
-    `python -m shared.messaging.relay <service>` relays one service's outbox from DATABASE_URL
-    (one Deployment per service in Kubernetes). `... relay <service>=<database url> ...` relays
-    several from one process, a thread and a broker connection each (the local stack, to save
-    memory).
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        sys.exit("usage: python -m shared.messaging.relay <service> | <service>=<database url> ...")
+def run(roots) -> None:
+    """Relay the outbox of each root (`shared.service.Root`) until SIGTERM: a thread and a broker
+    connection each. In Kubernetes a relay process serves one service
+    (`python -m services.<service> relay`); the local stack relays every outbox from one process
+    to save memory (`devtools/relays.py`)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    relays = []
-    for arg in argv:
-        service, _, url = arg.partition("=")
-        settings = Settings.from_env(service_name=service)
-        if url:
-            settings = dataclasses.replace(settings, database_url=url)
-        relays.append(OutboxRelay(settings, db.engine_for(settings, pool_size=1), stop))
-    lower_priority(relays[0].settings)
-    logs.configure("relay" if len(relays) > 1 else f"{relays[0].settings.service_name}-relay", relays[0].settings.log_level)
-    threads = [threading.Thread(target=relay.run, name=f"{relay.settings.service_name}-relay") for relay in relays]
+    lower_priority(roots[0].settings)
+    relays = [OutboxRelay(root.settings, root.engine, stop, process=root.process) for root in roots]
+    threads = [threading.Thread(target=relay.run, name=relay.process) for relay in relays]
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
         for thread in threads:
             thread.join(timeout=0.5)
+    for root in roots:
+        root.close()
     log.info("relay stopped")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,6 +7,9 @@
   service handles; retry tiers `<service>.retry.<ms>ms` whose messages expire back into the work
   queue after their delay; and `<service>.dead` where poison messages are parked. Dead-lettering
   uses the at-least-once strategy, so a retry is never lost between queues.
+
+Both tables below are data: whichever process declares the topology (every relay and consumer
+does, so no event is published before its queue exists) declares the same queues.
 """
 from __future__ import annotations
 
@@ -33,6 +36,21 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         "invite.issued",
     ),
 }
+# The wait before each retry of a failed event, per consuming service; the last tier repeats
+# until the service's MAX_ATTEMPTS. Email may be late, never lost: notifications waits 10 s,
+# 1 min, 10 min, then every hour (about three days at its 76 attempts) before parking an event.
+RETRY_DELAYS_MS: dict[str, tuple[int, ...]] = {
+    "inventory": (1000, 10_000, 60_000, 600_000),
+    "checkout": (1000, 10_000, 60_000, 600_000),
+    "notifications": (10_000, 60_000, 600_000, 3_600_000),
+}
+
+
+def retry_delays(service: str, override: Iterable[int] = ()) -> tuple[int, ...]:
+    """`service`'s retry tiers. `override` (the setting RETRY_DELAYS_MS, for tests and local
+    rehearsals only) replaces every service's tiers alike, so it must be the same in every
+    process of a deployment."""
+    return tuple(override) or RETRY_DELAYS_MS[service]
 
 
 def work_queue(service: str) -> str:
@@ -63,8 +81,9 @@ def _dead_letter_to(queue: str) -> dict:
     }
 
 
-def declare(channel, retry_delays_ms: Iterable[int]) -> None:
+def declare(channel, retry_delays_override: Iterable[int] = ()) -> None:
     """Declare exchanges, queues and bindings on `channel`; safe to call from every process."""
+    retry_delays_override = tuple(retry_delays_override)
     channel.exchange_declare(UNROUTED_EXCHANGE, exchange_type="fanout", durable=True)
     channel.queue_declare(
         UNROUTED_QUEUE, durable=True, arguments=_quorum(**{"x-max-length": 100_000, "x-overflow": "drop-head"})
@@ -84,7 +103,7 @@ def declare(channel, retry_delays_ms: Iterable[int]) -> None:
         )
         for event_type in event_types:
             channel.queue_bind(work, EVENTS_EXCHANGE, routing_key=event_type)
-        for delay in retry_delays_ms:
+        for delay in retry_delays(service, retry_delays_override):
             channel.queue_declare(
                 retry_queue(service, delay),
                 durable=True,

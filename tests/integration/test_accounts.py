@@ -363,7 +363,7 @@ def test_the_purge_deletes_long_spent_refresh_tokens_and_dead_sessions_and_keeps
                                     hash=refresh_token_hash(tokens["refresh_token"]))[0].session_id
                 for name, tokens in (("logged_out", logged_out), ("expired", expired), ("live", live))}
 
-    done = accounts_command(stack, "services.accounts.cli", "purge-refresh-tokens", "--batch-size", "1")
+    done = accounts_command(stack, "services.accounts", "purge-refresh-tokens", "--batch-size", "1")
 
     assert done.returncode == 0, done.stderr
     assert "deleted 1 used, 1 expired and 1 revoked refresh token(s) and 2 session(s) left without tokens" in done.stdout

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from devtools.client import poll
-from services.inventory import handlers
+from services.inventory.handlers import drops, events, expiry, reservations
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.errors import LimitExceeded, ReservationSold, SaleNotOpen, SoldOut
+from services.inventory.repository import InventoryUnitOfWork
+from services.inventory.bootstrap import MIGRATIONS
 from shared import db
 from shared.messaging.envelope import Envelope
 from shared.migrate import upgrade
@@ -35,7 +37,7 @@ def session_factory(infra):
     db.create_database_if_missing(url)
     engine = None
     try:
-        upgrade("inventory", url)
+        upgrade(MIGRATIONS, url)
         engine = db.make_engine(url, pool_size=2)
         yield db.make_session_factory(engine)
     finally:
@@ -47,7 +49,7 @@ def session_factory(infra):
 class Inventory(RuleBasedStateMachine):
     def __init__(self, session_factory):
         super().__init__()
-        self.uow = lambda: db.UnitOfWork(session_factory, "inventory")
+        self.uow = lambda: InventoryUnitOfWork(session_factory, "inventory")
         self.orders: dict[uuid.UUID, dict] = {}  # order id -> {buyer, quantity, status}
         self.open = True
 
@@ -62,8 +64,8 @@ class Inventory(RuleBasedStateMachine):
         now = datetime.now(timezone.utc)
 
         def schedule(uow):
-            product = handlers.add_product(AddProduct(f"P-{uuid.uuid4().hex[:10]}", "p", "", 100, "EUR"), uow)
-            return handlers.schedule_drop(
+            product = drops.add_product(AddProduct(f"P-{uuid.uuid4().hex[:10]}", "p", "", 100, "EUR"), uow)
+            return drops.schedule_drop(
                 ScheduleDrop(product.id, quantity, now - timedelta(minutes=1), now + timedelta(hours=1), LIMIT,
                              stock_shards=shards), uow)
 
@@ -99,7 +101,7 @@ class Inventory(RuleBasedStateMachine):
     def hold(self, command, buyer, quantity) -> bool:
         expected = self.expected_refusals(buyer, quantity)
         try:
-            reservation, created = self.run(lambda uow: handlers.reserve(command, uow, TTL))
+            reservation, created = self.run(lambda uow: reservations.reserve(command, uow, TTL))
         except (SaleNotOpen, LimitExceeded, SoldOut) as refusal:
             assert type(refusal) in expected, (refusal, expected)
             return False
@@ -126,7 +128,7 @@ class Inventory(RuleBasedStateMachine):
     def repeat(self, data):
         order_id = data.draw(st.sampled_from(list(self.orders)))
         command = ReserveStock(order_id, self.drop_id, "someone-else", 1)
-        reservation, created = self.run(lambda uow: handlers.reserve(command, uow, TTL))
+        reservation, created = self.run(lambda uow: reservations.reserve(command, uow, TTL))
         assert not created and reservation.status == self.orders[order_id]["status"]
 
     @precondition(lambda self: self.ids("held"))
@@ -134,7 +136,7 @@ class Inventory(RuleBasedStateMachine):
     def confirm(self, data):
         order_id = data.draw(st.sampled_from(self.ids("held")))
         envelope = Envelope(type="order.confirmed", data={"order_id": str(order_id)}, source="checkout")
-        self.run(lambda uow: handlers.on_order_confirmed(envelope, uow))
+        self.run(lambda uow: events.on_order_confirmed(envelope, uow))
         self.orders[order_id]["status"] = "sold"
 
     @precondition(lambda self: self.ids("released"))
@@ -153,7 +155,7 @@ class Inventory(RuleBasedStateMachine):
                         "AND envelope->'data'->>'order_id' = :id"), {"id": str(order_id)}).scalar()
 
         before = self.run(losses)
-        self.run(lambda uow: handlers.on_order_confirmed(envelope, uow))
+        self.run(lambda uow: events.on_order_confirmed(envelope, uow))
         order["status"] = "sold" if sellable else "released"
         assert self.run(losses) - before == (0 if sellable else 1)
 
@@ -162,7 +164,7 @@ class Inventory(RuleBasedStateMachine):
     def release(self, data):
         order_id = data.draw(st.sampled_from(list(self.orders)))
         try:
-            reservation = self.run(lambda uow: handlers.release(str(order_id), uow))
+            reservation = self.run(lambda uow: reservations.release(str(order_id), uow))
         except ReservationSold:
             assert self.orders[order_id]["status"] == "sold"
             return
@@ -174,7 +176,7 @@ class Inventory(RuleBasedStateMachine):
     def order_ended(self, data, event_type):
         order_id = data.draw(st.sampled_from(list(self.orders)))
         envelope = Envelope(type=event_type, data={"order_id": str(order_id)}, source="checkout")
-        self.run(lambda uow: handlers.on_order_ended(envelope, uow))
+        self.run(lambda uow: events.on_order_ended(envelope, uow))
         self.orders[order_id]["status"] = "released"
 
     @precondition(lambda self: self.ids("held"))
@@ -184,26 +186,26 @@ class Inventory(RuleBasedStateMachine):
         self.run(lambda uow: uow.session.execute(
             sa.text("UPDATE reservations SET hold_expires_at = now() - interval '1 second' WHERE order_id = :o"),
             {"o": order_id}))
-        assert self.run(lambda uow: handlers.release_expired_holds(uow, 500)) == 1
+        assert self.run(lambda uow: expiry.release_expired_holds(uow, 500)) == 1
         self.orders[order_id]["status"] = "released"
 
     @rule()
     def close_now(self):
         # Closed at this very transaction's time: from now on, nothing can be held.
-        self.run(lambda uow: handlers.change_drop(
+        self.run(lambda uow: drops.change_drop(
             str(self.drop_id), ChangeDrop(closes_at=uow.session.scalar(sa.select(sa.func.now()))), uow))
         self.open = False
 
     @rule()
     def extend(self):
-        view = self.run(lambda uow: handlers.change_drop(
+        view = self.run(lambda uow: drops.change_drop(
             str(self.drop_id), ChangeDrop(closes_at=datetime.now(timezone.utc) + timedelta(hours=1)), uow))
         assert view.state in ("open", "sold_out")
         self.open = True
 
     @rule(units=st.integers(1, 4))
     def restock(self, units):
-        view = self.run(lambda uow: handlers.change_drop(str(self.drop_id), ChangeDrop(add_quantity=units), uow))
+        view = self.run(lambda uow: drops.change_drop(str(self.drop_id), ChangeDrop(add_quantity=units), uow))
         self.total += units
         assert view.remaining == self.available()
 
@@ -260,12 +262,12 @@ def test_a_unit_locked_by_a_transaction_that_rolls_back_is_not_answered_sold_out
 
     def waiting_buyer():
         try:
-            answer["reservation"] = machine.run(lambda uow: handlers.reserve(second, uow, TTL))[0]
+            answer["reservation"] = machine.run(lambda uow: reservations.reserve(second, uow, TTL))[0]
         except Exception as error:  # reported by the assertion below
             answer["error"] = error
 
     with machine.uow() as failing:
-        handlers.reserve(first, failing, TTL)  # holds the row's lock, never commits
+        reservations.reserve(first, failing, TTL)  # holds the row's lock, never commits
         waiter = threading.Thread(target=waiting_buyer)
         waiter.start()
         poll(lambda: machine.run(lambda uow: uow.session.scalar(sa.text(
@@ -274,4 +276,4 @@ def test_a_unit_locked_by_a_transaction_that_rolls_back_is_not_answered_sold_out
     waiter.join(10)
     assert "error" not in answer, answer.get("error")
     assert answer["reservation"].status == "held" and answer["reservation"].order_id == second.order_id
-    assert machine.run(lambda uow: handlers.show_drop(str(machine.drop_id), uow)).remaining == 0
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 0

@@ -42,11 +42,11 @@ def schema_differences(url: str, metadata: sa.MetaData) -> list[tuple]:
 @pytest.fixture
 def migrated_database(infra, request):
     """(service, URL) of a scratch database that the service's migrations brought to head, as
-    `shared.migrate` does in production; dropped afterwards."""
+    `python -m services.<service> migrate` does in production; dropped afterwards."""
     service = request.param
     url = f"{infra.postgres_url.rstrip('/')}/fgtest_migrations_{uuid.uuid4().hex[:8]}_{service}"
     try:
-        upgrade(service, url, create_database=True)
+        upgrade(importlib.import_module(f"services.{service}.bootstrap").MIGRATIONS, url, create_database=True)
         yield service, url
     finally:
         drop_database(url)

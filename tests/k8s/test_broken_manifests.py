@@ -91,8 +91,8 @@ def test_an_autoscaler_pinned_at_one_pod_is_refused(tmp_path):
 def test_hadolint_refuses_a_careless_dockerfile(tmp_path):
     from deploy import validate
 
-    (tmp_path / "services" / "broken").mkdir(parents=True)
-    (tmp_path / "services" / "broken" / "Dockerfile").write_text(
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "Dockerfile").write_text(
         "FROM python:latest\nRUN pip install flask\nCMD python app.py\n")
     problems = validate.hadolint_errors(tmp_path)
     assert any("DL3007" in p for p in problems), problems  # latest tag

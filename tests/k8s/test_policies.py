@@ -1,6 +1,12 @@
 """Policies every rendered overlay meets: each a separate test, so a failure names the rule."""
 from __future__ import annotations
 
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from deploy import policy, validate
@@ -95,11 +101,28 @@ def test_commands_match_the_contracts(dev):
         container = policy.pod_spec(obj)["containers"][0]
         commands[obj["metadata"]["name"]] = (container["image"].split(":")[0], container.get("command"))
     assert commands["checkout-api"] == ("floodgate/checkout", None)  # the image's gunicorn entry point
-    assert commands["inventory-consumer"] == ("floodgate/inventory", ["python", "-m", "services.inventory.consumer"])
-    assert commands["accounts-relay"] == ("floodgate/accounts", ["python", "-m", "shared.messaging.relay", "accounts"])
-    assert commands["inventory-sweeper"] == ("floodgate/inventory", ["python", "-m", "services.inventory.sweeper"])
+    assert commands["inventory-consumer"] == ("floodgate/inventory", ["python", "-m", "services.inventory", "consumer"])
+    assert commands["accounts-relay"] == ("floodgate/accounts", ["python", "-m", "services.accounts", "relay"])
+    assert commands["inventory-sweeper"] == ("floodgate/inventory", ["python", "-m", "services.inventory", "sweeper"])
     assert commands["notifications-migrate"] == ("floodgate/notifications",
-                                                 ["python", "-m", "shared.migrate", "notifications"])
+                                                 ["python", "-m", "services.notifications", "migrate"])
+    # and each is a process its service's command line really has
+    for name, (image, command) in commands.items():
+        if command is None or "floodgate/" not in image:
+            continue
+        assert command[:2] == ["python", "-m"], name
+        module, process = command[2], command[3]
+        assert image.endswith(f"floodgate/{module.removeprefix('services.')}"), name
+        assert process in service_processes(module), name
+
+
+@functools.cache
+def service_processes(module: str) -> set[str]:
+    """The processes `python -m <module> --help` lists."""
+    shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    listed = re.search(r"\{([a-z,-]+)\}", shown)
+    return set(listed.group(1).split(",")) if listed else set()
 
 
 def test_metrics_and_tmp_are_writable_on_a_read_only_root(dev):
@@ -135,7 +158,7 @@ def test_spent_refresh_tokens_are_purged_nightly_by_a_job_given_only_the_databas
     assert purge["spec"]["concurrencyPolicy"] == "Forbid" and purge["spec"]["timeZone"] == "Etc/UTC"
     assert not purge["spec"].get("suspend")
     container = policy.pod_spec(purge)["containers"][0]
-    assert container["command"] == ["python", "-m", "services.accounts.cli", "purge-refresh-tokens"]
+    assert container["command"] == ["python", "-m", "services.accounts", "purge-refresh-tokens"]
     assert container["image"].split(":")[0].endswith("floodgate/accounts")
     secrets = [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
     assert len(secrets) == 1 and secrets[0].startswith("accounts-database")  # neither the KEKs nor the broker

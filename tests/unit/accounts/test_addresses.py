@@ -58,7 +58,7 @@ def test_a_buyer_keeps_a_bounded_number_of_addresses(uow, ann):
 
 
 def test_over_http_addresses_are_per_buyer_and_the_service_lookup_takes_only_the_service_key(app, client, uow, ann, bob):
-    keks = app.extensions["floodgate.accounts"].key_encryption
+    keks = app.extensions["floodgate"].key_encryption
     auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")
 
     def bearer(email):

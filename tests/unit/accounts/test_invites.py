@@ -108,7 +108,7 @@ def test_over_http_only_admins_issue_invites(app, client, uow, passwords):
     from shared import auth
     from shared.auth import KeySet, TokenVerifier
 
-    keks = app.extensions["floodgate.accounts"].key_encryption
+    keks = app.extensions["floodgate"].key_encryption
     auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: h.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")
     register(uow, passwords, "ann@example.com")
     h.create_admin(RegistrationSchema().load({"email": "boss@example.com", "password": "admin password"}), uow, passwords)

@@ -148,7 +148,7 @@ def test_production_refuses_the_public_development_kek_even_beside_a_real_one():
 def test_production_starts_with_its_kek_and_makes_keys_with_the_first_one():
     app = _create_app(deployment_environment="production", signing_key_encryption_keys=f" {NEW_KEK} , {OLD_KEK} ")
 
-    made = new_signing_key(NOW, app.extensions["floodgate.accounts"].key_encryption)
+    made = new_signing_key(NOW, app.extensions["floodgate"].key_encryption)
     assert KeyEncryptionKeys([NEW_KEK]).private_key_pem(made).startswith("-----BEGIN PRIVATE KEY-----")
 
 

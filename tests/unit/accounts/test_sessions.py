@@ -134,7 +134,7 @@ def test_over_http_sign_in_answers_a_bearer_token_that_is_never_cached(client, u
 
 
 def test_over_http_the_signed_in_buyer_sees_their_account(app, client, uow, ann):
-    keks = app.extensions["floodgate.accounts"].key_encryption
+    keks = app.extensions["floodgate"].key_encryption
     verifier = TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate")
     auth.init_app(app, verifier, "service-key")
     token = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"}).get_json()

@@ -1,12 +1,13 @@
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.checkout import orders
+from services.checkout import handlers, orders
 from services.checkout.errors import InvalidTransition
 from services.checkout.handlers import PlaceOrder
 from services.checkout.models import Order
 from services.checkout.payments import approval_url, sign, signature_is_valid
+from tests.unit.checkout.fakes import HOME, Checkout
 
 SECRET = "test-secret"
 
@@ -66,3 +67,15 @@ def test_the_approval_link_signs_the_amount():
     link = approval_url("http://pay.local/", SECRET, "order-1", 29900, "CAD")
     assert link.startswith("http://pay.local/pay/order-1?amount=29900&currency=CAD&sig=")
     assert link != approval_url("http://pay.local/", SECRET, "order-1", 1, "CAD")
+
+
+def test_a_buyer_pages_through_their_own_orders_newest_first():
+    checkout = Checkout()
+    placed = [checkout.place(key=f"key-{n}", address=dict(HOME, street_address=f"{n} Sussex Drive")) for n in range(3)]
+    for age, order in enumerate(reversed(placed)):
+        order.created_at -= timedelta(minutes=age)
+    checkout.place(key="theirs", buyer_id="buyer-2", address=dict(HOME, street_address="9 Elgin Street"))
+    first, _ = checkout.run(lambda uow: handlers.orders_page(uow, "buyer-1", limit=2, offset=0))
+    last, _ = checkout.run(lambda uow: handlers.orders_page(uow, "buyer-1", limit=2, offset=2))
+    assert first == {"orders": [placed[2], placed[1]], "next_offset": 2}
+    assert last == {"orders": [placed[0]], "next_offset": None}

@@ -3,7 +3,9 @@ from dataclasses import replace
 import pytest
 
 from shared.messaging.consumer import PermanentFailure
-from services.notifications import consumer, handlers
+from services.notifications import handlers
+from shared.messaging import topology
+from shared.messaging.consumer import current_attempt
 from services.notifications.config import Settings
 from services.notifications.emails import IncompleteEvent
 from services.notifications.mailer import MailNotSent, MailRejected
@@ -104,15 +106,16 @@ def test_a_failure_is_retried_or_parked_as_the_runner_will(error, attempt, outco
 
 def test_the_production_retry_tiers_wait_about_three_days_before_parking():
     production = Settings()
-    assert production.retry_delays_ms == (10_000, 60_000, 600_000, 3_600_000)
-    waited_ms = sum(production.retry_delays_ms[min(n, 4) - 1] for n in range(1, production.max_attempts))
+    tiers = topology.retry_delays("notifications", production.retry_delays_ms)
+    assert tiers == (10_000, 60_000, 600_000, 3_600_000)
+    waited_ms = sum(tiers[min(n, 4) - 1] for n in range(1, production.max_attempts))
     assert 71 * 3600 < waited_ms / 1000 < 73 * 3600
 
 
 def run_handler(envelope, mailer, deliveries, attempt):
     """As the runner does: the attempt number is set, the handler runs in a unit of work."""
-    handle = consumer.mailing_handler(SETTINGS, mailer, lambda: FakeUnitOfWork(deliveries))
-    consumer.current_attempt.set(attempt)
+    handle = handlers.event_handlers(SETTINGS, mailer, lambda: FakeUnitOfWork(deliveries))[envelope.type]
+    current_attempt.set(attempt)
     with FakeUnitOfWork(deliveries) as uow:
         handle(envelope, uow)
         uow.commit()

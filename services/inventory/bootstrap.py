@@ -1,0 +1,28 @@
+"""Inventory's composition root: its API, consumer, relay, sweeper and tests are built from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.inventory import config
+from services.inventory.handlers import events
+from services.inventory.repository import InventoryUnitOfWork
+from shared import service
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+POOL_SIZES: dict = {}  # the defaults of shared/service.py
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inventory(service.Root):
+    settings: config.Settings
+
+
+def bootstrap(kind: str, settings: config.Settings | None = None) -> Inventory:
+    """Inventory as a process of `kind` needs it (see `shared.service`)."""
+    settings = settings or config.load()
+    return Inventory(
+        **service.database(settings, kind, InventoryUnitOfWork, POOL_SIZES),
+        migrations=MIGRATIONS,
+        event_handlers=events.EVENT_HANDLERS,
+    )

@@ -1,0 +1,227 @@
+"""Products and drops (the admin's side), a drop as a client sees it, and the announcements of
+drops that open or sell out."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql as pg
+
+from services.inventory.commands import AddProduct, ChangeDrop, ScheduleDrop
+from services.inventory.errors import DropNotFound, InvalidDrop, ProductNotFound, SkuTaken
+from services.inventory.models import DROP_OPENED, DROP_SOLD_OUT, Drop, DropAnnouncement, Product, StockShard, spread
+
+log = logging.getLogger("floodgate.inventory")
+
+
+@dataclass(frozen=True)
+class DropView:
+    """A drop as a client sees it at one instant: its state follows from the clock and the stock."""
+
+    id: uuid.UUID
+    product: Product
+    quantity: int
+    restocked: int
+    remaining: int
+    state: str
+    opens_at: datetime
+    closes_at: datetime
+    per_buyer_limit: int
+    invite_only_until: datetime | None
+    invite_tier: str | None
+    shipping_countries: list[str]
+    stock_shards: int
+    hold_ttl_seconds: int | None
+
+    @classmethod
+    def of(cls, drop: Drop, now: datetime, remaining: int) -> "DropView":
+        return cls(
+            id=drop.id,
+            product=drop.product,
+            quantity=drop.quantity,
+            restocked=drop.restocked,
+            remaining=remaining,
+            state=drop.state_at(now, remaining),
+            opens_at=drop.opens_at,
+            closes_at=drop.closes_at,
+            per_buyer_limit=drop.per_buyer_limit,
+            invite_only_until=drop.invite_only_until,
+            invite_tier=drop.invite_tier,
+            shipping_countries=list(drop.shipping_countries),
+            stock_shards=drop.stock_shards,
+            hold_ttl_seconds=drop.hold_ttl_seconds,
+        )
+
+
+# A drop has at most this much stock over its life (quantity plus restocks): 422 beyond.
+MAX_TOTAL_STOCK = 10_000_000
+
+SHARDS = StockShard.__table__
+
+
+def available_units(drop_id):
+    """A scalar subquery: the drop's available units, summed over its shard rows."""
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(SHARDS.c.available), 0))
+        .where(SHARDS.c.drop_id == drop_id)
+        .scalar_subquery()
+    )
+
+
+def _database_now(uow) -> datetime:
+    # One clock for every process: the database's, fixed for the whole transaction.
+    return uow.session.scalar(sa.select(sa.func.now()))
+
+
+def parse_id(raw: str, not_found: type[Exception]) -> uuid.UUID:
+    """The id in a request's path, or `not_found` when it is not a UUID."""
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise not_found() from None
+
+
+def add_product(cmd: AddProduct, uow) -> Product:
+    product = Product(
+        id=uuid.uuid4(),
+        sku=cmd.sku,
+        name=cmd.name,
+        description=cmd.description,
+        price_amount=cmd.price_amount,
+        currency=cmd.currency,
+    )
+    uow.session.add(product)
+    try:
+        uow.session.flush()
+    except sa.exc.IntegrityError:
+        raise SkuTaken(f"A product with SKU {cmd.sku!r} already exists.") from None
+    return product
+
+
+def show_product(product_id: str, uow) -> Product:
+    product = uow.session.get(Product, parse_id(product_id, ProductNotFound))
+    if product is None:
+        raise ProductNotFound()
+    return product
+
+
+def schedule_drop(cmd: ScheduleDrop, uow, default_stock_shards: int = 16) -> DropView:
+    product = uow.session.get(Product, cmd.product_id)
+    if product is None:
+        raise InvalidDrop("product_id", "No product has this id.")
+    now = _database_now(uow)
+    drop = Drop.schedule(
+        product,
+        cmd.quantity,
+        cmd.opens_at,
+        cmd.closes_at,
+        cmd.per_buyer_limit,
+        now,
+        stock_shards=cmd.stock_shards or default_stock_shards,
+        invite_only_until=cmd.invite_only_until,
+        invite_tier=cmd.invite_tier,
+        shipping_countries=cmd.shipping_countries,
+        hold_ttl_seconds=cmd.hold_ttl_seconds,
+    )
+    uow.session.add(drop)
+    uow.session.flush()
+    uow.session.add_all(drop.initial_stock())
+    uow.session.flush()
+    return DropView.of(drop, now, drop.quantity)
+
+
+def show_drop(drop_id: str, uow) -> DropView:
+    row = uow.session.execute(
+        sa.select(Drop, sa.func.now(), available_units(Drop.id))
+        .where(Drop.id == parse_id(drop_id, DropNotFound))
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        raise DropNotFound()
+    drop, now, remaining = row
+    return DropView.of(drop, now, remaining)
+
+
+def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
+    """Move a drop's close (extend or shorten, even reopen a closed drop) and/or add stock.
+
+    Shard rows are locked before the drop row, as a reservation that sells the last unit does
+    (the lock order is in `handlers.reservations`).
+    """
+    view = show_drop(drop_id, uow)
+    drops = Drop.__table__
+    if cmd.closes_at is not None:
+        uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
+    if cmd.add_quantity:
+        if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
+            raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
+        _restock(uow, view.id, view.stock_shards, cmd.add_quantity)
+        uow.session.execute(
+            drops.update().where(drops.c.id == view.id).values(restocked=drops.c.restocked + cmd.add_quantity)
+        )
+        # Stock came back: the next time it runs out is news again.
+        announcements = DropAnnouncement.__table__
+        uow.session.execute(
+            announcements.delete().where(
+                announcements.c.drop_id == view.id, announcements.c.event_type == DROP_SOLD_OUT
+            )
+        )
+    if cmd.closes_at is not None:
+        uow.session.execute(drops.update().where(drops.c.id == view.id).values(closes_at=cmd.closes_at))
+    log.info(
+        "drop changed",
+        extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
+               "add_quantity": cmd.add_quantity},
+    )
+    return show_drop(str(view.id), uow)
+
+
+def _restock(uow, drop_id: uuid.UUID, shard_count: int, units: int) -> None:
+    # Every shard row is updated in shard order, the order a multi-shard hold locks them in.
+    uow.session.execute(
+        SHARDS.update()
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.shard == sa.bindparam("s"))
+        .values(available=SHARDS.c.available + sa.bindparam("q")),
+        [{"s": shard, "q": q} for shard, q in enumerate(spread(units, shard_count)) if q],
+    )
+
+
+def announce(session: orm.Session, publish: Callable[[str, dict], None], drop_ids: Iterable[uuid.UUID],
+             event_type: str, product_ids: dict) -> list[uuid.UUID]:
+    """Publish `event_type` for each drop that has not had it yet; return those announced now."""
+    announcements = DropAnnouncement.__table__
+    fresh = session.scalars(
+        pg.insert(announcements)
+        .values([{"drop_id": drop_id, "event_type": event_type} for drop_id in drop_ids])
+        .on_conflict_do_nothing()
+        .returning(announcements.c.drop_id)
+    ).all()
+    for drop_id in fresh:
+        publish(event_type, {"drop_id": str(drop_id), "product_id": str(product_ids[drop_id])})
+    return list(fresh)
+
+
+def announce_drops(uow) -> int:
+    """Publish `drop.opened` for open drops not yet announced, and `drop.sold_out` for open drops
+    without stock whose last units went in two racing transactions (each saw the other's unit)."""
+    now = sa.func.now()
+    open_now = sa.select(Drop.id, Drop.product_id).where(Drop.opens_at <= now, Drop.closes_at > now)
+    announcements = DropAnnouncement.__table__
+
+    def not_announced(event_type: str):
+        return ~sa.exists().where(announcements.c.drop_id == Drop.id, announcements.c.event_type == event_type)
+
+    count = 0
+    for event_type, query in (
+        (DROP_OPENED, open_now.where(not_announced(DROP_OPENED))),
+        (DROP_SOLD_OUT, open_now.where(not_announced(DROP_SOLD_OUT), available_units(Drop.id) == 0)),
+    ):
+        found = dict(uow.session.execute(query).all())
+        if found:
+            count += len(announce(uow.session, uow.publish, sorted(found), event_type, found))
+    return count

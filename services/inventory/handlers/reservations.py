@@ -1,0 +1,248 @@
+"""Holds on the order path (`POST /reservations`), and a hold's sale or release over HTTP.
+
+Lock order, so no two transactions can deadlock: reservation row (releases, renewals) → buyer
+allowance rows (sorted) → stock shard rows (in shard order whenever a transaction may wait for a
+second one; see `take_stock`) → the drop row and its announcements. A new reservation is inserted
+before its stock is taken, keeping a stock row locked only for the decrement and the commit; its
+row is one nobody else can be waiting for.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from services.inventory.commands import ReserveStock
+from services.inventory.errors import (
+    CountryNotAllowed,
+    DropNotFound,
+    InviteOnly,
+    LimitExceeded,
+    ReservationNotFound,
+    ReservationSold,
+    SaleNotOpen,
+    SoldOut,
+)
+from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
+from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Reservation
+from shared.logs import bind_order_id
+
+RESERVATIONS = Reservation.__table__
+
+
+def find_reservation(session: orm.Session, order_id: uuid.UUID, for_update: bool = False) -> Reservation | None:
+    query = sa.select(Reservation).where(Reservation.order_id == order_id)
+    if for_update:
+        query = query.with_for_update(of=Reservation)
+    return session.scalars(query).first()
+
+
+def note_order_version(reservation: Reservation, version: int | None) -> None:
+    """Remember that the reservation now serves order version `version` (None: not known)."""
+    if version is not None and version > reservation.order_version:
+        reservation.order_version = version
+
+
+def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation, bool]:
+    """Hold stock for an order; idempotent by order id. Returns the reservation and whether it is new.
+
+    `hold_ttl_seconds` is the service default; a drop may set its own.
+    """
+    bind_order_id(cmd.order_id)
+    if cmd.renew:
+        existing = find_reservation(uow.session, cmd.order_id, for_update=True)
+        if existing is not None:
+            note_order_version(existing, cmd.order_version)
+            if existing.status == RELEASED:
+                # A payment that arrived after its hold was given back: hold the same units again.
+                renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
+                return _hold(renewal, uow.session, uow.publish, hold_ttl_seconds, renewing=existing), True
+            return existing, False
+    # Nearly every request on drop day is a new order id: no look-up first. A repeat finds its
+    # reservation when the insert (or a refusal before it) sends it to the existing one below.
+    try:
+        return _hold(cmd, uow.session, uow.publish, hold_ttl_seconds), True
+    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, CountryNotAllowed, _LostRace):
+        # The order id may already have its reservation: made by this order's earlier attempt
+        # (before the drop closed, say), or by a concurrent request that committed first, whose
+        # allowance and stock updates ours waited on. That reservation, not our refusal, is the
+        # answer.
+        uow.rollback()
+        winner = find_reservation(uow.session, cmd.order_id)
+        if winner is None:
+            raise
+        return winner, False
+
+
+# Built once: composing a statement costs more Python time than running it on the order path.
+_DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), available_units(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
+
+
+# SQLAlchemy cannot cache a compiled ON CONFLICT statement; written once, it costs nothing to build.
+_TAKE_BUYER_ALLOWANCE = sa.text(
+    "INSERT INTO buyer_allowances (drop_id, buyer_id, taken) VALUES (:drop_id, :buyer_id, :quantity) "
+    "ON CONFLICT (drop_id, buyer_id) DO UPDATE SET taken = buyer_allowances.taken + :quantity "
+    "WHERE buyer_allowances.taken + :quantity <= :limit RETURNING taken"
+)
+_INSERT_RESERVATION = RESERVATIONS.insert()
+
+
+class _LostRace(Exception):
+    """Another transaction inserted a reservation with this order id first."""
+
+
+def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict], None], hold_ttl_seconds: int,
+          renewing: Reservation | None = None) -> Reservation:
+    row = session.execute(_DROP_NOW_AND_REMAINING, {"drop_id": cmd.drop_id}).first()
+    if row is None:
+        raise DropNotFound()
+    drop, now, remaining = row
+    drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None)
+    if remaining < cmd.quantity:
+        raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
+
+    taken = session.execute(
+        _TAKE_BUYER_ALLOWANCE,
+        {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit},
+    ).first()
+    if taken is None:
+        raise LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
+
+    # The reservation is written before the stock is taken, so the transaction holds a stock
+    # row's lock for as little time as possible: the decrement, then the commit.
+    expires_at = now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
+    if renewing is not None:
+        reservation = renewing
+        reservation.status, reservation.hold_expires_at = HELD, expires_at
+        session.flush()
+    else:
+        values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
+                      status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
+        try:
+            # Core rather than Session.add + flush: the order path's hottest statement.
+            session.execute(_INSERT_RESERVATION, values)
+        except sa.exc.IntegrityError:
+            raise _LostRace() from None
+        # What the response shows; not added to the session, which has nothing left to flush.
+        reservation = Reservation(**values)
+        reservation.drop = drop
+
+    shard_left = take_stock(session, drop.id, cmd.quantity)
+    if shard_left is None:
+        raise _sold_out(0)  # the caller rolls back, reservation row included
+    if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
+        announce(session, publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
+    return reservation
+
+
+# Takes `q` units from one shard row with enough stock. FOR UPDATE re-checks `available` on the
+# row version it locks, so the decrement never goes below zero; a row whose re-check fails stays
+# locked until the transaction ends (PostgreSQL keeps the lock), which is why the statements run
+# inside a savepoint that is rolled back when they take nothing.
+_TAKE_FROM_ONE_SHARD = """
+UPDATE drop_stock_shards SET available = available - :q
+WHERE drop_id = :d AND available >= :q AND shard = (
+    SELECT shard FROM drop_stock_shards
+    WHERE drop_id = :d AND available >= :q
+    ORDER BY {order} LIMIT 1
+    FOR UPDATE {skip})
+RETURNING available
+"""
+# A random shard among those nobody has locked: no waiting at all.
+TAKE_FROM_UNLOCKED_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="random()", skip="SKIP LOCKED"))
+# The first shard with stock, waiting for its lock; in shard order, like every statement that may
+# wait for a second shard row while holding one, so they cannot deadlock.
+TAKE_FROM_ANY_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="shard", skip=""))
+
+
+def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
+    """Take `quantity` units of a drop's stock; return what is left in the (last) shard touched,
+    or None when the drop has not got that many units.
+
+    Three steps, each only when the one before took nothing: a random unlocked shard with enough
+    stock; any shard with enough stock, waiting for its lock (a shard locked by a transaction
+    that will roll back still has stock: no false sold-out); units gathered from several shards
+    locked in shard order (a hold of several units when no single row has them).
+    """
+    params = {"d": drop_id, "q": quantity}
+    for statement in (TAKE_FROM_UNLOCKED_SHARD, TAKE_FROM_ANY_SHARD):
+        session.execute(_SAVEPOINT)
+        left = session.execute(statement, params).scalar()
+        if left is not None:
+            return left
+        session.execute(_ROLLBACK_TO_SAVEPOINT)  # drop the locks on rows that had emptied meanwhile
+    rows = session.execute(
+        sa.select(SHARDS.c.shard, SHARDS.c.available)
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.available > 0)
+        .order_by(SHARDS.c.shard)
+        .with_for_update()
+    ).all()
+    if sum(available for _, available in rows) < quantity:
+        return None
+    wanted, taken = quantity, []
+    for shard, available in rows:
+        take = min(available, wanted)
+        taken.append({"s": shard, "q": take})
+        wanted -= take
+        if not wanted:
+            break
+    session.execute(
+        SHARDS.update()
+        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.shard == sa.bindparam("s"))
+        .values(available=SHARDS.c.available - sa.bindparam("q")),
+        taken,
+    )
+    return available - taken[-1]["q"]
+
+
+# Plain SQL rather than Session.begin_nested(): the savepoint only ever wraps these Core
+# statements, and a successful take needs no RELEASE round trip (the commit releases it).
+_SAVEPOINT = sa.text("SAVEPOINT take_stock")
+_ROLLBACK_TO_SAVEPOINT = sa.text("ROLLBACK TO SAVEPOINT take_stock")
+
+
+def _sold_out(remaining: int) -> SoldOut:
+    return SoldOut("No stock is left for this drop.", remaining=max(remaining, 0))
+
+
+def hold_again(reservation: Reservation, session: orm.Session, publish: Callable[[str, dict], None]) -> None:
+    """Hold a released reservation's units again, checked as a renewal is (window, allowance,
+    stock); SoldOut, SaleNotOpen or LimitExceeded when they cannot be."""
+    renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
+                           buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
+    _hold(renewal, session, publish, hold_ttl_seconds=0, renewing=reservation)
+
+
+def release(order_id: str, uow) -> Reservation:
+    """Give a held reservation's stock back (checkout abandoning an order). Idempotent."""
+    parsed = parse_id(order_id, ReservationNotFound)
+    bind_order_id(parsed)
+    reservation = uow.reservations.for_update(parsed)
+    if reservation is None:
+        raise ReservationNotFound()
+    if reservation.status == SOLD:
+        raise ReservationSold("This reservation was paid for; cancel the order to release it.")
+    if reservation.status == HELD:
+        uow.stock.give_back([reservation])
+    return reservation
+
+
+def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
+    """Turn an order's hold into a sale now: checkout calls this as it confirms a payment, so a
+    paid order's units never wait on the event (`order.confirmed` repeats it, harmlessly). A hold
+    already given back is taken again if the units are still there; else SoldOut (or another
+    refusal) and checkout refunds. `order_version` is the confirmed order's."""
+    parsed = parse_id(order_id, ReservationNotFound)
+    bind_order_id(parsed)
+    reservation = uow.reservations.for_update(parsed)
+    if reservation is None:
+        raise ReservationNotFound()
+    note_order_version(reservation, order_version)
+    if reservation.status == RELEASED:
+        uow.stock.take_again(reservation)
+    reservation.status = SOLD
+    return reservation

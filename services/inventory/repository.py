@@ -1,0 +1,106 @@
+"""Reservations and the units they move, behind the unit of work the event handlers, the sweeper
+and the HTTP sale and release receive (tests/unit/inventory/fakes.py stands in for them).
+
+The hold on the order path (`handlers.reservations.reserve`) runs its statements on the session
+itself, with the lock order written beside them; a renewal here runs that same code.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from services.inventory.handlers.reservations import find_reservation, hold_again
+from services.inventory.models import HELD, RELEASED, BuyerAllowance, Reservation
+from shared.db import UnitOfWork
+
+
+class Reservations:
+    """A reservation found here belongs to the session: a change to its status or order version
+    is written with the transaction."""
+
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def for_update(self, order_id: uuid.UUID) -> Reservation | None:
+        """The order's reservation, its row locked until the transaction ends (first in the lock
+        order)."""
+        return find_reservation(self._session, order_id, for_update=True)
+
+    def expired_holds(self, batch_size: int, grace_seconds: float = 0) -> list[Reservation]:
+        """Up to `batch_size` holds whose time ran out `grace_seconds` ago, oldest first, locked;
+        a row another transaction holds is skipped, so sweeper replicas share the work."""
+        return list(self._session.scalars(
+            sa.select(Reservation)
+            .options(orm.lazyload(Reservation.drop))
+            .where(
+                Reservation.status == HELD,
+                Reservation.hold_expires_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, grace_seconds),
+            )
+            .order_by(Reservation.hold_expires_at)
+            .limit(batch_size)
+            .with_for_update(of=Reservation, skip_locked=True)
+        ))
+
+
+# Released units go to one shard row of the drop, picked at random (without waiting for a lock
+# to pick it: the update then waits for that row like any other).
+_GIVE_BACK = sa.text(
+    """
+    UPDATE drop_stock_shards SET available = available + :q
+    WHERE drop_id = :d AND shard = (
+        SELECT shard FROM drop_stock_shards WHERE drop_id = :d ORDER BY random() LIMIT 1)
+    """
+)
+
+
+class Stock:
+    """A drop's units moving between its stock rows and the reservations that hold them."""
+
+    def __init__(self, session: orm.Session, publish: Callable[[str, dict], None]):
+        self._session = session
+        self._publish = publish  # a renewal that takes the last unit announces `drop.sold_out`
+
+    def give_back(self, reservations: list[Reservation]) -> None:
+        """Release `reservations` (locked, held or sold): each becomes `released`, and its units
+        go back to its drop's stock and its buyer's allowance, in the global lock order."""
+        for reservation in reservations:
+            reservation.status = RELEASED
+        self._session.flush()
+        by_buyer: Counter = Counter()
+        by_drop: Counter = Counter()
+        for reservation in reservations:
+            by_buyer[(reservation.drop_id, reservation.buyer_id)] += reservation.quantity
+            by_drop[reservation.drop_id] += reservation.quantity
+        allowance = BuyerAllowance.__table__
+        self._session.execute(
+            allowance.update()
+            .where(allowance.c.drop_id == sa.bindparam("d"), allowance.c.buyer_id == sa.bindparam("b"))
+            .values(taken=allowance.c.taken - sa.bindparam("q")),
+            [{"d": d, "b": b, "q": q} for (d, b), q in sorted(by_buyer.items())],
+        )
+        for drop_id, units in sorted(by_drop.items()):
+            self._session.execute(_GIVE_BACK, {"d": drop_id, "q": units})
+
+    def take_again(self, reservation: Reservation) -> None:
+        """Hold a released reservation's units again, as a renewal does: it is `held` again, its
+        units out of the drop's stock and into its buyer's allowance. Refused (SoldOut,
+        SaleNotOpen, LimitExceeded), the transaction is left as it was."""
+        with self._session.begin_nested():
+            hold_again(reservation, self._session, self._publish)
+
+
+class InventoryUnitOfWork(UnitOfWork):
+    """The shared unit of work plus the inventory's repositories on its session."""
+
+    reservations: Reservations
+    stock: Stock
+
+    def __enter__(self) -> "InventoryUnitOfWork":
+        super().__enter__()
+        self.reservations = Reservations(self.session)
+        self.stock = Stock(self.session, self.publish)
+        return self

@@ -1,0 +1,46 @@
+"""Notifications' composition root: its API, consumer, relay and tests are built from it. A test
+passes its own `mailer`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.notifications import config, handlers
+from services.notifications.mailer import Mailer, SmtpMailers
+from services.notifications.metrics import EmailMetrics
+from services.notifications.repository import UnitOfWork
+from shared import service
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The admin API is light (the consumer keeps a connection per handler thread, CONSUMER_THREADS).
+POOL_SIZES = {"api": 2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notifications(service.Root):
+    settings: config.Settings
+    mailer: Mailer
+
+    @property
+    def metrics(self) -> EmailMetrics:
+        """The email figures /metrics adds: the delivery log's totals and the queues' depths."""
+        return EmailMetrics(self.settings, self.session_factory)
+
+    def close(self) -> None:
+        close_mailer = getattr(self.mailer, "close", None)
+        if close_mailer is not None:
+            close_mailer()
+        super().close()
+
+
+def bootstrap(kind: str, settings: config.Settings | None = None, mailer: Mailer | None = None) -> Notifications:
+    """Notifications as a process of `kind` needs it (see `shared.service`)."""
+    settings = settings or config.load()
+    mailer = mailer or SmtpMailers(settings)  # connects on a handler thread's first email
+    database = service.database(settings, kind, UnitOfWork, POOL_SIZES)
+    return Notifications(
+        **database,
+        migrations=MIGRATIONS,
+        event_handlers=handlers.event_handlers(settings, mailer, database["unit_of_work"]),
+        mailer=mailer,
+    )

@@ -1,0 +1,85 @@
+"""A service's composition root: what each of its processes is built from, made once at start.
+
+Every service has `services/<service>/bootstrap.py` with one function, `bootstrap(kind,
+settings=None, **dependencies)`, that reads the settings, opens the database engine with the
+pool that kind of process needs, and wires the clients and event handlers. Its API
+(`app.create_app`), its processes (`python -m services.<service> <process>`, see
+`shared/processes.py`) and its tests all start from it, so one file says how a service is put
+together, and a test swaps a dependency by passing it (`bootstrap("api", settings,
+provider=FakeProvider())`).
+
+The kinds of process, and so the names in logs, metrics and broker connections, are the same
+in every service: `<service>-api`, `<service>-consumer`, `<service>-relay`, `<service>-sweeper`,
+`<service>-job` (migrations and operator commands).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from shared import db
+from shared.config import Settings
+
+KINDS = ("api", "consumer", "relay", "sweeper", "job")
+# Database connections each kind of process keeps (its engine's pool_size; the ceiling is twice
+# that), unless its service's bootstrap says otherwise (its POOL_SIZES). An API's request threads
+# and a consumer's handler threads each hold one at a time. deploy/pooling.py sizes PgBouncer
+# from these same numbers, through `pool_size`.
+DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "job": 1}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Root:
+    """What every service's processes share; a service's root subclasses it to add its clients."""
+
+    kind: str
+    settings: Settings
+    engine: sa.Engine
+    session_factory: orm.sessionmaker
+    unit_of_work: Callable[[], db.UnitOfWork]
+    # where this service's Alembic migrations live
+    migrations: Path
+    # event type -> handler(envelope, uow), for the service's consumer (empty: it consumes nothing)
+    event_handlers: Mapping[str, Callable] = field(default_factory=dict)
+
+    @property
+    def service(self) -> str:
+        return self.settings.service_name
+
+    @property
+    def process(self) -> str:
+        """This process's name in logs, metrics and broker connections."""
+        return f"{self.service}-{self.kind}"
+
+    def close(self) -> None:
+        """Let go of what the root opened (a service with clients to close extends it)."""
+        self.engine.dispose()
+
+
+def pool_size(kind: str, overrides: Mapping[str, int] | None = None, consumer_threads: int = 1) -> int:
+    """The pool a process of `kind` opens: the service's own figure, else the default; a consumer
+    keeps at least one connection per handler thread (CONSUMER_THREADS)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of process {kind!r}; one of {', '.join(KINDS)}")
+    size = {**DEFAULT_POOL_SIZES, **(overrides or {})}[kind]
+    return max(size, consumer_threads) if kind == "consumer" else size
+
+
+def database(settings: Settings, kind: str, unit_of_work_class: type = db.UnitOfWork,
+             pool_sizes: Mapping[str, int] | None = None) -> dict:
+    """The database part of a root: engine, sessions and the unit-of-work factory, as keyword
+    arguments for the service's `Root` subclass."""
+    engine = db.engine_for(settings, pool_size=pool_size(kind, pool_sizes, settings.consumer_threads))
+    session_factory = db.make_session_factory(engine)
+    return {
+        "kind": kind,
+        "settings": settings,
+        "engine": engine,
+        "session_factory": session_factory,
+        "unit_of_work": functools.partial(unit_of_work_class, session_factory, settings.service_name),
+    }

@@ -1,0 +1,243 @@
+"""In-memory stand-ins for checkout's unit of work, inventory and payment provider, and checkout's
+handlers wired to them: no database, no network."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+from services.checkout import config, handlers
+from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
+from services.checkout.inventory_client import Hold
+from services.checkout.models import Order
+from services.checkout.payments import Refund
+from services.checkout.repository import KeyHeld
+from shared.messaging.envelope import Envelope
+from shared.values import utc_now, uuid_or_none
+
+SETTINGS = config.Settings(service_name="checkout")
+BUYER = "buyer-1"
+DROP_ID = "5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40"
+UNIT_PRICE, CURRENCY = 29900, "CAD"
+HOLD = timedelta(minutes=10)
+HOME = {
+    "name": "Émilie Tremblay",
+    "street_address": "24 Sussex Drive",
+    "city": "Ottawa",
+    "city_area": "",
+    "sorting_code": "",
+    "postal_code": "K1A 0B1",
+    "country_area": "ON",
+    "country_code": "CA",
+}
+
+
+class FakeOrders:
+    def __init__(self):
+        self.rows = {}
+
+    def get(self, order_id, lock=False):
+        return self.rows.get(uuid_or_none(order_id))
+
+    def add(self, order):
+        assert order.id not in self.rows, "the orders table has one row per id"
+        self.rows[order.id] = order
+
+    def newest_of(self, buyer_id, limit, offset):
+        mine = sorted((o for o in self.rows.values() if o.buyer_id == buyer_id), key=lambda o: o.id)
+        mine.sort(key=lambda o: o.created_at, reverse=True)
+        return mine[offset:offset + limit]
+
+
+class FakeIdempotencyKeys:
+    def __init__(self):
+        self.rows = {}
+
+    def claim(self, buyer_id, key, fingerprint):
+        held = self.rows.get((buyer_id, key))
+        if held is None:
+            self.rows[(buyer_id, key)] = KeyHeld(fingerprint, None, None)
+        return held
+
+    def answer(self, buyer_id, key, status, body):
+        self.rows[(buyer_id, key)] = replace(self.rows[(buyer_id, key)], response_status=status, response_body=body)
+
+
+class FakeAddressAllowances:
+    def __init__(self):
+        self.rows = {}
+
+    def take(self, drop_id, address_key, quantity, limit):
+        taken = self.rows.get((drop_id, address_key))
+        if taken is not None and taken + quantity > limit:
+            return False
+        self.rows[(drop_id, address_key)] = (taken or 0) + quantity
+        return True
+
+    def give_back(self, drop_id, address_key, quantity):
+        if (drop_id, address_key) in self.rows:
+            self.rows[(drop_id, address_key)] -= quantity
+
+
+class FakePaymentEvents:
+    def __init__(self):
+        self.rows = {}
+
+    def record(self, provider_event_id, order_id, event_type):
+        if provider_event_id in self.rows:
+            return False
+        self.rows[provider_event_id] = (order_id, event_type)
+        return True
+
+
+class FakeUnitOfWork:
+    """Like CheckoutUnitOfWork: what a block writes, events included, is kept only if it commits
+    (`published` holds the committed events, in order). Rows are restored on rollback; an order
+    object changed by a rolled-back block keeps its changes, as a detached ORM object does."""
+
+    def __init__(self):
+        self.orders = FakeOrders()
+        self.idempotency_keys = FakeIdempotencyKeys()
+        self.address_allowances = FakeAddressAllowances()
+        self.payment_events = FakePaymentEvents()
+        self.published = []
+        self.committed = False
+        self._outbox = []
+        self._saved = self._rows()
+
+    def __enter__(self):
+        self.committed = False
+        return self
+
+    def __exit__(self, *exc_info):
+        self.rollback()
+
+    def commit(self):
+        self.published.extend(self._outbox)
+        self._outbox = []
+        self._saved = self._rows()
+        self.committed = True
+
+    def rollback(self):
+        for repository, rows in self._saved.items():
+            repository.rows = dict(rows)
+        self._outbox = []
+
+    def publish(self, event_type, data):
+        self._outbox.append((event_type, data))
+
+    def _rows(self):
+        repositories = (self.orders, self.idempotency_keys, self.address_allowances, self.payment_events)
+        return {repository: dict(repository.rows) for repository in repositories}
+
+
+class FakeInventory:
+    """Inventory as checkout's client sees it: every call recorded; `reserve_refusal` and
+    `sell_refusal`, when set, are raised instead of holding or selling."""
+
+    def __init__(self):
+        self.reserved = []
+        self.sold = []
+        self.released = []
+        self.reserve_refusal = None
+        self.sell_refusal = None
+
+    def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
+                order_version=None):
+        self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
+                              "order_version": order_version})
+        if self.reserve_refusal is not None:
+            raise self.reserve_refusal
+        return Hold(order_id=order_id, drop_id=drop_id, quantity=quantity, hold_expires_at=utc_now() + HOLD,
+                    unit_amount=UNIT_PRICE, currency=CURRENCY, sku="OPO-64-BLK", product_name="One phone, 64 GB")
+
+    def sell(self, order_id, order_version):
+        self.sold.append((order_id, order_version))
+        if self.sell_refusal is not None:
+            raise self.sell_refusal
+
+    def release(self, order_id):
+        self.released.append(order_id)
+
+
+class FakeProvider:
+    def __init__(self, failure: Exception | None = None):
+        self.refunds = []
+        self.failure = failure
+
+    def approval_url(self, order_id, amount, currency):
+        return f"https://pay.example/pay/{order_id}?amount={amount}&currency={currency}"
+
+    def refund(self, capture_id, amount, currency):
+        if self.failure is not None:
+            raise self.failure
+        self.refunds.append((capture_id, amount, currency))
+        return Refund(refund_id=f"RF-{capture_id}", amount=amount, currency=currency)
+
+
+class Checkout:
+    """Checkout's handlers over the fakes, each run as the API or the consumer runs it: in a
+    unit of work, committed when it returns."""
+
+    def __init__(self):
+        self.uow = FakeUnitOfWork()
+        self.inventory = FakeInventory()
+        self.provider = FakeProvider()
+        self.settings = SETTINGS
+        self.consumed = handlers.event_handlers(self.provider, self.settings)
+
+    def run(self, operation):
+        """What `operation(uow)` returned, and the events it published."""
+        before = len(self.uow.published)
+        with self.uow as uow:
+            result = operation(uow)
+            uow.commit()
+        return result, self.uow.published[before:]
+
+    def place(self, key="key-1", quantity=1, address=HOME, buyer_id=BUYER) -> Order:
+        cmd = order_request(key, quantity, address, buyer_id)
+        order, _ = self.run(lambda uow: handlers.place_order(cmd, uow, self.inventory, self.provider, self.settings))
+        return order
+
+    def pay(self, notice: PaymentNotice):
+        """The webhook's result and the events it published."""
+        return self.run(lambda uow: handlers.apply_payment(notice, uow, self.inventory, self.settings))
+
+    def deliver(self, event_type, data):
+        """The events that handling one consumed event published."""
+        envelope = Envelope(type=event_type, data=data, source="tests")
+        _, events = self.run(lambda uow: self.consumed[event_type](envelope, uow))
+        return events
+
+    def cancel(self, order):
+        return self.run(lambda uow: handlers.cancel_order(order, uow, self.settings, by_admin=False))
+
+    def units_on_address(self, order):
+        """Units of the drop counted against the order's shipping address."""
+        return self.uow.address_allowances.rows.get((order.drop_id, order.address_key), 0)
+
+
+def order_request(key="key-1", quantity=1, address=HOME, buyer_id=BUYER) -> PlaceOrder:
+    return PlaceOrder(buyer_id, "emilie@example.ca", key, DROP_ID, quantity, address)
+
+
+def capture(order, event_id="WH-1", capture_id="CAP-1", amount=None, currency=None) -> PaymentNotice:
+    """The provider's word that the buyer paid (by default exactly the order's total)."""
+    return PaymentNotice(event_id, CAPTURE_COMPLETED, str(order.id), capture_id,
+                         order.total_amount if amount is None else amount, currency or order.currency)
+
+
+def denial(order, event_id="WH-D") -> PaymentNotice:
+    return PaymentNotice(event_id, CAPTURE_DENIED, str(order.id), "CAP-D", order.total_amount, order.currency)
+
+
+def unknown_order_id() -> str:
+    return str(uuid.uuid4())
+
+
+def statuses(order) -> list[str]:
+    return [step.to_status for step in order.history]
+
+
+def hold_ran_out(order) -> None:
+    order.hold_expires_at = utc_now() - timedelta(seconds=1)

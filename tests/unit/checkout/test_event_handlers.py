@@ -1,0 +1,137 @@
+"""Checkout's consumer: every event it handles, run as the consumer runs it (the handler from
+`handlers.event_handlers`, in a unit of work committed when it returns)."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from services.checkout import handlers
+from services.checkout.payments import RefundFailed
+from shared.messaging.consumer import PermanentFailure
+from tests.unit.checkout.fakes import SETTINGS, FakeProvider, capture, statuses, unknown_order_id
+
+SENT_AT = datetime(2014, 10, 27, 15, 4, tzinfo=timezone.utc)
+
+
+def paid(checkout):
+    order = checkout.place()
+    checkout.pay(capture(order, capture_id="CAP-1"))
+    assert order.status == "confirmed"
+    return order
+
+
+def test_the_consumer_handles_these_events():
+    assert set(handlers.event_handlers(FakeProvider(), SETTINGS)) == {
+        "reservation.expired", "reservation.lost", "payment.refund_requested", "email.sent"}
+
+
+# --- reservation.expired -----------------------------------------------------------------------
+
+def test_an_unpaid_order_whose_hold_expired_expires_and_gives_the_address_its_units_back(checkout):
+    order = checkout.place()
+    events = checkout.deliver("reservation.expired", {"order_id": str(order.id)})
+    assert statuses(order) == ["awaiting_payment", "expired"]
+    assert checkout.units_on_address(order) == 0
+    [(event_type, data)] = events
+    assert (event_type, data["order_id"], data["status"], data["version"]) == (
+        "order.expired", str(order.id), "expired", 2)
+
+
+def test_a_hold_that_expired_after_the_order_was_paid_changes_nothing(checkout):
+    order = paid(checkout)
+    assert checkout.deliver("reservation.expired", {"order_id": str(order.id)}) == []
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert checkout.units_on_address(order) == 1
+
+
+@pytest.mark.parametrize("data", [{"order_id": unknown_order_id()}, {"order_id": "nonsense"}, {}])
+def test_an_expired_hold_of_no_order_here_changes_nothing(checkout, data):
+    assert checkout.deliver("reservation.expired", data) == []
+
+
+# --- reservation.lost --------------------------------------------------------------------------
+
+def test_a_confirmed_order_whose_unit_was_lost_is_cancelled_and_refunded(checkout):
+    order = paid(checkout)
+    (cancellation, cancelled), (refund, requested) = checkout.deliver("reservation.lost", {"order_id": str(order.id)})
+    assert statuses(order) == ["awaiting_payment", "confirmed", "cancelled"]
+    assert order.cancelled_at is not None
+    assert checkout.units_on_address(order) == 0
+    assert cancellation == "order.cancelled"
+    assert (cancelled["order_id"], cancelled["status"], cancelled["version"]) == (str(order.id), "cancelled", 3)
+    assert cancelled["refund"] == {"amount": 29900, "currency": "CAD"}
+    assert cancelled["reason"] == "we could not keep your unit"
+    assert datetime.fromisoformat(cancelled["cancelled_at"]) == order.cancelled_at
+    assert refund == "payment.refund_requested"
+    assert (requested["order_id"], requested["capture_id"], requested["amount"], requested["currency"]) == (
+        str(order.id), "CAP-1", 29900, "CAD")
+
+
+def test_a_lost_unit_of_an_order_that_is_not_confirmed_changes_nothing(checkout):
+    order = checkout.place()
+    assert checkout.deliver("reservation.lost", {"order_id": str(order.id)}) == []
+    assert checkout.deliver("reservation.lost", {"order_id": unknown_order_id()}) == []
+    assert statuses(order) == ["awaiting_payment"]
+
+
+# --- payment.refund_requested ------------------------------------------------------------------
+
+def refund_request(order, capture_id="CAP-1", amount=29900, currency="CAD", reason="order cancelled before shipping"):
+    return {"order_id": str(order.id), "capture_id": capture_id, "amount": amount, "currency": currency,
+            "reason": reason}
+
+
+def test_a_requested_refund_is_made_at_the_provider_and_the_buyer_told(checkout):
+    order = paid(checkout)
+    [(event_type, data)] = checkout.deliver("payment.refund_requested", refund_request(order))
+    assert checkout.provider.refunds == [("CAP-1", 29900, "CAD")]
+    assert order.refund_id == "RF-CAP-1" and order.refunded_at is not None
+    assert event_type == "payment.refunded"
+    assert (data["order_id"], data["status"]) == (str(order.id), "confirmed")
+    assert data["refund"] == {"amount": 29900, "currency": "CAD", "refund_id": "RF-CAP-1"}
+    assert data["reason"] == "order cancelled before shipping"
+
+
+def test_a_refund_the_provider_did_not_confirm_is_retried_with_nothing_recorded(checkout):
+    order = paid(checkout)
+    published = list(checkout.uow.published)
+    checkout.provider.failure = RefundFailed("provider answered 502")
+    with pytest.raises(RefundFailed) as raised:
+        checkout.deliver("payment.refund_requested", refund_request(order))
+    assert not isinstance(raised.value, PermanentFailure)
+    assert order.refund_id is None and order.refunded_at is None
+    assert checkout.uow.published == published
+
+
+def test_a_refund_for_an_unknown_order_is_parked_at_once_without_calling_the_provider(checkout):
+    with pytest.raises(PermanentFailure):
+        checkout.deliver("payment.refund_requested", {"order_id": unknown_order_id(), "capture_id": "CAP-1",
+                                                      "amount": 29900, "currency": "CAD"})
+    assert checkout.provider.refunds == []
+    assert checkout.uow.published == []
+
+
+# --- email.sent --------------------------------------------------------------------------------
+
+def email_sent(order, event_type="order.confirmed", sent_at=SENT_AT):
+    return {"order_id": str(order.id), "event_type": event_type, "sent_at": sent_at.isoformat()}
+
+
+def test_the_confirmation_email_going_out_shows_on_the_order(checkout):
+    order = paid(checkout)
+    assert checkout.deliver("email.sent", email_sent(order)) == []
+    assert order.email_sent_at == SENT_AT
+
+
+def test_the_first_confirmation_email_is_the_one_the_order_shows(checkout):
+    order = paid(checkout)
+    checkout.deliver("email.sent", email_sent(order))
+    checkout.deliver("email.sent", email_sent(order, sent_at=SENT_AT + timedelta(hours=1)))
+    assert order.email_sent_at == SENT_AT
+
+
+def test_other_emails_and_unknown_orders_change_nothing(checkout):
+    order = paid(checkout)
+    checkout.deliver("email.sent", email_sent(order, event_type="order.placed"))
+    checkout.deliver("email.sent", {"order_id": unknown_order_id(), "event_type": "order.confirmed",
+                                    "sent_at": SENT_AT.isoformat()})
+    assert order.email_sent_at is None

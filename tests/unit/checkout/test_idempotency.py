@@ -1,0 +1,115 @@
+"""`POST /orders` at most once per Idempotency-Key: what the buyer is answered, first and on
+every retry, and what is kept as the key's answer."""
+import json
+
+import pytest
+
+from services.checkout import errors, idempotency
+from services.checkout.repository import KeyHeld
+from services.checkout.schemas import OrderSchema
+from shared.errors import PROBLEM_BASE
+from tests.unit.checkout.fakes import BUYER, HOME, order_request
+
+ORDER = OrderSchema()
+
+
+def send(checkout, cmd):
+    """As the view does: place once, in a unit of work the unit commits when it keeps an answer."""
+    with checkout.uow as uow:
+        return idempotency.place_once(cmd, uow, checkout.inventory, checkout.provider, checkout.settings,
+                                      render=ORDER.dump, instance="/orders")
+
+
+def kept(checkout, key="key-1"):
+    return checkout.uow.idempotency_keys.rows.get((BUYER, key))
+
+
+def published(checkout):
+    return [event_type for event_type, _ in checkout.uow.published]
+
+
+def test_the_first_answer_is_the_new_order_and_is_kept_as_the_keys_answer(checkout):
+    cmd = order_request()
+    answer = send(checkout, cmd)
+    assert (answer.status, answer.media_type) == (201, "application/json")
+    assert answer.headers == {"Location": f"/orders/{cmd.order_id}"}
+    order = checkout.uow.orders.get(cmd.order_id)
+    assert answer.body == json.dumps(ORDER.dump(order))
+    shown = json.loads(answer.body)
+    assert (shown["id"], shown["status"]) == (str(cmd.order_id), "awaiting_payment")
+    assert shown["payment"]["approval_url"] == order.approval_url
+    assert kept(checkout) == KeyHeld(cmd.fingerprint, 201, answer.body)
+    [(event_type, data)] = checkout.uow.published
+    assert (event_type, data["order_id"], data["payment_url"]) == ("order.placed", str(cmd.order_id), order.approval_url)
+
+
+def test_a_retry_gets_the_very_same_answer_marked_replayed_and_no_second_order(checkout):
+    first = send(checkout, order_request())
+    again = send(checkout, order_request())
+    assert (again.status, again.body, again.media_type) == (first.status, first.body, first.media_type)
+    assert again.headers == {"Idempotent-Replayed": "true"}
+    assert len(checkout.inventory.reserved) == 1
+    assert published(checkout) == ["order.placed"]
+
+
+def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout):
+    first = send(checkout, order_request())
+    with pytest.raises(errors.IdempotencyKeyReused) as refused:
+        send(checkout, order_request(quantity=2))
+    assert refused.value.status == 422
+    assert kept(checkout).response_body == first.body
+    assert len(checkout.inventory.reserved) == 1
+    assert published(checkout) == ["order.placed"]
+
+
+@pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."), errors.SaleNotOpen("Opens at 15:00."),
+                                     errors.LimitExceeded("One per buyer.")], ids=lambda refusal: refusal.slug)
+def test_a_definitive_refusal_is_the_keys_answer_from_then_on(checkout, refusal):
+    checkout.inventory.reserve_refusal = refusal
+    answer = send(checkout, order_request())
+    assert (answer.status, answer.media_type, answer.headers) == (refusal.status, "application/problem+json", {})
+    assert json.loads(answer.body) == {"type": PROBLEM_BASE + refusal.slug, "title": refusal.title,
+                                       "status": refusal.status, "detail": refusal.detail, "instance": "/orders"}
+    assert kept(checkout).response_status == refusal.status
+    assert checkout.uow.orders.rows == {} and checkout.uow.published == []
+
+    checkout.inventory.reserve_refusal = None  # stock came back: the key's answer stays the refusal
+    again = send(checkout, order_request())
+    assert (again.status, again.body, again.headers) == (answer.status, answer.body, {"Idempotent-Replayed": "true"})
+    assert len(checkout.inventory.reserved) == 1
+
+
+def test_an_address_over_its_limit_is_refused_its_hold_released_and_the_refusal_kept(checkout):
+    send(checkout, order_request(key="key-1", quantity=2))
+    cmd = order_request(key="key-2", quantity=1, address=dict(HOME, street_address="24  SUSSEX drive"))
+    answer = send(checkout, cmd)
+    assert answer.status == 409
+    assert json.loads(answer.body)["type"] == PROBLEM_BASE + "address-limit-exceeded"
+    assert checkout.inventory.released == [str(cmd.order_id)]
+    assert kept(checkout, "key-2").response_status == 409
+    assert checkout.uow.orders.get(cmd.order_id) is None
+
+
+@pytest.mark.parametrize("failure", [errors.InventoryUnavailable("Inventory did not answer in time."),
+                                     errors.TooBusy("Checkout is busy.")], ids=lambda failure: str(failure.status))
+def test_a_5xx_or_429_is_not_kept_so_the_retry_starts_afresh(checkout, failure):
+    checkout.inventory.reserve_refusal = failure
+    with pytest.raises(type(failure)):
+        send(checkout, order_request())
+    assert kept(checkout) is None
+    assert checkout.uow.orders.rows == {} and checkout.uow.published == []
+
+    checkout.inventory.reserve_refusal = None
+    retry = send(checkout, order_request())
+    assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
+    assert json.loads(retry.body)["id"] == str(order_request().order_id)
+    assert published(checkout) == ["order.placed"]
+
+
+def test_a_claim_left_without_an_answer_is_taken_over_by_the_retry(checkout):
+    cmd = order_request()
+    checkout.uow.idempotency_keys.rows[(BUYER, "key-1")] = KeyHeld(cmd.fingerprint, None, None)
+    checkout.uow.commit()
+    answer = send(checkout, cmd)
+    assert answer.status == 201 and json.loads(answer.body)["id"] == str(cmd.order_id)
+    assert kept(checkout).response_status == 201

@@ -1,0 +1,242 @@
+"""Every outcome of the payment webhook (`handlers.apply_payment`), as the buyer and the other
+services would notice it: the order's status and history, the events published, the refunds."""
+from datetime import datetime
+
+import pytest
+
+from services.checkout import errors
+from services.checkout.handlers import CAPTURE_COMPLETED, PaymentNotice
+from tests.unit.checkout.fakes import capture, denial, hold_ran_out, statuses, unknown_order_id
+
+REFUSALS = [errors.SoldOut("sold out"), errors.SaleNotOpen("closed"), errors.LimitExceeded("one per buyer")]
+
+
+def expired(checkout, order):
+    checkout.deliver("reservation.expired", {"order_id": str(order.id)})
+    assert order.status == "expired"
+
+
+def declined(checkout, order):
+    checkout.pay(denial(order))
+    assert order.status == "payment_failed"
+
+
+def confirmed(checkout, order):
+    checkout.pay(capture(order, event_id="WH-0", capture_id="CAP-0"))
+    assert order.status == "confirmed"
+
+
+def cancelled(checkout, order):
+    checkout.cancel(order)
+    assert order.status == "cancelled"
+
+
+def test_a_payment_in_time_confirms_the_order_and_sells_its_hold(checkout):
+    order = checkout.place()
+    result, events = checkout.pay(capture(order))
+    assert result == "confirmed"
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert order.payment_capture_id == "CAP-1"
+    assert checkout.inventory.sold == [(str(order.id), 2)]
+    [(event_type, data)] = events
+    assert event_type == "order.confirmed"
+    assert (data["order_id"], data["status"], data["version"]) == (str(order.id), "confirmed", 2)
+    assert data["total"] == {"amount": 29900, "currency": "CAD"}
+    assert datetime.fromisoformat(data["confirmed_at"]) == order.confirmed_at
+    assert data["status_url"] == f"http://127.0.0.1:8003/orders/{order.id}"
+
+
+def test_a_payment_in_time_confirms_the_order_while_inventory_is_not_answering(checkout):
+    order = checkout.place()
+    checkout.inventory.sell_refusal = errors.InventoryUnavailable("inventory is down")
+    result, events = checkout.pay(capture(order))
+    assert result == "confirmed"
+    assert order.status == "confirmed"
+    # the sale follows from order.confirmed once inventory is back
+    assert [event_type for event_type, _ in events] == ["order.confirmed"]
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=lambda refusal: refusal.slug)
+def test_a_payment_in_time_whose_hold_inventory_cannot_sell_takes_the_late_path(checkout, refusal):
+    order = checkout.place()
+    checkout.inventory.sell_refusal = refusal
+    result, events = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert checkout.inventory.reserved[-1] == {"order_id": str(order.id), "quantity": 1, "renew": True,
+                                               "order_version": 2}
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert [(event_type, data["version"]) for event_type, data in events] == [("order.confirmed", 2)]
+
+
+def test_a_payment_in_time_whose_units_are_gone_expires_the_order_and_is_refunded(checkout):
+    order = checkout.place()
+    checkout.inventory.sell_refusal = errors.SoldOut("sold out")
+    checkout.inventory.reserve_refusal = errors.SoldOut("sold out")
+    result, events = checkout.pay(capture(order))
+    assert result == "late-refunded"
+    assert statuses(order) == ["awaiting_payment", "expired"]
+    assert [event_type for event_type, _ in events] == ["order.expired", "payment.refund_requested"]
+
+
+def test_a_late_payment_holds_the_stock_again_and_confirms(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+    result, events = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert checkout.inventory.reserved[-1] == {"order_id": str(order.id), "quantity": 1, "renew": True,
+                                               "order_version": 2}
+    assert checkout.inventory.sold == []  # the renewed hold is sold when inventory consumes order.confirmed
+    assert order.hold_expires_at > datetime.now(order.hold_expires_at.tzinfo)
+    assert checkout.units_on_address(order) == 1  # still counted once
+    [(event_type, data)] = events
+    assert (event_type, data["status"], data["version"]) == ("order.confirmed", "confirmed", 2)
+
+
+@pytest.mark.parametrize("ended", [expired, declined])
+def test_a_late_payment_for_an_ended_order_holds_the_stock_again_and_counts_the_address_again(checkout, ended):
+    order = checkout.place()
+    ended(checkout, order)
+    assert checkout.units_on_address(order) == 0
+    ended_as = order.status
+    result, events = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert statuses(order) == ["awaiting_payment", ended_as, "confirmed"]
+    assert checkout.inventory.reserved[-1]["renew"] and checkout.inventory.reserved[-1]["order_version"] == 3
+    assert checkout.units_on_address(order) == 1
+    [(event_type, data)] = events
+    assert (event_type, data["status"], data["version"]) == ("order.confirmed", "confirmed", 3)
+
+
+def test_a_late_payment_without_stock_expires_the_order_and_is_refunded(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+    checkout.inventory.reserve_refusal = errors.SoldOut("sold out")
+    result, events = checkout.pay(capture(order))
+    assert result == "late-refunded"
+    assert statuses(order) == ["awaiting_payment", "expired"]
+    assert checkout.units_on_address(order) == 0
+    (expiry, expired_data), (refund, refund_data) = events
+    assert (expiry, expired_data["order_id"], expired_data["status"], expired_data["version"]) == (
+        "order.expired", str(order.id), "expired", 2)
+    assert refund == "payment.refund_requested"
+    assert {k: refund_data[k] for k in ("order_id", "capture_id", "amount", "currency")} == {
+        "order_id": str(order.id), "capture_id": "CAP-1", "amount": 29900, "currency": "CAD"}
+    assert refund_data["reason"].startswith("late payment and ")
+
+
+def test_a_late_payment_for_an_expired_order_without_stock_is_refunded_and_the_order_stays_expired(checkout):
+    order = checkout.place()
+    expired(checkout, order)
+    checkout.inventory.reserve_refusal = errors.SoldOut("sold out")
+    result, events = checkout.pay(capture(order))
+    assert result == "late-refunded"
+    assert statuses(order) == ["awaiting_payment", "expired"]
+    [(event_type, data)] = events
+    assert event_type == "payment.refund_requested"
+    assert (data["capture_id"], data["amount"], data["currency"]) == ("CAP-1", 29900, "CAD")
+
+
+def test_a_payment_for_a_cancelled_order_is_refunded(checkout):
+    order = checkout.place()
+    cancelled(checkout, order)
+    result, events = checkout.pay(capture(order))
+    assert result == "refunded"
+    assert order.status == "cancelled"
+    [(event_type, data)] = events
+    assert event_type == "payment.refund_requested"
+    assert (data["order_id"], data["capture_id"], data["amount"], data["currency"]) == (
+        str(order.id), "CAP-1", 29900, "CAD")
+    assert data["reason"] == "payment arrived for an order that is cancelled"
+
+
+def test_the_same_provider_event_twice_is_applied_once(checkout):
+    order = checkout.place()
+    checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+    result, events = checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-2"))
+    assert result == "duplicate"
+    assert events == []
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert order.payment_capture_id == "CAP-1"
+    assert len(checkout.inventory.sold) == 1
+
+
+@pytest.mark.parametrize("order_id", [unknown_order_id(), "not-an-order-id"])
+def test_a_payment_for_an_order_this_shop_does_not_know_is_refused_and_left_unapplied(checkout, order_id):
+    notice = PaymentNotice("WH-1", CAPTURE_COMPLETED, order_id, "CAP-1", 29900, "CAD")
+    with pytest.raises(errors.OrderNotFound):
+        checkout.pay(notice)
+    assert checkout.uow.published == []
+    assert checkout.uow.payment_events.rows == {}  # the provider's retry is looked at afresh
+
+
+def test_a_declined_payment_fails_the_order_and_gives_the_address_its_units_back(checkout):
+    order = checkout.place()
+    assert checkout.units_on_address(order) == 1
+    result, events = checkout.pay(denial(order))
+    assert result == "payment_failed"
+    assert statuses(order) == ["awaiting_payment", "payment_failed"]
+    assert checkout.units_on_address(order) == 0
+    [(event_type, data)] = events
+    assert (event_type, data["order_id"], data["status"], data["version"]) == (
+        "order.payment_failed", str(order.id), "payment_failed", 2)
+
+
+@pytest.mark.parametrize("ended", [confirmed, expired, cancelled])
+def test_a_decline_for_an_order_no_longer_awaiting_payment_is_ignored(checkout, ended):
+    order = checkout.place()
+    ended(checkout, order)
+    history = statuses(order)
+    result, events = checkout.pay(denial(order))
+    assert result == f"ignored-{order.status}"
+    assert statuses(order) == history
+    assert events == []
+
+
+def test_another_kind_of_provider_event_is_noted_and_changes_nothing(checkout):
+    order = checkout.place()
+    pending = PaymentNotice("WH-P", "PAYMENT.CAPTURE.PENDING", str(order.id), "CAP-1", 29900, "CAD")
+    result, events = checkout.pay(pending)
+    assert result == "noted"
+    assert events == []
+    assert statuses(order) == ["awaiting_payment"] and order.payment_capture_id is None
+    assert checkout.pay(pending) == ("duplicate", [])
+
+
+def test_the_same_capture_reported_again_is_already_captured(checkout):
+    order = checkout.place()
+    checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+    result, events = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-1"))
+    assert result == "already-captured"
+    assert events == []
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert len(checkout.inventory.sold) == 1
+
+
+def test_a_second_capture_for_the_same_order_is_refunded_as_paid(checkout):
+    order = checkout.place()
+    checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+    result, events = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2", amount=10000, currency="USD"))
+    assert result == "second-capture-refunded"
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert order.payment_capture_id == "CAP-1"
+    [(event_type, data)] = events
+    assert event_type == "payment.refund_requested"
+    assert (data["order_id"], data["capture_id"], data["amount"], data["currency"]) == (
+        str(order.id), "CAP-2", 10000, "USD")
+
+
+@pytest.mark.parametrize("amount, currency", [(100, "CAD"), (29900, "USD")])
+def test_a_payment_of_the_wrong_amount_is_refunded_and_the_order_stays_payable(checkout, amount, currency):
+    order = checkout.place()
+    result, events = checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1", amount=amount, currency=currency))
+    assert result == "amount-mismatch-refunded"
+    assert statuses(order) == ["awaiting_payment"] and order.payment_capture_id is None
+    [(event_type, data)] = events
+    assert event_type == "payment.refund_requested"
+    assert (data["capture_id"], data["amount"], data["currency"]) == ("CAP-1", amount, currency)
+    assert data["reason"] == "the amount paid differs from the order total"
+
+    result, _ = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
+    assert result == "confirmed"
+    assert order.payment_capture_id == "CAP-2"

@@ -1,0 +1,28 @@
+"""The sweeper gives the units of holds whose time ran out back to their drops."""
+from datetime import timedelta
+
+from services.inventory.handlers.expiry import release_expired_holds
+from services.inventory.models import HELD, RELEASED, SOLD
+from tests.unit.inventory.fakes import DROP, NOW, inventory, reservation
+
+
+def test_expired_holds_are_released_oldest_first_after_the_grace_period_and_announced():
+    oldest = reservation(HELD, quantity=2, expires_at=NOW - timedelta(minutes=5))
+    older = reservation(HELD, buyer_id="ben", expires_at=NOW - timedelta(minutes=1))
+    within_grace = reservation(HELD, buyer_id="chloe", expires_at=NOW - timedelta(seconds=10))
+    paid = reservation(SOLD, buyer_id="dan", expires_at=NOW - timedelta(minutes=9))
+    uow = inventory(oldest, older, within_grace, paid, available=0)
+
+    with uow:
+        assert release_expired_holds(uow, batch_size=1, grace_seconds=30) == 1
+        assert release_expired_holds(uow, batch_size=1, grace_seconds=30) == 1
+        assert release_expired_holds(uow, batch_size=1, grace_seconds=30) == 0
+        uow.commit()
+
+    assert [r.status for r in (oldest, older, within_grace, paid)] == [RELEASED, RELEASED, HELD, SOLD]
+    assert uow.stock.available[DROP] == 3
+    assert (uow.stock.taken[(DROP, "ana")], uow.stock.taken[(DROP, "ben")]) == (0, 0)
+    assert uow.published == [
+        ("reservation.expired", {"order_id": str(oldest.order_id), "drop_id": str(DROP), "quantity": 2}),
+        ("reservation.expired", {"order_id": str(older.order_id), "drop_id": str(DROP), "quantity": 1}),
+    ]
