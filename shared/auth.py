@@ -90,11 +90,11 @@ class KeySet:
         """True once a fetch has brought at least one usable key."""
         return bool(self._keys)
 
-    def warm_up(self, still_wanted: Callable[[], bool] = lambda: True, max_delay: float = WARM_UP_MAX_DELAY_SECONDS) -> None:
-        """Fetch the keys until one fetch succeeds (or `still_wanted()` turns false), backing
-        off up to `max_delay` seconds with jitter, so workers starting together do not stampede."""
+    def warm_up(self, max_delay: float = WARM_UP_MAX_DELAY_SECONDS) -> None:
+        """Fetch the keys until one fetch succeeds, backing off up to `max_delay` seconds with
+        jitter, so workers starting together do not stampede."""
         delay = 0.2
-        while still_wanted() and not self.loaded:
+        while not self.loaded:
             with self._lock:
                 if not self.loaded:
                     self._refresh(quiet=True)

@@ -29,10 +29,11 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def configure(service_name: str, level: str = "INFO") -> None:
-    """Send every log record to stderr as one JSON object per line."""
+def configure(process: str, level: str = "INFO") -> None:
+    """Send every log record to stderr as one JSON object per line, its `service` field naming
+    the process (`checkout-api`, `inventory-consumer`, ...)."""
     global _service_name
-    _service_name = service_name
+    _service_name = process
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from shared import logs, migrate
+from shared import logs
 from shared.messaging import consumer, relay, topology
 from shared.service import KINDS
 
@@ -34,6 +34,8 @@ def _consumer(bootstrap: Bootstrap, args: argparse.Namespace) -> None:
 
 
 def _migrate(bootstrap: Bootstrap, args: argparse.Namespace) -> None:
+    from shared import migrate  # Alembic: loaded by the migration Job only
+
     root = _started(bootstrap, "job")
     try:
         migrate.upgrade(root.migrations, root.settings.database_url, create_database=args.create_database)

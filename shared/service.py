@@ -1,16 +1,17 @@
 """A service's composition root: what each of its processes is built from, made once at start.
 
 Every service has `services/<service>/bootstrap.py` with one function, `bootstrap(kind,
-settings=None, **dependencies)`, that reads the settings, opens the database engine with the
-pool that kind of process needs, and wires the clients and event handlers. Its API
-(`app.create_app`), its processes (`python -m services.<service> <process>`, see
-`shared/processes.py`) and its tests all start from it, so one file says how a service is put
-together, and a test swaps a dependency by passing it (`bootstrap("api", settings,
-provider=FakeProvider())`).
+settings=None, ...)`, that reads the settings, opens the database engine with the pool that kind
+of process needs, and wires the clients and event handlers that kind runs. Its API
+(`app.create_app`) and its processes (`python -m services.<service> <process>`, see
+`shared/processes.py`) start from it, so one file says how a service is put together; where a
+service talks to the outside (checkout: `inventory`, `provider`; notifications: `mailer`), a test
+passes a fake of it (`bootstrap("consumer", settings, provider=FakeProvider())`).
 
-The kinds of process, and so the names in logs, metrics and broker connections, are the same
-in every service: `<service>-api`, `<service>-consumer`, `<service>-relay`, `<service>-sweeper`,
-`<service>-job` (migrations and operator commands).
+The kinds of process, and so the names in logs and broker connections, are the same in every
+service: `<service>-api` (the operator commands run in the API's app, and log as it does),
+`<service>-consumer`, `<service>-relay`, `<service>-sweeper`, `<service>-job` (migrations and
+scheduled jobs).
 """
 from __future__ import annotations
 

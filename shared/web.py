@@ -53,8 +53,8 @@ def root() -> Root:
 
 
 def unit_of_work() -> db.UnitOfWork:
-    """A unit of work on the current service's database (the service's own kind, with its
-    repositories)."""
+    """A unit of work on the current service's database: the service's own unit of work, with
+    its repositories."""
     return root().unit_of_work()
 
 

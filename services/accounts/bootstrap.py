@@ -2,21 +2,26 @@
 
 Only the API (and the operator commands, which run in it) signs and verifies tokens, so only a
 root of kind "api" reads the key-encryption keys: the relay and the purge job are given neither
-them nor anything they protect.
+them nor anything they protect, and do not even load the code (it is imported below, not at
+the top).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.accounts import config, key_encryption, tokens
-from services.accounts.key_encryption import KeyEncryptionKeys
-from services.accounts.passwords import Passwords
+from services.accounts import config
 from services.accounts.repository import AccountsUnitOfWork
-from services.accounts.throttle import BackoffPolicy, SignInThrottle
-from services.accounts.tokens import TokenIssuer
-from shared import auth, service
+from shared import service
+
+if TYPE_CHECKING:
+    from services.accounts.key_encryption import KeyEncryptionKeys
+    from services.accounts.passwords import Passwords
+    from services.accounts.throttle import SignInThrottle
+    from services.accounts.tokens import TokenIssuer
+    from shared.auth import TokenVerifier
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 POOL_SIZES: dict = {}  # the defaults of shared/service.py
@@ -30,7 +35,7 @@ class Accounts(service.Root):
     issuer: TokenIssuer | None = None
     key_encryption: KeyEncryptionKeys | None = None
     throttle: SignInThrottle | None = None
-    verifier: auth.TokenVerifier | None = None
+    verifier: TokenVerifier | None = None
 
     @property
     def refresh_ttl(self) -> timedelta:
@@ -45,6 +50,11 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
     database = service.database(settings, kind, AccountsUnitOfWork, POOL_SIZES)
     if kind != "api":
         return Accounts(**database, migrations=MIGRATIONS)
+    from services.accounts import key_encryption, tokens
+    from services.accounts.passwords import Passwords
+    from services.accounts.throttle import BackoffPolicy, SignInThrottle
+    from shared import auth
+
     keks = key_encryption.configured(settings.signing_key_encryption_keys, settings.deployment_environment)
     window = timedelta(seconds=settings.login_failure_window_seconds)
     base = timedelta(seconds=settings.login_backoff_base_seconds)
@@ -63,7 +73,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         passwords=Passwords(
             concurrency=settings.password_hashing_concurrency, wait_seconds=settings.password_hashing_wait_seconds
         ),
-        issuer=TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds, keks),
+        issuer=tokens.TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds, keks),
         key_encryption=keks,
         throttle=SignInThrottle(
             per_account=BackoffPolicy(

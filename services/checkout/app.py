@@ -8,8 +8,9 @@ from services.checkout.load_shedding import OrderAdmission, OrderGate
 from shared import web
 
 
-def create_app(settings: config.Settings | None = None) -> Flask:
-    root = bootstrap("api", settings)
+def create_app(settings: config.Settings | None = None, **dependencies) -> Flask:
+    """`dependencies` go to the composition root (a test's fake `provider`, say)."""
+    root = bootstrap("api", settings, **dependencies)
     app = web.create_app(root, [api.bp], title="Floodgate checkout")
     # Load shedding in front of Flask: see services/checkout/load_shedding.py.
     app.wsgi_app = OrderAdmission(

@@ -1,15 +1,23 @@
 """Checkout's composition root: its API, consumer, relay and tests are built from it. A test
-passes its own `inventory` or `provider`."""
+passes its own `inventory` or `provider` (`create_app(settings, provider=...)` passes them on).
+
+Each kind of process gets only what it runs: the API the inventory client and the payment
+provider, the consumer the provider and the event handlers, a relay or a job neither (they are
+imported here, not at the top, so a relay does not load them).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.checkout import config, handlers
-from services.checkout.inventory_client import CircuitBreaker, InventoryClient
-from services.checkout.payments import HttpPaymentProvider, PaymentProvider
+from services.checkout import config
 from services.checkout.repository import CheckoutUnitOfWork
 from shared import service
+
+if TYPE_CHECKING:
+    from services.checkout.inventory_client import InventoryClient
+    from services.checkout.payments import PaymentProvider
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # An API worker runs 8 request threads; most of an order's time is spent outside the database
@@ -20,25 +28,37 @@ POOL_SIZES = {"api": 10}
 @dataclass(frozen=True, kw_only=True)
 class Checkout(service.Root):
     settings: config.Settings
-    inventory: InventoryClient
-    provider: PaymentProvider
+    inventory: InventoryClient | None = None  # the API's
+    provider: PaymentProvider | None = None  # the API's and the consumer's
+
+    def close(self) -> None:
+        for client in (self.inventory, self.provider):
+            close_client = getattr(client, "close", None)
+            if close_client is not None:
+                close_client()
+        super().close()
 
 
 def bootstrap(kind: str, settings: config.Settings | None = None, inventory: InventoryClient | None = None,
               provider: PaymentProvider | None = None) -> Checkout:
     """Checkout as a process of `kind` needs it (see `shared.service`)."""
     settings = settings or config.load()
+    database = service.database(settings, kind, CheckoutUnitOfWork, POOL_SIZES)
+    if kind not in ("api", "consumer"):
+        return Checkout(**database, migrations=MIGRATIONS)
+    from services.checkout import handlers
+    from services.checkout.payments import HttpPaymentProvider
+
+    provider = provider or HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret)
+    if kind == "consumer":
+        return Checkout(**database, migrations=MIGRATIONS, provider=provider,
+                        event_handlers=handlers.event_handlers(provider, settings))
+    from services.checkout.inventory_client import CircuitBreaker, InventoryClient
+
     inventory = inventory or InventoryClient(
         settings.inventory_url,
         settings.service_key,
         settings.inventory_timeout_seconds,
         CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
     )
-    provider = provider or HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret)
-    return Checkout(
-        **service.database(settings, kind, unit_of_work_class=CheckoutUnitOfWork, pool_sizes=POOL_SIZES),
-        migrations=MIGRATIONS,
-        event_handlers=handlers.event_handlers(provider, settings),
-        inventory=inventory,
-        provider=provider,
-    )
+    return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider)

@@ -1,12 +1,7 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
-from shared import errors as common
 from shared.errors import Conflict, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
-
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-DropNotFound, SaleNotOpen, InviteOnly, SoldOut, LimitExceeded, CountryNotAllowed = (
-    common.DropNotFound, common.SaleNotOpen, common.InviteOnly, common.SoldOut, common.LimitExceeded,
-    common.CountryNotAllowed,
-)
+from shared.errors import CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, SaleNotOpen, SoldOut
 
 
 class InventoryUnavailable(ServiceUnavailable):
@@ -35,3 +30,20 @@ class AddressLimitReached(Problem):
 
 class TooBusy(RetryLater):
     status, slug, title = 429, "too-busy", "Checkout is at capacity"
+
+
+__all__ = [
+    "AddressLimitReached",
+    "CountryNotAllowed",
+    "DropNotFound",
+    "IdempotencyKeyReused",
+    "InvalidSignature",
+    "InvalidTransition",
+    "InventoryUnavailable",
+    "InviteOnly",
+    "LimitExceeded",
+    "OrderNotFound",
+    "SaleNotOpen",
+    "SoldOut",
+    "TooBusy",
+]

@@ -96,6 +96,10 @@ class InventoryClient:
                           redirect=0),
         )
 
+    def close(self) -> None:
+        """Close the pooled connections to inventory."""
+        self._pool.close()
+
     def reserve(
         self,
         order_id: str,

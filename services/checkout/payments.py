@@ -74,6 +74,10 @@ class HttpPaymentProvider:
     def approval_url(self, order_id: str, amount: int, currency: str) -> str:
         return approval_url(self._url, self._secret, order_id, amount, currency)
 
+    def close(self) -> None:
+        """Close the pooled connections to the provider."""
+        self._http.close()
+
     def refund(self, capture_id: str, amount: int, currency: str) -> Refund:
         body = json.dumps({"capture_id": capture_id, "amount": amount, "currency": currency}).encode()
         try:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.inventory import config
-from services.inventory.handlers import events
 from services.inventory.repository import InventoryUnitOfWork
 from shared import service
 
@@ -21,8 +20,9 @@ class Inventory(service.Root):
 def bootstrap(kind: str, settings: config.Settings | None = None) -> Inventory:
     """Inventory as a process of `kind` needs it (see `shared.service`)."""
     settings = settings or config.load()
-    return Inventory(
-        **service.database(settings, kind, InventoryUnitOfWork, POOL_SIZES),
-        migrations=MIGRATIONS,
-        event_handlers=events.EVENT_HANDLERS,
-    )
+    database = service.database(settings, kind, InventoryUnitOfWork, POOL_SIZES)
+    if kind != "consumer":
+        return Inventory(**database, migrations=MIGRATIONS)
+    from services.inventory.handlers import events  # only the consumer handles events
+
+    return Inventory(**database, migrations=MIGRATIONS, event_handlers=events.EVENT_HANDLERS)

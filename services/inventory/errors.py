@@ -1,12 +1,7 @@
 """The inventory's domain errors; `shared.errors` renders them as problem+json."""
-from shared import errors as common
 from shared.errors import Conflict, InvalidRequest, NotFound
-
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-DropNotFound, SaleNotOpen, InviteOnly, SoldOut, LimitExceeded, CountryNotAllowed = (
-    common.DropNotFound, common.SaleNotOpen, common.InviteOnly, common.SoldOut, common.LimitExceeded,
-    common.CountryNotAllowed,
-)
+from shared.errors import CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, SaleNotOpen, SoldOut
 
 
 class ProductNotFound(NotFound):
@@ -30,3 +25,18 @@ class InvalidDrop(InvalidRequest):
 
     def __init__(self, field: str, message: str):
         super().__init__("One or more fields are invalid.", errors={field: [message]})
+
+
+__all__ = [
+    "CountryNotAllowed",
+    "DropNotFound",
+    "InvalidDrop",
+    "InviteOnly",
+    "LimitExceeded",
+    "ProductNotFound",
+    "ReservationNotFound",
+    "ReservationSold",
+    "SaleNotOpen",
+    "SkuTaken",
+    "SoldOut",
+]

@@ -66,7 +66,9 @@ class Stock:
 
     def give_back(self, reservations: list[Reservation]) -> None:
         """Release `reservations` (locked, held or sold): each becomes `released`, and its units
-        go back to its drop's stock and its buyer's allowance, in the global lock order."""
+        go back to its drop's stock and its buyer's allowance, in the global lock order (the
+        reservation rows, locked by the caller, then the buyer allowances sorted, then the stock
+        rows in drop order; the whole order is written at the top of handlers/reservations.py)."""
         for reservation in reservations:
             reservation.status = RELEASED
         self._session.flush()

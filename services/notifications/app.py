@@ -9,4 +9,4 @@ from services.notifications.bootstrap import bootstrap
 
 def create_app(settings: config.Settings | None = None) -> Flask:
     root = bootstrap("api", settings)
-    return web.create_app(root, [bp], title="Floodgate notifications", collectors=[root.metrics])
+    return web.create_app(root, [bp], title="Floodgate notifications", collectors=[root.email_metrics()])

@@ -104,9 +104,9 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str = ""):
+                 process: str):
         self.settings = settings
-        self.process = process or f"{settings.service_name}-consumer"
+        self.process = process  # its name on the broker connection
         self.handlers = handlers
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)

@@ -31,9 +31,9 @@ IDLE_FLOOR_SECONDS = 0.005
 class OutboxRelay:
     """Publishes a service's pending outbox rows to the events exchange, oldest first."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, stop: threading.Event | None = None, process: str = ""):
+    def __init__(self, settings: Settings, engine: sa.Engine, process: str, stop: threading.Event | None = None):
         self.settings = settings
-        self.process = process or f"{settings.service_name}-relay"
+        self.process = process  # its name on the broker connection and its thread's
         self.engine = engine
         self.stop = stop or threading.Event()
         self.published = 0
@@ -139,7 +139,7 @@ def run(roots) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     lower_priority(roots[0].settings)
-    relays = [OutboxRelay(root.settings, root.engine, stop, process=root.process) for root in roots]
+    relays = [OutboxRelay(root.settings, root.engine, root.process, stop) for root in roots]
     threads = [threading.Thread(target=relay.run, name=relay.process) for relay in relays]
     for thread in threads:
         thread.start()

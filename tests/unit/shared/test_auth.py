@@ -112,20 +112,6 @@ def test_warm_up_retries_until_the_keys_arrive_then_stops(monkeypatch, jwks):
     assert jwks.fetches == 1
 
 
-def test_warm_up_gives_up_when_no_longer_wanted(monkeypatch):
-    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
-    attempts = []
-
-    def down(url):
-        attempts.append(url)
-        raise ConnectionError("accounts is down")
-
-    keys = KeySet("http://accounts/jwks", fetch=down)
-    keys.warm_up(still_wanted=lambda: len(attempts) < 3)
-
-    assert len(attempts) == 3 and not keys.loaded
-
-
 def test_a_worker_started_while_accounts_is_down_uses_the_keys_its_siblings_cached(jwks, tmp_path):
     cache = tmp_path / "jwks.json"
     first = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache)), ISSUER, AUDIENCE)
