@@ -98,13 +98,37 @@ class Floodgate:
 
     # checkout
     def place_order(self, token: str, drop_id: str, key: str | None = None, quantity: int = 1,
-                    address: dict | None = None) -> requests.Response:
+                    address: dict | None = None, line_pass: str | None = None) -> requests.Response:
         """Order as the token's buyer; without `address`, the buyer's own Canadian address."""
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key or str(uuid.uuid4())}
+        if line_pass is not None:
+            headers["Line-Pass"] = line_pass
         return self.http.post(
-            self._url("checkout", "/orders"),
-            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key or str(uuid.uuid4())},
+            self._url("checkout", "/orders"), headers=headers,
             json={"drop_id": drop_id, "quantity": quantity, "shipping_address": address or home_of(token)},
         )
+
+    # the waiting room
+    def put_line(self, admin_token: str, drop: dict, **settings) -> dict:
+        """A line on `drop`, opening when the drop opens unless `opens_at` says otherwise."""
+        response = self.http.put(self._url("checkout", f"/drops/{drop['id']}/line"),
+                                 headers={"Authorization": f"Bearer {admin_token}"},
+                                 json={"opens_at": drop["opens_at"], **settings})
+        response.raise_for_status()
+        return response.json()
+
+    def get_line(self, drop_id: str) -> requests.Response:
+        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"))
+
+    def join_line(self, token: str, drop_id: str) -> requests.Response:
+        return self.http.post(self._url("checkout", f"/drops/{drop_id}/line/tickets"),
+                              headers={"Authorization": f"Bearer {token}"})
+
+    def my_ticket(self, token: str, drop_id: str) -> dict:
+        response = self.http.get(self._url("checkout", f"/drops/{drop_id}/line/tickets/mine"),
+                                 headers={"Authorization": f"Bearer {token}"})
+        response.raise_for_status()
+        return response.json()
 
     def get_order(self, token: str, order_id: str) -> requests.Response:
         return self.http.get(self._url("checkout", f"/orders/{order_id}"), headers={"Authorization": f"Bearer {token}"})

@@ -95,6 +95,10 @@ class Stack:
             INVENTORY_URL=self.url("inventory"),
             PAYMENT_PROVIDER_URL=self.url("payments"),
             PUBLIC_URL=self.url("checkout"),
+            # the drop page, served by checkout, calls accounts and inventory from the browser
+            ACCOUNTS_PUBLIC_URL=self.url("accounts"),
+            INVENTORY_PUBLIC_URL=self.url("inventory"),
+            CORS_ALLOWED_ORIGINS=self.url("checkout"),
             CHECKOUT_WEBHOOK_URL=f"{self.url('checkout')}/payments/webhook",
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.ports["smtp"]),
@@ -147,6 +151,7 @@ class Stack:
             for service in RELAYS:
                 specs[f"{service}-relay"] = ([py, "-m", f"services.{service}", "relay"], service)
         specs["inventory-sweeper"] = ([py, "-m", "services.inventory", "sweeper"], "inventory")
+        specs["checkout-admitter"] = ([py, "-m", "services.checkout", "admitter"], "checkout")
         return specs
 
     def start(self, name: str, env_overrides: dict | None = None, as_name: str | None = None) -> subprocess.Popen:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import wraps
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,8 @@ class Principal:
     role: str
     email: str | None = None
     tier: str | None = None
+    # when the buyer's account was made (tokens from before this claim existed carry none)
+    account_created_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -213,14 +216,19 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthorized("The access token is not valid.")
         role, tier, email = claims.get("role", "buyer"), claims.get("tier"), claims.get("email")
+        account_created = claims.get("acct")
         if (
             role not in TOKEN_ROLES
             or not isinstance(claims["sub"], str)
             or not isinstance(tier, (str, type(None)))
             or not isinstance(email, (str, type(None)))
+            or not isinstance(account_created, (int, float, type(None)))
+            or isinstance(account_created, bool)
         ):
             raise Unauthorized("The access token is not valid.")
-        principal = Principal(subject=claims["sub"], role=role, email=email, tier=tier)
+        principal = Principal(subject=claims["sub"], role=role, email=email, tier=tier,
+                              account_created_at=None if account_created is None
+                              else datetime.fromtimestamp(account_created, timezone.utc))
         return principal, _Verified(principal, float(claims["exp"]), str(header.get("kid", "")), key)
 
 

@@ -70,6 +70,9 @@ class Settings:
     # consumers, relays and sweepers lower their CPU priority by this much (nice): on a machine
     # shared with the APIs the rush's requests win and the follow-up work drains after
     background_niceness: int = 0
+    # browser origins allowed to call this service's API (CORS), comma-separated: the drop page's
+    # (checkout's public URL) where the services are not behind one origin; empty: none
+    cors_allowed_origins: str = ""
     # fault injection for tests and rehearsals; never set in production
     fault_relay_exit_after_publish: bool = False
 

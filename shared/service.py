@@ -10,8 +10,8 @@ passes a fake of it (`bootstrap("consumer", settings, provider=FakeProvider())`)
 
 The kinds of process, and so the names in logs and broker connections, are the same in every
 service: `<service>-api` (the operator commands run in the API's app, and log as it does),
-`<service>-consumer`, `<service>-relay`, `<service>-sweeper`, `<service>-job` (migrations and
-scheduled jobs).
+`<service>-consumer`, `<service>-relay`, `<service>-sweeper`, `<service>-admitter` (checkout's
+waiting room), `<service>-job` (migrations and scheduled jobs).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from sqlalchemy import orm
 from shared import db
 from shared.config import Settings
 
-KINDS = ("api", "consumer", "relay", "sweeper", "job")
+KINDS = ("api", "consumer", "relay", "sweeper", "admitter", "job")
 # Database connections each kind of process keeps (its engine's pool_size; the ceiling is twice
 # that), unless its service's bootstrap says otherwise (its POOL_SIZES). An API's request threads
 # and a consumer's handler threads each hold one at a time. deploy/pooling.py sizes PgBouncer
 # from these same numbers, through `pool_size`.
-DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "job": 1}
+DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "admitter": 1, "job": 1}
 
 
 @dataclass(frozen=True, kw_only=True)

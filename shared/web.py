@@ -36,6 +36,7 @@ def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: au
     for collector in collectors:
         registry.register(collector)
     app.extensions["floodgate.metrics"] = registry
+    app.extensions["floodgate.cors"] = frozenset(o.strip().rstrip("/") for o in settings.cors_allowed_origins.split(",") if o.strip())
     errors.init_app(app)
     auth.init_app(app, verifier or auth.jwks_verifier(settings), settings.service_key)
     app.before_request(_start_request)
@@ -126,7 +127,27 @@ def _start_request() -> None:
     g.started = time.perf_counter()
 
 
+_CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key, Line-Pass, X-Request-ID",
+    "Access-Control-Expose-Headers": "Location, Retry-After, X-Request-ID, Idempotent-Replayed",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _allow_origin(response: Response) -> None:
+    """CORS for the origins CORS_ALLOWED_ORIGINS names (the drop page calls every service)."""
+    origin = request.headers.get("Origin")
+    allowed = current_app.extensions["floodgate.cors"]
+    if origin and origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.update(_CORS_HEADERS)
+    if allowed:
+        response.vary.add("Origin")
+
+
 def _finish_request(response: Response) -> Response:
+    _allow_origin(response)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"

@@ -103,6 +103,8 @@ class TokenIssuer:
             "role": account.role,
             "email": account.email,
             "tier": account.tier,
+            # when the account was made: a drop's line may refuse accounts newer than itself
+            "acct": round(account.created_at.timestamp(), 3) if account.created_at else None,
             "iat": int(now.timestamp()),
             "nbf": int(now.timestamp()),
             "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from services.checkout import handlers, idempotency
-from services.checkout.errors import InvalidSignature, OrderNotFound
+from services.checkout import handlers, idempotency, line as waiting_room
+from services.checkout.errors import InvalidSignature, JoinThrottled, LineNotFound, OrderNotFound
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
+    AdmissionOrderQuerySchema,
+    AdmissionOrderSchema,
+    LineChangeSchema,
+    LineRequestSchema,
+    LineSchema,
     ListQuerySchema,
     OrderListSchema,
     OrderRequestSchema,
     OrderSchema,
+    TicketSchema,
     WebhookAnswerSchema,
     WebhookSchema,
 )
@@ -20,6 +26,7 @@ from shared.addresses import InvalidAddress, normalise
 from shared.auth import current_principal, require_admin, require_user
 from shared.errors import InvalidRequest
 from shared.openapi import operation
+from shared.values import utc_now, uuid_or_none
 from shared.web import load, root, unit_of_work
 
 bp = Blueprint("checkout", __name__)
@@ -28,6 +35,9 @@ ORDER_REQUEST = OrderRequestSchema()
 ORDER = OrderSchema()
 WEBHOOK = WebhookSchema()
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+LINE = LineSchema()
+TICKET = TicketSchema()
+LINE_PASS_HEADER = "Line-Pass"
 
 
 @bp.post("/orders")
@@ -40,6 +50,10 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
     auth="bearer",
     rules=(addresses.RULE, "the drop ships to the address's country (`country-not-allowed`)",
            "an `Idempotency-Key` already sent with another body is not sent again (`idempotency-key-reused`)"),
+    description="On a drop with a line (the waiting room) the order needs the admission pass the line gave "
+                "the buyer, in the header `Line-Pass`: without it 403 `line-pass-required`; forged, another "
+                "buyer's or another drop's 403 `line-pass-invalid`; expired 403 `line-pass-expired`; already "
+                "used 409 `line-pass-used`. Nothing is held then, and the refusal is not kept as the key's answer.",
     headers={"Idempotency-Key": {
         "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
                        "(header `Idempotent-Replayed: true`); the same key with another body answers 422.",
@@ -68,6 +82,7 @@ def place_order():
         quantity=body["quantity"],
         shipping_address=address,
         buyer_tier=principal.tier,
+        line_pass=request.headers.get(LINE_PASS_HEADER) or None,
     )
     checkout = root()
     with unit_of_work() as uow:
@@ -162,3 +177,101 @@ def payment_webhook():
         result = handlers.apply_payment(notice, uow, root().inventory, settings)
         uow.commit()
     return jsonify(WebhookAnswerSchema().dump({"result": result}))
+
+
+# --- the waiting room (services/checkout/line.py) ------------------------------------------------
+
+def _drop_id(raw: str):
+    drop_id = uuid_or_none(raw)
+    if drop_id is None:
+        raise LineNotFound(f"There is no line for drop {raw}.")
+    return drop_id
+
+
+@bp.put("/drops/<drop_id>/line")
+@operation("Put a line (waiting room) on a drop, or change its settings (admin)", request=LineRequestSchema,
+           response=LineSchema, errors=(404, 409), auth="admin",
+           description="The line draws its secret seed and publishes the seed's SHA-256 (`commitment`) at once; "
+                       "the seed is revealed at the opening. `refuse_new_accounts` refuses accounts created after "
+                       "this call.")
+@require_admin
+def put_line(drop_id: str):
+    body = load(LineRequestSchema())
+    with unit_of_work() as uow:
+        line = waiting_room.put_line(_drop_id(drop_id), waiting_room.LineSettings(**body), uow, utc_now())
+        uow.commit()
+    return jsonify(LINE.dump(line))
+
+
+@bp.patch("/drops/<drop_id>/line")
+@operation("Pause, resume or close a line, or change its admission rate or factor (admin)",
+           request=LineChangeSchema, response=LineSchema, errors=(404, 409), auth="admin")
+@require_admin
+def change_line(drop_id: str):
+    body = load(LineChangeSchema())
+    with unit_of_work() as uow:
+        line = waiting_room.change_line(_drop_id(drop_id), uow, utc_now(), **body)
+        uow.commit()
+    return jsonify(LINE.dump(line))
+
+
+@bp.get("/drops/<drop_id>/line")
+@operation("A drop's line: its state, commitment (and seed once open), counts and admission rate",
+           response=LineSchema, errors=(404,))
+def show_line(drop_id: str):
+    with unit_of_work() as uow:
+        line = uow.lines.get(_drop_id(drop_id))
+    if line is None:
+        raise LineNotFound(f"There is no line for drop {drop_id}.")
+    return jsonify(LINE.dump(line))
+
+
+@bp.get("/drops/<drop_id>/line/order")
+@operation("The pre-queue's tickets in admission order, with the revealed seed, for anyone to check",
+           query=AdmissionOrderQuerySchema, response=AdmissionOrderSchema, errors=(404,))
+def admission_order(drop_id: str):
+    query = AdmissionOrderQuerySchema().load(request.args)
+    with unit_of_work() as uow:
+        line = uow.lines.get(_drop_id(drop_id))
+        if line is None:
+            raise LineNotFound(f"There is no line for drop {drop_id}.")
+        tickets = uow.lines.admission_order(line.drop_id, query["limit"] + 1, query["offset"]) if line.opened_at else []
+    more = len(tickets) > query["limit"]
+    return jsonify(AdmissionOrderSchema().dump({
+        "drop_id": line.drop_id, "seed": line.seed.hex() if line.opened_at else None,
+        "algorithm": waiting_room.ALGORITHM, "tickets": tickets[: query["limit"]],
+        "next_offset": query["offset"] + query["limit"] if more else None,
+    }))
+
+
+@bp.post("/drops/<drop_id>/line/tickets")
+@operation("Join a drop's line: one ticket per account (joining again returns it)", response=TicketSchema,
+           status=(201, 200), errors=(403, 404, 409, 429), auth="bearer")
+@require_user
+def join_line(drop_id: str):
+    settings = root().settings
+    wait = root().join_limit.take(request.remote_addr or "")
+    if wait is not None:
+        raise JoinThrottled("Too many joins from this address; retry after the time given.", retry_after=wait)
+    principal = current_principal()
+    with unit_of_work() as uow:
+        ticket, new = waiting_room.join(_drop_id(drop_id), principal.subject, principal.account_created_at, uow)
+        uow.commit()
+        line = uow.lines.get(ticket.drop_id)
+        view = waiting_room.ticket_view(ticket, line, utc_now(), settings.line_pass_secret)
+    response = jsonify(TICKET.dump(view))
+    response.status_code = 201 if new else 200
+    return response
+
+
+@bp.get("/drops/<drop_id>/line/tickets/mine")
+@operation("The buyer's place in the line: state, people ahead, estimated wait, the pass once admitted, and "
+           "when to poll again", response=TicketSchema, errors=(404,), auth="bearer")
+@require_user
+def my_ticket(drop_id: str):
+    with unit_of_work() as uow:
+        found = uow.lines.ticket_and_line(_drop_id(drop_id), current_principal().subject)
+    if found is None:
+        raise LineNotFound("You have no ticket in this drop's line; join it first.")
+    ticket, line = found
+    return jsonify(TICKET.dump(waiting_room.ticket_view(ticket, line, utc_now(), root().settings.line_pass_secret)))

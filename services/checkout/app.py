@@ -4,7 +4,7 @@ from flask import Flask
 from services.checkout import api, config
 from services.checkout.bootstrap import bootstrap
 from services.checkout.errors import TooBusy
-from services.checkout.load_shedding import OrderAdmission, OrderGate
+from services.checkout.load_shedding import LoadReport, OrderAdmission, OrderGate
 from shared import web
 
 
@@ -13,10 +13,12 @@ def create_app(settings: config.Settings | None = None, **dependencies) -> Flask
     root = bootstrap("api", settings, **dependencies)
     app = web.create_app(root, [api.bp], title="Floodgate checkout")
     # Load shedding in front of Flask: see services/checkout/load_shedding.py.
+    gate = OrderGate(root.settings.max_orders_in_flight, root.settings.max_retry_after_seconds)
     app.wsgi_app = OrderAdmission(
         app.wsgi_app,
-        OrderGate(root.settings.max_orders_in_flight, root.settings.max_retry_after_seconds),
+        gate,
         TooBusy("Checkout is taking as many orders as it can; retry after the time given."),
         root.service,
+        report=LoadReport(gate, root.engine),  # the waiting room slows down while checkout sheds
     )
     return app

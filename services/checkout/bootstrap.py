@@ -2,8 +2,9 @@
 passes its own `inventory` or `provider` (`create_app(settings, provider=...)` passes them on).
 
 Each kind of process gets only what it runs: the API the inventory client and the payment
-provider, the consumer the provider and the event handlers, a relay or a job neither (they are
-imported here, not at the top, so a relay does not load them).
+provider, the consumer the provider and the event handlers, the admitter the inventory client,
+a relay or a job none of them (they are imported here, not at the top, so a relay does not load
+them).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shared import service
 
 if TYPE_CHECKING:
     from services.checkout.inventory_client import InventoryClient
+    from services.checkout.line import JoinLimit
     from services.checkout.payments import PaymentProvider
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -28,8 +30,9 @@ POOL_SIZES = {"api": 10}
 @dataclass(frozen=True, kw_only=True)
 class Checkout(service.Root):
     settings: config.Settings
-    inventory: InventoryClient | None = None  # the API's
+    inventory: InventoryClient | None = None  # the API's and the admitter's
     provider: PaymentProvider | None = None  # the API's and the consumer's
+    join_limit: JoinLimit | None = None  # the API's: joins of the waiting room per client
 
     def close(self) -> None:
         for client in (self.inventory, self.provider):
@@ -44,8 +47,19 @@ def bootstrap(kind: str, settings: config.Settings | None = None, inventory: Inv
     """Checkout as a process of `kind` needs it (see `shared.service`)."""
     settings = settings or config.load()
     database = service.database(settings, kind, CheckoutUnitOfWork, POOL_SIZES)
-    if kind not in ("api", "consumer"):
+    if kind not in ("api", "consumer", "admitter"):
         return Checkout(**database, migrations=MIGRATIONS)
+    if kind in ("api", "admitter"):
+        from services.checkout.inventory_client import CircuitBreaker, InventoryClient
+
+        inventory = inventory or InventoryClient(
+            settings.inventory_url,
+            settings.service_key,
+            settings.inventory_timeout_seconds,
+            CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
+        )
+    if kind == "admitter":
+        return Checkout(**database, migrations=MIGRATIONS, inventory=inventory)
     from services.checkout import handlers
     from services.checkout.payments import HttpPaymentProvider
 
@@ -53,12 +67,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None, inventory: Inv
     if kind == "consumer":
         return Checkout(**database, migrations=MIGRATIONS, provider=provider,
                         event_handlers=handlers.event_handlers(provider, settings))
-    from services.checkout.inventory_client import CircuitBreaker, InventoryClient
+    from services.checkout.line import JoinLimit
 
-    inventory = inventory or InventoryClient(
-        settings.inventory_url,
-        settings.service_key,
-        settings.inventory_timeout_seconds,
-        CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
-    )
-    return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider)
+    return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider,
+                    join_limit=JoinLimit(settings.line_joins_per_client_per_minute))

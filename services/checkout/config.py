@@ -3,6 +3,9 @@ from dataclasses import dataclass
 
 from shared.config import DEV_WEBHOOK_SECRET, Settings as CommonSettings
 
+# development default; production reads LINE_PASS_SECRET from a Secret
+DEV_LINE_PASS_SECRET = "dev-only-line-pass-secret-not-a-secret"
+
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
@@ -21,6 +24,14 @@ class Settings(CommonSettings):
     max_retry_after_seconds: int = 10
     inventory_breaker_threshold: int = 5
     inventory_breaker_cooldown_seconds: float = 3.0
+    # the waiting room (services/checkout/line.py): the key that signs admission passes, how
+    # often the admitter turns, and joins per client address per minute (per API process)
+    line_pass_secret: str = DEV_LINE_PASS_SECRET
+    admitter_interval_seconds: float = 0.5
+    line_joins_per_client_per_minute: int = 30
+    # where the drop page (services/checkout/page.py) finds the other services, as buyers reach them
+    accounts_public_url: str = "http://127.0.0.1:8001"
+    inventory_public_url: str = "http://127.0.0.1:8002"
 
 
 def load() -> Settings:

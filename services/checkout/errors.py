@@ -1,5 +1,5 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
-from shared.errors import Conflict, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
+from shared.errors import Conflict, Forbidden, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
 from shared.errors import CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, SaleNotOpen, SoldOut
 
@@ -32,7 +32,58 @@ class TooBusy(RetryLater):
     status, slug, title = 429, "too-busy", "Checkout is at capacity"
 
 
+
+# --- the waiting room (services/checkout/line.py) -----------------------------------------------
+
+class LineNotFound(NotFound):
+    slug, title = "line-not-found", "This drop has no line"
+
+
+class LineClosed(Conflict):
+    slug, title = "line-closed", "The line is closed"
+
+
+class LineNotOpenYet(Conflict):
+    slug, title = "line-not-open-yet", "The line has not opened yet"
+
+
+class LineAlreadyOpen(Conflict):
+    slug, title = "line-already-open", "The line has opened"
+
+
+class AccountTooNew(Forbidden):
+    slug, title = "account-too-new", "The line takes only accounts created before it opened for joining"
+
+
+class JoinThrottled(RetryLater):
+    status, slug, title = 429, "too-many-joins", "Too many joins from this client"
+
+
+class LinePassRefused(Forbidden):
+    """A refused `Line-Pass`. Never kept as the Idempotency-Key's answer: the key's fingerprint is
+    the body, not the header, and the same order with a valid pass must go through."""
+
+    remembered = False
+
+
+class LinePassRequired(LinePassRefused):
+    slug, title = "line-pass-required", "This drop has a line: order with the pass it gave you"
+
+
+class LinePassInvalid(LinePassRefused):
+    slug, title = "line-pass-invalid", "The admission pass is not valid for this buyer and drop"
+
+
+class LinePassExpired(LinePassRefused):
+    slug, title = "line-pass-expired", "The admission pass has expired"
+
+
+class LinePassUsed(LinePassRefused):
+    status, slug, title = 409, "line-pass-used", "The admission pass has been used"
+
+
 __all__ = [
+    "AccountTooNew",
     "AddressLimitReached",
     "CountryNotAllowed",
     "DropNotFound",
@@ -41,7 +92,17 @@ __all__ = [
     "InvalidTransition",
     "InventoryUnavailable",
     "InviteOnly",
+    "JoinThrottled",
     "LimitExceeded",
+    "LineAlreadyOpen",
+    "LineClosed",
+    "LineNotFound",
+    "LineNotOpenYet",
+    "LinePassExpired",
+    "LinePassInvalid",
+    "LinePassRefused",
+    "LinePassRequired",
+    "LinePassUsed",
     "OrderNotFound",
     "SaleNotOpen",
     "SoldOut",

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.checkout import errors, orders
+from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
@@ -32,6 +32,8 @@ class PlaceOrder:
     quantity: int
     shipping_address: dict
     buyer_tier: str | None = None
+    # the waiting room's admission pass (header Line-Pass); not part of the fingerprint
+    line_pass: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -48,6 +50,7 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
     """Hold the stock and record the order awaiting payment, with `order.placed` in the outbox."""
     order_id = cmd.order_id
     bind_order_id(str(order_id))
+    ticket_id = _admitted_ticket(cmd, uow, settings)  # refused before anything is held
     hold = inventory.reserve(
         str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
@@ -58,6 +61,13 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         raise errors.AddressLimitReached(
             f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
         )
+    if ticket_id is not None:
+        not_used = uow.lines.use_pass(ticket_id, uuid.UUID(cmd.drop_id), cmd.buyer_id)
+        if not_used is not None:
+            inventory.release(str(order_id))
+            if not_used == "used":
+                raise errors.LinePassUsed("This admission pass has already placed an order.")
+            raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
     placed_at = utc_now()
     order = Order(
         id=order_id,
@@ -84,6 +94,17 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
     data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
     uow.publish("order.placed", data)
     return order
+
+
+def _admitted_ticket(cmd: PlaceOrder, uow, settings) -> uuid.UUID | None:
+    """The line ticket whose pass this order uses, None for a drop without a line. A pass is
+    checked (signature, buyer, drop, expiry) before the hold; it is used up with the order."""
+    if cmd.line_pass is None:
+        if uow.lines.has_line(uuid.UUID(cmd.drop_id)):
+            raise errors.LinePassRequired("This drop has a line: join it, and order with the pass it gives you "
+                                          "(header Line-Pass).")
+        return None
+    return waiting_room.verify_pass(settings.line_pass_secret, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
 
 
 def address_key_of(address: dict) -> str:

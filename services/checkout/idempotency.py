@@ -84,5 +84,6 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
 
 
 def is_definitive(refusal: Problem) -> bool:
-    """Whether the same request would be refused again: any 4xx but 429 (try again later)."""
-    return refusal.status < 500 and refusal.status != 429
+    """Whether the same request would be refused again: any 4xx but 429 (try again later) and
+    a refused line pass (a header the key's fingerprint does not cover)."""
+    return refusal.status < 500 and refusal.status != 429 and getattr(refusal, "remembered", True)

@@ -149,14 +149,21 @@ class InventoryClient:
         if response.status not in (200, 404):
             raise self._refusal(response)
 
-    def _call(self, path: str, body: dict, guarded: bool = True) -> urllib3.BaseHTTPResponse:
+    def remaining(self, drop_id: str) -> int:
+        """The drop's units not held or sold (the waiting room's admitter asks every turn)."""
+        response = self._call(f"/drops/{drop_id}", None, method="GET")
+        if response.status != 200:
+            raise self._refusal(response)
+        return int(json.loads(response.data)["remaining"])
+
+    def _call(self, path: str, body: dict | None, guarded: bool = True, method: str = "POST") -> urllib3.BaseHTTPResponse:
         if guarded and not self._breaker.allow():
             raise errors.InventoryUnavailable(
                 "Inventory is not answering; try again shortly.", retry_after=self._breaker.retry_after()
             )
         try:
             response = self._pool.urlopen(
-                "POST", self._prefix + path, body=json.dumps(body),
+                method, self._prefix + path, body=None if body is None else json.dumps(body),
                 headers={**self._headers, "X-Request-ID": current_request_id() or ""},
             )
         except urllib3.exceptions.HTTPError as error:

@@ -14,16 +14,22 @@ spread over the time the admitted rate needs to serve it, capped at `max_retry_a
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
+import socket
 import threading
 import time
 from typing import Callable, Iterable
+
+import sqlalchemy as sa
 
 from shared import metrics
 from shared.errors import PROBLEM_JSON
 
 WINDOW_SECONDS = 2.0
+log = logging.getLogger("floodgate.checkout")
 
 
 class OrderGate:
@@ -39,6 +45,7 @@ class OrderGate:
         self._window_start = clock()
         self._admitted = self._refused = 0
         self._last_admitted = self._last_refused = 0
+        self.refused_total = 0  # since the process started: what LoadReport tells the admitter
 
     def try_enter(self) -> bool:
         """Take a slot (True; `leave()` when done) or count a refusal (False)."""
@@ -49,6 +56,7 @@ class OrderGate:
                 self._admitted += 1
             else:
                 self._refused += 1
+                self.refused_total += 1
         return entered
 
     def leave(self) -> None:
@@ -74,17 +82,60 @@ class OrderGate:
             self._window_start = now
 
 
+class LoadReport:
+    """Tells the waiting room's admitter (services/checkout/admitter.py) that checkout turns
+    orders away: every `every` seconds, from its first order on, a thread of each API process
+    writes the process's refusals so far to `checkout_load`, one row per process."""
+
+    def __init__(self, gate: OrderGate, engine, every: float = 2.0):
+        self._gate, self._engine, self._every = gate, engine, every
+        self._started = False
+        self._lock = threading.Lock()
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+
+    def start(self) -> None:
+        """Start reporting, once per process (called on the first order: after gunicorn's fork)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self.process = f"{socket.gethostname()}:{os.getpid()}"
+        threading.Thread(target=self._run, name="load-report", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._every)
+            try:
+                self.report()
+            except Exception:  # the database restarting, say: the next report tries again
+                log.warning("could not report checkout's load", exc_info=True)
+
+    def report(self) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(_REPORT, {"process": self.process, "refused": self._gate.refused_total})
+
+
+_REPORT = sa.text(
+    "INSERT INTO checkout_load (process, refused, updated_at) VALUES (:process, :refused, now()) "
+    "ON CONFLICT (process) DO UPDATE SET refused = excluded.refused, updated_at = excluded.updated_at"
+)
+
+
 class OrderAdmission:
     """WSGI middleware: `POST <path>` takes a slot of `gate` for as long as the app handles it,
     or is answered at once with 429, its `Retry-After` and a problem+json body."""
 
-    def __init__(self, app, gate: OrderGate, refusal, service: str, path: str = "/orders"):
+    def __init__(self, app, gate: OrderGate, refusal, service: str, path: str = "/orders",
+                 report: LoadReport | None = None):
         self.app, self.gate, self.path, self.service = app, gate, path, service
         self._refusal = refusal  # the problem (a TooBusy) every refusal carries
+        self._report = report
 
     def __call__(self, environ, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
+        if self._report is not None:
+            self._report.start()
         if not self.gate.try_enter():
             return self._refuse(start_response)
         try:

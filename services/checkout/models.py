@@ -93,3 +93,66 @@ class AddressAllowance(Base):
     drop_id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
     address_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     taken: Mapped[int]
+
+
+class Line(Base):
+    """A drop's waiting room (services/checkout/line.py): its configuration, its verifiable seed,
+    and the counters the admitter keeps."""
+
+    __tablename__ = "lines"
+
+    drop_id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
+    opens_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # "pre_queue" until the opening, then "open", "paused" or "closed"
+    state: Mapped[str] = mapped_column(sa.String(16), server_default="pre_queue")
+    seed: Mapped[bytes] = mapped_column(sa.LargeBinary)  # secret until the opening
+    commitment: Mapped[str] = mapped_column(sa.String(64))  # sha256(seed), public from the start
+    opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # arrival numbers handed out (1, 2, ...); the first `pre_queue_size` joined before the opening
+    joined: Mapped[int] = mapped_column(server_default="0")
+    pre_queue_size: Mapped[int] = mapped_column(server_default="0")
+    admitted_through: Mapped[int] = mapped_column(server_default="0")  # the last position admitted
+    admission_factor: Mapped[float] = mapped_column(sa.Float, server_default="1.0")
+    admission_rate: Mapped[float] = mapped_column(sa.Float, server_default="20.0")  # the admin's ceiling, per second
+    pass_ttl_seconds: Mapped[int] = mapped_column(server_default="120")
+    # accounts created after this instant may not join (against freshly made bot accounts)
+    accounts_created_before: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    remaining_units: Mapped[int | None]  # the drop's units, as the admitter last saw them
+    observed_rate: Mapped[float] = mapped_column(sa.Float, server_default="0")  # admissions per second, recent
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class LineTicket(Base):
+    """One account's place in one drop's line."""
+
+    __tablename__ = "line_tickets"
+    __table_args__ = (
+        sa.UniqueConstraint("drop_id", "buyer_id", name="line_tickets_one_per_account"),
+        sa.UniqueConstraint("drop_id", "arrival", name="line_tickets_arrival"),
+        # the admitter takes the next positions not yet admitted
+        sa.Index("line_tickets_waiting", "drop_id", "position", postgresql_where=sa.text("admitted_at IS NULL")),
+        # active passes: admitted, unused, not yet expired
+        sa.Index("line_tickets_active", "drop_id", "pass_expires_at", postgresql_where=sa.text("used_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
+    drop_id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True))
+    buyer_id: Mapped[str] = mapped_column(sa.String(64))
+    arrival: Mapped[int]
+    position: Mapped[int | None]  # set at the opening (pre-queue) or on joining (after it)
+    joined_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    admitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    pass_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CheckoutLoad(Base):
+    """Each checkout API process's refusals (429) so far, written every few seconds
+    (load_shedding.LoadReport): the waiting room's admitter slows down while they grow."""
+
+    __tablename__ = "checkout_load"
+
+    process: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    refused: Mapped[int] = mapped_column(sa.BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout.models import AddressAllowance, Order, OrderTransition
+from services.checkout.models import AddressAllowance, Line, LineTicket, Order, OrderTransition
 from shared import db
 from shared.values import uuid_or_none
 
@@ -148,6 +148,103 @@ _TAKE_ADDRESS_ALLOWANCE = sa.text(
 )
 
 
+class Lines:
+    """Drops' waiting rooms and their tickets (services/checkout/line.py)."""
+
+    def __init__(self, session: orm.Session):
+        self._session = session
+
+    def get(self, drop_id: uuid.UUID, lock: bool = False) -> Line | None:
+        return self._session.get(Line, drop_id, with_for_update=lock)
+
+    def lock_next_due(self, states: tuple[str, ...]) -> list[Line]:
+        """The lines in `states`, each locked; one another admitter holds is skipped (replicas
+        share the lines, never the same one at once)."""
+        return list(self._session.scalars(
+            sa.select(Line).where(Line.state.in_(states)).order_by(Line.opens_at).with_for_update(skip_locked=True)
+        ))
+
+    def add(self, line: Line) -> None:
+        self._session.add(line)
+
+    def has_line(self, drop_id: uuid.UUID) -> bool:
+        return self._session.execute(_HAS_LINE, {"drop_id": drop_id}).first() is not None
+
+    def ticket_of(self, drop_id: uuid.UUID, buyer_id: str) -> LineTicket | None:
+        return self._session.scalars(
+            sa.select(LineTicket).where(LineTicket.drop_id == drop_id, LineTicket.buyer_id == buyer_id)
+        ).first()
+
+    def ticket_and_line(self, drop_id: uuid.UUID, buyer_id: str) -> tuple[LineTicket, Line] | None:
+        """A poll's one read: the buyer's ticket and its line."""
+        row = self._session.execute(
+            sa.select(LineTicket, Line).join(Line, Line.drop_id == LineTicket.drop_id)
+            .where(LineTicket.drop_id == drop_id, LineTicket.buyer_id == buyer_id)
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def take_arrival(self, drop_id: uuid.UUID) -> tuple[int, bool]:
+        """The next arrival number, and whether the line has opened. The line's row stays locked
+        until the join commits: the opening (which locks it too) sees every earlier join."""
+        row = self._session.execute(_TAKE_ARRIVAL, {"drop_id": drop_id}).one()
+        return row.joined, row.opened
+
+    def add_ticket(self, ticket: LineTicket) -> bool:
+        """Insert a new ticket; False when the account already has one for this drop."""
+        try:
+            with self._session.begin_nested():
+                self._session.execute(_INSERT_TICKET, {column: getattr(ticket, column) for column in _TICKET_COLUMNS})
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def unplaced_tickets(self, drop_id: uuid.UUID) -> list[uuid.UUID]:
+        """The tickets without a position: those that joined before the opening."""
+        return list(self._session.scalars(
+            sa.select(LineTicket.id).where(LineTicket.drop_id == drop_id, LineTicket.position.is_(None))
+        ))
+
+    def place(self, positions: list[tuple[uuid.UUID, int]]) -> None:
+        if positions:
+            self._session.execute(_PLACE, {"ids": [ticket_id for ticket_id, _ in positions],
+                                           "positions": [position for _, position in positions]})
+
+    def admission_order(self, drop_id: uuid.UUID, limit: int, offset: int) -> list[uuid.UUID]:
+        """The pre-queue's tickets by position (the order anyone can recompute from the seed)."""
+        line = self.get(drop_id)
+        return list(self._session.scalars(
+            sa.select(LineTicket.id)
+            .where(LineTicket.drop_id == drop_id, LineTicket.position <= (line.pre_queue_size if line else 0))
+            .order_by(LineTicket.position).limit(limit).offset(offset)
+        ))
+
+    def active_passes(self, drop_id: uuid.UUID, now) -> int:
+        """Admitted buyers whose pass is neither used nor expired."""
+        return self._session.execute(_ACTIVE_PASSES, {"drop_id": drop_id, "now": now}).scalar_one()
+
+    def admit_next(self, drop_id: uuid.UUID, count: int, now, expires_at) -> list[int]:
+        """Admit the next `count` waiting positions; returns the positions admitted."""
+        if count <= 0:
+            return []
+        return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "count": count, "now": now,
+                                                        "expires_at": expires_at}))
+
+    def waiting(self, drop_id: uuid.UUID) -> int:
+        return self._session.execute(_WAITING, {"drop_id": drop_id}).scalar_one()
+
+    def checkout_refusals(self) -> dict[str, int]:
+        """Each live checkout API process's refusals so far (load_shedding.LoadReport)."""
+        return dict(self._session.execute(_CHECKOUT_REFUSALS).all())
+
+    def use_pass(self, ticket_id: uuid.UUID, drop_id: uuid.UUID, buyer_id: str) -> str | None:
+        """Use the pass up for an order: None when done, else why not ("used" or "expired")."""
+        used = self._session.execute(_USE_PASS, {"ticket_id": ticket_id, "drop_id": drop_id, "buyer_id": buyer_id}).first()
+        if used is not None:
+            return None
+        ticket = self._session.get(LineTicket, ticket_id)
+        return "used" if ticket is not None and ticket.used_at is not None else "expired"
+
+
 class CheckoutUnitOfWork(db.UnitOfWork):
     """The shared unit of work plus checkout's repositories on its session."""
 
@@ -155,6 +252,7 @@ class CheckoutUnitOfWork(db.UnitOfWork):
     idempotency_keys: IdempotencyKeys
     address_allowances: AddressAllowances
     payment_events: PaymentEvents
+    lines: Lines
 
     def __enter__(self) -> "CheckoutUnitOfWork":
         super().__enter__()
@@ -162,4 +260,38 @@ class CheckoutUnitOfWork(db.UnitOfWork):
         self.idempotency_keys = IdempotencyKeys(self.session)
         self.address_allowances = AddressAllowances(self.session)
         self.payment_events = PaymentEvents(self.session)
+        self.lines = Lines(self.session)
         return self
+
+# The waiting room's statements (services/checkout/line.py).
+_HAS_LINE = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id").bindparams(
+    sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_TAKE_ARRIVAL = sa.text(
+    "UPDATE lines SET joined = joined + 1 WHERE drop_id = :drop_id "
+    "RETURNING joined, opened_at IS NOT NULL AS opened"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_INSERT_TICKET = LineTicket.__table__.insert()
+_TICKET_COLUMNS = ("id", "drop_id", "buyer_id", "arrival", "position")
+_PLACE = sa.text(
+    "UPDATE line_tickets SET position = placed.position "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:positions AS integer[])) AS placed(id, position) "
+    "WHERE line_tickets.id = placed.id"
+)
+_ACTIVE_PASSES = sa.text(
+    "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
+    "AND pass_expires_at > :now"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_ADMIT_NEXT = sa.text(
+    "UPDATE line_tickets SET admitted_at = :now, pass_expires_at = :expires_at WHERE id IN ("
+    " SELECT id FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL AND position IS NOT NULL"
+    " ORDER BY position LIMIT :count FOR UPDATE) RETURNING position"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_WAITING = sa.text(
+    "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_USE_PASS = sa.text(
+    "UPDATE line_tickets SET used_at = now() WHERE id = :ticket_id AND drop_id = :drop_id AND buyer_id = :buyer_id "
+    "AND used_at IS NULL AND pass_expires_at > now() RETURNING id"
+).bindparams(sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)),
+             sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_CHECKOUT_REFUSALS = sa.text("SELECT process, refused FROM checkout_load WHERE updated_at > now() - interval '30 seconds'")

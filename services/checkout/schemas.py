@@ -1,6 +1,8 @@
 """What checkout's endpoints accept and return."""
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from services.checkout.line import ALGORITHM
+
 
 class AddressSchema(Schema):
     """Shape only; the country's own rules are applied by `shared.addresses.normalise`."""
@@ -128,3 +130,86 @@ class WebhookSchema(Schema):
 
 class WebhookAnswerSchema(Schema):
     result = fields.String()
+
+
+# --- the waiting room (services/checkout/line.py) -----------------------------------------------
+
+class StrictBoolean(fields.Boolean):
+    """true or false, not 1, 0 or "yes"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class LineRequestSchema(Schema):
+    """`PUT /drops/{id}/line`: put a line on a drop, or change it."""
+
+    opens_at = fields.AwareDateTime(required=True)
+    admission_factor = fields.Float(load_default=1.0, validate=validate.Range(min=0.1, max=100))
+    admission_rate = fields.Float(load_default=20.0, validate=validate.Range(min=0.1, max=10_000))
+    pass_ttl_seconds = fields.Integer(load_default=120, strict=True, validate=validate.Range(min=10, max=3600))
+    refuse_new_accounts = StrictBoolean(load_default=False)
+
+
+class LineChangeSchema(Schema):
+    """`PATCH /drops/{id}/line`: pause, resume, close or re-rate (admin)."""
+
+    state = fields.String(validate=validate.OneOf(["open", "paused", "closed"]))
+    admission_rate = fields.Float(validate=validate.Range(min=0.1, max=10_000))
+    admission_factor = fields.Float(validate=validate.Range(min=0.1, max=100))
+
+
+class LineSchema(Schema):
+    drop_id = fields.UUID()
+    state = fields.Method("_state")
+    opens_at = fields.DateTime()
+    opened_at = fields.DateTime(allow_none=True)
+    commitment = fields.String()
+    seed = fields.Method("_seed", allow_none=True)
+    algorithm = fields.Method("_algorithm")
+    pre_queue_size = fields.Integer()
+    joined = fields.Integer()
+    admitted = fields.Integer(attribute="admitted_through")
+    remaining_units = fields.Integer(allow_none=True)
+    admission_factor = fields.Float()
+    admission_rate = fields.Float()
+    admission_rate_per_second = fields.Float(attribute="observed_rate")
+    pass_ttl_seconds = fields.Integer()
+    refuses_accounts_created_after = fields.DateTime(attribute="accounts_created_before", allow_none=True)
+
+    def _state(self, line) -> str:
+        return "sold_out" if line.state == "open" and line.remaining_units == 0 else line.state
+
+    def _seed(self, line) -> str | None:
+        """Revealed at the opening, never before."""
+        return line.seed.hex() if line.opened_at is not None else None
+
+    def _algorithm(self, line) -> str:
+        return ALGORITHM
+
+
+class TicketSchema(Schema):
+    ticket_id = fields.UUID()
+    drop_id = fields.UUID()
+    state = fields.String()
+    position = fields.Integer(allow_none=True)
+    ahead = fields.Integer(allow_none=True)
+    eta_seconds = fields.Integer(allow_none=True)
+    poll_after_seconds = fields.Integer(allow_none=True)
+    line_pass = fields.String(attribute="pass", data_key="pass", allow_none=True)
+    pass_expires_at = fields.DateTime(allow_none=True)
+
+
+class AdmissionOrderQuerySchema(Schema):
+    limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10_000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
+
+
+class AdmissionOrderSchema(Schema):
+    drop_id = fields.UUID()
+    seed = fields.String(allow_none=True)
+    algorithm = fields.String()
+    tickets = fields.List(fields.UUID())
+    next_offset = fields.Integer(allow_none=True)

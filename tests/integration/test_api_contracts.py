@@ -37,6 +37,10 @@ def real_data(floodgate, stack):
     drop = floodgate.create_drop(admin, quantity=1000, per_buyer_limit=10)
     order = floodgate.place_order(buyer, drop["id"])
     order.raise_for_status()
+    # the drop gets a line (the waiting room) with the buyer in it, so its ticket operations reach
+    # a real ticket; orders on it then need a pass, which `POST /orders`' 403 documents
+    floodgate.put_line(admin, drop)
+    floodgate.join_line(buyer, drop["id"]).raise_for_status()
     # Listed by GET /accounts/me/addresses, whence Schemathesis reuses its id
     floodgate.http.post(stack.url("accounts") + "/accounts/me/addresses", json=home_of(buyer),
                         headers={"Authorization": f"Bearer {buyer}"}).raise_for_status()

@@ -28,11 +28,11 @@ def describe(labels):
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
-def test_only_checkout_api_reaches_inventory_api(targets, overlay):
+def test_only_checkout_api_and_its_admitter_reach_inventory_api(targets, overlay):
     objects = targets[overlay].objects
     inventory_api = pod(objects, "Deployment", "inventory-api")
     allowed = {describe(p) for p in every_pod(objects) if policy.reachable(objects, p, inventory_api, 8000)}
-    assert allowed == {"checkout/api"}
+    assert allowed == {"checkout/api", "checkout/admitter"}
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])

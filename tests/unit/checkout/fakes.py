@@ -90,6 +90,92 @@ class FakePaymentEvents:
         return True
 
 
+class FakeLines:
+    """Lines and their tickets, in one dict so a rolled-back block drops what it added;
+    `refusals` is checkout's load as the API processes report it."""
+
+    def __init__(self):
+        self.rows = {}
+        self.refusals = {}
+
+    def checkout_refusals(self):
+        return dict(self.refusals)
+
+    def lines(self):
+        return [row for key, row in self.rows.items() if key[0] == "line"]
+
+    def tickets(self, drop_id=None):
+        return [row for key, row in self.rows.items() if key[0] == "ticket" and drop_id in (None, row.drop_id)]
+
+    def get(self, drop_id, lock=False):
+        return self.rows.get(("line", drop_id))
+
+    def lock_next_due(self, states):
+        return sorted((line for line in self.lines() if line.state in states), key=lambda line: line.opens_at)
+
+    def add(self, line):
+        self.rows[("line", line.drop_id)] = line
+
+    def has_line(self, drop_id):
+        return ("line", drop_id) in self.rows
+
+    def ticket_of(self, drop_id, buyer_id):
+        return next((t for t in self.tickets(drop_id) if t.buyer_id == buyer_id), None)
+
+    def ticket_and_line(self, drop_id, buyer_id):
+        ticket = self.ticket_of(drop_id, buyer_id)
+        return (ticket, self.get(drop_id)) if ticket else None
+
+    def take_arrival(self, drop_id):
+        line = self.get(drop_id)
+        line.joined += 1
+        return line.joined, line.opened_at is not None
+
+    def add_ticket(self, ticket):
+        if self.ticket_of(ticket.drop_id, ticket.buyer_id) is not None:
+            return False
+        self.rows[("ticket", ticket.id)] = ticket
+        return True
+
+    def unplaced_tickets(self, drop_id):
+        return [t.id for t in self.tickets(drop_id) if t.position is None]
+
+    def place(self, positions):
+        for ticket_id, position in positions:
+            self.rows[("ticket", ticket_id)].position = position
+
+    def admission_order(self, drop_id, limit, offset):
+        line = self.get(drop_id)
+        placed = sorted((t for t in self.tickets(drop_id) if t.position and t.position <= line.pre_queue_size),
+                        key=lambda t: t.position)
+        return [t.id for t in placed][offset:offset + limit]
+
+    def active_passes(self, drop_id, now):
+        return sum(1 for t in self.tickets(drop_id)
+                   if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now)
+
+    def admit_next(self, drop_id, count, now, expires_at):
+        waiting = sorted((t for t in self.tickets(drop_id) if t.admitted_at is None and t.position is not None),
+                         key=lambda t: t.position)[:max(0, count)]
+        for ticket in waiting:
+            ticket.admitted_at, ticket.pass_expires_at = now, expires_at
+        return [t.position for t in waiting]
+
+    def waiting(self, drop_id):
+        return sum(1 for t in self.tickets(drop_id) if t.admitted_at is None)
+
+    def use_pass(self, ticket_id, drop_id, buyer_id):
+        ticket = self.rows.get(("ticket", ticket_id))
+        if ticket is None or ticket.drop_id != drop_id or ticket.buyer_id != buyer_id:
+            return "expired"
+        if ticket.used_at is not None:
+            return "used"
+        if ticket.pass_expires_at is None or ticket.pass_expires_at <= utc_now():
+            return "expired"
+        ticket.used_at = utc_now()
+        return None
+
+
 class FakeUnitOfWork:
     """Like CheckoutUnitOfWork: what a block writes, events included, is kept only if it commits
     (`published` holds the committed events, in order). Rows are restored on rollback; an order
@@ -100,6 +186,7 @@ class FakeUnitOfWork:
         self.idempotency_keys = FakeIdempotencyKeys()
         self.address_allowances = FakeAddressAllowances()
         self.payment_events = FakePaymentEvents()
+        self.lines = FakeLines()
         self.published = []
         self.committed = False
         self._outbox = []
@@ -127,7 +214,7 @@ class FakeUnitOfWork:
         self._outbox.append((event_type, data))
 
     def _rows(self):
-        repositories = (self.orders, self.idempotency_keys, self.address_allowances, self.payment_events)
+        repositories = (self.orders, self.idempotency_keys, self.address_allowances, self.payment_events, self.lines)
         return {repository: dict(repository.rows) for repository in repositories}
 
 

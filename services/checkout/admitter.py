@@ -1,0 +1,117 @@
+"""The waiting room's admitter (`python -m services.checkout admitter`): opens each line at its
+opening and admits buyers from it, every `ADMITTER_INTERVAL_SECONDS` (services/checkout/line.py
+says the rules). Replicas share the lines (each line is locked, skipping one another holds).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from services.checkout import errors, line as waiting_room
+from shared.config import lower_priority
+from shared.heartbeat import Heartbeat
+from shared.values import utc_now
+
+log = logging.getLogger("floodgate.checkout.admitter")
+
+
+@dataclass
+class Pace:
+    """One line's admission pace in this process: the current rate and the admissions it may
+    still make this second (a token bucket refilled at that rate)."""
+
+    rate: float = 0.0
+    budget: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+
+class Shedding:
+    """Whether checkout turned orders away since the last turn: some API process's count of 429s
+    (load_shedding.LoadReport) grew."""
+
+    def __init__(self):
+        self._seen: dict[str, int] = {}
+
+    def since_last_turn(self, refusals: dict[str, int]) -> bool:
+        grew = any(count > self._seen.get(process, count) for process, count in refusals.items())
+        self._seen = refusals
+        return grew
+
+
+def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
+    """One pass over the lines: open those due, admit from the open ones; returns admissions.
+    Inventory is asked for each line's remaining units before any line is locked, so joins never
+    wait on an HTTP call."""
+    checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
+    due = uow.lines.lock_next_due((waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED))
+    drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= utc_now()]
+    uow.rollback()  # the locks go: the HTTP calls below hold none
+    remaining = {}
+    for drop_id in drop_ids:
+        try:
+            remaining[drop_id] = inventory.remaining(str(drop_id))
+        except (errors.InventoryUnavailable, errors.DropNotFound) as error:
+            log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
+    admitted = 0
+    for line in uow.lines.lock_next_due((waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)):
+        now = utc_now()
+        if line.state == waiting_room.PRE_QUEUE:
+            if line.opens_at > now:
+                continue
+            size = waiting_room.open_line(line, uow, now)
+            log.info("line opened; seed revealed", extra={"drop_id": str(line.drop_id), "pre_queue": size})
+        if line.drop_id not in remaining:
+            continue
+        line.remaining_units = remaining[line.drop_id]
+        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding)
+        line.updated_at = now
+    uow.commit()
+    return admitted
+
+
+def _admit(line, uow, pace: Pace, now, checkout_shedding: bool) -> int:
+    clock = time.monotonic()
+    elapsed, pace.last = max(0.0, clock - pace.last), clock
+    if line.state != waiting_room.OPEN:
+        pace.budget = 0.0
+        line.observed_rate = 0.0
+        return 0
+    starting = pace.rate == 0.0
+    pace.rate = waiting_room.next_rate(pace.rate or line.admission_rate, line.admission_rate, checkout_shedding)
+    # at most a second's worth saved up; a line this process has just taken on starts with it
+    pace.budget = pace.rate if starting else min(pace.rate, pace.budget + pace.rate * elapsed)
+    allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor,
+                                              uow.lines.active_passes(line.drop_id, now), pace.budget)
+    positions = uow.lines.admit_next(line.drop_id, allowed, now, waiting_room.pass_expiry(now, line))
+    pace.budget -= len(positions)
+    if positions:
+        line.admitted_through = max(line.admitted_through, max(positions))
+    # the admissions per second buyers' estimates use: a moving average over the last turns
+    if elapsed > 0:
+        line.observed_rate = 0.7 * line.observed_rate + 0.3 * (len(positions) / elapsed)
+    return len(positions)
+
+
+def run(root) -> None:
+    """Turn every ADMITTER_INTERVAL_SECONDS until SIGTERM."""
+    settings = root.settings
+    lower_priority(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    heartbeat = Heartbeat(settings.heartbeat_file)
+    paces: dict = {}
+    shedding = Shedding()
+    log.info("admitting", extra={"interval_seconds": settings.admitter_interval_seconds})
+    while not stop.is_set():
+        heartbeat.beat()
+        try:
+            with root.unit_of_work() as uow:
+                turn(uow, root.inventory, paces, shedding)
+        except Exception:  # the database restarting, say: the next turn tries again
+            log.warning("admission turn failed", exc_info=True)
+        stop.wait(settings.admitter_interval_seconds)
+    log.info("admitter stopped")

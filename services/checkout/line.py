@@ -1,0 +1,258 @@
+"""A drop's waiting room: a fair, verifiable line in front of `POST /orders`.
+
+How it works (the README's "The waiting room" says it for buyers and operators):
+
+- An admin puts a line on a drop (`PUT /drops/{id}/line`). The line draws a secret seed and
+  publishes its commitment, `sha256(seed)`, at once.
+- A signed-in buyer joins (`POST /drops/{id}/line/tickets`) and gets a ticket, one per account:
+  joining again, from any tab or device, returns the same ticket. Each join takes the next
+  arrival number (1, 2, ...) from the line's row, in the join's own transaction.
+- At the opening the admitter (`python -m services.checkout admitter`) reveals the seed and puts
+  everyone who joined before it in a random order: by `HMAC-SHA256(key=seed, message=ticket id)`,
+  the ticket id written as its 36-character lower-case UUID, compared as hex, smallest first.
+  Anyone holding the seed and the ticket ids (`GET /drops/{id}/line/order`) recomputes that order
+  (`pre_queue_order` below). Those tickets get positions 1..N; everyone who joins later gets
+  position = arrival number, which is N+1, N+2, ... in arrival order.
+- Every half second the admitter admits the next positions, never putting more unused passes in
+  play than the drop's remaining units x the line's admission factor, and at no more than the
+  admission rate (which the admin sets, and which halves while checkout turns orders away with
+  429; see `next_rate`). An admitted buyer's ticket carries a pass: signed, bound to buyer,
+  drop and ticket, valid `pass_ttl_seconds`. `POST /orders` on that drop requires it (header
+  `Line-Pass`) and uses it up; an unused pass expires and its slot goes to the next buyer.
+- A poll (`GET /drops/{id}/line/tickets/mine`) reads one row and writes nothing; it says the
+  state, the people ahead, an estimated wait from the measured admission rate and when to poll
+  again. When the drop has no units left, everyone waiting is told `sold_out`; when held units
+  come back (an unpaid hold expires) the line admits again.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterable
+
+import jwt
+
+from services.checkout import errors
+from services.checkout.models import Line, LineTicket
+
+PRE_QUEUE, OPEN, PAUSED, CLOSED = "pre_queue", "open", "paused", "closed"
+# a ticket's states, as its buyer sees them
+WAITING, ADMITTED, SOLD_OUT, EXPIRED, ORDERED = "waiting", "admitted", "sold_out", "expired", "ordered"
+ALGORITHM = ("pre-queue order: ascending hex of HMAC-SHA256(key=seed, message=ticket id as its 36-character "
+             "lower-case UUID); later arrivals follow in arrival order")
+PASS_AUDIENCE = "floodgate-line"
+# Waiting buyers poll at least this often, so that a sell-out reaches each within a few seconds.
+WAITING_POLL_SECONDS = 3
+# While checkout turns orders away, the admission rate halves each turn, down to this floor.
+MIN_RATE = 1.0
+
+
+def new_seed() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def commitment_of(seed: bytes) -> str:
+    return hashlib.sha256(seed).hexdigest()
+
+
+def order_key(seed: bytes, ticket_id: uuid.UUID | str) -> str:
+    """The key a pre-queue ticket is sorted by (see the module's docstring)."""
+    return hmac.new(seed, str(ticket_id).lower().encode(), hashlib.sha256).hexdigest()
+
+
+def pre_queue_order(seed: bytes, ticket_ids: Iterable[uuid.UUID | str]) -> list:
+    """The tickets that joined before the opening, in the order they are admitted."""
+    return sorted(ticket_ids, key=lambda ticket_id: order_key(seed, ticket_id))
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    opens_at: datetime
+    admission_factor: float = 1.0
+    admission_rate: float = 20.0
+    pass_ttl_seconds: int = 120
+    refuse_new_accounts: bool = False
+
+
+def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Line:
+    """Put a line on the drop, or change its settings. The seed, the commitment and the
+    opening are fixed once the line exists and has opened."""
+    line = uow.lines.get(drop_id, lock=True)
+    if line is None:
+        seed = new_seed()
+        line = Line(drop_id=drop_id, opens_at=wanted.opens_at, state=PRE_QUEUE, seed=seed,
+                    commitment=commitment_of(seed), joined=0, pre_queue_size=0, admitted_through=0,
+                    observed_rate=0.0, created_at=now, updated_at=now)
+        uow.lines.add(line)
+    elif line.opened_at is None:
+        line.opens_at = wanted.opens_at
+    elif wanted.opens_at != line.opens_at:
+        raise errors.LineAlreadyOpen("The line has opened; its opening cannot move.")
+    line.admission_factor = wanted.admission_factor
+    line.admission_rate = wanted.admission_rate
+    line.pass_ttl_seconds = wanted.pass_ttl_seconds
+    line.accounts_created_before = (line.accounts_created_before or now) if wanted.refuse_new_accounts else None
+    line.updated_at = now
+    return line
+
+
+def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = None,
+                admission_rate: float | None = None, admission_factor: float | None = None) -> Line:
+    """Pause, resume, close or re-rate a line (admin)."""
+    line = uow.lines.get(drop_id, lock=True)
+    if line is None:
+        raise errors.LineNotFound("This drop has no line.")
+    if state is not None:
+        if line.state == CLOSED:
+            raise errors.LineClosed("The line is closed.")
+        if state in (OPEN, PAUSED) and line.opened_at is None:
+            raise errors.LineNotOpenYet("The line opens at its opening time; it can be paused after that.")
+        line.state = state
+    if admission_rate is not None:
+        line.admission_rate = admission_rate
+    if admission_factor is not None:
+        line.admission_factor = admission_factor
+    line.updated_at = now
+    return line
+
+
+def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow) -> tuple[LineTicket, bool]:
+    """The buyer's ticket, and whether it is new. One per account: a second join returns the first."""
+    existing = uow.lines.ticket_of(drop_id, buyer_id)
+    if existing is not None:
+        return existing, False
+    line = uow.lines.get(drop_id)
+    if line is None:
+        raise errors.LineNotFound("This drop has no line.")
+    if line.state == CLOSED:
+        raise errors.LineClosed("The line is closed.")
+    if line.accounts_created_before is not None and (
+            account_created_at is None or account_created_at > line.accounts_created_before):
+        raise errors.AccountTooNew("This line takes only accounts created before it opened for joining.")
+    arrival, opened = uow.lines.take_arrival(drop_id)
+    ticket = LineTicket(id=uuid.uuid4(), drop_id=drop_id, buyer_id=buyer_id, arrival=arrival,
+                        position=arrival if opened else None)
+    if not uow.lines.add_ticket(ticket):
+        # the same account joined at the same moment from elsewhere: theirs is the ticket
+        uow.rollback()
+        return uow.lines.ticket_of(drop_id, buyer_id), False
+    return ticket, True
+
+
+def open_line(line: Line, uow, now: datetime) -> int:
+    """Reveal the seed and give the pre-queue its positions (the admitter, at the opening, with
+    the line's row locked so no join slips in between). Returns the pre-queue's size."""
+    waiting = uow.lines.unplaced_tickets(line.drop_id)
+    ordered = pre_queue_order(line.seed, waiting)
+    uow.lines.place(list(zip(ordered, range(1, len(ordered) + 1))))
+    line.pre_queue_size = line.joined
+    line.opened_at = now
+    line.state = OPEN
+    line.updated_at = now
+    return len(ordered)
+
+
+def admissions_allowed(remaining_units: int, factor: float, active_passes: int, budget_by_rate: float) -> int:
+    """How many buyers may be admitted now: never more unused passes than remaining units x
+    factor, and no more than the rate allows this turn."""
+    by_stock = math.floor(max(0, remaining_units) * factor) - active_passes
+    return max(0, min(by_stock, math.floor(budget_by_rate)))
+
+
+def next_rate(current: float, ceiling: float, checkout_shedding: bool) -> float:
+    """The admission rate for the next turn: halved while checkout turns orders away (down to
+    MIN_RATE), else back up towards the admin's ceiling by a quarter a turn."""
+    if checkout_shedding:
+        return max(MIN_RATE, min(current, ceiling) / 2)
+    return min(ceiling, max(MIN_RATE, current) * 1.25)
+
+
+def ticket_view(ticket: LineTicket, line: Line, now: datetime, pass_secret: str) -> dict:
+    """What a poll answers: state, people ahead, estimated wait, the pass when admitted, and
+    when to poll again."""
+    view = {"ticket_id": ticket.id, "drop_id": ticket.drop_id, "position": ticket.position, "ahead": None,
+            "eta_seconds": None, "pass": None, "pass_expires_at": None}
+    if ticket.used_at is not None:
+        state, poll = ORDERED, None
+    elif ticket.admitted_at is not None:
+        if ticket.pass_expires_at > now:
+            state, poll = ADMITTED, 10
+            view["pass"] = issue_pass(pass_secret, ticket)
+            view["pass_expires_at"] = ticket.pass_expires_at
+        else:
+            state, poll = EXPIRED, None
+    elif line.state == CLOSED:
+        state, poll = CLOSED, None
+    elif ticket.position is None:
+        state = PRE_QUEUE
+        poll = max(1, min(30, int((line.opens_at - now).total_seconds() / 2))) if line.opens_at > now else 1
+    elif line.remaining_units == 0:
+        state, poll = SOLD_OUT, 10  # held units may come back: the line would admit again
+    else:
+        state, poll = WAITING, WAITING_POLL_SECONDS
+        ahead = max(0, ticket.position - line.admitted_through - 1)
+        view["ahead"] = ahead
+        if line.observed_rate > 0:
+            view["eta_seconds"] = math.ceil(ahead / line.observed_rate)
+    view["state"] = state
+    view["poll_after_seconds"] = poll
+    return view
+
+
+def issue_pass(secret: str, ticket: LineTicket) -> str:
+    """The admission pass: signed, bound to buyer, drop and ticket, expiring with the admission."""
+    claims = {"sub": ticket.buyer_id, "drop": str(ticket.drop_id), "tkt": str(ticket.id), "aud": PASS_AUDIENCE,
+              "exp": int(ticket.pass_expires_at.timestamp())}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify_pass(secret: str, presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:
+    """The ticket a pass admits, when it is genuine, unexpired, and this buyer's for this drop."""
+    try:
+        claims = jwt.decode(presented, secret, algorithms=["HS256"], audience=PASS_AUDIENCE,
+                            options={"require": ["exp", "sub", "drop", "tkt"]})
+    except jwt.ExpiredSignatureError:
+        raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
+    except jwt.PyJWTError:
+        raise errors.LinePassInvalid("The admission pass is not valid.")
+    if claims["sub"] != buyer_id or claims["drop"] != str(drop_id):
+        raise errors.LinePassInvalid("The admission pass is for another buyer or another drop.")
+    try:
+        return uuid.UUID(claims["tkt"])
+    except (ValueError, TypeError, AttributeError):
+        raise errors.LinePassInvalid("The admission pass is not valid.")
+
+
+def pass_expiry(now: datetime, line: Line) -> datetime:
+    return now + timedelta(seconds=line.pass_ttl_seconds)
+
+
+class JoinLimit:
+    """Joins per client address per minute, counted in this process (each API process counts
+    its own: with N processes behind a balancer a client gets up to N times the limit)."""
+
+    def __init__(self, per_minute: int, clock=None):
+        self._per_minute = per_minute
+        self._clock = clock or time.monotonic
+        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> int | None:
+        """None when `client` may join now, else the seconds until it may."""
+        now = self._clock()
+        minute = int(now // 60)
+        with self._lock:
+            if len(self._counts) > 10_000:  # forget earlier minutes
+                self._counts = {key: n for key, n in self._counts.items() if key[1] == minute}
+            count = self._counts.get((client, minute), 0)
+            if count >= self._per_minute:
+                return max(1, int(60 - now % 60))
+            self._counts[(client, minute)] = count + 1
+        return None

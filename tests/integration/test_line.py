@@ -1,0 +1,147 @@
+"""The waiting room against the real stack: a verifiable pre-queue, admission bounded by the
+stock, passes that `POST /orders` requires and uses up, slots that come back, and sold out."""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import uuid
+
+import jwt
+
+from devtools.client import poll
+from services.checkout.line import pre_queue_order
+from tests.integration.database import scalar
+
+OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue first
+
+
+def _ready_buyers(floodgate, count: int) -> list[str]:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return [token for _, token in pool.map(lambda _: floodgate.register(), range(count))]
+
+
+def _active_passes(stack, drop_id: str) -> int:
+    return scalar(stack, "checkout", "SELECT count(*) FROM line_tickets WHERE drop_id = :d AND used_at IS NULL "
+                                     "AND pass_expires_at > now()", d=drop_id)
+
+
+def test_the_pre_queue_is_the_order_the_revealed_seed_gives_then_first_come_first_served(floodgate, admin_token, stack):
+    buyers = _ready_buyers(floodgate, 10)
+    drop = floodgate.create_drop(admin_token, quantity=3, opens_in=OPENS_IN)
+    line = floodgate.put_line(admin_token, drop, admission_rate=50, pass_ttl_seconds=120)
+    assert (line["state"], line["seed"]) == ("pre_queue", None) and len(line["commitment"]) == 64
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        joined = list(pool.map(lambda token: floodgate.join_line(token, drop["id"]), buyers[:8]))
+    assert [answer.status_code for answer in joined] == [201] * 8
+    again = floodgate.join_line(buyers[0], drop["id"])  # another tab: the same place
+    assert again.status_code == 200 and again.json()["ticket_id"] == joined[0].json()["ticket_id"]
+    assert floodgate.my_ticket(buyers[3], drop["id"])["state"] == "pre_queue"
+
+    opened = poll(lambda: (lambda body: body if body["seed"] else None)(floodgate.get_line(drop["id"]).json()),
+                  timeout=OPENS_IN + 15, what="the line to open and reveal its seed")
+    seed = bytes.fromhex(opened["seed"])
+    assert hashlib.sha256(seed).hexdigest() == line["commitment"]
+    published = floodgate.http.get(f"{stack.url('checkout')}/drops/{drop['id']}/line/order").json()
+    ticket_ids = [answer.json()["ticket_id"] for answer in joined]
+    assert sorted(published["tickets"]) == sorted(ticket_ids)
+    assert published["tickets"] == pre_queue_order(seed, ticket_ids)  # anyone can recompute it
+    positions = {floodgate.my_ticket(token, drop["id"])["ticket_id"]: floodgate.my_ticket(token, drop["id"])["position"]
+                 for token in buyers[:8]}
+    assert [positions[ticket_id] for ticket_id in published["tickets"]] == list(range(1, 9))
+
+    late = [floodgate.join_line(token, drop["id"]).json() for token in buyers[8:]]
+    assert [ticket["position"] for ticket in late] == [9, 10]  # after the pre-queue, in arrival order
+
+    # 3 units x factor 1: the first three positions are admitted, and no more
+    first_three = {ticket_id for ticket_id, position in positions.items() if position <= 3}
+    poll(lambda: _active_passes(stack, drop["id"]) == 3, what="three admissions")
+    tickets = {token: floodgate.my_ticket(token, drop["id"]) for token in buyers}
+    admitted = {t["ticket_id"] for t in tickets.values() if t["state"] == "admitted"}
+    assert admitted == first_three
+    assert all(t["pass"] for t in tickets.values() if t["state"] == "admitted")
+    waiting = sorted((t for t in tickets.values() if t["state"] == "waiting"), key=lambda t: t["position"])
+    assert [t["ahead"] for t in waiting] == list(range(7))
+    assert all(t["poll_after_seconds"] and not t["pass"] for t in waiting)
+    assert _active_passes(stack, drop["id"]) == 3
+
+
+def test_an_order_needs_its_own_pass_and_uses_it_up(floodgate, admin_token, stack):
+    first, second, outsider = _ready_buyers(floodgate, 3)
+    drop = floodgate.create_drop(admin_token, quantity=5, opens_in=2, per_buyer_limit=2)
+    floodgate.put_line(admin_token, drop, admission_rate=50)
+    for token in (first, second):
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    passes = {token: poll(lambda token=token: floodgate.my_ticket(token, drop["id"])["pass"], timeout=20,
+                          what="admission") for token in (first, second)}
+
+    def refused(answer, status, slug):
+        assert answer.status_code == status, answer.text
+        assert answer.json()["type"].endswith(f"/{slug}")
+
+    refused(floodgate.place_order(first, drop["id"]), 403, "line-pass-required")
+    refused(floodgate.place_order(outsider, drop["id"], line_pass=passes[first]), 403, "line-pass-invalid")
+    forged = jwt.encode(dict(jwt.decode(passes[first], options={"verify_signature": False}), sub="someone"), "a guess at the secret, long enough for HS256",
+                        algorithm="HS256")
+    refused(floodgate.place_order(first, drop["id"], line_pass=forged), 403, "line-pass-invalid")
+    other_drop = floodgate.create_drop(admin_token, quantity=5)
+    refused(floodgate.place_order(first, other_drop["id"], line_pass=passes[first]), 403, "line-pass-invalid")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 5  # nothing held by any refusal
+
+    key = str(uuid.uuid4())
+    refused(floodgate.place_order(first, drop["id"], key=key), 403, "line-pass-required")
+    placed = floodgate.place_order(first, drop["id"], key=key, line_pass=passes[first])  # same key: not remembered
+    assert placed.status_code == 201, placed.text
+    refused(floodgate.place_order(first, drop["id"], line_pass=passes[first]), 409, "line-pass-used")
+    assert floodgate.my_ticket(first, drop["id"])["state"] == "ordered"
+    assert floodgate.place_order(second, drop["id"], line_pass=passes[second]).status_code == 201
+    assert floodgate.get_drop(drop["id"])["remaining"] == 3
+
+
+def test_an_unused_pass_expires_and_its_slot_goes_to_the_next_buyer(floodgate, admin_token, stack):
+    buyers = _ready_buyers(floodgate, 2)
+    drop = floodgate.create_drop(admin_token, quantity=1, opens_in=2)
+    floodgate.put_line(admin_token, drop, admission_rate=50, pass_ttl_seconds=10)
+    for token in buyers:
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    # the pre-queue's order is the seed's: whoever it put first is admitted, and never orders
+    idle = poll(lambda: next((t for t in buyers if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=20,
+                what="the first admission")
+    patient = next(token for token in buyers if token != idle)
+    idle_pass = floodgate.my_ticket(idle, drop["id"])["pass"]
+    assert floodgate.my_ticket(patient, drop["id"])["state"] == "waiting"
+
+    patient_pass = poll(lambda: floodgate.my_ticket(patient, drop["id"])["pass"], timeout=30,
+                        what="the slot to pass on when the first pass expires")
+    assert floodgate.my_ticket(idle, drop["id"])["state"] == "expired"
+    refused = floodgate.place_order(idle, drop["id"], line_pass=idle_pass)
+    assert refused.status_code == 403 and refused.json()["type"].endswith("/line-pass-expired")
+    assert floodgate.place_order(patient, drop["id"], line_pass=patient_pass).status_code == 201
+
+
+def test_everyone_still_waiting_hears_sold_out_within_seconds(floodgate, admin_token, stack):
+    buyers = _ready_buyers(floodgate, 4)
+    drop = floodgate.create_drop(admin_token, quantity=1, opens_in=2)
+    floodgate.put_line(admin_token, drop, admission_rate=50)
+    for token in buyers:
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    lucky = poll(lambda: next((t for t in buyers if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=20,
+                 what="admission")
+    waiting = [token for token in buyers if token != lucky]
+    lucky_pass = floodgate.my_ticket(lucky, drop["id"])["pass"]
+    assert floodgate.place_order(lucky, drop["id"], line_pass=lucky_pass).status_code == 201
+    for token in waiting:
+        told = poll(lambda token=token: floodgate.my_ticket(token, drop["id"])["state"] == "sold_out", timeout=5,
+                    what="sold out, within 5 s")
+        assert told
+    assert floodgate.get_line(drop["id"]).json()["state"] == "sold_out"
+
+
+def test_a_line_may_refuse_accounts_made_after_it(floodgate, admin_token):
+    veteran, = _ready_buyers(floodgate, 1)
+    drop = floodgate.create_drop(admin_token, quantity=1, opens_in=60)
+    floodgate.put_line(admin_token, drop, refuse_new_accounts=True)
+    _, newcomer = floodgate.register()
+    assert floodgate.join_line(veteran, drop["id"]).status_code == 201
+    refused = floodgate.join_line(newcomer, drop["id"])
+    assert refused.status_code == 403 and refused.json()["type"].endswith("/account-too-new")

@@ -1,0 +1,190 @@
+"""The waiting room's rules on in-memory fakes: the verifiable order, joining, admission bounded by
+stock and rate, what a poll says, and passes."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from services.checkout import admitter, errors, line
+from shared.values import utc_now
+from tests.unit.checkout.fakes import FakeUnitOfWork
+
+DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
+SECRET = "a line pass secret for the unit tests only"
+
+
+class StockOf:
+    """Inventory as the admitter sees it: the drop's remaining units."""
+
+    def __init__(self, units: int):
+        self.units = units
+
+    def remaining(self, drop_id: str) -> int:
+        return self.units
+
+
+def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
+    now = utc_now()
+    wanted = line.LineSettings(opens_at=now + timedelta(seconds=opens_in), **settings)
+    made = line.put_line(DROP, wanted, uow, now)
+    uow.commit()
+    return made
+
+
+def test_the_pre_queue_order_is_the_documented_hmac_anyone_can_recompute():
+    seed = bytes(range(32))
+    tickets = [uuid.UUID(int=n) for n in range(1, 6)]
+    by_hand = sorted(tickets, key=lambda t: hmac.new(seed, str(t).encode(), hashlib.sha256).hexdigest())
+    assert line.pre_queue_order(seed, tickets) == by_hand
+    assert line.pre_queue_order(seed, [str(t).upper() for t in tickets]) == [str(t).upper() for t in by_hand]
+    assert line.commitment_of(seed) == hashlib.sha256(seed).hexdigest()
+
+
+def test_a_new_line_commits_to_its_seed_and_keeps_it_secret_until_the_opening():
+    uow = FakeUnitOfWork()
+    made = a_line(uow)
+    assert made.state == line.PRE_QUEUE and made.opened_at is None
+    assert made.commitment == hashlib.sha256(made.seed).hexdigest()
+    seed = made.seed
+    a_line(uow, admission_rate=5)  # changing its settings keeps the seed
+    assert uow.lines.get(DROP).seed == seed and uow.lines.get(DROP).admission_rate == 5
+
+
+def test_one_ticket_per_account_and_positions_only_from_the_opening():
+    uow = FakeUnitOfWork()
+    a_line(uow)
+    first, new = line.join(DROP, "ann", None, uow)
+    again, new_again = line.join(DROP, "ann", None, uow)
+    assert (new, new_again) == (True, False) and again.id == first.id
+    assert first.position is None and first.arrival == 1
+
+
+def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1)
+    early = [line.join(DROP, f"buyer-{n}", None, uow)[0] for n in range(6)]
+    uow.commit()
+    admitter.turn(uow, StockOf(0), {})  # opens it (no stock: admits nobody)
+    assert made.state == line.OPEN and made.pre_queue_size == 6 and made.opened_at is not None
+    expected = line.pre_queue_order(made.seed, [t.id for t in early])
+    assert sorted(early, key=lambda t: t.position) == sorted(early, key=lambda t: expected.index(t.id))
+    assert sorted(t.position for t in early) == list(range(1, 7))
+    late = line.join(DROP, "late", None, uow)[0]
+    assert late.position == 7
+
+
+def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():
+    assert line.admissions_allowed(remaining_units=10, factor=1.5, active_passes=4, budget_by_rate=100) == 11
+    assert line.admissions_allowed(remaining_units=10, factor=1.0, active_passes=10, budget_by_rate=100) == 0
+    assert line.admissions_allowed(remaining_units=10, factor=1.0, active_passes=0, budget_by_rate=2.7) == 2
+    assert line.admissions_allowed(remaining_units=0, factor=3.0, active_passes=0, budget_by_rate=100) == 0
+
+
+def test_the_admitter_admits_in_position_order_up_to_the_stock_and_a_poll_says_so():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1, admission_rate=100)
+    for n in range(5):
+        line.join(DROP, f"buyer-{n}", None, uow)
+    uow.commit()
+    paces = {}
+    admitter.turn(uow, StockOf(2), paces)
+    admitter.turn(uow, StockOf(2), paces)
+    tickets = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.admitted_at is not None for t in tickets] == [True, True, False, False, False]
+    assert made.admitted_through == 2 and made.remaining_units == 2
+    views = [line.ticket_view(t, made, utc_now(), SECRET) for t in tickets]
+    assert [v["state"] for v in views] == ["admitted", "admitted", "waiting", "waiting", "waiting"]
+    assert [v["ahead"] for v in views[2:]] == [0, 1, 2]
+    assert views[0]["pass"] and views[2]["pass"] is None
+    assert all(v["poll_after_seconds"] <= line.WAITING_POLL_SECONDS for v in views[2:])
+
+
+def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1, admission_rate=100)
+    line.join(DROP, "ann", None, uow)
+    uow.commit()
+    admitter.turn(uow, StockOf(0), {})  # opens
+    line.change_line(DROP, uow, utc_now(), state=line.PAUSED)
+    uow.commit()
+    admitter.turn(uow, StockOf(5), {})
+    ticket = uow.lines.ticket_of(DROP, "ann")
+    assert ticket.admitted_at is None
+    made.remaining_units = 0
+    assert line.ticket_view(ticket, made, utc_now(), SECRET)["state"] == line.SOLD_OUT
+
+
+def test_the_rate_halves_while_checkout_sheds_and_recovers_to_the_ceiling():
+    assert line.next_rate(20, 20, checkout_shedding=True) == 10
+    assert line.next_rate(1.5, 20, checkout_shedding=True) == line.MIN_RATE
+    assert line.next_rate(10, 20, checkout_shedding=False) == 12.5
+    assert line.next_rate(19, 20, checkout_shedding=False) == 20
+
+
+def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away():
+    shedding = admitter.Shedding()
+    assert shedding.since_last_turn({"api-1": 5}) is False  # a process seen for the first time
+    assert shedding.since_last_turn({"api-1": 5, "api-2": 0}) is False
+    assert shedding.since_last_turn({"api-1": 9, "api-2": 0}) is True
+    assert shedding.since_last_turn({"api-1": 9}) is False
+
+    uow = FakeUnitOfWork()
+    a_line(uow, opens_in=-1, admission_rate=40)
+    paces, watching = {}, admitter.Shedding()
+    admitter.turn(uow, StockOf(100), paces, watching)
+    assert paces[DROP].rate == 40
+    uow.lines.refusals = {"api-1": 3}
+    admitter.turn(uow, StockOf(100), paces, watching)
+    uow.lines.refusals = {"api-1": 7}
+    admitter.turn(uow, StockOf(100), paces, watching)
+    assert paces[DROP].rate == 20
+    admitter.turn(uow, StockOf(100), paces, watching)  # no new refusals: recovering
+    assert paces[DROP].rate == 25
+
+
+def test_a_line_may_refuse_accounts_made_after_it():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, refuse_new_accounts=True)
+    older = made.accounts_created_before - timedelta(days=3)
+    assert line.join(DROP, "veteran", older, uow)[1] is True
+    with pytest.raises(errors.AccountTooNew):
+        line.join(DROP, "newcomer", made.accounts_created_before + timedelta(seconds=1), uow)
+    with pytest.raises(errors.AccountTooNew):
+        line.join(DROP, "unknown age", None, uow)
+
+
+def pass_for(buyer="ann", drop=DROP, expires_in=60, secret=SECRET) -> str:
+    ticket = line.LineTicket(id=uuid.uuid4(), drop_id=drop, buyer_id=buyer, arrival=1,
+                             pass_expires_at=utc_now() + timedelta(seconds=expires_in))
+    return line.issue_pass(secret, ticket), ticket.id
+
+
+def test_a_pass_admits_its_buyer_to_its_drop_only():
+    issued, ticket_id = pass_for()
+    assert line.verify_pass(SECRET, issued, "ann", str(DROP)) == ticket_id
+    refusals = [
+        (issued, "bob", str(DROP), errors.LinePassInvalid),
+        (issued, "ann", str(uuid.uuid4()), errors.LinePassInvalid),
+        (pass_for(secret="someone else's secret, long enough for HS256")[0], "ann", str(DROP), errors.LinePassInvalid),
+        (pass_for(expires_in=-5)[0], "ann", str(DROP), errors.LinePassExpired),
+        ("not a pass", "ann", str(DROP), errors.LinePassInvalid),
+        (jwt.encode({"sub": "ann", "drop": str(DROP), "exp": 2**31}, SECRET, algorithm="HS256"), "ann", str(DROP),
+         errors.LinePassInvalid),  # no audience, no ticket
+    ]
+    for presented, buyer, drop, refusal in refusals:
+        with pytest.raises(refusal):
+            line.verify_pass(SECRET, presented, buyer, drop)
+
+
+def test_joins_per_client_are_limited_per_minute():
+    now = [120.0]
+    limit = line.JoinLimit(per_minute=2, clock=lambda: now[0])
+    assert [limit.take("1.2.3.4") for _ in range(3)] == [None, None, 60]
+    assert limit.take("5.6.7.8") is None
+    now[0] = 180.0
+    assert limit.take("1.2.3.4") is None
