@@ -18,6 +18,7 @@ help:
 	@echo "make images-smoke    - smoke-test the images already built"
 	@echo "make bench           - cost per order: orders/s, latency, CPU per order split per process"
 	@echo "make bench-inventory - holds per second next to pgbench on the same statements"
+	@echo "make bench-line      - the waiting room: joins/s and polls/s, latency, CPU per join and per poll"
 	@echo "make rehearsal       - a whole drop with 1,000 buyers and faults, the books checked"
 	@echo "make clean           - remove the virtualenv and everything under var/"
 
@@ -100,6 +101,17 @@ BENCH_ARGS ?=
 # machine CPU per placed order split per process, pgbench and the naive checkout, same run
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.cost $(BENCH_ARGS)
+
+# --- The waiting room under load (benchmarks/line.py) ------------------------------------------
+BENCH_LINE_ARGS ?=
+
+.PHONY: bench-line
+
+# an isolated stack and a line in pre-queue: joins/s by fresh buyers, then polls/s, then polls after
+# the opening, with latency and machine CPU per join and per poll; report in var/bench-line/<timestamp>/.
+# Longer phases: make bench-line BENCH_LINE_ARGS="--seconds 30 --connections 128"
+bench-line: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.line $(BENCH_LINE_ARGS)
 
 # --- Images (deploy/images.py; see deploy/k8s/README.md, "Images") ------------------------------
 IMAGES_ARGS ?=

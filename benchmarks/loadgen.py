@@ -1,18 +1,31 @@
-"""A light closed-loop load generator for `POST /orders`: N keep-alive connections on one asyncio
-loop, raw HTTP/1.1, every answer's status and latency recorded.
+"""A light closed-loop load generator: N keep-alive connections on one asyncio loop, raw HTTP/1.1,
+every answer's status and latency recorded.
 
     python -m benchmarks.loadgen CONFIG.json
 
-CONFIG names the target (`url`), the buyers' `tokens`, the `drop_id`, `connections`, `seconds`
-(and optionally `stop_after_orders`, to stop sooner) and the `out` file, where one JSON document is written at the end: the answers by status, the
-latencies (ms) of each status, and the generator's own CPU seconds, so the benchmark can report
-them apart from the stack's. Status 0 is a connection that failed or was cut; -1 a request still
-unanswered when the time was up (only answers within `seconds` count). wrk (from Debian's packages) costs a little less, but it cannot tell
-the latency of a 201 from that of a 429; this costs about 0.1 ms of CPU a request.
+CONFIG names the target (`url`), the buyers' `tokens`, `connections`, `seconds` (and optionally
+`stop_after_orders`, to stop sooner) and the `out` file, where one JSON document is written at the
+end: the answers by status, the latencies (ms) of each status, and the generator's own CPU
+seconds, so the benchmark can report them apart from the stack's. Status 0 is a connection that
+failed or was cut; -1 a request still unanswered when the time was up (only answers within
+`seconds` count). wrk (from Debian's packages) costs a little less, but it cannot tell the latency
+of a 201 from that of a 429; this costs about 0.1 ms of CPU a request.
 
-Each request carries a fresh `Idempotency-Key` and its own street number, so orders never collide
-on a key or on the per-address limit; a 429 or 503 is answered as a buyer would, by waiting its
-`Retry-After` (at most `max_retry_after` seconds) on that connection before the next request.
+What each request is, by `request`:
+- `order` (the default): `POST /orders` on `drop_id`. Each carries a fresh `Idempotency-Key` and its
+  own street number (from `first_number`), so orders never collide on a key or on the per-address
+  limit.
+- `bearer`: `method` (default GET) on `url` with the token and no body (the waiting room's join
+  and poll, benchmarks/line.py).
+
+Tokens go round-robin, unless `each_token_once` is set: then each is sent once, in order, the
+generator stops when they run out (`exhausted` in the result), and `status_by_token` says what
+each token's request was answered (null when it was not sent), so the caller knows which buyers
+joined. `ready_file`, when given, is created once the configuration is loaded, just before the
+first request, so a caller can time the load alone.
+
+A 429 or 503 is answered as a buyer would, by waiting its `Retry-After` (at most
+`max_retry_after` seconds) on that connection before the next request.
 """
 from __future__ import annotations
 
@@ -23,10 +36,11 @@ import resource
 import sys
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
-def _request(host: str, path: str, token: str, drop_id: str, number: int) -> bytes:
+def _order(host: str, path: str, token: str, drop_id: str, number: int) -> bytes:
     body = (
         '{"drop_id":"%s","quantity":1,"shipping_address":{"name":"Alex Tremblay","street_address":'
         '"%d Sussex Drive","city":"Ottawa","postal_code":"K1A 0B1","country_area":"ON","country_code":"CA"}}'
@@ -38,6 +52,11 @@ def _request(host: str, path: str, token: str, drop_id: str, number: int) -> byt
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
+
+
+def _bearer(host: str, path: str, token: str, method: str) -> bytes:
+    length = "Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n{length}\r\n".encode()
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict]:
@@ -55,9 +74,10 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict]:
     return status, headers
 
 
-async def _connection(config: dict, deadline: float, tokens, numbers, answers: dict) -> None:
+async def _connection(config: dict, deadline: float, tokens, numbers, answers: dict, by_token: list | None) -> None:
     target = urlsplit(config["url"])
     host, port, path = target.hostname, target.port or 80, target.path or "/orders"
+    kind, method = config.get("request", "order"), config.get("method", "GET").upper()
     max_pause = float(config.get("max_retry_after", 2.0))
     enough = int(config.get("stop_after_orders") or 0)
     reader = writer = None
@@ -69,20 +89,33 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
                 answers.setdefault(0, []).append(0.0)
                 await asyncio.sleep(0.05)
                 continue
-        request = _request(f"{host}:{port}", path, next(tokens), config["drop_id"], next(numbers))
+        taken = next(tokens, None)
+        if taken is None:
+            break  # each token once, and none left
+        index, token = taken
+        if kind == "order":
+            request = _order(f"{host}:{port}", path, token, config["drop_id"], next(numbers))
+        else:
+            request = _bearer(f"{host}:{port}", path, token, method)
         started = time.perf_counter()
         try:
             writer.write(request)
             status, headers = await asyncio.wait_for(_read_response(reader), max(0.001, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             answers.setdefault(-1, []).append((time.perf_counter() - started) * 1000)  # unanswered at the end
+            if by_token is not None:
+                by_token[index] = -1
             break
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             answers.setdefault(0, []).append((time.perf_counter() - started) * 1000)
+            if by_token is not None:
+                by_token[index] = 0
             writer.close()
             reader = writer = None
             continue
         answers.setdefault(status, []).append((time.perf_counter() - started) * 1000)
+        if by_token is not None:
+            by_token[index] = status
         if headers.get("connection", "").lower() == "close":
             writer.close()
             reader = writer = None
@@ -98,15 +131,24 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
 
 async def run(config: dict) -> dict:
     """Drive the target for `seconds`; the answers by status with their latencies."""
-    tokens = itertools.cycle(config["tokens"])
+    once = bool(config.get("each_token_once"))
+    indexed = enumerate(config["tokens"])
+    tokens = indexed if once else itertools.cycle(indexed)
+    by_token = [None] * len(config["tokens"]) if once else None
     numbers = itertools.count(int(config.get("first_number", 100)))
     answers: dict[int, list[float]] = {}
+    if config.get("ready_file"):
+        Path(config["ready_file"]).touch()
     started = time.monotonic()
     deadline = started + float(config["seconds"])
     await asyncio.gather(*(
-        _connection(config, deadline, tokens, numbers, answers) for _ in range(int(config["connections"]))
+        _connection(config, deadline, tokens, numbers, answers, by_token) for _ in range(int(config["connections"]))
     ))
-    return {"seconds": time.monotonic() - started, "answers": {str(k): v for k, v in answers.items()}}
+    result = {"seconds": time.monotonic() - started, "answers": {str(k): v for k, v in answers.items()}}
+    if once:
+        result["status_by_token"] = by_token
+        result["exhausted"] = by_token[-1] is not None if by_token else True
+    return result
 
 
 def main() -> None:

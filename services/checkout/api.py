@@ -257,9 +257,7 @@ def join_line(drop_id: str):
     with unit_of_work() as uow:
         ticket, new = waiting_room.join(_drop_id(drop_id), principal.subject, principal.account_created_at, uow)
         uow.commit()
-        line = uow.lines.get(ticket.drop_id)
-        view = waiting_room.ticket_view(ticket, line, utc_now(), settings.line_pass_secret)
-    response = jsonify(TICKET.dump(view))
+    response = jsonify(TICKET.dump(waiting_room.ticket_view(ticket, ticket, utc_now(), settings.line_pass_secret)))
     response.status_code = 201 if new else 200
     return response
 
@@ -273,5 +271,4 @@ def my_ticket(drop_id: str):
         found = uow.lines.ticket_and_line(_drop_id(drop_id), current_principal().subject)
     if found is None:
         raise LineNotFound("You have no ticket in this drop's line; join it first.")
-    ticket, line = found
-    return jsonify(TICKET.dump(waiting_room.ticket_view(ticket, line, utc_now(), root().settings.line_pass_secret)))
+    return jsonify(TICKET.dump(waiting_room.ticket_view(found, found, utc_now(), root().settings.line_pass_secret)))

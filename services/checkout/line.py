@@ -40,7 +40,7 @@ from typing import Iterable
 import jwt
 
 from services.checkout import errors
-from services.checkout.models import Line, LineTicket
+from services.checkout.models import Line
 
 PRE_QUEUE, OPEN, PAUSED, CLOSED = "pre_queue", "open", "paused", "closed"
 # a ticket's states, as its buyer sees them
@@ -123,27 +123,25 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
     return line
 
 
-def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow) -> tuple[LineTicket, bool]:
-    """The buyer's ticket, and whether it is new. One per account: a second join returns the first."""
-    existing = uow.lines.ticket_of(drop_id, buyer_id)
-    if existing is not None:
-        return existing, False
+def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow):
+    """The buyer's ticket (with what a poll shows of its line; see `ticket_view`), and whether it
+    is new. One per account: a second join returns the first."""
+    found = uow.lines.ticket_and_line(drop_id, buyer_id)
+    if found is not None:
+        return found, False
+    joined = uow.lines.join(uuid.uuid4(), drop_id, buyer_id, account_created_at)
+    if joined is not None:
+        return joined, True
+    uow.rollback()  # nothing was taken; find out why
+    found = uow.lines.ticket_and_line(drop_id, buyer_id)
+    if found is not None:  # the same account joined at the same moment from elsewhere
+        return found, False
     line = uow.lines.get(drop_id)
     if line is None:
         raise errors.LineNotFound("This drop has no line.")
     if line.state == CLOSED:
         raise errors.LineClosed("The line is closed.")
-    if line.accounts_created_before is not None and (
-            account_created_at is None or account_created_at > line.accounts_created_before):
-        raise errors.AccountTooNew("This line takes only accounts created before it opened for joining.")
-    arrival, opened = uow.lines.take_arrival(drop_id)
-    ticket = LineTicket(id=uuid.uuid4(), drop_id=drop_id, buyer_id=buyer_id, arrival=arrival,
-                        position=arrival if opened else None)
-    if not uow.lines.add_ticket(ticket):
-        # the same account joined at the same moment from elsewhere: theirs is the ticket
-        uow.rollback()
-        return uow.lines.ticket_of(drop_id, buyer_id), False
-    return ticket, True
+    raise errors.AccountTooNew("This line takes only accounts created before it opened for joining.")
 
 
 def open_line(line: Line, uow, now: datetime) -> int:
@@ -174,9 +172,10 @@ def next_rate(current: float, ceiling: float, checkout_shedding: bool) -> float:
     return min(ceiling, max(MIN_RATE, current) * 1.25)
 
 
-def ticket_view(ticket: LineTicket, line: Line, now: datetime, pass_secret: str) -> dict:
+def ticket_view(ticket, line, now: datetime, pass_secret: str) -> dict:
     """What a poll answers: state, people ahead, estimated wait, the pass when admitted, and
-    when to poll again."""
+    when to poll again. `ticket` and `line` may be one row with the attributes of both
+    (`Lines.ticket_and_line`)."""
     view = {"ticket_id": ticket.id, "drop_id": ticket.drop_id, "position": ticket.position, "ahead": None,
             "eta_seconds": None, "pass": None, "pass_expires_at": None}
     if ticket.used_at is not None:
@@ -206,7 +205,7 @@ def ticket_view(ticket: LineTicket, line: Line, now: datetime, pass_secret: str)
     return view
 
 
-def issue_pass(secret: str, ticket: LineTicket) -> str:
+def issue_pass(secret: str, ticket) -> str:
     """The admission pass: signed, bound to buyer, drop and ticket, expiring with the admission."""
     claims = {"sub": ticket.buyer_id, "drop": str(ticket.drop_id), "tkt": str(ticket.id), "aud": PASS_AUDIENCE,
               "exp": int(ticket.pass_expires_at.timestamp())}

@@ -170,33 +170,19 @@ class Lines:
     def has_line(self, drop_id: uuid.UUID) -> bool:
         return self._session.execute(_HAS_LINE, {"drop_id": drop_id}).first() is not None
 
-    def ticket_of(self, drop_id: uuid.UUID, buyer_id: str) -> LineTicket | None:
-        return self._session.scalars(
-            sa.select(LineTicket).where(LineTicket.drop_id == drop_id, LineTicket.buyer_id == buyer_id)
-        ).first()
+    def ticket_and_line(self, drop_id: uuid.UUID, buyer_id: str):
+        """A poll's one read: the buyer's ticket and what of its line a poll shows, as one row
+        (attributes of both; `line.ticket_view` reads it), or None."""
+        return self._session.execute(_TICKET_AND_LINE, {"drop_id": drop_id, "buyer_id": buyer_id}).first()
 
-    def ticket_and_line(self, drop_id: uuid.UUID, buyer_id: str) -> tuple[LineTicket, Line] | None:
-        """A poll's one read: the buyer's ticket and its line."""
-        row = self._session.execute(
-            sa.select(LineTicket, Line).join(Line, Line.drop_id == LineTicket.drop_id)
-            .where(LineTicket.drop_id == drop_id, LineTicket.buyer_id == buyer_id)
-        ).first()
-        return (row[0], row[1]) if row else None
-
-    def take_arrival(self, drop_id: uuid.UUID) -> tuple[int, bool]:
-        """The next arrival number, and whether the line has opened. The line's row stays locked
-        until the join commits: the opening (which locks it too) sees every earlier join."""
-        row = self._session.execute(_TAKE_ARRIVAL, {"drop_id": drop_id}).one()
-        return row.joined, row.opened
-
-    def add_ticket(self, ticket: LineTicket) -> bool:
-        """Insert a new ticket; False when the account already has one for this drop."""
-        try:
-            with self._session.begin_nested():
-                self._session.execute(_INSERT_TICKET, {column: getattr(ticket, column) for column in _TICKET_COLUMNS})
-        except sa.exc.IntegrityError:
-            return False
-        return True
+    def join(self, ticket_id: uuid.UUID, drop_id: uuid.UUID, buyer_id: str, account_created_at):
+        """Take the line's next arrival number and insert the ticket, in one statement: the row
+        `ticket_and_line` reads, or None when the line is missing or closed, refuses the account's
+        age, or the account already has a ticket (the caller rolls back: no number is lost). The
+        line's row stays locked until the commit, so the opening (which locks it too) sees every
+        join before it."""
+        return self._session.execute(_JOIN, {"ticket_id": ticket_id, "drop_id": drop_id, "buyer_id": buyer_id,
+                                             "account_created_at": account_created_at}).first()
 
     def unplaced_tickets(self, drop_id: uuid.UUID) -> list[uuid.UUID]:
         """The tickets without a position: those that joined before the opening."""
@@ -266,12 +252,28 @@ class CheckoutUnitOfWork(db.UnitOfWork):
 # The waiting room's statements (services/checkout/line.py).
 _HAS_LINE = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id").bindparams(
     sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
-_TAKE_ARRIVAL = sa.text(
-    "UPDATE lines SET joined = joined + 1 WHERE drop_id = :drop_id "
-    "RETURNING joined, opened_at IS NOT NULL AS opened"
-).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
-_INSERT_TICKET = LineTicket.__table__.insert()
-_TICKET_COLUMNS = ("id", "drop_id", "buyer_id", "arrival", "position")
+_POLLED = ("line_tickets.id, line_tickets.drop_id, line_tickets.buyer_id, line_tickets.position, "
+           "line_tickets.admitted_at, line_tickets.pass_expires_at, line_tickets.used_at")
+_LINE_SHOWN = "lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate"
+_UUIDS = (sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)),)
+_TICKET_AND_LINE = sa.text(
+    f"SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id "
+    "WHERE line_tickets.drop_id = :drop_id AND line_tickets.buyer_id = :buyer_id"
+).bindparams(*_UUIDS)
+_JOIN = sa.text(
+    "WITH lines AS ("
+    " UPDATE lines SET joined = joined + 1"
+    " WHERE drop_id = :drop_id AND state <> 'closed'"
+    " AND (accounts_created_before IS NULL OR CAST(:account_created_at AS timestamptz) <= accounts_created_before)"
+    " RETURNING drop_id, joined, opened_at, state, opens_at, remaining_units, admitted_through, observed_rate),"
+    " line_tickets AS ("
+    " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival, position)"
+    " SELECT :ticket_id, drop_id, :buyer_id, joined, CASE WHEN opened_at IS NOT NULL THEN joined END FROM lines"
+    " ON CONFLICT (drop_id, buyer_id) DO NOTHING"
+    " RETURNING id, drop_id, buyer_id, position, admitted_at, pass_expires_at, used_at)"
+    f" SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id"
+).bindparams(*_UUIDS, sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)),
+             sa.bindparam("account_created_at", type_=sa.DateTime(timezone=True)))
 _PLACE = sa.text(
     "UPDATE line_tickets SET position = placed.position "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:positions AS integer[])) AS placed(id, position) "

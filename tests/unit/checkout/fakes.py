@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from types import SimpleNamespace
 from datetime import timedelta
 
 from services.checkout import config, handlers
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
 from services.checkout.inventory_client import Hold
-from services.checkout.models import Order
+from services.checkout.models import LineTicket, Order
 from services.checkout.payments import Refund
 from services.checkout.repository import KeyHeld
 from shared.messaging.envelope import Envelope
@@ -123,19 +124,29 @@ class FakeLines:
         return next((t for t in self.tickets(drop_id) if t.buyer_id == buyer_id), None)
 
     def ticket_and_line(self, drop_id, buyer_id):
+        """As the real one: one row with the ticket's attributes and those of its line."""
         ticket = self.ticket_of(drop_id, buyer_id)
-        return (ticket, self.get(drop_id)) if ticket else None
-
-    def take_arrival(self, drop_id):
+        if ticket is None:
+            return None
         line = self.get(drop_id)
-        line.joined += 1
-        return line.joined, line.opened_at is not None
+        return SimpleNamespace(
+            id=ticket.id, drop_id=ticket.drop_id, buyer_id=ticket.buyer_id, position=ticket.position,
+            admitted_at=ticket.admitted_at, pass_expires_at=ticket.pass_expires_at, used_at=ticket.used_at,
+            state=line.state, opens_at=line.opens_at, remaining_units=line.remaining_units,
+            admitted_through=line.admitted_through, observed_rate=line.observed_rate)
 
-    def add_ticket(self, ticket):
-        if self.ticket_of(ticket.drop_id, ticket.buyer_id) is not None:
-            return False
-        self.rows[("ticket", ticket.id)] = ticket
-        return True
+    def join(self, ticket_id, drop_id, buyer_id, account_created_at):
+        line = self.get(drop_id)
+        if line is None or line.state == "closed" or self.ticket_of(drop_id, buyer_id) is not None:
+            return None
+        if line.accounts_created_before is not None and (
+                account_created_at is None or account_created_at > line.accounts_created_before):
+            return None
+        line.joined += 1
+        self.rows[("ticket", ticket_id)] = LineTicket(
+            id=ticket_id, drop_id=drop_id, buyer_id=buyer_id, arrival=line.joined,
+            position=line.joined if line.opened_at is not None else None)
+        return self.ticket_and_line(drop_id, buyer_id)
 
     def unplaced_tickets(self, drop_id):
         return [t.id for t in self.tickets(drop_id) if t.position is None]

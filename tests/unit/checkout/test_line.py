@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from services.checkout import admitter, errors, line
+from services.checkout.models import LineTicket
 from shared.values import utc_now
 from tests.unit.checkout.fakes import FakeUnitOfWork
 
@@ -61,14 +62,16 @@ def test_one_ticket_per_account_and_positions_only_from_the_opening():
     first, new = line.join(DROP, "ann", None, uow)
     again, new_again = line.join(DROP, "ann", None, uow)
     assert (new, new_again) == (True, False) and again.id == first.id
-    assert first.position is None and first.arrival == 1
+    assert first.position is None and uow.lines.ticket_of(DROP, "ann").arrival == 1
 
 
 def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=-1)
-    early = [line.join(DROP, f"buyer-{n}", None, uow)[0] for n in range(6)]
+    for n in range(6):
+        line.join(DROP, f"buyer-{n}", None, uow)
     uow.commit()
+    early = uow.lines.tickets(DROP)
     admitter.turn(uow, StockOf(0), {})  # opens it (no stock: admits nobody)
     assert made.state == line.OPEN and made.pre_queue_size == 6 and made.opened_at is not None
     expected = line.pre_queue_order(made.seed, [t.id for t in early])
@@ -159,7 +162,7 @@ def test_a_line_may_refuse_accounts_made_after_it():
 
 
 def pass_for(buyer="ann", drop=DROP, expires_in=60, secret=SECRET) -> str:
-    ticket = line.LineTicket(id=uuid.uuid4(), drop_id=drop, buyer_id=buyer, arrival=1,
+    ticket = LineTicket(id=uuid.uuid4(), drop_id=drop, buyer_id=buyer, arrival=1,
                              pass_expires_at=utc_now() + timedelta(seconds=expires_in))
     return line.issue_pass(secret, ticket), ticket.id
 
