@@ -38,7 +38,7 @@ test: unit integration k8s-validate
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP) pgbouncer
+integration: $(STAMP) pgbouncer chromium
 	$(BIN)/python -m pytest tests/integration -q
 
 # tests/integration/test_pgbouncer.py runs a stack through a local PgBouncer (Debian's package;
@@ -48,6 +48,14 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 pgbouncer:
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
 	  $(SUDO) apt-get install -y pgbouncer || { $(SUDO) apt-get update && $(SUDO) apt-get install -y pgbouncer; }
+
+# tests/integration/test_drop_page.py drives Debian's chromium headless through Playwright (the
+# system browser's executable: nothing downloads a browser, never `playwright install`), installed
+# here when missing
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || \
+	  $(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -135,13 +135,18 @@ _CORS_HEADERS = {
 }
 
 
+def cors_headers(origin: str | None, allowed: frozenset) -> list[tuple[str, str]]:
+    """The CORS headers of an answer to `origin`, when CORS_ALLOWED_ORIGINS allows it."""
+    if not origin or origin not in allowed:
+        return []
+    return [("Access-Control-Allow-Origin", origin), *_CORS_HEADERS.items()]
+
+
 def _allow_origin(response: Response) -> None:
     """CORS for the origins CORS_ALLOWED_ORIGINS names (the drop page calls every service)."""
-    origin = request.headers.get("Origin")
     allowed = current_app.extensions["floodgate.cors"]
-    if origin and origin in allowed:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers.update(_CORS_HEADERS)
+    for name, value in cors_headers(request.headers.get("Origin"), allowed):
+        response.headers[name] = value
     if allowed:
         response.vary.add("Origin")
 

@@ -16,6 +16,7 @@ from shared.heartbeat import Heartbeat
 from shared.values import utc_now
 
 log = logging.getLogger("floodgate.checkout.admitter")
+MIN_TURN_SECONDS = 0.5
 
 
 @dataclass
@@ -81,17 +82,20 @@ def _admit(line, uow, pace: Pace, now, checkout_shedding: bool) -> int:
         return 0
     starting = pace.rate == 0.0
     pace.rate = waiting_room.next_rate(pace.rate or line.admission_rate, line.admission_rate, checkout_shedding)
-    # at most a second's worth saved up; a line this process has just taken on starts with it
-    pace.budget = pace.rate if starting else min(pace.rate, pace.budget + pace.rate * elapsed)
+    # at most a second's worth saved up (one admission at least, so a rate under 1/s admits
+    # too); a line this process has just taken on starts with it
+    most = max(1.0, pace.rate)
+    pace.budget = most if starting else min(most, pace.budget + pace.rate * elapsed)
     allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor,
                                               uow.lines.active_passes(line.drop_id, now), pace.budget)
     positions = uow.lines.admit_next(line.drop_id, allowed, now, waiting_room.pass_expiry(now, line))
     pace.budget -= len(positions)
     if positions:
         line.admitted_through = max(line.admitted_through, max(positions))
-    # the admissions per second buyers' estimates use: a moving average over the last turns
-    if elapsed > 0:
-        line.observed_rate = 0.7 * line.observed_rate + 0.3 * (len(positions) / elapsed)
+    # the admissions per second buyers' estimates use: a moving average over the last turns (a
+    # turn is taken to last one interval at least: the first batch after a line is taken on
+    # would otherwise count as thousands a second)
+    line.observed_rate = 0.7 * line.observed_rate + 0.3 * (len(positions) / max(elapsed, MIN_TURN_SECONDS))
     return len(positions)
 
 

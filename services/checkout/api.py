@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from services.checkout import handlers, idempotency, line as waiting_room
-from services.checkout.errors import InvalidSignature, JoinThrottled, LineNotFound, OrderNotFound
+from services.checkout.errors import InvalidSignature, JoinThrottled, LineNotFound, OrderNotFound, TicketNotFound
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
@@ -270,5 +270,5 @@ def my_ticket(drop_id: str):
     with unit_of_work() as uow:
         found = uow.lines.ticket_and_line(_drop_id(drop_id), current_principal().subject)
     if found is None:
-        raise LineNotFound("You have no ticket in this drop's line; join it first.")
+        raise TicketNotFound("You have no ticket in this drop's line (or it has no line); join it first.")
     return jsonify(TICKET.dump(waiting_room.ticket_view(found, found, utc_now(), root().settings.line_pass_secret)))

@@ -1,7 +1,7 @@
 """Checkout's app factory: gunicorn serves `services.checkout.app:create_app()`."""
 from flask import Flask
 
-from services.checkout import api, config
+from services.checkout import api, config, page
 from services.checkout.bootstrap import bootstrap
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import LoadReport, OrderAdmission, OrderGate
@@ -11,7 +11,7 @@ from shared import web
 def create_app(settings: config.Settings | None = None, **dependencies) -> Flask:
     """`dependencies` go to the composition root (a test's fake `provider`, say)."""
     root = bootstrap("api", settings, **dependencies)
-    app = web.create_app(root, [api.bp], title="Floodgate checkout")
+    app = web.create_app(root, [api.bp, page.bp], title="Floodgate checkout")
     # Load shedding in front of Flask: see services/checkout/load_shedding.py.
     gate = OrderGate(root.settings.max_orders_in_flight, root.settings.max_retry_after_seconds)
     app.wsgi_app = OrderAdmission(
@@ -20,5 +20,6 @@ def create_app(settings: config.Settings | None = None, **dependencies) -> Flask
         TooBusy("Checkout is taking as many orders as it can; retry after the time given."),
         root.service,
         report=LoadReport(gate, root.engine),  # the waiting room slows down while checkout sheds
+        cors_origins=app.extensions["floodgate.cors"],  # so the drop page can read a refusal
     )
     return app

@@ -39,6 +39,10 @@ class LineNotFound(NotFound):
     slug, title = "line-not-found", "This drop has no line"
 
 
+class TicketNotFound(NotFound):
+    slug, title = "ticket-not-found", "You have no ticket in this line"
+
+
 class LineClosed(Conflict):
     slug, title = "line-closed", "The line is closed"
 

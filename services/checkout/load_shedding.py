@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from shared import metrics
 from shared.errors import PROBLEM_JSON
+from shared.web import cors_headers
 
 WINDOW_SECONDS = 2.0
 log = logging.getLogger("floodgate.checkout")
@@ -126,10 +127,11 @@ class OrderAdmission:
     or is answered at once with 429, its `Retry-After` and a problem+json body."""
 
     def __init__(self, app, gate: OrderGate, refusal, service: str, path: str = "/orders",
-                 report: LoadReport | None = None):
+                 report: LoadReport | None = None, cors_origins: frozenset = frozenset()):
         self.app, self.gate, self.path, self.service = app, gate, path, service
         self._refusal = refusal  # the problem (a TooBusy) every refusal carries
         self._report = report
+        self._cors_origins = cors_origins
 
     def __call__(self, environ, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != self.path:
@@ -137,19 +139,20 @@ class OrderAdmission:
         if self._report is not None:
             self._report.start()
         if not self.gate.try_enter():
-            return self._refuse(start_response)
+            return self._refuse(start_response, environ.get("HTTP_ORIGIN"))
         try:
             # Flask has produced the whole body by the time it returns: the slot is free after
             return self.app(environ, start_response)
         finally:
             self.gate.leave()
 
-    def _refuse(self, start_response) -> Iterable[bytes]:
+    def _refuse(self, start_response, origin: str | None) -> Iterable[bytes]:
         body = json.dumps(dict(self._refusal.to_dict(), instance=self.path)).encode()
         start_response(f"{self._refusal.status} Too Many Requests", [
             ("Content-Type", PROBLEM_JSON),
             ("Content-Length", str(len(body))),
             ("Retry-After", str(self.gate.retry_after())),
+            *cors_headers(origin, self._cors_origins),
         ])
         metrics.HTTP_REQUESTS.labels(self.service, "POST", self.path, self._refusal.status).inc()
         return [body]

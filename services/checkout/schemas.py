@@ -172,6 +172,7 @@ class LineSchema(Schema):
     pre_queue_size = fields.Integer()
     joined = fields.Integer()
     admitted = fields.Integer(attribute="admitted_through")
+    waiting = fields.Method("_waiting")
     remaining_units = fields.Integer(allow_none=True)
     admission_factor = fields.Float()
     admission_rate = fields.Float()
@@ -181,6 +182,10 @@ class LineSchema(Schema):
 
     def _state(self, line) -> str:
         return "sold_out" if line.state == "open" and line.remaining_units == 0 else line.state
+
+    def _waiting(self, line) -> int:
+        """Tickets not admitted yet: positions are 1..joined, admitted in order."""
+        return max(0, line.joined - line.admitted_through)
 
     def _seed(self, line) -> str | None:
         """Revealed at the opening, never before."""

@@ -1,0 +1,214 @@
+"""The drop page (`GET /drops/{id}/page` on checkout) in a real headless browser: Debian's
+chromium, driven by Playwright pointed at the system browser's executable. Nothing downloads a
+browser: `make integration` installs chromium from Debian when it is missing, and without it
+this test fails, saying so, rather than skip.
+
+A buyer opens the page, signs up, joins the line before the opening, is let in after it, orders
+with a Canadian address, pays on the payment simulator's page and sees the order confirmed with
+its email sent; and on a drop without a line, goes straight to the order form. Each test leaves
+a screenshot of the page under var/test-artefacts/.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from devtools.client import Floodgate, poll
+from devtools.stack import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTEFACTS = ROOT / "var" / "test-artefacts"
+# Long enough for the buyer to open the page, sign up and join before the opening.
+OPENS_IN_SECONDS = 12
+PRODUCT = "OnePlus One 64GB Sandstone Black"
+# Shown as text, never run: the page writes what the services say as text, not markup.
+MARKUP_PRODUCT = 'OnePlus One <img src=x onerror="window.injected=1"> Sandstone Black'
+TORONTO = {"name": "Alex Tremblay", "street_address": "1 Yonge St", "city": "Toronto",
+           "country_area": "ON", "postal_code": "M5E 1W7"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"Debian's chromium is not at {CHROMIUM}: `make integration` installs it "
+                    "(or `apt-get install chromium`). Never `playwright install`: the test uses the system browser.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def buyer_page(browser: Browser, request, capsys):
+    """A fresh browser profile's tab; its screenshot is kept whatever the outcome. Script errors
+    and Content-Security-Policy refusals on the page are collected in `page.script_problems`."""
+    context = browser.new_context(viewport={"width": 900, "height": 1000}, locale="en-CA",
+                                  timezone_id="America/Toronto")
+    page = context.new_page()
+    page.script_problems = []
+    page.on("pageerror", lambda error: page.script_problems.append(f"page error: {error}"))
+    page.on("console", lambda message: page.script_problems.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    yield page
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTEFACTS / f"{request.node.name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    context.close()
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
+
+
+def schedule_drop(floodgate: Floodgate, admin_token: str, opens_in: float, quantity: int = 5,
+                  product_name: str = PRODUCT) -> dict:
+    """A drop of `quantity` units opening `opens_in` seconds from now for an hour, shipping to
+    Canada and the United States."""
+    http, auth = floodgate.http, {"Authorization": f"Bearer {admin_token}"}
+    inventory = floodgate.stack.url("inventory")
+    product = http.post(f"{inventory}/products", headers=auth, json={
+        "sku": f"OPO-{uuid.uuid4().hex[:8]}", "name": product_name,
+        "description": "The flagship killer", "price": {"amount": 29900, "currency": "CAD"},
+    })
+    assert product.status_code == 201, product.text
+    opens_at = datetime.now(timezone.utc) + timedelta(seconds=opens_in)
+    drop = http.post(f"{inventory}/drops", headers=auth, json={
+        "product_id": product.json()["id"], "quantity": quantity,
+        "opens_at": opens_at.isoformat(), "closes_at": (opens_at + timedelta(hours=1)).isoformat(),
+        "per_buyer_limit": 1, "shipping_countries": ["CA", "US"],
+    })
+    assert drop.status_code == 201, drop.text
+    return drop.json()
+
+
+def put_line_on(floodgate: Floodgate, admin_token: str, drop: dict) -> dict:
+    answer = floodgate.http.put(
+        f"{floodgate.stack.url('checkout')}/drops/{drop['id']}/line",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        json={"opens_at": drop["opens_at"], "admission_factor": 1.0, "admission_rate": 50, "pass_ttl_seconds": 120},
+    )
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()
+
+
+def open_drop_page(page: Page, floodgate: Floodgate, drop: dict) -> None:
+    answer = page.goto(f"{floodgate.stack.url('checkout')}/drops/{drop['id']}/page")
+    assert answer is not None and answer.status == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    expect(page.locator("#drop-product")).to_have_text(drop["product"]["name"], timeout=10_000)
+    expect(page.locator("#drop-ships-to")).to_have_text("Canada (CA), United States (US)")
+
+
+def sign_up(page: Page) -> str:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.com"
+    form = page.locator("#account-form")
+    form.get_by_label("Email").fill(email)
+    form.get_by_label("Password").fill("correct horse battery staple")
+    form.get_by_label("Your name").fill("Alex Tremblay")
+    form.get_by_role("button", name="Create account").click()
+    expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(email)}"), timeout=10_000)
+    return email
+
+
+def fill_in_toronto(page: Page, country_code: str) -> None:
+    form = page.locator("#order-form")
+    expect(form.get_by_role("button", name="Place order")).to_be_enabled()
+    for field, value in TORONTO.items():
+        form.locator(f"input[name={field}]").fill(value)
+    form.locator("select[name=country_code]").select_option(country_code)
+
+
+def order_to_toronto(page: Page) -> str:
+    """Fill the order form with a Canadian address, place the order; the order's id."""
+    fill_in_toronto(page, "CA")
+    page.get_by_role("button", name="Place order").click()
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment", timeout=15_000)
+    expect(page.locator("#order-address")).to_have_text("Alex Tremblay, 1 YONGE ST, TORONTO, ON M5E 1W7, Canada (CA)")
+    return page.locator("#order-id").inner_text()
+
+
+def pay_on_the_simulator(page: Page) -> None:
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Pay now").click()
+    provider = opened.value
+    expect(provider.get_by_role("heading")).to_have_text(re.compile(r"^Pay 29900 CAD$"), timeout=10_000)
+    provider.get_by_role("button", name="Approve payment").click()
+    expect(provider.locator("body")).to_contain_text("COMPLETED", timeout=15_000)
+    provider.close()
+
+
+def see_it_confirmed(page: Page, floodgate: Floodgate, admin_token: str, order_id: str, email: str) -> None:
+    expect(page.locator("#order-status")).to_have_text("Confirmed: payment received", timeout=30_000)
+    expect(page.locator("#order-email")).to_have_text("Confirmation email sent", timeout=60_000)
+    expect(page.locator("#pay")).to_be_hidden()
+    order = floodgate.get_order(admin_token, order_id).json()
+    assert order["status"] == "confirmed"
+    assert order["shipping_address"]["country_code"] == "CA"
+    assert order["shipping_address"]["postal_code"] == "M5E 1W7"
+    [mail] = poll(lambda: floodgate.confirmations_of(order_id), what="the confirmation email")
+    assert mail["to"] == [email]
+    assert "Canada" in mail["text"] and "United States" not in mail["text"]
+    assert page.script_problems == []
+
+
+def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pays_and_sees_the_email_sent(
+        floodgate, admin_token, buyer_page):
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=OPENS_IN_SECONDS)
+    line = put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    expect(page.locator("#countdown")).to_have_text(re.compile(r"^Opens in 00:00:\d\d$"))
+    expect(page.locator("#line-commitment")).to_have_text(line["commitment"])
+    expect(page.get_by_role("button", name="Place order")).to_be_disabled()
+    email = sign_up(page)
+
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    expect(page.locator("#ticket-position")).to_have_text("drawn at the opening")
+    expect(page.locator("#line-news")).to_contain_text("You're in the pre-queue")
+    expect(page.locator("#order-gate")).to_have_text("The form opens when it's your turn in the line.")
+    expect(page.locator("#countdown")).to_have_text(re.compile(r"^Opens in "))
+
+    expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"), timeout=(OPENS_IN_SECONDS + 5) * 1000)
+    expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=30_000)
+    expect(page.locator("#line-news")).to_contain_text("It's your turn!")
+    expect(page.locator("#ticket-position")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#line-seed")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
+    seed = page.locator("#line-seed").text_content()
+    assert hashlib.sha256(bytes.fromhex(seed)).hexdigest() == line["commitment"]
+    order_id = order_to_toronto(page)
+    expect(page.locator("#line-news")).to_have_text("Your pass was used for your order.")
+
+    pay_on_the_simulator(page)
+    see_it_confirmed(page, floodgate, admin_token, order_id, email)
+
+
+def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floodgate, admin_token, buyer_page):
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, product_name=MARKUP_PRODUCT)
+    open_drop_page(page, floodgate, drop)
+    expect(page.locator("h1")).to_have_text(MARKUP_PRODUCT)
+    assert page.locator("main img").count() == 0
+    expect(page.locator("#line-summary")).to_have_text("This drop has no line: order as soon as it opens.")
+    expect(page.locator("#order-gate")).to_have_text("Sign in to order.")
+    email = sign_up(page)
+
+    expect(page.get_by_role("button", name="Join the line")).to_be_hidden()
+    expect(page.locator("#order-gate")).to_have_text("The drop is open: order now.")
+    fill_in_toronto(page, "US")  # a Toronto address is no US address: refused, never relabelled
+    page.get_by_role("button", name="Place order").click()
+    refusal = page.locator("#order-problem")
+    expect(refusal).to_contain_text("Address failed validation The address is not valid for its country.")
+    expect(refusal).to_contain_text("shipping_address.postal_code: Not a valid postal code for this country")
+    order_id = order_to_toronto(page)
+    expect(refusal).to_be_hidden()
+    pay_on_the_simulator(page)
+    see_it_confirmed(page, floodgate, admin_token, order_id, email)
+    expect(page.locator("#order-item")).to_have_text(f"1 × {MARKUP_PRODUCT}")
+    assert page.evaluate("window.injected") is None
