@@ -1,4 +1,5 @@
-"""Register and sign in the crowd before the opening, in parallel (argon2id makes each one cost)."""
+"""The crowd's access tokens, before the opening: registered and signed in, in parallel (argon2id
+makes each one cost), or, for a large crowd on a development stack, minted (see `mint`)."""
 from __future__ import annotations
 
 import threading
@@ -6,6 +7,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import jwt
 import requests
 
 PASSWORD = "rehearsal password, dev only"
@@ -50,3 +52,15 @@ def sign_up(accounts_url: str, count: int, threads: int = 8, progress=print) -> 
         buyers = list(pool.map(one, range(count)))
     progress("\n")
     return buyers
+
+
+def mint(rig, count: int, lifetime_seconds: int) -> list[tuple[str, str]] | None:
+    """`count` buyers' access tokens signed with the stack's own signing key, as accounts signs
+    them (benchmarks/line.py's `mint_buyers`: development KEK only; the accounts exist only in
+    their tokens): [(email, access token)], or None when that function is not there."""
+    try:
+        from benchmarks.line import mint_buyers  # imports the rehearsal's cli: not at module level
+    except ImportError:
+        return None
+    tokens = mint_buyers(rig, count, lifetime_seconds)
+    return [(jwt.decode(token, options={"verify_signature": False}).get("email", ""), token) for token in tokens]

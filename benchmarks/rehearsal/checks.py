@@ -55,7 +55,14 @@ def settle(rig, drop_id: str, recovered_at: float, deadline_seconds: float, prog
     emailed_at = sold_at = None
     deadline = recovered_at + deadline_seconds
     while True:
-        book = ledger(rig, drop_id)
+        try:
+            book = ledger(rig, drop_id)
+        except sa.exc.OperationalError:
+            # the shared PostgreSQL restarting (a test session may restart it): look again
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+            continue
         confirmed = {oid for oid, (status, _) in book["orders"].items() if status == "confirmed"}
         counts = confirmation_counts(rig, set(book["orders"]))
         unsold = {oid for oid in confirmed if book["reservations"].get(oid) != "sold"}

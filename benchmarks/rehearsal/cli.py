@@ -3,14 +3,19 @@ and reports the figures.
 
     python -m benchmarks.rehearsal [--units 300] [--buyers 1000]
         [--faults notifications,smtp,checkout-worker,accounts] [--fault-at checkout-worker=0.5]
+        [--line | --no-line] [--admission-factor 1.0] [--admission-rate 200]
         [--use-running] [--naive-seconds 15] [--pgbench-seconds 10] [--out DIR]
 
 Steps: bring up an isolated stack (own databases, vhost and ports; or --use-running), register
-and sign in the buyers, create the drop, release the whole crowd at the opening with Locust while
-the faults hit on schedule, lift the faults, wait for every confirmed order to be sold and emailed,
-check the books, run pgbench and the naive checkout for comparison, and write report.json,
-report.md and PNG plots to var/rehearsal/<timestamp>/. The exit status is 1 when a must-hold
-figure fails (a 5xx but a 503 with Retry-After, an oversold unit, a confirmed order without its sale or email, a duplicate).
+and sign in the buyers (or mint their tokens, above --mint-above buyers), create the drop and put
+a line on it (--no-line: none), let the crowd join the line before the opening with Locust (or,
+without a line, release it at the opening) while the faults hit on schedule, lift the faults,
+wait for every confirmed order to be sold and emailed, check the books and the line, run pgbench
+and the naive checkout for comparison, and write report.json, report.md and PNG plots to
+var/rehearsal/<timestamp>/. The exit status is 1 when a must-hold figure fails (a 5xx but a 503
+with Retry-After, an oversold unit, a confirmed order without its sale or email, a duplicate; with
+a line: an admission out of the seed's order, more passes in play than remaining units x factor,
+a waiting buyer not told sold out within 5 s).
 
 The `broker` fault (restart RabbitMQ) and the `database` fault (restart PostgreSQL mid-rush) are not
 in the defaults: they disturb every other user of the local broker or database cluster. Add them
@@ -35,19 +40,24 @@ from pathlib import Path
 import psutil
 
 from benchmarks.rehearsal import buyers as crowd_signup
-from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, pgbench, report, rig as rigs
+from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, pgbench, report, rig as rigs, waiting_room
 from benchmarks.rehearsal.events import EventReader
 from benchmarks.rehearsal.sampler import Sampler
 from devtools.client import Floodgate
 from devtools.stack import ROOT
 from shared.db import create_database_if_missing
 
+# Every simulated buyer joins from 127.0.0.1: the line's per-client limit (30 a minute per API
+# process) would turn the crowd away, so the rehearsal's own stack lifts it.
+LINE_STACK_ENV = {"LINE_JOINS_PER_CLIENT_PER_MINUTE": str(10**9)}
+JOINS_PER_SECOND = 300  # the default join window spreads the crowd's joins at about this rate
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rehearsal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=300, help="units in the drop (default 300)")
-    parser.add_argument("--buyers", type=int, default=1000, help="buyers released at the opening (default 1000)")
+    parser.add_argument("--buyers", type=int, default=1000, help="buyers in the crowd (default 1000)")
     parser.add_argument("--faults", default=",".join(faults_mod.DEFAULT),
                         help=f"comma-separated, from {', '.join(faults_mod.ALL)}; 'none' for none "
                              f"(default: {','.join(faults_mod.DEFAULT)}; broker and database are opt-in)")
@@ -56,8 +66,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smtp-outlasts", type=float, default=3.0,
                         help="seconds the SMTP server stays down after notifications is back (default 3)")
     parser.add_argument("--use-running", action="store_true", help="use the `make run` stack instead of starting one")
-    parser.add_argument("--lead", type=float, default=6.0, help="seconds from creating the drop to its opening (default 6)")
-    parser.add_argument("--drop-seconds", type=float, default=60.0, help="longest the crowd may stay (default 60)")
+    parser.add_argument("--lead", type=float, default=None,
+                        help="seconds from creating the drop to its opening (default 6; with a line, 8 + --join-seconds)")
+    parser.add_argument("--line", action=argparse.BooleanOptionalAction, default=True,
+                        help="put a line (waiting room) on the drop: the crowd joins it before the opening, "
+                             "polls its tickets and orders with the pass it gets (default); --no-line: the whole "
+                             "crowd orders at the opening, as before the waiting room")
+    parser.add_argument("--admission-factor", type=float, default=1.0,
+                        help="the line's admission_factor: passes in play at most remaining units x this (default 1.0)")
+    parser.add_argument("--admission-rate", type=float, default=200.0,
+                        help="the line's admission_rate, buyers admitted per second at most (default 200)")
+    parser.add_argument("--pass-ttl-seconds", type=int, default=120, help="the line's pass_ttl_seconds (default 120)")
+    parser.add_argument("--join-seconds", type=float, default=None,
+                        help=f"the buyers join the line at random moments of this many seconds, ending 2 s before "
+                             f"the opening (default: buyers / {JOINS_PER_SECOND}, at least 3)")
+    parser.add_argument("--late-buyers", type=int, default=0,
+                        help="of the buyers, this many join after the opening instead (at random moments of its "
+                             "first --join-seconds), so that admissions reach the later arrivals, admitted in arrival "
+                             "order (default 0: everyone joins the pre-queue)")
+    parser.add_argument("--mint-above", type=int, default=1000,
+                        help="above this many buyers, mint their access tokens from the stack's signing key "
+                             "(benchmarks/line.py) instead of registering each through accounts (default 1000)")
+    parser.add_argument("--drop-seconds", type=float, default=None,
+                        help="longest the crowd may stay after the opening (default 60; with a line, 120: "
+                             "a buyer leaves once told sold out)")
     parser.add_argument("--give-up-seconds", type=float, default=20.0,
                         help="a buyer stops retrying an order, or waiting for its confirmation, after this long (default 20)")
     parser.add_argument("--settle-seconds", type=float, default=90.0,
@@ -81,6 +113,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.fault_times[name] = float(seconds)
     if args.units < 1 or args.buyers < 1:
         parser.error("--units and --buyers must be at least 1")
+    if not 0 <= args.late_buyers <= args.buyers:
+        parser.error("--late-buyers must be between 0 and --buyers")
+    if args.join_seconds is None:
+        args.join_seconds = max(3.0, args.buyers / JOINS_PER_SECOND)
+    if args.drop_seconds is None:
+        args.drop_seconds = 120.0 if args.line else 60.0
+    if args.lead is None:
+        args.lead = 6.0 + (args.join_seconds + 2.0 if args.line else 0.0)
     return args
 
 
@@ -145,18 +185,27 @@ def run_load(out: Path, name: str, config: dict, live) -> list[dict]:
 class Progress:
     """One status line a second while the crowd is in."""
 
-    def __init__(self, opens_at: float, sampler: Sampler | None):
-        self.opens_at, self.sampler = opens_at, sampler
+    def __init__(self, opens_at: float, sampler: Sampler | None, line: dict | None = None):
+        self.opens_at, self.sampler, self.line = opens_at, sampler, line
         self.placed = self.confirmed = self.sold_out = self.shed = self.server_errors = self.cut = 0
+        self.joined = 0
         self.window: list[float] = []
         self.last_placed = 0
 
     def __call__(self, new: list[dict], _all: list[dict]) -> None:
         for e in new:
             if e["ev"] == "spawned":
-                late = e["t"] - self.opens_at
-                say(f"\n  {e['users']} buyers waiting, {-late:.1f}s before the opening\n" if late < 0 else
-                    f"\n  !!! the crowd was spawned {late:.1f}s after the opening: raise --lead !!!\n")
+                late = e["t"] - (self.line["join_from"] if self.line else self.opens_at)
+                if self.line:
+                    say(f"\n  {e['users']} buyers spawned; they join the line from {self.line['join_from'] - e['t']:.1f}s "
+                        f"to {self.line['join_until'] - e['t']:.1f}s from now, the opening is in {self.opens_at - e['t']:.1f}s\n"
+                        if late < 0 else f"\n  !!! the crowd was spawned {late:.1f}s after its join window began: "
+                                         f"raise --lead !!!\n")
+                else:
+                    say(f"\n  {e['users']} buyers waiting, {-late:.1f}s before the opening\n" if late < 0 else
+                        f"\n  !!! the crowd was spawned {late:.1f}s after the opening: raise --lead !!!\n")
+            elif e["ev"] == "joined" and not e.get("again"):
+                self.joined += 1
             elif e["ev"] == "placed":
                 self.placed += 1
             elif e["ev"] == "confirmed":
@@ -173,16 +222,19 @@ class Progress:
                 elif e["status"] == 0:
                     self.cut += 1
         t = time.time() - self.opens_at
+        s = self.sampler.latest if self.sampler else {}
+        in_line = (f"  line: joined {self.joined:>6} admitted {s.get('admitted_through', '-')!s:>5} "
+                   f"passes {s.get('active_passes', '-')!s:>4}/{s.get('line_remaining', '-')!s:<4}") if self.line else ""
         if t < 0:
-            say(f"\r  opening in {-t:4.1f}s ...")
+            say(f"\r  opening in {-t:4.1f}s ...{in_line}  ")
             return
         rate, self.last_placed = self.placed - self.last_placed, self.placed
         p99 = report.percentile(self.window[-2000:], 99)
-        s = self.sampler.latest if self.sampler else {}
         alarm = f"  5xx {self.server_errors} !!!" if self.server_errors else "  5xx 0"
         say(f"\r  t={t:+6.1f}s placed {self.placed:>6} ({rate:>4}/s) confirmed {self.confirmed:>6} sold-out {self.sold_out:>6}"
             f" 429/503 {self.shed:>5} cut {self.cut:>3}{alarm}  p99 {p99 if p99 is not None else '-':>6} ms"
-            f"  remaining {s.get('remaining', '-')!s:>5} queue {s.get('queue', '-')!s:>5} outbox {s.get('outbox', '-')!s:>4}  ")
+            f"  remaining {s.get('remaining', '-')!s:>5} queue {s.get('queue', '-')!s:>5} outbox {s.get('outbox', '-')!s:>4}"
+            f"{in_line}  ")
 
 
 def naive_run(rig, out: Path, buyers: list, units: int, seconds: float) -> dict:
@@ -214,8 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "var" / "rehearsal" / started.strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.rehearsal " + shlex.join(argv if argv is not None else sys.argv[1:])
-    say(f"Drop rehearsal: {args.units} units, {args.buyers} buyers, faults: {', '.join(args.fault_list) or 'none'}\n"
-        f"  report folder {out}\n")
+    line_text = (f"a line (factor {args.admission_factor:g}, at most {args.admission_rate:g} admitted/s)" if args.line
+                 else "no line")
+    say(f"Drop rehearsal: {args.units} units, {args.buyers} buyers, {line_text}, "
+        f"faults: {', '.join(args.fault_list) or 'none'}\n  report folder {out}\n")
 
     say("  starting an isolated stack (own databases, vhost, ports) ...\n" if not args.use_running
         else "  using the running stack ...\n")
@@ -226,31 +280,53 @@ def main(argv: list[str] | None = None) -> None:
         phases[name] = phases.get(name, 0) + now - mark[0]
         mark[0] = now
 
-    rig = rigs.running(out / "stack") if args.use_running else rigs.isolated(out / "stack", env={})
+    rig = (rigs.running(out / "stack") if args.use_running
+           else rigs.isolated(out / "stack", env=LINE_STACK_ENV if args.line else {}))
     phase("stack up")
+    if args.line and args.use_running:
+        say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
+            "per API process) and every buyer joins from 127.0.0.1: start it with that variable raised !!!\n")
     failed = False
     try:
         floodgate = Floodgate(rig.stack)
         admin = floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@rehearsal.example", "rehearsal admin, dev only")
-        say(f"  registering and signing in {args.buyers} buyers ({args.register_threads} threads) ...\n")
-        buyers = crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, args.register_threads, progress=say)
+        buyers = None
+        if args.buyers > args.mint_above:
+            say(f"  minting {args.buyers} buyers' access tokens from the stack's signing key (benchmarks/line.py) ...\n")
+            buyers = crowd_signup.mint(rig, args.buyers, lifetime_seconds=3600)
+            if buyers is None:
+                say("  benchmarks/line.py offers no mint_buyers: registering them instead\n")
+        buyers_made = "registered and signed in" if buyers is None else "minted (benchmarks/line.py)"
+        if buyers is None:
+            say(f"  registering and signing in {args.buyers} buyers ({args.register_threads} threads) ...\n")
+            buyers = crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, args.register_threads, progress=say)
 
         phase("buyers signed in")
         drop = floodgate.create_drop(admin, quantity=args.units, opens_in=args.lead, lasts=3600)
         opens_at = datetime.fromisoformat(drop["opens_at"]).timestamp()
         say(f"  drop {drop['id']}: {args.units} units over {drop.get('stock_shards', '?')} stock rows, opens in {opens_at - time.time():.1f}s\n")
+        line, window = None, None
+        if args.line:
+            line = floodgate.put_line(admin, drop, admission_factor=args.admission_factor,
+                                      admission_rate=args.admission_rate, pass_ttl_seconds=args.pass_ttl_seconds)
+            window = {"join_from": opens_at - 2.0 - args.join_seconds, "join_until": opens_at - 2.0,
+                      "late_buyers": args.late_buyers, "late_from": opens_at + 0.5,
+                      "late_until": opens_at + 0.5 + args.join_seconds}
+            say(f"  a line on it: commitment {line['commitment'][:16]}..., factor {line['admission_factor']:g}, "
+                f"at most {line['admission_rate']:g} admitted/s, passes valid {line['pass_ttl_seconds']}s\n")
 
         timeline = faults_mod.Timeline(opens_at)
         injector = faults_mod.Faults(rig, args.fault_list, args.fault_times, timeline, args.smtp_outlasts)
         for name, reason in injector.skipped.items():
             say(f"  fault {name} skipped: {reason}\n")
-        sampler = Sampler(rig, drop["id"])
+        sampler = Sampler(rig, drop["id"], line=args.line)
         sampler.start()
         injector.start()
-        progress = Progress(opens_at, sampler)
+        progress = Progress(opens_at, sampler, window)
         events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"), "drop_id": drop["id"],
                                         "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + args.drop_seconds,
-                                        "give_up_seconds": args.give_up_seconds, "confirm_timeout_seconds": args.give_up_seconds},
+                                        "give_up_seconds": args.give_up_seconds, "confirm_timeout_seconds": args.give_up_seconds,
+                                        "line": args.line, **(window or {})},
                           progress)
         phase("drop")
         crowd_left = time.time()
@@ -261,6 +337,10 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(1)
         sampler.stop()
         phase("recovery")
+        line_figures = None
+        if args.line:
+            say("  checking the line: fairness, passes against the stock, sold out heard ...\n")
+            line_figures = waiting_room.figures(rig, drop["id"], events, sampler.samples, opens_at, line["commitment"])
 
         pg = None
         if args.pgbench_seconds > 0:
@@ -280,12 +360,13 @@ def main(argv: list[str] | None = None) -> None:
         headline = report.headline(crowd, verdict, series, pg, naive)
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine_info, "units": args.units,
-                    "buyers": args.buyers, "stack": "isolated" if rig.owned else "running",
+                    "buyers": args.buyers, "buyers_made": buyers_made, "late_buyers": args.late_buyers if args.line else 0, "stack": "isolated" if rig.owned else "running",
                     "faults": injector.enabled, "faults_skipped": injector.skipped,
-                    "wall_seconds": time.monotonic() - wall, "phases": phases, "drop_id": drop["id"]},
+                    "wall_seconds": time.monotonic() - wall, "phases": phases, "drop_id": drop["id"],
+                    "load_average_max": max((s["load1"] for s in sampler.samples), default=None)},
             "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
             "database_restart": report.database_restart(events, timeline.entries, verdict, opens_at),
-            "pgbench": pg.as_dict() if pg else None, "naive": naive,
+            "pgbench": pg.as_dict() if pg else None, "naive": naive, "line": line_figures,
         }
         report.write(out, figures, series, sampler.samples, opens_at)
         say("\n" + (out / "report.md").read_text().split("## Faults")[0])

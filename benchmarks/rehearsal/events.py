@@ -5,14 +5,24 @@ Kinds of line (`ev`):
             (a 429 or 503 also has "retry_after": its Retry-After header, or null)
   placed    an order was accepted (201)         {"t", "order_id", "buyer"}
   confirmed the buyer saw the order confirmed   {"t", "order_id"}
-  sold_out  the buyer was told the drop sold out
+  sold_out  the buyer was told the drop sold out {"via": "order" (409 sold-out) or "line" (a poll;
+            "t" is when the answer arrived)}
   gave_up   the buyer stopped without an order  {"reason"}
   done      a simulated buyer finished
+  cut_answer a 2xx whose body was cut short (a worker killed while answering); retried {"name"}
+With a line (`--line`), also:
+  joined    the buyer's join was answered       {"t": the answer's arrival, "ticket_id", "state", "position"}
+  ticket    a poll (or the join) answered a new state {"t": its arrival, "ticket_id", "state",
+            "position", "ahead"}
+  left_line the buyer left without an order, told {"state": "closed", "expired" or "ordered"}
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+JOIN_LINE = "POST /drops/{id}/line/tickets"
+POLL_TICKET = "GET /drops/{id}/line/tickets/mine"
 
 
 def classify(status: int, problem_type: str | None = None, error: str | None = None) -> str:

@@ -6,6 +6,8 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from benchmarks.rehearsal.waiting_room import sparkline
+
 POST_ORDERS = "POST /orders"
 # After a database restart each pooled connection fails once (a 503) before the pool reconnects.
 AFTERMATH_SECONDS = 5.0
@@ -41,12 +43,15 @@ def crowd_figures(events: list[dict], opens_at: float) -> dict:
         "orders_placed": len(placed),
         "orders_confirmed_seen_by_buyers": len(confirmed),
         "told_sold_out": sum(1 for e in events if e["ev"] == "sold_out"),
+        "told_sold_out_by_the_line": sum(1 for e in events if e["ev"] == "sold_out" and e.get("via") == "line"),
         "gave_up": dict(Counter(e.get("reason", "?") for e in events if e["ev"] == "gave_up")),
         "post_orders_answers": dict(Counter(e["kind"] for e in orders)),
         "post_orders_latency_all": latency([e["ms"] for e in orders]),
         "post_orders_latency_201": latency([e["ms"] for e in orders if e["status"] == 201]),
         "errors_by_kind": {name: dict(kinds) for name, kinds in errors.items()},
         "server_errors_5xx": len(server_errors),
+        # a 2xx whose body never came whole (a worker killed while answering); the buyer retried
+        "cut_answers": dict(Counter(e["name"] for e in events if e["ev"] == "cut_answer")),
         # a 503 with Retry-After asks the buyer to come back, as a 429 does (the database restarting)
         "retryable_503": len(retryable),
         "unexpected_5xx": len(server_errors) - len(retryable),
@@ -161,7 +166,8 @@ def headline(crowd: dict, checks: dict, series: dict, pg, naive: dict | None) ->
     }
 
 
-def plots(out: Path, series: dict, samples: list[dict], opens_at: float, timeline: list[dict]) -> list[str]:
+def plots(out: Path, series: dict, samples: list[dict], opens_at: float, timeline: list[dict],
+          line: dict | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,6 +222,22 @@ def plots(out: Path, series: dict, samples: list[dict], opens_at: float, timelin
     markers(ax)
     ax.legend(fontsize=8)
     save(fig, "queue_depth.png")
+
+    if line:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        opened = line["opens_at"] + (line["opened_after_opening_s"] or 0.0) - opens_at
+        per_second = line["admissions_per_second"]
+        ax.bar([opened + i for i in range(len(per_second))], per_second, width=0.9, align="edge", color="#cde",
+               label="admitted per second")
+        judged = [s for s in samples if s.get("active_passes") is not None and s.get("line_remaining") is not None]
+        ax.plot([s["t"] - opens_at for s in judged], [s["active_passes"] for s in judged], drawstyle="steps-post",
+                label="active passes (admitted, unused, unexpired)")
+        ax.plot([s["t"] - opens_at for s in judged], [s["line_remaining"] * s["factor"] for s in judged],
+                drawstyle="steps-post", linestyle="--", label="remaining units x factor (the line's)")
+        ax.set(xlabel="seconds from opening", ylabel="buyers / units", title="The line: admissions and passes in play")
+        markers(ax)
+        ax.legend(fontsize=8)
+        save(fig, "line.png")
     return files
 
 
@@ -238,6 +260,7 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
     ]
     return [
         ("no 5xx answer (but a 503 with Retry-After)", crowd["unexpected_5xx"] == 0, str(crowd["unexpected_5xx"])),
+        *line_verdicts(figures.get("line")),
         ("oversold units = 0", checks["oversold_units"] == 0, str(checks["oversold_units"])),
         ("stock accounted for (available + held + sold = quantity)", checks["stock_accounted_for"], ""),
         ("confirmed orders without a sale = 0", not checks["confirmed_without_sale"], str(len(checks["confirmed_without_sale"]))),
@@ -245,6 +268,37 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
         ("duplicate emails = 0", checks["duplicate_emails"] == 0, str(checks["duplicate_emails"])),
         *during_restart,
     ]
+
+
+def line_verdicts(line: dict | None) -> list[tuple[str, bool, str]]:
+    """The line's must-holds (waiting_room.py says how each is judged)."""
+    if not line:
+        return []
+    fair, passes, heard = line["fairness"], line["passes_within_stock"], line["sold_out"]
+    if "checks" in fair:
+        failed = [name for name, ok in fair["checks"].items() if not ok]
+        fair_value = (f"{fair['admitted']:,} admissions compared: pre-queue of {fair['pre_queue']:,} by the seed, "
+                      f"then {fair['later_arrivals']:,} later arrivals" if not failed
+                      else f"fails: {'; '.join(failed)} (first difference at admission {fair['first_difference_at']})")
+    else:
+        fair_value = fair["why"]
+    told = heard.get("told") or {}
+    heard_value = (heard["why"] if heard["sold_out_at"] is None else
+                   f"{heard['waiting']:,} waiting: {heard['later_than_limit']} later than {heard['limit_seconds']:g} s, "
+                   f"{heard['never_told']} never told; slowest {_fmt(told.get('max_s'), ' s')}")
+    return [
+        ("line: admission order = the revealed seed's order, then arrival order", fair["holds"], fair_value),
+        *([_passes_verdict(passes)] if passes["judged"] else []),
+        (f"line: every waiting buyer told sold out within {heard['limit_seconds']:g} s of the sell-out", heard["holds"],
+         heard_value),
+    ]
+
+
+def _passes_verdict(passes: dict) -> tuple[str, bool, str]:
+    return ("line: samples with more passes in play (holder holds no unit yet) than remaining units x factor = 0",
+            passes["violating_samples"] == 0,
+            f"{passes['violating_samples']} of {passes['samples']} samples (most passes in play: "
+            f"{_fmt(passes['max_active_passes'])})")
 
 
 def warnings(figures: dict) -> list[tuple[str, bool, str]]:
@@ -261,7 +315,26 @@ def warnings(figures: dict) -> list[tuple[str, bool, str]]:
          str(len(checks["emails_for_unconfirmed_orders"]))),
         ("503s with Retry-After (retryable; expected only around a database restart)",
          not crowd["retryable_503"] or figures.get("database_restart") is not None, str(crowd["retryable_503"])),
+        *line_warnings(figures.get("line"), figures["run"]["buyers"] - figures["run"].get("late_buyers", 0)),
     ]
+
+
+def line_warnings(line: dict | None, buyers: int) -> list[tuple[str, bool, str]]:
+    """`buyers`: those meant to join before the opening."""
+    if not line:
+        return []
+    outside = max(0, buyers - line["pre_queue"])
+    passes = line["passes_within_stock"]
+    shown = [("line: buyers meant for the pre-queue not in it (joined late, or never)", outside == 0,
+              f"{outside} of {buyers:,} ({line['later_arrivals']} joined after the opening in all)")]
+    if not passes["judged"]:
+        name, ok, value = _passes_verdict(passes)
+        shown.append((name, ok, f"{value}; a factor above 1: shown, not failed on"))
+    shown.append(("line: samples with more passes in play than the line's remaining units x factor, as checkout "
+                  "alone sees it (an order in flight counts twice)", passes["checkout_view_violating_samples"] == 0,
+                  f"{passes['checkout_view_violating_samples']} of {passes['checkout_view_samples']} samples (most "
+                  f"passes whose holder already held a unit: {_fmt(passes['max_passes_holding_a_unit'])})"))
+    return shown
 
 
 def _answers_text(answers: dict) -> str:
@@ -290,6 +363,97 @@ def database_restart_markdown(restart: dict) -> list[str]:
     ]
 
 
+def _spread_text(spread: dict, unit: str = "s") -> str:
+    if not spread or not spread["count"]:
+        return "n/a"
+    return (f"{_fmt(spread['p50_s'])} / {_fmt(spread['p95_s'])} / {_fmt(spread['max_s'])} {unit} "
+            f"(n={spread['count']:,})")
+
+
+def _seconds(spread: dict) -> dict:
+    """A spread measured in seconds, in ms (latencies read better so)."""
+    return {k: (round(v * 1000, 1) if k != "count" and v is not None else v) for k, v in spread.items()}
+
+
+def line_markdown(line: dict) -> list[str]:
+    settings, fair, passes, heard = line["settings"], line["fairness"], line["passes_within_stock"], line["sold_out"]
+    told = heard.get("told") or {}
+    sell_out = ("did not sell out" if heard["sold_out_at"] is None else
+                f"{heard['sold_out_at'] - line['opens_at']:+.2f} s (inventory's last unit held); sampler: remaining 0 "
+                f"first read at {_rel(heard['first_sample_remaining_zero'], line['opens_at'])}, and the line's 0 units "
+                f"with no pass in play at {_rel(heard['first_sample_no_units_no_passes'], line['opens_at'])}")
+    out = [
+        "| figure | value |",
+        "|---|---|",
+        f"| line | admission factor {settings['admission_factor']:g}, at most {settings['admission_rate']:g} admitted/s, "
+        f"passes valid {settings['pass_ttl_seconds']} s; opened (seed revealed) "
+        f"{_fmt(line['opened_after_opening_s'], ' s')} after the opening time |",
+        f"| buyers joined / tickets | {line['buyers_joined']:,} / {line['tickets']:,} ({line['joins_answered_before_opening']:,} "
+        f"joins answered before the opening) |",
+        f"| pre-queue (placed by the seed) / later arrivals | {line['pre_queue']:,} / {line['later_arrivals']:,} |",
+        f"| admitted / passes used for an order / expired unused / never admitted | {line['admitted']:,} / "
+        f"{line['passes_used']:,} / {line['passes_expired_unused']:,} / {line['never_admitted']:,} |",
+        f"| time in line, joining to admission (tickets' joined_at, admitted_at), p50 / p95 / max | "
+        f"{_spread_text(line['time_in_line_from_joining'])} |",
+        f"| time in line after the opening, p50 / p95 / max | {_spread_text(line['time_in_line_after_opening'])} |",
+        f"| joining to hearing \"admitted\" (the buyers' own clocks, polls included), p50 / p95 / max | "
+        f"{_spread_text(line['time_to_hear_admitted_from_join'])} |",
+        f"| how the buyers left the line | {', '.join(f'{k}: {v:,}' for k, v in line['buyers_left_the_line'].items() if v)} |",
+        f"| joins answered | {', '.join(f'{k}: {v:,}' for k, v in line['join_answers'].items())}; p50 / p95 / max "
+        f"{_spread_text(_seconds(line['join_latency']), 'ms')} |",
+        f"| polls answered | {', '.join(f'{k}: {v:,}' for k, v in line['poll_answers'].items())}; busiest second "
+        f"{line['busiest_poll_second']:,}; p50 / p95 / max {_spread_text(_seconds(line['poll_latency']), 'ms')} |",
+        f"| sell-out | {sell_out} |",
+        f"| waiting buyers told sold out (sell-out to the poll that said so), p50 / p95 / max | "
+        f"{_spread_text(told) if told else 'n/a'}; {heard['later_than_limit']} later than {heard['limit_seconds']:g} s, "
+        f"{heard['never_told']} never told ({heard.get('left_before_the_sell_out', 0)} had left before, "
+        f"{heard.get('admitted_after_the_sell_out', 0)} admitted after it as units came back) |",
+        f"| passes in play vs remaining units x factor | {passes['samples']:,} samples over {passes['seconds_covered']} s, "
+        f"most passes in play {_fmt(passes['max_active_passes'])} (at most {_fmt(passes['max_passes_holding_a_unit'])} "
+        f"of them already holding a unit), **{passes['violating_samples']} samples over** "
+        f"({passes['checkout_view_violating_samples']} as checkout alone sees it) |",
+        "",
+        "### Admissions per second (from the line's opening)",
+        "",
+    ]
+    per_second = line["admissions_per_second"]
+    if per_second:
+        out += [f"`{sparkline(per_second)}` ({len(per_second)} s, busiest {max(per_second):,}/s)", "",
+                "| second | admitted |", "|---|---|"]
+        shown = [(i, n) for i, n in enumerate(per_second) if n]
+        out += [f"| {i} | {n:,} |" for i, n in shown[:40]]
+        if len(shown) > 40:
+            out.append(f"| ... | {sum(n for _, n in shown[40:]):,} more in {len(shown) - 40} seconds |")
+    else:
+        out.append("nobody was admitted")
+    out += ["", "### Fairness (anyone can check it: `GET /drops/{id}/line/order`)", ""]
+    if "checks" in fair:
+        out += [f"- {'PASS' if ok else '**FAIL**'}: {name}" for name, ok in fair["checks"].items()]
+        out += [f"- seed `{fair['seed']}`; {fair['algorithm']}",
+                f"- {fair['compared']:,} admissions compared with the expected order"
+                + (f"; first difference at admission {fair['first_difference_at']}" if fair["first_difference_at"] is not None
+                   else "; no difference")]
+        if fair["joined_before_opening_but_missing"]:
+            out.append(f"- joined before the opening but not in the pre-queue: {fair['joined_before_opening_but_missing']}")
+    else:
+        out.append(f"- **FAIL**: {fair['why']}")
+    for title, chosen in (("Samples with more passes in play (holder holds no unit yet) than available units x factor",
+                           passes["violations"]),
+                          ("Samples with more passes in play than the line's remaining units x factor, as checkout "
+                           "alone sees it", passes["checkout_view_violations"])):
+        if chosen:
+            out += ["", f"{title} (first 20):", "",
+                    "| t (s from opening) | passes in play | of them holding a unit | available (inventory) | "
+                    "remaining (the line's copy) | factor |", "|---|---|---|---|---|---|"]
+            out += [f"| {v['t'] - line['opens_at']:+.2f} | {v['active_passes']} | {v['holding_a_unit']} | {v['available']} "
+                    f"| {v['line_remaining']} | {v['factor']:g} |" for v in chosen]
+    return out
+
+
+def _rel(t: float | None, origin: float) -> str:
+    return "n/a" if t is None else f"{t - origin:+.2f} s"
+
+
 def markdown(figures: dict, images: list[str]) -> str:
     crowd, checks, headline = figures["crowd"], figures["checks"], figures["headline"]
     run = figures["run"]
@@ -297,7 +461,8 @@ def markdown(figures: dict, images: list[str]) -> str:
         f"# Drop rehearsal {run['started']}",
         "",
         f"`{run['command']}`  ",
-        f"machine: {run['machine']}  ",
+        f"machine: {run['machine']}"
+        + (f"; up to {run['load_average_max']:.1f} during the drop  " if run.get("load_average_max") is not None else "  "),
         f"stack: {run['stack']}; faults: {', '.join(run['faults']) or 'none'}"
         + (f" (skipped: {', '.join(f'{k}: {v}' for k, v in run['faults_skipped'].items())})" if run["faults_skipped"] else "")
         + f"; wall time {run['wall_seconds']:.0f} s ("
@@ -321,7 +486,8 @@ def markdown(figures: dict, images: list[str]) -> str:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| drop | {run['units']} units, {run['buyers']} buyers released at once |",
+        f"| drop | {run['units']} units, {run['buyers']} buyers ({run.get('buyers_made', 'registered and signed in')}), "
+        + ("through a line (below) |" if figures.get("line") else "released at once |"),
         f"| orders placed (201) | {crowd['orders_placed']} |",
         f"| orders confirmed (checkout database) | {checks['confirmed_orders']} |",
         f"| buyers told sold out | {crowd['told_sold_out']} |",
@@ -351,11 +517,16 @@ def markdown(figures: dict, images: list[str]) -> str:
             lines += [f"| {name} | {kind} | {n} |" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     else:
         lines.append("none")
+    if crowd.get("cut_answers"):
+        lines += ["", f"2xx answers cut short mid-body (a worker killed while answering; the buyers retried): "
+                      f"{crowd['cut_answers']}"]
     if crowd["unexpected_5xx"]:
         lines += ["", f"**{crowd['unexpected_5xx']} ANSWERS WERE 5xx** (but a 503 with Retry-After): "
                       f"{crowd['server_errors_by_kind']}"]
     if crowd["gave_up"]:
         lines += ["", f"Buyers who gave up: {crowd['gave_up']}"]
+    if figures.get("line"):
+        lines += ["", "## The line", "", *line_markdown(figures["line"])]
     restart = figures.get("database_restart")
     if restart:
         lines += ["", "## Database restart", "", *database_restart_markdown(restart)]
@@ -379,7 +550,7 @@ def markdown(figures: dict, images: list[str]) -> str:
 
 
 def write(out: Path, figures: dict, series: dict, samples: list[dict], opens_at: float) -> list[str]:
-    images = plots(out, series, samples, opens_at, figures["timeline"])
+    images = plots(out, series, samples, opens_at, figures["timeline"], figures.get("line"))
     figures = dict(figures, series=series, samples=[dict(s, t=round(s["t"] - opens_at, 3)) for s in samples])
     (out / "report.json").write_text(json.dumps(figures, indent=2, default=str))
     (out / "report.md").write_text(markdown(figures, images))

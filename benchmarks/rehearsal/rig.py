@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from devtools import broker
 from devtools.stack import DEFAULT_PORTS, SERVICES, Infra, Stack, ensure_local_servers, free_ports
@@ -39,11 +42,21 @@ class Rig:
     def teardown(self, keep: bool = False) -> None:
         if self.owned:
             self.stack.stop_all()
-        for url in self.scratch_databases:
-            drop_database(url)
+        # PostgreSQL is shared (a test session may be restarting it): a database it refuses to
+        # drop now is said, and the others are still dropped
+        doomed = list(self.scratch_databases)
         if self.owned and not keep:
-            for service in SERVICES:
-                drop_database(self.stack.infra.database_url(service))
+            doomed += [self.stack.infra.database_url(service) for service in SERVICES]
+        for url in doomed:
+            for attempt in range(10):
+                try:
+                    drop_database(url)
+                    break
+                except sa.exc.OperationalError as error:
+                    if attempt == 9:
+                        print(f"  could not drop {url.rsplit('/', 1)[-1]}: {error.orig or error}", flush=True)
+                    time.sleep(1)
+        if self.owned and not keep:
             if self.vhost:
                 try:
                     broker.delete_vhost(self.vhost)

@@ -49,6 +49,9 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due((waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED))
     drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= utc_now()]
+    # Passes in play are counted before inventory is asked: a pass used (its unit held) in
+    # between is then counted twice, never missed, so admissions never exceed the stock.
+    active = {drop_id: uow.lines.active_passes(drop_id, utc_now()) for drop_id in drop_ids}
     uow.rollback()  # the locks go: the HTTP calls below hold none
     remaining = {}
     for drop_id in drop_ids:
@@ -67,13 +70,14 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
         if line.drop_id not in remaining:
             continue
         line.remaining_units = remaining[line.drop_id]
-        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding)
+        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding,
+                           active.get(line.drop_id, 0))
         line.updated_at = now
     uow.commit()
     return admitted
 
 
-def _admit(line, uow, pace: Pace, now, checkout_shedding: bool) -> int:
+def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: int) -> int:
     clock = time.monotonic()
     elapsed, pace.last = max(0.0, clock - pace.last), clock
     if line.state != waiting_room.OPEN:
@@ -86,8 +90,7 @@ def _admit(line, uow, pace: Pace, now, checkout_shedding: bool) -> int:
     # too); a line this process has just taken on starts with it
     most = max(1.0, pace.rate)
     pace.budget = most if starting else min(most, pace.budget + pace.rate * elapsed)
-    allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor,
-                                              uow.lines.active_passes(line.drop_id, now), pace.budget)
+    allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes, pace.budget)
     positions = uow.lines.admit_next(line.drop_id, allowed, now, waiting_room.pass_expiry(now, line))
     pace.budget -= len(positions)
     if positions:
