@@ -11,7 +11,7 @@ import sqlalchemy as sa
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _rows(url: str, sql: str, **params) -> list:
+def rows(url: str, sql: str, **params) -> list:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
@@ -23,15 +23,15 @@ def _rows(url: str, sql: str, **params) -> list:
 def ledger(rig, drop_id: str) -> dict:
     """The drop's stock, holds, sales and orders, straight from inventory's and checkout's databases."""
     inventory, checkout = rig.stack.infra.database_url("inventory"), rig.stack.infra.database_url("checkout")
-    [(quantity, restocked)] = _rows(inventory, "SELECT quantity, restocked FROM drops WHERE id = :d", d=drop_id)
-    available = _rows(inventory, "SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = :d", d=drop_id)[0][0]
+    [(quantity, restocked)] = rows(inventory, "SELECT quantity, restocked FROM drops WHERE id = :d", d=drop_id)
+    available = rows(inventory, "SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = :d", d=drop_id)[0][0]
     reservations = {str(order_id): status for order_id, status in
-                    _rows(inventory, "SELECT order_id, status FROM reservations WHERE drop_id = :d", d=drop_id)}
-    units = dict(_rows(inventory, "SELECT status, sum(quantity) FROM reservations WHERE drop_id = :d GROUP BY status", d=drop_id))
+                    rows(inventory, "SELECT order_id, status FROM reservations WHERE drop_id = :d", d=drop_id)}
+    units = dict(rows(inventory, "SELECT status, sum(quantity) FROM reservations WHERE drop_id = :d GROUP BY status", d=drop_id))
     orders = {str(order_id): (status, qty) for order_id, status, qty in
-              _rows(checkout, "SELECT id, status, quantity FROM orders WHERE drop_id = :d", d=drop_id)}
+              rows(checkout, "SELECT id, status, quantity FROM orders WHERE drop_id = :d", d=drop_id)}
     # Keys claimed by a request that never stored its answer (its worker died mid-request).
-    stuck_keys = _rows(checkout, "SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL "
+    stuck_keys = rows(checkout, "SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL "
                                  "AND created_at < now() - interval '15 seconds'")[0][0]
     return {"stuck_idempotency_keys": int(stuck_keys), "quantity": quantity + restocked, "available": int(available), "reservations": reservations,
             "units": {k: int(v) for k, v in units.items()}, "orders": orders}

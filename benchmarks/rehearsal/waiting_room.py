@@ -23,22 +23,13 @@ import math
 from collections import Counter, defaultdict
 
 import requests
-import sqlalchemy as sa
+from benchmarks.rehearsal.checks import rows
 
 from benchmarks.rehearsal.events import JOIN_LINE, POLL_TICKET
 from services.checkout.line import pre_queue_order
 
 SOLD_OUT_HEARD_WITHIN = 5.0  # seconds, the issue's must-show
 SPARKS = "▁▂▃▄▅▆▇█"
-
-
-def _rows(url: str, sql: str, **params) -> list:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql), params))
-    finally:
-        engine.dispose()
 
 
 def _spread(values: list[float]) -> dict:
@@ -77,9 +68,9 @@ def published_order(checkout_url: str, drop_id: str) -> dict:
 def sell_out_moment(rig, drop_id: str) -> float | None:
     """When inventory's holds first took the drop's last unit (epoch seconds), or None."""
     inventory = rig.stack.infra.database_url("inventory")
-    [(quantity, restocked)] = _rows(inventory, "SELECT quantity, restocked FROM drops WHERE id = :d", d=drop_id)
+    [(quantity, restocked)] = rows(inventory, "SELECT quantity, restocked FROM drops WHERE id = :d", d=drop_id)
     changes = []
-    for created, updated, status, units in _rows(
+    for created, updated, status, units in rows(
             inventory, "SELECT created_at, updated_at, status, quantity FROM reservations WHERE drop_id = :d", d=drop_id):
         changes.append((created.timestamp(), units))
         if status == "released":
@@ -94,14 +85,14 @@ def sell_out_moment(rig, drop_id: str) -> float | None:
 
 def _tickets(rig, drop_id: str) -> tuple[dict, list[dict]]:
     checkout = rig.stack.infra.database_url("checkout")
-    [line] = _rows(checkout, "SELECT opens_at, opened_at, seed, commitment, joined, pre_queue_size, admitted_through, "
+    [line] = rows(checkout, "SELECT opens_at, opened_at, seed, commitment, joined, pre_queue_size, admitted_through, "
                              "admission_factor, admission_rate, pass_ttl_seconds FROM lines WHERE drop_id = :d", d=drop_id)
     tickets = [
         {"id": str(r.id), "arrival": r.arrival, "position": r.position, "joined_at": r.joined_at.timestamp(),
          "admitted_at": r.admitted_at.timestamp() if r.admitted_at else None,
          "used_at": r.used_at.timestamp() if r.used_at else None,
          "pass_expires_at": r.pass_expires_at.timestamp() if r.pass_expires_at else None}
-        for r in _rows(checkout, "SELECT id, arrival, position, joined_at, admitted_at, pass_expires_at, used_at "
+        for r in rows(checkout, "SELECT id, arrival, position, joined_at, admitted_at, pass_expires_at, used_at "
                                  "FROM line_tickets WHERE drop_id = :d", d=drop_id)
     ]
     return line._asdict(), tickets
