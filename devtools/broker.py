@@ -188,11 +188,14 @@ class LocalCluster:
         status = json.loads(self.ctl(asking or self._live_node(), "cluster_status", "--formatter", "json"))
         return sorted(status.get("running_nodes", []))
 
-    def connections(self, asking: Node | None = None) -> list[dict]:
+    def connections(self, asking: Node | None = None, timeout: float = 120) -> list[dict]:
         """Every client connection in the cluster: {"name": its connection_name, "node": the node
-        (name) it is connected to, "user": ...}, in the view of `asking` (default: any live node)."""
+        (name) it is connected to, "user": ...}, in the view of `asking` (default: any live node).
+
+        While a node is going, asking the others can hang on it: a short `timeout` turns that
+        into a ClusterError the caller can retry."""
         rows = json.loads(self.ctl(asking or self._live_node(), "list_connections", "port", "user", "client_properties",
-                                   "--formatter", "json"))
+                                   "--formatter", "json", timeout=timeout))
         return [
             {"name": _connection_name(row.get("client_properties")), "node": self.node_on_port(int(row["port"])).name,
              "user": row.get("user")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -44,25 +44,48 @@ def admin(cluster_stack) -> str:
                                                  "admin password for tests")
 
 
+def connections_of_background(cluster, asking=None, timeout: float = 120) -> dict[str, str]:
+    """Relay or consumer name -> the node it is connected to, for those connected now."""
+    return {c["name"]: c["node"] for c in cluster.connections(asking, timeout=timeout) if c["name"] in BACKGROUND}
+
+
 def where_connected(cluster, asking=None) -> dict[str, str] | None:
     """Relay or consumer name -> the node it is connected to, once every one of them is connected."""
-    connected = {c["name"]: c["node"] for c in cluster.connections(asking) if c["name"] in BACKGROUND}
+    connected = connections_of_background(cluster, asking)
     return connected if set(connected) == BACKGROUND else None
 
 
-def moved_off(cluster, doomed) -> float:
-    """Seconds until every relay and consumer is connected to another node than `doomed`."""
+RECONNECT_SECONDS = 60  # after the node is gone; a graceful stop itself may take a while on a busy box
+
+
+def log_tail(stack, process: str, lines: int = 15) -> str:
+    path = stack.var_dir / "logs" / f"{process}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def moved_off(cluster, stack, doomed, gone: Future) -> float:
+    """Seconds until every relay and consumer is connected to another node than `doomed`; fails
+    if that has not happened RECONNECT_SECONDS after the node finished going."""
     started, witness = time.monotonic(), next(node for node in cluster.nodes if node is not doomed)
-
-    def elsewhere():
+    gone_at: float | None = None
+    last: dict[str, str] | str = "no answer yet"
+    while True:
         try:
-            connected = where_connected(cluster, witness)
-        except ClusterError:  # the witness may be busy noticing the loss: ask again
-            return None
-        return connected if connected and doomed.name not in connected.values() else None
-
-    poll(elsewhere, timeout=60, interval=0.2, what="every relay and consumer to reconnect to another node")
-    return time.monotonic() - started
+            # A short timeout: while the doomed node goes, the witness may hang asking it.
+            last = connected = connections_of_background(cluster, witness, timeout=10)
+        except ClusterError as error:  # the witness may be busy noticing the loss: ask again
+            last, connected = str(error), {}
+        if set(connected) == BACKGROUND and doomed.name not in connected.values():
+            return time.monotonic() - started
+        if gone_at is None and gone.done():
+            gone_at = time.monotonic()
+        if gone_at is not None and time.monotonic() - gone_at > RECONNECT_SECONDS:
+            missing = sorted(BACKGROUND - set(last)) if isinstance(last, dict) else sorted(BACKGROUND)
+            logs = "\n".join(f"--- {name} ---\n{log_tail(stack, name)}" for name in missing)
+            raise AssertionError(
+                f"{RECONNECT_SECONDS} s after {doomed.name} went ({gone_at - started:.1f} s to go), not every relay "
+                f"and consumer is on another node; missing: {missing}; last view: {last}\n{logs}")
+        time.sleep(0.2)
 
 
 def settled(cluster, stack) -> bool:
@@ -134,7 +157,7 @@ def test_the_node_every_relay_and_consumer_uses_goes_mid_drop_and_nothing_is_los
                 # Half the first wave has paid and their events are on the way: the node goes,
                 # and the second wave rushes in while it goes.
                 gone = operator.submit(take_down, doomed)
-                moved = operator.submit(moved_off, cluster, doomed)
+                moved = operator.submit(moved_off, cluster, cluster_stack, doomed, gone)
                 second_wave = [crowd.submit(buy, token) for token in tokens[FIRST_WAVE:]]
             pay(order)
         second = [bought for bought in (future.result() for future in second_wave) if bought]
