@@ -124,6 +124,10 @@ class Floodgate:
         return self.http.post(self._url("checkout", f"/drops/{drop_id}/line/tickets"),
                               headers={"Authorization": f"Bearer {token}"})
 
+    def place_in_line(self, drop_id: str, ticket_id: str) -> requests.Response:
+        """A ticket's place, as the crowd polls it: the public status edge, no token."""
+        return self.http.get(self._url("line-status", f"/drops/{drop_id}/line/tickets/{ticket_id}"))
+
     def my_ticket(self, token: str, drop_id: str) -> dict:
         response = self.http.get(self._url("checkout", f"/drops/{drop_id}/line/tickets/mine"),
                                  headers={"Authorization": f"Bearer {token}"})

@@ -34,6 +34,7 @@ DEFAULT_PORTS = {
     "inventory": 8002,
     "checkout": 8003,
     "notifications": 8004,
+    "line-status": 8005,  # checkout's public status edge for the waiting room
     "payments": 8010,
     "smtp": 1025,
     "smtp-control": 8025,
@@ -98,6 +99,7 @@ class Stack:
             # the drop page, served by checkout, calls accounts and inventory from the browser
             ACCOUNTS_PUBLIC_URL=self.url("accounts"),
             INVENTORY_PUBLIC_URL=self.url("inventory"),
+            LINE_STATUS_PUBLIC_URL=self.url("line-status"),
             CORS_ALLOWED_ORIGINS=self.url("checkout"),
             CHECKOUT_WEBHOOK_URL=f"{self.url('checkout')}/payments/webhook",
             SMTP_HOST="127.0.0.1",
@@ -152,6 +154,8 @@ class Stack:
                 specs[f"{service}-relay"] = ([py, "-m", f"services.{service}", "relay"], service)
         specs["inventory-sweeper"] = ([py, "-m", "services.inventory", "sweeper"], "inventory")
         specs["checkout-admitter"] = ([py, "-m", "services.checkout", "admitter"], "checkout")
+        specs["checkout-line-status"] = (
+            [py, "-m", "services.checkout", "line-status", "--bind", f"127.0.0.1:{self.ports['line-status']}"], "checkout")
         return specs
 
     def start(self, name: str, env_overrides: dict | None = None, as_name: str | None = None) -> subprocess.Popen:
@@ -215,6 +219,7 @@ class Stack:
         """Wait for every API to answer /readyz and the simulators to listen; raise if one died."""
         deadline = time.monotonic() + timeout
         waiting = {f"{s}-api": f"{self.url(s)}/readyz" for s in SERVICES}
+        waiting["checkout-line-status"] = f"{self.url('line-status')}/readyz"
         waiting["payments"] = f"{self.url('payments')}/healthz"
         waiting["smtp"] = f"http://127.0.0.1:{self.ports['smtp-control']}/messages"
         while waiting:
@@ -340,9 +345,10 @@ def supervise(stack: Stack, announce: Callable[[Stack], None] = lambda stack: No
 
 def announce(stack: Stack) -> None:
     print("\nFloodgate is up (logs in %s):" % (stack.var_dir / "logs"))
-    for name in ("accounts", "inventory", "checkout", "notifications", "payments"):
-        print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)"
-              if name != "payments" else f"  {name:<14} {stack.url(name)}   (payment provider simulator)")
+    for name in ("accounts", "inventory", "checkout", "notifications"):
+        print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)")
+    print(f"  {'line-status':<14} {stack.url('line-status')}   (the waiting room's public status, polled by the crowd)")
+    print(f"  {'payments':<14} {stack.url('payments')}   (payment provider simulator)")
     print(f"  {'smtp':<14} smtp://127.0.0.1:{stack.ports['smtp']}   (mail kept in {stack.maildir}; "
           f"list: http://127.0.0.1:{stack.ports['smtp-control']}/messages)")
     print("\nIn another terminal: `make demo` sells a small drop and shows the email. Ctrl-C stops everything.",

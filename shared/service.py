@@ -26,12 +26,13 @@ from sqlalchemy import orm
 from shared import db
 from shared.config import Settings
 
-KINDS = ("api", "consumer", "relay", "sweeper", "admitter", "job")
+KINDS = ("api", "consumer", "relay", "sweeper", "admitter", "line-status", "job")
 # Database connections each kind of process keeps (its engine's pool_size; the ceiling is twice
 # that), unless its service's bootstrap says otherwise (its POOL_SIZES). An API's request threads
 # and a consumer's handler threads each hold one at a time. deploy/pooling.py sizes PgBouncer
 # from these same numbers, through `pool_size`.
-DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "admitter": 1, "job": 1}
+DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "admitter": 1,
+                                         "line-status": 1, "job": 1}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,7 @@ def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: au
     for collector in collectors:
         registry.register(collector)
     app.extensions["floodgate.metrics"] = registry
-    app.extensions["floodgate.cors"] = frozenset(o.strip().rstrip("/") for o in settings.cors_allowed_origins.split(",") if o.strip())
+    app.extensions["floodgate.cors"] = allowed_origins(settings)
     errors.init_app(app)
     auth.init_app(app, verifier or auth.jwks_verifier(settings), settings.service_key)
     app.before_request(_start_request)
@@ -133,6 +133,11 @@ _CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location, Retry-After, X-Request-ID, Idempotent-Replayed",
     "Access-Control-Max-Age": "600",
 }
+
+
+def allowed_origins(settings) -> frozenset:
+    """The origins CORS_ALLOWED_ORIGINS names (comma-separated), as a browser sends them."""
+    return frozenset(o.strip().rstrip("/") for o in settings.cors_allowed_origins.split(",") if o.strip())
 
 
 def cors_headers(origin: str | None, allowed: frozenset) -> list[tuple[str, str]]:

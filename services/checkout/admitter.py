@@ -64,9 +64,13 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
         now = utc_now()
         if line.state == waiting_room.PRE_QUEUE:
             if line.opens_at > now:
+                line.joined = uow.lines.count(line.drop_id)
                 continue
             size = waiting_room.open_line(line, uow, now)
             log.info("line opened; seed revealed", extra={"drop_id": str(line.drop_id), "pre_queue": size})
+        else:
+            waiting_room.place_arrivals(line, uow)
+            line.joined = uow.lines.count(line.drop_id)
         if line.drop_id not in remaining:
             continue
         line.remaining_units = remaining[line.drop_id]

@@ -29,9 +29,12 @@ class Settings(CommonSettings):
     line_pass_secret: str = DEV_LINE_PASS_SECRET
     admitter_interval_seconds: float = 0.5
     line_joins_per_client_per_minute: int = 30
+    # the public status edge (services/checkout/line_status.py): how often it copies the lines
+    line_status_refresh_seconds: float = 0.25
     # where the drop page (services/checkout/page.py) finds the other services, as buyers reach them
     accounts_public_url: str = "http://127.0.0.1:8001"
     inventory_public_url: str = "http://127.0.0.1:8002"
+    line_status_public_url: str = "http://127.0.0.1:8005"
 
 
 def load() -> Settings:

@@ -6,23 +6,27 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   publishes its commitment, `sha256(seed)`, at once.
 - A signed-in buyer joins (`POST /drops/{id}/line/tickets`) and gets a ticket, one per account:
   joining again, from any tab or device, returns the same ticket. Each join takes the next
-  arrival number (1, 2, ...) from the line's row, in the join's own transaction.
+  arrival number from a sequence; joins never queue on one another.
 - At the opening the admitter (`python -m services.checkout admitter`) reveals the seed and puts
   everyone who joined before it in a random order: by `HMAC-SHA256(key=seed, message=ticket id)`,
   the ticket id written as its 36-character lower-case UUID, compared as hex, smallest first.
   Anyone holding the seed and the ticket ids (`GET /drops/{id}/line/order`) recomputes that order
   (`pre_queue_order` below). Those tickets get positions 1..N; everyone who joins later gets
-  position = arrival number, which is N+1, N+2, ... in arrival order.
+  N+1, N+2, ... in arrival order, from the admitter's next turn (`place_arrivals`).
 - Every half second the admitter admits the next positions, never putting more unused passes in
   play than the drop's remaining units x the line's admission factor, and at no more than the
   admission rate (which the admin sets, and which halves while checkout turns orders away with
   429; see `next_rate`). An admitted buyer's ticket carries a pass: signed, bound to buyer,
   drop and ticket, valid `pass_ttl_seconds`. `POST /orders` on that drop requires it (header
   `Line-Pass`) and uses it up; an unused pass expires and its slot goes to the next buyer.
-- A poll (`GET /drops/{id}/line/tickets/mine`) reads one row and writes nothing; it says the
-  state, the people ahead, an estimated wait from the measured admission rate and when to poll
-  again. When the drop has no units left, everyone waiting is told `sold_out`; when held units
-  come back (an unpaid hold expires) the line admits again.
+- The crowd polls the public status edge (`python -m services.checkout line-status`,
+  services/checkout/line_status.py): `GET /drops/{id}/line/tickets/{ticket_id}` answers from a
+  copy of the lines kept in memory and refreshed four times a second, so a poll costs neither
+  a token check nor a query. It says the state, the people ahead, an estimated wait from the
+  measured admission rate and when to poll again. Once the line reaches the buyer, the buyer's
+  own poll (`GET /drops/{id}/line/tickets/mine`, signed in) has the pass. When the drop has no
+  units left, everyone waiting is told `sold_out`; when held units come back (an unpaid hold
+  expires) the line admits again.
 """
 from __future__ import annotations
 
@@ -126,15 +130,12 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
 def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow):
     """The buyer's ticket (with what a poll shows of its line; see `ticket_view`), and whether it
     is new. One per account: a second join returns the first."""
-    found = uow.lines.ticket_and_line(drop_id, buyer_id)
-    if found is not None:
-        return found, False
     joined = uow.lines.join(uuid.uuid4(), drop_id, buyer_id, account_created_at)
     if joined is not None:
         return joined, True
     uow.rollback()  # nothing was taken; find out why
     found = uow.lines.ticket_and_line(drop_id, buyer_id)
-    if found is not None:  # the same account joined at the same moment from elsewhere
+    if found is not None:  # joined before, here or from another tab or device
         return found, False
     line = uow.lines.get(drop_id)
     if line is None:
@@ -145,16 +146,26 @@ def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None,
 
 
 def open_line(line: Line, uow, now: datetime) -> int:
-    """Reveal the seed and give the pre-queue its positions (the admitter, at the opening, with
-    the line's row locked so no join slips in between). Returns the pre-queue's size."""
+    """Reveal the seed and give the pre-queue its positions (the admitter, at the opening). The
+    line is first locked against joins, so every join that began before the opening is in the
+    pre-queue and every later one waits and arrives after it. Returns the pre-queue's size."""
+    uow.lines.wait_for_joins(line.drop_id)
     waiting = uow.lines.unplaced_tickets(line.drop_id)
     ordered = pre_queue_order(line.seed, waiting)
     uow.lines.place(list(zip(ordered, range(1, len(ordered) + 1))))
-    line.pre_queue_size = line.joined
+    line.pre_queue_size = line.placed = line.joined = len(ordered)
     line.opened_at = now
     line.state = OPEN
     line.updated_at = now
     return len(ordered)
+
+
+def place_arrivals(line: Line, uow) -> int:
+    """Every turn after the opening: the tickets that joined since the last turn get the next
+    positions, in arrival order (first come, first served). Returns how many."""
+    placed = uow.lines.place_arrivals(line.drop_id, line.placed)
+    line.placed += placed
+    return placed
 
 
 def admissions_allowed(remaining_units: int, factor: float, active_passes: int, budget_by_rate: float) -> int:
@@ -173,36 +184,44 @@ def next_rate(current: float, ceiling: float, checkout_shedding: bool) -> float:
 
 
 def ticket_view(ticket, line, now: datetime, pass_secret: str) -> dict:
-    """What a poll answers: state, people ahead, estimated wait, the pass when admitted, and
-    when to poll again. `ticket` and `line` may be one row with the attributes of both
-    (`Lines.ticket_and_line`)."""
+    """What the buyer's own poll answers (`GET .../line/tickets/mine`): state, people ahead,
+    estimated wait, the pass when admitted, and when to poll again. `ticket` and `line` may be
+    one row with the attributes of both (`Lines.ticket_and_line`)."""
     view = {"ticket_id": ticket.id, "drop_id": ticket.drop_id, "position": ticket.position, "ahead": None,
             "eta_seconds": None, "pass": None, "pass_expires_at": None}
     if ticket.used_at is not None:
-        state, poll = ORDERED, None
+        view.update(state=ORDERED, poll_after_seconds=None)
     elif ticket.admitted_at is not None:
         if ticket.pass_expires_at > now:
-            state, poll = ADMITTED, 10
+            view.update(state=ADMITTED, poll_after_seconds=10, pass_expires_at=ticket.pass_expires_at)
             view["pass"] = issue_pass(pass_secret, ticket)
-            view["pass_expires_at"] = ticket.pass_expires_at
         else:
-            state, poll = EXPIRED, None
-    elif line.state == CLOSED:
-        state, poll = CLOSED, None
-    elif ticket.position is None:
-        state = PRE_QUEUE
-        poll = max(1, min(30, int((line.opens_at - now).total_seconds() / 2))) if line.opens_at > now else 1
-    elif line.remaining_units == 0:
-        state, poll = SOLD_OUT, 10  # held units may come back: the line would admit again
+            view.update(state=EXPIRED, poll_after_seconds=None)
     else:
-        state, poll = WAITING, WAITING_POLL_SECONDS
-        ahead = max(0, ticket.position - line.admitted_through - 1)
-        view["ahead"] = ahead
-        if line.observed_rate > 0:
-            view["eta_seconds"] = math.ceil(ahead / line.observed_rate)
-    view["state"] = state
-    view["poll_after_seconds"] = poll
+        view.update(place_view(ticket.position, line, now))
     return view
+
+
+def place_view(position: int | None, line, now: datetime) -> dict:
+    """What a place in the line shows, from the line's public figures alone: state, people
+    ahead, estimated wait, when to poll again. The buyer's own poll and the public status edge
+    (services/checkout/line_status.py) both answer with it. A position the line has reached is
+    `admitted`: the buyer's own poll then has the pass."""
+    view = {"position": position, "ahead": None, "eta_seconds": None}
+    if line.state == CLOSED:
+        return {**view, "state": CLOSED, "poll_after_seconds": None}
+    if line.state == PRE_QUEUE:
+        seconds_left = (line.opens_at - now).total_seconds()
+        return {**view, "state": PRE_QUEUE, "poll_after_seconds": max(1, min(30, int(seconds_left / 2)))}
+    if position is not None and position <= line.admitted_through:
+        return {**view, "state": ADMITTED, "poll_after_seconds": 10}
+    if line.remaining_units == 0:
+        return {**view, "state": SOLD_OUT, "poll_after_seconds": 10}  # held units may come back
+    if position is None:  # joined since the admitter's last turn: placed within a turn
+        return {**view, "state": WAITING, "poll_after_seconds": 1}
+    ahead = max(0, position - line.admitted_through - 1)
+    eta = math.ceil(ahead / line.observed_rate) if line.observed_rate > 0 else None
+    return {**view, "state": WAITING, "ahead": ahead, "eta_seconds": eta, "poll_after_seconds": WAITING_POLL_SECONDS}
 
 
 def issue_pass(secret: str, ticket) -> str:

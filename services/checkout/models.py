@@ -108,8 +108,10 @@ class Line(Base):
     seed: Mapped[bytes] = mapped_column(sa.LargeBinary)  # secret until the opening
     commitment: Mapped[str] = mapped_column(sa.String(64))  # sha256(seed), public from the start
     opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    # arrival numbers handed out (1, 2, ...); the first `pre_queue_size` joined before the opening
+    # tickets taken, as the admitter last counted them; positions handed out so far (the first
+    # `pre_queue_size` by the seed at the opening, the rest in arrival order)
     joined: Mapped[int] = mapped_column(server_default="0")
+    placed: Mapped[int] = mapped_column(server_default="0")
     pre_queue_size: Mapped[int] = mapped_column(server_default="0")
     admitted_through: Mapped[int] = mapped_column(server_default="0")  # the last position admitted
     admission_factor: Mapped[float] = mapped_column(sa.Float, server_default="1.0")
@@ -130,6 +132,9 @@ class LineTicket(Base):
     __table_args__ = (
         sa.UniqueConstraint("drop_id", "buyer_id", name="line_tickets_one_per_account"),
         sa.UniqueConstraint("drop_id", "arrival", name="line_tickets_arrival"),
+        sa.UniqueConstraint("drop_id", "position", name="line_tickets_position"),
+        # the admitter places newcomers in arrival order
+        sa.Index("line_tickets_unplaced", "drop_id", "arrival", postgresql_where=sa.text("position IS NULL")),
         # the admitter takes the next positions not yet admitted
         sa.Index("line_tickets_waiting", "drop_id", "position", postgresql_where=sa.text("admitted_at IS NULL")),
         # active passes: admitted, unused, not yet expired
@@ -139,8 +144,10 @@ class LineTicket(Base):
     id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)
     drop_id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True))
     buyer_id: Mapped[str] = mapped_column(sa.String(64))
+    # from the sequence line_arrivals: orders the arrivals after the opening (gaps mean nothing)
     arrival: Mapped[int]
-    position: Mapped[int | None]  # set at the opening (pre-queue) or on joining (after it)
+    # set by the admitter: at the opening for the pre-queue, within a turn for later arrivals
+    position: Mapped[int | None]
     joined_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     admitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     pass_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -35,6 +35,7 @@ def drop_page(drop_id: str):
         "accounts": settings.accounts_public_url.rstrip("/"),
         "inventory": settings.inventory_public_url.rstrip("/"),
         "checkout": settings.public_url.rstrip("/"),
+        "line": settings.line_status_public_url.rstrip("/"),  # the waiting room's status edge
     }
     nonce = secrets.token_urlsafe(16)
     page = {

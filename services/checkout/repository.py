@@ -159,10 +159,17 @@ class Lines:
 
     def lock_next_due(self, states: tuple[str, ...]) -> list[Line]:
         """The lines in `states`, each locked; one another admitter holds is skipped (replicas
-        share the lines, never the same one at once)."""
+        share the lines, never the same one at once). The lock (FOR NO KEY UPDATE) lets joins
+        (FOR KEY SHARE) go on meanwhile."""
         return list(self._session.scalars(
-            sa.select(Line).where(Line.state.in_(states)).order_by(Line.opens_at).with_for_update(skip_locked=True)
+            sa.select(Line).where(Line.state.in_(states)).order_by(Line.opens_at)
+            .with_for_update(skip_locked=True, key_share=True)
         ))
+
+    def wait_for_joins(self, drop_id: uuid.UUID) -> None:
+        """Lock the line against joins (FOR UPDATE): returns once every join in flight has
+        committed, and holds later ones back until this transaction ends (the opening)."""
+        self._session.execute(_LOCK_AGAINST_JOINS, {"drop_id": drop_id})
 
     def add(self, line: Line) -> None:
         self._session.add(line)
@@ -176,13 +183,21 @@ class Lines:
         return self._session.execute(_TICKET_AND_LINE, {"drop_id": drop_id, "buyer_id": buyer_id}).first()
 
     def join(self, ticket_id: uuid.UUID, drop_id: uuid.UUID, buyer_id: str, account_created_at):
-        """Take the line's next arrival number and insert the ticket, in one statement: the row
-        `ticket_and_line` reads, or None when the line is missing or closed, refuses the account's
-        age, or the account already has a ticket (the caller rolls back: no number is lost). The
-        line's row stays locked until the commit, so the opening (which locks it too) sees every
-        join before it."""
+        """Insert the ticket, in one statement: the row `ticket_and_line` reads, or None when
+        the line is missing or closed, refuses the account's age, or the account already has a
+        ticket. Joins share the line's row (FOR KEY SHARE) instead of queueing on it: the
+        arrival number comes from a sequence and the admitter gives the position; the opening
+        (FOR UPDATE) waits for the joins in flight, so it sees every join before it."""
         return self._session.execute(_JOIN, {"ticket_id": ticket_id, "drop_id": drop_id, "buyer_id": buyer_id,
                                              "account_created_at": account_created_at}).first()
+
+    def count(self, drop_id: uuid.UUID) -> int:
+        return self._session.execute(_COUNT, {"drop_id": drop_id}).scalar_one()
+
+    def place_arrivals(self, drop_id: uuid.UUID, after: int) -> int:
+        """Give the tickets without a position the next ones (`after` + 1, ...), in arrival
+        order; returns how many were placed."""
+        return len(self._session.execute(_PLACE_ARRIVALS, {"drop_id": drop_id, "after": after}).all())
 
     def unplaced_tickets(self, drop_id: uuid.UUID) -> list[uuid.UUID]:
         """The tickets without a position: those that joined before the opening."""
@@ -262,18 +277,26 @@ _TICKET_AND_LINE = sa.text(
 ).bindparams(*_UUIDS)
 _JOIN = sa.text(
     "WITH lines AS ("
-    " UPDATE lines SET joined = joined + 1"
+    " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate FROM lines"
     " WHERE drop_id = :drop_id AND state <> 'closed'"
     " AND (accounts_created_before IS NULL OR CAST(:account_created_at AS timestamptz) <= accounts_created_before)"
-    " RETURNING drop_id, joined, opened_at, state, opens_at, remaining_units, admitted_through, observed_rate),"
+    " FOR KEY SHARE),"
     " line_tickets AS ("
-    " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival, position)"
-    " SELECT :ticket_id, drop_id, :buyer_id, joined, CASE WHEN opened_at IS NOT NULL THEN joined END FROM lines"
+    " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival)"
+    " SELECT :ticket_id, drop_id, :buyer_id, nextval('line_arrivals') FROM lines"
     " ON CONFLICT (drop_id, buyer_id) DO NOTHING"
     " RETURNING id, drop_id, buyer_id, position, admitted_at, pass_expires_at, used_at)"
     f" SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id"
 ).bindparams(*_UUIDS, sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)),
              sa.bindparam("account_created_at", type_=sa.DateTime(timezone=True)))
+_LOCK_AGAINST_JOINS = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id FOR UPDATE").bindparams(*_UUIDS)
+_COUNT = sa.text("SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
+_PLACE_ARRIVALS = sa.text(
+    "UPDATE line_tickets SET position = :after + newcomers.n FROM ("
+    " SELECT id, row_number() OVER (ORDER BY arrival) AS n FROM line_tickets"
+    " WHERE drop_id = :drop_id AND position IS NULL) AS newcomers"
+    " WHERE line_tickets.id = newcomers.id RETURNING line_tickets.position"
+).bindparams(*_UUIDS)
 _PLACE = sa.text(
     "UPDATE line_tickets SET position = placed.position "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:positions AS integer[])) AS placed(id, position) "

@@ -168,6 +168,10 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
     expect(page.get_by_role("button", name="Place order")).to_be_disabled()
     email = sign_up(page)
 
+    edge = floodgate.stack.url("line-status")
+    polled_the_edge = []  # while it waits, the page polls the public status edge, not checkout
+    page.on("response", lambda response: polled_the_edge.append(response.status)
+            if response.url.startswith(edge + f"/drops/{drop['id']}/line/tickets/") else None)
     page.get_by_role("button", name="Join the line").click()
     expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
     expect(page.locator("#ticket-position")).to_have_text("drawn at the opening")
@@ -177,6 +181,7 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
 
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"), timeout=(OPENS_IN_SECONDS + 5) * 1000)
     expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=30_000)
+    assert polled_the_edge and set(polled_the_edge) <= {200, 404}, polled_the_edge
     expect(page.locator("#line-news")).to_contain_text("It's your turn!")
     expect(page.locator("#ticket-position")).to_have_text(re.compile(r"^\d+$"))
     expect(page.locator("#line-seed")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))

@@ -51,7 +51,10 @@ def test_the_pre_queue_is_the_order_the_revealed_seed_gives_then_first_come_firs
     assert [positions[ticket_id] for ticket_id in published["tickets"]] == list(range(1, 9))
 
     late = [floodgate.join_line(token, drop["id"]).json() for token in buyers[8:]]
-    assert [ticket["position"] for ticket in late] == [9, 10]  # after the pre-queue, in arrival order
+    assert [ticket["position"] for ticket in late] == [None, None]  # placed at the admitter's next turn
+    placed = poll(lambda: (lambda p: p if None not in p else None)(
+        [floodgate.my_ticket(token, drop["id"])["position"] for token in buyers[8:]]), what="the late arrivals' places")
+    assert placed == [9, 10]  # after the pre-queue, in arrival order
 
     # 3 units x factor 1: the first three positions are admitted, and no more
     first_three = {ticket_id for ticket_id, position in positions.items() if position <= 3}
@@ -64,6 +67,14 @@ def test_the_pre_queue_is_the_order_the_revealed_seed_gives_then_first_come_firs
     assert [t["ahead"] for t in waiting] == list(range(7))
     assert all(t["poll_after_seconds"] and not t["pass"] for t in waiting)
     assert _active_passes(stack, drop["id"]) == 3
+    # the crowd's poll, the public status edge, says the same from its copy, and never the pass
+    for ticket in tickets.values():
+        place = poll(lambda t=ticket: (lambda a: a.json() if a.status_code == 200 else None)(
+            floodgate.place_in_line(drop["id"], t["ticket_id"])), what="the edge's copy of a placed ticket")
+        assert (place["state"], place["position"], place["ahead"]) == (ticket["state"], ticket["position"], ticket["ahead"])
+        assert "pass" not in place
+    unknown = floodgate.place_in_line(drop["id"], str(uuid.uuid4()))
+    assert unknown.status_code == 404 and unknown.headers["Content-Type"] == "application/problem+json"
 
 
 def test_an_order_needs_its_own_pass_and_uses_it_up(floodgate, admin_token, stack):
@@ -130,10 +141,13 @@ def test_everyone_still_waiting_hears_sold_out_within_seconds(floodgate, admin_t
     waiting = [token for token in buyers if token != lucky]
     lucky_pass = floodgate.my_ticket(lucky, drop["id"])["pass"]
     assert floodgate.place_order(lucky, drop["id"], line_pass=lucky_pass).status_code == 201
-    for token in waiting:
-        told = poll(lambda token=token: floodgate.my_ticket(token, drop["id"])["state"] == "sold_out", timeout=5,
-                    what="sold out, within 5 s")
-        assert told
+    ticket_ids = [floodgate.my_ticket(token, drop["id"])["ticket_id"] for token in waiting]
+    for token, ticket_id in zip(waiting, ticket_ids):
+        # both where the crowd polls (the status edge) and in each buyer's own poll
+        poll(lambda ticket_id=ticket_id: floodgate.place_in_line(drop["id"], ticket_id).json().get("state") == "sold_out",
+             timeout=5, what="sold out at the status edge, within 5 s")
+        poll(lambda token=token: floodgate.my_ticket(token, drop["id"])["state"] == "sold_out", timeout=5,
+             what="sold out, within 5 s")
     assert floodgate.get_line(drop["id"]).json()["state"] == "sold_out"
 
 

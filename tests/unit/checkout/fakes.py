@@ -98,6 +98,7 @@ class FakeLines:
     def __init__(self):
         self.rows = {}
         self.refusals = {}
+        self.arrivals = 0
 
     def checkout_refusals(self):
         return dict(self.refusals)
@@ -142,11 +143,22 @@ class FakeLines:
         if line.accounts_created_before is not None and (
                 account_created_at is None or account_created_at > line.accounts_created_before):
             return None
-        line.joined += 1
-        self.rows[("ticket", ticket_id)] = LineTicket(
-            id=ticket_id, drop_id=drop_id, buyer_id=buyer_id, arrival=line.joined,
-            position=line.joined if line.opened_at is not None else None)
+        self.arrivals += 1  # the sequence line_arrivals
+        self.rows[("ticket", ticket_id)] = LineTicket(id=ticket_id, drop_id=drop_id, buyer_id=buyer_id,
+                                                      arrival=self.arrivals, position=None)
         return self.ticket_and_line(drop_id, buyer_id)
+
+    def wait_for_joins(self, drop_id):
+        pass  # one thread: no join is in flight
+
+    def count(self, drop_id):
+        return len(self.tickets(drop_id))
+
+    def place_arrivals(self, drop_id, after):
+        newcomers = sorted((t for t in self.tickets(drop_id) if t.position is None), key=lambda t: t.arrival)
+        for n, ticket in enumerate(newcomers, start=1):
+            ticket.position = after + n
+        return len(newcomers)
 
     def unplaced_tickets(self, drop_id):
         return [t.id for t in self.tickets(drop_id) if t.position is None]

@@ -60,9 +60,10 @@ def test_one_ticket_per_account_and_positions_only_from_the_opening():
     uow = FakeUnitOfWork()
     a_line(uow)
     first, new = line.join(DROP, "ann", None, uow)
+    uow.commit()
     again, new_again = line.join(DROP, "ann", None, uow)
     assert (new, new_again) == (True, False) and again.id == first.id
-    assert first.position is None and uow.lines.ticket_of(DROP, "ann").arrival == 1
+    assert first.position is None and line.ticket_view(first, first, utc_now(), SECRET)["state"] == line.PRE_QUEUE
 
 
 def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival():
@@ -78,7 +79,14 @@ def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival
     assert sorted(early, key=lambda t: t.position) == sorted(early, key=lambda t: expected.index(t.id))
     assert sorted(t.position for t in early) == list(range(1, 7))
     late = line.join(DROP, "late", None, uow)[0]
-    assert late.position == 7
+    line.join(DROP, "later", None, uow)
+    uow.commit()
+    # until the admitter's next turn places them, they wait without a position
+    made.remaining_units = 5
+    assert late.position is None and line.ticket_view(late, made, utc_now(), SECRET)["state"] == line.WAITING
+    admitter.turn(uow, StockOf(0), {})
+    assert [uow.lines.ticket_of(DROP, b).position for b in ("late", "later")] == [7, 8]
+    assert made.placed == 8 and made.joined == 8 and made.pre_queue_size == 6
 
 
 def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():

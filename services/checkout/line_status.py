@@ -1,0 +1,245 @@
+"""The waiting room's public status edge: `python -m services.checkout line-status`.
+
+The crowd in a line polls every few seconds, so a poll must cost next to nothing: no token to
+verify, no query, no framework. This process keeps a copy of every live line in memory (its
+public figures, and each placed ticket's position), refreshed from checkout's database four
+times a second by one thread, and answers from it on an asyncio server (uvicorn):
+
+- `GET /drops/{drop_id}/line/tickets/{ticket_id}`: that ticket's place, as
+  `line.place_view` says it (state, position, people ahead, estimated wait, when to poll next).
+  A ticket id is no secret (the line publishes the pre-queue's ids for anyone to check the
+  draw), and the answer holds nothing private: the pass is only in the buyer's own, signed-in
+  poll (`GET /drops/{id}/line/tickets/mine`, checkout's API), which the drop page calls once
+  the line reaches it. A ticket the admitter has not placed yet (it joined less than a turn
+  ago) is 404 here: ask the buyer's own poll instead.
+- `GET /drops/{drop_id}/line/status`: the line's public figures.
+- `GET /healthz` (the process runs) and `GET /readyz` (the copy is fresh).
+
+Answers may be cached for a second (`Cache-Control: public, max-age=1`), so a CDN in front can
+take the polls too. Nothing is logged per request (a crowd's polls would drown the logs); a
+failed refresh is, and `/readyz` fails once the copy is older than `STALE_SECONDS`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from services.checkout import line as waiting_room
+from shared import errors
+from shared.web import allowed_origins, cors_headers
+
+log = logging.getLogger("floodgate.checkout.line_status")
+
+STALE_SECONDS = 5.0  # /readyz fails when the copy is older than this
+MAX_AGE = b"public, max-age=1"
+# closed lines stay answerable for a day, so a buyer's page learns that its line closed
+_LINES = sa.text(
+    "SELECT drop_id, state, opens_at, joined, placed, pre_queue_size, admitted_through, remaining_units, "
+    "observed_rate FROM lines WHERE state <> 'closed' OR updated_at > now() - interval '1 day'"
+)
+_PLACED = sa.text(
+    "SELECT id, position FROM line_tickets WHERE drop_id = :drop_id AND position > :after ORDER BY position"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+
+
+@dataclass
+class Lines:
+    """The copy: each line's public figures, and each placed ticket's position by ticket id."""
+
+    figures: dict[str, SimpleNamespace] = field(default_factory=dict)
+    positions: dict[str, dict[str, int]] = field(default_factory=dict)
+    placed: dict[str, int] = field(default_factory=dict)  # the highest position copied, per line
+    refreshed: float = 0.0  # time.monotonic() of the last good refresh; 0: never
+
+    def refresh(self, connection) -> None:
+        """Bring the copy up to date: every line's figures, and the positions handed out since
+        the last refresh (a position, once given, never changes)."""
+        figures = {str(row.drop_id): SimpleNamespace(**row._mapping) for row in connection.execute(_LINES)}
+        for drop_id, line in figures.items():
+            if line.placed > self.placed.get(drop_id, 0):
+                known = self.positions.setdefault(drop_id, {})
+                for ticket_id, position in connection.execute(
+                        _PLACED, {"drop_id": line.drop_id, "after": self.placed.get(drop_id, 0)}):
+                    known[str(ticket_id)] = position
+                self.placed[drop_id] = max(known.values(), default=0)
+        for gone in set(self.positions) - set(figures):
+            del self.positions[gone], self.placed[gone]
+        self.figures = figures
+        self.refreshed = time.monotonic()
+
+    def fresh(self) -> bool:
+        return self.refreshed > 0 and time.monotonic() - self.refreshed < STALE_SECONDS
+
+
+class Refresher(threading.Thread):
+    """Refreshes `lines` every `interval` seconds until stopped; a failure is logged and the
+    copy kept (it goes stale, and /readyz says so)."""
+
+    def __init__(self, engine: sa.Engine, lines: Lines, interval: float):
+        super().__init__(name="line-status-refresh", daemon=True)
+        self.engine, self.lines, self.interval = engine, lines, interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        while not self.stopping.is_set():
+            try:
+                with self.engine.connect() as connection:
+                    self.lines.refresh(connection)
+                if failing:
+                    log.info("line copy refreshed again")
+                failing = False
+            except sa.exc.SQLAlchemyError as error:
+                if not failing:
+                    log.warning("cannot refresh the line copy", extra={"error": repr(error)})
+                failing = True
+            self.stopping.wait(self.interval)
+
+
+def _drop_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise errors.NotFound(f"{raw!r} is not a drop id.") from None
+
+
+def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> dict:
+    line = lines.figures.get(_drop_id(drop_id))
+    if line is None:
+        raise errors.NotFound(f"There is no line for drop {drop_id}.")
+    position = lines.positions.get(str(line.drop_id), {}).get(ticket_id.lower())
+    if position is None and line.state != waiting_room.PRE_QUEUE:
+        raise errors.NotFound("No such ticket in this line, or it joined less than a turn ago: "
+                              "ask GET /drops/{id}/line/tickets/mine at checkout.")
+    return {"ticket_id": ticket_id.lower(), "drop_id": str(line.drop_id), **waiting_room.place_view(position, line, now),
+            "as_of": now.isoformat()}
+
+
+def line_status(lines: Lines, drop_id: str, now: datetime) -> dict:
+    line = lines.figures.get(_drop_id(drop_id))
+    if line is None:
+        raise errors.NotFound(f"There is no line for drop {drop_id}.")
+    sold_out = line.state == waiting_room.OPEN and line.remaining_units == 0
+    return {"drop_id": str(line.drop_id), "state": "sold_out" if sold_out else line.state,
+            "opens_at": line.opens_at.isoformat(), "joined": line.joined, "pre_queue_size": line.pre_queue_size,
+            "admitted_through": line.admitted_through, "waiting": max(0, line.joined - line.admitted_through),
+            "remaining_units": line.remaining_units, "admissions_per_second": round(line.observed_rate, 2),
+            "poll_after_seconds": waiting_room.place_view(None, line, now)["poll_after_seconds"],
+            "as_of": now.isoformat()}
+
+
+_TICKET = re.compile(r"^/drops/([^/]+)/line/tickets/([0-9A-Fa-f-]{36})$")
+_STATUS = re.compile(r"^/drops/([^/]+)/line/status$")
+
+
+class LineStatusApp:
+    """The ASGI application; `lines` is refreshed by a Refresher it starts at lifespan startup
+    (when given an engine)."""
+
+    def __init__(self, lines: Lines, origins: frozenset = frozenset(), refresher: Refresher | None = None):
+        self.lines, self.origins, self.refresher = lines, origins, refresher
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        status, body, headers = self.answer(scope["method"], scope["path"], dict(scope["headers"]))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def answer(self, method: str, path: str, request_headers: dict) -> tuple[int, bytes, list]:
+        """(status, body, headers) for one request: pure, so tests call it without a server."""
+        headers = [(name.encode(), value.encode())
+                   for name, value in cors_headers(request_headers.get(b"origin", b"").decode("latin-1") or None,
+                                                   self.origins)]
+        request_id = request_headers.get(b"x-request-id")
+        if request_id:
+            headers.append((b"x-request-id", request_id[:200]))
+        if method == "OPTIONS":
+            return 204, b"", headers
+        try:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("The line's status edge only answers GET.")
+            document, cache = self._route(path)
+            status = 200
+        except errors.Problem as problem:
+            document, cache, status = {**problem.to_dict(), "instance": path}, False, problem.status
+            headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
+        body = json.dumps(document, separators=(",", ":")).encode()
+        headers += [(b"content-type", b"application/json" if status < 400 else b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", MAX_AGE if cache else b"no-store")]
+        return status, (b"" if method == "HEAD" else body), headers
+
+    def _route(self, path: str) -> tuple[dict, bool]:
+        now = datetime.now(timezone.utc)
+        if matched := _TICKET.match(path):
+            return self._needs_copy(ticket_status, matched.group(1), matched.group(2), now), True
+        if matched := _STATUS.match(path):
+            return self._needs_copy(line_status, matched.group(1), now), True
+        if path == "/healthz":
+            return {"status": "ok"}, False
+        if path == "/readyz":
+            if not self.lines.fresh():
+                raise errors.ServiceUnavailable("The copy of the lines is stale: the database is not answering.")
+            return {"status": "ready"}, False
+        raise errors.NotFound("The line's status edge serves /drops/{id}/line/tickets/{ticket_id} and "
+                              "/drops/{id}/line/status.")
+
+    def _needs_copy(self, view, *args) -> dict:
+        if not self.lines.fresh():  # better no answer than a wrong one
+            raise errors.ServiceUnavailable("The line's figures are being refreshed; try again shortly.",
+                                            retry_after=2)
+        return view(self.lines, *args)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.refresher is not None:
+                    self.refresher.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.refresher is not None:
+                    self.refresher.stopping.set()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class MethodNotAllowed(errors.Problem):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+def create_app() -> LineStatusApp:
+    """The app of one uvicorn worker (`uvicorn --factory`): its own copy, its own refresher."""
+    from services.checkout.bootstrap import bootstrap
+    from shared import logs
+
+    root = bootstrap("line-status")
+    logs.configure(root.process, root.settings.log_level)
+    lines = Lines()
+    return LineStatusApp(lines, allowed_origins(root.settings),
+                         Refresher(root.engine, lines, root.settings.line_status_refresh_seconds))
+
+
+def run(root, args) -> None:
+    """Serve on `args.bind` with `WEB_CONCURRENCY` workers (uvicorn, uvloop, httptools)."""
+    import os
+
+    import uvicorn
+
+    host, _, port = args.bind.rpartition(":")
+    uvicorn.run("services.checkout.line_status:create_app", factory=True, host=host or "0.0.0.0", port=int(port),
+                workers=int(os.environ.get("WEB_CONCURRENCY", "1")), loop="uvloop", http="httptools",
+                access_log=False, log_config=None, timeout_graceful_shutdown=10, proxy_headers=False)

@@ -1,0 +1,132 @@
+"""The waiting room's public status edge, without a server or a database: what a poll of a ticket
+or of a line answers from the copy, how the copy is refreshed, and what a stale copy does."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+
+from services.checkout import line as waiting_room
+from services.checkout.line_status import STALE_SECONDS, LineStatusApp, Lines
+from shared.values import utc_now
+
+DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
+PAGE = "http://shop.example"
+
+
+def figures(**overrides) -> SimpleNamespace:
+    line = dict(drop_id=DROP, state=waiting_room.OPEN, opens_at=utc_now() - timedelta(minutes=1), joined=0, placed=0,
+                pre_queue_size=0, admitted_through=0, remaining_units=10, observed_rate=2.0)
+    return SimpleNamespace(**{**line, **overrides})
+
+
+class FakeConnection:
+    """Answers the copy's two queries from `lines` and `tickets` ({ticket id: position})."""
+
+    def __init__(self, lines: list[SimpleNamespace], tickets: dict[uuid.UUID, int]):
+        self.lines, self.tickets, self.asked_after = lines, tickets, []
+
+    def execute(self, statement, params=None):
+        if params is None:
+            return [SimpleNamespace(_mapping=vars(line), **vars(line)) for line in self.lines]
+        self.asked_after.append(params["after"])
+        return sorted(((t, p) for t, p in self.tickets.items() if p > params["after"]), key=lambda item: item[1])
+
+
+def app_with(tickets: dict[uuid.UUID, int], **line) -> tuple[LineStatusApp, FakeConnection]:
+    lines = Lines()
+    connection = FakeConnection([figures(placed=max(tickets.values(), default=0), **line)], tickets)
+    lines.refresh(connection)
+    return LineStatusApp(lines, frozenset({PAGE})), connection
+
+
+def get(app: LineStatusApp, path: str, origin: str | None = None) -> tuple[int, dict, dict]:
+    headers = {b"origin": origin.encode()} if origin else {}
+    status, body, answer_headers = app.answer("GET", path, headers)
+    return status, json.loads(body), {name.decode(): value.decode() for name, value in answer_headers}
+
+
+def test_a_waiting_buyer_sees_the_people_ahead_and_an_estimate_and_may_cache_it_a_second():
+    tickets = {uuid.uuid4(): position for position in range(1, 8)}
+    app, _ = app_with(tickets, admitted_through=2, observed_rate=2.0)
+    fifth = next(t for t, p in tickets.items() if p == 5)
+    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{fifth}", origin=PAGE)
+    assert status == 200
+    assert (body["state"], body["position"], body["ahead"], body["eta_seconds"]) == ("waiting", 5, 2, 1)
+    assert body["ticket_id"] == str(fifth) and body["poll_after_seconds"] == waiting_room.WAITING_POLL_SECONDS
+    assert headers["cache-control"] == "public, max-age=1" and headers["Access-Control-Allow-Origin"] == PAGE
+    # the line has reached the second: its buyer's own poll has the pass, never this one
+    second = next(t for t, p in tickets.items() if p == 2)
+    status, body, _ = get(app, f"/drops/{DROP}/line/tickets/{second}")
+    assert body["state"] == "admitted" and "pass" not in body
+
+
+def test_only_the_configured_origins_get_cors_headers():
+    app, _ = app_with({uuid.uuid4(): 1})
+    _, _, headers = get(app, f"/drops/{DROP}/line/status", origin="http://elsewhere.example")
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_sold_out_and_closed_lines_say_so_to_everyone_still_waiting():
+    ticket = uuid.uuid4()
+    app, _ = app_with({ticket: 3}, remaining_units=0)
+    assert get(app, f"/drops/{DROP}/line/tickets/{ticket}")[1]["state"] == "sold_out"
+    assert get(app, f"/drops/{DROP}/line/status")[1]["state"] == "sold_out"
+    app, _ = app_with({ticket: 3}, state=waiting_room.CLOSED)
+    body = get(app, f"/drops/{DROP}/line/tickets/{ticket}")[1]
+    assert body["state"] == "closed" and body["poll_after_seconds"] is None
+
+
+def test_before_the_opening_every_ticket_is_in_the_pre_queue_and_polls_slower_the_further_off_it_is():
+    app, _ = app_with({}, state=waiting_room.PRE_QUEUE, opens_at=utc_now() + timedelta(minutes=10))
+    status, body, _ = get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")
+    assert status == 200 and body["state"] == "pre_queue" and body["position"] is None
+    assert body["poll_after_seconds"] == 30
+    app, _ = app_with({}, state=waiting_room.PRE_QUEUE, opens_at=utc_now() + timedelta(seconds=3))
+    assert get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")[1]["poll_after_seconds"] == 1
+
+
+def test_unknown_lines_and_tickets_not_yet_placed_are_clear_404s():
+    app, _ = app_with({uuid.uuid4(): 1})
+    for path in (f"/drops/{uuid.uuid4()}/line/tickets/{uuid.uuid4()}", f"/drops/{DROP}/line/tickets/{uuid.uuid4()}",
+                 "/drops/not-a-drop/line/status", "/elsewhere"):
+        status, body, headers = get(app, path)
+        assert status == 404 and headers["content-type"] == "application/problem+json", path
+        assert body["status"] == 404 and body["detail"] and headers["cache-control"] == "no-store"
+
+
+def test_it_only_reads():
+    app, _ = app_with({uuid.uuid4(): 1})
+    status, body, headers = app.answer("POST", f"/drops/{DROP}/line/status", {})
+    assert status == 405 and json.loads(body)["title"] == "Method not allowed"
+    assert app.answer("OPTIONS", f"/drops/{DROP}/line/status", {b"origin": PAGE.encode()})[0] == 204
+
+
+def test_a_stale_copy_answers_503_with_retry_after_and_is_not_ready():
+    ticket = uuid.uuid4()
+    app, _ = app_with({ticket: 1})
+    assert get(app, "/readyz")[0] == 200
+    app.lines.refreshed = time.monotonic() - STALE_SECONDS - 1
+    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ticket}")
+    assert status == 503 and headers["retry-after"] == "2"
+    assert get(app, "/readyz")[0] == 503 and get(app, "/healthz")[0] == 200
+    never = LineStatusApp(Lines())
+    assert get(never, "/readyz")[0] == 503
+
+
+def test_the_copy_fetches_only_the_positions_handed_out_since_its_last_refresh():
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    lines = Lines()
+    connection = FakeConnection([figures(placed=2)], {first: 1, second: 2})
+    lines.refresh(connection)
+    connection.tickets[third] = 3
+    connection.lines = [figures(placed=3)]
+    lines.refresh(connection)
+    lines.refresh(connection)  # nothing new: no query for positions
+    assert connection.asked_after == [0, 2]
+    assert lines.positions[str(DROP)] == {str(first): 1, str(second): 2, str(third): 3}
+    connection.lines = []  # the line is gone (closed over a day ago)
+    lines.refresh(connection)
+    assert lines.positions == {} and lines.figures == {}
