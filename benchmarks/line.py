@@ -13,11 +13,12 @@ One run:
 2. creates an admin, a drop opening in a day and a line on it (pre-queue), mints the buyers'
    access tokens (below) and checks that one is accepted: its join answers 201;
 3. joins: for `--seconds` at `--connections` keep-alive connections, each request
-   `POST /drops/{id}/line/tickets` by a fresh account (each token once);
-4. polls: `GET /drops/{id}/line/tickets/mine` by the accounts that joined, round-robin;
+   `POST /drops/{id}/line/tickets` at the line's public edge by a fresh account (each token once);
+4. polls: the crowd's poll, `GET /drops/{id}/line/tickets/{ticket_id}` on the public status
+   edge (`checkout-line-status`, no token), for every ticket that joined, round-robin;
 5. polls after the opening (unless `--skip-opening`): the line's opening is moved to now, the
-   admitter reveals the seed and places the pre-queue, and the same buyers poll while it
-   admits them (an admitted buyer's poll signs a pass);
+   admitter reveals the seed and places the pre-queue, and the same tickets are polled while
+   it admits them;
 6. prints a table, and writes bench.json and bench.md to var/bench-line/<timestamp>/.
 
 Each phase runs the light generator of `benchmarks/loadgen.py` (one asyncio process, raw HTTP/1.1)
@@ -112,15 +113,17 @@ class Phase:
     method: str
     url: str
     expected: int  # the status of a successful answer
-    tokens: list[str]
+    tokens: list[str]  # the buyers' tokens; for polls of the status edge, the paths polled
     each_token_once: bool
+    request: str = "bearer"  # or "get": the status edge's polls, no token
 
 
 def run_phase(rig, phase: Phase, connections: int, seconds: float, workdir: Path,
               progress=lambda: "") -> tuple[dict, dict]:
     """Drive one phase; its figures, and the generator's raw result."""
     stamp = uuid.uuid4().hex[:6]
-    config = {"url": phase.url, "request": "bearer", "method": phase.method, "tokens": phase.tokens,
+    config = {"url": phase.url, "request": phase.request, "method": phase.method, "tokens": phase.tokens,
+              "paths": phase.tokens,
               "each_token_once": phase.each_token_once, "connections": connections, "seconds": seconds,
               "out": str(workdir / f"load-{stamp}.json"), "ready_file": str(workdir / f"ready-{stamp}")}
     config_path = workdir / f"loadgen-{stamp}.json"
@@ -208,6 +211,12 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, timeout: float = 120)
         time.sleep(0.2)
 
 
+def ticket_ids(engine, drop_id: str) -> list[str]:
+    with engine.connect() as conn:
+        return [str(row.id) for row in conn.execute(sa.text("SELECT id FROM line_tickets WHERE drop_id = :d"),
+                                                    {"d": drop_id})]
+
+
 def line_counts(engine, drop_id: str) -> tuple[int, int]:
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT joined, admitted_through FROM lines WHERE drop_id = :d"),
@@ -279,15 +288,16 @@ def main(argv: list[str] | None = None) -> None:
         check_a_minted_token(floodgate, tokens.pop(), drop["id"])
         say("  a minted token is accepted: its join answered 201, joining again 200 with the same ticket\n")
 
-        tickets_url = f"{rig.stack.url('checkout')}/drops/{drop['id']}/line/tickets"
+        tickets_url = f"{rig.stack.url('line-status')}/drops/{drop['id']}/line/tickets"
         joined_so_far = lambda: f"joined {line_counts(checkout_db, drop['id'])[0]:>7} "  # noqa: E731
         joins, result = run_phase(rig, Phase("joins", "POST", tickets_url, 201, tokens, True),
                                   args.connections, args.seconds, workdir, joined_so_far)
         if joins["ran_out_of_buyers"]:
             say(f"  !!! the {buyers:,} minted buyers ran out after {joins['seconds']} s: raise --buyers\n")
-        joined = [token for token, status in zip(tokens, result["status_by_token"]) if status == 201]
         phases = [joins]
-        polls, _ = run_phase(rig, Phase("polls", "GET", f"{tickets_url}/mine", 200, joined, False),
+        edge = rig.stack.url("line-status")
+        polled = [f"/drops/{drop['id']}/line/tickets/{ticket_id}" for ticket_id in ticket_ids(checkout_db, drop["id"])]
+        polls, _ = run_phase(rig, Phase("polls", "GET", edge, 200, polled, False, request="get"),
                              args.connections, args.seconds, workdir)
         phases.append(polls)
         after_opening = None
@@ -296,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
             line = open_now(floodgate, admin, drop)
             say(f"  the line opened: {line['pre_queue_size']:,} placed by the revealed seed\n")
             admitted = lambda: f"admitted {line_counts(checkout_db, drop['id'])[1]:>6} "  # noqa: E731
-            opened, _ = run_phase(rig, Phase("polls after the opening", "GET", f"{tickets_url}/mine", 200, joined,
-                                             False), args.connections, args.seconds, workdir, admitted)
+            opened, _ = run_phase(rig, Phase("polls after the opening", "GET", edge, 200, polled, False, request="get"),
+                                  args.connections, args.seconds, workdir, admitted)
             phases.append(opened)
             after_opening = {"pre_queue": line["pre_queue_size"], "admitted": line_counts(checkout_db, drop["id"])[1]}
         figures = {

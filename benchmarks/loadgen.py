@@ -15,8 +15,10 @@ What each request is, by `request`:
 - `order` (the default): `POST /orders` on `drop_id`. Each carries a fresh `Idempotency-Key` and its
   own street number (from `first_number`), so orders never collide on a key or on the per-address
   limit.
-- `bearer`: `method` (default GET) on `url` with the token and no body (the waiting room's join
-  and poll, benchmarks/line.py).
+- `bearer`: `method` (default GET) on `url` with the token and no body (the waiting room's join,
+  benchmarks/line.py).
+- `get`: GET on `url`'s host of each of `paths` in turn, with no token (the waiting room's status
+  edge, polled by the crowd); `paths` stand where `tokens` do below.
 
 Tokens go round-robin, unless `each_token_once` is set: then each is sent once, in order, the
 generator stops when they run out (`exhausted` in the result), and `status_by_token` says what
@@ -52,6 +54,10 @@ def _order(host: str, path: str, token: str, drop_id: str, number: int) -> bytes
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
+
+
+def _get(host: str, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
 
 def _bearer(host: str, path: str, token: str, method: str) -> bytes:
@@ -95,6 +101,8 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
         index, token = taken
         if kind == "order":
             request = _order(f"{host}:{port}", path, token, config["drop_id"], next(numbers))
+        elif kind == "get":
+            request = _get(f"{host}:{port}", token)  # here the "token" is the path
         else:
             request = _bearer(f"{host}:{port}", path, token, method)
         started = time.perf_counter()
@@ -132,9 +140,10 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
 async def run(config: dict) -> dict:
     """Drive the target for `seconds`; the answers by status with their latencies."""
     once = bool(config.get("each_token_once"))
-    indexed = enumerate(config["tokens"])
+    items = config["paths"] if config.get("request") == "get" else config["tokens"]
+    indexed = enumerate(items)
     tokens = indexed if once else itertools.cycle(indexed)
-    by_token = [None] * len(config["tokens"]) if once else None
+    by_token = [None] * len(items) if once else None
     numbers = itertools.count(int(config.get("first_number", 100)))
     answers: dict[int, list[float]] = {}
     if config.get("ready_file"):

@@ -171,15 +171,22 @@ def check_readiness(objects: list[dict]) -> list[str]:
     return problems
 
 
+def runs_gunicorn(container: dict) -> bool:
+    """A Floodgate container running its image's entry point, gunicorn (the APIs); one given a
+    command of its own runs another process (a consumer, or checkout's line-status edge on uvicorn)."""
+    return is_floodgate_image(container.get("image", "")) and not container.get("command")
+
+
 def check_metrics_port(objects: list[dict]) -> list[str]:
     """Every Floodgate API serves /metrics on a port of its own (gunicorn's METRICS_BIND), named
     `metrics`, announced to Prometheus by the pod's annotations and published by no Service:
-    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring)."""
+    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring).
+    A process with ports that is not gunicorn (checkout's line-status edge) serves no /metrics."""
     problems = []
     services = of_kind(objects, "Service")
     for obj in of_kind(objects, "Deployment"):
         for _, c, _ in containers(obj, init=False):
-            if not c.get("ports") or not is_floodgate_image(c.get("image", "")):
+            if not c.get("ports") or not runs_gunicorn(c):
                 continue
             where = f"{name_of(obj)} container {c['name']}"
             bind = env_of(c).get("METRICS_BIND") or ""

@@ -121,7 +121,8 @@ class Floodgate:
         return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"))
 
     def join_line(self, token: str, drop_id: str) -> requests.Response:
-        return self.http.post(self._url("checkout", f"/drops/{drop_id}/line/tickets"),
+        """Join at the line's public edge (services/checkout/line_status.py)."""
+        return self.http.post(self._url("line-status", f"/drops/{drop_id}/line/tickets"),
                               headers={"Authorization": f"Bearer {token}"})
 
     def place_in_line(self, drop_id: str, ticket_id: str) -> requests.Response:

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
         sampler.start()
         injector.start()
         progress = Progress(opens_at, sampler, window)
-        events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"), "drop_id": drop["id"],
+        events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"),
+                                        "line_host": rig.stack.url("line-status"), "drop_id": drop["id"],
                                         "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + args.drop_seconds,
                                         "give_up_seconds": args.give_up_seconds, "confirm_timeout_seconds": args.give_up_seconds,
                                         "line": args.line, **(window or {})},

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-JOIN_LINE = "POST /drops/{id}/line/tickets"
-POLL_TICKET = "GET /drops/{id}/line/tickets/mine"
+JOIN_LINE = "POST /drops/{id}/line/tickets"  # at the line's public edge
+POLL_PLACE = "GET /drops/{id}/line/tickets/{ticket_id}"  # the crowd's poll, at the public edge
+POLL_TICKET = "GET /drops/{id}/line/tickets/mine"  # the buyer's own poll, at checkout: the pass
 
 
 def classify(status: int, problem_type: str | None = None, error: str | None = None) -> str:

@@ -36,7 +36,7 @@ from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.exception import StopUser
 
-from benchmarks.rehearsal.events import JOIN_LINE, POLL_TICKET, classify
+from benchmarks.rehearsal.events import JOIN_LINE, POLL_PLACE, POLL_TICKET, classify
 
 CONFIG: dict = {}
 # a ticket's states after which its buyer leaves the line without an order
@@ -209,10 +209,11 @@ class DropBuyer(_Buyer):
         raise StopUser()
 
     def wait_in_line(self) -> str | None:
-        """Join the drop's line and poll the ticket until admitted: the pass, or None when the
-        buyer leaves (told sold_out, closed or expired, or the rehearsal ends)."""
+        """Join the drop's line at its public edge and poll the place there until the line
+        reaches the buyer, then ask checkout for the pass (as the drop page does): the pass, or
+        None when the buyer leaves (told sold_out, closed or expired, or the rehearsal ends)."""
         tickets = f"/drops/{CONFIG['drop_id']}/line/tickets"
-        self.front = FastHttpSession(self.host, self.environment.events.request, self, client_pool=_front,
+        self.front = FastHttpSession(CONFIG["line_host"], self.environment.events.request, self, client_pool=_front,
                                      max_retries=0, network_timeout=self.network_timeout,
                                      connection_timeout=self.connection_timeout)
         ticket = self.join_line(tickets)
@@ -225,8 +226,13 @@ class DropBuyer(_Buyer):
                 # when the buyer heard it: the answer's arrival (the sold-out check times it)
                 record("ticket", buyer=self.index, ticket_id=ticket["ticket_id"], state=state,
                        position=ticket.get("position"), ahead=ticket.get("ahead"), t=self.answered_at)
-            if state == "admitted" and ticket.get("pass"):
-                return ticket["pass"]
+            if state == "admitted":
+                if ticket.get("pass"):
+                    return ticket["pass"]
+                ticket = self.poll(f"{tickets}/mine", POLL_TICKET)  # the pass, signed in, at checkout
+                if ticket is None:
+                    return None
+                continue
             if state in LEAVING or ticket.get("poll_after_seconds") is None:
                 if state == "sold_out":
                     record("sold_out", buyer=self.index, via="line", t=self.answered_at)
@@ -237,7 +243,9 @@ class DropBuyer(_Buyer):
                 record("gave_up", buyer=self.index, reason=f"still {state} in the line when the rehearsal ended")
                 return None
             gevent.sleep(ticket["poll_after_seconds"])
-            ticket = self.poll_ticket(f"{tickets}/mine")
+            # the edge knows a ticket once the admitter has placed it; until then, checkout does
+            place = self.poll(f"{tickets}/{ticket['ticket_id']}", POLL_PLACE, session=self.front, missing_ok=True)
+            ticket = {**ticket, **place} if place else self.poll(f"{tickets}/mine", POLL_TICKET)
             if ticket is None:
                 return None
 
@@ -259,16 +267,19 @@ class DropBuyer(_Buyer):
             gevent.sleep(_retry_after(response, attempt))
         return None
 
-    def poll_ticket(self, url: str) -> dict | None:
-        """GET the ticket, retrying 429/503 after Retry-After and a cut connection; the ticket."""
+    def poll(self, url: str, name: str, session=None, missing_ok: bool = False) -> dict | None:
+        """GET a place or ticket, retrying 429/503 after Retry-After and a cut connection; the
+        answer, or None (a 404 when `missing_ok`: the edge has not placed the ticket yet)."""
         for attempt in range(1000):
-            response, status, problem = self.request("GET", url, POLL_TICKET, session=self.front, headers=self.auth)
+            response, status, problem = self.request("GET", url, name, session=session, headers=self.auth)
             self.answered_at = time.time()
             ticket = _body(response) if status == 200 else None
             if ticket is not None:
                 return ticket
+            if status == 404 and missing_ok:
+                return None
             if status == 200:
-                record("cut_answer", buyer=self.index, name=POLL_TICKET)
+                record("cut_answer", buyer=self.index, name=name)
             elif status not in (0, 429, 502, 503, 504) or self.stopping:
                 record("gave_up", buyer=self.index, reason=f"poll: {classify(status, problem)}")
                 return None

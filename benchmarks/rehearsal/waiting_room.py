@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 import requests
 from benchmarks.rehearsal.checks import rows
 
-from benchmarks.rehearsal.events import JOIN_LINE, POLL_TICKET
+from benchmarks.rehearsal.events import JOIN_LINE, POLL_PLACE, POLL_TICKET
 from services.checkout.line import pre_queue_order
 
 SOLD_OUT_HEARD_WITHIN = 5.0  # seconds, the must-show
@@ -240,14 +240,14 @@ def figures(rig, drop_id: str, events: list[dict], samples: list[dict], opens_at
         for t in admitted:
             per_second[max(0, int(t["admitted_at"] - opened_at))] += 1
 
-    requests_ = [e for e in events if e["ev"] == "request" and e["name"] in (JOIN_LINE, POLL_TICKET)]
+    requests_ = [e for e in events if e["ev"] == "request" and e["name"] in (JOIN_LINE, POLL_PLACE, POLL_TICKET)]
     answers: dict[str, Counter] = defaultdict(Counter)
     latencies: dict[str, list[float]] = defaultdict(list)
     for e in requests_:
         answers[e["name"]][e["kind"]] += 1
         if e["status"] and e["status"] < 500:
             latencies[e["name"]].append(e["ms"])
-    polls_by_second = Counter(int(e["t"] - opens_at) for e in requests_ if e["name"] == POLL_TICKET)
+    polls_by_second = Counter(int(e["t"] - opens_at) for e in requests_ if e["name"] in (POLL_PLACE, POLL_TICKET))
     outcomes = Counter(e["state"] for e in events if e["ev"] == "left_line")
     outcomes["sold out (line)"] = sum(1 for e in events if e["ev"] == "sold_out" and e.get("via") == "line")
     outcomes["sold out (order)"] = sum(1 for e in events if e["ev"] == "sold_out" and e.get("via") == "order")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from services.checkout import handlers, idempotency, line as waiting_room
-from services.checkout.errors import InvalidSignature, JoinThrottled, LineNotFound, OrderNotFound, TicketNotFound
+from services.checkout.errors import InvalidSignature, LineNotFound, OrderNotFound, TicketNotFound
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
@@ -242,24 +242,6 @@ def admission_order(drop_id: str):
         "algorithm": waiting_room.ALGORITHM, "tickets": tickets[: query["limit"]],
         "next_offset": query["offset"] + query["limit"] if more else None,
     }))
-
-
-@bp.post("/drops/<drop_id>/line/tickets")
-@operation("Join a drop's line: one ticket per account (joining again returns it)", response=TicketSchema,
-           status=(201, 200), errors=(403, 404, 409, 429), auth="bearer")
-@require_user
-def join_line(drop_id: str):
-    settings = root().settings
-    wait = root().join_limit.take(request.remote_addr or "")
-    if wait is not None:
-        raise JoinThrottled("Too many joins from this address; retry after the time given.", retry_after=wait)
-    principal = current_principal()
-    with unit_of_work() as uow:
-        ticket, new = waiting_room.join(_drop_id(drop_id), principal.subject, principal.account_created_at, uow)
-        uow.commit()
-    response = jsonify(TICKET.dump(waiting_room.ticket_view(ticket, ticket, utc_now(), settings.line_pass_secret)))
-    response.status_code = 201 if new else 200
-    return response
 
 
 @bp.get("/drops/<drop_id>/line/tickets/mine")

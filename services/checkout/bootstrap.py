@@ -18,7 +18,6 @@ from shared import service
 
 if TYPE_CHECKING:
     from services.checkout.inventory_client import InventoryClient
-    from services.checkout.line import JoinLimit
     from services.checkout.payments import PaymentProvider
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -32,7 +31,6 @@ class Checkout(service.Root):
     settings: config.Settings
     inventory: InventoryClient | None = None  # the API's and the admitter's
     provider: PaymentProvider | None = None  # the API's and the consumer's
-    join_limit: JoinLimit | None = None  # the API's: joins of the waiting room per client
 
     def close(self) -> None:
         for client in (self.inventory, self.provider):
@@ -67,7 +65,4 @@ def bootstrap(kind: str, settings: config.Settings | None = None, inventory: Inv
     if kind == "consumer":
         return Checkout(**database, migrations=MIGRATIONS, provider=provider,
                         event_handlers=handlers.event_handlers(provider, settings))
-    from services.checkout.line import JoinLimit
-
-    return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider,
-                    join_limit=JoinLimit(settings.line_joins_per_client_per_minute))
+    return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider)

@@ -127,22 +127,43 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
     return line
 
 
+@dataclass(frozen=True)
+class JoinRequest:
+    drop_id: uuid.UUID
+    buyer_id: str
+    account_created_at: datetime | None  # the account's creation, from its access token
+
+
+def join_many(wanted: list[JoinRequest], uow) -> list:
+    """Joins that arrived together (the status edge gathers a few milliseconds' worth), made
+    in one statement and one commit. For each request, in order: (ticket, new) — the ticket
+    with what a poll shows of its line, see `ticket_view` — or the problem that refuses it.
+    One ticket per account: joining again, from any tab or device, returns the first."""
+    ticket_ids = [uuid.uuid4() for _ in wanted]
+    made = uow.lines.join_many(list(zip(ticket_ids, wanted)))
+    uow.commit()
+    return [(made[ticket_id], True) if ticket_id in made else _not_joined(request, uow)
+            for ticket_id, request in zip(ticket_ids, wanted)]
+
+
 def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow):
-    """The buyer's ticket (with what a poll shows of its line; see `ticket_view`), and whether it
-    is new. One per account: a second join returns the first."""
-    joined = uow.lines.join(uuid.uuid4(), drop_id, buyer_id, account_created_at)
-    if joined is not None:
-        return joined, True
-    uow.rollback()  # nothing was taken; find out why
-    found = uow.lines.ticket_and_line(drop_id, buyer_id)
-    if found is not None:  # joined before, here or from another tab or device
+    """One join (`join_many` of one): (ticket, new), or raises the problem that refuses it."""
+    [answer] = join_many([JoinRequest(drop_id, buyer_id, account_created_at)], uow)
+    if isinstance(answer, errors.Problem):
+        raise answer
+    return answer
+
+
+def _not_joined(request: JoinRequest, uow):
+    found = uow.lines.ticket_and_line(request.drop_id, request.buyer_id)
+    if found is not None:  # joined before, or twice in the same batch
         return found, False
-    line = uow.lines.get(drop_id)
+    line = uow.lines.get(request.drop_id)
     if line is None:
-        raise errors.LineNotFound("This drop has no line.")
+        return errors.LineNotFound("This drop has no line.")
     if line.state == CLOSED:
-        raise errors.LineClosed("The line is closed.")
-    raise errors.AccountTooNew("This line takes only accounts created before it opened for joining.")
+        return errors.LineClosed("The line is closed.")
+    return errors.AccountTooNew("This line takes only accounts created before it opened for joining.")
 
 
 def open_line(line: Line, uow, now: datetime) -> int:

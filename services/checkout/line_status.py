@@ -1,9 +1,18 @@
-"""The waiting room's public status edge: `python -m services.checkout line-status`.
+"""The waiting room's public edge: `python -m services.checkout line-status`, where the crowd
+joins lines and polls its place in them.
 
-The crowd in a line polls every few seconds, so a poll must cost next to nothing: no token to
-verify, no query, no framework. This process keeps a copy of every live line in memory (its
-public figures, and each placed ticket's position), refreshed from checkout's database four
-times a second by one thread, and answers from it on an asyncio server (uvicorn):
+A line's crowd arrives together and polls every few seconds, so both must cost next to nothing.
+This process serves them on an asyncio server (uvicorn), not through checkout's Flask API:
+
+- `POST /drops/{drop_id}/line/tickets` (signed in: `Authorization: Bearer`): join, one ticket per
+  account (joining again returns it: 200, else 201), as `line.join_many` says. The joins that
+  arrive within `JOIN_WINDOW_SECONDS` of one another go to the database together, one statement
+  and one commit for all of them (`Joiner`): the rush costs a commit per batch, not per buyer.
+  Joins per client address are limited per minute (429 with `Retry-After`).
+
+For the polls it keeps a copy of every live line in memory (its public figures, and each placed
+ticket's position), refreshed from checkout's database four times a second by one thread, and
+answers from it:
 
 - `GET /drops/{drop_id}/line/tickets/{ticket_id}`: that ticket's place, as
   `line.place_view` says it (state, position, people ahead, estimated wait, when to poll next).
@@ -21,12 +30,14 @@ failed refresh is, and `/readyz` fails once the copy is older than `STALE_SECOND
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -34,13 +45,19 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout import line as waiting_room
+from services.checkout import errors as checkout_errors, line as waiting_room
+from services.checkout.schemas import TicketSchema
 from shared import errors
+from shared.auth import TokenVerifier
+from shared.values import utc_now
 from shared.web import allowed_origins, cors_headers
 
 log = logging.getLogger("floodgate.checkout.line_status")
 
 STALE_SECONDS = 5.0  # /readyz fails when the copy is older than this
+JOIN_WINDOW_SECONDS = 0.005  # joins arriving this close together share a statement and a commit
+MAX_JOIN_BATCH = 500
+TICKET = TicketSchema()
 MAX_AGE = b"public, max-age=1"
 # closed lines stay answerable for a day, so a buyer's page learns that its line closed
 _LINES = sa.text(
@@ -138,28 +155,95 @@ def line_status(lines: Lines, drop_id: str, now: datetime) -> dict:
             "as_of": now.isoformat()}
 
 
+class Joiner:
+    """Joins, gathered: each waits at most JOIN_WINDOW_SECONDS for others to arrive, then the
+    batch is made in one statement and one commit (`line.join_many`) on a database thread.
+    Verifying the buyer's token runs on a thread too, since it may have to fetch accounts'
+    keys; the event loop only routes."""
+
+    def __init__(self, unit_of_work, verifier: TokenVerifier, join_limit: waiting_room.JoinLimit, pass_secret: str):
+        self.unit_of_work, self.verifier, self.join_limit, self.pass_secret = (
+            unit_of_work, verifier, join_limit, pass_secret)
+        self.verifying = ThreadPoolExecutor(2, thread_name_prefix="line-verify")
+        self.database = ThreadPoolExecutor(2, thread_name_prefix="line-join")
+        self._pending: list[tuple[waiting_room.JoinRequest, asyncio.Future]] = []
+        self._flush_scheduled = False
+
+    async def join(self, drop_id: str, authorization: str, client: str) -> tuple[int, dict]:
+        """(201 or 200, the ticket as `GET .../line/tickets/mine` shows it), or raises a Problem."""
+        drop = uuid.UUID(_drop_id(drop_id))
+        wait = self.join_limit.take(client)
+        if wait is not None:
+            raise checkout_errors.JoinThrottled("Too many joins from this address; retry after the time given.",
+                                                retry_after=wait)
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthorized("Send an access token as 'Authorization: Bearer <token>'.")
+        loop = asyncio.get_running_loop()
+        principal = await loop.run_in_executor(self.verifying, self.verifier.verify, token.strip())
+        answer = loop.create_future()
+        self._pending.append((waiting_room.JoinRequest(drop, principal.subject, principal.account_created_at), answer))
+        if len(self._pending) >= MAX_JOIN_BATCH:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_later(JOIN_WINDOW_SECONDS, self._flush)
+        ticket, new = await answer
+        view = waiting_room.ticket_view(ticket, ticket, utc_now(), self.pass_secret)
+        return (201 if new else 200), TICKET.dump(view)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            asyncio.get_running_loop().run_in_executor(self.database, self._make, batch)
+
+    def _make(self, batch: list) -> None:
+        """On a database thread: make the batch, and hand each request its answer."""
+        try:
+            with self.unit_of_work() as uow:
+                answers = waiting_room.join_many([request for request, _ in batch], uow)
+        except Exception as error:  # the database is away: nobody in this batch joined
+            log.warning("joins failed", extra={"joins": len(batch), "error": repr(error)})
+            answers = [errors.DatabaseUnavailable("Could not join just now; try again shortly.")] * len(batch)
+        for (_, future), answer in zip(batch, answers):
+            future.get_loop().call_soon_threadsafe(_settle, future, answer)
+
+
+def _settle(future: asyncio.Future, answer) -> None:
+    if future.done():  # its client went away
+        return
+    if isinstance(answer, errors.Problem):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
 _TICKET = re.compile(r"^/drops/([^/]+)/line/tickets/([0-9A-Fa-f-]{36})$")
 _STATUS = re.compile(r"^/drops/([^/]+)/line/status$")
+_JOIN = re.compile(r"^/drops/([^/]+)/line/tickets$")
 
 
 class LineStatusApp:
     """The ASGI application; `lines` is refreshed by a Refresher it starts at lifespan startup
     (when given an engine)."""
 
-    def __init__(self, lines: Lines, origins: frozenset = frozenset(), refresher: Refresher | None = None):
-        self.lines, self.origins, self.refresher = lines, origins, refresher
+    def __init__(self, lines: Lines, origins: frozenset = frozenset(), refresher: Refresher | None = None,
+                 joiner: Joiner | None = None):
+        self.lines, self.origins, self.refresher, self.joiner = lines, origins, refresher, joiner
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return
-        status, body, headers = self.answer(scope["method"], scope["path"], dict(scope["headers"]))
+        client = (scope.get("client") or ("", 0))[0]
+        status, body, headers = await self.answer(scope["method"], scope["path"], dict(scope["headers"]), client)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def answer(self, method: str, path: str, request_headers: dict) -> tuple[int, bytes, list]:
-        """(status, body, headers) for one request: pure, so tests call it without a server."""
+    async def answer(self, method: str, path: str, request_headers: dict, client: str = "") -> tuple[int, bytes, list]:
+        """(status, body, headers) for one request (tests call it without a server)."""
         headers = [(name.encode(), value.encode())
                    for name, value in cors_headers(request_headers.get(b"origin", b"").decode("latin-1") or None,
                                                    self.origins)]
@@ -169,10 +253,15 @@ class LineStatusApp:
         if method == "OPTIONS":
             return 204, b"", headers
         try:
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed("The line's status edge only answers GET.")
-            document, cache = self._route(path)
-            status = 200
+            if method == "POST" and (matched := _JOIN.match(path)) and self.joiner is not None:
+                authorization = request_headers.get(b"authorization", b"").decode("latin-1")
+                status, document = await self.joiner.join(matched.group(1), authorization, client)
+                cache = False
+            elif method in ("GET", "HEAD"):
+                document, cache = self._route(path)
+                status = 200
+            else:
+                raise MethodNotAllowed("The line's edge answers GET, and POST to join a line.")
         except errors.Problem as problem:
             document, cache, status = {**problem.to_dict(), "instance": path}, False, problem.status
             headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
@@ -194,8 +283,8 @@ class LineStatusApp:
             if not self.lines.fresh():
                 raise errors.ServiceUnavailable("The copy of the lines is stale: the database is not answering.")
             return {"status": "ready"}, False
-        raise errors.NotFound("The line's status edge serves /drops/{id}/line/tickets/{ticket_id} and "
-                              "/drops/{id}/line/status.")
+        raise errors.NotFound("The line's edge serves POST /drops/{id}/line/tickets, "
+                              "GET /drops/{id}/line/tickets/{ticket_id} and GET /drops/{id}/line/status.")
 
     def _needs_copy(self, view, *args) -> dict:
         if not self.lines.fresh():  # better no answer than a wrong one
@@ -209,10 +298,14 @@ class LineStatusApp:
             if message["type"] == "lifespan.startup":
                 if self.refresher is not None:
                     self.refresher.start()
+                if self.joiner is not None:  # accounts' keys, fetched before the first join needs them
+                    threading.Thread(target=self.joiner.verifier.keys.warm_up, name="jwks-warm-up", daemon=True).start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.refresher is not None:
                     self.refresher.stopping.set()
+                if self.joiner is not None:
+                    self.joiner.database.shutdown(wait=True)  # the joins in hand are made and answered
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -224,13 +317,16 @@ class MethodNotAllowed(errors.Problem):
 def create_app() -> LineStatusApp:
     """The app of one uvicorn worker (`uvicorn --factory`): its own copy, its own refresher."""
     from services.checkout.bootstrap import bootstrap
-    from shared import logs
+    from shared import auth, logs
 
     root = bootstrap("line-status")
-    logs.configure(root.process, root.settings.log_level)
+    settings = root.settings
+    logs.configure(root.process, settings.log_level)
     lines = Lines()
-    return LineStatusApp(lines, allowed_origins(root.settings),
-                         Refresher(root.engine, lines, root.settings.line_status_refresh_seconds))
+    joiner = Joiner(root.unit_of_work, auth.jwks_verifier(settings),
+                    waiting_room.JoinLimit(settings.line_joins_per_client_per_minute), settings.line_pass_secret)
+    return LineStatusApp(lines, allowed_origins(settings), Refresher(root.engine, lines, settings.line_status_refresh_seconds),
+                         joiner)
 
 
 def run(root, args) -> None:

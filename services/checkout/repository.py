@@ -182,14 +182,22 @@ class Lines:
         (attributes of both; `line.ticket_view` reads it), or None."""
         return self._session.execute(_TICKET_AND_LINE, {"drop_id": drop_id, "buyer_id": buyer_id}).first()
 
-    def join(self, ticket_id: uuid.UUID, drop_id: uuid.UUID, buyer_id: str, account_created_at):
-        """Insert the ticket, in one statement: the row `ticket_and_line` reads, or None when
-        the line is missing or closed, refuses the account's age, or the account already has a
-        ticket. Joins share the line's row (FOR KEY SHARE) instead of queueing on it: the
-        arrival number comes from a sequence and the admitter gives the position; the opening
-        (FOR UPDATE) waits for the joins in flight, so it sees every join before it."""
-        return self._session.execute(_JOIN, {"ticket_id": ticket_id, "drop_id": drop_id, "buyer_id": buyer_id,
-                                             "account_created_at": account_created_at}).first()
+    def join_many(self, wanted: list) -> dict:
+        """Insert a ticket for each (ticket id, line.JoinRequest), in one statement: ticket id ->
+        the row `ticket_and_line` reads, for those made. A request is left out when its line
+        is missing or closed or refuses the account's age, or the account has a ticket already.
+        Joins share the line's row (FOR KEY SHARE) instead of queueing on it: the arrival
+        number comes from a sequence and the admitter gives the position; the opening (FOR
+        UPDATE) waits for the joins in flight, so it sees every join before it."""
+        if not wanted:
+            return {}
+        rows = self._session.execute(_JOIN_MANY, {
+            "ids": [ticket_id for ticket_id, _ in wanted],
+            "drop_ids": [request.drop_id for _, request in wanted],
+            "buyer_ids": [request.buyer_id for _, request in wanted],
+            "created": [request.account_created_at for _, request in wanted],
+        })
+        return {row.id: row for row in rows}
 
     def count(self, drop_id: uuid.UUID) -> int:
         return self._session.execute(_COUNT, {"drop_id": drop_id}).scalar_one()
@@ -275,20 +283,22 @@ _TICKET_AND_LINE = sa.text(
     f"SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id "
     "WHERE line_tickets.drop_id = :drop_id AND line_tickets.buyer_id = :buyer_id"
 ).bindparams(*_UUIDS)
-_JOIN = sa.text(
-    "WITH lines AS ("
-    " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate FROM lines"
-    " WHERE drop_id = :drop_id AND state <> 'closed'"
-    " AND (accounts_created_before IS NULL OR CAST(:account_created_at AS timestamptz) <= accounts_created_before)"
-    " FOR KEY SHARE),"
+_JOIN_MANY = sa.text(
+    "WITH wanted AS ("
+    " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:drop_ids AS uuid[]), CAST(:buyer_ids AS text[]),"
+    " CAST(:created AS timestamptz[])) AS wanted(id, drop_id, buyer_id, account_created_at)),"
+    " lines AS ("
+    " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate, accounts_created_before"
+    " FROM lines WHERE drop_id IN (SELECT drop_id FROM wanted) AND state <> 'closed' FOR KEY SHARE),"
     " line_tickets AS ("
     " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival)"
-    " SELECT :ticket_id, drop_id, :buyer_id, nextval('line_arrivals') FROM lines"
+    " SELECT wanted.id, wanted.drop_id, wanted.buyer_id, nextval('line_arrivals') FROM wanted"
+    " JOIN lines ON lines.drop_id = wanted.drop_id"
+    " WHERE lines.accounts_created_before IS NULL OR wanted.account_created_at <= lines.accounts_created_before"
     " ON CONFLICT (drop_id, buyer_id) DO NOTHING"
     " RETURNING id, drop_id, buyer_id, position, admitted_at, pass_expires_at, used_at)"
     f" SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id"
-).bindparams(*_UUIDS, sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)),
-             sa.bindparam("account_created_at", type_=sa.DateTime(timezone=True)))
+)
 _LOCK_AGAINST_JOINS = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id FOR UPDATE").bindparams(*_UUIDS)
 _COUNT = sa.text("SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
 _PLACE_ARRIVALS = sa.text(

@@ -103,6 +103,7 @@ def test_prod_its_autoscalers_own_the_api_counts_and_a_release_keeps_them(operat
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     prod_running(operator, start)
     assert (operator.server.replicas("checkout-api"), operator.server.replicas("inventory-api")) == (4, 3)
+    assert operator.server.replicas("checkout-line-status") == 2
     operator.server.update("Deployment", "checkout-api", "replicas", 9, "kube-controller-manager")  # busy
     operator.run(PROD, start + timedelta(days=1))
     assert operator.server.replicas("checkout-api") == 9
@@ -122,6 +123,8 @@ def test_the_drop_day_before_during_and_after(operator):
     operator.scheduled_job("drop-raise-floor", "drop-manifests.yaml")
     operator.server.settle()
     assert (operator.server.replicas("checkout-api"), operator.server.replicas("inventory-api")) == (40, 12)
+    line_status = next(a for a in drop.autoscalers if a.name == "checkout-line-status")
+    assert operator.server.replicas("checkout-line-status") == line_status.drop_min
 
     during = OPENS_AT + timedelta(minutes=10)
     operator.server.update("Deployment", "checkout-api", "replicas", 55, "kube-controller-manager")  # the crowd
@@ -169,12 +172,14 @@ def test_a_cluster_applied_client_side_before_moves_over_without_losing_a_pod(op
     operator.run(PROD_FROM_CLIENT_SIDE, start)
     operator.run(PROD, start + timedelta(minutes=1))  # before the autoscalers had any reason to act
     assert (operator.server.replicas("checkout-api"), operator.server.replicas("inventory-api")) == (4, 3)
+    assert operator.server.replicas("checkout-line-status") == 2
 
 
 def prod_as_it_was() -> list[dict]:
-    """prod before its autoscalers: checkout's and inventory's APIs at fixed counts of 4 and 3."""
+    """prod before its autoscalers: checkout's and inventory's APIs at fixed counts of 4 and 3, and
+    checkout's line-status edge at its base count of 2."""
     objects = [o for o in render.render(render.K8S_DIR / "overlays" / "prod") if o["kind"] != "HorizontalPodAutoscaler"]
-    for name, count in (("checkout-api", 4), ("inventory-api", 3)):
+    for name, count in (("checkout-api", 4), ("inventory-api", 3), ("checkout-line-status", 2)):
         policy.find(objects, "Deployment", name)["spec"]["replicas"] = count
     return objects
 

@@ -47,6 +47,8 @@ def test_rendered_for_an_opening_time_checkout_scales_up_30_minutes_before_and_d
     assert (raise_spec["schedule"], raise_spec["timeZone"], raise_spec["suspend"]) == ("30 7 14 3 *", "Etc/UTC", False)
     assert raise_container["args"][0] == "2027-03-14"
     assert f"checkout-api={floors['checkout-api'].drop_min}" in raise_container["args"]
+    # the waiting room's status edge takes the crowd's polls: its floor goes up with the API's
+    assert f"checkout-line-status={floors['checkout-line-status'].drop_min}" in raise_container["args"]
 
     lower_spec, lower_container = cronjob(objects, "drop-lower-floor")
     closes = datetime(2027, 3, 14, 8, 0, tzinfo=timezone.utc) + timedelta(
@@ -123,7 +125,8 @@ def test_a_rendering_for_one_moment_fails_the_checks_for_another(prod):
 def test_scaler_may_only_patch_the_drop_autoscalers(drop):
     role = policy.find(drop, "Role", "drop-scaler")
     assert role["rules"] == [{"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
-                              "resourceNames": ["checkout-api", "inventory-api"], "verbs": ["patch"]}]
+                              "resourceNames": ["checkout-api", "inventory-api", "checkout-line-status"],
+                              "verbs": ["patch"]}]
     binding = policy.find(drop, "RoleBinding", "drop-scaler")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "drop-scaler", "namespace": "floodgate"}]
     for name in ("drop-raise-floor", "drop-lower-floor"):

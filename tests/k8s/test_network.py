@@ -9,6 +9,7 @@ SERVICES = policy.FLOODGATE_SERVICES
 KUBE_DNS = {"k8s-app": "kube-dns"}
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 EDGE = {"kubernetes.io/metadata.name": "ingress", "floodgate.io/edge": "true"}
+LINE_STATUS = "checkout/line-status"
 
 
 def pod(objects: list[dict], kind: str, name: str) -> dict:
@@ -40,7 +41,7 @@ def test_inventory_api_is_not_reachable_from_the_edge(targets, overlay):
     objects = targets[overlay].objects
     inventory_api = pod(objects, "Deployment", "inventory-api")
     assert not policy.ingress_allowed(objects, {}, inventory_api, 8000, source_namespace_labels=EDGE)
-    for public in ("accounts-api", "checkout-api", "notifications-api"):
+    for public in ("accounts-api", "checkout-api", "notifications-api", "checkout-line-status"):
         assert policy.ingress_allowed(objects, {}, pod(objects, "Deployment", public), 8000,
                                       source_namespace_labels=EDGE)
 
@@ -84,12 +85,15 @@ def test_dev_roles_connect_to_their_own_database_only():
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_every_floodgate_process_reaches_the_broker_and_dns(targets, overlay):
+    """Every process but checkout's line-status edge, which reads checkout's database and nothing else."""
     objects = targets[overlay].objects
     for source in policy.floodgate_pods(objects):
+        broker = describe(source) != LINE_STATUS
         if overlay == "dev":
-            assert policy.reachable(objects, source, pod(objects, "StatefulSet", "rabbitmq"), 5672), describe(source)
+            assert policy.reachable(objects, source, pod(objects, "StatefulSet", "rabbitmq"), 5672) == broker, \
+                describe(source)
         else:
-            assert policy.egress_allowed(objects, source, 5672, to_ip="192.0.2.10"), describe(source)
+            assert policy.egress_allowed(objects, source, 5672, to_ip="192.0.2.10") == broker, describe(source)
         assert policy.egress_allowed(objects, source, 53, protocol="UDP", to_labels=KUBE_DNS,
                                      to_namespace_labels=KUBE_SYSTEM), describe(source)
 
@@ -143,3 +147,41 @@ def test_only_mail_and_refunds_leave_the_cluster(prod):
         assert policy.egress_allowed(prod, source, 443, to_ip=outside) == refunds, describe(source)
         assert policy.egress_allowed(prod, source, 587, to_ip=outside) == mail, describe(source)
         assert not policy.egress_allowed(prod, source, 80, to_ip=outside), describe(source)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
+def test_buyers_reach_the_line_status_edge_through_the_edge_and_nothing_else_does(targets, overlay):
+    """Public like checkout's API (port 8000 from the edge namespace); no pod inside calls it, the
+    monitoring namespace has no port to scrape (it serves no /metrics), and another namespace is kept out."""
+    objects = targets[overlay].objects
+    line_status = pod(objects, "Deployment", "checkout-line-status")
+    assert policy.ingress_allowed(objects, {}, line_status, 8000, source_namespace_labels=EDGE)
+    monitoring = {"kubernetes.io/metadata.name": "monitoring", "floodgate.io/monitoring": "true"}
+    assert not policy.ingress_allowed(objects, {}, line_status, 9100, source_namespace_labels=monitoring)
+    assert not policy.ingress_allowed(objects, {}, line_status, 8000,
+                                      source_namespace_labels={"kubernetes.io/metadata.name": "default"})
+    assert not any(policy.reachable(objects, p, line_status, 8000) for p in every_pod(objects))
+    # its Service sends the edge's traffic to that port
+    service = policy.find(objects, "Service", "checkout-line-status")
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "checkout", "app.kubernetes.io/component": "line-status"}
+    container = policy.pod_spec(policy.find(objects, "Deployment", "checkout-line-status"))["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [(p["port"], ports[p["targetPort"]]) for p in service["spec"]["ports"]] == [(80, 8000)]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
+def test_the_line_status_edge_reaches_checkouts_pgbouncer_and_dns_only(targets, overlay):
+    """It reads checkout's database through checkout's PgBouncer; no broker, inventory, accounts,
+    database server or address outside the cluster."""
+    objects = targets[overlay].objects
+    line_status = pod(objects, "Deployment", "checkout-line-status")
+    pods = every_pod(objects)
+    ports = (5432, 5672, 6432, 8000, 9100, 1025, 15672)
+    reached = {(describe(p), port) for p in pods for port in ports
+               if policy.reachable(objects, line_status, p, port)}
+    assert reached == {("checkout/pgbouncer", 6432)}
+    assert policy.egress_allowed(objects, line_status, 53, protocol="UDP", to_labels=KUBE_DNS,
+                                 to_namespace_labels=KUBE_SYSTEM)
+    for address, port in (("192.0.2.10", 5672), ("192.0.2.23", 5432), ("198.51.100.7", 443),
+                          ("198.51.100.7", 80), ("198.51.100.7", 587), ("10.96.0.1", 443)):
+        assert not policy.egress_allowed(objects, line_status, port, to_ip=address), (address, port)

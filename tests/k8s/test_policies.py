@@ -87,8 +87,8 @@ def test_only_the_drop_scaler_gets_a_service_account_token(targets, target):
 def test_every_service_has_its_processes(dev):
     deployments = {d["metadata"]["name"] for d in policy.of_kind(dev, "Deployment")}
     assert {"accounts-api", "accounts-relay", "inventory-api", "inventory-consumer", "inventory-relay",
-            "inventory-sweeper", "checkout-api", "checkout-consumer", "checkout-relay", "notifications-api",
-            "notifications-consumer", "notifications-relay"} <= deployments
+            "inventory-sweeper", "checkout-api", "checkout-consumer", "checkout-relay", "checkout-admitter",
+            "checkout-line-status", "notifications-api", "notifications-consumer", "notifications-relay"} <= deployments
     jobs = {j["metadata"]["name"] for j in policy.of_kind(dev, "Job")}
     assert jobs == {f"{s}-migrate" for s in policy.FLOODGATE_SERVICES}
     assert {s["metadata"]["name"] for s in policy.of_kind(dev, "StatefulSet")} == {"postgresql", "rabbitmq"}
@@ -106,6 +106,8 @@ def test_commands_match_the_contracts(dev):
     assert commands["inventory-sweeper"] == ("floodgate/inventory", ["python", "-m", "services.inventory", "sweeper"])
     assert commands["notifications-migrate"] == ("floodgate/notifications",
                                                  ["python", "-m", "services.notifications", "migrate"])
+    assert commands["checkout-line-status"] == ("floodgate/checkout", ["python", "-m", "services.checkout",
+                                                                       "line-status", "--bind", "0.0.0.0:8000"])
     # and each is a process its service's command line really has
     for name, (image, command) in commands.items():
         if command is None or "floodgate/" not in image:
@@ -138,6 +140,64 @@ def test_metrics_and_tmp_are_writable_on_a_read_only_root(dev):
             assert "emptyDir" in volumes[mounts[env["PROMETHEUS_MULTIPROC_DIR"]]]
     api = policy.find(dev, "Deployment", "checkout-api")
     assert any(e["name"] == "PROMETHEUS_MULTIPROC_DIR" for e in policy.pod_spec(api)["containers"][0]["env"])
+
+
+@pytest.mark.parametrize("target", ["dev", "prod", "drop"])
+def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_alone(targets, target):
+    """checkout's public status edge: one worker per pod (scaled by replicas), checkout's database
+    through its PgBouncer and no other Secret (no broker, service key, payment or line-pass secret),
+    /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and no /metrics."""
+    objects = targets[target].objects
+    deployment = policy.find(objects, "Deployment", "checkout-line-status")
+    assert deployment is not None
+    spec = policy.pod_spec(deployment)
+    [container] = spec["containers"]
+    assert container["image"].split(":")[0].endswith("floodgate/checkout")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["WEB_CONCURRENCY"]["value"] == "1"
+    secrets = [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})]
+    assert len(secrets) == 1  # dev's generated Secrets carry a content hash in their names
+    assert secrets[0][0] == "DATABASE_URL" and secrets[0][1]["name"].startswith("checkout-database")
+    assert secrets[0][1]["key"] == "pooler-url"
+    assert [s["configMapRef"]["name"].startswith("checkout-config") for s in container["envFrom"]] == [True]
+    assert not {"METRICS_BIND", "PROMETHEUS_MULTIPROC_DIR", "AMQP_URL", "SERVICE_KEY"} & set(env)
+    assert [p["containerPort"] for p in container["ports"]] == [8000]
+    assert not deployment["spec"]["template"].get("metadata", {}).get("annotations", {})
+    probes = {probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
+              for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes == {"startupProbe": ("/healthz", "http"), "livenessProbe": ("/healthz", "http"),
+                      "readinessProbe": ("/readyz", "http")}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+    assert policy.find(objects, "PodDisruptionBudget", "checkout-line-status") is not None
+    # prod and the drop: its autoscaler owns the count; dev runs one of everything
+    if target == "dev":
+        assert deployment["spec"]["replicas"] == 1
+    else:
+        assert "replicas" not in deployment["spec"]
+        hpa = policy.find(objects, "HorizontalPodAutoscaler", "checkout-line-status")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "checkout-line-status"
+        assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_an_api_without_its_metrics_port_is_still_refused(dev):
+    """The line-status edge serves no /metrics; checkout's API, gunicorn, must still keep it off 8000."""
+    import copy
+
+    objects = copy.deepcopy(dev)
+    api = policy.pod_spec(policy.find(objects, "Deployment", "checkout-api"))["containers"][0]
+    api["env"] = [e for e in api["env"] if e["name"] != "METRICS_BIND"]
+    assert ("Deployment/checkout-api container api: no METRICS_BIND: /metrics is served on the public port"
+            in policy.check_metrics_port(objects))
+
+
+@pytest.mark.parametrize("target, expected", [("dev", "http://127.0.0.1:8005"),
+                                              ("prod", "https://shop.example.com/api/line-status"),
+                                              ("drop", "https://shop.example.com/api/line-status")])
+def test_checkout_tells_the_drop_page_where_the_line_status_edge_is(targets, target, expected):
+    config = next(c for c in policy.of_kind(targets[target].objects, "ConfigMap")
+                  if c["metadata"]["name"].startswith("checkout-config"))
+    assert config["data"]["LINE_STATUS_PUBLIC_URL"] == expected
+    assert config["data"]["PUBLIC_URL"] != expected
 
 
 @pytest.mark.parametrize("target", ["dev", "prod", "drop"])

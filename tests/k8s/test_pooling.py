@@ -44,6 +44,18 @@ def test_the_pool_sizes_are_those_derived_from_the_drops_ceilings(drop):
         assert written == planned[service].ini(), service
 
 
+def test_the_line_status_edge_at_its_ceiling_is_counted_against_checkouts_pgbouncer(drop):
+    """Its pods read checkout's database through checkout's PgBouncer: each may open its engine's
+    ceiling (a pool of its kind's size, twice that at most), at its autoscaler's ceiling."""
+    objects = copy.deepcopy(drop)
+    line_status = _deployment(objects, "checkout-line-status")
+    ceiling = policy.find(objects, "HorizontalPodAutoscaler", "checkout-line-status")["spec"]["maxReplicas"]
+    per_pod = 2 * pooling.process_pool_size("checkout", "line-status", {})
+    without = [o for o in objects if o is not line_status]
+    assert pooling.client_connections(objects)["checkout"] - pooling.client_connections(without)["checkout"] \
+        == ceiling * per_pod
+
+
 def test_dev_postgresql_is_given_room_for_the_poolers(dev):
     assert pooling.max_connections(dev) == 200
     assert pooling.server_connections(dev) <= 200

@@ -136,7 +136,15 @@ class FakeLines:
             state=line.state, opens_at=line.opens_at, remaining_units=line.remaining_units,
             admitted_through=line.admitted_through, observed_rate=line.observed_rate)
 
-    def join(self, ticket_id, drop_id, buyer_id, account_created_at):
+    def join_many(self, wanted):
+        made = {}
+        for ticket_id, request in wanted:
+            row = self._join(ticket_id, request.drop_id, request.buyer_id, request.account_created_at)
+            if row is not None:
+                made[ticket_id] = row
+        return made
+
+    def _join(self, ticket_id, drop_id, buyer_id, account_created_at):
         line = self.get(drop_id)
         if line is None or line.state == "closed" or self.ticket_of(drop_id, buyer_id) is not None:
             return None

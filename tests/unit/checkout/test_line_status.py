@@ -1,7 +1,9 @@
-"""The waiting room's public status edge, without a server or a database: what a poll of a ticket
-or of a line answers from the copy, how the copy is refreshed, and what a stale copy does."""
+"""The waiting room's public edge, without a server or a database: what a poll of a ticket or of
+a line answers from the copy, how the copy is refreshed, what a stale copy does, and joins
+gathered into batches."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -9,8 +11,11 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from services.checkout import line as waiting_room
-from services.checkout.line_status import STALE_SECONDS, LineStatusApp, Lines
+from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines
+from shared.auth import Principal
+from shared.errors import Unauthorized
 from shared.values import utc_now
+from tests.unit.checkout.fakes import FakeUnitOfWork
 
 DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
 PAGE = "http://shop.example"
@@ -44,7 +49,7 @@ def app_with(tickets: dict[uuid.UUID, int], **line) -> tuple[LineStatusApp, Fake
 
 def get(app: LineStatusApp, path: str, origin: str | None = None) -> tuple[int, dict, dict]:
     headers = {b"origin": origin.encode()} if origin else {}
-    status, body, answer_headers = app.answer("GET", path, headers)
+    status, body, answer_headers = asyncio.run(app.answer("GET", path, headers))
     return status, json.loads(body), {name.decode(): value.decode() for name, value in answer_headers}
 
 
@@ -97,11 +102,11 @@ def test_unknown_lines_and_tickets_not_yet_placed_are_clear_404s():
         assert body["status"] == 404 and body["detail"] and headers["cache-control"] == "no-store"
 
 
-def test_it_only_reads():
+def test_it_answers_get_and_post_only():
     app, _ = app_with({uuid.uuid4(): 1})
-    status, body, headers = app.answer("POST", f"/drops/{DROP}/line/status", {})
+    status, body, headers = asyncio.run(app.answer("POST", f"/drops/{DROP}/line/status", {}))
     assert status == 405 and json.loads(body)["title"] == "Method not allowed"
-    assert app.answer("OPTIONS", f"/drops/{DROP}/line/status", {b"origin": PAGE.encode()})[0] == 204
+    assert asyncio.run(app.answer("OPTIONS", f"/drops/{DROP}/line/status", {b"origin": PAGE.encode()}))[0] == 204
 
 
 def test_a_stale_copy_answers_503_with_retry_after_and_is_not_ready():
@@ -130,3 +135,68 @@ def test_the_copy_fetches_only_the_positions_handed_out_since_its_last_refresh()
     connection.lines = []  # the line is gone (closed over a day ago)
     lines.refresh(connection)
     assert lines.positions == {} and lines.figures == {}
+
+
+# --- joins ----------------------------------------------------------------------------------------
+
+class Tokens:
+    """A verifier that knows tokens by name: "token-<buyer>"."""
+
+    def __init__(self):
+        self.keys = None
+
+    def verify(self, token: str) -> Principal:
+        if not token.startswith("token-"):
+            raise Unauthorized("That token does not verify.")
+        return Principal(subject=token.removeprefix("token-"), role="buyer", account_created_at=utc_now())
+
+
+def joining_app(per_minute: int = 100) -> tuple[LineStatusApp, FakeUnitOfWork]:
+    uow = FakeUnitOfWork()
+    now = utc_now()
+    waiting_room.put_line(DROP, waiting_room.LineSettings(opens_at=now + timedelta(minutes=5)), uow, now)
+    uow.commit()
+    batches = []
+    original = uow.lines.join_many
+    uow.lines.join_many = lambda wanted: batches.append(len(wanted)) or original(wanted)
+    uow.batches = batches
+    joiner = Joiner(lambda: uow, Tokens(), waiting_room.JoinLimit(per_minute), "a pass secret for unit tests")
+    return LineStatusApp(Lines(), frozenset({PAGE}), joiner=joiner), uow
+
+
+def join(app, *tokens: str, client: str = "10.0.0.1") -> list[tuple[int, dict]]:
+    async def everyone():
+        return await asyncio.gather(*(app.answer("POST", f"/drops/{DROP}/line/tickets",
+                                                 {b"authorization": f"Bearer {token}".encode()}, client)
+                                      for token in tokens))
+    return [(status, json.loads(body)) for status, body, _ in asyncio.run(everyone())]
+
+
+def test_joins_arriving_together_are_made_in_one_batch_and_a_second_join_returns_the_same_ticket():
+    app, uow = joining_app()
+    answers = join(app, *(f"token-buyer-{n}" for n in range(20)), "token-buyer-0")
+    assert uow.batches == [21]  # one statement for all of them
+    assert sorted(status for status, _ in answers) == [200] + [201] * 20
+    assert len({body["ticket_id"] for _, body in answers}) == 20
+    assert all(body["state"] == "pre_queue" and body["pass"] is None for _, body in answers)
+    again = join(app, "token-buyer-7")[0]
+    assert again[0] == 200 and again[1]["ticket_id"] == next(b["ticket_id"] for s, b in answers[7:8])
+
+
+def test_a_join_without_a_good_token_or_to_no_line_is_refused_and_nothing_is_made():
+    app, uow = joining_app()
+    [(status, body)] = join(app, "forged")
+    assert status == 401 and body["type"].endswith("/unauthorized")
+    status, body, _ = asyncio.run(app.answer("POST", f"/drops/{DROP}/line/tickets", {}, "10.0.0.1"))
+    assert status == 401
+    status, body, _ = asyncio.run(app.answer("POST", f"/drops/{uuid.uuid4()}/line/tickets",
+                                             {b"authorization": b"Bearer token-ann"}, "10.0.0.1"))
+    assert status == 404 and json.loads(body)["type"].endswith("/line-not-found")
+    assert uow.lines.tickets(DROP) == []
+
+
+def test_joins_per_client_are_limited():
+    app, _ = joining_app(per_minute=2)
+    answers = join(app, "token-a", "token-b", "token-c")
+    assert sorted(status for status, _ in answers) == [201, 201, 429]
+    assert join(app, "token-d", client="10.0.0.2")[0][0] == 201  # another client is not held back
