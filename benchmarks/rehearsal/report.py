@@ -401,8 +401,12 @@ def line_markdown(line: dict) -> list[str]:
         f"| how the buyers left the line | {', '.join(f'{k}: {v:,}' for k, v in line['buyers_left_the_line'].items() if v)} |",
         f"| joins answered | {', '.join(f'{k}: {v:,}' for k, v in line['join_answers'].items())}; p50 / p95 / max "
         f"{_spread_text(_seconds(line['join_latency']), 'ms')} |",
-        f"| polls answered | {', '.join(f'{k}: {v:,}' for k, v in line['poll_answers'].items())}; busiest second "
-        f"{line['busiest_poll_second']:,}; p50 / p95 / max {_spread_text(_seconds(line['poll_latency']), 'ms')} |",
+        f"| polls answered (the edge) | {', '.join(f'{k}: {v:,}' for k, v in line['poll_answers'].items())}; busiest "
+        f"second (with the own polls) {line['busiest_poll_second']:,}; p50 / p95 / max "
+        f"{_spread_text(_seconds(line['poll_latency']), 'ms')} |",
+        f"| the buyers' own polls (checkout, signed in: the pass) | "
+        f"{', '.join(f'{k}: {v:,}' for k, v in line.get('own_poll_answers', {}).items())}; p50 / p95 / max "
+        f"{_spread_text(_seconds(line['own_poll_latency']), 'ms') if line.get('own_poll_latency') else 'n/a'} |",
         f"| sell-out | {sell_out} |",
         f"| waiting buyers told sold out (sell-out to the poll that said so), p50 / p95 / max | "
         f"{_spread_text(told) if told else 'n/a'}; {heard['later_than_limit']} later than {heard['limit_seconds']:g} s, "

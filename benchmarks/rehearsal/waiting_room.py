@@ -4,8 +4,8 @@ event log.
 
 - **Fairness**: the revealed seed matches the commitment published when the line was put on;
   the published pre-queue order is the one `pre_queue_order` recomputes from the seed; it holds
-  exactly the tickets that joined before the opening (every buyer whose join was answered before
-  the opening is in it); and the order the tickets were actually admitted in (`admitted_at`,
+  exactly the tickets the opening placed, and every buyer whose join was answered before the
+  opening is in it; and the order the tickets were actually admitted in (`admitted_at`,
   ties broken by position) is that order followed by the later arrivals in arrival order (as far
   as admissions went: the admitted tickets are a prefix of it).
 - **Passes within the stock**: no sample in which more passes were in play (admitted, unused,
@@ -98,15 +98,19 @@ def _tickets(rig, drop_id: str) -> tuple[dict, list[dict]]:
     return line._asdict(), tickets
 
 
+def _in_pre_queue(ticket: dict, line: dict) -> bool:
+    return ticket["position"] is not None and ticket["position"] <= line["pre_queue_size"]
+
+
 def fairness(line: dict, tickets: list[dict], published: dict, commitment: str, joined_before_opening: set[str]) -> dict:
     """The admission order against the one the revealed seed gives, then first come first served."""
     seed = bytes.fromhex(published["seed"]) if published["seed"] else None
     if seed is None:
         return {"holds": False, "why": "the seed was never revealed (the line did not open)"}
     recomputed = [str(t) for t in pre_queue_order(seed, published["tickets"])]
-    pre_queue = {t["id"] for t in tickets if t["arrival"] <= line["pre_queue_size"]}
-    later = [t["id"] for t in sorted((t for t in tickets if t["arrival"] > line["pre_queue_size"]),
-                                     key=lambda t: t["arrival"])]
+    pre_queue = {t["id"] for t in tickets if _in_pre_queue(t, line)}
+    # arrival numbers come from a sequence: their order is the order of the joins' commits
+    later = [t["id"] for t in sorted((t for t in tickets if not _in_pre_queue(t, line)), key=lambda t: t["arrival"])]
     expected = recomputed + later
     admitted = [t["id"] for t in sorted((t for t in tickets if t["admitted_at"] is not None),
                                         key=lambda t: (t["admitted_at"], t["position"]))]
@@ -118,7 +122,7 @@ def fairness(line: dict, tickets: list[dict], published: dict, commitment: str, 
         "seed matches the commitment published before the opening":
             hashlib.sha256(seed).hexdigest() == commitment == line["commitment"],
         "published order = pre_queue_order(seed, its ticket ids)": published["tickets"] == recomputed,
-        "published pre-queue = the tickets that joined before the opening": set(published["tickets"]) == pre_queue,
+        "published pre-queue = the tickets placed at the opening (positions 1..N)": set(published["tickets"]) == pre_queue,
         "every buyer whose join was answered before the opening is in it": not missing,
         "admission order (admitted_at, then position) = seed's order, then arrival order": first_difference is None,
     }
@@ -266,7 +270,7 @@ def figures(rig, drop_id: str, events: list[dict], samples: list[dict], opens_at
         "buyers_joined": len({e["buyer"] for e in joins}),
         "joins_answered_before_opening": len(joined_before_opening),
         "pre_queue": line["pre_queue_size"],
-        "later_arrivals": sum(1 for t in tickets if t["arrival"] > line["pre_queue_size"]),
+        "later_arrivals": sum(1 for t in tickets if not _in_pre_queue(t, line)),
         "admitted": len(admitted),
         "passes_used": sum(1 for t in tickets if t["used_at"] is not None),
         "passes_expired_unused": sum(1 for t in admitted if t["used_at"] is None and t["pass_expires_at"]
@@ -278,10 +282,13 @@ def figures(rig, drop_id: str, events: list[dict], samples: list[dict], opens_at
         "time_to_hear_admitted_from_join": _spread(heard_admitted),
         "admissions_per_second": per_second,
         "join_answers": dict(answers[JOIN_LINE]),
-        "poll_answers": dict(answers[POLL_TICKET]),
+        "poll_answers": dict(answers[POLL_PLACE]),  # the crowd's polls, at the public edge
         "join_latency": _spread([ms / 1000 for ms in latencies[JOIN_LINE]]),
-        "poll_latency": _spread([ms / 1000 for ms in latencies[POLL_TICKET]]),
-        "polls": sum(answers[POLL_TICKET].values()),
+        "poll_latency": _spread([ms / 1000 for ms in latencies[POLL_PLACE]]),
+        "polls": sum(answers[POLL_PLACE].values()),
+        # the buyers' own polls at checkout: once admitted (the pass), or before the edge knew them
+        "own_poll_answers": dict(answers[POLL_TICKET]),
+        "own_poll_latency": _spread([ms / 1000 for ms in latencies[POLL_TICKET]]),
         "busiest_poll_second": max(polls_by_second.values(), default=0),
         "fairness": fairness(line, tickets, published, commitment, joined_before_opening),
         "passes_within_stock": passes_within_stock(samples),

@@ -91,9 +91,11 @@ def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: i
     starting = pace.rate == 0.0
     pace.rate = waiting_room.next_rate(pace.rate or line.admission_rate, line.admission_rate, checkout_shedding)
     # at most a second's worth saved up (one admission at least, so a rate under 1/s admits
-    # too); a line this process has just taken on starts with it
+    # too); a line this process has just taken on starts with one turn's worth, so its first
+    # second admits no more than the rate either
     most = max(1.0, pace.rate)
-    pace.budget = most if starting else min(most, pace.budget + pace.rate * elapsed)
+    first = max(1.0, pace.rate * MIN_TURN_SECONDS)
+    pace.budget = first if starting else min(most, pace.budget + pace.rate * elapsed)
     allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes, pace.budget)
     positions = uow.lines.admit_next(line.drop_id, allowed, now, waiting_room.pass_expiry(now, line))
     pace.budget -= len(positions)

@@ -165,7 +165,9 @@ class Joiner:
         self.unit_of_work, self.verifier, self.join_limit, self.pass_secret = (
             unit_of_work, verifier, join_limit, pass_secret)
         self.verifying = ThreadPoolExecutor(2, thread_name_prefix="line-verify")
-        self.database = ThreadPoolExecutor(2, thread_name_prefix="line-join")
+        # one thread: this process's batches commit in the order their arrival numbers were
+        # taken, so the admitter's turn never places a later batch before an earlier one
+        self.database = ThreadPoolExecutor(1, thread_name_prefix="line-join")
         self._pending: list[tuple[waiting_room.JoinRequest, asyncio.Future]] = []
         self._flush_scheduled = False
 
