@@ -1,7 +1,10 @@
-"""A scripted drop against a running `make run` stack: `make demo`.
+"""Demo drops on the local stack.
 
-An admin opens a drop of 3 units, 4 buyers rush it, 3 pay, the 4th hears "sold out", and the
-confirmation emails arrive in the local SMTP server.
+- `demo_drop` (called by `make run` once the stack is up): a drop of 25 units with a line,
+  opening a few minutes later, to try from its drop page in a browser.
+- `make demo`: a scripted drop against a running `make run` stack. An admin opens a drop of 3
+  units, 4 buyers rush it, 3 pay, the 4th hears "sold out", and the confirmation emails arrive
+  in the local SMTP server.
 """
 from __future__ import annotations
 
@@ -14,6 +17,24 @@ import requests
 
 from devtools.client import Floodgate, poll
 from devtools.stack import ROOT, Infra, Stack
+
+
+DEMO_OPENS_IN_SECONDS = 180
+# development only: the demo admin's password, printed by `make run` for the local stack
+DEMO_ADMIN_PASSWORD = "demo admin password (dev only)"
+
+
+def demo_drop(stack: Stack) -> None:
+    """A drop of 25 units with a line, opening in DEMO_OPENS_IN_SECONDS, and its drop page."""
+    floodgate = Floodgate(stack)
+    email = f"admin-{uuid.uuid4().hex[:6]}@floodgate.test"
+    admin = floodgate.create_admin(email, DEMO_ADMIN_PASSWORD)
+    drop = floodgate.create_drop(admin, quantity=25, opens_in=DEMO_OPENS_IN_SECONDS, lasts=2 * 3600)
+    floodgate.put_line(admin, drop, admission_rate=5)
+    print(f"\nA demo drop of {drop['quantity']} units, behind a line, opens in {DEMO_OPENS_IN_SECONDS // 60} "
+          f"minutes ({drop['opens_at']}):\n  drop page  {stack.url('checkout')}/drops/{drop['id']}/page   "
+          f"(sign up, join the line, order when admitted, pay on the simulator)\n"
+          f"  its admin  {email} / {DEMO_ADMIN_PASSWORD!r}   (development only)", flush=True)
 
 
 def main() -> None:

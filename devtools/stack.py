@@ -96,10 +96,11 @@ class Stack:
             INVENTORY_URL=self.url("inventory"),
             PAYMENT_PROVIDER_URL=self.url("payments"),
             PUBLIC_URL=self.url("checkout"),
-            # the drop page, served by checkout, calls accounts and inventory from the browser
+            # the drop page and the control room, served by checkout, call the others from the browser
             ACCOUNTS_PUBLIC_URL=self.url("accounts"),
             INVENTORY_PUBLIC_URL=self.url("inventory"),
             LINE_STATUS_PUBLIC_URL=self.url("line-status"),
+            NOTIFICATIONS_PUBLIC_URL=self.url("notifications"),
             CORS_ALLOWED_ORIGINS=self.url("checkout"),
             CHECKOUT_WEBHOOK_URL=f"{self.url('checkout')}/payments/webhook",
             SMTP_HOST="127.0.0.1",
@@ -347,12 +348,22 @@ def announce(stack: Stack) -> None:
     print("\nFloodgate is up (logs in %s):" % (stack.var_dir / "logs"))
     for name in ("accounts", "inventory", "checkout", "notifications"):
         print(f"  {name:<14} {stack.url(name)}   (OpenAPI: {stack.url(name)}/openapi.json)")
-    print(f"  {'line-status':<14} {stack.url('line-status')}   (the waiting room's public status, polled by the crowd)")
+    print(f"  {'line-status':<14} {stack.url('line-status')}   (the waiting room's public edge: the crowd joins and polls here)")
     print(f"  {'payments':<14} {stack.url('payments')}   (payment provider simulator)")
     print(f"  {'smtp':<14} smtp://127.0.0.1:{stack.ports['smtp']}   (mail kept in {stack.maildir}; "
           f"list: http://127.0.0.1:{stack.ports['smtp-control']}/messages)")
     print("\nIn another terminal: `make demo` sells a small drop and shows the email. Ctrl-C stops everything.",
           flush=True)
+
+
+def announce_with_a_demo_drop(stack: Stack) -> None:
+    from devtools.demo import demo_drop  # the demo drives the stack through its client
+
+    announce(stack)
+    try:
+        demo_drop(stack)
+    except Exception as error:  # the stack is up all the same; say why there is no demo drop
+        print(f"\n(no demo drop: {error!r})", flush=True)
 
 
 def main() -> None:
@@ -369,7 +380,7 @@ def main() -> None:
     stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True, api_workers={"notifications": 1})
     print("migrating databases ...", flush=True)
     stack.migrate()
-    supervise(stack, announce)
+    supervise(stack, announce_with_a_demo_drop)
 
 
 if __name__ == "__main__":
