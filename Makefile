@@ -12,7 +12,7 @@ help:
 	@echo "make test            - unit, integration and Kubernetes manifest tests (installs what it needs)"
 	@echo "make unit            - the unit tests alone (no network)"
 	@echo "make integration     - the integration tests alone (real processes and servers)"
-	@echo "make k8s-validate    - render every overlay, validate strictly, policies and their tests"
+	@echo "make k8s-validate    - render every overlay, validate strictly, policies, alert rules (promtool) and their tests"
 	@echo "make k8s-drop OPENS_AT=...  - the drop overlay for an opening time, on stdout"
 	@echo "make images          - build the four service images and smoke-test them (installs podman if no Docker)"
 	@echo "make images-smoke    - smoke-test the images already built"
@@ -49,6 +49,16 @@ pgbouncer:
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
 	  $(SUDO) apt-get install -y pgbouncer || { $(SUDO) apt-get update && $(SUDO) apt-get install -y pgbouncer; }
 
+# tests/k8s/test_monitoring.py checks and unit-tests the alert rules with promtool (Debian's
+# prometheus package: no package ships promtool alone), installed here when missing, without the
+# node exporter it recommends. On a host run by systemd the package also enables a Prometheus
+# server; `systemctl disable --now prometheus` if you do not want one
+.PHONY: promtool
+promtool:
+	@test -x /usr/bin/promtool || \
+	  $(SUDO) apt-get install -y --no-install-recommends prometheus || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+
 # tests/integration/test_drop_page.py drives Debian's chromium headless through Playwright (the
 # system browser's executable: nothing downloads a browser, never `playwright install`), installed
 # here when missing
@@ -72,7 +82,7 @@ $(K8S_STAMP): requirements-k8s.txt
 	touch $(K8S_STAMP)
 
 # render every overlay, validate strictly against two Kubernetes versions, policies, hadolint, tests
-k8s-validate: $(STAMP) $(K8S_STAMP)
+k8s-validate: $(STAMP) $(K8S_STAMP) promtool
 	$(BIN)/python -m deploy.validate --out var/k8s
 	$(BIN)/python -m pytest tests/k8s -q
 

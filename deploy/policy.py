@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -598,3 +599,110 @@ def _broker_host_problems(ta: dict, secret: dict, key: str, objects: list[dict])
     if service is not None and labels[1] != namespace:
         return [f"{where}: broker host {host!r} names namespace {labels[1]!r}, but Service {labels[0]} is in {namespace!r}"]
     return []
+
+
+# --- monitoring (deploy/k8s/components/monitoring; the Prometheus Operator's CRDs) ------------
+
+def check_monitoring(objects: list[dict]) -> list[str]:
+    """The PrometheusRule is the rules file, the PodMonitor scrapes every API's metrics port (a
+    port that only the monitoring namespace reaches, on the pods: no Service publishes it), and
+    the dashboard ConfigMap holds JSON and Grafana's label."""
+    from deploy import monitoring
+
+    problems = []
+    rules = of_kind(objects, "PrometheusRule")
+    if [r["spec"] for r in rules] != [monitoring.rules()]:
+        problems.append(f"PrometheusRule differs from {monitoring.RULES.relative_to(monitoring.ROOT)}: "
+                        "run `python -m deploy.monitoring`")
+    apis = [d for d in of_kind(objects, "Deployment") if pod_labels(d).get("app.kubernetes.io/component") == "api"
+            and pod_labels(d).get("app.kubernetes.io/name") in FLOODGATE_SERVICES]
+    monitors = of_kind(objects, "PodMonitor")
+    if not monitors:
+        problems.append("no PodMonitor")
+    for monitor in monitors:
+        selected = [d for d in apis if d["metadata"].get("namespace") == monitor["metadata"].get("namespace")
+                    and _selects(monitor["spec"]["selector"], pod_labels(d))]
+        if {name_of(d) for d in selected} != {name_of(d) for d in apis}:
+            problems.append(f"{name_of(monitor)}: scrapes {sorted(name_of(d) for d in selected)}, "
+                            f"not every API {sorted(name_of(d) for d in apis)}")
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for api in selected:
+                ports = {p.get("name"): p["containerPort"] for _, c, _ in containers(api, init=False)
+                         for p in c.get("ports", [])}
+                port = ports.get(endpoint.get("port"))
+                if port is None:
+                    problems.append(f"{name_of(monitor)}: {name_of(api)} has no port named {endpoint.get('port')!r}")
+                elif not ingress_allowed(objects, {}, pod_labels(api), port,
+                                         namespace=api["metadata"].get("namespace", "floodgate"),
+                                         source_namespace_labels={"floodgate.io/monitoring": "true"}):
+                    problems.append(f"{name_of(monitor)}: the monitoring namespace cannot reach {name_of(api)}:{port}")
+                elif ingress_allowed(objects, {}, pod_labels(api), port,
+                                     namespace=api["metadata"].get("namespace", "floodgate"),
+                                     source_namespace_labels={"floodgate.io/edge": "true"}):
+                    problems.append(f"{name_of(monitor)}: {name_of(api)}:{port} is reachable from the edge")
+    dashboards = [c for c in of_kind(objects, "ConfigMap") if "grafana_dashboard" in c["metadata"].get("labels", {})]
+    if not dashboards:
+        problems.append("no ConfigMap labelled grafana_dashboard")
+    for config_map in dashboards:
+        for key, text in config_map.get("data", {}).items():
+            try:
+                json.loads(text)
+            except ValueError as error:
+                problems.append(f"{name_of(config_map)}: {key} is not JSON: {error}")
+    return problems
+
+
+# --- tracing (deploy/k8s/components/tracing; an OpenTelemetry Collector) ----------------------
+
+COLLECTOR = "otel-collector"
+OTLP_HTTP_PORT = 4318
+# Floodgate's processes that do an order's work, and so trace it (shared/tracing.py)
+TRACED_COMPONENTS = ("api", "consumer", "relay", "sweeper", "admitter")
+
+
+def check_tracing(objects: list[dict]) -> list[str]:
+    """Every Floodgate process that traces is told the collector's Service (OTEL_EXPORTER_OTLP_ENDPOINT)
+    and reaches it on 4318, nothing from outside the namespace does, and the collector receives
+    OTLP/HTTP there and exports to the log and to an OTLP backend."""
+    import yaml
+
+    problems = []
+    service = find(objects, "Service", COLLECTOR)
+    collectors = [d for d in of_kind(objects, "Deployment") if service is not None
+                  and d["metadata"].get("namespace") == service["metadata"].get("namespace")
+                  and _selects({"matchLabels": service["spec"]["selector"]}, pod_labels(d))]
+    if service is None or len(collectors) != 1:
+        return [f"no Service {COLLECTOR} selecting one collector Deployment"]
+    collector, = collectors
+    if OTLP_HTTP_PORT not in [p.get("port") for p in service["spec"]["ports"]]:
+        problems.append(f"{name_of(service)}: does not publish {OTLP_HTTP_PORT}")
+    endpoint = f"http://{COLLECTOR}:{OTLP_HTTP_PORT}"
+    for obj in of_kind(objects, "Deployment"):
+        labels = pod_labels(obj)
+        if labels.get("app.kubernetes.io/name") not in FLOODGATE_SERVICES:
+            continue
+        traced = labels.get("app.kubernetes.io/component") in TRACED_COMPONENTS
+        told = [env_of(c).get("OTEL_EXPORTER_OTLP_ENDPOINT") for _, c, _ in containers(obj, init=False)]
+        if traced and told != [endpoint]:
+            problems.append(f"{name_of(obj)}: OTEL_EXPORTER_OTLP_ENDPOINT is {told}, not [{endpoint!r}]")
+        if traced and not reachable(objects, labels, pod_labels(collector), OTLP_HTTP_PORT):
+            problems.append(f"{name_of(obj)}: cannot reach {name_of(collector)}:{OTLP_HTTP_PORT}")
+    for outside in ({"floodgate.io/edge": "true"}, {"floodgate.io/monitoring": "true"}):
+        if ingress_allowed(objects, {}, pod_labels(collector), OTLP_HTTP_PORT,
+                           namespace=collector["metadata"].get("namespace", "floodgate"), source_namespace_labels=outside):
+            problems.append(f"{name_of(collector)}:{OTLP_HTTP_PORT} is reachable from namespaces labelled {outside}")
+    for volume in pod_spec(collector).get("volumes", []):
+        config_map = find(objects, "ConfigMap", volume.get("configMap", {}).get("name", ""))
+        for key, text in (config_map or {}).get("data", {}).items():
+            config = yaml.safe_load(text)
+            pipeline = config.get("service", {}).get("pipelines", {}).get("traces", {})
+            http = config.get("receivers", {}).get("otlp", {}).get("protocols", {}).get("http") or {}
+            if "otlp" not in pipeline.get("receivers", []) or not str(http.get("endpoint", "")).endswith(
+                    f":{OTLP_HTTP_PORT}"):
+                problems.append(f"{name_of(config_map)}: {key}: the traces pipeline does not receive OTLP/HTTP "
+                                f"on {OTLP_HTTP_PORT}")
+            exporters = pipeline.get("exporters", [])
+            if "debug" not in exporters or not any(e.split("/")[0] == "otlphttp" for e in exporters):
+                problems.append(f"{name_of(config_map)}: {key}: the traces pipeline exports to {exporters}, "
+                                "not to the log (debug) and a backend (otlphttp)")
+    return problems

@@ -1,10 +1,11 @@
 """`make k8s-validate`'s checker: `python -m deploy.validate [--k8s-dir DIR] [--versions 1.35,1.37]`.
 
 1. renders every overlay (dev, prod, drop for drop.yaml's opening time as it would be applied now,
-   and dev and prod with the optional KEDA component) with the venv's `kubectl kustomize`;
+   and dev and prod with each optional component: KEDA, monitoring, tracing) with the venv's
+   `kubectl kustomize`;
 2. validates every object strictly (unknown fields are errors) against the Kubernetes schemas of
    each version given (kubernetes-validate); a kind without a schema is an error, except the KEDA
-   CRDs, which the policy checks cover;
+   and Prometheus Operator CRDs, which the policy checks cover;
 3. runs the policy checks of deploy/policy.py on each rendering, and deploy/pooling.py's: every
    process but the migrations through its PgBouncer, whose connections fit max_connections;
 4. runs hadolint on deploy/Dockerfile (every service's image).
@@ -27,8 +28,9 @@ from deploy import policy, pooling, render, render_drop
 # The oldest and the newest minor version Kubernetes supports while this is written (one
 # release a season, the newest three supported); override with --versions.
 DEFAULT_VERSIONS = ("1.35", "1.37")
-# Custom resources kubernetes-validate has no schema for: checked by policy.check_keda instead.
-CRD_GROUPS = ("keda.sh/",)
+# Custom resources kubernetes-validate has no schema for: checked by policy.check_keda and
+# policy.check_monitoring instead.
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 # every service's image, relative to the repository root
 DOCKERFILE = "deploy/Dockerfile"
 
@@ -60,11 +62,14 @@ def schema_errors(objects: list[dict], versions: tuple[str, ...]) -> list[str]:
     return problems
 
 
-TARGETS = ("dev", "prod", "drop", "dev+keda", "prod+keda")
+TARGETS = ("dev", "prod", "drop", "dev+keda", "prod+keda", "dev+monitoring", "prod+monitoring",
+           "dev+tracing", "prod+tracing")
+# what each optional component's rendering must also pass
+COMPONENT_CHECKS = {"keda": policy.check_keda, "monitoring": policy.check_monitoring, "tracing": policy.check_tracing}
 
 
 def build(name: str, k8s_dir: Path) -> Target:
-    """Render one target: an overlay, or an overlay with the KEDA component."""
+    """Render one target: an overlay, or an overlay with an optional component."""
     overlays, components = k8s_dir / "overlays", k8s_dir / "components"
     if name == "drop":
         at = render_drop.now()
@@ -74,7 +79,7 @@ def build(name: str, k8s_dir: Path) -> Target:
     overlay, _, component = name.partition("+")
     if component:
         objects = render.render_with_components(overlays / overlay, [components / component])
-        return Target(name, objects, dev=overlay == "dev", extra=policy.check_keda(objects))
+        return Target(name, objects, dev=overlay == "dev", extra=COMPONENT_CHECKS[component](objects))
     return Target(name, render.render(overlays / overlay), dev=overlay == "dev")
 
 

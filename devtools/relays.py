@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 import sys
 
-from shared import logs
+from shared import logs, tracing
 from shared.messaging import relay
 
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m devtools.relays <service>=<database url> ...")
     roots = [root(*arg.split("=", 1)) for arg in argv]
     logs.configure("relays", roots[0].settings.log_level)
+    tracing.configure("relays", roots[0].settings, engines=[each.engine for each in roots])
     relay.run(roots)
 
 

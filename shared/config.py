@@ -73,6 +73,10 @@ class Settings:
     # browser origins allowed to call this service's API (CORS), comma-separated: the drop page's
     # (checkout's public URL) where the services are not behind one origin; empty: none
     cors_allowed_origins: str = ""
+    # /metrics reads the database and the broker when Prometheus scrapes; each read gets at most this long
+    metrics_query_timeout_seconds: float = 2.0
+    # traces go to this OTLP/HTTP collector (shared/tracing.py); empty: no tracing, at no cost
+    otel_exporter_otlp_endpoint: str = ""
     # fault injection for tests and rehearsals; never set in production
     fault_relay_exit_after_publish: bool = False
 

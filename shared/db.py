@@ -42,6 +42,15 @@ def engine_for(settings: Settings, pool_size: int = 5) -> sa.Engine:
                        prepared_statements=settings.database_prepared_statements)
 
 
+def read_briefly(engine: sa.Engine, statement: sa.Executable, timeout_seconds: float,
+                 params: dict | None = None) -> list[sa.Row]:
+    """The rows of one read-only `statement`, which PostgreSQL cancels after `timeout_seconds`
+    (for /metrics: a slow database must not hold a scrape, nor a connection, for long)."""
+    with engine.connect() as connection, connection.begin():
+        connection.execute(sa.text(f"SET LOCAL statement_timeout = {max(1, int(timeout_seconds * 1000))}"))
+        return connection.execute(statement, params or {}).all()
+
+
 def make_session_factory(engine: sa.Engine) -> orm.sessionmaker:
     """Sessions that keep loaded objects readable after commit (views dump them afterwards)."""
     return orm.sessionmaker(bind=engine, expire_on_commit=False, future=True)

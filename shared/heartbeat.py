@@ -2,7 +2,10 @@
 
 Their loops call `beat()` every turn; Kubernetes' liveness probe runs
 `python -m shared.heartbeat <file> --max-age 60`, which fails when the loop has not turned for a
-minute, so a process that is alive but stuck is restarted.
+minute, so a process that is alive but stuck is restarted. A beat is also recorded where the
+service's API can see it (`shared/last_seen.py`), for Prometheus and the control room.
+
+This module stays small: the probe imports it every few seconds in every worker's pod.
 """
 from __future__ import annotations
 
@@ -14,19 +17,26 @@ from pathlib import Path
 
 
 class Heartbeat:
-    """Touches `path` at most once a second; a no-op without a path (local runs)."""
+    """Touches `path` at most once a second, and tells `last_seen` (a `shared.last_seen.LastSeen`,
+    or anything with a cheap `record()`); a no-op with neither."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, last_seen=None):
         self._path = Path(path) if path else None
-        self._last = 0.0
+        self._last_seen = last_seen
+        self._last = float("-inf")
 
     def beat(self) -> None:
-        """Record that the loop turned (cheap: touches the file at most once a second)."""
+        """Record that the loop turned (cheap: at most once a second, a file touched and a time noted)."""
+        if self._path is None and self._last_seen is None:
+            return
         now = time.monotonic()
-        if self._path is None or now - self._last < 1.0:
+        if now - self._last < 1.0:
             return
         self._last = now
-        self._path.touch()
+        if self._path is not None:
+            self._path.touch()
+        if self._last_seen is not None:
+            self._last_seen.record()
 
 
 def age_seconds(path: str) -> float:

@@ -1,7 +1,8 @@
 """JSON structured logs that carry the request id (and the order id when one is known).
 
 The request id comes from `X-Request-ID` or is minted at the edge; it travels in AMQP message
-headers so a consumer's log lines share the id of the request that caused them.
+headers so a consumer's log lines share the id of the request that caused them. With tracing on
+(`shared.tracing`), a line written inside a span also carries its `trace_id` and `span_id`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
+
+from shared import tracing
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 order_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("order_id", default=None)
@@ -26,7 +29,22 @@ class _ContextFilter(logging.Filter):
         order_id = order_id_var.get()
         if order_id and not hasattr(record, "order_id"):
             record.order_id = order_id
+        if "otelTraceID" in record.__dict__:
+            _trace_ids(record)
         return True
+
+
+# What the logging instrumentation notes on every record (tracing on): the ids, under our names
+# and only while a span is active ("0" otherwise), and nothing else of its.
+_OTEL_FIELDS = ("otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName")
+
+
+def _trace_ids(record: logging.LogRecord) -> None:
+    trace_id, span_id = record.__dict__["otelTraceID"], record.__dict__["otelSpanID"]
+    for name in _OTEL_FIELDS:
+        record.__dict__.pop(name, None)
+    if trace_id != "0":
+        record.trace_id, record.span_id = trace_id, span_id
 
 
 def configure(process: str, level: str = "INFO") -> None:
@@ -67,6 +85,7 @@ def log_context(request_id: str | None = None, order_id: str | None = None) -> I
         tokens.append((request_id_var, request_id_var.set(request_id)))
     if order_id is not None:
         tokens.append((order_id_var, order_id_var.set(order_id)))
+        tracing.tag_order(order_id)
     try:
         yield
     finally:
@@ -75,5 +94,7 @@ def log_context(request_id: str | None = None, order_id: str | None = None) -> I
 
 
 def bind_order_id(order_id: str) -> None:
-    """Attach `order_id` to the rest of the current request's or message's log lines."""
+    """Attach `order_id` to the rest of the current request's or message's log lines (and to
+    its span, when tracing)."""
     order_id_var.set(str(order_id))
+    tracing.tag_order(order_id)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from shared import logs
+from shared import logs, tracing
 from shared.messaging import consumer, relay, topology
 from shared.service import KINDS
 
@@ -54,6 +54,7 @@ def _own(bootstrap: Bootstrap, kind: str, run: Callable, args: argparse.Namespac
 def _started(bootstrap: Bootstrap, kind: str):
     root = bootstrap(kind)
     logs.configure(root.process, root.settings.log_level)
+    tracing.configure(root.process, root.settings, engines=[root.engine])
     return root
 
 

@@ -1,17 +1,19 @@
-"""What every service's Flask app has: errors, logs, request ids, metrics, probes, OpenAPI."""
+"""What every service's Flask app has: errors, logs, request ids, metrics, traces, probes, OpenAPI."""
 from __future__ import annotations
 
 import logging
 import re
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import EXCLUDE, Schema, fields
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from shared import auth, db, errors, logs, metrics, openapi
+from shared import auth, db, errors, logs, metrics, openapi, tracing
+from shared.last_seen import heartbeat_figures
+from shared.messaging.metrics import outbox_figures
 from shared.service import Root
 
 log = logging.getLogger("floodgate.http")
@@ -20,12 +22,14 @@ READINESS_CACHE_SECONDS = 2.0
 
 
 def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: auth.TokenVerifier | None = None,
-               collectors: Iterable[Collector] = ()) -> Flask:
+               collectors: Iterable[Collector] = (), figures: Mapping[str, metrics.Source] | None = None) -> Flask:
     """A Flask app for the service of `root` (its composition root, kind "api") with the common
     machinery and `blueprints`.
 
     `verifier` checks access tokens (default: with the keys accounts publishes at JWKS_URL);
-    `collectors` add the service's own figures to /metrics."""
+    `collectors` add the service's own figures to /metrics, and so do `figures` (sources read when
+    Prometheus scrapes, see `shared.metrics.ScrapedFigures`) beside those every service reports:
+    its outbox backlog and its workers' heartbeats."""
     settings = root.settings
     logs.configure(root.process, settings.log_level)
     app = Flask(settings.service_name)
@@ -35,6 +39,12 @@ def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: au
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
+    timeout = settings.metrics_query_timeout_seconds
+    registry.register(metrics.ScrapedFigures(root.service, {
+        "outbox": outbox_figures(root.service, root.engine, timeout),
+        "heartbeats": heartbeat_figures(root.service, root.engine, timeout),
+        **(figures or {}),
+    }))
     app.extensions["floodgate.metrics"] = registry
     app.extensions["floodgate.cors"] = allowed_origins(settings)
     errors.init_app(app)
@@ -45,6 +55,8 @@ def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: au
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     app.config["OPENAPI_TITLE"] = title
+    # Here, in each gunicorn worker (the app factory runs after the fork): see shared/tracing.py.
+    tracing.configure(root.process, settings, engines=[root.engine], app=app)
     return app
 
 

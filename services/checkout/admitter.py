@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from services.checkout import errors, line as waiting_room
 from shared.config import lower_priority
 from shared.heartbeat import Heartbeat
+from shared.last_seen import LastSeen
 from shared.values import utc_now
 
 log = logging.getLogger("floodgate.checkout.admitter")
@@ -115,7 +116,7 @@ def run(root) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    heartbeat = Heartbeat(settings.heartbeat_file)
+    heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(root.engine, "admitter"))
     paces: dict = {}
     shedding = Shedding()
     log.info("admitting", extra={"interval_seconds": settings.admitter_interval_seconds})

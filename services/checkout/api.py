@@ -1,15 +1,18 @@
 """Checkout's HTTP endpoints: thin views over `handlers` (and `idempotency` for placing orders)."""
 from __future__ import annotations
 
+import socket
+
 from flask import Blueprint, current_app, jsonify, request
 
-from services.checkout import handlers, idempotency, line as waiting_room
-from services.checkout.errors import InvalidSignature, LineNotFound, OrderNotFound, TicketNotFound
+from services.checkout import figures, handlers, idempotency, line as waiting_room
+from services.checkout.errors import DropNotFound, InvalidSignature, LineNotFound, OrderNotFound, TicketNotFound
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
     AdmissionOrderQuerySchema,
     AdmissionOrderSchema,
+    DropFiguresSchema,
     LineChangeSchema,
     LineRequestSchema,
     LineSchema,
@@ -24,6 +27,7 @@ from services.checkout.schemas import (
 from shared import addresses
 from shared.addresses import InvalidAddress, normalise
 from shared.auth import current_principal, require_admin, require_user
+from shared.control_room import requested_action
 from shared.errors import InvalidRequest
 from shared.openapi import operation
 from shared.values import utc_now, uuid_or_none
@@ -205,14 +209,18 @@ def put_line(drop_id: str):
 
 @bp.patch("/drops/<drop_id>/line")
 @operation("Pause, resume or close a line, or change its admission rate or factor (admin)",
-           request=LineChangeSchema, response=LineSchema, errors=(404, 409), auth="admin")
+           request=LineChangeSchema, response=LineSchema, errors=(404, 409), auth="admin",
+           description="Recorded, in the same transaction, among the admin actions (`GET /admin-actions`).")
 @require_admin
 def change_line(drop_id: str):
     body = load(LineChangeSchema())
     with unit_of_work() as uow:
         line = waiting_room.change_line(_drop_id(drop_id), uow, utc_now(), **body)
+        shown = LINE.dump(line)
+        uow.admin_actions.record(requested_action(line.drop_id).ended(
+            {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
         uow.commit()
-    return jsonify(LINE.dump(line))
+    return jsonify(shown)
 
 
 @bp.get("/drops/<drop_id>/line")
@@ -254,3 +262,24 @@ def my_ticket(drop_id: str):
     if found is None:
         raise TicketNotFound("You have no ticket in this drop's line (or it has no line); join it first.")
     return jsonify(TICKET.dump(waiting_room.ticket_view(found, found, utc_now(), root().settings.line_pass_secret)))
+
+
+# --- the control room (services/checkout/control_room_page.py) ------------------------------------
+
+@bp.get("/drops/<drop_id>/figures")
+@operation("A drop's orders by status and placed a second (every pod's, from the database), and the answers "
+           "to `POST /orders` by status (this pod's count)", response=DropFiguresSchema, errors=(404,), auth="admin",
+           description="`answers` are what this pod's API processes counted since they started, for every drop "
+                       "(`floodgate_http_requests_total`, read from their Prometheus directory): another pod "
+                       "counts its own, and Prometheus has the sum. A drop without orders has zeros.")
+@require_admin
+def drop_figures(drop_id: str):
+    drop = uuid_or_none(drop_id)
+    if drop is None:
+        raise DropNotFound(f"There is no drop {drop_id}.")
+    with unit_of_work() as uow:
+        orders = figures.drop_orders(uow, drop)
+    return jsonify(DropFiguresSchema().dump({
+        "drop_id": drop, "orders": orders,
+        "answers": {"by_status": figures.order_answers(root().service), "counted_by": socket.gethostname()},
+    }))

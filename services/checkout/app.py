@@ -1,17 +1,21 @@
 """Checkout's app factory: gunicorn serves `services.checkout.app:create_app()`."""
 from flask import Flask
 
-from services.checkout import api, config, page
+from services.checkout import api, config, control_room_page, page
 from services.checkout.bootstrap import bootstrap
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import LoadReport, OrderAdmission, OrderGate
-from shared import web
+from shared import control_room, web
+from shared.messaging.metrics import dead_letter_figures
 
 
 def create_app(settings: config.Settings | None = None, **dependencies) -> Flask:
     """`dependencies` go to the composition root (a test's fake `provider`, say)."""
     root = bootstrap("api", settings, **dependencies)
-    app = web.create_app(root, [api.bp, page.bp], title="Floodgate checkout")
+    app = web.create_app(root, [api.bp, page.bp, control_room_page.bp, control_room.workers_bp,
+                                control_room.admin_actions_bp], title="Floodgate checkout", figures={
+        "dead_letters": dead_letter_figures(root.settings, root.settings.metrics_query_timeout_seconds),
+    })
     # Load shedding in front of Flask: see services/checkout/load_shedding.py.
     gate = OrderGate(root.settings.max_orders_in_flight, root.settings.max_retry_after_seconds)
     app.wsgi_app = OrderAdmission(

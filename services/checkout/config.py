@@ -35,6 +35,8 @@ class Settings(CommonSettings):
     accounts_public_url: str = "http://127.0.0.1:8001"
     inventory_public_url: str = "http://127.0.0.1:8002"
     line_status_public_url: str = "http://127.0.0.1:8005"
+    # where the control room (services/checkout/control_room_page.py) finds notifications, as admins reach it
+    notifications_public_url: str = "http://127.0.0.1:8004"
 
 
 def load() -> Settings:

@@ -161,9 +161,11 @@ class Joiner:
     Verifying the buyer's token runs on a thread too, since it may have to fetch accounts'
     keys; the event loop only routes."""
 
-    def __init__(self, unit_of_work, verifier: TokenVerifier, join_limit: waiting_room.JoinLimit, pass_secret: str):
+    def __init__(self, unit_of_work, verifier: TokenVerifier, join_limit: waiting_room.JoinLimit, pass_secret: str,
+                 window_seconds: float = JOIN_WINDOW_SECONDS):
         self.unit_of_work, self.verifier, self.join_limit, self.pass_secret = (
             unit_of_work, verifier, join_limit, pass_secret)
+        self.window_seconds = window_seconds
         self.verifying = ThreadPoolExecutor(2, thread_name_prefix="line-verify")
         # one thread: this process's batches commit in the order their arrival numbers were
         # taken, so the admitter's turn never places a later batch before an earlier one
@@ -189,7 +191,7 @@ class Joiner:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_later(JOIN_WINDOW_SECONDS, self._flush)
+            loop.call_later(self.window_seconds, self._flush)
         ticket, new = await answer
         view = waiting_room.ticket_view(ticket, ticket, utc_now(), self.pass_secret)
         return (201 if new else 200), TICKET.dump(view)

@@ -8,9 +8,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared import admin_actions
+
 
 class Base(DeclarativeBase):
     pass
+
+
+# What admins did in this service (shared/admin_actions.py).
+ADMIN_ACTIONS = admin_actions.define_table(Base.metadata)
 
 
 class Order(Base):

@@ -45,14 +45,14 @@ def drop_page(drop_id: str):
         "server_time": datetime.now(timezone.utc).isoformat(),
     }
     response = make_response(render_template("drop_page.html", page=page, nonce=nonce))
-    response.headers["Content-Security-Policy"] = _content_security_policy(nonce, services.values())
+    response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 
-def _content_security_policy(nonce: str, service_urls) -> str:
+def content_security_policy(nonce: str, service_urls) -> str:
     """Only the page's own script and style run, and it talks to the services alone."""
     origins = sorted({_origin(url) for url in service_urls})
     return "; ".join((

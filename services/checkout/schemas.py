@@ -218,3 +218,24 @@ class AdmissionOrderSchema(Schema):
     algorithm = fields.String()
     tickets = fields.List(fields.UUID())
     next_offset = fields.Integer(allow_none=True)
+
+
+class DropOrdersSchema(Schema):
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                            metadata={"description": "the drop's orders per status (awaiting_payment, confirmed, ...)"})
+    total = fields.Integer()
+    placed_per_second = fields.Float(metadata={"description": "orders placed a second over the last `window_seconds`"})
+    window_seconds = fields.Float()
+
+
+class OrderAnswersSchema(Schema):
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                            metadata={"description": "answers to `POST /orders` per HTTP status, every drop's"})
+    counted_by = fields.String(metadata={"description": "the pod (host) whose API processes counted them, since "
+                                                        "they started; another pod counts its own"})
+
+
+class DropFiguresSchema(Schema):
+    drop_id = fields.UUID()
+    orders = fields.Nested(DropOrdersSchema)
+    answers = fields.Nested(OrderAnswersSchema)

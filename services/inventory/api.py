@@ -6,6 +6,7 @@ from flask import Blueprint
 from services.inventory import schemas
 from services.inventory.handlers import drops, reservations
 from shared.auth import require_admin, require_service
+from shared.control_room import requested_action
 from shared.openapi import operation
 from shared.web import load, root, unit_of_work
 
@@ -58,14 +59,18 @@ def schedule_drop():
     auth="admin",
     rules=("`closes_at` is after the drop's `opens_at` and in the future",
            f"the drop holds at most {drops.MAX_TOTAL_STOCK} units over its life"),
+    description="Recorded, in the same transaction, among the admin actions (`GET /admin-actions`).",
 )
 @require_admin
 def change_drop(drop_id: str):
     command = load(schemas.ChangeDropSchema())
     with unit_of_work() as uow:
         drop = drops.change_drop(drop_id, command, uow)
+        shown = schemas.DropSchema().dump(drop)
+        uow.admin_actions.record(requested_action(drop.id).ended(
+            {"closes_at": shown["closes_at"], "state": shown["state"], "remaining": shown["remaining"]}))
         uow.commit()
-    return schemas.DropSchema().dump(drop)
+    return shown
 
 
 @bp.get("/drops/<drop_id>")
@@ -73,6 +78,15 @@ def change_drop(drop_id: str):
 def show_drop(drop_id: str):
     with unit_of_work() as uow:
         return schemas.DropSchema().dump(drops.show_drop(drop_id, uow))
+
+
+@bp.get("/drops/<drop_id>/stock")
+@operation("A drop's units for the control room: total, remaining, held for orders awaiting payment, sold",
+           response=schemas.DropStockSchema, errors=(404,), auth="admin")
+@require_admin
+def drop_stock(drop_id: str):
+    with unit_of_work() as uow:
+        return schemas.DropStockSchema().dump(drops.drop_stock(drop_id, uow))
 
 
 @bp.post("/reservations")

@@ -14,6 +14,7 @@ from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
 from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
+from shared import admin_actions
 
 HELD, SOLD, RELEASED = "held", "sold", "released"
 SCHEDULED, OPEN, SOLD_OUT, CLOSED = "scheduled", "open", "sold_out", "closed"
@@ -23,6 +24,10 @@ MAX_STOCK_SHARDS = 64
 
 class Base(orm.DeclarativeBase):
     pass
+
+
+# What admins did in this service (shared/admin_actions.py).
+ADMIN_ACTIONS = admin_actions.define_table(Base.metadata)
 
 
 class Product(Base):
@@ -71,6 +76,9 @@ class Drop(Base):
                                                                    server_default=sa.text("'{}'"))
     hold_ttl_seconds: orm.Mapped[int | None] = orm.mapped_column(sa.Integer, nullable=True)
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    # Holds of this drop the sweeper released because their time ran out: only grows (/metrics
+    # reports it as the counter floodgate_inventory_hold_expiries_total).
+    holds_expired: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0, server_default="0")
 
     product: orm.Mapped[Product] = orm.relationship(lazy="joined", innerjoin=True)
 

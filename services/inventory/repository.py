@@ -12,9 +12,11 @@ from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql as pg
 
 from services.inventory.handlers.reservations import find_reservation, hold_again
-from services.inventory.models import HELD, RELEASED, BuyerAllowance, Reservation
+from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Reservation
+from shared.admin_actions import AdminActions
 from shared.db import UnitOfWork
 
 
@@ -45,6 +47,15 @@ class Reservations:
             .with_for_update(of=Reservation, skip_locked=True)
         ))
 
+    def count_expired(self, expired: list[Reservation]) -> None:
+        """Add `expired` (holds released because their time ran out) to their drops' counts of
+        expiries. The drop rows come last in the lock order (handlers/reservations.py)."""
+        per_drop = Counter(reservation.drop_id for reservation in expired)
+        self._session.execute(_COUNT_EXPIRED, [{"drop_id": d, "n": n} for d, n in sorted(per_drop.items())])
+
+
+_COUNT_EXPIRED = sa.text("UPDATE drops SET holds_expired = holds_expired + :n WHERE id = :drop_id")
+
 
 # Released units go to one shard row of the drop, picked at random (without waiting for a lock
 # to pick it: the update then waits for that row like any other).
@@ -55,6 +66,20 @@ _GIVE_BACK = sa.text(
         SELECT shard FROM drop_stock_shards WHERE drop_id = :d ORDER BY random() LIMIT 1)
     """
 )
+
+
+# The reservations of a drop are found by their index on drop_id; a released one holds nothing.
+_STOCK_FIGURES = sa.text(
+    f"""
+    SELECT drops.quantity + drops.restocked AS total,
+           (SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = drops.id) AS remaining,
+           (SELECT coalesce(sum(quantity), 0) FROM reservations
+             WHERE drop_id = drops.id AND status = '{HELD}') AS held,
+           (SELECT coalesce(sum(quantity), 0) FROM reservations
+             WHERE drop_id = drops.id AND status = '{SOLD}') AS sold
+    FROM drops WHERE drops.id = :drop_id
+    """
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
 
 
 class Stock:
@@ -94,15 +119,24 @@ class Stock:
         with self._session.begin_nested():
             hold_again(reservation, self._session, self._publish)
 
+    def figures(self, drop_id: uuid.UUID) -> dict | None:
+        """A drop's units as the control room shows them: `total` (quantity and restocks),
+        `remaining` (its stock rows), `held` and `sold` (its reservations); None for no drop.
+        One statement, so the four add up: total = remaining + held + sold."""
+        row = self._session.execute(_STOCK_FIGURES, {"drop_id": drop_id}).first()
+        return None if row is None else dict(row._mapping)
+
 
 class InventoryUnitOfWork(UnitOfWork):
     """The shared unit of work plus the inventory's repositories on its session."""
 
     reservations: Reservations
     stock: Stock
+    admin_actions: AdminActions
 
     def __enter__(self) -> "InventoryUnitOfWork":
         super().__enter__()
         self.reservations = Reservations(self.session)
         self.stock = Stock(self.session, self.publish)
+        self.admin_actions = AdminActions(self.session)
         return self

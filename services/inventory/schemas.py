@@ -136,6 +136,14 @@ class DropSchema(Schema):
     hold_ttl_seconds = fields.Integer(allow_none=True)
 
 
+class DropStockSchema(Schema):
+    drop_id = fields.UUID()
+    total = fields.Integer(metadata={"description": "units the drop ever had: quantity and restocks"})
+    remaining = fields.Integer(metadata={"description": "units nobody holds: what `GET /drops/{id}` calls remaining"})
+    held = fields.Integer(metadata={"description": "units held for orders awaiting payment"})
+    sold = fields.Integer(metadata={"description": "units sold (paid); total = remaining + held + sold"})
+
+
 class ReservationRequestSchema(Schema):
     class Meta:
         # Service-to-service: a newer checkout may send fields this inventory does not know yet.

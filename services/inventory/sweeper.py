@@ -10,6 +10,7 @@ from services.inventory.handlers import expiry
 from services.inventory.bootstrap import Inventory
 from shared.config import lower_priority
 from shared.heartbeat import Heartbeat
+from shared.last_seen import LastSeen
 
 log = logging.getLogger("floodgate.inventory.sweeper")
 
@@ -28,6 +29,6 @@ def run(root: Inventory) -> None:
         settings.sweep_batch_size,
         settings.sweep_interval_seconds,
         grace_seconds=settings.hold_release_grace_seconds,
-        on_turn=Heartbeat(settings.heartbeat_file).beat,
+        on_turn=Heartbeat(settings.heartbeat_file, LastSeen(root.engine, "sweeper")).beat,
     )
     log.info("sweeper stopped")

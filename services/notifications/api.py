@@ -3,13 +3,15 @@ from flask import Blueprint, jsonify, request
 
 from shared import web
 from shared.auth import require_admin
+from shared.control_room import requested_action
 from shared.openapi import operation
-from services.notifications import handlers
+from services.notifications import figures, handlers
 from services.notifications.schemas import (
     DeadLetterQuerySchema,
     DeadLetterSchema,
     DeliveryQuerySchema,
     DeliverySchema,
+    FiguresSchema,
     ReplayRequestSchema,
     ReplayResultSchema,
 )
@@ -50,10 +52,33 @@ def list_dead_letters():
     response=ReplayResultSchema,
     auth="admin",
     errors=(503,),
-    description="An empty body replays every parked event of notifications, as `{}` does.",
+    description="An empty body replays every parked event of notifications, as `{}` does. Recorded among the "
+                "admin actions (`GET /admin-actions`) with how many went back.",
 )
 @require_admin
 def replay_dead_letters():
     args = web.load(ReplayRequestSchema(), allow_empty=True)
-    replayed = handlers.replay(args["message_id"], web.root().settings, web.unit_of_work(), args["service"])
+    replayed = handlers.replay(args["message_id"], web.root().settings, web.unit_of_work(), args["service"],
+                               action=requested_action())
     return jsonify(ReplayResultSchema().dump({"replayed": replayed}))
+
+
+@bp.get("/figures")
+@operation(
+    "For the control room: the email backlog, the age of the oldest unsent email, when the last one went out, "
+    "and the dead letters of every service",
+    response=FiguresSchema,
+    auth="admin",
+    description="The email figures are those /metrics reports (`floodgate_notifications_*`), read by the same "
+                "collector; one whose source (the delivery log, the broker) could not be read is null, and "
+                "`email.sources` says which. `dead_letters` counts each consuming service's dead-letter queue "
+                "(null when the broker does not answer); `GET /dead-letters` lists them.",
+)
+@require_admin
+def control_room_figures():
+    root = web.root()
+    timeout = root.settings.metrics_query_timeout_seconds
+    return jsonify(FiguresSchema().dump({
+        "email": figures.email_figures(root.email_metrics(), root.service),
+        "dead_letters": figures.dead_letters(root.settings, timeout),
+    }))

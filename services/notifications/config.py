@@ -23,8 +23,6 @@ class Settings(CommonSettings):
     # empty in development; production reads it from a Secret
     smtp_password: str = ""
     mail_from: str = "Floodgate <orders@floodgate.test>"
-    # /metrics asks the database and the broker; each question gets at most this long
-    metrics_query_timeout_seconds: float = 2.0
 
 
 def load() -> Settings:

@@ -11,6 +11,7 @@ from typing import Callable
 import pika
 
 from shared import logs
+from shared.admin_actions import AdminAction
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
 from shared.messaging import topology
@@ -131,16 +132,22 @@ def dead_letters(settings: Settings, service: str | None = None) -> list[dict]:
         return parked_letters.parked(settings.amqp_url, service)
 
 
-def replay(message_id: str | None, settings: Settings, uow=None, service: str | None = None) -> int:
+def replay(message_id: str | None, settings: Settings, uow=None, service: str | None = None,
+           action: AdminAction | None = None) -> int:
     """Send one parked event (or all of them) of `service` (default: notifications) back to its
     work queue; how many went back. Notifications' own delivery log shows replayed events as
-    `retrying` again."""
+    `retrying` again, and the admin's `action` is recorded with how many went back, in the same
+    transaction (the replay itself is on the broker, before it)."""
     service = service or settings.service_name
     with _broker_answers():
         replayed = parked_letters.replay(settings.amqp_url, service, message_id)
-    if replayed and uow is not None and service == settings.service_name:
+    own = replayed and service == settings.service_name
+    if uow is not None and (own or action is not None):
         with uow:
-            uow.deliveries.mark_replayed(None if message_id is None else {message_id})
+            if own:
+                uow.deliveries.mark_replayed(None if message_id is None else {message_id})
+            if action is not None:
+                uow.admin_actions.record(action.ended({"replayed": replayed}))
             uow.commit()
     log.info("dead letters replayed", extra={"service": service, "replayed": replayed, "message_id": message_id})
     return replayed

@@ -16,6 +16,7 @@ from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from typing import Protocol
 
+from shared import tracing
 from shared.messaging.consumer import PermanentFailure
 from services.notifications.config import Settings
 from services.notifications.emails import Email
@@ -72,7 +73,9 @@ class SmtpMailer:
 
     def send(self, email: Email) -> None:
         message = self.compose(email)
-        with self._lock:
+        with self._lock, tracing.span("smtp send", "client", {
+            "server.address": self.host, "server.port": self.port, "floodgate.email.event_type": email.event_type,
+        }):
             reused = self._connection is not None
             try:
                 self._send_on(self._open(), message, email.to)

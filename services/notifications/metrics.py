@@ -14,18 +14,23 @@ all consumers together and across restarts, and the broker knows how many events
   delivering it (which counts towards its delivery limit), so that backlog shows as queue depth.
 - `floodgate_notifications_last_delivery_lag_seconds`: occurred-to-sent time of the latest email,
   which is how long the queue currently makes email wait when it is merely slow.
+- `floodgate_notifications_last_sent_timestamp_seconds`: when the latest email was sent (Unix
+  time; 0 before the first): with events waiting in the work queue, `time()` minus it says how
+  long no email has gone out (the consumer stopped, say), which the alert on late email reads.
+- `floodgate_dead_letters{service="notifications"}`: the dead-letter queue's depth, under the
+  name every consuming service reports it by (shared/messaging/metrics.py).
 """
 from __future__ import annotations
 
 import logging
 
-import pika
 import sqlalchemy as sa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.messaging import connection as amqp
 from shared.messaging import topology
+from shared.messaging.metrics import dead_letters_family, queue_depths
 from services.notifications.config import Settings
 from services.notifications.models import SENT, Delivery
 from services.notifications.repository import DeliveryLog
@@ -72,6 +77,11 @@ class EmailMetrics(Collector):
                 "Seconds from the latest sent email's event to its sending",
                 value=totals["last_lag"],
             )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_last_sent_timestamp_seconds",
+                "When the latest email was sent (Unix time; 0 before the first)",
+                value=totals["last_sent"],
+            )
         try:
             depths = self._queue_depths()
             up.add_metric(["broker"], 1)
@@ -84,6 +94,8 @@ class EmailMetrics(Collector):
             for queue, depth in depths.items():
                 queues.add_metric([queue], depth)
             yield queues
+            service = self.settings.service_name
+            yield dead_letters_family(service, depths[topology.dead_letter_queue(service)])
         yield up
 
     def _delivery_totals(self) -> dict:
@@ -91,13 +103,17 @@ class EmailMetrics(Collector):
         with self.session_factory() as session:
             session.execute(sa.text(f"SET LOCAL statement_timeout = {timeout_ms}"))
             totals = DeliveryLog(session).totals()
+            # a sent delivery is never updated again, so its updated_at is its sent_at: the index
+            # deliveries_status (status, updated_at) finds the latest without a scan
             latest = session.execute(
-                sa.select(Delivery.sent_at - Delivery.occurred_at)
-                .where(Delivery.status == SENT, Delivery.occurred_at.is_not(None))
-                .order_by(Delivery.sent_at.desc())
+                sa.select(Delivery.sent_at, Delivery.sent_at - Delivery.occurred_at)
+                .where(Delivery.status == SENT)
+                .order_by(Delivery.updated_at.desc())
                 .limit(1)
-            ).scalar()
-            totals["last_lag"] = max(0.0, latest.total_seconds()) if latest is not None else 0.0
+            ).first()
+            sent_at, lag = latest if latest is not None else (None, None)
+            totals["last_lag"] = max(0.0, lag.total_seconds()) if lag is not None else 0.0
+            totals["last_sent"] = sent_at.timestamp() if sent_at is not None else 0.0
             session.rollback()
         return totals
 
@@ -106,18 +122,4 @@ class EmailMetrics(Collector):
         queues = [topology.work_queue(service), topology.dead_letter_queue(service)]
         queues += [topology.retry_queue(service, delay)
                    for delay in topology.retry_delays(service, self.settings.retry_delays_ms)]
-        connection = amqp.connect(self.settings.amqp_url, f"{service}-metrics", heartbeat=0,
-                                  socket_timeout=self.settings.metrics_query_timeout_seconds)
-        depths = {}
-        try:
-            channel = connection.channel()
-            for queue in queues:
-                try:
-                    depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
-                except pika.exceptions.ChannelClosedByBroker:  # not declared yet: nothing waits there
-                    depths[queue] = 0
-                    channel = connection.channel()
-        finally:
-            if connection.is_open:
-                connection.close()
-        return depths
+        return queue_depths(self.settings, queues, self.settings.metrics_query_timeout_seconds)

@@ -8,12 +8,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared import admin_actions
+
 SENT, RETRYING, DEAD = "sent", "retrying", "dead"
 STATUSES = (SENT, RETRYING, DEAD)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+# What admins did in this service (shared/admin_actions.py).
+ADMIN_ACTIONS = admin_actions.define_table(Base.metadata)
 
 
 class Delivery(Base):

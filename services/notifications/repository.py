@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from shared import db
+from shared.admin_actions import AdminActions
 from services.notifications.models import DEAD, RETRYING, SENT, Delivery
 
 
@@ -124,11 +125,13 @@ _UPSERT = sa.text(
 
 
 class UnitOfWork(db.UnitOfWork):
-    """The shared unit of work, with the delivery log on its session."""
+    """The shared unit of work, with the delivery log and the admins' actions on its session."""
 
     deliveries: DeliveryLog
+    admin_actions: AdminActions
 
     def __enter__(self) -> "UnitOfWork":
         super().__enter__()
         self.deliveries = DeliveryLog(self.session)
+        self.admin_actions = AdminActions(self.session)
         return self

@@ -142,3 +142,30 @@ class ReplayRequestSchema(Schema):
 
 class ReplayResultSchema(Schema):
     replayed = fields.Integer()
+
+
+class EmailSourcesSchema(Schema):
+    database = fields.Boolean(metadata={"description": "the delivery log could be read"})
+    broker = fields.Boolean(metadata={"description": "the queues' depths could be read"})
+
+
+class EmailFiguresSchema(Schema):
+    backlog = fields.Integer(allow_none=True, metadata={
+        "description": "events waiting for their email: ready in the work queue and the retry tiers"})
+    in_work_queue = fields.Integer(allow_none=True)
+    in_retry_tiers = fields.Integer(allow_none=True)
+    oldest_unsent_age_seconds = fields.Float(allow_none=True, metadata={
+        "description": "how long the oldest event tried and still waiting for its email has waited (0: none)"})
+    last_sent_at = fields.DateTime(allow_none=True, metadata={"description": "null before the first email"})
+    last_delivery_lag_seconds = fields.Float(allow_none=True, metadata={
+        "description": "from the latest sent email's event to its sending"})
+    retrying = fields.Integer(allow_none=True)
+    dead = fields.Integer(allow_none=True)
+    sent = fields.Integer(allow_none=True)
+    sources = fields.Nested(EmailSourcesSchema)
+
+
+class FiguresSchema(Schema):
+    email = fields.Nested(EmailFiguresSchema)
+    dead_letters = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True, metadata={
+        "description": "messages parked per consuming service (null: the broker did not answer)"})

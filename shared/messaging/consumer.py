@@ -24,9 +24,10 @@ from typing import Callable, Mapping
 
 import pika
 
-from shared import logs
+from shared import logs, tracing
 from shared.config import Settings, lower_priority
 from shared.heartbeat import Heartbeat
+from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope, MalformedEvent
@@ -104,14 +105,14 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str):
+                 process: str, last_seen: LastSeen | None = None):
         self.settings = settings
         self.process = process  # its name on the broker connection
         self.handlers = handlers
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)
         self.stop = threading.Event()
-        self.heartbeat = Heartbeat(settings.heartbeat_file)
+        self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -180,8 +181,12 @@ class ConsumerRunner:
         request_id = headers.get("x-request-id") or properties.correlation_id
         logs.order_id_var.set(None)  # the worker thread's context outlives each message
         current_attempt.set(attempt)
-        with logs.log_context(request_id=request_id):
+        # The handling is a span under the relay's publish of the message (its `traceparent`).
+        with (logs.log_context(request_id=request_id),
+              tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span):
             outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings)
+            if outcome.action != "ack":
+                tracing.failed(span, f"{outcome.action}: {outcome.error}")
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)
         try:
             conn.add_callback_threadsafe(settle)
@@ -218,7 +223,8 @@ class ConsumerRunner:
 
 def run(root) -> None:
     """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`)."""
-    runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process)
+    runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process,
+                            LastSeen(root.engine, "consumer"))
     runner.install_signal_handlers()
     try:
         runner.run()

@@ -5,7 +5,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import pika
 
@@ -60,8 +60,10 @@ class Envelope:
             raise MalformedEvent("event data must be an object")
         return envelope
 
-    def properties(self, request_id: str | None = None) -> pika.BasicProperties:
-        """AMQP properties: persistent, `message_id` = envelope id, request id in the headers."""
+    def properties(self, request_id: str | None = None,
+                   trace_context: Mapping[str, str] | None = None) -> pika.BasicProperties:
+        """AMQP properties: persistent, `message_id` = envelope id, request id in the headers, and
+        the W3C trace context (`traceparent`, `tracestate`) when there is one."""
         return pika.BasicProperties(
             message_id=self.id,
             type=self.type,
@@ -69,5 +71,6 @@ class Envelope:
             correlation_id=self.correlation_id,
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
-            headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": 0},
+            headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": 0,
+                     **(trace_context or {})},
         )

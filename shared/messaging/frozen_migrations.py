@@ -1,6 +1,8 @@
-"""The outbox and inbox as every service's first migration created them. Frozen: never edit a
-function here. A change to the shared tables (shared/messaging/outbox.py) comes with a new
-function and a migration in each service that calls it, so history is never rewritten."""
+"""The tables every service's database holds, as the migrations that created them did: the outbox
+and inbox (each service's first migration), the workers' heartbeats (shared/last_seen.py). Frozen:
+never edit a function here. A change to the shared tables (shared/messaging/outbox.py,
+shared/last_seen.py) comes with a new function and a migration in each service that calls it, so
+history is never rewritten."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -31,3 +33,25 @@ def create_outbox_and_inbox_v1() -> None:
 def drop_outbox_and_inbox_v1() -> None:
     op.drop_table("inbox")
     op.drop_table("outbox")
+
+
+def create_worker_heartbeats_v1() -> None:
+    op.create_table(
+        "worker_heartbeats",
+        sa.Column("kind", sa.String(32), primary_key=True),
+        sa.Column("instance", sa.String(200), primary_key=True),
+        sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def drop_worker_heartbeats_v1() -> None:
+    op.drop_table("worker_heartbeats")
+
+
+def add_outbox_trace_context_v1() -> None:
+    # nullable and without a default: adding it rewrites no row, however long the outbox
+    op.add_column("outbox", sa.Column("trace_context", pg.JSONB))
+
+
+def drop_outbox_trace_context_v1() -> None:
+    op.drop_column("outbox", "trace_context")

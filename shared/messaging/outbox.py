@@ -1,8 +1,11 @@
 """The transactional outbox and the consumers' inbox, as tables every service's database holds.
 
 An event is written as an outbox row in the same transaction as the state change it reports;
-the relay (`python -m services.<service> relay`) publishes it later. A consumer records each message id in its
-inbox in the same transaction as its effects, so a redelivered message changes nothing.
+the relay (`python -m services.<service> relay`) publishes it later. The row keeps the W3C trace
+context of the work that wrote it (`trace_context`: `traceparent`, `tracestate`; NULL without
+tracing), so the publish and the consumers join that work's trace (`shared/tracing.py`).
+A consumer records each message id in its inbox in the same transaction as its effects, so a
+redelivered message changes nothing.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy import orm
 
+from shared import tracing
 from shared.logs import current_request_id
 from shared.messaging.envelope import Envelope
 
@@ -26,6 +30,7 @@ def define_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("request_id", sa.String(128)),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("published_at", sa.DateTime(timezone=True)),
+        sa.Column("trace_context", pg.JSONB(none_as_null=True)),
         sa.Index("outbox_pending", "id", postgresql_where=sa.text("published_at IS NULL")),
     )
     inbox = sa.Table(
@@ -49,7 +54,8 @@ def add_event(session: orm.Session, source: str, event_type: str, data: dict, co
     envelope = Envelope(type=event_type, data=data, source=source, correlation_id=correlation_id or request_id)
     session.execute(
         _INSERT_EVENT,
-        {"event_id": envelope.id, "event_type": event_type, "envelope": envelope.to_dict(), "request_id": request_id},
+        {"event_id": envelope.id, "event_type": event_type, "envelope": envelope.to_dict(), "request_id": request_id,
+         "trace_context": tracing.outbox_context(event_type, envelope.id, source)},
     )
     return envelope
 

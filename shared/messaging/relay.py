@@ -15,8 +15,10 @@ import time
 import pika
 import sqlalchemy as sa
 
+from shared import tracing
 from shared.config import Settings, lower_priority
 from shared.heartbeat import Heartbeat
+from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.envelope import Envelope
@@ -37,7 +39,7 @@ class OutboxRelay:
         self.engine = engine
         self.stop = stop or threading.Event()
         self.published = 0
-        self.heartbeat = Heartbeat(settings.heartbeat_file)
+        self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
         self._last_purge = 0.0
 
     def run(self) -> None:
@@ -91,9 +93,14 @@ class OutboxRelay:
             rows = tx.execute(_PENDING, {"limit": self.settings.relay_batch_size}).all()
             if not rows:
                 return 0
-            # Returns once the broker has confirmed every message (persisted in the quorum
-            # queues); a nack or an unroutable message raises and the rows stay pending.
-            publisher.publish(_message(row) for row in rows)
+            envelopes = [Envelope.from_dict(row.envelope) for row in rows]
+            # One `publish` span a message, under the trace of the work that wrote its row, open
+            # until the batch is confirmed; each message carries its span's context to the consumers.
+            traced = [(envelope.type, envelope.id, row.trace_context) for envelope, row in zip(envelopes, rows)]
+            with tracing.publishing(traced, topology.EVENTS_EXCHANGE, self.settings.service_name) as trace_contexts:
+                # Returns once the broker has confirmed every message (persisted in the quorum
+                # queues); a nack or an unroutable message raises and the rows stay pending.
+                publisher.publish(_message(*each) for each in zip(envelopes, rows, trace_contexts))
             if self.settings.fault_relay_exit_after_publish:
                 log.error("fault injection: exiting after publish, before marking sent", extra={"rows": len(rows)})
                 logging.shutdown()
@@ -116,7 +123,7 @@ class OutboxRelay:
 
 
 _PENDING = (
-    sa.select(OUTBOX.c.id, OUTBOX.c.envelope, OUTBOX.c.request_id)
+    sa.select(OUTBOX.c.id, OUTBOX.c.envelope, OUTBOX.c.request_id, OUTBOX.c.trace_context)
     .where(OUTBOX.c.published_at.is_(None))
     .order_by(OUTBOX.c.id)
     .limit(sa.bindparam("limit"))
@@ -125,9 +132,9 @@ _PENDING = (
 _MARK_SENT = sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 
 
-def _message(row) -> tuple[str, str, bytes, pika.BasicProperties]:
-    envelope = Envelope.from_dict(row.envelope)
-    return topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(), envelope.properties(request_id=row.request_id)
+def _message(envelope: Envelope, row, trace_context: dict) -> tuple[str, str, bytes, pika.BasicProperties]:
+    return (topology.EVENTS_EXCHANGE, envelope.type, envelope.to_json(),
+            envelope.properties(request_id=row.request_id, trace_context=trace_context))
 
 
 def run(roots) -> None:

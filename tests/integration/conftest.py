@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Mapping
 
 import pytest
 
@@ -34,16 +34,18 @@ def infra():
 
 
 @contextlib.contextmanager
-def running_stack(postgres_url: str, amqp_url: str, var_dir: Path, pooler_url: str = "") -> Iterator[Stack]:
+def running_stack(postgres_url: str, amqp_url: str, var_dir: Path, pooler_url: str = "",
+                  extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
     """A whole stack in its own databases and on its own ports, migrated, started and ready;
     stopped and its databases dropped afterwards. With `pooler_url` (a PgBouncer in front of
-    `postgres_url`) the services' processes go through the pooler; migrations go straight."""
+    `postgres_url`) the services' processes go through the pooler; migrations go straight.
+    `extra_env` adds to (or overrides) TEST_ENV in every process."""
     prefix = f"fgtest_{uuid.uuid4().hex[:8]}"
     stack = Stack(
         infra=Infra(postgres_url=postgres_url, amqp_url=amqp_url, database_prefix=prefix, pooler_url=pooler_url),
         var_dir=var_dir,
         ports=free_ports(),
-        extra_env=dict(TEST_ENV),
+        extra_env={**TEST_ENV, **(extra_env or {})},
     )
     stack.migrate()
     stack.start_all()
@@ -75,6 +77,26 @@ def whole_stack(request):
     yield
     if "stack" in request.fixturenames:
         request.getfixturevalue("stack").ensure_running()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright (the drop page's and the control room's
+    tests). Never a downloaded browser: without /usr/bin/chromium the test fails, saying so."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"Debian's chromium is not at {CHROMIUM}: `make integration` installs it "
+                    "(or `apt-get install chromium`). Never `playwright install`: the test uses the system browser.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,17 +14,13 @@ import hashlib
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from devtools.client import Floodgate, poll
 from devtools.stack import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTEFACTS = ROOT / "var" / "test-artefacts"
 # Long enough for the buyer to open the page, sign up and join before the opening.
 OPENS_IN_SECONDS = 12
@@ -33,17 +29,6 @@ PRODUCT = "OnePlus One 64GB Sandstone Black"
 MARKUP_PRODUCT = 'OnePlus One <img src=x onerror="window.injected=1"> Sandstone Black'
 TORONTO = {"name": "Alex Tremblay", "street_address": "1 Yonge St", "city": "Toronto",
            "country_area": "ON", "postal_code": "M5E 1W7"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"Debian's chromium is not at {CHROMIUM}: `make integration` installs it "
-                    "(or `apt-get install chromium`). Never `playwright install`: the test uses the system browser.")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Each service's database built from its migrations alone is the schema its models describe,
-with the outbox and inbox as `shared.messaging.outbox` defines them: a model or shared table
-changed without a migration fails here, not on a fresh database in production."""
+with the outbox and inbox as `shared.messaging.outbox` defines them and the workers' heartbeats as
+`shared.last_seen` does: a model or shared table changed without a migration fails here, not on a
+fresh database in production."""
 from __future__ import annotations
 
 import importlib
@@ -13,16 +14,18 @@ from alembic.migration import MigrationContext
 
 from devtools.stack import SERVICES
 from shared.db import drop_database
+from shared.last_seen import WORKER_HEARTBEATS
 from shared.messaging.outbox import define_tables
 from shared.migrate import upgrade
 
 def expected_schema(service: str) -> sa.MetaData:
-    """The service's models and the shared outbox and inbox, in one metadata."""
+    """The service's models and the shared outbox, inbox and heartbeats, in one metadata."""
     metadata = sa.MetaData()
     models = importlib.import_module(f"services.{service}.models")
     for table in models.Base.metadata.sorted_tables:
         table.to_metadata(metadata)
     define_tables(metadata)
+    WORKER_HEARTBEATS.to_metadata(metadata)
     return metadata
 
 

@@ -26,12 +26,14 @@ DEV_KEDA = f"{PYTHON} dev --component keda"
 PROD_FIRST = f"{PYTHON} prod -l floodgate.io/apply-first=true"
 PROD = f"{PYTHON} prod"
 PROD_KEDA = f"{PYTHON} prod --component keda"
+PROD_MONITORING = f"{PYTHON} prod --component monitoring"
+PROD_TRACING = f"{PYTHON} prod --component tracing"
 PROD_FROM_CLIENT_SIDE = f"{PYTHON} prod --force-conflicts"
 RENDER_DROP = "make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop-manifests.yaml"
 APPLY_DROP = f"{PYTHON} drop-manifests.yaml"
 REAPPLY_DROP = f"{RENDER_DROP} && {APPLY_DROP}"
-RUNBOOK = {NAMESPACE, DEV, DEV_KEDA, PROD_FIRST, PROD, PROD_KEDA, PROD_FROM_CLIENT_SIDE, RENDER_DROP, APPLY_DROP,
-           REAPPLY_DROP}
+RUNBOOK = {NAMESPACE, DEV, DEV_KEDA, PROD_FIRST, PROD, PROD_KEDA, PROD_MONITORING, PROD_TRACING, PROD_FROM_CLIENT_SIDE,
+           RENDER_DROP, APPLY_DROP, REAPPLY_DROP}
 
 OPENS_AT = datetime(2026, 12, 5, 17, 0, tzinfo=timezone.utc)  # RENDER_DROP's opening time
 DROP_SCALER = "floodgate-drop-scaler"  # set_floor.py's field manager
@@ -163,6 +165,26 @@ def test_keda_takes_over_a_running_consumer_without_a_restart_at_one(operator, o
     operator.server.settle()
     operator.run(line, start + timedelta(days=1))
     assert operator.server.replicas("notifications-consumer") == running
+
+
+def test_the_monitoring_component_on_a_running_prod_changes_no_replica_count(operator):
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    prod_running(operator, start)
+    running = operator.server.live_replicas()
+    operator.run(PROD_MONITORING, start + timedelta(hours=1))
+    operator.server.settle()
+    operator.run(PROD_MONITORING, start + timedelta(days=1))
+    assert operator.server.live_replicas() == running
+
+
+def test_the_tracing_component_on_a_running_prod_adds_its_collector_and_changes_no_replica_count(operator):
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    prod_running(operator, start)
+    running = operator.server.live_replicas()
+    operator.run(PROD_TRACING, start + timedelta(hours=1))
+    operator.server.settle()
+    operator.run(PROD_TRACING, start + timedelta(days=1))
+    assert operator.server.live_replicas() == {**running, "otel-collector": 1}
 
 
 def test_a_cluster_applied_client_side_before_moves_over_without_losing_a_pod(operator):

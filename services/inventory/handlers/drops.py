@@ -147,6 +147,15 @@ def show_drop(drop_id: str, uow) -> DropView:
     return DropView.of(drop, now, remaining)
 
 
+def drop_stock(drop_id: str, uow) -> dict:
+    """A drop's units for the control room: total, remaining, held and sold (they add up)."""
+    drop = parse_id(drop_id, DropNotFound)
+    figures = uow.stock.figures(drop)
+    if figures is None:
+        raise DropNotFound()
+    return {"drop_id": drop, **figures}
+
+
 def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     """Move a drop's close (extend or shorten, even reopen a closed drop) and/or add stock.
 

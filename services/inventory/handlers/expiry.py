@@ -20,6 +20,7 @@ def release_expired_holds(uow, batch_size: int, grace_seconds: float = 0) -> int
     if not expired:
         return 0
     uow.stock.give_back(expired)
+    uow.reservations.count_expired(expired)
     for reservation in expired:
         uow.publish(
             "reservation.expired",

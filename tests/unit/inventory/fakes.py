@@ -27,6 +27,7 @@ class FakeReservations:
     def __init__(self, now: datetime = NOW):
         self.rows: dict[uuid.UUID, Reservation] = {}
         self.now = now
+        self.expired_per_drop: Counter = Counter()  # what drops.holds_expired counts
 
     def add(self, held: Reservation) -> None:
         self.rows[held.order_id] = held
@@ -38,6 +39,9 @@ class FakeReservations:
         cutoff = self.now - timedelta(seconds=grace_seconds)
         expired = [r for r in self.rows.values() if r.status == HELD and r.hold_expires_at <= cutoff]
         return sorted(expired, key=lambda r: r.hold_expires_at)[:batch_size]
+
+    def count_expired(self, expired):
+        self.expired_per_drop.update(r.drop_id for r in expired)
 
 
 class FakeStock:

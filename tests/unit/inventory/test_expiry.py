@@ -20,6 +20,7 @@ def test_expired_holds_are_released_oldest_first_after_the_grace_period_and_anno
         uow.commit()
 
     assert [r.status for r in (oldest, older, within_grace, paid)] == [RELEASED, RELEASED, HELD, SOLD]
+    assert uow.reservations.expired_per_drop == {DROP: 2}  # the drop's expiries, for /metrics
     assert uow.stock.available[DROP] == 3
     assert (uow.stock.taken[(DROP, "ana")], uow.stock.taken[(DROP, "ben")]) == (0, 0)
     assert uow.published == [

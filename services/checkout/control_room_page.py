@@ -1,0 +1,50 @@
+"""The control room admins open on drop day: `GET /drops/{drop_id}/control-room`.
+
+One HTML page, no build step, made like the drop page (page.py): its inline script signs the
+admin in at accounts and then, every two seconds, asks each service's admin API for one drop's
+figures: inventory's stock (`GET /drops/{id}/stock`), checkout's orders and answers
+(`GET /drops/{id}/figures`) and line (`GET /drops/{id}/line`), notifications' email backlog and
+dead letters (`GET /figures`), every service's workers (`GET /workers`) and admin actions
+(`GET /admin-actions`). Its buttons call the same admin endpoints a script would
+(`PATCH /drops/{id}`, `PATCH /drops/{id}/line`, `POST /dead-letters/replay`), and each service
+records them. Everything shown is written as text, never as markup.
+
+Left out of checkout's OpenAPI document, as the drop page is: it is `text/html`.
+"""
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime, timezone
+
+from flask import Blueprint, make_response, render_template
+
+from services.checkout.page import content_security_policy
+from shared.errors import DropNotFound
+from shared.web import root
+
+bp = Blueprint("control_room", __name__, template_folder="templates")
+
+
+@bp.get("/drops/<drop_id>/control-room")
+def control_room(drop_id: str):
+    try:
+        drop_id = str(uuid.UUID(drop_id))
+    except ValueError:
+        raise DropNotFound("A drop's control room is at /drops/<its id>/control-room; that is not a drop id.") from None
+    settings = root().settings
+    services = {
+        "accounts": settings.accounts_public_url.rstrip("/"),
+        "inventory": settings.inventory_public_url.rstrip("/"),
+        "checkout": settings.public_url.rstrip("/"),
+        "notifications": settings.notifications_public_url.rstrip("/"),
+    }
+    nonce = secrets.token_urlsafe(16)
+    # the admin's clock may be off; "close now" and "extend" count from the server's
+    page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat()}
+    response = make_response(render_template("control_room.html", page=page, nonce=nonce))
+    response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

@@ -1,0 +1,225 @@
+"""The control room (`GET /drops/{id}/control-room` on checkout) in a real headless browser, as the
+drop page is tested (test_drop_page.py: Debian's chromium through Playwright, never a downloaded
+browser).
+
+During a small drop (a few buyers order, some pay), an admin signs in on the page; its figures
+match what the services themselves count (inventory's stock, checkout's orders, checkout's own
+count of answers); the admin extends the window from the page and inventory's drop closes an hour
+later, the action listed with who and when; an email parked in the dead-letter queue is replayed
+from the page and delivered. On a drop with a line, the admin pauses it, re-rates it and resumes
+it, and a reload keeps the admin signed in with a renewed token. Each test leaves a screenshot of
+the page under var/test-artefacts/.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from devtools.client import Floodgate, poll
+from tests.integration.database import scalar
+from tests.integration.events import publish
+from tests.integration.test_drop_page import ARTEFACTS
+from tests.integration.test_notifications import mails_by_message_id, message_id, order_confirmed, set_fault
+
+PASSWORD = "control room password for tests"
+FIGURES_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def admin(floodgate) -> tuple[str, str]:
+    """An admin of the room's own, whose password the page is given: (email, token)."""
+    email = f"ops-{uuid.uuid4().hex[:6]}@floodgate.test"
+    return email, floodgate.create_admin(email, PASSWORD)
+
+
+@pytest.fixture
+def room_page(browser: Browser, request, capsys):
+    """A fresh browser profile's tab; its screenshot is kept whatever the outcome. Script errors
+    and Content-Security-Policy refusals are collected in `page.script_problems`."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000}, locale="en-CA",
+                                  timezone_id="America/Toronto")
+    page = context.new_page()
+    page.script_problems = []
+    page.on("pageerror", lambda error: page.script_problems.append(f"page error: {error}"))
+    page.on("console", lambda message: page.script_problems.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    yield page
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTEFACTS / f"{request.node.name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    context.close()
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
+
+
+def open_control_room(page: Page, floodgate: Floodgate, drop: dict, admin_email: str) -> None:
+    answer = page.goto(f"{floodgate.stack.url('checkout')}/drops/{drop['id']}/control-room")
+    assert answer is not None and answer.status == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "script-src 'nonce-" in answer.headers["content-security-policy"]
+    form = page.locator("#sign-in-form")
+    form.get_by_label("Email").fill(admin_email)
+    form.get_by_label("Password").fill(PASSWORD)
+    form.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(admin_email)}"), timeout=10_000)
+    expect(page.locator("#drop-title")).to_have_text(f"Control room: {drop['product']['name']}", timeout=10_000)
+
+
+def place_and_pay(floodgate: Floodgate, drop_id: str, buyers: int, paying: int) -> list[dict]:
+    """`buyers` buyers order one unit each; the first `paying` of them pay. Their orders."""
+    orders = []
+    for n in range(buyers):
+        _, token = floodgate.register()
+        answer = floodgate.place_order(token, drop_id)
+        assert answer.status_code == 201, answer.text
+        orders.append(answer.json())
+        if n < paying:
+            assert floodgate.pay(orders[-1]).status_code == 200
+    return orders
+
+
+def actions_of(floodgate: Floodgate, token: str, service: str, drop_id: str) -> list[dict]:
+    answer = floodgate.http.get(floodgate.stack.url(service) + "/admin-actions", params={"drop_id": drop_id},
+                                headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def answered_orders(floodgate: Floodgate, status: int) -> int:
+    """Checkout's own count of its answers to POST /orders with `status`, from its /metrics."""
+    text = floodgate.http.get(floodgate.stack.url("checkout") + "/metrics").text
+    pattern = re.compile(r'^floodgate_http_requests_total\{([^}]*)\} ([0-9.e+]+)$', re.MULTILINE)
+    total = 0.0
+    for labels, value in pattern.findall(text):
+        if {'endpoint="/orders"', 'method="POST"', f'status="{status}"', 'service="checkout"'} <= set(labels.split(",")):
+            total += float(value)
+    return int(total)
+
+
+def test_the_control_room_shows_the_drops_figures_extends_its_window_and_replays_a_dead_letter(
+        floodgate, stack, admin, room_page):
+    page = room_page
+    admin_email, token = admin
+    drop = floodgate.create_drop(token, quantity=5)
+    orders = place_and_pay(floodgate, drop["id"], buyers=3, paying=2)
+    # the two payments become sales once inventory's consumer has their order.confirmed
+    poll(lambda: scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE drop_id = :d AND status = 'sold'",
+                        d=drop["id"]) == 2, what="the two sales")
+
+    open_control_room(page, floodgate, drop, admin_email)
+
+    # --- its figures are the services' own counts ---
+    expect(page.locator("#stock-sold")).to_have_text("2", timeout=FIGURES_TIMEOUT_MS)
+    remaining = floodgate.get_drop(drop["id"])["remaining"]
+    held = scalar(stack, "inventory", "SELECT coalesce(sum(quantity), 0) FROM reservations "
+                                      "WHERE drop_id = :d AND status = 'held'", d=drop["id"])
+    assert (remaining, held) == (2, 1)
+    expect(page.locator("#stock-remaining")).to_have_text(str(remaining))
+    expect(page.locator("#stock-held")).to_have_text(str(held))
+    expect(page.locator("#stock-total")).to_have_text("5")
+
+    statuses = Counter(floodgate.get_order(token, order["id"]).json()["status"] for order in orders)
+    assert statuses == {"confirmed": 2, "awaiting_payment": 1}
+    for status in ("confirmed", "awaiting_payment", "shipped", "cancelled", "expired", "payment_failed"):
+        expect(page.locator(f"#orders-{status}")).to_have_text(str(statuses[status]), timeout=FIGURES_TIMEOUT_MS)
+    expect(page.locator("#orders-total")).to_have_text("3")
+    expect(page.locator("#orders-rate")).to_have_text(re.compile(r"^\d+\.\d$"))
+    # this pod's count of answers is checkout's own /metrics count (nothing else orders meanwhile)
+    expect(page.locator("#answers-201")).to_have_text(str(answered_orders(floodgate, 201)), timeout=FIGURES_TIMEOUT_MS)
+    assert answered_orders(floodgate, 201) >= 3
+    expect(page.locator("#line-none")).to_have_text("This drop has no line.")
+    expect(page.locator("#email-backlog")).to_have_text(re.compile(r"^\d+ \(\d+ queued, \d+ retrying later\)$"))
+    # the relays beat: they publish these very orders' events
+    expect(page.locator("#worker-checkout-relay td").nth(2)).to_have_text(re.compile(r"^[\d.]+ s ago$"),
+                                                                         timeout=FIGURES_TIMEOUT_MS)
+
+    # --- extending the window: inventory's drop closes an hour later, and the action is listed ---
+    closes_at = datetime.fromisoformat(floodgate.get_drop(drop["id"])["closes_at"])
+    page.get_by_role("button", name="Extend by 1 hour").click()
+    expect(page.locator("#window-news")).to_contain_text("Extended by 1 h: the drop now closes at")
+    extended = datetime.fromisoformat(floodgate.get_drop(drop["id"])["closes_at"])
+    assert abs(extended - (closes_at + timedelta(hours=1))) < timedelta(seconds=1)
+
+    [action] = actions_of(floodgate, token, "inventory", drop["id"])
+    assert action["admin"]["email"] == admin_email and action["admin"]["subject"]
+    assert (action["method"], action["path"], action["drop_id"]) == ("PATCH", f"/drops/{drop['id']}", drop["id"])
+    assert datetime.fromisoformat(action["body"]["closes_at"]) == extended
+    assert abs(datetime.fromisoformat(action["at"]) - datetime.now(extended.tzinfo)) < timedelta(minutes=1)
+    shown = page.locator("#action-rows tr").filter(has_text=f"PATCH /drops/{drop['id']}")
+    expect(shown).to_have_count(1, timeout=FIGURES_TIMEOUT_MS)
+    expect(shown).to_contain_text(admin_email)
+    expect(shown).to_contain_text("inventory")
+
+    # --- a dead letter replayed from the page is handled ---
+    run = uuid.uuid4().hex[:8]
+    recipient = f"bounced-{run}@example.com"
+    parked = order_confirmed(recipient)
+    set_fault(stack, "550", recipients=(recipient,))
+    try:
+        publish(stack, [parked])
+        replay_button = page.get_by_role("button", name=f"Replay {parked.id} of notifications")
+        expect(replay_button).to_be_visible(timeout=30_000)  # parked after its attempts; the page lists it
+        expect(page.locator("#dead-notifications td").nth(1)).not_to_have_text("0")
+    finally:
+        set_fault(stack, "none")
+    assert not mails_by_message_id(floodgate, {message_id(parked)})
+    replay_button.click()
+    expect(page.locator("#dead-news")).to_have_text("1 event of notifications sent back to be handled again.")
+    poll(lambda: mails_by_message_id(floodgate, {message_id(parked)}), what="the replayed email")
+    expect(page.get_by_role("button", name=f"Replay {parked.id} of notifications")).to_have_count(0,
+                                                                                                   timeout=FIGURES_TIMEOUT_MS)
+    replays = [a for a in actions_of(floodgate, token, "notifications", drop["id"])
+               if a["body"].get("message_id") == parked.id]
+    assert [(a["method"], a["path"], a["outcome"], a["admin"]["email"]) for a in replays] == [
+        ("POST", "/dead-letters/replay", {"replayed": 1}, admin_email)]
+    expect(page.locator("#action-rows tr").filter(has_text=parked.id)).to_contain_text('{"replayed":1}')
+    assert page.script_problems == []
+
+
+def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate, stack, admin, room_page):
+    page = room_page
+    admin_email, token = admin
+    drop = floodgate.create_drop(token, quantity=5)
+    floodgate.put_line(token, drop, admission_rate=20)
+    # the admitter opens the line at its opening, which has passed
+    poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "open", what="the line to open")
+    open_control_room(page, floodgate, drop, admin_email)
+    expect(page.locator("#line-state")).to_have_text("Open", timeout=FIGURES_TIMEOUT_MS)
+
+    page.get_by_role("button", name="Pause the line").click()
+    expect(page.locator("#line-state")).to_have_text("Paused")
+    assert floodgate.get_line(drop["id"]).json()["state"] == "paused"
+    expect(page.get_by_role("button", name="Resume the line")).to_be_enabled()
+    expect(page.get_by_role("button", name="Pause the line")).to_be_disabled()
+
+    page.get_by_label("Admissions a second at most").fill("7.5")
+    page.get_by_role("button", name="Set the rate").click()
+    expect(page.locator("#line-news")).to_have_text("The line lets in at most 7.5 buyers a second.")
+    assert floodgate.get_line(drop["id"]).json()["admission_rate"] == 7.5
+
+    page.get_by_role("button", name="Resume the line").click()
+    expect(page.locator("#line-state")).to_have_text("Open")
+    assert floodgate.get_line(drop["id"]).json()["state"] == "open"
+
+    recorded = actions_of(floodgate, token, "checkout", drop["id"])
+    assert [(a["body"], a["outcome"]["state"], a["admin"]["email"]) for a in reversed(recorded)] == [
+        ({"state": "paused"}, "paused", admin_email),
+        ({"admission_rate": 7.5}, "paused", admin_email),
+        ({"state": "open"}, "open", admin_email),
+    ]
+    expect(page.locator("#action-rows tr").filter(has_text=f"/drops/{drop['id']}/line")).to_have_count(3)
+
+    # a reload keeps the admin signed in; an access token about to run out is renewed first
+    spent = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
+    page.evaluate("sessionStorage.setItem('floodgate.admin.expires', '0')")
+    page.reload()
+    expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(admin_email)}"))
+    expect(page.locator("#line-state")).to_have_text("Open", timeout=FIGURES_TIMEOUT_MS)
+    renewed = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
+    assert renewed and renewed != spent
+    assert page.script_problems == []
