@@ -40,16 +40,19 @@ from pathlib import Path
 import psutil
 
 from benchmarks.rehearsal import buyers as crowd_signup
-from benchmarks.rehearsal import checks, faults as faults_mod, naive_checkout, pgbench, report, rig as rigs, waiting_room
+from benchmarks.rehearsal import (checks, faults as faults_mod, naive_checkout, observe, pgbench, report, rig as rigs,
+                                  waiting_room)
 from benchmarks.rehearsal.events import EventReader
 from benchmarks.rehearsal.sampler import Sampler
 from devtools.client import Floodgate
+from devtools.otlp_collector import Collector
 from devtools.stack import ROOT
 from shared.db import create_database_if_missing
 
 # Every simulated buyer joins from 127.0.0.1: the line's per-client limit (30 a minute per API
 # process) would turn the crowd away, so the rehearsal's own stack lifts it.
 LINE_STACK_ENV = {"LINE_JOINS_PER_CLIENT_PER_MINUTE": str(10**9)}
+ADMIN_PASSWORD = "rehearsal admin, dev only"  # the isolated stack's admin: development only
 JOINS_PER_SECOND = 300  # the default join window spreads the crowd's joins at about this rate
 
 
@@ -72,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="put a line (waiting room) on the drop: the crowd joins it before the opening, "
                              "polls its tickets and orders with the pass it gets (default); --no-line: the whole "
                              "crowd orders at the opening, as before the waiting room")
+    parser.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
+                        help="export every process's spans to a collector in this process and put the slowest "
+                             "order's trace in the report (default; it costs CPU: --no-trace for cost runs)")
+    parser.add_argument("--control-room", action=argparse.BooleanOptionalAction, default=True,
+                        help="watch the drop's control room in headless Chromium and keep a screenshot of it at "
+                             "the sell-out (default)")
     parser.add_argument("--admission-factor", type=float, default=1.0,
                         help="the line's admission_factor: passes in play at most remaining units x this (default 1.0)")
     parser.add_argument("--admission-rate", type=float, default=200.0,
@@ -280,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         phases[name] = phases.get(name, 0) + now - mark[0]
         mark[0] = now
 
-    rig = (rigs.running(out / "stack") if args.use_running
-           else rigs.isolated(out / "stack", env=LINE_STACK_ENV if args.line else {}))
+    collector = Collector().__enter__() if args.trace and not args.use_running else None
+    stack_env = {**(LINE_STACK_ENV if args.line else {}), **(observe.tracing_env(collector) if collector else {})}
+    rig = rigs.running(out / "stack") if args.use_running else rigs.isolated(out / "stack", env=stack_env)
     phase("stack up")
     if args.line and args.use_running:
         say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
@@ -289,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     failed = False
     try:
         floodgate = Floodgate(rig.stack)
-        admin = floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@rehearsal.example", "rehearsal admin, dev only")
+        admin_email = f"admin-{uuid.uuid4().hex[:6]}@rehearsal.example"
+        admin = floodgate.create_admin(admin_email, ADMIN_PASSWORD)
         buyers = None
         if args.buyers > args.mint_above:
             say(f"  minting {args.buyers} buyers' access tokens from the stack's signing key (benchmarks/line.py) ...\n")
@@ -321,6 +332,12 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  fault {name} skipped: {reason}\n")
         sampler = Sampler(rig, drop["id"], line=args.line)
         sampler.start()
+        camera = None
+        if args.control_room:
+            camera = observe.ControlRoomCamera(f"{rig.stack.url('checkout')}/drops/{drop['id']}/control-room",
+                                               admin_email, ADMIN_PASSWORD, lambda: sampler.latest.get("remaining") == 0,
+                                               out, give_up_at=opens_at + args.drop_seconds)
+            camera.start()
         injector.start()
         progress = Progress(opens_at, sampler, window)
         events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"),
@@ -330,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                                         "line": args.line, **(window or {})},
                           progress)
         phase("drop")
+        if camera is not None:
+            camera.join(timeout=30)
         crowd_left = time.time()
         say(f"\n  the crowd has gone ({crowd_left - opens_at:.1f}s after the opening); lifting the faults ...\n")
         recovered_at = injector.recover()
@@ -368,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
             "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
             "database_restart": report.database_restart(events, timeline.entries, verdict, opens_at),
             "pgbench": pg.as_dict() if pg else None, "naive": naive, "line": line_figures,
+            "observed": {"control_room": camera.result if camera else None,
+                         "slowest_order_trace": observe.slowest_order_trace(collector) if collector else None},
         }
         report.write(out, figures, series, sampler.samples, opens_at)
         say("\n" + (out / "report.md").read_text().split("## Faults")[0])
@@ -378,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         say(f"\nReport: {out / 'report.md'} (JSON: report.json; plots: *.png)\n")
     finally:
         rig.teardown(keep=args.keep)
+        if collector is not None:
+            collector.__exit__(None, None, None)
     if failed:
         say("\nREHEARSAL FAILED: a must-hold figure does not hold (see Verdicts above).\n")
         sys.exit(1)

@@ -458,6 +458,31 @@ def _rel(t: float | None, origin: float) -> str:
     return "n/a" if t is None else f"{t - origin:+.2f} s"
 
 
+def observed_markdown(observed: dict) -> list[str]:
+    """The drop as an operator saw it: the control room at the sell-out, the slowest order's trace."""
+    lines = ["## The control room at the sell-out", ""]
+    room = observed.get("control_room")
+    if room is None:
+        lines.append("Not taken (`--no-control-room`).")
+    elif room.get("screenshot"):
+        lines += [f"![the control room at the sell-out]({room['screenshot']})", "",
+                  f"Taken {room['seconds_after_the_sampler_saw_it']} s after the sampler first read no units left."]
+    else:
+        lines.append(f"No screenshot: {room['why_not']}.")
+    lines += ["", "## The slowest order's trace", ""]
+    trace = observed.get("slowest_order_trace")
+    if trace is None:
+        lines.append("No trace (`--no-trace`, or no order was traced).")
+        return lines
+    lines += [f"Trace `{trace['trace_id']}`, order `{trace['order_id']}`: `POST /orders` took {trace['post_orders_ms']:,} ms, "
+              f"the slowest of the {trace['orders_traced']:,} orders answered 201. Every span of the trace, in the "
+              "order they began (ms from the first):", "",
+              "| at ms | ms | process | span |", "|---|---|---|---|"]
+    lines += [f"| {s['at_ms']:,} | {s['ms']:,} | {s['process']} | {'· ' * s['depth']}{s['name']} ({s['kind'].lower()}) |"
+              for s in trace["spans"]]
+    return lines
+
+
 def markdown(figures: dict, images: list[str]) -> str:
     crowd, checks, headline = figures["crowd"], figures["checks"], figures["headline"]
     run = figures["run"]
@@ -534,6 +559,8 @@ def markdown(figures: dict, images: list[str]) -> str:
     restart = figures.get("database_restart")
     if restart:
         lines += ["", "## Database restart", "", *database_restart_markdown(restart)]
+    if figures.get("observed"):
+        lines += ["", *observed_markdown(figures["observed"])]
     lines += ["", "## Faults", "", "| t (s from opening) | fault | what happened |", "|---|---|---|"]
     lines += [f"| {e['t']:+.2f} | {e['fault']} | {e['action']}{' — ' + e['detail'] if e['detail'] else ''} |"
               for e in figures["timeline"]]

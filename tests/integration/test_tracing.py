@@ -12,7 +12,7 @@ import pytest
 
 from devtools.client import Floodgate, poll
 from tests.integration.conftest import running_stack
-from tests.integration.otlp_collector import Collector, Span
+from devtools.otlp_collector import Collector, Span
 
 # (process, span kind, span name): the name only where the process names the span itself; an
 # HTTP span's name is its route, told by its `http.route`.

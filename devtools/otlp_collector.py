@@ -1,6 +1,7 @@
-"""An OpenTelemetry collector as small as a test needs: an HTTP server in the test's process that
-takes OTLP/HTTP exports (POST /v1/traces, protobuf `ExportTraceServiceRequest`) from every process
-of a stack and keeps their spans, to be looked at by trace."""
+"""An OpenTelemetry collector as small as a test or a rehearsal needs: an HTTP server in the
+caller's process that takes OTLP/HTTP exports (POST /v1/traces, protobuf `ExportTraceServiceRequest`)
+from every process of a stack and keeps their spans, to be looked at by trace
+(tests/integration/test_tracing.py; the rehearsal's slowest order, benchmarks/rehearsal/observe.py)."""
 from __future__ import annotations
 
 import gzip
@@ -28,6 +29,12 @@ class Span:
     name: str
     kind: str  # SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL
     attributes: dict[str, Any] = field(default_factory=dict)
+    start_ns: int = 0  # Unix epoch nanoseconds
+    end_ns: int = 0
+
+    @property
+    def milliseconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
 
 
 class Collector:
@@ -76,6 +83,8 @@ class Collector:
                         name=span.name,
                         kind=ProtoSpan.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
                         attributes=_attributes(span.attributes),
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
                     ))
         with self._lock:
             self._spans.extend(received)
