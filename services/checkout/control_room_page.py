@@ -13,14 +13,9 @@ Left out of checkout's OpenAPI document, as the drop page is: it is `text/html`.
 """
 from __future__ import annotations
 
-import secrets
-import uuid
-from datetime import datetime, timezone
+from flask import Blueprint
 
-from flask import Blueprint, make_response, render_template
-
-from services.checkout.page import content_security_policy
-from shared.errors import DropNotFound
+from services.checkout.page import drop_id_in_path, page_response
 from shared.web import root
 
 bp = Blueprint("control_room", __name__, template_folder="templates")
@@ -28,23 +23,11 @@ bp = Blueprint("control_room", __name__, template_folder="templates")
 
 @bp.get("/drops/<drop_id>/control-room")
 def control_room(drop_id: str):
-    try:
-        drop_id = str(uuid.UUID(drop_id))
-    except ValueError:
-        raise DropNotFound("A drop's control room is at /drops/<its id>/control-room; that is not a drop id.") from None
+    drop_id = drop_id_in_path(drop_id, "A drop's control room is at /drops/<its id>/control-room; that is not a drop id.")
     settings = root().settings
-    services = {
+    return page_response("control_room.html", drop_id, {
         "accounts": settings.accounts_public_url.rstrip("/"),
         "inventory": settings.inventory_public_url.rstrip("/"),
         "checkout": settings.public_url.rstrip("/"),
         "notifications": settings.notifications_public_url.rstrip("/"),
-    }
-    nonce = secrets.token_urlsafe(16)
-    # the admin's clock may be off; "close now" and "extend" count from the server's
-    page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat()}
-    response = make_response(render_template("control_room.html", page=page, nonce=nonce))
-    response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    })

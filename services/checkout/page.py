@@ -26,25 +26,31 @@ bp = Blueprint("drop_page", __name__, template_folder="templates")
 
 @bp.get("/drops/<drop_id>/page")
 def drop_page(drop_id: str):
-    try:
-        drop_id = str(uuid.UUID(drop_id))
-    except ValueError:
-        raise DropNotFound("A drop's page is at /drops/<its id>/page; that is not a drop id.") from None
+    drop_id = drop_id_in_path(drop_id, "A drop's page is at /drops/<its id>/page; that is not a drop id.")
     settings = root().settings
-    services = {
+    return page_response("drop_page.html", drop_id, {
         "accounts": settings.accounts_public_url.rstrip("/"),
         "inventory": settings.inventory_public_url.rstrip("/"),
         "checkout": settings.public_url.rstrip("/"),
         "line": settings.line_status_public_url.rstrip("/"),  # the waiting room's status edge
-    }
+    })
+
+
+def drop_id_in_path(raw: str, why_not: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise DropNotFound(why_not) from None
+
+
+def page_response(template: str, drop_id: str, services: dict[str, str]):
+    """One of checkout's pages (the drop page, the control room): the template filled in with
+    the drop, where the services are and the server's time (the reader's clock may be off:
+    countdowns and "extend" count from the server's), behind a policy that lets only the page's
+    own script and style run and talk to those services alone."""
     nonce = secrets.token_urlsafe(16)
-    page = {
-        "drop_id": drop_id,
-        "services": services,
-        # the buyer's clock may be off; the countdown runs on the server's
-        "server_time": datetime.now(timezone.utc).isoformat(),
-    }
-    response = make_response(render_template("drop_page.html", page=page, nonce=nonce))
+    page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat()}
+    response = make_response(render_template(template, page=page, nonce=nonce))
     response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -79,6 +79,7 @@ def whole_stack(request):
         request.getfixturevalue("stack").ensure_running()
 
 
+ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artefacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -97,6 +98,29 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@contextlib.contextmanager
+def watched_page(browser, name: str, capsys, width: int) -> Iterator:
+    """A fresh browser profile's tab (the drop page's and the control room's tests); its
+    screenshot is kept under var/test-artefacts/ whatever the outcome. Script errors and
+    Content-Security-Policy refusals are collected in `page.script_problems`."""
+    context = browser.new_context(viewport={"width": width, "height": 1000}, locale="en-CA",
+                                  timezone_id="America/Toronto")
+    page = context.new_page()
+    page.script_problems = []
+    page.on("pageerror", lambda error: page.script_problems.append(f"page error: {error}"))
+    page.on("console", lambda message: page.script_problems.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    try:
+        yield page
+    finally:
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTEFACTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        context.close()
+        with capsys.disabled():
+            print(f"\nscreenshot: {path}")
 
 
 @pytest.fixture(scope="session")

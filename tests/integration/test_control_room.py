@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, expect
 from devtools.client import Floodgate, poll
 from tests.integration.database import scalar
 from tests.integration.events import publish
-from tests.integration.test_drop_page import ARTEFACTS
+from tests.integration.conftest import watched_page
 from tests.integration.test_notifications import mails_by_message_id, message_id, order_confirmed, set_fault
 
 PASSWORD = "control room password for tests"
@@ -39,22 +39,8 @@ def admin(floodgate) -> tuple[str, str]:
 
 @pytest.fixture
 def room_page(browser: Browser, request, capsys):
-    """A fresh browser profile's tab; its screenshot is kept whatever the outcome. Script errors
-    and Content-Security-Policy refusals are collected in `page.script_problems`."""
-    context = browser.new_context(viewport={"width": 1200, "height": 1000}, locale="en-CA",
-                                  timezone_id="America/Toronto")
-    page = context.new_page()
-    page.script_problems = []
-    page.on("pageerror", lambda error: page.script_problems.append(f"page error: {error}"))
-    page.on("console", lambda message: page.script_problems.append(message.text)
-            if "Content Security Policy" in message.text else None)
-    yield page
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTEFACTS / f"{request.node.name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    context.close()
-    with capsys.disabled():
-        print(f"\nscreenshot: {path}")
+    with watched_page(browser, request.node.name, capsys, width=1200) as page:
+        yield page
 
 
 def open_control_room(page: Page, floodgate: Floodgate, drop: dict, admin_email: str) -> None:

@@ -19,9 +19,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.client import Floodgate, poll
-from devtools.stack import ROOT
+from tests.integration.conftest import watched_page
 
-ARTEFACTS = ROOT / "var" / "test-artefacts"
 # Long enough for the buyer to open the page, sign up and join before the opening.
 OPENS_IN_SECONDS = 12
 PRODUCT = "OnePlus One 64GB Sandstone Black"
@@ -33,22 +32,8 @@ TORONTO = {"name": "Alex Tremblay", "street_address": "1 Yonge St", "city": "Tor
 
 @pytest.fixture
 def buyer_page(browser: Browser, request, capsys):
-    """A fresh browser profile's tab; its screenshot is kept whatever the outcome. Script errors
-    and Content-Security-Policy refusals on the page are collected in `page.script_problems`."""
-    context = browser.new_context(viewport={"width": 900, "height": 1000}, locale="en-CA",
-                                  timezone_id="America/Toronto")
-    page = context.new_page()
-    page.script_problems = []
-    page.on("pageerror", lambda error: page.script_problems.append(f"page error: {error}"))
-    page.on("console", lambda message: page.script_problems.append(message.text)
-            if "Content Security Policy" in message.text else None)
-    yield page
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTEFACTS / f"{request.node.name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    context.close()
-    with capsys.disabled():
-        print(f"\nscreenshot: {path}")
+    with watched_page(browser, request.node.name, capsys, width=900) as page:
+        yield page
 
 
 def schedule_drop(floodgate: Floodgate, admin_token: str, opens_in: float, quantity: int = 5,
