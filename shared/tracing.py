@@ -92,20 +92,12 @@ def configure(process: str, settings: Settings, engines: Iterable[sa.Engine] = (
                                      enable_log_auto_instrumentation=False)
     _tracer = provider.get_tracer("floodgate")
     if app is not None:
-        instrument_app(app)
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor.instrument_app(app, excluded_urls=UNTRACED_PATHS, enable_commenter=False,
+                                         tracer_provider=provider)
     log.info("tracing on", extra={"endpoint": settings.otel_exporter_otlp_endpoint})
     return True
-
-
-def instrument_app(app: Flask) -> None:
-    """Trace `app`'s requests (a Flask app; not its probes nor /metrics), when tracing is on."""
-    if _tracer is None:
-        return
-    from opentelemetry import trace
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-    FlaskInstrumentor.instrument_app(app, excluded_urls=UNTRACED_PATHS, enable_commenter=False,
-                                     tracer_provider=trace.get_tracer_provider())
 
 
 def sampler():
@@ -159,9 +151,8 @@ def outbox_context(event_type: str, event_id: str, source: str) -> dict[str, str
     if _tracer is None:
         return None
     from opentelemetry import propagate
-    from opentelemetry.trace import SpanKind
 
-    with _tracer.start_as_current_span(f"create {event_type}", kind=SpanKind.PRODUCER, attributes={
+    with span(f"create {event_type}", "producer", {
         "messaging.system": MESSAGING_SYSTEM,
         "messaging.operation.type": "create",
         "messaging.destination.name": event_type,
@@ -185,7 +176,7 @@ def publishing(messages: Sequence[tuple[str, str, Mapping | None]], exchange: st
         yield [dict(context) if context else {} for _, _, context in messages]
         return
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind
 
     spans = [
         _tracer.start_span(f"publish {event_type}", context=propagate.extract(context or {}), kind=SpanKind.PRODUCER,
@@ -210,7 +201,7 @@ def publishing(messages: Sequence[tuple[str, str, Mapping | None]], exchange: st
     except BaseException as error:
         for each in spans:
             each.record_exception(error)
-            each.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
+            failed(each, f"{type(error).__name__}: {error}")
         raise
     finally:
         for each in spans:
