@@ -51,6 +51,9 @@ def requested_action(drop_id=None) -> AdminAction:
 
 # --- GET /workers ---------------------------------------------------------------------------------
 
+_HEARTBEAT_SAMPLES = ("floodgate_worker_heartbeat_age_seconds", "floodgate_worker_processes_alive")
+
+
 def workers(families: Iterable[Metric]) -> list[dict]:
     """Per kind of worker, from a heartbeat source's families (`shared.last_seen.heartbeat_figures`):
     seconds since any of its processes last turned its loop, and how many turned within the last
@@ -58,12 +61,13 @@ def workers(families: Iterable[Metric]) -> list[dict]:
     found: dict[str, dict] = {}
     for (name, labels), value in samples(families).items():
         kind = dict(labels).get("kind")
-        if kind is None:
+        if kind is None or name not in _HEARTBEAT_SAMPLES:
             continue
-        if name == "floodgate_worker_heartbeat_age_seconds":
-            found.setdefault(kind, {"kind": kind, "alive": 0})["last_beat_seconds_ago"] = value
-        elif name == "floodgate_worker_processes_alive":
-            found.setdefault(kind, {"kind": kind, "last_beat_seconds_ago": None})["alive"] = int(value)
+        row = found.setdefault(kind, {"kind": kind, "last_beat_seconds_ago": None, "alive": 0})
+        if name == "floodgate_worker_processes_alive":
+            row["alive"] = int(value)
+        else:
+            row["last_beat_seconds_ago"] = value
     return [found[kind] for kind in sorted(found)]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from services.checkout.page import drop_id_in_path, page_response
+from services.checkout.page import drop_id_in_path, page_response, service_urls
 from shared.web import root
 
 bp = Blueprint("control_room", __name__, template_folder="templates")
@@ -25,9 +25,5 @@ bp = Blueprint("control_room", __name__, template_folder="templates")
 def control_room(drop_id: str):
     drop_id = drop_id_in_path(drop_id, "A drop's control room is at /drops/<its id>/control-room; that is not a drop id.")
     settings = root().settings
-    return page_response("control_room.html", drop_id, {
-        "accounts": settings.accounts_public_url.rstrip("/"),
-        "inventory": settings.inventory_public_url.rstrip("/"),
-        "checkout": settings.public_url.rstrip("/"),
-        "notifications": settings.notifications_public_url.rstrip("/"),
-    })
+    return page_response("control_room.html", drop_id,
+                         service_urls(settings, notifications=settings.notifications_public_url))

@@ -28,12 +28,16 @@ bp = Blueprint("drop_page", __name__, template_folder="templates")
 def drop_page(drop_id: str):
     drop_id = drop_id_in_path(drop_id, "A drop's page is at /drops/<its id>/page; that is not a drop id.")
     settings = root().settings
-    return page_response("drop_page.html", drop_id, {
-        "accounts": settings.accounts_public_url.rstrip("/"),
-        "inventory": settings.inventory_public_url.rstrip("/"),
-        "checkout": settings.public_url.rstrip("/"),
-        "line": settings.line_status_public_url.rstrip("/"),  # the waiting room's status edge
-    })
+    return page_response("drop_page.html", drop_id,
+                         service_urls(settings, line=settings.line_status_public_url))  # the waiting room's status edge
+
+
+def service_urls(settings, **more: str) -> dict[str, str]:
+    """Where a page's script finds accounts, inventory, checkout and the services `more` names,
+    as public URLs without a trailing slash."""
+    urls = {"accounts": settings.accounts_public_url, "inventory": settings.inventory_public_url,
+            "checkout": settings.public_url, **more}
+    return {name: url.rstrip("/") for name, url in urls.items()}
 
 
 def drop_id_in_path(raw: str, why_not: str) -> str:

@@ -1,5 +1,16 @@
-  // Shared by the drop page and the control room (templates/_page_helpers.js): problems from
-  // the services, shown as text; times in the reader's own zone.
+  // Shared by the drop page and the control room (templates/_page_helpers.js): what the server
+  // filled in (the drop, where the services are, its clock), problems from the services, shown
+  // as text; times in the reader's own zone.
+  // Everything shown comes from the services' answers and is written as text (textContent,
+  // append of strings), never parsed as markup.
+  const page = JSON.parse(document.getElementById("page-data").textContent);
+  const dropId = page.drop_id;
+  const services = page.services;
+  const clockOffset = Date.parse(page.server_time) - Date.now();
+  const serverNow = () => Date.now() + clockOffset;
+  const store = window.sessionStorage;
+  const $ = (id) => document.getElementById(id);
+
   class Problem extends Error {
     constructor(status, body, retryAfter, fallbackTitle) {
       const doc = body && typeof body === "object" ? body : {};
