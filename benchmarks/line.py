@@ -59,7 +59,7 @@ from sqlalchemy import orm
 from benchmarks.cost import CpuMeter, percentile, stack_roots
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
-from devtools.client import Floodgate
+from devtools.client import Floodgate, poll
 from devtools.stack import ROOT
 from services.accounts import config as accounts_config, key_encryption
 from services.accounts.models import Account
@@ -201,14 +201,12 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, timeout: float = 120)
     """Move the line's opening to now and wait for the admitter to open it."""
     opens_at = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
     floodgate.put_line(admin, drop, opens_at=opens_at, admission_rate=ADMISSION_RATE)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def opened() -> dict | None:
         line = floodgate.get_line(drop["id"]).json()
-        if line.get("seed"):
-            return line
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the line did not open within {timeout}s: {line}")
-        time.sleep(0.2)
+        return line if line.get("seed") else None
+
+    return poll(opened, timeout=timeout, interval=0.2, what="the line to open")
 
 
 def ticket_ids(engine, drop_id: str) -> list[str]:

@@ -54,13 +54,11 @@ def sign_up(accounts_url: str, count: int, threads: int = 8, progress=print) -> 
     return buyers
 
 
-def mint(rig, count: int, lifetime_seconds: int) -> list[tuple[str, str]] | None:
+def mint(rig, count: int, lifetime_seconds: int) -> list[tuple[str, str]]:
     """`count` buyers' access tokens signed with the stack's own signing key, as accounts signs
     them (benchmarks/line.py's `mint_buyers`: development KEK only; the accounts exist only in
-    their tokens): [(email, access token)], or None when that function is not there."""
-    try:
-        from benchmarks.line import mint_buyers  # imports the rehearsal's cli: not at module level
-    except ImportError:
-        return None
+    their tokens): [(email, access token)]."""
+    from benchmarks.line import mint_buyers  # imports the rehearsal's cli: not at module level
+
     tokens = mint_buyers(rig, count, lifetime_seconds)
     return [(jwt.decode(token, options={"verify_signature": False}).get("email", ""), token) for token in tokens]

@@ -301,16 +301,14 @@ def main(argv: list[str] | None = None) -> None:
         floodgate = Floodgate(rig.stack)
         admin_email = f"admin-{uuid.uuid4().hex[:6]}@rehearsal.example"
         admin = floodgate.create_admin(admin_email, ADMIN_PASSWORD)
-        buyers = None
         if args.buyers > args.mint_above:
             say(f"  minting {args.buyers} buyers' access tokens from the stack's signing key (benchmarks/line.py) ...\n")
             buyers = crowd_signup.mint(rig, args.buyers, lifetime_seconds=3600)
-            if buyers is None:
-                say("  benchmarks/line.py offers no mint_buyers: registering them instead\n")
-        buyers_made = "registered and signed in" if buyers is None else "minted (benchmarks/line.py)"
-        if buyers is None:
+            buyers_made = "minted (benchmarks/line.py)"
+        else:
             say(f"  registering and signing in {args.buyers} buyers ({args.register_threads} threads) ...\n")
             buyers = crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, args.register_threads, progress=say)
+            buyers_made = "registered and signed in"
 
         phase("buyers signed in")
         drop = floodgate.create_drop(admin, quantity=args.units, opens_in=args.lead, lasts=3600)

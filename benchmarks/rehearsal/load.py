@@ -251,40 +251,38 @@ class DropBuyer(_Buyer):
 
     def join_line(self, url: str) -> dict | None:
         """POST the join, retrying 429/503 after Retry-After and a cut connection; the ticket."""
-        for attempt in range(1000):
-            response, status, problem = self.request("POST", url, JOIN_LINE, session=self.front, headers=self.auth)
-            self.answered_at = time.time()
-            ticket = _body(response) if status in (200, 201) else None
-            if ticket is not None:
-                record("joined", buyer=self.index, ticket_id=ticket["ticket_id"], state=ticket["state"],
-                       position=ticket.get("position"), again=status == 200, t=self.answered_at)
-                return ticket
-            if status in (200, 201):
-                record("cut_answer", buyer=self.index, name=JOIN_LINE)
-            elif status not in (0, 429, 502, 503, 504) or self.stopping:
-                record("gave_up", buyer=self.index, reason=f"join: {classify(status, problem)}")
-                return None
-            gevent.sleep(_retry_after(response, attempt))
-        return None
+        ticket, status = self.until_answered("POST", url, JOIN_LINE, (200, 201), "join", session=self.front)
+        if ticket is not None:
+            record("joined", buyer=self.index, ticket_id=ticket["ticket_id"], state=ticket["state"],
+                   position=ticket.get("position"), again=status == 200, t=self.answered_at)
+        return ticket
 
     def poll(self, url: str, name: str, session=None, missing_ok: bool = False) -> dict | None:
         """GET a place or ticket, retrying 429/503 after Retry-After and a cut connection; the
         answer, or None (a 404 when `missing_ok`: the edge has not placed the ticket yet)."""
+        return self.until_answered("GET", url, name, (200,), "poll", session=session, missing_ok=missing_ok)[0]
+
+    def until_answered(self, method: str, url: str, name: str, ok: tuple[int, ...], what: str, session=None,
+                       missing_ok: bool = False) -> tuple[dict | None, int | None]:
+        """Send the request until an `ok` status comes with its whole JSON body, retrying 429/503
+        after Retry-After and a cut connection or answer: (the body, its status), or (None, the
+        status) when refused (given up, said as `what`) or, with `missing_ok`, 404."""
+        status = None
         for attempt in range(1000):
-            response, status, problem = self.request("GET", url, name, session=session, headers=self.auth)
+            response, status, problem = self.request(method, url, name, session=session, headers=self.auth)
             self.answered_at = time.time()
-            ticket = _body(response) if status == 200 else None
-            if ticket is not None:
-                return ticket
+            body = _body(response) if status in ok else None
+            if body is not None:
+                return body, status
             if status == 404 and missing_ok:
-                return None
-            if status == 200:
+                return None, status
+            if status in ok:
                 record("cut_answer", buyer=self.index, name=name)
             elif status not in (0, 429, 502, 503, 504) or self.stopping:
-                record("gave_up", buyer=self.index, reason=f"poll: {classify(status, problem)}")
-                return None
+                record("gave_up", buyer=self.index, reason=f"{what}: {classify(status, problem)}")
+                return None, status
             gevent.sleep(_retry_after(response, attempt))
-        return None
+        return None, status
 
     def pay(self, order: dict) -> None:
         link = order["payment"]["approval_url"]

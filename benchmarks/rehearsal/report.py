@@ -6,19 +6,25 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from benchmarks.rehearsal.waiting_room import sparkline
-
 POST_ORDERS = "POST /orders"
+SPARKS = "▁▂▃▄▅▆▇█"
 # After a database restart each pooled connection fails once (a 503) before the pool reconnects.
 AFTERMATH_SECONDS = 5.0
 
 
-def percentile(values: list[float], p: float) -> float | None:
+def percentile(values: list[float], p: float, digits: int = 1) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
-    return round(ordered[rank], 1)
+    return round(ordered[rank], digits)
+
+
+def sparkline(values: list[int]) -> str:
+    top = max(values, default=0)
+    if top <= 0:
+        return SPARKS[0] * len(values)
+    return "".join(" " if v == 0 else SPARKS[min(len(SPARKS) - 1, math.ceil(v / top * len(SPARKS)) - 1)] for v in values)
 
 
 def latency(values: list[float]) -> dict:

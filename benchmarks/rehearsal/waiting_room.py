@@ -19,35 +19,21 @@ event log.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import Counter, defaultdict
 
 import requests
-from benchmarks.rehearsal.checks import rows
 
+from benchmarks.rehearsal.checks import rows
 from benchmarks.rehearsal.events import JOIN_LINE, POLL_PLACE, POLL_TICKET
+from benchmarks.rehearsal.report import percentile
 from services.checkout.line import pre_queue_order
 
 SOLD_OUT_HEARD_WITHIN = 5.0  # seconds, the must-show
-SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def _spread(values: list[float]) -> dict:
-    if not values:
-        return {"count": 0, "p50_s": None, "p95_s": None, "max_s": None}
-    ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 3)
-
-    return {"count": len(ordered), "p50_s": rank(50), "p95_s": rank(95), "max_s": round(ordered[-1], 3)}
-
-
-def sparkline(values: list[int]) -> str:
-    top = max(values, default=0)
-    if top <= 0:
-        return SPARKS[0] * len(values)
-    return "".join(" " if v == 0 else SPARKS[min(len(SPARKS) - 1, math.ceil(v / top * len(SPARKS)) - 1)] for v in values)
+    return {"count": len(values), "p50_s": percentile(values, 50, digits=3),
+            "p95_s": percentile(values, 95, digits=3), "max_s": round(max(values), 3) if values else None}
 
 
 def published_order(checkout_url: str, drop_id: str) -> dict:

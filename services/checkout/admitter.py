@@ -18,6 +18,8 @@ from shared.values import utc_now
 
 log = logging.getLogger("floodgate.checkout.admitter")
 MIN_TURN_SECONDS = 0.5
+# the lines a turn looks at: those still to open, and those it admits from (or holds, paused)
+TURNED = (waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)
 
 
 @dataclass
@@ -48,7 +50,7 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
     Inventory is asked for each line's remaining units before any line is locked, so joins never
     wait on an HTTP call."""
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
-    due = uow.lines.lock_next_due((waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED))
+    due = uow.lines.lock_next_due(TURNED)
     drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= utc_now()]
     # Passes in play are counted before inventory is asked: a pass used (its unit held) in
     # between is then counted twice, never missed, so admissions never exceed the stock.
@@ -61,7 +63,7 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
     admitted = 0
-    for line in uow.lines.lock_next_due((waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)):
+    for line in uow.lines.lock_next_due(TURNED):
         now = utc_now()
         if line.state == waiting_room.PRE_QUEUE:
             if line.opens_at > now:

@@ -192,6 +192,13 @@ def _drop_id(raw: str):
     return drop_id
 
 
+def _line(uow, raw: str):
+    line = uow.lines.get(_drop_id(raw))
+    if line is None:
+        raise LineNotFound(f"There is no line for drop {raw}.")
+    return line
+
+
 @bp.put("/drops/<drop_id>/line")
 @operation("Put a line (waiting room) on a drop, or change its settings (admin)", request=LineRequestSchema,
            response=LineSchema, errors=(404, 409), auth="admin",
@@ -228,9 +235,7 @@ def change_line(drop_id: str):
            response=LineSchema, errors=(404,))
 def show_line(drop_id: str):
     with unit_of_work() as uow:
-        line = uow.lines.get(_drop_id(drop_id))
-    if line is None:
-        raise LineNotFound(f"There is no line for drop {drop_id}.")
+        line = _line(uow, drop_id)
     return jsonify(LINE.dump(line))
 
 
@@ -240,9 +245,7 @@ def show_line(drop_id: str):
 def admission_order(drop_id: str):
     query = AdmissionOrderQuerySchema().load(request.args)
     with unit_of_work() as uow:
-        line = uow.lines.get(_drop_id(drop_id))
-        if line is None:
-            raise LineNotFound(f"There is no line for drop {drop_id}.")
+        line = _line(uow, drop_id)
         tickets = uow.lines.admission_order(line.drop_id, query["limit"] + 1, query["offset"]) if line.opened_at else []
     more = len(tickets) > query["limit"]
     return jsonify(AdmissionOrderSchema().dump({

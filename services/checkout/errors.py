@@ -32,7 +32,6 @@ class TooBusy(RetryLater):
     status, slug, title = 429, "too-busy", "Checkout is at capacity"
 
 
-
 # --- the waiting room (services/checkout/line.py) -----------------------------------------------
 
 class LineNotFound(NotFound):

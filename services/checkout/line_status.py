@@ -39,7 +39,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from types import SimpleNamespace
 
 import sqlalchemy as sa
@@ -130,10 +130,15 @@ def _drop_id(raw: str) -> str:
         raise errors.NotFound(f"{raw!r} is not a drop id.") from None
 
 
-def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> dict:
+def _line(lines: Lines, drop_id: str) -> SimpleNamespace:
     line = lines.figures.get(_drop_id(drop_id))
     if line is None:
         raise errors.NotFound(f"There is no line for drop {drop_id}.")
+    return line
+
+
+def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> dict:
+    line = _line(lines, drop_id)
     position = lines.positions.get(str(line.drop_id), {}).get(ticket_id.lower())
     if position is None and line.state != waiting_room.PRE_QUEUE:
         raise errors.NotFound("No such ticket in this line, or it joined less than a turn ago: "
@@ -143,9 +148,7 @@ def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> 
 
 
 def line_status(lines: Lines, drop_id: str, now: datetime) -> dict:
-    line = lines.figures.get(_drop_id(drop_id))
-    if line is None:
-        raise errors.NotFound(f"There is no line for drop {drop_id}.")
+    line = _line(lines, drop_id)
     sold_out = line.state == waiting_room.OPEN and line.remaining_units == 0
     return {"drop_id": str(line.drop_id), "state": "sold_out" if sold_out else line.state,
             "opens_at": line.opens_at.isoformat(), "joined": line.joined, "pre_queue_size": line.pre_queue_size,
@@ -276,7 +279,7 @@ class LineStatusApp:
         return status, (b"" if method == "HEAD" else body), headers
 
     def _route(self, path: str) -> tuple[dict, bool]:
-        now = datetime.now(timezone.utc)
+        now = utc_now()
         if matched := _TICKET.match(path):
             return self._needs_copy(ticket_status, matched.group(1), matched.group(2), now), True
         if matched := _STATUS.match(path):

@@ -245,9 +245,6 @@ class Lines:
         return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "count": count, "now": now,
                                                         "expires_at": expires_at}))
 
-    def waiting(self, drop_id: uuid.UUID) -> int:
-        return self._session.execute(_WAITING, {"drop_id": drop_id}).scalar_one()
-
     def checkout_refusals(self) -> dict[str, int]:
         """Each live checkout API process's refusals so far (load_shedding.LoadReport)."""
         return dict(self._session.execute(_CHECKOUT_REFUSALS).all())
@@ -281,6 +278,7 @@ class CheckoutUnitOfWork(db.UnitOfWork):
         self.admin_actions = AdminActions(self.session)
         return self
 
+
 # A drop's orders are found by their index on drop_id (the control room asks every 2 s).
 _TALLY = sa.text(
     "SELECT status, count(*) AS orders, "
@@ -289,12 +287,11 @@ _TALLY = sa.text(
 ).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
 
 # The waiting room's statements (services/checkout/line.py).
-_HAS_LINE = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id").bindparams(
-    sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+_UUIDS = (sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)),)
+_HAS_LINE = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id").bindparams(*_UUIDS)
 _POLLED = ("line_tickets.id, line_tickets.drop_id, line_tickets.buyer_id, line_tickets.position, "
            "line_tickets.admitted_at, line_tickets.pass_expires_at, line_tickets.used_at")
 _LINE_SHOWN = "lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate"
-_UUIDS = (sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)),)
 _TICKET_AND_LINE = sa.text(
     f"SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id "
     "WHERE line_tickets.drop_id = :drop_id AND line_tickets.buyer_id = :buyer_id"
@@ -331,18 +328,14 @@ _PLACE = sa.text(
 _ACTIVE_PASSES = sa.text(
     "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
     "AND pass_expires_at > :now"
-).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+).bindparams(*_UUIDS)
 _ADMIT_NEXT = sa.text(
     "UPDATE line_tickets SET admitted_at = :now, pass_expires_at = :expires_at WHERE id IN ("
     " SELECT id FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL AND position IS NOT NULL"
     " ORDER BY position LIMIT :count FOR UPDATE) RETURNING position"
-).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
-_WAITING = sa.text(
-    "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL"
-).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+).bindparams(*_UUIDS)
 _USE_PASS = sa.text(
     "UPDATE line_tickets SET used_at = now() WHERE id = :ticket_id AND drop_id = :drop_id AND buyer_id = :buyer_id "
     "AND used_at IS NULL AND pass_expires_at > now() RETURNING id"
-).bindparams(sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)),
-             sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+).bindparams(sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)), *_UUIDS)
 _CHECKOUT_REFUSALS = sa.text("SELECT process, refused FROM checkout_load WHERE updated_at > now() - interval '30 seconds'")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from types import SimpleNamespace
 from datetime import timedelta
+from types import SimpleNamespace
 
 from services.checkout import config, handlers
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
@@ -191,9 +191,6 @@ class FakeLines:
         for ticket in waiting:
             ticket.admitted_at, ticket.pass_expires_at = now, expires_at
         return [t.position for t in waiting]
-
-    def waiting(self, drop_id):
-        return sum(1 for t in self.tickets(drop_id) if t.admitted_at is None)
 
     def use_pass(self, ticket_id, drop_id, buyer_id):
         ticket = self.rows.get(("ticket", ticket_id))
