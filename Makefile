@@ -41,13 +41,15 @@ unit: $(STAMP)
 integration: $(STAMP) pgbouncer chromium
 	$(BIN)/python -m pytest tests/integration -q
 
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# $(call apt_install,PACKAGES): install Debian packages, updating the package lists only when that fails
+apt_install = $(SUDO) apt-get install -y $(1) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(1); }
+
 # tests/integration/test_pgbouncer.py runs a stack through a local PgBouncer (Debian's package;
 # /usr/sbin is not on every user's PATH), installed here when missing
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: pgbouncer
 pgbouncer:
-	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
-	  $(SUDO) apt-get install -y pgbouncer || { $(SUDO) apt-get update && $(SUDO) apt-get install -y pgbouncer; }
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || $(call apt_install,pgbouncer)
 
 # tests/k8s/test_monitoring.py checks and unit-tests the alert rules with promtool (Debian's
 # prometheus package: no package ships promtool alone), installed here when missing, without the
@@ -55,17 +57,14 @@ pgbouncer:
 # server; `systemctl disable --now prometheus` if you do not want one
 .PHONY: promtool
 promtool:
-	@test -x /usr/bin/promtool || \
-	  $(SUDO) apt-get install -y --no-install-recommends prometheus || \
-	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+	@test -x /usr/bin/promtool || $(call apt_install,--no-install-recommends prometheus)
 
 # tests/integration/test_drop_page.py drives Debian's chromium headless through Playwright (the
 # system browser's executable: nothing downloads a browser, never `playwright install`), installed
 # here when missing
 .PHONY: chromium
 chromium:
-	@test -x /usr/bin/chromium || \
-	  $(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	@test -x /usr/bin/chromium || $(call apt_install,chromium)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

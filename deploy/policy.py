@@ -172,22 +172,23 @@ def check_readiness(objects: list[dict]) -> list[str]:
     return problems
 
 
-def runs_gunicorn(container: dict) -> bool:
-    """A Floodgate container running its image's entry point, gunicorn (the APIs); one given a
-    command of its own runs another process (a consumer, or checkout's line-status edge on uvicorn)."""
-    return is_floodgate_image(container.get("image", "")) and not container.get("command")
+def is_api(obj: dict) -> bool:
+    """A Floodgate API's workload: pods labelled component `api` (gunicorn, with /metrics), as the
+    NetworkPolicies and the PodMonitor select them; not checkout's line-status edge, for one."""
+    labels = pod_labels(obj)
+    return (labels.get("app.kubernetes.io/component") == "api"
+            and labels.get("app.kubernetes.io/name") in FLOODGATE_SERVICES)
 
 
 def check_metrics_port(objects: list[dict]) -> list[str]:
     """Every Floodgate API serves /metrics on a port of its own (gunicorn's METRICS_BIND), named
     `metrics`, announced to Prometheus by the pod's annotations and published by no Service:
-    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring).
-    A process with ports that is not gunicorn (checkout's line-status edge) serves no /metrics."""
+    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring)."""
     problems = []
     services = of_kind(objects, "Service")
-    for obj in of_kind(objects, "Deployment"):
+    for obj in filter(is_api, of_kind(objects, "Deployment")):
         for _, c, _ in containers(obj, init=False):
-            if not c.get("ports") or not runs_gunicorn(c):
+            if not c.get("ports") or not is_floodgate_image(c.get("image", "")):
                 continue
             where = f"{name_of(obj)} container {c['name']}"
             bind = env_of(c).get("METRICS_BIND") or ""
@@ -614,8 +615,7 @@ def check_monitoring(objects: list[dict]) -> list[str]:
     if [r["spec"] for r in rules] != [monitoring.rules()]:
         problems.append(f"PrometheusRule differs from {monitoring.RULES.relative_to(monitoring.ROOT)}: "
                         "run `python -m deploy.monitoring`")
-    apis = [d for d in of_kind(objects, "Deployment") if pod_labels(d).get("app.kubernetes.io/component") == "api"
-            and pod_labels(d).get("app.kubernetes.io/name") in FLOODGATE_SERVICES]
+    apis = list(filter(is_api, of_kind(objects, "Deployment")))
     monitors = of_kind(objects, "PodMonitor")
     if not monitors:
         problems.append("no PodMonitor")
