@@ -32,14 +32,19 @@ HTTP_LATENCY = Histogram(
 )
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics page and its content type."""
+def this_pods_registry() -> CollectorRegistry:
+    """Every API process of this pod's metrics (gunicorn's workers write them to
+    PROMETHEUS_MULTIPROC_DIR); a lone process's own without it."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics page and its content type."""
+    return generate_latest(this_pods_registry()), CONTENT_TYPE_LATEST
 
 
 # A source of scraped figures: reads what it needs (or raises) and returns its metric families.

@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
-import os
 import uuid
 from collections import Counter
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry
+
+from shared.metrics import this_pods_registry
 
 ORDERS_PATH = "/orders"
 # How far back "placed a second" looks: long enough to be steady between the page's 2 s polls.
@@ -35,22 +36,12 @@ def drop_orders(uow, drop_id: uuid.UUID, window_seconds: float = PLACING_WINDOW_
 
 def order_answers(service: str, registry: CollectorRegistry | None = None) -> dict[str, int]:
     """`POST /orders`' answers by HTTP status, as this pod's processes counted them (`registry`:
-    theirs by default; see `this_pods_counts`)."""
+    theirs by default; see `shared.metrics.this_pods_registry`)."""
     counted: Counter = Counter()
-    for family in (registry or this_pods_counts()).collect():
+    for family in (registry or this_pods_registry()).collect():
         for sample in family.samples:
             labels = sample.labels
             if (sample.name == "floodgate_http_requests_total" and labels.get("service") == service
                     and labels.get("method") == "POST" and labels.get("endpoint") == ORDERS_PATH):
                 counted[str(labels.get("status"))] += int(sample.value)
     return dict(sorted(counted.items()))
-
-
-def this_pods_counts() -> CollectorRegistry:
-    """Every API process of this pod's metrics (gunicorn's workers write them to
-    PROMETHEUS_MULTIPROC_DIR, as /metrics reads them); a lone process's own without it."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return registry
-    return REGISTRY
