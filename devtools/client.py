@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, TypeVar
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from devtools.stack import ROOT, Stack
 
@@ -43,10 +45,26 @@ def poll(probe: Callable[[], T], timeout: float = 30, interval: float = 0.1, wha
         time.sleep(interval)
 
 
+def session() -> requests.Session:
+    """A session that sends a request again, once, when its connection broke before any answer came.
+
+    gunicorn closes a kept-alive connection after `keepalive` seconds idle; a request sent in the
+    same instant is never read and its connection is reset (gunicorn issue #1698 shows the race).
+    A browser retries such a request on a fresh connection, and so does this client. It costs
+    nothing when the server really answered, and the order path is safe to repeat anyway: every
+    POST /orders carries its Idempotency-Key."""
+    http = requests.Session()
+    once = Retry(total=1, connect=0, read=1, status=0, other=0, redirect=False, allowed_methods=None,
+                 raise_on_status=False, respect_retry_after_header=False)
+    for scheme in ("http://", "https://"):
+        http.mount(scheme, HTTPAdapter(max_retries=once))
+    return http
+
+
 class Floodgate:
     def __init__(self, stack: Stack):
         self.stack = stack
-        self.http = requests.Session()
+        self.http = session()
 
     def _url(self, service: str, path: str) -> str:
         return self.stack.url(service) + path
