@@ -2,8 +2,9 @@
 unit of work the handlers receive.
 
 The order path's statements are written once, here, and sent as they are: `POST /orders` and
-the payment webhook are measured per statement, so each method is one round trip (two for a new
-order: the order and the first step of its history) and nothing goes through the ORM's flush.
+the payment webhook are measured per statement, so each method is one round trip (a new order and
+the first step of its history are one statement) and nothing goes through the ORM's flush. They
+are `shared.sql.Statement`s, sent straight to the driver in the unit of work's transaction.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout.models import AddressAllowance, Line, LineTicket, Order, OrderTransition
+from services.checkout.models import AddressAllowance, Line, LineTicket, Order
 from shared import db
+from shared.sql import Json, Statement
 from shared.admin_actions import AdminActions
 from shared.values import uuid_or_none
 
@@ -35,11 +37,12 @@ class Orders:
     def add(self, order: Order) -> None:
         """Insert a new order and the first step of its history. `order` stays out of the
         session: Core inserts of it cost less than the ORM's flush of it."""
-        self._session.execute(_INSERT_ORDER, {column: getattr(order, column) for column in _ORDER_COLUMNS})
         first = order.history[0]
-        self._session.execute(_INSERT_TRANSITION, {"order_id": order.id, "from_status": first.from_status,
-                                                   "to_status": first.to_status, "reason": first.reason,
-                                                   "at": first.at})
+        _INSERT_ORDER.run(self._session, {
+            **{column: getattr(order, column) for column in _ORDER_COLUMNS},
+            "shipping_address": Json(order.shipping_address),
+            "from_status": first.from_status, "to_status": first.to_status, "reason": first.reason, "at": first.at,
+        })
 
     def newest_of(self, buyer_id: str, limit: int, offset: int) -> list[Order]:
         """Up to `limit` of the buyer's orders, newest first, skipping the first `offset`."""
@@ -82,15 +85,15 @@ class IdempotencyKeys:
         returned) or rolls back (the key is then taken here)."""
         params = {"buyer_id": buyer_id, "key": key, "fingerprint": fingerprint}
         while True:
-            if self._session.execute(_CLAIM_KEY, params).first():
+            if _CLAIM_KEY.first(self._session, params):
                 return None
-            held = self._session.execute(_LOCK_KEY, params).first()
+            held = _LOCK_KEY.first(self._session, params)
             if held is not None:
-                return KeyHeld(held.fingerprint, held.response_status, held.response_body)
+                return KeyHeld(*held)
 
     def answer(self, buyer_id: str, key: str, status: int, body: str) -> None:
         """Keep `status` and `body` as the key's answer."""
-        self._session.execute(_REMEMBER_RESPONSE, {"buyer_id": buyer_id, "key": key, "status": status, "body": body})
+        _REMEMBER_RESPONSE.run(self._session, {"buyer_id": buyer_id, "key": key, "status": status, "body": body})
 
 
 class AddressAllowances:
@@ -100,10 +103,8 @@ class AddressAllowances:
     def take(self, drop_id: uuid.UUID, address_key: str, quantity: int, limit: int) -> bool:
         """Count `quantity` more units of the drop for the address, unless that would pass
         `limit`; whether they were counted. Atomic across concurrent orders."""
-        taken = self._session.execute(
-            _TAKE_ADDRESS_ALLOWANCE,
-            {"drop_id": drop_id, "address_key": address_key, "quantity": quantity, "limit": limit},
-        ).first()
+        taken = _TAKE_ADDRESS_ALLOWANCE.first(
+            self._session, {"drop_id": drop_id, "address_key": address_key, "quantity": quantity, "limit": limit})
         return taken is not None
 
     def give_back(self, drop_id: uuid.UUID, address_key: str, quantity: int) -> None:
@@ -120,40 +121,44 @@ class PaymentEvents:
 
     def record(self, provider_event_id: str, order_id: uuid.UUID | None, event_type: str) -> bool:
         """Note the provider's event; False when it was noted before (its effect is done)."""
-        first_time = self._session.execute(
-            _RECORD_PAYMENT_EVENT, {"provider_event_id": provider_event_id, "order_id": order_id, "event_type": event_type}
-        ).first()
+        first_time = _RECORD_PAYMENT_EVENT.first(
+            self._session, {"provider_event_id": provider_event_id, "order_id": order_id, "event_type": event_type})
         return first_time is not None
 
 
-# The order path's upserts as plain SQL: SQLAlchemy cannot cache a compiled ON CONFLICT statement,
-# and compiling them on every order cost more CPU than running them.
-_CLAIM_KEY = sa.text(
+# The order path's statements. Upserts were plain SQL already: SQLAlchemy cannot cache a compiled
+# ON CONFLICT statement, and compiling them on every order cost more CPU than running them.
+_CLAIM_KEY = Statement(
     "INSERT INTO idempotency_keys (buyer_id, key, fingerprint) VALUES (:buyer_id, :key, :fingerprint) "
     "ON CONFLICT DO NOTHING RETURNING key"
 )
-_LOCK_KEY = sa.text(
+_LOCK_KEY = Statement(
     "SELECT fingerprint, response_status, response_body FROM idempotency_keys "
     "WHERE buyer_id = :buyer_id AND key = :key FOR UPDATE"
 )
-_REMEMBER_RESPONSE = sa.text(
+_REMEMBER_RESPONSE = Statement(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
 )
-_RECORD_PAYMENT_EVENT = sa.text(
+_RECORD_PAYMENT_EVENT = Statement(
     "INSERT INTO payment_events (provider_event_id, order_id, event_type) "
     "VALUES (:provider_event_id, :order_id, :event_type) ON CONFLICT DO NOTHING RETURNING provider_event_id"
-).bindparams(sa.bindparam("order_id", type_=pg.UUID(as_uuid=True)))
-_INSERT_ORDER = Order.__table__.insert()
+)
 _ORDER_COLUMNS = ("id", "buyer_id", "buyer_email", "drop_id", "sku", "product_name", "quantity", "unit_amount",
                   "currency", "shipping_address", "status", "hold_expires_at", "approval_url", "address_key",
                   "created_at")
-_INSERT_TRANSITION = OrderTransition.__table__.insert()
-_TAKE_ADDRESS_ALLOWANCE = sa.text(
+# The order and the first step of its history, one round trip. The history row's foreign key is
+# checked at the end of the statement, when the order row is there.
+_INSERT_ORDER = Statement(
+    f"WITH placed AS (INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + column for column in _ORDER_COLUMNS)})) "
+    "INSERT INTO order_transitions (order_id, from_status, to_status, reason, at) "
+    "VALUES (:id, :from_status, :to_status, :reason, :at)"
+)
+_TAKE_ADDRESS_ALLOWANCE = Statement(
     "INSERT INTO address_allowances (drop_id, address_key, taken) VALUES (:drop_id, :address_key, :quantity) "
     "ON CONFLICT (drop_id, address_key) DO UPDATE SET taken = address_allowances.taken + :quantity "
     "WHERE address_allowances.taken + :quantity <= :limit RETURNING taken"
 )
-
 
 class Lines:
     """Drops' waiting rooms and their tickets (services/checkout/line.py)."""
@@ -182,7 +187,7 @@ class Lines:
         self._session.add(line)
 
     def has_line(self, drop_id: uuid.UUID) -> bool:
-        return self._session.execute(_HAS_LINE, {"drop_id": drop_id}).first() is not None
+        return _HAS_LINE.first(self._session, {"drop_id": drop_id}) is not None
 
     def ticket_and_line(self, drop_id: uuid.UUID, buyer_id: str):
         """A poll's one read: the buyer's ticket and what of its line a poll shows, as one row
@@ -288,7 +293,7 @@ _TALLY = sa.text(
 
 # The waiting room's statements (services/checkout/line.py).
 _UUIDS = (sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)),)
-_HAS_LINE = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id").bindparams(*_UUIDS)
+_HAS_LINE = Statement("SELECT 1 FROM lines WHERE drop_id = :drop_id")
 _POLLED = ("line_tickets.id, line_tickets.drop_id, line_tickets.buyer_id, line_tickets.position, "
            "line_tickets.admitted_at, line_tickets.pass_expires_at, line_tickets.used_at")
 _LINE_SHOWN = "lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate"

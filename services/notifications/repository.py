@@ -9,6 +9,7 @@ from sqlalchemy import orm
 
 from shared import db
 from shared.admin_actions import AdminActions
+from shared.sql import Statement
 from services.notifications.models import DEAD, RETRYING, SENT, Delivery
 
 
@@ -20,7 +21,7 @@ class DeliveryLog:
 
     def was_sent(self, event_id: str) -> bool:
         """Whether the email of `event_id` was already accepted by the SMTP server."""
-        return self._session.execute(_STATUS, {"event_id": event_id}).scalar() == SENT
+        return _STATUS.scalar(self._session, {"event_id": event_id}) == SENT
 
     def record_sent(self, attempt: dict, now: datetime) -> None:
         """The email of `attempt` (event_id, event_type, order_id, to_address, subject, message_id,
@@ -92,14 +93,13 @@ class DeliveryLog:
             "updated_at": now,
             **changes,
         }
-        self._session.execute(_UPSERT, values)
+        _UPSERT.run(self._session, values)
 
 
-_STATUS = sa.text("SELECT status FROM deliveries WHERE event_id = :event_id")
-# One statement written once: SQLAlchemy cannot cache a compiled ON CONFLICT, and compiling it
-# per email cost more than running it. A sent delivery stays sent; what a failure could not read
+# Two statements per email, written once and sent straight to the driver (shared.sql). A sent delivery stays sent; what a failure could not read
 # (recipient, subject, order) stays as an earlier attempt found it.
-_UPSERT = sa.text(
+_STATUS = Statement("SELECT status FROM deliveries WHERE event_id = :event_id")
+_UPSERT = Statement(
     f"""
     INSERT INTO deliveries (id, event_id, event_type, order_id, to_address, subject, message_id, occurred_at,
                             handled_by, status, attempts, retries, dead_letters, last_error, sent_at, updated_at)
@@ -119,9 +119,7 @@ _UPSERT = sa.text(
         sent_at = coalesce(EXCLUDED.sent_at, deliveries.sent_at)
     WHERE deliveries.status <> '{SENT}'
     """
-).bindparams(sa.bindparam("occurred_at", type_=sa.DateTime(timezone=True)),
-             sa.bindparam("sent_at", type_=sa.DateTime(timezone=True)),
-             sa.bindparam("updated_at", type_=sa.DateTime(timezone=True)))
+)
 
 
 class UnitOfWork(db.UnitOfWork):

@@ -16,6 +16,7 @@ from sqlalchemy import orm
 from shared import tracing
 from shared.logs import current_request_id
 from shared.messaging.envelope import Envelope
+from shared.sql import Json, Statement
 
 
 def define_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -52,11 +53,11 @@ def add_event(session: orm.Session, source: str, event_type: str, data: dict, co
     """Write `event_type` to the outbox inside the session's transaction."""
     request_id = current_request_id()
     envelope = Envelope(type=event_type, data=data, source=source, correlation_id=correlation_id or request_id)
-    session.execute(
-        _INSERT_EVENT,
-        {"event_id": envelope.id, "event_type": event_type, "envelope": envelope.to_dict(), "request_id": request_id,
-         "trace_context": tracing.outbox_context(event_type, envelope.id, source)},
-    )
+    trace_context = tracing.outbox_context(event_type, envelope.id, source)
+    _INSERT_EVENT.run(session, {
+        "event_id": envelope.id, "event_type": event_type, "envelope": Json(envelope.to_dict()), "request_id": request_id,
+        "trace_context": None if trace_context is None else Json(trace_context),
+    })
     return envelope
 
 
@@ -66,13 +67,15 @@ def claim_message(session: orm.Session, message_id: str, event_type: str) -> boo
     Concurrent deliveries of one id serialise on the primary key: the second waits for the
     first transaction and then sees the conflict.
     """
-    inserted = session.execute(_CLAIM_MESSAGE, {"message_id": message_id, "event_type": event_type}).first()
-    return inserted is not None
+    return _CLAIM_MESSAGE.first(session, {"message_id": message_id, "event_type": event_type}) is not None
 
 
-# Built once: an ON CONFLICT statement is compiled anew each time SQLAlchemy is handed one.
-_INSERT_EVENT = OUTBOX.insert()
-_CLAIM_MESSAGE = sa.text(
+# Every service writes these in its busiest transactions: straight to the driver (shared.sql).
+_INSERT_EVENT = Statement(
+    "INSERT INTO outbox (event_id, event_type, envelope, request_id, trace_context) "
+    "VALUES (:event_id, :event_type, :envelope, :request_id, :trace_context)"
+)
+_CLAIM_MESSAGE = Statement(
     "INSERT INTO inbox (message_id, event_type) VALUES (:message_id, :event_type) "
     "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
 )

@@ -30,8 +30,7 @@ from services.inventory.errors import (
 from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
 from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Reservation
 from shared.logs import bind_order_id
-
-RESERVATIONS = Reservation.__table__
+from shared.sql import Statement
 
 
 def find_reservation(session: orm.Session, order_id: uuid.UUID, for_update: bool = False) -> Reservation | None:
@@ -82,13 +81,17 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
 _DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), available_units(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
 
 
-# SQLAlchemy cannot cache a compiled ON CONFLICT statement; written once, it costs nothing to build.
-_TAKE_BUYER_ALLOWANCE = sa.text(
+# The hold's writes go straight to the driver (shared.sql): a dozen statements per order, and
+# SQLAlchemy's execution machinery cost as much CPU as sending them.
+_TAKE_BUYER_ALLOWANCE = Statement(
     "INSERT INTO buyer_allowances (drop_id, buyer_id, taken) VALUES (:drop_id, :buyer_id, :quantity) "
     "ON CONFLICT (drop_id, buyer_id) DO UPDATE SET taken = buyer_allowances.taken + :quantity "
     "WHERE buyer_allowances.taken + :quantity <= :limit RETURNING taken"
 )
-_INSERT_RESERVATION = RESERVATIONS.insert()
+_INSERT_RESERVATION = Statement(
+    "INSERT INTO reservations (order_id, drop_id, buyer_id, quantity, status, hold_expires_at, order_version) "
+    "VALUES (:order_id, :drop_id, :buyer_id, :quantity, :status, :hold_expires_at, :order_version)"
+)
 
 
 class _LostRace(Exception):
@@ -105,10 +108,8 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
     if remaining < cmd.quantity:
         raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
 
-    taken = session.execute(
-        _TAKE_BUYER_ALLOWANCE,
-        {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit},
-    ).first()
+    taken = _TAKE_BUYER_ALLOWANCE.first(
+        session, {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit})
     if taken is None:
         raise LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
 
@@ -123,8 +124,8 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
         values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
                       status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
         try:
-            # Core rather than Session.add + flush: the order path's hottest statement.
-            session.execute(_INSERT_RESERVATION, values)
+            # A statement rather than Session.add + flush: the order path's hottest one.
+            _INSERT_RESERVATION.run(session, values)
         except sa.exc.IntegrityError:
             raise _LostRace() from None
         # What the response shows; not added to the session, which has nothing left to flush.
@@ -153,10 +154,10 @@ WHERE drop_id = :d AND available >= :q AND shard = (
 RETURNING available
 """
 # A random shard among those nobody has locked: no waiting at all.
-TAKE_FROM_UNLOCKED_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="random()", skip="SKIP LOCKED"))
+TAKE_FROM_UNLOCKED_SHARD = Statement(_TAKE_FROM_ONE_SHARD.format(order="random()", skip="SKIP LOCKED"))
 # The first shard with stock, waiting for its lock; in shard order, like every statement that may
 # wait for a second shard row while holding one, so they cannot deadlock.
-TAKE_FROM_ANY_SHARD = sa.text(_TAKE_FROM_ONE_SHARD.format(order="shard", skip=""))
+TAKE_FROM_ANY_SHARD = Statement(_TAKE_FROM_ONE_SHARD.format(order="shard", skip=""))
 
 
 def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
@@ -170,11 +171,11 @@ def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
     """
     params = {"d": drop_id, "q": quantity}
     for statement in (TAKE_FROM_UNLOCKED_SHARD, TAKE_FROM_ANY_SHARD):
-        session.execute(_SAVEPOINT)
-        left = session.execute(statement, params).scalar()
+        _SAVEPOINT.run(session, {})
+        left = statement.scalar(session, params)
         if left is not None:
             return left
-        session.execute(_ROLLBACK_TO_SAVEPOINT)  # drop the locks on rows that had emptied meanwhile
+        _ROLLBACK_TO_SAVEPOINT.run(session, {})  # drop the locks on rows that had emptied meanwhile
     rows = session.execute(
         sa.select(SHARDS.c.shard, SHARDS.c.available)
         .where(SHARDS.c.drop_id == drop_id, SHARDS.c.available > 0)
@@ -201,8 +202,8 @@ def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
 
 # Plain SQL rather than Session.begin_nested(): the savepoint only ever wraps these Core
 # statements, and a successful take needs no RELEASE round trip (the commit releases it).
-_SAVEPOINT = sa.text("SAVEPOINT take_stock")
-_ROLLBACK_TO_SAVEPOINT = sa.text("ROLLBACK TO SAVEPOINT take_stock")
+_SAVEPOINT = Statement("SAVEPOINT take_stock")
+_ROLLBACK_TO_SAVEPOINT = Statement("ROLLBACK TO SAVEPOINT take_stock")
 
 
 def _sold_out(remaining: int) -> SoldOut:

@@ -1,0 +1,59 @@
+"""shared.sql against the real PostgreSQL: statements run in the session's transaction, and a
+driver error is the SQLAlchemy error the services already handle (a lost connection included)."""
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from shared.db import create_database_if_missing, drop_database, make_engine, make_session_factory
+from shared.sql import Json, Statement
+
+INSERT = Statement("INSERT INTO things (id, doc) VALUES (:id, :doc) RETURNING id")
+COUNT = Statement("SELECT count(*) FROM things WHERE id = :id")
+
+
+@pytest.fixture
+def session_factory(infra):
+    url = f"{infra.postgres_url.rstrip('/')}/fgtest_sql_{uuid.uuid4().hex[:8]}"
+    create_database_if_missing(url)
+    engine = make_engine(url, pool_size=1)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE things (id uuid PRIMARY KEY, doc jsonb NOT NULL)"))
+    yield make_session_factory(engine)
+    engine.dispose()
+    drop_database(url)
+
+
+def test_a_statement_is_part_of_the_sessions_transaction(session_factory):
+    kept, dropped = uuid.uuid4(), uuid.uuid4()
+    with session_factory() as session:
+        assert INSERT.scalar(session, {"id": kept, "doc": Json({"a": [1, "é"]})}) == kept
+        session.commit()
+    with session_factory() as session:
+        INSERT.run(session, {"id": dropped, "doc": Json({})})
+        session.rollback()
+    with session_factory() as session:
+        assert COUNT.scalar(session, {"id": kept}) == 1
+        assert COUNT.scalar(session, {"id": dropped}) == 0
+        assert session.execute(sa.text("SELECT doc FROM things WHERE id = :id"), {"id": kept}).scalar() == {"a": [1, "é"]}
+
+
+def test_a_duplicate_is_sqlalchemys_integrity_error(session_factory):
+    same = uuid.uuid4()
+    with session_factory() as session:
+        INSERT.run(session, {"id": same, "doc": Json({})})
+        with pytest.raises(sa.exc.IntegrityError):
+            INSERT.run(session, {"id": same, "doc": Json({})})
+
+
+def test_a_lost_connection_is_an_operational_error_and_leaves_the_pool(session_factory):
+    with session_factory() as session:
+        pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with session_factory() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(sa.exc.OperationalError) as lost:
+            COUNT.run(session, {"id": uuid.uuid4()})
+        assert lost.value.connection_invalidated
+    with session_factory() as session:  # the pool hands out a live connection, not the dead one
+        assert session.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+        assert COUNT.scalar(session, {"id": uuid.uuid4()}) == 0
