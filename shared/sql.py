@@ -41,12 +41,11 @@ class Statement:
 
     def run(self, session: orm.Session, params: Mapping[str, Any]) -> psycopg.Cursor:
         """Execute in `session`'s transaction (begun if need be); the cursor holds any rows."""
-        connection = session.connection()
         if tracing.enabled():
             with tracing.span(self._span_name, kind="client",
                               attributes={"db.system": "postgresql", "db.statement": self.sql}):
-                return self._execute(connection, params)
-        return self._execute(connection, params)
+                return self._execute(session, params)
+        return self._execute(session, params)
 
     def first(self, session: orm.Session, params: Mapping[str, Any]) -> tuple | None:
         """The first row (a tuple), or None."""
@@ -57,15 +56,29 @@ class Statement:
         row = self.first(session, params)
         return None if row is None else row[0]
 
-    def _execute(self, connection: sa.Connection, params: Mapping[str, Any]) -> psycopg.Cursor:
-        driver = connection.connection.driver_connection
+    def _execute(self, session: orm.Session, params: Mapping[str, Any]) -> psycopg.Cursor:
         try:
-            return driver.execute(self._driver_sql, params)
+            return _driver_of(session).execute(self._driver_sql, params)
         except psycopg.Error as error:
-            raise _as_sqlalchemy_error(connection, self.sql, params, error) from error
+            raise _as_sqlalchemy_error(session.connection(), self.sql, params, error) from error
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r})"
+
+
+def _driver_of(session: orm.Session) -> psycopg.Connection:
+    """The psycopg connection of `session`'s transaction (begun if need be). Remembered for the
+    transaction: asking the session for its connection cost as much as a statement's conversion."""
+    transaction = session.get_transaction()
+    known = session.info.get(_DRIVER)
+    if transaction is not None and known is not None and known[0] is transaction:
+        return known[1]
+    driver = session.connection().connection.driver_connection
+    session.info[_DRIVER] = (session.get_transaction(), driver)
+    return driver
+
+
+_DRIVER = "shared.sql.driver"  # session.info: (the transaction, its psycopg connection)
 
 
 def _as_sqlalchemy_error(connection: sa.Connection, sql: str, params: Mapping[str, Any],

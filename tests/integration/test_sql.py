@@ -29,9 +29,9 @@ def test_a_statement_is_part_of_the_sessions_transaction(session_factory):
     with session_factory() as session:
         assert INSERT.scalar(session, {"id": kept, "doc": Json({"a": [1, "é"]})}) == kept
         session.commit()
-    with session_factory() as session:
-        INSERT.run(session, {"id": dropped, "doc": Json({})})
+        INSERT.run(session, {"id": dropped, "doc": Json({})})  # the session's next transaction
         session.rollback()
+        assert COUNT.scalar(session, {"id": kept}) == 1  # and the one after that
     with session_factory() as session:
         assert COUNT.scalar(session, {"id": kept}) == 1
         assert COUNT.scalar(session, {"id": dropped}) == 0

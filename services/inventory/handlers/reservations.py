@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable
 
 import sqlalchemy as sa
@@ -28,7 +28,7 @@ from services.inventory.errors import (
     SoldOut,
 )
 from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
-from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Reservation
+from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Product, Reservation
 from shared.logs import bind_order_id
 from shared.sql import Statement
 
@@ -77,8 +77,28 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
         return winner, False
 
 
-# Built once: composing a statement costs more Python time than running it on the order path.
-_DROP_NOW_AND_REMAINING = sa.select(Drop, sa.func.now(), available_units(Drop.id)).where(Drop.id == sa.bindparam("drop_id"))
+# What a hold reads of its drop, the database's clock and the units left, in one statement. The
+# drop comes back as columns, not through the ORM's loading (a third of the hold's Python time).
+_DROP_FIELDS = ("id", "product_id", "quantity", "opens_at", "closes_at", "per_buyer_limit", "invite_only_until",
+                "invite_tier", "shipping_countries", "hold_ttl_seconds")
+_PRODUCT_FIELDS = ("sku", "name", "description", "price_amount", "currency")
+_DROP_NOW_AND_REMAINING = Statement(
+    f"SELECT {', '.join('d.' + field for field in _DROP_FIELDS)}, {', '.join('p.' + field for field in _PRODUCT_FIELDS)}, "
+    "now(), (SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = d.id) "
+    "FROM drops d JOIN products p ON p.id = d.product_id WHERE d.id = :drop_id"
+)
+
+
+def _drop_now_and_remaining(session: orm.Session, drop_id: uuid.UUID) -> tuple[Drop, datetime, int] | None:
+    """The drop (with its product; neither is added to the session), the database's now and the
+    drop's available units; None for an unknown drop."""
+    row = _DROP_NOW_AND_REMAINING.first(session, {"drop_id": drop_id})
+    if row is None:
+        return None
+    drop_values = dict(zip(_DROP_FIELDS, row))
+    product = Product(id=drop_values["product_id"], **dict(zip(_PRODUCT_FIELDS, row[len(_DROP_FIELDS):])))
+    now, remaining = row[-2:]
+    return Drop(**drop_values, product=product), now, remaining
 
 
 # The hold's writes go straight to the driver (shared.sql): a dozen statements per order, and
@@ -100,10 +120,10 @@ class _LostRace(Exception):
 
 def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict], None], hold_ttl_seconds: int,
           renewing: Reservation | None = None) -> Reservation:
-    row = session.execute(_DROP_NOW_AND_REMAINING, {"drop_id": cmd.drop_id}).first()
-    if row is None:
+    found = _drop_now_and_remaining(session, cmd.drop_id)
+    if found is None:
         raise DropNotFound()
-    drop, now, remaining = row
+    drop, now, remaining = found
     drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None)
     if remaining < cmd.quantity:
         raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
