@@ -68,7 +68,9 @@ def render(directory: Path) -> list[dict]:
 
 
 def render_with_components(overlay: Path, components: list[Path]) -> list[dict]:
-    """An overlay with optional components added, through a throw-away kustomization."""
+    """An overlay with optional components added, through a throw-away kustomization. The
+    components' objects land in the overlay's `namespace:` (an overlay moved to another namespace
+    takes its components with it)."""
     with tempfile.TemporaryDirectory(prefix="floodgate-k8s-") as tmp:
         kustomization = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -76,5 +78,8 @@ def render_with_components(overlay: Path, components: list[Path]) -> list[dict]:
             "resources": [os.path.relpath(overlay, tmp)],
             "components": [os.path.relpath(component, tmp) for component in components],
         }
+        namespace = yaml.safe_load((overlay / "kustomization.yaml").read_text()).get("namespace")
+        if namespace:
+            kustomization["namespace"] = namespace
         Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         return render(Path(tmp))

@@ -4,6 +4,7 @@ and that sends the traces to its log and on to the team's backend."""
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import yaml
@@ -80,3 +81,22 @@ def test_the_policy_refuses_a_broken_component(targets):
     assert "inventory-relay: cannot reach" in problems
     assert "reachable from namespaces labelled {'floodgate.io/edge': 'true'}" in problems
     assert "not to the log (debug) and a backend (otlphttp)" in problems
+
+
+def test_an_overlay_in_another_namespace_takes_its_components_with_it(tmp_path):
+    """`deploy.apply --component` renders a component around the overlay: its objects go where
+    the overlay's do, not to the namespace the component was written for."""
+    from deploy import render
+
+    overlay = tmp_path / "overlays" / "shop"
+    overlay.mkdir(parents=True)
+    prod = render.K8S_DIR / "overlays" / "prod"
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": "shop-drops", "resources": [os.path.relpath(prod, overlay)],
+    }))
+    objects = render.render_with_components(overlay, [render.K8S_DIR / "components" / name
+                                                      for name in ("tracing", "monitoring")])
+    namespaced = [obj for obj in objects if obj["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}]
+    assert {obj["metadata"].get("namespace") for obj in namespaced} == {"shop-drops"}
+    assert policy.find(objects, "Deployment", "otel-collector")["metadata"]["namespace"] == "shop-drops"
