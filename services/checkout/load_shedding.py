@@ -86,7 +86,8 @@ class OrderGate:
 class LoadReport:
     """Tells the waiting room's admitter (services/checkout/admitter.py) that checkout turns
     orders away: every `every` seconds, from its first order on, a thread of each API process
-    writes the process's refusals so far to `checkout_load`, one row per process."""
+    writes the process's refusals so far to `checkout_load`, one row per process, and deletes
+    the rows of processes that have not reported for an hour."""
 
     def __init__(self, gate: OrderGate, engine, every: float = 2.0):
         self._gate, self._engine, self._every = gate, engine, every
@@ -116,7 +117,10 @@ class LoadReport:
             conn.execute(_REPORT, {"process": self.process, "refused": self._gate.refused_total})
 
 
+# The report also clears out the rows of processes gone for an hour (a row per process ever
+# started would pile up with every deploy and restart); only the last 30 s are ever read.
 _REPORT = sa.text(
+    "WITH gone AS (DELETE FROM checkout_load WHERE updated_at < now() - interval '1 hour') "
     "INSERT INTO checkout_load (process, refused, updated_at) VALUES (:process, :refused, now()) "
     "ON CONFLICT (process) DO UPDATE SET refused = excluded.refused, updated_at = excluded.updated_at"
 )

@@ -206,6 +206,10 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     page.reload()
     expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(admin_email)}"))
     expect(page.locator("#line-state")).to_have_text("Open", timeout=FIGURES_TIMEOUT_MS)
+    # the line's state is public (no token): wait for the renewal itself, which the page's first
+    # signed-in call starts
+    page.wait_for_function("spent => sessionStorage.getItem('floodgate.admin.token') !== spent", arg=spent,
+                           timeout=FIGURES_TIMEOUT_MS)
     renewed = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
     assert renewed and renewed != spent
     assert page.script_problems == []

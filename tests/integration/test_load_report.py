@@ -1,0 +1,35 @@
+"""Checkout's load report against the real PostgreSQL: one row per API process, and the rows of
+processes gone for an hour do not pile up (every deploy and restart starts new processes)."""
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+
+from services.checkout.load_shedding import LoadReport
+from services.checkout.models import CheckoutLoad
+from shared.db import create_database_if_missing, drop_database, make_engine
+
+
+@pytest.fixture
+def engine(infra):
+    url = f"{infra.postgres_url.rstrip('/')}/fgtest_load_{uuid.uuid4().hex[:8]}"
+    create_database_if_missing(url)
+    engine = make_engine(url, pool_size=1)
+    CheckoutLoad.__table__.create(engine)
+    yield engine
+    engine.dispose()
+    drop_database(url)
+
+
+def test_a_report_keeps_this_process_and_live_ones_and_clears_processes_gone_for_an_hour(engine):
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO checkout_load (process, refused, updated_at) VALUES "
+            "('old-pod:7', 40, now() - interval '2 hours'), ('other-pod:9', 5, now() - interval '10 seconds')"))
+    report = LoadReport(SimpleNamespace(refused_total=3), engine)
+    report.report()
+    report.report()
+    with engine.connect() as connection:
+        rows = dict(connection.execute(sa.text("SELECT process, refused FROM checkout_load")).all())
+    assert rows == {report.process: 3, "other-pod:9": 5}
