@@ -66,19 +66,18 @@ class Statement:
         return f"Statement({self.sql!r})"
 
 
+_DRIVER = "shared.sql.driver"  # session.info: (the transaction, its psycopg connection)
+
+
 def _driver_of(session: orm.Session) -> psycopg.Connection:
     """The psycopg connection of `session`'s transaction (begun if need be). Remembered for the
     transaction: asking the session for its connection cost as much as a statement's conversion."""
-    transaction = session.get_transaction()
     known = session.info.get(_DRIVER)
-    if transaction is not None and known is not None and known[0] is transaction:
+    if known is not None and known[0] is session.get_transaction():
         return known[1]
-    driver = session.connection().connection.driver_connection
+    driver = session.connection().connection.driver_connection  # begins the transaction
     session.info[_DRIVER] = (session.get_transaction(), driver)
     return driver
-
-
-_DRIVER = "shared.sql.driver"  # session.info: (the transaction, its psycopg connection)
 
 
 def _as_sqlalchemy_error(connection: sa.Connection, sql: str, params: Mapping[str, Any],

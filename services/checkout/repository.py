@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from services.checkout.models import AddressAllowance, Line, LineTicket, Order
 from shared import db
-from shared.sql import Json, Statement
 from shared.admin_actions import AdminActions
+from shared.sql import Json, Statement
 from shared.values import uuid_or_none
 
 
@@ -159,6 +159,7 @@ _TAKE_ADDRESS_ALLOWANCE = Statement(
     "ON CONFLICT (drop_id, address_key) DO UPDATE SET taken = address_allowances.taken + :quantity "
     "WHERE address_allowances.taken + :quantity <= :limit RETURNING taken"
 )
+
 
 class Lines:
     """Drops' waiting rooms and their tickets (services/checkout/line.py)."""

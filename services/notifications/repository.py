@@ -96,9 +96,10 @@ class DeliveryLog:
         _UPSERT.run(self._session, values)
 
 
-# Two statements per email, written once and sent straight to the driver (shared.sql). A sent delivery stays sent; what a failure could not read
-# (recipient, subject, order) stays as an earlier attempt found it.
+# Two statements per email, written once and sent straight to the driver (shared.sql).
 _STATUS = Statement("SELECT status FROM deliveries WHERE event_id = :event_id")
+# A sent delivery stays sent; what a failure could not read (recipient, subject, order) stays as
+# an earlier attempt found it.
 _UPSERT = Statement(
     f"""
     INSERT INTO deliveries (id, event_id, event_type, order_id, to_address, subject, message_id, occurred_at,

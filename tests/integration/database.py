@@ -1,6 +1,12 @@
 """Reading a service's database from a test, to assert what no endpoint shows (and cleaning up
 after a test whose traces would change the next ones)."""
+import contextlib
+import uuid
+from typing import Iterator
+
 import sqlalchemy as sa
+
+from shared.db import create_database_if_missing, drop_database
 
 
 def scalar(stack, service: str, sql: str, **params):
@@ -19,3 +25,14 @@ def execute(stack, service: str, sql: str, **params) -> None:
             conn.execute(sa.text(sql), params)
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def scratch_database(infra, label: str) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL, dropped afterwards."""
+    url = f"{infra.postgres_url.rstrip('/')}/fgtest_{label}_{uuid.uuid4().hex[:8]}"
+    create_database_if_missing(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)

@@ -25,6 +25,7 @@ from services.inventory.bootstrap import MIGRATIONS
 from shared import db
 from shared.messaging.envelope import Envelope
 from shared.migrate import upgrade
+from tests.integration.database import scratch_database
 
 LIMIT = 2
 BUYERS = ("ana", "ben", "chloe")
@@ -33,17 +34,13 @@ TTL = 600
 
 @pytest.fixture(scope="module")
 def session_factory(infra):
-    url = f"{infra.postgres_url.rstrip('/')}/fgtest_{uuid.uuid4().hex[:8]}_inventory_model"
-    db.create_database_if_missing(url)
-    engine = None
-    try:
+    with scratch_database(infra, "inventory_model") as url:
         upgrade(MIGRATIONS, url)
         engine = db.make_engine(url, pool_size=2)
-        yield db.make_session_factory(engine)
-    finally:
-        if engine is not None:
+        try:
+            yield db.make_session_factory(engine)
+        finally:
             engine.dispose()
-        db.drop_database(url)
 
 
 class Inventory(RuleBasedStateMachine):

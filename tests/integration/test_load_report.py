@@ -1,6 +1,5 @@
 """Checkout's load report against the real PostgreSQL: one row per API process, and the rows of
 processes gone for an hour do not pile up (every deploy and restart starts new processes)."""
-import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -8,18 +7,17 @@ import sqlalchemy as sa
 
 from services.checkout.load_shedding import LoadReport
 from services.checkout.models import CheckoutLoad
-from shared.db import create_database_if_missing, drop_database, make_engine
+from shared.db import make_engine
+from tests.integration.database import scratch_database
 
 
 @pytest.fixture
 def engine(infra):
-    url = f"{infra.postgres_url.rstrip('/')}/fgtest_load_{uuid.uuid4().hex[:8]}"
-    create_database_if_missing(url)
-    engine = make_engine(url, pool_size=1)
-    CheckoutLoad.__table__.create(engine)
-    yield engine
-    engine.dispose()
-    drop_database(url)
+    with scratch_database(infra, "load") as url:
+        engine = make_engine(url, pool_size=1)
+        CheckoutLoad.__table__.create(engine)
+        yield engine
+        engine.dispose()
 
 
 def test_a_report_keeps_this_process_and_live_ones_and_clears_processes_gone_for_an_hour(engine):

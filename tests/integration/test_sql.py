@@ -5,8 +5,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared.db import create_database_if_missing, drop_database, make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory
 from shared.sql import Json, Statement
+from tests.integration.database import scratch_database
 
 INSERT = Statement("INSERT INTO things (id, doc) VALUES (:id, :doc) RETURNING id")
 COUNT = Statement("SELECT count(*) FROM things WHERE id = :id")
@@ -14,14 +15,12 @@ COUNT = Statement("SELECT count(*) FROM things WHERE id = :id")
 
 @pytest.fixture
 def session_factory(infra):
-    url = f"{infra.postgres_url.rstrip('/')}/fgtest_sql_{uuid.uuid4().hex[:8]}"
-    create_database_if_missing(url)
-    engine = make_engine(url, pool_size=1)
-    with engine.begin() as connection:
-        connection.execute(sa.text("CREATE TABLE things (id uuid PRIMARY KEY, doc jsonb NOT NULL)"))
-    yield make_session_factory(engine)
-    engine.dispose()
-    drop_database(url)
+    with scratch_database(infra, "sql") as url:
+        engine = make_engine(url, pool_size=1)
+        with engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE things (id uuid PRIMARY KEY, doc jsonb NOT NULL)"))
+        yield make_session_factory(engine)
+        engine.dispose()
 
 
 def test_a_statement_is_part_of_the_sessions_transaction(session_factory):

@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from deploy import policy
+from deploy import policy, render
 
 TRACED = {"api", "consumer", "relay", "sweeper", "admitter"}
 
@@ -86,8 +86,6 @@ def test_the_policy_refuses_a_broken_component(targets):
 def test_an_overlay_in_another_namespace_takes_its_components_with_it(tmp_path):
     """`deploy.apply --component` renders a component around the overlay: its objects go where
     the overlay's do, not to the namespace the component was written for."""
-    from deploy import render
-
     overlay = tmp_path / "overlays" / "shop"
     overlay.mkdir(parents=True)
     prod = render.K8S_DIR / "overlays" / "prod"
