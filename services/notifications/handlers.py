@@ -39,8 +39,6 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     server has accepted it only the commit remains: should that commit fail, the event is retried
     and mailed again with the same Message-ID. Sending after the commit could lose the email.
     """
-    if uow.deliveries.was_sent(envelope.id):
-        return
     if emails.addressed_to_nobody(envelope.type, envelope.data):
         log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})
         return
@@ -48,7 +46,8 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     with logs.log_context(order_id=data.get("order_id")):
         email = emails.render(envelope.type, data, envelope.id)
         sent_at = datetime.now(timezone.utc)
-        uow.deliveries.record_sent(_attempt(envelope, email), sent_at)
+        if not uow.deliveries.record_sent(_attempt(envelope, email), sent_at):
+            return  # an earlier attempt's email was accepted (its inbox row since purged, say)
         if envelope.type in ANNOUNCED_EMAILS and data.get("order_id"):
             # checkout shows the buyer whether and when their order's confirmation went out
             uow.publish("email.sent", {"order_id": data["order_id"], "event_type": envelope.type,

@@ -19,14 +19,11 @@ class DeliveryLog:
     def __init__(self, session: orm.Session):
         self._session = session
 
-    def was_sent(self, event_id: str) -> bool:
-        """Whether the email of `event_id` was already accepted by the SMTP server."""
-        return _STATUS.scalar(self._session, {"event_id": event_id}) == SENT
-
-    def record_sent(self, attempt: dict, now: datetime) -> None:
+    def record_sent(self, attempt: dict, now: datetime) -> bool:
         """The email of `attempt` (event_id, event_type, order_id, to_address, subject, message_id,
-        occurred_at, handled_by) was accepted by the SMTP server."""
-        self._upsert(attempt, now, status=SENT, sent_at=now)
+        occurred_at, handled_by) is accepted by the SMTP server; False when an earlier attempt's
+        was (nothing is changed then). Concurrent attempts of one event serialise on its row."""
+        return self._upsert(attempt, now, status=SENT, sent_at=now)
 
     def record_failure(self, attempt: dict, now: datetime, outcome: str, error: str) -> None:
         """An attempt failed; `outcome` is `retrying` or `dead`. A sent delivery stays sent."""
@@ -74,7 +71,7 @@ class DeliveryLog:
         ).one()
         return dict(zip(("sent", "retries", "dead_letters", "retrying", "dead", "oldest_pending", "now"), row))
 
-    def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> None:
+    def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> bool:
         values = {
             "id": uuid.uuid4(),
             "event_id": attempt["event_id"],
@@ -93,12 +90,11 @@ class DeliveryLog:
             "updated_at": now,
             **changes,
         }
-        _UPSERT.run(self._session, values)
+        return _UPSERT.first(self._session, values) is not None
 
 
-# Two statements per email, written once and sent straight to the driver (shared.sql).
-_STATUS = Statement("SELECT status FROM deliveries WHERE event_id = :event_id")
-# A sent delivery stays sent; what a failure could not read (recipient, subject, order) stays as
+# One statement per email, written once and sent straight to the driver (shared.sql). A sent
+# delivery stays sent (and the statement returns no row then); what a failure could not read (recipient, subject, order) stays as
 # an earlier attempt found it.
 _UPSERT = Statement(
     f"""
@@ -119,6 +115,7 @@ _UPSERT = Statement(
         last_error = coalesce(EXCLUDED.last_error, deliveries.last_error),
         sent_at = coalesce(EXCLUDED.sent_at, deliveries.sent_at)
     WHERE deliveries.status <> '{SENT}'
+    RETURNING event_id
     """
 )
 

@@ -55,12 +55,8 @@ class FakeDeliveryLog:
     def for_event(self, event_id):
         return next((d for d in reversed(self.pending + self.committed) if d.event_id == event_id), None)
 
-    def was_sent(self, event_id):
-        delivery = self.for_event(event_id)
-        return delivery is not None and delivery.status == "sent"
-
     def record_sent(self, attempt, now):
-        self._upsert(attempt, now, status="sent", sent_at=now)
+        return self._upsert(attempt, now, status="sent", sent_at=now)
 
     def record_failure(self, attempt, now, outcome, error):
         self._upsert(attempt, now, status=outcome, last_error=error,
@@ -69,7 +65,7 @@ class FakeDeliveryLog:
     def _upsert(self, attempt, now, status, **changes):
         previous = self.for_event(attempt["event_id"])
         if previous is not None and previous.status == "sent":
-            return
+            return False
         base = vars(previous) if previous is not None else {"attempts": 0, "retries": 0, "dead_letters": 0, "last_error": None}
         row = {**base, **{k: base.get(k) if v is None else v for k, v in attempt.items()}, "status": status, "updated_at": now}
         row["attempts"] = base["attempts"] + 1
@@ -77,6 +73,7 @@ class FakeDeliveryLog:
         row["dead_letters"] = base["dead_letters"] + changes.pop("dead_letters", 0)
         row.update(changes)
         self.pending.append(SimpleNamespace(**row))
+        return True
 
 
 class FakeUnitOfWork:
