@@ -182,17 +182,22 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
     bind_order_id(notice.order_id)
     if not uow.payment_events.record(notice.event_id, uuid_or_none(notice.order_id), notice.event_type):
         return "duplicate"
+    if notice.event_type not in (CAPTURE_COMPLETED, CAPTURE_DENIED):
+        # Half of a drop's webhooks (the provider's "approved" before each capture) change
+        # nothing: no lock on the order and no load of it and its history, which the capture
+        # right behind would wait for.
+        if not uow.orders.exists(notice.order_id):
+            raise _unknown_order()
+        return "noted"
     order = find_order(uow, notice.order_id, lock=True)
     if order is None:
-        raise errors.OrderNotFound("The payment names an order this shop does not know.")
+        raise _unknown_order()
     if notice.event_type == CAPTURE_DENIED:
         if order.status != orders.AWAITING_PAYMENT:
             return f"ignored-{order.status}"
         orders.move(order, orders.PAYMENT_FAILED, "payment declined by the provider")
         _end_order(order, uow, settings, "order.payment_failed")
         return orders.PAYMENT_FAILED
-    if notice.event_type != CAPTURE_COMPLETED:
-        return "noted"
     if order.payment_capture_id is not None:
         if order.payment_capture_id == notice.capture_id:
             return "already-captured"
@@ -211,6 +216,10 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
     # cancelled (or already confirmed by another capture): the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
     return "refunded"
+
+
+def _unknown_order() -> errors.OrderNotFound:
+    return errors.OrderNotFound("The payment names an order this shop does not know.")
 
 
 def _on_time_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:

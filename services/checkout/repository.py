@@ -34,6 +34,11 @@ class Orders:
             return None
         return self._session.get(Order, order_uuid, with_for_update=lock)
 
+    def exists(self, order_id: str | uuid.UUID) -> bool:
+        """Whether an order has this id (a malformed id names nothing); nothing is loaded or locked."""
+        order_uuid = uuid_or_none(order_id)
+        return order_uuid is not None and _ORDER_EXISTS.first(self._session, {"id": order_uuid}) is not None
+
     def add(self, order: Order) -> None:
         """Insert a new order and the first step of its history. `order` stays out of the
         session: Core inserts of it cost less than the ORM's flush of it."""
@@ -128,6 +133,7 @@ class PaymentEvents:
 
 # The order path's statements. Upserts were plain SQL already: SQLAlchemy cannot cache a compiled
 # ON CONFLICT statement, and compiling them on every order cost more CPU than running them.
+_ORDER_EXISTS = Statement("SELECT 1 FROM orders WHERE id = :id")
 _CLAIM_KEY = Statement(
     "INSERT INTO idempotency_keys (buyer_id, key, fingerprint) VALUES (:buyer_id, :key, :fingerprint) "
     "ON CONFLICT DO NOTHING RETURNING key"

@@ -40,6 +40,9 @@ class FakeOrders:
     def get(self, order_id, lock=False):
         return self.rows.get(uuid_or_none(order_id))
 
+    def exists(self, order_id):
+        return uuid_or_none(order_id) in self.rows
+
     def add(self, order):
         assert order.id not in self.rows, "the orders table has one row per id"
         self.rows[order.id] = order

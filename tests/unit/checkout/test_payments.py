@@ -161,9 +161,10 @@ def test_the_same_provider_event_twice_is_applied_once(checkout):
     assert len(checkout.inventory.sold) == 1
 
 
+@pytest.mark.parametrize("event_type", [CAPTURE_COMPLETED, "CHECKOUT.ORDER.APPROVED"])
 @pytest.mark.parametrize("order_id", [unknown_order_id(), "not-an-order-id"])
-def test_a_payment_for_an_order_this_shop_does_not_know_is_refused_and_left_unapplied(checkout, order_id):
-    notice = PaymentNotice("WH-1", CAPTURE_COMPLETED, order_id, "CAP-1", 29900, "CAD")
+def test_a_payment_for_an_order_this_shop_does_not_know_is_refused_and_left_unapplied(checkout, order_id, event_type):
+    notice = PaymentNotice("WH-1", event_type, order_id, "CAP-1", 29900, "CAD")
     with pytest.raises(errors.OrderNotFound):
         checkout.pay(notice)
     assert checkout.uow.published == []
