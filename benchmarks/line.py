@@ -56,7 +56,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from benchmarks.cost import CpuMeter, percentile, stack_roots
+from benchmarks.cost import percentile
+from benchmarks.cpu import CpuMeter, stack_roots
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
 from devtools.client import Floodgate, poll

@@ -31,6 +31,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.cpu import CpuMeter, stack_roots
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import (checks, faults as faults_mod, naive_checkout, observe, pgbench, report, rig as rigs,
                                   waiting_room)
@@ -191,6 +193,33 @@ def run_load(out: Path, name: str, config: dict, live) -> list[dict]:
     return events
 
 
+class DropCpu:
+    """CPU seconds per process group of the rehearsal's own stack (benchmarks.cpu), from the
+    opening (a timer starts the meter then) until `stop()`; the crowd (Locust, a child of this
+    process) is a group of its own."""
+
+    def __init__(self, rig, opens_at: float):
+        self._roots = {**stack_roots(rig.stack), os.getpid(): "the crowd (Locust)"}
+        self._meter: CpuMeter | None = None
+        self._timer = threading.Timer(max(0.0, opens_at - time.time()), self._start)
+        self._timer.start()
+
+    def _start(self) -> None:
+        self._meter = CpuMeter(self._roots)
+        self._meter.start()
+
+    def stop(self) -> dict | None:
+        """{"seconds": wall seconds measured, "machine_seconds": busy CPU seconds of the whole
+        machine, "groups": {group: CPU seconds}}, or None when the crowd left before the opening."""
+        self._timer.cancel()
+        self._timer.join()
+        if self._meter is None:
+            return None
+        groups = self._meter.stop()
+        return {"seconds": round(self._meter.seconds, 2), "machine_seconds": round(self._meter.machine_seconds, 2),
+                "groups": {name: round(used, 2) for name, used in sorted(groups.items(), key=lambda kv: -kv[1])}}
+
+
 class Progress:
     """One status line a second while the crowd is in."""
 
@@ -337,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
                                                out, give_up_at=opens_at + args.drop_seconds)
             camera.start()
         injector.start()
+        # the CPU of every process of our own stack, from the opening until the crowd has gone
+        meter = DropCpu(rig, opens_at) if rig.owned else None
         progress = Progress(opens_at, sampler, window)
         events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"),
                                         "line_host": rig.stack.url("line-status"), "drop_id": drop["id"],
@@ -345,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                                         "line": args.line, **(window or {})},
                           progress)
         phase("drop")
+        drop_cpu = meter.stop() if meter else None
         if camera is not None:
             camera.join(timeout=30)
         crowd_left = time.time()
@@ -384,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
                     "load_average_max": max((s["load1"] for s in sampler.samples), default=None)},
             "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
             "database_restart": report.database_restart(events, timeline.entries, verdict, opens_at),
-            "pgbench": pg.as_dict() if pg else None, "naive": naive, "line": line_figures,
+            "pgbench": pg.as_dict() if pg else None, "naive": naive, "line": line_figures, "cpu": drop_cpu,
+            "request_costs": report.request_costs(rig.stack.var_dir / "logs", opens_at, crowd_left) if rig.owned else None,
             "observed": {"control_room": camera.result if camera else None,
                          "slowest_order_trace": observe.slowest_order_trace(collector) if collector else None},
         }

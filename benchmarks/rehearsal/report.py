@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 POST_ORDERS = "POST /orders"
@@ -489,6 +490,50 @@ def observed_markdown(observed: dict) -> list[str]:
     return lines
 
 
+def request_costs(log_dir: Path, since: float = 0.0, until: float = math.inf) -> list[dict]:
+    """Each API's requests by route, method and status, logged between `since` and `until`
+    (epoch seconds), from the request lines of the stack's logs (shared/web.py logs every request
+    with `cpu_ms`, the CPU its thread spent in the app): how many, and their CPU in all and per
+    request; the dearest kinds first."""
+    kinds: dict[tuple, list[float]] = defaultdict(list)
+    for path in sorted(log_dir.glob("*-api.log")):
+        for text in path.read_text(errors="replace").splitlines():
+            if '"message": "request"' not in text:
+                continue
+            try:
+                line = json.loads(text)
+                # logging's asctime: the machine's local time, to the millisecond
+                logged = datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if since <= logged <= until:
+                    kinds[(line["service"], line["method"], line["route"], line["status"])].append(float(line["cpu_ms"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a killed worker, or written before these fields
+    dearest_first = sorted(kinds.items(), key=lambda kind: -sum(kind[1]))
+    return [{"service": service, "request": f"{method} {route}", "status": status, "count": len(cpu),
+             "cpu_seconds": round(sum(cpu) / 1000, 2), "cpu_ms_mean": round(sum(cpu) / len(cpu), 2),
+             "cpu_ms_p50": percentile(cpu, 50, digits=2)}
+            for (service, method, route, status), cpu in dearest_first]
+
+
+def cpu_markdown(cpu: dict | None, costs: list[dict] | None, orders: int) -> list[str]:
+    lines = []
+    if cpu:
+        per_order = (lambda seconds: f"{1000 * seconds / orders:.1f}") if orders else (lambda seconds: "n/a")
+        lines += [f"From the opening until the crowd had gone ({cpu['seconds']:.1f} s), the machine was busy "
+                  f"{cpu['machine_seconds']:.1f} CPU seconds ({per_order(cpu['machine_seconds'])} ms per order placed). "
+                  "Per process group (`/proc`):", "",
+                  "| process group | CPU s | ms per order placed |", "|---|---|---|"]
+        lines += [f"| {name} | {used:.2f} | {per_order(used)} |" for name, used in cpu["groups"].items() if used >= 0.01]
+    if costs:
+        lines += ["", "CPU per request answered in that time, as each API logged it (`cpu_ms`: the thread's CPU "
+                      "in the app, from the first hook to the last; gunicorn's parsing and the refusals at the "
+                      "order gate are outside it):", "",
+                  "| service | request | status | count | CPU s | ms each (mean / p50) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {row['service']} | {row['request']} | {row['status']} | {row['count']} | {row['cpu_seconds']:.2f} "
+                  f"| {row['cpu_ms_mean']:.2f} / {_fmt(row['cpu_ms_p50'])} |" for row in costs if row["cpu_seconds"] >= 0.01]
+    return lines
+
+
 def markdown(figures: dict, images: list[str]) -> str:
     crowd, checks, headline = figures["crowd"], figures["checks"], figures["headline"]
     run = figures["run"]
@@ -565,6 +610,9 @@ def markdown(figures: dict, images: list[str]) -> str:
     restart = figures.get("database_restart")
     if restart:
         lines += ["", "## Database restart", "", *database_restart_markdown(restart)]
+    if figures.get("cpu") or figures.get("request_costs"):
+        lines += ["", "## Where the CPU went", "",
+                  *cpu_markdown(figures.get("cpu"), figures.get("request_costs"), crowd["orders_placed"])]
     if figures.get("observed"):
         lines += ["", *observed_markdown(figures["observed"])]
     lines += ["", "## Faults", "", "| t (s from opening) | fault | what happened |", "|---|---|---|"]

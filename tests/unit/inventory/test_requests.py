@@ -1,4 +1,5 @@
 """Bad requests get a problem and never reach the database (the app is given one it cannot reach)."""
+import logging
 import uuid
 
 import pytest
@@ -185,3 +186,13 @@ def test_readiness_is_the_database_alone(client):
     answer = client.get("/readyz")
     assert answer.status_code == 503
     assert set(answer.get_json()["checks"]) == {"database"}
+
+
+def test_every_request_is_logged_with_its_time_and_its_cpu(client, caplog):
+    """What each kind of request costs is read off these lines (README, Performance)."""
+    with caplog.at_level(logging.INFO, logger="floodgate.http"):
+        response = client.post("/reservations", json=reservation(quantity=0), headers=SERVICE)
+    assert response.status_code == 422
+    [line] = [record for record in caplog.records if record.getMessage() == "request"]
+    assert (line.method, line.path, line.route, line.status) == ("POST", "/reservations", "/reservations", 422)
+    assert 0 <= line.cpu_ms <= line.duration_ms
