@@ -8,6 +8,7 @@ are `shared.sql.Statement`s, sent straight to the driver in the unit of work's t
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 
@@ -15,24 +16,74 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout.models import AddressAllowance, Line, LineTicket, Order
+from services.checkout.models import AddressAllowance, Line, LineTicket, Order, OrderTransition
 from shared import db
 from shared.admin_actions import AdminActions
 from shared.sql import Json, Statement
-from shared.values import uuid_or_none
+from shared.values import utc_now, uuid_or_none
 
 
 class Orders:
+    """An order is read with its history in one statement (after one that locks it, with `lock`)
+    and handed out outside the session;
+    one read `lock`ed is watched, and what a handler changed in it (columns, steps appended to
+    its history) is written by `write_changes` as the unit of work commits. The ORM's loading
+    and flush of an order and its history cost a paid order more CPU than its own statements
+    (3.4 ms a payment confirmation in-process, 2.2 ms an order read)."""
+
     def __init__(self, session: orm.Session):
         self._session = session
+        self._watched: dict[uuid.UUID, tuple[Order, dict, int]] = {}  # id -> (order, columns read, steps read)
 
     def get(self, order_id: str | uuid.UUID, lock: bool = False) -> Order | None:
-        """The order with its history (locked until the transaction ends with `lock`); None for
-        an id that names nothing, malformed ones included."""
+        """The order with its history (locked until the transaction ends with `lock`, and its
+        changes written as the unit of work commits); None for an id that names nothing,
+        malformed ones included."""
         order_uuid = uuid_or_none(order_id)
         if order_uuid is None:
             return None
-        return self._session.get(Order, order_uuid, with_for_update=lock)
+        watched = self._watched.get(order_uuid)
+        if watched is not None:
+            return watched[0]
+        if lock and _LOCK_ORDER.first(self._session, {"id": order_uuid}) is None:
+            return None
+        # After the lock, a statement of its own: one that waited for the lock would still read
+        # the history as it was when it started, without the steps of the transaction it waited for.
+        row = _READ_ORDER.first(self._session, {"id": order_uuid})
+        if row is None:
+            return None
+        columns = dict(zip(_ORDER_FIELDS, row))
+        steps = [OrderTransition(id=step_id, order_id=order_uuid, from_status=from_status, to_status=to_status,
+                                 reason=reason, at=at)
+                 for step_id, from_status, to_status, reason, at in zip(*row[len(_ORDER_FIELDS):])]
+        order = Order(**columns, history=steps)
+        if lock:
+            self._watched[order_uuid] = (order, columns, len(steps))
+        return order
+
+    def write_changes(self) -> None:
+        """Write what changed in the orders read with `lock`: their changed columns in one
+        statement each, the steps added to their histories in one more."""
+        for order_id, (order, before, steps_before) in self._watched.items():
+            changed = tuple(field for field in _ORDER_FIELDS if getattr(order, field) != before[field])
+            if changed:
+                values = {field: getattr(order, field) for field in changed}
+                if "shipping_address" in values:
+                    values["shipping_address"] = Json(values["shipping_address"])
+                _update_order(changed).run(self._session, {**values, "id": order_id})
+            added = order.history[steps_before:]
+            if added:
+                for step in added:
+                    step.at = step.at or utc_now()
+                _ADD_STEPS.run(self._session, {
+                    "order_id": order_id, "from_status": [step.from_status for step in added],
+                    "to_status": [step.to_status for step in added], "reason": [step.reason for step in added],
+                    "at": [step.at for step in added]})
+            self._watched[order_id] = (order, {field: getattr(order, field) for field in _ORDER_FIELDS}, len(order.history))
+
+    def forget_changes(self) -> None:
+        """The transaction was abandoned: nothing read in it is written."""
+        self._watched.clear()
 
     def exists(self, order_id: str | uuid.UUID) -> bool:
         """Whether an order has this id (a malformed id names nothing); nothing is loaded or locked."""
@@ -129,6 +180,28 @@ class PaymentEvents:
         first_time = _RECORD_PAYMENT_EVENT.first(
             self._session, {"provider_event_id": provider_event_id, "order_id": order_id, "event_type": event_type})
         return first_time is not None
+
+
+# An order and its history (each column of its steps as an array, in order), one round trip.
+_ORDER_FIELDS = tuple(column.key for column in Order.__table__.columns)
+_READ_ORDER = Statement(
+    f"SELECT {', '.join('o.' + field for field in _ORDER_FIELDS)}, "
+    + ", ".join(f"ARRAY(SELECT t.{field} FROM order_transitions t WHERE t.order_id = o.id ORDER BY t.id)"
+                for field in ("id", "from_status", "to_status", "reason", "at"))
+    + " FROM orders o WHERE o.id = :id"
+)
+_LOCK_ORDER = Statement("SELECT 1 FROM orders WHERE id = :id FOR UPDATE")
+_ADD_STEPS = Statement(
+    "INSERT INTO order_transitions (order_id, from_status, to_status, reason, at) "
+    "SELECT :order_id, * FROM unnest(CAST(:from_status AS text[]), CAST(:to_status AS text[]), CAST(:reason AS text[]), "
+    "CAST(:at AS timestamptz[]))"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _update_order(fields: tuple[str, ...]) -> Statement:
+    """The update of these columns of an order (a handler changes two or three of them)."""
+    return Statement(f"UPDATE orders SET {', '.join(f'{field} = :{field}' for field in fields)} WHERE id = :id")
 
 
 # The order path's statements. Upserts were plain SQL already: SQLAlchemy cannot cache a compiled
@@ -289,6 +362,14 @@ class CheckoutUnitOfWork(db.UnitOfWork):
         self.lines = Lines(self.session)
         self.admin_actions = AdminActions(self.session)
         return self
+
+    def commit(self) -> None:
+        self.orders.write_changes()
+        super().commit()
+
+    def rollback(self) -> None:
+        self.orders.forget_changes()
+        super().rollback()
 
 
 # A drop's orders are found by their index on drop_id (the control room asks every 2 s).
