@@ -15,9 +15,10 @@ from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
 from services.inventory.handlers.reservations import find_reservation, hold_again
-from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Reservation
+from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Drop, Product, Reservation
 from shared.admin_actions import AdminActions
 from shared.db import UnitOfWork
+from shared.sql import Statement
 
 
 class Reservations:
@@ -26,6 +27,20 @@ class Reservations:
 
     def __init__(self, session: orm.Session):
         self._session = session
+
+    def sell_held(self, order_id: uuid.UUID, order_version: int | None) -> Reservation | None:
+        """Sell the order's hold if it is still held (a drop's every paid order), in one statement
+        that locks the row (first in the lock order) and reads what the answer shows; None for
+        any other state, which `for_update` and the handler deal with. The reservation and its
+        drop are not added to the session."""
+        row = _SELL_HELD.first(self._session, {"order_id": order_id, "order_version": order_version})
+        if row is None:
+            return None
+        values = dict(zip(_SOLD_FIELDS, row))
+        product = Product(**{field: values.pop(f"product_{field}") for field in _PRODUCT_FIELDS})
+        reservation = Reservation(**values)
+        reservation.drop = Drop(id=reservation.drop_id, product_id=product.id, product=product)
+        return reservation
 
     def for_update(self, order_id: uuid.UUID) -> Reservation | None:
         """The order's reservation, its row locked until the transaction ends (first in the lock
@@ -54,6 +69,16 @@ class Reservations:
         self._session.execute(_COUNT_EXPIRED, [{"drop_id": d, "n": n} for d, n in sorted(per_drop.items())])
 
 
+_RESERVATION_FIELDS = ("order_id", "drop_id", "buyer_id", "quantity", "status", "hold_expires_at", "order_version")
+_PRODUCT_FIELDS = ("id", "sku", "name", "description", "price_amount", "currency")
+_SOLD_FIELDS = _RESERVATION_FIELDS + tuple(f"product_{field}" for field in _PRODUCT_FIELDS)
+_SELL_HELD = Statement(
+    f"UPDATE reservations r SET status = '{SOLD}', updated_at = now(), "
+    "order_version = greatest(r.order_version, coalesce(CAST(:order_version AS integer), r.order_version)) "
+    "FROM drops d JOIN products p ON p.id = d.product_id "
+    f"WHERE r.order_id = :order_id AND r.status = '{HELD}' AND d.id = r.drop_id "
+    f"RETURNING {', '.join('r.' + field for field in _RESERVATION_FIELDS)}, {', '.join('p.' + field for field in _PRODUCT_FIELDS)}"
+)
 _COUNT_EXPIRED = sa.text("UPDATE drops SET holds_expired = holds_expired + :n WHERE id = :drop_id")
 
 

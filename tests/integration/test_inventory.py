@@ -202,6 +202,30 @@ def test_an_expired_hold_returns_its_unit_and_a_later_buyer_gets_it(floodgate, s
     assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 1, "sold": 0}
 
 
+def sell(floodgate, order_id: str, order_version: int = 2) -> requests.Response:
+    return floodgate.http.post(floodgate.stack.url("inventory") + f"/reservations/{order_id}/sell",
+                               json={"order_version": order_version}, headers=service_headers(floodgate.stack))
+
+
+def test_a_paid_hold_is_sold_once_and_a_hold_given_back_is_taken_again_while_units_remain(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=2, hold_ttl_seconds=1)
+    held, lapsed = (reserve(floodgate, drop["id"]).json()["order_id"] for _ in range(2))
+
+    sale = sell(floodgate, held)
+    assert sale.status_code == 200, sale.text
+    assert {key: sale.json()[key] for key in ("order_id", "status", "quantity", "unit_price")} == {
+        "order_id": held, "status": "sold", "quantity": 1, "unit_price": {"amount": 29900, "currency": "EUR"}}
+    assert sale.json()["product"]["name"] == "OnePlus One 64GB"
+    assert sell(floodgate, held, order_version=1).json() == sale.json()  # a repeat changes nothing
+    assert query(stack, "SELECT status, order_version FROM reservations WHERE order_id = :o", o=held) == [("sold", 2)]
+
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, timeout=30, what="the unpaid hold to expire")
+    late = sell(floodgate, lapsed)
+    assert (late.status_code, late.json()["status"]) == (200, "sold")
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 0, "sold": 2}
+    assert sell(floodgate, str(uuid.uuid4())).status_code == 404
+
+
 # --- the window's edges -----------------------------------------------------------------------
 
 def test_the_window_refuses_before_opening_and_from_closing_until_an_extension(floodgate, stack, admin_token):

@@ -259,6 +259,9 @@ def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
     refusal) and checkout refunds. `order_version` is the confirmed order's."""
     parsed = parse_id(order_id, ReservationNotFound)
     bind_order_id(parsed)
+    sold = uow.reservations.sell_held(parsed, order_version)
+    if sold is not None:
+        return sold
     reservation = uow.reservations.for_update(parsed)
     if reservation is None:
         raise ReservationNotFound()

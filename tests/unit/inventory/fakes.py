@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 from services.inventory.errors import LimitExceeded, SaleNotOpen, SoldOut
-from services.inventory.models import HELD, RELEASED, Reservation
+from services.inventory.models import HELD, RELEASED, SOLD, Reservation
 
 NOW = datetime(2014, 10, 27, 15, 5, tzinfo=timezone.utc)
 DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
@@ -31,6 +31,14 @@ class FakeReservations:
 
     def add(self, held: Reservation) -> None:
         self.rows[held.order_id] = held
+
+    def sell_held(self, order_id, order_version):
+        held = self.rows.get(order_id)
+        if held is None or held.status != HELD:
+            return None
+        held.status = SOLD
+        held.order_version = max(held.order_version, order_version or held.order_version)
+        return held
 
     def for_update(self, order_id):
         return self.rows.get(order_id)
