@@ -8,6 +8,7 @@ are `shared.sql.Statement`s, sent straight to the driver in the unit of work's t
 """
 from __future__ import annotations
 
+import copy
 import functools
 import uuid
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Orders:
                  for step_id, from_status, to_status, reason, at in zip(*row[len(_ORDER_FIELDS):])]
         order = Order(**columns, history=steps)
         if lock:
-            self._watched[order_uuid] = (order, columns, len(steps))
+            self._watched[order_uuid] = (order, _snapshot(order), len(steps))
         return order
 
     def write_changes(self) -> None:
@@ -79,7 +80,7 @@ class Orders:
                     "order_id": order_id, "from_status": [step.from_status for step in added],
                     "to_status": [step.to_status for step in added], "reason": [step.reason for step in added],
                     "at": [step.at for step in added]})
-            self._watched[order_id] = (order, {field: getattr(order, field) for field in _ORDER_FIELDS}, len(order.history))
+            self._watched[order_id] = (order, _snapshot(order), len(order.history))
 
     def forget_changes(self) -> None:
         """The transaction was abandoned: nothing read in it is written."""
@@ -196,6 +197,14 @@ _ADD_STEPS = Statement(
     "SELECT :order_id, * FROM unnest(CAST(:from_status AS text[]), CAST(:to_status AS text[]), CAST(:reason AS text[]), "
     "CAST(:at AS timestamptz[]))"
 )
+
+
+def _snapshot(order: Order) -> dict:
+    """The order's columns as read, the address copied: a handler changing it in place must
+    still be seen as a change."""
+    columns = {field: getattr(order, field) for field in _ORDER_FIELDS}
+    columns["shipping_address"] = copy.deepcopy(columns["shipping_address"])
+    return columns
 
 
 @functools.lru_cache(maxsize=None)

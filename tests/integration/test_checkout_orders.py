@@ -104,6 +104,14 @@ def test_changes_of_a_transaction_given_up_are_not_written(unit_of_work, ending)
     assert (again.status, again.payment_capture_id, orders.version(again)) == (orders.AWAITING_PAYMENT, None, 1)
 
 
+def test_an_address_changed_in_place_is_written(unit_of_work):
+    order_id = placed(unit_of_work)
+    with unit_of_work() as uow:
+        uow.orders.get(order_id, lock=True).shipping_address["city"] = "Gatineau"
+        uow.commit()
+    assert read(unit_of_work, order_id).shipping_address == {**ADDRESS, "city": "Gatineau"}
+
+
 def test_an_order_read_without_a_lock_is_never_written(unit_of_work):
     order_id = placed(unit_of_work)
     with unit_of_work() as uow:
