@@ -1,4 +1,5 @@
-"""What a placed order costs: throughput, latency and the machine's CPU per order, split per process.
+"""What an order costs, placed and then paid: throughput, latency and the machine's CPU per order,
+split per process.
 
     make bench                                   # installs what it needs (requirements-bench.txt)
     python -m benchmarks.cost [--seconds 20] [--connections 16,64] [--buyers 200] [--out DIR]
@@ -11,10 +12,15 @@ One run:
    (`benchmarks/loadgen.py`) for `--seconds`, then lets the pipeline drain (every outbox
    published, every queue empty, every `order.placed` email sent), sampling the CPU of every
    process on the machine from the first order to the drained pipeline;
-3. runs pgbench on the same order transaction on the same PostgreSQL (the ceiling), and the
+3. pays for the newest `--pay` orders (default 1,000), 16 buyers at a time approving at the
+   payment simulator, which calls checkout's webhook twice (approval, capture) before it answers,
+   and lets the pipeline drain again (every order confirmed, sold at inventory and its
+   confirmation emailed), sampling the CPU the same way: the cost of a paid order on top of a
+   placed one;
+4. runs pgbench on the same order transaction on the same PostgreSQL (the ceiling), and the
    naive one-process checkout (`benchmarks/rehearsal/naive_checkout.py`) under the same generator
    with an instant SMTP server and with one taking 1 s a message;
-4. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
+5. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
    var/bench/<timestamp>/.
 
 CPU per placed order is the machine's busy CPU time (all cores, from /proc/stat) over the phase,
@@ -35,6 +41,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -103,27 +110,46 @@ class Pipeline:
             conn.close()
         return outboxes + queued
 
-    def wait_drained(self, timeout: float = 300) -> float:
-        """Seconds until drained (twice in a row, 0.25 s apart)."""
+    def wait_drained(self, timeout: float = 300, until=None) -> float:
+        """Seconds until drained (twice in a row, 0.25 s apart) and, when given, `until()` true."""
         started = time.monotonic()
         calm = 0
         while calm < 2:
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"the pipeline did not drain in {timeout}s")
             orders = self.orders()
-            calm = calm + 1 if self.pending() == 0 and self.placed_emails() >= orders else 0
+            done = self.pending() == 0 and self.placed_emails() >= orders and (until is None or until())
+            calm = calm + 1 if done else 0
             time.sleep(0.25)
         return time.monotonic() - started
+
+    def approval_links(self, most: int) -> list[str]:
+        """The payment links of the newest `most` orders awaiting payment."""
+        with self.engines["checkout"].connect() as conn:
+            return list(conn.execute(sa.text(
+                "SELECT approval_url FROM orders WHERE status = 'awaiting_payment' ORDER BY created_at DESC LIMIT :n"),
+                {"n": most}).scalars())
+
+    def paid_counts(self) -> dict:
+        """What paying for orders sets in motion, counted: orders confirmed (checkout), units sold
+        (inventory), confirmation emails sent (notifications)."""
+        return {
+            "confirmed": self._scalar("checkout", "SELECT count(*) FROM orders WHERE status = 'confirmed'"),
+            "sold": self._scalar("inventory", "SELECT coalesce(sum(quantity), 0) FROM reservations WHERE status = 'sold'"),
+            "emailed": self._scalar("notifications", "SELECT count(*) FROM deliveries WHERE status = 'sent' "
+                                                     "AND event_type = 'order.confirmed'"),
+        }
 
 
 # --- load ---------------------------------------------------------------------------------------
 
 def generate(url: str, tokens: list[str], drop_id: str, connections: int, seconds: float, workdir: Path,
-             first_number: int = 100, stop_after_orders: int = 0) -> tuple[dict, subprocess.Popen]:
-    """Start the load generator; its configuration (with the file it writes) and its process."""
+             first_number: int = 100, stop_after_orders: int = 0, **more) -> tuple[dict, subprocess.Popen]:
+    """Start the load generator (`more`: other settings of benchmarks/loadgen.py); its
+    configuration (with the file it writes) and its process."""
     config = {"url": url, "tokens": tokens, "drop_id": drop_id, "connections": connections, "seconds": seconds,
               "first_number": first_number, "stop_after_orders": stop_after_orders,
-              "out": str(workdir / f"load-{uuid.uuid4().hex[:6]}.json")}
+              "out": str(workdir / f"load-{uuid.uuid4().hex[:6]}.json"), **more}
     config_path = workdir / f"loadgen-{uuid.uuid4().hex[:6]}.json"
     config_path.write_text(json.dumps(config))
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadgen", str(config_path)], cwd=ROOT,
@@ -179,6 +205,54 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
         f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
         f"drained in {figures['drain_seconds']} s\n")
+    return figures
+
+
+def payments(rig, pipeline: Pipeline, most: int, connections: int, workdir: Path) -> dict:
+    """Pay for the newest `most` orders awaiting payment: each buyer approves at the payment
+    simulator, which calls checkout's webhook twice (the approval, then the capture) before it
+    answers; wait until every one is confirmed, sold at inventory and its confirmation emailed,
+    and account for every CPU second, as a placement phase does."""
+    links = pipeline.approval_links(most)
+    before = pipeline.paid_counts()
+    target = urlsplit(links[0])
+    paths = [f"{urlsplit(link).path}/approve?{urlsplit(link).query}" for link in links]
+    meter = CpuMeter(stack_roots(rig.stack))
+    meter.start()
+    config, process = generate(f"{target.scheme}://{target.netloc}/", [], "", connections, 600, workdir,
+                               request="post", paths=paths, each_token_once=True)
+    meter.roots[process.pid] = "load generator"
+    started = time.monotonic()
+    while process.poll() is None:
+        time.sleep(1)
+        say(f"\r  payments: {time.monotonic() - started:5.1f}s, confirmed so far "
+            f"{pipeline.paid_counts()['confirmed'] - before['confirmed']:>6} of {len(links)} ")
+    if process.returncode != 0:
+        raise RuntimeError("the load generator failed")
+    paying_seconds = time.monotonic() - started
+    result = json.loads(Path(config["out"]).read_text())
+    approved = len(result["answers"].get("200", []))
+    say("  draining ...")
+    wanted = {name: count + approved for name, count in before.items()}
+    drain_seconds = pipeline.wait_drained(until=lambda: pipeline.paid_counts() == wanted)
+    cpu = meter.stop()
+    paid = max(1, approved)
+    latencies = result["answers"].get("200", [])
+    figures = {
+        "orders_paid": approved, "connections": connections, "answers": {k: len(v) for k, v in result["answers"].items()},
+        "paid_per_second": round(approved / paying_seconds, 1),
+        "p50_approve_ms": percentile(latencies, 50), "p99_approve_ms": percentile(latencies, 99),
+        "drain_seconds": round(drain_seconds, 1), "window_seconds": round(meter.seconds, 1),
+        "cpu_ms_per_order": {name: round(value * 1000 / paid, 2) for name, value in
+                             sorted(cpu.items(), key=lambda item: -item[1])},
+        "machine_cpu_ms_per_order": round(meter.machine_seconds * 1000 / paid, 2),
+        # the payment simulator stands in for the provider, which is not on the stack's machines
+        "stack_cpu_ms_per_order": round(sum(v for k, v in cpu.items()
+                                            if k not in ("load generator", "benchmark (this process)", "other", "payments"))
+                                        * 1000 / paid, 2),
+    }
+    say(f"\r  payments: {approved} orders paid ({figures['paid_per_second']}/s), confirmed, sold and emailed; "
+        f"{figures['stack_cpu_ms_per_order']} ms CPU per paid order (the stack), drained in {figures['drain_seconds']} s\n")
     return figures
 
 
@@ -263,6 +337,25 @@ def markdown(figures: dict) -> str:
                   "| process | CPU ms per placed order |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in p["cpu_ms_per_order"].items()]
         lines.append("")
+    pay = figures.get("payments")
+    if pay:
+        placed = figures["phases"][0]
+        lines += [f"## Paying for {pay['orders_paid']} orders, {pay['connections']} buyers at a time", "",
+                  "Each buyer approves at the payment simulator, which calls checkout's webhook twice (the "
+                  "approval, then the capture) before it answers; drained when every order is confirmed, "
+                  "sold at inventory and its confirmation emailed.", "",
+                  "| figure | value |", "|---|---|",
+                  f"| orders paid / s | **{pay['paid_per_second']}** |",
+                  f"| answers | {', '.join(f'{k}: {v}' for k, v in pay['answers'].items())} |",
+                  f"| approval p50 / p99 (both webhooks answered) | {pay['p50_approve_ms']} / {pay['p99_approve_ms']} ms |",
+                  f"| pipeline drained after the payments | {pay['drain_seconds']} s |",
+                  f"| **machine CPU per paid order** | **{pay['machine_cpu_ms_per_order']} ms** "
+                  f"(the stack and its servers, without the payment simulator: {pay['stack_cpu_ms_per_order']} ms) |",
+                  f"| an order placed ({placed['connections']} connections) and paid, the stack | "
+                  f"{round(placed['stack_cpu_ms_per_order'] + pay['stack_cpu_ms_per_order'], 2)} ms |", "",
+                  "| process | CPU ms per paid order |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in pay["cpu_ms_per_order"].items()]
+        lines.append("")
     b = figures.get("email_backlog")
     if b:
         lines += ["## Email backlog: the consumer stopped while orders were placed, then started", "",
@@ -295,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20, help="load per phase (default 20)")
     parser.add_argument("--connections", default="16,64", help="one phase per count (default 16,64)")
     parser.add_argument("--buyers", type=int, default=200, help="signed-in buyers the orders rotate over (default 200)")
+    parser.add_argument("--pay", type=int, default=1000,
+                        help="orders paid for after the placement phases, 16 at a time; 0 skips (default 1000)")
     parser.add_argument("--email-backlog", type=int, default=1000,
                         help="orders whose emails wait for a stopped consumer, then drain; 0 skips (default 1000)")
     parser.add_argument("--pgbench-seconds", type=float, default=10, help="0 skips pgbench (default 10)")
@@ -324,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
         for index, connections in enumerate(int(c) for c in args.connections.split(",")):
             phases.append(phase(rig, pipeline, tokens, drop["id"], connections, args.seconds, workdir,
                                 first_number=100 + index * 10_000_000))
+        paid = None
+        if args.pay > 0:
+            paid = payments(rig, pipeline, args.pay, 16, workdir)
         backlog = None
         if args.email_backlog > 0:
             backlog = email_backlog(rig, pipeline, tokens, drop["id"], args.email_backlog, workdir,
@@ -346,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold,
                     "env": stack_env},
-            "phases": phases, "email_backlog": backlog, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
+            "phases": phases, "payments": paid, "email_backlog": backlog, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
             "ratios": {
                 "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),
                 "placement / naive, instant SMTP": ratio(best["orders_per_second"],

@@ -19,6 +19,8 @@ What each request is, by `request`:
   benchmarks/line.py).
 - `get`: GET on `url`'s host of each of `paths` in turn, with no token (the waiting room's status
   edge, polled by the crowd); `paths` stand where `tokens` do below.
+- `post`: the same with POST and no body (buyers approving their payments at the payment
+  simulator, `make bench`'s payment phase).
 
 Tokens go round-robin, unless `each_token_once` is set: then each is sent once, in order, the
 generator stops when they run out (`exhausted` in the result), and `status_by_token` says what
@@ -58,6 +60,10 @@ def _order(host: str, path: str, token: str, drop_id: str, number: int) -> bytes
 
 def _get(host: str, path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def _post(host: str, path: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
 
 
 def _bearer(host: str, path: str, token: str, method: str) -> bytes:
@@ -103,6 +109,8 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
             request = _order(f"{host}:{port}", path, token, config["drop_id"], next(numbers))
         elif kind == "get":
             request = _get(f"{host}:{port}", token)  # here the "token" is the path
+        elif kind == "post":
+            request = _post(f"{host}:{port}", token)
         else:
             request = _bearer(f"{host}:{port}", path, token, method)
         started = time.perf_counter()
@@ -140,7 +148,7 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
 async def run(config: dict) -> dict:
     """Drive the target for `seconds`; the answers by status with their latencies."""
     once = bool(config.get("each_token_once"))
-    items = config["paths"] if config.get("request") == "get" else config["tokens"]
+    items = config["paths"] if config.get("request") in ("get", "post") else config["tokens"]
     indexed = enumerate(items)
     tokens = indexed if once else itertools.cycle(indexed)
     by_token = [None] * len(items) if once else None
