@@ -351,10 +351,10 @@ def on_reservation_lost(envelope, uow, settings) -> None:
 
 
 def on_email_sent(envelope, uow) -> None:
-    """Notifications sent the confirmation: the buyer's order page says so."""
-    order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
-    if order is not None and envelope.data.get("event_type") == "order.confirmed" and order.email_sent_at is None:
-        order.email_sent_at = datetime.fromisoformat(envelope.data["sent_at"])
+    """Notifications sent the confirmation: the buyer's order page says so (the first sending,
+    should it be sent again). One statement: every paid order brings one of these."""
+    if envelope.data.get("event_type") == "order.confirmed":
+        uow.orders.note_email_sent(str(envelope.data.get("order_id", "")), datetime.fromisoformat(envelope.data["sent_at"]))
 
 
 def event_handlers(provider: PaymentProvider, settings) -> dict:

@@ -62,6 +62,13 @@ class Orders:
             self._watched[order_uuid] = (order, _snapshot(order), len(steps))
         return order
 
+    def note_email_sent(self, order_id: str | uuid.UUID, sent_at) -> None:
+        """The order's confirmation email went out at `sent_at`, unless one was noted before; an
+        id that names no order changes nothing."""
+        order_uuid = uuid_or_none(order_id)
+        if order_uuid is not None:
+            _NOTE_EMAIL_SENT.run(self._session, {"id": order_uuid, "sent_at": sent_at})
+
     def write_changes(self) -> None:
         """Write what changed in the orders read with `lock`: their changed columns in one
         statement each, the steps added to their histories in one more."""
@@ -192,6 +199,7 @@ _READ_ORDER = Statement(
     + " FROM orders o WHERE o.id = :id"
 )
 _LOCK_ORDER = Statement("SELECT 1 FROM orders WHERE id = :id FOR UPDATE")
+_NOTE_EMAIL_SENT = Statement("UPDATE orders SET email_sent_at = :sent_at WHERE id = :id AND email_sent_at IS NULL")
 _ADD_STEPS = Statement(
     "INSERT INTO order_transitions (order_id, from_status, to_status, reason, at) "
     "SELECT :order_id, * FROM unnest(CAST(:from_status AS text[]), CAST(:to_status AS text[]), CAST(:reason AS text[]), "

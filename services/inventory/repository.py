@@ -42,6 +42,10 @@ class Reservations:
         reservation.drop = Drop(id=reservation.drop_id, product_id=product.id, product=product)
         return reservation
 
+    def sold_at(self, order_id: uuid.UUID, order_version: int) -> bool:
+        """Whether the order's units are sold, for this version of the order or a newer one."""
+        return _SOLD_AT.first(self._session, {"order_id": order_id, "order_version": order_version}) is not None
+
     def for_update(self, order_id: uuid.UUID) -> Reservation | None:
         """The order's reservation, its row locked until the transaction ends (first in the lock
         order)."""
@@ -78,6 +82,9 @@ _SELL_HELD = Statement(
     "FROM drops d JOIN products p ON p.id = d.product_id "
     f"WHERE r.order_id = :order_id AND r.status = '{HELD}' AND d.id = r.drop_id "
     f"RETURNING {', '.join('r.' + field for field in _RESERVATION_FIELDS)}, {', '.join('p.' + field for field in _PRODUCT_FIELDS)}"
+)
+_SOLD_AT = Statement(
+    f"SELECT 1 FROM reservations WHERE order_id = :order_id AND status = '{SOLD}' AND order_version >= :order_version"
 )
 _COUNT_EXPIRED = sa.text("UPDATE drops SET holds_expired = holds_expired + :n WHERE id = :drop_id")
 

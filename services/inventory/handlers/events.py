@@ -24,6 +24,10 @@ def _order_id_of(envelope) -> uuid.UUID:
     return order_id
 
 
+def _is_version(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _accept_order_event(envelope, reservation: Reservation) -> bool:
     """False for an order event older than what the reservation already acted on: a retried or
     delayed delivery (a late payment re-held the unit after `order.expired` was sent, say, or a
@@ -32,7 +36,7 @@ def _accept_order_event(envelope, reservation: Reservation) -> bool:
     is applied again, harmlessly, and events without a version (from a checkout older than
     versioning) are applied as they come."""
     version = envelope.data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not _is_version(version):
         return True
     if version < reservation.order_version:
         log.warning("stale order event ignored", extra={
@@ -44,6 +48,11 @@ def _accept_order_event(envelope, reservation: Reservation) -> bool:
 
 def on_order_confirmed(envelope, uow) -> None:
     order_id = _order_id_of(envelope)
+    version = envelope.data.get("version")
+    if _is_version(version) and uow.reservations.sold_at(order_id, version):
+        # checkout made the sale as it confirmed the payment (POST /reservations/{id}/sell), at
+        # this version of the order or a newer one: nothing is left to do, and nothing is locked
+        return
     reservation = uow.reservations.for_update(order_id)
     if reservation is None:
         raise PermanentFailure("a confirmed order has no reservation")

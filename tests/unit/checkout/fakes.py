@@ -43,6 +43,11 @@ class FakeOrders:
     def exists(self, order_id):
         return uuid_or_none(order_id) in self.rows
 
+    def note_email_sent(self, order_id, sent_at):
+        order = self.rows.get(uuid_or_none(order_id))
+        if order is not None and order.email_sent_at is None:
+            order.email_sent_at = sent_at
+
     def add(self, order):
         assert order.id not in self.rows, "the orders table has one row per id"
         self.rows[order.id] = order

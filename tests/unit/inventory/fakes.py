@@ -32,6 +32,10 @@ class FakeReservations:
     def add(self, held: Reservation) -> None:
         self.rows[held.order_id] = held
 
+    def sold_at(self, order_id, order_version):
+        sold = self.rows.get(order_id)
+        return sold is not None and sold.status == SOLD and sold.order_version >= order_version
+
     def sell_held(self, order_id, order_version):
         held = self.rows.get(order_id)
         if held is None or held.status != HELD:

@@ -43,6 +43,17 @@ def test_a_confirmation_delivered_again_changes_nothing_more():
     assert uow.stock.available[DROP] == 4 and uow.published == []
 
 
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_confirmation_of_a_unit_checkout_already_sold_reads_it_and_locks_nothing(version):
+    sold = reservation(SOLD, order_version=2)  # sold by checkout's call as it confirmed the payment
+    uow = inventory(sold, available=4)
+    locked = []
+    uow.reservations.for_update = lambda order_id: locked.append(order_id)
+    deliver(uow, "order.confirmed", sold.order_id, version=version)
+    assert locked == [] and (sold.status, sold.order_version) == (SOLD, 2)
+    assert uow.stock.available[DROP] == 4 and uow.published == [] and uow.committed
+
+
 @pytest.mark.parametrize("status, order_version, event_type, version", [
     # a late payment held the unit again (3), and sold it, after order.expired (2) was sent
     (HELD, 3, "order.expired", 2),
