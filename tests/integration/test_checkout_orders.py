@@ -79,13 +79,14 @@ def test_what_a_handler_changes_in_a_locked_order_is_written_when_the_unit_of_wo
     assert (again.shipping_address, again.total_amount, again.hold_expires_at) == (ADDRESS, 29900, order.hold_expires_at)
 
 
-def test_a_unit_of_work_that_goes_on_after_a_commit_writes_only_the_later_changes(unit_of_work):
+def test_a_unit_of_work_that_goes_on_after_a_commit_locks_and_reads_the_order_again(unit_of_work):
     order_id = placed(unit_of_work)
     with unit_of_work() as uow:
-        order = uow.orders.get(order_id, lock=True)
-        confirm(order)
+        first = uow.orders.get(order_id, lock=True)
+        confirm(first)
         uow.commit()
         order = uow.orders.get(order_id, lock=True)
+        assert order is not first and orders.version(order) == 2
         orders.move(order, orders.SHIPPED, "shipped")
         uow.commit()
     assert [step.to_status for step in read(unit_of_work, order_id).history] == [
