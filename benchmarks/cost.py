@@ -171,6 +171,34 @@ def summarise(result: dict, seconds: float) -> dict:
     }
 
 
+# What the stack and its servers did not spend: the generator, this benchmark, the rest of the machine.
+NOT_THE_STACK = ("load generator", "benchmark (this process)", "other")
+
+
+def wait_for_load(process: subprocess.Popen, progress) -> float:
+    """Wait for the load generator, calling `progress(seconds so far)` every second; its seconds."""
+    started = time.monotonic()
+    while process.poll() is None:
+        time.sleep(1)
+        progress(time.monotonic() - started)
+    if process.returncode != 0:
+        raise RuntimeError("the load generator failed")
+    return time.monotonic() - started
+
+
+def cpu_figures(meter: CpuMeter, cpu: dict[str, float], count: int, not_the_stack=NOT_THE_STACK) -> dict:
+    """The measured window's CPU per unit of work (`count` of them): per process group, the whole
+    machine's, and the stack's (every group but `not_the_stack`)."""
+    count = max(1, count)
+    return {
+        "window_seconds": round(meter.seconds, 1),
+        "cpu_ms_per_order": {name: round(value * 1000 / count, 2) for name, value in
+                             sorted(cpu.items(), key=lambda item: -item[1])},
+        "machine_cpu_ms_per_order": round(meter.machine_seconds * 1000 / count, 2),
+        "stack_cpu_ms_per_order": round(sum(v for k, v in cpu.items() if k not in not_the_stack) * 1000 / count, 2),
+    }
+
+
 def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections: int, seconds: float,
           workdir: Path, first_number: int) -> dict:
     """Place orders at `connections` for `seconds`, drain, and account for every CPU second."""
@@ -179,29 +207,15 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     config, process = generate(f"{rig.stack.url('checkout')}/orders", tokens, drop_id, connections, seconds,
                                workdir, first_number)
     meter.roots[process.pid] = "load generator"
-    started = time.monotonic()
-    while process.poll() is None:
-        time.sleep(1)
-        say(f"\r  {connections:>3} connections: {time.monotonic() - started:5.1f}s, orders so far {pipeline.orders():>7} ")
-    if process.returncode != 0:
-        raise RuntimeError("the load generator failed")
+    wait_for_load(process, lambda elapsed: say(
+        f"\r  {connections:>3} connections: {elapsed:5.1f}s, orders so far {pipeline.orders():>7} "))
     say("  draining ...")
     drain_seconds = pipeline.wait_drained()
     cpu = meter.stop()
     result = json.loads(Path(config["out"]).read_text())
     figures = summarise(result, seconds)
-    orders = max(1, figures["orders"])
-    figures.update(
-        connections=connections, seconds=seconds, drain_seconds=round(drain_seconds, 1),
-        window_seconds=round(meter.seconds, 1),
-        cpu_ms_per_order={name: round(value * 1000 / orders, 2) for name, value in
-                          sorted(cpu.items(), key=lambda item: -item[1])},
-        machine_cpu_ms_per_order=round(meter.machine_seconds * 1000 / orders, 2),
-        # what the stack and its servers used, without the generator and this benchmark
-        stack_cpu_ms_per_order=round(sum(v for k, v in cpu.items()
-                                         if k not in ("load generator", "benchmark (this process)", "other"))
-                                     * 1000 / orders, 2),
-    )
+    figures.update(connections=connections, seconds=seconds, drain_seconds=round(drain_seconds, 1),
+                   **cpu_figures(meter, cpu, figures["orders"]))
     say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
         f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
         f"drained in {figures['drain_seconds']} s\n")
@@ -222,34 +236,23 @@ def payments(rig, pipeline: Pipeline, most: int, connections: int, workdir: Path
     config, process = generate(f"{target.scheme}://{target.netloc}/", [], "", connections, 600, workdir,
                                request="post", paths=paths, each_token_once=True)
     meter.roots[process.pid] = "load generator"
-    started = time.monotonic()
-    while process.poll() is None:
-        time.sleep(1)
-        say(f"\r  payments: {time.monotonic() - started:5.1f}s, confirmed so far "
-            f"{pipeline.paid_counts()['confirmed'] - before['confirmed']:>6} of {len(links)} ")
-    if process.returncode != 0:
-        raise RuntimeError("the load generator failed")
-    paying_seconds = time.monotonic() - started
+    paying_seconds = wait_for_load(process, lambda elapsed: say(
+        f"\r  payments: {elapsed:5.1f}s, confirmed so far "
+        f"{pipeline.paid_counts()['confirmed'] - before['confirmed']:>6} of {len(links)} "))
     result = json.loads(Path(config["out"]).read_text())
     approved = len(result["answers"].get("200", []))
     say("  draining ...")
     wanted = {name: count + approved for name, count in before.items()}
     drain_seconds = pipeline.wait_drained(until=lambda: pipeline.paid_counts() == wanted)
     cpu = meter.stop()
-    paid = max(1, approved)
     latencies = result["answers"].get("200", [])
     figures = {
         "orders_paid": approved, "connections": connections, "answers": {k: len(v) for k, v in result["answers"].items()},
         "paid_per_second": round(approved / paying_seconds, 1),
         "p50_approve_ms": percentile(latencies, 50), "p99_approve_ms": percentile(latencies, 99),
-        "drain_seconds": round(drain_seconds, 1), "window_seconds": round(meter.seconds, 1),
-        "cpu_ms_per_order": {name: round(value * 1000 / paid, 2) for name, value in
-                             sorted(cpu.items(), key=lambda item: -item[1])},
-        "machine_cpu_ms_per_order": round(meter.machine_seconds * 1000 / paid, 2),
+        "drain_seconds": round(drain_seconds, 1),
         # the payment simulator stands in for the provider, which is not on the stack's machines
-        "stack_cpu_ms_per_order": round(sum(v for k, v in cpu.items()
-                                            if k not in ("load generator", "benchmark (this process)", "other", "payments"))
-                                        * 1000 / paid, 2),
+        **cpu_figures(meter, cpu, approved, not_the_stack=(*NOT_THE_STACK, "payments")),
     }
     say(f"\r  payments: {approved} orders paid ({figures['paid_per_second']}/s), confirmed, sold and emailed; "
         f"{figures['stack_cpu_ms_per_order']} ms CPU per paid order (the stack), drained in {figures['drain_seconds']} s\n")

@@ -58,12 +58,9 @@ def _order(host: str, path: str, token: str, drop_id: str, number: int) -> bytes
     return head + body
 
 
-def _get(host: str, path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-
-
-def _post(host: str, path: str) -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
+def _plain(host: str, path: str, method: str) -> bytes:
+    length = "Content-Length: 0\r\n" if method == "POST" else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}\r\n".encode()
 
 
 def _bearer(host: str, path: str, token: str, method: str) -> bytes:
@@ -107,10 +104,8 @@ async def _connection(config: dict, deadline: float, tokens, numbers, answers: d
         index, token = taken
         if kind == "order":
             request = _order(f"{host}:{port}", path, token, config["drop_id"], next(numbers))
-        elif kind == "get":
-            request = _get(f"{host}:{port}", token)  # here the "token" is the path
-        elif kind == "post":
-            request = _post(f"{host}:{port}", token)
+        elif kind in ("get", "post"):
+            request = _plain(f"{host}:{port}", token, kind.upper())  # here the "token" is the path
         else:
             request = _bearer(f"{host}:{port}", path, token, method)
         started = time.perf_counter()

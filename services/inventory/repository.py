@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.inventory.handlers.reservations import find_reservation, hold_again
-from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Drop, Product, Reservation
+from services.inventory.handlers.reservations import PRODUCT_FIELDS, find_reservation, hold_again, product_of
+from services.inventory.models import HELD, RELEASED, SOLD, BuyerAllowance, Drop, Reservation
 from shared.admin_actions import AdminActions
 from shared.db import UnitOfWork
 from shared.sql import Statement
@@ -36,10 +36,9 @@ class Reservations:
         row = _SELL_HELD.first(self._session, {"order_id": order_id, "order_version": order_version})
         if row is None:
             return None
-        values = dict(zip(_SOLD_FIELDS, row))
-        product = Product(**{field: values.pop(f"product_{field}") for field in _PRODUCT_FIELDS})
-        reservation = Reservation(**values)
-        reservation.drop = Drop(id=reservation.drop_id, product_id=product.id, product=product)
+        reservation = Reservation(**dict(zip(_RESERVATION_FIELDS, row)))
+        product_id, *product = row[len(_RESERVATION_FIELDS):]
+        reservation.drop = Drop(id=reservation.drop_id, product_id=product_id, product=product_of(product_id, product))
         return reservation
 
     def sold_at(self, order_id: uuid.UUID, order_version: int) -> bool:
@@ -74,14 +73,13 @@ class Reservations:
 
 
 _RESERVATION_FIELDS = ("order_id", "drop_id", "buyer_id", "quantity", "status", "hold_expires_at", "order_version")
-_PRODUCT_FIELDS = ("id", "sku", "name", "description", "price_amount", "currency")
-_SOLD_FIELDS = _RESERVATION_FIELDS + tuple(f"product_{field}" for field in _PRODUCT_FIELDS)
 _SELL_HELD = Statement(
     f"UPDATE reservations r SET status = '{SOLD}', updated_at = now(), "
     "order_version = greatest(r.order_version, coalesce(CAST(:order_version AS integer), r.order_version)) "
     "FROM drops d JOIN products p ON p.id = d.product_id "
     f"WHERE r.order_id = :order_id AND r.status = '{HELD}' AND d.id = r.drop_id "
-    f"RETURNING {', '.join('r.' + field for field in _RESERVATION_FIELDS)}, {', '.join('p.' + field for field in _PRODUCT_FIELDS)}"
+    f"RETURNING {', '.join('r.' + field for field in _RESERVATION_FIELDS)}, d.product_id, "
+    f"{', '.join('p.' + field for field in PRODUCT_FIELDS)}"
 )
 _SOLD_AT = Statement(
     f"SELECT 1 FROM reservations WHERE order_id = :order_id AND status = '{SOLD}' AND order_version >= :order_version"

@@ -2,7 +2,6 @@
 statement, and what a handler changes in an order it locked is written as the unit of work
 commits, and only then."""
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -10,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from devtools.client import poll
 from services.checkout import orders
 from services.checkout.bootstrap import MIGRATIONS
 from services.checkout.models import Order
@@ -149,11 +149,9 @@ def test_a_second_locker_waits_for_the_first_and_then_sees_its_changes(unit_of_w
         confirm(uow.orders.get(order_id, lock=True))
         waiter = threading.Thread(target=second)
         waiter.start()
-        deadline = time.monotonic() + 10
         with database.connect() as observer:
-            while not waiting_for_a_lock(observer):
-                assert time.monotonic() < deadline, "the second transaction never waited for the order's lock"
-                time.sleep(0.02)
+            poll(lambda: waiting_for_a_lock(observer), timeout=10, interval=0.02,
+                 what="the second transaction to wait for the order's lock")
         assert "status" not in seen
         uow.commit()
     waiter.join(10)

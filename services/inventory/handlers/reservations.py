@@ -81,12 +81,18 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
 # drop comes back as columns, not through the ORM's loading (a third of the hold's Python time).
 _DROP_FIELDS = ("id", "product_id", "quantity", "opens_at", "closes_at", "per_buyer_limit", "invite_only_until",
                 "invite_tier", "shipping_countries", "hold_ttl_seconds")
-_PRODUCT_FIELDS = ("sku", "name", "description", "price_amount", "currency")
+PRODUCT_FIELDS = ("sku", "name", "description", "price_amount", "currency")
 _DROP_NOW_AND_REMAINING = Statement(
-    f"SELECT {', '.join('d.' + field for field in _DROP_FIELDS)}, {', '.join('p.' + field for field in _PRODUCT_FIELDS)}, "
+    f"SELECT {', '.join('d.' + field for field in _DROP_FIELDS)}, {', '.join('p.' + field for field in PRODUCT_FIELDS)}, "
     "now(), (SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = d.id) "
     "FROM drops d JOIN products p ON p.id = d.product_id WHERE d.id = :drop_id"
 )
+
+
+def product_of(product_id: uuid.UUID, values) -> Product:
+    """A product from its id and the values of PRODUCT_FIELDS, in that order, as a statement
+    read them (not added to the session)."""
+    return Product(id=product_id, **dict(zip(PRODUCT_FIELDS, values)))
 
 
 def _drop_now_and_remaining(session: orm.Session, drop_id: uuid.UUID) -> tuple[Drop, datetime, int] | None:
@@ -96,7 +102,7 @@ def _drop_now_and_remaining(session: orm.Session, drop_id: uuid.UUID) -> tuple[D
     if row is None:
         return None
     drop_values = dict(zip(_DROP_FIELDS, row))
-    product = Product(id=drop_values["product_id"], **dict(zip(_PRODUCT_FIELDS, row[len(_DROP_FIELDS):])))
+    product = product_of(drop_values["product_id"], row[len(_DROP_FIELDS):])
     now, remaining = row[-2:]
     return Drop(**drop_values, product=product), now, remaining
 
