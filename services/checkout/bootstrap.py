@@ -55,6 +55,8 @@ def bootstrap(kind: str, settings: config.Settings | None = None, inventory: Inv
             settings.service_key,
             settings.inventory_timeout_seconds,
             CircuitBreaker(settings.inventory_breaker_threshold, settings.inventory_breaker_cooldown_seconds),
+            hold_batch_size=settings.inventory_hold_batch_size if kind == "api" else 1,
+            hold_calls=settings.inventory_hold_calls,
         )
     if kind == "admitter":
         return Checkout(**database, migrations=MIGRATIONS, inventory=inventory)

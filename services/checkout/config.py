@@ -23,6 +23,10 @@ class Settings(CommonSettings):
     # the longest Retry-After a shed buyer is given (it follows the refused/admitted ratio)
     max_retry_after_seconds: int = 10
     inventory_breaker_threshold: int = 5
+    # a process's concurrent new holds share one call to inventory: at most this many holds in a
+    # call (1: one call per hold), and at most `inventory_hold_calls` such calls in flight
+    inventory_hold_batch_size: int = 16
+    inventory_hold_calls: int = 1
     inventory_breaker_cooldown_seconds: float = 3.0
     # the waiting room (services/checkout/line.py): the key that signs admission passes, how
     # often the admitter turns, and joins per client address per minute (per API process)

@@ -5,13 +5,16 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 import urllib3
 from urllib3.util import Retry
 
 from services.checkout import errors
+from shared.errors import Problem
 from shared.logs import current_request_id
 
 log = logging.getLogger("floodgate.checkout.inventory")
@@ -77,10 +80,101 @@ class CircuitBreaker:
                 self._opened_at = self._clock()
 
 
-class InventoryClient:
-    """Reserves and releases stock; turns inventory's problems into checkout's typed errors."""
+class _Waiting:
+    __slots__ = ("item", "result", "answered", "sends")
 
-    def __init__(self, base_url: str, service_key: str, timeout_seconds: float, breaker: CircuitBreaker):
+    def __init__(self, item):
+        self.item, self.result, self.answered, self.sends = item, None, False, False
+
+
+class Batcher:
+    """Gathers what this process's threads ask for at the same moment into one call.
+
+    A thread that asks while fewer than `max_calls` calls are in flight sends at once: itself and
+    whoever waits, up to `max_size` items. Otherwise it waits, and the next free call takes it.
+    One thread alone is sent at once, so an idle stack pays no latency for this; under load,
+    concurrent orders share one request to inventory and one transaction there.
+
+    `send` takes a list of items and returns one result per item, in order; a result that is an
+    exception is raised in the thread that asked for it. Should `send` itself raise, that thread
+    gets its exception and the batch's other threads an `InventoryUnavailable`.
+    """
+
+    def __init__(self, send: Callable[[list], list], max_size: int, max_calls: int):
+        self._send, self._max_size, self._max_calls = send, max_size, max_calls
+        self._changed = threading.Condition()
+        self._queue: deque[_Waiting] = deque()
+        self._calls = 0  # threads holding a turn to send
+
+    def submit(self, item):
+        mine = _Waiting(item)
+        with self._changed:
+            self._queue.append(mine)
+            if self._calls < self._max_calls:
+                self._calls += 1
+                mine.sends = True
+            while not (mine.answered or mine.sends):
+                self._changed.wait()
+        if mine.sends:
+            self._send_until_answered(mine)
+        if isinstance(mine.result, BaseException):
+            raise mine.result
+        return mine.result
+
+    def _send_until_answered(self, mine: _Waiting) -> None:
+        """Send batches from the queue's head until `mine` is answered, then pass the turn on."""
+        try:
+            while True:
+                with self._changed:
+                    if mine.answered:
+                        return
+                    batch = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
+                    if not batch:  # mine is in another thread's call: wait for it, turn given back
+                        self._pass_turn()
+                        while not mine.answered:
+                            self._changed.wait()
+                        return
+                self._answer(batch)
+        finally:
+            with self._changed:
+                if mine.sends:
+                    self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """Give this thread's turn to the first waiting thread without one, or give it up. Called
+        once per turn, with the condition held."""
+        for waiting in self._queue:
+            if not waiting.sends:
+                waiting.sends = True
+                break
+        else:
+            self._calls -= 1
+        self._changed.notify_all()
+
+    def _answer(self, batch: list[_Waiting]) -> None:
+        failure = None
+        try:
+            results = self._send([waiting.item for waiting in batch])
+        except BaseException as error:  # the others must not wait forever
+            failure = error
+            results = [errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
+                       for _ in batch]
+        with self._changed:
+            for waiting, result in zip(batch, results):
+                waiting.result, waiting.answered = result, True
+            self._changed.notify_all()
+        if failure is not None:
+            raise failure
+
+
+class InventoryClient:
+    """Reserves and releases stock; turns inventory's problems into checkout's typed errors.
+
+    New holds go through a `Batcher` (`hold_batch_size` > 1): orders placed at the same moment in
+    this process share one `POST /reservations/batch`."""
+
+    def __init__(self, base_url: str, service_key: str, timeout_seconds: float, breaker: CircuitBreaker,
+                 hold_batch_size: int = 1, hold_calls: int = 1):
         self._breaker = breaker
         self._headers = {"X-Service-Key": service_key, "Content-Type": "application/json"}
         self._prefix = (urllib3.util.parse_url(base_url).path or "").rstrip("/")
@@ -95,6 +189,7 @@ class InventoryClient:
             retries=Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False,
                           redirect=0),
         )
+        self._holds = Batcher(self._hold_batch, hold_batch_size, hold_calls) if hold_batch_size > 1 else None
 
     def close(self) -> None:
         """Close the pooled connections to inventory."""
@@ -116,23 +211,47 @@ class InventoryClient:
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
-        response = self._call("/reservations", {k: v for k, v in body.items() if v is not None})
-        if response.status in (200, 201):
-            held = json.loads(response.data)
-            if held["status"] == "released":
-                # an earlier hold for this order ran out and inventory could not renew it
-                raise errors.SoldOut("The hold for this order was released and could not be renewed.")
-            return Hold(
-                order_id=held["order_id"],
-                drop_id=held["drop_id"],
-                quantity=held["quantity"],
-                hold_expires_at=datetime.fromisoformat(held["hold_expires_at"]),
-                unit_amount=held["unit_price"]["amount"],
-                currency=held["unit_price"]["currency"],
-                sku=held["product"]["sku"],
-                product_name=held["product"]["name"],
-            )
-        raise self._refusal(response)
+        body = {k: v for k, v in body.items() if v is not None}
+        if self._holds is not None and not renew:
+            return self._holds.submit({**body, "request_id": current_request_id()})
+        return self._reserve_one(body)
+
+    def _reserve_one(self, body: dict) -> Hold:
+        response = self._call("/reservations", {k: v for k, v in body.items() if k != "request_id"})
+        return self._hold_of(response.status, _document(response))
+
+    def _hold_batch(self, items: list[dict]) -> list:
+        """One `POST /reservations/batch` for `items`: a Hold or the error to raise, per item."""
+        try:
+            response = self._call("/reservations/batch", {"holds": items})
+        except errors.InventoryUnavailable as error:
+            return [errors.InventoryUnavailable(error.detail, headers=error.headers) for _ in items]
+        if response.status in (404, 405):
+            # an inventory older than the batch (a rolling deploy): one call per hold
+            return [_outcome(self._reserve_one, item) for item in items]
+        if response.status != 200:
+            return [self._refusal(response) for _ in items]
+        return [_outcome(self._hold_of, result["status"], result.get("reservation") or result.get("problem") or {})
+                for result in json.loads(response.data)["results"]]
+
+    def _hold_of(self, status: int, document: dict) -> Hold:
+        """The hold a 200 or 201 answer's document shows; else the refusal its problem names."""
+        if status not in (200, 201):
+            raise self._refusal_of(status, document)
+        held = document
+        if held["status"] == "released":
+            # an earlier hold for this order ran out and inventory could not renew it
+            raise errors.SoldOut("The hold for this order was released and could not be renewed.")
+        return Hold(
+            order_id=held["order_id"],
+            drop_id=held["drop_id"],
+            quantity=held["quantity"],
+            hold_expires_at=datetime.fromisoformat(held["hold_expires_at"]),
+            unit_amount=held["unit_price"]["amount"],
+            currency=held["unit_price"]["currency"],
+            sku=held["product"]["sku"],
+            product_name=held["product"]["name"],
+        )
 
     def sell(self, order_id: str, order_version: int) -> None:
         """Make the order's hold a sale now (idempotent); SoldOut when its units are gone.
@@ -177,15 +296,26 @@ class InventoryClient:
         return response
 
     def _refusal(self, response: urllib3.BaseHTTPResponse) -> Exception:
-        problem = _problem(response)
-        slug = problem.get("type", "").rsplit("/", 1)[-1]
+        return self._refusal_of(response.status, _document(response))
+
+    @staticmethod
+    def _refusal_of(status: int, problem: dict) -> Exception:
+        slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
         if slug in _PROBLEMS:
             return _PROBLEMS[slug](problem.get("detail"))
-        log.error("unexpected inventory answer", extra={"status": response.status, "problem": problem})
+        log.error("unexpected inventory answer", extra={"status": status, "problem": problem})
         return errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
 
 
-def _problem(response: urllib3.BaseHTTPResponse) -> dict:
+def _outcome(call, *args):
+    """What `call(*args)` returns, or the refusal it raised."""
+    try:
+        return call(*args)
+    except Problem as refusal:
+        return refusal
+
+
+def _document(response: urllib3.BaseHTTPResponse) -> dict:
     try:
         body = json.loads(response.data)
         return body if isinstance(body, dict) else {}

@@ -2,6 +2,7 @@
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.checkout.line import ALGORITHM
+from shared.fields import StrictBoolean
 
 
 class AddressSchema(Schema):
@@ -133,15 +134,6 @@ class WebhookAnswerSchema(Schema):
 
 
 # --- the waiting room (services/checkout/line.py) -----------------------------------------------
-
-class StrictBoolean(fields.Boolean):
-    """true or false, not 1, 0 or "yes"."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise self.make_error("invalid", input=value)
-        return value
-
 
 class LineRequestSchema(Schema):
     """`PUT /drops/{id}/line`: put a line on a drop, or change it."""

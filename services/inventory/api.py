@@ -15,6 +15,7 @@ bp = Blueprint("inventory", __name__)
 RESERVATION_REQUEST = schemas.ReservationRequestSchema()
 RESERVATION = schemas.ReservationSchema()
 SALE_REQUEST = schemas.SaleRequestSchema()
+RESERVATION_BATCH_REQUEST = schemas.ReservationBatchRequestSchema()
 
 
 @bp.post("/products")
@@ -106,6 +107,34 @@ def reserve():
         reservation, created = reservations.reserve(command, uow, root().settings.hold_ttl_seconds)
         uow.commit()
     return RESERVATION.dump(reservation), (201 if created else 200)
+
+
+@bp.post("/reservations/batch")
+@operation(
+    "Hold stock for several orders in one call, each answered as `POST /reservations` would answer it",
+    request=schemas.ReservationBatchRequestSchema,
+    response=schemas.ReservationBatchSchema,
+    errors=(403,),
+    auth="service",
+    description=(
+        "What checkout sends when several of its orders need a hold at the same moment: one request, one "
+        "transaction and one take from the drop's stock for all of them. Each result carries the status "
+        "(201 new, 200 repeat, or a refusal's) and the reservation or problem document the single call "
+        "would have answered; the batch itself answers 200."
+    ),
+)
+@require_service
+def reserve_batch():
+    commands, request_ids = zip(*load(RESERVATION_BATCH_REQUEST)["holds"])
+    with unit_of_work() as uow:
+        outcomes = reservations.reserve_many(list(commands), uow, root().settings.hold_ttl_seconds, list(request_ids))
+    return {"results": [_hold_result(cmd.order_id, outcome) for cmd, outcome in zip(commands, outcomes)]}
+
+
+def _hold_result(order_id, outcome: reservations.HoldOutcome) -> dict:
+    if outcome.refusal is not None:
+        return {"order_id": str(order_id), "status": outcome.status, "problem": outcome.refusal.to_dict()}
+    return {"order_id": str(order_id), "status": outcome.status, "reservation": RESERVATION.dump(outcome.reservation)}
 
 
 @bp.post("/reservations/<order_id>/sell")

@@ -7,6 +7,7 @@ from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.models import MAX_STOCK_SHARDS
+from shared.fields import StrictBoolean
 
 MAX_QUANTITY = 1_000_000
 MAX_HOLD_TTL_SECONDS = 86_400
@@ -158,7 +159,7 @@ class ReservationRequestSchema(Schema):
     # Where the order ships, checked against the drop's shipping countries.
     shipping_country = fields.String(load_default=None, allow_none=True, validate=COUNTRY_CODE)
     # True: a released reservation with this order id is held again (late payment); null = false.
-    renew = fields.Boolean(load_default=False, allow_none=True)
+    renew = StrictBoolean(load_default=False, allow_none=True)
     # The order's version once this hold serves it: order events older than that are ignored.
     order_version = fields.Integer(load_default=None, allow_none=True, strict=True,
                                    validate=validate.Range(min=1, max=2**31 - 1))
@@ -166,6 +167,27 @@ class ReservationRequestSchema(Schema):
     @post_load
     def to_command(self, data, **kwargs) -> ReserveStock:
         return ReserveStock(**{**data, "renew": bool(data["renew"])})
+
+
+class BatchedReservationRequestSchema(ReservationRequestSchema):
+    # The request at checkout the hold serves, for inventory's log line of it.
+    request_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+
+    @post_load
+    def to_command(self, data, **kwargs) -> tuple[ReserveStock, str | None]:
+        request_id = data.pop("request_id")
+        return super().to_command(data, **kwargs), request_id
+
+
+MAX_HOLDS_PER_BATCH = 64
+
+
+class ReservationBatchRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    holds = fields.List(fields.Nested(BatchedReservationRequestSchema), required=True,
+                        validate=validate.Length(min=1, max=MAX_HOLDS_PER_BATCH))
 
 
 class SaleRequestSchema(Schema):
@@ -185,3 +207,16 @@ class ReservationSchema(Schema):
     hold_expires_at = fields.DateTime()
     unit_price = fields.Nested(PriceSchema)
     product = fields.Nested(ProductRefSchema)
+
+
+class HoldResultSchema(Schema):
+    """One order's answer in a batch: the status and body `POST /reservations` would have given."""
+
+    order_id = fields.UUID()
+    status = fields.Integer()
+    reservation = fields.Nested(ReservationSchema, allow_none=True)
+    problem = fields.Dict(allow_none=True, metadata={"description": "problem+json document, for a refusal"})
+
+
+class ReservationBatchSchema(Schema):
+    results = fields.List(fields.Nested(HoldResultSchema), metadata={"description": "in the order of `holds`"})

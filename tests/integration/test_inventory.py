@@ -181,6 +181,91 @@ def test_a_thousand_concurrent_attempts_on_a_hundred_units_make_exactly_a_hundre
     poll(lambda: len(events_about(stack, "drop.opened", drop["id"])) == 1, what="drop.opened from the sweeper")
 
 
+# --- holds in batches (checkout's concurrent orders in one call) ------------------------------
+
+def reserve_batch(floodgate, holds: list) -> requests.Response:
+    return floodgate.http.post(floodgate.stack.url("inventory") + "/reservations/batch", json={"holds": holds},
+                               headers=service_headers(floodgate.stack))
+
+
+def hold(drop_id: str, buyer: str, order_id: str | None = None) -> dict:
+    return {"order_id": order_id or str(uuid.uuid4()), "drop_id": drop_id, "buyer_id": buyer, "quantity": 1}
+
+
+def result_slug(result: dict) -> str:
+    return result["reservation"]["status"] if "reservation" in result else result["problem"]["type"].rsplit("/", 1)[-1]
+
+
+def test_a_batch_answers_each_order_as_a_single_hold_would(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=3)
+    not_yet_open = new_drop(floodgate, admin_token, quantity=5, opens_in=3600)
+    early = reserve(floodgate, drop["id"], buyer="early")
+    assert early.status_code == 201
+    twice = hold(drop["id"], "bea")
+    holds = [
+        hold(drop["id"], "ana"),
+        twice,
+        hold(drop["id"], "someone", order_id=early.json()["order_id"]),  # a repeat of a hold made before
+        hold(drop["id"], "ana"),  # the limit is one per buyer
+        hold(str(uuid.uuid4()), "dan"),
+        hold(not_yet_open["id"], "eve"),
+        twice,  # the same order id twice in one batch
+        hold(drop["id"], "cal"),  # the units are gone by now
+    ]
+    response = reserve_batch(floodgate, holds)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["order_id"] for r in results] == [h["order_id"] for h in holds]
+    assert [(r["status"], result_slug(r)) for r in results] == [
+        (201, "held"), (201, "held"), (200, "held"), (409, "limit-exceeded"), (404, "drop-not-found"),
+        (403, "not-open"), (200, "held"), (409, "sold-out"),
+    ]
+    assert results[0]["reservation"]["unit_price"] == {"amount": 29900, "currency": "EUR"}
+    assert results[7]["problem"]["remaining"] == 0
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 3, "sold": 0}
+    assert assert_invariants(stack, not_yet_open["id"]) == {"available": 5, "held": 0, "sold": 0}
+    poll(lambda: len(events_about(stack, "drop.sold_out", drop["id"])) == 1, what="drop.sold_out")
+
+
+def test_a_bad_batch_is_refused_whole_and_holds_nothing(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=5)
+    for holds in ([], [hold(drop["id"], "ana"), {**hold(drop["id"], "bea"), "quantity": 0}],
+                  [hold(drop["id"], f"b{n}") for n in range(65)]):
+        response = reserve_batch(floodgate, holds)
+        assert response.status_code == 422 and slug(response) == "validation", response.text
+    anonymous = floodgate.http.post(stack.url("inventory") + "/reservations/batch", json={"holds": [hold(drop["id"], "x")]})
+    assert anonymous.status_code in (401, 403) and slug(anonymous)
+    assert assert_invariants(stack, drop["id"]) == {"available": 5, "held": 0, "sold": 0}
+
+
+def test_concurrent_batches_and_single_holds_hold_exactly_the_stock(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=60)
+    url, headers = stack.url("inventory"), service_headers(stack)
+
+    def batches(worker: int) -> list:
+        http, answers = requests.Session(), []
+        for n in range(12):
+            holds = [hold(drop["id"], f"w{worker}-{n}-{k}") for k in range(1 + (worker + n) % 5)]
+            response = http.post(url + "/reservations/batch", json={"holds": holds}, headers=headers, timeout=30)
+            assert response.status_code == 200, response.text
+            answers += [(r["status"], result_slug(r)) for r in response.json()["results"]]
+        return answers
+
+    def singles(worker: int) -> list:
+        http = requests.Session()
+        return [(r.status_code, r.json().get("status") if r.ok else slug(r)) for r in (
+            http.post(url + "/reservations", json=hold(drop["id"], f"s{worker}-{n}"), headers=headers, timeout=30)
+            for n in range(20))]
+
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(batches, w) for w in range(8)] + [pool.submit(singles, w) for w in range(4)]
+        answers = [answer for future in futures for answer in future.result()]
+    assert set(answers) <= {(201, "held"), (409, "sold-out")}
+    assert answers.count((201, "held")) == 60
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 60, "sold": 0}
+    assert floodgate.get_drop(drop["id"])["state"] == "sold_out"
+
+
 # --- holds that expire ------------------------------------------------------------------------
 
 def test_an_expired_hold_returns_its_unit_and_a_later_buyer_gets_it(floodgate, stack, admin_token):

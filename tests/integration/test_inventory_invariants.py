@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -110,6 +111,41 @@ class Inventory(RuleBasedStateMachine):
     @rule(buyer=st.sampled_from(BUYERS), quantity=st.integers(1, 3))
     def reserve(self, buyer, quantity):
         self.hold(ReserveStock(uuid.uuid4(), self.drop_id, buyer, quantity), buyer, quantity)
+
+    @rule(data=st.data(), size=st.integers(1, 5))
+    def reserve_batch(self, data, size):
+        """Several orders in one call (checkout's concurrent orders), new ones and repeats, one
+        order id possibly twice: each answered as it would be on its own, at some point of the
+        batch. Nothing is given back during the batch, so a refusal must still hold after it."""
+        commands = []
+        for _ in range(size):
+            kind = data.draw(st.sampled_from(["new", "new", "twice"] + (["repeat"] if self.orders else [])))
+            if kind == "repeat":
+                commands.append(ReserveStock(data.draw(st.sampled_from(list(self.orders))), self.drop_id, "someone-else", 1))
+                continue
+            buyer, quantity = data.draw(st.sampled_from(BUYERS)), data.draw(st.integers(1, 3))
+            command = ReserveStock(uuid.uuid4(), self.drop_id, buyer, quantity)
+            commands += [command] * (2 if kind == "twice" else 1)
+        before = set(self.orders)
+        outcomes = self.run(lambda uow: reservations.reserve_many(commands, uow, TTL))
+
+        assert len(outcomes) == len(commands)
+        created = Counter(command.order_id for command, outcome in zip(commands, outcomes) if outcome.created)
+        assert all(count == 1 for count in created.values())
+        for command, outcome in zip(commands, outcomes):
+            if outcome.created:
+                assert outcome.reservation.status == "held" and outcome.reservation.quantity == command.quantity
+                self.orders[command.order_id] = {"buyer": command.buyer_id, "quantity": command.quantity,
+                                                 "status": "held"}
+        for command, outcome in zip(commands, outcomes):
+            if command.order_id in before or command.order_id in created:
+                if not outcome.created:  # a repeat: the order's reservation as it stands
+                    assert outcome.refusal is None and outcome.reservation.order_id == command.order_id
+                    assert outcome.reservation.status == self.orders[command.order_id]["status"]
+                continue
+            assert outcome.refusal is not None, outcome
+            expected = self.expected_refusals(command.buyer_id, command.quantity)
+            assert type(outcome.refusal) in expected, (outcome.refusal, expected)
 
     @precondition(lambda self: self.ids("released"))
     @rule(data=st.data())

@@ -4,12 +4,14 @@ Lock order, so no two transactions can deadlock: reservation row (releases, rene
 allowance rows (sorted) → stock shard rows (in shard order whenever a transaction may wait for a
 second one; see `take_stock`) → the drop row and its announcements. A new reservation is inserted
 before its stock is taken, keeping a stock row locked only for the decrement and the commit; its
-row is one nobody else can be waiting for.
+row is one nobody else can be waiting for. A batch of holds (`reserve_many`) keeps the same order
+per drop, drops in id order: its buyers' allowance rows sorted, then one take of the batch's units.
 """
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -29,8 +31,11 @@ from services.inventory.errors import (
 )
 from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
 from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Product, Reservation
-from shared.logs import bind_order_id
+from shared.errors import Problem
+from shared.logs import bind_order_id, log_context
 from shared.sql import Statement
+
+log = logging.getLogger("floodgate.inventory")
 
 
 def find_reservation(session: orm.Session, order_id: uuid.UUID, for_update: bool = False) -> Reservation | None:
@@ -137,7 +142,7 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
     taken = _TAKE_BUYER_ALLOWANCE.first(
         session, {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit})
     if taken is None:
-        raise LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
+        raise _limit_exceeded(drop)
 
     # The reservation is written before the stock is taken, so the transaction holds a stock
     # row's lock for as little time as possible: the decrement, then the commit.
@@ -232,6 +237,10 @@ _SAVEPOINT = Statement("SAVEPOINT take_stock")
 _ROLLBACK_TO_SAVEPOINT = Statement("ROLLBACK TO SAVEPOINT take_stock")
 
 
+def _limit_exceeded(drop: Drop) -> LimitExceeded:
+    return LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
+
+
 def _sold_out(remaining: int) -> SoldOut:
     return SoldOut("No stock is left for this drop.", remaining=max(remaining, 0))
 
@@ -242,6 +251,127 @@ def hold_again(reservation: Reservation, session: orm.Session, publish: Callable
     renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
                            buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
     _hold(renewal, session, publish, hold_ttl_seconds=0, renewing=reservation)
+
+
+@dataclass(frozen=True)
+class HoldOutcome:
+    """One order's answer in a batch of holds: its reservation and whether this request made it
+    (201, else 200), or the refusal `POST /reservations` would have answered it with."""
+
+    reservation: Reservation | None = None
+    created: bool = False
+    refusal: Problem | None = None
+
+    @property
+    def status(self) -> int:
+        if self.refusal is not None:
+            return self.refusal.status
+        return 201 if self.created else 200
+
+
+_INSERT_NEW_RESERVATION = Statement(
+    "INSERT INTO reservations (order_id, drop_id, buyer_id, quantity, status, hold_expires_at, order_version) "
+    "VALUES (:order_id, :drop_id, :buyer_id, :quantity, :status, :hold_expires_at, :order_version) "
+    "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
+)
+_GIVE_BACK_BUYER_ALLOWANCE = Statement(
+    "UPDATE buyer_allowances SET taken = taken - :quantity WHERE drop_id = :drop_id AND buyer_id = :buyer_id"
+)
+_GROUP_SAVEPOINT = Statement("SAVEPOINT hold_batch")
+_ROLLBACK_TO_GROUP_SAVEPOINT = Statement("ROLLBACK TO SAVEPOINT hold_batch")
+
+
+def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_ids: list[str | None] | None = None
+                 ) -> list[HoldOutcome]:
+    """Hold stock for several orders, answering each exactly as `reserve` would; commits.
+
+    What a checkout process's concurrent orders cost together instead of one by one: one request,
+    one transaction, one read of the drop and one take from its stock rows for all of them, each
+    order checked and refused as `reserve` checks it (window, tier, country, units left, the
+    buyer's allowance). An order id that already has a reservation, a renewal, and every order of
+    a batch whose units the stock rows do not all hold are then answered by `reserve` on its own,
+    in its own transaction: the same code, so near the end of the stock the last units go one
+    order at a time.
+    `request_ids`: the request each order came from, for the log line of each hold.
+    """
+    outcomes: list[HoldOutcome | None] = [None] * len(cmds)
+    by_drop: dict[uuid.UUID, list[int]] = {}
+    for index, cmd in enumerate(cmds):
+        if not cmd.renew:
+            by_drop.setdefault(cmd.drop_id, []).append(index)
+    for drop_id in sorted(by_drop):  # the lock order: drops in id order, buyers sorted in each
+        indices = sorted(by_drop[drop_id], key=lambda i: (cmds[i].buyer_id, i))  # a buyer's orders as sent
+        _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
+    uow.commit()
+    uow.session.expunge_all()  # what was read stays readable as read: a later rollback expires the session's
+    for index, cmd in enumerate(cmds):
+        if outcomes[index] is None:
+            try:
+                reservation, created = reserve(cmd, uow, hold_ttl_seconds)
+                uow.commit()
+                uow.session.expunge_all()  # readable as loaded: a later item's rollback expires what it holds
+                outcomes[index] = HoldOutcome(reservation, created)
+            except Problem as refusal:
+                uow.rollback()
+                outcomes[index] = HoldOutcome(refusal=refusal)
+    for index, outcome in enumerate(outcomes):
+        request_id = request_ids[index] if request_ids else None
+        with log_context(request_id=request_id, order_id=str(cmds[index].order_id)):
+            log.info("hold", extra={"status": outcome.status, "batch": len(cmds)})
+    return outcomes
+
+
+def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_seconds: int,
+                   outcomes: list[HoldOutcome | None]) -> None:
+    """Hold one drop's orders of a batch in the transaction, or refuse them as `reserve` would;
+    leave an outcome None (to be answered one by one) for an order id that already has its
+    reservation and for every order of a batch whose units the drop's stock rows do not all hold."""
+    session = uow.session
+    found = _drop_now_and_remaining(session, cmds[indices[0]].drop_id)
+    if found is None:
+        return
+    drop, now, remaining = found
+    expires_at = now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
+    _GROUP_SAVEPOINT.run(session, {})
+    held: list[tuple[int, dict]] = []
+    units = 0
+    for index in indices:
+        cmd = cmds[index]
+        if any(values["order_id"] == cmd.order_id for _, values in held):
+            continue  # the same order twice in one batch: the second is a repeat, answered below
+        allowance = {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity}
+        try:
+            drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country)
+            if remaining < units + cmd.quantity:
+                raise _sold_out(remaining - units)  # what this batch left of the units read above
+            if _TAKE_BUYER_ALLOWANCE.first(session, {**allowance, "limit": drop.per_buyer_limit}) is None:
+                raise _limit_exceeded(drop)
+        except Problem as refusal:
+            # as `reserve` answers it: the order's own reservation, if it has one, else the refusal
+            existing = find_reservation(session, cmd.order_id)
+            outcomes[index] = HoldOutcome(existing) if existing is not None else HoldOutcome(refusal=refusal)
+            continue
+        values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
+                      status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
+        if _INSERT_NEW_RESERVATION.first(session, values) is None:
+            # The order id has its reservation (an earlier attempt's, committed meanwhile): that is
+            # the answer, found on its own below; the allowance row is still ours to correct.
+            _GIVE_BACK_BUYER_ALLOWANCE.run(session, allowance)
+            continue
+        held.append((index, values))
+        units += cmd.quantity
+    if not held:
+        return
+    shard_left = take_stock(session, drop.id, units)
+    if shard_left is None:
+        _ROLLBACK_TO_GROUP_SAVEPOINT.run(session, {})  # not all of them: each on its own instead
+        return
+    if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
+        announce(session, uow.publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
+    for index, values in held:
+        reservation = Reservation(**values)
+        reservation.drop = drop
+        outcomes[index] = HoldOutcome(reservation, created=True)
 
 
 def release(order_id: str, uow) -> Reservation:
