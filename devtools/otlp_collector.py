@@ -31,6 +31,7 @@ class Span:
     attributes: dict[str, Any] = field(default_factory=dict)
     start_ns: int = 0  # Unix epoch nanoseconds
     end_ns: int = 0
+    links: tuple[str, ...] = ()  # the span ids this span links to (spans it also serves)
 
     @property
     def milliseconds(self) -> float:
@@ -85,6 +86,7 @@ class Collector:
                         attributes=_attributes(span.attributes),
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
+                        links=tuple(link.span_id.hex() for link in span.links),
                     ))
         with self._lock:
             self._spans.extend(received)

@@ -124,15 +124,19 @@ def sampler():
 
 
 @contextlib.contextmanager
-def span(name: str, kind: str = "internal", attributes: Mapping[str, Any] | None = None) -> Iterator[object]:
+def span(name: str, kind: str = "internal", attributes: Mapping[str, Any] | None = None,
+         links: Iterable[object] = ()) -> Iterator[object]:
     """A span around the block, current inside it (a child of the current one); `kind` is
-    `internal`, `client`, `server`, `producer` or `consumer`. Without tracing, nothing (None)."""
+    `internal`, `client`, `server`, `producer` or `consumer`; `links`: spans this one also serves
+    (as `span` yielded them; None is skipped). Without tracing, nothing (None)."""
     if _tracer is None:
         yield None
         return
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import Link, SpanKind
 
-    with _tracer.start_as_current_span(name, kind=SpanKind[kind.upper()], attributes=attributes) as current:
+    linked = [Link(other.get_span_context()) for other in links if other is not None]
+    with _tracer.start_as_current_span(name, kind=SpanKind[kind.upper()], attributes=attributes,
+                                       links=linked) as current:
         yield current
 
 

@@ -14,6 +14,7 @@ import urllib3
 from urllib3.util import Retry
 
 from services.checkout import errors
+from shared import tracing
 from shared.errors import Problem
 from shared.logs import current_request_id
 
@@ -212,23 +213,31 @@ class InventoryClient:
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
         body = {k: v for k, v in body.items() if v is not None}
-        if self._holds is not None and not renew:
-            return self._holds.submit({**body, "request_id": current_request_id()})
-        return self._reserve_one(body)
+        if self._holds is None or renew:
+            return self._reserve_one(body)
+        # The order's trace shows its wait; the call that carries its hold is in the trace of the
+        # call's first order, linked from here.
+        with tracing.span("inventory hold", attributes={"floodgate.hold.batched": True}) as waiting:
+            return self._holds.submit(({**body, "request_id": current_request_id()}, waiting))
 
     def _reserve_one(self, body: dict) -> Hold:
-        response = self._call("/reservations", {k: v for k, v in body.items() if k != "request_id"})
+        response = self._call("/reservations", body)
         return self._hold_of(response.status, _document(response))
 
-    def _hold_batch(self, items: list[dict]) -> list:
-        """One `POST /reservations/batch` for `items`: a Hold or the error to raise, per item."""
+    def _hold_batch(self, items: list[tuple[dict, object]]) -> list:
+        """One `POST /reservations/batch` for `items` (each a hold's body and the span of the order
+        waiting for it): a Hold or the error to raise, per item."""
+        holds = [body for body, _ in items]
         try:
-            response = self._call("/reservations/batch", {"holds": items})
+            with tracing.span("inventory hold batch", attributes={"floodgate.hold.batch_size": len(holds)},
+                              links=[waiting for _, waiting in items]):
+                response = self._call("/reservations/batch", {"holds": holds})
         except errors.InventoryUnavailable as error:
             return [errors.InventoryUnavailable(error.detail, headers=error.headers) for _ in items]
         if response.status in (404, 405):
             # an inventory older than the batch (a rolling deploy): one call per hold
-            return [_outcome(self._reserve_one, item) for item in items]
+            return [_outcome(self._reserve_one, {k: v for k, v in body.items() if k != "request_id"})
+                    for body in holds]
         if response.status != 200:
             return [self._refusal(response) for _ in items]
         return [_outcome(self._hold_of, result["status"], result.get("reservation") or result.get("problem") or {})

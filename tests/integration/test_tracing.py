@@ -32,7 +32,10 @@ PAYMENT_TRACE = {
 }
 PLACEMENT_TRACE = {
     ("checkout-api", "SERVER", "/orders"),
-    ("inventory-api", "SERVER", "/reservations"),
+    # the order waits for (or, alone, makes) the call its process's concurrent holds share
+    ("checkout-api", "INTERNAL", "inventory hold"),
+    ("checkout-api", "INTERNAL", "inventory hold batch"),
+    ("inventory-api", "SERVER", "/reservations/batch"),
     ("checkout-api", "PRODUCER", "create order.placed"),
     ("checkout-relay", "PRODUCER", "publish order.placed"),
     ("notifications-consumer", "CONSUMER", "process order.placed"),
@@ -158,6 +161,11 @@ def test_one_trace_runs_from_post_orders_to_the_email_asking_for_payment(traced_
         poll(lambda: whole_trace(collector, trace_id, PLACEMENT_TRACE), timeout=20, what="the whole trace")
     except AssertionError as error:
         raise AssertionError(missing(collector, trace_id, PLACEMENT_TRACE)) from error
+    spans = collector.trace(trace_id)
+    [waiting] = [s for s in spans if matches(s, "checkout-api", "INTERNAL", "inventory hold")]
+    [call] = [s for s in spans if matches(s, "checkout-api", "INTERNAL", "inventory hold batch")]
+    # the shared call names every order it carries, this one's wait included
+    assert waiting.span_id in call.links and call.parent_id == waiting.span_id
 
 
 def test_log_lines_written_inside_a_span_name_its_trace(traced_stack, collector, paid_order):
