@@ -130,20 +130,21 @@ class Batcher:
                     if mine.answered:
                         return
                     batch = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
-                    if not batch:  # mine is in another thread's call: wait for it, turn given back
-                        self._pass_turn()
+                    if not batch:  # mine is in another thread's call: give the turn back, wait
+                        self._pass_turn(mine)
                         while not mine.answered:
                             self._changed.wait()
                         return
-                self._answer(batch)
+                self._answer(batch, mine)
         finally:
             with self._changed:
                 if mine.sends:
-                    self._pass_turn()
+                    self._pass_turn(mine)
 
-    def _pass_turn(self) -> None:
-        """Give this thread's turn to the first waiting thread without one, or give it up. Called
-        once per turn, with the condition held."""
+    def _pass_turn(self, mine: _Waiting) -> None:
+        """Give the turn `mine` holds to the first waiting thread without one, or give it up.
+        With the condition held."""
+        mine.sends = False
         for waiting in self._queue:
             if not waiting.sends:
                 waiting.sends = True
@@ -152,20 +153,24 @@ class Batcher:
             self._calls -= 1
         self._changed.notify_all()
 
-    def _answer(self, batch: list[_Waiting]) -> None:
+    def _answer(self, batch: list[_Waiting], mine: _Waiting) -> None:
+        """Send `batch` and hand each waiting thread its result. Should the call raise, `mine`
+        (the sender's own item) gets the error if it was in the batch, the others a fresh
+        `InventoryUnavailable` each; a sender whose item was not in it carries on sending."""
         failure = None
         try:
             results = self._send([waiting.item for waiting in batch])
         except BaseException as error:  # the others must not wait forever
             failure = error
+            log.exception("the batched call to inventory failed")
             results = [errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
                        for _ in batch]
         with self._changed:
             for waiting, result in zip(batch, results):
                 waiting.result, waiting.answered = result, True
+            if failure is not None and mine.answered:
+                mine.result = failure
             self._changed.notify_all()
-        if failure is not None:
-            raise failure
 
 
 class InventoryClient:

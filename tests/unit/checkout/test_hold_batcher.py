@@ -1,6 +1,7 @@
 """The batcher that lets a checkout process's concurrent orders share one call to inventory:
 real threads, a fake call that can be held open."""
 import threading
+import time
 
 import pytest
 
@@ -119,11 +120,16 @@ def test_a_call_that_raises_fails_its_sender_with_that_error_and_the_others_with
 @pytest.mark.parametrize("max_calls", [1, 3])
 def test_many_threads_each_get_their_own_answer_and_no_turn_is_lost(max_calls):
     lock = threading.Lock()
-    sizes = []
+    sizes, in_flight, most = [], [0], [0]
 
     def send(items):
         with lock:
             sizes.append(len(items))
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.0005)  # a call takes time, so calls overlap and turns change hands mid-call
+        with lock:
+            in_flight[0] -= 1
         return [item * 2 for item in items]
 
     batcher = Batcher(send, max_size=8, max_calls=max_calls)
@@ -141,4 +147,5 @@ def test_many_threads_each_get_their_own_answer_and_no_turn_is_lost(max_calls):
     assert not any(thread.is_alive() for thread in threads)
     assert answers == {n: n * 2 for k in range(12) for n in range(k * 1000, k * 1000 + 200)}
     assert sum(sizes) == 2400 and max(sizes) <= 8
+    assert most[0] <= max_calls
     assert batcher._calls == 0 and not batcher._queue
