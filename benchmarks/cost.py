@@ -50,6 +50,7 @@ from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
+from benchmarks.rehearsal.report import request_costs
 from devtools.client import Floodgate
 from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing
@@ -204,6 +205,7 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     """Place orders at `connections` for `seconds`, drain, and account for every CPU second."""
     meter = CpuMeter(stack_roots(rig.stack))
     meter.start()
+    since = time.time()
     config, process = generate(f"{rig.stack.url('checkout')}/orders", tokens, drop_id, connections, seconds,
                                workdir, first_number)
     meter.roots[process.pid] = "load generator"
@@ -214,12 +216,21 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     cpu = meter.stop()
     result = json.loads(Path(config["out"]).read_text())
     figures = summarise(result, seconds)
+    calls = hold_calls(rig, since, time.time())
     figures.update(connections=connections, seconds=seconds, drain_seconds=round(drain_seconds, 1),
-                   **cpu_figures(meter, cpu, figures["orders"]))
+                   inventory_hold_calls=calls, **cpu_figures(meter, cpu, figures["orders"]))
     say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
         f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
         f"drained in {figures['drain_seconds']} s\n")
     return figures
+
+
+def hold_calls(rig, since: float, until: float) -> int:
+    """Checkout's calls to inventory for holds between `since` and `until` (inventory's request
+    log): with orders placed, how many orders shared each call."""
+    holds = ("POST /reservations/batch", "POST /reservations")
+    return sum(row["count"] for row in request_costs(rig.stack.var_dir / "logs", since, until)
+               if row["service"] == "inventory-api" and row["request"] in holds)
 
 
 def payments(rig, pipeline: Pipeline, most: int, connections: int, workdir: Path) -> dict:
@@ -335,6 +346,8 @@ def markdown(figures: dict) -> str:
                   f"| `POST /orders` p50 / p99, 201s | {p['p50_201_ms']} / {p['p99_201_ms']} ms |",
                   f"| `POST /orders` p50 / p99, all answers | {p['p50_all_ms']} / {p['p99_all_ms']} ms |",
                   f"| pipeline drained after the load | {p['drain_seconds']} s |",
+                  f"| calls to inventory for holds | {p['inventory_hold_calls']} "
+                  f"({p['orders'] / max(1, p['inventory_hold_calls']):.1f} orders placed a call) |",
                   f"| **machine CPU per placed order** | **{p['machine_cpu_ms_per_order']} ms** "
                   f"(stack and its servers: {p['stack_cpu_ms_per_order']} ms) |", "",
                   "| process | CPU ms per placed order |", "|---|---|"]
