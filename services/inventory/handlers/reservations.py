@@ -5,7 +5,7 @@ allowance rows (sorted) → stock shard rows (in shard order whenever a transact
 second one; see `take_stock`) → the drop row and its announcements. A new reservation is inserted
 before its stock is taken, keeping a stock row locked only for the decrement and the commit; its
 row is one nobody else can be waiting for. A batch of holds (`reserve_many`) keeps the same order
-per drop, drops in id order: its buyers' allowance rows sorted, then one take of the batch's units.
+in one transaction per drop: its buyers' allowance rows sorted, then one take of the batch's units.
 """
 from __future__ import annotations
 
@@ -286,9 +286,9 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
     """Hold stock for several orders, answering each exactly as `reserve` would; commits.
 
     What a checkout process's concurrent orders cost together instead of one by one: one request,
-    one transaction, one read of the drop and one take from its stock rows for all of them, each
-    order checked and refused as `reserve` checks it (window, tier, country, units left, the
-    buyer's allowance). An order id that already has a reservation, a renewal, and every order of
+    and per drop one transaction, one read of the drop and one take from its stock rows for all
+    of them, each order checked and refused as `reserve` checks it (window, tier, country, units
+    left, the buyer's allowance). An order id that already has a reservation, a renewal, and every order of
     a batch whose units the stock rows do not all hold are then answered by `reserve` on its own,
     in its own transaction: the same code, so near the end of the stock the last units go one
     order at a time.
@@ -299,10 +299,13 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
     for index, cmd in enumerate(cmds):
         if not cmd.renew:
             by_drop.setdefault(cmd.drop_id, []).append(index)
-    for drop_id in sorted(by_drop):  # the lock order: drops in id order, buyers sorted in each
+    for drop_id in sorted(by_drop):
+        # One transaction per drop: it keeps the global lock order (every allowance row before any
+        # stock row), which a transaction taking one drop's stock and then another's allowances
+        # would break against a release spanning both drops.
         indices = sorted(by_drop[drop_id], key=lambda i: (cmds[i].buyer_id, i))  # a buyer's orders as sent
         _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
-    uow.commit()
+        uow.commit()
     uow.session.expunge_all()  # what was read stays readable as read: a later rollback expires the session's
     for index, cmd in enumerate(cmds):
         if outcomes[index] is None:
