@@ -27,6 +27,8 @@ _PROBLEMS = {
     "limit-exceeded": errors.LimitExceeded,
     "invite-only": errors.InviteOnly,
     "country-not-allowed": errors.CountryNotAllowed,
+    # inventory's database did not answer for this hold (nothing was held): try again shortly
+    "database-unavailable": errors.InventoryUnavailable,
 }
 
 
@@ -109,37 +111,39 @@ class Batcher:
 
     def submit(self, item):
         mine = _Waiting(item)
-        with self._changed:
-            self._queue.append(mine)
-            if self._calls < self._max_calls:
-                self._calls += 1
-                mine.sends = True
-            while not (mine.answered or mine.sends):
-                self._changed.wait()
-        if mine.sends:
-            self._send_until_answered(mine)
+        try:
+            with self._changed:
+                self._queue.append(mine)
+                if self._calls < self._max_calls:
+                    self._calls += 1
+                    mine.sends = True
+                while not (mine.answered or mine.sends):
+                    self._changed.wait()
+            if mine.sends:
+                self._send_until_answered(mine)
+        finally:
+            with self._changed:
+                if not mine.answered and mine in self._queue:
+                    self._queue.remove(mine)  # leaving unanswered (an exception): nobody sends it
+                if mine.sends:
+                    self._pass_turn(mine)
         if isinstance(mine.result, BaseException):
             raise mine.result
         return mine.result
 
     def _send_until_answered(self, mine: _Waiting) -> None:
-        """Send batches from the queue's head until `mine` is answered, then pass the turn on."""
-        try:
-            while True:
-                with self._changed:
-                    if mine.answered:
-                        return
-                    batch = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
-                    if not batch:  # mine is in another thread's call: give the turn back, wait
-                        self._pass_turn(mine)
-                        while not mine.answered:
-                            self._changed.wait()
-                        return
-                self._answer(batch, mine)
-        finally:
+        """Send batches from the queue's head until `mine` is answered; `submit` passes the turn on."""
+        while True:
             with self._changed:
-                if mine.sends:
+                if mine.answered:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
+                if not batch:  # mine is in another thread's call: give the turn back, wait
                     self._pass_turn(mine)
+                    while not mine.answered:
+                        self._changed.wait()
+                    return
+            self._answer(batch, mine)
 
     def _pass_turn(self, mine: _Waiting) -> None:
         """Give the turn `mine` holds to the first waiting thread without one, or give it up.
@@ -154,21 +158,24 @@ class Batcher:
         self._changed.notify_all()
 
     def _answer(self, batch: list[_Waiting], mine: _Waiting) -> None:
-        """Send `batch` and hand each waiting thread its result. Should the call raise, `mine`
-        (the sender's own item) gets the error if it was in the batch, the others a fresh
-        `InventoryUnavailable` each; a sender whose item was not in it carries on sending."""
+        """Send `batch` and hand each waiting thread its result. Should the call raise, `mine` (the
+        sender's own item) gets the error if it was in the batch, the others a fresh
+        `InventoryUnavailable` each, and a sender whose item was not in it carries on sending;
+        should it answer another number of results than items, every item gets one."""
         failure = None
         try:
             results = self._send([waiting.item for waiting in batch])
         except BaseException as error:  # the others must not wait forever
             failure = error
             log.exception("the batched call to inventory failed")
-            results = [errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
-                       for _ in batch]
+            results = [_not_taken() for _ in batch]
+        if len(results) != len(batch):  # a call must answer every item, or some would wait forever
+            log.error("a batched call answered %d of %d items", len(results), len(batch))
+            results = [_not_taken() for _ in batch]
         with self._changed:
             for waiting, result in zip(batch, results):
                 waiting.result, waiting.answered = result, True
-            if failure is not None and mine.answered:
+            if failure is not None and any(waiting is mine for waiting in batch):
                 mine.result = failure
             self._changed.notify_all()
 
@@ -239,14 +246,20 @@ class InventoryClient:
                 response = self._call("/reservations/batch", {"holds": holds})
         except errors.InventoryUnavailable as error:
             return [errors.InventoryUnavailable(error.detail, headers=error.headers) for _ in items]
-        if response.status in (404, 405):
-            # an inventory older than the batch (a rolling deploy): one call per hold
+        if response.status in (404, 405, 422):
+            # an inventory older than the batch (a rolling deploy), or one hold it cannot take
+            # (the batch is refused whole): one call per hold, so each gets its own answer
             return [_outcome(self._reserve_one, {k: v for k, v in body.items() if k != "request_id"})
                     for body in holds]
         if response.status != 200:
             return [self._refusal(response) for _ in items]
+        results = _document(response).get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            log.error("inventory answered a batch of holds with the wrong number of results",
+                      extra={"status": response.status, "holds": len(items)})
+            return [_not_taken() for _ in items]
         return [_outcome(self._hold_of, result["status"], result.get("reservation") or result.get("problem") or {})
-                for result in json.loads(response.data)["results"]]
+                for result in results]
 
     def _hold_of(self, status: int, document: dict) -> Hold:
         """The hold a 200 or 201 answer's document shows; else the refusal its problem names."""
@@ -318,7 +331,11 @@ class InventoryClient:
         if slug in _PROBLEMS:
             return _PROBLEMS[slug](problem.get("detail"))
         log.error("unexpected inventory answer", extra={"status": status, "problem": problem})
-        return errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
+        return _not_taken()
+
+
+def _not_taken() -> errors.InventoryUnavailable:
+    return errors.InventoryUnavailable("Inventory could not take the reservation; try again shortly.")
 
 
 def _outcome(call, *args):

@@ -310,3 +310,28 @@ def test_a_unit_locked_by_a_transaction_that_rolls_back_is_not_answered_sold_out
     assert "error" not in answer, answer.get("error")
     assert answer["reservation"].status == "held" and answer["reservation"].order_id == second.order_id
     assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 0
+
+
+def test_a_batch_whose_units_ran_out_under_it_answers_every_order_again_on_its_own(session_factory, monkeypatch):
+    """The batch judged its orders on the units its read saw (2: the big order's, so the small one
+    was refused); another transaction took one before the batch's take, which fails. Every order
+    is then answered again on its own against the real stock: the big one is sold out, and the
+    small one, refused only for the big one's sake, gets the unit that is left."""
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=3, shards=1)
+    taken = ReserveStock(uuid.uuid4(), machine.drop_id, "early", 2)
+    machine.run(lambda uow: reservations.reserve(taken, uow, TTL))  # 1 unit left, the batch reads 2
+
+    read = reservations._drop_now_and_remaining
+
+    def as_before_the_early_hold(session, drop_id):
+        drop, now, remaining = read(session, drop_id)
+        return drop, now, remaining + 1  # as if read before another hold took a unit
+
+    monkeypatch.setattr(reservations, "_drop_now_and_remaining", as_before_the_early_hold)
+    big = ReserveStock(uuid.uuid4(), machine.drop_id, "ana", 2)
+    small = ReserveStock(uuid.uuid4(), machine.drop_id, "ben", 1)
+    outcomes = machine.run(lambda uow: reservations.reserve_many([big, small], uow, TTL))
+    assert type(outcomes[0].refusal) is SoldOut
+    assert outcomes[1].created and outcomes[1].reservation.quantity == 1
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 0

@@ -31,7 +31,7 @@ from services.inventory.errors import (
 )
 from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
 from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Product, Reservation
-from shared.errors import Problem
+from shared.errors import DatabaseUnavailable, Problem
 from shared.logs import bind_order_id, log_context
 from shared.sql import Statement
 
@@ -304,8 +304,14 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         # stock row), which a transaction taking one drop's stock and then another's allowances
         # would break against a release spanning both drops.
         indices = sorted(by_drop[drop_id], key=lambda i: (cmds[i].buyer_id, i))  # a buyer's orders as sent
-        _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
-        uow.commit()
+        try:
+            _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
+            uow.commit()
+        except sa.exc.DBAPIError:
+            # What committed before stays answered; these orders were not held: each says so.
+            _abandon(uow)
+            for index in indices:
+                outcomes[index] = HoldOutcome(refusal=_database_unavailable())
     uow.session.expunge_all()  # what was read stays readable as read: a later rollback expires the session's
     for index, cmd in enumerate(cmds):
         if outcomes[index] is None:
@@ -317,11 +323,26 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
             except Problem as refusal:
                 uow.rollback()
                 outcomes[index] = HoldOutcome(refusal=refusal)
+            except sa.exc.DBAPIError:
+                _abandon(uow)
+                outcomes[index] = HoldOutcome(refusal=_database_unavailable())
     for index, outcome in enumerate(outcomes):
         request_id = request_ids[index] if request_ids else None
         with log_context(request_id=request_id, order_id=str(cmds[index].order_id)):
             log.info("hold", extra={"status": outcome.status, "batch": len(cmds)})
     return outcomes
+
+
+def _database_unavailable() -> DatabaseUnavailable:
+    return DatabaseUnavailable("The database did not answer; nothing was held for this order. Try again shortly.")
+
+
+def _abandon(uow) -> None:
+    """Roll back after a database error, whatever state the connection is in."""
+    try:
+        uow.rollback()
+    except sa.exc.DBAPIError:
+        pass  # the connection is gone: the pool replaces it, the transaction died with it
 
 
 def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_seconds: int,
@@ -367,7 +388,11 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         return
     shard_left = take_stock(session, drop.id, units)
     if shard_left is None:
-        _ROLLBACK_TO_GROUP_SAVEPOINT.run(session, {})  # not all of them: each on its own instead
+        # Not all of them: each on its own instead, refusals included, since the units left and
+        # the allowances they were judged on counted this batch's holds, now rolled back.
+        _ROLLBACK_TO_GROUP_SAVEPOINT.run(session, {})
+        for index in indices:
+            outcomes[index] = None
         return
     if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
         announce(session, uow.publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})

@@ -1,0 +1,87 @@
+"""Checkout's inventory client on a fake connection pool: how a batch call's answers become each
+order's hold or refusal."""
+import json
+
+from services.checkout import errors
+from services.checkout.inventory_client import CircuitBreaker, Hold, InventoryClient
+
+DROP = "5b0f3c3e-7a1b-4c2d-9e8f-0a1b2c3d4e5f"
+
+
+def held(order_id: str) -> dict:
+    return {"order_id": order_id, "drop_id": DROP, "quantity": 1, "status": "held",
+            "hold_expires_at": "2026-12-04T07:30:00+00:00", "unit_price": {"amount": 29900, "currency": "EUR"},
+            "product": {"id": "p", "sku": "OPO-1", "name": "OnePlus One"}}
+
+
+def problem(slug: str, status: int) -> dict:
+    return {"type": f"https://floodgate.dev/problems/{slug}", "title": slug, "status": status, "detail": slug}
+
+
+class Answer:
+    def __init__(self, status: int, document):
+        self.status, self.data = status, json.dumps(document).encode()
+
+
+class Pool:
+    """Answers each call with `answer(path, body)` and remembers the calls."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def urlopen(self, method, path, body=None, headers=None):
+        sent = json.loads(body) if body else None
+        self.calls.append((path, sent))
+        return self.answer(path, sent)
+
+
+def client(answer) -> InventoryClient:
+    inventory = InventoryClient("http://inventory.test", "key", 1.0, CircuitBreaker(5, 3.0), hold_batch_size=16)
+    inventory._pool = Pool(answer)
+    return inventory
+
+
+def holds(n: int) -> list[tuple[dict, None]]:
+    return [({"order_id": f"o{k}", "drop_id": DROP, "buyer_id": f"b{k}", "quantity": 1, "request_id": f"r{k}"}, None)
+            for k in range(n)]
+
+
+def test_each_result_of_a_batch_becomes_its_orders_hold_or_refusal():
+    inventory = client(lambda path, body: Answer(200, {"results": [
+        {"order_id": "o0", "status": 201, "reservation": held("o0")},
+        {"order_id": "o1", "status": 409, "problem": problem("sold-out", 409)},
+    ]}))
+    first, second = inventory._hold_batch(holds(2))
+    assert isinstance(first, Hold) and first.order_id == "o0" and first.unit_amount == 29900
+    assert isinstance(second, errors.SoldOut)
+    [(path, sent)] = inventory._pool.calls
+    assert path == "/reservations/batch" and [h["request_id"] for h in sent["holds"]] == ["r0", "r1"]
+
+
+def test_a_batch_refused_whole_or_unknown_to_inventory_goes_again_one_hold_at_a_time():
+    for refusal in (Answer(422, problem("validation", 422)), Answer(404, problem("not-found", 404))):
+        def answer(path, body, refusal=refusal):
+            if path == "/reservations/batch":
+                return refusal
+            return Answer(201, held(body["order_id"])) if body["order_id"] == "o0" else Answer(
+                409, problem("limit-exceeded", 409))
+
+        inventory = client(answer)
+        first, second = inventory._hold_batch(holds(2))
+        assert isinstance(first, Hold) and isinstance(second, errors.LimitExceeded)
+        singles = [sent for path, sent in inventory._pool.calls if path == "/reservations"]
+        assert [sent["order_id"] for sent in singles] == ["o0", "o1"]
+        assert all("request_id" not in sent for sent in singles)  # the single call's body, as before
+
+
+def test_a_batch_answered_with_the_wrong_number_of_results_fails_every_order_of_it():
+    inventory = client(lambda path, body: Answer(200, {"results": [
+        {"order_id": "o0", "status": 201, "reservation": held("o0")}]}))
+    assert all(isinstance(result, errors.InventoryUnavailable) for result in inventory._hold_batch(holds(3)))
+
+
+def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailable():
+    inventory = client(lambda path, body: Answer(200, {"results": [
+        {"order_id": "o0", "status": 503, "problem": problem("database-unavailable", 503)}]}))
+    [result] = inventory._hold_batch(holds(1))
+    assert isinstance(result, errors.InventoryUnavailable) and result.status == 503
