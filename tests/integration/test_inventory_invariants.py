@@ -335,3 +335,20 @@ def test_a_batch_whose_units_ran_out_under_it_answers_every_order_again_on_its_o
     assert type(outcomes[0].refusal) is SoldOut
     assert outcomes[1].created and outcomes[1].reservation.quantity == 1
     assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 0
+
+
+def test_a_database_error_in_a_batch_answers_503_for_its_orders_and_holds_nothing(session_factory, monkeypatch):
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=3, shards=1)
+
+    def lost(session, drop_id, quantity):
+        raise sa.exc.OperationalError("UPDATE drop_stock_shards ...", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(reservations, "take_stock", lost)
+    orders = [ReserveStock(uuid.uuid4(), machine.drop_id, buyer, 1) for buyer in ("ana", "ben")]
+    outcomes = machine.run(lambda uow: reservations.reserve_many(orders, uow, TTL))
+    assert [(outcome.status, outcome.refusal.slug) for outcome in outcomes] == [(503, "database-unavailable")] * 2
+    monkeypatch.undo()
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 3
+    assert machine.run(lambda uow: uow.session.scalar(sa.text(
+        "SELECT count(*) FROM buyer_allowances WHERE drop_id = :d AND taken > 0"), {"d": machine.drop_id})) == 0
