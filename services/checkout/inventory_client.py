@@ -84,6 +84,8 @@ class CircuitBreaker:
 
 
 class _Waiting:
+    """One thread's item in a `Batcher`: its result once answered, and whether it holds a turn."""
+
     __slots__ = ("item", "result", "answered", "sends")
 
     def __init__(self, item):

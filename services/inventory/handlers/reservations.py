@@ -125,6 +125,19 @@ _INSERT_RESERVATION = Statement(
 )
 
 
+def _new_reservation(cmd: ReserveStock, drop: Drop, expires_at: datetime) -> dict:
+    """The row a new hold inserts (_INSERT_RESERVATION's parameters)."""
+    return dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
+                status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
+
+
+def _shown(values: dict, drop: Drop) -> Reservation:
+    """A reservation inserted by statement, as the answer shows it (not added to the session)."""
+    reservation = Reservation(**values)
+    reservation.drop = drop
+    return reservation
+
+
 class _LostRace(Exception):
     """Another transaction inserted a reservation with this order id first."""
 
@@ -152,16 +165,14 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
         reservation.status, reservation.hold_expires_at = HELD, expires_at
         session.flush()
     else:
-        values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
-                      status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
+        values = _new_reservation(cmd, drop, expires_at)
         try:
             # A statement rather than Session.add + flush: the order path's hottest one.
             _INSERT_RESERVATION.run(session, values)
         except sa.exc.IntegrityError:
             raise _LostRace() from None
         # What the response shows; not added to the session, which has nothing left to flush.
-        reservation = Reservation(**values)
-        reservation.drop = drop
+        reservation = _shown(values, drop)
 
     shard_left = take_stock(session, drop.id, cmd.quantity)
     if shard_left is None:
@@ -269,11 +280,8 @@ class HoldOutcome:
         return 201 if self.created else 200
 
 
-_INSERT_NEW_RESERVATION = Statement(
-    "INSERT INTO reservations (order_id, drop_id, buyer_id, quantity, status, hold_expires_at, order_version) "
-    "VALUES (:order_id, :drop_id, :buyer_id, :quantity, :status, :hold_expires_at, :order_version) "
-    "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
-)
+# The single hold's insert, answering nothing (no error) for an order id that has its reservation.
+_INSERT_NEW_RESERVATION = Statement(_INSERT_RESERVATION.sql + " ON CONFLICT (order_id) DO NOTHING RETURNING order_id")
 _GIVE_BACK_BUYER_ALLOWANCE = Statement(
     "UPDATE buyer_allowances SET taken = taken - :quantity WHERE drop_id = :drop_id AND buyer_id = :buyer_id"
 )
@@ -375,8 +383,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
             existing = find_reservation(session, cmd.order_id)
             outcomes[index] = HoldOutcome(existing) if existing is not None else HoldOutcome(refusal=refusal)
             continue
-        values = dict(order_id=cmd.order_id, drop_id=drop.id, buyer_id=cmd.buyer_id, quantity=cmd.quantity,
-                      status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
+        values = _new_reservation(cmd, drop, expires_at)
         if _INSERT_NEW_RESERVATION.first(session, values) is None:
             # The order id has its reservation (an earlier attempt's, committed meanwhile): that is
             # the answer, found on its own below; the allowance row is still ours to correct.
@@ -397,9 +404,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
     if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
         announce(session, uow.publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
     for index, values in held:
-        reservation = Reservation(**values)
-        reservation.drop = drop
-        outcomes[index] = HoldOutcome(reservation, created=True)
+        outcomes[index] = HoldOutcome(_shown(values, drop), created=True)
 
 
 def release(order_id: str, uow) -> Reservation:

@@ -153,8 +153,10 @@ def test_many_threads_each_get_their_own_answer_and_no_turn_is_lost(max_calls):
 
 def test_a_call_that_answers_too_few_results_fails_each_of_its_orders_instead_of_leaving_them_waiting():
     send = HeldCall()
-    send.answer = lambda item: f"held {item}"
-    short = lambda items: send(items)[:1]  # noqa: E731 - a peer that answered only the first hold
+
+    def short(items):  # a peer that answered only the first hold of each call
+        return send(items)[:1]
+
     batcher = Batcher(short, max_size=16, max_calls=1)
     results = behind_one_call(batcher, list("abc"), send.open.set)
     assert results["a"] == "held a"  # its call answered it
