@@ -48,6 +48,10 @@ class Root:
     migrations: Path
     # event type -> handler(envelope, uow), for the service's consumer (empty: it consumes nothing)
     event_handlers: Mapping[str, Callable] = field(default_factory=dict)
+    # Whether the consumer records each message id in the inbox so that a redelivered message
+    # changes nothing. False only for handlers that are idempotent by themselves (notifications:
+    # its delivery log, keyed by event id, already says whether an event's email went out).
+    inbox: bool = True
 
     @property
     def service(self) -> str:

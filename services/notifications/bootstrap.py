@@ -54,5 +54,6 @@ def bootstrap(kind: str, settings: config.Settings | None = None, mailer: Mailer
         **database,
         migrations=MIGRATIONS,
         event_handlers=handlers.event_handlers(settings, mailer, database["unit_of_work"]),
+        inbox=False,  # the delivery log, keyed by event id, makes every handler idempotent
         mailer=mailer,
     )

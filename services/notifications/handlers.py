@@ -35,6 +35,10 @@ ANNOUNCED_EMAILS = frozenset({"order.confirmed"})
 def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     """Mail the email `envelope` asks for, once per event, and log the delivery in `uow`.
 
+    The delivery log is the event's deduplication (the consumer keeps no inbox for
+    notifications): an event whose email was already accepted sends nothing, and two deliveries
+    of one event at once serialise on its row.
+
     Everything the transaction writes is written before the mail goes out, so that once the SMTP
     server has accepted it only the commit remains: should that commit fail, the event is retried
     and mailed again with the same Message-ID. Sending after the commit could lose the email.
@@ -47,7 +51,7 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
         email = emails.render(envelope.type, data, envelope.id)
         sent_at = datetime.now(timezone.utc)
         if not uow.deliveries.record_sent(_attempt(envelope, email), sent_at):
-            return  # an earlier attempt's email was accepted (its inbox row since purged, say)
+            return  # an earlier delivery of this event was mailed
         if envelope.type in ANNOUNCED_EMAILS and data.get("order_id"):
             # checkout shows the buyer whether and when their order's confirmation went out
             uow.publish("email.sent", {"order_id": data["order_id"], "event_type": envelope.type,

@@ -6,7 +6,8 @@ answering heartbeats while a handler waits on SMTP or the database; the ack goes
 `add_callback_threadsafe`.
 
 Per message: one unit of work records the message id in the inbox (a duplicate is acked and
-skipped), runs the handler, and commits; only then is the message acked. A failure sends a copy
+skipped; a service whose handlers are idempotent by themselves skips the inbox), runs the
+handler, and commits; only then is the message acked. A failure sends a copy
 to the next retry tier (a delay queue that expires back into the work queue) or, after
 `max_attempts` or on a `PermanentFailure`, to the dead-letter queue; the copy is confirmed by the
 broker before the original is acked, so nothing is lost in between.
@@ -71,8 +72,10 @@ def handle_delivery(
     handlers: Mapping[str, Handler],
     uow_factory: Callable[[], object],
     settings: Settings,
+    inbox: bool = True,
 ) -> Outcome:
-    """Run the handler for one delivery inside a unit of work and decide the outcome."""
+    """Run the handler for one delivery inside a unit of work and decide the outcome. With
+    `inbox`, a message whose id the inbox already holds is a duplicate: acked, not handled."""
     try:
         envelope = Envelope.from_json(body)
     except MalformedEvent as error:
@@ -82,7 +85,7 @@ def handle_delivery(
         return Outcome("dead", error=f"no handler for {envelope.type}")
     try:
         with uow_factory() as uow:
-            if claim_message(uow.session, envelope.id, envelope.type):
+            if not inbox or claim_message(uow.session, envelope.id, envelope.type):
                 handler(envelope, uow)
             else:
                 log.info("duplicate message dropped", extra={"message_id": envelope.id, "event_type": envelope.type})
@@ -105,8 +108,9 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str, last_seen: LastSeen | None = None):
+                 process: str, last_seen: LastSeen | None = None, inbox: bool = True):
         self.settings = settings
+        self.inbox = inbox
         self.process = process  # its name on the broker connection
         self.handlers = handlers
         self.uow_factory = uow_factory
@@ -184,7 +188,7 @@ class ConsumerRunner:
         # The handling is a span under the relay's publish of the message (its `traceparent`).
         with (logs.log_context(request_id=request_id),
               tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span):
-            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings)
+            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
             if outcome.action != "ack":
                 tracing.failed(span, f"{outcome.action}: {outcome.error}")
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)
@@ -224,7 +228,7 @@ class ConsumerRunner:
 def run(root) -> None:
     """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`)."""
     runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process,
-                            LastSeen(root.engine, "consumer"))
+                            LastSeen(root.engine, "consumer"), inbox=root.inbox)
     runner.install_signal_handlers()
     try:
         runner.run()

@@ -28,7 +28,8 @@ class FakeUnitOfWork:
         self.committed = True
 
 
-def run(body: bytes, handler, attempt: int = 1, inbox: set | None = None, uows: list | None = None):
+def run(body: bytes, handler, attempt: int = 1, inbox: set | None = None, uows: list | None = None,
+        use_inbox: bool = True):
     inbox = set() if inbox is None else inbox
     uows = [] if uows is None else uows
 
@@ -37,7 +38,7 @@ def run(body: bytes, handler, attempt: int = 1, inbox: set | None = None, uows: 
         uows.append(uow)
         return uow
 
-    return handle_delivery(body, attempt, {"order.confirmed": handler}, factory, SETTINGS)
+    return handle_delivery(body, attempt, {"order.confirmed": handler}, factory, SETTINGS, inbox=use_inbox)
 
 
 def claim(session, message_id, event_type):
@@ -61,6 +62,20 @@ def test_a_handled_message_is_committed_then_acked_and_a_duplicate_is_skipped(mo
     assert run(body, lambda env, uow: calls.append(env.id), inbox=inbox, uows=uows).action == "ack"
     assert run(body, lambda env, uow: calls.append(env.id), inbox=inbox, uows=uows).action == "ack"
     assert len(calls) == 1
+    assert all(uow.committed for uow in uows)
+
+
+def test_without_the_inbox_every_delivery_reaches_the_handler_which_deduplicates_itself(monkeypatch):
+    """Notifications keeps no inbox: its delivery log says whether an event was already mailed."""
+    def no_claim(*args):
+        raise AssertionError("the inbox was written")
+
+    monkeypatch.setattr("shared.messaging.consumer.claim_message", no_claim)
+    calls, uows = [], []
+    body = Envelope(type="order.confirmed", data={"order_id": "1"}, source="checkout").to_json()
+    outcomes = [run(body, lambda env, uow: calls.append(env.id), uows=uows, use_inbox=False).action for _ in range(2)]
+    assert outcomes == ["ack", "ack"]
+    assert len(calls) == 2  # the second delivery is the handler's to recognise
     assert all(uow.committed for uow in uows)
 
 
