@@ -4,6 +4,7 @@
 `METRICS_BIND` (HOST:PORT) moves `/metrics` off `BIND` to a port of its own. `WSGI_APP` names the
 app when the command line does not (the images set it: `services.<service>.app:create_app()`).
 """
+import importlib
 import json
 import os
 import tempfile
@@ -55,6 +56,24 @@ def _problem_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 
 _gunicorn_util.write_error = _problem_error
+
+
+def on_starting(server):
+    """Import the app's module (not its factory) in the master, before any worker is forked.
+
+    Every worker then starts with Flask, SQLAlchemy, marshmallow and the service already imported:
+    about 0.75 s of CPU each otherwise (checkout's), spent again by every worker the master forks
+    after one dies or is killed, which in a drop happens mid-rush, on the cores the orders need.
+    Only the import: the app factory, which opens the database pool and starts threads, runs in
+    each worker after the fork, as before (nothing connects at import). A module that fails to
+    import here is left to the workers, which report it as they always did."""
+    module = (getattr(server.app, "app_uri", None) or server.cfg.wsgi_app or "").partition(":")[0]
+    if not module:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # the worker's own import says what is wrong, with its traceback
+        server.log.warning("could not import %s in the master (%r); the workers import it themselves", module, error)
 
 
 def child_exit(server, worker):
