@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -27,11 +27,14 @@ class Envelope:
 
     def to_json(self) -> bytes:
         """The body published on the wire."""
-        return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str).encode()
 
     def to_dict(self) -> dict[str, Any]:
-        """The envelope as a JSON-ready dict (what the outbox stores)."""
-        return asdict(self)
+        """The envelope as a JSON-ready dict (what the outbox stores). Its `data` is the event's
+        own dict, not a copy: `dataclasses.asdict` copied it deeply, a tenth of an order's
+        placement in checkout, for a dict serialised at once."""
+        return {"type": self.type, "data": self.data, "source": self.source, "correlation_id": self.correlation_id,
+                "id": self.id, "occurred_at": self.occurred_at}
 
     @classmethod
     def from_json(cls, body: bytes) -> "Envelope":
