@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             after_opening = {"pre_queue": line["pre_queue_size"], "admitted": line_counts(checkout_db, drop["id"])[1]}
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "env": stack_env,
-                    "api": f"gunicorn, {stack_env.get('WEB_CONCURRENCY', 2)} workers x "
-                           f"{stack_env.get('GUNICORN_THREADS', 8)} threads",
+                    "api": f"gunicorn, {stack_env.get('WEB_CONCURRENCY', 1)} workers x "
+                           f"{stack_env.get('GUNICORN_THREADS', 16)} threads",
                     "buyers_minted": buyers, "mint_per_second": round(mint_per_second)},
             "phases": phases, "after_opening": after_opening,
         }

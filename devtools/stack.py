@@ -76,7 +76,6 @@ class Stack:
     extra_env: dict = field(default_factory=dict)
     # one process relays every outbox (saves ~180 MiB); tests keep one per service to kill one
     combine_relays: bool = False
-    api_workers: dict = field(default_factory=dict)  # service -> gunicorn workers, where not the default
     processes: dict = field(default_factory=dict)
 
     def url(self, name: str) -> str:
@@ -117,8 +116,6 @@ class Stack:
             metrics_dir.mkdir(parents=True, exist_ok=True)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         env.update(self.extra_env)
-        if service in self.api_workers:
-            env["WEB_CONCURRENCY"] = str(self.api_workers[service])
         return env
 
     def migrate(self) -> None:
@@ -377,7 +374,7 @@ def main() -> None:
     if "POSTGRES_URL" not in os.environ or "AMQP_URL" not in os.environ:
         ensure_local_servers()
     # notifications' API serves admins only: one worker is plenty
-    stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True, api_workers={"notifications": 1})
+    stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True)
     print("migrating databases ...", flush=True)
     stack.migrate()
     supervise(stack, announce_with_a_demo_drop)

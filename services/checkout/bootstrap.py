@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from services.checkout.payments import PaymentProvider
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# An API worker runs 8 request threads; most of an order's time is spent outside the database
-# (the inventory call), so 10 connections (20 at the ceiling) keep every thread supplied.
+# An API worker runs 16 request threads (12 of them orders at most); an order holds its connection
+# through the call to inventory, so 10 connections (20 at the ceiling) keep every thread supplied.
 POOL_SIZES = {"api": 10}
 
 

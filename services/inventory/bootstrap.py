@@ -9,7 +9,8 @@ from services.inventory.repository import InventoryUnitOfWork
 from shared import service
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-POOL_SIZES: dict = {}  # the defaults of shared/service.py
+# An API worker runs 16 request threads, each holding one connection at a time (16 at the ceiling).
+POOL_SIZES = {"api": 8}
 
 
 @dataclass(frozen=True, kw_only=True)
