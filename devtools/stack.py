@@ -373,7 +373,6 @@ def main() -> None:
     )
     if "POSTGRES_URL" not in os.environ or "AMQP_URL" not in os.environ:
         ensure_local_servers()
-    # notifications' API serves admins only: one worker is plenty
     stack = Stack(infra=infra, var_dir=Path(args.var_dir), combine_relays=True)
     print("migrating databases ...", flush=True)
     stack.migrate()
