@@ -200,6 +200,20 @@ def cpu_figures(meter: CpuMeter, cpu: dict[str, float], count: int, not_the_stac
     }
 
 
+def speed_yardstick(figures: dict) -> dict:
+    """This machine's speed during a placement phase, to compare runs of a VM whose speed moves
+    (by up to half, minute to minute, on the 2-core machines these figures come from): the local
+    SMTP server's CPU per message. It runs the same code in every run (devtools/smtp_server.py)
+    and receives one `order.placed` email per order placed, so its CPU per placed order is its
+    CPU per message; and the stack's CPU per order divided by it, which stays put when only the
+    machine's speed moves. A heuristic, not a calibration: it moves if that server's code does."""
+    smtp = figures["cpu_ms_per_order"].get("smtp")
+    if not smtp:
+        return {"smtp_cpu_ms_per_message": None, "stack_cpu_per_yardstick": None}
+    return {"smtp_cpu_ms_per_message": smtp,
+            "stack_cpu_per_yardstick": round(figures["stack_cpu_ms_per_order"] / smtp, 2)}
+
+
 def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections: int, seconds: float,
           workdir: Path, first_number: int) -> dict:
     """Place orders at `connections` for `seconds`, drain, and account for every CPU second."""
@@ -219,6 +233,7 @@ def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections:
     calls = hold_calls(rig, since, time.time())
     figures.update(connections=connections, seconds=seconds, drain_seconds=round(drain_seconds, 1),
                    inventory_hold_calls=calls, **cpu_figures(meter, cpu, figures["orders"]))
+    figures.update(speed_yardstick(figures))
     say(f"\r  {connections:>3} connections: {figures['orders_per_second']:>7.1f} orders/s, p99 (201) "
         f"{figures['p99_201_ms']} ms, {figures['machine_cpu_ms_per_order']} ms CPU/order (machine), "
         f"drained in {figures['drain_seconds']} s\n")
@@ -349,7 +364,10 @@ def markdown(figures: dict) -> str:
                   f"| calls to inventory for holds | {p['inventory_hold_calls']} "
                   f"({p['orders'] / max(1, p['inventory_hold_calls']):.1f} orders placed a call) |",
                   f"| **machine CPU per placed order** | **{p['machine_cpu_ms_per_order']} ms** "
-                  f"(stack and its servers: {p['stack_cpu_ms_per_order']} ms) |", "",
+                  f"(stack and its servers: {p['stack_cpu_ms_per_order']} ms) |",
+                  f"| this machine's speed: the SMTP server's CPU per message (same code every run) "
+                  f"| {p.get('smtp_cpu_ms_per_message')} ms; the stack's CPU per order / it: "
+                  f"{p.get('stack_cpu_per_yardstick')} |", "",
                   "| process | CPU ms per placed order |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in p["cpu_ms_per_order"].items()]
         lines.append("")
