@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from benchmarks.cpu import CpuMeter, stack_roots
+from benchmarks.yardstick import speed_yardstick
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
@@ -198,20 +199,6 @@ def cpu_figures(meter: CpuMeter, cpu: dict[str, float], count: int, not_the_stac
         "machine_cpu_ms_per_order": round(meter.machine_seconds * 1000 / count, 2),
         "stack_cpu_ms_per_order": round(sum(v for k, v in cpu.items() if k not in not_the_stack) * 1000 / count, 2),
     }
-
-
-def speed_yardstick(figures: dict) -> dict:
-    """This machine's speed during a placement phase, to compare runs of a VM whose speed moves
-    (by up to half, minute to minute, on the 2-core machines these figures come from): the local
-    SMTP server's CPU per message. It runs the same code in every run (devtools/smtp_server.py)
-    and receives one `order.placed` email per order placed, so its CPU per placed order is its
-    CPU per message; and the stack's CPU per order divided by it, which stays put when only the
-    machine's speed moves. A heuristic, not a calibration: it moves if that server's code does."""
-    smtp = figures["cpu_ms_per_order"].get("smtp")
-    if not smtp:
-        return {"smtp_cpu_ms_per_message": None, "stack_cpu_per_yardstick": None}
-    return {"smtp_cpu_ms_per_message": smtp,
-            "stack_cpu_per_yardstick": round(figures["stack_cpu_ms_per_order"] / smtp, 2)}
 
 
 def phase(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, connections: int, seconds: float,

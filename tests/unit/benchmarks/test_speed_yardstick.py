@@ -1,5 +1,5 @@
 """make bench's yardstick of the machine's speed: the SMTP server's CPU per message."""
-from benchmarks.cost import speed_yardstick
+from benchmarks.yardstick import speed_yardstick
 
 
 def test_the_stacks_cpu_is_divided_by_the_smtp_servers_cpu_per_message():
