@@ -71,7 +71,9 @@ def on_starting(server):
     after one dies or is killed, which in a drop happens mid-rush, on the cores the orders need.
     Only the import: the app factory, which opens the database pool and starts threads, runs in
     each worker after the fork, as before (nothing connects at import). A module that fails to
-    import here is left to the workers, which report it as they always did."""
+    import here is left to the workers, which report it as they always did. Since the master
+    holds the code, a new version is deployed by starting a new master (a new pod), not by
+    `kill -HUP`, whose new workers would fork from the old code."""
     module = (getattr(server.app, "app_uri", None) or server.cfg.wsgi_app or "").partition(":")[0]
     if not module:
         return
