@@ -46,12 +46,12 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from benchmarks.cpu import CpuMeter, stack_roots
-from benchmarks.yardstick import speed_yardstick
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
 from benchmarks.rehearsal.report import request_costs
+from benchmarks.yardstick import speed_yardstick
 from devtools.client import Floodgate
 from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing

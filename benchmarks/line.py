@@ -66,6 +66,7 @@ from services.accounts import config as accounts_config, key_encryption
 from services.accounts.models import Account
 from services.accounts.repository import SigningKeys
 from services.accounts.tokens import TokenIssuer
+from shared.config import api_process_shape
 
 TARGETS = {"joins": 1_000, "polls": 3_000}  # per second, the issue's
 UNITS = 1_000_000  # the line never sells out while admitting
@@ -311,8 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             after_opening = {"pre_queue": line["pre_queue_size"], "admitted": line_counts(checkout_db, drop["id"])[1]}
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "env": stack_env,
-                    "api": f"gunicorn, {stack_env.get('WEB_CONCURRENCY', 1)} workers x "
-                           f"{stack_env.get('GUNICORN_THREADS', 16)} threads",
+                    "api": "gunicorn, {} workers x {} threads".format(*api_process_shape(stack_env)),
                     "buyers_minted": buyers, "mint_per_second": round(mint_per_second)},
             "phases": phases, "after_opening": after_opening,
         }

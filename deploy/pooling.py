@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from deploy import policy
 from shared import service as service_root
+from shared.config import api_process_shape
 
 # A managed PostgreSQL's max_connections, where the rendering runs no PostgreSQL of its own
 # (prod, the drop): a small instance's (2 vCPU / 8 GB gives 200 or more on the usual clouds).
@@ -141,7 +142,8 @@ def client_connections(objects: list[dict]) -> dict[str, int]:
         env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
         ceiling_per_process = 2 * process_pool_size(service, kind, env)
         if kind == "api":
-            per_pod = int(env.get("WEB_CONCURRENCY", 2)) * min(int(env.get("GUNICORN_THREADS", 8)), ceiling_per_process)
+            workers, threads = api_process_shape(env)
+            per_pod = workers * min(threads, ceiling_per_process)
         else:
             per_pod = ceiling_per_process
         totals[service] = totals.get(service, 0) + ceiling(objects, workload) * per_pod

@@ -108,3 +108,17 @@ def lower_priority(settings: Settings) -> None:
     """Run this (background) process at `settings.background_niceness` below the APIs."""
     if settings.background_niceness > 0:
         os.nice(settings.background_niceness)
+
+
+# An API process's gunicorn shape where WEB_CONCURRENCY and GUNICORN_THREADS do not name one: one
+# worker of 16 threads. Checkout's concurrent orders then share bigger calls to inventory (4.4
+# holds a call, against about 2 with two workers of 8), and the stack spent 13% less CPU per order
+# placed (`make bench`, 2026-12-04, README "Performance"). A pod scales with more pods.
+API_WORKERS = 1
+API_THREADS = 16
+
+
+def api_process_shape(env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """(gunicorn workers, threads per worker) of an API process run with `env`: what
+    shared/gunicorn_defaults.py serves with and deploy/pooling.py sizes PgBouncer for."""
+    return int(env.get("WEB_CONCURRENCY", API_WORKERS)), int(env.get("GUNICORN_THREADS", API_THREADS))

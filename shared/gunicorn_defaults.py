@@ -11,6 +11,8 @@ import tempfile
 
 from gunicorn import util as _gunicorn_util
 
+from shared.config import api_process_shape
+
 # Prometheus needs a directory shared by the workers, named before any worker imports it.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="floodgate-metrics-"))
 
@@ -25,14 +27,8 @@ if _METRICS_BIND:
     if not (_colon and _METRICS_PORT.isdigit()):
         raise ValueError(f"METRICS_BIND must be HOST:PORT, not {_METRICS_BIND!r}")
     bind = [bind, _METRICS_BIND]
-# One worker of 16 threads per API process, unless the environment says otherwise: checkout's
-# concurrent orders then share bigger calls to inventory (3.8-4.3 holds a call, against 1.7-2.1
-# with two workers of 8), and the stack spent 10-15% less CPU per order placed (`make bench`,
-# 2026-12-04, README "Performance"). A pod scales with more pods, not more workers; its CPU limit
-# is a core (base), which one interpreter can use. The Kubernetes ConfigMaps name their own.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers, threads = api_process_shape()  # shared/config.py says why one worker of 16 threads
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = 30
 # Kubernetes gives pods a longer grace period than this (see deploy/k8s).
 graceful_timeout = 20

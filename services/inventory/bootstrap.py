@@ -7,10 +7,12 @@ from pathlib import Path
 from services.inventory import config
 from services.inventory.repository import InventoryUnitOfWork
 from shared import service
+from shared.config import API_THREADS
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# An API worker runs 16 request threads, each holding one connection at a time (16 at the ceiling).
-POOL_SIZES = {"api": 8}
+# An API worker's request threads each hold one connection at a time: the pool's ceiling (twice
+# its size) is one per thread.
+POOL_SIZES = {"api": API_THREADS // 2}
 
 
 @dataclass(frozen=True, kw_only=True)
