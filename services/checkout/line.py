@@ -242,7 +242,17 @@ def place_view(position: int | None, line, now: datetime) -> dict:
         return {**view, "state": WAITING, "poll_after_seconds": 1}
     ahead = max(0, position - line.admitted_through - 1)
     eta = math.ceil(ahead / line.observed_rate) if line.observed_rate > 0 else None
-    return {**view, "state": WAITING, "ahead": ahead, "eta_seconds": eta, "poll_after_seconds": WAITING_POLL_SECONDS}
+    return {**view, "state": WAITING, "ahead": ahead, "eta_seconds": eta, "poll_after_seconds": poll_after(eta)}
+
+
+def poll_after(eta_seconds: int | None) -> int:
+    """When a waiting buyer polls again: after half their estimated wait, between 1 s and
+    WAITING_POLL_SECONDS. The buyers the line is about to reach hear of their admission within a
+    second, instead of up to WAITING_POLL_SECONDS later while their pass holds a unit nobody
+    orders; the rest of the crowd polls no more often than before."""
+    if eta_seconds is None:
+        return WAITING_POLL_SECONDS
+    return max(1, min(WAITING_POLL_SECONDS, math.ceil(eta_seconds / 2)))
 
 
 def issue_pass(secret: str, ticket) -> str:

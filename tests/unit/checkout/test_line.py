@@ -115,6 +115,18 @@ def test_the_admitter_admits_in_position_order_up_to_the_stock_and_a_poll_says_s
     assert all(v["poll_after_seconds"] <= line.WAITING_POLL_SECONDS for v in views[2:])
 
 
+def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no_more_often():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1, admission_rate=100)
+    made.state, made.remaining_units, made.admitted_through, made.observed_rate = line.OPEN, 50, 10, 10.0
+    now = utc_now()
+    polls = {position: line.place_view(position, made, now)["poll_after_seconds"] for position in (11, 25, 41, 200)}
+    # 0, 14, 30 and 189 people ahead at 10 admitted a second: due in 0, 2, 3 and 19 s
+    assert polls == {11: 1, 25: 1, 41: 2, 200: line.WAITING_POLL_SECONDS}
+    made.observed_rate = 0.0  # nobody admitted lately: no estimate, the usual pace
+    assert line.place_view(11, made, now)["poll_after_seconds"] == line.WAITING_POLL_SECONDS
+
+
 def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=-1, admission_rate=100)

@@ -60,7 +60,8 @@ def test_a_waiting_buyer_sees_the_people_ahead_and_an_estimate_and_may_cache_it_
     status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{fifth}", origin=PAGE)
     assert status == 200
     assert (body["state"], body["position"], body["ahead"], body["eta_seconds"]) == ("waiting", 5, 2, 1)
-    assert body["ticket_id"] == str(fifth) and body["poll_after_seconds"] == waiting_room.WAITING_POLL_SECONDS
+    # due in a second: polls again in one (waiting_room.poll_after)
+    assert body["ticket_id"] == str(fifth) and body["poll_after_seconds"] == 1
     assert headers["cache-control"] == "public, max-age=1" and headers["Access-Control-Allow-Origin"] == PAGE
     # the line has reached the second: its buyer's own poll has the pass, never this one
     second = next(t for t, p in tickets.items() if p == 2)
