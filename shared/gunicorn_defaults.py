@@ -27,7 +27,7 @@ if _METRICS_BIND:
     if not (_colon and _METRICS_PORT.isdigit()):
         raise ValueError(f"METRICS_BIND must be HOST:PORT, not {_METRICS_BIND!r}")
     bind = [bind, _METRICS_BIND]
-workers, threads = api_process_shape()  # shared/config.py says why one worker of 16 threads
+workers, threads = api_process_shape()  # shared/config.py says why one worker of 24 threads
 worker_class = "gthread"
 timeout = 30
 # Kubernetes gives pods a longer grace period than this (see deploy/k8s).

@@ -18,9 +18,9 @@ class Settings(CommonSettings):
     public_url: str = "http://127.0.0.1:8003"
     # resellers share addresses: units of one drop per shipping address, across buyers
     per_address_limit: int = 2
-    # load shedding: orders handled at once per process (of its 16 request threads: the rest serve
+    # load shedding: orders handled at once per process (of its 24 request threads: the rest serve
     # polls, pass pickups and payment webhooks), and the inventory circuit breaker
-    max_orders_in_flight: int = 12
+    max_orders_in_flight: int = 20
     # the longest Retry-After a shed buyer is given (it follows the refused/admitted ratio)
     max_retry_after_seconds: int = 10
     inventory_breaker_threshold: int = 5
