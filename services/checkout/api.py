@@ -38,6 +38,7 @@ bp = Blueprint("checkout", __name__)
 ORDER_REQUEST = OrderRequestSchema()
 ORDER = OrderSchema()
 WEBHOOK = WebhookSchema()
+WEBHOOK_ANSWER = WebhookAnswerSchema()
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 LINE = LineSchema()
 TICKET = TicketSchema()
@@ -180,7 +181,7 @@ def payment_webhook():
     with unit_of_work() as uow:
         result = handlers.apply_payment(notice, uow, root().inventory, settings)
         uow.commit()
-    return jsonify(WebhookAnswerSchema().dump({"result": result}))
+    return jsonify(WEBHOOK_ANSWER.dump({"result": result}))
 
 
 # --- the waiting room (services/checkout/line.py) ------------------------------------------------
