@@ -111,10 +111,9 @@ def lower_priority(settings: Settings) -> None:
 
 
 # An API process's gunicorn shape where WEB_CONCURRENCY and GUNICORN_THREADS do not name one: one
-# worker of 24 threads. Checkout's concurrent orders then share bigger calls to inventory: 4.4
-# holds a call with one worker of 16 (against about 2 with two workers of 8: 13% less CPU per order
-# placed), 6-7 with 24 threads and 20 orders in flight (10-25% more orders placed a second on the
-# same two cores). `make bench`, 2026-12-04, README "Performance". A pod scales with more pods.
+# worker of 24 threads, so that checkout's concurrent orders share bigger calls to inventory (its
+# MAX_ORDERS_IN_FLIGHT says how many). What each shape measured, and its price in p99: README,
+# "Performance" (2026-12-04). A pod scales with more pods.
 API_WORKERS = 1
 API_THREADS = 24
 
