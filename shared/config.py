@@ -57,6 +57,12 @@ class Settings:
     # messages handled at once per consumer process, each on its own thread and database
     # connection (handlers that wait on SMTP or HTTP gain from more than one)
     consumer_threads: int = 1
+    # a consumer whose work may come late (notifications' email) holds each message while the
+    # machine's other processes use at least `busy_cpu_share` of its CPU, until the message is
+    # this many seconds old: on a box shared with the APIs the rush wins and the mail drains
+    # after (shared/messaging/deferral.py); 0: never holds
+    defer_while_busy_seconds: float = 0.0
+    busy_cpu_share: float = 0.8
     # empty: the service's retry tiers in shared/messaging/topology.py; set (the same in every
     # process) only by tests and local rehearsals that cannot wait seconds for a retry
     retry_delays_ms: tuple = ()

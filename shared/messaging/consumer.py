@@ -31,6 +31,7 @@ from shared.heartbeat import Heartbeat
 from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
+from shared.messaging.deferral import Deferral
 from shared.messaging.envelope import Envelope, MalformedEvent
 from shared.messaging.outbox import claim_message
 
@@ -108,8 +109,11 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str, last_seen: LastSeen | None = None, inbox: bool = True):
+                 process: str, last_seen: LastSeen | None = None, inbox: bool = True,
+                 deferral: Deferral | None = None):
         self.settings = settings
+        # a message may wait for a busy machine first (DEFER_WHILE_BUSY_SECONDS, 0 by default)
+        self.deferral = deferral or Deferral.from_settings(settings)
         self.inbox = inbox
         self.process = process  # its name on the broker connection
         self.handlers = handlers
@@ -162,7 +166,8 @@ class ConsumerRunner:
             channel.add_on_cancel_callback(cancelled.append)
             tag = channel.basic_consume(self.queue, on_message)
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
-                                         "threads": self.settings.consumer_threads})
+                                         "threads": self.settings.consumer_threads,
+                                         "defer_while_busy_seconds": self.deferral.seconds})
             while not self.stop.is_set():
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
@@ -182,6 +187,8 @@ class ConsumerRunner:
     def _handle(self, conn, channel, republish, method, properties, body) -> None:
         headers = properties.headers or {}
         attempt = int(headers.get("x-attempt", 0) or 0) + 1
+        if attempt == 1:  # a retry is late already
+            self.deferral.wait(properties.timestamp, self.stop)
         request_id = headers.get("x-request-id") or properties.correlation_id
         logs.order_id_var.set(None)  # the worker thread's context outlives each message
         current_attempt.set(attempt)

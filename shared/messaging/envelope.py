@@ -65,8 +65,9 @@ class Envelope:
 
     def properties(self, request_id: str | None = None,
                    trace_context: Mapping[str, str] | None = None) -> pika.BasicProperties:
-        """AMQP properties: persistent, `message_id` = envelope id, request id in the headers, and
-        the W3C trace context (`traceparent`, `tracestate`) when there is one."""
+        """AMQP properties: persistent, `message_id` = envelope id, `timestamp` = when the event
+        occurred, request id in the headers, and the W3C trace context (`traceparent`,
+        `tracestate`) when there is one."""
         return pika.BasicProperties(
             message_id=self.id,
             type=self.type,
@@ -76,4 +77,13 @@ class Envelope:
             delivery_mode=pika.DeliveryMode.Persistent,
             headers={"x-request-id": request_id or self.correlation_id or self.id, "x-attempt": 0,
                      **(trace_context or {})},
+            timestamp=self.occurred_epoch(),
         )
+
+    def occurred_epoch(self) -> int | None:
+        """When the event occurred, in whole seconds since the epoch (AMQP's `timestamp`), or None."""
+        try:
+            moment = datetime.fromisoformat(self.occurred_at)
+        except (TypeError, ValueError):
+            return None
+        return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())

@@ -10,10 +10,13 @@ retries that outlast an outage of a minute (the stack's default for tests parks 
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import os
 import statistics
 import subprocess
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pika
 import pytest
@@ -24,6 +27,7 @@ from devtools.client import CANADIAN_ADDRESS, poll
 from services.notifications.config import Settings as NotificationSettings
 from shared.messaging import topology
 from shared.messaging import connection as amqp
+from shared.messaging.deferral import OthersShare
 from shared.messaging.envelope import Envelope
 from tests.integration.database import scalar
 from tests.integration.events import publish
@@ -369,3 +373,50 @@ def test_a_consumer_cancelled_by_the_broker_comes_back_and_mails_on(floodgate, s
     event = order_confirmed(f"after-cancel@{uuid.uuid4().hex[:8]}.test")
     publish(stack, [event])
     poll(lambda: mails_by_message_id(floodgate, {message_id(event)}), timeout=30, what="the email after the cancel")
+
+
+# --- mail waits for the rush (shared/messaging/deferral.py) -------------------------------------
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_email_waits_while_the_machine_is_busy_and_follows_once_it_is_not(floodgate, stack):
+    """A process per core spinning stands for a drop's rush on the consumer's machine: a new
+    event's email waits it out, one older than the bound goes at once all the same, and the
+    waiting one follows when the machine is free again."""
+    stack.stop("notifications-consumer")
+    start_consumer(stack, "notifications-consumer", DEFER_WHILE_BUSY_SECONDS="120")
+    burners = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+               for _ in range(os.cpu_count() or 2)]
+    try:
+        poll(lambda: consumers_on_work_queue(stack) == 1, what="the consumer to subscribe")
+        for burner in burners:
+            burner.start()
+        # busy over a whole second, so the consumer's own samples (every 0.25 s) see it too
+        others = OthersShare(window=1.0)
+        poll(lambda: (others() or 0) >= 0.9, timeout=30, what="the spinning processes to fill the machine")
+        fresh = order_confirmed(f"rush-{uuid.uuid4().hex[:8]}@example.com")
+        old = order_confirmed(f"late-{uuid.uuid4().hex[:8]}@example.com")
+        old = Envelope(type=old.type, data=old.data, source=old.source,
+                       occurred_at=(datetime.now(timezone.utc) - timedelta(seconds=300)).isoformat())
+        publish(stack, [fresh, old])
+        poll(lambda: mails_by_message_id(floodgate, {message_id(old)}), timeout=30,
+             what="the email of an event older than the bound, busy machine or not")
+        # the fresh one was delivered to the consumer before the old one and is still held
+        assert not mails_by_message_id(floodgate, {message_id(fresh)}), "mailed while the machine was busy"
+        assert scalar(stack, "notifications", "SELECT count(*) FROM deliveries WHERE event_id = :id",
+                      id=fresh.id) == 0
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.join()
+    try:
+        poll(lambda: mails_by_message_id(floodgate, {message_id(fresh)}), timeout=30,
+             what="the held email once the machine is free")
+        assert len(mails_by_message_id(floodgate, {message_id(fresh)})[message_id(fresh)]) == 1
+    finally:
+        stack.stop("notifications-consumer")
+        start_consumer(stack, "notifications-consumer")
+        poll(lambda: consumers_on_work_queue(stack) == 1, what="the consumer to subscribe")

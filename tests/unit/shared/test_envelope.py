@@ -17,3 +17,11 @@ def test_an_envelope_round_trips_and_its_message_id_is_its_id():
 def test_anything_else_is_malformed(body):
     with pytest.raises(MalformedEvent):
         Envelope.from_json(body)
+
+
+def test_an_envelope_is_published_stamped_with_when_its_event_occurred():
+    envelope = Envelope(type="order.placed", data={}, source="checkout", occurred_at="2026-12-04T16:00:00.5+00:00")
+    assert envelope.properties().timestamp == 1796400000
+    naive = Envelope(type="order.placed", data={}, source="checkout", occurred_at="2026-12-04T16:00:00")
+    assert naive.properties().timestamp == 1796400000  # no zone: UTC, as the outbox writes it
+    assert Envelope(type="order.placed", data={}, source="checkout", occurred_at="not a time").properties().timestamp is None
