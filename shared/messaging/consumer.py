@@ -109,11 +109,10 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str, last_seen: LastSeen | None = None, inbox: bool = True,
-                 deferral: Deferral | None = None):
+                 process: str, last_seen: LastSeen | None = None, inbox: bool = True):
         self.settings = settings
         # a message may wait for a busy machine first (DEFER_WHILE_BUSY_SECONDS, 0 by default)
-        self.deferral = deferral or Deferral.from_settings(settings)
+        self.deferral = Deferral.from_settings(settings)
         self.inbox = inbox
         self.process = process  # its name on the broker connection
         self.handlers = handlers
