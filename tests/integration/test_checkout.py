@@ -74,6 +74,26 @@ def test_webhooks_replayed_and_out_of_order_confirm_once_and_sell_once(floodgate
                                      "AND envelope->'data'->>'order_id' = :id", id=order["id"]) == 1
 
 
+def test_a_restarted_checkout_gets_the_next_webhooks_at_the_first_attempt(floodgate, stack, admin_token, buyer):
+    """The provider keeps its connection to checkout open between webhooks. A checkout restarted
+    meanwhile (a deploy, a crash) has closed it: the next payment's webhooks go over a new one at
+    once, not after a failed delivery and the provider's back-off."""
+    _, token = buyer
+    drop = floodgate.create_drop(admin_token, quantity=2, per_buyer_limit=2)
+    first = floodgate.place_order(token, drop["id"]).json()
+    assert floodgate.pay(first).json()["webhook_statuses"] == [200, 200]
+    stack.stop("checkout-api")
+    stack.start("checkout-api")
+    stack.wait_until_ready()
+    log = stack.var_dir / "logs" / "payments.log"
+    failures_before = log.read_text().count("webhook delivery failed")
+    second = floodgate.place_order(token, drop["id"]).json()
+    assert floodgate.pay(second).json()["webhook_statuses"] == [200, 200]
+    assert log.read_text().count("webhook delivery failed") == failures_before
+    for order in (first, second):
+        floodgate.wait_for_status(token, order["id"], "confirmed")
+
+
 def test_a_declined_payment_fails_the_order_and_frees_the_unit(floodgate, admin_token, buyer):
     _, token = buyer
     drop = floodgate.create_drop(admin_token, quantity=1)
