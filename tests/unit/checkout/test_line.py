@@ -127,6 +127,24 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
     assert line.place_view(11, made, now)["poll_after_seconds"] == line.WAITING_POLL_SECONDS
 
 
+def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1, admission_rate=200)
+    for n in range(300):
+        line.join(DROP, f"buyer-{n}", None, uow)
+    uow.commit()
+    paces = {}
+    admitter.turn(uow, StockOf(1000), paces)  # opens the line and admits a turn's worth
+    assert made.admitted_through == 100 and made.observed_rate == 200
+    now = utc_now()
+    # 149 people ahead of position 250 at 200 a second: due within the second, so polls every second
+    assert line.place_view(250, made, now)["poll_after_seconds"] == 1
+    assert line.place_view(300, made, now)["poll_after_seconds"] == 1
+    paces[DROP].last -= admitter.MIN_TURN_SECONDS
+    admitter.turn(uow, StockOf(1000), paces)
+    assert made.admitted_through == 200 and made.observed_rate == pytest.approx(200, rel=0.01)
+
+
 def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=-1, admission_rate=100)
