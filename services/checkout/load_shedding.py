@@ -8,8 +8,11 @@ A drop's crowd arrives in the same second. Checkout takes `limit` orders at a ti
 and answers the rest at once with 429 and a `Retry-After`. A fixed `Retry-After: 1` brought the
 whole refused crowd back every second, and answering those refusals cost more CPU than the
 orders (0.8 ms each, 1,000 a second in the rehearsal). So the wait follows the last seconds'
-ratio of refused to admitted orders, drawn at random up to twice that ratio: the crowd comes back
-spread over the time the admitted rate needs to serve it, capped at `max_retry_after` seconds.
+ratio of refused to admitted orders, drawn at random from 1 s up to that ratio: the crowd comes
+back spread over the time the admitted rate needs to serve it, at about the rate checkout admits
+orders, capped at `max_retry_after` seconds. (Drawn up to twice the ratio, it came back at half
+that rate: in a drop's last seconds, when the refused are all the demand left, checkout sat
+half idle while the last units waited for buyers sitting out their `Retry-After`.)
 """
 from __future__ import annotations
 
@@ -64,13 +67,13 @@ class OrderGate:
         self._slots.release()
 
     def retry_after(self) -> int:
-        """Seconds a refused buyer should wait: about as long as the admitted rate needs to
-        serve everyone refused lately, at random so they do not all return at once."""
+        """Seconds a refused buyer should wait: at random up to as long as the admitted rate
+        needs to serve everyone refused lately, so they return at about that rate."""
         with self._lock:
             self._roll()
             refused = self._refused + self._last_refused
             admitted = self._admitted + self._last_admitted
-        spread = min(self._max_retry_after, max(1, math.ceil(2 * refused / max(admitted, 1))))
+        spread = min(self._max_retry_after, max(1, math.ceil(refused / max(admitted, 1))))
         return self._draw(1, spread)
 
     def _roll(self) -> None:

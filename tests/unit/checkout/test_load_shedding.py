@@ -23,7 +23,7 @@ def test_takes_limit_orders_at_once_and_frees_a_slot_on_leave():
 def test_a_calm_checkout_says_come_back_in_a_second():
     gate = OrderGate(1, clock=Clock(), draw=upper_bound)
     assert gate.try_enter() and not gate.try_enter()
-    assert gate.retry_after() == 2  # one refused for one admitted: within two seconds
+    assert gate.retry_after() == 1  # one refused for one admitted: served within the second
 
 
 def test_a_crowd_is_spread_over_the_time_the_admitted_rate_needs_and_capped():
@@ -32,7 +32,7 @@ def test_a_crowd_is_spread_over_the_time_the_admitted_rate_needs_and_capped():
     assert gate.try_enter()
     for _ in range(3):
         assert not gate.try_enter()
-    assert gate.retry_after() == 6  # 3 refused per admitted order: spread over up to 6 s
+    assert gate.retry_after() == 3  # 3 refused per admitted order: spread over up to 3 s
     for _ in range(100):
         gate.try_enter()
     assert gate.retry_after() == 10
@@ -47,14 +47,15 @@ def test_the_crowd_of_earlier_seconds_is_forgotten():
     clock.now = 5.0
     gate.leave()
     assert gate.try_enter() and not gate.try_enter()
-    assert gate.retry_after() == 2
+    assert gate.retry_after() == 1
 
 
 def test_the_wait_is_drawn_at_random_from_one_second_up():
     draws = []
     gate = OrderGate(1, clock=Clock(), draw=lambda low, high: draws.append((low, high)) or low)
-    gate.try_enter(), gate.try_enter()
-    assert gate.retry_after() == 1 and draws == [(1, 2)]
+    for _ in range(4):
+        gate.try_enter()
+    assert gate.retry_after() == 1 and draws == [(1, 3)]
 
 
 def test_admission_answers_a_refused_order_itself_and_lets_the_rest_through():
@@ -78,7 +79,7 @@ def test_admission_answers_a_refused_order_itself_and_lets_the_rest_through():
     assert gate.try_enter()  # another order is in hand
     body = b"".join(admission(post, lambda status, headers: answers.append((status, dict(headers)))))
     status, headers = answers[-1]
-    assert status.startswith("429") and headers["Retry-After"] == "2"
+    assert status.startswith("429") and headers["Retry-After"] == "1"
     assert headers["Content-Type"] == "application/problem+json"
     assert json.loads(body)["type"].endswith("/too-busy") and seen == []
 
