@@ -9,15 +9,16 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from services.checkout import errors, line as waiting_room
-from shared.config import lower_priority
 from shared.heartbeat import Heartbeat
 from shared.last_seen import LastSeen
 from shared.values import utc_now
 
 log = logging.getLogger("floodgate.checkout.admitter")
 MIN_TURN_SECONDS = 0.5
+MIN_WAIT_SECONDS = 0.01  # between turns, even when a line opens sooner
 # the lines a turn looks at: those still to open, and those it admits from (or holds, paused)
 TURNED = (waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)
 
@@ -45,10 +46,17 @@ class Shedding:
         return grew
 
 
-def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
-    """One pass over the lines: open those due, admit from the open ones; returns admissions.
-    Inventory is asked for each line's remaining units before any line is locked, so joins never
-    wait on an HTTP call."""
+@dataclass(frozen=True)
+class Turned:
+    """What a turn did: buyers admitted, and the soonest opening of a line still to open."""
+
+    admitted: int
+    next_opening: datetime | None
+
+
+def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turned:
+    """One pass over the lines: open those due, admit from the open ones. Inventory is asked for
+    each line's remaining units before any line is locked, so joins never wait on an HTTP call."""
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due(TURNED)
     drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= utc_now()]
@@ -62,12 +70,13 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
             remaining[drop_id] = inventory.remaining(str(drop_id))
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
-    admitted = 0
+    admitted, next_opening = 0, None
     for line in uow.lines.lock_next_due(TURNED):
         now = utc_now()
         if line.state == waiting_room.PRE_QUEUE:
             if line.opens_at > now:
                 line.joined = uow.lines.count(line.drop_id)
+                next_opening = min(next_opening or line.opens_at, line.opens_at)
                 continue
             size = waiting_room.open_line(line, uow, now)
             log.info("line opened; seed revealed", extra={"drop_id": str(line.drop_id), "pre_queue": size})
@@ -81,7 +90,15 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> int:
                            active.get(line.drop_id, 0))
         line.updated_at = now
     uow.commit()
-    return admitted
+    return Turned(admitted, next_opening)
+
+
+def until_next_turn(interval: float, next_opening: datetime | None, now: datetime) -> float:
+    """Seconds to the next turn: `interval`, or less when a line opens sooner, so that a line
+    opens at its opening time and not up to an interval after it."""
+    if next_opening is None:
+        return interval
+    return min(interval, max(MIN_WAIT_SECONDS, (next_opening - now).total_seconds()))
 
 
 def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: int) -> int:
@@ -115,9 +132,12 @@ def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: i
 
 
 def run(root) -> None:
-    """Turn every ADMITTER_INTERVAL_SECONDS until SIGTERM."""
+    """Turn every ADMITTER_INTERVAL_SECONDS, and at each line's opening, until SIGTERM.
+
+    The admitter runs at the APIs' CPU priority, not `BACKGROUND_NICENESS` below them like the
+    consumers and relays: it opens the lines and admits the buyers, so the orders of a drop with
+    a line wait for its turns, and a turn starved by the rush it paces comes late."""
     settings = root.settings
-    lower_priority(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -127,10 +147,12 @@ def run(root) -> None:
     log.info("admitting", extra={"interval_seconds": settings.admitter_interval_seconds})
     while not stop.is_set():
         heartbeat.beat()
+        wait = settings.admitter_interval_seconds
         try:
             with root.unit_of_work() as uow:
-                turn(uow, root.inventory, paces, shedding)
+                turned = turn(uow, root.inventory, paces, shedding)
+            wait = until_next_turn(wait, turned.next_opening, utc_now())
         except Exception:  # the database restarting, say: the next turn tries again
             log.warning("admission turn failed", exc_info=True)
-        stop.wait(settings.admitter_interval_seconds)
+        stop.wait(wait)
     log.info("admitter stopped")

@@ -145,6 +145,21 @@ def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_t
     assert made.admitted_through == 200 and made.observed_rate == pytest.approx(200, rel=0.01)
 
 
+def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_turn():
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=0.2)
+    turned = admitter.turn(uow, StockOf(10), {})
+    assert turned == admitter.Turned(admitted=0, next_opening=made.opens_at)
+    now = made.opens_at - timedelta(seconds=0.2)
+    assert admitter.until_next_turn(0.5, turned.next_opening, now) == pytest.approx(0.2)
+    assert admitter.until_next_turn(0.5, turned.next_opening, now - timedelta(seconds=10)) == 0.5
+    assert admitter.until_next_turn(0.5, turned.next_opening, made.opens_at) == admitter.MIN_WAIT_SECONDS
+    assert admitter.until_next_turn(0.5, None, now) == 0.5
+    made.opens_at = utc_now()  # due: the turn opens it, and no opening is left to wake for
+    assert admitter.turn(uow, StockOf(10), {}).next_opening is None
+    assert made.state == line.OPEN
+
+
 def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=-1, admission_rate=100)
