@@ -124,8 +124,7 @@ def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: i
     # the admissions per second buyers' estimates use: a moving average over the last turns (a
     # turn is taken to last one interval at least: the first batch after a line is taken on
     # would otherwise count as thousands a second), starting from the first turn's own figure:
-    # warmed up from 0, it told the crowd at the opening a wait three times too long, and the
-    # buyers admitted in the first second heard of it two seconds late, their units idle
+    # warmed up from 0, it told the crowd at the opening a wait three times too long
     this_turn = len(positions) / max(elapsed, MIN_TURN_SECONDS)
     line.observed_rate = this_turn if line.observed_rate == 0 else 0.7 * line.observed_rate + 0.3 * this_turn
     return len(positions)
