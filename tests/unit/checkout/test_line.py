@@ -37,6 +37,14 @@ def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
     return made
 
 
+def a_line_joined_by(uow, buyers: int, **settings) -> line.Line:
+    made = a_line(uow, **settings)
+    for n in range(buyers):
+        line.join(DROP, f"buyer-{n}", None, uow)
+    uow.commit()
+    return made
+
+
 def test_the_pre_queue_order_is_the_documented_hmac_anyone_can_recompute():
     seed = bytes(range(32))
     tickets = [uuid.UUID(int=n) for n in range(1, 6)]
@@ -68,10 +76,7 @@ def test_one_ticket_per_account_and_positions_only_from_the_opening():
 
 def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival():
     uow = FakeUnitOfWork()
-    made = a_line(uow, opens_in=-1)
-    for n in range(6):
-        line.join(DROP, f"buyer-{n}", None, uow)
-    uow.commit()
+    made = a_line_joined_by(uow, 6, opens_in=-1)
     early = uow.lines.tickets(DROP)
     admitter.turn(uow, StockOf(0), {})  # opens it (no stock: admits nobody)
     assert made.state == line.OPEN and made.pre_queue_size == 6 and made.opened_at is not None
@@ -98,10 +103,7 @@ def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():
 
 def test_the_admitter_admits_in_position_order_up_to_the_stock_and_a_poll_says_so():
     uow = FakeUnitOfWork()
-    made = a_line(uow, opens_in=-1, admission_rate=100)
-    for n in range(5):
-        line.join(DROP, f"buyer-{n}", None, uow)
-    uow.commit()
+    made = a_line_joined_by(uow, 5, opens_in=-1, admission_rate=100)
     paces = {}
     admitter.turn(uow, StockOf(2), paces)
     admitter.turn(uow, StockOf(2), paces)
@@ -129,10 +131,7 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
 
 def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second():
     uow = FakeUnitOfWork()
-    made = a_line(uow, opens_in=-1, admission_rate=200)
-    for n in range(300):
-        line.join(DROP, f"buyer-{n}", None, uow)
-    uow.commit()
+    made = a_line_joined_by(uow, 300, opens_in=-1, admission_rate=200)
     paces = {}
     admitter.turn(uow, StockOf(1000), paces)  # opens the line and admits a turn's worth
     assert made.admitted_through == 100 and made.observed_rate == 200
