@@ -10,8 +10,8 @@ Tests and rehearsals steer it with `POST /control`:
 "refunds": "ok"|"fail"}` — decline payments, deliver webhooks late (in the background), send each
 one more than once, send them in reverse order, or answer refunds with 503. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
 
-It is served by gunicorn (one worker, since the payments live in its memory; threads and
-keep-alive like every API) and posts its webhooks over kept-open connections: in a
+It is served by gunicorn (one worker, since the payments live in its memory; threads, and
+keep-alive as long as the APIs') and posts its webhooks over kept-open connections: in a
 rehearsal it shares the machine with the stack, and Werkzeug's development server (a thread and a
 connection per request) with `requests` cost 2.8-3.4 ms of CPU per order there, every bit of it
 taken from the orders.
@@ -64,11 +64,14 @@ def signature_ok(secret: str, body: bytes, header: str, tolerance: int = 300) ->
 class WebhookPoster:
     """POSTs to one URL over kept-open connections, each used by one request at a time. The
     last one returned is taken first: a connection the other end has closed meanwhile (checkout
-    restarted, or its keep-alive ran out) is dropped and the POST made once more on a new one; a
-    failure on a new one raises."""
+    restarted, or its keep-alive ran out) is dropped and the POST made once more on a new one.
+    Any other failure (a timeout, say), or one on a new connection, raises: the caller's back-off
+    decides when to try again."""
 
     def __init__(self, url: str, timeout: float = 10):
         parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"the simulator posts webhooks over plain http only, not to {url!r}")
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
         self._target = parts.path + (f"?{parts.query}" if parts.query else "")
         self._timeout = timeout
@@ -81,8 +84,8 @@ class WebhookPoster:
         if kept is not None:
             try:
                 return self._send(kept, body, headers)
-            except (OSError, http.client.HTTPException):
-                kept.close()
+            except ConnectionError:  # reset, aborted, broken pipe, or closed before answering
+                pass
         return self._send(http.client.HTTPConnection(self._host, self._port, timeout=self._timeout), body, headers)
 
     def _send(self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> int:
@@ -265,7 +268,8 @@ def main() -> None:
     # gunicorn takes this process over (same pid: whoever started it stops it with SIGTERM)
     os.execve(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
-        "--workers", "1", "--worker-class", "gthread", "--threads", "32", "--graceful-timeout", "5",
+        "--workers", "1", "--worker-class", "gthread", "--threads", "32", "--keep-alive", "5",
+        "--graceful-timeout", "5", "--no-control-socket",
         "devtools.payment_simulator:app_from_environment()",
     ], dict(os.environ, CHECKOUT_WEBHOOK_URL=args.webhook_url))
 

@@ -59,7 +59,8 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
     each line's remaining units before any line is locked, so joins never wait on an HTTP call."""
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due(TURNED)
-    drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= utc_now()]
+    started = utc_now()  # a line opens in this turn if its opening had come by now
+    drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= started]
     # Passes in play are counted before inventory is asked: a pass used (its unit held) in
     # between is then counted twice, never missed, so admissions never exceed the stock.
     active = {drop_id: uow.lines.active_passes(drop_id, utc_now()) for drop_id in drop_ids}
@@ -74,7 +75,7 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
     for line in uow.lines.lock_next_due(TURNED):
         now = utc_now()
         if line.state == waiting_room.PRE_QUEUE:
-            if line.opens_at > now:
+            if line.drop_id not in drop_ids:  # opens at the next turn, with its stock figure
                 line.joined = uow.lines.count(line.drop_id)
                 next_opening = min(next_opening or line.opens_at, line.opens_at)
                 continue

@@ -7,12 +7,14 @@ hooks and a log line (0.8 ms a refusal before: the rehearsal's crowd spent a cor
 A drop's crowd arrives in the same second. Checkout takes `limit` orders at a time per process
 and answers the rest at once with 429 and a `Retry-After`. A fixed `Retry-After: 1` brought the
 whole refused crowd back every second, and answering those refusals cost more CPU than the
-orders (0.8 ms each, 1,000 a second in the rehearsal). So the wait follows the last seconds'
-ratio of refused to admitted orders, drawn at random from 1 s up to that ratio: the crowd comes
-back spread over the time the admitted rate needs to serve it, at about the rate checkout admits
-orders, capped at `max_retry_after` seconds. (Drawn up to twice the ratio, it came back at half
-that rate: in a drop's last seconds, when the refused are all the demand left, checkout sat
-half idle while the last units waited for buyers sitting out their `Retry-After`.)
+orders (0.8 ms each, 1,000 a second in the rehearsal). So the wait follows the ratio of refused
+to admitted orders counted over the last one to two seconds, drawn at random from 1 s up to that
+ratio (capped at `max_retry_after` seconds): the crowd comes back spread out, at one to two times
+the rate checkout admits orders; who comes back too soon is refused again, cheaply, with a new
+wait. (Drawn up to twice the ratio, it came back at half to once that rate: in a drop's last
+seconds, when the refused are all the demand left, checkout sat partly idle while the last units
+waited for buyers sitting out their `Retry-After`. The rehearsal placed 42.4 / 50.0 / 40.6
+orders/s so, and 42.9 / 53.0 / 54.7 with the shorter draw.)
 """
 from __future__ import annotations
 
@@ -67,8 +69,9 @@ class OrderGate:
         self._slots.release()
 
     def retry_after(self) -> int:
-        """Seconds a refused buyer should wait: at random up to as long as the admitted rate
-        needs to serve everyone refused lately, so they return at about that rate."""
+        """Seconds a refused buyer should wait: at random from 1 up to the ratio of refused to
+        admitted orders lately, so the refused return spread out, at one to two times the
+        admitted rate (the counts cover one to two seconds)."""
         with self._lock:
             self._roll()
             refused = self._refused + self._last_refused

@@ -146,7 +146,7 @@ def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_t
 
 def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_turn():
     uow = FakeUnitOfWork()
-    made = a_line(uow, opens_in=0.2)
+    made = a_line(uow, opens_in=60)
     turned = admitter.turn(uow, StockOf(10), {})
     assert turned == admitter.Turned(admitted=0, next_opening=made.opens_at)
     now = made.opens_at - timedelta(seconds=0.2)
@@ -157,6 +157,18 @@ def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_tur
     made.opens_at = utc_now()  # due: the turn opens it, and no opening is left to wake for
     assert admitter.turn(uow, StockOf(10), {}).next_opening is None
     assert made.state == line.OPEN
+
+
+def test_a_line_whose_opening_comes_during_a_turn_opens_at_the_next_with_its_stock(monkeypatch):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 3, opens_in=60, admission_rate=100)
+    # the turn starts just before the opening, which comes while inventory is asked for stock
+    first = iter([made.opens_at - timedelta(seconds=0.1)])
+    monkeypatch.setattr(admitter, "utc_now", lambda: next(first, made.opens_at + timedelta(seconds=0.1)))
+    turned = admitter.turn(uow, StockOf(10), {})
+    assert made.state == line.PRE_QUEUE and turned.next_opening == made.opens_at  # woken at once
+    admitter.turn(uow, StockOf(10), {})
+    assert made.state == line.OPEN and made.admitted_through == 3
 
 
 def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
