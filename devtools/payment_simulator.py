@@ -11,17 +11,16 @@ Tests and rehearsals steer it with `POST /control`:
 one more than once, send them in reverse order, or answer refunds with 503. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
 
 It is served by gunicorn (one worker, since the payments live in its memory; threads, and
-keep-alive as long as the APIs') and posts its webhooks over kept-open connections: in a
-rehearsal it shares the machine with the stack, and Werkzeug's development server (a thread and a
-connection per request) with `requests` cost 2.8-3.4 ms of CPU per order there, every bit of it
-taken from the orders.
+keep-alive as long as the APIs') and posts its webhooks over urllib3's pool of kept-open
+connections: in a rehearsal it shares the machine with the stack, and Werkzeug's development
+server (a thread and a connection per request) with `requests` cost 2.8-3.4 ms of CPU per order
+there, every bit of it taken from the orders.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import os
@@ -29,9 +28,10 @@ import sys
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit
 
+import urllib3
 from flask import Flask, jsonify, request
+from urllib3.util import Retry
 
 from shared import logs
 
@@ -61,53 +61,21 @@ def signature_ok(secret: str, body: bytes, header: str, tolerance: int = 300) ->
     return abs(time.time() - timestamp) <= tolerance and hmac.compare_digest(signature(secret, body, timestamp), header)
 
 
-class WebhookPoster:
-    """POSTs to one URL over kept-open connections, each used by one request at a time. The
-    last one returned is taken first: a connection the other end has closed meanwhile (checkout
-    restarted, or its keep-alive ran out) is dropped and the POST made once more on a new one.
-    Any other failure (a timeout, say), or one on a new connection, raises: the caller's back-off
-    decides when to try again."""
-
-    def __init__(self, url: str, timeout: float = 10):
-        parts = urlsplit(url)
-        if parts.scheme != "http":
-            raise ValueError(f"the simulator posts webhooks over plain http only, not to {url!r}")
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
-        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._timeout = timeout
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def post(self, body: bytes, headers: dict[str, str]) -> int:
-        with self._lock:
-            kept = self._idle.pop() if self._idle else None
-        if kept is not None:
-            try:
-                return self._send(kept, body, headers)
-            except ConnectionError:  # reset, aborted, broken pipe, or closed before answering
-                pass
-        return self._send(http.client.HTTPConnection(self._host, self._port, timeout=self._timeout), body, headers)
-
-    def _send(self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> int:
-        try:
-            connection.request("POST", self._target, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-        except BaseException:
-            connection.close()
-            raise
-        with self._lock:
-            self._idle.append(connection)
-        return response.status
-
-
 def create_app(webhook_url: str, secret: str) -> Flask:
     app = Flask("payment-simulator")
     payments: dict[str, dict] = {}
     refunds: dict[str, dict] = {}
     control = dict(DEFAULT_CONTROL)
     lock = threading.Lock()
-    webhooks = WebhookPoster(webhook_url)
+    # urllib3's pool, as checkout's inventory client keeps one: connections kept open (one
+    # request at a time each), and one retry for a kept connection checkout has closed (it
+    # restarted); a webhook sent twice is applied once (by event id)
+    webhooks = urllib3.connection_from_url(
+        webhook_url, maxsize=32, timeout=urllib3.Timeout(10),
+        retries=Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False,
+                      redirect=0),
+    )
+    webhook_target = urllib3.util.parse_url(webhook_url).request_uri
 
     def link_terms(order_id: str) -> tuple[int, str] | None:
         try:
@@ -121,11 +89,12 @@ def create_app(webhook_url: str, secret: str) -> Flask:
         body = json.dumps(event).encode()
         for attempt in range(5):
             try:
-                status = webhooks.post(
-                    body, {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time()))})
-                if status < 500:
-                    return status
-            except (OSError, http.client.HTTPException) as error:
+                response = webhooks.urlopen(
+                    "POST", webhook_target, body=body,
+                    headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time()))})
+                if response.status < 500:
+                    return response.status
+            except urllib3.exceptions.HTTPError as error:
                 log.warning("webhook delivery failed", extra={"error": repr(error), "attempt": attempt + 1})
             time.sleep(0.2 * 2**attempt)
         return None
