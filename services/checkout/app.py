@@ -4,7 +4,7 @@ from flask import Flask
 from services.checkout import api, config, control_room_page, page
 from services.checkout.bootstrap import bootstrap
 from services.checkout.errors import TooBusy
-from services.checkout.load_shedding import LoadReport, OrderAdmission, OrderGate
+from services.checkout.load_shedding import LoadReport, OrderAdmission, OrderGate, line_pass_patience
 from shared import control_room, web
 from shared.messaging.metrics import dead_letter_figures
 
@@ -25,5 +25,7 @@ def create_app(settings: config.Settings | None = None, **dependencies) -> Flask
         root.service,
         report=LoadReport(gate, root.engine),  # the waiting room slows down while checkout sheds
         cors_origins=app.extensions["floodgate.cors"],  # so the drop page can read a refusal
+        # the line's admitted buyers wait for a slot instead of being turned away at once
+        patience=line_pass_patience(root.settings.line_pass_secret, root.settings.line_pass_wait_seconds),
     )
     return app

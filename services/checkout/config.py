@@ -23,6 +23,9 @@ class Settings(CommonSettings):
     max_orders_in_flight: int = 20
     # the longest Retry-After a shed buyer is given (it follows the refused/admitted ratio)
     max_retry_after_seconds: int = 10
+    # how long an order with a line pass waits for one of those slots before it is shed (the
+    # line bounds how many such orders there are: services/checkout/load_shedding.py)
+    line_pass_wait_seconds: float = 2.0
     inventory_breaker_threshold: int = 5
     # a process's concurrent new holds share one call to inventory: at most this many holds in a
     # call (1: one call per hold), and at most `inventory_hold_calls` such calls in flight

@@ -262,15 +262,32 @@ def issue_pass(secret: str, ticket) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def verify_pass(secret: str, presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:
-    """The ticket a pass admits, when it is genuine, unexpired, and this buyer's for this drop."""
+def _pass_claims(secret: str, presented: str) -> dict:
+    """A pass's claims, when it is genuine and unexpired (whoever's it is)."""
     try:
-        claims = jwt.decode(presented, secret, algorithms=["HS256"], audience=PASS_AUDIENCE,
-                            options={"require": ["exp", "sub", "drop", "tkt"]})
+        return jwt.decode(presented, secret, algorithms=["HS256"], audience=PASS_AUDIENCE,
+                          options={"require": ["exp", "sub", "drop", "tkt"]})
     except jwt.ExpiredSignatureError:
         raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
     except jwt.PyJWTError:
         raise errors.LinePassInvalid("The admission pass is not valid.")
+
+
+def pass_is_current(secret: str, presented: str | None) -> bool:
+    """Whether `presented` is a genuine, unexpired pass: the line admitted its holder (whether
+    it is this buyer's, for this drop, `verify_pass` says once the buyer is known)."""
+    if not presented:
+        return False
+    try:
+        _pass_claims(secret, presented)
+    except errors.LinePassRefused:
+        return False
+    return True
+
+
+def verify_pass(secret: str, presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:
+    """The ticket a pass admits, when it is genuine, unexpired, and this buyer's for this drop."""
+    claims = _pass_claims(secret, presented)
     if claims["sub"] != buyer_id or claims["drop"] != str(drop_id):
         raise errors.LinePassInvalid("The admission pass is for another buyer or another drop.")
     try:

@@ -15,6 +15,19 @@ wait. (Drawn up to twice the ratio, it came back at half to once that rate: in a
 seconds, when the refused are all the demand left, checkout sat partly idle while the last units
 waited for buyers sitting out their `Retry-After`. The rehearsal placed 42.4 / 50.0 / 40.6
 orders/s so, and 42.9 / 53.0 / 54.7 with the shorter draw.)
+
+An order that carries a genuine, unexpired line pass (`Line-Pass`, checked here by its signature
+alone; whose it is, Flask checks) is not turned away at once: it waits up to `patience` seconds
+for a slot, and only then gets its 429. The line has already paced these buyers, and bounded
+them: the admitter never puts more passes in play than the remaining units x the admission
+factor, so the orders that wait are at most the drop's remaining stock, not the crowd. Turned
+away, they sat out a whole `Retry-After` (a second or two) while checkout, between waves of
+returning buyers, idled and the units waited for them: in the rehearsal a third to two thirds of
+the admitted buyers' first orders were refused so. A waiting order holds one of the process's
+request threads (blocked, costing no CPU); the polls, pass pickups and webhooks that find none
+free wait in gunicorn's queue for the next. Orders without a pass (a drop without a line, where
+the whole crowd comes at once) are refused at once as before: waiting would only move that crowd
+into the threads. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass holders waited.
 """
 from __future__ import annotations
 
@@ -29,7 +42,9 @@ import time
 from typing import Callable, Iterable
 
 import sqlalchemy as sa
+from prometheus_client import Histogram
 
+from services.checkout import line as waiting_room
 from shared import metrics
 from shared.errors import PROBLEM_JSON
 from shared.web import cors_headers
@@ -53,9 +68,11 @@ class OrderGate:
         self._last_admitted = self._last_refused = 0
         self.refused_total = 0  # since the process started: what LoadReport tells the admitter
 
-    def try_enter(self) -> bool:
-        """Take a slot (True; `leave()` when done) or count a refusal (False)."""
-        entered = self._slots.acquire(blocking=False)
+    def try_enter(self, wait_seconds: float = 0.0) -> bool:
+        """Take a slot (True; `leave()` when done), waiting up to `wait_seconds` for one to be
+        left, or count a refusal (False)."""
+        entered = self._slots.acquire(blocking=False) or (
+            wait_seconds > 0 and self._slots.acquire(timeout=wait_seconds))
         with self._lock:
             self._roll()
             if entered:
@@ -132,23 +149,49 @@ _REPORT = sa.text(
 )
 
 
+GATE_WAIT = Histogram(
+    "floodgate_order_gate_wait_seconds",
+    "How long orders with a line pass waited at checkout's gate for a slot, by whether they got one",
+    ["service", "outcome"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+
+
+def line_pass_patience(secret: str, seconds: float) -> Callable[[dict], float]:
+    """How long an order may wait for a slot: `seconds` with a genuine, unexpired line pass
+    (signed with `secret`), else 0 (see the module's docstring)."""
+
+    def patience(environ: dict) -> float:
+        return seconds if waiting_room.pass_is_current(secret, environ.get("HTTP_LINE_PASS")) else 0.0
+
+    return patience
+
+
 class OrderAdmission:
     """WSGI middleware: `POST <path>` takes a slot of `gate` for as long as the app handles it,
-    or is answered at once with 429, its `Retry-After` and a problem+json body."""
+    or is answered with 429, its `Retry-After` and a problem+json body: at once, or after
+    `patience(environ)` seconds without a slot (a line pass holder's)."""
 
     def __init__(self, app, gate: OrderGate, refusal, service: str, path: str = "/orders",
-                 report: LoadReport | None = None, cors_origins: frozenset = frozenset()):
+                 report: LoadReport | None = None, cors_origins: frozenset = frozenset(),
+                 patience: Callable[[dict], float] = lambda environ: 0.0):
         self.app, self.gate, self.path, self.service = app, gate, path, service
         self._refusal = refusal  # the problem (a TooBusy) every refusal carries
         self._report = report
         self._cors_origins = cors_origins
+        self._patience = patience
 
     def __call__(self, environ, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
         if self._report is not None:
             self._report.start()
-        if not self.gate.try_enter():
+        patience = self._patience(environ)
+        started = time.monotonic()
+        entered = self.gate.try_enter(patience)
+        if patience > 0:
+            GATE_WAIT.labels(self.service, "entered" if entered else "refused").observe(time.monotonic() - started)
+        if not entered:
             return self._refuse(start_response, environ.get("HTTP_ORIGIN"))
         try:
             # Flask has produced the whole body by the time it returns: the slot is free after

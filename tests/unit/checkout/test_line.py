@@ -248,6 +248,13 @@ def test_a_pass_admits_its_buyer_to_its_drop_only():
             line.verify_pass(SECRET, presented, buyer, drop)
 
 
+def test_a_pass_is_current_when_genuine_and_unexpired_whoever_holds_it():
+    assert line.pass_is_current(SECRET, pass_for()[0]) and line.pass_is_current(SECRET, pass_for(buyer="bob")[0])
+    for presented in (pass_for(expires_in=-5)[0], pass_for(secret="someone else's secret, long enough for HS256")[0],
+                      "not a pass", "", None):
+        assert not line.pass_is_current(SECRET, presented)
+
+
 def test_joins_per_client_are_limited_per_minute():
     now = [120.0]
     limit = line.JoinLimit(per_minute=2, clock=lambda: now[0])

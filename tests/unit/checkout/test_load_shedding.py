@@ -1,4 +1,9 @@
-from services.checkout.load_shedding import OrderGate
+import json
+import threading
+
+from services.checkout.errors import TooBusy
+from services.checkout.load_shedding import GATE_WAIT, OrderAdmission, OrderGate, line_pass_patience
+from tests.unit.checkout.test_line import SECRET, pass_for
 
 
 class Clock:
@@ -59,11 +64,6 @@ def test_the_wait_is_drawn_at_random_from_one_second_up():
 
 
 def test_admission_answers_a_refused_order_itself_and_lets_the_rest_through():
-    import json
-
-    from services.checkout.errors import TooBusy
-    from services.checkout.load_shedding import OrderAdmission
-
     seen = []
 
     def app(environ, start_response):
@@ -88,3 +88,66 @@ def test_admission_answers_a_refused_order_itself_and_lets_the_rest_through():
     admission(post, lambda *a: None)
     assert seen == ["/orders", "/orders"]
     assert gate.try_enter()  # the admitted order gave its slot back
+
+
+def created(environ, start_response):
+    start_response("201 Created", [])
+    return [b"{}"]
+
+
+def order_with(line_pass: str | None) -> dict:
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/orders"}
+    if line_pass is not None:
+        environ["HTTP_LINE_PASS"] = line_pass
+    return environ
+
+
+def answer_of(admission, environ) -> str:
+    statuses = []
+    b"".join(admission(environ, lambda status, headers: statuses.append(status)))
+    return statuses[-1]
+
+
+def _count(outcome: str) -> float:
+    """How many pass holders' waits at the gate ended so (`floodgate_order_gate_wait_seconds`)."""
+    for metric in GATE_WAIT.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels == {"service": "checkout", "outcome": outcome}:
+                return sample.value
+    return 0.0
+
+
+def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
+    entered_before = _count("entered")
+    assert gate.try_enter()  # another order is in hand
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(pass_for()[0]))))
+    waiting.start()
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive() and answers == []  # neither answered nor refused while the slot is taken
+    gate.leave()
+    waiting.join(timeout=10)
+    assert answers == ["201 Created"] and _count("entered") == entered_before + 1
+    assert gate.try_enter()  # and it gave the slot back
+
+
+def test_a_pass_holder_is_refused_after_its_patience_and_everyone_else_at_once():
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 0.05))
+    refused_before = _count("refused")
+    assert gate.try_enter()
+    assert answer_of(admission, order_with(pass_for()[0])).startswith("429")
+    assert _count("refused") == refused_before + 1
+    # without a pass, or with one that is forged or expired, there is no waiting (and nothing counted)
+    for line_pass in (None, "forged", pass_for(expires_in=-5)[0],
+                      pass_for(secret="someone else's secret, long enough for HS256")[0]):
+        assert answer_of(admission, order_with(line_pass)).startswith("429")
+    assert _count("refused") == refused_before + 1
+
+
+def test_only_a_current_pass_buys_patience():
+    patience = line_pass_patience(SECRET, 2.0)
+    assert patience(order_with(pass_for()[0])) == 2.0
+    assert [patience(order_with(p)) for p in (None, "forged", pass_for(expires_in=-5)[0])] == [0.0, 0.0, 0.0]
