@@ -140,8 +140,9 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
 
     edge = floodgate.stack.url("line-status")
     polled_the_edge = []  # while it waits, the page polls the public status edge, not checkout
-    page.on("response", lambda response: polled_the_edge.append(response.status)
-            if response.url.startswith(edge + f"/drops/{drop['id']}/line/tickets/") else None)
+    page.on("response", lambda response: polled_the_edge.append(response)
+            if response.request.method == "GET" and response.url.startswith(edge + f"/drops/{drop['id']}/line/tickets/")
+            else None)
     page.get_by_role("button", name="Join the line").click()
     expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
     expect(page.locator("#ticket-position")).to_have_text("drawn at the opening")
@@ -151,7 +152,9 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
 
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"), timeout=(OPENS_IN_SECONDS + 5) * 1000)
     expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=30_000)
-    assert polled_the_edge and set(polled_the_edge) <= {200, 404}, polled_the_edge
+    assert polled_the_edge and {poll.status for poll in polled_the_edge} <= {200, 404}, polled_the_edge
+    # the poll that told the buyer carried its token, and its answer the pass the order uses
+    assert any(poll.status == 200 and (poll.json() or {}).get("pass") for poll in polled_the_edge)
     expect(page.locator("#line-news")).to_contain_text("It's your turn!")
     expect(page.locator("#ticket-position")).to_have_text(re.compile(r"^\d+$"))
     expect(page.locator("#line-seed")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))

@@ -19,6 +19,7 @@ from tests.unit.checkout.fakes import FakeUnitOfWork
 
 DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
 PAGE = "http://shop.example"
+PASS_SECRET = "a pass secret for unit tests, long enough for HS256"
 
 
 def figures(**overrides) -> SimpleNamespace:
@@ -28,27 +29,38 @@ def figures(**overrides) -> SimpleNamespace:
 
 
 class FakeConnection:
-    """Answers the copy's two queries from `lines` and `tickets` ({ticket id: position})."""
+    """Answers the copy's three queries from `lines`, `tickets` ({ticket id: position}) and
+    `buyers` ({ticket id: buyer}; an admitted ticket's pass expires at `expires_at`)."""
 
-    def __init__(self, lines: list[SimpleNamespace], tickets: dict[uuid.UUID, int]):
-        self.lines, self.tickets, self.asked_after = lines, tickets, []
+    def __init__(self, lines: list[SimpleNamespace], tickets: dict[uuid.UUID, int],
+                 buyers: dict[uuid.UUID, str] | None = None, expires_at=None):
+        self.lines, self.tickets, self.asked_after, self.asked_admitted = lines, tickets, [], []
+        self.buyers, self.expires_at = buyers or {}, expires_at or utc_now() + timedelta(minutes=2)
 
     def execute(self, statement, params=None):
         if params is None:
             return [SimpleNamespace(_mapping=vars(line), **vars(line)) for line in self.lines]
+        if "through" in params:
+            self.asked_admitted.append((params["after"], params["through"]))
+            return [(t, self.buyers.get(t, f"buyer at {p}"), self.expires_at) for t, p in self.tickets.items()
+                    if params["after"] < p <= params["through"]]
         self.asked_after.append(params["after"])
         return sorted(((t, p) for t, p in self.tickets.items() if p > params["after"]), key=lambda item: item[1])
 
 
-def app_with(tickets: dict[uuid.UUID, int], **line) -> tuple[LineStatusApp, FakeConnection]:
+def app_with(tickets: dict[uuid.UUID, int], buyers: dict[uuid.UUID, str] | None = None, expires_at=None,
+             **line) -> tuple[LineStatusApp, FakeConnection]:
     lines = Lines()
-    connection = FakeConnection([figures(placed=max(tickets.values(), default=0), **line)], tickets)
+    connection = FakeConnection([figures(placed=max(tickets.values(), default=0), **line)], tickets, buyers, expires_at)
     lines.refresh(connection)
-    return LineStatusApp(lines, frozenset({PAGE})), connection
+    joiner = Joiner(FakeUnitOfWork, Tokens(), waiting_room.JoinLimit(100), PASS_SECRET)
+    return LineStatusApp(lines, frozenset({PAGE}), joiner=joiner), connection
 
 
-def get(app: LineStatusApp, path: str, origin: str | None = None) -> tuple[int, dict, dict]:
+def get(app: LineStatusApp, path: str, origin: str | None = None, token: str | None = None) -> tuple[int, dict, dict]:
     headers = {b"origin": origin.encode()} if origin else {}
+    if token is not None:
+        headers[b"authorization"] = f"Bearer {token}".encode()
     status, body, answer_headers = asyncio.run(app.answer("GET", path, headers))
     return status, json.loads(body), {name.decode(): value.decode() for name, value in answer_headers}
 
@@ -63,10 +75,34 @@ def test_a_waiting_buyer_sees_the_people_ahead_and_an_estimate_and_may_cache_it_
     # due in a second: polls again in one (waiting_room.poll_after)
     assert body["ticket_id"] == str(fifth) and body["poll_after_seconds"] == 1
     assert headers["cache-control"] == "public, max-age=1" and headers["Access-Control-Allow-Origin"] == PAGE
-    # the line has reached the second: its buyer's own poll has the pass, never this one
+    # the line has reached the second: a poll not signed in as its buyer never has the pass
     second = next(t for t, p in tickets.items() if p == 2)
     status, body, _ = get(app, f"/drops/{DROP}/line/tickets/{second}")
     assert body["state"] == "admitted" and "pass" not in body
+
+
+def test_an_admitted_buyers_own_poll_has_its_pass_and_is_not_cached():
+    ann, bob = uuid.uuid4(), uuid.uuid4()
+    app, _ = app_with({ann: 1, bob: 2}, buyers={ann: "ann", bob: "bob"}, admitted_through=1)
+    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token="token-ann")
+    assert status == 200 and body["state"] == "admitted" and headers["cache-control"] == "no-store"
+    assert waiting_room.verify_pass(PASS_SECRET, body["pass"], "ann", str(DROP)) == ann
+    assert body["pass_expires_at"] and body["poll_after_seconds"] == 10
+    # another buyer's token, a token that does not verify, or none: the public answer, no pass
+    for token in ("token-bob", "forged", None):
+        status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token)
+        assert (status, body["state"], "pass" in body, headers["cache-control"]) == (
+            200, "admitted", False, "public, max-age=1"), token
+    # a ticket still waiting has no pass, signed in or not
+    body = get(app, f"/drops/{DROP}/line/tickets/{bob}", token="token-bob")[1]
+    assert body["state"] == "waiting" and "pass" not in body
+
+
+def test_an_admitted_buyer_whose_pass_has_expired_is_told_so():
+    ann = uuid.uuid4()
+    app, _ = app_with({ann: 1}, buyers={ann: "ann"}, expires_at=utc_now() - timedelta(seconds=1), admitted_through=1)
+    body = get(app, f"/drops/{DROP}/line/tickets/{ann}", token="token-ann")[1]
+    assert body["state"] == "expired" and body["poll_after_seconds"] is None and "pass" not in body
 
 
 def test_only_the_configured_origins_get_cors_headers():
@@ -133,9 +169,17 @@ def test_the_copy_fetches_only_the_positions_handed_out_since_its_last_refresh()
     lines.refresh(connection)  # nothing new: no query for positions
     assert connection.asked_after == [0, 2]
     assert lines.positions[str(DROP)] == {str(first): 1, str(second): 2, str(third): 3}
+    # admissions likewise: only those made since the last refresh
+    connection.lines = [figures(placed=3, admitted_through=1)]
+    lines.refresh(connection)
+    connection.lines = [figures(placed=3, admitted_through=3)]
+    lines.refresh(connection)
+    lines.refresh(connection)
+    assert connection.asked_admitted == [(0, 1), (1, 3)]
+    assert set(lines.admissions[str(DROP)]) == {str(first), str(second), str(third)}
     connection.lines = []  # the line is gone (closed over a day ago)
     lines.refresh(connection)
-    assert lines.positions == {} and lines.figures == {}
+    assert lines.positions == {} and lines.figures == {} and lines.admissions == {}
 
 
 # --- joins ----------------------------------------------------------------------------------------
