@@ -61,14 +61,20 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
     due = uow.lines.lock_next_due(TURNED)
     started = utc_now()  # a line opens in this turn if its opening had come by now
     drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= started]
-    # Passes in play are counted before inventory is asked: a pass used (its unit held) in
-    # between is then counted twice, never missed, so admissions never exceed the stock.
-    active = {drop_id: uow.lines.active_passes(drop_id, utc_now()) for drop_id in drop_ids}
+    # The passes in play are read before inventory is asked, and inventory says, with the units
+    # left, which of their buyers already hold one (one statement there): their orders are in
+    # flight, between the hold and the commit that uses the pass, and their passes are not
+    # counted again against the units left. Counted twice, they held back admissions until the
+    # rush had passed, and the drop's last units waited for a late turn. A pass used in between
+    # the two reads has its unit held by then: counted once, never missed, so admissions never
+    # exceed the stock.
+    holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in drop_ids}
     uow.rollback()  # the locks go: the HTTP calls below hold none
-    remaining = {}
+    remaining, active = {}, {}
     for drop_id in drop_ids:
         try:
-            remaining[drop_id] = inventory.remaining(str(drop_id))
+            remaining[drop_id], holding = inventory.holders(str(drop_id), holders[drop_id])
+            active[drop_id] = len(holders[drop_id]) - holding
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
     admitted, next_opening = 0, None

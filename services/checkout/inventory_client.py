@@ -297,12 +297,14 @@ class InventoryClient:
         if response.status not in (200, 404):
             raise self._refusal(response)
 
-    def remaining(self, drop_id: str) -> int:
-        """The drop's units not held or sold (the waiting room's admitter asks every turn)."""
-        response = self._call(f"/drops/{drop_id}", None, method="GET")
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+        """The drop's units not held or sold, and how many of `buyer_ids` hold or bought one, at
+        one moment (the waiting room's admitter asks every turn, with its unused passes' buyers)."""
+        response = self._call(f"/drops/{drop_id}/holders", {"buyer_ids": buyer_ids})
         if response.status != 200:
             raise self._refusal(response)
-        return int(json.loads(response.data)["remaining"])
+        figures = json.loads(response.data)
+        return int(figures["remaining"]), int(figures["holding"])
 
     def _call(self, path: str, body: dict | None, guarded: bool = True, method: str = "POST") -> urllib3.BaseHTTPResponse:
         if guarded and not self._breaker.allow():

@@ -336,9 +336,9 @@ class Lines:
             .order_by(LineTicket.position).limit(limit).offset(offset)
         ))
 
-    def active_passes(self, drop_id: uuid.UUID, now) -> int:
-        """Admitted buyers whose pass is neither used nor expired."""
-        return self._session.execute(_ACTIVE_PASSES, {"drop_id": drop_id, "now": now}).scalar_one()
+    def active_pass_holders(self, drop_id: uuid.UUID, now) -> list[str]:
+        """The admitted buyers whose pass is neither used nor expired."""
+        return list(self._session.scalars(_ACTIVE_PASS_HOLDERS, {"drop_id": drop_id, "now": now}))
 
     def admit_next(self, drop_id: uuid.UUID, count: int, now, expires_at) -> list[int]:
         """Admit the next `count` waiting positions; returns the positions admitted."""
@@ -438,8 +438,8 @@ _PLACE = sa.text(
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:positions AS integer[])) AS placed(id, position) "
     "WHERE line_tickets.id = placed.id"
 )
-_ACTIVE_PASSES = sa.text(
-    "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
+_ACTIVE_PASS_HOLDERS = sa.text(
+    "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
     "AND pass_expires_at > :now"
 ).bindparams(*_UUIDS)
 _ADMIT_NEXT = sa.text(

@@ -16,6 +16,8 @@ RESERVATION_REQUEST = schemas.ReservationRequestSchema()
 RESERVATION = schemas.ReservationSchema()
 SALE_REQUEST = schemas.SaleRequestSchema()
 RESERVATION_BATCH_REQUEST = schemas.ReservationBatchRequestSchema()
+HOLDERS_REQUEST = schemas.HoldersRequestSchema()
+HOLDERS = schemas.HoldersSchema()
 
 
 @bp.post("/products")
@@ -88,6 +90,19 @@ def show_drop(drop_id: str):
 def drop_stock(drop_id: str):
     with unit_of_work() as uow:
         return schemas.DropStockSchema().dump(drops.drop_stock(drop_id, uow))
+
+
+@bp.post("/drops/<drop_id>/holders")
+@operation("A drop's remaining units, and how many of the given buyers hold or bought a unit of it, at one moment",
+           request=schemas.HoldersRequestSchema, response=schemas.HoldersSchema, errors=(403, 404), auth="service",
+           description="What checkout's waiting-room admitter asks each turn, with the buyers whose admission passes "
+                       "are unused: those who already hold a unit have an order in flight, and their pass is not "
+                       "counted again against the units left.")
+@require_service
+def drop_holders(drop_id: str):
+    asked = load(HOLDERS_REQUEST)
+    with unit_of_work() as uow:
+        return HOLDERS.dump(drops.holders(drop_id, asked["buyer_ids"], uow))
 
 
 @bp.post("/reservations")

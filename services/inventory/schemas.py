@@ -180,6 +180,23 @@ class BatchedReservationRequestSchema(ReservationRequestSchema):
 
 
 MAX_HOLDS_PER_BATCH = 64
+# the buyers one `POST /drops/{id}/holders` asks about: a line's admitted buyers whose passes are unused
+MAX_HOLDERS_ASKED = 100_000
+
+
+class HoldersRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    buyer_ids = fields.List(fields.String(validate=validate.Length(min=1, max=128)), required=True,
+                            validate=validate.Length(max=MAX_HOLDERS_ASKED))
+
+
+class HoldersSchema(Schema):
+    drop_id = fields.UUID()
+    remaining = fields.Integer(metadata={"description": "units nobody holds, as `GET /drops/{id}` says"})
+    holding = fields.Integer(metadata={"description": "how many of the buyers asked about hold or bought a unit "
+                                                      "of the drop, read with `remaining` in one statement"})
 
 
 class ReservationBatchRequestSchema(Schema):

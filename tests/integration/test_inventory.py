@@ -311,6 +311,32 @@ def test_a_paid_hold_is_sold_once_and_a_hold_given_back_is_taken_again_while_uni
     assert sell(floodgate, str(uuid.uuid4())).status_code == 404
 
 
+def test_holders_says_which_of_the_buyers_asked_about_hold_or_bought_a_unit_with_the_units_left(
+        floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=5)
+    ann, bob = (reserve(floodgate, drop["id"], buyer=buyer).json()["order_id"] for buyer in ("ann", "bob"))
+    assert sell(floodgate, ann).status_code == 200
+    given_back = reserve(floodgate, drop["id"], buyer="cy").json()["order_id"]
+    released = floodgate.http.post(f"{floodgate.stack.url('inventory')}/reservations/{given_back}/release",
+                                   headers=service_headers(stack))
+    assert released.status_code == 200, released.text
+
+    def holders(body: dict, headers: dict | None = None, drop_id: str = drop["id"]) -> requests.Response:
+        return floodgate.http.post(f"{floodgate.stack.url('inventory')}/drops/{drop_id}/holders", json=body,
+                                   headers=service_headers(stack) if headers is None else headers)
+
+    # ann bought, bob holds, cy gave hers back, dan never held
+    answer = holders({"buyer_ids": ["ann", "bob", "cy", "dan", "bob"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"drop_id": drop["id"], "remaining": 3, "holding": 2}
+    assert holders({"buyer_ids": []}).json()["holding"] == 0
+    # a service's call only, a drop that exists, and a list of buyer ids
+    assert holders({"buyer_ids": ["ann"]}, headers={}).status_code in (401, 403)
+    assert slug(holders({"buyer_ids": ["ann"]}, drop_id=str(uuid.uuid4()))) == "drop-not-found"
+    for bad in ({}, {"buyer_ids": "ann"}, {"buyer_ids": [""]}, {"buyer_ids": [7]}):
+        assert holders(bad).status_code == 422, bad
+
+
 # --- the window's edges -----------------------------------------------------------------------
 
 def test_the_window_refuses_before_opening_and_from_closing_until_an_extension(floodgate, stack, admin_token):

@@ -147,6 +147,28 @@ def show_drop(drop_id: str, uow) -> DropView:
     return DropView.of(drop, now, remaining)
 
 
+# One statement, so both figures are of one moment: a hold moves a unit from the stock rows to
+# the buyer's allowance in one transaction, and is seen in both or in neither.
+_HOLDERS = sa.text(
+    "SELECT (SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = d.id) AS remaining, "
+    "(SELECT count(*) FROM buyer_allowances WHERE drop_id = d.id AND taken > 0 "
+    " AND buyer_id = ANY(CAST(:buyer_ids AS varchar[]))) AS holding "
+    "FROM drops d WHERE d.id = :drop_id"
+).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
+
+
+def holders(drop_id: str, buyer_ids: list[str], uow) -> dict:
+    """The drop's remaining units, and how many of `buyer_ids` hold or bought a unit of it, at
+    one moment: the waiting room's admitter counts the passes in play whose buyer has no unit
+    yet against the units left (an order between its hold and its commit would otherwise count
+    twice, once as a pass and once as a unit gone)."""
+    drop = parse_id(drop_id, DropNotFound)
+    row = uow.session.execute(_HOLDERS, {"drop_id": drop, "buyer_ids": sorted(set(buyer_ids))}).first()
+    if row is None:
+        raise DropNotFound()
+    return {"drop_id": drop, "remaining": int(row.remaining), "holding": int(row.holding)}
+
+
 def drop_stock(drop_id: str, uow) -> dict:
     """A drop's units for the control room: total, remaining, held and sold (they add up)."""
     drop = parse_id(drop_id, DropNotFound)

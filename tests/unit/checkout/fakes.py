@@ -189,9 +189,9 @@ class FakeLines:
                         key=lambda t: t.position)
         return [t.id for t in placed][offset:offset + limit]
 
-    def active_passes(self, drop_id, now):
-        return sum(1 for t in self.tickets(drop_id)
-                   if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now)
+    def active_pass_holders(self, drop_id, now):
+        return [t.buyer_id for t in self.tickets(drop_id)
+                if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now]
 
     def admit_next(self, drop_id, count, now, expires_at):
         waiting = sorted((t for t in self.tickets(drop_id) if t.admitted_at is None and t.position is not None),

@@ -20,13 +20,13 @@ SECRET = "a line pass secret for the unit tests only"
 
 
 class StockOf:
-    """Inventory as the admitter sees it: the drop's remaining units."""
+    """Inventory as the admitter sees it: the drop's remaining units, and the buyers holding one."""
 
-    def __init__(self, units: int):
-        self.units = units
+    def __init__(self, units: int, holding: frozenset = frozenset()):
+        self.units, self.holding = units, holding
 
-    def remaining(self, drop_id: str) -> int:
-        return self.units
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+        return self.units, len(set(buyer_ids) & self.holding)
 
 
 def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
@@ -142,6 +142,22 @@ def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_t
     paces[DROP].last -= admitter.MIN_TURN_SECONDS
     admitter.turn(uow, StockOf(1000), paces)
     assert made.admitted_through == 200 and made.observed_rate == pytest.approx(200, rel=0.01)
+
+
+def test_a_pass_whose_buyer_already_holds_a_unit_is_not_counted_again_against_the_units_left():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 5, opens_in=-1, admission_rate=4)  # a turn's worth: 2
+    paces = {}
+    admitter.turn(uow, StockOf(3), paces)
+    first = sorted((t for t in uow.lines.tickets(DROP) if t.admitted_at), key=lambda t: t.position)
+    assert len(first) == 2
+    # the first admitted buyer's order is in flight: its unit is held, its pass not yet used
+    paces[DROP].last -= 1.0  # a second later: the rate allows more
+    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})), paces)
+    assert made.admitted_through == 3  # the third unit's buyer, not held back by the order in flight
+    paces[DROP].last -= 1.0
+    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})), paces)
+    assert made.admitted_through == 3  # and never more passes than units: 1 held + 2 passes for 2 left
 
 
 def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_turn():
