@@ -135,7 +135,7 @@ def test_only_the_monitoring_namespace_reaches_the_metrics_port(targets, overlay
 def test_apis_that_verify_tokens_reach_accounts_jwks_and_nothing_else_does(dev):
     accounts_api = pod(dev, "Deployment", "accounts-api")
     allowed = {describe(p) for p in every_pod(dev) if policy.reachable(dev, p, accounts_api, 8000)}
-    assert allowed == {"inventory/api", "checkout/api", "notifications/api"}
+    assert allowed == {"inventory/api", "checkout/api", "notifications/api", "checkout/line-status"}
 
 
 def test_only_mail_and_refunds_leave_the_cluster(prod):
@@ -170,16 +170,17 @@ def test_buyers_reach_the_line_status_edge_through_the_edge_and_nothing_else_doe
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
-def test_the_line_status_edge_reaches_checkouts_pgbouncer_and_dns_only(targets, overlay):
-    """It reads checkout's database through checkout's PgBouncer; no broker, inventory, accounts,
-    database server or address outside the cluster."""
+def test_the_line_status_edge_reaches_checkouts_pgbouncer_accounts_jwks_and_dns_only(targets, overlay):
+    """It reads checkout's database through checkout's PgBouncer and accounts' JWKS (the joins'
+    and the admitted buyers' tokens); no broker, inventory, database server or address outside
+    the cluster."""
     objects = targets[overlay].objects
     line_status = pod(objects, "Deployment", "checkout-line-status")
     pods = every_pod(objects)
     ports = (5432, 5672, 6432, 8000, 9100, 1025, 15672)
     reached = {(describe(p), port) for p in pods for port in ports
                if policy.reachable(objects, line_status, p, port)}
-    assert reached == {("checkout/pgbouncer", 6432)}
+    assert reached == {("checkout/pgbouncer", 6432), ("accounts/api", 8000)}
     assert policy.egress_allowed(objects, line_status, 53, protocol="UDP", to_labels=KUBE_DNS,
                                  to_namespace_labels=KUBE_SYSTEM)
     for address, port in (("192.0.2.10", 5672), ("192.0.2.23", 5432), ("198.51.100.7", 443),
