@@ -14,7 +14,9 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   (`pre_queue_order` below). Those tickets get positions 1..N; everyone who joins later gets
   N+1, N+2, ... in arrival order, from the admitter's next turn (`place_arrivals`).
 - Every half second the admitter admits the next positions, never putting more unused passes in
-  play than the drop's remaining units x the line's admission factor, and at no more than the
+  play than the drop's remaining units x the line's admission factor (a pass whose buyer already
+  holds a unit, its order in flight, is not counted again: inventory says which, with the units
+  left, `POST /drops/{id}/holders`), and at no more than the
   admission rate (which the admin sets, and which halves while checkout turns orders away with
   429; see `next_rate`). An admitted buyer's ticket carries a pass: signed, bound to buyer,
   drop and ticket, valid `pass_ttl_seconds`. `POST /orders` on that drop requires it (header

@@ -2,6 +2,8 @@
 order's hold or refusal."""
 import json
 
+import pytest
+
 from services.checkout import errors
 from services.checkout.inventory_client import CircuitBreaker, Hold, InventoryClient
 
@@ -85,3 +87,21 @@ def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailab
         {"order_id": "o0", "status": 503, "problem": problem("database-unavailable", 503)}]}))
     [result] = inventory._hold_batch(holds(1))
     assert isinstance(result, errors.InventoryUnavailable) and result.status == 503
+
+
+def test_the_admitter_hears_the_units_left_and_how_many_pass_holders_hold_one():
+    inventory = client(lambda path, body: Answer(200, {"drop_id": DROP, "remaining": 7, "holding": 2}))
+    assert inventory.holders(DROP, ["ann", "bob", "cy"]) == (7, 2)
+    assert inventory._pool.calls == [(f"/drops/{DROP}/holders", {"buyer_ids": ["ann", "bob", "cy"]})]
+
+
+def test_an_inventory_that_does_not_know_holders_gives_the_units_left_and_every_pass_counts():
+    for unknown in (Answer(404, problem("not-found", 404)), Answer(405, problem("method-not-allowed", 405))):
+        def answer(path, body, unknown=unknown):
+            return unknown if path.endswith("/holders") else Answer(200, {"id": DROP, "remaining": 4})
+
+        assert client(answer).holders(DROP, ["ann"]) == (4, 0)
+    gone = client(lambda path, body: Answer(404, problem("drop-not-found", 404)))
+    with pytest.raises(errors.DropNotFound):
+        gone.holders(DROP, ["ann"])
+    assert [path for path, _ in gone._pool.calls] == [f"/drops/{DROP}/holders"]
