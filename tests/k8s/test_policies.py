@@ -143,10 +143,12 @@ def test_metrics_and_tmp_are_writable_on_a_read_only_root(dev):
 
 
 @pytest.mark.parametrize("target", ["dev", "prod", "drop"])
-def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_alone(targets, target):
+def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_pass_secret(targets, target):
     """checkout's public status edge: one worker per pod (scaled by replicas), checkout's database
-    through its PgBouncer and no other Secret (no broker, service key, payment or line-pass secret),
-    /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and no /metrics."""
+    through its PgBouncer and the line-pass secret it signs the admitted buyers' passes with (the
+    one checkout's API checks them with), no other Secret (no broker, service key or payment
+    secret), /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and no
+    /metrics."""
     objects = targets[target].objects
     deployment = policy.find(objects, "Deployment", "checkout-line-status")
     assert deployment is not None
@@ -155,10 +157,13 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_alone(ta
     assert container["image"].split(":")[0].endswith("floodgate/checkout")
     env = {e["name"]: e for e in container["env"]}
     assert env["WEB_CONCURRENCY"]["value"] == "1"
-    secrets = [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})]
-    assert len(secrets) == 1  # dev's generated Secrets carry a content hash in their names
-    assert secrets[0][0] == "DATABASE_URL" and secrets[0][1]["name"].startswith("checkout-database")
-    assert secrets[0][1]["key"] == "pooler-url"
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+    assert set(secrets) == {"DATABASE_URL", "LINE_PASS_SECRET"}
+    # dev's generated Secrets carry a content hash in their names
+    assert secrets["DATABASE_URL"]["name"].startswith("checkout-database") and secrets["DATABASE_URL"]["key"] == "pooler-url"
+    api = policy.pod_spec(policy.find(objects, "Deployment", "checkout-api"))["containers"][0]
+    [api_pass] = [e["valueFrom"]["secretKeyRef"] for e in api["env"] if e["name"] == "LINE_PASS_SECRET"]
+    assert secrets["LINE_PASS_SECRET"] == api_pass  # the same key signs and checks
     assert [s["configMapRef"]["name"].startswith("checkout-config") for s in container["envFrom"]] == [True]
     assert not {"METRICS_BIND", "PROMETHEUS_MULTIPROC_DIR", "AMQP_URL", "SERVICE_KEY"} & set(env)
     assert [p["containerPort"] for p in container["ports"]] == [8000]
