@@ -19,6 +19,8 @@ from shared.errors import Problem
 from shared.logs import current_request_id
 
 log = logging.getLogger("floodgate.checkout.inventory")
+# the buyers one `POST /drops/{id}/holders` may name (inventory's schemas.MAX_HOLDERS_ASKED)
+MAX_HOLDERS_ASKED = 100_000
 
 _PROBLEMS = {
     "sold-out": errors.SoldOut,
@@ -300,19 +302,25 @@ class InventoryClient:
     def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
         """The drop's units not held or sold, and how many of `buyer_ids` hold or bought one, at
         one moment (the waiting room's admitter asks every turn, with its unused passes' buyers)."""
+        if len(buyer_ids) > MAX_HOLDERS_ASKED:  # more than inventory takes in a call
+            return self._remaining_alone(drop_id), 0
         response = self._call(f"/drops/{drop_id}/holders", {"buyer_ids": buyer_ids})
         slug = str(_document(response).get("type", "")).rsplit("/", 1)[-1]
         if response.status == 405 or (response.status == 404 and slug != "drop-not-found"):
-            # an inventory that does not know the call (a rolling deploy): the units left alone,
-            # and every pass counted (an order in flight then counts twice, as it used to)
-            response = self._call(f"/drops/{drop_id}", None, method="GET")
-            if response.status != 200:
-                raise self._refusal(response)
-            return int(json.loads(response.data)["remaining"]), 0
+            return self._remaining_alone(drop_id), 0  # an inventory that does not know the call
         if response.status != 200:
             raise self._refusal(response)
         figures = json.loads(response.data)
         return int(figures["remaining"]), int(figures["holding"])
+
+    def _remaining_alone(self, drop_id: str) -> int:
+        """The units left, with no word of who holds one: every pass then counts (an order in
+        flight twice, as before `holders`): an inventory that does not know that call (a rolling
+        deploy), or more unused passes than one call takes."""
+        response = self._call(f"/drops/{drop_id}", None, method="GET")
+        if response.status != 200:
+            raise self._refusal(response)
+        return int(json.loads(response.data)["remaining"])
 
     def _call(self, path: str, body: dict | None, guarded: bool = True, method: str = "POST") -> urllib3.BaseHTTPResponse:
         if guarded and not self._breaker.allow():

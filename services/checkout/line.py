@@ -23,10 +23,11 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   `Line-Pass`) and uses it up; an unused pass expires and its slot goes to the next buyer.
 - The crowd polls the public status edge (`python -m services.checkout line-status`,
   services/checkout/line_status.py): `GET /drops/{id}/line/tickets/{ticket_id}` answers from a
-  copy of the lines kept in memory and refreshed four times a second, so a poll costs neither
-  a token check nor a query. It says the state, the people ahead, an estimated wait from the
-  measured admission rate and when to poll again. Once the line reaches the buyer, the buyer's
-  own poll (`GET /drops/{id}/line/tickets/mine`, signed in) has the pass. When the drop has no
+  copy of the lines kept in memory and refreshed four times a second, so a poll costs no query
+  (and a token check only once the line has admitted the ticket, for a token naming its buyer).
+  It says the state, the people ahead, an estimated wait from the measured admission rate and
+  when to poll again. Once the line reaches the buyer, that poll has the pass when it carries the
+  buyer's token, and so has the buyer's own poll at checkout (`GET /drops/{id}/line/tickets/mine`). When the drop has no
   units left, everyone waiting is told `sold_out`; when held units come back (an unpaid hold
   expires) the line admits again.
 """
@@ -229,7 +230,7 @@ def place_view(position: int | None, line, now: datetime) -> dict:
     """What a place in the line shows, from the line's public figures alone: state, people
     ahead, estimated wait, when to poll again. The buyer's own poll and the public status edge
     (services/checkout/line_status.py) both answer with it. A position the line has reached is
-    `admitted`: the buyer's own poll then has the pass."""
+    `admitted`: a poll signed in as its buyer then has the pass."""
     view = {"position": position, "ahead": None, "eta_seconds": None}
     if line.state == CLOSED:
         return {**view, "state": CLOSED, "poll_after_seconds": None}
@@ -275,16 +276,16 @@ def _pass_claims(secret: str, presented: str) -> dict:
         raise errors.LinePassInvalid("The admission pass is not valid.")
 
 
-def pass_is_current(secret: str, presented: str | None) -> bool:
-    """Whether `presented` is a genuine, unexpired pass: the line admitted its holder (whether
-    it is this buyer's, for this drop, `verify_pass` says once the buyer is known)."""
+def current_pass_ticket(secret: str, presented: str | None) -> str | None:
+    """The ticket of `presented` when it is a genuine, unexpired pass (the line admitted its
+    holder; whether it is this buyer's, for this drop, `verify_pass` says once the buyer is
+    known), else None."""
     if not presented:
-        return False
+        return None
     try:
-        _pass_claims(secret, presented)
+        return str(_pass_claims(secret, presented)["tkt"])
     except errors.LinePassRefused:
-        return False
-    return True
+        return None
 
 
 def verify_pass(secret: str, presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:

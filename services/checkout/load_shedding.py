@@ -18,16 +18,24 @@ orders/s so, and 42.9 / 53.0 / 54.7 with the shorter draw.)
 
 An order that carries a genuine, unexpired line pass (`Line-Pass`, checked here by its signature
 alone; whose it is, Flask checks) is not turned away at once: it waits up to `patience` seconds
-for a slot, and only then gets its 429. The line has already paced these buyers, and bounded
-them: the admitter never puts more passes in play than the remaining units x the admission
-factor, so the orders that wait are at most the drop's remaining stock, not the crowd. Turned
-away, they sat out a whole `Retry-After` (a second or two) while checkout, between waves of
-returning buyers, idled and the units waited for them: in the rehearsal a third to two thirds of
-the admitted buyers' first orders were refused so. A waiting order holds one of the process's
-request threads (blocked, costing no CPU); the polls, pass pickups and webhooks that find none
-free wait in gunicorn's queue for the next. Orders without a pass (a drop without a line, where
-the whole crowd comes at once) are refused at once as before: waiting would only move that crowd
-into the threads. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass holders waited.
+for a slot, and only then gets its 429. The line has already paced these buyers: the admitter
+never puts more passes in play than the remaining units x the admission factor. Turned away, they
+sat out a whole `Retry-After` (a second or two) while checkout, between waves of returning buyers,
+idled and the units waited for them: in the rehearsal a third to two thirds of the admitted
+buyers' first orders were refused so. A waiting order holds one of the process's request threads
+(blocked, costing no CPU), and one order per pass waits (the same pass sent again while it waits
+is refused at once, so a pass cannot hold more than one thread). The price: while the order
+slots are taken and pass holders wait in the threads they leave, the process's other requests
+(webhooks, polls, health probes) wait in gunicorn's queue behind them, each for up to
+`patience` seconds more than before (Kubernetes' probes allow for that: liveness fails after 3
+misses 10 s apart, readiness after 2 misses 5 s apart). Keeping threads free instead (at most
+threads - slots - 2 waiting, the rest refused at once) turned the queue back into refusals: 155
+429s and 58.7 orders/s in the rehearsal, 98-112 and 56.5-60.9 with 32 threads, against 0 and
+68-99 without. Orders without a pass (a drop without a line, where the whole crowd comes at
+once) are refused at once as before: waiting would only move that crowd into the threads. A
+pass holder still without a slot after `patience` is refused and counted, which is what the
+admitter slows down for. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass
+holders waited.
 """
 from __future__ import annotations
 
@@ -59,6 +67,7 @@ class OrderGate:
     def __init__(self, limit: int, max_retry_after: int = 10, clock: Callable[[], float] = time.monotonic,
                  draw: Callable[[int, int], int] = random.randint):
         self._slots = threading.BoundedSemaphore(max(1, limit))
+        self._waiting: set[str] = set()  # the passes (their tickets) whose orders wait for a slot
         self._max_retry_after = max(1, max_retry_after)
         self._clock = clock
         self._draw = draw
@@ -68,11 +77,17 @@ class OrderGate:
         self._last_admitted = self._last_refused = 0
         self.refused_total = 0  # since the process started: what LoadReport tells the admitter
 
-    def try_enter(self, wait_seconds: float = 0.0) -> bool:
-        """Take a slot (True; `leave()` when done), waiting up to `wait_seconds` for one to be
-        left, or count a refusal (False)."""
-        entered = self._slots.acquire(blocking=False) or (
-            wait_seconds > 0 and self._slots.acquire(timeout=wait_seconds))
+    def try_enter(self, wait_seconds: float = 0.0, waiter: str | None = None) -> bool:
+        """Take a slot (True; `leave()` when done) or count a refusal (False). With `wait_seconds`
+        and a `waiter` (a pass's ticket), wait up to that long for one to be left, unless this
+        waiter already waits."""
+        entered = self._slots.acquire(blocking=False)
+        if not entered and wait_seconds > 0 and waiter is not None and self._start_waiting(waiter):
+            try:
+                entered = self._slots.acquire(timeout=wait_seconds)
+            finally:
+                with self._lock:
+                    self._waiting.discard(waiter)
         with self._lock:
             self._roll()
             if entered:
@@ -81,6 +96,13 @@ class OrderGate:
                 self._refused += 1
                 self.refused_total += 1
         return entered
+
+    def _start_waiting(self, waiter: str) -> bool:
+        with self._lock:
+            if waiter in self._waiting:
+                return False
+            self._waiting.add(waiter)
+            return True
 
     def leave(self) -> None:
         self._slots.release()
@@ -157,24 +179,26 @@ GATE_WAIT = Histogram(
 )
 
 
-def line_pass_patience(secret: str, seconds: float) -> Callable[[dict], float]:
-    """How long an order may wait for a slot: `seconds` with a genuine, unexpired line pass
-    (signed with `secret`), else 0 (see the module's docstring)."""
+def line_pass_patience(secret: str, seconds: float) -> Callable[[dict], tuple[float, str | None]]:
+    """How long an order may wait for a slot, and as whom: `seconds` and the pass's ticket with
+    a genuine, unexpired line pass (signed with `secret`), else (0, None) (see the module's
+    docstring)."""
 
-    def patience(environ: dict) -> float:
-        return seconds if waiting_room.pass_is_current(secret, environ.get("HTTP_LINE_PASS")) else 0.0
+    def patience(environ: dict) -> tuple[float, str | None]:
+        ticket = waiting_room.current_pass_ticket(secret, environ.get("HTTP_LINE_PASS"))
+        return (seconds, ticket) if ticket is not None else (0.0, None)
 
     return patience
 
 
 class OrderAdmission:
     """WSGI middleware: `POST <path>` takes a slot of `gate` for as long as the app handles it,
-    or is answered with 429, its `Retry-After` and a problem+json body: at once, or after
-    `patience(environ)` seconds without a slot (a line pass holder's)."""
+    or is answered with 429, its `Retry-After` and a problem+json body: at once, or after the
+    seconds `patience(environ)` gives without a slot (a line pass holder's, with its ticket)."""
 
     def __init__(self, app, gate: OrderGate, refusal, service: str, path: str = "/orders",
                  report: LoadReport | None = None, cors_origins: frozenset = frozenset(),
-                 patience: Callable[[dict], float] = lambda environ: 0.0):
+                 patience: Callable[[dict], tuple[float, str | None]] = lambda environ: (0.0, None)):
         self.app, self.gate, self.path, self.service = app, gate, path, service
         self._refusal = refusal  # the problem (a TooBusy) every refusal carries
         self._report = report
@@ -186,9 +210,9 @@ class OrderAdmission:
             return self.app(environ, start_response)
         if self._report is not None:
             self._report.start()
-        patience = self._patience(environ)
+        patience, waiter = self._patience(environ)
         started = time.monotonic()
-        entered = self.gate.try_enter(patience)
+        entered = self.gate.try_enter(patience, waiter)
         if patience > 0:
             GATE_WAIT.labels(self.service, "entered" if entered else "refused").observe(time.monotonic() - started)
         if not entered:

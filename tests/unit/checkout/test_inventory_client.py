@@ -105,3 +105,13 @@ def test_an_inventory_that_does_not_know_holders_gives_the_units_left_and_every_
     with pytest.raises(errors.DropNotFound):
         gone.holders(DROP, ["ann"])
     assert [path for path, _ in gone._pool.calls] == [f"/drops/{DROP}/holders"]
+
+
+def test_more_unused_passes_than_a_call_takes_gives_the_units_left_and_every_pass_counts():
+    from services.checkout.inventory_client import MAX_HOLDERS_ASKED
+    from services.inventory.schemas import MAX_HOLDERS_ASKED as INVENTORY_TAKES
+
+    assert MAX_HOLDERS_ASKED == INVENTORY_TAKES
+    inventory = client(lambda path, body: Answer(200, {"id": DROP, "remaining": 9}))
+    assert inventory.holders(DROP, [f"b{n}" for n in range(MAX_HOLDERS_ASKED + 1)]) == (9, 0)
+    assert [path for path, _ in inventory._pool.calls] == [f"/drops/{DROP}"]

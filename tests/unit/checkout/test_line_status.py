@@ -10,6 +10,8 @@ import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
+import jwt
+
 from services.checkout import line as waiting_room
 from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines
 from shared.auth import Principal
@@ -84,24 +86,28 @@ def test_a_waiting_buyer_sees_the_people_ahead_and_an_estimate_and_may_cache_it_
 def test_an_admitted_buyers_own_poll_has_its_pass_and_is_not_cached():
     ann, bob = uuid.uuid4(), uuid.uuid4()
     app, _ = app_with({ann: 1, bob: 2}, buyers={ann: "ann", bob: "bob"}, admitted_through=1)
-    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token="token-ann")
+    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token_for("ann"))
     assert status == 200 and body["state"] == "admitted" and headers["cache-control"] == "no-store"
     assert waiting_room.verify_pass(PASS_SECRET, body["pass"], "ann", str(DROP)) == ann
-    assert body["pass_expires_at"] and body["poll_after_seconds"] == 10
-    # another buyer's token, a token that does not verify, or none: the public answer, no pass
-    for token in ("token-bob", "forged", None):
+    assert body["pass_expires_at"] and body["poll_after_seconds"] == 10 and headers["vary"] == "Authorization"
+    # another buyer's token, one naming ann that does not verify, a forged one, or none: the
+    # public answer, no pass; only the token that names ann is checked at all
+    tokens = app.joiner.verifier
+    checked = tokens.verified
+    for token in (token_for("bob"), token_for("ann", key="someone else's key, long enough for HS256"), "forged", None):
         status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token)
         assert (status, body["state"], "pass" in body, headers["cache-control"]) == (
             200, "admitted", False, "public, max-age=1"), token
+    assert tokens.verified == checked + 1
     # a ticket still waiting has no pass, signed in or not
-    body = get(app, f"/drops/{DROP}/line/tickets/{bob}", token="token-bob")[1]
+    body = get(app, f"/drops/{DROP}/line/tickets/{bob}", token=token_for("bob"))[1]
     assert body["state"] == "waiting" and "pass" not in body
 
 
 def test_an_admitted_buyer_whose_pass_has_expired_is_told_so():
     ann = uuid.uuid4()
     app, _ = app_with({ann: 1}, buyers={ann: "ann"}, expires_at=utc_now() - timedelta(seconds=1), admitted_through=1)
-    body = get(app, f"/drops/{DROP}/line/tickets/{ann}", token="token-ann")[1]
+    body = get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token_for("ann"))[1]
     assert body["state"] == "expired" and body["poll_after_seconds"] is None and "pass" not in body
 
 
@@ -184,16 +190,29 @@ def test_the_copy_fetches_only_the_positions_handed_out_since_its_last_refresh()
 
 # --- joins ----------------------------------------------------------------------------------------
 
+TOKEN_KEY = "the unit tests' token key, long enough for HS256"
+
+
+def token_for(buyer: str, key: str = TOKEN_KEY) -> str:
+    return jwt.encode({"sub": buyer}, key, algorithm="HS256")
+
+
 class Tokens:
-    """A verifier that knows tokens by name: "token-<buyer>"."""
+    """A verifier that knows tokens by name ("token-<buyer>") and JWTs signed with TOKEN_KEY."""
 
     def __init__(self):
         self.keys = None
+        self.verified = 0
 
     def verify(self, token: str) -> Principal:
-        if not token.startswith("token-"):
-            raise Unauthorized("That token does not verify.")
-        return Principal(subject=token.removeprefix("token-"), role="buyer", account_created_at=utc_now())
+        self.verified += 1
+        if token.startswith("token-"):
+            return Principal(subject=token.removeprefix("token-"), role="buyer", account_created_at=utc_now())
+        try:
+            subject = jwt.decode(token, TOKEN_KEY, algorithms=["HS256"])["sub"]
+        except jwt.PyJWTError:
+            raise Unauthorized("That token does not verify.") from None
+        return Principal(subject=subject, role="buyer", account_created_at=utc_now())
 
 
 def joining_app(per_minute: int = 100) -> tuple[LineStatusApp, FakeUnitOfWork]:

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import GATE_WAIT, OrderAdmission, OrderGate, line_pass_patience
@@ -108,11 +109,11 @@ def answer_of(admission, environ) -> str:
     return statuses[-1]
 
 
-def _count(outcome: str) -> float:
-    """How many pass holders' waits at the gate ended so (`floodgate_order_gate_wait_seconds`)."""
+def _waited(outcome: str, figure: str = "_count") -> float:
+    """How many pass holders' waits at the gate ended so (`_count`), or their seconds (`_sum`)."""
     for metric in GATE_WAIT.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_count") and sample.labels == {"service": "checkout", "outcome": outcome}:
+            if sample.name.endswith(figure) and sample.labels == {"service": "checkout", "outcome": outcome}:
                 return sample.value
     return 0.0
 
@@ -120,7 +121,7 @@ def _count(outcome: str) -> float:
 def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():
     gate = OrderGate(1, clock=Clock(), draw=upper_bound)
     admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
-    entered_before = _count("entered")
+    entered_before, seconds_before = _waited("entered"), _waited("entered", "_sum")
     assert gate.try_enter()  # another order is in hand
     answers = []
     waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(pass_for()[0]))))
@@ -129,25 +130,48 @@ def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():
     assert waiting.is_alive() and answers == []  # neither answered nor refused while the slot is taken
     gate.leave()
     waiting.join(timeout=10)
-    assert answers == ["201 Created"] and _count("entered") == entered_before + 1
+    assert answers == ["201 Created"] and _waited("entered") == entered_before + 1
+    assert _waited("entered", "_sum") - seconds_before >= 0.25  # it got the slot by waiting for it
     assert gate.try_enter()  # and it gave the slot back
+
+
+def test_one_order_per_pass_waits_the_same_pass_again_is_refused_at_once():
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 5))
+    refused_before, refused_seconds_before = _waited("refused"), _waited("refused", "_sum")
+    assert gate.try_enter()
+    line_pass, answers = pass_for()[0], []
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(line_pass))))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not gate._waiting and time.monotonic() < deadline:  # until the first order waits
+        time.sleep(0.01)
+    assert gate._waiting
+    assert answer_of(admission, order_with(line_pass)).startswith("429")
+    assert _waited("refused") == refused_before + 1
+    assert _waited("refused", "_sum") - refused_seconds_before < 1.0  # at once, not after its patience
+    assert waiting.is_alive()  # the first still waits
+    gate.leave()
+    waiting.join(timeout=10)
+    assert answers == ["201 Created"]
 
 
 def test_a_pass_holder_is_refused_after_its_patience_and_everyone_else_at_once():
     gate = OrderGate(1, clock=Clock(), draw=upper_bound)
     admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 0.05))
-    refused_before = _count("refused")
+    refused_before = _waited("refused")
     assert gate.try_enter()
     assert answer_of(admission, order_with(pass_for()[0])).startswith("429")
-    assert _count("refused") == refused_before + 1
+    assert _waited("refused") == refused_before + 1
     # without a pass, or with one that is forged or expired, there is no waiting (and nothing counted)
     for line_pass in (None, "forged", pass_for(expires_in=-5)[0],
                       pass_for(secret="someone else's secret, long enough for HS256")[0]):
         assert answer_of(admission, order_with(line_pass)).startswith("429")
-    assert _count("refused") == refused_before + 1
+    assert _waited("refused") == refused_before + 1
 
 
 def test_only_a_current_pass_buys_patience():
     patience = line_pass_patience(SECRET, 2.0)
-    assert patience(order_with(pass_for()[0])) == 2.0
-    assert [patience(order_with(p)) for p in (None, "forged", pass_for(expires_in=-5)[0])] == [0.0, 0.0, 0.0]
+    issued, ticket_id = pass_for()
+    assert patience(order_with(issued)) == (2.0, str(ticket_id))
+    assert [patience(order_with(p)) for p in (None, "forged", pass_for(expires_in=-5)[0])] == [(0.0, None)] * 3
