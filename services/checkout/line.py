@@ -216,14 +216,19 @@ def ticket_view(ticket, line, now: datetime, pass_secret: str) -> dict:
     if ticket.used_at is not None:
         view.update(state=ORDERED, poll_after_seconds=None)
     elif ticket.admitted_at is not None:
-        if ticket.pass_expires_at > now:
-            view.update(state=ADMITTED, poll_after_seconds=10, pass_expires_at=ticket.pass_expires_at)
-            view["pass"] = issue_pass(pass_secret, ticket)
-        else:
-            view.update(state=EXPIRED, poll_after_seconds=None)
+        view.update(admission_view(ticket, now, pass_secret))
     else:
         view.update(place_view(ticket.position, line, now))
     return view
+
+
+def admission_view(ticket, now: datetime, pass_secret: str) -> dict:
+    """An admitted ticket's state for its buyer: `admitted` with its pass while that holds, else
+    `expired`. `ticket` needs id, drop_id, buyer_id and pass_expires_at."""
+    if ticket.pass_expires_at > now:
+        return {"state": ADMITTED, "poll_after_seconds": 10, "pass": issue_pass(pass_secret, ticket),
+                "pass_expires_at": ticket.pass_expires_at}
+    return {"state": EXPIRED, "poll_after_seconds": None}
 
 
 def place_view(position: int | None, line, now: datetime) -> dict:

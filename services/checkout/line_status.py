@@ -172,18 +172,15 @@ def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> 
             "as_of": now.isoformat()}
 
 
-def with_pass(lines: Lines, status: dict, buyer_id: str, now: datetime, pass_secret: str) -> dict | None:
-    """`status` (an admitted ticket's, from `ticket_status`) with its pass, when the copy has its
-    admission and `buyer_id` is its buyer; `expired` once the pass has expired. None otherwise."""
-    admission = lines.admissions.get(status["drop_id"], {}).get(status["ticket_id"])
-    if admission is None or admission[0] != buyer_id:
-        return None
-    ticket = SimpleNamespace(id=status["ticket_id"], drop_id=status["drop_id"], buyer_id=buyer_id,
+def with_pass(status: dict, admission: tuple[str, datetime], now: datetime, pass_secret: str) -> dict:
+    """`status` (an admitted ticket's, from `ticket_status`) as its buyer sees it, from the copy's
+    `admission` of it (buyer, pass expiry): with its pass, or `expired` (`line.admission_view`)."""
+    ticket = SimpleNamespace(id=status["ticket_id"], drop_id=status["drop_id"], buyer_id=admission[0],
                              pass_expires_at=admission[1])
-    if ticket.pass_expires_at <= now:
-        return {**status, "state": waiting_room.EXPIRED, "poll_after_seconds": None}
-    return {**status, "pass": waiting_room.issue_pass(pass_secret, ticket),
-            "pass_expires_at": ticket.pass_expires_at.isoformat()}
+    view = {**status, **waiting_room.admission_view(ticket, now, pass_secret)}
+    if "pass_expires_at" in view:
+        view["pass_expires_at"] = view["pass_expires_at"].isoformat()
+    return view
 
 
 def line_status(lines: Lines, drop_id: str, now: datetime) -> dict:
@@ -357,7 +354,9 @@ class LineStatusApp:
             principal = await self.joiner.principal(authorization)
         except errors.Problem:
             return None
-        return with_pass(self.lines, status, principal.subject, utc_now(), self.joiner.pass_secret)
+        if principal.subject != admission[0]:
+            return None
+        return with_pass(status, admission, utc_now(), self.joiner.pass_secret)
 
     def _needs_copy(self, view, *args) -> dict:
         if not self.lines.fresh():  # better no answer than a wrong one

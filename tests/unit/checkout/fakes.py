@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
-from services.checkout import config, handlers
+from services.checkout import config, handlers, line as waiting_room
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
 from services.checkout.inventory_client import Hold
 from services.checkout.models import LineTicket, Order
@@ -19,6 +19,14 @@ from shared.values import utc_now, uuid_or_none
 SETTINGS = config.Settings(service_name="checkout")
 BUYER = "buyer-1"
 DROP_ID = "5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40"
+PASS_SECRET = "a line pass secret for the unit tests only"
+
+
+def pass_for(buyer="ann", drop=uuid.UUID(DROP_ID), expires_in=60, secret=PASS_SECRET) -> tuple[str, uuid.UUID]:
+    """A line pass as the admitter's line issues it, and its ticket id."""
+    ticket = LineTicket(id=uuid.uuid4(), drop_id=drop, buyer_id=buyer, arrival=1,
+                        pass_expires_at=utc_now() + timedelta(seconds=expires_in))
+    return waiting_room.issue_pass(secret, ticket), ticket.id
 UNIT_PRICE, CURRENCY = 29900, "CAD"
 HOLD = timedelta(minutes=10)
 HOME = {

@@ -6,17 +6,17 @@ import hashlib
 import hmac
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import jwt
 import pytest
 
 from services.checkout import admitter, errors, line
-from services.checkout.models import LineTicket
 from shared.values import utc_now
-from tests.unit.checkout.fakes import FakeUnitOfWork
+from tests.unit.checkout.fakes import PASS_SECRET, FakeUnitOfWork, pass_for
 
 DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
-SECRET = "a line pass secret for the unit tests only"
+SECRET = PASS_SECRET
 
 
 class StockOf:
@@ -129,7 +129,10 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
     assert line.place_view(11, made, now)["poll_after_seconds"] == line.WAITING_POLL_SECONDS
 
 
-def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second():
+def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second(
+        monkeypatch):
+    clock = [1000.0]  # the admitter's pace runs on this clock: a turn is exactly as long as the test says
+    monkeypatch.setattr(admitter, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 300, opens_in=-1, admission_rate=200)
     paces = {}
@@ -139,7 +142,7 @@ def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_t
     # 149 people ahead of position 250 at 200 a second: due within the second, so polls every second
     assert line.place_view(250, made, now)["poll_after_seconds"] == 1
     assert line.place_view(300, made, now)["poll_after_seconds"] == 1
-    paces[DROP].last -= admitter.MIN_TURN_SECONDS
+    clock[0] += admitter.MIN_TURN_SECONDS
     admitter.turn(uow, StockOf(1000), paces)
     assert made.admitted_through == 200 and made.observed_rate == pytest.approx(200, rel=0.01)
 
@@ -239,12 +242,6 @@ def test_a_line_may_refuse_accounts_made_after_it():
         line.join(DROP, "newcomer", made.accounts_created_before + timedelta(seconds=1), uow)
     with pytest.raises(errors.AccountTooNew):
         line.join(DROP, "unknown age", None, uow)
-
-
-def pass_for(buyer="ann", drop=DROP, expires_in=60, secret=SECRET) -> str:
-    ticket = LineTicket(id=uuid.uuid4(), drop_id=drop, buyer_id=buyer, arrival=1,
-                             pass_expires_at=utc_now() + timedelta(seconds=expires_in))
-    return line.issue_pass(secret, ticket), ticket.id
 
 
 def test_a_pass_admits_its_buyer_to_its_drop_only():

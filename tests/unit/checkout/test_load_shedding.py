@@ -4,7 +4,7 @@ import time
 
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import GATE_WAIT, OrderAdmission, OrderGate, line_pass_patience
-from tests.unit.checkout.test_line import SECRET, pass_for
+from tests.unit.checkout.fakes import PASS_SECRET as SECRET, pass_for
 
 
 class Clock:
