@@ -70,11 +70,10 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
     # exceed the stock.
     holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in drop_ids}
     uow.rollback()  # the locks go: the HTTP calls below hold none
-    remaining, active = {}, {}
+    remaining, holding = {}, {}
     for drop_id in drop_ids:
         try:
-            remaining[drop_id], holding = inventory.holders(str(drop_id), holders[drop_id])
-            active[drop_id] = len(holders[drop_id]) - holding
+            remaining[drop_id], holding[drop_id] = inventory.holders(str(drop_id), holders[drop_id])
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
     admitted, next_opening = 0, None
@@ -93,11 +92,21 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
         if line.drop_id not in remaining:
             continue
         line.remaining_units = remaining[line.drop_id]
-        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding,
-                           active.get(line.drop_id, 0))
+        active = passes_in_play(holders[line.drop_id], holding[line.drop_id],
+                                uow.lines.active_pass_holders(line.drop_id, now))
+        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding, active)
         line.updated_at = now
     uow.commit()
     return Turned(admitted, next_opening)
+
+
+def passes_in_play(asked: list[str], holding: int, now_held: list[str]) -> int:
+    """The passes to count against the units inventory said were left: those `asked` about,
+    but the `holding` whose buyers already held a unit then, and every pass admitted since
+    (`now_held` is read under the line's lock again). Between the two locks another admitter
+    replica may have taken a whole turn on the line: its admissions, counted in full, keep the
+    two replicas from admitting the same units twice."""
+    return len(asked) - holding + len(set(now_held).difference(asked))
 
 
 def until_next_turn(interval: float, next_opening: datetime | None, now: datetime) -> float:

@@ -277,3 +277,30 @@ def test_joins_per_client_are_limited_per_minute():
     assert limit.take("5.6.7.8") is None
     now[0] = 180.0
     assert limit.take("1.2.3.4") is None
+
+
+class AnotherAdmitterBetween(StockOf):
+    """Inventory that, while this admitter waits for its answer (its line locks released),
+    lets another admitter replica take a whole turn on the same lines."""
+
+    def __init__(self, uow, units: int):
+        super().__init__(units)
+        self.uow, self.other_paces, self.turns = uow, {}, 0
+
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+        self.turns += 1
+        if self.turns == 1:
+            admitter.turn(self.uow, StockOf(self.units), self.other_paces)
+        return super().holders(drop_id, buyer_ids)
+
+
+def test_two_admitter_replicas_never_admit_more_passes_than_units_between_them():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
+    admitter.turn(uow, StockOf(3), {})  # opens the line and admits the three units' buyers
+    for ticket in uow.lines.tickets(DROP):  # their passes expire unused: three units to admit again
+        if ticket.admitted_at:
+            ticket.pass_expires_at = utc_now() - timedelta(seconds=1)
+    admitter.turn(uow, AnotherAdmitterBetween(uow, 3), {})
+    in_play = uow.lines.active_pass_holders(DROP, utc_now())
+    assert len(in_play) == 3 and made.admitted_through == 6
