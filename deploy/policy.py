@@ -180,13 +180,21 @@ def is_api(obj: dict) -> bool:
             and labels.get("app.kubernetes.io/name") in FLOODGATE_SERVICES)
 
 
+def is_scraped(obj: dict) -> bool:
+    """A workload Prometheus scrapes: every API, and checkout's line-status edge."""
+    labels = pod_labels(obj)
+    return is_api(obj) or (labels.get("app.kubernetes.io/name"), labels.get("app.kubernetes.io/component")) == (
+        "checkout", "line-status")
+
+
 def check_metrics_port(objects: list[dict]) -> list[str]:
-    """Every Floodgate API serves /metrics on a port of its own (gunicorn's METRICS_BIND), named
-    `metrics`, announced to Prometheus by the pod's annotations and published by no Service:
-    only the monitoring namespace reaches it (see the NetworkPolicy apis-metrics-from-monitoring)."""
+    """Every Floodgate API, and checkout's line-status edge, serves /metrics on a port of its own
+    (METRICS_BIND), named `metrics`, announced to Prometheus by the pod's annotations and published
+    by no Service: only the monitoring namespace reaches it (see the NetworkPolicy
+    apis-metrics-from-monitoring)."""
     problems = []
     services = of_kind(objects, "Service")
-    for obj in filter(is_api, of_kind(objects, "Deployment")):
+    for obj in filter(is_scraped, of_kind(objects, "Deployment")):
         for _, c, _ in containers(obj, init=False):
             if not c.get("ports") or not is_floodgate_image(c.get("image", "")):
                 continue
@@ -605,7 +613,8 @@ def _broker_host_problems(ta: dict, secret: dict, key: str, objects: list[dict])
 # --- monitoring (deploy/k8s/components/monitoring; the Prometheus Operator's CRDs) ------------
 
 def check_monitoring(objects: list[dict]) -> list[str]:
-    """The PrometheusRule is the rules file, the PodMonitor scrapes every API's metrics port (a
+    """The PrometheusRule is the rules file, the PodMonitor scrapes every API's (and the line
+    edge's) metrics port (a
     port that only the monitoring namespace reaches, on the pods: no Service publishes it), and
     the dashboard ConfigMap holds JSON and Grafana's label."""
     from deploy import monitoring
@@ -615,7 +624,7 @@ def check_monitoring(objects: list[dict]) -> list[str]:
     if [r["spec"] for r in rules] != [monitoring.rules()]:
         problems.append(f"PrometheusRule differs from {monitoring.RULES.relative_to(monitoring.ROOT)}: "
                         "run `python -m deploy.monitoring`")
-    apis = list(filter(is_api, of_kind(objects, "Deployment")))
+    apis = list(filter(is_scraped, of_kind(objects, "Deployment")))
     monitors = of_kind(objects, "PodMonitor")
     if not monitors:
         problems.append("no PodMonitor")

@@ -19,7 +19,7 @@ PROMTOOL_TESTS = Path(__file__).with_name("promtool") / "floodgate.rules.test.ya
 README = monitoring.ROOT / "deploy" / "k8s" / "README.md"
 # what the issue asks the rules and the dashboard to watch
 ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutShedding", "FloodgateOutboxBacklogGrowing",
-          "FloodgateWorkerHeartbeatStale", "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable"}
+          "FloodgateWorkerHeartbeatStale", "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateLineEdgeStale"}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -152,12 +152,15 @@ def test_only_mail_and_refunds_leave_the_cluster(prod):
 @pytest.mark.parametrize("overlay", ["dev", "prod", "drop"])
 def test_buyers_reach_the_line_status_edge_through_the_edge_and_nothing_else_does(targets, overlay):
     """Public like checkout's API (port 8000 from the edge namespace); no pod inside calls it, the
-    monitoring namespace has no port to scrape (it serves no /metrics), and another namespace is kept out."""
+    monitoring namespace scrapes its metrics port (9100) and nothing else of it, the edge
+    namespace never reaches that port, and another namespace is kept out."""
     objects = targets[overlay].objects
     line_status = pod(objects, "Deployment", "checkout-line-status")
     assert policy.ingress_allowed(objects, {}, line_status, 8000, source_namespace_labels=EDGE)
     monitoring = {"kubernetes.io/metadata.name": "monitoring", "floodgate.io/monitoring": "true"}
-    assert not policy.ingress_allowed(objects, {}, line_status, 9100, source_namespace_labels=monitoring)
+    assert policy.ingress_allowed(objects, {}, line_status, 9100, source_namespace_labels=monitoring)
+    assert not policy.ingress_allowed(objects, {}, line_status, 8000, source_namespace_labels=monitoring)
+    assert not policy.ingress_allowed(objects, {}, line_status, 9100, source_namespace_labels=EDGE)
     assert not policy.ingress_allowed(objects, {}, line_status, 8000,
                                       source_namespace_labels={"kubernetes.io/metadata.name": "default"})
     assert not any(policy.reachable(objects, p, line_status, 8000) for p in every_pod(objects))

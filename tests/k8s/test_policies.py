@@ -147,8 +147,8 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_
     """checkout's public status edge: one worker per pod (scaled by replicas), checkout's database
     through its PgBouncer and the line-pass secret it signs the admitted buyers' passes with (the
     one checkout's API checks them with), no other Secret (no broker, service key or payment
-    secret), /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and no
-    /metrics."""
+    secret), /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and
+    /metrics on its metrics port."""
     objects = targets[target].objects
     deployment = policy.find(objects, "Deployment", "checkout-line-status")
     assert deployment is not None
@@ -165,9 +165,12 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_
     [api_pass] = [e["valueFrom"]["secretKeyRef"] for e in api["env"] if e["name"] == "LINE_PASS_SECRET"]
     assert secrets["LINE_PASS_SECRET"] == api_pass  # the same key signs and checks
     assert [s["configMapRef"]["name"].startswith("checkout-config") for s in container["envFrom"]] == [True]
-    assert not {"METRICS_BIND", "PROMETHEUS_MULTIPROC_DIR", "AMQP_URL", "SERVICE_KEY"} & set(env)
-    assert [p["containerPort"] for p in container["ports"]] == [8000]
-    assert not deployment["spec"]["template"].get("metadata", {}).get("annotations", {})
+    assert not {"PROMETHEUS_MULTIPROC_DIR", "AMQP_URL", "SERVICE_KEY"} & set(env)
+    # its own /metrics on a port of its own, announced to Prometheus like the APIs'
+    assert env["METRICS_BIND"]["value"] == "0.0.0.0:9100"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "metrics": 9100}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/metrics"}
     probes = {probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
               for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes == {"startupProbe": ("/healthz", "http"), "livenessProbe": ("/healthz", "http"),

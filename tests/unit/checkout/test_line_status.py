@@ -266,3 +266,49 @@ def test_joins_per_client_are_limited():
     answers = join(app, "token-a", "token-b", "token-c")
     assert sorted(status for status, _ in answers) == [201, 201, 429]
     assert join(app, "token-d", client="10.0.0.2")[0][0] == 201  # another client is not held back
+
+
+def served(app: LineStatusApp, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """One request through the ASGI interface, as uvicorn sends it (where the figures are counted)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": list((headers or {}).items()),
+             "client": ("10.0.0.1", 1234)}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], sent[1]["body"]
+
+
+def test_metrics_count_the_answers_by_route_and_status_and_tell_the_age_of_the_copy():
+    ticket = uuid.uuid4()
+    app, _ = app_with({ticket: 1})
+    for _ in range(3):
+        assert served(app, "GET", f"/drops/{DROP}/line/tickets/{ticket}")[0] == 200
+    assert served(app, "GET", f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")[0] == 404
+    assert served(app, "POST", f"/drops/{DROP}/line/tickets")[0] == 401  # no token
+    served(app, "GET", "/readyz")
+    app.lines.refreshed = time.monotonic() - 42
+    status, body = served(app, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'floodgate_line_edge_answers_total{route="ticket",status="200"} 3.0' in text
+    assert 'floodgate_line_edge_answers_total{route="ticket",status="404"} 1.0' in text
+    assert 'floodgate_line_edge_answers_total{route="join",status="401"} 1.0' in text
+    assert 'floodgate_line_edge_answers_total{route="probe",status="200"} 1.0' in text
+    assert 'floodgate_line_edge_answer_seconds_count{route="ticket"} 4.0' in text
+    assert "floodgate_line_edge_lines 1.0" in text
+    age = float(next(line for line in text.splitlines() if line.startswith("floodgate_line_edge_copy_age_seconds ")).split()[1])
+    assert 42 <= age < 60
+
+
+def test_with_a_metrics_port_the_public_port_does_not_show_the_metrics():
+    app = LineStatusApp(Lines(), metrics_bind="127.0.0.1:9100")
+    assert served(app, "GET", "/metrics")[0] == 404
+    never = LineStatusApp(Lines())
+    never.lines.made -= 30
+    assert never.lines.age() >= 30  # never refreshed: as old as the copy
