@@ -397,11 +397,10 @@ class LineStatusApp:
                 status, document = await self.joiner.join(matched.group(1), authorization, client)
                 cache = False
             elif method in ("GET", "HEAD"):
-                try:
-                    document, cache = self._route(path)
-                except _Exposition as exposition:
-                    return 200, (b"" if method == "HEAD" else exposition.body), headers + [
+                if path == "/metrics" and not self.metrics_bind:  # Prometheus' text, not a JSON document
+                    return 200, (b"" if method == "HEAD" else self.metrics.exposition()), headers + [
                         (b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode()), (b"cache-control", b"no-store")]
+                document, cache = self._route(path)
                 status = 200
                 if _TICKET.match(path):  # its answer depends on the token it carries
                     headers.append((b"vary", b"Authorization"))
@@ -429,8 +428,6 @@ class LineStatusApp:
             return self._needs_copy(line_status, matched.group(1), now), True
         if path == "/healthz":
             return {"status": "ok"}, False
-        if path == "/metrics" and not self.metrics_bind:
-            raise _Exposition(self.metrics.exposition())
         if path == "/readyz":
             if not self.lines.fresh():
                 raise errors.ServiceUnavailable("The copy of the lines is stale: the database is not answering.")
@@ -494,14 +491,6 @@ def _claimed_subject(authorization: str) -> str | None:
         return jwt.decode(token.strip(), options={"verify_signature": False}).get("sub")
     except (jwt.PyJWTError, AttributeError):
         return None
-
-
-class _Exposition(Exception):
-    """/metrics on the public port (no `METRICS_BIND`): Prometheus' text, not a JSON document."""
-
-    def __init__(self, body: bytes):
-        super().__init__("metrics")
-        self.body = body
 
 
 class MethodNotAllowed(errors.Problem):
