@@ -69,6 +69,7 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
     # the two reads has its unit held by then: counted once, never missed, so admissions never
     # exceed the stock.
     holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in drop_ids}
+    through = {line.drop_id: line.admitted_through for line in due}
     uow.rollback()  # the locks go: the HTTP calls below hold none
     remaining, holding = {}, {}
     for drop_id in drop_ids:
@@ -93,20 +94,24 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
             continue
         line.remaining_units = remaining[line.drop_id]
         active = passes_in_play(holders[line.drop_id], holding[line.drop_id],
-                                uow.lines.active_pass_holders(line.drop_id, now))
+                                uow.lines.active_pass_holders(line.drop_id, now),
+                                uow.lines.admitted_after(line.drop_id, through[line.drop_id]))
         admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding, active)
         line.updated_at = now
     uow.commit()
     return Turned(admitted, next_opening)
 
 
-def passes_in_play(asked: list[str], holding: int, now_held: list[str]) -> int:
+def passes_in_play(asked: list[str], holding: int, now_held: list[str], admitted_since: list[str]) -> int:
     """The passes to count against the units inventory said were left: those `asked` about,
-    but the `holding` whose buyers already held a unit then, and every pass admitted since
-    (`now_held` is read under the line's lock again). Between the two locks another admitter
-    replica may have taken a whole turn on the line: its admissions, counted in full, keep the
-    two replicas from admitting the same units twice."""
-    return len(asked) - holding + len(set(now_held).difference(asked))
+    but the `holding` whose buyers already held a unit then, and every pass given since, read
+    under the line's lock again: those `now_held` and those `admitted_since` the first lock,
+    used or not. Between the two locks another admitter replica may have taken a whole turn on
+    the line: its admissions, counted in full, keep the two replicas from admitting the same
+    units twice, even when one of its buyers ordered after inventory answered (its pass is used,
+    and the unit it holds was still among those left). One that ordered before inventory
+    answered is counted twice: this turn admits one fewer, the next one makes it up."""
+    return len(asked) - holding + len(set(now_held).union(admitted_since).difference(asked))
 
 
 def until_next_turn(interval: float, next_opening: datetime | None, now: datetime) -> float:

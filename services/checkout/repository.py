@@ -340,6 +340,10 @@ class Lines:
         """The admitted buyers whose pass is neither used nor expired."""
         return list(self._session.scalars(_ACTIVE_PASS_HOLDERS, {"drop_id": drop_id, "now": now}))
 
+    def admitted_after(self, drop_id: uuid.UUID, position: int) -> list[str]:
+        """The buyers admitted at a position past `position`, their pass used, expired or not."""
+        return list(self._session.scalars(_ADMITTED_AFTER, {"drop_id": drop_id, "position": position}))
+
     def admit_next(self, drop_id: uuid.UUID, count: int, now, expires_at) -> list[int]:
         """Admit the next `count` waiting positions; returns the positions admitted."""
         if count <= 0:
@@ -441,6 +445,9 @@ _PLACE = sa.text(
 _ACTIVE_PASS_HOLDERS = sa.text(
     "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
     "AND pass_expires_at > :now"
+).bindparams(*_UUIDS)
+_ADMITTED_AFTER = sa.text(
+    "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND position > :position AND admitted_at IS NOT NULL"
 ).bindparams(*_UUIDS)
 _ADMIT_NEXT = sa.text(
     "UPDATE line_tickets SET admitted_at = :now, pass_expires_at = :expires_at WHERE id IN ("

@@ -201,6 +201,10 @@ class FakeLines:
         return [t.buyer_id for t in self.tickets(drop_id)
                 if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now]
 
+    def admitted_after(self, drop_id, position):
+        return [t.buyer_id for t in self.tickets(drop_id)
+                if t.admitted_at is not None and t.position is not None and t.position > position]
+
     def admit_next(self, drop_id, count, now, expires_at):
         waiting = sorted((t for t in self.tickets(drop_id) if t.admitted_at is None and t.position is not None),
                          key=lambda t: t.position)[:max(0, count)]

@@ -304,3 +304,30 @@ def test_two_admitter_replicas_never_admit_more_passes_than_units_between_them()
     admitter.turn(uow, AnotherAdmitterBetween(uow, 3), {})
     in_play = uow.lines.active_pass_holders(DROP, utc_now())
     assert len(in_play) == 3 and made.admitted_through == 6
+
+
+class AnotherAdmitterAndAnOrderBetween(AnotherAdmitterBetween):
+    """As above, and one of the other replica's buyers orders once inventory has answered: its
+    unit was still among those left, and its pass is used by the time this admitter looks again."""
+
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+        answer = super().holders(drop_id, buyer_ids)
+        first = min((t for t in self.uow.lines.tickets(DROP) if t.used_at is None and t.pass_expires_at
+                     and t.pass_expires_at > utc_now()),
+                    key=lambda t: t.position)
+        assert self.uow.lines.use_pass(first.id, DROP, first.buyer_id) is None
+        return answer
+
+
+def test_a_pass_another_replica_gave_and_its_buyer_used_meanwhile_is_still_counted():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
+    admitter.turn(uow, StockOf(3), {})
+    for ticket in uow.lines.tickets(DROP):
+        if ticket.admitted_at:
+            ticket.pass_expires_at = utc_now() - timedelta(seconds=1)
+    admitter.turn(uow, AnotherAdmitterAndAnOrderBetween(uow, 3), {})
+    # three units: the other replica's three passes, one of them now an order; nobody else
+    used = [t for t in uow.lines.tickets(DROP) if t.used_at is not None]
+    assert len(used) + len(uow.lines.active_pass_holders(DROP, utc_now())) == 3
+    assert made.admitted_through == 6
