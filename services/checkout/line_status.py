@@ -31,9 +31,10 @@ database four times a second by one thread, and answers from it:
 - `GET /drops/{drop_id}/line/status`: the line's public figures.
 - `GET /healthz` (the process runs) and `GET /readyz` (the copy is fresh).
 - `GET /metrics` (Prometheus): its answers by route and status, their time, and the age of its
-  copy (`EdgeMetrics`). With `METRICS_BIND` (HOST:PORT, as the APIs' gunicorn takes it) it is
-  served there and nowhere else, so the public port never shows it; that needs one uvicorn
-  worker a pod (each worker counts its own answers).
+  copy (`EdgeMetrics`). With `METRICS_BIND` (HOST:PORT, as the APIs' gunicorn takes it) they
+  are served there instead (prometheus_client's own server, which answers them on any path), so
+  the public port never shows them; that needs one uvicorn worker a pod (each worker counts its
+  own answers). A metrics port that cannot be opened stops the worker at startup.
 
 Answers may be cached for a second (`Cache-Control: public, max-age=1`), so a CDN in front can
 take the polls too. Nothing is logged per request (a crowd's polls would drown the logs); a
@@ -458,18 +459,26 @@ class LineStatusApp:
                                             retry_after=2)
         return view(self.lines, *args)
 
+    def _start(self) -> None:
+        # the metrics port first: it is what can fail, before any thread is started
+        if self.metrics_bind:
+            host, port = metrics_address(self.metrics_bind)
+            self._metrics_server, _ = prometheus_client.start_http_server(port, host, registry=self.metrics.registry)
+        if self.refresher is not None:
+            self.refresher.start()
+        if self.joiner is not None:  # accounts' keys, fetched before the first join needs them
+            threading.Thread(target=self.joiner.verifier.keys.warm_up, name="jwks-warm-up", daemon=True).start()
+
     async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if self.refresher is not None:
-                    self.refresher.start()
-                if self.metrics_bind:
-                    host, _, port = self.metrics_bind.rpartition(":")
-                    self._metrics_server, _ = prometheus_client.start_http_server(
-                        int(port), host or "0.0.0.0", registry=self.metrics.registry)
-                if self.joiner is not None:  # accounts' keys, fetched before the first join needs them
-                    threading.Thread(target=self.joiner.verifier.keys.warm_up, name="jwks-warm-up", daemon=True).start()
+                try:
+                    self._start()
+                except Exception as error:  # a port taken, say: the worker must not serve without it
+                    log.error("line-status cannot start", extra={"error": repr(error)})
+                    await send({"type": "lifespan.startup.failed", "message": repr(error)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.refresher is not None:
@@ -480,6 +489,14 @@ class LineStatusApp:
                     self.joiner.database.shutdown(wait=True)  # the joins in hand are made and answered
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def metrics_address(bind: str) -> tuple[str, int]:
+    """`METRICS_BIND`'s HOST:PORT (HOST may be empty: every address), or ValueError."""
+    host, colon, port = bind.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"METRICS_BIND must be HOST:PORT, not {bind!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # [::1]:9100, as gunicorn takes it
 
 
 def _claimed_subject(authorization: str) -> str | None:
@@ -517,10 +534,16 @@ def run(root, args) -> None:
     import uvicorn
 
     workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-    if workers > 1 and os.environ.get("METRICS_BIND"):
-        raise SystemExit("METRICS_BIND takes one uvicorn worker (WEB_CONCURRENCY=1): each worker counts its own "
-                         "answers, and only one can listen on the metrics port")
+    metrics_bind = os.environ.get("METRICS_BIND", "")
+    if metrics_bind:
+        if workers > 1:
+            raise SystemExit("METRICS_BIND takes one uvicorn worker (WEB_CONCURRENCY=1): each worker counts its own "
+                             "answers, and only one can listen on the metrics port")
+        try:
+            metrics_address(metrics_bind)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     host, _, port = args.bind.rpartition(":")
     uvicorn.run("services.checkout.line_status:create_app", factory=True, host=host or "0.0.0.0", port=int(port),
-                workers=workers, loop="uvloop", http="httptools",
+                workers=workers, loop="uvloop", http="httptools", lifespan="on",  # a failed startup exits
                 access_log=False, log_config=None, timeout_graceful_shutdown=10, proxy_headers=False)

@@ -11,9 +11,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import jwt
+import pytest
 
 from services.checkout import line as waiting_room
-from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines
+from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines, metrics_address
 from shared.auth import Principal
 from shared.errors import Unauthorized
 from shared.values import utc_now
@@ -306,9 +307,44 @@ def test_metrics_count_the_answers_by_route_and_status_and_tell_the_age_of_the_c
     assert 42 <= age < 60
 
 
+def test_a_copy_never_refreshed_is_reported_as_old_as_the_copy():
+    app = LineStatusApp(Lines())
+    app.lines.made -= 30
+    text = served(app, "GET", "/metrics")[1].decode()
+    age = float(next(line for line in text.splitlines() if line.startswith("floodgate_line_edge_copy_age_seconds ")).split()[1])
+    assert 30 <= age < 60
+
+
 def test_with_a_metrics_port_the_public_port_does_not_show_the_metrics():
     app = LineStatusApp(Lines(), metrics_bind="127.0.0.1:9100")
     assert served(app, "GET", "/metrics")[0] == 404
-    never = LineStatusApp(Lines())
-    never.lines.made -= 30
-    assert never.lines.age() >= 30  # never refreshed: as old as the copy
+
+
+@pytest.mark.parametrize("bind", ["9100", "127.0.0.1:", "127.0.0.1:metrics", "127.0.0.1:70000"])
+def test_a_metrics_port_that_cannot_be_opened_fails_the_startup_and_starts_nothing(bind):
+    refresher = SimpleNamespace(started=False)
+    refresher.start = lambda: setattr(refresher, "started", True)
+    app = LineStatusApp(Lines(), refresher=refresher, metrics_bind=bind)
+    sent = asyncio.run(lifespan_startup(app))
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "METRICS_BIND must be HOST:PORT" in sent[0]["message"]
+    assert not refresher.started
+
+
+def test_the_metrics_address_is_host_and_port():
+    assert metrics_address("127.0.0.1:9100") == ("127.0.0.1", 9100)
+    assert metrics_address(":9100") == ("0.0.0.0", 9100)
+    assert metrics_address("[::1]:9100") == ("::1", 9100)
+
+
+async def lifespan_startup(app: LineStatusApp) -> list[dict]:
+    sent, messages = [], [{"type": "lifespan.startup"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    await asyncio.wait_for(app({"type": "lifespan"}, receive, send), timeout=5)
+    return sent
