@@ -124,6 +124,16 @@ API_WORKERS = 1
 API_THREADS = 24
 
 
+def metrics_address(bind: str) -> tuple[str, int]:
+    """`METRICS_BIND`'s HOST:PORT, as gunicorn takes a bind (HOST may be empty: every address;
+    `[::1]:9100` for IPv6), or ValueError. The APIs' gunicorn and checkout's line-status edge
+    both listen for Prometheus there."""
+    host, colon, port = bind.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"METRICS_BIND must be HOST:PORT, not {bind!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def api_process_shape(env: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """(gunicorn workers, threads per worker) of an API process run with `env`: what
     shared/gunicorn_defaults.py serves with and deploy/pooling.py sizes PgBouncer for."""

@@ -11,7 +11,7 @@ import tempfile
 
 from gunicorn import util as _gunicorn_util
 
-from shared.config import api_process_shape
+from shared.config import api_process_shape, metrics_address
 
 # Prometheus needs a directory shared by the workers, named before any worker imports it.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="floodgate-metrics-"))
@@ -23,9 +23,7 @@ if os.environ.get("WSGI_APP"):
 # answers there and nowhere else (post_worker_init). Unset, /metrics stays on `bind`.
 _METRICS_BIND = os.environ.get("METRICS_BIND", "")
 if _METRICS_BIND:
-    _, _colon, _METRICS_PORT = _METRICS_BIND.rpartition(":")
-    if not (_colon and _METRICS_PORT.isdigit()):
-        raise ValueError(f"METRICS_BIND must be HOST:PORT, not {_METRICS_BIND!r}")
+    _METRICS_PORT = str(metrics_address(_METRICS_BIND)[1])  # as the WSGI environ's SERVER_PORT says it
     bind = [bind, _METRICS_BIND]
 workers, threads = api_process_shape()  # shared/config.py says why one worker of 24 threads
 worker_class = "gthread"

@@ -68,6 +68,7 @@ from services.checkout import errors as checkout_errors, line as waiting_room
 from services.checkout.schemas import TicketSchema
 from shared import errors
 from shared.auth import TokenVerifier
+from shared.config import metrics_address
 from shared.values import utc_now
 from shared.web import allowed_origins, cors_headers
 
@@ -491,14 +492,6 @@ class LineStatusApp:
                 return
 
 
-def metrics_address(bind: str) -> tuple[str, int]:
-    """`METRICS_BIND`'s HOST:PORT (HOST may be empty: every address), or ValueError."""
-    host, colon, port = bind.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"METRICS_BIND must be HOST:PORT, not {bind!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # [::1]:9100, as gunicorn takes it
-
-
 def _claimed_subject(authorization: str) -> str | None:
     """Whom a `Bearer` token says it is for, unverified (a cheap look before the real check)."""
     scheme, _, token = authorization.partition(" ")
@@ -534,15 +527,9 @@ def run(root, args) -> None:
     import uvicorn
 
     workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-    metrics_bind = os.environ.get("METRICS_BIND", "")
-    if metrics_bind:
-        if workers > 1:
-            raise SystemExit("METRICS_BIND takes one uvicorn worker (WEB_CONCURRENCY=1): each worker counts its own "
-                             "answers, and only one can listen on the metrics port")
-        try:
-            metrics_address(metrics_bind)
-        except ValueError as error:
-            raise SystemExit(str(error)) from None
+    if workers > 1 and os.environ.get("METRICS_BIND"):
+        raise SystemExit("METRICS_BIND takes one uvicorn worker (WEB_CONCURRENCY=1): each worker counts its own "
+                         "answers, and only one can listen on the metrics port")
     host, _, port = args.bind.rpartition(":")
     uvicorn.run("services.checkout.line_status:create_app", factory=True, host=host or "0.0.0.0", port=int(port),
                 workers=workers, loop="uvloop", http="httptools", lifespan="on",  # a failed startup exits
