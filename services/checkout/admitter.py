@@ -1,14 +1,15 @@
 """The waiting room's admitter (`python -m services.checkout admitter`): opens each line at its
 opening and admits buyers from it, every `ADMITTER_INTERVAL_SECONDS` (services/checkout/line.py
-says the rules). Replicas share the lines (each line is locked, skipping one another holds).
+says the rules). Replicas share the lines (each line is locked, skipping one another holds) and
+each line's pace, which lives on the line's row: two replicas admit at the line's rate between
+them, not each at it.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from services.checkout import errors, line as waiting_room
@@ -21,16 +22,6 @@ MIN_TURN_SECONDS = 0.5
 MIN_WAIT_SECONDS = 0.01  # between turns, even when a line opens sooner
 # the lines a turn looks at: those still to open, and those it admits from (or holds, paused)
 TURNED = (waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)
-
-
-@dataclass
-class Pace:
-    """One line's admission pace in this process: the current rate and the admissions it may
-    still make this second (a token bucket refilled at that rate)."""
-
-    rate: float = 0.0
-    budget: float = 0.0
-    last: float = field(default_factory=time.monotonic)
 
 
 class Shedding:
@@ -54,7 +45,7 @@ class Turned:
     next_opening: datetime | None
 
 
-def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turned:
+def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
     """One pass over the lines: open those due, admit from the open ones. Inventory is asked for
     each line's remaining units before any line is locked, so joins never wait on an HTTP call."""
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
@@ -96,7 +87,7 @@ def turn(uow, inventory, paces: dict, shedding: Shedding | None = None) -> Turne
         active = passes_in_play(holders[line.drop_id], holding[line.drop_id],
                                 uow.lines.active_pass_holders(line.drop_id, now),
                                 uow.lines.admitted_after(line.drop_id, through[line.drop_id]))
-        admitted += _admit(line, uow, paces.setdefault(line.drop_id, Pace()), now, checkout_shedding, active)
+        admitted += _admit(line, uow, now, checkout_shedding, active)
         line.updated_at = now
     uow.commit()
     return Turned(admitted, next_opening)
@@ -122,32 +113,46 @@ def until_next_turn(interval: float, next_opening: datetime | None, now: datetim
     return min(interval, max(MIN_WAIT_SECONDS, (next_opening - now).total_seconds()))
 
 
-def _admit(line, uow, pace: Pace, now, checkout_shedding: bool, active_passes: int) -> int:
-    clock = time.monotonic()
-    elapsed, pace.last = max(0.0, clock - pace.last), clock
+def _admit(line, uow, now: datetime, checkout_shedding: bool, active_passes: int) -> int:
+    """Admit this turn's buyers at the line's pace: its current rate and the admissions it may
+    still make (a token bucket refilled at that rate), kept on the line's row, so whichever
+    replica turns the line next carries on from this turn. The time since the last turn is read
+    from this replica's clock against the one that turned it last: clocks a few milliseconds
+    apart move the pace by as much; a clock behind finds no time passed (never less than none),
+    one ahead at most a second's worth, as after a long pause."""
+    elapsed = max(0.0, (now - line.paced_at).total_seconds()) if line.paced_at else 0.0
+    line.paced_at = now
     if line.state != waiting_room.OPEN:
-        pace.budget = 0.0
+        line.pace_budget = 0.0
         line.observed_rate = 0.0
         return 0
-    starting = pace.rate == 0.0
-    pace.rate = waiting_room.next_rate(pace.rate or line.admission_rate, line.admission_rate, checkout_shedding)
+    starting = line.pace_rate == 0.0
+    line.pace_rate = waiting_room.next_rate(line.pace_rate or line.admission_rate, line.admission_rate,
+                                            checkout_shedding, min(1.0, elapsed / MIN_TURN_SECONDS))
     # at most a second's worth saved up (one admission at least, so a rate under 1/s admits
-    # too); a line this process has just taken on starts with one turn's worth, so its first
-    # second admits no more than the rate either
-    most = max(1.0, pace.rate)
-    first = max(1.0, pace.rate * MIN_TURN_SECONDS)
-    pace.budget = first if starting else min(most, pace.budget + pace.rate * elapsed)
-    allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes, pace.budget)
+    # too); a line's first open turn has one turn's worth, so its first second admits no more
+    # than the rate either
+    most = max(1.0, line.pace_rate)
+    first = max(1.0, line.pace_rate * MIN_TURN_SECONDS)
+    line.pace_budget = first if starting else min(most, line.pace_budget + line.pace_rate * elapsed)
+    allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes,
+                                              line.pace_budget)
     positions = uow.lines.admit_next(line.drop_id, allowed, now, waiting_room.pass_expiry(now, line))
-    pace.budget -= len(positions)
+    line.pace_budget -= len(positions)
     if positions:
         line.admitted_through = max(line.admitted_through, max(positions))
-    # the admissions per second buyers' estimates use: a moving average over the last turns (a
-    # turn is taken to last one interval at least: the first batch after a line is taken on
-    # would otherwise count as thousands a second), starting from the first turn's own figure:
-    # warmed up from 0, it told the crowd at the opening a wait three times too long
-    this_turn = len(positions) / max(elapsed, MIN_TURN_SECONDS)
-    line.observed_rate = this_turn if line.observed_rate == 0 else 0.7 * line.observed_rate + 0.3 * this_turn
+    # the admissions per second buyers' estimates use: a moving average over time, each turn
+    # weighed by how long it covers (0.3 for a turn of MIN_TURN_SECONDS), so replicas taking
+    # turns on the line, each covering part of that time, add up to the same figure as one.
+    # It starts from the first turn's own figure (warmed up from 0, it told the crowd at the
+    # opening a wait three times too long), that turn taken to last a turn at least: the first
+    # batch would otherwise count as thousands a second.
+    if line.observed_rate == 0:
+        line.observed_rate = len(positions) / max(elapsed, MIN_TURN_SECONDS)
+    else:
+        span = max(elapsed, MIN_WAIT_SECONDS)
+        weight = 1 - 0.7 ** (span / MIN_TURN_SECONDS)
+        line.observed_rate += weight * (len(positions) / span - line.observed_rate)
     return len(positions)
 
 
@@ -162,7 +167,6 @@ def run(root) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(root.engine, "admitter"))
-    paces: dict = {}
     shedding = Shedding()
     log.info("admitting", extra={"interval_seconds": settings.admitter_interval_seconds})
     while not stop.is_set():
@@ -170,7 +174,7 @@ def run(root) -> None:
         wait = settings.admitter_interval_seconds
         try:
             with root.unit_of_work() as uow:
-                turned = turn(uow, root.inventory, paces, shedding)
+                turned = turn(uow, root.inventory, shedding)
             wait = until_next_turn(wait, turned.next_opening, utc_now())
         except Exception:  # the database restarting, say: the next turn tries again
             log.warning("admission turn failed", exc_info=True)

@@ -96,7 +96,7 @@ def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Li
         seed = new_seed()
         line = Line(drop_id=drop_id, opens_at=wanted.opens_at, state=PRE_QUEUE, seed=seed,
                     commitment=commitment_of(seed), joined=0, pre_queue_size=0, admitted_through=0,
-                    observed_rate=0.0, created_at=now, updated_at=now)
+                    observed_rate=0.0, pace_rate=0.0, pace_budget=0.0, created_at=now, updated_at=now)
         uow.lines.add(line)
     elif line.opened_at is None:
         line.opens_at = wanted.opens_at
@@ -199,12 +199,15 @@ def admissions_allowed(remaining_units: int, factor: float, active_passes: int, 
     return max(0, min(by_stock, math.floor(budget_by_rate)))
 
 
-def next_rate(current: float, ceiling: float, checkout_shedding: bool) -> float:
+def next_rate(current: float, ceiling: float, checkout_shedding: bool, turns: float = 1.0) -> float:
     """The admission rate for the next turn: halved while checkout turns orders away (down to
-    MIN_RATE), else back up towards the admin's ceiling by a quarter a turn."""
+    MIN_RATE), else back up towards the admin's ceiling by a quarter a turn. `turns` is the time
+    since the line's last turn, in turns (at most 1): admitter replicas that share a line turn it
+    more often between them, and each of their turns moves the rate by that share of a step, so
+    it moves as fast whatever the number of replicas."""
     if checkout_shedding:
-        return max(MIN_RATE, min(current, ceiling) / 2)
-    return min(ceiling, max(MIN_RATE, current) * 1.25)
+        return max(MIN_RATE, min(current, ceiling) * 0.5 ** turns)
+    return min(ceiling, max(MIN_RATE, current) * 1.25 ** turns)
 
 
 def ticket_view(ticket, line, now: datetime, pass_secret: str) -> dict:

@@ -127,6 +127,12 @@ class Line(Base):
     accounts_created_before: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     remaining_units: Mapped[int | None]  # the drop's units, as the admitter last saw them
     observed_rate: Mapped[float] = mapped_column(sa.Float, server_default="0")  # admissions per second, recent
+    # the admitter's pace, one per line whichever replica turns it (services/checkout/admitter.py):
+    # the rate it admits at now (0 until the line's first open turn), the admissions it may still
+    # make, and when a turn last refilled them
+    pace_rate: Mapped[float] = mapped_column(sa.Float, server_default="0")
+    pace_budget: Mapped[float] = mapped_column(sa.Float, server_default="0")
+    paced_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 

@@ -169,6 +169,9 @@ class LineSchema(Schema):
     admission_factor = fields.Float()
     admission_rate = fields.Float()
     admission_rate_per_second = fields.Float(attribute="observed_rate")
+    # the rate the admitter admits at now: admission_rate, halved while checkout turns orders
+    # away (0 until the line's first open turn)
+    pace_per_second = fields.Float(attribute="pace_rate")
     pass_ttl_seconds = fields.Integer()
     refuses_accounts_created_after = fields.DateTime(attribute="accounts_created_before", allow_none=True)
 

@@ -9,13 +9,18 @@ import sqlalchemy as sa
 from shared.db import create_database_if_missing, drop_database
 
 
-def scalar(stack, service: str, sql: str, **params):
+def rows(stack, service: str, sql: str, **params) -> list:
     engine = sa.create_engine(stack.infra.database_url(service), poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text(sql), params).scalar()
+            return list(conn.execute(sa.text(sql), params))
     finally:
         engine.dispose()
+
+
+def scalar(stack, service: str, sql: str, **params):
+    found = rows(stack, service, sql, **params)
+    return found[0][0] if found else None
 
 
 def execute(stack, service: str, sql: str, **params) -> None:

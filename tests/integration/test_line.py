@@ -10,7 +10,7 @@ import jwt
 
 from devtools.client import poll
 from services.checkout.line import pre_queue_order
-from tests.integration.database import scalar
+from tests.integration.database import rows, scalar
 
 OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue first
 
@@ -164,3 +164,29 @@ def test_a_line_may_refuse_accounts_made_after_it(floodgate, admin_token):
     assert floodgate.join_line(veteran, drop["id"]).status_code == 201
     refused = floodgate.join_line(newcomer, drop["id"])
     assert refused.status_code == 403 and refused.json()["type"].endswith("/account-too-new")
+
+
+def test_two_admitter_processes_admit_at_the_lines_rate_between_them(floodgate, admin_token, stack):
+    rate, buyers = 4, _ready_buyers(floodgate, 24)
+    drop = floodgate.create_drop(admin_token, quantity=100, opens_in=OPENS_IN)
+    floodgate.put_line(admin_token, drop, admission_rate=rate, pass_ttl_seconds=120)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert {answer.status_code for answer in pool.map(lambda t: floodgate.join_line(t, drop["id"]), buyers)} == {201}
+    stack.start("checkout-admitter", as_name="checkout-admitter-2")  # a second replica beside the stack's own
+    try:
+        poll(lambda: scalar(stack, "checkout", "SELECT count(*) FROM line_tickets WHERE drop_id = :d "
+                                               "AND admitted_at IS NOT NULL", d=drop["id"]) >= 14,
+             timeout=OPENS_IN + 30, what="three seconds' admissions")
+    finally:
+        stack.stop("checkout-admitter-2")
+    # every admission so far, in seconds after the opening: by any instant, no more than the
+    # line's first turn (half a second's worth) and `rate` a second since; two replicas each
+    # keeping their own pace admitted twice that
+    times = [row[0] for row in rows(
+        stack, "checkout", "SELECT extract(epoch FROM t.admitted_at - l.opened_at) FROM line_tickets t "
+                           "JOIN lines l USING (drop_id) WHERE t.drop_id = :d AND t.admitted_at IS NOT NULL "
+                           "ORDER BY t.admitted_at", d=drop["id"])]
+    assert len(times) >= 14
+    over = [(n, float(at)) for n, at in enumerate(times, start=1) if n > rate / 2 + rate * float(at) + 1]
+    assert not over, f"admitted faster than {rate}/s: (count, seconds after the opening) {over}"
+    assert floodgate.get_line(drop["id"]).json()["pace_per_second"] == rate

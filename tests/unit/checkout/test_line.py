@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import uuid
 from datetime import timedelta
-from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -27,6 +26,26 @@ class StockOf:
 
     def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
         return self.units, len(set(buyer_ids) & self.holding)
+
+
+class Clock:
+    """The admitter's clock, moved only by the test: a turn lasts exactly as long as it says."""
+
+    def __init__(self):
+        self.now = utc_now()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fixed = Clock()
+    monkeypatch.setattr(admitter, "utc_now", fixed)
+    return fixed
 
 
 def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
@@ -78,7 +97,7 @@ def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 6, opens_in=-1)
     early = uow.lines.tickets(DROP)
-    admitter.turn(uow, StockOf(0), {})  # opens it (no stock: admits nobody)
+    admitter.turn(uow, StockOf(0))  # opens it (no stock: admits nobody)
     assert made.state == line.OPEN and made.pre_queue_size == 6 and made.opened_at is not None
     expected = line.pre_queue_order(made.seed, [t.id for t in early])
     assert sorted(early, key=lambda t: t.position) == sorted(early, key=lambda t: expected.index(t.id))
@@ -89,7 +108,7 @@ def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival
     # until the admitter's next turn places them, they wait without a position
     made.remaining_units = 5
     assert late.position is None and line.ticket_view(late, made, utc_now(), SECRET)["state"] == line.WAITING
-    admitter.turn(uow, StockOf(0), {})
+    admitter.turn(uow, StockOf(0))
     assert [uow.lines.ticket_of(DROP, b).position for b in ("late", "later")] == [7, 8]
     assert made.placed == 8 and made.joined == 8 and made.pre_queue_size == 6
 
@@ -104,9 +123,8 @@ def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():
 def test_the_admitter_admits_in_position_order_up_to_the_stock_and_a_poll_says_so():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 5, opens_in=-1, admission_rate=100)
-    paces = {}
-    admitter.turn(uow, StockOf(2), paces)
-    admitter.turn(uow, StockOf(2), paces)
+    admitter.turn(uow, StockOf(2))
+    admitter.turn(uow, StockOf(2))
     tickets = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
     assert [t.admitted_at is not None for t in tickets] == [True, True, False, False, False]
     assert made.admitted_through == 2 and made.remaining_units == 2
@@ -130,43 +148,39 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
 
 
 def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second(
-        monkeypatch):
-    clock = [1000.0]  # the admitter's pace runs on this clock: a turn is exactly as long as the test says
-    monkeypatch.setattr(admitter, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+        clock):
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 300, opens_in=-1, admission_rate=200)
-    paces = {}
-    admitter.turn(uow, StockOf(1000), paces)  # opens the line and admits a turn's worth
+    admitter.turn(uow, StockOf(1000))  # opens the line and admits a turn's worth
     assert made.admitted_through == 100 and made.observed_rate == 200
     now = utc_now()
     # 149 people ahead of position 250 at 200 a second: due within the second, so polls every second
     assert line.place_view(250, made, now)["poll_after_seconds"] == 1
     assert line.place_view(300, made, now)["poll_after_seconds"] == 1
-    clock[0] += admitter.MIN_TURN_SECONDS
-    admitter.turn(uow, StockOf(1000), paces)
-    assert made.admitted_through == 200 and made.observed_rate == pytest.approx(200, rel=0.01)
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 200 and made.observed_rate == 200
 
 
 def test_a_pass_whose_buyer_already_holds_a_unit_is_not_counted_again_against_the_units_left():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 5, opens_in=-1, admission_rate=4)  # a turn's worth: 2
-    paces = {}
-    admitter.turn(uow, StockOf(3), paces)
+    admitter.turn(uow, StockOf(3))
     first = sorted((t for t in uow.lines.tickets(DROP) if t.admitted_at), key=lambda t: t.position)
     assert len(first) == 2
     # the first admitted buyer's order is in flight: its unit is held, its pass not yet used
-    paces[DROP].last -= 1.0  # a second later: the rate allows more
-    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})), paces)
+    made.paced_at -= timedelta(seconds=1)  # a second later: the rate allows more
+    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})))
     assert made.admitted_through == 3  # the third unit's buyer, not held back by the order in flight
-    paces[DROP].last -= 1.0
-    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})), paces)
+    made.paced_at -= timedelta(seconds=1)
+    admitter.turn(uow, StockOf(2, holding=frozenset({first[0].buyer_id})))
     assert made.admitted_through == 3  # and never more passes than units: 1 held + 2 passes for 2 left
 
 
 def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_turn():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=60)
-    turned = admitter.turn(uow, StockOf(10), {})
+    turned = admitter.turn(uow, StockOf(10))
     assert turned == admitter.Turned(admitted=0, next_opening=made.opens_at)
     now = made.opens_at - timedelta(seconds=0.2)
     assert admitter.until_next_turn(0.5, turned.next_opening, now) == pytest.approx(0.2)
@@ -174,7 +188,7 @@ def test_the_admitter_wakes_at_a_lines_opening_when_it_comes_before_the_next_tur
     assert admitter.until_next_turn(0.5, turned.next_opening, made.opens_at) == admitter.MIN_WAIT_SECONDS
     assert admitter.until_next_turn(0.5, None, now) == 0.5
     made.opens_at = utc_now()  # due: the turn opens it, and no opening is left to wake for
-    assert admitter.turn(uow, StockOf(10), {}).next_opening is None
+    assert admitter.turn(uow, StockOf(10)).next_opening is None
     assert made.state == line.OPEN
 
 
@@ -184,9 +198,9 @@ def test_a_line_whose_opening_comes_during_a_turn_opens_at_the_next_with_its_sto
     # the turn starts just before the opening, which comes while inventory is asked for stock
     first = iter([made.opens_at - timedelta(seconds=0.1)])
     monkeypatch.setattr(admitter, "utc_now", lambda: next(first, made.opens_at + timedelta(seconds=0.1)))
-    turned = admitter.turn(uow, StockOf(10), {})
+    turned = admitter.turn(uow, StockOf(10))
     assert made.state == line.PRE_QUEUE and turned.next_opening == made.opens_at  # woken at once
-    admitter.turn(uow, StockOf(10), {})
+    admitter.turn(uow, StockOf(10))
     assert made.state == line.OPEN and made.admitted_through == 3
 
 
@@ -195,10 +209,10 @@ def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     made = a_line(uow, opens_in=-1, admission_rate=100)
     line.join(DROP, "ann", None, uow)
     uow.commit()
-    admitter.turn(uow, StockOf(0), {})  # opens
+    admitter.turn(uow, StockOf(0))  # opens
     line.change_line(DROP, uow, utc_now(), state=line.PAUSED)
     uow.commit()
-    admitter.turn(uow, StockOf(5), {})
+    admitter.turn(uow, StockOf(5))
     ticket = uow.lines.ticket_of(DROP, "ann")
     assert ticket.admitted_at is None
     made.remaining_units = 0
@@ -210,9 +224,12 @@ def test_the_rate_halves_while_checkout_sheds_and_recovers_to_the_ceiling():
     assert line.next_rate(1.5, 20, checkout_shedding=True) == line.MIN_RATE
     assert line.next_rate(10, 20, checkout_shedding=False) == 12.5
     assert line.next_rate(19, 20, checkout_shedding=False) == 20
+    # a line turned twice as often (two replicas) moves half a step a turn
+    assert line.next_rate(line.next_rate(20, 20, True, turns=0.5), 20, True, turns=0.5) == pytest.approx(10)
+    assert line.next_rate(line.next_rate(10, 20, False, turns=0.5), 20, False, turns=0.5) == pytest.approx(12.5)
 
 
-def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away():
+def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away(clock):
     shedding = admitter.Shedding()
     assert shedding.since_last_turn({"api-1": 5}) is False  # a process seen for the first time
     assert shedding.since_last_turn({"api-1": 5, "api-2": 0}) is False
@@ -220,17 +237,50 @@ def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away():
     assert shedding.since_last_turn({"api-1": 9}) is False
 
     uow = FakeUnitOfWork()
-    a_line(uow, opens_in=-1, admission_rate=40)
-    paces, watching = {}, admitter.Shedding()
-    admitter.turn(uow, StockOf(100), paces, watching)
-    assert paces[DROP].rate == 40
+    made = a_line(uow, opens_in=-1, admission_rate=40)
+    watching = admitter.Shedding()
+
+    def a_turn_later():
+        clock.advance(admitter.MIN_TURN_SECONDS)
+        admitter.turn(uow, StockOf(100), watching)
+
+    admitter.turn(uow, StockOf(100), watching)
+    assert made.pace_rate == 40
     uow.lines.refusals = {"api-1": 3}
-    admitter.turn(uow, StockOf(100), paces, watching)
+    a_turn_later()
     uow.lines.refusals = {"api-1": 7}
-    admitter.turn(uow, StockOf(100), paces, watching)
-    assert paces[DROP].rate == 20
-    admitter.turn(uow, StockOf(100), paces, watching)  # no new refusals: recovering
-    assert paces[DROP].rate == 25
+    a_turn_later()
+    assert made.pace_rate == 20
+    a_turn_later()  # no new refusals: recovering
+    assert made.pace_rate == 25
+
+
+def test_two_admitter_replicas_admit_at_the_lines_rate_between_them_not_each_at_it(clock):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 200, opens_in=-1, admission_rate=20)
+    replicas = [admitter.Shedding(), admitter.Shedding()]
+    admitter.turn(uow, StockOf(1000), replicas[0])  # opens the line: a turn's worth, 10
+    for turn in range(8):  # two seconds, the replicas taking turns every quarter second
+        clock.advance(admitter.MIN_TURN_SECONDS / 2)
+        admitter.turn(uow, StockOf(1000), replicas[(turn + 1) % 2])
+    assert made.admitted_through == 10 + 2 * 20
+    # and the crowd is told the line's rate, not a replica's share of it
+    assert made.observed_rate == pytest.approx(20)
+
+
+def test_two_admitter_replicas_halve_the_rate_once_a_turn_between_them_while_checkout_sheds(clock):
+    uow = FakeUnitOfWork()
+    made = a_line(uow, opens_in=-1, admission_rate=40)
+    replicas = [admitter.Shedding(), admitter.Shedding()]
+    uow.lines.refusals = {"api-1": 0}
+    for replica in replicas:  # each sees checkout's refusals for the first time
+        admitter.turn(uow, StockOf(100), replica)
+    assert made.pace_rate == 40
+    for turn in range(4):  # a second of refusals growing, the replicas taking turns every quarter second
+        uow.lines.refusals = {"api-1": turn + 1}
+        clock.advance(admitter.MIN_TURN_SECONDS / 2)
+        admitter.turn(uow, StockOf(100), replicas[turn % 2])
+    assert made.pace_rate == pytest.approx(10)  # halved twice in the second, as one replica would
 
 
 def test_a_line_may_refuse_accounts_made_after_it():
@@ -285,23 +335,23 @@ class AnotherAdmitterBetween(StockOf):
 
     def __init__(self, uow, units: int):
         super().__init__(units)
-        self.uow, self.other_paces, self.turns = uow, {}, 0
+        self.uow, self.turns = uow, 0
 
     def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
         self.turns += 1
         if self.turns == 1:
-            admitter.turn(self.uow, StockOf(self.units), self.other_paces)
+            admitter.turn(self.uow, StockOf(self.units))
         return super().holders(drop_id, buyer_ids)
 
 
 def test_two_admitter_replicas_never_admit_more_passes_than_units_between_them():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
-    admitter.turn(uow, StockOf(3), {})  # opens the line and admits the three units' buyers
+    admitter.turn(uow, StockOf(3))  # opens the line and admits the three units' buyers
     for ticket in uow.lines.tickets(DROP):  # their passes expire unused: three units to admit again
         if ticket.admitted_at:
             ticket.pass_expires_at = utc_now() - timedelta(seconds=1)
-    admitter.turn(uow, AnotherAdmitterBetween(uow, 3), {})
+    admitter.turn(uow, AnotherAdmitterBetween(uow, 3))
     in_play = uow.lines.active_pass_holders(DROP, utc_now())
     assert len(in_play) == 3 and made.admitted_through == 6
 
@@ -322,11 +372,11 @@ class AnotherAdmitterAndAnOrderBetween(AnotherAdmitterBetween):
 def test_a_pass_another_replica_gave_and_its_buyer_used_meanwhile_is_still_counted():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
-    admitter.turn(uow, StockOf(3), {})
+    admitter.turn(uow, StockOf(3))
     for ticket in uow.lines.tickets(DROP):
         if ticket.admitted_at:
             ticket.pass_expires_at = utc_now() - timedelta(seconds=1)
-    admitter.turn(uow, AnotherAdmitterAndAnOrderBetween(uow, 3), {})
+    admitter.turn(uow, AnotherAdmitterAndAnOrderBetween(uow, 3))
     # three units: the other replica's three passes, one of them now an order; nobody else
     used = [t for t in uow.lines.tickets(DROP) if t.used_at is not None]
     assert len(used) + len(uow.lines.active_pass_holders(DROP, utc_now())) == 3
