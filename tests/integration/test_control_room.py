@@ -176,6 +176,7 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "open", what="the line to open")
     open_control_room(page, floodgate, drop, admin_email)
     expect(page.locator("#line-state")).to_have_text("Open", timeout=FIGURES_TIMEOUT_MS)
+    expect(page.locator("#line-pace")).to_have_text("20.0 a second (the ceiling)", timeout=FIGURES_TIMEOUT_MS)
 
     page.get_by_role("button", name="Pause the line").click()
     expect(page.locator("#line-state")).to_have_text("Paused")
@@ -191,6 +192,8 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     page.get_by_role("button", name="Resume the line").click()
     expect(page.locator("#line-state")).to_have_text("Open")
     assert floodgate.get_line(drop["id"]).json()["state"] == "open"
+    # the admitter's next turn paces the line at the new ceiling
+    expect(page.locator("#line-pace")).to_have_text("7.5 a second (the ceiling)", timeout=FIGURES_TIMEOUT_MS)
 
     recorded = actions_of(floodgate, token, "checkout", drop["id"])
     assert [(a["body"], a["outcome"]["state"], a["admin"]["email"]) for a in reversed(recorded)] == [
