@@ -187,6 +187,15 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_
         assert hpa["spec"]["minReplicas"] >= 2
 
 
+@pytest.mark.parametrize("target", ["prod", "drop"])
+def test_a_line_keeps_admitting_when_an_admitter_pod_goes(targets, target):
+    """Production runs two admitters (they share each line and its pace), and a voluntary
+    disruption takes one at a time."""
+    objects = targets[target].objects
+    assert policy.find(objects, "Deployment", "checkout-admitter")["spec"]["replicas"] == 2
+    assert policy.find(objects, "PodDisruptionBudget", "checkout-admitter")["spec"]["maxUnavailable"] == 1
+
+
 def test_an_api_without_its_metrics_port_is_still_refused(dev):
     """The line-status edge serves no /metrics; checkout's API, gunicorn, must still keep it off 8000."""
     import copy
