@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--admission-rate", type=float, default=200.0,
                         help="the line's admission_rate, buyers admitted per second at most (default 200)")
     parser.add_argument("--pass-ttl-seconds", type=int, default=120, help="the line's pass_ttl_seconds (default 120)")
+    parser.add_argument("--admitters", type=int, default=1,
+                        help="admitter processes, sharing the line and its pace (default 1; prod runs 2)")
     parser.add_argument("--join-seconds", type=float, default=None,
                         help=f"the buyers join the line at random moments of this many seconds, ending 2 s before "
                              f"the opening (default: buyers / {JOINS_PER_SECOND}, at least 3)")
@@ -126,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--units and --buyers must be at least 1")
     if not 0 <= args.late_buyers <= args.buyers:
         parser.error("--late-buyers must be between 0 and --buyers")
+    if args.admitters < 1 or (args.admitters > 1 and args.use_running):
+        parser.error("--admitters must be at least 1, and more than 1 only on an isolated stack")
     if args.join_seconds is None:
         args.join_seconds = max(3.0, args.buyers / JOINS_PER_SECOND)
     if args.drop_seconds is None:
@@ -304,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "var" / "rehearsal" / started.strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.rehearsal " + shlex.join(argv if argv is not None else sys.argv[1:])
-    line_text = (f"a line (factor {args.admission_factor:g}, at most {args.admission_rate:g} admitted/s)" if args.line
-                 else "no line")
+    line_text = (f"a line (factor {args.admission_factor:g}, at most {args.admission_rate:g} admitted/s, "
+                 f"{args.admitters} admitter{'s' if args.admitters > 1 else ''})" if args.line else "no line")
     say(f"Drop rehearsal: {args.units} units, {args.buyers} buyers, {line_text}, "
         f"faults: {', '.join(args.fault_list) or 'none'}\n  report folder {out}\n")
 
@@ -321,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     collector = Collector().__enter__() if args.trace and not args.use_running else None
     stack_env = {**(LINE_STACK_ENV if args.line else {}), **(observe.tracing_env(collector) if collector else {})}
     rig = rigs.running(out / "stack") if args.use_running else rigs.isolated(out / "stack", env=stack_env)
+    for number in range(2, args.admitters + 1):  # beside the stack's own, as prod's replicas are
+        rig.stack.start("checkout-admitter", as_name=f"checkout-admitter-{number}")
     phase("stack up")
     if args.line and args.use_running:
         say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
@@ -391,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.line:
             say("  checking the line: fairness, passes against the stock, sold out heard ...\n")
             line_figures = waiting_room.figures(rig, drop["id"], events, sampler.samples, opens_at, line["commitment"])
+            line_figures["admitters"] = args.admitters
 
         pg = None
         if args.pgbench_seconds > 0:

@@ -393,7 +393,7 @@ def line_markdown(line: dict) -> list[str]:
         "| figure | value |",
         "|---|---|",
         f"| line | admission factor {settings['admission_factor']:g}, at most {settings['admission_rate']:g} admitted/s, "
-        f"passes valid {settings['pass_ttl_seconds']} s; opened (seed revealed) "
+        f"passes valid {settings['pass_ttl_seconds']} s; {line.get('admitters', 1)} admitter process(es); opened (seed revealed) "
         f"{_fmt(line['opened_after_opening_s'], ' s')} after the opening time |",
         f"| buyers joined / tickets | {line['buyers_joined']:,} / {line['tickets']:,} ({line['joins_answered_before_opening']:,} "
         f"joins answered before the opening) |",
