@@ -19,6 +19,10 @@ from shared.values import utc_now
 
 log = logging.getLogger("floodgate.checkout.admitter")
 MIN_TURN_SECONDS = 0.5
+# A turn after a longer gap (the admitter was down, or inventory could not say the stock) counts
+# as this long: it refills at most a second's worth of admissions, and the admissions per second
+# buyers are told are not pulled down by the time nobody turned the line.
+MAX_TURN_SECONDS = 1.0
 MIN_WAIT_SECONDS = 0.01  # between turns, even when a line opens sooner
 # the lines a turn looks at: those still to open, and those it admits from (or holds, paused)
 TURNED = (waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)
@@ -69,7 +73,9 @@ def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
     admitted, next_opening = 0, None
-    for line in uow.lines.lock_next_due(TURNED):
+    locked = uow.lines.lock_next_due(TURNED)
+    paced_at = uow.lines.clock() if locked else None  # the database's time: one clock for every replica
+    for line in locked:
         now = utc_now()
         if line.state == waiting_room.PRE_QUEUE:
             if line.drop_id not in drop_ids:  # opens at the next turn, with its stock figure
@@ -87,7 +93,7 @@ def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
         active = passes_in_play(holders[line.drop_id], holding[line.drop_id],
                                 uow.lines.active_pass_holders(line.drop_id, now),
                                 uow.lines.admitted_after(line.drop_id, through[line.drop_id]))
-        admitted += _admit(line, uow, now, checkout_shedding, active)
+        admitted += _admit(line, uow, now, paced_at, checkout_shedding, active)
         line.updated_at = now
     uow.commit()
     return Turned(admitted, next_opening)
@@ -113,15 +119,15 @@ def until_next_turn(interval: float, next_opening: datetime | None, now: datetim
     return min(interval, max(MIN_WAIT_SECONDS, (next_opening - now).total_seconds()))
 
 
-def _admit(line, uow, now: datetime, checkout_shedding: bool, active_passes: int) -> int:
+def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool, active_passes: int) -> int:
     """Admit this turn's buyers at the line's pace: its current rate and the admissions it may
     still make (a token bucket refilled at that rate), kept on the line's row, so whichever
-    replica turns the line next carries on from this turn. The time since the last turn is read
-    from this replica's clock against the one that turned it last: clocks a few milliseconds
-    apart move the pace by as much; a clock behind finds no time passed (never less than none),
-    one ahead at most a second's worth, as after a long pause."""
-    elapsed = max(0.0, (now - line.paced_at).total_seconds()) if line.paced_at else 0.0
-    line.paced_at = now
+    replica turns the line next carries on from this turn. The time since the last turn is the
+    database's (`paced_at`, this turn's transaction), never a replica's own clock: two replicas
+    whose clocks disagree would otherwise each find more time passed than there was. A clock
+    that goes back finds none; a gap counts as MAX_TURN_SECONDS at most."""
+    elapsed = 0.0 if line.paced_at is None else min(MAX_TURN_SECONDS, max(0.0, (paced_at - line.paced_at).total_seconds()))
+    line.paced_at = paced_at
     if line.state != waiting_room.OPEN:
         line.pace_budget = 0.0
         line.observed_rate = 0.0
@@ -142,11 +148,12 @@ def _admit(line, uow, now: datetime, checkout_shedding: bool, active_passes: int
     if positions:
         line.admitted_through = max(line.admitted_through, max(positions))
     # the admissions per second buyers' estimates use: a moving average over time, each turn
-    # weighed by how long it covers (0.3 for a turn of MIN_TURN_SECONDS), so replicas taking
-    # turns on the line, each covering part of that time, add up to the same figure as one.
-    # It starts from the first turn's own figure (warmed up from 0, it told the crowd at the
-    # opening a wait three times too long), that turn taken to last a turn at least: the first
-    # batch would otherwise count as thousands a second.
+    # weighed by how long it covers (0.3 for a turn of MIN_TURN_SECONDS, at most 0.51 for a
+    # turn after a gap), so replicas taking turns on the line, each covering part of that
+    # time, add up to the same figure as one. It starts from the first turn's own figure
+    # (warmed up from 0, it told the crowd at the opening a wait three times too long), that
+    # turn taken to last a turn at least: the first batch would otherwise count as thousands a
+    # second.
     if line.observed_rate == 0:
         line.observed_rate = len(positions) / max(elapsed, MIN_TURN_SECONDS)
     else:

@@ -103,7 +103,7 @@ def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Li
     elif wanted.opens_at != line.opens_at:
         raise errors.LineAlreadyOpen("The line has opened; its opening cannot move.")
     line.admission_factor = wanted.admission_factor
-    line.admission_rate = wanted.admission_rate
+    _set_rate(line, wanted.admission_rate)
     line.pass_ttl_seconds = wanted.pass_ttl_seconds
     line.accounts_created_before = (line.accounts_created_before or now) if wanted.refuse_new_accounts else None
     line.updated_at = now
@@ -123,11 +123,18 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
             raise errors.LineNotOpenYet("The line opens at its opening time; it can be paused after that.")
         line.state = state
     if admission_rate is not None:
-        line.admission_rate = admission_rate
+        _set_rate(line, admission_rate)
     if admission_factor is not None:
         line.admission_factor = admission_factor
     line.updated_at = now
     return line
+
+
+def _set_rate(line: Line, ceiling: float) -> None:
+    """The admin's new ceiling holds from now: the pace comes down to it at once (a higher
+    ceiling is climbed to by the admitter, a quarter a turn)."""
+    line.admission_rate = ceiling
+    line.pace_rate = min(line.pace_rate or 0.0, ceiling)
 
 
 @dataclass(frozen=True)
@@ -201,13 +208,14 @@ def admissions_allowed(remaining_units: int, factor: float, active_passes: int, 
 
 def next_rate(current: float, ceiling: float, checkout_shedding: bool, turns: float = 1.0) -> float:
     """The admission rate for the next turn: halved while checkout turns orders away (down to
-    MIN_RATE), else back up towards the admin's ceiling by a quarter a turn. `turns` is the time
+    MIN_RATE, or the ceiling when lower), else back up towards the admin's ceiling by a quarter a turn. `turns` is the time
     since the line's last turn, in turns (at most 1): admitter replicas that share a line turn it
     more often between them, and each of their turns moves the rate by that share of a step, so
     it moves as fast whatever the number of replicas."""
+    floor = min(MIN_RATE, ceiling)  # a line the admin set below MIN_RATE is never sped up to it
     if checkout_shedding:
-        return max(MIN_RATE, min(current, ceiling) * 0.5 ** turns)
-    return min(ceiling, max(MIN_RATE, current) * 1.25 ** turns)
+        return max(floor, min(current, ceiling) * 0.5 ** turns)
+    return min(ceiling, max(floor, current) * 1.25 ** turns)
 
 
 def ticket_view(ticket, line, now: datetime, pass_secret: str) -> dict:

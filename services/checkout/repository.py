@@ -12,6 +12,7 @@ import copy
 import functools
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -351,6 +352,11 @@ class Lines:
         return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "count": count, "now": now,
                                                         "expires_at": expires_at}))
 
+    def clock(self) -> datetime:
+        """The database's time at this transaction's start: one clock for every admitter replica,
+        whatever their own clocks say (the lines' pace is kept by it)."""
+        return self._session.execute(_TRANSACTION_TIME).scalar_one()
+
     def checkout_refusals(self) -> dict[str, int]:
         """Each live checkout API process's refusals so far (load_shedding.LoadReport)."""
         return dict(self._session.execute(_CHECKOUT_REFUSALS).all())
@@ -446,6 +452,7 @@ _ACTIVE_PASS_HOLDERS = sa.text(
     "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND used_at IS NULL "
     "AND pass_expires_at > :now"
 ).bindparams(*_UUIDS)
+_TRANSACTION_TIME = sa.text("SELECT now()")
 _ADMITTED_AFTER = sa.text(
     "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND position > :position AND admitted_at IS NOT NULL"
 ).bindparams(*_UUIDS)

@@ -169,14 +169,18 @@ class LineSchema(Schema):
     admission_factor = fields.Float()
     admission_rate = fields.Float()
     admission_rate_per_second = fields.Float(attribute="observed_rate")
-    # the rate the admitter admits at now: admission_rate, halved while checkout turns orders
-    # away (0 until the line's first open turn)
-    pace_per_second = fields.Float(attribute="pace_rate")
+    pace_per_second = fields.Method("_pace")
     pass_ttl_seconds = fields.Integer()
     refuses_accounts_created_after = fields.DateTime(attribute="accounts_created_before", allow_none=True)
 
     def _state(self, line) -> str:
         return "sold_out" if line.state == "open" and line.remaining_units == 0 else line.state
+
+    def _pace(self, line) -> float:
+        """The rate the admitter admits at now: admission_rate, or below it while checkout turns
+        orders away and for a few turns after (or after the admin raised it); 0 while the line
+        is not open, and until its first open turn."""
+        return line.pace_rate if line.state == "open" else 0.0
 
     def _waiting(self, line) -> int:
         """Tickets not admitted yet: positions are 1..joined, admitted in order."""

@@ -180,6 +180,7 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
 
     page.get_by_role("button", name="Pause the line").click()
     expect(page.locator("#line-state")).to_have_text("Paused")
+    expect(page.locator("#line-pace")).to_have_text("not admitting")
     assert floodgate.get_line(drop["id"]).json()["state"] == "paused"
     expect(page.get_by_role("button", name="Resume the line")).to_be_enabled()
     expect(page.get_by_role("button", name="Pause the line")).to_be_disabled()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import socket
 import uuid
 
 import jwt
@@ -168,15 +169,21 @@ def test_a_line_may_refuse_accounts_made_after_it(floodgate, admin_token):
 
 def test_two_admitter_processes_admit_at_the_lines_rate_between_them(floodgate, admin_token, stack):
     rate, buyers = 4, _ready_buyers(floodgate, 24)
-    drop = floodgate.create_drop(admin_token, quantity=100, opens_in=OPENS_IN)
-    floodgate.put_line(admin_token, drop, admission_rate=rate, pass_ttl_seconds=120)
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert {answer.status_code for answer in pool.map(lambda t: floodgate.join_line(t, drop["id"]), buyers)} == {201}
-    stack.start("checkout-admitter", as_name="checkout-admitter-2")  # a second replica beside the stack's own
+    second = stack.start("checkout-admitter", as_name="checkout-admitter-2")  # beside the stack's own
     try:
+        # it turns the lines once it has beaten (its row, named by host and pid)
+        poll(lambda: scalar(stack, "checkout", "SELECT count(*) FROM worker_heartbeats WHERE kind = 'admitter' "
+                                               "AND instance = :me", me=f"{socket.gethostname()}:{second.pid}") == 1,
+             timeout=30, what="the second admitter's first heartbeat")
+        drop = floodgate.create_drop(admin_token, quantity=100, opens_in=OPENS_IN)
+        floodgate.put_line(admin_token, drop, admission_rate=rate, pass_ttl_seconds=120)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            joined = set(pool.map(lambda t: floodgate.join_line(t, drop["id"]).status_code, buyers))
+        assert joined == {201}
         poll(lambda: scalar(stack, "checkout", "SELECT count(*) FROM line_tickets WHERE drop_id = :d "
                                                "AND admitted_at IS NOT NULL", d=drop["id"]) >= 14,
              timeout=OPENS_IN + 30, what="three seconds' admissions")
+        assert second.poll() is None, "the second admitter died: see its log"
     finally:
         stack.stop("checkout-admitter-2")
     # every admission so far, in seconds after the opening: by any instant, no more than the

@@ -115,6 +115,7 @@ class FakeLines:
         self.rows = {}
         self.refusals = {}
         self.arrivals = 0
+        self.time = utc_now
 
     def checkout_refusals(self):
         return dict(self.refusals)
@@ -200,6 +201,10 @@ class FakeLines:
     def active_pass_holders(self, drop_id, now):
         return [t.buyer_id for t in self.tickets(drop_id)
                 if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now]
+
+    def clock(self):
+        """The database's time: the wall clock, or the test's (`time`)."""
+        return self.time()
 
     def admitted_after(self, drop_id, position):
         return [t.buyer_id for t in self.tickets(drop_id)

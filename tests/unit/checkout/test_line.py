@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from services.checkout import admitter, errors, line
+from services.checkout.schemas import LineSchema
 from shared.values import utc_now
 from tests.unit.checkout.fakes import PASS_SECRET, FakeUnitOfWork, pass_for
 
@@ -29,7 +30,8 @@ class StockOf:
 
 
 class Clock:
-    """The admitter's clock, moved only by the test: a turn lasts exactly as long as it says."""
+    """The clocks of the admitter and of its database, moved only by the test: a turn lasts
+    exactly as long as it says."""
 
     def __init__(self):
         self.now = utc_now()
@@ -150,6 +152,7 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
 def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second(
         clock):
     uow = FakeUnitOfWork()
+    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line_joined_by(uow, 300, opens_in=-1, admission_rate=200)
     admitter.turn(uow, StockOf(1000))  # opens the line and admits a turn's worth
     assert made.admitted_through == 100 and made.observed_rate == 200
@@ -237,6 +240,7 @@ def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away(clock):
     assert shedding.since_last_turn({"api-1": 9}) is False
 
     uow = FakeUnitOfWork()
+    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line(uow, opens_in=-1, admission_rate=40)
     watching = admitter.Shedding()
 
@@ -257,6 +261,7 @@ def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away(clock):
 
 def test_two_admitter_replicas_admit_at_the_lines_rate_between_them_not_each_at_it(clock):
     uow = FakeUnitOfWork()
+    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line_joined_by(uow, 200, opens_in=-1, admission_rate=20)
     replicas = [admitter.Shedding(), admitter.Shedding()]
     admitter.turn(uow, StockOf(1000), replicas[0])  # opens the line: a turn's worth, 10
@@ -270,6 +275,7 @@ def test_two_admitter_replicas_admit_at_the_lines_rate_between_them_not_each_at_
 
 def test_two_admitter_replicas_halve_the_rate_once_a_turn_between_them_while_checkout_sheds(clock):
     uow = FakeUnitOfWork()
+    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line(uow, opens_in=-1, admission_rate=40)
     replicas = [admitter.Shedding(), admitter.Shedding()]
     uow.lines.refusals = {"api-1": 0}
@@ -281,6 +287,66 @@ def test_two_admitter_replicas_halve_the_rate_once_a_turn_between_them_while_che
         clock.advance(admitter.MIN_TURN_SECONDS / 2)
         admitter.turn(uow, StockOf(100), replicas[turn % 2])
     assert made.pace_rate == pytest.approx(10)  # halved twice in the second, as one replica would
+
+
+def an_open_line(clock, rate: float, buyers: int = 200):
+    """A line at `rate` a second, opened by a first turn (a turn's worth admitted)."""
+    uow = FakeUnitOfWork()
+    uow.lines.time = clock  # the database's clock, which paces the line
+    made = a_line_joined_by(uow, buyers, opens_in=-1, admission_rate=rate)
+    admitter.turn(uow, StockOf(1000))
+    return uow, made
+
+
+def test_after_a_minute_without_turns_the_line_admits_a_seconds_worth_and_keeps_its_estimate(clock):
+    uow, made = an_open_line(clock, rate=20)
+    for _ in range(4):  # two seconds at the pace
+        clock.advance(admitter.MIN_TURN_SECONDS)
+        admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 10 + 40 and made.observed_rate == pytest.approx(20)
+    clock.advance(60)  # the admitter was down, or inventory could not say the stock
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 50 + 20  # a second's worth, not a minute's
+    assert made.observed_rate == pytest.approx(20)  # buyers are not told a wait sixty times too long
+
+
+def test_a_paused_line_saves_up_no_admissions_for_its_resumption(clock):
+    uow, made = an_open_line(clock, rate=20, buyers=4)  # the first turn could admit 10: 6 unspent
+    for n in range(30):
+        line.join(DROP, f"late-{n}", None, uow)
+    line.change_line(DROP, uow, clock(), state=line.PAUSED)
+    uow.commit()
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 4
+    line.change_line(DROP, uow, clock(), state=line.OPEN)
+    uow.commit()
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 4 + 10  # the half second since the paused turn, not what was unspent before
+
+
+def test_a_database_clock_that_goes_back_admits_nobody_until_it_catches_up(clock):
+    uow, made = an_open_line(clock, rate=20)
+    clock.advance(-5)
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 10
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(1000))
+    assert made.admitted_through == 10 + 10
+
+
+def test_a_lower_ceiling_holds_at_once_and_a_paused_line_shows_no_pace(clock):
+    uow, made = an_open_line(clock, rate=20)
+    assert LineSchema().dump(made)["pace_per_second"] == 20
+    line.change_line(DROP, uow, clock(), admission_rate=5)
+    uow.commit()
+    assert made.pace_rate == 5 and LineSchema().dump(made)["pace_per_second"] == 5
+    line.change_line(DROP, uow, clock(), state=line.PAUSED)
+    assert LineSchema().dump(made)["pace_per_second"] == 0
+    # a ceiling under MIN_RATE is never sped up to it, shedding or not
+    assert line.next_rate(0.5, 0.5, checkout_shedding=True) == 0.5
+    assert line.next_rate(0.2, 0.5, checkout_shedding=False) == 0.5
 
 
 def test_a_line_may_refuse_accounts_made_after_it():
