@@ -126,7 +126,8 @@ def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool
     database's (`paced_at`, this turn's transaction), never a replica's own clock: two replicas
     whose clocks disagree would otherwise each find more time passed than there was. A clock
     that goes back finds none; a gap counts as MAX_TURN_SECONDS at most."""
-    elapsed = 0.0 if line.paced_at is None else min(MAX_TURN_SECONDS, max(0.0, (paced_at - line.paced_at).total_seconds()))
+    since = 0.0 if line.paced_at is None else (paced_at - line.paced_at).total_seconds()
+    elapsed = min(MAX_TURN_SECONDS, max(0.0, since))
     line.paced_at = paced_at
     if line.state != waiting_room.OPEN:
         line.pace_budget = 0.0

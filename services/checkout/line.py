@@ -134,7 +134,7 @@ def _set_rate(line: Line, ceiling: float) -> None:
     """The admin's new ceiling holds from now: the pace comes down to it at once (a higher
     ceiling is climbed to by the admitter, a quarter a turn)."""
     line.admission_rate = ceiling
-    line.pace_rate = min(line.pace_rate or 0.0, ceiling)
+    line.pace_rate = min(line.pace_rate, ceiling)
 
 
 @dataclass(frozen=True)
@@ -208,10 +208,10 @@ def admissions_allowed(remaining_units: int, factor: float, active_passes: int, 
 
 def next_rate(current: float, ceiling: float, checkout_shedding: bool, turns: float = 1.0) -> float:
     """The admission rate for the next turn: halved while checkout turns orders away (down to
-    MIN_RATE, or the ceiling when lower), else back up towards the admin's ceiling by a quarter a turn. `turns` is the time
-    since the line's last turn, in turns (at most 1): admitter replicas that share a line turn it
-    more often between them, and each of their turns moves the rate by that share of a step, so
-    it moves as fast whatever the number of replicas."""
+    MIN_RATE, or the ceiling when lower), else back up towards the admin's ceiling by a quarter
+    a turn. `turns` is the time since the line's last turn, in turns (at most 1): admitter
+    replicas that share a line turn it more often between them, and each of their turns moves the
+    rate by that share of a step, so it moves as fast whatever the number of replicas."""
     floor = min(MIN_RATE, ceiling)  # a line the admin set below MIN_RATE is never sped up to it
     if checkout_shedding:
         return max(floor, min(current, ceiling) * 0.5 ** turns)

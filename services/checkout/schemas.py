@@ -179,8 +179,8 @@ class LineSchema(Schema):
     def _pace(self, line) -> float:
         """The rate the admitter admits at now: admission_rate, or below it while checkout turns
         orders away and for a few turns after (or after the admin raised it); 0 while the line
-        is not open, and until its first open turn."""
-        return line.pace_rate if line.state == "open" else 0.0
+        admits nobody (not open, or sold out), and until its first open turn."""
+        return line.pace_rate if self._state(line) == "open" else 0.0
 
     def _waiting(self, line) -> int:
         """Tickets not admitted yet: positions are 1..joined, admitted in order."""

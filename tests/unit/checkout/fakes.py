@@ -109,13 +109,15 @@ class FakePaymentEvents:
 
 class FakeLines:
     """Lines and their tickets, in one dict so a rolled-back block drops what it added;
-    `refusals` is checkout's load as the API processes report it."""
+    `refusals` is checkout's load as the API processes report it; `time` is the database's
+    clock (a test may replace it on the class)."""
+
+    time = staticmethod(utc_now)
 
     def __init__(self):
         self.rows = {}
         self.refusals = {}
         self.arrivals = 0
-        self.time = utc_now
 
     def checkout_refusals(self):
         return dict(self.refusals)
@@ -203,7 +205,6 @@ class FakeLines:
                 if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now]
 
     def clock(self):
-        """The database's time: the wall clock, or the test's (`time`)."""
         return self.time()
 
     def admitted_after(self, drop_id, position):

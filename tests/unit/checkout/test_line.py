@@ -13,7 +13,7 @@ import pytest
 from services.checkout import admitter, errors, line
 from services.checkout.schemas import LineSchema
 from shared.values import utc_now
-from tests.unit.checkout.fakes import PASS_SECRET, FakeUnitOfWork, pass_for
+from tests.unit.checkout.fakes import PASS_SECRET, FakeLines, FakeUnitOfWork, pass_for
 
 DROP = uuid.UUID("5f0d7c7e-8a43-4b0b-a1a4-0c8c1d2e3f40")
 SECRET = PASS_SECRET
@@ -47,6 +47,7 @@ class Clock:
 def clock(monkeypatch) -> Clock:
     fixed = Clock()
     monkeypatch.setattr(admitter, "utc_now", fixed)
+    monkeypatch.setattr(FakeLines, "time", staticmethod(fixed))  # the database's clock, which paces lines
     return fixed
 
 
@@ -152,7 +153,6 @@ def test_the_buyers_the_line_is_about_to_reach_poll_every_second_and_the_rest_no
 def test_at_the_opening_the_crowd_is_told_the_first_turns_pace_and_those_about_to_be_admitted_poll_every_second(
         clock):
     uow = FakeUnitOfWork()
-    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line_joined_by(uow, 300, opens_in=-1, admission_rate=200)
     admitter.turn(uow, StockOf(1000))  # opens the line and admits a turn's worth
     assert made.admitted_through == 100 and made.observed_rate == 200
@@ -240,7 +240,6 @@ def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away(clock):
     assert shedding.since_last_turn({"api-1": 9}) is False
 
     uow = FakeUnitOfWork()
-    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line(uow, opens_in=-1, admission_rate=40)
     watching = admitter.Shedding()
 
@@ -261,7 +260,6 @@ def test_the_admitter_halves_its_rate_while_checkout_turns_orders_away(clock):
 
 def test_two_admitter_replicas_admit_at_the_lines_rate_between_them_not_each_at_it(clock):
     uow = FakeUnitOfWork()
-    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line_joined_by(uow, 200, opens_in=-1, admission_rate=20)
     replicas = [admitter.Shedding(), admitter.Shedding()]
     admitter.turn(uow, StockOf(1000), replicas[0])  # opens the line: a turn's worth, 10
@@ -275,7 +273,6 @@ def test_two_admitter_replicas_admit_at_the_lines_rate_between_them_not_each_at_
 
 def test_two_admitter_replicas_halve_the_rate_once_a_turn_between_them_while_checkout_sheds(clock):
     uow = FakeUnitOfWork()
-    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line(uow, opens_in=-1, admission_rate=40)
     replicas = [admitter.Shedding(), admitter.Shedding()]
     uow.lines.refusals = {"api-1": 0}
@@ -292,7 +289,6 @@ def test_two_admitter_replicas_halve_the_rate_once_a_turn_between_them_while_che
 def an_open_line(clock, rate: float, buyers: int = 200):
     """A line at `rate` a second, opened by a first turn (a turn's worth admitted)."""
     uow = FakeUnitOfWork()
-    uow.lines.time = clock  # the database's clock, which paces the line
     made = a_line_joined_by(uow, buyers, opens_in=-1, admission_rate=rate)
     admitter.turn(uow, StockOf(1000))
     return uow, made
