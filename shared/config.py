@@ -118,8 +118,8 @@ def lower_priority(settings: Settings) -> None:
 
 # An API process's gunicorn shape where WEB_CONCURRENCY and GUNICORN_THREADS do not name one: one
 # worker of 24 threads, so that checkout's concurrent orders share bigger calls to inventory (its
-# MAX_ORDERS_IN_FLIGHT says how many). What each shape measured, and its price in p99: README,
-# "Performance" (2026-12-04). A pod scales with more pods.
+# MAX_ORDERS_IN_FLIGHT says how many). What each shape measured, and its price in p99:
+# docs/performance.md, "Where it stands (2026-12-04, 14:20 UTC)". A pod scales with more pods.
 API_WORKERS = 1
 API_THREADS = 24
 

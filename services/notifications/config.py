@@ -18,7 +18,8 @@ class Settings(CommonSettings):
     # Email waits for the rush (shared/messaging/deferral.py): while the APIs sharing this
     # machine keep it busy, an email goes out up to this many seconds after its event, not at
     # once. A buyer has the order, its payment link and its deadline in the answer to the order;
-    # the email repeats them. What it bought a drop: README, "Performance".
+    # the email repeats them. What it bought a drop: docs/performance.md,
+    # "Email waits for the rush".
     defer_while_busy_seconds: float = 30.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -1,0 +1,69 @@
+"""Every link between the repository's Markdown documents leads somewhere: the file exists and,
+where the link names a heading (`#anchor`), that document has the heading, as GitHub spells its
+anchors. Documents move (the README's performance log lives in docs/); links must follow."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SKIPPED_FOLDERS = {".venv", "var", "node_modules", ".git", ".pytest_cache"}
+# [text](target): not an image's or a URL's, and not inside inline code
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+
+
+def documents() -> list[Path]:
+    return sorted(path for path in ROOT.rglob("*.md")
+                  if not SKIPPED_FOLDERS.intersection(path.relative_to(ROOT).parts))
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (hyphens and underscores
+    kept), each space a hyphen."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "").lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors_of(document: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in _HEADING.findall(_CODE.sub("", document.read_text())):
+        base = anchor(heading)
+        count = seen.get(base, 0)
+        found.add(base if count == 0 else f"{base}-{count}")
+        seen[base] = count + 1
+    return found
+
+
+def links_of(document: Path) -> list[str]:
+    return [target for target in _LINK.findall(_CODE.sub("", document.read_text()))
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not ours
+
+
+def test_there_are_documents_with_links_to_check():
+    assert ROOT / "README.md" in documents()
+    assert len(links_of(ROOT / "README.md")) > 10
+
+
+def test_the_anchor_rule_matches_githubs():
+    assert anchor("Performance (measured, not promised)") == "performance-measured-not-promised"
+    assert anchor("What bounds placement now, and what did not move it (2026-12-05)") == \
+        "what-bounds-placement-now-and-what-did-not-move-it-2026-12-05"
+    assert anchor("`make run`: the stack") == "make-run-the-stack"
+
+
+@pytest.mark.parametrize("document", documents(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_link_leads_to_a_file_and_heading_that_exist(document):
+    broken = []
+    for target in links_of(document):
+        path, _, fragment = target.partition("#")
+        linked = (document.parent / path).resolve() if path else document
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif fragment and linked.suffix == ".md" and fragment not in anchors_of(linked):
+            broken.append(f"{target}: no such heading")
+    assert broken == []
