@@ -54,7 +54,11 @@ def process_pool_size(service: str, kind: str, env: dict[str, str]) -> int:
     bootstrap = importlib.import_module(f"services.{service}.bootstrap")
     config = importlib.import_module(f"services.{service}.config")
     threads = int(env.get("CONSUMER_THREADS", config.Settings.consumer_threads))
-    return service_root.pool_size(kind if kind in service_root.KINDS else "job", bootstrap.POOL_SIZES, threads)
+    in_flight = 0  # only checkout's API holds connections through a call (its orders in flight)
+    if hasattr(config.Settings, "max_orders_in_flight"):
+        in_flight = int(env.get("MAX_ORDERS_IN_FLIGHT", config.Settings.max_orders_in_flight))
+    return service_root.pool_size(kind if kind in service_root.KINDS else "job", bootstrap.POOL_SIZES, threads,
+                                  in_flight)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ waiting room), `<service>-job` (migrations and scheduled jobs).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -67,20 +68,28 @@ class Root:
         self.engine.dispose()
 
 
-def pool_size(kind: str, overrides: Mapping[str, int] | None = None, consumer_threads: int = 1) -> int:
+def pool_size(kind: str, overrides: Mapping[str, int] | None = None, consumer_threads: int = 1,
+              orders_in_flight: int = 0) -> int:
     """The pool a process of `kind` opens: the service's own figure, else the default; a consumer
-    keeps at least one connection per handler thread (CONSUMER_THREADS)."""
+    keeps at least one connection per handler thread (CONSUMER_THREADS), and an API whose orders
+    hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a ceiling (twice the
+    pool) that covers them all, so that no order in flight waits for a connection."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of process {kind!r}; one of {', '.join(KINDS)}")
     size = {**DEFAULT_POOL_SIZES, **(overrides or {})}[kind]
-    return max(size, consumer_threads) if kind == "consumer" else size
+    if kind == "consumer":
+        return max(size, consumer_threads)
+    if kind == "api":
+        return max(size, math.ceil(orders_in_flight / 2))
+    return size
 
 
 def database(settings: Settings, kind: str, unit_of_work_class: type = db.UnitOfWork,
              pool_sizes: Mapping[str, int] | None = None) -> dict:
     """The database part of a root: engine, sessions and the unit-of-work factory, as keyword
     arguments for the service's `Root` subclass."""
-    engine = db.engine_for(settings, pool_size=pool_size(kind, pool_sizes, settings.consumer_threads))
+    engine = db.engine_for(settings, pool_size=pool_size(kind, pool_sizes, settings.consumer_threads,
+                                                          getattr(settings, "max_orders_in_flight", 0)))
     session_factory = db.make_session_factory(engine)
     return {
         "kind": kind,

@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # An API worker runs API_THREADS (24) request threads, at most MAX_ORDERS_IN_FLIGHT (20) of them
 # orders; an order holds its connection through the call to inventory, so 10 connections (20 at
-# the ceiling) cover the orders in flight. Kept by hand: a MAX_ORDERS_IN_FLIGHT above the ceiling
-# makes the extra orders wait for a connection. A poll or webhook that comes while all 20 are in orders
-# waits for the first to finish (tens of ms; at most 5 s, then a 503). One per thread (12) would
-# leave the tests' PostgreSQL, two workers per API, too few of its 100 connections.
+# the ceiling) cover the orders in flight. A higher MAX_ORDERS_IN_FLIGHT raises the pool with it
+# (shared/service.py's `pool_size`, which PgBouncer's sizing reads too). A poll or webhook that
+# comes while all 20 are in orders waits for the first to finish (tens of ms; at most 5 s, then a
+# 503). One per thread (12) would leave the tests' PostgreSQL, two workers per API, too few of its
+# 100 connections.
 POOL_SIZES = {"api": 10}
 
 

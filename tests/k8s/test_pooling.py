@@ -101,3 +101,21 @@ def test_migrations_go_straight_to_postgresql(dev):
         container = policy.pod_spec(job)["containers"][0]
         source = next(e for e in container["env"] if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"]
         assert source["key"] == "url", job["metadata"]["name"]
+
+
+def test_more_orders_in_flight_than_the_pool_held_are_counted_against_checkouts_pgbouncer(dev):
+    """An order holds its connection through its call to inventory, so checkout's API opens a
+    pool whose ceiling covers MAX_ORDERS_IN_FLIGHT (shared/service.py's `pool_size`): raised past
+    the pool's ceiling of 20, every pod may open that many more, and the pooler is sized for them."""
+    objects = copy.deepcopy(dev)
+    api = _deployment(objects, "checkout-api")
+    env = pooling._environment(policy.pod_spec(api)["containers"][0], pooling._config_maps(objects))
+    workers, threads = pooling.api_process_shape(env)
+    assert threads >= 24 and int(env.get("MAX_ORDERS_IN_FLIGHT", 20)) <= 20  # the base shape: one worker of 24
+    before = pooling.client_connections(objects)["checkout"]
+    policy.pod_spec(api)["containers"][0].setdefault("env", []).append({"name": "MAX_ORDERS_IN_FLIGHT", "value": "24"})
+    assert pooling.process_pool_size("checkout", "api", {"MAX_ORDERS_IN_FLIGHT": "24"}) == 12
+    after = pooling.client_connections(objects)["checkout"]
+    assert after - before == pooling.ceiling(objects, api) * workers * (24 - 20)
+    assert pooling.process_pool_size("inventory", "api", {"MAX_ORDERS_IN_FLIGHT": "24"}) == \
+        pooling.process_pool_size("inventory", "api", {})  # inventory holds no connection through a call
