@@ -73,7 +73,8 @@ def pool_size(kind: str, overrides: Mapping[str, int] | None = None, consumer_th
     """The pool a process of `kind` opens: the service's own figure, else the default; a consumer
     keeps at least one connection per handler thread (CONSUMER_THREADS), and an API whose orders
     hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a ceiling (twice the
-    pool) that covers them all, so that no order in flight waits for a connection."""
+    pool: `db.make_engine`'s overflow) that covers them all: orders in flight never wait for each
+    other's connections (the API's other requests may wait, briefly, while all are in orders)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of process {kind!r}; one of {', '.join(KINDS)}")
     size = {**DEFAULT_POOL_SIZES, **(overrides or {})}[kind]

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SKIPPED_FOLDERS = {".venv", "var", "node_modules", ".git", ".pytest_cache"}
 # [text](target): not an image's or a URL's, and not inside inline code
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
-_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+_FENCED = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.S | re.M)
+# inline code may wrap onto the next line of its paragraph, never across a blank line
+_INLINE_CODE = re.compile(r"`(?:[^`\n]|\n(?!\s*\n))*`")
+_HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 
 
 def documents() -> list[Path]:
@@ -31,7 +33,7 @@ def anchor(heading: str) -> str:
 def anchors_of(document: Path) -> set[str]:
     seen: dict[str, int] = {}
     found = set()
-    for heading in _HEADING.findall(_CODE.sub("", document.read_text())):
+    for heading in _HEADING.findall(_FENCED.sub("", document.read_text())):
         base = anchor(heading)
         count = seen.get(base, 0)
         found.add(base if count == 0 else f"{base}-{count}")
@@ -40,7 +42,8 @@ def anchors_of(document: Path) -> set[str]:
 
 
 def links_of(document: Path) -> list[str]:
-    return [target for target in _LINK.findall(_CODE.sub("", document.read_text()))
+    prose = _INLINE_CODE.sub("", _FENCED.sub("", document.read_text()))
+    return [target for target in _LINK.findall(prose)
             if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not ours
 
 
@@ -54,6 +57,14 @@ def test_the_anchor_rule_matches_githubs():
     assert anchor("What bounds placement now, and what did not move it (2026-12-05)") == \
         "what-bounds-placement-now-and-what-did-not-move-it-2026-12-05"
     assert anchor("`make run`: the stack") == "make-run-the-stack"
+
+
+def test_headings_with_code_and_links_wrapped_in_code_are_read_as_github_reads_them(tmp_path):
+    document = tmp_path / "page.md"
+    document.write_text("# What `make k8s-validate` checks\n\n```sh\n# not a heading\n```\n\n## Retries\n\n"
+                        "## Retries\n\nA `span that\nwraps` then [a link](#retries-1) and `[not one](#x)`.\n")
+    assert anchors_of(document) == {"what-make-k8s-validate-checks", "retries", "retries-1"}
+    assert links_of(document) == ["#retries-1"]
 
 
 @pytest.mark.parametrize("document", documents(), ids=lambda path: str(path.relative_to(ROOT)))

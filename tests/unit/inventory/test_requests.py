@@ -189,7 +189,7 @@ def test_readiness_is_the_database_alone(client):
 
 
 def test_every_request_is_logged_with_its_time_and_its_cpu(client, caplog):
-    """What each kind of request costs is read off these lines (README, Performance)."""
+    """What each kind of request costs is read off these lines (docs/performance.md)."""
     with caplog.at_level(logging.INFO, logger="floodgate.http"):
         response = client.post("/reservations", json=reservation(quantity=0), headers=SERVICE)
     assert response.status_code == 422
