@@ -48,17 +48,12 @@ POOLER = "pgbouncer"
 
 
 def process_pool_size(service: str, kind: str, env: dict[str, str]) -> int:
-    """The engine pool_size of one process of `service`'s `kind` (a pod's component), from the same
-    table the process itself uses (its bootstrap's POOL_SIZES over shared/service.py's defaults);
-    its ceiling is twice that."""
+    """The engine pool_size of one process of `service`'s `kind` (a pod's component) with the pod's
+    environment `env`: what the process itself opens (shared/service.py's `pool_size`, its
+    bootstrap's POOL_SIZES and its settings read from `env`); its ceiling is twice that."""
     bootstrap = importlib.import_module(f"services.{service}.bootstrap")
-    config = importlib.import_module(f"services.{service}.config")
-    threads = int(env.get("CONSUMER_THREADS", config.Settings.consumer_threads))
-    in_flight = 0  # only checkout's API holds connections through a call (its orders in flight)
-    if hasattr(config.Settings, "max_orders_in_flight"):
-        in_flight = int(env.get("MAX_ORDERS_IN_FLIGHT", config.Settings.max_orders_in_flight))
-    return service_root.pool_size(kind if kind in service_root.KINDS else "job", bootstrap.POOL_SIZES, threads,
-                                  in_flight)
+    settings = importlib.import_module(f"services.{service}.config").Settings.from_env(env, service_name=service)
+    return service_root.pool_size(kind if kind in service_root.KINDS else "job", settings, bootstrap.POOL_SIZES)
 
 
 @dataclass(frozen=True)

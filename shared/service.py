@@ -68,20 +68,20 @@ class Root:
         self.engine.dispose()
 
 
-def pool_size(kind: str, overrides: Mapping[str, int] | None = None, consumer_threads: int = 1,
-              orders_in_flight: int = 0) -> int:
-    """The pool a process of `kind` opens: the service's own figure, else the default; a consumer
-    keeps at least one connection per handler thread (CONSUMER_THREADS), and an API whose orders
-    hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a ceiling (twice the
-    pool: `db.make_engine`'s overflow) that covers them all: orders in flight never wait for each
-    other's connections (the API's other requests may wait, briefly, while all are in orders)."""
+def pool_size(kind: str, settings: Settings, overrides: Mapping[str, int] | None = None) -> int:
+    """The pool a process of `kind` opens with `settings`: the service's own figure, else the
+    default; a consumer keeps at least one connection per handler thread (CONSUMER_THREADS), and
+    an API whose orders hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a
+    ceiling (twice the pool: `db.make_engine`'s overflow) that covers them all: orders in flight
+    never wait for each other's connections (the API's other requests may wait, briefly, while all
+    are in orders). The process and PgBouncer's sizing (deploy/pooling.py) both ask here."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of process {kind!r}; one of {', '.join(KINDS)}")
     size = {**DEFAULT_POOL_SIZES, **(overrides or {})}[kind]
     if kind == "consumer":
-        return max(size, consumer_threads)
+        return max(size, settings.consumer_threads)
     if kind == "api":
-        return max(size, math.ceil(orders_in_flight / 2))
+        return max(size, math.ceil(getattr(settings, "max_orders_in_flight", 0) / 2))
     return size
 
 
@@ -89,8 +89,7 @@ def database(settings: Settings, kind: str, unit_of_work_class: type = db.UnitOf
              pool_sizes: Mapping[str, int] | None = None) -> dict:
     """The database part of a root: engine, sessions and the unit-of-work factory, as keyword
     arguments for the service's `Root` subclass."""
-    engine = db.engine_for(settings, pool_size=pool_size(kind, pool_sizes, settings.consumer_threads,
-                                                          getattr(settings, "max_orders_in_flight", 0)))
+    engine = db.engine_for(settings, pool_size=pool_size(kind, settings, pool_sizes))
     session_factory = db.make_session_factory(engine)
     return {
         "kind": kind,
