@@ -17,10 +17,12 @@ One run:
    and lets the pipeline drain again (every order confirmed, sold at inventory and its
    confirmation emailed), sampling the CPU the same way: the cost of a paid order on top of a
    placed one;
-4. runs pgbench on the same order transaction on the same PostgreSQL (the ceiling), and the
+4. reads the drop as a crowd of drop pages does (`GET /drops/{id}`, no token, 64 connections,
+   `--page-seconds`, default 5): reads per second and inventory's CPU per read;
+5. runs pgbench on the same order transaction on the same PostgreSQL (the ceiling), and the
    naive one-process checkout (`benchmarks/rehearsal/naive_checkout.py`) under the same generator
    with an instant SMTP server and with one taking 1 s a message;
-5. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
+6. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
    var/bench/<timestamp>/.
 
 CPU per placed order is the machine's busy CPU time (all cores, from /proc/stat) over the phase,
@@ -315,6 +317,32 @@ def email_backlog(rig, pipeline: Pipeline, tokens: list[str], drop_id: str, orde
     return figures
 
 
+def page_reads(rig, drop_id: str, connections: int, seconds: float, workdir: Path) -> dict:
+    """Every drop page reads the drop (`GET /drops/{id}`, no token) when it loads and every 10 s
+    after: read it as a crowd of pages would for `seconds`, and account for every CPU second."""
+    meter = CpuMeter(stack_roots(rig.stack))
+    meter.start()
+    config, process = generate(rig.stack.url("inventory"), [], drop_id, connections, seconds, workdir,
+                               request="get", paths=[f"/drops/{drop_id}"])
+    meter.roots[process.pid] = "load generator"
+    wait_for_load(process, lambda elapsed: say(f"\r  drop page reads: {elapsed:5.1f}s "))
+    cpu = meter.stop()
+    answers = json.loads(Path(config["out"]).read_text())["answers"]
+    read = answers.get("200", [])
+    count = max(1, len(read))
+    figures = {
+        "connections": connections, "seconds": seconds, "answers": {k: len(v) for k, v in answers.items()},
+        "reads_per_second": round(len(read) / seconds, 1),
+        "p50_ms": percentile(read, 50), "p99_ms": percentile(read, 99),
+        "inventory_cpu_ms_per_read": round(cpu.get("inventory-api", 0) * 1000 / count, 2),
+        "postgresql_cpu_ms_per_read": round(cpu.get("PostgreSQL", 0) * 1000 / count, 3),
+        "machine_cpu_ms_per_read": round(meter.machine_seconds * 1000 / count, 2),
+    }
+    say(f"\r  drop page reads: {figures['reads_per_second']}/s, p99 {figures['p99_ms']} ms, "
+        f"{figures['inventory_cpu_ms_per_read']} ms of inventory's CPU each\n")
+    return figures
+
+
 def naive(rig, tokens: list[str], connections: int, seconds: float, smtp_seconds: float, workdir: Path) -> dict:
     """The naive one-process checkout under the same generator, its SMTP server taking `smtp_seconds`."""
     database = rig.scratch_database(f"naive{int(smtp_seconds * 1000)}")
@@ -387,6 +415,16 @@ def markdown(figures: dict) -> str:
                   f"| **emails per second, one consumer** | **{b['emails_per_second']}** |",
                   f"| CPU per email: consumer / SMTP server | {b['consumer_cpu_ms_per_email']} / "
                   f"{b['smtp_server_cpu_ms_per_email']} ms |", ""]
+    reads = figures.get("page_reads")
+    if reads:
+        lines += [f"## The drop page's read (`GET /drops/{{id}}`), {reads['connections']} connections, "
+                  f"{reads['seconds']:g} s", "",
+                  "| figure | value |", "|---|---|",
+                  f"| **reads / s** | **{reads['reads_per_second']}** |",
+                  f"| answers | {', '.join(f'{k}: {v}' for k, v in reads['answers'].items())} |",
+                  f"| p50 / p99 | {reads['p50_ms']} / {reads['p99_ms']} ms |",
+                  f"| CPU per read: inventory API / PostgreSQL / the machine | {reads['inventory_cpu_ms_per_read']} / "
+                  f"{reads['postgresql_cpu_ms_per_read']} / {reads['machine_cpu_ms_per_read']} ms |", ""]
     r = figures["ratios"]
     pg, n0, n1 = figures.get("pgbench"), figures.get("naive_instant_smtp"), figures.get("naive_1s_smtp")
     lines += ["## The ceiling and the peer, same run", "", "| figure | value |", "|---|---|"]
@@ -413,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="orders paid for after the placement phases, 16 at a time; 0 skips (default 1000)")
     parser.add_argument("--email-backlog", type=int, default=1000,
                         help="orders whose emails wait for a stopped consumer, then drain; 0 skips (default 1000)")
+    parser.add_argument("--page-seconds", type=float, default=5,
+                        help="the drop page's read (GET /drops/{id}) at 64 connections; 0 skips (default 5)")
     parser.add_argument("--pgbench-seconds", type=float, default=10, help="0 skips pgbench (default 10)")
     parser.add_argument("--naive-seconds", type=float, default=10, help="0 skips the naive checkout (default 10)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench/<timestamp>)")
@@ -447,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.email_backlog > 0:
             backlog = email_backlog(rig, pipeline, tokens, drop["id"], args.email_backlog, workdir,
                                     first_number=100 + len(phases) * 10_000_000)
+        reads = page_reads(rig, drop["id"], 64, args.page_seconds, workdir) if args.page_seconds > 0 else None
         remaining = floodgate.get_drop(drop["id"])["remaining"]
         sold = pipeline.orders()
         if remaining != UNITS - pipeline.orders():
@@ -465,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold,
                     "env": stack_env},
-            "phases": phases, "payments": paid, "email_backlog": backlog, "pgbench": pg, "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
+            "phases": phases, "payments": paid, "email_backlog": backlog, "page_reads": reads, "pgbench": pg,
+            "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
             "ratios": {
                 "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),
                 "placement / naive, instant SMTP": ratio(best["orders_per_second"],

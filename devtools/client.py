@@ -110,7 +110,8 @@ class Floodgate:
         return drop.json()
 
     def get_drop(self, drop_id: str) -> dict:
-        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"))
+        # the database's figures of this instant, not the copy a drop page may be shown (up to 1 s old)
+        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"), headers={"Cache-Control": "no-cache"})
         response.raise_for_status()
         return response.json()
 
@@ -136,7 +137,8 @@ class Floodgate:
         return response.json()
 
     def get_line(self, drop_id: str) -> requests.Response:
-        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"))
+        # the database's figures of this instant, not the copy a drop page may be shown (up to 1 s old)
+        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"), headers={"Cache-Control": "no-cache"})
 
     def join_line(self, token: str, drop_id: str) -> requests.Response:
         """Join at the line's public edge (services/checkout/line_status.py)."""

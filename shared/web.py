@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import EXCLUDE, Schema, fields
@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from shared import auth, db, errors, logs, metrics, openapi, tracing
+from shared.answer_cache import AnswerCache
 from shared.last_seen import heartbeat_figures
 from shared.messaging.metrics import outbox_figures
 from shared.service import Root
@@ -88,6 +89,26 @@ def load(schema: Schema, data: Any = None, *, allow_empty: bool = False) -> dict
             "Text must be valid UTF-8 without NUL characters.", errors={unstorable: ["Invalid characters."]}
         )
     return schema.load(data)
+
+
+def public_answer(cache: AnswerCache, key: Hashable, render: Callable[[], tuple[Any, float | None]]) -> Response:
+    """A public JSON answer kept in `cache` (see `shared.answer_cache`): `render` returns the
+    document and the seconds until it changes by the clock (None: not by the clock).
+
+    It says how long a CDN in front may keep it too (`Cache-Control: public, max-age`, with its
+    `Age`); a request with `Cache-Control: no-cache` or `max-age=0` gets it rendered afresh."""
+    asked = request.cache_control
+    fresh = bool(asked.no_cache) or asked.max_age == 0
+
+    def rendered() -> tuple[bytes, float | None]:
+        document, changes_in = render()
+        return current_app.json.dumps(document).encode(), changes_in
+
+    answer = cache.get(key, rendered, fresh=fresh)
+    response = current_app.response_class(answer.body, mimetype="application/json")
+    response.headers["Cache-Control"] = f"public, max-age={int(answer.fresh_until - answer.rendered_at)}"
+    response.headers["Age"] = str(int(max(0.0, cache.now() - answer.rendered_at)))
+    return response
 
 
 def _declared(schema: Schema, data: Any) -> Any:

@@ -82,7 +82,9 @@ class Sampler(threading.Thread):
 
     def _remaining(self) -> int | None:
         try:
-            response = self._http.get(f"{self.rig.stack.url('inventory')}/drops/{self.drop_id}", timeout=2)
+            # the database's figure of this instant, not the copy the drop pages are shown
+            response = self._http.get(f"{self.rig.stack.url('inventory')}/drops/{self.drop_id}", timeout=2,
+                                      headers={"Cache-Control": "no-cache"})
             return response.json().get("remaining") if response.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None

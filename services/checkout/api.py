@@ -30,8 +30,9 @@ from shared.auth import current_principal, require_admin, require_user
 from shared.control_room import requested_action
 from shared.errors import InvalidRequest
 from shared.openapi import operation
+from shared.answer_cache import AnswerCache
 from shared.values import utc_now, uuid_or_none
-from shared.web import load, root, unit_of_work
+from shared.web import load, public_answer, root, unit_of_work
 
 bp = Blueprint("checkout", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
@@ -43,6 +44,12 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 LINE = LineSchema()
 TICKET = TicketSchema()
 LINE_PASS_HEADER = "Line-Pass"
+LINE_VIEWS = "checkout.line_views"
+
+
+def init_app(app, settings) -> None:
+    """The worker's copy of the lines' public answers (`GET /drops/{id}/line`)."""
+    app.extensions[LINE_VIEWS] = AnswerCache(settings.line_max_age_seconds)
 
 
 @bp.post("/orders")
@@ -212,6 +219,7 @@ def put_line(drop_id: str):
     with unit_of_work() as uow:
         line = waiting_room.put_line(_drop_id(drop_id), waiting_room.LineSettings(**body), uow, utc_now())
         uow.commit()
+    current_app.extensions[LINE_VIEWS].forget(line.drop_id)
     return jsonify(LINE.dump(line))
 
 
@@ -228,16 +236,24 @@ def change_line(drop_id: str):
         uow.admin_actions.record(requested_action(line.drop_id).ended(
             {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
         uow.commit()
+    current_app.extensions[LINE_VIEWS].forget(line.drop_id)
     return jsonify(shown)
 
 
 @bp.get("/drops/<drop_id>/line")
 @operation("A drop's line: its state, commitment (and seed once open), counts and admission rate",
-           response=LineSchema, errors=(404,))
+           response=LineSchema, errors=(404,),
+           description="Every drop page reads it, so each worker answers it from a copy at most "
+                       "`LINE_MAX_AGE_SECONDS` old (1 s); the answer says so (`Cache-Control: public, max-age`, "
+                       "`Age`), so a CDN may keep it as long. Send `Cache-Control: no-cache` for the figures of "
+                       "this instant.")
 def show_line(drop_id: str):
-    with unit_of_work() as uow:
-        line = _line(uow, drop_id)
-    return jsonify(LINE.dump(line))
+    def render():
+        with unit_of_work() as uow:
+            line = _line(uow, drop_id)
+        return LINE.dump(line), None  # the admitter changes a line, not the clock
+
+    return public_answer(current_app.extensions[LINE_VIEWS], _drop_id(drop_id), render)
 
 
 @bp.get("/drops/<drop_id>/line/order")

@@ -16,6 +16,7 @@ def create_app(settings: config.Settings | None = None, **dependencies) -> Flask
                                 control_room.admin_actions_bp], title="Floodgate checkout", figures={
         "dead_letters": dead_letter_figures(root.settings, root.settings.metrics_query_timeout_seconds),
     })
+    api.init_app(app, root.settings)
     # Load shedding in front of Flask: see services/checkout/load_shedding.py.
     gate = OrderGate(root.settings.max_orders_in_flight, root.settings.max_retry_after_seconds)
     app.wsgi_app = OrderAdmission(

@@ -37,6 +37,9 @@ class Settings(CommonSettings):
     line_pass_secret: str = DEV_LINE_PASS_SECRET
     admitter_interval_seconds: float = 0.5
     line_joins_per_client_per_minute: int = 30
+    # how long `GET /drops/{id}/line` (every drop page's read of its line) may be answered from a
+    # worker's copy, and by a CDN in front; 0: every read from the database
+    line_max_age_seconds: float = 1.0
     # the public status edge (services/checkout/line_status.py): how often it copies the lines
     line_status_refresh_seconds: float = 0.25
     # where the drop page (services/checkout/page.py) finds the other services, as buyers reach them

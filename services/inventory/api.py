@@ -1,14 +1,16 @@
 """HTTP entry points: load with a schema, run a handler in a unit of work, dump with a schema."""
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from services.inventory import schemas
+from services.inventory.errors import DropNotFound
 from services.inventory.handlers import drops, reservations
+from shared.answer_cache import AnswerCache
 from shared.auth import require_admin, require_service
 from shared.control_room import requested_action
 from shared.openapi import operation
-from shared.web import load, root, unit_of_work
+from shared.web import load, public_answer, root, unit_of_work
 
 bp = Blueprint("inventory", __name__)
 # Built once: instantiating a schema deep-copies its fields, which cost more than using it.
@@ -18,6 +20,13 @@ SALE_REQUEST = schemas.SaleRequestSchema()
 RESERVATION_BATCH_REQUEST = schemas.ReservationBatchRequestSchema()
 HOLDERS_REQUEST = schemas.HoldersRequestSchema()
 HOLDERS = schemas.HoldersSchema()
+DROP = schemas.DropSchema()
+DROP_VIEWS = "inventory.drop_views"
+
+
+def init_app(app, settings) -> None:
+    """The worker's copy of the drops' public answers (`GET /drops/{id}`)."""
+    app.extensions[DROP_VIEWS] = AnswerCache(settings.drop_max_age_seconds)
 
 
 @bp.post("/products")
@@ -69,18 +78,29 @@ def change_drop(drop_id: str):
     command = load(schemas.ChangeDropSchema())
     with unit_of_work() as uow:
         drop = drops.change_drop(drop_id, command, uow)
-        shown = schemas.DropSchema().dump(drop)
+        shown = DROP.dump(drop)
         uow.admin_actions.record(requested_action(drop.id).ended(
             {"closes_at": shown["closes_at"], "state": shown["state"], "remaining": shown["remaining"]}))
         uow.commit()
+    current_app.extensions[DROP_VIEWS].forget(drop.id)
     return shown
 
 
 @bp.get("/drops/<drop_id>")
-@operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,))
+@operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,),
+           description="Every drop page reads it, so each worker answers it from a copy at most "
+                       "`DROP_MAX_AGE_SECONDS` old (1 s), and never across the drop's opening or closing; the "
+                       "answer says so (`Cache-Control: public, max-age`, `Age`), so a CDN may keep it as long. "
+                       "Send `Cache-Control: no-cache` for the database's figures of this instant.")
 def show_drop(drop_id: str):
-    with unit_of_work() as uow:
-        return schemas.DropSchema().dump(drops.show_drop(drop_id, uow))
+    drop = drops.parse_id(drop_id, DropNotFound)
+
+    def render():
+        with unit_of_work() as uow:
+            view = drops.show_drop(drop_id, uow)
+        return DROP.dump(view), view.changes_in
+
+    return public_answer(current_app.extensions[DROP_VIEWS], drop, render)
 
 
 @bp.get("/drops/<drop_id>/stock")

@@ -13,8 +13,10 @@ from shared.messaging.metrics import dead_letter_figures
 def create_app(settings: config.Settings | None = None) -> Flask:
     root = bootstrap("api", settings)
     timeout = root.settings.metrics_query_timeout_seconds
-    return web.create_app(root, [api.bp, control_room.workers_bp, control_room.admin_actions_bp],
-                          title="Floodgate inventory", figures={
+    app = web.create_app(root, [api.bp, control_room.workers_bp, control_room.admin_actions_bp],
+                         title="Floodgate inventory", figures={
         "dead_letters": dead_letter_figures(root.settings, timeout),
         "hold_expiries": hold_expiry_figures(root.engine, timeout),
     })
+    api.init_app(app, root.settings)
+    return app

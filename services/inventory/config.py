@@ -18,6 +18,9 @@ class Settings(config.Settings):
     sweep_batch_size: int = 500
     # Rows a new drop's stock is spread over, so concurrent holds lock different rows (1-64).
     default_stock_shards: int = 16
+    # How long `GET /drops/{id}` (every drop page's read) may be answered from a worker's copy, and
+    # by a CDN in front (never past the drop's opening or closing); 0: every read from the database.
+    drop_max_age_seconds: float = 1.0
 
 
 def load() -> Settings:

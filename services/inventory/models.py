@@ -140,6 +140,13 @@ class Drop(Base):
             return CLOSED
         return SOLD_OUT if remaining <= 0 else OPEN
 
+    def next_state_change(self, now: datetime) -> datetime | None:
+        """When the clock next changes `state_at` (the opening, then the closing); None once closed."""
+        for moment in (self.opens_at, self.closes_at):
+            if now < moment:
+                return moment
+        return None
+
     def is_invite_only_at(self, now: datetime) -> bool:
         return self.invite_only_until is not None and now < self.invite_only_until
 

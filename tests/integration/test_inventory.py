@@ -374,6 +374,39 @@ def test_the_window_refuses_before_opening_and_from_closing_until_an_extension(f
     assert assert_invariants(stack, drop["id"])["held"] >= 2
 
 
+# --- the drop page's read ---------------------------------------------------------------------
+
+def test_the_drop_pages_read_is_at_most_a_second_old_and_never_scheduled_after_the_opening(floodgate, stack,
+                                                                                           admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=10, opens_in=3, per_buyer_limit=10)
+    url = f"{stack.url('inventory')}/drops/{drop['id']}"
+    first = floodgate.http.get(url)
+    assert first.status_code == 200 and first.json()["state"] == "scheduled"
+    # a CDN may keep it a second too, never past the opening
+    assert first.headers["Cache-Control"] == "public, max-age=1", first.headers
+    assert int(first.headers["Age"]) <= 1
+
+    # pages reading it all through the opening: the first read sent after the opening says open
+    opens_at = datetime.fromisoformat(drop["opens_at"])
+    seen = []
+
+    def read_until_open() -> bool:
+        sent = datetime.now(timezone.utc)
+        seen.append((sent, floodgate.http.get(url).json()["state"]))
+        return sent > opens_at + timedelta(milliseconds=20)
+
+    poll(read_until_open, timeout=10, interval=0.02, what="reads past the opening")
+    late = [(sent, state) for sent, state in seen if sent > opens_at + timedelta(milliseconds=20)]
+    assert late and all(state == "open" for _, state in late), late
+    assert any(state == "scheduled" for _, state in seen)
+
+    # a hold reaches the pages' copy within its second, and a no-cache reader at once
+    assert reserve(floodgate, drop["id"]).status_code == 201
+    assert floodgate.get_drop(drop["id"])["remaining"] == 9
+    poll(lambda: floodgate.http.get(url).json()["remaining"] == 9, timeout=5, what="the hold on the drop page")
+    assert_invariants(stack, drop["id"])
+
+
 # --- invite-only phase, shipping countries ----------------------------------------------------
 
 def test_invite_only_phase_and_shipping_countries_are_enforced(floodgate, stack, admin_token):

@@ -197,3 +197,19 @@ def test_two_admitter_processes_admit_at_the_lines_rate_between_them(floodgate, 
     over = [(n, float(at)) for n, at in enumerate(times, start=1) if n > rate / 2 + rate * float(at) + 1]
     assert not over, f"admitted faster than {rate}/s: (count, seconds after the opening) {over}"
     assert floodgate.get_line(drop["id"]).json()["pace_per_second"] == rate
+
+
+def test_the_drop_pages_read_of_its_line_is_at_most_a_second_old(floodgate, admin_token, stack):
+    drop = floodgate.create_drop(admin_token, quantity=3, opens_in=3600)
+    floodgate.put_line(admin_token, drop, admission_rate=50, pass_ttl_seconds=120)
+    url = f"{stack.url('checkout')}/drops/{drop['id']}/line"
+    shown = floodgate.http.get(url)
+    assert shown.status_code == 200 and shown.json()["state"] == "pre_queue"
+    assert shown.headers["Cache-Control"] == "public, max-age=1" and int(shown.headers["Age"]) <= 1
+
+    slower = floodgate.http.patch(url, json={"admission_rate": 7.5}, headers={"Authorization": f"Bearer {admin_token}"})
+    assert slower.status_code == 200, slower.text
+    assert floodgate.get_line(drop["id"]).json()["admission_rate"] == 7.5  # Cache-Control: no-cache
+    poll(lambda: floodgate.http.get(url).json()["admission_rate"] == 7.5, timeout=5, what="every worker's copy to follow")
+    missing = floodgate.http.get(f"{stack.url('checkout')}/drops/{uuid.uuid4()}/line")
+    assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("application/problem+json")

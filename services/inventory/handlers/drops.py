@@ -37,6 +37,7 @@ class DropView:
     shipping_countries: list[str]
     stock_shards: int
     hold_ttl_seconds: int | None
+    changes_in: float | None = None  # seconds until the clock changes `state` (None: never again)
 
     @classmethod
     def of(cls, drop: Drop, now: datetime, remaining: int) -> "DropView":
@@ -55,7 +56,12 @@ class DropView:
             shipping_countries=list(drop.shipping_countries),
             stock_shards=drop.stock_shards,
             hold_ttl_seconds=drop.hold_ttl_seconds,
+            changes_in=_seconds_until(drop.next_state_change(now), now),
         )
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else (moment - now).total_seconds()
 
 
 # A drop has at most this much stock over its life (quantity plus restocks): 422 beyond.

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
+from services.inventory.handlers.drops import DropView
 from services.inventory.models import CLOSED, OPEN, SCHEDULED, SOLD_OUT, Drop, Product, spread
 
 OPENS = datetime(2014, 10, 27, 15, 0, tzinfo=timezone.utc)
@@ -160,3 +161,16 @@ def test_a_window_may_be_extended_shortened_or_reopened_but_not_emptied_or_put_i
         running.check_new_close(OPENS, now=OPENS - SECOND)
     with pytest.raises(InvalidDrop):
         running.check_new_close(OPENS + SECOND, now=OPENS + 2 * SECOND)
+
+
+@pytest.mark.parametrize(
+    "now, change",
+    [(OPENS - SECOND, OPENS), (OPENS, CLOSES), (CLOSES - SECOND, CLOSES), (CLOSES, None)],
+)
+def test_the_clock_next_changes_a_drops_state_at_its_opening_then_its_closing(now, change):
+    assert drop().next_state_change(now) == change
+
+
+def test_a_drop_as_shown_says_how_long_until_the_clock_changes_its_state():
+    assert DropView.of(drop(), OPENS - 2 * SECOND, remaining=100).changes_in == 2.0
+    assert DropView.of(drop(), CLOSES, remaining=100).changes_in is None

@@ -1,0 +1,223 @@
+"""A worker's copy of public answers (shared/answer_cache.py) and how it is served
+(shared/web.py's `public_answer`): a test clock, counted renders and a bare Flask app stand in."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from flask import Flask
+
+from devtools.client import poll
+from shared.answer_cache import AnswerCache
+from shared.web import public_answer
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Renders:
+    """Renders "v1", "v2", ... and counts them; `changes_in` is what each says about the clock."""
+
+    def __init__(self, changes_in=None):
+        self.count = 0
+        self.changes_in = changes_in
+
+    def __call__(self):
+        self.count += 1
+        return f"v{self.count}".encode(), self.changes_in
+
+
+@pytest.fixture()
+def clock():
+    return Clock()
+
+
+def test_an_answer_is_rendered_once_while_it_holds_and_again_after(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders()
+    assert cache.get("drop", render).body == b"v1"
+    clock.now += 0.99
+    assert cache.get("drop", render).body == b"v1"
+    clock.now += 0.01
+    assert cache.get("drop", render).body == b"v2"
+    assert render.count == 2
+
+
+def test_an_answer_never_holds_past_its_change_by_the_clock(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders(changes_in=0.25)
+    answer = cache.get("drop", render)
+    assert answer.fresh_until == pytest.approx(100.25)
+    clock.now += 0.25
+    assert cache.get("drop", render).body == b"v2"
+
+
+def test_an_answer_already_due_to_change_is_not_kept(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders(changes_in=-3)
+    cache.get("drop", render)
+    cache.get("drop", render)
+    assert render.count == 2
+
+
+def test_keys_are_kept_apart(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    assert cache.get("a", lambda: (b"A", None)).body == b"A"
+    assert cache.get("b", lambda: (b"B", None)).body == b"B"
+    assert cache.get("a", Renders()).body == b"A"
+
+
+def test_a_reader_asking_for_a_fresh_answer_renders_it_and_refreshes_the_copy(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders()
+    cache.get("drop", render)
+    assert cache.get("drop", render, fresh=True).body == b"v2"
+    assert cache.get("drop", render).body == b"v2"
+    assert render.count == 2
+
+
+def test_while_one_reader_renders_an_expired_answer_the_others_keep_the_old_one(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders()
+    cache.get("drop", render)
+    clock.now += 1.5
+    seen_meanwhile = []
+
+    def slow_render():
+        seen_meanwhile.append(cache.get("drop", render).body)  # a second reader, during the render
+        return b"new", None
+
+    assert cache.get("drop", slow_render).body == b"new"
+    assert seen_meanwhile == [b"v1"] and render.count == 1
+
+
+def test_an_expired_answer_is_not_kept_for_others_past_its_change_by_the_clock(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    cache.get("drop", lambda: (b"scheduled", 0.5))  # the drop opens in 0.5 s
+    clock.now += 0.6
+    seen_meanwhile = []
+
+    def slow_render():
+        seen_meanwhile.append(cache.get("drop", lambda: (b"open, read by the second reader", None)).body)
+        return b"open", None
+
+    cache.get("drop", slow_render)
+    assert seen_meanwhile == [b"open, read by the second reader"]
+
+
+def test_an_expired_answer_is_kept_for_others_at_most_one_more_period(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    cache.get("drop", lambda: (b"old", None))
+    clock.now += 2.5  # a render has taken 0.5 s longer than the answer may be stale
+
+    def stuck_render():
+        return cache.get("drop", lambda: (b"second reader's", None)).body, None
+
+    assert cache.get("drop", stuck_render).body == b"second reader's"
+
+
+def test_a_failed_render_leaves_no_answer_behind(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    cache.get("drop", lambda: (b"old", None))
+    clock.now += 1.5
+
+    def failing():
+        raise ConnectionError("the database is down")
+
+    with pytest.raises(ConnectionError):
+        cache.get("drop", failing)
+    assert cache.get("drop", lambda: (b"new", None)).body == b"new"
+
+
+def test_a_failed_fresh_render_keeps_the_copy_others_are_served(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    cache.get("drop", lambda: (b"copy", None))
+
+    def failing():
+        raise ConnectionError("the database is down")
+
+    with pytest.raises(ConnectionError):
+        cache.get("drop", failing, fresh=True)
+    assert cache.get("drop", Renders()).body == b"copy"
+
+
+def test_the_oldest_key_goes_when_the_cache_is_full(clock):
+    cache = AnswerCache(1.0, most=2, clock=clock)
+    for key in "abc":
+        cache.get(key, lambda key=key: (key.encode(), None))
+    render = Renders()
+    assert [cache.get(key, render).body for key in "cb"] == [b"c", b"b"]
+    assert cache.get("a", render).body == b"v1"
+
+
+def test_a_forgotten_answer_is_rendered_again(clock):
+    cache, render = AnswerCache(1.0, clock=clock), Renders()
+    cache.get("drop", render)
+    cache.forget("drop")
+    assert cache.get("drop", render).body == b"v2"
+
+
+def test_no_max_age_means_every_read_is_rendered(clock):
+    cache, render = AnswerCache(0.0, clock=clock), Renders()
+    assert [cache.get("drop", render).body for _ in range(3)] == [b"v1", b"v2", b"v3"]
+
+
+def test_a_crowd_of_threads_renders_an_expired_answer_once(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    cache.get("drop", lambda: (b"old", None))
+    clock.now += 1.5
+    release, renders, answers = threading.Event(), [], []
+
+    def render():
+        renders.append(1)
+        assert release.wait(10)
+        return b"new", None
+
+    crowd = [threading.Thread(target=lambda: answers.append(cache.get("drop", render).body)) for _ in range(16)]
+    for thread in crowd:
+        thread.start()
+    poll(lambda: len(answers) == 15, timeout=10, what="every other reader answered while one renders")
+    release.set()
+    for thread in crowd:
+        thread.join(10)
+    assert len(renders) == 1
+    assert sorted(answers) == [b"new"] + [b"old"] * 15
+
+
+# --- served over HTTP -------------------------------------------------------------------------
+
+def public_app(cache: AnswerCache, changes_in=None):
+    app = Flask(__name__)
+    renders = []
+
+    @app.get("/drops/<key>")
+    def show(key):
+        def render():
+            renders.append(key)
+            return {"key": key, "render": len(renders)}, changes_in
+        return public_answer(cache, key, render)
+
+    return app.test_client(), renders
+
+
+def test_a_public_answer_says_how_long_a_cdn_may_keep_it(clock):
+    client, _ = public_app(AnswerCache(1.0, clock=clock))
+    first = client.get("/drops/d1")
+    assert first.status_code == 200 and first.mimetype == "application/json"
+    assert json.loads(first.data) == {"key": "d1", "render": 1}
+    assert (first.headers["Cache-Control"], first.headers["Age"]) == ("public, max-age=1", "0")
+
+
+def test_a_public_answer_due_to_change_within_the_second_is_not_for_a_cdn_to_keep(clock):
+    client, _ = public_app(AnswerCache(1.0, clock=clock), changes_in=0.4)
+    assert client.get("/drops/d1").headers["Cache-Control"] == "public, max-age=0"
+
+
+@pytest.mark.parametrize("asked", ["no-cache", "max-age=0"])
+def test_a_reader_may_ask_for_the_figures_of_this_instant(clock, asked):
+    client, renders = public_app(AnswerCache(1.0, clock=clock))
+    client.get("/drops/d1")
+    assert json.loads(client.get("/drops/d1").data)["render"] == 1
+    assert json.loads(client.get("/drops/d1", headers={"Cache-Control": asked}).data)["render"] == 2
+    assert len(renders) == 2
