@@ -5,8 +5,9 @@ this test fails, saying so, rather than skip.
 
 A buyer opens the page, signs up, joins the line before the opening, is let in after it, orders
 with a Canadian address, pays on the payment simulator's page and sees the order confirmed with
-its email sent; and on a drop without a line, goes straight to the order form. Each test leaves
-a screenshot of the page under var/test-artefacts/.
+its email sent; on a drop without a line, goes straight to the order form; and while paying in
+another tab, the page reads the order less and less often (on a clock the test moves), and at once
+when the buyer comes back. Each test leaves a screenshot of the page under var/test-artefacts/.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -190,3 +192,57 @@ def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floo
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
     expect(page.locator("#order-item")).to_have_text(f"1 × {MARKUP_PRODUCT}")
     assert page.evaluate("window.injected") is None
+
+
+# Counts the page's reads of its order (GET /orders/{id}) as they are sent and answered.
+COUNT_ORDER_READS = """
+window.orderReads = {sent: 0, answered: 0};
+const realFetch = window.fetch;
+window.fetch = function (input, init) {
+  const path = new URL(typeof input === "string" ? input : input.url, location.href).pathname;
+  const counted = !(init && init.method && init.method !== "GET") && /^\\/orders\\/[0-9a-f-]{36}$/.test(path);
+  if (counted) window.orderReads.sent++;
+  const answer = realFetch.apply(this, arguments);
+  if (counted) answer.finally(() => { window.orderReads.answered++; });
+  return answer;
+};
+"""
+
+
+def test_while_the_buyer_pays_elsewhere_the_page_reads_its_order_less_often_and_at_once_on_return(
+        floodgate, admin_token, buyer_page):
+    page = buyer_page
+    page.context.add_init_script(COUNT_ORDER_READS)
+    page.clock.install()  # the page's timers on a clock the test moves
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1)
+    open_drop_page(page, floodgate, drop)
+    email = sign_up(page)
+    order_id = order_to_toronto(page)
+
+    def reads() -> dict:
+        return page.evaluate("window.orderReads")
+
+    def settled() -> int:
+        return poll(lambda: (lambda r: r["sent"] if r["sent"] == r["answered"] else None)(reads()),
+                    timeout=10, interval=0.02, what="the page's reads of its order answered")
+
+    # a minute on the payment provider's page: 2 s apart would be 30 reads
+    page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+    before = settled()
+    for _ in range(120):
+        page.clock.run_for(500)
+        settled()
+    while_paying = settled() - before
+    assert 4 <= while_paying <= 9, while_paying
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment")
+
+    # paid in the other tab: back on the page, the buyer sees it at once
+    link = page.locator("#pay-link").get_attribute("href")
+    target = urlsplit(link)
+    approved = floodgate.http.post(f"{target.scheme}://{target.netloc}{target.path}/approve?{target.query}")
+    assert approved.status_code == 200, approved.text
+    sent = settled()
+    page.evaluate("window.dispatchEvent(new Event('focus'))")
+    assert reads()["sent"] == sent + 1
+    page.clock.resume()
+    see_it_confirmed(page, floodgate, admin_token, order_id, email)
