@@ -11,8 +11,9 @@ Under a short rush the mail drains after it; under a long one each email goes ou
 seconds late, and the consumer keeps up again.
 
 "The other processes": the machine's busy CPU time (`/proc/stat`, every process, the APIs, the
-database, the broker) less this process's own, so a consumer never holds mail because of the
-mail it sends. On a machine of its own (a Kubernetes node without the APIs) it never waits.
+database, the broker) less this process's own, as a share of the CPU this process left them, so
+a consumer never holds mail because of the mail it sends, and never lets it go because its own
+work (an email's first render, say) crowded the others out of a saturated machine. On a machine of its own (a Kubernetes node without the APIs) it never waits.
 Without `/proc/stat` (not Linux) it never waits either.
 """
 from __future__ import annotations
@@ -44,8 +45,8 @@ def read_proc_stat(path: Path = PROC_STAT) -> tuple[int, int] | None:
 
 
 class OthersShare:
-    """The share of the machine's CPU that processes other than this one used lately: over the
-    last `window` seconds or more, sampled at most that often (threads share one sample)."""
+    """The share of the machine's CPU left by this process that the other processes used lately:
+    over the last `window` seconds or more, sampled at most that often (threads share one sample)."""
 
     def __init__(self, read_stat: Callable[[], tuple[int, int] | None] = read_proc_stat,
                  own_cpu: Callable[[], float] = time.process_time, clock: Callable[[], float] = time.monotonic,
@@ -68,8 +69,10 @@ class OthersShare:
                 return None
             sample = (now, stat[0], stat[1], self._own_cpu())
             if self._last is not None and sample[2] > self._last[2]:
-                busy = sample[1] - self._last[1] - (sample[3] - self._last[3]) * self._ticks
-                self._share = min(1.0, max(0.0, busy / (sample[2] - self._last[2])))
+                own = (sample[3] - self._last[3]) * self._ticks
+                left = sample[2] - self._last[2] - own
+                others = sample[1] - self._last[1] - own
+                self._share = min(1.0, max(0.0, others / left)) if left > 0 else 1.0
             self._last = sample
             return self._share
 

@@ -23,8 +23,20 @@ def test_the_others_share_leaves_out_this_process_own_cpu():
     clock = Clock(step=1.0)
     share = OthersShare(read_stat=lambda: next(stats), own_cpu=lambda: next(own), clock=clock, ticks_per_second=100)
     assert share() is None  # one sample: nothing to compare yet
-    assert share() == pytest.approx((180 - 50) / 200)  # the machine 90% busy, this process 25% of it
+    # the machine 90% busy, this process 25% of it: the others used 130 of the 150 ticks it left
+    assert share() == pytest.approx((180 - 50) / (200 - 50))
     assert share() == 0.0  # this process was all of the machine's busy time
+
+
+def test_this_process_crowding_a_saturated_machine_does_not_make_it_look_free():
+    # both cores busy all along; this process took 40% of the machine in the second window
+    stats = iter([(0, 0), (200, 200), (400, 400)])
+    own = iter([0.0, 0.0, 0.8])
+    share = OthersShare(read_stat=lambda: next(stats), own_cpu=lambda: next(own), clock=Clock(step=1.0),
+                        ticks_per_second=100)
+    share()
+    assert share() == 1.0
+    assert share() == 1.0  # the others used all it left them: still busy (0.6 of the machine before)
 
 
 def test_the_machine_is_sampled_at_most_once_a_window_whatever_the_threads_asking():
