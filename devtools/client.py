@@ -13,6 +13,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from devtools.stack import ROOT, Stack
+from shared.config import DEV_SERVICE_KEY
 
 T = TypeVar("T")
 
@@ -69,6 +70,11 @@ class Floodgate:
     def _url(self, service: str, path: str) -> str:
         return self.stack.url(service) + path
 
+    def exact(self) -> dict:
+        """Headers that read a public answer afresh (the database's figures of this instant),
+        where a drop page gets a worker's copy up to a second old: the stack's service key."""
+        return {"X-Service-Key": self.stack.env().get("SERVICE_KEY", DEV_SERVICE_KEY)}
+
     # accounts
     def create_admin(self, email: str, password: str) -> str:
         """Create an admin with the accounts CLI and return an access token."""
@@ -110,8 +116,7 @@ class Floodgate:
         return drop.json()
 
     def get_drop(self, drop_id: str) -> dict:
-        # the database's figures of this instant, not the copy a drop page may be shown (up to 1 s old)
-        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"), headers={"Cache-Control": "no-cache"})
+        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"), headers=self.exact())
         response.raise_for_status()
         return response.json()
 
@@ -137,8 +142,7 @@ class Floodgate:
         return response.json()
 
     def get_line(self, drop_id: str) -> requests.Response:
-        # the database's figures of this instant, not the copy a drop page may be shown (up to 1 s old)
-        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"), headers={"Cache-Control": "no-cache"})
+        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"), headers=self.exact())
 
     def join_line(self, token: str, drop_id: str) -> requests.Response:
         """Join at the line's public edge (services/checkout/line_status.py)."""

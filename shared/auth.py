@@ -298,14 +298,19 @@ def require_admin(view):
     return wrapper
 
 
+def presents_service_key() -> bool:
+    """Whether this request carries the shared service key (another Floodgate service, a tool)."""
+    _, service_key = current_app.extensions["floodgate.auth"]
+    presented = request.headers.get("X-Service-Key", "")
+    return bool(presented) and hmac.compare_digest(presented.encode(), service_key.encode())
+
+
 def require_service(view):
     """Other Floodgate services only, identified by the shared service key; never a buyer token."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        _, service_key = current_app.extensions["floodgate.auth"]
-        presented = request.headers.get("X-Service-Key", "")
-        if not presented or not hmac.compare_digest(presented.encode(), service_key.encode()):
+        if not presents_service_key():
             raise Unauthorized("This endpoint is for Floodgate services.")
         g.principal = Principal(subject="service", role="service")
         return view(*args, **kwargs)

@@ -95,10 +95,12 @@ def public_answer(cache: AnswerCache, key: Hashable, render: Callable[[], tuple[
     """A public JSON answer kept in `cache` (see `shared.answer_cache`): `render` returns the
     document and the seconds until it changes by the clock (None: not by the clock).
 
-    It says how long a CDN in front may keep it too (`Cache-Control: public, max-age`, with its
-    `Age`); a request with `Cache-Control: no-cache` or `max-age=0` gets it rendered afresh."""
-    asked = request.cache_control
-    fresh = bool(asked.no_cache) or asked.max_age == 0
+    It tells a CDN in front it may keep it too (`Cache-Control: public, max-age`): the cache's
+    seconds, or 0 when the answer changes by the clock within them, so a CDN never serves it past
+    that change. A request with the service key (another service, the tests' and tools' client)
+    gets it rendered afresh; a browser's `Cache-Control: no-cache` does not, since every
+    `fetch(..., {cache: "no-store"})` sends one."""
+    fresh = auth.presents_service_key()
 
     def rendered() -> tuple[bytes, float | None]:
         document, changes_in = render()
@@ -106,8 +108,8 @@ def public_answer(cache: AnswerCache, key: Hashable, render: Callable[[], tuple[
 
     answer = cache.get(key, rendered, fresh=fresh)
     response = current_app.response_class(answer.body, mimetype="application/json")
-    response.headers["Cache-Control"] = f"public, max-age={int(answer.fresh_until - answer.rendered_at)}"
-    response.headers["Age"] = str(int(max(0.0, cache.now() - answer.rendered_at)))
+    max_age = int(max(0.0, min(cache.seconds, answer.changes_at - cache.now())))
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
     return response
 
 

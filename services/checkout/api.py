@@ -244,9 +244,9 @@ def change_line(drop_id: str):
 @operation("A drop's line: its state, commitment (and seed once open), counts and admission rate",
            response=LineSchema, errors=(404,),
            description="Every drop page reads it, so each worker answers it from a copy at most "
-                       "`LINE_MAX_AGE_SECONDS` old (1 s); the answer says so (`Cache-Control: public, max-age`, "
-                       "`Age`), so a CDN may keep it as long. Send `Cache-Control: no-cache` for the figures of "
-                       "this instant.")
+                       "`LINE_MAX_AGE_SECONDS` old (1 s), and says a CDN may keep it as long (`Cache-Control: "
+                       "public, max-age`). Other services and tools read it afresh with the service key "
+                       "(`X-Service-Key`).")
 def show_line(drop_id: str):
     def render():
         with unit_of_work() as uow:

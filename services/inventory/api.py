@@ -90,8 +90,9 @@ def change_drop(drop_id: str):
 @operation("Show a drop, its remaining stock and its state", response=schemas.DropSchema, errors=(404,),
            description="Every drop page reads it, so each worker answers it from a copy at most "
                        "`DROP_MAX_AGE_SECONDS` old (1 s), and never across the drop's opening or closing; the "
-                       "answer says so (`Cache-Control: public, max-age`, `Age`), so a CDN may keep it as long. "
-                       "Send `Cache-Control: no-cache` for the database's figures of this instant.")
+                       "answer says how long a CDN may keep it too (`Cache-Control: public, max-age`: 0 within a "
+                       "second of the opening or closing). Other services and tools read it afresh with the service key "
+                       "(`X-Service-Key`); a browser's `Cache-Control: no-cache` does not bypass the copy.")
 def show_drop(drop_id: str):
     drop = drops.parse_id(drop_id, DropNotFound)
 

@@ -242,7 +242,8 @@ def test_while_the_buyer_pays_elsewhere_the_page_reads_its_order_less_often_and_
     approved = floodgate.http.post(f"{target.scheme}://{target.netloc}{target.path}/approve?{target.query}")
     assert approved.status_code == 200, approved.text
     sent = settled()
-    page.evaluate("window.dispatchEvent(new Event('focus'))")
+    # coming back to the tab: it is shown again and gets the focus, which make one read, not two
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange')); window.dispatchEvent(new Event('focus'))")
     assert reads()["sent"] == sent + 1
     page.clock.resume()
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
