@@ -13,7 +13,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from devtools.stack import ROOT, Stack
-from shared.config import DEV_SERVICE_KEY
 
 T = TypeVar("T")
 
@@ -70,11 +69,6 @@ class Floodgate:
     def _url(self, service: str, path: str) -> str:
         return self.stack.url(service) + path
 
-    def exact(self) -> dict:
-        """Headers that read a public answer afresh (the database's figures of this instant),
-        where a drop page gets a worker's copy up to a second old: the stack's service key."""
-        return {"X-Service-Key": self.stack.env().get("SERVICE_KEY", DEV_SERVICE_KEY)}
-
     # accounts
     def create_admin(self, email: str, password: str) -> str:
         """Create an admin with the accounts CLI and return an access token."""
@@ -116,7 +110,7 @@ class Floodgate:
         return drop.json()
 
     def get_drop(self, drop_id: str) -> dict:
-        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"), headers=self.exact())
+        response = self.http.get(self._url("inventory", f"/drops/{drop_id}"), headers=self.stack.service_headers())
         response.raise_for_status()
         return response.json()
 
@@ -142,7 +136,7 @@ class Floodgate:
         return response.json()
 
     def get_line(self, drop_id: str) -> requests.Response:
-        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"), headers=self.exact())
+        return self.http.get(self._url("checkout", f"/drops/{drop_id}/line"), headers=self.stack.service_headers())
 
     def join_line(self, token: str, drop_id: str) -> requests.Response:
         """Join at the line's public edge (services/checkout/line_status.py)."""

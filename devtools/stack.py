@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import requests
 
 from devtools import ports
+from shared.config import DEV_SERVICE_KEY
 from shared.db import create_database_if_missing
 from shared.migrate import upgrade
 
@@ -84,6 +85,11 @@ class Stack:
     @property
     def maildir(self) -> Path:
         return self.var_dir / "mail"
+
+    def service_headers(self) -> dict:
+        """What another Floodgate service sends: the stack's service key. Public answers a drop
+        page gets from a worker's copy (up to a second old) are read afresh with it."""
+        return {"X-Service-Key": self.env().get("SERVICE_KEY", DEV_SERVICE_KEY)}
 
     def env(self, service: str | None = None) -> dict:
         env = dict(os.environ)

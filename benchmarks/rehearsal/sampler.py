@@ -10,7 +10,7 @@ import pika
 import requests
 import sqlalchemy as sa
 
-from shared.config import DEV_SERVICE_KEY, Settings
+from shared.config import Settings
 from shared.messaging import connection as amqp
 from shared.messaging.topology import retry_delays, retry_queue, work_queue
 
@@ -84,7 +84,7 @@ class Sampler(threading.Thread):
         try:
             # with the service key: the database's figure of this instant, not the pages' copy
             response = self._http.get(f"{self.rig.stack.url('inventory')}/drops/{self.drop_id}", timeout=2,
-                                      headers={"X-Service-Key": self.rig.stack.env().get("SERVICE_KEY", DEV_SERVICE_KEY)})
+                                      headers=self.rig.stack.service_headers())
             return response.json().get("remaining") if response.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None

@@ -26,11 +26,11 @@ from services.checkout.schemas import (
 )
 from shared import addresses
 from shared.addresses import InvalidAddress, normalise
+from shared.answer_cache import AnswerCache
 from shared.auth import current_principal, require_admin, require_user
 from shared.control_room import requested_action
 from shared.errors import InvalidRequest
 from shared.openapi import operation
-from shared.answer_cache import AnswerCache
 from shared.values import utc_now, uuid_or_none
 from shared.web import load, public_answer, root, unit_of_work
 

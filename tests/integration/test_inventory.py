@@ -14,7 +14,6 @@ import requests
 import sqlalchemy as sa
 
 from devtools.client import poll
-from shared.config import DEV_SERVICE_KEY
 
 PROCESSES, THREADS_PER_PROCESS = 4, 16
 
@@ -31,7 +30,7 @@ def query(stack, sql: str, **params) -> list:
 
 
 def service_headers(stack) -> dict:
-    return {"X-Service-Key": stack.env().get("SERVICE_KEY", DEV_SERVICE_KEY)}
+    return stack.service_headers()
 
 
 def at(seconds: float) -> str:
