@@ -27,17 +27,12 @@ INFINITY = float("inf")
 
 @dataclass(frozen=True)
 class Answer:
-    """A rendered answer and, by the cache's clock, when it was rendered, until when it holds,
-    and when it changes by the clock (infinity: not by the clock)."""
+    """A rendered answer and, by the cache's clock, until when it holds and when it changes by
+    the clock (infinity: not by the clock)."""
 
     body: bytes
-    rendered_at: float
     fresh_until: float
     changes_at: float = INFINITY
-
-    def fresh_for(self, now: float) -> float:
-        """Seconds it still holds at `now` (0 once expired)."""
-        return max(0.0, self.fresh_until - now)
 
 
 @dataclass
@@ -91,7 +86,7 @@ class AnswerCache:
             raise
         # from `started`, before the render read its figures and its clock: never later than they allow
         changes_at = INFINITY if changes_in is None else started + max(0.0, changes_in)
-        answer = Answer(body, started, min(started + self.seconds, changes_at), changes_at)
+        answer = Answer(body, min(started + self.seconds, changes_at), changes_at)
         with self._lock:
             if generation == self._forgotten:
                 self._entries.pop(key, None)
