@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     phase("stack up")
     if args.line and args.use_running:
         say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
-            "per API process) and every buyer joins from 127.0.0.1: start it with that variable raised !!!\n")
+            "per line-status edge process) and every buyer joins from 127.0.0.1: start it with that variable raised !!!\n")
     failed = False
     try:
         floodgate = Floodgate(rig.stack)

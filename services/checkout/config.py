@@ -33,7 +33,7 @@ class Settings(CommonSettings):
     inventory_hold_calls: int = 1
     inventory_breaker_cooldown_seconds: float = 3.0
     # the waiting room (services/checkout/line.py): the key that signs admission passes, how
-    # often the admitter turns, and joins per client address per minute (per API process)
+    # often the admitter turns, and joins per client address per minute (per line-status edge process)
     line_pass_secret: str = DEV_LINE_PASS_SECRET
     admitter_interval_seconds: float = 0.5
     line_joins_per_client_per_minute: int = 30
