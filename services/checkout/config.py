@@ -37,6 +37,10 @@ class Settings(CommonSettings):
     line_pass_secret: str = DEV_LINE_PASS_SECRET
     admitter_interval_seconds: float = 0.5
     line_joins_per_client_per_minute: int = 30
+    # the proxies in front of the edge (ingress, load balancer) whose X-Forwarded-For it believes,
+    # as accounts' setting of the same name: the join limit's client address is the one the
+    # nearest of them put there; 0: the connection's own address
+    trusted_proxy_hops: int = 0
     # how long `GET /drops/{id}/line` (every drop page's read of its line) may be answered from a
     # worker's copy, and by a CDN in front; 0: every read from the database
     line_max_age_seconds: float = 1.0

@@ -320,8 +320,9 @@ def pass_expiry(now: datetime, line: Line) -> datetime:
 
 
 class JoinLimit:
-    """Joins per client address per minute, counted in this process (each API process counts
-    its own: with N processes behind a balancer a client gets up to N times the limit)."""
+    """Joins per client address per minute, counted in this process (each line-status edge
+    process counts its own: with N of them behind a balancer a client gets up to N times the
+    limit). The address is the edge's `client_address`: behind an ingress, TRUSTED_PROXY_HOPS."""
 
     def __init__(self, per_minute: int, clock=None):
         self._per_minute = per_minute

@@ -199,6 +199,20 @@ class EdgeMetrics:
         return prometheus_client.generate_latest(self.registry)
 
 
+def client_address(scope: dict, trusted_proxy_hops: int) -> str:
+    """Where a request comes from, for the join limit: the connection's peer, or with
+    `trusted_proxy_hops` N (TRUSTED_PROXY_HOPS) the address the N proxies in front put in
+    `X-Forwarded-For`, counted from the right as accounts' ProxyFix counts it. Behind an ingress
+    the peer is the ingress, the same for the whole crowd; and whatever a client wrote there
+    itself stands further left, so it is never taken. With fewer addresses than N: the peer."""
+    peer = (scope.get("client") or ("", 0))[0]
+    if trusted_proxy_hops <= 0:
+        return peer
+    forwarded = b",".join(value for name, value in scope.get("headers", ()) if name == b"x-forwarded-for")
+    hops = [part.strip() for part in forwarded.decode("latin-1").split(",") if part.strip()]
+    return hops[-trusted_proxy_hops] if len(hops) >= trusted_proxy_hops else peer
+
+
 def route_of(method: str, path: str) -> str:
     """The route label of a request (`_ROUTES`)."""
     if method == "POST" and _JOIN.match(path):
@@ -366,8 +380,9 @@ class LineStatusApp:
     (when given an engine)."""
 
     def __init__(self, lines: Lines, origins: frozenset = frozenset(), refresher: Refresher | None = None,
-                 joiner: Joiner | None = None, metrics_bind: str = ""):
+                 joiner: Joiner | None = None, metrics_bind: str = "", trusted_proxy_hops: int = 0):
         self.lines, self.origins, self.refresher, self.joiner = lines, origins, refresher, joiner
+        self.trusted_proxy_hops = trusted_proxy_hops
         self.metrics, self.metrics_bind, self._metrics_server = EdgeMetrics(lines), metrics_bind, None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -375,7 +390,7 @@ class LineStatusApp:
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return
-        client = (scope.get("client") or ("", 0))[0]
+        client = client_address(scope, self.trusted_proxy_hops)
         method, path = scope["method"], scope["path"]
         started = time.perf_counter()
         status, body, headers = await self.answer(method, path, dict(scope["headers"]), client)
@@ -519,7 +534,8 @@ def create_app() -> LineStatusApp:
     joiner = Joiner(root.unit_of_work, auth.jwks_verifier(settings),
                     waiting_room.JoinLimit(settings.line_joins_per_client_per_minute), settings.line_pass_secret)
     return LineStatusApp(lines, allowed_origins(settings), Refresher(root.engine, lines, settings.line_status_refresh_seconds),
-                         joiner, metrics_bind=os.environ.get("METRICS_BIND", ""))
+                         joiner, metrics_bind=os.environ.get("METRICS_BIND", ""),
+                         trusted_proxy_hops=settings.trusted_proxy_hops)
 
 
 def run(root, args) -> None:

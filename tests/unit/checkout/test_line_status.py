@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from services.checkout import line as waiting_room
-from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines
+from services.checkout.line_status import STALE_SECONDS, Joiner, LineStatusApp, Lines, client_address
 from shared.auth import Principal
 from shared.errors import Unauthorized
 from shared.values import utc_now
@@ -269,7 +269,41 @@ def test_joins_per_client_are_limited():
     assert join(app, "token-d", client="10.0.0.2")[0][0] == 201  # another client is not held back
 
 
-def served(app: LineStatusApp, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+def test_behind_an_ingress_each_buyer_is_limited_by_their_own_address_not_the_ingress():
+    """The whole crowd reaches the edge through the ingress: one peer address. The limit must
+    hold back a client that joins too often, and only that client."""
+    app, _ = joining_app(per_minute=1)
+    app.trusted_proxy_hops = 1
+    ingress = "10.1.2.3"
+
+    def join_through_ingress(token: str, forwarded_for: str) -> int:
+        return served(app, "POST", f"/drops/{DROP}/line/tickets",
+                      {b"authorization": f"Bearer {token}".encode(), b"x-forwarded-for": forwarded_for.encode()},
+                      peer=ingress)[0]
+
+    assert join_through_ingress("token-a", "203.0.113.7") == 201
+    assert join_through_ingress("token-b", "198.51.100.4") == 201  # another buyer, same ingress
+    assert join_through_ingress("token-c", "203.0.113.7") == 429  # the first address again
+    # what a client writes in X-Forwarded-For itself stands left of what the ingress appends
+    assert join_through_ingress("token-d", "192.0.2.99, 203.0.113.7") == 429
+    # without trusted proxies the header is the client's word, and the peer is what counts
+    app.trusted_proxy_hops = 0
+    assert join_through_ingress("token-e", "192.0.2.1") == 201
+    assert join_through_ingress("token-f", "192.0.2.2") == 429
+
+
+def test_the_client_address_is_the_one_the_trusted_proxies_saw():
+    scope = {"client": ("10.1.2.3", 5555), "headers": [(b"x-forwarded-for", b"192.0.2.99, 203.0.113.7"),
+                                                      (b"x-forwarded-for", b"10.9.9.9")]}
+    assert client_address(scope, 0) == "10.1.2.3"
+    assert client_address(scope, 1) == "10.9.9.9"
+    assert client_address(scope, 2) == "203.0.113.7"
+    assert client_address(scope, 4) == "10.1.2.3"  # fewer addresses than proxies: the peer
+    assert client_address({"client": None, "headers": []}, 1) == ""
+
+
+def served(app: LineStatusApp, method: str, path: str, headers: dict | None = None,
+           peer: str = "10.0.0.1") -> tuple[int, bytes]:
     """One request through the ASGI interface, as uvicorn sends it (where the figures are counted)."""
     sent = []
 
@@ -280,7 +314,7 @@ def served(app: LineStatusApp, method: str, path: str, headers: dict | None = No
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": list((headers or {}).items()),
-             "client": ("10.0.0.1", 1234)}
+             "client": (peer, 1234)}
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], sent[1]["body"]
 
