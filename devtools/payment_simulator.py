@@ -159,6 +159,11 @@ def create_app(webhook_url: str, secret: str) -> Flask:
             statuses = None
         else:
             statuses = deliver_all(payment["events"], settings)
+        # its log: one line a payment, with what checkout answered each webhook (None: not yet, or
+        # never answered); Flask's own access log is off under gunicorn, and a line a request
+        # would cost the rehearsal's shared CPU more than this
+        log.info("payment approved", extra={"order_id": order_id, "payment_status": payment["status"],
+                                            "delay_seconds": settings["delay_seconds"], "webhook_statuses": statuses})
         return jsonify(
             status=payment["status"],
             capture_id=payment["capture_id"],
@@ -193,6 +198,8 @@ def create_app(webhook_url: str, secret: str) -> Flask:
                         "amount": amount, "currency": payment["currency"], "status": "COMPLETED"}
                 refunds[capture_id] = done
                 payment["status"] = "REFUNDED"
+                log.info("payment refunded", extra={"order_id": payment["order_id"], "capture_id": capture_id,
+                                                    "refund_id": done["refund_id"]})
         return jsonify(done), 201
 
     @app.get("/v1/payments/<order_id>")

@@ -98,7 +98,7 @@ def show_drop(drop_id: str):
 
     def render():
         with unit_of_work() as uow:
-            view = drops.show_drop(drop_id, uow)
+            view = drops.show_drop(drop, uow)
         return DROP.dump(view), view.changes_in
 
     return public_answer(current_app.extensions[DROP_VIEWS], drop, render)

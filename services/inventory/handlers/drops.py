@@ -84,8 +84,8 @@ def _database_now(uow) -> datetime:
     return uow.session.scalar(sa.select(sa.func.now()))
 
 
-def parse_id(raw: str, not_found: type[Exception]) -> uuid.UUID:
-    """The id in a request's path, or `not_found` when it is not a UUID."""
+def parse_id(raw: str | uuid.UUID, not_found: type[Exception]) -> uuid.UUID:
+    """The id in a request's path (or one parsed already), or `not_found` when it is not a UUID."""
     try:
         return uuid.UUID(str(raw))
     except ValueError:
@@ -141,7 +141,7 @@ def schedule_drop(cmd: ScheduleDrop, uow, default_stock_shards: int = 16) -> Dro
     return DropView.of(drop, now, drop.quantity)
 
 
-def show_drop(drop_id: str, uow) -> DropView:
+def show_drop(drop_id: str | uuid.UUID, uow) -> DropView:
     row = uow.session.execute(
         sa.select(Drop, sa.func.now(), available_units(Drop.id))
         .where(Drop.id == parse_id(drop_id, DropNotFound))
@@ -215,7 +215,7 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
         extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
                "add_quantity": cmd.add_quantity},
     )
-    return show_drop(str(view.id), uow)
+    return show_drop(view.id, uow)
 
 
 def _restock(uow, drop_id: uuid.UUID, shard_count: int, units: int) -> None:
