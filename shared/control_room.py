@@ -37,7 +37,10 @@ def requested_action(drop_id=None) -> AdminAction:
     """The action the current request asks for, by its admin: the method, the path and the JSON
     body as sent (`{}` for none), and the drop it concerns, if one."""
     principal = current_principal()
-    body = request.get_json(silent=True) if request.get_data(cache=True) else None
+    try:
+        body = request.get_json(silent=True) if request.get_data(cache=True) else None
+    except RecursionError:  # nested too deeply to be anything an admin sent (see shared.web.load)
+        body = None
     return AdminAction(
         admin_subject=principal.subject,
         admin_email=principal.email,

@@ -75,7 +75,16 @@ def unit_of_work() -> db.UnitOfWork:
 def load(schema: Schema, data: Any = None, *, allow_empty: bool = False) -> dict:
     """The request's JSON body (or `data`) validated by `schema`; 400 for non-JSON, 422 for invalid.
 
-    With `allow_empty`, an empty body is taken as `{}` (an operation whose body is optional)."""
+    With `allow_empty`, an empty body is taken as `{}` (an operation whose body is optional).
+    A document nested deeper than Python's recursion allows (about 1,000 levels; no operation
+    takes more than a few) is malformed too, not a RecursionError and a 500."""
+    try:
+        return _load(schema, data, allow_empty)
+    except RecursionError:
+        raise errors.MalformedRequest("The request body is nested too deeply.") from None
+
+
+def _load(schema: Schema, data: Any, allow_empty: bool) -> dict:
     if data is None:
         if allow_empty and not request.get_data(cache=True):
             data = {}

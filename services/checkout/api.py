@@ -212,6 +212,7 @@ def _line(uow, raw: str):
 @bp.put("/drops/<drop_id>/line")
 @operation("Put a line (waiting room) on a drop, or change its settings (admin)", request=LineRequestSchema,
            response=LineSchema, errors=(404, 409), auth="admin",
+           rules=("`opens_at` is between 2000-01-01 and 3000-01-01 UTC",),
            description="The line draws its secret seed and publishes the seed's SHA-256 (`commitment`) at once; "
                        "the seed is revealed at the opening. `refuse_new_accounts` refuses accounts created after "
                        "this call.")

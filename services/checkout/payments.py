@@ -35,7 +35,9 @@ def signature_is_valid(secret: str, payload: bytes, header: str, tolerance_secon
     if abs(now - timestamp) > tolerance_seconds:
         return False
     expected = sign(secret, payload, timestamp).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    given = parts.get("v1", "")
+    # compare_digest takes text of ASCII only (a TypeError, a 500, otherwise); no signature is other text
+    return given.isascii() and hmac.compare_digest(expected, given)
 
 
 def approval_url(provider_url: str, secret: str, order_id: str, amount: int, currency: str) -> str:

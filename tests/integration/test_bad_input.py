@@ -97,6 +97,9 @@ def test_non_json_and_missing_idempotency_key(floodgate, stack, buyer, open_drop
     assert_problem(floodgate.http.post(url, json=body, headers={"Authorization": f"Bearer {token}"}), 422)
     assert_problem(floodgate.http.post(url, data="{not json", headers={
         "Authorization": f"Bearer {token}", "Idempotency-Key": "k", "Content-Type": "application/json"}), 400)
+    nested = '{"drop_id": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert_problem(floodgate.http.post(url, data=nested, headers={
+        "Authorization": f"Bearer {token}", "Idempotency-Key": "k2", "Content-Type": "application/json"}), 400)
     assert_problem(floodgate.get_order(token, "not-a-uuid"), 404)
     assert_problem(floodgate.get_order(token, str(uuid.uuid4())), 404)
     assert floodgate.get_drop(open_drop["id"])["remaining"] == open_drop["quantity"]
@@ -131,6 +134,7 @@ def test_forged_stale_and_malformed_webhooks_are_refused(floodgate, stack, buyer
     assert_problem(send(payload, None), 401, "invalid-signature")
     assert_problem(send(payload, sign("someone else's secret", payload, now)), 401, "invalid-signature")
     assert_problem(send(payload, sign(DEV_WEBHOOK_SECRET, payload, now - 3600)), 401, "invalid-signature")
+    assert_problem(send(payload, f"t={now},v1=\xe9"), 401, "invalid-signature")  # sent as the byte 0xE9
     tampered = payload.replace(b'"amount": ', b'"amount": 1')
     assert_problem(send(tampered, sign(DEV_WEBHOOK_SECRET, payload, now)), 401, "invalid-signature")
     garbage = b'{"id": 5}'

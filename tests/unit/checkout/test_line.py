@@ -9,9 +9,10 @@ from datetime import timedelta
 
 import jwt
 import pytest
+from marshmallow import ValidationError
 
 from services.checkout import admitter, errors, line
-from services.checkout.schemas import LineSchema
+from services.checkout.schemas import LineRequestSchema, LineSchema
 from shared.values import utc_now
 from tests.unit.checkout.fakes import PASS_SECRET, FakeLines, FakeUnitOfWork, pass_for
 
@@ -443,3 +444,13 @@ def test_a_pass_another_replica_gave_and_its_buyer_used_meanwhile_is_still_count
     used = [t for t in uow.lines.tickets(DROP) if t.used_at is not None]
     assert len(used) + len(uow.lines.active_pass_holders(DROP, utc_now())) == 3
     assert made.admitted_through == 6
+
+
+@pytest.mark.parametrize("opens_at", ["9999-12-31T23:00:00-05:00", "1999-12-31T23:00:00Z"])
+def test_a_line_opening_no_drop_could_have_is_refused(opens_at):
+    """Year 10000 in UTC is stored by PostgreSQL and unreadable by Python: every later read of
+    the lines, the admitter's and the edge's, would fail."""
+    with pytest.raises(ValidationError) as refused:
+        LineRequestSchema().load({"opens_at": opens_at})
+    assert "opens_at" in refused.value.messages
+    assert LineRequestSchema().load({"opens_at": "2030-01-01T10:00:00-05:00"})["opens_at"].year == 2030

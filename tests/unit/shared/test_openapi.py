@@ -99,3 +99,15 @@ def test_a_missing_body_is_a_400_and_nul_in_kept_text_a_422(app):
 def test_members_an_excluding_schema_ignores_are_not_checked(app):
     answer = app.test_client().post("/notes", json={"note": "fine", "extra\x00": "also\x00"})
     assert answer.status_code == 200 and answer.get_json() == {"note": "fine"}
+
+
+@pytest.mark.parametrize("depth", [900, 960, 990, 5000, 100_000])
+def test_a_body_nested_beyond_any_operation_is_refused_never_a_500(app, depth):
+    """Deep enough, and either the JSON parser or the check of stored text runs out of stack:
+    the malformed body's 400 whichever does; less deep, the schema's 422."""
+    nested = '{"name": ' + "[" * depth + "]" * depth + "}"
+    answer = app.test_client().post("/things", data=nested, content_type="application/json")
+    assert answer.status_code in (400, 422), answer.get_data(as_text=True)
+    assert answer.content_type == "application/problem+json"
+    if depth >= 5000:
+        assert answer.get_json()["type"].endswith("/malformed")
