@@ -46,14 +46,19 @@ INVITE_CODE_LENGTH = 12
 
 def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") -> Account:
     """A new account for `cmd` (email normalised, password checked by the schema), redeeming
-    `cmd["invite_code"]` in the same transaction when one is given."""
+    `cmd["invite_code"]` in the same transaction when one is given.
+
+    The password is hashed between two transactions, holding no connection: a registration
+    taking the email meanwhile is refused by the unique email (`EmailTaken`) all the same."""
     if uow.accounts.by_email(cmd["email"]) is not None:
         raise EmailTaken("An account cannot be registered with this email.")
+    uow.rollback()
+    password_hash = passwords.hash(cmd["password"])
     account = Account(
         id=uuid.uuid4(),
         email=cmd["email"],
         name=cmd.get("name"),
-        password_hash=passwords.hash(cmd["password"]),
+        password_hash=password_hash,
         role=role,
         tier=None,
         created_at=utc_now(),
@@ -79,6 +84,9 @@ def open_session(
     key is refused for a doubling time (`SignInThrottled`, 429) before any password is checked,
     so a throttled account costs no hashing and slows nobody else. Unknown emails are counted
     like known ones, so throttling reveals nothing either.
+
+    The password is checked between two transactions, holding no connection: a sign-in waiting
+    for a hashing slot keeps none from requests that need no hashing.
     """
     now = utc_now()
     keys = throttle.keys(cmd["email"], cmd.get("client"))
@@ -86,12 +94,17 @@ def open_session(
     if blocked_until is not None:
         raise SignInThrottled(retry_after_seconds(blocked_until, now))
     account = uow.accounts.by_email(cmd["email"])
-    if not passwords.verify(account.password_hash if account else None, cmd["password"]):
+    account_id, password_hash = (account.id, account.password_hash) if account else (None, None)
+    uow.rollback()
+    matched = passwords.verify(password_hash, cmd["password"])
+    rehashed = passwords.hash(cmd["password"]) if matched and passwords.needs_rehash(password_hash) else None
+    account = uow.accounts.get(account_id) if matched else None
+    if account is None:  # a wrong password, or an account deleted meanwhile
         _count_failure(uow, keys, now)
         uow.commit()  # the failure counts even though the request fails
         raise InvalidCredentials(WRONG_CREDENTIALS)
-    if passwords.needs_rehash(account.password_hash):
-        account.password_hash = passwords.hash(cmd["password"])
+    if rehashed:
+        account.password_hash = rehashed
     uow.login_throttles.clear(f"account:{cmd['email']}")
     return _start_session(account, uow, issuer, refresh_ttl, now)
 

@@ -7,6 +7,13 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
+EMAIL_MAX_LENGTH = 254
+# What inventory's SCHEDULE_RANGE allows (services/inventory/schemas.py), for the same reason: a
+# time past 9999-12-31 in UTC is stored, but psycopg cannot read it back.
+DATE_RANGE = validate.Range(
+    min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc)
+)
+
 
 def storable_text(value: str) -> None:
     """Refuse what JSON can carry but neither PostgreSQL nor argon2 can take: NUL characters
@@ -39,7 +46,7 @@ class NormalisedEmail(fields.String):
 
 
 class RegistrationSchema(Schema):
-    email = NormalisedEmail(required=True, validate=[validate.Length(max=254), storable_text])
+    email = NormalisedEmail(required=True, validate=[validate.Length(max=EMAIL_MAX_LENGTH), storable_text])
     password = fields.String(
         required=True,
         load_only=True,
@@ -62,12 +69,16 @@ class AccountSchema(Schema):
 
 class SessionRequestSchema(Schema):
     # Not checked as an address: any string may be tried, and every miss looks the same.
-    email = fields.String(required=True, validate=[validate.Length(max=254), storable_text])
+    email = fields.String(required=True, validate=[validate.Length(max=EMAIL_MAX_LENGTH), storable_text])
     password = fields.String(required=True, load_only=True, validate=[validate.Length(max=MAX_LENGTH), storable_text])
 
     @post_load
     def _normalise_email(self, data, **kwargs):
         data["email"] = sign_in_email(data["email"])
+        # Lower-casing can lengthen it ("İ" becomes two characters), and the sign-in throttle
+        # keeps it in a key of bounded length.
+        if len(data["email"]) > EMAIL_MAX_LENGTH:
+            raise ValidationError(f"Longer than maximum length {EMAIL_MAX_LENGTH}.", "email")
         return data
 
 
@@ -99,7 +110,7 @@ class InviteRequestSchema(Schema):
     email = NormalisedEmail(load_default=None, allow_none=True, metadata={"description": "the one person who may redeem it; they are emailed the code"})
     tier = fields.String(required=True, validate=TIER)
     max_uses = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000))
-    expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True, validate=DATE_RANGE)
 
     @validates("expires_at")
     def _in_the_future(self, value, **kwargs):

@@ -147,6 +147,35 @@ def test_one_email_in_any_case_registers_once_and_failed_sign_ins_look_alike(flo
     assert sign_in(stack, email.upper()).status_code == 201
 
 
+def test_concurrent_registrations_of_one_email_make_one_account_and_the_others_are_409(floodgate, stack):
+    # Each hashes its password between its check of the email and its insert: the unique email decides.
+    email = f"twice-{uuid.uuid4().hex[:8]}@example.com"
+    barrier = threading.Barrier(6)
+
+    def register(_):
+        barrier.wait()
+        return requests.post(accounts(stack, "/accounts"), json={"email": email, "password": PASSWORD}, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(register, range(6)))
+
+    assert sorted(answer.status_code for answer in answers) == [201] + [409] * 5, [answer.text for answer in answers]
+    assert accounts_rows(stack, "SELECT count(*) FROM accounts WHERE email = :email", email=email)[0][0] == 1
+
+
+def test_a_sign_in_email_that_lower_cases_past_its_column_and_an_invite_past_year_9999_in_utc_are_422s(floodgate, stack, admin_token):
+    # "İ" lower-cases to two characters: the throttle's key would not fit its column.
+    too_long = sign_in(stack, "İ" * 254, "wrong password!")
+    # Year 10000 in UTC: PostgreSQL would store it and psycopg could never read it back.
+    far = requests.post(accounts(stack, "/invites"), headers=bearer(admin_token), timeout=10,
+                        json={"tier": "far-future", "expires_at": "9999-12-31T23:00:00-05:00"})
+
+    for answer, field in ((too_long, "email"), (far, "expires_at")):
+        assert answer.status_code == 422 and answer.headers["Content-Type"] == "application/problem+json", answer.text
+        assert field in answer.json()["errors"]
+    assert accounts_rows(stack, "SELECT count(*) FROM invites WHERE tier = 'far-future'")[0][0] == 0
+
+
 def test_addresses_from_six_countries_come_back_normalised_and_a_us_address_with_a_canadian_code_is_refused(floodgate, stack, buyer):
     _, token = buyer
     saved = {}

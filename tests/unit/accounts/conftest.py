@@ -191,6 +191,9 @@ class FakeUnitOfWork:
     def commit(self):
         self.committed = True
 
+    def rollback(self):
+        pass  # the handlers roll back only what they read
+
     def publish(self, event_type, data):
         self.published.append((event_type, data))
 

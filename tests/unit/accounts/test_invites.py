@@ -93,6 +93,7 @@ def test_a_bad_code_at_registration_refuses_the_registration_on_that_field(uow, 
         ({"tier": "early", "email": "ann@example.com", "max_uses": 3}, "max_uses"),
         ({"tier": "early", "expires_at": "2020-01-01T00:00:00+00:00"}, "expires_at"),
         ({"tier": "early", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+        ({"tier": "early", "expires_at": "3000-01-01T00:00:01+00:00"}, "expires_at"),
         ({"tier": "early", "email": "not-an-email"}, "email"),
     ],
 )
@@ -103,23 +104,38 @@ def test_bad_invite_requests_name_the_field(body, field):
     assert field in refused.value.messages
 
 
-def test_over_http_only_admins_issue_invites(app, client, uow, passwords):
-    from services.accounts import handlers as h
+@pytest.fixture
+def bearer(app, client, uow, passwords):
+    """Headers signing in as ann (a buyer) or boss (an admin), verified with the app's own keys."""
     from shared import auth
     from shared.auth import KeySet, TokenVerifier
 
     keks = app.extensions["floodgate"].key_encryption
-    auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: h.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")
+    auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")
     register(uow, passwords, "ann@example.com")
-    h.create_admin(RegistrationSchema().load({"email": "boss@example.com", "password": "admin password"}), uow, passwords)
+    handlers.create_admin(RegistrationSchema().load({"email": "boss@example.com", "password": "admin password"}), uow, passwords)
 
     def bearer(email, password):
         token = client.post("/sessions", json={"email": email, "password": password}).get_json()["access_token"]
         return {"Authorization": f"Bearer {token}"}
 
+    return bearer
+
+
+def test_over_http_only_admins_issue_invites(client, bearer):
     buyer = client.post("/invites", headers=bearer("ann@example.com", "correct horse battery"), json={"tier": "early"})
     admin = client.post("/invites", headers=bearer("boss@example.com", "admin password"), json={"tier": "early", "email": "cy@example.com"})
 
     assert buyer.status_code == 403
     assert admin.status_code == 201
     assert admin.get_json()["code"].count("-") == 2 and admin.get_json()["email"] == "cy@example.com"
+
+
+def test_over_http_an_invite_expiring_past_the_year_3000_is_a_422_problem_and_nothing_is_stored(client, uow, bearer):
+    # Year 10000 in UTC: PostgreSQL would store it, and every redemption would fail to read it.
+    response = client.post("/invites", headers=bearer("boss@example.com", "admin password"),
+                           json={"tier": "early", "expires_at": "9999-12-31T23:00:00-05:00"})
+
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert "expires_at" in response.get_json()["errors"]
+    assert uow.invites.rows == {}

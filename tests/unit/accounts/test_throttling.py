@@ -135,3 +135,12 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_the_one_throttled(monkey
                 headers={"X-Forwarded-For": "198.51.100.23"}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
 
     assert "client:198.51.100.23" in uow.login_throttles.rows and "client:10.0.0.1" not in uow.login_throttles.rows
+
+
+def test_over_http_an_email_that_lower_cases_past_254_characters_is_a_422_problem_and_counts_nothing(client, uow, accounts):
+    # "İ" lower-cases to two characters: 254 of them would make a key too long for its column.
+    response = client.post("/sessions", json={"email": "İ" * 254, "password": "wrong password!"})
+
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert "email" in response.get_json()["errors"]
+    assert uow.login_throttles.rows == {}

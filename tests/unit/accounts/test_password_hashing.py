@@ -1,0 +1,88 @@
+"""Passwords are hashed and checked with no transaction open: a request waiting for a hashing
+slot holds no database connection that requests needing no hashing are waiting for."""
+import pytest
+from argon2 import PasswordHasher
+
+from services.accounts import handlers
+from services.accounts.errors import InvalidCredentials
+from services.accounts.passwords import OWASP_ARGON2ID, Passwords
+from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
+
+REPOSITORIES = ("accounts", "signing_keys", "sessions", "refresh_tokens", "login_throttles", "invites", "addresses")
+
+
+class Transactions:
+    """The fake unit of work, noting whether a transaction is open, as a SQLAlchemy session
+    holds its connection: from the first statement until commit or rollback."""
+
+    def __init__(self, uow):
+        self._uow = uow
+        self.open = False
+
+    def __getattr__(self, name):
+        found = getattr(self._uow, name)
+        if name in REPOSITORIES:
+            return Statements(found, self)
+        if name in ("commit", "rollback"):
+            return self.then(found, open=False)
+        if name == "publish":
+            return self.then(found, open=True)
+        return found
+
+    def then(self, call, open):
+        def noted(*args, **kwargs):
+            self.open = open
+            return call(*args, **kwargs)
+
+        return noted
+
+
+class Statements:
+    def __init__(self, repository, transactions):
+        self._repository = repository
+        self._transactions = transactions
+
+    def __getattr__(self, name):
+        return self._transactions.then(getattr(self._repository, name), open=True)
+
+
+class WatchedPasswords(Passwords):
+    """Passwords noting, at each hash and check, whether a transaction was open."""
+
+    def __init__(self, transactions, hasher=OWASP_ARGON2ID):
+        super().__init__(hasher)
+        self._transactions = transactions
+        self.seen = []
+
+    def hash(self, password):
+        self.seen.append(("hash", self._transactions.open))
+        return super().hash(password)
+
+    def verify(self, password_hash, password):
+        self.seen.append(("verify", self._transactions.open))
+        return super().verify(password_hash, password)
+
+
+def sign_in(uow, passwords, issuer, password):
+    cmd = SessionRequestSchema().load({"email": "ann@example.com", "password": password})
+    cmd["client"] = "198.51.100.7"
+    return handlers.open_session(cmd, uow, passwords, issuer)
+
+
+def test_registering_and_signing_in_hash_and_check_the_password_with_no_transaction_open(uow, issuer):
+    transactions = Transactions(uow)
+    weaker = WatchedPasswords(transactions, PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    passwords = WatchedPasswords(transactions)  # stronger: a sign-in rehashes ann's password
+
+    ann = handlers.register_account(RegistrationSchema().load({"email": "ann@example.com", "password": "correct horse battery"}), transactions, weaker)
+    transactions.commit()
+    with pytest.raises(InvalidCredentials):
+        sign_in(transactions, passwords, issuer, "wrong password!")
+    assert uow.login_throttles.rows["account:ann@example.com"]["failures"] == 1
+    assert sign_in(transactions, passwords, issuer, "correct horse battery").token
+
+    assert weaker.seen == [("hash", False)]
+    assert passwords.seen == [("verify", False), ("verify", False), ("hash", False)]
+    assert uow.accounts.get(ann.id).password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert "account:ann@example.com" not in uow.login_throttles.rows
+
