@@ -55,6 +55,12 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
     )
+    if uuid.UUID(str(hold.drop_id)) != uuid.UUID(cmd.drop_id) or hold.quantity != cmd.quantity:
+        # The order id is the key's, and inventory answers a repeat with the hold it already has:
+        # this key's earlier attempt held units for another body, then failed before any order
+        # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
+        inventory.release(str(order_id))
+        raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
     address_key = address_key_of(cmd.shipping_address)
     if not _take_address_allowance(uow, uuid.UUID(cmd.drop_id), address_key, hold.quantity, settings.per_address_limit):
         inventory.release(str(order_id))

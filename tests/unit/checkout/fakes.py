@@ -280,6 +280,7 @@ class FakeInventory:
         self.reserved = []
         self.sold = []
         self.released = []
+        self.holds = {}  # order id -> its hold
         self.reserve_refusal = None
         self.sell_refusal = None
 
@@ -289,8 +290,13 @@ class FakeInventory:
                               "order_version": order_version})
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
-        return Hold(order_id=order_id, drop_id=drop_id, quantity=quantity, hold_expires_at=utc_now() + HOLD,
-                    unit_amount=UNIT_PRICE, currency=CURRENCY, sku="OPO-64-BLK", product_name="One phone, 64 GB")
+        held = self.holds.get(order_id)
+        if held is not None and order_id not in self.released:
+            return held  # as inventory answers a repeat of an order id: the hold it has
+        self.holds[order_id] = Hold(order_id=order_id, drop_id=drop_id, quantity=quantity,
+                                    hold_expires_at=utc_now() + HOLD, unit_amount=UNIT_PRICE, currency=CURRENCY,
+                                    sku="OPO-64-BLK", product_name="One phone, 64 GB")
+        return self.holds[order_id]
 
     def sell(self, order_id, order_version):
         self.sold.append((order_id, order_version))

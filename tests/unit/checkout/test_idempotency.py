@@ -1,6 +1,7 @@
 """`POST /orders` at most once per Idempotency-Key: what the buyer is answered, first and on
 every retry, and what is kept as the key's answer."""
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -50,6 +51,21 @@ def test_a_retry_gets_the_very_same_answer_marked_replayed_and_no_second_order(c
     assert again.headers == {"Idempotent-Replayed": "true"}
     assert len(checkout.inventory.reserved) == 1
     assert published(checkout) == ["order.placed"]
+
+
+def test_a_key_whose_lost_attempt_held_another_drop_is_refused_and_that_hold_given_back(checkout):
+    """The first attempt's hold committed at inventory, then checkout failed (a timeout, a 5xx)
+    and kept no answer for the key. A retry of that key with another drop must not become an
+    order of the other drop's units; the orphaned hold goes back."""
+    other_drop = "0b7c9a52-3f1e-4c55-9d0b-6a4f2e8c1d37"
+    first = order_request()
+    checkout.inventory.reserve(str(first.order_id), first.drop_id, first.buyer_id, first.quantity)
+    retry = replace(order_request(), drop_id=other_drop)
+    answer = send(checkout, retry)
+    assert answer.status == 422 and json.loads(answer.body)["type"] == PROBLEM_BASE + "idempotency-key-reused"
+    assert checkout.inventory.released == [str(first.order_id)]
+    assert checkout.uow.orders.get(first.order_id) is None and published(checkout) == []
+    assert kept(checkout).response_status == 422
 
 
 def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout):
