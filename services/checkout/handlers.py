@@ -325,7 +325,11 @@ def on_reservation_expired(envelope, uow, settings) -> None:
 
 
 def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> None:
-    """Refund at the provider (idempotent per capture there), then record it and tell the buyer."""
+    """Refund at the provider (idempotent per capture there), then record it and tell the buyer.
+
+    The order records the refund only when it is of the order's own payment: a second capture,
+    or one of the wrong amount, is given back without the order's payment saying "refunded" (the
+    buyer may still pay the right amount, or has paid already)."""
     data = envelope.data
     order = find_order(uow, str(data["order_id"]), lock=True)
     if order is None:
@@ -333,8 +337,9 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
         raise PermanentFailure(f"refund for unknown order {data['order_id']}")
     bind_order_id(str(order.id))
     refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
-    order.refund_id = refund.refund_id
-    order.refunded_at = utc_now()
+    if data["capture_id"] == order.payment_capture_id:
+        order.refund_id = refund.refund_id
+        order.refunded_at = utc_now()
     document = order_document(order, settings)
     document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
                     reason=data.get("reason", ""))

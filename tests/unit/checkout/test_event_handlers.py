@@ -6,6 +6,7 @@ import pytest
 
 from services.checkout import handlers
 from services.checkout.payments import RefundFailed
+from services.checkout.schemas import OrderSchema
 from shared.messaging.consumer import PermanentFailure
 from tests.unit.checkout.fakes import SETTINGS, FakeProvider, capture, statuses, unknown_order_id
 
@@ -89,6 +90,24 @@ def test_a_requested_refund_is_made_at_the_provider_and_the_buyer_told(checkout)
     assert (data["order_id"], data["status"]) == (str(order.id), "confirmed")
     assert data["refund"] == {"amount": 29900, "currency": "CAD", "refund_id": "RF-CAP-1"}
     assert data["reason"] == "order cancelled before shipping"
+
+
+def test_refunding_a_capture_that_is_not_the_orders_payment_leaves_the_orders_payment_as_it_is(checkout):
+    """A payment of the wrong amount, refunded, then the right one; and a second capture of the
+    confirmed order, refunded: the order's payment stays captured, and each buyer is told."""
+    order = checkout.place()
+    result, [(_, wrong)] = checkout.pay(capture(order, event_id="WH-W", capture_id="CAP-W", amount=100))
+    assert result == "amount-mismatch-refunded"
+    checkout.deliver("payment.refund_requested", wrong)
+    result, _ = checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+    assert result == "confirmed"
+    result, [(_, second)] = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
+    assert result == "second-capture-refunded"
+    [(event_type, told)] = checkout.deliver("payment.refund_requested", second)
+    assert checkout.provider.refunds == [("CAP-W", 100, "CAD"), ("CAP-2", 29900, "CAD")]
+    assert event_type == "payment.refunded" and told["refund"]["refund_id"] == "RF-CAP-2"
+    assert (order.refund_id, order.refunded_at) == (None, None)
+    assert OrderSchema().dump(order)["payment"]["status"] == "captured"
 
 
 def test_a_refund_the_provider_did_not_confirm_is_retried_with_nothing_recorded(checkout):
