@@ -294,15 +294,22 @@ def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
     """Cancel before shipping, at any time: stock goes back at once, a captured payment is refunded."""
     if order.status == orders.CANCELLED:
         return order
+    _cancel(order, uow, settings, "cancelled by an admin" if by_admin else "cancelled by the buyer",
+            told="cancelled before shipping", refund_reason="order cancelled before shipping")
+    return order
+
+
+def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: str) -> None:
+    """Cancel `order` (its history says `step`, the buyer is told `told`): its stock goes back,
+    and a paid order's payment is refunded for `refund_reason`."""
     paid = order.status == orders.CONFIRMED
-    orders.move(order, orders.CANCELLED, "cancelled by an admin" if by_admin else "cancelled by the buyer")
+    orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
     refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
     _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
-               reason="cancelled before shipping", refund=refund)
+               reason=told, refund=refund)
     if paid:
-        _request_refund(order, uow, order.payment_capture_id, "order cancelled before shipping")
-    return order
+        _request_refund(order, uow, order.payment_capture_id, refund_reason)
 
 
 def ship_order(order: Order, uow, settings) -> Order:
@@ -353,12 +360,8 @@ def on_reservation_lost(envelope, uow, settings) -> None:
     if order is None or order.status != orders.CONFIRMED:
         return
     bind_order_id(str(order.id))
-    orders.move(order, orders.CANCELLED, "the reserved unit was lost; payment refunded")
-    order.cancelled_at = utc_now()
-    refund = {"amount": order.total_amount, "currency": order.currency}
-    _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
-               reason="we could not keep your unit", refund=refund)
-    _request_refund(order, uow, order.payment_capture_id, "the reserved unit was lost")
+    _cancel(order, uow, settings, "the reserved unit was lost; payment refunded",
+            told="we could not keep your unit", refund_reason="the reserved unit was lost")
 
 
 def on_email_sent(envelope, uow) -> None:
