@@ -1,5 +1,12 @@
-"""Marshmallow fields the services' schemas share."""
-from marshmallow import fields
+"""Marshmallow fields and rules the services' schemas share."""
+from datetime import datetime, timezone
+
+from marshmallow import fields, validate
+
+# The times an admin may set (a drop's schedule, a line's opening, an invite's expiry): far enough
+# for any real drop, near enough that no offset pushes one past the year 9999 in UTC, which
+# PostgreSQL would store and Python (psycopg) could never read back.
+SCHEDULE_RANGE = validate.Range(min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc))
 
 
 class StrictBoolean(fields.Boolean):

@@ -5,14 +5,10 @@ from email_validator import EmailNotValidError, validate_email
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
+from shared.fields import SCHEDULE_RANGE
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
 EMAIL_MAX_LENGTH = 254
-# What inventory's SCHEDULE_RANGE allows (services/inventory/schemas.py), for the same reason: a
-# time past 9999-12-31 in UTC is stored, but psycopg cannot read it back.
-DATE_RANGE = validate.Range(
-    min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc)
-)
 
 
 def storable_text(value: str) -> None:
@@ -110,7 +106,7 @@ class InviteRequestSchema(Schema):
     email = NormalisedEmail(load_default=None, allow_none=True, metadata={"description": "the one person who may redeem it; they are emailed the code"})
     tier = fields.String(required=True, validate=TIER)
     max_uses = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000))
-    expires_at = fields.AwareDateTime(load_default=None, allow_none=True, validate=DATE_RANGE)
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True, validate=SCHEDULE_RANGE)
 
     @validates("expires_at")
     def _in_the_future(self, value, **kwargs):

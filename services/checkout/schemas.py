@@ -1,10 +1,8 @@
 """What checkout's endpoints accept and return."""
-from datetime import datetime, timezone
-
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.checkout.line import ALGORITHM
-from shared.fields import StrictBoolean
+from shared.fields import SCHEDULE_RANGE, StrictBoolean
 
 
 class AddressSchema(Schema):
@@ -137,15 +135,10 @@ class WebhookAnswerSchema(Schema):
 
 # --- the waiting room (services/checkout/line.py) -----------------------------------------------
 
-# Far enough for any real drop, near enough that no offset pushes it past the year 9999, which
-# PostgreSQL would store and Python could never read back (inventory's SCHEDULE_RANGE, the same).
-OPENING_RANGE = validate.Range(min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc))
-
-
 class LineRequestSchema(Schema):
     """`PUT /drops/{id}/line`: put a line on a drop, or change it."""
 
-    opens_at = fields.AwareDateTime(required=True, validate=OPENING_RANGE)
+    opens_at = fields.AwareDateTime(required=True, validate=SCHEDULE_RANGE)
     admission_factor = fields.Float(load_default=1.0, validate=validate.Range(min=0.1, max=100))
     admission_rate = fields.Float(load_default=20.0, validate=validate.Range(min=0.1, max=10_000))
     pass_ttl_seconds = fields.Integer(load_default=120, strict=True, validate=validate.Range(min=10, max=3600))

@@ -1,22 +1,16 @@
 """What goes over the wire: request validation and response documents."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_schema, ValidationError
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.models import MAX_STOCK_SHARDS
-from shared.fields import StrictBoolean
+from shared.fields import SCHEDULE_RANGE, StrictBoolean
 
 MAX_QUANTITY = 1_000_000
 MAX_HOLD_TTL_SECONDS = 86_400
 COUNTRY_CODE = validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
 TIER = validate.Length(min=1, max=64)
-# Far enough for any real drop, near enough that no time zone pushes it past what Python can hold.
-SCHEDULE_RANGE = validate.Range(
-    min=datetime(2000, 1, 1, tzinfo=timezone.utc), max=datetime(3000, 1, 1, tzinfo=timezone.utc)
-)
 
 
 class PriceSchema(Schema):
