@@ -60,7 +60,7 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         # this key's earlier attempt held units for another body, then failed before any order
         # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
         inventory.release(str(order_id))
-        raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
+        raise errors.IdempotencyKeyReused()
     address_key = address_key_of(cmd.shipping_address)
     if not _take_address_allowance(uow, uuid.UUID(cmd.drop_id), address_key, hold.quantity, settings.per_address_limit):
         inventory.release(str(order_id))

@@ -66,7 +66,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
     if held is not None:
         if held.fingerprint != cmd.fingerprint:
-            raise errors.IdempotencyKeyReused("This Idempotency-Key was sent with a different request body.")
+            raise errors.IdempotencyKeyReused()
         if held.response_status is not None:
             return Answer(held.response_status, held.response_body, replayed=True)
         log.warning("took over an unanswered idempotency key")
