@@ -167,27 +167,16 @@ def test_a_crowd_of_threads_renders_an_expired_answer_once(clock):
     cache = AnswerCache(1.0, clock=clock)
     cache.get("drop", lambda: (b"old", None))
     clock.now += 1.5
-    release, renders, answers = threading.Event(), [], []
-
-    def render():
-        renders.append(1)
-        assert release.wait(10)
-        return b"new", None
-
-    crowd = [threading.Thread(target=lambda: answers.append(cache.get("drop", render).body)) for _ in range(16)]
-    for thread in crowd:
-        thread.start()
-    poll(lambda: len(answers) == 15, timeout=10, what="every other reader answered while one renders")
-    release.set()
-    for thread in crowd:
-        thread.join(10)
+    renders, answers = crowd(cache, "drop", 16, b"new", held_until=lambda renders, answers: len(answers) == 15)
     assert len(renders) == 1
     assert sorted(answers) == [b"new"] + [b"old"] * 15
 
 
-def crowd(cache: AnswerCache, key: str, readers: int, body: bytes) -> tuple[list, list]:
-    """`readers` threads read `key` at once while the one render they wait for is held up; the
-    renders made and the answers read."""
+def crowd(cache: AnswerCache, key: str, readers: int, body: bytes,
+          held_until=lambda renders, answers: len(renders) == 1) -> tuple[list, list]:
+    """`readers` threads read `key` at once while the one render is held up until
+    `held_until(renders, answers)` (by default: until it has begun); the renders made and the
+    answers read."""
     release, renders, answers = threading.Event(), [], []
 
     def render():
@@ -198,7 +187,7 @@ def crowd(cache: AnswerCache, key: str, readers: int, body: bytes) -> tuple[list
     threads = [threading.Thread(target=lambda: answers.append(cache.get(key, render).body)) for _ in range(readers)]
     for thread in threads:
         thread.start()
-    poll(lambda: len(renders) == 1, timeout=10, what="one reader rendering")
+    poll(lambda: held_until(renders, answers), timeout=10, what="the readers the held render lets through")
     release.set()
     for thread in threads:
         thread.join(10)
