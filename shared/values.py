@@ -1,4 +1,5 @@
-"""Small conversions every service needs: the time now, and an id read from outside."""
+"""Small conversions every service needs: the time now, an id read from outside, and whether
+text can be stored."""
 from __future__ import annotations
 
 import uuid
@@ -19,3 +20,15 @@ def uuid_or_none(value) -> uuid.UUID | None:
         return uuid.UUID(str(value))
     except ValueError:
         return None
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: JSON can carry NUL characters and lone surrogates
+    (which have no UTF-8 encoding), and PostgreSQL's text takes neither."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

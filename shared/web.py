@@ -16,6 +16,7 @@ from shared.answer_cache import AnswerCache
 from shared.last_seen import heartbeat_figures
 from shared.messaging.metrics import outbox_figures
 from shared.service import Root
+from shared.values import storable
 
 log = logging.getLogger("floodgate.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -148,11 +149,7 @@ def _declared_value(field: fields.Field, value: Any) -> Any:
 def _unstorable_text(value: Any, path: str = "body") -> str | None:
     """The path of the first string PostgreSQL cannot store (lone surrogates, NUL), if any."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return path if "\x00" in value else None
+        return None if storable(value) else path
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         if isinstance(key, str) and _unstorable_text(key, path):

@@ -6,20 +6,17 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
 from shared.fields import SCHEDULE_RANGE
+from shared.values import storable
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
 EMAIL_MAX_LENGTH = 254
 
 
 def storable_text(value: str) -> None:
-    """Refuse what JSON can carry but neither PostgreSQL nor argon2 can take: NUL characters
-    and lone surrogates (which have no UTF-8 encoding)."""
-    if "\x00" in value:
-        raise ValidationError("Must not contain NUL characters.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("Must be valid Unicode text.") from None
+    """Refuse what JSON can carry but neither PostgreSQL nor argon2 can take (see
+    `shared.values.storable`): the command line's input does not pass `shared.web.load`."""
+    if not storable(value):
+        raise ValidationError("Must be valid Unicode text without NUL characters.")
 
 
 class NormalisedEmail(fields.String):

@@ -139,15 +139,8 @@ def order_document(order: Order, settings) -> dict:
         "status": order.status,
         "version": orders.version(order),
         "quantity": order.quantity,
-        "items": [
-            {
-                "sku": order.sku,
-                "name": order.product_name,
-                "quantity": order.quantity,
-                "unit_price": {"amount": order.unit_amount, "currency": order.currency},
-            }
-        ],
-        "total": {"amount": order.total_amount, "currency": order.currency},
+        "items": orders.items(order),
+        "total": orders.total(order),
         "shipping_address": order.shipping_address,
         "status_url": f"{settings.public_url.rstrip('/')}/orders/{order.id}",
     }

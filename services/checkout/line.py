@@ -156,14 +156,6 @@ def join_many(wanted: list[JoinRequest], uow) -> list:
             for ticket_id, request in zip(ticket_ids, wanted)]
 
 
-def join(drop_id: uuid.UUID, buyer_id: str, account_created_at: datetime | None, uow):
-    """One join (`join_many` of one): (ticket, new), or raises the problem that refuses it."""
-    [answer] = join_many([JoinRequest(drop_id, buyer_id, account_created_at)], uow)
-    if isinstance(answer, errors.Problem):
-        raise answer
-    return answer
-
-
 def _not_joined(request: JoinRequest, uow):
     found = uow.lines.ticket_and_line(request.drop_id, request.buyer_id)
     if found is not None:  # joined before, or twice in the same batch

@@ -42,3 +42,17 @@ def move_new(order: Order, reason: str) -> None:
     """Start a new order's life in `awaiting_payment`."""
     order.history.append(OrderTransition(from_status=None, to_status=AWAITING_PAYMENT, reason=reason))
     order.status = AWAITING_PAYMENT
+
+
+def items(order: Order) -> list[dict]:
+    """What the order is for, as the API and the events show it: one drop, one line."""
+    return [{
+        "sku": order.sku,
+        "name": order.product_name,
+        "quantity": order.quantity,
+        "unit_price": {"amount": order.unit_amount, "currency": order.currency},
+    }]
+
+
+def total(order: Order) -> dict:
+    return {"amount": order.total_amount, "currency": order.currency}

@@ -1,6 +1,7 @@
 """What checkout's endpoints accept and return."""
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from services.checkout import orders
 from services.checkout.line import ALGORITHM
 from shared.fields import SCHEDULE_RANGE, StrictBoolean
 
@@ -63,17 +64,10 @@ class OrderSchema(Schema):
     shipped_at = fields.DateTime(allow_none=True)
 
     def _items(self, order):
-        return [
-            {
-                "sku": order.sku,
-                "name": order.product_name,
-                "quantity": order.quantity,
-                "unit_price": {"amount": order.unit_amount, "currency": order.currency},
-            }
-        ]
+        return orders.items(order)
 
     def _total(self, order):
-        return {"amount": order.total_amount, "currency": order.currency}
+        return orders.total(order)
 
     def _payment(self, order):
         if order.refunded_at:

@@ -52,6 +52,14 @@ def clock(monkeypatch) -> Clock:
     return fixed
 
 
+def join(drop_id: uuid.UUID, buyer_id: str, account_created_at, uow):
+    """One join, as the status edge makes a batch of one: (ticket, new), or raises the problem."""
+    [answer] = line.join_many([line.JoinRequest(drop_id, buyer_id, account_created_at)], uow)
+    if isinstance(answer, errors.Problem):
+        raise answer
+    return answer
+
+
 def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
     now = utc_now()
     wanted = line.LineSettings(opens_at=now + timedelta(seconds=opens_in), **settings)
@@ -63,7 +71,7 @@ def a_line(uow, opens_in: float = 60, **settings) -> line.Line:
 def a_line_joined_by(uow, buyers: int, **settings) -> line.Line:
     made = a_line(uow, **settings)
     for n in range(buyers):
-        line.join(DROP, f"buyer-{n}", None, uow)
+        join(DROP, f"buyer-{n}", None, uow)
     uow.commit()
     return made
 
@@ -90,9 +98,9 @@ def test_a_new_line_commits_to_its_seed_and_keeps_it_secret_until_the_opening():
 def test_one_ticket_per_account_and_positions_only_from_the_opening():
     uow = FakeUnitOfWork()
     a_line(uow)
-    first, new = line.join(DROP, "ann", None, uow)
+    first, new = join(DROP, "ann", None, uow)
     uow.commit()
-    again, new_again = line.join(DROP, "ann", None, uow)
+    again, new_again = join(DROP, "ann", None, uow)
     assert (new, new_again) == (True, False) and again.id == first.id
     assert first.position is None and line.ticket_view(first, first, utc_now(), SECRET)["state"] == line.PRE_QUEUE
 
@@ -106,8 +114,8 @@ def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival
     expected = line.pre_queue_order(made.seed, [t.id for t in early])
     assert sorted(early, key=lambda t: t.position) == sorted(early, key=lambda t: expected.index(t.id))
     assert sorted(t.position for t in early) == list(range(1, 7))
-    late = line.join(DROP, "late", None, uow)[0]
-    line.join(DROP, "later", None, uow)
+    late = join(DROP, "late", None, uow)[0]
+    join(DROP, "later", None, uow)
     uow.commit()
     # until the admitter's next turn places them, they wait without a position
     made.remaining_units = 5
@@ -211,7 +219,7 @@ def test_a_line_whose_opening_comes_during_a_turn_opens_at_the_next_with_its_sto
 def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     uow = FakeUnitOfWork()
     made = a_line(uow, opens_in=-1, admission_rate=100)
-    line.join(DROP, "ann", None, uow)
+    join(DROP, "ann", None, uow)
     uow.commit()
     admitter.turn(uow, StockOf(0))  # opens
     line.change_line(DROP, uow, utc_now(), state=line.PAUSED)
@@ -310,7 +318,7 @@ def test_after_a_minute_without_turns_the_line_admits_a_seconds_worth_and_keeps_
 def test_a_paused_line_saves_up_no_admissions_for_its_resumption(clock):
     uow, made = an_open_line(clock, rate=20, buyers=4)  # the first turn could admit 10: 6 unspent
     for n in range(30):
-        line.join(DROP, f"late-{n}", None, uow)
+        join(DROP, f"late-{n}", None, uow)
     line.change_line(DROP, uow, clock(), state=line.PAUSED)
     uow.commit()
     clock.advance(admitter.MIN_TURN_SECONDS)
@@ -350,11 +358,11 @@ def test_a_line_may_refuse_accounts_made_after_it():
     uow = FakeUnitOfWork()
     made = a_line(uow, refuse_new_accounts=True)
     older = made.accounts_created_before - timedelta(days=3)
-    assert line.join(DROP, "veteran", older, uow)[1] is True
+    assert join(DROP, "veteran", older, uow)[1] is True
     with pytest.raises(errors.AccountTooNew):
-        line.join(DROP, "newcomer", made.accounts_created_before + timedelta(seconds=1), uow)
+        join(DROP, "newcomer", made.accounts_created_before + timedelta(seconds=1), uow)
     with pytest.raises(errors.AccountTooNew):
-        line.join(DROP, "unknown age", None, uow)
+        join(DROP, "unknown age", None, uow)
 
 
 def test_a_pass_admits_its_buyer_to_its_drop_only():
