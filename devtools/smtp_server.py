@@ -197,7 +197,8 @@ class LocalMailServer:
 
     def _listen_locked(self) -> None:
         # A stopped Controller's event loop is closed, so each (re)opening needs a fresh one.
-        self._smtp = Controller(self.handler, hostname=self.host, port=self.port)
+        # SMTPUTF8, as Postfix 3 and most servers offer it: mail to a mailbox whose name is not ASCII
+        self._smtp = Controller(self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=True)
         self._smtp.start()
 
 

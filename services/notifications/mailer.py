@@ -16,6 +16,8 @@ from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from typing import Protocol
 
+from email_validator import EmailNotValidError, validate_email
+
 from shared import tracing
 from shared.messaging.consumer import PermanentFailure
 from services.notifications.config import Settings
@@ -72,28 +74,30 @@ class SmtpMailer:
         )
 
     def send(self, email: Email) -> None:
-        message = self.compose(email)
+        to, utf8 = envelope_recipient(email.to)
+        message = self.compose(email, to)
         with self._lock, tracing.span("smtp send", "client", {
             "server.address": self.host, "server.port": self.port, "floodgate.email.event_type": email.event_type,
         }):
             reused = self._connection is not None
             try:
-                self._send_on(self._open(), message, email.to)
-            except _ConnectionLost:
+                self._send_on(self._open(), message, to, utf8)
+            except _NotHandedOver:
                 if not reused:
                     raise
                 # The kept connection was closed by the server while idle (no NOOP before each
-                # message: a round trip per email). Once more, on a fresh connection.
-                self._send_on(self._open(), message, email.to)
+                # message: a round trip per email), before the message was handed over. Once
+                # more, on a fresh connection.
+                self._send_on(self._open(), message, to, utf8)
 
-    def compose(self, email: Email) -> bytes:
-        """The message as sent: its headers, then a multipart/alternative of the text and the HTML,
-        each UTF-8 in quoted-printable. Written out directly: the email package's generator spent
-        more CPU folding these few headers than the rest of the sending took."""
+    def compose(self, email: Email, to: str) -> bytes:
+        """The message as sent to `to` (the recipient as the envelope carries it): its headers,
+        then a multipart/alternative of the text and the HTML, each UTF-8 in quoted-printable.
+        Written out directly: the email package's generator spent more CPU folding these few
+        headers than the rest of the sending took. Only a mailbox whose own name is not ASCII
+        (sent with SMTPUTF8) puts UTF-8 in a header, as RFC 6532 has it."""
         boundary = f"=_floodgate_{uuid.uuid4().hex}"
         headers = (
-            ("From", self._from),
-            ("To", email.to),
             ("Subject", email.subject),
             ("Date", formatdate(usegmt=True)),
             ("Message-ID", email.message_id),
@@ -102,13 +106,14 @@ class SmtpMailer:
             ("MIME-Version", "1.0"),
             ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
         )
-        lines = [f"{name}: {_header_value(value)}" for name, value in headers] + [""]
+        lines = [f"From: {_header_value(self._from)}", f"To: {to}",
+                 *(f"{name}: {_header_value(value)}" for name, value in headers), ""]
         for subtype, body in (("plain", email.text), ("html", email.html)):
             # the line break before a boundary belongs to the boundary, not to the part
             lines += [f"--{boundary}", f'Content-Type: text/{subtype}; charset="utf-8"',
                       "Content-Transfer-Encoding: quoted-printable", "", _quoted_printable(body)]
         lines += [f"--{boundary}--", ""]
-        return "\r\n".join(lines).encode("ascii")
+        return "\r\n".join(lines).encode("utf-8")
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -118,22 +123,38 @@ class SmtpMailer:
             except (smtplib.SMTPException, OSError):
                 connection.close()
 
-    def _send_on(self, connection: smtplib.SMTP, message: bytes, to: str) -> None:
+    def _send_on(self, connection: smtplib.SMTP, message: bytes, to: str, utf8: bool) -> None:
         try:
-            connection.sendmail(self._envelope_sender, [to], message)
-        except smtplib.SMTPRecipientsRefused as error:
-            self.close()
-            code, reply = next(iter(error.recipients.values()))
-            raise _refusal(code, reply) from error
-        except smtplib.SMTPResponseException as error:
-            self.close()
-            raise _refusal(error.smtp_code, error.smtp_error) from error
+            self._hand_over(connection, message, to, utf8)
+        except BaseException:
+            self.close()  # after any failure the session's state is unknown: never reuse it
+            raise
+
+    def _hand_over(self, connection: smtplib.SMTP, message: bytes, to: str, utf8: bool) -> None:
+        """MAIL FROM and RCPT TO, then DATA. A connection lost before DATA has handed nothing
+        over (`_NotHandedOver`: it may go again at once); from DATA on the server may have taken
+        the message, so a failure there waits for the consumer's retry like any other."""
+        server = f"SMTP {self.host}:{self.port}"
+        try:
+            connection.ehlo_or_helo_if_needed()
+            if utf8 and not connection.has_extn("smtputf8"):
+                raise MailRejected(f"{server} does not take mailboxes with non-ASCII names (no SMTPUTF8): {to}")
+            _expect(connection.mail(self._envelope_sender, ["SMTPUTF8"] if utf8 else []), server)
+            _expect(connection.rcpt(to), server)
         except (smtplib.SMTPServerDisconnected, OSError) as error:
-            self.close()
-            raise _ConnectionLost(f"SMTP {self.host}:{self.port}: {error!r}") from error
+            raise _NotHandedOver(f"{server}: {error!r}") from error
+        except smtplib.SMTPResponseException as error:  # no answer to EHLO or HELO
+            raise _refusal(error.smtp_code, error.smtp_error) from error
         except smtplib.SMTPException as error:
-            self.close()
-            raise MailNotSent(f"SMTP {self.host}:{self.port}: {error!r}") from error
+            raise MailNotSent(f"{server}: {error!r}") from error
+        try:
+            code, reply = connection.data(message)
+        except (smtplib.SMTPServerDisconnected, OSError) as error:
+            raise MailNotSent(f"{server}: lost during DATA, the server may have the message: {error!r}") from error
+        except smtplib.SMTPResponseException as error:  # DATA itself refused, before the message
+            raise _refusal(error.smtp_code, error.smtp_error) from error
+        if code != 250:
+            raise _refusal(code, reply)
 
     def _open(self) -> smtplib.SMTP:
         if self._connection is not None:
@@ -187,12 +208,37 @@ def _header_value(value: str) -> str:
 
 def _quoted_printable(text: str) -> str:
     # Readable in a raw message, unlike base64; smtplib dot-stuffs the lines as it sends them.
-    encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
+    # Every line break becomes CRLF, a bare CR from event data too (SMTP allows no other).
+    encoded = binascii.b2a_qp(text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8"), istext=True)
     return encoded.decode("ascii").replace("\n", "\r\n")
 
 
-class _ConnectionLost(MailNotSent):
-    """The connection failed under the message (not a reply about it)."""
+def envelope_recipient(address: str) -> tuple[str, bool]:
+    """`address` as the SMTP envelope and the To header carry it, and whether it needs SMTPUTF8.
+    smtplib speaks ASCII: an internationalised domain goes in its IDNA form (`xn--`), which every
+    server takes; a mailbox whose own name is not ASCII needs a server that offers SMTPUTF8.
+    An address no server could take is refused for good."""
+    if address.isascii() and address.isprintable() and " " not in address:
+        return address, False
+    try:
+        checked = validate_email(address, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as error:
+        raise MailRejected(f"Not a deliverable address: {error}") from None
+    return (checked.ascii_email, False) if checked.ascii_email else (checked.normalized, True)
+
+
+class _NotHandedOver(MailNotSent):
+    """The connection failed before the message was handed over (before DATA)."""
+
+
+def _expect(answer: tuple[int, bytes], server: str) -> None:
+    """A reply to MAIL FROM or RCPT TO: 250 (or 251, forwarded) goes on. A 421 there is a server
+    closing the connection (an idle one, after its timeout), as good as a lost one."""
+    code, reply = answer
+    if code == 421:
+        raise _NotHandedOver(f"{server} closed the session: {code} {reply!r}")
+    if code not in (250, 251):
+        raise _refusal(code, reply)
 
 
 def _refusal(code: int, reply: bytes | str) -> Exception:

@@ -331,6 +331,22 @@ def test_a_poison_event_is_parked_shown_to_admins_and_delivered_after_a_replay(f
     assert not parked()
 
 
+def test_internationalised_addresses_get_their_email_and_cost_no_other_buyer_theirs(floodgate, stack):
+    # Accounts takes such addresses (email-validator's default); smtplib speaks ASCII. A mailbox
+    # name beyond ASCII once left the handler thread's SMTP session mid-transaction, and the
+    # next buyers' emails on that thread were refused (503) and parked.
+    run = uuid.uuid4().hex[:8]
+    international = [order_confirmed(f"josé-{run}@example.com"), order_confirmed(f"ann-{run}@bücher.test")]
+    others = [order_confirmed(f"buyer-{n}-{run}@example.com") for n in range(12)]
+    publish(stack, [*international, *others])
+    everyone = {message_id(envelope) for envelope in [*international, *others]}
+    mailed = poll(lambda: (found := mails_by_message_id(floodgate, everyone)) and len(found) == len(everyone) and found,
+                  timeout=30, what="every email, the international ones too")
+    assert all(len(copies) == 1 for copies in mailed.values())
+    assert mailed[message_id(international[0])][0]["to"] == [f"josé-{run}@example.com"]  # with SMTPUTF8
+    assert mailed[message_id(international[1])][0]["to"] == [f"ann-{run}@xn--bcher-kva.test"]  # IDNA, plain ASCII
+
+
 def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, stack):
     run = uuid.uuid4().hex[:8]
     threads = NotificationSettings().consumer_threads
