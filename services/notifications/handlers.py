@@ -143,12 +143,13 @@ def replay(message_id: str | None, settings: Settings, uow=None, service: str | 
     transaction (the replay itself is on the broker, before it)."""
     service = service or settings.service_name
     with _broker_answers():
-        replayed = parked_letters.replay(settings.amqp_url, service, message_id)
+        sent_back = parked_letters.replay(settings.amqp_url, service, message_id)
+    replayed = len(sent_back)
     own = replayed and service == settings.service_name
     if uow is not None and (own or action is not None):
         with uow:
-            if own:
-                uow.deliveries.mark_replayed(None if message_id is None else {message_id})
+            if own:  # exactly those sent back: not those parked since, nor those past a limit
+                uow.deliveries.mark_replayed(set(sent_back))
             if action is not None:
                 uow.admin_actions.record(action.ended({"replayed": replayed}))
             uow.commit()

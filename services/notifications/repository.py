@@ -36,11 +36,10 @@ class DeliveryLog:
             dead_letters=1 if outcome == DEAD else 0,
         )
 
-    def mark_replayed(self, event_ids: set[str] | None) -> int:
-        """Parked deliveries sent back for another attempt (all of them when `event_ids` is None)."""
-        query = sa.update(Delivery).where(Delivery.status == DEAD).values(status=RETRYING, updated_at=sa.func.now())
-        if event_ids is not None:
-            query = query.where(Delivery.event_id.in_(event_ids))
+    def mark_replayed(self, event_ids: set[str]) -> int:
+        """Parked deliveries sent back for another attempt."""
+        query = (sa.update(Delivery).where(Delivery.status == DEAD, Delivery.event_id.in_(event_ids))
+                 .values(status=RETRYING, updated_at=sa.func.now()))
         return self._session.execute(query).rowcount
 
     def search(

@@ -130,21 +130,23 @@ class ConsumerRunner:
         """Consume until stopped, reconnecting to the broker with capped back-off."""
         lower_priority(self.settings)
         delays = amqp.backoff()
-        while not self.stop.is_set():
-            try:
-                self._consume_until_stopped()
-                delays = amqp.backoff()
-            except amqp.RECOVERABLE as error:
-                pause = next(delays)
-                log.warning("broker connection lost, reconnecting", extra={"error": repr(error), "retry_in": round(pause, 2)})
-                self.stop.wait(pause)
+        # One pool for the runner's life, not one per broker connection: a handler thread keeps
+        # what it holds per thread (notifications' SMTP connection) across reconnects.
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler") as worker:
+            while not self.stop.is_set():
+                try:
+                    self._consume_until_stopped(worker)
+                    delays = amqp.backoff()
+                except amqp.RECOVERABLE as error:
+                    pause = next(delays)
+                    log.warning("broker connection lost, reconnecting", extra={"error": repr(error), "retry_in": round(pause, 2)})
+                    self.stop.wait(pause)
         log.info("consumer stopped")
 
-    def _consume_until_stopped(self) -> None:
+    def _consume_until_stopped(self, worker: ThreadPoolExecutor) -> None:
         conn = amqp.connect(
             self.settings.amqp_url, self.process, self.settings.amqp_heartbeat_seconds
         )
-        worker = ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler")
         in_flight: set[Future] = set()
         try:
             channel = conn.channel()
@@ -174,12 +176,14 @@ class ConsumerRunner:
                 self.heartbeat.beat()  # only while consuming: the liveness probe means it
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             channel.basic_cancel(tag)
-            worker.shutdown(wait=False, cancel_futures=True)
+            _cancel_waiting(in_flight)
             while in_flight:
                 conn.process_data_events(time_limit=0.1)
             conn.process_data_events(time_limit=0)
         finally:
-            worker.shutdown(wait=False, cancel_futures=True)
+            # Deliveries not started go back to the queue with the connection; those in hand
+            # finish, and cannot settle on a lost connection (the broker redelivers them).
+            _cancel_waiting(in_flight)
             if conn.is_open:
                 conn.close()
 
@@ -231,6 +235,11 @@ class ConsumerRunner:
             channel.basic_ack(method.delivery_tag)
 
 
+def _cancel_waiting(futures: set[Future]) -> None:
+    for future in list(futures):
+        future.cancel()  # only one not started yet is cancelled
+
+
 def run(root) -> None:
     """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`)."""
     runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process,
@@ -242,18 +251,22 @@ def run(root) -> None:
         root.close()
 
 
-def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None, limit: int = 1000) -> int:
-    """Move dead letters of `service` (all, or those with the given ids) back to its work queue.
+def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None) -> list[str]:
+    """Move dead letters of `service` (all of them, or those with the given ids) back to its work
+    queue; the ids of those moved, in order. Their attempt count starts again.
 
-    Their attempt count starts again. Returns how many were replayed.
-    """
+    "All" is those parked when the replay starts (the queue's depth, read first): one that fails
+    again and is parked meanwhile waits for the next replay instead of going round again in this
+    one. Those another admin is reading at that moment (unacked) stay where they are."""
     conn = amqp.connect(url, f"{service}-replay")
-    replayed = 0
+    replayed = []
     try:
         channel = conn.channel()
+        queue = topology.dead_letter_queue(service)
+        parked = channel.queue_declare(queue, passive=True).method.message_count
         channel.confirm_delivery()
-        for _ in range(limit):
-            method, properties, body = channel.basic_get(topology.dead_letter_queue(service))
+        for _ in range(parked):
+            method, properties, body = channel.basic_get(queue)
             if method is None:
                 break
             if message_ids is not None and properties.message_id not in message_ids:
@@ -264,7 +277,7 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
             properties.headers = headers
             channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)
             channel.basic_ack(method.delivery_tag)
-            replayed += 1
+            replayed.append(properties.message_id)
     finally:
         if conn.is_open:
             conn.close()

@@ -35,13 +35,14 @@ def parked(amqp_url: str, service: str | None = None) -> list[dict]:
     return letters
 
 
-def replay(amqp_url: str, service: str, message_id: str | None = None) -> int:
-    """Send `service`'s parked events (or the one with `message_id`) back to its work queue."""
+def replay(amqp_url: str, service: str, message_id: str | None = None) -> list[str]:
+    """Send `service`'s parked events (or the one with `message_id`) back to its work queue; the
+    ids of those sent."""
     try:
         return replay_dead_letters(amqp_url, service, None if message_id is None else {message_id})
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == NOT_FOUND:
-            return 0
+            return []
         raise
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         for letter in parked(amqp_url, args.service):
             print(json.dumps(letter))
     else:
-        replayed = replay(amqp_url, args.service, args.message_id)
+        replayed = len(replay(amqp_url, args.service, args.message_id))
         print(f"{replayed} event(s) of {args.service} sent back to {topology.work_queue(args.service)}", file=sys.stderr)
 
 

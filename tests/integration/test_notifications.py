@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pika
 import pytest
@@ -370,9 +371,35 @@ def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, sta
     assert all(len(copies) == 1 for copies in mails_by_message_id(floodgate, ids).values())
 
 
+def smtp_connections_of(stack, process: str) -> int:
+    """Open TCP connections from `process` to the SMTP server (its sockets' inodes in /proc)."""
+    sockets = set()
+    for fd in Path(f"/proc/{stack.processes[process].pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:["):-1])
+    port = f":{stack.ports['smtp']:04X}"
+    established = "01"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2].endswith(port) and fields[3] == established and fields[9] in sockets:
+            count += 1
+    return count
+
+
 def test_a_consumer_cancelled_by_the_broker_comes_back_and_mails_on(floodgate, stack):
     """Deleting the work queue makes the broker cancel its consumer: the consumer must notice,
-    reconnect (declaring its queue and bindings again) and go on mailing."""
+    reconnect (declaring its queue and bindings again) and go on mailing, on the SMTP
+    connections its handler threads already hold (one each, however often it reconnects)."""
+    threads = NotificationSettings.from_env().consumer_threads
+    before = [order_confirmed(f"before-cancel-{n}@{uuid.uuid4().hex[:8]}.test") for n in range(4 * threads)]
+    publish(stack, before)
+    poll(lambda: len(mails_by_message_id(floodgate, {message_id(e) for e in before})) == len(before),
+         what="the emails before the cancel")
     connection = amqp.connect(stack.infra.amqp_url, "tests")
     try:
         connection.channel().queue_delete(topology.work_queue("notifications"))
@@ -386,9 +413,11 @@ def test_a_consumer_cancelled_by_the_broker_comes_back_and_mails_on(floodgate, s
             return False
 
     poll(consuming_again, timeout=30, what="the consumer to declare its queue and consume again")
-    event = order_confirmed(f"after-cancel@{uuid.uuid4().hex[:8]}.test")
-    publish(stack, [event])
-    poll(lambda: mails_by_message_id(floodgate, {message_id(event)}), timeout=30, what="the email after the cancel")
+    after = [order_confirmed(f"after-cancel-{n}@{uuid.uuid4().hex[:8]}.test") for n in range(4 * threads)]
+    publish(stack, after)
+    poll(lambda: len(mails_by_message_id(floodgate, {message_id(e) for e in after})) == len(after), timeout=30,
+         what="the emails after the cancel")
+    assert 1 <= smtp_connections_of(stack, "notifications-consumer") <= threads
 
 
 # --- mail waits for the rush (shared/messaging/deferral.py) -------------------------------------

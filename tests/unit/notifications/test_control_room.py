@@ -127,7 +127,7 @@ def replay_by_admin(service: str | None = None) -> AdminAction:
 
 
 def test_a_replay_is_recorded_with_how_many_went_back_in_the_transaction_that_marks_them(monkeypatch):
-    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: 1)
+    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: ["m-1"])
     uow = ReplayUnitOfWork()
 
     assert handlers.replay("m-1", SETTINGS, uow, "notifications", action=replay_by_admin("notifications")) == 1
@@ -137,8 +137,17 @@ def test_a_replay_is_recorded_with_how_many_went_back_in_the_transaction_that_ma
     assert recorded.admin_email == "ops@floodgate.test" and recorded.outcome == {"replayed": 1}
 
 
+def test_replaying_all_marks_exactly_the_deliveries_sent_back(monkeypatch):
+    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: ["m-1", "m-2"])
+    uow = ReplayUnitOfWork()
+
+    assert handlers.replay(None, SETTINGS, uow, "notifications") == 2
+
+    assert uow.deliveries.replayed == [{"m-1", "m-2"}]  # not every parked one: those are the broker's to say
+
+
 def test_a_replay_of_another_services_letters_is_recorded_too_even_when_nothing_went_back(monkeypatch):
-    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: 0)
+    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: [])
     uow = ReplayUnitOfWork()
 
     assert handlers.replay("m-1", SETTINGS, uow, "checkout", action=replay_by_admin("checkout")) == 0
