@@ -1,7 +1,7 @@
 """Marshmallow fields and rules the services' schemas share."""
 from datetime import datetime, timezone
 
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
 # The times an admin may set (a drop's schedule, a line's opening, an invite's expiry): far enough
 # for any real drop, near enough that no offset pushes one past the year 9999 in UTC, which
@@ -15,4 +15,15 @@ class StrictBoolean(fields.Boolean):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
+        return value
+
+
+class Pattern(validate.Regexp):
+    """A pattern the whole value must match, as the operation documents it (JSON Schema's
+    `pattern`, anchored with ^ and $). marshmallow's Regexp matches with Python's `$`, which also
+    matches before a final newline: "EUR\\n" passed `^[A-Z]{3}$`, then overflowed its column."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
         return value

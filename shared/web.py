@@ -162,7 +162,7 @@ def _unstorable_text(value: Any, path: str = "body") -> str | None:
 
 def _start_request() -> None:
     presented = request.headers.get("X-Request-ID", "")
-    g.request_id = presented if _REQUEST_ID.match(presented) else logs.new_request_id()
+    g.request_id = presented if _REQUEST_ID.fullmatch(presented) else logs.new_request_id()
     logs.request_id_var.set(g.request_id)
     logs.order_id_var.set(None)
     g.started = time.perf_counter()

@@ -5,7 +5,7 @@ from email_validator import EmailNotValidError, validate_email
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
-from shared.fields import SCHEDULE_RANGE
+from shared.fields import Pattern, SCHEDULE_RANGE
 from shared.values import storable
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
@@ -96,7 +96,7 @@ class RefreshTokenSchema(Schema):
     refresh_token = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=200), storable_text])
 
 
-TIER = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
+TIER = Pattern(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
 
 
 class InviteRequestSchema(Schema):
@@ -149,7 +149,7 @@ class AddressRequestSchema(Schema):
     sorting_code = _address_field("sorting_code")
     postal_code = _address_field("postal_code")
     country_area = _address_field("country_area")
-    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+    country_code = fields.String(required=True, validate=Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
 
 
 class AddressSchema(Schema):

@@ -215,11 +215,11 @@ def client_address(scope: dict, trusted_proxy_hops: int) -> str:
 
 def route_of(method: str, path: str) -> str:
     """The route label of a request (`_ROUTES`)."""
-    if method == "POST" and _JOIN.match(path):
+    if method == "POST" and _JOIN.fullmatch(path):
         return "join"
-    if _TICKET.match(path):
+    if _TICKET.fullmatch(path):
         return "ticket"
-    if _STATUS.match(path):
+    if _STATUS.fullmatch(path):
         return "status"
     if path in ("/healthz", "/readyz"):
         return "probe"
@@ -409,7 +409,7 @@ class LineStatusApp:
         if method == "OPTIONS":
             return 204, b"", headers
         try:
-            if method == "POST" and (matched := _JOIN.match(path)) and self.joiner is not None:
+            if method == "POST" and (matched := _JOIN.fullmatch(path)) and self.joiner is not None:
                 authorization = request_headers.get(b"authorization", b"").decode("latin-1")
                 status, document = await self.joiner.join(matched.group(1), authorization, client)
                 cache = False
@@ -419,7 +419,7 @@ class LineStatusApp:
                         (b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode()), (b"cache-control", b"no-store")]
                 document, cache = self._route(path)
                 status = 200
-                if _TICKET.match(path):  # its answer depends on the token it carries
+                if _TICKET.fullmatch(path):  # its answer depends on the token it carries
                     headers.append((b"vary", b"Authorization"))
                 authorization = request_headers.get(b"authorization", b"").decode("latin-1")
                 if authorization and document.get("state") == waiting_room.ADMITTED and self.joiner is not None:
@@ -439,9 +439,9 @@ class LineStatusApp:
 
     def _route(self, path: str) -> tuple[dict, bool]:
         now = utc_now()
-        if matched := _TICKET.match(path):
+        if matched := _TICKET.fullmatch(path):
             return self._needs_copy(ticket_status, matched.group(1), matched.group(2), now), True
-        if matched := _STATUS.match(path):
+        if matched := _STATUS.fullmatch(path):
             return self._needs_copy(line_status, matched.group(1), now), True
         if path == "/healthz":
             return {"status": "ok"}, False

@@ -5,24 +5,24 @@ from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.models import MAX_STOCK_SHARDS
-from shared.fields import SCHEDULE_RANGE, StrictBoolean
+from shared.fields import Pattern, SCHEDULE_RANGE, StrictBoolean
 
 MAX_QUANTITY = 1_000_000
 MAX_HOLD_TTL_SECONDS = 86_400
-COUNTRY_CODE = validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
+COUNTRY_CODE = Pattern(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
 TIER = validate.Length(min=1, max=64)
 
 
 class PriceSchema(Schema):
     amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10**12))
     currency = fields.String(
-        required=True, validate=validate.Regexp(r"^[A-Z]{3}$", error="Use an ISO 4217 code such as EUR.")
+        required=True, validate=Pattern(r"^[A-Z]{3}$", error="Use an ISO 4217 code such as EUR.")
     )
 
 
 class NewProductSchema(Schema):
     sku = fields.String(
-        required=True, validate=validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", error="1 to 64 letters, digits, '.', '_' or '-'.")
+        required=True, validate=Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", error="1 to 64 letters, digits, '.', '_' or '-'.")
     )
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     description = fields.String(load_default="", validate=validate.Length(max=10_000))

@@ -3,6 +3,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.notifications.models import STATUSES
 from shared.messaging import topology
+from shared.fields import Pattern
 
 non_empty = validate.Length(min=1)
 
@@ -16,7 +17,7 @@ class _Lenient(Schema):
 
 class MoneySchema(_Lenient):
     amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
+    currency = fields.String(required=True, validate=Pattern(r"^[A-Z]{3}$"))
 
 
 class ItemSchema(_Lenient):
@@ -33,7 +34,7 @@ class AddressSchema(_Lenient):
     city_area = fields.String(load_default="", allow_none=True)
     postal_code = fields.String(load_default="", allow_none=True)
     country_area = fields.String(load_default="", allow_none=True)
-    country_code = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{2}$"))
+    country_code = fields.String(required=True, validate=Pattern(r"^[A-Z]{2}$"))
 
 
 class OrderSchema(_Lenient):

@@ -181,3 +181,16 @@ def test_bad_drops_are_refused(floodgate, stack, admin_token):
     assert_problem(unknown, unknown.status_code)
     assert_problem(floodgate.http.get(stack.url("inventory") + "/drops/not-a-uuid"), 404)
     assert_problem(floodgate.http.get(stack.url("inventory") + f"/drops/{uuid.uuid4()}"), 404)
+
+
+@pytest.mark.parametrize("sku, currency", [
+    ("NL-{run}", "EUR\n"),  # once a 500: the currency's varchar(3) overflowed
+    ("NL-{run}\n", "EUR"),  # once stored: a second product beside "NL-..."
+], ids=["currency", "sku"])
+def test_a_code_with_a_trailing_newline_is_refused(floodgate, stack, admin_token, sku, currency):
+    sku = sku.replace("{run}", uuid.uuid4().hex[:8])
+    body = {"sku": sku, "name": "X", "price": {"amount": 100, "currency": currency}}
+    answer = floodgate.http.post(stack.url("inventory") + "/products", json=body,
+                                 headers={"Authorization": f"Bearer {admin_token}"})
+    assert_problem(answer, 422)
+    assert scalar(stack, "inventory", "SELECT count(*) FROM products WHERE sku LIKE :s", s=sku.strip()[:20] + "%") == 0
