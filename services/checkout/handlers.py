@@ -222,24 +222,32 @@ def _unknown_order() -> errors.OrderNotFound:
 
 
 def _on_time_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
-    """Confirm, making the hold a sale at once, so a slow inventory consumer can never let the
-    sweeper give a paid unit away. With inventory down the order is confirmed all the same and
-    `order.confirmed` makes the sale when inventory is back."""
+    """Confirm, making the hold a sale at once."""
     try:
-        inventory.sell(str(order.id), order_version=orders.version(order) + 1)
-    except errors.InventoryUnavailable:
-        log.warning("inventory unavailable while confirming; the sale follows from order.confirmed")
+        _sell_at_once(order, inventory)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded):
         return _late_payment(order, uow, inventory, settings)
     _confirm(order, uow, settings, "payment captured")
     return orders.CONFIRMED
 
 
+def _sell_at_once(order: Order, inventory: InventoryClient) -> None:
+    """Make the paid order's hold a sale now, so a slow inventory consumer can never let the
+    sweeper give a paid unit away. With inventory down the order is confirmed all the same and
+    `order.confirmed` makes the sale when inventory is back."""
+    try:
+        inventory.sell(str(order.id), order_version=orders.version(order) + 1)
+    except errors.InventoryUnavailable:
+        log.warning("inventory unavailable while confirming; the sale follows from order.confirmed")
+
+
 def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
-    """Money arrived after the hold ran out: keep the order if stock can be held again, else refund."""
+    """Money arrived after the hold ran out: keep the order if stock can be held again (and sell
+    it at once, as an on-time payment does), else refund."""
     try:
         hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True,
                                  order_version=orders.version(order) + 1)
+        _sell_at_once(order, inventory)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
         if order.status == orders.AWAITING_PAYMENT:
             orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")

@@ -20,6 +20,17 @@ class ReservationSold(Conflict):
     slug, title = "reservation-sold", "Reservation already sold"
 
 
+class StaleOrderVersion(Conflict):
+    """A sale or renewal for an older state of the order than the one that released its units (a
+    request that arrived after checkout had given up on it, and the buyer had cancelled since)."""
+
+    slug, title = "stale-order-version", "Out-of-date order version"
+
+    def __init__(self, detail: str = "A newer state of this order gave its units back; this request is out of date.",
+                 **kwargs):
+        super().__init__(detail, **kwargs)
+
+
 class InvalidDrop(InvalidRequest):
     """A drop whose schedule or product makes no sense; reported like any validation problem."""
 
@@ -39,4 +50,5 @@ __all__ = [
     "SaleNotOpen",
     "SkuTaken",
     "SoldOut",
+    "StaleOrderVersion",
 ]

@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from devtools.client import poll
 from services.inventory.handlers import drops, events, expiry, reservations
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
-from services.inventory.errors import LimitExceeded, ReservationSold, SaleNotOpen, SoldOut
+from services.inventory.errors import LimitExceeded, ReservationSold, SaleNotOpen, SoldOut, StaleOrderVersion
 from services.inventory.repository import InventoryUnitOfWork
 from services.inventory.bootstrap import MIGRATIONS
 from shared import db
@@ -352,3 +352,75 @@ def test_a_database_error_in_a_batch_answers_503_for_its_orders_and_holds_nothin
     assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 3
     assert machine.run(lambda uow: uow.session.scalar(sa.text(
         "SELECT count(*) FROM buyer_allowances WHERE drop_id = :d AND taken > 0"), {"d": machine.drop_id})) == 0
+
+
+def test_a_pool_timeout_in_a_batch_answers_503_for_that_order_and_the_others_stand(session_factory, monkeypatch):
+    # Each order answered on its own takes a pooled connection again; one that does not come in
+    # time (a sa.exc.TimeoutError, not a DBAPIError) once made the whole batch a 503, the holds
+    # already committed included.
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=3, shards=1)
+    monkeypatch.setattr(reservations, "_hold_together", lambda *args: None)  # every order on its own
+    real_reserve, calls = reservations.reserve, []
+
+    def pool_empty_the_second_time(cmd, uow, ttl):
+        calls.append(cmd)
+        if len(calls) == 2:
+            raise sa.exc.TimeoutError("QueuePool limit of size 2 overflow 0 reached, connection timed out")
+        return real_reserve(cmd, uow, ttl)
+
+    monkeypatch.setattr(reservations, "reserve", pool_empty_the_second_time)
+    orders = [ReserveStock(uuid.uuid4(), machine.drop_id, buyer, 1) for buyer in ("ana", "ben", "chloe")]
+    outcomes = machine.run(lambda uow: reservations.reserve_many(orders, uow, TTL))
+    assert [outcome.status for outcome in outcomes] == [201, 503, 201]
+    assert outcomes[1].refusal.slug == "database-unavailable"
+    monkeypatch.undo()
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 1
+
+
+def test_a_renewal_of_a_hold_expired_but_not_yet_swept_holds_it_a_whole_ttl_again(session_factory):
+    # A payment between the hold's expiry and the sweeper's pass (it waits a grace period): the
+    # renewal once answered the hold as it was, expired, and the sweeper could then give the
+    # paid unit to someone else.
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=1, shards=1)
+    order_id = uuid.uuid4()
+    machine.run(lambda uow: reservations.reserve(ReserveStock(order_id, machine.drop_id, "ana", 1), uow, TTL))
+    machine.run(lambda uow: uow.session.execute(
+        sa.text("UPDATE reservations SET hold_expires_at = now() - interval '20 seconds' WHERE order_id = :o"),
+        {"o": order_id}))
+    renewal = ReserveStock(order_id, machine.drop_id, "ana", 1, renew=True, order_version=2)
+    renewed, created = machine.run(lambda uow: reservations.reserve(renewal, uow, TTL))
+    assert renewed.status == "held" and not created
+    assert renewed.hold_expires_at > datetime.now(timezone.utc) + timedelta(seconds=TTL - 60)
+    assert machine.run(lambda uow: expiry.release_expired_holds(uow, 500)) == 0
+
+
+def test_a_sale_or_renewal_older_than_the_cancel_that_released_the_units_takes_nothing(session_factory):
+    # Checkout's sale at confirmation (version 2) timed out; the buyer then cancelled (version 3)
+    # and the units went back. The sale, arriving late, once took them again for a refunded order.
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=1, shards=1)
+    order_id = uuid.uuid4()
+    machine.run(lambda uow: reservations.reserve(ReserveStock(order_id, machine.drop_id, "ana", 1), uow, TTL))
+    cancelled = Envelope(type="order.cancelled", data={"order_id": str(order_id), "version": 3}, source="checkout")
+    machine.run(lambda uow: events.on_order_ended(cancelled, uow))
+
+    with pytest.raises(StaleOrderVersion):
+        machine.run(lambda uow: reservations.sell(str(order_id), uow, order_version=2))
+    with pytest.raises(StaleOrderVersion):
+        machine.run(lambda uow: reservations.reserve(
+            ReserveStock(order_id, machine.drop_id, "ana", 1, renew=True, order_version=2), uow, TTL))
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 1
+    # the order's newest state may still take them again (a late payment after an expiry, say)
+    assert machine.run(lambda uow: reservations.sell(str(order_id), uow, order_version=4)).status == "sold"
+
+
+def test_a_repeat_naming_an_unknown_drop_answers_the_orders_reservation(session_factory):
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=1, shards=1)
+    order_id = uuid.uuid4()
+    machine.run(lambda uow: reservations.reserve(ReserveStock(order_id, machine.drop_id, "ana", 1), uow, TTL))
+    repeat = ReserveStock(order_id, uuid.uuid4(), "ana", 1)  # once answered 404 drop-not-found
+    reservation, created = machine.run(lambda uow: reservations.reserve(repeat, uow, TTL))
+    assert not created and reservation.drop_id == machine.drop_id and reservation.status == "held"

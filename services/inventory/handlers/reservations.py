@@ -28,6 +28,7 @@ from services.inventory.errors import (
     ReservationSold,
     SaleNotOpen,
     SoldOut,
+    StaleOrderVersion,
 )
 from services.inventory.handlers.drops import SHARDS, announce, available_units, parse_id
 from services.inventory.models import DROP_SOLD_OUT, HELD, RELEASED, SOLD, Drop, Product, Reservation
@@ -51,6 +52,14 @@ def note_order_version(reservation: Reservation, version: int | None) -> None:
         reservation.order_version = version
 
 
+def refuse_stale_retake(reservation: Reservation, version: int | None) -> None:
+    """A released reservation is taken again (a sale, a renewal) only for the order's newest
+    state: one for an older version than the one that released it (a cancel, say) is refused, as
+    the consumer drops a stale event."""
+    if reservation.status == RELEASED and version is not None and version < reservation.order_version:
+        raise StaleOrderVersion()
+
+
 def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation, bool]:
     """Hold stock for an order; idempotent by order id. Returns the reservation and whether it is new.
 
@@ -60,17 +69,22 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     if cmd.renew:
         existing = find_reservation(uow.session, cmd.order_id, for_update=True)
         if existing is not None:
+            refuse_stale_retake(existing, cmd.order_version)
             note_order_version(existing, cmd.order_version)
             if existing.status == RELEASED:
                 # A payment that arrived after its hold was given back: hold the same units again.
                 renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
                 return _hold(renewal, uow.session, uow.publish, hold_ttl_seconds, renewing=existing), True
+            if existing.status == HELD:
+                # Expired but not swept yet (the sweeper waits a grace period): the renewal holds
+                # it for a whole TTL from now, so the sweeper cannot give it away meanwhile.
+                _extend(existing, uow.session, hold_ttl_seconds)
             return existing, False
     # Nearly every request on drop day is a new order id: no look-up first. A repeat finds its
     # reservation when the insert (or a refusal before it) sends it to the existing one below.
     try:
         return _hold(cmd, uow.session, uow.publish, hold_ttl_seconds), True
-    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, CountryNotAllowed, _LostRace):
+    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, CountryNotAllowed, DropNotFound, _LostRace):
         # The order id may already have its reservation: made by this order's earlier attempt
         # (before the drop closed, say), or by a concurrent request that committed first, whose
         # allowance and stock updates ours waited on. That reservation, not our refusal, is the
@@ -80,6 +94,14 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
         if winner is None:
             raise
         return winner, False
+
+
+def _extend(reservation: Reservation, session: orm.Session, hold_ttl_seconds: int) -> None:
+    found = _drop_now_and_remaining(session, reservation.drop_id)
+    if found is not None:
+        drop, now, _ = found
+        reservation.hold_expires_at = max(reservation.hold_expires_at,
+                                          now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds))
 
 
 # What a hold reads of its drop, the database's clock and the units left, in one statement. The
@@ -286,6 +308,9 @@ _GIVE_BACK_BUYER_ALLOWANCE = Statement(
     "UPDATE buyer_allowances SET taken = taken - :quantity WHERE drop_id = :drop_id AND buyer_id = :buyer_id"
 )
 _GROUP_SAVEPOINT = Statement("SAVEPOINT hold_batch")
+# A statement failed, or no pooled connection came in time (each transaction of a batch takes
+# one again): the orders it was for were not held, and the batch's other answers stand.
+_DATABASE_FAILED = (sa.exc.DBAPIError, sa.exc.TimeoutError)
 _ROLLBACK_TO_GROUP_SAVEPOINT = Statement("ROLLBACK TO SAVEPOINT hold_batch")
 
 
@@ -315,7 +340,7 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         try:
             _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
             uow.commit()
-        except sa.exc.DBAPIError:
+        except _DATABASE_FAILED:
             # What committed before stays answered; these orders were not held: each says so.
             _abandon(uow)
             for index in indices:
@@ -331,7 +356,7 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
             except Problem as refusal:
                 uow.rollback()
                 outcomes[index] = HoldOutcome(refusal=refusal)
-            except sa.exc.DBAPIError:
+            except _DATABASE_FAILED:
                 _abandon(uow)
                 outcomes[index] = HoldOutcome(refusal=_database_unavailable())
     for index, outcome in enumerate(outcomes):
@@ -434,6 +459,7 @@ def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
     reservation = uow.reservations.for_update(parsed)
     if reservation is None:
         raise ReservationNotFound()
+    refuse_stale_retake(reservation, order_version)
     note_order_version(reservation, order_version)
     if reservation.status == RELEASED:
         uow.stock.take_again(reservation)

@@ -274,7 +274,8 @@ class FakeUnitOfWork:
 
 class FakeInventory:
     """Inventory as checkout's client sees it: every call recorded; `reserve_refusal` and
-    `sell_refusal`, when set, are raised instead of holding or selling."""
+    `sell_refusal`, when set, are raised instead of holding or selling (a renewal that holds
+    the units again ends the sale's refusal)."""
 
     def __init__(self):
         self.reserved = []
@@ -290,6 +291,8 @@ class FakeInventory:
                               "order_version": order_version})
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
+        if renew:
+            self.sell_refusal = None  # the units are held again: they can be sold
         held = self.holds.get(order_id)
         if held is not None and order_id not in self.released:
             return held  # as inventory answers a repeat of an order id: the hold it has
