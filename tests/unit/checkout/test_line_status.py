@@ -225,9 +225,10 @@ def joining_app(per_minute: int = 100) -> tuple[LineStatusApp, FakeUnitOfWork]:
     original = uow.lines.join_many
     uow.lines.join_many = lambda wanted: batches.append(len(wanted)) or original(wanted)
     uow.batches = batches
-    # a window long enough that joins sent together arrive within it on a busy machine too
-    joiner = Joiner(lambda: uow, Tokens(), waiting_room.JoinLimit(per_minute), "a pass secret for unit tests",
-                    window_seconds=0.5)
+    # a window long enough that joins sent together arrive within it on a busy machine too; the
+    # limit's clock stands still, so a test's joins never straddle two of its minutes
+    joiner = Joiner(lambda: uow, Tokens(), waiting_room.JoinLimit(per_minute, clock=lambda: 30.0),
+                    "a pass secret for unit tests", window_seconds=0.5)
     return LineStatusApp(Lines(), frozenset({PAGE}), joiner=joiner), uow
 
 
