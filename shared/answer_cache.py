@@ -11,8 +11,8 @@ One render per key at a time, not a herd: while a reader renders an expired answ
 keep the old copy for those milliseconds (at most `seconds` more, never past a change by the
 clock), and when there is no copy they may serve (a new key, the opening) they wait for that
 render, up to `wait_seconds`. A reader that asks for a fresh answer renders it and refreshes the
-copy. A render that fails (the database is down) leaves no answer behind: the next reader tries
-again. `forget` after a change made in this process: a render already under way when it was
+copy. A render that fails (the database is down) leaves no answer behind: one of the readers that
+waited for it tries again, and the others wait for that one. `forget` after a change made in this process: a render already under way when it was
 called is not kept.
 """
 from __future__ import annotations
@@ -77,8 +77,10 @@ class AnswerCache:
                         self._rendering[key] = mine
                     generation = self._forgotten
                     break
-            underway.wait(self.wait_seconds)  # nothing to serve yet: that render's answer
-            waited = True
+            # Nothing to serve yet: that render's answer. Only a render that outlasted the wait
+            # lets this reader render on its own; one that ended (kept or failed) sends it round
+            # again, where it reads the answer or becomes, alone, the next to render.
+            waited = not underway.wait(self.wait_seconds)
         try:
             body, changes_in = render()
         except BaseException:

@@ -28,7 +28,7 @@ import jwt
 import requests
 from flask import current_app, g, request
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
 
 ALGORITHMS = ("ES256",)
 TOKEN_ROLES = ("buyer", "admin")
@@ -75,7 +75,7 @@ class KeySet:
         if self._cache is not None and self._cache.exists():
             try:
                 self._keys = _usable_keys(json.loads(self._cache.read_text()))
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 log.warning("ignoring unreadable JWKS cache", extra={"path": str(self._cache)})
 
     def key(self, kid: str) -> jwt.PyJWK | None:
@@ -110,11 +110,15 @@ class KeySet:
         self._last_fetch = time.monotonic()
         try:
             document = self._fetch(self._url)
+            keys = _usable_keys(document)
         except Exception:  # keep serving the keys we have; the next unknown kid retries later
             log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=not quiet)
             return
-        self._keys = _usable_keys(document)
-        if self._cache is not None and self._keys:
+        if not keys:  # a set with no usable key (a proxy's answer, a bad deploy) is not a rotation
+            log.warning("JWKS has no usable key; keeping the keys we have", extra={"jwks_url": self._url})
+            return
+        self._keys = keys
+        if self._cache is not None:
             try:
                 partial = self._cache.with_name(f"{self._cache.name}.{os.getpid()}")
                 partial.write_text(json.dumps(document))
@@ -124,13 +128,14 @@ class KeySet:
 
 
 def _usable_keys(document: dict) -> dict[str, jwt.PyJWK]:
+    """The signing keys of a JWKS document; raises for a document that is not one."""
     keys = {}
-    for entry in document.get("keys", []):
+    for entry in document["keys"]:
         try:
             if entry.get("kid") and entry.get("alg") in ALGORITHMS:
                 keys[entry["kid"]] = jwt.PyJWK(entry)
-        except jwt.PyJWTError:
-            log.warning("ignoring unusable JWK", extra={"kid": entry.get("kid")})
+        except (jwt.PyJWTError, ValueError):  # bad base64 is a ValueError (binascii.Error)
+            log.warning("ignoring unusable JWK", extra={"kid": str(entry.get("kid"))[:100]})
     return keys
 
 
@@ -197,6 +202,12 @@ class TokenVerifier:
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized("The access token's algorithm is not accepted.")
         key = self._keys.key(str(header.get("kid", "")))
+        if key is None and not self._keys.loaded:
+            # A process that has never had the keys (a new pod while accounts is down or swamped)
+            # cannot tell a good token from a bad one: the buyer's token may be fine, so not 401,
+            # which would send them to sign in again, into the storm.
+            raise ServiceUnavailable("The keys that verify access tokens are not here yet; retry shortly.",
+                                     retry_after=2)
         if key is None:
             raise Unauthorized("The access token was signed by an unknown key.")
         try:

@@ -21,6 +21,14 @@ from shared.values import storable
 log = logging.getLogger("floodgate.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 READINESS_CACHE_SECONDS = 2.0
+# The largest request body read (413 beyond): an order, a drop or a batch of 64 holds is a few
+# KiB. Without a limit one anonymous request of tens of MB parsed into Python objects could take a
+# worker past its pod's memory limit, and every order in flight on it. An operation that needs
+# more raises `request.max_content_length` for itself, after checking who calls.
+MAX_BODY_BYTES = 1 << 20
+# HTTP methods as metric labels: any other token a client sends is "other", so made-up methods
+# cannot add series without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: auth.TokenVerifier | None = None,
@@ -36,6 +44,7 @@ def create_app(root: Root, blueprints: list[Blueprint], title: str, verifier: au
     logs.configure(root.process, settings.log_level)
     app = Flask(settings.service_name)
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["floodgate"] = root
     app.extensions["floodgate.readiness"] = {}
     registry = CollectorRegistry(auto_describe=False)
@@ -207,8 +216,9 @@ def _finish_request(response: Response) -> Response:
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"
     service = root().service
-    metrics.HTTP_REQUESTS.labels(service, request.method, endpoint, response.status_code).inc()
-    metrics.HTTP_LATENCY.labels(service, request.method, endpoint).observe(elapsed)
+    method = request.method if request.method in _METHODS else "other"
+    metrics.HTTP_REQUESTS.labels(service, method, endpoint, response.status_code).inc()
+    metrics.HTTP_LATENCY.labels(service, method, endpoint).observe(elapsed)
     if endpoint not in ("/healthz", "/readyz", "/metrics"):
         log.info(
             "request",
@@ -263,5 +273,9 @@ def prometheus():
 
 @_probes.get("/openapi.json")
 def openapi_document():
-    """This service's OpenAPI description."""
-    return jsonify(openapi.build_spec(current_app, current_app.config["OPENAPI_TITLE"]))
+    """This service's OpenAPI description, built once per process (it describes the code)."""
+    built = current_app.extensions.get("floodgate.openapi")
+    if built is None:
+        built = current_app.extensions["floodgate.openapi"] = current_app.json.dumps(
+            openapi.build_spec(current_app, current_app.config["OPENAPI_TITLE"]))
+    return current_app.response_class(built, mimetype="application/json")

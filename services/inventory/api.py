@@ -1,7 +1,7 @@
 """HTTP entry points: load with a schema, run a handler in a unit of work, dump with a schema."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
 from services.inventory import schemas
 from services.inventory.errors import DropNotFound
@@ -121,6 +121,7 @@ def drop_stock(drop_id: str):
                        "counted again against the units left.")
 @require_service
 def drop_holders(drop_id: str):
+    request.max_content_length = schemas.HOLDERS_MAX_BODY_BYTES  # the service key is checked: up to 100,000 ids
     asked = load(HOLDERS_REQUEST)
     with unit_of_work() as uow:
         return HOLDERS.dump(drops.holders(drop_id, asked["buyer_ids"], uow))

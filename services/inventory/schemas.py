@@ -176,6 +176,7 @@ class BatchedReservationRequestSchema(ReservationRequestSchema):
 MAX_HOLDS_PER_BATCH = 64
 # the buyers one `POST /drops/{id}/holders` asks about: a line's admitted buyers whose passes are unused
 MAX_HOLDERS_ASKED = 100_000
+HOLDERS_MAX_BODY_BYTES = MAX_HOLDERS_ASKED * (128 + 3) + 1024  # that many ids of the longest, quoted
 
 
 class HoldersRequestSchema(Schema):

@@ -194,3 +194,25 @@ def test_a_code_with_a_trailing_newline_is_refused(floodgate, stack, admin_token
                                  headers={"Authorization": f"Bearer {admin_token}"})
     assert_problem(answer, 422)
     assert scalar(stack, "inventory", "SELECT count(*) FROM products WHERE sku LIKE :s", s=sku.strip()[:20] + "%") == 0
+
+
+def test_a_body_beyond_the_limit_is_refused_unread_and_a_service_call_that_needs_more_gets_it(
+        floodgate, stack, open_drop):
+    # about 1.8 MB of JSON that would become millions of Python objects: once read in full by anyone
+    huge = b"[" + b"{}," * 600_000 + b"{}]"
+    for url in (stack.url("accounts") + "/sessions", stack.url("checkout") + "/payments/webhook"):
+        answer = floodgate.http.post(url, data=huge, headers={"Content-Type": "application/json"})
+        assert_problem(answer, 413)
+    # the admitter's question names up to 100,000 buyers: more than the limit, and it is allowed
+    many = {"buyer_ids": [f"buyer-{n:0120d}" for n in range(10_000)]}
+    answer = floodgate.http.post(stack.url("inventory") + f"/drops/{open_drop['id']}/holders", json=many,
+                                 headers=stack.service_headers())
+    assert answer.status_code == 200 and answer.json()["holding"] == 0, answer.text
+
+
+def test_a_made_up_http_method_adds_no_metric_series(floodgate, stack):
+    method = f"X{uuid.uuid4().hex[:12].upper()}"
+    answer = floodgate.http.request(method, stack.url("checkout") + "/orders")
+    assert answer.status_code in (400, 404, 405, 501)
+    exposition = floodgate.http.get(stack.url("checkout") + "/metrics").text
+    assert method not in exposition and 'method="other"' in exposition

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from flask import Flask
@@ -205,6 +206,53 @@ def test_at_a_change_by_the_clock_the_crowd_waits_for_one_render_not_a_herd(cloc
     clock.now += 0.5  # the opening: the old copy may not be served any more
     renders, answers = crowd(cache, "drop", 8, b"open")
     assert len(renders) == 1 and answers == [b"open"] * 8
+
+
+def _until(condition, seconds: float) -> None:
+    """Wait for `condition` at most `seconds`, and go on either way (a render that lasts until a
+    second one begins, so two at once are seen when they happen)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_when_the_render_a_crowd_waits_for_fails_one_reader_renders_again_not_all(clock):
+    cache = AnswerCache(1.0, clock=clock)
+    failing, lock = threading.Event(), threading.Lock()
+    renders, at_once, most_at_once, answers = [], [0], [0], []
+
+    def render():
+        with lock:
+            renders.append(1)
+            at_once[0] += 1
+            most_at_once[0] = max(most_at_once[0], at_once[0])
+            first = len(renders) == 1
+        try:
+            if first:
+                assert failing.wait(10)
+                raise ConnectionError("the database blinked")
+            # the next render lasts until another begins beside it, or half a second
+            _until(lambda: at_once[0] > 1, 0.5)
+            return b"open", None
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    def read():
+        try:
+            answers.append(cache.get("drop", render).body)
+        except ConnectionError:
+            answers.append(None)
+
+    threads = [threading.Thread(target=read) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    poll(lambda: len(renders) == 1 and len(cache._rendering) == 1, what="the first render to begin")
+    failing.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers.count(None) == 1 and answers.count(b"open") == 11  # the failed render's reader is told
+    assert most_at_once[0] == 1 and len(renders) == 2  # then one render, not eleven
 
 
 def test_a_reader_that_waited_too_long_renders_for_itself(clock):

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.auth import KeySet, TokenVerifier
-from shared.errors import Unauthorized
+from shared.errors import ServiceUnavailable, Unauthorized
 
 ISSUER, AUDIENCE = "floodgate-accounts", "floodgate"
 
@@ -122,9 +122,11 @@ def test_a_worker_started_while_accounts_is_down_uses_the_keys_its_siblings_cach
 
     later = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=accounts_down, cache_file=str(cache)), ISSUER, AUDIENCE)
     assert later.verify(jwks.token()).subject == "buyer-1"
+    # a process with no keys at all cannot judge the token: 503 and come back, not 401 and sign in
     stranger = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=accounts_down), ISSUER, AUDIENCE)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(ServiceUnavailable) as unavailable:
         stranger.verify(jwks.token())
+    assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "2"
 
 
 class Clock:
@@ -170,3 +172,22 @@ def test_a_changed_token_is_verified_afresh(verifier, jwks):
          "exp": int(time.time()) + 60}).encode()).decode(), signature])
     with pytest.raises(Unauthorized):
         verifier.verify(forged)
+
+
+@pytest.mark.parametrize("answer", [{"keys": []}, [], {"keys": None}, {"nothing": 1},
+                                    {"keys": [{"kid": "k9", "alg": "ES256", "kty": "EC", "crv": "P-256",
+                                               "x": "not base64!", "y": "!"}]}],
+                         ids=["empty", "a-list", "null", "no-keys", "bad-base64"])
+def test_a_jwks_answer_with_no_usable_key_keeps_the_keys_already_held(answer):
+    jwks = FakeJwks()
+    good = {"answer": None}
+
+    def fetch(url):
+        return jwks(url) if good["answer"] is None else good["answer"]
+
+    verifier = TokenVerifier(KeySet("http://accounts/jwks", min_refresh_seconds=0, fetch=fetch), ISSUER, AUDIENCE)
+    assert verifier.verify(jwks.token()).subject == "buyer-1"
+    good["answer"] = answer
+    with pytest.raises(Unauthorized):
+        verifier.verify(jwks.token(kid="k9"))  # an unknown kid refreshes the set: no 500, no keys lost
+    assert verifier.verify(jwks.token(sub="buyer-2")).subject == "buyer-2"  # verified in full, by k1
