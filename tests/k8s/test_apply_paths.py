@@ -105,7 +105,7 @@ def test_prod_its_autoscalers_own_the_api_counts_and_a_release_keeps_them(operat
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     prod_running(operator, start)
     assert (operator.server.replicas("checkout-api"), operator.server.replicas("inventory-api")) == (4, 3)
-    assert operator.server.replicas("checkout-line-status") == 2
+    assert (operator.server.replicas("accounts-api"), operator.server.replicas("checkout-line-status")) == (3, 2)
     operator.server.update("Deployment", "checkout-api", "replicas", 9, "kube-controller-manager")  # busy
     operator.run(PROD, start + timedelta(days=1))
     assert operator.server.replicas("checkout-api") == 9
@@ -194,14 +194,14 @@ def test_a_cluster_applied_client_side_before_moves_over_without_losing_a_pod(op
     operator.run(PROD_FROM_CLIENT_SIDE, start)
     operator.run(PROD, start + timedelta(minutes=1))  # before the autoscalers had any reason to act
     assert (operator.server.replicas("checkout-api"), operator.server.replicas("inventory-api")) == (4, 3)
-    assert operator.server.replicas("checkout-line-status") == 2
+    assert (operator.server.replicas("accounts-api"), operator.server.replicas("checkout-line-status")) == (3, 2)
 
 
 def prod_as_it_was() -> list[dict]:
-    """prod before its autoscalers: checkout's and inventory's APIs at fixed counts of 4 and 3, and
-    checkout's line-status edge at its base count of 2."""
+    """prod before its autoscalers: checkout's, inventory's and accounts' APIs at fixed counts of 4,
+    3 and 3, and checkout's line-status edge at its base count of 2."""
     objects = [o for o in render.render(render.K8S_DIR / "overlays" / "prod") if o["kind"] != "HorizontalPodAutoscaler"]
-    for name, count in (("checkout-api", 4), ("inventory-api", 3), ("checkout-line-status", 2)):
+    for name, count in (("checkout-api", 4), ("inventory-api", 3), ("accounts-api", 3), ("checkout-line-status", 2)):
         policy.find(objects, "Deployment", name)["spec"]["replicas"] = count
     return objects
 
@@ -215,7 +215,8 @@ with open(os.environ["KUBECTL_LOG"], "a") as log:
     log.write(json.dumps({"argv": sys.argv[1:], "stdin": manifest}) + "\\n")
 if sys.argv[1:4] == ["-n", "floodgate", "get"]:
     print(json.dumps({"items": [{"metadata": {"name": "checkout-api"}, "spec": {"replicas": 7}},
-                                {"metadata": {"name": "accounts-api"}, "spec": {"replicas": 3}}]}))
+                                {"metadata": {"name": "accounts-api"}, "spec": {"replicas": 3}},
+                                {"metadata": {"name": "notifications-api"}, "spec": {"replicas": 2}}]}))
 elif os.environ.get("KUBECTL_CONFLICT") and "--field-manager=floodgate-deploy" in sys.argv:
     sys.exit('error: Apply failed with 1 conflict: conflict with "floodgate-drop-scaler": .spec.minReplicas')
 """
@@ -237,9 +238,13 @@ def test_deploy_apply_reads_the_counts_hands_them_over_and_applies_server_side(t
     (get, handover, deploy) = calls()
     assert get["argv"] == ["-n", "floodgate", "get", "deployments", "-o", "json"]
     assert handover["argv"] == ["apply", "--server-side", "--field-manager=floodgate-handover", "-f", "-"]
-    assert render.load(handover["stdin"]) == [{
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout-api", "namespace": "floodgate"},
-        "spec": {"replicas": 7}}]  # accounts-api keeps its count in the rendering: nothing to hand over
+    # the autoscaled ones keep the count they have, handed over to no manager of the rendering;
+    # notifications-api keeps its count in the rendering: nothing to hand over
+    assert render.load(handover["stdin"]) == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "accounts-api", "namespace": "floodgate"},
+         "spec": {"replicas": 3}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout-api", "namespace": "floodgate"},
+         "spec": {"replicas": 7}}]
     assert deploy["argv"] == ["apply", "--server-side", "--field-manager=floodgate-deploy", "-f", "-"]
     assert render.load(deploy["stdin"]) == render.render(render.K8S_DIR / "overlays" / "prod")
 

@@ -125,7 +125,7 @@ def test_a_rendering_for_one_moment_fails_the_checks_for_another(prod):
 def test_scaler_may_only_patch_the_drop_autoscalers(drop):
     role = policy.find(drop, "Role", "drop-scaler")
     assert role["rules"] == [{"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
-                              "resourceNames": ["checkout-api", "inventory-api", "checkout-line-status"],
+                              "resourceNames": ["checkout-api", "inventory-api", "accounts-api", "checkout-line-status"],
                               "verbs": ["patch"]}]
     binding = policy.find(drop, "RoleBinding", "drop-scaler")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "drop-scaler", "namespace": "floodgate"}]
