@@ -400,6 +400,16 @@ def test_joins_per_client_are_limited_per_minute():
     assert limit.take("1.2.3.4") is None
 
 
+def test_a_crowd_of_addresses_in_one_minute_still_has_each_its_own_limit_and_the_next_minute_starts_afresh():
+    now = [120.0]
+    limit = line.JoinLimit(per_minute=1, clock=lambda: now[0])
+    crowd = [f"10.{n // 65536}.{n // 256 % 256}.{n % 256}" for n in range(25_000)]
+    assert all(limit.take(address) is None for address in crowd)
+    assert all(limit.take(address) == 60 for address in crowd[::997])  # each held back, none forgotten
+    now[0] = 180.0
+    assert limit.take(crowd[0]) is None and len(limit._counts) == 1  # last minute's counts are gone
+
+
 class AnotherAdmitterBetween(StockOf):
     """Inventory that, while this admitter waits for its answer (its line locks released),
     lets another admitter replica take a whole turn on the same lines."""
