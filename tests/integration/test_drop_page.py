@@ -247,3 +247,73 @@ def test_while_the_buyer_pays_elsewhere_the_page_reads_its_order_less_often_and_
     assert reads()["sent"] == sent + 1
     page.clock.resume()
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
+
+
+EDGE_STALE = '{"type": "https://floodgate.dev/problems/service-unavailable", "title": "Service unavailable", ' \
+             '"status": 503, "detail": "The copy of the lines is stale: the database is not answering."}'
+
+
+def test_while_the_lines_edge_fails_a_waiting_page_backs_off_and_leaves_checkout_alone(
+        floodgate, admin_token, buyer_page):
+    # Each failed poll of the edge once sent the page to checkout's API at once (its own ticket,
+    # a database read): a crowd of waiting pages moved onto checkout just as the database struggled.
+    page = buyer_page
+    page.clock.install()  # the page's timers on a clock the test moves
+    drop = schedule_drop(floodgate, admin_token, opens_in=600)
+    put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+
+    edge = floodgate.stack.url("line-status")
+    edge_polls, checkout_reads = [], []
+    page.on("request", lambda request: edge_polls.append(request.url)
+            if request.method == "GET" and request.url.startswith(f"{edge}/drops/")
+            else checkout_reads.append(request.url) if request.url.endswith("/line/tickets/mine") else None)
+    page.route(f"{edge}/drops/**", lambda route: route.fulfill(
+        status=503, body=EDGE_STALE, content_type="application/problem+json",
+        headers={"Retry-After": "2", "Access-Control-Allow-Origin": "*"}))
+    page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+    for _ in range(240):  # two minutes of the page's time
+        page.clock.run_for(500)
+    assert checkout_reads == []
+    assert 3 <= len(edge_polls) <= 12, edge_polls  # backing off: 2, 4, 8, 16, then every 30 s at most, jittered
+
+    page.unroute(f"{edge}/drops/**")
+    answered = len(edge_polls)
+    for _ in range(80):
+        page.clock.run_for(500)
+        if len(edge_polls) > answered:
+            break
+    assert len(edge_polls) > answered  # the edge is polled again once it answers
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    assert checkout_reads == []
+
+
+def test_a_page_told_sold_out_keeps_following_the_line_and_lets_its_buyer_in_when_a_unit_comes_back(
+        floodgate, admin_token, buyer_page):
+    # "Sold out" is not final: an unpaid hold that runs out, or a cancelled order, brings its unit
+    # back and the line admits the next buyer. The page once stopped polling at "sold out", and
+    # the pass it was given waited unseen until it expired.
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=OPENS_IN_SECONDS, quantity=1)
+    put_line_on(floodgate, admin_token, drop)
+    first_email, first = floodgate.register()
+    assert floodgate.join_line(first, drop["id"]).status_code == 201  # the pre-queue: ahead of the page's buyer
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"), timeout=(OPENS_IN_SECONDS + 5) * 1000)
+    page.get_by_role("button", name="Join the line").click()  # after the opening: behind the pre-queue
+
+    pass_ = poll(lambda: floodgate.my_ticket(first, drop["id"]).get("pass"), timeout=30, what="the first buyer's pass")
+    placed = floodgate.place_order(first, drop["id"], line_pass=pass_)
+    assert placed.status_code == 201, placed.text
+    expect(page.locator("#ticket-state")).to_have_text("Sold out", timeout=30_000)
+    expect(page.locator("#line-news")).to_contain_text("Keep this page open")
+
+    cancelled = floodgate.http.post(f"{floodgate.stack.url('checkout')}/orders/{placed.json()['id']}/cancel",
+                                    headers={"Authorization": f"Bearer {first}"})
+    assert cancelled.status_code == 200, cancelled.text
+    expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=45_000)
+    expect(page.locator("#line-news")).to_contain_text("It's your turn!")
