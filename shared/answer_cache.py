@@ -12,8 +12,8 @@ keep the old copy for those milliseconds (at most `seconds` more, never past a c
 clock), and when there is no copy they may serve (a new key, the opening) they wait for that
 render, up to `wait_seconds`. A reader that asks for a fresh answer renders it and refreshes the
 copy. A render that fails (the database is down) leaves no answer behind: one of the readers that
-waited for it tries again, and the others wait for that one. `forget` after a change made in this process: a render already under way when it was
-called is not kept.
+waited for it tries again, and the others wait for that one. `forget` after a change made in this
+process: a render already under way when it was called is not kept.
 """
 from __future__ import annotations
 

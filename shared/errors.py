@@ -18,17 +18,20 @@ log = logging.getLogger("floodgate.errors")
 class Problem(Exception):
     """A domain or protocol error a client can act on.
 
-    Subclasses set `status`, `slug` (the stable last part of the `type` URI) and `title`;
-    instances carry a human `detail` and optional extension members.
+    Subclasses set `status`, `slug` (the stable last part of the `type` URI) and `title`, and may
+    set `default_detail` (the `detail` when none is given; else the title); instances carry a
+    human `detail` and optional extension members.
     """
 
     status = 400
     slug = "bad-request"
     title = "Bad request"
+    default_detail: str | None = None
 
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extensions: Any):
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
+        detail = detail or self.default_detail or self.title
+        super().__init__(detail)
+        self.detail = detail
         self.headers = headers or {}
         self.extensions = extensions
 

@@ -27,3 +27,7 @@ class Pattern(validate.Regexp):
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
+
+
+# A shipping address's country, as a buyer may type it (shared.addresses upper-cases it).
+ADDRESS_COUNTRY_CODE = Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")

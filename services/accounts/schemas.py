@@ -5,7 +5,7 @@ from email_validator import EmailNotValidError, validate_email
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
-from shared.fields import Pattern, SCHEDULE_RANGE
+from shared.fields import ADDRESS_COUNTRY_CODE, Pattern, SCHEDULE_RANGE
 from shared.values import storable
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
@@ -149,7 +149,7 @@ class AddressRequestSchema(Schema):
     sorting_code = _address_field("sorting_code")
     postal_code = _address_field("postal_code")
     country_area = _address_field("country_area")
-    country_code = fields.String(required=True, validate=Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+    country_code = fields.String(required=True, validate=ADDRESS_COUNTRY_CODE)
 
 
 class AddressSchema(Schema):

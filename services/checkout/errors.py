@@ -10,9 +10,7 @@ class InventoryUnavailable(ServiceUnavailable):
 
 class IdempotencyKeyReused(Problem):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key already used for another request"
-
-    def __init__(self, detail: str = "This Idempotency-Key was sent with a different request body.", **kwargs):
-        super().__init__(detail, **kwargs)
+    default_detail = "This Idempotency-Key was sent with a different request body."
 
 
 class OrderNotFound(NotFound):

@@ -3,7 +3,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.checkout import orders
 from services.checkout.line import ALGORITHM
-from shared.fields import Pattern, SCHEDULE_RANGE, StrictBoolean
+from shared.fields import ADDRESS_COUNTRY_CODE, SCHEDULE_RANGE, StrictBoolean
 
 
 class AddressSchema(Schema):
@@ -19,7 +19,7 @@ class AddressSchema(Schema):
     sorting_code = fields.String(load_default="", validate=validate.Length(max=20))
     postal_code = fields.String(load_default="", validate=validate.Length(max=20))
     country_area = fields.String(load_default="", validate=validate.Length(max=100))
-    country_code = fields.String(required=True, validate=Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA."))
+    country_code = fields.String(required=True, validate=ADDRESS_COUNTRY_CODE)
 
 
 class OrderRequestSchema(Schema):

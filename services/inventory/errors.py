@@ -25,10 +25,7 @@ class StaleOrderVersion(Conflict):
     request that arrived after checkout had given up on it, and the buyer had cancelled since)."""
 
     slug, title = "stale-order-version", "Out-of-date order version"
-
-    def __init__(self, detail: str = "A newer state of this order gave its units back; this request is out of date.",
-                 **kwargs):
-        super().__init__(detail, **kwargs)
+    default_detail = "A newer state of this order gave its units back; this request is out of date."
 
 
 class InvalidDrop(InvalidRequest):

@@ -52,12 +52,13 @@ def note_order_version(reservation: Reservation, version: int | None) -> None:
         reservation.order_version = version
 
 
-def refuse_stale_retake(reservation: Reservation, version: int | None) -> None:
-    """A released reservation is taken again (a sale, a renewal) only for the order's newest
-    state: one for an older version than the one that released it (a cancel, say) is refused, as
-    the consumer drops a stale event."""
+def note_retaking_version(reservation: Reservation, version: int | None) -> None:
+    """`note_order_version` for a request that may take a released reservation again (a sale, a
+    renewal): only for the order's newest state. One for an older version than the one that
+    released it (a cancel, say) is refused, as the consumer drops a stale event."""
     if reservation.status == RELEASED and version is not None and version < reservation.order_version:
         raise StaleOrderVersion()
+    note_order_version(reservation, version)
 
 
 def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation, bool]:
@@ -69,8 +70,7 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     if cmd.renew:
         existing = find_reservation(uow.session, cmd.order_id, for_update=True)
         if existing is not None:
-            refuse_stale_retake(existing, cmd.order_version)
-            note_order_version(existing, cmd.order_version)
+            note_retaking_version(existing, cmd.order_version)
             if existing.status == RELEASED:
                 # A payment that arrived after its hold was given back: hold the same units again.
                 renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
@@ -459,8 +459,7 @@ def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
     reservation = uow.reservations.for_update(parsed)
     if reservation is None:
         raise ReservationNotFound()
-    refuse_stale_retake(reservation, order_version)
-    note_order_version(reservation, order_version)
+    note_retaking_version(reservation, order_version)
     if reservation.status == RELEASED:
         uow.stock.take_again(reservation)
     reservation.status = SOLD

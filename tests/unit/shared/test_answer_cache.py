@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from flask import Flask
@@ -208,34 +207,29 @@ def test_at_a_change_by_the_clock_the_crowd_waits_for_one_render_not_a_herd(cloc
     assert len(renders) == 1 and answers == [b"open"] * 8
 
 
-def _until(condition, seconds: float) -> None:
-    """Wait for `condition` at most `seconds`, and go on either way (a render that lasts until a
-    second one begins, so two at once are seen when they happen)."""
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
 def test_when_the_render_a_crowd_waits_for_fails_one_reader_renders_again_not_all(clock):
     cache = AnswerCache(1.0, clock=clock)
-    failing, lock = threading.Event(), threading.Lock()
+    failing, changed = threading.Event(), threading.Condition()
     renders, at_once, most_at_once, answers = [], [0], [0], []
 
     def render():
-        with lock:
+        with changed:
             renders.append(1)
             at_once[0] += 1
             most_at_once[0] = max(most_at_once[0], at_once[0])
             first = len(renders) == 1
+            changed.notify_all()
         try:
             if first:
                 assert failing.wait(10)
                 raise ConnectionError("the database blinked")
-            # the next render lasts until another begins beside it, or half a second
-            _until(lambda: at_once[0] > 1, 0.5)
+            # the next render lasts until another begins beside it, or half a second: two at
+            # once are seen when they happen
+            with changed:
+                changed.wait_for(lambda: at_once[0] > 1, timeout=0.5)
             return b"open", None
         finally:
-            with lock:
+            with changed:
                 at_once[0] -= 1
 
     def read():
