@@ -48,27 +48,27 @@ class PlaceOrder:
 
 def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings) -> Order:
     """Hold the stock and record the order awaiting payment, with `order.placed` in the outbox."""
-    order_id = cmd.order_id
+    order_id, drop_id = cmd.order_id, uuid.UUID(cmd.drop_id)
     bind_order_id(str(order_id))
     ticket_id = _admitted_ticket(cmd, uow, settings)  # refused before anything is held
     hold = inventory.reserve(
         str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
     )
-    if uuid.UUID(str(hold.drop_id)) != uuid.UUID(cmd.drop_id) or hold.quantity != cmd.quantity:
+    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
         # The order id is the key's, and inventory answers a repeat with the hold it already has:
         # this key's earlier attempt held units for another body, then failed before any order
         # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
         inventory.release(str(order_id))
         raise errors.IdempotencyKeyReused()
     address_key = address_key_of(cmd.shipping_address)
-    if not _take_address_allowance(uow, uuid.UUID(cmd.drop_id), address_key, hold.quantity, settings.per_address_limit):
+    if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
         inventory.release(str(order_id))
         raise errors.AddressLimitReached(
             f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
         )
     if ticket_id is not None:
-        not_used = uow.lines.use_pass(ticket_id, uuid.UUID(cmd.drop_id), cmd.buyer_id)
+        not_used = uow.lines.use_pass(ticket_id, drop_id, cmd.buyer_id)
         if not_used is not None:
             inventory.release(str(order_id))
             if not_used == "used":
@@ -79,7 +79,7 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
         id=order_id,
         buyer_id=cmd.buyer_id,
         buyer_email=cmd.buyer_email,
-        drop_id=uuid.UUID(cmd.drop_id),
+        drop_id=drop_id,
         sku=hold.sku,
         product_name=hold.product_name,
         quantity=hold.quantity,
