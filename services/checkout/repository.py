@@ -369,6 +369,10 @@ class Lines:
         ticket = self._session.get(LineTicket, ticket_id)
         return "used" if ticket is not None and ticket.used_at is not None else "expired"
 
+    def give_back_pass(self, ticket_id: uuid.UUID) -> None:
+        """Undo `use_pass` for an order refused after it, in the same transaction."""
+        self._session.execute(_GIVE_BACK_PASS, {"ticket_id": ticket_id})
+
 
 class CheckoutUnitOfWork(db.UnitOfWork):
     """The shared unit of work plus checkout's repositories on its session."""
@@ -465,4 +469,6 @@ _USE_PASS = sa.text(
     "UPDATE line_tickets SET used_at = now() WHERE id = :ticket_id AND drop_id = :drop_id AND buyer_id = :buyer_id "
     "AND used_at IS NULL AND pass_expires_at > now() RETURNING id"
 ).bindparams(sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)), *_UUIDS)
+_GIVE_BACK_PASS = sa.text("UPDATE line_tickets SET used_at = NULL WHERE id = :ticket_id").bindparams(
+    sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)))
 _CHECKOUT_REFUSALS = sa.text("SELECT process, refused FROM checkout_load WHERE updated_at > now() - interval '30 seconds'")

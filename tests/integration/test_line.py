@@ -105,12 +105,16 @@ def test_an_order_needs_its_own_pass_and_uses_it_up(floodgate, admin_token, stac
     refused(floodgate.place_order(first, other_drop["id"], line_pass=passes[first]), 403, "line-pass-invalid")
     assert floodgate.get_drop(drop["id"])["remaining"] == 5  # nothing held by any refusal
 
+    # refused at inventory (over the per-buyer limit): the pass is left for the buyer's next try
+    refused(floodgate.place_order(first, drop["id"], quantity=3, line_pass=passes[first]), 409, "limit-exceeded")
+    assert floodgate.my_ticket(first, drop["id"])["state"] == "admitted"
     key = str(uuid.uuid4())
     refused(floodgate.place_order(first, drop["id"], key=key), 403, "line-pass-required")
     placed = floodgate.place_order(first, drop["id"], key=key, line_pass=passes[first])  # same key: not remembered
     assert placed.status_code == 201, placed.text
     refused(floodgate.place_order(first, drop["id"], line_pass=passes[first]), 409, "line-pass-used")
     assert floodgate.my_ticket(first, drop["id"])["state"] == "ordered"
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
     assert floodgate.place_order(second, drop["id"], line_pass=passes[second]).status_code == 201
     assert floodgate.get_drop(drop["id"])["remaining"] == 3
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from services.checkout import config, handlers, line as waiting_room
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
 from services.checkout.inventory_client import Hold
-from services.checkout.models import LineTicket, Order
+from services.checkout.models import Line, LineTicket, Order
 from services.checkout.payments import Refund
 from services.checkout.repository import KeyHeld
 from shared.messaging.envelope import Envelope
@@ -229,6 +229,9 @@ class FakeLines:
         ticket.used_at = utc_now()
         return None
 
+    def give_back_pass(self, ticket_id):
+        self.rows[("ticket", ticket_id)].used_at = None
+
 
 class FakeUnitOfWork:
     """Like CheckoutUnitOfWork: what a block writes, events included, is kept only if it commits
@@ -362,13 +365,26 @@ class Checkout:
     def cancel(self, order):
         return self.run(lambda uow: handlers.cancel_order(order, uow, self.settings, by_admin=False))
 
+    def admitted(self, buyer_id=BUYER) -> tuple[str, LineTicket]:
+        """A line on the drop, and `buyer_id` admitted from it: the pass their order carries, and
+        their ticket."""
+        drop_id = uuid.UUID(DROP_ID)
+        if not self.uow.lines.has_line(drop_id):
+            self.uow.lines.add(Line(drop_id=drop_id, state=waiting_room.OPEN))
+        now = utc_now()
+        ticket = LineTicket(id=uuid.uuid4(), drop_id=drop_id, buyer_id=buyer_id, arrival=1, position=1,
+                            admitted_at=now, pass_expires_at=now + timedelta(seconds=60))
+        self.uow.lines.rows[("ticket", ticket.id)] = ticket
+        self.uow.commit()
+        return waiting_room.issue_pass(self.settings.line_pass_secret, ticket), ticket
+
     def units_on_address(self, order):
         """Units of the drop counted against the order's shipping address."""
         return self.uow.address_allowances.rows.get((order.drop_id, order.address_key), 0)
 
 
-def order_request(key="key-1", quantity=1, address=HOME, buyer_id=BUYER) -> PlaceOrder:
-    return PlaceOrder(buyer_id, "emilie@example.ca", key, DROP_ID, quantity, address)
+def order_request(key="key-1", quantity=1, address=HOME, buyer_id=BUYER, line_pass=None) -> PlaceOrder:
+    return PlaceOrder(buyer_id, "emilie@example.ca", key, DROP_ID, quantity, address, line_pass=line_pass)
 
 
 def capture(order, event_id="WH-1", capture_id="CAP-1", amount=None, currency=None) -> PaymentNotice:

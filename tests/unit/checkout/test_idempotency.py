@@ -8,7 +8,7 @@ import pytest
 from services.checkout import errors, idempotency
 from services.checkout.repository import KeyHeld
 from services.checkout.schemas import OrderSchema
-from shared.errors import PROBLEM_BASE
+from shared.errors import PROBLEM_BASE, Problem
 from tests.unit.checkout.fakes import BUYER, HOME, order_request
 
 ORDER = OrderSchema()
@@ -129,3 +129,40 @@ def test_a_claim_left_without_an_answer_is_taken_over_by_the_retry(checkout):
     answer = send(checkout, cmd)
     assert answer.status == 201 and json.loads(answer.body)["id"] == str(cmd.order_id)
     assert kept(checkout).response_status == 201
+
+
+def test_a_used_line_pass_is_refused_before_anything_is_held(checkout):
+    """Held even for a moment, a unit near the drop's last ones would turn another admitted
+    buyer's order into sold-out."""
+    line_pass, ticket = checkout.admitted()
+    assert send(checkout, order_request(line_pass=line_pass)).status == 201
+    with pytest.raises(errors.LinePassUsed):
+        send(checkout, order_request(key="key-2", line_pass=line_pass))
+    assert [hold["order_id"] for hold in checkout.inventory.reserved] == [str(order_request().order_id)]
+    assert checkout.inventory.released == [] and kept(checkout, "key-2") is None
+    assert ticket.used_at is not None
+
+
+@pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."), errors.SaleNotOpen("Opens at 15:00."),
+                                     errors.InventoryUnavailable("Inventory did not answer in time.")],
+                         ids=lambda refusal: refusal.slug)
+def test_an_order_refused_at_inventory_leaves_its_line_pass_for_the_next_try(checkout, refusal):
+    line_pass, ticket = checkout.admitted()
+    checkout.inventory.reserve_refusal = refusal
+    try:
+        send(checkout, order_request(line_pass=line_pass))
+    except Problem as raised:
+        assert raised is refusal  # a 5xx: nothing kept, the transaction rolls back
+    assert ticket.used_at is None
+
+    checkout.inventory.reserve_refusal = None  # a unit came back
+    assert send(checkout, order_request(key="key-2", line_pass=line_pass)).status == 201
+    assert ticket.used_at is not None
+
+
+def test_an_address_over_its_limit_leaves_its_line_pass_unused(checkout):
+    send(checkout, order_request(key="key-1", quantity=2))
+    line_pass, ticket = checkout.admitted(buyer_id="neighbour")
+    answer = send(checkout, order_request(key="key-2", buyer_id="neighbour", line_pass=line_pass))
+    assert json.loads(answer.body)["type"] == PROBLEM_BASE + "address-limit-exceeded"
+    assert ticket.used_at is None
