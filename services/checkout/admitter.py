@@ -50,8 +50,9 @@ class Turned:
 
 
 def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
-    """One pass over the lines: open those due, admit from the open ones. Inventory is asked for
-    each line's remaining units before any line is locked, so joins never wait on an HTTP call."""
+    """One pass over the lines: open those due, admit from the open ones, close those whose
+    drop's window has closed. Inventory is asked for each line's remaining units and its drop's
+    close before any line is locked, so joins never wait on an HTTP call."""
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due(TURNED)
     started = utc_now()  # a line opens in this turn if its opening had come by now
@@ -66,10 +67,10 @@ def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
     holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in drop_ids}
     through = {line.drop_id: line.admitted_through for line in due}
     uow.rollback()  # the locks go: the HTTP calls below hold none
-    remaining, holding = {}, {}
+    stock = {}
     for drop_id in drop_ids:
         try:
-            remaining[drop_id], holding[drop_id] = inventory.holders(str(drop_id), holders[drop_id])
+            stock[drop_id] = inventory.holders(str(drop_id), holders[drop_id])
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
     admitted, next_opening = 0, None
@@ -77,20 +78,26 @@ def turn(uow, inventory, shedding: Shedding | None = None) -> Turned:
     paced_at = uow.lines.clock() if locked else None  # the database's time: one clock for every replica
     for line in locked:
         now = utc_now()
+        if line.state == waiting_room.PRE_QUEUE and line.drop_id not in drop_ids:
+            line.joined = uow.lines.count(line.drop_id)  # opens at the next turn, with its stock figure
+            next_opening = min(next_opening or line.opens_at, line.opens_at)
+            continue
+        figures = stock.get(line.drop_id)
+        if figures is not None and figures.closed_by(paced_at):
+            waiting_room.close_line(line, now)
+            log.info("line closed: its drop's window has closed",
+                     extra={"drop_id": str(line.drop_id), "closes_at": figures.closes_at.isoformat()})
+            continue
         if line.state == waiting_room.PRE_QUEUE:
-            if line.drop_id not in drop_ids:  # opens at the next turn, with its stock figure
-                line.joined = uow.lines.count(line.drop_id)
-                next_opening = min(next_opening or line.opens_at, line.opens_at)
-                continue
             size = waiting_room.open_line(line, uow, now)
             log.info("line opened; seed revealed", extra={"drop_id": str(line.drop_id), "pre_queue": size})
         else:
             waiting_room.place_arrivals(line, uow)
             line.joined = uow.lines.count(line.drop_id)
-        if line.drop_id not in remaining:
+        if figures is None:
             continue
-        line.remaining_units = remaining[line.drop_id]
-        active = passes_in_play(holders[line.drop_id], holding[line.drop_id],
+        line.remaining_units = figures.remaining
+        active = passes_in_play(holders[line.drop_id], figures.holding,
                                 uow.lines.active_pass_holders(line.drop_id, now),
                                 uow.lines.admitted_after(line.drop_id, through[line.drop_id]))
         admitted += _admit(line, uow, now, paced_at, checkout_shedding, active)

@@ -227,9 +227,11 @@ def put_line(drop_id: str):
 
 
 @bp.patch("/drops/<drop_id>/line")
-@operation("Pause, resume or close a line, or change its admission rate or factor (admin)",
+@operation("Pause, resume, close or reopen a line, or change its admission rate or factor (admin)",
            request=LineChangeSchema, response=LineSchema, errors=(404, 409), auth="admin",
-           description="Recorded, in the same transaction, among the admin actions (`GET /admin-actions`).")
+           description="The admitter closes a line itself once its drop's window has closed; `state: open` opens a "
+                       "closed line again (one closed before its opening waits for it again). Recorded, in the same "
+                       "transaction, among the admin actions (`GET /admin-actions`).")
 @require_admin
 def change_line(drop_id: str):
     body = load(LineChangeSchema())

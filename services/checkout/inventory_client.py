@@ -46,6 +46,27 @@ class Hold:
     product_name: str
 
 
+@dataclass(frozen=True)
+class DropStock:
+    """What the waiting room's admitter hears of a drop each turn: its units nobody holds, how
+    many of the buyers it asked about hold or bought one, and when its window closes (None from
+    an inventory that does not say)."""
+
+    remaining: int
+    holding: int = 0
+    closes_at: datetime | None = None
+
+    def closed_by(self, now: datetime) -> bool:
+        return self.closes_at is not None and self.closes_at <= now
+
+    @classmethod
+    def of(cls, figures: dict) -> "DropStock":
+        """From `POST /drops/{id}/holders`' answer, or `GET /drops/{id}`'s (no holders: 0)."""
+        closes_at = figures.get("closes_at")
+        return cls(int(figures["remaining"]), int(figures.get("holding", 0)),
+                   datetime.fromisoformat(closes_at) if closes_at else None)
+
+
 class CircuitBreaker:
     """Opens after `threshold` consecutive failures; while open, calls fail at once.
 
@@ -299,28 +320,28 @@ class InventoryClient:
         if response.status not in (200, 404):
             raise self._refusal(response)
 
-    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
         """The drop's units not held or sold, and how many of `buyer_ids` hold or bought one, at
-        one moment (the waiting room's admitter asks every turn, with its unused passes' buyers)."""
+        one moment, and its close (the waiting room's admitter asks every turn, with its unused
+        passes' buyers)."""
         if len(buyer_ids) > MAX_HOLDERS_ASKED:  # more than inventory takes in a call
-            return self._remaining_alone(drop_id), 0
+            return self._remaining_alone(drop_id)
         response = self._call(f"/drops/{drop_id}/holders", {"buyer_ids": buyer_ids})
         slug = str(_document(response).get("type", "")).rsplit("/", 1)[-1]
         if response.status == 405 or (response.status == 404 and slug != "drop-not-found"):
-            return self._remaining_alone(drop_id), 0  # an inventory that does not know the call
+            return self._remaining_alone(drop_id)  # an inventory that does not know the call
         if response.status != 200:
             raise self._refusal(response)
-        figures = json.loads(response.data)
-        return int(figures["remaining"]), int(figures["holding"])
+        return DropStock.of(json.loads(response.data))
 
-    def _remaining_alone(self, drop_id: str) -> int:
+    def _remaining_alone(self, drop_id: str) -> DropStock:
         """The units left, with no word of who holds one: every pass then counts (an order in
         flight twice, as before `holders`): an inventory that does not know that call (a rolling
         deploy), or more unused passes than one call takes."""
         response = self._call(f"/drops/{drop_id}", None, method="GET")
         if response.status != 200:
             raise self._refusal(response)
-        return int(json.loads(response.data)["remaining"])
+        return DropStock.of(json.loads(response.data))
 
     def _call(self, path: str, body: dict | None, guarded: bool = True, method: str = "POST") -> urllib3.BaseHTTPResponse:
         if guarded and not self._breaker.allow():

@@ -112,15 +112,17 @@ def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Li
 
 def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = None,
                 admission_rate: float | None = None, admission_factor: float | None = None) -> Line:
-    """Pause, resume, close or re-rate a line (admin)."""
+    """Pause, resume, close, reopen or re-rate a line (admin). A closed line opened again (its
+    drop's window extended, say) carries on from where it stopped; one closed before its
+    opening goes back to waiting for it."""
     line = uow.lines.get(drop_id, lock=True)
     if line is None:
         raise errors.LineNotFound("This drop has no line.")
     if state is not None:
-        if line.state == CLOSED:
-            raise errors.LineClosed("The line is closed.")
         if state in (OPEN, PAUSED) and line.opened_at is None:
-            raise errors.LineNotOpenYet("The line opens at its opening time; it can be paused after that.")
+            if line.state != CLOSED:
+                raise errors.LineNotOpenYet("The line opens at its opening time; it can be paused after that.")
+            state = PRE_QUEUE
         line.state = state
     if admission_rate is not None:
         _set_rate(line, admission_rate)
@@ -128,6 +130,14 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
         line.admission_factor = admission_factor
     line.updated_at = now
     return line
+
+
+def close_line(line: Line, now: datetime) -> None:
+    """Close the line (the admitter, once its drop's window has closed): it admits nobody and
+    takes no joins, its waiting buyers are told `closed`, and it leaves the admitter's turns and,
+    a day later, the status edges' copy. An admin may open it again (`change_line`)."""
+    line.state = CLOSED
+    line.updated_at = now
 
 
 def _set_rate(line: Line, ceiling: float) -> None:

@@ -192,6 +192,8 @@ class HoldersSchema(Schema):
     remaining = fields.Integer(metadata={"description": "units nobody holds, as `GET /drops/{id}` says"})
     holding = fields.Integer(metadata={"description": "how many of the buyers asked about hold or bought a unit "
                                                       "of the drop, read with `remaining` in one statement"})
+    closes_at = fields.DateTime(metadata={"description": "when the drop's window closes (the admitter closes its "
+                                                        "line then)"})
 
 
 class ReservationBatchRequestSchema(Schema):

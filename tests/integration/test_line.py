@@ -6,6 +6,7 @@ import concurrent.futures
 import hashlib
 import socket
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import jwt
 
@@ -217,3 +218,36 @@ def test_the_drop_pages_read_of_its_line_is_at_most_a_second_old(floodgate, admi
     poll(lambda: floodgate.http.get(url).json()["admission_rate"] == 7.5, timeout=5, what="every worker's copy to follow")
     missing = floodgate.http.get(f"{stack.url('checkout')}/drops/{uuid.uuid4()}/line")
     assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_a_line_closes_with_its_drops_window_and_opens_again_when_the_drop_is_extended(floodgate, admin_token, stack):
+    early, waiting, late = _ready_buyers(floodgate, 3)
+    drop = floodgate.create_drop(admin_token, quantity=1, opens_in=-1, lasts=8)
+    floodgate.put_line(admin_token, drop, admission_rate=50)
+    for token in (early, waiting):
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    poll(lambda: any(floodgate.my_ticket(t, drop["id"])["pass"] for t in (early, waiting)), timeout=20,
+         what="the line to open and admit one buyer for the one unit")
+    still = next(t for t in (early, waiting) if floodgate.my_ticket(t, drop["id"])["state"] == "waiting")
+    ticket_id = floodgate.my_ticket(still, drop["id"])["ticket_id"]
+
+    poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "closed", timeout=20,
+         what="the admitter to close the line once the drop's window closed")
+    poll(lambda: floodgate.place_in_line(drop["id"], ticket_id).json().get("state") == "closed", timeout=5,
+         what="the status edge to tell a waiting buyer the line closed")
+    assert floodgate.my_ticket(still, drop["id"])["state"] == "closed"
+    refused = floodgate.join_line(late, drop["id"])
+    assert refused.status_code == 409 and refused.json()["type"].endswith("/line-closed")
+
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    extended = floodgate.http.patch(stack.url("inventory") + f"/drops/{drop['id']}", json={"closes_at": later},
+                                    headers=admin)
+    assert extended.status_code == 200, extended.text
+    reopened = floodgate.http.patch(f"{stack.url('checkout')}/drops/{drop['id']}/line", json={"state": "open"},
+                                    headers=admin)
+    assert reopened.status_code == 200 and reopened.json()["state"] == "open", reopened.text
+    assert floodgate.join_line(late, drop["id"]).status_code == 201
+    poll(lambda: floodgate.my_ticket(still, drop["id"])["state"] in ("waiting", "admitted"), timeout=5,
+         what="the waiting buyer back in the line")
+    assert floodgate.get_line(drop["id"]).json()["state"] == "open"

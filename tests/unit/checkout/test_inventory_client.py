@@ -1,11 +1,12 @@
 """Checkout's inventory client on a fake connection pool: how a batch call's answers become each
 order's hold or refusal."""
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from services.checkout import errors
-from services.checkout.inventory_client import CircuitBreaker, Hold, InventoryClient
+from services.checkout.inventory_client import CircuitBreaker, DropStock, Hold, InventoryClient
 
 DROP = "5b0f3c3e-7a1b-4c2d-9e8f-0a1b2c3d4e5f"
 
@@ -90,8 +91,12 @@ def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailab
 
 
 def test_the_admitter_hears_the_units_left_and_how_many_pass_holders_hold_one():
-    inventory = client(lambda path, body: Answer(200, {"drop_id": DROP, "remaining": 7, "holding": 2}))
-    assert inventory.holders(DROP, ["ann", "bob", "cy"]) == (7, 2)
+    inventory = client(lambda path, body: Answer(200, {"drop_id": DROP, "remaining": 7, "holding": 2,
+                                                       "closes_at": "2026-12-06T18:00:00+00:00"}))
+    stock = inventory.holders(DROP, ["ann", "bob", "cy"])
+    assert (stock.remaining, stock.holding) == (7, 2)
+    closes = datetime(2026, 12, 6, 18, tzinfo=timezone.utc)
+    assert stock.closes_at == closes and stock.closed_by(closes) and not stock.closed_by(closes - timedelta(seconds=1))
     assert inventory._pool.calls == [(f"/drops/{DROP}/holders", {"buyer_ids": ["ann", "bob", "cy"]})]
 
 
@@ -100,7 +105,7 @@ def test_an_inventory_that_does_not_know_holders_gives_the_units_left_and_every_
         def answer(path, body, unknown=unknown):
             return unknown if path.endswith("/holders") else Answer(200, {"id": DROP, "remaining": 4})
 
-        assert client(answer).holders(DROP, ["ann"]) == (4, 0)
+        assert client(answer).holders(DROP, ["ann"]) == DropStock(4, 0, None)
     gone = client(lambda path, body: Answer(404, problem("drop-not-found", 404)))
     with pytest.raises(errors.DropNotFound):
         gone.holders(DROP, ["ann"])
@@ -112,6 +117,8 @@ def test_more_unused_passes_than_a_call_takes_gives_the_units_left_and_every_pas
     from services.inventory.schemas import MAX_HOLDERS_ASKED as INVENTORY_TAKES
 
     assert MAX_HOLDERS_ASKED == INVENTORY_TAKES
-    inventory = client(lambda path, body: Answer(200, {"id": DROP, "remaining": 9}))
-    assert inventory.holders(DROP, [f"b{n}" for n in range(MAX_HOLDERS_ASKED + 1)]) == (9, 0)
+    inventory = client(lambda path, body: Answer(200, {"id": DROP, "remaining": 9,
+                                                       "closes_at": "2026-12-06T18:00:00+00:00"}))
+    stock = inventory.holders(DROP, [f"b{n}" for n in range(MAX_HOLDERS_ASKED + 1)])
+    assert (stock.remaining, stock.holding, stock.closes_at.hour) == (9, 0, 18)
     assert [path for path, _ in inventory._pool.calls] == [f"/drops/{DROP}"]

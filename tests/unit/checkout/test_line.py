@@ -12,6 +12,7 @@ import pytest
 from marshmallow import ValidationError
 
 from services.checkout import admitter, errors, line
+from services.checkout.inventory_client import DropStock
 from services.checkout.schemas import LineRequestSchema, LineSchema
 from shared.values import utc_now
 from tests.unit.checkout.fakes import PASS_SECRET, FakeLines, FakeUnitOfWork, pass_for
@@ -21,13 +22,15 @@ SECRET = PASS_SECRET
 
 
 class StockOf:
-    """Inventory as the admitter sees it: the drop's remaining units, and the buyers holding one."""
+    """Inventory as the admitter sees it: the drop's remaining units, the buyers holding one, and
+    the drop's close (an hour away unless said)."""
 
-    def __init__(self, units: int, holding: frozenset = frozenset()):
+    def __init__(self, units: int, holding: frozenset = frozenset(), closes_at=None):
         self.units, self.holding = units, holding
+        self.closes_at = closes_at or utc_now() + timedelta(hours=1)
 
-    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
-        return self.units, len(set(buyer_ids) & self.holding)
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
+        return DropStock(self.units, len(set(buyer_ids) & self.holding), self.closes_at)
 
 
 class Clock:
@@ -231,6 +234,35 @@ def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     assert line.ticket_view(ticket, made, utc_now(), SECRET)["state"] == line.SOLD_OUT
 
 
+def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_again():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 4, opens_in=-1, admission_rate=100)
+    admitter.turn(uow, StockOf(1))  # opens, admits one
+    closed = StockOf(5, closes_at=utc_now() - timedelta(seconds=1))
+    assert admitter.turn(uow, closed).admitted == 0
+    assert made.state == line.CLOSED
+    ticket = next(ticket for ticket in uow.lines.tickets(DROP) if ticket.admitted_at is None)
+    assert line.ticket_view(ticket, made, utc_now(), SECRET)["state"] == line.CLOSED
+    with pytest.raises(errors.LineClosed):
+        join(DROP, "latecomer", None, uow)
+    assert admitter.turn(uow, closed).admitted == 0  # no longer turned
+
+    line.change_line(DROP, uow, utc_now(), state=line.OPEN)  # the drop's window was extended
+    uow.commit()
+    assert admitter.turn(uow, StockOf(5)).admitted == 3  # everyone still waiting
+    assert join(DROP, "latecomer", None, uow)[1] is True
+
+
+def test_a_line_closed_before_its_opening_and_opened_again_waits_for_its_opening():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 2, opens_in=60)
+    line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
+    line.change_line(DROP, uow, utc_now(), state=line.OPEN)
+    assert made.state == line.PRE_QUEUE and made.opened_at is None
+    with pytest.raises(errors.LineNotOpenYet):
+        line.change_line(DROP, uow, utc_now(), state=line.OPEN)
+
+
 def test_the_rate_halves_while_checkout_sheds_and_recovers_to_the_ceiling():
     assert line.next_rate(20, 20, checkout_shedding=True) == 10
     assert line.next_rate(1.5, 20, checkout_shedding=True) == line.MIN_RATE
@@ -418,7 +450,7 @@ class AnotherAdmitterBetween(StockOf):
         super().__init__(units)
         self.uow, self.turns = uow, 0
 
-    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
         self.turns += 1
         if self.turns == 1:
             admitter.turn(self.uow, StockOf(self.units))
@@ -441,7 +473,7 @@ class AnotherAdmitterAndAnOrderBetween(AnotherAdmitterBetween):
     """As above, and one of the other replica's buyers orders once inventory has answered: its
     unit was still among those left, and its pass is used by the time this admitter looks again."""
 
-    def holders(self, drop_id: str, buyer_ids: list[str]) -> tuple[int, int]:
+    def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
         answer = super().holders(drop_id, buyer_ids)
         first = min((t for t in self.uow.lines.tickets(DROP) if t.used_at is None and t.pass_expires_at
                      and t.pass_expires_at > utc_now()),
