@@ -67,7 +67,7 @@ def init_app(app, settings) -> None:
     description="On a drop with a line (the waiting room) the order needs the admission pass the line gave "
                 "the buyer, in the header `Line-Pass`: without it 403 `line-pass-required`; forged, another "
                 "buyer's or another drop's 403 `line-pass-invalid`; expired 403 `line-pass-expired`; already "
-                "used 409 `line-pass-used`. Nothing is held then, and the refusal is not kept as the key's answer.",
+                "used 409 `line-pass-used`. Nothing stays held then, and the refusal is not kept as the key's answer.",
     headers={"Idempotency-Key": {
         "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
                        "(header `Idempotent-Replayed: true`); the same key with another body answers 422.",
@@ -101,7 +101,8 @@ def place_order():
     checkout = root()
     with unit_of_work() as uow:
         answer = idempotency.place_once(cmd, uow, checkout.inventory, checkout.provider, checkout.settings,
-                                        render=ORDER.dump, instance=request.path)
+                                        render=ORDER.dump, instance=request.path,
+                                        drops_with_lines=checkout.drops_with_lines)
     response = current_app.response_class(answer.body, status=answer.status, mimetype=answer.media_type)
     response.headers.update(answer.headers)
     return response

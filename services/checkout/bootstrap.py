@@ -8,7 +8,8 @@ them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # An API worker runs API_THREADS (24) request threads, at most MAX_ORDERS_IN_FLIGHT (20) of them
-# orders; an order holds its connection through the call to inventory, so 10 connections (20 at
-# the ceiling) cover the orders in flight. A higher MAX_ORDERS_IN_FLIGHT raises the pool with it
+# orders; an order takes a connection for its transaction, after its call to inventory, so 10
+# connections (20 at the ceiling) cover the orders in flight. A higher MAX_ORDERS_IN_FLIGHT raises the pool with it
 # (shared/service.py's `pool_size`, which PgBouncer's sizing reads too). A poll or webhook that
 # comes while all 20 are in orders waits for the first to finish (tens of ms; at most 5 s, then a
 # 503). One per thread (12) would leave the tests' PostgreSQL, two workers per API, too few of its
@@ -36,6 +37,9 @@ class Checkout(service.Root):
     settings: config.Settings
     inventory: InventoryClient | None = None  # the API's and the admitter's
     provider: PaymentProvider | None = None  # the API's and the consumer's
+    # The drops this API process has seen a line on: an order without a pass on one is refused
+    # before its hold (`handlers.admitted_ticket`). Only grows: a line is never taken off a drop.
+    drops_with_lines: set[uuid.UUID] = field(default_factory=set)
 
     def close(self) -> None:
         for client in (self.inventory, self.provider):

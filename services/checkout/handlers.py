@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.checkout import errors, line as waiting_room, orders
-from services.checkout.inventory_client import InventoryClient
+from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
-from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
 from shared.values import utc_now, uuid_or_none
@@ -47,17 +46,61 @@ class PlaceOrder:
         return uuid.uuid5(ORDER_ID_NAMESPACE, f"{self.buyer_id}:{self.idempotency_key}")
 
 
-def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings) -> Order:
-    """Hold the stock and record the order awaiting payment, with `order.placed` in the outbox."""
+def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID]) -> uuid.UUID | None:
+    """Before anything is held, with no database read: the ticket whose line pass the order
+    carries (the pass's signature, buyer, drop and expiry checked: a forged, other buyer's or
+    drop's, or expired pass never holds a unit), None for an order without one. An order without a
+    pass on a drop this process has seen a line on (`drops_with_lines`) is refused here too; on
+    any other drop the order's transaction looks for a line (`place_order`)."""
+    if cmd.line_pass is None:
+        if uuid.UUID(cmd.drop_id) in drops_with_lines:
+            raise _pass_required()
+        return None
+    return waiting_room.verify_pass(settings.line_pass_secret, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
+
+
+def _pass_required() -> errors.LinePassRequired:
+    return errors.LinePassRequired("This drop has a line: join it, and order with the pass it gives you "
+                                   "(header Line-Pass).")
+
+
+def hold_units(cmd: PlaceOrder, inventory: InventoryClient) -> Hold:
+    """Hold the order's units at inventory: idempotent by the order id, which is the key's."""
+    return inventory.reserve(
+        str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
+        buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
+    )
+
+
+def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, inventory: InventoryClient,
+                provider: PaymentProvider, settings, drops_with_lines: set[uuid.UUID]) -> Order:
+    """Record the order for `hold` awaiting payment, with `order.placed` in the outbox, using up
+    its line pass (`ticket_id`'s). A refusal from here on gives the hold back at once: it has no
+    order and never will."""
     order_id, drop_id = cmd.order_id, uuid.UUID(cmd.drop_id)
-    bind_order_id(str(order_id))
-    ticket_id = _use_pass(cmd, uow, settings, drop_id)  # a refused pass is refused before anything is held
-    try:
-        hold, address_key = _hold(cmd, uow, inventory, settings, order_id, drop_id)
-    except Problem:
-        if ticket_id is not None:
-            uow.lines.give_back_pass(ticket_id)  # only a placed order uses its pass up
-        raise
+    if ticket_id is None and uow.lines.has_line(drop_id):
+        drops_with_lines.add(drop_id)  # a line is never taken off its drop: refused before the hold from now on
+        inventory.release(str(order_id))
+        raise _pass_required()
+    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
+        # The order id is the key's, and inventory answers a repeat with the hold it already has:
+        # this key's earlier attempt held units for another body, then failed before any order
+        # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
+        inventory.release(str(order_id))
+        raise errors.IdempotencyKeyReused()
+    address_key = address_key_of(cmd.shipping_address)
+    if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
+        inventory.release(str(order_id))
+        raise errors.AddressLimitReached(
+            f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
+        )
+    if ticket_id is not None:
+        not_used = uow.lines.use_pass(ticket_id, drop_id, cmd.buyer_id)
+        if not_used is not None:
+            inventory.release(str(order_id))
+            if not_used == "used":
+                raise errors.LinePassUsed("This admission pass has already placed an order.")
+            raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
     placed_at = utc_now()
     order = Order(
         id=order_id,
@@ -84,48 +127,6 @@ def place_order(cmd: PlaceOrder, uow, inventory: InventoryClient, provider: Paym
     data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
     uow.publish("order.placed", data)
     return order
-
-
-def _use_pass(cmd: PlaceOrder, uow, settings, drop_id: uuid.UUID) -> uuid.UUID | None:
-    """Use up the order's line pass before anything is held: the ticket whose pass it is, None for
-    a drop without a line. A missing, forged, other buyer's or drop's, expired or used pass is
-    refused here, so it never holds a unit (held, even briefly, near the last units it would turn
-    other admitted buyers' orders into sold-out). The ticket stays locked until the order's
-    transaction ends: an order refused after this gives the pass back, a placed one keeps it used."""
-    if cmd.line_pass is None:
-        if uow.lines.has_line(drop_id):
-            raise errors.LinePassRequired("This drop has a line: join it, and order with the pass it gives you "
-                                          "(header Line-Pass).")
-        return None
-    ticket_id = waiting_room.verify_pass(settings.line_pass_secret, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
-    not_used = uow.lines.use_pass(ticket_id, drop_id, cmd.buyer_id)
-    if not_used == "used":
-        raise errors.LinePassUsed("This admission pass has already placed an order.")
-    if not_used is not None:
-        raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
-    return ticket_id
-
-
-def _hold(cmd: PlaceOrder, uow, inventory: InventoryClient, settings, order_id: uuid.UUID, drop_id: uuid.UUID):
-    """Hold the order's units at inventory and take its shipping address's allowance: the hold
-    and the address's key, or the refusal, with any units held given back."""
-    hold = inventory.reserve(
-        str(order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
-        buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
-    )
-    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
-        # The order id is the key's, and inventory answers a repeat with the hold it already has:
-        # this key's earlier attempt held units for another body, then failed before any order
-        # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
-        inventory.release(str(order_id))
-        raise errors.IdempotencyKeyReused()
-    address_key = address_key_of(cmd.shipping_address)
-    if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
-        inventory.release(str(order_id))
-        raise errors.AddressLimitReached(
-            f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
-        )
-    return hold, address_key
 
 
 def address_key_of(address: dict) -> str:

@@ -4,21 +4,33 @@ A buyer who retries (a timeout, a double click, a crash between request and answ
 same key: they get the very bytes of the first answer, with `Idempotent-Replayed: true`, and
 never a second order. The same key with another body is refused (`422 idempotency-key-reused`).
 
-The key is claimed in the order's own transaction, and the order, its history, its `order.placed`
-outbox row and the key's answer commit together, so there is never a claim without an answer: a
-concurrent duplicate waits on the key until the first commits (and then replays its answer) or
-rolls back (and then takes the key itself). A claim without an answer can only have been left by
-a version that committed claims on their own: the retry takes it over, which is safe because the
-order id comes from the key and inventory's hold is idempotent by order id.
+No transaction is open while inventory holds the units, so behind PgBouncer's transaction
+pooling an order in flight takes a server connection only for its statements, not for the HTTP
+call: a slow inventory does not make checkout's orders queue for connections (and time out as
+503s) ahead of the load shedding's 429s. An order is:
+
+1. Its line pass checked, with no database read (`handlers.admitted_ticket`): a refused pass
+   holds nothing (its key's answer, if it has one, is the answer instead).
+2. The hold at inventory, idempotent by the order id, which is derived from the key.
+3. One transaction: the key is claimed, and the order, its history, its `order.placed` outbox
+   row and the key's answer commit together, so there is never a claim without an answer. A
+   key that has its answer (a retry, or a concurrent duplicate, which waits on the key's unique
+   index until the first commits) is answered with it, and the hold it got, the same order id's,
+   is given back unless that answer placed the order. A claim without an answer can only have
+   been left by a version that committed claims on their own: the retry takes it over.
+
+The statements are the ones a single transaction around the call would send, in another order:
+no read before the hold, nothing more per order.
 
 A definitive refusal (a 4xx other than 429: sold out, not open, a limit reached) is the key's
-answer from then on. A 5xx or a 429 is not remembered: it leaves the unit of work uncommitted,
-the claim rolls back with it, and the buyer's retry starts afresh.
+answer from then on. A 5xx or a 429 is not remembered: nothing is committed, and the buyer's
+retry starts afresh (a hold made before a 5xx is the retry's, since the order id is the key's).
 """
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -56,31 +68,61 @@ class Answer:
 
 
 def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provider: PaymentProvider, settings, *,
-               render: Callable[[Order], dict], instance: str) -> Answer:
-    """Place `cmd`'s order in `uow` (entered, not yet committed) unless its key already has an
-    answer, and return the answer; commits when the answer is one to keep.
+               render: Callable[[Order], dict], instance: str, drops_with_lines: set[uuid.UUID]) -> Answer:
+    """Place `cmd`'s order with `uow` (entered) unless its key already has an answer, and return
+    the answer; commits when the answer is one to keep (the module's docstring says the steps).
 
     `render` is the order as the API shows it (the 201 body), `instance` the request's path (a
-    refusal's problem document names it). Raises `IdempotencyKeyReused` for another body, and
-    whatever 5xx or 429 the placement raised, uncommitted."""
-    held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
-    if held is not None:
-        if held.fingerprint != cmd.fingerprint:
-            raise errors.IdempotencyKeyReused()
-        if held.response_status is not None:
-            return Answer(held.response_status, held.response_body, replayed=True)
-        log.warning("took over an unanswered idempotency key")
+    refusal's problem document names it), `drops_with_lines` the drops this process has seen a
+    line on (`handlers.admitted_ticket`). Raises `IdempotencyKeyReused` for another body, a
+    refused line pass, and whatever 5xx or 429 the placement raised, with nothing committed."""
     try:
-        order = handlers.place_order(cmd, uow, inventory, provider, settings)
+        ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
+    except errors.LinePassRefused as refused:
+        earlier = uow.idempotency_keys.find(cmd.buyer_id, cmd.idempotency_key)
+        answer = None if earlier is None else _earlier_answer(cmd, earlier)
+        if answer is None:
+            raise refused
+        return answer  # a retry of an order placed with a pass that has expired since, say
+    hold, refusal = None, None
+    try:
+        hold = handlers.hold_units(cmd, inventory)
     except Problem as problem:
         if not is_definitive(problem):
             raise
-        answer = Answer(problem.status, json.dumps(dict(problem.to_dict(), instance=instance)))
-    else:
-        answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
+        refusal = problem
+    held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
+    if held is not None:
+        if held.response_status is not None or held.fingerprint != cmd.fingerprint:
+            # a concurrent request with this key was answered first
+            if hold is not None and held.response_status != 201:
+                inventory.release(str(cmd.order_id))  # no order has this id, nor ever will
+            return _earlier_answer(cmd, held)
+        log.warning("took over an unanswered idempotency key")
+    if refusal is None:
+        try:
+            order = handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings, drops_with_lines)
+        except Problem as problem:
+            if not is_definitive(problem):
+                raise
+            refusal = problem
+        else:
+            answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
+    if refusal is not None:
+        answer = Answer(refusal.status, json.dumps(dict(refusal.to_dict(), instance=instance)))
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
     uow.commit()
     return answer
+
+
+def _earlier_answer(cmd: handlers.PlaceOrder, held) -> Answer | None:
+    """The answer an earlier request with this key was given, replayed; None if it has none
+    (taken over). The same key with another body is refused."""
+    if held.fingerprint != cmd.fingerprint:
+        raise errors.IdempotencyKeyReused()
+    if held.response_status is None:
+        return None
+    return Answer(held.response_status, held.response_body, replayed=True)
 
 
 def is_definitive(refusal: Problem) -> bool:

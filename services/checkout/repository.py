@@ -156,6 +156,11 @@ class IdempotencyKeys:
             if held is not None:
                 return KeyHeld(*held)
 
+    def find(self, buyer_id: str, key: str) -> KeyHeld | None:
+        """The buyer's key as an earlier request left it, if it was sent before; nothing is locked."""
+        held = _FIND_KEY.first(self._session, {"buyer_id": buyer_id, "key": key})
+        return None if held is None else KeyHeld(*held)
+
     def answer(self, buyer_id: str, key: str, status: int, body: str) -> None:
         """Keep `status` and `body` as the key's answer."""
         _REMEMBER_RESPONSE.run(self._session, {"buyer_id": buyer_id, "key": key, "status": status, "body": body})
@@ -232,6 +237,9 @@ _CLAIM_KEY = Statement(
 _LOCK_KEY = Statement(
     "SELECT fingerprint, response_status, response_body FROM idempotency_keys "
     "WHERE buyer_id = :buyer_id AND key = :key FOR UPDATE"
+)
+_FIND_KEY = Statement(
+    "SELECT fingerprint, response_status, response_body FROM idempotency_keys WHERE buyer_id = :buyer_id AND key = :key"
 )
 _REMEMBER_RESPONSE = Statement(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
@@ -369,10 +377,6 @@ class Lines:
         ticket = self._session.get(LineTicket, ticket_id)
         return "used" if ticket is not None and ticket.used_at is not None else "expired"
 
-    def give_back_pass(self, ticket_id: uuid.UUID) -> None:
-        """Undo `use_pass` for an order refused after it, in the same transaction."""
-        self._session.execute(_GIVE_BACK_PASS, {"ticket_id": ticket_id})
-
 
 class CheckoutUnitOfWork(db.UnitOfWork):
     """The shared unit of work plus checkout's repositories on its session."""
@@ -469,6 +473,4 @@ _USE_PASS = sa.text(
     "UPDATE line_tickets SET used_at = now() WHERE id = :ticket_id AND drop_id = :drop_id AND buyer_id = :buyer_id "
     "AND used_at IS NULL AND pass_expires_at > now() RETURNING id"
 ).bindparams(sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)), *_UUIDS)
-_GIVE_BACK_PASS = sa.text("UPDATE line_tickets SET used_at = NULL WHERE id = :ticket_id").bindparams(
-    sa.bindparam("ticket_id", type_=pg.UUID(as_uuid=True)))
 _CHECKOUT_REFUSALS = sa.text("SELECT process, refused FROM checkout_load WHERE updated_at > now() - interval '30 seconds'")

@@ -123,10 +123,10 @@ class Stock:
         """Release `reservations` (locked, held or sold): each becomes `released`, and its units
         go back to its drop's stock and its buyer's allowance, in the global lock order (the
         reservation rows, locked by the caller, then the buyer allowances sorted, then the stock
-        rows in drop order; the whole order is written at the top of handlers/reservations.py)."""
-        for reservation in reservations:
-            reservation.status = RELEASED
-        self._session.flush()
+        rows in drop order; the whole order is written at the top of handlers/reservations.py).
+        The reservations' new status is written after the allowances: a hold of the same order id
+        (a duplicate of the order, still in flight) takes its buyer's allowance, then waits on
+        that new row version, and would otherwise deadlock with this release."""
         by_buyer: Counter = Counter()
         by_drop: Counter = Counter()
         for reservation in reservations:
@@ -139,6 +139,9 @@ class Stock:
             .values(taken=allowance.c.taken - sa.bindparam("q")),
             [{"d": d, "b": b, "q": q} for (d, b), q in sorted(by_buyer.items())],
         )
+        for reservation in reservations:
+            reservation.status = RELEASED
+        self._session.flush()
         for drop_id, units in sorted(by_drop.items()):
             self._session.execute(_GIVE_BACK, {"d": drop_id, "q": units})
 

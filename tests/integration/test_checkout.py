@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
+import signal
 import time
 import uuid
 
@@ -180,6 +182,35 @@ def test_with_inventory_down_buyers_get_fast_answers_and_ordering_resumes(floodg
     answer = poll(lambda: (lambda a: a if a.status_code == 201 else None)(floodgate.place_order(tokens[0], drop["id"])),
                   timeout=30, what="ordering to resume")
     assert answer.json()["status"] == "awaiting_payment"
+
+
+def test_no_checkout_transaction_stays_open_while_inventory_holds_an_order(floodgate, stack, admin_token):
+    """Behind PgBouncer's transaction pooling an open transaction is a server connection taken: one
+    kept across the hold's HTTP call makes every order queue for connections as soon as inventory
+    slows, and time out as 503s. Inventory frozen: the order waits out its 2 s timeout with no
+    transaction of checkout's open meanwhile."""
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    _, token = floodgate.register()
+    inventory = stack.processes["inventory-api"]
+    waiting_in_transaction = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND state LIKE 'idle in transaction%' AND now() - xact_start > interval '0.5 seconds'")
+    os.killpg(inventory.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            key = str(uuid.uuid4())
+            ordering = pool.submit(floodgate.place_order, token, drop["id"], key=key)
+            seen = []
+            while not ordering.done():
+                seen.append(scalar(stack, "checkout", waiting_in_transaction))
+            answer = ordering.result()
+    finally:
+        os.killpg(inventory.pid, signal.SIGCONT)
+    assert answer.status_code == 503 and answer.json()["type"].endswith("/inventory-unavailable"), answer.text
+    assert len(seen) > 10 and max(seen) == 0, f"transactions open across the hold, sampled: {sorted(set(seen))}"
+    # the buyer's retry (same key) gets the order, with the hold the frozen inventory made late or a new one
+    assert poll(lambda: floodgate.place_order(token, drop["id"], key=key).status_code == 201, timeout=10,
+                what="the retry's order once inventory answers again")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
 
 def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(floodgate, stack, admin_token):

@@ -4,7 +4,10 @@ from __future__ import annotations
 import concurrent.futures
 import uuid
 
-from devtools.client import poll
+import jwt
+
+from devtools.client import CANADIAN_ADDRESS, poll
+from services.checkout.handlers import ORDER_ID_NAMESPACE
 from tests.integration.database import scalar
 
 
@@ -73,3 +76,27 @@ def test_one_idempotency_key_makes_one_order_sequentially_and_concurrently(flood
         assert len(listed.json()["orders"]) == 1
     assert scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE order_id IN (:a, :b)",
                   a=first.json()["id"], b=answers[0].json()["id"]) == 2
+
+
+def test_a_burst_of_one_key_that_is_refused_leaves_no_unit_held(floodgate, stack, admin_token):
+    """Each request of the burst asks inventory for the key's hold before the first has answered
+    (no transaction is open across that call); the first's refusal (its address has its two
+    units already) is every request's answer, and the hold they shared goes back."""
+    drop = floodgate.create_drop(admin_token, quantity=4, per_buyer_limit=2)
+    _, neighbour = floodgate.register()
+    _, racer = floodgate.register()
+    address = dict(CANADIAN_ADDRESS, street_address="7 Rideau Gate")
+    assert floodgate.place_order(neighbour, drop["id"], quantity=2, address=address).status_code == 201
+    key = str(uuid.uuid4())
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: floodgate.place_order(racer, drop["id"], key=key, address=address),
+                                range(12)))
+    answers = [a if a.status_code != 429 else floodgate.place_order(racer, drop["id"], key=key, address=address)
+               for a in answers]
+    assert {a.status_code for a in answers} == {409}, [a.text for a in answers]
+    assert len({a.json()["type"] for a in answers}) == 1 and answers[0].json()["type"].endswith("/address-limit-exceeded")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 2
+    racer_id = jwt.decode(racer, options={"verify_signature": False})["sub"]
+    order_id = uuid.uuid5(ORDER_ID_NAMESPACE, f"{racer_id}:{key}")  # what checkout asked inventory to hold
+    assert scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE order_id = :id AND status <> 'released'",
+                  id=str(order_id)) == 0

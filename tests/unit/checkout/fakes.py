@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
-from services.checkout import config, handlers, line as waiting_room
+from services.checkout import config, handlers, idempotency, line as waiting_room
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
 from services.checkout.inventory_client import Hold
 from services.checkout.models import Line, LineTicket, Order
@@ -75,6 +75,9 @@ class FakeIdempotencyKeys:
         if held is None:
             self.rows[(buyer_id, key)] = KeyHeld(fingerprint, None, None)
         return held
+
+    def find(self, buyer_id, key):
+        return self.rows.get((buyer_id, key))
 
     def answer(self, buyer_id, key, status, body):
         self.rows[(buyer_id, key)] = replace(self.rows[(buyer_id, key)], response_status=status, response_body=body)
@@ -229,9 +232,6 @@ class FakeLines:
         ticket.used_at = utc_now()
         return None
 
-    def give_back_pass(self, ticket_id):
-        self.rows[("ticket", ticket_id)].used_at = None
-
 
 class FakeUnitOfWork:
     """Like CheckoutUnitOfWork: what a block writes, events included, is kept only if it commits
@@ -278,7 +278,8 @@ class FakeUnitOfWork:
 class FakeInventory:
     """Inventory as checkout's client sees it: every call recorded; `reserve_refusal` and
     `sell_refusal`, when set, are raised instead of holding or selling (a renewal that holds
-    the units again ends the sale's refusal)."""
+    the units again ends the sale's refusal); `meanwhile`, when set, is called as a hold is
+    made (what other requests did while this one waited for inventory)."""
 
     def __init__(self):
         self.reserved = []
@@ -287,11 +288,14 @@ class FakeInventory:
         self.holds = {}  # order id -> its hold
         self.reserve_refusal = None
         self.sell_refusal = None
+        self.meanwhile = None
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
                 order_version=None):
         self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
                               "order_version": order_version})
+        if self.meanwhile is not None:
+            self.meanwhile()
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
         if renew:
@@ -337,6 +341,7 @@ class Checkout:
         self.inventory = FakeInventory()
         self.provider = FakeProvider()
         self.settings = SETTINGS
+        self.drops_with_lines = set()
         self.consumed = handlers.event_handlers(self.provider, self.settings)
 
     def run(self, operation):
@@ -348,9 +353,15 @@ class Checkout:
         return result, self.uow.published[before:]
 
     def place(self, key="key-1", quantity=1, address=HOME, buyer_id=BUYER) -> Order:
+        """As `POST /orders` places it; raises a refusal the key would not keep."""
         cmd = order_request(key, quantity, address, buyer_id)
-        order, _ = self.run(lambda uow: handlers.place_order(cmd, uow, self.inventory, self.provider, self.settings))
-        return order
+        with self.uow as uow:
+            answer = idempotency.place_once(cmd, uow, self.inventory, self.provider, self.settings,
+                                            render=lambda order: {"id": str(order.id)}, instance="/orders",
+                                            drops_with_lines=self.drops_with_lines)
+        if answer.status != 201:
+            raise AssertionError(f"the order was refused: {answer.body}")
+        return self.uow.orders.get(cmd.order_id)
 
     def pay(self, notice: PaymentNotice):
         """The webhook's result and the events it published."""

@@ -1,6 +1,7 @@
 """`POST /orders` at most once per Idempotency-Key: what the buyer is answered, first and on
 every retry, and what is kept as the key's answer."""
 import json
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,8 @@ from services.checkout import errors, idempotency
 from services.checkout.repository import KeyHeld
 from services.checkout.schemas import OrderSchema
 from shared.errors import PROBLEM_BASE, Problem
-from tests.unit.checkout.fakes import BUYER, HOME, order_request
+from shared.values import utc_now
+from tests.unit.checkout.fakes import BUYER, DROP_ID, HOME, order_request, pass_for
 
 ORDER = OrderSchema()
 
@@ -18,7 +20,7 @@ def send(checkout, cmd):
     """As the view does: place once, in a unit of work the unit commits when it keeps an answer."""
     with checkout.uow as uow:
         return idempotency.place_once(cmd, uow, checkout.inventory, checkout.provider, checkout.settings,
-                                      render=ORDER.dump, instance="/orders")
+                                      render=ORDER.dump, instance="/orders", drops_with_lines=checkout.drops_with_lines)
 
 
 def kept(checkout, key="key-1"):
@@ -49,7 +51,8 @@ def test_a_retry_gets_the_very_same_answer_marked_replayed_and_no_second_order(c
     again = send(checkout, order_request())
     assert (again.status, again.body, again.media_type) == (first.status, first.body, first.media_type)
     assert again.headers == {"Idempotent-Replayed": "true"}
-    assert len(checkout.inventory.reserved) == 1
+    # inventory answered the retry's hold with the order's own (same order id), which stays held
+    assert len(checkout.inventory.holds) == 1 and checkout.inventory.released == []
     assert published(checkout) == ["order.placed"]
 
 
@@ -74,7 +77,7 @@ def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout)
         send(checkout, order_request(quantity=2))
     assert refused.value.status == 422
     assert kept(checkout).response_body == first.body
-    assert len(checkout.inventory.reserved) == 1
+    assert len(checkout.inventory.holds) == 1 and checkout.inventory.released == []  # the first order's
     assert published(checkout) == ["order.placed"]
 
 
@@ -92,7 +95,8 @@ def test_a_definitive_refusal_is_the_keys_answer_from_then_on(checkout, refusal)
     checkout.inventory.reserve_refusal = None  # stock came back: the key's answer stays the refusal
     again = send(checkout, order_request())
     assert (again.status, again.body, again.headers) == (answer.status, answer.body, {"Idempotent-Replayed": "true"})
-    assert len(checkout.inventory.reserved) == 1
+    assert checkout.inventory.released == [str(order_request().order_id)]  # the retry's hold has no order
+    assert checkout.uow.orders.rows == {}
 
 
 def test_an_address_over_its_limit_is_refused_its_hold_released_and_the_refusal_kept(checkout):
@@ -131,16 +135,37 @@ def test_a_claim_left_without_an_answer_is_taken_over_by_the_retry(checkout):
     assert kept(checkout).response_status == 201
 
 
-def test_a_used_line_pass_is_refused_before_anything_is_held(checkout):
+def test_an_expired_forged_or_foreign_line_pass_is_refused_before_anything_is_held(checkout):
     """Held even for a moment, a unit near the drop's last ones would turn another admitted
     buyer's order into sold-out."""
+    checkout.admitted()
+    secret = checkout.settings.line_pass_secret
+    refused = [(pass_for(buyer=BUYER, expires_in=-5, secret=secret)[0], errors.LinePassExpired),
+               (pass_for(buyer=BUYER, secret="a guess at the secret, long enough for HS256")[0], errors.LinePassInvalid),
+               (pass_for(buyer="someone else", secret=secret)[0], errors.LinePassInvalid)]
+    for line_pass, refusal in refused:
+        with pytest.raises(refusal):
+            send(checkout, order_request(line_pass=line_pass))
+    assert checkout.inventory.reserved == [] and kept(checkout) is None
+
+
+def test_a_used_line_pass_is_refused_and_the_unit_it_held_given_back_at_once(checkout):
     line_pass, ticket = checkout.admitted()
     assert send(checkout, order_request(line_pass=line_pass)).status == 201
     with pytest.raises(errors.LinePassUsed):
         send(checkout, order_request(key="key-2", line_pass=line_pass))
+    assert checkout.inventory.released == [str(order_request(key="key-2").order_id)]
+    assert kept(checkout, "key-2") is None and ticket.used_at is not None
+
+
+def test_an_order_without_a_pass_on_a_drop_with_a_line_holds_a_unit_once_per_process_at_most(checkout):
+    checkout.admitted()
+    for key in ("key-1", "key-2", "key-3"):
+        with pytest.raises(errors.LinePassRequired):
+            send(checkout, order_request(key=key))
+    # the first found the line in its transaction and gave its hold back; the others held nothing
     assert [hold["order_id"] for hold in checkout.inventory.reserved] == [str(order_request().order_id)]
-    assert checkout.inventory.released == [] and kept(checkout, "key-2") is None
-    assert ticket.used_at is not None
+    assert checkout.inventory.released == [str(order_request().order_id)]
 
 
 @pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."), errors.SaleNotOpen("Opens at 15:00."),
@@ -166,3 +191,50 @@ def test_an_address_over_its_limit_leaves_its_line_pass_unused(checkout):
     answer = send(checkout, order_request(key="key-2", buyer_id="neighbour", line_pass=line_pass))
     assert json.loads(answer.body)["type"] == PROBLEM_BASE + "address-limit-exceeded"
     assert ticket.used_at is None
+
+
+def answered_meanwhile(checkout, status, body="{}"):
+    """A concurrent request with the same key, answered while this one waited for its hold."""
+    def answer():
+        cmd = order_request()
+        checkout.uow.idempotency_keys.rows[(BUYER, cmd.idempotency_key)] = KeyHeld(cmd.fingerprint, status, body)
+    return answer
+
+
+def test_a_duplicate_whose_first_was_refused_meanwhile_replays_the_refusal_and_gives_its_hold_back(checkout):
+    checkout.inventory.meanwhile = answered_meanwhile(checkout, 409, '{"type": "sold-out"}')
+    answer = send(checkout, order_request())
+    assert (answer.status, answer.body, answer.replayed) == (409, '{"type": "sold-out"}', True)
+    assert checkout.inventory.released == [str(order_request().order_id)]
+    assert checkout.uow.orders.rows == {} and published(checkout) == []
+
+
+def test_a_duplicate_whose_first_placed_the_order_meanwhile_replays_it_and_keeps_the_hold(checkout):
+    checkout.inventory.meanwhile = answered_meanwhile(checkout, 201, '{"id": "the first"}')
+    answer = send(checkout, order_request())
+    assert (answer.status, answer.body, answer.replayed) == (201, '{"id": "the first"}', True)
+    assert checkout.inventory.released == []  # the hold is the first's order's: same order id
+
+
+def test_a_line_pass_used_by_another_order_while_this_one_held_is_refused_and_the_hold_given_back(checkout):
+    line_pass, ticket = checkout.admitted()
+
+    def used_meanwhile():
+        ticket.used_at = utc_now()
+
+    checkout.inventory.meanwhile = used_meanwhile
+    with pytest.raises(errors.LinePassUsed):
+        send(checkout, order_request(line_pass=line_pass))
+    assert checkout.inventory.released == [str(order_request().order_id)]
+    assert kept(checkout) is None and checkout.uow.orders.rows == {}
+
+
+def test_a_retry_of_an_answered_key_is_replayed_whatever_line_pass_it_carries(checkout):
+    line_pass, _ = checkout.admitted()
+    first = send(checkout, order_request(line_pass=line_pass))
+    checkout.drops_with_lines.add(uuid.UUID(DROP_ID))
+    expired = pass_for(buyer=BUYER, expires_in=-5, secret=checkout.settings.line_pass_secret)[0]
+    for carried in (line_pass, "not a pass", expired, None):
+        again = send(checkout, order_request(line_pass=carried))
+        assert (again.status, again.body, again.replayed) == (201, first.body, True)
+    assert checkout.inventory.released == []
