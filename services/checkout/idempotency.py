@@ -39,6 +39,7 @@ from services.checkout.inventory_client import InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
 from shared.errors import Problem
+from shared.logs import bind_order_id
 
 log = logging.getLogger("floodgate.checkout")
 
@@ -76,6 +77,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     refusal's problem document names it), `drops_with_lines` the drops this process has seen a
     line on (`handlers.admitted_ticket`). Raises `IdempotencyKeyReused` for another body, a
     refused line pass, and whatever 5xx or 429 the placement raised, with nothing committed."""
+    bind_order_id(str(cmd.order_id))  # the request's log lines and span name the order from here
     try:
         ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
     except errors.LinePassRefused as refused:

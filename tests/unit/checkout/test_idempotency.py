@@ -1,5 +1,6 @@
 """`POST /orders` at most once per Idempotency-Key: what the buyer is answered, first and on
 every retry, and what is kept as the key's answer."""
+import contextvars
 import json
 import uuid
 from dataclasses import replace
@@ -10,6 +11,7 @@ from services.checkout import errors, idempotency
 from services.checkout.repository import KeyHeld
 from services.checkout.schemas import OrderSchema
 from shared.errors import PROBLEM_BASE, Problem
+from shared.logs import order_id_var
 from shared.values import utc_now
 from tests.unit.checkout.fakes import BUYER, DROP_ID, HOME, order_request, pass_for
 
@@ -238,3 +240,18 @@ def test_a_retry_of_an_answered_key_is_replayed_whatever_line_pass_it_carries(ch
         again = send(checkout, order_request(line_pass=carried))
         assert (again.status, again.body, again.replayed) == (201, first.body, True)
     assert checkout.inventory.released == []
+
+
+@pytest.mark.parametrize("refusal", [None, errors.SoldOut("The drop is sold out."),
+                                     errors.InventoryUnavailable("Inventory did not answer in time.")],
+                         ids=["placed", "refused", "5xx"])
+def test_every_log_line_of_an_order_names_it_from_before_the_hold(checkout, refusal):
+    seen = []
+    checkout.inventory.meanwhile = lambda: seen.append(order_id_var.get())
+    checkout.inventory.reserve_refusal = refusal
+    context = contextvars.copy_context()
+    try:
+        context.run(send, checkout, order_request())
+    except Problem:
+        pass
+    assert seen == [str(order_request().order_id)] == [context[order_id_var]]
