@@ -29,6 +29,11 @@ class AddressLimitReached(Problem):
     status, slug, title = 409, "address-limit-exceeded", "Purchase limit reached for this shipping address"
 
 
+class HoldReleased(SoldOut):
+    """Inventory answered an order id with its hold given back (run out, or released after a
+    refusal): sold out to the payment that came for it; a new attempt of the order holds again."""
+
+
 class TooBusy(RetryLater):
     status, slug, title = 429, "too-busy", "Checkout is at capacity"
 
@@ -91,6 +96,7 @@ __all__ = [
     "AddressLimitReached",
     "CountryNotAllowed",
     "DropNotFound",
+    "HoldReleased",
     "IdempotencyKeyReused",
     "InvalidSignature",
     "InvalidTransition",

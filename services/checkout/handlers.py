@@ -51,37 +51,46 @@ def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID])
     carries (the pass's signature, buyer, drop and expiry checked: a forged, other buyer's or
     drop's, or expired pass never holds a unit), None for an order without one. An order without a
     pass on a drop this process has seen a line on (`drops_with_lines`) is refused here too; on
-    any other drop the order's transaction looks for a line (`place_order`)."""
+    any other drop the order's transaction looks for a line (`has_line`)."""
     if cmd.line_pass is None:
         if uuid.UUID(cmd.drop_id) in drops_with_lines:
-            raise _pass_required()
+            raise pass_required()
         return None
     return waiting_room.verify_pass(settings.line_pass_secret, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
 
 
-def _pass_required() -> errors.LinePassRequired:
+def has_line(cmd: PlaceOrder, uow, drops_with_lines: set[uuid.UUID]) -> bool:
+    """Whether the order's drop has a line (in the order's transaction), remembered once it has:
+    a line is never taken off its drop, so the next orders without a pass are refused before
+    their hold (`admitted_ticket`)."""
+    drop_id = uuid.UUID(cmd.drop_id)
+    if not uow.lines.has_line(drop_id):
+        return False
+    drops_with_lines.add(drop_id)
+    return True
+
+
+def pass_required() -> errors.LinePassRequired:
     return errors.LinePassRequired("This drop has a line: join it, and order with the pass it gives you "
                                    "(header Line-Pass).")
 
 
-def hold_units(cmd: PlaceOrder, inventory: InventoryClient) -> Hold:
-    """Hold the order's units at inventory: idempotent by the order id, which is the key's."""
+def hold_units(cmd: PlaceOrder, inventory: InventoryClient, again: bool = False) -> Hold:
+    """Hold the order's units at inventory: idempotent by the order id, which is the key's.
+    `again` holds once more the units of an earlier attempt of this key whose hold was given back
+    (refused after its hold for a reason not kept as the key's answer: no pass yet, a pass used)."""
     return inventory.reserve(
-        str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity,
+        str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity, renew=again,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
     )
 
 
 def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, inventory: InventoryClient,
-                provider: PaymentProvider, settings, drops_with_lines: set[uuid.UUID]) -> Order:
+                provider: PaymentProvider, settings) -> Order:
     """Record the order for `hold` awaiting payment, with `order.placed` in the outbox, using up
     its line pass (`ticket_id`'s). A refusal from here on gives the hold back at once: it has no
     order and never will."""
     order_id, drop_id = cmd.order_id, uuid.UUID(cmd.drop_id)
-    if ticket_id is None and uow.lines.has_line(drop_id):
-        drops_with_lines.add(drop_id)  # a line is never taken off its drop: refused before the hold from now on
-        inventory.release(str(order_id))
-        raise _pass_required()
     if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
         # The order id is the key's, and inventory answers a repeat with the hold it already has:
         # this key's earlier attempt held units for another body, then failed before any order

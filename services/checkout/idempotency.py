@@ -20,7 +20,9 @@ call: a slow inventory does not make checkout's orders queue for connections (an
    been left by a version that committed claims on their own: the retry takes it over.
 
 The statements are the ones a single transaction around the call would send, in another order:
-no read before the hold, nothing more per order.
+no read before the hold, nothing more per order. A retry therefore reaches inventory: an
+answered key's retry is answered from the database when inventory fails or checkout sheds,
+and a refused key's retry may hold a unit for a moment before its answer gives it back.
 
 A definitive refusal (a 4xx other than 429: sold out, not open, a limit reached) is the key's
 answer from then on. A 5xx or a 429 is not remembered: nothing is committed, and the buyer's
@@ -78,32 +80,46 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     line on (`handlers.admitted_ticket`). Raises `IdempotencyKeyReused` for another body, a
     refused line pass, and whatever 5xx or 429 the placement raised, with nothing committed."""
     bind_order_id(str(cmd.order_id))  # the request's log lines and span name the order from here
-    try:
-        ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
-    except errors.LinePassRefused as refused:
-        earlier = uow.idempotency_keys.find(cmd.buyer_id, cmd.idempotency_key)
-        answer = None if earlier is None else _earlier_answer(cmd, earlier)
-        if answer is None:
-            raise refused
-        return answer  # a retry of an order placed with a pass that has expired since, say
     hold, refusal = None, None
     try:
-        hold = handlers.hold_units(cmd, inventory)
-    except Problem as problem:
-        if not is_definitive(problem):
-            raise
-        refusal = problem
+        ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
+        try:
+            hold = handlers.hold_units(cmd, inventory)
+        except Problem as problem:
+            if not is_definitive(problem):
+                raise
+            refusal = problem
+    except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
+        return _answered_or_raise(cmd, uow, failed)
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
     if held is not None:
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
-            # a concurrent request with this key was answered first
+            # a retry, or a concurrent request with this key answered first
+            uow.rollback()  # no transaction open across the release's HTTP call
             if hold is not None and held.response_status != 201:
                 inventory.release(str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
+    if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
+        # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
+        if hold is not None:
+            inventory.release(str(cmd.order_id))
+        raise handlers.pass_required()
+    if isinstance(refusal, errors.HoldReleased):
+        # This key's earlier attempt was refused after its hold, which went back, and kept no
+        # answer: this attempt holds the units again (a rare path, the only HTTP call made in
+        # the transaction; a retry of an answered key never gets here, so never takes units
+        # back for an order that ended).
+        refusal = None
+        try:
+            hold = handlers.hold_units(cmd, inventory, again=True)
+        except Problem as problem:
+            if not is_definitive(problem):
+                raise
+            refusal = problem
     if refusal is None:
         try:
-            order = handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings, drops_with_lines)
+            order = handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings)
         except Problem as problem:
             if not is_definitive(problem):
                 raise
@@ -114,6 +130,16 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         answer = Answer(refusal.status, json.dumps(dict(refusal.to_dict(), instance=instance)))
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
     uow.commit()
+    return answer
+
+
+def _answered_or_raise(cmd: handlers.PlaceOrder, uow, failed: Problem) -> Answer:
+    """The key's answer if an earlier request with it has one (a retry of an order placed with a
+    pass that has expired since, or while inventory does not answer), else `failed` raised."""
+    earlier = uow.idempotency_keys.find(cmd.buyer_id, cmd.idempotency_key)
+    answer = None if earlier is None else _earlier_answer(cmd, earlier)
+    if answer is None:
+        raise failed
     return answer
 
 

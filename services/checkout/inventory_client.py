@@ -292,8 +292,8 @@ class InventoryClient:
             raise self._refusal_of(status, document)
         held = document
         if held["status"] == "released":
-            # an earlier hold for this order ran out and inventory could not renew it
-            raise errors.SoldOut("The hold for this order was released and could not be renewed.")
+            # an earlier hold for this order ran out, or was given back, and inventory did not renew it
+            raise errors.HoldReleased("The hold for this order was released and could not be renewed.")
         return Hold(
             order_id=held["order_id"],
             drop_id=held["drop_id"],

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
-from services.checkout import config, handlers, idempotency, line as waiting_room
+from services.checkout import config, errors, handlers, idempotency, line as waiting_room
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice, PlaceOrder
 from services.checkout.inventory_client import Hold
 from services.checkout.models import Line, LineTicket, Order
@@ -286,6 +286,7 @@ class FakeInventory:
         self.sold = []
         self.released = []
         self.holds = {}  # order id -> its hold
+        self.given_back = set()  # order ids whose hold was released (held again only by a renewal)
         self.reserve_refusal = None
         self.sell_refusal = None
         self.meanwhile = None
@@ -301,8 +302,11 @@ class FakeInventory:
         if renew:
             self.sell_refusal = None  # the units are held again: they can be sold
         held = self.holds.get(order_id)
-        if held is not None and order_id not in self.released:
+        if held is not None and order_id not in self.given_back:
             return held  # as inventory answers a repeat of an order id: the hold it has
+        if held is not None and not renew:
+            raise errors.HoldReleased("The hold for this order was released and could not be renewed.")
+        self.given_back.discard(order_id)
         self.holds[order_id] = Hold(order_id=order_id, drop_id=drop_id, quantity=quantity,
                                     hold_expires_at=utc_now() + HOLD, unit_amount=UNIT_PRICE, currency=CURRENCY,
                                     sku="OPO-64-BLK", product_name="One phone, 64 GB")
@@ -315,6 +319,7 @@ class FakeInventory:
 
     def release(self, order_id):
         self.released.append(order_id)
+        self.given_back.add(order_id)
 
 
 class FakeProvider:

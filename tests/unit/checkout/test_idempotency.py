@@ -255,3 +255,47 @@ def test_every_log_line_of_an_order_names_it_from_before_the_hold(checkout, refu
     except Problem:
         pass
     assert seen == [str(order_request().order_id)] == [context[order_id_var]]
+
+
+@pytest.mark.parametrize("failure", [errors.InventoryUnavailable("Inventory did not answer in time."),
+                                     errors.TooBusy("Checkout is busy.")], ids=lambda failure: str(failure.status))
+def test_a_retry_of_an_answered_key_is_answered_while_inventory_does_not_answer(checkout, failure):
+    first = send(checkout, order_request())
+    checkout.inventory.reserve_refusal = failure
+    again = send(checkout, order_request())
+    assert (again.status, again.body, again.replayed) == (201, first.body, True)
+    with pytest.raises(type(failure)):
+        send(checkout, order_request(key="key-2"))  # a new key has no answer: the failure is its answer
+
+
+def test_an_order_sent_again_with_its_pass_after_a_refusal_for_none_is_placed(checkout):
+    """The first attempt held, found the line and gave the hold back; inventory answers that order
+    id with the hold given back (not a new one), so the attempt with the pass holds it again."""
+    line_pass, ticket = checkout.admitted()
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, order_request())
+    placed = send(checkout, order_request(line_pass=line_pass))
+    assert placed.status == 201 and ticket.used_at is not None
+    assert checkout.inventory.reserved[-1]["renew"] is True
+    assert checkout.inventory.released == [str(order_request().order_id)]  # the first attempt's, only
+
+
+@pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."), errors.SaleNotOpen("Opens at 15:00.")],
+                         ids=lambda refusal: refusal.slug)
+def test_an_order_without_a_pass_refused_at_inventory_is_told_the_drop_has_a_line_and_nothing_is_kept(checkout,
+                                                                                                       refusal):
+    line_pass, _ = checkout.admitted()
+    checkout.inventory.reserve_refusal = refusal
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, order_request())
+    assert kept(checkout) is None
+    checkout.inventory.reserve_refusal = None
+    assert send(checkout, order_request(line_pass=line_pass)).status == 201
+
+
+def test_a_retry_of_an_order_that_ended_does_not_take_its_units_again(checkout):
+    first = send(checkout, order_request())
+    checkout.inventory.release(str(order_request().order_id))  # the order expired or was cancelled since
+    again = send(checkout, order_request())
+    assert (again.status, again.body, again.replayed) == (201, first.body, True)
+    assert all(not hold["renew"] for hold in checkout.inventory.reserved)
