@@ -34,7 +34,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 from services.checkout import errors, handlers
 from services.checkout.inventory_client import InventoryClient
@@ -44,6 +44,7 @@ from shared.errors import Problem
 from shared.logs import bind_order_id
 
 log = logging.getLogger("floodgate.checkout")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,9 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     line on (`handlers.admitted_ticket`). Raises `IdempotencyKeyReused` for another body, a
     refused line pass, and whatever 5xx or 429 the placement raised, with nothing committed."""
     bind_order_id(str(cmd.order_id))  # the request's log lines and span name the order from here
-    hold, refusal = None, None
     try:
         ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
-        try:
-            hold = handlers.hold_units(cmd, inventory)
-        except Problem as problem:
-            if not is_definitive(problem):
-                raise
-            refusal = problem
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
@@ -110,27 +105,28 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         # answer: this attempt holds the units again (a rare path, the only HTTP call made in
         # the transaction; a retry of an answered key never gets here, so never takes units
         # back for an order that ended).
-        refusal = None
-        try:
-            hold = handlers.hold_units(cmd, inventory, again=True)
-        except Problem as problem:
-            if not is_definitive(problem):
-                raise
-            refusal = problem
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, again=True))
     if refusal is None:
-        try:
-            order = handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings)
-        except Problem as problem:
-            if not is_definitive(problem):
-                raise
-            refusal = problem
-        else:
-            answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
-    if refusal is not None:
+        order, refusal = _definitive(
+            lambda: handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings))
+    if refusal is None:
+        answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
+    else:
         answer = Answer(refusal.status, json.dumps(dict(refusal.to_dict(), instance=instance)))
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
     uow.commit()
     return answer
+
+
+def _definitive(step: Callable[[], T]) -> tuple[T | None, Problem | None]:
+    """`step()`'s result and None, or None and the definitive refusal it raised, which becomes
+    the key's answer; a refusal that is not (a 5xx, a 429) propagates."""
+    try:
+        return step(), None
+    except Problem as problem:
+        if not is_definitive(problem):
+            raise
+        return None, problem
 
 
 def _answered_or_raise(cmd: handlers.PlaceOrder, uow, failed: Problem) -> Answer:

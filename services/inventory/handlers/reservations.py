@@ -4,11 +4,13 @@ Lock order, so no two transactions can deadlock: reservation row (releases, rene
 allowance rows (sorted) → stock shard rows (in shard order whenever a transaction may wait for a
 second one; see `take_stock`) → the drop row and its announcements. A new reservation is inserted
 before its stock is taken, keeping a stock row locked only for the decrement and the commit; its
-row is one nobody else can be waiting for. The insert waits only on another version of the same
-order id's row not yet committed (checkout's duplicates of one order can reach inventory
-together, and one may be released meanwhile): a release writes that version after the allowances
-it gives back (`Stock.give_back`), so the insert, after its allowance, never waits on it. A batch of holds (`reserve_many`) keeps the same order
+row is one nobody else can be waiting for. A batch of holds (`reserve_many`) keeps the same order
 in one transaction per drop: its buyers' allowance rows sorted, then one take of the batch's units.
+
+The insert waits only on another version of the same order id's row not yet committed
+(checkout's duplicates of one order can reach inventory together, and one may be released
+meanwhile): a release writes that version after the allowances it gives back
+(`Stock.give_back`), so the insert, which comes after its allowance, never waits on it.
 """
 from __future__ import annotations
 
