@@ -148,7 +148,12 @@ class Stock:
     def take_again(self, reservation: Reservation) -> None:
         """Hold a released reservation's units again, as a renewal does: it is `held` again, its
         units out of the drop's stock and into its buyer's allowance. Refused (SoldOut,
-        SaleNotOpen, LimitExceeded), the transaction is left as it was."""
+        SaleNotOpen, LimitExceeded), the transaction is left as it was.
+
+        Nothing of the reservation may be waiting to be written when this is called (note a new
+        order version after it): the savepoint writes what is waiting before the allowance is
+        taken, and a duplicate hold of the order, which takes the allowance and then inserts the
+        order id's row, would wait on that new row version while this waits on its allowance."""
         with self._session.begin_nested():
             hold_again(reservation, self._session, self._publish)
 

@@ -424,3 +424,65 @@ def test_a_repeat_naming_an_unknown_drop_answers_the_orders_reservation(session_
     repeat = ReserveStock(order_id, uuid.uuid4(), "ana", 1)  # once answered 404 drop-not-found
     reservation, created = machine.run(lambda uow: reservations.reserve(repeat, uow, TTL))
     assert not created and reservation.drop_id == machine.drop_id and reservation.status == "held"
+
+
+def _sale_now(order_id, uow):
+    return reservations.sell(str(order_id), uow, order_version=3)
+
+
+def _late_confirmation(order_id, uow):
+    confirmed = Envelope(type="order.confirmed", data={"order_id": str(order_id), "version": 3}, source="checkout")
+    events.on_order_confirmed(confirmed, uow)
+    return uow.reservations.for_update(order_id)
+
+
+def _late_payment_renewal(order_id, uow):
+    drop_id = uow.reservations.for_update(order_id).drop_id
+    return reservations.reserve(ReserveStock(order_id, drop_id, "ana", 1, renew=True, order_version=3), uow, TTL)[0]
+
+
+@pytest.mark.parametrize("take_again", [_sale_now, _late_confirmation, _late_payment_renewal],
+                         ids=["sale", "late-confirmation", "renewal"])
+def test_a_released_hold_taken_again_does_not_deadlock_with_a_duplicate_hold_of_the_order(session_factory, take_again):
+    # A paid order whose hold was given back takes its units again (checkout's sale, the late
+    # `order.confirmed`, a renewal) while a duplicate of the order's POST /orders holds the same
+    # order id. The duplicate's hold takes the buyer's allowance, then inserts the order id's
+    # row; the retake locks that row, then takes the allowance. Once, the retake wrote the row's
+    # order version before the allowance: the insert waited on that new version, the retake on
+    # the allowance, and PostgreSQL broke the deadlock after a second with an error (a 503).
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=2, shards=1)
+    order_id = uuid.uuid4()
+    held = ReserveStock(order_id, machine.drop_id, "ana", 1)
+    machine.run(lambda uow: reservations.reserve(held, uow, TTL))
+    expired = Envelope(type="order.expired", data={"order_id": str(order_id), "version": 2}, source="checkout")
+    machine.run(lambda uow: events.on_order_ended(expired, uow))
+    drop = machine.run(lambda uow: reservations._drop_now_and_remaining(uow.session, machine.drop_id))[0]
+    answer = {}
+
+    def retake():
+        try:
+            answer["reservation"] = machine.run(lambda uow: take_again(order_id, uow))
+        except Exception as error:  # reported by the assertions below
+            answer["error"] = error
+
+    with machine.uow() as duplicate:
+        # the duplicate hold's own statements, in its order: the allowance, then the insert
+        allowance = {"drop_id": machine.drop_id, "buyer_id": "ana", "quantity": 1, "limit": LIMIT}
+        assert reservations._TAKE_BUYER_ALLOWANCE.first(duplicate.session, allowance) is not None
+        retaking = threading.Thread(target=retake)
+        retaking.start()
+        poll(lambda: machine.run(lambda uow: uow.session.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))),
+            timeout=10, what="the retake to wait for the buyer's allowance")
+        with pytest.raises(sa.exc.IntegrityError):  # the order id has its row: the duplicate answers with it
+            reservations._INSERT_RESERVATION.run(
+                duplicate.session, reservations._new_reservation(held, drop, datetime.now(timezone.utc)))
+        duplicate.rollback()
+    retaking.join(10)
+    assert "error" not in answer, answer.get("error")
+    assert answer["reservation"].status in ("held", "sold")
+    with machine.uow() as uow:
+        assert uow.session.scalar(sa.text("SELECT order_version FROM reservations WHERE order_id = :o"),
+                                  {"o": order_id}) == 3
+    assert machine.run(lambda uow: drops.show_drop(str(machine.drop_id), uow)).remaining == 1

@@ -32,24 +32,26 @@ def _accept_order_event(envelope, reservation: Reservation) -> bool:
     """False for an order event older than what the reservation already acted on: a retried or
     delayed delivery (a late payment re-held the unit after `order.expired` was sent, say, or a
     retried `order.confirmed` after `order.cancelled`). Applying it would undo the newer state, so
-    it is dropped. Otherwise the reservation notes the event's version and True: an equal version
-    is applied again, harmlessly, and events without a version (from a checkout older than
-    versioning) are applied as they come."""
-    version = envelope.data.get("version")
-    if not _is_version(version):
+    it is dropped. An equal version is applied again, harmlessly, and events without a version
+    (from a checkout older than versioning) are applied as they come. The handler notes the
+    event's version (`_version_of`) once it has acted."""
+    version = _version_of(envelope)
+    if version is None or version >= reservation.order_version:
         return True
-    if version < reservation.order_version:
-        log.warning("stale order event ignored", extra={
-            "event_type": envelope.type, "event_version": version, "order_version": reservation.order_version})
-        return False
-    note_order_version(reservation, version)
-    return True
+    log.warning("stale order event ignored", extra={
+        "event_type": envelope.type, "event_version": version, "order_version": reservation.order_version})
+    return False
+
+
+def _version_of(envelope) -> int | None:
+    version = envelope.data.get("version")
+    return version if _is_version(version) else None
 
 
 def on_order_confirmed(envelope, uow) -> None:
     order_id = _order_id_of(envelope)
-    version = envelope.data.get("version")
-    if _is_version(version) and uow.reservations.sold_at(order_id, version):
+    version = _version_of(envelope)
+    if version is not None and uow.reservations.sold_at(order_id, version):
         # checkout made the sale as it confirmed the payment (POST /reservations/{id}/sell), at
         # this version of the order or a newer one: nothing is left to do, and nothing is locked
         return
@@ -61,7 +63,8 @@ def on_order_confirmed(envelope, uow) -> None:
     if reservation.status == HELD:
         reservation.status = SOLD
     elif reservation.status == RELEASED:
-        _sell_again(reservation, uow)
+        _sell_again(reservation, uow)  # before the version is noted: Stock.take_again says why
+    note_order_version(reservation, version)
 
 
 def _sell_again(reservation: Reservation, uow) -> None:
@@ -87,6 +90,7 @@ def on_order_ended(envelope, uow) -> None:
         return
     if not _accept_order_event(envelope, reservation):
         return
+    note_order_version(reservation, _version_of(envelope))  # give_back writes it after the allowances
     if reservation.status != RELEASED:
         uow.stock.give_back([reservation])
 

@@ -10,7 +10,8 @@ in one transaction per drop: its buyers' allowance rows sorted, then one take of
 The insert waits only on another version of the same order id's row not yet committed
 (checkout's duplicates of one order can reach inventory together, and one may be released
 meanwhile): a release writes that version after the allowances it gives back
-(`Stock.give_back`), so the insert, which comes after its allowance, never waits on it.
+(`Stock.give_back`), and a retake of released units (a renewal, a late sale) after the allowance
+it takes (`Stock.take_again`), so the insert, which comes after its allowance, never waits on it.
 """
 from __future__ import annotations
 
@@ -57,13 +58,13 @@ def note_order_version(reservation: Reservation, version: int | None) -> None:
         reservation.order_version = version
 
 
-def note_retaking_version(reservation: Reservation, version: int | None) -> None:
-    """`note_order_version` for a request that may take a released reservation again (a sale, a
-    renewal): only for the order's newest state. One for an older version than the one that
-    released it (a cancel, say) is refused, as the consumer drops a stale event."""
+def check_retaking_version(reservation: Reservation, version: int | None) -> None:
+    """A request that may take a released reservation again (a sale, a renewal) must be for the
+    order's newest state: one for an older version than the one that released it (a cancel, say)
+    is refused, as the consumer drops a stale event. The caller notes the version once the units
+    are taken again (`Stock.take_again` says why)."""
     if reservation.status == RELEASED and version is not None and version < reservation.order_version:
         raise StaleOrderVersion()
-    note_order_version(reservation, version)
 
 
 def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation, bool]:
@@ -75,7 +76,8 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     if cmd.renew:
         existing = find_reservation(uow.session, cmd.order_id, for_update=True)
         if existing is not None:
-            note_retaking_version(existing, cmd.order_version)
+            check_retaking_version(existing, cmd.order_version)
+            note_order_version(existing, cmd.order_version)  # written with the status, after the allowance
             if existing.status == RELEASED:
                 # A payment that arrived after its hold was given back: hold the same units again.
                 renewal = replace(cmd, drop_id=existing.drop_id, buyer_id=existing.buyer_id, quantity=existing.quantity)
@@ -464,8 +466,9 @@ def sell(order_id: str, uow, order_version: int | None = None) -> Reservation:
     reservation = uow.reservations.for_update(parsed)
     if reservation is None:
         raise ReservationNotFound()
-    note_retaking_version(reservation, order_version)
+    check_retaking_version(reservation, order_version)
     if reservation.status == RELEASED:
         uow.stock.take_again(reservation)
+    note_order_version(reservation, order_version)
     reservation.status = SOLD
     return reservation
