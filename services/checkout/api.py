@@ -189,9 +189,10 @@ def payment_webhook():
         currency=resource["currency"],
     )
     with unit_of_work() as uow:
-        result = handlers.apply_payment(notice, uow, root().inventory, settings)
+        outcome = handlers.apply_payment(notice, uow, root().inventory, settings)
         uow.commit()
-    return jsonify(WEBHOOK_ANSWER.dump({"result": result}))
+    handlers.sell_paid_units(outcome, root().inventory)
+    return jsonify(WEBHOOK_ANSWER.dump({"result": outcome.result}))
 
 
 # --- the waiting room (services/checkout/line.py) ------------------------------------------------

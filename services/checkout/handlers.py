@@ -13,6 +13,7 @@ from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
+from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
 from shared.values import utc_now, uuid_or_none
@@ -198,93 +199,103 @@ CAPTURE_COMPLETED = "PAYMENT.CAPTURE.COMPLETED"
 CAPTURE_DENIED = "PAYMENT.CAPTURE.DENIED"
 
 
-def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settings) -> str:
-    """Apply one provider event exactly once, whatever order events arrive in.
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What the webhook did (`result`, for the response and the logs) and, when it confirmed the
+    order, the version inventory's sale is for (`sell_paid_units`, once the confirmation is
+    committed)."""
 
-    Returns what happened, for the response and the logs.
+    result: str
+    order_id: str | None = None
+    sale_version: int | None = None
+
+
+def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settings) -> PaymentOutcome:
+    """Apply one provider event exactly once, whatever order events arrive in. A payment in time
+    calls no other service: its transaction (and the order's row lock) is over before the sale.
     """
     bind_order_id(notice.order_id)
     if not uow.payment_events.record(notice.event_id, uuid_or_none(notice.order_id), notice.event_type):
-        return "duplicate"
+        return PaymentOutcome("duplicate")
     if notice.event_type not in (CAPTURE_COMPLETED, CAPTURE_DENIED):
         # Half of a drop's webhooks (the provider's "approved" before each capture) change
         # nothing: no lock on the order and no load of it and its history, which the capture
         # right behind would wait for.
         if not uow.orders.exists(notice.order_id):
             raise _unknown_order()
-        return "noted"
+        return PaymentOutcome("noted")
     order = find_order(uow, notice.order_id, lock=True)
     if order is None:
         raise _unknown_order()
     if notice.event_type == CAPTURE_DENIED:
         if order.status != orders.AWAITING_PAYMENT:
-            return f"ignored-{order.status}"
+            return PaymentOutcome(f"ignored-{order.status}")
         orders.move(order, orders.PAYMENT_FAILED, "payment declined by the provider")
         _end_order(order, uow, settings, "order.payment_failed")
-        return orders.PAYMENT_FAILED
+        return PaymentOutcome(orders.PAYMENT_FAILED)
     if order.payment_capture_id is not None:
         if order.payment_capture_id == notice.capture_id:
-            return "already-captured"
+            return PaymentOutcome("already-captured")
         _request_refund(order, uow, notice.capture_id, "a second payment for the same order", paid=notice)
-        return "second-capture-refunded"
+        return PaymentOutcome("second-capture-refunded")
     if (notice.amount, notice.currency) != (order.total_amount, order.currency):
         # refunded, and the order stays payable: the buyer may still pay the right amount
         log.error("payment amount differs from order total", extra={"paid": notice.amount, "due": order.total_amount})
         _request_refund(order, uow, notice.capture_id, "the amount paid differs from the order total", paid=notice)
-        return "amount-mismatch-refunded"
+        return PaymentOutcome("amount-mismatch-refunded")
     order.payment_capture_id = notice.capture_id
     if order.status == orders.AWAITING_PAYMENT and utc_now() <= order.hold_expires_at:
-        return _on_time_payment(order, uow, inventory, settings)
+        _confirm(order, uow, settings, "payment captured")
+        return PaymentOutcome(orders.CONFIRMED, str(order.id), orders.version(order))
     if order.status in (orders.AWAITING_PAYMENT, orders.EXPIRED, orders.PAYMENT_FAILED):
         return _late_payment(order, uow, inventory, settings)
     # cancelled (or already confirmed by another capture): the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
-    return "refunded"
+    return PaymentOutcome("refunded")
 
 
 def _unknown_order() -> errors.OrderNotFound:
     return errors.OrderNotFound("The payment names an order this shop does not know.")
 
 
-def _on_time_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
-    """Confirm, making the hold a sale at once."""
+def sell_paid_units(outcome: PaymentOutcome, inventory: InventoryClient) -> None:
+    """Make a confirmed order's hold a sale now (its confirmation committed), so a slow inventory
+    consumer can never let the sweeper give a paid unit away (it waits a grace period past the
+    hold's expiry). `order.confirmed` makes the same sale, idempotently: it is what makes it when
+    inventory is away now. A sale refused (the hold given back already: clocks apart by more
+    than the grace) is left to it too: inventory takes the units again if the drop still has
+    them, or reports them lost, and the order is cancelled and refunded (`on_reservation_lost`).
+    A cancel committed meanwhile is a newer version of the order, which inventory keeps to."""
+    if outcome.sale_version is None:
+        return
     try:
-        _sell_at_once(order, inventory)
-    except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded):
-        return _late_payment(order, uow, inventory, settings)
-    _confirm(order, uow, settings, "payment captured")
-    return orders.CONFIRMED
-
-
-def _sell_at_once(order: Order, inventory: InventoryClient) -> None:
-    """Make the paid order's hold a sale now, so a slow inventory consumer can never let the
-    sweeper give a paid unit away. With inventory down the order is confirmed all the same and
-    `order.confirmed` makes the sale when inventory is back."""
-    try:
-        inventory.sell(str(order.id), order_version=orders.version(order) + 1)
+        inventory.sell(outcome.order_id, order_version=outcome.sale_version)
     except errors.InventoryUnavailable:
         log.warning("inventory unavailable while confirming; the sale follows from order.confirmed")
+    except Problem as refusal:
+        log.warning("the paid order's sale was refused; order.confirmed follows it up",
+                    extra={"reason": refusal.slug})
 
 
-def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> str:
-    """Money arrived after the hold ran out: keep the order if stock can be held again (and sell
-    it at once, as an on-time payment does), else refund."""
+def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> PaymentOutcome:
+    """Money arrived after the hold ran out: keep the order if stock can be held again, else
+    refund. The renewal is asked inside the transaction (what it answers decides the order), and
+    holds the units for a whole hold time: the sale follows the commit, as an on-time one does."""
     try:
         hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True,
                                  order_version=orders.version(order) + 1)
-        _sell_at_once(order, inventory)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
         if order.status == orders.AWAITING_PAYMENT:
             orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")
             _end_order(order, uow, settings, "order.expired")
         _request_refund(order, uow, order.payment_capture_id, f"late payment and {refusal.title.lower()}")
-        return "late-refunded"
+        return PaymentOutcome("late-refunded")
     order.hold_expires_at = hold.hold_expires_at
     if order.status != orders.AWAITING_PAYMENT:
         # The address's count was given back when the order ended; the paid order counts again.
         _take_address_allowance(uow, order.drop_id, order.address_key, order.quantity, limit=2**31 - 1)
     _confirm(order, uow, settings, "late payment; stock held again")
-    return "late-confirmed"
+    return PaymentOutcome("late-confirmed", str(order.id), orders.version(order))
 
 
 def _confirm(order: Order, uow, settings, reason: str) -> None:

@@ -12,6 +12,26 @@ import uuid
 from devtools.client import CANADIAN_ADDRESS, poll
 from tests.integration.database import scalar
 
+# checkout's transactions left open (waiting on something outside the database) for over 0.5 s
+WAITING_IN_TRANSACTION = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND state LIKE 'idle in transaction%' AND now() - xact_start > interval '0.5 seconds'")
+
+
+def _while_inventory_is_frozen(stack, request):
+    """`request()`'s answer, made while inventory's API is stopped (SIGSTOP), and checkout's
+    transactions left open for over 0.5 s, sampled until it answers."""
+    inventory = stack.processes["inventory-api"]
+    os.killpg(inventory.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answering = pool.submit(request)
+            seen = []
+            while not answering.done():
+                seen.append(scalar(stack, "checkout", WAITING_IN_TRANSACTION))
+            return answering.result(), seen
+    finally:
+        os.killpg(inventory.pid, signal.SIGCONT)
+
 
 @contextlib.contextmanager
 def provider_behaviour(floodgate, **control):
@@ -191,25 +211,31 @@ def test_no_checkout_transaction_stays_open_while_inventory_holds_an_order(flood
     transaction of checkout's open meanwhile."""
     drop = floodgate.create_drop(admin_token, quantity=5)
     _, token = floodgate.register()
-    inventory = stack.processes["inventory-api"]
-    waiting_in_transaction = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                              "AND state LIKE 'idle in transaction%' AND now() - xact_start > interval '0.5 seconds'")
-    os.killpg(inventory.pid, signal.SIGSTOP)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            key = str(uuid.uuid4())
-            ordering = pool.submit(floodgate.place_order, token, drop["id"], key=key)
-            seen = []
-            while not ordering.done():
-                seen.append(scalar(stack, "checkout", waiting_in_transaction))
-            answer = ordering.result()
-    finally:
-        os.killpg(inventory.pid, signal.SIGCONT)
+    key = str(uuid.uuid4())
+    answer, seen = _while_inventory_is_frozen(stack, lambda: floodgate.place_order(token, drop["id"], key=key))
     assert answer.status_code == 503 and answer.json()["type"].endswith("/inventory-unavailable"), answer.text
     assert len(seen) > 10 and max(seen) == 0, f"transactions open across the hold, sampled: {sorted(set(seen))}"
     # the buyer's retry (same key) gets the order, with the hold the frozen inventory made late or a new one
     assert poll(lambda: floodgate.place_order(token, drop["id"], key=key).status_code == 201, timeout=10,
                 what="the retry's order once inventory answers again")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+
+
+def test_no_checkout_transaction_stays_open_while_inventory_sells_a_paid_order(floodgate, stack, admin_token):
+    """The payment webhook makes the paid hold a sale at inventory: with its transaction (and the
+    order's row lock) open across that call, a slow inventory once kept a server connection per
+    payment. Inventory frozen: the webhook confirms the order, waits out the sale's timeout with
+    no transaction of checkout's open, and the sale follows from order.confirmed once inventory
+    answers again."""
+    drop = floodgate.create_drop(admin_token, quantity=5)
+    _, token = floodgate.register()
+    order = floodgate.place_order(token, drop["id"]).json()
+    paid, seen = _while_inventory_is_frozen(stack, lambda: floodgate.pay(order))
+    assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
+    assert len(seen) > 10 and max(seen) == 0, f"transactions open across the sale, sampled: {sorted(set(seen))}"
+    assert floodgate.get_order(token, order["id"]).json()["status"] == "confirmed"
+    poll(lambda: scalar(stack, "inventory", f"SELECT status FROM reservations WHERE order_id = '{order['id']}'")
+         == "sold", timeout=30, what="the paid unit sold once inventory answers")
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
 

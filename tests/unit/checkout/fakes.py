@@ -369,8 +369,11 @@ class Checkout:
         return self.uow.orders.get(cmd.order_id)
 
     def pay(self, notice: PaymentNotice):
-        """The webhook's result and the events it published."""
-        return self.run(lambda uow: handlers.apply_payment(notice, uow, self.inventory, self.settings))
+        """The webhook's result and the events it published, as `POST /payments/webhook` makes
+        them: the sale of a confirmed order's units after the commit."""
+        outcome, events = self.run(lambda uow: handlers.apply_payment(notice, uow, self.inventory, self.settings))
+        handlers.sell_paid_units(outcome, self.inventory)
+        return outcome.result, events
 
     def deliver(self, event_type, data):
         """The events that handling one consumed event published."""
