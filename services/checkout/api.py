@@ -230,13 +230,20 @@ def put_line(drop_id: str):
 
 @bp.patch("/drops/<drop_id>/line")
 @operation("Pause, resume, close or reopen a line, or change its admission rate or factor (admin)",
-           request=LineChangeSchema, response=LineSchema, errors=(404, 409), auth="admin",
+           request=LineChangeSchema, response=LineSchema, errors=(404, 409, 503), auth="admin",
            description="The admitter closes a line itself once its drop's window has closed; `state: open` opens a "
-                       "closed line again (one closed before its opening waits for it again). Recorded, in the same "
-                       "transaction, among the admin actions (`GET /admin-actions`).")
+                       "closed line again (one closed before its opening waits for it again), once the drop's window "
+                       "is open again: `409 drop-closed` while it is closed (extend it at inventory first), `503` "
+                       "when inventory cannot say. Recorded, in the same transaction, among the admin actions "
+                       "(`GET /admin-actions`).")
 @require_admin
 def change_line(drop_id: str):
     body = load(LineChangeSchema())
+    if body.get("state") in waiting_room.REOPENING:
+        with unit_of_work() as uow:
+            reopening = _line(uow, drop_id).state == waiting_room.CLOSED
+        if reopening:  # asked with no transaction open, and only then: pausing needs no inventory
+            body["drop_closes_at"] = root().inventory.drop_stock(drop_id).closes_at
     with unit_of_work() as uow:
         line = waiting_room.change_line(_drop_id(drop_id), uow, utc_now(), **body)
         shown = LINE.dump(line)

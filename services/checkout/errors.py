@@ -52,6 +52,10 @@ class LineClosed(Conflict):
     slug, title = "line-closed", "The line is closed"
 
 
+class DropClosed(Conflict):
+    slug, title = "drop-closed", "The drop has closed"
+
+
 class LineNotOpenYet(Conflict):
     slug, title = "line-not-open-yet", "The line has not opened yet"
 

@@ -325,19 +325,20 @@ class InventoryClient:
         one moment, and its close (the waiting room's admitter asks every turn, with its unused
         passes' buyers)."""
         if len(buyer_ids) > MAX_HOLDERS_ASKED:  # more than inventory takes in a call
-            return self._remaining_alone(drop_id)
+            return self.drop_stock(drop_id)
         response = self._call(f"/drops/{drop_id}/holders", {"buyer_ids": buyer_ids})
         slug = str(_document(response).get("type", "")).rsplit("/", 1)[-1]
         if response.status == 405 or (response.status == 404 and slug != "drop-not-found"):
-            return self._remaining_alone(drop_id)  # an inventory that does not know the call
+            return self.drop_stock(drop_id)  # an inventory that does not know the call
         if response.status != 200:
             raise self._refusal(response)
         return DropStock.of(json.loads(response.data))
 
-    def _remaining_alone(self, drop_id: str) -> DropStock:
-        """The units left, with no word of who holds one: every pass then counts (an order in
-        flight twice, as before `holders`): an inventory that does not know that call (a rolling
-        deploy), or more unused passes than one call takes."""
+    def drop_stock(self, drop_id: str) -> DropStock:
+        """The drop's units left and its close, with no word of who holds one (`GET /drops/{id}`):
+        what reopening a line checks, and what `holders` falls back on, every pass then counting
+        (an order in flight twice, as before `holders`), from an inventory that does not know that
+        call (a rolling deploy) or for more unused passes than one call takes."""
         response = self._call(f"/drops/{drop_id}", None, method="GET")
         if response.status != 200:
             raise self._refusal(response)

@@ -240,12 +240,15 @@ def test_a_line_closes_with_its_drops_window_and_opens_again_when_the_drop_is_ex
     assert refused.status_code == 409 and refused.json()["type"].endswith("/line-closed")
 
     admin = {"Authorization": f"Bearer {admin_token}"}
+    line_url = f"{stack.url('checkout')}/drops/{drop['id']}/line"
+    too_soon = floodgate.http.patch(line_url, json={"state": "open"}, headers=admin)  # the drop is still closed
+    assert too_soon.status_code == 409 and too_soon.json()["type"].endswith("/drop-closed"), too_soon.text
+    assert "extend" in too_soon.json()["detail"] and floodgate.get_line(drop["id"]).json()["state"] == "closed"
     later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     extended = floodgate.http.patch(stack.url("inventory") + f"/drops/{drop['id']}", json={"closes_at": later},
                                     headers=admin)
     assert extended.status_code == 200, extended.text
-    reopened = floodgate.http.patch(f"{stack.url('checkout')}/drops/{drop['id']}/line", json={"state": "open"},
-                                    headers=admin)
+    reopened = floodgate.http.patch(line_url, json={"state": "open"}, headers=admin)
     assert reopened.status_code == 200 and reopened.json()["state"] == "open", reopened.text
     assert floodgate.join_line(late, drop["id"]).status_code == 201
     poll(lambda: floodgate.my_ticket(still, drop["id"])["state"] in ("waiting", "admitted"), timeout=5,

@@ -253,6 +253,22 @@ def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_aga
     assert join(DROP, "latecomer", None, uow)[1] is True
 
 
+@pytest.mark.parametrize("state", [line.OPEN, line.PAUSED])
+def test_a_closed_line_is_not_opened_again_while_its_drop_is_closed(state):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 2, opens_in=-1)
+    admitter.turn(uow, StockOf(5))  # opens
+    line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
+    closed_at = utc_now() - timedelta(seconds=1)
+    with pytest.raises(errors.DropClosed, match="extend its window"):
+        line.change_line(DROP, uow, utc_now(), state=state, drop_closes_at=closed_at)
+    assert made.state == line.CLOSED
+    line.change_line(DROP, uow, utc_now(), state=state, drop_closes_at=utc_now() + timedelta(hours=1))
+    assert made.state == state
+    # an open line is paused and resumed with no word from inventory
+    line.change_line(DROP, uow, utc_now(), state=line.PAUSED if state == line.OPEN else line.OPEN)
+
+
 def test_a_line_closed_before_its_opening_and_opened_again_waits_for_its_opening():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 2, opens_in=60)
