@@ -102,8 +102,16 @@ def configure(process: str, settings: Settings, engines: Iterable[sa.Engine] = (
 
 def sampler():
     """The sampler OTEL_TRACES_SAMPLER names (default: every trace, and whatever the caller
-    decided for a child), except that a client span without a parent (a SQL statement or an HTTP
-    call of a loop's own, outside any work) is never recorded."""
+    decided for a child), except that:
+
+    - a client span without a parent (a SQL statement or an HTTP call of a loop's own, outside
+      any work) is never recorded;
+    - a request's `traceparent` does not decide whether the request is recorded (a buyer's
+      client could otherwise have every request it makes traced, at the API's expense, on drop
+      day too): a server span is decided as a new trace would be, on the trace id it continues.
+      A ratio's decision is the trace id's, so a call between two of our processes is decided
+      as its caller decided, and a sampled order stays whole."""
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import sampling
     from opentelemetry.trace import SpanKind, get_current_span
 
@@ -113,8 +121,12 @@ def sampler():
 
         def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                           trace_state=None):
-            if kind == SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+            parent = get_current_span(parent_context).get_span_context()
+            if kind == SpanKind.CLIENT and not parent.is_valid:
                 return sampling.SamplingResult(sampling.Decision.DROP)
+            if kind == SpanKind.SERVER and parent.is_remote:
+                decided = self._delegate.should_sample(Context(), trace_id, name, kind, attributes, links)
+                return sampling.SamplingResult(decided.decision, decided.attributes, parent.trace_state)
             return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
         def get_description(self) -> str:

@@ -117,3 +117,45 @@ def test_a_log_line_written_in_a_span_names_it_and_one_outside_none(spans, capsy
     assert (inside["trace_id"], inside["span_id"]) == (f"{context.trace_id:032x}", f"{context.span_id:016x}")
     assert "trace_id" not in outside and "span_id" not in outside
     assert not any(key.startswith("otel") for key in (*inside, *outside))
+
+
+def _request_from(flags: int, sampler_name: str, monkeypatch, ratio: str = "0.5"):
+    """Whether a server span (a request) whose caller sent a traceparent with `flags` is recorded,
+    under OTEL_TRACES_SAMPLER=`sampler_name`; and its trace id."""
+    from opentelemetry import propagate
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler_name)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    tracer = TracerProvider(sampler=tracing.sampler()).get_tracer("test")
+    decisions = []
+    for trace_id in range(1, 2**64, 2**58):  # 64 trace ids spread over the ratio's range
+        carrier = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-{flags:02x}"}
+        span = tracer.start_span("POST /orders", context=propagate.extract(carrier), kind=SpanKind.SERVER)
+        decisions.append(span.is_recording())
+        span.end()
+    return decisions
+
+
+def test_a_clients_traceparent_does_not_decide_whether_its_request_is_recorded(monkeypatch):
+    # a client that marks every request sampled gets the ratio's share recorded, not all of them
+    forced = _request_from(0x01, "parentbased_traceidratio", monkeypatch)
+    assert 16 < sum(forced) < 48
+    # and one that marks them unsampled does not switch tracing off for its requests
+    assert all(_request_from(0x00, "parentbased_always_on", monkeypatch))
+    # the decision is the trace id's: the same for a call between two of our processes as for
+    # its caller's own request, whatever the caller sent
+    assert _request_from(0x00, "parentbased_traceidratio", monkeypatch) == forced
+
+
+def test_a_message_follows_the_decision_of_the_work_that_sent_it(monkeypatch):
+    # an event's context was written by one of our processes (the outbox row), which decided
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # no new trace recorded
+    from opentelemetry import propagate
+
+    tracer = TracerProvider(sampler=tracing.sampler()).get_tracer("test")
+    for flags, recorded in ((0x01, True), (0x00, False)):
+        carrier = {"traceparent": f"00-{2**100:032x}-00f067aa0ba902b7-{flags:02x}"}
+        span = tracer.start_span("process order.placed", context=propagate.extract(carrier), kind=SpanKind.CONSUMER)
+        assert span.is_recording() is recorded
+        span.end()
