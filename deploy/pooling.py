@@ -216,11 +216,25 @@ def check(objects: list[dict]) -> list[str]:
                             f"{clients[service]} connections {service}'s pods may open at their ceilings")
         if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
             problems.append(f"{where}: default_pool_size above max_db_connections")
+        if not _raises_file_limit(deployment):
+            problems.append(f"{policy.name_of(deployment)}: PgBouncer is not started with its open-file limit "
+                            f"raised ({RAISE_FILE_LIMIT!r}): a container's soft limit (often 1024) would "
+                            f"refuse clients long before max_client_conn")
     used, limit = server_connections(objects), max_connections(objects)
     if used > limit:
         problems.append(f"PostgreSQL max_connections {limit} < {used}: every PgBouncer pod's max_db_connections, "
                         f"the migrations' and {RESERVED_CONNECTIONS} reserved (python -m deploy.pooling)")
     return problems
+
+
+# What a PgBouncer container's command runs first: PgBouncer only logs its open-file limit, and
+# each client connection takes a descriptor.
+RAISE_FILE_LIMIT = 'ulimit -n "$(ulimit -H -n)"'
+
+
+def _raises_file_limit(deployment: dict) -> bool:
+    return all(any(RAISE_FILE_LIMIT in part for part in container.get("command", []))
+               for _, container, _ in policy.containers(deployment))
 
 
 def check_processes_use_the_pooler(objects: list[dict]) -> list[str]:

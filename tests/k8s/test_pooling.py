@@ -4,6 +4,8 @@ process but the migrations goes through it without preparing statements."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 
@@ -83,6 +85,28 @@ def test_session_pooling_is_refused(dev):
     config["data"]["pgbouncer.ini"] = config["data"]["pgbouncer.ini"].replace("pool_mode = transaction",
                                                                               "pool_mode = session")
     assert any("pool_mode 'session'" in p for p in pooling.check(objects))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_pgbouncer_starts_with_its_open_file_limit_raised_to_the_hard_limit(dev, service):
+    # what the container runs, with PgBouncer's binary and configuration (its args) swapped for a
+    # program that prints the limit it was started with, under a soft limit of 1024
+    container = policy.pod_spec(_deployment(dev, f"{service}-pgbouncer"))["containers"][0]
+    assert container["args"] == ["/usr/bin/pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
+    shown = "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+    ran = subprocess.run(["prlimit", "--nofile=1024:4096", "--", *container["command"], sys.executable, "-c", shown],
+                         capture_output=True, text=True, timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["4096", "4096"]
+
+
+def test_a_pgbouncer_left_at_the_containers_open_file_limit_is_refused(dev):
+    objects = copy.deepcopy(dev)
+    container = policy.pod_spec(_deployment(objects, "checkout-pgbouncer"))["containers"][0]
+    container["command"] = container.pop("args")
+    assert any(p.startswith("Deployment/checkout-pgbouncer") and "open-file limit" in p
+               for p in pooling.check(objects))
+    assert not any("open-file limit" in p for p in pooling.check(dev))
 
 
 def test_a_process_around_the_pooler_or_preparing_statements_is_refused(dev):
