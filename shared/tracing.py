@@ -9,8 +9,10 @@ the exporter, the batching and the sampler read the standard variables for the r
 (OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_SCHEDULE_DELAY, OTEL_TRACES_SAMPLER, ...).
 
 Where the spans come from:
-- HTTP in: Flask (every route but the probes and /metrics); HTTP out: urllib3 (checkout's
-  inventory client) and requests (the payment provider), which send `traceparent` along;
+- HTTP in: Flask (every route but the probes and /metrics), continuing the caller's trace only
+  when the caller is one of our processes (it sends the service key: `FromOurProcesses`); HTTP
+  out: urllib3 (checkout's inventory client) and requests (the payment provider), which send
+  `traceparent` along;
 - SQL: SQLAlchemy, on the engines the process names;
 - events, by hand (pika has no instrumentation we can use): `outbox_context` opens a
   `create <event>` span where the event is written, and its W3C trace context (`traceparent`,
@@ -27,6 +29,7 @@ own, several a second.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -62,7 +65,7 @@ def configure(process: str, settings: Settings, engines: Iterable[sa.Engine] = (
     global _tracer
     if not settings.otel_exporter_otlp_endpoint or _tracer is not None:
         return _tracer is not None
-    from opentelemetry import trace
+    from opentelemetry import propagate, trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.logging import LoggingInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -84,6 +87,9 @@ def configure(process: str, settings: Settings, engines: Iterable[sa.Engine] = (
     # OpenTelemetry SDK does, with the rest of the OTEL_EXPORTER_OTLP_* variables.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    global _own_contexts
+    _own_contexts = propagate.get_global_textmap()
+    propagate.set_global_textmap(FromOurProcesses(_own_contexts, settings.service_key))
     RequestsInstrumentor().instrument(tracer_provider=provider)
     URLLib3Instrumentor().instrument(tracer_provider=provider)
     SQLAlchemyInstrumentor().instrument(tracer_provider=provider, engines=list(engines))
@@ -100,18 +106,52 @@ def configure(process: str, settings: Settings, engines: Iterable[sa.Engine] = (
     return True
 
 
+# The propagator our own contexts are read with (outbox rows, AMQP headers): the global one as
+# it was before `configure` put FromOurProcesses in front of it for requests.
+_own_contexts = None
+
+
+def _extract_own(carrier: Mapping) -> object:
+    from opentelemetry import propagate
+
+    return (_own_contexts or propagate.get_global_textmap()).extract(carrier)
+
+
+class FromOurProcesses:
+    """The propagator requests are read with: a request's trace context (`traceparent`,
+    `tracestate`, baggage) is continued only when the request comes from one of our processes,
+    which send the service key (`X-Service-Key`) along. Anyone else's starts a trace of our own,
+    its id drawn here and sampled by OTEL_TRACES_SAMPLER's ratio: a client cannot have its
+    requests traced (at the APIs' expense, on drop day too) by marking them sampled or by
+    choosing trace ids the ratio samples. Injecting is the inner propagator's."""
+
+    def __init__(self, inner, service_key: str):
+        self._inner, self._key = inner, service_key.encode()
+
+    def extract(self, carrier, context=None, getter=None):
+        from opentelemetry.context import Context
+        from opentelemetry.propagators.textmap import default_getter
+
+        getter = getter or default_getter
+        presented = getter.get(carrier, "x-service-key") or []
+        if presented and hmac.compare_digest(presented[0].encode(), self._key):
+            return self._inner.extract(carrier, context, getter)
+        return context if context is not None else Context()
+
+    def inject(self, carrier, context=None, setter=None):
+        from opentelemetry.propagators.textmap import default_setter
+
+        self._inner.inject(carrier, context, setter or default_setter)
+
+    @property
+    def fields(self) -> set[str]:
+        return self._inner.fields
+
+
 def sampler():
     """The sampler OTEL_TRACES_SAMPLER names (default: every trace, and whatever the caller
-    decided for a child), except that:
-
-    - a client span without a parent (a SQL statement or an HTTP call of a loop's own, outside
-      any work) is never recorded;
-    - a request's `traceparent` does not decide whether the request is recorded (a buyer's
-      client could otherwise have every request it makes traced, at the API's expense, on drop
-      day too): a server span is decided as a new trace would be, on the trace id it continues.
-      A ratio's decision is the trace id's, so a call between two of our processes is decided
-      as its caller decided, and a sampled order stays whole."""
-    from opentelemetry.context import Context
+    decided for a child), except that a client span without a parent (a SQL statement or an HTTP
+    call of a loop's own, outside any work) is never recorded."""
     from opentelemetry.sdk.trace import sampling
     from opentelemetry.trace import SpanKind, get_current_span
 
@@ -121,12 +161,8 @@ def sampler():
 
         def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                           trace_state=None):
-            parent = get_current_span(parent_context).get_span_context()
-            if kind == SpanKind.CLIENT and not parent.is_valid:
+            if kind == SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
                 return sampling.SamplingResult(sampling.Decision.DROP)
-            if kind == SpanKind.SERVER and parent.is_remote:
-                decided = self._delegate.should_sample(Context(), trace_id, name, kind, attributes, links)
-                return sampling.SamplingResult(decided.decision, decided.attributes, parent.trace_state)
             return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
         def get_description(self) -> str:
@@ -195,7 +231,7 @@ def publishing(messages: Sequence[tuple[str, str, Mapping | None]], exchange: st
     from opentelemetry.trace import SpanKind
 
     spans = [
-        _tracer.start_span(f"publish {event_type}", context=propagate.extract(context or {}), kind=SpanKind.PRODUCER,
+        _tracer.start_span(f"publish {event_type}", context=_extract_own(context or {}), kind=SpanKind.PRODUCER,
                            attributes={
                                "messaging.system": MESSAGING_SYSTEM,
                                "messaging.operation.type": "send",
@@ -234,11 +270,10 @@ def consuming(event_type: str | None, message_id: str | None, headers: Mapping |
     if _tracer is None:
         yield None
         return
-    from opentelemetry import propagate
     from opentelemetry.trace import SpanKind
 
     carrier = {name: _text(headers[name]) for name in ("traceparent", "tracestate") if headers and headers.get(name)}
-    with _tracer.start_as_current_span(f"process {event_type or 'message'}", context=propagate.extract(carrier),
+    with _tracer.start_as_current_span(f"process {event_type or 'message'}", context=_extract_own(carrier),
                                        kind=SpanKind.CONSUMER, attributes={
                                            "messaging.system": MESSAGING_SYSTEM,
                                            "messaging.operation.type": "process",

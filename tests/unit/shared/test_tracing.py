@@ -119,43 +119,62 @@ def test_a_log_line_written_in_a_span_names_it_and_one_outside_none(spans, capsy
     assert not any(key.startswith("otel") for key in (*inside, *outside))
 
 
-def _request_from(flags: int, sampler_name: str, monkeypatch, ratio: str = "0.5"):
-    """Whether a server span (a request) whose caller sent a traceparent with `flags` is recorded,
-    under OTEL_TRACES_SAMPLER=`sampler_name`; and its trace id."""
-    from opentelemetry import propagate
+
+SERVICE_KEY = "test-service-key"
+
+
+def _requests(sampler_name: str, ratio: str, monkeypatch, **headers) -> list:
+    """64 requests as Flask's instrumentation starts them (the context read from the WSGI
+    environ by the global propagator, as `configure` sets it), each sent a traceparent marked
+    sampled whose trace id has the low bits a ratio samples (an attacker's choice), plus
+    `headers`: (recorded, its trace id, the trace id sent) for each."""
+    from opentelemetry.context import Context
+    from opentelemetry.instrumentation.wsgi import wsgi_getter
+    from opentelemetry.propagate import get_global_textmap
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler_name)
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
     tracer = TracerProvider(sampler=tracing.sampler()).get_tracer("test")
-    decisions = []
-    for trace_id in range(1, 2**64, 2**58):  # 64 trace ids spread over the ratio's range
-        carrier = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-{flags:02x}"}
-        span = tracer.start_span("POST /orders", context=propagate.extract(carrier), kind=SpanKind.SERVER)
-        decisions.append(span.is_recording())
+    propagator = tracing.FromOurProcesses(get_global_textmap(), SERVICE_KEY)
+    seen = []
+    for n in range(64):
+        sent = (n + 1) << 64  # random-looking high bits, low 64 bits zero: sampled at any ratio
+        environ = {"HTTP_TRACEPARENT": f"00-{sent:032x}-00f067aa0ba902b7-01",
+                   **{f"HTTP_{name.upper()}": value for name, value in headers.items()}}
+        span = tracer.start_span("POST /orders", context=propagator.extract(environ, Context(), wsgi_getter),
+                                 kind=SpanKind.SERVER)
+        seen.append((span.is_recording(), span.get_span_context().trace_id, sent))
         span.end()
-    return decisions
+    return seen
 
 
-def test_a_clients_traceparent_does_not_decide_whether_its_request_is_recorded(monkeypatch):
-    # a client that marks every request sampled gets the ratio's share recorded, not all of them
-    forced = _request_from(0x01, "parentbased_traceidratio", monkeypatch)
-    assert 16 < sum(forced) < 48
-    # and one that marks them unsampled does not switch tracing off for its requests
-    assert all(_request_from(0x00, "parentbased_always_on", monkeypatch))
-    # the decision is the trace id's: the same for a call between two of our processes as for
-    # its caller's own request, whatever the caller sent
-    assert _request_from(0x00, "parentbased_traceidratio", monkeypatch) == forced
+def test_a_clients_trace_context_is_not_continued_nor_decides_whether_its_request_is_recorded(monkeypatch):
+    # a client that marks every request sampled, with trace ids the ratio would sample, gets the
+    # ratio's share of its requests recorded, each in a trace of ours
+    seen = _requests("parentbased_traceidratio", "0.25", monkeypatch)
+    assert all(trace_id != sent for _, trace_id, sent in seen)
+    assert 4 <= sum(recorded for recorded, _, _ in seen) <= 32
+    forged = _requests("parentbased_traceidratio", "0", monkeypatch, x_service_key="a guess")
+    assert not any(recorded for recorded, _, _ in forged) and all(t != sent for _, t, sent in forged)
+
+
+def test_a_call_from_one_of_our_processes_continues_its_callers_trace_and_decision(monkeypatch):
+    # checkout's call to inventory carries the service key: inventory records what checkout did
+    seen = _requests("parentbased_traceidratio", "0", monkeypatch, x_service_key=SERVICE_KEY)
+    assert all(recorded and trace_id == sent for recorded, trace_id, sent in seen)
 
 
 def test_a_message_follows_the_decision_of_the_work_that_sent_it(monkeypatch):
     # an event's context was written by one of our processes (the outbox row), which decided
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # no new trace recorded
-    from opentelemetry import propagate
-
-    tracer = TracerProvider(sampler=tracing.sampler()).get_tracer("test")
-    for flags, recorded in ((0x01, True), (0x00, False)):
-        carrier = {"traceparent": f"00-{2**100:032x}-00f067aa0ba902b7-{flags:02x}"}
-        span = tracer.start_span("process order.placed", context=propagate.extract(carrier), kind=SpanKind.CONSUMER)
-        assert span.is_recording() is recorded
-        span.end()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.sampler())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    for flags in (0x01, 0x00):
+        headers = {"traceparent": f"00-{2**100:032x}-00f067aa0ba902b7-{flags:02x}"}
+        with tracing.consuming("order.placed", "e1", headers, "notifications.work"):
+            pass
+    [recorded] = exporter.get_finished_spans()
+    assert recorded.context.trace_id == 2**100 and recorded.parent.span_id == 0x00f067aa0ba902b7
