@@ -243,7 +243,7 @@ def change_line(drop_id: str):
         with unit_of_work() as uow:
             reopening = _line(uow, drop_id).state == waiting_room.CLOSED
         if reopening:  # asked with no transaction open, and only then: pausing needs no inventory
-            body["drop_closes_at"] = root().inventory.drop_stock(drop_id).closes_at
+            body.update(drop_asked=True, drop_closes_at=root().inventory.drop_stock(drop_id).closes_at)
     with unit_of_work() as uow:
         line = waiting_room.change_line(_drop_id(drop_id), uow, utc_now(), **body)
         shown = LINE.dump(line)

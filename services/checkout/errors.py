@@ -17,6 +17,13 @@ class OrderNotFound(NotFound):
     slug, title = "order-not-found", "No such order"
 
 
+class StaleOrderVersion(Conflict):
+    """Inventory's answer to a sale for an older state of the order than the one that gave its
+    units back (a cancel committed between the payment's commit and its sale)."""
+
+    slug, title = "stale-order-version", "Out-of-date order version"
+
+
 class InvalidTransition(Conflict):
     slug, title = "invalid-transition", "The order cannot make that change"
 

@@ -272,6 +272,8 @@ def sell_paid_units(outcome: PaymentOutcome, inventory: InventoryClient) -> None
         inventory.sell(outcome.order_id, order_version=outcome.sale_version)
     except errors.InventoryUnavailable:
         log.warning("inventory unavailable while confirming; the sale follows from order.confirmed")
+    except errors.StaleOrderVersion:
+        log.info("the order changed since its payment (cancelled, say) and gave its units back: nothing to sell")
     except Problem as refusal:
         log.warning("the paid order's sale was refused; order.confirmed follows it up",
                     extra={"reason": refusal.slug})

@@ -31,6 +31,8 @@ _PROBLEMS = {
     "country-not-allowed": errors.CountryNotAllowed,
     # inventory's database did not answer for this hold (nothing was held): try again shortly
     "database-unavailable": errors.InventoryUnavailable,
+    # a sale or renewal for an older state of the order than the one that released its units
+    "stale-order-version": errors.StaleOrderVersion,
 }
 
 

@@ -115,18 +115,21 @@ REOPENING = (OPEN, PAUSED)  # the states an admin may ask of a closed line
 
 def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = None,
                 admission_rate: float | None = None, admission_factor: float | None = None,
-                drop_closes_at: datetime | None = None) -> Line:
+                drop_asked: bool = False, drop_closes_at: datetime | None = None) -> Line:
     """Pause, resume, close, reopen or re-rate a line (admin). A closed line opened again carries
     on from where it stopped; one closed before its opening goes back to waiting for it. It is
-    opened again only if its drop's window (`drop_closes_at`, asked of inventory when the line
-    is closed) has not closed: the admitter would close it again at its next turn."""
+    opened again only if inventory was asked for its drop's close (`drop_asked`; None: it did
+    not say) and that has not passed: the admitter would close the line again at its next turn."""
     line = uow.lines.get(drop_id, lock=True)
     if line is None:
         raise errors.LineNotFound("This drop has no line.")
-    if line.state == CLOSED and state in REOPENING and drop_closes_at is not None and drop_closes_at <= now:
-        raise errors.DropClosed(
-            f"The drop closed at {drop_closes_at.isoformat()}; extend its window at inventory "
-            f"(PATCH /drops/{drop_id} with a later closes_at) before opening its line again.")
+    if line.state == CLOSED and state in REOPENING:
+        if not drop_asked:  # closed by the admitter since the caller looked
+            raise errors.LineClosed("The line closed as this request came in; send it again to open it again.")
+        if drop_closes_at is not None and drop_closes_at <= now:
+            raise errors.DropClosed(
+                f"The drop closed at {drop_closes_at.isoformat()}; extend its window at inventory "
+                f"(PATCH /drops/{drop_id} with a later closes_at) before opening its line again.")
     if state is not None:
         if state in (OPEN, PAUSED) and line.opened_at is None:
             if line.state != CLOSED:

@@ -17,9 +17,11 @@ WAITING_IN_TRANSACTION = ("SELECT count(*) FROM pg_stat_activity WHERE datname =
                           "AND state LIKE 'idle in transaction%' AND now() - xact_start > interval '0.5 seconds'")
 
 
-def _while_inventory_is_frozen(stack, request):
+def _while_inventory_is_frozen(stack, request, then_killed: bool = False):
     """`request()`'s answer, made while inventory's API is stopped (SIGSTOP), and checkout's
-    transactions left open for over 0.5 s, sampled until it answers."""
+    transactions left open for over 0.5 s, sampled until it answers. Inventory's API then
+    carries on, or with `then_killed` is killed, so the calls it had not read yet are never
+    answered (the caller starts it again)."""
     inventory = stack.processes["inventory-api"]
     os.killpg(inventory.pid, signal.SIGSTOP)
     try:
@@ -30,7 +32,10 @@ def _while_inventory_is_frozen(stack, request):
                 seen.append(scalar(stack, "checkout", WAITING_IN_TRANSACTION))
             return answering.result(), seen
     finally:
-        os.killpg(inventory.pid, signal.SIGCONT)
+        if then_killed:
+            stack.kill("inventory-api")
+        else:
+            os.killpg(inventory.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -224,18 +229,22 @@ def test_no_checkout_transaction_stays_open_while_inventory_holds_an_order(flood
 def test_no_checkout_transaction_stays_open_while_inventory_sells_a_paid_order(floodgate, stack, admin_token):
     """The payment webhook makes the paid hold a sale at inventory: with its transaction (and the
     order's row lock) open across that call, a slow inventory once kept a server connection per
-    payment. Inventory frozen: the webhook confirms the order, waits out the sale's timeout with
-    no transaction of checkout's open, and the sale follows from order.confirmed once inventory
-    answers again."""
+    payment. Inventory's API frozen: the webhook confirms the order and waits out the sale's
+    timeout with no transaction of checkout's open. The API is then killed, its sale never made:
+    inventory's consumer of order.confirmed makes it."""
     drop = floodgate.create_drop(admin_token, quantity=5)
     _, token = floodgate.register()
     order = floodgate.place_order(token, drop["id"]).json()
-    paid, seen = _while_inventory_is_frozen(stack, lambda: floodgate.pay(order))
-    assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
-    assert len(seen) > 10 and max(seen) == 0, f"transactions open across the sale, sampled: {sorted(set(seen))}"
-    assert floodgate.get_order(token, order["id"]).json()["status"] == "confirmed"
-    poll(lambda: scalar(stack, "inventory", f"SELECT status FROM reservations WHERE order_id = '{order['id']}'")
-         == "sold", timeout=30, what="the paid unit sold once inventory answers")
+    try:
+        paid, seen = _while_inventory_is_frozen(stack, lambda: floodgate.pay(order), then_killed=True)
+        assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
+        assert len(seen) > 10 and max(seen) == 0, f"transactions open across the sale, sampled: {sorted(set(seen))}"
+        assert floodgate.get_order(token, order["id"]).json()["status"] == "confirmed"
+        poll(lambda: scalar(stack, "inventory", f"SELECT status FROM reservations WHERE order_id = '{order['id']}'")
+             == "sold", timeout=30, what="order.confirmed to sell the paid unit while inventory's API is down")
+    finally:
+        stack.start("inventory-api")
+        stack.wait_until_ready()
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
 

@@ -473,7 +473,8 @@ def test_a_released_hold_taken_again_does_not_deadlock_with_a_duplicate_hold_of_
         retaking = threading.Thread(target=retake)
         retaking.start()
         poll(lambda: machine.run(lambda uow: uow.session.scalar(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+            "AND query LIKE 'INSERT INTO buyer_allowances%'"))),
             timeout=10, what="the retake to wait for the buyer's allowance")
         with pytest.raises(sa.exc.IntegrityError):  # the order id has its row: the duplicate answers with it
             reservations._INSERT_RESERVATION.run(

@@ -122,3 +122,12 @@ def test_more_unused_passes_than_a_call_takes_gives_the_units_left_and_every_pas
     stock = inventory.holders(DROP, [f"b{n}" for n in range(MAX_HOLDERS_ASKED + 1)])
     assert (stock.remaining, stock.holding, stock.closes_at.hour) == (9, 0, 18)
     assert [path for path, _ in inventory._pool.calls] == [f"/drops/{DROP}"]
+
+
+def test_a_sale_for_an_order_cancelled_meanwhile_is_told_apart_from_inventory_failing(caplog):
+    # inventory answers 409 stale-order-version when a cancel gave the units back before the
+    # payment's sale arrived: once an "unexpected answer" logged as an error and an outage
+    inventory = client(lambda path, body: Answer(409, problem("stale-order-version", 409)))
+    with pytest.raises(errors.StaleOrderVersion):
+        inventory.sell("o1", order_version=2)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

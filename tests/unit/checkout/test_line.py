@@ -247,7 +247,10 @@ def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_aga
         join(DROP, "latecomer", None, uow)
     assert admitter.turn(uow, closed).admitted == 0  # no longer turned
 
-    line.change_line(DROP, uow, utc_now(), state=line.OPEN)  # the drop's window was extended
+    with pytest.raises(errors.LineClosed):  # the caller did not ask inventory: the line closed since it looked
+        line.change_line(DROP, uow, utc_now(), state=line.OPEN)
+    extended = utc_now() + timedelta(hours=1)  # the drop's window was extended
+    line.change_line(DROP, uow, utc_now(), state=line.OPEN, drop_asked=True, drop_closes_at=extended)
     uow.commit()
     assert admitter.turn(uow, StockOf(5)).admitted == 3  # everyone still waiting
     assert join(DROP, "latecomer", None, uow)[1] is True
@@ -261,9 +264,9 @@ def test_a_closed_line_is_not_opened_again_while_its_drop_is_closed(state):
     line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
     closed_at = utc_now() - timedelta(seconds=1)
     with pytest.raises(errors.DropClosed, match="extend its window"):
-        line.change_line(DROP, uow, utc_now(), state=state, drop_closes_at=closed_at)
+        line.change_line(DROP, uow, utc_now(), state=state, drop_asked=True, drop_closes_at=closed_at)
     assert made.state == line.CLOSED
-    line.change_line(DROP, uow, utc_now(), state=state, drop_closes_at=utc_now() + timedelta(hours=1))
+    line.change_line(DROP, uow, utc_now(), state=state, drop_asked=True, drop_closes_at=utc_now() + timedelta(hours=1))
     assert made.state == state
     # an open line is paused and resumed with no word from inventory
     line.change_line(DROP, uow, utc_now(), state=line.PAUSED if state == line.OPEN else line.OPEN)
@@ -273,7 +276,7 @@ def test_a_line_closed_before_its_opening_and_opened_again_waits_for_its_opening
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 2, opens_in=60)
     line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
-    line.change_line(DROP, uow, utc_now(), state=line.OPEN)
+    line.change_line(DROP, uow, utc_now(), state=line.OPEN, drop_asked=True)  # an inventory that did not say
     assert made.state == line.PRE_QUEUE and made.opened_at is None
     with pytest.raises(errors.LineNotOpenYet):
         line.change_line(DROP, uow, utc_now(), state=line.OPEN)

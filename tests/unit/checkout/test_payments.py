@@ -81,6 +81,14 @@ def test_a_payment_in_time_whose_sale_is_refused_stays_confirmed_for_order_confi
     assert [(event_type, data["version"]) for event_type, data in events] == [("order.confirmed", 2)]
 
 
+def test_a_payment_in_time_whose_order_was_cancelled_before_its_sale_sells_nothing_and_logs_no_failure(checkout, caplog):
+    order = checkout.place()
+    checkout.inventory.sell_refusal = errors.StaleOrderVersion("a newer state gave the units back")
+    result, _ = checkout.pay(capture(order))
+    assert result == "confirmed"
+    assert not [record for record in caplog.records if record.levelname in ("WARNING", "ERROR")]
+
+
 def test_a_payment_in_time_whose_units_are_gone_is_cancelled_and_refunded_when_inventory_reports_them_lost(checkout):
     order = checkout.place()
     checkout.inventory.sell_refusal = errors.SoldOut("sold out")
