@@ -9,6 +9,8 @@ outbox backlog, read from its database, and its dead letters, read from the brok
 """
 from __future__ import annotations
 
+import os
+import threading
 from typing import Callable, Iterable
 
 import pika
@@ -54,23 +56,69 @@ def dead_letters_family(service: str, parked: int) -> GaugeMetricFamily:
 
 
 def queue_depths(settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
-    """Messages ready in each of `queues`, by passive declares (which change nothing) on one
-    short connection; a queue not declared yet holds nothing."""
-    connection = amqp.connect(settings.amqp_url, f"{settings.service_name}-metrics", heartbeat=0,
-                              socket_timeout=timeout_seconds)
-    depths = {}
-    try:
-        channel = connection.channel()
-        for queue in queues:
+    """Messages ready in each of `queues`, by passive declares (which change nothing); a queue not
+    declared yet holds nothing. Read on the process's kept connection (`_KeptConnection`)."""
+    return _kept.depths(settings, queues, timeout_seconds)
+
+
+class _KeptConnection:
+    """One broker connection a process reads queue depths on, opened at its first read and kept:
+    each scrape (two a pod every interval where both annotations and a PodMonitor find it) and
+    each control room's poll (every 2 s) opened and closed a connection of its own before, the
+    connection churn RabbitMQ's documentation warns against. Reads take turns (a pika
+    BlockingConnection serves one thread); a read that fails on the kept connection is tried
+    once on a new one, and one that fails there too raises (the figure's source reports down)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._connection = None
+        self._owner = None  # the process that opened it: a forked child opens its own
+
+    def depths(self, settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
+        with self._lock:
+            while True:
+                fresh = not self._usable()
+                try:
+                    return self._read(settings, queues, timeout_seconds)
+                except amqp.RECOVERABLE:
+                    self._drop()
+                    if fresh:
+                        raise
+                    # the kept connection had gone (a broker restart, say): once more on a new one
+
+    def _usable(self) -> bool:
+        return self._connection is not None and self._owner == os.getpid() and self._connection.is_open
+
+    def _read(self, settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
+        if not self._usable():
+            self._connection = amqp.connect(settings.amqp_url, f"{settings.service_name}-metrics", heartbeat=0,
+                                            socket_timeout=timeout_seconds)
+            self._owner = os.getpid()
+        channel = self._connection.channel()
+        depths = {}
+        try:
+            for queue in queues:
+                try:
+                    depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:  # not declared yet: nothing waits there
+                    depths[queue] = 0
+                    channel = self._connection.channel()
+        finally:
+            if channel.is_open:
+                channel.close()
+        return depths
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and self._owner == os.getpid():
             try:
-                depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:  # not declared yet: nothing waits there
-                depths[queue] = 0
-                channel = connection.channel()
-    finally:
-        if connection.is_open:
-            connection.close()
-    return depths
+                if connection.is_open:
+                    connection.close()
+            except amqp.RECOVERABLE:
+                pass
+
+
+_kept = _KeptConnection()
 
 
 def dead_letter_figures(settings: Settings, timeout_seconds: float,

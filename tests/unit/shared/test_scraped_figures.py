@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
+import pika
 import pytest
 import sqlalchemy as sa
 
 from shared import web
 from shared.config import Settings
 from shared.last_seen import heartbeat_figures
+from shared.messaging import metrics as messaging_metrics
 from shared.messaging.metrics import dead_letter_figures, outbox_figures
 from shared.metrics import ScrapedFigures
 from shared.service import Root
@@ -117,3 +120,77 @@ def test_every_scraped_read_carries_a_statement_timeout(timeout, expected):
     engine = FakeEngine([{"pending": 0, "oldest_age": None}])
     list(outbox_figures("checkout", engine, timeout)())
     assert engine.statements("SET LOCAL")[0][0] == f"SET LOCAL statement_timeout = {expected}"
+
+
+class FakeBroker:
+    """`amqp.connect` for the metrics' kept connection: counts the connections it opens; each
+    queue's depth from `depths` (missing: not declared); `fail_next` connections' reads fail."""
+
+    def __init__(self, depths: dict[str, int]):
+        self.depths, self.opened, self.fail_next = depths, [], 0
+
+    def connect(self, url, name, heartbeat, socket_timeout):
+        broker = self
+
+        class Channel:
+            is_open = True
+
+            def queue_declare(self, queue, passive):
+                assert passive
+                if connection.broken:
+                    raise pika.exceptions.StreamLostError("connection reset")
+                if queue not in broker.depths:
+                    self.is_open = False
+                    raise pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND")
+                return SimpleNamespace(method=SimpleNamespace(message_count=broker.depths[queue]))
+
+            def close(self):
+                self.is_open = False
+
+        class Connection:
+            is_open, broken = True, False
+
+            def channel(self):
+                return Channel()
+
+            def close(self):
+                self.is_open = False
+
+        connection = Connection()
+        if self.fail_next:
+            self.fail_next -= 1
+            connection.broken = True
+        self.opened.append(connection)
+        return connection
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    fake = FakeBroker({"checkout.dead": 3, "checkout.work": 40})
+    monkeypatch.setattr(messaging_metrics.amqp, "connect", fake.connect)
+    monkeypatch.setattr(messaging_metrics, "_kept", messaging_metrics._KeptConnection())
+    return fake
+
+
+def test_queue_depths_are_read_on_one_kept_connection_scrape_after_scrape(broker):
+    settings = Settings()
+    for _ in range(5):
+        depths = messaging_metrics.queue_depths(settings, ["checkout.work", "checkout.dead", "not.declared"], 2.0)
+        assert depths == {"checkout.work": 40, "checkout.dead": 3, "not.declared": 0}
+    assert len(broker.opened) == 1 and broker.opened[0].is_open
+
+
+def test_a_kept_connection_that_went_away_is_replaced_within_the_same_read(broker):
+    settings = Settings()
+    messaging_metrics.queue_depths(settings, ["checkout.dead"], 2.0)
+    broker.opened[0].broken = True  # the broker restarted meanwhile
+    assert messaging_metrics.queue_depths(settings, ["checkout.dead"], 2.0) == {"checkout.dead": 3}
+    assert len(broker.opened) == 2 and not broker.opened[0].is_open
+
+
+def test_a_broker_that_does_not_answer_a_new_connection_either_fails_the_read(broker):
+    broker.fail_next = 1
+    with pytest.raises(pika.exceptions.StreamLostError):
+        messaging_metrics.queue_depths(Settings(), ["checkout.dead"], 2.0)
+    assert len(broker.opened) == 1  # a new connection is not tried twice in one read
+    assert messaging_metrics.queue_depths(Settings(), ["checkout.dead"], 2.0) == {"checkout.dead": 3}
