@@ -232,7 +232,8 @@ def put_line(drop_id: str):
 @operation("Pause, resume, close or reopen a line, or change its admission rate or factor (admin)",
            request=LineChangeSchema, response=LineSchema, errors=(404, 409, 503), auth="admin",
            description="The admitter closes a line itself once its drop's window has closed; `state: open` opens a "
-                       "closed line again (one closed before its opening waits for it again), once the drop's window "
+                       "closed line again (one closed before its opening waits for it again, and cannot be paused: "
+                       "`409 line-not-open-yet`), once the drop's window "
                        "is open again: `409 drop-closed` while it is closed (extend it at inventory first), `503` "
                        "when inventory cannot say. Recorded, in the same transaction, among the admin actions "
                        "(`GET /admin-actions`).")

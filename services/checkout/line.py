@@ -132,7 +132,10 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
                 f"(PATCH /drops/{drop_id} with a later closes_at) before opening its line again.")
     if state is not None:
         if state in (OPEN, PAUSED) and line.opened_at is None:
-            if line.state != CLOSED:
+            # A line that never opened opens at its opening time, and only then can it be paused:
+            # a closed one asked `paused` once went back to waiting for an opening long past, and
+            # the admitter opened it at its next turn.
+            if line.state != CLOSED or state == PAUSED:
                 raise errors.LineNotOpenYet("The line opens at its opening time; it can be paused after that.")
             state = PRE_QUEUE
         line.state = state

@@ -276,6 +276,9 @@ def test_a_line_closed_before_its_opening_and_opened_again_waits_for_its_opening
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 2, opens_in=60)
     line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
+    with pytest.raises(errors.LineNotOpenYet):  # not paused: waiting again for an opening, it would open
+        line.change_line(DROP, uow, utc_now(), state=line.PAUSED, drop_asked=True)
+    assert made.state == line.CLOSED
     line.change_line(DROP, uow, utc_now(), state=line.OPEN, drop_asked=True)  # an inventory that did not say
     assert made.state == line.PRE_QUEUE and made.opened_at is None
     with pytest.raises(errors.LineNotOpenYet):
