@@ -312,7 +312,12 @@ def require_admin(view):
 def presents_service_key() -> bool:
     """Whether this request carries the shared service key (another Floodgate service, a tool)."""
     _, service_key = current_app.extensions["floodgate.auth"]
-    presented = request.headers.get("X-Service-Key", "")
+    return is_service_key(request.headers.get("X-Service-Key", ""), service_key)
+
+
+def is_service_key(presented: str, service_key: str) -> bool:
+    """Whether `presented` (an X-Service-Key header's value) is the shared service key, compared
+    in constant time."""
     return bool(presented) and hmac.compare_digest(presented.encode(), service_key.encode())
 
 

@@ -29,7 +29,6 @@ own, several a second.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import socket
@@ -126,15 +125,17 @@ class FromOurProcesses:
     choosing trace ids the ratio samples. Injecting is the inner propagator's."""
 
     def __init__(self, inner, service_key: str):
-        self._inner, self._key = inner, service_key.encode()
+        self._inner, self._key = inner, service_key
 
     def extract(self, carrier, context=None, getter=None):
         from opentelemetry.context import Context
         from opentelemetry.propagators.textmap import default_getter
 
+        from shared.auth import is_service_key
+
         getter = getter or default_getter
-        presented = getter.get(carrier, "x-service-key") or []
-        if presented and hmac.compare_digest(presented[0].encode(), self._key):
+        presented = getter.get(carrier, "x-service-key") or [""]
+        if is_service_key(presented[0], self._key):
             return self._inner.extract(carrier, context, getter)
         return context if context is not None else Context()
 

@@ -92,25 +92,11 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, i
     its line pass (`ticket_id`'s). A refusal from here on gives the hold back at once: it has no
     order and never will."""
     order_id, drop_id = cmd.order_id, uuid.UUID(cmd.drop_id)
-    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
-        # The order id is the key's, and inventory answers a repeat with the hold it already has:
-        # this key's earlier attempt held units for another body, then failed before any order
-        # or answer was kept (a 5xx keeps none). That hold has no order and never will: give it back.
-        inventory.release(str(order_id))
-        raise errors.IdempotencyKeyReused()
     address_key = address_key_of(cmd.shipping_address)
-    if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
+    refusal = _refusal_after_hold(cmd, hold, ticket_id, uow, settings, drop_id, address_key)
+    if refusal is not None:
         inventory.release(str(order_id))
-        raise errors.AddressLimitReached(
-            f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order."
-        )
-    if ticket_id is not None:
-        not_used = uow.lines.use_pass(ticket_id, drop_id, cmd.buyer_id)
-        if not_used is not None:
-            inventory.release(str(order_id))
-            if not_used == "used":
-                raise errors.LinePassUsed("This admission pass has already placed an order.")
-            raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
+        raise refusal
     placed_at = utc_now()
     order = Order(
         id=order_id,
@@ -137,6 +123,26 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, i
     data.update(hold_expires_at=order.hold_expires_at.isoformat(), payment_url=order.approval_url)
     uow.publish("order.placed", data)
     return order
+
+
+def _refusal_after_hold(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, settings,
+                        drop_id: uuid.UUID, address_key: str) -> Problem | None:
+    """Why the order is refused though its units are held, taking its address's allowance and
+    using up its pass when it is not: None."""
+    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
+        # The order id is the key's, and inventory answers a repeat with the hold it already has:
+        # this key's earlier attempt held units for another body, then failed before any order
+        # or answer was kept (a 5xx keeps none).
+        return errors.IdempotencyKeyReused()
+    if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
+        return errors.AddressLimitReached(
+            f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order.")
+    not_used = None if ticket_id is None else uow.lines.use_pass(ticket_id, drop_id, cmd.buyer_id)
+    if not_used == "used":
+        return errors.LinePassUsed("This admission pass has already placed an order.")
+    if not_used is not None:
+        return errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
+    return None
 
 
 def address_key_of(address: dict) -> str:

@@ -131,7 +131,7 @@ def change_line(drop_id: uuid.UUID, uow, now: datetime, *, state: str | None = N
                 f"The drop closed at {drop_closes_at.isoformat()}; extend its window at inventory "
                 f"(PATCH /drops/{drop_id} with a later closes_at) before opening its line again.")
     if state is not None:
-        if state in (OPEN, PAUSED) and line.opened_at is None:
+        if state in REOPENING and line.opened_at is None:
             # A line that never opened opens at its opening time, and only then can it be paused:
             # a closed one asked `paused` once went back to waiting for an opening long past, and
             # the admitter opened it at its next turn.

@@ -234,13 +234,10 @@ _CLAIM_KEY = Statement(
     "INSERT INTO idempotency_keys (buyer_id, key, fingerprint) VALUES (:buyer_id, :key, :fingerprint) "
     "ON CONFLICT DO NOTHING RETURNING key"
 )
-_LOCK_KEY = Statement(
-    "SELECT fingerprint, response_status, response_body FROM idempotency_keys "
-    "WHERE buyer_id = :buyer_id AND key = :key FOR UPDATE"
-)
 _FIND_KEY = Statement(
     "SELECT fingerprint, response_status, response_body FROM idempotency_keys WHERE buyer_id = :buyer_id AND key = :key"
 )
+_LOCK_KEY = Statement(_FIND_KEY.sql + " FOR UPDATE")
 _REMEMBER_RESPONSE = Statement(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
 )
