@@ -127,6 +127,7 @@ BENCH_LINE_ARGS ?=
 # an isolated stack and a line in pre-queue: joins/s by fresh buyers, then polls/s, then polls after
 # the opening, with latency and machine CPU per join and per poll; report in var/bench-line/<timestamp>/.
 # Longer phases: make bench-line BENCH_LINE_ARGS="--seconds 30 --connections 128"
+# A big line's opening (joins meanwhile, first admission, last position): BENCH_LINE_ARGS="--seconds 2 --crowd 500000"
 bench-line: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.line $(BENCH_LINE_ARGS)
 

@@ -18,7 +18,11 @@ One run:
    edge (`checkout-line-status`, no token), for every ticket that joined, round-robin;
 5. polls after the opening (unless `--skip-opening`): the line's opening is moved to now, the
    admitter reveals the seed and places the pre-queue, and the same tickets are polled while
-   it admits them;
+   it admits them. With `--crowd N`, N more tickets are made in the database before the opening
+   (as a join makes them: a big line without minting N tokens), and the opening is watched
+   first: one buyer joins every 20 ms from the moment the opening is moved until every
+   pre-queue position is written (how long those joins took, as a join at the opening waits
+   for it), and when the first admission and the last position came, after the opening;
 6. prints a table, and writes bench.json and bench.md to var/bench-line/<timestamp>/.
 
 Each phase runs the light generator of `benchmarks/loadgen.py` (one asyncio process, raw HTTP/1.1)
@@ -47,6 +51,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -60,7 +65,7 @@ from benchmarks.cost import percentile
 from benchmarks.cpu import CpuMeter, stack_roots
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
-from devtools.client import Floodgate, poll
+from devtools.client import Floodgate, poll, session
 from devtools.stack import ROOT
 from services.accounts import config as accounts_config, key_encryption
 from services.accounts.models import Account
@@ -211,6 +216,74 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, timeout: float = 120)
     return poll(opened, timeout=timeout, interval=0.2, what="the line to open")
 
 
+CROWD = ("INSERT INTO line_tickets (id, drop_id, buyer_id, arrival) SELECT gen_random_uuid(), :d, 'crowd-' || n, "
+         "nextval('line_arrivals') FROM generate_series(1, :n) AS n")
+JOIN_EVERY_SECONDS = 0.02  # the joins watched at a big line's opening
+OPENING_JOINERS = 3_000  # tokens minted for them: a minute's worth
+
+
+def make_crowd(engine, drop_id: str, count: int) -> None:
+    """`count` tickets in the line's pre-queue, made straight in checkout's database."""
+    started = time.monotonic()
+    with engine.begin() as conn:
+        conn.execute(sa.text(CROWD), {"d": drop_id, "n": count})
+    say(f"  {count:,} more tickets made in the database in {time.monotonic() - started:.1f} s\n")
+
+
+def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: list[str],
+                  timeout: float = 600) -> dict:
+    """Open the line now with buyers joining meanwhile, one every JOIN_EVERY_SECONDS, until every
+    pre-queue position is written: how long those joins took, and when the first admission and
+    the last pre-queue position came, in seconds after the opening."""
+    stop, joins = threading.Event(), []
+    http = session()
+
+    def keep_joining():
+        url = floodgate.stack.url("line-status") + f"/drops/{drop['id']}/line/tickets"
+        for token in tokens:
+            if stop.is_set():
+                return
+            began = time.monotonic()
+            answer = http.post(url, headers={"Authorization": f"Bearer {token}"})
+            joins.append((round((time.monotonic() - began) * 1000, 1), answer.status_code))
+            stop.wait(JOIN_EVERY_SECONDS)
+
+    joiner = threading.Thread(target=keep_joining, daemon=True)
+    joiner.start()
+    try:
+        line = open_now(floodgate, admin, drop)
+        say(f"  the line opened: a pre-queue of {line['pre_queue_size']:,}; writing its positions ...\n")
+        # when the first admission and the pre-queue's last position were committed, within a poll
+        statement = sa.text("SELECT placed, pre_queue_size, admitted_through, "
+                            "extract(epoch FROM clock_timestamp() - opened_at) AS since FROM lines WHERE drop_id = :d")
+        deadline, placed_after, admitted_after = time.monotonic() + timeout, None, None
+        while True:
+            with engine.connect() as conn:
+                row = conn.execute(statement, {"d": drop["id"]}).one()
+            if row.placed >= row.pre_queue_size and placed_after is None:
+                placed_after = float(row.since)
+            if row.admitted_through > 0 and admitted_after is None:
+                admitted_after = float(row.since)
+            if placed_after is not None and admitted_after is not None:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the pre-queue was not placed and admitted from within {timeout:g} s "
+                                 f"({row.placed:,} placed)")
+            say(f"\r  placed {row.placed:>9,} of {row.pre_queue_size:,}, {float(row.since):5.1f} s after the opening ")
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        joiner.join()
+    took = [ms for ms, status in joins if status in (200, 201)]
+    say("\n")
+    return {"pre_queue": row.pre_queue_size, "placed_after_seconds": round(placed_after, 2),
+            "first_admission_after_seconds": round(admitted_after, 2),
+            "joins": len(joins), "joins_answered": {str(k): sum(1 for _, s in joins if s == k)
+                                                    for k in sorted({s for _, s in joins})},
+            "join_p50_ms": percentile(took, 50), "join_p99_ms": percentile(took, 99),
+            "join_max_ms": max(took, default=None)}
+
+
 def ticket_ids(engine, drop_id: str) -> list[str]:
     with engine.connect() as conn:
         return [str(row.id) for row in conn.execute(sa.text("SELECT id FROM line_tickets WHERE drop_id = :d"),
@@ -246,6 +319,14 @@ def markdown(figures: dict) -> str:
         lines += [f"## {p['phase']}: CPU ms per successful answer", "", "| process | CPU ms |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in p["cpu_ms_each"].items()]
         lines.append("")
+    if figures.get("opening"):
+        o = figures["opening"]
+        lines += [f"The opening of a pre-queue of {o['pre_queue']:,}: every position written "
+                  f"{o['placed_after_seconds']} s after it (polled every 0.1 s), the first admission "
+                  f"{o['first_admission_after_seconds']} s after it; {o['joins']:,} joins meanwhile "
+                  f"(one every {JOIN_EVERY_SECONDS * 1000:g} ms from the moment the opening was moved; answers "
+                  f"{o['joins_answered']}) took p50 / p99 / max **{o['join_p50_ms']} / {o['join_p99_ms']} / "
+                  f"{o['join_max_ms']} ms**.", ""]
     if figures.get("after_opening"):
         o = figures["after_opening"]
         lines += [f"After the opening: {o['pre_queue']:,} placed by the seed; {o['admitted']:,} admitted by the "
@@ -262,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"tokens minted for the join phase; the phase stops early if they run out "
                              f"(default {JOINS_PER_SECOND_PROVISIONED:,} per second of it)")
     parser.add_argument("--skip-opening", action="store_true", help="no polls after the opening")
+    parser.add_argument("--crowd", type=int, default=0,
+                        help="tickets made in the database before the opening, and the opening watched (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench-line/<timestamp>)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every process of the stack, e.g. WEB_CONCURRENCY=3")
@@ -283,8 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         floodgate.put_line(admin, drop, admission_rate=ADMISSION_RATE)
         say(f"  drop {drop['id']} opens in a day; its line is in pre-queue\n")
         mint_started = time.monotonic()
-        tokens = mint_buyers(rig, buyers + 1, lifetime_seconds=int(4 * args.seconds) + 1800)
-        mint_per_second = (buyers + 1) / (time.monotonic() - mint_started)
+        opening_joiners = OPENING_JOINERS if args.crowd and not args.skip_opening else 0
+        tokens = mint_buyers(rig, buyers + 1 + opening_joiners, lifetime_seconds=int(4 * args.seconds) + 1800)
+        mint_per_second = len(tokens) / (time.monotonic() - mint_started)
+        joiners, tokens = tokens[:opening_joiners], tokens[opening_joiners:]
         check_a_minted_token(floodgate, tokens.pop(), drop["id"])
         say("  a minted token is accepted: its join answered 201, joining again 200 with the same ticket\n")
 
@@ -300,10 +385,16 @@ def main(argv: list[str] | None = None) -> None:
         polls, _ = run_phase(rig, Phase("polls", "GET", edge, 200, polled, False, request="get"),
                              args.connections, args.seconds, workdir)
         phases.append(polls)
-        after_opening = None
+        after_opening = opening = None
+        if args.crowd:
+            make_crowd(checkout_db, drop["id"], args.crowd)
         if not args.skip_opening:
             say("  moving the opening to now; waiting for the admitter to open the line ...\n")
-            line = open_now(floodgate, admin, drop)
+            if args.crowd:
+                opening = watch_opening(floodgate, admin, drop, checkout_db, joiners)
+                line = floodgate.get_line(drop["id"]).json()
+            else:
+                line = open_now(floodgate, admin, drop)
             say(f"  the line opened: {line['pre_queue_size']:,} placed by the revealed seed\n")
             admitted = lambda: f"admitted {line_counts(checkout_db, drop['id'])[1]:>6} "  # noqa: E731
             opened, _ = run_phase(rig, Phase("polls after the opening", "GET", edge, 200, polled, False, request="get"),
@@ -314,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "env": stack_env,
                     "api": "gunicorn, {} workers x {} threads".format(*api_process_shape(stack_env)),
                     "buyers_minted": buyers, "mint_per_second": round(mint_per_second)},
-            "phases": phases, "after_opening": after_opening,
+            "phases": phases, "opening": opening, "after_opening": after_opening,
         }
         (out / "bench.json").write_text(json.dumps(figures, indent=2))
         (out / "bench.md").write_text(markdown(figures))

@@ -6,7 +6,8 @@ import socket
 from flask import Blueprint, current_app, jsonify, request
 
 from services.checkout import figures, handlers, idempotency, line as waiting_room
-from services.checkout.errors import DropNotFound, InvalidSignature, LineNotFound, OrderNotFound, TicketNotFound
+from services.checkout.errors import (DropNotFound, InvalidSignature, LineBeingPlaced, LineNotFound, OrderNotFound,
+                                     TicketNotFound)
 from services.checkout.models import Order
 from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
@@ -273,11 +274,15 @@ def show_line(drop_id: str):
 
 @bp.get("/drops/<drop_id>/line/order")
 @operation("The pre-queue's tickets in admission order, with the revealed seed, for anyone to check",
-           query=AdmissionOrderQuerySchema, response=AdmissionOrderSchema, errors=(404,))
+           query=AdmissionOrderQuerySchema, response=AdmissionOrderSchema, errors=(404, 503))
 def admission_order(drop_id: str):
     query = AdmissionOrderQuerySchema().load(request.args)
     with unit_of_work() as uow:
         line = _line(uow, drop_id)
+        if waiting_room.placing(line) and query["offset"] + query["limit"] > line.placed:
+            raise LineBeingPlaced(
+                f"The pre-queue's positions are being written: {line.placed} of {line.pre_queue_size} so far. "
+                f"Ask again in a few seconds, or for positions up to {line.placed} now.", retry_after=2)
         tickets = uow.lines.admission_order(line.drop_id, query["limit"] + 1, query["offset"]) if line.opened_at else []
     more = len(tickets) > query["limit"]
     return jsonify(AdmissionOrderSchema().dump({

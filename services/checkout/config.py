@@ -36,6 +36,10 @@ class Settings(CommonSettings):
     # often the admitter turns, and joins per client address per minute (per line-status edge process)
     line_pass_secret: str = DEV_LINE_PASS_SECRET
     admitter_interval_seconds: float = 0.5
+    # a line's pre-queue positions the admitter writes a turn, from the opening on (a pre-queue
+    # this size or smaller is placed at its opening; services/checkout/admitter.py): about 26 us
+    # of PostgreSQL's CPU each, so 0.26 s a turn at 10,000
+    line_positions_per_turn: int = 10_000
     line_joins_per_client_per_minute: int = 30
     # the proxies in front of the edge (ingress, load balancer) whose X-Forwarded-For it believes,
     # as accounts' setting of the same name: the join limit's client address is the one the

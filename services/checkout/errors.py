@@ -71,6 +71,13 @@ class LineAlreadyOpen(Conflict):
     slug, title = "line-already-open", "The line has opened"
 
 
+class LineBeingPlaced(ServiceUnavailable):
+    """A big pre-queue's positions are written over the admitter's first turns after the
+    opening; its admission order is served a page at a time as they are."""
+
+    slug, title = "line-being-placed", "The line's positions are still being written"
+
+
 class AccountTooNew(Forbidden):
     slug, title = "account-too-new", "The line takes only accounts created before it opened for joining"
 
@@ -116,6 +123,7 @@ __all__ = [
     "JoinThrottled",
     "LimitExceeded",
     "LineAlreadyOpen",
+    "LineBeingPlaced",
     "LineClosed",
     "LineNotFound",
     "LineNotOpenYet",

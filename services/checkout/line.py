@@ -11,8 +11,11 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   everyone who joined before it in a random order: by `HMAC-SHA256(key=seed, message=ticket id)`,
   the ticket id written as its 36-character lower-case UUID, compared as hex, smallest first.
   Anyone holding the seed and the ticket ids (`GET /drops/{id}/line/order`) recomputes that order
-  (`pre_queue_order` below). Those tickets get positions 1..N; everyone who joins later gets
-  N+1, N+2, ... in arrival order, from the admitter's next turn (`place_arrivals`).
+  (`pre_queue_order` below). Those tickets get positions 1..N: at the opening, or for a big
+  pre-queue `LINE_POSITIONS_PER_TURN` a turn from the next turn on (`place_pre_queue`), so the
+  opening never holds joins back for long. Everyone who joins later gets N+1, N+2, ... in
+  arrival order, from the admitter's turn after the pre-queue is placed (`place_arrivals`).
+  Until a ticket has its position, polls show it `waiting` with none.
 - Every half second the admitter admits the next positions, never putting more unused passes in
   play than the drop's remaining units x the line's admission factor (a pass whose buyer already
   holds a unit, its order in flight, is not counted again: inventory says which, with the units
@@ -95,7 +98,7 @@ def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Li
     if line is None:
         seed = new_seed()
         line = Line(drop_id=drop_id, opens_at=wanted.opens_at, state=PRE_QUEUE, seed=seed,
-                    commitment=commitment_of(seed), joined=0, pre_queue_size=0, admitted_through=0,
+                    commitment=commitment_of(seed), joined=0, placed=0, pre_queue_size=0, admitted_through=0,
                     observed_rate=0.0, pace_rate=0.0, pace_budget=0.0, created_at=now, updated_at=now)
         uow.lines.add(line)
     elif line.opened_at is None:
@@ -194,23 +197,45 @@ def _not_joined(request: JoinRequest, uow):
 
 
 def open_line(line: Line, uow, now: datetime) -> int:
-    """Reveal the seed and give the pre-queue its positions (the admitter, at the opening). The
-    line is first locked against joins, so every join that began before the opening is in the
-    pre-queue and every later one waits and arrives after it. Returns the pre-queue's size."""
+    """Reveal the seed and close the pre-queue (the admitter, at the opening). The line is first
+    locked against joins, so every join that began before the opening is in the pre-queue and
+    every later one waits and arrives after it: the pre-queue is the tickets up to the last
+    arrival number seen then. Their positions are written by `place_pre_queue`, from this turn
+    on; the opening itself reads two figures, so joins wait on it for milliseconds whatever the
+    line's size (writing 500,000 positions in it held them back for 17-24 s). Returns the
+    pre-queue's size."""
     uow.lines.wait_for_joins(line.drop_id)
-    waiting = uow.lines.unplaced_tickets(line.drop_id)
-    ordered = pre_queue_order(line.seed, waiting)
-    uow.lines.place(list(zip(ordered, range(1, len(ordered) + 1))))
-    line.pre_queue_size = line.placed = line.joined = len(ordered)
+    size, last_arrival = uow.lines.pre_queue_bounds(line.drop_id)
+    line.pre_queue_size = line.joined = size
+    line.pre_queue_last_arrival = last_arrival
+    line.placed = 0
     line.opened_at = now
     line.state = OPEN
     line.updated_at = now
-    return len(ordered)
+    return size
+
+
+def placing(line) -> bool:
+    """Whether the pre-queue's positions are still being written (see `place_pre_queue`); its
+    size is 0 until the opening."""
+    return line.placed < line.pre_queue_size
+
+
+def place_pre_queue(line: Line, uow, order: list, most: int) -> int:
+    """Write the next `most` positions of the pre-queue, `order` being all of it in admission
+    order (`pre_queue_order`). The positions handed out stay a prefix 1..placed: later arrivals
+    are placed only once the whole pre-queue is (`place_arrivals`), and the admitter admits only
+    placed positions. Returns how many were placed."""
+    chunk = order[line.placed:line.placed + most]
+    uow.lines.place(list(zip(chunk, range(line.placed + 1, line.placed + len(chunk) + 1))))
+    line.placed += len(chunk)
+    return len(chunk)
 
 
 def place_arrivals(line: Line, uow) -> int:
-    """Every turn after the opening: the tickets that joined since the last turn get the next
-    positions, in arrival order (first come, first served). Returns how many."""
+    """Every turn once the pre-queue is placed: the tickets that joined since the opening and
+    have no position yet get the next ones, in arrival order (first come, first served).
+    Returns how many."""
     placed = uow.lines.place_arrivals(line.drop_id, line.placed)
     line.placed += placed
     return placed
@@ -274,8 +299,8 @@ def place_view(position: int | None, line, now: datetime) -> dict:
         return {**view, "state": ADMITTED, "poll_after_seconds": 10}
     if line.remaining_units == 0:
         return {**view, "state": SOLD_OUT, "poll_after_seconds": 10}  # held units may come back
-    if position is None:  # joined since the admitter's last turn: placed within a turn
-        return {**view, "state": WAITING, "poll_after_seconds": 1}
+    if position is None:  # placed within a turn, or within seconds while the pre-queue is placed
+        return {**view, "state": WAITING, "poll_after_seconds": WAITING_POLL_SECONDS if placing(line) else 1}
     ahead = max(0, position - line.admitted_through - 1)
     eta = math.ceil(ahead / line.observed_rate) if line.observed_rate > 0 else None
     return {**view, "state": WAITING, "ahead": ahead, "eta_seconds": eta, "poll_after_seconds": poll_after(eta)}

@@ -115,10 +115,13 @@ class Line(Base):
     commitment: Mapped[str] = mapped_column(sa.String(64))  # sha256(seed), public from the start
     opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # tickets taken, as the admitter last counted them; positions handed out so far (the first
-    # `pre_queue_size` by the seed at the opening, the rest in arrival order)
+    # `pre_queue_size` by the seed, from the opening on, a chunk a turn; the rest in arrival order)
     joined: Mapped[int] = mapped_column(server_default="0")
     placed: Mapped[int] = mapped_column(server_default="0")
     pre_queue_size: Mapped[int] = mapped_column(server_default="0")
+    # the pre-queue's last arrival number, fixed at the opening: the tickets up to it are the
+    # pre-queue's (NULL for a line opened before positions were written in turns)
+    pre_queue_last_arrival: Mapped[int | None]
     admitted_through: Mapped[int] = mapped_column(server_default="0")  # the last position admitted
     admission_factor: Mapped[float] = mapped_column(sa.Float, server_default="1.0")
     admission_rate: Mapped[float] = mapped_column(sa.Float, server_default="20.0")  # the admin's ceiling, per second
@@ -149,8 +152,9 @@ class LineTicket(Base):
         sa.Index("line_tickets_unplaced", "drop_id", "arrival", postgresql_where=sa.text("position IS NULL")),
         # the admitter takes the next positions not yet admitted
         sa.Index("line_tickets_waiting", "drop_id", "position", postgresql_where=sa.text("admitted_at IS NULL")),
-        # active passes: admitted, unused, not yet expired
-        sa.Index("line_tickets_active", "drop_id", "pass_expires_at", postgresql_where=sa.text("used_at IS NULL")),
+        # active passes: admitted, unused, not yet expired (only admitted tickets are in it)
+        sa.Index("line_tickets_active", "drop_id", "pass_expires_at",
+                 postgresql_where=sa.text("used_at IS NULL AND pass_expires_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(pg.UUID(as_uuid=True), primary_key=True)

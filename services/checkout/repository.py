@@ -314,19 +314,27 @@ class Lines:
         })
         return {row.id: row for row in rows}
 
-    def count(self, drop_id: uuid.UUID) -> int:
-        return self._session.execute(_COUNT, {"drop_id": drop_id}).scalar_one()
+    def joined(self, line: Line) -> int:
+        """The tickets the line has taken: once it has opened, its pre-queue as counted then and
+        the arrivals since (an index range of them, however big the pre-queue)."""
+        if line.pre_queue_last_arrival is None:  # not opened yet, nobody in its pre-queue, or opened before 0009
+            return self._session.execute(_COUNT, {"drop_id": line.drop_id}).scalar_one()
+        return line.pre_queue_size + self._session.execute(
+            _COUNT_ARRIVALS, {"drop_id": line.drop_id, "after": line.pre_queue_last_arrival}).scalar_one()
 
     def place_arrivals(self, drop_id: uuid.UUID, after: int) -> int:
         """Give the tickets without a position the next ones (`after` + 1, ...), in arrival
         order; returns how many were placed."""
         return len(self._session.execute(_PLACE_ARRIVALS, {"drop_id": drop_id, "after": after}).all())
 
-    def unplaced_tickets(self, drop_id: uuid.UUID) -> list[uuid.UUID]:
-        """The tickets without a position: those that joined before the opening."""
-        return list(self._session.scalars(
-            sa.select(LineTicket.id).where(LineTicket.drop_id == drop_id, LineTicket.position.is_(None))
-        ))
+    def pre_queue_bounds(self, drop_id: uuid.UUID) -> tuple[int, int | None]:
+        """At the opening, under the lock against joins: how many tickets joined, and the last
+        arrival number among them (None: nobody joined)."""
+        return tuple(self._session.execute(_PRE_QUEUE_BOUNDS, {"drop_id": drop_id}).one())
+
+    def pre_queue(self, drop_id: uuid.UUID, last_arrival: int) -> list[uuid.UUID]:
+        """The pre-queue's tickets (those that joined before the opening), placed or not."""
+        return list(self._session.scalars(_PRE_QUEUE, {"drop_id": drop_id, "last_arrival": last_arrival}))
 
     def place(self, positions: list[tuple[uuid.UUID, int]]) -> None:
         if positions:
@@ -346,16 +354,19 @@ class Lines:
         """The admitted buyers whose pass is neither used nor expired."""
         return list(self._session.scalars(_ACTIVE_PASS_HOLDERS, {"drop_id": drop_id, "now": now}))
 
-    def admitted_after(self, drop_id: uuid.UUID, position: int) -> list[str]:
-        """The buyers admitted at a position past `position`, their pass used, expired or not."""
-        return list(self._session.scalars(_ADMITTED_AFTER, {"drop_id": drop_id, "position": position}))
+    def admitted_after(self, drop_id: uuid.UUID, after: int, through: int) -> list[str]:
+        """The buyers admitted at a position past `after`, up to `through`, the line's last
+        admitted position (admissions go by position: none beyond it), their pass used, expired
+        or not. Without that bound each turn read every waiting ticket of the line."""
+        return list(self._session.scalars(_ADMITTED_AFTER, {"drop_id": drop_id, "after": after, "through": through}))
 
-    def admit_next(self, drop_id: uuid.UUID, count: int, now, expires_at) -> list[int]:
-        """Admit the next `count` waiting positions; returns the positions admitted."""
+    def admit_next(self, drop_id: uuid.UUID, after: int, count: int, now, expires_at) -> list[int]:
+        """Admit the next `count` waiting positions past `after`, the line's last admitted one;
+        returns the positions admitted."""
         if count <= 0:
             return []
-        return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "count": count, "now": now,
-                                                        "expires_at": expires_at}))
+        return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "after": after, "count": count,
+                                                        "now": now, "expires_at": expires_at}))
 
     def clock(self) -> datetime:
         """The database's time at this transaction's start: one clock for every admitter replica,
@@ -419,7 +430,8 @@ _UUIDS = (sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)),)
 _HAS_LINE = Statement("SELECT 1 FROM lines WHERE drop_id = :drop_id")
 _POLLED = ("line_tickets.id, line_tickets.drop_id, line_tickets.buyer_id, line_tickets.position, "
            "line_tickets.admitted_at, line_tickets.pass_expires_at, line_tickets.used_at")
-_LINE_SHOWN = "lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate"
+_LINE_SHOWN = ("lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate, "
+               "lines.placed, lines.pre_queue_size")
 _TICKET_AND_LINE = sa.text(
     f"SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id "
     "WHERE line_tickets.drop_id = :drop_id AND line_tickets.buyer_id = :buyer_id"
@@ -429,7 +441,8 @@ _JOIN_MANY = sa.text(
     " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:drop_ids AS uuid[]), CAST(:buyer_ids AS text[]),"
     " CAST(:created AS timestamptz[])) AS wanted(id, drop_id, buyer_id, account_created_at)),"
     " lines AS ("
-    " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate, accounts_created_before"
+    " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate, placed, pre_queue_size,"
+    " accounts_created_before"
     " FROM lines WHERE drop_id IN (SELECT drop_id FROM wanted) AND state <> 'closed' FOR KEY SHARE),"
     " line_tickets AS ("
     " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival)"
@@ -442,6 +455,12 @@ _JOIN_MANY = sa.text(
 )
 _LOCK_AGAINST_JOINS = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id FOR UPDATE").bindparams(*_UUIDS)
 _COUNT = sa.text("SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
+_COUNT_ARRIVALS = sa.text(
+    "SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id AND arrival > :after").bindparams(*_UUIDS)
+_PRE_QUEUE_BOUNDS = sa.text(
+    "SELECT count(*), max(arrival) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
+_PRE_QUEUE = sa.text(
+    "SELECT id FROM line_tickets WHERE drop_id = :drop_id AND arrival <= :last_arrival").bindparams(*_UUIDS)
 _PLACE_ARRIVALS = sa.text(
     "UPDATE line_tickets SET position = :after + newcomers.n FROM ("
     " SELECT id, row_number() OVER (ORDER BY arrival) AS n FROM line_tickets"
@@ -459,11 +478,12 @@ _ACTIVE_PASS_HOLDERS = sa.text(
 ).bindparams(*_UUIDS)
 _TRANSACTION_TIME = sa.text("SELECT now()")
 _ADMITTED_AFTER = sa.text(
-    "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND position > :position AND admitted_at IS NOT NULL"
+    "SELECT buyer_id FROM line_tickets WHERE drop_id = :drop_id AND position > :after AND position <= :through "
+    "AND admitted_at IS NOT NULL"
 ).bindparams(*_UUIDS)
 _ADMIT_NEXT = sa.text(
     "UPDATE line_tickets SET admitted_at = :now, pass_expires_at = :expires_at WHERE id IN ("
-    " SELECT id FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL AND position IS NOT NULL"
+    " SELECT id FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL AND position > :after"
     " ORDER BY position LIMIT :count FOR UPDATE) RETURNING position"
 ).bindparams(*_UUIDS)
 _USE_PASS = sa.text(

@@ -156,6 +156,7 @@ class LineSchema(Schema):
     seed = fields.Method("_seed", allow_none=True)
     algorithm = fields.Method("_algorithm")
     pre_queue_size = fields.Integer()
+    placed = fields.Integer()  # positions handed out so far (the pre-queue's are written over the first turns)
     joined = fields.Integer()
     admitted = fields.Integer(attribute="admitted_through")
     waiting = fields.Method("_waiting")

@@ -26,6 +26,8 @@ TEST_ENV = {
     # email goes at once: the tests keep this machine busy, and the wait for a quieter machine
     # (up to 30 s) would only slow them; test_notifications turns it on where it is the subject
     "DEFER_WHILE_BUSY_SECONDS": "0",
+    # a pre-queue over this is placed over several admitter turns: a test line of thousands shows it
+    "LINE_POSITIONS_PER_TURN": "1000",
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
+import signal
 import socket
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -12,9 +14,13 @@ import jwt
 
 from devtools.client import poll
 from services.checkout.line import pre_queue_order
-from tests.integration.database import rows, scalar
+from tests.integration.database import execute, rows, scalar
 
 OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue first
+# a crowd's tickets made in the database as a join makes them (registering that many accounts
+# would take minutes)
+CROWD = ("INSERT INTO line_tickets (id, drop_id, buyer_id, arrival) SELECT gen_random_uuid(), :d, 'crowd-' || n, "
+         "nextval('line_arrivals') FROM generate_series(1, :n) AS n")
 
 
 def _ready_buyers(floodgate, count: int) -> list[str]:
@@ -82,6 +88,64 @@ def test_the_pre_queue_is_the_order_the_revealed_seed_gives_then_first_come_firs
         assert "pass" not in place
     unknown = floodgate.place_in_line(drop["id"], str(uuid.uuid4()))
     assert unknown.status_code == 404 and unknown.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_big_pre_queue_gets_its_positions_over_the_turns_after_a_short_opening(floodgate, admin_token, stack):
+    """A pre-queue bigger than LINE_POSITIONS_PER_TURN (1,000 in the tests) is placed over the
+    admitter's turns after the opening, which itself writes no position: 500,000 positions in the
+    opening's transaction held joins back for 24 s. With the admitter frozen while it places
+    them: joins go on, polls say `waiting` without a position, and the published order answers
+    503 until it is whole. Then it is the seed's order, and later arrivals come after it."""
+    crowd, buyers = 20_000, _ready_buyers(floodgate, 3)
+    drop = floodgate.create_drop(admin_token, quantity=3, opens_in=OPENS_IN + 2)
+    floodgate.put_line(admin_token, drop, admission_rate=50, pass_ttl_seconds=120)
+    execute(stack, "checkout", CROWD, d=drop["id"], n=crowd)
+    early = [floodgate.join_line(token, drop["id"]).json()["ticket_id"] for token in buyers[:2]]
+    poll(lambda: floodgate.get_line(drop["id"]).json()["seed"], timeout=OPENS_IN + 20, what="the line to open")
+    admitter = stack.processes["checkout-admitter"]
+    order_url = f"{stack.url('checkout')}/drops/{drop['id']}/line/order"
+    os.killpg(admitter.pid, signal.SIGSTOP)
+    try:
+        [(placed, size)] = rows(stack, "checkout", "SELECT placed, pre_queue_size FROM lines WHERE drop_id = :d",
+                                d=drop["id"])
+        assert size == crowd + 2 and placed < size, (placed, size)
+        late = floodgate.join_line(buyers[2], drop["id"])
+        assert late.status_code == 201 and late.json()["position"] is None, late.text
+        late_id = late.json()["ticket_id"]
+        for ticket_id in (late_id, early[0]):  # the edge's copy has seen the opening within a refresh
+            place = poll(lambda t=ticket_id: (lambda a: a.json() if a.status_code == 200 and a.json()["state"]
+                                              == "waiting" else None)(floodgate.place_in_line(drop["id"], t)),
+                         timeout=5, what="the edge to show the opened line")
+            if ticket_id == late_id:
+                assert (place["position"], place["poll_after_seconds"]) == (None, 3), place
+        mine = floodgate.my_ticket(buyers[2], drop["id"])
+        assert (mine["state"], mine["position"], mine["poll_after_seconds"]) == ("waiting", None, 3), mine
+        whole = floodgate.http.get(order_url, params={"limit": 10_000, "offset": crowd})
+        assert whole.status_code == 503 and whole.headers["Retry-After"], whole.text
+        assert whole.json()["type"].endswith("/line-being-placed")
+    finally:
+        os.killpg(admitter.pid, signal.SIGCONT)
+    poll(lambda: scalar(stack, "checkout", "SELECT placed FROM lines WHERE drop_id = :d", d=drop["id"]) == crowd + 3,
+         timeout=60, what="every position written")
+    placed = rows(stack, "checkout", "SELECT id::text, position FROM line_tickets WHERE drop_id = :d ORDER BY position",
+                  d=drop["id"])
+    assert [position for _, position in placed] == list(range(1, crowd + 4))
+    seed = bytes.fromhex(floodgate.get_line(drop["id"]).json()["seed"])
+    pre_queue = [ticket_id for ticket_id, _ in placed[:-1]]
+    assert set(early) <= set(pre_queue) and pre_queue == pre_queue_order(seed, pre_queue)
+    assert placed[-1][0] == late_id  # after the whole pre-queue
+    published = []
+    for offset in range(0, crowd + 2, 10_000):
+        page = floodgate.http.get(order_url, params={"limit": 10_000, "offset": offset})
+        assert page.status_code == 200, page.text
+        published += page.json()["tickets"]
+    assert published == pre_queue
+    poll(lambda: _active_passes(stack, drop["id"]) == 3, what="three admissions")
+    assert scalar(stack, "checkout", "SELECT max(position) FROM line_tickets WHERE drop_id = :d "
+                                     "AND admitted_at IS NOT NULL", d=drop["id"]) == 3
+    closed = floodgate.http.patch(f"{stack.url('checkout')}/drops/{drop['id']}/line", json={"state": "closed"},
+                                  headers={"Authorization": f"Bearer {admin_token}"})
+    assert closed.status_code == 200, closed.text  # the admitter turns its 20,000 tickets no more
 
 
 def test_an_order_needs_its_own_pass_and_uses_it_up(floodgate, admin_token, stack):

@@ -156,7 +156,8 @@ class FakeLines:
             id=ticket.id, drop_id=ticket.drop_id, buyer_id=ticket.buyer_id, position=ticket.position,
             admitted_at=ticket.admitted_at, pass_expires_at=ticket.pass_expires_at, used_at=ticket.used_at,
             state=line.state, opens_at=line.opens_at, remaining_units=line.remaining_units,
-            admitted_through=line.admitted_through, observed_rate=line.observed_rate)
+            admitted_through=line.admitted_through, observed_rate=line.observed_rate, placed=line.placed,
+            pre_queue_size=line.pre_queue_size)
 
     def join_many(self, wanted):
         made = {}
@@ -181,8 +182,8 @@ class FakeLines:
     def wait_for_joins(self, drop_id):
         pass  # one thread: no join is in flight
 
-    def count(self, drop_id):
-        return len(self.tickets(drop_id))
+    def joined(self, line):
+        return len(self.tickets(line.drop_id))
 
     def place_arrivals(self, drop_id, after):
         newcomers = sorted((t for t in self.tickets(drop_id) if t.position is None), key=lambda t: t.arrival)
@@ -190,8 +191,12 @@ class FakeLines:
             ticket.position = after + n
         return len(newcomers)
 
-    def unplaced_tickets(self, drop_id):
-        return [t.id for t in self.tickets(drop_id) if t.position is None]
+    def pre_queue_bounds(self, drop_id):
+        tickets = self.tickets(drop_id)
+        return len(tickets), max((t.arrival for t in tickets), default=None)
+
+    def pre_queue(self, drop_id, last_arrival):
+        return [t.id for t in self.tickets(drop_id) if t.arrival <= last_arrival]
 
     def place(self, positions):
         for ticket_id, position in positions:
@@ -210,12 +215,13 @@ class FakeLines:
     def clock(self):
         return self.time()
 
-    def admitted_after(self, drop_id, position):
+    def admitted_after(self, drop_id, after, through):
         return [t.buyer_id for t in self.tickets(drop_id)
-                if t.admitted_at is not None and t.position is not None and t.position > position]
+                if t.admitted_at is not None and t.position is not None and after < t.position <= through]
 
-    def admit_next(self, drop_id, count, now, expires_at):
-        waiting = sorted((t for t in self.tickets(drop_id) if t.admitted_at is None and t.position is not None),
+    def admit_next(self, drop_id, after, count, now, expires_at):
+        waiting = sorted((t for t in self.tickets(drop_id)
+                          if t.admitted_at is None and t.position is not None and t.position > after),
                          key=lambda t: t.position)[:max(0, count)]
         for ticket in waiting:
             ticket.admitted_at, ticket.pass_expires_at = now, expires_at

@@ -128,6 +128,57 @@ def test_opening_orders_the_pre_queue_by_the_seed_then_later_arrivals_by_arrival
     assert made.placed == 8 and made.joined == 8 and made.pre_queue_size == 6
 
 
+def test_a_big_pre_queue_is_placed_over_the_turns_after_a_short_opening_and_later_arrivals_after_it(clock):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
+    early = [t.id for t in uow.lines.tickets(DROP)]
+    pre_queues = admitter.PreQueues(per_turn=4)
+    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)  # the opening: no position written
+    assert (made.state, made.pre_queue_size, made.placed, made.admitted_through) == (line.OPEN, 10, 0, 0)
+    assert made.seed and made.opened_at is not None and line.placing(made)
+    unplaced = uow.lines.ticket_and_line(DROP, "buyer-0")
+    assert line.ticket_view(unplaced, unplaced, utc_now(), SECRET) == {
+        "ticket_id": unplaced.id, "drop_id": DROP, "state": line.WAITING, "position": None, "ahead": None,
+        "eta_seconds": None, "pass": None, "pass_expires_at": None, "poll_after_seconds": line.WAITING_POLL_SECONDS}
+    late = join(DROP, "late", None, uow)[0]  # joins go on while the pre-queue is placed
+    uow.commit()
+    placed_by_turn = []
+    for _ in range(3):
+        clock.advance(admitter.MIN_TURN_SECONDS)
+        admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
+        placed_by_turn.append(made.placed)
+        assert made.admitted_through <= min(made.placed, 10)  # only placed positions are admitted
+    assert placed_by_turn == [4, 8, 10]  # 4 a turn; the late arrival waits for the whole pre-queue
+    assert uow.lines.ticket_of(DROP, "late").position is None and late.position is None
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
+    assert uow.lines.ticket_of(DROP, "late").position == 11 and made.placed == 11 and made.joined == 11
+    by_position = sorted((t for t in uow.lines.tickets(DROP) if t.id in early), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
+    assert [t.position for t in by_position] == list(range(1, 11))
+    assert made.admitted_through > 0
+
+
+def test_another_admitter_carries_on_placing_a_pre_queue_where_the_last_turn_stopped(clock):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 7, opens_in=-1)
+    early = [t.id for t in uow.lines.tickets(DROP)]
+    admitter.turn(uow, StockOf(0), pre_queues=admitter.PreQueues(per_turn=3))
+    for replica in range(3):  # each turn by a replica that never saw this line before
+        clock.advance(admitter.MIN_TURN_SECONDS)
+        admitter.turn(uow, StockOf(0), pre_queues=admitter.PreQueues(per_turn=3))
+    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
+    assert made.placed == 7 and not line.placing(made)
+
+
+def test_a_pre_queue_no_bigger_than_a_turns_worth_is_placed_at_its_opening():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 4, opens_in=-1, admission_rate=100)
+    admitter.turn(uow, StockOf(2), pre_queues=admitter.PreQueues(per_turn=4))
+    assert (made.placed, made.admitted_through) == (4, 2) and not line.placing(made)
+
+
 def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():
     assert line.admissions_allowed(remaining_units=10, factor=1.5, active_passes=4, budget_by_rate=100) == 11
     assert line.admissions_allowed(remaining_units=10, factor=1.0, active_passes=10, budget_by_rate=100) == 0

@@ -146,6 +146,17 @@ def test_unknown_lines_and_tickets_not_yet_placed_are_clear_404s():
         assert body["status"] == 404 and body["detail"] and headers["cache-control"] == "no-store"
 
 
+def test_while_the_pre_queue_is_placed_a_ticket_without_its_position_yet_is_waiting_not_404():
+    first, second = uuid.uuid4(), uuid.uuid4()
+    app, _ = app_with({first: 1, second: 2}, pre_queue_size=5, joined=6)  # 2 of the pre-queue's 5 placed
+    status, body, _ = get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")
+    assert status == 200 and (body["state"], body["position"], body["ahead"]) == ("waiting", None, None)
+    assert body["poll_after_seconds"] == waiting_room.WAITING_POLL_SECONDS
+    assert get(app, f"/drops/{DROP}/line/tickets/{second}")[1]["position"] == 2
+    status, body, _ = get(app, f"/drops/{DROP}/line/status")
+    assert (body["placed"], body["pre_queue_size"], body["joined"]) == (2, 5, 6)
+
+
 def test_it_answers_get_and_post_only():
     app, _ = app_with({uuid.uuid4(): 1})
     status, body, headers = asyncio.run(app.answer("POST", f"/drops/{DROP}/line/status", {}))
