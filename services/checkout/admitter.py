@@ -44,31 +44,45 @@ class Shedding:
 
 class PreQueues:
     """Writes opened lines' pre-queue positions, `per_turn` a turn (`LINE_POSITIONS_PER_TURN`),
-    keeping each pre-queue's admission order in between: working it out reads every ticket of
-    the pre-queue and sorts them by the seed (2.7 s for 500,000). The order is the seed's and the
-    tickets', so a replica that turns the line next works out the same one."""
+    keeping the admission order of each pre-queue being placed: working it out reads every
+    ticket of the pre-queue and sorts them by the seed (2.7 s for 500,000), which `prepare` does
+    with no line locked. The order is the seed's and the tickets', so a replica that turns the
+    line next works out the same one."""
 
     def __init__(self, per_turn: int = Settings.line_positions_per_turn):
+        if per_turn < 1:
+            raise ValueError(f"LINE_POSITIONS_PER_TURN must be at least 1, not {per_turn}")
         self.per_turn = per_turn
         self._orders: dict[tuple, list] = {}
 
-    def place(self, line, uow) -> int:
-        key = (line.drop_id, line.opened_at)
-        order = self._orders.get(key)
-        if order is None:
-            order = waiting_room.pre_queue_order(
-                line.seed, uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival))
-            self._orders[key] = order
-        placed = waiting_room.place_pre_queue(line, uow, order, self.per_turn)
-        if not waiting_room.placing(line):
+    def prepare(self, uow) -> None:
+        """Before the lines are locked: work out the order of every pre-queue being placed that
+        this process has not yet, and forget those whose placing is done (by any admitter)."""
+        placing = {(row.drop_id, row.opened_at): row for row in uow.lines.placing()}
+        for key in set(self._orders) - set(placing):
             del self._orders[key]
+        for key, line in placing.items():
+            if key not in self._orders:
+                self._orders[key] = self._order_of(line, uow)
+        uow.rollback()
+
+    def place(self, line, uow) -> int:
+        """Write the line's next positions (it is locked)."""
+        key = (line.drop_id, line.opened_at)
+        if key not in self._orders:  # began placing after `prepare` looked
+            self._orders[key] = self._order_of(line, uow)
+        placed = waiting_room.place_pre_queue(line, uow, self._orders[key], self.per_turn)
+        if not waiting_room.placing(line):
             log.info("pre-queue placed", extra={"drop_id": str(line.drop_id), "pre_queue": line.pre_queue_size})
         return placed
 
-    def forget(self, drop_id) -> None:
-        """A line closed while its pre-queue was being placed (it carries on if opened again)."""
-        for key in [key for key in self._orders if key[0] == drop_id]:
-            del self._orders[key]
+    @staticmethod
+    def _order_of(line, uow) -> list:
+        order = waiting_room.pre_queue_order(line.seed, uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival))
+        if len(order) != line.pre_queue_size:  # tickets are never deleted: this is a bug or a hand-made change
+            log.error("the pre-queue's tickets do not match its size",
+                      extra={"drop_id": str(line.drop_id), "tickets": len(order), "pre_queue": line.pre_queue_size})
+        return order
 
 
 @dataclass(frozen=True)
@@ -80,16 +94,19 @@ class Turned:
 
 
 def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues | None = None) -> Turned:
-    """One pass over the lines: open those due, place their tickets, admit from the open ones,
+    """One pass over the lines: open those due, write their positions, admit from the open ones,
     close those whose drop's window has closed. Inventory is asked for each line's remaining
     units and its drop's close before any line is locked, so joins never wait on an HTTP call.
-    A pre-queue of up to `pre_queues.per_turn` is placed at its opening; a bigger one from the
-    next turn on, that many a turn, so that the opening (which holds joins back) stays short."""
+    Each opening commits on its own (`_open`): joins wait for it for two reads. The positions are
+    written afterwards, at most `pre_queues.per_turn` of a line's a turn, with the lines locked
+    against other admitters only: joins go on. A line closed before its pre-queue was placed
+    still gets the rest of its positions (its published order is then whole)."""
     pre_queues = pre_queues or PreQueues()
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due(TURNED)
     started = utc_now()  # a line opens in this turn if its opening had come by now
     drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= started]
+    opening = [line.drop_id for line in due if line.state == waiting_room.PRE_QUEUE and line.opens_at <= started]
     # The passes in play are read before inventory is asked, and inventory says, with the units
     # left, which of their buyers already hold one (one statement there): their orders are in
     # flight, between the hold and the commit that uses the pass, and their passes are not
@@ -106,8 +123,11 @@ def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues
             stock[drop_id] = inventory.holders(str(drop_id), holders[drop_id])
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
+    for drop_id in opening:
+        _open(uow, drop_id, stock.get(drop_id))
+    pre_queues.prepare(uow)
     admitted, next_opening = 0, None
-    locked = uow.lines.lock_next_due(TURNED)
+    locked = uow.lines.lock_next_due(TURNED, placing=True)
     paced_at = uow.lines.clock() if locked else None  # the database's time: one clock for every replica
     for line in locked:
         now = utc_now()
@@ -115,24 +135,22 @@ def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues
             line.joined = uow.lines.joined(line)  # opens at the next turn, with its stock figure
             next_opening = min(next_opening or line.opens_at, line.opens_at)
             continue
+        if line.state == waiting_room.CLOSED:  # closed while its pre-queue was being placed
+            pre_queues.place(line, uow)
+            continue
         figures = stock.get(line.drop_id)
         if figures is not None and figures.closed_by(paced_at):
             waiting_room.close_line(line, now)
-            pre_queues.forget(line.drop_id)
             log.info("line closed: its drop's window has closed",
                      extra={"drop_id": str(line.drop_id), "closes_at": figures.closes_at.isoformat()})
             continue
-        opening = line.state == waiting_room.PRE_QUEUE
-        if opening:
-            size = waiting_room.open_line(line, uow, now)
-            log.info("line opened; seed revealed", extra={"drop_id": str(line.drop_id), "pre_queue": size})
+        if line.state == waiting_room.PRE_QUEUE:  # due, but another admitter held it at its opening
+            continue
         if waiting_room.placing(line):
-            if not opening or line.pre_queue_size <= pre_queues.per_turn:
-                pre_queues.place(line, uow)
-        elif not opening:
-            waiting_room.place_arrivals(line, uow)
-        if not opening:
-            line.joined = uow.lines.joined(line)
+            pre_queues.place(line, uow)
+        if not waiting_room.placing(line):
+            waiting_room.place_arrivals(line, uow, pre_queues.per_turn)
+        line.joined = uow.lines.joined(line)
         if figures is None:
             continue
         line.remaining_units = figures.remaining
@@ -143,6 +161,19 @@ def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues
         line.updated_at = now
     uow.commit()
     return Turned(admitted, next_opening)
+
+
+def _open(uow, drop_id, figures) -> None:
+    """Open a line that is due, in a transaction of its own: `line.open_line` holds the line
+    against joins (FOR UPDATE) until this commits, for two reads. Not when another admitter
+    holds the line (it opens it), nor when its drop's window has closed (the turn closes it)."""
+    line = uow.lines.lock_to_open(drop_id)
+    if line is None or (figures is not None and figures.closed_by(uow.lines.clock())):
+        uow.rollback()
+        return
+    size = waiting_room.open_line(line, uow, utc_now())
+    uow.commit()
+    log.info("line opened; seed revealed", extra={"drop_id": str(drop_id), "pre_queue": size})
 
 
 def passes_in_play(asked: list[str], holding: int, now_held: list[str], admitted_since: list[str]) -> int:

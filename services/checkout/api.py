@@ -279,16 +279,17 @@ def admission_order(drop_id: str):
     query = AdmissionOrderQuerySchema().load(request.args)
     with unit_of_work() as uow:
         line = _line(uow, drop_id)
-        if waiting_room.placing(line) and query["offset"] + query["limit"] > line.placed:
+        end = min(query["offset"] + query["limit"], line.pre_queue_size)
+        if end > line.placed:  # a big pre-queue's positions are written over its first turns
             raise LineBeingPlaced(
                 f"The pre-queue's positions are being written: {line.placed} of {line.pre_queue_size} so far. "
                 f"Ask again in a few seconds, or for positions up to {line.placed} now.", retry_after=2)
-        tickets = uow.lines.admission_order(line.drop_id, query["limit"] + 1, query["offset"]) if line.opened_at else []
-    more = len(tickets) > query["limit"]
+        tickets = uow.lines.admission_order(line.drop_id, query["limit"], query["offset"]) if line.opened_at else []
+    more = end < line.pre_queue_size
     return jsonify(AdmissionOrderSchema().dump({
         "drop_id": line.drop_id, "seed": line.seed.hex() if line.opened_at else None,
-        "algorithm": waiting_room.ALGORITHM, "tickets": tickets[: query["limit"]],
-        "next_offset": query["offset"] + query["limit"] if more else None,
+        "algorithm": waiting_room.ALGORITHM, "tickets": tickets,
+        "next_offset": end if more else None,
     }))
 
 

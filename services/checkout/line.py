@@ -11,11 +11,11 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   everyone who joined before it in a random order: by `HMAC-SHA256(key=seed, message=ticket id)`,
   the ticket id written as its 36-character lower-case UUID, compared as hex, smallest first.
   Anyone holding the seed and the ticket ids (`GET /drops/{id}/line/order`) recomputes that order
-  (`pre_queue_order` below). Those tickets get positions 1..N: at the opening, or for a big
-  pre-queue `LINE_POSITIONS_PER_TURN` a turn from the next turn on (`place_pre_queue`), so the
-  opening never holds joins back for long. Everyone who joins later gets N+1, N+2, ... in
-  arrival order, from the admitter's turn after the pre-queue is placed (`place_arrivals`).
-  Until a ticket has its position, polls show it `waiting` with none.
+  (`pre_queue_order` below). Those tickets get positions 1..N, `LINE_POSITIONS_PER_TURN` a
+  turn from the opening's turn on (`place_pre_queue`), after the opening has committed, so it
+  never holds joins back for long. Everyone who joins later gets N+1, N+2, ... in arrival
+  order, as many a turn, once the pre-queue is placed (`place_arrivals`). Until a ticket has
+  its position, polls show it `waiting` with none.
 - Every half second the admitter admits the next positions, never putting more unused passes in
   play than the drop's remaining units x the line's admission factor (a pass whose buyer already
   holds a unit, its order in flight, is not counted again: inventory says which, with the units
@@ -197,11 +197,11 @@ def _not_joined(request: JoinRequest, uow):
 
 
 def open_line(line: Line, uow, now: datetime) -> int:
-    """Reveal the seed and close the pre-queue (the admitter, at the opening). The line is first
-    locked against joins, so every join that began before the opening is in the pre-queue and
-    every later one waits and arrives after it: the pre-queue is the tickets up to the last
-    arrival number seen then. Their positions are written by `place_pre_queue`, from this turn
-    on; the opening itself reads two figures, so joins wait on it for milliseconds whatever the
+    """Reveal the seed and close the pre-queue (the admitter, at the opening, in a transaction of
+    its own). The line is first locked against joins, so every join that began before the
+    opening is in the pre-queue and every later one waits and arrives after it: the pre-queue is
+    the tickets up to the last arrival number seen then. Their positions are written after the
+    opening has committed (`place_pre_queue`), so joins wait on it for two reads whatever the
     line's size (writing 500,000 positions in it held them back for 17-24 s). Returns the
     pre-queue's size."""
     uow.lines.wait_for_joins(line.drop_id)
@@ -232,11 +232,11 @@ def place_pre_queue(line: Line, uow, order: list, most: int) -> int:
     return len(chunk)
 
 
-def place_arrivals(line: Line, uow) -> int:
-    """Every turn once the pre-queue is placed: the tickets that joined since the opening and
-    have no position yet get the next ones, in arrival order (first come, first served).
-    Returns how many."""
-    placed = uow.lines.place_arrivals(line.drop_id, line.placed)
+def place_arrivals(line: Line, uow, most: int) -> int:
+    """Every turn once the pre-queue is placed: the first `most` tickets that joined since the
+    opening and have no position yet get the next ones, in arrival order (first come, first
+    served). Returns how many."""
+    placed = uow.lines.place_arrivals(line.drop_id, line.placed, most)
     line.placed += placed
     return placed
 

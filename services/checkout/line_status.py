@@ -26,9 +26,9 @@ database four times a second by one thread, and answers from it:
   the rush at checkout, between each admitted buyer hearing and ordering. Only those polls
   verify a token (another buyer's, or one that does not verify, gets the public answer), and
   the copy keeps only the admitted tickets' buyers and expiries, fetched as the admitter admits
-  them. A ticket the admitter has not placed yet is `waiting` without a position before the
-  pre-queue's positions are all written (any ticket may be one of its), else 404 here (it
-  joined less than a turn ago): ask the buyer's own poll instead.
+  them. A ticket the admitter has not placed yet is `waiting` without a position while the
+  line has tickets without one (any ticket may be one of those), else 404 here (it joined
+  since the admitter's last turn): ask the buyer's own poll instead.
 - `GET /drops/{drop_id}/line/status`: the line's public figures.
 - `GET /healthz` (the process runs) and `GET /readyz` (the copy is fresh).
 - `GET /metrics` (Prometheus): its answers by route and status, their time, and the age of its
@@ -269,9 +269,10 @@ def _line(lines: Lines, drop_id: str) -> SimpleNamespace:
 def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> dict:
     line = _line(lines, drop_id)
     position = lines.positions.get(str(line.drop_id), {}).get(ticket_id.lower())
-    # before the opening, and while the pre-queue's positions are written, any ticket may be one
-    # of the line's yet to be placed: its buyer hears so here, not from checkout's database
-    if position is None and line.state != waiting_room.PRE_QUEUE and not waiting_room.placing(line):
+    # before the opening, and while the line has tickets without a position (a big pre-queue's
+    # are written over its first turns, and as many arrivals a turn after it), any ticket may be
+    # one of those: its buyer hears so here, not from checkout's database
+    if position is None and line.state != waiting_room.PRE_QUEUE and line.placed >= line.joined:
         raise errors.NotFound("No such ticket in this line, or it joined less than a turn ago: "
                               "ask GET /drops/{id}/line/tickets/mine at checkout.")
     return {"ticket_id": ticket_id.lower(), "drop_id": str(line.drop_id), **waiting_room.place_view(position, line, now),

@@ -162,7 +162,8 @@ class LineTicket(Base):
     buyer_id: Mapped[str] = mapped_column(sa.String(64))
     # from the sequence line_arrivals: orders the arrivals after the opening (gaps mean nothing)
     arrival: Mapped[int]
-    # set by the admitter: at the opening for the pre-queue, within a turn for later arrivals
+    # set by the admitter: for the pre-queue LINE_POSITIONS_PER_TURN a turn from the opening on,
+    # for later arrivals as many a turn once the pre-queue is placed
     position: Mapped[int | None]
     joined_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     admitted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -272,14 +272,30 @@ class Lines:
     def get(self, drop_id: uuid.UUID, lock: bool = False) -> Line | None:
         return self._session.get(Line, drop_id, with_for_update=lock)
 
-    def lock_next_due(self, states: tuple[str, ...]) -> list[Line]:
-        """The lines in `states`, each locked; one another admitter holds is skipped (replicas
-        share the lines, never the same one at once). The lock (FOR NO KEY UPDATE) lets joins
-        (FOR KEY SHARE) go on meanwhile."""
+    def lock_next_due(self, states: tuple[str, ...], placing: bool = False) -> list[Line]:
+        """The lines in `states` (and, with `placing`, those whose pre-queue's positions are still
+        being written, whatever their state), each locked; one another admitter holds is
+        skipped (replicas share the lines, never the same one at once). The lock (FOR NO KEY
+        UPDATE) lets joins (FOR KEY SHARE) go on meanwhile."""
+        wanted = Line.state.in_(states)
+        if placing:
+            wanted = sa.or_(wanted, Line.placed < Line.pre_queue_size)
         return list(self._session.scalars(
-            sa.select(Line).where(Line.state.in_(states)).order_by(Line.opens_at)
-            .with_for_update(skip_locked=True, key_share=True)
+            sa.select(Line).where(wanted).order_by(Line.opens_at).with_for_update(skip_locked=True, key_share=True)
         ))
+
+    def lock_to_open(self, drop_id: uuid.UUID) -> Line | None:
+        """The line, locked as `lock_next_due` locks it, when it is still to open and no other
+        admitter holds it."""
+        return self._session.scalars(
+            sa.select(Line).where(Line.drop_id == drop_id, Line.state == "pre_queue")
+            .with_for_update(skip_locked=True, key_share=True).execution_options(populate_existing=True)
+        ).first()
+
+    def placing(self) -> list:
+        """The opened lines whose pre-queue's positions are still being written: drop_id,
+        opened_at, seed, pre_queue_size and pre_queue_last_arrival of each (read without a lock)."""
+        return list(self._session.execute(_PLACING))
 
     def wait_for_joins(self, drop_id: uuid.UUID) -> None:
         """Lock the line against joins (FOR UPDATE): returns once every join in flight has
@@ -322,10 +338,10 @@ class Lines:
         return line.pre_queue_size + self._session.execute(
             _COUNT_ARRIVALS, {"drop_id": line.drop_id, "after": line.pre_queue_last_arrival}).scalar_one()
 
-    def place_arrivals(self, drop_id: uuid.UUID, after: int) -> int:
-        """Give the tickets without a position the next ones (`after` + 1, ...), in arrival
-        order; returns how many were placed."""
-        return len(self._session.execute(_PLACE_ARRIVALS, {"drop_id": drop_id, "after": after}).all())
+    def place_arrivals(self, drop_id: uuid.UUID, after: int, most: int) -> int:
+        """Give the first `most` tickets without a position the next ones (`after` + 1, ...),
+        in arrival order; returns how many were placed."""
+        return len(self._session.execute(_PLACE_ARRIVALS, {"drop_id": drop_id, "after": after, "most": most}).all())
 
     def pre_queue_bounds(self, drop_id: uuid.UUID) -> tuple[int, int | None]:
         """At the opening, under the lock against joins: how many tickets joined, and the last
@@ -453,6 +469,8 @@ _JOIN_MANY = sa.text(
     " RETURNING id, drop_id, buyer_id, position, admitted_at, pass_expires_at, used_at)"
     f" SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id"
 )
+_PLACING = sa.text(
+    "SELECT drop_id, opened_at, seed, pre_queue_size, pre_queue_last_arrival FROM lines WHERE placed < pre_queue_size")
 _LOCK_AGAINST_JOINS = sa.text("SELECT 1 FROM lines WHERE drop_id = :drop_id FOR UPDATE").bindparams(*_UUIDS)
 _COUNT = sa.text("SELECT count(*) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
 _COUNT_ARRIVALS = sa.text(
@@ -464,7 +482,7 @@ _PRE_QUEUE = sa.text(
 _PLACE_ARRIVALS = sa.text(
     "UPDATE line_tickets SET position = :after + newcomers.n FROM ("
     " SELECT id, row_number() OVER (ORDER BY arrival) AS n FROM line_tickets"
-    " WHERE drop_id = :drop_id AND position IS NULL) AS newcomers"
+    " WHERE drop_id = :drop_id AND position IS NULL ORDER BY arrival LIMIT :most) AS newcomers"
     " WHERE line_tickets.id = newcomers.id RETURNING line_tickets.position"
 ).bindparams(*_UUIDS)
 _PLACE = sa.text(

@@ -134,8 +134,17 @@ class FakeLines:
     def get(self, drop_id, lock=False):
         return self.rows.get(("line", drop_id))
 
-    def lock_next_due(self, states):
-        return sorted((line for line in self.lines() if line.state in states), key=lambda line: line.opens_at)
+    def lock_next_due(self, states, placing=False):
+        return sorted((line for line in self.lines()
+                       if line.state in states or (placing and line.placed < line.pre_queue_size)),
+                      key=lambda line: line.opens_at)
+
+    def lock_to_open(self, drop_id):
+        line = self.get(drop_id)
+        return line if line is not None and line.state == "pre_queue" else None
+
+    def placing(self):
+        return [line for line in self.lines() if line.placed < line.pre_queue_size]
 
     def add(self, line):
         self.rows[("line", line.drop_id)] = line
@@ -185,8 +194,8 @@ class FakeLines:
     def joined(self, line):
         return len(self.tickets(line.drop_id))
 
-    def place_arrivals(self, drop_id, after):
-        newcomers = sorted((t for t in self.tickets(drop_id) if t.position is None), key=lambda t: t.arrival)
+    def place_arrivals(self, drop_id, after, most):
+        newcomers = sorted((t for t in self.tickets(drop_id) if t.position is None), key=lambda t: t.arrival)[:most]
         for n, ticket in enumerate(newcomers, start=1):
             ticket.position = after + n
         return len(newcomers)

@@ -133,30 +133,44 @@ def test_a_big_pre_queue_is_placed_over_the_turns_after_a_short_opening_and_late
     made = a_line_joined_by(uow, 10, opens_in=-1, admission_rate=100)
     early = [t.id for t in uow.lines.tickets(DROP)]
     pre_queues = admitter.PreQueues(per_turn=4)
-    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)  # the opening: no position written
-    assert (made.state, made.pre_queue_size, made.placed, made.admitted_through) == (line.OPEN, 10, 0, 0)
-    assert made.seed and made.opened_at is not None and line.placing(made)
-    unplaced = uow.lines.ticket_and_line(DROP, "buyer-0")
-    assert line.ticket_view(unplaced, unplaced, utc_now(), SECRET) == {
-        "ticket_id": unplaced.id, "drop_id": DROP, "state": line.WAITING, "position": None, "ahead": None,
-        "eta_seconds": None, "pass": None, "pass_expires_at": None, "poll_after_seconds": line.WAITING_POLL_SECONDS}
-    late = join(DROP, "late", None, uow)[0]  # joins go on while the pre-queue is placed
+    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)  # opens it, then writes a turn's worth
+    assert (made.state, made.pre_queue_size, made.placed) == (line.OPEN, 10, 4) and line.placing(made)
+    assert made.seed and made.opened_at is not None and made.admitted_through == 4  # placed positions only
+    unplaced = next(t for t in uow.lines.tickets(DROP) if t.position is None)
+    view = line.ticket_view(uow.lines.ticket_and_line(DROP, unplaced.buyer_id), made, utc_now(), SECRET)
+    assert (view["state"], view["position"], view["ahead"], view["poll_after_seconds"]) == (
+        line.WAITING, None, None, line.WAITING_POLL_SECONDS)
+    for n in range(6):  # joins go on while the pre-queue is placed
+        join(DROP, f"late-{n}", None, uow)
     uow.commit()
     placed_by_turn = []
     for _ in range(3):
         clock.advance(admitter.MIN_TURN_SECONDS)
         admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
         placed_by_turn.append(made.placed)
-        assert made.admitted_through <= min(made.placed, 10)  # only placed positions are admitted
-    assert placed_by_turn == [4, 8, 10]  # 4 a turn; the late arrival waits for the whole pre-queue
-    assert uow.lines.ticket_of(DROP, "late").position is None and late.position is None
-    clock.advance(admitter.MIN_TURN_SECONDS)
-    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
-    assert uow.lines.ticket_of(DROP, "late").position == 11 and made.placed == 11 and made.joined == 11
+        assert made.admitted_through <= made.placed and made.joined == 16
+    # 4 a turn: the pre-queue's last 2, then in the same turn the first 4 later arrivals, then 2
+    assert placed_by_turn == [8, 14, 16]
+    assert [uow.lines.ticket_of(DROP, f"late-{n}").position for n in range(6)] == list(range(11, 17))
     by_position = sorted((t for t in uow.lines.tickets(DROP) if t.id in early), key=lambda t: t.position)
     assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
     assert [t.position for t in by_position] == list(range(1, 11))
-    assert made.admitted_through > 0
+
+
+def test_a_line_closed_while_its_pre_queue_is_placed_gets_the_rest_of_its_positions_and_admits_nobody(clock):
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 9, opens_in=-1, admission_rate=100)
+    early = [t.id for t in uow.lines.tickets(DROP)]
+    pre_queues = admitter.PreQueues(per_turn=4)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
+    uow.commit()
+    for _ in range(2):
+        clock.advance(admitter.MIN_TURN_SECONDS)
+        admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
+    assert (made.state, made.placed, made.admitted_through) == (line.CLOSED, 9, 0)
+    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
 
 
 def test_another_admitter_carries_on_placing_a_pre_queue_where_the_last_turn_stopped(clock):
