@@ -67,10 +67,12 @@ class PreQueues:
         uow.rollback()
 
     def place(self, line, uow) -> int:
-        """Write the line's next positions (it is locked)."""
+        """Write the line's next positions (it is locked). A line that began placing after
+        `prepare` looked (another admitter opened it meanwhile) waits for the next turn's: its
+        order is not worked out with this turn's lines locked."""
         key = (line.drop_id, line.opened_at)
-        if key not in self._orders:  # began placing after `prepare` looked
-            self._orders[key] = self._order_of(line, uow)
+        if key not in self._orders:
+            return 0
         placed = waiting_room.place_pre_queue(line, uow, self._orders[key], self.per_turn)
         if not waiting_room.placing(line):
             log.info("pre-queue placed", extra={"drop_id": str(line.drop_id), "pre_queue": line.pre_queue_size})

@@ -285,10 +285,10 @@ class Lines:
         ))
 
     def lock_to_open(self, drop_id: uuid.UUID) -> Line | None:
-        """The line, locked as `lock_next_due` locks it, when it is still to open and no other
-        admitter holds it."""
+        """The line, locked as `lock_next_due` locks it, when it is still to open, its opening has
+        come (an admin may have moved it since the turn looked) and no other admitter holds it."""
         return self._session.scalars(
-            sa.select(Line).where(Line.drop_id == drop_id, Line.state == "pre_queue")
+            sa.select(Line).where(Line.drop_id == drop_id, Line.state == "pre_queue", Line.opens_at <= sa.func.now())
             .with_for_update(skip_locked=True, key_share=True).execution_options(populate_existing=True)
         ).first()
 

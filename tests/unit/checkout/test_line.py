@@ -162,13 +162,14 @@ def test_a_line_closed_while_its_pre_queue_is_placed_gets_the_rest_of_its_positi
     made = a_line_joined_by(uow, 9, opens_in=-1, admission_rate=100)
     early = [t.id for t in uow.lines.tickets(DROP)]
     pre_queues = admitter.PreQueues(per_turn=4)
-    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
+    assert made.admitted_through == 4
     line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
     uow.commit()
     for _ in range(2):
         clock.advance(admitter.MIN_TURN_SECONDS)
         admitter.turn(uow, StockOf(100), pre_queues=pre_queues)
-    assert (made.state, made.placed, made.admitted_through) == (line.CLOSED, 9, 0)
+    assert (made.state, made.placed, made.admitted_through) == (line.CLOSED, 9, 4)  # nobody admitted since
     by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
     assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
 
