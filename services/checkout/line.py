@@ -221,6 +221,12 @@ def placing(line) -> bool:
     return line.placed < line.pre_queue_size
 
 
+def behind(line) -> bool:
+    """Whether the line has more tickets waiting for a position than the admitter's last turn
+    placed: a big pre-queue's, or the arrivals behind it (as many a turn)."""
+    return line.placed < line.joined
+
+
 def place_pre_queue(line: Line, uow, order: list, most: int) -> int:
     """Write the next `most` positions of the pre-queue, `order` being all of it in admission
     order (`pre_queue_order`). The positions handed out stay a prefix 1..placed: later arrivals
@@ -299,8 +305,8 @@ def place_view(position: int | None, line, now: datetime) -> dict:
         return {**view, "state": ADMITTED, "poll_after_seconds": 10}
     if line.remaining_units == 0:
         return {**view, "state": SOLD_OUT, "poll_after_seconds": 10}  # held units may come back
-    if position is None:  # placed within a turn, or within seconds while the pre-queue is placed
-        return {**view, "state": WAITING, "poll_after_seconds": WAITING_POLL_SECONDS if placing(line) else 1}
+    if position is None:  # placed within a turn, or within seconds while the line is behind
+        return {**view, "state": WAITING, "poll_after_seconds": WAITING_POLL_SECONDS if behind(line) else 1}
     ahead = max(0, position - line.admitted_through - 1)
     eta = math.ceil(ahead / line.observed_rate) if line.observed_rate > 0 else None
     return {**view, "state": WAITING, "ahead": ahead, "eta_seconds": eta, "poll_after_seconds": poll_after(eta)}

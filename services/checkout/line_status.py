@@ -272,7 +272,7 @@ def ticket_status(lines: Lines, drop_id: str, ticket_id: str, now: datetime) -> 
     # before the opening, and while the line has tickets without a position (a big pre-queue's
     # are written over its first turns, and as many arrivals a turn after it), any ticket may be
     # one of those: its buyer hears so here, not from checkout's database
-    unplaced = line.state in (waiting_room.OPEN, waiting_room.PAUSED) and line.placed < line.joined
+    unplaced = line.state in (waiting_room.OPEN, waiting_room.PAUSED) and waiting_room.behind(line)
     if position is None and line.state != waiting_room.PRE_QUEUE and not unplaced:
         raise errors.NotFound("No such ticket in this line, or it joined less than a turn ago: "
                               "ask GET /drops/{id}/line/tickets/mine at checkout.")

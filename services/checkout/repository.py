@@ -447,7 +447,7 @@ _HAS_LINE = Statement("SELECT 1 FROM lines WHERE drop_id = :drop_id")
 _POLLED = ("line_tickets.id, line_tickets.drop_id, line_tickets.buyer_id, line_tickets.position, "
            "line_tickets.admitted_at, line_tickets.pass_expires_at, line_tickets.used_at")
 _LINE_SHOWN = ("lines.state, lines.opens_at, lines.remaining_units, lines.admitted_through, lines.observed_rate, "
-               "lines.placed, lines.pre_queue_size")
+               "lines.placed, lines.pre_queue_size, lines.joined")
 _TICKET_AND_LINE = sa.text(
     f"SELECT {_POLLED}, {_LINE_SHOWN} FROM line_tickets JOIN lines ON lines.drop_id = line_tickets.drop_id "
     "WHERE line_tickets.drop_id = :drop_id AND line_tickets.buyer_id = :buyer_id"
@@ -458,7 +458,7 @@ _JOIN_MANY = sa.text(
     " CAST(:created AS timestamptz[])) AS wanted(id, drop_id, buyer_id, account_created_at)),"
     " lines AS ("
     " SELECT drop_id, state, opens_at, remaining_units, admitted_through, observed_rate, placed, pre_queue_size,"
-    " accounts_created_before"
+    " joined, accounts_created_before"
     " FROM lines WHERE drop_id IN (SELECT drop_id FROM wanted) AND state <> 'closed' FOR KEY SHARE),"
     " line_tickets AS ("
     " INSERT INTO line_tickets (id, drop_id, buyer_id, arrival)"

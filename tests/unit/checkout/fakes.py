@@ -168,7 +168,7 @@ class FakeLines:
             admitted_at=ticket.admitted_at, pass_expires_at=ticket.pass_expires_at, used_at=ticket.used_at,
             state=line.state, opens_at=line.opens_at, remaining_units=line.remaining_units,
             admitted_through=line.admitted_through, observed_rate=line.observed_rate, placed=line.placed,
-            pre_queue_size=line.pre_queue_size)
+            pre_queue_size=line.pre_queue_size, joined=line.joined)
 
     def join_many(self, wanted):
         made = {}

@@ -157,7 +157,8 @@ def test_while_the_pre_queue_is_placed_a_ticket_without_its_position_yet_is_wait
     assert (body["placed"], body["pre_queue_size"], body["joined"]) == (2, 5, 6)
     # the pre-queue placed, arrivals still to place (as many a turn): the same
     app, _ = app_with({first: 1, second: 2}, pre_queue_size=2, joined=5)
-    assert get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")[1]["state"] == "waiting"
+    body = get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")[1]
+    assert (body["state"], body["poll_after_seconds"]) == ("waiting", waiting_room.WAITING_POLL_SECONDS)
     # a closed line places no more arrivals: an unknown ticket is 404, not `closed` for a day
     app, _ = app_with({first: 1, second: 2}, pre_queue_size=2, joined=5, state=waiting_room.CLOSED)
     assert get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")[0] == 404
