@@ -165,7 +165,7 @@ def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
     "Payment provider callback (signed)",
     request=WebhookSchema,
     response=WebhookAnswerSchema,
-    errors=(401, 404),
+    errors=(401, 404, 503),
     headers={SIGNATURE_HEADER: {"description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>; "
                                                "missing, wrong or stale answers 401"}},
 )
@@ -189,10 +189,7 @@ def payment_webhook():
         amount=resource["amount"],
         currency=resource["currency"],
     )
-    with unit_of_work() as uow:
-        outcome = handlers.apply_payment(notice, uow, root().inventory, settings)
-        uow.commit()
-    handlers.sell_paid_units(outcome, root().inventory)
+    outcome = handlers.take_payment(notice, unit_of_work, root().inventory, settings)
     return jsonify(WEBHOOK_ANSWER.dump({"result": outcome.result}))
 
 

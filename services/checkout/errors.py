@@ -8,6 +8,13 @@ class InventoryUnavailable(ServiceUnavailable):
     slug, title = "inventory-unavailable", "Inventory is not answering"
 
 
+class OrderChanging(ServiceUnavailable):
+    """A late payment's order changed between inventory's renewal and its transaction, again and
+    again: nothing was applied, and the provider sends the webhook again."""
+
+    slug, title = "order-changing", "The order changed while the payment was applied"
+
+
 class IdempotencyKeyReused(Problem):
     status, slug, title = 422, "idempotency-key-reused", "Idempotency-Key already used for another request"
     default_detail = "This Idempotency-Key was sent with a different request body."

@@ -206,19 +206,72 @@ CAPTURE_DENIED = "PAYMENT.CAPTURE.DENIED"
 
 
 @dataclass(frozen=True)
+class RenewalAsked:
+    """A late payment's order as its renewal at inventory needs it: the hold it had, and the
+    order's version when read (the renewed hold serves the next one)."""
+
+    order_id: str
+    drop_id: str
+    buyer_id: str
+    quantity: int
+    version: int
+
+    @classmethod
+    def of(cls, order: Order) -> RenewalAsked:
+        return cls(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, orders.version(order))
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """Inventory's answer to a renewal, asked with no transaction open: the hold, or the refusal
+    that ends the order, for the order at `for_version`."""
+
+    for_version: int
+    hold: Hold | None = None
+    refusal: Problem | None = None
+
+
+@dataclass(frozen=True)
 class PaymentOutcome:
     """What the webhook did (`result`, for the response and the logs) and, when it confirmed the
     order, the version inventory's sale is for (`sell_paid_units`, once the confirmation is
-    committed)."""
+    committed). `renewal_asked`: nothing was done, and the payment is applied again once
+    inventory has answered the renewal (`take_payment`)."""
 
     result: str
     order_id: str | None = None
     sale_version: int | None = None
+    renewal_asked: RenewalAsked | None = None
 
 
-def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settings) -> PaymentOutcome:
-    """Apply one provider event exactly once, whatever order events arrive in. A payment in time
-    calls no other service: its transaction (and the order's row lock) is over before the sale.
+RENEWAL_ATTEMPTS = 3
+
+
+def take_payment(notice: PaymentNotice, unit_of_work, inventory: InventoryClient, settings) -> PaymentOutcome:
+    """The payment webhook: `apply_payment` in a transaction, then the paid units' sale after its
+    commit. No transaction is open while inventory is called: behind PgBouncer one would hold a
+    server connection (and the order's row lock) for the call's length whenever inventory slows.
+    A late payment's renewal is asked between two transactions; the second applies its answer
+    only to the order as it was read (its version), and a payment whose order changed meanwhile
+    (the sweeper's expiry, say) is looked at again. `unit_of_work()` opens one transaction."""
+    renewal = None
+    for _ in range(RENEWAL_ATTEMPTS):
+        with unit_of_work() as uow:
+            outcome = apply_payment(notice, uow, settings, renewal)
+            if outcome.renewal_asked is None:
+                uow.commit()
+        if outcome.renewal_asked is None:
+            sell_paid_units(outcome, inventory)
+            return outcome
+        renewal = _renew(outcome.renewal_asked, inventory)
+    raise errors.OrderChanging("The order changed while its late payment was being applied; send it again.")
+
+
+def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None = None) -> PaymentOutcome:
+    """Apply one provider event exactly once, whatever order events arrive in. No other service
+    is called here: a payment in time is sold after the commit (`sell_paid_units`), and a late
+    one needs inventory's `renewal` for the order as it is now, else it asks for it and changes
+    nothing (`PaymentOutcome.renewal_asked`).
     """
     bind_order_id(notice.order_id)
     if not uow.payment_events.record(notice.event_id, uuid_or_none(notice.order_id), notice.event_type):
@@ -249,12 +302,16 @@ def apply_payment(notice: PaymentNotice, uow, inventory: InventoryClient, settin
         log.error("payment amount differs from order total", extra={"paid": notice.amount, "due": order.total_amount})
         _request_refund(order, uow, notice.capture_id, "the amount paid differs from the order total", paid=notice)
         return PaymentOutcome("amount-mismatch-refunded")
+    in_time = order.status == orders.AWAITING_PAYMENT and utc_now() <= order.hold_expires_at
+    late = not in_time and order.status in (orders.AWAITING_PAYMENT, orders.EXPIRED, orders.PAYMENT_FAILED)
+    if late and (renewal is None or renewal.for_version != orders.version(order)):
+        return PaymentOutcome("renewal-asked", str(order.id), renewal_asked=RenewalAsked.of(order))
     order.payment_capture_id = notice.capture_id
-    if order.status == orders.AWAITING_PAYMENT and utc_now() <= order.hold_expires_at:
+    if in_time:
         _confirm(order, uow, settings, "payment captured")
         return PaymentOutcome(orders.CONFIRMED, str(order.id), orders.version(order))
-    if order.status in (orders.AWAITING_PAYMENT, orders.EXPIRED, orders.PAYMENT_FAILED):
-        return _late_payment(order, uow, inventory, settings)
+    if late:
+        return _late_payment(order, uow, renewal, settings)
     # cancelled (or already confirmed by another capture): the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
     return PaymentOutcome("refunded")
@@ -285,20 +342,31 @@ def sell_paid_units(outcome: PaymentOutcome, inventory: InventoryClient) -> None
                     extra={"reason": refusal.slug})
 
 
-def _late_payment(order: Order, uow, inventory: InventoryClient, settings) -> PaymentOutcome:
-    """Money arrived after the hold ran out: keep the order if stock can be held again, else
-    refund. The renewal is asked inside the transaction (what it answers decides the order), and
-    holds the units for a whole hold time: the sale follows the commit, as an on-time one does."""
+def _renew(asked: RenewalAsked, inventory: InventoryClient) -> Renewal | None:
+    """Hold a late payment's units again, for the order's next version, with no transaction open.
+    Inventory unavailable: the webhook answers 503 and the provider sends it again. None: the
+    order has moved past the version read (inventory has a newer one), so it is read again."""
     try:
-        hold = inventory.reserve(str(order.id), str(order.drop_id), order.buyer_id, order.quantity, renew=True,
-                                 order_version=orders.version(order) + 1)
+        hold = inventory.reserve(asked.order_id, asked.drop_id, asked.buyer_id, asked.quantity, renew=True,
+                                 order_version=asked.version + 1)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
+        return Renewal(asked.version, refusal=refusal)
+    except errors.StaleOrderVersion:
+        return None
+    return Renewal(asked.version, hold=hold)
+
+
+def _late_payment(order: Order, uow, renewal: Renewal, settings) -> PaymentOutcome:
+    """Money arrived after the hold ran out: keep the order if inventory held its stock again
+    (`renewal`, for a whole hold time), else refund. The sale follows the commit, as an on-time
+    one does."""
+    if renewal.refusal is not None:
         if order.status == orders.AWAITING_PAYMENT:
             orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")
             _end_order(order, uow, settings, "order.expired")
-        _request_refund(order, uow, order.payment_capture_id, f"late payment and {refusal.title.lower()}")
+        _request_refund(order, uow, order.payment_capture_id, f"late payment and {renewal.refusal.title.lower()}")
         return PaymentOutcome("late-refunded")
-    order.hold_expires_at = hold.hold_expires_at
+    order.hold_expires_at = renewal.hold.hold_expires_at
     if order.status != orders.AWAITING_PAYMENT:
         # The address's count was given back when the order ended; the paid order counts again.
         _take_address_allowance(uow, order.drop_id, order.address_key, order.quantity, limit=2**31 - 1)

@@ -248,6 +248,31 @@ def test_no_checkout_transaction_stays_open_while_inventory_sells_a_paid_order(f
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
 
+def test_no_checkout_transaction_stays_open_while_inventory_renews_a_late_payment(floodgate, stack, admin_token):
+    """A payment after the hold ran out asks inventory to hold the units again, and what it
+    answers decides the order: that call once ran inside the webhook's transaction. Inventory's
+    API frozen: the webhook waits out the renewal's timeout with no transaction of checkout's
+    open and answers 503, changing nothing; the provider's next delivery keeps the order."""
+    with restarted(stack, "inventory-api", hold_ttl_seconds=2), \
+            restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+        drop = floodgate.create_drop(admin_token, quantity=5)
+        _, token = floodgate.register()
+        order = floodgate.place_order(token, drop["id"]).json()
+        floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+        paid, seen = _while_inventory_is_frozen(stack, lambda: floodgate.pay(order))
+        # every attempt of the provider's answered 503 (it tries five times, then later)
+        assert paid.status_code == 200 and paid.json()["webhook_statuses"] == [200, None], paid.text
+        assert len(seen) > 10 and max(seen) == 0, f"transactions open across the renewal, sampled: {sorted(set(seen))}"
+        unchanged = floodgate.get_order(token, order["id"]).json()
+        assert (unchanged["status"], unchanged["payment"]["capture_id"]) == ("expired", None)
+        assert floodgate.pay(order).json()["webhook_status"] == 200  # the provider's next delivery
+        kept = floodgate.wait_for_status(token, order["id"], "confirmed")
+        assert "late payment" in kept["history"][-1]["reason"]
+        poll(lambda: scalar(stack, "inventory", f"SELECT status FROM reservations WHERE order_id = '{order['id']}'")
+             == "sold", timeout=30, what="the late payment's unit sold")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+
+
 def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(floodgate, stack, admin_token):
     drop = floodgate.create_drop(admin_token, quantity=1)
     first_email, first = floodgate.register()

@@ -263,15 +263,19 @@ class FakeUnitOfWork:
         self.lines = FakeLines()
         self.published = []
         self.committed = False
+        self.open = False  # a block is running: a transaction is open
         self._outbox = []
         self._saved = self._rows()
 
     def __enter__(self):
+        assert not self.open, "a unit of work opened inside another"
         self.committed = False
+        self.open = True
         return self
 
     def __exit__(self, *exc_info):
         self.rollback()
+        self.open = False
 
     def commit(self):
         self.published.extend(self._outbox)
@@ -388,9 +392,9 @@ class Checkout:
     def pay(self, notice: PaymentNotice):
         """The webhook's result and the events it published, as `POST /payments/webhook` makes
         them: the sale of a confirmed order's units after the commit."""
-        outcome, events = self.run(lambda uow: handlers.apply_payment(notice, uow, self.inventory, self.settings))
-        handlers.sell_paid_units(outcome, self.inventory)
-        return outcome.result, events
+        before = len(self.uow.published)
+        outcome = handlers.take_payment(notice, lambda: self.uow, self.inventory, self.settings)
+        return outcome.result, self.uow.published[before:]
 
     def deliver(self, event_type, data):
         """The events that handling one consumed event published."""

@@ -6,6 +6,7 @@ import pytest
 
 from services.checkout import errors, handlers
 from services.checkout.handlers import CAPTURE_COMPLETED, PaymentNotice
+from services.checkout.models import OrderTransition
 from tests.unit.checkout.fakes import capture, denial, hold_ran_out, statuses, unknown_order_id
 
 REFUSALS = [errors.SoldOut("sold out"), errors.SaleNotOpen("closed"), errors.LimitExceeded("one per buyer")]
@@ -59,8 +60,7 @@ def test_a_payment_in_time_confirms_the_order_while_inventory_is_not_answering(c
 def test_a_payment_in_time_calls_inventory_only_once_its_confirmation_is_committed(checkout):
     # the webhook's transaction, and the order's row lock, are not held across the sale
     order = checkout.place()
-    outcome, _ = checkout.run(lambda uow: handlers.apply_payment(capture(order), uow, checkout.inventory,
-                                                                 checkout.settings))
+    outcome, _ = checkout.run(lambda uow: handlers.apply_payment(capture(order), uow, checkout.settings))
     assert order.status == "confirmed" and checkout.inventory.sold == []
     assert (outcome.order_id, outcome.sale_version) == (str(order.id), 2)
     handlers.sell_paid_units(outcome, checkout.inventory)
@@ -161,6 +161,75 @@ def test_a_late_payment_for_an_expired_order_without_stock_is_refunded_and_the_o
     [(event_type, data)] = events
     assert event_type == "payment.refund_requested"
     assert (data["capture_id"], data["amount"], data["currency"]) == ("CAP-1", 29900, "CAD")
+
+
+def test_a_late_payments_renewal_is_asked_with_no_transaction_open(checkout):
+    # behind PgBouncer an open transaction is a server connection (and the order's row lock)
+    # held for as long as inventory takes to answer
+    order = checkout.place()
+    hold_ran_out(order)
+    during_renewal = []
+    checkout.inventory.meanwhile = lambda: during_renewal.append(checkout.uow.open)
+    result, _ = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert during_renewal == [False]
+
+
+def test_a_late_payment_whose_order_expires_during_its_renewal_is_looked_at_again_and_confirmed(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+
+    def swept():  # inventory's sweeper gave the hold back, and checkout's consumer expired the order
+        checkout.inventory.meanwhile = None
+        expired(checkout, order)
+
+    checkout.inventory.meanwhile = swept
+    result, events = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert statuses(order) == ["awaiting_payment", "expired", "confirmed"]
+    # asked for the order as first read, then for the expired one: the sale is for the last
+    assert [(asked["renew"], asked["order_version"]) for asked in checkout.inventory.reserved[1:]] == [
+        (True, 2), (True, 3)]
+    assert checkout.inventory.sold == [(str(order.id), 3)]
+    assert checkout.units_on_address(order) == 1
+    assert [(event_type, data["version"]) for event_type, data in events] == [
+        ("order.expired", 2), ("order.confirmed", 3)]
+
+
+def test_the_same_late_payment_delivered_twice_at_once_confirms_once(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+    second = []
+
+    def delivered_again():  # the provider's retry, applied while the first waits for inventory
+        checkout.inventory.meanwhile = None
+        second.append(checkout.pay(capture(order)))
+
+    checkout.inventory.meanwhile = delivered_again
+    result, events = checkout.pay(capture(order))
+    [(second_result, _)] = second
+    assert (second_result, result) == ("late-confirmed", "duplicate")
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert [event_type for event_type, _ in events] == ["order.confirmed"]
+    assert checkout.inventory.sold == [(str(order.id), 2)]
+
+
+def test_a_late_payment_whose_order_keeps_changing_is_refused_unapplied_for_the_provider_to_send_again(checkout):
+    order = checkout.place()
+    expired(checkout, order)
+
+    def changed():  # another change of the order committed during each renewal
+        checkout.run(lambda uow: order.history.append(
+            OrderTransition(from_status="expired", to_status="expired", reason="changed meanwhile")))
+
+    checkout.inventory.meanwhile = changed
+    with pytest.raises(errors.OrderChanging) as refused:
+        checkout.pay(capture(order))
+    assert refused.value.status == 503
+    assert order.status == "expired" and order.payment_capture_id is None
+    assert checkout.uow.payment_events.rows == {}  # the provider's next attempt is applied afresh
+    checkout.inventory.meanwhile = None
+    assert checkout.pay(capture(order))[0] == "late-confirmed"
 
 
 def test_a_payment_for_a_cancelled_order_is_refunded(checkout):
