@@ -90,6 +90,49 @@ def check_resources(objects: list[dict]) -> list[str]:
     return problems
 
 
+# What the dev overlay's long-running pods may request together: half of a 2-CPU, 4 GiB laptop
+# node (minikube's default CPUs), leaving the cluster's own pods (about 0.75 CPU on minikube) and
+# the migration Jobs room.
+DEV_NODE_BUDGET = {"cpu": 1.0, "memory": 2 * 2**30}
+_QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|Ki|Mi|Gi|Ti)?$")
+_SUFFIX = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity as a number: CPUs ("250m" is 0.25), bytes ("128Mi")."""
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        raise ValueError(f"not a quantity this check reads: {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+def requested(objects: list[dict]) -> dict[str, float]:
+    """What the long-running pods request together (CPUs, bytes), each workload times its replicas:
+    what a node must have free for all of them to be scheduled."""
+    total = {"cpu": 0.0, "memory": 0.0}
+    for obj in of_kind(objects, *LONG_RUNNING):
+        replicas = obj["spec"].get("replicas", 1)
+        replicas = replicas if isinstance(replicas, int) else 1  # the schema check reports it
+        for resource in total:
+            running = sum(quantity(c.get("resources", {}).get("requests", {}).get(resource, 0))
+                          for _, c, _ in containers(obj, init=False))
+            starting = max((quantity(c.get("resources", {}).get("requests", {}).get(resource, 0))
+                            for _, c, _ in containers(obj) if _ == "initContainer"), default=0)
+            total[resource] += replicas * max(running, starting)
+    return total
+
+
+def check_fits_dev_node(objects: list[dict]) -> list[str]:
+    try:
+        total = requested(objects)
+    except ValueError as unreadable:
+        return [f"the dev budget cannot be checked: {unreadable}"]
+    shown = {"cpu": lambda cpus: f"{cpus:.2f} CPUs", "memory": lambda size: f"{size / 2**20:.0f} MiB"}
+    return [f"the long-running pods request {shown[resource](total[resource])} together, over the dev budget of "
+            f"{shown[resource](DEV_NODE_BUDGET[resource])}: a laptop cluster would leave some Pending"
+            for resource in total if total[resource] > DEV_NODE_BUDGET[resource]]
+
+
 def check_probes(objects: list[dict]) -> list[str]:
     problems = []
     for obj in of_kind(objects, *LONG_RUNNING):
@@ -378,7 +421,8 @@ def check_all(objects: list[dict], dev: bool) -> list[str]:
             + check_disruption_budgets(objects) + check_topology_spread(objects)
             + check_graceful_shutdown(objects) + check_autoscalers(objects)
             + check_references(objects, secrets_provided_outside=not dev)
-            + check_secrets(objects, dev) + check_default_deny(objects) + check_egress_peers(objects))
+            + check_secrets(objects, dev) + check_default_deny(objects) + check_egress_peers(objects)
+            + (check_fits_dev_node(objects) if dev else []))
 
 
 # --- network ---------------------------------------------------------------------------------

@@ -35,6 +35,23 @@ def test_every_overlay_meets(targets, target, rule):
     assert CHECKS[rule](targets[target].objects) == []
 
 
+@pytest.mark.parametrize("target", [target for target in TARGETS if target.startswith("dev")])
+def test_a_dev_cluster_on_a_2_cpu_laptop_node_schedules_every_pod(targets, target):
+    assert policy.check_fits_dev_node(targets[target].objects) == []
+
+
+def test_prods_requests_on_a_laptop_node_would_leave_pods_pending(targets):
+    # what the dev overlay requested before it sized its pods for a laptop: prod's
+    problems = policy.check_fits_dev_node(targets["prod"].objects)
+    assert [problem.split(" request ")[1].split(" together")[0][-4:] for problem in problems] == ["CPUs", " MiB"]
+
+
+@pytest.mark.parametrize("written, value", [("250m", 0.25), ("2", 2), ("1.5", 1.5), ("128Mi", 128 * 2**20),
+                                            ("1Gi", 2**30), ("500M", 5e8)])
+def test_quantities_read_as_kubernetes_writes_them(written, value):
+    assert policy.quantity(written) == value
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_what_pods_name_exists(targets, target):
     t = targets[target]
