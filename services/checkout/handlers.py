@@ -255,14 +255,18 @@ def take_payment(notice: PaymentNotice, unit_of_work, inventory: InventoryClient
     only to the order as it was read (its version), and a payment whose order changed meanwhile
     (the sweeper's expiry, say) is looked at again. `unit_of_work()` opens one transaction."""
     renewal = None
-    for _ in range(RENEWAL_ATTEMPTS):
+    for renewals in range(RENEWAL_ATTEMPTS + 1):
         with unit_of_work() as uow:
             outcome = apply_payment(notice, uow, settings, renewal)
             if outcome.renewal_asked is None:
                 uow.commit()
         if outcome.renewal_asked is None:
             sell_paid_units(outcome, inventory)
+            if outcome.result == "refunded" and renewal is not None and renewal.hold is not None:
+                _give_back_renewal(outcome.order_id, inventory)
             return outcome
+        if renewals == RENEWAL_ATTEMPTS:
+            break
         renewal = _renew(outcome.renewal_asked, inventory)
     raise errors.OrderChanging("The order changed while its late payment was being applied; send it again.")
 
@@ -312,9 +316,9 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
         return PaymentOutcome(orders.CONFIRMED, str(order.id), orders.version(order))
     if late:
         return _late_payment(order, uow, renewal, settings)
-    # cancelled (or already confirmed by another capture): the money goes back
+    # cancelled or shipped: the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
-    return PaymentOutcome("refunded")
+    return PaymentOutcome("refunded", str(order.id))
 
 
 def _unknown_order() -> errors.OrderNotFound:
@@ -354,6 +358,18 @@ def _renew(asked: RenewalAsked, inventory: InventoryClient) -> Renewal | None:
     except errors.StaleOrderVersion:
         return None
     return Renewal(asked.version, hold=hold)
+
+
+def _give_back_renewal(order_id: str, inventory: InventoryClient) -> None:
+    """The order was cancelled while its late payment's renewal was asked: its cancel may have
+    given the units back before the renewal took them again (both are the order's next version),
+    so they are given back now rather than when that hold runs out. An order cancelled is never
+    confirmed again, and inventory never releases a sold unit."""
+    try:
+        inventory.release(order_id)
+    except Problem as refusal:
+        log.warning("could not give back a cancelled order's renewed hold; it runs out on its own",
+                    extra={"reason": refusal.slug})
 
 
 def _late_payment(order: Order, uow, renewal: Renewal, settings) -> PaymentOutcome:

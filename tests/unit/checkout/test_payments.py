@@ -1,4 +1,4 @@
-"""Every outcome of the payment webhook (`handlers.apply_payment`), as the buyer and the other
+"""Every outcome of the payment webhook (`handlers.take_payment`), as the buyer and the other
 services would notice it: the order's status and history, the events published, the refunds."""
 from datetime import datetime
 
@@ -30,6 +30,16 @@ def confirmed(checkout, order):
 def cancelled(checkout, order):
     checkout.cancel(order)
     assert order.status == "cancelled"
+
+
+def refused_once_as_the_order_expires(checkout, order, refusal):
+    """For `inventory.meanwhile`: the first renewal refused with `refusal` while checkout's
+    consumer expires the order; the next ones held."""
+    def meanwhile():
+        checkout.inventory.reserve_refusal = refusal
+        checkout.inventory.meanwhile = lambda: setattr(checkout.inventory, "reserve_refusal", None)
+        expired(checkout, order)
+    return meanwhile
 
 
 def test_a_payment_in_time_confirms_the_order_and_sells_its_hold(checkout):
@@ -215,10 +225,12 @@ def test_the_same_late_payment_delivered_twice_at_once_confirms_once(checkout):
 
 
 def test_a_late_payment_whose_order_keeps_changing_is_refused_unapplied_for_the_provider_to_send_again(checkout):
+    # A real order changes at most twice here (expired, then confirmed by another capture, which
+    # ends the renewals); this one is made to change during every renewal, so the bound is met.
     order = checkout.place()
     expired(checkout, order)
 
-    def changed():  # another change of the order committed during each renewal
+    def changed():
         checkout.run(lambda uow: order.history.append(
             OrderTransition(from_status="expired", to_status="expired", reason="changed meanwhile")))
 
@@ -226,10 +238,68 @@ def test_a_late_payment_whose_order_keeps_changing_is_refused_unapplied_for_the_
     with pytest.raises(errors.OrderChanging) as refused:
         checkout.pay(capture(order))
     assert refused.value.status == 503
+    renewals = checkout.inventory.reserved[1:]
+    assert len(renewals) == handlers.RENEWAL_ATTEMPTS  # each one's answer looked at: none asked in vain
     assert order.status == "expired" and order.payment_capture_id is None
     assert checkout.uow.payment_events.rows == {}  # the provider's next attempt is applied afresh
     checkout.inventory.meanwhile = None
     assert checkout.pay(capture(order))[0] == "late-confirmed"
+
+
+def test_a_late_payment_refused_for_the_order_as_it_was_is_not_applied_to_the_order_as_it_is(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+
+    # the refusal answers version 2; the order moved on meanwhile
+    checkout.inventory.meanwhile = refused_once_as_the_order_expires(checkout, order, errors.SoldOut("sold out"))
+    result, events = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert statuses(order) == ["awaiting_payment", "expired", "confirmed"]
+    assert "payment.refund_requested" not in [event_type for event_type, _ in events]
+
+
+def test_a_late_payment_whose_renewal_inventory_finds_stale_reads_the_order_again(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+
+    # inventory had a newer version of the order than the one read
+    checkout.inventory.meanwhile = refused_once_as_the_order_expires(
+        checkout, order, errors.StaleOrderVersion("a newer state gave the units back"))
+    result, _ = checkout.pay(capture(order))
+    assert result == "late-confirmed"
+    assert [asked["order_version"] for asked in checkout.inventory.reserved[1:]] == [2, 3]
+    assert checkout.inventory.sold == [(str(order.id), 3)]
+
+
+def test_a_late_payment_while_inventory_is_away_is_refused_unapplied(checkout):
+    order = checkout.place()
+    expired(checkout, order)
+    checkout.inventory.reserve_refusal = errors.InventoryUnavailable("inventory is down")
+    with pytest.raises(errors.InventoryUnavailable):
+        checkout.pay(capture(order))
+    assert order.status == "expired" and order.payment_capture_id is None
+    assert checkout.uow.payment_events.rows == {}
+
+
+def test_a_late_payment_whose_order_is_cancelled_during_its_renewal_is_refunded_and_the_renewed_hold_given_back(
+        checkout):
+    # the cancel's order.cancelled and the renewal are both the order's next version: the
+    # renewal may take the units again after the cancel gave them back
+    order = checkout.place()
+    hold_ran_out(order)
+
+    def cancelled_meanwhile():
+        checkout.inventory.meanwhile = None
+        cancelled(checkout, order)
+
+    checkout.inventory.meanwhile = cancelled_meanwhile
+    result, events = checkout.pay(capture(order))
+    assert result == "refunded"
+    assert statuses(order) == ["awaiting_payment", "cancelled"]
+    assert checkout.inventory.released[-1] == str(order.id)
+    assert checkout.inventory.sold == []
+    [refund] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    assert refund["capture_id"] == "CAP-1"
 
 
 def test_a_payment_for_a_cancelled_order_is_refunded(checkout):
