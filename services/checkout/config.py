@@ -48,8 +48,12 @@ class Settings(CommonSettings):
     # how long `GET /drops/{id}/line` (every drop page's read of its line) may be answered from a
     # worker's copy, and by a CDN in front; 0: every read from the database
     line_max_age_seconds: float = 1.0
-    # the public status edge (services/checkout/line_status.py): how often it copies the lines
+    # the public status edge (services/checkout/line_status.py): how often it copies the lines,
+    # its uvicorn workers (the name gunicorn's APIs read), and where it serves /metrics (HOST:PORT;
+    # empty: nowhere), which takes one worker
     line_status_refresh_seconds: float = 0.25
+    web_concurrency: int = 1
+    metrics_bind: str = ""
     # where the drop page (services/checkout/page.py) finds the other services, as buyers reach them
     accounts_public_url: str = "http://127.0.0.1:8001"
     inventory_public_url: str = "http://127.0.0.1:8002"

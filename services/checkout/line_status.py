@@ -48,7 +48,6 @@ import bisect
 import itertools
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -539,7 +538,7 @@ def create_app() -> LineStatusApp:
     joiner = Joiner(root.unit_of_work, auth.jwks_verifier(settings),
                     waiting_room.JoinLimit(settings.line_joins_per_client_per_minute), settings.line_pass_secret)
     return LineStatusApp(lines, allowed_origins(settings), Refresher(root.engine, lines, settings.line_status_refresh_seconds),
-                         joiner, metrics_bind=os.environ.get("METRICS_BIND", ""),
+                         joiner, metrics_bind=settings.metrics_bind,
                          trusted_proxy_hops=settings.trusted_proxy_hops)
 
 
@@ -547,8 +546,8 @@ def run(root, args) -> None:
     """Serve on `args.bind` with `WEB_CONCURRENCY` workers (uvicorn, uvloop, httptools)."""
     import uvicorn
 
-    workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-    if workers > 1 and os.environ.get("METRICS_BIND"):
+    workers = root.settings.web_concurrency
+    if workers > 1 and root.settings.metrics_bind:
         raise SystemExit("METRICS_BIND takes one uvicorn worker (WEB_CONCURRENCY=1): each worker counts its own "
                          "answers, and only one can listen on the metrics port")
     host, _, port = args.bind.rpartition(":")
