@@ -16,7 +16,9 @@ One run:
    `POST /drops/{id}/line/tickets` at the line's public edge by a fresh account (each token once);
 4. polls: the crowd's poll, `GET /drops/{id}/line/tickets/{ticket_id}` on the public status
    edge (`checkout-line-status`, no token), for every ticket that joined, round-robin;
-5. polls after the opening (unless `--skip-opening`): the line's opening is moved to now, the
+5. polls after the opening (unless `--skip-opening`): the line's opening is moved to now (or
+   `--opens-in` seconds from now, as a drop's scheduled opening is: the admitter reads a big
+   pre-queue ahead in the minute before its opening), the
    admitter reveals the seed and places the pre-queue, and the same tickets are polled while
    it admits them. With `--crowd N`, N more tickets are made in the database before the opening
    (as a join makes them: a big line without minting N tokens), and the opening is watched
@@ -204,10 +206,11 @@ def check_a_minted_token(floodgate: Floodgate, token: str, drop_id: str) -> None
         raise SystemExit("a pre-queue ticket's poll does not say pre_queue")
 
 
-def open_now(floodgate: Floodgate, admin: str, drop: dict, timeout: float = 120) -> dict:
-    """Move the line's opening to now and wait for the admitter to open it."""
-    opens_at = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+def open_now(floodgate: Floodgate, admin: str, drop: dict, opens_in: float = 1.0, timeout: float = 120) -> dict:
+    """Move the line's opening to `opens_in` seconds from now and wait for the admitter to open it."""
+    opens_at = (datetime.now(timezone.utc) + timedelta(seconds=opens_in)).isoformat()
     floodgate.put_line(admin, drop, opens_at=opens_at, admission_rate=ADMISSION_RATE)
+    timeout += opens_in
 
     def opened() -> dict | None:
         line = floodgate.get_line(drop["id"]).json()
@@ -230,9 +233,10 @@ def make_crowd(engine, drop_id: str, count: int) -> None:
     say(f"  {count:,} more tickets made in the database in {time.monotonic() - started:.1f} s\n")
 
 
-def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: list[str],
+def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: list[str], opens_in: float,
                   timeout: float = 600) -> dict:
-    """Open the line now with buyers joining meanwhile, one every JOIN_EVERY_SECONDS, until every
+    """Open the line `opens_in` seconds from now with buyers joining meanwhile, one every
+    JOIN_EVERY_SECONDS from now until every
     pre-queue position is written: how long those joins took, and when the first admission and
     the last pre-queue position came, in seconds after the opening."""
     stop, joins = threading.Event(), []
@@ -251,7 +255,7 @@ def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: 
     joiner = threading.Thread(target=keep_joining, daemon=True)
     joiner.start()
     try:
-        line = open_now(floodgate, admin, drop)
+        line = open_now(floodgate, admin, drop, opens_in)
         say(f"  the line opened: a pre-queue of {line['pre_queue_size']:,}; writing its positions ...\n")
         # when the first admission and the pre-queue's last position were committed, within a poll
         statement = sa.text("SELECT placed, pre_queue_size, admitted_through, "
@@ -324,7 +328,8 @@ def markdown(figures: dict) -> str:
         lines += [f"The opening of a pre-queue of {o['pre_queue']:,}: every position written "
                   f"{o['placed_after_seconds']} s after it (polled every 0.1 s), the first admission "
                   f"{o['first_admission_after_seconds']} s after it; {o['joins']:,} joins meanwhile "
-                  f"(one every {JOIN_EVERY_SECONDS * 1000:g} ms from the moment the opening was moved; answers "
+                  f"(one every {JOIN_EVERY_SECONDS * 1000:g} ms from the moment the opening was moved to "
+                  f"{o.get('opens_in_seconds', 1):g} s later; answers "
                   f"{o['joins_answered']}) took p50 / p99 / max **{o['join_p50_ms']} / {o['join_p99_ms']} / "
                   f"{o['join_max_ms']} ms**.", ""]
     if figures.get("after_opening"):
@@ -343,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"tokens minted for the join phase; the phase stops early if they run out "
                              f"(default {JOINS_PER_SECOND_PROVISIONED:,} per second of it)")
     parser.add_argument("--skip-opening", action="store_true", help="no polls after the opening")
+    parser.add_argument("--opens-in", type=float, default=1.0,
+                        help="seconds from the moment the opening is moved to the opening (default 1: now); a "
+                             "drop's scheduled opening gives the admitter time to read a big pre-queue ahead")
     parser.add_argument("--crowd", type=int, default=0,
                         help="tickets made in the database before the opening, and the opening watched (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default var/bench-line/<timestamp>)")
@@ -389,12 +397,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.crowd:
             make_crowd(checkout_db, drop["id"], args.crowd)
         if not args.skip_opening:
-            say("  moving the opening to now; waiting for the admitter to open the line ...\n")
+            say(f"  moving the opening to {args.opens_in:g} s from now; waiting for the admitter to open the line ...\n")
             if args.crowd:
-                opening = watch_opening(floodgate, admin, drop, checkout_db, joiners)
+                opening = watch_opening(floodgate, admin, drop, checkout_db, joiners, args.opens_in)
+                opening["opens_in_seconds"] = args.opens_in
                 line = floodgate.get_line(drop["id"]).json()
             else:
-                line = open_now(floodgate, admin, drop)
+                line = open_now(floodgate, admin, drop, args.opens_in)
             say(f"  the line opened: {line['pre_queue_size']:,} placed by the revealed seed\n")
             admitted = lambda: f"admitted {line_counts(checkout_db, drop['id'])[1]:>6} "  # noqa: E731
             opened, _ = run_phase(rig, Phase("polls after the opening", "GET", edge, 200, polled, False, request="get"),

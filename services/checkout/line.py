@@ -72,14 +72,16 @@ def commitment_of(seed: bytes) -> str:
     return hashlib.sha256(seed).hexdigest()
 
 
-def order_key(seed: bytes, ticket_id: uuid.UUID | str) -> str:
-    """The key a pre-queue ticket is sorted by (see the module's docstring)."""
-    return hmac.new(seed, str(ticket_id).lower().encode(), hashlib.sha256).hexdigest()
+def order_digest(seed: bytes, ticket_id: uuid.UUID | str) -> bytes:
+    """What a pre-queue ticket is sorted by (see the module's docstring): the HMAC's bytes sort
+    as its hex does, in half the memory (the admitter keeps one for every ticket of a pre-queue
+    it reads ahead of the opening)."""
+    return hmac.new(seed, str(ticket_id).lower().encode(), hashlib.sha256).digest()
 
 
 def pre_queue_order(seed: bytes, ticket_ids: Iterable[uuid.UUID | str]) -> list:
     """The tickets that joined before the opening, in the order they are admitted."""
-    return sorted(ticket_ids, key=lambda ticket_id: order_key(seed, ticket_id))
+    return sorted(ticket_ids, key=lambda ticket_id: order_digest(seed, ticket_id))
 
 
 @dataclass(frozen=True)

@@ -352,6 +352,17 @@ class Lines:
         """The pre-queue's tickets (those that joined before the opening), placed or not."""
         return list(self._session.scalars(_PRE_QUEUE, {"drop_id": drop_id, "last_arrival": last_arrival}))
 
+    def opening_within(self, seconds: float) -> list:
+        """The lines still to open whose opening comes within `seconds` (or has come): drop_id
+        and seed of each (read without a lock)."""
+        return list(self._session.execute(_OPENING_WITHIN, {"seconds": seconds}))
+
+    def pre_queue_ahead(self, drop_id: uuid.UUID, after: int, most: int | None) -> list:
+        """Up to `most` (None: all) of the line's tickets with an arrival number above `after`, in arrival
+        order: id and arrival of each. Only pre-queue tickets, whenever it is read: once the line
+        has opened (in the statement's snapshot), those up to its last pre-queue arrival."""
+        return list(self._session.execute(_PRE_QUEUE_AHEAD, {"drop_id": drop_id, "after": after, "most": most}))
+
     def place(self, positions: list[tuple[uuid.UUID, int]]) -> None:
         if positions:
             self._session.execute(_PLACE, {"ids": [ticket_id for ticket_id, _ in positions],
@@ -479,6 +490,14 @@ _PRE_QUEUE_BOUNDS = sa.text(
     "SELECT count(*), max(arrival) FROM line_tickets WHERE drop_id = :drop_id").bindparams(*_UUIDS)
 _PRE_QUEUE = sa.text(
     "SELECT id FROM line_tickets WHERE drop_id = :drop_id AND arrival <= :last_arrival").bindparams(*_UUIDS)
+_OPENING_WITHIN = sa.text(
+    "SELECT drop_id, seed FROM lines WHERE state = 'pre_queue' AND opens_at <= now() + make_interval(secs => :seconds)")
+_PRE_QUEUE_AHEAD = sa.text(
+    "SELECT line_tickets.id, line_tickets.arrival FROM line_tickets JOIN lines USING (drop_id)"
+    " WHERE line_tickets.drop_id = :drop_id AND line_tickets.arrival > :after"
+    " AND (lines.pre_queue_last_arrival IS NULL OR line_tickets.arrival <= lines.pre_queue_last_arrival)"
+    " ORDER BY line_tickets.arrival LIMIT :most"
+).bindparams(*_UUIDS)
 _PLACE_ARRIVALS = sa.text(
     "UPDATE line_tickets SET position = :after + newcomers.n FROM ("
     " SELECT id, row_number() OVER (ORDER BY arrival) AS n FROM line_tickets"

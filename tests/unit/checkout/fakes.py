@@ -121,6 +121,8 @@ class FakeLines:
         self.rows = {}
         self.refusals = {}
         self.arrivals = 0
+        self.read_ahead = 0  # tickets read ahead of an opening
+        self.pre_queue_reads = 0  # whole pre-queues read at an opening
 
     def checkout_refusals(self):
         return dict(self.refusals)
@@ -206,7 +208,21 @@ class FakeLines:
         tickets = self.tickets(drop_id)
         return len(tickets), max((t.arrival for t in tickets), default=None)
 
+    def opening_within(self, seconds):
+        soon = self.time() + timedelta(seconds=seconds)
+        return [SimpleNamespace(drop_id=line.drop_id, seed=line.seed) for line in self.lines()
+                if line.state == waiting_room.PRE_QUEUE and line.opens_at <= soon]
+
+    def pre_queue_ahead(self, drop_id, after, most):
+        last = self.get(drop_id).pre_queue_last_arrival
+        ahead = sorted((t for t in self.tickets(drop_id) if t.arrival > after and (last is None or t.arrival <= last)),
+                       key=lambda t: t.arrival)
+        ahead = ahead[:most]
+        self.read_ahead += len(ahead)
+        return [SimpleNamespace(id=t.id, arrival=t.arrival) for t in ahead]
+
     def pre_queue(self, drop_id, last_arrival):
+        self.pre_queue_reads += 1
         return [t.id for t in self.tickets(drop_id) if t.arrival <= last_arrival]
 
     def place(self, positions):

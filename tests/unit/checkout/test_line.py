@@ -187,6 +187,61 @@ def test_another_admitter_carries_on_placing_a_pre_queue_where_the_last_turn_sto
     assert made.placed == 7 and not line.placing(made)
 
 
+def test_a_pre_queue_is_read_ahead_in_the_turns_before_its_opening_and_only_its_last_joins_read_at_it(
+        clock, monkeypatch):
+    monkeypatch.setattr(admitter, "REREAD_ARRIVALS", 0)  # each read ahead picks up where the last stopped
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 6, opens_in=admitter.READ_AHEAD_SECONDS / 2)
+    pre_queues = admitter.PreQueues(per_turn=100, read_ahead_per_turn=4)
+    read_by_turn = []
+    for turn in range(3):
+        admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+        read_by_turn.append(uow.lines.read_ahead)
+        if turn == 0:  # joins go on before the opening
+            for n in range(6, 9):
+                join(DROP, f"buyer-{n}", None, uow)
+            uow.commit()
+        clock.advance(admitter.MIN_TURN_SECONDS)
+    assert read_by_turn == [4, 8, 9] and made.state == line.PRE_QUEUE
+    for n in range(9, 11):  # after the last turn before the opening
+        join(DROP, f"buyer-{n}", None, uow)
+    uow.commit()
+    early = [t.id for t in uow.lines.tickets(DROP)]
+    clock.advance(admitter.READ_AHEAD_SECONDS)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)  # opens it: the order from what was read, and those two
+    assert uow.lines.pre_queue_reads == 0 and made.pre_queue_size == 11 and made.placed == 11
+    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
+
+
+def test_a_ticket_committed_after_the_read_ahead_passed_its_arrival_number_is_still_in_the_pre_queue(
+        clock, monkeypatch):
+    # Joins draw their arrival numbers from a sequence and commit out of order: one still in
+    # flight when a read ahead looked, below the numbers read, is missed by the next ones.
+    monkeypatch.setattr(admitter, "REREAD_ARRIVALS", 0)
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 4, opens_in=admitter.READ_AHEAD_SECONDS / 2)
+    pre_queues = admitter.PreQueues(per_turn=100)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    join(DROP, "in-flight", None, uow)
+    late = uow.lines.ticket_of(DROP, "in-flight")
+    late.arrival = 0  # drawn before the others, committed after the read
+    uow.commit()
+    clock.advance(admitter.READ_AHEAD_SECONDS)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    assert uow.lines.pre_queue_reads == 1  # four read ahead, five at the opening: the whole pre-queue read
+    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, [t.id for t in by_position])
+    assert late.position is not None and made.placed == made.pre_queue_size == 5
+
+
+def test_a_line_opening_later_than_the_read_ahead_is_not_read_yet(clock):
+    uow = FakeUnitOfWork()
+    a_line_joined_by(uow, 3, opens_in=admitter.READ_AHEAD_SECONDS * 10)
+    admitter.turn(uow, StockOf(0), pre_queues=admitter.PreQueues())
+    assert uow.lines.read_ahead == 0
+
+
 def test_a_pre_queue_no_bigger_than_a_turns_worth_is_placed_at_its_opening():
     uow = FakeUnitOfWork()
     made = a_line_joined_by(uow, 4, opens_in=-1, admission_rate=100)
