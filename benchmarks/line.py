@@ -222,7 +222,7 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, opens_in: float = 1.0
 CROWD = ("INSERT INTO line_tickets (id, drop_id, buyer_id, arrival) SELECT gen_random_uuid(), :d, 'crowd-' || n, "
          "nextval('line_arrivals') FROM generate_series(1, :n) AS n")
 JOIN_EVERY_SECONDS = 0.02  # the joins watched at a big line's opening
-OPENING_JOINERS = 3_000  # tokens minted for them: a minute's worth
+OPENING_JOINERS = 4_500  # tokens minted for them: a minute and a half's worth, after `--opens-in`
 
 
 def make_crowd(engine, drop_id: str, count: int) -> None:
@@ -259,7 +259,8 @@ def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: 
         say(f"  the line opened: a pre-queue of {line['pre_queue_size']:,}; writing its positions ...\n")
         # when the first admission and the pre-queue's last position were committed, within a poll
         statement = sa.text("SELECT placed, pre_queue_size, admitted_through, "
-                            "extract(epoch FROM clock_timestamp() - opened_at) AS since FROM lines WHERE drop_id = :d")
+                            "extract(epoch FROM clock_timestamp() - opened_at) AS since, "
+                            "extract(epoch FROM opened_at - opens_at) AS late FROM lines WHERE drop_id = :d")
         deadline, placed_after, admitted_after = time.monotonic() + timeout, None, None
         while True:
             with engine.connect() as conn:
@@ -280,7 +281,8 @@ def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: 
         joiner.join()
     took = [ms for ms, status in joins if status in (200, 201)]
     say("\n")
-    return {"pre_queue": row.pre_queue_size, "placed_after_seconds": round(placed_after, 2),
+    return {"pre_queue": row.pre_queue_size, "opened_late_seconds": round(float(row.late), 2),
+            "placed_after_seconds": round(placed_after, 2),
             "first_admission_after_seconds": round(admitted_after, 2),
             "joins": len(joins), "joins_answered": {str(k): sum(1 for _, s in joins if s == k)
                                                     for k in sorted({s for _, s in joins})},
@@ -325,7 +327,8 @@ def markdown(figures: dict) -> str:
         lines.append("")
     if figures.get("opening"):
         o = figures["opening"]
-        lines += [f"The opening of a pre-queue of {o['pre_queue']:,}: every position written "
+        lines += [f"The opening of a pre-queue of {o['pre_queue']:,} ({o.get('opened_late_seconds', '?')} s after its "
+                  f"opening time): every position written "
                   f"{o['placed_after_seconds']} s after it (polled every 0.1 s), the first admission "
                   f"{o['first_admission_after_seconds']} s after it; {o['joins']:,} joins meanwhile "
                   f"(one every {JOIN_EVERY_SECONDS * 1000:g} ms from the moment the opening was moved to "
@@ -374,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         floodgate.put_line(admin, drop, admission_rate=ADMISSION_RATE)
         say(f"  drop {drop['id']} opens in a day; its line is in pre-queue\n")
         mint_started = time.monotonic()
-        opening_joiners = OPENING_JOINERS if args.crowd and not args.skip_opening else 0
+        opening_joiners = (OPENING_JOINERS + int(args.opens_in / JOIN_EVERY_SECONDS)
+                           if args.crowd and not args.skip_opening else 0)
         tokens = mint_buyers(rig, buyers + 1 + opening_joiners, lifetime_seconds=int(4 * args.seconds) + 1800)
         mint_per_second = len(tokens) / (time.monotonic() - mint_started)
         joiners, tokens = tokens[:opening_joiners], tokens[opening_joiners:]

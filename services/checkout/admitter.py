@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -43,52 +44,70 @@ class Shedding:
 
 
 # A line's pre-queue is read ahead, its order keys worked out, from this long before its
-# opening, at most READ_AHEAD_PER_TURN tickets a turn (about 0.25 s): at the opening only its
-# sort is left (0.4 s for 500,000 tickets, against 2.7 s to read and key them then).
+# opening, READ_AHEAD_PER_TURN tickets a turn at most over all such lines, the soonest opening
+# first (about 0.25 s): at the opening only the last joins are read, and the sort (0.5 s for
+# 500,000 tickets, against 2.7-4.4 s to read and key them all then).
 READ_AHEAD_SECONDS = 60.0
 READ_AHEAD_PER_TURN = 50_000
-# Arrival numbers come from a sequence and joins commit out of order: each read ahead starts
-# this many arrival numbers below the last one read, for the joins that were still in flight.
-REREAD_ARRIVALS = 10_000
+# A join draws its arrival number from a sequence and commits within this long (it is one
+# statement): an arrival number drawn longer ago than this is committed, and a read sees it.
+# Later ones may commit out of order, so each read ahead starts below them.
+REREAD_SECONDS = 5.0
 
 
 @dataclass
 class _ReadAhead:
-    """A line's pre-queue tickets read before its opening: id -> order digest, and the highest
-    arrival number read."""
+    """A line's pre-queue tickets read before its opening: id -> order digest, and the arrival
+    number up to which every pre-queue ticket is keyed."""
 
     seed: bytes
-    digests: dict = field(default_factory=dict)
-    through: int = 0
+    digests: dict[uuid.UUID, bytes] = field(default_factory=dict)
+    keyed_through: int = 0
+
+    def read(self, uow, drop_id: uuid.UUID, most: int | None, drawn_before: int) -> int:
+        """Key the pre-queue tickets above `keyed_through`, `most` at the most (None: all), and
+        how many were read. `drawn_before`: the arrival numbers drawn REREAD_SECONDS ago, all
+        committed now, so every one of them up to the last read is keyed from now on."""
+        rows = uow.lines.pre_queue_ahead(drop_id, self.keyed_through, most)
+        for row in rows:
+            if row.id not in self.digests:
+                self.digests[row.id] = waiting_room.order_digest(self.seed, row.id)
+        whole = most is None or len(rows) < most  # else every ticket up to the last row read
+        self.keyed_through = max(self.keyed_through, drawn_before if whole else min(rows[-1].arrival, drawn_before))
+        return len(rows)
 
 
 class PreQueues:
     """Writes opened lines' pre-queue positions, `per_turn` a turn (`LINE_POSITIONS_PER_TURN`),
     keeping the admission order of each pre-queue being placed, worked out by `prepare` with no
     line locked. The tickets of a line about to open are read, and their order keys worked out,
-    in the turns before its opening (`READ_AHEAD_SECONDS`): at the opening only the sort is
-    left. The order is the seed's and the tickets', so a replica that turns the line next works
-    out the same one."""
+    in the turns before its opening (`READ_AHEAD_SECONDS`): at the opening only its last joins
+    are read, then it is sorted. The order is the seed's and the tickets', so a replica that
+    turns the line next works out the same one."""
 
     def __init__(self, per_turn: int = Settings.line_positions_per_turn, read_ahead_per_turn: int = READ_AHEAD_PER_TURN):
         if per_turn < 1:
             raise ValueError(f"LINE_POSITIONS_PER_TURN must be at least 1, not {per_turn}")
+        if read_ahead_per_turn < 1:
+            raise ValueError(f"the read ahead must take at least 1 ticket a turn, not {read_ahead_per_turn}")
         self.per_turn = per_turn
         self.read_ahead_per_turn = read_ahead_per_turn
         self._orders: dict[tuple, list] = {}
-        self._ahead: dict = {}  # drop id -> _ReadAhead, for lines about to open
+        self._ahead: dict[uuid.UUID, _ReadAhead] = {}  # the lines about to open
+        self._drawn: list[tuple[datetime, int]] = []  # (when, the last arrival number drawn then)
 
     def prepare(self, uow) -> None:
         """Before the lines are locked: work out the order of every pre-queue being placed that
         this process has not yet, forget those whose placing is done (by any admitter), and read
         ahead the pre-queues of the lines about to open."""
+        drawn_before = self._drawn_before(utc_now(), uow.lines.arrivals_drawn())
         placing = {(row.drop_id, row.opened_at): row for row in uow.lines.placing()}
         for key in set(self._orders) - set(placing):
             del self._orders[key]
         for key, line in placing.items():
             if key not in self._orders:
-                self._orders[key] = self._order_of(line, uow)
-        self._read_ahead(uow)
+                self._orders[key] = self._order_of(line, uow, drawn_before)
+        self._read_ahead(uow, drawn_before)
         uow.rollback()
 
     def place(self, line, uow) -> int:
@@ -103,33 +122,44 @@ class PreQueues:
             log.info("pre-queue placed", extra={"drop_id": str(line.drop_id), "pre_queue": line.pre_queue_size})
         return placed
 
-    def _read_ahead(self, uow) -> None:
-        soon = {row.drop_id: row.seed for row in uow.lines.opening_within(READ_AHEAD_SECONDS)}
+    def _drawn_before(self, now: datetime, drawn: int) -> int:
+        """The last arrival number drawn REREAD_SECONDS before `now` (0: not known), noting `drawn`."""
+        self._drawn.append((now, drawn))
+        settled = [i for i, (at, _) in enumerate(self._drawn) if (now - at).total_seconds() >= REREAD_SECONDS]
+        if not settled:
+            return 0
+        del self._drawn[:settled[-1]]
+        return self._drawn[0][1]
+
+    def _read_ahead(self, uow, drawn_before: int) -> None:
+        soon = {row.drop_id: row.seed for row in uow.lines.opening_within(READ_AHEAD_SECONDS)}  # soonest first
         for drop_id in set(self._ahead) - set(soon):  # opened (its order taken), moved later, or gone
             del self._ahead[drop_id]
+        budget = self.read_ahead_per_turn
         for drop_id, seed in soon.items():
             ahead = self._ahead.get(drop_id)
             if ahead is None or ahead.seed != seed:
                 ahead = self._ahead[drop_id] = _ReadAhead(seed)
-            _read_more(uow, drop_id, ahead, self.read_ahead_per_turn)
+            if budget > 0:
+                budget -= ahead.read(uow, drop_id, budget, drawn_before)
 
-    def _order_of(self, line, uow) -> list:
-        """The pre-queue's admission order. From its tickets read ahead, and those that joined
-        since the last turn read them (up to the opening: only pre-queue tickets are read ahead)
-        when that is all of it; else from all its tickets, keying only those not read ahead."""
+    def _order_of(self, line, uow, drawn_before: int) -> list:
+        """The pre-queue's admission order: from its tickets read ahead, and the joins since the
+        last turn read them (up to the opening: only pre-queue tickets are read ahead), when that
+        is all of it; else from all its tickets (those read ahead not keyed again)."""
         ahead = self._ahead.pop(line.drop_id, None)
         read_ahead = 0
-        if ahead is None or ahead.seed != line.seed:
-            ahead = _ReadAhead(line.seed)
-        elif ahead.digests:
+        if ahead is not None and ahead.seed == line.seed and ahead.digests:
             read_ahead = len(ahead.digests)
-            _read_more(uow, line.drop_id, ahead, None)
-        digests = ahead.digests
+            ahead.read(uow, line.drop_id, None, drawn_before)
+            digests = ahead.digests
+        else:
+            digests = {}
         whole_read = len(digests) != line.pre_queue_size
         if whole_read:
-            for ticket_id in uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival):
-                if ticket_id not in digests:
-                    digests[ticket_id] = waiting_room.order_digest(line.seed, ticket_id)
+            known = digests
+            digests = {ticket_id: known.get(ticket_id) or waiting_room.order_digest(line.seed, ticket_id)
+                       for ticket_id in uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival)}
         if len(digests) != line.pre_queue_size:  # tickets are never deleted: this is a bug or a hand-made change
             log.error("the pre-queue's tickets do not match its size",
                       extra={"drop_id": str(line.drop_id), "tickets": len(digests), "pre_queue": line.pre_queue_size})
@@ -137,18 +167,6 @@ class PreQueues:
         log.info("pre-queue ordered", extra={"drop_id": str(line.drop_id), "pre_queue": line.pre_queue_size,
                                              "read_ahead": read_ahead, "whole_read": whole_read})
         return order
-
-
-def _read_more(uow, drop_id, ahead: _ReadAhead, most: int | None) -> None:
-    """Key the pre-queue tickets that joined since `ahead` last read, `most` at the most (None:
-    all of them), from REREAD_ARRIVALS below the last arrival number it read."""
-    rows = uow.lines.pre_queue_ahead(drop_id, max(0, ahead.through - REREAD_ARRIVALS),
-                                     None if most is None else REREAD_ARRIVALS + most)
-    for row in rows:
-        if row.id not in ahead.digests:
-            ahead.digests[row.id] = waiting_room.order_digest(ahead.seed, row.id)
-    if rows:
-        ahead.through = max(ahead.through, rows[-1].arrival)
 
 
 @dataclass(frozen=True)

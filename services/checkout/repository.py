@@ -353,14 +353,19 @@ class Lines:
         return list(self._session.scalars(_PRE_QUEUE, {"drop_id": drop_id, "last_arrival": last_arrival}))
 
     def opening_within(self, seconds: float) -> list:
-        """The lines still to open whose opening comes within `seconds` (or has come): drop_id
-        and seed of each (read without a lock)."""
+        """The lines still to open whose opening comes within `seconds` (or has come), the soonest
+        first: drop_id and seed of each (read without a lock)."""
         return list(self._session.execute(_OPENING_WITHIN, {"seconds": seconds}))
 
+    def arrivals_drawn(self) -> int:
+        """The last arrival number drawn so far, by any line's join (committed or not)."""
+        return self._session.execute(_ARRIVALS_DRAWN).scalar_one()
+
     def pre_queue_ahead(self, drop_id: uuid.UUID, after: int, most: int | None) -> list:
-        """Up to `most` (None: all) of the line's tickets with an arrival number above `after`, in arrival
-        order: id and arrival of each. Only pre-queue tickets, whenever it is read: once the line
-        has opened (in the statement's snapshot), those up to its last pre-queue arrival."""
+        """Up to `most` (None: all) of the line's tickets with an arrival number above `after`, in
+        arrival order: id and arrival of each. Once the line has opened (in the statement's own
+        snapshot), only its pre-queue's: those up to its last pre-queue arrival (a line opened
+        with nobody in its pre-queue has none, and is never read ahead)."""
         return list(self._session.execute(_PRE_QUEUE_AHEAD, {"drop_id": drop_id, "after": after, "most": most}))
 
     def place(self, positions: list[tuple[uuid.UUID, int]]) -> None:
@@ -491,12 +496,14 @@ _PRE_QUEUE_BOUNDS = sa.text(
 _PRE_QUEUE = sa.text(
     "SELECT id FROM line_tickets WHERE drop_id = :drop_id AND arrival <= :last_arrival").bindparams(*_UUIDS)
 _OPENING_WITHIN = sa.text(
-    "SELECT drop_id, seed FROM lines WHERE state = 'pre_queue' AND opens_at <= now() + make_interval(secs => :seconds)")
+    "SELECT drop_id, seed FROM lines WHERE state = 'pre_queue' AND opens_at <= now() + make_interval(secs => :seconds)"
+    " ORDER BY opens_at")
+_ARRIVALS_DRAWN = sa.text("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM line_arrivals")
+# the bound is a scalar subquery, so the read is a range of the (drop_id, arrival) index
 _PRE_QUEUE_AHEAD = sa.text(
-    "SELECT line_tickets.id, line_tickets.arrival FROM line_tickets JOIN lines USING (drop_id)"
-    " WHERE line_tickets.drop_id = :drop_id AND line_tickets.arrival > :after"
-    " AND (lines.pre_queue_last_arrival IS NULL OR line_tickets.arrival <= lines.pre_queue_last_arrival)"
-    " ORDER BY line_tickets.arrival LIMIT :most"
+    "SELECT id, arrival FROM line_tickets WHERE drop_id = :drop_id AND arrival > :after"
+    " AND arrival <= coalesce((SELECT pre_queue_last_arrival FROM lines WHERE drop_id = :drop_id), 2147483647)"
+    " ORDER BY arrival LIMIT :most"
 ).bindparams(*_UUIDS)
 _PLACE_ARRIVALS = sa.text(
     "UPDATE line_tickets SET position = :after + newcomers.n FROM ("

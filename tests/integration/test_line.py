@@ -30,9 +30,15 @@ def _ready_buyers(floodgate, count: int) -> list[str]:
 
 
 def _log(stack, process: str) -> list[dict]:
-    """The JSON log lines `process` has written."""
+    """The JSON log lines `process` has written (not a line it is still writing)."""
+    entries = []
     with open(stack.var_dir / "logs" / f"{process}.log", encoding="utf-8") as log_file:
-        return [json.loads(text) for text in log_file if text.startswith("{")]
+        for text in log_file:
+            try:
+                entries.append(json.loads(text))
+            except ValueError:
+                continue
+    return entries
 
 
 def _active_passes(stack, drop_id: str) -> int:

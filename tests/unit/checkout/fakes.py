@@ -210,8 +210,12 @@ class FakeLines:
 
     def opening_within(self, seconds):
         soon = self.time() + timedelta(seconds=seconds)
-        return [SimpleNamespace(drop_id=line.drop_id, seed=line.seed) for line in self.lines()
+        return [SimpleNamespace(drop_id=line.drop_id, seed=line.seed)
+                for line in sorted(self.lines(), key=lambda line: line.opens_at)
                 if line.state == waiting_room.PRE_QUEUE and line.opens_at <= soon]
+
+    def arrivals_drawn(self):
+        return self.arrivals
 
     def pre_queue_ahead(self, drop_id, after, most):
         last = self.get(drop_id).pre_queue_last_arrival

@@ -187,52 +187,96 @@ def test_another_admitter_carries_on_placing_a_pre_queue_where_the_last_turn_sto
     assert made.placed == 7 and not line.placing(made)
 
 
-def test_a_pre_queue_is_read_ahead_in_the_turns_before_its_opening_and_only_its_last_joins_read_at_it(
-        clock, monkeypatch):
-    monkeypatch.setattr(admitter, "REREAD_ARRIVALS", 0)  # each read ahead picks up where the last stopped
+def turn_until_within_the_read_ahead(uow, clock, pre_queues, made) -> None:
+    """Turn the admitter before the line comes within READ_AHEAD_SECONDS of its opening (it notes
+    the arrival numbers drawn), then move on to a moment it has."""
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    assert uow.lines.read_ahead == 0
+    clock.advance((made.opens_at - clock.now).total_seconds() - admitter.READ_AHEAD_SECONDS + 1)
+
+
+def test_a_pre_queue_is_read_ahead_in_the_turns_before_its_opening_and_only_its_last_joins_read_at_it(clock):
     uow = FakeUnitOfWork()
-    made = a_line_joined_by(uow, 6, opens_in=admitter.READ_AHEAD_SECONDS / 2)
+    made = a_line_joined_by(uow, 6, opens_in=admitter.READ_AHEAD_SECONDS + 10)
     pre_queues = admitter.PreQueues(per_turn=100, read_ahead_per_turn=4)
+    turn_until_within_the_read_ahead(uow, clock, pre_queues, made)
     read_by_turn = []
-    for turn in range(3):
+    for turn in range(4):
+        before = uow.lines.read_ahead
         admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
-        read_by_turn.append(uow.lines.read_ahead)
+        read_by_turn.append(uow.lines.read_ahead - before)
         if turn == 0:  # joins go on before the opening
             for n in range(6, 9):
                 join(DROP, f"buyer-{n}", None, uow)
             uow.commit()
         clock.advance(admitter.MIN_TURN_SECONDS)
-    assert read_by_turn == [4, 8, 9] and made.state == line.PRE_QUEUE
+    assert max(read_by_turn) <= 4 and made.state == line.PRE_QUEUE
     for n in range(9, 11):  # after the last turn before the opening
         join(DROP, f"buyer-{n}", None, uow)
     uow.commit()
     early = [t.id for t in uow.lines.tickets(DROP)]
     clock.advance(admitter.READ_AHEAD_SECONDS)
-    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)  # opens it: the order from what was read, and those two
-    assert uow.lines.pre_queue_reads == 0 and made.pre_queue_size == 11 and made.placed == 11
+    before = uow.lines.read_ahead
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)  # opens it: the order from what was read, and the rest
+    assert uow.lines.pre_queue_reads == 0 and uow.lines.read_ahead - before <= 5  # the joins since the settled ones
+    assert made.pre_queue_size == 11 and made.placed == 11
     by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
     assert [t.id for t in by_position] == line.pre_queue_order(made.seed, early)
 
 
-def test_a_ticket_committed_after_the_read_ahead_passed_its_arrival_number_is_still_in_the_pre_queue(
-        clock, monkeypatch):
-    # Joins draw their arrival numbers from a sequence and commit out of order: one still in
-    # flight when a read ahead looked, below the numbers read, is missed by the next ones.
-    monkeypatch.setattr(admitter, "REREAD_ARRIVALS", 0)
-    uow = FakeUnitOfWork()
-    made = a_line_joined_by(uow, 4, opens_in=admitter.READ_AHEAD_SECONDS / 2)
+def four_joined_within_the_read_ahead(uow, clock):
+    """A line about to open (the admitter has noted the arrival numbers drawn before), four
+    joined: the line, and the admitter's PreQueues."""
+    made = a_line(uow, opens_in=admitter.READ_AHEAD_SECONDS + 10)
     pre_queues = admitter.PreQueues(per_turn=100)
-    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
-    join(DROP, "in-flight", None, uow)
-    late = uow.lines.ticket_of(DROP, "in-flight")
-    late.arrival = 0  # drawn before the others, committed after the read
+    turn_until_within_the_read_ahead(uow, clock, pre_queues, made)
+    for n in range(4):
+        join(DROP, f"buyer-{n}", None, uow)
     uow.commit()
+    return made, pre_queues
+
+
+def assert_placed_in_the_seeds_order(uow, made) -> None:
+    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, [t.id for t in by_position])
+
+
+def in_flight_join(uow, buyer_id: str, arrival: int):
+    """A join whose arrival number was drawn as `arrival` and which commits only now."""
+    join(DROP, buyer_id, None, uow)
+    uow.lines.ticket_of(DROP, buyer_id).arrival = arrival
+    uow.commit()
+
+
+def test_a_join_committed_after_a_read_ahead_passed_its_arrival_number_is_read_at_the_next_turn(clock):
+    # Joins draw their arrival numbers from a sequence and commit out of order: one drawn less
+    # than REREAD_SECONDS ago may still be in flight when a read ahead passes its number.
+    uow = FakeUnitOfWork()
+    made, pre_queues = four_joined_within_the_read_ahead(uow, clock)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    in_flight_join(uow, "in-flight", arrival=2)
+    clock.advance(admitter.MIN_TURN_SECONDS)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    clock.advance(admitter.READ_AHEAD_SECONDS)
+    admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+    assert uow.lines.pre_queue_reads == 0
+    assert_placed_in_the_seeds_order(uow, made)
+    assert made.placed == made.pre_queue_size == 5
+
+
+def test_a_join_committed_longer_after_its_arrival_number_than_the_reread_makes_the_opening_read_the_whole_pre_queue(
+        clock):
+    uow = FakeUnitOfWork()
+    made, pre_queues = four_joined_within_the_read_ahead(uow, clock)
+    for _ in range(3):  # until every arrival number up to 4 is taken as committed
+        admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
+        clock.advance(admitter.REREAD_SECONDS)
+    in_flight_join(uow, "slow", arrival=2)  # drawn over REREAD_SECONDS ago: missed by the reads ahead
     clock.advance(admitter.READ_AHEAD_SECONDS)
     admitter.turn(uow, StockOf(0), pre_queues=pre_queues)
     assert uow.lines.pre_queue_reads == 1  # four read ahead, five at the opening: the whole pre-queue read
-    by_position = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
-    assert [t.id for t in by_position] == line.pre_queue_order(made.seed, [t.id for t in by_position])
-    assert late.position is not None and made.placed == made.pre_queue_size == 5
+    assert_placed_in_the_seeds_order(uow, made)
+    assert uow.lines.ticket_of(DROP, "slow").position is not None and made.placed == made.pre_queue_size == 5
 
 
 def test_a_line_opening_later_than_the_read_ahead_is_not_read_yet(clock):
