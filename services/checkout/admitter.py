@@ -179,17 +179,47 @@ class Turned:
 
 def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues | None = None) -> Turned:
     """One pass over the lines: open those due, write their positions, admit from the open ones,
-    close those whose drop's window has closed. Inventory is asked for each line's remaining
-    units and its drop's close before any line is locked, so joins never wait on an HTTP call.
-    Each opening commits on its own (`_open`): joins wait for it for two reads. The positions are
-    written afterwards, at most `pre_queues.per_turn` of a line's a turn, with the lines locked
-    against other admitters only: joins go on. A line closed before its pre-queue was placed
-    still gets the rest of its positions (its published order is then whole)."""
+    close those whose drop's window has closed. In four transactions, none of which holds a line
+    against joins for longer than two reads:
+
+    1. `_look`: the lines due are locked against other admitters and their passes in play read;
+       then, with no line locked, inventory is asked for each one's units and its drop's close
+       (joins never wait on an HTTP call);
+    2. `_open`: each line due to open, in a transaction of its own (joins wait for two reads);
+    3. `PreQueues.prepare`: the admission orders of the pre-queues being placed, and the
+       pre-queues of lines about to open read ahead, with no line locked;
+    4. `_turn_locked`: the lines locked against other admitters again, and each turned
+       (`_turn_line`): positions written, at most `pre_queues.per_turn` of a line's a turn,
+       buyers admitted. Joins go on. A line closed before its pre-queue was placed still gets
+       the rest of its positions (its published order is then whole)."""
     pre_queues = pre_queues or PreQueues()
+    looked = _look(uow, inventory, shedding)
+    for drop_id in looked.opening:
+        _open(uow, drop_id, looked.stock.get(drop_id))
+    pre_queues.prepare(uow)
+    return _turn_locked(uow, looked, pre_queues)
+
+
+@dataclass(frozen=True)
+class _Looked:
+    """What a turn found before it locked the lines to turn them: the lines it turns (open,
+    paused or due to open, closed or not since), those due to open, each one's passes in play
+    and admissions through then, inventory's figures, and whether checkout shed orders since
+    the last turn."""
+
+    turned: list
+    opening: list
+    holders: dict
+    through: dict
+    stock: dict
+    checkout_shedding: bool
+
+
+def _look(uow, inventory, shedding: Shedding | None) -> _Looked:
     checkout_shedding = shedding.since_last_turn(uow.lines.checkout_refusals()) if shedding else False
     due = uow.lines.lock_next_due(TURNED)
     started = utc_now()  # a line opens in this turn if its opening had come by now
-    drop_ids = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= started]
+    turned = [line.drop_id for line in due if line.state != waiting_room.PRE_QUEUE or line.opens_at <= started]
     opening = [line.drop_id for line in due if line.state == waiting_room.PRE_QUEUE and line.opens_at <= started]
     # The passes in play are read before inventory is asked, and inventory says, with the units
     # left, which of their buyers already hold one (one statement there): their orders are in
@@ -198,53 +228,61 @@ def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues
     # rush had passed, and the drop's last units waited for a late turn. A pass used in between
     # the two reads has its unit held by then: counted once, never missed, so admissions never
     # exceed the stock.
-    holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in drop_ids}
+    holders = {drop_id: uow.lines.active_pass_holders(drop_id, utc_now()) for drop_id in turned}
     through = {line.drop_id: line.admitted_through for line in due}
     uow.rollback()  # the locks go: the HTTP calls below hold none
     stock = {}
-    for drop_id in drop_ids:
+    for drop_id in turned:
         try:
             stock[drop_id] = inventory.holders(str(drop_id), holders[drop_id])
         except (errors.InventoryUnavailable, errors.DropNotFound) as error:
             log.warning("no stock figure for a line this turn", extra={"drop_id": str(drop_id), "error": repr(error)})
-    for drop_id in opening:
-        _open(uow, drop_id, stock.get(drop_id))
-    pre_queues.prepare(uow)
+    return _Looked(turned, opening, holders, through, stock, checkout_shedding)
+
+
+def _turn_locked(uow, looked: _Looked, pre_queues: PreQueues) -> Turned:
     admitted, next_opening = 0, None
     locked = uow.lines.lock_next_due(TURNED, placing=True)
     paced_at = uow.lines.clock() if locked else None  # the database's time: one clock for every replica
     for line in locked:
-        now = utc_now()
-        if line.state == waiting_room.PRE_QUEUE and line.drop_id not in drop_ids:
+        if line.state == waiting_room.PRE_QUEUE and line.drop_id not in looked.turned:
             line.joined = uow.lines.joined(line)  # opens at the next turn, with its stock figure
             next_opening = min(next_opening or line.opens_at, line.opens_at)
-            continue
-        if line.state == waiting_room.CLOSED:  # closed while its pre-queue was being placed
-            pre_queues.place(line, uow)
-            continue
-        figures = stock.get(line.drop_id)
-        if figures is not None and figures.closed_by(paced_at):
-            waiting_room.close_line(line, now)
-            log.info("line closed: its drop's window has closed",
-                     extra={"drop_id": str(line.drop_id), "closes_at": figures.closes_at.isoformat()})
-            continue
-        if line.state == waiting_room.PRE_QUEUE:  # due, but another admitter held it at its opening
-            continue
-        if waiting_room.placing(line):
-            pre_queues.place(line, uow)
-        if not waiting_room.placing(line):
-            waiting_room.place_arrivals(line, uow, pre_queues.per_turn)
-        line.joined = uow.lines.joined(line)
-        if figures is None:
-            continue
-        line.remaining_units = figures.remaining
-        active = passes_in_play(holders[line.drop_id], figures.holding,
-                                uow.lines.active_pass_holders(line.drop_id, now),
-                                uow.lines.admitted_after(line.drop_id, through[line.drop_id], line.admitted_through))
-        admitted += _admit(line, uow, now, paced_at, checkout_shedding, active)
-        line.updated_at = now
+        else:
+            admitted += _turn_line(line, uow, looked, pre_queues, paced_at)
     uow.commit()
     return Turned(admitted, next_opening)
+
+
+def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: datetime) -> int:
+    """Turn one line (locked): close it if its drop's window has closed, write its next
+    positions, admit its next buyers; how many were admitted."""
+    now = utc_now()
+    if line.state == waiting_room.CLOSED:  # closed while its pre-queue was being placed
+        pre_queues.place(line, uow)
+        return 0
+    figures = looked.stock.get(line.drop_id)
+    if figures is not None and figures.closed_by(paced_at):
+        waiting_room.close_line(line, now)
+        log.info("line closed: its drop's window has closed",
+                 extra={"drop_id": str(line.drop_id), "closes_at": figures.closes_at.isoformat()})
+        return 0
+    if line.state == waiting_room.PRE_QUEUE:  # due, but another admitter held it at its opening
+        return 0
+    if waiting_room.placing(line):
+        pre_queues.place(line, uow)
+    if not waiting_room.placing(line):
+        waiting_room.place_arrivals(line, uow, pre_queues.per_turn)
+    line.joined = uow.lines.joined(line)
+    if figures is None:
+        return 0
+    line.remaining_units = figures.remaining
+    active = passes_in_play(looked.holders[line.drop_id], figures.holding,
+                            uow.lines.active_pass_holders(line.drop_id, now),
+                            uow.lines.admitted_after(line.drop_id, looked.through[line.drop_id], line.admitted_through))
+    admitted = _admit(line, uow, now, paced_at, looked.checkout_shedding, active)
+    line.updated_at = now
+    return admitted
 
 
 def _open(uow, drop_id, figures) -> None:
