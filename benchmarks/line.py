@@ -68,6 +68,7 @@ from benchmarks.cpu import CpuMeter, stack_roots
 from benchmarks.rehearsal import rig as rigs
 from benchmarks.rehearsal.cli import machine, say
 from devtools.client import Floodgate, poll, session
+from devtools.line_crowd import CROWD
 from devtools.stack import ROOT
 from services.accounts import config as accounts_config, key_encryption
 from services.accounts.models import Account
@@ -219,8 +220,6 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, opens_in: float = 1.0
     return poll(opened, timeout=timeout, interval=0.2, what="the line to open")
 
 
-CROWD = ("INSERT INTO line_tickets (id, drop_id, buyer_id, arrival) SELECT gen_random_uuid(), :d, 'crowd-' || n, "
-         "nextval('line_arrivals') FROM generate_series(1, :n) AS n")
 JOIN_EVERY_SECONDS = 0.02  # the joins watched at a big line's opening
 OPENING_JOINERS = 4_500  # tokens minted for them: a minute and a half's worth, after `--opens-in`
 

@@ -14,14 +14,11 @@ from datetime import datetime, timedelta, timezone
 import jwt
 
 from devtools.client import poll
+from devtools.line_crowd import CROWD
 from services.checkout.line import pre_queue_order
 from tests.integration.database import execute, rows, scalar
 
 OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue first
-# a crowd's tickets made in the database as a join makes them (registering that many accounts
-# would take minutes)
-CROWD = ("INSERT INTO line_tickets (id, drop_id, buyer_id, arrival) SELECT gen_random_uuid(), :d, 'crowd-' || n, "
-         "nextval('line_arrivals') FROM generate_series(1, :n) AS n")
 
 
 def _ready_buyers(floodgate, count: int) -> list[str]:
