@@ -242,6 +242,8 @@ class PaymentOutcome:
     order_id: str | None = None
     sale_version: int | None = None
     renewal_asked: RenewalAsked | None = None
+    # the order was cancelled while its late payment's renewal was asked: that hold is given back
+    renewal_unused: bool = False
 
 
 RENEWAL_ATTEMPTS = 3
@@ -255,20 +257,20 @@ def take_payment(notice: PaymentNotice, unit_of_work, inventory: InventoryClient
     only to the order as it was read (its version), and a payment whose order changed meanwhile
     (the sweeper's expiry, say) is looked at again. `unit_of_work()` opens one transaction."""
     renewal = None
-    for renewals in range(RENEWAL_ATTEMPTS + 1):
+    for attempt in range(RENEWAL_ATTEMPTS + 1):
         with unit_of_work() as uow:
             outcome = apply_payment(notice, uow, settings, renewal)
             if outcome.renewal_asked is None:
                 uow.commit()
-        if outcome.renewal_asked is None:
-            sell_paid_units(outcome, inventory)
-            if outcome.result == "refunded" and renewal is not None and renewal.hold is not None:
-                _give_back_renewal(outcome.order_id, inventory)
-            return outcome
-        if renewals == RENEWAL_ATTEMPTS:
-            break
-        renewal = _renew(outcome.renewal_asked, inventory)
-    raise errors.OrderChanging("The order changed while its late payment was being applied; send it again.")
+                break
+        if attempt < RENEWAL_ATTEMPTS:
+            renewal = _renew(outcome.renewal_asked, inventory)
+    else:
+        raise errors.OrderChanging("The order changed while its late payment was being applied; send it again.")
+    sell_paid_units(outcome, inventory)
+    if outcome.renewal_unused:
+        _give_back_renewal(outcome.order_id, inventory)
+    return outcome
 
 
 def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None = None) -> PaymentOutcome:
@@ -318,7 +320,7 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
         return _late_payment(order, uow, renewal, settings)
     # cancelled or shipped: the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
-    return PaymentOutcome("refunded", str(order.id))
+    return PaymentOutcome("refunded", str(order.id), renewal_unused=renewal is not None and renewal.hold is not None)
 
 
 def _unknown_order() -> errors.OrderNotFound:
