@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -94,7 +95,7 @@ class PreQueues:
         self.read_ahead_per_turn = read_ahead_per_turn
         self._orders: dict[tuple, list] = {}
         self._ahead: dict[uuid.UUID, _ReadAhead] = {}  # the lines about to open
-        self._drawn: list[tuple[datetime, int]] = []  # (when, the last arrival number drawn then)
+        self._drawn: deque[tuple[datetime, int]] = deque()  # (when, the last arrival number drawn then)
 
     def prepare(self, uow) -> None:
         """Before the lines are locked: work out the order of every pre-queue being placed that
@@ -125,21 +126,19 @@ class PreQueues:
     def _drawn_before(self, now: datetime, drawn: int) -> int:
         """The last arrival number drawn REREAD_SECONDS before `now` (0: not known), noting `drawn`."""
         self._drawn.append((now, drawn))
-        settled = [i for i, (at, _) in enumerate(self._drawn) if (now - at).total_seconds() >= REREAD_SECONDS]
-        if not settled:
-            return 0
-        del self._drawn[:settled[-1]]
-        return self._drawn[0][1]
+        while len(self._drawn) > 1 and (now - self._drawn[1][0]).total_seconds() >= REREAD_SECONDS:
+            self._drawn.popleft()
+        at, number = self._drawn[0]
+        return number if (now - at).total_seconds() >= REREAD_SECONDS else 0
 
     def _read_ahead(self, uow, drawn_before: int) -> None:
+        # a line's seed never changes (line.put_line), so what was keyed for it stays right
         soon = {row.drop_id: row.seed for row in uow.lines.opening_within(READ_AHEAD_SECONDS)}  # soonest first
         for drop_id in set(self._ahead) - set(soon):  # opened (its order taken), moved later, or gone
             del self._ahead[drop_id]
         budget = self.read_ahead_per_turn
         for drop_id, seed in soon.items():
-            ahead = self._ahead.get(drop_id)
-            if ahead is None or ahead.seed != seed:
-                ahead = self._ahead[drop_id] = _ReadAhead(seed)
+            ahead = self._ahead.setdefault(drop_id, _ReadAhead(seed))
             if budget > 0:
                 budget -= ahead.read(uow, drop_id, budget, drawn_before)
 
@@ -147,23 +146,18 @@ class PreQueues:
         """The pre-queue's admission order: from its tickets read ahead, and the joins since the
         last turn read them (up to the opening: only pre-queue tickets are read ahead), when that
         is all of it; else from all its tickets (those read ahead not keyed again)."""
-        ahead = self._ahead.pop(line.drop_id, None)
-        read_ahead = 0
-        if ahead is not None and ahead.seed == line.seed and ahead.digests:
-            read_ahead = len(ahead.digests)
+        ahead = self._ahead.pop(line.drop_id, None) or _ReadAhead(line.seed)
+        read_ahead = len(ahead.digests)
+        if ahead.digests:
             ahead.read(uow, line.drop_id, None, drawn_before)
-            digests = ahead.digests
-        else:
-            digests = {}
-        whole_read = len(digests) != line.pre_queue_size
+        tickets = list(ahead.digests)
+        whole_read = len(tickets) != line.pre_queue_size
         if whole_read:
-            known = digests
-            digests = {ticket_id: known.get(ticket_id) or waiting_room.order_digest(line.seed, ticket_id)
-                       for ticket_id in uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival)}
-        if len(digests) != line.pre_queue_size:  # tickets are never deleted: this is a bug or a hand-made change
+            tickets = uow.lines.pre_queue(line.drop_id, line.pre_queue_last_arrival)
+        if len(tickets) != line.pre_queue_size:  # tickets are never deleted: this is a bug or a hand-made change
             log.error("the pre-queue's tickets do not match its size",
-                      extra={"drop_id": str(line.drop_id), "tickets": len(digests), "pre_queue": line.pre_queue_size})
-        order = sorted(digests, key=digests.__getitem__)
+                      extra={"drop_id": str(line.drop_id), "tickets": len(tickets), "pre_queue": line.pre_queue_size})
+        order = waiting_room.pre_queue_order(line.seed, tickets, ahead.digests)
         log.info("pre-queue ordered", extra={"drop_id": str(line.drop_id), "pre_queue": line.pre_queue_size,
                                              "read_ahead": read_ahead, "whole_read": whole_read})
         return order

@@ -79,9 +79,11 @@ def order_digest(seed: bytes, ticket_id: uuid.UUID | str) -> bytes:
     return hmac.new(seed, str(ticket_id).lower().encode(), hashlib.sha256).digest()
 
 
-def pre_queue_order(seed: bytes, ticket_ids: Iterable[uuid.UUID | str]) -> list:
-    """The tickets that joined before the opening, in the order they are admitted."""
-    return sorted(ticket_ids, key=lambda ticket_id: order_digest(seed, ticket_id))
+def pre_queue_order(seed: bytes, ticket_ids: Iterable[uuid.UUID | str], digests: dict | None = None) -> list:
+    """The tickets that joined before the opening, in the order they are admitted. `digests`:
+    those of some tickets worked out already (`order_digest`), by ticket id."""
+    digests = digests or {}
+    return sorted(ticket_ids, key=lambda ticket_id: digests.get(ticket_id) or order_digest(seed, ticket_id))
 
 
 @dataclass(frozen=True)
