@@ -211,13 +211,12 @@ def open_now(floodgate: Floodgate, admin: str, drop: dict, opens_in: float = 1.0
     """Move the line's opening to `opens_in` seconds from now and wait for the admitter to open it."""
     opens_at = (datetime.now(timezone.utc) + timedelta(seconds=opens_in)).isoformat()
     floodgate.put_line(admin, drop, opens_at=opens_at, admission_rate=ADMISSION_RATE)
-    timeout += opens_in
 
     def opened() -> dict | None:
         line = floodgate.get_line(drop["id"]).json()
         return line if line.get("seed") else None
 
-    return poll(opened, timeout=timeout, interval=0.2, what="the line to open")
+    return poll(opened, timeout=opens_in + timeout, interval=0.2, what="the line to open")
 
 
 JOIN_EVERY_SECONDS = 0.02  # the joins watched at a big line's opening
@@ -280,8 +279,8 @@ def watch_opening(floodgate: Floodgate, admin: str, drop: dict, engine, tokens: 
         joiner.join()
     took = [ms for ms, status in joins if status in (200, 201)]
     say("\n")
-    return {"pre_queue": row.pre_queue_size, "opened_late_seconds": round(float(row.late), 2),
-            "placed_after_seconds": round(placed_after, 2),
+    return {"pre_queue": row.pre_queue_size, "opens_in_seconds": opens_in,
+            "opened_late_seconds": round(float(row.late), 2), "placed_after_seconds": round(placed_after, 2),
             "first_admission_after_seconds": round(admitted_after, 2),
             "joins": len(joins), "joins_answered": {str(k): sum(1 for _, s in joins if s == k)
                                                     for k in sorted({s for _, s in joins})},
@@ -326,12 +325,12 @@ def markdown(figures: dict) -> str:
         lines.append("")
     if figures.get("opening"):
         o = figures["opening"]
-        lines += [f"The opening of a pre-queue of {o['pre_queue']:,} ({o.get('opened_late_seconds', '?')} s after its "
+        lines += [f"The opening of a pre-queue of {o['pre_queue']:,} ({o['opened_late_seconds']} s after its "
                   f"opening time): every position written "
                   f"{o['placed_after_seconds']} s after it (polled every 0.1 s), the first admission "
                   f"{o['first_admission_after_seconds']} s after it; {o['joins']:,} joins meanwhile "
                   f"(one every {JOIN_EVERY_SECONDS * 1000:g} ms from the moment the opening was moved to "
-                  f"{o.get('opens_in_seconds', 1):g} s later; answers "
+                  f"{o['opens_in_seconds']:g} s later; answers "
                   f"{o['joins_answered']}) took p50 / p99 / max **{o['join_p50_ms']} / {o['join_p99_ms']} / "
                   f"{o['join_max_ms']} ms**.", ""]
     if figures.get("after_opening"):
@@ -403,7 +402,6 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  moving the opening to {args.opens_in:g} s from now; waiting for the admitter to open the line ...\n")
             if args.crowd:
                 opening = watch_opening(floodgate, admin, drop, checkout_db, joiners, args.opens_in)
-                opening["opens_in_seconds"] = args.opens_in
                 line = floodgate.get_line(drop["id"]).json()
             else:
                 line = open_now(floodgate, admin, drop, args.opens_in)

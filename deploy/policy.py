@@ -114,11 +114,11 @@ def requested(objects: list[dict]) -> dict[str, float]:
         replicas = obj["spec"].get("replicas", 1)
         replicas = replicas if isinstance(replicas, int) else 1  # the schema check reports it
         for resource in total:
-            running = sum(quantity(c.get("resources", {}).get("requests", {}).get(resource, 0))
-                          for _, c, _ in containers(obj, init=False))
-            starting = max((quantity(c.get("resources", {}).get("requests", {}).get(resource, 0))
-                            for _, c, _ in containers(obj) if _ == "initContainer"), default=0)
-            total[resource] += replicas * max(running, starting)
+            asked = {what: [] for what in ("container", "initContainer")}
+            for what, container, _ in containers(obj):
+                asked[what].append(quantity(container.get("resources", {}).get("requests", {}).get(resource, 0)))
+            # init containers run one at a time, before the others: the scheduler counts the most of either
+            total[resource] += replicas * max(sum(asked["container"]), max(asked["initContainer"], default=0))
     return total
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,21 @@ class Stack:
     @property
     def maildir(self) -> Path:
         return self.var_dir / "mail"
+
+    def log_path(self, name: str) -> Path:
+        """Where process `name` writes its output."""
+        return self.var_dir / "logs" / f"{name}.log"
+
+    def log_entries(self, name: str) -> list[dict]:
+        """The JSON log lines process `name` has written (not the lines a process writes before
+        its logging is configured, nor one it is still writing)."""
+        entries = []
+        for line in self.log_path(name).read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        return entries
 
     def service_headers(self) -> dict:
         """What another Floodgate service sends: the stack's service key. Public answers a drop
@@ -168,9 +184,8 @@ class Stack:
         name = as_name or name
         env = self.env(service)
         env.update(env_overrides or {})
-        log_dir = self.var_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_dir / f"{name}.log", "ab")
+        self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_path(name), "ab")
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
         self.processes[name] = process
@@ -230,7 +245,7 @@ class Stack:
             for name, url in list(waiting.items()):
                 process = self.processes.get(name)
                 if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.var_dir / 'logs' / (name + '.log')}")
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.log_path(name)}")
                 try:
                     if requests.get(url, timeout=1).status_code == 200:
                         waiting.pop(name)

@@ -59,7 +59,7 @@ RECONNECT_SECONDS = 60  # after the node is gone; a graceful stop itself may tak
 
 
 def log_tail(stack, process: str, lines: int = 15) -> str:
-    path = stack.var_dir / "logs" / f"{process}.log"
+    path = stack.log_path(process)
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 

@@ -113,7 +113,7 @@ def test_a_restarted_checkout_gets_the_next_webhooks_at_the_first_attempt(floodg
     stack.stop("checkout-api")
     stack.start("checkout-api")
     stack.wait_until_ready()
-    log = stack.var_dir / "logs" / "payments.log"
+    log = stack.log_path("payments")
     failures_before = log.read_text().count("webhook delivery failed")
     second = floodgate.place_order(token, drop["id"]).json()
     assert floodgate.pay(second).json()["webhook_statuses"] == [200, 200]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -24,18 +23,6 @@ OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue fir
 def _ready_buyers(floodgate, count: int) -> list[str]:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return [token for _, token in pool.map(lambda _: floodgate.register(), range(count))]
-
-
-def _log(stack, process: str) -> list[dict]:
-    """The JSON log lines `process` has written (not a line it is still writing)."""
-    entries = []
-    with open(stack.var_dir / "logs" / f"{process}.log", encoding="utf-8") as log_file:
-        for text in log_file:
-            try:
-                entries.append(json.loads(text))
-            except ValueError:
-                continue
-    return entries
 
 
 def _active_passes(stack, drop_id: str) -> int:
@@ -154,7 +141,7 @@ def test_a_big_pre_queue_gets_its_positions_over_the_turns_after_a_short_opening
     pre_queue = [ticket_id for ticket_id, _ in placed[:-1]]
     assert set(early) <= set(pre_queue) and pre_queue == pre_queue_order(seed, pre_queue)
     # the pre-queue was read and keyed in the seconds before the opening, not read again at it
-    [ordered] = [entry for entry in _log(stack, "checkout-admitter")
+    [ordered] = [entry for entry in stack.log_entries("checkout-admitter")
                  if entry["message"] == "pre-queue ordered" and entry["drop_id"] == drop["id"]]
     assert ordered["read_ahead"] >= crowd and not ordered["whole_read"], ordered
     assert placed[-1][0] == late_id  # after the whole pre-queue

@@ -206,7 +206,7 @@ def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(flood
 def test_smtp_stalling_10s_per_message_leaves_order_and_webhook_timings_unchanged(floodgate, stack, admin_token):
     drop = floodgate.create_drop(admin_token, quantity=8)
     buyers = [floodgate.register() for _ in range(8)]
-    log_path = stack.var_dir / "logs" / "notifications-consumer.log"
+    log_path = stack.log_path("notifications-consumer")
     log_offset = log_path.stat().st_size
     _, base_placing, base_paying = place_and_pay(floodgate, drop["id"], buyers[:4])
 

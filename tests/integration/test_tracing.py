@@ -5,7 +5,6 @@ the relays and every consumer to the confirmation email, and so does the placeme
 `POST /orders` to its email. Every log line written inside a span names its trace."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -117,16 +116,6 @@ def missing(collector: Collector, trace_id: str, expected: set) -> str:
             f"have {sorted((s.process, s.kind, s.name) for s in spans)}")
 
 
-def log_lines(stack, process: str) -> list[dict]:
-    lines = []
-    for line in (stack.var_dir / "logs" / f"{process}.log").read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            pass  # gunicorn's own lines before logging is configured
-    return lines
-
-
 def test_one_trace_runs_from_the_payment_webhook_to_the_confirmation_email(traced_stack, collector, paid_order):
     trace_id = poll(lambda: trace_of_request(collector, "/payments/webhook", paid_order["id"], "order.confirmed"),
                     timeout=15, what="the webhook's span")
@@ -175,16 +164,16 @@ def test_log_lines_written_inside_a_span_name_its_trace(traced_stack, collector,
 
     # the provider calls once a step (approved, then captured): each its own trace, the capture's
     # the payment's
-    webhooks = [line for line in log_lines(traced_stack, "checkout-api")
+    webhooks = [line for line in traced_stack.log_entries("checkout-api")
                 if line.get("message") == "request" and line.get("path") == "/payments/webhook"]
     assert len(webhooks) >= 2 and all(line.get("trace_id") for line in webhooks)
     [capture] = [line for line in webhooks if line["trace_id"] == trace_id]
     assert matches(spans[capture["span_id"]], "checkout-api", "SERVER", "/payments/webhook")
 
-    sent = poll(lambda: [line for line in log_lines(traced_stack, "notifications-consumer")
+    sent = poll(lambda: [line for line in traced_stack.log_entries("notifications-consumer")
                          if line.get("message") == "email sent" and line.get("event_type") == "order.confirmed"],
                 what="the consumer's log line of the confirmation")
     assert [line["trace_id"] for line in sent] == [trace_id]
     # outside any span (a relay's loop, once a batch is confirmed) a line names no trace
-    published = [line for line in log_lines(traced_stack, "checkout-relay") if line.get("message") == "published"]
+    published = [line for line in traced_stack.log_entries("checkout-relay") if line.get("message") == "published"]
     assert published and not any("trace_id" in line for line in published)

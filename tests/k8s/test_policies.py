@@ -42,8 +42,9 @@ def test_a_dev_cluster_on_a_2_cpu_laptop_node_schedules_every_pod(targets, targe
 
 def test_prods_requests_on_a_laptop_node_would_leave_pods_pending(targets):
     # what the dev overlay requested before it sized its pods for a laptop: prod's
-    problems = policy.check_fits_dev_node(targets["prod"].objects)
-    assert [problem.split(" request ")[1].split(" together")[0][-4:] for problem in problems] == ["CPUs", " MiB"]
+    requested = policy.requested(targets["prod"].objects)
+    assert all(requested[resource] > policy.DEV_NODE_BUDGET[resource] for resource in ("cpu", "memory"))
+    assert len(policy.check_fits_dev_node(targets["prod"].objects)) == 2  # one problem each
 
 
 @pytest.mark.parametrize("written, value", [("250m", 0.25), ("2", 2), ("1.5", 1.5), ("128Mi", 128 * 2**20),
