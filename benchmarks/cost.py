@@ -25,6 +25,10 @@ One run:
 6. prints the figures and their ratios, and writes `bench.json` and `bench.md` to
    var/bench/<timestamp>/.
 
+Throughout steps 1-4 it samples the stack's memory every 2 s (`benchmarks/memory.py`: the PSS of
+every stack process, against DESIGN.md's 1 GiB): at rest, each stage's peak and its end, split
+per process.
+
 CPU per placed order is the machine's busy CPU time (all cores, from /proc/stat) over the phase,
 divided by the orders placed; the split names each stack process (a gunicorn master with its
 workers), PostgreSQL (every postgres process), RabbitMQ (the Erlang VM), the load generator and
@@ -48,6 +52,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from benchmarks.cpu import CpuMeter, stack_roots
+from benchmarks import memory
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import naive_checkout, pgbench
 from benchmarks.rehearsal import rig as rigs
@@ -425,6 +430,7 @@ def markdown(figures: dict) -> str:
                   f"| p50 / p99 | {reads['p50_ms']} / {reads['p99_ms']} ms |",
                   f"| CPU per read: inventory API / PostgreSQL / the machine | {reads['inventory_cpu_ms_per_read']} / "
                   f"{reads['postgresql_cpu_ms_per_read']} / {reads['machine_cpu_ms_per_read']} ms |", ""]
+    lines += memory.markdown(figures.get("memory") or {})
     r = figures["ratios"]
     pg, n0, n1 = figures.get("pgbench"), figures.get("naive_instant_smtp"), figures.get("naive_1s_smtp")
     lines += ["## The ceiling and the peer, same run", "", "| figure | value |", "|---|---|"]
@@ -468,9 +474,13 @@ def main(argv: list[str] | None = None) -> None:
     say(f"Cost per order: report folder {out}\n  starting an isolated stack ...\n")
     rig = rigs.isolated(out / "stack", env=stack_env, combine_relays=True)
     pipeline = Pipeline(rig)
+    memory_meter = memory.MemoryMeter(lambda: stack_roots(rig.stack))
     try:
+        memory_meter.begin("at rest, started")
+        memory_meter.start()
         floodgate = Floodgate(rig.stack)
         admin = floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@bench.example", "bench admin, dev only")
+        memory_meter.begin(f"signing in {args.buyers} buyers")
         say(f"  signing in {args.buyers} buyers ...\n")
         tokens = [token for _, token in crowd_signup.sign_up(rig.stack.url("accounts"), args.buyers, progress=say)]
         drop = floodgate.create_drop(admin, quantity=UNITS, opens_in=-1, lasts=3600, per_buyer_limit=UNITS)
@@ -478,16 +488,27 @@ def main(argv: list[str] | None = None) -> None:
         pipeline.wait_drained()
         phases = []
         for index, connections in enumerate(int(c) for c in args.connections.split(",")):
+            memory_meter.begin(f"placing, {connections} connections")
             phases.append(phase(rig, pipeline, tokens, drop["id"], connections, args.seconds, workdir,
                                 first_number=100 + index * 10_000_000))
         paid = None
         if args.pay > 0:
+            memory_meter.begin("paying")
             paid = payments(rig, pipeline, args.pay, 16, workdir)
         backlog = None
         if args.email_backlog > 0:
+            memory_meter.begin("the email backlog")
             backlog = email_backlog(rig, pipeline, tokens, drop["id"], args.email_backlog, workdir,
                                     first_number=100 + len(phases) * 10_000_000)
-        reads = page_reads(rig, drop["id"], 64, args.page_seconds, workdir) if args.page_seconds > 0 else None
+        reads = None
+        if args.page_seconds > 0:
+            memory_meter.begin("drop page reads")
+            reads = page_reads(rig, drop["id"], 64, args.page_seconds, workdir)
+        memory_meter.begin("at rest, after the load")
+        time.sleep(memory_meter.interval)  # a sample of the stack idle once more
+        memory_use = memory_meter.stop()
+        say(f"  the stack's memory: {memory_use['peak_mib']} MiB at its peak, during {memory_use['peak_during']} "
+            f"(budget {memory.BUDGET_MIB} MiB)\n")
         remaining = floodgate.get_drop(drop["id"])["remaining"]
         sold = pipeline.orders()
         if remaining != UNITS - pipeline.orders():
@@ -506,7 +527,8 @@ def main(argv: list[str] | None = None) -> None:
         figures = {
             "run": {"started": started.isoformat(), "command": command, "machine": machine(), "sold": sold,
                     "env": stack_env},
-            "phases": phases, "payments": paid, "email_backlog": backlog, "page_reads": reads, "pgbench": pg,
+            "phases": phases, "payments": paid, "email_backlog": backlog, "page_reads": reads, "memory": memory_use,
+            "pgbench": pg,
             "naive_instant_smtp": naive_instant, "naive_1s_smtp": naive_slow,
             "ratios": {
                 "placement / pgbench": ratio(best["orders_per_second"], pg and pg["tps"]),
@@ -520,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
         (out / "bench.md").write_text(markdown(figures))
         say("\n" + markdown(figures) + f"\nReport: {out / 'bench.md'}\n")
     finally:
+        if memory_meter.is_alive():
+            memory_meter.stop()
         pipeline.close()
         rig.teardown()
 

@@ -1,5 +1,8 @@
 """Passwords are hashed and checked with no transaction open: a request waiting for a hashing
 slot holds no database connection that requests needing no hashing are waiting for."""
+import threading
+import time
+
 import pytest
 from argon2 import PasswordHasher
 
@@ -86,3 +89,54 @@ def test_registering_and_signing_in_hash_and_check_the_password_with_no_transact
     assert uow.accounts.get(ann.id).password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert "account:ann@example.com" not in uow.login_throttles.rows
 
+
+
+class ThreadNotingHasher:
+    """Stands in for argon2: notes the thread each hash and check ran on, and how many ran at once."""
+
+    def __init__(self):
+        self.threads, self.running, self.most_at_once = set(), 0, 0
+        self._lock = threading.Lock()
+
+    def _work(self):
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.002)  # long enough for the callers to overlap
+        with self._lock:
+            self.running -= 1
+
+    def hash(self, password):
+        self._work()
+        return f"hashed:{password}"
+
+    def verify(self, password_hash, password):
+        self._work()
+        return password_hash == f"hashed:{password}"
+
+    def check_needs_rehash(self, password_hash):
+        return False
+
+
+def test_hashing_from_many_request_threads_runs_on_the_few_hashing_threads_only():
+    """argon2's 19 MiB a hash stays in the arenas of the threads that allocated it: a sign-up
+    storm over 24 request threads must not leave 24 of them holding it (benchmarks/memory.py
+    measures what that cost)."""
+    hasher = ThreadNotingHasher()
+    passwords = Passwords(hasher, concurrency=2, wait_seconds=30)
+    answers = []
+
+    def request(index):
+        stored = passwords.hash(f"password {index}")
+        answers.append((passwords.verify(stored, f"password {index}"), passwords.verify(None, "guess")))
+
+    requests = [threading.Thread(target=request, args=(index,), name=f"request-{index}") for index in range(24)]
+    for thread in requests:
+        thread.start()
+    for thread in requests:
+        thread.join()
+
+    assert answers == [(True, False)] * 24
+    assert len(hasher.threads) <= 2 and not any(name.startswith("request-") for name in hasher.threads)
+    assert hasher.most_at_once <= 2
