@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,9 @@ from urllib.parse import urlencode
 import requests
 
 SIGNATURE_HEADER = "Provider-Signature"
+# unix seconds, as the provider writes them: `int()` alone also takes signs, underscores, other
+# scripts' digits and thousands of digits (whose distance from now overflows a float: a 500)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def sign(secret: str, payload: bytes, timestamp: int) -> str:
@@ -27,10 +31,9 @@ def sign(secret: str, payload: bytes, timestamp: int) -> str:
 def signature_is_valid(secret: str, payload: bytes, header: str, tolerance_seconds: int, now: float | None = None) -> bool:
     """True when `header` signs `payload` with `secret` within the time tolerance."""
     parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+    if not _TIMESTAMP.fullmatch(parts.get("t", "")):
         return False
+    timestamp = int(parts["t"])
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance_seconds:
         return False

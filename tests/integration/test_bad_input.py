@@ -135,6 +135,7 @@ def test_forged_stale_and_malformed_webhooks_are_refused(floodgate, stack, buyer
     assert_problem(send(payload, sign("someone else's secret", payload, now)), 401, "invalid-signature")
     assert_problem(send(payload, sign(DEV_WEBHOOK_SECRET, payload, now - 3600)), 401, "invalid-signature")
     assert_problem(send(payload, f"t={now},v1=\xe9"), 401, "invalid-signature")  # sent as the byte 0xE9
+    assert_problem(send(payload, "t=1" + "0" * 400 + ",v1=ab"), 401, "invalid-signature")  # not an overflow's 500
     tampered = payload.replace(b'"amount": ', b'"amount": 1')
     assert_problem(send(tampered, sign(DEV_WEBHOOK_SECRET, payload, now)), 401, "invalid-signature")
     garbage = b'{"id": 5}'

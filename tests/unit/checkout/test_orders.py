@@ -63,6 +63,9 @@ def test_webhook_signatures_must_match_the_body_and_be_fresh():
     assert not signature_is_valid(SECRET, body, "", 300)
     # a header of any bytes (read as Latin-1): refused, not a TypeError
     assert not signature_is_valid(SECRET, body, "t=1000000,v1=\xe9", 300, now=1_000_100)
+    # a timestamp of hundreds of digits: refused, not an OverflowError (a 500)
+    assert not signature_is_valid(SECRET, body, "t=1" + "0" * 400 + ",v1=ab", 300, now=1_000_100)
+    assert not signature_is_valid(SECRET, body, "t=-1000000,v1=ab", 300, now=1_000_100)
 
 
 def test_the_approval_link_signs_the_amount():
