@@ -33,11 +33,12 @@ import urllib3
 from flask import Flask, jsonify, request
 from urllib3.util import Retry
 
+# the signature scheme both ends of the provider's API follow (checkout's copy of its contract)
+from services.checkout.payments import SIGNATURE_HEADER, sign, signature_is_valid
 from shared import logs
 
 # Development default: the same public value checkout uses unless PAYMENT_WEBHOOK_SECRET is set.
 DEV_SECRET = "dev-only-webhook-secret-not-a-secret"
-SIGNATURE_HEADER = "Provider-Signature"
 log = logging.getLogger("floodgate.payment-simulator")
 
 PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
@@ -45,20 +46,6 @@ PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
 <form method="post" action="/pay/{order_id}/approve?{query}"><button>Approve payment</button></form>"""
 
 DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False, "refunds": "ok"}
-
-
-def signature(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def signature_ok(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:
-    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    return abs(time.time() - timestamp) <= tolerance and hmac.compare_digest(signature(secret, body, timestamp), header)
 
 
 def create_app(webhook_url: str, secret: str) -> Flask:
@@ -91,7 +78,7 @@ def create_app(webhook_url: str, secret: str) -> Flask:
             try:
                 response = webhooks.urlopen(
                     "POST", webhook_target, body=body,
-                    headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body, int(time.time()))})
+                    headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body, int(time.time()))})
                 if response.status < 500:
                     return response.status
             except urllib3.exceptions.HTTPError as error:
@@ -179,7 +166,7 @@ def create_app(webhook_url: str, secret: str) -> Flask:
         if failing:
             return jsonify(error="refunds are failing (simulated outage)"), 503
         body = request.get_data()
-        if not signature_ok(secret, body, request.headers.get(SIGNATURE_HEADER, "")):
+        if not signature_is_valid(secret, body, request.headers.get(SIGNATURE_HEADER, ""), tolerance_seconds=300):
             return jsonify(error="invalid signature"), 401
         try:
             asked = json.loads(body)
