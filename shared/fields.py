@@ -1,6 +1,7 @@
 """Marshmallow fields and rules the services' schemas share."""
 from datetime import datetime, timezone
 
+from email_validator import EmailNotValidError, validate_email
 from marshmallow import ValidationError, fields, validate
 
 # The times an admin may set (a drop's schedule, a line's opening, an invite's expiry): far enough
@@ -31,3 +32,34 @@ class Pattern(validate.Regexp):
 
 # A shipping address's country, as a buyer may type it (shared.addresses upper-cases it).
 ADDRESS_COUNTRY_CODE = Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def email_address(text: str) -> str:
+    """`text` as Floodgate keeps an email address: checked by email-validator (syntax only, no
+    DNS; addresses under `.test`, RFC 2606, accepted for tests and rehearsals), in its normal form
+    (the domain lower-cased, Unicode composed), and the mailbox's ASCII letters lower-cased, so
+    `Ann@Example.com` and `ann@example.com` are one address. A mailbox's letters of other scripts
+    stay as typed: lower-casing `İlker` gives `i̇lker` (an i and a combining dot), another
+    mailbox. Raises EmailNotValidError."""
+    checked = validate_email(text.strip(), check_deliverability=False, test_environment=True)
+    return f"{checked.local_part.translate(_ASCII_LOWER)}@{checked.domain}"
+
+
+class EmailAddress(fields.String):
+    """An email address, loaded as `email_address` keeps it. Accounts stores what it loads and
+    notifications loads the addresses its events name with it: one rule on both sides, so every
+    address an account was made with can be mailed (marshmallow's own `Email` refused mailboxes
+    in Devanagari or Thai that email-validator takes, and every email to them was parked)."""
+
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"format": "email", **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return email_address(super()._deserialize(value, attr, data, **kwargs))
+        except EmailNotValidError:
+            raise ValidationError("Not a valid email address.") from None

@@ -1,11 +1,11 @@
 """What accounts accepts and answers, in JSON."""
 from datetime import datetime, timezone
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
-from shared.fields import ADDRESS_COUNTRY_CODE, Pattern, SCHEDULE_RANGE
+from shared.fields import ADDRESS_COUNTRY_CODE, EmailAddress, Pattern, SCHEDULE_RANGE, email_address
 from shared.values import storable
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
@@ -19,23 +19,13 @@ def storable_text(value: str) -> None:
         raise ValidationError("Must be valid Unicode text without NUL characters.")
 
 
-class NormalisedEmail(fields.String):
-    """An email address checked by email-validator (syntax only, no DNS), then lower-cased, so
-    `Ann@Example.com` and `ann@example.com` are one account. Addresses under `.test` (RFC 2606,
-    never delivered) are accepted for tests and rehearsals."""
-
-    def __init__(self, **kwargs):
-        kwargs["metadata"] = {"format": "email", **kwargs.get("metadata", {})}
-        super().__init__(**kwargs)
+class NormalisedEmail(EmailAddress):
+    """An account's email address (`shared.fields.email_address`: `Ann@Example.com` and
+    `ann@example.com` are one account), and text PostgreSQL can store."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
-        storable_text(text)
-        try:
-            checked = validate_email(text, check_deliverability=False, test_environment=True)
-        except EmailNotValidError:
-            raise ValidationError("Not a valid email address.") from None
-        return checked.normalized.lower()
+        storable_text(value if isinstance(value, str) else "")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class RegistrationSchema(Schema):
@@ -79,7 +69,7 @@ def sign_in_email(text: str) -> str:
     """The email as registration stored it when it is a valid address; otherwise just trimmed
     and lower-cased, so a miss costs and answers the same as any other."""
     try:
-        return validate_email(text.strip(), check_deliverability=False, test_environment=True).normalized.lower()
+        return email_address(text)
     except EmailNotValidError:
         return text.strip().lower()
 

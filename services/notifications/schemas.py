@@ -3,7 +3,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.notifications.models import STATUSES
 from shared.messaging import topology
-from shared.fields import Pattern
+from shared.fields import EmailAddress, Pattern
 
 non_empty = validate.Length(min=1)
 
@@ -41,7 +41,7 @@ class OrderSchema(_Lenient):
     """The order document every `order.*` event carries (docs/contracts.md), as far as email needs it."""
 
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    buyer_email = fields.Email(required=True)
+    buyer_email = EmailAddress(required=True)
     items = fields.List(fields.Nested(ItemSchema), required=True, validate=non_empty)
     total = fields.Nested(MoneySchema, required=True)
     shipping_address = fields.Nested(AddressSchema, required=True)
@@ -81,14 +81,14 @@ class RefundedOrderSchema(OrderSchema):
 
 class AccountSchema(_Lenient):
     account_id = fields.String(required=True, validate=non_empty)
-    email = fields.Email(required=True)
+    email = EmailAddress(required=True)
     name = fields.String(load_default=None, allow_none=True)
 
 
 class InviteSchema(_Lenient):
     invite_id = fields.String(required=True, validate=non_empty)
     code = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    email = fields.Email(required=True)
+    email = EmailAddress(required=True)
     tier = fields.String(load_default=None, allow_none=True)
     expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
 

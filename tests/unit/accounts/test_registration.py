@@ -92,3 +92,22 @@ def test_over_http_a_duplicate_email_is_a_409_problem(client, uow):
 
     assert response.status_code == 409
     assert response.get_json()["type"].endswith("/email-taken")
+
+
+@pytest.mark.parametrize("typed, kept", [
+    ("Ann@Example.COM", "ann@example.com"),
+    ("josé@example.com", "josé@example.com"),
+    ("राम@example.com", "राम@example.com"),
+    ("สมศรี@example.com", "สมศรี@example.com"),
+    # lower-cased, İ becomes an i and a combining dot: another mailbox than the buyer's
+    ("İlker@Example.com", "İlker@example.com"),
+    ("ann@BÜCHER.test", "ann@bücher.test"),
+])
+def test_every_address_an_account_is_made_with_is_one_its_emails_can_be_sent_to(typed, kept):
+    from services.notifications.schemas import AccountSchema, OrderSchema
+
+    email = RegistrationSchema().load({"email": typed, "password": "correct horse battery"})["email"]
+
+    assert email == kept
+    assert AccountSchema().load({"account_id": "a-1", "email": email})["email"] == email
+    assert "buyer_email" not in OrderSchema().validate({"buyer_email": email}, partial=True)
