@@ -21,7 +21,7 @@ from services.notifications import emails
 from services.notifications.config import Settings
 from services.notifications.errors import BrokerUnavailable
 from services.notifications.mailer import Mailer
-from services.notifications.models import DEAD, RETRYING, Delivery
+from services.notifications.models import DEAD, RETRYING, SUPERSEDED, Delivery
 
 log = logging.getLogger("floodgate.notifications")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -30,6 +30,11 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 # The emails whose sending checkout records on the order: only the confirmation. Announcing every
 # email cost an outbox row, a publish and a checkout transaction per order for nothing shown.
 ANNOUNCED_EMAILS = frozenset({"order.confirmed"})
+# The emails that tell the buyer what state their order is in. Each is sent only while no email
+# of a newer state of the order has gone out: a "pay by 16:00" email retried past the order's
+# confirmation (its first attempt met a full SMTP server), or the expiry of an order the buyer
+# paid late, would tell them the opposite of the truth. A refund is news whenever it comes.
+ORDER_STATE_EMAILS = frozenset({"order.placed", "order.confirmed", "order.cancelled", "order.expired", "order.shipped"})
 
 
 def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
@@ -42,6 +47,10 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     Everything the transaction writes is written before the mail goes out, so that once the SMTP
     server has accepted it only the commit remains: should that commit fail, the event is retried
     and mailed again with the same Message-ID. Sending after the commit could lose the email.
+
+    An order state's email (`ORDER_STATE_EMAILS`) whose order has had a newer state mailed is
+    logged as `superseded` and not sent. Two of one order's emails handled at the same moment on
+    two threads may both go out, in either order: the check is for the email that comes late.
     """
     if emails.addressed_to_nobody(envelope.type, envelope.data):
         log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})
@@ -50,8 +59,14 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
     with logs.log_context(order_id=data.get("order_id")):
         email = emails.render(envelope.type, data, envelope.id)
         sent_at = datetime.now(timezone.utc)
-        if not uow.deliveries.record_sent(_attempt(envelope, email), sent_at):
+        written = uow.deliveries.record_sent(_attempt(envelope, email, data.get("version")), sent_at,
+                                             unless_superseded=envelope.type in ORDER_STATE_EMAILS)
+        if written is None:
             return  # an earlier delivery of this event was mailed
+        if written == SUPERSEDED:
+            log.info("email not sent: a newer state of the order was mailed first",
+                     extra={"message_id": email.message_id, "event_type": envelope.type, "order_version": data.get("version")})
+            return
         if envelope.type in ANNOUNCED_EMAILS and data.get("order_id"):
             # checkout shows the buyer whether and when their order's confirmation went out
             uow.publish("email.sent", {"order_id": data["order_id"], "event_type": envelope.type,
@@ -167,11 +182,12 @@ def _broker_answers():
         raise BrokerUnavailable("The broker is not answering; try again shortly.") from error
 
 
-def _attempt(envelope: Envelope, email: emails.Email) -> dict:
+def _attempt(envelope: Envelope, email: emails.Email, order_version: int | None = None) -> dict:
     return {
         "event_id": envelope.id,
         "event_type": envelope.type,
         "order_id": email.order_id,
+        "order_version": order_version,
         "to_address": email.to,
         "subject": email.subject[:300],
         "message_id": email.message_id,

@@ -10,8 +10,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared import admin_actions
 
-SENT, RETRYING, DEAD = "sent", "retrying", "dead"
-STATUSES = (SENT, RETRYING, DEAD)
+SENT, RETRYING, DEAD, SUPERSEDED = "sent", "retrying", "dead", "superseded"
+STATUSES = (SENT, RETRYING, DEAD, SUPERSEDED)
 
 
 class Base(DeclarativeBase):
@@ -25,8 +25,10 @@ ADMIN_ACTIONS = admin_actions.define_table(Base.metadata)
 class Delivery(Base):
     """The email of one event. `event_id` is unique, so an event is never mailed twice.
 
-    `status` is `sent`, `retrying` (an attempt failed; the event waits in a delay queue) or
-    `dead` (parked in the dead-letter queue until an admin replays it). `attempts`, `retries` and
+    `status` is `sent`, `retrying` (an attempt failed; the event waits in a delay queue), `dead`
+    (parked in the dead-letter queue until an admin replays it) or `superseded` (not mailed: the
+    email of a newer state of its order had gone out first; `order_version` is the order's
+    version its event carried). `attempts`, `retries` and
     `dead_letters` only grow, across replays too: /metrics reads its totals from them.
     """
 
@@ -43,6 +45,7 @@ class Delivery(Base):
     event_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
     event_type: Mapped[str] = mapped_column(sa.String(100))
     order_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    order_version: Mapped[int | None] = mapped_column(sa.Integer)
     to_address: Mapped[str | None] = mapped_column(sa.String(320))
     subject: Mapped[str | None] = mapped_column(sa.String(300))
     status: Mapped[str] = mapped_column(sa.String(20))

@@ -10,7 +10,7 @@ from sqlalchemy import orm
 from shared import db
 from shared.admin_actions import AdminActions
 from shared.sql import Statement
-from services.notifications.models import DEAD, RETRYING, SENT, Delivery
+from services.notifications.models import DEAD, RETRYING, SENT, SUPERSEDED, Delivery
 
 
 class DeliveryLog:
@@ -19,11 +19,13 @@ class DeliveryLog:
     def __init__(self, session: orm.Session):
         self._session = session
 
-    def record_sent(self, attempt: dict, now: datetime) -> bool:
-        """The email of `attempt` (event_id, event_type, order_id, to_address, subject, message_id,
-        occurred_at, handled_by) is accepted by the SMTP server; False when an earlier attempt's
-        was (nothing is changed then). Concurrent attempts of one event serialise on its row."""
-        return self._upsert(attempt, now, status=SENT, sent_at=now)
+    def record_sent(self, attempt: dict, now: datetime, unless_superseded: bool = False) -> str | None:
+        """The email of `attempt` (event_id, event_type, order_id, order_version, to_address,
+        subject, message_id, occurred_at, handled_by) is accepted by the SMTP server: `sent`.
+        With `unless_superseded`, when an email of a newer version of its order was accepted, it
+        is not to be sent: `superseded`. None when an earlier attempt's email was accepted
+        (nothing is changed then). Concurrent attempts of one event serialise on its row."""
+        return self._upsert(attempt, now, status=SENT, sent_at=now, superseding=unless_superseded)
 
     def record_failure(self, attempt: dict, now: datetime, outcome: str, error: str) -> None:
         """An attempt failed; `outcome` is `retrying` or `dead`. A sent delivery stays sent."""
@@ -70,12 +72,13 @@ class DeliveryLog:
         ).one()
         return dict(zip(("sent", "retries", "dead_letters", "retrying", "dead", "oldest_pending", "now"), row))
 
-    def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> bool:
+    def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> str | None:
         values = {
             "id": uuid.uuid4(),
             "event_id": attempt["event_id"],
             "event_type": attempt["event_type"],
             "order_id": attempt.get("order_id"),
+            "order_version": attempt.get("order_version"),
             "to_address": attempt.get("to_address"),
             "subject": attempt.get("subject"),
             "message_id": attempt["message_id"],
@@ -87,20 +90,32 @@ class DeliveryLog:
             "last_error": None,
             "sent_at": None,
             "updated_at": now,
+            "superseding": False,
             **changes,
         }
-        return _UPSERT.first(self._session, values) is not None
+        return _UPSERT.scalar(self._session, values)
 
 
-# One statement per email, written once and sent straight to the driver (shared.sql). A sent
-# delivery stays sent (and the statement returns no row then); what a failure could not read (recipient, subject, order) stays as
-# an earlier attempt found it.
+# One statement per email, written once and sent straight to the driver (shared.sql); it returns
+# the status written. A sent delivery stays sent (and the statement returns no row then); what a
+# failure could not read (recipient, subject, order) stays as an earlier attempt found it. With
+# `superseding`, an email of an order some newer version of which was mailed is written
+# `superseded` instead of `sent` (the same statement: a second one cost the consumer 0.26 ms of
+# CPU an email, a fifth of its rate).
 _UPSERT = Statement(
     f"""
-    INSERT INTO deliveries (id, event_id, event_type, order_id, to_address, subject, message_id, occurred_at,
-                            handled_by, status, attempts, retries, dead_letters, last_error, sent_at, updated_at)
-    VALUES (:id, :event_id, :event_type, :order_id, :to_address, :subject, :message_id, :occurred_at,
-            :handled_by, :status, 1, :retries, :dead_letters, :last_error, :sent_at, :updated_at)
+    WITH newer AS (
+        SELECT CAST(:superseding AS boolean) AND EXISTS (
+            SELECT 1 FROM deliveries WHERE order_id = :order_id AND status = '{SENT}' AND order_version > :order_version
+        ) AS mailed
+    )
+    INSERT INTO deliveries (id, event_id, event_type, order_id, order_version, to_address, subject, message_id,
+                            occurred_at, handled_by, status, attempts, retries, dead_letters, last_error, sent_at,
+                            updated_at)
+    VALUES (:id, :event_id, :event_type, :order_id, :order_version, :to_address, :subject, :message_id,
+            :occurred_at, :handled_by, CASE WHEN (SELECT mailed FROM newer) THEN '{SUPERSEDED}' ELSE :status END, 1,
+            :retries, :dead_letters, :last_error,
+            CASE WHEN (SELECT mailed FROM newer) THEN NULL ELSE CAST(:sent_at AS timestamptz) END, :updated_at)
     ON CONFLICT (event_id) DO UPDATE SET
         status = EXCLUDED.status,
         attempts = deliveries.attempts + 1,
@@ -111,10 +126,11 @@ _UPSERT = Statement(
         to_address = coalesce(EXCLUDED.to_address, deliveries.to_address),
         subject = coalesce(EXCLUDED.subject, deliveries.subject),
         order_id = coalesce(EXCLUDED.order_id, deliveries.order_id),
+        order_version = coalesce(EXCLUDED.order_version, deliveries.order_version),
         last_error = coalesce(EXCLUDED.last_error, deliveries.last_error),
         sent_at = coalesce(EXCLUDED.sent_at, deliveries.sent_at)
     WHERE deliveries.status <> '{SENT}'
-    RETURNING event_id
+    RETURNING status
     """
 )
 

@@ -41,6 +41,9 @@ class OrderSchema(_Lenient):
     """The order document every `order.*` event carries (docs/contracts.md), as far as email needs it."""
 
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    # how many changes the order had been through (docs/contracts.md, "Order versions"); older
+    # producers sent none
+    version = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1))
     buyer_email = EmailAddress(required=True)
     items = fields.List(fields.Nested(ItemSchema), required=True, validate=non_empty)
     total = fields.Nested(MoneySchema, required=True)
@@ -105,6 +108,7 @@ class DeliverySchema(Schema):
     event_id = fields.String()
     event_type = fields.String()
     order_id = fields.String(allow_none=True)
+    order_version = fields.Integer(allow_none=True, metadata={"description": "the order's version its event carried"})
     to_address = fields.String(allow_none=True)
     subject = fields.String(allow_none=True)
     status = fields.String()

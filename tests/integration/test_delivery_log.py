@@ -32,10 +32,10 @@ def test_an_email_is_recorded_sent_once_and_a_failure_after_it_leaves_it_sent(un
     now = datetime.now(timezone.utc)
     with unit_of_work() as uow:
         uow.deliveries.record_failure(attempt("e-1"), now, "retrying", "SMTP 451")
-        assert uow.deliveries.record_sent(attempt("e-1"), now) is True
+        assert uow.deliveries.record_sent(attempt("e-1"), now) == "sent"
         uow.commit()
     with unit_of_work() as uow:
-        assert uow.deliveries.record_sent(attempt("e-1"), now) is False
+        assert uow.deliveries.record_sent(attempt("e-1"), now) is None
         uow.deliveries.record_failure(attempt("e-1"), now, "dead", "late failure")
         uow.commit()
     with unit_of_work() as uow:
@@ -46,7 +46,7 @@ def test_an_email_is_recorded_sent_once_and_a_failure_after_it_leaves_it_sent(un
 def test_an_email_whose_first_attempt_rolled_back_is_recorded_by_the_next(unit_of_work):
     now = datetime.now(timezone.utc)
     with unit_of_work() as uow:
-        assert uow.deliveries.record_sent(attempt("e-2"), now) is True  # the SMTP server refused: no commit
+        assert uow.deliveries.record_sent(attempt("e-2"), now) == "sent"  # the SMTP server refused: no commit
     with unit_of_work() as uow:
-        assert uow.deliveries.record_sent(attempt("e-2"), now) is True
+        assert uow.deliveries.record_sent(attempt("e-2"), now) == "sent"
         uow.commit()

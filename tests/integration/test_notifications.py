@@ -353,6 +353,29 @@ def test_internationalised_addresses_get_their_email_and_cost_no_other_buyer_the
     assert mailed[message_id(international[3])][0]["to"] == [f"สมศรี-{run}@example.com"]
 
 
+def test_a_pay_by_email_delivered_after_the_orders_confirmation_is_logged_superseded_not_sent(floodgate, stack,
+                                                                                              admin_token):
+    run = uuid.uuid4().hex[:8]
+    confirmation = order_confirmed(f"late-{run}@example.com")
+    confirmation.data["version"] = 2
+    publish(stack, [confirmation])
+    poll(lambda: mails_by_message_id(floodgate, {message_id(confirmation)}), what="the confirmation")
+
+    pay_by = Envelope(type="order.placed", source="tests", data={
+        **confirmation.data, "status": "awaiting_payment", "version": 1, "hold_expires_at": "2014-10-27T15:15:00+00:00",
+        "payment_url": "http://127.0.0.1:8010/pay/o-1?amount=29900&sig=abc"})
+    publish(stack, [pay_by])
+    logged = poll(lambda: [d for d in deliveries(floodgate, stack, admin_token, order_id=confirmation.data["order_id"])
+                           if d["event_type"] == "order.placed"], what="the pay-by email in the delivery log")
+
+    assert logged[0]["status"] == "superseded"
+    assert not mails_by_message_id(floodgate, {message_id(pay_by)})
+    # the next order's pay-by email goes out as ever
+    other = Envelope(type="order.placed", source="tests", data={**pay_by.data, "order_id": str(uuid.uuid4())})
+    publish(stack, [other])
+    poll(lambda: mails_by_message_id(floodgate, {message_id(other)}), what="another order's pay-by email")
+
+
 def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, stack):
     run = uuid.uuid4().hex[:8]
     threads = NotificationSettings().consumer_threads

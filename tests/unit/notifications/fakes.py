@@ -55,7 +55,13 @@ class FakeDeliveryLog:
     def for_event(self, event_id):
         return next((d for d in reversed(self.pending + self.committed) if d.event_id == event_id), None)
 
-    def record_sent(self, attempt, now):
+    def record_sent(self, attempt, now, unless_superseded=False):
+        order_id, version = attempt.get("order_id"), attempt.get("order_version")
+        newer = unless_superseded and order_id is not None and version is not None and any(
+            d.order_id == order_id and d.status == "sent" and (d.order_version or 0) > version
+            for d in self.pending + self.committed)
+        if newer:
+            return self._upsert(attempt, now, status="superseded")
         return self._upsert(attempt, now, status="sent", sent_at=now)
 
     def record_failure(self, attempt, now, outcome, error):
@@ -65,7 +71,7 @@ class FakeDeliveryLog:
     def _upsert(self, attempt, now, status, **changes):
         previous = self.for_event(attempt["event_id"])
         if previous is not None and previous.status == "sent":
-            return False
+            return None
         base = vars(previous) if previous is not None else {"attempts": 0, "retries": 0, "dead_letters": 0, "last_error": None}
         row = {**base, **{k: base.get(k) if v is None else v for k, v in attempt.items()}, "status": status, "updated_at": now}
         row["attempts"] = base["attempts"] + 1
@@ -73,7 +79,7 @@ class FakeDeliveryLog:
         row["dead_letters"] = base["dead_letters"] + changes.pop("dead_letters", 0)
         row.update(changes)
         self.pending.append(SimpleNamespace(**row))
-        return True
+        return status
 
 
 class FakeUnitOfWork:

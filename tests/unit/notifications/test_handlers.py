@@ -196,3 +196,44 @@ def test_everything_is_written_before_the_mail_goes_out_so_only_the_commit_follo
         uow.commit()
     [(pending, published)] = seen_at_send
     assert pending == ["sent"] and [event_type for event_type, _ in published] == ["email.sent"]
+
+
+def placed_order(**changes) -> dict:
+    return order(**{"status": "awaiting_payment", "version": 1, "hold_expires_at": "2014-10-27T15:15:00+00:00",
+                    "payment_url": "http://127.0.0.1:8010/pay/o-1?amount=134999&sig=abc", **changes})
+
+
+def test_a_pay_by_email_retried_past_the_orders_confirmation_is_not_sent():
+    """The 2014 failure the other way round: a buyer told "pay by 15:15" after "confirmed"."""
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    deliver(confirmed(order(version=2), event_id="ev-confirmed"), mailer, deliveries)
+    deliver(event("order.placed", placed_order(), event_id="ev-placed"), mailer, deliveries)  # its retry, late
+
+    assert [email.event_type for email in mailer.sent] == ["order.confirmed"]
+    late = deliveries.for_event("ev-placed")
+    assert (late.status, late.order_version) == ("superseded", 1)
+
+
+def test_an_expiry_retried_past_the_late_payments_confirmation_is_not_sent_but_a_refund_always_is():
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    deliver(event("order.placed", placed_order(), event_id="ev-1"), mailer, deliveries)
+    deliver(confirmed(order(version=3), event_id="ev-3"), mailer, deliveries)  # paid after its expiry
+    deliver(event("order.expired", order(status="expired", version=2), event_id="ev-2"), mailer, deliveries)
+    deliver(event("payment.refunded", order(version=2, refund={"amount": 134999, "currency": "EUR"}), event_id="ev-r"),
+            mailer, deliveries)
+
+    assert [email.event_type for email in mailer.sent] == ["order.placed", "order.confirmed", "payment.refunded"]
+    assert deliveries.for_event("ev-2").status == "superseded"
+
+
+def test_an_order_emailed_in_the_order_of_its_states_gets_every_email():
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    deliver(event("order.placed", placed_order(), event_id="ev-1"), mailer, deliveries)
+    deliver(confirmed(order(version=2), event_id="ev-2"), mailer, deliveries)
+    deliver(event("order.cancelled", order(status="cancelled", version=3), event_id="ev-3"), mailer, deliveries)
+    # another order's newer state is no reason to hold this one's back, nor is an event without a version
+    deliver(confirmed(order(order_id="other", version=9), event_id="ev-4"), mailer, deliveries)
+    deliver(event("order.placed", placed_order(order_id="other", version=None), event_id="ev-5"), mailer, deliveries)
+
+    assert [email.event_type for email in mailer.sent] == [
+        "order.placed", "order.confirmed", "order.cancelled", "order.confirmed", "order.placed"]
