@@ -50,7 +50,8 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
 
     An order state's email (`ORDER_STATE_EMAILS`) whose order has had a newer state mailed is
     logged as `superseded` and not sent. Two of one order's emails handled at the same moment on
-    two threads may both go out, in either order: the check is for the email that comes late.
+    two threads go out one after the other, the older state first or not at all
+    (`DeliveryLog.record_sent` says how).
     """
     if emails.addressed_to_nobody(envelope.type, envelope.data):
         log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})

@@ -58,3 +58,14 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     handled_by: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class OrderEmailVersion(Base):
+    """The newest version of an order whose email was accepted (or is being sent, by a transaction
+    not yet committed, which holds this row). An email of an older version of the order is then
+    `superseded`: see services/notifications/handlers.py."""
+
+    __tablename__ = "order_email_versions"
+
+    order_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    newest_version: Mapped[int] = mapped_column(sa.Integer)

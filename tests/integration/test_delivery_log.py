@@ -1,13 +1,16 @@
 """Notifications' delivery log against the real PostgreSQL: the one statement an email writes
 also tells whether an earlier attempt's email was already accepted, so a redelivered event whose
 inbox row is gone is still mailed once."""
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import orm
 
 from services.notifications.bootstrap import MIGRATIONS
 from services.notifications.repository import UnitOfWork
+from devtools.client import poll
 from shared.db import make_engine
 from shared.migrate import upgrade
 from tests.integration.database import scratch_database
@@ -50,3 +53,46 @@ def test_an_email_whose_first_attempt_rolled_back_is_recorded_by_the_next(unit_o
     with unit_of_work() as uow:
         assert uow.deliveries.record_sent(attempt("e-2"), now) == "sent"
         uow.commit()
+
+
+def order_email(event_id: str, event_type: str, version: int) -> dict:
+    return {**attempt(event_id), "event_type": event_type, "order_id": "o-7", "order_version": version}
+
+
+def waiting_for_a_lock(url: str) -> bool:
+    engine = sa.create_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar() > 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("first, then, then_is", [
+    (("e-confirmed", "order.confirmed", 2), ("e-placed", "order.placed", 1), "superseded"),
+    (("e-placed", "order.placed", 1), ("e-confirmed", "order.confirmed", 2), "sent"),
+])
+def test_two_emails_of_one_order_at_once_go_out_the_older_first_or_not_at_all(infra, first, then, then_is):
+    """An SMTP outage ends and an order's "pay by" and "confirmed" retries come back together, on
+    two consumer threads: whichever is mailing holds the other back until it commits."""
+    with scratch_database(infra, "deliveries") as url:
+        upgrade(MIGRATIONS, url)
+        engine = make_engine(url, pool_size=2)
+        unit_of_work = lambda: UnitOfWork(orm.sessionmaker(engine), "notifications")  # noqa: E731
+        now = datetime.now(timezone.utc)
+
+        def record(email) -> str | None:
+            with unit_of_work() as uow:
+                written = uow.deliveries.record_sent(order_email(*email), now, unless_superseded=True)
+                uow.commit()
+                return written
+
+        with ThreadPoolExecutor(1) as other_thread:
+            with unit_of_work() as mailing:
+                assert mailing.deliveries.record_sent(order_email(*first), now, unless_superseded=True) == "sent"
+                later = other_thread.submit(record, then)
+                poll(lambda: waiting_for_a_lock(url), what="the other email's attempt to wait for this one's")
+                assert not later.done()
+                mailing.commit()  # the SMTP server accepted the first email
+            assert later.result(timeout=10) == then_is
+        engine.dispose()
