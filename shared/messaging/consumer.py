@@ -257,7 +257,8 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
 
     "All" is those parked when the replay starts (the queue's depth, read first): one that fails
     again and is parked meanwhile waits for the next replay instead of going round again in this
-    one. Those another admin is reading at that moment (unacked) stay where they are."""
+    one. Those another admin is reading at that moment (unacked) stay where they are. Those not
+    asked for are parked again at the back (see `_park_again`), never returned."""
     conn = amqp.connect(url, f"{service}-replay")
     replayed = []
     try:
@@ -270,7 +271,8 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
             if method is None:
                 break
             if message_ids is not None and properties.message_id not in message_ids:
-                continue  # left unacked: returns to the queue when the channel closes
+                _park_again(channel, queue, method, properties, body)
+                continue
             headers = dict(properties.headers or {})
             headers["x-attempt"] = 0
             headers["x-replayed"] = True
@@ -285,13 +287,19 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
 
 
 def peek_dead_letters(url: str, service: str, limit: int = 100) -> list[dict]:
-    """The dead letters of `service`, without removing them."""
+    """The first `limit` dead letters of `service`, in the order they wait, left parked: each one
+    read is parked again at the back (see `_park_again`), so with more than `limit` parked the
+    next read shows the next ones."""
     conn = amqp.connect(url, f"{service}-dead-letters")
     letters = []
     try:
         channel = conn.channel()
-        for _ in range(limit):
-            method, properties, body = channel.basic_get(topology.dead_letter_queue(service))
+        queue = topology.dead_letter_queue(service)
+        # Only those parked now: past them the copies parked again would be read a second time.
+        parked = channel.queue_declare(queue, passive=True).method.message_count
+        channel.confirm_delivery()
+        for _ in range(min(limit, parked)):
+            method, properties, body = channel.basic_get(queue)
             if method is None:
                 break
             headers = properties.headers or {}
@@ -304,7 +312,20 @@ def peek_dead_letters(url: str, service: str, limit: int = 100) -> list[dict]:
                     "body": body.decode("utf-8", "replace"),
                 }
             )
+            _park_again(channel, queue, method, properties, body)
     finally:
         if conn.is_open:
-            conn.close()  # every message got is unacked, so the broker puts it back
+            conn.close()
     return letters
+
+
+def _park_again(channel, queue: str, method, properties, body: bytes) -> None:
+    """Put a dead letter read from `queue` back as a new message at its back (confirmed), then ack
+    the one read. Never leave it unacked for the broker to put back: on a quorum queue such a
+    return counts towards the delivery limit (on RabbitMQ 4.0 to 4.2 every one does), which 4.0
+    and later set to 20 by default, and past it `<service>.dead` (dead-lettering nowhere) drops
+    the message. A new message starts
+    uncounted on every broker version, whatever the queue's arguments or policies. A read that
+    dies between the two leaves a duplicate parked, which the consumers' deduplication absorbs."""
+    channel.basic_publish("", queue, body, properties, mandatory=True)
+    channel.basic_ack(method.delivery_tag)

@@ -7,6 +7,13 @@
   service handles; retry tiers `<service>.retry.<ms>ms` whose messages expire back into the work
   queue after their delay; and `<service>.dead` where poison messages are parked. Dead-lettering
   uses the at-least-once strategy, so a retry is never lost between queues.
+- `<service>.dead` keeps a message until an admin replays it, so nothing may count its returns:
+  RabbitMQ 4.0 and later give a quorum queue without `x-delivery-limit` a limit of 20 returns,
+  past which this queue (dead-lettering nowhere) drops the message. It is declared with no such
+  argument all the same: `-1` (unlimited on 4.x) drops a message at its first return on 3.x, and
+  an argument added to a queue that exists fails its redeclaration (PRECONDITION_FAILED) in every
+  process. Instead nothing ever returns a message to it: the admin reads take each one and park
+  a copy (`consumer.peek_dead_letters`, `consumer.replay_dead_letters`).
 
 Both tables below are data: whichever process declares the topology (every relay and consumer
 does, so no event is published before its queue exists) declares the same queues.
@@ -95,6 +102,7 @@ def declare(channel, retry_delays_override: Iterable[int] = ()) -> None:
     for service, event_types in SUBSCRIPTIONS.items():
         dead = dead_letter_queue(service)
         work = work_queue(service)
+        # Its arguments must stay as brokers already hold them (see the module's docstring).
         channel.queue_declare(dead, durable=True, arguments=_quorum())
         channel.queue_declare(
             work,
