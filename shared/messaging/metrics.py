@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable, Iterable
 
 import pika
@@ -57,42 +58,92 @@ def dead_letters_family(service: str, parked: int) -> GaugeMetricFamily:
 
 def queue_depths(settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
     """Messages ready in each of `queues`, by passive declares (which change nothing); a queue not
-    declared yet holds nothing. Read on the process's kept connection (`_KeptConnection`)."""
+    declared yet holds nothing. Read on the process's kept connection (`_KeptConnection`) within
+    `timeout_seconds`; raises `BrokerDidNotAnswer` past it, or at once while an earlier read of
+    this process still waits for the broker."""
     return _kept.depths(settings, queues, timeout_seconds)
+
+
+class BrokerDidNotAnswer(TimeoutError):
+    """The broker did not answer a read of queue depths within its deadline, or an earlier read of
+    the same process still waits for it: the figure's source reports down."""
+
+
+# Heartbeats end a read the broker stopped answering (a node that died without closing TCP): the
+# waiting call runs pika's loop, whose heartbeat checker closes a connection silent for one to two
+# heartbeat timeouts plus 5 s each, about a minute here, where TCP alone gave up after 15 minutes.
+# They also let the broker close its side of a connection this process gave up on. Scrapes every
+# 15 s keep the kept connection alive; a process read less than once a minute has it closed by the
+# broker meanwhile and opens a new one at its next read, as every read did before it was kept.
+_HEARTBEAT_SECONDS = 30
 
 
 class _KeptConnection:
     """One broker connection a process reads queue depths on, opened at its first read and kept:
     each scrape (two a pod every interval where both annotations and a PodMonitor find it) and
     each control room's poll (every 2 s) opened and closed a connection of its own before, the
-    connection churn RabbitMQ's documentation warns against. Reads take turns (a pika
-    BlockingConnection serves one thread); a read that fails on the kept connection is tried
-    once on a new one, and one that fails there too raises (the figure's source reports down)."""
+    connection churn RabbitMQ's documentation warns against. A read that fails on the kept
+    connection is tried once on a new one, and one that fails there too raises (the figure's
+    source reports down).
+
+    A broker node that dies without closing TCP (a crash, a partition) answers nothing, and a
+    pika BlockingConnection waits for an answer with no deadline (its socket timeout bounds the
+    TCP connect only). So a read runs on a thread of its own and its caller, an API's request
+    thread, waits for it until the deadline and no longer. The reader waits on until the broker
+    answers or the connection's heartbeat gives up on it (about a minute), and a read asked for
+    meanwhile reports the broker down at once instead of queueing behind it: at most one thread
+    of a process (the reader) waits for the broker, and never a request thread. (Before, each
+    scrape's request thread queued on a lock behind a read waiting for TCP to give up: within
+    minutes an API's 24 threads were all there, and buyers' requests behind them.)"""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._reading = threading.Lock()  # held from a read's start until its reader ends
         self._connection = None
         self._owner = None  # the process that opened it: a forked child opens its own
 
     def depths(self, settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
-        with self._lock:
-            while True:
-                fresh = not self._usable()
-                try:
-                    return self._read(settings, queues, timeout_seconds)
-                except amqp.RECOVERABLE:
-                    self._drop()
-                    if fresh:
-                        raise
-                    # the kept connection had gone (a broker restart, say): once more on a new one
+        deadline = time.monotonic() + timeout_seconds
+        if not self._reading.acquire(blocking=False):
+            raise BrokerDidNotAnswer("the broker has not answered this process's previous read yet")
+        read = _Read()
+        try:
+            threading.Thread(target=self._read_then_release, args=(settings, queues, deadline, read),
+                             name="broker-figures", daemon=True).start()
+        except BaseException:
+            self._reading.release()
+            raise
+        return read.outcome(deadline)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's read under way: its reader thread does not exist in the child."""
+        self._reading = threading.Lock()
+
+    def _read_then_release(self, settings: Settings, queues: list[str], deadline: float, read: _Read) -> None:
+        try:
+            read.answered(self._read_with_one_retry(settings, queues, deadline))
+        except BaseException as error:
+            read.failed(error)
+        finally:
+            self._reading.release()
+
+    def _read_with_one_retry(self, settings: Settings, queues: list[str], deadline: float) -> dict[str, int]:
+        while True:
+            fresh = not self._usable()
+            try:
+                return self._read(settings, queues, deadline)
+            except amqp.RECOVERABLE:
+                self._drop()
+                if fresh:
+                    raise
+                # the kept connection had gone (a broker restart, say): once more on a new one
 
     def _usable(self) -> bool:
         return self._connection is not None and self._owner == os.getpid() and self._connection.is_open
 
-    def _read(self, settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
+    def _read(self, settings: Settings, queues: list[str], deadline: float) -> dict[str, int]:
         if not self._usable():
-            self._connection = amqp.connect(settings.amqp_url, f"{settings.service_name}-metrics", heartbeat=0,
-                                            socket_timeout=timeout_seconds)
+            self._connection = amqp.connect(settings.amqp_url, f"{settings.service_name}-metrics",
+                                            heartbeat=_HEARTBEAT_SECONDS, socket_timeout=_left(deadline))
             self._owner = os.getpid()
         channel = self._connection.channel()
         depths = {}
@@ -118,7 +169,41 @@ class _KeptConnection:
                 pass
 
 
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`; raises `BrokerDidNotAnswer` when none are left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise BrokerDidNotAnswer("no time left to read the broker")
+    return left
+
+
+class _Read:
+    """The outcome of one read, handed from its reader thread to the request thread waiting for it."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._depths: dict[str, int] | None = None
+        self._error: BaseException | None = None
+
+    def answered(self, depths: dict[str, int]) -> None:
+        self._depths = depths
+        self._done.set()
+
+    def failed(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def outcome(self, deadline: float) -> dict[str, int]:
+        """The depths read, or the reader's error; raises `BrokerDidNotAnswer` at `deadline`."""
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            raise BrokerDidNotAnswer("the broker did not answer within the metrics query timeout")
+        if self._error is not None:
+            raise self._error
+        return self._depths
+
+
 _kept = _KeptConnection()
+os.register_at_fork(after_in_child=lambda: _kept.after_fork_in_child())
 
 
 def dead_letter_figures(settings: Settings, timeout_seconds: float,

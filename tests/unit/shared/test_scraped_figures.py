@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pika
 import pytest
@@ -18,6 +17,7 @@ from shared.messaging import metrics as messaging_metrics
 from shared.messaging.metrics import dead_letter_figures, outbox_figures
 from shared.metrics import ScrapedFigures
 from shared.service import Root
+from tests.unit.shared.fake_broker import FakeBroker
 from tests.unit.shared.fake_database import FakeEngine
 from tests.unit.shared.scrape import scrape
 
@@ -120,48 +120,6 @@ def test_every_scraped_read_carries_a_statement_timeout(timeout, expected):
     engine = FakeEngine([{"pending": 0, "oldest_age": None}])
     list(outbox_figures("checkout", engine, timeout)())
     assert engine.statements("SET LOCAL")[0][0] == f"SET LOCAL statement_timeout = {expected}"
-
-
-class FakeBroker:
-    """`amqp.connect` for the metrics' kept connection: counts the connections it opens; each
-    queue's depth from `depths` (missing: not declared); `fail_next` connections' reads fail."""
-
-    def __init__(self, depths: dict[str, int]):
-        self.depths, self.opened, self.fail_next = depths, [], 0
-
-    def connect(self, url, name, heartbeat, socket_timeout):
-        broker = self
-
-        class Channel:
-            is_open = True
-
-            def queue_declare(self, queue, passive):
-                assert passive
-                if connection.broken:
-                    raise pika.exceptions.StreamLostError("connection reset")
-                if queue not in broker.depths:
-                    self.is_open = False
-                    raise pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND")
-                return SimpleNamespace(method=SimpleNamespace(message_count=broker.depths[queue]))
-
-            def close(self):
-                self.is_open = False
-
-        class Connection:
-            is_open, broken = True, False
-
-            def channel(self):
-                return Channel()
-
-            def close(self):
-                self.is_open = False
-
-        connection = Connection()
-        if self.fail_next:
-            self.fail_next -= 1
-            connection.broken = True
-        self.opened.append(connection)
-        return connection
 
 
 @pytest.fixture
