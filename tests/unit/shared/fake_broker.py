@@ -98,3 +98,13 @@ class FakeChannel:
 
     def close(self):
         self._open = False
+
+
+def installed(monkeypatch) -> FakeBroker:
+    """A fake broker behind `shared.messaging.metrics`, with a kept connection of its own."""
+    from shared.messaging import metrics as messaging_metrics
+
+    fake = FakeBroker({"checkout.dead": 3, "checkout.work": 40})
+    monkeypatch.setattr(messaging_metrics.amqp, "connect", fake.connect)
+    monkeypatch.setattr(messaging_metrics, "_kept", messaging_metrics._KeptConnection())
+    return fake

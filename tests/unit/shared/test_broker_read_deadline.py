@@ -11,10 +11,9 @@ import pytest
 
 from shared.config import Settings
 from shared.messaging import connection as amqp
-from shared.messaging import metrics as messaging_metrics
 from shared.messaging.metrics import BrokerDidNotAnswer, dead_letter_figures, queue_depths
 from shared.metrics import ScrapedFigures
-from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, FakeBroker
+from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, installed
 from tests.unit.shared.scrape import scrape
 
 DEADLINE = 0.2  # seconds: a short metrics query timeout, for reads the broker does not answer
@@ -24,9 +23,7 @@ SETTINGS = Settings(service_name="checkout")
 
 @pytest.fixture
 def broker(monkeypatch):
-    fake = FakeBroker({"checkout.dead": 3, "checkout.work": 40})
-    monkeypatch.setattr(messaging_metrics.amqp, "connect", fake.connect)
-    monkeypatch.setattr(messaging_metrics, "_kept", messaging_metrics._KeptConnection())
+    fake = installed(monkeypatch)
     yield fake
     fake.answer()  # lets a reader still waiting end
 

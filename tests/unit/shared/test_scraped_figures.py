@@ -17,7 +17,7 @@ from shared.messaging import metrics as messaging_metrics
 from shared.messaging.metrics import dead_letter_figures, outbox_figures
 from shared.metrics import ScrapedFigures
 from shared.service import Root
-from tests.unit.shared.fake_broker import FakeBroker
+from tests.unit.shared.fake_broker import installed
 from tests.unit.shared.fake_database import FakeEngine
 from tests.unit.shared.scrape import scrape
 
@@ -124,10 +124,7 @@ def test_every_scraped_read_carries_a_statement_timeout(timeout, expected):
 
 @pytest.fixture
 def broker(monkeypatch):
-    fake = FakeBroker({"checkout.dead": 3, "checkout.work": 40})
-    monkeypatch.setattr(messaging_metrics.amqp, "connect", fake.connect)
-    monkeypatch.setattr(messaging_metrics, "_kept", messaging_metrics._KeptConnection())
-    return fake
+    return installed(monkeypatch)
 
 
 def test_queue_depths_are_read_on_one_kept_connection_scrape_after_scrape(broker):
