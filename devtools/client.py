@@ -92,7 +92,8 @@ class Floodgate:
 
     # inventory
     def create_drop(self, admin_token: str, quantity: int, price: int = 29900, currency: str = "CAD",
-                    opens_in: float = -1, lasts: float = 3600, per_buyer_limit: int = 1) -> dict:
+                    opens_in: float = -1, lasts: float = 3600, per_buyer_limit: int = 1, **terms) -> dict:
+        """A product and its drop; `terms` are more of the drop's fields (`shipping_countries`, ...)."""
         auth = {"Authorization": f"Bearer {admin_token}"}
         product = self.http.post(self._url("inventory", "/products"), headers=auth, json={
             "sku": f"OPO-{uuid.uuid4().hex[:8]}", "name": "OnePlus One 64GB Sandstone Black",
@@ -104,7 +105,7 @@ class Floodgate:
             "product_id": product.json()["id"], "quantity": quantity,
             "opens_at": (now + timedelta(seconds=opens_in)).isoformat(),
             "closes_at": (now + timedelta(seconds=opens_in + lasts)).isoformat(),
-            "per_buyer_limit": per_buyer_limit,
+            "per_buyer_limit": per_buyer_limit, **terms,
         })
         drop.raise_for_status()
         return drop.json()

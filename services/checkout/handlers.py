@@ -36,15 +36,19 @@ class PlaceOrder:
     # the waiting room's admission pass (header Line-Pass); not part of the fingerprint
     line_pass: str | None = None
 
-    @property
+    @functools.cached_property  # worked out once an order (a frozen dataclass keeps it in its __dict__)
     def fingerprint(self) -> str:
         body = {"drop_id": self.drop_id, "quantity": self.quantity, "shipping_address": self.shipping_address}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
-    @property
+    @functools.cached_property
     def order_id(self) -> uuid.UUID:
-        # Derived from the key, so a retry after a crash asks inventory for the same hold.
-        return uuid.uuid5(ORDER_ID_NAMESPACE, f"{self.buyer_id}:{self.idempotency_key}")
+        # Derived from the key and the body, so a retry after a crash asks inventory for the same
+        # hold, and the same key with another body never shares it: inventory answers an order id
+        # it holds with that hold, whatever the new request (another address, in a country the
+        # drop does not ship to, say), so a key-only id let such a request, racing the first,
+        # place an order on the first one's hold.
+        return uuid.uuid5(ORDER_ID_NAMESPACE, f"{self.buyer_id}:{self.idempotency_key}:{self.fingerprint}")
 
 
 def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID]) -> uuid.UUID | None:
@@ -128,12 +132,8 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, i
 def _refusal_after_hold(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, settings,
                         drop_id: uuid.UUID, address_key: str) -> Problem | None:
     """Why the order is refused though its units are held, taking its address's allowance and
-    using up its pass when it is not: None."""
-    if uuid.UUID(str(hold.drop_id)) != drop_id or hold.quantity != cmd.quantity:
-        # The order id is the key's, and inventory answers a repeat with the hold it already has:
-        # this key's earlier attempt held units for another body, then failed before any order
-        # or answer was kept (a 5xx keeps none).
-        return errors.IdempotencyKeyReused()
+    using up its pass when it is not: None. (The hold is this body's: the order id is derived
+    from it.)"""
     if not _take_address_allowance(uow, drop_id, address_key, hold.quantity, settings.per_address_limit):
         return errors.AddressLimitReached(
             f"This shipping address already has {settings.per_address_limit} unit(s) of this drop on order.")

@@ -11,12 +11,13 @@ call: a slow inventory does not make checkout's orders queue for connections (an
 
 1. Its line pass checked, with no database read (`handlers.admitted_ticket`): a refused pass
    holds nothing (its key's answer, if it has one, is the answer instead).
-2. The hold at inventory, idempotent by the order id, which is derived from the key.
+2. The hold at inventory, idempotent by the order id, which is derived from the key and the
+   body: the same key with another body asks for another hold (and is refused at the claim).
 3. One transaction: the key is claimed, and the order, its history, its `order.placed` outbox
    row and the key's answer commit together, so there is never a claim without an answer. A
    key that has its answer (a retry, or a concurrent duplicate, which waits on the key's unique
-   index until the first commits) is answered with it, and the hold it got, the same order id's,
-   is given back unless that answer placed the order. A claim without an answer can only have
+   index until the first commits) is answered with it, and the hold it got is given back
+   unless that answer placed this very order. A claim without an answer can only have
    been left by a version that committed claims on their own: the retry takes it over.
 
 The statements are the ones a single transaction around the call would send, in another order:
@@ -26,7 +27,8 @@ and a refused key's retry may hold a unit for a moment before its answer gives i
 
 A definitive refusal (a 4xx other than 429: sold out, not open, a limit reached) is the key's
 answer from then on. A 5xx or a 429 is not remembered: nothing is committed, and the buyer's
-retry starts afresh (a hold made before a 5xx is the retry's, since the order id is the key's).
+retry starts afresh (a hold made before a 5xx is the retry's, since the order id is the key's
+and the body's).
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
             # a retry, or a concurrent request with this key answered first
             uow.rollback()  # no transaction open across the release's HTTP call
-            if hold is not None and held.response_status != 201:
+            if hold is not None and not _placed(held, cmd.order_id):
                 inventory.release(str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
@@ -137,6 +139,12 @@ def _answered_or_raise(cmd: handlers.PlaceOrder, uow, failed: Problem) -> Answer
     if answer is None:
         raise failed
     return answer
+
+
+def _placed(held, order_id: uuid.UUID) -> bool:
+    """Whether the key's answer placed the order `order_id` (an answer from before the order id
+    took the body in names another id, so a retry's new hold is given back)."""
+    return held.response_status == 201 and json.loads(held.response_body).get("id") == str(order_id)
 
 
 def _earlier_answer(cmd: handlers.PlaceOrder, held) -> Answer | None:

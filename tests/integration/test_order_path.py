@@ -7,7 +7,6 @@ import uuid
 import jwt
 
 from devtools.client import CANADIAN_ADDRESS, poll
-from services.checkout.handlers import ORDER_ID_NAMESPACE
 from tests.integration.database import scalar
 
 
@@ -97,6 +96,34 @@ def test_a_burst_of_one_key_that_is_refused_leaves_no_unit_held(floodgate, stack
     assert len({a.json()["type"] for a in answers}) == 1 and answers[0].json()["type"].endswith("/address-limit-exceeded")
     assert floodgate.get_drop(drop["id"])["remaining"] == 2
     racer_id = jwt.decode(racer, options={"verify_signature": False})["sub"]
-    order_id = uuid.uuid5(ORDER_ID_NAMESPACE, f"{racer_id}:{key}")  # what checkout asked inventory to hold
-    assert scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE order_id = :id AND status <> 'released'",
-                  id=str(order_id)) == 0
+    assert scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE buyer_id = :buyer AND status <> 'released'",
+                  buyer=racer_id) == 0
+
+
+US_ADDRESS = {"name": "Sam Doe", "street_address": "1600 Amphitheatre Pkwy", "city": "Mountain View",
+              "country_area": "CA", "postal_code": "94043", "country_code": "US"}
+
+
+def test_one_key_sent_at_once_with_an_address_the_drop_ships_to_and_one_it_does_not_never_ships_there(
+        floodgate, stack, admin_token):
+    """Inventory answers an order id it holds with that hold, whatever the request: while the
+    order id came from the key alone, the American body, refused at inventory, got the Canadian
+    body's hold and, claiming the key first (about one race in two), an order shipping to the US."""
+    drop = floodgate.create_drop(admin_token, quantity=20, shipping_countries=["CA"])
+    rounds = 8
+    buyers = [floodgate.register()[1] for _ in range(rounds)]
+
+    def both_at_once(token):
+        key = str(uuid.uuid4())
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda address: floodgate.place_order(token, drop["id"], key=key, address=address),
+                                 (None, US_ADDRESS)))  # None: the buyer's own Canadian address
+
+    with concurrent.futures.ThreadPoolExecutor(rounds) as pool:
+        answers = [answer for pair in pool.map(both_at_once, buyers) for answer in pair]
+
+    placed = [answer.json() for answer in answers if answer.status_code == 201]
+    assert all(order["shipping_address"]["country_code"] == "CA" for order in placed), placed
+    assert {answer.status_code for answer in answers} <= {201, 422, 429}, [answer.text for answer in answers]
+    # every unit not ordered is back: no hold of a refused body is left behind
+    assert floodgate.get_drop(drop["id"])["remaining"] == 20 - len(placed)

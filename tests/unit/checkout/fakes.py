@@ -338,13 +338,17 @@ class FakeInventory:
                               "order_version": order_version})
         if self.meanwhile is not None:
             self.meanwhile()
+        held = self.holds.get(order_id)
+        if not renew and held is not None and order_id not in self.given_back:
+            # as inventory answers a repeat of an order id: the hold it has, whatever refusal the
+            # request itself would get (services/inventory/handlers/reservations.py `reserve`)
+            return held
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
         if renew:
             self.sell_refusal = None  # the units are held again: they can be sold
-        held = self.holds.get(order_id)
         if held is not None and order_id not in self.given_back:
-            return held  # as inventory answers a repeat of an order id: the hold it has
+            return held
         if held is not None and not renew:
             raise errors.HoldReleased("The hold for this order was released and could not be renewed.")
         self.given_back.discard(order_id)

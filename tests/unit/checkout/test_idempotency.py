@@ -58,19 +58,32 @@ def test_a_retry_gets_the_very_same_answer_marked_replayed_and_no_second_order(c
     assert published(checkout) == ["order.placed"]
 
 
-def test_a_key_whose_lost_attempt_held_another_drop_is_refused_and_that_hold_given_back(checkout):
+def test_a_key_whose_lost_attempt_held_for_another_body_places_the_retrys_own_order(checkout):
     """The first attempt's hold committed at inventory, then checkout failed (a timeout, a 5xx)
-    and kept no answer for the key. A retry of that key with another drop must not become an
-    order of the other drop's units; the orphaned hold goes back."""
+    and kept no answer for the key. A retry of that key with another drop is the key's first
+    answered request: its order holds units of its own drop, never the first attempt's hold
+    (another order id), which goes back when it expires, as an unpaid hold does."""
     other_drop = "0b7c9a52-3f1e-4c55-9d0b-6a4f2e8c1d37"
     first = order_request()
     checkout.inventory.reserve(str(first.order_id), first.drop_id, first.buyer_id, first.quantity)
     retry = replace(order_request(), drop_id=other_drop)
     answer = send(checkout, retry)
-    assert answer.status == 422 and json.loads(answer.body)["type"] == PROBLEM_BASE + "idempotency-key-reused"
-    assert checkout.inventory.released == [str(first.order_id)]
-    assert checkout.uow.orders.get(first.order_id) is None and published(checkout) == []
-    assert kept(checkout).response_status == 422
+    assert answer.status == 201 and json.loads(answer.body)["drop_id"] == other_drop
+    assert retry.order_id != first.order_id and checkout.uow.orders.get(first.order_id) is None
+    assert checkout.inventory.holds[str(retry.order_id)].drop_id == other_drop
+
+
+def test_the_same_key_with_another_country_racing_the_first_never_ships_there(checkout):
+    """Inventory answers an order id it already holds with that hold, whatever the request (its
+    country refusal included): a key-only order id let a second body, racing the first, place an
+    order with an address the drop does not ship to on the first one's hold."""
+    canadian = order_request()
+    checkout.inventory.reserve(str(canadian.order_id), canadian.drop_id, canadian.buyer_id, canadian.quantity)
+    american = replace(canadian, shipping_address={**canadian.shipping_address, "country_code": "US"})
+    checkout.inventory.reserve_refusal = errors.CountryNotAllowed("This drop ships to CA only.")
+    answer = send(checkout, american)  # its hold refused; the Canadian one has not claimed the key yet
+    assert answer.status == 422 and json.loads(answer.body)["type"] == PROBLEM_BASE + "country-not-allowed"
+    assert checkout.uow.orders.rows == {}
 
 
 def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout):
@@ -79,7 +92,9 @@ def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout)
         send(checkout, order_request(quantity=2))
     assert refused.value.status == 422
     assert kept(checkout).response_body == first.body
-    assert len(checkout.inventory.holds) == 1 and checkout.inventory.released == []  # the first order's
+    # the second body's own hold (its own order id) goes back; the first order's stays
+    assert checkout.inventory.released == [str(order_request(quantity=2).order_id)]
+    assert str(order_request().order_id) in checkout.inventory.holds
     assert published(checkout) == ["order.placed"]
 
 
@@ -212,10 +227,19 @@ def test_a_duplicate_whose_first_was_refused_meanwhile_replays_the_refusal_and_g
 
 
 def test_a_duplicate_whose_first_placed_the_order_meanwhile_replays_it_and_keeps_the_hold(checkout):
-    checkout.inventory.meanwhile = answered_meanwhile(checkout, 201, '{"id": "the first"}')
+    placed = json.dumps({"id": str(order_request().order_id)})
+    checkout.inventory.meanwhile = answered_meanwhile(checkout, 201, placed)
     answer = send(checkout, order_request())
-    assert (answer.status, answer.body, answer.replayed) == (201, '{"id": "the first"}', True)
+    assert (answer.status, answer.body, answer.replayed) == (201, placed, True)
     assert checkout.inventory.released == []  # the hold is the first's order's: same order id
+
+
+def test_a_retry_of_a_key_answered_with_an_order_of_another_id_gives_its_own_hold_back(checkout):
+    """An order placed before the order id took the body in has another id than its retry's."""
+    checkout.inventory.meanwhile = answered_meanwhile(checkout, 201, '{"id": "an id derived from the key alone"}')
+    answer = send(checkout, order_request())
+    assert (answer.status, answer.replayed) == (201, True)
+    assert checkout.inventory.released == [str(order_request().order_id)]
 
 
 def test_a_line_pass_used_by_another_order_while_this_one_held_is_refused_and_the_hold_given_back(checkout):
