@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import logging
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -146,10 +147,23 @@ def _refusal_after_hold(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None
 
 
 def address_key_of(address: dict) -> str:
-    """One key per physical address, however it is spelled in case and spacing."""
-    parts = [address.get(field, "") for field in ("country_code", "postal_code", "street_address")]
-    canonical = "|".join(" ".join(str(part).lower().split()) for part in parts)
+    """One key per physical address, however it is spelled: country, postal code and street
+    compared as letters and digits only (Unicode compatibility forms folded, so full-width digits
+    are digits; case folded; punctuation, symbols and invisible characters such as zero-width
+    spaces are word breaks), and a US ZIP+4 as its five-digit ZIP. Spelling the door differently
+    ("Pkwy.", "1600, Amphitheatre", "94043-1351", "１６００") no longer buys another allowance.
+    Abbreviations ("Pkwy" and "Parkway") still count as two spellings."""
+    country = _letters_and_digits(address.get("country_code", ""))
+    postal = _letters_and_digits(address.get("postal_code", ""))
+    if country == "us":
+        postal = postal.replace(" ", "")[:5]
+    canonical = "|".join((country, postal, _letters_and_digits(address.get("street_address", ""))))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _letters_and_digits(text) -> str:
+    folded = unicodedata.normalize("NFKC", str(text)).casefold()
+    return " ".join("".join(ch if unicodedata.category(ch)[0] in "LNM" else " " for ch in folded).split())
 
 
 def _take_address_allowance(uow, drop_id: uuid.UUID, address_key: str, quantity: int, limit: int) -> bool:

@@ -84,3 +84,17 @@ def test_a_buyer_pages_through_their_own_orders_newest_first():
     last, _ = checkout.run(lambda uow: handlers.orders_page(uow, "buyer-1", limit=2, offset=2))
     assert first == {"orders": [placed[2], placed[1]], "next_offset": 2}
     assert last == {"orders": [placed[0]], "next_offset": None}
+
+
+def test_one_door_spelled_five_ways_is_one_address_for_the_per_address_limit():
+    from services.checkout.handlers import address_key_of
+
+    door = {"country_code": "US", "postal_code": "94043", "street_address": "1600 Amphitheatre Pkwy"}
+    spellings = [dict(door, street_address="1600 Amphitheatre Pkwy."), dict(door, street_address="1600, Amphitheatre Pkwy"),
+                 dict(door, postal_code="94043-1351"), dict(door, street_address="１６００ Amphitheatre Pkwy"),
+                 dict(door, street_address="1600 Amphitheatre Pkwy\u200b"), dict(door, street_address="1600  AMPHITHEATRE pkwy")]
+    assert {address_key_of(spelling) for spelling in spellings} == {address_key_of(door)}
+    others = [dict(door, street_address="1601 Amphitheatre Pkwy"), dict(door, postal_code="94044"),
+              dict(door, country_code="CA"), dict(door, street_address="1600 Amphitheatre Pkwy\nApt 2"),
+              {"country_code": "CA", "postal_code": "K1A 0B1", "street_address": "24 Sussex Drive"}]
+    assert len({address_key_of(address) for address in [door, *others]}) == 1 + len(others)
