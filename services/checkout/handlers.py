@@ -414,9 +414,11 @@ def _confirm(order: Order, uow, settings, reason: str) -> None:
     uow.publish("order.confirmed", data)
 
 
-def _end_order(order: Order, uow, settings, event_type: str, **extra) -> None:
-    """The order no longer holds stock: give back the address allowance and tell inventory."""
-    _give_back_address_allowance(uow, order)
+def _end_order(order: Order, uow, settings, event_type: str, holding: bool = True, **extra) -> None:
+    """The order no longer holds stock: give back the address allowance (unless an earlier end,
+    an expiry say, gave it back: not `holding`) and tell inventory."""
+    if holding:
+        _give_back_address_allowance(uow, order)
     data = order_document(order, settings)
     data.update(extra)
     uow.publish(event_type, data)
@@ -436,7 +438,10 @@ def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: Payme
 
 
 def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
-    """Cancel before shipping, at any time: stock goes back at once, a captured payment is refunded."""
+    """Cancel before shipping, at any time: stock goes back at once, a captured payment is refunded.
+    An expired or declined order can be cancelled too: a payment the provider completes after
+    that (a late capture) is refunded instead of confirming it, so a buyer who gave up is
+    never charged."""
     if order.status == orders.CANCELLED:
         return order
     _cancel(order, uow, settings, "cancelled by an admin" if by_admin else "cancelled by the buyer",
@@ -448,10 +453,11 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     """Cancel `order` (its history says `step`, the buyer is told `told`): its stock goes back,
     and a paid order's payment is refunded for `refund_reason`."""
     paid = order.status == orders.CONFIRMED
+    holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
     refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
-    _end_order(order, uow, settings, "order.cancelled", cancelled_at=order.cancelled_at.isoformat(),
+    _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
                reason=told, refund=refund)
     if paid:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)

@@ -14,9 +14,10 @@ CANCELLED = "cancelled"
 ALLOWED = {
     AWAITING_PAYMENT: {CONFIRMED, EXPIRED, PAYMENT_FAILED, CANCELLED},
     CONFIRMED: {SHIPPED, CANCELLED},
-    # A payment that completes late is kept only if its stock could be held again.
-    EXPIRED: {CONFIRMED},
-    PAYMENT_FAILED: {CONFIRMED},
+    # A payment that completes late is kept only if its stock could be held again; cancelling
+    # first says none may (one that comes anyway is refunded).
+    EXPIRED: {CONFIRMED, CANCELLED},
+    PAYMENT_FAILED: {CONFIRMED, CANCELLED},
 }
 
 

@@ -406,3 +406,24 @@ def test_a_payment_of_the_wrong_amount_is_refunded_and_the_order_stays_payable(c
     result, _ = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
     assert result == "confirmed"
     assert order.payment_capture_id == "CAP-2"
+
+
+@pytest.mark.parametrize("ended", [expired, declined])
+def test_a_buyer_who_gave_up_on_an_expired_or_declined_order_cancels_it_and_a_late_capture_is_refunded(checkout, ended):
+    """Cancel is allowed until an order ships (DESIGN.md). An expired or declined order could be
+    confirmed and charged by a late capture, and could not be cancelled (409 invalid-transition):
+    the buyer had no way to say "don't"."""
+    order = checkout.place()
+    ended(checkout, order)
+    checkout.uow.published.clear()
+
+    cancelled(checkout, order)
+    assert checkout.units_on_address(order) == 0  # given back once, when it ended, not twice
+    [(event_type, data)] = checkout.uow.published
+    assert (event_type, data["status"], data["version"], data["refund"]) == ("order.cancelled", "cancelled", 3, None)
+
+    result, events = checkout.pay(capture(order))
+    assert result == "refunded" and order.status == "cancelled"
+    assert [event_type for event_type, _ in events] == ["payment.refund_requested"]
+    assert checkout.inventory.reserved == [{"order_id": str(order.id), "quantity": 1, "renew": False,
+                                            "order_version": None}]  # never held again
