@@ -11,8 +11,22 @@ from shared.config import Settings
 from shared.messaging.outbox import add_event
 
 
+# libpq's connection settings for every engine. A database host that disappears without closing
+# its connections (a node lost, a partition) leaves a statement waiting on an answer that never
+# comes: without keepalives the kernel waits about two hours before it gives up on an idle
+# connection, and fifteen minutes on one with unacknowledged data. A consumer's handler thread
+# stuck so, its connection thread still beating the liveness heartbeat, was never restarted.
+# Here a dead peer ends the statement with an error within about half a minute (the work is
+# retried, as after any failure), and a connect gets no more than 5 s.
+CONNECTION_SETTINGS = {
+    "connect_timeout": 5,
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: data sent and not acknowledged
+}
+
+
 def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:
-    """A pooled engine.
+    """A pooled engine, its connections with `CONNECTION_SETTINGS`.
 
     Connections are not pinged before each use (a round trip per transaction, a fifth of an
     order's database time): after a database restart the first statement on a stale connection
@@ -23,8 +37,9 @@ def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, 
     through a transaction pooler: psycopg otherwise prepares a statement on the server after its
     fifth use, and the next transaction, on another server connection, does not find it.
     """
+    kwargs["connect_args"] = {**CONNECTION_SETTINGS, **kwargs.get("connect_args", {})}
     if not prepared_statements:
-        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "prepare_threshold": None}
+        kwargs["connect_args"]["prepare_threshold"] = None
     return sa.create_engine(
         url,
         pool_size=pool_size,

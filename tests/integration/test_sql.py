@@ -56,3 +56,25 @@ def test_a_lost_connection_is_an_operational_error_and_leaves_the_pool(session_f
     with session_factory() as session:  # the pool hands out a live connection, not the dead one
         assert session.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
         assert COUNT.scalar(session, {"id": uuid.uuid4()}) == 0
+
+
+def test_a_database_host_that_answers_nothing_costs_a_connect_its_timeout_not_minutes():
+    """A listening socket that never answers, as a host behind a partition: the engine's
+    connect gives up after its connect_timeout (shared.db.CONNECTION_SETTINGS)."""
+    import socket
+    import time
+
+    from shared.db import CONNECTION_SETTINGS
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever answers the startup packet
+    try:
+        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/nothing", pool_size=1)
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError):
+            engine.connect()
+        assert time.monotonic() - started < CONNECTION_SETTINGS["connect_timeout"] + 3
+        engine.dispose()
+    finally:
+        silent.close()

@@ -39,3 +39,13 @@ def test_an_engine_straight_to_postgresql_keeps_psycopg_preparing_repeated_state
     settings = Settings.from_env({"DATABASE_URL": URL}, service_name="checkout")
     assert settings.database_prepared_statements is True
     assert "prepare_threshold" not in psycopg_arguments(db.engine_for(settings, pool_size=2))
+
+
+def test_every_engine_gives_up_on_a_database_host_that_went_silent():
+    """A host lost without closing its connections: a statement waiting on it ends with an error
+    within about half a minute (TCP keepalives, a user timeout), a connect within 5 s."""
+    arguments = psycopg_arguments(db.engine_for(Settings.from_env({"DATABASE_URL": URL}, service_name="checkout")))
+    assert {name: arguments[name] for name in db.CONNECTION_SETTINGS} == db.CONNECTION_SETTINGS
+    idle, interval, count = (arguments[name] for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"))
+    assert arguments["keepalives"] == 1 and idle + interval * count <= 30 and arguments["tcp_user_timeout"] <= 30_000
+    assert arguments["connect_timeout"] <= 5
