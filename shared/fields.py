@@ -33,6 +33,10 @@ class Pattern(validate.Regexp):
 # A shipping address's country, as a buyer may type it (shared.addresses upper-cases it).
 ADDRESS_COUNTRY_CODE = Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
 
+# An early-access tier: accounts gives it to buyers by invite, a drop's invite-only phase names
+# the one it admits, and the two are compared exactly, so both are held to one spelling.
+INVITE_TIER = Pattern(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
+
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 

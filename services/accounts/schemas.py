@@ -5,7 +5,7 @@ from email_validator import EmailNotValidError
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from shared.addresses import MAX_LENGTH as ADDRESS_MAX_LENGTH
-from shared.fields import ADDRESS_COUNTRY_CODE, EmailAddress, Pattern, SCHEDULE_RANGE, email_address
+from shared.fields import ADDRESS_COUNTRY_CODE, INVITE_TIER, EmailAddress, SCHEDULE_RANGE, email_address
 from shared.values import storable
 from services.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 
@@ -86,12 +86,9 @@ class RefreshTokenSchema(Schema):
     refresh_token = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=200), storable_text])
 
 
-TIER = Pattern(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
-
-
 class InviteRequestSchema(Schema):
     email = NormalisedEmail(load_default=None, allow_none=True, metadata={"description": "the one person who may redeem it; they are emailed the code"})
-    tier = fields.String(required=True, validate=TIER)
+    tier = fields.String(required=True, validate=INVITE_TIER)
     max_uses = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000))
     expires_at = fields.AwareDateTime(load_default=None, allow_none=True, validate=SCHEDULE_RANGE)
 

@@ -5,12 +5,14 @@ from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.models import MAX_STOCK_SHARDS
-from shared.fields import Pattern, SCHEDULE_RANGE, StrictBoolean
+from shared.fields import INVITE_TIER, Pattern, SCHEDULE_RANGE, StrictBoolean
 
 MAX_QUANTITY = 1_000_000
 MAX_HOLD_TTL_SECONDS = 86_400
 COUNTRY_CODE = Pattern(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such as CA.")
-TIER = validate.Length(min=1, max=64)
+# A buyer's tier as checkout read it from their token: compared with the drop's, never stored,
+# so one spelled otherwise is simply not admitted, rather than a 422 for the buyer.
+BUYER_TIER = validate.Length(min=1, max=64)
 
 
 class PriceSchema(Schema):
@@ -69,7 +71,8 @@ class NewDropSchema(Schema):
     per_buyer_limit = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
     # Until this time only buyers of `invite_tier` may reserve; both or neither.
     invite_only_until = fields.AwareDateTime(load_default=None, allow_none=True, validate=SCHEDULE_RANGE)
-    invite_tier = fields.String(load_default=None, allow_none=True, validate=TIER)
+    # Spelled as accounts issues tiers (compared exactly: "Early-Access" would admit nobody).
+    invite_tier = fields.String(load_default=None, allow_none=True, validate=INVITE_TIER)
     # Empty: ships everywhere.
     shipping_countries = fields.List(
         fields.String(validate=COUNTRY_CODE), load_default=list, validate=validate.Length(max=250)
@@ -149,7 +152,7 @@ class ReservationRequestSchema(Schema):
     buyer_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
     # The buyer's early-access tier (from their token), checked during an invite-only phase.
-    buyer_tier = fields.String(load_default=None, allow_none=True, validate=TIER)
+    buyer_tier = fields.String(load_default=None, allow_none=True, validate=BUYER_TIER)
     # Where the order ships, checked against the drop's shipping countries.
     shipping_country = fields.String(load_default=None, allow_none=True, validate=COUNTRY_CODE)
     # True: a released reservation with this order id is held again (late payment); null = false.

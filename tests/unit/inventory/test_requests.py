@@ -10,6 +10,7 @@ from services.inventory.app import create_app
 from services.inventory.commands import ReserveStock
 from services.inventory.commands import ChangeDrop
 from services.inventory.schemas import ChangeDropSchema, NewDropSchema, ReservationRequestSchema
+from shared.auth import Principal
 from shared.config import DEV_SERVICE_KEY
 
 SERVICE = {"X-Service-Key": DEV_SERVICE_KEY}
@@ -112,6 +113,51 @@ def test_invalid_drops_name_the_field(changes, field):
     with pytest.raises(ValidationError) as invalid:
         NewDropSchema().load({**DROP, **changes})
     assert field in invalid.value.messages
+
+
+BAD_TIERS = ["Early-Access", "early-access ", " early-access", "early access", "early_access", "-early",
+             "early-access\n", "ëarly", "", "t" * 65]
+
+
+@pytest.mark.parametrize("tier", BAD_TIERS)
+def test_a_drop_names_its_invite_tier_as_accounts_spells_tiers_or_is_refused(tier):
+    # Compared exactly with the buyer's tier: "Early-Access" would lock every buyer out.
+    with pytest.raises(ValidationError) as invalid:
+        NewDropSchema().load({**DROP, "invite_only_until": "2030-01-01T15:10:00Z", "invite_tier": tier})
+    assert list(invalid.value.messages) == ["invite_tier"]
+
+
+@pytest.mark.parametrize("tier", ["early-access", "vip", "2026-q4", "a", "a" * 64, *BAD_TIERS])
+def test_a_drop_accepts_exactly_the_tiers_accounts_issues(tier):
+    from services.accounts.schemas import InviteRequestSchema
+
+    def accepted(schema, body):
+        try:
+            schema.load(body)
+        except ValidationError:
+            return False
+        return True
+
+    issued = accepted(InviteRequestSchema(), {"tier": tier})
+    named = accepted(NewDropSchema(), {**DROP, "invite_only_until": "2030-01-01T15:10:00Z", "invite_tier": tier})
+    assert issued == named == (tier not in BAD_TIERS)
+
+
+def test_over_http_a_drop_with_a_tier_no_buyer_can_hold_is_a_422_problem_naming_the_field(client):
+    client.application.extensions["floodgate.auth"] = (AdminEverywhere(), DEV_SERVICE_KEY)
+
+    response = client.post("/drops", headers={"Authorization": "Bearer admin"},
+                           json={**DROP, "invite_only_until": "2030-01-01T15:10:00Z", "invite_tier": "Early-Access"})
+
+    assert response.status_code == 422 and response.content_type == "application/problem+json"
+    assert "invite_tier" in response.get_json()["errors"]
+
+
+class AdminEverywhere:
+    """A verifier that takes any token for an admin's: the test is about the body, not the token."""
+
+    def verify(self, token):
+        return Principal(subject="admin-1", role="admin")
 
 
 def test_a_drop_change_moves_the_close_and_or_adds_stock():
