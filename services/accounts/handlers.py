@@ -26,7 +26,7 @@ from services.accounts.errors import (
 from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
 from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
-from services.accounts.throttle import BackoffPolicy, SignInThrottle, retry_after_seconds
+from services.accounts.throttle import BackoffPolicy, Reservation, SignInThrottle, retry_after_seconds
 from services.accounts.tokens import SessionTokens, TokenIssuer
 
 log = logging.getLogger("floodgate.accounts")
@@ -85,40 +85,67 @@ def open_session(
     so a throttled account costs no hashing and slows nobody else. Unknown emails are counted
     like known ones, so throttling reveals nothing either.
 
+    Each attempt is counted as a failure before its password is checked, under the keys' row
+    locks, and given back when the password is right or gets no verdict (`SignInBusy`):
+    attempts fired at once are counted one after the other, so they get no more password checks
+    than the policy allows. A right password is never refused for failures counted while it was
+    being checked.
+
     The password is checked between two transactions, holding no connection: a sign-in waiting
     for a hashing slot keeps none from requests that need no hashing.
     """
     now = utc_now()
     keys = throttle.keys(cmd["email"], cmd.get("client"))
+    # A read, no lock: while a key is refused, a flood of attempts at it queues on no row.
     blocked_until = uow.login_throttles.blocked_until(list(keys), now)
     if blocked_until is not None:
         raise SignInThrottled(retry_after_seconds(blocked_until, now))
     account = uow.accounts.by_email(cmd["email"])
     account_id, password_hash = (account.id, account.password_hash) if account else (None, None)
-    uow.rollback()
-    matched = passwords.verify(password_hash, cmd["password"])
-    rehashed = passwords.hash(cmd["password"]) if matched and passwords.needs_rehash(password_hash) else None
+    reservations = _reserve_attempt(uow, keys, now)
+    uow.commit()  # counted as a failure until the password proves right
+    try:
+        matched = passwords.verify(password_hash, cmd["password"])
+        rehashed = passwords.hash(cmd["password"]) if matched and passwords.needs_rehash(password_hash) else None
+    except Exception:  # no verdict (no hashing slot free: SignInBusy), so no failure either
+        for reservation in reservations:
+            uow.login_throttles.give_back(reservation)
+        uow.commit()
+        raise
     account = uow.accounts.get(account_id) if matched else None
-    if account is None:  # a wrong password, or an account deleted meanwhile
-        _count_failure(uow, keys, now)
-        uow.commit()  # the failure counts even though the request fails
+    if account is None:  # a wrong password, or an account deleted meanwhile: counted already
         raise InvalidCredentials(WRONG_CREDENTIALS)
     if rehashed:
         account.password_hash = rehashed
-    uow.login_throttles.clear(f"account:{cmd['email']}")
+    for reservation in reservations:
+        if reservation.key == f"account:{cmd['email']}":
+            uow.login_throttles.clear(reservation.key)  # a right password forgets the account's failures
+        else:
+            uow.login_throttles.give_back(reservation)
+    uow.commit()  # not a failure, even if no token can be issued now
     return _start_session(account, uow, issuer, refresh_ttl, now)
 
 
-def _count_failure(uow, keys: dict[str, BackoffPolicy], now: datetime) -> None:
-    for key, policy in keys.items():
-        failures = uow.login_throttles.record_failure(key, now, forget_before=now - policy.window)
-        wait = policy.wait_after(failures)
-        if wait is not None:
-            uow.login_throttles.block(key, now + wait)
-            log.warning("sign-in throttled", extra={"throttle": key.split(":", 1)[0], "failures": failures,
-                                                    "wait_seconds": wait.total_seconds()})
+def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list[Reservation]:
+    """Count the attempt as a failure of every key, or of none (`SignInThrottled`) if one is
+    refused. Keys are locked in one order (account before client), so two attempts never each
+    hold a row the other waits for."""
+    reservations = []
+    for key, policy in sorted(keys.items()):
+        reservation = uow.login_throttles.reserve(key, policy, now)
+        if reservation.refused_until is not None:
+            for counted in reservations:
+                uow.login_throttles.give_back(counted)
+            uow.commit()
+            raise SignInThrottled(retry_after_seconds(reservation.refused_until, now))
+        reservations.append(reservation)
+    for reservation in reservations:
+        if reservation.blocks_until is not None:
+            log.warning("sign-in throttled", extra={"throttle": reservation.key.split(":", 1)[0], "failures": reservation.failures,
+                                                    "wait_seconds": (reservation.blocks_until - now).total_seconds()})
     if random.random() < 0.01:  # now and then, drop rows nobody has failed on for a while
         uow.login_throttles.forget_stale(now - max(policy.window for policy in keys.values()))
+    return reservations
 
 
 def _start_session(account: Account, uow, issuer: TokenIssuer, refresh_ttl: timedelta, now: datetime) -> SessionTokens:

@@ -10,6 +10,7 @@ from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.db import UnitOfWork
+from services.accounts import throttle
 from services.accounts.errors import EmailTaken
 from services.accounts.models import (
     Account,
@@ -21,6 +22,7 @@ from services.accounts.models import (
     Session,
     SigningKey,
 )
+from services.accounts.throttle import BackoffPolicy, Reservation
 
 # Any constant shared by every accounts process: serialises the creation of the first key.
 SIGNING_KEY_LOCK = 0x466C6F6F64  # "Flood"
@@ -151,34 +153,55 @@ class LoginThrottles:
             )
         )
 
-    def record_failure(self, key: str, now: datetime, forget_before: datetime) -> int:
-        """Count one failure for `key` atomically (every worker shares the row); failures
-        before `forget_before` no longer count. Returns the failures now counted."""
-        statement = insert(LoginThrottle).values(key=key, failures=1, last_failure_at=now)
-        statement = statement.on_conflict_do_update(
-            index_elements=[LoginThrottle.key],
-            set_={
-                "failures": sa.case(
-                    (LoginThrottle.last_failure_at < forget_before, 1), else_=LoginThrottle.failures + 1
-                ),
-                "last_failure_at": now,
-            },
-        ).returning(LoginThrottle.failures)
-        return self._session.execute(statement).scalar_one()
+    def reserve(self, key: str, policy: BackoffPolicy, now: datetime) -> Reservation:
+        """Count one sign-in attempt at `key` as a failure, unless the key is refused (see
+        `throttle.reserve`). The row is created if missing and stays locked until the
+        transaction ends: attempts at one key, from every worker, are counted one at a time,
+        each seeing the block the one before it started."""
+        row = self._session.execute(
+            insert(LoginThrottle)
+            .values(key=key, failures=0, last_failure_at=now)
+            .on_conflict_do_update(index_elements=[LoginThrottle.key], set_={"failures": LoginThrottle.failures})
+            .returning(LoginThrottle.failures, LoginThrottle.last_failure_at, LoginThrottle.blocked_until)
+        ).one()
+        reservation = throttle.reserve(key, policy, now, row.failures, row.last_failure_at, row.blocked_until)
+        if reservation.refused_until is None:
+            values = {"failures": reservation.failures, "last_failure_at": now}
+            if reservation.blocks_until is not None:
+                values["blocked_until"] = reservation.blocks_until
+            self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == key).values(**values))
+        return reservation
 
-    def block(self, key: str, until: datetime) -> None:
-        self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == key).values(blocked_until=until))
+    def give_back(self, reservation: Reservation) -> None:
+        """Uncount a reserved attempt whose password was right: one failure fewer, and the last
+        failure's time and the block as they were, unless a later attempt has changed them."""
+        values = {"failures": sa.func.greatest(LoginThrottle.failures - 1, 0)}
+        if reservation.previous_failure_at is not None:
+            values["last_failure_at"] = sa.case(
+                (LoginThrottle.last_failure_at == reservation.at, reservation.previous_failure_at),
+                else_=LoginThrottle.last_failure_at,
+            )
+        if reservation.blocks_until is not None:
+            values["blocked_until"] = sa.case(
+                (LoginThrottle.blocked_until == reservation.blocks_until, sa.null()), else_=LoginThrottle.blocked_until
+            )
+        self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == reservation.key).values(**values))
 
     def clear(self, key: str) -> None:
         self._session.execute(sa.delete(LoginThrottle).where(LoginThrottle.key == key))
 
     def forget_stale(self, before: datetime) -> None:
-        self._session.execute(
-            sa.delete(LoginThrottle).where(
+        """Delete the rows of keys with no failure and no block since `before`. Rows another
+        sign-in holds locked are skipped: it may be waiting for a row this one holds."""
+        stale = (
+            sa.select(LoginThrottle.key)
+            .where(
                 LoginThrottle.last_failure_at < before,
                 sa.or_(LoginThrottle.blocked_until.is_(None), LoginThrottle.blocked_until < before),
             )
+            .with_for_update(skip_locked=True)
         )
+        _delete(self._session, LoginThrottle, LoginThrottle.key, stale)
 
 
 class Invites:

@@ -1,4 +1,9 @@
-"""How long a sign-in key waits after failures: free attempts, then a doubling back-off."""
+"""How long a sign-in key waits after failures: free attempts, then a doubling back-off.
+
+An attempt is counted as a failure when it starts, before its password is checked (a
+`Reservation`), and given back if the password is right: attempts fired at one key at once are
+counted one after the other, so no more of them get their password checked than the policy
+allows, however many are in flight."""
 from __future__ import annotations
 
 import math
@@ -40,3 +45,44 @@ class SignInThrottle:
 
 def retry_after_seconds(blocked_until: datetime, now: datetime) -> int:
     return max(1, math.ceil((blocked_until - now).total_seconds()))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One sign-in attempt at `key`, counted at `at` as a failure until its password proves right.
+
+    `refused_until` is set when the key was refused: nothing was counted, no password may be
+    checked. Otherwise `failures` is the key's count with this attempt, `previous_failure_at` the
+    key's last failure before it (None: none counted) and `blocks_until` the wait this attempt
+    started, if it was the one that used up the free failures."""
+
+    key: str
+    at: datetime
+    refused_until: datetime | None = None
+    failures: int = 0
+    previous_failure_at: datetime | None = None
+    blocks_until: datetime | None = None
+
+
+def reserve(
+    key: str,
+    policy: BackoffPolicy,
+    now: datetime,
+    failures: int,
+    last_failure_at: datetime | None,
+    blocked_until: datetime | None,
+) -> Reservation:
+    """An attempt at `key`, whose row (read under its lock) holds `failures`, `last_failure_at`
+    and `blocked_until` (0, None, None: no row yet): refused while blocked, else counted, failures
+    older than the policy's window forgotten, and blocked if that was one failure too many."""
+    if blocked_until is not None and blocked_until > now:
+        return Reservation(key, now, refused_until=blocked_until)
+    remembered = failures if failures and last_failure_at is not None and last_failure_at >= now - policy.window else 0
+    wait = policy.wait_after(remembered + 1)
+    return Reservation(
+        key,
+        now,
+        failures=remembered + 1,
+        previous_failure_at=last_failure_at if failures else None,
+        blocks_until=now + wait if wait is not None else None,
+    )

@@ -133,6 +133,29 @@ def test_thirty_wrong_passwords_throttle_that_account_while_another_signs_in(flo
     print(f"\nother account signed in in {1000 * (time.perf_counter() - started):.0f} ms while the victim was throttled")
 
 
+def test_twenty_wrong_passwords_at_once_get_only_the_free_failures_checked(floodgate, stack):
+    victim, _ = floodgate.register()
+    barrier = threading.Barrier(20)
+
+    def guess(n):
+        barrier.wait()
+        return sign_in(stack, victim, f"concurrent guess {n}")
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = sorted(answer.status_code for answer in pool.map(guess, range(20)))
+
+    # Five free failures (the default), whatever the concurrency; the rest refused unchecked.
+    assert statuses == [401] * 5 + [429] * 15, statuses
+    [row] = accounts_rows(stack, "SELECT failures FROM login_throttle WHERE key = :key", key=f"account:{victim}")
+    assert row.failures == 5
+    assert sign_in(stack, victim).status_code == 429
+    # A right password from the same client is counted when it starts and given back.
+    client_failures = "SELECT key, failures, last_failure_at FROM login_throttle WHERE key LIKE 'client:%' ORDER BY key"
+    before = accounts_rows(stack, client_failures)
+    assert sign_in(stack, floodgate.register()[0]).status_code == 201
+    assert accounts_rows(stack, client_failures) == before
+
+
 def test_one_email_in_any_case_registers_once_and_failed_sign_ins_look_alike(floodgate, stack):
     email = f"Case.Test-{uuid.uuid4().hex[:8]}@Example.COM"
     first = requests.post(accounts(stack, "/accounts"), json={"email": email, "password": PASSWORD}, timeout=10)

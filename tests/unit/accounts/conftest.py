@@ -1,8 +1,12 @@
 """In-memory stand-ins for the accounts unit of work: no database, no network."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 from cryptography.fernet import Fernet
+
+from services.accounts import throttle
 
 from services.accounts.errors import EmailTaken
 from services.accounts.key_encryption import KeyEncryptionKeys
@@ -105,29 +109,41 @@ class FakeRefreshTokens:
 
 
 class FakeLoginThrottles:
-    """The same arithmetic as the SQL upsert, in a dict."""
+    """The same arithmetic as the SQL, in a dict; each call atomic, as the row lock makes it."""
 
     def __init__(self):
         self.rows = {}
+        self.lock = threading.Lock()
 
     def blocked_until(self, keys, now):
         times = [self.rows[k]["blocked_until"] for k in keys if k in self.rows and self.rows[k]["blocked_until"]]
         future = [t for t in times if t > now]
         return max(future) if future else None
 
-    def record_failure(self, key, now, forget_before):
-        row = self.rows.get(key)
-        if row is None or row["last_failure_at"] < forget_before:
-            row = self.rows[key] = {"failures": 0, "blocked_until": row["blocked_until"] if row else None}
-        row["failures"] += 1
-        row["last_failure_at"] = now
-        return row["failures"]
+    def reserve(self, key, policy, now):
+        with self.lock:
+            row = self.rows.setdefault(key, {"failures": 0, "last_failure_at": now, "blocked_until": None})
+            reservation = throttle.reserve(key, policy, now, row["failures"], row["last_failure_at"], row["blocked_until"])
+            if reservation.refused_until is None:
+                row["failures"], row["last_failure_at"] = reservation.failures, now
+                if reservation.blocks_until is not None:
+                    row["blocked_until"] = reservation.blocks_until
+            return reservation
 
-    def block(self, key, until):
-        self.rows[key]["blocked_until"] = until
+    def give_back(self, reservation):
+        with self.lock:
+            row = self.rows.get(reservation.key)
+            if row is None:
+                return
+            row["failures"] = max(row["failures"] - 1, 0)
+            if reservation.previous_failure_at is not None and row["last_failure_at"] == reservation.at:
+                row["last_failure_at"] = reservation.previous_failure_at
+            if reservation.blocks_until is not None and row["blocked_until"] == reservation.blocks_until:
+                row["blocked_until"] = None
 
     def clear(self, key):
-        self.rows.pop(key, None)
+        with self.lock:
+            self.rows.pop(key, None)
 
     def forget_stale(self, before):
         pass

@@ -1,10 +1,11 @@
 """Sign-in throttling: per account and per client, doubling waits, nothing revealed."""
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from services.accounts import handlers
-from services.accounts.errors import InvalidCredentials, SignInThrottled
+from services.accounts.errors import InvalidCredentials, SignInBusy, SignInThrottled
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
 from services.accounts.throttle import BackoffPolicy, SignInThrottle
 
@@ -33,7 +34,10 @@ def accounts(uow, passwords):
         handlers.register_account(RegistrationSchema().load({"email": email, "password": "correct horse battery"}), uow, passwords)
 
 
-def attempt(uow, passwords, issuer, email, password, client="198.51.100.7"):
+CLIENT = "198.51.100.7"
+
+
+def attempt(uow, passwords, issuer, email, password, client=CLIENT):
     cmd = SessionRequestSchema().load({"email": email, "password": password})
     cmd["client"] = client
     return handlers.open_session(cmd, uow, passwords, issuer, THROTTLE)
@@ -144,3 +148,160 @@ def test_over_http_an_email_that_lower_cases_past_254_characters_is_a_422_proble
     assert response.status_code == 422 and response.mimetype == "application/problem+json"
     assert "email" in response.get_json()["errors"]
     assert uow.login_throttles.rows == {}
+
+
+class GatedPasswords:
+    """The real password checks, each held at a gate the test opens: attempts in flight pile up
+    there as they do waiting for argon2's hashing slots."""
+
+    def __init__(self, passwords):
+        self.passwords = passwords
+        self.gate = threading.Event()
+        self.changed = threading.Condition()
+        self.checking = []  # the passwords that reached a check
+        self.answers = []  # the attempts answered, by outcome
+
+    def verify(self, password_hash, password):
+        with self.changed:
+            self.checking.append(password)
+            self.changed.notify_all()
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return self.passwords.verify(password_hash, password)
+
+    def hash(self, password):
+        return self.passwords.hash(password)
+
+    def needs_rehash(self, password_hash):
+        return self.passwords.needs_rehash(password_hash)
+
+    def answered(self, outcome):
+        with self.changed:
+            self.answers.append(outcome)
+            self.changed.notify_all()
+
+    def wait_until(self, condition):
+        with self.changed:
+            assert self.changed.wait_for(condition, timeout=30)
+
+
+def in_flight(uow, gated, issuer, email, password):
+    """A sign-in on its own thread; its outcome (the tokens or the error) lands in gated.answers."""
+
+    def sign_in():
+        try:
+            gated.answered(attempt(uow, gated, issuer, email, password))
+        except (InvalidCredentials, SignInThrottled) as error:
+            gated.answered(error)
+
+    thread = threading.Thread(target=sign_in, daemon=True)
+    thread.start()
+    return thread
+
+
+def all_at_once(uow, gated, issuer, guesses):
+    """Fire `guesses` ((email, password) pairs) together; open the gate only once each is either
+    waiting for its password check or answered, so none is counted late because it ran late."""
+    start = threading.Barrier(len(guesses))
+
+    def together(email, password):
+        start.wait(timeout=30)
+        try:
+            gated.answered(attempt(uow, gated, issuer, email, password))
+        except (InvalidCredentials, SignInThrottled) as error:
+            gated.answered(error)
+
+    threads = [threading.Thread(target=together, args=guess, daemon=True) for guess in guesses]
+    for thread in threads:
+        thread.start()
+    gated.wait_until(lambda: len(gated.checking) + len(gated.answers) == len(guesses))
+    gated.gate.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return [type(answer) for answer in gated.answers]
+
+
+def test_twenty_wrong_passwords_at_once_get_no_more_checks_than_the_free_failures(uow, passwords, issuer, clock, accounts):
+    gated = GatedPasswords(passwords)
+
+    outcomes = all_at_once(uow, gated, issuer, [("ann@example.com", f"wrong guess {n}") for n in range(20)])
+
+    assert len(gated.checking) == POLICY.free_failures
+    assert sorted(outcomes, key=lambda kind: kind.__name__) == [InvalidCredentials] * 3 + [SignInThrottled] * 17
+    assert uow.login_throttles.rows["account:ann@example.com"]["failures"] == 3  # refused attempts count nothing
+
+
+def test_twenty_wrong_passwords_at_once_for_twenty_emails_get_no_more_checks_than_the_clients_free_failures(uow, passwords, issuer, clock, accounts):
+    gated = GatedPasswords(passwords)
+
+    outcomes = all_at_once(uow, gated, issuer, [(f"spray{n}@example.com", "wrong password!") for n in range(20)])
+
+    assert len(gated.checking) == THROTTLE.per_client.free_failures
+    assert outcomes.count(InvalidCredentials) == 10 and outcomes.count(SignInThrottled) == 10
+
+
+def test_a_right_password_signs_in_although_a_wrong_one_at_the_same_time_used_the_last_free_failure(uow, passwords, issuer, clock, accounts):
+    with pytest.raises(InvalidCredentials):
+        attempt(uow, passwords, issuer, "ann@example.com", "wrong password!")
+    gated = GatedPasswords(passwords)
+
+    owner = in_flight(uow, gated, issuer, "ann@example.com", "correct horse battery")
+    gated.wait_until(lambda: len(gated.checking) == 1)
+    guesser = in_flight(uow, gated, issuer, "ann@example.com", "a guess at it")
+    gated.wait_until(lambda: len(gated.checking) == 2)
+    # Counting the owner's attempt, the guess was the third failure: the account now waits ...
+    with pytest.raises(SignInThrottled):
+        attempt(uow, passwords, issuer, "ann@example.com", "another guess")
+    gated.gate.set()
+    owner.join(timeout=30), guesser.join(timeout=30)
+
+    # ... but the owner, already being checked, is not refused for it.
+    assert sorted(type(answer).__name__ for answer in gated.answers) == ["InvalidCredentials", "SessionTokens"]
+    assert "account:ann@example.com" not in uow.login_throttles.rows
+    assert uow.login_throttles.rows[f"client:{CLIENT}"]["failures"] == 2  # the two wrong ones, not the owner's
+
+
+def test_right_passwords_from_one_client_never_add_up_to_its_limit(uow, passwords, issuer, clock, accounts):
+    for n in range(9):
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, f"typo{n}@example.com", "wrong password!")
+
+    for _ in range(3):
+        for email in ("ann@example.com", "bob@example.com"):
+            assert attempt(uow, passwords, issuer, email, "correct horse battery").token
+
+    # The client's ten free failures: nine wrong ones, six right ones given back, this one.
+    with pytest.raises(InvalidCredentials):
+        attempt(uow, passwords, issuer, "typo@example.com", "wrong password!")
+    with pytest.raises(SignInThrottled):
+        attempt(uow, passwords, issuer, "bob@example.com", "correct horse battery")
+
+
+def test_a_key_refused_just_after_the_check_costs_no_hashing_and_counts_nothing_against_the_other(uow, passwords, issuer, clock, accounts, monkeypatch):
+    for n in range(10):
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, f"typo{n}@example.com", "wrong password!")
+    # Another worker's failure blocked the client between this attempt's read and its count.
+    monkeypatch.setattr(uow.login_throttles, "blocked_until", lambda keys, now: None)
+    gated = GatedPasswords(passwords)
+    gated.gate.set()
+
+    with pytest.raises(SignInThrottled):
+        attempt(uow, gated, issuer, "ann@example.com", "correct horse battery")
+
+    assert gated.checking == []
+    assert uow.login_throttles.rows.get("account:ann@example.com", {"failures": 0})["failures"] == 0
+
+
+class NoHashingSlot:
+    def verify(self, password_hash, password):
+        raise SignInBusy("Too many people are signing in right now; try again in a moment.")
+
+
+def test_attempts_turned_away_for_want_of_a_hashing_slot_count_as_no_failure(uow, passwords, issuer, clock, accounts):
+    # A login storm on drop day: the owner retrying a busy sign-in must not lock themselves out.
+    for _ in range(12):
+        with pytest.raises(SignInBusy):
+            attempt(uow, NoHashingSlot(), issuer, "ann@example.com", "correct horse battery")
+
+    assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery").token
+    assert uow.login_throttles.rows[f"client:{CLIENT}"]["failures"] == 0
