@@ -185,7 +185,8 @@ def test_the_node_every_relay_and_consumer_uses_goes_mid_drop_and_nothing_is_los
     assert rows("checkout", "orders WHERE drop_id = :d") == UNITS
     assert floodgate.get_drop(drop["id"])["remaining"] == 0
 
-    # Every email exactly once: each order's "pay for" and "confirmed", each buyer's welcome.
+    # Every email exactly once: each order's "confirmed", each buyer's welcome; the "pay for" at
+    # most once (one handled after its order's confirmation is not sent: superseded).
     ids = [order["id"] for _, order in orders]
     poll(lambda: all(floodgate.confirmations_of(order_id) for order_id in ids), timeout=90,
          what="every confirmation email")
@@ -196,7 +197,7 @@ def test_the_node_every_relay_and_consumer_uses_goes_mid_drop_and_nothing_is_los
     confirmed = [sum(order_id in m["subject"] and "confirmed" in m["subject"] for m in mails) for order_id in ids]
     asked_to_pay = [sum(m["subject"].startswith(f"Pay for order {order_id}") for m in mails) for order_id in ids]
     welcomed = Counter(m["to"][0] for m in mails if m["subject"] == "Welcome to Floodgate")
-    assert confirmed == asked_to_pay == [1] * UNITS
+    assert confirmed == [1] * UNITS and set(asked_to_pay) <= {0, 1}
     assert [welcomed[email] for email, _ in buyers] == [1] * BUYERS
     print(f"\nbroker node {'stopped' if fault == 'stop' else 'killed'} mid-drop ({doomed.name}, "
           f"{len(first) // 2} of {UNITS} orders paid): {len(orders)} orders, {sold} units sold of {UNITS}, "

@@ -72,6 +72,9 @@ def paid_order(traced_stack):
     placed = floodgate.place_order(token, drop["id"])
     assert placed.status_code == 201, placed.text
     order = placed.json()
+    # paid once its "pay by" email is out: paid before, that email may come after the confirmation
+    # and is then not sent at all (superseded), and the placement's trace would have no SMTP span
+    poll(lambda: floodgate.mails_about(order["id"], "Pay"), what="the email asking for payment")
     assert floodgate.pay(order).status_code == 200
     floodgate.wait_for_status(token, order["id"], "confirmed")
     poll(lambda: floodgate.get_order(token, order["id"]).json()["email"]["confirmation_sent"],
