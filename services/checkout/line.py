@@ -253,8 +253,11 @@ def place_arrivals(line: Line, uow, most: int) -> int:
 
 def admissions_allowed(remaining_units: int, factor: float, active_passes: int, budget_by_rate: float) -> int:
     """How many buyers may be admitted now: never more unused passes than remaining units x
-    factor, and no more than the rate allows this turn."""
-    by_stock = math.floor(max(0, remaining_units) * factor) - active_passes
+    factor, and no more than the rate allows this turn. While a unit remains, one pass may be in
+    play whatever the factor: with a factor under 1, floor(remaining x factor) is 0 for the last
+    units (the last 9 at 0.1), which were then never offered, and the crowd never heard sold out."""
+    remaining = max(0, remaining_units)
+    by_stock = max(math.floor(remaining * factor), min(remaining, 1)) - active_passes
     return max(0, min(by_stock, math.floor(budget_by_rate)))
 
 

@@ -298,6 +298,11 @@ def test_admission_never_puts_more_passes_in_play_than_stock_times_factor():
     assert line.admissions_allowed(remaining_units=10, factor=1.0, active_passes=10, budget_by_rate=100) == 0
     assert line.admissions_allowed(remaining_units=10, factor=1.0, active_passes=0, budget_by_rate=2.7) == 2
     assert line.admissions_allowed(remaining_units=0, factor=3.0, active_passes=0, budget_by_rate=100) == 0
+    # a factor under 1 still offers the last units, one pass at a time
+    assert line.admissions_allowed(remaining_units=9, factor=0.1, active_passes=0, budget_by_rate=100) == 1
+    assert line.admissions_allowed(remaining_units=1, factor=0.5, active_passes=0, budget_by_rate=100) == 1
+    assert line.admissions_allowed(remaining_units=1, factor=0.5, active_passes=1, budget_by_rate=100) == 0
+    assert line.admissions_allowed(remaining_units=100, factor=0.5, active_passes=0, budget_by_rate=100) == 50
 
 
 def test_the_admitter_admits_in_position_order_up_to_the_stock_and_a_poll_says_so():
