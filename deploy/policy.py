@@ -134,12 +134,20 @@ def check_fits_dev_node(objects: list[dict]) -> list[str]:
 
 
 def check_probes(objects: list[dict]) -> list[str]:
+    """Every long-running container has all three probes; a gunicorn API's liveness probe is its
+    port taking connections, not an HTTP request, which would wait in the worker's queue behind
+    the requests before it and restart a pod for being busy (the process only: readiness says
+    whether it should serve, and gunicorn restarts a hung worker itself)."""
     problems = []
     for obj in of_kind(objects, *LONG_RUNNING):
+        api = obj["kind"] == "Deployment" and obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "api"
         for what, c, _ in containers(obj, init=False):
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if not c.get(probe):
                     problems.append(f"{name_of(obj)} container {c['name']}: no {probe}")
+            if api and "httpGet" in c.get("livenessProbe", {}):
+                problems.append(f"{name_of(obj)} container {c['name']}: liveness is an HTTP request, which waits "
+                                "behind the worker's queued requests (probe the port: tcpSocket)")
     return problems
 
 

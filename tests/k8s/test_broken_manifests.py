@@ -66,6 +66,9 @@ def test_a_missing_liveness_probe_is_refused(tmp_path):
      "runAsNonRoot is not true"),
     ([{"op": "replace", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 25}],
      "terminationGracePeriodSeconds 25 <= preStop 10 s + gunicorn graceful_timeout 20 s"),
+    ([{"op": "replace", "path": "/spec/template/spec/containers/0/livenessProbe",
+       "value": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}}],
+     "container api: liveness is an HTTP request, which waits behind the worker's queued requests"),
 ])
 def test_a_policy_breach_is_refused(tmp_path, patch, message):
     result = validate_copy(tmp_path, "dev", patch, "accounts-api")

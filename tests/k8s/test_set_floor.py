@@ -98,6 +98,17 @@ def test_a_year_later_the_same_schedule_does_nothing(api, scaler):
     assert json.loads(result.stdout)["event"] == "skipped"
 
 
+@pytest.mark.parametrize("days_from_today, acts", [(-2, False), (-1, True), (0, True), (1, True), (2, True), (3, False)])
+def test_the_job_acts_from_two_days_before_its_date_to_the_day_after(api, scaler, days_from_today, acts):
+    """The runbook's check of the scaler, the day before an evening drop, runs the lower-floor job,
+    whose DATE is the next UTC day: two days ahead. It once skipped, proving nothing."""
+    due = (datetime.now(timezone.utc) + timedelta(days=days_from_today)).date().isoformat()
+    result = scaler(api, due, "checkout-api=40")
+    assert result.returncode == 0
+    assert (json.loads(result.stdout.splitlines()[0])["event"] != "skipped") == acts
+    assert bool(FakeApi.requests) == acts
+
+
 def test_a_refused_patch_fails_the_job_so_it_is_retried(api, scaler):
     FakeApi.status = 403
     result = scaler(api, today(), "checkout-api=40")

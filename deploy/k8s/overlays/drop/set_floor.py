@@ -4,8 +4,10 @@ Runs in the drop's CronJobs under a ServiceAccount that may only `patch` those a
 sends one JSON merge patch per autoscaler and reads nothing. The patches name their field manager,
 `floodgate-drop-scaler`: once it has changed a floor it owns it, so a server-side apply of a
 rendering with another floor is refused instead of undoing it. A CronJob schedule names a minute
-of a day of a month and would fire again a year later: on any day but DATE (UTC, give or take
-one) the job does nothing.
+of a day of a month and would fire again a year later: the job does nothing but from two days
+before DATE (UTC) to the day after it. Two days before, so that the runbook's check of the
+scaler's account the day before the drop (a job made from the lower-floor CronJob, whose DATE is
+the next UTC day after an evening drop) reaches the API server instead of skipping.
 """
 import datetime
 import json
@@ -35,7 +37,7 @@ def main(argv: list[str]) -> int:
         return 2
     due = datetime.date.fromisoformat(argv[0])
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    if abs((today - due).days) > 1:
+    if not -2 <= (today - due).days <= 1:
         log("skipped", reason="not the drop's date", due=str(due), today=str(today))
         return 0
     with open(f"{ACCOUNT}/namespace") as f:
