@@ -111,16 +111,22 @@ def _summary(raw: bytes) -> dict:
     text = message.get_body(preferencelist=("plain",))
     html = message.get_body(preferencelist=("html",))
     return {
-        "message_id": message.get("Message-ID"),
-        "from": message.get("From"),
+        # plain text: email.policy.default's header values are str subclasses that keep their
+        # parse trees (37 KiB a message kept, 59 MiB for a rehearsal's 1,601 emails)
+        "message_id": _text(message.get("Message-ID")),
+        "from": _text(message.get("From")),
         "to": [a.strip() for a in str(message.get(RCPT_TO, "")).split(",") if a.strip()],
-        "subject": message.get("Subject"),
-        "event": message.get("X-Floodgate-Event"),
+        "subject": _text(message.get("Subject")),
+        "event": _text(message.get("X-Floodgate-Event")),
         "date": _iso_date(message.get("Date")),
         "text": text.get_content() if text is not None else None,
         "html": html.get_content() if html is not None else None,
         "received_at_ns": int(message.get(RECEIVED_AT, 0)),
     }
+
+
+def _text(header) -> str | None:
+    return None if header is None else str.__str__(header)
 
 
 def _iso_date(header: str | None) -> str | None:
