@@ -134,7 +134,7 @@ def markdown(figures: dict) -> list[str]:
     verdict = "within" if figures["within_budget"] else "**over**"
     lines = ["## The stack's memory (PSS of every stack process; not PostgreSQL nor RabbitMQ)", "",
              f"Peak **{figures['peak_mib']} MiB** during {figures['peak_during']}: {verdict} the "
-             f"{figures['budget_mib']} MiB budget.", "",
+             f"{figures['budget_mib']} MiB budget.", *([figures["note"]] if figures.get("note") else []), "",
              "| stage | peak | at its end |", "|---|---|---|"]
     lines += [f"| {stage['name']} | {stage['peak_mib']} MiB | {stage['end_mib']} MiB |" for stage in figures["stages"]]
     names = [stage["name"] for stage in figures["stages"]]

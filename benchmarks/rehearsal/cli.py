@@ -40,6 +40,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import memory
 from benchmarks.cpu import CpuMeter, stack_roots
 from benchmarks.rehearsal import buyers as crowd_signup
 from benchmarks.rehearsal import (checks, faults as faults_mod, naive_checkout, observe, pgbench, report, rig as rigs,
@@ -328,6 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     for number in range(2, args.admitters + 1):  # beside the stack's own, as prod's replicas are
         rig.stack.start("checkout-admitter", as_name=f"checkout-admitter-{number}")
     phase("stack up")
+    # the stack's memory (benchmarks/memory.py), from its start to the drop's settling; a process
+    # a fault restarts is followed under its name
+    memory_meter = memory.MemoryMeter(lambda: stack_roots(rig.stack)) if rig.owned else None
+    if memory_meter is not None:
+        memory_meter.begin("at rest, started")
+        memory_meter.start()
+        memory_meter.begin("the buyers signing in")
+    memory_use = None
     if args.line and args.use_running:
         say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
             "per line-status edge process) and every buyer joins from 127.0.0.1: start it with that variable raised !!!\n")
@@ -346,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
             buyers_made = "registered and signed in"
 
         phase("buyers signed in")
+        if memory_meter is not None:
+            memory_meter.begin("before the opening (the crowd joining)")
         drop = floodgate.create_drop(admin, quantity=args.units, opens_in=args.lead, lasts=3600)
         opens_at = datetime.fromisoformat(drop["opens_at"]).timestamp()
         say(f"  drop {drop['id']}: {args.units} units over {drop.get('stock_shards', '?')} stock rows, opens in {opens_at - time.time():.1f}s\n")
@@ -375,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
         # the CPU of every process of our own stack, from the opening until the crowd has gone
         meter = DropCpu(rig, opens_at) if rig.owned else None
         progress = Progress(opens_at, sampler, window)
+        opening = None
+        if memory_meter is not None:
+            opening = threading.Timer(max(0.0, opens_at - time.time()), memory_meter.begin, ("the drop, faults on",))
+            opening.start()
         events = run_load(out, "drop", {"mode": "drop", "host": rig.stack.url("checkout"),
                                         "line_host": rig.stack.url("line-status"), "drop_id": drop["id"],
                                         "buyers": buyers, "opens_at": opens_at, "stop_at": opens_at + args.drop_seconds,
@@ -388,10 +403,18 @@ def main(argv: list[str] | None = None) -> None:
         crowd_left = time.time()
         say(f"\n  the crowd has gone ({crowd_left - opens_at:.1f}s after the opening); lifting the faults ...\n")
         recovered_at = injector.recover()
+        if memory_meter is not None:
+            opening.cancel()  # a crowd gone before the opening
+            opening.join()
+            memory_meter.begin("recovery and settling")
         say("  waiting for every confirmed order to be sold and emailed ...\n")
         verdict = checks.settle(rig, drop["id"], recovered_at, args.settle_seconds, progress=say)
         time.sleep(1)
         sampler.stop()
+        if memory_meter is not None:
+            memory_use = {**memory_meter.stop(), "note": (
+                "The rehearsal's stack runs a relay per service, so that a fault can stop one: three more "
+                "processes than `make run`'s, which relays every outbox from one (`make bench` measures that shape).")}
         phase("recovery")
         line_figures = None
         if args.line:
@@ -424,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
             "headline": headline, "crowd": crowd, "checks": verdict, "timeline": timeline.entries,
             "database_restart": report.database_restart(events, timeline.entries, verdict, opens_at),
             "pgbench": pg.as_dict() if pg else None, "naive": naive, "line": line_figures, "cpu": drop_cpu,
+            "memory": memory_use,
             "request_costs": report.request_costs(rig.stack.var_dir / "logs", opens_at, crowd_left) if rig.owned else None,
             "observed": {"control_room": camera.result if camera else None,
                          "slowest_order_trace": observe.slowest_order_trace(collector) if collector else None},
@@ -436,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{crowd['server_errors_by_kind']} !!!\n")
         say(f"\nReport: {out / 'report.md'} (JSON: report.json; plots: *.png)\n")
     finally:
+        if memory_meter is not None and memory_meter.is_alive():
+            memory_meter.stop()
         rig.teardown(keep=args.keep)
         if collector is not None:
             collector.__exit__(None, None, None)

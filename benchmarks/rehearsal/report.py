@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks import memory
+
 POST_ORDERS = "POST /orders"
 SPARKS = "▁▂▃▄▅▆▇█"
 # After a database restart each pooled connection fails once (a 503) before the pool reconnects.
@@ -613,6 +615,8 @@ def markdown(figures: dict, images: list[str]) -> str:
     if figures.get("cpu") or figures.get("request_costs"):
         lines += ["", "## Where the CPU went", "",
                   *cpu_markdown(figures.get("cpu"), figures.get("request_costs"), crowd["orders_placed"])]
+    if figures.get("memory"):
+        lines += ["", *memory.markdown(figures["memory"])]
     if figures.get("observed"):
         lines += ["", *observed_markdown(figures["observed"])]
     lines += ["", "## Faults", "", "| t (s from opening) | fault | what happened |", "|---|---|---|"]
