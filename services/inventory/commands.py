@@ -33,10 +33,12 @@ class ScheduleDrop:
 
 @dataclass(frozen=True)
 class ChangeDrop:
-    """An admin moving a drop's close and/or adding stock; at least one is given."""
+    """An admin moving a drop's close, adding stock and/or correcting its invite tier; at least one
+    is given."""
 
     closes_at: datetime | None = None
     add_quantity: int | None = None
+    invite_tier: str | None = None
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,15 @@ class Drop(Base):
         if quantity > self.per_buyer_limit:
             raise LimitExceeded(f"A buyer may reserve at most {self.per_buyer_limit} of this drop.")
 
+    def check_new_tier(self, now: datetime) -> None:
+        """An admin may correct the tier of an invite-only phase that has not ended: a misspelt one
+        admits nobody and locks every buyer out until it ends. Holds already made stay."""
+        if self.invite_only_until is None:
+            raise InvalidDrop("invite_tier", "This drop has no invite-only phase; a tier is set with invite_only_until "
+                                             "when the drop is scheduled.")
+        if now >= self.invite_only_until:
+            raise InvalidDrop("invite_tier", "The invite-only phase has ended; its tier no longer admits anyone.")
+
     def check_new_close(self, closes_at: datetime, now: datetime) -> None:
         """An admin may move the close of a drop to any time after it opens that is not already past."""
         if closes_at <= self.opens_at:

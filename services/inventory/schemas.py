@@ -106,11 +106,13 @@ class NewDropSchema(Schema):
 class ChangeDropSchema(Schema):
     closes_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     add_quantity = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+    # the invite-only phase's tier, corrected while the phase lasts (Drop.check_new_tier)
+    invite_tier = fields.String(validate=INVITE_TIER)
 
     @validates_schema
     def something_to_change(self, data, **kwargs) -> None:
         if not data:
-            raise ValidationError("Give closes_at, add_quantity or both.", field_name="_schema")
+            raise ValidationError("Give closes_at, add_quantity, invite_tier or several.", field_name="_schema")
 
     @post_load
     def to_command(self, data, **kwargs) -> ChangeDrop:

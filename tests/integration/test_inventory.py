@@ -428,6 +428,28 @@ def test_invite_only_phase_and_shipping_countries_are_enforced(floodgate, stack,
     assert assert_invariants(stack, drop["id"]) == {"available": 4, "held": 1, "sold": 0}
 
 
+def test_a_misspelt_tier_is_corrected_while_the_invite_only_phase_lasts_and_not_after(floodgate, stack, admin_token):
+    """A tier that admits nobody locks every buyer out until the phase ends: the admin corrects it
+    (PATCH once refused invite_tier as an unknown field)."""
+    drop = new_drop(floodgate, admin_token, quantity=5, invite_only_until=at(600), invite_tier="early-acess")
+    assert slug(reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="CA")) == "invite-only"
+
+    corrected = change(floodgate, admin_token, drop["id"], invite_tier="early-access")
+    assert corrected.status_code == 200, corrected.text
+    assert corrected.json()["invite_tier"] == "early-access"
+    assert reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="CA").status_code == 201
+    misspelt = change(floodgate, admin_token, drop["id"], invite_tier="Early-Access")
+    assert misspelt.status_code == 422 and list(misspelt.json()["errors"]) == ["invite_tier"]
+
+    open_to_all = new_drop(floodgate, admin_token, quantity=5)
+    refused = change(floodgate, admin_token, open_to_all["id"], invite_tier="early-access")
+    assert refused.status_code == 422 and "invite-only phase" in refused.json()["errors"]["invite_tier"][0]
+    ended = new_drop(floodgate, admin_token, quantity=5, opens_in=-10, invite_only_until=at(-1), invite_tier="early")
+    refused = change(floodgate, admin_token, ended["id"], invite_tier="press")
+    assert refused.status_code == 422 and "has ended" in refused.json()["errors"]["invite_tier"][0]
+    assert floodgate.get_drop(ended["id"])["invite_tier"] == "early"
+
+
 def test_after_the_invite_only_phase_every_buyer_may_reserve(floodgate, stack, admin_token):
     drop = new_drop(floodgate, admin_token, quantity=5, opens_in=-10, invite_only_until=at(-1), invite_tier="early")
     assert reserve(floodgate, drop["id"]).status_code == 201

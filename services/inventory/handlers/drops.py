@@ -186,7 +186,8 @@ def drop_stock(drop_id: str, uow) -> dict:
 
 
 def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
-    """Move a drop's close (extend or shorten, even reopen a closed drop) and/or add stock.
+    """Move a drop's close (extend or shorten, even reopen a closed drop), add stock and/or
+    correct the tier of an invite-only phase that has not ended.
 
     Shard rows are locked before the drop row, as a reservation that sells the last unit does
     (the lock order is in `handlers.reservations`).
@@ -195,6 +196,9 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     drops = Drop.__table__
     if cmd.closes_at is not None:
         uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
+    if cmd.invite_tier is not None:
+        uow.session.get(Drop, view.id).check_new_tier(_database_now(uow))
+        uow.session.execute(drops.update().where(drops.c.id == view.id).values(invite_tier=cmd.invite_tier))
     if cmd.add_quantity:
         if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
             raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
@@ -214,7 +218,7 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     log.info(
         "drop changed",
         extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
-               "add_quantity": cmd.add_quantity},
+               "add_quantity": cmd.add_quantity, "invite_tier": cmd.invite_tier},
     )
     return show_drop(view.id, uow)
 

@@ -162,6 +162,7 @@ class AdminEverywhere:
 
 def test_a_drop_change_moves_the_close_and_or_adds_stock():
     assert ChangeDropSchema().load({"add_quantity": 5}) == ChangeDrop(add_quantity=5)
+    assert ChangeDropSchema().load({"invite_tier": "early-access"}) == ChangeDrop(invite_tier="early-access")
     both = ChangeDropSchema().load({"closes_at": "2030-01-01T18:00:00Z", "add_quantity": 1})
     assert both.closes_at.hour == 18 and both.add_quantity == 1
 
@@ -173,6 +174,8 @@ def test_a_drop_change_moves_the_close_and_or_adds_stock():
     ({"add_quantity": 10**9}, "add_quantity"),
     ({"closes_at": "2030-01-01T18:00:00"}, "closes_at"),
     ({"quantity": 5}, "quantity"),
+    ({"invite_tier": "Early-Access"}, "invite_tier"),
+    ({"invite_tier": ""}, "invite_tier"),
 ])
 def test_invalid_drop_changes_name_the_field(body, field):
     with pytest.raises(ValidationError) as invalid:
