@@ -18,8 +18,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-import psutil
-
 BUDGET_MIB = 1024  # DESIGN.md: the whole stack under 1 GiB resident, at rest and under load
 MIB = 2 ** 20
 
@@ -27,6 +25,8 @@ MIB = 2 ** 20
 def stack_memory(roots: dict[int, str]) -> dict[str, int]:
     """PSS bytes now, per named root process with its children (a gunicorn master with its
     workers); a process that has gone counts nothing."""
+    import psutil  # the benchmarks' requirement (requirements-bench.txt), not the tests'
+
     groups: dict[str, int] = {}
     for pid, name in roots.items():
         try:
