@@ -508,6 +508,14 @@ def on_reservation_lost(envelope, uow, settings) -> None:
     """Inventory could not sell a confirmed order's units (its confirmation came after the hold
     was given back and the drop sold out meanwhile): cancel the order and refund it."""
     order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
+    if order is not None and order.status == orders.SHIPPED:
+        # Shipped in the moment between the refused sale and this event: a unit left the
+        # warehouse that the stock no longer had. It cannot be cancelled; people must settle it.
+        bind_order_id(str(order.id))
+        log.error("a shipped order's unit was lost: one unit more went out than the drop had",
+                  extra={"drop_id": str(order.drop_id), "quantity": order.quantity,
+                         "reason": envelope.data.get("reason")})
+        return
     if order is None or order.status != orders.CONFIRMED:
         return
     bind_order_id(str(order.id))
