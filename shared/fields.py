@@ -38,18 +38,15 @@ ADDRESS_COUNTRY_CODE = Pattern(r"^[A-Za-z]{2}$", error="Use an ISO 3166-1 alpha-
 INVITE_TIER = Pattern(r"^[a-z0-9][a-z0-9-]{0,63}$", error="Use lower-case letters, digits and dashes, such as early-access.")
 
 
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
 def email_address(text: str) -> str:
     """`text` as Floodgate keeps an email address: checked by email-validator (syntax only, no
     DNS; addresses under `.test`, RFC 2606, accepted for tests and rehearsals), in its normal form
-    (the domain lower-cased, Unicode composed), and the mailbox's ASCII letters lower-cased, so
-    `Ann@Example.com` and `ann@example.com` are one address. A mailbox's letters of other scripts
-    stay as typed: lower-casing `İlker` gives `i̇lker` (an i and a combining dot), another
-    mailbox. Raises EmailNotValidError."""
-    checked = validate_email(text.strip(), check_deliverability=False, test_environment=True)
-    return f"{checked.local_part.translate(_ASCII_LOWER)}@{checked.domain}"
+    (the domain lower-cased, Unicode composed), then lower-cased, so `Ann@Example.com` and
+    `ann@example.com` are one address. Every account was stored so, and sign-in looks it up so.
+    (Lower-casing a mailbox in another script can change it: `İlker` becomes `i̇lker`, an i and a
+    combining dot, which email-validator still takes. Keeping such letters as typed would have
+    left the accounts stored before unable to sign in.) Raises EmailNotValidError."""
+    return validate_email(text.strip(), check_deliverability=False, test_environment=True).normalized.lower()
 
 
 class EmailAddress(fields.String):
