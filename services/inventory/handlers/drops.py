@@ -198,7 +198,6 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
         uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
     if cmd.invite_tier is not None:
         uow.session.get(Drop, view.id).check_new_tier(_database_now(uow))
-        uow.session.execute(drops.update().where(drops.c.id == view.id).values(invite_tier=cmd.invite_tier))
     if cmd.add_quantity:
         if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
             raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
@@ -213,8 +212,11 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
                 announcements.c.drop_id == view.id, announcements.c.event_type == DROP_SOLD_OUT
             )
         )
+    # the drop row is written last: shard rows before the drop row, as a hold that sells the last unit locks them
     if cmd.closes_at is not None:
         uow.session.execute(drops.update().where(drops.c.id == view.id).values(closes_at=cmd.closes_at))
+    if cmd.invite_tier is not None:
+        uow.session.execute(drops.update().where(drops.c.id == view.id).values(invite_tier=cmd.invite_tier))
     log.info(
         "drop changed",
         extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
