@@ -164,6 +164,31 @@ def order_mails(floodgate, order_ids: set[str]) -> dict[tuple[str, str], int]:
     return counts
 
 
+def every_confirmation_and_no_late_pay_by(floodgate, stack, admin_token, order_ids: set[str],
+                                          timeout: float = 30) -> list[dict]:
+    """Wait until every order's emails are settled; assert each confirmation was mailed once and
+    each "pay by" email either once, before its confirmation, or never (logged `superseded`: it
+    came after the confirmation). The orders' delivery rows."""
+    confirmations = {(order_id, "order.confirmed") for order_id in order_ids}
+    poll(lambda: set(order_mails(floodgate, order_ids)) >= confirmations, timeout=timeout,
+         what="the confirmation emails")
+    settled = poll(lambda: (rows := [row for order_id in order_ids
+                                     for row in deliveries(floodgate, stack, admin_token, order_id=order_id)])
+                   and all(row["status"] in ("sent", "superseded") for row in rows) and rows,
+                   what="every delivery logged as sent or superseded")
+    mailed = order_mails(floodgate, order_ids)
+    assert {key: mailed.get(key) for key in confirmations} == {key: 1 for key in confirmations}
+    for order_id in order_ids:
+        rows = {row["event_type"]: row for row in settled if row["order_id"] == order_id}
+        placed, confirmed = rows["order.placed"], rows["order.confirmed"]
+        if placed["status"] == "sent":
+            assert mailed[(order_id, "order.placed")] == 1
+            assert datetime.fromisoformat(placed["sent_at"]) <= datetime.fromisoformat(confirmed["sent_at"])
+        else:
+            assert placed["status"] == "superseded" and (order_id, "order.placed") not in mailed
+    return settled
+
+
 # --- the must-show behaviours ------------------------------------------------------------------
 
 def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(floodgate, stack, admin_token):
@@ -191,25 +216,7 @@ def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(flood
     finally:
         set_fault(stack, "none")
 
-    # Every confirmation follows. A "pay by" email follows only if it goes out before its order's
-    # confirmation: one whose retry comes after it is logged superseded, never mailed.
-    confirmations = {(order_id, "order.confirmed") for order_id in order_ids}
-    poll(lambda: set(order_mails(floodgate, order_ids)) >= confirmations, timeout=30,
-         what="the confirmation emails once SMTP is back")
-    settled = poll(lambda: (rows := [row for order_id in order_ids
-                                     for row in deliveries(floodgate, stack, admin_token, order_id=order_id)])
-                   and all(row["status"] in ("sent", "superseded") for row in rows) and rows,
-                   what="every delivery logged as sent or superseded")
-    mailed = order_mails(floodgate, order_ids)
-    assert {key: mailed.get(key) for key in confirmations} == {key: 1 for key in confirmations}
-    for order_id in order_ids:
-        rows = {row["event_type"]: row for row in settled if row["order_id"] == order_id}
-        placed, confirmed = rows["order.placed"], rows["order.confirmed"]
-        if placed["status"] == "sent":
-            assert mailed[(order_id, "order.placed")] == 1
-            assert datetime.fromisoformat(placed["sent_at"]) <= datetime.fromisoformat(confirmed["sent_at"])
-        else:
-            assert placed["status"] == "superseded" and (order_id, "order.placed") not in mailed
+    settled = every_confirmation_and_no_late_pay_by(floodgate, stack, admin_token, order_ids)
     sent = sum(row["status"] == "sent" for row in settled)
     after = email_metrics(floodgate, stack)
     assert after["floodgate_notifications_deliveries[retrying]"] <= metrics["floodgate_notifications_deliveries[retrying]"] - 5
@@ -239,13 +246,7 @@ def test_smtp_stalling_10s_per_message_leaves_order_and_webhook_timings_unchange
     assert statistics.median(paying) < 3 * statistics.median(base_paying) + 0.25
 
     order_ids = {order["id"] for _, order in orders}
-    expected = {(order_id, event) for order_id in order_ids for event in ("order.placed", "order.confirmed")}
-    poll(lambda: set(order_mails(floodgate, order_ids)) >= expected, timeout=40, what="the stalled emails")
-    poll(lambda: all(row["status"] == "sent" for order_id in order_ids
-                     for row in deliveries(floodgate, stack, admin_token, order_id=order_id)),
-         what="every delivery logged as sent")
-    assert order_mails(floodgate, order_ids) == {key: 1 for key in expected}
-    rows = [row for order_id in order_ids for row in deliveries(floodgate, stack, admin_token, order_id=order_id)]
+    rows = every_confirmation_and_no_late_pay_by(floodgate, stack, admin_token, order_ids, timeout=40)
     # The stalled email waited 10 s on SMTP in one attempt; the broker connection (3 s heartbeat)
     # stayed up meanwhile, so nothing was redelivered or retried.
     assert [row["attempts"] for row in rows] == [1] * len(rows)
