@@ -324,8 +324,8 @@ def _park_again(channel, queue: str, method, properties, body: bytes) -> None:
     the one read. Never leave it unacked for the broker to put back: on a quorum queue such a
     return counts towards the delivery limit (on RabbitMQ 4.0 to 4.2 every one does), which 4.0
     and later set to 20 by default, and past it `<service>.dead` (dead-lettering nowhere) drops
-    the message. A new message starts
-    uncounted on every broker version, whatever the queue's arguments or policies. A read that
-    dies between the two leaves a duplicate parked, which the consumers' deduplication absorbs."""
+    the message. A new message starts uncounted on every broker version, whatever the queue's
+    arguments or policies. A read that dies between the two leaves a duplicate parked, which the
+    consumers' deduplication absorbs."""
     channel.basic_publish("", queue, body, properties, mandatory=True)
     channel.basic_ack(method.delivery_tag)
