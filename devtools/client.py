@@ -74,8 +74,8 @@ class Floodgate:
         """Create an admin with the accounts CLI and return an access token."""
         subprocess.run(
             [str(ROOT / ".venv" / "bin" / "flask") if (ROOT / ".venv").exists() else "flask",
-             "--app", "services.accounts.app", "create-admin", "--email", email, "--password", password],
-            cwd=ROOT, env=self.stack.env("accounts"), check=True, capture_output=True,
+             "--app", "services.accounts.app", "create-admin", "--email", email],
+            cwd=ROOT, env={**self.stack.env("accounts"), "ADMIN_PASSWORD": password}, check=True, capture_output=True,
         )
         return self.login(email, password)
 

@@ -20,11 +20,14 @@ log = logging.getLogger("floodgate.accounts")
 
 @click.command("create-admin")
 @click.option("--email", required=True)
-@click.option("--password", required=True, help="At least 10 characters.")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, envvar="ADMIN_PASSWORD",
+              help="At least 10 characters. Asked for when not given (or taken from ADMIN_PASSWORD), "
+                   "so it stays out of shell history and the process list.")
 @click.option("--name", default=None)
 @with_appcontext
 def create_admin(email: str, password: str, name: str | None) -> None:
-    """Create an admin account, or promote an existing one (setting its password); print its id."""
+    """Create an admin account, or promote an existing one (setting its password and ending
+    its sessions); print its id."""
     try:
         cmd = schemas.RegistrationSchema().load({"email": email, "password": password, "name": name})
     except ValidationError as error:

@@ -243,7 +243,11 @@ def find_account(account_id: str, uow) -> Account:
 
 def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
     """Make `cmd["email"]` an admin signing in with `cmd["password"]`: registered if new,
-    promoted (and its password set) if it exists, so the command can be run again safely."""
+    promoted (and its password set) if it exists, so the command can be run again safely.
+
+    An existing account's sessions are all ended: whoever signed in to it before (the person
+    who registered an address an admin later takes, or the thief of a password being reset)
+    must not refresh their way to an admin's token."""
     account = uow.accounts.by_email(cmd["email"])
     if account is None:
         return register_account(cmd, uow, passwords, role="admin")
@@ -251,6 +255,9 @@ def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
     account.password_hash = passwords.hash(cmd["password"])
     if cmd.get("name"):
         account.name = cmd["name"]
+    ended = uow.sessions.revoke_all(account.id, utc_now(), "made-admin")
+    log.warning("existing account made admin; its sessions ended",
+                extra={"account_id": str(account.id), "sessions_ended": ended})
     return account
 
 

@@ -3,7 +3,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from services.accounts import handlers
-from services.accounts.errors import InvalidCredentials
+from services.accounts.errors import InvalidCredentials, InvalidRefreshToken
 from services.accounts.passwords import OWASP_ARGON2ID, Passwords
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
 from shared import auth
@@ -111,6 +111,16 @@ def test_create_admin_promotes_an_existing_buyer_and_sets_the_given_password(uow
     assert len(uow.accounts.rows) == 1
 
 
+def test_making_an_existing_account_admin_ends_its_sessions_so_none_refreshes_to_an_admin_token(uow, passwords, issuer, ann):
+    signed_in_before = sign_in(uow, passwords, issuer, "ann@example.com", "correct horse battery")
+
+    handlers.create_admin(RegistrationSchema().load({"email": "ann@example.com", "password": "a new admin password"}), uow, passwords)
+
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(signed_in_before.refresh_token, uow, issuer)
+    assert verifier_for(uow, issuer).verify(sign_in(uow, passwords, issuer, "ann@example.com", "a new admin password").token).is_admin
+
+
 def test_over_http_a_failed_sign_in_is_one_generic_401_problem(client, uow, passwords, ann):
     bodies = [
         client.post("/sessions", json={"email": email, "password": "wrong password!"})
@@ -143,3 +153,17 @@ def test_over_http_the_signed_in_buyer_sees_their_account(app, client, uow, ann)
 
     assert response.status_code == 200
     assert response.get_json() == {"id": str(ann.id), "email": "ann@example.com", "name": "Ann", "role": "buyer", "tier": None}
+
+
+def test_create_admin_asks_for_the_password_instead_of_taking_it_on_the_command_line(app, uow, monkeypatch):
+    from services.accounts import cli
+
+    monkeypatch.setattr(cli, "unit_of_work", lambda: uow)
+
+    result = app.test_cli_runner().invoke(args=["create-admin", "--email", "boss@example.com"],
+                                          input="admin password\nadmin password\n")
+
+    assert result.exit_code == 0, result.output
+    assert "admin password" not in result.output
+    admin = uow.accounts.by_email("boss@example.com")
+    assert admin.role == "admin" and str(admin.id) in result.output and uow.committed
