@@ -1,12 +1,14 @@
 """Verification of the accounts service's tokens, locally, from its cached JWKS.
 
-Checkout and inventory never call accounts on the order path: the JWKS is fetched once, kept,
-and refreshed only when a token names a key id we do not know, at most once per
+Checkout and inventory never call accounts on the order path: the JWKS is fetched and kept.
+A request refreshes it only when its token names a key id we do not know, at most once per
 `min_refresh_seconds`, so a flood of forged key ids cannot turn into a flood of fetches.
 
 Under gunicorn every worker fetches the keys as it starts (retrying with capped back-off until
 accounts answers once), so a buyer who signed in before an accounts outage is verified by any
-worker during it, not only by the workers that happened to see a token before.
+worker during it, not only by the workers that happened to see a token before. The same thread
+then fetches them again every `max_age_seconds`, so a key accounts retires (a compromised one)
+stops verifying everywhere within that, whatever tokens a worker happens to see.
 """
 from __future__ import annotations
 
@@ -62,9 +64,11 @@ class KeySet:
         min_refresh_seconds: float = 30.0,
         fetch: Callable[[str], dict] | None = None,
         cache_file: str = "",
+        max_age_seconds: float = 300.0,
     ):
         self._url = jwks_url
         self._min_refresh = min_refresh_seconds
+        self._max_age = max_age_seconds
         self._fetch = fetch or _http_fetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
@@ -95,28 +99,43 @@ class KeySet:
 
     def warm_up(self, max_delay: float = WARM_UP_MAX_DELAY_SECONDS) -> None:
         """Fetch the keys until one fetch succeeds, backing off up to `max_delay` seconds with
-        jitter, so workers starting together do not stampede."""
+        jitter, so workers starting together do not stampede. Keys read from the disk cache are
+        fetched again once all the same (one retired since must not verify here), and kept if
+        accounts does not answer."""
         delay = 0.2
-        while not self.loaded:
+        while True:
             with self._lock:
-                if not self.loaded:
-                    self._refresh(quiet=True)
-            if self.loaded:
+                fetched = self._refresh(quiet=True)
+            if fetched or self.loaded:
                 return
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(max_delay, delay * 2)
 
-    def _refresh(self, quiet: bool = False) -> None:
+    def keep_fresh(self, stop: threading.Event | None = None) -> None:
+        """Warm up, then fetch the keys again every `max_age_seconds` (jittered) until `stop`
+        is set: a retired key stops verifying here within that. Runs on a thread of its own."""
+        stop = stop or threading.Event()
+        self.warm_up()
+        while not stop.wait(self._max_age * random.uniform(0.8, 1.0)):
+            with self._lock:
+                self._refresh(quiet=True)
+
+    def _refresh(self, quiet: bool = False) -> bool:
+        """Fetch the key set; True when it brought usable keys (they replace the ones held)."""
         self._last_fetch = time.monotonic()
         try:
             document = self._fetch(self._url)
             keys = _usable_keys(document)
         except Exception:  # keep serving the keys we have; the next unknown kid retries later
             log.warning("could not fetch JWKS", extra={"jwks_url": self._url}, exc_info=not quiet)
-            return
+            return False
         if not keys:  # a set with no usable key (a proxy's answer, a bad deploy) is not a rotation
             log.warning("JWKS has no usable key; keeping the keys we have", extra={"jwks_url": self._url})
-            return
+            return False
+        retired = self._keys.keys() - keys.keys()
+        if retired:
+            log.info("JWKS keys no longer published; tokens they signed are refused",
+                     extra={"kids": sorted(retired)})
         self._keys = keys
         if self._cache is not None:
             try:
@@ -125,6 +144,7 @@ class KeySet:
                 partial.replace(self._cache)  # atomic: a reader never sees half a file
             except OSError:
                 log.warning("could not write the JWKS cache", extra={"path": str(self._cache)})
+        return True
 
 
 def _usable_keys(document: dict) -> dict[str, jwt.PyJWK]:
@@ -253,10 +273,12 @@ class _Verified:
 
 def jwks_verifier(settings) -> TokenVerifier:
     """The verifier of every service but accounts: keys fetched from accounts' JWKS_URL. In a
-    gunicorn worker it starts fetching them at once, in the background."""
-    keys = KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file)
+    gunicorn worker it starts fetching them at once, and again every JWKS_MAX_AGE_SECONDS, in
+    the background."""
+    keys = KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file,
+                  max_age_seconds=settings.jwks_max_age_seconds)
     if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
-        threading.Thread(target=_warm_up_later, args=(keys,), name="jwks-warm-up", daemon=True).start()
+        threading.Thread(target=_keep_fresh_later, args=(keys,), name="jwks-refresh", daemon=True).start()
     return TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
 
 
@@ -265,9 +287,9 @@ def init_app(app, verifier: TokenVerifier, service_key: str) -> None:
     app.extensions["floodgate.auth"] = (verifier, service_key)
 
 
-def _warm_up_later(keys: KeySet) -> None:
+def _keep_fresh_later(keys: KeySet) -> None:
     time.sleep(random.uniform(0.1, 0.5))  # spreads workers that start together apart
-    keys.warm_up()
+    keys.keep_fresh()
 
 
 def _bearer() -> str:

@@ -47,6 +47,9 @@ class Settings:
     jwt_issuer: str = "floodgate-accounts"
     jwt_audience: str = "floodgate"
     jwks_min_refresh_seconds: float = 30.0
+    # every process fetches the JWKS again this often: a key accounts retires stops verifying
+    # everywhere within it (accounts serves the JWKS with the same max-age)
+    jwks_max_age_seconds: float = 300.0
     # where the last good JWKS is kept for workers that start while accounts is down ("" = nowhere)
     jwks_cache_file: str = ""
     # service-to-service calls carry this key (development default)

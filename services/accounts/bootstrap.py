@@ -73,7 +73,8 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         passwords=Passwords(
             concurrency=settings.password_hashing_concurrency, wait_seconds=settings.password_hashing_wait_seconds
         ),
-        issuer=tokens.TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds, keks),
+        issuer=tokens.TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds, keks,
+                                  timedelta(seconds=settings.signing_key_publish_seconds)),
         key_encryption=keks,
         throttle=SignInThrottle(
             per_account=BackoffPolicy(

@@ -48,14 +48,18 @@ def create_admin(email: str, password: str, name: str | None) -> None:
 )
 @with_appcontext
 def rotate_keys(retire_older_than_hours: float | None) -> None:
-    """Sign new tokens with a new key; earlier keys stay published until retired."""
+    """Publish a new key that signs new tokens once verifiers can have fetched it (at once when
+    every earlier key is retired); earlier keys stay published until retired."""
     retire_after = None if retire_older_than_hours is None else timedelta(hours=retire_older_than_hours)
+    issuer = root().issuer
     with unit_of_work() as uow:
-        key, retired = handlers.rotate_keys(uow, root().key_encryption, retire_after)
+        key, retired = handlers.rotate_keys(uow, issuer.key_encryption, retire_after, issuer.new_key_published_for)
+        signs_now = handlers.signing_key(uow, key.created_at, issuer.key_encryption, issuer.new_key_published_for) is key
         uow.commit()
-    click.echo(f"signing with {key.kid}")
     for old in retired:
         click.echo(f"retired {old.kid}")
+    signs_from = "now" if signs_now else (key.created_at + issuer.new_key_published_for).isoformat(timespec="seconds")
+    click.echo(f"published {key.kid}; it signs new tokens from {signs_from}")
 
 
 @click.command("reencrypt-signing-keys")

@@ -8,6 +8,10 @@ from shared.config import Settings as CommonSettings
 class Settings(CommonSettings):
     # Short: a revoked session's access tokens stop working within this; clients refresh.
     access_token_ttl_seconds: int = 900
+    # A rotated-in signing key signs only after it has been published this long. Keep it at
+    # least twice the verifiers' JWKS_MIN_REFRESH_SECONDS (30): each verifier fetches the key
+    # set at most that often, and must have had the chance to since the key appeared.
+    signing_key_publish_seconds: float = 60.0
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     # Each argon2id hash holds 19 MiB and a core for ~tens of ms; more concurrent hashes per
     # process than cores only adds memory, so a login storm queues here instead.

@@ -160,7 +160,7 @@ def _tokens_for(account: Account, signed_in: Session, uow, issuer: TokenIssuer, 
         RefreshToken(token_hash=refresh_hash, session_id=signed_in.id, issued_at=now, expires_at=now + refresh_ttl, used_at=None)
     )
     try:
-        access = issuer.issue(account, signing_key(uow, now, issuer.key_encryption), now)
+        access = issuer.issue(account, signing_key(uow, now, issuer.key_encryption, issuer.new_key_published_for), now)
     except SigningKeyUnreadable as error:
         log.error("cannot sign access tokens", extra={"error": str(error)})
         raise SigningUnavailable("Tokens cannot be issued right now; try again later.", retry_after=30) from None
@@ -210,11 +210,20 @@ def end_all_sessions(account_id: str, uow) -> int:
     return uow.sessions.revoke_all(account.id, utc_now(), "logout-everywhere")
 
 
-def signing_key(uow, now: datetime, key_encryption: KeyEncryptionKeys) -> SigningKey:
-    """The key that signs now: the newest non-retired one, created on first use."""
+def signing_key(uow, now: datetime, key_encryption: KeyEncryptionKeys,
+                published_for: timedelta = timedelta(0)) -> SigningKey:
+    """The key that signs now: the newest non-retired one published at least `published_for`
+    ago (else the oldest non-retired one: the only key, or the one left after retiring all
+    others), created on first use.
+
+    A verifier fetches the key set again only when a token names a key it does not know, and
+    at most every JWKS_MIN_REFRESH_SECONDS; a key that signed the moment it was made would be
+    refused by a worker that fetched just before, or whose fetches someone keeps spending with
+    made-up key ids."""
     active = uow.signing_keys.active()
     if active:
-        return active[0]
+        settled = [key for key in active if key.created_at <= now - published_for]
+        return settled[0] if settled else active[-1]
     # Every worker may get here at once on a fresh database; the lock lets exactly one create it.
     uow.signing_keys.lock()
     active = uow.signing_keys.active()
@@ -262,9 +271,11 @@ def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
 
 
 def rotate_keys(
-    uow, key_encryption: KeyEncryptionKeys, retire_superseded_for: timedelta | None = None
+    uow, key_encryption: KeyEncryptionKeys, retire_superseded_for: timedelta | None = None,
+    published_for: timedelta = timedelta(0),
 ) -> tuple[SigningKey, list[SigningKey]]:
-    """Start signing with a new key. The previous keys stay published; with
+    """Publish a new key, which signs once it has been published for `published_for` (at once
+    if every other key is retired; see `signing_key`). The previous keys stay published; with
     `retire_superseded_for`, those that stopped signing at least that long ago are retired
     (their tokens have expired once it exceeds the token lifetime; zero retires them all now)."""
     now = utc_now()
@@ -274,10 +285,11 @@ def rotate_keys(
     uow.signing_keys.add(key)
     retired = []
     if retire_superseded_for is not None:
-        # previous is newest first: each key stopped signing when the one before it was created
-        superseded_at = [now] + [older.created_at for older in previous[:-1]]
+        # previous is newest first: each key stops signing once the one before it has been
+        # published for `published_for`
+        superseded_at = [now + published_for] + [older.created_at + published_for for older in previous[:-1]]
         for old, since in zip(previous, superseded_at):
-            if now - since >= retire_superseded_for:
+            if retire_superseded_for == timedelta(0) or now - since >= retire_superseded_for:
                 old.retired_at = now
                 retired.append(old)
     return key, retired

@@ -93,6 +93,9 @@ class TokenIssuer:
     audience: str
     ttl_seconds: int
     key_encryption: KeyEncryptionKeys
+    # A new key signs only once it has been published this long, so every verifier can have
+    # fetched it first (see Settings.signing_key_publish_seconds).
+    new_key_published_for: timedelta = timedelta(0)
 
     def issue(self, account: Account, key: SigningKey, now: datetime) -> AccessToken:
         """`SigningKeyUnreadable` when `key` cannot be decrypted with the configured KEKs."""

@@ -487,7 +487,7 @@ class LineStatusApp:
         if self.refresher is not None:
             self.refresher.start()
         if self.joiner is not None:  # accounts' keys, fetched before the first join needs them
-            threading.Thread(target=self.joiner.verifier.keys.warm_up, name="jwks-warm-up", daemon=True).start()
+            threading.Thread(target=self.joiner.verifier.keys.keep_fresh, name="jwks-refresh", daemon=True).start()
 
     async def _lifespan(self, receive, send) -> None:
         while True:

@@ -5,6 +5,7 @@ import pytest
 
 from services.accounts import handlers
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
+from services.accounts.tokens import TokenIssuer
 from shared.auth import KeySet, TokenVerifier
 from shared.errors import Unauthorized
 
@@ -38,6 +39,31 @@ def test_after_a_rotation_new_tokens_use_the_new_key_and_old_tokens_still_verify
     assert set(published(uow, key_encryption)) == {new_key.kid, jwt.get_unverified_header(old_token)["kid"]}
     verifier = verifier_for(uow, key_encryption)
     assert verifier.verify(old_token).email == verifier.verify(new_token).email == "ann@example.com"
+
+
+def test_a_rotated_in_key_signs_only_once_verifiers_can_have_fetched_it(uow, passwords, key_encryption, ann_token):
+    _, sign_in_now = ann_token
+    old_kid = jwt.get_unverified_header(sign_in_now())["kid"]
+    issuer = TokenIssuer("floodgate-accounts", "floodgate", 3600, key_encryption, new_key_published_for=timedelta(seconds=60))
+    credentials = SessionRequestSchema().load({"email": "ann@example.com", "password": "correct horse battery"})
+
+    new_key, _ = handlers.rotate_keys(uow, key_encryption, published_for=issuer.new_key_published_for)
+
+    signed_at_once = handlers.open_session(credentials, uow, passwords, issuer).token
+    assert jwt.get_unverified_header(signed_at_once)["kid"] == old_kid
+    assert new_key.kid in published(uow, key_encryption)
+    new_key.created_at -= timedelta(seconds=61)
+    assert jwt.get_unverified_header(handlers.open_session(credentials, uow, passwords, issuer).token)["kid"] == new_key.kid
+
+
+def test_a_new_key_signs_at_once_when_every_earlier_key_is_retired(uow, passwords, key_encryption, ann_token):
+    issuer = TokenIssuer("floodgate-accounts", "floodgate", 3600, key_encryption, new_key_published_for=timedelta(seconds=60))
+    credentials = SessionRequestSchema().load({"email": "ann@example.com", "password": "correct horse battery"})
+
+    new_key, retired = handlers.rotate_keys(uow, key_encryption, timedelta(0), published_for=issuer.new_key_published_for)
+
+    assert len(retired) == 1
+    assert jwt.get_unverified_header(handlers.open_session(credentials, uow, passwords, issuer).token)["kid"] == new_key.kid
 
 
 def test_retiring_drops_only_keys_that_stopped_signing_long_enough_ago(uow, key_encryption):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import jwt
@@ -127,6 +128,56 @@ def test_a_worker_started_while_accounts_is_down_uses_the_keys_its_siblings_cach
     with pytest.raises(ServiceUnavailable) as unavailable:
         stranger.verify(jwks.token())
     assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "2"
+
+
+def test_a_key_accounts_retires_stops_verifying_within_the_max_age_without_a_new_key_id(jwks):
+    keys = KeySet("http://accounts/jwks", min_refresh_seconds=60, fetch=jwks, max_age_seconds=0.01)
+    verifier = TokenVerifier(keys, ISSUER, AUDIENCE)
+    compromised = jwks.token(role="admin")
+    assert verifier.verify(compromised).is_admin
+    jwks.key, jwks.kid = ec.generate_private_key(ec.SECP256R1()), "k2"  # k1 retired: only k2 published
+    fetched_before = jwks.fetches
+
+    stop = threading.Event()
+    refresher = threading.Thread(target=keys.keep_fresh, args=(stop,), daemon=True)
+    refresher.start()
+    deadline = time.monotonic() + 5
+    while jwks.fetches < fetched_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    refresher.join(5)
+
+    with pytest.raises(Unauthorized):
+        verifier.verify(compromised)
+    assert verifier.verify(jwks.token(kid="k2")).subject == "buyer-1"
+
+
+def test_a_worker_that_read_keys_from_the_cache_fetches_once_all_the_same(jwks, tmp_path):
+    cache = tmp_path / "jwks.json"
+    first = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache)), ISSUER, AUDIENCE)
+    retired_token = jwks.token()
+    first.verify(retired_token)
+    jwks.key, jwks.kid = ec.generate_private_key(ec.SECP256R1()), "k2"
+
+    restarted = KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache))
+    restarted.warm_up()
+
+    with pytest.raises(Unauthorized):
+        TokenVerifier(restarted, ISSUER, AUDIENCE).verify(retired_token)
+
+
+def test_a_worker_that_read_keys_from_the_cache_keeps_them_when_accounts_is_down(jwks, tmp_path, monkeypatch):
+    cache = tmp_path / "jwks.json"
+    TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache)), ISSUER, AUDIENCE).verify(jwks.token())
+    monkeypatch.setattr(time, "sleep", lambda _seconds: pytest.fail("warm-up waited although it had cached keys"))
+
+    def accounts_down(url):
+        raise ConnectionError("accounts is down")
+
+    restarted = KeySet("http://accounts/jwks", 60, fetch=accounts_down, cache_file=str(cache))
+    restarted.warm_up()
+
+    assert TokenVerifier(restarted, ISSUER, AUDIENCE).verify(jwks.token()).subject == "buyer-1"
 
 
 class Clock:
