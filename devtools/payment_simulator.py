@@ -3,7 +3,10 @@
 The buyer follows the approval link checkout gave them (`GET /pay/<order_id>?amount=&currency=&sig=`)
 and approves (`POST /pay/<order_id>/approve` with the same query). The simulator captures the
 payment once and calls checkout's webhook, signed like the real provider does:
-`CHECKOUT.ORDER.APPROVED`, then `PAYMENT.CAPTURE.COMPLETED` (or `PAYMENT.CAPTURE.DENIED`).
+`CHECKOUT.ORDER.APPROVED`, then `PAYMENT.CAPTURE.COMPLETED` (or `PAYMENT.CAPTURE.DENIED`). An
+event checkout does not answer (or answers 5xx) is tried five times while the approval waits,
+then again in the background (1 s, 2 s, ... 30 s apart) for `WEBHOOK_REDELIVERY_SECONDS` (an
+hour), as PayPal keeps retrying for days: a payment is never dropped because checkout was away.
 
 Tests and rehearsals steer it with `POST /control`:
 `{"outcome": "approve"|"decline", "delay_seconds": 0, "duplicates": 0, "reorder": false,
@@ -48,7 +51,7 @@ PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
 DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False, "refunds": "ok"}
 
 
-def create_app(webhook_url: str, secret: str) -> Flask:
+def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 3600.0) -> Flask:
     app = Flask("payment-simulator")
     payments: dict[str, dict] = {}
     refunds: dict[str, dict] = {}
@@ -72,19 +75,42 @@ def create_app(webhook_url: str, secret: str) -> Flask:
         expected = hmac.new(secret.encode(), f"{order_id}:{amount}:{currency}".encode(), hashlib.sha256).hexdigest()
         return (amount, currency) if hmac.compare_digest(expected, request.args.get("sig", "")) else None
 
-    def deliver(event: dict) -> int | None:
+    def post(event: dict, attempt: int) -> int | None:
+        """One delivery of `event`: checkout's answer, or None when it gave none (or a 5xx)."""
         body = json.dumps(event).encode()
-        for attempt in range(5):
-            try:
-                response = webhooks.urlopen(
-                    "POST", webhook_target, body=body,
-                    headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body, int(time.time()))})
-                if response.status < 500:
-                    return response.status
-            except urllib3.exceptions.HTTPError as error:
-                log.warning("webhook delivery failed", extra={"error": repr(error), "attempt": attempt + 1})
-            time.sleep(0.2 * 2**attempt)
+        try:
+            response = webhooks.urlopen(
+                "POST", webhook_target, body=body,
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body, int(time.time()))})
+            if response.status < 500:
+                return response.status
+        except urllib3.exceptions.HTTPError as error:
+            log.warning("webhook delivery failed", extra={"error": repr(error), "attempt": attempt})
         return None
+
+    def deliver(event: dict) -> int | None:
+        """Five tries while the buyer's approval waits (6.2 s); then, as a real provider keeps
+        retrying for days, more in the background until `redeliver_for_seconds` have passed."""
+        for attempt in range(5):
+            status = post(event, attempt + 1)
+            if status is not None:
+                return status
+            time.sleep(0.2 * 2**attempt)
+        threading.Thread(target=redeliver, args=(event,), name="webhook-redelivery", daemon=True).start()
+        return None
+
+    def redeliver(event: dict) -> None:
+        fields = {"event_id": event["id"], "event_type": event["event_type"], "order_id": event["resource"]["order_id"]}
+        deadline, delay, attempt = time.monotonic() + redeliver_for_seconds, 1.0, 5
+        while time.monotonic() + delay < deadline:
+            time.sleep(delay)
+            attempt += 1
+            status = post(event, attempt)
+            if status is not None:
+                log.info("webhook redelivered", extra={**fields, "attempt": attempt, "status": status})
+                return
+            delay = min(30.0, delay * 2)
+        log.error("webhook never answered; gave up redelivering", extra={**fields, "attempts": attempt})
 
     def deliver_all(events: list[dict], settings: dict) -> list[int | None]:
         if settings["reorder"]:
@@ -218,7 +244,8 @@ def create_app(webhook_url: str, secret: str) -> Flask:
 def app_from_environment() -> Flask:
     """The app gunicorn serves (`main` starts it): webhooks to CHECKOUT_WEBHOOK_URL."""
     logs.configure("payment-simulator")
-    return create_app(os.environ["CHECKOUT_WEBHOOK_URL"], os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_SECRET))
+    return create_app(os.environ["CHECKOUT_WEBHOOK_URL"], os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_SECRET),
+                      float(os.environ.get("WEBHOOK_REDELIVERY_SECONDS", "3600")))
 
 
 def main() -> None:

@@ -252,15 +252,20 @@ class InventoryClient:
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
         body = {k: v for k, v in body.items() if v is not None}
-        if self._holds is None or renew:
+        if renew:
+            # Not behind the circuit breaker either: the buyer has paid, and a breaker opened by
+            # the rush's failed orders would answer the provider 503 without asking inventory,
+            # until the provider gives up retrying and the payment is neither kept nor refunded.
+            return self._reserve_one(body, guarded=False)
+        if self._holds is None:
             return self._reserve_one(body)
         # The order's trace shows its wait; the call that carries its hold is in the trace of the
         # call's first order, linked from here.
         with tracing.span("inventory hold", attributes={"floodgate.hold.batched": True}) as waiting:
             return self._holds.submit(({**body, "request_id": current_request_id()}, waiting))
 
-    def _reserve_one(self, body: dict) -> Hold:
-        response = self._call("/reservations", body)
+    def _reserve_one(self, body: dict, guarded: bool = True) -> Hold:
+        response = self._call("/reservations", body, guarded=guarded)
         return self._hold_of(response.status, _document(response))
 
     def _hold_batch(self, items: list[tuple[dict, object]]) -> list:

@@ -278,6 +278,30 @@ def test_no_checkout_transaction_stays_open_while_inventory_renews_a_late_paymen
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
 
+def test_a_late_payment_made_while_inventory_is_down_is_kept_once_it_is_back(floodgate, stack, admin_token):
+    """A payment after the hold ran out needs inventory to hold the units again. With inventory's
+    API down, the rush's failed orders open checkout's circuit breaker, and checkout answers the
+    provider's capture 503: it must still be applied once inventory is back, from the provider's
+    later deliveries (the simulator keeps redelivering, as PayPal does), never left captured at
+    the provider with the order expired and no refund."""
+    with restarted(stack, "inventory-api", hold_ttl_seconds=2), \
+            restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+        drop = floodgate.create_drop(admin_token, quantity=3)
+        _, token = floodgate.register()
+        order = floodgate.place_order(token, drop["id"]).json()
+        floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+        _, crowd = floodgate.register()
+        with stopped(stack, "inventory-api"):
+            refused = [floodgate.place_order(crowd, drop["id"]).status_code for _ in range(8)]
+            assert set(refused) == {503}, refused
+            paid = floodgate.pay(order).json()
+            assert paid["webhook_statuses"] == [200, None], paid  # approved noted; the capture not applied yet
+        stack.wait_until_ready()
+        kept = floodgate.wait_for_status(token, order["id"], "confirmed", timeout=60)
+        assert "late payment" in kept["history"][-1]["reason"]
+        assert kept["payment"]["capture_id"] == paid["capture_id"]
+
+
 def _signed_capture(floodgate, stack, order: dict):
     """A function that delivers the provider's capture of `order` (one event, the same each time)
     to checkout's webhook, signed as the provider signs it, and returns checkout's answer."""

@@ -131,3 +131,16 @@ def test_a_sale_for_an_order_cancelled_meanwhile_is_told_apart_from_inventory_fa
     with pytest.raises(errors.StaleOrderVersion):
         inventory.sell("o1", order_version=2)
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+def test_a_late_payments_renewal_asks_inventory_even_while_the_breaker_is_open():
+    inventory = InventoryClient("http://inventory.test", "key", 1.0, CircuitBreaker(1, 60.0), hold_batch_size=16)
+    inventory._pool = Pool(lambda path, body: Answer(201, held(body["order_id"])))
+    inventory._breaker.failed()  # the rush's failed orders opened it
+    with pytest.raises(errors.InventoryUnavailable):
+        inventory.reserve("o9", DROP, "b9", 1)
+
+    renewed = inventory.reserve("o1", DROP, "b1", 1, renew=True, order_version=2)
+
+    assert renewed.order_id == "o1"
+    assert [(path, sent["renew"]) for path, sent in inventory._pool.calls] == [("/reservations", True)]
