@@ -256,7 +256,8 @@ class PaymentOutcome:
     order_id: str | None = None
     sale_version: int | None = None
     renewal_asked: RenewalAsked | None = None
-    # the order was cancelled while its late payment's renewal was asked: that hold is given back
+    # a late payment's renewed hold is not used (the order was cancelled meanwhile, or its
+    # address is at its limit): it is given back after the commit
     renewal_unused: bool = False
 
 
@@ -377,10 +378,11 @@ def _renew(asked: RenewalAsked, inventory: InventoryClient) -> Renewal | None:
 
 
 def _give_back_renewal(order_id: str, inventory: InventoryClient) -> None:
-    """The order was cancelled while its late payment's renewal was asked: its cancel may have
-    given the units back before the renewal took them again (both are the order's next version),
-    so they are given back now rather than when that hold runs out. An order cancelled is never
-    confirmed again, and inventory never releases a sold unit."""
+    """A late payment's renewed hold is not used: the order was cancelled while the renewal was
+    asked (its cancel may have given the units back before the renewal took them again: both
+    are the order's next version), or its address reached its limit meanwhile. The units are
+    given back now rather than when that hold runs out. Such an order is never confirmed
+    again, and inventory never releases a sold unit."""
     try:
         inventory.release(order_id)
     except Problem as refusal:
@@ -398,10 +400,14 @@ def _late_payment(order: Order, uow, renewal: Renewal, settings) -> PaymentOutco
             _end_order(order, uow, settings, "order.expired")
         _request_refund(order, uow, order.payment_capture_id, f"late payment and {renewal.refusal.title.lower()}")
         return PaymentOutcome("late-refunded")
+    if order.status != orders.AWAITING_PAYMENT and order.address_key and not _take_address_allowance(
+            uow, order.drop_id, order.address_key, order.quantity, settings.per_address_limit):
+        # The address's count was given back when the order ended, and orders placed since
+        # took it: paid late, this one would put more units on the address than the limit.
+        _request_refund(order, uow, order.payment_capture_id,
+                        f"late payment and the shipping address already has {settings.per_address_limit} unit(s) of this drop")
+        return PaymentOutcome("late-refunded", str(order.id), renewal_unused=True)
     order.hold_expires_at = renewal.hold.hold_expires_at
-    if order.status != orders.AWAITING_PAYMENT:
-        # The address's count was given back when the order ended; the paid order counts again.
-        _take_address_allowance(uow, order.drop_id, order.address_key, order.quantity, limit=2**31 - 1)
     _confirm(order, uow, settings, "late payment; stock held again")
     return PaymentOutcome("late-confirmed", str(order.id), orders.version(order))
 

@@ -144,6 +144,29 @@ def test_a_late_payment_for_an_ended_order_holds_the_stock_again_and_counts_the_
     assert (event_type, data["status"], data["version"]) == ("order.confirmed", "confirmed", 3)
 
 
+@pytest.mark.parametrize("ended", [expired, declined])
+def test_a_late_payment_is_refunded_when_orders_placed_since_took_its_address_allowance(checkout, ended):
+    first, second = checkout.place("key-1", buyer_id="ann"), checkout.place("key-2", buyer_id="bob")
+    ended(checkout, first)
+    if ended is expired:
+        expired(checkout, second)
+    else:
+        checkout.pay(denial(second, event_id="WH-D2"))
+    ended_as = first.status
+    checkout.place("key-3", buyer_id="cy"), checkout.place("key-4", buyer_id="dee")
+    assert checkout.settings.per_address_limit == 2 == checkout.units_on_address(first)
+
+    result, events = checkout.pay(capture(first))
+
+    assert result == "late-refunded"
+    assert statuses(first) == ["awaiting_payment", ended_as]
+    assert checkout.units_on_address(first) == 2
+    [(event_type, data)] = events
+    assert event_type == "payment.refund_requested" and data["capture_id"] == "CAP-1"
+    assert "shipping address" in data["reason"]
+    assert checkout.inventory.released[-1] == str(first.id)  # the renewed hold given back at once
+
+
 def test_a_late_payment_without_stock_expires_the_order_and_is_refunded(checkout):
     order = checkout.place()
     hold_ran_out(order)
