@@ -81,6 +81,10 @@ KINDS: dict[str, Kind] = {
         schemas.EndedOrderSchema, "order_expired", "buyer_email",
         _order_subject("Your order {order_id} expired before it was paid"),
     ),
+    "order.payment_failed": Kind(
+        schemas.EndedOrderSchema, "order_payment_failed", "buyer_email",
+        _order_subject("Your payment for order {order_id} was declined"),
+    ),
     "order.shipped": Kind(
         schemas.ShippedOrderSchema, "order_shipped", "buyer_email", _order_subject("Your order {order_id} has shipped")
     ),

@@ -34,7 +34,8 @@ ANNOUNCED_EMAILS = frozenset({"order.confirmed"})
 # of a newer state of the order has gone out: a "pay by 16:00" email retried past the order's
 # confirmation (its first attempt met a full SMTP server), or the expiry of an order the buyer
 # paid late, would tell them the opposite of the truth. A refund is news whenever it comes.
-ORDER_STATE_EMAILS = frozenset({"order.placed", "order.confirmed", "order.cancelled", "order.expired", "order.shipped"})
+ORDER_STATE_EMAILS = frozenset({"order.placed", "order.confirmed", "order.cancelled", "order.expired",
+                                "order.payment_failed", "order.shipped"})
 
 
 def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:

@@ -61,7 +61,7 @@ class ConfirmedOrderSchema(OrderSchema):
 
 
 class EndedOrderSchema(OrderSchema):
-    """`order.cancelled` and `order.expired`: early producers sent only the order's ids and the
+    """`order.cancelled`, `order.expired` and `order.payment_failed`: early producers sent only the order's ids and the
     buyer's address, so the summary parts are optional and the email leaves out what is missing."""
 
     items = fields.List(fields.Nested(ItemSchema), load_default=None)

@@ -37,6 +37,7 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
         "order.confirmed",
         "order.cancelled",
         "order.expired",
+        "order.payment_failed",
         "order.shipped",
         "payment.refunded",
         "account.registered",

@@ -19,6 +19,7 @@ ORDER_EVENTS = {
     "order.confirmed": order(),
     "order.cancelled": CANCELLED,
     "order.expired": order(status="expired"),
+    "order.payment_failed": order(status="payment_failed"),
     "order.shipped": SHIPPED,
     "payment.refunded": REFUNDED,
 }
