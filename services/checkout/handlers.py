@@ -516,12 +516,14 @@ def on_reservation_lost(envelope, uow, settings) -> None:
     order = find_order(uow, str(envelope.data.get("order_id", "")), lock=True)
     if order is not None and order.status == orders.SHIPPED:
         # Shipped in the moment between the refused sale and this event: a unit left the
-        # warehouse that the stock no longer had. It cannot be cancelled; people must settle it.
+        # warehouse that the stock no longer had. It cannot be cancelled; people must settle it,
+        # so the event is parked where the dead-letter alert shows it, not acked into a log.
         bind_order_id(str(order.id))
         log.error("a shipped order's unit was lost: one unit more went out than the drop had",
                   extra={"drop_id": str(order.drop_id), "quantity": order.quantity,
                          "reason": envelope.data.get("reason")})
-        return
+        raise PermanentFailure(f"order {order.id} shipped {order.quantity} unit(s) that drop {order.drop_id} "
+                               "no longer had: settle it with the buyer and the stock (replaying changes nothing)")
     if order is None or order.status != orders.CONFIRMED:
         return
     bind_order_id(str(order.id))

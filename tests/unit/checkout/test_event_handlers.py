@@ -67,10 +67,13 @@ def test_a_confirmed_order_whose_unit_was_lost_is_cancelled_and_refunded(checkou
         str(order.id), "CAP-1", 29900, "CAD")
 
 
-def test_a_lost_unit_of_an_order_shipped_meanwhile_is_logged_as_an_error_for_people_to_settle(checkout, caplog):
+def test_a_lost_unit_of_an_order_shipped_meanwhile_is_parked_and_logged_for_people_to_settle(checkout, caplog):
     order = paid(checkout)
     checkout.run(lambda uow: handlers.ship_order(order, uow, SETTINGS))
-    assert checkout.deliver("reservation.lost", {"order_id": str(order.id), "reason": "sold-out"}) == []
+    published = len(checkout.uow.published)
+    with pytest.raises(PermanentFailure, match="settle it"):
+        checkout.deliver("reservation.lost", {"order_id": str(order.id), "reason": "sold-out"})
+    assert len(checkout.uow.published) == published
     assert statuses(order) == ["awaiting_payment", "confirmed", "shipped"]
     [error] = [record for record in caplog.records if record.levelname == "ERROR"]
     assert "shipped order's unit was lost" in error.getMessage() and error.quantity == 1
