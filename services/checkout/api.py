@@ -134,9 +134,15 @@ def list_orders():
            errors=(404, 409), auth="bearer")
 @require_user
 def cancel_order(order_id: str):
+    principal = current_principal()
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
-        handlers.cancel_order(order, uow, root().settings, by_admin=current_principal().is_admin)
+        was = order.status
+        handlers.cancel_order(order, uow, root().settings, by_admin=principal.is_admin)
+        if principal.is_admin and order.buyer_id != principal.subject and was != order.status:
+            # an admin cancelling a buyer's order (a refund, if it was paid) says who did it
+            uow.admin_actions.record(requested_action(order.drop_id).ended(
+                {"order_id": str(order.id), "status": order.status, "was": was}))
         uow.commit()
     return jsonify(ORDER.dump(order))
 
@@ -148,6 +154,7 @@ def ship_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
         handlers.ship_order(order, uow, root().settings)
+        uow.admin_actions.record(requested_action(order.drop_id).ended({"order_id": str(order.id), "status": order.status}))
         uow.commit()
     return jsonify(ORDER.dump(order))
 
@@ -221,9 +228,12 @@ def put_line(drop_id: str):
     body = load(LineRequestSchema())
     with unit_of_work() as uow:
         line = waiting_room.put_line(_drop_id(drop_id), waiting_room.LineSettings(**body), uow, utc_now())
+        shown = LINE.dump(line)
+        uow.admin_actions.record(requested_action(line.drop_id).ended(
+            {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
         uow.commit()
     current_app.extensions[LINE_VIEWS].forget(line.drop_id)
-    return jsonify(LINE.dump(line))
+    return jsonify(shown)
 
 
 @bp.patch("/drops/<drop_id>/line")

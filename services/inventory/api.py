@@ -48,7 +48,8 @@ def show_product(product_id: str):
 
 
 @bp.post("/drops")
-@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, auth="admin", rules=(
+@operation("Schedule a drop", request=schemas.NewDropSchema, response=schemas.DropSchema, status=201, auth="admin",
+           description="Recorded, in the same transaction, among the admin actions (`GET /admin-actions`).", rules=(
     "`product_id` names a product",
     "`closes_at` is after `opens_at` and in the future",
     "`invite_only_until` and `invite_tier` come together, and the invite-only phase ends after `opens_at`",
@@ -58,8 +59,11 @@ def schedule_drop():
     command = load(schemas.NewDropSchema())
     with unit_of_work() as uow:
         drop = drops.schedule_drop(command, uow, root().settings.default_stock_shards)
+        shown = schemas.DropSchema().dump(drop)
+        uow.admin_actions.record(requested_action(drop.id).ended(
+            {name: shown[name] for name in ("opens_at", "closes_at", "state", "remaining")}))
         uow.commit()
-    return schemas.DropSchema().dump(drop), 201
+    return shown, 201
 
 
 @bp.patch("/drops/<drop_id>")

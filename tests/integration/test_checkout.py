@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 
+import jwt
 
 from devtools.client import CANADIAN_ADDRESS, poll
 from tests.integration.database import scalar
@@ -363,11 +364,25 @@ def test_shipping_is_for_admins_and_ends_cancellation(floodgate, stack, admin_to
     assert too_late.status_code == 409
     assert floodgate.get_order(token, order["id"]).json()["status"] == "shipped"
 
+    # what admins did to buyers' orders is on record, with who did it; what was refused is not
+    _, other_buyer = floodgate.register()
+    other = floodgate.place_order(other_buyer, drop["id"]).json()
+    floodgate.pay(other)
+    floodgate.wait_for_status(other_buyer, other["id"], "confirmed")
+    assert floodgate.http.post(stack.url("checkout") + f"/orders/{other['id']}/cancel", headers=as_admin).status_code == 200
+    actions = floodgate.http.get(stack.url("checkout") + "/admin-actions", params={"drop_id": drop["id"]},
+                                 headers=as_admin).json()
+    admin_email = jwt.decode(admin_token, options={"verify_signature": False})["email"]
+    assert [(a["method"], a["path"], a["outcome"], a["admin"]["email"]) for a in actions] == [
+        ("POST", f"/orders/{other['id']}/cancel", {"order_id": other["id"], "status": "cancelled", "was": "confirmed"},
+         admin_email),
+        ("POST", f"/orders/{order['id']}/ship", {"order_id": order["id"], "status": "shipped"}, admin_email),
+    ]
+
 
 def test_a_claim_left_by_a_dead_worker_is_taken_over_by_the_retry(floodgate, stack, admin_token, buyer):
     """A worker killed mid-request leaves its Idempotency-Key claimed and unanswered; the buyer's
     retry, once the claim is old, finishes the same order instead of hearing "in progress" forever."""
-    import jwt
     import sqlalchemy as sa
 
     from devtools.client import home_of

@@ -131,7 +131,8 @@ def test_the_control_room_shows_the_drops_figures_extends_its_window_and_replays
     extended = datetime.fromisoformat(floodgate.get_drop(drop["id"])["closes_at"])
     assert abs(extended - (closes_at + timedelta(hours=1))) < timedelta(seconds=1)
 
-    [action] = actions_of(floodgate, token, "inventory", drop["id"])
+    action, scheduled = actions_of(floodgate, token, "inventory", drop["id"])
+    assert (scheduled["method"], scheduled["path"], scheduled["admin"]["email"]) == ("POST", "/drops", admin_email)
     assert action["admin"]["email"] == admin_email and action["admin"]["subject"]
     assert (action["method"], action["path"], action["drop_id"]) == ("PATCH", f"/drops/{drop['id']}", drop["id"])
     assert datetime.fromisoformat(action["body"]["closes_at"]) == extended
@@ -196,13 +197,22 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     # the admitter's next turn paces the line at the new ceiling
     expect(page.locator("#line-pace")).to_have_text("7.5 a second (the ceiling)", timeout=FIGURES_TIMEOUT_MS)
 
-    recorded = actions_of(floodgate, token, "checkout", drop["id"])
-    assert [(a["body"], a["outcome"]["state"], a["admin"]["email"]) for a in reversed(recorded)] == [
-        ({"state": "paused"}, "paused", admin_email),
-        ({"admission_rate": 7.5}, "paused", admin_email),
-        ({"state": "open"}, "open", admin_email),
+    put, *recorded = reversed(actions_of(floodgate, token, "checkout", drop["id"]))
+    assert (put["method"], put["body"]["admission_rate"], put["admin"]["email"]) == ("PUT", 20, admin_email)
+    assert [(a["method"], a["body"], a["outcome"]["state"], a["admin"]["email"]) for a in recorded] == [
+        ("PATCH", {"state": "paused"}, "paused", admin_email),
+        ("PATCH", {"admission_rate": 7.5}, "paused", admin_email),
+        ("PATCH", {"state": "open"}, "open", admin_email),
     ]
-    expect(page.locator("#action-rows tr").filter(has_text=f"/drops/{drop['id']}/line")).to_have_count(3)
+    expect(page.locator("#action-rows tr").filter(has_text=f"/drops/{drop['id']}/line")).to_have_count(4)
+
+    # closed (as the admitter closes it when the window ends), then opened again: the OnePlus case
+    page.get_by_text("Close the line for good").click()
+    page.get_by_role("button", name="Close the line").click()
+    expect(page.locator("#line-state")).to_have_text("Closed")
+    page.get_by_role("button", name="Open the line again").click()
+    expect(page.locator("#line-state")).to_have_text("Open")
+    assert floodgate.get_line(drop["id"]).json()["state"] == "open"
 
     # a reload keeps the admin signed in; an access token about to run out is renewed first
     spent = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
