@@ -13,7 +13,7 @@ from datetime import datetime
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import PaymentProvider
+from services.checkout.payments import PaymentProvider, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
@@ -500,7 +500,10 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
         # no retry can make the order appear: parked at once for an admin to read
         raise PermanentFailure(f"refund for unknown order {data['order_id']}")
     bind_order_id(str(order.id))
-    refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
+    try:
+        refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
+    except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
+        raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
     if data["capture_id"] == order.payment_capture_id:
         order.refund_id = refund.refund_id
         order.refunded_at = utc_now()

@@ -61,10 +61,22 @@ class RefundFailed(Exception):
     """The provider did not confirm the refund; the consumer retries it."""
 
 
+class RefundRefused(RefundFailed):
+    """The provider refused the refund as asked (a 4xx but a timeout or rate limit): asking again
+    cannot change its answer, so a person must look at it now."""
+
+
+# 4xx answers that may go the other way when asked again
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
 class PaymentProvider(Protocol):
     def approval_url(self, order_id: str, amount: int, currency: str) -> str: ...
 
     def refund(self, capture_id: str, amount: int, currency: str) -> Refund: ...
+
+
+REFUND_REQUEST_ID_HEADER = "PayPal-Request-Id"
 
 
 class HttpPaymentProvider:
@@ -89,12 +101,17 @@ class HttpPaymentProvider:
             response = self._http.post(
                 f"{self._url}/v1/refunds",
                 data=body,
-                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body, int(time.time()))},
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body, int(time.time())),
+                         # the provider's idempotency key: a retry after a lost answer is the same refund
+                         # (PayPal answers a repeated refund of a capture without one with a 422)
+                         REFUND_REQUEST_ID_HEADER: f"refund-{capture_id}"},
                 timeout=self._timeout,
             )
         except requests.RequestException as error:
             raise RefundFailed(f"provider unreachable: {error!r}") from error
         if response.status_code not in (200, 201):
-            raise RefundFailed(f"provider answered {response.status_code}: {response.text[:200]}")
+            failure = (RefundRefused if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX
+                       else RefundFailed)
+            raise failure(f"provider answered {response.status_code}: {response.text[:200]}")
         answer = response.json()
         return Refund(refund_id=answer["refund_id"], amount=answer["amount"], currency=answer["currency"])

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.checkout import handlers
-from services.checkout.payments import RefundFailed
+from services.checkout.payments import RefundFailed, RefundRefused
 from services.checkout.schemas import OrderSchema
 from shared.messaging.consumer import PermanentFailure
 from tests.unit.checkout.fakes import SETTINGS, FakeProvider, capture, statuses, unknown_order_id
@@ -131,6 +131,14 @@ def test_a_refund_the_provider_did_not_confirm_is_retried_with_nothing_recorded(
     assert not isinstance(raised.value, PermanentFailure)
     assert order.refund_id is None and order.refunded_at is None
     assert checkout.uow.published == published
+
+
+def test_a_refund_the_provider_refuses_is_parked_at_once_with_its_reason(checkout):
+    order = paid(checkout)
+    checkout.provider.failure = RefundRefused("provider answered 422: capture already refunded elsewhere")
+    with pytest.raises(PermanentFailure, match="refused the refund of capture CAP-1: provider answered 422"):
+        checkout.deliver("payment.refund_requested", refund_request(order))
+    assert order.refund_id is None
 
 
 def test_a_refund_for_an_unknown_order_is_parked_at_once_without_calling_the_provider(checkout):

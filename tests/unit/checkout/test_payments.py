@@ -450,3 +450,52 @@ def test_a_buyer_who_gave_up_on_an_expired_or_declined_order_cancels_it_and_a_la
     assert [event_type for event_type, _ in events] == ["payment.refund_requested"]
     assert checkout.inventory.reserved == [{"order_id": str(order.id), "quantity": 1, "renew": False,
                                             "order_version": None}]  # never held again
+
+
+class ProviderAnswer:
+    def __init__(self, status_code=201):
+        self.status_code, self.text = status_code, "answer"
+
+    def json(self):
+        return {"refund_id": "REF-1", "amount": 29900, "currency": "CAD"}
+
+
+class ProviderSession:
+    """The provider's HTTP session: answers every POST with `status_code`, keeping the headers."""
+
+    def __init__(self, status_code=201):
+        self.sent, self.status_code = [], status_code
+
+    def post(self, url, data, headers, timeout):
+        self.sent.append(headers)
+        return ProviderAnswer(self.status_code)
+
+
+def provider_answering(status_code=201):
+    from services.checkout.payments import HttpPaymentProvider
+
+    provider = HttpPaymentProvider("http://provider.test", "secret")
+    provider._http = ProviderSession(status_code)
+    return provider
+
+
+@pytest.mark.parametrize("status, failure", [(422, "RefundRefused"), (404, "RefundRefused"), (429, "RefundFailed"),
+                                             (503, "RefundFailed")])
+def test_a_refund_the_provider_refuses_for_good_is_told_apart_from_one_to_retry(status, failure):
+    from services.checkout import payments
+
+    with pytest.raises(payments.RefundFailed) as raised:
+        provider_answering(status).refund("CAP-1", 29900, "CAD")
+    assert type(raised.value) is getattr(payments, failure)
+
+
+def test_a_refund_asked_again_carries_the_same_request_id_so_the_provider_refunds_once():
+    from services.checkout.payments import REFUND_REQUEST_ID_HEADER
+
+    provider = provider_answering()
+    provider.refund("CAP-1", 29900, "CAD")
+    provider.refund("CAP-1", 29900, "CAD")
+    provider.refund("CAP-2", 29900, "CAD")
+
+    assert [headers[REFUND_REQUEST_ID_HEADER] for headers in provider._http.sent] == [
+        "refund-CAP-1", "refund-CAP-1", "refund-CAP-2"]
