@@ -8,9 +8,10 @@ scrapes it (`heartbeat_figures`).
 
 Why rows in the database rather than a metrics port on every worker: the workers have no HTTP
 port today and would each need one, a scrape target and a network policy; a scrape target tells
-nothing once its pod is gone, while a row keeps ageing: a relay that cannot reach the broker, and
-so never beats, restarts again and again under its liveness probe, and its service's youngest
-relay row shows how long no relay has turned, across the restarts. The API of every service
+nothing once its pod is gone, while a row keeps ageing: a relay that cannot reach the broker
+keeps its liveness file fresh while it waits to reconnect (a restart could not bring the broker
+back), but writes no row, so its service's youngest relay row shows how long no relay has
+published, across restarts too. The API of every service
 already reads its database, and one row a process every few seconds costs nothing.
 
 The write happens on a thread of its own, so a slow database never holds the loop (a consumer's

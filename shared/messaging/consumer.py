@@ -11,6 +11,12 @@ handler, and commits; only then is the message acked. A failure sends a copy
 to the next retry tier (a delay queue that expires back into the work queue) or, after
 `max_attempts` or on a `PermanentFailure`, to the dead-letter queue; the copy is confirmed by the
 broker before the original is acked, so nothing is lost in between.
+
+A copy, and a replayed dead letter, leaves out the broker's own dead-lettering history (`x-death`
+and the `x-first-death-*`, `x-last-death-*` headers); our `x-attempt` and `x-last-error` keep
+ours. A message the work queue once dead-lettered (past its delivery limit) names that queue in
+`x-death`; a retry copy carrying it would look like a dead-letter cycle when its delay queue
+expires it back into the work queue, and the broker would never deliver it.
 """
 from __future__ import annotations
 
@@ -40,6 +46,12 @@ log = logging.getLogger("floodgate.consumer")
 Handler = Callable[[Envelope, object], None]
 # Which delivery of the message in hand this is (1 = first), for handlers that log attempts.
 current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("current_attempt", default=1)
+# What RabbitMQ writes on a message it dead-letters (see the module's docstring).
+BROKER_DEATH_HEADERS = frozenset({
+    "x-death",
+    "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
+    "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange",
+})
 
 
 class ConsumerCancelled(pika.exceptions.AMQPChannelError):
@@ -120,6 +132,11 @@ class ConsumerRunner:
         self.queue = topology.work_queue(settings.service_name)
         self.stop = threading.Event()
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
+        # While the broker is away: the liveness probe's file only. Restarting cannot bring the
+        # broker back (and the kubelet's back-off would delay the consumer once it is), but the
+        # service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
+        self.liveness = Heartbeat(settings.heartbeat_file)
+        self._reconnect_delays = amqp.backoff()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -127,19 +144,19 @@ class ConsumerRunner:
             signal.signal(signum, lambda *_: self.stop.set())
 
     def run(self) -> None:
-        """Consume until stopped, reconnecting to the broker with capped back-off."""
+        """Consume until stopped, reconnecting to the broker with capped back-off (from the
+        shortest wait again after each connection that got as far as consuming)."""
         lower_priority(self.settings)
-        delays = amqp.backoff()
         # One pool for the runner's life, not one per broker connection: a handler thread keeps
         # what it holds per thread (notifications' SMTP connection) across reconnects.
         with ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler") as worker:
             while not self.stop.is_set():
                 try:
                     self._consume_until_stopped(worker)
-                    delays = amqp.backoff()
                 except amqp.RECOVERABLE as error:
-                    pause = next(delays)
+                    pause = next(self._reconnect_delays)
                     log.warning("broker connection lost, reconnecting", extra={"error": repr(error), "retry_in": round(pause, 2)})
+                    self.liveness.beat()
                     self.stop.wait(pause)
         log.info("consumer stopped")
 
@@ -166,6 +183,7 @@ class ConsumerRunner:
             # blocking channel then drops it silently. We reconnect (declaring the topology again).
             channel.add_on_cancel_callback(cancelled.append)
             tag = channel.basic_consume(self.queue, on_message)
+            self._reconnect_delays = amqp.backoff()  # the next outage starts from the shortest wait
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads,
                                          "defer_while_busy_seconds": self.deferral.seconds})
@@ -173,7 +191,7 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
-                self.heartbeat.beat()  # only while consuming: the liveness probe means it
+                self.heartbeat.beat()  # the service's row too: only while consuming (see `liveness`)
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             channel.basic_cancel(tag)
             _cancel_waiting(in_flight)
@@ -189,34 +207,49 @@ class ConsumerRunner:
 
     def _handle(self, conn, channel, republish, method, properties, body) -> None:
         headers = properties.headers or {}
-        attempt = int(headers.get("x-attempt", 0) or 0) + 1
-        if attempt == 1:  # a retry is late already
-            self.deferral.wait(properties.timestamp, self.stop)
         request_id = headers.get("x-request-id") or properties.correlation_id
         logs.order_id_var.set(None)  # the worker thread's context outlives each message
-        current_attempt.set(attempt)
-        # The handling is a span under the relay's publish of the message (its `traceparent`).
-        with (logs.log_context(request_id=request_id),
-              tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span):
-            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
-            if outcome.action != "ack":
-                tracing.failed(span, f"{outcome.action}: {outcome.error}")
-        settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome)
+        outcome = None
+        # Whatever fails here outside the handler is logged and the message settled like a failed
+        # handling: an exception left in the worker's Future would be read by nobody, and the
+        # message, never acked, would hold a prefetch slot until the connection closed.
+        with logs.log_context(request_id=request_id):
+            attempt = _previous_attempts(headers, properties.message_id) + 1
+            try:
+                if attempt == 1:  # a retry is late already
+                    self.deferral.wait(properties.timestamp, self.stop)
+                current_attempt.set(attempt)
+                # The handling is a span under the relay's publish of the message (its `traceparent`).
+                with tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span:
+                    outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
+                    if outcome.action != "ack":
+                        tracing.failed(span, f"{outcome.action}: {outcome.error}")
+            except Exception as error:
+                log.error("message handling failed outside its handler", exc_info=True,
+                          extra={"message_id": properties.message_id, "attempt": attempt})
+                if outcome is None:
+                    delays = topology.retry_delays(self.settings.service_name, self.settings.retry_delays_ms)
+                    outcome = next_step(attempt, self.settings.max_attempts, delays, f"consumer: {error!r}"[:500])
+            order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
+        settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome,
+                                   request_id, order_id)
         try:
             conn.add_callback_threadsafe(settle)
         except Exception:  # the connection died; the broker redelivers the message
             log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
 
-    def _settle(self, channel, republish, method, properties, body, attempt, outcome: Outcome) -> None:
+    def _settle(self, channel, republish, method, properties, body, attempt, outcome: Outcome,
+                request_id: str | None, order_id: str | None) -> None:
+        # On the connection thread: the handler's log context is not here, so it comes along.
         service = self.settings.service_name
-        with logs.log_context(request_id=(properties.headers or {}).get("x-request-id")):
+        with logs.log_context(request_id=request_id, order_id=order_id):
             if outcome.action != "ack":
                 target = (
                     topology.retry_queue(service, outcome.delay_ms)
                     if outcome.action == "retry"
                     else topology.dead_letter_queue(service)
                 )
-                headers = dict(properties.headers or {})
+                headers = _without_broker_deaths(properties.headers)
                 headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
                 copy = pika.BasicProperties(
                     message_id=properties.message_id,
@@ -228,11 +261,31 @@ class ConsumerRunner:
                     headers=headers,
                 )
                 republish.basic_publish(exchange="", routing_key=target, body=body, properties=copy, mandatory=True)
-                log.warning(
+                log.log(
+                    logging.WARNING if outcome.action == "retry" else logging.ERROR,
                     "message retried" if outcome.action == "retry" else "message dead-lettered",
                     extra={"message_id": properties.message_id, "attempt": attempt, "queue": target, "error": outcome.error},
                 )
             channel.basic_ack(method.delivery_tag)
+
+
+def _previous_attempts(headers: Mapping, message_id: str | None) -> int:
+    """How many times the message was handled before (its `x-attempt`). A value that is not a
+    whole number counts as none: the header is only our bookkeeping and says nothing against the
+    event, which is handled rather than parked for an admin, and its next copy carries a number."""
+    value = headers.get("x-attempt", 0) or 0
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        log.warning("malformed x-attempt header, counted as no attempt yet",
+                    extra={"message_id": message_id, "x_attempt": repr(value)[:100]})
+        return 0
+
+
+def _without_broker_deaths(headers: Mapping | None) -> dict:
+    """A copy of `headers` for a message we publish again, without the broker's dead-lettering
+    history (see the module's docstring)."""
+    return {name: value for name, value in (headers or {}).items() if name not in BROKER_DEATH_HEADERS}
 
 
 def _cancel_waiting(futures: set[Future]) -> None:
@@ -253,7 +306,8 @@ def run(root) -> None:
 
 def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None) -> list[str]:
     """Move dead letters of `service` (all of them, or those with the given ids) back to its work
-    queue; the ids of those moved, in order. Their attempt count starts again.
+    queue; the ids of those moved, in order. Their attempt count starts again, and the broker's
+    dead-lettering history is left out (see the module's docstring).
 
     "All" is those parked when the replay starts (the queue's depth, read first): one that fails
     again and is parked meanwhile waits for the next replay instead of going round again in this
@@ -273,7 +327,7 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
             if message_ids is not None and properties.message_id not in message_ids:
                 _park_again(channel, queue, method, properties, body)
                 continue
-            headers = dict(properties.headers or {})
+            headers = _without_broker_deaths(properties.headers)
             headers["x-attempt"] = 0
             headers["x-replayed"] = True
             properties.headers = headers

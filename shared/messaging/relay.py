@@ -40,6 +40,10 @@ class OutboxRelay:
         self.stop = stop or threading.Event()
         self.published = 0
         self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
+        # While the broker or the database is away: the liveness probe's file only. Restarting
+        # cannot bring them back (and the kubelet's back-off would delay the relay once they are),
+        # but the service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
+        self.liveness = Heartbeat(settings.heartbeat_file)
         self._last_purge = 0.0
 
     def run(self) -> None:
@@ -60,13 +64,14 @@ class OutboxRelay:
                     if conn.is_open:
                         conn.close()
             except amqp.RECOVERABLE as error:
-                pause = next(delays)
-                log.warning("broker unavailable, retrying", extra={"error": repr(error), "retry_in": round(pause, 2)})
-                self.stop.wait(pause)
+                self._wait_to_reconnect(next(delays), "broker unavailable, retrying", error)
             except sa.exc.OperationalError as error:
-                pause = next(delays)
-                log.warning("database unavailable, retrying", extra={"error": repr(error), "retry_in": round(pause, 2)})
-                self.stop.wait(pause)
+                self._wait_to_reconnect(next(delays), "database unavailable, retrying", error)
+
+    def _wait_to_reconnect(self, pause: float, message: str, error: Exception) -> None:
+        log.warning(message, extra={"error": repr(error), "retry_in": round(pause, 2)})
+        self.liveness.beat()
+        self.stop.wait(pause)
 
     def _pump(self, conn: pika.BlockingConnection, publisher: ConfirmedPublisher) -> None:
         # Idle polls back off from 5 ms to `relay_idle_seconds`, so a quiet relay costs almost no

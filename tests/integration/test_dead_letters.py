@@ -1,16 +1,22 @@
 """Replaying parked events, against the real broker: every one parked goes back, once.
 
-A service of the test's own (queues declared here, no consumer), so the replayed messages stay
-in its work queue to be counted.
+Services of the tests' own (queues declared here), so the replayed messages stay in their work
+queue to be counted, or reach a consumer run here.
 """
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from datetime import datetime, timezone
 
 import pika
 
+from shared.config import Settings
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters, topology
+from shared.messaging.consumer import ConsumerRunner, current_attempt
+from shared.messaging.envelope import Envelope
 
 PARKED = 1_050  # more than a replay once took (1,000)
 
@@ -39,3 +45,74 @@ def test_replaying_all_sends_back_every_parked_event_once_and_says_which(infra):
             for queue in queues:
                 connection.channel().queue_delete(queue)
             connection.close()
+
+
+class FakeUnitOfWork:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def commit(self):
+        pass
+
+
+def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again(infra, monkeypatch):
+    """A letter parked by the work queue's delivery limit carries the broker's `x-death` naming
+    that queue; were it kept on the replayed message and on its retry copy, the retry queue's
+    expiry back into the work queue would look like a dead-letter cycle to the broker, which
+    would never deliver the retry."""
+    service = f"replay-test-{uuid.uuid4().hex[:8]}"
+    event_type = f"{service}.happened"
+    monkeypatch.setattr(topology, "SUBSCRIPTIONS", {service: (event_type,)})
+    settings = Settings(service_name=service, amqp_url=infra.amqp_url, retry_delays_ms=(200,), max_attempts=3)
+    work, dead = topology.work_queue(service), topology.dead_letter_queue(service)
+    attempts: list[int] = []
+
+    def fails_once(envelope, uow):
+        attempts.append(current_attempt.get())
+        if len(attempts) == 1:
+            raise ConnectionError("SMTP server went away")
+
+    runner = ConsumerRunner(settings, {event_type: fails_once}, FakeUnitOfWork, "tests", inbox=False)
+    consuming = threading.Thread(target=runner.run, name="replay-test-consumer")
+    connection = amqp.connect(infra.amqp_url, "tests")
+    try:
+        channel = connection.channel()
+        topology.declare(channel, settings.retry_delays_ms)
+        channel.confirm_delivery()
+        envelope = Envelope(type=event_type, data={}, source="tests")
+        channel.basic_publish("", dead, envelope.to_json(), pika.BasicProperties(
+            message_id=envelope.id, type=event_type, delivery_mode=pika.DeliveryMode.Persistent,
+            headers={**_parked_by_the_delivery_limit(work, event_type), "x-attempt": 1}), mandatory=True)
+        assert dead_letters.replay(infra.amqp_url, service) == [envelope.id]
+
+        consuming.start()
+        deadline = time.monotonic() + 20
+        while len(attempts) < 2 and time.monotonic() < deadline:
+            runner.stop.wait(0.05)
+
+        assert attempts == [1, 2]
+    finally:
+        runner.stop.set()
+        if consuming.is_alive():
+            consuming.join(timeout=10)
+        for queue in (work, dead, topology.retry_queue(service, 200)):
+            connection.channel().queue_delete(queue)
+        connection.close()
+
+
+def _parked_by_the_delivery_limit(queue: str, event_type: str) -> dict:
+    """The headers RabbitMQ adds to a message its quorum queue `queue` dead-lettered past the
+    delivery limit."""
+    return {
+        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": queue, "time": datetime.now(timezone.utc),
+                     "exchange": topology.EVENTS_EXCHANGE, "routing-keys": [event_type]}],
+        "x-first-death-queue": queue,
+        "x-first-death-reason": "delivery_limit",
+        "x-first-death-exchange": topology.EVENTS_EXCHANGE,
+        "x-last-death-queue": queue,
+        "x-last-death-reason": "delivery_limit",
+        "x-last-death-exchange": topology.EVENTS_EXCHANGE,
+    }

@@ -1,7 +1,12 @@
-"""A fake broker for the metrics' kept connection (`shared.messaging.metrics`): no network."""
+"""Fake brokers, no network: one for the metrics' kept connection (`shared.messaging.metrics`),
+one with queues for a consumer runner (`shared.messaging.consumer`) or a relay to work against."""
 from __future__ import annotations
 
+import itertools
+import queue as queues
 import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pika
@@ -108,3 +113,138 @@ def installed(monkeypatch) -> FakeBroker:
     monkeypatch.setattr(messaging_metrics.amqp, "connect", fake.connect)
     monkeypatch.setattr(messaging_metrics, "_kept", messaging_metrics._KeptConnection())
     return fake
+
+
+# --- queues, for a consumer runner ---------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    properties: pika.BasicProperties
+    body: bytes
+
+
+class QueueBroker:
+    """`amqp.connect` for a consumer runner: queues of messages by name (`put`), delivered to the
+    consumers of a connection when it processes data events, on the thread that calls it. What the
+    runner publishes lands in `queues`; what it acks is in `acked`.
+
+    `refuse_connects`: that many connects fail as with the broker away, `down` every one;
+    `lose(connection)`: its next read fails as a connection the broker dropped."""
+
+    def __init__(self):
+        self.queues: dict[str, deque[Message]] = defaultdict(deque)
+        self.acked: list[Message] = []
+        self.connections: list[QueueConnection] = []
+        self.refuse_connects = 0
+        self.down = False
+
+    def connect(self, url, name, heartbeat=30, socket_timeout=5):
+        if self.down or self.refuse_connects:
+            self.refuse_connects = max(0, self.refuse_connects - 1)
+            raise pika.exceptions.AMQPConnectionError("connection refused")
+        connection = QueueConnection(self)
+        self.connections.append(connection)
+        return connection
+
+    def put(self, queue: str, body: bytes, **properties) -> None:
+        self.queues[queue].append(Message(pika.BasicProperties(**properties), body))
+
+    def consuming(self) -> bool:
+        """Whether an open connection has a consumer."""
+        return any(connection.is_open and connection.consumers for connection in self.connections)
+
+    def lose(self, connection: "QueueConnection") -> None:
+        connection.lost = True
+
+
+class QueueConnection:
+    def __init__(self, broker: QueueBroker):
+        self.broker = broker
+        self.is_open = True
+        self.lost = False
+        self.consumers: dict[str, tuple[QueueChannel, str, object]] = {}
+        self.unacked: dict[int, tuple[str, Message]] = {}
+        self._tags = itertools.count(1)
+        self._callbacks: queues.Queue = queues.Queue()
+
+    def channel(self) -> "QueueChannel":
+        return QueueChannel(self)
+
+    def add_callback_threadsafe(self, callback) -> None:
+        if not self.is_open:
+            raise pika.exceptions.ConnectionWrongStateError("connection closed")
+        self._callbacks.put(callback)
+
+    def process_data_events(self, time_limit=0) -> None:
+        if self.lost:
+            self.close()
+            raise pika.exceptions.StreamLostError("connection reset by peer")
+        self._deliver()
+        # Back within 50 ms whatever the limit (the runner reads again): a stopped runner stops at once.
+        wait = min(time_limit, 0.05)
+        try:
+            callback = self._callbacks.get(timeout=wait) if wait else self._callbacks.get_nowait()
+        except queues.Empty:
+            return
+        callback()
+        while not self._callbacks.empty():
+            self._callbacks.get_nowait()()
+
+    def _deliver(self) -> None:
+        for channel, queue, on_message in list(self.consumers.values()):
+            waiting = self.broker.queues[queue]
+            while waiting and len(self.unacked) < channel.prefetch:
+                message = waiting.popleft()
+                tag = next(self._tags)
+                self.unacked[tag] = (queue, message)
+                on_message(channel, SimpleNamespace(delivery_tag=tag), message.properties, message.body)
+
+    def close(self) -> None:
+        # What the runner did not ack goes back to the head of its queue.
+        for _, (queue, message) in sorted(self.unacked.items(), reverse=True):
+            self.broker.queues[queue].appendleft(message)
+        self.unacked.clear()
+        self.consumers.clear()
+        self.is_open = False
+
+
+class QueueChannel:
+    def __init__(self, connection: QueueConnection):
+        self.connection = connection
+        self.prefetch = 0
+
+    def exchange_declare(self, exchange, **kwargs):
+        pass
+
+    def queue_declare(self, queue, passive=False, **kwargs):
+        waiting = self.connection.broker.queues[queue]  # declaring creates it
+        return SimpleNamespace(method=SimpleNamespace(message_count=len(waiting)))
+
+    def queue_bind(self, queue, exchange, routing_key=None, **kwargs):
+        pass
+
+    def confirm_delivery(self):
+        pass
+
+    def basic_qos(self, prefetch_count=0, **kwargs):
+        self.prefetch = prefetch_count
+
+    def add_on_cancel_callback(self, callback):
+        pass
+
+    def basic_consume(self, queue, on_message_callback, **kwargs):
+        tag = f"ctag-{len(self.connection.consumers) + 1}"
+        self.connection.consumers[tag] = (self, queue, on_message_callback)
+        return tag
+
+    def basic_cancel(self, consumer_tag):
+        self.connection.consumers.pop(consumer_tag, None)
+
+    def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+        assert exchange == "" and routing_key in self.connection.broker.queues, f"unroutable: {routing_key}"
+        self.connection.broker.queues[routing_key].append(Message(properties, body))
+
+    def basic_ack(self, delivery_tag):
+        _, message = self.connection.unacked.pop(delivery_tag)
+        self.connection.broker.acked.append(message)

@@ -161,6 +161,25 @@ def test_replaying_one_event_again_and_again_leaves_the_others_parked(broker):
     assert broker.dropped == []
 
 
+def test_a_replayed_event_leaves_the_broker_s_dead_lettering_history_behind(broker):
+    """Parked by the work queue's delivery limit, it names that queue in `x-death`; kept, a retry
+    of it would look like a dead-letter cycle to the broker, which would never deliver it."""
+    broker.park("refund-1")
+    broker.queues[DEAD][0].properties.headers.update({
+        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": WORK, "exchange": topology.EVENTS_EXCHANGE,
+                     "routing-keys": ["payment.refund_requested"]}],
+        "x-first-death-queue": WORK, "x-first-death-reason": "delivery_limit",
+        "x-first-death-exchange": topology.EVENTS_EXCHANGE,
+        "x-last-death-queue": WORK, "x-last-death-reason": "delivery_limit",
+        "x-last-death-exchange": topology.EVENTS_EXCHANGE,
+    })
+
+    assert dead_letters.replay("amqp://broker", SERVICE) == ["refund-1"]
+
+    assert broker.queues[WORK][0].properties.headers == {
+        "x-attempt": 0, "x-last-error": "refund provider said 503", "x-replayed": True}
+
+
 def test_a_letter_whose_copy_the_broker_refuses_stays_where_it_was(broker):
     broker.park("refund-1")
     broker.refuse_publishes = True

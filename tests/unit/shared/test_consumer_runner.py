@@ -1,0 +1,206 @@
+"""The consumer runner against a fake broker with queues (`fake_broker.QueueBroker`): what it
+publishes, acks, logs and beats, on its own threads as in production. No network."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import pytest
+
+from shared import logs, tracing
+from shared.config import Settings
+from shared.messaging import topology
+from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
+from shared.messaging.envelope import Envelope
+from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, QueueBroker
+
+SERVICE = "checkout"
+EVENT = "payment.refund_requested"
+WORK = topology.work_queue(SERVICE)
+RETRY = topology.retry_queue(SERVICE, 100)
+DEAD = topology.dead_letter_queue(SERVICE)
+# What RabbitMQ wrote on a message the work queue dead-lettered past its delivery limit.
+PARKED_BY_THE_DELIVERY_LIMIT = {
+    "x-death": [{"count": 1, "reason": "delivery_limit", "queue": WORK, "time": datetime.now(timezone.utc),
+                 "exchange": topology.EVENTS_EXCHANGE, "routing-keys": [EVENT]}],
+    "x-first-death-queue": WORK,
+    "x-first-death-reason": "delivery_limit",
+    "x-first-death-exchange": topology.EVENTS_EXCHANGE,
+    "x-last-death-queue": WORK,
+    "x-last-death-reason": "delivery_limit",
+    "x-last-death-exchange": topology.EVENTS_EXCHANGE,
+}
+
+
+class FakeUnitOfWork:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def commit(self):
+        pass
+
+
+class Recorded:
+    """A `LastSeen` that counts what it is told."""
+
+    def __init__(self):
+        self.beats = 0
+
+    def record(self):
+        self.beats += 1
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    broker = QueueBroker()
+    monkeypatch.setattr("shared.messaging.connection.connect", broker.connect)
+    return broker
+
+
+@pytest.fixture
+def root_logging():
+    """Puts back the root logger's handlers and level, which `logs.configure` replaces."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def runner_of(handler=None, last_seen=None, **settings) -> ConsumerRunner:
+    settings = Settings(service_name=SERVICE, retry_delays_ms=(100, 1000), max_attempts=3, **settings)
+    return ConsumerRunner(settings, {EVENT: handler or (lambda envelope, uow: None)}, FakeUnitOfWork, "tests",
+                          last_seen, inbox=False)
+
+
+def refund_requested(broker: QueueBroker, headers: dict | None = None) -> Envelope:
+    envelope = Envelope(type=EVENT, data={"order_id": "o-1"}, source="checkout")
+    broker.put(WORK, envelope.to_json(), message_id=envelope.id, type=EVENT, headers=headers)
+    return envelope
+
+
+def raising(error: Exception):
+    def handler(envelope, uow):
+        raise error
+    return handler
+
+
+@contextmanager
+def running(runner: ConsumerRunner):
+    thread = threading.Thread(target=runner.run, name="consumer", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        runner.stop.set()
+        thread.join(GIVE_UP_SECONDS)
+    assert not thread.is_alive(), "the runner did not stop"
+
+
+def eventually(condition, what: str) -> None:
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("failure, queue", [(RuntimeError("SMTP said 451"), RETRY),
+                                            (PermanentFailure("550 mailbox unavailable"), DEAD)])
+def test_a_retried_or_parked_copy_leaves_the_broker_s_dead_lettering_history_behind(broker, failure, queue):
+    """A replayed letter the delivery limit once parked: its retry copy naming the work queue in
+    `x-death` would look like a dead-letter cycle to the broker when it expires back there."""
+    refund_requested(broker, {**PARKED_BY_THE_DELIVERY_LIMIT, "x-attempt": 0, "x-replayed": True,
+                              "x-request-id": "r-1"})
+
+    with running(runner_of(raising(failure))):
+        eventually(lambda: broker.acked, "the message settled")
+
+    [copy] = broker.queues[queue]
+    assert sorted(copy.properties.headers) == ["x-attempt", "x-last-error", "x-replayed", "x-request-id"]
+    assert copy.properties.headers["x-attempt"] == 1
+
+
+def test_while_the_broker_is_away_the_liveness_file_is_touched_and_the_service_s_row_ages(broker, tmp_path):
+    """Restarting cannot bring the broker back; the `worker_heartbeats` row keeps showing the outage."""
+    broker.down = True
+    heartbeat, last_seen = tmp_path / "heartbeat", Recorded()
+
+    with running(runner_of(last_seen=last_seen, heartbeat_file=str(heartbeat))):
+        eventually(heartbeat.exists, "a beat")
+
+    assert last_seen.beats == 0
+
+
+def test_after_a_connection_that_consumed_the_next_outage_waits_from_the_shortest_pause_again(broker, monkeypatch):
+    pauses = []
+
+    def backoff():
+        for n in itertools.count(1):
+            pauses.append(n)
+            yield n / 1000
+
+    monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
+    broker.refuse_connects = 3
+    with running(runner_of()):
+        eventually(broker.consuming, "a consumer")
+        broker.refuse_connects = 2
+        broker.lose(broker.connections[-1])
+        eventually(lambda: len(broker.connections) == 2 and broker.consuming(), "a consumer again")
+
+    assert pauses == [1, 2, 3, 1, 2, 3]
+
+
+def test_a_message_whose_attempt_count_is_not_a_number_is_handled_as_a_first_delivery(broker, caplog):
+    attempts = []
+    refund_requested(broker, {"x-attempt": "three"})
+
+    with caplog.at_level(logging.WARNING, logger="floodgate.consumer"), \
+            running(runner_of(lambda envelope, uow: attempts.append(current_attempt.get()))):
+        eventually(lambda: broker.acked, "the message acked")
+
+    assert attempts == [1]
+    assert "malformed x-attempt header, counted as no attempt yet" in caplog.messages
+
+
+def test_a_failure_outside_the_handler_is_logged_and_the_message_retried(broker, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no tracer")
+
+    monkeypatch.setattr(tracing, "consuming", broken)
+    refund_requested(broker)
+
+    with caplog.at_level(logging.WARNING, logger="floodgate.consumer"), running(runner_of()):
+        eventually(lambda: broker.acked, "the message settled")
+
+    [copy] = broker.queues[RETRY]
+    assert copy.properties.headers["x-last-error"] == "consumer: RuntimeError('no tracer')"
+    [failed] = [record for record in caplog.records if record.message == "message handling failed outside its handler"]
+    assert failed.levelname == "ERROR" and failed.exc_info
+
+
+@pytest.mark.parametrize("failure, line, level", [(RuntimeError("SMTP said 451"), "message retried", "WARNING"),
+                                                  (PermanentFailure("550 mailbox unavailable"), "message dead-lettered",
+                                                   "ERROR")])
+def test_the_line_saying_a_message_was_retried_or_parked_names_its_order(broker, root_logging, capsys, failure, line,
+                                                                        level):
+    def refund(envelope, uow):
+        logs.bind_order_id(envelope.data["order_id"])
+        raise failure
+
+    logs.configure("checkout-consumer")  # one JSON object a line on stderr, as in production
+    refund_requested(broker, {"x-request-id": "r-1"})
+
+    with running(runner_of(refund)):
+        eventually(lambda: broker.acked, "the message settled")
+
+    written = [json.loads(each) for each in capsys.readouterr().err.splitlines() if each.startswith("{")]
+    [settled] = [entry for entry in written if entry["message"] == line]
+    assert (settled["level"], settled["order_id"], settled["request_id"]) == (level, "o-1", "r-1")
