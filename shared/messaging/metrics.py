@@ -5,7 +5,10 @@ outbox backlog, read from its database, and its dead letters, read from the brok
 - `floodgate_outbox_oldest_pending_age_seconds{service}`: how long the oldest of them has waited
   (0 when none waits): the relays are stopped, or cannot keep up, when it grows;
 - `floodgate_dead_letters{service}`: messages parked in the service's dead-letter queue, waiting
-  for an admin to replay them (`python -m shared.messaging.dead_letters`).
+  for an admin to replay them (`python -m shared.messaging.dead_letters`);
+- `floodgate_events_waiting{service}`: messages ready in the service's work queue, waiting for its
+  consumer (refunds and expiries in checkout's, sales and releases in inventory's): a backlog
+  that does not drain says the consumer is stopped or cannot keep up.
 """
 from __future__ import annotations
 
@@ -209,11 +212,17 @@ os.register_at_fork(after_in_child=lambda: _kept.after_fork_in_child())
 def dead_letter_figures(settings: Settings, timeout_seconds: float,
                         depths: Callable[[Settings, list[str], float], dict[str, int]] = queue_depths,
                         ) -> Callable[[], Iterable[Metric]]:
-    """A source of the number of dead letters of the service `settings` name (a consuming one)."""
+    """A source of the number of dead letters of the service `settings` name (a consuming one),
+    and of the events waiting in its work queue, read together."""
     service = settings.service_name
-    queue = topology.dead_letter_queue(service)
+    dead, work = topology.dead_letter_queue(service), topology.work_queue(service)
 
     def read() -> list[Metric]:
-        return [dead_letters_family(service, depths(settings, [queue], timeout_seconds)[queue])]
+        depth = depths(settings, [dead, work], timeout_seconds)
+        waiting = GaugeMetricFamily("floodgate_events_waiting",
+                                    "Messages ready in the service's work queue, waiting for its consumer",
+                                    labels=["service"])
+        waiting.add_metric([service], depth[work])
+        return [dead_letters_family(service, depth[dead]), waiting]
 
     return read

@@ -58,18 +58,19 @@ def test_each_kind_of_worker_shows_its_freshest_beat_and_how_many_run():
     assert params == {"alive": 60.0}
 
 
-def test_dead_letters_are_the_depth_of_the_services_dead_letter_queue():
+def test_dead_letters_and_events_waiting_are_the_depths_of_the_services_queues_read_at_once():
     asked = []
 
     def depths(settings, queues, timeout):
         asked.append((queues, timeout))
-        return {"checkout.dead": 4}
+        return {"checkout.dead": 4, "checkout.events": 1200}
 
     settings = Settings(service_name="checkout")
     samples = scrape(ScrapedFigures("checkout", {"dead_letters": dead_letter_figures(settings, 1.5, depths)}))
 
     assert samples[("floodgate_dead_letters", ("service", "checkout"))] == 4
-    assert asked == [(["checkout.dead"], 1.5)]
+    assert samples[("floodgate_events_waiting", ("service", "checkout"))] == 1200
+    assert asked == [(["checkout.dead", "checkout.events"], 1.5)]
 
 
 def test_a_source_that_cannot_be_read_is_left_out_and_said_to_be_down(caplog):
