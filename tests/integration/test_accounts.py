@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.client import poll
 from services.accounts import key_encryption
+from services.accounts.config import Settings as AccountsSettings
 from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
 from services.accounts.tokens import refresh_token_hash
 
@@ -365,13 +366,16 @@ def test_signing_keys_are_stored_encrypted_and_one_stored_in_clear_signs_until_t
     private_key = serialization.load_pem_private_key(stack_keks(stack).decrypt(kid, stored.encrypted_private_key).encode(), None)
     assert jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)["x"] == stored.public_jwk["x"]
 
-    # a key as the version before encryption stored it, made the signing key (the newest)
+    # a key as the version before encryption stored it, made the signing key: the newest of those
+    # published long enough to sign (a key younger than SIGNING_KEY_PUBLISH_SECONDS does not yet)
     legacy_kid = f"stored-in-clear-{uuid.uuid4().hex[:8]}"
     legacy = ec.generate_private_key(ec.SECP256R1())
     public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(legacy.public_key(), as_dict=True) | {"kid": legacy_kid, "alg": "ES256", "use": "sig"}
     pem = legacy.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    published = AccountsSettings().signing_key_publish_seconds + 1
     accounts_rows(stack, "INSERT INTO signing_keys (kid, private_key_pem, public_jwk, created_at) "
-                         "VALUES (:kid, :pem, CAST(:jwk AS jsonb), now())", kid=legacy_kid, pem=pem, jwk=json.dumps(public_jwk))
+                         "VALUES (:kid, :pem, CAST(:jwk AS jsonb), now() - make_interval(secs => :published))",
+                  kid=legacy_kid, pem=pem, jwk=json.dumps(public_jwk), published=published)
     before = sign_in(stack, email).json()["access_token"]
     assert jwt.get_unverified_header(before)["kid"] == legacy_kid
     poll(lambda: me(stack, before) == 200, timeout=10, what="a token signed with the key stored in clear to verify")
