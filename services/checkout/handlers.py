@@ -369,7 +369,7 @@ def _renew(asked: RenewalAsked, inventory: InventoryClient) -> Renewal | None:
     order has moved past the version read (inventory has a newer one), so it is read again."""
     try:
         hold = inventory.reserve(asked.order_id, asked.drop_id, asked.buyer_id, asked.quantity, renew=True,
-                                 order_version=asked.version + 1)
+                                 order_version=asked.version + 1, paid=True)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
         return Renewal(asked.version, refusal=refusal)
     except errors.StaleOrderVersion:
@@ -384,7 +384,7 @@ def _give_back_renewal(order_id: str, inventory: InventoryClient) -> None:
     given back now rather than when that hold runs out. Such an order is never confirmed
     again, and inventory never releases a sold unit."""
     try:
-        inventory.release(order_id)
+        inventory.release(order_id, paid=True)
     except Problem as refusal:
         log.warning("could not give back a cancelled order's renewed hold; it runs out on its own",
                     extra={"reason": refusal.slug})

@@ -245,19 +245,21 @@ class InventoryClient:
         shipping_country: str | None = None,
         renew: bool = False,
         order_version: int | None = None,
+        paid: bool = False,
     ) -> Hold:
         """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released
-        one). `order_version`: the order's version once this hold serves it (1 for a new order)."""
+        one). `order_version`: the order's version once this hold serves it (1 for a new order).
+        `paid`: a late payment's renewal, which the circuit breaker never turns away."""
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
         body = {k: v for k, v in body.items() if v is not None}
-        if renew:
-            # Not behind the circuit breaker either: the buyer has paid, and a breaker opened by
-            # the rush's failed orders would answer the provider 503 without asking inventory,
-            # until the provider gives up retrying and the payment is neither kept nor refunded.
+        if paid:
+            # Not behind the circuit breaker, as the sale is not: the buyer has paid, and a breaker
+            # opened by the rush's failed orders would answer the provider 503 without asking
+            # inventory for as long as it stayed open.
             return self._reserve_one(body, guarded=False)
-        if self._holds is None:
+        if self._holds is None or renew:
             return self._reserve_one(body)
         # The order's trace shows its wait; the call that carries its hold is in the trace of the
         # call's first order, linked from here.
@@ -321,9 +323,10 @@ class InventoryClient:
         if response.status != 200:
             raise self._refusal(response)
 
-    def release(self, order_id: str) -> None:
-        """Give a held unit back at once (used when checkout refuses an order after the hold)."""
-        response = self._call(f"/reservations/{order_id}/release", {})
+    def release(self, order_id: str, paid: bool = False) -> None:
+        """Give a held unit back at once (used when checkout refuses an order after the hold).
+        `paid`: the renewal of a late payment that was refunded, not behind the breaker either."""
+        response = self._call(f"/reservations/{order_id}/release", {}, guarded=not paid)
         if response.status not in (200, 404):
             raise self._refusal(response)
 

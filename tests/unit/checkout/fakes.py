@@ -326,6 +326,7 @@ class FakeInventory:
         self.reserved = []
         self.sold = []
         self.released = []
+        self.unguarded = []  # calls made past the circuit breaker (a paying buyer's): (what, order id)
         self.holds = {}  # order id -> its hold
         self.given_back = set()  # order ids whose hold was released (held again only by a renewal)
         self.reserve_refusal = None
@@ -333,9 +334,11 @@ class FakeInventory:
         self.meanwhile = None
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
-                order_version=None):
+                order_version=None, paid=False):
         self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
                               "order_version": order_version})
+        if paid:
+            self.unguarded.append(("reserve", order_id))
         if self.meanwhile is not None:
             self.meanwhile()
         held = self.holds.get(order_id)
@@ -362,8 +365,10 @@ class FakeInventory:
         if self.sell_refusal is not None:
             raise self.sell_refusal
 
-    def release(self, order_id):
+    def release(self, order_id, paid=False):
         self.released.append(order_id)
+        if paid:
+            self.unguarded.append(("release", order_id))
         self.given_back.add(order_id)
 
 

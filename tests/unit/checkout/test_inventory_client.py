@@ -135,12 +135,18 @@ def test_a_sale_for_an_order_cancelled_meanwhile_is_told_apart_from_inventory_fa
 
 def test_a_late_payments_renewal_asks_inventory_even_while_the_breaker_is_open():
     inventory = InventoryClient("http://inventory.test", "key", 1.0, CircuitBreaker(1, 60.0), hold_batch_size=16)
-    inventory._pool = Pool(lambda path, body: Answer(201, held(body["order_id"])))
+    inventory._pool = Pool(lambda path, body: Answer(201, held(body["order_id"])) if path == "/reservations"
+                           else Answer(200, {}))
     inventory._breaker.failed()  # the rush's failed orders opened it
     with pytest.raises(errors.InventoryUnavailable):
         inventory.reserve("o9", DROP, "b9", 1)
 
-    renewed = inventory.reserve("o1", DROP, "b1", 1, renew=True, order_version=2)
+    with pytest.raises(errors.InventoryUnavailable):  # an order's retry is turned away, as any order
+        inventory.reserve("o2", DROP, "b2", 1, renew=True)
+
+    renewed = inventory.reserve("o1", DROP, "b1", 1, renew=True, order_version=2, paid=True)
+    inventory.release("o1", paid=True)
 
     assert renewed.order_id == "o1"
-    assert [(path, sent["renew"]) for path, sent in inventory._pool.calls] == [("/reservations", True)]
+    assert [(path, sent.get("renew")) for path, sent in inventory._pool.calls] == [
+        ("/reservations", True), ("/reservations/o1/release", None)]

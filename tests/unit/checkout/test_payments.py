@@ -165,6 +165,7 @@ def test_a_late_payment_is_refunded_when_orders_placed_since_took_its_address_al
     assert event_type == "payment.refund_requested" and data["capture_id"] == "CAP-1"
     assert "shipping address" in data["reason"]
     assert checkout.inventory.released[-1] == str(first.id)  # the renewed hold given back at once
+    assert checkout.inventory.unguarded == [("reserve", str(first.id)), ("release", str(first.id))]
 
 
 def test_a_late_payment_without_stock_expires_the_order_and_is_refunded(checkout):
