@@ -136,7 +136,9 @@ class KeySet:
         if retired:
             log.info("JWKS keys no longer published; tokens they signed are refused",
                      extra={"kids": sorted(retired)})
-        self._keys = keys
+        # A key published as before stays the same object: the verifier's remembered tokens are
+        # tied to the key object that verified them, and would all be verified again otherwise.
+        self._keys = {kid: self._keys[kid] if _same_key(self._keys.get(kid), key) else key for kid, key in keys.items()}
         if self._cache is not None:
             try:
                 partial = self._cache.with_name(f"{self._cache.name}.{os.getpid()}")
@@ -157,6 +159,14 @@ def _usable_keys(document: dict) -> dict[str, jwt.PyJWK]:
         except (jwt.PyJWTError, ValueError):  # bad base64 is a ValueError (binascii.Error)
             log.warning("ignoring unusable JWK", extra={"kid": str(entry.get("kid"))[:100]})
     return keys
+
+
+def _same_key(held: jwt.PyJWK | None, fetched: jwt.PyJWK) -> bool:
+    """Whether `fetched` is the very key `held` is (the same public numbers, algorithm and id)."""
+    if held is None:
+        return False
+    return (held.key_id, held.algorithm_name, held.key.public_numbers()) == (
+        fetched.key_id, fetched.algorithm_name, fetched.key.public_numbers())
 
 
 def _http_fetch(url: str) -> dict:
@@ -277,9 +287,15 @@ def jwks_verifier(settings) -> TokenVerifier:
     the background."""
     keys = KeySet(settings.jwks_url, settings.jwks_min_refresh_seconds, cache_file=settings.jwks_cache_file,
                   max_age_seconds=settings.jwks_max_age_seconds)
+    keep_fresh_in_worker(keys)
+    return TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+
+
+def keep_fresh_in_worker(keys: KeySet) -> None:
+    """In a gunicorn worker (never its master, nor a command-line tool), start `keys.keep_fresh`
+    on a thread of its own."""
     if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
         threading.Thread(target=_keep_fresh_later, args=(keys,), name="jwks-refresh", daemon=True).start()
-    return TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
 
 
 def init_app(app, verifier: TokenVerifier, service_key: str) -> None:

@@ -67,6 +67,11 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         with unit_of_work() as uow:
             return tokens.key_set(uow.signing_keys.active())
 
+    # its own tokens, verified from its own table: fetched again every JWKS_MAX_AGE_SECONDS as
+    # every verifier does, so a key retired by rotate-keys stops verifying here too
+    own_keys = auth.KeySet(settings.jwks_url, min_refresh_seconds=1.0, fetch=own_key_set,
+                           max_age_seconds=settings.jwks_max_age_seconds)
+    auth.keep_fresh_in_worker(own_keys)
     return Accounts(
         **database,
         migrations=MIGRATIONS,
@@ -84,9 +89,5 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
                 settings.login_client_free_failures, base, timedelta(seconds=settings.login_client_backoff_max_seconds), window
             ),
         ),
-        verifier=auth.TokenVerifier(
-            auth.KeySet(settings.jwks_url, min_refresh_seconds=1.0, fetch=own_key_set),
-            settings.jwt_issuer,
-            settings.jwt_audience,
-        ),
+        verifier=auth.TokenVerifier(own_keys, settings.jwt_issuer, settings.jwt_audience),
     )

@@ -152,6 +152,18 @@ def test_a_key_accounts_retires_stops_verifying_within_the_max_age_without_a_new
     assert verifier.verify(jwks.token(kid="k2")).subject == "buyer-1"
 
 
+def test_a_refresh_that_brings_the_same_keys_keeps_the_tokens_already_verified(jwks, monkeypatch):
+    keys = KeySet("http://accounts/jwks", min_refresh_seconds=60, fetch=jwks)
+    verifier = TokenVerifier(keys, ISSUER, AUDIENCE)
+    token = jwks.token()
+    verifier.verify(token)
+    with keys._lock:
+        assert keys._refresh()  # what keep_fresh does every JWKS_MAX_AGE_SECONDS
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("verified again after a refresh"))
+
+    assert verifier.verify(token).subject == "buyer-1"
+
+
 def test_a_worker_that_read_keys_from_the_cache_fetches_once_all_the_same(jwks, tmp_path):
     cache = tmp_path / "jwks.json"
     first = TokenVerifier(KeySet("http://accounts/jwks", 60, fetch=jwks, cache_file=str(cache)), ISSUER, AUDIENCE)
