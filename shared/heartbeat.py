@@ -5,6 +5,11 @@ Their loops call `beat()` every turn; Kubernetes' liveness probe runs
 minute, so a process that is alive but stuck is restarted. A beat is also recorded where the
 service's API can see it (`shared/last_seen.py`), for Prometheus and the control room.
 
+A consumer or relay waiting to reconnect to the broker beats another file,
+`reconnecting_file(<file>)`: it is alive (a restart could not bring the broker back), but not
+ready (its readiness probe reads `<file>` alone, so a rollout of pods that cannot connect stops
+instead of replacing working ones). Its liveness probe names both files: either fresh will do.
+
 This module stays small: the probe imports it every few seconds in every worker's pod.
 """
 from __future__ import annotations
@@ -39,6 +44,11 @@ class Heartbeat:
             self._last_seen.record()
 
 
+def reconnecting_file(path: str) -> str:
+    """The file a worker waiting to reconnect beats instead of `path` ("" for none)."""
+    return f"{path}.reconnecting" if path else ""
+
+
 def age_seconds(path: str) -> float:
     """Seconds since the last beat (infinite when there was none)."""
     try:
@@ -48,12 +58,12 @@ def age_seconds(path: str) -> float:
 
 
 def main() -> None:
-    """The liveness probe: exit 1 when the heartbeat is older than `--max-age` seconds."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("path")
+    """The probe: exit 1 when every heartbeat named is older than `--max-age` seconds."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="path")
     parser.add_argument("--max-age", type=float, default=60.0)
     args = parser.parse_args()
-    age = age_seconds(args.path)
+    age = min(age_seconds(path) for path in args.paths)
     if age > args.max_age:
         print(f"no heartbeat for {age:.0f}s (limit {args.max_age:.0f}s)", file=sys.stderr)
         sys.exit(1)

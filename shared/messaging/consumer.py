@@ -33,7 +33,7 @@ import pika
 
 from shared import logs, tracing
 from shared.config import Settings, lower_priority
-from shared.heartbeat import Heartbeat
+from shared.heartbeat import Heartbeat, reconnecting_file
 from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -132,10 +132,10 @@ class ConsumerRunner:
         self.queue = topology.work_queue(settings.service_name)
         self.stop = threading.Event()
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
-        # While the broker is away: the liveness probe's file only. Restarting cannot bring the
-        # broker back (and the kubelet's back-off would delay the consumer once it is), but the
-        # service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
-        self.liveness = Heartbeat(settings.heartbeat_file)
+        # While the broker is away: alive, not ready (shared/heartbeat.py). Restarting cannot bring
+        # the broker back (and the kubelet's back-off would delay the consumer once it is), and
+        # the service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
+        self.liveness = Heartbeat(reconnecting_file(settings.heartbeat_file))
         self._reconnect_delays = amqp.backoff()
 
     def install_signal_handlers(self) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from shared import tracing
 from shared.config import Settings, lower_priority
-from shared.heartbeat import Heartbeat
+from shared.heartbeat import Heartbeat, reconnecting_file
 from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -40,10 +40,10 @@ class OutboxRelay:
         self.stop = stop or threading.Event()
         self.published = 0
         self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
-        # While the broker or the database is away: the liveness probe's file only. Restarting
-        # cannot bring them back (and the kubelet's back-off would delay the relay once they are),
-        # but the service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
-        self.liveness = Heartbeat(settings.heartbeat_file)
+        # While the broker or the database is away: alive, not ready (shared/heartbeat.py).
+        # Restarting cannot bring them back (and the kubelet's back-off would delay the relay once
+        # they are), and the service's `worker_heartbeats` row keeps ageing, so the outage shows.
+        self.liveness = Heartbeat(reconnecting_file(settings.heartbeat_file))
         self._last_purge = 0.0
 
     def run(self) -> None:

@@ -9,11 +9,13 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
 from shared import logs, tracing
 from shared.config import Settings
+from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
 from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
 from shared.messaging.envelope import Envelope
@@ -128,14 +130,16 @@ def test_a_retried_or_parked_copy_leaves_the_broker_s_dead_lettering_history_beh
     assert copy.properties.headers["x-attempt"] == 1
 
 
-def test_while_the_broker_is_away_the_liveness_file_is_touched_and_the_service_s_row_ages(broker, tmp_path):
-    """Restarting cannot bring the broker back; the `worker_heartbeats` row keeps showing the outage."""
+def test_while_the_broker_is_away_the_consumer_is_alive_not_ready_and_the_service_s_row_ages(broker, tmp_path):
+    """Restarting cannot bring the broker back; a rollout must not count the pod ready; the
+    `worker_heartbeats` row keeps showing the outage."""
     broker.down = True
     heartbeat, last_seen = tmp_path / "heartbeat", Recorded()
 
     with running(runner_of(last_seen=last_seen, heartbeat_file=str(heartbeat))):
-        eventually(heartbeat.exists, "a beat")
+        eventually(Path(reconnecting_file(str(heartbeat))).exists, "a beat while reconnecting")
 
+    assert not heartbeat.exists()  # the readiness probe's file
     assert last_seen.beats == 0
 
 

@@ -6,23 +6,32 @@ import time
 
 import sqlalchemy as sa
 
-from shared.heartbeat import Heartbeat, age_seconds
+from shared.heartbeat import Heartbeat, age_seconds, reconnecting_file
 from shared.last_seen import LastSeen
 from tests.unit.shared.fake_database import FakeEngine
 
 
-def check(path, max_age):
-    return subprocess.run([sys.executable, "-m", "shared.heartbeat", str(path), "--max-age", str(max_age)]).returncode
+def check(*paths, max_age):
+    return subprocess.run([sys.executable, "-m", "shared.heartbeat", *map(str, paths), "--max-age", str(max_age)]).returncode
 
 
 def test_a_loop_that_beats_is_alive_and_one_that_stopped_is_not(tmp_path):
     path = tmp_path / "heartbeat"
-    assert check(path, 60) == 1  # never beat
+    assert check(path, max_age=60) == 1  # never beat
     Heartbeat(str(path)).beat()
-    assert age_seconds(str(path)) < 5 and check(path, 60) == 0
+    assert age_seconds(str(path)) < 5 and check(path, max_age=60) == 0
     stale = time.time() - 120
     os.utime(path, (stale, stale))
-    assert check(path, 60) == 1
+    assert check(path, max_age=60) == 1
+
+
+def test_a_worker_waiting_to_reconnect_is_alive_but_not_ready(tmp_path):
+    working = tmp_path / "heartbeat"
+    reconnecting = reconnecting_file(str(working))
+    Heartbeat(reconnecting).beat()
+
+    assert check(working, reconnecting, max_age=60) == 0  # liveness: either file will do
+    assert check(working, max_age=20) == 1  # readiness: working only
 
 
 def test_without_a_path_beating_writes_nothing(tmp_path):
