@@ -313,8 +313,36 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
     again and is parked meanwhile waits for the next replay instead of going round again in this
     one. Those another admin is reading at that moment (unacked) stay where they are. Those not
     asked for are parked again at the back (see `_park_again`), never returned."""
-    conn = amqp.connect(url, f"{service}-replay")
-    replayed = []
+    def send_back(channel, properties, body: bytes) -> None:
+        headers = _without_broker_deaths(properties.headers)
+        headers["x-attempt"] = 0
+        headers["x-replayed"] = True
+        properties.headers = headers
+        channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)
+
+    return _take_dead_letters(url, service, message_ids, send_back, "replay")
+
+
+def discard_dead_letters(url: str, service: str, message_ids: set[str]) -> list[str]:
+    """Remove the dead letters of `service` with the given ids for good (what they asked for was
+    settled by hand: a refund the provider refused, a shipped order's lost unit); the ids of
+    those removed. Each is logged with what it was and why it was parked. The others stay
+    parked, at the back."""
+    def log_discarded(_channel, properties, body: bytes) -> None:
+        headers = properties.headers or {}
+        log.warning("dead letter discarded", extra={
+            "service": service, "message_id": properties.message_id, "type": properties.type,
+            "last_error": headers.get("x-last-error"), "body": body.decode("utf-8", "replace")[:2000]})
+
+    return _take_dead_letters(url, service, message_ids, log_discarded, "discard")
+
+
+def _take_dead_letters(url: str, service: str, message_ids: set[str] | None,
+                       take: Callable[..., None], purpose: str) -> list[str]:
+    """Take the dead letters parked now (those with `message_ids`, or all): `take(channel,
+    properties, body)` each, confirmed, then ack it; park the others again at the back."""
+    conn = amqp.connect(url, f"{service}-{purpose}")
+    taken = []
     try:
         channel = conn.channel()
         queue = topology.dead_letter_queue(service)
@@ -327,17 +355,13 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
             if message_ids is not None and properties.message_id not in message_ids:
                 _park_again(channel, queue, method, properties, body)
                 continue
-            headers = _without_broker_deaths(properties.headers)
-            headers["x-attempt"] = 0
-            headers["x-replayed"] = True
-            properties.headers = headers
-            channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)
+            take(channel, properties, body)
             channel.basic_ack(method.delivery_tag)
-            replayed.append(properties.message_id)
+            taken.append(properties.message_id)
     finally:
         if conn.is_open:
             conn.close()
-    return replayed
+    return taken
 
 
 def peek_dead_letters(url: str, service: str, limit: int = 100) -> list[dict]:

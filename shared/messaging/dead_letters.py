@@ -2,6 +2,12 @@
 
     python -m shared.messaging.dead_letters list [--service checkout]
     python -m shared.messaging.dead_letters replay --service checkout [--message-id ID]
+    python -m shared.messaging.dead_letters discard --service checkout --message-id ID [--message-id ID ...]
+
+`discard` removes parked events for good, once what they asked for was settled by hand (a
+refund the provider refused and a person made, a shipped order's lost unit settled with the
+buyer): replaying those would only park them again, and while any is parked the dead-letter
+alert stays firing, so it cannot tell of the next one. Each one discarded is logged in full.
 
 The same operations as notifications' admin API (`GET /dead-letters`, `POST /dead-letters/replay`)
 for an operator with a shell and `AMQP_URL`, but no admin token: a parked refund is money owed to
@@ -17,7 +23,7 @@ import pika
 
 from shared.config import Settings
 from shared.messaging import topology
-from shared.messaging.consumer import peek_dead_letters, replay_dead_letters
+from shared.messaging.consumer import discard_dead_letters, peek_dead_letters, replay_dead_letters
 
 NOT_FOUND = 404
 
@@ -38,8 +44,18 @@ def parked(amqp_url: str, service: str | None = None) -> list[dict]:
 def replay(amqp_url: str, service: str, message_id: str | None = None) -> list[str]:
     """Send `service`'s parked events (or the one with `message_id`) back to its work queue; the
     ids of those sent."""
+    return _unless_undeclared(lambda: replay_dead_letters(amqp_url, service, None if message_id is None else {message_id}))
+
+
+def discard(amqp_url: str, service: str, message_ids: set[str]) -> list[str]:
+    """Remove `service`'s parked events with `message_ids` for good; the ids of those removed."""
+    return _unless_undeclared(lambda: discard_dead_letters(amqp_url, service, message_ids))
+
+
+def _unless_undeclared(operation) -> list[str]:
+    """What `operation()` returned; nothing when the dead-letter queue was never declared."""
     try:
-        return replay_dead_letters(amqp_url, service, None if message_id is None else {message_id})
+        return operation()
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == NOT_FOUND:
             return []
@@ -55,14 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     replay = commands.add_parser("replay", help="send parked events back to their work queue")
     replay.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), required=True)
     replay.add_argument("--message-id", help="only this event (default: every parked event of the service)")
+    removing = commands.add_parser("discard", help="remove parked events for good, once settled by hand")
+    removing.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), required=True)
+    removing.add_argument("--message-id", action="append", required=True, help="an event to remove (repeat for more)")
     args = parser.parse_args(argv)
     amqp_url = Settings.from_env().amqp_url
     if args.command == "list":
         for letter in parked(amqp_url, args.service):
             print(json.dumps(letter))
-    else:
+    elif args.command == "replay":
         replayed = len(replay(amqp_url, args.service, args.message_id))
         print(f"{replayed} event(s) of {args.service} sent back to {topology.work_queue(args.service)}", file=sys.stderr)
+    else:
+        removed = discard(amqp_url, args.service, set(args.message_id))
+        print(f"{len(removed)} event(s) of {args.service} discarded: {' '.join(removed) or 'none'}", file=sys.stderr)
+        if len(removed) < len(set(args.message_id)):
+            sys.exit(1)  # an id not parked (mistyped, or replayed meanwhile)
 
 
 if __name__ == "__main__":

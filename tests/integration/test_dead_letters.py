@@ -47,6 +47,28 @@ def test_replaying_all_sends_back_every_parked_event_once_and_says_which(infra):
             connection.close()
 
 
+def test_discarding_a_settled_event_removes_it_and_leaves_the_others_parked(infra):
+    service = f"discard-test-{uuid.uuid4().hex[:8]}"
+    dead = topology.dead_letter_queue(service)
+    connection = amqp.connect(infra.amqp_url, "tests")
+    try:
+        channel = connection.channel()
+        channel.queue_declare(dead, auto_delete=False)
+        channel.confirm_delivery()
+        for message_id in ("refund-1", "refund-2", "refund-3"):
+            channel.basic_publish("", dead, b"{}", pika.BasicProperties(message_id=message_id), mandatory=True)
+
+        assert dead_letters.discard(infra.amqp_url, service, {"refund-2"}) == ["refund-2"]
+
+        assert sorted(letter["message_id"] for letter in dead_letters.parked(infra.amqp_url, service)) == [
+            "refund-1", "refund-3"]
+        assert dead_letters.discard(infra.amqp_url, service, {"refund-2"}) == []  # gone for good
+    finally:
+        if connection.is_open:
+            connection.channel().queue_delete(dead)
+            connection.close()
+
+
 class FakeUnitOfWork:
     def __enter__(self):
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -161,6 +162,19 @@ def test_replaying_one_event_again_and_again_leaves_the_others_parked(broker):
     assert broker.dropped == []
 
 
+def test_discarding_a_settled_event_removes_it_alone_and_logs_what_it_was(broker, caplog):
+    broker.park("refund-1", "refund-2", "refund-3")
+
+    with caplog.at_level(logging.WARNING, logger="floodgate.consumer"):
+        assert dead_letters.discard("amqp://broker", SERVICE, {"refund-2", "refund-that-is-not-parked"}) == ["refund-2"]
+
+    assert broker.ids(DEAD) == ["refund-1", "refund-3"]
+    assert broker.ids(WORK) == []
+    [logged] = [r for r in caplog.records if r.getMessage() == "dead letter discarded"]
+    assert (logged.message_id, logged.last_error) == ("refund-2", "refund provider said 503")
+    assert broker.dropped == []
+
+
 def test_a_replayed_event_leaves_the_broker_s_dead_lettering_history_behind(broker):
     """Parked by the work queue's delivery limit, it names that queue in `x-death`; kept, a retry
     of it would look like a dead-letter cycle to the broker, which would never deliver it."""
@@ -193,3 +207,4 @@ def test_a_letter_whose_copy_the_broker_refuses_stays_where_it_was(broker):
 def test_a_service_whose_dead_letter_queue_does_not_exist_has_none(broker):
     assert dead_letters.parked("amqp://broker", SERVICE) == []
     assert dead_letters.replay("amqp://broker", SERVICE) == []
+    assert dead_letters.discard("amqp://broker", SERVICE, {"refund-1"}) == []
