@@ -228,9 +228,7 @@ def put_line(drop_id: str):
     body = load(LineRequestSchema())
     with unit_of_work() as uow:
         line = waiting_room.put_line(_drop_id(drop_id), waiting_room.LineSettings(**body), uow, utc_now())
-        shown = LINE.dump(line)
-        uow.admin_actions.record(requested_action(line.drop_id).ended(
-            {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
+        shown = _recorded_line_change(uow, line)
         uow.commit()
     current_app.extensions[LINE_VIEWS].forget(line.drop_id)
     return jsonify(shown)
@@ -255,12 +253,18 @@ def change_line(drop_id: str):
             body.update(drop_asked=True, drop_closes_at=root().inventory.drop_stock(drop_id).closes_at)
     with unit_of_work() as uow:
         line = waiting_room.change_line(_drop_id(drop_id), uow, utc_now(), **body)
-        shown = LINE.dump(line)
-        uow.admin_actions.record(requested_action(line.drop_id).ended(
-            {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
+        shown = _recorded_line_change(uow, line)
         uow.commit()
     current_app.extensions[LINE_VIEWS].forget(line.drop_id)
     return jsonify(shown)
+
+
+def _recorded_line_change(uow, line) -> dict:
+    """The line as answered, its change recorded among the admin actions in `uow`'s transaction."""
+    shown = LINE.dump(line)
+    uow.admin_actions.record(requested_action(line.drop_id).ended(
+        {name: shown[name] for name in ("state", "admission_rate", "admission_factor")}))
+    return shown
 
 
 @bp.get("/drops/<drop_id>/line")

@@ -15,8 +15,9 @@ broker before the original is acked, so nothing is lost in between.
 A copy, and a replayed dead letter, leaves out the broker's own dead-lettering history (`x-death`
 and the `x-first-death-*`, `x-last-death-*` headers); our `x-attempt` and `x-last-error` keep
 ours. A message the work queue once dead-lettered (past its delivery limit) names that queue in
-`x-death`; a retry copy carrying it would look like a dead-letter cycle when its delay queue
-expires it back into the work queue, and the broker would never deliver it.
+`x-death`; on RabbitMQ 3.x a retry copy carrying it looks like a dead-letter cycle when its delay
+queue expires it back into the work queue, and the broker never delivers it. (4.x ignores an
+`x-death` a client publishes; leaving it out costs nothing there.)
 """
 from __future__ import annotations
 

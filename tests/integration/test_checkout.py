@@ -132,7 +132,7 @@ def test_a_declined_payment_fails_the_order_and_frees_the_unit(floodgate, admin_
     failed = floodgate.wait_for_status(token, order["id"], "payment_failed")
     assert failed["payment"]["status"] == "declined"
     poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, what="the unit back on sale")
-    # the buyer is told, once: not left to wonder whether they have an order
+    # the buyer is told: not left to wonder whether they have an order
     [told] = poll(lambda: floodgate.mails_about(order["id"], "declined"), what="the email saying the payment was declined")
     assert "Nothing was charged" in told["text"]
 
