@@ -76,6 +76,24 @@ def restarted(stack, name: str, **env):
             stack.wait_until_ready()
 
 
+@contextlib.contextmanager
+def holds_expiring_in_seconds(stack):
+    """Inventory's holds last 2 s and its sweeper releases them every 0.5 s, for the block."""
+    with restarted(stack, "inventory-api", hold_ttl_seconds=2), \
+            restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+        yield
+
+
+def expired_order(floodgate, admin_token, quantity: int) -> tuple[dict, str, dict]:
+    """A new drop of `quantity` units, a buyer's token, and their order once it expired unpaid
+    (holds expiring in seconds)."""
+    drop = floodgate.create_drop(admin_token, quantity=quantity)
+    _, token = floodgate.register()
+    order = floodgate.place_order(token, drop["id"]).json()
+    floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+    return drop, token, order
+
+
 def definitive(floodgate, token, drop_id, key, address=None):
     """Place an order, retrying while checkout sheds load, as a well-behaved client does."""
     for _ in range(50):
@@ -165,7 +183,7 @@ def test_the_per_address_limit_holds_across_buyers_sharing_an_address(floodgate,
 
 
 def test_late_payments_are_kept_while_stock_lasts_and_refunded_after(floodgate, stack, admin_token):
-    with restarted(stack, "inventory-api", hold_ttl_seconds=2), restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+    with holds_expiring_in_seconds(stack):
         drop = floodgate.create_drop(admin_token, quantity=1)
         _, early = floodgate.register()
         first = floodgate.place_order(early, drop["id"]).json()
@@ -258,12 +276,8 @@ def test_no_checkout_transaction_stays_open_while_inventory_renews_a_late_paymen
     answers decides the order: that call once ran inside the webhook's transaction. Inventory's
     API frozen: the webhook waits out the renewal's timeout with no transaction of checkout's
     open and answers 503, changing nothing; the provider's next delivery keeps the order."""
-    with restarted(stack, "inventory-api", hold_ttl_seconds=2), \
-            restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
-        drop = floodgate.create_drop(admin_token, quantity=5)
-        _, token = floodgate.register()
-        order = floodgate.place_order(token, drop["id"]).json()
-        floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+    with holds_expiring_in_seconds(stack):
+        drop, token, order = expired_order(floodgate, admin_token, quantity=5)
         deliver = _signed_capture(floodgate, stack, order)
         answer, seen = _while_inventory_is_frozen(stack, deliver)
         assert answer.status_code == 503 and answer.json()["type"].endswith("/inventory-unavailable"), answer.text
@@ -288,12 +302,8 @@ def test_a_late_payment_made_while_inventory_is_down_is_kept_once_it_is_back(flo
     provider's capture 503: it must still be applied once inventory is back, from the provider's
     later deliveries (the simulator keeps redelivering, as PayPal does), never left captured at
     the provider with the order expired and no refund."""
-    with restarted(stack, "inventory-api", hold_ttl_seconds=2), \
-            restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
-        drop = floodgate.create_drop(admin_token, quantity=3)
-        _, token = floodgate.register()
-        order = floodgate.place_order(token, drop["id"]).json()
-        floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
+    with holds_expiring_in_seconds(stack):
+        drop, token, order = expired_order(floodgate, admin_token, quantity=3)
         _, crowd = floodgate.register()
         with stopped(stack, "inventory-api"):
             refused = [floodgate.place_order(crowd, drop["id"]).status_code for _ in range(8)]
@@ -533,7 +543,7 @@ def test_an_expiry_delivered_after_a_late_payment_kept_the_unit_leaves_it_sold(f
     from tests.integration.events import redeliver_reversed
 
     _, token = buyer
-    with restarted(stack, "inventory-api", hold_ttl_seconds=2), restarted(stack, "inventory-sweeper", sweep_interval_seconds=0.5):
+    with holds_expiring_in_seconds(stack):
         drop = floodgate.create_drop(admin_token, quantity=1)
         with stopped(stack, "inventory-consumer"):
             order = floodgate.place_order(token, drop["id"]).json()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 
 import pika
 
@@ -17,6 +16,7 @@ from shared.messaging import connection as amqp
 from shared.messaging import dead_letters, topology
 from shared.messaging.consumer import ConsumerRunner, current_attempt
 from shared.messaging.envelope import Envelope
+from tests.unit.shared.fake_broker import NoTransaction, parked_by_the_delivery_limit
 
 PARKED = 1_050  # more than a replay once took (1,000)
 
@@ -69,17 +69,6 @@ def test_discarding_a_settled_event_removes_it_and_leaves_the_others_parked(infr
             connection.close()
 
 
-class FakeUnitOfWork:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    def commit(self):
-        pass
-
-
 def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again(infra, monkeypatch):
     """A letter parked by the work queue's delivery limit carries the broker's `x-death` naming
     that queue; were it kept on the replayed message and on its retry copy, the retry queue's
@@ -97,7 +86,7 @@ def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again
         if len(attempts) == 1:
             raise ConnectionError("SMTP server went away")
 
-    runner = ConsumerRunner(settings, {event_type: fails_once}, FakeUnitOfWork, "tests", inbox=False)
+    runner = ConsumerRunner(settings, {event_type: fails_once}, NoTransaction, "tests", inbox=False)
     consuming = threading.Thread(target=runner.run, name="replay-test-consumer")
     connection = amqp.connect(infra.amqp_url, "tests")
     try:
@@ -107,7 +96,7 @@ def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again
         envelope = Envelope(type=event_type, data={}, source="tests")
         channel.basic_publish("", dead, envelope.to_json(), pika.BasicProperties(
             message_id=envelope.id, type=event_type, delivery_mode=pika.DeliveryMode.Persistent,
-            headers={**_parked_by_the_delivery_limit(work, event_type), "x-attempt": 1}), mandatory=True)
+            headers={**parked_by_the_delivery_limit(work, event_type), "x-attempt": 1}), mandatory=True)
         assert dead_letters.replay(infra.amqp_url, service) == [envelope.id]
 
         consuming.start()
@@ -123,18 +112,3 @@ def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again
         for queue in (work, dead, topology.retry_queue(service, 200)):
             connection.channel().queue_delete(queue)
         connection.close()
-
-
-def _parked_by_the_delivery_limit(queue: str, event_type: str) -> dict:
-    """The headers RabbitMQ adds to a message its quorum queue `queue` dead-lettered past the
-    delivery limit."""
-    return {
-        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": queue, "time": datetime.now(timezone.utc),
-                     "exchange": topology.EVENTS_EXCHANGE, "routing-keys": [event_type]}],
-        "x-first-death-queue": queue,
-        "x-first-death-reason": "delivery_limit",
-        "x-first-death-exchange": topology.EVENTS_EXCHANGE,
-        "x-last-death-queue": queue,
-        "x-last-death-reason": "delivery_limit",
-        "x-last-death-exchange": topology.EVENTS_EXCHANGE,
-    }

@@ -7,9 +7,12 @@ import queue as queues
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pika
+
+from shared.messaging import topology
 
 # How long a call the fake never answers waits before it fails the test instead of hanging it.
 GIVE_UP_SECONDS = 6.0
@@ -248,3 +251,31 @@ class QueueChannel:
     def basic_ack(self, delivery_tag):
         _, message = self.connection.unacked.pop(delivery_tag)
         self.connection.broker.acked.append(message)
+
+
+def parked_by_the_delivery_limit(queue: str, event_type: str) -> dict:
+    """The headers RabbitMQ adds to a message its quorum queue `queue` dead-lettered past the
+    delivery limit."""
+    return {
+        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": queue, "time": datetime.now(timezone.utc),
+                     "exchange": topology.EVENTS_EXCHANGE, "routing-keys": [event_type]}],
+        "x-first-death-queue": queue,
+        "x-first-death-reason": "delivery_limit",
+        "x-first-death-exchange": topology.EVENTS_EXCHANGE,
+        "x-last-death-queue": queue,
+        "x-last-death-reason": "delivery_limit",
+        "x-last-death-exchange": topology.EVENTS_EXCHANGE,
+    }
+
+
+class NoTransaction:
+    """A unit of work for handlers that touch no database: entered, committed, nothing kept."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def commit(self):
+        pass

@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
 from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
 from shared.messaging.envelope import Envelope
-from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, QueueBroker
+from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, NoTransaction, QueueBroker, parked_by_the_delivery_limit
 
 SERVICE = "checkout"
 EVENT = "payment.refund_requested"
@@ -27,27 +26,7 @@ WORK = topology.work_queue(SERVICE)
 RETRY = topology.retry_queue(SERVICE, 100)
 DEAD = topology.dead_letter_queue(SERVICE)
 # What RabbitMQ wrote on a message the work queue dead-lettered past its delivery limit.
-PARKED_BY_THE_DELIVERY_LIMIT = {
-    "x-death": [{"count": 1, "reason": "delivery_limit", "queue": WORK, "time": datetime.now(timezone.utc),
-                 "exchange": topology.EVENTS_EXCHANGE, "routing-keys": [EVENT]}],
-    "x-first-death-queue": WORK,
-    "x-first-death-reason": "delivery_limit",
-    "x-first-death-exchange": topology.EVENTS_EXCHANGE,
-    "x-last-death-queue": WORK,
-    "x-last-death-reason": "delivery_limit",
-    "x-last-death-exchange": topology.EVENTS_EXCHANGE,
-}
-
-
-class FakeUnitOfWork:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    def commit(self):
-        pass
+PARKED_BY_THE_DELIVERY_LIMIT = parked_by_the_delivery_limit(WORK, EVENT)
 
 
 class Recorded:
@@ -79,7 +58,7 @@ def root_logging():
 
 def runner_of(handler=None, last_seen=None, **settings) -> ConsumerRunner:
     settings = Settings(service_name=SERVICE, retry_delays_ms=(100, 1000), max_attempts=3, **settings)
-    return ConsumerRunner(settings, {EVENT: handler or (lambda envelope, uow: None)}, FakeUnitOfWork, "tests",
+    return ConsumerRunner(settings, {EVENT: handler or (lambda envelope, uow: None)}, NoTransaction, "tests",
                           last_seen, inbox=False)
 
 

@@ -14,6 +14,7 @@ import pika
 import pytest
 
 from shared.messaging import consumer, dead_letters, topology
+from tests.unit.shared.fake_broker import parked_by_the_delivery_limit
 
 SERVICE = "checkout"
 DEAD = topology.dead_letter_queue(SERVICE)
@@ -179,14 +180,7 @@ def test_a_replayed_event_leaves_the_broker_s_dead_lettering_history_behind(brok
     """Parked by the work queue's delivery limit, it names that queue in `x-death`; kept, a retry
     of it would look like a dead-letter cycle to the broker, which would never deliver it."""
     broker.park("refund-1")
-    broker.queues[DEAD][0].properties.headers.update({
-        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": WORK, "exchange": topology.EVENTS_EXCHANGE,
-                     "routing-keys": ["payment.refund_requested"]}],
-        "x-first-death-queue": WORK, "x-first-death-reason": "delivery_limit",
-        "x-first-death-exchange": topology.EVENTS_EXCHANGE,
-        "x-last-death-queue": WORK, "x-last-death-reason": "delivery_limit",
-        "x-last-death-exchange": topology.EVENTS_EXCHANGE,
-    })
+    broker.queues[DEAD][0].properties.headers.update(parked_by_the_delivery_limit(WORK, "payment.refund_requested"))
 
     assert dead_letters.replay("amqp://broker", SERVICE) == ["refund-1"]
 
