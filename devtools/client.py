@@ -117,13 +117,15 @@ class Floodgate:
 
     # checkout
     def place_order(self, token: str, drop_id: str, key: str | None = None, quantity: int = 1,
-                    address: dict | None = None, line_pass: str | None = None) -> requests.Response:
-        """Order as the token's buyer; without `address`, the buyer's own Canadian address."""
+                    address: dict | None = None, line_pass: str | None = None,
+                    timeout: float | None = None) -> requests.Response:
+        """Order as the token's buyer; without `address`, the buyer's own Canadian address.
+        `timeout`: seconds the buyer's client waits for the answer (requests' ReadTimeout after)."""
         headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key or str(uuid.uuid4())}
         if line_pass is not None:
             headers["Line-Pass"] = line_pass
         return self.http.post(
-            self._url("checkout", "/orders"), headers=headers,
+            self._url("checkout", "/orders"), headers=headers, timeout=timeout,
             json={"drop_id": drop_id, "quantity": quantity, "shipping_address": address or home_of(token)},
         )
 
@@ -157,11 +159,12 @@ class Floodgate:
     def get_order(self, token: str, order_id: str) -> requests.Response:
         return self.http.get(self._url("checkout", f"/orders/{order_id}"), headers={"Authorization": f"Bearer {token}"})
 
-    def pay(self, order: dict) -> requests.Response:
-        """Approve the order's payment at the provider, as the buyer would from the approval link."""
+    def pay(self, order: dict, timeout: float | None = None) -> requests.Response:
+        """Approve the order's payment at the provider, as the buyer would from the approval link
+        (the provider calls checkout's webhook before it answers). `timeout` as for `place_order`."""
         link = order["payment"]["approval_url"]
         path, _, query = link.partition("?")
-        return self.http.post(f"{path}/approve?{query}")
+        return self.http.post(f"{path}/approve?{query}", timeout=timeout)
 
     def wait_for_status(self, token: str, order_id: str, status: str, timeout: float = 30) -> dict:
         return poll(

@@ -267,8 +267,17 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
         ("database restart: units held without an order = 0", restart["holds_without_order"] == 0,
          str(restart["holds_without_order"])),
     ]
+    run = figures["run"]
+    # Every other must-hold is "nothing went wrong", which a drop where nobody could buy passes
+    # too: with more buyers than units, the stock must have gone to them.
+    crowd_outnumbers_stock = run["buyers"] > run["units"]
+    sold = [] if not crowd_outnumbers_stock else [
+        (f"the drop sold out ({run['buyers']:,} buyers for {run['units']:,} units)", checks["available_after"] == 0,
+         f"{checks['available_after']} unit(s) never held or sold"),
+    ]
     return [
         ("no 5xx answer (but a 503 with Retry-After)", crowd["unexpected_5xx"] == 0, str(crowd["unexpected_5xx"])),
+        *sold,
         *line_verdicts(figures.get("line")),
         ("oversold units = 0", checks["oversold_units"] == 0, str(checks["oversold_units"])),
         ("stock accounted for (available + held + sold = quantity)", checks["stock_accounted_for"], ""),
@@ -305,7 +314,7 @@ def line_verdicts(line: dict | None) -> list[tuple[str, bool, str]]:
 
 def _passes_verdict(passes: dict) -> tuple[str, bool, str]:
     return ("line: samples with more passes in play (holder holds no unit yet) than remaining units x factor = 0",
-            passes["violating_samples"] == 0,
+            passes["violating_samples"] == 0 and passes["samples"] > 0,  # no sample read judges nothing
             f"{passes['violating_samples']} of {passes['samples']} samples (most passes in play: "
             f"{_fmt(passes['max_active_passes'])})")
 

@@ -214,16 +214,12 @@ def test_with_inventory_down_buyers_get_fast_answers_and_ordering_resumes(floodg
     stack.kill("inventory-api")
     try:
         with concurrent.futures.ThreadPoolExecutor(10) as pool:
-            def attempt(token):
-                started = time.perf_counter()
-                answer = floodgate.place_order(token, drop["id"])
-                return answer, time.perf_counter() - started
-            results = list(pool.map(attempt, tokens))
-        for answer, elapsed in results:
+            # a buyer's client that gives up after 5 s: a buyer left hanging fails the test
+            answers = list(pool.map(lambda token: floodgate.place_order(token, drop["id"], timeout=5), tokens))
+        for answer in answers:
             assert answer.status_code in (429, 503), answer.text
             assert answer.headers["Content-Type"] == "application/problem+json"
             assert int(answer.headers["Retry-After"]) >= 1
-            assert elapsed < 5, "a buyer was left hanging"
     finally:
         stack.start("inventory-api")
         stack.wait_until_ready()

@@ -60,10 +60,14 @@ def order_email(event_id: str, event_type: str, version: int) -> dict:
 
 
 def waiting_for_a_lock(url: str) -> bool:
+    """Whether a session of this (scratch) database waits for a lock: other databases on the
+    server (the session stack's, a parallel run) do not count."""
     engine = sa.create_engine(url, pool_size=1)
     try:
         with engine.connect() as connection:
-            return connection.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar() > 0
+            return connection.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalar() > 0
     finally:
         engine.dispose()
 

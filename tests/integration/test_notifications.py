@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
-import statistics
 import subprocess
 import time
 import uuid
@@ -137,21 +136,18 @@ def email_metrics(floodgate, stack) -> dict[str, float]:
 
 # --- orders through checkout -------------------------------------------------------------------
 
-def place_and_pay(floodgate, drop_id: str, buyers) -> tuple[list[tuple[str, dict]], list[float], list[float]]:
-    orders, placing, paying = [], [], []
+def place_and_pay(floodgate, drop_id: str, buyers, timeout: float | None = None) -> list[tuple[str, dict]]:
+    """Each buyer orders and pays; `timeout`: seconds each buyer's client waits for an answer."""
+    orders = []
     for _, token in buyers:
         # a street of its own: checkout limits the units per shipping address
         address = dict(CANADIAN_ADDRESS, street_address=f"{uuid.uuid4().int % 9000 + 100} Sussex Drive")
-        started = time.perf_counter()
-        placed = floodgate.place_order(token, drop_id, address=address)
-        placing.append(time.perf_counter() - started)
+        placed = floodgate.place_order(token, drop_id, address=address, timeout=timeout)
         assert placed.status_code == 201, placed.text
-        started = time.perf_counter()
-        paid = floodgate.pay(placed.json())
-        paying.append(time.perf_counter() - started)
+        paid = floodgate.pay(placed.json(), timeout=timeout)
         assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
         orders.append((token, placed.json()))
-    return orders, placing, paying
+    return orders
 
 
 def order_mails(floodgate, order_ids: set[str]) -> dict[tuple[str, str], int]:
@@ -197,7 +193,7 @@ def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(flood
     retries_before = email_metrics(floodgate, stack).get("floodgate_notifications_retries_total", 0)
     set_fault(stack, "refuse")
     try:
-        orders, _, _ = place_and_pay(floodgate, drop["id"], buyers)
+        orders = place_and_pay(floodgate, drop["id"], buyers)
         for token, order in orders:
             floodgate.wait_for_status(token, order["id"], "confirmed")
         order_ids = {order["id"] for _, order in orders}
@@ -223,27 +219,22 @@ def test_smtp_down_for_a_whole_drop_costs_no_order_and_every_email_follows(flood
     assert after["floodgate_notifications_emails_sent_total"] >= sent >= 5
 
 
-def test_smtp_stalling_10s_per_message_leaves_order_and_webhook_timings_unchanged(floodgate, stack, admin_token):
-    drop = floodgate.create_drop(admin_token, quantity=8)
-    buyers = [floodgate.register() for _ in range(8)]
+def test_smtp_stalling_10s_per_message_never_holds_an_order_or_a_webhook(floodgate, stack, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=4)
+    buyers = [floodgate.register() for _ in range(4)]
     log_path = stack.log_path("notifications-consumer")
     log_offset = log_path.stat().st_size
-    _, base_placing, base_paying = place_and_pay(floodgate, drop["id"], buyers[:4])
 
     set_fault(stack, "stall", seconds=10)
     try:
-        orders, placing, paying = place_and_pay(floodgate, drop["id"], buyers[4:])
+        # each buyer's client (and so the provider's webhook call, which the approval waits for)
+        # gives up after 5 s: an order or a webhook waiting on the 10 s stall would fail here
+        orders = place_and_pay(floodgate, drop["id"], buyers, timeout=5)
         poll(lambda: smtp_fault(stack)["stalled"] >= 1, what="the consumer to be held mid-send")
         for token, order in orders:  # confirmed while the email consumer waits on SMTP
             floodgate.wait_for_status(token, order["id"], "confirmed")
     finally:
         set_fault(stack, "none")
-
-    print(f"\nmedian POST /orders {statistics.median(base_placing) * 1000:.0f} ms -> "
-          f"{statistics.median(placing) * 1000:.0f} ms; approve+webhook {statistics.median(base_paying) * 1000:.0f} ms "
-          f"-> {statistics.median(paying) * 1000:.0f} ms with SMTP stalling 10 s")
-    assert statistics.median(placing) < 3 * statistics.median(base_placing) + 0.25
-    assert statistics.median(paying) < 3 * statistics.median(base_paying) + 0.25
 
     order_ids = {order["id"] for _, order in orders}
     rows = every_confirmation_and_no_late_pay_by(floodgate, stack, admin_token, order_ids, timeout=40)

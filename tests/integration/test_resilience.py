@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import statistics
 import threading
 import time
 import uuid
@@ -10,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import sqlalchemy as sa
 
 from devtools.client import CANADIAN_ADDRESS, poll
 from devtools.stack import SERVICES
@@ -30,14 +30,12 @@ def place_orders(floodgate, drop_id: str, count: int) -> list[tuple[str, dict]]:
     return orders
 
 
-def pay_timed(floodgate, orders) -> list[float]:
-    durations = []
+def pay_each(floodgate, orders) -> None:
+    """Each buyer pays, with a client that waits 10 s for the answer (the approval waits for
+    the provider's webhook to checkout): a webhook waiting on anything slow fails the test."""
     for _, order in orders:
-        started = time.perf_counter()
-        answer = floodgate.pay(order)
-        durations.append(time.perf_counter() - started)
+        answer = floodgate.pay(order, timeout=10)
         assert answer.status_code == 200 and answer.json()["webhook_status"] == 200, answer.text
-    return durations
 
 
 def queue_depth(stack, queue: str) -> int:
@@ -58,16 +56,13 @@ def settled(stack) -> bool:
 
 def test_orders_confirm_while_the_email_consumer_is_dead_and_mail_follows(floodgate, stack, admin_token):
     drop = floodgate.create_drop(admin_token, quantity=40)
-    baseline = pay_timed(floodgate, place_orders(floodgate, drop["id"], 5))
 
     stack.kill("notifications-consumer")
     orders = place_orders(floodgate, drop["id"], 20)
-    while_down = pay_timed(floodgate, orders)
+    pay_each(floodgate, orders)  # the webhook answers without the email consumer
     for token, order in orders:
         floodgate.wait_for_status(token, order["id"], "confirmed")
     assert all(not floodgate.confirmations_of(order["id"]) for _, order in orders)
-    # The webhook does not wait on email: its timing with the consumer dead matches the baseline.
-    assert statistics.median(while_down) < 3 * statistics.median(baseline) + 0.1
 
     stack.start("notifications-consumer")
     poll(lambda: all(floodgate.confirmations_of(order["id"]) for _, order in orders), timeout=60,
@@ -81,15 +76,15 @@ def test_relay_crash_after_publish_and_a_broker_restart_lose_and_double_nothing(
     stack.stop("checkout-relay")
     relay = stack.start("checkout-relay", {"FAULT_RELAY_EXIT_AFTER_PUBLISH": "1"})
     crashed = place_orders(floodgate, drop["id"], 5)
-    pay_timed(floodgate, crashed)
+    pay_each(floodgate, crashed)
     poll(lambda: relay.poll() is not None, what="the relay to crash after publishing")
     assert relay.returncode == 3
     stack.start("checkout-relay")
 
     during_restart = place_orders(floodgate, drop["id"], 10)
-    pay_timed(floodgate, during_restart[:5])
+    pay_each(floodgate, during_restart[:5])
     infra.restart_broker()
-    pay_timed(floodgate, during_restart[5:])
+    pay_each(floodgate, during_restart[5:])
 
     everything = crashed + during_restart
     for token, order in everything:
@@ -166,7 +161,7 @@ def test_a_poison_message_is_parked_after_its_attempts_while_others_flow(floodga
 
     drop = floodgate.create_drop(admin_token, quantity=5)
     [(token, order)] = place_orders(floodgate, drop["id"], 1)
-    pay_timed(floodgate, [(token, order)])
+    pay_each(floodgate, [(token, order)])
     poll(lambda: floodgate.confirmations_of(order["id"]), what="the healthy order's email")
 
     admin = {"Authorization": f"Bearer {admin_token}"}
@@ -194,7 +189,9 @@ def test_a_database_restart_mid_rush_costs_no_buyer_and_no_unit(floodgate, stack
     drop = floodgate.create_drop(admin_token, quantity=units)
     tokens = [floodgate.register()[1] for _ in range(crowd)]
     started = threading.Barrier(crowd + 1)
-    answers: list[tuple[int, str | None]] = []
+    phase = ["before"]
+    answers: list[tuple[int, str | None, str]] = []  # (status, Retry-After, phase when answered)
+    cut: list[str] = []  # requests that got no answer at all (a connection reset, a worker gone)
 
     def buyer(token: str) -> int:
         key, deadline = str(uuid.uuid4()), time.monotonic() + 90
@@ -202,22 +199,33 @@ def test_a_database_restart_mid_rush_costs_no_buyer_and_no_unit(floodgate, stack
         while time.monotonic() < deadline:
             try:
                 answer = floodgate.place_order(token, drop["id"], key=key)
-            except requests.RequestException:
+            except requests.RequestException as error:
+                cut.append(repr(error))
                 continue
-            answers.append((answer.status_code, answer.headers.get("Retry-After")))
+            answers.append((answer.status_code, answer.headers.get("Retry-After"), phase[0]))
             if answer.status_code not in (429, 503):
                 return answer.status_code
             time.sleep(min(2.0, float(answer.headers["Retry-After"])))  # as the answer asks
         return 0
 
+    witness = sa.create_engine(f"{infra.postgres_url}/postgres", poolclass=sa.pool.NullPool).connect()
+    witness.execute(sa.text("SELECT 1"))
     with ThreadPoolExecutor(crowd) as pool:
         finals = [pool.submit(buyer, token) for token in tokens]
         started.wait()
+        phase[0] = "during"
         infra.restart_database()
+        phase[0] = "after"
         finals = [future.result() for future in finals]
 
-    assert [status for status, _ in answers if status >= 500 and status != 503] == []
-    assert all(retry_after for status, retry_after in answers if status in (429, 503))
+    with pytest.raises(sa.exc.DBAPIError):  # the database did restart: its old connections are gone
+        witness.execute(sa.text("SELECT 1"))
+    # the rush met the restart: a request was turned away by it (503), or still waiting for its
+    # answer when the restart was over
+    assert [status for status, _, phase_ in answers if status == 503 or phase_ == "after"], answers
+    assert cut == []
+    assert [status for status, *_ in answers if status >= 500 and status != 503] == []
+    assert all(retry_after for status, retry_after, _ in answers if status in (429, 503))
     assert sorted(finals) == [201] * units + [409] * (crowd - units)
     held = scalar(stack, "inventory", "SELECT count(*) FROM reservations WHERE drop_id = :d AND status = 'held'",
                   d=drop["id"])
