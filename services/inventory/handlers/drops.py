@@ -226,12 +226,15 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
 
 
 def _restock(uow, drop_id: uuid.UUID, shard_count: int, units: int) -> None:
-    # Every shard row is updated in shard order, the order a multi-shard hold locks them in.
+    # Every shard row is updated in shard order, the order a multi-shard hold locks them in,
+    # those that get no unit too: the restock then waits for any hold still taking from one of
+    # them, which may be announcing `drop.sold_out`, so the announcement's deletion below comes
+    # after it and the next sell-out is announced again.
     uow.session.execute(
         SHARDS.update()
         .where(SHARDS.c.drop_id == drop_id, SHARDS.c.shard == sa.bindparam("s"))
         .values(available=SHARDS.c.available + sa.bindparam("q")),
-        [{"s": shard, "q": q} for shard, q in enumerate(spread(units, shard_count)) if q],
+        [{"s": shard, "q": q} for shard, q in enumerate(spread(units, shard_count))],
     )
 
 

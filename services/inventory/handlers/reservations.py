@@ -247,12 +247,16 @@ def take_stock(session, drop_id: uuid.UUID, quantity: int) -> int | None:
         if left is not None:
             return left
         _ROLLBACK_TO_SAVEPOINT.run(session, {})  # drop the locks on rows that had emptied meanwhile
-    rows = session.execute(
+    # Every row of the drop, judged in Python on the values it has once locked: a filter in the
+    # statement would judge on its snapshot, and a row empty then, refilled while this waits for
+    # another row's lock, would never be considered (a sold-out while the drop has the units).
+    locked = session.execute(
         sa.select(SHARDS.c.shard, SHARDS.c.available)
-        .where(SHARDS.c.drop_id == drop_id, SHARDS.c.available > 0)
+        .where(SHARDS.c.drop_id == drop_id)
         .order_by(SHARDS.c.shard)
         .with_for_update()
     ).all()
+    rows = [(shard, available) for shard, available in locked if available > 0]
     if sum(available for _, available in rows) < quantity:
         return None
     wanted, taken = quantity, []
@@ -328,10 +332,11 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
     What a checkout process's concurrent orders cost together instead of one by one: one request,
     and per drop one transaction, one read of the drop and one take from its stock rows for all
     of them, each order checked and refused as `reserve` checks it (window, tier, country, units
-    left, the buyer's allowance). An order id that already has a reservation, a renewal, and every order of
-    a batch whose units the stock rows do not all hold are then answered by `reserve` on its own,
-    in its own transaction: the same code, so near the end of the stock the last units go one
-    order at a time.
+    left, the buyer's allowance). An order id that already has a reservation, a renewal, an order
+    the units read would cover but for this batch's own holds (units may have come back since the
+    read), and every order of a batch whose units the stock rows do not all hold are then answered
+    by `reserve` on its own, in its own transaction: the same code, so near the end of the stock
+    the last units go one order at a time.
     `request_ids`: the request each order came from, for the log line of each hold.
     """
     outcomes: list[HoldOutcome | None] = [None] * len(cmds)
@@ -347,12 +352,14 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         try:
             _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
             uow.commit()
+            # What this transaction read stays readable as read: a later drop's rollback expires
+            # the session's objects, and an order answered with its reservation keeps one here.
+            uow.session.expunge_all()
         except _DATABASE_FAILED:
             # What committed before stays answered; these orders were not held: each says so.
             _abandon(uow)
             for index in indices:
                 outcomes[index] = HoldOutcome(refusal=_database_unavailable())
-    uow.session.expunge_all()  # what was read stays readable as read: a later rollback expires the session's
     for index, cmd in enumerate(cmds):
         if outcomes[index] is None:
             try:
@@ -389,7 +396,9 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
                    outcomes: list[HoldOutcome | None]) -> None:
     """Hold one drop's orders of a batch in the transaction, or refuse them as `reserve` would;
     leave an outcome None (to be answered one by one) for an order id that already has its
-    reservation and for every order of a batch whose units the drop's stock rows do not all hold."""
+    reservation, for an order refused only for the units this batch set aside before it, and for
+    every order of a batch whose units the drop's stock rows do not all hold. Sold out here means
+    fewer units than the order's own quantity at the read, as `reserve` judges it."""
     session = uow.session
     found = _drop_now_and_remaining(session, cmds[indices[0]].drop_id)
     if found is None:
@@ -406,8 +415,13 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         allowance = {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity}
         try:
             drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country)
+            if remaining < cmd.quantity:
+                raise _sold_out(remaining)  # too few units at the read, whatever this batch holds
             if remaining < units + cmd.quantity:
-                raise _sold_out(remaining - units)  # what this batch left of the units read above
+                # Short only because of this batch's own holds, on a read that units may have come
+                # back since (a release, an expiry, a restock): a sold-out here would be final for
+                # checkout. `reserve` answers it on its own after the commit, from a fresh read.
+                continue
             if _TAKE_BUYER_ALLOWANCE.first(session, {**allowance, "limit": drop.per_buyer_limit}) is None:
                 raise _limit_exceeded(drop)
         except Problem as refusal:
