@@ -45,12 +45,12 @@ def sign_in():
 
 
 @bp.post("/sessions/refresh")
-@operation("Exchange a refresh token (once) for new tokens; a reused one ends its whole session", request=schemas.RefreshTokenSchema, response=schemas.SessionTokensSchema, status=201, errors=(400, 401, 503))
+@operation("Exchange a refresh token (once; a retry within 30 s of a lost answer is answered again) for new tokens; a reused one ends its whole session", request=schemas.RefreshTokenSchema, response=schemas.SessionTokensSchema, status=201, errors=(400, 401, 503))
 def refresh():
     cmd = load(schemas.RefreshTokenSchema())
     deps = root()
     with unit_of_work() as uow:
-        tokens = handlers.refresh_session(cmd["refresh_token"], uow, deps.issuer, deps.refresh_ttl)
+        tokens = handlers.refresh_session(cmd["refresh_token"], uow, deps.issuer, deps.refresh_ttl, deps.refresh_reuse_grace)
         uow.commit()
     return _no_store(schemas.SessionTokensSchema().dump(tokens), 201)
 
@@ -114,7 +114,9 @@ def issue_invite():
 def redeem_invite():
     cmd = load(schemas.RedeemInviteSchema())
     with unit_of_work() as uow:
-        account = handlers.find_account(current_principal().subject, uow)
+        # Locked and read afresh first: a double click's second request waits for the first and
+        # answers the tier it gave, not the account as it was before.
+        account = handlers.find_account_for_update(current_principal().subject, uow)
         handlers.redeem_invite(cmd["code"], account, uow)
         uow.commit()
     return schemas.AccountSchema().dump(account)

@@ -41,6 +41,10 @@ class Accounts(service.Root):
     def refresh_ttl(self) -> timedelta:
         return timedelta(seconds=self.settings.refresh_token_ttl_seconds)
 
+    @property
+    def refresh_reuse_grace(self) -> timedelta:
+        return timedelta(seconds=self.settings.refresh_token_reuse_grace_seconds)
+
 
 def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
     """Accounts as a process of `kind` needs it (see `shared.service`).
@@ -82,8 +86,12 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
                                   timedelta(seconds=settings.signing_key_publish_seconds)),
         key_encryption=keks,
         throttle=SignInThrottle(
-            per_account=BackoffPolicy(
+            per_account_and_client=BackoffPolicy(
                 settings.login_account_free_failures, base, timedelta(seconds=settings.login_account_backoff_max_seconds), window
+            ),
+            per_account=BackoffPolicy(
+                settings.login_account_all_clients_free_failures, base,
+                timedelta(seconds=settings.login_account_all_clients_backoff_max_seconds), window
             ),
             per_client=BackoffPolicy(
                 settings.login_client_free_failures, base, timedelta(seconds=settings.login_client_backoff_max_seconds), window

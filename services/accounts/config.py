@@ -18,10 +18,15 @@ class Settings(CommonSettings):
     password_hashing_concurrency: int = 2
     password_hashing_wait_seconds: float = 5.0
     # Sign-in throttling: after the free failures, each further failure doubles the wait.
+    # "account" is an account tried from one client (strict: it is the guesser's own key);
+    # "account all clients" is the account from anywhere, a loose brake on guessing spread over
+    # many clients, whose short ceiling is all an attacker can make the owner wait.
     login_account_free_failures: int = 5
+    login_account_all_clients_free_failures: int = 100
     login_client_free_failures: int = 50
     login_backoff_base_seconds: float = 1.0
     login_account_backoff_max_seconds: float = 900.0
+    login_account_all_clients_backoff_max_seconds: float = 60.0
     login_client_backoff_max_seconds: float = 300.0
     login_failure_window_seconds: float = 900.0
     max_addresses_per_account: int = 20
@@ -36,9 +41,13 @@ class Settings(CommonSettings):
     # the first encrypts, all decrypt. Empty in development means the public dev-only KEK
     # (key_encryption.DEV_KEY_ENCRYPTION_KEY); production reads it from a Secret.
     signing_key_encryption_keys: str = ""
-    # A spent refresh token (used, expired, or of a revoked session) is purged this long after:
-    # until then, presenting a used one again still revokes its session as a theft.
+    # A spent refresh token (used and expired, expired, or of a revoked session) is purged this
+    # long after: until then, presenting a used one again still revokes its session as a theft.
     spent_refresh_token_retention_seconds: int = 7 * 24 * 3600
+    # A refresh token presented again this soon after its exchange, whose successor is still
+    # unused, is a retry after a lost answer (a timeout, a 5xx): it gets new tokens instead of
+    # ending the session as a theft.
+    refresh_token_reuse_grace_seconds: float = 30.0
 
 
 def load() -> Settings:

@@ -26,7 +26,7 @@ from services.accounts.errors import (
 from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
 from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
-from services.accounts.throttle import BackoffPolicy, Reservation, SignInThrottle, retry_after_seconds
+from services.accounts.throttle import BackoffPolicy, Reservation, SignInThrottle, key_kind, retry_after_seconds
 from services.accounts.tokens import SessionTokens, TokenIssuer
 
 log = logging.getLogger("floodgate.accounts")
@@ -34,10 +34,12 @@ log = logging.getLogger("floodgate.accounts")
 # One message for a wrong email and a wrong password, so a login cannot probe who has an account.
 WRONG_CREDENTIALS = "Email or password is incorrect"
 DEFAULT_THROTTLE = SignInThrottle(
-    per_account=BackoffPolicy(5, timedelta(seconds=1), timedelta(minutes=15), timedelta(minutes=15)),
+    per_account_and_client=BackoffPolicy(5, timedelta(seconds=1), timedelta(minutes=15), timedelta(minutes=15)),
+    per_account=BackoffPolicy(100, timedelta(seconds=1), timedelta(minutes=1), timedelta(minutes=15)),
     per_client=BackoffPolicy(50, timedelta(seconds=1), timedelta(minutes=5), timedelta(minutes=15)),
 )
 DEFAULT_REFRESH_TTL = timedelta(days=14)
+DEFAULT_REFRESH_REUSE_GRACE = timedelta(seconds=30)
 # Without 0/O, 1/I: codes are read out and typed. 12 symbols of 32 = 60 random bits.
 INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 INVITE_CODE_LENGTH = 12
@@ -80,9 +82,11 @@ def open_session(
 ) -> SessionTokens:
     """Tokens for the account whose email and password match, else `InvalidCredentials`.
 
-    Failures are counted per account and per client (`cmd["client"]`); past the free ones each
-    key is refused for a doubling time (`SignInThrottled`, 429) before any password is checked,
-    so a throttled account costs no hashing and slows nobody else. Unknown emails are counted
+    Failures are counted per account and client (`cmd["client"]`), per account from every
+    client and per client (`SignInThrottle`); past the free ones each key is refused for a
+    doubling time (`SignInThrottled`, 429) before any password is checked, so a throttled key
+    costs no hashing and slows nobody else. Failures from one client never lock the account's
+    owner out from another for more than the loose per-account wait. Unknown emails are counted
     like known ones, so throttling reveals nothing either.
 
     Each attempt is counted as a failure before its password is checked, under the keys' row
@@ -117,10 +121,13 @@ def open_session(
         raise InvalidCredentials(WRONG_CREDENTIALS)
     if rehashed:
         account.password_hash = rehashed
+    owners_key = throttle.owners_key(cmd["email"], cmd.get("client"))
     for reservation in reservations:
-        if reservation.key == f"account:{cmd['email']}":
-            uow.login_throttles.clear(reservation.key)  # a right password forgets the account's failures
+        if reservation.key == owners_key:
+            uow.login_throttles.clear(reservation.key)  # a right password forgets this client's failures
         else:
+            # The account's failures from every client stay: the owner signing in must not hand
+            # guessers spread over many clients a fresh allowance.
             uow.login_throttles.give_back(reservation)
     uow.commit()  # not a failure, even if no token can be issued now
     return _start_session(account, uow, issuer, refresh_ttl, now)
@@ -128,8 +135,8 @@ def open_session(
 
 def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list[Reservation]:
     """Count the attempt as a failure of every key, or of none (`SignInThrottled`) if one is
-    refused. Keys are locked in one order (account before client), so two attempts never each
-    hold a row the other waits for."""
+    refused. Keys are locked in one order (sorted: the account's, the client's, the account and
+    client's), so two attempts never each hold a row the other waits for."""
     reservations = []
     for key, policy in sorted(keys.items()):
         reservation = uow.login_throttles.reserve(key, policy, now)
@@ -141,7 +148,7 @@ def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list
         reservations.append(reservation)
     for reservation in reservations:
         if reservation.blocks_until is not None:
-            log.warning("sign-in throttled", extra={"throttle": reservation.key.split(":", 1)[0], "failures": reservation.failures,
+            log.warning("sign-in throttled", extra={"throttle": key_kind(reservation.key), "failures": reservation.failures,
                                                     "wait_seconds": (reservation.blocks_until - now).total_seconds()})
     if random.random() < 0.01:  # now and then, drop rows nobody has failed on for a while
         uow.login_throttles.forget_stale(now - max(policy.window for policy in keys.values()))
@@ -167,39 +174,59 @@ def _tokens_for(account: Account, signed_in: Session, uow, issuer: TokenIssuer, 
     return SessionTokens(access=access, refresh_token=refresh, refresh_expires_in=int(refresh_ttl.total_seconds()))
 
 
-def refresh_session(refresh_token: str, uow, issuer: TokenIssuer, refresh_ttl: timedelta = DEFAULT_REFRESH_TTL) -> SessionTokens:
+def refresh_session(refresh_token: str, uow, issuer: TokenIssuer, refresh_ttl: timedelta = DEFAULT_REFRESH_TTL,
+                    reuse_grace: timedelta = DEFAULT_REFRESH_REUSE_GRACE) -> SessionTokens:
     """Exchange a refresh token for a new access token and a new refresh token (rotation).
 
     A refresh token works once. Presenting one that was already exchanged means two parties
     hold it, one of them a thief: the whole session (every token rotated from the same sign-in)
-    is revoked and the caller must sign in again. The new access token carries the account's
-    current role and tier.
+    is revoked and the caller must sign in again. Except for a retry: clients are told to retry
+    a refresh whose answer they did not get (a timeout, a 5xx). A token presented again within
+    `reuse_grace` of its exchange, while the token that exchange issued is still unused, spends
+    that one instead and gets a new pair; the session stays. The new access token carries the
+    account's current role and tier.
     """
     now = utc_now()
-    row = uow.refresh_tokens.get_for_update(tokens.refresh_token_hash(refresh_token))
-    if row is None:
+    token_hash = tokens.refresh_token_hash(refresh_token)
+    # The session's lock first, then its tokens', as `end_session` does: a retry spending the
+    # successor and the successor's own refresh are served in turn and never deadlock.
+    session_id = uow.refresh_tokens.session_of(token_hash)
+    signed_in = uow.sessions.get_for_update(session_id) if session_id is not None else None
+    row = uow.refresh_tokens.get_for_update(token_hash) if signed_in is not None else None
+    if row is None or signed_in.revoked_at is not None:
         raise InvalidRefreshToken("Sign in again.")
-    signed_in = uow.sessions.get_for_update(row.session_id)
-    if signed_in is None or signed_in.revoked_at is not None:
-        raise InvalidRefreshToken("Sign in again.")
+    spent = row
     if row.used_at is not None:
-        signed_in.revoked_at, signed_in.revoked_reason = now, "refresh-token-reuse"
-        uow.commit()  # the revocation stands although the request fails
-        log.warning("refresh token reused; session revoked", extra={"session_id": str(signed_in.id)})
-        raise InvalidRefreshToken("Sign in again.")
+        spent = _successor_of_retried(row, uow, now, reuse_grace)
+        if spent is None:
+            signed_in.revoked_at, signed_in.revoked_reason = now, "refresh-token-reuse"
+            uow.commit()  # the revocation stands although the request fails
+            log.warning("refresh token reused; session revoked", extra={"session_id": str(signed_in.id)})
+            raise InvalidRefreshToken("Sign in again.")
+        log.info("refresh retried; its lost answer's token spent instead", extra={"session_id": str(signed_in.id)})
     account = uow.accounts.get(signed_in.account_id)
-    if row.expires_at <= now or account is None:
+    if spent.expires_at <= now or account is None:
         raise InvalidRefreshToken("Sign in again.")
-    row.used_at = now
+    spent.used_at = now
     return _tokens_for(account, signed_in, uow, issuer, refresh_ttl, now)
+
+
+def _successor_of_retried(row: RefreshToken, uow, now: datetime, reuse_grace: timedelta) -> RefreshToken | None:
+    """The token `row`'s exchange issued (same session, issued at `row.used_at`), if `row` is
+    being retried: exchanged within `reuse_grace` and that token still unused. Else None: a
+    reuse, which ends the session."""
+    if now - row.used_at > reuse_grace:
+        return None
+    successor = uow.refresh_tokens.successor_for_update(row)
+    return successor if successor is not None and successor.used_at is None else None
 
 
 def end_session(refresh_token: str, uow) -> None:
     """Log out: revoke the session `refresh_token` belongs to. Unknown tokens change nothing."""
-    row = uow.refresh_tokens.get_for_update(tokens.refresh_token_hash(refresh_token))
-    if row is None:
+    session_id = uow.refresh_tokens.session_of(tokens.refresh_token_hash(refresh_token))
+    if session_id is None:
         return
-    signed_in = uow.sessions.get_for_update(row.session_id)
+    signed_in = uow.sessions.get_for_update(session_id)
     if signed_in is not None and signed_in.revoked_at is None:
         signed_in.revoked_at, signed_in.revoked_reason = utc_now(), "logout"
 
@@ -241,10 +268,24 @@ def published_keys(uow, key_encryption: KeyEncryptionKeys) -> dict:
 
 
 def find_account(account_id: str, uow) -> Account:
+    return _existing(_get(uow.accounts.get, account_id))
+
+
+def find_account_for_update(account_id: str, uow) -> Account:
+    """The account, locked until the transaction ends and read as it is now: what changes it
+    (its addresses, its tier) is done one request at a time, each seeing what the one before
+    did (two requests counting addresses at once would both find room for one more)."""
+    return _existing(_get(uow.accounts.get_for_update, account_id))
+
+
+def _get(read, account_id: str) -> Account | None:
     try:
-        account = uow.accounts.get(uuid.UUID(account_id))
+        return read(uuid.UUID(account_id))
     except ValueError:
-        account = None
+        return None
+
+
+def _existing(account: Account | None) -> Account:
     if account is None:
         raise AccountNotFound("This account no longer exists.")
     return account
@@ -316,15 +357,17 @@ def reencrypt_signing_keys(uow, key_encryption: KeyEncryptionKeys) -> dict[str, 
 
 
 def purge_spent_refresh_tokens(uow, retention: timedelta, batch_size: int) -> dict[str, int]:
-    """Delete refresh tokens spent more than `retention` ago (used, expired, or of a revoked
-    session), then the sessions left without any token, `batch_size` rows per transaction so
-    that sign-ins and refreshes never wait long behind it. Returns how many of each went.
+    """Delete refresh tokens spent more than `retention` ago (used and expired, expired, or of a
+    revoked session), then the sessions left without any token, `batch_size` rows per
+    transaction so that sign-ins and refreshes never wait long behind it. Returns how many of
+    each went.
 
-    Within the retention a used token is still known, so presenting it again still revokes its
-    session (a theft); after it, that token is refused as unknown, without the revocation."""
+    A used token is kept until it has also expired: until then a copy of it could still be
+    presented, and is recognised as a theft that revokes its session. Once purged it is refused
+    as unknown, without the revocation, by then as any expired token would be."""
     cutoff = utc_now() - retention
     purges = {
-        "used": uow.refresh_tokens.delete_used_before,
+        "used": uow.refresh_tokens.delete_used_and_expired_before,
         "expired": uow.refresh_tokens.delete_expired_before,
         "revoked": uow.refresh_tokens.delete_of_sessions_revoked_before,
         "sessions": uow.sessions.delete_without_tokens_before,
@@ -397,8 +440,9 @@ def display_code(code: str) -> str:
 
 def save_address(account_id: str, fields: dict, uow, max_addresses: int = 20) -> Address:
     """Validate and normalise `fields` for their country (`shared.addresses`) and save them for
-    the account; `InvalidAddress` (422, per field) when the country's rules refuse them."""
-    account = find_account(account_id, uow)
+    the account; `InvalidAddress` (422, per field) when the country's rules refuse them, and
+    `TooManyAddresses` (409) past `max_addresses`, however many are saved at once."""
+    account = find_account_for_update(account_id, uow)
     normalised = postal.normalise(fields)
     if len(uow.addresses.of(account.id)) >= max_addresses:
         raise TooManyAddresses(f"Keep at most {max_addresses} addresses; delete one first.")

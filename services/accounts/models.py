@@ -85,8 +85,9 @@ class RefreshToken(Base):
 
 
 class LoginThrottle(Base):
-    """Recent failed sign-ins for one key (`account:<email>` or `client:<address>`), shared by
-    every worker, and until when that key is refused without checking a password."""
+    """Recent failed sign-ins for one key (`client:<client>|account:<email>`, `account:<email>`
+    or `client:<client>`, see `throttle.SignInThrottle`), shared by every worker, and until when
+    that key is refused without checking a password."""
 
     __tablename__ = "login_throttle"
     __table_args__ = (sa.Index("login_throttle_last_failure_at", "last_failure_at"),)

@@ -35,6 +35,12 @@ class Accounts:
     def get(self, account_id: uuid.UUID) -> Account | None:
         return self._session.get(Account, account_id)
 
+    def get_for_update(self, account_id: uuid.UUID) -> Account | None:
+        """The account row, locked until the transaction ends and read as it is now (an earlier
+        read in this transaction is refreshed): changes to one account's addresses or tier are
+        made one at a time, each seeing the one before."""
+        return self._session.get(Account, account_id, with_for_update=True, populate_existing=True)
+
     def by_email(self, email: str) -> Account | None:
         return self._session.scalar(sa.select(Account).where(Account.email == email))
 
@@ -114,13 +120,35 @@ class RefreshTokens:
         self._session.add(token)
         self._session.flush()
 
-    def get_for_update(self, token_hash: str) -> RefreshToken | None:
-        """The token row, locked: two requests presenting the same token are served in turn,
-        so exactly one of them rotates it and the other is seen as a reuse."""
-        return self._session.get(RefreshToken, token_hash, with_for_update=True)
+    def session_of(self, token_hash: str) -> uuid.UUID | None:
+        """The session the token belongs to, read without a lock: the session is locked first,
+        then its tokens (see `get_for_update`)."""
+        return self._session.scalar(sa.select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash))
 
-    def delete_used_before(self, cutoff: datetime, limit: int) -> int:
-        return self._delete_where(RefreshToken.used_at < cutoff, limit)
+    def get_for_update(self, token_hash: str) -> RefreshToken | None:
+        """The token row, locked. Taken only while holding its session's lock, so two requests
+        presenting tokens of one session are served in turn (exactly one of two presenting the
+        same token rotates it) and never each hold a row the other waits for."""
+        return self._session.get(RefreshToken, token_hash, with_for_update=True, populate_existing=True)
+
+    def successor_for_update(self, token: RefreshToken) -> RefreshToken | None:
+        """The token `token`'s exchange issued: of the same session, issued at its `used_at`.
+        Locked; taken under the session's lock too."""
+        return self._session.scalars(
+            sa.select(RefreshToken)
+            .where(
+                RefreshToken.session_id == token.session_id,
+                RefreshToken.issued_at == token.used_at,
+                RefreshToken.token_hash != token.token_hash,
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
+
+    def delete_used_and_expired_before(self, cutoff: datetime, limit: int) -> int:
+        """Used tokens are kept until they have also expired: until then, presenting one again
+        is still recognised as a theft and ends its session."""
+        return self._delete_where(sa.and_(RefreshToken.used_at < cutoff, RefreshToken.expires_at < cutoff), limit)
 
     def delete_expired_before(self, cutoff: datetime, limit: int) -> int:
         return self._delete_where(RefreshToken.expires_at < cutoff, limit)

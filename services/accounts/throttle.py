@@ -6,6 +6,7 @@ counted one after the other, so no more of them get their password checked than 
 allows, however many are in flight."""
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,16 +32,61 @@ class BackoffPolicy:
 
 @dataclass(frozen=True)
 class SignInThrottle:
-    """The two keys a sign-in is counted against: the account tried and the client trying."""
+    """The keys a sign-in is counted against: the account tried from the client trying (strict),
+    the account from every client (loose), and the client trying, whatever the account.
 
+    The strict key is per account *and* client: failures from one client never lock the owner
+    out from another, so nobody can keep a named buyer from signing in by guessing at their
+    account. The account's own key brakes guessing spread over many clients, with a wait short
+    enough that an owner caught behind it still signs in.
+
+    The client comes first in the strict key (`client:<client>|account:<email>`): the email is
+    whatever was typed, so with the email first, typing `<email>|client:<client>` would have made
+    the guesser's loose account key the owner's strict key. A client key holds no `|`."""
+
+    per_account_and_client: BackoffPolicy
     per_account: BackoffPolicy
     per_client: BackoffPolicy
 
     def keys(self, email: str, client: str | None) -> dict[str, BackoffPolicy]:
-        keys = {f"account:{email}": self.per_account}
+        keys = {f"account:{email}": self.per_account, self.owners_key(email, client): self.per_account_and_client}
         if client:
-            keys[f"client:{client}"] = self.per_client
+            keys[f"client:{client_key(client)}"] = self.per_client
         return keys
+
+    def owners_key(self, email: str, client: str | None) -> str:
+        """The strict key, the one a right password clears: the account's failures from this client."""
+        return f"client:{client_key(client)}|account:{email}"
+
+
+# The longest a client is kept as (an IPv6 /64: "ffff:ffff:ffff:ffff::/64"), so that every key
+# of an email of 254 characters fits the 300 of its column.
+CLIENT_KEY_MAX_LENGTH = 24
+
+
+def client_key(client: str | None) -> str:
+    """The client as the throttle counts it: an IPv4 address as it is, an IPv6 address by its
+    /64 (one subscriber's network, whose addresses they can rotate through at will), an IPv4
+    address written as IPv6 as the IPv4 one. What is not an address is kept, cut short and
+    without `|` (see `SignInThrottle`)."""
+    if not client:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:CLIENT_KEY_MAX_LENGTH].replace("|", "_")
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def key_kind(key: str) -> str:
+    """What a key counts, for the logs (never the email or the address)."""
+    if key.startswith("account:"):
+        return "account"
+    return "account-and-client" if "|account:" in key else "client"
 
 
 def retry_after_seconds(blocked_until: datetime, now: datetime) -> int:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import random
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable, Iterator
 
 import jwt
 import pytest
@@ -17,6 +20,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from requests.adapters import HTTPAdapter
 
 from devtools.client import poll
 from services.accounts import key_encryption
@@ -49,8 +53,30 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def sign_in(stack, email: str, password: str = PASSWORD) -> requests.Response:
-    return requests.post(accounts(stack, "/sessions"), json={"email": email, "password": password}, timeout=10)
+def sign_in(stack, email: str, password: str = PASSWORD, http=requests) -> requests.Response:
+    return http.post(accounts(stack, "/sessions"), json={"email": email, "password": password}, timeout=10)
+
+
+class FromAddress(HTTPAdapter):
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
+
+
+def other_client() -> tuple[requests.Session, str]:
+    """An HTTP session connecting from an address of its own in 127.0.0.0/8 (all of it reaches
+    the stack), so accounts sees another client than the tests' 127.0.0.1; and that address."""
+    address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+    http = requests.Session()
+    http.mount("http://", FromAddress(address))
+    return http, address
+
+
+def refresh(stack, tokens: dict) -> requests.Response:
+    return requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": tokens["refresh_token"]}, timeout=10)
 
 
 def signing_key(stack) -> tuple[str, str]:
@@ -114,7 +140,7 @@ def test_checkout_refuses_tokens_unsigned_unknown_expired_early_or_for_another_a
     assert floodgate.get_drop(open_drop["id"])["remaining"] == open_drop["quantity"] - 1
 
 
-def test_thirty_wrong_passwords_throttle_that_account_while_another_signs_in(floodgate, stack):
+def test_thirty_wrong_passwords_throttle_that_account_from_that_client_while_another_signs_in(floodgate, stack):
     victim, _ = floodgate.register()
     other, _ = floodgate.register()
 
@@ -128,10 +154,22 @@ def test_thirty_wrong_passwords_throttle_that_account_while_another_signs_in(flo
         if answer.status_code == 429:
             assert int(answer.headers["Retry-After"]) >= 1
             assert victim not in answer.text  # generic: does not say which account or why
-    assert sign_in(stack, victim).status_code == 429  # even the right password waits
+    assert sign_in(stack, victim).status_code == 429  # even the right password waits, from the same client
     started = time.perf_counter()
     assert sign_in(stack, other).status_code == 201
     print(f"\nother account signed in in {1000 * (time.perf_counter() - started):.0f} ms while the victim was throttled")
+
+
+def test_guesses_from_one_client_never_lock_the_owner_out_from_another(floodgate, stack):
+    owner, _ = floodgate.register()
+    guesses = [sign_in(stack, owner, f"guess number {n}").status_code for n in range(10)]
+    assert guesses[-1] == 429, guesses  # the guesser's client waits ...
+    owners_client, _ = other_client()
+
+    signed_in = sign_in(stack, owner, http=owners_client)  # ... the owner's does not
+
+    assert signed_in.status_code == 201, signed_in.text
+    assert sign_in(stack, owner, "guess number 10").status_code == 429
 
 
 def test_twenty_wrong_passwords_at_once_get_only_the_free_failures_checked(floodgate, stack):
@@ -147,14 +185,42 @@ def test_twenty_wrong_passwords_at_once_get_only_the_free_failures_checked(flood
 
     # Five free failures (the default), whatever the concurrency; the rest refused unchecked.
     assert statuses == [401] * 5 + [429] * 15, statuses
-    [row] = accounts_rows(stack, "SELECT failures FROM login_throttle WHERE key = :key", key=f"account:{victim}")
-    assert row.failures == 5
+    rows = accounts_rows(stack, "SELECT key, failures FROM login_throttle WHERE key IN (:anywhere, :here) ORDER BY key",
+                         anywhere=f"account:{victim}", here=f"client:127.0.0.1|account:{victim}")
+    assert [(row.key, row.failures) for row in rows] == [(f"account:{victim}", 5), (f"client:127.0.0.1|account:{victim}", 5)]
     assert sign_in(stack, victim).status_code == 429
     # A right password from the same client is counted when it starts and given back.
-    client_failures = "SELECT key, failures, last_failure_at FROM login_throttle WHERE key LIKE 'client:%' ORDER BY key"
+    client_failures = ("SELECT key, failures, last_failure_at FROM login_throttle WHERE key LIKE 'client:%' "
+                       "AND key NOT LIKE '%|account:%' ORDER BY key")
     before = accounts_rows(stack, client_failures)
     assert sign_in(stack, floodgate.register()[0]).status_code == 201
     assert accounts_rows(stack, client_failures) == before
+
+
+def test_guesses_at_once_from_many_clients_get_no_more_checks_than_the_accounts_loose_limit(floodgate, stack):
+    victim, _ = floodgate.register()
+    # 98 of its 100 free failures from every client spent already (recorded rather than guessed:
+    # 98 argon2 checks would only slow the test), then 20 guesses at once from 4 clients of 5
+    # each: every client is within its own limits, so the account's loose limit is what holds.
+    accounts_rows(stack, "INSERT INTO login_throttle (key, failures, last_failure_at) VALUES (:key, 98, now()) "
+                         "ON CONFLICT (key) DO UPDATE SET failures = 98, last_failure_at = now()", key=f"account:{victim}")
+    clients = [other_client()[0] for _ in range(4)]
+    barrier = threading.Barrier(20)
+
+    def guess(n):
+        barrier.wait()
+        return sign_in(stack, victim, f"distributed guess {n}", http=clients[n % 4])
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = sorted(answer.status_code for answer in pool.map(guess, range(20)))
+
+    assert statuses == [401] * 2 + [429] * 18, statuses
+    [row] = accounts_rows(stack, "SELECT failures, blocked_until - now() AS wait FROM login_throttle WHERE key = :key",
+                          key=f"account:{victim}")
+    assert row.failures == 100 and 0 < row.wait.total_seconds() <= 60
+    # The owner, from a client of their own, waits no longer than the loose ceiling (60 s).
+    owner = sign_in(stack, victim, http=other_client()[0])
+    assert owner.status_code == 429 and 1 <= int(owner.headers["Retry-After"]) <= 60
 
 
 def test_one_email_in_any_case_registers_once_and_failed_sign_ins_look_alike(floodgate, stack):
@@ -271,9 +337,13 @@ def test_reusing_a_rotated_refresh_token_ends_the_whole_session_and_logout_every
     assert rotated.json()["refresh_token"] != first["refresh_token"]
     assert floodgate.http.get(accounts(stack, "/accounts/me"), headers=bearer(rotated.json()["access_token"])).status_code == 200
 
+    newest = refresh(stack, rotated.json())  # the holder refreshes again
+    assert newest.status_code == 201
+
+    # the first token again, after its successor was used: not a retry but a second holder
     replayed = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": first["refresh_token"]}, timeout=10)
     assert replayed.status_code == 401 and replayed.json()["type"].endswith("/invalid-refresh-token")
-    family = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": rotated.json()["refresh_token"]}, timeout=10)
+    family = refresh(stack, newest.json())
     assert family.status_code == 401  # the legitimate holder's newer token died with the family
 
     elsewhere = requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": other_device["refresh_token"]}, timeout=10)
@@ -309,23 +379,64 @@ def test_an_invite_redeemed_at_registration_puts_its_tier_in_the_token_and_is_an
     assert codes == [issued.json()["code"]]
 
 
-def test_two_concurrent_refreshes_with_one_token_rotate_it_once_and_end_the_session(floodgate, stack):
+def session_tokens(stack, tokens: dict) -> list:
+    """Every refresh token of the session `tokens` belongs to, and whether it is revoked."""
+    return accounts_rows(stack, "SELECT t.token_hash, t.used_at, s.revoked_at FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id "
+                                "WHERE t.session_id = (SELECT session_id FROM refresh_tokens WHERE token_hash = :hash) ORDER BY t.issued_at",
+                         hash=refresh_token_hash(tokens["refresh_token"]))
+
+
+def test_a_refresh_retried_after_a_lost_answer_gets_new_tokens_and_the_session_stays(floodgate, stack):
+    email, _ = floodgate.register()
+    signed = sign_in(stack, email).json()
+    lost = refresh(stack, signed)  # as if the answer never arrived (a timeout, a 5xx)
+    assert lost.status_code == 201
+
+    retried = refresh(stack, signed)  # the client retries, as this service's README tells it to
+
+    assert retried.status_code == 201, retried.text
+    assert me(stack, retried.json()["access_token"]) == 200
+    tokens = session_tokens(stack, signed)
+    assert [row.token_hash for row in tokens if row.used_at is None] == [refresh_token_hash(retried.json()["refresh_token"])]
+    assert {row.revoked_at for row in tokens} == {None}
+    assert refresh(stack, retried.json()).status_code == 201
+
+
+def test_a_refresh_token_presented_after_the_grace_ends_its_session(floodgate, stack):
+    email, _ = floodgate.register()
+    signed = sign_in(stack, email).json()
+    rotated = refresh(stack, signed).json()
+    # exchanged 31 s ago (the grace is 30 s), with the token it issued
+    accounts_rows(stack, "UPDATE refresh_tokens SET issued_at = issued_at - interval '31 seconds', "
+                         "used_at = used_at - interval '31 seconds' WHERE session_id = "
+                         "(SELECT session_id FROM refresh_tokens WHERE token_hash = :hash)", hash=refresh_token_hash(signed["refresh_token"]))
+
+    assert refresh(stack, signed).status_code == 401
+    assert refresh(stack, rotated).status_code == 401  # the whole session ended
+    assert {row.revoked_at is not None for row in session_tokens(stack, signed)} == {True}
+
+
+def test_two_concurrent_refreshes_with_one_token_leave_one_live_token_and_the_session(floodgate, stack):
+    # Served one after the other (the session's row lock): the first rotates the token, the
+    # second is a retry within the grace and spends the token the first issued. Never two live
+    # tokens in one session.
     email, _ = floodgate.register()
     signed = sign_in(stack, email).json()
     barrier = threading.Barrier(2)
 
-    def refresh():
+    def refresh_at_once():
         barrier.wait()
-        return requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": signed["refresh_token"]}, timeout=10)
+        return refresh(stack, signed)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda _: refresh(), range(2)))
+        answers = list(pool.map(lambda _: refresh_at_once(), range(2)))
 
-    assert sorted(answer.status_code for answer in answers) == [201, 401]
-    [winner] = [answer for answer in answers if answer.status_code == 201]
-    # The loser was seen as a reuse, so even the winner's new token is dead.
-    assert requests.post(accounts(stack, "/sessions/refresh"), json={"refresh_token": winner.json()["refresh_token"]},
-                         timeout=10).status_code == 401
+    assert [answer.status_code for answer in answers] == [201, 201], [answer.text for answer in answers]
+    tokens = session_tokens(stack, signed)
+    live = [row.token_hash for row in tokens if row.used_at is None]
+    assert len(tokens) == 3 and len(live) == 1 and {row.revoked_at for row in tokens} == {None}
+    [winner] = [answer.json() for answer in answers if refresh_token_hash(answer.json()["refresh_token"]) in live]
+    assert refresh(stack, winner).status_code == 201
 
 
 def test_concurrent_registrations_never_use_an_invite_more_times_than_it_allows(floodgate, stack, admin_token):
@@ -344,6 +455,71 @@ def test_concurrent_registrations_never_use_an_invite_more_times_than_it_allows(
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [201] * 3 + [422] * 5, [answer.text for answer in answers]
     assert all(answer.json()["tier"] == "early-access" for answer in answers if answer.status_code == 201)
+
+
+@contextlib.contextmanager
+def row_locked(stack, sql: str, **params) -> Iterator[Callable[[], int]]:
+    """Hold the lock `sql` takes (a `SELECT ... FOR UPDATE`) from the test's own connection until
+    the block ends; yields a probe counting the accounts connections waiting for a lock meanwhile."""
+    engine = sa.create_engine(stack.infra.database_url("accounts"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as holder, engine.connect() as observer:
+            holder.execute(sa.text(sql), params)
+
+            def waiting() -> int:
+                count = observer.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).scalar()
+                observer.rollback()  # pg_stat_activity is read once per transaction
+                return count
+
+            try:
+                yield waiting
+            finally:
+                holder.rollback()
+    finally:
+        engine.dispose()
+
+
+def twice_at_once_behind(stack, lock_sql: str, request: Callable[[], requests.Response], **params) -> list[requests.Response]:
+    """`request` sent twice at once while the test holds the lock `lock_sql` takes; released only
+    once both wait in the database, so they are served one after the other from the same start."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with row_locked(stack, lock_sql, **params) as waiting:
+            sent = [pool.submit(request) for _ in range(2)]
+            poll(lambda: waiting() == 2, timeout=20, interval=0.02, what="both requests to wait for the lock")
+        return [answer.result(timeout=30) for answer in sent]
+
+
+def test_two_addresses_saved_at_once_never_exceed_the_limit(floodgate, stack, buyer):
+    _, token = buyer
+    given, _ = ADDRESSES["CA"]
+    address = {"name": "Sam Buyer", "country_code": "CA", **given}
+    for _ in range(AccountsSettings().max_addresses_per_account - 1):
+        assert requests.post(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), json=address, timeout=10).status_code == 201
+    account_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+
+    answers = twice_at_once_behind(
+        stack, "SELECT 1 FROM accounts WHERE id = :id FOR UPDATE",
+        lambda: requests.post(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), json=address, timeout=30),
+        id=account_id)
+
+    assert sorted(answer.status_code for answer in answers) == [201, 409], [answer.text for answer in answers]
+    listed = requests.get(accounts(stack, "/accounts/me/addresses"), headers=bearer(token), timeout=10).json()["items"]
+    assert len(listed) == AccountsSettings().max_addresses_per_account
+
+
+def test_an_invite_redeemed_twice_at_once_answers_the_new_tier_both_times(floodgate, stack, admin_token, buyer):
+    _, token = buyer
+    code = requests.post(accounts(stack, "/invites"), headers=bearer(admin_token), timeout=10,
+                         json={"tier": "double-click", "max_uses": 5}).json()["code"]
+
+    answers = twice_at_once_behind(
+        stack, "SELECT 1 FROM invites WHERE code = :code FOR UPDATE",
+        lambda: requests.post(accounts(stack, "/accounts/me/invites"), headers=bearer(token), json={"code": code}, timeout=30),
+        code=code.replace("-", ""))
+
+    assert [(answer.status_code, answer.json()["tier"]) for answer in answers] == [(200, "double-click")] * 2
+    assert accounts_rows(stack, "SELECT uses FROM invites WHERE code = :code", code=code.replace("-", ""))[0].uses == 1
 
 
 def me(stack, token: str) -> int:
@@ -405,7 +581,12 @@ def test_the_purge_deletes_long_spent_refresh_tokens_and_dead_sessions_and_keeps
     after_used_now = refresh(used_now).json()
     used_long_ago = sign_in(stack, email).json()
     after_used_long_ago = refresh(used_long_ago).json()
-    backdate("UPDATE refresh_tokens SET used_at = used_at - interval '8 days' WHERE token_hash = :hash", used_long_ago)
+    backdate("UPDATE refresh_tokens SET issued_at = issued_at - interval '22 days', used_at = used_at - interval '22 days', "
+             "expires_at = expires_at - interval '22 days' WHERE token_hash = :hash", used_long_ago)  # expired 8 days ago
+    used_long_ago_unexpired = sign_in(stack, email).json()
+    after_used_long_ago_unexpired = refresh(used_long_ago_unexpired).json()
+    backdate("UPDATE refresh_tokens SET issued_at = issued_at - interval '8 days', used_at = used_at - interval '8 days' "
+             "WHERE token_hash = :hash", used_long_ago_unexpired)  # expires in 6 days
     logged_out = sign_in(stack, email).json()
     assert requests.post(accounts(stack, "/sessions/logout"), json={"refresh_token": logged_out["refresh_token"]}, timeout=10).status_code == 204
     backdate("UPDATE sessions SET created_at = created_at - interval '8 days', revoked_at = revoked_at - interval '8 days' "
@@ -431,8 +612,11 @@ def test_the_purge_deletes_long_spent_refresh_tokens_and_dead_sessions_and_keeps
     # live sessions refresh as before
     assert refresh(live).status_code == 201
     assert refresh(after_used_long_ago).status_code == 201
-    # a token used within the retention is still known: presenting it again still ends its session
-    assert refresh(used_now).status_code == 401
-    assert refresh(after_used_now).status_code == 401
+    assert refresh(after_used_now).status_code == 201
+    # a token used within the retention is kept, and so is one used before it that has not
+    # expired: presenting it again still ends its session
+    assert accounts_rows(stack, "SELECT 1 FROM refresh_tokens WHERE token_hash = :hash", hash=refresh_token_hash(used_now["refresh_token"]))
+    assert refresh(used_long_ago_unexpired).status_code == 401
+    assert refresh(after_used_long_ago_unexpired).status_code == 401
     # one purged is refused as unknown
     assert refresh(used_long_ago).status_code == 401

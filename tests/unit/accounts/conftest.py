@@ -17,8 +17,13 @@ from services.accounts.tokens import TokenIssuer
 class FakeAccounts:
     def __init__(self):
         self.rows = {}
+        self.locked = []  # the ids of the accounts read for update, in order
 
     def get(self, account_id):
+        return self.rows.get(account_id)
+
+    def get_for_update(self, account_id):
+        self.locked.append(account_id)
         return self.rows.get(account_id)
 
     def by_email(self, email):
@@ -81,14 +86,21 @@ class FakeRefreshTokens:
     def add(self, token):
         self.rows[token.token_hash] = token
 
+    def session_of(self, token_hash):
+        token = self.rows.get(token_hash)
+        return token.session_id if token else None
+
     def get_for_update(self, token_hash):
         return self.rows.get(token_hash)
+
+    def successor_for_update(self, token):
+        return next((t for t in self.of(token.session_id) if t.issued_at == token.used_at and t is not token), None)
 
     def of(self, session_id):
         return [t for t in self.rows.values() if t.session_id == session_id]
 
-    def delete_used_before(self, cutoff, limit):
-        return self._delete(lambda t: t.used_at is not None and t.used_at < cutoff, limit)
+    def delete_used_and_expired_before(self, cutoff, limit):
+        return self._delete(lambda t: t.used_at is not None and t.used_at < cutoff and t.expires_at < cutoff, limit)
 
     def delete_expired_before(self, cutoff, limit):
         return self._delete(lambda t: t.expires_at < cutoff, limit)

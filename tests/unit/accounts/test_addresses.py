@@ -57,6 +57,17 @@ def test_a_buyer_keeps_a_bounded_number_of_addresses(uow, ann):
         handlers.save_address(str(ann.id), OTTAWA, uow, max_addresses=2)
 
 
+def test_the_account_is_locked_before_its_addresses_are_counted(uow, ann):
+    # Two saves at once would otherwise both count one under the limit and both be kept.
+    locked_when_counted = []
+    count = uow.addresses.of
+    uow.addresses.of = lambda account_id: (locked_when_counted.append(list(uow.accounts.locked)), count(account_id))[1]
+
+    handlers.save_address(str(ann.id), OTTAWA, uow)
+
+    assert locked_when_counted == [[ann.id]]
+
+
 def test_over_http_addresses_are_per_buyer_and_the_service_lookup_takes_only_the_service_key(app, client, uow, ann, bob):
     keks = app.extensions["floodgate"].key_encryption
     auth.init_app(app, TokenVerifier(KeySet("unused", fetch=lambda _url: handlers.published_keys(uow, keks)), "floodgate-accounts", "floodgate"), "service-key")

@@ -139,3 +139,17 @@ def test_over_http_an_invite_expiring_past_the_year_3000_is_a_422_problem_and_no
     assert response.status_code == 422 and response.mimetype == "application/problem+json"
     assert "expires_at" in response.get_json()["errors"]
     assert uow.invites.rows == {}
+
+
+def test_over_http_redeeming_locks_the_account_before_the_invite_so_a_double_click_answers_the_new_tier(client, uow, bearer):
+    ann_auth = bearer("ann@example.com", "correct horse battery")
+    invite = issue(uow, tier="early-access")
+    ann = uow.accounts.by_email("ann@example.com")
+    locked_before_the_invite = []
+    by_code = uow.invites.by_code_for_update
+    uow.invites.by_code_for_update = lambda code: (locked_before_the_invite.append(list(uow.accounts.locked)), by_code(code))[1]
+
+    answers = [client.post("/accounts/me/invites", headers=ann_auth, json={"code": invite.code}) for _ in range(2)]
+
+    assert [answer.get_json()["tier"] for answer in answers] == ["early-access"] * 2
+    assert locked_before_the_invite == [[ann.id], [ann.id, ann.id]]

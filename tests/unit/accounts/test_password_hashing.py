@@ -81,13 +81,13 @@ def test_registering_and_signing_in_hash_and_check_the_password_with_no_transact
     transactions.commit()
     with pytest.raises(InvalidCredentials):
         sign_in(transactions, passwords, issuer, "wrong password!")
-    assert uow.login_throttles.rows["account:ann@example.com"]["failures"] == 1
+    assert uow.login_throttles.rows["client:198.51.100.7|account:ann@example.com"]["failures"] == 1
     assert sign_in(transactions, passwords, issuer, "correct horse battery").token
 
     assert weaker.seen == [("hash", False)]
     assert passwords.seen == [("verify", False), ("verify", False), ("hash", False)]
     assert uow.accounts.get(ann.id).password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
-    assert "account:ann@example.com" not in uow.login_throttles.rows
+    assert "client:198.51.100.7|account:ann@example.com" not in uow.login_throttles.rows
 
 
 

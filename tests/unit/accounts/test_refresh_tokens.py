@@ -1,5 +1,6 @@
-"""Refresh tokens: opaque, stored hashed, rotated on use; a reuse ends the whole session."""
-from datetime import timedelta
+"""Refresh tokens: opaque, stored hashed, rotated on use; a reuse ends the whole session, a
+retry of a lost answer does not."""
+from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
@@ -8,6 +9,24 @@ from services.accounts import handlers
 from services.accounts.errors import InvalidRefreshToken
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
 from services.accounts.tokens import refresh_token_hash
+
+
+GRACE = timedelta(seconds=30)  # the default, as the README gives it
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(handlers, "utc_now", clock)
+    return clock
 
 
 @pytest.fixture
@@ -32,7 +51,7 @@ def test_the_refresh_token_is_stored_only_as_a_hash(uow, signed_in):
     assert tokens.refresh_token not in stored and len(stored) == 64
 
 
-def test_a_refresh_rotates_the_token_and_gives_a_fresh_access_token(uow, issuer, signed_in, ann):
+def test_a_refresh_rotates_the_token_and_gives_a_fresh_access_token(uow, issuer, clock, signed_in, ann):
     first = signed_in()
 
     second = handlers.refresh_session(first.refresh_token, uow, issuer)
@@ -40,14 +59,16 @@ def test_a_refresh_rotates_the_token_and_gives_a_fresh_access_token(uow, issuer,
     assert second.refresh_token != first.refresh_token
     claims = jwt.decode(second.token, options={"verify_signature": False})
     assert claims["sub"] == str(ann.id)
+    clock.now += GRACE + timedelta(seconds=1)
     with pytest.raises(InvalidRefreshToken):  # the old one worked once
         handlers.refresh_session(first.refresh_token, uow, issuer)
 
 
-def test_reusing_a_rotated_token_revokes_every_token_of_that_sign_in_but_not_other_sign_ins(uow, issuer, signed_in):
+def test_reusing_a_rotated_token_revokes_every_token_of_that_sign_in_but_not_other_sign_ins(uow, issuer, clock, signed_in):
     stolen = signed_in()
     other_device = signed_in()
     rotated = handlers.refresh_session(stolen.refresh_token, uow, issuer)
+    clock.now += GRACE + timedelta(seconds=1)
 
     with pytest.raises(InvalidRefreshToken):
         handlers.refresh_session(stolen.refresh_token, uow, issuer)  # the thief (or the owner) replays it
@@ -58,6 +79,63 @@ def test_reusing_a_rotated_token_revokes_every_token_of_that_sign_in_but_not_oth
     assert handlers.refresh_session(other_device.refresh_token, uow, issuer).token
     reasons = sorted(str(s.revoked_reason) for s in uow.sessions.rows.values())
     assert reasons == ["None", "refresh-token-reuse"]
+
+
+def test_a_refresh_retried_after_its_answer_was_lost_gets_new_tokens_and_the_session_stays(uow, issuer, clock, signed_in):
+    signed = signed_in()
+    lost = handlers.refresh_session(signed.refresh_token, uow, issuer)  # the answer never arrives
+    clock.now += GRACE - timedelta(seconds=1)
+
+    retried = handlers.refresh_session(signed.refresh_token, uow, issuer)  # as the README tells clients to
+
+    assert retried.refresh_token not in (signed.refresh_token, lost.refresh_token)
+    assert [s.revoked_at for s in uow.sessions.rows.values()] == [None]
+    assert row(uow, lost).used_at == clock.now  # the lost answer's token is spent by the retry
+    clock.now += timedelta(minutes=10)
+    assert handlers.refresh_session(retried.refresh_token, uow, issuer).token  # the session goes on
+
+
+def test_a_token_presented_again_after_the_grace_ends_its_session(uow, issuer, clock, signed_in):
+    signed = signed_in()
+    rotated = handlers.refresh_session(signed.refresh_token, uow, issuer)
+    clock.now += GRACE + timedelta(seconds=1)
+
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(signed.refresh_token, uow, issuer)
+
+    assert [s.revoked_reason for s in uow.sessions.rows.values()] == ["refresh-token-reuse"]
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(rotated.refresh_token, uow, issuer)
+
+
+@pytest.mark.parametrize("successor_spent_by", ["its holder", "a retry"])
+def test_a_token_presented_again_after_its_successor_was_used_ends_its_session_even_within_the_grace(uow, issuer, clock, signed_in, successor_spent_by):
+    signed = signed_in()
+    rotated = handlers.refresh_session(signed.refresh_token, uow, issuer)
+    clock.now += timedelta(seconds=1)
+    if successor_spent_by == "its holder":
+        latest = handlers.refresh_session(rotated.refresh_token, uow, issuer)
+    else:
+        latest = handlers.refresh_session(signed.refresh_token, uow, issuer)
+    clock.now += timedelta(seconds=1)
+
+    with pytest.raises(InvalidRefreshToken):  # a thief's copy, or the owner's
+        handlers.refresh_session(signed.refresh_token, uow, issuer)
+
+    assert uow.committed and [s.revoked_reason for s in uow.sessions.rows.values()] == ["refresh-token-reuse"]
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(latest.refresh_token, uow, issuer)
+
+
+def test_over_http_a_refresh_retried_within_the_grace_gets_new_tokens(client, uow, ann):
+    signed = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"}).get_json()
+
+    first = client.post("/sessions/refresh", json={"refresh_token": signed["refresh_token"]})
+    again = client.post("/sessions/refresh", json={"refresh_token": signed["refresh_token"]})
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json()["refresh_token"] != first.get_json()["refresh_token"]
+    assert client.post("/sessions/refresh", json={"refresh_token": again.get_json()["refresh_token"]}).status_code == 201
 
 
 def test_logout_ends_that_session_only_and_unknown_tokens_change_nothing(uow, issuer, signed_in):
@@ -111,7 +189,12 @@ def test_the_purge_removes_long_spent_tokens_and_dead_sessions_in_bounded_batche
     refreshed_now = handlers.refresh_session(refreshed.refresh_token, uow, issuer)
     refreshed_long_ago = signed_in()
     handlers.refresh_session(refreshed_long_ago.refresh_token, uow, issuer)
-    row(uow, refreshed_long_ago).used_at -= long_ago
+    row(uow, refreshed_long_ago).used_at -= timedelta(days=14) + long_ago  # and expired since
+    row(uow, refreshed_long_ago).expires_at -= timedelta(days=14) + long_ago
+    # used as long ago but not expired yet: a copy of it could still be tried, so it is kept
+    refreshed_long_ago_unexpired = signed_in()
+    handlers.refresh_session(refreshed_long_ago_unexpired.refresh_token, uow, issuer)
+    row(uow, refreshed_long_ago_unexpired).used_at -= long_ago
     logged_out = [signed_in() for _ in range(3)]
     for tokens in logged_out:
         handlers.end_session(tokens.refresh_token, uow)
@@ -132,6 +215,10 @@ def test_the_purge_removes_long_spent_tokens_and_dead_sessions_in_bounded_batche
     assert row(uow, refreshed).used_at is not None
     assert handlers.refresh_session(live.refresh_token, uow, issuer).token
     assert handlers.refresh_session(refreshed_now.refresh_token, uow, issuer).token
+    # used long ago but not expired: still known, so a copy presented now is still a theft
+    with pytest.raises(InvalidRefreshToken):
+        handlers.refresh_session(refreshed_long_ago_unexpired.refresh_token, uow, issuer)
+    assert session_of(uow, refreshed_long_ago_unexpired).revoked_reason == "refresh-token-reuse"
 
 
 def row(uow, tokens):

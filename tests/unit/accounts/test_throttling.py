@@ -1,4 +1,4 @@
-"""Sign-in throttling: per account and per client, doubling waits, nothing revealed."""
+"""Sign-in throttling: per account and client, per account, per client; doubling waits, nothing revealed."""
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -7,10 +7,13 @@ import pytest
 from services.accounts import handlers
 from services.accounts.errors import InvalidCredentials, SignInBusy, SignInThrottled
 from services.accounts.schemas import RegistrationSchema, SessionRequestSchema
-from services.accounts.throttle import BackoffPolicy, SignInThrottle
+from services.accounts.throttle import BackoffPolicy, SignInThrottle, client_key
 
 POLICY = BackoffPolicy(free_failures=3, base=timedelta(seconds=1), ceiling=timedelta(seconds=60), window=timedelta(minutes=15))
-THROTTLE = SignInThrottle(per_account=POLICY, per_client=BackoffPolicy(10, timedelta(seconds=1), timedelta(seconds=60), timedelta(minutes=15)))
+# the account from every client: more free failures, a short ceiling
+ACCOUNT_POLICY = BackoffPolicy(free_failures=8, base=timedelta(seconds=1), ceiling=timedelta(seconds=4), window=timedelta(minutes=15))
+THROTTLE = SignInThrottle(per_account_and_client=POLICY, per_account=ACCOUNT_POLICY,
+                          per_client=BackoffPolicy(10, timedelta(seconds=1), timedelta(seconds=60), timedelta(minutes=15)))
 
 
 class Clock:
@@ -35,6 +38,8 @@ def accounts(uow, passwords):
 
 
 CLIENT = "198.51.100.7"
+ANN_HERE = f"client:{CLIENT}|account:ann@example.com"  # ann's failures from CLIENT
+ANN_ANYWHERE = "account:ann@example.com"  # ann's failures from every client
 
 
 def attempt(uow, passwords, issuer, email, password, client=CLIENT):
@@ -48,7 +53,7 @@ def test_the_wait_doubles_after_the_free_failures_up_to_a_ceiling():
     assert [POLICY.wait_after(n).total_seconds() for n in (3, 4, 5, 6, 20, 10_000)] == [1, 2, 4, 8, 60, 60]
 
 
-def test_an_account_with_too_many_failures_is_refused_even_with_the_right_password_until_the_wait_ends(uow, passwords, issuer, clock, accounts):
+def test_an_account_with_too_many_failures_from_a_client_is_refused_there_even_with_the_right_password_until_the_wait_ends(uow, passwords, issuer, clock, accounts):
     for _ in range(3):
         with pytest.raises(InvalidCredentials):
             attempt(uow, passwords, issuer, "ann@example.com", "wrong password!")
@@ -62,7 +67,33 @@ def test_an_account_with_too_many_failures_is_refused_even_with_the_right_passwo
 
     clock.now += timedelta(seconds=1)
     assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery").token
-    assert "account:ann@example.com" not in uow.login_throttles.rows  # success clears the account's count
+    assert ANN_HERE not in uow.login_throttles.rows  # success clears the account's count from that client
+    # ... but not the account's count from every client: the owner signing in gives guessers
+    # spread over many clients no fresh allowance
+    assert uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 3
+
+
+def test_a_guesser_keeping_an_account_throttled_from_their_client_never_keeps_the_owner_out_from_theirs(uow, passwords, issuer, clock, accounts):
+    guesser = "203.0.113.66"
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, "ann@example.com", "wrong password!", client=guesser)
+
+    # The guesser tries again each time the wait ends: their own waits grow ...
+    waits = []
+    for _ in range(4):
+        with pytest.raises(SignInThrottled) as throttled:
+            attempt(uow, passwords, issuer, "ann@example.com", "wrong password!", client=guesser)
+        waits.append(int(throttled.value.headers["Retry-After"]))
+        clock.now += timedelta(seconds=waits[-1])
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, "ann@example.com", "wrong password!", client=guesser)
+        # ... while the owner, from their own client, signs in every time.
+        assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery").token
+
+    assert waits == [1, 2, 4, 8]
+    with pytest.raises(SignInThrottled):
+        attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery", client=guesser)
 
 
 def test_each_failure_past_the_free_ones_doubles_the_wait(uow, passwords, issuer, clock, accounts):
@@ -72,7 +103,7 @@ def test_each_failure_past_the_free_ones_doubles_the_wait(uow, passwords, issuer
             attempt(uow, passwords, issuer, "ann@example.com", "wrong password!")
         except InvalidCredentials:
             pass
-        blocked = uow.login_throttles.rows["account:ann@example.com"]["blocked_until"]
+        blocked = uow.login_throttles.rows[ANN_HERE]["blocked_until"]
         waits.append((blocked - clock.now).total_seconds() if blocked else 0)
         clock.now += timedelta(seconds=waits[-1])
 
@@ -112,7 +143,7 @@ def test_failures_older_than_the_window_are_forgotten(uow, passwords, issuer, cl
     with pytest.raises(InvalidCredentials):
         attempt(uow, passwords, issuer, "ann@example.com", "wrong password!")
 
-    assert uow.login_throttles.rows["account:ann@example.com"]["failures"] == 1
+    assert uow.login_throttles.rows[ANN_HERE]["failures"] == uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 1
 
 
 def test_over_http_a_throttled_sign_in_is_a_429_problem_with_retry_after(client, uow, accounts):
@@ -199,14 +230,15 @@ def in_flight(uow, gated, issuer, email, password):
 
 
 def all_at_once(uow, gated, issuer, guesses):
-    """Fire `guesses` ((email, password) pairs) together; open the gate only once each is either
-    waiting for its password check or answered, so none is counted late because it ran late."""
+    """Fire `guesses` ((email, password) pairs, or (email, password, client)) together; open the
+    gate only once each is either waiting for its password check or answered, so none is counted
+    late because it ran late."""
     start = threading.Barrier(len(guesses))
 
-    def together(email, password):
+    def together(email, password, client=CLIENT):
         start.wait(timeout=30)
         try:
-            gated.answered(attempt(uow, gated, issuer, email, password))
+            gated.answered(attempt(uow, gated, issuer, email, password, client))
         except (InvalidCredentials, SignInThrottled) as error:
             gated.answered(error)
 
@@ -227,7 +259,39 @@ def test_twenty_wrong_passwords_at_once_get_no_more_checks_than_the_free_failure
 
     assert len(gated.checking) == POLICY.free_failures
     assert sorted(outcomes, key=lambda kind: kind.__name__) == [InvalidCredentials] * 3 + [SignInThrottled] * 17
-    assert uow.login_throttles.rows["account:ann@example.com"]["failures"] == 3  # refused attempts count nothing
+    # refused attempts count nothing
+    assert uow.login_throttles.rows[ANN_HERE]["failures"] == uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 3
+
+
+def test_twenty_wrong_passwords_at_once_from_twenty_clients_get_no_more_checks_than_the_accounts_free_failures(uow, passwords, issuer, clock, accounts):
+    gated = GatedPasswords(passwords)
+
+    outcomes = all_at_once(uow, gated, issuer, [("ann@example.com", "wrong password!", f"198.51.100.{n}") for n in range(20)])
+
+    # Each client's own key is fresh: the account's loose key from every client is what holds.
+    assert len(gated.checking) == ACCOUNT_POLICY.free_failures
+    assert outcomes.count(InvalidCredentials) == 8 and outcomes.count(SignInThrottled) == 12
+    assert uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 8
+    # Its wait is short: the owner, caught behind it from a client of their own, signs in when it ends.
+    with pytest.raises(SignInThrottled) as throttled:
+        attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery", client="203.0.113.9")
+    assert int(throttled.value.headers["Retry-After"]) == 1
+    clock.now += timedelta(seconds=1)
+    assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery", client="203.0.113.9").token
+
+
+def test_the_accounts_wait_from_every_client_doubles_up_to_its_short_ceiling(uow, passwords, issuer, clock, accounts):
+    waits = []
+    for n in range(12):
+        try:
+            attempt(uow, passwords, issuer, "ann@example.com", "wrong password!", client=f"198.51.100.{n}")
+        except InvalidCredentials:
+            pass
+        blocked = uow.login_throttles.rows[ANN_ANYWHERE]["blocked_until"]
+        waits.append((blocked - clock.now).total_seconds() if blocked else 0)
+        clock.now += timedelta(seconds=waits[-1])
+
+    assert waits == [0] * 7 + [1, 2, 4, 4, 4]
 
 
 def test_twenty_wrong_passwords_at_once_for_twenty_emails_get_no_more_checks_than_the_clients_free_failures(uow, passwords, issuer, clock, accounts):
@@ -256,8 +320,9 @@ def test_a_right_password_signs_in_although_a_wrong_one_at_the_same_time_used_th
 
     # ... but the owner, already being checked, is not refused for it.
     assert sorted(type(answer).__name__ for answer in gated.answers) == ["InvalidCredentials", "SessionTokens"]
-    assert "account:ann@example.com" not in uow.login_throttles.rows
-    assert uow.login_throttles.rows[f"client:{CLIENT}"]["failures"] == 2  # the two wrong ones, not the owner's
+    assert ANN_HERE not in uow.login_throttles.rows
+    # the two wrong ones, not the owner's
+    assert uow.login_throttles.rows[f"client:{CLIENT}"]["failures"] == uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 2
 
 
 def test_right_passwords_from_one_client_never_add_up_to_its_limit(uow, passwords, issuer, clock, accounts):
@@ -289,7 +354,7 @@ def test_a_key_refused_just_after_the_check_costs_no_hashing_and_counts_nothing_
         attempt(uow, gated, issuer, "ann@example.com", "correct horse battery")
 
     assert gated.checking == []
-    assert uow.login_throttles.rows.get("account:ann@example.com", {"failures": 0})["failures"] == 0
+    assert [uow.login_throttles.rows.get(key, {"failures": 0})["failures"] for key in (ANN_HERE, ANN_ANYWHERE)] == [0, 0]
 
 
 class NoHashingSlot:
@@ -305,3 +370,62 @@ def test_attempts_turned_away_for_want_of_a_hashing_slot_count_as_no_failure(uow
 
     assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery").token
     assert uow.login_throttles.rows[f"client:{CLIENT}"]["failures"] == 0
+
+
+@pytest.mark.parametrize("address, counted_as", [
+    ("198.51.100.7", "198.51.100.7"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:DB8:1:2::1", "2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.7", "198.51.100.7"),  # an IPv4 client seen through an IPv6 socket
+    ("not|an address", "not_an address"),
+    (None, "unknown"),
+])
+def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address(address, counted_as):
+    assert client_key(address) == counted_as
+
+
+def test_no_email_typed_at_sign_in_counts_against_another_accounts_key(uow, passwords, issuer, clock, accounts):
+    # The email is whatever is typed: one spelling the owner's key from their client must stay
+    # a key of its own, however many guesses are made at it from however many clients.
+    forged = f"ann@example.com|client:{CLIENT}"
+    for n in range(ACCOUNT_POLICY.free_failures):
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, forged, "wrong password!", client=f"203.0.113.{n}")
+    assert uow.login_throttles.blocked_until([f"account:{forged}"], clock.now) is not None
+
+    assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery").token
+
+
+def test_every_key_of_the_longest_email_from_the_longest_address_fits_its_column():
+    from services.accounts.models import LoginThrottle
+
+    keys = THROTTLE.keys("a" * 254, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") | THROTTLE.keys("a" * 254, "not an address " * 9)
+
+    assert max(len(key) for key in keys) <= LoginThrottle.__table__.c.key.type.length
+
+
+def test_an_ipv6_client_rotating_its_addresses_within_its_64_is_one_client(uow, passwords, issuer, clock, accounts):
+    # A subscriber is given a whole /64: 2**64 addresses to try from, each one a click away.
+    for n in range(3):
+        with pytest.raises(InvalidCredentials):
+            attempt(uow, passwords, issuer, "ann@example.com", "wrong password!", client=f"2001:db8:1:2::{n + 1:x}")
+
+    with pytest.raises(SignInThrottled):
+        attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery", client="2001:db8:1:2:ffff:ffff:ffff:fffe")
+    # Another network is another client.
+    assert attempt(uow, passwords, issuer, "ann@example.com", "correct horse battery", client="2001:db8:1:3::1").token
+    assert uow.login_throttles.rows["client:2001:db8:1:2::/64|account:ann@example.com"]["failures"] == 3
+    assert uow.login_throttles.rows["client:2001:db8:1:2::/64"]["failures"] == 3
+
+
+def test_over_http_an_ipv6_client_is_throttled_by_its_64(client, uow, accounts):
+    for n in range(5):
+        client.post("/sessions", json={"email": "ann@example.com", "password": "wrong password!"},
+                    environ_base={"REMOTE_ADDR": f"2001:db8:7:7::{n + 1}"})
+
+    rotated = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"},
+                          environ_base={"REMOTE_ADDR": "2001:db8:7:7:1234::1"})
+    elsewhere = client.post("/sessions", json={"email": "ann@example.com", "password": "correct horse battery"},
+                            environ_base={"REMOTE_ADDR": "2001:db8:7:8::1"})
+
+    assert rotated.status_code == 429 and elsewhere.status_code == 201
