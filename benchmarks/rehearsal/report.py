@@ -269,12 +269,17 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
     ]
     run = figures["run"]
     # Every other must-hold is "nothing went wrong", which a drop where nobody could buy passes
-    # too: with more buyers than units, the stock must have gone to them.
-    crowd_outnumbers_stock = run["buyers"] > run["units"]
-    sold = [] if not crowd_outnumbers_stock else [
-        (f"the drop sold out ({run['buyers']:,} buyers for {run['units']:,} units)", checks["available_after"] == 0,
-         f"{checks['available_after']} unit(s) never held or sold"),
-    ]
+    # too: with more buyers than units, each of whom got an answer (none gave up, none was cut
+    # off by the run's end), the stock must have gone to them. Otherwise (a fault that made some
+    # give up, a run cut short) units may rightly be left: then no buyer may have been told sold
+    # out while they were.
+    left = checks["available_after"]
+    if run["buyers"] > run["units"] and not sum(crowd["gave_up"].values()):
+        sold = [(f"the drop sold out ({run['buyers']:,} buyers, every one answered, for {run['units']:,} units)",
+                 left == 0, f"{left} unit(s) never held or sold")]
+    else:
+        sold = [("no buyer told sold out while units were left unsold", not (crowd["told_sold_out"] and left),
+                 f"{crowd['told_sold_out']:,} told sold out, {left} unit(s) never held or sold")]
     return [
         ("no 5xx answer (but a 503 with Retry-After)", crowd["unexpected_5xx"] == 0, str(crowd["unexpected_5xx"])),
         *sold,
