@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 
 import pytest
 from cryptography.fernet import Fernet
 
-from services.accounts import throttle
-
+from services.accounts import handlers, throttle
 from services.accounts.errors import EmailTaken
 from services.accounts.key_encryption import KeyEncryptionKeys
 from services.accounts.passwords import Passwords
@@ -262,3 +262,20 @@ def app(monkeypatch, uow):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+class Clock:
+    """The accounts handlers' clock (`handlers.utc_now`), moved by the test."""
+
+    def __init__(self):
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(handlers, "utc_now", clock)
+    return clock

@@ -1,6 +1,6 @@
 """Refresh tokens: opaque, stored hashed, rotated on use; a reuse ends the whole session, a
 retry of a lost answer does not."""
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import jwt
 import pytest
@@ -12,21 +12,6 @@ from services.accounts.tokens import refresh_token_hash
 
 
 GRACE = timedelta(seconds=30)  # the default, as the README gives it
-
-
-class Clock:
-    def __init__(self):
-        self.now = datetime.now(timezone.utc)
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(handlers, "utc_now", clock)
-    return clock
 
 
 @pytest.fixture

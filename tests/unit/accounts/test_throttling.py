@@ -1,6 +1,6 @@
 """Sign-in throttling: per account and client, per account, per client; doubling waits, nothing revealed."""
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
@@ -14,21 +14,6 @@ POLICY = BackoffPolicy(free_failures=3, base=timedelta(seconds=1), ceiling=timed
 ACCOUNT_POLICY = BackoffPolicy(free_failures=8, base=timedelta(seconds=1), ceiling=timedelta(seconds=4), window=timedelta(minutes=15))
 THROTTLE = SignInThrottle(per_account_and_client=POLICY, per_account=ACCOUNT_POLICY,
                           per_client=BackoffPolicy(10, timedelta(seconds=1), timedelta(seconds=60), timedelta(minutes=15)))
-
-
-class Clock:
-    def __init__(self):
-        self.now = datetime(2026, 11, 22, 15, 0, tzinfo=timezone.utc)
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(handlers, "utc_now", clock)
-    return clock
 
 
 @pytest.fixture
