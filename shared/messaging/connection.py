@@ -11,6 +11,7 @@ import itertools
 import logging
 import random
 import re
+import threading
 from typing import Iterator
 
 import pika
@@ -71,3 +72,35 @@ def backoff(initial: float = 0.2, cap: float = 10.0) -> Iterator[float]:
     while True:
         yield random.uniform(delay / 2, delay)
         delay = min(cap, delay * 2)
+
+
+class Reconnects:
+    """A relay's or consumer's waits between attempts to reach the broker (or its database):
+    capped doubling (`backoff`), from the shortest again only once a connection has done a turn
+    of work (`worked`). A broker that accepts a connection and drops or cancels it at once, or a
+    database that is away while the broker answers, is not then tried again ten times a second.
+
+    While it waits the worker beats `liveness` (a `shared.heartbeat.Heartbeat` of the
+    `reconnecting_file`): alive, not ready, so the kubelet neither restarts it (that cannot bring
+    the broker back, and its back-off would delay the worker once the broker is) nor counts it
+    ready in a rollout."""
+
+    def __init__(self, stop: threading.Event, liveness, logger: logging.Logger):
+        self._stop = stop
+        self._liveness = liveness
+        self._log = logger
+        self._delays = backoff()
+        self._waited = False
+
+    def worked(self) -> None:
+        """The connection did a turn of work: the next outage starts from the shortest wait."""
+        if self._waited:
+            self._delays, self._waited = backoff(), False
+
+    def wait(self, message: str, error: Exception) -> None:
+        """Log why, beat the liveness file, and wait the next pause (less if asked to stop)."""
+        pause = next(self._delays)
+        self._waited = True
+        self._log.warning(message, extra={"error": repr(error), "retry_in": round(pause, 2)})
+        self._liveness.beat()
+        self._stop.wait(pause)

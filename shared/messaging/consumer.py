@@ -80,6 +80,12 @@ def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...],
     return Outcome("retry", delay_ms=retry_delays_ms[tier], error=error)
 
 
+def retry_or_park(attempt: int, settings: Settings, error: str) -> Outcome:
+    """`next_step` after failed attempt `attempt` with the service's retry tiers and attempt limit."""
+    delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
+    return next_step(attempt, settings.max_attempts, delays, error[:500])
+
+
 def handle_delivery(
     body: bytes,
     attempt: int,
@@ -96,7 +102,11 @@ def handle_delivery(
         return Outcome("dead", error=str(error))
     handler = handlers.get(envelope.type)
     if handler is None:
-        return Outcome("dead", error=f"no handler for {envelope.type}")
+        # Retried, not parked: in a rolling deploy the new code's bindings route a new event type
+        # here before this (older) consumer is replaced by one that handles it.
+        log.warning("no handler for this event type yet", extra={"message_id": envelope.id,
+                                                                  "event_type": envelope.type, "attempt": attempt})
+        return retry_or_park(attempt, settings, f"no handler for {envelope.type}")
     try:
         with uow_factory() as uow:
             if not inbox or claim_message(uow.session, envelope.id, envelope.type):
@@ -114,8 +124,7 @@ def handle_delivery(
             exc_info=True,
             extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
         )
-        return next_step(attempt, settings.max_attempts, topology.retry_delays(settings.service_name, settings.retry_delays_ms),
-                         repr(error)[:500])
+        return retry_or_park(attempt, settings, repr(error))
 
 
 class ConsumerRunner:
@@ -132,12 +141,10 @@ class ConsumerRunner:
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)
         self.stop = threading.Event()
+        # Beaten only while consuming, so the service's `worker_heartbeats` row ages while the
+        # broker is away and the outage shows and alerts; the pod stays alive meanwhile (`reconnects`).
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
-        # While the broker is away: alive, not ready (shared/heartbeat.py). Restarting cannot bring
-        # the broker back (and the kubelet's back-off would delay the consumer once it is), and
-        # the service's `worker_heartbeats` row keeps ageing, so the outage still shows and alerts.
-        self.liveness = Heartbeat(reconnecting_file(settings.heartbeat_file))
-        self._reconnect_delays = amqp.backoff()
+        self.reconnects = amqp.Reconnects(self.stop, Heartbeat(reconnecting_file(settings.heartbeat_file)), log)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -145,8 +152,7 @@ class ConsumerRunner:
             signal.signal(signum, lambda *_: self.stop.set())
 
     def run(self) -> None:
-        """Consume until stopped, reconnecting to the broker with capped back-off (from the
-        shortest wait again after each connection that got as far as consuming)."""
+        """Consume until stopped, reconnecting to the broker with capped back-off (`amqp.Reconnects`)."""
         lower_priority(self.settings)
         # One pool for the runner's life, not one per broker connection: a handler thread keeps
         # what it holds per thread (notifications' SMTP connection) across reconnects.
@@ -155,10 +161,7 @@ class ConsumerRunner:
                 try:
                     self._consume_until_stopped(worker)
                 except amqp.RECOVERABLE as error:
-                    pause = next(self._reconnect_delays)
-                    log.warning("broker connection lost, reconnecting", extra={"error": repr(error), "retry_in": round(pause, 2)})
-                    self.liveness.beat()
-                    self.stop.wait(pause)
+                    self.reconnects.wait("broker connection lost, reconnecting", error)
         log.info("consumer stopped")
 
     def _consume_until_stopped(self, worker: ThreadPoolExecutor) -> None:
@@ -184,7 +187,6 @@ class ConsumerRunner:
             # blocking channel then drops it silently. We reconnect (declaring the topology again).
             channel.add_on_cancel_callback(cancelled.append)
             tag = channel.basic_consume(self.queue, on_message)
-            self._reconnect_delays = amqp.backoff()  # the next outage starts from the shortest wait
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads,
                                          "defer_while_busy_seconds": self.deferral.seconds})
@@ -192,7 +194,8 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
-                self.heartbeat.beat()  # the service's row too: only while consuming (see `liveness`)
+                self.heartbeat.beat()
+                self.reconnects.worked()
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             channel.basic_cancel(tag)
             _cancel_waiting(in_flight)
@@ -229,8 +232,7 @@ class ConsumerRunner:
                 log.error("message handling failed outside its handler", exc_info=True,
                           extra={"message_id": properties.message_id, "attempt": attempt})
                 if outcome is None:
-                    delays = topology.retry_delays(self.settings.service_name, self.settings.retry_delays_ms)
-                    outcome = next_step(attempt, self.settings.max_attempts, delays, f"consumer: {error!r}"[:500])
+                    outcome = retry_or_park(attempt, self.settings, f"consumer: {error!r}")
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome,
                                    request_id, order_id)
@@ -321,27 +323,25 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
         properties.headers = headers
         channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)
 
-    return _take_dead_letters(url, service, message_ids, send_back, "replay")
+    return [letter["message_id"] for letter in _take_dead_letters(url, service, message_ids, send_back, "replay")]
 
 
-def discard_dead_letters(url: str, service: str, message_ids: set[str]) -> list[str]:
+def discard_dead_letters(url: str, service: str, message_ids: set[str]) -> list[dict]:
     """Remove the dead letters of `service` with the given ids for good (what they asked for was
-    settled by hand: a refund the provider refused, a shipped order's lost unit); the ids of
-    those removed. Each is logged with what it was and why it was parked. The others stay
-    parked, at the back."""
+    settled by hand: a refund the provider refused, a shipped order's lost unit); those removed,
+    in full, as `peek_dead_letters` shows them. Each is logged too. The others stay parked, at the
+    back."""
     def log_discarded(_channel, properties, body: bytes) -> None:
-        headers = properties.headers or {}
-        log.warning("dead letter discarded", extra={
-            "service": service, "message_id": properties.message_id, "type": properties.type,
-            "last_error": headers.get("x-last-error"), "body": body.decode("utf-8", "replace")[:2000]})
+        log.warning("dead letter discarded", extra={"service": service, **_letter(properties, body)})
 
     return _take_dead_letters(url, service, message_ids, log_discarded, "discard")
 
 
 def _take_dead_letters(url: str, service: str, message_ids: set[str] | None,
-                       take: Callable[..., None], purpose: str) -> list[str]:
+                       take: Callable[..., None], purpose: str) -> list[dict]:
     """Take the dead letters parked now (those with `message_ids`, or all): `take(channel,
-    properties, body)` each, confirmed, then ack it; park the others again at the back."""
+    properties, body)` each, confirmed, then ack it; park the others again at the back. Those
+    taken, as `_letter` shows them."""
     conn = amqp.connect(url, f"{service}-{purpose}")
     taken = []
     try:
@@ -358,7 +358,7 @@ def _take_dead_letters(url: str, service: str, message_ids: set[str] | None,
                 continue
             take(channel, properties, body)
             channel.basic_ack(method.delivery_tag)
-            taken.append(properties.message_id)
+            taken.append(_letter(properties, body))
     finally:
         if conn.is_open:
             conn.close()
@@ -381,21 +381,24 @@ def peek_dead_letters(url: str, service: str, limit: int = 100) -> list[dict]:
             method, properties, body = channel.basic_get(queue)
             if method is None:
                 break
-            headers = properties.headers or {}
-            letters.append(
-                {
-                    "message_id": properties.message_id,
-                    "type": properties.type,
-                    "attempts": int(headers.get("x-attempt", 0) or 0),
-                    "last_error": headers.get("x-last-error"),
-                    "body": body.decode("utf-8", "replace"),
-                }
-            )
+            letters.append(_letter(properties, body))
             _park_again(channel, queue, method, properties, body)
     finally:
         if conn.is_open:
             conn.close()
     return letters
+
+
+def _letter(properties, body: bytes) -> dict:
+    """A dead letter as an admin reads it: what it was, how often it was tried, why it was parked."""
+    headers = properties.headers or {}
+    return {
+        "message_id": properties.message_id,
+        "type": properties.type,
+        "attempts": _previous_attempts(headers, properties.message_id),
+        "last_error": headers.get("x-last-error"),
+        "body": body.decode("utf-8", "replace"),
+    }
 
 
 def _park_again(channel, queue: str, method, properties, body: bytes) -> None:

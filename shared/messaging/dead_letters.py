@@ -7,7 +7,8 @@
 `discard` removes parked events for good, once what they asked for was settled by hand (a
 refund the provider refused and a person made, a shipped order's lost unit settled with the
 buyer): replaying those would only park them again, and while any is parked the dead-letter
-alert stays firing, so it cannot tell of the next one. Each one discarded is logged in full.
+alert stays firing, so it cannot tell of the next one. Each one discarded is printed in full
+(one JSON document a line, as `list` prints them) and logged; an id not parked fails the command.
 
 The same operations as notifications' admin API (`GET /dead-letters`, `POST /dead-letters/replay`)
 for an operator with a shell and `AMQP_URL`, but no admin token: a parked refund is money owed to
@@ -47,12 +48,12 @@ def replay(amqp_url: str, service: str, message_id: str | None = None) -> list[s
     return _unless_undeclared(lambda: replay_dead_letters(amqp_url, service, None if message_id is None else {message_id}))
 
 
-def discard(amqp_url: str, service: str, message_ids: set[str]) -> list[str]:
-    """Remove `service`'s parked events with `message_ids` for good; the ids of those removed."""
+def discard(amqp_url: str, service: str, message_ids: set[str]) -> list[dict]:
+    """Remove `service`'s parked events with `message_ids` for good; those removed, in full."""
     return _unless_undeclared(lambda: discard_dead_letters(amqp_url, service, message_ids))
 
 
-def _unless_undeclared(operation) -> list[str]:
+def _unless_undeclared(operation) -> list:
     """What `operation()` returned; nothing when the dead-letter queue was never declared."""
     try:
         return operation()
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="show parked events (one JSON document a line); nothing is removed")
     listing.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), help="one service (default: all)")
-    replay = commands.add_parser("replay", help="send parked events back to their work queue")
-    replay.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), required=True)
-    replay.add_argument("--message-id", help="only this event (default: every parked event of the service)")
+    replaying = commands.add_parser("replay", help="send parked events back to their work queue")
+    replaying.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), required=True)
+    replaying.add_argument("--message-id", help="only this event (default: every parked event of the service)")
     removing = commands.add_parser("discard", help="remove parked events for good, once settled by hand")
     removing.add_argument("--service", choices=sorted(topology.SUBSCRIPTIONS), required=True)
     removing.add_argument("--message-id", action="append", required=True, help="an event to remove (repeat for more)")
@@ -84,9 +85,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{replayed} event(s) of {args.service} sent back to {topology.work_queue(args.service)}", file=sys.stderr)
     else:
         removed = discard(amqp_url, args.service, set(args.message_id))
-        print(f"{len(removed)} event(s) of {args.service} discarded: {' '.join(removed) or 'none'}", file=sys.stderr)
-        if len(removed) < len(set(args.message_id)):
-            sys.exit(1)  # an id not parked (mistyped, or replayed meanwhile)
+        for letter in removed:
+            print(json.dumps(dict(letter, service=args.service)))
+        print(f"{len(removed)} event(s) of {args.service} discarded", file=sys.stderr)
+        missing = set(args.message_id) - {letter["message_id"] for letter in removed}
+        if missing:  # mistyped, or replayed meanwhile
+            sys.exit(f"not parked in {topology.dead_letter_queue(args.service)}: {' '.join(sorted(missing))}")
 
 
 if __name__ == "__main__":

@@ -39,16 +39,15 @@ class OutboxRelay:
         self.engine = engine
         self.stop = stop or threading.Event()
         self.published = 0
+        # Beaten only once a batch was read, so while the broker or the database is away the
+        # pod is not ready and the service's `worker_heartbeats` row ages, and the outage shows;
+        # it stays alive meanwhile (`reconnects`).
         self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
-        # While the broker or the database is away: alive, not ready (shared/heartbeat.py).
-        # Restarting cannot bring them back (and the kubelet's back-off would delay the relay once
-        # they are), and the service's `worker_heartbeats` row keeps ageing, so the outage shows.
-        self.liveness = Heartbeat(reconnecting_file(settings.heartbeat_file))
+        self.reconnects = amqp.Reconnects(self.stop, Heartbeat(reconnecting_file(settings.heartbeat_file)), log)
         self._last_purge = 0.0
 
     def run(self) -> None:
-        """Publish until asked to stop, reconnecting to the broker with capped back-off."""
-        delays = amqp.backoff()
+        """Publish until asked to stop, reconnecting with capped back-off (`amqp.Reconnects`)."""
         while not self.stop.is_set():
             try:
                 conn = amqp.connect(
@@ -58,20 +57,14 @@ class OutboxRelay:
                     topology.declare(conn.channel(), self.settings.retry_delays_ms)
                     publisher = ConfirmedPublisher(conn)
                     log.info("relay connected")
-                    delays = amqp.backoff()
                     self._pump(conn, publisher)
                 finally:
                     if conn.is_open:
                         conn.close()
             except amqp.RECOVERABLE as error:
-                self._wait_to_reconnect(next(delays), "broker unavailable, retrying", error)
+                self.reconnects.wait("broker unavailable, retrying", error)
             except sa.exc.OperationalError as error:
-                self._wait_to_reconnect(next(delays), "database unavailable, retrying", error)
-
-    def _wait_to_reconnect(self, pause: float, message: str, error: Exception) -> None:
-        log.warning(message, extra={"error": repr(error), "retry_in": round(pause, 2)})
-        self.liveness.beat()
-        self.stop.wait(pause)
+                self.reconnects.wait("database unavailable, retrying", error)
 
     def _pump(self, conn: pika.BlockingConnection, publisher: ConfirmedPublisher) -> None:
         # Idle polls back off from 5 ms to `relay_idle_seconds`, so a quiet relay costs almost no
@@ -80,8 +73,9 @@ class OutboxRelay:
         # one: a batch costs the same few statements and one wait for confirms whatever its size.
         idle = IDLE_FLOOR_SECONDS
         while not self.stop.is_set():
-            self.heartbeat.beat()
             published = self.publish_batch(publisher)
+            self.heartbeat.beat()
+            self.reconnects.worked()
             if published:
                 idle = IDLE_FLOOR_SECONDS
                 if published < self.settings.relay_batch_size:

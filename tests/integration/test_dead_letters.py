@@ -58,7 +58,8 @@ def test_discarding_a_settled_event_removes_it_and_leaves_the_others_parked(infr
         for message_id in ("refund-1", "refund-2", "refund-3"):
             channel.basic_publish("", dead, b"{}", pika.BasicProperties(message_id=message_id), mandatory=True)
 
-        assert dead_letters.discard(infra.amqp_url, service, {"refund-2"}) == ["refund-2"]
+        assert [letter["message_id"] for letter in dead_letters.discard(infra.amqp_url, service, {"refund-2"})] == [
+            "refund-2"]
 
         assert sorted(letter["message_id"] for letter in dead_letters.parked(infra.amqp_url, service)) == [
             "refund-1", "refund-3"]

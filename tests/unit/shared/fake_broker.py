@@ -133,7 +133,8 @@ class QueueBroker:
     runner publishes lands in `queues`; what it acks is in `acked`.
 
     `refuse_connects`: that many connects fail as with the broker away, `down` every one;
-    `lose(connection)`: its next read fails as a connection the broker dropped."""
+    `lose(connection)`: its next read fails as a connection the broker dropped;
+    `cancel_consumers`: every consumer is cancelled by the broker at its connection's next read."""
 
     def __init__(self):
         self.queues: dict[str, deque[Message]] = defaultdict(deque)
@@ -141,6 +142,7 @@ class QueueBroker:
         self.connections: list[QueueConnection] = []
         self.refuse_connects = 0
         self.down = False
+        self.cancel_consumers = False
 
     def connect(self, url, name, heartbeat=30, socket_timeout=5):
         if self.down or self.refuse_connects:
@@ -183,6 +185,11 @@ class QueueConnection:
         if self.lost:
             self.close()
             raise pika.exceptions.StreamLostError("connection reset by peer")
+        if self.broker.cancel_consumers:
+            for tag, (channel, _queue, _on_message) in list(self.consumers.items()):
+                del self.consumers[tag]
+                for on_cancel in channel.on_cancel:
+                    on_cancel(SimpleNamespace(method=SimpleNamespace(consumer_tag=tag)))
         self._deliver()
         # Back within 50 ms whatever the limit (the runner reads again): a stopped runner stops at once.
         wait = min(time_limit, 0.05)
@@ -216,6 +223,7 @@ class QueueChannel:
     def __init__(self, connection: QueueConnection):
         self.connection = connection
         self.prefetch = 0
+        self.on_cancel: list = []
 
     def exchange_declare(self, exchange, **kwargs):
         pass
@@ -234,7 +242,7 @@ class QueueChannel:
         self.prefetch = prefetch_count
 
     def add_on_cancel_callback(self, callback):
-        pass
+        self.on_cancel.append(callback)
 
     def basic_consume(self, queue, on_message_callback, **kwargs):
         tag = f"ctag-{len(self.connection.consumers) + 1}"

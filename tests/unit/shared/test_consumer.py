@@ -104,5 +104,14 @@ def test_permanent_failures_and_malformed_bodies_are_parked_at_once(monkeypatch)
     assert run(body, refused).action == "dead"
     assert run(b"{not json", refused).action == "dead"
     assert run(b'{"id": "1"}', refused).action == "dead"
+
+
+def test_an_event_type_this_consumer_has_no_handler_for_yet_is_retried_before_it_is_parked():
+    """In a rolling deploy the new code's bindings route a new event type to consumers still on
+    the old code: it waits in the retry tiers for the new ones instead of paging an admin."""
     unknown = Envelope(type="order.teleported", data={}, source="checkout").to_json()
-    assert run(unknown, refused).action == "dead"
+
+    first = run(unknown, lambda envelope, uow: None)
+
+    assert (first.action, first.error) == ("retry", "no handler for order.teleported")
+    assert run(unknown, lambda envelope, uow: None, attempt=SETTINGS.max_attempts).action == "dead"

@@ -122,7 +122,8 @@ def test_while_the_broker_is_away_the_consumer_is_alive_not_ready_and_the_servic
     assert last_seen.beats == 0
 
 
-def test_after_a_connection_that_consumed_the_next_outage_waits_from_the_shortest_pause_again(broker, monkeypatch):
+def counted_pauses(monkeypatch) -> list[int]:
+    """The reconnect waits, numbered from the shortest (1) as each back-off hands them out."""
     pauses = []
 
     def backoff():
@@ -131,14 +132,30 @@ def test_after_a_connection_that_consumed_the_next_outage_waits_from_the_shortes
             yield n / 1000
 
     monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
+    return pauses
+
+
+def test_after_a_connection_that_consumed_the_next_outage_waits_from_the_shortest_pause_again(broker, monkeypatch,
+                                                                                               tmp_path):
+    pauses, heartbeat = counted_pauses(monkeypatch), tmp_path / "heartbeat"
     broker.refuse_connects = 3
-    with running(runner_of()):
-        eventually(broker.consuming, "a consumer")
+    with running(runner_of(heartbeat_file=str(heartbeat))):
+        eventually(heartbeat.exists, "a turn consuming")
         broker.refuse_connects = 2
         broker.lose(broker.connections[-1])
         eventually(lambda: len(broker.connections) == 2 and broker.consuming(), "a consumer again")
 
     assert pauses == [1, 2, 3, 1, 2, 3]
+
+
+def test_a_broker_that_cancels_every_consumer_at_once_is_tried_ever_more_slowly(broker, monkeypatch, tmp_path):
+    pauses, heartbeat = counted_pauses(monkeypatch), tmp_path / "heartbeat"
+    broker.cancel_consumers = True
+    with running(runner_of(heartbeat_file=str(heartbeat))):
+        eventually(lambda: len(broker.connections) >= 4, "four connections cancelled")
+
+    assert pauses[:4] == [1, 2, 3, 4]  # one back-off, never started again
+    assert not heartbeat.exists()  # never ready
 
 
 def test_a_message_whose_attempt_count_is_not_a_number_is_handled_as_a_first_delivery(broker, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -167,13 +168,56 @@ def test_discarding_a_settled_event_removes_it_alone_and_logs_what_it_was(broker
     broker.park("refund-1", "refund-2", "refund-3")
 
     with caplog.at_level(logging.WARNING, logger="floodgate.consumer"):
-        assert dead_letters.discard("amqp://broker", SERVICE, {"refund-2", "refund-that-is-not-parked"}) == ["refund-2"]
+        assert listed(dead_letters.discard("amqp://broker", SERVICE, {"refund-2", "refund-that-is-not-parked"})) == [
+            "refund-2"]
 
     assert broker.ids(DEAD) == ["refund-1", "refund-3"]
     assert broker.ids(WORK) == []
     [logged] = [r for r in caplog.records if r.getMessage() == "dead letter discarded"]
     assert (logged.message_id, logged.last_error) == ("refund-2", "refund provider said 503")
     assert broker.dropped == []
+
+
+def test_the_command_line_replays_the_parked_events_of_a_service(broker, capsys):
+    broker.park("refund-1", "refund-2")
+
+    dead_letters.main(["replay", "--service", SERVICE])
+
+    assert broker.ids(WORK) == ["refund-1", "refund-2"]
+    assert broker.ids(DEAD) == []
+    assert f"2 event(s) of {SERVICE} sent back to {WORK}" in capsys.readouterr().err
+
+
+def test_the_command_line_prints_each_discarded_letter_in_full(broker, capsys):
+    broker.park("refund-1", "refund-2")
+
+    dead_letters.main(["discard", "--service", SERVICE, "--message-id", "refund-2"])
+
+    [printed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == {"message_id": "refund-2", "type": "payment.refund_requested", "attempts": 5,
+                       "last_error": "refund provider said 503", "body": '{"order_id": "refund-2"}',
+                       "service": SERVICE}
+    assert broker.ids(DEAD) == ["refund-1"]
+
+
+def test_the_command_line_fails_naming_an_id_that_was_not_parked(broker, capsys):
+    broker.park("refund-1", "refund-2")
+
+    with pytest.raises(SystemExit) as exit:
+        dead_letters.main(["discard", "--service", SERVICE, "--message-id", "refund-2", "--message-id", "refund-9"])
+
+    assert "refund-9" in str(exit.value.code)
+    assert [json.loads(line)["message_id"] for line in capsys.readouterr().out.splitlines()] == ["refund-2"]
+    assert broker.ids(DEAD) == ["refund-1"]
+
+
+def test_a_letter_with_a_malformed_attempt_count_is_still_listed(broker):
+    broker.park("refund-1")
+    broker.queues[DEAD][0].properties.headers["x-attempt"] = "five"
+
+    assert [(letter["message_id"], letter["attempts"]) for letter in dead_letters.parked("amqp://broker", SERVICE)] == [
+        ("refund-1", 0)]
+    assert broker.ids(DEAD) == ["refund-1"]
 
 
 def test_a_replayed_event_leaves_the_broker_s_dead_lettering_history_behind(broker):

@@ -1,9 +1,13 @@
 """The outbox relay's reconnect loop, against a fake broker and a fake database. No network."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from shared.config import Settings
 from shared.heartbeat import reconnecting_file
@@ -12,25 +16,77 @@ from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, QueueBroker
 from tests.unit.shared.fake_database import FakeEngine
 
 
-def test_while_the_broker_is_away_the_relay_is_alive_not_ready_and_the_service_s_row_ages(monkeypatch, tmp_path):
-    """Restarting cannot bring the broker back; a rollout must not count the pod ready; the
-    `worker_heartbeats` row keeps showing the outage (written by the beat that touches the
-    readiness file, which never comes)."""
-    broker, engine, heartbeat = QueueBroker(), FakeEngine(), tmp_path / "heartbeat"
-    reconnecting = Path(reconnecting_file(str(heartbeat)))
-    broker.down = True
+class ConfirmingPublisher:
+    """Every message confirmed at once (the relay's `ConfirmedPublisher` drives pika's own channel)."""
+
+    def __init__(self, connection):
+        self.published = []
+
+    def publish(self, messages) -> int:
+        self.published += list(messages)
+        return len(self.published)
+
+
+@contextmanager
+def relay_running(monkeypatch, broker: QueueBroker, engine: FakeEngine, heartbeat: Path):
     monkeypatch.setattr("shared.messaging.connection.connect", broker.connect)
+    monkeypatch.setattr("shared.messaging.relay.ConfirmedPublisher", ConfirmingPublisher)
     relay = OutboxRelay(Settings(service_name="checkout", heartbeat_file=str(heartbeat)), engine, "checkout-relay")
     thread = threading.Thread(target=relay.run, name="relay", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + GIVE_UP_SECONDS
-        while not reconnecting.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        yield relay
     finally:
         relay.stop.set()
         thread.join(GIVE_UP_SECONDS)
-
     assert not thread.is_alive()
-    assert reconnecting.exists()
+
+
+def eventually(condition, what: str) -> None:
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_while_the_broker_is_away_the_relay_is_alive_not_ready_and_the_service_s_row_ages(monkeypatch, tmp_path):
+    """Restarting cannot bring the broker back; a rollout must not count the pod ready; the
+    `worker_heartbeats` row keeps showing the outage (written by the beat that touches the
+    readiness file, which never comes)."""
+    broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
+    broker.down = True
+
+    with relay_running(monkeypatch, broker, FakeEngine(), heartbeat):
+        eventually(Path(reconnecting_file(str(heartbeat))).exists, "a beat while reconnecting")
+
     assert not heartbeat.exists()
+
+
+def test_while_the_database_is_away_the_relay_is_not_ready_and_waits_ever_longer(monkeypatch, tmp_path):
+    """The broker answers, so a connection opens each time; the relay must neither count as ready
+    (a rollout with a wrong DATABASE_URL would replace working relays) nor reconnect and declare the
+    topology ten times a second."""
+    pauses = []
+
+    def backoff():
+        for n in itertools.count(1):
+            pauses.append(n)
+            yield n / 1000
+
+    monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
+    broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
+    engine = FakeEngine(error=sa.exc.OperationalError("SELECT", {}, ConnectionRefusedError("connection refused")))
+
+    with relay_running(monkeypatch, broker, engine, heartbeat):
+        eventually(lambda: len(broker.connections) >= 4, "four connections")
+
+    assert pauses[:4] == [1, 2, 3, 4]  # one back-off, never started again
+    assert Path(reconnecting_file(str(heartbeat))).exists()
+    assert not heartbeat.exists()
+
+
+def test_once_a_batch_was_read_the_relay_is_ready(monkeypatch, tmp_path):
+    broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
+
+    with relay_running(monkeypatch, broker, FakeEngine(), heartbeat):
+        eventually(heartbeat.exists, "the readiness beat")
