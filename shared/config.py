@@ -48,7 +48,7 @@ class Settings:
     jwt_audience: str = "floodgate"
     jwks_min_refresh_seconds: float = 30.0
     # every process fetches the JWKS again this often: a key accounts retires stops verifying
-    # everywhere within it (accounts serves the JWKS with the same max-age)
+    # everywhere within it (accounts serves the JWKS with a max-age no longer)
     jwks_max_age_seconds: float = 300.0
     # where the last good JWKS is kept for workers that start while accounts is down ("" = nowhere)
     jwks_cache_file: str = ""

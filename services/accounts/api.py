@@ -9,7 +9,6 @@ from services.accounts import handlers, schemas
 
 bp = Blueprint("accounts", __name__)
 
-JWKS_MAX_AGE_SECONDS = 300
 INVITE_RULE = ("is an invite still open to this account: not unknown, expired, used up or issued to someone else "
                "(one answer for all of them, `invite-not-usable`)")
 
@@ -82,7 +81,11 @@ def jwks():
         key_set = handlers.published_keys(uow, root().key_encryption)
         uow.commit()
     response = jsonify(schemas.KeySetSchema().dump(key_set))
-    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
+    # No HTTP cache may keep a key set past a new key's wait before it signs (nor past the time
+    # verifiers keep theirs): a verifier fetching through one must find the key by then.
+    settings = root().settings
+    max_age = min(settings.jwks_max_age_seconds, settings.signing_key_publish_seconds)
+    response.headers["Cache-Control"] = f"public, max-age={int(max_age)}"
     return response
 
 
@@ -114,10 +117,7 @@ def issue_invite():
 def redeem_invite():
     cmd = load(schemas.RedeemInviteSchema())
     with unit_of_work() as uow:
-        # Locked and read afresh first: a double click's second request waits for the first and
-        # answers the tier it gave, not the account as it was before.
-        account = handlers.find_account_for_update(current_principal().subject, uow)
-        handlers.redeem_invite(cmd["code"], account, uow)
+        account = handlers.redeem_invite_for(current_principal().subject, cmd["code"], uow)
         uow.commit()
     return schemas.AccountSchema().dump(account)
 

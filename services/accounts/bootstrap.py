@@ -56,12 +56,10 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         return Accounts(**database, migrations=MIGRATIONS)
     from services.accounts import key_encryption, tokens
     from services.accounts.passwords import Passwords
-    from services.accounts.throttle import BackoffPolicy, SignInThrottle
+    from services.accounts.throttle import SignInThrottle
     from shared import auth
 
     keks = key_encryption.configured(settings.signing_key_encryption_keys, settings.deployment_environment)
-    window = timedelta(seconds=settings.login_failure_window_seconds)
-    base = timedelta(seconds=settings.login_backoff_base_seconds)
     unit_of_work = database["unit_of_work"]
 
     def own_key_set(_url: str) -> dict:
@@ -85,17 +83,6 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         issuer=tokens.TokenIssuer(settings.jwt_issuer, settings.jwt_audience, settings.access_token_ttl_seconds, keks,
                                   timedelta(seconds=settings.signing_key_publish_seconds)),
         key_encryption=keks,
-        throttle=SignInThrottle(
-            per_account_and_client=BackoffPolicy(
-                settings.login_account_free_failures, base, timedelta(seconds=settings.login_account_backoff_max_seconds), window
-            ),
-            per_account=BackoffPolicy(
-                settings.login_account_all_clients_free_failures, base,
-                timedelta(seconds=settings.login_account_all_clients_backoff_max_seconds), window
-            ),
-            per_client=BackoffPolicy(
-                settings.login_client_free_failures, base, timedelta(seconds=settings.login_client_backoff_max_seconds), window
-            ),
-        ),
+        throttle=SignInThrottle.from_settings(settings),
         verifier=auth.TokenVerifier(own_keys, settings.jwt_issuer, settings.jwt_audience),
     )

@@ -41,7 +41,7 @@ class Settings(CommonSettings):
     # the first encrypts, all decrypt. Empty in development means the public dev-only KEK
     # (key_encryption.DEV_KEY_ENCRYPTION_KEY); production reads it from a Secret.
     signing_key_encryption_keys: str = ""
-    # A spent refresh token (used and expired, expired, or of a revoked session) is purged this
+    # A spent refresh token (expired, used or not, or of a revoked session) is purged this
     # long after: until then, presenting a used one again still revokes its session as a theft.
     spent_refresh_token_retention_seconds: int = 7 * 24 * 3600
     # A refresh token presented again this soon after its exchange, whose successor is still

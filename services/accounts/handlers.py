@@ -26,6 +26,7 @@ from services.accounts.errors import (
 from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
 from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
+from services.accounts.config import Settings
 from services.accounts.throttle import BackoffPolicy, Reservation, SignInThrottle, key_kind, retry_after_seconds
 from services.accounts.tokens import SessionTokens, TokenIssuer
 
@@ -33,13 +34,10 @@ log = logging.getLogger("floodgate.accounts")
 
 # One message for a wrong email and a wrong password, so a login cannot probe who has an account.
 WRONG_CREDENTIALS = "Email or password is incorrect"
-DEFAULT_THROTTLE = SignInThrottle(
-    per_account_and_client=BackoffPolicy(5, timedelta(seconds=1), timedelta(minutes=15), timedelta(minutes=15)),
-    per_account=BackoffPolicy(100, timedelta(seconds=1), timedelta(minutes=1), timedelta(minutes=15)),
-    per_client=BackoffPolicy(50, timedelta(seconds=1), timedelta(minutes=5), timedelta(minutes=15)),
-)
-DEFAULT_REFRESH_TTL = timedelta(days=14)
-DEFAULT_REFRESH_REUSE_GRACE = timedelta(seconds=30)
+_DEFAULTS = Settings()  # the settings' defaults, for callers that pass none (tests, tools)
+DEFAULT_THROTTLE = SignInThrottle.from_settings(_DEFAULTS)
+DEFAULT_REFRESH_TTL = timedelta(seconds=_DEFAULTS.refresh_token_ttl_seconds)
+DEFAULT_REFRESH_REUSE_GRACE = timedelta(seconds=_DEFAULTS.refresh_token_reuse_grace_seconds)
 # Without 0/O, 1/I: codes are read out and typed. 12 symbols of 32 = 60 random bits.
 INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 INVITE_CODE_LENGTH = 12
@@ -116,11 +114,12 @@ def open_session(
             uow.login_throttles.give_back(reservation)
         uow.commit()
         raise
-    account = uow.accounts.get(account_id) if matched else None
-    if account is None:  # a wrong password, or an account deleted meanwhile: counted already
+    account = _with_password_unchanged(uow, account_id, password_hash) if matched else None
+    if account is None:  # a wrong password, or the account deleted or reset meanwhile: counted already
         raise InvalidCredentials(WRONG_CREDENTIALS)
     if rehashed:
         account.password_hash = rehashed
+    checked_hash = account.password_hash
     owners_key = throttle.owners_key(cmd["email"], cmd.get("client"))
     for reservation in reservations:
         if reservation.key == owners_key:
@@ -130,7 +129,19 @@ def open_session(
             # guessers spread over many clients a fresh allowance.
             uow.login_throttles.give_back(reservation)
     uow.commit()  # not a failure, even if no token can be issued now
+    account = _with_password_unchanged(uow, account_id, checked_hash)  # held until the session is in
+    if account is None:
+        raise InvalidCredentials(WRONG_CREDENTIALS)
     return _start_session(account, uow, issuer, refresh_ttl, now)
+
+
+def _with_password_unchanged(uow, account_id: uuid.UUID, password_hash: str) -> Account | None:
+    """The account, locked until the transaction ends and read as it is now, if its password is
+    still the one checked. A reset (`create_admin`, which takes the same lock) ends the account's
+    sessions: a sign-in that checked the old password meanwhile must neither start one after
+    that nor write the old password's rehash over the new one."""
+    account = uow.accounts.get_for_update(account_id)
+    return account if account is not None and account.password_hash == password_hash else None
 
 
 def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list[Reservation]:
@@ -301,6 +312,7 @@ def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
     account = uow.accounts.by_email(cmd["email"])
     if account is None:
         return register_account(cmd, uow, passwords, role="admin")
+    account = uow.accounts.get_for_update(account.id)  # a sign-in in flight starts its session before or not at all
     account.role = "admin"
     account.password_hash = passwords.hash(cmd["password"])
     if cmd.get("name"):
@@ -357,17 +369,16 @@ def reencrypt_signing_keys(uow, key_encryption: KeyEncryptionKeys) -> dict[str, 
 
 
 def purge_spent_refresh_tokens(uow, retention: timedelta, batch_size: int) -> dict[str, int]:
-    """Delete refresh tokens spent more than `retention` ago (used and expired, expired, or of a
-    revoked session), then the sessions left without any token, `batch_size` rows per
+    """Delete refresh tokens spent more than `retention` ago (expired, or of a revoked session),
+    then the sessions left without any token, `batch_size` rows per
     transaction so that sign-ins and refreshes never wait long behind it. Returns how many of
     each went.
 
-    A used token is kept until it has also expired: until then a copy of it could still be
-    presented, and is recognised as a theft that revokes its session. Once purged it is refused
-    as unknown, without the revocation, by then as any expired token would be."""
+    A used token is kept until it has expired like the others: until then a copy of it could
+    still be presented, and is recognised as a theft that revokes its session. Once purged it is
+    refused as unknown, without the revocation, by then as any expired token would be."""
     cutoff = utc_now() - retention
     purges = {
-        "used": uow.refresh_tokens.delete_used_and_expired_before,
         "expired": uow.refresh_tokens.delete_expired_before,
         "revoked": uow.refresh_tokens.delete_of_sessions_revoked_before,
         "sessions": uow.sessions.delete_without_tokens_before,
@@ -430,6 +441,12 @@ def redeem_invite(code: str, account: Account, uow, field: str = "code") -> Acco
     return account
 
 
+def redeem_invite_for(account_id: str, code: str, uow) -> Account:
+    """`redeem_invite` for an existing account, locked and read afresh first: a double click's
+    second request waits for the first and answers the tier it gave, not the account as it was."""
+    return redeem_invite(code, find_account_for_update(account_id, uow), uow)
+
+
 def normalise_code(code: str) -> str:
     return re.sub(r"[^0-9A-Z]", "", code.upper())
 
@@ -442,8 +459,8 @@ def save_address(account_id: str, fields: dict, uow, max_addresses: int = 20) ->
     """Validate and normalise `fields` for their country (`shared.addresses`) and save them for
     the account; `InvalidAddress` (422, per field) when the country's rules refuse them, and
     `TooManyAddresses` (409) past `max_addresses`, however many are saved at once."""
+    normalised = postal.normalise(fields)  # a refusal takes no lock
     account = find_account_for_update(account_id, uow)
-    normalised = postal.normalise(fields)
     if len(uow.addresses.of(account.id)) >= max_addresses:
         raise TooManyAddresses(f"Keep at most {max_addresses} addresses; delete one first.")
     address = Address(id=uuid.uuid4(), account_id=account.id, created_at=utc_now(), **normalised)

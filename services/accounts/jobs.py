@@ -16,14 +16,14 @@ log = logging.getLogger("floodgate.accounts")
 
 
 def purge_refresh_tokens(root, args) -> None:
-    """Delete refresh tokens spent (used and expired, expired, or of a revoked session) longer
+    """Delete refresh tokens spent (expired, or of a revoked session) longer
     than SPENT_REFRESH_TOKEN_RETENTION_SECONDS ago, and the sessions left without tokens."""
     retention = timedelta(seconds=root.settings.spent_refresh_token_retention_seconds)
     with root.unit_of_work() as uow:
         deleted = handlers.purge_spent_refresh_tokens(uow, retention, args.batch_size)
     log.info("spent refresh tokens purged", extra={"retention_seconds": retention.total_seconds(), **deleted})
     print(
-        f"deleted {deleted['used']} used, {deleted['expired']} expired and {deleted['revoked']} revoked "
+        f"deleted {deleted['expired']} expired and {deleted['revoked']} revoked "
         f"refresh token(s) and {deleted['sessions']} session(s) left without tokens"
     )
 

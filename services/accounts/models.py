@@ -74,7 +74,6 @@ class RefreshToken(Base):
     __table_args__ = (
         sa.Index("refresh_tokens_session_id", "session_id"),
         sa.Index("refresh_tokens_expires_at", "expires_at"),
-        sa.Index("refresh_tokens_used_at", "used_at", postgresql_where=sa.text("used_at IS NOT NULL")),
     )
 
     token_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)

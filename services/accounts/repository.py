@@ -145,12 +145,9 @@ class RefreshTokens:
             .execution_options(populate_existing=True)
         ).first()
 
-    def delete_used_and_expired_before(self, cutoff: datetime, limit: int) -> int:
-        """Used tokens are kept until they have also expired: until then, presenting one again
-        is still recognised as a theft and ends its session."""
-        return self._delete_where(sa.and_(RefreshToken.used_at < cutoff, RefreshToken.expires_at < cutoff), limit)
-
     def delete_expired_before(self, cutoff: datetime, limit: int) -> int:
+        """Used tokens too are kept until they have expired: until then, presenting one again is
+        still recognised as a theft and ends its session."""
         return self._delete_where(RefreshToken.expires_at < cutoff, limit)
 
     def delete_of_sessions_revoked_before(self, cutoff: datetime, limit: int) -> int:

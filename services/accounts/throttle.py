@@ -36,9 +36,10 @@ class SignInThrottle:
     the account from every client (loose), and the client trying, whatever the account.
 
     The strict key is per account *and* client: failures from one client never lock the owner
-    out from another, so nobody can keep a named buyer from signing in by guessing at their
-    account. The account's own key brakes guessing spread over many clients, with a wait short
-    enough that an owner caught behind it still signs in.
+    out from another. The account's own key brakes guessing spread over many clients, with a
+    wait of at most a minute: guessers with enough clients to pass its free failures can keep an
+    owner waiting that long at a time (the README's "Sign-in throttling" says what that costs),
+    never locked out for the whole drop.
 
     The client comes first in the strict key (`client:<client>|account:<email>`): the email is
     whatever was typed, so with the email first, typing `<email>|client:<client>` would have made
@@ -47,6 +48,21 @@ class SignInThrottle:
     per_account_and_client: BackoffPolicy
     per_account: BackoffPolicy
     per_client: BackoffPolicy
+
+    @classmethod
+    def from_settings(cls, settings) -> "SignInThrottle":
+        """The policies the `LOGIN_*` settings of `services.accounts.config.Settings` describe."""
+        base, window = timedelta(seconds=settings.login_backoff_base_seconds), timedelta(seconds=settings.login_failure_window_seconds)
+
+        def policy(free_failures: int, max_seconds: float) -> BackoffPolicy:
+            return BackoffPolicy(free_failures, base, timedelta(seconds=max_seconds), window)
+
+        return cls(
+            per_account_and_client=policy(settings.login_account_free_failures, settings.login_account_backoff_max_seconds),
+            per_account=policy(settings.login_account_all_clients_free_failures,
+                               settings.login_account_all_clients_backoff_max_seconds),
+            per_client=policy(settings.login_client_free_failures, settings.login_client_backoff_max_seconds),
+        )
 
     def keys(self, email: str, client: str | None) -> dict[str, BackoffPolicy]:
         keys = {f"account:{email}": self.per_account, self.owners_key(email, client): self.per_account_and_client}

@@ -99,9 +99,6 @@ class FakeRefreshTokens:
     def of(self, session_id):
         return [t for t in self.rows.values() if t.session_id == session_id]
 
-    def delete_used_and_expired_before(self, cutoff, limit):
-        return self._delete(lambda t: t.used_at is not None and t.used_at < cutoff and t.expires_at < cutoff, limit)
-
     def delete_expired_before(self, cutoff, limit):
         return self._delete(lambda t: t.expires_at < cutoff, limit)
 

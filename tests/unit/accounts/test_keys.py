@@ -91,11 +91,11 @@ def test_retiring_at_zero_hours_leaves_only_the_new_key_and_refuses_older_tokens
         verifier.verify(old_token)
 
 
-def test_over_http_the_key_set_may_be_cached_for_five_minutes(client):
+def test_over_http_the_key_set_may_be_cached_no_longer_than_a_new_key_waits_before_it_signs(client):
     response = client.get("/.well-known/jwks.json")
 
     assert response.status_code == 200
-    assert response.headers["Cache-Control"] == "public, max-age=300"
+    assert response.headers["Cache-Control"] == "public, max-age=60"
     assert [key["alg"] for key in response.get_json()["keys"]] == ["ES256"]
 
 

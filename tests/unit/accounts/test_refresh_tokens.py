@@ -192,7 +192,7 @@ def test_the_purge_removes_long_spent_tokens_and_dead_sessions_in_bounded_batche
 
     deleted = handlers.purge_spent_refresh_tokens(uow, retention=timedelta(days=7), batch_size=2)
 
-    assert deleted == {"used": 1, "expired": 1, "revoked": 3, "sessions": 4}
+    assert deleted == {"expired": 2, "revoked": 3, "sessions": 4}
     assert max(uow.refresh_tokens.batches) <= 2 and uow.committed
     assert [row(uow, tokens) for tokens in [refreshed_long_ago, expired, *logged_out]] == [None] * 5
     assert set(uow.sessions.rows) == sessions_before - dead_sessions

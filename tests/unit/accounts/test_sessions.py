@@ -121,6 +121,43 @@ def test_making_an_existing_account_admin_ends_its_sessions_so_none_refreshes_to
     assert verifier_for(uow, issuer).verify(sign_in(uow, passwords, issuer, "ann@example.com", "a new admin password").token).is_admin
 
 
+class ResetDuring(Passwords):
+    """Passwords whose next check sees the account reset by `create-admin` while it hashes."""
+    def __init__(self, uow, passwords, email):
+        super().__init__()
+        self.reset = lambda: handlers.create_admin(
+            RegistrationSchema().load({"email": email, "password": "a new admin password"}), uow, passwords)
+
+    def verify(self, password_hash, password):
+        matched = super().verify(password_hash, password)
+        self.reset()
+        return matched
+
+
+def test_a_sign_in_checking_the_old_password_while_an_admin_resets_it_starts_no_session(uow, passwords, issuer, ann):
+    with pytest.raises(InvalidCredentials):
+        sign_in(uow, ResetDuring(uow, passwords, "ann@example.com"), issuer, "ann@example.com", "correct horse battery")
+
+    assert uow.sessions.rows == {}
+    assert passwords.verify(ann.password_hash, "a new admin password")  # no rehash of the old one over it
+
+
+def test_a_reset_committed_between_a_sign_in_s_check_and_its_session_starts_no_session(uow, passwords, issuer, ann, monkeypatch):
+    commits = []
+
+    def commit():
+        commits.append(True)
+        if len(commits) == 2:  # the sign-in's verdict is in; its session is not
+            handlers.create_admin(RegistrationSchema().load({"email": "ann@example.com", "password": "a new admin password"}),
+                                  uow, passwords)
+    monkeypatch.setattr(uow, "commit", commit)
+
+    with pytest.raises(InvalidCredentials):
+        sign_in(uow, passwords, issuer, "ann@example.com", "correct horse battery")
+
+    assert uow.sessions.rows == {}
+
+
 def test_over_http_a_failed_sign_in_is_one_generic_401_problem(client, uow, passwords, ann):
     bodies = [
         client.post("/sessions", json={"email": email, "password": "wrong password!"})
