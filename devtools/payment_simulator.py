@@ -76,7 +76,9 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
         return (amount, currency) if hmac.compare_digest(expected, request.args.get("sig", "")) else None
 
     def post(event: dict, attempt: int) -> int | None:
-        """One delivery of `event`: checkout's answer, or None when it gave none (or a 5xx)."""
+        """One delivery of `event`: checkout's answer, or None when it gave none (or a 5xx).
+        Unlike PayPal, which retries any answer but a 2xx, a 4xx is final here: checkout answers
+        401 (a bad signature) or 404 (an unknown order) only to what sending again cannot mend."""
         body = json.dumps(event).encode()
         try:
             response = webhooks.urlopen(
@@ -89,13 +91,14 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
         return None
 
     def deliver(event: dict) -> int | None:
-        """Five tries while the buyer's approval waits (6.2 s); then, as a real provider keeps
-        retrying for days, more in the background until `redeliver_for_seconds` have passed."""
+        """Five tries while the buyer's approval waits (3 s between them); then, as a real provider
+        keeps retrying for days, more in the background until `redeliver_for_seconds` have passed."""
         for attempt in range(5):
+            if attempt:
+                time.sleep(0.2 * 2 ** (attempt - 1))
             status = post(event, attempt + 1)
             if status is not None:
                 return status
-            time.sleep(0.2 * 2**attempt)
         threading.Thread(target=redeliver, args=(event,), name="webhook-redelivery", daemon=True).start()
         return None
 

@@ -138,11 +138,9 @@ def cancel_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
         was = order.status
-        handlers.cancel_order(order, uow, root().settings, by_admin=principal.is_admin)
-        if principal.is_admin and order.buyer_id != principal.subject and was != order.status:
-            # an admin cancelling a buyer's order (a refund, if it was paid) says who did it
-            uow.admin_actions.record(requested_action(order.drop_id).ended(
-                {"order_id": str(order.id), "status": order.status, "was": was}))
+        by_admin = principal.is_admin and order.buyer_id != principal.subject
+        if handlers.cancel_order(order, uow, root().settings, by_admin=by_admin) and by_admin:
+            _record_order_change(uow, order, was=was)  # an admin refunding a buyer says who did it
         uow.commit()
     return jsonify(ORDER.dump(order))
 
@@ -154,9 +152,15 @@ def ship_order(order_id: str):
     with unit_of_work() as uow:
         order = _visible_order(uow, order_id, lock=True)
         handlers.ship_order(order, uow, root().settings)
-        uow.admin_actions.record(requested_action(order.drop_id).ended({"order_id": str(order.id), "status": order.status}))
+        _record_order_change(uow, order)
         uow.commit()
     return jsonify(ORDER.dump(order))
+
+
+def _record_order_change(uow, order: Order, **details) -> None:
+    """An admin's change to `order`, recorded among the admin actions in `uow`'s transaction."""
+    uow.admin_actions.record(requested_action(order.drop_id).ended(
+        {"order_id": str(order.id), "status": order.status, **details}))
 
 
 def _visible_order(uow, order_id: str, lock: bool = False) -> Order:

@@ -369,7 +369,7 @@ def _renew(asked: RenewalAsked, inventory: InventoryClient) -> Renewal | None:
     order has moved past the version read (inventory has a newer one), so it is read again."""
     try:
         hold = inventory.reserve(asked.order_id, asked.drop_id, asked.buyer_id, asked.quantity, renew=True,
-                                 order_version=asked.version + 1, paid=True)
+                                 order_version=asked.version + 1, guarded=False)
     except (errors.SoldOut, errors.SaleNotOpen, errors.LimitExceeded) as refusal:
         return Renewal(asked.version, refusal=refusal)
     except errors.StaleOrderVersion:
@@ -384,10 +384,10 @@ def _give_back_renewal(order_id: str, inventory: InventoryClient) -> None:
     given back now rather than when that hold runs out. Such an order is never confirmed
     again, and inventory never releases a sold unit."""
     try:
-        inventory.release(order_id, paid=True)
+        inventory.release(order_id, guarded=False)
     except Problem as refusal:
-        log.warning("could not give back a cancelled order's renewed hold; it runs out on its own",
-                    extra={"reason": refusal.slug})
+        log.warning("could not give back an unused renewal's hold; it runs out on its own",
+                    extra={"reason": refusal.slug, "order_id": order_id})
 
 
 def _late_payment(order: Order, uow, renewal: Renewal, settings) -> PaymentOutcome:
@@ -443,16 +443,16 @@ def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: Payme
     })
 
 
-def cancel_order(order: Order, uow, settings, by_admin: bool) -> Order:
+def cancel_order(order: Order, uow, settings, by_admin: bool) -> bool:
     """Cancel before shipping, at any time: stock goes back at once, a captured payment is refunded.
     An expired or declined order can be cancelled too: a payment the provider completes after
     that (a late capture) is refunded instead of confirming it, so a buyer who gave up is
-    never charged."""
+    never charged. Whether it was cancelled now (False: it already was)."""
     if order.status == orders.CANCELLED:
-        return order
+        return False
     _cancel(order, uow, settings, "cancelled by an admin" if by_admin else "cancelled by the buyer",
             told="cancelled before shipping", refund_reason="order cancelled before shipping")
-    return order
+    return True
 
 
 def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: str) -> None:

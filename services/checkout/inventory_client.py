@@ -245,22 +245,17 @@ class InventoryClient:
         shipping_country: str | None = None,
         renew: bool = False,
         order_version: int | None = None,
-        paid: bool = False,
+        guarded: bool = True,
     ) -> Hold:
         """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released
         one). `order_version`: the order's version once this hold serves it (1 for a new order).
-        `paid`: a late payment's renewal, which the circuit breaker never turns away."""
+        `guarded=False`: past the circuit breaker and the batcher (see `_call`)."""
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
         body = {k: v for k, v in body.items() if v is not None}
-        if paid:
-            # Not behind the circuit breaker, as the sale is not: the buyer has paid, and a breaker
-            # opened by the rush's failed orders would answer the provider 503 without asking
-            # inventory for as long as it stayed open.
-            return self._reserve_one(body, guarded=False)
-        if self._holds is None or renew:
-            return self._reserve_one(body)
+        if self._holds is None or renew or not guarded:
+            return self._reserve_one(body, guarded)
         # The order's trace shows its wait; the call that carries its hold is in the trace of the
         # call's first order, linked from here.
         with tracing.span("inventory hold", attributes={"floodgate.hold.batched": True}) as waiting:
@@ -317,16 +312,15 @@ class InventoryClient:
     def sell(self, order_id: str, order_version: int) -> None:
         """Make the order's hold a sale now (idempotent); SoldOut when its units are gone.
         `order_version`: the version the confirmed order will have."""
-        # Not behind the circuit breaker: a payment is confirmed at most once, and making its sale
-        # at once is what keeps the sweeper off a paid unit; the provider can wait for an answer.
+        # Unguarded: making a paid order's sale at once is what keeps the sweeper off its unit.
         response = self._call(f"/reservations/{order_id}/sell", {"order_version": order_version}, guarded=False)
         if response.status != 200:
             raise self._refusal(response)
 
-    def release(self, order_id: str, paid: bool = False) -> None:
+    def release(self, order_id: str, guarded: bool = True) -> None:
         """Give a held unit back at once (used when checkout refuses an order after the hold).
-        `paid`: the renewal of a late payment that was refunded, not behind the breaker either."""
-        response = self._call(f"/reservations/{order_id}/release", {}, guarded=not paid)
+        `guarded=False`: past the circuit breaker (see `_call`)."""
+        response = self._call(f"/reservations/{order_id}/release", {}, guarded=guarded)
         if response.status not in (200, 404):
             raise self._refusal(response)
 
@@ -355,6 +349,12 @@ class InventoryClient:
         return DropStock.of(json.loads(response.data))
 
     def _call(self, path: str, body: dict | None, guarded: bool = True, method: str = "POST") -> urllib3.BaseHTTPResponse:
+        """Inventory's answer to `path`, refused at once (503) while the circuit breaker is open.
+        Unguarded calls are the ones money waits on (a paid order's sale, a late payment's renewal
+        and its give-back): a breaker opened by the rush's failed orders would otherwise answer
+        the payment provider 503 without asking inventory for as long as it stayed open. They
+        still count towards opening and closing it. An order's own holds stay guarded: each is
+        asked while its order waits, and a slow inventory would hold up the rush."""
         if guarded and not self._breaker.allow():
             raise errors.InventoryUnavailable(
                 "Inventory is not answering; try again shortly.", retry_after=self._breaker.retry_after()

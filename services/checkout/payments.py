@@ -62,12 +62,14 @@ class RefundFailed(Exception):
 
 
 class RefundRefused(RefundFailed):
-    """The provider refused the refund as asked (a 4xx but a timeout or rate limit): asking again
+    """The provider refused the refund as asked (a 4xx other than `_RETRYABLE_4XX`): asking again
     cannot change its answer, so a person must look at it now."""
 
 
-# 4xx answers that may go the other way when asked again
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# 4xx answers that may go the other way when asked again: a timeout, a conflict, a rate limit,
+# and 401, which a signature outside the provider's clock tolerance, a secret mid-rotation (or,
+# at PayPal, an expired access token) earns: one bad secret rollout must not park a drop's refunds.
+_RETRYABLE_4XX = frozenset({401, 408, 409, 425, 429})
 
 
 class PaymentProvider(Protocol):

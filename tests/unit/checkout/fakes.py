@@ -334,10 +334,10 @@ class FakeInventory:
         self.meanwhile = None
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
-                order_version=None, paid=False):
+                order_version=None, guarded=True):
         self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
                               "order_version": order_version})
-        if paid:
+        if not guarded:
             self.unguarded.append(("reserve", order_id))
         if self.meanwhile is not None:
             self.meanwhile()
@@ -365,9 +365,9 @@ class FakeInventory:
         if self.sell_refusal is not None:
             raise self.sell_refusal
 
-    def release(self, order_id, paid=False):
+    def release(self, order_id, guarded=True):
         self.released.append(order_id)
-        if paid:
+        if not guarded:
             self.unguarded.append(("release", order_id))
         self.given_back.add(order_id)
 

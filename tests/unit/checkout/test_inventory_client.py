@@ -144,8 +144,8 @@ def test_a_late_payments_renewal_asks_inventory_even_while_the_breaker_is_open()
     with pytest.raises(errors.InventoryUnavailable):  # an order's retry is turned away, as any order
         inventory.reserve("o2", DROP, "b2", 1, renew=True)
 
-    renewed = inventory.reserve("o1", DROP, "b1", 1, renew=True, order_version=2, paid=True)
-    inventory.release("o1", paid=True)
+    renewed = inventory.reserve("o1", DROP, "b1", 1, renew=True, order_version=2, guarded=False)
+    inventory.release("o1", guarded=False)
 
     assert renewed.order_id == "o1"
     assert [(path, sent.get("renew")) for path, sent in inventory._pool.calls] == [

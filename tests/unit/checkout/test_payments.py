@@ -481,7 +481,7 @@ def provider_answering(status_code=201):
 
 
 @pytest.mark.parametrize("status, failure", [(422, "RefundRefused"), (404, "RefundRefused"), (429, "RefundFailed"),
-                                             (503, "RefundFailed")])
+                                             (401, "RefundFailed"), (503, "RefundFailed")])
 def test_a_refund_the_provider_refuses_for_good_is_told_apart_from_one_to_retry(status, failure):
     from services.checkout import payments
 
