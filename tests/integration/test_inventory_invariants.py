@@ -521,6 +521,30 @@ def test_a_restock_while_the_last_unit_is_being_held_lets_the_next_sell_out_be_a
     assert answer["result"].remaining == 1  # the restock's answer, read after the last hold's commit
 
 
+def test_the_sweeper_announces_no_sell_out_a_restock_in_flight_undoes(session_factory):
+    """The last unit went unannounced (two racing holds), so the sweeper announces the sell-out,
+    while a restock is being committed. The sweeper once read the drop empty without waiting for
+    the restock and inserted its announcement after the restock's deletion of announcements: the
+    drop then read sold out with the restocked units on sale, and their sell-out went unannounced."""
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=1, shards=2)
+    machine.run(lambda uow: _hold_from_the_first_row(uow, ReserveStock(uuid.uuid4(), machine.drop_id, "last", 1)))
+    with machine.uow() as restocking:
+        drops.change_drop(str(machine.drop_id), ChangeDrop(add_quantity=2), restocking)
+        sweep, answer = _in_a_thread(lambda: machine.run(drops.announce_drops))
+        poll(lambda: not sweep.is_alive() or _waiting_for_a_lock(machine, "SELECT drop_stock_shards"),
+             timeout=10, what="the sweep to end or to wait for the restock's rows")
+        restocking.commit()
+    sweep.join(10)
+    assert not sweep.is_alive(), "the sweep is still waiting"
+    assert "error" not in answer, answer.get("error")
+
+    assert machine.run(lambda uow: uow.session.scalar(sa.text(
+        "SELECT count(*) FROM drop_announcements WHERE event_type = 'drop.sold_out' AND drop_id = :d"),
+        {"d": machine.drop_id})) == 0
+    assert _remaining(machine) == 2
+
+
 def test_a_pool_timeout_in_a_batch_answers_503_for_that_order_and_the_others_stand(session_factory):
     # Each of a batch's transactions (one per drop) takes a pooled connection again; one that did
     # not come in time (a sa.exc.TimeoutError, not a DBAPIError) once made the whole batch a 503,

@@ -2,6 +2,7 @@
 drops that open or sell out."""
 from __future__ import annotations
 
+import collections
 import logging
 import uuid
 from dataclasses import dataclass
@@ -189,8 +190,8 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     """Move a drop's close (extend or shorten, even reopen a closed drop), add stock and/or
     correct the tier of an invite-only phase that has not ended.
 
-    Shard rows are locked before the drop row, as a reservation that sells the last unit does
-    (the lock order is in `handlers.reservations`).
+    Shard rows are locked before the drop row, as the sweeper does when it gives expired holds
+    back (the lock order is in `handlers.reservations`).
     """
     view = show_drop(drop_id, uow)
     drops = Drop.__table__
@@ -212,7 +213,8 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
                 announcements.c.drop_id == view.id, announcements.c.event_type == DROP_SOLD_OUT
             )
         )
-    # the drop row is written last: shard rows before the drop row, as a hold that sells the last unit locks them
+    # The drop row after the shard rows, the order the sweeper takes them in (it gives units
+    # back, then counts the drop's expired holds).
     if cmd.closes_at is not None:
         uow.session.execute(drops.update().where(drops.c.id == view.id).values(closes_at=cmd.closes_at))
     if cmd.invite_tier is not None:
@@ -269,6 +271,25 @@ def announce_drops(uow) -> int:
         (DROP_SOLD_OUT, open_now.where(not_announced(DROP_SOLD_OUT), available_units(Drop.id) == 0)),
     ):
         found = dict(uow.session.execute(query).all())
+        if event_type == DROP_SOLD_OUT and found:
+            found = {drop_id: found[drop_id] for drop_id in _without_stock_now(uow.session, found)}
         if found:
             count += len(announce(uow.session, uow.publish, sorted(found), event_type, found))
     return count
+
+
+def _without_stock_now(session: orm.Session, drop_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """Of `drop_ids`, those whose shard rows hold no unit once locked (shared, in the order holds
+    and restocks lock them) and read as they are now. A restock in flight is waited for and its
+    units counted; one that starts after waits for this transaction, so it deletes the
+    announcement made here and the drop's next sell-out is announced again."""
+    rows = session.execute(
+        sa.select(SHARDS.c.drop_id, SHARDS.c.available)
+        .where(SHARDS.c.drop_id.in_(list(drop_ids)))
+        .order_by(SHARDS.c.drop_id, SHARDS.c.shard)
+        .with_for_update(read=True)
+    ).all()
+    left = collections.Counter()
+    for drop_id, available in rows:
+        left[drop_id] += available
+    return [drop_id for drop_id in drop_ids if left[drop_id] == 0]
