@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
+from shared.heartbeat import reconnecting_file
+
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")
 FLOODGATE_SERVICES = ("accounts", "inventory", "checkout", "notifications")
@@ -203,7 +205,11 @@ def check_supported_images(objects: list[dict]) -> list[str]:
 def check_readiness(objects: list[dict]) -> list[str]:
     """Floodgate's readiness probes ask the real question: an API whether it can serve (/readyz), a
     process without HTTP (consumer, relay, sweeper) whether its loop turns (shared.heartbeat on
-    its HEARTBEAT_FILE), not merely whether its process exists."""
+    its HEARTBEAT_FILE), not merely whether its process exists.
+
+    A relay or consumer waiting to reconnect beats `reconnecting_file(HEARTBEAT_FILE)` instead:
+    its liveness probe must accept that file (else every broker outage restarts it) and its
+    readiness probe must not (else a rollout that cannot connect replaces working pods)."""
     problems = []
     for obj in of_kind(objects, *LONG_RUNNING):
         for _, c, _ in containers(obj, init=False):
@@ -220,6 +226,15 @@ def check_readiness(objects: list[dict]) -> list[str]:
             if command[:3] != ["python", "-m", "shared.heartbeat"] or heartbeat is None or heartbeat not in command:
                 problems.append(f"{where}: readiness probe does not check the loop's heartbeat "
                                 f"(python -m shared.heartbeat $HEARTBEAT_FILE): {command}")
+                continue
+            reconnecting = reconnecting_file(heartbeat)
+            if reconnecting in command:
+                problems.append(f"{where}: readiness probe accepts {reconnecting}, which a pod that cannot "
+                                "reach the broker beats")
+            liveness = (c.get("livenessProbe") or {}).get("exec", {}).get("command", [])
+            if c.get("command", [])[-1:] in (["relay"], ["consumer"]) and reconnecting not in liveness:
+                problems.append(f"{where}: liveness probe does not accept {reconnecting}: every broker "
+                                "outage would restart it")
     return problems
 
 

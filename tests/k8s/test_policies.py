@@ -1,6 +1,7 @@
 """Policies every rendered overlay meets: each a separate test, so a failure names the rule."""
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import subprocess
@@ -38,6 +39,20 @@ def test_every_overlay_meets(targets, target, rule):
 @pytest.mark.parametrize("target", [target for target in TARGETS if target.startswith("dev")])
 def test_a_dev_cluster_on_a_2_cpu_laptop_node_schedules_every_pod(targets, target):
     assert policy.check_fits_dev_node(targets[target].objects) == []
+
+
+def test_a_consumer_ready_while_reconnecting_or_restarted_by_every_broker_outage_is_named(dev):
+    objects = copy.deepcopy(dev)
+    [consumer] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "checkout-consumer"]
+    [c] = consumer["spec"]["template"]["spec"]["containers"]
+    c["readinessProbe"]["exec"]["command"].insert(4, "/tmp/heartbeat.reconnecting")
+    c["livenessProbe"]["exec"]["command"].remove("/tmp/heartbeat.reconnecting")
+
+    problems = policy.check_readiness(objects)
+
+    assert [problem.split(":")[0] for problem in problems] == ["Deployment/checkout-consumer container consumer"] * 2
+    assert "readiness probe accepts /tmp/heartbeat.reconnecting" in problems[0]
+    assert "liveness probe does not accept /tmp/heartbeat.reconnecting" in problems[1]
 
 
 def test_prods_requests_on_a_laptop_node_would_leave_pods_pending(targets):
