@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import queue as queues
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -287,3 +288,24 @@ class NoTransaction:
 
     def commit(self):
         pass
+
+
+def eventually(condition, what: str) -> None:
+    """Poll `condition` until it holds, failing after GIVE_UP_SECONDS."""
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+def counted_pauses(monkeypatch) -> list[int]:
+    """The reconnect waits, numbered from the shortest (1) as each back-off hands them out."""
+    pauses = []
+
+    def backoff():
+        for n in itertools.count(1):
+            pauses.append(n)
+            yield n / 1000
+
+    monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
+    return pauses

@@ -2,11 +2,9 @@
 publishes, acks, logs and beats, on its own threads as in production. No network."""
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +16,8 @@ from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
 from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
 from shared.messaging.envelope import Envelope
-from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, NoTransaction, QueueBroker, parked_by_the_delivery_limit
+from tests.unit.shared.fake_broker import (GIVE_UP_SECONDS, NoTransaction, QueueBroker, counted_pauses, eventually,
+                                           parked_by_the_delivery_limit)
 
 SERVICE = "checkout"
 EVENT = "payment.refund_requested"
@@ -86,13 +85,6 @@ def running(runner: ConsumerRunner):
     assert not thread.is_alive(), "the runner did not stop"
 
 
-def eventually(condition, what: str) -> None:
-    deadline = time.monotonic() + GIVE_UP_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("failure, queue", [(RuntimeError("SMTP said 451"), RETRY),
                                             (PermanentFailure("550 mailbox unavailable"), DEAD)])
 def test_a_retried_or_parked_copy_leaves_the_broker_s_dead_lettering_history_behind(broker, failure, queue):
@@ -120,19 +112,6 @@ def test_while_the_broker_is_away_the_consumer_is_alive_not_ready_and_the_servic
 
     assert not heartbeat.exists()  # the readiness probe's file
     assert last_seen.beats == 0
-
-
-def counted_pauses(monkeypatch) -> list[int]:
-    """The reconnect waits, numbered from the shortest (1) as each back-off hands them out."""
-    pauses = []
-
-    def backoff():
-        for n in itertools.count(1):
-            pauses.append(n)
-            yield n / 1000
-
-    monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
-    return pauses
 
 
 def test_after_a_connection_that_consumed_the_next_outage_waits_from_the_shortest_pause_again(broker, monkeypatch,

@@ -1,9 +1,7 @@
 """The outbox relay's reconnect loop, against a fake broker and a fake database. No network."""
 from __future__ import annotations
 
-import itertools
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import sqlalchemy as sa
 from shared.config import Settings
 from shared.heartbeat import reconnecting_file
 from shared.messaging.relay import OutboxRelay
-from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, QueueBroker
+from tests.unit.shared.fake_broker import GIVE_UP_SECONDS, QueueBroker, counted_pauses, eventually
 from tests.unit.shared.fake_database import FakeEngine
 
 
@@ -42,13 +40,6 @@ def relay_running(monkeypatch, broker: QueueBroker, engine: FakeEngine, heartbea
     assert not thread.is_alive()
 
 
-def eventually(condition, what: str) -> None:
-    deadline = time.monotonic() + GIVE_UP_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        time.sleep(0.01)
-
-
 def test_while_the_broker_is_away_the_relay_is_alive_not_ready_and_the_service_s_row_ages(monkeypatch, tmp_path):
     """Restarting cannot bring the broker back; a rollout must not count the pod ready; the
     `worker_heartbeats` row keeps showing the outage (written by the beat that touches the
@@ -66,14 +57,7 @@ def test_while_the_database_is_away_the_relay_is_not_ready_and_waits_ever_longer
     """The broker answers, so a connection opens each time; the relay must neither count as ready
     (a rollout with a wrong DATABASE_URL would replace working relays) nor reconnect and declare the
     topology ten times a second."""
-    pauses = []
-
-    def backoff():
-        for n in itertools.count(1):
-            pauses.append(n)
-            yield n / 1000
-
-    monkeypatch.setattr("shared.messaging.connection.backoff", backoff)
+    pauses = counted_pauses(monkeypatch)
     broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
     engine = FakeEngine(error=sa.exc.OperationalError("SELECT", {}, ConnectionRefusedError("connection refused")))
 
