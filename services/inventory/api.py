@@ -59,9 +59,8 @@ def schedule_drop():
     command = load(schemas.NewDropSchema())
     with unit_of_work() as uow:
         drop = drops.schedule_drop(command, uow, root().settings.default_stock_shards)
-        shown = schemas.DropSchema().dump(drop)
-        uow.admin_actions.record(requested_action(drop.id).ended(
-            {name: shown[name] for name in ("opens_at", "closes_at", "state", "remaining")}))
+        shown = DROP.dump(drop)
+        _record_drop_change(uow, drop.id, shown, ("opens_at", "closes_at", "state", "remaining"))
         uow.commit()
     return shown, 201
 
@@ -83,11 +82,16 @@ def change_drop(drop_id: str):
     with unit_of_work() as uow:
         drop = drops.change_drop(drop_id, command, uow)
         shown = DROP.dump(drop)
-        uow.admin_actions.record(requested_action(drop.id).ended(
-            {"closes_at": shown["closes_at"], "state": shown["state"], "remaining": shown["remaining"]}))
+        _record_drop_change(uow, drop.id, shown, ("closes_at", "state", "remaining"))
         uow.commit()
     current_app.extensions[DROP_VIEWS].forget(drop.id)
     return shown
+
+
+def _record_drop_change(uow, drop_id, shown: dict, fields: tuple[str, ...]) -> None:
+    """Record the admin's request among the admin actions, in the unit of work's transaction,
+    with `fields` of the drop as the answer shows it."""
+    uow.admin_actions.record(requested_action(drop_id).ended({name: shown[name] for name in fields}))
 
 
 @bp.get("/drops/<drop_id>")

@@ -195,17 +195,18 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     """
     view = show_drop(drop_id, uow)
     drops = Drop.__table__
+    values = {}
     if cmd.closes_at is not None:
         uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
+        values["closes_at"] = cmd.closes_at
     if cmd.invite_tier is not None:
         uow.session.get(Drop, view.id).check_new_tier(_database_now(uow))
+        values["invite_tier"] = cmd.invite_tier
     if cmd.add_quantity:
         if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
             raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
         _restock(uow, view.id, view.stock_shards, cmd.add_quantity)
-        uow.session.execute(
-            drops.update().where(drops.c.id == view.id).values(restocked=drops.c.restocked + cmd.add_quantity)
-        )
+        values["restocked"] = drops.c.restocked + cmd.add_quantity
         # Stock came back: the next time it runs out is news again.
         announcements = DropAnnouncement.__table__
         uow.session.execute(
@@ -215,10 +216,8 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
         )
     # The drop row after the shard rows, the order the sweeper takes them in (it gives units
     # back, then counts the drop's expired holds).
-    if cmd.closes_at is not None:
-        uow.session.execute(drops.update().where(drops.c.id == view.id).values(closes_at=cmd.closes_at))
-    if cmd.invite_tier is not None:
-        uow.session.execute(drops.update().where(drops.c.id == view.id).values(invite_tier=cmd.invite_tier))
+    if values:
+        uow.session.execute(drops.update().where(drops.c.id == view.id).values(**values))
     log.info(
         "drop changed",
         extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),

@@ -107,8 +107,13 @@ def _extend(reservation: Reservation, session: orm.Session, hold_ttl_seconds: in
     found = _drop_now_and_remaining(session, reservation.drop_id)
     if found is not None:
         drop, now, _ = found
-        reservation.hold_expires_at = max(reservation.hold_expires_at,
-                                          now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds))
+        reservation.hold_expires_at = max(reservation.hold_expires_at, _hold_expires_at(drop, now, hold_ttl_seconds))
+
+
+def _hold_expires_at(drop: Drop, now: datetime, hold_ttl_seconds: int) -> datetime:
+    """When a hold made (or renewed) at `now` expires: after the drop's own TTL, else the
+    service's `hold_ttl_seconds`."""
+    return now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
 
 
 # What a hold reads of its drop, the database's clock and the units left, in one statement. The
@@ -188,7 +193,7 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
 
     # The reservation is written before the stock is taken, so the transaction holds a stock
     # row's lock for as little time as possible: the decrement, then the commit.
-    expires_at = now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
+    expires_at = _hold_expires_at(drop, now, hold_ttl_seconds)
     if renewing is not None:
         reservation = renewing
         reservation.status, reservation.hold_expires_at = HELD, expires_at
@@ -206,9 +211,16 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
     shard_left = take_stock(session, drop.id, cmd.quantity)
     if shard_left is None:
         raise _sold_out(0)  # the caller rolls back, reservation row included
+    _announce_if_sold_out(session, publish, drop, shard_left)
+    return reservation
+
+
+def _announce_if_sold_out(session: orm.Session, publish: Callable[[str, dict], None], drop: Drop,
+                          shard_left: int) -> None:
+    """Announce `drop.sold_out` when a take left its (last) row empty and no row of the drop
+    holds a unit; the rows are summed only then, as most takes leave their row some units."""
     if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
         announce(session, publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
-    return reservation
 
 
 # Takes `q` units from one shard row with enough stock. FOR UPDATE re-checks `available` on the
@@ -286,7 +298,7 @@ def _limit_exceeded(drop: Drop) -> LimitExceeded:
 
 
 def _sold_out(remaining: int) -> SoldOut:
-    return SoldOut("No stock is left for this drop.", remaining=max(remaining, 0))
+    return SoldOut("No stock is left for this drop.", remaining=remaining)
 
 
 def hold_again(reservation: Reservation, session: orm.Session, publish: Callable[[str, dict], None]) -> None:
@@ -351,10 +363,7 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         indices = sorted(by_drop[drop_id], key=lambda i: (cmds[i].buyer_id, i))  # a buyer's orders as sent
         try:
             _hold_together(cmds, indices, uow, hold_ttl_seconds, outcomes)
-            uow.commit()
-            # What this transaction read stays readable as read: a later drop's rollback expires
-            # the session's objects, and an order answered with its reservation keeps one here.
-            uow.session.expunge_all()
+            _commit_keeping_answers(uow)
         except _DATABASE_FAILED:
             # What committed before stays answered; these orders were not held: each says so.
             _abandon(uow)
@@ -364,8 +373,7 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         if outcomes[index] is None:
             try:
                 reservation, created = reserve(cmd, uow, hold_ttl_seconds)
-                uow.commit()
-                uow.session.expunge_all()  # readable as loaded: a later item's rollback expires what it holds
+                _commit_keeping_answers(uow)
                 outcomes[index] = HoldOutcome(reservation, created)
             except Problem as refusal:
                 uow.rollback()
@@ -378,6 +386,13 @@ def reserve_many(cmds: list[ReserveStock], uow, hold_ttl_seconds: int, request_i
         with log_context(request_id=request_id, order_id=str(cmds[index].order_id)):
             log.info("hold", extra={"status": outcome.status, "batch": len(cmds)})
     return outcomes
+
+
+def _commit_keeping_answers(uow) -> None:
+    """Commit a batch's transaction, keeping what it read readable as read: a later transaction's
+    rollback expires the session's objects, and an order answered with its reservation keeps one."""
+    uow.commit()
+    uow.session.expunge_all()
 
 
 def _database_unavailable() -> DatabaseUnavailable:
@@ -404,7 +419,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
     if found is None:
         return
     drop, now, remaining = found
-    expires_at = now + timedelta(seconds=drop.hold_ttl_seconds or hold_ttl_seconds)
+    expires_at = _hold_expires_at(drop, now, hold_ttl_seconds)
     _GROUP_SAVEPOINT.run(session, {})
     held: list[tuple[int, dict]] = []
     units = 0
@@ -447,8 +462,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         for index in indices:
             outcomes[index] = None
         return
-    if shard_left == 0 and session.scalar(sa.select(available_units(drop.id))) == 0:
-        announce(session, uow.publish, [drop.id], DROP_SOLD_OUT, {drop.id: drop.product_id})
+    _announce_if_sold_out(session, uow.publish, drop, shard_left)
     for index, values in held:
         outcomes[index] = HoldOutcome(_shown(values, drop), created=True)
 
