@@ -91,7 +91,7 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
         return None
 
     def deliver(event: dict) -> int | None:
-        """Five tries while the buyer's approval waits (3 s between them); then, as a real provider
+        """Five tries while the buyer's approval waits (3 s of waits between them); then, as a real provider
         keeps retrying for days, more in the background until `redeliver_for_seconds` have passed."""
         for attempt in range(5):
             if attempt:

@@ -59,6 +59,7 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") 
         email=cmd["email"],
         name=cmd.get("name"),
         password_hash=password_hash,
+        password_version=0,
         role=role,
         tier=None,
         created_at=utc_now(),
@@ -103,7 +104,8 @@ def open_session(
     if blocked_until is not None:
         raise SignInThrottled(retry_after_seconds(blocked_until, now))
     account = uow.accounts.by_email(cmd["email"])
-    account_id, password_hash = (account.id, account.password_hash) if account else (None, None)
+    account_id, password_hash, version = (
+        (account.id, account.password_hash, account.password_version) if account else (None, None, None))
     reservations = _reserve_attempt(uow, keys, now)
     uow.commit()  # counted as a failure until the password proves right
     try:
@@ -114,12 +116,11 @@ def open_session(
             uow.login_throttles.give_back(reservation)
         uow.commit()
         raise
-    account = _with_password_unchanged(uow, account_id, password_hash) if matched else None
+    account = _with_password_unchanged(uow, account_id, version) if matched else None
     if account is None:  # a wrong password, or the account deleted or reset meanwhile: counted already
         raise InvalidCredentials(WRONG_CREDENTIALS)
     if rehashed:
-        account.password_hash = rehashed
-    checked_hash = account.password_hash
+        account.password_hash = rehashed  # of the same password as any concurrent sign-in's
     owners_key = throttle.owners_key(cmd["email"], cmd.get("client"))
     for reservation in reservations:
         if reservation.key == owners_key:
@@ -129,19 +130,20 @@ def open_session(
             # guessers spread over many clients a fresh allowance.
             uow.login_throttles.give_back(reservation)
     uow.commit()  # not a failure, even if no token can be issued now
-    account = _with_password_unchanged(uow, account_id, checked_hash)  # held until the session is in
+    account = _with_password_unchanged(uow, account_id, version)  # held until the session is in
     if account is None:
         raise InvalidCredentials(WRONG_CREDENTIALS)
     return _start_session(account, uow, issuer, refresh_ttl, now)
 
 
-def _with_password_unchanged(uow, account_id: uuid.UUID, password_hash: str) -> Account | None:
+def _with_password_unchanged(uow, account_id: uuid.UUID, version: int) -> Account | None:
     """The account, locked until the transaction ends and read as it is now, if its password is
-    still the one checked. A reset (`create_admin`, which takes the same lock) ends the account's
+    still the one checked (`password_version`: a rehash of the same password by a concurrent
+    sign-in keeps it). A reset (`create_admin`, which takes the same lock) ends the account's
     sessions: a sign-in that checked the old password meanwhile must neither start one after
     that nor write the old password's rehash over the new one."""
     account = uow.accounts.get_for_update(account_id)
-    return account if account is not None and account.password_hash == password_hash else None
+    return account if account is not None and account.password_version == version else None
 
 
 def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list[Reservation]:
@@ -309,12 +311,16 @@ def create_admin(cmd: dict, uow, passwords: Passwords) -> Account:
     An existing account's sessions are all ended: whoever signed in to it before (the person
     who registered an address an admin later takes, or the thief of a password being reset)
     must not refresh their way to an admin's token."""
-    account = uow.accounts.by_email(cmd["email"])
-    if account is None:
+    found = uow.accounts.by_email(cmd["email"])
+    if found is None:
         return register_account(cmd, uow, passwords, role="admin")
-    account = uow.accounts.get_for_update(account.id)  # a sign-in in flight starts its session before or not at all
+    uow.rollback()
+    password_hash = passwords.hash(cmd["password"])  # holding no transaction, nor the account's lock
+    # Locked: a sign-in in flight starts its session before the reset, or not at all.
+    account = _existing(uow.accounts.get_for_update(found.id))
     account.role = "admin"
-    account.password_hash = passwords.hash(cmd["password"])
+    account.password_hash = password_hash
+    account.password_version += 1
     if cmd.get("name"):
         account.name = cmd["name"]
     ended = uow.sessions.revoke_all(account.id, utc_now(), "made-admin")

@@ -25,6 +25,8 @@ class Account(Base):
     email: orm.Mapped[str] = orm.mapped_column(sa.String(254), unique=True)
     name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
     password_hash: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    # How often a person set the password (create-admin resets it); a rehash keeps it
+    password_version: orm.Mapped[int] = orm.mapped_column(sa.Integer, server_default="0")
     role: orm.Mapped[str] = orm.mapped_column(sa.String(16))
     tier: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     created_at: orm.Mapped[datetime] = orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())

@@ -14,8 +14,7 @@ from shared import logs
 from shared.admin_actions import AdminAction
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
-from shared.messaging import topology
-from shared.messaging.consumer import PermanentFailure, current_attempt, next_step
+from shared.messaging.consumer import PermanentFailure, current_attempt, retry_or_park
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
@@ -116,7 +115,7 @@ def failure_outcome(error: Exception, attempt: int, settings: Settings) -> str:
         return DEAD
     if isinstance(error, emails.IncompleteEvent) and attempt >= settings.incomplete_event_attempts:
         return DEAD
-    step = next_step(attempt, settings.max_attempts, topology.retry_delays(settings.service_name, settings.retry_delays_ms), "")
+    step = retry_or_park(attempt, settings, "")
     return RETRYING if step.action == "retry" else DEAD
 
 

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import pika
 
+from shared.heartbeat import Heartbeat, reconnecting_file
+
 log = logging.getLogger("floodgate.messaging")
 
 # Errors after which a fresh connection may succeed.
@@ -80,14 +82,13 @@ class Reconnects:
     of work (`worked`). A broker that accepts a connection and drops or cancels it at once, or a
     database that is away while the broker answers, is not then tried again ten times a second.
 
-    While it waits the worker beats `liveness` (a `shared.heartbeat.Heartbeat` of the
-    `reconnecting_file`): alive, not ready, so the kubelet neither restarts it (that cannot bring
-    the broker back, and its back-off would delay the worker once the broker is) nor counts it
-    ready in a rollout."""
+    While it waits the worker beats `reconnecting_file(heartbeat_file)` (shared/heartbeat.py):
+    alive, not ready, so the kubelet neither restarts it (that cannot bring the broker back, and
+    its back-off would delay the worker once the broker is) nor counts it ready in a rollout."""
 
-    def __init__(self, stop: threading.Event, liveness, logger: logging.Logger):
+    def __init__(self, stop: threading.Event, heartbeat_file: str, logger: logging.Logger):
         self._stop = stop
-        self._liveness = liveness
+        self._liveness = Heartbeat(reconnecting_file(heartbeat_file))
         self._log = logger
         self._delays = backoff()
         self._waited = False

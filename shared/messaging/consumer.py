@@ -34,7 +34,7 @@ import pika
 
 from shared import logs, tracing
 from shared.config import Settings, lower_priority
-from shared.heartbeat import Heartbeat, reconnecting_file
+from shared.heartbeat import Heartbeat
 from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -102,11 +102,13 @@ def handle_delivery(
         return Outcome("dead", error=str(error))
     handler = handlers.get(envelope.type)
     if handler is None:
-        # Retried, not parked: in a rolling deploy the new code's bindings route a new event type
-        # here before this (older) consumer is replaced by one that handles it.
+        # Retried through each tier once, then parked: in a rolling deploy the new code's bindings
+        # route a new event type here before this (older) consumer is replaced by one that handles
+        # it; a type nobody will handle is parked within the tiers' time, where the alert sees it.
         log.warning("no handler for this event type yet", extra={"message_id": envelope.id,
                                                                   "event_type": envelope.type, "attempt": attempt})
-        return retry_or_park(attempt, settings, f"no handler for {envelope.type}")
+        delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
+        return next_step(attempt, min(settings.max_attempts, len(delays) + 1), delays, f"no handler for {envelope.type}")
     try:
         with uow_factory() as uow:
             if not inbox or claim_message(uow.session, envelope.id, envelope.type):
@@ -144,7 +146,7 @@ class ConsumerRunner:
         # Beaten only while consuming, so the service's `worker_heartbeats` row ages while the
         # broker is away and the outage shows and alerts; the pod stays alive meanwhile (`reconnects`).
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
-        self.reconnects = amqp.Reconnects(self.stop, Heartbeat(reconnecting_file(settings.heartbeat_file)), log)
+        self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -332,7 +334,8 @@ def discard_dead_letters(url: str, service: str, message_ids: set[str]) -> list[
     in full, as `peek_dead_letters` shows them. Each is logged too. The others stay parked, at the
     back."""
     def log_discarded(_channel, properties, body: bytes) -> None:
-        log.warning("dead letter discarded", extra={"service": service, **_letter(properties, body)})
+        letter = _letter(properties, body)
+        log.warning("dead letter discarded", extra={"service": service, **letter, "body": letter["body"][:2000]})
 
     return _take_dead_letters(url, service, message_ids, log_discarded, "discard")
 

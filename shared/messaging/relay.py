@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from shared import tracing
 from shared.config import Settings, lower_priority
-from shared.heartbeat import Heartbeat, reconnecting_file
+from shared.heartbeat import Heartbeat
 from shared.last_seen import LastSeen
 from shared.messaging import connection as amqp
 from shared.messaging import topology
@@ -43,7 +43,7 @@ class OutboxRelay:
         # pod is not ready and the service's `worker_heartbeats` row ages, and the outage shows;
         # it stays alive meanwhile (`reconnects`).
         self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
-        self.reconnects = amqp.Reconnects(self.stop, Heartbeat(reconnecting_file(settings.heartbeat_file)), log)
+        self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
         self._last_purge = 0.0
 
     def run(self) -> None:
@@ -74,17 +74,18 @@ class OutboxRelay:
         idle = IDLE_FLOOR_SECONDS
         while not self.stop.is_set():
             published = self.publish_batch(publisher)
-            self.heartbeat.beat()
-            self.reconnects.worked()
             if published:
                 idle = IDLE_FLOOR_SECONDS
                 if published < self.settings.relay_batch_size:
                     conn.process_data_events(time_limit=self.settings.relay_batch_window_seconds)
-                continue
-            self._purge_old()
-            # process_data_events answers heartbeats while idle
-            conn.process_data_events(time_limit=idle)
-            idle = min(self.settings.relay_idle_seconds, idle * 2)
+            else:
+                self._purge_old()
+                # process_data_events answers heartbeats while idle
+                conn.process_data_events(time_limit=idle)
+                idle = min(self.settings.relay_idle_seconds, idle * 2)
+            # A turn both the database and the broker answered (confirms, or a read of the socket)
+            self.heartbeat.beat()
+            self.reconnects.worked()
 
     def publish_batch(self, publisher: ConfirmedPublisher) -> int:
         """Publish one batch of pending rows; returns how many were published."""

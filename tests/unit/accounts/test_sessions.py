@@ -142,6 +142,25 @@ def test_a_sign_in_checking_the_old_password_while_an_admin_resets_it_starts_no_
     assert passwords.verify(ann.password_hash, "a new admin password")  # no rehash of the old one over it
 
 
+class RehashedDuring(Passwords):
+    """Passwords whose next check sees a concurrent sign-in store a new hash of the same password
+    (argon2's settings changed since it was hashed)."""
+    def __init__(self, account):
+        super().__init__()
+        self.account = account
+
+    def verify(self, password_hash, password):
+        matched = super().verify(password_hash, password)
+        self.account.password_hash = self.hash(password)
+        return matched
+
+
+def test_two_sign_ins_rehashing_the_same_password_at_once_both_sign_in(uow, issuer, ann):
+    tokens = sign_in(uow, RehashedDuring(ann), issuer, "ann@example.com", "correct horse battery")
+
+    assert verifier_for(uow, issuer).verify(tokens.token).subject == str(ann.id)
+
+
 def test_a_reset_committed_between_a_sign_in_s_check_and_its_session_starts_no_session(uow, passwords, issuer, ann, monkeypatch):
     commits = []
 

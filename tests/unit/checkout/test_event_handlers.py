@@ -7,6 +7,7 @@ import pytest
 from services.checkout import handlers
 from services.checkout.payments import RefundFailed, RefundRefused
 from services.checkout.schemas import OrderSchema
+from shared.messaging import topology
 from shared.messaging.consumer import PermanentFailure
 from tests.unit.checkout.fakes import SETTINGS, FakeProvider, capture, statuses, unknown_order_id
 
@@ -20,9 +21,10 @@ def paid(checkout):
     return order
 
 
-def test_the_consumer_handles_these_events():
-    assert set(handlers.event_handlers(FakeProvider(), SETTINGS)) == {
-        "reservation.expired", "reservation.lost", "payment.refund_requested", "email.sent"}
+def test_the_consumer_handles_these_events_and_every_one_it_subscribes_to():
+    handled = set(handlers.event_handlers(FakeProvider(), SETTINGS))
+    assert handled == {"reservation.expired", "reservation.lost", "payment.refund_requested", "email.sent"}
+    assert handled == set(topology.SUBSCRIPTIONS["checkout"])  # else its events wait, then park
 
 
 # --- reservation.expired -----------------------------------------------------------------------

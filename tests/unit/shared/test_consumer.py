@@ -110,8 +110,11 @@ def test_an_event_type_this_consumer_has_no_handler_for_yet_is_retried_before_it
     """In a rolling deploy the new code's bindings route a new event type to consumers still on
     the old code: it waits in the retry tiers for the new ones instead of paging an admin."""
     unknown = Envelope(type="order.teleported", data={}, source="checkout").to_json()
+    patient = Settings(service_name="notifications", retry_delays_ms=(100, 1000), max_attempts=10)
 
-    first = run(unknown, lambda envelope, uow: None)
+    def step(attempt):
+        return handle_delivery(unknown, attempt, {"order.confirmed": lambda envelope, uow: None}, None, patient)
 
-    assert (first.action, first.error) == ("retry", "no handler for order.teleported")
-    assert run(unknown, lambda envelope, uow: None, attempt=SETTINGS.max_attempts).action == "dead"
+    assert (step(1).action, step(1).error) == ("retry", "no handler for order.teleported")
+    assert step(2).action == "retry"
+    assert step(3).action == "dead"  # each tier once, though a handler's failures are retried up to 10 times

@@ -69,6 +69,26 @@ def test_while_the_database_is_away_the_relay_is_not_ready_and_waits_ever_longer
     assert not heartbeat.exists()
 
 
+def test_a_broker_that_drops_the_relay_at_once_is_tried_ever_more_slowly(monkeypatch, tmp_path):
+    """The database answers (an empty outbox), the broker accepts the connection and drops it at
+    the relay's first read: no turn of work, so the back-off is never started again."""
+    pauses = counted_pauses(monkeypatch)
+    broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
+    connect = broker.connect
+
+    def dropped_at_once(*args, **kwargs):
+        connection = connect(*args, **kwargs)
+        broker.lose(connection)
+        return connection
+
+    broker.connect = dropped_at_once
+    with relay_running(monkeypatch, broker, FakeEngine(), heartbeat):
+        eventually(lambda: len(broker.connections) >= 4, "four connections")
+
+    assert pauses[:4] == [1, 2, 3, 4]
+    assert not heartbeat.exists()
+
+
 def test_once_a_batch_was_read_the_relay_is_ready(monkeypatch, tmp_path):
     broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
 
