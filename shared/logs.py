@@ -78,14 +78,16 @@ def current_request_id() -> str | None:
 
 
 @contextmanager
-def log_context(request_id: str | None = None, order_id: str | None = None) -> Iterator[None]:
-    """Attach a request id and/or order id to every log line written inside the block."""
+def log_context(request_id: str | None = None, order_id: str | None = None, tag_span: bool = True) -> Iterator[None]:
+    """Attach a request id and/or order id to every log line written inside the block (and the
+    order id to the current span, unless `tag_span` is False: a span that works for several)."""
     tokens = []
     if request_id is not None:
         tokens.append((request_id_var, request_id_var.set(request_id)))
     if order_id is not None:
         tokens.append((order_id_var, order_id_var.set(order_id)))
-        tracing.tag_order(order_id)
+        if tag_span:
+            tracing.tag_order(order_id)
     try:
         yield
     finally:

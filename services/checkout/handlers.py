@@ -91,16 +91,15 @@ def hold_units(cmd: PlaceOrder, inventory: InventoryClient, again: bool = False)
     )
 
 
-def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, inventory: InventoryClient,
-                provider: PaymentProvider, settings) -> Order:
+def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, provider: PaymentProvider,
+                settings) -> Order:
     """Record the order for `hold` awaiting payment, with `order.placed` in the outbox, using up
-    its line pass (`ticket_id`'s). A refusal from here on gives the hold back at once: it has no
-    order and never will."""
+    its line pass (`ticket_id`'s). A refusal (4xx) from here on leaves the hold to the caller to
+    give back: it has no order and never will."""
     order_id, drop_id = cmd.order_id, uuid.UUID(cmd.drop_id)
     address_key = address_key_of(cmd.shipping_address)
     refusal = _refusal_after_hold(cmd, hold, ticket_id, uow, settings, drop_id, address_key)
     if refusal is not None:
-        inventory.release(str(order_id))
         raise refusal
     placed_at = utc_now()
     order = Order(

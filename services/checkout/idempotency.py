@@ -20,6 +20,13 @@ call: a slow inventory does not make checkout's orders queue for connections (an
    unless that answer placed this very order. A claim without an answer can only have
    been left by a version that committed claims on their own: the retry takes it over.
 
+A hold refused after it (no pass yet, a pass used or expired, the address at its limit) is given
+back while the key's claim is still held: a concurrent request with the same key and body,
+waiting on the claim, then finds the units back and holds them again instead of ordering on a
+hold that is gone (it asks inventory once more when its own hold was an earlier request's: 200,
+not 201). A give-back inventory does not take (it is away) is logged, and the hold runs out on
+its own: the buyer still gets the refusal, not a 503.
+
 The statements are the ones a single transaction around the call would send, in another order:
 no read before the hold, nothing more per order. A retry therefore reaches inventory: an
 answered key's retry is answered from the database when inventory fails or checkout sheds,
@@ -94,14 +101,18 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
             # a retry, or a concurrent request with this key answered first
             uow.rollback()  # no transaction open across the release's HTTP call
             if hold is not None and not _placed(held, cmd.order_id):
-                inventory.release(str(cmd.order_id))  # no order has this id, nor ever will
+                _give_back(inventory, cmd.order_id)  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
     if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
         if hold is not None:
-            inventory.release(str(cmd.order_id))
+            _give_back(inventory, cmd.order_id)
         raise handlers.pass_required()
+    if hold is not None and not hold.created:
+        # An earlier request's hold, which that request may have given back since (refused after
+        # it): asked again now that this one has the key (the module's docstring).
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
     if isinstance(refusal, errors.HoldReleased):
         # This key's earlier attempt was refused after its hold, which went back, and kept no
         # answer: this attempt holds the units again (a rare path, the only HTTP call made in
@@ -109,8 +120,14 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         # back for an order that ended).
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, again=True))
     if refusal is None:
-        order, refusal = _definitive(
-            lambda: handlers.place_order(cmd, hold, ticket_id, uow, inventory, provider, settings))
+        try:
+            order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))
+        except Problem as failed:
+            if failed.status < 500 and failed.status != 429:  # a refused pass: not the key's answer
+                _give_back(inventory, cmd.order_id)
+            raise
+        if refusal is not None:
+            _give_back(inventory, cmd.order_id)  # refused after its hold: it has no order and never will
     if refusal is None:
         answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
     else:
@@ -118,6 +135,16 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
     uow.commit()
     return answer
+
+
+def _give_back(inventory: InventoryClient, order_id: uuid.UUID) -> None:
+    """Give the order id's hold back at once; when inventory does not take it, the hold runs out
+    on its own, and whatever the buyer is answered stands."""
+    try:
+        inventory.release(str(order_id))
+    except Problem as refusal:
+        log.warning("could not give back a hold that has no order; it runs out on its own",
+                    extra={"reason": refusal.slug})
 
 
 def _definitive(step: Callable[[], T]) -> tuple[T | None, Problem | None]:
@@ -154,7 +181,8 @@ def _earlier_answer(cmd: handlers.PlaceOrder, held) -> Answer | None:
         raise errors.IdempotencyKeyReused()
     if held.response_status is None:
         return None
-    return Answer(held.response_status, held.response_body, replayed=True)
+    location = f"/orders/{json.loads(held.response_body)['id']}" if held.response_status == 201 else None
+    return Answer(held.response_status, held.response_body, replayed=True, location=location)
 
 
 def is_definitive(refusal: Problem) -> bool:

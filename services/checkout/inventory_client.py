@@ -16,7 +16,7 @@ from urllib3.util import Retry
 from services.checkout import errors
 from shared import tracing
 from shared.errors import Problem
-from shared.logs import current_request_id
+from shared.logs import current_request_id, log_context
 
 log = logging.getLogger("floodgate.checkout.inventory")
 # the buyers one `POST /drops/{id}/holders` may name (inventory's schemas.MAX_HOLDERS_ASKED)
@@ -46,6 +46,7 @@ class Hold:
     currency: str
     sku: str
     product_name: str
+    created: bool = True  # False: inventory answered an earlier request's hold for this order id (200)
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,8 @@ class InventoryClient:
             base_url,
             maxsize=32,
             timeout=urllib3.Timeout(connect=min(1.0, timeout_seconds), read=timeout_seconds),
-            retries=Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False,
-                          redirect=0),
+            retries=OnceMoreIfClosed(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None,
+                                     raise_on_status=False, redirect=0),
         )
         self._holds = Batcher(self._hold_batch, hold_batch_size, hold_calls) if hold_batch_size > 1 else None
 
@@ -287,8 +288,22 @@ class InventoryClient:
             log.error("inventory answered a batch of holds with the wrong number of results",
                       extra={"status": response.status, "holds": len(items)})
             return [_not_taken() for _ in items]
-        return [_outcome(self._hold_of, result["status"], result.get("reservation") or result.get("problem") or {})
-                for result in results]
+        return [self._batch_answer(body, result) for body, result in zip(holds, results)]
+
+    def _batch_answer(self, body: dict, result) -> Hold | Exception:
+        """The hold, or the refusal to raise, that one result of a batch gives the order of `body`,
+        logged under that order's ids (the call carries several orders'). A result that is not one,
+        or holds another order, is not taken: that order is answered 503, the others stand."""
+        with log_context(request_id=body.get("request_id"), order_id=body["order_id"], tag_span=False):
+            try:
+                document = result.get("reservation") or result.get("problem") or {}
+                if result["status"] in (200, 201) and document.get("order_id") != body["order_id"]:
+                    raise ValueError(f"a hold of order {document.get('order_id')!r}")
+                return _outcome(self._hold_of, result["status"], document)
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
+                log.error("inventory answered a batch of holds with a result that is not this order's hold",
+                          extra={"error": repr(error)[:200]})
+                return _not_taken()
 
     def _hold_of(self, status: int, document: dict) -> Hold:
         """The hold a 200 or 201 answer's document shows; else the refusal its problem names."""
@@ -307,6 +322,7 @@ class InventoryClient:
             currency=held["unit_price"]["currency"],
             sku=held["product"]["sku"],
             product_name=held["product"]["name"],
+            created=status == 201,
         )
 
     def sell(self, order_id: str, order_version: int) -> None:
@@ -384,6 +400,17 @@ class InventoryClient:
             return _PROBLEMS[slug](problem.get("detail"))
         log.error("unexpected inventory answer", extra={"status": status, "problem": problem})
         return _not_taken()
+
+
+class OnceMoreIfClosed(Retry):
+    """urllib3's retry, but never after a read timeout: a call that timed out is not sent again,
+    so INVENTORY_TIMEOUT_SECONDS bounds it (two of them before, the breaker counting one), while a
+    kept connection inventory closed still gets its one more try."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def _not_taken() -> errors.InventoryUnavailable:

@@ -331,6 +331,7 @@ class FakeInventory:
         self.given_back = set()  # order ids whose hold was released (held again only by a renewal)
         self.reserve_refusal = None
         self.sell_refusal = None
+        self.release_refusal = None
         self.meanwhile = None
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
@@ -343,9 +344,9 @@ class FakeInventory:
             self.meanwhile()
         held = self.holds.get(order_id)
         if not renew and held is not None and order_id not in self.given_back:
-            # as inventory answers a repeat of an order id: the hold it has, whatever refusal the
-            # request itself would get (services/inventory/handlers/reservations.py `reserve`)
-            return held
+            # as inventory answers a repeat of an order id: the hold it has (200, not 201), whatever
+            # refusal the request itself would get (services/inventory/handlers/reservations.py `reserve`)
+            return replace(held, created=False)
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
         if renew:
@@ -367,6 +368,8 @@ class FakeInventory:
 
     def release(self, order_id, guarded=True):
         self.released.append(order_id)
+        if self.release_refusal is not None:
+            raise self.release_refusal
         if not guarded:
             self.unguarded.append(("release", order_id))
         self.given_back.add(order_id)

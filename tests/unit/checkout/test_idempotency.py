@@ -52,7 +52,7 @@ def test_a_retry_gets_the_very_same_answer_marked_replayed_and_no_second_order(c
     first = send(checkout, order_request())
     again = send(checkout, order_request())
     assert (again.status, again.body, again.media_type) == (first.status, first.body, first.media_type)
-    assert again.headers == {"Idempotent-Replayed": "true"}
+    assert again.headers == {"Idempotent-Replayed": "true", "Location": f"/orders/{json.loads(first.body)['id']}"}
     # inventory answered the retry's hold with the order's own (same order id), which stays held
     assert len(checkout.inventory.holds) == 1 and checkout.inventory.released == []
     assert published(checkout) == ["order.placed"]
@@ -125,6 +125,40 @@ def test_an_address_over_its_limit_is_refused_its_hold_released_and_the_refusal_
     assert checkout.inventory.released == [str(cmd.order_id)]
     assert kept(checkout, "key-2").response_status == 409
     assert checkout.uow.orders.get(cmd.order_id) is None
+
+
+def test_a_hold_inventory_does_not_take_back_leaves_the_refusal_as_the_answer(checkout):
+    """The give-back of a hold refused after it is asked while the key is claimed; inventory away
+    then once turned the buyer's 409 into a 503 (and every retry's, while the breaker stayed open)."""
+    send(checkout, order_request(key="key-1", quantity=2))
+    checkout.inventory.release_refusal = errors.InventoryUnavailable("Inventory did not answer in time.")
+    cmd = order_request(key="key-2", quantity=1)
+
+    answer = send(checkout, cmd)
+
+    assert answer.status == 409 and json.loads(answer.body)["type"] == PROBLEM_BASE + "address-limit-exceeded"
+    assert kept(checkout, "key-2").response_status == 409
+
+
+def test_an_order_on_a_hold_an_earlier_request_gave_back_meanwhile_holds_its_units_again(checkout, monkeypatch):
+    """Two requests with one key and body: the first held (201), the second got that hold (200).
+    The first, refused after its hold (no pass yet), gave it back while it had the key; the second,
+    which waited on the key, once placed its order on the hold that was gone: a 201 for no unit."""
+    cmd = order_request()
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)  # the first's hold
+    claim = checkout.uow.idempotency_keys.claim
+
+    def claimed_after_the_first_gave_its_hold_back(*args):
+        checkout.inventory.release(str(cmd.order_id))
+        return claim(*args)
+
+    monkeypatch.setattr(checkout.uow.idempotency_keys, "claim", claimed_after_the_first_gave_its_hold_back)
+
+    answer = send(checkout, cmd)
+
+    assert answer.status == 201
+    assert [hold["renew"] for hold in checkout.inventory.reserved] == [False, False, False, True]
+    assert str(cmd.order_id) not in checkout.inventory.given_back  # held again, for this order
 
 
 @pytest.mark.parametrize("failure", [errors.InventoryUnavailable("Inventory did not answer in time."),

@@ -1,12 +1,15 @@
 """Checkout's inventory client on a fake connection pool: how a batch call's answers become each
 order's hold or refusal."""
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import urllib3
 
 from services.checkout import errors
 from services.checkout.inventory_client import CircuitBreaker, DropStock, Hold, InventoryClient
+from shared.logs import order_id_var, request_id_var
 
 DROP = "5b0f3c3e-7a1b-4c2d-9e8f-0a1b2c3d4e5f"
 
@@ -83,6 +86,34 @@ def test_a_batch_answered_with_the_wrong_number_of_results_fails_every_order_of_
     assert all(isinstance(result, errors.InventoryUnavailable) for result in inventory._hold_batch(holds(3)))
 
 
+class LoggedIds(logging.Handler):
+    """The (order id, request id) each log line is written under."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids = []
+
+    def emit(self, record):
+        self.ids.append((order_id_var.get(), request_id_var.get()))
+
+
+def test_a_batch_result_that_is_not_its_orders_hold_fails_that_order_alone_and_names_it(monkeypatch):
+    inventory = client(lambda path, body: Answer(200, {"results": [
+        {"order_id": "o0", "status": 201, "reservation": held("o0")},
+        {"order_id": "o1", "status": 201, "reservation": held("o9")},  # another order's hold
+        {"order_id": "o2", "status": 201, "reservation": {"order_id": "o2"}},  # a hold without its fields
+        {"order_id": "o3"}]}))  # no status
+
+    logged = LoggedIds()
+    monkeypatch.setattr(logging.getLogger("floodgate.checkout.inventory"), "handlers", [logged])
+
+    first, *others = inventory._hold_batch(holds(4))
+
+    assert first.order_id == "o0"
+    assert all(isinstance(result, errors.InventoryUnavailable) for result in others)
+    assert logged.ids == [("o1", "r1"), ("o2", "r2"), ("o3", "r3")]
+
+
 def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailable():
     inventory = client(lambda path, body: Answer(200, {"results": [
         {"order_id": "o0", "status": 503, "problem": problem("database-unavailable", 503)}]}))
@@ -150,3 +181,12 @@ def test_a_late_payments_renewal_asks_inventory_even_while_the_breaker_is_open()
     assert renewed.order_id == "o1"
     assert [(path, sent.get("renew")) for path, sent in inventory._pool.calls] == [
         ("/reservations", True), ("/reservations/o1/release", None)]
+
+
+def test_a_call_that_timed_out_is_not_sent_again_and_one_on_a_closed_connection_is():
+    retries = InventoryClient("http://inventory.test", "key", 2.0, CircuitBreaker(5, 3.0))._pool.retries
+
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        retries.increment("POST", "/reservations", error=urllib3.exceptions.ReadTimeoutError(None, "/reservations", "timed out"))
+    closed = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError())
+    assert retries.increment("POST", "/reservations", error=closed).total == 0  # one more try
