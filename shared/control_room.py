@@ -10,6 +10,7 @@ and there is no second query to drift from the first.
 """
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 from flask import Blueprint, jsonify, request
@@ -21,7 +22,7 @@ from shared.admin_actions import AdminAction
 from shared.auth import current_principal, require_admin
 from shared.last_seen import ALIVE_WITHIN_SECONDS, heartbeat_figures
 from shared.openapi import operation
-from shared.web import load, root, unit_of_work
+from shared.web import load, root, unit_of_work, unstorable_text
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -47,9 +48,24 @@ def requested_action(drop_id=None) -> AdminAction:
         method=request.method,
         path=request.path,
         drop_id=drop_id,
-        body=body if isinstance(body, dict) else {},
+        body=_recordable(body),
         request_id=logs.current_request_id(),
     )
+
+
+def _recordable(body) -> dict:
+    """The body as the admin-action log (JSONB) can keep it: `{}` for none or one that is not an
+    object, and a note instead of one PostgreSQL refuses (NUL, lone surrogates, NaN or infinite
+    numbers), which the action itself may well have ignored (ship and cancel take no body)."""
+    if not isinstance(body, dict):
+        return {}
+    try:
+        json.dumps(body, allow_nan=False)
+    except ValueError:
+        return {"unrecorded": "a number JSON cannot carry"}
+    if unstorable_text(body) is not None:
+        return {"unrecorded": "text that is not valid UTF-8, or a NUL character"}
+    return body
 
 
 # --- GET /workers ---------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def _load(schema: Schema, data: Any, allow_empty: bool) -> dict:
             data = request.get_json(silent=True)
         if data is None:
             raise errors.MalformedRequest("The request body must be a JSON document.")
-    unstorable = _unstorable_text(_declared(schema, data))
+    unstorable = unstorable_text(_declared(schema, data))
     if unstorable:
         raise errors.InvalidRequest(
             "Text must be valid UTF-8 without NUL characters.", errors={unstorable: ["Invalid characters."]}
@@ -155,15 +155,16 @@ def _declared_value(field: fields.Field, value: Any) -> Any:
     return value
 
 
-def _unstorable_text(value: Any, path: str = "body") -> str | None:
-    """The path of the first string PostgreSQL cannot store (lone surrogates, NUL), if any."""
+def unstorable_text(value: Any, path: str = "body") -> str | None:
+    """The path of the first string (or key) in `value` that PostgreSQL cannot store (lone
+    surrogates, NUL), if any."""
     if isinstance(value, str):
         return None if storable(value) else path
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        if isinstance(key, str) and _unstorable_text(key, path):
+        if isinstance(key, str) and unstorable_text(key, path):
             return path
-        found = _unstorable_text(item, f"{path}.{key}" if path != "body" else str(key))
+        found = unstorable_text(item, f"{path}.{key}" if path != "body" else str(key))
         if found:
             return found
     return None

@@ -3,10 +3,12 @@ written in the transaction of the change, and read back newest first with the ac
 in particular. A recording session and a Flask request stand in: no database, no network."""
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+import pytest
 from flask import Flask, g
 
 from shared.admin_actions import AdminAction, AdminActions
@@ -85,3 +87,16 @@ def test_an_action_without_a_body_records_an_empty_one():
         action = requested_action()
 
     assert action.body == {} and action.drop_id is None
+
+
+@pytest.mark.parametrize("body", ['{"note": "\\u0000"}', '{"note": "\\ud800"}', '{"n": NaN}', '{"\\u0000": 1}'])
+def test_a_body_postgresql_cannot_keep_is_recorded_as_a_note_instead_of_failing_the_action(body):
+    """Ship and cancel take no body, so one an admin's tool sent is not validated; recorded as
+    sent, it made the action's transaction fail (a 500, the ship or cancel rolled back)."""
+    app = Flask(__name__)
+    with app.test_request_context("/orders/o-1/ship", method="POST", data=body, content_type="application/json"):
+        g.principal = ADMIN
+        action = requested_action()
+
+    assert list(action.body) == ["unrecorded"]
+    json.dumps(action.body, allow_nan=False)
