@@ -304,6 +304,8 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
             raise _unknown_order()
         return PaymentOutcome("noted")
     order = find_order(uow, notice.order_id, lock=True)
+    if order is None and notice.event_type == CAPTURE_COMPLETED:
+        return _paid_for_no_order(notice, uow)
     if order is None:
         raise _unknown_order()
     if notice.event_type == CAPTURE_DENIED:
@@ -429,6 +431,23 @@ def _end_order(order: Order, uow, settings, event_type: str, holding: bool = Tru
     uow.publish(event_type, data)
 
 
+def _paid_for_no_order(notice: PaymentNotice, uow) -> PaymentOutcome:
+    """Money captured for an order this checkout does not have (the provider pointed at another
+    environment, a database restored from before the order). Answering 404 let the provider give
+    up after its retries with the buyer charged and nobody told. The refund is asked for and
+    parked by the consumer (no order to refund against), where the dead-letter alert shows money
+    owed: an admin, who can tell whose payment it is from the provider's records, refunds it and
+    discards the letter. It is never refunded blindly: a misrouted webhook may be another
+    environment's real sale."""
+    log.error("a payment was captured for an order this checkout does not have; its refund waits for an admin",
+              extra={"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency})
+    uow.publish("payment.refund_requested", {
+        "order_id": notice.order_id, "capture_id": notice.capture_id, "amount": notice.amount,
+        "currency": notice.currency, "reason": "a payment for an order this checkout does not have",
+    })
+    return PaymentOutcome("unknown-order-refund-parked")
+
+
 def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: PaymentNotice | None = None) -> None:
     """Ask for the refund through the outbox; checkout's consumer performs it with retries.
 
@@ -496,8 +515,10 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     data = envelope.data
     order = find_order(uow, str(data["order_id"]), lock=True)
     if order is None:
-        # no retry can make the order appear: parked at once for an admin to read
-        raise PermanentFailure(f"refund for unknown order {data['order_id']}")
+        # no retry can make the order appear (a payment for no order: `_paid_for_no_order`):
+        # parked at once for an admin to read, and refund by hand
+        raise PermanentFailure(f"refund for unknown order {data['order_id']}: capture {data.get('capture_id')}, "
+                               f"{data.get('amount')} {data.get('currency')}")
     bind_order_id(str(order.id))
     try:
         refund = provider.refund(data["capture_id"], data["amount"], data["currency"])

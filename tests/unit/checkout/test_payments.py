@@ -5,8 +5,9 @@ from datetime import datetime
 import pytest
 
 from services.checkout import errors, handlers
-from services.checkout.handlers import CAPTURE_COMPLETED, PaymentNotice
+from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice
 from services.checkout.models import OrderTransition
+from shared.messaging.consumer import PermanentFailure
 from tests.unit.checkout.fakes import capture, denial, hold_ran_out, statuses, unknown_order_id
 
 REFUSALS = [errors.SoldOut("sold out"), errors.SaleNotOpen("closed"), errors.LimitExceeded("one per buyer")]
@@ -350,14 +351,32 @@ def test_the_same_provider_event_twice_is_applied_once(checkout):
     assert len(checkout.inventory.sold) == 1
 
 
-@pytest.mark.parametrize("event_type", [CAPTURE_COMPLETED, "CHECKOUT.ORDER.APPROVED"])
+@pytest.mark.parametrize("event_type", [CAPTURE_DENIED, "CHECKOUT.ORDER.APPROVED"])
 @pytest.mark.parametrize("order_id", [unknown_order_id(), "not-an-order-id"])
-def test_a_payment_for_an_order_this_shop_does_not_know_is_refused_and_left_unapplied(checkout, order_id, event_type):
+def test_news_of_no_money_for_an_order_this_shop_does_not_know_is_refused_and_left_unapplied(checkout, order_id,
+                                                                                           event_type):
     notice = PaymentNotice("WH-1", event_type, order_id, "CAP-1", 29900, "CAD")
     with pytest.raises(errors.OrderNotFound):
         checkout.pay(notice)
     assert checkout.uow.published == []
     assert checkout.uow.payment_events.rows == {}  # the provider's retry is looked at afresh
+
+
+@pytest.mark.parametrize("order_id", [unknown_order_id(), "not-an-order-id"])
+def test_money_captured_for_an_order_this_shop_does_not_know_is_parked_for_an_admin_to_refund(checkout, order_id):
+    """Answered 404 before: the provider gave up after its retries, the buyer charged, nobody told."""
+    notice = PaymentNotice("WH-1", CAPTURE_COMPLETED, order_id, "CAP-1", 29900, "CAD")
+
+    result, events = checkout.pay(notice)
+
+    assert result == "unknown-order-refund-parked"
+    [(event_type, data)] = events
+    assert (event_type, data["capture_id"], data["amount"], data["currency"]) == (
+        "payment.refund_requested", "CAP-1", 29900, "CAD")
+    with pytest.raises(PermanentFailure, match="CAP-1"):  # parked, where the dead-letter alert shows money owed
+        checkout.deliver("payment.refund_requested", data)
+    assert checkout.provider.refunds == []  # never refunded blindly
+    assert checkout.pay(notice)[0] == "duplicate"
 
 
 def test_a_declined_payment_fails_the_order_and_gives_the_address_its_units_back(checkout):
