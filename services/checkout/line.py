@@ -13,9 +13,12 @@ How it works (the README's "The waiting room" says it for buyers and operators):
   Anyone holding the seed and the ticket ids (`GET /drops/{id}/line/order`) recomputes that order
   (`pre_queue_order` below). Those tickets get positions 1..N, `LINE_POSITIONS_PER_TURN` a
   turn from the opening's turn on (`place_pre_queue`), after the opening has committed, so it
-  never holds joins back for long. Everyone who joins later gets N+1, N+2, ... in arrival
-  order, as many a turn, once the pre-queue is placed (`place_arrivals`). Until a ticket has
-  its position, polls show it `waiting` with none.
+  never holds joins back for long. Everyone who joins later gets N+1, N+2, ..., as many a
+  turn, once the pre-queue is placed (`place_arrivals`): each turn places the joins committed
+  since by arrival number. An edge process commits its batches one after another, so its joins
+  keep their order; joins at different edge processes draw their numbers and commit apart, so
+  two a few milliseconds apart may be placed either way round. Until a ticket has its position,
+  polls show it `waiting` with none.
 - Every half second the admitter admits the next positions, never putting more unused passes in
   play than the drop's remaining units x the line's admission factor (a pass whose buyer already
   holds a unit, its order in flight, is not counted again: inventory says which, with the units
@@ -56,7 +59,8 @@ PRE_QUEUE, OPEN, PAUSED, CLOSED = "pre_queue", "open", "paused", "closed"
 # a ticket's states, as its buyer sees them
 WAITING, ADMITTED, SOLD_OUT, EXPIRED, ORDERED = "waiting", "admitted", "sold_out", "expired", "ordered"
 ALGORITHM = ("pre-queue order: ascending hex of HMAC-SHA256(key=seed, message=ticket id as its 36-character "
-             "lower-case UUID); later arrivals follow in arrival order")
+             "lower-case UUID); later arrivals follow by arrival number as their joins commit (joins a few "
+             "milliseconds apart at different edge processes may be placed either way round)")
 PASS_AUDIENCE = "floodgate-line"
 # Waiting buyers poll at least this often, so that a sell-out reaches each within a few seconds.
 WAITING_POLL_SECONDS = 3
@@ -97,15 +101,16 @@ class LineSettings:
 
 def put_line(drop_id: uuid.UUID, wanted: LineSettings, uow, now: datetime) -> Line:
     """Put a line on the drop, or change its settings. The seed, the commitment and the
-    opening are fixed once the line exists and has opened."""
+    opening are fixed once the line exists and has opened. Two admins putting a line on a drop
+    at once make one line: the second finds the first's once it has committed, and changes it."""
     line = uow.lines.get(drop_id, lock=True)
-    if line is None:
+    if line is None:  # a read locks no row that is not there: the insert is what waits for another
         seed = new_seed()
-        line = Line(drop_id=drop_id, opens_at=wanted.opens_at, state=PRE_QUEUE, seed=seed,
-                    commitment=commitment_of(seed), joined=0, placed=0, pre_queue_size=0, admitted_through=0,
-                    observed_rate=0.0, pace_rate=0.0, pace_budget=0.0, created_at=now, updated_at=now)
-        uow.lines.add(line)
-    elif line.opened_at is None:
+        uow.lines.add(Line(drop_id=drop_id, opens_at=wanted.opens_at, state=PRE_QUEUE, seed=seed,
+                           commitment=commitment_of(seed), joined=0, placed=0, pre_queue_size=0, admitted_through=0,
+                           observed_rate=0.0, pace_rate=0.0, pace_budget=0.0, created_at=now, updated_at=now))
+        line = uow.lines.get(drop_id, lock=True)
+    if line.opened_at is None:
         line.opens_at = wanted.opens_at
     elif wanted.opens_at != line.opens_at:
         raise errors.LineAlreadyOpen("The line has opened; its opening cannot move.")
@@ -244,8 +249,9 @@ def place_pre_queue(line: Line, uow, order: list, most: int) -> int:
 
 def place_arrivals(line: Line, uow, most: int) -> int:
     """Every turn once the pre-queue is placed: the first `most` tickets that joined since the
-    opening and have no position yet get the next ones, in arrival order (first come, first
-    served). Returns how many."""
+    opening and have no position yet get the next ones, by arrival number: first come, first
+    served, as far as the joins committed by this turn tell (see the module's docstring).
+    Returns how many."""
     placed = uow.lines.place_arrivals(line.drop_id, line.placed, most)
     line.placed += placed
     return placed
@@ -301,15 +307,17 @@ def place_view(position: int | None, line, now: datetime) -> dict:
     """What a place in the line shows, from the line's public figures alone: state, people
     ahead, estimated wait, when to poll again. The buyer's own poll and the public status edge
     (services/checkout/line_status.py) both answer with it. A position the line has reached is
-    `admitted`: a poll signed in as its buyer then has the pass."""
+    `admitted` whatever the line's state: a poll signed in as its buyer then has the pass, which
+    `POST /orders` takes until it expires, even once the line has closed (a buyer admitted just
+    before an admin closed it was once told `closed`, and never heard of the pass)."""
     view = {"position": position, "ahead": None, "eta_seconds": None}
+    if position is not None and position <= line.admitted_through:
+        return {**view, "state": ADMITTED, "poll_after_seconds": 10}
     if line.state == CLOSED:
         return {**view, "state": CLOSED, "poll_after_seconds": None}
     if line.state == PRE_QUEUE:
         seconds_left = (line.opens_at - now).total_seconds()
         return {**view, "state": PRE_QUEUE, "poll_after_seconds": max(1, min(30, int(seconds_left / 2)))}
-    if position is not None and position <= line.admitted_through:
-        return {**view, "state": ADMITTED, "poll_after_seconds": 10}
     if line.remaining_units == 0:
         return {**view, "state": SOLD_OUT, "poll_after_seconds": 10}  # held units may come back
     if position is None:  # placed within a turn, or within seconds while the line is behind

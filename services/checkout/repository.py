@@ -303,7 +303,12 @@ class Lines:
         self._session.execute(_LOCK_AGAINST_JOINS, {"drop_id": drop_id})
 
     def add(self, line: Line) -> None:
-        self._session.add(line)
+        """Put `line` on its drop unless the drop has one: one another admin is putting on at the
+        same moment is waited for, and kept if it commits. Read the drop's line afterwards, with
+        `get(drop_id, lock=True)`."""
+        values = {column.key: getattr(line, column.key) for column in sa.inspect(Line).column_attrs
+                  if getattr(line, column.key) is not None}
+        self._session.execute(pg.insert(Line).values(**values).on_conflict_do_nothing(index_elements=[Line.drop_id]))
 
     def has_line(self, drop_id: uuid.UUID) -> bool:
         return _HAS_LINE.first(self._session, {"drop_id": drop_id}) is not None

@@ -10,11 +10,17 @@ import socket
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import threading
+
 import jwt
+from sqlalchemy import orm
 
 from devtools.client import poll
 from devtools.line_crowd import CROWD
-from services.checkout.line import pre_queue_order
+from services.checkout.line import LineSettings, pre_queue_order, put_line
+from services.checkout.repository import CheckoutUnitOfWork
+from shared.db import make_engine
+from shared.values import utc_now
 from tests.integration.database import execute, rows, scalar
 
 OPENS_IN = 4.0  # seconds: long enough for every buyer to join the pre-queue first
@@ -57,11 +63,14 @@ def test_the_pre_queue_is_the_order_the_revealed_seed_gives_then_first_come_firs
                  for token in buyers[:8]}
     assert [positions[ticket_id] for ticket_id in published["tickets"]] == list(range(1, 9))
 
+    # joined one after the other once the line is open: each waits for the admitter's next turn,
+    # which gives them the places after the pre-queue's, in the order they arrived
     late = [floodgate.join_line(token, drop["id"]).json() for token in buyers[8:]]
-    assert [ticket["position"] for ticket in late] == [None, None]  # placed at the admitter's next turn
+    assert [ticket["state"] for ticket in late] == ["waiting", "waiting"]
     placed = poll(lambda: (lambda p: p if None not in p else None)(
-        [floodgate.my_ticket(token, drop["id"])["position"] for token in buyers[8:]]), what="the late arrivals' places")
-    assert placed == [9, 10]  # after the pre-queue, in arrival order
+        [floodgate.my_ticket(token, drop["id"])["position"] for token in buyers[8:]]), timeout=10,
+        what="the late arrivals' places, at the admitter's next turn")
+    assert placed == [9, 10]
 
     # 3 units x factor 1: the first three positions are admitted, and no more
     first_three = {ticket_id for ticket_id, position in positions.items() if position <= 3}
@@ -237,6 +246,31 @@ def test_everyone_still_waiting_hears_sold_out_within_seconds(floodgate, admin_t
     assert floodgate.get_line(drop["id"]).json()["state"] == "sold_out"
 
 
+def test_a_buyer_admitted_just_before_an_admin_closes_the_line_gets_the_pass_at_the_edge_and_orders(
+        floodgate, admin_token, stack):
+    buyers = _ready_buyers(floodgate, 2)
+    drop = floodgate.create_drop(admin_token, quantity=1, opens_in=2)
+    floodgate.put_line(admin_token, drop, admission_rate=50)
+    tickets = {token: floodgate.join_line(token, drop["id"]).json()["ticket_id"] for token in buyers}
+    lucky = poll(lambda: next((t for t in buyers if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=20,
+                 what="the one unit's admission")
+    [waiting] = [token for token in buyers if token != lucky]
+    closed = floodgate.http.patch(f"{stack.url('checkout')}/drops/{drop['id']}/line", json={"state": "closed"},
+                                  headers={"Authorization": f"Bearer {admin_token}"})
+    assert closed.status_code == 200, closed.text
+    poll(lambda: floodgate.place_in_line(drop["id"], tickets[waiting]).json().get("state") == "closed", timeout=5,
+         what="the edge's copy to see the line closed")
+
+    def edge_answer(token):
+        return floodgate.http.get(f"{stack.url('line-status')}/drops/{drop['id']}/line/tickets/{tickets[token]}",
+                                  headers={"Authorization": f"Bearer {token}"}).json()
+
+    told = poll(lambda: (lambda place: place if place.get("pass") else None)(edge_answer(lucky)), timeout=5,
+                what="the edge to give the admitted buyer the pass on the closed line")
+    assert told["state"] == "admitted" and edge_answer(waiting)["state"] == "closed"
+    assert floodgate.place_order(lucky, drop["id"], line_pass=told["pass"]).status_code == 201
+
+
 def test_a_line_may_refuse_accounts_made_after_it(floodgate, admin_token):
     veteran, = _ready_buyers(floodgate, 1)
     drop = floodgate.create_drop(admin_token, quantity=1, opens_in=60)
@@ -329,3 +363,41 @@ def test_a_line_closes_with_its_drops_window_and_opens_again_when_the_drop_is_ex
     poll(lambda: floodgate.my_ticket(still, drop["id"])["state"] in ("waiting", "admitted"), timeout=5,
          what="the waiting buyer back in the line")
     assert floodgate.get_line(drop["id"]).json()["state"] == "open"
+
+
+def test_two_admins_putting_a_line_on_a_new_drop_at_once_make_one_line_and_neither_fails(stack):
+    """The first admin's line is sent, not yet committed, when the second's request reads the
+    drop's line: a read that finds no row locks nothing, so both used to insert, and the second
+    commit failed on the drop's key (a 500)."""
+    engine = make_engine(stack.infra.database_url("checkout"), pool_size=2)
+    drop_id, opens_at, answers = uuid.uuid4(), utc_now() + timedelta(hours=1), []
+
+    def unit_of_work():
+        return CheckoutUnitOfWork(orm.sessionmaker(engine), "checkout")
+
+    def second_admin():
+        try:
+            with unit_of_work() as uow:
+                answers.append(put_line(drop_id, LineSettings(opens_at, admission_rate=7.0), uow, utc_now()).commitment)
+                uow.commit()
+        except Exception as error:
+            answers.append(error)
+
+    second = threading.Thread(target=second_admin)
+    try:
+        with unit_of_work() as uow:
+            first = put_line(drop_id, LineSettings(opens_at, admission_rate=5.0), uow, utc_now())
+            uow.session.flush()
+            second.start()
+            poll(lambda: scalar(stack, "checkout", "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                                   "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO lines%'"),
+                 timeout=10, what="the second admin's line to wait for the first's")
+            commitment = first.commitment
+            uow.commit()
+        second.join(timeout=10)
+        assert not second.is_alive() and answers == [commitment], answers  # the first's line, the second's settings
+        assert rows(stack, "checkout", "SELECT commitment, admission_rate FROM lines WHERE drop_id = :d",
+                    d=str(drop_id)) == [(commitment, 7.0)]
+    finally:
+        execute(stack, "checkout", "DELETE FROM lines WHERE drop_id = :d", d=str(drop_id))
+        engine.dispose()

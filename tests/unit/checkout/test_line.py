@@ -426,6 +426,21 @@ def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_aga
     assert join(DROP, "latecomer", None, uow)[1] is True
 
 
+def test_a_buyer_admitted_just_before_an_admin_closes_the_line_is_still_told_admitted_with_the_pass():
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 3, opens_in=-1, admission_rate=100)
+    admitter.turn(uow, StockOf(1))  # opens, admits one
+    line.change_line(DROP, uow, utc_now(), state=line.CLOSED)
+    uow.commit()
+    tickets = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
+    # the public place (what the edge answers from the line's figures) and the buyer's own poll
+    assert [line.place_view(t.position, made, utc_now())["state"] for t in tickets] == ["admitted", "closed", "closed"]
+    own = line.ticket_view(tickets[0], made, utc_now(), SECRET)
+    assert own["state"] == "admitted" and line.verify_pass(SECRET, own["pass"], tickets[0].buyer_id, str(DROP)) == tickets[0].id
+    tickets[0].pass_expires_at = utc_now() - timedelta(seconds=1)
+    assert line.ticket_view(tickets[0], made, utc_now(), SECRET)["state"] == "expired"
+
+
 @pytest.mark.parametrize("state", [line.OPEN, line.PAUSED])
 def test_a_closed_line_is_not_opened_again_while_its_drop_is_closed(state):
     uow = FakeUnitOfWork()

@@ -128,6 +128,20 @@ def test_sold_out_and_closed_lines_say_so_to_everyone_still_waiting():
     assert body["state"] == "closed" and body["poll_after_seconds"] is None
 
 
+def test_a_buyer_admitted_before_the_line_closed_still_gets_the_pass_the_others_hear_closed():
+    ann, bob = uuid.uuid4(), uuid.uuid4()
+    app, _ = app_with({ann: 1, bob: 2}, buyers={ann: "ann", bob: "bob"}, admitted_through=1, state=waiting_room.CLOSED)
+    status, body, headers = get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token_for("ann"))
+    assert (status, body["state"], headers["cache-control"]) == (200, "admitted", "no-store")
+    assert waiting_room.verify_pass(PASS_SECRET, body["pass"], "ann", str(DROP)) == ann
+    assert "pass" not in get(app, f"/drops/{DROP}/line/tickets/{ann}")[1]  # the public answer: admitted, no pass
+    body = get(app, f"/drops/{DROP}/line/tickets/{bob}", token=token_for("bob"))[1]
+    assert (body["state"], body["poll_after_seconds"], "pass" in body) == ("closed", None, False)
+    app, _ = app_with({ann: 1}, buyers={ann: "ann"}, expires_at=utc_now() - timedelta(seconds=1), admitted_through=1,
+                      state=waiting_room.CLOSED)
+    assert get(app, f"/drops/{DROP}/line/tickets/{ann}", token=token_for("ann"))[1]["state"] == "expired"
+
+
 def test_before_the_opening_every_ticket_is_in_the_pre_queue_and_polls_slower_the_further_off_it_is():
     app, _ = app_with({}, state=waiting_room.PRE_QUEUE, opens_at=utc_now() + timedelta(minutes=10))
     status, body, _ = get(app, f"/drops/{DROP}/line/tickets/{uuid.uuid4()}")

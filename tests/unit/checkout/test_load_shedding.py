@@ -118,20 +118,29 @@ def _waited(outcome: str, figure: str = "_count") -> float:
     return 0.0
 
 
+def waits_at(gate: OrderGate, ticket_id) -> None:
+    """Returns once the order with the pass of `ticket_id` waits at `gate` for a slot."""
+    deadline = time.monotonic() + 10
+    while str(ticket_id) not in gate._waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert str(ticket_id) in gate._waiting, "the order never waited for a slot"
+
+
 def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():
     gate = OrderGate(1, clock=Clock(), draw=upper_bound)
     admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
-    entered_before, seconds_before = _waited("entered"), _waited("entered", "_sum")
+    entered_before, refused_before = _waited("entered"), _waited("refused")
     assert gate.try_enter()  # another order is in hand
-    answers = []
-    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(pass_for()[0]))))
+    (line_pass, ticket_id), answers = pass_for(), []
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(line_pass))))
     waiting.start()
-    waiting.join(timeout=0.3)
-    assert waiting.is_alive() and answers == []  # neither answered nor refused while the slot is taken
+    waits_at(gate, ticket_id)
+    assert answers == [] and _waited("entered") == entered_before  # neither answered nor refused while it waits
     gate.leave()
     waiting.join(timeout=10)
+    # it got the slot it waited for (counted among the waits that entered, none refused)
     assert answers == ["201 Created"] and _waited("entered") == entered_before + 1
-    assert _waited("entered", "_sum") - seconds_before >= 0.25  # it got the slot by waiting for it
+    assert _waited("refused") == refused_before and not gate._waiting
     assert gate.try_enter()  # and it gave the slot back
 
 
@@ -140,13 +149,10 @@ def test_one_order_per_pass_waits_the_same_pass_again_is_refused_at_once():
     admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 5))
     refused_before, refused_seconds_before = _waited("refused"), _waited("refused", "_sum")
     assert gate.try_enter()
-    line_pass, answers = pass_for()[0], []
+    (line_pass, ticket_id), answers = pass_for(), []
     waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(line_pass))))
     waiting.start()
-    deadline = time.monotonic() + 10
-    while not gate._waiting and time.monotonic() < deadline:  # until the first order waits
-        time.sleep(0.01)
-    assert gate._waiting
+    waits_at(gate, ticket_id)
     assert answer_of(admission, order_with(line_pass)).startswith("429")
     assert _waited("refused") == refused_before + 1
     assert _waited("refused", "_sum") - refused_seconds_before < 1.0  # at once, not after its patience
