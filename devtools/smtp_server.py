@@ -8,14 +8,17 @@ the mail and rehearse an SMTP outage:
     GET    /messages[?to=address]  received mail, oldest first
     DELETE /messages               forget all of it
     GET    /faults                 the current fault
-    POST   /faults                 {"mode": "none"|"421"|"451"|"550"|"refuse"|"stall", "seconds": N,
+    POST   /faults                 {"mode": "none"|"421"|"451"|"550"|"refuse"|"stall"|"late", "seconds": N,
                                     "recipients": [address, ...]}
 
 421 and 451 answer DATA with a temporary failure (421 also closes the connection), 550 with a
-permanent one, `stall` waits `seconds` before answering DATA, and `refuse` closes the listening
-socket until the mode changes again. With `recipients`, the fault hits only mail to one of those
-addresses (not `refuse`); other mail is accepted. `GET /faults` also says how many messages a
-stall is holding right now (`stalled`), so a test can act while a client waits mid-send.
+permanent one, `stall` waits `seconds` before answering DATA (a client that gives up meanwhile
+leaves no message), `late` keeps the message at once and answers it `seconds` later (a server slow
+to answer a message it has queued: a client that gives up and sends again mails it twice), and
+`refuse` closes the listening socket until the mode changes again. With `recipients`, the fault
+hits only mail to one of those addresses (not `refuse`); other mail is accepted. `GET /faults` also
+says how many messages a stall or a late answer is holding right now (`stalled`), so a test can
+act while a client waits mid-send.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ REPLIES = {
     "451": "451 4.3.0 Local error in processing, try again later",
     "550": "550 5.1.1 Mailbox unavailable",
 }
-MODES = ("none", "refuse", "stall", *REPLIES)
+MODES = ("none", "refuse", "stall", "late", *REPLIES)
 
 
 @dataclass(frozen=True)
@@ -148,20 +151,28 @@ class DeliveryHandler:
 
     async def handle_DATA(self, server, session, envelope) -> str:
         fault = self.fault if self.fault.hits(list(envelope.rcpt_tos)) else Fault()
+        if fault.mode == "late":
+            # Queued first, answered later: a client that gives up meanwhile cancels only the answer.
+            self.store.add(envelope.original_content, envelope.mail_from, list(envelope.rcpt_tos))
+            await self._hold(fault.seconds)
+            return "250 2.0.0 Message accepted for delivery"
         if fault.mode == "stall":
             # A client that gives up meanwhile closes the connection, which cancels this
             # coroutine: its message is not kept, as a real server never completed it either.
-            self.stalled += 1
-            try:
-                await asyncio.sleep(fault.seconds)
-            finally:
-                self.stalled -= 1
+            await self._hold(fault.seconds)
         elif fault.mode in REPLIES:
             if fault.mode == "421":
                 asyncio.get_running_loop().call_soon(server.transport.close)
             return REPLIES[fault.mode]
         self.store.add(envelope.original_content, envelope.mail_from, list(envelope.rcpt_tos))
         return "250 2.0.0 Message accepted for delivery"
+
+    async def _hold(self, seconds: float) -> None:
+        self.stalled += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.stalled -= 1
 
 
 class LocalMailServer:

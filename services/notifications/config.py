@@ -23,7 +23,12 @@ class Settings(CommonSettings):
     defer_while_busy_seconds: float = 30.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
+    # connecting, and each reply but the last
     smtp_timeout_seconds: float = 10.0
+    # The reply to a message (after its final "."): a server answers once it has queued it, which
+    # may take a while (RFC 5321 has clients wait up to 10 minutes). Giving up earlier, on a
+    # server that then queues it all the same, mails the buyer twice.
+    smtp_data_reply_timeout_seconds: float = 60.0
     smtp_starttls: bool = False
     smtp_username: str = ""
     # empty in development; production reads it from a Secret

@@ -18,8 +18,14 @@ from marshmallow import Schema, ValidationError
 
 from services.notifications import schemas
 
-# ISO 4217 currencies whose minor unit is not the cent.
-_MINOR_DIGITS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "BHD": 3, "JOD": 3, "KWD": 3, "OMR": 3, "TND": 3}
+# The minor unit of every ISO 4217 currency (list one) whose exponent is not 2: amounts in events
+# are in these units. Every other currency in the list has 2, and so has a code it does not name.
+_MINOR_DIGITS = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+                     "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}
 # Names for the countries drops usually ship to; others take the name from Google's address data.
 _COUNTRY_NAMES = {
     "CA": "Canada", "US": "United States", "MX": "Mexico", "GB": "United Kingdom", "IE": "Ireland",

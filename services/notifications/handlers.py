@@ -62,8 +62,10 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
         sent_at = datetime.now(timezone.utc)
         written = uow.deliveries.record_sent(_attempt(envelope, email, data.get("version")), sent_at,
                                              unless_superseded=envelope.type in ORDER_STATE_EMAILS)
-        if written is None:
-            return  # an earlier delivery of this event was mailed
+        if written is None:  # a redelivered, republished or replayed event whose email went out before
+            log.info("email not sent: this event's was sent before",
+                     extra={"message_id": email.message_id, "event_type": envelope.type})
+            return
         if written == SUPERSEDED:
             log.info("email not sent: a newer state of the order was mailed first",
                      extra={"message_id": email.message_id, "event_type": envelope.type, "order_version": data.get("version")})

@@ -1,12 +1,18 @@
 """Handing emails to an SMTP server.
 
-`Mailer` is the port the handlers use; `SmtpMailer` is the adapter. A reply the server gives for
-good (5xx) raises `MailRejected`, which parks the event as a dead letter at once; anything that
-may pass later (4xx, no connection, a timeout, a login or STARTTLS problem, which are ours to fix
-rather than the message's) raises `MailNotSent`, which the consumer retries with back-off.
+`Mailer` is the port the handlers use; `SmtpMailer` is the adapter. Only a refusal of this
+message or of its recipient raises `MailRejected`, which parks the event as a dead letter at once:
+a 550, 551, 553 or 554 to RCPT TO (or a 501, the address's syntax), a 5xx to the message itself
+(after its final "."), an address no server could take. Anything else raises `MailNotSent`, which
+the consumer retries with back-off: what may pass later (4xx, no connection, a timeout) and what
+is ours to fix rather than the message's, which would refuse every email of a drop alike: a login
+or STARTTLS problem, any refusal of MAIL FROM (530 authentication required, our sender not
+allowed), of EHLO or of the DATA command, and the other 5xx to RCPT TO (530; 552, which RFC 5321
+has clients take as "too many recipients", a temporary failure).
 """
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import threading
@@ -47,6 +53,7 @@ class SmtpMailer:
         port: int,
         sender: str,
         timeout_seconds: float = 10.0,
+        data_reply_timeout_seconds: float = 60.0,
         starttls: bool = False,
         username: str = "",
         password: str = "",
@@ -55,10 +62,12 @@ class SmtpMailer:
         self._envelope_sender = parseaddr(sender)[1]
         self._from = formataddr(parseaddr(sender), charset="utf-8")  # a non-ASCII name, RFC 2047-encoded
         self.timeout_seconds = timeout_seconds
+        self.data_reply_timeout_seconds = data_reply_timeout_seconds
         self.starttls = starttls
         self.username, self.password = username, password
         self._connection: smtplib.SMTP | None = None
-        # The consumer hands messages to one thread, but a reconnect may briefly overlap two.
+        # Each handler thread has its own mailer (`SmtpMailers`); the lock only keeps the session
+        # whole should one be shared all the same.
         self._lock = threading.Lock()
 
     @classmethod
@@ -68,6 +77,7 @@ class SmtpMailer:
             settings.smtp_port,
             settings.mail_from,
             timeout_seconds=settings.smtp_timeout_seconds,
+            data_reply_timeout_seconds=settings.smtp_data_reply_timeout_seconds,
             starttls=settings.smtp_starttls,
             username=settings.smtp_username,
             password=settings.smtp_password,
@@ -116,6 +126,7 @@ class SmtpMailer:
         return "\r\n".join(lines).encode("utf-8")
 
     def close(self) -> None:
+        """End the session with QUIT (the consumer is stopping)."""
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
@@ -123,38 +134,67 @@ class SmtpMailer:
             except (smtplib.SMTPException, OSError):
                 connection.close()
 
+    def _drop(self) -> None:
+        # After a failure the session's state is unknown and the server may not answer at all: a
+        # QUIT could wait a whole timeout more for nothing. The socket is just closed.
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
     def _send_on(self, connection: smtplib.SMTP, message: bytes, to: str, utf8: bool) -> None:
         try:
             self._hand_over(connection, message, to, utf8)
         except BaseException:
-            self.close()  # after any failure the session's state is unknown: never reuse it
+            self._drop()  # after any failure the session's state is unknown: never reuse it
             raise
 
     def _hand_over(self, connection: smtplib.SMTP, message: bytes, to: str, utf8: bool) -> None:
-        """MAIL FROM and RCPT TO, then DATA. A connection lost before DATA has handed nothing
-        over (`_NotHandedOver`: it may go again at once); from DATA on the server may have taken
-        the message, so a failure there waits for the consumer's retry like any other."""
+        """MAIL FROM and RCPT TO, then DATA; what each refusal means is in the module's
+        docstring. A connection lost before DATA has handed nothing over (`_NotHandedOver`: it
+        may go again at once); from DATA on the server may have taken the message, so a failure
+        there waits for the consumer's retry like any other."""
         server = f"SMTP {self.host}:{self.port}"
         try:
             connection.ehlo_or_helo_if_needed()
             if utf8 and not connection.has_extn("smtputf8"):
                 raise MailRejected(f"{server} does not take mailboxes with non-ASCII names (no SMTPUTF8): {to}")
-            _expect(connection.mail(self._envelope_sender, ["SMTPUTF8"] if utf8 else []), server)
-            _expect(connection.rcpt(to), server)
-        except (smtplib.SMTPServerDisconnected, OSError) as error:
+            _sender_accepted(connection.mail(self._envelope_sender, ["SMTPUTF8"] if utf8 else []), server)
+            _recipient_accepted(connection.rcpt(to), server, to)
+        # smtplib's errors are OSErrors too: its replies first, then a lost connection
+        except smtplib.SMTPResponseException as error:  # EHLO and HELO refused
+            raise _not_ours_to_park(server, "EHLO", error.smtp_code, error.smtp_error) from error
+        except smtplib.SMTPServerDisconnected as error:
             raise _NotHandedOver(f"{server}: {error!r}") from error
-        except smtplib.SMTPResponseException as error:  # no answer to EHLO or HELO
-            raise _refusal(error.smtp_code, error.smtp_error) from error
         except smtplib.SMTPException as error:
             raise MailNotSent(f"{server}: {error!r}") from error
+        except OSError as error:
+            raise _NotHandedOver(f"{server}: {error!r}") from error
         try:
-            code, reply = connection.data(message)
-        except (smtplib.SMTPServerDisconnected, OSError) as error:
+            code, reply = connection.docmd("data")
+        except OSError as error:  # smtplib's SMTPServerDisconnected included
+            raise MailNotSent(f"{server}: lost at DATA, before the message: {error!r}") from error
+        if code != 354:  # the server refused to take a message from us at all: not about this one
+            raise _not_ours_to_park(server, "DATA", code, reply)
+        try:
+            code, reply = self._final_reply(connection, message)
+        except OSError as error:
             raise MailNotSent(f"{server}: lost during DATA, the server may have the message: {error!r}") from error
-        except smtplib.SMTPResponseException as error:  # DATA itself refused, before the message
-            raise _refusal(error.smtp_code, error.smtp_error) from error
         if code != 250:
             raise _refusal(code, reply)
+
+    def _final_reply(self, connection: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
+        """Send the message, dot-stuffed and ended by ".", as smtplib's `data` does, and wait for
+        the server's answer up to `data_reply_timeout_seconds`, not the commands' timeout: a
+        server may take its time to queue a message (RFC 5321 has clients wait 10 minutes), and
+        one that queued it and answers late would otherwise get it again from our retry."""
+        stuffed = _DOT_STUFFED.sub(b"..", message)
+        connection.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        connection.sock.settimeout(self.data_reply_timeout_seconds)
+        try:
+            return connection.getreply()
+        finally:
+            if connection.sock is not None:  # smtplib drops it after a failure
+                connection.sock.settimeout(self.timeout_seconds)
 
     def _open(self) -> smtplib.SMTP:
         if self._connection is not None:
@@ -231,18 +271,49 @@ class _NotHandedOver(MailNotSent):
     """The connection failed before the message was handed over (before DATA)."""
 
 
-def _expect(answer: tuple[int, bytes], server: str) -> None:
-    """A reply to MAIL FROM or RCPT TO: 250 (or 251, forwarded) goes on. A 421 there is a server
-    closing the connection (an idle one, after its timeout), as good as a lost one."""
+def _sender_accepted(answer: tuple[int, bytes], server: str) -> None:
+    """A reply to MAIL FROM: 250 goes on. A refusal there is of our sender, our login or our
+    session, the same for every email: ours to fix, never a reason to park this one."""
     code, reply = answer
-    if code == 421:
-        raise _NotHandedOver(f"{server} closed the session: {code} {reply!r}")
-    if code not in (250, 251):
-        raise _refusal(code, reply)
+    if code != 250:
+        raise _not_ours_to_park(server, "MAIL FROM", code, reply)
 
 
-def _refusal(code: int, reply: bytes | str) -> Exception:
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+def _recipient_accepted(answer: tuple[int, bytes], server: str, to: str) -> None:
+    """A reply to RCPT TO: 250 (or 251, forwarded) goes on. Only a refusal of this recipient
+    parks the email; any other, 4xx or 5xx, is retried."""
+    code, reply = answer
+    if code in (250, 251):
+        return
+    if code in _RECIPIENT_REFUSED:
+        raise _refusal(code, reply, f"the recipient {to}")
+    raise _not_ours_to_park(server, "RCPT TO", code, reply)
+
+
+def _not_ours_to_park(server: str, command: str, code: int, reply: bytes | str) -> MailNotSent:
+    """A reply that is not about this message: retried. A 421 is a server closing the connection
+    (an idle one, after its timeout), as good as a lost one: before DATA it goes again at once."""
+    text = _text(reply)
+    if code == 421 and command != "DATA":
+        return _NotHandedOver(f"{server} closed the session at {command}: {code} {text}")
+    if code < 500:
+        return MailNotSent(f"{server} deferred {command}: {code} {text}")
+    return MailNotSent(f"{server} refused {command}, ours to fix rather than this email's: {code} {text}")
+
+
+def _refusal(code: int, reply: bytes | str, what: str = "the message") -> Exception:
+    text = _text(reply)
     if 500 <= code < 600:
-        return MailRejected(f"SMTP server refused the message: {code} {text}")
-    return MailNotSent(f"SMTP server deferred the message: {code} {text}")
+        return MailRejected(f"SMTP server refused {what}: {code} {text}")
+    return MailNotSent(f"SMTP server deferred {what}: {code} {text}")
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+# The refusals of RCPT TO that are about the recipient: no such mailbox or not here (550, 551),
+# a mailbox name not allowed (553), refused by policy (554), an address not well formed (501:
+# the address is the only argument we send).
+_RECIPIENT_REFUSED = frozenset({501, 550, 551, 553, 554})
+_DOT_STUFFED = re.compile(rb"(?m)^\.")  # a line of the message that starts with "." gets another

@@ -4,8 +4,9 @@ The real SMTP server of the stack (aiosmtpd) is told through its control API to 
 connections, stall, or answer 550; every test puts it back to normal in a `finally` block.
 
 For this module the notifications consumer runs with a 3 s AMQP heartbeat (so a 10 s SMTP stall
-would cost it the broker connection if heartbeats stopped while it waits), a 30 s SMTP timeout and
-retries that outlast an outage of a minute (the stack's default for tests parks after 3 attempts).
+would cost it the broker connection if heartbeats stopped while it waits), a 30 s SMTP timeout (a
+message's own reply waits 60 s) and retries that outlast an outage of a minute (the stack's
+default for tests parks after 3 attempts).
 """
 from __future__ import annotations
 
@@ -108,6 +109,21 @@ def order_confirmed(recipient: str) -> Envelope:
 
 def message_id(envelope: Envelope) -> str:
     return f"<{envelope.id}@floodgate>"
+
+
+HANDLED = ("email sent", "email not sent: this event's was sent before")
+
+
+def handlings(stack, consumers: tuple[str, ...], message_ids: set[str]) -> dict[str, list[str]]:
+    """What the consumers' logs say they did with each delivery of these emails' events: mailed
+    it, or found it mailed before (a duplicate leaves the delivery log's row as it was, and the
+    broker's queue depth counts no message a consumer holds unacknowledged)."""
+    said: dict[str, list[str]] = {}
+    for consumer in consumers:
+        for entry in stack.log_entries(consumer):
+            if entry.get("message") in HANDLED and entry.get("message_id") in message_ids:
+                said.setdefault(entry["message_id"], []).append(entry["message"])
+    return said
 
 
 # --- the admin API -----------------------------------------------------------------------------
@@ -252,23 +268,30 @@ def test_smtp_stalling_10s_per_message_never_holds_an_order_or_a_webhook(floodga
 
 def test_two_consumers_send_exactly_one_email_per_event_over_500_events(floodgate, stack):
     start_consumer(stack, "notifications-consumer-2")
+    consumers = ("notifications-consumer", "notifications-consumer-2")
     try:
         poll(lambda: consumers_on_work_queue(stack) == 2, what="the second consumer to subscribe")
         run = uuid.uuid4().hex[:8]
         envelopes = [order_confirmed(f"buyer-{n}@bulk-{run}.test") for n in range(500)]
         wanted = {message_id(envelope) for envelope in envelopes}
         started = time.perf_counter()
-        publish(stack, envelopes)
+        # Each event twice, one right after the other (as a relay republishes after a crash): the
+        # two consumers, four threads each, often take both copies in the same moment.
+        publish(stack, [copy for envelope in envelopes for copy in (envelope, envelope)])
         poll(lambda: len(mails_by_message_id(floodgate, wanted)) == 500, timeout=90, interval=0.5,
              what="500 emails")
         print(f"\n500 emails through two consumers in {time.perf_counter() - started:.1f} s")
-        # Wait for the work queue to drain, then count again: nothing more may arrive.
+        # Both copies of every event handled and the work queue drained: nothing more may arrive.
+        said = poll(lambda: (said := handlings(stack, consumers, wanted)) and len(said) == 500
+                    and all(len(handled) >= 2 for handled in said.values()) and said,
+                    timeout=60, interval=0.5, what="both copies of every event handled")
         poll(lambda: _work_queue(stack).message_count == 0, what="the work queue to drain")
+        found = mails_by_message_id(floodgate, wanted)
+        assert sorted(len(mails) for mails in found.values()) == [1] * 500
+        assert all(handled.count(HANDLED[0]) == 1 for handled in said.values())
         poll(lambda: scalar(stack, "notifications",
                             "SELECT count(*) FROM deliveries WHERE status = 'sent' AND to_address LIKE :domain",
                             domain=f"%@bulk-{run}.test") == 500, what="500 deliveries logged")
-        found = mails_by_message_id(floodgate, wanted)
-        assert sorted(len(mails) for mails in found.values()) == [1] * 500
         workers = scalar(stack, "notifications",
                          "SELECT count(DISTINCT handled_by) FROM deliveries WHERE to_address LIKE :domain",
                          domain=f"%@bulk-{run}.test")
@@ -295,12 +318,41 @@ def test_a_consumer_killed_mid_send_loses_nothing_and_sends_nothing_twice(floodg
     start_consumer(stack, "notifications-consumer")
     poll(lambda: len(mails_by_message_id(floodgate, wanted)) == 3, timeout=30, what="the three emails after restart")
 
-    # A redelivered event that was already mailed (the relay's crash window) sends nothing; a
-    # sentinel published after it shows the duplicate has been handled.
-    sentinel = order_confirmed(f"sentinel@{run}.test")
-    publish(stack, [envelopes[0], sentinel])
-    poll(lambda: mails_by_message_id(floodgate, {message_id(sentinel)}), what="the sentinel email")
+    # A redelivered event that was already mailed (the relay's crash window) sends nothing. Counted
+    # once the consumer has handled it (its log says so) and the work queue is empty.
+    consumer = ("notifications-consumer",)
+    duplicate = message_id(envelopes[0])
+    poll(lambda: len(handlings(stack, consumer, wanted)) == 3, what="the three emails in the consumer's log")
+    before = len(handlings(stack, consumer, {duplicate})[duplicate])
+    publish(stack, [envelopes[0]])
+    poll(lambda: len(handlings(stack, consumer, {duplicate}).get(duplicate, [])) == before + 1,
+         what="the duplicate handled")
+    poll(lambda: _work_queue(stack).message_count == 0, what="the work queue to drain")
     assert sorted(len(mails) for mails in mails_by_message_id(floodgate, wanted).values()) == [1, 1, 1]
+    assert handlings(stack, consumer, {duplicate})[duplicate][-1] == HANDLED[1]
+
+
+def test_a_server_slow_to_answer_a_message_it_has_queued_mails_it_once(floodgate, stack, admin_token):
+    """The reply to a message waits SMTP_DATA_REPLY_TIMEOUT_SECONDS (60), not the commands'
+    SMTP_TIMEOUT_SECONDS (1 here): a server answers a message once it has queued it, which may take
+    a while, and a consumer that gave up sooner sent it again, the buyer's second copy."""
+    stack.stop("notifications-consumer")
+    start_consumer(stack, "notifications-consumer", SMTP_TIMEOUT_SECONDS="1")
+    address = f"slow-{uuid.uuid4().hex[:8]}@example.com"
+    envelope = order_confirmed(address)
+    try:
+        poll(lambda: consumers_on_work_queue(stack) == 1, what="the consumer to subscribe")
+        set_fault(stack, "late", seconds=3, recipients=(address,))
+        publish(stack, [envelope])
+        [row] = poll(lambda: [row for row in deliveries(floodgate, stack, admin_token, to=address)
+                              if row["status"] == "sent"], timeout=30, what="the email logged as sent")
+    finally:
+        set_fault(stack, "none")
+        stack.stop("notifications-consumer")
+        start_consumer(stack, "notifications-consumer")
+        poll(lambda: consumers_on_work_queue(stack) == 1, what="the consumer to subscribe")
+    assert row["attempts"] == 1
+    assert len(mails_by_message_id(floodgate, {message_id(envelope)})[message_id(envelope)]) == 1
 
 
 def test_a_poison_event_is_parked_shown_to_admins_and_delivered_after_a_replay(floodgate, stack, admin_token):

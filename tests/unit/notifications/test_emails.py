@@ -52,6 +52,19 @@ def test_money_uses_the_currency_minor_unit(money, shown):
     assert emails.format_money(money) == shown
 
 
+# ISO 4217's minor units (list one) where they are not 2: the table an amount in minor units means
+@pytest.mark.parametrize("currency, digits", [
+    *((code, 0) for code in ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+                             "VND", "VUV", "XAF", "XOF", "XPF")),
+    *((code, 3) for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")),
+    ("CLF", 4), ("UYW", 4),
+    *((code, 2) for code in ("EUR", "USD", "GBP", "HUF", "IDR", "COP", "MGA", "MRU", "TWD", "INR")),
+])
+def test_every_currency_is_shown_in_its_iso_4217_minor_unit(currency, digits):
+    shown = {0: "1,234,567", 2: "12,345.67", 3: "1,234.567", 4: "123.4567"}[digits]
+    assert emails.format_money({"amount": 1234567, "currency": currency}) == f"{shown} {currency}"
+
+
 def test_html_escapes_what_the_buyer_typed_and_text_keeps_it():
     document = order()
     document["shipping_address"]["name"] = '<script>alert("x")</script> & Co'

@@ -1,3 +1,4 @@
+import logging
 from dataclasses import replace
 
 import pytest
@@ -40,12 +41,17 @@ def test_a_sent_order_email_is_announced_so_checkout_can_show_it():
     assert (data["order_id"], data["event_type"], data["message_id"]) == (order()["order_id"], "order.confirmed", "<ev-7@floodgate>")
 
 
-def test_the_same_event_twice_sends_one_email():
+def test_the_same_event_twice_sends_one_email(caplog):
     mailer, deliveries = FakeMailer(), FakeDeliveryLog()
-    deliver(confirmed(event_id="ev-1"), mailer, deliveries)
-    deliver(confirmed(event_id="ev-1"), mailer, deliveries)
+    with caplog.at_level(logging.INFO, logger="floodgate.notifications"):
+        deliver(confirmed(event_id="ev-1"), mailer, deliveries)
+        deliver(confirmed(event_id="ev-1"), mailer, deliveries)
     assert len(mailer.sent) == 1
     assert len(deliveries.committed) == 1
+    # the second delivery says so: what shows a duplicate handled (the log's row does not change)
+    [said] = [record for record in caplog.records
+              if record.getMessage() == "email not sent: this event's was sent before"]
+    assert said.message_id == "<ev-1@floodgate>"
 
 
 def test_two_events_for_two_orders_send_two_emails():
