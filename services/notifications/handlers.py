@@ -14,7 +14,7 @@ from shared import logs
 from shared.admin_actions import AdminAction
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
-from shared.messaging.consumer import PermanentFailure, current_attempt, retry_or_park
+from shared.messaging.consumer import DependencyDown, PermanentFailure, current_attempt, retry_or_park
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
@@ -94,6 +94,8 @@ def event_handlers(settings: Settings, mailer: Mailer, unit_of_work: Callable[[]
         attempt = current_attempt.get()
         try:
             send_notification(envelope, uow, mailer)
+        except DependencyDown:  # not this event's failure: it waits in the queue, uncounted
+            raise
         except Exception as error:
             # This attempt's own writes (the delivery row it expected to send) hold the row the
             # failure is logged in, from another transaction: give them up first.

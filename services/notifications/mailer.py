@@ -25,7 +25,7 @@ from typing import Protocol
 from email_validator import EmailNotValidError, validate_email
 
 from shared import tracing
-from shared.messaging.consumer import PermanentFailure
+from shared.messaging.consumer import DependencyDown, PermanentFailure
 from services.notifications.config import Settings
 from services.notifications.emails import Email
 
@@ -36,6 +36,12 @@ class MailRejected(PermanentFailure):
 
 class MailNotSent(Exception):
     """The message could not be handed over now; trying again later may succeed."""
+
+
+class SmtpUnavailable(MailNotSent, DependencyDown):
+    """No SMTP session can be opened (the server down or unreachable, STARTTLS or the login
+    refused): every email would fail alike, so the consumer pauses instead of spending their
+    attempts (`shared.messaging.consumer.DependencyDown`)."""
 
 
 class Mailer(Protocol):
@@ -210,7 +216,7 @@ class SmtpMailer:
                 connection.close()
                 raise
         except (smtplib.SMTPException, OSError) as error:
-            raise MailNotSent(f"cannot open SMTP session with {self.host}:{self.port}: {error!r}") from error
+            raise SmtpUnavailable(f"cannot open SMTP session with {self.host}:{self.port}: {error!r}") from error
         self._connection = connection
         return connection
 

@@ -26,6 +26,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -63,11 +64,24 @@ class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help; the message goes straight to the DLQ."""
 
 
+class DependencyDown(Exception):
+    """Raised by a handler when something every message needs is away (notifications' SMTP
+    server): the message is not at fault. It goes back to the work queue, its attempts uncounted,
+    and the runner consumes nothing for a pause (`Pause`), then tries the next message. Messages
+    so wait in the work queue, not in the retry tiers (an hour apart at their longest), and flow
+    again within a pause of the dependency's return; an outage never parks one."""
+
+
+# A pause after `DependencyDown`: doubling from the first while the dependency stays down.
+PAUSE_FIRST_SECONDS = 2.0
+PAUSE_LONGEST_SECONDS = 15.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What to do with a delivery after handling it: ack, retry after a delay, or park it."""
 
-    action: str  # "ack" | "retry" | "dead"
+    action: str  # "ack" | "retry" | "dead" | "wait" (back to the work queue, uncounted: `DependencyDown`)
     delay_ms: int | None = None
     error: str | None = None
 
@@ -120,6 +134,8 @@ def handle_delivery(
     except PermanentFailure as error:
         log.error("permanent failure", extra={"message_id": envelope.id, "error": str(error)})
         return Outcome("dead", error=f"permanent: {error}")
+    except DependencyDown as error:
+        return Outcome("wait", error=str(error)[:500])
     except Exception as error:
         log.warning(
             "handler failed",
@@ -127,6 +143,35 @@ def handle_delivery(
             extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
         )
         return retry_or_park(attempt, settings, repr(error))
+
+
+class Pause:
+    """When the runner consumes nothing, a dependency being down (`DependencyDown`): for
+    PAUSE_FIRST_SECONDS, doubling up to PAUSE_LONGEST_SECONDS while each try after a pause finds
+    it down still, from the first again once a message goes through. Shared by the handler
+    threads (which begin it) and the connection's thread (which cancels and resumes consuming)."""
+
+    def __init__(self, first: float = PAUSE_FIRST_SECONDS, longest: float = PAUSE_LONGEST_SECONDS):
+        self._first, self._longest = first, longest
+        self._next = first
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def active(self) -> bool:
+        return time.monotonic() < self._until
+
+    def begin(self, why: str | None) -> None:
+        with self._lock:
+            if self.active():
+                return
+            self._until = time.monotonic() + self._next
+            log.warning("a dependency every message needs is down: consuming nothing for a while",
+                        extra={"pause_seconds": self._next, "error": why})
+            self._next = min(self._longest, self._next * 2)
+
+    def went_through(self) -> None:
+        with self._lock:
+            self._next = self._first
 
 
 class ConsumerRunner:
@@ -147,6 +192,7 @@ class ConsumerRunner:
         # broker is away and the outage shows and alerts; the pod stays alive meanwhile (`reconnects`).
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
         self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
+        self.pause = Pause()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -196,10 +242,18 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
+                # Paused: the deliveries in hand go back to the queue uncounted (`_handle`)
+                if tag is not None and self.pause.active():
+                    channel.basic_cancel(tag)
+                    tag = None
+                elif tag is None and not self.pause.active():
+                    tag = channel.basic_consume(self.queue, on_message)
+                    log.info("consuming again after a pause", extra={"queue": self.queue})
                 self.heartbeat.beat()
                 self.reconnects.worked()
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
-            channel.basic_cancel(tag)
+            if tag is not None:
+                channel.basic_cancel(tag)
             _cancel_waiting(in_flight)
             while in_flight:
                 conn.process_data_events(time_limit=0.1)
@@ -222,14 +276,10 @@ class ConsumerRunner:
         with logs.log_context(request_id=request_id):
             attempt = _previous_attempts(headers, properties.message_id) + 1
             try:
-                if attempt == 1:  # a retry is late already
-                    self.deferral.wait(properties.timestamp, self.stop)
-                current_attempt.set(attempt)
-                # The handling is a span under the relay's publish of the message (its `traceparent`).
-                with tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span:
-                    outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
-                    if outcome.action != "ack":
-                        tracing.failed(span, f"{outcome.action}: {outcome.error}")
+                if self.pause.active():  # not even tried: its dependency is down
+                    outcome = Outcome("wait", error="consuming paused: a dependency is down")
+                else:
+                    outcome = self._handle_now(body, attempt, properties, headers)
             except Exception as error:
                 log.error("message handling failed outside its handler", exc_info=True,
                           extra={"message_id": properties.message_id, "attempt": attempt})
@@ -243,19 +293,35 @@ class ConsumerRunner:
         except Exception:  # the connection died; the broker redelivers the message
             log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
 
+    def _handle_now(self, body: bytes, attempt: int, properties, headers: Mapping) -> Outcome:
+        if attempt == 1:  # a retry is late already
+            self.deferral.wait(properties.timestamp, self.stop)
+        current_attempt.set(attempt)
+        # The handling is a span under the relay's publish of the message (its `traceparent`).
+        with tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span:
+            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
+            if outcome.action != "ack":
+                tracing.failed(span, f"{outcome.action}: {outcome.error}")
+        if outcome.action == "wait":
+            self.pause.begin(outcome.error)
+        elif outcome.action == "ack":
+            self.pause.went_through()
+        return outcome
+
     def _settle(self, channel, republish, method, properties, body, attempt, outcome: Outcome,
                 request_id: str | None, order_id: str | None) -> None:
         # On the connection thread: the handler's log context is not here, so it comes along.
         service = self.settings.service_name
         with logs.log_context(request_id=request_id, order_id=order_id):
             if outcome.action != "ack":
-                target = (
-                    topology.retry_queue(service, outcome.delay_ms)
-                    if outcome.action == "retry"
-                    else topology.dead_letter_queue(service)
-                )
+                target = {"retry": lambda: topology.retry_queue(service, outcome.delay_ms),
+                          "wait": lambda: self.queue,
+                          "dead": lambda: topology.dead_letter_queue(service)}[outcome.action]()
                 headers = _without_broker_deaths(properties.headers)
-                headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
+                if outcome.action == "wait":  # back at the end of the queue, this attempt not counted
+                    headers["x-attempt"] = attempt - 1
+                else:
+                    headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
                 copy = pika.BasicProperties(
                     message_id=properties.message_id,
                     type=properties.type,
@@ -266,11 +332,13 @@ class ConsumerRunner:
                     headers=headers,
                 )
                 republish.basic_publish(exchange="", routing_key=target, body=body, properties=copy, mandatory=True)
-                log.log(
-                    logging.WARNING if outcome.action == "retry" else logging.ERROR,
-                    "message retried" if outcome.action == "retry" else "message dead-lettered",
-                    extra={"message_id": properties.message_id, "attempt": attempt, "queue": target, "error": outcome.error},
-                )
+                if outcome.action != "wait":  # the pause says it once for all of them
+                    log.log(
+                        logging.WARNING if outcome.action == "retry" else logging.ERROR,
+                        "message retried" if outcome.action == "retry" else "message dead-lettered",
+                        extra={"message_id": properties.message_id, "attempt": attempt, "queue": target,
+                               "error": outcome.error},
+                    )
             channel.basic_ack(method.delivery_tag)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from shared.config import Settings
-from shared.messaging.consumer import PermanentFailure, handle_delivery, next_step
+from shared.messaging.consumer import DependencyDown, PermanentFailure, handle_delivery, next_step
 from shared.messaging.envelope import Envelope
 
 SETTINGS = Settings(service_name="notifications", retry_delays_ms=(100, 1000), max_attempts=3)
@@ -118,3 +118,12 @@ def test_an_event_type_this_consumer_has_no_handler_for_yet_is_retried_before_it
     assert (step(1).action, step(1).error) == ("retry", "no handler for order.teleported")
     assert step(2).action == "retry"
     assert step(3).action == "dead"  # each tier once, though a handler's failures are retried up to 10 times
+
+
+def test_a_dependency_down_sends_the_message_back_to_wait_not_to_a_retry():
+    def smtp_down(envelope, uow):
+        raise DependencyDown("SMTP: connection refused")
+
+    body = Envelope(type="order.confirmed", data={}, source="checkout").to_json()
+    assert run(body, smtp_down, use_inbox=False).action == "wait"
+    assert run(body, smtp_down, attempt=SETTINGS.max_attempts, use_inbox=False).action == "wait"  # never parked for it

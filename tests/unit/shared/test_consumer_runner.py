@@ -14,7 +14,7 @@ from shared import logs, tracing
 from shared.config import Settings
 from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
-from shared.messaging.consumer import ConsumerRunner, PermanentFailure, current_attempt
+from shared.messaging.consumer import ConsumerRunner, DependencyDown, Pause, PermanentFailure, current_attempt
 from shared.messaging.envelope import Envelope
 from tests.unit.shared.fake_broker import (GIVE_UP_SECONDS, NoTransaction, QueueBroker, counted_pauses, eventually,
                                            parked_by_the_delivery_limit)
@@ -183,3 +183,27 @@ def test_the_line_saying_a_message_was_retried_or_parked_names_its_order(broker,
     written = [json.loads(each) for each in capsys.readouterr().err.splitlines() if each.startswith("{")]
     [settled] = [entry for entry in written if entry["message"] == line]
     assert (settled["level"], settled["order_id"], settled["request_id"]) == (level, "o-1", "r-1")
+
+
+def test_while_a_dependency_is_down_messages_wait_in_the_queue_uncounted_and_flow_once_it_is_back(broker):
+    """Notifications' SMTP server down: each email's attempts once went through the retry tiers
+    (an hour apart at their longest), so mail came up to an hour after the server was back."""
+    down, handled = threading.Event(), []
+    down.set()
+
+    def handler(envelope, uow):
+        if down.is_set():
+            raise DependencyDown("SMTP: connection refused")
+        handled.append((envelope.id, current_attempt.get()))
+
+    envelopes = [refund_requested(broker) for _ in range(3)]
+    runner = runner_of(handler)
+    runner.pause = Pause(first=0.05, longest=0.1)
+    with running(runner):
+        eventually(lambda: len(broker.acked) >= 9, "every message tried and put back a few times")
+        assert handled == []
+        down.clear()
+        eventually(lambda: len(handled) == 3, "every message handled once the dependency is back")
+
+    assert sorted(handled) == sorted((envelope.id, 1) for envelope in envelopes)  # no attempt spent
+    assert list(broker.queues[RETRY]) == [] and list(broker.queues[DEAD]) == [] and list(broker.queues[WORK]) == []
