@@ -135,19 +135,25 @@ def check_fits_dev_node(objects: list[dict]) -> list[str]:
             for resource in total if total[resource] > DEV_NODE_BUDGET[resource]]
 
 
+# Deployments whose HTTP server queues a request behind those before it: the gunicorn APIs'
+# threaded workers, and checkout's line-status edge's one event loop.
+QUEUEING_SERVERS = ("api", "line-status")
+
+
 def check_probes(objects: list[dict]) -> list[str]:
-    """Every long-running container has all three probes; a gunicorn API's liveness probe is its
-    port taking connections, not an HTTP request, which would wait in the worker's queue behind
-    the requests before it and restart a pod for being busy (the process only: readiness says
-    whether it should serve, and gunicorn restarts a hung worker itself)."""
+    """Every long-running container has all three probes; a gunicorn API's or the line-status
+    edge's liveness probe is its port taking connections, not an HTTP request, which would wait
+    behind the requests before it and restart a pod for being busy (the process only: readiness
+    says whether it should serve, and gunicorn restarts a hung worker itself)."""
     problems = []
     for obj in of_kind(objects, *LONG_RUNNING):
-        api = obj["kind"] == "Deployment" and obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "api"
+        queueing = obj["kind"] == "Deployment" and obj["metadata"].get("labels", {}).get(
+            "app.kubernetes.io/component") in QUEUEING_SERVERS
         for what, c, _ in containers(obj, init=False):
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if not c.get(probe):
                     problems.append(f"{name_of(obj)} container {c['name']}: no {probe}")
-            if api and "httpGet" in c.get("livenessProbe", {}):
+            if queueing and "httpGet" in c.get("livenessProbe", {}):
                 problems.append(f"{name_of(obj)} container {c['name']}: liveness is an HTTP request, which waits "
                                 "behind the worker's queued requests (probe the port: tcpSocket)")
     return problems
@@ -339,6 +345,29 @@ def _prestop_seconds(container: dict) -> int:
     return 0
 
 
+# What the API server gives a pod that names no toleration of its own (DefaultTolerationSeconds):
+# 300 s on a node that stopped answering before the pod is replaced elsewhere.
+NODE_LOSS_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+NODE_LOSS_SECONDS = 30
+
+
+def check_node_loss_tolerations(objects: list[dict]) -> list[str]:
+    """Every Floodgate Deployment's pods leave a node that stops answering within NODE_LOSS_SECONDS
+    (prod and the drop: a lost node must not stop hold expiry, the line or a PgBouncer for minutes)."""
+    problems = []
+    for obj in of_kind(objects, "Deployment"):
+        if pod_labels(obj).get("app.kubernetes.io/name") not in FLOODGATE_SERVICES:
+            continue
+        tolerations = pod_spec(obj).get("tolerations", [])
+        for taint in NODE_LOSS_TAINTS:
+            seconds = [t.get("tolerationSeconds") for t in tolerations
+                       if t.get("key") == taint and t.get("effect") == "NoExecute"]
+            if not seconds or any(s is None or s > NODE_LOSS_SECONDS for s in seconds):
+                problems.append(f"{name_of(obj)}: does not leave a node tainted {taint} within "
+                                f"{NODE_LOSS_SECONDS} s (a NoExecute toleration with tolerationSeconds)")
+    return problems
+
+
 def check_graceful_shutdown(objects: list[dict]) -> list[str]:
     """Every gunicorn pod pauses before SIGTERM and gets longer than pause + graceful_timeout."""
     problems = []
@@ -445,7 +474,7 @@ def check_all(objects: list[dict], dev: bool) -> list[str]:
             + check_graceful_shutdown(objects) + check_autoscalers(objects)
             + check_references(objects, secrets_provided_outside=not dev)
             + check_secrets(objects, dev) + check_default_deny(objects) + check_egress_peers(objects)
-            + (check_fits_dev_node(objects) if dev else []))
+            + (check_fits_dev_node(objects) if dev else check_node_loss_tolerations(objects)))
 
 
 # --- network ---------------------------------------------------------------------------------

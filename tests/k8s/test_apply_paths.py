@@ -147,6 +147,40 @@ def test_the_drop_day_before_during_and_after(operator):
     assert operator.server.min_replicas("checkout-api") == 4
 
 
+def test_a_floor_raised_by_hand_during_the_window_holds_until_drop_yaml_says_it(operator, tmp_path, monkeypatch):
+    """The shedding alert's remedy during a drop: `kubectl patch hpa checkout-api` to a higher floor
+    (a patch: it owns the floor now). The drop rendered again from the unchanged drop.yaml is refused,
+    as the README warns; rendered with that floor as drop_min it applies; the lower job still brings
+    the floor down after the close, and prod applies over it as before."""
+    drop = render_drop.load_config(render_drop.OVERLAY / "drop.yaml", OPENS_AT.isoformat())
+    prod_running(operator, OPENS_AT - timedelta(days=7))
+    operator.run(RENDER_DROP, OPENS_AT - timedelta(days=1))
+    operator.run(APPLY_DROP, OPENS_AT - timedelta(days=1))
+    operator.scheduled_job("drop-raise-floor", "drop-manifests.yaml")
+    operator.server.settle()
+
+    during = OPENS_AT + timedelta(minutes=10)
+    operator.server.update("HorizontalPodAutoscaler", "checkout-api", "minReplicas", 60, "kubectl-patch")
+    operator.server.settle()
+    operator.run(REAPPLY_DROP, during, expect=1)
+    assert operator.server.min_replicas("checkout-api") == 60
+
+    raised = tmp_path / "raised-drop.yaml"
+    text = (render_drop.OVERLAY / "drop.yaml").read_text()
+    assert text.count("drop_min: 40") == 1
+    raised.write_text(text.replace("drop_min: 40", "drop_min: 60"))
+    load_config = render_drop.load_config
+    monkeypatch.setattr(render_drop, "load_config", lambda path, opens_at=None: load_config(raised, opens_at))
+    operator.run(REAPPLY_DROP, during)
+    assert operator.server.min_replicas("checkout-api") == 60
+
+    operator.scheduled_job("drop-lower-floor", "drop-manifests.yaml")
+    operator.server.settle()
+    assert operator.server.min_replicas("checkout-api") == 4
+    operator.run(PROD, drop.lower_at + timedelta(hours=1))
+    assert operator.server.min_replicas("checkout-api") == 4
+
+
 def test_the_drop_rendered_and_applied_first_during_the_window_starts_at_the_raised_floor(operator):
     prod_running(operator, OPENS_AT - timedelta(days=7))
     operator.run(REAPPLY_DROP, OPENS_AT - timedelta(minutes=5))

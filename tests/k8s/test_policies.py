@@ -180,8 +180,8 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_
     """checkout's public status edge: one worker per pod (scaled by replicas), checkout's database
     through its PgBouncer and the line-pass secret it signs the admitted buyers' passes with (the
     one checkout's API checks them with), no other Secret (no broker, service key or payment
-    secret), /healthz for liveness and startup, /readyz (its copy is fresh) for readiness, and
-    /metrics on its metrics port."""
+    secret), /healthz for startup, its port for liveness, /readyz (its copy is fresh) for readiness,
+    and /metrics on its metrics port."""
     objects = targets[target].objects
     deployment = policy.find(objects, "Deployment", "checkout-line-status")
     assert deployment is not None
@@ -205,9 +205,9 @@ def test_the_line_status_edge_runs_one_uvicorn_worker_with_the_database_and_the_
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/metrics"}
     probes = {probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
-              for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert probes == {"startupProbe": ("/healthz", "http"), "livenessProbe": ("/healthz", "http"),
-                      "readinessProbe": ("/readyz", "http")}
+              for probe in ("startupProbe", "readinessProbe")}
+    assert probes == {"startupProbe": ("/healthz", "http"), "readinessProbe": ("/readyz", "http")}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}  # never behind the crowd's polls
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
     assert policy.find(objects, "PodDisruptionBudget", "checkout-line-status") is not None
     # prod and the drop: its autoscaler owns the count; dev runs one of everything
@@ -227,6 +227,55 @@ def test_a_line_keeps_admitting_when_an_admitter_pod_goes(targets, target):
     objects = targets[target].objects
     assert policy.find(objects, "Deployment", "checkout-admitter")["spec"]["replicas"] == 2
     assert policy.find(objects, "PodDisruptionBudget", "checkout-admitter")["spec"]["maxUnavailable"] == 1
+
+
+def test_an_http_liveness_probe_on_the_line_status_edge_is_refused(dev):
+    """Its one event loop answers a probe after the polls before it, as gunicorn's queue does."""
+    objects = copy.deepcopy(dev)
+    edge = policy.pod_spec(policy.find(objects, "Deployment", "checkout-line-status"))["containers"][0]
+    edge["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    [problem] = policy.check_probes(objects)
+    assert problem.startswith("Deployment/checkout-line-status container line-status: liveness is an HTTP request")
+
+
+@pytest.mark.parametrize("target", [target for target in TARGETS if not target.startswith("dev")])
+def test_a_lost_node_s_pods_are_replaced_within_half_a_minute(targets, target):
+    assert policy.check_node_loss_tolerations(targets[target].objects) == []
+
+
+def test_a_deployment_left_to_the_default_five_minutes_on_a_lost_node_is_named(prod):
+    objects = copy.deepcopy(prod)
+    sweeper = policy.pod_spec(policy.find(objects, "Deployment", "inventory-sweeper"))
+    del sweeper["tolerations"]
+    admitter = policy.pod_spec(policy.find(objects, "Deployment", "checkout-admitter"))
+    admitter["tolerations"][1]["tolerationSeconds"] = 300
+    assert policy.check_node_loss_tolerations(objects) == [
+        "Deployment/checkout-admitter: does not leave a node tainted node.kubernetes.io/unreachable within 30 s "
+        "(a NoExecute toleration with tolerationSeconds)",
+        "Deployment/inventory-sweeper: does not leave a node tainted node.kubernetes.io/not-ready within 30 s "
+        "(a NoExecute toleration with tolerationSeconds)",
+        "Deployment/inventory-sweeper: does not leave a node tainted node.kubernetes.io/unreachable within 30 s "
+        "(a NoExecute toleration with tolerationSeconds)"]
+
+
+@pytest.mark.parametrize("target", ["prod", "drop"])
+def test_holds_keep_expiring_when_a_sweeper_pod_goes(targets, target):
+    """Production runs two sweepers (they share the expired holds), and a voluntary disruption takes
+    one at a time."""
+    objects = targets[target].objects
+    assert policy.find(objects, "Deployment", "inventory-sweeper")["spec"]["replicas"] == 2
+    assert policy.find(objects, "PodDisruptionBudget", "inventory-sweeper")["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("target", ["prod", "drop"])
+def test_the_admitter_is_sized_for_the_opening(targets, target):
+    """At the opening the admitter works beside the APIs: their CPU share, and memory above its peak
+    (about 225 MB for a pre-queue of 500,000)."""
+    container = policy.pod_spec(policy.find(targets[target].objects, "Deployment", "checkout-admitter"))["containers"][0]
+    api = policy.pod_spec(policy.find(targets[target].objects, "Deployment", "checkout-api"))["containers"][0]
+    requests = container["resources"]["requests"]
+    assert policy.quantity(requests["cpu"]) == policy.quantity(api["resources"]["requests"]["cpu"])
+    assert policy.quantity(requests["memory"]) >= 384 * 2**20
 
 
 def test_an_api_without_its_metrics_port_is_still_refused(dev):
