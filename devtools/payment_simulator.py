@@ -51,6 +51,28 @@ PAGE = """<!doctype html><title>Floodgate Pay (simulator)</title>
 DEFAULT_CONTROL = {"outcome": "approve", "delay_seconds": 0.0, "duplicates": 0, "reorder": False, "refunds": "ok"}
 
 
+def _wrong_controls(asked) -> list[str]:
+    """The names in `asked` (a POST /control body) whose values are not of their default's kind,
+    or are negative numbers."""
+    if not isinstance(asked, dict):
+        return ["the body is not an object"]
+    wrong = []
+    for name, default in DEFAULT_CONTROL.items():
+        if name not in asked:
+            continue
+        value = asked[name]
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (
+                isinstance(value, int) or isinstance(default, float))
+        else:
+            fits = isinstance(value, str)
+        if not fits:
+            wrong.append(name)
+    return wrong
+
+
 def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 3600.0) -> Flask:
     app = Flask("payment-simulator")
     payments: dict[str, dict] = {}
@@ -73,7 +95,9 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
         except (KeyError, ValueError):
             return None
         expected = hmac.new(secret.encode(), f"{order_id}:{amount}:{currency}".encode(), hashlib.sha256).hexdigest()
-        return (amount, currency) if hmac.compare_digest(expected, request.args.get("sig", "")) else None
+        # as bytes: compare_digest refuses a str that is not ASCII (a 500 for a mangled link)
+        signed = hmac.compare_digest(expected.encode(), request.args.get("sig", "").encode("utf-8", "surrogatepass"))
+        return (amount, currency) if signed else None
 
     def post(event: dict, attempt: int) -> int | None:
         """One delivery of `event`: checkout's answer, or None when it gave none (or a 5xx).
@@ -231,6 +255,9 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
     def steer():
         if request.method == "POST":
             asked = request.get_json(silent=True) or {}
+            wrong = _wrong_controls(asked)
+            if wrong:  # kept, they would fail every approval after them
+                return jsonify(error=f"not a setting of the right kind: {', '.join(wrong)}"), 422
             with lock:
                 control.clear()
                 control.update(DEFAULT_CONTROL)
