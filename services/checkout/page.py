@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, make_response, render_template
 
 from shared.errors import DropNotFound
+from shared.money import MINOR_DIGITS
 from shared.web import root
 
 bp = Blueprint("drop_page", __name__, template_folder="templates")
@@ -49,11 +50,12 @@ def drop_id_in_path(raw: str, why_not: str) -> str:
 
 def page_response(template: str, drop_id: str, services: dict[str, str]):
     """One of checkout's pages (the drop page, the control room): the template filled in with
-    the drop, where the services are and the server's time (the reader's clock may be off:
-    countdowns and "extend" count from the server's), behind a policy that lets only the page's
+    the drop, where the services are, the server's time (the reader's clock may be off:
+    countdowns and "extend" count from the server's) and the currencies' minor units, behind a policy that lets only the page's
     own script and style run and talk to those services alone."""
     nonce = secrets.token_urlsafe(16)
-    page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat()}
+    page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat(),
+            "minor_digits": MINOR_DIGITS}
     response = make_response(render_template(template, page=page, nonce=nonce))
     response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
     response.headers["Cache-Control"] = "no-store"

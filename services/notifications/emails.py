@@ -17,15 +17,8 @@ import jinja2
 from marshmallow import Schema, ValidationError
 
 from services.notifications import schemas
+from shared.money import minor_digits
 
-# The minor unit of every ISO 4217 currency (list one) whose exponent is not 2: amounts in events
-# are in these units. Every other currency in the list has 2, and so has a code it does not name.
-_MINOR_DIGITS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
-                     "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-    **dict.fromkeys(("CLF", "UYW"), 4),
-}
 # Names for the countries drops usually ship to; others take the name from Google's address data.
 _COUNTRY_NAMES = {
     "CA": "Canada", "US": "United States", "MX": "Mexico", "GB": "United Kingdom", "IE": "Ireland",
@@ -113,7 +106,7 @@ def message_id_for(event_id: str) -> str:
 
 def format_money(money: dict) -> str:
     """Minor units as an amount in the currency: {"amount": 34999, "currency": "EUR"} is "349.99 EUR"."""
-    digits = _MINOR_DIGITS.get(money["currency"], 2)
+    digits = minor_digits(money["currency"])
     return f"{Decimal(money['amount']).scaleb(-digits):,.{digits}f} {money['currency']}"
 
 

@@ -39,14 +39,14 @@ def buyer_page(browser: Browser, request, capsys):
 
 
 def schedule_drop(floodgate: Floodgate, admin_token: str, opens_in: float, quantity: int = 5,
-                  product_name: str = PRODUCT) -> dict:
+                  product_name: str = PRODUCT, price: dict | None = None) -> dict:
     """A drop of `quantity` units opening `opens_in` seconds from now for an hour, shipping to
-    Canada and the United States."""
+    Canada and the United States, at `price` (29900 CAD)."""
     http, auth = floodgate.http, {"Authorization": f"Bearer {admin_token}"}
     inventory = floodgate.stack.url("inventory")
     product = http.post(f"{inventory}/products", headers=auth, json={
         "sku": f"OPO-{uuid.uuid4().hex[:8]}", "name": product_name,
-        "description": "The flagship killer", "price": {"amount": 29900, "currency": "CAD"},
+        "description": "The flagship killer", "price": price or {"amount": 29900, "currency": "CAD"},
     })
     assert product.status_code == 201, product.text
     opens_at = datetime.now(timezone.utc) + timedelta(seconds=opens_in)
@@ -198,6 +198,20 @@ def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floo
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
     expect(page.locator("#order-item")).to_have_text(f"1 × {MARKUP_PRODUCT}")
     assert page.evaluate("window.injected") is None
+
+
+@pytest.mark.parametrize("price, shown", [({"amount": 1234500, "currency": "HUF"}, "12,345.00"),
+                                          ({"amount": 12345, "currency": "JPY"}, "12,345")])
+def test_an_order_total_is_shown_in_the_currency_s_iso_minor_units(floodgate, admin_token, buyer_page, price, shown):
+    """Chromium's Intl takes CLDR's cash digits, 0 for HUF: the page divided by them and showed
+    a 12,345.00 HUF order as 1,234,500 HUF."""
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, price=price)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    order_to_toronto(page)
+    expect(page.locator("#order-total")).to_have_text(re.compile(rf"(^|\D){re.escape(shown)}(\D|$)"))
+    expect(page.locator("#order-total")).to_contain_text(price["currency"])
 
 
 # Counts the page's reads of its order (GET /orders/{id}) as they are sent and answered.
