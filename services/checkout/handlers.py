@@ -81,13 +81,14 @@ def pass_required() -> errors.LinePassRequired:
                                    "(header Line-Pass).")
 
 
-def hold_units(cmd: PlaceOrder, inventory: InventoryClient, again: bool = False) -> Hold:
+def hold_units(cmd: PlaceOrder, inventory: InventoryClient, again: bool = False, batched: bool = True) -> Hold:
     """Hold the order's units at inventory: idempotent by the order id, which is the key's.
     `again` holds once more the units of an earlier attempt of this key whose hold was given back
-    (refused after its hold for a reason not kept as the key's answer: no pass yet, a pass used)."""
+    (refused after its hold for a reason not kept as the key's answer: no pass yet, a pass used).
+    `batched=False`: a call of its own, not behind the batch in flight (asked in a transaction)."""
     return inventory.reserve(
         str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity, renew=again,
-        buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"),
+        buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"), batched=batched,
     )
 
 

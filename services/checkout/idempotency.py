@@ -21,11 +21,14 @@ call: a slow inventory does not make checkout's orders queue for connections (an
    been left by a version that committed claims on their own: the retry takes it over.
 
 A hold refused after it (no pass yet, a pass used or expired, the address at its limit) is given
-back while the key's claim is still held: a concurrent request with the same key and body,
-waiting on the claim, then finds the units back and holds them again instead of ordering on a
-hold that is gone (it asks inventory once more when its own hold was an earlier request's: 200,
-not 201). A give-back inventory does not take (it is away) is logged, and the hold runs out on
-its own: the buyer still gets the refusal, not a 503.
+back while the key's claim is still held, by the request that made it (inventory answered it
+201): a concurrent request with the same key and body, waiting on the claim with that hold (a
+200), asks inventory once more once it has the key, finds the units back and holds them again
+instead of ordering on a hold that is gone. A request refused with a hold it did not make leaves
+it to its maker, which may be ordering on it (a retry's hold from an attempt that failed
+outright then runs out on its own, within a hold time). A give-back inventory does not take (it
+is away) is logged, and the hold runs out on its own: the buyer still gets the refusal, not a
+503; the second ask, when inventory does not answer, leaves the order on the hold in hand.
 
 The statements are the ones a single transaction around the call would send, in another order:
 no read before the hold, nothing more per order. A retry therefore reaches inventory: an
@@ -106,13 +109,16 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         log.warning("took over an unanswered idempotency key")
     if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
-        if hold is not None:
+        if hold is not None and hold.created:
             _give_back(inventory, cmd.order_id)
         raise handlers.pass_required()
     if hold is not None and not hold.created:
         # An earlier request's hold, which that request may have given back since (refused after
         # it): asked again now that this one has the key (the module's docstring).
-        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
+        try:
+            hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, batched=False))
+        except Problem:  # inventory away or busy: the hold in hand stands
+            pass
     if isinstance(refusal, errors.HoldReleased):
         # This key's earlier attempt was refused after its hold, which went back, and kept no
         # answer: this attempt holds the units again (a rare path, the only HTTP call made in
@@ -123,10 +129,10 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         try:
             order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))
         except Problem as failed:
-            if failed.status < 500 and failed.status != 429:  # a refused pass: not the key's answer
+            if failed.status < 500 and failed.status != 429 and hold.created:  # a refused pass: not the key's answer
                 _give_back(inventory, cmd.order_id)
             raise
-        if refusal is not None:
+        if refusal is not None and hold.created:
             _give_back(inventory, cmd.order_id)  # refused after its hold: it has no order and never will
     if refusal is None:
         answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")

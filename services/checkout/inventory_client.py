@@ -247,15 +247,17 @@ class InventoryClient:
         renew: bool = False,
         order_version: int | None = None,
         guarded: bool = True,
+        batched: bool = True,
     ) -> Hold:
         """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released
         one). `order_version`: the order's version once this hold serves it (1 for a new order).
-        `guarded=False`: past the circuit breaker and the batcher (see `_call`)."""
+        `guarded=False`: past the circuit breaker and the batcher (see `_call`); `batched=False`:
+        past the batcher only."""
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
                 "order_version": order_version}
         body = {k: v for k, v in body.items() if v is not None}
-        if self._holds is None or renew or not guarded:
+        if self._holds is None or renew or not guarded or not batched:
             return self._reserve_one(body, guarded)
         # The order's trace shows its wait; the call that carries its hold is in the trace of the
         # call's first order, linked from here.

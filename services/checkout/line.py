@@ -312,7 +312,8 @@ def place_view(position: int | None, line, now: datetime) -> dict:
     before an admin closed it was once told `closed`, and never heard of the pass)."""
     view = {"position": position, "ahead": None, "eta_seconds": None}
     if position is not None and position <= line.admitted_through:
-        return {**view, "state": ADMITTED, "poll_after_seconds": 10}
+        # a closed line admits nobody more and its passes only run out: no need to ask again
+        return {**view, "state": ADMITTED, "poll_after_seconds": None if line.state == CLOSED else 10}
     if line.state == CLOSED:
         return {**view, "state": CLOSED, "poll_after_seconds": None}
     if line.state == PRE_QUEUE:

@@ -335,7 +335,7 @@ class FakeInventory:
         self.meanwhile = None
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
-                order_version=None, guarded=True):
+                order_version=None, guarded=True, batched=True):
         self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
                               "order_version": order_version})
         if not guarded:

@@ -209,6 +209,36 @@ def test_a_used_line_pass_is_refused_and_the_unit_it_held_given_back_at_once(che
     assert kept(checkout, "key-2") is None and ticket.used_at is not None
 
 
+def test_a_request_refused_with_a_hold_another_request_made_leaves_it_to_that_one(checkout):
+    """Two requests with one key and body: the second got the first's hold (200). Refused for
+    want of a pass, it once gave that hold back, and the first, which had its pass and waited
+    on the key, then placed its order on a unit that was gone."""
+    line_pass, _ = checkout.admitted()
+    cmd = order_request(line_pass=line_pass)
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)  # the first's hold
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, order_request())  # same key and body, no pass: the same order id
+    assert checkout.inventory.released == []
+
+    assert send(checkout, cmd).status == 201
+    assert str(cmd.order_id) not in checkout.inventory.given_back
+
+
+def test_a_second_ask_for_an_earlier_requests_hold_that_inventory_does_not_answer_keeps_the_hold(checkout):
+    cmd = order_request()
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)  # an earlier attempt's
+    asks = []
+
+    def away_at_the_second_ask():
+        asks.append(True)
+        if len(asks) == 2:
+            raise errors.InventoryUnavailable("Inventory did not answer in time.")
+
+    checkout.inventory.meanwhile = away_at_the_second_ask
+
+    assert send(checkout, cmd).status == 201  # on the hold in hand, not a 503
+
+
 def test_an_order_without_a_pass_on_a_drop_with_a_line_holds_a_unit_once_per_process_at_most(checkout):
     checkout.admitted()
     for key in ("key-1", "key-2", "key-3"):

@@ -434,7 +434,9 @@ def test_a_buyer_admitted_just_before_an_admin_closes_the_line_is_still_told_adm
     uow.commit()
     tickets = sorted(uow.lines.tickets(DROP), key=lambda t: t.position)
     # the public place (what the edge answers from the line's figures) and the buyer's own poll
-    assert [line.place_view(t.position, made, utc_now())["state"] for t in tickets] == ["admitted", "closed", "closed"]
+    views = [line.place_view(t.position, made, utc_now()) for t in tickets]
+    assert [view["state"] for view in views] == ["admitted", "closed", "closed"]
+    assert [view["poll_after_seconds"] for view in views] == [None] * 3  # a closed line changes no more
     own = line.ticket_view(tickets[0], made, utc_now(), SECRET)
     assert own["state"] == "admitted" and line.verify_pass(SECRET, own["pass"], tickets[0].buyer_id, str(DROP)) == tickets[0].id
     tickets[0].pass_expires_at = utc_now() - timedelta(seconds=1)
