@@ -1,7 +1,8 @@
 """Handing emails to an SMTP server.
 
 `Mailer` is the port the handlers use; `SmtpMailer` is the adapter. Only a refusal of this
-message or of its recipient raises `MailRejected`, which parks the event as a dead letter at once:
+message or of its recipient (not one with an enhanced status 5.7.x, nor a 530 or 535: security
+or policy, about our sending, `_about_our_sending`) raises `MailRejected`, which parks the event as a dead letter at once:
 a 550, 551, 553 or 554 to RCPT TO (or a 501, the address's syntax), a 5xx to the message itself
 (after its final "."), an address no server could take. Anything else raises `MailNotSent`, which
 the consumer retries with back-off: what may pass later (4xx, no connection, a timeout) and what
@@ -177,8 +178,8 @@ class SmtpMailer:
             raise _NotHandedOver(f"{server}: {error!r}") from error
         try:
             code, reply = connection.docmd("data")
-        except OSError as error:  # smtplib's SMTPServerDisconnected included
-            raise MailNotSent(f"{server}: lost at DATA, before the message: {error!r}") from error
+        except OSError as error:  # smtplib's SMTPServerDisconnected included; nothing handed over yet
+            raise _NotHandedOver(f"{server}: lost at DATA, before the message: {error!r}") from error
         if code != 354:  # the server refused to take a message from us at all: not about this one
             raise _not_ours_to_park(server, "DATA", code, reply)
         try:
@@ -186,7 +187,8 @@ class SmtpMailer:
         except OSError as error:
             raise MailNotSent(f"{server}: lost during DATA, the server may have the message: {error!r}") from error
         if code != 250:
-            raise _refusal(code, reply)
+            raise _refusal(code, reply) if not _about_our_sending(code, reply) else _not_ours_to_park(
+                server, "the message", code, reply)
 
     def _final_reply(self, connection: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
         """Send the message, dot-stuffed and ended by ".", as smtplib's `data` does, and wait for
@@ -291,16 +293,24 @@ def _recipient_accepted(answer: tuple[int, bytes], server: str, to: str) -> None
     code, reply = answer
     if code in (250, 251):
         return
-    if code in _RECIPIENT_REFUSED:
+    if code in _RECIPIENT_REFUSED and not _about_our_sending(code, reply):
         raise _refusal(code, reply, f"the recipient {to}")
     raise _not_ours_to_park(server, "RCPT TO", code, reply)
 
 
+def _about_our_sending(code: int, reply: bytes | str) -> bool:
+    """Whether a 5xx says our sending is refused, not this email: 530 or 535 (authentication), or
+    an enhanced status 5.7.x (security or policy: a relay not allowed, an unverified sender, SPF,
+    DKIM or DMARC), which servers give at RCPT TO (Postfix's relay check) or after the message
+    (Amazon SES): every email of a drop would be refused alike, so none is parked for it."""
+    return code in (530, 535) or bool(_SECURITY_OR_POLICY.match(_text(reply)))
+
+
 def _not_ours_to_park(server: str, command: str, code: int, reply: bytes | str) -> MailNotSent:
     """A reply that is not about this message: retried. A 421 is a server closing the connection
-    (an idle one, after its timeout), as good as a lost one: before DATA it goes again at once."""
+    (an idle one, after its timeout), as good as a lost one: before the message it goes again at once."""
     text = _text(reply)
-    if code == 421 and command != "DATA":
+    if code == 421 and command != "the message":
         return _NotHandedOver(f"{server} closed the session at {command}: {code} {text}")
     if code < 500:
         return MailNotSent(f"{server} deferred {command}: {code} {text}")
@@ -323,3 +333,4 @@ def _text(reply: bytes | str) -> str:
 # the address is the only argument we send).
 _RECIPIENT_REFUSED = frozenset({501, 550, 551, 553, 554})
 _DOT_STUFFED = re.compile(rb"(?m)^\.")  # a line of the message that starts with "." gets another
+_SECURITY_OR_POLICY = re.compile(r"\s*5\.7\.\d")  # an enhanced status code's class and subject

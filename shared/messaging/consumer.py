@@ -66,10 +66,13 @@ class PermanentFailure(Exception):
 
 class DependencyDown(Exception):
     """Raised by a handler when something every message needs is away (notifications' SMTP
-    server): the message is not at fault. It goes back to the work queue, its attempts uncounted,
-    and the runner consumes nothing for a pause (`Pause`), then tries the next message. Messages
-    so wait in the work queue, not in the retry tiers (an hour apart at their longest), and flow
-    again within a pause of the dependency's return; an outage never parks one."""
+    server): the message is not at fault. It goes back to the end of the work queue as a new
+    copy, its attempts uncounted, and the runner consumes nothing for a pause (`Pause`), then
+    tries the next message. Messages so wait in the work queue, not in the retry tiers (an hour
+    apart at their longest), and flow again within a pause of the dependency's return; an outage
+    never parks one. (Deliveries pika received but had not handed over when the subscription is
+    cancelled go back to the broker, which counts that towards the work queue's delivery limit;
+    they are few, and their next handling republishes a fresh copy, counted from zero.)"""
 
 
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
@@ -234,7 +237,8 @@ class ConsumerRunner:
             # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
             # blocking channel then drops it silently. We reconnect (declaring the topology again).
             channel.add_on_cancel_callback(cancelled.append)
-            tag = channel.basic_consume(self.queue, on_message)
+            # not while paused (a reconnect in a pause): pika would give back what came meanwhile
+            tag = None if self.pause.active() else channel.basic_consume(self.queue, on_message)
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads,
                                          "defer_while_busy_seconds": self.deferral.seconds})

@@ -9,7 +9,7 @@ from shared.messaging import topology
 from shared.messaging.consumer import current_attempt
 from services.notifications.config import Settings
 from services.notifications.emails import IncompleteEvent
-from services.notifications.mailer import MailNotSent, MailRejected
+from services.notifications.mailer import MailNotSent, MailRejected, SmtpUnavailable
 from tests.unit.notifications.fakes import FakeDeliveryLog, FakeMailer, FakeUnitOfWork, confirmed, event, order
 
 
@@ -141,6 +141,14 @@ def test_failed_attempts_are_logged_for_admins_and_the_send_after_them_once():
     row = deliveries.for_event("ev-1")
     assert (row.status, row.attempts, row.retries) == ("sent", 3, 2)
     assert len(mailer.sent) == 1
+
+
+def test_an_smtp_server_out_of_reach_is_no_attempt_of_the_email_and_logs_nothing():
+    deliveries = FakeDeliveryLog()
+    with pytest.raises(SmtpUnavailable):
+        run_handler(confirmed(event_id="ev-1"), FakeMailer(SmtpUnavailable("connection refused")), deliveries, 1)
+    row = deliveries.for_event("ev-1")
+    assert row is None or row.status not in ("retrying", "dead")  # the runner pauses; nothing failed
 
 
 def test_a_rejected_email_is_logged_dead_and_parked():

@@ -5,9 +5,9 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from shared.messaging.consumer import PermanentFailure
+from shared.messaging.consumer import DependencyDown, PermanentFailure
 from services.notifications import emails
-from services.notifications.mailer import MailNotSent, MailRejected, SmtpMailer
+from services.notifications.mailer import MailNotSent, MailRejected, SmtpMailer, SmtpUnavailable
 from tests.unit.notifications.fakes import order
 
 
@@ -206,11 +206,10 @@ def test_keeps_one_connection_and_reopens_it_when_the_server_hung_up(smtp, email
     [
         ("message", (550, b"5.1.1 Mailbox unavailable")),
         ("message", (552, b"5.3.4 Message size exceeds fixed limit")),
-        ("message", (554, b"5.7.1 Message rejected as spam")),
         ("rcpt", (550, b"5.1.1 no such user")),
         ("rcpt", (551, b"5.1.6 User not local")),
         ("rcpt", (553, b"5.1.3 Mailbox name not allowed")),
-        ("rcpt", (554, b"5.7.1 Recipient address rejected: Access denied")),
+        ("rcpt", (554, b"5.1.10 Recipient address has null MX")),
         ("rcpt", (501, b"5.1.3 Bad recipient address syntax")),
     ],
 )
@@ -219,6 +218,25 @@ def test_a_refusal_of_the_recipient_or_of_the_message_is_a_permanent_failure(smt
     with pytest.raises(MailRejected) as raised:
         mailer().send(email)
     assert isinstance(raised.value, PermanentFailure)
+
+
+@pytest.mark.parametrize(
+    "command, reply",
+    [
+        ("rcpt", (554, b"5.7.1 Relay access denied")),
+        ("rcpt", (550, b"5.7.1 Recipient address rejected: Access denied")),
+        ("message", (550, b"5.7.26 Unauthenticated email from floodgate.test is not accepted due to DMARC policy")),
+        ("message", (554, b"5.7.1 Message rejected as spam")),
+        ("message", (535, b"Authentication credentials invalid")),
+    ],
+)
+def test_a_security_or_policy_refusal_is_of_our_sending_and_retried_not_parked(smtp, email, command, reply):
+    """An enhanced status 5.7.x (or 530/535), at RCPT TO or after the message: our relay, sender
+    or signing refused, which every email of a drop from this one template and sender would meet."""
+    smtp.replies = {command: reply}
+    with pytest.raises(MailNotSent) as raised:
+        mailer().send(email)
+    assert not isinstance(raised.value, PermanentFailure)
 
 
 @pytest.mark.parametrize(
@@ -291,10 +309,11 @@ def test_a_reply_lost_after_the_message_is_not_followed_by_a_second_copy_at_once
     assert len(smtp.opened) == 1 and len(smtp.opened[0].messages) == 2
 
 
-def test_an_unreachable_server_is_retried(smtp, email):
+def test_an_unreachable_server_is_a_dependency_down_so_the_consumer_pauses(smtp, email):
     smtp.refuse = ConnectionRefusedError(111, "Connection refused")
-    with pytest.raises(MailNotSent):
+    with pytest.raises(SmtpUnavailable) as raised:
         mailer().send(email)
+    assert isinstance(raised.value, MailNotSent) and isinstance(raised.value, DependencyDown)
 
 
 def test_after_a_failure_the_next_send_opens_a_fresh_connection(smtp, email):

@@ -207,3 +207,21 @@ def test_while_a_dependency_is_down_messages_wait_in_the_queue_uncounted_and_flo
 
     assert sorted(handled) == sorted((envelope.id, 1) for envelope in envelopes)  # no attempt spent
     assert list(broker.queues[RETRY]) == [] and list(broker.queues[DEAD]) == [] and list(broker.queues[WORK]) == []
+
+
+def test_while_paused_the_runner_tries_no_message_and_holds_none(broker):
+    """A pause is a pause: not a loop trying (and republishing) every message as fast as it can."""
+    tries = []
+
+    def handler(envelope, uow):
+        tries.append(envelope.id)
+        raise DependencyDown("SMTP: connection refused")
+
+    for _ in range(5):
+        refund_requested(broker)
+    runner = runner_of(handler)
+    runner.pause = Pause(first=60, longest=60)
+    with running(runner):
+        eventually(lambda: len(tries) == 1 and not broker.consuming(), "one try, then the subscription cancelled")
+        eventually(lambda: len(broker.queues[WORK]) == 5, "every message back in the work queue")
+        assert len(tries) == 1 and not broker.consuming()
