@@ -385,10 +385,17 @@ def _give_back_renewal(order_id: str, inventory: InventoryClient) -> None:
     are the order's next version), or its address reached its limit meanwhile. The units are
     given back now rather than when that hold runs out. Such an order is never confirmed
     again, and inventory never releases a sold unit."""
+    give_back_hold(inventory, order_id, guarded=False)
+
+
+def give_back_hold(inventory: InventoryClient, order_id: str, guarded: bool = True) -> None:
+    """Give the order id's hold back at once, for an order that will not use it. When inventory
+    does not take it back (it is away), that is logged and the hold runs out on its own: what the
+    buyer or the provider is answered stands."""
     try:
-        inventory.release(order_id, guarded=False)
+        inventory.release(order_id, guarded=guarded)
     except Problem as refusal:
-        log.warning("could not give back an unused renewal's hold; it runs out on its own",
+        log.warning("could not give back a hold no order will use; it runs out on its own",
                     extra={"reason": refusal.slug, "order_id": order_id})
 
 

@@ -104,13 +104,13 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
             # a retry, or a concurrent request with this key answered first
             uow.rollback()  # no transaction open across the release's HTTP call
             if hold is not None and not _placed(held, cmd.order_id):
-                _give_back(inventory, cmd.order_id)  # no order has this id, nor ever will
+                handlers.give_back_hold(inventory, str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
     if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
         if hold is not None and hold.created:
-            _give_back(inventory, cmd.order_id)
+            handlers.give_back_hold(inventory, str(cmd.order_id))
         raise handlers.pass_required()
     if hold is not None and not hold.created:
         # An earlier request's hold, which that request may have given back since (refused after
@@ -129,11 +129,11 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         try:
             order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))
         except Problem as failed:
-            if failed.status < 500 and failed.status != 429 and hold.created:  # a refused pass: not the key's answer
-                _give_back(inventory, cmd.order_id)
+            if not getattr(failed, "remembered", True) and hold.created:  # a refused pass: not the key's answer
+                handlers.give_back_hold(inventory, str(cmd.order_id))
             raise
         if refusal is not None and hold.created:
-            _give_back(inventory, cmd.order_id)  # refused after its hold: it has no order and never will
+            handlers.give_back_hold(inventory, str(cmd.order_id))  # refused after its hold: no order, ever
     if refusal is None:
         answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
     else:
@@ -141,16 +141,6 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
     uow.commit()
     return answer
-
-
-def _give_back(inventory: InventoryClient, order_id: uuid.UUID) -> None:
-    """Give the order id's hold back at once; when inventory does not take it, the hold runs out
-    on its own, and whatever the buyer is answered stands."""
-    try:
-        inventory.release(str(order_id))
-    except Problem as refusal:
-        log.warning("could not give back a hold that has no order; it runs out on its own",
-                    extra={"reason": refusal.slug})
 
 
 def _definitive(step: Callable[[], T]) -> tuple[T | None, Problem | None]:

@@ -30,7 +30,8 @@ def drop_page(drop_id: str):
     drop_id = drop_id_in_path(drop_id, "A drop's page is at /drops/<its id>/page; that is not a drop id.")
     settings = root().settings
     return page_response("drop_page.html", drop_id,
-                         service_urls(settings, line=settings.line_status_public_url))  # the waiting room's status edge
+                         service_urls(settings, line=settings.line_status_public_url),  # the waiting room's status edge
+                         minor_digits=MINOR_DIGITS)  # its prices, in ISO 4217's minor units
 
 
 def service_urls(settings, **more: str) -> dict[str, str]:
@@ -48,14 +49,14 @@ def drop_id_in_path(raw: str, why_not: str) -> str:
         raise DropNotFound(why_not) from None
 
 
-def page_response(template: str, drop_id: str, services: dict[str, str]):
+def page_response(template: str, drop_id: str, services: dict[str, str], **page_data):
     """One of checkout's pages (the drop page, the control room): the template filled in with
     the drop, where the services are, the server's time (the reader's clock may be off:
-    countdowns and "extend" count from the server's) and the currencies' minor units, behind a policy that lets only the page's
+    countdowns and "extend" count from the server's) and the page's own `page_data`, behind a policy that lets only the page's
     own script and style run and talk to those services alone."""
     nonce = secrets.token_urlsafe(16)
     page = {"drop_id": drop_id, "services": services, "server_time": datetime.now(timezone.utc).isoformat(),
-            "minor_digits": MINOR_DIGITS}
+            **page_data}
     response = make_response(render_template(template, page=page, nonce=nonce))
     response.headers["Content-Security-Policy"] = content_security_policy(nonce, services.values())
     response.headers["Cache-Control"] = "no-store"
