@@ -116,11 +116,8 @@ def open_session(
             uow.login_throttles.give_back(reservation)
         uow.commit()
         raise
-    account = _with_password_unchanged(uow, account_id, version) if matched else None
-    if account is None:  # a wrong password, or the account deleted or reset meanwhile: counted already
+    if not matched:  # counted already
         raise InvalidCredentials(WRONG_CREDENTIALS)
-    if rehashed:
-        account.password_hash = rehashed  # of the same password as any concurrent sign-in's
     owners_key = throttle.owners_key(cmd["email"], cmd.get("client"))
     for reservation in reservations:
         if reservation.key == owners_key:
@@ -131,8 +128,10 @@ def open_session(
             uow.login_throttles.give_back(reservation)
     uow.commit()  # not a failure, even if no token can be issued now
     account = _with_password_unchanged(uow, account_id, version)  # held until the session is in
-    if account is None:
+    if account is None:  # the account deleted or reset meanwhile
         raise InvalidCredentials(WRONG_CREDENTIALS)
+    if rehashed:
+        account.password_hash = rehashed  # of the same password as any concurrent sign-in's
     return _start_session(account, uow, issuer, refresh_ttl, now)
 
 
