@@ -97,10 +97,12 @@ def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...],
     return Outcome("retry", delay_ms=retry_delays_ms[tier], error=error)
 
 
-def retry_or_park(attempt: int, settings: Settings, error: str) -> Outcome:
-    """`next_step` after failed attempt `attempt` with the service's retry tiers and attempt limit."""
+def retry_or_park(attempt: int, settings: Settings, error: str, each_tier_once: bool = False) -> Outcome:
+    """`next_step` after failed attempt `attempt` with the service's retry tiers and attempt limit
+    (with `each_tier_once`, no more attempts than one in each tier)."""
     delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
-    return next_step(attempt, settings.max_attempts, delays, error[:500])
+    limit = min(settings.max_attempts, len(delays) + 1) if each_tier_once else settings.max_attempts
+    return next_step(attempt, limit, delays, error[:500])
 
 
 def handle_delivery(
@@ -124,8 +126,7 @@ def handle_delivery(
         # it; a type nobody will handle is parked within the tiers' time, where the alert sees it.
         log.warning("no handler for this event type yet", extra={"message_id": envelope.id,
                                                                   "event_type": envelope.type, "attempt": attempt})
-        delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
-        return next_step(attempt, min(settings.max_attempts, len(delays) + 1), delays, f"no handler for {envelope.type}")
+        return retry_or_park(attempt, settings, f"no handler for {envelope.type}", each_tier_once=True)
     try:
         with uow_factory() as uow:
             if not inbox or claim_message(uow.session, envelope.id, envelope.type):
@@ -318,13 +319,13 @@ class ConsumerRunner:
         service = self.settings.service_name
         with logs.log_context(request_id=request_id, order_id=order_id):
             if outcome.action != "ack":
-                target = {"retry": lambda: topology.retry_queue(service, outcome.delay_ms),
-                          "wait": lambda: self.queue,
-                          "dead": lambda: topology.dead_letter_queue(service)}[outcome.action]()
                 headers = _without_broker_deaths(properties.headers)
                 if outcome.action == "wait":  # back at the end of the queue, this attempt not counted
+                    target = self.queue
                     headers["x-attempt"] = attempt - 1
                 else:
+                    target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
+                              else topology.dead_letter_queue(service))
                     headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
                 copy = pika.BasicProperties(
                     message_id=properties.message_id,
