@@ -1,9 +1,9 @@
 import json
 import threading
-import time
 
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import GATE_WAIT, OrderAdmission, OrderGate, line_pass_patience
+from devtools.client import poll
 from tests.unit.checkout.fakes import PASS_SECRET as SECRET, pass_for
 
 
@@ -120,10 +120,7 @@ def _waited(outcome: str, figure: str = "_count") -> float:
 
 def waits_at(gate: OrderGate, ticket_id) -> None:
     """Returns once the order with the pass of `ticket_id` waits at `gate` for a slot."""
-    deadline = time.monotonic() + 10
-    while str(ticket_id) not in gate._waiting and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert str(ticket_id) in gate._waiting, "the order never waited for a slot"
+    poll(lambda: str(ticket_id) in gate._waiting, timeout=10, interval=0.01, what="the order to wait for a slot")
 
 
 def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import queue as queues
 import threading
-import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 
 import pika
 
+from devtools.client import poll
 from shared.messaging import topology
 
 # How long a call the fake never answers waits before it fails the test instead of hanging it.
@@ -291,11 +291,8 @@ class NoTransaction:
 
 
 def eventually(condition, what: str) -> None:
-    """Poll `condition` until it holds, failing after GIVE_UP_SECONDS."""
-    deadline = time.monotonic() + GIVE_UP_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        time.sleep(0.01)
+    """Poll `condition` until it holds, failing after GIVE_UP_SECONDS (devtools.client.poll)."""
+    poll(condition, timeout=GIVE_UP_SECONDS, interval=0.01, what=what)
 
 
 def counted_pauses(monkeypatch) -> list[int]:
