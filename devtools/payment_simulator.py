@@ -11,7 +11,12 @@ hour), as PayPal keeps retrying for days: a payment is never dropped because che
 Tests and rehearsals steer it with `POST /control`:
 `{"outcome": "approve"|"decline", "delay_seconds": 0, "duplicates": 0, "reorder": false,
 "refunds": "ok"|"fail"}` — decline payments, deliver webhooks late (in the background), send each
-one more than once, send them in reverse order, or answer refunds with 503. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture.
+one more than once, send them in reverse order, or answer refunds with 503. Refunds: `POST /v1/refunds` (signed like webhooks), idempotent per capture;
+as PayPal does, each refund made is told to checkout afterwards too (`PAYMENT.CAPTURE.REFUNDED`,
+in the background). Money given back on the provider's side, as a merchant's refund in its
+dashboard or a chargeback the buyer won: `POST /v1/payments/<order_id>/refund` or `/reverse`
+(unsigned: the dashboard's buttons), told to checkout as `PAYMENT.CAPTURE.REFUNDED` or
+`PAYMENT.CAPTURE.REVERSED` before it answers.
 
 It is served by gunicorn (one worker, since the payments live in its memory; threads, and
 keep-alive as long as the APIs') and posts its webhooks over urllib3's pool of kept-open
@@ -148,18 +153,30 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
                 statuses.append(deliver(event))
         return statuses
 
-    def event(event_type: str, payment: dict) -> dict:
+    def event(event_type: str, payment: dict, given_back: dict | None = None) -> dict:
+        """A webhook about `payment`'s capture, or about `given_back` (a refund or a reversal of
+        it), whose resource is itself and names the capture it gives back."""
+        resource = {"id": payment["capture_id"], "order_id": payment["order_id"], "amount": payment["amount"],
+                    "currency": payment["currency"]}
+        if given_back is not None:
+            resource.update(id=given_back["refund_id"], capture_id=payment["capture_id"], amount=given_back["amount"])
         return {
             "id": f"WH-{uuid.uuid4()}",
             "event_type": event_type,
             "create_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "resource": {
-                "id": payment["capture_id"],
-                "order_id": payment["order_id"],
-                "amount": payment["amount"],
-                "currency": payment["currency"],
-            },
+            "resource": resource,
         }
+
+    def give_back(payment: dict, how: str, amount: int) -> tuple[dict, dict]:
+        """Give `payment`'s capture back (`how`: REFUNDED or REVERSED; under the lock): the refund
+        and the webhook that tells checkout."""
+        done = {"refund_id": f"{how[:3]}-{uuid.uuid4().hex[:16].upper()}", "capture_id": payment["capture_id"],
+                "amount": amount, "currency": payment["currency"], "status": "COMPLETED"}
+        refunds[payment["capture_id"]] = done
+        payment["status"] = how
+        log.info(f"payment {how.lower()}", extra={"order_id": payment["order_id"], "capture_id": payment["capture_id"],
+                                                  "refund_id": done["refund_id"]})
+        return done, event(f"PAYMENT.CAPTURE.{how}", payment, done)
 
     @app.get("/pay/<order_id>")
     def approval_page(order_id: str):
@@ -228,19 +245,33 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
             return jsonify(error="capture_id and amount required"), 422
         with lock:
             payment = next((p for p in payments.values() if p["capture_id"] == capture_id), None)
-            if payment is None or payment["status"] not in ("COMPLETED", "REFUNDED"):
+            if payment is None or payment["status"] not in ("COMPLETED", "REFUNDED", "REVERSED"):
                 return jsonify(error="no such captured payment"), 404
             if amount != payment["amount"]:
                 return jsonify(error="only full refunds are simulated"), 422
-            done = refunds.get(capture_id)
+            done, news = refunds.get(capture_id), None
             if done is None:
-                done = {"refund_id": f"REF-{uuid.uuid4().hex[:16].upper()}", "capture_id": capture_id,
-                        "amount": amount, "currency": payment["currency"], "status": "COMPLETED"}
-                refunds[capture_id] = done
-                payment["status"] = "REFUNDED"
-                log.info("payment refunded", extra={"order_id": payment["order_id"], "capture_id": capture_id,
-                                                    "refund_id": done["refund_id"]})
+                done, news = give_back(payment, "REFUNDED", amount)
+            settings = dict(control)
+        if news is not None:  # told after this answer, as PayPal does
+            threading.Thread(target=deliver_all, args=([news], settings), name="refund-news", daemon=True).start()
         return jsonify(done), 201
+
+    @app.post("/v1/payments/<order_id>/<action>")
+    def give_back_at_provider(order_id: str, action: str):
+        """The merchant's refund in the provider's dashboard (`refund`), or a chargeback the buyer
+        won (`reverse`): the whole capture goes back, and checkout is told before this answers."""
+        how = {"refund": "REFUNDED", "reverse": "REVERSED"}.get(action)
+        if how is None:
+            return jsonify(error="refund or reverse"), 404
+        with lock:
+            payment = payments.get(order_id)
+            if payment is None or payment["status"] != "COMPLETED":
+                return jsonify(error="no captured payment to give back"), 409
+            done, news = give_back(payment, how, payment["amount"])
+            settings = dict(control)
+        statuses = deliver_all([news], settings)
+        return jsonify({**done, "webhook_statuses": statuses}), 201
 
     @app.get("/v1/payments/<order_id>")
     def show_payment(order_id: str):

@@ -9,7 +9,7 @@ from services.checkout import figures, handlers, idempotency, line as waiting_ro
 from services.checkout.errors import (DropNotFound, InvalidSignature, LineBeingPlaced, LineNotFound, OrderNotFound,
                                      TicketNotFound)
 from services.checkout.models import Order
-from services.checkout.payments import SIGNATURE_HEADER, signature_is_valid
+from services.checkout.payments import CAPTURE_UNDONE, SIGNATURE_HEADER, signature_is_valid
 from services.checkout.schemas import (
     AdmissionOrderQuerySchema,
     AdmissionOrderSchema,
@@ -196,9 +196,11 @@ def payment_webhook():
         event_id=event["id"],
         event_type=event["event_type"],
         order_id=resource["order_id"],
-        capture_id=resource["id"],
+        # a refund or a reversal names the capture it gives back (the schema requires it)
+        capture_id=resource["capture_id"] if event["event_type"] in CAPTURE_UNDONE else resource["id"],
         amount=resource["amount"],
         currency=resource["currency"],
+        undone_by=resource["id"] if event["event_type"] in CAPTURE_UNDONE else None,
     )
     outcome = handlers.take_payment(notice, unit_of_work, root().inventory, settings)
     return jsonify(WEBHOOK_ANSWER.dump({"result": outcome.result}))

@@ -13,7 +13,7 @@ from datetime import datetime
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import PaymentProvider, RefundRefused
+from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
@@ -119,6 +119,7 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, p
         hold_expires_at=hold.hold_expires_at,
         approval_url=provider.approval_url(str(order_id), hold.unit_amount * hold.quantity, hold.currency),
         created_at=placed_at,
+        captures_undone=[],
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
@@ -210,9 +211,10 @@ class PaymentNotice:
     event_id: str
     event_type: str
     order_id: str
-    capture_id: str
+    capture_id: str  # for a refund or a reversal: the capture it gives back
     amount: int
     currency: str
+    undone_by: str | None = None  # a refund's or a reversal's own id at the provider
 
 
 CAPTURE_COMPLETED = "PAYMENT.CAPTURE.COMPLETED"
@@ -297,7 +299,7 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
     bind_order_id(notice.order_id)
     if not uow.payment_events.record(notice.event_id, uuid_or_none(notice.order_id), notice.event_type):
         return PaymentOutcome("duplicate")
-    if notice.event_type not in (CAPTURE_COMPLETED, CAPTURE_DENIED):
+    if notice.event_type not in (CAPTURE_COMPLETED, CAPTURE_DENIED) and notice.event_type not in CAPTURE_UNDONE:
         # Half of a drop's webhooks (the provider's "approved" before each capture) change
         # nothing: no lock on the order and no load of it and its history, which the capture
         # right behind would wait for.
@@ -307,14 +309,26 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
     order = find_order(uow, notice.order_id, lock=True)
     if order is None and notice.event_type == CAPTURE_COMPLETED:
         return _paid_for_no_order(notice, uow)
+    if order is None and notice.event_type in CAPTURE_UNDONE:
+        # money given back for an order this checkout does not have: an admin's refund of a
+        # payment for no order (`_paid_for_no_order`), say. Nothing here is undone.
+        log.warning("the provider gave back a payment for an order this checkout does not have",
+                    extra={"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency})
+        return PaymentOutcome("unknown-order-noted")
     if order is None:
         raise _unknown_order()
+    if notice.event_type in CAPTURE_UNDONE:
+        return _capture_undone(order, notice, uow, settings)
     if notice.event_type == CAPTURE_DENIED:
         if order.status != orders.AWAITING_PAYMENT:
             return PaymentOutcome(f"ignored-{order.status}")
         orders.move(order, orders.PAYMENT_FAILED, "payment declined by the provider")
         _end_order(order, uow, settings, "order.payment_failed")
         return PaymentOutcome(orders.PAYMENT_FAILED)
+    if notice.capture_id in order.captures_undone:
+        log.warning("a capture the provider has already given back completed: nothing is confirmed or refunded",
+                    extra={"capture_id": notice.capture_id})
+        return PaymentOutcome("capture-already-undone")
     if order.payment_capture_id is not None:
         if order.payment_capture_id == notice.capture_id:
             return PaymentOutcome("already-captured")
@@ -338,6 +352,38 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
     # cancelled or shipped: the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
     return PaymentOutcome("refunded", str(order.id), renewal_unused=renewal is not None and renewal.hold is not None)
+
+
+def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> PaymentOutcome:
+    """The provider gave back (`CAPTURE_UNDONE`) a capture of `order`'s. Of the order's own
+    payment, and whole: a confirmed order is cancelled, its units back on sale and the buyer told,
+    with no refund asked for (the money is back already); a shipped one cannot be, and is logged as
+    an ERROR for people to settle; an order that had ended is only noted (the news of checkout's
+    own refund). A part given back leaves the order as it is. Of a capture the order did not take
+    as its payment: one whose completion has not arrived yet is remembered, so that completion
+    never confirms the order; others (a second capture, one of the wrong amount, refunded by
+    checkout itself) change nothing."""
+    how = CAPTURE_UNDONE[notice.event_type]
+    money = {"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency,
+             "due": order.total_amount}
+    whole = (notice.amount, notice.currency) == (order.total_amount, order.currency)
+    if notice.capture_id != order.payment_capture_id:
+        if whole and notice.capture_id not in order.captures_undone:
+            order.captures_undone = [*order.captures_undone, notice.capture_id]
+        return PaymentOutcome(f"{how}-noted", str(order.id))
+    if not whole:
+        log.warning(f"part of the order's payment was {how} at the provider; the order stands", extra=money)
+        return PaymentOutcome(f"part-{how}-noted", str(order.id))
+    if order.refunded_at is None:
+        order.refund_id, order.refunded_at = notice.undone_by, utc_now()
+    if order.status == orders.CONFIRMED:
+        _cancel(order, uow, settings, f"payment {how} at the provider",
+                told=f"your payment was {how} at the payment provider", refund_reason=None)
+        return PaymentOutcome(orders.CANCELLED, str(order.id))
+    if order.status == orders.SHIPPED:
+        log.error(f"a shipped order's payment was {how} at the provider: settle it with the buyer", extra=money)
+        return PaymentOutcome(f"shipped-{how}", str(order.id))
+    return PaymentOutcome(f"{how}-noted", str(order.id))
 
 
 def _unknown_order() -> errors.OrderNotFound:
@@ -481,9 +527,10 @@ def cancel_order(order: Order, uow, settings, by_admin: bool) -> bool:
     return True
 
 
-def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: str) -> None:
+def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: str | None) -> None:
     """Cancel `order` (its history says `step`, the buyer is told `told`): its stock goes back,
-    and a paid order's payment is refunded for `refund_reason`."""
+    and a paid order's payment is refunded for `refund_reason` (None: the provider has given it
+    back already)."""
     paid = order.status == orders.CONFIRMED
     holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
@@ -491,7 +538,7 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
     _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
                reason=told, refund=refund)
-    if paid:
+    if paid and refund_reason is not None:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)
 
 

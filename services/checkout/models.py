@@ -40,6 +40,9 @@ class Order(Base):
     payment_capture_id: Mapped[str | None] = mapped_column(sa.String(128))
     address_key: Mapped[str | None] = mapped_column(sa.String(64))
     refund_id: Mapped[str | None] = mapped_column(sa.String(128))
+    # captures of this order the provider refunded or reversed on its side before the order took
+    # them as its payment (webhooks arrive in any order): their completion never confirms it
+    captures_undone: Mapped[list[str]] = mapped_column(pg.ARRAY(sa.String(128)), server_default="{}")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     confirmed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -18,6 +18,10 @@ from urllib.parse import urlencode
 import requests
 
 SIGNATURE_HEADER = "Provider-Signature"
+# The provider gave a capture's money back on its own side, as it says afterwards of every
+# refund: one checkout asked for, one made in the provider's dashboard, or a reversal (a dispute
+# or chargeback the buyer won). The value is how the order's history says it.
+CAPTURE_UNDONE = {"PAYMENT.CAPTURE.REFUNDED": "refunded", "PAYMENT.CAPTURE.REVERSED": "reversed"}
 # unix seconds, as the provider writes them: `int()` alone also takes signs, underscores, other
 # scripts' digits and thousands of digits (whose distance from now overflows a float: a 500)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")

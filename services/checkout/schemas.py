@@ -1,8 +1,9 @@
 """What checkout's endpoints accept and return."""
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from services.checkout import orders
 from services.checkout.line import ALGORITHM
+from services.checkout.payments import CAPTURE_UNDONE
 from shared.fields import ADDRESS_COUNTRY_CODE, SCHEDULE_RANGE, StrictBoolean
 
 
@@ -108,10 +109,13 @@ class WebhookResourceSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    # a capture's id; a refund's or a reversal's for PAYMENT.CAPTURE.REFUNDED and .REVERSED,
+    # which name the capture they give back in `capture_id`
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     amount = fields.Integer(required=True, strict=True)
     currency = fields.String(required=True, validate=validate.Length(equal=3))
+    capture_id = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
 
 
 class WebhookSchema(Schema):
@@ -121,6 +125,11 @@ class WebhookSchema(Schema):
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     event_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
     resource = fields.Nested(WebhookResourceSchema, required=True)
+
+    @validates_schema
+    def _names_what_it_gives_back(self, data, **kwargs):
+        if data.get("event_type") in CAPTURE_UNDONE and data.get("resource", {}).get("capture_id") is None:
+            raise ValidationError({"resource": {"capture_id": ["A refund or a reversal names the capture it gives back."]}})
 
 
 class WebhookAnswerSchema(Schema):

@@ -140,6 +140,9 @@ def test_forged_stale_and_malformed_webhooks_are_refused(floodgate, stack, buyer
     assert_problem(send(tampered, sign(DEV_WEBHOOK_SECRET, payload, now)), 401, "invalid-signature")
     garbage = b'{"id": 5}'
     assert_problem(send(garbage, sign(DEV_WEBHOOK_SECRET, garbage, now)), 422)
+    # a refund or a reversal that does not say which capture it gives back
+    given_back = json.dumps({**event, "event_type": "PAYMENT.CAPTURE.REVERSED"}).encode()
+    assert_problem(send(given_back, sign(DEV_WEBHOOK_SECRET, given_back, now)), 422)
     assert floodgate.get_order(token, order["id"]).json()["status"] == "awaiting_payment"
 
 

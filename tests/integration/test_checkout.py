@@ -327,14 +327,20 @@ def _signed_capture(floodgate, stack, order: dict):
                  SIGNATURE_HEADER: sign(DEV_WEBHOOK_SECRET, payload.encode(), int(time.time()))})
 
 
-def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(floodgate, stack, admin_token):
+def _one_unit_paid_for(floodgate, admin_token) -> tuple[dict, dict, tuple[str, str], tuple[str, str]]:
+    """A drop of one unit, the order a first buyer paid for it, that buyer and a second one
+    (email and token each), whom the drop turns away."""
     drop = floodgate.create_drop(admin_token, quantity=1)
-    first_email, first = floodgate.register()
-    second_email, second = floodgate.register()
-    mine = floodgate.place_order(first, drop["id"]).json()
-    floodgate.pay(mine)
-    floodgate.wait_for_status(first, mine["id"], "confirmed")
-    assert floodgate.place_order(second, drop["id"]).status_code == 409
+    first, second = floodgate.register(), floodgate.register()
+    order = floodgate.place_order(first[1], drop["id"]).json()
+    floodgate.pay(order)
+    floodgate.wait_for_status(first[1], order["id"], "confirmed")
+    assert floodgate.place_order(second[1], drop["id"]).status_code == 409
+    return drop, order, first, second
+
+
+def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(floodgate, stack, admin_token):
+    drop, mine, (first_email, first), (second_email, second) = _one_unit_paid_for(floodgate, admin_token)
 
     cancel = floodgate.http.post(stack.url("checkout") + f"/orders/{mine['id']}/cancel",
                                  headers={"Authorization": f"Bearer {first}"})
@@ -351,6 +357,30 @@ def test_a_cancelled_unit_goes_to_the_next_buyer_and_both_get_the_right_email(fl
     poll(lambda: floodgate.confirmations_of(theirs.json()["id"]), what="the second buyer's confirmation")
     assert all(m["to"] == [first_email] for m in floodgate.mails_about(mine["id"]))
     assert all(m["to"] == [second_email] for m in floodgate.mails_about(theirs.json()["id"]))
+
+
+def test_a_payment_given_back_at_the_provider_cancels_the_order_and_puts_its_unit_back_on_sale(
+        floodgate, stack, admin_token):
+    """A chargeback the buyer won (or the merchant's refund in the provider's dashboard) left the
+    order confirmed, to be shipped with the money gone, and its unit sold."""
+    drop, mine, (first_email, first), (_, second) = _one_unit_paid_for(floodgate, admin_token)
+
+    with provider_behaviour(floodgate, duplicates=1):  # sent twice, as PayPal may
+        reversed_ = floodgate.give_back_payment(mine, "reverse")
+    assert reversed_.status_code == 201 and reversed_.json()["webhook_statuses"] == [200, 200]
+
+    order = floodgate.get_order(first, mine["id"]).json()
+    assert order["status"] == "cancelled"
+    assert order["history"][-1]["reason"] == "payment reversed at the provider"
+    assert (order["payment"]["status"], order["payment"]["refund_id"]) == ("refunded", reversed_.json()["refund_id"])
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 1, what="the unit back on sale")
+    assert floodgate.place_order(second, drop["id"]).status_code == 201
+    [mail] = poll(lambda: floodgate.mails_about(mine["id"], "cancel"), what="the cancellation email")
+    assert mail["to"] == [first_email] and "reversed at the payment provider" in mail["text"]
+    # cancelled once, and nothing refunded: the money is back already
+    for event_type, count in (("order.cancelled", 1), ("payment.refund_requested", 0)):
+        assert scalar(stack, "checkout", "SELECT count(*) FROM outbox WHERE event_type = :type "
+                                         "AND envelope->'data'->>'order_id' = :id", type=event_type, id=mine["id"]) == count
 
 
 def test_shipping_is_for_admins_and_ends_cancellation(floodgate, stack, admin_token, buyer):

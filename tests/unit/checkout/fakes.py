@@ -465,6 +465,15 @@ def capture(order, event_id="WH-1", capture_id="CAP-1", amount=None, currency=No
                          order.total_amount if amount is None else amount, currency or order.currency)
 
 
+def given_back(order, how="REFUNDED", event_id="WH-R", capture_id="CAP-1", amount=None, currency=None,
+               undone_by="REF-1") -> PaymentNotice:
+    """The provider's word that it gave a capture's money back (`how`: REFUNDED or REVERSED), by
+    default the whole of the order's total."""
+    return PaymentNotice(event_id, f"PAYMENT.CAPTURE.{how}", str(order.id), capture_id,
+                         order.total_amount if amount is None else amount, currency or order.currency,
+                         undone_by=undone_by)
+
+
 def denial(order, event_id="WH-D") -> PaymentNotice:
     return PaymentNotice(event_id, CAPTURE_DENIED, str(order.id), "CAP-D", order.total_amount, order.currency)
 

@@ -8,7 +8,7 @@ from services.checkout import errors, handlers
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice
 from services.checkout.models import OrderTransition
 from shared.messaging.consumer import PermanentFailure
-from tests.unit.checkout.fakes import capture, denial, hold_ran_out, statuses, unknown_order_id
+from tests.unit.checkout.fakes import capture, denial, given_back, hold_ran_out, statuses, unknown_order_id
 
 REFUSALS = [errors.SoldOut("sold out"), errors.SaleNotOpen("closed"), errors.LimitExceeded("one per buyer")]
 
@@ -449,6 +449,94 @@ def test_a_payment_of_the_wrong_amount_is_refunded_and_the_order_stays_payable(c
     result, _ = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
     assert result == "confirmed"
     assert order.payment_capture_id == "CAP-2"
+
+
+@pytest.mark.parametrize("how, told", [("REFUNDED", "refunded"), ("REVERSED", "reversed")])
+def test_a_paid_order_whose_payment_the_provider_gives_back_is_cancelled_and_its_units_go_back_on_sale(
+        checkout, how, told):
+    """A refund made in the provider's dashboard, or a chargeback the buyer won: the order was
+    left confirmed, and shipped, with the money gone."""
+    order = checkout.place()
+    confirmed(checkout, order)
+
+    result, events = checkout.pay(given_back(order, how, capture_id="CAP-0", undone_by="REF-9"))
+
+    assert result == "cancelled"
+    assert statuses(order) == ["awaiting_payment", "confirmed", "cancelled"]
+    assert order.history[-1].reason == f"payment {told} at the provider"
+    assert (order.refund_id, order.refunded_at is not None) == ("REF-9", True)
+    assert checkout.units_on_address(order) == 0
+    # the units go back on sale (inventory's consumer of order.cancelled), the buyer is told,
+    # and no refund is asked for: the money is back already
+    [(event_type, data)] = events
+    assert (event_type, data["status"], data["version"]) == ("order.cancelled", "cancelled", 3)
+    assert data["refund"] == {"amount": 29900, "currency": "CAD"}
+    assert data["reason"] == f"your payment was {told} at the payment provider"
+    assert checkout.provider.refunds == []
+    assert checkout.pay(given_back(order, how, capture_id="CAP-0", undone_by="REF-9")) == ("duplicate", [])
+
+
+def test_a_shipped_order_whose_payment_the_provider_gives_back_stays_shipped_and_is_logged_for_people(checkout, caplog):
+    order = checkout.place()
+    confirmed(checkout, order)
+    checkout.run(lambda uow: handlers.ship_order(order, uow, checkout.settings))
+
+    result, events = checkout.pay(given_back(order, "REVERSED", capture_id="CAP-0", undone_by="REV-1"))
+
+    assert (result, events) == ("shipped-reversed", [])
+    assert statuses(order) == ["awaiting_payment", "confirmed", "shipped"]
+    assert order.refund_id == "REV-1" and order.refunded_at is not None  # its payment shows "refunded"
+    assert [record.message for record in caplog.records if record.levelname == "ERROR"] == [
+        "a shipped order's payment was reversed at the provider: settle it with the buyer"]
+
+
+@pytest.mark.parametrize("amount, currency", [(100, "CAD"), (29900, "USD")])
+def test_part_of_a_payment_given_back_at_the_provider_leaves_the_order_as_it_is(checkout, amount, currency):
+    order = checkout.place()
+    confirmed(checkout, order)
+    result, events = checkout.pay(given_back(order, capture_id="CAP-0", amount=amount, currency=currency))
+    assert (result, events) == ("part-refunded-noted", [])
+    assert statuses(order) == ["awaiting_payment", "confirmed"]
+    assert order.refunded_at is None
+
+
+def test_a_capture_given_back_before_its_completion_arrives_never_confirms_the_order(checkout):
+    """Webhooks come in any order: the completion's delivery failed, and was retried after the
+    news of its refund."""
+    order = checkout.place()
+    result, events = checkout.pay(given_back(order, capture_id="CAP-1"))
+    assert (result, events) == ("refunded-noted", [])
+    assert statuses(order) == ["awaiting_payment"]
+
+    result, events = checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+
+    assert (result, events) == ("capture-already-undone", [])  # not confirmed, nor refunded twice
+    assert statuses(order) == ["awaiting_payment"] and order.payment_capture_id is None
+    assert checkout.inventory.sold == []
+    # the buyer may still pay
+    assert checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))[0] == "confirmed"
+
+
+def test_news_of_checkouts_own_refunds_changes_nothing(checkout):
+    order = checkout.place()
+    confirmed(checkout, order)
+    checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))  # a second capture, refunded
+    cancelled(checkout, order)  # the payment refunded
+    checkout.uow.published.clear()
+
+    for event_id, capture_id in (("WH-R2", "CAP-2"), ("WH-R0", "CAP-0")):
+        result, events = checkout.pay(given_back(order, event_id=event_id, capture_id=capture_id))
+        assert (result, events) == ("refunded-noted", [])
+    assert statuses(order) == ["awaiting_payment", "confirmed", "cancelled"]
+    assert order.refund_id == "REF-1"  # the order's page says refunded before the consumer has written it
+
+
+@pytest.mark.parametrize("order_id", [unknown_order_id(), "not-an-order-id"])
+def test_money_given_back_for_an_order_this_shop_does_not_know_is_noted(checkout, order_id):
+    """An admin's refund of a payment for no order, made at the provider: a 404 would have the
+    provider send it again for days."""
+    notice = PaymentNotice("WH-R", "PAYMENT.CAPTURE.REFUNDED", order_id, "CAP-1", 29900, "CAD", undone_by="REF-1")
+    assert checkout.pay(notice) == ("unknown-order-noted", [])
 
 
 @pytest.mark.parametrize("ended", [expired, declined])

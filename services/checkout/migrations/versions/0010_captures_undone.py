@@ -1,0 +1,25 @@
+"""The captures the payment provider refunded or reversed on its side (a refund made in its
+dashboard, a chargeback) before the order took them as its payment: webhooks arrive in any
+order, and a completion arriving after its own refund must not confirm the order. A constant
+default: PostgreSQL adds the column without rewriting the table.
+
+Revision ID: 0010
+Revises: 0009
+"""
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql as pg
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("orders", sa.Column("captures_undone", pg.ARRAY(sa.String(128)), nullable=False,
+                                      server_default="{}"))
+
+
+def downgrade():
+    op.drop_column("orders", "captures_undone")
