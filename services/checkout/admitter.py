@@ -271,6 +271,11 @@ def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: date
     if figures is None:
         return 0
     line.remaining_units = figures.remaining
+    if not figures.open_by(paced_at):
+        # A line may open before its drop (nothing asks inventory as the line is put on, so an
+        # admin's PUT never fails while inventory is away): its positions are drawn, but a pass
+        # given now could run out before its order may be placed. Admissions start with the sale.
+        return 0
     active = passes_in_play(looked.holders[line.drop_id], figures.holding,
                             uow.lines.active_pass_holders(line.drop_id, now),
                             uow.lines.admitted_after(line.drop_id, looked.through[line.drop_id], line.admitted_through))

@@ -52,22 +52,27 @@ class Hold:
 @dataclass(frozen=True)
 class DropStock:
     """What the waiting room's admitter hears of a drop each turn: its units nobody holds, how
-    many of the buyers it asked about hold or bought one, and when its window closes (None from
-    an inventory that does not say)."""
+    many of the buyers it asked about hold or bought one, and when its window closes and opens
+    (None from an inventory that does not say)."""
 
     remaining: int
     holding: int = 0
     closes_at: datetime | None = None
+    opens_at: datetime | None = None
 
     def closed_by(self, now: datetime) -> bool:
         return self.closes_at is not None and self.closes_at <= now
 
+    def open_by(self, now: datetime) -> bool:
+        return self.opens_at is None or self.opens_at <= now
+
     @classmethod
     def of(cls, figures: dict) -> "DropStock":
         """From `POST /drops/{id}/holders`' answer, or `GET /drops/{id}`'s (no holders: 0)."""
-        closes_at = figures.get("closes_at")
+        closes_at, opens_at = figures.get("closes_at"), figures.get("opens_at")
         return cls(int(figures["remaining"]), int(figures.get("holding", 0)),
-                   datetime.fromisoformat(closes_at) if closes_at else None)
+                   datetime.fromisoformat(closes_at) if closes_at else None,
+                   datetime.fromisoformat(opens_at) if opens_at else None)
 
 
 class CircuitBreaker:

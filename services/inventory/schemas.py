@@ -197,6 +197,8 @@ class HoldersSchema(Schema):
     remaining = fields.Integer(metadata={"description": "units nobody holds, as `GET /drops/{id}` says"})
     holding = fields.Integer(metadata={"description": "how many of the buyers asked about hold or bought a unit "
                                                       "of the drop, read with `remaining` in one statement"})
+    opens_at = fields.DateTime(metadata={"description": "when the drop's window opens (the admitter admits nobody "
+                                                       "before: a pass would run out before its order could be placed)"})
     closes_at = fields.DateTime(metadata={"description": "when the drop's window closes (the admitter closes its "
                                                         "line then)"})
 

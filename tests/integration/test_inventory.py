@@ -329,7 +329,8 @@ def test_holders_says_which_of_the_buyers_asked_about_hold_or_bought_a_unit_with
     # ann bought, bob holds, cy gave hers back, dan never held
     answer = holders({"buyer_ids": ["ann", "bob", "cy", "dan", "bob"]})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"drop_id": drop["id"], "remaining": 3, "holding": 2, "closes_at": drop["closes_at"]}
+    assert answer.json() == {"drop_id": drop["id"], "remaining": 3, "holding": 2, "opens_at": drop["opens_at"],
+                             "closes_at": drop["closes_at"]}
     assert holders({"buyer_ids": []}).json()["holding"] == 0
     # a service's call only, a drop that exists, and a list of buyer ids
     assert holders({"buyer_ids": ["ann"]}, headers={}).status_code in (401, 403)

@@ -204,6 +204,25 @@ def test_an_order_needs_its_own_pass_and_uses_it_up(floodgate, admin_token, stac
     assert floodgate.get_drop(drop["id"])["remaining"] == 3
 
 
+def test_a_line_that_opens_before_its_drop_admits_its_first_buyer_once_the_sale_opens(floodgate, admin_token, stack):
+    """Admitted as the line opened, the first buyer's pass ran out before the drop's sale opened."""
+    buyers = _ready_buyers(floodgate, 2)
+    drop = floodgate.create_drop(admin_token, quantity=2, opens_in=OPENS_IN + 6)
+    line_opens = datetime.fromisoformat(drop["opens_at"]) - timedelta(seconds=6)
+    floodgate.put_line(admin_token, drop, opens_at=line_opens.isoformat(), admission_rate=50, pass_ttl_seconds=10)
+    for token in buyers:
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "open", timeout=20, what="the line open")
+
+    first = poll(lambda: next((t for t in buyers if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=30,
+                 what="the first admission")
+    first_admitted = scalar(stack, "checkout", "SELECT min(admitted_at) FROM line_tickets WHERE drop_id = :d",
+                            d=drop["id"])
+    assert first_admitted >= datetime.fromisoformat(drop["opens_at"])
+    placed = floodgate.place_order(first, drop["id"], line_pass=floodgate.my_ticket(first, drop["id"])["pass"])
+    assert placed.status_code == 201, placed.text
+
+
 def test_an_unused_pass_expires_and_its_slot_goes_to_the_next_buyer(floodgate, admin_token, stack):
     buyers = _ready_buyers(floodgate, 2)
     drop = floodgate.create_drop(admin_token, quantity=1, opens_in=2)

@@ -123,11 +123,14 @@ def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailab
 
 def test_the_admitter_hears_the_units_left_and_how_many_pass_holders_hold_one():
     inventory = client(lambda path, body: Answer(200, {"drop_id": DROP, "remaining": 7, "holding": 2,
+                                                       "opens_at": "2026-12-06T17:00:00+00:00",
                                                        "closes_at": "2026-12-06T18:00:00+00:00"}))
     stock = inventory.holders(DROP, ["ann", "bob", "cy"])
     assert (stock.remaining, stock.holding) == (7, 2)
     closes = datetime(2026, 12, 6, 18, tzinfo=timezone.utc)
     assert stock.closes_at == closes and stock.closed_by(closes) and not stock.closed_by(closes - timedelta(seconds=1))
+    opens = datetime(2026, 12, 6, 17, tzinfo=timezone.utc)
+    assert stock.open_by(opens) and not stock.open_by(opens - timedelta(seconds=1))
     assert inventory._pool.calls == [(f"/drops/{DROP}/holders", {"buyer_ids": ["ann", "bob", "cy"]})]
 
 

@@ -23,14 +23,15 @@ SECRET = PASS_SECRET
 
 class StockOf:
     """Inventory as the admitter sees it: the drop's remaining units, the buyers holding one, and
-    the drop's close (an hour away unless said)."""
+    the drop's close (an hour away unless said) and opening (past unless said)."""
 
-    def __init__(self, units: int, holding: frozenset = frozenset(), closes_at=None):
+    def __init__(self, units: int, holding: frozenset = frozenset(), closes_at=None, opens_at=None):
         self.units, self.holding = units, holding
         self.closes_at = closes_at or utc_now() + timedelta(hours=1)
+        self.opens_at = opens_at or utc_now() - timedelta(minutes=1)
 
     def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
-        return DropStock(self.units, len(set(buyer_ids) & self.holding), self.closes_at)
+        return DropStock(self.units, len(set(buyer_ids) & self.holding), self.closes_at, self.opens_at)
 
 
 class Clock:
@@ -402,6 +403,25 @@ def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     assert ticket.admitted_at is None
     made.remaining_units = 0
     assert line.ticket_view(ticket, made, utc_now(), SECRET)["state"] == line.SOLD_OUT
+
+
+def test_a_line_that_opens_before_its_drop_draws_its_order_but_admits_nobody_until_the_sale_opens(clock):
+    """A pass given before the drop opens runs out before its buyer may order (403 not-open):
+    the first buyers lost their turn to the drop's own clock."""
+    uow = FakeUnitOfWork()
+    made = a_line_joined_by(uow, 3, opens_in=-1, admission_rate=100)
+    not_yet = StockOf(5, opens_at=clock.now + timedelta(seconds=30))
+
+    assert admitter.turn(uow, not_yet).admitted == 0
+    assert made.state == line.OPEN and made.remaining_units == 5
+    assert sorted(ticket.position for ticket in uow.lines.tickets(DROP)) == [1, 2, 3]  # the order is drawn
+    assert all(ticket.admitted_at is None for ticket in uow.lines.tickets(DROP))
+    clock.advance(29)
+    assert admitter.turn(uow, not_yet).admitted == 0
+
+    clock.advance(1)
+    assert admitter.turn(uow, not_yet).admitted == 3
+    assert all(ticket.admitted_at == clock.now for ticket in uow.lines.tickets(DROP))
 
 
 def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_again():
