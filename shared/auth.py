@@ -267,9 +267,11 @@ class TokenVerifier:
             or isinstance(account_created, bool)
         ):
             raise Unauthorized("The access token is not valid.")
-        principal = Principal(subject=claims["sub"], role=role, email=email, tier=tier,
-                              account_created_at=None if account_created is None
-                              else datetime.fromtimestamp(account_created, timezone.utc))
+        try:  # a time out of any calendar's range (an accounts writing milliseconds, say): a 401, not a 500
+            created_at = None if account_created is None else datetime.fromtimestamp(account_created, timezone.utc)
+        except (OverflowError, ValueError, OSError):
+            raise Unauthorized("The access token is not valid.") from None
+        principal = Principal(subject=claims["sub"], role=role, email=email, tier=tier, account_created_at=created_at)
         return principal, _Verified(principal, float(claims["exp"]), str(header.get("kid", "")), key)
 
 

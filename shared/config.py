@@ -5,25 +5,43 @@ and uses keys that are public in this repository. Production sets every one of t
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 DEV_SERVICE_KEY = "dev-only-service-key-not-a-secret"
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-not-a-secret"
 
 
+class ConfigError(ValueError):
+    """A setting the service cannot run with; the message names its environment variable."""
+
+
+_YES, _NO = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
+
+
 def _cast(raw: str, like: Any) -> Any:
+    """`raw` as a value of `like`'s kind, or ValueError: a switch is yes or no (a word it does not
+    know, `SMTP_STARTTLS=required` say, was read as no), a number finite and not negative."""
     if isinstance(like, bool):
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(like, int):
-        return int(raw)
-    if isinstance(like, float):
-        return float(raw)
+        word = raw.strip().lower()
+        if word not in _YES | _NO:
+            raise ValueError("not a yes or a no (true/false, 1/0, yes/no, on/off)")
+        return word in _YES
+    if isinstance(like, (int, float)):
+        return _number(raw, type(like))
     if isinstance(like, tuple):
         # every list setting is of numbers (an empty default says nothing of its items)
-        return tuple(type(like[0])(part) if like else int(part) for part in raw.split(",") if part)
+        return tuple(_number(part, type(like[0]) if like else int) for part in raw.split(",") if part)
     return raw
+
+
+def _number(raw: str, kind: type) -> int | float:
+    number = kind(raw)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("not a finite number of 0 or more")
+    return number
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,13 @@ class Settings:
     Each field is read from the upper-cased environment variable of the same name;
     `from_env` is the only place the environment is read.
     """
+
+    # settings that must be above 0 when set: at 0 a loop would spin (the JWKS refreshed, an
+    # idle outbox polled, without a pause), nothing would be done (no handler threads, no rows
+    # a batch) or everything refused. A service adds its own: `Settings.POSITIVE | {...}`.
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({
+        "jwks_max_age_seconds", "consumer_prefetch", "consumer_threads", "max_attempts", "relay_batch_size",
+        "relay_idle_seconds", "metrics_query_timeout_seconds"})
 
     service_name: str = "floodgate"
     database_url: str = ""
@@ -98,8 +123,14 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.name.upper())
-            if raw is not None:
+            if raw is None:
+                continue
+            try:
                 values[f.name] = _cast(raw, f.default if f.default is not None else "")
+            except ValueError as error:
+                raise ConfigError(f"{f.name.upper()}={raw!r}: {error}") from None
+            if f.name in cls.POSITIVE and not values[f.name] > 0:
+                raise ConfigError(f"{f.name.upper()}={raw!r}: must be more than 0")
         values.update(overrides)
         settings = cls(**values)
         if not settings.database_url:
@@ -140,4 +171,10 @@ def metrics_address(bind: str) -> tuple[str, int]:
 def api_process_shape(env: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """(gunicorn workers, threads per worker) of an API process run with `env`: what
     shared/gunicorn_defaults.py serves with and deploy/pooling.py sizes PgBouncer for."""
-    return int(env.get("WEB_CONCURRENCY", API_WORKERS)), int(env.get("GUNICORN_THREADS", API_THREADS))
+    shape = []
+    for name, default in (("WEB_CONCURRENCY", API_WORKERS), ("GUNICORN_THREADS", API_THREADS)):
+        raw = env.get(name, str(default))
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise ConfigError(f"{name}={raw!r}: must be a whole number, 1 or more")
+        shape.append(int(raw))
+    return shape[0], shape[1]

@@ -38,6 +38,9 @@ def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, 
     fifth use, and the next transaction, on another server connection, does not find it.
     """
     kwargs["connect_args"] = {**CONNECTION_SETTINGS, **kwargs.get("connect_args", {})}
+    # a statement's error names its SQL, not its values: an unexpected one is logged whole, and
+    # its values may be a password's hash, an email or a buyer's address
+    kwargs.setdefault("hide_parameters", True)
     if not prepared_statements:
         kwargs["connect_args"]["prepare_threshold"] = None
     return sa.create_engine(

@@ -88,4 +88,5 @@ def _as_sqlalchemy_error(connection: sa.Connection, sql: str, params: Mapping[st
     if lost:
         connection.invalidate(error)
     return sa.exc.DBAPIError.instance(sql, dict(params), error, dialect.loaded_dbapi.Error,
+                                      hide_parameters=connection.engine.hide_parameters,
                                       connection_invalidated=lost, dialect=dialect)

@@ -5,6 +5,7 @@ import logging
 import re
 import time
 from typing import Any, Callable, Hashable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import EXCLUDE, Schema, fields
@@ -13,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from shared import auth, db, errors, logs, metrics, openapi, tracing
 from shared.answer_cache import AnswerCache
+from shared.config import ConfigError
 from shared.last_seen import heartbeat_figures
 from shared.messaging.metrics import outbox_figures
 from shared.service import Root
@@ -187,9 +189,32 @@ _CORS_HEADERS = {
 }
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def allowed_origins(settings) -> frozenset:
-    """The origins CORS_ALLOWED_ORIGINS names (comma-separated), as a browser sends them."""
-    return frozenset(o.strip().rstrip("/") for o in settings.cors_allowed_origins.split(",") if o.strip())
+    """The origins CORS_ALLOWED_ORIGINS names (comma-separated), written as a browser sends them
+    (scheme and host in lower case, no default port, no trailing slash), or ConfigError for one
+    that is not an origin (`*`, a path): set as typed, `https://Shop.example.com` or
+    `https://shop.example.com:443` matched no browser's, and the drop page failed with nothing
+    in the service's logs."""
+    return frozenset(_origin(part.strip()) for part in settings.cors_allowed_origins.split(",") if part.strip())
+
+
+def _origin(written: str) -> str:
+    try:
+        parts = urlsplit(written.rstrip("/"))
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (parts is None or parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or parts.path
+            or parts.query or parts.fragment or parts.username or parts.password):
+        raise ConfigError(f"CORS_ALLOWED_ORIGINS={written!r}: not an origin (scheme://host[:port], no path; "
+                          "list each one, * is not taken)")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
 
 
 def cors_headers(origin: str | None, allowed: frozenset) -> list[tuple[str, str]]:

@@ -6,6 +6,10 @@ from shared.config import Settings as CommonSettings
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
+    POSITIVE = CommonSettings.POSITIVE | {
+        "access_token_ttl_seconds", "refresh_token_ttl_seconds", "password_hashing_concurrency",
+        "signing_key_publish_seconds"}
+
     # Short: a revoked session's access tokens stop working within this; clients refresh.
     access_token_ttl_seconds: int = 900
     # A rotated-in signing key signs only after it has been published this long. Keep it at

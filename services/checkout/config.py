@@ -9,6 +9,11 @@ DEV_LINE_PASS_SECRET = "dev-only-line-pass-secret-not-a-secret"
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
+    POSITIVE = CommonSettings.POSITIVE | {
+        "inventory_timeout_seconds", "max_orders_in_flight", "inventory_hold_batch_size",
+        "inventory_hold_calls", "admitter_interval_seconds", "line_positions_per_turn", "line_status_refresh_seconds",
+        "per_address_limit", "web_concurrency"}
+
     inventory_url: str = "http://127.0.0.1:8002"
     inventory_timeout_seconds: float = 2.0
     payment_provider_url: str = "http://127.0.0.1:8010"

@@ -8,6 +8,9 @@ from shared import config
 
 @dataclass(frozen=True)
 class Settings(config.Settings):
+    POSITIVE = config.Settings.POSITIVE | {
+        "hold_ttl_seconds", "sweep_interval_seconds", "sweep_batch_size", "default_stock_shards"}
+
     service_name: str = "inventory"
     # How long a reservation holds its stock while the buyer pays.
     hold_ttl_seconds: int = 600

@@ -6,6 +6,9 @@ from shared.config import Settings as CommonSettings
 
 @dataclass(frozen=True)
 class Settings(CommonSettings):
+    POSITIVE = CommonSettings.POSITIVE | {
+        "smtp_port", "smtp_timeout_seconds", "smtp_data_reply_timeout_seconds"}
+
     # Email may be late, never lost: with the retry tiers of shared/messaging/topology.py (10 s,
     # 1 min, 10 min, then every hour) an event is parked after about three days.
     max_attempts: int = 76

@@ -78,3 +78,15 @@ def test_a_database_host_that_answers_nothing_costs_a_connect_its_timeout_not_mi
         engine.dispose()
     finally:
         silent.close()
+
+
+def test_a_statements_error_names_its_sql_but_not_its_values(session_factory):
+    """An unexpected error is logged whole (shared/errors.py): its values were in it, and they may
+    be a password's hash, an email or a buyer's address."""
+    secret, sql = "SECRET-HASH-$argon2id$v=19", "SELECT CAST(:secret AS text), 1 / :zero"
+    for run in (lambda session: Statement(sql).run(session, {"secret": secret, "zero": 0}),
+                lambda session: session.execute(sa.text(sql), {"secret": secret, "zero": 0})):
+        with session_factory() as session, pytest.raises(sa.exc.DataError) as failed:  # division by zero
+            run(session)
+        assert "1 / " in str(failed.value)
+        assert secret not in str(failed.value) and secret not in repr(failed.value)

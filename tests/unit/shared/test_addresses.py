@@ -123,3 +123,25 @@ def test_any_input_either_keeps_its_country_or_is_refused_per_field(given_addres
     else:
         assert normalised["country_code"] == given_address["country_code"].upper()
         assert set(normalised) == set(FIELDS)
+
+
+@pytest.mark.parametrize("country, typed, stored", [
+    ("JP", "１００－８１１１", "100-8111"),  # a Japanese IME's full-width digits and minus
+    ("US", "９４０４３", "94043"),
+    ("SA", "١٢٢٤١", "12241"),  # Arabic-Indic digits
+    ("TH", "๑๐๑๑๐", "10110"),  # Thai digits
+])
+def test_a_postal_code_typed_in_another_scripts_digits_is_the_same_code(country, typed, stored):
+    """They were stripped: refused as missing where a code is required, stored empty (the parcel
+    shipped without it) where it is optional."""
+    base = {"JP": dict(street_address="1-1 Chiyoda", city="Chiyoda-ku", country_area="Tokyo"),
+            "US": dict(street_address="1600 Amphitheatre Pkwy", city="Mountain View", country_area="CA"),
+            "SA": dict(street_address="King Fahd Road", city="Riyadh"),
+            "TH": dict(street_address="1 Silom Road", city="Bangkok", country_area="Bangkok")}[country]
+    assert normalise(address(**base, postal_code=typed, country_code=country))["postal_code"] == stored
+
+
+def test_a_postal_code_with_nothing_of_a_code_in_it_is_refused_not_dropped():
+    with pytest.raises(InvalidAddress) as refused:
+        normalise(address(street_address="King Fahd Road", city="Riyadh", postal_code="—·—", country_code="SA"))
+    assert set(refused.value.errors) == {"postal_code"}

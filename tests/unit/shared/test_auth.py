@@ -64,11 +64,15 @@ def test_a_good_token_gives_its_principal_and_the_keys_are_fetched_once(verifier
         lambda j: j.token(role="service"),
         lambda j: j.token(sub=12345),
         lambda j: j.token(tier={"not": "a tier"}),
+        lambda j: j.token(acct="yesterday"),
+        lambda j: j.token(acct=1e20),  # out of the calendar's range: an OverflowError, a 500
+        lambda j: j.token(acct=-1e13),
         lambda j: j.token(key=ec.generate_private_key(ec.SECP256R1())),
         lambda j: "not-a-token",
     ],
     ids=["alg-none", "hs256", "expired", "audience", "issuer", "no-iat", "not-before-in-future", "issued-in-future",
-         "service-role", "numeric-subject", "tier-not-text", "wrong-signature", "garbage"],
+         "service-role", "numeric-subject", "tier-not-text", "acct-not-a-time", "acct-past-the-calendar",
+         "acct-before-it", "wrong-signature", "garbage"],
 )
 def test_bad_tokens_are_refused(verifier, jwks, make):
     with pytest.raises(Unauthorized):

@@ -1,0 +1,65 @@
+"""Settings read from the environment: a value the service cannot run with stops it at once,
+with the variable named, instead of being read as something else."""
+import pytest
+
+from services.checkout.config import Settings as CheckoutSettings
+from services.notifications.config import Settings as NotificationsSettings
+from shared.config import ConfigError, Settings
+from shared.web import allowed_origins, cors_headers
+
+
+@pytest.mark.parametrize("word, read", [("true", True), ("Yes", True), ("1", True), (" on ", True),
+                                        ("false", False), ("NO", False), ("0", False), ("off", False), ("", False)])
+def test_a_switch_reads_its_yes_and_no_words(word, read):
+    assert NotificationsSettings.from_env({"SMTP_STARTTLS": word}).smtp_starttls is read
+
+
+@pytest.mark.parametrize("word", ["required", "enabled", "ture", "2"])
+def test_a_switch_set_to_a_word_it_does_not_know_stops_the_service_instead_of_reading_no(word):
+    """`SMTP_STARTTLS=required` read as no: mail and the SMTP password went out unencrypted."""
+    with pytest.raises(ConfigError, match=f"SMTP_STARTTLS={word!r}"):
+        NotificationsSettings.from_env({"SMTP_STARTTLS": word})
+
+
+@pytest.mark.parametrize("name, raw", [("CONSUMER_THREADS", "four"), ("CONSUMER_THREADS", ""),
+                                       ("JWKS_MIN_REFRESH_SECONDS", "nan"), ("JWKS_MIN_REFRESH_SECONDS", "inf"),
+                                       ("RELAY_BATCH_WINDOW_SECONDS", "-1"), ("RETRY_DELAYS_MS", "200,-5"),
+                                       ("RETRY_DELAYS_MS", "200,soon")])
+def test_a_number_that_is_not_one_names_its_variable(name, raw):
+    with pytest.raises(ConfigError, match=f"^{name}="):
+        Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize("name", ["JWKS_MAX_AGE_SECONDS", "CONSUMER_THREADS", "RELAY_IDLE_SECONDS", "MAX_ATTEMPTS"])
+def test_a_setting_that_would_spin_or_do_nothing_at_0_is_refused(name):
+    """JWKS_MAX_AGE_SECONDS=0 had every worker fetch accounts' key set about 18,000 times a second."""
+    with pytest.raises(ConfigError, match="more than 0"):
+        Settings.from_env({name: "0"})
+
+
+def test_a_service_refuses_its_own_settings_at_0_and_keeps_the_shared_ones():
+    with pytest.raises(ConfigError, match="MAX_ORDERS_IN_FLIGHT"):
+        CheckoutSettings.from_env({"MAX_ORDERS_IN_FLIGHT": "0"})
+    with pytest.raises(ConfigError, match="JWKS_MAX_AGE_SECONDS"):
+        CheckoutSettings.from_env({"JWKS_MAX_AGE_SECONDS": "0"})
+
+
+def test_settings_where_0_means_off_take_it():
+    settings = Settings.from_env({"DEFER_WHILE_BUSY_SECONDS": "0", "BACKGROUND_NICENESS": "0", "RETRY_DELAYS_MS": "200,500"})
+    assert (settings.defer_while_busy_seconds, settings.background_niceness, settings.retry_delays_ms) == (0, 0, (200, 500))
+
+
+def test_cors_origins_are_kept_as_a_browser_sends_them():
+    """Kept as typed, these matched no browser's Origin, and the drop page failed with nothing in
+    the logs."""
+    written = "https://Shop.Example.com, https://shop.example.com:443/, HTTP://127.0.0.1:8003, http://[::1]:80"
+    assert allowed_origins(Settings(cors_allowed_origins=written)) == {
+        "https://shop.example.com", "http://127.0.0.1:8003", "http://[::1]"}
+    assert cors_headers("https://shop.example.com", allowed_origins(Settings(cors_allowed_origins=written)))
+
+
+@pytest.mark.parametrize("written", ["*", "shop.example.com", "https://shop.example.com/drops", "ftp://shop.example.com",
+                                     "https://shop.example.com:99999", "https://user@shop.example.com"])
+def test_a_cors_origin_that_is_not_one_stops_the_service(written):
+    with pytest.raises(ConfigError, match="^CORS_ALLOWED_ORIGINS="):
+        allowed_origins(Settings(cors_allowed_origins=f"https://ok.example.com,{written}"))
