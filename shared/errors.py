@@ -124,6 +124,13 @@ class SoldOut(Conflict):
     slug, title = "sold-out", "Sold out"
 
 
+class NotEnoughStock(SoldOut):
+    """Units remain, fewer than the order asks for: a smaller order may still be placed. Every
+    caller that only needs to know the order cannot have its units handles it as a SoldOut."""
+
+    slug, title = "not-enough-stock", "Not enough stock"
+
+
 class LimitExceeded(Conflict):
     slug, title = "limit-exceeded", "Purchase limit reached"
 

@@ -1,7 +1,8 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
 from shared.errors import Conflict, Forbidden, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-from shared.errors import CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, SaleNotOpen, SoldOut
+from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock, SaleNotOpen,
+                           SoldOut)
 
 
 class InventoryUnavailable(ServiceUnavailable):
@@ -140,6 +141,7 @@ __all__ = [
     "LinePassRequired",
     "LinePassUsed",
     "OrderNotFound",
+    "NotEnoughStock",
     "SaleNotOpen",
     "SoldOut",
     "TooBusy",

@@ -24,6 +24,7 @@ MAX_HOLDERS_ASKED = 100_000
 
 _PROBLEMS = {
     "sold-out": errors.SoldOut,
+    "not-enough-stock": errors.NotEnoughStock,
     "not-open": errors.SaleNotOpen,
     "drop-not-found": errors.DropNotFound,
     "limit-exceeded": errors.LimitExceeded,

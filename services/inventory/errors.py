@@ -1,7 +1,8 @@
 """The inventory's domain errors; `shared.errors` renders them as problem+json."""
 from shared.errors import Conflict, InvalidRequest, NotFound
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-from shared.errors import CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, SaleNotOpen, SoldOut
+from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock, SaleNotOpen,
+                           SoldOut)
 
 
 class ProductNotFound(NotFound):
@@ -44,6 +45,7 @@ __all__ = [
     "ProductNotFound",
     "ReservationNotFound",
     "ReservationSold",
+    "NotEnoughStock",
     "SaleNotOpen",
     "SkuTaken",
     "SoldOut",

@@ -157,13 +157,15 @@ class Drop(Base):
         buyer_tier: str | None = None,
         shipping_country: str | None = None,
         renewal: bool = False,
+        window: bool = True,
     ) -> None:
         """Refuse what no amount of stock could satisfy: a closed window, a buyer without the
         early-access tier during the invite-only phase, a country the drop does not ship to, or more
-        than one buyer may take. A renewal was checked for tier and country when first held."""
-        if now < self.opens_at:
+        than one buyer may take. A renewal was checked for tier and country when first held; a
+        paid order's sale taken again (not `window`) was held inside the window."""
+        if window and now < self.opens_at:
             raise SaleNotOpen("The drop has not opened yet.", opens_at=self.opens_at.isoformat())
-        if now >= self.closes_at:
+        if window and now >= self.closes_at:
             raise SaleNotOpen("The drop has closed.", closes_at=self.closes_at.isoformat())
         if renewal:
             return

@@ -312,6 +312,36 @@ def test_a_paid_hold_is_sold_once_and_a_hold_given_back_is_taken_again_while_uni
     assert sell(floodgate, str(uuid.uuid4())).status_code == 404
 
 
+def test_a_hold_paid_in_time_whose_sale_comes_after_the_drop_closed_is_sold_not_lost(floodgate, stack, admin_token):
+    """The sale (POST /sell, or order.confirmed after a retry tier) reached inventory past the
+    hold, the sweeper's grace and the drop's close: the units were refused as "not open", the
+    buyer refunded, and the unit left unsold for good."""
+    drop = new_drop(floodgate, admin_token, quantity=2, lasts=4, hold_ttl_seconds=1)
+    paid = reserve(floodgate, drop["id"]).json()["order_id"]
+    poll(lambda: floodgate.get_drop(drop["id"])["remaining"] == 2, timeout=30, what="the hold given back")
+    poll(lambda: floodgate.get_drop(drop["id"])["state"] == "closed", timeout=30, what="the drop closed")
+
+    sale = sell(floodgate, paid)
+
+    assert (sale.status_code, sale.json()["status"]) == (200, "sold"), sale.text
+    assert assert_invariants(stack, drop["id"]) == {"available": 1, "held": 0, "sold": 1}
+    assert events_about(stack, "reservation.lost", drop["id"]) == []
+    assert slug(reserve(floodgate, drop["id"])) == "not-open"  # the window is still closed to new holds
+
+
+def test_an_order_for_more_units_than_remain_is_told_how_many_it_may_have_not_sold_out(floodgate, stack, admin_token):
+    drop = new_drop(floodgate, admin_token, quantity=3, per_buyer_limit=2)
+    assert reserve(floodgate, drop["id"], quantity=2).status_code == 201
+    for answer in (reserve(floodgate, drop["id"], quantity=2),
+                   reserve_batch(floodgate, [{**hold(drop["id"], "bea"), "quantity": 2}]).json()["results"][0]):
+        problem = answer.json() if isinstance(answer, requests.Response) else answer["problem"]
+        assert problem["type"].endswith("/not-enough-stock") and problem["status"] == 409, problem
+        assert problem["remaining"] == 1 and "order 1 or fewer" in problem["detail"]
+    assert reserve(floodgate, drop["id"], quantity=1).status_code == 201
+    assert slug(reserve(floodgate, drop["id"], quantity=1)) == "sold-out"
+    assert assert_invariants(stack, drop["id"]) == {"available": 0, "held": 3, "sold": 0}
+
+
 def test_holders_says_which_of_the_buyers_asked_about_hold_or_bought_a_unit_with_the_units_left(
         floodgate, stack, admin_token):
     drop = new_drop(floodgate, admin_token, quantity=5)

@@ -20,7 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from devtools.client import poll
 from services.inventory.handlers import drops, events, expiry, reservations
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
-from services.inventory.errors import LimitExceeded, ReservationSold, SaleNotOpen, SoldOut, StaleOrderVersion
+from services.inventory.errors import (LimitExceeded, NotEnoughStock, ReservationSold, SaleNotOpen, SoldOut,
+                                      StaleOrderVersion)
 from services.inventory.repository import InventoryUnitOfWork
 from services.inventory.schemas import ReservationSchema
 from services.inventory.bootstrap import MIGRATIONS
@@ -86,15 +87,16 @@ class Inventory(RuleBasedStateMachine):
 
     # --- rules ---
 
-    def expected_refusals(self, buyer, quantity) -> tuple:
-        """Every refusal that applies; when several do, the service may give any one of them."""
-        if not self.open:
+    def expected_refusals(self, buyer, quantity, window: bool = True) -> tuple:
+        """Every refusal that applies; when several do, the service may give any one of them.
+        Not `window`: a paid order's sale, which the window does not refuse."""
+        if window and not self.open:
             return (SaleNotOpen,)
         refusals = ()
         if quantity > LIMIT or self.held_or_sold(buyer) + quantity > LIMIT:
             refusals += (LimitExceeded,)
-        if self.available() < quantity:
-            refusals += (SoldOut,)
+        if self.available() < quantity:  # told how many are left while some are
+            refusals += (SoldOut if self.available() == 0 else NotEnoughStock,)
         return refusals
 
     def hold(self, command, buyer, quantity) -> bool:
@@ -146,7 +148,11 @@ class Inventory(RuleBasedStateMachine):
                 continue
             assert outcome.refusal is not None, outcome
             expected = self.expected_refusals(command.buyer_id, command.quantity)
+            if {SoldOut, NotEnoughStock} & set(expected):  # how many were left depends on the batch's moment
+                expected += (SoldOut, NotEnoughStock)
             assert type(outcome.refusal) in expected, (outcome.refusal, expected)
+            if type(outcome.refusal) is NotEnoughStock:
+                assert 0 < outcome.refusal.extensions["remaining"] < command.quantity
 
     @precondition(lambda self: self.ids("released"))
     @rule(data=st.data())
@@ -177,10 +183,11 @@ class Inventory(RuleBasedStateMachine):
     @rule(data=st.data())
     def confirm_after_release(self, data):
         """A confirmation that arrives after the hold was given back sells the units again if
-        they are still there, and otherwise announces the loss so checkout refunds."""
+        they are still there, the drop closed since or not (it was paid within its hold), and
+        otherwise announces the loss so checkout refunds."""
         order_id = data.draw(st.sampled_from(self.ids("released")))
         order = self.orders[order_id]
-        sellable = not self.expected_refusals(order["buyer"], order["quantity"])
+        sellable = not self.expected_refusals(order["buyer"], order["quantity"], window=False)
         envelope = Envelope(type="order.confirmed", data={"order_id": str(order_id)}, source="checkout")
 
         def losses(uow):
@@ -385,8 +392,8 @@ def test_a_batch_whose_units_ran_out_under_it_answers_every_order_again_on_its_o
     """The batch judged ana's two orders on the units its read saw (4): the big one fits and takes
     her whole allowance, so the small one is refused for her limit. Holds in flight had taken 3
     of those units, and the batch's take, which waited for them, fails. Every order is then
-    answered again on its own against the real stock: the big one is sold out, and the small one,
-    refused only for the big one's sake, gets the unit that is left."""
+    answered again on its own against the real stock: the big one is told only one unit is left,
+    and the small one, refused only for the big one's sake, gets it."""
     machine = Inventory(session_factory)
     machine.schedule(quantity=4, shards=1)
     big = ReserveStock(uuid.uuid4(), machine.drop_id, "ana", 2)
@@ -400,7 +407,7 @@ def test_a_batch_whose_units_ran_out_under_it_answers_every_order_again_on_its_o
              what="the batch's take to wait for the holds in flight")
         in_flight.commit()
     big_outcome, small_outcome = batch.wait(10)
-    assert type(big_outcome.refusal) is SoldOut
+    assert type(big_outcome.refusal) is NotEnoughStock and big_outcome.refusal.extensions["remaining"] == 1
     assert small_outcome.created and small_outcome.reservation.quantity == 1
     assert _remaining(machine) == 0
 

@@ -30,6 +30,7 @@ from services.inventory.errors import (
     DropNotFound,
     InviteOnly,
     LimitExceeded,
+    NotEnoughStock,
     ReservationNotFound,
     ReservationSold,
     SaleNotOpen,
@@ -177,14 +178,17 @@ class _LostRace(Exception):
 
 
 def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict], None], hold_ttl_seconds: int,
-          renewing: Reservation | None = None) -> Reservation:
+          renewing: Reservation | None = None, paid: bool = False) -> Reservation:
+    """`paid`: the units of a reservation paid for in time are taken again for its sale, window
+    or not (`hold_again`)."""
     found = _drop_now_and_remaining(session, cmd.drop_id)
     if found is None:
         raise DropNotFound()
     drop, now, remaining = found
-    drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None)
+    drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None,
+                          window=not paid)
     if remaining < cmd.quantity:
-        raise _sold_out(remaining)  # no stock in sight: refuse without taking a single row lock
+        raise _too_few(remaining)  # no stock in sight: refuse without taking a single row lock
 
     taken = _TAKE_BUYER_ALLOWANCE.first(
         session, {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity, "limit": drop.per_buyer_limit})
@@ -209,8 +213,8 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
         reservation = _shown(values, drop)
 
     shard_left = take_stock(session, drop.id, cmd.quantity)
-    if shard_left is None:
-        raise _sold_out(0)  # the caller rolls back, reservation row included
+    if shard_left is None:  # fewer units under the rows' locks than at the read: the caller rolls back
+        raise _too_few(min(session.scalar(sa.select(available_units(drop.id))), cmd.quantity - 1))
     _announce_if_sold_out(session, publish, drop, shard_left)
     return reservation
 
@@ -297,16 +301,25 @@ def _limit_exceeded(drop: Drop) -> LimitExceeded:
     return LimitExceeded(f"A buyer may reserve at most {drop.per_buyer_limit} of this drop.")
 
 
-def _sold_out(remaining: int) -> SoldOut:
-    return SoldOut("No stock is left for this drop.", remaining=remaining)
+def _too_few(remaining: int) -> SoldOut:
+    """The refusal of an order for more units than `remaining`: sold out only when none are
+    left; otherwise how many may still be ordered (a buyer told "sold out" next to "1 left" was
+    never told to order fewer)."""
+    if remaining <= 0:
+        return SoldOut("No stock is left for this drop.", remaining=0)
+    return NotEnoughStock(f"Only {remaining} unit(s) of this drop are left: order {remaining} or fewer.",
+                          remaining=remaining)
 
 
 def hold_again(reservation: Reservation, session: orm.Session, publish: Callable[[str, dict], None]) -> None:
-    """Hold a released reservation's units again, checked as a renewal is (window, allowance,
-    stock); SoldOut, SaleNotOpen or LimitExceeded when they cannot be."""
+    """Hold a released reservation's units again for its sale: checkout confirmed its payment
+    within the hold, and only the sale came late (past the hold and the sweeper's grace). So
+    the allowance and the stock are checked, not the window: a sale reaching inventory after
+    the drop closed took the units of an order paid in time, refunded it, and left them unsold
+    for good. SoldOut or LimitExceeded when they cannot be taken."""
     renewal = ReserveStock(order_id=reservation.order_id, drop_id=reservation.drop_id,
                            buyer_id=reservation.buyer_id, quantity=reservation.quantity, renew=True)
-    _hold(renewal, session, publish, hold_ttl_seconds=0, renewing=reservation)
+    _hold(renewal, session, publish, hold_ttl_seconds=0, renewing=reservation, paid=True)
 
 
 @dataclass(frozen=True)
@@ -431,7 +444,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         try:
             drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country)
             if remaining < cmd.quantity:
-                raise _sold_out(remaining)  # too few units at the read, whatever this batch holds
+                raise _too_few(remaining)  # too few units at the read, whatever this batch holds
             if remaining < units + cmd.quantity:
                 # Short only because of this batch's own holds, on a read that units may have come
                 # back since (a release, an expiry, a restock): a sold-out here would be final for
