@@ -157,8 +157,10 @@ ACCOUNT_CASES = {
 @pytest.mark.parametrize("case", ACCOUNT_CASES)
 def test_bad_registrations_are_refused(floodgate, stack, case):
     body, status = ACCOUNT_CASES[case]
+    accounts_before = scalar(stack, "accounts", "SELECT count(*) FROM accounts")
     assert_problem(floodgate.http.post(stack.url("accounts") + "/accounts", json=body), status)
-    assert scalar(stack, "accounts", "SELECT count(*) FROM accounts WHERE email = 'short@example.com'") == 0
+    assert scalar(stack, "accounts", "SELECT count(*) FROM accounts WHERE email = :email", email=str(body["email"])) == 0
+    assert scalar(stack, "accounts", "SELECT count(*) FROM accounts") == accounts_before
 
 
 def test_bad_logins_get_one_generic_answer(floodgate, stack, buyer):

@@ -477,6 +477,7 @@ def test_a_closed_line_is_not_opened_again_while_its_drop_is_closed(state):
     assert made.state == state
     # an open line is paused and resumed with no word from inventory
     line.change_line(DROP, uow, utc_now(), state=line.PAUSED if state == line.OPEN else line.OPEN)
+    assert made.state == (line.PAUSED if state == line.OPEN else line.OPEN)
 
 
 def test_a_line_closed_before_its_opening_and_opened_again_waits_for_its_opening():

@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from devtools.client import poll
 from shared.auth import KeySet, TokenVerifier
 from shared.errors import ServiceUnavailable, Unauthorized
 
@@ -139,17 +140,18 @@ def test_a_key_accounts_retires_stops_verifying_within_the_max_age_without_a_new
     verifier = TokenVerifier(keys, ISSUER, AUDIENCE)
     compromised = jwks.token(role="admin")
     assert verifier.verify(compromised).is_admin
-    jwks.key, jwks.kid = ec.generate_private_key(ec.SECP256R1()), "k2"  # k1 retired: only k2 published
-    fetched_before = jwks.fetches
-
     stop = threading.Event()
     refresher = threading.Thread(target=keys.keep_fresh, args=(stop,), daemon=True)
     refresher.start()
-    deadline = time.monotonic() + 5
-    while jwks.fetches < fetched_before + 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    refresher.join(5)
+    poll(lambda: jwks.fetches >= 2, timeout=5, what="the refresher's warm-up")
+
+    jwks.key, jwks.kid = ec.generate_private_key(ec.SECP256R1()), "k2"  # k1 retired: only k2 published
+    retired_at = jwks.fetches
+    try:  # a fetch begun after the retirement: the periodic refresh, not the warm-up
+        poll(lambda: jwks.fetches >= retired_at + 1, timeout=5, what="a refresh within the max age")
+    finally:
+        stop.set()
+        refresher.join(5)
 
     with pytest.raises(Unauthorized):
         verifier.verify(compromised)
