@@ -183,12 +183,9 @@ def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
 def payment_webhook():
     settings = root().settings
     payload = request.get_data(cache=True)
-    if not signature_is_valid(
-        settings.payment_webhook_secret,
-        payload,
-        request.headers.get(SIGNATURE_HEADER, ""),
-        settings.webhook_tolerance_seconds,
-    ):
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    if not any(signature_is_valid(secret, payload, signature, settings.webhook_tolerance_seconds)
+               for secret in settings.payment_webhook_secrets):  # the previous one too, during a rotation
         raise InvalidSignature("The webhook signature is missing, wrong or outside the time tolerance.")
     event = load(WEBHOOK)
     resource = event["resource"]

@@ -27,6 +27,6 @@ def create_app(settings: config.Settings | None = None, **dependencies) -> Flask
         report=LoadReport(gate, root.engine),  # the waiting room slows down while checkout sheds
         cors_origins=app.extensions["floodgate.cors"],  # so the drop page can read a refusal
         # the line's admitted buyers wait for a slot instead of being turned away at once
-        patience=line_pass_patience(root.settings.line_pass_secret, root.settings.line_pass_wait_seconds),
+        patience=line_pass_patience(root.settings.line_pass_secrets, root.settings.line_pass_wait_seconds),
     )
     return app

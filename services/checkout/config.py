@@ -19,6 +19,9 @@ class Settings(CommonSettings):
     payment_provider_url: str = "http://127.0.0.1:8010"
     # development default; production reads it from a Secret
     payment_webhook_secret: str = DEV_WEBHOOK_SECRET
+    # during a rotation, the secret before it: webhooks signed with it are still taken (refunds
+    # are signed with the current one only); empty: none (deploy/k8s/README.md, "Rotating secrets")
+    payment_webhook_previous_secret: str = ""
     webhook_tolerance_seconds: int = 300
     public_url: str = "http://127.0.0.1:8003"
     # resellers share addresses: units of one drop per shipping address, across buyers
@@ -40,6 +43,9 @@ class Settings(CommonSettings):
     # the waiting room (services/checkout/line.py): the key that signs admission passes, how
     # often the admitter turns, and joins per client address per minute (per line-status edge process)
     line_pass_secret: str = DEV_LINE_PASS_SECRET
+    # during a rotation, the key before it: passes it signed still place orders until they run
+    # out (passes are signed with the current one only); empty: none
+    line_pass_previous_secret: str = ""
     admitter_interval_seconds: float = 0.5
     # a line's pre-queue positions the admitter writes a turn, from the opening on (a pre-queue
     # this size or smaller is placed at its opening; services/checkout/admitter.py): about 26 us
@@ -66,6 +72,17 @@ class Settings(CommonSettings):
     # where the control room (services/checkout/control_room_page.py) finds notifications, as admins reach it
     notifications_public_url: str = "http://127.0.0.1:8004"
 
+    @property
+    def payment_webhook_secrets(self) -> tuple[str, ...]:
+        """The secrets a provider webhook may be signed with: the current one, then the previous."""
+        return tuple(secret for secret in (self.payment_webhook_secret, self.payment_webhook_previous_secret) if secret)
+
+    @property
+    def line_pass_secrets(self) -> tuple[str, ...]:
+        """The keys an admission pass may be signed with: the current one, then the previous."""
+        return tuple(secret for secret in (self.line_pass_secret, self.line_pass_previous_secret) if secret)
+
 
 def load() -> Settings:
     return Settings.from_env(service_name="checkout")
+

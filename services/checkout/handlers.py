@@ -62,7 +62,7 @@ def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID])
         if uuid.UUID(cmd.drop_id) in drops_with_lines:
             raise pass_required()
         return None
-    return waiting_room.verify_pass(settings.line_pass_secret, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
+    return waiting_room.verify_pass(settings.line_pass_secrets, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
 
 
 def has_line(cmd: PlaceOrder, uow, drops_with_lines: set[uuid.UUID]) -> bool:

@@ -48,7 +48,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import jwt
 
@@ -345,18 +345,24 @@ def issue_pass(secret: str, ticket) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def _pass_claims(secret: str, presented: str) -> dict:
-    """A pass's claims, when it is genuine and unexpired (whoever's it is)."""
-    try:
-        return jwt.decode(presented, secret, algorithms=["HS256"], audience=PASS_AUDIENCE,
-                          options={"require": ["exp", "sub", "drop", "tkt"]})
-    except jwt.ExpiredSignatureError:
-        raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
-    except jwt.PyJWTError:
-        raise errors.LinePassInvalid("The admission pass is not valid.")
+def _pass_claims(keys: str | Sequence[str], presented: str) -> dict:
+    """A pass's claims, when it is genuine and unexpired (whoever's it is). `keys`: the key
+    passes are signed with, or the keys they may be signed with during a rotation (current
+    first: `Settings.line_pass_secrets`)."""
+    for secret in (keys,) if isinstance(keys, str) else keys:
+        try:
+            return jwt.decode(presented, secret, algorithms=["HS256"], audience=PASS_AUDIENCE,
+                              options={"require": ["exp", "sub", "drop", "tkt"]})
+        except jwt.InvalidSignatureError:
+            continue  # another key's, perhaps
+        except jwt.ExpiredSignatureError:
+            raise errors.LinePassExpired("The admission pass has expired; the line gave the slot to the next buyer.")
+        except jwt.PyJWTError:
+            break
+    raise errors.LinePassInvalid("The admission pass is not valid.")
 
 
-def current_pass_ticket(secret: str, presented: str | None) -> str | None:
+def current_pass_ticket(secret: str | Sequence[str], presented: str | None) -> str | None:
     """The ticket of `presented` when it is a genuine, unexpired pass (the line admitted its
     holder; whether it is this buyer's, for this drop, `verify_pass` says once the buyer is
     known), else None."""
@@ -368,7 +374,7 @@ def current_pass_ticket(secret: str, presented: str | None) -> str | None:
         return None
 
 
-def verify_pass(secret: str, presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:
+def verify_pass(secret: str | Sequence[str], presented: str, buyer_id: str, drop_id: str) -> uuid.UUID:
     """The ticket a pass admits, when it is genuine, unexpired, and this buyer's for this drop."""
     claims = _pass_claims(secret, presented)
     if claims["sub"] != buyer_id or claims["drop"] != str(drop_id):

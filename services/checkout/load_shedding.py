@@ -47,7 +47,7 @@ import random
 import socket
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from prometheus_client import Histogram
@@ -179,7 +179,7 @@ GATE_WAIT = Histogram(
 )
 
 
-def line_pass_patience(secret: str, seconds: float) -> Callable[[dict], tuple[float, str | None]]:
+def line_pass_patience(secret: str | Sequence[str], seconds: float) -> Callable[[dict], tuple[float, str | None]]:
     """How long an order may wait for a slot, and as whom: `seconds` and the pass's ticket with
     a genuine, unexpired line pass (signed with `secret`), else (0, None) (see the module's
     docstring)."""

@@ -13,6 +13,8 @@ from devtools.stack import SERVICES, Infra, Stack, free_ports
 from shared.db import drop_database
 from tests.integration.infra import provision
 
+PREVIOUS_WEBHOOK_SECRET = "test-only-previous-webhook-secret"  # development value, public
+
 # Fast retries so retry and dead-letter behaviour shows within a test.
 TEST_ENV = {
     "RETRY_DELAYS_MS": "200,500",
@@ -28,6 +30,8 @@ TEST_ENV = {
     "DEFER_WHILE_BUSY_SECONDS": "0",
     # a pre-queue over this is placed over several admitter turns: a test line of thousands shows it
     "LINE_POSITIONS_PER_TURN": "1000",
+    # a secret rotation in progress: webhooks signed with the one before are still taken
+    "PAYMENT_WEBHOOK_PREVIOUS_SECRET": PREVIOUS_WEBHOOK_SECRET,
 }
 
 

@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.integration.conftest import PREVIOUS_WEBHOOK_SECRET
 from tests.integration.database import scalar
 
 ADDRESS = {"name": "A", "street_address": "1 Main St", "city": "Ottawa", "postal_code": "K1A 0B1",
@@ -140,6 +141,10 @@ def test_forged_stale_and_malformed_webhooks_are_refused(floodgate, stack, buyer
     assert_problem(send(tampered, sign(DEV_WEBHOOK_SECRET, payload, now)), 401, "invalid-signature")
     garbage = b'{"id": 5}'
     assert_problem(send(garbage, sign(DEV_WEBHOOK_SECRET, garbage, now)), 422)
+    # mid-rotation the secret before the current one is taken too (and only it: someone else's is not, above)
+    approved = json.dumps({**event, "event_type": "CHECKOUT.ORDER.APPROVED"}).encode()
+    noted = send(approved, sign(PREVIOUS_WEBHOOK_SECRET, approved, now))
+    assert noted.status_code == 200 and noted.json() == {"result": "noted"}
     # a refund or a reversal that does not say which capture it gives back
     given_back = json.dumps({**event, "event_type": "PAYMENT.CAPTURE.REVERSED"}).encode()
     assert_problem(send(given_back, sign(DEV_WEBHOOK_SECRET, given_back, now)), 422)

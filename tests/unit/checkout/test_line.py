@@ -644,6 +644,26 @@ def test_a_pass_admits_its_buyer_to_its_drop_only():
             line.verify_pass(SECRET, presented, buyer, drop)
 
 
+def test_mid_rotation_a_pass_the_previous_key_signed_still_admits_until_it_runs_out():
+    """A pass signed before the key was rotated was refused as forged: the buyer lost the slot
+    the line gave them."""
+    from services.checkout.config import Settings
+
+    previous = "the key before the rotation, long enough for HS256"
+    rotating = Settings(line_pass_secret=SECRET, line_pass_previous_secret=previous)
+    assert rotating.line_pass_secrets == (SECRET, previous) and Settings().line_pass_secrets == (Settings().line_pass_secret,)
+    issued_before, ticket_id = pass_for(secret=previous)
+    assert line.verify_pass(rotating.line_pass_secrets, issued_before, "ann", str(DROP)) == ticket_id
+    assert line.current_pass_ticket(rotating.line_pass_secrets, issued_before) == str(ticket_id)
+    with pytest.raises(errors.LinePassExpired):
+        line.verify_pass(rotating.line_pass_secrets, pass_for(secret=previous, expires_in=-5)[0], "ann", str(DROP))
+    with pytest.raises(errors.LinePassInvalid):  # once the rotation is over, it is not taken
+        line.verify_pass(SECRET, issued_before, "ann", str(DROP))
+    with pytest.raises(errors.LinePassInvalid):
+        line.verify_pass(rotating.line_pass_secrets, pass_for(secret="a third key, long enough for HS256")[0], "ann",
+                         str(DROP))
+
+
 def test_a_pass_is_current_when_genuine_and_unexpired_whoever_holds_it():
     for buyer in ("ann", "bob"):
         issued, ticket_id = pass_for(buyer=buyer)
