@@ -452,7 +452,8 @@ def _late_payment(order: Order, uow, renewal: Renewal, settings) -> PaymentOutco
     if renewal.refusal is not None:
         if order.status == orders.AWAITING_PAYMENT:
             orders.move(order, orders.EXPIRED, "payment arrived after the hold expired")
-            _end_order(order, uow, settings, "order.expired")
+            # the buyer is told their late payment comes back, not that nothing was charged
+            _end_order(order, uow, settings, "order.expired", refund=orders.total(order))
         _request_refund(order, uow, order.payment_capture_id, f"late payment and {renewal.refusal.title.lower()}")
         return PaymentOutcome("late-refunded")
     if order.status != orders.AWAITING_PAYMENT and order.address_key and not _take_address_allowance(
@@ -477,10 +478,13 @@ def _confirm(order: Order, uow, settings, reason: str) -> None:
 
 def _end_order(order: Order, uow, settings, event_type: str, holding: bool = True, **extra) -> None:
     """The order no longer holds stock: give back the address allowance (unless an earlier end,
-    an expiry say, gave it back: not `holding`) and tell inventory."""
+    an expiry say, gave it back: not `holding`) and tell inventory, and the buyer whether they
+    were charged (`charged`: a payment was captured for the order; `extra` says what of it comes
+    back, as `refund`)."""
     if holding:
         _give_back_address_allowance(uow, order)
     data = order_document(order, settings)
+    data.update(charged=order.payment_capture_id is not None, refund=None)
     data.update(extra)
     uow.publish(event_type, data)
 
@@ -530,14 +534,15 @@ def cancel_order(order: Order, uow, settings, by_admin: bool) -> bool:
 def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: str | None) -> None:
     """Cancel `order` (its history says `step`, the buyer is told `told`): its stock goes back,
     and a paid order's payment is refunded for `refund_reason` (None: the provider has given it
-    back already)."""
+    back already, and the buyer is told so). A late payment an ended order took was refunded as
+    it ended: the buyer is told it comes back."""
     paid = order.status == orders.CONFIRMED
     holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
-    refund = {"amount": order.total_amount, "currency": order.currency} if paid else None
+    refund = orders.total(order) if order.payment_capture_id is not None else None
     _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
-               reason=told, refund=refund)
+               reason=told, refund=refund, refunded_by_provider=paid and refund_reason is None)
     if paid and refund_reason is not None:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)
 
@@ -584,7 +589,9 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
         order.refunded_at = utc_now()
     document = order_document(order, settings)
     document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
-                    reason=data.get("reason", ""))
+                    reason=data.get("reason", ""),
+                    # a second capture, or one of the wrong amount: the order's own payment stands
+                    of_order_payment=data["capture_id"] == order.payment_capture_id)
     uow.publish("payment.refunded", document)
 
 

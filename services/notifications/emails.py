@@ -78,7 +78,8 @@ KINDS: dict[str, Kind] = {
     ),
     "order.expired": Kind(
         schemas.EndedOrderSchema, "order_expired", "buyer_email",
-        _order_subject("Your order {order_id} expired before it was paid"),
+        lambda data: (f"Your order {data['order_id']} expired; your late payment is refunded" if data.get("refund")
+                      else f"Your order {data['order_id']} expired before it was paid"),
     ),
     "order.payment_failed": Kind(
         schemas.EndedOrderSchema, "order_payment_failed", "buyer_email",
@@ -89,7 +90,8 @@ KINDS: dict[str, Kind] = {
     ),
     "payment.refunded": Kind(
         schemas.RefundedOrderSchema, "payment_refunded", "buyer_email",
-        _order_subject("Your payment for order {order_id} is refunded"),
+        lambda data: (f"Your payment for order {data['order_id']} is refunded" if data.get("of_order_payment", True)
+                      else f"An extra payment for order {data['order_id']} is refunded"),
     ),
     "account.registered": Kind(schemas.AccountSchema, "account_registered", "email", lambda data: "Welcome to Floodgate"),
     "invite.issued": Kind(

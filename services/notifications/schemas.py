@@ -33,6 +33,7 @@ class AddressSchema(_Lenient):
     city = fields.String(load_default="", allow_none=True)
     city_area = fields.String(load_default="", allow_none=True)
     postal_code = fields.String(load_default="", allow_none=True)
+    sorting_code = fields.String(load_default="", allow_none=True)
     country_area = fields.String(load_default="", allow_none=True)
     country_code = fields.String(required=True, validate=Pattern(r"^[A-Z]{2}$"))
 
@@ -71,6 +72,10 @@ class EndedOrderSchema(OrderSchema):
     cancelled_at = fields.AwareDateTime(load_default=None)
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     refund = fields.Nested(MoneySchema, load_default=None, allow_none=True)
+    # whether a payment was taken for the order (None: a producer that did not say, and the email
+    # says nothing of it), and whether the provider gave it back on its own side
+    charged = fields.Boolean(load_default=None, allow_none=True)
+    refunded_by_provider = fields.Boolean(load_default=False)
 
 
 class ShippedOrderSchema(OrderSchema):
@@ -80,6 +85,9 @@ class ShippedOrderSchema(OrderSchema):
 class RefundedOrderSchema(OrderSchema):
     refund = fields.Nested(MoneySchema, required=True)
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    # False: a payment the order did not take (a second one, one of the wrong amount): it stands
+    of_order_payment = fields.Boolean(load_default=True)
+    status = fields.String(load_default=None, allow_none=True)  # the order's, as the refund leaves it
 
 
 class AccountSchema(_Lenient):

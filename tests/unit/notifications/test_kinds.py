@@ -56,8 +56,11 @@ def test_the_payment_email_says_how_to_pay_and_when_the_hold_expires():
 def test_a_cancellation_says_whether_money_comes_back():
     refunded = render("order.cancelled", CANCELLED)
     assert "refunding 1,349.99 EUR" in refunded.text and "changed my mind" in refunded.text
-    unpaid = render("order.cancelled", order(refund=None, reason=None))
+    unpaid = render("order.cancelled", order(refund=None, reason=None, charged=False))
     assert "nothing to refund" in unpaid.text
+    # a producer that does not say whether anything was charged is not taken to say nothing was
+    unknown = render("order.cancelled", order(refund=None, reason=None))
+    assert "charged" not in unknown.text and "refund" not in unknown.text.lower()
 
 
 def test_a_refund_names_its_amount_and_reason():

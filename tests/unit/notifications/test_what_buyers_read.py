@@ -1,0 +1,89 @@
+"""What a buyer reads about their money, from the events checkout's own handlers publish (its
+unit-test harness) rendered through notifications' templates: every sentence about a charge or a
+refund is true of what happened."""
+from services.checkout import handlers
+from services.notifications import emails
+from tests.unit.checkout.fakes import Checkout, capture, given_back, hold_ran_out
+
+
+def mailed(events, event_type):
+    """The email the last `event_type` among `events` becomes."""
+    [data] = [data for kind, data in events if kind == event_type][-1:]
+    return emails.render(event_type, emails.read(event_type, data), "ev-1")
+
+
+def refund_of(checkout, events):
+    """The events checkout's consumer publishes for the refund requested among `events`."""
+    [request] = [data for kind, data in events if kind == "payment.refund_requested"]
+    return checkout.deliver("payment.refund_requested", request)
+
+
+def test_a_payment_the_provider_gave_back_is_not_promised_again():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order, capture_id="CAP-0"))
+    _, events = checkout.pay(given_back(order, "REVERSED", capture_id="CAP-0"))
+    email = mailed(events, "order.cancelled")
+    for body in (email.text, email.html):
+        assert "already returned" in body and "299.00 CAD" in body
+        assert "We are refunding" not in body and "Nothing was charged" not in body
+
+
+def test_a_late_payment_refused_for_want_of_stock_is_told_as_refunded_not_as_never_charged():
+    checkout = Checkout()
+    order = checkout.place()
+    hold_ran_out(order)
+    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
+    _, events = checkout.pay(capture(order))
+    email = mailed(events, "order.expired")
+    assert "refunded" in email.subject
+    for body in (email.text, email.html):
+        assert "Nothing was charged" not in body and "refunding" in body and "299.00 CAD" in body
+
+
+def test_cancelling_an_order_whose_late_payment_was_refunded_does_not_say_nothing_was_charged():
+    checkout = Checkout()
+    order = checkout.place()
+    hold_ran_out(order)
+    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
+    checkout.pay(capture(order))
+    _, events = checkout.cancel(order)
+    email = mailed(events, "order.cancelled")
+    assert "Nothing was charged" not in email.text and "refunding 299.00 CAD" in email.text
+
+
+def test_an_unpaid_order_cancelled_or_expired_says_nothing_was_charged():
+    checkout = Checkout()
+    cancelled, expired = checkout.place(key="k-1"), checkout.place(key="k-2")
+    _, events = checkout.cancel(cancelled)
+    assert "Nothing was charged" in mailed(events, "order.cancelled").text
+    events = checkout.deliver("reservation.expired", {"order_id": str(expired.id)})
+    assert "Nothing was charged" in mailed(events, "order.expired").text
+
+
+def test_a_second_payment_refunded_says_the_order_stands():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1"))
+    _, events = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
+    email = mailed(refund_of(checkout, events), "payment.refunded")
+    assert "extra payment" in email.subject and "is refunded" in email.subject
+    assert "did not take" in email.text and "paid and confirmed" in email.text
+
+
+def test_a_payment_of_the_wrong_amount_refunded_says_the_order_still_waits_for_its_payment():
+    checkout = Checkout()
+    order = checkout.place()
+    _, events = checkout.pay(capture(order, amount=100))
+    email = mailed(refund_of(checkout, events), "payment.refunded")
+    assert "1.00 CAD" in email.text and "still waits for its\npayment of 299.00 CAD" in email.text
+
+
+def test_the_orders_own_payment_refunded_says_so():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order))
+    _, events = checkout.cancel(order)
+    email = mailed(refund_of(checkout, events), "payment.refunded")
+    assert email.subject == f"Your payment for order {order.id} is refunded"
+    assert f"refunded 299.00 CAD for your order {order.id}" in email.text
