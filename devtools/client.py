@@ -170,8 +170,7 @@ class Floodgate:
         """Give the order's captured payment back on the provider's side, as a merchant's refund
         in its dashboard (`refund`) or a chargeback the buyer won (`reverse`) would; the provider
         tells checkout before it answers."""
-        provider = order["payment"]["approval_url"].split("/pay/", 1)[0]
-        return self.http.post(f"{provider}/v1/payments/{order['id']}/{action}")
+        return self.http.post(self._url("payments", f"/v1/payments/{order['id']}/{action}"))
 
     def wait_for_status(self, token: str, order_id: str, status: str, timeout: float = 30) -> dict:
         return poll(

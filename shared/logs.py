@@ -47,6 +47,20 @@ def _trace_ids(record: logging.LogRecord) -> None:
         record.trace_id, record.span_id = trace_id, span_id
 
 
+# PostgreSQL's own message may hold a row's values ("DETAIL:  Key (email)=(ann@example.com) already
+# exists", "Failing row contains (...)", "CONTEXT:  unnamed portal parameter $1 = '...'"); the
+# engines hide the statement's parameters (shared/db.py), and these lines go too
+_VALUES_IN_MESSAGE = ("DETAIL:", "CONTEXT:")
+
+
+class _Formatter(JsonFormatter):
+    """One JSON object a record; an exception's text without the lines that hold values."""
+
+    def formatException(self, ei) -> str:
+        text = super().formatException(ei)
+        return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(_VALUES_IN_MESSAGE))
+
+
 def configure(process: str, level: str = "INFO") -> None:
     """Send every log record to stderr as one JSON object per line, its `service` field naming
     the process (`checkout-api`, `inventory-consumer`, ...)."""
@@ -54,7 +68,7 @@ def configure(process: str, level: str = "INFO") -> None:
     _service_name = process
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter(
+        _Formatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )

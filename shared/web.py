@@ -201,20 +201,28 @@ def allowed_origins(settings) -> frozenset:
     return frozenset(_origin(part.strip()) for part in settings.cors_allowed_origins.split(",") if part.strip())
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_HOST = re.compile(r"[a-z0-9.-]+|[0-9a-f:.]*:[0-9a-f:.]*")  # a name in its ASCII form, or an IPv6 address
+
+
 def _origin(written: str) -> str:
+    """`written` as a browser's Origin header says it: an app's own scheme (`capacitor://localhost`)
+    as it is, a host of other scripts in its ASCII form (`bücher.example` is `xn--bcher-kva.example`)."""
     try:
         parts = urlsplit(written.rstrip("/"))
         port = parts.port
-    except ValueError:
-        parts, port = None, None
-    if (parts is None or parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or parts.path
-            or parts.query or parts.fragment or parts.username or parts.password):
+        host = parts.hostname.encode("idna").decode("ascii") if parts.hostname and ":" not in parts.hostname else (
+            parts.hostname)
+    except (ValueError, UnicodeError):
+        parts, port, host = None, None, None
+    if (parts is None or not _SCHEME.fullmatch(parts.scheme.lower()) or not host or not _HOST.fullmatch(host.lower())
+            or parts.path or parts.query or parts.fragment or parts.username or parts.password):
         raise ConfigError(f"CORS_ALLOWED_ORIGINS={written!r}: not an origin (scheme://host[:port], no path; "
                           "list each one, * is not taken)")
-    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    scheme, host = parts.scheme.lower(), host.lower()
     if ":" in host:  # IPv6
         host = f"[{host}]"
-    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
+    return f"{scheme}://{host}" + ("" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}")
 
 
 def cors_headers(origin: str | None, allowed: frozenset) -> list[tuple[str, str]]:

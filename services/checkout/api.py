@@ -176,7 +176,10 @@ def _visible_order(uow, order_id: str, lock: bool = False) -> Order:
     "Payment provider callback (signed)",
     request=WebhookSchema,
     response=WebhookAnswerSchema,
-    errors=(401, 404, 503),
+    errors=(401, 404, 422, 503),
+    description="PAYMENT.CAPTURE.REFUNDED and PAYMENT.CAPTURE.REVERSED (money the provider gave back) name the "
+                "capture they give back in resource.capture_id (resource.id is the refund's or the reversal's "
+                "own): without it, 422.",
     headers={SIGNATURE_HEADER: {"description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>; "
                                                "missing, wrong or stale answers 401"}},
 )

@@ -13,7 +13,7 @@ from datetime import datetime
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, RefundRefused
+from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PermanentFailure
@@ -120,6 +120,7 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, p
         approval_url=provider.approval_url(str(order_id), hold.unit_amount * hold.quantity, hold.currency),
         created_at=placed_at,
         captures_undone=[],
+        given_back_amount=0,
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
@@ -325,15 +326,18 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
         orders.move(order, orders.PAYMENT_FAILED, "payment declined by the provider")
         _end_order(order, uow, settings, "order.payment_failed")
         return PaymentOutcome(orders.PAYMENT_FAILED)
+    # a hold renewed for this payment by an earlier look, that it will not use now (the order
+    # changed during the renewal): given back after the commit, not left to run out
+    renewed = renewal is not None and renewal.hold is not None
     if notice.capture_id in order.captures_undone:
         log.warning("a capture the provider has already given back completed: nothing is confirmed or refunded",
                     extra={"capture_id": notice.capture_id})
-        return PaymentOutcome("capture-already-undone")
+        return PaymentOutcome("capture-already-undone", str(order.id), renewal_unused=renewed)
     if order.payment_capture_id is not None:
         if order.payment_capture_id == notice.capture_id:
-            return PaymentOutcome("already-captured")
+            return PaymentOutcome("already-captured", str(order.id), renewal_unused=renewed)
         _request_refund(order, uow, notice.capture_id, "a second payment for the same order", paid=notice)
-        return PaymentOutcome("second-capture-refunded")
+        return PaymentOutcome("second-capture-refunded", str(order.id), renewal_unused=renewed)
     if (notice.amount, notice.currency) != (order.total_amount, order.currency):
         # refunded, and the order stays payable: the buyer may still pay the right amount
         log.error("payment amount differs from order total", extra={"paid": notice.amount, "due": order.total_amount})
@@ -351,7 +355,7 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
         return _late_payment(order, uow, renewal, settings)
     # cancelled or shipped: the money goes back
     _request_refund(order, uow, notice.capture_id, f"payment arrived for an order that is {order.status}")
-    return PaymentOutcome("refunded", str(order.id), renewal_unused=renewal is not None and renewal.hold is not None)
+    return PaymentOutcome("refunded", str(order.id), renewal_unused=renewed)
 
 
 def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> PaymentOutcome:
@@ -366,13 +370,16 @@ def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> Payme
     how = CAPTURE_UNDONE[notice.event_type]
     money = {"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency,
              "due": order.total_amount}
-    whole = (notice.amount, notice.currency) == (order.total_amount, order.currency)
     if notice.capture_id != order.payment_capture_id:
+        whole = (notice.amount, notice.currency) == (order.total_amount, order.currency)
         if whole and notice.capture_id not in order.captures_undone:
             order.captures_undone = [*order.captures_undone, notice.capture_id]
         return PaymentOutcome(f"{how}-noted", str(order.id))
-    if not whole:
-        log.warning(f"part of the order's payment was {how} at the provider; the order stands", extra=money)
+    if notice.currency == order.currency:
+        order.given_back_amount += notice.amount  # a refund in parts, then a chargeback of the rest, add up
+    if order.given_back_amount < order.total_amount:
+        log.warning(f"part of the order's payment was {how} at the provider; the order stands",
+                    extra={**money, "given_back": order.given_back_amount})
         return PaymentOutcome(f"part-{how}-noted", str(order.id))
     if order.refunded_at is None:
         order.refund_id, order.refunded_at = notice.undone_by, utc_now()
@@ -509,11 +516,12 @@ def _paid_for_no_order(notice: PaymentNotice, uow) -> PaymentOutcome:
 def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: PaymentNotice | None = None) -> None:
     """Ask for the refund through the outbox; checkout's consumer performs it with retries.
 
-    The refund is what was paid: the capture in `paid` when given, else the order's total."""
+    The refund is what was paid: the capture in `paid` when given, else the order's total less
+    what the provider gave back of it on its side."""
     uow.publish("payment.refund_requested", {
         "order_id": str(order.id),
         "capture_id": capture_id,
-        "amount": paid.amount if paid else order.total_amount,
+        "amount": paid.amount if paid else order.total_amount - order.given_back_amount,
         "currency": paid.currency if paid else order.currency,
         "reason": reason,
     })
@@ -540,9 +548,15 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
-    refund = orders.total(order) if order.payment_capture_id is not None else None
+    by_provider = paid and refund_reason is None
+    if by_provider:  # what the provider returned
+        refund = orders.total(order)
+    elif order.payment_capture_id is not None:  # what is left of the payment to come back
+        refund = {"amount": order.total_amount - order.given_back_amount, "currency": order.currency}
+    else:
+        refund = None
     _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
-               reason=told, refund=refund, refunded_by_provider=paid and refund_reason is None)
+               reason=told, refund=refund, refunded_by_provider=by_provider)
     if paid and refund_reason is not None:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)
 
@@ -580,18 +594,28 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
         raise PermanentFailure(f"refund for unknown order {data['order_id']}: capture {data.get('capture_id')}, "
                                f"{data.get('amount')} {data.get('currency')}")
     bind_order_id(str(order.id))
-    try:
-        refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
-    except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
-        raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
-    if data["capture_id"] == order.payment_capture_id:
+    own_payment = data["capture_id"] == order.payment_capture_id
+    if (own_payment and order.refunded_at is not None) or data["capture_id"] in order.captures_undone:
+        # The provider's news that it gave this capture back came first: a chargeback or a
+        # dashboard refund between the cancel and this, or this very refund's news after a crash
+        # before its commit. Asked again, PayPal refuses a capture refunded whole (a 422, parked
+        # as money owed that is not).
+        log.info("the provider has given this payment back already; no refund asked",
+                 extra={"capture_id": data["capture_id"]})
+        refund = Refund(order.refund_id if own_payment else None, data["amount"], data["currency"])
+    else:
+        try:
+            refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
+        except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
+            raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
+    if own_payment and order.refunded_at is None:
         order.refund_id = refund.refund_id
         order.refunded_at = utc_now()
     document = order_document(order, settings)
     document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
                     reason=data.get("reason", ""),
                     # a second capture, or one of the wrong amount: the order's own payment stands
-                    of_order_payment=data["capture_id"] == order.payment_capture_id)
+                    of_order_payment=own_payment)
     uow.publish("payment.refunded", document)
 
 

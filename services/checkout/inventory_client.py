@@ -405,7 +405,10 @@ class InventoryClient:
     def _refusal_of(status: int, problem: dict) -> Exception:
         slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
         if slug in _PROBLEMS:
-            return _PROBLEMS[slug](problem.get("detail"))
+            # the units left, when inventory says (a buyer told too few remain may order fewer)
+            remaining = problem.get("remaining")
+            known = {"remaining": remaining} if isinstance(remaining, int) and not isinstance(remaining, bool) else {}
+            return _PROBLEMS[slug](problem.get("detail"), **known)
         log.error("unexpected inventory answer", extra={"status": status, "problem": problem})
         return _not_taken()
 

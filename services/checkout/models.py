@@ -43,6 +43,9 @@ class Order(Base):
     # captures of this order the provider refunded or reversed on its side before the order took
     # them as its payment (webhooks arrive in any order): their completion never confirms it
     captures_undone: Mapped[list[str]] = mapped_column(pg.ARRAY(sa.String(128)), server_default="{}")
+    # how much of the order's own payment the provider gave back on its side, in the order's
+    # currency: refunds in parts add up, and what checkout refunds is what is left
+    given_back_amount: Mapped[int] = mapped_column(server_default="0")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     confirmed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -383,6 +383,16 @@ def test_a_payment_given_back_at_the_provider_cancels_the_order_and_puts_its_uni
                                          "AND envelope->'data'->>'order_id' = :id", type=event_type, id=mine["id"]) == count
 
 
+def test_an_order_for_more_units_than_are_left_is_told_how_many_it_may_have(floodgate, admin_token):
+    drop = floodgate.create_drop(admin_token, quantity=3, per_buyer_limit=2)
+    (_, first), (_, second) = floodgate.register(), floodgate.register()
+    assert floodgate.place_order(first, drop["id"], quantity=2).status_code == 201
+    too_many = floodgate.place_order(second, drop["id"], quantity=2)
+    assert too_many.status_code == 409 and too_many.json()["type"].endswith("/not-enough-stock"), too_many.text
+    assert too_many.json()["remaining"] == 1 and "order 1 or fewer" in too_many.json()["detail"]
+    assert floodgate.place_order(second, drop["id"], quantity=1).status_code == 201
+
+
 def test_shipping_is_for_admins_and_ends_cancellation(floodgate, stack, admin_token, buyer):
     _, token = buyer
     drop = floodgate.create_drop(admin_token, quantity=2)

@@ -196,8 +196,9 @@ def test_a_call_that_timed_out_is_not_sent_again_and_one_on_a_closed_connection_
 
 
 def test_units_left_but_fewer_than_asked_is_told_apart_from_sold_out_and_handled_as_one():
-    answer = {**problem("not-enough-stock", 409), "detail": "Only 1 unit(s) of this drop are left: order 1 or fewer."}
+    answer = {**problem("not-enough-stock", 409), "detail": "Only 1 unit(s) of this drop are left: order 1 or fewer.",
+              "remaining": 1}
     refusal = client(lambda path, body: Answer(409, answer))._refusal_of(409, answer)
     assert isinstance(refusal, errors.NotEnoughStock) and isinstance(refusal, errors.SoldOut)
     assert (refusal.slug, refusal.status) == ("not-enough-stock", 409)
-    assert "order 1 or fewer" in refusal.detail
+    assert "order 1 or fewer" in refusal.detail and refusal.to_dict()["remaining"] == 1

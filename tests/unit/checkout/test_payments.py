@@ -6,6 +6,7 @@ import pytest
 
 from services.checkout import errors, handlers
 from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, PaymentNotice
+from services.checkout.payments import RefundRefused
 from services.checkout.models import OrderTransition
 from shared.messaging.consumer import PermanentFailure
 from tests.unit.checkout.fakes import capture, denial, given_back, hold_ran_out, statuses, unknown_order_id
@@ -488,6 +489,66 @@ def test_a_shipped_order_whose_payment_the_provider_gives_back_stays_shipped_and
     assert order.refund_id == "REV-1" and order.refunded_at is not None  # its payment shows "refunded"
     assert [record.message for record in caplog.records if record.levelname == "ERROR"] == [
         "a shipped order's payment was reversed at the provider: settle it with the buyer"]
+
+
+def test_parts_given_back_at_the_provider_that_add_up_to_the_payment_cancel_the_order(checkout):
+    """A dashboard refund of part, then a chargeback of the rest: each part alone left the order
+    confirmed, to ship with all the money gone."""
+    order = checkout.place()
+    confirmed(checkout, order)
+    assert checkout.pay(given_back(order, "REFUNDED", event_id="WH-R1", capture_id="CAP-0", amount=100))[0] == (
+        "part-refunded-noted")
+    result, events = checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-0", amount=29800))
+    assert result == "cancelled" and statuses(order)[-1] == "cancelled"
+    [(event_type, data)] = events
+    assert (event_type, data["refund"], data["refunded_by_provider"]) == (
+        "order.cancelled", {"amount": 29900, "currency": "CAD"}, True)
+
+
+def test_a_cancel_after_part_was_given_back_at_the_provider_refunds_what_is_left(checkout):
+    order = checkout.place()
+    confirmed(checkout, order)
+    checkout.pay(given_back(order, capture_id="CAP-0", amount=900))
+    _, events = checkout.cancel(order)
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    assert (request["capture_id"], request["amount"]) == ("CAP-0", 29000)
+    [cancel] = [data for event_type, data in events if event_type == "order.cancelled"]
+    assert cancel["refund"] == {"amount": 29000, "currency": "CAD"} and not cancel["refunded_by_provider"]
+
+
+@pytest.mark.parametrize("how", ["REVERSED", "REFUNDED"])
+def test_a_refund_asked_for_a_payment_the_provider_gave_back_meanwhile_is_not_asked_again(checkout, how):
+    """The buyer cancelled; before checkout's consumer refunded, a chargeback (or the merchant's
+    dashboard) gave the money back. PayPal refuses a capture refunded whole: the refund was parked
+    as money owed that was not."""
+    order = checkout.place()
+    confirmed(checkout, order)
+    _, events = checkout.cancel(order)
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    assert checkout.pay(given_back(order, how, capture_id="CAP-0", undone_by="REV-7"))[0] == f"{how.lower()}-noted"
+    checkout.provider.failure = RefundRefused("422: the capture is refunded already")
+
+    events = checkout.deliver("payment.refund_requested", request)
+
+    assert checkout.provider.refunds == []
+    [(event_type, data)] = events
+    assert (event_type, data["refund"]["refund_id"], data["of_order_payment"]) == ("payment.refunded", "REV-7", True)
+    assert order.refund_id == "REV-7"
+
+
+def test_a_renewed_hold_whose_capture_is_given_back_during_the_renewal_is_given_back_at_once(checkout):
+    order = checkout.place()
+    hold_ran_out(order)
+
+    def given_back_meanwhile():
+        checkout.inventory.meanwhile = None
+        checkout.pay(given_back(order, capture_id="CAP-1"))
+
+    checkout.inventory.meanwhile = given_back_meanwhile
+    result, _ = checkout.pay(capture(order, capture_id="CAP-1"))
+    assert result == "capture-already-undone"
+    assert checkout.inventory.released[-1] == str(order.id)  # not held for a whole hold time
+    assert checkout.inventory.sold == []
 
 
 @pytest.mark.parametrize("amount, currency", [(100, "CAD"), (29900, "USD")])

@@ -145,3 +145,9 @@ def test_a_postal_code_with_nothing_of_a_code_in_it_is_refused_not_dropped():
     with pytest.raises(InvalidAddress) as refused:
         normalise(address(street_address="King Fahd Road", city="Riyadh", postal_code="—·—", country_code="SA"))
     assert set(refused.value.errors) == {"postal_code"}
+
+
+def test_a_placeholder_typed_where_the_country_has_no_postal_codes_is_dropped():
+    hong_kong = normalise(address(street_address="1 Queen's Road Central", city_area="Central",
+                                  country_area="Hong Kong Island", postal_code="—", country_code="HK"))
+    assert hong_kong["postal_code"] == "" and hong_kong["country_code"] == "HK"

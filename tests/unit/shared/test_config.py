@@ -52,13 +52,15 @@ def test_settings_where_0_means_off_take_it():
 def test_cors_origins_are_kept_as_a_browser_sends_them():
     """Kept as typed, these matched no browser's Origin, and the drop page failed with nothing in
     the logs."""
-    written = "https://Shop.Example.com, https://shop.example.com:443/, HTTP://127.0.0.1:8003, http://[::1]:80"
+    written = ("https://Shop.Example.com, https://shop.example.com:443/, HTTP://127.0.0.1:8003, http://[::1]:80, "
+               "https://Bücher.example, capacitor://localhost")
     assert allowed_origins(Settings(cors_allowed_origins=written)) == {
-        "https://shop.example.com", "http://127.0.0.1:8003", "http://[::1]"}
+        "https://shop.example.com", "http://127.0.0.1:8003", "http://[::1]", "https://xn--bcher-kva.example",
+        "capacitor://localhost"}
     assert cors_headers("https://shop.example.com", allowed_origins(Settings(cors_allowed_origins=written)))
 
 
-@pytest.mark.parametrize("written", ["*", "shop.example.com", "https://shop.example.com/drops", "ftp://shop.example.com",
+@pytest.mark.parametrize("written", ["*", "shop.example.com", "https://shop.example.com/drops", "https://*.example.com",
                                      "https://shop.example.com:99999", "https://user@shop.example.com"])
 def test_a_cors_origin_that_is_not_one_stops_the_service(written):
     with pytest.raises(ConfigError, match="^CORS_ALLOWED_ORIGINS="):

@@ -1,7 +1,8 @@
 """The captures the payment provider refunded or reversed on its side (a refund made in its
 dashboard, a chargeback) before the order took them as its payment: webhooks arrive in any
-order, and a completion arriving after its own refund must not confirm the order. A constant
-default: PostgreSQL adds the column without rewriting the table.
+order, and a completion arriving after its own refund must not confirm the order. And how much
+of the order's own payment was given back there, parts adding up. Constant defaults: PostgreSQL
+adds the columns without rewriting the table.
 
 Revision ID: 0010
 Revises: 0009
@@ -19,7 +20,9 @@ depends_on = None
 def upgrade():
     op.add_column("orders", sa.Column("captures_undone", pg.ARRAY(sa.String(128)), nullable=False,
                                       server_default="{}"))
+    op.add_column("orders", sa.Column("given_back_amount", sa.Integer, nullable=False, server_default="0"))
 
 
 def downgrade():
+    op.drop_column("orders", "given_back_amount")
     op.drop_column("orders", "captures_undone")
