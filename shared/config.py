@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Mapping
 
 DEV_SERVICE_KEY = "dev-only-service-key-not-a-secret"
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-not-a-secret"
+ENVIRONMENTS = ("development", "production")
 
 
 class ConfigError(ValueError):
@@ -58,8 +59,16 @@ class Settings:
     POSITIVE: ClassVar[frozenset[str]] = frozenset({
         "jwks_max_age_seconds", "consumer_prefetch", "consumer_threads", "max_attempts", "relay_batch_size",
         "relay_idle_seconds", "metrics_query_timeout_seconds"})
+    # settings whose default is a development secret, public here: refused in production. A
+    # service adds its own: `{**Settings.DEVELOPMENT_SECRETS, ...}`.
+    DEVELOPMENT_SECRETS: ClassVar[dict[str, str]] = {"service_key": DEV_SERVICE_KEY}
 
     service_name: str = "floodgate"
+    # "development" or "production". Production refuses to start with a development secret
+    # (`DEVELOPMENT_SECRETS`: public in this repository, anyone could sign a payment's webhook or
+    # call a service-key endpoint with it) and, at accounts, without a key-encryption key. The
+    # Kubernetes base sets it; the dev overlay and local runs keep the development default.
+    deployment_environment: str = "development"
     database_url: str = ""
     # false when DATABASE_URL goes through a transaction pooler (PgBouncer, pool_mode=transaction):
     # each transaction may run on another server connection, where a statement psycopg prepared on
@@ -140,6 +149,18 @@ class Settings:
                 f"postgresql+psycopg://postgres@127.0.0.1:5432/floodgate_{settings.service_name}",
             )
         return settings
+
+    def checked_for_production(self) -> "Settings":
+        """These settings, or ConfigError for a DEPLOYMENT_ENVIRONMENT that is neither, or a
+        development secret in production: what a service's process starts with (its `load`).
+        Tools that read settings for other ends (PgBouncer's sizing from a ConfigMap) need no secret."""
+        if self.deployment_environment not in ENVIRONMENTS:
+            raise ConfigError(f"DEPLOYMENT_ENVIRONMENT={self.deployment_environment!r}: one of {', '.join(ENVIRONMENTS)}")
+        public = sorted(name.upper() for name, value in self.DEVELOPMENT_SECRETS.items() if getattr(self, name) == value)
+        if public and self.deployment_environment == "production":
+            raise ConfigError(f"{', '.join(public)}: the development default, public in the repository; production "
+                              "sets its own (deploy/k8s/README.md, Production)")
+        return self
 
 
 

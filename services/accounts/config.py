@@ -38,9 +38,6 @@ class Settings(CommonSettings):
     # 0 means clients connect directly. Wrong here, every client looks like the proxy to the
     # per-client sign-in throttle.
     trusted_proxy_hops: int = 0
-    # "development" or "production". Production refuses to start without a key-encryption key;
-    # the Kubernetes base sets it, the dev overlay and local runs keep the development default.
-    deployment_environment: str = "development"
     # Key-encryption keys (Fernet) for the signing keys at rest, comma-separated, newest first:
     # the first encrypts, all decrypt. Empty in development means the public dev-only KEK
     # (key_encryption.DEV_KEY_ENCRYPTION_KEY); production reads it from a Secret.
@@ -55,4 +52,4 @@ class Settings(CommonSettings):
 
 
 def load() -> Settings:
-    return Settings.from_env(service_name="accounts")
+    return Settings.from_env(service_name="accounts").checked_for_production()

@@ -14,10 +14,10 @@ from typing import Sequence
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from services.accounts.models import SigningKey
+from shared.config import ENVIRONMENTS
 
 log = logging.getLogger("floodgate.accounts")
 
-ENVIRONMENTS = ("development", "production")
 # Public, in this repository: whatever it encrypts anyone can read. It lets a development stack
 # run with no setting at all; production refuses it (and refuses to start without a KEK).
 DEV_KEY_ENCRYPTION_KEY = "dev-only-kek-for-signing-keys-not-a-secret0="

@@ -13,6 +13,8 @@ class Settings(CommonSettings):
         "inventory_timeout_seconds", "max_orders_in_flight", "inventory_hold_batch_size",
         "inventory_hold_calls", "admitter_interval_seconds", "line_positions_per_turn", "line_status_refresh_seconds",
         "per_address_limit", "web_concurrency"}
+    DEVELOPMENT_SECRETS = {**CommonSettings.DEVELOPMENT_SECRETS, "payment_webhook_secret": DEV_WEBHOOK_SECRET,
+                           "line_pass_secret": DEV_LINE_PASS_SECRET}
 
     inventory_url: str = "http://127.0.0.1:8002"
     inventory_timeout_seconds: float = 2.0
@@ -84,5 +86,5 @@ class Settings(CommonSettings):
 
 
 def load() -> Settings:
-    return Settings.from_env(service_name="checkout")
+    return Settings.from_env(service_name="checkout").checked_for_production()
 

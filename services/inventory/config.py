@@ -27,4 +27,4 @@ class Settings(config.Settings):
 
 
 def load() -> Settings:
-    return Settings.from_env(service_name="inventory")
+    return Settings.from_env(service_name="inventory").checked_for_production()

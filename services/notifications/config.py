@@ -40,4 +40,4 @@ class Settings(CommonSettings):
 
 
 def load() -> Settings:
-    return Settings.from_env(service_name="notifications")
+    return Settings.from_env(service_name="notifications").checked_for_production()

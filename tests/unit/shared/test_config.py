@@ -65,3 +65,27 @@ def test_cors_origins_are_kept_as_a_browser_sends_them():
 def test_a_cors_origin_that_is_not_one_stops_the_service(written):
     with pytest.raises(ConfigError, match="^CORS_ALLOWED_ORIGINS="):
         allowed_origins(Settings(cors_allowed_origins=f"https://ok.example.com,{written}"))
+
+
+def test_production_refuses_the_public_development_secrets_and_names_them():
+    """Left unset outside Kubernetes, they were taken silently: with the public webhook secret a
+    buyer could sign their own order's payment; with the service key read every address."""
+    with pytest.raises(ConfigError, match="^LINE_PASS_SECRET, PAYMENT_WEBHOOK_SECRET, SERVICE_KEY: the development"):
+        CheckoutSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production()
+    with pytest.raises(ConfigError, match="^SERVICE_KEY:"):
+        NotificationsSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production()
+    own = {"DEPLOYMENT_ENVIRONMENT": "production", "SERVICE_KEY": "k" * 40, "PAYMENT_WEBHOOK_SECRET": "w" * 40,
+           "LINE_PASS_SECRET": "p" * 40}
+    assert CheckoutSettings.from_env(own).checked_for_production().deployment_environment == "production"
+    assert CheckoutSettings.from_env({}).checked_for_production().service_key  # development takes them, as make run does
+    with pytest.raises(ConfigError, match="^DEPLOYMENT_ENVIRONMENT='prod'"):
+        Settings.from_env({"DEPLOYMENT_ENVIRONMENT": "prod"}).checked_for_production()
+
+
+def test_every_service_starts_from_settings_checked_for_production(monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("DEPLOYMENT_ENVIRONMENT", "production")
+    for service in ("accounts", "inventory", "checkout", "notifications"):
+        with pytest.raises(ConfigError, match="SERVICE_KEY"):
+            importlib.import_module(f"services.{service}.config").load()
