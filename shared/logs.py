@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import uuid
 from contextlib import contextmanager
@@ -48,17 +49,26 @@ def _trace_ids(record: logging.LogRecord) -> None:
 
 
 # PostgreSQL's own message may hold a row's values ("DETAIL:  Key (email)=(ann@example.com) already
-# exists", "Failing row contains (...)", "CONTEXT:  unnamed portal parameter $1 = '...'"); the
-# engines hide the statement's parameters (shared/db.py), and these lines go too
-_VALUES_IN_MESSAGE = ("DETAIL:", "CONTEXT:")
+# exists", "Failing row contains (...)", a value's own line breaks included, "CONTEXT:  unnamed
+# portal parameter $1 = '...'"); the engines hide the statement's parameters (shared/db.py), and
+# these parts go too: from DETAIL or CONTEXT to SQLAlchemy's "[SQL: ...]" or "(Background ...)",
+# a blank line or the end, whether the line breaks are real (a traceback) or escaped (a repr)
+_VALUES_IN_MESSAGE = re.compile(
+    r"(?:\\n|\n)[ \t]*(?:DETAIL|CONTEXT):.*?"
+    r"(?=(?:\\n|\n)[ \t]*(?:\[SQL|\(Background|\\n|\n)|\Z)", re.S)  # ... or a blank line (a chained exception's)
+
+
+def without_values(text: str) -> str:
+    """`text` (an exception's message, repr or traceback) without PostgreSQL's parts that hold a
+    row's values."""
+    return _VALUES_IN_MESSAGE.sub("", text)
 
 
 class _Formatter(JsonFormatter):
-    """One JSON object a record; an exception's text without the lines that hold values."""
+    """One JSON object a record; an exception's text without the parts that hold values."""
 
     def formatException(self, ei) -> str:
-        text = super().formatException(ei)
-        return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(_VALUES_IN_MESSAGE))
+        return without_values(super().formatException(ei))
 
 
 def configure(process: str, level: str = "INFO") -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Hashable, Iterable, Mapping
 from urllib.parse import urlsplit
 
+import idna
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from marshmallow import EXCLUDE, Schema, fields
 from prometheus_client import CollectorRegistry, generate_latest
@@ -202,7 +203,7 @@ def allowed_origins(settings) -> frozenset:
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
-_HOST = re.compile(r"[a-z0-9.-]+|[0-9a-f:.]*:[0-9a-f:.]*")  # a name in its ASCII form, or an IPv6 address
+_HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]*:[0-9a-f:.]*")  # a name in its ASCII form, or an IPv6 address
 
 
 def _origin(written: str) -> str:
@@ -211,9 +212,9 @@ def _origin(written: str) -> str:
     try:
         parts = urlsplit(written.rstrip("/"))
         port = parts.port
-        host = parts.hostname.encode("idna").decode("ascii") if parts.hostname and ":" not in parts.hostname else (
-            parts.hostname)
-    except (ValueError, UnicodeError):
+        host = idna.encode(parts.hostname, uts46=True).decode("ascii") if parts.hostname and ":" not in parts.hostname \
+            else parts.hostname  # IDNA 2008, as browsers: faß.de is xn--fa-hia.de, not fass.de
+    except (ValueError, UnicodeError, idna.IDNAError):
         parts, port, host = None, None, None
     if (parts is None or not _SCHEME.fullmatch(parts.scheme.lower()) or not host or not _HOST.fullmatch(host.lower())
             or parts.path or parts.query or parts.fragment or parts.username or parts.password):

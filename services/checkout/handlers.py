@@ -119,8 +119,7 @@ def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, p
         hold_expires_at=hold.hold_expires_at,
         approval_url=provider.approval_url(str(order_id), hold.unit_amount * hold.quantity, hold.currency),
         created_at=placed_at,
-        captures_undone=[],
-        given_back_amount=0,
+        captures_given_back={},
         history=[],
     )
     orders.move_new(order, "order placed; stock held")
@@ -329,7 +328,7 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
     # a hold renewed for this payment by an earlier look, that it will not use now (the order
     # changed during the renewal): given back after the commit, not left to run out
     renewed = renewal is not None and renewal.hold is not None
-    if notice.capture_id in order.captures_undone:
+    if _given_back(order, notice.capture_id) >= notice.amount:
         log.warning("a capture the provider has already given back completed: nothing is confirmed or refunded",
                     extra={"capture_id": notice.capture_id})
         return PaymentOutcome("capture-already-undone", str(order.id), renewal_unused=renewed)
@@ -363,23 +362,22 @@ def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> Payme
     payment, and whole: a confirmed order is cancelled, its units back on sale and the buyer told,
     with no refund asked for (the money is back already); a shipped one cannot be, and is logged as
     an ERROR for people to settle; an order that had ended is only noted (the news of checkout's
-    own refund). A part given back leaves the order as it is. Of a capture the order did not take
-    as its payment: one whose completion has not arrived yet is remembered, so that completion
-    never confirms the order; others (a second capture, one of the wrong amount, refunded by
-    checkout itself) change nothing."""
+    own refund). A part given back leaves the order as it is; parts add up (a refund of some in
+    the dashboard, then a chargeback of the rest). Of a capture the order did not take as its
+    payment, it is noted all the same: one whose completion has not arrived yet (webhooks come in
+    any order) then confirms nothing if all of it came back, and what checkout still refunds of
+    any capture is what is left of it."""
     how = CAPTURE_UNDONE[notice.event_type]
-    money = {"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency,
-             "due": order.total_amount}
-    if notice.capture_id != order.payment_capture_id:
-        whole = (notice.amount, notice.currency) == (order.total_amount, order.currency)
-        if whole and notice.capture_id not in order.captures_undone:
-            order.captures_undone = [*order.captures_undone, notice.capture_id]
+    own = notice.capture_id == order.payment_capture_id
+    counted = not own or notice.currency == order.currency  # the order's payment is in its currency
+    given_back = _given_back(order, notice.capture_id) + (notice.amount if counted else 0)
+    order.captures_given_back = {**order.captures_given_back, notice.capture_id: given_back}
+    if not own:
         return PaymentOutcome(f"{how}-noted", str(order.id))
-    if notice.currency == order.currency:
-        order.given_back_amount += notice.amount  # a refund in parts, then a chargeback of the rest, add up
-    if order.given_back_amount < order.total_amount:
-        log.warning(f"part of the order's payment was {how} at the provider; the order stands",
-                    extra={**money, "given_back": order.given_back_amount})
+    money = {"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency,
+             "due": order.total_amount, "given_back": given_back}
+    if given_back < order.total_amount:
+        log.warning(f"part of the order's payment was {how} at the provider; the order stands", extra=money)
         return PaymentOutcome(f"part-{how}-noted", str(order.id))
     if order.refunded_at is None:
         order.refund_id, order.refunded_at = notice.undone_by, utc_now()
@@ -391,6 +389,11 @@ def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> Payme
         log.error(f"a shipped order's payment was {how} at the provider: settle it with the buyer", extra=money)
         return PaymentOutcome(f"shipped-{how}", str(order.id))
     return PaymentOutcome(f"{how}-noted", str(order.id))
+
+
+def _given_back(order: Order, capture_id: str | None = None) -> int:
+    """What the provider said it gave back of `capture_id` (the order's own payment's by default)."""
+    return order.captures_given_back.get(capture_id or order.payment_capture_id, 0)
 
 
 def _unknown_order() -> errors.OrderNotFound:
@@ -516,12 +519,12 @@ def _paid_for_no_order(notice: PaymentNotice, uow) -> PaymentOutcome:
 def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: PaymentNotice | None = None) -> None:
     """Ask for the refund through the outbox; checkout's consumer performs it with retries.
 
-    The refund is what was paid: the capture in `paid` when given, else the order's total less
-    what the provider gave back of it on its side."""
+    The refund is what was paid: the capture in `paid` when given, else the order's total, less
+    what the provider gave back of it already."""
     uow.publish("payment.refund_requested", {
         "order_id": str(order.id),
         "capture_id": capture_id,
-        "amount": paid.amount if paid else order.total_amount - order.given_back_amount,
+        "amount": (paid.amount if paid else order.total_amount) - _given_back(order, capture_id),
         "currency": paid.currency if paid else order.currency,
         "reason": reason,
     })
@@ -548,15 +551,15 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
-    by_provider = paid and refund_reason is None
-    if by_provider:  # what the provider returned
-        refund = orders.total(order)
-    elif order.payment_capture_id is not None:  # what is left of the payment to come back
-        refund = {"amount": order.total_amount - order.given_back_amount, "currency": order.currency}
-    else:
-        refund = None
+    left = order.total_amount - _given_back(order)
+    if order.payment_capture_id is None:
+        refund, returned = None, False
+    elif (paid and refund_reason is None) or left <= 0:  # given back whole already (the provider, a refund)
+        refund, returned = orders.total(order), True
+    else:  # what is left of the payment to come back
+        refund, returned = {"amount": left, "currency": order.currency}, False
     _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
-               reason=told, refund=refund, refunded_by_provider=by_provider)
+               reason=told, refund=refund, already_returned=returned)
     if paid and refund_reason is not None:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)
 
@@ -595,17 +598,20 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
                                f"{data.get('amount')} {data.get('currency')}")
     bind_order_id(str(order.id))
     own_payment = data["capture_id"] == order.payment_capture_id
-    if (own_payment and order.refunded_at is not None) or data["capture_id"] in order.captures_undone:
-        # The provider's news that it gave this capture back came first: a chargeback or a
-        # dashboard refund between the cancel and this, or this very refund's news after a crash
-        # before its commit. Asked again, PayPal refuses a capture refunded whole (a 422, parked
-        # as money owed that is not).
+    # What is left to give back now: the provider's news of a give-back may have come since the
+    # refund was asked (a chargeback or a dashboard refund, whole or in part, or this very
+    # refund's news after a crash before its commit). PayPal refuses a refund of more than is
+    # left (a 422, parked as money owed that is not).
+    ceiling = order.total_amount if own_payment else data["amount"]
+    left = min(data["amount"], ceiling - _given_back(order, data["capture_id"]))
+    returned = left <= 0
+    if returned:
         log.info("the provider has given this payment back already; no refund asked",
                  extra={"capture_id": data["capture_id"]})
         refund = Refund(order.refund_id if own_payment else None, data["amount"], data["currency"])
     else:
         try:
-            refund = provider.refund(data["capture_id"], data["amount"], data["currency"])
+            refund = provider.refund(data["capture_id"], left, data["currency"])
         except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
             raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
     if own_payment and order.refunded_at is None:
@@ -615,7 +621,7 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     document.update(refund={"amount": refund.amount, "currency": refund.currency, "refund_id": refund.refund_id},
                     reason=data.get("reason", ""),
                     # a second capture, or one of the wrong amount: the order's own payment stands
-                    of_order_payment=own_payment)
+                    of_order_payment=own_payment, already_returned=returned)
     uow.publish("payment.refunded", document)
 
 

@@ -40,12 +40,11 @@ class Order(Base):
     payment_capture_id: Mapped[str | None] = mapped_column(sa.String(128))
     address_key: Mapped[str | None] = mapped_column(sa.String(64))
     refund_id: Mapped[str | None] = mapped_column(sa.String(128))
-    # captures of this order the provider refunded or reversed on its side before the order took
-    # them as its payment (webhooks arrive in any order): their completion never confirms it
-    captures_undone: Mapped[list[str]] = mapped_column(pg.ARRAY(sa.String(128)), server_default="{}")
-    # how much of the order's own payment the provider gave back on its side, in the order's
-    # currency: refunds in parts add up, and what checkout refunds is what is left
-    given_back_amount: Mapped[int] = mapped_column(server_default="0")
+    # what the provider said it gave back of each of this order's captures (refunds, checkout's
+    # own included, and reversals), capture id -> amount, parts added up: the order's own payment
+    # given back whole ends it, what checkout still refunds is what is left, and a capture given
+    # back before its completion arrived (webhooks come in any order) never confirms the order
+    captures_given_back: Mapped[dict] = mapped_column(pg.JSONB, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     confirmed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -77,8 +77,7 @@ class Orders:
             changed = tuple(field for field in _ORDER_FIELDS if getattr(order, field) != before[field])
             if changed:
                 values = {field: getattr(order, field) for field in changed}
-                if "shipping_address" in values:
-                    values["shipping_address"] = Json(values["shipping_address"])
+                values = {field: Json(value) if isinstance(value, dict) else value for field, value in values.items()}
                 _update_order(changed).run(self._session, {**values, "id": order_id})
             added = order.history[steps_before:]
             if added:
@@ -214,11 +213,10 @@ _ADD_STEPS = Statement(
 
 
 def _snapshot(order: Order) -> dict:
-    """The order's columns as read, the address copied: a handler changing it in place must
-    still be seen as a change."""
-    columns = {field: getattr(order, field) for field in _ORDER_FIELDS}
-    columns["shipping_address"] = copy.deepcopy(columns["shipping_address"])
-    return columns
+    """The order's columns as read, its documents (the address, the captures given back) copied:
+    a handler changing one in place must still be seen as a change."""
+    return {field: copy.deepcopy(value) if isinstance(value, dict) else value
+            for field, value in ((field, getattr(order, field)) for field in _ORDER_FIELDS)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -73,9 +73,10 @@ class EndedOrderSchema(OrderSchema):
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     refund = fields.Nested(MoneySchema, load_default=None, allow_none=True)
     # whether a payment was taken for the order (None: a producer that did not say, and the email
-    # says nothing of it), and whether the provider gave it back on its own side
+    # says nothing of it), and whether it is back with the buyer already (the provider gave it
+    # back on its side, a chargeback say, or an earlier refund did)
     charged = fields.Boolean(load_default=None, allow_none=True)
-    refunded_by_provider = fields.Boolean(load_default=False)
+    already_returned = fields.Boolean(load_default=False)
 
 
 class ShippedOrderSchema(OrderSchema):
@@ -87,6 +88,8 @@ class RefundedOrderSchema(OrderSchema):
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     # False: a payment the order did not take (a second one, one of the wrong amount): it stands
     of_order_payment = fields.Boolean(load_default=True)
+    # the provider had given it back already (a chargeback, a dashboard refund): no refund of ours
+    already_returned = fields.Boolean(load_default=False)
     status = fields.String(load_default=None, allow_none=True)  # the order's, as the refund leaves it
 
 

@@ -146,7 +146,7 @@ def handle_delivery(
             exc_info=True,
             extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
         )
-        return retry_or_park(attempt, settings, repr(error))
+        return retry_or_park(attempt, settings, logs.without_values(repr(error)))  # logged, and kept with the message
 
 
 class Pause:

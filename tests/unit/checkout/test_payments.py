@@ -501,7 +501,7 @@ def test_parts_given_back_at_the_provider_that_add_up_to_the_payment_cancel_the_
     result, events = checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-0", amount=29800))
     assert result == "cancelled" and statuses(order)[-1] == "cancelled"
     [(event_type, data)] = events
-    assert (event_type, data["refund"], data["refunded_by_provider"]) == (
+    assert (event_type, data["refund"], data["already_returned"]) == (
         "order.cancelled", {"amount": 29900, "currency": "CAD"}, True)
 
 
@@ -513,7 +513,7 @@ def test_a_cancel_after_part_was_given_back_at_the_provider_refunds_what_is_left
     [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
     assert (request["capture_id"], request["amount"]) == ("CAP-0", 29000)
     [cancel] = [data for event_type, data in events if event_type == "order.cancelled"]
-    assert cancel["refund"] == {"amount": 29000, "currency": "CAD"} and not cancel["refunded_by_provider"]
+    assert cancel["refund"] == {"amount": 29000, "currency": "CAD"} and not cancel["already_returned"]
 
 
 @pytest.mark.parametrize("how", ["REVERSED", "REFUNDED"])
@@ -534,6 +534,30 @@ def test_a_refund_asked_for_a_payment_the_provider_gave_back_meanwhile_is_not_as
     [(event_type, data)] = events
     assert (event_type, data["refund"]["refund_id"], data["of_order_payment"]) == ("payment.refunded", "REV-7", True)
     assert order.refund_id == "REV-7"
+
+
+def test_part_given_back_before_its_capture_completes_still_adds_up_with_the_rest(checkout):
+    """Webhooks come in any order: a part refunded in the dashboard told before the capture's
+    completion was forgotten, and a chargeback of the rest left the order confirmed."""
+    order = checkout.place()
+    assert checkout.pay(given_back(order, event_id="WH-R1", capture_id="CAP-1", amount=10000))[0] == "refunded-noted"
+    assert checkout.pay(capture(order, capture_id="CAP-1"))[0] == "confirmed"
+    assert checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-1", amount=19900))[0] == (
+        "cancelled")
+
+
+def test_a_refund_asked_before_part_was_given_back_at_the_provider_refunds_only_what_is_left(checkout):
+    """The refund's amount was fixed as it was asked: PayPal refuses more than is left (422),
+    and the refund was parked as 299.00 owed when 199.00 was."""
+    order = checkout.place()
+    confirmed(checkout, order)
+    _, events = checkout.cancel(order)
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    checkout.pay(given_back(order, capture_id="CAP-0", amount=10000))
+    events = checkout.deliver("payment.refund_requested", request)
+    assert checkout.provider.refunds == [("CAP-0", 19900, "CAD")]
+    [(event_type, data)] = events
+    assert (event_type, data["refund"]["amount"], data["already_returned"]) == ("payment.refunded", 19900, False)
 
 
 def test_a_renewed_hold_whose_capture_is_given_back_during_the_renewal_is_given_back_at_once(checkout):

@@ -25,7 +25,7 @@ def test_a_payment_the_provider_gave_back_is_not_promised_again():
     _, events = checkout.pay(given_back(order, "REVERSED", capture_id="CAP-0"))
     email = mailed(events, "order.cancelled")
     for body in (email.text, email.html):
-        assert "already returned" in body and "299.00 CAD" in body
+        assert "already been returned" in body and "299.00 CAD" in body
         assert "We are refunding" not in body and "Nothing was charged" not in body
 
 
@@ -76,7 +76,7 @@ def test_a_payment_of_the_wrong_amount_refunded_says_the_order_still_waits_for_i
     order = checkout.place()
     _, events = checkout.pay(capture(order, amount=100))
     email = mailed(refund_of(checkout, events), "payment.refunded")
-    assert "1.00 CAD" in email.text and "still waits for its\npayment of 299.00 CAD" in email.text
+    assert "1.00 CAD" in email.text and "still waits for its payment of 299.00 CAD" in email.text
 
 
 def test_the_orders_own_payment_refunded_says_so():
@@ -87,3 +87,38 @@ def test_the_orders_own_payment_refunded_says_so():
     email = mailed(refund_of(checkout, events), "payment.refunded")
     assert email.subject == f"Your payment for order {order.id} is refunded"
     assert f"refunded 299.00 CAD for your order {order.id}" in email.text
+
+
+def test_cancelling_an_ended_order_whose_late_payment_came_back_says_it_came_back_not_a_zero_refund():
+    """The provider tells of every refund, checkout's own included: its news made the amount
+    left 0, and the cancellation said "We are refunding 0.00 CAD"."""
+    checkout = Checkout()
+    order = checkout.place()
+    hold_ran_out(order)
+    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
+    _, events = checkout.pay(capture(order))
+    refund_of(checkout, events)
+    checkout.pay(given_back(order, event_id="WH-NEWS", capture_id="CAP-1", undone_by="RF-CAP-1"))
+    _, events = checkout.cancel(order)
+    email = mailed(events, "order.cancelled")
+    assert "0.00 CAD" not in email.text and "299.00 CAD has already been returned" in email.text
+
+
+def test_a_chargeback_before_checkouts_refund_is_told_as_returned_by_the_provider_not_refunded_by_us():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order, capture_id="CAP-0"))
+    _, events = checkout.cancel(order)
+    checkout.pay(given_back(order, "REVERSED", capture_id="CAP-0"))
+    email = mailed(refund_of(checkout, events), "payment.refunded")
+    assert checkout.provider.refunds == []
+    assert "has been returned" in email.text and "we have refunded" not in email.text
+
+
+def test_a_refund_of_an_extra_payment_on_a_cancelled_order_does_not_say_the_order_stands():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order, amount=100))  # the wrong amount: refunded
+    _, events = checkout.cancel(order)
+    email = mailed(refund_of(checkout, checkout.uow.published), "payment.refunded")
+    assert "stands" not in email.text and "did not take" in email.text
