@@ -54,8 +54,8 @@ def _trace_ids(record: logging.LogRecord) -> None:
 # these parts go too: from DETAIL or CONTEXT to SQLAlchemy's "[SQL: ...]" or "(Background ...)",
 # a blank line or the end, whether the line breaks are real (a traceback) or escaped (a repr)
 _VALUES_IN_MESSAGE = re.compile(
-    r"(?:\\n|\n)[ \t]*(?:DETAIL|CONTEXT):.*?"
-    r"(?=(?:\\n|\n)[ \t]*(?:\[SQL|\(Background|\\n|\n)|\Z)", re.S)  # ... or a blank line (a chained exception's)
+    r"(?:\\n|\n)(?:DETAIL|CONTEXT):  .*?"  # PostgreSQL's own: at a line's start, two spaces after
+    r"(?=(?:\\n|\n)[ \t]*(?:\[SQL|\(Background|\\n|\n)|['\"]\)?\Z|\Z)", re.S)  # ... a blank line, a repr's end
 
 
 def without_values(text: str) -> str:

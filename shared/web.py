@@ -212,8 +212,9 @@ def _origin(written: str) -> str:
     try:
         parts = urlsplit(written.rstrip("/"))
         port = parts.port
-        host = idna.encode(parts.hostname, uts46=True).decode("ascii") if parts.hostname and ":" not in parts.hostname \
-            else parts.hostname  # IDNA 2008, as browsers: faß.de is xn--fa-hia.de, not fass.de
+        host = parts.hostname
+        if host and not host.isascii():  # IDNA 2008, as browsers: faß.de is xn--fa-hia.de, not fass.de
+            host = idna.encode(host, uts46=True).decode("ascii")
     except (ValueError, UnicodeError, idna.IDNAError):
         parts, port, host = None, None, None
     if (parts is None or not _SCHEME.fullmatch(parts.scheme.lower()) or not host or not _HOST.fullmatch(host.lower())

@@ -370,8 +370,11 @@ def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> Payme
     how = CAPTURE_UNDONE[notice.event_type]
     own = notice.capture_id == order.payment_capture_id
     counted = not own or notice.currency == order.currency  # the order's payment is in its currency
-    given_back = _given_back(order, notice.capture_id) + (notice.amount if counted else 0)
-    order.captures_given_back = {**order.captures_given_back, notice.capture_id: given_back}
+    # by the refund's (or reversal's) own id: the provider may tell of one refund twice, under two event ids
+    parts = {**order.captures_given_back.get(notice.capture_id, {}),
+             notice.undone_by or notice.event_id: notice.amount if counted else 0}
+    order.captures_given_back = {**order.captures_given_back, notice.capture_id: parts}
+    given_back = _given_back(order, notice.capture_id)
     if not own:
         return PaymentOutcome(f"{how}-noted", str(order.id))
     money = {"capture_id": notice.capture_id, "amount": notice.amount, "currency": notice.currency,
@@ -392,8 +395,9 @@ def _capture_undone(order: Order, notice: PaymentNotice, uow, settings) -> Payme
 
 
 def _given_back(order: Order, capture_id: str | None = None) -> int:
-    """What the provider said it gave back of `capture_id` (the order's own payment's by default)."""
-    return order.captures_given_back.get(capture_id or order.payment_capture_id, 0)
+    """What the provider said it gave back of `capture_id` (the order's own payment's by default):
+    its refunds and reversals, each counted once."""
+    return sum(order.captures_given_back.get(capture_id or order.payment_capture_id, {}).values())
 
 
 def _unknown_order() -> errors.OrderNotFound:
@@ -519,12 +523,12 @@ def _paid_for_no_order(notice: PaymentNotice, uow) -> PaymentOutcome:
 def _request_refund(order: Order, uow, capture_id: str, reason: str, paid: PaymentNotice | None = None) -> None:
     """Ask for the refund through the outbox; checkout's consumer performs it with retries.
 
-    The refund is what was paid: the capture in `paid` when given, else the order's total, less
-    what the provider gave back of it already."""
+    The refund is of what was paid: the capture in `paid` when given, else the order's total;
+    checkout's consumer asks the provider for what is left of it then (`on_refund_requested`)."""
     uow.publish("payment.refund_requested", {
         "order_id": str(order.id),
         "capture_id": capture_id,
-        "amount": (paid.amount if paid else order.total_amount) - _given_back(order, capture_id),
+        "amount": paid.amount if paid else order.total_amount,
         "currency": paid.currency if paid else order.currency,
         "reason": reason,
     })
@@ -554,7 +558,8 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     left = order.total_amount - _given_back(order)
     if order.payment_capture_id is None:
         refund, returned = None, False
-    elif (paid and refund_reason is None) or left <= 0:  # given back whole already (the provider, a refund)
+    elif (paid and refund_reason is None) or left <= 0 or order.refunded_at is not None:
+        # back whole already: the provider gave it back, or checkout's refund of a late payment did
         refund, returned = orders.total(order), True
     else:  # what is left of the payment to come back
         refund, returned = {"amount": left, "currency": order.currency}, False
@@ -602,8 +607,7 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     # refund was asked (a chargeback or a dashboard refund, whole or in part, or this very
     # refund's news after a crash before its commit). PayPal refuses a refund of more than is
     # left (a 422, parked as money owed that is not).
-    ceiling = order.total_amount if own_payment else data["amount"]
-    left = min(data["amount"], ceiling - _given_back(order, data["capture_id"]))
+    left = data["amount"] - _given_back(order, data["capture_id"])
     returned = left <= 0
     if returned:
         log.info("the provider has given this payment back already; no refund asked",

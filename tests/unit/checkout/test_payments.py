@@ -498,7 +498,8 @@ def test_parts_given_back_at_the_provider_that_add_up_to_the_payment_cancel_the_
     confirmed(checkout, order)
     assert checkout.pay(given_back(order, "REFUNDED", event_id="WH-R1", capture_id="CAP-0", amount=100))[0] == (
         "part-refunded-noted")
-    result, events = checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-0", amount=29800))
+    result, events = checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-0", amount=29800,
+                                             undone_by="REV-2"))
     assert result == "cancelled" and statuses(order)[-1] == "cancelled"
     [(event_type, data)] = events
     assert (event_type, data["refund"], data["already_returned"]) == (
@@ -510,10 +511,11 @@ def test_a_cancel_after_part_was_given_back_at_the_provider_refunds_what_is_left
     confirmed(checkout, order)
     checkout.pay(given_back(order, capture_id="CAP-0", amount=900))
     _, events = checkout.cancel(order)
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
-    assert (request["capture_id"], request["amount"]) == ("CAP-0", 29000)
     [cancel] = [data for event_type, data in events if event_type == "order.cancelled"]
     assert cancel["refund"] == {"amount": 29000, "currency": "CAD"} and not cancel["already_returned"]
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    checkout.deliver("payment.refund_requested", request)
+    assert checkout.provider.refunds == [("CAP-0", 29000, "CAD")]
 
 
 @pytest.mark.parametrize("how", ["REVERSED", "REFUNDED"])
@@ -542,8 +544,8 @@ def test_part_given_back_before_its_capture_completes_still_adds_up_with_the_res
     order = checkout.place()
     assert checkout.pay(given_back(order, event_id="WH-R1", capture_id="CAP-1", amount=10000))[0] == "refunded-noted"
     assert checkout.pay(capture(order, capture_id="CAP-1"))[0] == "confirmed"
-    assert checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-1", amount=19900))[0] == (
-        "cancelled")
+    assert checkout.pay(given_back(order, "REVERSED", event_id="WH-R2", capture_id="CAP-1", amount=19900,
+                                   undone_by="REV-2"))[0] == "cancelled"
 
 
 def test_a_refund_asked_before_part_was_given_back_at_the_provider_refunds_only_what_is_left(checkout):
@@ -558,6 +560,29 @@ def test_a_refund_asked_before_part_was_given_back_at_the_provider_refunds_only_
     assert checkout.provider.refunds == [("CAP-0", 19900, "CAD")]
     [(event_type, data)] = events
     assert (event_type, data["refund"]["amount"], data["already_returned"]) == ("payment.refunded", 19900, False)
+
+
+def test_one_refund_told_twice_under_two_event_ids_is_counted_once(checkout):
+    order = checkout.place()
+    confirmed(checkout, order)
+    for event_id in ("WH-R1", "WH-R1-again"):
+        result, _ = checkout.pay(given_back(order, event_id=event_id, capture_id="CAP-0", amount=15000, undone_by="REF-9"))
+        assert result == "part-refunded-noted"
+    assert order.status == "confirmed"
+    _, events = checkout.cancel(order)
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    checkout.deliver("payment.refund_requested", request)
+    assert checkout.provider.refunds == [("CAP-0", 14900, "CAD")]
+
+
+def test_a_second_capture_partly_given_back_before_its_completion_is_refunded_the_rest_once(checkout):
+    order = checkout.place()
+    confirmed(checkout, order)
+    checkout.pay(given_back(order, event_id="WH-R2", capture_id="CAP-2", amount=20000))
+    _, events = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    checkout.deliver("payment.refund_requested", request)
+    assert checkout.provider.refunds == [("CAP-2", 9900, "CAD")]
 
 
 def test_a_renewed_hold_whose_capture_is_given_back_during_the_renewal_is_given_back_at_once(checkout):

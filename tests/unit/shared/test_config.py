@@ -53,10 +53,10 @@ def test_cors_origins_are_kept_as_a_browser_sends_them():
     """Kept as typed, these matched no browser's Origin, and the drop page failed with nothing in
     the logs."""
     written = ("https://Shop.Example.com, https://shop.example.com:443/, HTTP://127.0.0.1:8003, http://[::1]:80, "
-               "https://Bücher.example, capacitor://localhost, https://faß.de")
+               "https://Bücher.example, capacitor://localhost, https://faß.de, https://my_app.example.com")
     assert allowed_origins(Settings(cors_allowed_origins=written)) == {
         "https://shop.example.com", "http://127.0.0.1:8003", "http://[::1]", "https://xn--bcher-kva.example",
-        "capacitor://localhost", "https://xn--fa-hia.de"}
+        "capacitor://localhost", "https://xn--fa-hia.de", "https://my_app.example.com"}
     assert cors_headers("https://shop.example.com", allowed_origins(Settings(cors_allowed_origins=written)))
 
 
