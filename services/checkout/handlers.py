@@ -555,16 +555,18 @@ def _cancel(order: Order, uow, settings, step: str, told: str, refund_reason: st
     holding = order.status in (orders.AWAITING_PAYMENT, orders.CONFIRMED)  # an ended one gave all back
     orders.move(order, orders.CANCELLED, step)
     order.cancelled_at = utc_now()
-    left = order.total_amount - _given_back(order)
+    given_back = _given_back(order)
+    left, earlier = order.total_amount - given_back, None
     if order.payment_capture_id is None:
         refund, returned = None, False
     elif (paid and refund_reason is None) or left <= 0 or order.refunded_at is not None:
         # back whole already: the provider gave it back, or checkout's refund of a late payment did
         refund, returned = orders.total(order), True
-    else:  # what is left of the payment to come back
+    else:  # what is left of the payment to come back, and what the provider gave back of it before
         refund, returned = {"amount": left, "currency": order.currency}, False
+        earlier = {"amount": given_back, "currency": order.currency} if given_back > 0 else None
     _end_order(order, uow, settings, "order.cancelled", holding=holding, cancelled_at=order.cancelled_at.isoformat(),
-               reason=told, refund=refund, already_returned=returned)
+               reason=told, refund=refund, already_returned=returned, returned_earlier=earlier)
     if paid and refund_reason is not None:
         _request_refund(order, uow, order.payment_capture_id, refund_reason)
 

@@ -77,6 +77,8 @@ class EndedOrderSchema(OrderSchema):
     # back on its side, a chargeback say, or an earlier refund did)
     charged = fields.Boolean(load_default=None, allow_none=True)
     already_returned = fields.Boolean(load_default=False)
+    # of a refund still to come, what the provider gave back before (a part refunded in its dashboard)
+    returned_earlier = fields.Nested(MoneySchema, load_default=None, allow_none=True)
 
 
 class ShippedOrderSchema(OrderSchema):

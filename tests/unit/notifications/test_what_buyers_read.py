@@ -122,3 +122,14 @@ def test_a_refund_of_an_extra_payment_on_a_cancelled_order_does_not_say_the_orde
     _, events = checkout.cancel(order)
     email = mailed(refund_of(checkout, checkout.uow.published), "payment.refunded")
     assert "stands" not in email.text and "did not take" in email.text
+
+
+def test_a_cancellation_after_part_came_back_at_the_provider_says_both_parts():
+    checkout = Checkout()
+    order = checkout.place()
+    checkout.pay(capture(order, capture_id="CAP-0"))
+    checkout.pay(given_back(order, capture_id="CAP-0", amount=900))
+    _, events = checkout.cancel(order)
+    email = mailed(events, "order.cancelled")
+    assert "refunding 290.00 CAD" in email.text and "returned 9.00 CAD of it already" in email.text
+    assert "9.00 CAD" in email.html
