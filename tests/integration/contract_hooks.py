@@ -1,5 +1,7 @@
 """Schemathesis hooks for schemathesis.toml: generated payment webhooks are signed the way the
-provider signs them, so they reach checkout's payment handling instead of all stopping at 401."""
+provider signs them, so they reach checkout's payment handling instead of all stopping at 401; and
+generated orders name a real drop (one without a line), so they reach the order path instead of
+all stopping at 404 (a drop id in a body is no path parameter `[parameters]` can name)."""
 from __future__ import annotations
 
 import json
@@ -33,3 +35,10 @@ def sent_as_json(body) -> bytes | None:
         return json.dumps(body, allow_nan=False).encode()
     except (TypeError, ValueError):
         return None
+
+
+@schemathesis.hook("map_case").apply_to(method="POST", path="/orders")
+def for_a_real_drop(context, case):
+    if isinstance(case.body, dict) and isinstance(case.body.get("drop_id"), str):
+        case.body = {**case.body, "drop_id": os.environ["FLOODGATE_ORDER_DROP_ID"]}
+    return case

@@ -35,6 +35,8 @@ def real_data(floodgate, stack):
     admin = floodgate.create_admin(f"contracts-{uuid.uuid4().hex[:6]}@floodgate.test", "admin password for tests")
     _, buyer = floodgate.register()
     drop = floodgate.create_drop(admin, quantity=1000, per_buyer_limit=10)
+    # generated orders go to a drop without a line (contract_hooks.py): they reach the order path
+    lineless = floodgate.create_drop(admin, quantity=1000, per_buyer_limit=10)
     order = floodgate.place_order(buyer, drop["id"])
     order.raise_for_status()
     # the drop gets a line (the waiting room) with the buyer in it, so its ticket operations reach
@@ -52,6 +54,7 @@ def real_data(floodgate, stack):
         "FLOODGATE_WEBHOOK_SECRET": env.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
         "FLOODGATE_PRODUCT_ID": drop["product"]["id"],
         "FLOODGATE_DROP_ID": drop["id"],
+        "FLOODGATE_ORDER_DROP_ID": lineless["id"],
         "FLOODGATE_ORDER_ID": order.json()["id"],
     }
     # Schemathesis' wrong passwords count towards throttling sign-ins from 127.0.0.1, whence the
