@@ -192,15 +192,16 @@ def payment_webhook():
         raise InvalidSignature("The webhook signature is missing, wrong or outside the time tolerance.")
     event = load(WEBHOOK)
     resource = event["resource"]
+    # a refund or a reversal is its own resource, and names the capture it gives back (the schema requires it)
+    given_back = event["event_type"] in CAPTURE_UNDONE
     notice = handlers.PaymentNotice(
         event_id=event["id"],
         event_type=event["event_type"],
         order_id=resource["order_id"],
-        # a refund or a reversal names the capture it gives back (the schema requires it)
-        capture_id=resource["capture_id"] if event["event_type"] in CAPTURE_UNDONE else resource["id"],
+        capture_id=resource["capture_id"] if given_back else resource["id"],
         amount=resource["amount"],
         currency=resource["currency"],
-        undone_by=resource["id"] if event["event_type"] in CAPTURE_UNDONE else None,
+        undone_by=resource["id"] if given_back else None,
     )
     outcome = handlers.take_payment(notice, unit_of_work, root().inventory, settings)
     return jsonify(WEBHOOK_ANSWER.dump({"result": outcome.result}))

@@ -77,12 +77,17 @@ class Settings(CommonSettings):
     @property
     def payment_webhook_secrets(self) -> tuple[str, ...]:
         """The secrets a provider webhook may be signed with: the current one, then the previous."""
-        return tuple(secret for secret in (self.payment_webhook_secret, self.payment_webhook_previous_secret) if secret)
+        return _set(self.payment_webhook_secret, self.payment_webhook_previous_secret)
 
     @property
     def line_pass_secrets(self) -> tuple[str, ...]:
         """The keys an admission pass may be signed with: the current one, then the previous."""
-        return tuple(secret for secret in (self.line_pass_secret, self.line_pass_previous_secret) if secret)
+        return _set(self.line_pass_secret, self.line_pass_previous_secret)
+
+
+def _set(*secrets: str) -> tuple[str, ...]:
+    """The secrets that are set, in their order (during a rotation: the current, then the previous)."""
+    return tuple(secret for secret in secrets if secret)
 
 
 def load() -> Settings:

@@ -474,6 +474,12 @@ def given_back(order, how="REFUNDED", event_id="WH-R", capture_id="CAP-1", amoun
                          undone_by=undone_by)
 
 
+def requested_refund(events) -> dict:
+    """The one `payment.refund_requested` among `events` (its data)."""
+    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    return request
+
+
 def denial(order, event_id="WH-D") -> PaymentNotice:
     return PaymentNotice(event_id, CAPTURE_DENIED, str(order.id), "CAP-D", order.total_amount, order.currency)
 

@@ -9,7 +9,8 @@ from services.checkout.handlers import CAPTURE_COMPLETED, CAPTURE_DENIED, Paymen
 from services.checkout.payments import RefundRefused
 from services.checkout.models import OrderTransition
 from shared.messaging.consumer import PermanentFailure
-from tests.unit.checkout.fakes import capture, denial, given_back, hold_ran_out, statuses, unknown_order_id
+from tests.unit.checkout.fakes import (capture, denial, given_back, hold_ran_out, requested_refund, statuses,
+                                      unknown_order_id)
 
 REFUSALS = [errors.SoldOut("sold out"), errors.SaleNotOpen("closed"), errors.LimitExceeded("one per buyer")]
 
@@ -110,7 +111,7 @@ def test_a_payment_in_time_whose_units_are_gone_is_cancelled_and_refunded_when_i
                                                    "quantity": 1, "reason": "sold-out"})
     assert statuses(order) == ["awaiting_payment", "confirmed", "cancelled"]
     assert [event_type for event_type, _ in events] == ["order.cancelled", "payment.refund_requested"]
-    [refund] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    refund = requested_refund(events)
     assert (refund["capture_id"], refund["amount"]) == ("CAP-1", order.total_amount)
 
 
@@ -324,7 +325,7 @@ def test_a_late_payment_whose_order_is_cancelled_during_its_renewal_is_refunded_
     assert statuses(order) == ["awaiting_payment", "cancelled"]
     assert checkout.inventory.released[-1] == str(order.id)
     assert checkout.inventory.sold == []
-    [refund] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    refund = requested_refund(events)
     assert refund["capture_id"] == "CAP-1"
 
 
@@ -513,7 +514,7 @@ def test_a_cancel_after_part_was_given_back_at_the_provider_refunds_what_is_left
     _, events = checkout.cancel(order)
     [cancel] = [data for event_type, data in events if event_type == "order.cancelled"]
     assert cancel["refund"] == {"amount": 29000, "currency": "CAD"} and not cancel["already_returned"]
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    request = requested_refund(events)
     checkout.deliver("payment.refund_requested", request)
     assert checkout.provider.refunds == [("CAP-0", 29000, "CAD")]
 
@@ -526,7 +527,7 @@ def test_a_refund_asked_for_a_payment_the_provider_gave_back_meanwhile_is_not_as
     order = checkout.place()
     confirmed(checkout, order)
     _, events = checkout.cancel(order)
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    request = requested_refund(events)
     assert checkout.pay(given_back(order, how, capture_id="CAP-0", undone_by="REV-7"))[0] == f"{how.lower()}-noted"
     checkout.provider.failure = RefundRefused("422: the capture is refunded already")
 
@@ -554,7 +555,7 @@ def test_a_refund_asked_before_part_was_given_back_at_the_provider_refunds_only_
     order = checkout.place()
     confirmed(checkout, order)
     _, events = checkout.cancel(order)
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    request = requested_refund(events)
     checkout.pay(given_back(order, capture_id="CAP-0", amount=10000))
     events = checkout.deliver("payment.refund_requested", request)
     assert checkout.provider.refunds == [("CAP-0", 19900, "CAD")]
@@ -570,7 +571,7 @@ def test_one_refund_told_twice_under_two_event_ids_is_counted_once(checkout):
         assert result == "part-refunded-noted"
     assert order.status == "confirmed"
     _, events = checkout.cancel(order)
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    request = requested_refund(events)
     checkout.deliver("payment.refund_requested", request)
     assert checkout.provider.refunds == [("CAP-0", 14900, "CAD")]
 
@@ -580,7 +581,7 @@ def test_a_second_capture_partly_given_back_before_its_completion_is_refunded_th
     confirmed(checkout, order)
     checkout.pay(given_back(order, event_id="WH-R2", capture_id="CAP-2", amount=20000))
     _, events = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
-    [request] = [data for event_type, data in events if event_type == "payment.refund_requested"]
+    request = requested_refund(events)
     checkout.deliver("payment.refund_requested", request)
     assert checkout.provider.refunds == [("CAP-2", 9900, "CAD")]
 

@@ -1,9 +1,9 @@
 """What a buyer reads about their money, from the events checkout's own handlers publish (its
 unit-test harness) rendered through notifications' templates: every sentence about a charge or a
 refund is true of what happened."""
-from services.checkout import handlers
+from services.checkout import errors
 from services.notifications import emails
-from tests.unit.checkout.fakes import Checkout, capture, given_back, hold_ran_out
+from tests.unit.checkout.fakes import Checkout, capture, given_back, hold_ran_out, requested_refund
 
 
 def mailed(events, event_type):
@@ -14,8 +14,16 @@ def mailed(events, event_type):
 
 def refund_of(checkout, events):
     """The events checkout's consumer publishes for the refund requested among `events`."""
-    [request] = [data for kind, data in events if kind == "payment.refund_requested"]
-    return checkout.deliver("payment.refund_requested", request)
+    return checkout.deliver("payment.refund_requested", requested_refund(events))
+
+
+def paid_late_without_stock(checkout):
+    """An order whose payment came after its hold ran out, with no unit left to hold again: it
+    expires and its payment is refunded. The order, and the payment's events."""
+    order = checkout.place()
+    hold_ran_out(order)
+    checkout.inventory.reserve_refusal = errors.SoldOut("sold out")
+    return order, checkout.pay(capture(order))[1]
 
 
 def test_a_payment_the_provider_gave_back_is_not_promised_again():
@@ -31,10 +39,7 @@ def test_a_payment_the_provider_gave_back_is_not_promised_again():
 
 def test_a_late_payment_refused_for_want_of_stock_is_told_as_refunded_not_as_never_charged():
     checkout = Checkout()
-    order = checkout.place()
-    hold_ran_out(order)
-    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
-    _, events = checkout.pay(capture(order))
+    order, events = paid_late_without_stock(checkout)
     email = mailed(events, "order.expired")
     assert "refunded" in email.subject
     for body in (email.text, email.html):
@@ -43,10 +48,7 @@ def test_a_late_payment_refused_for_want_of_stock_is_told_as_refunded_not_as_nev
 
 def test_cancelling_an_order_whose_late_payment_was_refunded_does_not_say_nothing_was_charged():
     checkout = Checkout()
-    order = checkout.place()
-    hold_ran_out(order)
-    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
-    checkout.pay(capture(order))
+    order, _ = paid_late_without_stock(checkout)
     _, events = checkout.cancel(order)
     email = mailed(events, "order.cancelled")
     assert "Nothing was charged" not in email.text and "refunding 299.00 CAD" in email.text
@@ -93,10 +95,7 @@ def test_cancelling_an_ended_order_whose_late_payment_came_back_says_it_came_bac
     """The provider tells of every refund, checkout's own included: its news made the amount
     left 0, and the cancellation said "We are refunding 0.00 CAD"."""
     checkout = Checkout()
-    order = checkout.place()
-    hold_ran_out(order)
-    checkout.inventory.reserve_refusal = handlers.errors.SoldOut("sold out")
-    _, events = checkout.pay(capture(order))
+    order, events = paid_late_without_stock(checkout)
     refund_of(checkout, events)
     checkout.pay(given_back(order, event_id="WH-NEWS", capture_id="CAP-1", undone_by="RF-CAP-1"))
     _, events = checkout.cancel(order)
