@@ -58,7 +58,7 @@ class Settings:
     # a batch) or everything refused. A service adds its own: `Settings.POSITIVE | {...}`.
     POSITIVE: ClassVar[frozenset[str]] = frozenset({
         "jwks_max_age_seconds", "consumer_prefetch", "consumer_threads", "max_attempts", "relay_batch_size",
-        "relay_idle_seconds", "metrics_query_timeout_seconds"})
+        "relay_idle_seconds", "metrics_query_timeout_seconds", "migration_lock_timeout_seconds", "migration_attempts"})
     # settings whose default is a development secret, public here: refused in production. A
     # service adds its own: `{**Settings.DEVELOPMENT_SECRETS, ...}`.
     DEVELOPMENT_SECRETS: ClassVar[dict[str, str]] = {"service_key": DEV_SERVICE_KEY}
@@ -122,6 +122,11 @@ class Settings:
     metrics_query_timeout_seconds: float = 2.0
     # traces go to this OTLP/HTTP collector (shared/tracing.py); empty: no tracing, at no cost
     otel_exporter_otlp_endpoint: str = ""
+    # `migrate` waits this long at most for a table's lock, then rolls back and tries again, up to
+    # `migration_attempts` runs (shared/migrate.py): queries queued behind a migration that
+    # waits on a long transaction wait this long, not as long as that transaction lasts
+    migration_lock_timeout_seconds: float = 5.0
+    migration_attempts: int = 10
     # fault injection for tests and rehearsals; never set in production
     fault_relay_exit_after_publish: bool = False
 

@@ -38,7 +38,9 @@ def _migrate(bootstrap: Bootstrap, args: argparse.Namespace) -> None:
 
     root = _started(bootstrap, "job")
     try:
-        migrate.upgrade(root.migrations, root.settings.database_url, create_database=args.create_database)
+        settings = root.settings
+        migrate.upgrade(root.migrations, settings.database_url, create_database=args.create_database,
+                        lock_timeout=settings.migration_lock_timeout_seconds, attempts=settings.migration_attempts)
     finally:
         root.close()
 

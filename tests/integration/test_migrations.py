@@ -5,7 +5,10 @@ fresh database in production."""
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +19,7 @@ from devtools.stack import SERVICES
 from shared.db import drop_database
 from shared.last_seen import WORKER_HEARTBEATS
 from shared.messaging.outbox import define_tables
-from shared.migrate import upgrade
+from shared.migrate import LockNotAvailable, upgrade
 
 def expected_schema(service: str) -> sa.MetaData:
     """The service's models and the shared outbox, inbox and heartbeats, in one metadata."""
@@ -61,3 +64,101 @@ def test_migrations_build_what_the_models_describe(migrated_database):
     differences = schema_differences(url, expected_schema(service))
 
     assert differences == [], f"{service}: the migrations and the models disagree"
+
+
+# Two revisions of a table the drop reads: the second alters it, so it needs the table's lock.
+MIGRATIONS = {
+    "env.py": "from shared.migrate import run_migrations\n\nrun_migrations()\n",
+    "versions/0001_stock.py": (
+        "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0001'\ndown_revision = None\n\n"
+        "def upgrade():\n    op.create_table('stock', sa.Column('id', sa.Integer, primary_key=True))\n"
+        "    op.execute('INSERT INTO stock VALUES (1), (2)')\n"),
+    "versions/0002_note.py": (
+        "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0002'\ndown_revision = '0001'\n\n"
+        "def upgrade():\n    op.add_column('stock', sa.Column('note', sa.Text))\n"),
+}
+
+
+@pytest.fixture
+def altering_migration(infra, tmp_path):
+    """(migrations, URL): a scratch database at revision 0001, whose next migration alters the
+    table 0001 made; dropped afterwards."""
+    for name, text in MIGRATIONS.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    url = f"{infra.postgres_url.rstrip('/')}/fgtest_migration_locks_{uuid.uuid4().hex[:8]}"
+    try:
+        upgrade(tmp_path, url, create_database=True, target="0001")
+        yield tmp_path, url
+    finally:
+        drop_database(url)
+
+
+def _columns_and_revision(engine) -> tuple[list[str], str]:
+    with engine.connect() as conn:
+        return ([row[0] for row in conn.execute(sa.text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'stock' ORDER BY 1"))],
+                conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one())
+
+
+def _lock_wanted(engine, table: str) -> bool:
+    """Whether some transaction waits for a lock on `table`."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT EXISTS (SELECT FROM pg_locks WHERE relation = CAST(:t AS regclass) "
+                                    "AND NOT granted)"), {"t": table}).scalar_one()
+
+
+def _poll(condition, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_migration_behind_a_long_transaction_never_stalls_the_drops_queries(altering_migration, caplog):
+    """A migration that must wait for a table another transaction reads gives up after its lock
+    timeout, lets the queries queued behind it through, and is done once that transaction ends."""
+    migrations, url = altering_migration
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    seen: dict[str, object] = {}
+    long_transaction = engine.connect()
+    long_transaction.execute(sa.text("SELECT count(*) FROM stock"))  # an admin's open psql, say
+
+    def the_drop_reads_then_the_transaction_ends():
+        try:
+            seen["migration waited"] = _poll(lambda: _lock_wanted(engine, "stock"))
+            with engine.connect() as buyer:  # queued behind the waiting migration, if it still waits
+                buyer.execute(sa.text("SET statement_timeout = '10s'"))
+                seen["read"] = buyer.execute(sa.text("SELECT count(*) FROM stock")).scalar_one()
+            seen["migration gave up"] = _poll(lambda: not _lock_wanted(engine, "stock"))
+        except sa.exc.OperationalError as error:
+            seen["read"] = repr(error)
+        finally:
+            long_transaction.close()
+
+    other = threading.Thread(target=the_drop_reads_then_the_transaction_ends)
+    other.start()
+    try:
+        with caplog.at_level("WARNING", logger="floodgate.migrate"):
+            upgrade(migrations, url, lock_timeout=0.3, attempts=20)
+    finally:
+        other.join(60)
+        engine.dispose()
+    assert seen == {"migration waited": True, "read": 2, "migration gave up": True}
+    assert _columns_and_revision(sa.create_engine(url, poolclass=sa.pool.NullPool)) == (["id", "note"], "0002")
+    assert any("trying again" in record.getMessage() for record in caplog.records)
+
+
+def test_a_migration_that_never_gets_its_lock_fails_clearly_and_changes_nothing(altering_migration):
+    migrations, url = altering_migration
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as long_transaction:
+            long_transaction.execute(sa.text("SELECT count(*) FROM stock"))
+            with pytest.raises(LockNotAvailable, match="in each of 2 attempts"):
+                upgrade(migrations, url, lock_timeout=0.2, attempts=2)
+        assert _columns_and_revision(engine) == (["id"], "0001")
+    finally:
+        engine.dispose()
