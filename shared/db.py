@@ -25,6 +25,26 @@ CONNECTION_SETTINGS = {
 }
 
 
+# SQLSTATEs that say the database is away rather than that a statement failed: the connection's
+# own failures (class 08, PgBouncer's too: no server connection within query_wait_timeout, say)
+# and a server shutting down, crashed or starting up (57P01-57P03).
+AWAY = ("08", "57P01", "57P02", "57P03")
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database (or its pooler) is away: no connection could be had,
+    or the one in use was lost. A statement's own failure (a deadlock, a timeout, a constraint,
+    bad data) is not: it has a server's SQLSTATE outside `AWAY`."""
+    if isinstance(error, sa.exc.TimeoutError):  # no pooled connection within the pool's timeout
+        return True
+    if not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    if error.connection_invalidated:
+        return True
+    state = getattr(error.orig, "sqlstate", None)
+    return state is None or state.startswith(AWAY)
+
+
 def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:
     """A pooled engine, its connections with `CONNECTION_SETTINGS`.
 

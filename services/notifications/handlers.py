@@ -10,7 +10,7 @@ from typing import Callable
 
 import pika
 
-from shared import logs
+from shared import db, logs
 from shared.admin_actions import AdminAction
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
@@ -97,6 +97,8 @@ def event_handlers(settings: Settings, mailer: Mailer, unit_of_work: Callable[[]
         except DependencyDown:  # not this event's failure: it waits in the queue, uncounted
             raise
         except Exception as error:
+            if db.unavailable(error):  # the runner's wait, as for SMTP; no log to write it in
+                raise
             # This attempt's own writes (the delivery row it expected to send) hold the row the
             # failure is logged in, from another transaction: give them up first.
             uow.rollback()

@@ -1,7 +1,9 @@
 import logging
 from dataclasses import replace
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from shared.messaging.consumer import PermanentFailure
 from services.notifications import handlers
@@ -149,6 +151,15 @@ def test_an_smtp_server_out_of_reach_is_no_attempt_of_the_email_and_logs_nothing
         run_handler(confirmed(event_id="ev-1"), FakeMailer(SmtpUnavailable("connection refused")), deliveries, 1)
     row = deliveries.for_event("ev-1")
     assert row is None or row.status not in ("retrying", "dead")  # the runner pauses; nothing failed
+
+
+def test_a_database_out_of_reach_at_the_last_attempt_leaves_the_email_to_wait_not_parked():
+    """The runner makes it wait (`shared.db.unavailable`); the handler must not park it first."""
+    down = sa.exc.OperationalError("INSERT INTO deliveries ...", {}, psycopg.OperationalError("connection refused"))
+    deliveries = FakeDeliveryLog()
+    with pytest.raises(sa.exc.OperationalError):
+        run_handler(confirmed(event_id="ev-1"), FakeMailer(down), deliveries, SETTINGS.max_attempts)
+    assert deliveries.for_event("ev-1") is None  # no failure logged: nothing failed but the database
 
 
 def test_a_rejected_email_is_logged_dead_and_parked():

@@ -1,6 +1,10 @@
 """The consumer runner's decisions, with a fake unit of work and no broker."""
 from __future__ import annotations
 
+import psycopg
+import pytest
+import sqlalchemy as sa
+
 from shared.config import Settings
 from shared.messaging.consumer import DependencyDown, PermanentFailure, handle_delivery, next_step
 from shared.messaging.envelope import Envelope
@@ -127,3 +131,42 @@ def test_a_dependency_down_sends_the_message_back_to_wait_not_to_a_retry():
     body = Envelope(type="order.confirmed", data={}, source="checkout").to_json()
     assert run(body, smtp_down, use_inbox=False).action == "wait"
     assert run(body, smtp_down, attempt=SETTINGS.max_attempts, use_inbox=False).action == "wait"  # never parked for it
+
+
+def _database_error(kind, orig: Exception, invalidated: bool = False):
+    return kind("UPDATE deliveries SET ...", {}, orig, connection_invalidated=invalidated)
+
+
+@pytest.mark.parametrize("error", [
+    _database_error(sa.exc.OperationalError, psycopg.OperationalError("connection failed: Connection refused")),
+    _database_error(sa.exc.OperationalError, psycopg.errors.AdminShutdown("terminating connection")),
+    _database_error(sa.exc.OperationalError, psycopg.errors.CannotConnectNow("the database system is starting up")),
+    _database_error(sa.exc.OperationalError, psycopg.errors.ProtocolViolation("query_wait_timeout")),  # PgBouncer
+    _database_error(sa.exc.OperationalError, psycopg.errors.QueryCanceled("lost"), invalidated=True),
+    _database_error(sa.exc.InterfaceError, psycopg.InterfaceError("the connection is closed")),
+    sa.exc.TimeoutError("QueuePool limit of size 5 overflow 0 reached"),
+], ids=["refused", "shutdown", "starting-up", "pgbouncer", "lost-mid-statement", "closed", "pool"])
+def test_a_database_that_is_away_makes_messages_wait_never_spending_their_attempts(error):
+    def database_down(envelope, uow):
+        raise error
+
+    body = Envelope(type="order.cancelled", data={}, source="checkout").to_json()
+    for attempt in (1, SETTINGS.max_attempts):  # never parked for it, however late
+        outcome = handle_delivery(body, attempt, {"order.cancelled": database_down}, lambda: FakeUnitOfWork(set()),
+                                  SETTINGS, inbox=False)
+        assert outcome.action == "wait"
+        assert "the database is not answering" in outcome.error
+
+
+@pytest.mark.parametrize("orig", [psycopg.errors.DeadlockDetected("deadlock detected"),
+                                  psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+                                  psycopg.errors.LockNotAvailable("lock timeout")])
+def test_a_statement_s_own_failure_is_retried_and_parked_as_before(orig):
+    """A message whose statement keeps timing out must still reach the dead letters, not wait forever."""
+    def fails(envelope, uow):
+        raise _database_error(sa.exc.OperationalError, orig)
+
+    body = Envelope(type="order.cancelled", data={}, source="checkout").to_json()
+    outcomes = [handle_delivery(body, attempt, {"order.cancelled": fails}, lambda: FakeUnitOfWork(set()), SETTINGS,
+                                inbox=False).action for attempt in (1, SETTINGS.max_attempts)]
+    assert outcomes == ["retry", "dead"]
