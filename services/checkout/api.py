@@ -71,7 +71,8 @@ def init_app(app, settings) -> None:
                 "used 409 `line-pass-used`. Nothing stays held then, and the refusal is not kept as the key's answer.",
     headers={"Idempotency-Key": {
         "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
-                       "(header `Idempotent-Replayed: true`); the same key with another body answers 422.",
+                       "(header `Idempotent-Replayed: true`); the same key with another body answers 422, naming "
+                       "the order the key placed (`order_id`, `order`) if it placed one.",
         "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     }},
 )

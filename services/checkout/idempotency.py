@@ -21,14 +21,19 @@ call: a slow inventory does not make checkout's orders queue for connections (an
    been left by a version that committed claims on their own: the retry takes it over.
 
 A hold refused after it (no pass yet, a pass used or expired, the address at its limit) is given
-back while the key's claim is still held, by the request that made it (inventory answered it
-201): a concurrent request with the same key and body, waiting on the claim with that hold (a
-200), asks inventory once more once it has the key, finds the units back and holds them again
-instead of ordering on a hold that is gone. A request refused with a hold it did not make leaves
-it to its maker, which may be ordering on it (a retry's hold from an attempt that failed
-outright then runs out on its own, within a hold time). A give-back inventory does not take (it
-is away) is logged, and the hold runs out on its own: the buyer still gets the refusal, not a
-503; the second ask, when inventory does not answer, leaves the order on the hold in hand.
+back while the key's claim is still held: a concurrent request with the same key and body,
+waiting on the claim with that hold (a 200), asks inventory once more once it has the key,
+finds the units back and holds them again instead of ordering on a hold that is gone. A refusal
+kept as the key's answer gives the hold back whoever made it (an earlier attempt of this key
+that failed outright, say): no order will ever have its id. One that is not kept (a refused
+pass) gives back only a hold this request made (inventory answered it 201): its maker may be
+ordering on it. A request that fails outright (a 5xx: the database gone mid-order) gives back
+the hold it made, and nothing is kept for the key: left, the hold counted against the buyer's
+limit for a hold time, and their retry with another key or a changed body was refused. A
+give-back inventory does not take (it is away) is logged, and the hold runs out on its own: the
+buyer still gets the refusal, not a 503; the second ask, when inventory does not answer, leaves
+the order on the hold in hand. (A hold inventory made but whose answer never came, a timeout,
+is not known here: it runs out on its own, and only the same key and body use it meanwhile.)
 
 The statements are the ones a single transaction around the call would send, in another order:
 no read before the hold, nothing more per order. A retry therefore reaches inventory: an
@@ -37,8 +42,8 @@ and a refused key's retry may hold a unit for a moment before its answer gives i
 
 A definitive refusal (a 4xx other than 429: sold out, not open, a limit reached) is the key's
 answer from then on. A 5xx or a 429 is not remembered: nothing is committed, and the buyer's
-retry starts afresh (a hold made before a 5xx is the retry's, since the order id is the key's
-and the body's).
+retry starts afresh. The same key with another body, when the key placed an order, is refused
+with that order's id (`order_id`, and its path as `order`), so the buyer knows they have one.
 """
 from __future__ import annotations
 
@@ -98,6 +103,43 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
+    try:
+        answer = _answer_with_hold(cmd, hold, refusal, ticket_id, uow, inventory, provider, settings, render=render,
+                                   instance=instance, drops_with_lines=drops_with_lines)
+    except Exception as failed:
+        if _unanswered(failed):
+            # A 5xx after this request's own hold (the database gone mid-order, say): nothing is
+            # kept for the key, so the hold is nobody's. Left, it counted against the buyer's
+            # limit for a hold time: a retry with another key, or the body changed, was refused
+            # `limit-exceeded`. A retry with the same key and body holds again (`HoldReleased`).
+            _give_back_own(hold, cmd, inventory)
+        raise
+    if answer.replayed:
+        return answer
+    uow.commit()  # not in the try: a commit that fails may have committed, and the hold is then the order's
+    return answer
+
+
+def _unanswered(failed: Exception) -> bool:
+    """Whether `failed` left the buyer without an answer to keep: a 5xx or a 429, or any error
+    that is not a problem. A refusal (`_answer_with_hold` gave back what it had to) is not."""
+    if not isinstance(failed, Problem):
+        return True
+    return getattr(failed, "remembered", True) and not is_definitive(failed)
+
+
+def _give_back_own(hold, cmd: handlers.PlaceOrder, inventory: InventoryClient) -> None:
+    if hold is not None and hold.created:
+        handlers.give_back_hold(inventory, str(cmd.order_id))
+
+
+def _answer_with_hold(cmd: handlers.PlaceOrder, hold, refusal: Problem | None, ticket_id, uow,
+                      inventory: InventoryClient, provider: PaymentProvider, settings, *,
+                      render: Callable[[Order], dict], instance: str, drops_with_lines: set[uuid.UUID]) -> Answer:
+    """The answer to `cmd` once inventory has answered its hold (`hold`, or the definitive
+    `refusal`): an earlier request's answer for the key, replayed, or this one's, written as the
+    key's answer (not committed). A hold given back on the way is this request's own, or one no
+    order will ever use."""
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
     if held is not None:
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
@@ -109,8 +151,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         log.warning("took over an unanswered idempotency key")
     if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
-        if hold is not None and hold.created:
-            handlers.give_back_hold(inventory, str(cmd.order_id))
+        _give_back_own(hold, cmd, inventory)
         raise handlers.pass_required()
     if hold is not None and not hold.created:
         # An earlier request's hold, which that request may have given back since (refused after
@@ -129,17 +170,20 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         try:
             order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))
         except Problem as failed:
-            if not getattr(failed, "remembered", True) and hold.created:  # a refused pass: not the key's answer
-                handlers.give_back_hold(inventory, str(cmd.order_id))
+            if not getattr(failed, "remembered", True):  # a refused pass: not the key's answer
+                _give_back_own(hold, cmd, inventory)
             raise
-        if refusal is not None and hold.created:
-            handlers.give_back_hold(inventory, str(cmd.order_id))  # refused after its hold: no order, ever
+        if refusal is not None:
+            # Refused after its hold, the refusal kept as the key's answer: no order will ever
+            # have this id, whoever made the hold (an earlier attempt that failed outright: left,
+            # it held the unit and the buyer's limit for a hold time). A request with this key
+            # and body waiting on the claim is answered with the refusal, and orders nothing.
+            handlers.give_back_hold(inventory, str(cmd.order_id))
     if refusal is None:
         answer = Answer(201, json.dumps(render(order)), location=f"/orders/{order.id}")
     else:
         answer = Answer(refusal.status, json.dumps(dict(refusal.to_dict(), instance=instance)))
     uow.idempotency_keys.answer(cmd.buyer_id, cmd.idempotency_key, answer.status, answer.body)
-    uow.commit()
     return answer
 
 
@@ -174,6 +218,13 @@ def _earlier_answer(cmd: handlers.PlaceOrder, held) -> Answer | None:
     """The answer an earlier request with this key was given, replayed; None if it has none
     (taken over). The same key with another body is refused."""
     if held.fingerprint != cmd.fingerprint:
+        if held.response_status == 201:
+            # the buyer has an order under this key (its answer lost, say): say which, so they
+            # do not take the refusal of the changed body for "no order"
+            order_id = json.loads(held.response_body)["id"]
+            raise errors.IdempotencyKeyReused(
+                "This Idempotency-Key was sent with a different request body, and placed order "
+                f"{order_id} with the first one: that order stands.", order_id=order_id, order=f"/orders/{order_id}")
         raise errors.IdempotencyKeyReused()
     if held.response_status is None:
         return None

@@ -200,6 +200,43 @@ def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floo
     assert page.evaluate("window.injected") is None
 
 
+def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown_the_order_they_have(
+        floodgate, admin_token, buyer_page):
+    """The order was placed but its answer never reached the page; the buyer reloads, corrects
+    the street and orders again with the purchase's key: checkout refuses the changed body and
+    names the order the key placed. The page once showed that refusal and dropped the key, and
+    the buyer, told "no", met `limit-exceeded` next, never learning they had an order."""
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    placed = []
+
+    def answer_lost(route):
+        if not placed:
+            placed.append(route.fetch())  # reaches checkout, which places the order
+        route.abort("connectionreset")  # and its answer, and the page's retries', never arrive
+
+    page.route(re.compile(r"/orders$"), answer_lost)
+    fill_in_toronto(page, "CA")
+    page.get_by_role("button", name="Place order").click()
+    expect(page.locator("#order-problem")).to_contain_text("Trying again", timeout=15_000)  # Playwright routes meanwhile
+    assert placed[0].status == 201
+    first = placed[0].json()
+    page.unroute(re.compile(r"/orders$"))
+
+    page.reload()
+    expect(page.locator("#order-form").get_by_role("button", name="Place order")).to_be_enabled(timeout=10_000)
+    fill_in_toronto(page, "CA")
+    page.locator("#order-form input[name=street_address]").fill("2 Yonge St")
+    page.get_by_role("button", name="Place order").click()
+
+    expect(page.locator("#order-id")).to_have_text(first["id"], timeout=15_000)
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment")
+    expect(page.locator("#order-address")).to_have_text("Alex Tremblay, 1 YONGE ST, TORONTO, ON M5E 1W7, Canada (CA)")
+    expect(page.locator("#order-problem")).to_be_hidden()
+
+
 @pytest.mark.parametrize("price, shown", [({"amount": 1234500, "currency": "HUF"}, "12,345.00"),
                                           ({"amount": 12345, "currency": "JPY"}, "12,345")])
 def test_an_order_total_is_shown_in_the_currency_s_iso_minor_units(floodgate, admin_token, buyer_page, price, shown):

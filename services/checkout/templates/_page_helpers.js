@@ -20,6 +20,8 @@
       this.detail = typeof doc.detail === "string" ? doc.detail : "";
       this.type = typeof doc.type === "string" ? doc.type : "";
       this.errors = doc.errors && typeof doc.errors === "object" ? doc.errors : null;
+      // an order the refusal names: the one an Idempotency-Key placed with another body
+      this.orderId = typeof doc.order_id === "string" ? doc.order_id : null;
       const seconds = Number.parseInt(retryAfter || "", 10);
       this.retryAfter = Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 30) : 2;
     }

@@ -5,7 +5,9 @@ import json
 import uuid
 from dataclasses import replace
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from services.checkout import errors, idempotency
 from services.checkout.repository import KeyHeld
@@ -91,6 +93,11 @@ def test_the_same_key_with_another_body_is_refused_and_changes_nothing(checkout)
     with pytest.raises(errors.IdempotencyKeyReused) as refused:
         send(checkout, order_request(quantity=2))
     assert refused.value.status == 422
+    # the buyer is told the first body placed an order, and which: not "no order" (the page
+    # drops a key answered 422, and the next try met `limit-exceeded` with nothing said)
+    order_id = json.loads(first.body)["id"]
+    assert refused.value.extensions == {"order_id": order_id, "order": f"/orders/{order_id}"}
+    assert order_id in refused.value.detail
     assert kept(checkout).response_body == first.body
     # the second body's own hold (its own order id) goes back; the first order's stays
     assert checkout.inventory.released == [str(order_request(quantity=2).order_id)]
@@ -175,6 +182,50 @@ def test_a_5xx_or_429_is_not_kept_so_the_retry_starts_afresh(checkout, failure):
     assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
     assert json.loads(retry.body)["id"] == str(order_request().order_id)
     assert published(checkout) == ["order.placed"]
+
+
+def test_the_same_key_with_another_body_after_a_refusal_names_no_order(checkout):
+    checkout.inventory.reserve_refusal = errors.SoldOut("The drop is sold out.")
+    send(checkout, order_request())
+    with pytest.raises(errors.IdempotencyKeyReused) as refused:
+        send(checkout, order_request(quantity=2))
+    assert refused.value.extensions == {}
+
+
+@pytest.mark.parametrize("where", ["claim", "order"])
+def test_an_order_that_fails_outright_after_its_hold_gives_the_hold_back(checkout, monkeypatch, where):
+    """The database gone mid-order (a 503): nothing is kept for the key, so the hold was
+    nobody's, and it counted against the buyer's one unit for a hold time: their retry with
+    another key, or with the address corrected, was refused `limit-exceeded`."""
+    lost = sa.exc.OperationalError("INSERT ...", {}, psycopg.OperationalError("server closed the connection"))
+
+    def database_gone(*args, **kwargs):
+        raise lost
+
+    target = checkout.uow.idempotency_keys if where == "claim" else checkout.uow.orders
+    real = getattr(target, "claim" if where == "claim" else "add")
+    monkeypatch.setattr(target, "claim" if where == "claim" else "add", database_gone)
+    cmd = order_request()
+    with pytest.raises(sa.exc.OperationalError):
+        send(checkout, cmd)
+    assert checkout.inventory.released == [str(cmd.order_id)]
+    assert kept(checkout) is None and checkout.uow.published == []
+
+    monkeypatch.setattr(target, "claim" if where == "claim" else "add", real)  # the database is back
+    retry = send(checkout, cmd)  # the same key and body hold the units again
+    assert retry.status == 201 and str(cmd.order_id) not in checkout.inventory.given_back
+
+
+def test_a_refusal_kept_for_the_key_gives_back_the_hold_an_earlier_attempt_made(checkout):
+    """An attempt held, then failed outright; its retry is refused after the hold (the address
+    reached its limit meanwhile). No order will ever have this id: the unit goes back now, not
+    when the hold runs out."""
+    cmd = order_request(key="key-2", quantity=1)
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)  # the lost attempt's
+    send(checkout, order_request(key="key-1", quantity=2))  # the address's allowance, taken meanwhile
+    answer = send(checkout, cmd)
+    assert answer.status == 409 and json.loads(answer.body)["type"] == PROBLEM_BASE + "address-limit-exceeded"
+    assert str(cmd.order_id) in checkout.inventory.given_back
 
 
 def test_a_claim_left_without_an_answer_is_taken_over_by_the_retry(checkout):
