@@ -41,10 +41,11 @@ class AddressSchema(_Lenient):
 class OrderSchema(_Lenient):
     """The order document every `order.*` event carries (docs/contracts.md), as far as email needs it."""
 
-    order_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    order_id = fields.String(required=True, validate=[validate.Length(min=1, max=64), Pattern(r"^[^\x00]*$")])
     # how many changes the order had been through (docs/contracts.md, "Order versions"); older
-    # producers sent none
-    version = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1))
+    # producers sent none. At most the column's (an int4), as inventory's schema has it.
+    version = fields.Integer(load_default=None, allow_none=True, strict=True,
+                             validate=validate.Range(min=1, max=2**31 - 1))
     buyer_email = EmailAddress(required=True)
     items = fields.List(fields.Nested(ItemSchema), required=True, validate=non_empty)
     total = fields.Nested(MoneySchema, required=True)

@@ -9,6 +9,9 @@ from typing import Any, Mapping
 
 import pika
 
+ID_MAX_LENGTH = 128  # the inboxes' `message_id`, notifications' `event_id`
+TYPE_MAX_LENGTH = 100  # the inboxes' and outboxes' `event_type`
+
 
 class MalformedEvent(ValueError):
     """A message body that is not a valid envelope; retrying it cannot help."""
@@ -61,6 +64,11 @@ class Envelope:
             raise MalformedEvent(f"not an event envelope: {error}") from error
         if not isinstance(envelope.data, dict):
             raise MalformedEvent("event data must be an object")
+        # kept in the inboxes' and notifications' columns of 128 and 100: one the database refuses
+        # failed every attempt alike, for days, instead of being parked at once
+        for name, value, longest in (("id", envelope.id, ID_MAX_LENGTH), ("type", envelope.type, TYPE_MAX_LENGTH)):
+            if not 0 < len(value) <= longest or "\x00" in value:
+                raise MalformedEvent(f"the envelope's {name} must be 1 to {longest} characters, without NUL")
         return envelope
 
     def properties(self, request_id: str | None = None,

@@ -1,3 +1,5 @@
+import json
+
 import pika
 import pytest
 
@@ -13,7 +15,16 @@ def test_an_envelope_round_trips_and_its_message_id_is_its_id():
     assert properties.headers["x-request-id"] == "req-1"
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b'{"id": 1}', b'{"id":"1","type":"t","occurred_at":"x","source":"s","data":[]}'])
+def _envelope(**changes) -> bytes:
+    raw = {"id": "1", "type": "order.confirmed", "occurred_at": "x", "source": "s", "data": {}}
+    return json.dumps({**raw, **changes}).encode()
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"id": 1}', _envelope(data=[]),
+                                  # what the inbox's and the delivery log's columns refuse: parked at once,
+                                  # not failed at the database for days
+                                  _envelope(id="x" * 129), _envelope(id=""), _envelope(id="a\x00b"),
+                                  _envelope(type="t" * 101)])
 def test_anything_else_is_malformed(body):
     with pytest.raises(MalformedEvent):
         Envelope.from_json(body)
@@ -25,3 +36,8 @@ def test_an_envelope_is_published_stamped_with_when_its_event_occurred():
     naive = Envelope(type="order.placed", data={}, source="checkout", occurred_at="2026-12-04T16:00:00")
     assert naive.properties().timestamp == 1796400000  # no zone: UTC, as the outbox writes it
     assert Envelope(type="order.placed", data={}, source="checkout", occurred_at="not a time").properties().timestamp is None
+
+
+def test_the_longest_id_and_type_the_columns_hold_are_events():
+    envelope = Envelope.from_json(_envelope(id="x" * 128, type="t" * 100))
+    assert (len(envelope.id), len(envelope.type)) == (128, 100)
