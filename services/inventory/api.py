@@ -67,12 +67,16 @@ def schedule_drop():
 
 @bp.patch("/drops/<drop_id>")
 @operation(
-    "Move a drop's close (extend, shorten or reopen) and/or add stock",
+    "Move a drop's opening (before it opens) or close (extend, shorten or reopen), its invite-only phase's "
+    "end, and/or add stock",
     request=schemas.ChangeDropSchema,
     response=schemas.DropSchema,
     errors=(404,),
     auth="admin",
-    rules=("`closes_at` is after the drop's `opens_at` and in the future",
+    rules=("`opens_at` moves only before the drop opens, and not into the past",
+           "`closes_at` is after the drop's `opens_at` (the new one, if moved) and in the future",
+           "`invite_only_until` moves only while the phase lasts, to after the opening; an opening moved past "
+           "the phase's end is refused unless it moves too",
            f"the drop holds at most {drops.MAX_TOTAL_STOCK} units over its life"),
     description="Recorded, in the same transaction, among the admin actions (`GET /admin-actions`).",
 )
@@ -82,7 +86,7 @@ def change_drop(drop_id: str):
     with unit_of_work() as uow:
         drop = drops.change_drop(drop_id, command, uow)
         shown = DROP.dump(drop)
-        _record_drop_change(uow, drop.id, shown, ("closes_at", "state", "remaining"))
+        _record_drop_change(uow, drop.id, shown, ("opens_at", "closes_at", "state", "remaining"))
         uow.commit()
     current_app.extensions[DROP_VIEWS].forget(drop.id)
     return shown

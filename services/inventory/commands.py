@@ -33,10 +33,12 @@ class ScheduleDrop:
 
 @dataclass(frozen=True)
 class ChangeDrop:
-    """An admin moving a drop's close, adding stock and/or correcting its invite tier; at least one
-    is given."""
+    """An admin moving a drop's opening (before it opens) or close, adding stock and/or moving or
+    correcting its invite-only phase; at least one is given."""
 
+    opens_at: datetime | None = None
     closes_at: datetime | None = None
+    invite_only_until: datetime | None = None
     add_quantity: int | None = None
     invite_tier: str | None = None
 

@@ -183,21 +183,46 @@ class Drop(Base):
         if quantity > self.per_buyer_limit:
             raise LimitExceeded(f"A buyer may reserve at most {self.per_buyer_limit} of this drop.")
 
-    def check_new_tier(self, now: datetime) -> None:
-        """An admin may correct the tier of an invite-only phase that has not ended: a misspelt one
-        admits nobody and locks every buyer out until it ends. Holds already made stay."""
+    def check_new_tier(self, now: datetime, field: str = "invite_tier") -> None:
+        """An admin may correct the tier of an invite-only phase that has not ended (or move its
+        end: `field`): a misspelt one admits nobody and locks every buyer out until it ends. Holds
+        already made stay."""
         if self.invite_only_until is None:
-            raise InvalidDrop("invite_tier", "This drop has no invite-only phase; a tier is set with invite_only_until "
-                                             "when the drop is scheduled.")
+            raise InvalidDrop(field, "This drop has no invite-only phase; one is set with invite_only_until and "
+                                     "invite_tier when the drop is scheduled.")
         if now >= self.invite_only_until:
-            raise InvalidDrop("invite_tier", "The invite-only phase has ended; its tier no longer admits anyone.")
+            raise InvalidDrop(field, "The invite-only phase has ended; its tier no longer admits anyone.")
 
-    def check_new_close(self, closes_at: datetime, now: datetime) -> None:
-        """An admin may move the close of a drop to any time after it opens that is not already past."""
-        if closes_at <= self.opens_at:
-            raise InvalidDrop("closes_at", "The drop must close after it opens.")
-        if closes_at < now:
+    def check_new_window(self, now: datetime, opens_at: datetime | None = None, closes_at: datetime | None = None,
+                         invite_only_until: datetime | None = None) -> None:
+        """An admin may move (each None: leaves it as it is):
+        - the opening, until the drop opens: postponed for an incident, or a wrong offset put
+          right, without a new drop (a new id, page and line). Once open, holds were made in the
+          window as it was;
+        - the close, to any time after the opening that is not already past;
+        - the invite-only phase's end, while the phase lasts, to after the opening.
+        The window they make together is checked whole: a drop postponed past its close, or past
+        its invite-only phase's end, is refused, naming what to move too."""
+        opening = opens_at or self.opens_at
+        if opens_at is not None:
+            if now >= self.opens_at:
+                raise InvalidDrop("opens_at", "The drop has opened; its opening cannot move (its close can).")
+            if opens_at < now:
+                raise InvalidDrop("opens_at", "The new opening has already passed.")
+        if closes_at is not None and closes_at < now:
             raise InvalidDrop("closes_at", "The new closing time has already passed.")
+        if (closes_at or self.closes_at) <= opening:
+            raise InvalidDrop("closes_at", "The drop must close after it opens." if closes_at else
+                              "The drop would close before it opens: move closes_at too.")
+        if invite_only_until is not None:
+            self.check_new_tier(now, field="invite_only_until")
+            if invite_only_until < now:
+                raise InvalidDrop("invite_only_until", "The new end of the invite-only phase has already passed.")
+        until = invite_only_until or self.invite_only_until
+        if until is not None and until <= opening:
+            raise InvalidDrop("invite_only_until", "The invite-only phase must end after the drop opens." if
+                              invite_only_until else "The invite-only phase would end before the drop opens: move "
+                                                     "invite_only_until too.")
 
 
 def spread(units: int, rows: int) -> list[int]:

@@ -104,15 +104,25 @@ class NewDropSchema(Schema):
 
 
 class ChangeDropSchema(Schema):
+    # a drop postponed or brought forward, until it opens (Drop.check_new_opening)
+    opens_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     closes_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     add_quantity = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
-    # the invite-only phase's tier, corrected while the phase lasts (Drop.check_new_tier)
+    # the invite-only phase's end and tier, moved or corrected while the phase lasts
+    # (Drop.check_new_invite_phase)
+    invite_only_until = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     invite_tier = fields.String(validate=INVITE_TIER)
 
     @validates_schema
     def something_to_change(self, data, **kwargs) -> None:
         if not data:
-            raise ValidationError("Give closes_at, add_quantity, invite_tier or several.", field_name="_schema")
+            raise ValidationError("Give opens_at, closes_at, add_quantity, invite_only_until, invite_tier or several.",
+                                  field_name="_schema")
+
+    @validates_schema
+    def window_not_empty(self, data, **kwargs) -> None:
+        if "opens_at" in data and "closes_at" in data and data["closes_at"] <= data["opens_at"]:
+            raise ValidationError("The drop must close after it opens.", field_name="closes_at")
 
     @post_load
     def to_command(self, data, **kwargs) -> ChangeDrop:

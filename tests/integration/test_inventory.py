@@ -483,6 +483,38 @@ def test_a_misspelt_tier_is_corrected_while_the_invite_only_phase_lasts_and_not_
     assert floodgate.get_drop(ended["id"])["invite_tier"] == "early"
 
 
+def test_a_drop_not_yet_open_is_brought_forward_or_postponed_and_its_opening_stays_once_it_opened(
+        floodgate, stack, admin_token):
+    """An incident, or a wrong offset: once the opening could not move, the only way was a new
+    drop (a new id, page and line) or a window squeezed to a microsecond."""
+    soon = new_drop(floodgate, admin_token, quantity=5, opens_in=600)
+    assert slug(reserve(floodgate, soon["id"])) == "not-open"
+    forward = change(floodgate, admin_token, soon["id"], opens_at=at(1))
+    assert forward.status_code == 200, forward.text
+    assert forward.json()["opens_at"] != soon["opens_at"] and forward.json()["closes_at"] == soon["closes_at"]
+    held = poll(lambda: (answer := reserve(floodgate, soon["id"])).status_code == 201 and answer,
+                timeout=15, what="a hold once the new opening came")
+    assert held.json()["drop_id"] == soon["id"]
+    opened = change(floodgate, admin_token, soon["id"], opens_at=at(3600), closes_at=at(7200))
+    assert opened.status_code == 422 and "has opened" in opened.json()["errors"]["opens_at"][0]
+
+    later = new_drop(floodgate, admin_token, quantity=5, opens_in=600, lasts=3600)
+    past_its_close = change(floodgate, admin_token, later["id"], opens_at=at(7200))
+    assert past_its_close.status_code == 422 and "move closes_at too" in past_its_close.json()["errors"]["closes_at"][0]
+    into_the_past = change(floodgate, admin_token, later["id"], opens_at=at(-60))
+    assert into_the_past.status_code == 422 and list(into_the_past.json()["errors"]) == ["opens_at"]
+    assert floodgate.get_drop(later["id"])["opens_at"] == later["opens_at"]  # refusals changed nothing
+    postponed = change(floodgate, admin_token, later["id"], opens_at=at(7200), closes_at=at(10800))
+    assert postponed.status_code == 200, postponed.text
+    shown = floodgate.get_drop(later["id"])
+    assert (shown["state"], shown["opens_at"], shown["closes_at"]) == (
+        "scheduled", postponed.json()["opens_at"], postponed.json()["closes_at"])
+    assert slug(reserve(floodgate, later["id"])) == "not-open"
+    actions = floodgate.http.get(stack.url("inventory") + "/admin-actions", params={"drop_id": later["id"]},
+                                 headers={"Authorization": f"Bearer {admin_token}"}).json()
+    assert actions[0]["method"] == "PATCH" and actions[0]["outcome"]["opens_at"] == shown["opens_at"]
+
+
 def test_after_the_invite_only_phase_every_buyer_may_reserve(floodgate, stack, admin_token):
     drop = new_drop(floodgate, admin_token, quantity=5, opens_in=-10, invite_only_until=at(-1), invite_tier="early")
     assert reserve(floodgate, drop["id"]).status_code == 201

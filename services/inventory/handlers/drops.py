@@ -189,18 +189,19 @@ def drop_stock(drop_id: str, uow) -> dict:
 
 
 def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
-    """Move a drop's close (extend or shorten, even reopen a closed drop), add stock and/or
-    correct the tier of an invite-only phase that has not ended.
+    """Move a drop's opening before it opens (postpone it, or bring it forward) and its close
+    (extend or shorten, even reopen a closed drop), add stock, and/or move the end or correct the
+    tier of an invite-only phase that has not ended (`Drop.check_new_window` says the rules).
 
     Shard rows are locked before the drop row, as the sweeper does when it gives expired holds
     back (the lock order is in `handlers.reservations`).
     """
     view = show_drop(drop_id, uow)
     drops = Drop.__table__
-    values = {}
-    if cmd.closes_at is not None:
-        uow.session.get(Drop, view.id).check_new_close(cmd.closes_at, _database_now(uow))
-        values["closes_at"] = cmd.closes_at
+    window = {"opens_at": cmd.opens_at, "closes_at": cmd.closes_at, "invite_only_until": cmd.invite_only_until}
+    values = {name: moment for name, moment in window.items() if moment is not None}
+    if values:
+        uow.session.get(Drop, view.id).check_new_window(_database_now(uow), **window)
     if cmd.invite_tier is not None:
         uow.session.get(Drop, view.id).check_new_tier(_database_now(uow))
         values["invite_tier"] = cmd.invite_tier
@@ -222,7 +223,9 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
         uow.session.execute(drops.update().where(drops.c.id == view.id).values(**values))
     log.info(
         "drop changed",
-        extra={"drop_id": str(view.id), "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
+        extra={"drop_id": str(view.id), "opens_at": cmd.opens_at and cmd.opens_at.isoformat(),
+               "closes_at": cmd.closes_at and cmd.closes_at.isoformat(),
+               "invite_only_until": cmd.invite_only_until and cmd.invite_only_until.isoformat(),
                "add_quantity": cmd.add_quantity, "invite_tier": cmd.invite_tier},
     )
     return show_drop(view.id, uow)

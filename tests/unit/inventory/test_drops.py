@@ -154,13 +154,50 @@ def test_a_drop_without_countries_ships_everywhere():
 
 def test_a_window_may_be_extended_shortened_or_reopened_but_not_emptied_or_put_in_the_past():
     running = drop()
-    running.check_new_close(CLOSES + timedelta(hours=2), now=OPENS + SECOND)
-    running.check_new_close(OPENS + SECOND, now=OPENS + SECOND)
-    running.check_new_close(CLOSES + timedelta(hours=1), now=CLOSES + SECOND)
+    running.check_new_window(OPENS + SECOND, closes_at=CLOSES + timedelta(hours=2))
+    running.check_new_window(OPENS + SECOND, closes_at=OPENS + SECOND)
+    running.check_new_window(CLOSES + SECOND, closes_at=CLOSES + timedelta(hours=1))
     with pytest.raises(InvalidDrop):
-        running.check_new_close(OPENS, now=OPENS - SECOND)
+        running.check_new_window(OPENS - SECOND, closes_at=OPENS)
     with pytest.raises(InvalidDrop):
-        running.check_new_close(OPENS + SECOND, now=OPENS + 2 * SECOND)
+        running.check_new_window(OPENS + 2 * SECOND, closes_at=OPENS + SECOND)
+
+
+HOUR = timedelta(hours=1)
+
+
+def test_a_drop_not_yet_open_may_be_postponed_or_brought_forward_with_its_window_whole():
+    scheduled = drop()
+    scheduled.check_new_window(OPENS - HOUR, opens_at=OPENS + timedelta(minutes=30))  # postponed, within its close
+    scheduled.check_new_window(OPENS - HOUR, opens_at=OPENS - timedelta(minutes=30))  # brought forward
+    scheduled.check_new_window(OPENS - HOUR, opens_at=CLOSES + HOUR, closes_at=CLOSES + 2 * HOUR)  # the close with it
+
+
+@pytest.mark.parametrize("now, change, field, says", [
+    (OPENS, {"opens_at": OPENS + HOUR}, "opens_at", "has opened"),
+    (OPENS - HOUR, {"opens_at": OPENS - 2 * HOUR}, "opens_at", "already passed"),
+    (OPENS - HOUR, {"opens_at": CLOSES}, "closes_at", "move closes_at too"),
+    (OPENS - HOUR, {"opens_at": OPENS + HOUR, "closes_at": OPENS + HOUR}, "closes_at", "close after it opens"),
+])
+def test_an_opening_that_moved_would_break_the_window_is_refused_naming_what_to_move(now, change, field, says):
+    with pytest.raises(InvalidDrop) as refused:
+        drop().check_new_window(now, **change)
+    assert field in refused.value.to_dict()["errors"] and says in refused.value.to_dict()["errors"][field][0]
+
+
+def test_an_invite_only_phase_moves_with_its_drop_and_never_ends_before_the_opening():
+    minutes = timedelta(minutes=1)
+    members_first = drop(invite_only_until=OPENS + 30 * minutes, invite_tier="early")
+    with pytest.raises(InvalidDrop) as refused:
+        members_first.check_new_window(OPENS - HOUR, opens_at=OPENS + 45 * minutes)
+    assert "move invite_only_until too" in refused.value.to_dict()["errors"]["invite_only_until"][0]
+    members_first.check_new_window(OPENS - HOUR, opens_at=OPENS + 45 * minutes, invite_only_until=OPENS + 50 * minutes)
+    members_first.check_new_window(OPENS + SECOND, invite_only_until=OPENS + 2 * HOUR)  # lengthened while it lasts
+    for now, until in [(OPENS + HOUR, OPENS + 3 * HOUR), (OPENS - HOUR, OPENS)]:  # ended; before the opening
+        with pytest.raises(InvalidDrop):
+            members_first.check_new_window(now, invite_only_until=until)
+    with pytest.raises(InvalidDrop):
+        drop().check_new_window(OPENS - HOUR, invite_only_until=OPENS + HOUR)  # no phase to move
 
 
 @pytest.mark.parametrize(
