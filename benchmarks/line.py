@@ -80,7 +80,6 @@ TARGETS = {"joins": 1_000, "polls": 3_000}  # per second, the issue's
 UNITS = 1_000_000  # the line never sells out while admitting
 ADMISSION_RATE = 200.0  # buyers admitted per second after the opening (the admin's ceiling)
 JOINS_PER_SECOND_PROVISIONED = 3_000  # tokens minted per second of the join phase, by default
-STACK_ENV = {"LINE_JOINS_PER_CLIENT_PER_MINUTE": str(10**9)}
 
 
 # --- buyers -------------------------------------------------------------------------------------
@@ -358,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every process of the stack, e.g. WEB_CONCURRENCY=3")
     args = parser.parse_args(argv)
-    stack_env = {**STACK_ENV, **dict(item.split("=", 1) for item in args.env)}
+    stack_env = dict(item.split("=", 1) for item in args.env)
     buyers = args.buyers or int(args.seconds * JOINS_PER_SECOND_PROVISIONED)
     started = datetime.now(timezone.utc)
     out = args.out or ROOT / "var" / "bench-line" / started.strftime("%Y%m%dT%H%M%SZ")

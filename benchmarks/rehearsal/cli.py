@@ -52,9 +52,6 @@ from devtools.otlp_collector import Collector
 from devtools.stack import ROOT
 from shared.db import create_database_if_missing
 
-# Every simulated buyer joins from 127.0.0.1: the line's per-client limit (30 a minute per API
-# process) would turn the crowd away, so the rehearsal's own stack lifts it.
-LINE_STACK_ENV = {"LINE_JOINS_PER_CLIENT_PER_MINUTE": str(10**9)}
 ADMIN_PASSWORD = "rehearsal admin, dev only"  # the isolated stack's admin: development only
 JOINS_PER_SECOND = 300  # the default join window spreads the crowd's joins at about this rate
 
@@ -324,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         mark[0] = now
 
     collector = Collector().__enter__() if args.trace and not args.use_running else None
-    stack_env = {**(LINE_STACK_ENV if args.line else {}), **(observe.tracing_env(collector) if collector else {})}
+    stack_env = observe.tracing_env(collector) if collector else {}
     rig = rigs.running(out / "stack") if args.use_running else rigs.isolated(out / "stack", env=stack_env)
     for number in range(2, args.admitters + 1):  # beside the stack's own, as prod's replicas are
         rig.stack.start("checkout-admitter", as_name=f"checkout-admitter-{number}")
@@ -337,9 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         memory_meter.start()
         memory_meter.begin("the buyers signing in")
     memory_use = None
-    if args.line and args.use_running:
-        say("  !!! the running stack limits joins per client address (LINE_JOINS_PER_CLIENT_PER_MINUTE, 30 a minute "
-            "per line-status edge process) and every buyer joins from 127.0.0.1: start it with that variable raised !!!\n")
+    if args.use_running:
+        say("  !!! the running stack limits registrations and line joins per client address, and every buyer comes "
+            f"from 127.0.0.1: start it with {' and '.join(f'{name}={value}' for name, value in rigs.ONE_ADDRESS_CROWD.items())} !!!\n")
     failed = False
     try:
         floodgate = Floodgate(rig.stack)

@@ -21,12 +21,16 @@ def _no_store(body: dict, status: int = 200) -> Response:
 
 
 @bp.post("/accounts")
-@operation("Register a buyer (optionally redeeming an invite code)", request=schemas.RegistrationSchema, response=schemas.AccountSchema, status=201, errors=(409,),
-           rules=(f"`invite_code`, when given, {INVITE_RULE}",))
+@operation("Register a buyer (optionally redeeming an invite code); registrations are limited per client address",
+           request=schemas.RegistrationSchema, response=schemas.AccountSchema, status=201, errors=(409, 429, 503),
+           rules=(f"`invite_code`, when given, {INVITE_RULE}",
+                  f"`email` {schemas.REGISTRATION_EMAIL_RULE}"))
 def register():
     cmd = load(schemas.RegistrationSchema())
+    cmd["client"] = request.remote_addr
+    deps = root()
     with unit_of_work() as uow:
-        account = handlers.register_account(cmd, uow, root().passwords)
+        account = handlers.register_account(cmd, uow, deps.passwords, throttle=deps.registration_throttle)
         uow.commit()
     return schemas.AccountSchema().dump(account), 201
 

@@ -19,7 +19,7 @@ from shared import service
 if TYPE_CHECKING:
     from services.accounts.key_encryption import KeyEncryptionKeys
     from services.accounts.passwords import Passwords
-    from services.accounts.throttle import SignInThrottle
+    from services.accounts.throttle import RegistrationThrottle, SignInThrottle
     from services.accounts.tokens import TokenIssuer
     from shared.auth import TokenVerifier
 
@@ -35,6 +35,7 @@ class Accounts(service.Root):
     issuer: TokenIssuer | None = None
     key_encryption: KeyEncryptionKeys | None = None
     throttle: SignInThrottle | None = None
+    registration_throttle: RegistrationThrottle | None = None
     verifier: TokenVerifier | None = None
 
     @property
@@ -56,7 +57,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
         return Accounts(**database, migrations=MIGRATIONS)
     from services.accounts import key_encryption, tokens
     from services.accounts.passwords import Passwords
-    from services.accounts.throttle import SignInThrottle
+    from services.accounts.throttle import RegistrationThrottle, SignInThrottle
     from shared import auth
 
     keks = key_encryption.configured(settings.signing_key_encryption_keys, settings.deployment_environment)
@@ -84,5 +85,6 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
                                   timedelta(seconds=settings.signing_key_publish_seconds)),
         key_encryption=keks,
         throttle=SignInThrottle.from_settings(settings),
+        registration_throttle=RegistrationThrottle.from_settings(settings),
         verifier=auth.TokenVerifier(own_keys, settings.jwt_issuer, settings.jwt_audience),
     )

@@ -43,14 +43,23 @@ def create_admin(email: str, password: str, name: str | None) -> None:
     "--retire-older-than-hours",
     type=click.FloatRange(min=0),
     default=None,
-    help="Also retire keys that stopped signing at least this many hours ago "
-    "(keep it above the token lifetime, or their tokens stop verifying).",
+    help="Also retire keys that stopped signing at least this many hours ago: 0 (a compromised key: "
+    "retire every earlier key now), or at least the access-token lifetime (ACCESS_TOKEN_TTL_SECONDS), "
+    "so that no token still valid stops verifying.",
 )
 @with_appcontext
 def rotate_keys(retire_older_than_hours: float | None) -> None:
     """Publish a new key that signs new tokens once verifiers can have fetched it (at once when
     every earlier key is retired); earlier keys stay published until retired."""
     retire_after = None if retire_older_than_hours is None else timedelta(hours=retire_older_than_hours)
+    ttl_seconds = root().settings.access_token_ttl_seconds
+    if retire_after is not None and timedelta(0) < retire_after < timedelta(seconds=ttl_seconds):
+        # Signed-in buyers holding tokens the key signed would get 401 mid-drop.
+        raise click.BadParameter(
+            f"{retire_older_than_hours:g} hours would retire keys whose tokens are still valid (they live "
+            f"ACCESS_TOKEN_TTL_SECONDS={ttl_seconds} s): use at least {ttl_seconds / 3600:g} hours, "
+            f"or 0 to retire every earlier key now (a compromised key).",
+            param_hint="'--retire-older-than-hours'")
     issuer = root().issuer
     with unit_of_work() as uow:
         key, retired = handlers.rotate_keys(uow, issuer.key_encryption, retire_after, issuer.new_key_published_for)

@@ -18,7 +18,8 @@ class Settings(CommonSettings):
     signing_key_publish_seconds: float = 60.0
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     # Each argon2id hash holds 19 MiB and a core for ~tens of ms; more concurrent hashes per
-    # process than cores only adds memory, so a login storm queues here instead.
+    # process than cores only adds memory, so a login storm queues here instead. Registrations
+    # take at most half of them (at least one): sign-ins always keep the rest.
     password_hashing_concurrency: int = 2
     password_hashing_wait_seconds: float = 5.0
     # Sign-in throttling: after the free failures, each further failure doubles the wait.
@@ -33,6 +34,11 @@ class Settings(CommonSettings):
     login_account_all_clients_backoff_max_seconds: float = 60.0
     login_client_backoff_max_seconds: float = 300.0
     login_failure_window_seconds: float = 900.0
+    # Registrations from one client (every attempt, an email already taken too) within that
+    # window, then a wait doubling from the base up to the ceiling: a sign-up flood before a
+    # drop must not take the hashing that buyers' sign-ins need.
+    registration_client_free_attempts: int = 50
+    registration_client_backoff_max_seconds: float = 300.0
     max_addresses_per_account: int = 20
     # Proxies (ingress, load balancer) in front of this service whose X-Forwarded-For is trusted;
     # 0 means clients connect directly. Wrong here, every client looks like the proxy to the

@@ -18,6 +18,13 @@ class SignInBusy(ServiceUnavailable):
     slug, title = "sign-in-busy", "Too many sign-ins at once"
 
 
+class RegistrationBusy(ServiceUnavailable):
+    """Registrations already hold every hashing slot they may (half of them, so that sign-ins
+    always keep the rest)."""
+
+    slug, title = "registration-busy", "Too many registrations at once"
+
+
 class SigningUnavailable(ServiceUnavailable):
     """The signing key cannot be decrypted (a KEK is missing); the log says which key and why."""
 
@@ -31,6 +38,15 @@ class SignInThrottled(RetryLater):
 
     def __init__(self, retry_after: int):
         super().__init__("Too many failed sign-in attempts; wait before trying again.", retry_after=retry_after)
+
+
+class RegistrationThrottled(RetryLater):
+    """Too many registrations from this client (an email already taken counts too)."""
+
+    status, slug, title = 429, "too-many-registrations", "Too many registrations"
+
+    def __init__(self, retry_after: int):
+        super().__init__("Too many registrations from this address; wait before trying again.", retry_after=retry_after)
 
 
 class InvalidRefreshToken(Unauthorized):

@@ -19,6 +19,7 @@ from services.accounts.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     InviteNotUsable,
+    RegistrationThrottled,
     SignInThrottled,
     SigningUnavailable,
     TooManyAddresses,
@@ -27,7 +28,14 @@ from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnread
 from services.accounts.models import Account, Address, Invite, InviteRedemption, RefreshToken, Session, SigningKey
 from services.accounts.passwords import Passwords
 from services.accounts.config import Settings
-from services.accounts.throttle import BackoffPolicy, Reservation, SignInThrottle, key_kind, retry_after_seconds
+from services.accounts.throttle import (
+    BackoffPolicy,
+    RegistrationThrottle,
+    Reservation,
+    SignInThrottle,
+    key_kind,
+    retry_after_seconds,
+)
 from services.accounts.tokens import SessionTokens, TokenIssuer
 
 log = logging.getLogger("floodgate.accounts")
@@ -44,16 +52,23 @@ INVITE_CODE_LENGTH = 12
 
 
 
-def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") -> Account:
+def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer",
+                     throttle: RegistrationThrottle | None = None) -> Account:
     """A new account for `cmd` (email normalised, password checked by the schema), redeeming
     `cmd["invite_code"]` in the same transaction when one is given.
 
-    The password is hashed between two transactions, holding no connection: a registration
-    taking the email meanwhile is refused by the unique email (`EmailTaken`) all the same."""
+    With `throttle` (a registration over HTTP) the attempt is first counted against its client
+    (`cmd["client"]`), whatever comes of it, and refused past the free ones (`RegistrationThrottled`)
+    before the email is looked up or the password hashed. The password is hashed in one of the
+    registrations' slots (`RegistrationBusy` when none comes free), between two transactions,
+    holding no connection: a registration taking the email meanwhile is refused by the unique
+    email (`EmailTaken`) all the same."""
+    if throttle is not None:
+        _count_registration(uow, throttle, cmd.get("client"))
     if uow.accounts.by_email(cmd["email"]) is not None:
         raise EmailTaken("An account cannot be registered with this email.")
     uow.rollback()
-    password_hash = passwords.hash(cmd["password"])
+    password_hash = passwords.hash(cmd["password"], registering=True)
     account = Account(
         id=uuid.uuid4(),
         email=cmd["email"],
@@ -69,6 +84,25 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer") 
         redeem_invite(cmd["invite_code"], account, uow, field="invite_code")
     uow.publish("account.registered", {"account_id": str(account.id), "email": account.email, "name": account.name})
     return account
+
+
+def _count_registration(uow, throttle: RegistrationThrottle, client: str | None) -> None:
+    """Count a registration from `client`, in a short transaction of its own under the key's row
+    lock (registrations at once are counted one after another), or refuse it
+    (`RegistrationThrottled`) while the key is blocked. Never given back."""
+    now = utc_now()
+    key = throttle.key(client)
+    # A read, no lock: while the client is refused, a flood of its registrations queues on no row.
+    blocked_until = uow.login_throttles.blocked_until([key], now)
+    if blocked_until is None:
+        counted = uow.login_throttles.reserve(key, throttle.per_client, now)
+        uow.commit()
+        blocked_until = counted.refused_until
+        if counted.blocks_until is not None:
+            log.warning("registrations throttled", extra={"throttle": key_kind(key), "failures": counted.failures,
+                                                          "wait_seconds": (counted.blocks_until - now).total_seconds()})
+    if blocked_until is not None:
+        raise RegistrationThrottled(retry_after_seconds(blocked_until, now))
 
 
 def open_session(
@@ -88,19 +122,23 @@ def open_session(
     owner out from another for more than the loose per-account wait. Unknown emails are counted
     like known ones, so throttling reveals nothing either.
 
-    Each attempt is counted as a failure before its password is checked, under the keys' row
-    locks, and given back when the password is right or gets no verdict (`SignInBusy`):
-    attempts fired at once are counted one after the other, so they get no more password checks
-    than the policy allows. A right password is never refused for failures counted while it was
-    being checked.
+    Each attempt is counted as a failure of the account's two keys before its password is
+    checked, under their row locks, and given back when the password is right or gets no
+    verdict (`SignInBusy`): attempts at one account fired at once are counted one after the
+    other, so they get no more password checks than the policy allows. The client's key counts
+    only a password that proved wrong, after the check: buyers behind one address signing in
+    at once must not be refused for the right passwords still being checked. A right password
+    is never refused for failures counted while it was being checked.
 
     The password is checked between two transactions, holding no connection: a sign-in waiting
     for a hashing slot keeps none from requests that need no hashing.
     """
     now = utc_now()
     keys = throttle.keys(cmd["email"], cmd.get("client"))
+    clients_key = throttle.clients_key(cmd.get("client"))
     # A read, no lock: while a key is refused, a flood of attempts at it queues on no row.
-    blocked_until = uow.login_throttles.blocked_until(list(keys), now)
+    checked = list(keys) if clients_key is None else [*keys, clients_key]
+    blocked_until = uow.login_throttles.blocked_until(checked, now)
     if blocked_until is not None:
         raise SignInThrottled(retry_after_seconds(blocked_until, now))
     account = uow.accounts.by_email(cmd["email"])
@@ -116,7 +154,10 @@ def open_session(
             uow.login_throttles.give_back(reservation)
         uow.commit()
         raise
-    if not matched:  # counted already
+    if not matched:  # counted already for the account; now for the client too
+        if clients_key is not None:
+            _count_client_failure(uow, clients_key, throttle.per_client)
+            uow.commit()
         raise InvalidCredentials(WRONG_CREDENTIALS)
     owners_key = throttle.owners_key(cmd["email"], cmd.get("client"))
     for reservation in reservations:
@@ -145,9 +186,19 @@ def _with_password_unchanged(uow, account_id: uuid.UUID, version: int) -> Accoun
     return account if account is not None and account.password_version == version else None
 
 
+def _count_client_failure(uow, key: str, policy: BackoffPolicy) -> None:
+    """Count a wrong password against the client's key, in a transaction locking that row
+    alone (so it waits for no other key's lock): counted even if attempts checked at the same
+    time blocked the key meanwhile, so the client waits as long as all its failures call for."""
+    failure = uow.login_throttles.count_failure(key, policy, utc_now())
+    if failure.blocks_until is not None:
+        log.warning("sign-in throttled", extra={"throttle": key_kind(key), "failures": failure.failures,
+                                                "wait_seconds": (failure.blocks_until - failure.at).total_seconds()})
+
+
 def _reserve_attempt(uow, keys: dict[str, BackoffPolicy], now: datetime) -> list[Reservation]:
     """Count the attempt as a failure of every key, or of none (`SignInThrottled`) if one is
-    refused. Keys are locked in one order (sorted: the account's, the client's, the account and
+    refused. Keys are locked in one order (sorted: the account's, then the account and
     client's), so two attempts never each hold a row the other waits for."""
     reservations = []
     for key, policy in sorted(keys.items()):

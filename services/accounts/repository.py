@@ -179,23 +179,39 @@ class LoginThrottles:
         )
 
     def reserve(self, key: str, policy: BackoffPolicy, now: datetime) -> Reservation:
-        """Count one sign-in attempt at `key` as a failure, unless the key is refused (see
-        `throttle.reserve`). The row is created if missing and stays locked until the
-        transaction ends: attempts at one key, from every worker, are counted one at a time,
+        """Count one attempt (a sign-in, a registration) at `key` as a failure, unless the key is
+        refused (see `throttle.reserve`). The row is created if missing and stays locked until
+        the transaction ends: attempts at one key, from every worker, are counted one at a time,
         each seeing the block the one before it started."""
-        row = self._session.execute(
+        row = self._locked(key, now)
+        reservation = throttle.reserve(key, policy, now, row.failures, row.last_failure_at, row.blocked_until)
+        if reservation.refused_until is None:
+            self._counted(reservation)
+        return reservation
+
+    def count_failure(self, key: str, policy: BackoffPolicy, now: datetime) -> Reservation:
+        """Count a failure at `key` that was not reserved (a password checked and proved wrong),
+        even if the key was blocked meanwhile: a block already running for longer is kept."""
+        row = self._locked(key, now)
+        failure = throttle.count_failure(key, policy, now, row.failures, row.last_failure_at)
+        self._counted(failure)
+        return failure
+
+    def _locked(self, key: str, now: datetime):
+        """The key's row (created if missing), locked until the transaction ends."""
+        return self._session.execute(
             insert(LoginThrottle)
             .values(key=key, failures=0, last_failure_at=now)
             .on_conflict_do_update(index_elements=[LoginThrottle.key], set_={"failures": LoginThrottle.failures})
             .returning(LoginThrottle.failures, LoginThrottle.last_failure_at, LoginThrottle.blocked_until)
         ).one()
-        reservation = throttle.reserve(key, policy, now, row.failures, row.last_failure_at, row.blocked_until)
-        if reservation.refused_until is None:
-            values = {"failures": reservation.failures, "last_failure_at": now}
-            if reservation.blocks_until is not None:
-                values["blocked_until"] = reservation.blocks_until
-            self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == key).values(**values))
-        return reservation
+
+    def _counted(self, failure: Reservation) -> None:
+        values = {"failures": failure.failures, "last_failure_at": failure.at}
+        if failure.blocks_until is not None:
+            # PostgreSQL's greatest() skips a null: no block yet is the new one
+            values["blocked_until"] = sa.func.greatest(LoginThrottle.blocked_until, failure.blocks_until)
+        self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == failure.key).values(**values))
 
     def give_back(self, reservation: Reservation) -> None:
         """Uncount a reserved attempt whose password was right: one failure fewer, and the last

@@ -1,4 +1,5 @@
 """What accounts accepts and answers, in JSON."""
+import unicodedata
 from datetime import datetime, timezone
 
 from email_validator import EmailNotValidError
@@ -28,8 +29,34 @@ class NormalisedEmail(EmailAddress):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+# NFKC splits Thai's sara am (and Lao's am) in two, though whole is how the vowel is typed and
+# stored (สำราญ): kept whole, and its split spelling, which looks the same, refused.
+KEPT_WHOLE = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
+REGISTRATION_EMAIL_RULE = ("holds no compatibility characters (full-width letters, ligatures, superscripts, ...): "
+                           "Unicode NFKC leaves it as it is, so no account reads the same as another")
+
+
+def compatibility_folded(text: str) -> str:
+    """`text` with compatibility characters folded into their plain forms (NFKC: `ａ` to `a`, `ﬁ`
+    to `fi`, `²` to `2`), the letters of `KEPT_WHOLE` kept whole."""
+    folded = unicodedata.normalize("NFKC", text)
+    for split, whole in KEPT_WHOLE.items():
+        folded = folded.replace(split, whole)
+    return folded
+
+
+def plain_characters(email: str) -> None:
+    """Refuse an email that compatibility folding would change: `ａｎｎ@example.com` reads as
+    `ann@example.com` but is another address, and both could be registered (the stored form is
+    only NFC and lower-cased). Only registration refuses them: accounts stored before still sign in."""
+    folded = compatibility_folded(email)
+    if folded != email:
+        raise ValidationError(f"Type this address with ordinary characters, not full-width letters, ligatures or "
+                              f"superscripts: as it is, it reads like {folded}.")
+
+
 class RegistrationSchema(Schema):
-    email = NormalisedEmail(required=True, validate=[validate.Length(max=EMAIL_MAX_LENGTH), storable_text])
+    email = NormalisedEmail(required=True, validate=[validate.Length(max=EMAIL_MAX_LENGTH), storable_text, plain_characters])
     password = fields.String(
         required=True,
         load_only=True,

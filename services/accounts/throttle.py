@@ -1,9 +1,13 @@
-"""How long a sign-in key waits after failures: free attempts, then a doubling back-off.
+"""How long a sign-in or registration key waits after failures: free attempts, then a doubling
+back-off.
 
-An attempt is counted as a failure when it starts, before its password is checked (a
-`Reservation`), and given back if the password is right: attempts fired at one key at once are
-counted one after the other, so no more of them get their password checked than the policy
-allows, however many are in flight."""
+A sign-in is counted as a failure of the account's keys when it starts, before its password is
+checked (a `Reservation`), and given back if the password is right: attempts fired at one key
+at once are counted one after the other, so no more of them get their password checked than the
+policy allows, however many are in flight. The client's own key counts only passwords that
+proved wrong (`count_failure`): many buyers behind one address sign in at once, and right
+passwords in flight must not use up its free failures. A registration is counted when it starts
+and never given back."""
 from __future__ import annotations
 
 import ipaddress
@@ -33,7 +37,8 @@ class BackoffPolicy:
 @dataclass(frozen=True)
 class SignInThrottle:
     """The keys a sign-in is counted against: the account tried from the client trying (strict),
-    the account from every client (loose), and the client trying, whatever the account.
+    the account from every client (loose), both when it starts; and the client trying, whatever
+    the account, once its password proved wrong.
 
     The strict key is per account *and* client: failures from one client never lock the owner
     out from another. The account's own key brakes guessing spread over many clients, with a
@@ -65,14 +70,43 @@ class SignInThrottle:
         )
 
     def keys(self, email: str, client: str | None) -> dict[str, BackoffPolicy]:
-        keys = {f"account:{email}": self.per_account, self.owners_key(email, client): self.per_account_and_client}
-        if client:
-            keys[f"client:{client_key(client)}"] = self.per_client
-        return keys
+        """The keys an attempt is counted against when it starts (see `Reservation`)."""
+        return {f"account:{email}": self.per_account, self.owners_key(email, client): self.per_account_and_client}
+
+    def clients_key(self, client: str | None) -> str | None:
+        """The client's key, whatever the account (None: no client known). Refused like the
+        others before any password is checked, but counted only once a password proved wrong:
+        it is the key buyers behind one address (carrier NAT, a campus) share, and their right
+        passwords being checked at once must not add up to its limit."""
+        return f"client:{client_key(client)}" if client else None
 
     def owners_key(self, email: str, client: str | None) -> str:
         """The strict key, the one a right password clears: the account's failures from this client."""
         return f"client:{client_key(client)}|account:{email}"
+
+
+@dataclass(frozen=True)
+class RegistrationThrottle:
+    """How many registrations a client may start: every attempt counts, when it starts, and is
+    never given back, whatever its answer. An `email-taken` answer counts too, so a client
+    cannot quickly probe which emails have accounts. Refused past `per_client`'s free attempts,
+    before the email is looked up or the password hashed: a bot signing up in bulk before a drop
+    costs no hashing, which buyers' sign-ins need."""
+
+    per_client: BackoffPolicy
+
+    @classmethod
+    def from_settings(cls, settings) -> "RegistrationThrottle":
+        """`REGISTRATION_CLIENT_FREE_ATTEMPTS` within the sign-ins' `LOGIN_FAILURE_WINDOW_SECONDS`,
+        then a wait doubling from `LOGIN_BACKOFF_BASE_SECONDS` up to
+        `REGISTRATION_CLIENT_BACKOFF_MAX_SECONDS`."""
+        return cls(BackoffPolicy(settings.registration_client_free_attempts,
+                                 timedelta(seconds=settings.login_backoff_base_seconds),
+                                 timedelta(seconds=settings.registration_client_backoff_max_seconds),
+                                 timedelta(seconds=settings.login_failure_window_seconds)))
+
+    def key(self, client: str | None) -> str:
+        return f"register:{client_key(client)}"
 
 
 # The longest a client is kept as (an IPv6 /64: "ffff:ffff:ffff:ffff::/64"), so that every key
@@ -102,6 +136,8 @@ def key_kind(key: str) -> str:
     """What a key counts, for the logs (never the email or the address)."""
     if key.startswith("account:"):
         return "account"
+    if key.startswith("register:"):
+        return "registrations"
     return "account-and-client" if "|account:" in key else "client"
 
 
@@ -139,6 +175,14 @@ def reserve(
     older than the policy's window forgotten, and blocked if that was one failure too many."""
     if blocked_until is not None and blocked_until > now:
         return Reservation(key, now, refused_until=blocked_until)
+    return count_failure(key, policy, now, failures, last_failure_at)
+
+
+def count_failure(key: str, policy: BackoffPolicy, now: datetime, failures: int, last_failure_at: datetime | None) -> Reservation:
+    """A failure at `key`, whose row holds `failures` and `last_failure_at` (0, None: no row
+    yet), counted whether or not the key is blocked: failures older than the policy's window
+    forgotten, and a block started if that was one failure too many (a block already running
+    for longer is kept by the caller)."""
     remembered = failures if failures and last_failure_at is not None and last_failure_at >= now - policy.window else 0
     wait = policy.wait_after(remembered + 1)
     return Reservation(

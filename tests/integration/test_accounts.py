@@ -26,6 +26,7 @@ from devtools.client import poll
 from services.accounts import key_encryption
 from services.accounts.config import Settings as AccountsSettings
 from services.accounts.key_encryption import KeyEncryptionKeys, SigningKeyUnreadable
+from services.accounts.passwords import OWASP_ARGON2ID
 from services.accounts.tokens import refresh_token_hash
 
 PASSWORD = "correct horse battery"
@@ -221,6 +222,72 @@ def test_guesses_at_once_from_many_clients_get_no_more_checks_than_the_accounts_
     # The owner, from a client of their own, waits no longer than the loose ceiling (60 s).
     owner = sign_in(stack, victim, http=other_client()[0])
     assert owner.status_code == 429 and 1 <= int(owner.headers["Retry-After"]) <= 60
+
+
+def from_address(address: str) -> requests.Session:
+    """An HTTP session of its own connecting from `address` (in 127.0.0.0/8): one of many buyers
+    behind one shared address (carrier NAT, a campus)."""
+    http = requests.Session()
+    http.mount("http://", FromAddress(address))
+    return http
+
+
+def test_sixty_right_passwords_at_once_from_one_shared_address_all_sign_in_though_it_had_typos(floodgate, stack):
+    # A campus behind one address on drop day: typos earlier (the client's free failures all but
+    # ten spent), then sixty buyers sign in at once. Right passwords never count towards it.
+    _, address = other_client()
+    settings = AccountsSettings.from_env(stack.env("accounts"))
+    typos = settings.login_client_free_failures - 10
+    accounts_rows(stack, "INSERT INTO login_throttle (key, failures, last_failure_at) VALUES (:key, :typos, now())",
+                  key=f"client:{address}", typos=typos)
+    emails = [f"campus-{n}-{uuid.uuid4().hex[:8]}@example.com" for n in range(60)]
+    # made directly (sixty registrations from one address would be a flood of their own)
+    accounts_rows(stack, "INSERT INTO accounts (id, email, password_hash, role) "
+                         "SELECT gen_random_uuid(), email, :hash, 'buyer' FROM unnest(CAST(:emails AS text[])) AS email",
+                  emails=emails, hash=OWASP_ARGON2ID.hash(PASSWORD))
+    barrier = threading.Barrier(60)
+
+    def sign_in_at_once(email):
+        barrier.wait()
+        return sign_in(stack, email, http=from_address(address))
+
+    with concurrent.futures.ThreadPoolExecutor(60) as pool:
+        answers = list(pool.map(sign_in_at_once, emails))
+
+    assert [answer.status_code for answer in answers] == [201] * 60, [answer.text for answer in answers if answer.status_code != 201][:3]
+    client_failures = "SELECT failures FROM login_throttle WHERE key = :key"
+    assert accounts_rows(stack, client_failures, key=f"client:{address}")[0].failures == typos
+    # a wrong password from there still counts, once it proves wrong
+    assert sign_in(stack, emails[0], "a typo again", http=from_address(address)).status_code == 401
+    assert accounts_rows(stack, client_failures, key=f"client:{address}")[0].failures == typos + 1
+
+
+def test_registrations_at_once_from_one_address_get_no_more_than_its_free_attempts(floodgate, stack):
+    http, address = other_client()
+    free = AccountsSettings.from_env(stack.env("accounts")).registration_client_free_attempts
+    # all but three of its free attempts spent already (recorded, not registered: faster)
+    accounts_rows(stack, "INSERT INTO login_throttle (key, failures, last_failure_at) VALUES (:key, :spent, now())",
+                  key=f"register:{address}", spent=free - 3)
+    barrier = threading.Barrier(12)
+
+    def register(n):
+        barrier.wait()
+        return from_address(address).post(accounts(stack, "/accounts"), timeout=30, json={
+            "email": f"signup-{n}-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD})
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(register, range(12)))
+
+    assert sorted(answer.status_code for answer in answers) == [201] * 3 + [429] * 9, [answer.text for answer in answers]
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["type"].endswith("/too-many-registrations") and int(answer.headers["Retry-After"]) >= 1
+    created = accounts_rows(stack, "SELECT count(*) FROM accounts WHERE email = ANY(:emails)",
+                            emails=[answer.json()["email"] for answer in answers if answer.status_code == 201])
+    assert created[0][0] == 3
+    # refused attempts count nothing; another address registers as usual
+    assert accounts_rows(stack, "SELECT failures FROM login_throttle WHERE key = :key", key=f"register:{address}")[0].failures == free
+    assert floodgate.register()
 
 
 def test_one_email_in_any_case_registers_once_and_failed_sign_ins_look_alike(floodgate, stack):

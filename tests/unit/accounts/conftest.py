@@ -139,6 +139,15 @@ class FakeLoginThrottles:
                     row["blocked_until"] = reservation.blocks_until
             return reservation
 
+    def count_failure(self, key, policy, now):
+        with self.lock:
+            row = self.rows.setdefault(key, {"failures": 0, "last_failure_at": now, "blocked_until": None})
+            failure = throttle.count_failure(key, policy, now, row["failures"], row["last_failure_at"])
+            row["failures"], row["last_failure_at"] = failure.failures, now
+            if failure.blocks_until is not None:
+                row["blocked_until"] = max(filter(None, (row["blocked_until"], failure.blocks_until)))
+            return failure
+
     def give_back(self, reservation):
         with self.lock:
             row = self.rows.get(reservation.key)

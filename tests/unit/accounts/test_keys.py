@@ -108,3 +108,37 @@ def ann_token(uow, passwords, issuer):
         return handlers.open_session(credentials, uow, passwords, issuer).token
 
     return sign_in(), sign_in
+
+
+@pytest.fixture
+def operator(app, monkeypatch, uow):
+    """The operator commands, run as `flask --app services.accounts.app ...` runs them, on the fake unit of work."""
+    from services.accounts import cli
+
+    monkeypatch.setattr(cli, "unit_of_work", lambda: uow)
+    return app.test_cli_runner()
+
+
+@pytest.mark.parametrize("hours", ["0.1", "0.2499", "0.0001"])
+def test_rotate_keys_refuses_to_retire_keys_sooner_than_their_tokens_expire_and_changes_nothing(operator, uow, hours):
+    assert operator.invoke(args=["rotate-keys"]).exit_code == 0
+    published = {key.kid for key in uow.signing_keys.active()}
+
+    refused = operator.invoke(args=["rotate-keys", "--retire-older-than-hours", hours])
+
+    assert refused.exit_code == 2, refused.output
+    # names the minimum, the setting it comes from, and the way to retire a compromised key now
+    assert all(part in refused.output for part in ("0.25", "ACCESS_TOKEN_TTL_SECONDS", "compromised"))
+    assert {key.kid for key in uow.signing_keys.active()} == published and len(uow.signing_keys.rows) == 1
+
+
+def test_rotate_keys_still_retires_every_earlier_key_at_zero_hours_and_takes_the_token_lifetime(operator, uow):
+    assert operator.invoke(args=["rotate-keys"]).exit_code == 0
+    [compromised] = uow.signing_keys.active()
+
+    at_once = operator.invoke(args=["rotate-keys", "--retire-older-than-hours", "0"])
+    at_the_lifetime = operator.invoke(args=["rotate-keys", "--retire-older-than-hours", "0.25"])
+
+    assert at_once.exit_code == 0 and f"retired {compromised.kid}" in at_once.output
+    assert at_the_lifetime.exit_code == 0, at_the_lifetime.output
+    assert compromised.retired_at is not None and len(uow.signing_keys.active()) == 2

@@ -57,9 +57,9 @@ class WatchedPasswords(Passwords):
         self._transactions = transactions
         self.seen = []
 
-    def hash(self, password):
+    def hash(self, password, registering=False):
         self.seen.append(("hash", self._transactions.open))
-        return super().hash(password)
+        return super().hash(password, registering)
 
     def verify(self, password_hash, password):
         self.seen.append(("verify", self._transactions.open))

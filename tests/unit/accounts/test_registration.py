@@ -111,3 +111,46 @@ def test_every_address_an_account_is_made_with_is_one_its_emails_can_be_sent_to(
     assert email == kept
     assert AccountSchema().load({"account_id": "a-1", "email": email})["email"] == email
     assert "buyer_email" not in OrderSchema().validate({"buyer_email": email}, partial=True)
+
+
+@pytest.mark.parametrize("typed", [
+    "ａｎｎ@example.com",  # full-width letters
+    "ﬁona@example.com",  # a ligature
+    "ann²@example.com",  # a superscript
+    "ｊｏｓé@example.com",
+    "ส\u0e4d\u0e32ราญ@example.com",  # Thai sara am typed in two parts: reads as the one below
+])
+def test_an_email_that_reads_as_another_once_compatibility_characters_are_folded_cannot_be_registered(typed):
+    with pytest.raises(ValidationError) as refused:
+        RegistrationSchema().load({"email": typed, "password": "correct horse battery"})
+
+    assert list(refused.value.messages) == ["email"]
+    assert "full-width" in " ".join(refused.value.messages["email"])
+
+
+@pytest.mark.parametrize("typed", ["สำราญ@example.com", "ຄຳ@example.com", "i̇lker@example.com", "straße@example.com"])
+def test_letters_typed_whole_in_their_own_script_are_still_registered(typed):
+    # NFKC splits Thai's sara am and Lao's am in two, though whole is how they are typed.
+    assert RegistrationSchema().load({"email": typed, "password": "correct horse battery"})["email"] == typed
+
+
+def test_over_http_a_full_width_look_alike_of_a_registered_email_is_a_422_on_email(client, uow):
+    assert client.post("/accounts", json={"email": "ann@example.com", "password": "correct horse battery"}).status_code == 201
+
+    look_alike = client.post("/accounts", json={"email": "ａｎｎ@example.com", "password": "correct horse battery"})
+
+    assert look_alike.status_code == 422 and look_alike.mimetype == "application/problem+json"
+    assert list(look_alike.get_json()["errors"]) == ["email"]
+    assert [account.email for account in uow.accounts.rows.values()] == ["ann@example.com"]
+
+
+def test_an_account_registered_before_with_a_full_width_email_still_signs_in(uow, passwords, issuer):
+    from services.accounts.schemas import SessionRequestSchema
+
+    earlier = register(uow, passwords, email="ann@example.com", password="correct horse battery")
+    earlier.email = "ａｎｎ@example.com"  # as registration stored it before such emails were refused
+
+    signed_in = handlers.open_session(SessionRequestSchema().load({"email": "ａｎｎ@example.com", "password": "correct horse battery"}),
+                                      uow, passwords, issuer)
+
+    assert signed_in.token
