@@ -42,9 +42,9 @@ class SignInThrottle:
 
     The strict key is per account *and* client: failures from one client never lock the owner
     out from another. The account's own key brakes guessing spread over many clients, with a
-    wait of at most a minute: guessers with enough clients to pass its free failures can keep an
-    owner waiting that long at a time (the README's "Sign-in throttling" says what that costs),
-    never locked out for the whole drop.
+    wait of at most a minute at a time: guessers with enough clients to pass its free failures,
+    who keep guessing as each wait ends, keep the owner out for as long as they keep at it (the
+    README's "Sign-in throttling" says what that costs, and what was left undone).
 
     The client comes first in the strict key (`client:<client>|account:<email>`): the email is
     whatever was typed, so with the email first, typing `<email>|client:<client>` would have made
