@@ -29,7 +29,9 @@ that failed outright, say): no order will ever have its id. One that is not kept
 pass) gives back only a hold this request made (inventory answered it 201): its maker may be
 ordering on it. A request that fails outright (a 5xx: the database gone mid-order) gives back
 the hold it made, and nothing is kept for the key: left, the hold counted against the buyer's
-limit for a hold time, and their retry with another key or a changed body was refused. A
+limit for a hold time, and their retry with another key or a changed body was refused
+(`_give_back_unanswered`: only once the key, claimed afresh, has no answer that placed the
+order, since the failed transaction's claim may be gone with its connection). A
 give-back inventory does not take (it is away) is logged, and the hold runs out on its own: the
 buyer still gets the refusal, not a 503; the second ask, when inventory does not answer, leaves
 the order on the hold in hand. (A hold inventory made but whose answer never came, a timeout,
@@ -53,8 +55,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+import sqlalchemy as sa
+
 from services.checkout import errors, handlers
-from services.checkout.inventory_client import InventoryClient
+from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
 from shared.errors import Problem
@@ -103,16 +107,13 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
+    in_hand = InHand(hold)
     try:
-        answer = _answer_with_hold(cmd, hold, refusal, ticket_id, uow, inventory, provider, settings, render=render,
-                                   instance=instance, drops_with_lines=drops_with_lines)
+        answer = _answer_with_hold(cmd, in_hand, refusal, ticket_id, uow, inventory, provider, settings,
+                                   render=render, instance=instance, drops_with_lines=drops_with_lines)
     except Exception as failed:
         if _unanswered(failed):
-            # A 5xx after this request's own hold (the database gone mid-order, say): nothing is
-            # kept for the key, so the hold is nobody's. Left, it counted against the buyer's
-            # limit for a hold time: a retry with another key, or the body changed, was refused
-            # `limit-exceeded`. A retry with the same key and body holds again (`HoldReleased`).
-            _give_back_own(hold, cmd, inventory)
+            _give_back_unanswered(cmd, in_hand.hold, failed, uow, inventory)
         raise
     if answer.replayed:
         return answer
@@ -128,18 +129,52 @@ def _unanswered(failed: Exception) -> bool:
     return getattr(failed, "remembered", True) and not is_definitive(failed)
 
 
+@dataclass
+class InHand:
+    """The hold a request has, as inventory answered it last (asked again, or held again)."""
+
+    hold: Hold | None
+
+
+def _give_back_unanswered(cmd: handlers.PlaceOrder, hold: Hold | None, failed: Exception, uow,
+                          inventory: InventoryClient) -> None:
+    """After a 5xx (the database gone mid-order, say), give back the hold this request made
+    (inventory answered it 201) if the key still has no answer that placed its order. Left, it
+    counted against the buyer's limit for a hold time: a retry with another key, or with the
+    address corrected, was refused `limit-exceeded`.
+
+    The key is claimed afresh to tell: the failed transaction's claim may have gone with its
+    connection, and another request with this key and body may have placed the order on this
+    very hold since (its answer then stands, and the hold with it). One still waiting for the
+    claim holds an earlier request's hold: once it has the key it asks inventory again, finds
+    the units back and holds them again. With the database still away (or no pooled connection
+    free, which asking again would only make worse) the hold runs out on its own."""
+    if hold is None or not hold.created or isinstance(failed, sa.exc.TimeoutError):
+        return
+    try:
+        uow.rollback()
+        held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
+        if held is None or not _placed(held, cmd.order_id):
+            handlers.give_back_hold(inventory, str(cmd.order_id))
+    except Exception:
+        log.warning("could not tell whether the key was answered; the hold runs out on its own", exc_info=True)
+    finally:
+        uow.rollback()
+
+
 def _give_back_own(hold, cmd: handlers.PlaceOrder, inventory: InventoryClient) -> None:
     if hold is not None and hold.created:
         handlers.give_back_hold(inventory, str(cmd.order_id))
 
 
-def _answer_with_hold(cmd: handlers.PlaceOrder, hold, refusal: Problem | None, ticket_id, uow,
+def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Problem | None, ticket_id, uow,
                       inventory: InventoryClient, provider: PaymentProvider, settings, *,
                       render: Callable[[Order], dict], instance: str, drops_with_lines: set[uuid.UUID]) -> Answer:
-    """The answer to `cmd` once inventory has answered its hold (`hold`, or the definitive
-    `refusal`): an earlier request's answer for the key, replayed, or this one's, written as the
-    key's answer (not committed). A hold given back on the way is this request's own, or one no
-    order will ever use."""
+    """The answer to `cmd` once inventory has answered its hold (`in_hand`, kept up to date as
+    it is asked again, or the definitive `refusal`): an earlier request's answer for the key,
+    replayed, or this one's, written as the key's answer (not committed). A hold given back on
+    the way is this request's own, or one no order will ever use."""
+    hold = in_hand.hold
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
     if held is not None:
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
@@ -158,6 +193,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, hold, refusal: Problem | None, t
         # it): asked again now that this one has the key (the module's docstring).
         try:
             hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, batched=False))
+            in_hand.hold = hold
         except Problem:  # inventory away or busy: the hold in hand stands
             pass
     if isinstance(refusal, errors.HoldReleased):
@@ -166,6 +202,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, hold, refusal: Problem | None, t
         # the transaction; a retry of an answered key never gets here, so never takes units
         # back for an order that ended).
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, again=True))
+        in_hand.hold = hold
     if refusal is None:
         try:
             order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))
