@@ -45,6 +45,22 @@ def unavailable(error: BaseException) -> bool:
     return state is None or state.startswith(AWAY)
 
 
+def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
+    """Whether `error` came of the database being away, and it still is: `unavailable(error)`,
+    and a fresh unit of work (`unit_of_work()`) cannot run a statement either. A failure that
+    only looks like an outage is the work's own: a statement that crashed its backend, or PgBouncer
+    ending a transaction a slow handler left idle; such work, waited on as an outage, would never
+    be counted, nor parked."""
+    if not unavailable(error):
+        return False
+    try:
+        with unit_of_work() as uow:
+            uow.session.execute(sa.text("SELECT 1"))
+        return False
+    except Exception:
+        return True
+
+
 def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:
     """A pooled engine, its connections with `CONNECTION_SETTINGS`.
 

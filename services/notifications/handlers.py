@@ -97,7 +97,7 @@ def event_handlers(settings: Settings, mailer: Mailer, unit_of_work: Callable[[]
         except DependencyDown:  # not this event's failure: it waits in the queue, uncounted
             raise
         except Exception as error:
-            if db.unavailable(error):  # the runner's wait, as for SMTP; no log to write it in
+            if db.away(error, unit_of_work):  # the runner's wait, as for SMTP; no log to write it in
                 raise
             # This attempt's own writes (the delivery row it expected to send) hold the row the
             # failure is logged in, from another transaction: give them up first.

@@ -66,8 +66,8 @@ class PermanentFailure(Exception):
 
 class DependencyDown(Exception):
     """Raised by a handler when something every message needs is away (notifications' SMTP
-    server; the service's own database is taken as away, `shared.db.unavailable`, whatever the
-    handler raised): the message is not at fault. It goes back to the end of the work queue as a new
+    server; the service's own database is taken as away, `shared.db.away`, whatever the handler
+    raised): the message is not at fault. It goes back to the end of the work queue as a new
     copy, its attempts uncounted, and the runner consumes nothing for a pause (`Pause`), then
     tries the next message. Messages so wait in the work queue, not in the retry tiers (an hour
     apart at their longest), and flow again within a pause of the dependency's return; an outage
@@ -142,7 +142,7 @@ def handle_delivery(
     except DependencyDown as error:
         return Outcome("wait", error=str(error)[:500])
     except Exception as error:
-        if db.unavailable(error):
+        if db.away(error, uow_factory):
             # A database restart or a pooler without a server: every message would fail alike.
             # Counted as attempts, they walked the retry tiers (an email 10 minutes late after
             # 70 s down, an hour after 11 minutes) and inventory parked its cancellations, their

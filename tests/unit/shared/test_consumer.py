@@ -170,3 +170,24 @@ def test_a_statement_s_own_failure_is_retried_and_parked_as_before(orig):
     outcomes = [handle_delivery(body, attempt, {"order.cancelled": fails}, lambda: FakeUnitOfWork(set()), SETTINGS,
                                 inbox=False).action for attempt in (1, SETTINGS.max_attempts)]
     assert outcomes == ["retry", "dead"]
+
+
+class AnsweringUnitOfWork(FakeUnitOfWork):
+    """A unit of work whose database answers a statement (`shared.db.away` asks one)."""
+
+    def execute(self, statement):
+        return None
+
+
+def test_a_failure_that_only_looks_like_an_outage_while_the_database_answers_is_counted():
+    """A statement that crashed its backend, say: waited on as an outage, the message would come
+    round for ever, never counted nor parked, and pause the consumer each time."""
+    def crashes_its_backend(envelope, uow):
+        raise _database_error(sa.exc.OperationalError, psycopg.OperationalError("server closed the connection"),
+                              invalidated=True)
+
+    body = Envelope(type="order.cancelled", data={}, source="checkout").to_json()
+    outcomes = [handle_delivery(body, attempt, {"order.cancelled": crashes_its_backend},
+                                lambda: AnsweringUnitOfWork(set()), SETTINGS, inbox=False).action
+                for attempt in (1, SETTINGS.max_attempts)]
+    assert outcomes == ["retry", "dead"]
