@@ -6,8 +6,12 @@ migrations/`); their `env.py` calls `run_migrations()` below, so the wiring is w
 A migration that alters a table waits for every transaction using it to end, and every query on
 that table then waits behind the migration: one long transaction (a report, an admin's open
 `psql`) would stall a live drop's orders for as long as it lasts. So each run waits for a lock
-`lock_timeout` seconds at most, gives up (its transaction rolls back whole: nothing is half
-done), and tries again a little later, `attempts` times before it fails.
+`lock_timeout` seconds at most, gives up, and tries again a little later, `attempts` times
+before it fails. Each migration is a transaction of its own, with its revision: one that gives
+up rolls back whole, those before it stay done, and the next run carries on from it. (A
+migration that commits on the way, Alembic's `autocommit_block` for `CREATE INDEX CONCURRENTLY`,
+has what came before the block committed with it: it must be written to run again, `IF NOT
+EXISTS`, as accounts' are.)
 """
 from __future__ import annotations
 
@@ -67,16 +71,20 @@ def upgrade(migrations: Path, database_url: str, create_database: bool = False, 
 
 
 def run_migrations() -> None:
-    """Body of every service's `migrations/env.py` (online mode only): every pending migration in
-    one transaction, which waits for a lock the configured `lock_timeout` at most."""
+    """Body of every service's `migrations/env.py` (online mode only): each pending migration in
+    a transaction of its own, each statement waiting for a lock the configured `lock_timeout` at
+    most."""
     from alembic import context
 
     lock_timeout = context.config.attributes.get("lock_timeout")
     engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"), poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection)
+        if lock_timeout is not None:
+            # for the connection's whole life (it is not pooled): a setting made for the
+            # transaction only was gone after a migration that commits on the way
+            connection.execute(sa.text("SELECT set_config('lock_timeout', :ms, false)"),
+                               {"ms": f"{max(1, round(lock_timeout * 1000))}ms"})
+            connection.commit()
+        context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():
-            if lock_timeout is not None:  # for this transaction only
-                connection.execute(sa.text("SELECT set_config('lock_timeout', :ms, true)"),
-                                   {"ms": f"{max(1, round(lock_timeout * 1000))}ms"})
             context.run_migrations()

@@ -66,23 +66,27 @@ def test_migrations_build_what_the_models_describe(migrated_database):
     assert differences == [], f"{service}: the migrations and the models disagree"
 
 
-# Two revisions of a table the drop reads: the second alters it, so it needs the table's lock.
+# Three revisions of a table the drop reads: the second commits on the way (as CREATE INDEX
+# CONCURRENTLY must), the third alters the table, so it needs the table's lock.
 MIGRATIONS = {
     "env.py": "from shared.migrate import run_migrations\n\nrun_migrations()\n",
     "versions/0001_stock.py": (
         "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0001'\ndown_revision = None\n\n"
         "def upgrade():\n    op.create_table('stock', sa.Column('id', sa.Integer, primary_key=True))\n"
         "    op.execute('INSERT INTO stock VALUES (1), (2)')\n"),
-    "versions/0002_note.py": (
-        "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0002'\ndown_revision = '0001'\n\n"
+    "versions/0002_autocommit.py": (
+        "from alembic import op\n\nrevision = '0002'\ndown_revision = '0001'\n\n"
+        "def upgrade():\n    with op.get_context().autocommit_block():\n        op.execute('SELECT 1')\n"),
+    "versions/0003_note.py": (
+        "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0003'\ndown_revision = '0002'\n\n"
         "def upgrade():\n    op.add_column('stock', sa.Column('note', sa.Text))\n"),
 }
 
 
 @pytest.fixture
 def altering_migration(infra, tmp_path):
-    """(migrations, URL): a scratch database at revision 0001, whose next migration alters the
-    table 0001 made; dropped afterwards."""
+    """(migrations, URL): a scratch database at revision 0001, whose next migrations commit on
+    the way, then alter the table 0001 made; dropped afterwards."""
     for name, text in MIGRATIONS.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -147,11 +151,11 @@ def test_a_migration_behind_a_long_transaction_never_stalls_the_drops_queries(al
         other.join(60)
         engine.dispose()
     assert seen == {"migration waited": True, "read": 2, "migration gave up": True}
-    assert _columns_and_revision(sa.create_engine(url, poolclass=sa.pool.NullPool)) == (["id", "note"], "0002")
+    assert _columns_and_revision(sa.create_engine(url, poolclass=sa.pool.NullPool)) == (["id", "note"], "0003")
     assert any("trying again" in record.getMessage() for record in caplog.records)
 
 
-def test_a_migration_that_never_gets_its_lock_fails_clearly_and_changes_nothing(altering_migration):
+def test_a_migration_that_never_gets_its_lock_fails_clearly_and_leaves_what_it_committed(altering_migration):
     migrations, url = altering_migration
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
@@ -159,6 +163,7 @@ def test_a_migration_that_never_gets_its_lock_fails_clearly_and_changes_nothing(
             long_transaction.execute(sa.text("SELECT count(*) FROM stock"))
             with pytest.raises(LockNotAvailable, match="in each of 2 attempts"):
                 upgrade(migrations, url, lock_timeout=0.2, attempts=2)
-        assert _columns_and_revision(engine) == (["id"], "0001")
+        # 0002 committed on the way; 0003's change rolled back, to be made by the next run
+        assert _columns_and_revision(engine) == (["id"], "0002")
     finally:
         engine.dispose()
