@@ -6,7 +6,7 @@ so nothing has to flip it at `opens_at` or `closes_at`.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 import sqlalchemy as sa
@@ -19,6 +19,9 @@ from shared import admin_actions
 HELD, SOLD, RELEASED = "held", "sold", "released"
 SCHEDULED, OPEN, SOLD_OUT, CLOSED = "scheduled", "open", "sold_out", "closed"
 DROP_OPENED, DROP_SOLD_OUT = "drop.opened", "drop.sold_out"
+# An opening this close can no longer move: holds read the drop without locking it, and one
+# made at the old opening while the change commits would sit in a window that no longer has it.
+OPENING_FIXED_WITHIN = timedelta(seconds=5)
 MAX_STOCK_SHARDS = 64
 
 
@@ -205,8 +208,9 @@ class Drop(Base):
         its invite-only phase's end, is refused, naming what to move too."""
         opening = opens_at or self.opens_at
         if opens_at is not None:
-            if now >= self.opens_at:
-                raise InvalidDrop("opens_at", "The drop has opened; its opening cannot move (its close can).")
+            if now >= self.opens_at - OPENING_FIXED_WITHIN:
+                raise InvalidDrop("opens_at", "The drop has opened, or opens within seconds; its opening cannot move "
+                                              "(its close can).")
             if opens_at < now:
                 raise InvalidDrop("opens_at", "The new opening has already passed.")
         if closes_at is not None and closes_at < now:

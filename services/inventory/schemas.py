@@ -104,12 +104,12 @@ class NewDropSchema(Schema):
 
 
 class ChangeDropSchema(Schema):
-    # a drop postponed or brought forward, until it opens (Drop.check_new_opening)
+    # a drop postponed or brought forward, until it opens (Drop.check_new_window)
     opens_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     closes_at = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     add_quantity = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
     # the invite-only phase's end and tier, moved or corrected while the phase lasts
-    # (Drop.check_new_invite_phase)
+    # (Drop.check_new_window, Drop.check_new_tier)
     invite_only_until = fields.AwareDateTime(validate=SCHEDULE_RANGE)
     invite_tier = fields.String(validate=INVITE_TIER)
 

@@ -15,7 +15,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from services.inventory.commands import AddProduct, ChangeDrop, ScheduleDrop
 from services.inventory.errors import DropNotFound, InvalidDrop, ProductNotFound, SkuTaken
-from services.inventory.models import DROP_OPENED, DROP_SOLD_OUT, Drop, DropAnnouncement, Product, StockShard, spread
+from services.inventory.models import (DROP_OPENED, DROP_SOLD_OUT, OPENING_FIXED_WITHIN, Drop, DropAnnouncement, Product,
+                                       StockShard, spread)
 
 log = logging.getLogger("floodgate.inventory")
 
@@ -220,7 +221,13 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     # The drop row after the shard rows, the order the sweeper takes them in (it gives units
     # back, then counts the drop's expired holds).
     if values:
-        uow.session.execute(drops.update().where(drops.c.id == view.id).values(**values))
+        changed = drops.update().where(drops.c.id == view.id).values(**values)
+        if cmd.opens_at is not None:
+            # the opening checked against the transaction's start: by the statement's own clock too
+            changed = changed.where(drops.c.opens_at > sa.func.clock_timestamp() + OPENING_FIXED_WITHIN)
+        if uow.session.execute(changed).rowcount == 0:
+            raise InvalidDrop("opens_at", "The drop opened, or opens within seconds, as this change came in; its "
+                                          "opening cannot move (its close can).")
     log.info(
         "drop changed",
         extra={"drop_id": str(view.id), "opens_at": cmd.opens_at and cmd.opens_at.isoformat(),

@@ -175,6 +175,7 @@ def test_a_drop_not_yet_open_may_be_postponed_or_brought_forward_with_its_window
 
 @pytest.mark.parametrize("now, change, field, says", [
     (OPENS, {"opens_at": OPENS + HOUR}, "opens_at", "has opened"),
+    (OPENS - 4 * SECOND, {"opens_at": OPENS + HOUR}, "opens_at", "opens within seconds"),
     (OPENS - HOUR, {"opens_at": OPENS - 2 * HOUR}, "opens_at", "already passed"),
     (OPENS - HOUR, {"opens_at": CLOSES}, "closes_at", "move closes_at too"),
     (OPENS - HOUR, {"opens_at": OPENS + HOUR, "closes_at": OPENS + HOUR}, "closes_at", "close after it opens"),
