@@ -19,7 +19,8 @@ class Settings(CommonSettings):
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     # Each argon2id hash holds 19 MiB and a core for ~tens of ms; more concurrent hashes per
     # process than cores only adds memory, so a login storm queues here instead. Registrations
-    # take at most half of them (at least one): sign-ins always keep the rest.
+    # take at most half of them (at least one): sign-ins always keep the rest, but for a single
+    # slot, which both share (keep it at 2 or more where sign-ups may flood).
     password_hashing_concurrency: int = 2
     password_hashing_wait_seconds: float = 5.0
     # Sign-in throttling: after the free failures, each further failure doubles the wait.

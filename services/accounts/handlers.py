@@ -19,6 +19,7 @@ from services.accounts.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     InviteNotUsable,
+    RegistrationBusy,
     RegistrationThrottled,
     SignInThrottled,
     SigningUnavailable,
@@ -63,12 +64,19 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer",
     registrations' slots (`RegistrationBusy` when none comes free), between two transactions,
     holding no connection: a registration taking the email meanwhile is refused by the unique
     email (`EmailTaken`) all the same."""
-    if throttle is not None:
-        _count_registration(uow, throttle, cmd.get("client"))
+    counted = _count_registration(uow, throttle, cmd.get("client")) if throttle is not None else None
     if uow.accounts.by_email(cmd["email"]) is not None:
         raise EmailTaken("An account cannot be registered with this email.")
     uow.rollback()
-    password_hash = passwords.hash(cmd["password"], registering=True)
+    try:
+        password_hash = passwords.hash(cmd["password"], registering=True)
+    except RegistrationBusy:
+        # no hashing slot: nothing was done, and the buyer is told to retry; counted, the retries
+        # of buyers behind one address in a sign-up rush used up its allowance for nothing
+        if counted is not None:
+            uow.login_throttles.give_back(counted)
+            uow.commit()
+        raise
     account = Account(
         id=uuid.uuid4(),
         email=cmd["email"],
@@ -86,10 +94,11 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer",
     return account
 
 
-def _count_registration(uow, throttle: RegistrationThrottle, client: str | None) -> None:
+def _count_registration(uow, throttle: RegistrationThrottle, client: str | None) -> Reservation:
     """Count a registration from `client`, in a short transaction of its own under the key's row
     lock (registrations at once are counted one after another), or refuse it
-    (`RegistrationThrottled`) while the key is blocked. Never given back."""
+    (`RegistrationThrottled`) while the key is blocked. Given back only when no hashing slot
+    came free (`RegistrationBusy`): whatever else comes of it counts."""
     now = utc_now()
     key = throttle.key(client)
     # A read, no lock: while the client is refused, a flood of its registrations queues on no row.
@@ -103,6 +112,7 @@ def _count_registration(uow, throttle: RegistrationThrottle, client: str | None)
                                                           "wait_seconds": (counted.blocks_until - now).total_seconds()})
     if blocked_until is not None:
         raise RegistrationThrottled(retry_after_seconds(blocked_until, now))
+    return counted
 
 
 def open_session(

@@ -141,3 +141,31 @@ def test_registrations_hash_in_at_most_half_the_slots_and_the_rest_are_503_regis
     for thread in rush:
         thread.join(timeout=30)
     assert len(uow.accounts.rows) == registering_at_most
+
+
+class NoSlotFree:
+    """Password hashing with every registration slot taken."""
+
+    def hash(self, password, registering=False):
+        from services.accounts.errors import RegistrationBusy
+        raise RegistrationBusy("Too many people are registering right now; try again in a moment.")
+
+
+def test_a_registration_told_to_retry_for_want_of_a_hashing_slot_uses_none_of_its_clients_allowance(uow, passwords):
+    """Buyers behind one address in a sign-up rush retry the 503s: counted, those retries ran
+    out its allowance with nothing registered, and the next try was a 429."""
+    from services.accounts.throttle import RegistrationThrottle
+
+    throttle = RegistrationThrottle.from_settings(Settings())
+
+    def register(email, hashing):
+        cmd = RegistrationSchema().load({"email": email, "password": "correct horse battery"})
+        cmd["client"] = CLIENT
+        return handlers.register_account(cmd, uow, hashing, throttle=throttle)
+
+    for _ in range(FREE + 5):
+        with pytest.raises(Problem) as busy:
+            register("ann@example.com", NoSlotFree())
+        assert busy.value.slug == "registration-busy"
+    assert register("ann@example.com", passwords).email == "ann@example.com"
+    assert uow.login_throttles.rows[f"register:{CLIENT}"]["failures"] == 1
