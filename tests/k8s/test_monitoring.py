@@ -22,7 +22,8 @@ README = monitoring.ROOT / "deploy" / "k8s" / "README.md"
 ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutShedding", "FloodgateOrdersFailing",
           "FloodgatePaymentsNotArriving", "FloodgateOutboxBacklogGrowing", "FloodgateWorkerHeartbeatStale",
           "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateFiguresMissing",
-          "FloodgateLineEdgeStale", "FloodgateEventsBacklog"}
+          "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgateEmailRetrying", "FloodgatePaymentWebhooksFailing",
+          "FloodgateSignInFailing", "FloodgateRegistrationsRefused"}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
