@@ -37,11 +37,14 @@ def sweep_until_stopped(
     interval_seconds: float,
     grace_seconds: float = 0,
     on_turn: Callable[[], None] = lambda: None,
+    on_failed_turn: Callable[[], None] = lambda: None,
 ) -> None:
     """Release expired holds and announce drops until `stop` is set; a full batch means more
-    holds are waiting, so no pause. `on_turn` runs every turn (the liveness heartbeat)."""
+    holds are waiting, so no pause. `on_turn` runs after every turn that did its work (the
+    heartbeat the control room and the alerts read), `on_failed_turn` after one that failed
+    (alive, but not working: a sweep failing every turn left expired holds' units off sale, the
+    drop looking sold out, while its heartbeat said all was well)."""
     while not stop.is_set():
-        on_turn()
         released = 0
         try:
             with uow_factory() as uow:
@@ -50,7 +53,9 @@ def sweep_until_stopped(
             with uow_factory() as uow:
                 announce_drops(uow)
                 uow.commit()
+            on_turn()
         except sa.exc.SQLAlchemyError:
             log.warning("sweep failed, trying again later", exc_info=True)
+            on_failed_turn()
         if released < batch_size:
             stop.wait(interval_seconds)
