@@ -30,8 +30,8 @@ pass) gives back only a hold this request made (inventory answered it 201): its 
 ordering on it. A request that fails outright (a 5xx: the database gone mid-order) gives back
 the hold it made, and nothing is kept for the key: left, the hold counted against the buyer's
 limit for a hold time, and their retry with another key or a changed body was refused
-(`_give_back_unanswered`: only once the key, claimed afresh, has no answer that placed the
-order, since the failed transaction's claim may be gone with its connection). A
+(`_give_back_unanswered`: only while the failed transaction still holds the key's claim; after
+a lost connection the hold runs out on its own, and the same key and body use it). A
 give-back inventory does not take (it is away) is logged, and the hold runs out on its own: the
 buyer still gets the refusal, not a 503; the second ask, when inventory does not answer, leaves
 the order on the hold in hand. (A hold inventory made but whose answer never came, a timeout,
@@ -55,12 +55,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-import sqlalchemy as sa
-
 from services.checkout import errors, handlers
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
 from services.checkout.payments import PaymentProvider
+from shared import db
 from shared.errors import Problem
 from shared.logs import bind_order_id
 
@@ -113,7 +112,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
                                    render=render, instance=instance, drops_with_lines=drops_with_lines)
     except Exception as failed:
         if _unanswered(failed):
-            _give_back_unanswered(cmd, in_hand.hold, failed, uow, inventory)
+            _give_back_unanswered(cmd, in_hand, failed, inventory)
         raise
     if answer.replayed:
         return answer
@@ -131,35 +130,30 @@ def _unanswered(failed: Exception) -> bool:
 
 @dataclass
 class InHand:
-    """The hold a request has, as inventory answered it last (asked again, or held again)."""
+    """The hold a request has, as inventory answered it last (asked again, or held again), and
+    whether it has claimed the key."""
 
     hold: Hold | None
+    claimed: bool = False
 
 
-def _give_back_unanswered(cmd: handlers.PlaceOrder, hold: Hold | None, failed: Exception, uow,
+def _give_back_unanswered(cmd: handlers.PlaceOrder, in_hand: InHand, failed: Exception,
                           inventory: InventoryClient) -> None:
-    """After a 5xx (the database gone mid-order, say), give back the hold this request made
-    (inventory answered it 201) if the key still has no answer that placed its order. Left, it
+    """After a 5xx (a bug, a deadlock), give back the hold this request made (inventory answered
+    it 201), while its transaction still holds the key's claim: a request with this key and body
+    waiting on the claim then asks inventory again and holds the units again. Left, the hold
     counted against the buyer's limit for a hold time: a retry with another key, or with the
     address corrected, was refused `limit-exceeded`.
 
-    The key is claimed afresh to tell: the failed transaction's claim may have gone with its
-    connection, and another request with this key and body may have placed the order on this
-    very hold since (its answer then stands, and the hold with it). One still waiting for the
-    claim holds an earlier request's hold: once it has the key it asks inventory again, finds
-    the units back and holds them again. With the database still away (or no pooled connection
-    free, which asking again would only make worse) the hold runs out on its own."""
-    if hold is None or not hold.created or isinstance(failed, sa.exc.TimeoutError):
+    Not when the database went away (the claim went with the connection, or was never taken):
+    a request with this key and body may have claimed the key since and placed its order on this
+    very hold. That hold runs out on its own, and the same key and body use it meanwhile (the
+    drop page retries a 503 with them). Asking the database again whether the key was answered
+    could wait as long as the outage."""
+    hold = in_hand.hold
+    if hold is None or not hold.created or not in_hand.claimed or db.unavailable(failed):
         return
-    try:
-        uow.rollback()
-        held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
-        if held is None or not _placed(held, cmd.order_id):
-            handlers.give_back_hold(inventory, str(cmd.order_id))
-    except Exception:
-        log.warning("could not tell whether the key was answered; the hold runs out on its own", exc_info=True)
-    finally:
-        uow.rollback()
+    handlers.give_back_hold(inventory, str(cmd.order_id))
 
 
 def _give_back_own(hold, cmd: handlers.PlaceOrder, inventory: InventoryClient) -> None:
@@ -176,6 +170,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
     the way is this request's own, or one no order will ever use."""
     hold = in_hand.hold
     held = uow.idempotency_keys.claim(cmd.buyer_id, cmd.idempotency_key, cmd.fingerprint)
+    in_hand.claimed = True
     if held is not None:
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
             # a retry, or a concurrent request with this key answered first

@@ -192,65 +192,67 @@ def test_the_same_key_with_another_body_after_a_refusal_names_no_order(checkout)
     assert refused.value.extensions == {}
 
 
-def lost_once(monkeypatch, target, name: str, meanwhile=lambda: None):
-    """`target.name` fails once as a lost connection does (after `meanwhile`, what other
-    requests did in the meantime), then works."""
+LOST = sa.exc.OperationalError("INSERT ...", {}, psycopg.OperationalError("server closed the connection"))
+DEADLOCK = sa.exc.OperationalError("INSERT ...", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+
+
+def fails_once(monkeypatch, target, name: str, error: Exception, meanwhile=lambda: None):
+    """`target.name` raises `error` once (after `meanwhile`, what other requests did in the
+    meantime), then works."""
     real = getattr(target, name)
 
-    def lost(*args, **kwargs):
+    def failing(*args, **kwargs):
         monkeypatch.setattr(target, name, real)
         meanwhile()
-        raise sa.exc.OperationalError("INSERT ...", {}, psycopg.OperationalError("server closed the connection"))
+        raise error
 
-    monkeypatch.setattr(target, name, lost)
+    monkeypatch.setattr(target, name, failing)
 
 
-def test_a_failed_order_leaves_the_hold_of_the_same_order_another_request_placed_meanwhile(checkout, monkeypatch):
-    """This request's connection went before it claimed the key; a request with the same key and
-    body (a tab duplicated, a client's own retry) then claimed it and placed the order on this
-    very hold. Giving the hold back would leave that placed order with no unit."""
+@pytest.mark.parametrize("error", [DEADLOCK, RuntimeError("a bug")], ids=["deadlock", "bug"])
+def test_an_order_that_fails_outright_after_its_hold_gives_the_hold_back(checkout, monkeypatch, error):
+    """A 5xx while the transaction still holds the key's claim: nothing is kept for the key, so
+    the hold was nobody's, and it counted against the buyer's one unit for a hold time: their
+    retry with another key, or with the address corrected, was refused `limit-exceeded`."""
+    fails_once(monkeypatch, checkout.uow.orders, "add", error)
     cmd = order_request()
-    keys = checkout.uow.idempotency_keys
-
-    def the_duplicate_places_the_order():
-        keys.rows[(BUYER, "key-1")] = KeyHeld(cmd.fingerprint, 201, json.dumps({"id": str(cmd.order_id)}))
-        checkout.uow.commit()
-
-    lost_once(monkeypatch, keys, "claim", meanwhile=the_duplicate_places_the_order)
-    with pytest.raises(sa.exc.OperationalError):
-        send(checkout, cmd)
-    assert checkout.inventory.released == []
-
-
-def test_a_failed_order_gives_back_the_hold_it_made_again_for_its_key(checkout, monkeypatch):
-    """An earlier attempt of the key was refused after its hold and gave it back without an
-    answer; this one held the units again (a renewal), then lost the database."""
-    cmd = order_request()
-    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)
-    checkout.inventory.release(str(cmd.order_id))
-    lost_once(monkeypatch, checkout.uow.orders, "add")
-    with pytest.raises(sa.exc.OperationalError):
-        send(checkout, cmd)
-    assert [hold["renew"] for hold in checkout.inventory.reserved][-1] is True  # held again
-    assert str(cmd.order_id) in checkout.inventory.given_back  # and given back once it failed
-
-
-@pytest.mark.parametrize("where", ["claim", "order"])
-def test_an_order_that_fails_outright_after_its_hold_gives_the_hold_back(checkout, monkeypatch, where):
-    """The database gone mid-order (a 503): nothing is kept for the key, so the hold was
-    nobody's, and it counted against the buyer's one unit for a hold time: their retry with
-    another key, or with the address corrected, was refused `limit-exceeded`."""
-    target = checkout.uow.idempotency_keys if where == "claim" else checkout.uow.orders
-    name = "claim" if where == "claim" else "add"
-    lost_once(monkeypatch, target, name)
-    cmd = order_request()
-    with pytest.raises(sa.exc.OperationalError):
+    with pytest.raises(type(error)):
         send(checkout, cmd)
     assert checkout.inventory.released == [str(cmd.order_id)]
     assert kept(checkout) is None and checkout.uow.published == []
 
     retry = send(checkout, cmd)  # the same key and body hold the units again
     assert retry.status == 201 and str(cmd.order_id) not in checkout.inventory.given_back
+
+
+@pytest.mark.parametrize("where", ["claim", "order"])
+def test_a_connection_lost_mid_order_leaves_the_hold_to_the_same_key_and_body(checkout, monkeypatch, where):
+    """The claim went with the connection (or was never taken): a request with this key and body
+    (a tab duplicated, a client's own retry) may have claimed the key since and placed its order
+    on this very hold, which a give-back would leave with no unit. The hold runs out on its own;
+    the retry the drop page sends with the same key and body uses it."""
+    target = checkout.uow.idempotency_keys if where == "claim" else checkout.uow.orders
+    fails_once(monkeypatch, target, "claim" if where == "claim" else "add", LOST)
+    cmd = order_request()
+    with pytest.raises(sa.exc.OperationalError):
+        send(checkout, cmd)
+    assert checkout.inventory.released == []
+
+    retry = send(checkout, cmd)
+    assert retry.status == 201 and json.loads(retry.body)["id"] == str(cmd.order_id)
+
+
+def test_a_failed_order_gives_back_the_hold_it_made_again_for_its_key(checkout, monkeypatch):
+    """An earlier attempt of the key was refused after its hold and gave it back without an
+    answer; this one held the units again (a renewal), then failed."""
+    cmd = order_request()
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)
+    checkout.inventory.release(str(cmd.order_id))
+    fails_once(monkeypatch, checkout.uow.orders, "add", DEADLOCK)
+    with pytest.raises(sa.exc.OperationalError):
+        send(checkout, cmd)
+    assert [hold["renew"] for hold in checkout.inventory.reserved][-1] is True  # held again
+    assert str(cmd.order_id) in checkout.inventory.given_back  # and given back once it failed
 
 
 def test_a_refusal_kept_for_the_key_gives_back_the_hold_an_earlier_attempt_made(checkout):
