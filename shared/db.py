@@ -57,7 +57,7 @@ def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
         with unit_of_work() as uow:
             uow.session.execute(sa.text("SELECT 1"))
         return False
-    except Exception:
+    except sa.exc.SQLAlchemyError:
         return True
 
 

@@ -14,7 +14,7 @@ from shared import db, logs
 from shared.admin_actions import AdminAction
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters as parked_letters
-from shared.messaging.consumer import DependencyDown, PermanentFailure, current_attempt, retry_or_park
+from shared.messaging.consumer import DatabaseAway, DependencyDown, PermanentFailure, current_attempt, retry_or_park
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
@@ -98,7 +98,7 @@ def event_handlers(settings: Settings, mailer: Mailer, unit_of_work: Callable[[]
             raise
         except Exception as error:
             if db.away(error, unit_of_work):  # the runner's wait, as for SMTP; no log to write it in
-                raise
+                raise DatabaseAway(f"the database is not answering: {error!r}") from error
             # This attempt's own writes (the delivery row it expected to send) hold the row the
             # failure is logged in, from another transaction: give them up first.
             uow.rollback()

@@ -76,6 +76,16 @@ class DependencyDown(Exception):
     they are few, and their next handling republishes a fresh copy, counted from zero.)"""
 
 
+class DatabaseAway(DependencyDown):
+    """The service's own database is away (`shared.db.away`). Waited on like any dependency, but
+    a message only so many times (`MAX_DATABASE_WAITS`): one whose every try finds the database
+    away may be what takes it away (a statement that crashes its backend restarts them all, and
+    recovery answers nobody), and uncounted it would never be parked."""
+
+
+# A message waits for its database this many times at most (each after a pause: 4 to 5 minutes
+# of an outage for a message tried at every pause); its tries are counted from then on.
+MAX_DATABASE_WAITS = 20
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
 PAUSE_FIRST_SECONDS = 2.0
 PAUSE_LONGEST_SECONDS = 15.0
@@ -88,6 +98,7 @@ class Outcome:
     action: str  # "ack" | "retry" | "dead" | "wait" (back to the work queue, uncounted: `DependencyDown`)
     delay_ms: int | None = None
     error: str | None = None
+    database: bool = False  # a wait for the service's database (`DatabaseAway`), counted in `x-database-waits`
 
 
 def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...], error: str) -> Outcome:
@@ -113,9 +124,11 @@ def handle_delivery(
     uow_factory: Callable[[], object],
     settings: Settings,
     inbox: bool = True,
+    database_waits: int = 0,
 ) -> Outcome:
     """Run the handler for one delivery inside a unit of work and decide the outcome. With
-    `inbox`, a message whose id the inbox already holds is a duplicate: acked, not handled."""
+    `inbox`, a message whose id the inbox already holds is a duplicate: acked, not handled.
+    `database_waits`: how many times the message waited for its database before."""
     try:
         envelope = Envelope.from_json(body)
     except MalformedEvent as error:
@@ -139,6 +152,8 @@ def handle_delivery(
     except PermanentFailure as error:
         log.error("permanent failure", extra={"message_id": envelope.id, "error": str(error)})
         return Outcome("dead", error=f"permanent: {error}")
+    except DatabaseAway as error:
+        return _waited_for_the_database(attempt, database_waits, settings, str(error))
     except DependencyDown as error:
         return Outcome("wait", error=str(error)[:500])
     except Exception as error:
@@ -147,13 +162,24 @@ def handle_delivery(
             # Counted as attempts, they walked the retry tiers (an email 10 minutes late after
             # 70 s down, an hour after 11 minutes) and inventory parked its cancellations, their
             # units kept off sale until an admin replayed them.
-            return Outcome("wait", error=logs.without_values(f"the database is not answering: {error!r}")[:500])
+            return _waited_for_the_database(attempt, database_waits, settings,
+                                            f"the database is not answering: {error!r}")
         log.warning(
             "handler failed",
             exc_info=True,
             extra={"message_id": envelope.id, "event_type": envelope.type, "attempt": attempt},
         )
         return retry_or_park(attempt, settings, logs.without_values(repr(error)))  # logged, and kept with the message
+
+
+def _waited_for_the_database(attempt: int, database_waits: int, settings: Settings, error: str) -> Outcome:
+    """A wait for the database, or past `MAX_DATABASE_WAITS` a counted failure (`DatabaseAway`)."""
+    error = logs.without_values(error)[:500]
+    if database_waits >= MAX_DATABASE_WAITS:
+        log.warning("the database was away at every try of this message: counting its tries from now on",
+                    extra={"database_waits": database_waits, "attempt": attempt})
+        return retry_or_park(attempt, settings, error)
+    return Outcome("wait", error=error, database=True)
 
 
 class Pause:
@@ -311,7 +337,8 @@ class ConsumerRunner:
         current_attempt.set(attempt)
         # The handling is a span under the relay's publish of the message (its `traceparent`).
         with tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span:
-            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox)
+            outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox,
+                                      database_waits=_header_count(headers, "x-database-waits", properties.message_id))
             if outcome.action != "ack":
                 tracing.failed(span, f"{outcome.action}: {outcome.error}")
         if outcome.action == "wait":
@@ -330,6 +357,9 @@ class ConsumerRunner:
                 if outcome.action == "wait":  # back at the end of the queue, this attempt not counted
                     target = self.queue
                     headers["x-attempt"] = attempt - 1
+                    if outcome.database:
+                        headers["x-database-waits"] = _header_count(headers, "x-database-waits",
+                                                                    properties.message_id) + 1
                 else:
                     target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
                               else topology.dead_letter_queue(service))
@@ -355,15 +385,20 @@ class ConsumerRunner:
 
 
 def _previous_attempts(headers: Mapping, message_id: str | None) -> int:
-    """How many times the message was handled before (its `x-attempt`). A value that is not a
-    whole number counts as none: the header is only our bookkeeping and says nothing against the
+    """How many times the message was handled before (its `x-attempt`)."""
+    return _header_count(headers, "x-attempt", message_id)
+
+
+def _header_count(headers: Mapping, name: str, message_id: str | None) -> int:
+    """Our count in header `name` (`x-attempt`, `x-database-waits`). A value that is not a whole
+    number counts as none: the header is only our bookkeeping and says nothing against the
     event, which is handled rather than parked for an admin, and its next copy carries a number."""
-    value = headers.get("x-attempt", 0) or 0
+    value = headers.get(name, 0) or 0
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
-        log.warning("malformed x-attempt header, counted as no attempt yet",
-                    extra={"message_id": message_id, "x_attempt": repr(value)[:100]})
+        log.warning(f"malformed {name} header, counted as none",
+                    extra={"message_id": message_id, "header": name, "value": repr(value)[:100]})
         return 0
 
 

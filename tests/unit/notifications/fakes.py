@@ -2,6 +2,9 @@
 import copy
 from types import SimpleNamespace
 
+import psycopg
+import sqlalchemy as sa
+
 from shared.messaging.envelope import Envelope
 
 CANADIAN_ORDER = {
@@ -85,11 +88,21 @@ class FakeDeliveryLog:
 class FakeUnitOfWork:
     """Like the real one: what is added is kept only if the block commits."""
 
-    def __init__(self, deliveries: FakeDeliveryLog | None = None):
+    def __init__(self, deliveries: FakeDeliveryLog | None = None, database_away: bool = False):
         self.log = deliveries or FakeDeliveryLog()
         self.deliveries = self.log
         self.committed = False
         self.published = []
+        self.database_away = database_away
+
+    @property
+    def session(self):
+        """Answers `SELECT 1` (`shared.db.away` asks), or fails as a database away does."""
+        return self
+
+    def execute(self, statement):
+        if self.database_away:
+            raise sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
 
     def __enter__(self):
         # like a database transaction: another unit of work does not see these writes uncommitted

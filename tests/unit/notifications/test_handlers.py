@@ -5,7 +5,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from shared.messaging.consumer import PermanentFailure
+from shared.messaging.consumer import DatabaseAway, PermanentFailure
 from services.notifications import handlers
 from shared.messaging import topology
 from shared.messaging.consumer import current_attempt
@@ -120,9 +120,10 @@ def test_the_production_retry_tiers_wait_about_three_days_before_parking():
     assert 71 * 3600 < waited_ms / 1000 < 73 * 3600
 
 
-def run_handler(envelope, mailer, deliveries, attempt):
+def run_handler(envelope, mailer, deliveries, attempt, database_away: bool = False):
     """As the runner does: the attempt number is set, the handler runs in a unit of work."""
-    handle = handlers.event_handlers(SETTINGS, mailer, lambda: FakeUnitOfWork(deliveries))[envelope.type]
+    handle = handlers.event_handlers(SETTINGS, mailer,
+                                     lambda: FakeUnitOfWork(deliveries, database_away=database_away))[envelope.type]
     current_attempt.set(attempt)
     with FakeUnitOfWork(deliveries) as uow:
         handle(envelope, uow)
@@ -154,12 +155,21 @@ def test_an_smtp_server_out_of_reach_is_no_attempt_of_the_email_and_logs_nothing
 
 
 def test_a_database_out_of_reach_at_the_last_attempt_leaves_the_email_to_wait_not_parked():
-    """The runner makes it wait (`shared.db.unavailable`); the handler must not park it first."""
+    """The runner makes it wait (`DatabaseAway`); the handler must not park it first."""
     down = sa.exc.OperationalError("INSERT INTO deliveries ...", {}, psycopg.OperationalError("connection refused"))
     deliveries = FakeDeliveryLog()
-    with pytest.raises(sa.exc.OperationalError):
-        run_handler(confirmed(event_id="ev-1"), FakeMailer(down), deliveries, SETTINGS.max_attempts)
+    with pytest.raises(DatabaseAway):
+        run_handler(confirmed(event_id="ev-1"), FakeMailer(down), deliveries, SETTINGS.max_attempts, database_away=True)
     assert deliveries.for_event("ev-1") is None  # no failure logged: nothing failed but the database
+
+
+def test_a_failure_that_looks_like_an_outage_while_the_database_answers_is_logged_and_parked_at_the_last():
+    crashed = sa.exc.OperationalError("INSERT INTO deliveries ...", {}, psycopg.OperationalError("server closed"),
+                                      connection_invalidated=True)
+    deliveries = FakeDeliveryLog()
+    with pytest.raises(PermanentFailure):
+        run_handler(confirmed(event_id="ev-1"), FakeMailer(crashed), deliveries, SETTINGS.max_attempts)
+    assert deliveries.for_event("ev-1").status == "dead"
 
 
 def test_a_rejected_email_is_logged_dead_and_parked():

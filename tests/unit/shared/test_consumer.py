@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.config import Settings
-from shared.messaging.consumer import DependencyDown, PermanentFailure, handle_delivery, next_step
+from shared.messaging.consumer import MAX_DATABASE_WAITS, DependencyDown, PermanentFailure, handle_delivery, next_step
 from shared.messaging.envelope import Envelope
 
 SETTINGS = Settings(service_name="notifications", retry_delays_ms=(100, 1000), max_attempts=3)
@@ -152,10 +152,26 @@ def test_a_database_that_is_away_makes_messages_wait_never_spending_their_attemp
 
     body = Envelope(type="order.cancelled", data={}, source="checkout").to_json()
     for attempt in (1, SETTINGS.max_attempts):  # never parked for it, however late
-        outcome = handle_delivery(body, attempt, {"order.cancelled": database_down}, lambda: FakeUnitOfWork(set()),
+        outcome = handle_delivery(body, attempt, {"order.cancelled": database_down}, lambda: AwayUnitOfWork(set()),
                                   SETTINGS, inbox=False)
-        assert outcome.action == "wait"
+        assert (outcome.action, outcome.database) == ("wait", True)
         assert "the database is not answering" in outcome.error
+
+
+def test_a_message_the_database_is_away_for_at_every_try_is_counted_after_its_waits():
+    """It may be what takes the database away (a statement that crashes its backend: every
+    backend restarts, and recovery answers nobody); uncounted, it would never be parked."""
+    def crashes_the_database(envelope, uow):
+        raise _database_error(sa.exc.OperationalError, psycopg.OperationalError("server closed the connection"))
+
+    body = Envelope(type="order.cancelled", data={}, source="checkout").to_json()
+
+    def outcome(attempt, waits):
+        return handle_delivery(body, attempt, {"order.cancelled": crashes_the_database}, lambda: AwayUnitOfWork(set()),
+                               SETTINGS, inbox=False, database_waits=waits).action
+
+    assert outcome(1, MAX_DATABASE_WAITS - 1) == "wait"
+    assert [outcome(1, MAX_DATABASE_WAITS), outcome(SETTINGS.max_attempts, MAX_DATABASE_WAITS)] == ["retry", "dead"]
 
 
 @pytest.mark.parametrize("orig", [psycopg.errors.DeadlockDetected("deadlock detected"),
@@ -170,6 +186,13 @@ def test_a_statement_s_own_failure_is_retried_and_parked_as_before(orig):
     outcomes = [handle_delivery(body, attempt, {"order.cancelled": fails}, lambda: FakeUnitOfWork(set()), SETTINGS,
                                 inbox=False).action for attempt in (1, SETTINGS.max_attempts)]
     assert outcomes == ["retry", "dead"]
+
+
+class AwayUnitOfWork(FakeUnitOfWork):
+    """A unit of work whose database does not answer (`shared.db.away` asks it a statement)."""
+
+    def execute(self, statement):
+        raise sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
 
 
 class AnsweringUnitOfWork(FakeUnitOfWork):

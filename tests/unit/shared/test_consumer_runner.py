@@ -14,7 +14,8 @@ from shared import logs, tracing
 from shared.config import Settings
 from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
-from shared.messaging.consumer import ConsumerRunner, DependencyDown, Pause, PermanentFailure, current_attempt
+from shared.messaging.consumer import (MAX_DATABASE_WAITS, ConsumerRunner, DatabaseAway, DependencyDown, Pause, PermanentFailure,
+                                      current_attempt)
 from shared.messaging.envelope import Envelope
 from tests.unit.shared.fake_broker import (GIVE_UP_SECONDS, NoTransaction, QueueBroker, counted_pauses, eventually,
                                            parked_by_the_delivery_limit)
@@ -146,7 +147,7 @@ def test_a_message_whose_attempt_count_is_not_a_number_is_handled_as_a_first_del
         eventually(lambda: broker.acked, "the message acked")
 
     assert attempts == [1]
-    assert "malformed x-attempt header, counted as no attempt yet" in caplog.messages
+    assert "malformed x-attempt header, counted as none" in caplog.messages
 
 
 def test_a_failure_outside_the_handler_is_logged_and_the_message_retried(broker, monkeypatch, caplog):
@@ -225,3 +226,24 @@ def test_while_paused_the_runner_tries_no_message_and_holds_none(broker):
         eventually(lambda: len(tries) == 1 and not broker.consuming(), "one try, then the subscription cancelled")
         eventually(lambda: len(broker.queues[WORK]) == 5, "every message back in the work queue")
         assert len(tries) == 1 and not broker.consuming()
+
+
+def test_a_message_waiting_for_the_database_carries_its_count_of_waits_and_is_counted_past_them(broker):
+    tries = []
+
+    def handler(envelope, uow):
+        tries.append(envelope.id)
+        raise DatabaseAway("the database is not answering")
+
+    refund_requested(broker)
+    runner = runner_of(handler)
+    runner.pause = Pause(first=60, longest=60)
+    with running(runner):
+        eventually(lambda: len(tries) == 1 and len(broker.queues[WORK]) == 1, "one try, the message back")
+    [waiting] = broker.queues[WORK]
+    assert (waiting.properties.headers["x-database-waits"], waiting.properties.headers["x-attempt"]) == (1, 0)
+
+    refund_requested(broker, headers={"x-database-waits": MAX_DATABASE_WAITS})
+    broker.queues[WORK].popleft()
+    with running(runner_of(handler)):
+        eventually(lambda: len(broker.queues[RETRY]) == 1, "past its waits, a counted try: to the retry tier")
