@@ -5,9 +5,9 @@ Their loops call `beat()` every turn; Kubernetes' liveness probe runs
 minute, so a process that is alive but stuck is restarted. A beat is also recorded where the
 service's API can see it (`shared/last_seen.py`), for Prometheus and the control room.
 
-A consumer or relay waiting to reconnect to the broker beats another file,
-`reconnecting_file(<file>)`: it is alive (a restart could not bring the broker back), but not
-ready (its readiness probe reads `<file>` alone, so a rollout of pods that cannot connect stops
+A consumer or relay waiting to reconnect to the broker, or a sweeper or admitter whose turn
+failed (its database away), beats another file, `reconnecting_file(<file>)`: it is alive (a
+restart could not bring the broker or the database back), but not ready (its readiness probe reads `<file>` alone, so a rollout of pods that cannot connect stops
 instead of replacing working ones). Its liveness probe names both files: either fresh will do.
 
 This module stays small: the probe imports it every few seconds in every worker's pod.

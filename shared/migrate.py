@@ -10,8 +10,9 @@ that table then waits behind the migration: one long transaction (a report, an a
 before it fails. Each migration is a transaction of its own, with its revision: one that gives
 up rolls back whole, those before it stay done, and the next run carries on from it. (A
 migration that commits on the way, Alembic's `autocommit_block` for `CREATE INDEX CONCURRENTLY`,
-has what came before the block committed with it: it must be written to run again, `IF NOT
-EXISTS`, as accounts' are.)
+has what came before the block committed with it, so it must be written to run again, as
+accounts' are; the statements in the block wait without the limit, `_limit_lock_waits` says
+why.)
 """
 from __future__ import annotations
 
@@ -62,12 +63,28 @@ def upgrade(migrations: Path, database_url: str, create_database: bool = False, 
             if attempt == attempts:
                 raise LockNotAvailable(
                     f"the migration waited {lock_timeout} s for a table's lock in each of {attempts} attempts: a "
-                    "long transaction holds it (pg_stat_activity says whose); nothing was changed") from None
+                    "long transaction holds it (pg_stat_activity says whose); the migrations before it are done, "
+                    "and the next run carries on from it") from None
             pause = min(MAX_PAUSE_SECONDS, 2.0 ** (attempt - 1))
-            log.warning("the migration waited too long for a lock; nothing was changed, trying again",
+            log.warning("a migration waited too long for a lock and rolled back; trying again from it",
                         extra={"attempt": attempt, "attempts": attempts, "lock_timeout_seconds": lock_timeout,
                                "pause_seconds": pause})
             time.sleep(pause)
+
+
+def _limit_lock_waits(connection: sa.Connection, lock_timeout: float) -> None:
+    """Set `lock_timeout` at the start of every transaction `connection` begins: each migration's
+    (also the one after a migration that committed on the way), never a statement run outside
+    one. There, `autocommit_block`'s `CREATE INDEX CONCURRENTLY` waits for every older transaction
+    of the database, blocking none of the drop's queries meanwhile; given up after 5 s, it left
+    an invalid index that the retry's `IF NOT EXISTS` then kept for good."""
+    setting = f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout * 1000))}ms'"
+
+    def limited(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql(setting)
+
+    sa.event.listen(connection, "begin", limited)
 
 
 def run_migrations() -> None:
@@ -80,11 +97,7 @@ def run_migrations() -> None:
     engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"), poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
         if lock_timeout is not None:
-            # for the connection's whole life (it is not pooled): a setting made for the
-            # transaction only was gone after a migration that commits on the way
-            connection.execute(sa.text("SELECT set_config('lock_timeout', :ms, false)"),
-                               {"ms": f"{max(1, round(lock_timeout * 1000))}ms"})
-            connection.commit()
+            _limit_lock_waits(connection, lock_timeout)
         context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations()

@@ -76,10 +76,12 @@ MIGRATIONS = {
         "    op.execute('INSERT INTO stock VALUES (1), (2)')\n"),
     "versions/0002_autocommit.py": (
         "from alembic import op\n\nrevision = '0002'\ndown_revision = '0001'\n\n"
-        "def upgrade():\n    with op.get_context().autocommit_block():\n        op.execute('SELECT 1')\n"),
+        "def upgrade():\n    with op.get_context().autocommit_block():\n"
+        "        op.execute(\"CREATE TABLE waits AS SELECT 'outside' AS run, current_setting('lock_timeout') AS lock_timeout\")\n"),
     "versions/0003_note.py": (
         "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '0003'\ndown_revision = '0002'\n\n"
-        "def upgrade():\n    op.add_column('stock', sa.Column('note', sa.Text))\n"),
+        "def upgrade():\n    op.add_column('stock', sa.Column('note', sa.Text))\n"
+        "    op.execute(\"INSERT INTO waits SELECT 'in', current_setting('lock_timeout')\")\n"),
 }
 
 
@@ -153,6 +155,11 @@ def test_a_migration_behind_a_long_transaction_never_stalls_the_drops_queries(al
     assert seen == {"migration waited": True, "read": 2, "migration gave up": True}
     assert _columns_and_revision(sa.create_engine(url, poolclass=sa.pool.NullPool)) == (["id", "note"], "0003")
     assert any("trying again" in record.getMessage() for record in caplog.records)
+    # a migration's transaction waits 0.3 s at most; a statement outside one (CREATE INDEX
+    # CONCURRENTLY blocks no query while it waits for older transactions) as long as it takes
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
+        waits = dict(conn.execute(sa.text("SELECT run, lock_timeout FROM waits")).all())
+    assert waits == {"outside": "0", "in": "300ms"}
 
 
 def test_a_migration_that_never_gets_its_lock_fails_clearly_and_leaves_what_it_committed(altering_migration):
