@@ -22,7 +22,7 @@ README = monitoring.ROOT / "deploy" / "k8s" / "README.md"
 ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutShedding", "FloodgateOrdersFailing",
           "FloodgatePaymentsNotArriving", "FloodgateOutboxBacklogGrowing", "FloodgateWorkerHeartbeatStale",
           "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateFiguresMissing",
-          "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgateEmailRetrying", "FloodgatePaymentWebhooksFailing",
+          "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgatePaymentWebhooksFailing",
           "FloodgateSignInFailing", "FloodgateRegistrationsRefused"}
 
 
