@@ -27,11 +27,12 @@ finds the units back and holds them again instead of ordering on a hold that is 
 kept as the key's answer gives the hold back whoever made it (an earlier attempt of this key
 that failed outright, say): no order will ever have its id. One that is not kept (a refused
 pass) gives back only a hold this request made (inventory answered it 201): its maker may be
-ordering on it. A request that fails outright (a 5xx: the database gone mid-order) gives back
-the hold it made, and nothing is kept for the key: left, the hold counted against the buyer's
-limit for a hold time, and their retry with another key or a changed body was refused
-(`_give_back_unanswered`: only while the failed transaction still holds the key's claim; after
-a lost connection the hold runs out on its own, and the same key and body use it). A
+ordering on it. A request that fails outright (a 5xx: a bug, a deadlock) gives back the hold it
+made, and nothing is kept for the key: left, the hold counted against the buyer's limit for a
+hold time, and their retry with another key or a changed body was refused
+(`_give_back_unanswered`: only while the failed transaction still holds the key's claim, so its
+HTTP call is made with that transaction open, the one exception to the rule above; after a
+lost connection the hold runs out on its own, and the same key and body use it). A
 give-back inventory does not take (it is away) is logged, and the hold runs out on its own: the
 buyer still gets the refusal, not a 503; the second ask, when inventory does not answer, leaves
 the order on the hold in hand. (A hold inventory made but whose answer never came, a timeout,
@@ -175,6 +176,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         if held.response_status is not None or held.fingerprint != cmd.fingerprint:
             # a retry, or a concurrent request with this key answered first
             uow.rollback()  # no transaction open across the release's HTTP call
+            in_hand.claimed = False  # gone with the rollback
             if hold is not None and not _placed(held, cmd.order_id):
                 handlers.give_back_hold(inventory, str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)

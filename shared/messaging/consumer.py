@@ -436,6 +436,7 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
     def send_back(channel, properties, body: bytes) -> None:
         headers = _without_broker_deaths(properties.headers)
         headers["x-attempt"] = 0
+        headers.pop("x-database-waits", None)  # a replay has its waits for the database anew, as its attempts
         headers["x-replayed"] = True
         properties.headers = headers
         channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)

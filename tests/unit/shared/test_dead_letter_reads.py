@@ -246,3 +246,14 @@ def test_a_service_whose_dead_letter_queue_does_not_exist_has_none(broker):
     assert dead_letters.parked("amqp://broker", SERVICE) == []
     assert dead_letters.replay("amqp://broker", SERVICE) == []
     assert dead_letters.discard("amqp://broker", SERVICE, {"refund-1"}) == []
+
+
+def test_a_replayed_event_may_wait_for_its_database_again(broker):
+    """Parked after its waits for the database were used up (`MAX_DATABASE_WAITS`), a replay kept
+    the count: at the next outage its tries counted at once, and it was parked again."""
+    broker.park("refund-1")
+    broker.queues[DEAD][0].properties.headers["x-database-waits"] = 20
+
+    assert dead_letters.replay("amqp://broker", SERVICE) == ["refund-1"]
+
+    assert "x-database-waits" not in broker.queues[WORK][0].properties.headers
