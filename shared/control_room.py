@@ -75,8 +75,8 @@ _HEARTBEAT_SAMPLES = ("floodgate_worker_heartbeat_age_seconds", "floodgate_worke
 
 def workers(families: Iterable[Metric]) -> list[dict]:
     """Per kind of worker, from a heartbeat source's families (`shared.last_seen.heartbeat_figures`):
-    seconds since any of its processes last turned its loop, and how many turned within the last
-    `ALIVE_WITHIN_SECONDS`. A kind that never ran has no row, and so is not listed."""
+    seconds since any of its processes last turned its loop and did its work, and how many did
+    within the last `ALIVE_WITHIN_SECONDS`. A kind that never ran has no row, and so is not listed."""
     found: dict[str, dict] = {}
     for (name, labels), value in samples(families).items():
         kind = dict(labels).get("kind")
@@ -93,7 +93,7 @@ def workers(families: Iterable[Metric]) -> list[dict]:
 class WorkerSchema(Schema):
     kind = fields.String(metadata={"description": "relay, consumer, sweeper or admitter"})
     last_beat_seconds_ago = fields.Float(allow_none=True, metadata={
-        "description": "seconds since any process of this kind last turned its loop"})
+        "description": "seconds since any process of this kind last turned its loop and did its work"})
     alive = fields.Integer(metadata={"description": "its processes that turned within `alive_within_seconds`"})
 
 

@@ -1,14 +1,15 @@
-"""Liveness for processes without an HTTP port (consumers, relays, sweepers).
+"""Liveness for processes without an HTTP port (consumers, relays, sweepers, the admitter).
 
-Their loops call `beat()` every turn; Kubernetes' liveness probe runs
+Their loops call `beat()` after every turn that did its work; Kubernetes' liveness probe runs
 `python -m shared.heartbeat <file> --max-age 60`, which fails when the loop has not turned for a
 minute, so a process that is alive but stuck is restarted. A beat is also recorded where the
 service's API can see it (`shared/last_seen.py`), for Prometheus and the control room.
 
 A consumer or relay waiting to reconnect to the broker, or a sweeper or admitter whose turn
 failed (its database away), beats another file, `reconnecting_file(<file>)`: it is alive (a
-restart could not bring the broker or the database back), but not ready (its readiness probe reads `<file>` alone, so a rollout of pods that cannot connect stops
-instead of replacing working ones). Its liveness probe names both files: either fresh will do.
+restart could not bring the broker or the database back), but not ready (its readiness probe
+reads `<file>` alone, so a rollout of pods that cannot connect stops instead of replacing
+working ones). Its liveness probe names both files: either fresh will do.
 
 This module stays small: the probe imports it every few seconds in every worker's pod.
 """

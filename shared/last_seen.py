@@ -137,7 +137,7 @@ def heartbeat_figures(service: str, engine: sa.Engine, timeout_seconds: float) -
     def read() -> list[Metric]:
         rows = db.read_briefly(engine, _AGES, timeout_seconds, {"alive": ALIVE_WITHIN_SECONDS})
         ages = GaugeMetricFamily("floodgate_worker_heartbeat_age_seconds",
-                                 "Seconds since any process of this kind last turned its loop",
+                                 "Seconds since any process of this kind last turned its loop and did its work",
                                  labels=["service", "kind"])
         alive = GaugeMetricFamily("floodgate_worker_processes_alive",
                                   "Processes of this kind whose loop turned within the last minute",

@@ -16,6 +16,7 @@ class AccountNotFound(NotFound):
 
 class SignInBusy(ServiceUnavailable):
     slug, title = "sign-in-busy", "Too many sign-ins at once"
+    default_detail = "Too many people are signing in right now; try again in a moment."
 
 
 class RegistrationBusy(ServiceUnavailable):
@@ -23,6 +24,7 @@ class RegistrationBusy(ServiceUnavailable):
     always keep the rest)."""
 
     slug, title = "registration-busy", "Too many registrations at once"
+    default_detail = "Too many people are registering right now; try again in a moment."
 
 
 class SigningUnavailable(ServiceUnavailable):

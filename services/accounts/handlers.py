@@ -59,7 +59,8 @@ def register_account(cmd: dict, uow, passwords: Passwords, role: str = "buyer",
     `cmd["invite_code"]` in the same transaction when one is given.
 
     With `throttle` (a registration over HTTP) the attempt is first counted against its client
-    (`cmd["client"]`), whatever comes of it, and refused past the free ones (`RegistrationThrottled`)
+    (`cmd["client"]`), whatever comes of it but a `RegistrationBusy` (given back), and refused past
+    the free ones (`RegistrationThrottled`)
     before the email is looked up or the password hashed. The password is hashed in one of the
     registrations' slots (`RegistrationBusy` when none comes free), between two transactions,
     holding no connection: a registration taking the email meanwhile is refused by the unique

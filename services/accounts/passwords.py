@@ -18,11 +18,6 @@ MIN_LENGTH = 10
 # Long enough for any passphrase; short enough that a request cannot make hashing expensive.
 MAX_LENGTH = 1024
 
-BUSY = {
-    SignInBusy: "Too many people are signing in right now; try again in a moment.",
-    RegistrationBusy: "Too many people are registering right now; try again in a moment.",
-}
-
 # OWASP Password Storage Cheat Sheet: argon2id, 19 MiB, 2 iterations, 1 degree of parallelism.
 OWASP_ARGON2ID = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
 
@@ -86,7 +81,7 @@ class Passwords:
               busy: type[SignInBusy | RegistrationBusy] = SignInBusy) -> Iterator[None]:
         """One of `slots`, held for the block, if one comes free by `deadline`; else `busy`."""
         if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise busy(BUSY[busy])
+            raise busy()
         try:
             yield
         finally:

@@ -214,8 +214,9 @@ class LoginThrottles:
         self._session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == failure.key).values(**values))
 
     def give_back(self, reservation: Reservation) -> None:
-        """Uncount a reserved attempt whose password was right: one failure fewer, and the last
-        failure's time and the block as they were, unless a later attempt has changed them."""
+        """Uncount a reserved attempt that must not count (a right password, or no hashing slot
+        came free for it): one failure fewer, and the last failure's time and the block as they
+        were, unless a later attempt has changed them."""
         values = {"failures": sa.func.greatest(LoginThrottle.failures - 1, 0)}
         if reservation.previous_failure_at is not None:
             values["last_failure_at"] = sa.case(

@@ -7,7 +7,7 @@ at once are counted one after the other, so no more of them get their password c
 policy allows, however many are in flight. The client's own key counts only passwords that
 proved wrong (`count_failure`): many buyers behind one address sign in at once, and right
 passwords in flight must not use up its free failures. A registration is counted when it starts
-and never given back."""
+and given back only when no hashing slot came free for it (`registration-busy`)."""
 from __future__ import annotations
 
 import ipaddress
@@ -87,8 +87,8 @@ class SignInThrottle:
 
 @dataclass(frozen=True)
 class RegistrationThrottle:
-    """How many registrations a client may start: every attempt counts, when it starts, and is
-    never given back, whatever its answer. An `email-taken` answer counts too, so a client
+    """How many registrations a client may start: every attempt counts, when it starts, whatever
+    its answer but one (no hashing slot came free: `registration-busy`, given back). An `email-taken` answer counts too, so a client
     cannot quickly probe which emails have accounts. Refused past `per_client`'s free attempts,
     before the email is looked up or the password hashed: a bot signing up in bulk before a drop
     costs no hashing, which buyers' sign-ins need."""

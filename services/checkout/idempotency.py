@@ -30,9 +30,11 @@ pass) gives back only a hold this request made (inventory answered it 201): its 
 ordering on it. A request that fails outright (a 5xx: a bug, a deadlock) gives back the hold it
 made, and nothing is kept for the key: left, the hold counted against the buyer's limit for a
 hold time, and their retry with another key or a changed body was refused
-(`_give_back_unanswered`: only while the failed transaction still holds the key's claim, so its
-HTTP call is made with that transaction open, the one exception to the rule above; after a
-lost connection the hold runs out on its own, and the same key and body use it). A
+(`_give_back_unanswered`: only while the failed transaction still holds the key's claim; after a
+lost connection the hold runs out on its own, and the same key and body use it). Only the first
+hold is asked with no transaction open: every later call (the give-backs, the second ask, the
+renewal) is made while the claim is held, which is what keeps a request with the same key and
+body waiting; each is on a rare path. A
 give-back inventory does not take (it is away) is logged, and the hold runs out on its own: the
 buyer still gets the refusal, not a 503; the second ask, when inventory does not answer, leaves
 the order on the hold in hand. (A hold inventory made but whose answer never came, a timeout,
@@ -146,18 +148,18 @@ def _give_back_unanswered(cmd: handlers.PlaceOrder, in_hand: InHand, failed: Exc
     counted against the buyer's limit for a hold time: a retry with another key, or with the
     address corrected, was refused `limit-exceeded`.
 
-    Not when the database went away (the claim went with the connection, or was never taken):
-    a request with this key and body may have claimed the key since and placed its order on this
-    very hold. That hold runs out on its own, and the same key and body use it meanwhile (the
+    Not after a lost connection (`db.unavailable`: the claim went with it, however soon the
+    database answers again), nor before the key was claimed: a request with this key and body
+    may have claimed the key since and placed its order on this very hold. That hold runs out on its own, and the same key and body use it meanwhile (the
     drop page retries a 503 with them). Asking the database again whether the key was answered
     could wait as long as the outage."""
-    hold = in_hand.hold
-    if hold is None or not hold.created or not in_hand.claimed or db.unavailable(failed):
-        return
-    handlers.give_back_hold(inventory, str(cmd.order_id))
+    if in_hand.claimed and not db.unavailable(failed):
+        _give_back_own(in_hand.hold, cmd, inventory)
 
 
-def _give_back_own(hold, cmd: handlers.PlaceOrder, inventory: InventoryClient) -> None:
+def _give_back_own(hold: Hold | None, cmd: handlers.PlaceOrder, inventory: InventoryClient) -> None:
+    """Give back `hold` if this request made it (inventory answered it 201): one it did not make
+    is its maker's, which may be ordering on it."""
     if hold is not None and hold.created:
         handlers.give_back_hold(inventory, str(cmd.order_id))
 
@@ -195,9 +197,9 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
             pass
     if isinstance(refusal, errors.HoldReleased):
         # This key's earlier attempt was refused after its hold, which went back, and kept no
-        # answer: this attempt holds the units again (a rare path, the only HTTP call made in
-        # the transaction; a retry of an answered key never gets here, so never takes units
-        # back for an order that ended).
+        # answer: this attempt holds the units again (a rare path, made while the claim is held;
+        # a retry of an answered key never gets here, so never takes units back for an order
+        # that ended).
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, again=True))
         in_hand.hold = hold
     if refusal is None:

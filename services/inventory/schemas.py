@@ -119,11 +119,6 @@ class ChangeDropSchema(Schema):
             raise ValidationError("Give opens_at, closes_at, add_quantity, invite_only_until, invite_tier or several.",
                                   field_name="_schema")
 
-    @validates_schema
-    def window_not_empty(self, data, **kwargs) -> None:
-        if "opens_at" in data and "closes_at" in data and data["closes_at"] <= data["opens_at"]:
-            raise ValidationError("The drop must close after it opens.", field_name="closes_at")
-
     @post_load
     def to_command(self, data, **kwargs) -> ChangeDrop:
         return ChangeDrop(**data)

@@ -489,7 +489,7 @@ def test_a_drop_not_yet_open_is_brought_forward_or_postponed_and_its_opening_sta
     drop (a new id, page and line) or a window squeezed to a microsecond."""
     soon = new_drop(floodgate, admin_token, quantity=5, opens_in=600)
     assert slug(reserve(floodgate, soon["id"])) == "not-open"
-    forward = change(floodgate, admin_token, soon["id"], opens_at=at(1))
+    forward = change(floodgate, admin_token, soon["id"], opens_at=at(3))
     assert forward.status_code == 200, forward.text
     assert forward.json()["opens_at"] != soon["opens_at"] and forward.json()["closes_at"] == soon["closes_at"]
     held = poll(lambda: (answer := reserve(floodgate, soon["id"])).status_code == 201 and answer,

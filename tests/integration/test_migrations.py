@@ -8,7 +8,6 @@ import importlib
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa

@@ -252,7 +252,7 @@ def test_a_replayed_event_may_wait_for_its_database_again(broker):
     """Parked after its waits for the database were used up (`MAX_DATABASE_WAITS`), a replay kept
     the count: at the next outage its tries counted at once, and it was parked again."""
     broker.park("refund-1")
-    broker.queues[DEAD][0].properties.headers["x-database-waits"] = 20
+    broker.queues[DEAD][0].properties.headers["x-database-waits"] = consumer.MAX_DATABASE_WAITS
 
     assert dead_letters.replay("amqp://broker", SERVICE) == ["refund-1"]
 
