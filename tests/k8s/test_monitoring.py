@@ -23,7 +23,7 @@ ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutSheddi
           "FloodgatePaymentsNotArriving", "FloodgateOutboxBacklogGrowing", "FloodgateWorkerHeartbeatStale",
           "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateFiguresMissing",
           "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgatePaymentWebhooksFailing",
-          "FloodgateSignInFailing", "FloodgateRegistrationsRefused"}
+          "FloodgateSignInFailing", "FloodgateRegistrationsRefused", "FloodgateOrdersSlow"}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
