@@ -23,7 +23,8 @@ ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutSheddi
           "FloodgatePaymentsNotArriving", "FloodgateOutboxBacklogGrowing", "FloodgateWorkerHeartbeatStale",
           "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateFiguresMissing",
           "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgatePaymentWebhooksFailing",
-          "FloodgateSignInFailing", "FloodgateRegistrationsRefused", "FloodgateOrdersSlow"}
+          "FloodgateSignInFailing", "FloodgateRegistrationsRefused", "FloodgateOrdersSlow",
+          "FloodgateMoneyOwed"}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
