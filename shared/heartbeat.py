@@ -45,6 +45,18 @@ class Heartbeat:
             self._last_seen.record()
 
 
+class Turns:
+    """The heartbeats of a loop whose turns may fail (the sweeper, the admitter): `worked()` after
+    a turn that did its work beats `path` and `last_seen` (ready, and the row the alerts read);
+    `failed()` after one that failed beats only `reconnecting_file(path)`: alive (a restart would
+    not bring the database back), not ready, and the row ages. A loop beating at every turn,
+    failed or not, once looked well while it left expired holds off sale or a line stalled."""
+
+    def __init__(self, path: str, last_seen=None):
+        self.worked = Heartbeat(path, last_seen).beat
+        self.failed = Heartbeat(reconnecting_file(path)).beat
+
+
 def reconnecting_file(path: str) -> str:
     """The file a worker waiting to reconnect beats instead of `path` ("" for none)."""
     return f"{path}.reconnecting" if path else ""

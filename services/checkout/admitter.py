@@ -16,7 +16,7 @@ from datetime import datetime
 
 from services.checkout import errors, line as waiting_room
 from services.checkout.config import Settings
-from shared.heartbeat import Heartbeat, reconnecting_file
+from shared.heartbeat import Turns
 from shared.last_seen import LastSeen
 from shared.values import utc_now
 
@@ -373,11 +373,7 @@ def run(root) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(root.engine, "admitter"))
-    # beaten after a turn that failed: alive (a restart would not bring the database back), not
-    # ready, and the heartbeat the control room and the alerts read ages; a turn failing every
-    # time once left the line stalled while the admitter looked well
-    failing = Heartbeat(reconnecting_file(settings.heartbeat_file))
+    turns = Turns(settings.heartbeat_file, LastSeen(root.engine, "admitter"))
     shedding = Shedding()
     pre_queues = PreQueues(settings.line_positions_per_turn)
     log.info("admitting", extra={"interval_seconds": settings.admitter_interval_seconds})
@@ -387,9 +383,9 @@ def run(root) -> None:
             with root.unit_of_work() as uow:
                 turned = turn(uow, root.inventory, shedding, pre_queues)
             wait = until_next_turn(wait, turned.next_opening, utc_now())
-            heartbeat.beat()
+            turns.worked()
         except Exception:  # the database restarting, say: the next turn tries again
             log.warning("admission turn failed", exc_info=True)
-            failing.beat()
+            turns.failed()
         stop.wait(wait)
     log.info("admitter stopped")

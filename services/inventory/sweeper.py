@@ -9,7 +9,7 @@ import threading
 from services.inventory.handlers import expiry
 from services.inventory.bootstrap import Inventory
 from shared.config import lower_priority
-from shared.heartbeat import Heartbeat, reconnecting_file
+from shared.heartbeat import Turns
 from shared.last_seen import LastSeen
 
 log = logging.getLogger("floodgate.inventory.sweeper")
@@ -29,8 +29,6 @@ def run(root: Inventory) -> None:
         settings.sweep_batch_size,
         settings.sweep_interval_seconds,
         grace_seconds=settings.hold_release_grace_seconds,
-        on_turn=Heartbeat(settings.heartbeat_file, LastSeen(root.engine, "sweeper")).beat,
-        # alive while its sweeps fail (the database away: a restart would not help), not ready
-        on_failed_turn=Heartbeat(reconnecting_file(settings.heartbeat_file)).beat,
+        turns=Turns(settings.heartbeat_file, LastSeen(root.engine, "sweeper")),
     )
     log.info("sweeper stopped")

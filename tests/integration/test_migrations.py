@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-import time
 import uuid
 
 import pytest
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from devtools.client import poll
 from devtools.stack import SERVICES
 from shared.db import drop_database
 from shared.last_seen import WORKER_HEARTBEATS
@@ -113,15 +113,6 @@ def _lock_wanted(engine, table: str) -> bool:
                                     "AND NOT granted)"), {"t": table}).scalar_one()
 
 
-def _poll(condition, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_migration_behind_a_long_transaction_never_stalls_the_drops_queries(altering_migration, caplog):
     """A migration that must wait for a table another transaction reads gives up after its lock
     timeout, lets the queries queued behind it through, and is done once that transaction ends."""
@@ -133,11 +124,14 @@ def test_a_migration_behind_a_long_transaction_never_stalls_the_drops_queries(al
 
     def the_drop_reads_then_the_transaction_ends():
         try:
-            seen["migration waited"] = _poll(lambda: _lock_wanted(engine, "stock"))
+            # a deadline passed raises here: `seen` then lacks its entry, and the test fails below
+            seen["migration waited"] = poll(lambda: _lock_wanted(engine, "stock"), timeout=15, interval=0.02,
+                                            what="the migration waiting for the lock")
             with engine.connect() as buyer:  # queued behind the waiting migration, if it still waits
                 buyer.execute(sa.text("SET statement_timeout = '10s'"))
                 seen["read"] = buyer.execute(sa.text("SELECT count(*) FROM stock")).scalar_one()
-            seen["migration gave up"] = _poll(lambda: not _lock_wanted(engine, "stock"))
+            seen["migration gave up"] = poll(lambda: not _lock_wanted(engine, "stock"), timeout=15, interval=0.02,
+                                             what="the migration giving up its wait")
         except sa.exc.OperationalError as error:
             seen["read"] = repr(error)
         finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
 
 import sqlalchemy as sa
 
 from services.inventory.handlers.drops import announce_drops
+from shared.heartbeat import Turns
 
 log = logging.getLogger("floodgate.inventory")
 
@@ -36,14 +36,12 @@ def sweep_until_stopped(
     batch_size: int,
     interval_seconds: float,
     grace_seconds: float = 0,
-    on_turn: Callable[[], None] = lambda: None,
-    on_failed_turn: Callable[[], None] = lambda: None,
+    turns: Turns | None = None,
 ) -> None:
     """Release expired holds and announce drops until `stop` is set; a full batch means more
-    holds are waiting, so no pause. `on_turn` runs after every turn that did its work (the
-    heartbeat the control room and the alerts read), `on_failed_turn` after one that failed
-    (alive, but not working: a sweep failing every turn left expired holds' units off sale, the
-    drop looking sold out, while its heartbeat said all was well)."""
+    holds are waiting, so no pause. `turns` is told of each turn, whether it did its work
+    (`shared.heartbeat.Turns`)."""
+    turns = turns or Turns("")
     while not stop.is_set():
         released = 0
         try:
@@ -53,9 +51,9 @@ def sweep_until_stopped(
             with uow_factory() as uow:
                 announce_drops(uow)
                 uow.commit()
-            on_turn()
+            turns.worked()
         except sa.exc.SQLAlchemyError:
             log.warning("sweep failed, trying again later", exc_info=True)
-            on_failed_turn()
+            turns.failed()
         if released < batch_size:
             stop.wait(interval_seconds)

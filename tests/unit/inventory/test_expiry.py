@@ -1,5 +1,6 @@
 """The sweeper gives the units of holds whose time ran out back to their drops."""
 import threading
+from types import SimpleNamespace
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -53,13 +54,12 @@ def test_the_sweeper_s_heartbeat_says_it_works_only_after_a_sweep_that_did(monke
                 stop.set()
         return noted
 
-    sweep_until_stopped(stop, Broken, batch_size=10, interval_seconds=0, on_turn=after("worked"),
-                        on_failed_turn=after("failed"))
+    heartbeats = SimpleNamespace(worked=after("worked"), failed=after("failed"))  # as shared.heartbeat.Turns
+    sweep_until_stopped(stop, Broken, batch_size=10, interval_seconds=0, turns=heartbeats)
     assert turns == ["failed"] * 3
 
     turns.clear()
     stop.clear()
     monkeypatch.setattr(expiry, "announce_drops", lambda uow: 0)  # its SQL has the integration tests
-    sweep_until_stopped(stop, lambda: inventory(), batch_size=10, interval_seconds=0, on_turn=after("worked"),
-                        on_failed_turn=after("failed"))
+    sweep_until_stopped(stop, lambda: inventory(), batch_size=10, interval_seconds=0, turns=heartbeats)
     assert turns == ["worked"] * 3
