@@ -15,6 +15,12 @@ pooling; deploy/k8s/README.md, "PgBouncer"). Two numbers matter:
   `max_connections`. The four databases may share one server (dev's does), so the sum is over all
   four: it then fits four servers as well.
 
+A PgBouncer pod being replaced still holds its server connections for a while: a rollout starts
+the new pod first (maxSurge), a pod draining keeps its clients until they let go, and a pod on a
+lost node keeps its backends at PostgreSQL until the server's TCP keepalive gives up. So every
+service's PgBouncer is counted with SURGE_PODS more pods than its replicas, all four at once (a
+node holding one pod of each drained).
+
 `plan()` shares the server's connections out: MIN_SERVER_CONNECTIONS per PgBouncer pod first,
 the rest in proportion to each service's client connections, i.e. to the pods it may run.
 `check()` holds a rendering to it (make k8s-validate, tests/k8s/test_pooling.py).
@@ -43,6 +49,12 @@ MIGRATION_CONNECTIONS = 1
 MIN_SERVER_CONNECTIONS = 5
 # the drop runbook's ceiling raised on the spot (80 -> 120 checkout pods) still gets connected
 CLIENT_HEADROOM = 1.5
+# a PgBouncer pod more than its Deployment's replicas, for a while (a rollout, a drain, a lost node)
+SURGE_PODS = 1
+# A client gone mid-transaction (its node lost, no FIN) keeps the transaction's row locks until
+# PgBouncer's idle_transaction_timeout rolls it back; without one, until TCP keepalive gives up
+# (about two hours). Every PgBouncer sets one, at most this (seconds).
+MAX_IDLE_TRANSACTION_SECONDS = 300
 
 POOLER = "pgbouncer"
 
@@ -71,17 +83,19 @@ class PoolerSize:
 def plan(client_connections: dict[str, int], max_connections: int, pooler_replicas: dict[str, int],
          migrations: int) -> dict[str, PoolerSize]:
     """Each service's PgBouncer sizes for `client_connections` (service -> connections its pods may
-    open) on a server of `max_connections`, with `pooler_replicas` PgBouncer pods per service."""
+    open) on a server of `max_connections`, with `pooler_replicas` PgBouncer pods per service
+    (and SURGE_PODS more of each while pods are replaced)."""
+    pods = {service: count + SURGE_PODS for service, count in pooler_replicas.items()}
     budget = max_connections - RESERVED_CONNECTIONS - migrations * MIGRATION_CONNECTIONS
-    floor = sum(MIN_SERVER_CONNECTIONS * pooler_replicas[s] for s in client_connections)
+    floor = sum(MIN_SERVER_CONNECTIONS * pods[s] for s in client_connections)
     spare, demand = budget - floor, sum(client_connections.values())
     if spare < 0:
         raise ValueError(f"{max_connections} connections cannot give every PgBouncer pod {MIN_SERVER_CONNECTIONS}")
     sizes = {}
     for service, clients in client_connections.items():
-        share = MIN_SERVER_CONNECTIONS * pooler_replicas[service] + spare * clients // demand
+        share = MIN_SERVER_CONNECTIONS * pods[service] + spare * clients // demand
         sizes[service] = PoolerSize(service, clients, _round_up(clients * CLIENT_HEADROOM, 100),
-                                    share // pooler_replicas[service])
+                                    share // pods[service])
     return sizes
 
 
@@ -122,6 +136,18 @@ def replicas(deployment: dict) -> int:
     """Its replica count (a count of the wrong type is the schema check's to report: 1 here)."""
     count = deployment["spec"].get("replicas", 1)
     return count if isinstance(count, int) else 1
+
+
+def surge(deployment: dict) -> int:
+    """How many pods more than its replicas a Deployment's rolling update may start (Kubernetes
+    rounds a percentage up; its default is 25%)."""
+    strategy = deployment["spec"].get("strategy", {})
+    if strategy.get("type") == "Recreate":
+        return 0
+    value = strategy.get("rollingUpdate", {}).get("maxSurge", "25%")
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+        return math.ceil(replicas(deployment) * int(value[:-1]) / 100)
+    return value if isinstance(value, int) else 1
 
 
 def component(workload: dict) -> str:
@@ -187,11 +213,12 @@ def rendered_plan(objects: list[dict]) -> dict[str, PoolerSize]:
 
 
 def server_connections(objects: list[dict]) -> int:
-    """What PostgreSQL may see at the most: every PgBouncer pod's max_db_connections, every
-    migration Job's connection, and the reserved ones."""
+    """What PostgreSQL may see at the most: every PgBouncer pod's max_db_connections, with
+    SURGE_PODS more pods of each being replaced, every migration Job's connection, and the
+    reserved ones."""
     total = RESERVED_CONNECTIONS
     for deployment, section in pooler_settings(objects).values():
-        total += replicas(deployment) * int(section.get("max_db_connections", 10**6))
+        total += (replicas(deployment) + SURGE_PODS) * int(section.get("max_db_connections", 10**6))
     total += MIGRATION_CONNECTIONS * len([j for j in policy.of_kind(objects, "Job") if component(j) == "migration"])
     return total
 
@@ -216,6 +243,14 @@ def check(objects: list[dict]) -> list[str]:
                             f"{clients[service]} connections {service}'s pods may open at their ceilings")
         if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
             problems.append(f"{where}: default_pool_size above max_db_connections")
+        idle = section.get("idle_transaction_timeout", "0")
+        if not idle.isdigit() or not 0 < int(idle) <= MAX_IDLE_TRANSACTION_SECONDS:
+            problems.append(f"{where}: idle_transaction_timeout {idle!r}, not 1-{MAX_IDLE_TRANSACTION_SECONDS}: a "
+                            f"transaction whose client is gone (its node lost) would keep its row locks "
+                            f"until TCP keepalive gives up, about two hours")
+        if surge(deployment) > SURGE_PODS:
+            problems.append(f"{policy.name_of(deployment)}: its rollout may start {surge(deployment)} pods more "
+                            f"than its replicas; the server connections are counted for {SURGE_PODS}")
         if not _raises_file_limit(deployment):
             problems.append(f"{policy.name_of(deployment)}: PgBouncer is not started with its open-file limit "
                             f"raised ({RAISE_FILE_LIMIT!r}): a container's soft limit (often 1024) would "

@@ -144,3 +144,39 @@ def test_more_orders_in_flight_than_the_pool_held_are_counted_against_checkouts_
     assert after - before == pooling.ceiling(objects, api) * workers * (min(threads, 2 * raised) - 20)
     assert pooling.process_pool_size("inventory", "api", {"MAX_ORDERS_IN_FLIGHT": "24"}) == \
         pooling.process_pool_size("inventory", "api", {})  # inventory holds no connection through a call
+
+
+def test_replacing_any_pgbouncer_pod_still_fits_the_database(drop):
+    """A rollout starts the new PgBouncer before the old one goes, and a pod on a lost node keeps
+    its backends until PostgreSQL's keepalive gives up: one pod more of every service at once
+    still fits max_connections. (Counting the replicas only, checkout's third pod at the drop's
+    sizes asked for 250 connections of 200.)"""
+    for service, (deployment, _) in pooling.pooler_settings(drop).items():
+        assert pooling.surge(deployment) == 1, service
+    objects = copy.deepcopy(drop)
+    for service in SERVICES:
+        _deployment(objects, f"{service}-pgbouncer")["spec"]["replicas"] += 1
+    raw = pooling.RESERVED_CONNECTIONS + sum(pooling.replicas(d) * int(ini["max_db_connections"])
+                         for d, ini in pooling.pooler_settings(objects).values())
+    raw += len([j for j in policy.of_kind(objects, "Job") if pooling.component(j) == "migration"])
+    assert raw <= pooling.max_connections(drop)
+
+
+def test_a_pgbouncer_rollout_surging_by_more_than_a_pod_is_refused(drop):
+    objects = copy.deepcopy(drop)
+    _deployment(objects, "inventory-pgbouncer")["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = 2
+    assert any("inventory-pgbouncer" in p and "rollout" in p for p in pooling.check(objects))
+
+
+@pytest.mark.parametrize("timeout", [None, "0", "7200"])
+def test_a_pgbouncer_that_keeps_a_lost_clients_transaction_open_is_refused(drop, timeout):
+    """A client gone mid-transaction (its node lost) would keep its row locks, a stock shard's
+    say, about two hours without PgBouncer's idle_transaction_timeout."""
+    objects = copy.deepcopy(drop)
+    config = policy.find(objects, "ConfigMap", "checkout-pgbouncer")
+    lines = [line for line in config["data"]["pgbouncer.ini"].splitlines()
+             if not line.startswith("idle_transaction_timeout")]
+    if timeout is not None:
+        lines.insert(1, f"idle_transaction_timeout = {timeout}")
+    config["data"]["pgbouncer.ini"] = "\n".join(lines)
+    assert any("checkout-pgbouncer" in p and "idle_transaction_timeout" in p for p in pooling.check(objects))
