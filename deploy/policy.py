@@ -208,6 +208,10 @@ def check_supported_images(objects: list[dict]) -> list[str]:
     return problems
 
 
+# An HTTP readiness probe queues behind the crowd's requests: 10 s and three failures at the least
+READINESS_PATIENCE_SECONDS = 30
+
+
 def check_readiness(objects: list[dict]) -> list[str]:
     """Floodgate's readiness probes ask the real question: an API whether it can serve (/readyz), a
     process without HTTP (consumer, relay, sweeper) whether its loop turns (shared.heartbeat on
@@ -226,6 +230,11 @@ def check_readiness(objects: list[dict]) -> list[str]:
             if c.get("ports"):
                 if probe.get("httpGet", {}).get("path") != "/readyz":
                     problems.append(f"{where}: readiness probe is not GET /readyz")
+                patience = probe.get("timeoutSeconds", 1) * probe.get("failureThreshold", 3)
+                if patience < READINESS_PATIENCE_SECONDS:
+                    problems.append(f"{where}: readiness probe gives up after {patience} s (timeoutSeconds x "
+                                    f"failureThreshold), under {READINESS_PATIENCE_SECONDS}: it waits behind the "
+                                    "requests before it, and a rush would take every pod out of the Service at once")
                 continue
             command = probe.get("exec", {}).get("command", [])
             heartbeat = env_of(c).get("HEARTBEAT_FILE")

@@ -182,6 +182,21 @@ def lower_priority(settings: Settings) -> None:
 # docs/performance.md, "Where it stands (2026-12-04, 14:20 UTC)". A pod scales with more pods.
 API_WORKERS = 1
 API_THREADS = 24
+# How long an API (gunicorn) or checkout's line-status edge (uvicorn) keeps an idle connection,
+# where KEEPALIVE_SECONDS does not say: gunicorn's own 5 s, for clients that reach it directly
+# (make run, the tests, the rehearsal's crowd), whose idle connections would otherwise fill a
+# worker's 1,000. Behind a proxy that keeps its idle upstream connections (ingress-nginx: 60 s)
+# it must be longer than the proxy's, so that the proxy, not the server, closes them: a server
+# closing one races the proxy's next request on it, and the proxy answers that request 502 (a
+# POST is not retried), counted by no metric here. The manifests' ConfigMaps set 75.
+KEEPALIVE_SECONDS = 5
+
+
+def keepalive_seconds(env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get("KEEPALIVE_SECONDS", str(KEEPALIVE_SECONDS))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"KEEPALIVE_SECONDS={raw!r}: must be a whole number of seconds, 1 or more")
+    return int(raw)
 
 
 def metrics_address(bind: str) -> tuple[str, int]:

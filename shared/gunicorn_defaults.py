@@ -11,7 +11,7 @@ import tempfile
 
 from gunicorn import util as _gunicorn_util
 
-from shared.config import api_process_shape, metrics_address
+from shared.config import api_process_shape, keepalive_seconds, metrics_address
 
 # Prometheus needs a directory shared by the workers, named before any worker imports it.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="floodgate-metrics-"))
@@ -30,7 +30,7 @@ worker_class = "gthread"
 timeout = 30
 # Kubernetes gives pods a longer grace period than this (see deploy/k8s).
 graceful_timeout = 20
-keepalive = 5
+keepalive = keepalive_seconds()  # behind a proxy, longer than it keeps idle connections: shared/config.py
 accesslog = None  # the app logs each request as JSON with its request id
 # The longest request line (method, path and query) taken; longer ones are answered 414 below.
 limit_request_line = 4094

@@ -68,7 +68,7 @@ from services.checkout import errors as checkout_errors, line as waiting_room
 from services.checkout.schemas import TicketSchema
 from shared import errors
 from shared.auth import TokenVerifier
-from shared.config import metrics_address
+from shared.config import keepalive_seconds, metrics_address
 from shared.values import utc_now
 from shared.web import allowed_origins, cors_headers
 
@@ -553,4 +553,5 @@ def run(root, args) -> None:
     host, _, port = args.bind.rpartition(":")
     uvicorn.run("services.checkout.line_status:create_app", factory=True, host=host or "0.0.0.0", port=int(port),
                 workers=workers, loop="uvloop", http="httptools", lifespan="on",  # a failed startup exits
-                access_log=False, log_config=None, timeout_graceful_shutdown=10, proxy_headers=False)
+                access_log=False, log_config=None, timeout_graceful_shutdown=10, proxy_headers=False,
+                timeout_keep_alive=keepalive_seconds())

@@ -5,11 +5,13 @@ the manifests, /metrics on a port of its own."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -18,7 +20,7 @@ import pytest
 from devtools.client import poll
 from devtools.ports import free_port
 
-from deploy import render
+from deploy import policy, render
 
 APP = '''
 def app(environ, start_response):
@@ -29,17 +31,19 @@ def app(environ, start_response):
 
 
 @contextlib.contextmanager
-def gunicorn(tmp_path, metrics_port: int | None = None):
+def gunicorn(tmp_path, metrics_port: int | None = None, keepalive: str | None = None):
     """Runs gunicorn (debug log) until the block ends; yields the public port and its log lines as they come."""
     (tmp_path / "probe_app.py").write_text(APP)
     (tmp_path / "metrics").mkdir()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "METRICS_BIND")}
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "METRICS_BIND", "KEEPALIVE_SECONDS")}
     # a home that cannot be created, whoever runs the test (root could create /nonexistent)
     env.update(HOME="/dev/null/nonexistent", BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     if metrics_port:
         env["METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
+    if keepalive:
+        env["KEEPALIVE_SECONDS"] = keepalive
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:shared.gunicorn_defaults", "--log-level", "debug",
          "--pythonpath", str(tmp_path), "probe_app:app"],
@@ -98,6 +102,31 @@ def test_metrics_answer_on_the_metrics_port_only(tmp_path):
         assert get(port, "/metrics", host=f"127.0.0.1:{metrics}")[0] == 404
         assert get(port, "/orders") == (200, f"/orders on {port}")
         assert get(metrics, "/orders")[0] == 404
+
+
+def test_an_idle_kept_alive_connection_outlasts_the_proxys(tmp_path, targets):
+    """The proxy in front (ingress-nginx keeps idle upstream connections 60 s) must be the one to
+    close an idle connection: gunicorn closing it after 5 s raced the proxy's next request on it,
+    which the proxy answered 502. The manifests' ConfigMaps set KEEPALIVE_SECONDS; the idle time is
+    what is tested: a connection left 6 s still serves its next request."""
+    keepalive = {policy.name_of(config): config["data"].get("KEEPALIVE_SECONDS")
+                 for config in policy.of_kind(targets["prod"].objects, "ConfigMap")
+                 if config["metadata"]["name"].split("-")[0] in policy.FLOODGATE_SERVICES
+                 and "LOG_LEVEL" in config.get("data", {})}
+    assert len(keepalive) == 4 and all(int(value) > 60 for value in keepalive.values()), keepalive
+    with gunicorn(tmp_path, keepalive=keepalive["ConfigMap/checkout-config"]) as (port, _):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/orders")
+            assert connection.getresponse().read() == f"/orders on {port}".encode()
+            kept = connection.sock
+            time.sleep(6)  # idle past the old 5 s keep-alive: the scenario, not a wait for something
+            connection.request("GET", "/orders")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, f"/orders on {port}".encode())
+            assert connection.sock is kept
+        finally:
+            connection.close()
 
 
 def test_without_a_metrics_port_metrics_stay_where_they_were(tmp_path):

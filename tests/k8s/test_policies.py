@@ -55,6 +55,19 @@ def test_a_consumer_ready_while_reconnecting_or_restarted_by_every_broker_outage
     assert "liveness probe does not accept /tmp/heartbeat.reconnecting" in problems[1]
 
 
+def test_an_http_readiness_probe_that_gives_up_behind_a_rush_is_named(dev):
+    """The line-status edge's /readyz once gave up after 3 s twice: it waits on the one loop behind
+    the polls, so the pre-queue's last seconds took every pod out of the Service at once."""
+    objects = copy.deepcopy(dev)
+    [c] = policy.pod_spec(policy.find(objects, "Deployment", "checkout-line-status"))["containers"]
+    c["readinessProbe"].update(timeoutSeconds=3, failureThreshold=2)
+
+    problems = policy.check_readiness(objects)
+
+    assert len(problems) == 1 and problems[0].startswith("Deployment/checkout-line-status container")
+    assert "gives up after 6 s" in problems[0]
+
+
 def test_prods_requests_on_a_laptop_node_would_leave_pods_pending(targets):
     # what the dev overlay requested before it sized its pods for a laptop: prod's
     requested = policy.requested(targets["prod"].objects)
