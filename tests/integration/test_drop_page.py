@@ -175,6 +175,56 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
 
 
+# The page's stored access token, made to fail: its signature's last characters changed (the
+# server says 401, as it does to a token that ran out), while the page still thinks it fresh.
+SPOIL_THE_TOKEN = """() => {
+  const token = sessionStorage.getItem("floodgate.token");
+  sessionStorage.setItem("floodgate.token", token.slice(0, -4) + (token.endsWith("AAAA") ? "BBBB" : "AAAA"));
+  sessionStorage.setItem("floodgate.expires", String(Date.now() + 600000));
+}"""
+
+
+def test_a_buyer_whose_token_ran_out_while_waiting_in_the_line_is_still_signed_in_at_their_turn(
+        floodgate, admin_token, buyer_page):
+    # The page kept only the 15-minute access token: a buyer who joined the pre-queue longer
+    # before their turn was told "Your session has ended" at the moment the line let them in, and
+    # lost their ticket while signing in again on the pass's clock.
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=25)
+    put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+
+    renewals = []
+    page.on("response", lambda response: renewals.append(response.status)
+            if response.url.endswith("/sessions/refresh") else None)
+    page.evaluate(SPOIL_THE_TOKEN)
+    page.reload()  # the page reads its session back, and its ticket with it, with the spoiled token
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue", timeout=10_000)
+    assert renewals == [201]  # one 401, one renewal, the same call again
+    expect(page.locator("#signed-in")).to_be_visible()
+    expect(page.locator("#account-problem")).to_be_hidden()
+
+    # A token about to run out is renewed before it is used: the admission's answer carries the pass.
+    page.evaluate("() => sessionStorage.setItem('floodgate.expires', String(Date.now() + 30000))")
+    page.reload()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue", timeout=10_000)
+    expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=60_000)
+    assert renewals == [201, 201]
+    order_to_toronto(page)
+    assert [problem for problem in page.script_problems if problem.startswith("page error")] == []
+
+    # Signing out ends the session at accounts: its refresh token renews nothing more.
+    refresh_token = page.evaluate("() => sessionStorage.getItem('floodgate.refresh')")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#account-form")).to_be_visible()
+    accounts = floodgate.stack.url("accounts")
+    poll(lambda: floodgate.http.post(f"{accounts}/sessions/refresh", json={"refresh_token": refresh_token})
+         .status_code == 401, what="the signed-out session's refresh token to be refused")
+
+
 def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floodgate, admin_token, buyer_page):
     page = buyer_page
     drop = schedule_drop(floodgate, admin_token, opens_in=-1, product_name=MARKUP_PRODUCT)

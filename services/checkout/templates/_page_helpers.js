@@ -11,6 +11,77 @@
   const store = window.sessionStorage;
   const $ = (id) => document.getElementById(id);
 
+  // A signed-in session, kept in sessionStorage under `prefix`. The access token lasts minutes and
+  // a drop hours (a buyer signs in, then waits in the line): `fresh()` exchanges the refresh token
+  // (once each) for new tokens a minute before the access token runs out, and `renew()` does after
+  // a 401, before the page gives the session up.
+  class Session {
+    constructor(prefix) {
+      this.keys = Object.fromEntries(["token", "refresh", "expires", "email"].map((key) => [key, `${prefix}.${key}`]));
+      this.token = store.getItem(this.keys.token);
+      this.refresh = store.getItem(this.keys.refresh);
+      this.expires = Number(store.getItem(this.keys.expires)) || 0;
+      this.email = store.getItem(this.keys.email);
+      this.renewing = null;
+    }
+
+    keep(tokens, email) {
+      this.token = String(tokens.access_token);
+      this.refresh = tokens.refresh_token ? String(tokens.refresh_token) : null;
+      this.expires = Date.now() + (Number(tokens.expires_in) || 0) * 1000;
+      this.email = email;
+      store.setItem(this.keys.token, this.token);
+      if (this.refresh) store.setItem(this.keys.refresh, this.refresh); else store.removeItem(this.keys.refresh);
+      store.setItem(this.keys.expires, String(this.expires));
+      store.setItem(this.keys.email, email || "");
+    }
+
+    forget() {
+      for (const key of Object.values(this.keys)) store.removeItem(key);
+      this.token = this.refresh = this.email = null;
+      this.expires = 0;
+    }
+
+    // Signing out ends the session at accounts too, so its refresh token renews nothing more
+    // (best effort: the page forgets it whatever accounts answers).
+    end() {
+      if (this.refresh) {
+        fetch(services.accounts + "/sessions/logout", {
+          method: "POST", mode: "cors", credentials: "omit", cache: "no-store", keepalive: true,
+          headers: {"Content-Type": "application/json"}, body: JSON.stringify({refresh_token: this.refresh}),
+        }).catch(() => {});
+      }
+      this.forget();
+    }
+
+    async fresh() {
+      if (this.token && this.refresh && Date.now() > this.expires - 60_000) await this.renew();
+    }
+
+    renew() {
+      if (!this.refresh) return Promise.resolve(false);
+      if (!this.renewing) {
+        this.renewing = (async () => {
+          try {
+            const response = await fetch(services.accounts + "/sessions/refresh", {
+              method: "POST", mode: "cors", credentials: "omit", cache: "no-store",
+              headers: {Accept: "application/json", "Content-Type": "application/json"},
+              body: JSON.stringify({refresh_token: this.refresh}),
+            });
+            if (!response.ok) return false;
+            this.keep(await response.json(), this.email);
+            return true;
+          } catch (error) {
+            return false;
+          } finally {
+            this.renewing = null;
+          }
+        })();
+      }
+      return this.renewing;
+    }
+  }
+
   class Problem extends Error {
     constructor(status, body, retryAfter, fallbackTitle) {
       const doc = body && typeof body === "object" ? body : {};
