@@ -34,7 +34,8 @@ threads - slots - 2 waiting, the rest refused at once) turned the queue back int
 68-99 without. Orders without a pass (a drop without a line, where the whole crowd comes at
 once) are refused at once as before: waiting would only move that crowd into the threads. A
 pass holder still without a slot after `patience` is refused and counted, which is what the
-admitter slows down for. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass
+admitter slows down for; a refused order without a pass is not counted, and takes no slot while
+pass holders wait for one. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass
 holders waited.
 """
 from __future__ import annotations
@@ -75,13 +76,19 @@ class OrderGate:
         self._window_start = clock()
         self._admitted = self._refused = 0
         self._last_admitted = self._last_refused = 0
-        self.refused_total = 0  # since the process started: what LoadReport tells the admitter
+        # pass holders refused since the process started: what LoadReport tells the admitter
+        self.refused_total = 0
 
     def try_enter(self, wait_seconds: float = 0.0, waiter: str | None = None) -> bool:
         """Take a slot (True; `leave()` when done) or count a refusal (False). With `wait_seconds`
         and a `waiter` (a pass's ticket), wait up to that long for one to be left, unless this
-        waiter already waits."""
-        entered = self._slots.acquire(blocking=False)
+        waiter already waits. An order without a waiter takes no slot while pass holders wait
+        for one: the slot left is theirs (a semaphore hands it to whoever asks first).
+
+        Only a pass holder's refusal counts in `refused_total`: the admitter slows the line down
+        for it. Counting every 429 let orders without a pass (bots, or a lineless drop's crowd on
+        the same checkout) halve the line's pace at every report, down to one buyer a second."""
+        entered = (waiter is not None or not self._waiting) and self._slots.acquire(blocking=False)
         if not entered and wait_seconds > 0 and waiter is not None and self._start_waiting(waiter):
             try:
                 entered = self._slots.acquire(timeout=wait_seconds)
@@ -94,7 +101,8 @@ class OrderGate:
                 self._admitted += 1
             else:
                 self._refused += 1
-                self.refused_total += 1
+                if waiter is not None:
+                    self.refused_total += 1
         return entered
 
     def _start_waiting(self, waiter: str) -> bool:

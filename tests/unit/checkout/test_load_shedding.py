@@ -178,3 +178,31 @@ def test_only_a_current_pass_buys_patience():
     issued, ticket_id = pass_for()
     assert patience(order_with(issued)) == (2.0, str(ticket_id))
     assert [patience(order_with(p)) for p in (None, "forged", pass_for(expires_in=-5)[0])] == [(0.0, None)] * 3
+
+
+def test_only_a_pass_holders_refusal_slows_the_line():
+    """The admitter halves its pace for every refusal it is told of: orders without a pass (bots
+    without a token, a lineless drop's crowd) refused at a full gate once slowed the line too."""
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 0.05))
+    assert gate.try_enter()
+    for line_pass in (None, "forged", pass_for(expires_in=-5)[0]):
+        assert answer_of(admission, order_with(line_pass)).startswith("429")
+    assert gate.refused_total == 0
+    assert answer_of(admission, order_with(pass_for()[0])).startswith("429")
+    assert gate.refused_total == 1
+
+
+def test_a_slot_left_goes_to_the_pass_holder_waiting_not_to_an_order_without_a_pass():
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
+    assert gate.try_enter()
+    (line_pass, ticket_id), answers = pass_for(), []
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(line_pass))))
+    waiting.start()
+    waits_at(gate, ticket_id)
+    gate.leave()  # the slot is left while the pass holder waits, and an order without a pass asks first
+    assert not gate.try_enter()
+    waiting.join(timeout=10)
+    assert answers == ["201 Created"]
+    assert gate.try_enter()  # no one waits now: an order without a pass takes the slot
