@@ -279,7 +279,7 @@ def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: date
     active = passes_in_play(looked.holders[line.drop_id], figures.holding,
                             uow.lines.active_pass_holders(line.drop_id, now),
                             uow.lines.admitted_after(line.drop_id, looked.through[line.drop_id], line.admitted_through))
-    admitted = _admit(line, uow, now, paced_at, looked.checkout_shedding, active)
+    admitted = _admit(line, uow, now, paced_at, looked.checkout_shedding, active, figures.closes_at)
     line.updated_at = now
     return admitted
 
@@ -317,7 +317,8 @@ def until_next_turn(interval: float, next_opening: datetime | None, now: datetim
     return min(interval, max(MIN_WAIT_SECONDS, (next_opening - now).total_seconds()))
 
 
-def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool, active_passes: int) -> int:
+def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool, active_passes: int,
+           closes_at: datetime | None = None) -> int:
     """Admit this turn's buyers at the line's pace: its current rate and the admissions it may
     still make (a token bucket refilled at that rate), kept on the line's row, so whichever
     replica turns the line next carries on from this turn. The time since the last turn is the
@@ -343,7 +344,7 @@ def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool
     allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes,
                                               line.pace_budget)
     positions = uow.lines.admit_next(line.drop_id, line.admitted_through, allowed, now,
-                                     waiting_room.pass_expiry(now, line))
+                                     waiting_room.pass_expiry(now, line, closes_at))
     line.pace_budget -= len(positions)
     if positions:
         line.admitted_through = max(line.admitted_through, max(positions))

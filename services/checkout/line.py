@@ -385,8 +385,12 @@ def verify_pass(secret: str | Sequence[str], presented: str, buyer_id: str, drop
         raise errors.LinePassInvalid("The admission pass is not valid.")
 
 
-def pass_expiry(now: datetime, line: Line) -> datetime:
-    return now + timedelta(seconds=line.pass_ttl_seconds)
+def pass_expiry(now: datetime, line: Line, closes_at: datetime | None = None) -> datetime:
+    """When a pass given `now` runs out: after the line's pass time, or when the drop closes, if
+    that is sooner (a buyer let in five seconds before the close is told so, not "order within
+    two minutes", then refused as the drop is closed)."""
+    expiry = now + timedelta(seconds=line.pass_ttl_seconds)
+    return min(expiry, closes_at) if closes_at is not None else expiry
 
 
 class JoinLimit:

@@ -754,3 +754,18 @@ def test_a_line_opening_no_drop_could_have_is_refused(opens_at):
         LineRequestSchema().load({"opens_at": opens_at})
     assert "opens_at" in refused.value.messages
     assert LineRequestSchema().load({"opens_at": "2030-01-01T10:00:00-05:00"})["opens_at"].year == 2030
+
+
+def test_a_pass_given_just_before_the_drop_closes_runs_out_with_the_drop(clock):
+    """A buyer let in five seconds before the close was told "order within 02:00", then refused as
+    the drop had closed: the pass now says the five seconds."""
+    uow = FakeUnitOfWork()
+    a_line_joined_by(uow, 3, opens_in=-1, pass_ttl_seconds=120)
+    closes_at = clock.now + timedelta(seconds=5)
+    admitter.turn(uow, StockOf(5, closes_at=closes_at))  # opens it
+    admitter.turn(uow, StockOf(5, closes_at=closes_at))
+    admitted = [t for t in uow.lines.tickets(DROP) if t.pass_expires_at is not None]
+    assert admitted and all(t.pass_expires_at == closes_at for t in admitted)
+    # with the close far off, a pass lasts the line's pass time
+    a_ticket = line.pass_expiry(clock.now, uow.lines.get(DROP), clock.now + timedelta(hours=1))
+    assert a_ticket == clock.now + timedelta(seconds=120)
