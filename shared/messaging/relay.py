@@ -45,9 +45,19 @@ class OutboxRelay:
         self.heartbeat = Heartbeat(settings.heartbeat_file, LastSeen(engine, "relay"))
         self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
         self._last_purge = 0.0
+        self.failed = False
 
     def run(self) -> None:
-        """Publish until asked to stop, reconnecting with capped back-off (`amqp.Reconnects`)."""
+        """Publish until asked to stop, reconnecting with capped back-off (`amqp.Reconnects`);
+        anything else it cannot recover from is logged and ends it (`failed`)."""
+        try:
+            self._run()
+        except BaseException:
+            self.failed = True
+            log.exception("relay failed")
+            raise
+
+    def _run(self) -> None:
         while not self.stop.is_set():
             try:
                 conn = amqp.connect(
@@ -63,7 +73,10 @@ class OutboxRelay:
                         conn.close()
             except amqp.RECOVERABLE as error:
                 self.reconnects.wait("broker unavailable, retrying", error)
-            except sa.exc.OperationalError as error:
+            except sa.exc.SQLAlchemyError as error:
+                # not only an OperationalError: a failover's read-only server (InternalError), a
+                # connection the driver lost (InterfaceError), an exhausted pool (TimeoutError)
+                # once let the thread die, and the service's events wait for a restart
                 self.reconnects.wait("database unavailable, retrying", error)
 
     def _pump(self, conn: pika.BlockingConnection, publisher: ConfirmedPublisher) -> None:
@@ -153,6 +166,14 @@ def run(roots) -> None:
     while any(thread.is_alive() for thread in threads):
         for thread in threads:
             thread.join(timeout=0.5)
+        if not stop.is_set() and not all(thread.is_alive() for thread in threads):
+            # a relay died of what it does not recover from: the process ends, and is restarted,
+            # rather than go on without that service's events (the local stack relays them all)
+            log.error("a relay stopped unasked; stopping the others",
+                      extra={"stopped": [t.name for t in threads if not t.is_alive()]})
+            stop.set()
     for root in roots:
         root.close()
+    if any(relay.failed for relay in relays):
+        raise SystemExit(1)
     log.info("relay stopped")

@@ -5,6 +5,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from shared.config import Settings
@@ -67,6 +68,25 @@ def test_while_the_database_is_away_the_relay_is_not_ready_and_waits_ever_longer
     assert pauses[:4] == [1, 2, 3, 4]  # one back-off, never started again
     assert Path(reconnecting_file(str(heartbeat))).exists()
     assert not heartbeat.exists()
+
+
+@pytest.mark.parametrize("error", [
+    sa.exc.InternalError("SELECT", {}, Exception("cannot execute SELECT FOR UPDATE in a read-only transaction")),
+    sa.exc.InterfaceError("SELECT", {}, Exception("connection already closed")),
+    sa.exc.TimeoutError("QueuePool limit of size 2 overflow 2 reached"),
+], ids=["failover-read-only", "connection-lost", "pool-exhausted"])
+def test_a_database_error_other_than_operational_is_waited_out_not_the_relays_end(monkeypatch, tmp_path, error):
+    """The relay caught OperationalError alone: a failover's read-only server, a connection the
+    driver lost or an exhausted pool ended its thread, and the service's events waited for a
+    restart (locally, where one process relays every service, for good)."""
+    pauses = counted_pauses(monkeypatch)
+    broker, heartbeat = QueueBroker(), tmp_path / "heartbeat"
+
+    with relay_running(monkeypatch, broker, FakeEngine(error=error), heartbeat) as relay:
+        eventually(lambda: len(broker.connections) >= 3, "three connections")
+        assert not relay.failed
+
+    assert pauses[:2] == [1, 2]
 
 
 def test_a_broker_that_drops_the_relay_at_once_is_tried_ever_more_slowly(monkeypatch, tmp_path):
