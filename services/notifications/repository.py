@@ -27,6 +27,11 @@ class DeliveryLog:
         (nothing is changed then). Concurrent attempts of one event serialise on its row."""
         return self._upsert(attempt, now, status=SENT, sent_at=now, superseding=unless_superseded)
 
+    def record_not_sent(self, attempt: dict, now: datetime) -> str | None:
+        """The email of `attempt` is not to be sent (what it says is no longer true): logged
+        `superseded`. None when an earlier attempt's email was accepted (nothing changes)."""
+        return self._upsert(attempt, now, status=SUPERSEDED)
+
     def record_failure(self, attempt: dict, now: datetime, outcome: str, error: str) -> None:
         """An attempt failed; `outcome` is `retrying` or `dead`. A sent delivery stays sent."""
         self._upsert(

@@ -420,7 +420,8 @@ def test_a_pay_by_email_delivered_after_the_orders_confirmation_is_logged_supers
     poll(lambda: mails_by_message_id(floodgate, {message_id(confirmation)}), what="the confirmation")
 
     pay_by = Envelope(type="order.placed", source="tests", data={
-        **confirmation.data, "status": "awaiting_payment", "version": 1, "hold_expires_at": "2014-10-27T15:15:00+00:00",
+        **confirmation.data, "status": "awaiting_payment", "version": 1,
+        "hold_expires_at": (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat(),
         "payment_url": "http://127.0.0.1:8010/pay/o-1?amount=29900&sig=abc"})
     publish(stack, [pay_by])
     logged = poll(lambda: [d for d in deliveries(floodgate, stack, admin_token, order_id=confirmation.data["order_id"])

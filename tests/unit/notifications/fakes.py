@@ -67,6 +67,9 @@ class FakeDeliveryLog:
             return self._upsert(attempt, now, status="superseded")
         return self._upsert(attempt, now, status="sent", sent_at=now)
 
+    def record_not_sent(self, attempt, now):
+        return self._upsert(attempt, now, status="superseded")
+
     def record_failure(self, attempt, now, outcome, error):
         self._upsert(attempt, now, status=outcome, last_error=error,
                      retries=int(outcome == "retrying"), dead_letters=int(outcome == "dead"))

@@ -1,5 +1,6 @@
 import logging
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -209,12 +210,16 @@ def test_an_invite_for_nobody_in_particular_mails_nothing_and_is_not_an_error():
 
 
 def test_only_the_confirmation_email_is_announced():
-    placed = dict(order(), hold_expires_at="2026-12-05T18:15:00+00:00", payment_url="http://pay.example/o")
-    uow = FakeUnitOfWork()
+    placed = dict(order(), hold_expires_at=in_ten_minutes(), payment_url="http://pay.example/o")
+    uow, mailer = FakeUnitOfWork(), FakeMailer()
     with uow:
-        handlers.send_notification(event("order.placed", placed, event_id="ev-8"), uow, FakeMailer())
+        handlers.send_notification(event("order.placed", placed, event_id="ev-8"), uow, mailer)
         uow.commit()
-    assert uow.published == []
+    assert [email.event_type for email in mailer.sent] == ["order.placed"] and uow.published == []
+
+
+def in_ten_minutes() -> str:
+    return (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat()
 
 
 def test_everything_is_written_before_the_mail_goes_out_so_only_the_commit_follows_it():
@@ -234,7 +239,7 @@ def test_everything_is_written_before_the_mail_goes_out_so_only_the_commit_follo
 
 
 def placed_order(**changes) -> dict:
-    return order(**{"status": "awaiting_payment", "version": 1, "hold_expires_at": "2014-10-27T15:15:00+00:00",
+    return order(**{"status": "awaiting_payment", "version": 1, "hold_expires_at": in_ten_minutes(),
                     "payment_url": "http://127.0.0.1:8010/pay/o-1?amount=134999&sig=abc", **changes})
 
 
@@ -247,6 +252,22 @@ def test_a_pay_by_email_retried_past_the_orders_confirmation_is_not_sent():
     assert [email.event_type for email in mailer.sent] == ["order.confirmed"]
     late = deliveries.for_event("ev-placed")
     assert (late.status, late.order_version) == ("superseded", 1)
+
+
+def test_a_pay_by_email_handled_after_its_pay_by_time_is_not_sent():
+    """After an SMTP or consumer outage the queue holds the drop's "pay by" emails ahead of their
+    confirmations: a buyer who had paid was told to pay again, by a time already gone, with a
+    payment link. Only the order's next state is mailed."""
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    gone = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    deliver(event("order.placed", placed_order(hold_expires_at=gone), event_id="ev-placed"), mailer, deliveries)
+    deliver(confirmed(order(version=2), event_id="ev-confirmed"), mailer, deliveries)
+
+    assert [email.event_type for email in mailer.sent] == ["order.confirmed"]
+    assert deliveries.for_event("ev-placed").status == "superseded"
+    # its redelivery sends nothing either
+    deliver(event("order.placed", placed_order(hold_expires_at=gone), event_id="ev-placed"), mailer, deliveries)
+    assert [email.event_type for email in mailer.sent] == ["order.confirmed"]
 
 
 def test_an_expiry_retried_past_the_late_payments_confirmation_is_not_sent_but_a_refund_always_is():
