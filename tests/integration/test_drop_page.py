@@ -94,9 +94,11 @@ def sign_up(page: Page) -> str:
     return email
 
 
-def fill_in_toronto(page: Page, country_code: str) -> None:
+def fill_in_toronto(page: Page, country_code: str, ready: bool = True) -> None:
+    """Fill the order form with a Canadian address (`ready`: the order may be placed now)."""
     form = page.locator("#order-form")
-    expect(form.get_by_role("button", name="Place order")).to_be_enabled()
+    if ready:
+        expect(form.get_by_role("button", name="Place order")).to_be_enabled()
     for field, value in TORONTO.items():
         form.locator(f"input[name={field}]").fill(value)
     form.locator("select[name=country_code]").select_option(country_code)
@@ -155,7 +157,11 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
     expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
     expect(page.locator("#ticket-position")).to_have_text("drawn at the opening")
     expect(page.locator("#line-news")).to_contain_text("You're in the pre-queue")
-    expect(page.locator("#order-gate")).to_have_text("The form opens when it's your turn in the line.")
+    expect(page.locator("#order-gate")).to_have_text(
+        "Fill in your address now: you can place the order when it's your turn in the line.")
+    # the address is typed while the buyer waits, not on the pass's two-minute clock
+    fill_in_toronto(page, "CA", ready=False)
+    expect(page.get_by_role("button", name="Place order")).to_be_disabled()
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Opens in "))
 
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"), timeout=(OPENS_IN_SECONDS + 5) * 1000)
@@ -168,7 +174,14 @@ def test_a_buyer_joins_the_line_before_the_opening_is_let_in_orders_to_canada_pa
     expect(page.locator("#line-seed")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
     seed = page.locator("#line-seed").text_content()
     assert hashlib.sha256(bytes.fromhex(seed)).hexdigest() == line["commitment"]
-    order_id = order_to_toronto(page)
+    # what the buyer typed while waiting is there: one click places the order
+    form = page.locator("#order-form")
+    expect(form.locator("input[name=street_address]")).to_have_value(TORONTO["street_address"])
+    expect(form.locator("select[name=country_code]")).to_have_value("CA")
+    form.get_by_role("button", name="Place order").click()
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment", timeout=15_000)
+    expect(page.locator("#order-address")).to_have_text("Alex Tremblay, 1 YONGE ST, TORONTO, ON M5E 1W7, Canada (CA)")
+    order_id = page.locator("#order-id").inner_text()
     expect(page.locator("#line-news")).to_have_text("Your pass was used for your order.")
 
     pay_on_the_simulator(page)
