@@ -13,10 +13,10 @@ from datetime import datetime
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import Order
-from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundRefused
+from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundFailed, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
-from shared.messaging.consumer import PermanentFailure
+from shared.messaging.consumer import PartnerDown, PermanentFailure
 from shared.values import utc_now, uuid_or_none
 
 log = logging.getLogger("floodgate.checkout")
@@ -620,6 +620,8 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
             refund = provider.refund(data["capture_id"], left, data["currency"])
         except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
             raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
+        except RefundFailed as failed:  # the provider away: retried for a day, not checkout's five attempts
+            raise PartnerDown(f"the provider did not confirm the refund of capture {data['capture_id']}: {failed}") from failed
     if own_payment and order.refunded_at is None:
         order.refund_id = refund.refund_id
         order.refunded_at = utc_now()

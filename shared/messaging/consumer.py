@@ -64,6 +64,20 @@ class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help; the message goes straight to the DLQ."""
 
 
+# How long a message is retried when an outside service it needs fails (`PartnerDown`).
+PARTNER_DOWN_SECONDS = 24 * 3600
+
+
+class PartnerDown(Exception):
+    """Raised by a handler when an outside service its message needs failed in a way that comes
+    back by itself (checkout's payment provider unreachable, answering 5xx, 401 while a secret
+    rotates). The message is retried through the service's tiers for PARTNER_DOWN_SECONDS (its
+    last tier repeating), not the service's few attempts: an eleven-minute provider outage parked
+    every refund of the drop as money owed, for an admin to replay by hand. Unlike
+    `DependencyDown`, the consumer does not pause: other messages (expiries, emails noted) need
+    no partner."""
+
+
 class DependencyDown(Exception):
     """Raised by a handler when something every message needs is away (notifications' SMTP
     server; the service's own database is taken as away, `shared.db.away`, whatever the handler
@@ -107,6 +121,15 @@ def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...],
         return Outcome("dead", error=error)
     tier = min(attempt, len(retry_delays_ms)) - 1
     return Outcome("retry", delay_ms=retry_delays_ms[tier], error=error)
+
+
+def attempts_within(retry_delays_ms: tuple[int, ...], seconds: float) -> int:
+    """How many attempts the tiers make before `seconds` have passed (the last tier repeating)."""
+    attempts, waited = 1, 0
+    while retry_delays_ms and waited < seconds * 1000:
+        waited += retry_delays_ms[min(attempts, len(retry_delays_ms)) - 1]
+        attempts += 1
+    return attempts
 
 
 def retry_or_park(attempt: int, settings: Settings, error: str, each_tier_once: bool = False) -> Outcome:
@@ -154,6 +177,12 @@ def handle_delivery(
         return Outcome("dead", error=f"permanent: {error}")
     except DatabaseAway as error:
         return _waited_for_the_database(attempt, database_waits, settings, str(error))
+    except PartnerDown as error:
+        log.warning("an outside service failed; retried", extra={"message_id": envelope.id, "event_type": envelope.type,
+                                                                 "attempt": attempt, "error": str(error)[:200]})
+        delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
+        attempts = max(settings.max_attempts, attempts_within(delays, PARTNER_DOWN_SECONDS))
+        return next_step(attempt, attempts, delays, logs.without_values(str(error))[:500])
     except DependencyDown as error:
         return Outcome("wait", error=str(error)[:500])
     except Exception as error:

@@ -8,7 +8,7 @@ from services.checkout import handlers
 from services.checkout.payments import RefundFailed, RefundRefused
 from services.checkout.schemas import OrderSchema
 from shared.messaging import topology
-from shared.messaging.consumer import PermanentFailure
+from shared.messaging.consumer import PartnerDown, PermanentFailure
 from tests.unit.checkout.fakes import SETTINGS, FakeProvider, capture, statuses, unknown_order_id
 
 SENT_AT = datetime(2014, 10, 27, 15, 4, tzinfo=timezone.utc)
@@ -128,7 +128,7 @@ def test_a_refund_the_provider_did_not_confirm_is_retried_with_nothing_recorded(
     order = paid(checkout)
     published = list(checkout.uow.published)
     checkout.provider.failure = RefundFailed("provider answered 502")
-    with pytest.raises(RefundFailed) as raised:
+    with pytest.raises(PartnerDown) as raised:
         checkout.deliver("payment.refund_requested", refund_request(order))
     assert not isinstance(raised.value, PermanentFailure)
     assert order.refund_id is None and order.refunded_at is None

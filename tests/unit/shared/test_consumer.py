@@ -6,7 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared.config import Settings
-from shared.messaging.consumer import MAX_DATABASE_WAITS, DependencyDown, PermanentFailure, handle_delivery, next_step
+from shared.messaging.consumer import (MAX_DATABASE_WAITS, PARTNER_DOWN_SECONDS, DependencyDown, PartnerDown,
+                                      PermanentFailure, attempts_within, handle_delivery, next_step)
 from shared.messaging.envelope import Envelope
 
 SETTINGS = Settings(service_name="notifications", retry_delays_ms=(100, 1000), max_attempts=3)
@@ -214,3 +215,23 @@ def test_a_failure_that_only_looks_like_an_outage_while_the_database_answers_is_
                                 lambda: AnsweringUnitOfWork(set()), SETTINGS, inbox=False).action
                 for attempt in (1, SETTINGS.max_attempts)]
     assert outcomes == ["retry", "dead"]
+
+
+def test_an_outside_service_down_is_retried_for_a_day_through_the_tiers_not_the_few_attempts():
+    """Checkout's five attempts over eleven minutes parked every refund of a drop as money owed
+    when the payment provider was down longer; a day of its tiers is 148 attempts."""
+    body = Envelope(type="order.confirmed", source="tests", data={}).to_json()
+
+    def provider_down(envelope, uow):
+        raise PartnerDown("the provider did not confirm the refund: provider answered 503")
+
+    day = attempts_within((1000, 10_000, 60_000, 600_000), PARTNER_DOWN_SECONDS)
+    assert day == 4 + 24 * 6 and day > 5
+    checkout = Settings(service_name="checkout", max_attempts=5)
+    for attempt, delay in ((1, 1000), (4, 600_000), (5, 600_000), (day - 1, 600_000)):
+        outcome = handle_delivery(body, attempt, {"order.confirmed": provider_down}, lambda: FakeUnitOfWork(set()),
+                                  checkout, inbox=False)
+        assert (outcome.action, outcome.delay_ms) == ("retry", delay), attempt
+    last = handle_delivery(body, day, {"order.confirmed": provider_down}, lambda: FakeUnitOfWork(set()), checkout,
+                           inbox=False)
+    assert last.action == "dead" and "answered 503" in last.error
