@@ -227,3 +227,30 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     renewed = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
     assert renewed and renewed != spent
     assert page.script_problems == []
+
+
+def test_a_service_that_does_not_answer_holds_no_other_figure_and_what_is_not_known_says_so(
+        floodgate, admin, room_page):
+    # The page read every figure together and waited for all: one service that never answered
+    # (its node gone, the ingress waiting a minute) froze the stock, the orders and the line at
+    # their last values. And with notifications down, the dead letters kept "Nothing is parked."
+    page = room_page
+    admin_email, token = admin
+    drop = floodgate.create_drop(token, quantity=5)
+    accounts, notifications = floodgate.stack.url("accounts"), floodgate.stack.url("notifications")
+    open_control_room(page, floodgate, drop, admin_email)
+    expect(page.locator("#dead-summary")).to_have_text(re.compile(r"^(Nothing is parked\.|\d+ parked: .*)$"),
+                                                       timeout=FIGURES_TIMEOUT_MS)
+    expect(page.locator("#stock-held")).to_have_text("0", timeout=FIGURES_TIMEOUT_MS)
+
+    page.route(f"{accounts}/workers*", lambda route: None)  # never answered
+    page.route(f"{notifications}/figures*", lambda route: route.fulfill(
+        status=503, content_type="application/problem+json", headers={"Access-Control-Allow-Origin": "*"},
+        body='{"title": "Service unavailable", "status": 503, "detail": "notifications is restarting"}'))
+    expect(page.locator("#workers-problem")).to_contain_text("accounts: Cannot reach accounts", timeout=FIGURES_TIMEOUT_MS)
+    # while accounts' /workers still never answers, the other figures go on: a hold shows
+    place_and_pay(floodgate, drop["id"], buyers=1, paying=0)
+    expect(page.locator("#stock-held")).to_have_text("1", timeout=FIGURES_TIMEOUT_MS)
+    expect(page.locator("#dead-summary")).to_have_text("Unknown: the counts could not be read.")
+    expect(page.locator("#email-last-sent")).to_have_text("unknown")
+    expect(page.locator("#email-problem")).to_contain_text("notifications is restarting")
