@@ -243,6 +243,9 @@ def check(objects: list[dict]) -> list[str]:
                             f"{clients[service]} connections {service}'s pods may open at their ceilings")
         if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
             problems.append(f"{where}: default_pool_size above max_db_connections")
+        if service not in section.get("stats_users", "").replace(" ", "").split(","):
+            problems.append(f"{where}: stats_users does not name {service}: nobody could read its SHOW POOLS "
+                            f"(clients waiting for a server connection) during a drop")
         idle = section.get("idle_transaction_timeout", "0")
         if not idle.isdigit() or not 0 < int(idle) <= MAX_IDLE_TRANSACTION_SECONDS:
             problems.append(f"{where}: idle_transaction_timeout {idle!r}, not 1-{MAX_IDLE_TRANSACTION_SECONDS}: a "

@@ -181,6 +181,24 @@ def test_a_floor_raised_by_hand_during_the_window_holds_until_drop_yaml_says_it(
     assert operator.server.min_replicas("checkout-api") == 4
 
 
+def test_a_consumer_scaled_by_hand_is_handed_back_before_the_next_apply_as_the_runbook_says(operator):
+    """The backlog alerts' remedy is `kubectl scale deploy <service>-consumer`: kubectl then owns the
+    count, and the drop's re-render (to raise a floor mid-drop) is refused as a conflict on it. The
+    runbook says so, and what to do: scale it back to the rendering's count (2) first; the apply
+    then goes through and leaves the count where it is."""
+    prod_running(operator, OPENS_AT - timedelta(days=7))
+    operator.run(REAPPLY_DROP, OPENS_AT - timedelta(days=1))
+    operator.scheduled_job("drop-raise-floor", "drop-manifests.yaml")
+    operator.server.settle()
+    during = OPENS_AT + timedelta(minutes=10)
+    operator.server.update("Deployment", "inventory-consumer", "replicas", 4, "kubectl")
+    operator.run(REAPPLY_DROP, during, expect=1)
+    assert operator.server.replicas("inventory-consumer") == 4
+    operator.server.update("Deployment", "inventory-consumer", "replicas", 2, "kubectl")  # the runbook's hand-back
+    operator.run(REAPPLY_DROP, during)
+    assert operator.server.replicas("inventory-consumer") == 2
+
+
 def test_the_drop_rendered_and_applied_first_during_the_window_starts_at_the_raised_floor(operator):
     prod_running(operator, OPENS_AT - timedelta(days=7))
     operator.run(REAPPLY_DROP, OPENS_AT - timedelta(minutes=5))

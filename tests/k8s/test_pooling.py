@@ -180,3 +180,15 @@ def test_a_pgbouncer_that_keeps_a_lost_clients_transaction_open_is_refused(drop,
         lines.insert(1, f"idle_transaction_timeout = {timeout}")
     config["data"]["pgbouncer.ini"] = "\n".join(lines)
     assert any("checkout-pgbouncer" in p and "idle_transaction_timeout" in p for p in pooling.check(objects))
+
+
+def test_a_pgbouncer_whose_queue_nobody_could_read_is_refused(drop):
+    """The runbook sends the operator to PgBouncer's waiting clients (SHOW POOLS): its console
+    admits only the users stats_users names."""
+    for service, (_, ini) in pooling.pooler_settings(drop).items():
+        assert ini["stats_users"] == service
+    objects = copy.deepcopy(drop)
+    config = policy.find(objects, "ConfigMap", "inventory-pgbouncer")
+    config["data"]["pgbouncer.ini"] = "\n".join(line for line in config["data"]["pgbouncer.ini"].splitlines()
+                                                if not line.startswith("stats_users"))
+    assert any("inventory-pgbouncer" in p and "stats_users" in p for p in pooling.check(objects))
