@@ -100,6 +100,13 @@ class DatabaseAway(DependencyDown):
 # A message waits for its database this many times at most (each after a pause: 4 to 5 minutes
 # of an outage for a message tried at every pause); its tries are counted from then on.
 MAX_DATABASE_WAITS = 20
+# A handler still at one message after this (beyond a deferral's wait) is stuck: a lock that is
+# never given up, a call with no time limit. The runner then stops beating its heartbeat, so the
+# pod is restarted (liveness) and the outage shows (`worker_heartbeats`), instead of the pod
+# looking healthy while every message behind the stuck one waits. Longer than any handling's own
+# limits (notifications' SMTP send: about three minutes at most).
+STUCK_HANDLER_SECONDS = 300.0
+
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
 PAUSE_FIRST_SECONDS = 2.0
 PAUSE_LONGEST_SECONDS = 15.0
@@ -259,6 +266,27 @@ class ConsumerRunner:
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
         self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
         self.pause = Pause()
+        self.stuck_after = STUCK_HANDLER_SECONDS + self.deferral.seconds
+        self._handling: dict[int, float] = {}  # handler thread -> when it took its message (monotonic)
+        self._handling_lock = threading.Lock()
+        self._told_stuck = 0.0
+
+    def stuck_for(self) -> float:
+        """How long the longest handling under way has run, when past `stuck_after`; else 0."""
+        with self._handling_lock:
+            earliest = min(self._handling.values(), default=None)
+        running = time.monotonic() - earliest if earliest is not None else 0.0
+        return running if running > self.stuck_after else 0.0
+
+    def _beat_unless_stuck(self) -> None:
+        stuck = self.stuck_for()
+        if not stuck:
+            self.heartbeat.beat()
+            self.reconnects.worked()
+        elif time.monotonic() - self._told_stuck > 60:
+            self._told_stuck = time.monotonic()
+            log.error("a handler is stuck at one message: the heartbeat stops, so the pod is restarted",
+                      extra={"seconds": round(stuck), "queue": self.queue})
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the runner gracefully (the message in hand is finished)."""
@@ -309,6 +337,10 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
+                if channel.is_closed or republish.is_closed:
+                    # closed by the broker (its delivery-acknowledgement timeout, say): pika's blocking
+                    # connection says so only when the channel is next used, so it is looked at here
+                    raise pika.exceptions.ChannelClosed(0, f"a channel of the consumer of {self.queue} was closed")
                 # Paused: the deliveries in hand go back to the queue uncounted (`_handle`)
                 if tag is not None and self.pause.active():
                     channel.basic_cancel(tag)
@@ -316,8 +348,7 @@ class ConsumerRunner:
                 elif tag is None and not self.pause.active():
                     tag = channel.basic_consume(self.queue, on_message)
                     log.info("consuming again after a pause", extra={"queue": self.queue})
-                self.heartbeat.beat()
-                self.reconnects.worked()
+                self._beat_unless_stuck()
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
             if tag is not None:
                 channel.basic_cancel(tag)
@@ -342,6 +373,8 @@ class ConsumerRunner:
         # message, never acked, would hold a prefetch slot until the connection closed.
         with logs.log_context(request_id=request_id):
             attempt = _previous_attempts(headers, properties.message_id) + 1
+            with self._handling_lock:
+                self._handling[threading.get_ident()] = time.monotonic()
             try:
                 if self.pause.active():  # not even tried: its dependency is down
                     outcome = Outcome("wait", error="consuming paused: a dependency is down")
@@ -352,6 +385,9 @@ class ConsumerRunner:
                           extra={"message_id": properties.message_id, "attempt": attempt})
                 if outcome is None:
                     outcome = retry_or_park(attempt, self.settings, f"consumer: {error!r}")
+            finally:
+                with self._handling_lock:
+                    self._handling.pop(threading.get_ident(), None)
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome,
                                    request_id, order_id)

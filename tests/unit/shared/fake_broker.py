@@ -225,6 +225,11 @@ class QueueChannel:
         self.connection = connection
         self.prefetch = 0
         self.on_cancel: list = []
+        self.closed_by_broker = False  # as RabbitMQ closes a channel (its delivery-acknowledgement timeout)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed_by_broker or not self.connection.is_open
 
     def exchange_declare(self, exchange, **kwargs):
         pass

@@ -247,3 +247,42 @@ def test_a_message_waiting_for_the_database_carries_its_count_of_waits_and_is_co
     broker.queues[WORK].popleft()
     with running(runner_of(handler)):
         eventually(lambda: len(broker.queues[RETRY]) == 1, "past its waits, a counted try: to the retry tier")
+
+
+def test_a_handler_stuck_at_one_message_stops_the_heartbeat_so_the_pod_is_restarted(broker, monkeypatch, tmp_path):
+    """A handler waiting for ever (a lock never given up) held every message behind it while the
+    connection's loop beat on: liveness, readiness and `worker_heartbeats` all said healthy."""
+    monkeypatch.setattr("shared.messaging.consumer.STUCK_HANDLER_SECONDS", 0.5)
+    release, heartbeat, last_seen = threading.Event(), tmp_path / "heartbeat", Recorded()
+    runner = runner_of(lambda envelope, uow: release.wait(GIVE_UP_SECONDS), last_seen=last_seen,
+                       heartbeat_file=str(heartbeat))
+    try:
+        with running(runner):
+            eventually(lambda: last_seen.beats > 0, "a beat while consuming")
+            refund_requested(broker)
+            eventually(lambda: runner.stuck_for() > 0, "the handler to be stuck")
+            beats = last_seen.beats
+            stamp = heartbeat.stat().st_mtime_ns
+            # the connection's loop turns every half second: two turns, no beat
+            threading.Event().wait(1.2)
+            assert (last_seen.beats, heartbeat.stat().st_mtime_ns) == (beats, stamp)
+            release.set()
+            eventually(lambda: last_seen.beats > beats, "beats again once the handler is through")
+    finally:
+        release.set()
+
+
+def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker):
+    """RabbitMQ closes the channel of a consumer that held a message past its acknowledgement
+    timeout; pika's blocking connection says so only when the channel is next used, so the runner
+    went on turning with no subscription, consuming nothing."""
+    handled = []
+    runner = runner_of(lambda envelope, uow: handled.append(envelope.id))
+    with running(runner):
+        eventually(lambda: broker.consuming(), "a consumer")
+        [connection] = [c for c in broker.connections if c.is_open]
+        [(channel, _, _)] = connection.consumers.values()
+        channel.closed_by_broker = True
+        eventually(lambda: len(broker.connections) >= 2 and broker.consuming(), "a new connection consuming")
+        envelope = refund_requested(broker)
+        eventually(lambda: envelope.id in handled, "the next message handled")
