@@ -369,6 +369,32 @@ def test_while_the_buyer_pays_elsewhere_the_page_reads_its_order_less_often_and_
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
 
 
+def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_not_in_one_tick(
+        floodgate, admin_token, buyer_page):
+    # Every open page reloaded the drop and its line in the same 250 ms tick as the opening passed:
+    # the whole crowd on checkout's and inventory's APIs at once, the admitted buyers' orders queued
+    # behind. Each page now waits a moment drawn from the next 3 s (this page draws 0.9 of it).
+    page = buyer_page
+    page.add_init_script("Math.random = () => 0.9")
+    page.clock.install()
+    drop = schedule_drop(floodgate, admin_token, opens_in=120)
+    open_drop_page(page, floodgate, drop)
+    line_reads = []
+    page.on("request", lambda request: line_reads.append(request.url)
+            if request.url.endswith(f"/drops/{drop['id']}/line") else None)
+    # the page's clock is the test's: the opening, on it (the page keeps the server's offset)
+    behind = datetime.now(timezone.utc).timestamp() * 1000 - page.evaluate("Date.now()")
+    opening = datetime.fromisoformat(drop["opens_at"]).timestamp() * 1000 - behind
+    page.clock.pause_at((opening - 1000) / 1000)  # a number is seconds here; Date.now() says milliseconds
+    page.clock.run_for(1500)  # the opening passes
+    expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"))
+    assert line_reads == []  # not in the opening's tick
+    page.clock.run_for(1500)  # 2 s after the opening
+    assert line_reads == []
+    page.clock.run_for(1000)  # 3 s after
+    poll(lambda: len(line_reads) == 1, timeout=5, what="the line read once, 2.7 s after the opening")
+
+
 EDGE_STALE = '{"type": "https://floodgate.dev/problems/service-unavailable", "title": "Service unavailable", ' \
              '"status": 503, "detail": "The copy of the lines is stale: the database is not answering."}'
 
