@@ -321,6 +321,11 @@ def place_view(position: int | None, line, now: datetime) -> dict:
         return {**view, "state": PRE_QUEUE, "poll_after_seconds": max(1, min(30, int(seconds_left / 2)))}
     if line.remaining_units == 0:
         return {**view, "state": SOLD_OUT, "poll_after_seconds": 10}  # held units may come back
+    if line.state == PAUSED:
+        # the buyer keeps their place and hears that the line has stopped, not an estimate that
+        # never comes down: it goes on from where it stopped
+        ahead = None if position is None else max(0, position - line.admitted_through - 1)
+        return {**view, "state": PAUSED, "ahead": ahead, "poll_after_seconds": WAITING_POLL_SECONDS}
     if position is None:  # placed within a turn, or within seconds while the line is behind
         return {**view, "state": WAITING, "poll_after_seconds": WAITING_POLL_SECONDS if behind(line) else 1}
     ahead = max(0, position - line.admitted_through - 1)

@@ -65,11 +65,13 @@ def change_line(floodgate: Floodgate, admin_token: str, drop: dict, to_state: st
     assert answer.status_code == 200, answer.text
 
 
-def put_line_on(floodgate: Floodgate, admin_token: str, drop: dict) -> dict:
+def put_line_on(floodgate: Floodgate, admin_token: str, drop: dict, opens_at: str | None = None) -> dict:
+    """A line on `drop`, opening with it unless `opens_at` says another time."""
     answer = floodgate.http.put(
         f"{floodgate.stack.url('checkout')}/drops/{drop['id']}/line",
         headers={"Authorization": f"Bearer {admin_token}"},
-        json={"opens_at": drop["opens_at"], "admission_factor": 1.0, "admission_rate": 50, "pass_ttl_seconds": 120},
+        json={"opens_at": opens_at or drop["opens_at"], "admission_factor": 1.0, "admission_rate": 50,
+              "pass_ttl_seconds": 120},
     )
     assert answer.status_code in (200, 201), answer.text
     return answer.json()
@@ -393,6 +395,32 @@ def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_n
     assert line_reads == []
     page.clock.run_for(1000)  # 3 s after
     poll(lambda: len(line_reads) == 1, timeout=5, what="the line read once, 2.7 s after the opening")
+
+
+def test_a_waiting_buyer_is_told_when_the_draw_is_and_that_the_line_is_paused(floodgate, admin_token, buyer_page):
+    # The page spoke of the drop's opening only, while the pre-queue ends when the line opens,
+    # which may be earlier; and a paused line went on saying "Waiting", with an estimate that
+    # never came down.
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=600)
+    draw_at = (datetime.now(timezone.utc) + timedelta(seconds=OPENS_IN_SECONDS)).isoformat()
+    put_line_on(floodgate, admin_token, drop, opens_at=draw_at)
+    open_drop_page(page, floodgate, drop)
+    expect(page.locator("#line-summary")).to_contain_text("Places are drawn at")
+    sign_up(page)
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    expect(page.locator("#line-news")).to_contain_text("drawn at random when the line opens, at")
+
+    # the line opens 10 minutes before the drop: places drawn, nobody admitted before the sale
+    expect(page.locator("#ticket-state")).to_have_text("Waiting", timeout=(OPENS_IN_SECONDS + 15) * 1000)
+    change_line(floodgate, admin_token, drop, "paused")
+    expect(page.locator("#ticket-state")).to_have_text("Waiting: the line is paused", timeout=15_000)
+    expect(page.locator("#line-news")).to_contain_text("The line is paused for a moment: you keep your place")
+    expect(page.locator("#ticket-position")).to_have_text("1")
+    change_line(floodgate, admin_token, drop, "open")
+    expect(page.locator("#ticket-state")).to_have_text("Waiting", timeout=15_000)
+    assert page.script_problems == []
 
 
 EDGE_STALE = '{"type": "https://floodgate.dev/problems/service-unavailable", "title": "Service unavailable", ' \

@@ -401,6 +401,10 @@ def test_a_paused_line_admits_nobody_and_a_sold_out_one_says_so():
     admitter.turn(uow, StockOf(5))
     ticket = uow.lines.ticket_of(DROP, "ann")
     assert ticket.admitted_at is None
+    # its buyer hears that the line is paused, and keeps their place (before, "waiting", with an
+    # estimate that never came down)
+    paused = line.ticket_view(ticket, made, utc_now(), SECRET)
+    assert (paused["state"], paused["position"], paused["ahead"], paused["eta_seconds"]) == (line.PAUSED, 1, 0, None)
     made.remaining_units = 0
     assert line.ticket_view(ticket, made, utc_now(), SECRET)["state"] == line.SOLD_OUT
 
