@@ -62,8 +62,8 @@ def dead_letters_family(service: str, parked: int) -> GaugeMetricFamily:
 def queue_depths(settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
     """Messages ready in each of `queues`, by passive declares (which change nothing); a queue not
     declared yet holds nothing. Read on the process's kept connection (`_KeptConnection`) within
-    `timeout_seconds`; raises `BrokerDidNotAnswer` past it, or at once while an earlier read of
-    this process still waits for the broker."""
+    `timeout_seconds`; raises `BrokerDidNotAnswer` past it, or when an earlier read of this
+    process still waits for the broker after OVERLAP_WAIT_SECONDS."""
     return _kept.depths(settings, queues, timeout_seconds)
 
 
@@ -79,6 +79,8 @@ class BrokerDidNotAnswer(TimeoutError):
 # 15 s keep the kept connection alive; a process read less than once a minute has it closed by the
 # broker meanwhile and opens a new one at its next read, as every read did before it was kept.
 _HEARTBEAT_SECONDS = 30
+# How long a read waits for another of the same process under way, before it reports the broker down.
+OVERLAP_WAIT_SECONDS = 0.5
 
 
 class _KeptConnection:
@@ -94,8 +96,9 @@ class _KeptConnection:
     TCP connect only). So a read runs on a thread of its own and its caller, an API's request
     thread, waits for it until the deadline and no longer. The reader waits on until the broker
     answers or the connection's heartbeat gives up on it (about a minute), and a read asked for
-    meanwhile reports the broker down at once instead of queueing behind it: at most one thread
-    of a process (the reader) waits for the broker, and never a request thread. (Before, each
+    meanwhile reports the broker down after OVERLAP_WAIT_SECONDS (a read the broker answers
+    takes milliseconds) instead of queueing behind it: at most one thread of a process (the
+    reader) waits for the broker, and a request thread half a second at most. (Before, each
     scrape's request thread queued on a lock behind a read waiting for TCP to give up: within
     minutes an API's 24 threads were all there, and buyers' requests behind them.)"""
 
@@ -106,7 +109,10 @@ class _KeptConnection:
 
     def depths(self, settings: Settings, queues: list[str], timeout_seconds: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout_seconds
-        if not self._reading.acquire(blocking=False):
+        # A read under way (a scrape's, a control room's poll) takes milliseconds when the broker
+        # answers: the next waits that long for it, OVERLAP_WAIT_SECONDS at most, rather than
+        # report the broker down because two reads met (which the page showed as "unknown").
+        if not self._reading.acquire(timeout=max(0.0, min(OVERLAP_WAIT_SECONDS, _left(deadline)))):
             raise BrokerDidNotAnswer("the broker has not answered this process's previous read yet")
         read = _Read()
         try:

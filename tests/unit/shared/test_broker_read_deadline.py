@@ -102,3 +102,18 @@ def test_a_scrape_while_the_broker_does_not_answer_reports_its_dead_letters_down
     assert samples[("floodgate_metrics_source_up", ("service", "checkout"), ("source", "dead_letters"))] == 0
     assert not any(name == "floodgate_dead_letters" for name, *_ in samples)
     assert issubclass(BrokerDidNotAnswer, amqp.RECOVERABLE)  # notifications' figures report it down too
+
+
+def test_two_reads_that_meet_in_one_process_both_get_the_depths(broker):
+    """A scrape and a control room's poll at the same moment: the second once reported the broker
+    down at once (the page showed "unknown", and the scrape lost its series), though the first
+    was answered milliseconds later."""
+    broker.go_silent("declare")
+    answers = {}
+    first = threading.Thread(target=lambda: answers.update(first=queue_depths(SETTINGS, ["checkout.dead"], ANSWERED)))
+    first.start()
+    assert broker.waiting.wait(GIVE_UP_SECONDS)
+    threading.Timer(0.05, broker.answer).start()  # the broker answers the first read 50 ms on
+    answers["second"] = queue_depths(SETTINGS, ["checkout.dead"], ANSWERED)
+    first.join(GIVE_UP_SECONDS)
+    assert answers == {"first": {"checkout.dead": 3}, "second": {"checkout.dead": 3}}
