@@ -58,7 +58,8 @@ class Settings:
     # a batch) or everything refused. A service adds its own: `Settings.POSITIVE | {...}`.
     POSITIVE: ClassVar[frozenset[str]] = frozenset({
         "jwks_max_age_seconds", "consumer_prefetch", "consumer_threads", "max_attempts", "relay_batch_size",
-        "relay_idle_seconds", "metrics_query_timeout_seconds", "migration_lock_timeout_seconds", "migration_attempts"})
+        "relay_idle_seconds", "metrics_query_timeout_seconds", "migration_lock_timeout_seconds", "migration_attempts",
+        "partner_down_seconds"})
     # settings whose default is a development secret, public here: refused in production. A
     # service adds its own: `{**Settings.DEVELOPMENT_SECRETS, ...}`.
     DEVELOPMENT_SECRETS: ClassVar[dict[str, str]] = {"service_key": DEV_SERVICE_KEY}
@@ -104,6 +105,9 @@ class Settings:
     # process) only by tests and local rehearsals that cannot wait seconds for a retry
     retry_delays_ms: tuple = ()
     max_attempts: int = 5
+    # how long a message is retried through the tiers when an outside service it needs fails
+    # (shared.messaging.consumer.PartnerDown: checkout's payment provider); tests shorten it
+    partner_down_seconds: float = 24 * 3600
     # outbox relay
     relay_batch_size: int = 500
     relay_idle_seconds: float = 0.25  # the longest pause between polls of an idle outbox

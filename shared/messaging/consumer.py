@@ -64,15 +64,16 @@ class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help; the message goes straight to the DLQ."""
 
 
-# How long a message is retried when an outside service it needs fails (`PartnerDown`).
-PARTNER_DOWN_SECONDS = 24 * 3600
+# The most attempts a `PartnerDown` message is given, whatever its tiers: tiers of a second or
+# less (tests, rehearsals) over a day would be tens of thousands.
+PARTNER_DOWN_MAX_ATTEMPTS = 1000
 
 
 class PartnerDown(Exception):
     """Raised by a handler when an outside service its message needs failed in a way that comes
     back by itself (checkout's payment provider unreachable, answering 5xx, 401 while a secret
-    rotates). The message is retried through the service's tiers for PARTNER_DOWN_SECONDS (its
-    last tier repeating), not the service's few attempts: an eleven-minute provider outage parked
+    rotates). The message is retried through the service's tiers for the setting
+    PARTNER_DOWN_SECONDS (a day; its last tier repeating), not the service's few attempts: an eleven-minute provider outage parked
     every refund of the drop as money owed, for an admin to replay by hand. Unlike
     `DependencyDown`, the consumer does not pause: other messages (expiries, emails noted) need
     no partner."""
@@ -131,10 +132,11 @@ def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...],
 
 
 def attempts_within(retry_delays_ms: tuple[int, ...], seconds: float) -> int:
-    """How many attempts the tiers make before `seconds` have passed (the last tier repeating)."""
+    """How many attempts the tiers make before `seconds` have passed (the last tier repeating),
+    PARTNER_DOWN_MAX_ATTEMPTS at most."""
     attempts, waited = 1, 0
-    while retry_delays_ms and waited < seconds * 1000:
-        waited += retry_delays_ms[min(attempts, len(retry_delays_ms)) - 1]
+    while retry_delays_ms and waited < seconds * 1000 and attempts < PARTNER_DOWN_MAX_ATTEMPTS:
+        waited += max(1, retry_delays_ms[min(attempts, len(retry_delays_ms)) - 1])
         attempts += 1
     return attempts
 
@@ -188,7 +190,7 @@ def handle_delivery(
         log.warning("an outside service failed; retried", extra={"message_id": envelope.id, "event_type": envelope.type,
                                                                  "attempt": attempt, "error": str(error)[:200]})
         delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
-        attempts = max(settings.max_attempts, attempts_within(delays, PARTNER_DOWN_SECONDS))
+        attempts = max(settings.max_attempts, attempts_within(delays, settings.partner_down_seconds))
         return next_step(attempt, attempts, delays, logs.without_values(str(error))[:500])
     except DependencyDown as error:
         return Outcome("wait", error=str(error)[:500])

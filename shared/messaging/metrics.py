@@ -9,6 +9,9 @@ outbox backlog, read from its database, and its dead letters, read from the brok
 - `floodgate_events_waiting{service}`: messages ready in the service's work queue, waiting for its
   consumer (refunds and expiries in checkout's, sales and releases in inventory's): a backlog
   that does not drain says the consumer is stopped or cannot keep up.
+- `floodgate_events_retrying{service}`: messages in the service's retry tiers, failed and waiting
+  for their next attempt: a refund the payment provider cannot take waits there up to a day
+  (`PartnerDown`) before it is parked, so that is where a provider outage shows.
 """
 from __future__ import annotations
 
@@ -222,13 +225,18 @@ def dead_letter_figures(settings: Settings, timeout_seconds: float,
     and of the events waiting in its work queue, read together."""
     service = settings.service_name
     dead, work = topology.dead_letter_queue(service), topology.work_queue(service)
+    tiers = [topology.retry_queue(service, delay) for delay in topology.retry_delays(service, settings.retry_delays_ms)]
 
     def read() -> list[Metric]:
-        depth = depths(settings, [dead, work], timeout_seconds)
+        depth = depths(settings, [dead, work, *tiers], timeout_seconds)
         waiting = GaugeMetricFamily("floodgate_events_waiting",
                                     "Messages ready in the service's work queue, waiting for its consumer",
                                     labels=["service"])
         waiting.add_metric([service], depth[work])
-        return [dead_letters_family(service, depth[dead]), waiting]
+        retrying = GaugeMetricFamily("floodgate_events_retrying",
+                                     "Messages in the service's retry tiers, failed and waiting for their next attempt",
+                                     labels=["service"])
+        retrying.add_metric([service], sum(depth[tier] for tier in tiers))
+        return [dead_letters_family(service, depth[dead]), waiting, retrying]
 
     return read

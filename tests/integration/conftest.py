@@ -19,6 +19,8 @@ PREVIOUS_WEBHOOK_SECRET = "test-only-previous-webhook-secret"  # development val
 TEST_ENV = {
     "RETRY_DELAYS_MS": "200,500",
     "MAX_ATTEMPTS": "3",
+    # a refund the payment provider cannot take: retried 2 s of tiers, not a day, then parked
+    "PARTNER_DOWN_SECONDS": "2",
     "JWKS_MIN_REFRESH_SECONDS": "1",
     "HOLD_RELEASE_GRACE_SECONDS": "1",
     "WEB_CONCURRENCY": "2",

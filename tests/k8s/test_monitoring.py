@@ -24,7 +24,7 @@ ALERTS = {"FloodgateEmailLate", "FloodgateDeadLetters", "FloodgateCheckoutSheddi
           "FloodgateHoldExpiriesSpiking", "FloodgateMetricsUnreadable", "FloodgateFiguresMissing",
           "FloodgateLineEdgeStale", "FloodgateEventsBacklog", "FloodgatePaymentWebhooksFailing",
           "FloodgateSignInFailing", "FloodgateRegistrationsRefused", "FloodgateOrdersSlow",
-          "FloodgateMoneyOwed"}
+          "FloodgateMoneyOwed", "FloodgateEventsRetrying"}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.config import Settings
-from shared.messaging.consumer import (MAX_DATABASE_WAITS, PARTNER_DOWN_SECONDS, DependencyDown, PartnerDown,
+from shared.messaging.consumer import (MAX_DATABASE_WAITS, PARTNER_DOWN_MAX_ATTEMPTS, DependencyDown, PartnerDown,
                                       PermanentFailure, attempts_within, handle_delivery, next_step)
 from shared.messaging.envelope import Envelope
 
@@ -225,9 +225,9 @@ def test_an_outside_service_down_is_retried_for_a_day_through_the_tiers_not_the_
     def provider_down(envelope, uow):
         raise PartnerDown("the provider did not confirm the refund: provider answered 503")
 
-    day = attempts_within((1000, 10_000, 60_000, 600_000), PARTNER_DOWN_SECONDS)
-    assert day == 4 + 24 * 6 and day > 5
     checkout = Settings(service_name="checkout", max_attempts=5)
+    day = attempts_within((1000, 10_000, 60_000, 600_000), checkout.partner_down_seconds)
+    assert day == 4 + 24 * 6 and day > 5
     for attempt, delay in ((1, 1000), (4, 600_000), (5, 600_000), (day - 1, 600_000)):
         outcome = handle_delivery(body, attempt, {"order.confirmed": provider_down}, lambda: FakeUnitOfWork(set()),
                                   checkout, inbox=False)
@@ -235,3 +235,11 @@ def test_an_outside_service_down_is_retried_for_a_day_through_the_tiers_not_the_
     last = handle_delivery(body, day, {"order.confirmed": provider_down}, lambda: FakeUnitOfWork(set()), checkout,
                            inbox=False)
     assert last.action == "dead" and "answered 503" in last.error
+
+
+def test_short_tiers_give_an_outside_service_down_a_bounded_number_of_attempts():
+    """Tests' tiers (200 ms, 500 ms) over a day were 172,800 attempts of a refund, one every half
+    second; a tier of 0 never ended the count. Bounded, and shortened by the setting."""
+    assert attempts_within((200, 500), 24 * 3600) == PARTNER_DOWN_MAX_ATTEMPTS
+    assert attempts_within((0,), 60) == PARTNER_DOWN_MAX_ATTEMPTS
+    assert attempts_within((200, 500), 2) == 6  # tried at 0, 0.2, 0.7, 1.2, 1.7 and 2.2 s

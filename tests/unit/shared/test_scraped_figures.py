@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from shared import web
 from shared.config import Settings
+from shared.messaging import topology
 from shared.last_seen import heartbeat_figures
 from shared.messaging import metrics as messaging_metrics
 from shared.messaging.metrics import dead_letter_figures, outbox_figures
@@ -58,19 +59,22 @@ def test_each_kind_of_worker_shows_its_freshest_beat_and_how_many_run():
     assert params == {"alive": 60.0}
 
 
-def test_dead_letters_and_events_waiting_are_the_depths_of_the_services_queues_read_at_once():
+def test_dead_letters_events_waiting_and_retrying_are_the_depths_of_the_services_queues_read_at_once():
     asked = []
+    tiers = [topology.retry_queue("checkout", delay) for delay in topology.retry_delays("checkout")]
 
     def depths(settings, queues, timeout):
         asked.append((queues, timeout))
-        return {"checkout.dead": 4, "checkout.events": 1200}
+        return {"checkout.dead": 4, "checkout.events": 1200, **{tier: 2 for tier in tiers}}
 
     settings = Settings(service_name="checkout")
     samples = scrape(ScrapedFigures("checkout", {"dead_letters": dead_letter_figures(settings, 1.5, depths)}))
 
     assert samples[("floodgate_dead_letters", ("service", "checkout"))] == 4
     assert samples[("floodgate_events_waiting", ("service", "checkout"))] == 1200
-    assert asked == [(["checkout.dead", "checkout.events"], 1.5)]
+    # a refund the provider cannot take waits in the tiers up to a day: FloodgateEventsRetrying
+    assert samples[("floodgate_events_retrying", ("service", "checkout"))] == 2 * len(tiers) == 8
+    assert asked == [(["checkout.dead", "checkout.events", *tiers], 1.5)]
 
 
 def test_a_source_that_cannot_be_read_is_left_out_and_said_to_be_down(caplog):
