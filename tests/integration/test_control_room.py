@@ -215,16 +215,16 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     assert floodgate.get_line(drop["id"]).json()["state"] == "open"
 
     # a reload keeps the admin signed in; an access token about to run out is renewed first
-    spent = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
-    page.evaluate("sessionStorage.setItem('floodgate.admin.expires', '0')")
+    spent = page.evaluate("localStorage.getItem('floodgate.admin.token')")
+    page.evaluate("localStorage.setItem('floodgate.admin.expires', '0')")
     page.reload()
     expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(admin_email)}"))
     expect(page.locator("#line-state")).to_have_text("Open", timeout=FIGURES_TIMEOUT_MS)
     # the line's state is public (no token): wait for the renewal itself, which the page's first
     # signed-in call starts
-    page.wait_for_function("spent => sessionStorage.getItem('floodgate.admin.token') !== spent", arg=spent,
+    page.wait_for_function("spent => localStorage.getItem('floodgate.admin.token') !== spent", arg=spent,
                            timeout=FIGURES_TIMEOUT_MS)
-    renewed = page.evaluate("sessionStorage.getItem('floodgate.admin.token')")
+    renewed = page.evaluate("localStorage.getItem('floodgate.admin.token')")
     assert renewed and renewed != spent
     assert page.script_problems == []
 

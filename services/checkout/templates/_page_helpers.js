@@ -11,75 +11,141 @@
   const store = window.sessionStorage;
   const $ = (id) => document.getElementById(id);
 
-  // A signed-in session, kept in sessionStorage under `prefix`. The access token lasts minutes and
-  // a drop hours (a buyer signs in, then waits in the line): `fresh()` exchanges the refresh token
-  // (once each) for new tokens a minute before the access token runs out, and `renew()` does after
-  // a 401, before the page gives the session up.
+  // A signed-in session, kept in localStorage under `prefix`: one for all of the shop's tabs, so
+  // that a tab opened or duplicated during the drop is signed in too, and two tabs never each
+  // spend the same single-use refresh token (accounts takes that for a stolen one and ends the
+  // session in both). The access token lasts minutes and a drop hours (a buyer signs in, then
+  // waits in the line): the refresh token is exchanged for new tokens a minute before the
+  // access token runs out, by one tab at a time (a Web Lock) and in the background, so that a
+  // call the access token still covers never waits on accounts; and once more after a 401.
+  const RENEW_AHEAD_MS = 60_000;
+  const RENEW_TIMEOUT_MS = 5000;
   class Session {
     constructor(prefix) {
+      this.prefix = prefix;
       this.keys = Object.fromEntries(["token", "refresh", "expires", "email"].map((key) => [key, `${prefix}.${key}`]));
-      this.token = store.getItem(this.keys.token);
-      this.refresh = store.getItem(this.keys.refresh);
-      this.expires = Number(store.getItem(this.keys.expires)) || 0;
-      this.email = store.getItem(this.keys.email);
       this.renewing = null;
+      this.failures = 0;
+      this.retryAt = 0;  // after a renewal that failed (accounts away, busy): not before this
     }
 
+    get token() { return localStorage.getItem(this.keys.token); }
+    get refresh() { return localStorage.getItem(this.keys.refresh); }
+    get expires() { return Number(localStorage.getItem(this.keys.expires)) || 0; }
+    get email() { return localStorage.getItem(this.keys.email); }
+
     keep(tokens, email) {
-      this.token = String(tokens.access_token);
-      this.refresh = tokens.refresh_token ? String(tokens.refresh_token) : null;
-      this.expires = Date.now() + (Number(tokens.expires_in) || 0) * 1000;
-      this.email = email;
-      store.setItem(this.keys.token, this.token);
-      if (this.refresh) store.setItem(this.keys.refresh, this.refresh); else store.removeItem(this.keys.refresh);
-      store.setItem(this.keys.expires, String(this.expires));
-      store.setItem(this.keys.email, email || "");
+      localStorage.setItem(this.keys.token, String(tokens.access_token));
+      if (tokens.refresh_token) localStorage.setItem(this.keys.refresh, String(tokens.refresh_token));
+      else localStorage.removeItem(this.keys.refresh);
+      localStorage.setItem(this.keys.expires, String(Date.now() + (Number(tokens.expires_in) || 0) * 1000));
+      localStorage.setItem(this.keys.email, email || "");
     }
 
     forget() {
-      for (const key of Object.values(this.keys)) store.removeItem(key);
-      this.token = this.refresh = this.email = null;
-      this.expires = 0;
+      for (const key of Object.values(this.keys)) localStorage.removeItem(key);
     }
 
     // Signing out ends the session at accounts too, so its refresh token renews nothing more
     // (best effort: the page forgets it whatever accounts answers).
     end() {
-      if (this.refresh) {
+      const refresh = this.refresh;
+      if (refresh) {
         fetch(services.accounts + "/sessions/logout", {
           method: "POST", mode: "cors", credentials: "omit", cache: "no-store", keepalive: true,
-          headers: {"Content-Type": "application/json"}, body: JSON.stringify({refresh_token: this.refresh}),
+          headers: {"Content-Type": "application/json"}, body: JSON.stringify({refresh_token: refresh}),
         }).catch(() => {});
       }
       this.forget();
     }
 
+    // Before a call with the token: one that has run out is renewed first (the call would be
+    // refused); one about to run out is renewed in the background, the call going ahead with it.
     async fresh() {
-      if (this.token && this.refresh && Date.now() > this.expires - 60_000) await this.renew();
+      if (!this.token || !this.refresh || Date.now() < this.retryAt) return;
+      if (Date.now() >= this.expires) await this.renew();
+      else if (Date.now() > this.expires - RENEW_AHEAD_MS) this.renew();
     }
 
+    // "renewed", "refused" (the refresh token is spent or the session ended: sign in again) or
+    // "failed" (accounts did not answer, or answered 429 or 5xx: the session stands, tried again
+    // later, backing off up to 30 s).
     renew() {
-      if (!this.refresh) return Promise.resolve(false);
+      if (!this.refresh) return Promise.resolve("refused");
+      if (!this.renewing && Date.now() < this.retryAt) return Promise.resolve("failed");  // backing off
       if (!this.renewing) {
-        this.renewing = (async () => {
+        const spent = this.refresh;
+        const run = async () => {
+          // another tab renewed while this one waited for the lock: its tokens are the session's
+          const refresh = this.refresh;
+          if (refresh !== spent) return refresh ? "renewed" : "refused";
           try {
             const response = await fetch(services.accounts + "/sessions/refresh", {
               method: "POST", mode: "cors", credentials: "omit", cache: "no-store",
               headers: {Accept: "application/json", "Content-Type": "application/json"},
-              body: JSON.stringify({refresh_token: this.refresh}),
+              body: JSON.stringify({refresh_token: refresh}), signal: AbortSignal.timeout(RENEW_TIMEOUT_MS),
             });
-            if (!response.ok) return false;
+            if (response.status === 400 || response.status === 401) return "refused";
+            if (!response.ok) return "failed";
             this.keep(await response.json(), this.email);
-            return true;
+            return "renewed";
           } catch (error) {
-            return false;
-          } finally {
-            this.renewing = null;
+            return "failed";
           }
-        })();
+        };
+        const locked = navigator.locks ? navigator.locks.request(`${this.prefix}.renewal`, run) : run();
+        this.renewing = locked.then((outcome) => {
+          this.failures = outcome === "failed" ? this.failures + 1 : 0;
+          this.retryAt = outcome === "failed"
+            ? Date.now() + Math.min(30_000, 1000 * 2 ** this.failures) * (0.5 + Math.random() / 2) : 0;
+          return outcome;
+        }).finally(() => { this.renewing = null; });
       }
       return this.renewing;
     }
+  }
+
+  // One call to a service, JSON both ways: {status, data}, or a `Problem` thrown (problem+json,
+  // its Retry-After). With `auth`, the session's token (renewed ahead, and once more after a
+  // 401; `signedOut(reason)` is called when accounts refuses the renewal). Each call gives up
+  // after `timeout` ms: one service not answering never holds a page's other figures.
+  async function request(service, path, {method = "GET", body, auth = false, headers = {}, session = null,
+                                         signedOut = () => {}, timeout = 10_000, unreachable = "The page tries again."} = {}) {
+    const send = async () => {
+      const init = {method, headers: {Accept: "application/json", ...headers}, mode: "cors", credentials: "omit",
+                    cache: "no-store", signal: AbortSignal.timeout(timeout)};
+      if (body !== undefined) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+      }
+      if (auth) init.headers.Authorization = `Bearer ${session.token}`;
+      try {
+        const response = await fetch(services[service] + path, init);
+        return {response, text: await response.text()};
+      } catch (error) {
+        const detail = error && error.name === "TimeoutError"
+          ? `No answer within ${timeout / 1000} s: what this part of the page shows may not be current. ${unreachable}`
+          : unreachable;
+        throw new Problem(0, {detail}, null, `Cannot reach ${service}`);
+      }
+    };
+    if (auth) await session.fresh();
+    let {response, text} = await send();
+    if (response.status === 401 && auth) {
+      const renewal = await session.renew();
+      if (renewal === "renewed") ({response, text} = await send());
+      else if (renewal === "failed") {
+        throw new Problem(0, {detail: `Your session could not be renewed just now. ${unreachable}`}, null,
+                          "Cannot reach accounts");
+      }
+    }
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (error) { data = null; }
+    if (!response.ok) {
+      if (response.status === 401 && auth) signedOut("Your session has ended: sign in again.");
+      throw new Problem(response.status, data, response.headers.get("Retry-After"), response.statusText);
+    }
+    return {status: response.status, data};
   }
 
   class Problem extends Error {
