@@ -49,7 +49,8 @@ MIGRATION_CONNECTIONS = 1
 MIN_SERVER_CONNECTIONS = 5
 # the drop runbook's ceiling raised on the spot (80 -> 120 checkout pods) still gets connected
 CLIENT_HEADROOM = 1.5
-# a PgBouncer pod more than its Deployment's replicas, for a while (a rollout, a drain, a lost node)
+# a PgBouncer pod more than its Deployment's replicas, for a while (the one a rollout or a drain
+# is replacing, still terminating; one on a lost node): their rollouts surge by none
 SURGE_PODS = 1
 # A client gone mid-transaction (its node lost, no FIN) keeps the transaction's row locks until
 # PgBouncer's idle_transaction_timeout rolls it back; without one, until TCP keepalive gives up
@@ -251,9 +252,10 @@ def check(objects: list[dict]) -> list[str]:
             problems.append(f"{where}: idle_transaction_timeout {idle!r}, not 1-{MAX_IDLE_TRANSACTION_SECONDS}: a "
                             f"transaction whose client is gone (its node lost) would keep its row locks "
                             f"until TCP keepalive gives up, about two hours")
-        if surge(deployment) > SURGE_PODS:
-            problems.append(f"{policy.name_of(deployment)}: its rollout may start {surge(deployment)} pods more "
-                            f"than its replicas; the server connections are counted for {SURGE_PODS}")
+        if surge(deployment) > 0:
+            problems.append(f"{policy.name_of(deployment)}: its rollout may start {surge(deployment)} pod(s) more "
+                            f"than its replicas while the old ones still terminate (a Deployment does not count "
+                            f"those), more at PostgreSQL than the {SURGE_PODS} counted: maxSurge 0, maxUnavailable 1")
         if not _raises_file_limit(deployment):
             problems.append(f"{policy.name_of(deployment)}: PgBouncer is not started with its open-file limit "
                             f"raised ({RAISE_FILE_LIMIT!r}): a container's soft limit (often 1024) would "
