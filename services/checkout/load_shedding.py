@@ -82,13 +82,14 @@ class OrderGate:
     def try_enter(self, wait_seconds: float = 0.0, waiter: str | None = None) -> bool:
         """Take a slot (True; `leave()` when done) or count a refusal (False). With `wait_seconds`
         and a `waiter` (a pass's ticket), wait up to that long for one to be left, unless this
-        waiter already waits. An order without a waiter takes no slot while pass holders wait
-        for one: the slot left is theirs (a semaphore hands it to whoever asks first).
+        waiter already waits. No order takes a slot at once while pass holders wait for one: the
+        slot left is theirs (a semaphore hands it to whoever asks first), and a pass holder who
+        comes later waits after them.
 
         Only a pass holder's refusal counts in `refused_total`: the admitter slows the line down
         for it. Counting every 429 let orders without a pass (bots, or a lineless drop's crowd on
         the same checkout) halve the line's pace at every report, down to one buyer a second."""
-        entered = (waiter is not None or not self._waiting) and self._slots.acquire(blocking=False)
+        entered = not self._waiting and self._slots.acquire(blocking=False)
         if not entered and wait_seconds > 0 and waiter is not None and self._start_waiting(waiter):
             try:
                 entered = self._slots.acquire(timeout=wait_seconds)

@@ -206,3 +206,17 @@ def test_a_slot_left_goes_to_the_pass_holder_waiting_not_to_an_order_without_a_p
     waiting.join(timeout=10)
     assert answers == ["201 Created"]
     assert gate.try_enter()  # no one waits now: an order without a pass takes the slot
+
+
+def test_a_pass_holder_who_comes_while_another_waits_waits_after_them():
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    assert gate.try_enter()
+    (first_pass, first_ticket), answers = pass_for(), []
+    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(first_pass))))
+    waiting.start()
+    waits_at(gate, first_ticket)
+    gate.leave()  # the slot is left while the first waits; a second pass holder asks without waiting
+    assert not gate.try_enter(0.0, str(pass_for()[1]))
+    waiting.join(timeout=10)
+    assert answers == ["201 Created"]
