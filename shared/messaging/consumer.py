@@ -101,11 +101,12 @@ class DatabaseAway(DependencyDown):
 # A message waits for its database this many times at most (each after a pause: 4 to 5 minutes
 # of an outage for a message tried at every pause); its tries are counted from then on.
 MAX_DATABASE_WAITS = 20
-# A handler still at one message after this (beyond a deferral's wait) is stuck: a lock that is
-# never given up, a call with no time limit. The runner then stops beating its heartbeat, so the
-# pod is restarted (liveness) and the outage shows (`worker_heartbeats`), instead of the pod
-# looking healthy while every message behind the stuck one waits. Longer than any handling's own
-# limits (notifications' SMTP send: about three minutes at most).
+# Handlers at work and none finished for this long (beyond a deferral's wait) are stuck: a lock
+# that is never given up, a call with no time limit. The runner then stops beating its
+# heartbeat, so the pod is restarted (liveness) and the outage shows (`worker_heartbeats`),
+# instead of the pod looking healthy while every message behind the stuck ones waits. Longer
+# than any handling's own limits (notifications' SMTP send: about three minutes at most); two
+# of one order's emails sent one after the other each finish, which is progress.
 STUCK_HANDLER_SECONDS = 300.0
 
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
@@ -270,15 +271,19 @@ class ConsumerRunner:
         self.pause = Pause()
         self.stuck_after = STUCK_HANDLER_SECONDS + self.deferral.seconds
         self._handling: dict[int, float] = {}  # handler thread -> when it took its message (monotonic)
+        self._finished = 0.0  # when a handling last finished (monotonic)
         self._handling_lock = threading.Lock()
         self._told_stuck = 0.0
 
     def stuck_for(self) -> float:
-        """How long the longest handling under way has run, when past `stuck_after`; else 0."""
+        """How long handlers have been at work with none finishing, when past `stuck_after`; else 0."""
         with self._handling_lock:
             earliest = min(self._handling.values(), default=None)
-        running = time.monotonic() - earliest if earliest is not None else 0.0
-        return running if running > self.stuck_after else 0.0
+            finished = self._finished
+        if earliest is None:
+            return 0.0
+        idle = time.monotonic() - max(earliest, finished)
+        return idle if idle > self.stuck_after else 0.0
 
     def _beat_unless_stuck(self) -> None:
         stuck = self.stuck_for()
@@ -390,6 +395,7 @@ class ConsumerRunner:
             finally:
                 with self._handling_lock:
                     self._handling.pop(threading.get_ident(), None)
+                    self._finished = time.monotonic()
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
         settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome,
                                    request_id, order_id)

@@ -286,3 +286,31 @@ def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker
         eventually(lambda: len(broker.connections) >= 2 and broker.consuming(), "a new connection consuming")
         envelope = refund_requested(broker)
         eventually(lambda: envelope.id in handled, "the next message handled")
+
+
+def test_one_slow_handler_among_others_that_finish_is_not_stuck(broker, monkeypatch):
+    """Two of one order's emails sent one after the other (the second waits on the first's lock)
+    can take longer than the limit together; each finishing is progress. Only handlers at work
+    with none finishing stop the heartbeat."""
+    monkeypatch.setattr("shared.messaging.consumer.STUCK_HANDLER_SECONDS", 0.5)
+    release = threading.Event()
+    first = []
+
+    def handler(envelope, uow):
+        if not first:
+            first.append(envelope.id)
+            release.wait(GIVE_UP_SECONDS)  # the slow one
+
+    runner = runner_of(handler, consumer_threads=2)
+    try:
+        with running(runner):
+            refund_requested(broker)
+            eventually(lambda: first, "the slow handling to start")
+            for _ in range(4):  # others finish every 0.3 s beside it
+                envelope = refund_requested(broker)
+                eventually(lambda: not broker.queues[WORK], "the next message taken")
+                threading.Event().wait(0.3)
+                assert runner.stuck_for() == 0
+            release.set()
+    finally:
+        release.set()
