@@ -27,6 +27,10 @@ MIN_TURN_SECONDS = 0.5
 # buyers are told are not pulled down by the time nobody turned the line.
 MAX_TURN_SECONDS = 1.0
 MIN_WAIT_SECONDS = 0.01  # between turns, even when a line opens sooner
+# No pass is given this close to the drop's close (the setting LINE_MIN_ORDER_SECONDS): it would run
+# out with the drop before its buyer could order, and a buyer has one turn. They keep their place,
+# in case the window is extended.
+MIN_ORDER_SECONDS = 30.0
 # the lines a turn looks at: those still to open, and those it admits from (or holds, paused)
 TURNED = (waiting_room.PRE_QUEUE, waiting_room.OPEN, waiting_room.PAUSED)
 
@@ -171,7 +175,8 @@ class Turned:
     next_opening: datetime | None
 
 
-def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues | None = None) -> Turned:
+def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues | None = None,
+         min_order_seconds: float = MIN_ORDER_SECONDS) -> Turned:
     """One pass over the lines: open those due, write their positions, admit from the open ones,
     close those whose drop's window has closed. In four transactions, none of which holds a line
     against joins for longer than two reads:
@@ -185,13 +190,15 @@ def turn(uow, inventory, shedding: Shedding | None = None, pre_queues: PreQueues
     4. `_turn_locked`: the lines locked against other admitters again, and each turned
        (`_turn_line`): positions written, at most `pre_queues.per_turn` of a line's a turn,
        buyers admitted. Joins go on. A line closed before its pre-queue was placed still gets
-       the rest of its positions (its published order is then whole)."""
+       the rest of its positions (its published order is then whole).
+
+    No buyer is admitted within `min_order_seconds` of their drop's close."""
     pre_queues = pre_queues or PreQueues()
     looked = _look(uow, inventory, shedding)
     for drop_id in looked.opening:
         _open(uow, drop_id, looked.stock.get(drop_id))
     pre_queues.prepare(uow)
-    return _turn_locked(uow, looked, pre_queues)
+    return _turn_locked(uow, looked, pre_queues, min_order_seconds)
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ def _look(uow, inventory, shedding: Shedding | None) -> _Looked:
     return _Looked(turned, opening, holders, through, stock, checkout_shedding)
 
 
-def _turn_locked(uow, looked: _Looked, pre_queues: PreQueues) -> Turned:
+def _turn_locked(uow, looked: _Looked, pre_queues: PreQueues, min_order_seconds: float) -> Turned:
     admitted, next_opening = 0, None
     locked = uow.lines.lock_next_due(TURNED, placing=True)
     paced_at = uow.lines.clock() if locked else None  # the database's time: one clock for every replica
@@ -243,12 +250,12 @@ def _turn_locked(uow, looked: _Looked, pre_queues: PreQueues) -> Turned:
             line.joined = uow.lines.joined(line)  # opens at the next turn, with its stock figure
             next_opening = min(next_opening or line.opens_at, line.opens_at)
         else:
-            admitted += _turn_line(line, uow, looked, pre_queues, paced_at)
+            admitted += _turn_line(line, uow, looked, pre_queues, paced_at, min_order_seconds)
     uow.commit()
     return Turned(admitted, next_opening)
 
 
-def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: datetime) -> int:
+def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: datetime, min_order_seconds: float) -> int:
     """Turn one line (locked): close it if its drop's window has closed, write its next
     positions, admit its next buyers; how many were admitted."""
     now = utc_now()
@@ -276,10 +283,14 @@ def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: date
         # admin's PUT never fails while inventory is away): its positions are drawn, but a pass
         # given now could run out before its order may be placed. Admissions start with the sale.
         return 0
+    if figures.closes_at is not None:
+        # the drop's window moved later (an admin extended it): passes cut short by its earlier
+        # close run their whole time again
+        uow.lines.lengthen_passes(line.drop_id, figures.closes_at, line.pass_ttl_seconds, now)
     active = passes_in_play(looked.holders[line.drop_id], figures.holding,
                             uow.lines.active_pass_holders(line.drop_id, now),
                             uow.lines.admitted_after(line.drop_id, looked.through[line.drop_id], line.admitted_through))
-    admitted = _admit(line, uow, now, paced_at, looked.checkout_shedding, active, figures.closes_at)
+    admitted = _admit(line, uow, now, paced_at, looked.checkout_shedding, active, figures.closes_at, min_order_seconds)
     line.updated_at = now
     return admitted
 
@@ -318,7 +329,7 @@ def until_next_turn(interval: float, next_opening: datetime | None, now: datetim
 
 
 def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool, active_passes: int,
-           closes_at: datetime | None = None) -> int:
+           closes_at: datetime | None = None, min_order_seconds: float = MIN_ORDER_SECONDS) -> int:
     """Admit this turn's buyers at the line's pace: its current rate and the admissions it may
     still make (a token bucket refilled at that rate), kept on the line's row, so whichever
     replica turns the line next carries on from this turn. The time since the last turn is the
@@ -343,6 +354,10 @@ def _admit(line, uow, now: datetime, paced_at: datetime, checkout_shedding: bool
     line.pace_budget = first if starting else min(most, line.pace_budget + line.pace_rate * elapsed)
     allowed = waiting_room.admissions_allowed(line.remaining_units, line.admission_factor, active_passes,
                                               line.pace_budget)
+    if closes_at is not None and (closes_at - now).total_seconds() < min_order_seconds:
+        # a pass given now would run out with the drop before its buyer could order: they keep
+        # their place (the window may yet be extended) rather than spend their one turn
+        allowed = 0
     positions = uow.lines.admit_next(line.drop_id, line.admitted_through, allowed, now,
                                      waiting_room.pass_expiry(now, line, closes_at))
     line.pace_budget -= len(positions)
@@ -382,7 +397,7 @@ def run(root) -> None:
         wait = settings.admitter_interval_seconds
         try:
             with root.unit_of_work() as uow:
-                turned = turn(uow, root.inventory, shedding, pre_queues)
+                turned = turn(uow, root.inventory, shedding, pre_queues, settings.line_min_order_seconds)
             wait = until_next_turn(wait, turned.next_opening, utc_now())
             turns.worked()
         except Exception:  # the database restarting, say: the next turn tries again

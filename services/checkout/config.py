@@ -53,6 +53,8 @@ class Settings(CommonSettings):
     # this size or smaller is placed at its opening; services/checkout/admitter.py): about 26 us
     # of PostgreSQL's CPU each, so 0.26 s a turn at 10,000
     line_positions_per_turn: int = 10_000
+    # no buyer is let in this close to their drop's close: the pass would run out before an order
+    line_min_order_seconds: float = 30.0
     line_joins_per_client_per_minute: int = 30
     # the proxies in front of the edge (ingress, load balancer) whose X-Forwarded-For it believes,
     # as accounts' setting of the same name: the join limit's client address is the one the

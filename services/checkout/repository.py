@@ -403,6 +403,12 @@ class Lines:
         return list(self._session.scalars(_ADMIT_NEXT, {"drop_id": drop_id, "after": after, "count": count,
                                                         "now": now, "expires_at": expires_at}))
 
+    def lengthen_passes(self, drop_id: uuid.UUID, closes_at: datetime, ttl_seconds: int, now) -> int:
+        """Passes still running that were cut short by an earlier close of the drop run their
+        whole time again, up to `closes_at`, the close now: how many."""
+        return self._session.execute(_LENGTHEN_PASSES, {"drop_id": drop_id, "closes_at": closes_at,
+                                                        "ttl": ttl_seconds, "now": now}).rowcount
+
     def clock(self) -> datetime:
         """The database's time at this transaction's start: one clock for every admitter replica,
         whatever their own clocks say (the lines' pace is kept by it)."""
@@ -532,6 +538,12 @@ _ADMIT_NEXT = sa.text(
     "UPDATE line_tickets SET admitted_at = :now, pass_expires_at = :expires_at WHERE id IN ("
     " SELECT id FROM line_tickets WHERE drop_id = :drop_id AND admitted_at IS NULL AND position > :after"
     " ORDER BY position LIMIT :count FOR UPDATE) RETURNING position"
+).bindparams(*_UUIDS)
+# over the index line_tickets_active: the passes still running, a few per unit left
+_LENGTHEN_PASSES = sa.text(
+    "UPDATE line_tickets SET pass_expires_at = LEAST(admitted_at + make_interval(secs => :ttl), :closes_at) "
+    "WHERE drop_id = :drop_id AND used_at IS NULL AND pass_expires_at > :now "
+    "AND pass_expires_at < LEAST(admitted_at + make_interval(secs => :ttl), :closes_at)"
 ).bindparams(*_UUIDS)
 _USE_PASS = sa.text(
     "UPDATE line_tickets SET used_at = now() WHERE id = :ticket_id AND drop_id = :drop_id AND buyer_id = :buyer_id "

@@ -21,6 +21,8 @@ TEST_ENV = {
     "MAX_ATTEMPTS": "3",
     # a refund the payment provider cannot take: retried 2 s of tiers, not a day, then parked
     "PARTNER_DOWN_SECONDS": "2",
+    # drops of a few seconds' window let buyers in to their last seconds
+    "LINE_MIN_ORDER_SECONDS": "1",
     "JWKS_MIN_REFRESH_SECONDS": "1",
     "HOLD_RELEASE_GRACE_SECONDS": "1",
     "WEB_CONCURRENCY": "2",

@@ -243,6 +243,15 @@ class FakeLines:
         return [t.buyer_id for t in self.tickets(drop_id)
                 if t.used_at is None and t.pass_expires_at is not None and t.pass_expires_at > now]
 
+    def lengthen_passes(self, drop_id, closes_at, ttl_seconds, now):
+        lengthened = 0
+        for ticket in self.tickets(drop_id):
+            if ticket.used_at is None and ticket.pass_expires_at is not None and ticket.pass_expires_at > now:
+                whole = min(ticket.admitted_at + timedelta(seconds=ttl_seconds), closes_at)
+                if ticket.pass_expires_at < whole:
+                    ticket.pass_expires_at, lengthened = whole, lengthened + 1
+        return lengthened
+
     def clock(self):
         return self.time()
 

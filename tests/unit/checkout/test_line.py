@@ -761,15 +761,27 @@ def test_a_line_opening_no_drop_could_have_is_refused(opens_at):
 
 
 def test_a_pass_given_just_before_the_drop_closes_runs_out_with_the_drop(clock):
-    """A buyer let in five seconds before the close was told "order within 02:00", then refused as
-    the drop had closed: the pass now says the five seconds."""
+    """A buyer let in a minute before the close was told "order within 02:00", then refused as
+    the drop had closed: the pass now says the minute. Extended, the drop's window gives the
+    pass its whole time again; within MIN_ORDER_SECONDS of the close nobody is let in (a pass
+    would run out before its buyer could order, and a buyer has one turn)."""
     uow = FakeUnitOfWork()
-    a_line_joined_by(uow, 3, opens_in=-1, pass_ttl_seconds=120)
-    closes_at = clock.now + timedelta(seconds=5)
-    admitter.turn(uow, StockOf(5, closes_at=closes_at))  # opens it
-    admitter.turn(uow, StockOf(5, closes_at=closes_at))
+    a_line_joined_by(uow, 6, opens_in=-1, pass_ttl_seconds=120, admission_rate=2)
+    closes_at = clock.now + timedelta(seconds=60)
+    admitter.turn(uow, StockOf(10, closes_at=closes_at))  # opens it
+    clock.advance(1)
+    admitter.turn(uow, StockOf(10, closes_at=closes_at))
     admitted = [t for t in uow.lines.tickets(DROP) if t.pass_expires_at is not None]
     assert admitted and all(t.pass_expires_at == closes_at for t in admitted)
-    # with the close far off, a pass lasts the line's pass time
-    a_ticket = line.pass_expiry(clock.now, uow.lines.get(DROP), clock.now + timedelta(hours=1))
-    assert a_ticket == clock.now + timedelta(seconds=120)
+
+    extended = clock.now + timedelta(hours=1)
+    clock.advance(1)
+    admitter.turn(uow, StockOf(10, closes_at=extended))
+    assert all(t.pass_expires_at == t.admitted_at + timedelta(seconds=120) for t in admitted)
+
+    waiting = [t for t in uow.lines.tickets(DROP) if t.admitted_at is None]
+    assert waiting
+    assert admitter.MIN_ORDER_SECONDS > 20
+    clock.advance(1)
+    admitter.turn(uow, StockOf(10, closes_at=clock.now + timedelta(seconds=20)))
+    assert all(t.admitted_at is None for t in waiting)
