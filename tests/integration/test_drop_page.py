@@ -96,6 +96,18 @@ def sign_up(page: Page) -> str:
     return email
 
 
+def in_the_pre_queue(page: Page, floodgate: Floodgate, admin_token: str, opens_in: float) -> dict:
+    """A drop with a line opening in `opens_in` seconds, whose page's buyer signs up and joins the
+    pre-queue; the drop."""
+    drop = schedule_drop(floodgate, admin_token, opens_in=opens_in)
+    put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    return drop
+
+
 def fill_in_toronto(page: Page, country_code: str, ready: bool = True) -> None:
     """Fill the order form with a Canadian address (`ready`: the order may be placed now)."""
     form = page.locator("#order-form")
@@ -205,12 +217,7 @@ def test_a_buyer_whose_token_ran_out_while_waiting_in_the_line_is_still_signed_i
     # before their turn was told "Your session has ended" at the moment the line let them in, and
     # lost their ticket while signing in again on the pass's clock.
     page = buyer_page
-    drop = schedule_drop(floodgate, admin_token, opens_in=25)
-    put_line_on(floodgate, admin_token, drop)
-    open_drop_page(page, floodgate, drop)
-    sign_up(page)
-    page.get_by_role("button", name="Join the line").click()
-    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    drop = in_the_pre_queue(page, floodgate, admin_token, opens_in=25)
 
     renewals = []
     page.on("response", lambda response: renewals.append(response.status)
@@ -252,12 +259,7 @@ def test_two_tabs_of_one_buyer_share_the_session_and_renew_it_once(floodgate, ad
     # storage): both spent it, accounts took the second for a stolen token and ended the session,
     # and both tabs were signed out at their next call.
     page = buyer_page
-    drop = schedule_drop(floodgate, admin_token, opens_in=600)
-    put_line_on(floodgate, admin_token, drop)
-    open_drop_page(page, floodgate, drop)
-    sign_up(page)
-    page.get_by_role("button", name="Join the line").click()
-    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    drop = in_the_pre_queue(page, floodgate, admin_token, opens_in=600)
     other = page.context.new_page()
     open_drop_page(other, floodgate, drop)
     expect(other.locator("#signed-in")).to_be_visible()  # signed in there too
@@ -477,12 +479,7 @@ def test_while_the_lines_edge_fails_a_waiting_page_backs_off_and_leaves_checkout
     # a database read): a crowd of waiting pages moved onto checkout just as the database struggled.
     page = buyer_page
     page.clock.install()  # the page's timers on a clock the test moves
-    drop = schedule_drop(floodgate, admin_token, opens_in=600)
-    put_line_on(floodgate, admin_token, drop)
-    open_drop_page(page, floodgate, drop)
-    sign_up(page)
-    page.get_by_role("button", name="Join the line").click()
-    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+    drop = in_the_pre_queue(page, floodgate, admin_token, opens_in=600)
 
     edge = floodgate.stack.url("line-status")
     edge_polls, checkout_reads = [], []
