@@ -120,6 +120,14 @@ class InviteOnly(Forbidden):
     slug, title = "invite-only", "The drop is open to invited buyers only for now"
 
 
+class NotInvitePhase(Forbidden):
+    """A hold asked only for the drop's invite-only phase (`invited_only`: checkout's order without
+    a line pass on a drop with a line) when the phase is not running. Checkout answers the buyer
+    that the drop's line is the way in."""
+
+    slug, title = "not-invite-phase", "The drop is not in its invite-only phase"
+
+
 class SoldOut(Conflict):
     slug, title = "sold-out", "Sold out"
 

@@ -278,10 +278,12 @@ def _turn_line(line, uow, looked: _Looked, pre_queues: PreQueues, paced_at: date
     if figures is None:
         return 0
     line.remaining_units = figures.remaining
-    if not figures.open_by(paced_at):
+    if not figures.open_to_all_by(paced_at):
         # A line may open before its drop (nothing asks inventory as the line is put on, so an
         # admin's PUT never fails while inventory is away): its positions are drawn, but a pass
-        # given now could run out before its order may be placed. Admissions start with the sale.
+        # given now could run out before its order may be placed. Admissions start with the sale
+        # to everyone: during an invite-only phase the invited tier orders without a pass
+        # (handlers.invited), and anyone else's order would be refused with their pass.
         return 0
     if figures.closes_at is not None:
         # the drop's window moved later (an admin extended it): passes cut short by its earlier

@@ -1,8 +1,8 @@
 """Checkout's typed errors; shared.errors renders them as problem+json."""
 from shared.errors import Conflict, Forbidden, NotFound, Problem, RetryLater, ServiceUnavailable, Unauthorized
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock, SaleNotOpen,
-                           SoldOut)
+from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock,
+                           NotInvitePhase, SaleNotOpen, SoldOut)
 
 
 class InventoryUnavailable(ServiceUnavailable):
@@ -142,6 +142,7 @@ __all__ = [
     "LinePassUsed",
     "OrderNotFound",
     "NotEnoughStock",
+    "NotInvitePhase",
     "SaleNotOpen",
     "SoldOut",
     "TooBusy",

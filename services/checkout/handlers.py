@@ -56,13 +56,22 @@ def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID])
     """Before anything is held, with no database read: the ticket whose line pass the order
     carries (the pass's signature, buyer, drop and expiry checked: a forged, other buyer's or
     drop's, or expired pass never holds a unit), None for an order without one. An order without a
-    pass on a drop this process has seen a line on (`drops_with_lines`) is refused here too; on
-    any other drop the order's transaction looks for a line (`has_line`)."""
+    pass on a drop this process has seen a line on (`drops_with_lines`) is refused here too,
+    unless its buyer has an early-access tier: that order is held only if the drop is in its
+    invite-only phase (`hold_units`, `invited`). On any other drop the order's transaction looks
+    for a line (`has_line`)."""
     if cmd.line_pass is None:
-        if uuid.UUID(cmd.drop_id) in drops_with_lines:
+        if uuid.UUID(cmd.drop_id) in drops_with_lines and cmd.buyer_tier is None:
             raise pass_required()
         return None
     return waiting_room.verify_pass(settings.line_pass_secrets, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
+
+
+def invited(hold: Hold | None) -> bool:
+    """Whether `hold` lets its order through without a line pass: it was made during its drop's
+    invite-only phase, so for a buyer of the invited tier. The line admits nobody until that
+    phase ends (services/checkout/admitter.py), so the two never compete for a unit by turns."""
+    return hold is not None and hold.invite_phase
 
 
 def has_line(cmd: PlaceOrder, uow, drops_with_lines: set[uuid.UUID]) -> bool:
@@ -81,14 +90,20 @@ def pass_required() -> errors.LinePassRequired:
                                    "(header Line-Pass).")
 
 
-def hold_units(cmd: PlaceOrder, inventory: InventoryClient, again: bool = False, batched: bool = True) -> Hold:
+def hold_units(cmd: PlaceOrder, inventory: InventoryClient, drops_with_lines: set[uuid.UUID], again: bool = False,
+               batched: bool = True) -> Hold:
     """Hold the order's units at inventory: idempotent by the order id, which is the key's.
     `again` holds once more the units of an earlier attempt of this key whose hold was given back
     (refused after its hold for a reason not kept as the key's answer: no pass yet, a pass used).
-    `batched=False`: a call of its own, not behind the batch in flight (asked in a transaction)."""
+    `batched=False`: a call of its own, not behind the batch in flight (asked in a transaction).
+    An order without a pass on a drop this process knows has a line (`admitted_ticket` let it
+    by: its buyer has a tier) is held only during the drop's invite-only phase, so it never
+    takes a unit from the line's buyers for a moment, only to be refused."""
+    invited_only = cmd.line_pass is None and uuid.UUID(cmd.drop_id) in drops_with_lines
     return inventory.reserve(
         str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity, renew=again,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"), batched=batched,
+        invited_only=invited_only,
     )
 
 

@@ -10,7 +10,8 @@ call: a slow inventory does not make checkout's orders queue for connections (an
 503s) ahead of the load shedding's 429s. An order is:
 
 1. Its line pass checked, with no database read (`handlers.admitted_ticket`): a refused pass
-   holds nothing (its key's answer, if it has one, is the answer instead).
+   holds nothing (its key's answer, if it has one, is the answer instead). On a drop with a
+   line, only a hold made in the drop's invite-only phase (`handlers.invited`) goes without one.
 2. The hold at inventory, idempotent by the order id, which is derived from the key and the
    body: the same key with another body asks for another hold (and is refused at the claim).
 3. One transaction: the key is claimed, and the order, its history, its `order.placed` outbox
@@ -106,7 +107,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     bind_order_id(str(cmd.order_id))  # the request's log lines and span name the order from here
     try:
         ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
-        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory))
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
     in_hand = InHand(hold)
@@ -183,7 +184,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
                 handlers.give_back_hold(inventory, str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
-    if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines):
+    if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines) and not handlers.invited(hold):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
         _give_back_own(hold, cmd, inventory)
         raise handlers.pass_required()
@@ -191,7 +192,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         # An earlier request's hold, which that request may have given back since (refused after
         # it): asked again now that this one has the key (the module's docstring).
         try:
-            hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, batched=False))
+            hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines, batched=False))
             in_hand.hold = hold
         except Problem:  # inventory away or busy: the hold in hand stands
             pass
@@ -200,7 +201,7 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         # answer: this attempt holds the units again (a rare path, made while the claim is held;
         # a retry of an answered key never gets here, so never takes units back for an order
         # that ended).
-        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, again=True))
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines, again=True))
         in_hand.hold = hold
     if refusal is None:
         try:

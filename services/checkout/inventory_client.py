@@ -29,6 +29,7 @@ _PROBLEMS = {
     "drop-not-found": errors.DropNotFound,
     "limit-exceeded": errors.LimitExceeded,
     "invite-only": errors.InviteOnly,
+    "not-invite-phase": errors.NotInvitePhase,
     "country-not-allowed": errors.CountryNotAllowed,
     # inventory's database did not answer for this hold (nothing was held): try again shortly
     "database-unavailable": errors.InventoryUnavailable,
@@ -48,18 +49,22 @@ class Hold:
     sku: str
     product_name: str
     created: bool = True  # False: inventory answered an earlier request's hold for this order id (200)
+    # made during the drop's invite-only phase, so for a buyer of its tier: on a drop with a line
+    # the order needs no pass then (False from an inventory that does not say)
+    invite_phase: bool = False
 
 
 @dataclass(frozen=True)
 class DropStock:
     """What the waiting room's admitter hears of a drop each turn: its units nobody holds, how
-    many of the buyers it asked about hold or bought one, and when its window closes and opens
-    (None from an inventory that does not say)."""
+    many of the buyers it asked about hold or bought one, when its window closes and opens, and
+    when its invite-only phase ends (None without one, or from an inventory that does not say)."""
 
     remaining: int
     holding: int = 0
     closes_at: datetime | None = None
     opens_at: datetime | None = None
+    invite_only_until: datetime | None = None
 
     def closed_by(self, now: datetime) -> bool:
         return self.closes_at is not None and self.closes_at <= now
@@ -67,13 +72,16 @@ class DropStock:
     def open_by(self, now: datetime) -> bool:
         return self.opens_at is None or self.opens_at <= now
 
+    def open_to_all_by(self, now: datetime) -> bool:
+        """Open, and past its invite-only phase: anyone may order."""
+        return self.open_by(now) and (self.invite_only_until is None or self.invite_only_until <= now)
+
     @classmethod
     def of(cls, figures: dict) -> "DropStock":
         """From `POST /drops/{id}/holders`' answer, or `GET /drops/{id}`'s (no holders: 0)."""
-        closes_at, opens_at = figures.get("closes_at"), figures.get("opens_at")
+        moments = [figures.get(name) for name in ("closes_at", "opens_at", "invite_only_until")]
         return cls(int(figures["remaining"]), int(figures.get("holding", 0)),
-                   datetime.fromisoformat(closes_at) if closes_at else None,
-                   datetime.fromisoformat(opens_at) if opens_at else None)
+                   *(datetime.fromisoformat(moment) if moment else None for moment in moments))
 
 
 class CircuitBreaker:
@@ -254,14 +262,16 @@ class InventoryClient:
         order_version: int | None = None,
         guarded: bool = True,
         batched: bool = True,
+        invited_only: bool = False,
     ) -> Hold:
         """Hold `quantity` units for `order_id` (idempotent by order id; `renew` re-holds a released
         one). `order_version`: the order's version once this hold serves it (1 for a new order).
+        `invited_only`: only during the drop's invite-only phase, else `NotInvitePhase`.
         `guarded=False`: past the circuit breaker and the batcher (see `_call`); `batched=False`:
         past the batcher only."""
         body = {"order_id": order_id, "drop_id": drop_id, "buyer_id": buyer_id, "quantity": quantity,
                 "buyer_tier": buyer_tier, "shipping_country": shipping_country, "renew": renew or None,
-                "order_version": order_version}
+                "order_version": order_version, "invited_only": invited_only or None}
         body = {k: v for k, v in body.items() if v is not None}
         if self._holds is None or renew or not guarded or not batched:
             return self._reserve_one(body, guarded)
@@ -331,6 +341,7 @@ class InventoryClient:
             sku=held["product"]["sku"],
             product_name=held["product"]["name"],
             created=status == 201,
+            invite_phase=held.get("invite_phase") is True,
         )
 
     def sell(self, order_id: str, order_version: int) -> None:

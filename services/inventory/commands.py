@@ -55,3 +55,6 @@ class ReserveStock:
     renew: bool = False
     # The order's version once this hold serves it (see Reservation.order_version); None: 1.
     order_version: int | None = None
+    # Hold only during the drop's invite-only phase (checkout's order without a line pass on a
+    # drop with a line: only the invited tier orders without one, and only then).
+    invited_only: bool = False

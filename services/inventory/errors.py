@@ -1,8 +1,8 @@
 """The inventory's domain errors; `shared.errors` renders them as problem+json."""
 from shared.errors import Conflict, InvalidRequest, NotFound
 # A drop's refusals: inventory makes them, checkout passes them on; declared once in shared.errors.
-from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock, SaleNotOpen,
-                           SoldOut)
+from shared.errors import (CountryNotAllowed, DropNotFound, InviteOnly, LimitExceeded, NotEnoughStock,
+                           NotInvitePhase, SaleNotOpen, SoldOut)
 
 
 class ProductNotFound(NotFound):
@@ -46,6 +46,7 @@ __all__ = [
     "ReservationNotFound",
     "ReservationSold",
     "NotEnoughStock",
+    "NotInvitePhase",
     "SaleNotOpen",
     "SkuTaken",
     "SoldOut",

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
+from services.inventory.errors import (CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, NotInvitePhase,
+                                      SaleNotOpen)
 from shared import admin_actions
 
 HELD, SOLD, RELEASED = "held", "sold", "released"
@@ -161,17 +162,21 @@ class Drop(Base):
         shipping_country: str | None = None,
         renewal: bool = False,
         window: bool = True,
+        invited_only: bool = False,
     ) -> None:
         """Refuse what no amount of stock could satisfy: a closed window, a buyer without the
         early-access tier during the invite-only phase, a country the drop does not ship to, or more
-        than one buyer may take. A renewal was checked for tier and country when first held; a
-        paid order's sale taken again (not `window`) was held inside the window."""
+        than one buyer may take; with `invited_only`, any time but the invite-only phase. A
+        renewal was checked for tier and country when first held; a paid order's sale taken again
+        (not `window`) was held inside the window."""
         if window and now < self.opens_at:
             raise SaleNotOpen("The drop has not opened yet.", opens_at=self.opens_at.isoformat())
         if window and now >= self.closes_at:
             raise SaleNotOpen("The drop has closed.", closes_at=self.closes_at.isoformat())
         if renewal:
             return
+        if invited_only and not self.is_invite_only_at(now):
+            raise NotInvitePhase("This hold was asked for the drop's invite-only phase, which is not running.")
         if self.is_invite_only_at(now) and buyer_tier != self.invite_tier:
             raise InviteOnly(
                 f"Until {self.invite_only_until.isoformat()} this drop is open to the {self.invite_tier!r} tier only.",
@@ -293,6 +298,13 @@ class Reservation(Base):
     @property
     def unit_price(self) -> dict:
         return self.drop.product.price
+
+    @property
+    def invite_phase(self) -> bool:
+        """Whether the hold was made during its drop's invite-only phase, so for a buyer of its
+        tier (checkout lets such an order through without a line pass: the README's "The waiting
+        room")."""
+        return self.created_at is not None and self.drop.is_invite_only_at(self.created_at)
 
 
 class BuyerAllowance(Base):

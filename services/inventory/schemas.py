@@ -167,10 +167,12 @@ class ReservationRequestSchema(Schema):
     # The order's version once this hold serves it: order events older than that are ignored.
     order_version = fields.Integer(load_default=None, allow_none=True, strict=True,
                                    validate=validate.Range(min=1, max=2**31 - 1))
+    # True: hold only during the drop's invite-only phase, else 403 `not-invite-phase`; null = false.
+    invited_only = StrictBoolean(load_default=False, allow_none=True)
 
     @post_load
     def to_command(self, data, **kwargs) -> ReserveStock:
-        return ReserveStock(**{**data, "renew": bool(data["renew"])})
+        return ReserveStock(**{**data, "renew": bool(data["renew"]), "invited_only": bool(data["invited_only"])})
 
 
 class BatchedReservationRequestSchema(ReservationRequestSchema):
@@ -206,6 +208,9 @@ class HoldersSchema(Schema):
                                                        "before: a pass would run out before its order could be placed)"})
     closes_at = fields.DateTime(metadata={"description": "when the drop's window closes (the admitter closes its "
                                                         "line then)"})
+    invite_only_until = fields.DateTime(allow_none=True, metadata={
+        "description": "when the drop's invite-only phase ends, null without one (the admitter admits nobody before: "
+                       "the invited tier orders without a pass meanwhile, and anyone else's pass would be refused)"})
 
 
 class ReservationBatchRequestSchema(Schema):
@@ -233,6 +238,8 @@ class ReservationSchema(Schema):
     hold_expires_at = fields.DateTime()
     unit_price = fields.Nested(PriceSchema)
     product = fields.Nested(ProductRefSchema)
+    invite_phase = fields.Boolean(metadata={"description": "whether the hold was made during the drop's invite-only "
+                                                           "phase, for a buyer of its tier"})
 
 
 class HoldResultSchema(Schema):

@@ -39,9 +39,9 @@ def buyer_page(browser: Browser, request, capsys):
 
 
 def schedule_drop(floodgate: Floodgate, admin_token: str, opens_in: float, quantity: int = 5,
-                  product_name: str = PRODUCT, price: dict | None = None) -> dict:
+                  product_name: str = PRODUCT, price: dict | None = None, **terms) -> dict:
     """A drop of `quantity` units opening `opens_in` seconds from now for an hour, shipping to
-    Canada and the United States, at `price` (29900 CAD)."""
+    Canada and the United States, at `price` (29900 CAD); `terms` are more of its fields."""
     http, auth = floodgate.http, {"Authorization": f"Bearer {admin_token}"}
     inventory = floodgate.stack.url("inventory")
     product = http.post(f"{inventory}/products", headers=auth, json={
@@ -53,7 +53,7 @@ def schedule_drop(floodgate: Floodgate, admin_token: str, opens_in: float, quant
     drop = http.post(f"{inventory}/drops", headers=auth, json={
         "product_id": product.json()["id"], "quantity": quantity,
         "opens_at": opens_at.isoformat(), "closes_at": (opens_at + timedelta(hours=1)).isoformat(),
-        "per_buyer_limit": 1, "shipping_countries": ["CA", "US"],
+        "per_buyer_limit": 1, "shipping_countries": ["CA", "US"], **terms,
     })
     assert drop.status_code == 201, drop.text
     return drop.json()
@@ -85,12 +85,14 @@ def open_drop_page(page: Page, floodgate: Floodgate, drop: dict) -> None:
     expect(page.locator("#drop-ships-to")).to_have_text("Canada (CA), United States (US)")
 
 
-def sign_up(page: Page) -> str:
+def sign_up(page: Page, invite_code: str | None = None) -> str:
     email = f"browser-{uuid.uuid4().hex[:10]}@example.com"
     form = page.locator("#account-form")
     form.get_by_label("Email").fill(email)
     form.get_by_label("Password").fill("correct horse battery staple")
     form.get_by_label("Your name").fill("Alex Tremblay")
+    if invite_code is not None:
+        form.get_by_label("Invite code").fill(invite_code)
     form.get_by_role("button", name="Create account").click()
     expect(page.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(email)}"), timeout=10_000)
     return email
@@ -306,6 +308,38 @@ def test_on_a_drop_without_a_line_the_buyer_goes_straight_to_the_order_form(floo
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
     expect(page.locator("#order-item")).to_have_text(f"1 × {MARKUP_PRODUCT}")
     assert page.evaluate("window.injected") is None
+
+
+def test_during_the_invite_only_phase_an_invited_buyer_orders_without_the_line_and_the_others_wait_in_it(
+        floodgate, admin_token, buyer_page, browser, request, capsys):
+    """A drop with early access for a tier and a line: the invited buyer, signed up with their
+    code, orders at once; anyone else is told when the line starts letting buyers in. Before,
+    the page asked the invited buyer for a pass the line gave only by position, to anyone."""
+    page = buyer_page
+    code = floodgate.http.post(f"{floodgate.stack.url('accounts')}/invites", json={"tier": "friends", "max_uses": 1},
+                               headers={"Authorization": f"Bearer {admin_token}"}).json()["code"]
+    early_until = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat()
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, invite_only_until=early_until, invite_tier="friends")
+    put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    expect(page.locator("#drop-invited")).to_have_text(re.compile(r"^Invited buyers only until "))
+    sign_up(page, invite_code=code)
+    expect(page.locator("#order-gate")).to_have_text(re.compile(r"^You're invited: order now, no need to wait in line"))
+    order_to_toronto(page)
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+
+    assert page.script_problems == []
+
+    with watched_page(browser, f"{request.node.name}-uninvited", capsys, width=900) as other:
+        open_drop_page(other, floodgate, drop)
+        sign_up(other)  # without a code
+        expect(other.locator("#order-gate")).to_have_text(re.compile(
+            r"^Until .+ the drop is open to invited buyers only: the line starts letting buyers in then\.$"))
+        expect(other.get_by_role("button", name="Place order")).to_be_disabled()
+        other.get_by_role("button", name="Join the line").click()
+        expect(other.locator("#line-news")).to_have_text(re.compile(
+            r"^You're in line: it starts letting buyers in at .+, when the invited buyers' early access ends\."))
+        assert other.script_problems == []
 
 
 def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown_the_order_they_have(

@@ -360,7 +360,7 @@ def test_holders_says_which_of_the_buyers_asked_about_hold_or_bought_a_unit_with
     answer = holders({"buyer_ids": ["ann", "bob", "cy", "dan", "bob"]})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"drop_id": drop["id"], "remaining": 3, "holding": 2, "opens_at": drop["opens_at"],
-                             "closes_at": drop["closes_at"]}
+                             "closes_at": drop["closes_at"], "invite_only_until": None}
     assert holders({"buyer_ids": []}).json()["holding"] == 0
     # a service's call only, a drop that exists, and a list of buyer ids
     assert holders({"buyer_ids": ["ann"]}, headers={}).status_code in (401, 403)
@@ -457,8 +457,22 @@ def test_invite_only_phase_and_shipping_countries_are_enforced(floodgate, stack,
 
     invited = reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="CA")
     assert invited.status_code == 201, invited.text
-    assert floodgate.get_drop(drop["id"])["remaining"] == 4
-    assert assert_invariants(stack, drop["id"]) == {"available": 4, "held": 1, "sold": 0}
+    assert invited.json()["invite_phase"] is True  # what lets checkout's order through without a line pass
+    asked_for_the_phase = reserve(floodgate, drop["id"], buyer_tier="early-access", shipping_country="CA",
+                                  invited_only=True)
+    assert asked_for_the_phase.status_code == 201 and asked_for_the_phase.json()["invite_phase"] is True
+    assert floodgate.get_drop(drop["id"])["remaining"] == 3
+    assert assert_invariants(stack, drop["id"]) == {"available": 3, "held": 2, "sold": 0}
+
+    open_to_all = new_drop(floodgate, admin_token, quantity=5)
+    anyone = reserve(floodgate, open_to_all["id"], buyer_tier="early-access")
+    assert anyone.status_code == 201 and anyone.json()["invite_phase"] is False
+    alone = reserve(floodgate, open_to_all["id"], buyer_tier="early-access", invited_only=True)
+    assert (alone.status_code, slug(alone)) == (403, "not-invite-phase")
+    [batched] = reserve_batch(floodgate, [{**hold(open_to_all["id"], "b-1"), "buyer_tier": "early-access",
+                                           "invited_only": True}]).json()["results"]
+    assert (batched["status"], result_slug(batched)) == (403, "not-invite-phase")
+    assert floodgate.get_drop(open_to_all["id"])["remaining"] == 4
 
 
 def test_a_misspelt_tier_is_corrected_while_the_invite_only_phase_lasts_and_not_after(floodgate, stack, admin_token):

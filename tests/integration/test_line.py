@@ -223,6 +223,52 @@ def test_a_line_that_opens_before_its_drop_admits_its_first_buyer_once_the_sale_
     assert placed.status_code == 201, placed.text
 
 
+def _invited_buyer(floodgate, admin_token, tier: str) -> str:
+    """A buyer who registered with an invite to `tier`: their token carries it."""
+    email = f"invited-{uuid.uuid4().hex[:8]}@example.com"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    code = floodgate.http.post(floodgate.stack.url("accounts") + "/invites", headers=auth,
+                               json={"email": email, "tier": tier}).json()["code"]
+    registered = floodgate.http.post(floodgate.stack.url("accounts") + "/accounts",
+                                     json={"email": email, "password": "correct horse battery", "invite_code": code})
+    assert registered.status_code == 201, registered.text
+    return floodgate.login(email, "correct horse battery")
+
+
+def test_a_drop_with_an_invite_only_phase_and_a_line_serves_the_invited_first_then_the_line(floodgate, admin_token,
+                                                                                               stack):
+    """The invited tier orders without a pass during the phase; the line draws its order but
+    admits nobody until the phase ends, then lets its buyers in. Before, the line admitted by
+    position from the opening: its passes went to buyers inventory refused as not invited, which
+    lost them their turn, and the invited could not order without a pass."""
+    invited = _invited_buyer(floodgate, admin_token, "friends")
+    crowd = _ready_buyers(floodgate, 2)
+    drop = floodgate.create_drop(admin_token, quantity=5, opens_in=OPENS_IN,
+                                 invite_only_until=(utc_now() + timedelta(seconds=OPENS_IN + 8)).isoformat(),
+                                 invite_tier="friends")
+    floodgate.put_line(admin_token, drop, admission_rate=50)
+    for token in crowd:
+        assert floodgate.join_line(token, drop["id"]).status_code == 201
+    poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "open", timeout=20, what="the line open")
+    poll(lambda: floodgate.place_order(invited, drop["id"]).status_code == 201, timeout=20,
+         what="the invited buyer's order without a pass, once the drop opens")
+    passless = floodgate.place_order(crowd[0], drop["id"])
+    assert (passless.status_code, passless.json()["type"].rsplit("/", 1)[-1]) == (403, "line-pass-required")
+    assert all(floodgate.my_ticket(token, drop["id"])["pass"] is None for token in crowd)  # nobody in the phase
+    assert floodgate.get_drop(drop["id"])["remaining"] == 4
+
+    first = poll(lambda: next((t for t in crowd if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=30,
+                 what="the line's first admission, once the phase is over")
+    first_admitted = scalar(stack, "checkout", "SELECT min(admitted_at) FROM line_tickets WHERE drop_id = :d",
+                            d=drop["id"])
+    assert first_admitted >= datetime.fromisoformat(drop["invite_only_until"])
+    placed = floodgate.place_order(first, drop["id"], line_pass=floodgate.my_ticket(first, drop["id"])["pass"])
+    assert placed.status_code == 201, placed.text
+    late = floodgate.place_order(invited, drop["id"], key=str(uuid.uuid4()))  # the phase is over: the line is the way
+    assert (late.status_code, late.json()["type"].rsplit("/", 1)[-1]) == (403, "line-pass-required")
+    assert floodgate.get_drop(drop["id"])["remaining"] == 3
+
+
 def test_an_unused_pass_expires_and_its_slot_goes_to_the_next_buyer(floodgate, admin_token, stack):
     buyers = _ready_buyers(floodgate, 2)
     drop = floodgate.create_drop(admin_token, quantity=1, opens_in=2)

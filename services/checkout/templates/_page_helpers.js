@@ -34,6 +34,20 @@
     get expires() { return Number(localStorage.getItem(this.keys.expires)) || 0; }
     get email() { return localStorage.getItem(this.keys.email); }
 
+    // The early-access tier the access token names (its `tier` claim, what inventory checks an
+    // invite-only phase against), null without one. Read, not verified: the page only decides
+    // what to offer, and every service checks the token's signature itself.
+    get tier() {
+      const token = this.token;
+      try {
+        const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+        const tier = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).tier;
+        return typeof tier === "string" ? tier : null;
+      } catch (unreadable) {
+        return null;
+      }
+    }
+
     keep(tokens, email) {
       localStorage.setItem(this.keys.token, String(tokens.access_token));
       if (tokens.refresh_token) localStorage.setItem(this.keys.refresh, String(tokens.refresh_token));

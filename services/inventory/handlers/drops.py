@@ -161,7 +161,7 @@ _HOLDERS = sa.text(
     "SELECT (SELECT coalesce(sum(available), 0) FROM drop_stock_shards WHERE drop_id = d.id) AS remaining, "
     "(SELECT count(*) FROM buyer_allowances WHERE drop_id = d.id AND taken > 0 "
     " AND buyer_id = ANY(CAST(:buyer_ids AS varchar[]))) AS holding "
-    ", d.opens_at, d.closes_at FROM drops d WHERE d.id = :drop_id"
+    ", d.opens_at, d.closes_at, d.invite_only_until FROM drops d WHERE d.id = :drop_id"
 ).bindparams(sa.bindparam("drop_id", type_=pg.UUID(as_uuid=True)))
 
 
@@ -170,14 +170,14 @@ def holders(drop_id: str, buyer_ids: list[str], uow) -> dict:
     one moment: the waiting room's admitter counts the passes in play whose buyer has no unit
     yet against the units left (an order between its hold and its commit would otherwise count
     twice, once as a pass and once as a unit gone). With them, when the drop's window opens and
-    closes: the admitter admits nobody before the drop opens, and closes a line whose drop has
-    closed."""
+    closes, and when its invite-only phase ends: the admitter admits nobody before the drop is
+    open to everyone, and closes a line whose drop has closed."""
     drop = parse_id(drop_id, DropNotFound)
     row = uow.session.execute(_HOLDERS, {"drop_id": drop, "buyer_ids": sorted(set(buyer_ids))}).first()
     if row is None:
         raise DropNotFound()
     return {"drop_id": drop, "remaining": int(row.remaining), "holding": int(row.holding), "opens_at": row.opens_at,
-            "closes_at": row.closes_at}
+            "closes_at": row.closes_at, "invite_only_until": row.invite_only_until}
 
 
 def drop_stock(drop_id: str, uow) -> dict:

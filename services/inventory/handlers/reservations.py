@@ -31,6 +31,7 @@ from services.inventory.errors import (
     InviteOnly,
     LimitExceeded,
     NotEnoughStock,
+    NotInvitePhase,
     ReservationNotFound,
     ReservationSold,
     SaleNotOpen,
@@ -92,7 +93,8 @@ def reserve(cmd: ReserveStock, uow, hold_ttl_seconds: int) -> tuple[Reservation,
     # reservation when the insert (or a refusal before it) sends it to the existing one below.
     try:
         return _hold(cmd, uow.session, uow.publish, hold_ttl_seconds), True
-    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, CountryNotAllowed, DropNotFound, _LostRace):
+    except (LimitExceeded, SoldOut, SaleNotOpen, InviteOnly, NotInvitePhase, CountryNotAllowed, DropNotFound,
+            _LostRace):
         # The order id may already have its reservation: made by this order's earlier attempt
         # (before the drop closed, say), or by a concurrent request that committed first, whose
         # allowance and stock updates ours waited on. That reservation, not our refusal, is the
@@ -166,9 +168,10 @@ def _new_reservation(cmd: ReserveStock, drop: Drop, expires_at: datetime) -> dic
                 status=HELD, hold_expires_at=expires_at, order_version=cmd.order_version or 1)
 
 
-def _shown(values: dict, drop: Drop) -> Reservation:
-    """A reservation inserted by statement, as the answer shows it (not added to the session)."""
-    reservation = Reservation(**values)
+def _shown(values: dict, drop: Drop, now: datetime) -> Reservation:
+    """A reservation inserted by statement at `now` (the transaction's time, which its
+    `created_at` defaults to), as the answer shows it (not added to the session)."""
+    reservation = Reservation(**values, created_at=now)
     reservation.drop = drop
     return reservation
 
@@ -186,7 +189,7 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
         raise DropNotFound()
     drop, now, remaining = found
     drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, renewal=renewing is not None,
-                          window=not paid)
+                          window=not paid, invited_only=cmd.invited_only)
     if remaining < cmd.quantity:
         raise _too_few(remaining)  # no stock in sight: refuse without taking a single row lock
 
@@ -210,7 +213,7 @@ def _hold(cmd: ReserveStock, session: orm.Session, publish: Callable[[str, dict]
         except sa.exc.IntegrityError:
             raise _LostRace() from None
         # What the response shows; not added to the session, which has nothing left to flush.
-        reservation = _shown(values, drop)
+        reservation = _shown(values, drop, now)
 
     shard_left = take_stock(session, drop.id, cmd.quantity)
     if shard_left is None:  # fewer units under the rows' locks than at the read: the caller rolls back
@@ -442,7 +445,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
             continue  # the same order twice in one batch: the second is a repeat, answered below
         allowance = {"drop_id": drop.id, "buyer_id": cmd.buyer_id, "quantity": cmd.quantity}
         try:
-            drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country)
+            drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, invited_only=cmd.invited_only)
             if remaining < cmd.quantity:
                 raise _too_few(remaining)  # too few units at the read, whatever this batch holds
             if remaining < units + cmd.quantity:
@@ -477,7 +480,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         return
     _announce_if_sold_out(session, uow.publish, drop, shard_left)
     for index, values in held:
-        outcomes[index] = HoldOutcome(_shown(values, drop), created=True)
+        outcomes[index] = HoldOutcome(_shown(values, drop, now), created=True)
 
 
 def release(order_id: str, uow) -> Reservation:

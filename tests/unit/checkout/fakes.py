@@ -329,7 +329,9 @@ class FakeInventory:
     """Inventory as checkout's client sees it: every call recorded; `reserve_refusal` and
     `sell_refusal`, when set, are raised instead of holding or selling (a renewal that holds
     the units again ends the sale's refusal); `meanwhile`, when set, is called as a hold is
-    made (what other requests did while this one waited for inventory)."""
+    made (what other requests did while this one waited for inventory). `invite_phase`: the
+    drop's invite-only phase is running (and its buyers are of the invited tier): new holds say
+    so, and only then is a hold asked `invited_only` made."""
 
     def __init__(self):
         self.reserved = []
@@ -342,11 +344,12 @@ class FakeInventory:
         self.sell_refusal = None
         self.release_refusal = None
         self.meanwhile = None
+        self.invite_phase = False
 
     def reserve(self, order_id, drop_id, buyer_id, quantity, buyer_tier=None, shipping_country=None, renew=False,
-                order_version=None, guarded=True, batched=True):
+                order_version=None, guarded=True, batched=True, invited_only=False):
         self.reserved.append({"order_id": order_id, "quantity": quantity, "renew": renew,
-                              "order_version": order_version})
+                              "order_version": order_version, **({"invited_only": True} if invited_only else {})})
         if not guarded:
             self.unguarded.append(("reserve", order_id))
         if self.meanwhile is not None:
@@ -358,6 +361,8 @@ class FakeInventory:
             return replace(held, created=False)
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
+        if invited_only and not renew and not self.invite_phase:
+            raise errors.NotInvitePhase("This hold was asked for the drop's invite-only phase, which is not running.")
         if renew:
             self.sell_refusal = None  # the units are held again: they can be sold
         if held is not None and order_id not in self.given_back:
@@ -367,7 +372,8 @@ class FakeInventory:
         self.given_back.discard(order_id)
         self.holds[order_id] = Hold(order_id=order_id, drop_id=drop_id, quantity=quantity,
                                     hold_expires_at=utc_now() + HOLD, unit_amount=UNIT_PRICE, currency=CURRENCY,
-                                    sku="OPO-64-BLK", product_name="One phone, 64 GB")
+                                    sku="OPO-64-BLK", product_name="One phone, 64 GB",
+                                    invite_phase=self.invite_phase)
         return self.holds[order_id]
 
     def sell(self, order_id, order_version):

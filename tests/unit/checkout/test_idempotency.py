@@ -458,6 +458,55 @@ def test_an_order_sent_again_with_its_pass_after_a_refusal_for_none_is_placed(ch
     assert checkout.inventory.released == [str(order_request().order_id)]  # the first attempt's, only
 
 
+def on_a_drop_with_a_line(checkout, known: bool = True) -> None:
+    """A line on the drop; `known`: this process has seen it (an earlier order found it)."""
+    checkout.admitted(buyer_id="someone-else")
+    if known:
+        checkout.drops_with_lines.add(uuid.UUID(DROP_ID))
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["line-known", "line-found-in-the-transaction"])
+def test_an_invited_buyer_orders_without_a_pass_during_the_invite_only_phase(checkout, known):
+    """A drop with an invite-only phase and a line: the line admits nobody until the phase ends,
+    and the invited tier orders meanwhile without a pass (inventory checks the tier and says the
+    hold was made in the phase). Before, every order on a drop with a line needed a pass, and the
+    line's passes went by position to buyers inventory then refused as not invited."""
+    on_a_drop_with_a_line(checkout, known)
+    checkout.inventory.invite_phase = True
+    first = send(checkout, replace(order_request(), buyer_tier="friends"))
+    again = send(checkout, replace(order_request(), buyer_tier="friends"))
+    assert (first.status, again.status, again.replayed) == (201, 201, True)
+    assert checkout.uow.orders.get(order_request().order_id) is not None and checkout.inventory.released == []
+    # once the line is known, asked to hold only while the phase runs
+    assert checkout.inventory.reserved[0].get("invited_only", False) is known
+
+
+def test_a_buyer_with_a_tier_is_sent_to_the_line_once_the_invite_only_phase_is_over(checkout):
+    """Out of the phase, the tier's order without a pass is refused as any other's, and
+    inventory, asked to hold only in the phase, takes no unit for it, even for a moment."""
+    on_a_drop_with_a_line(checkout)
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, replace(order_request(), buyer_tier="friends"))
+    assert checkout.inventory.holds == {} and checkout.inventory.released == [] and kept(checkout) is None
+
+
+def test_a_hold_made_outside_the_invite_only_phase_does_not_pass_for_an_invited_one(checkout):
+    """The first order a process sees on a drop finds its line only in its transaction, after an
+    ordinary hold: that hold, made out of the phase, goes back and the buyer is sent to the line."""
+    on_a_drop_with_a_line(checkout, known=False)
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, replace(order_request(), buyer_tier="friends"))
+    assert checkout.inventory.released == [str(order_request().order_id)] and kept(checkout) is None
+
+
+def test_a_buyer_without_a_tier_is_refused_before_anything_is_held_during_the_invite_only_phase(checkout):
+    on_a_drop_with_a_line(checkout)
+    checkout.inventory.invite_phase = True
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, order_request())
+    assert checkout.inventory.reserved == []
+
+
 @pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."), errors.SaleNotOpen("Opens at 15:00.")],
                          ids=lambda refusal: refusal.slug)
 def test_an_order_without_a_pass_refused_at_inventory_is_told_the_drop_has_a_line_and_nothing_is_kept(checkout,

@@ -124,13 +124,17 @@ def test_a_hold_inventory_could_not_make_for_its_database_is_inventory_unavailab
 def test_the_admitter_hears_the_units_left_and_how_many_pass_holders_hold_one():
     inventory = client(lambda path, body: Answer(200, {"drop_id": DROP, "remaining": 7, "holding": 2,
                                                        "opens_at": "2026-12-06T17:00:00+00:00",
-                                                       "closes_at": "2026-12-06T18:00:00+00:00"}))
+                                                       "closes_at": "2026-12-06T18:00:00+00:00",
+                                                       "invite_only_until": "2026-12-06T17:10:00+00:00"}))
     stock = inventory.holders(DROP, ["ann", "bob", "cy"])
     assert (stock.remaining, stock.holding) == (7, 2)
     closes = datetime(2026, 12, 6, 18, tzinfo=timezone.utc)
     assert stock.closes_at == closes and stock.closed_by(closes) and not stock.closed_by(closes - timedelta(seconds=1))
     opens = datetime(2026, 12, 6, 17, tzinfo=timezone.utc)
     assert stock.open_by(opens) and not stock.open_by(opens - timedelta(seconds=1))
+    # open to everyone once the invite-only phase is over too
+    public = datetime(2026, 12, 6, 17, 10, tzinfo=timezone.utc)
+    assert stock.open_to_all_by(public) and not stock.open_to_all_by(public - timedelta(seconds=1))
     assert inventory._pool.calls == [(f"/drops/{DROP}/holders", {"buyer_ids": ["ann", "bob", "cy"]})]
 
 
@@ -202,3 +206,15 @@ def test_units_left_but_fewer_than_asked_is_told_apart_from_sold_out_and_handled
     assert isinstance(refusal, errors.NotEnoughStock) and isinstance(refusal, errors.SoldOut)
     assert (refusal.slug, refusal.status) == ("not-enough-stock", 409)
     assert "order 1 or fewer" in refusal.detail and refusal.to_dict()["remaining"] == 1
+
+
+def test_a_hold_asked_for_the_invite_only_phase_says_so_and_hears_whether_it_was_made_in_it():
+    answers = iter([Answer(201, {**held("o1"), "invite_phase": True}), Answer(201, held("o2")),
+                    Answer(403, problem("not-invite-phase", 403))])
+    inventory = client(lambda path, body: next(answers))
+    assert inventory.reserve("o1", DROP, "ann", 1, buyer_tier="friends", invited_only=True, batched=False).invite_phase
+    assert not inventory.reserve("o2", DROP, "bob", 1, batched=False).invite_phase  # an inventory that does not say
+    with pytest.raises(errors.NotInvitePhase):
+        inventory.reserve("o3", DROP, "cy", 1, buyer_tier="friends", invited_only=True, batched=False)
+    sent = [body for _, body in inventory._pool.calls]
+    assert [body.get("invited_only") for body in sent] == [True, None, True]

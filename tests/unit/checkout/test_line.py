@@ -22,16 +22,20 @@ SECRET = PASS_SECRET
 
 
 class StockOf:
-    """Inventory as the admitter sees it: the drop's remaining units, the buyers holding one, and
-    the drop's close (an hour away unless said) and opening (past unless said)."""
+    """Inventory as the admitter sees it: the drop's remaining units, the buyers holding one, the
+    drop's close (an hour away unless said) and opening (past unless said), and the end of its
+    invite-only phase (none unless said)."""
 
-    def __init__(self, units: int, holding: frozenset = frozenset(), closes_at=None, opens_at=None):
+    def __init__(self, units: int, holding: frozenset = frozenset(), closes_at=None, opens_at=None,
+                 invite_only_until=None):
         self.units, self.holding = units, holding
         self.closes_at = closes_at or utc_now() + timedelta(hours=1)
         self.opens_at = opens_at or utc_now() - timedelta(minutes=1)
+        self.invite_only_until = invite_only_until
 
     def holders(self, drop_id: str, buyer_ids: list[str]) -> DropStock:
-        return DropStock(self.units, len(set(buyer_ids) & self.holding), self.closes_at, self.opens_at)
+        return DropStock(self.units, len(set(buyer_ids) & self.holding), self.closes_at, self.opens_at,
+                         self.invite_only_until)
 
 
 class Clock:
@@ -426,6 +430,23 @@ def test_a_line_that_opens_before_its_drop_draws_its_order_but_admits_nobody_unt
     clock.advance(1)
     assert admitter.turn(uow, not_yet).admitted == 3
     assert all(ticket.admitted_at == clock.now for ticket in uow.lines.tickets(DROP))
+
+
+def test_a_line_admits_nobody_during_its_drops_invite_only_phase(clock):
+    """The invited tier orders without a pass during the phase (services/checkout/handlers.py
+    `invited`); a pass given then went by position to buyers inventory refused as not invited
+    (403 invite-only), and ran out with their turn."""
+    uow = FakeUnitOfWork()
+    a_line_joined_by(uow, 3, opens_in=-1, admission_rate=100)
+    invited_for_now = StockOf(5, invite_only_until=clock.now + timedelta(seconds=30))
+
+    assert admitter.turn(uow, invited_for_now).admitted == 0
+    assert sorted(ticket.position for ticket in uow.lines.tickets(DROP)) == [1, 2, 3]  # the order is drawn
+    clock.advance(29)
+    assert admitter.turn(uow, invited_for_now).admitted == 0
+
+    clock.advance(1)
+    assert admitter.turn(uow, invited_for_now).admitted == 3
 
 
 def test_a_line_closes_when_its_drops_window_closes_and_an_admin_may_open_it_again():

@@ -4,7 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.inventory.errors import CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, SaleNotOpen
+from services.inventory.errors import (CountryNotAllowed, InvalidDrop, InviteOnly, LimitExceeded, NotInvitePhase,
+                                      SaleNotOpen)
 from services.inventory.handlers.drops import DropView
 from services.inventory.models import CLOSED, OPEN, SCHEDULED, SOLD_OUT, Drop, Product, spread
 
@@ -119,6 +120,21 @@ def test_during_the_invite_only_phase_only_the_invited_tier_may_reserve():
 
 def test_after_the_invite_only_phase_everyone_may_reserve():
     drop(invite_only_until=INVITE_ENDS, invite_tier="early").check_reservable(1, INVITE_ENDS, buyer_tier=None)
+
+
+def test_a_hold_asked_for_the_invite_only_phase_only_is_refused_outside_it():
+    """Checkout's order without a line pass on a drop with a line: the invited tier may order so
+    during the phase, and nobody may afterwards (the line's buyers have the units)."""
+    invite_only = drop(invite_only_until=INVITE_ENDS, invite_tier="early")
+    invite_only.check_reservable(1, OPENS, buyer_tier="early", invited_only=True)
+    for refused_at in (INVITE_ENDS, INVITE_ENDS + SECOND):
+        with pytest.raises(NotInvitePhase) as refused:
+            invite_only.check_reservable(1, refused_at, buyer_tier="early", invited_only=True)
+        assert (refused.value.status, refused.value.slug) == (403, "not-invite-phase")
+    with pytest.raises(NotInvitePhase):
+        drop().check_reservable(1, OPENS, buyer_tier="early", invited_only=True)  # a drop without the phase
+    with pytest.raises(InviteOnly):  # in the phase, the tier is checked as ever
+        invite_only.check_reservable(1, OPENS, buyer_tier="other", invited_only=True)
 
 
 def test_before_opening_even_invited_buyers_hear_not_open():
