@@ -214,11 +214,16 @@ def test_a_line_that_opens_before_its_drop_admits_its_first_buyer_once_the_sale_
         assert floodgate.join_line(token, drop["id"]).status_code == 201
     poll(lambda: floodgate.get_line(drop["id"]).json()["state"] == "open", timeout=20, what="the line open")
 
+    _first_admitted_orders(floodgate, stack, drop, buyers, not_before=drop["opens_at"])
+
+
+def _first_admitted_orders(floodgate, stack, drop: dict, buyers: list[str], not_before: str) -> None:
+    """The first of `buyers` the line admits, at `not_before` or later, orders with their pass."""
     first = poll(lambda: next((t for t in buyers if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=30,
                  what="the first admission")
     first_admitted = scalar(stack, "checkout", "SELECT min(admitted_at) FROM line_tickets WHERE drop_id = :d",
                             d=drop["id"])
-    assert first_admitted >= datetime.fromisoformat(drop["opens_at"])
+    assert first_admitted >= datetime.fromisoformat(not_before)
     placed = floodgate.place_order(first, drop["id"], line_pass=floodgate.my_ticket(first, drop["id"])["pass"])
     assert placed.status_code == 201, placed.text
 
@@ -257,13 +262,7 @@ def test_a_drop_with_an_invite_only_phase_and_a_line_serves_the_invited_first_th
     assert all(floodgate.my_ticket(token, drop["id"])["pass"] is None for token in crowd)  # nobody in the phase
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
 
-    first = poll(lambda: next((t for t in crowd if floodgate.my_ticket(t, drop["id"])["pass"]), None), timeout=30,
-                 what="the line's first admission, once the phase is over")
-    first_admitted = scalar(stack, "checkout", "SELECT min(admitted_at) FROM line_tickets WHERE drop_id = :d",
-                            d=drop["id"])
-    assert first_admitted >= datetime.fromisoformat(drop["invite_only_until"])
-    placed = floodgate.place_order(first, drop["id"], line_pass=floodgate.my_ticket(first, drop["id"])["pass"])
-    assert placed.status_code == 201, placed.text
+    _first_admitted_orders(floodgate, stack, drop, crowd, not_before=drop["invite_only_until"])
     late = floodgate.place_order(invited, drop["id"], key=str(uuid.uuid4()))  # the phase is over: the line is the way
     assert (late.status_code, late.json()["type"].rsplit("/", 1)[-1]) == (403, "line-pass-required")
     assert floodgate.get_drop(drop["id"])["remaining"] == 3
