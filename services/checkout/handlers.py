@@ -669,10 +669,18 @@ def on_reservation_lost(envelope, uow, settings) -> None:
             told="we could not keep your unit", refund_reason="the reserved unit was lost")
 
 
+# The emails that tell a buyer their order is confirmed: its confirmation, or the shipping email
+# that went out instead when the confirmation was superseded (an email outage that lasted until
+# the order shipped: notifications then mails only the newer state). Without the second, such an
+# order said "confirmation not sent" for good, and its page kept reading it.
+CONFIRMING_EMAILS = frozenset({"order.confirmed", "order.shipped"})
+
+
 def on_email_sent(envelope, uow) -> None:
-    """Notifications sent the confirmation: the buyer's order page says so (the first sending,
-    should it be sent again). One statement: every paid order brings one of these."""
-    if envelope.data.get("event_type") == "order.confirmed":
+    """Notifications sent the confirmation (or what superseded it, `CONFIRMING_EMAILS`): the
+    buyer's order page says so (the first sending, should it be sent again). One statement:
+    every paid order brings one of these."""
+    if envelope.data.get("event_type") in CONFIRMING_EMAILS:
         uow.orders.note_email_sent(str(envelope.data.get("order_id", "")), datetime.fromisoformat(envelope.data["sent_at"]))
 
 

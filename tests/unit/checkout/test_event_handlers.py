@@ -170,6 +170,14 @@ def test_the_first_confirmation_email_is_the_one_the_order_shows(checkout):
     assert order.email_sent_at == SENT_AT
 
 
+def test_a_shipping_email_that_went_out_instead_of_a_superseded_confirmation_shows_on_the_order(checkout):
+    """An email outage lasting until the order shipped: notifications sends only the newer
+    state's email. The order said "confirmation not sent" for good, and its page kept reading it."""
+    order = paid(checkout)
+    checkout.deliver("email.sent", email_sent(order, event_type="order.shipped"))
+    assert order.email_sent_at == SENT_AT
+
+
 def test_other_emails_and_unknown_orders_change_nothing(checkout):
     order = paid(checkout)
     checkout.deliver("email.sent", email_sent(order, event_type="order.placed"))
