@@ -36,7 +36,9 @@ once) are refused at once as before: waiting would only move that crowd into the
 pass holder still without a slot after `patience` is refused and counted, which is what the
 admitter slows down for; a refused order without a pass is not counted, and takes no slot while
 pass holders wait for one. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass
-holders waited.
+holders waited, and an order that got its slot counts its wait in its own time too (its log
+line's `duration_ms`, `floodgate_http_request_duration_seconds`: `FloodgateOrdersSlow` reads it;
+before 2026-12-07 it left the wait out).
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ from prometheus_client import Histogram
 from services.checkout import line as waiting_room
 from shared import metrics
 from shared.errors import PROBLEM_JSON
-from shared.web import cors_headers
+from shared.web import ARRIVED_AT, cors_headers
 
 WINDOW_SECONDS = 2.0
 log = logging.getLogger("floodgate.checkout")
@@ -217,6 +219,7 @@ class OrderAdmission:
     def __call__(self, environ, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
+        environ[ARRIVED_AT] = time.perf_counter()  # the order's time counts its wait at the gate
         if self._report is not None:
             self._report.start()
         patience, waiter = self._patience(environ)

@@ -1,9 +1,11 @@
 import json
 import threading
+import time
 
 from services.checkout.errors import TooBusy
 from services.checkout.load_shedding import GATE_WAIT, OrderAdmission, OrderGate, line_pass_patience
 from devtools.client import poll
+from shared.web import ARRIVED_AT
 from tests.unit.checkout.fakes import PASS_SECRET as SECRET, pass_for
 
 
@@ -139,6 +141,32 @@ def test_an_order_with_a_line_pass_waits_for_a_slot_and_takes_the_one_left():
     assert answers == ["201 Created"] and _waited("entered") == entered_before + 1
     assert _waited("refused") == refused_before and not gate._waiting
     assert gate.try_enter()  # and it gave the slot back
+
+
+def test_an_order_that_waited_for_a_slot_counts_its_wait_in_its_time():
+    """Its arrival is noted before the gate (shared.web.ARRIVED_AT), and Flask's request time,
+    which POST /orders' latency and FloodgateOrdersSlow read, counts from it. Before, the up to
+    2 s a pass holder waited were in no figure the alert read."""
+    gate = OrderGate(1, clock=Clock(), draw=upper_bound)
+    arrivals = []
+
+    def noting_arrival(environ, start_response):
+        arrivals.append(environ[ARRIVED_AT])
+        return created(environ, start_response)
+
+    admission = OrderAdmission(noting_arrival, gate, TooBusy("busy"), "checkout",
+                               patience=line_pass_patience(SECRET, 30))
+    assert gate.try_enter()
+    (line_pass, ticket_id), answers = pass_for(), []
+    waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(line_pass))))
+    waiting.start()
+    waits_at(gate, ticket_id)
+    seen_waiting = time.perf_counter()
+    gate.leave()
+    waiting.join(timeout=10)
+    assert answers == ["201 Created"]
+    [arrived] = arrivals
+    assert arrived < seen_waiting  # noted before the wait, not when the slot came
 
 
 def test_one_order_per_pass_waits_the_same_pass_again_is_refused_at_once():

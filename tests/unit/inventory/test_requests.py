@@ -1,5 +1,6 @@
 """Bad requests get a problem and never reach the database (the app is given one it cannot reach)."""
 import logging
+import time
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from services.inventory.commands import ChangeDrop
 from services.inventory.schemas import ChangeDropSchema, NewDropSchema, ReservationRequestSchema
 from shared.auth import Principal
 from shared.config import DEV_SERVICE_KEY
+from shared.web import ARRIVED_AT
 
 SERVICE = {"X-Service-Key": DEV_SERVICE_KEY}
 
@@ -245,3 +247,13 @@ def test_every_request_is_logged_with_its_time_and_its_cpu(client, caplog):
     [line] = [record for record in caplog.records if record.getMessage() == "request"]
     assert (line.method, line.path, line.route, line.status) == ("POST", "/reservations", "/reservations", 422)
     assert 0 <= line.cpu_ms <= line.duration_ms
+
+
+def test_a_request_that_waited_in_front_of_flask_counts_its_wait_in_its_time(client, caplog):
+    """A WSGI layer in front of Flask (checkout's order gate) notes when the request reached it:
+    the request's time, in its log line and its latency histogram, counts from then."""
+    with caplog.at_level(logging.INFO, logger="floodgate.http"):
+        client.post("/reservations", json=reservation(quantity=0), headers=SERVICE,
+                    environ_base={ARRIVED_AT: time.perf_counter() - 1.5})
+    [line] = [record for record in caplog.records if record.getMessage() == "request"]
+    assert line.duration_ms >= 1500
