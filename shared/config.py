@@ -59,7 +59,7 @@ class Settings:
     POSITIVE: ClassVar[frozenset[str]] = frozenset({
         "jwks_max_age_seconds", "consumer_prefetch", "consumer_threads", "max_attempts", "relay_batch_size",
         "relay_idle_seconds", "metrics_query_timeout_seconds", "migration_lock_timeout_seconds", "migration_attempts",
-        "partner_down_seconds"})
+        "partner_down_seconds", "inbox_retention_seconds", "housekeeping_interval_seconds"})
     # settings whose default is a development secret, public here: refused in production. A
     # service adds its own: `{**Settings.DEVELOPMENT_SECRETS, ...}`.
     DEVELOPMENT_SECRETS: ClassVar[dict[str, str]] = {"service_key": DEV_SERVICE_KEY}
@@ -108,6 +108,10 @@ class Settings:
     # how long a message is retried through the tiers when an outside service it needs fails
     # (shared.messaging.consumer.PartnerDown: checkout's payment provider); tests shorten it
     partner_down_seconds: float = 24 * 3600
+    # a consumer deletes what has aged this often (shared/messaging/housekeeping.py): inbox
+    # message ids kept this long (a copy of a message comes again within minutes, not days)
+    housekeeping_interval_seconds: float = 60.0
+    inbox_retention_seconds: float = 7 * 24 * 3600
     # outbox relay
     relay_batch_size: int = 500
     relay_idle_seconds: float = 0.25  # the longest pause between polls of an idle outbox

@@ -6,12 +6,13 @@ the top, so the API and a relay do not load them).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.notifications import config
-from services.notifications.repository import UnitOfWork
+from services.notifications.repository import UnitOfWork, purge_delivery_log
 from shared import service
 
 if TYPE_CHECKING:
@@ -55,5 +56,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None, mailer: Mailer
         migrations=MIGRATIONS,
         event_handlers=handlers.event_handlers(settings, mailer, database["unit_of_work"]),
         inbox=False,  # the delivery log, keyed by event id, makes every handler idempotent
+        purges={"delivery log": functools.partial(purge_delivery_log, database["unit_of_work"],
+                                                  settings.delivery_log_retention_seconds)},
         mailer=mailer,
     )

@@ -7,7 +7,13 @@ from shared.config import Settings as CommonSettings
 @dataclass(frozen=True)
 class Settings(CommonSettings):
     POSITIVE = CommonSettings.POSITIVE | {
-        "smtp_port", "smtp_timeout_seconds", "smtp_data_reply_timeout_seconds"}
+        "smtp_port", "smtp_timeout_seconds", "smtp_data_reply_timeout_seconds", "delivery_log_retention_seconds"}
+
+    # The delivery log keeps an email that went out (or was superseded) this long: the admin's
+    # "who was mailed what", and what keeps a copy of its event from being mailed again. Older
+    # rows are deleted by the consumer (DeliveryLog.purge_finished), their counts carried in
+    # /metrics' totals; those still retrying or parked stay until they are sent.
+    delivery_log_retention_seconds: float = 30 * 24 * 3600
 
     # Email may be late, never lost: with the retry tiers of shared/messaging/topology.py (10 s,
     # 1 min, 10 min, then every hour) an event is parked after about three days.

@@ -60,6 +60,19 @@ class Delivery(Base):
     handled_by: Mapped[str | None] = mapped_column(sa.String(200))
 
 
+class PurgedDeliveryTotals(Base):
+    """What the deliveries the consumer purged (DeliveryLog.purge_finished) counted towards
+    /metrics' totals: one row, added to as they go, so the counters never go back."""
+
+    __tablename__ = "delivery_totals_purged"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    sent: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    retries: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    dead_letters: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+
+
 class OrderEmailVersion(Base):
     """The newest version of an order whose email was accepted (or is being sent, by a transaction
     not yet committed, which holds this row). An email of an older version of the order is then

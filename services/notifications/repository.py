@@ -9,8 +9,9 @@ from sqlalchemy import orm
 
 from shared import db
 from shared.admin_actions import AdminActions
+from shared.messaging.housekeeping import HOUSEKEEPING_BATCH_SIZE
 from shared.sql import Statement
-from services.notifications.models import DEAD, RETRYING, SENT, SUPERSEDED, Delivery
+from services.notifications.models import DEAD, RETRYING, SENT, SUPERSEDED, Delivery, PurgedDeliveryTotals
 
 
 class DeliveryLog:
@@ -63,12 +64,17 @@ class DeliveryLog:
         return list(self._session.scalars(query))
 
     def totals(self) -> dict:
-        """Counts for /metrics: sent, retries and dead letters so far, and the oldest pending event."""
+        """Counts for /metrics: sent, retries and dead letters so far (the purged deliveries'
+        included, read in the same statement, so a purge committing meanwhile is counted once),
+        and the oldest pending event."""
+        def purged(column) -> sa.ColumnElement:
+            return sa.func.coalesce(sa.select(column).where(PurgedDeliveryTotals.id == 1).scalar_subquery(), 0)
+
         row = self._session.execute(
             sa.select(
-                sa.func.count().filter(Delivery.status == SENT),
-                sa.func.coalesce(sa.func.sum(Delivery.retries), 0),
-                sa.func.coalesce(sa.func.sum(Delivery.dead_letters), 0),
+                sa.func.count().filter(Delivery.status == SENT) + purged(PurgedDeliveryTotals.sent),
+                sa.func.coalesce(sa.func.sum(Delivery.retries), 0) + purged(PurgedDeliveryTotals.retries),
+                sa.func.coalesce(sa.func.sum(Delivery.dead_letters), 0) + purged(PurgedDeliveryTotals.dead_letters),
                 sa.func.count().filter(Delivery.status == RETRYING),
                 sa.func.count().filter(Delivery.status == DEAD),
                 sa.func.min(Delivery.occurred_at).filter(Delivery.status == RETRYING),
@@ -76,6 +82,13 @@ class DeliveryLog:
             )
         ).one()
         return dict(zip(("sent", "retries", "dead_letters", "retrying", "dead", "oldest_pending", "now"), row))
+
+    def purge_finished(self, retention_seconds: float, batch_size: int) -> int:
+        """Delete one batch of deliveries finished (`sent`, `superseded`) more than
+        `retention_seconds` ago, adding what they counted to the purged totals in the same
+        statement; how many went. Those retrying or parked stay. Rows another purge is deleting
+        are skipped (SKIP LOCKED)."""
+        return int(_PURGE_FINISHED.scalar(self._session, {"retention": retention_seconds, "batch": batch_size}))
 
     def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> str | None:
         values = {
@@ -150,6 +163,40 @@ _UPSERT = Statement(
     RETURNING status
     """
 )
+
+
+# The sent and superseded rows last updated before the retention (the index deliveries_status
+# finds them), deleted with their counts carried into delivery_totals_purged: one statement, so
+# /metrics' totals (read in one statement too) see both or neither.
+_PURGE_FINISHED = Statement(
+    f"""
+    WITH aged AS (
+        SELECT id FROM deliveries
+        WHERE status IN ('{SENT}', '{SUPERSEDED}') AND updated_at < now() - make_interval(secs => :retention)
+        LIMIT :batch FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM deliveries WHERE id IN (SELECT id FROM aged) RETURNING status, retries, dead_letters
+    ), carried AS (
+        INSERT INTO delivery_totals_purged (id, sent, retries, dead_letters)
+        SELECT 1, count(*) FILTER (WHERE status = '{SENT}'), coalesce(sum(retries), 0), coalesce(sum(dead_letters), 0)
+        FROM gone HAVING count(*) > 0
+        ON CONFLICT (id) DO UPDATE SET
+            sent = delivery_totals_purged.sent + EXCLUDED.sent,
+            retries = delivery_totals_purged.retries + EXCLUDED.retries,
+            dead_letters = delivery_totals_purged.dead_letters + EXCLUDED.dead_letters
+    )
+    SELECT count(*) FROM gone
+    """
+)
+
+
+def purge_delivery_log(unit_of_work, retention_seconds: float, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> int:
+    """One batch of the consumer's housekeeping (shared/messaging/housekeeping.py): deliveries
+    finished more than `retention_seconds` ago go, their counts carried; how many went."""
+    with unit_of_work() as uow:
+        deleted = uow.deliveries.purge_finished(retention_seconds, batch_size)
+        uow.commit()
+    return deleted
 
 
 class UnitOfWork(db.UnitOfWork):

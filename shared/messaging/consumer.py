@@ -41,6 +41,7 @@ from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.deferral import Deferral
 from shared.messaging.envelope import Envelope, MalformedEvent
+from shared.messaging.housekeeping import Housekeeper, purge_inbox
 from shared.messaging.outbox import claim_message
 
 log = logging.getLogger("floodgate.consumer")
@@ -487,14 +488,26 @@ def _cancel_waiting(futures: set[Future]) -> None:
 
 
 def run(root) -> None:
-    """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`)."""
+    """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`),
+    deleting what has aged as it goes (`housekeeping_tasks`)."""
     runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process,
                             LastSeen(root.engine, "consumer"), inbox=root.inbox)
     runner.install_signal_handlers()
+    Housekeeper(housekeeping_tasks(root), runner.stop, root.settings.housekeeping_interval_seconds).start()
     try:
         runner.run()
     finally:
         root.close()
+
+
+def housekeeping_tasks(root) -> list[tuple[str, Callable[[], int]]]:
+    """What a consumer of `root`'s service purges: its inbox, when it keeps one, and the
+    service's own `purges`."""
+    tasks = list(root.purges.items())
+    if root.inbox:
+        retention = root.settings.inbox_retention_seconds
+        tasks.insert(0, ("inbox", functools.partial(purge_inbox, root.engine, retention)))
+    return tasks
 
 
 def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = None) -> list[str]:

@@ -1,0 +1,104 @@
+"""What consumers delete as they go (shared/messaging/housekeeping.py), against the real
+PostgreSQL: inbox ids and notifications' finished deliveries past their retention go, in
+batches, from consumers purging side by side; what is still needed stays, and /metrics' email
+totals never go back."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from services.checkout.bootstrap import MIGRATIONS as CHECKOUT_MIGRATIONS
+from services.notifications.bootstrap import MIGRATIONS as NOTIFICATIONS_MIGRATIONS
+from services.notifications.repository import UnitOfWork, purge_delivery_log
+from shared.db import make_engine
+from shared.messaging.housekeeping import purge, purge_inbox
+from shared.migrate import upgrade
+from tests.integration.database import scratch_database
+
+DAY = 24 * 3600
+RETENTION = 30 * DAY
+
+
+@pytest.fixture
+def notifications(infra):
+    with scratch_database(infra, "housekeeping") as url:
+        upgrade(NOTIFICATIONS_MIGRATIONS, url)
+        engine = make_engine(url, pool_size=2)
+        yield lambda: UnitOfWork(orm.sessionmaker(engine), "notifications")
+        engine.dispose()
+
+
+def attempt(event_id: str) -> dict:
+    return {"event_id": event_id, "event_type": "order.placed", "order_id": f"o-{event_id}",
+            "to_address": "ada@example.test", "subject": "Your order", "message_id": f"<{event_id}@floodgate>",
+            "occurred_at": None, "handled_by": "test:1"}
+
+
+def totals(unit_of_work) -> dict:
+    with unit_of_work() as uow:
+        found = uow.deliveries.totals()
+    return {name: found[name] for name in ("sent", "retries", "dead_letters", "retrying", "dead")}
+
+
+def purged_side_by_side(task, consumers: int = 2, batch_size: int = 5) -> int:
+    """What `consumers` purging at once with `task(batch_size)` deleted between them."""
+    with ThreadPoolExecutor(consumers) as pool:
+        return sum(pool.map(lambda _: purge("test", lambda: task(batch_size), batch_size, max_batches=100),
+                            range(consumers)))
+
+
+def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(notifications):
+    now = datetime.now(timezone.utc)
+    old, recent = now - timedelta(seconds=RETENTION + DAY), now - timedelta(seconds=RETENTION - DAY)
+    with notifications() as uow:
+        for k in range(23):  # sent a month and more ago, each after one failed attempt
+            uow.deliveries.record_failure(attempt(f"old-{k}"), old, "retrying", "SMTP 451")
+            uow.deliveries.record_sent(attempt(f"old-{k}"), old)
+        uow.deliveries.record_not_sent(attempt("superseded"), old)
+        uow.deliveries.record_failure(attempt("parked"), old, "dead", "SMTP 550")  # an admin's to replay
+        uow.deliveries.record_failure(attempt("still-retrying"), old, "retrying", "SMTP 451")
+        uow.deliveries.record_sent(attempt("within-the-retention"), recent)
+        uow.commit()
+    before = totals(notifications)
+    assert before == {"sent": 24, "retries": 24, "dead_letters": 1, "retrying": 1, "dead": 1}
+
+    def batch(size: int) -> int:
+        return purge_delivery_log(notifications, RETENTION, size)
+
+    assert purged_side_by_side(batch) == 24  # the 23 sent and the superseded one, each deleted once
+    assert batch(5) == 0
+    assert totals(notifications) == before  # counters never go back: Prometheus would read a reset
+    with notifications() as uow:
+        left = {delivery.event_id for delivery in uow.deliveries.search(limit=100)}
+    assert left == {"parked", "still-retrying", "within-the-retention"}
+
+
+@pytest.fixture
+def checkout_engine(infra):
+    with scratch_database(infra, "housekeeping") as url:
+        upgrade(CHECKOUT_MIGRATIONS, url)
+        engine = make_engine(url, pool_size=2)
+        yield engine
+        engine.dispose()
+
+
+def test_inbox_ids_past_the_retention_go_and_recent_ones_stay(checkout_engine):
+    retention = 7 * DAY
+    with checkout_engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO inbox (message_id, event_type, received_at) "
+            "SELECT 'old-' || n, 'email.sent', now() - make_interval(secs => :age) FROM generate_series(1, 17) n"),
+            {"age": retention + 60})
+        connection.execute(sa.text(
+            "INSERT INTO inbox (message_id, event_type, received_at) VALUES "
+            "('recent', 'email.sent', now() - make_interval(secs => :age)), ('now', 'email.sent', now())"),
+            {"age": retention - 60})
+
+    assert purged_side_by_side(lambda size: purge_inbox(checkout_engine, retention, size)) == 17
+    with checkout_engine.connect() as connection:
+        left = set(connection.execute(sa.text("SELECT message_id FROM inbox")).scalars())
+    assert left == {"recent", "now"}
