@@ -41,3 +41,18 @@ def scratch_database(infra, label: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(url)
+
+
+@contextlib.contextmanager
+def migrated_engine(infra, label: str, migrations, pool_size: int = 2) -> Iterator[sa.Engine]:
+    """An engine on a new database holding a service's schema (`migrations`), dropped afterwards."""
+    from shared.db import make_engine
+    from shared.migrate import upgrade
+
+    with scratch_database(infra, label) as url:
+        upgrade(migrations, url)
+        engine = make_engine(url, pool_size=pool_size)
+        try:
+            yield engine
+        finally:
+            engine.dispose()

@@ -14,9 +14,7 @@ from services.checkout import orders
 from services.checkout.bootstrap import MIGRATIONS
 from services.checkout.models import Order
 from services.checkout.repository import CheckoutUnitOfWork
-from shared.db import make_engine
-from shared.migrate import upgrade
-from tests.integration.database import scratch_database
+from tests.integration.database import migrated_engine
 
 ADDRESS = {"name": "Ada", "street_address": "24 Sussex Drive", "city": "Ottawa", "postal_code": "K1A 0B1",
            "country_area": "ON", "country_code": "CA"}
@@ -24,11 +22,8 @@ ADDRESS = {"name": "Ada", "street_address": "24 Sussex Drive", "city": "Ottawa",
 
 @pytest.fixture
 def database(infra):
-    with scratch_database(infra, "orders") as url:
-        upgrade(MIGRATIONS, url)
-        engine = make_engine(url, pool_size=4)
+    with migrated_engine(infra, "orders", MIGRATIONS, pool_size=4) as engine:
         yield engine
-        engine.dispose()
 
 
 @pytest.fixture

@@ -13,16 +13,13 @@ from services.notifications.repository import UnitOfWork
 from devtools.client import poll
 from shared.db import make_engine
 from shared.migrate import upgrade
-from tests.integration.database import scratch_database
+from tests.integration.database import migrated_engine, scratch_database
 
 
 @pytest.fixture
 def unit_of_work(infra):
-    with scratch_database(infra, "deliveries") as url:
-        upgrade(MIGRATIONS, url)
-        engine = make_engine(url, pool_size=1)
+    with migrated_engine(infra, "deliveries", MIGRATIONS) as engine:
         yield lambda: UnitOfWork(orm.sessionmaker(engine), "notifications")
-        engine.dispose()
 
 
 def attempt(event_id: str) -> dict:

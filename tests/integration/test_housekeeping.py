@@ -14,10 +14,8 @@ from sqlalchemy import orm
 from services.checkout.bootstrap import MIGRATIONS as CHECKOUT_MIGRATIONS
 from services.notifications.bootstrap import MIGRATIONS as NOTIFICATIONS_MIGRATIONS
 from services.notifications.repository import UnitOfWork, purge_delivery_log
-from shared.db import make_engine
 from shared.messaging.housekeeping import purge, purge_inbox
-from shared.migrate import upgrade
-from tests.integration.database import scratch_database
+from tests.integration.database import migrated_engine
 
 DAY = 24 * 3600
 RETENTION = 30 * DAY
@@ -25,11 +23,8 @@ RETENTION = 30 * DAY
 
 @pytest.fixture
 def notifications(infra):
-    with scratch_database(infra, "housekeeping") as url:
-        upgrade(NOTIFICATIONS_MIGRATIONS, url)
-        engine = make_engine(url, pool_size=2)
+    with migrated_engine(infra, "housekeeping", NOTIFICATIONS_MIGRATIONS) as engine:
         yield lambda: UnitOfWork(orm.sessionmaker(engine), "notifications")
-        engine.dispose()
 
 
 def attempt(event_id: str) -> dict:
@@ -79,11 +74,8 @@ def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(not
 
 @pytest.fixture
 def checkout_engine(infra):
-    with scratch_database(infra, "housekeeping") as url:
-        upgrade(CHECKOUT_MIGRATIONS, url)
-        engine = make_engine(url, pool_size=2)
+    with migrated_engine(infra, "housekeeping", CHECKOUT_MIGRATIONS) as engine:
         yield engine
-        engine.dispose()
 
 
 def test_inbox_ids_past_the_retention_go_and_recent_ones_stay(checkout_engine):
