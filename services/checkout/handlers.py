@@ -12,7 +12,7 @@ from datetime import datetime
 
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
-from services.checkout.models import Order
+from services.checkout.models import CAPTURE_EVENT, Order
 from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundFailed, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
@@ -232,7 +232,7 @@ class PaymentNotice:
     undone_by: str | None = None  # a refund's or a reversal's own id at the provider
 
 
-CAPTURE_COMPLETED = "PAYMENT.CAPTURE.COMPLETED"
+CAPTURE_COMPLETED = CAPTURE_EVENT
 CAPTURE_DENIED = "PAYMENT.CAPTURE.DENIED"
 
 
@@ -508,12 +508,14 @@ def _confirm(order: Order, uow, settings, reason: str) -> None:
 def _end_order(order: Order, uow, settings, event_type: str, holding: bool = True, **extra) -> None:
     """The order no longer holds stock: give back the address allowance (unless an earlier end,
     an expiry say, gave it back: not `holding`) and tell inventory, and the buyer whether they
-    were charged (`charged`: a payment was captured for the order; `extra` says what of it comes
-    back, as `refund`)."""
+    were charged (`charged`: a payment was captured for the order, its own or one refunded on
+    its own, of the wrong amount say; `extra` says what of the order's own comes back, as
+    `refund`)."""
     if holding:
         _give_back_address_allowance(uow, order)
     data = order_document(order, settings)
-    data.update(charged=order.payment_capture_id is not None, refund=None)
+    charged = order.payment_capture_id is not None or uow.payment_events.captured_for(order.id)
+    data.update(charged=charged, refund=None)
     data.update(extra)
     uow.publish(event_type, data)
 

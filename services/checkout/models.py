@@ -85,10 +85,18 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 
+CAPTURE_EVENT = "PAYMENT.CAPTURE.COMPLETED"  # the provider's event of a payment taken
+
+
 class PaymentEvent(Base):
     """Each provider event is applied once: its id is recorded with the effect."""
 
     __tablename__ = "payment_events"
+    __table_args__ = (
+        # whether an order was ever charged (the email of its end says so)
+        sa.Index("payment_events_captures", "order_id",
+                 postgresql_where=sa.text(f"event_type = '{CAPTURE_EVENT}'")),
+    )
 
     provider_event_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     order_id: Mapped[uuid.UUID | None] = mapped_column(pg.UUID(as_uuid=True))

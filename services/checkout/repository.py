@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout.models import AddressAllowance, Line, LineTicket, Order, OrderTransition
+from services.checkout.models import CAPTURE_EVENT, AddressAllowance, Line, LineTicket, Order, OrderTransition
 from shared import db
 from shared.admin_actions import AdminActions
 from shared.sql import Json, Statement
@@ -194,6 +194,11 @@ class PaymentEvents:
             self._session, {"provider_event_id": provider_event_id, "order_id": order_id, "event_type": event_type})
         return first_time is not None
 
+    def captured_for(self, order_id: uuid.UUID) -> bool:
+        """Whether the provider captured any payment for the order (its own, or one refunded on
+        its own: of the wrong amount, a second one)."""
+        return _CAPTURED_FOR.first(self._session, {"order_id": order_id}) is not None
+
 
 # An order and its history (each column of its steps as an array, in order), one round trip.
 _ORDER_FIELDS = tuple(column.key for column in Order.__table__.columns)
@@ -204,6 +209,9 @@ _READ_ORDER = Statement(
     + " FROM orders o WHERE o.id = :id"
 )
 _LOCK_ORDER = Statement("SELECT 1 FROM orders WHERE id = :id FOR UPDATE")
+# the partial index payment_events_captures finds them
+_CAPTURED_FOR = Statement(
+    f"SELECT 1 FROM payment_events WHERE order_id = :order_id AND event_type = '{CAPTURE_EVENT}' LIMIT 1")
 _NOTE_EMAIL_SENT = Statement("UPDATE orders SET email_sent_at = :sent_at WHERE id = :id AND email_sent_at IS NULL")
 _ADD_STEPS = Statement(
     "INSERT INTO order_transitions (order_id, from_status, to_status, reason, at) "

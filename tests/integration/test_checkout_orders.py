@@ -151,3 +151,17 @@ def test_a_second_locker_waits_for_the_first_and_then_sees_its_changes(unit_of_w
         uow.commit()
     waiter.join(10)
     assert seen == {"status": orders.CONFIRMED, "version": 2}
+
+
+def test_an_order_is_known_charged_once_the_provider_captured_any_payment_for_it(unit_of_work):
+    """What the email of an order's end says about money (services/checkout/handlers.py
+    `_end_order`): an approval is no charge; a capture, of the wrong amount too, is."""
+    order_id, other = placed(unit_of_work), placed(unit_of_work)
+    with unit_of_work() as uow:
+        uow.payment_events.record("WH-A", order_id, "PAYMENT.CAPTURE.APPROVED")
+        uow.payment_events.record("WH-C", other, "PAYMENT.CAPTURE.COMPLETED")
+        uow.commit()
+    with unit_of_work() as uow:
+        assert not uow.payment_events.captured_for(order_id)
+        uow.payment_events.record("WH-B", order_id, "PAYMENT.CAPTURE.COMPLETED")
+        assert uow.payment_events.captured_for(order_id)

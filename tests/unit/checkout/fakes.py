@@ -109,6 +109,9 @@ class FakePaymentEvents:
         self.rows[provider_event_id] = (order_id, event_type)
         return True
 
+    def captured_for(self, order_id):
+        return (order_id, "PAYMENT.CAPTURE.COMPLETED") in self.rows.values()
+
 
 class FakeLines:
     """Lines and their tickets, in one dict so a rolled-back block drops what it added;

@@ -3,7 +3,12 @@ unit-test harness) rendered through notifications' templates: every sentence abo
 refund is true of what happened."""
 from services.checkout import errors
 from services.notifications import emails
+from services.checkout.handlers import CAPTURE_DENIED, PaymentNotice
 from tests.unit.checkout.fakes import Checkout, capture, given_back, hold_ran_out, requested_refund
+
+
+def declined_payment(order) -> PaymentNotice:
+    return PaymentNotice(f"WH-D-{order.id}", CAPTURE_DENIED, str(order.id), None, order.total_amount, order.currency)
 
 
 def mailed(events, event_type):
@@ -61,6 +66,32 @@ def test_an_unpaid_order_cancelled_or_expired_says_nothing_was_charged():
     assert "Nothing was charged" in mailed(events, "order.cancelled").text
     events = checkout.deliver("reservation.expired", {"order_id": str(expired.id)})
     assert "Nothing was charged" in mailed(events, "order.expired").text
+
+
+def test_an_order_paid_the_wrong_amount_that_then_ends_never_says_nothing_was_charged():
+    """A capture of the wrong amount is refunded on its own and the order stays payable; when it
+    then runs out, is cancelled or declined, its email said "Nothing was charged" while that
+    refund was still on its way."""
+    endings = {
+        "order.expired": lambda checkout, order: checkout.deliver("reservation.expired", {"order_id": str(order.id)}),
+        "order.cancelled": lambda checkout, order: checkout.cancel(order)[1],
+        "order.payment_failed": lambda checkout, order: checkout.pay(declined_payment(order))[1],
+    }
+    for event_type, end in endings.items():
+        checkout = Checkout()
+        order = checkout.place()
+        checkout.pay(capture(order, amount=order.total_amount - 100))
+        email = mailed(end(checkout, order), event_type)
+        for body in (email.text, email.html):
+            assert "Nothing was charged" not in body, event_type
+            assert "refunded on its own" in body, event_type
+
+
+def test_a_declined_payment_says_nothing_was_charged():
+    checkout = Checkout()
+    order = checkout.place()
+    email = mailed(checkout.pay(declined_payment(order))[1], "order.payment_failed")
+    assert "Nothing was charged" in email.text and "Nothing was charged" in email.html
 
 
 def test_a_second_payment_refunded_says_the_order_stands():
