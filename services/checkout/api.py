@@ -68,7 +68,9 @@ def init_app(app, settings) -> None:
     description="On a drop with a line (the waiting room) the order needs the admission pass the line gave "
                 "the buyer, in the header `Line-Pass`: without it 403 `line-pass-required`; forged, another "
                 "buyer's or another drop's 403 `line-pass-invalid`; expired 403 `line-pass-expired`; already "
-                "used 409 `line-pass-used`. Nothing stays held then, and the refusal is not kept as the key's answer.",
+                "used 409 `line-pass-used`. Nothing stays held then, and the refusal is not kept as the key's answer. "
+                "During the drop's invite-only phase, when the line admits nobody, a buyer of the invited tier "
+                "orders without a pass.",
     headers={"Idempotency-Key": {
         "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
                        "(header `Idempotent-Replayed: true`); the same key with another body answers 422, naming "

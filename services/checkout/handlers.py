@@ -67,11 +67,22 @@ def admitted_ticket(cmd: PlaceOrder, settings, drops_with_lines: set[uuid.UUID])
     return waiting_room.verify_pass(settings.line_pass_secrets, cmd.line_pass, cmd.buyer_id, cmd.drop_id)
 
 
-def invited(hold: Hold | None) -> bool:
-    """Whether `hold` lets its order through without a line pass: it was made during its drop's
-    invite-only phase, so for a buyer of the invited tier. The line admits nobody until that
-    phase ends (services/checkout/admitter.py), so the two never compete for a unit by turns."""
-    return hold is not None and hold.invite_phase
+def invited(hold: Hold | None, refusal: Problem | None = None, asked_invited_only: bool = False) -> bool:
+    """Whether an order without a line pass goes on, on a drop with a line: its `hold` was made
+    during the drop's invite-only phase, so for a buyer of the invited tier (the line admits
+    nobody until that phase ends: services/checkout/admitter.py, so the two never compete for a
+    unit by turns); or, its hold asked for the phase only, inventory refused it for what only a
+    buyer the phase let by hears (`INVITED_REFUSALS`: sold out, a limit, a country: the answer
+    for them, not "join the line"), or found the order's earlier hold given back (held again
+    for the phase only)."""
+    if hold is not None:
+        return hold.invite_phase
+    return asked_invited_only and isinstance(refusal, INVITED_REFUSALS)
+
+
+# What inventory refuses a hold asked for the invite-only phase with only after the phase and
+# tier checks passed (Drop.check_reservable's order), and an earlier attempt's hold given back.
+INVITED_REFUSALS = (errors.SoldOut, errors.LimitExceeded, errors.CountryNotAllowed, errors.HoldReleased)
 
 
 def has_line(cmd: PlaceOrder, uow, drops_with_lines: set[uuid.UUID]) -> bool:
@@ -99,12 +110,17 @@ def hold_units(cmd: PlaceOrder, inventory: InventoryClient, drops_with_lines: se
     An order without a pass on a drop this process knows has a line (`admitted_ticket` let it
     by: its buyer has a tier) is held only during the drop's invite-only phase, so it never
     takes a unit from the line's buyers for a moment, only to be refused."""
-    invited_only = cmd.line_pass is None and uuid.UUID(cmd.drop_id) in drops_with_lines
     return inventory.reserve(
         str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity, renew=again,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"), batched=batched,
-        invited_only=invited_only,
+        invited_only=asks_invited_only(cmd, drops_with_lines),
     )
+
+
+def asks_invited_only(cmd: PlaceOrder, drops_with_lines: set[uuid.UUID]) -> bool:
+    """Whether the order's hold is asked for the drop's invite-only phase only: an order without
+    a pass on a drop this process knows has a line."""
+    return cmd.line_pass is None and uuid.UUID(cmd.drop_id) in drops_with_lines
 
 
 def place_order(cmd: PlaceOrder, hold: Hold, ticket_id: uuid.UUID | None, uow, provider: PaymentProvider,

@@ -110,7 +110,7 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
-    in_hand = InHand(hold)
+    in_hand = InHand(hold, invited_only=handlers.asks_invited_only(cmd, drops_with_lines))
     try:
         answer = _answer_with_hold(cmd, in_hand, refusal, ticket_id, uow, inventory, provider, settings,
                                    render=render, instance=instance, drops_with_lines=drops_with_lines)
@@ -139,6 +139,7 @@ class InHand:
 
     hold: Hold | None
     claimed: bool = False
+    invited_only: bool = False  # the first hold was asked for the drop's invite-only phase only
 
 
 def _give_back_unanswered(cmd: handlers.PlaceOrder, in_hand: InHand, failed: Exception,
@@ -184,7 +185,8 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
                 handlers.give_back_hold(inventory, str(cmd.order_id))  # no order has this id, nor ever will
             return _earlier_answer(cmd, held)
         log.warning("took over an unanswered idempotency key")
-    if ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines) and not handlers.invited(hold):
+    lined = ticket_id is None and handlers.has_line(cmd, uow, drops_with_lines)
+    if lined and not handlers.invited(hold, refusal, in_hand.invited_only):
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
         _give_back_own(hold, cmd, inventory)
         raise handlers.pass_required()
@@ -203,6 +205,11 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         # that ended).
         hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines, again=True))
         in_hand.hold = hold
+    if lined and not handlers.invited(hold, refusal, asked_invited_only=True):
+        # asked again (for the phase only: the drop is known to have a line now) after the phase
+        # ended: the hold an invited buyer's earlier attempt made is gone, and the line is the way
+        _give_back_own(hold, cmd, inventory)
+        raise handlers.pass_required()
     if refusal is None:
         try:
             order, refusal = _definitive(lambda: handlers.place_order(cmd, hold, ticket_id, uow, provider, settings))

@@ -173,10 +173,10 @@ class Drop(Base):
             raise SaleNotOpen("The drop has not opened yet.", opens_at=self.opens_at.isoformat())
         if window and now >= self.closes_at:
             raise SaleNotOpen("The drop has closed.", closes_at=self.closes_at.isoformat())
+        if invited_only and not self.is_invite_only_at(now):  # a renewal too: checkout's for an invited order
+            raise NotInvitePhase("This hold was asked for the drop's invite-only phase, which is not running.")
         if renewal:
             return
-        if invited_only and not self.is_invite_only_at(now):
-            raise NotInvitePhase("This hold was asked for the drop's invite-only phase, which is not running.")
         if self.is_invite_only_at(now) and buyer_tier != self.invite_tier:
             raise InviteOnly(
                 f"Until {self.invite_only_until.isoformat()} this drop is open to the {self.invite_tier!r} tier only.",

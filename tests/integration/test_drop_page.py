@@ -339,7 +339,46 @@ def test_during_the_invite_only_phase_an_invited_buyer_orders_without_the_line_a
         other.get_by_role("button", name="Join the line").click()
         expect(other.locator("#line-news")).to_have_text(re.compile(
             r"^You're in line: it starts letting buyers in at .+, when the invited buyers' early access ends\."))
+
+        # an admin ends the phase: the open page lets its buyer in and order (its end once sent
+        # the page's rendering round in circles until the stack overflowed, and it froze)
+        ends_at = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+        ended = floodgate.http.patch(f"{floodgate.stack.url('inventory')}/drops/{drop['id']}",
+                                     headers={"Authorization": f"Bearer {admin_token}"},
+                                     json={"invite_only_until": ends_at})
+        assert ended.status_code == 200, ended.text
+        expect(other.locator("#line-news")).to_have_text(re.compile(r"^It's your turn!"), timeout=30_000)
+        order_to_toronto(other)
         assert other.script_problems == []
+
+
+def test_an_account_made_before_its_invite_signs_in_with_the_code_and_is_invited(floodgate, admin_token, buyer_page):
+    """The code redeemed at sign-in, and the token renewed so that it carries the tier: the page
+    lets the buyer order during the invite-only phase. A wrong code says so, signed in all the same."""
+    page = buyer_page
+    email, _ = floodgate.register(password="correct horse battery staple")
+    code = floodgate.http.post(f"{floodgate.stack.url('accounts')}/invites", json={"tier": "friends", "max_uses": 1},
+                               headers={"Authorization": f"Bearer {admin_token}"}).json()["code"]
+    early_until = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat()
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, invite_only_until=early_until, invite_tier="friends")
+    open_drop_page(page, floodgate, drop)
+    form = page.locator("#account-form")
+
+    def sign_in_with(invite_code: str) -> None:
+        form.get_by_label("Email").fill(email)
+        form.get_by_label("Password").fill("correct horse battery staple")
+        form.get_by_label("Invite code").fill(invite_code)
+        form.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#signed-in")).to_be_visible(timeout=10_000)
+
+    sign_in_with("NOT-A-CODE")
+    expect(page.locator("#account-problem")).to_be_visible()
+    expect(page.locator("#order-gate")).to_have_text(re.compile(r"^Until .+ the drop is open to invited buyers only\.$"))
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_with(code)
+    expect(page.locator("#order-gate")).to_have_text(re.compile(r"^You're invited: order now\. Until "))
+    order_to_toronto(page)
+    assert page.script_problems == []
 
 
 def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown_the_order_they_have(

@@ -246,10 +246,10 @@ def test_a_drop_with_an_invite_only_phase_and_a_line_serves_the_invited_first_th
     admits nobody until the phase ends, then lets its buyers in. Before, the line admitted by
     position from the opening: its passes went to buyers inventory refused as not invited, which
     lost them their turn, and the invited could not order without a pass."""
-    invited = _invited_buyer(floodgate, admin_token, "friends")
+    invited, invited_late = (_invited_buyer(floodgate, admin_token, "friends") for _ in range(2))
     crowd = _ready_buyers(floodgate, 2)
     drop = floodgate.create_drop(admin_token, quantity=5, opens_in=OPENS_IN,
-                                 invite_only_until=(utc_now() + timedelta(seconds=OPENS_IN + 8)).isoformat(),
+                                 invite_only_until=(utc_now() + timedelta(minutes=10)).isoformat(),
                                  invite_tier="friends")
     floodgate.put_line(admin_token, drop, admission_rate=50)
     for token in crowd:
@@ -259,11 +259,18 @@ def test_a_drop_with_an_invite_only_phase_and_a_line_serves_the_invited_first_th
          what="the invited buyer's order without a pass, once the drop opens")
     passless = floodgate.place_order(crowd[0], drop["id"])
     assert (passless.status_code, passless.json()["type"].rsplit("/", 1)[-1]) == (403, "line-pass-required")
-    assert all(floodgate.my_ticket(token, drop["id"])["pass"] is None for token in crowd)  # nobody in the phase
     assert floodgate.get_drop(drop["id"])["remaining"] == 4
+    # the admitter's turns come every half second: a few of them, and nobody is let in
+    poll(lambda: scalar(stack, "checkout", "SELECT count(*) FROM line_tickets WHERE drop_id = :d "
+                                           "AND position IS NOT NULL", d=drop["id"]) == 2, what="the draw")
+    assert all(floodgate.my_ticket(token, drop["id"])["pass"] is None for token in crowd)
 
-    _first_admitted_orders(floodgate, stack, drop, crowd, not_before=drop["invite_only_until"])
-    late = floodgate.place_order(invited, drop["id"], key=str(uuid.uuid4()))  # the phase is over: the line is the way
+    ends_at = (utc_now() + timedelta(seconds=1)).isoformat()  # an admin ends the phase
+    ended = floodgate.http.patch(floodgate.stack.url("inventory") + f"/drops/{drop['id']}",
+                                 headers={"Authorization": f"Bearer {admin_token}"}, json={"invite_only_until": ends_at})
+    assert ended.status_code == 200, ended.text
+    _first_admitted_orders(floodgate, stack, drop, crowd, not_before=ends_at)
+    late = floodgate.place_order(invited_late, drop["id"])  # the phase is over: the line is the way
     assert (late.status_code, late.json()["type"].rsplit("/", 1)[-1]) == (403, "line-pass-required")
     assert floodgate.get_drop(drop["id"])["remaining"] == 3
 

@@ -364,14 +364,14 @@ class FakeInventory:
             return replace(held, created=False)
         if self.reserve_refusal is not None:
             raise self.reserve_refusal
-        if invited_only and not renew and not self.invite_phase:
+        if held is not None and not renew:  # its reservation, given back, whatever the request
+            raise errors.HoldReleased("The hold for this order was released and could not be renewed.")
+        if invited_only and not self.invite_phase:
             raise errors.NotInvitePhase("This hold was asked for the drop's invite-only phase, which is not running.")
         if renew:
             self.sell_refusal = None  # the units are held again: they can be sold
         if held is not None and order_id not in self.given_back:
             return held
-        if held is not None and not renew:
-            raise errors.HoldReleased("The hold for this order was released and could not be renewed.")
         self.given_back.discard(order_id)
         self.holds[order_id] = Hold(order_id=order_id, drop_id=drop_id, quantity=quantity,
                                     hold_expires_at=utc_now() + HOLD, unit_amount=UNIT_PRICE, currency=CURRENCY,

@@ -481,6 +481,44 @@ def test_an_invited_buyer_orders_without_a_pass_during_the_invite_only_phase(che
     assert checkout.inventory.reserved[0].get("invited_only", False) is known
 
 
+@pytest.mark.parametrize("refusal", [errors.SoldOut("The drop is sold out."),
+                                     errors.LimitExceeded("A buyer may reserve at most 1 of this drop.")],
+                         ids=lambda refusal: refusal.slug)
+def test_an_invited_buyer_refused_at_inventory_during_the_phase_hears_why_not_to_join_the_line(checkout, refusal):
+    """Asked for the phase only, a hold refused for a limit or the stock passed the phase's and
+    the tier's checks: "join the line" sent the invited buyer to wait for the phase's end, only
+    to hear the real refusal then."""
+    on_a_drop_with_a_line(checkout)
+    checkout.inventory.invite_phase = True
+    checkout.inventory.reserve_refusal = refusal
+    answer = send(checkout, replace(order_request(), buyer_tier="friends"))
+    assert (answer.status, json.loads(answer.body)["type"]) == (refusal.status, f"{PROBLEM_BASE}{refusal.slug}")
+    assert kept(checkout) is not None  # the key's answer, as on a drop without a line
+
+
+def test_an_invited_order_whose_hold_went_back_is_not_held_again_once_the_phase_is_over(checkout):
+    """Two requests with one key and body: the second got the first's hold, made in the phase.
+    Before the second asked again, the first failed (a 5xx) and gave it back, and the phase
+    ended: the renewal took a unit without a pass after the phase, from units the line's
+    admitter had counted for its buyers. It is asked for the phase only now, and refused."""
+    on_a_drop_with_a_line(checkout)
+    cmd = replace(order_request(), buyer_tier="friends")
+    checkout.inventory.invite_phase = True
+    checkout.inventory.reserve(str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity)  # the first's hold
+    asks = []
+
+    def the_first_fails_and_the_phase_ends():
+        asks.append(True)
+        if len(asks) == 2:  # the second request's ask again, with the key
+            checkout.inventory.release(str(cmd.order_id))
+            checkout.inventory.invite_phase = False
+
+    checkout.inventory.meanwhile = the_first_fails_and_the_phase_ends
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, cmd)
+    assert str(cmd.order_id) in checkout.inventory.given_back and kept(checkout) is None
+
+
 def test_a_buyer_with_a_tier_is_sent_to_the_line_once_the_invite_only_phase_is_over(checkout):
     """Out of the phase, the tier's order without a pass is refused as any other's, and
     inventory, asked to hold only in the phase, takes no unit for it, even for a moment."""

@@ -240,11 +240,18 @@ def test_a_pass_holder_who_comes_while_another_waits_waits_after_them():
     gate = OrderGate(1, clock=Clock(), draw=upper_bound)
     assert gate.try_enter()
     (first_pass, first_ticket), answers = pass_for(), []
-    admission = OrderAdmission(created, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
+    placing = threading.Event()  # the first's order holds its slot until the second has asked
+
+    def held_open(environ, start_response):
+        placing.wait(10)
+        return created(environ, start_response)
+
+    admission = OrderAdmission(held_open, gate, TooBusy("busy"), "checkout", patience=line_pass_patience(SECRET, 30))
     waiting = threading.Thread(target=lambda: answers.append(answer_of(admission, order_with(first_pass))))
     waiting.start()
     waits_at(gate, first_ticket)
     gate.leave()  # the slot is left while the first waits; a second pass holder asks without waiting
     assert not gate.try_enter(0.0, str(pass_for()[1]))
+    placing.set()
     waiting.join(timeout=10)
     assert answers == ["201 Created"]

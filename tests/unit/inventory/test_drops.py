@@ -135,6 +135,8 @@ def test_a_hold_asked_for_the_invite_only_phase_only_is_refused_outside_it():
         drop().check_reservable(1, OPENS, buyer_tier="early", invited_only=True)  # a drop without the phase
     with pytest.raises(InviteOnly):  # in the phase, the tier is checked as ever
         invite_only.check_reservable(1, OPENS, buyer_tier="other", invited_only=True)
+    with pytest.raises(NotInvitePhase):  # a renewal of an invited order's hold given back, too
+        invite_only.check_reservable(1, INVITE_ENDS, buyer_tier="early", renewal=True, invited_only=True)
 
 
 def test_before_opening_even_invited_buyers_hear_not_open():
