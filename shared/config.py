@@ -110,7 +110,7 @@ class Settings:
     partner_down_seconds: float = 24 * 3600
     # a consumer deletes what has aged this often (shared/messaging/housekeeping.py): inbox
     # message ids kept this long (a copy of a message comes again within minutes, not days)
-    housekeeping_interval_seconds: float = 60.0
+    housekeeping_interval_seconds: float = 3600.0
     inbox_retention_seconds: float = 7 * 24 * 3600
     # outbox relay
     relay_batch_size: int = 500

@@ -54,8 +54,8 @@ class Root:
     # its delivery log, keyed by event id, already says whether an event's email went out).
     inbox: bool = True
     # What the consumer deletes as it goes besides its inbox (shared/messaging/housekeeping.py):
-    # name -> one batch, returning the rows it deleted.
-    purges: Mapping[str, Callable[[], int]] = field(default_factory=dict)
+    # name -> one batch of at most the size it is given, returning the rows it deleted.
+    purges: Mapping[str, Callable[[int], int]] = field(default_factory=dict)
 
     @property
     def service(self) -> str:

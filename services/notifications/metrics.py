@@ -5,7 +5,8 @@ not kept in their memory: the delivery log already knows every send, retry and d
 all consumers together and across restarts, and the broker knows how many events wait.
 
 - `floodgate_notifications_emails_sent_total`, `..._retries_total`, `..._dead_lettered_total`:
-  from the delivery log (counters: its columns only grow).
+  from the delivery log, with what its purged rows counted (`delivery_totals_purged`): counters,
+  since a row's columns only grow and a purge carries a row's counts as it deletes it.
 - `floodgate_notifications_queue_messages{queue}`: messages ready in the work queue, each retry
   tier and the dead-letter queue (a passive declare, which changes nothing).
 - `floodgate_notifications_oldest_pending_age_seconds`: how long the oldest event that was tried

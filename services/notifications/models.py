@@ -67,7 +67,7 @@ class PurgedDeliveryTotals(Base):
     __tablename__ = "delivery_totals_purged"
     __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
 
-    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
     sent: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     retries: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     dead_letters: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")

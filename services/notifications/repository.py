@@ -9,7 +9,6 @@ from sqlalchemy import orm
 
 from shared import db
 from shared.admin_actions import AdminActions
-from shared.messaging.housekeeping import HOUSEKEEPING_BATCH_SIZE
 from shared.sql import Statement
 from services.notifications.models import DEAD, RETRYING, SENT, SUPERSEDED, Delivery, PurgedDeliveryTotals
 
@@ -86,8 +85,9 @@ class DeliveryLog:
     def purge_finished(self, retention_seconds: float, batch_size: int) -> int:
         """Delete one batch of deliveries finished (`sent`, `superseded`) more than
         `retention_seconds` ago, adding what they counted to the purged totals in the same
-        statement; how many went. Those retrying or parked stay. Rows another purge is deleting
-        are skipped (SKIP LOCKED)."""
+        statement; how many went. Those retrying or parked stay, and so does the latest sent
+        (when the last email went out, and how late, is read off it). Rows another purge is
+        deleting are skipped (SKIP LOCKED)."""
         return int(_PURGE_FINISHED.scalar(self._session, {"retention": retention_seconds, "batch": batch_size}))
 
     def _upsert(self, attempt: dict, now: datetime, status: str, **changes) -> str | None:
@@ -166,13 +166,15 @@ _UPSERT = Statement(
 
 
 # The sent and superseded rows last updated before the retention (the index deliveries_status
-# finds them), deleted with their counts carried into delivery_totals_purged: one statement, so
-# /metrics' totals (read in one statement too) see both or neither.
+# finds them), but the latest sent, deleted with their counts carried into
+# delivery_totals_purged: one statement, so /metrics' totals (read in one statement too) see
+# both or neither.
 _PURGE_FINISHED = Statement(
     f"""
     WITH aged AS (
         SELECT id FROM deliveries
         WHERE status IN ('{SENT}', '{SUPERSEDED}') AND updated_at < now() - make_interval(secs => :retention)
+          AND id IS DISTINCT FROM (SELECT id FROM deliveries WHERE status = '{SENT}' ORDER BY updated_at DESC LIMIT 1)
         LIMIT :batch FOR UPDATE SKIP LOCKED
     ), gone AS (
         DELETE FROM deliveries WHERE id IN (SELECT id FROM aged) RETURNING status, retries, dead_letters
@@ -190,7 +192,7 @@ _PURGE_FINISHED = Statement(
 )
 
 
-def purge_delivery_log(unit_of_work, retention_seconds: float, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> int:
+def purge_delivery_log(unit_of_work, retention_seconds: float, batch_size: int) -> int:
     """One batch of the consumer's housekeeping (shared/messaging/housekeeping.py): deliveries
     finished more than `retention_seconds` ago go, their counts carried; how many went."""
     with unit_of_work() as uow:

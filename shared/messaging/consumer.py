@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import pika
 
@@ -41,7 +41,7 @@ from shared.messaging import connection as amqp
 from shared.messaging import topology
 from shared.messaging.deferral import Deferral
 from shared.messaging.envelope import Envelope, MalformedEvent
-from shared.messaging.housekeeping import Housekeeper, purge_inbox
+from shared.messaging.housekeeping import Housekeeper, Task, machine_busy, purge_inbox
 from shared.messaging.outbox import claim_message
 
 log = logging.getLogger("floodgate.consumer")
@@ -255,7 +255,8 @@ class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], uow_factory: Callable[[], object],
-                 process: str, last_seen: LastSeen | None = None, inbox: bool = True):
+                 process: str, last_seen: LastSeen | None = None, inbox: bool = True,
+                 housekeeping: Sequence[tuple[str, Task]] = ()):
         self.settings = settings
         # a message may wait for a busy machine first (DEFER_WHILE_BUSY_SECONDS, 0 by default)
         self.deferral = Deferral.from_settings(settings)
@@ -270,6 +271,9 @@ class ConsumerRunner:
         self.heartbeat = Heartbeat(settings.heartbeat_file, last_seen)
         self.reconnects = amqp.Reconnects(self.stop, settings.heartbeat_file, log)
         self.pause = Pause()
+        # what the consumer deletes as it goes (shared/messaging/housekeeping.py)
+        self.housekeeper = Housekeeper(housekeeping, self.stop, settings.housekeeping_interval_seconds,
+                                       busy=machine_busy(settings.busy_cpu_share, self.stop))
         self.stuck_after = STUCK_HANDLER_SECONDS + self.deferral.seconds
         self._handling: dict[int, float] = {}  # handler thread -> when it took its message (monotonic)
         self._finished = 0.0  # when a handling last finished (monotonic)
@@ -304,6 +308,7 @@ class ConsumerRunner:
     def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with capped back-off (`amqp.Reconnects`)."""
         lower_priority(self.settings)
+        self.housekeeper.start()  # after lowering the priority, which the thread inherits
         # One pool for the runner's life, not one per broker connection: a handler thread keeps
         # what it holds per thread (notifications' SMTP connection) across reconnects.
         with ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler") as worker:
@@ -312,6 +317,7 @@ class ConsumerRunner:
                     self._consume_until_stopped(worker)
                 except amqp.RECOVERABLE as error:
                     self.reconnects.wait("broker connection lost, reconnecting", error)
+        self.housekeeper.join(timeout=5)  # a batch in hand commits or rolls back before the engine goes
         log.info("consumer stopped")
 
     def _consume_until_stopped(self, worker: ThreadPoolExecutor) -> None:
@@ -491,16 +497,15 @@ def run(root) -> None:
     """Consume the service's events with its root's handlers until SIGTERM (a `shared.service.Root`),
     deleting what has aged as it goes (`housekeeping_tasks`)."""
     runner = ConsumerRunner(root.settings, root.event_handlers, root.unit_of_work, root.process,
-                            LastSeen(root.engine, "consumer"), inbox=root.inbox)
+                            LastSeen(root.engine, "consumer"), inbox=root.inbox, housekeeping=housekeeping_tasks(root))
     runner.install_signal_handlers()
-    Housekeeper(housekeeping_tasks(root), runner.stop, root.settings.housekeeping_interval_seconds).start()
     try:
         runner.run()
     finally:
         root.close()
 
 
-def housekeeping_tasks(root) -> list[tuple[str, Callable[[], int]]]:
+def housekeeping_tasks(root) -> list[tuple[str, Task]]:
     """What a consumer of `root`'s service purges: its inbox, when it keeps one, and the
     service's own `purges`."""
     tasks = list(root.purges.items())

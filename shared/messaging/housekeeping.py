@@ -7,12 +7,18 @@
 - Notifications' delivery log (`DELIVERY_LOG_RETENTION_SECONDS`, 30 days): see
   services/notifications/repository.py `DeliveryLog.purge_finished`.
 
-Every `HOUSEKEEPING_INTERVAL_SECONDS` (60) a thread of the consumer process deletes what has
-aged, `HOUSEKEEPING_BATCH_SIZE` (1,000) rows a transaction and at most `MAX_BATCHES` a round, so
-a long-kept table is worked down over the rounds, never in one long transaction. Consumer
-replicas purge side by side: each batch takes only rows nobody else is deleting (SKIP LOCKED).
-A failed round (the database away) is logged and the next one tries again; consuming is never
-held up by it. The consumer runs at the background's CPU priority, as its messages do.
+Every `HOUSEKEEPING_INTERVAL_SECONDS` (an hour; the first round a whole interval after the
+consumer starts, so that a rollout has replaced every API pod before the first purge) a thread of
+the consumer process deletes what has aged, `HOUSEKEEPING_BATCH_SIZE` (1,000) rows a transaction
+and at most `MAX_BATCHES` a round, so a long-kept table is worked down over the rounds, never in
+one long transaction. Consumer replicas purge side by side: each batch takes only rows nobody
+else is deleting (SKIP LOCKED). A round is skipped while the machine's other processes keep it
+busy (`BUSY_CPU_SHARE`, as mail waits for the rush: shared/messaging/deferral.py): on a box shared
+with the APIs a drop's rush comes first. A failed round is logged and the next one tries again;
+consuming is never held up by it. The thread runs at the consumer's background priority.
+
+The inbox has no index on `received_at`: a round reads the table once (a week of message ids),
+an hour apart; an index would be written by every message a consumer handles.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import threading
 from typing import Callable, Sequence
 
 import sqlalchemy as sa
+
+from shared.messaging.deferral import OthersShare
 
 log = logging.getLogger("floodgate.messaging.housekeeping")
 
@@ -37,55 +45,83 @@ _PURGE_INBOX = sa.text(
 )
 
 
-def purge_inbox(engine: sa.Engine, retention_seconds: float, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> int:
+def purge_inbox(engine: sa.Engine, retention_seconds: float, batch_size: int) -> int:
     """Delete one batch of inbox ids received more than `retention_seconds` ago; how many went."""
     with engine.begin() as connection:
         return int(connection.execute(_PURGE_INBOX, {"retention": retention_seconds, "batch": batch_size}).scalar_one())
 
 
-Task = Callable[[], int]  # one batch: the rows it deleted
+Task = Callable[[int], int]  # one batch of at most the given size: the rows it deleted
 
 
-def purge(name: str, task: Task, batch_size: int = HOUSEKEEPING_BATCH_SIZE, max_batches: int = MAX_BATCHES) -> int:
+def purge(name: str, task: Task, batch_size: int = HOUSEKEEPING_BATCH_SIZE, max_batches: int = MAX_BATCHES,
+          stop: threading.Event | None = None) -> int:
     """Run `task` batch after batch until one deletes fewer than `batch_size` rows, at most
-    `max_batches` times; the rows deleted."""
+    `max_batches` times, or `stop` is set; the rows deleted (logged, also when a batch fails)."""
     deleted = 0
-    for _ in range(max_batches):
-        count = task()
-        deleted += count
-        if count < batch_size:
-            break
-    if deleted:
-        log.info("purged", extra={"what": name, "rows": deleted})
+    try:
+        for _ in range(max_batches):
+            count = task(batch_size)
+            deleted += count
+            if count < batch_size or (stop is not None and stop.is_set()):
+                break
+    finally:
+        if deleted:
+            log.info("purged", extra={"what": name, "rows": deleted})
     return deleted
+
+
+def machine_busy(busy_share: float, stop: threading.Event) -> Callable[[], bool]:
+    """Whether the machine's other processes used at least `busy_share` of the CPU this process
+    left them over the last second (False without `/proc/stat`)."""
+    share = OthersShare(window=1.0)
+
+    def busy() -> bool:
+        share()
+        stop.wait(share.window)
+        last = share()
+        return last is not None and last >= busy_share
+
+    return busy
 
 
 class Housekeeper:
     """Runs each of `tasks` ((name, one batch), ...) every `interval_seconds` until `stop` is set,
-    in a daemon thread of its own (`start`). The first round comes after an interval, drawn at
-    random within it: replicas started together do not purge in step."""
+    in a daemon thread of its own (`start`), skipping a round while `busy()`."""
 
     def __init__(self, tasks: Sequence[tuple[str, Task]], stop: threading.Event, interval_seconds: float,
-                 batch_size: int = HOUSEKEEPING_BATCH_SIZE):
+                 busy: Callable[[], bool] = lambda: False, batch_size: int = HOUSEKEEPING_BATCH_SIZE):
         self.tasks = list(tasks)
         self.stop = stop
         self.interval_seconds = interval_seconds
+        self.busy = busy
         self.batch_size = batch_size
         self.thread = threading.Thread(target=self.run, name="housekeeping", daemon=True)
 
     def start(self) -> None:
+        """From a thread at the priority the purges are to run at (a thread inherits its maker's)."""
         if self.tasks:
             self.thread.start()
 
+    def join(self, timeout: float) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
     def run(self) -> None:
-        wait = random.uniform(0.5, 1.0) * self.interval_seconds
+        # a whole interval first, then drawn within a tenth of it: replicas do not purge in step
+        wait = self.interval_seconds * random.uniform(1.0, 1.1)
         while not self.stop.wait(wait):
             self.round()
-            wait = self.interval_seconds
+            wait = self.interval_seconds * random.uniform(0.9, 1.1)
 
     def round(self) -> None:
+        if self.busy():
+            log.info("housekeeping skipped: the machine is busy; next round later")
+            return
         for name, task in self.tasks:
+            if self.stop.is_set():
+                return
             try:
-                purge(name, task, self.batch_size)
-            except sa.exc.SQLAlchemyError as error:  # the database away: the next round tries again
-                log.warning("housekeeping failed; trying again next round", extra={"what": name, "error": repr(error)})
+                purge(name, task, self.batch_size, stop=self.stop)
+            except Exception:  # noqa: BLE001 - the database away, or a bug: the next round tries again
+                log.exception("housekeeping failed; trying again next round", extra={"what": name})

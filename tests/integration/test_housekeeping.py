@@ -42,8 +42,7 @@ def totals(unit_of_work) -> dict:
 def purged_side_by_side(task, consumers: int = 2, batch_size: int = 5) -> int:
     """What `consumers` purging at once with `task(batch_size)` deleted between them."""
     with ThreadPoolExecutor(consumers) as pool:
-        return sum(pool.map(lambda _: purge("test", lambda: task(batch_size), batch_size, max_batches=100),
-                            range(consumers)))
+        return sum(pool.map(lambda _: purge("test", task, batch_size, max_batches=100), range(consumers)))
 
 
 def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(notifications):
@@ -53,23 +52,40 @@ def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(not
         for k in range(23):  # sent a month and more ago, each after one failed attempt
             uow.deliveries.record_failure(attempt(f"old-{k}"), old, "retrying", "SMTP 451")
             uow.deliveries.record_sent(attempt(f"old-{k}"), old)
+        uow.deliveries.record_failure(attempt("replayed"), old, "dead", "SMTP 550")  # parked, replayed, then sent
+        uow.deliveries.mark_replayed({"replayed"})
+        uow.deliveries.record_sent(attempt("replayed"), old)
         uow.deliveries.record_not_sent(attempt("superseded"), old)
         uow.deliveries.record_failure(attempt("parked"), old, "dead", "SMTP 550")  # an admin's to replay
         uow.deliveries.record_failure(attempt("still-retrying"), old, "retrying", "SMTP 451")
         uow.deliveries.record_sent(attempt("within-the-retention"), recent)
         uow.commit()
     before = totals(notifications)
-    assert before == {"sent": 24, "retries": 24, "dead_letters": 1, "retrying": 1, "dead": 1}
+    assert before == {"sent": 25, "retries": 24, "dead_letters": 2, "retrying": 1, "dead": 1}
 
     def batch(size: int) -> int:
         return purge_delivery_log(notifications, RETENTION, size)
 
-    assert purged_side_by_side(batch) == 24  # the 23 sent and the superseded one, each deleted once
+    assert purged_side_by_side(batch) == 25  # the 24 sent and the superseded one, each deleted once
     assert batch(5) == 0
     assert totals(notifications) == before  # counters never go back: Prometheus would read a reset
     with notifications() as uow:
         left = {delivery.event_id for delivery in uow.deliveries.search(limit=100)}
     assert left == {"parked", "still-retrying", "within-the-retention"}
+
+
+def test_the_latest_email_sent_stays_whatever_its_age(notifications):
+    """/metrics' time since the last email, and its lag, are read off it: a shop quiet for a
+    month would otherwise read "no email ever sent"."""
+    now = datetime.now(timezone.utc)
+    with notifications() as uow:
+        for days in (45, 40, 35):
+            uow.deliveries.record_sent(attempt(f"sent-{days}-days-ago"), now - timedelta(days=days))
+        uow.commit()
+    assert purge_delivery_log(notifications, RETENTION, 10) == 2
+    with notifications() as uow:
+        assert [d.event_id for d in uow.deliveries.search(limit=10)] == ["sent-35-days-ago"]
+        assert uow.deliveries.totals()["sent"] == 3
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """What a consumer purges, and how a round goes: batches until one comes back short, a bound per
-round, a failing database logged and tried again. No network (the purges' SQL runs against the
-real PostgreSQL in tests/integration/test_housekeeping.py)."""
+round, a failing task logged and tried again, a busy machine skipped, a stop heeded. No network
+(the purges' SQL runs against the real PostgreSQL in tests/integration/test_housekeeping.py)."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ import threading
 
 import sqlalchemy as sa
 
+from devtools.client import poll
 from services.checkout.bootstrap import bootstrap as checkout_bootstrap
 from services.checkout.config import Settings as CheckoutSettings
 from services.notifications.bootstrap import bootstrap as notifications_bootstrap
@@ -19,22 +20,26 @@ DATABASE = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # never connected to:
 
 
 class Batches:
-    """A purge whose batches delete `counts` rows in turn (0 after them); `failures` raise first."""
+    """A purge whose batches delete `counts` rows in turn (0 after them); `failures` raise first;
+    `sizes` are the batch sizes it was asked for."""
 
-    def __init__(self, *counts: int, failures: int = 0):
-        self.counts, self.failures, self.calls = list(counts), failures, 0
+    def __init__(self, *counts: int, failures: list[Exception] | None = None):
+        self.counts, self.failures, self.sizes = list(counts), list(failures or []), []
 
-    def __call__(self) -> int:
-        self.calls += 1
+    def __call__(self, size: int) -> int:
+        self.sizes.append(size)
         if self.failures:
-            self.failures -= 1
-            raise sa.exc.OperationalError("DELETE", {}, Exception("the database is away"))
+            raise self.failures.pop(0)
         return self.counts.pop(0) if self.counts else 0
+
+
+def keeper(*tasks, busy=lambda: False, stop=None) -> Housekeeper:
+    return Housekeeper(list(tasks), stop or threading.Event(), interval_seconds=3600, busy=busy, batch_size=10)
 
 
 def test_a_purge_goes_on_batch_after_batch_until_one_comes_back_short():
     batches = Batches(10, 10, 3, 10)
-    assert purge("inbox", batches, batch_size=10) == 23 and batches.calls == 3
+    assert purge("inbox", batches, batch_size=10) == 23 and batches.sizes == [10, 10, 10]
 
 
 def test_a_round_deletes_at_most_its_bound_and_the_next_round_goes_on():
@@ -43,15 +48,34 @@ def test_a_round_deletes_at_most_its_bound_and_the_next_round_goes_on():
     assert purge("inbox", batches, batch_size=10, max_batches=5) == 20
 
 
-def test_a_database_that_fails_a_round_is_logged_and_the_next_round_purges(caplog):
-    inbox, log = Batches(4, failures=1), Batches(2)
-    keeper = Housekeeper([("inbox", inbox), ("delivery log", log)], threading.Event(), interval_seconds=60,
-                         batch_size=10)
+def test_a_task_that_fails_is_logged_the_others_run_and_the_next_round_purges(caplog):
+    database_away = sa.exc.OperationalError("DELETE", {}, Exception("the database is away"))
+    inbox, log = Batches(4, failures=[database_away]), Batches(2, failures=[ValueError("a bug")])
+    rounds = keeper(("inbox", inbox), ("delivery log", log))
     with caplog.at_level(logging.WARNING, logger="floodgate.messaging.housekeeping"):
-        keeper.round()  # the inbox's fails; the delivery log's still runs
-    assert [record.what for record in caplog.records] == ["inbox"] and log.calls == 1
-    keeper.round()
-    assert inbox.calls == 2 and inbox.counts == []
+        rounds.round()  # a database error and a bug alike: logged, and the round goes on
+    assert [record.what for record in caplog.records] == ["inbox", "delivery log"]
+    rounds.round()
+    assert inbox.counts == [] and log.counts == []
+
+
+def test_a_busy_machine_skips_the_round():
+    inbox = Batches(4)
+    keeper(("inbox", inbox), busy=lambda: True).round()
+    assert inbox.sizes == []
+
+
+def test_the_thread_stops_when_the_consumer_does_between_batches():
+    stop = threading.Event()
+
+    def stopping_after_a_batch(size: int) -> int:
+        stop.set()  # SIGTERM during the batch
+        return size
+
+    rounds = keeper(("inbox", stopping_after_a_batch), stop=stop)
+    assert purge("inbox", stopping_after_a_batch, batch_size=10, stop=stop) == 10  # one batch, not twenty
+    rounds.start()
+    poll(lambda: not rounds.thread.is_alive(), timeout=5, what="the thread to end on the stop")
 
 
 def test_checkout_purges_its_inbox_and_notifications_its_delivery_log_past_their_retentions():

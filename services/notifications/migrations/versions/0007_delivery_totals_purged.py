@@ -17,7 +17,7 @@ depends_on = None
 def upgrade():
     op.create_table(
         "delivery_totals_purged",
-        sa.Column("id", sa.SmallInteger(), primary_key=True),
+        sa.Column("id", sa.SmallInteger(), primary_key=True, autoincrement=False),
         sa.Column("sent", sa.BigInteger(), nullable=False, server_default="0"),
         sa.Column("retries", sa.BigInteger(), nullable=False, server_default="0"),
         sa.Column("dead_letters", sa.BigInteger(), nullable=False, server_default="0"),
