@@ -529,18 +529,6 @@ def test_a_drop_not_yet_open_is_brought_forward_or_postponed_and_its_opening_sta
     assert actions[0]["method"] == "PATCH" and actions[0]["outcome"]["opens_at"] == shown["opens_at"]
 
 
-def test_a_product_an_admin_adds_is_among_the_admin_actions(floodgate, stack, admin_token):
-    auth = {"Authorization": f"Bearer {admin_token}"}
-    sku = f"INV-{uuid.uuid4().hex[:10]}"
-    added = floodgate.http.post(stack.url("inventory") + "/products", headers=auth, json={
-        "sku": sku, "name": "OnePlus One 64GB", "price": {"amount": 29900, "currency": "EUR"}})
-    assert added.status_code == 201, added.text
-    actions = floodgate.http.get(stack.url("inventory") + "/admin-actions", headers=auth).json()
-    [action] = [action for action in actions if action["method"] == "POST" and action["path"] == "/products"
-                and (action["outcome"] or {}).get("sku") == sku]
-    assert action["outcome"]["product_id"] == added.json()["id"] and action["body"]["sku"] == sku
-
-
 def test_after_the_invite_only_phase_every_buyer_may_reserve(floodgate, stack, admin_token):
     drop = new_drop(floodgate, admin_token, quantity=5, opens_in=-10, invite_only_until=at(-1), invite_tier="early")
     assert reserve(floodgate, drop["id"]).status_code == 201
