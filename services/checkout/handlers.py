@@ -81,8 +81,9 @@ def invited(hold: Hold | None, refusal: Problem | None = None, asked_invited_onl
 
 
 # What inventory refuses a hold asked for the invite-only phase with only after the phase and
-# tier checks passed (Drop.check_reservable's order), and an earlier attempt's hold given back.
-INVITED_REFUSALS = (errors.SoldOut, errors.LimitExceeded, errors.CountryNotAllowed, errors.HoldReleased)
+# tier checks passed (Drop.check_reservable's order), and an earlier attempt's hold given back
+# (HoldReleased, a SoldOut: held again below for the phase only).
+INVITED_REFUSALS = (errors.SoldOut, errors.LimitExceeded, errors.CountryNotAllowed)
 
 
 def has_line(cmd: PlaceOrder, uow, drops_with_lines: set[uuid.UUID]) -> bool:
@@ -101,19 +102,19 @@ def pass_required() -> errors.LinePassRequired:
                                    "(header Line-Pass).")
 
 
-def hold_units(cmd: PlaceOrder, inventory: InventoryClient, drops_with_lines: set[uuid.UUID], again: bool = False,
+def hold_units(cmd: PlaceOrder, inventory: InventoryClient, invited_only: bool, again: bool = False,
                batched: bool = True) -> Hold:
     """Hold the order's units at inventory: idempotent by the order id, which is the key's.
     `again` holds once more the units of an earlier attempt of this key whose hold was given back
     (refused after its hold for a reason not kept as the key's answer: no pass yet, a pass used).
     `batched=False`: a call of its own, not behind the batch in flight (asked in a transaction).
-    An order without a pass on a drop this process knows has a line (`admitted_ticket` let it
-    by: its buyer has a tier) is held only during the drop's invite-only phase, so it never
-    takes a unit from the line's buyers for a moment, only to be refused."""
+    `invited_only` (`asks_invited_only`): held only during the drop's invite-only phase, so an
+    order without a pass on a drop with a line never takes a unit from the line's buyers for a
+    moment, only to be refused."""
     return inventory.reserve(
         str(cmd.order_id), cmd.drop_id, cmd.buyer_id, cmd.quantity, renew=again,
         buyer_tier=cmd.buyer_tier, shipping_country=cmd.shipping_address.get("country_code"), batched=batched,
-        invited_only=asks_invited_only(cmd, drops_with_lines),
+        invited_only=invited_only,
     )
 
 

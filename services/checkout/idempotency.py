@@ -11,7 +11,9 @@ call: a slow inventory does not make checkout's orders queue for connections (an
 
 1. Its line pass checked, with no database read (`handlers.admitted_ticket`): a refused pass
    holds nothing (its key's answer, if it has one, is the answer instead). On a drop with a
-   line, only a hold made in the drop's invite-only phase (`handlers.invited`) goes without one.
+   line, an order goes without one only in the drop's invite-only phase (`handlers.invited`):
+   its hold made in the phase, or inventory's refusal of a hold asked for the phase only that
+   only an invited buyer hears (sold out, a limit, a country).
 2. The hold at inventory, idempotent by the order id, which is derived from the key and the
    body: the same key with another body asks for another hold (and is refused at the claim).
 3. One transaction: the key is claimed, and the order, its history, its `order.placed` outbox
@@ -107,10 +109,12 @@ def place_once(cmd: handlers.PlaceOrder, uow, inventory: InventoryClient, provid
     bind_order_id(str(cmd.order_id))  # the request's log lines and span name the order from here
     try:
         ticket_id = handlers.admitted_ticket(cmd, settings, drops_with_lines)
-        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines))
+        # read once: another order may add the drop to `drops_with_lines` while this one's hold is asked
+        invited_only = handlers.asks_invited_only(cmd, drops_with_lines)
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, invited_only))
     except Problem as failed:  # a refused pass, inventory away or busy: a key with its answer is answered with it
         return _answered_or_raise(cmd, uow, failed)
-    in_hand = InHand(hold, invited_only=handlers.asks_invited_only(cmd, drops_with_lines))
+    in_hand = InHand(hold, invited_only=invited_only)
     try:
         answer = _answer_with_hold(cmd, in_hand, refusal, ticket_id, uow, inventory, provider, settings,
                                    render=render, instance=instance, drops_with_lines=drops_with_lines)
@@ -190,11 +194,12 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         # also when inventory refused: a refusal kept as the key's answer would stand after the buyer got a pass
         _give_back_own(hold, cmd, inventory)
         raise handlers.pass_required()
+    invited_only = lined  # asked from here on for the phase only when the drop has a line and no pass came
     if hold is not None and not hold.created:
         # An earlier request's hold, which that request may have given back since (refused after
         # it): asked again now that this one has the key (the module's docstring).
         try:
-            hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines, batched=False))
+            hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, invited_only, batched=False))
             in_hand.hold = hold
         except Problem:  # inventory away or busy: the hold in hand stands
             pass
@@ -203,9 +208,9 @@ def _answer_with_hold(cmd: handlers.PlaceOrder, in_hand: InHand, refusal: Proble
         # answer: this attempt holds the units again (a rare path, made while the claim is held;
         # a retry of an answered key never gets here, so never takes units back for an order
         # that ended).
-        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, drops_with_lines, again=True))
+        hold, refusal = _definitive(lambda: handlers.hold_units(cmd, inventory, invited_only, again=True))
         in_hand.hold = hold
-    if lined and not handlers.invited(hold, refusal, asked_invited_only=True):
+    if lined and not handlers.invited(hold, refusal, invited_only):
         # asked again (for the phase only: the drop is known to have a line now) after the phase
         # ended: the hold an invited buyer's earlier attempt made is gone, and the line is the way
         _give_back_own(hold, cmd, inventory)

@@ -496,6 +496,18 @@ def test_an_invited_buyer_refused_at_inventory_during_the_phase_hears_why_not_to
     assert kept(checkout) is not None  # the key's answer, as on a drop without a line
 
 
+def test_a_refusal_of_a_hold_not_asked_for_the_phase_is_not_kept_though_the_line_became_known_meanwhile(checkout):
+    """Another order of this process found the drop's line while this one's hold was asked (not
+    for the phase only, then): inventory's sold-out says nothing of an invite-only phase, and kept
+    as the key's answer it would stand after the buyer got a pass."""
+    on_a_drop_with_a_line(checkout, known=False)
+    checkout.inventory.reserve_refusal = errors.SoldOut("The drop is sold out.")
+    checkout.inventory.meanwhile = lambda: checkout.drops_with_lines.add(uuid.UUID(DROP_ID))
+    with pytest.raises(errors.LinePassRequired):
+        send(checkout, replace(order_request(), buyer_tier="friends"))
+    assert kept(checkout) is None
+
+
 def test_an_invited_order_whose_hold_went_back_is_not_held_again_once_the_phase_is_over(checkout):
     """Two requests with one key and body: the second got the first's hold, made in the phase.
     Before the second asked again, the first failed (a 5xx) and gave it back, and the phase
