@@ -26,9 +26,11 @@ log = logging.getLogger("floodgate.notifications")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-# The emails whose sending checkout records on the order: only the confirmation. Announcing every
-# email cost an outbox row, a publish and a checkout transaction per order for nothing shown.
-ANNOUNCED_EMAILS = frozenset({"order.confirmed"})
+# The emails whose sending checkout records on the order: the confirmation, and the shipping email
+# (it stands for a confirmation it superseded: an email outage that lasted until the order
+# shipped; sent days after the drop, never in its rush). Announcing every email cost an outbox
+# row, a publish and a checkout transaction per order for nothing shown.
+ANNOUNCED_EMAILS = frozenset({"order.confirmed", "order.shipped"})
 # The emails that tell the buyer what state their order is in. Each is sent only while no email
 # of a newer state of the order has gone out: a "pay by 16:00" email retried past the order's
 # confirmation (its first attempt met a full SMTP server), or the expiry of an order the buyer

@@ -44,6 +44,19 @@ def test_a_sent_order_email_is_announced_so_checkout_can_show_it():
     assert (data["order_id"], data["event_type"], data["message_id"]) == (order()["order_id"], "order.confirmed", "<ev-7@floodgate>")
 
 
+def test_a_shipping_email_is_announced_since_it_may_stand_for_a_superseded_confirmation():
+    """An email outage that lasted until the order shipped: only the shipping email goes out, and
+    checkout shows it as the order's confirmation (it was told of the confirmation alone, so the
+    order said "confirmation not sent" for good)."""
+    uow = FakeUnitOfWork()
+    with uow:
+        handlers.send_notification(event("order.shipped", order(status="shipped", version=3), event_id="ev-8"), uow,
+                                   FakeMailer())
+        uow.commit()
+    [(event_type, data)] = uow.published
+    assert (event_type, data["event_type"]) == ("email.sent", "order.shipped")
+
+
 def test_the_same_event_twice_sends_one_email(caplog):
     mailer, deliveries = FakeMailer(), FakeDeliveryLog()
     with caplog.at_level(logging.INFO, logger="floodgate.notifications"):
