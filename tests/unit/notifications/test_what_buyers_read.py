@@ -84,7 +84,7 @@ def test_an_order_paid_the_wrong_amount_that_then_ends_never_says_nothing_was_ch
         email = mailed(end(checkout, order), event_type)
         for body in (email.text, email.html):
             assert "Nothing was charged" not in body, event_type
-            assert "refunded on its own" in body, event_type
+            assert "given back to you on its own" in body, event_type
 
 
 def test_a_declined_payment_says_nothing_was_charged():
