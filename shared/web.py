@@ -175,7 +175,7 @@ def unstorable_text(value: Any, path: str = "body") -> str | None:
 
 # Where a WSGI layer in front of Flask notes when a request reached it (`time.perf_counter()`):
 # checkout's order gate, where a pass holder's order may wait up to 2 s for a slot. The request's
-# time (its log line, `floodgate_http_request_duration_seconds`) counts from then, so what the
+# time (its log line, `floodgate_http_request_seconds`) counts from then, so what the
 # buyer waited at the gate is in POST /orders' latency and in the alert that reads it.
 ARRIVED_AT = "floodgate.arrived_at"
 

@@ -37,7 +37,7 @@ pass holder still without a slot after `patience` is refused and counted, which 
 admitter slows down for; a refused order without a pass is not counted, and takes no slot while
 pass holders wait for one. `floodgate_order_gate_wait_seconds{outcome}` shows how long pass
 holders waited, and an order that got its slot counts its wait in its own time too (its log
-line's `duration_ms`, `floodgate_http_request_duration_seconds`: `FloodgateOrdersSlow` reads it;
+line's `duration_ms`, `floodgate_http_request_seconds`: `FloodgateOrdersSlow` reads it;
 before 2026-12-07 it left the wait out).
 """
 from __future__ import annotations
