@@ -109,7 +109,7 @@ class EmailMetrics(Collector):
             latest = session.execute(
                 sa.select(Delivery.sent_at, Delivery.sent_at - Delivery.occurred_at)
                 .where(Delivery.status == SENT)
-                .order_by(Delivery.updated_at.desc())
+                .order_by(Delivery.updated_at.desc(), Delivery.id.desc())  # the row the purge keeps
                 .limit(1)
             ).first()
             sent_at, lag = latest if latest is not None else (None, None)

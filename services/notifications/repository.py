@@ -174,7 +174,8 @@ _PURGE_FINISHED = Statement(
     WITH aged AS (
         SELECT id FROM deliveries
         WHERE status IN ('{SENT}', '{SUPERSEDED}') AND updated_at < now() - make_interval(secs => :retention)
-          AND id IS DISTINCT FROM (SELECT id FROM deliveries WHERE status = '{SENT}' ORDER BY updated_at DESC LIMIT 1)
+          AND id IS DISTINCT FROM (SELECT id FROM deliveries WHERE status = '{SENT}'
+                                   ORDER BY updated_at DESC, id DESC LIMIT 1)
         LIMIT :batch FOR UPDATE SKIP LOCKED
     ), gone AS (
         DELETE FROM deliveries WHERE id IN (SELECT id FROM aged) RETURNING status, retries, dead_letters

@@ -7,15 +7,18 @@
 - Notifications' delivery log (`DELIVERY_LOG_RETENTION_SECONDS`, 30 days): see
   services/notifications/repository.py `DeliveryLog.purge_finished`.
 
-Every `HOUSEKEEPING_INTERVAL_SECONDS` (an hour; the first round a whole interval after the
-consumer starts, so that a rollout has replaced every API pod before the first purge) a thread of
-the consumer process deletes what has aged, `HOUSEKEEPING_BATCH_SIZE` (1,000) rows a transaction
-and at most `MAX_BATCHES` a round, so a long-kept table is worked down over the rounds, never in
-one long transaction. Consumer replicas purge side by side: each batch takes only rows nobody
-else is deleting (SKIP LOCKED). A round is skipped while the machine's other processes keep it
-busy (`BUSY_CPU_SHARE`, as mail waits for the rush: shared/messaging/deferral.py): on a box shared
-with the APIs a drop's rush comes first. A failed round is logged and the next one tries again;
-consuming is never held up by it. The thread runs at the consumer's background priority.
+Every `HOUSEKEEPING_INTERVAL_SECONDS` (an hour; the first round `FIRST_ROUND_SECONDS`, 15
+minutes, after the consumer starts, so that a rollout has replaced every API pod before the first
+purge) a thread of the consumer process deletes what has aged, `HOUSEKEEPING_BATCH_SIZE` (1,000)
+rows a transaction and at most `MAX_BATCHES` a round, never in one long transaction; a round that
+stops at its bound is followed by the next one `CATCH_UP_SECONDS` (a minute) later, so a
+long-kept table is worked down at about a million rows an hour. Consumer replicas purge side by
+side: each batch takes only rows nobody else is deleting (SKIP LOCKED). A round is put off while
+the machine's other processes keep it busy (`BUSY_CPU_SHARE`, as mail waits for the rush:
+shared/messaging/deferral.py), by a minute at a time, for `MAX_PUT_OFF_SECONDS` (an hour) at
+most: on a box shared with the APIs a drop's rush comes first, and a machine that is always busy
+still purges. A failed round is logged and the next one tries again; consuming is never held up
+by it. The thread runs at the consumer's background priority.
 
 The inbox has no index on `received_at`: a round reads the table once (a week of message ids),
 an hour apart; an index would be written by every message a consumer handles.
@@ -35,6 +38,9 @@ log = logging.getLogger("floodgate.messaging.housekeeping")
 
 HOUSEKEEPING_BATCH_SIZE = 1000
 MAX_BATCHES = 20
+FIRST_ROUND_SECONDS = 900.0
+CATCH_UP_SECONDS = 60.0
+MAX_PUT_OFF_SECONDS = 3600.0
 
 # One batch of inbox ids past their retention; the number deleted.
 _PURGE_INBOX = sa.text(
@@ -55,20 +61,22 @@ Task = Callable[[int], int]  # one batch of at most the given size: the rows it 
 
 
 def purge(name: str, task: Task, batch_size: int = HOUSEKEEPING_BATCH_SIZE, max_batches: int = MAX_BATCHES,
-          stop: threading.Event | None = None) -> int:
+          stop: threading.Event | None = None) -> tuple[int, bool]:
     """Run `task` batch after batch until one deletes fewer than `batch_size` rows, at most
-    `max_batches` times, or `stop` is set; the rows deleted (logged, also when a batch fails)."""
-    deleted = 0
+    `max_batches` times, or `stop` is set: the rows deleted (logged, also when a batch fails), and
+    whether aged rows may be left (every batch came back full)."""
+    deleted, full = 0, True
     try:
         for _ in range(max_batches):
             count = task(batch_size)
             deleted += count
-            if count < batch_size or (stop is not None and stop.is_set()):
+            full = count >= batch_size
+            if not full or (stop is not None and stop.is_set()):
                 break
     finally:
         if deleted:
             log.info("purged", extra={"what": name, "rows": deleted})
-    return deleted
+    return deleted, full
 
 
 def machine_busy(busy_share: float, stop: threading.Event) -> Callable[[], bool]:
@@ -90,12 +98,17 @@ class Housekeeper:
     in a daemon thread of its own (`start`), skipping a round while `busy()`."""
 
     def __init__(self, tasks: Sequence[tuple[str, Task]], stop: threading.Event, interval_seconds: float,
-                 busy: Callable[[], bool] = lambda: False, batch_size: int = HOUSEKEEPING_BATCH_SIZE):
+                 busy: Callable[[], bool] = lambda: False, batch_size: int = HOUSEKEEPING_BATCH_SIZE,
+                 first_round_seconds: float = FIRST_ROUND_SECONDS, catch_up_seconds: float = CATCH_UP_SECONDS,
+                 max_put_off_seconds: float = MAX_PUT_OFF_SECONDS):
         self.tasks = list(tasks)
         self.stop = stop
         self.interval_seconds = interval_seconds
         self.busy = busy
         self.batch_size = batch_size
+        self.first_round_seconds = min(interval_seconds, first_round_seconds)
+        self.catch_up_seconds = min(interval_seconds, catch_up_seconds)
+        self.max_put_off_seconds = max_put_off_seconds
         self.thread = threading.Thread(target=self.run, name="housekeeping", daemon=True)
 
     def start(self) -> None:
@@ -108,20 +121,27 @@ class Housekeeper:
             self.thread.join(timeout)
 
     def run(self) -> None:
-        # a whole interval first, then drawn within a tenth of it: replicas do not purge in step
-        wait = self.interval_seconds * random.uniform(1.0, 1.1)
-        while not self.stop.wait(wait):
-            self.round()
-            wait = self.interval_seconds * random.uniform(0.9, 1.1)
+        # drawn within a tenth of the wait: replicas do not purge in step
+        wait = self.first_round_seconds
+        put_off = 0.0
+        while not self.stop.wait(wait * random.uniform(1.0, 1.1)):
+            if put_off < self.max_put_off_seconds and self.busy():
+                put_off += self.catch_up_seconds
+                (log.warning if put_off >= self.max_put_off_seconds / 2 else log.info)(
+                    "housekeeping put off: the machine is busy", extra={"seconds": round(put_off)})
+                wait = self.catch_up_seconds
+                continue
+            put_off = 0.0
+            wait = self.catch_up_seconds if self.round() else self.interval_seconds
 
-    def round(self) -> None:
-        if self.busy():
-            log.info("housekeeping skipped: the machine is busy; next round later")
-            return
+    def round(self) -> bool:
+        """Each task's purge, once; whether one of them stopped at its bound, aged rows left."""
+        behind = False
         for name, task in self.tasks:
             if self.stop.is_set():
-                return
+                break
             try:
-                purge(name, task, self.batch_size, stop=self.stop)
+                behind |= purge(name, task, self.batch_size, stop=self.stop)[1]
             except Exception:  # noqa: BLE001 - the database away, or a bug: the next round tries again
                 log.exception("housekeeping failed; trying again next round", extra={"what": name})
+        return behind

@@ -42,7 +42,7 @@ def totals(unit_of_work) -> dict:
 def purged_side_by_side(task, consumers: int = 2, batch_size: int = 5) -> int:
     """What `consumers` purging at once with `task(batch_size)` deleted between them."""
     with ThreadPoolExecutor(consumers) as pool:
-        return sum(pool.map(lambda _: purge("test", task, batch_size, max_batches=100), range(consumers)))
+        return sum(pool.map(lambda _: purge("test", task, batch_size, max_batches=100)[0], range(consumers)))
 
 
 def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(notifications):

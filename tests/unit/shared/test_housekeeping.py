@@ -39,13 +39,13 @@ def keeper(*tasks, busy=lambda: False, stop=None) -> Housekeeper:
 
 def test_a_purge_goes_on_batch_after_batch_until_one_comes_back_short():
     batches = Batches(10, 10, 3, 10)
-    assert purge("inbox", batches, batch_size=10) == 23 and batches.sizes == [10, 10, 10]
+    assert purge("inbox", batches, batch_size=10) == (23, False) and batches.sizes == [10, 10, 10]
 
 
-def test_a_round_deletes_at_most_its_bound_and_the_next_round_goes_on():
+def test_a_round_deletes_at_most_its_bound_and_says_rows_may_be_left():
     batches = Batches(*[10] * 7)
-    assert purge("inbox", batches, batch_size=10, max_batches=5) == 50
-    assert purge("inbox", batches, batch_size=10, max_batches=5) == 20
+    assert purge("inbox", batches, batch_size=10, max_batches=5) == (50, True)
+    assert purge("inbox", batches, batch_size=10, max_batches=5) == (20, False)
 
 
 def test_a_task_that_fails_is_logged_the_others_run_and_the_next_round_purges(caplog):
@@ -59,10 +59,37 @@ def test_a_task_that_fails_is_logged_the_others_run_and_the_next_round_purges(ca
     assert inbox.counts == [] and log.counts == []
 
 
-def test_a_busy_machine_skips_the_round():
-    inbox = Batches(4)
-    keeper(("inbox", inbox), busy=lambda: True).round()
-    assert inbox.sizes == []
+def running(rounds: Housekeeper):
+    rounds.start()
+    return rounds
+
+
+def test_a_busy_machine_puts_the_round_off_for_a_while_not_for_good():
+    looked, inbox, stop = [], Batches(4), threading.Event()
+
+    def busy() -> bool:
+        looked.append(True)
+        return True
+
+    rounds = running(Housekeeper([("inbox", inbox)], stop, interval_seconds=3600, busy=busy, batch_size=10,
+                                 first_round_seconds=0.01, catch_up_seconds=0.01, max_put_off_seconds=0.045))
+    try:
+        poll(lambda: inbox.sizes, timeout=5, interval=0.01, what="the round, put off no longer")
+        assert len(looked) == 5  # put off a catch-up wait at a time, up to its bound
+    finally:
+        stop.set()
+
+
+def test_a_round_that_stops_at_its_bound_is_followed_by_another_soon_not_an_interval_later():
+    stop = threading.Event()
+    backlog = Batches(*[10] * 45)  # twenty batches a round: three rounds
+    rounds = running(Housekeeper([("inbox", backlog)], stop, interval_seconds=3600, batch_size=10,
+                                 first_round_seconds=0.01, catch_up_seconds=0.01))
+    try:
+        poll(lambda: not backlog.counts and len(backlog.sizes) == 46, timeout=5, interval=0.01,
+             what="the backlog purged over three rounds")
+    finally:
+        stop.set()
 
 
 def test_the_thread_stops_when_the_consumer_does_between_batches():
@@ -73,7 +100,7 @@ def test_the_thread_stops_when_the_consumer_does_between_batches():
         return size
 
     rounds = keeper(("inbox", stopping_after_a_batch), stop=stop)
-    assert purge("inbox", stopping_after_a_batch, batch_size=10, stop=stop) == 10  # one batch, not twenty
+    assert purge("inbox", stopping_after_a_batch, batch_size=10, stop=stop) == (10, True)  # one batch, not twenty
     rounds.start()
     poll(lambda: not rounds.thread.is_alive(), timeout=5, what="the thread to end on the stop")
 
