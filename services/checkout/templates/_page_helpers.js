@@ -20,6 +20,7 @@
   // call the access token still covers never waits on accounts; and once more after a 401.
   const RENEW_AHEAD_MS = 60_000;
   const RENEW_TIMEOUT_MS = 5000;
+  const SETTLE_MS = 500;  // how long a tab that waited for the renewal lock waits for the other tab's tokens
   class Session {
     constructor(prefix) {
       this.prefix = prefix;
@@ -48,12 +49,14 @@
       }
     }
 
+    // The refresh token is written last: another tab sees the writes one by one, and one that saw
+    // the new refresh token with the old expiry renewed again with it (two renewals for one).
     keep(tokens, email) {
       localStorage.setItem(this.keys.token, String(tokens.access_token));
-      if (tokens.refresh_token) localStorage.setItem(this.keys.refresh, String(tokens.refresh_token));
-      else localStorage.removeItem(this.keys.refresh);
       localStorage.setItem(this.keys.expires, String(Date.now() + (Number(tokens.expires_in) || 0) * 1000));
       localStorage.setItem(this.keys.email, email || "");
+      if (tokens.refresh_token) localStorage.setItem(this.keys.refresh, String(tokens.refresh_token));
+      else localStorage.removeItem(this.keys.refresh);
     }
 
     forget() {
@@ -73,6 +76,22 @@
       this.forget();
     }
 
+    // Resolves once the refresh token is no longer `spent` (another tab's renewal reached this
+    // one: a `storage` event), or after `ms`.
+    changed(spent, ms) {
+      return new Promise((resolve) => {
+        if (this.refresh !== spent) return resolve();
+        const done = () => {
+          window.removeEventListener("storage", onStorage);
+          clearTimeout(timer);
+          resolve();
+        };
+        const onStorage = (event) => { if (event.key === this.keys.refresh) done(); };
+        window.addEventListener("storage", onStorage);
+        const timer = setTimeout(done, ms);
+      });
+    }
+
     // Before a call with the token: one that has run out is renewed first (the call would be
     // refused); one about to run out is renewed in the background, the call going ahead with it.
     async fresh() {
@@ -89,8 +108,12 @@
       if (!this.renewing && Date.now() < this.retryAt) return Promise.resolve("failed");  // backing off
       if (!this.renewing) {
         const spent = this.refresh;
-        const run = async () => {
-          // another tab renewed while this one waited for the lock: its tokens are the session's
+        const run = async (waited) => {
+          // another tab renewed while this one waited for the lock: its tokens are the session's.
+          // Its writes reach this tab a moment after its lock is released: wait for them a little
+          // (a renewal with the token it is spending was a second renewal, and a spent token's
+          // reuse ends the session).
+          if (waited) await this.changed(spent, SETTLE_MS);
           const refresh = this.refresh;
           if (refresh !== spent) return refresh ? "renewed" : "refused";
           try {
@@ -107,7 +130,11 @@
             return "failed";
           }
         };
-        const locked = navigator.locks ? navigator.locks.request(`${this.prefix}.renewal`, run) : run();
+        const lock = `${this.prefix}.renewal`;
+        const locked = navigator.locks
+          ? navigator.locks.request(lock, {ifAvailable: true},
+                                    (held) => held ? run(false) : navigator.locks.request(lock, () => run(true)))
+          : run(false);
         this.renewing = locked.then((outcome) => {
           this.failures = outcome === "failed" ? this.failures + 1 : 0;
           this.retryAt = outcome === "failed"
