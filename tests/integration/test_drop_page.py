@@ -496,24 +496,30 @@ def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_n
     page.add_init_script("Math.random = () => 0.9")
     page.clock.install()
     drop = schedule_drop(floodgate, admin_token, opens_in=120)
+    # the page counts its own reads of the line as it makes them: read back at once, with no
+    # wait for Playwright to hand over the page's request events
+    page.add_init_script("""(() => {
+      window.lineReads = 0;
+      const fetched = window.fetch;
+      window.fetch = (resource, init) => {
+        if (String(resource).endsWith("/drops/%s/line")) window.lineReads += 1;
+        return fetched(resource, init);
+      };
+    })()""" % drop["id"])
     open_drop_page(page, floodgate, drop)
-    line_reads = []
-    page.on("request", lambda request: line_reads.append(request.url)
-            if request.url.endswith(f"/drops/{drop['id']}/line") else None)
+    expect(page.locator("#line-summary")).to_have_text("This drop has no line: order as soon as it opens.")
+    line_reads = page.evaluate("window.lineReads")  # the page's first read, done
     # the page's clock is the test's: the opening, on it (the page keeps the server's offset)
     behind = datetime.now(timezone.utc).timestamp() * 1000 - page.evaluate("Date.now()")
     opening = datetime.fromisoformat(drop["opens_at"]).timestamp() * 1000 - behind
     page.clock.pause_at((opening - 1000) / 1000)  # a number is seconds here; Date.now() says milliseconds
     page.clock.run_for(1500)  # the opening passes
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"))
-    page.wait_for_timeout(200)  # Playwright hands over the page's events while it runs
-    assert line_reads == []  # not in the opening's tick
+    assert page.evaluate("window.lineReads") == line_reads  # not in the opening's tick
     page.clock.run_for(1500)  # 2 s after the opening
-    page.wait_for_timeout(200)
-    assert line_reads == []
-    page.clock.run_for(1000)  # 3 s after
-    poll(lambda: page.wait_for_timeout(50) or len(line_reads) == 1, timeout=5,
-         what="the line read once, 2.7 s after the opening")
+    assert page.evaluate("window.lineReads") == line_reads
+    page.clock.run_for(1000)  # 3 s after: read once, 2.7 s after the opening
+    assert page.evaluate("window.lineReads") == line_reads + 1
 
 
 def test_a_waiting_buyer_is_told_when_the_draw_is_and_that_the_line_is_paused(floodgate, admin_token, buyer_page):
