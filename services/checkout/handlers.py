@@ -12,7 +12,7 @@ from datetime import datetime
 
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
-from services.checkout.models import CAPTURE_EVENT, Order
+from services.checkout.models import CAPTURE_COMPLETED, Order
 from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundFailed, RefundRefused
 from shared.errors import Problem
 from shared.logs import bind_order_id
@@ -249,7 +249,6 @@ class PaymentNotice:
     undone_by: str | None = None  # a refund's or a reversal's own id at the provider
 
 
-CAPTURE_COMPLETED = CAPTURE_EVENT
 CAPTURE_DENIED = "PAYMENT.CAPTURE.DENIED"
 
 

@@ -85,7 +85,7 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 
-CAPTURE_EVENT = "PAYMENT.CAPTURE.COMPLETED"  # the provider's event of a payment taken
+CAPTURE_COMPLETED = "PAYMENT.CAPTURE.COMPLETED"  # the provider's event of a payment taken
 
 
 class PaymentEvent(Base):
@@ -95,7 +95,7 @@ class PaymentEvent(Base):
     __table_args__ = (
         # whether an order was ever charged (the email of its end says so)
         sa.Index("payment_events_captures", "order_id",
-                 postgresql_where=sa.text(f"event_type = '{CAPTURE_EVENT}'")),
+                 postgresql_where=sa.text(f"event_type = '{CAPTURE_COMPLETED}'")),
     )
 
     provider_event_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)

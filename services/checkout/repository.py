@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as pg
 
-from services.checkout.models import CAPTURE_EVENT, AddressAllowance, Line, LineTicket, Order, OrderTransition
+from services.checkout.models import CAPTURE_COMPLETED, AddressAllowance, Line, LineTicket, Order, OrderTransition
 from shared import db
 from shared.admin_actions import AdminActions
 from shared.sql import Json, Statement
@@ -211,7 +211,7 @@ _READ_ORDER = Statement(
 _LOCK_ORDER = Statement("SELECT 1 FROM orders WHERE id = :id FOR UPDATE")
 # the partial index payment_events_captures finds them
 _CAPTURED_FOR = Statement(
-    f"SELECT 1 FROM payment_events WHERE order_id = :order_id AND event_type = '{CAPTURE_EVENT}' LIMIT 1")
+    f"SELECT 1 FROM payment_events WHERE order_id = :order_id AND event_type = '{CAPTURE_COMPLETED}' LIMIT 1")
 _NOTE_EMAIL_SENT = Statement("UPDATE orders SET email_sent_at = :sent_at WHERE id = :id AND email_sent_at IS NULL")
 _ADD_STEPS = Statement(
     "INSERT INTO order_transitions (order_id, from_status, to_status, reason, at) "

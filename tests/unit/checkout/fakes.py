@@ -110,7 +110,7 @@ class FakePaymentEvents:
         return True
 
     def captured_for(self, order_id):
-        return (order_id, "PAYMENT.CAPTURE.COMPLETED") in self.rows.values()
+        return (order_id, CAPTURE_COMPLETED) in self.rows.values()
 
 
 class FakeLines:
