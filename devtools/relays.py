@@ -18,7 +18,7 @@ def root(service: str, database_url: str):
     """`service`'s relay root, on `database_url`."""
     config = importlib.import_module(f"services.{service}.config")
     bootstrap = importlib.import_module(f"services.{service}.bootstrap").bootstrap
-    return bootstrap("relay", dataclasses.replace(config.load(), database_url=database_url))
+    return bootstrap("relay", dataclasses.replace(config.load("relay"), database_url=database_url))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Mapping
 
 DEV_SERVICE_KEY = "dev-only-service-key-not-a-secret"
@@ -63,6 +63,11 @@ class Settings:
     # settings whose default is a development secret, public here: refused in production. A
     # service adds its own: `{**Settings.DEVELOPMENT_SECRETS, ...}`.
     DEVELOPMENT_SECRETS: ClassVar[dict[str, str]] = {"service_key": DEV_SERVICE_KEY}
+    # which of them each kind of process (shared.service.KINDS) uses; a kind not named uses none.
+    # deploy/k8s gives each process only the Secrets it uses, so production refuses a public
+    # default only where it is used, and blanks the rest: a relay or a job starts without the
+    # service key, and holds no public one.
+    SECRETS_USED: ClassVar[dict[str, frozenset[str]]] = {"api": frozenset({"service_key"})}
 
     service_name: str = "floodgate"
     # "development" or "production". Production refuses to start with a development secret
@@ -163,17 +168,21 @@ class Settings:
             )
         return settings
 
-    def checked_for_production(self) -> "Settings":
-        """These settings, or ConfigError for a DEPLOYMENT_ENVIRONMENT that is neither, or a
-        development secret in production: what a service's process starts with (its `load`).
+    def checked_for_production(self, kind: str) -> "Settings":
+        """These settings for a process of `kind`, or ConfigError for a DEPLOYMENT_ENVIRONMENT
+        that is neither, or, in production, a development secret the kind uses (`SECRETS_USED`);
+        one it does not use is blanked there. What a service's process starts with (its `load`).
         Tools that read settings for other ends (PgBouncer's sizing from a ConfigMap) need no secret."""
         if self.deployment_environment not in ENVIRONMENTS:
             raise ConfigError(f"DEPLOYMENT_ENVIRONMENT={self.deployment_environment!r}: one of {', '.join(ENVIRONMENTS)}")
-        public = sorted(name.upper() for name, value in self.DEVELOPMENT_SECRETS.items() if getattr(self, name) == value)
-        if public and self.deployment_environment == "production":
-            raise ConfigError(f"{', '.join(public)}: the development default, public in the repository; production "
-                              "sets its own (deploy/k8s/README.md, Production)")
-        return self
+        if self.deployment_environment != "production":
+            return self
+        public = {name for name, value in self.DEVELOPMENT_SECRETS.items() if getattr(self, name) == value}
+        used = public & self.SECRETS_USED.get(kind, frozenset())
+        if used:
+            raise ConfigError(f"{', '.join(sorted(name.upper() for name in used))}: the development default, public "
+                              "in the repository; production sets its own (deploy/k8s/README.md, Production)")
+        return replace(self, **dict.fromkeys(public, ""))
 
 
 

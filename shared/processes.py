@@ -60,6 +60,12 @@ def _started(bootstrap: Bootstrap, kind: str):
     return root
 
 
+def kind_of(process: str) -> str:
+    """The kind of process (`shared.service.KINDS`) the one named on the command line runs as:
+    its own kind (`relay`, `sweeper`), or a `job`'s (`migrate`, accounts' purge)."""
+    return process if process in KINDS else "job"
+
+
 @dataclass(frozen=True)
 class Process:
     """A process only one service runs. One named for a kind (`sweeper`) gets a root of that
@@ -87,6 +93,6 @@ def main(bootstrap: Bootstrap, service: str, extra: Mapping[str, Process] | None
     runners["migrate"] = lambda args: _migrate(bootstrap, args)
     for name, process in (extra or {}).items():
         process.arguments(commands.add_parser(name, help=process.help))
-        runners[name] = functools.partial(_own, bootstrap, name if name in KINDS else "job", process.run)
+        runners[name] = functools.partial(_own, bootstrap, kind_of(name), process.run)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     runners[args.process](args)

@@ -51,7 +51,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None) -> Accounts:
     """Accounts as a process of `kind` needs it (see `shared.service`).
 
     `KeyEncryptionMisconfigured` (the API does not start) when the KEK settings cannot be used."""
-    settings = settings or config.load()
+    settings = settings or config.load(kind)
     database = service.database(settings, kind, AccountsUnitOfWork, POOL_SIZES)
     if kind != "api":
         return Accounts(**database, migrations=MIGRATIONS)

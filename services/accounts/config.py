@@ -58,5 +58,6 @@ class Settings(CommonSettings):
     refresh_token_reuse_grace_seconds: float = 30.0
 
 
-def load() -> Settings:
-    return Settings.from_env(service_name="accounts").checked_for_production()
+def load(kind: str) -> Settings:
+    """The settings a process of `kind` (shared.service.KINDS) starts with."""
+    return Settings.from_env(service_name="accounts").checked_for_production(kind)

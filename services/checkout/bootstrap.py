@@ -52,7 +52,7 @@ class Checkout(service.Root):
 def bootstrap(kind: str, settings: config.Settings | None = None, inventory: InventoryClient | None = None,
               provider: PaymentProvider | None = None) -> Checkout:
     """Checkout as a process of `kind` needs it (see `shared.service`)."""
-    settings = settings or config.load()
+    settings = settings or config.load(kind)
     database = service.database(settings, kind, CheckoutUnitOfWork, POOL_SIZES)
     if kind not in ("api", "consumer", "admitter"):
         return Checkout(**database, migrations=MIGRATIONS)

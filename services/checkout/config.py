@@ -15,6 +15,10 @@ class Settings(CommonSettings):
         "per_address_limit", "web_concurrency"}
     DEVELOPMENT_SECRETS = {**CommonSettings.DEVELOPMENT_SECRETS, "payment_webhook_secret": DEV_WEBHOOK_SECRET,
                            "line_pass_secret": DEV_LINE_PASS_SECRET}
+    # the API checks service keys, webhooks and passes and calls inventory; the admitter calls
+    # inventory; the consumer signs refunds to the provider; the line's edge signs passes
+    SECRETS_USED = {"api": frozenset(DEVELOPMENT_SECRETS), "admitter": frozenset({"service_key"}),
+                    "consumer": frozenset({"payment_webhook_secret"}), "line-status": frozenset({"line_pass_secret"})}
 
     inventory_url: str = "http://127.0.0.1:8002"
     inventory_timeout_seconds: float = 2.0
@@ -92,6 +96,7 @@ def _set(*secrets: str) -> tuple[str, ...]:
     return tuple(secret for secret in secrets if secret)
 
 
-def load() -> Settings:
-    return Settings.from_env(service_name="checkout").checked_for_production()
+def load(kind: str) -> Settings:
+    """The settings a process of `kind` (shared.service.KINDS) starts with."""
+    return Settings.from_env(service_name="checkout").checked_for_production(kind)
 

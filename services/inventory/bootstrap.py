@@ -24,7 +24,7 @@ class Inventory(service.Root):
 
 def bootstrap(kind: str, settings: config.Settings | None = None) -> Inventory:
     """Inventory as a process of `kind` needs it (see `shared.service`)."""
-    settings = settings or config.load()
+    settings = settings or config.load(kind)
     database = service.database(settings, kind, InventoryUnitOfWork, POOL_SIZES)
     if kind != "consumer":
         return Inventory(**database, migrations=MIGRATIONS)

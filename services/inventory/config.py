@@ -26,5 +26,6 @@ class Settings(config.Settings):
     drop_max_age_seconds: float = 1.0
 
 
-def load() -> Settings:
-    return Settings.from_env(service_name="inventory").checked_for_production()
+def load(kind: str) -> Settings:
+    """The settings a process of `kind` (shared.service.KINDS) starts with."""
+    return Settings.from_env(service_name="inventory").checked_for_production(kind)

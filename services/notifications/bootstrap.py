@@ -43,7 +43,7 @@ class Notifications(service.Root):
 
 def bootstrap(kind: str, settings: config.Settings | None = None, mailer: Mailer | None = None) -> Notifications:
     """Notifications as a process of `kind` needs it (see `shared.service`)."""
-    settings = settings or config.load()
+    settings = settings or config.load(kind)
     database = service.database(settings, kind, UnitOfWork, POOL_SIZES)
     if kind != "consumer":
         return Notifications(**database, migrations=MIGRATIONS)

@@ -45,5 +45,6 @@ class Settings(CommonSettings):
     mail_from: str = "Floodgate <orders@floodgate.test>"
 
 
-def load() -> Settings:
-    return Settings.from_env(service_name="notifications").checked_for_production()
+def load(kind: str) -> Settings:
+    """The settings a process of `kind` (shared.service.KINDS) starts with."""
+    return Settings.from_env(service_name="notifications").checked_for_production(kind)

@@ -336,6 +336,54 @@ def test_spent_refresh_tokens_are_purged_nightly_by_a_job_given_only_the_databas
     assert len(secrets) == 1 and secrets[0].startswith("accounts-database")  # neither the KEKs nor the broker
 
 
+def _process_env(container: dict, objects: list[dict]) -> dict[str, str]:
+    """What a container's process finds in its environment: its ConfigMaps' values, its own
+    values, and a value of its own for each Secret it names (set outside the repository)."""
+    maps = {c["metadata"]["name"]: c.get("data", {}) for c in policy.of_kind(objects, "ConfigMap")}
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]] if "configMapRef" in source else {})
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {})
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "secretKeyRef" in ref:
+            env[entry["name"]] = f"set-outside-the-repository-{entry['name'].lower()}"
+        elif "configMapKeyRef" in ref:
+            env[entry["name"]] = maps[ref["configMapKeyRef"]["name"]][ref["configMapKeyRef"]["key"]]
+    return env
+
+
+@pytest.mark.parametrize("target", ["prod", "drop"])
+def test_every_floodgate_process_starts_in_production_with_what_its_manifest_gives_it(targets, target, monkeypatch):
+    """Each process is given only the Secrets it uses, and production refuses a public development
+    secret only where it is used: before, checkout's consumer, admitter, relay and line edge and
+    accounts' nightly purge stopped at start ("SERVICE_KEY: the development default")."""
+    import importlib
+    import os
+
+    from shared import processes
+
+    objects = targets[target].objects
+    started = []
+    for obj in policy.of_kind(objects, *policy.WORKLOADS):
+        for _, container, _ in policy.containers(obj):
+            command = container.get("command") or []
+            image = container["image"].split(":")[0].split("/")[-1]
+            if image not in policy.FLOODGATE_SERVICES or command[:3] not in ([], ["python", "-m", f"services.{image}"]):
+                continue  # not a service's own process (the drop's floor scaler runs a script)
+            kind = processes.kind_of(command[3]) if command else "api"  # the image's command is the API's
+            for name in list(os.environ):
+                monkeypatch.delenv(name)
+            for name, value in _process_env(container, objects).items():
+                monkeypatch.setenv(name, value)
+            settings = importlib.import_module(f"services.{image}.config").load(kind)  # ConfigError: it stops
+            assert not [name for name, public in settings.DEVELOPMENT_SECRETS.items()
+                        if getattr(settings, name) == public and settings.deployment_environment == "production"]
+            started.append(f"{policy.name_of(obj)} ({kind})")
+    assert len(started) >= 17, started  # every Deployment, Job and CronJob of the four services
+
+
 @pytest.mark.parametrize("target, environment", [("dev", "development"), ("prod", "production"), ("drop", "production")])
 def test_accounts_api_takes_its_signing_key_encryption_keys_from_a_secret(targets, target, environment):
     objects = targets[target].objects

@@ -71,15 +71,36 @@ def test_production_refuses_the_public_development_secrets_and_names_them():
     """Left unset outside Kubernetes, they were taken silently: with the public webhook secret a
     buyer could sign their own order's payment; with the service key read every address."""
     with pytest.raises(ConfigError, match="^LINE_PASS_SECRET, PAYMENT_WEBHOOK_SECRET, SERVICE_KEY: the development"):
-        CheckoutSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production()
+        CheckoutSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production("api")
     with pytest.raises(ConfigError, match="^SERVICE_KEY:"):
-        NotificationsSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production()
+        NotificationsSettings.from_env({"DEPLOYMENT_ENVIRONMENT": "production"}).checked_for_production("api")
     own = {"DEPLOYMENT_ENVIRONMENT": "production", "SERVICE_KEY": "k" * 40, "PAYMENT_WEBHOOK_SECRET": "w" * 40,
            "LINE_PASS_SECRET": "p" * 40}
-    assert CheckoutSettings.from_env(own).checked_for_production().deployment_environment == "production"
-    assert CheckoutSettings.from_env({}).checked_for_production().service_key  # development takes them, as make run does
+    assert CheckoutSettings.from_env(own).checked_for_production("api").deployment_environment == "production"
+    assert CheckoutSettings.from_env({}).checked_for_production("api").service_key  # development takes them, as make run does
     with pytest.raises(ConfigError, match="^DEPLOYMENT_ENVIRONMENT='prod'"):
-        Settings.from_env({"DEPLOYMENT_ENVIRONMENT": "prod"}).checked_for_production()
+        Settings.from_env({"DEPLOYMENT_ENVIRONMENT": "prod"}).checked_for_production("job")
+
+
+@pytest.mark.parametrize("kind, given, refused", [
+    ("admitter", {"SERVICE_KEY"}, "LINE_PASS_SECRET, PAYMENT_WEBHOOK_SECRET"),
+    ("consumer", {"SERVICE_KEY", "PAYMENT_WEBHOOK_SECRET"}, "LINE_PASS_SECRET"),
+    ("line-status", {"LINE_PASS_SECRET"}, "PAYMENT_WEBHOOK_SECRET, SERVICE_KEY"),
+    ("relay", set(), "LINE_PASS_SECRET, PAYMENT_WEBHOOK_SECRET, SERVICE_KEY"),
+    ("job", set(), "LINE_PASS_SECRET, PAYMENT_WEBHOOK_SECRET, SERVICE_KEY"),
+])
+def test_a_process_in_production_needs_only_the_secrets_it_uses_and_holds_no_public_one(kind, given, refused):
+    """Kubernetes gives each process only its own Secrets: checkout's consumer, admitter, relay and
+    line edge, and accounts' nightly purge, refused to start in production when every process had
+    to set all of its service's secrets."""
+    env = {"DEPLOYMENT_ENVIRONMENT": "production", **{name: name.lower() * 3 for name in given}}
+    settings = CheckoutSettings.from_env(env).checked_for_production(kind)
+    assert {name.upper() for name in CheckoutSettings.DEVELOPMENT_SECRETS if getattr(settings, name) == ""} \
+        == set(refused.split(", "))  # the public defaults it does not use are blanked
+    assert all(getattr(settings, name.lower()) == name.lower() * 3 for name in given)
+    for name in given & {name.upper() for name in CheckoutSettings.SECRETS_USED.get(kind, ())}:
+        with pytest.raises(ConfigError, match=f"^{name}: the development default"):  # one it uses: not without it
+            CheckoutSettings.from_env({k: v for k, v in env.items() if k != name}).checked_for_production(kind)
 
 
 def test_every_service_starts_from_settings_checked_for_production(monkeypatch):
@@ -88,4 +109,5 @@ def test_every_service_starts_from_settings_checked_for_production(monkeypatch):
     monkeypatch.setenv("DEPLOYMENT_ENVIRONMENT", "production")
     for service in ("accounts", "inventory", "checkout", "notifications"):
         with pytest.raises(ConfigError, match="SERVICE_KEY"):
-            importlib.import_module(f"services.{service}.config").load()
+            importlib.import_module(f"services.{service}.config").load("api")
+        assert importlib.import_module(f"services.{service}.config").load("job").service_key == ""
