@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from devtools.client import poll
 from services.inventory.handlers import drops, events, expiry, reservations
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
-from services.inventory.errors import (LimitExceeded, NotEnoughStock, ReservationSold, SaleNotOpen, SoldOut,
+from services.inventory.errors import (InvalidDrop, LimitExceeded, NotEnoughStock, ReservationSold, SaleNotOpen, SoldOut,
                                       StaleOrderVersion)
 from services.inventory.repository import InventoryUnitOfWork
 from services.inventory.schemas import ReservationSchema
@@ -550,6 +550,60 @@ def test_the_sweeper_announces_no_sell_out_a_restock_in_flight_undoes(session_fa
         "SELECT count(*) FROM drop_announcements WHERE event_type = 'drop.sold_out' AND drop_id = :d"),
         {"d": machine.drop_id})) == 0
     assert _remaining(machine) == 2
+
+
+def _hours(hours: float) -> datetime:
+    """A moment `hours` from now, to the second."""
+    return (datetime.now(timezone.utc) + timedelta(hours=hours)).replace(microsecond=0)
+
+
+@pytest.mark.parametrize("phase, postponed_by, second", [(None, 1.5, "closes_at"), (2, 0.5, "invite_only_until")])
+def test_two_admins_changing_a_window_at_once_cannot_leave_it_crossed(session_factory, phase, postponed_by, second):
+    """A drop opening in an hour and closing in three (with an invite-only phase ending in two).
+    One admin postpones the opening (past 2 hours; or by half an hour) while another moves the
+    close (or the phase's end) to 15 minutes after the old opening. Each once checked what it had
+    read: the close then landed before the opening (a CHECK violation, answered 500), or the
+    phase ended before the drop opened and the invited tier had no early access. The second
+    change now waits for the first and is refused against what it left."""
+    def schedule(uow):
+        product = drops.add_product(AddProduct(f"P-{uuid.uuid4().hex[:10]}", "p", "", 100, "EUR"), uow)
+        return drops.schedule_drop(ScheduleDrop(product.id, 5, _hours(1), _hours(3), 1, invite_only_until=phase and
+                                                _hours(phase), invite_tier=phase and "vip"), uow).id
+
+    machine = Inventory(session_factory)
+    drop_id = str(machine.run(schedule))
+    postponed = _hours(1 + postponed_by)
+    with machine.uow() as postponing:
+        drops.change_drop(drop_id, ChangeDrop(opens_at=postponed), postponing)
+        moving = _in_a_thread(lambda: machine.run(lambda uow: drops.change_drop(
+            drop_id, ChangeDrop(**{second: _hours(1.25)}), uow)), what="the second admin's change")
+        poll(lambda: not moving.is_alive() or _waiting_for_a_lock(machine, ""),
+             timeout=10, what="the second change to end or to wait for the first")
+        postponing.commit()
+    with pytest.raises(InvalidDrop) as answer:
+        moving.wait(10)
+    assert set(answer.value.extensions["errors"]) == {second}
+    drop = machine.run(lambda uow: drops.show_drop(drop_id, uow))
+    assert drop.opens_at == postponed < (drop.invite_only_until or drop.closes_at) <= drop.closes_at
+
+
+def test_two_restocks_at_once_cannot_pass_the_cap_together(session_factory):
+    """Each restock is under the cap on its own, the two together over it: the second was checked
+    against the stock it read before the first committed, and both were added."""
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=5, shards=2)
+    half = drops.MAX_TOTAL_STOCK // 2
+    with machine.uow() as first:
+        drops.change_drop(str(machine.drop_id), ChangeDrop(add_quantity=half), first)
+        second = _in_a_thread(lambda: machine.run(lambda uow: drops.change_drop(
+            str(machine.drop_id), ChangeDrop(add_quantity=half), uow)), what="the second restock")
+        poll(lambda: not second.is_alive() or _waiting_for_a_lock(machine, ""),
+             timeout=10, what="the second restock to end or to wait for the first")
+        first.commit()
+    with pytest.raises(InvalidDrop) as answer:
+        second.wait(10)
+    assert set(answer.value.extensions["errors"]) == {"add_quantity"}
+    assert _remaining(machine) == 5 + half
 
 
 def _batch_without_a_connection_for_its_second_transaction(session_factory, orders: list[ReserveStock]) -> list:

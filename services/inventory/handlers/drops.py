@@ -195,21 +195,30 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
     tier of an invite-only phase that has not ended (`Drop.check_new_window` says the rules).
 
     Shard rows are locked before the drop row, as the sweeper does when it gives expired holds
-    back (the lock order is in `handlers.reservations`).
+    back (the lock order is in `handlers.reservations`). The change is checked against the drop
+    row it has locked: two admins' changes at once are checked one after the other, each against
+    what the other left (checked against what each read, a close and an opening moved at once
+    could cross, and a phase end the other's new opening passed be kept).
     """
     view = show_drop(drop_id, uow)
     drops = Drop.__table__
+    if cmd.add_quantity:
+        _restock(uow, view.id, view.stock_shards, cmd.add_quantity)
+    # The drop row after the shard rows, the order the sweeper takes them in (it gives units
+    # back, then counts the drop's expired holds), and with the lock its update takes anyway (FOR
+    # NO KEY UPDATE): the key-share locks holds take on it through their rows' foreign keys never
+    # wait for it.
+    drop = uow.session.get(Drop, view.id, with_for_update={"key_share": True}, populate_existing=True)
     window = {"opens_at": cmd.opens_at, "closes_at": cmd.closes_at, "invite_only_until": cmd.invite_only_until}
     values = {name: moment for name, moment in window.items() if moment is not None}
     if values:
-        uow.session.get(Drop, view.id).check_new_window(_database_now(uow), **window)
+        drop.check_new_window(_database_now(uow), **window)
     if cmd.invite_tier is not None:
-        uow.session.get(Drop, view.id).check_new_tier(_database_now(uow))
+        drop.check_new_tier(_database_now(uow))
         values["invite_tier"] = cmd.invite_tier
     if cmd.add_quantity:
-        if view.quantity + view.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:
+        if drop.quantity + drop.restocked + cmd.add_quantity > MAX_TOTAL_STOCK:  # the restock rolls back
             raise InvalidDrop("add_quantity", f"A drop holds at most {MAX_TOTAL_STOCK} units over its life.")
-        _restock(uow, view.id, view.stock_shards, cmd.add_quantity)
         values["restocked"] = drops.c.restocked + cmd.add_quantity
         # Stock came back: the next time it runs out is news again.
         announcements = DropAnnouncement.__table__
@@ -218,8 +227,6 @@ def change_drop(drop_id: str, cmd: ChangeDrop, uow) -> DropView:
                 announcements.c.drop_id == view.id, announcements.c.event_type == DROP_SOLD_OUT
             )
         )
-    # The drop row after the shard rows, the order the sweeper takes them in (it gives units
-    # back, then counts the drop's expired holds).
     if values:
         changed = drops.update().where(drops.c.id == view.id).values(**values)
         if cmd.opens_at is not None:
