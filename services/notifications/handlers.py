@@ -37,6 +37,11 @@ ANNOUNCED_EMAILS = frozenset({"order.confirmed", "order.shipped"})
 # paid late, would tell them the opposite of the truth. A refund is news whenever it comes.
 ORDER_STATE_EMAILS = frozenset({"order.placed", "order.confirmed", "order.cancelled", "order.expired",
                                 "order.payment_failed", "order.shipped"})
+# The emails that mention their order's state beside their own news: a refund of a payment the
+# order did not take says whether the order still waits for its payment. When a newer state of
+# the order was mailed first (the buyer paid the right amount and was confirmed before the refund
+# went out), the mention is left out: "still waits for its payment" would have them pay again.
+MENTIONS_ORDER_STATE = frozenset({"payment.refunded"})
 
 
 def _past_its_time(event_type: str, data: dict, now: datetime) -> bool:
@@ -68,6 +73,9 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
         log.info("event names no recipient; nothing to mail", extra={"message_id": envelope.id, "event_type": envelope.type})
         return
     data = emails.read(envelope.type, envelope.data)
+    if envelope.type in MENTIONS_ORDER_STATE and uow.deliveries.newer_state_mailed(data.get("order_id"),
+                                                                                    data.get("version")):
+        data = {**data, "status": None}
     with logs.log_context(order_id=data.get("order_id")):
         email = emails.render(envelope.type, data, envelope.id)
         sent_at = datetime.now(timezone.utc)

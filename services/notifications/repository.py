@@ -10,7 +10,8 @@ from sqlalchemy import orm
 from shared import db
 from shared.admin_actions import AdminActions
 from shared.sql import Statement
-from services.notifications.models import DEAD, RETRYING, SENT, SUPERSEDED, Delivery, PurgedDeliveryTotals
+from services.notifications.models import (DEAD, RETRYING, SENT, SUPERSEDED, Delivery, OrderEmailVersion,
+                                           PurgedDeliveryTotals)
 
 
 class DeliveryLog:
@@ -26,6 +27,16 @@ class DeliveryLog:
         is not to be sent: `superseded`. None when an earlier attempt's email was accepted
         (nothing is changed then). Concurrent attempts of one event serialise on its row."""
         return self._upsert(attempt, now, status=SENT, sent_at=now, superseding=unless_superseded)
+
+    def newer_state_mailed(self, order_id: str | None, version: int | None) -> bool:
+        """Whether an email of a newer version of the order than `version` was accepted. Waits for
+        one being mailed now (its transaction holds the order's row until it commits; the row is
+        there from the order's first email, its "pay by")."""
+        if order_id is None or version is None:
+            return False
+        newest = self._session.scalar(sa.select(OrderEmailVersion.newest_version)
+                                      .where(OrderEmailVersion.order_id == order_id).with_for_update(read=True))
+        return newest is not None and newest > version
 
     def record_not_sent(self, attempt: dict, now: datetime) -> str | None:
         """The email of `attempt` is not to be sent (what it says is no longer true): logged

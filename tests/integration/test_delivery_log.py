@@ -97,3 +97,32 @@ def test_two_emails_of_one_order_at_once_go_out_the_older_first_or_not_at_all(in
                 mailing.commit()  # the SMTP server accepted the first email
             assert later.result(timeout=10) == then_is
         engine.dispose()
+
+
+def test_a_refund_knows_a_newer_state_of_its_order_was_mailed_even_one_being_mailed_now(infra):
+    """The refund email leaves out the order's state it was told when a newer one was mailed;
+    a confirmation being mailed at that moment is waited for, not missed."""
+    with scratch_database(infra, "deliveries") as url:
+        upgrade(MIGRATIONS, url)
+        engine = make_engine(url, pool_size=2)
+        unit_of_work = lambda: UnitOfWork(orm.sessionmaker(engine), "notifications")  # noqa: E731
+
+        def newer(version: int, order_id: str = "o-7") -> bool:
+            with unit_of_work() as uow:
+                return uow.deliveries.newer_state_mailed(order_id, version)
+
+        with unit_of_work() as uow:  # the order's "pay by" email
+            uow.deliveries.record_sent(order_email("e-placed", "order.placed", 1), datetime.now(timezone.utc),
+                                       unless_superseded=True)
+            uow.commit()
+        assert newer(1) is False
+        with ThreadPoolExecutor(1) as other_thread:
+            with unit_of_work() as mailing:
+                mailing.deliveries.record_sent(order_email("e-confirmed", "order.confirmed", 2),
+                                               datetime.now(timezone.utc), unless_superseded=True)
+                asked = other_thread.submit(newer, 1)
+                poll(lambda: waiting_for_a_lock(url), what="the refund's read to wait for the confirmation")
+                mailing.commit()
+            assert asked.result(timeout=10) is True
+        assert (newer(2), newer(3), newer(1, "o-unknown")) == (False, False, False)
+        engine.dispose()

@@ -67,6 +67,13 @@ class FakeDeliveryLog:
             return self._upsert(attempt, now, status="superseded")
         return self._upsert(attempt, now, status="sent", sent_at=now)
 
+    def newer_state_mailed(self, order_id, version):
+        from services.notifications.handlers import ORDER_STATE_EMAILS
+
+        return order_id is not None and version is not None and any(
+            d.order_id == order_id and d.status == "sent" and d.event_type in ORDER_STATE_EMAILS
+            and (d.order_version or 0) > version for d in self.pending + self.committed)
+
     def record_not_sent(self, attempt, now):
         return self._upsert(attempt, now, status="superseded")
 

@@ -1,3 +1,5 @@
+import html
+import re
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -293,6 +295,27 @@ def test_an_expiry_retried_past_the_late_payments_confirmation_is_not_sent_but_a
 
     assert [email.event_type for email in mailer.sent] == ["order.placed", "order.confirmed", "payment.refunded"]
     assert deliveries.for_event("ev-2").status == "superseded"
+
+
+@pytest.mark.parametrize("newer, mention", [
+    (None, "still waits for its payment of 1,349.99 EUR"),
+    ("order.confirmed", "Your order's page below shows where it stands now."),
+])
+def test_a_refund_mailed_after_its_orders_newer_state_does_not_say_the_order_still_waits_for_payment(newer, mention):
+    """A payment of the wrong amount is refunded while the order waits for its payment; the buyer
+    then pays right and their confirmation goes out first (the refund's first attempt met a full
+    SMTP server). The refund email said the order "still waits for its payment": the buyer, told
+    they were confirmed, was asked to pay again."""
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    if newer:
+        deliver(confirmed(order(version=2), event_id="ev-confirmed"), mailer, deliveries)
+    refund = order(version=1, status="awaiting_payment", of_order_payment=False, confirmed_at=None,
+                   refund={"amount": 100, "currency": "EUR"})
+    deliver(event("payment.refunded", refund, event_id="ev-r"), mailer, deliveries)
+
+    [email] = [email for email in mailer.sent if email.event_type == "payment.refunded"]
+    assert mention in email.text and mention in html.unescape(re.sub(r"<[^>]+>", "", email.html))
+    assert ("still waits" in email.text) is (newer is None)
 
 
 def test_an_order_emailed_in_the_order_of_its_states_gets_every_email():
