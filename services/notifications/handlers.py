@@ -188,14 +188,18 @@ def replay(message_id: str | None, settings: Settings, uow=None, service: str | 
     `retrying` again, and the admin's `action` is recorded with how many went back, in the same
     transaction (the replay itself is on the broker, before it)."""
     service = service or settings.service_name
+    own = uow is not None and service == settings.service_name
+    if own:  # before they go back: one a consumer takes at once and parks again stays `dead`
+        with uow:
+            parked = uow.deliveries.parked(message_id)
     with _broker_answers():
         sent_back = parked_letters.replay(settings.amqp_url, service, message_id)
     replayed = len(sent_back)
-    own = replayed and service == settings.service_name
+    own = own and replayed
     if uow is not None and (own or action is not None):
         with uow:
             if own:  # exactly those sent back: not those parked since, nor those past a limit
-                uow.deliveries.mark_replayed(set(sent_back))
+                uow.deliveries.mark_replayed({event_id: parked[event_id] for event_id in sent_back if event_id in parked})
             if action is not None:
                 uow.admin_actions.record(action.ended({"replayed": replayed}))
             uow.commit()

@@ -54,11 +54,25 @@ class DeliveryLog:
             dead_letters=1 if outcome == DEAD else 0,
         )
 
-    def mark_replayed(self, event_ids: set[str]) -> int:
-        """Parked deliveries sent back for another attempt."""
-        query = (sa.update(Delivery).where(Delivery.status == DEAD, Delivery.event_id.in_(event_ids))
-                 .values(status=RETRYING, updated_at=sa.func.now()))
-        return self._session.execute(query).rowcount
+    def parked(self, event_id: str | None = None) -> dict[str, int]:
+        """The parked deliveries (the one of `event_id`, or all), each with its attempts so far."""
+        query = sa.select(Delivery.event_id, Delivery.attempts).where(Delivery.status == DEAD)
+        if event_id is not None:
+            query = query.where(Delivery.event_id == event_id)
+        return dict(self._session.execute(query).all())
+
+    def mark_replayed(self, parked: dict[str, int]) -> None:
+        """Parked deliveries sent back for another attempt (event id: its attempts when it was sent
+        back, `parked`): those attempted since (taken at once by a consumer, and parked again,
+        say) are left as that attempt wrote them."""
+        if parked:
+            deliveries = Delivery.__table__
+            self._session.execute(
+                deliveries.update()
+                .where(deliveries.c.status == DEAD, deliveries.c.event_id == sa.bindparam("replayed"),
+                       deliveries.c.attempts == sa.bindparam("attempts_then"))
+                .values(status=RETRYING, updated_at=sa.func.now()),
+                [{"replayed": event_id, "attempts_then": attempts} for event_id, attempts in parked.items()])
 
     def search(
         self, order_id: str | None = None, to: str | None = None, status: str | None = None, limit: int = 50

@@ -126,3 +126,27 @@ def test_a_refund_knows_a_newer_state_of_its_order_was_mailed_even_one_being_mai
             assert asked.result(timeout=10) is True
         assert (newer(2), newer(3), newer(1, "o-unknown")) == (False, False, False)
         engine.dispose()
+
+
+def test_a_replayed_email_parked_again_at_once_stays_parked_and_the_others_read_retrying(unit_of_work):
+    """An admin replays every parked email while some recipients still refuse: a consumer takes
+    one back within milliseconds and parks it again before the replay marks what it sent back.
+    That one was marked `retrying` for good: missing from `?status=dead`, counted retrying."""
+    now = datetime.now(timezone.utc)
+    with unit_of_work() as uow:
+        for event_id in ("refused-again", "replayed"):
+            uow.deliveries.record_failure(attempt(event_id), now, "dead", "SMTP 550")
+        uow.commit()
+    with unit_of_work() as uow:
+        parked = uow.deliveries.parked()
+    assert parked == {"refused-again": 1, "replayed": 1}
+    with unit_of_work() as uow:  # the consumer, between the broker's replay and its marking
+        uow.deliveries.record_failure(attempt("refused-again"), now, "dead", "SMTP 550")
+        uow.commit()
+    with unit_of_work() as uow:
+        uow.deliveries.mark_replayed(parked)
+        uow.commit()
+    with unit_of_work() as uow:
+        statuses = {d.event_id: (d.status, d.dead_letters) for d in uow.deliveries.search(order_id="o-1")}
+        assert uow.deliveries.parked("refused-again") == {"refused-again": 2}
+    assert statuses == {"refused-again": ("dead", 2), "replayed": ("retrying", 1)}

@@ -53,7 +53,7 @@ def test_finished_deliveries_past_the_retention_go_and_the_email_totals_stay(not
             uow.deliveries.record_failure(attempt(f"old-{k}"), old, "retrying", "SMTP 451")
             uow.deliveries.record_sent(attempt(f"old-{k}"), old)
         uow.deliveries.record_failure(attempt("replayed"), old, "dead", "SMTP 550")  # parked, replayed, then sent
-        uow.deliveries.mark_replayed({"replayed"})
+        uow.deliveries.mark_replayed(uow.deliveries.parked("replayed"))
         uow.deliveries.record_sent(attempt("replayed"), old)
         uow.deliveries.record_not_sent(attempt("superseded"), old)
         uow.deliveries.record_failure(attempt("parked"), old, "dead", "SMTP 550")  # an admin's to replay

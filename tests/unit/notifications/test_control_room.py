@@ -93,11 +93,15 @@ def test_without_the_broker_the_dead_letters_are_unknown():
 # --- a replay is recorded ---------------------------------------------------------------------------
 
 class FakeDeliveries:
-    def __init__(self):
+    def __init__(self, parked: dict[str, int] | None = None):
         self.replayed = []
+        self.attempts = {"m-1": 3, "m-2": 1, **(parked or {})}  # the parked ones, with their attempts
 
-    def mark_replayed(self, event_ids):
-        self.replayed.append(event_ids)
+    def parked(self, event_id=None):
+        return {e: attempts for e, attempts in self.attempts.items() if event_id in (None, e)}
+
+    def mark_replayed(self, parked):
+        self.replayed.append(parked)
 
 
 class ReplayUnitOfWork:
@@ -132,7 +136,7 @@ def test_a_replay_is_recorded_with_how_many_went_back_in_the_transaction_that_ma
 
     assert handlers.replay("m-1", SETTINGS, uow, "notifications", action=replay_by_admin("notifications")) == 1
 
-    assert uow.committed and uow.deliveries.replayed == [{"m-1"}]
+    assert uow.committed and uow.deliveries.replayed == [{"m-1": 3}]
     [recorded] = uow.admin_actions.kept
     assert recorded.admin_email == "ops@floodgate.test" and recorded.outcome == {"replayed": 1}
 
@@ -143,7 +147,22 @@ def test_replaying_all_marks_exactly_the_deliveries_sent_back(monkeypatch):
 
     assert handlers.replay(None, SETTINGS, uow, "notifications") == 2
 
-    assert uow.deliveries.replayed == [{"m-1", "m-2"}]  # not every parked one: those are the broker's to say
+    assert uow.deliveries.replayed == [{"m-1": 3, "m-2": 1}]  # not every parked one: those are the broker's to say
+
+
+def test_a_replay_marks_its_letters_as_they_were_before_they_went_back(monkeypatch):
+    """A consumer may take a letter back and park it again before the replay marks it: the mark
+    names the attempts the letter had before, so the delivery log leaves that one parked."""
+    uow = ReplayUnitOfWork()
+
+    def sent_back_and_parked_again(url, service, message_id):
+        uow.deliveries.attempts["m-1"] += 1
+        return ["m-1"]
+
+    monkeypatch.setattr(handlers.parked_letters, "replay", sent_back_and_parked_again)
+    assert handlers.replay(None, SETTINGS, uow, "notifications") == 1
+
+    assert uow.deliveries.replayed == [{"m-1": 3}]
 
 
 def test_a_replay_of_another_services_letters_is_recorded_too_even_when_nothing_went_back(monkeypatch):
