@@ -44,13 +44,22 @@ ORDER_STATE_EMAILS = frozenset({"order.placed", "order.confirmed", "order.cancel
 MENTIONS_ORDER_STATE = frozenset({"payment.refunded"})
 
 
+# The emails that ask the reader to act by a time (the event's field that holds it): handled after
+# it, they are not sent (`_past_its_time`).
+ACT_BY = {"order.placed": "hold_expires_at", "invite.issued": "expires_at"}
+
+
 def _past_its_time(event_type: str, data: dict, now: datetime) -> bool:
-    """A "pay by 16:00" email (`order.placed`) handled after 16:00. After an SMTP or consumer
-    outage the queue holds a drop's order.placed events ahead of their order.confirmed ones: every
-    buyer who had paid meanwhile was first told to pay, by a time already gone, with a payment
-    link. It is not sent (logged `superseded`); the order's next state is mailed instead, its
-    confirmation or its expiry."""
-    return event_type == "order.placed" and data.get("hold_expires_at") is not None and data["hold_expires_at"] <= now
+    """An email that asks its reader to act by a time (`ACT_BY`) handled after that time.
+
+    A "pay by 16:00" email (`order.placed`) after 16:00: after an SMTP or consumer outage the
+    queue holds a drop's order.placed events ahead of their order.confirmed ones, and every buyer
+    who had paid meanwhile was first told to pay, by a time already gone, with a payment link; the
+    order's next state is mailed instead, its confirmation or its expiry. An invitation whose code
+    has expired (its retries met a refusing SMTP server for longer than the code lasts) would
+    send its reader to a code accounts refuses. Neither is sent (logged `superseded`)."""
+    field = ACT_BY.get(event_type)
+    return field is not None and data.get(field) is not None and data[field] <= now
 
 
 def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
@@ -81,7 +90,7 @@ def send_notification(envelope: Envelope, uow, mailer: Mailer) -> None:
         sent_at = datetime.now(timezone.utc)
         if _past_its_time(envelope.type, data, sent_at):
             if uow.deliveries.record_not_sent(_attempt(envelope, email, data.get("version")), sent_at) is not None:
-                log.info("email not sent: the time it asks the buyer to pay by has passed",
+                log.info("email not sent: the time it asks its reader to act by has passed",
                          extra={"message_id": email.message_id, "event_type": envelope.type})
             return
         written = uow.deliveries.record_sent(_attempt(envelope, email, data.get("version")), sent_at,

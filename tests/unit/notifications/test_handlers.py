@@ -224,6 +224,18 @@ def test_an_invite_for_nobody_in_particular_mails_nothing_and_is_not_an_error():
     assert mailer.sent == [] and deliveries.committed == []
 
 
+@pytest.mark.parametrize("expires_in, mailed", [(-1, False), (600, True), (None, True)])
+def test_an_invitation_handled_after_its_code_expired_is_not_sent(expires_in, mailed):
+    """Its first attempts met a refusing SMTP server for longer than the code lasts: the email
+    sent its reader to a code accounts refuses."""
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    expires_at = None if expires_in is None else (datetime.now(timezone.utc) + timedelta(seconds=expires_in)).isoformat()
+    data = {"invite_id": "i-2", "code": "DROP-8R3Y", "email": "sam@example.com", "tier": "early", "expires_at": expires_at}
+    deliver(replace(confirmed(), type="invite.issued", data=data, id="ev-11"), mailer, deliveries)
+    assert [email.to for email in mailer.sent] == (["sam@example.com"] if mailed else [])
+    assert deliveries.for_event("ev-11").status == ("sent" if mailed else "superseded")
+
+
 def test_only_the_confirmation_email_is_announced():
     placed = dict(order(), hold_expires_at=in_ten_minutes(), payment_url="http://pay.example/o")
     uow, mailer = FakeUnitOfWork(), FakeMailer()
