@@ -241,11 +241,15 @@ def _attempt(envelope: Envelope, email: emails.Email, order_version: int | None 
 
 
 def _moment(text: str) -> datetime | None:
+    """When the event says it occurred, in UTC; None when it says nothing readable, or a moment
+    outside the years 1 to 9999 in UTC: PostgreSQL stores "9999-12-31T23:59:59-05:00" (year
+    10000 in UTC), but no Python datetime can hold it, and every read of its delivery row (the
+    admins' `GET /notifications`) failed with a 500."""
     try:
         moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _text(value, limit: int) -> str | None:

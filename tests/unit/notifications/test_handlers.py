@@ -236,6 +236,18 @@ def test_an_invitation_handled_after_its_code_expired_is_not_sent(expires_in, ma
     assert deliveries.for_event("ev-11").status == ("sent" if mailed else "superseded")
 
 
+@pytest.mark.parametrize("occurred_at, logged", [
+    ("9999-12-31T23:59:59-05:00", None), ("0001-01-01T00:00:00+01:00", None), ("yesterday", None),
+    ("2014-10-27T16:03:00+01:00", datetime(2014, 10, 27, 15, 3, tzinfo=timezone.utc)),
+])
+def test_the_delivery_log_keeps_when_the_event_occurred_only_as_a_moment_it_can_read_back(occurred_at, logged):
+    """A moment past year 9999 in UTC was stored (PostgreSQL takes it) and every admin read of
+    its delivery row answered 500: no Python datetime holds it."""
+    mailer, deliveries = FakeMailer(), FakeDeliveryLog()
+    deliver(replace(confirmed(), occurred_at=occurred_at, id="ev-12"), mailer, deliveries)
+    assert deliveries.for_event("ev-12").occurred_at == logged and len(mailer.sent) == 1
+
+
 def test_only_the_confirmation_email_is_announced():
     placed = dict(order(), hold_expires_at=in_ten_minutes(), payment_url="http://pay.example/o")
     uow, mailer = FakeUnitOfWork(), FakeMailer()
