@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 @dataclass(frozen=True)
 class BackoffPolicy:
     """After `free_failures` failures within `window`, each further failure doubles the wait,
-    from `base` up to `ceiling`. Failures older than `window` are forgotten."""
+    from `base` up to `ceiling`. Failures are forgotten `window` after the last one's wait ended
+    (`remembers`)."""
 
     free_failures: int
     base: timedelta
@@ -32,6 +33,14 @@ class BackoffPolicy:
             return None
         doublings = min(failures - self.free_failures, 32)
         return min(self.ceiling, self.base * (2**doublings))
+
+    def remembers(self, failures: int) -> timedelta:
+        """How long after a key's `failures`-th failure its failures are remembered: the window,
+        counted from the end of the wait that failure started. Counted from the failure itself, a
+        ceiling as long as the window (15 minutes for an account from one client) forgot them
+        all as the wait ended: a guesser trying again then had the free failures and the
+        doubling from one second anew, about 15 guesses every 32 minutes instead of one every 15."""
+        return self.window + (self.wait_after(failures) or timedelta(0))
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def count_failure(key: str, policy: BackoffPolicy, now: datetime, failures: int,
     yet), counted whether or not the key is blocked: failures older than the policy's window
     forgotten, and a block started if that was one failure too many (a block already running
     for longer is kept by the caller)."""
-    remembered = failures if failures and last_failure_at is not None and last_failure_at >= now - policy.window else 0
+    remembered = failures if failures and last_failure_at is not None and last_failure_at + policy.remembers(failures) >= now else 0
     wait = policy.wait_after(remembered + 1)
     return Reservation(
         key,

@@ -131,6 +131,32 @@ def test_failures_older_than_the_window_are_forgotten(uow, passwords, issuer, cl
     assert uow.login_throttles.rows[ANN_HERE]["failures"] == uow.login_throttles.rows[ANN_ANYWHERE]["failures"] == 1
 
 
+def test_a_guesser_trying_again_as_each_wait_ends_keeps_the_ceilings_pace_where_the_ceiling_is_the_window(
+        uow, passwords, issuer, clock, accounts):
+    """The defaults' account-from-one-client key waits at most 15 minutes, its window's length: the
+    failures were forgotten as the longest wait ended, and the next guess found the free failures
+    and the one-second waits anew."""
+    policy = BackoffPolicy(free_failures=3, base=timedelta(seconds=1), ceiling=timedelta(minutes=15),
+                           window=timedelta(minutes=15))
+    throttle = SignInThrottle(per_account_and_client=policy, per_account=policy,
+                              per_client=BackoffPolicy(1000, timedelta(seconds=1), timedelta(seconds=1), timedelta(minutes=15)))
+
+    cmd = SessionRequestSchema().load({"email": "ann@example.com", "password": "wrong password!"})
+    cmd["client"] = CLIENT
+    checked, hour_ends = 0, clock.now + timedelta(hours=1)
+    while clock.now < hour_ends:  # a guess; when refused, the next as the wait ends
+        try:
+            handlers.open_session(cmd, uow, passwords, issuer, throttle)
+        except InvalidCredentials:
+            checked += 1
+            clock.now += timedelta(milliseconds=1)
+        except SignInThrottled as refused:
+            clock.now += timedelta(seconds=int(refused.headers["Retry-After"]), milliseconds=1)
+    # 3 free, then waits of 1 s doubling to 512 s (1,023 s in all), then 15 minutes: 15 in the
+    # hour. Forgotten as the first 15-minute wait ended, the guesser had about 27.
+    assert checked == 15
+
+
 def test_over_http_a_throttled_sign_in_is_a_429_problem_with_retry_after(client, uow, accounts):
     for _ in range(5):
         client.post("/sessions", json={"email": "ann@example.com", "password": "wrong password!"})
