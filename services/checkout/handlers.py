@@ -357,8 +357,12 @@ def apply_payment(notice: PaymentNotice, uow, settings, renewal: Renewal | None 
         _end_order(order, uow, settings, "order.payment_failed")
         return PaymentOutcome(orders.PAYMENT_FAILED)
     # a hold renewed for this payment by an earlier look, that it will not use now (the order
-    # changed during the renewal): given back after the commit, not left to run out
-    renewed = renewal is not None and renewal.hold is not None
+    # changed during the renewal): given back after the commit, not left to run out. Unless
+    # another capture confirmed the order meanwhile: inventory keeps one hold per order, so the
+    # hold this one renewed is the one that capture sells (its sale may come later, by the
+    # order.confirmed event), and giving it back put a paid order's unit back on sale.
+    renewed = renewal is not None and renewal.hold is not None and order.status not in (orders.CONFIRMED,
+                                                                                        orders.SHIPPED)
     if _given_back(order, notice.capture_id) >= notice.amount:
         log.warning("a capture the provider has already given back completed: nothing is confirmed or refunded",
                     extra={"capture_id": notice.capture_id})

@@ -251,6 +251,26 @@ def test_the_same_late_payment_delivered_twice_at_once_confirms_once(checkout):
     assert checkout.inventory.sold == [(str(order.id), 2)]
 
 
+def test_a_second_late_capture_never_gives_back_the_hold_another_one_confirmed_the_order_with(checkout):
+    """Two captures of an order whose hold ran out, at once: both renew the one hold. The first
+    confirms the order, and its sale does not reach inventory (down): the order.confirmed event
+    sells it later. The second, which then finds the order confirmed, gave back the hold it had
+    renewed, the paid order's own: its unit went back on sale."""
+    order = checkout.place()
+    hold_ran_out(order)
+    first = []
+
+    def confirmed_meanwhile():
+        checkout.inventory.meanwhile = None
+        checkout.inventory.sell_refusal = errors.InventoryUnavailable("inventory is down")
+        first.append(checkout.pay(capture(order, event_id="WH-1", capture_id="CAP-1")))
+
+    checkout.inventory.meanwhile = confirmed_meanwhile
+    result, _ = checkout.pay(capture(order, event_id="WH-2", capture_id="CAP-2"))
+    assert (first[0][0], result) == ("late-confirmed", "second-capture-refunded")
+    assert order.status == "confirmed" and str(order.id) not in checkout.inventory.released
+
+
 def test_a_late_payment_whose_order_keeps_changing_is_refused_unapplied_for_the_provider_to_send_again(checkout):
     # A real order changes at most twice here (expired, then confirmed by another capture, which
     # ends the renewals); this one is made to change during every renewal, so the bound is met.
