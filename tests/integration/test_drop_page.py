@@ -487,6 +487,39 @@ def test_while_the_buyer_pays_elsewhere_the_page_reads_its_order_less_often_and_
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
 
 
+@pytest.mark.parametrize("seen_by", ["coming back to the page", "its next read"])
+def test_an_order_that_ran_out_shows_confirmed_once_its_late_payment_confirms_it(
+        floodgate, admin_token, buyer_page, seen_by):
+    """The buyer approves on the provider's page after the hold ran out, and the late payment
+    confirms the order (the drop still had the unit). The page had read "Expired" and stopped
+    reading the order: it said "Expired" still, and a buyer who believed it might order and pay
+    again. It now reads such an order every 30 s for 10 minutes, and when the buyer comes back."""
+    page = buyer_page
+    page.context.add_init_script(COUNT_ORDER_READS)
+    page.clock.install()  # time flows until the test pauses it
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, hold_ttl_seconds=3)
+    open_drop_page(page, floodgate, drop)
+    email = sign_up(page)
+    order_id = order_to_toronto(page)
+    target = urlsplit(page.locator("#pay-link").get_attribute("href"))
+    expect(page.locator("#order-status")).to_have_text("Expired: not paid in time", timeout=30_000)
+
+    page.clock.pause_at(datetime.now(timezone.utc) + timedelta(seconds=1))  # the next read is 29 s away
+    approved = floodgate.http.post(f"{target.scheme}://{target.netloc}{target.path}/approve?{target.query}")
+    assert approved.status_code == 200, approved.text
+    poll(lambda: floodgate.get_order(admin_token, order_id).json()["status"] == "confirmed", timeout=30,
+         what="the late payment to confirm the order")
+    sent = page.evaluate("window.orderReads.sent")
+    if seen_by == "coming back to the page":
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange')); window.dispatchEvent(new Event('focus'))")
+    else:
+        page.clock.run_for(30_000)
+    assert page.evaluate("window.orderReads.sent") == sent + 1
+    expect(page.locator("#order-status")).to_have_text("Confirmed: payment received", timeout=10_000)
+    page.clock.resume()
+    see_it_confirmed(page, floodgate, admin_token, order_id, email)
+
+
 def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_not_in_one_tick(
         floodgate, admin_token, buyer_page):
     # Every open page reloaded the drop and its line in the same 250 ms tick as the opening passed:
