@@ -53,7 +53,9 @@ def list_dead_letters():
     auth="admin",
     errors=(503,),
     description="An empty body replays every parked event of notifications, as `{}` does. Recorded among the "
-                "admin actions (`GET /admin-actions`) with how many went back.",
+                "admin actions (`GET /admin-actions`) with how many went back. 503 `broker-unavailable` or "
+                "`database-unavailable`: nothing went back; 503 `replay-not-recorded`: `replayed` events went "
+                "back but the database was away as the replay was to be recorded (do not replay them again).",
 )
 @require_admin
 def replay_dead_letters():

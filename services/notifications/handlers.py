@@ -18,7 +18,7 @@ from shared.messaging.consumer import DatabaseAway, DependencyDown, PermanentFai
 from shared.messaging.envelope import Envelope
 from services.notifications import emails
 from services.notifications.config import Settings
-from services.notifications.errors import BrokerUnavailable
+from services.notifications.errors import BrokerUnavailable, ReplayNotRecorded
 from services.notifications.mailer import Mailer
 from services.notifications.models import DEAD, RETRYING, SUPERSEDED, Delivery
 
@@ -206,12 +206,20 @@ def replay(message_id: str | None, settings: Settings, uow=None, service: str | 
     replayed = len(sent_back)
     own = own and replayed
     if uow is not None and (own or action is not None):
-        with uow:
-            if own:  # exactly those sent back: not those parked since, nor those past a limit
-                uow.deliveries.mark_replayed({event_id: parked[event_id] for event_id in sent_back if event_id in parked})
-            if action is not None:
-                uow.admin_actions.record(action.ended({"replayed": replayed}))
-            uow.commit()
+        try:
+            with uow:
+                if own:  # exactly those sent back: not those parked since, nor those past a limit
+                    uow.deliveries.mark_replayed({event_id: parked[event_id] for event_id in sent_back
+                                                  if event_id in parked})
+                if action is not None:
+                    uow.admin_actions.record(action.ended({"replayed": replayed}))
+                uow.commit()
+        except Exception as error:
+            if not db.unavailable(error):
+                raise
+            log.error("dead letters replayed, not recorded: the database is away",
+                      extra={"service": service, "replayed": replayed, "message_id": message_id})
+            raise ReplayNotRecorded(replayed) from error
     log.info("dead letters replayed", extra={"service": service, "replayed": replayed, "message_id": message_id})
     return replayed
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pika
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from services.notifications import figures, handlers
 from services.notifications.config import Settings
-from services.notifications.errors import BrokerUnavailable
+from services.notifications.errors import BrokerUnavailable, ReplayNotRecorded
 from services.notifications.metrics import EmailMetrics
 from shared.admin_actions import AdminAction
 from tests.unit.shared.fake_admin_actions import FakeAdminActions
@@ -174,6 +176,22 @@ def test_a_replay_of_another_services_letters_is_recorded_too_even_when_nothing_
     assert uow.deliveries.replayed == []  # notifications' delivery log is not checkout's
     [recorded] = uow.admin_actions.kept
     assert recorded.body == {"service": "checkout", "message_id": "m-1"} and recorded.outcome == {"replayed": 0}
+
+
+def test_a_replay_whose_record_meets_the_database_away_says_how_many_went_back(monkeypatch):
+    """A bare 503 database-unavailable said nothing was done: the admin would replay again."""
+    monkeypatch.setattr(handlers.parked_letters, "replay", lambda url, service, message_id: ["m-1", "m-2"])
+    uow = ReplayUnitOfWork()
+
+    def away(parked):
+        raise sa.exc.OperationalError("UPDATE deliveries", {}, psycopg.OperationalError("connection refused"))
+
+    uow.deliveries.mark_replayed = away
+    with pytest.raises(ReplayNotRecorded) as answer:
+        handlers.replay(None, SETTINGS, uow, "notifications", action=replay_by_admin("notifications"))
+    problem = answer.value.to_dict()
+    assert (problem["status"], problem["replayed"]) == (503, 2) and "Do not replay them again" in problem["detail"]
+    assert uow.admin_actions.kept == [] and not uow.committed
 
 
 def test_a_replay_the_broker_refuses_records_nothing(monkeypatch):
