@@ -386,7 +386,9 @@ def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown
     """The order was placed but its answer never reached the page; the buyer reloads, corrects
     the street and orders again with the purchase's key: checkout refuses the changed body and
     names the order the key placed. The page once showed that refusal and dropped the key, and
-    the buyer, told "no", met `limit-exceeded` next, never learning they had an order."""
+    the buyer, told "no", met `limit-exceeded` next, never learning they had an order. The page
+    now finds the order as it opens (the buyer's orders on this drop), so the buyer is shown it
+    before typing anything; were that read to fail, the refusal's order is followed."""
     page = buyer_page
     drop = schedule_drop(floodgate, admin_token, opens_in=-1)
     open_drop_page(page, floodgate, drop)
@@ -406,6 +408,7 @@ def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown
     first = placed[0].json()
     page.unroute(re.compile(r"/orders$"))
 
+    page.route(re.compile(r"/orders\?limit=20$"), lambda route: route.abort("connectionreset"))  # not found so
     page.reload()
     expect(page.locator("#order-form").get_by_role("button", name="Place order")).to_be_enabled(timeout=10_000)
     fill_in_toronto(page, "CA")
@@ -413,6 +416,9 @@ def test_a_buyer_whose_order_s_answer_was_lost_and_who_changed_the_form_is_shown
     page.get_by_role("button", name="Place order").click()
 
     expect(page.locator("#order-id")).to_have_text(first["id"], timeout=15_000)
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment")
+    expect(page.locator("#order-address")).to_have_text("Alex Tremblay, 1 YONGE ST, TORONTO, ON M5E 1W7, Canada (CA)")
+    expect(page.locator("#order-problem")).to_be_hidden()
     expect(page.locator("#order-status")).to_have_text("Awaiting payment")
     expect(page.locator("#order-address")).to_have_text("Alex Tremblay, 1 YONGE ST, TORONTO, ON M5E 1W7, Canada (CA)")
     expect(page.locator("#order-problem")).to_be_hidden()
@@ -518,6 +524,75 @@ def test_an_order_that_ran_out_shows_confirmed_once_its_late_payment_confirms_it
     expect(page.locator("#order-status")).to_have_text("Confirmed: payment received", timeout=10_000)
     page.clock.resume()
     see_it_confirmed(page, floodgate, admin_token, order_id, email)
+
+
+def test_another_tab_shows_the_buyers_order_and_signing_out_takes_it_off_the_page(floodgate, admin_token, buyer_page):
+    """The page kept the order it placed in its own tab only: a second tab, or the page opened
+    again from a link, showed no order and no payment link and offered the form again. Signing
+    out left the order (its address, its payment link) on the page, and the form locked for the
+    next buyer on the device."""
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, per_buyer_limit=2)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    order_id = order_to_toronto(page)
+    pay_link = page.locator("#pay-link").get_attribute("href")
+
+    other = page.context.new_page()  # the same buyer's second tab, signed in by the shared session
+    open_drop_page(other, floodgate, drop)
+    expect(other.locator("#order-id")).to_have_text(order_id, timeout=10_000)
+    expect(other.locator("#order-status")).to_have_text("Awaiting payment")
+    assert other.locator("#pay-link").get_attribute("href") == pay_link
+    expect(other.locator("#order-gate")).to_have_text("Your order is placed: follow it below.")
+    other.close()
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#placed")).to_be_hidden()
+    sign_up(page)  # the next buyer on this device
+    expect(page.locator("#placed")).to_be_hidden()
+    expect(page.get_by_role("button", name="Place order")).to_be_enabled()
+    assert page.script_problems == []
+
+
+def test_a_buyer_whose_order_ran_out_may_order_again(floodgate, admin_token, buyer_page):
+    """Inventory gave the unit and the allowance back, but the ended order kept the form locked
+    for good, reload or not."""
+    page = buyer_page
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, hold_ttl_seconds=3)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    first = order_to_toronto(page)
+    expect(page.locator("#order-status")).to_have_text("Expired: not paid in time", timeout=30_000)
+    expect(page.get_by_role("button", name="Place order")).to_be_enabled()
+    page.get_by_role("button", name="Place order").click()
+    expect(page.locator("#order-status")).to_have_text("Awaiting payment", timeout=15_000)
+    assert page.locator("#order-id").inner_text() not in ("", first)
+
+
+def test_a_paid_buyer_waiting_for_the_email_reads_the_order_less_and_less_often(floodgate, admin_token, buyer_page):
+    """Every 2 s until the confirmation email was sent: an email backlog (here the buyer's address
+    refused, so the email is parked) kept every paid page at 30 reads a minute."""
+    from tests.integration.test_notifications import set_fault
+
+    page = buyer_page
+    page.context.add_init_script(COUNT_ORDER_READS)
+    page.clock.install()
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1)
+    open_drop_page(page, floodgate, drop)
+    email = sign_up(page)
+    set_fault(floodgate.stack, "550", recipients=(email,))
+    try:
+        order_to_toronto(page)
+        pay_on_the_simulator(page)
+        expect(page.locator("#order-status")).to_have_text("Confirmed: payment received", timeout=30_000)
+        page.clock.pause_at(datetime.now(timezone.utc) + timedelta(seconds=1))
+        before = page.evaluate("window.orderReads.sent")
+        for _ in range(120):  # a minute, half a second at a time
+            page.clock.run_for(500)
+        assert page.evaluate("window.orderReads.sent") - before <= 6  # 2, 4, 8, 16, 30 s apart
+        expect(page.locator("#order-email")).not_to_have_text("Confirmation email sent")
+    finally:
+        set_fault(floodgate.stack, "none")
 
 
 def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_not_in_one_tick(
