@@ -595,6 +595,47 @@ def test_a_paid_buyer_waiting_for_the_email_reads_the_order_less_and_less_often(
         set_fault(floodgate.stack, "none")
 
 
+def test_a_signed_in_page_not_in_line_leaves_checkout_alone_and_backs_off_when_it_fails(
+        floodgate, admin_token, buyer_page):
+    """Each poll of the line also asked checkout for the buyer's own ticket (a token check and a
+    database read) when they had none: every signed-in page not in line, every 10 s. And a
+    failing line read came back at its Retry-After, every second from a 503."""
+    page = buyer_page
+    asked = {"tickets": 0, "line": 0}
+
+    def count(route):
+        path = urlsplit(route.request.url).path
+        asked["tickets" if path.endswith("/tickets/mine") else "line"] += 1
+        route.continue_()
+
+    page.route(re.compile(r"/line(/tickets/mine)?$"), count)
+    page.clock.install()
+    drop = schedule_drop(floodgate, admin_token, opens_in=600)
+    put_line_on(floodgate, admin_token, drop)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    expect(page.get_by_role("button", name="Join the line")).to_be_visible()
+    page.clock.pause_at(datetime.now(timezone.utc) + timedelta(seconds=1))
+    before = dict(asked)
+    for _ in range(60):  # a minute
+        page.clock.run_for(1000)
+    poll(lambda: asked["line"] - before["line"] >= 5, timeout=10, what="the line's reads")
+    assert asked["tickets"] == before["tickets"]  # asked once, as the buyer signed in
+
+    page.unroute(re.compile(r"/line(/tickets/mine)?$"))
+    failing = {"reads": 0}
+
+    def unavailable(route):
+        failing["reads"] += 1
+        route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/problem+json"},
+                      body='{"type": "about:blank", "title": "Unavailable", "status": 503}')
+
+    page.route(re.compile(r"/line$"), unavailable)
+    for _ in range(60):  # another minute, the line failing
+        page.clock.run_for(1000)
+    assert 2 <= failing["reads"] <= 10  # 10 s, then 2, 4, 8, 16, 30 s apart (jittered): not 50
+
+
 def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_not_in_one_tick(
         floodgate, admin_token, buyer_page):
     # Every open page reloaded the drop and its line in the same 250 ms tick as the opening passed:
