@@ -229,6 +229,29 @@ def test_the_line_is_paused_re_rated_and_resumed_from_the_control_room(floodgate
     assert page.script_problems == []
 
 
+def test_a_room_follows_a_sign_out_and_a_sign_in_in_another_tab(floodgate, admin, room_page):
+    """The session is shared by the admin's tabs: a room left open after signing out in another
+    stopped reading and still showed its figures as live, and stayed so after signing in again."""
+    page = room_page
+    admin_email, token = admin
+    drop = floodgate.create_drop(token, quantity=5)
+    open_control_room(page, floodgate, drop, admin_email)
+    other = page.context.new_page()  # signed in already: the session is the context's
+    other.goto(f"{floodgate.stack.url('checkout')}/drops/{drop['id']}/control-room")
+    expect(other.locator("#signed-in")).to_have_text(re.compile(f"Signed in as {re.escape(admin_email)}"))
+
+    other.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#sign-in-form")).to_be_visible(timeout=5_000)
+    expect(page.locator("#account-problem")).to_contain_text("You signed out in another tab.")
+    expect(page.locator("#room")).to_be_hidden()
+
+    open_control_room(other, floodgate, drop, admin_email)  # signed in again there
+    expect(page.locator("#room")).to_be_visible(timeout=5_000)
+    updated = page.locator("#updated").inner_text()
+    expect(page.locator("#updated")).not_to_have_text(updated, timeout=FIGURES_TIMEOUT_MS)  # reading again
+    other.close()
+
+
 def test_a_service_that_does_not_answer_holds_no_other_figure_and_what_is_not_known_says_so(
         floodgate, admin, room_page):
     # The page read every figure together and waited for all: one service that never answered
