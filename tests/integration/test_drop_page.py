@@ -636,6 +636,23 @@ def test_a_signed_in_page_not_in_line_leaves_checkout_alone_and_backs_off_when_i
     assert 2 <= failing["reads"] <= 10  # 10 s, then 2, 4, 8, 16, 30 s apart (jittered): not 50
 
 
+def test_a_line_set_up_after_the_page_opened_is_offered_before_the_opening(floodgate, admin_token, buyer_page):
+    """A page that found no line was told of one only by the opening's reload: its buyer joined
+    behind the whole drawn pre-queue."""
+    page = buyer_page
+    page.clock.install()
+    drop = schedule_drop(floodgate, admin_token, opens_in=120)
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    expect(page.locator("#line-summary")).to_have_text("This drop has no line: order as soon as it opens.")
+    put_line_on(floodgate, admin_token, drop)
+    page.clock.pause_at(datetime.now(timezone.utc) + timedelta(seconds=1))
+    page.clock.run_for(31_000)
+    page.clock.resume()
+    page.get_by_role("button", name="Join the line").click()
+    expect(page.locator("#ticket-state")).to_have_text("In the pre-queue")
+
+
 def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_not_in_one_tick(
         floodgate, admin_token, buyer_page):
     # Every open page reloaded the drop and its line in the same 250 ms tick as the opening passed:
