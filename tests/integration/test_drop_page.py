@@ -674,11 +674,13 @@ def test_at_the_opening_pages_reload_the_drop_and_its_line_spread_over_seconds_n
     })()""" % drop["id"])
     open_drop_page(page, floodgate, drop)
     expect(page.locator("#line-summary")).to_have_text("This drop has no line: order as soon as it opens.")
-    line_reads = page.evaluate("window.lineReads")  # the page's first read, done
     # the page's clock is the test's: the opening, on it (the page keeps the server's offset)
     behind = datetime.now(timezone.utc).timestamp() * 1000 - page.evaluate("Date.now()")
     opening = datetime.fromisoformat(drop["opens_at"]).timestamp() * 1000 - behind
     page.clock.pause_at((opening - 1000) / 1000)  # a number is seconds here; Date.now() says milliseconds
+    # the page's reads so far, counted as each is sent: as it opened, then every 30 s before the
+    # opening (for a line set up later)
+    line_reads = page.evaluate("window.lineReads")
     page.clock.run_for(1500)  # the opening passes
     expect(page.locator("#countdown")).to_have_text(re.compile(r"^Open now"))
     assert page.evaluate("window.lineReads") == line_reads  # not in the opening's tick
