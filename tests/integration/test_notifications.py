@@ -451,10 +451,11 @@ def test_sigterm_finishes_the_emails_in_hand_and_returns_the_rest(floodgate, sta
     # the others went back to the queue, unsent.
     sent = mails_by_message_id(floodgate, ids)
     assert 1 <= len(sent) <= threads and all(len(copies) == 1 for copies in sent.values())
-    # the quorum queue applies the acks sent just before the connection closed, and the return of
-    # the rest, through its log: its count settles a moment after the process has left
-    poll(lambda: _work_queue(stack).message_count == len(events) - len(sent), timeout=10,
-         what="the work queue to hold exactly the emails not mailed")
+    # At least those not mailed are back in the work queue (the quorum queue applies the return
+    # through its log, a moment after the process left). Not exactly: the stack is shared, and
+    # other tests' orders run out meanwhile, their order.expired events queued beside these.
+    poll(lambda: _work_queue(stack).message_count >= len(events) - len(sent), timeout=10,
+         what="the emails not mailed back in the work queue")
 
     start_consumer(stack, "notifications-consumer")
     poll(lambda: len(mails_by_message_id(floodgate, ids)) == len(events), what="the returned emails after restart")
