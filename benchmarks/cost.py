@@ -63,7 +63,7 @@ from devtools.client import Floodgate
 from devtools.stack import CONSUMERS, RELAYS, ROOT, SERVICES
 from shared.db import create_database_if_missing
 from shared.messaging import connection as amqp
-from shared.messaging.topology import work_queue
+from shared.messaging.topology import waiting_queues
 
 UNITS = 1_000_000  # more than any run sells: every order is a hold, none a sell-out
 
@@ -114,7 +114,8 @@ class Pipeline:
         conn = amqp.connect(self.rig.amqp_url, "bench-pipeline", socket_timeout=2)
         try:
             channel = conn.channel()
-            queued = sum(channel.queue_declare(work_queue(s), passive=True).method.message_count for s in CONSUMERS)
+            queued = sum(channel.queue_declare(queue, passive=True).method.message_count
+                         for s in CONSUMERS for queue in waiting_queues(s))
         finally:
             conn.close()
         return outboxes + queued

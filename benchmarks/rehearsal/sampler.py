@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from shared.config import Settings
 from shared.messaging import connection as amqp
-from shared.messaging.topology import retry_delays, retry_queue, work_queue
+from shared.messaging.topology import retry_delays, retry_queue, waiting_queues
 
 
 # the notifications consumer's tiers, as it declares them (with the rehearsal's environment)
@@ -90,15 +90,15 @@ class Sampler(threading.Thread):
             return None
 
     def _queue_depths(self) -> dict:
-        """Messages ready in notifications' work queue and waiting in its retry tiers (passive
-        declares on the stack's vhost)."""
+        """Messages ready in notifications' work queue (and its returned lane) and waiting in its
+        retry tiers (passive declares on the stack's vhost)."""
         try:
             if self._amqp is None or not self._amqp.is_open:
                 self._amqp = amqp.connect(self.rig.amqp_url, "rehearsal-sampler", socket_timeout=2)
             channel = self._amqp.channel()
             try:
-                depths = {"work": channel.queue_declare(work_queue("notifications"), passive=True).method.message_count,
-                          "retry": 0}
+                depths = {"work": sum(channel.queue_declare(queue, passive=True).method.message_count
+                                      for queue in waiting_queues("notifications")), "retry": 0}
                 for delay in RETRY_DELAYS_MS:
                     depths["retry"] += channel.queue_declare(retry_queue("notifications", delay), passive=True).method.message_count
                 return depths

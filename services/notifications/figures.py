@@ -33,9 +33,9 @@ def email_figures(collector: Collector, service: str) -> dict:
 
     queues = {dict(labels)["queue"]: int(depth) for (name, labels), depth in found.items()
               if name == f"{PREFIX}_queue_messages"}
-    work, dead = topology.work_queue(service), topology.dead_letter_queue(service)
-    in_work = queues.get(work)
-    in_retry = sum(depth for queue, depth in queues.items() if queue not in (work, dead)) if queues else None
+    waits, dead = topology.waiting_queues(service), topology.dead_letter_queue(service)
+    in_work = sum(queues[queue] for queue in waits if queue in queues) if queues else None
+    in_retry = sum(depth for queue, depth in queues.items() if queue not in (*waits, dead)) if queues else None
     last_sent = value("last_sent_timestamp_seconds")
     return {
         "backlog": None if in_work is None else in_work + in_retry,

@@ -7,8 +7,8 @@ all consumers together and across restarts, and the broker knows how many events
 - `floodgate_notifications_emails_sent_total`, `..._retries_total`, `..._dead_lettered_total`:
   from the delivery log, with what its purged rows counted (`delivery_totals_purged`): counters,
   since a row's columns only grow and a purge carries a row's counts as it deletes it.
-- `floodgate_notifications_queue_messages{queue}`: messages ready in the work queue, each retry
-  tier and the dead-letter queue (a passive declare, which changes nothing).
+- `floodgate_notifications_queue_messages{queue}`: messages ready in the work queue, the
+  returned lane, each retry tier and the dead-letter queue (a passive declare, which changes nothing).
 - `floodgate_notifications_oldest_pending_age_seconds`: how long the oldest event that was tried
   and is still waiting for its email (status `retrying`) has waited since it occurred. An event
   still in the work queue has not been tried yet; the broker cannot say its age without
@@ -120,7 +120,7 @@ class EmailMetrics(Collector):
 
     def _queue_depths(self) -> dict[str, int]:
         service = self.settings.service_name
-        queues = [topology.work_queue(service), topology.dead_letter_queue(service)]
+        queues = [*topology.waiting_queues(service), topology.dead_letter_queue(service)]
         queues += [topology.retry_queue(service, delay)
                    for delay in topology.retry_delays(service, self.settings.retry_delays_ms)]
         return queue_depths(self.settings, queues, self.settings.metrics_query_timeout_seconds)

@@ -171,7 +171,8 @@ class EmailSourcesSchema(Schema):
 class EmailFiguresSchema(Schema):
     backlog = fields.Integer(allow_none=True, metadata={
         "description": "events waiting for their email: ready in the work queue and the retry tiers"})
-    in_work_queue = fields.Integer(allow_none=True)
+    in_work_queue = fields.Integer(allow_none=True, metadata={
+        "description": "ready in the work queue and its returned lane (messages given back by a consumer that stopped)"})
     in_retry_tiers = fields.Integer(allow_none=True)
     oldest_unsent_age_seconds = fields.Float(allow_none=True, metadata={
         "description": "how long the oldest event tried and still waiting for its email has waited (0: none)"})

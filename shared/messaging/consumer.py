@@ -12,10 +12,21 @@ to the next retry tier (a delay queue that expires back into the work queue) or,
 `max_attempts` or on a `PermanentFailure`, to the dead-letter queue; the copy is confirmed by the
 broker before the original is acked, so nothing is lost in between.
 
-A copy, and a replayed dead letter, leaves out the broker's own dead-lettering history (`x-death`
-and the `x-first-death-*`, `x-last-death-*` headers); our `x-attempt` and `x-last-error` keep
-ours. A message the work queue once dead-lettered (past its delivery limit) names that queue in
-`x-death`; on RabbitMQ 3.x a retry copy carrying it looks like a dead-letter cycle when its delay
+A message the broker gives back because the consumer that held it stopped without settling it
+(the process died, its connection was lost) comes again marked `redelivered`, and RabbitMQ 3.x
+counts the return towards the work queue's delivery limit for every message that consumer held,
+handled or only prefetched. So the runner does not handle it there: it sets it aside, a new
+copy at the back of `<service>.returned`, which it consumes one message at a time (prefetch 1).
+A message given back from that lane was the only one of the lane in hand when its consumer
+stopped; after RETURNS_BEFORE_PARKING such returns (`x-returns`) it is parked, as the message
+that kills its consumer. Those held beside it are handled, not parked with it. (Before, a
+message that killed its consumer twenty times took up to nineteen good ones to the dead-letter
+queue.)
+
+A copy, and a replayed dead letter, leaves out the broker's own headers (its count of returns,
+`x-delivery-count`, and its dead-lettering history: `x-death` and the `x-first-death-*`,
+`x-last-death-*` headers); our `x-attempt`, `x-last-error` and `x-returns` keep ours. A message
+the work queue once dead-lettered (past its delivery limit) names that queue in `x-death`; on RabbitMQ 3.x a retry copy carrying it looks like a dead-letter cycle when its delay
 queue expires it back into the work queue, and the broker never delivers it. (4.x ignores an
 `x-death` a client publishes; leaving it out costs nothing there.)
 """
@@ -49,8 +60,9 @@ log = logging.getLogger("floodgate.consumer")
 Handler = Callable[[Envelope, object], None]
 # Which delivery of the message in hand this is (1 = first), for handlers that log attempts.
 current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("current_attempt", default=1)
-# What RabbitMQ writes on a message it dead-letters (see the module's docstring).
-BROKER_DEATH_HEADERS = frozenset({
+# What RabbitMQ writes on a message it gave back or dead-lettered (see the module's docstring).
+BROKER_HEADERS = frozenset({
+    "x-delivery-count",
     "x-death",
     "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
     "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange",
@@ -88,8 +100,8 @@ class DependencyDown(Exception):
     tries the next message. Messages so wait in the work queue, not in the retry tiers (an hour
     apart at their longest), and flow again within a pause of the dependency's return; an outage
     never parks one. (Deliveries pika received but had not handed over when the subscription is
-    cancelled go back to the broker, which counts that towards the work queue's delivery limit;
-    they are few, and their next handling republishes a fresh copy, counted from zero.)"""
+    cancelled go back to the broker, marked redelivered: the next consumer to get one sets it
+    aside in `<service>.returned`, a fresh copy counted from zero, see the module's docstring.)"""
 
 
 class DatabaseAway(DependencyDown):
@@ -110,6 +122,11 @@ MAX_DATABASE_WAITS = 20
 # of one order's emails sent one after the other each finish, which is progress.
 STUCK_HANDLER_SECONDS = 300.0
 
+# A message set aside in `<service>.returned` is parked when it comes back from there this many
+# times: its consumer stopped each time with it the only message of the lane in hand. More than
+# one, as a graceful stop, a lost connection or a broker restart gives back what it held too.
+RETURNS_BEFORE_PARKING = 5
+
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
 PAUSE_FIRST_SECONDS = 2.0
 PAUSE_LONGEST_SECONDS = 15.0
@@ -119,10 +136,13 @@ PAUSE_LONGEST_SECONDS = 15.0
 class Outcome:
     """What to do with a delivery after handling it: ack, retry after a delay, or park it."""
 
-    action: str  # "ack" | "retry" | "dead" | "wait" (back to the work queue, uncounted: `DependencyDown`)
+    # "ack" | "retry" | "dead" | "wait" (back to the queue it came from, uncounted: `DependencyDown`)
+    # | "aside" (given back by a consumer that stopped: to `<service>.returned`, not handled)
+    action: str
     delay_ms: int | None = None
     error: str | None = None
     database: bool = False  # a wait for the service's database (`DatabaseAway`), counted in `x-database-waits`
+    returns: int = 0  # the times it came back from `<service>.returned` ("aside", or "dead" for it): `x-returns`
 
 
 def next_step(attempt: int, max_attempts: int, retry_delays_ms: tuple[int, ...], error: str) -> Outcome:
@@ -149,6 +169,18 @@ def retry_or_park(attempt: int, settings: Settings, error: str, each_tier_once: 
     delays = topology.retry_delays(settings.service_name, settings.retry_delays_ms)
     limit = min(settings.max_attempts, len(delays) + 1) if each_tier_once else settings.max_attempts
     return next_step(attempt, limit, delays, error[:500])
+
+
+def returned_outcome(from_returned_lane: bool, headers: Mapping, message_id: str | None) -> Outcome:
+    """What to do with a message the broker gave back (`redelivered`) instead of handling it: set
+    it aside at the back of `<service>.returned`, counting a return from that lane, or park it
+    past RETURNS_BEFORE_PARKING of those (see the module's docstring)."""
+    returns = _header_count(headers, "x-returns", message_id) + int(from_returned_lane)
+    if returns >= RETURNS_BEFORE_PARKING:
+        return Outcome("dead", returns=returns, error=f"its consumer stopped {returns} times while handling it, "
+                                                      "with no other returned message in hand (a message that "
+                                                      "kills its consumer)")
+    return Outcome("aside", returns=returns)
 
 
 def handle_delivery(
@@ -251,6 +283,25 @@ class Pause:
             self._next = self._first
 
 
+@dataclass
+class Lane:
+    """One queue the runner consumes, on a channel of its own with its own prefetch."""
+
+    channel: object
+    queue: str
+    prefetch: int
+    on_message: Callable | None = None
+    tag: str | None = None  # while consuming
+
+    def consume(self) -> None:
+        self.tag = self.channel.basic_consume(self.queue, self.on_message)
+
+    def cancel(self) -> None:
+        if self.tag is not None:
+            self.channel.basic_cancel(self.tag)
+            self.tag = None
+
+
 class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
@@ -265,6 +316,7 @@ class ConsumerRunner:
         self.handlers = handlers
         self.uow_factory = uow_factory
         self.queue = topology.work_queue(settings.service_name)
+        self.returned = topology.returned_queue(settings.service_name)
         self.stop = threading.Event()
         # Beaten only while consuming, so the service's `worker_heartbeats` row ages while the
         # broker is away and the outage shows and alerts; the pod stays alive meanwhile (`reconnects`).
@@ -326,24 +378,23 @@ class ConsumerRunner:
         )
         in_flight: set[Future] = set()
         try:
-            channel = conn.channel()
-            topology.declare(channel, self.settings.retry_delays_ms)
+            work = conn.channel()
+            topology.declare(work, self.settings.retry_delays_ms)
             # Retry and dead-letter copies go out on their own confirmed channel.
             republish = conn.channel()
             republish.confirm_delivery()
-            channel.basic_qos(prefetch_count=self.settings.consumer_prefetch)
-
-            def on_message(ch, method, properties, body):
-                future = worker.submit(self._handle, conn, ch, republish, method, properties, body)
-                in_flight.add(future)
-                future.add_done_callback(in_flight.discard)
-
             cancelled: list = []
-            # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
-            # blocking channel then drops it silently. We reconnect (declaring the topology again).
-            channel.add_on_cancel_callback(cancelled.append)
-            # not while paused (a reconnect in a pause): pika would give back what came meanwhile
-            tag = None if self.pause.active() else channel.basic_consume(self.queue, on_message)
+            # The work queue, and the returned lane one message at a time (see the module's docstring).
+            lanes = [Lane(work, self.queue, self.settings.consumer_prefetch),
+                     Lane(conn.channel(), self.returned, 1)]
+            for lane in lanes:
+                lane.channel.basic_qos(prefetch_count=lane.prefetch)
+                lane.on_message = functools.partial(self._submit, worker, in_flight, conn, republish, lane.queue)
+                # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
+                # blocking channel then drops it silently. We reconnect (declaring the topology again).
+                lane.channel.add_on_cancel_callback(cancelled.append)
+                if not self.pause.active():  # a reconnect in a pause: pika would give back what came meanwhile
+                    lane.consume()
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads,
                                          "defer_while_busy_seconds": self.deferral.seconds})
@@ -351,21 +402,23 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
-                if channel.is_closed or republish.is_closed:
+                if republish.is_closed or any(lane.channel.is_closed for lane in lanes):
                     # closed by the broker (its delivery-acknowledgement timeout, say): pika's blocking
                     # connection says so only when the channel is next used, so it is looked at here
                     raise pika.exceptions.ChannelClosed(0, f"a channel of the consumer of {self.queue} was closed")
                 # Paused: the deliveries in hand go back to the queue uncounted (`_handle`)
-                if tag is not None and self.pause.active():
-                    channel.basic_cancel(tag)
-                    tag = None
-                elif tag is None and not self.pause.active():
-                    tag = channel.basic_consume(self.queue, on_message)
-                    log.info("consuming again after a pause", extra={"queue": self.queue})
+                paused = self.pause.active()
+                for lane in lanes:
+                    if lane.tag is not None and paused:
+                        lane.cancel()
+                    elif lane.tag is None and not paused:
+                        lane.consume()
+                        if lane.queue == self.queue:
+                            log.info("consuming again after a pause", extra={"queue": self.queue})
                 self._beat_unless_stuck()
             # Graceful stop: no new deliveries, finish the message in hand, return the rest.
-            if tag is not None:
-                channel.basic_cancel(tag)
+            for lane in lanes:
+                lane.cancel()
             _cancel_waiting(in_flight)
             while in_flight:
                 conn.process_data_events(time_limit=0.1)
@@ -377,7 +430,13 @@ class ConsumerRunner:
             if conn.is_open:
                 conn.close()
 
-    def _handle(self, conn, channel, republish, method, properties, body) -> None:
+    def _submit(self, worker: ThreadPoolExecutor, in_flight: set[Future], conn, republish, queue: str,
+                channel, method, properties, body) -> None:
+        future = worker.submit(self._handle, conn, channel, republish, queue, method, properties, body)
+        in_flight.add(future)
+        future.add_done_callback(in_flight.discard)
+
+    def _handle(self, conn, channel, republish, queue: str, method, properties, body) -> None:
         headers = properties.headers or {}
         request_id = headers.get("x-request-id") or properties.correlation_id
         logs.order_id_var.set(None)  # the worker thread's context outlives each message
@@ -390,7 +449,9 @@ class ConsumerRunner:
             with self._handling_lock:
                 self._handling[threading.get_ident()] = time.monotonic()
             try:
-                if self.pause.active():  # not even tried: its dependency is down
+                if method.redelivered:  # its consumer stopped with it in hand: not handled here
+                    outcome = returned_outcome(queue == self.returned, headers, properties.message_id)
+                elif self.pause.active():  # not even tried: its dependency is down
                     outcome = Outcome("wait", error="consuming paused: a dependency is down")
                 else:
                     outcome = self._handle_now(body, attempt, properties, headers)
@@ -404,8 +465,8 @@ class ConsumerRunner:
                     self._handling.pop(threading.get_ident(), None)
                     self._finished = time.monotonic()
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
-        settle = functools.partial(self._settle, channel, republish, method, properties, body, attempt, outcome,
-                                   request_id, order_id)
+        settle = functools.partial(self._settle, channel, republish, queue, method, properties, body, attempt,
+                                   outcome, request_id, order_id)
         try:
             conn.add_callback_threadsafe(settle)
         except Exception:  # the connection died; the broker redelivers the message
@@ -427,23 +488,27 @@ class ConsumerRunner:
             self.pause.went_through()
         return outcome
 
-    def _settle(self, channel, republish, method, properties, body, attempt, outcome: Outcome,
+    def _settle(self, channel, republish, queue: str, method, properties, body, attempt, outcome: Outcome,
                 request_id: str | None, order_id: str | None) -> None:
         # On the connection thread: the handler's log context is not here, so it comes along.
         service = self.settings.service_name
         with logs.log_context(request_id=request_id, order_id=order_id):
             if outcome.action != "ack":
-                headers = _without_broker_deaths(properties.headers)
-                if outcome.action == "wait":  # back at the end of the queue, this attempt not counted
-                    target = self.queue
+                headers = _without_broker_headers(properties.headers)
+                if outcome.action == "wait":  # back at the end of its queue, this attempt not counted
+                    target = queue
                     headers["x-attempt"] = attempt - 1
                     if outcome.database:
                         headers["x-database-waits"] = _header_count(headers, "x-database-waits",
                                                                     properties.message_id) + 1
+                elif outcome.action == "aside":  # not handled: its attempts stay as they were
+                    target = self.returned
                 else:
                     target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
                               else topology.dead_letter_queue(service))
                     headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
+                if outcome.action == "aside" or outcome.returns:
+                    headers["x-returns"] = outcome.returns
                 copy = pika.BasicProperties(
                     message_id=properties.message_id,
                     type=properties.type,
@@ -454,7 +519,11 @@ class ConsumerRunner:
                     headers=headers,
                 )
                 republish.basic_publish(exchange="", routing_key=target, body=body, properties=copy, mandatory=True)
-                if outcome.action != "wait":  # the pause says it once for all of them
+                if outcome.action == "aside":
+                    log.warning("message given back by a consumer that stopped with it in hand: set aside",
+                                extra={"message_id": properties.message_id, "queue": target,
+                                       "returns": outcome.returns})
+                elif outcome.action != "wait":  # the pause says it once for all of them
                     log.log(
                         logging.WARNING if outcome.action == "retry" else logging.ERROR,
                         "message retried" if outcome.action == "retry" else "message dead-lettered",
@@ -482,10 +551,10 @@ def _header_count(headers: Mapping, name: str, message_id: str | None) -> int:
         return 0
 
 
-def _without_broker_deaths(headers: Mapping | None) -> dict:
-    """A copy of `headers` for a message we publish again, without the broker's dead-lettering
-    history (see the module's docstring)."""
-    return {name: value for name, value in (headers or {}).items() if name not in BROKER_DEATH_HEADERS}
+def _without_broker_headers(headers: Mapping | None) -> dict:
+    """A copy of `headers` for a message we publish again, without the broker's count of returns
+    and dead-lettering history (see the module's docstring)."""
+    return {name: value for name, value in (headers or {}).items() if name not in BROKER_HEADERS}
 
 
 def _cancel_waiting(futures: set[Future]) -> None:
@@ -525,9 +594,11 @@ def replay_dead_letters(url: str, service: str, message_ids: set[str] | None = N
     one. Those another admin is reading at that moment (unacked) stay where they are. Those not
     asked for are parked again at the back (see `_park_again`), never returned."""
     def send_back(channel, properties, body: bytes) -> None:
-        headers = _without_broker_deaths(properties.headers)
+        headers = _without_broker_headers(properties.headers)
         headers["x-attempt"] = 0
-        headers.pop("x-database-waits", None)  # a replay has its waits for the database anew, as its attempts
+        # a replay has its waits for the database and its returns anew, as its attempts
+        headers.pop("x-database-waits", None)
+        headers.pop("x-returns", None)
         headers["x-replayed"] = True
         properties.headers = headers
         channel.basic_publish("", topology.work_queue(service), body, properties, mandatory=True)

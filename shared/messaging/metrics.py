@@ -224,15 +224,15 @@ def dead_letter_figures(settings: Settings, timeout_seconds: float,
     """A source of the number of dead letters of the service `settings` name (a consuming one),
     and of the events waiting in its work queue, read together."""
     service = settings.service_name
-    dead, work = topology.dead_letter_queue(service), topology.work_queue(service)
+    dead, waits = topology.dead_letter_queue(service), topology.waiting_queues(service)
     tiers = [topology.retry_queue(service, delay) for delay in topology.retry_delays(service, settings.retry_delays_ms)]
 
     def read() -> list[Metric]:
-        depth = depths(settings, [dead, work, *tiers], timeout_seconds)
+        depth = depths(settings, [dead, *waits, *tiers], timeout_seconds)
         waiting = GaugeMetricFamily("floodgate_events_waiting",
-                                    "Messages ready in the service's work queue, waiting for its consumer",
-                                    labels=["service"])
-        waiting.add_metric([service], depth[work])
+                                    "Messages ready in the service's work queue and its returned lane, waiting for "
+                                    "its consumer", labels=["service"])
+        waiting.add_metric([service], sum(depth[queue] for queue in waits))
         retrying = GaugeMetricFamily("floodgate_events_retrying",
                                      "Messages in the service's retry tiers, failed and waiting for their next attempt",
                                      labels=["service"])

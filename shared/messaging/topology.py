@@ -7,6 +7,13 @@
   service handles; retry tiers `<service>.retry.<ms>ms` whose messages expire back into the work
   queue after their delay; and `<service>.dead` where poison messages are parked. Dead-lettering
   uses the at-least-once strategy, so a retry is never lost between queues.
+- Per consuming service, `<service>.returned`: where a consumer sets aside each message the broker
+  gave back to the work queue because the consumer that held it stopped without settling it
+  (died, lost its connection). Its consumers take it one message at a time, so the message that
+  kills its consumer is told apart from those that merely waited beside it in the prefetch
+  (`shared.messaging.consumer`). RabbitMQ 3.x counts every such return towards the work queue's
+  `x-delivery-limit`: without the lane, one message that killed its consumer twenty times
+  parked every message held with it.
 - `<service>.dead` keeps a message until an admin replays it, so nothing may count its returns:
   RabbitMQ 4.0 and later give a quorum queue without `x-delivery-limit` a limit of 20 returns,
   past which this queue (dead-lettering nowhere) drops the message. It is declared with no such
@@ -71,6 +78,18 @@ def retry_queue(service: str, delay_ms: int) -> str:
     return f"{service}.retry.{delay_ms}ms"
 
 
+def returned_queue(service: str) -> str:
+    """Where `service`'s consumers set aside messages given back by a consumer that stopped
+    with them in hand, to take them one at a time."""
+    return f"{service}.returned"
+
+
+def waiting_queues(service: str) -> tuple[str, str]:
+    """The queues whose messages wait for `service`'s consumers' first look: the work queue and
+    the returned lane."""
+    return work_queue(service), returned_queue(service)
+
+
 def dead_letter_queue(service: str) -> str:
     """Where `service`'s poison and exhausted messages are parked for an admin."""
     return f"{service}.dead"
@@ -105,11 +124,12 @@ def declare(channel, retry_delays_override: Iterable[int] = ()) -> None:
         work = work_queue(service)
         # Its arguments must stay as brokers already hold them (see the module's docstring).
         channel.queue_declare(dead, durable=True, arguments=_quorum())
-        channel.queue_declare(
-            work,
-            durable=True,
-            arguments=_quorum(**{"x-delivery-limit": BROKER_DELIVERY_LIMIT}, **_dead_letter_to(dead)),
-        )
+        for queue in (work, returned_queue(service)):
+            channel.queue_declare(
+                queue,
+                durable=True,
+                arguments=_quorum(**{"x-delivery-limit": BROKER_DELIVERY_LIMIT}, **_dead_letter_to(dead)),
+            )
         for event_type in event_types:
             channel.queue_bind(work, EVENTS_EXCHANGE, routing_key=event_type)
         for delay in retry_delays(service, retry_delays_override):

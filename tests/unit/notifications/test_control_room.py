@@ -23,7 +23,7 @@ LAST_SENT = datetime(2014, 10, 27, 15, 4, 58, tzinfo=timezone.utc)
 TOTALS = {"sent": 40, "retries": 3, "dead_letters": 1, "retrying": 2, "dead": 1,
           "oldest_pending": datetime(2014, 10, 27, 15, 4, 10, tzinfo=timezone.utc), "now": NOW,
           "last_lag": 4.5, "last_sent": LAST_SENT.timestamp()}
-DEPTHS = {"notifications.events": 120, "notifications.dead": 3,
+DEPTHS = {"notifications.events": 120, "notifications.returned": 4, "notifications.dead": 3,
           "notifications.retry.10000ms": 2, "notifications.retry.60000ms": 5}
 
 
@@ -46,10 +46,10 @@ class ReadEmailMetrics(EmailMetrics):
         return dict(self.depths)
 
 
-def test_the_backlog_is_what_waits_in_the_email_queue_and_its_retry_tiers_and_the_oldest_unsent_has_an_age():
+def test_the_backlog_is_what_waits_in_the_email_queue_its_returned_lane_and_retry_tiers_and_the_oldest_unsent_has_an_age():
     email = figures.email_figures(ReadEmailMetrics(), "notifications")
 
-    assert (email["backlog"], email["in_work_queue"], email["in_retry_tiers"]) == (127, 120, 7)
+    assert (email["backlog"], email["in_work_queue"], email["in_retry_tiers"]) == (131, 124, 7)
     assert email["oldest_unsent_age_seconds"] == 50
     assert email["last_sent_at"] == LAST_SENT and email["last_delivery_lag_seconds"] == 4.5
     assert (email["retrying"], email["dead"], email["sent"]) == (2, 1, 40)
@@ -70,7 +70,7 @@ def test_a_figure_whose_source_is_away_is_unknown_not_zero():
 
     without_database = figures.email_figures(ReadEmailMetrics(database_error=OSError("down")), "notifications")
     assert without_database["oldest_unsent_age_seconds"] is None and without_database["sent"] is None
-    assert without_database["backlog"] == 127
+    assert without_database["backlog"] == 131
     assert without_database["sources"] == {"database": False, "broker": True}
 
 

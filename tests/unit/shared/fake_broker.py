@@ -126,6 +126,7 @@ def installed(monkeypatch) -> FakeBroker:
 class Message:
     properties: pika.BasicProperties
     body: bytes
+    returns: int = 0  # how many times a closing connection gave it back (RabbitMQ 3.x's count)
 
 
 class QueueBroker:
@@ -135,9 +136,15 @@ class QueueBroker:
 
     `refuse_connects`: that many connects fail as with the broker away, `down` every one;
     `lose(connection)`: its next read fails as a connection the broker dropped;
-    `cancel_consumers`: every consumer is cancelled by the broker at its connection's next read."""
+    `cancel_consumers`: every consumer is cancelled by the broker at its connection's next read.
 
-    def __init__(self):
+    As RabbitMQ 3.x's quorum queues, a closing connection gives back what it did not ack to the
+    head of its queue, each message marked `redelivered` and counted (`x-delivery-count`);
+    `delivery_limits` names queues with an `x-delivery-limit` and where they dead-letter a
+    message given back more often."""
+
+    def __init__(self, delivery_limits: dict[str, tuple[int, str]] | None = None):
+        self.delivery_limits = delivery_limits or {}
         self.queues: dict[str, deque[Message]] = defaultdict(deque)
         self.acked: list[Message] = []
         self.connections: list[QueueConnection] = []
@@ -170,7 +177,7 @@ class QueueConnection:
         self.is_open = True
         self.lost = False
         self.consumers: dict[str, tuple[QueueChannel, str, object]] = {}
-        self.unacked: dict[int, tuple[str, Message]] = {}
+        self.unacked: dict[int, tuple[str, Message, QueueChannel]] = {}
         self._tags = itertools.count(1)
         self._callbacks: queues.Queue = queues.Queue()
 
@@ -205,16 +212,23 @@ class QueueConnection:
     def _deliver(self) -> None:
         for channel, queue, on_message in list(self.consumers.values()):
             waiting = self.broker.queues[queue]
-            while waiting and len(self.unacked) < channel.prefetch:
+            while waiting and sum(held is channel for *_, held in self.unacked.values()) < channel.prefetch:
                 message = waiting.popleft()
                 tag = next(self._tags)
-                self.unacked[tag] = (queue, message)
-                on_message(channel, SimpleNamespace(delivery_tag=tag), message.properties, message.body)
+                self.unacked[tag] = (queue, message, channel)
+                on_message(channel, SimpleNamespace(delivery_tag=tag, redelivered=message.returns > 0),
+                           message.properties, message.body)
 
     def close(self) -> None:
-        # What the runner did not ack goes back to the head of its queue.
-        for _, (queue, message) in sorted(self.unacked.items(), reverse=True):
-            self.broker.queues[queue].appendleft(message)
+        # What the runner did not ack goes back to the head of its queue, counted.
+        for _, (queue, message, _channel) in sorted(self.unacked.items(), reverse=True):
+            message.returns += 1
+            message.properties.headers = {**(message.properties.headers or {}), "x-delivery-count": message.returns}
+            limit, dead = self.broker.delivery_limits.get(queue, (None, None))
+            if limit is not None and message.returns > limit:
+                self.broker.queues[dead].append(message)
+            else:
+                self.broker.queues[queue].appendleft(message)
         self.unacked.clear()
         self.consumers.clear()
         self.is_open = False
@@ -263,7 +277,7 @@ class QueueChannel:
         self.connection.broker.queues[routing_key].append(Message(properties, body))
 
     def basic_ack(self, delivery_tag):
-        _, message = self.connection.unacked.pop(delivery_tag)
+        _, message, _channel = self.connection.unacked.pop(delivery_tag)
         self.connection.broker.acked.append(message)
 
 

@@ -14,8 +14,8 @@ from shared import logs, tracing
 from shared.config import Settings
 from shared.heartbeat import reconnecting_file
 from shared.messaging import topology
-from shared.messaging.consumer import (MAX_DATABASE_WAITS, ConsumerRunner, DatabaseAway, DependencyDown, Pause, PermanentFailure,
-                                      current_attempt)
+from shared.messaging.consumer import (MAX_DATABASE_WAITS, RETURNS_BEFORE_PARKING, ConsumerRunner, DatabaseAway,
+                                      DependencyDown, Pause, PermanentFailure, current_attempt)
 from shared.messaging.envelope import Envelope
 from tests.unit.shared.fake_broker import (GIVE_UP_SECONDS, NoTransaction, QueueBroker, counted_pauses, eventually,
                                            parked_by_the_delivery_limit)
@@ -25,6 +25,7 @@ EVENT = "payment.refund_requested"
 WORK = topology.work_queue(SERVICE)
 RETRY = topology.retry_queue(SERVICE, 100)
 DEAD = topology.dead_letter_queue(SERVICE)
+RETURNED = topology.returned_queue(SERVICE)
 # What RabbitMQ wrote on a message the work queue dead-lettered past its delivery limit.
 PARKED_BY_THE_DELIVERY_LIMIT = parked_by_the_delivery_limit(WORK, EVENT)
 
@@ -272,7 +273,8 @@ def test_a_handler_stuck_at_one_message_stops_the_heartbeat_so_the_pod_is_restar
         release.set()
 
 
-def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker):
+@pytest.mark.parametrize("queue", [WORK, RETURNED])
+def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker, queue):
     """RabbitMQ closes the channel of a consumer that held a message past its acknowledgement
     timeout; pika's blocking connection says so only when the channel is next used, so the runner
     went on turning with no subscription, consuming nothing."""
@@ -281,7 +283,7 @@ def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker
     with running(runner):
         eventually(lambda: broker.consuming(), "a consumer")
         [connection] = [c for c in broker.connections if c.is_open]
-        [(channel, _, _)] = connection.consumers.values()
+        [channel] = [channel for channel, consumed, _ in connection.consumers.values() if consumed == queue]
         channel.closed_by_broker = True
         eventually(lambda: len(broker.connections) >= 2 and broker.consuming(), "a new connection consuming")
         envelope = refund_requested(broker)
@@ -314,3 +316,57 @@ def test_one_slow_handler_among_others_that_finish_is_not_stuck(broker, monkeypa
             release.set()
     finally:
         release.set()
+
+
+def dies_at(broker: QueueBroker, poison: str, handled: list[tuple[str, int]]):
+    """A handler that records (message id, attempt) and, at the `poison` message, takes its
+    consumer down as a dying process would: the connection is lost, and nothing else is handled
+    before it closes (what it held goes back to the broker, counted)."""
+    def handler(envelope, uow):
+        handled.append((envelope.id, current_attempt.get()))
+        if envelope.id == poison:
+            [connection] = [c for c in broker.connections if c.is_open]
+            broker.lose(connection)
+            eventually(lambda: not connection.is_open, "the consumer's connection gone")
+    return handler
+
+
+def test_a_message_that_kills_its_consumer_is_parked_alone_and_those_it_held_are_handled(broker, monkeypatch):
+    """RabbitMQ 3.x counts a return towards the delivery limit (20) for every message the dying
+    consumer held, handled or only prefetched: a message that killed its consumer twenty times
+    parked the five good ones behind it too."""
+    counted_pauses(monkeypatch)  # reconnects at once
+    broker.delivery_limits = {WORK: (20, DEAD), RETURNED: (20, DEAD)}
+    poison = refund_requested(broker).id
+    good = [refund_requested(broker).id for _ in range(5)]
+    handled: list[tuple[str, int]] = []
+
+    with running(runner_of(dies_at(broker, poison, handled), consumer_threads=1)):
+        def settled():
+            parked = {message.properties.message_id for message in broker.queues[DEAD]}
+            handled_copies = {message.properties.message_id for message in broker.acked
+                              if (message.properties.headers or {}).get("x-returns") is not None}
+            return poison in parked and set(good) <= parked | handled_copies
+        eventually(settled, "the poison parked and the others settled")
+
+    [parked] = broker.queues[DEAD]
+    assert parked.properties.message_id == poison
+    assert parked.properties.headers["x-returns"] == RETURNS_BEFORE_PARKING
+    assert "kills its consumer" in parked.properties.headers["x-last-error"]
+    assert sorted(message_id for message_id, _ in handled if message_id != poison) == sorted(good)  # once each
+    assert [attempt for message_id, attempt in handled if message_id != poison] == [1] * len(good)
+    # killed at its first try, then alone in the returned lane until parked
+    assert [message_id for message_id, _ in handled].count(poison) == RETURNS_BEFORE_PARKING + 1
+    assert not broker.queues[WORK] and not broker.queues[RETURNED]
+
+
+def test_a_message_given_back_is_handled_in_the_returned_lane_with_its_attempts_as_they_were(broker):
+    envelope = refund_requested(broker, headers={"x-attempt": 2, "x-delivery-count": 1})
+    broker.queues[WORK][0].returns = 1  # given back by a consumer that stopped with it in hand
+    attempts = []
+    with running(runner_of(lambda envelope, uow: attempts.append(current_attempt.get()))):
+        eventually(lambda: len(broker.acked) == 2, "set aside, then handled")
+
+    assert attempts == [3]
+    original, copy = broker.acked
+    assert copy.properties.message_id == envelope.id and copy.properties.headers == {"x-attempt": 2, "x-returns": 0}

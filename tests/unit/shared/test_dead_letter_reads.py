@@ -248,12 +248,15 @@ def test_a_service_whose_dead_letter_queue_does_not_exist_has_none(broker):
     assert dead_letters.discard("amqp://broker", SERVICE, {"refund-1"}) == []
 
 
-def test_a_replayed_event_may_wait_for_its_database_again(broker):
+def test_a_replayed_event_may_wait_for_its_database_again_and_be_given_back_again(broker):
     """Parked after its waits for the database were used up (`MAX_DATABASE_WAITS`), a replay kept
-    the count: at the next outage its tries counted at once, and it was parked again."""
+    the count: at the next outage its tries counted at once, and it was parked again. Likewise
+    one parked for killing its consumer (`RETURNS_BEFORE_PARKING`), replayed once that is mended."""
     broker.park("refund-1")
-    broker.queues[DEAD][0].properties.headers["x-database-waits"] = consumer.MAX_DATABASE_WAITS
+    broker.queues[DEAD][0].properties.headers.update({"x-database-waits": consumer.MAX_DATABASE_WAITS,
+                                                      "x-returns": consumer.RETURNS_BEFORE_PARKING})
 
     assert dead_letters.replay("amqp://broker", SERVICE) == ["refund-1"]
 
-    assert "x-database-waits" not in broker.queues[WORK][0].properties.headers
+    headers = broker.queues[WORK][0].properties.headers
+    assert "x-database-waits" not in headers and "x-returns" not in headers

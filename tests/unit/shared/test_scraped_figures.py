@@ -65,16 +65,17 @@ def test_dead_letters_events_waiting_and_retrying_are_the_depths_of_the_services
 
     def depths(settings, queues, timeout):
         asked.append((queues, timeout))
-        return {"checkout.dead": 4, "checkout.events": 1200, **{tier: 2 for tier in tiers}}
+        return {"checkout.dead": 4, "checkout.events": 1200, "checkout.returned": 3, **{tier: 2 for tier in tiers}}
 
     settings = Settings(service_name="checkout")
     samples = scrape(ScrapedFigures("checkout", {"dead_letters": dead_letter_figures(settings, 1.5, depths)}))
 
     assert samples[("floodgate_dead_letters", ("service", "checkout"))] == 4
-    assert samples[("floodgate_events_waiting", ("service", "checkout"))] == 1200
+    # given back by a consumer that stopped, set aside to be taken one at a time: waiting too
+    assert samples[("floodgate_events_waiting", ("service", "checkout"))] == 1203
     # a refund the provider cannot take waits in the tiers up to a day: FloodgateEventsRetrying
     assert samples[("floodgate_events_retrying", ("service", "checkout"))] == 2 * len(tiers) == 8
-    assert asked == [(["checkout.dead", "checkout.events", *tiers], 1.5)]
+    assert asked == [(["checkout.dead", "checkout.events", "checkout.returned", *tiers], 1.5)]
 
 
 def test_a_source_that_cannot_be_read_is_left_out_and_said_to_be_down(caplog):

@@ -1,0 +1,78 @@
+"""A message that kills its consumer's process, against the real broker and real processes.
+
+RabbitMQ 3.x counts a return towards a quorum queue's delivery limit for every message a dead
+consumer held, handled or only prefetched: with the limit at 20 and a prefetch of 20, a message
+that killed its consumer twenty times took the good ones held beside it to the dead-letter queue.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from devtools.client import poll
+from shared.messaging import connection as amqp
+from shared.messaging import dead_letters, topology
+from shared.messaging.consumer import RETURNS_BEFORE_PARKING
+from shared.messaging.envelope import Envelope
+from tests.integration import dying_consumer
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = 5
+
+
+def test_a_message_that_kills_its_consumer_is_parked_alone_and_those_it_held_are_handled(infra, tmp_path,
+                                                                                       monkeypatch):
+    service = f"dying-test-{uuid.uuid4().hex[:8]}"
+    event_type = f"{service}.happened"
+    monkeypatch.setattr(topology, "SUBSCRIPTIONS", {service: (event_type,)})
+    queues = [*topology.waiting_queues(service), topology.dead_letter_queue(service), topology.retry_queue(service, 200)]
+    poison = Envelope(type=event_type, data={"poison": True}, source="tests")
+    good = [Envelope(type=event_type, data={"n": n}, source="tests") for n in range(GOOD)]
+    handled_file = tmp_path / "handled"
+    handled_file.touch()
+    connection = amqp.connect(infra.amqp_url, "tests")
+    consumer: subprocess.Popen | None = None
+    deaths = 0
+    try:
+        channel = connection.channel()
+        topology.declare(channel, (200,))
+        channel.confirm_delivery()
+        for envelope in [poison, *good]:  # the poison first: the others wait behind it in the prefetch
+            channel.basic_publish("", topology.work_queue(service), envelope.to_json(), envelope.properties(),
+                                  mandatory=True)
+
+        def ready(queue: str) -> int:
+            return channel.queue_declare(queue, passive=True).method.message_count
+
+        def settled() -> bool:
+            """Restarts the consumer each time it died, as its Deployment would."""
+            nonlocal consumer, deaths
+            if consumer is not None and consumer.poll() is not None:
+                assert consumer.returncode == dying_consumer.EXIT_CODE, "the consumer died of something else"
+                consumer, deaths = None, deaths + 1
+            if consumer is None:
+                consumer = subprocess.Popen(
+                    [sys.executable, "-m", "tests.integration.dying_consumer", infra.amqp_url, service,
+                     str(handled_file)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return ready(topology.dead_letter_queue(service)) > 0 and not any(
+                ready(queue) for queue in topology.waiting_queues(service))
+
+        poll(settled, timeout=120, interval=0.2, what="a message parked and none waiting")
+
+        assert [letter["message_id"] for letter in dead_letters.parked(infra.amqp_url, service)] == [poison.id]
+        [letter] = dead_letters.parked(infra.amqp_url, service)
+        assert "kills its consumer" in letter["last_error"]
+        handled = handled_file.read_text().split()
+        # killed at its first try, then tried alone in the returned lane until parked
+        assert handled.count(poison.id) == deaths == RETURNS_BEFORE_PARKING + 1
+        assert sorted(set(handled) - {poison.id}) == sorted(e.id for e in good)
+    finally:
+        if consumer is not None:
+            consumer.terminate()
+            consumer.wait(timeout=30)
+        if connection.is_open:
+            for queue in queues:
+                connection.channel().queue_delete(queue)
+            connection.close()
