@@ -51,14 +51,17 @@ def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
     only looks like an outage is the work's own: a statement that crashed its backend, or PgBouncer
     ending a transaction a slow handler left idle; such work, waited on as an outage, would never
     be counted, nor parked."""
-    if not unavailable(error):
-        return False
+    return unavailable(error) and not answers(unit_of_work)
+
+
+def answers(unit_of_work: Callable[[], object]) -> bool:
+    """Whether a fresh unit of work (`unit_of_work()`) can run a statement."""
     try:
         with unit_of_work() as uow:
             uow.session.execute(sa.text("SELECT 1"))
-        return False
-    except sa.exc.SQLAlchemyError:
         return True
+    except sa.exc.SQLAlchemyError:
+        return False
 
 
 def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:

@@ -108,11 +108,16 @@ class DatabaseAway(DependencyDown):
     """The service's own database is away (`shared.db.away`). Waited on like any dependency, but
     a message only so many times (`MAX_DATABASE_WAITS`): one whose every try finds the database
     away may be what takes it away (a statement that crashes its backend restarts them all, and
-    recovery answers nobody), and uncounted it would never be parked."""
+    recovery answers nobody), and uncounted it would never be parked. After a pause for the
+    database, the runner tries no message until the database answers a `SELECT 1` again, so a
+    wait is counted only against a message whose try found it gone when it had just answered:
+    an outage, however long, counts none past the one each message was tried at as it began."""
 
 
-# A message waits for its database this many times at most (each after a pause: 4 to 5 minutes
-# of an outage for a message tried at every pause); its tries are counted from then on.
+# A message waits for its database this many times at most, counted only when the database
+# answered just before its try (see `DatabaseAway`); its tries are counted from then on. Before
+# that probe, the first message tried after each pause counted a wait: in a queue of a few
+# messages, an outage of a quarter of an hour counted them all past this and parked them.
 MAX_DATABASE_WAITS = 20
 # Handlers at work and none finished for this long (beyond a deferral's wait) are stuck: a lock
 # that is never given up, a call with no time limit. The runner then stops beating its
@@ -264,13 +269,20 @@ class Pause:
         self._first, self._longest = first, longest
         self._next = first
         self._until = 0.0
+        self._database = False
         self._lock = threading.Lock()
 
     def active(self) -> bool:
         return time.monotonic() < self._until
 
-    def begin(self, why: str | None) -> None:
+    def for_the_database(self) -> bool:
+        """Whether a pause was begun for the database (`DatabaseAway`) and no message went
+        through since: the database is to answer before a message is tried."""
+        return self._database
+
+    def begin(self, why: str | None, database: bool = False) -> None:
         with self._lock:
+            self._database = self._database or database
             if self.active():
                 return
             self._until = time.monotonic() + self._next
@@ -281,6 +293,7 @@ class Pause:
     def went_through(self) -> None:
         with self._lock:
             self._next = self._first
+            self._database = False
 
 
 @dataclass
@@ -453,6 +466,10 @@ class ConsumerRunner:
                     outcome = returned_outcome(queue == self.returned, headers, properties.message_id)
                 elif self.pause.active():  # not even tried: its dependency is down
                     outcome = Outcome("wait", error="consuming paused: a dependency is down")
+                elif self.pause.for_the_database() and not db.answers(self.uow_factory):
+                    # not tried either: its try would count a wait against it for an outage
+                    outcome = Outcome("wait", error="the database is not answering yet")
+                    self.pause.begin(outcome.error, database=True)
                 else:
                     outcome = self._handle_now(body, attempt, properties, headers)
             except Exception as error:
@@ -483,7 +500,7 @@ class ConsumerRunner:
             if outcome.action != "ack":
                 tracing.failed(span, f"{outcome.action}: {outcome.error}")
         if outcome.action == "wait":
-            self.pause.begin(outcome.error)
+            self.pause.begin(outcome.error, database=outcome.database)
         elif outcome.action == "ack":
             self.pause.went_through()
         return outcome

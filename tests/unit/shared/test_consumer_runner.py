@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from shared import logs, tracing
 from shared.config import Settings
@@ -248,6 +249,59 @@ def test_a_message_waiting_for_the_database_carries_its_count_of_waits_and_is_co
     broker.queues[WORK].popleft()
     with running(runner_of(handler)):
         eventually(lambda: len(broker.queues[RETRY]) == 1, "past its waits, a counted try: to the retry tier")
+
+
+class Database:
+    """Units of work on a database that is `down` or not: entered, they count; a statement run
+    on one while it is down fails as on a lost connection."""
+
+    def __init__(self):
+        self.down, self.probes = False, 0
+        self.session = self
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def execute(self, statement):
+        self.probes += 1
+        if self.down:
+            raise sqlalchemy.exc.OperationalError(str(statement), {}, ConnectionRefusedError("connection refused"))
+
+    def commit(self):
+        pass
+
+
+def test_however_long_the_database_is_away_a_message_waits_for_it_uncounted_past_its_first_try(broker):
+    """The first message tried after each pause counted a wait: in a quiet queue, an outage of a
+    quarter of an hour counted it past MAX_DATABASE_WAITS, and it went to the retry tiers, then
+    to the dead letters (an order's cancellation, its unit kept off sale until an admin came)."""
+    database, tries = Database(), []
+
+    def handler(envelope, uow):
+        tries.append(envelope.id)
+        if database.down:
+            raise DatabaseAway("the database is not answering")
+
+    database.down = True
+    envelope = refund_requested(broker)
+    runner = ConsumerRunner(Settings(service_name=SERVICE, retry_delays_ms=(100, 1000), max_attempts=3),
+                            {EVENT: handler}, database, "tests", inbox=False)
+    runner.pause = Pause(first=0.01, longest=0.02)
+    with running(runner):
+        eventually(lambda: len(tries) + database.probes > 3 * MAX_DATABASE_WAITS or broker.queues[RETRY],
+                   "pause after pause, or the message counted")
+        assert not broker.queues[RETRY] and not broker.queues[DEAD]
+        database.down = False
+        eventually(lambda: envelope.id in tries[1:] and broker.acked and not broker.queues[WORK], "handled")
+
+    assert tries == [envelope.id, envelope.id]  # as the outage began, and once it was over
+    assert not broker.queues[RETRY] and not broker.queues[DEAD]
 
 
 def test_a_handler_stuck_at_one_message_stops_the_heartbeat_so_the_pod_is_restarted(broker, monkeypatch, tmp_path):
