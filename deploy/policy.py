@@ -678,8 +678,9 @@ def check_keda(objects: list[dict]) -> list[str]:
                 problems.append(f"{name_of(so)}: TriggerAuthentication {auth} is not rendered")
             if trigger["type"] == "rabbitmq":
                 queue = trigger["metadata"].get("queueName")
-                if queue != topology.work_queue("notifications"):
-                    problems.append(f"{name_of(so)}: queue {queue!r} is not notifications' work queue")
+                if queue not in topology.waiting_queues("notifications"):
+                    problems.append(f"{name_of(so)}: queue {queue!r} is not notifications' work queue or "
+                                    "returned lane")
     secrets = {o["metadata"]["name"]: o for o in of_kind(objects, "Secret")}
     for ta in of_kind(objects, "TriggerAuthentication"):
         for ref in ta["spec"].get("secretTargetRef", []):

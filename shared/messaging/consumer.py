@@ -13,15 +13,18 @@ to the next retry tier (a delay queue that expires back into the work queue) or,
 broker before the original is acked, so nothing is lost in between.
 
 A message the broker gives back because the consumer that held it stopped without settling it
-(the process died, its connection was lost) comes again marked `redelivered`, and RabbitMQ 3.x
-counts the return towards the work queue's delivery limit for every message that consumer held,
-handled or only prefetched. So the runner does not handle it there: it sets it aside, a new
-copy at the back of `<service>.returned`, which it consumes one message at a time (prefetch 1).
-A message given back from that lane was the only one of the lane in hand when its consumer
-stopped; after RETURNS_BEFORE_PARKING such returns (`x-returns`) it is parked, as the message
-that kills its consumer. Those held beside it are handled, not parked with it. (Before, a
-message that killed its consumer twenty times took up to nineteen good ones to the dead-letter
-queue.)
+(the process died, its connection was lost; or pika turned it away as the runner paused) comes
+again marked `redelivered`, and RabbitMQ 3.x counts the return towards the work queue's delivery
+limit for every message that consumer held, handled or only prefetched. So the runner does not
+handle it there: it sets it aside, a new copy at the back of `<service>.returned`. That lane is
+read with `basic_get`, one message at a time, only while the runner is not paused or stopping,
+and the message taken is handled at once on a thread of its own: nothing of the lane is ever
+held unstarted, nor turned away by a cancel. A message given back from the lane was so being
+handled when its consumer stopped; after RETURNS_BEFORE_PARKING such returns (`x-returns`) it
+is parked, as the message that kills its consumer. Those held beside it are handled, not parked
+with it. (Before, a message that killed its consumer twenty times took up to nineteen good ones
+to the dead-letter queue.) A first-time killer in the work queue counts a return against the
+lane's message if one is being handled beside it: once per killer, far from five.
 
 A copy, and a replayed dead letter, leaves out the broker's own headers (its count of returns,
 `x-delivery-count`, and its dead-lettering history: `x-death` and the `x-first-death-*`,
@@ -128,9 +131,12 @@ MAX_DATABASE_WAITS = 20
 STUCK_HANDLER_SECONDS = 300.0
 
 # A message set aside in `<service>.returned` is parked when it comes back from there this many
-# times: its consumer stopped each time with it the only message of the lane in hand. More than
-# one, as a graceful stop, a lost connection or a broker restart gives back what it held too.
+# times: its consumer stopped each time while handling it. More than one, as a lost connection,
+# a broker restart or another message killing the process counts against it too.
 RETURNS_BEFORE_PARKING = 5
+# How long the runner leaves `<service>.returned` alone after finding it empty: a `basic_get` is
+# a round trip, not to be paid for every turn of a busy consumer's loop.
+RETURNED_EMPTY_SECONDS = 1.0
 
 # A pause after `DependencyDown`: doubling from the first while the dependency stays down.
 PAUSE_FIRST_SECONDS = 2.0
@@ -296,25 +302,6 @@ class Pause:
             self._database = False
 
 
-@dataclass
-class Lane:
-    """One queue the runner consumes, on a channel of its own with its own prefetch."""
-
-    channel: object
-    queue: str
-    prefetch: int
-    on_message: Callable | None = None
-    tag: str | None = None  # while consuming
-
-    def consume(self) -> None:
-        self.tag = self.channel.basic_consume(self.queue, self.on_message)
-
-    def cancel(self) -> None:
-        if self.tag is not None:
-            self.channel.basic_cancel(self.tag)
-            self.tag = None
-
-
 class ConsumerRunner:
     """Consumes the service's work queue until SIGTERM, reconnecting with capped back-off."""
 
@@ -344,6 +331,8 @@ class ConsumerRunner:
         self._finished = 0.0  # when a handling last finished (monotonic)
         self._handling_lock = threading.Lock()
         self._told_stuck = 0.0
+        self._returned: Future | None = None  # the handling of the message taken from the returned lane
+        self._returned_empty_until = 0.0  # monotonic
 
     def stuck_for(self) -> float:
         """How long handlers have been at work with none finishing, when past `stuck_after`; else 0."""
@@ -376,16 +365,17 @@ class ConsumerRunner:
         self.housekeeper.start()  # after lowering the priority, which the thread inherits
         # One pool for the runner's life, not one per broker connection: a handler thread keeps
         # what it holds per thread (notifications' SMTP connection) across reconnects.
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler") as worker:
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.consumer_threads), thread_name_prefix="handler") as worker, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="returned") as returned:
             while not self.stop.is_set():
                 try:
-                    self._consume_until_stopped(worker)
+                    self._consume_until_stopped(worker, returned)
                 except amqp.RECOVERABLE as error:
                     self.reconnects.wait("broker connection lost, reconnecting", error)
         self.housekeeper.join(timeout=5)  # a batch in hand commits or rolls back before the engine goes
         log.info("consumer stopped")
 
-    def _consume_until_stopped(self, worker: ThreadPoolExecutor) -> None:
+    def _consume_until_stopped(self, worker: ThreadPoolExecutor, returned_worker: ThreadPoolExecutor) -> None:
         conn = amqp.connect(
             self.settings.amqp_url, self.process, self.settings.amqp_heartbeat_seconds
         )
@@ -396,18 +386,15 @@ class ConsumerRunner:
             # Retry and dead-letter copies go out on their own confirmed channel.
             republish = conn.channel()
             republish.confirm_delivery()
+            work.basic_qos(prefetch_count=self.settings.consumer_prefetch)
+            on_message = functools.partial(self._submit, worker, in_flight, conn, republish, self.queue)
+            returned = conn.channel()  # the returned lane, read with basic_get (see the module's docstring)
             cancelled: list = []
-            # The work queue, and the returned lane one message at a time (see the module's docstring).
-            lanes = [Lane(work, self.queue, self.settings.consumer_prefetch),
-                     Lane(conn.channel(), self.returned, 1)]
-            for lane in lanes:
-                lane.channel.basic_qos(prefetch_count=lane.prefetch)
-                lane.on_message = functools.partial(self._submit, worker, in_flight, conn, republish, lane.queue)
-                # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
-                # blocking channel then drops it silently. We reconnect (declaring the topology again).
-                lane.channel.add_on_cancel_callback(cancelled.append)
-                if not self.pause.active():  # a reconnect in a pause: pika would give back what came meanwhile
-                    lane.consume()
+            # The broker cancels a consumer whose queue was deleted or whose node failed; pika's
+            # blocking channel then drops it silently. We reconnect (declaring the topology again).
+            work.add_on_cancel_callback(cancelled.append)
+            # not while paused (a reconnect in a pause): pika would give back what came meanwhile
+            tag = None if self.pause.active() else work.basic_consume(self.queue, on_message)
             log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
                                          "threads": self.settings.consumer_threads,
                                          "defer_while_busy_seconds": self.deferral.seconds})
@@ -415,25 +402,25 @@ class ConsumerRunner:
                 conn.process_data_events(time_limit=0.5)
                 if cancelled:
                     raise ConsumerCancelled(f"the broker cancelled the consumer of {self.queue}")
-                if republish.is_closed or any(lane.channel.is_closed for lane in lanes):
+                if work.is_closed or returned.is_closed or republish.is_closed:
                     # closed by the broker (its delivery-acknowledgement timeout, say): pika's blocking
                     # connection says so only when the channel is next used, so it is looked at here
                     raise pika.exceptions.ChannelClosed(0, f"a channel of the consumer of {self.queue} was closed")
                 # Paused: the deliveries in hand go back to the queue uncounted (`_handle`)
-                paused = self.pause.active()
-                for lane in lanes:
-                    if lane.tag is not None and paused:
-                        lane.cancel()
-                    elif lane.tag is None and not paused:
-                        lane.consume()
-                        if lane.queue == self.queue:
-                            log.info("consuming again after a pause", extra={"queue": self.queue})
+                if tag is not None and self.pause.active():
+                    work.basic_cancel(tag)
+                    tag = None
+                elif tag is None and not self.pause.active():
+                    tag = work.basic_consume(self.queue, on_message)
+                    log.info("consuming again after a pause", extra={"queue": self.queue})
+                if tag is not None and not self.stop.is_set():
+                    self._take_returned(returned, returned_worker, conn, republish)
                 self._beat_unless_stuck()
-            # Graceful stop: no new deliveries, finish the message in hand, return the rest.
-            for lane in lanes:
-                lane.cancel()
+            # Graceful stop: no new deliveries, finish the messages in hand, return the rest.
+            if tag is not None:
+                work.basic_cancel(tag)
             _cancel_waiting(in_flight)
-            while in_flight:
+            while in_flight or (self._returned is not None and not self._returned.done()):
                 conn.process_data_events(time_limit=0.1)
             conn.process_data_events(time_limit=0)
         finally:
@@ -442,6 +429,18 @@ class ConsumerRunner:
             _cancel_waiting(in_flight)
             if conn.is_open:
                 conn.close()
+
+    def _take_returned(self, channel, worker: ThreadPoolExecutor, conn, republish) -> None:
+        """Take the next message of the returned lane and start handling it on the lane's own
+        thread, unless the last one taken is still being handled (or the lane was empty a moment
+        ago). Deliveries of the work queue go on meanwhile."""
+        if (self._returned is not None and not self._returned.done()) or time.monotonic() < self._returned_empty_until:
+            return
+        method, properties, body = channel.basic_get(self.returned)
+        if method is None:
+            self._returned, self._returned_empty_until = None, time.monotonic() + RETURNED_EMPTY_SECONDS
+            return
+        self._returned = worker.submit(self._handle, conn, channel, republish, self.returned, method, properties, body)
 
     def _submit(self, worker: ThreadPoolExecutor, in_flight: set[Future], conn, republish, queue: str,
                 channel, method, properties, body) -> None:
@@ -471,7 +470,7 @@ class ConsumerRunner:
                     outcome = Outcome("wait", error="the database is not answering yet")
                     self.pause.begin(outcome.error, database=True)
                 else:
-                    outcome = self._handle_now(body, attempt, properties, headers)
+                    outcome = self._handle_now(body, attempt, properties, headers, queue)
             except Exception as error:
                 log.error("message handling failed outside its handler", exc_info=True,
                           extra={"message_id": properties.message_id, "attempt": attempt})
@@ -489,12 +488,12 @@ class ConsumerRunner:
         except Exception:  # the connection died; the broker redelivers the message
             log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
 
-    def _handle_now(self, body: bytes, attempt: int, properties, headers: Mapping) -> Outcome:
+    def _handle_now(self, body: bytes, attempt: int, properties, headers: Mapping, queue: str) -> Outcome:
         if attempt == 1:  # a retry is late already
             self.deferral.wait(properties.timestamp, self.stop)
         current_attempt.set(attempt)
         # The handling is a span under the relay's publish of the message (its `traceparent`).
-        with tracing.consuming(properties.type, properties.message_id, headers, self.queue, attempt) as span:
+        with tracing.consuming(properties.type, properties.message_id, headers, queue, attempt) as span:
             outcome = handle_delivery(body, attempt, self.handlers, self.uow_factory, self.settings, self.inbox,
                                       database_waits=_header_count(headers, "x-database-waits", properties.message_id))
             if outcome.action != "ack":
@@ -520,6 +519,7 @@ class ConsumerRunner:
                                                                     properties.message_id) + 1
                 elif outcome.action == "aside":  # not handled: its attempts stay as they were
                     target = self.returned
+                    self._returned_empty_until = 0.0  # the lane has one now
                 else:
                     target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
                               else topology.dead_letter_queue(service))
@@ -533,6 +533,7 @@ class ConsumerRunner:
                     correlation_id=properties.correlation_id,
                     content_type=properties.content_type,
                     delivery_mode=pika.DeliveryMode.Persistent,
+                    timestamp=properties.timestamp,  # when the event was published: DEFER_WHILE_BUSY reads it
                     headers=headers,
                 )
                 republish.basic_publish(exchange="", routing_key=target, body=body, properties=copy, mandatory=True)

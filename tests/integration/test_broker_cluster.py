@@ -89,12 +89,12 @@ def moved_off(cluster, stack, doomed, gone: Future) -> float:
 
 
 def settled(cluster, stack) -> bool:
-    """Every committed event published, every work queue empty, nothing parked."""
+    """Every committed event published, every work queue and returned lane empty, nothing parked."""
     pending = sum(scalar(stack, service, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
                   for service in SERVICES)
     queues = cluster.queues()
-    waiting = sum(queues[queue]["messages"] for service in topology.SUBSCRIPTIONS
-                  for queue in (topology.work_queue(service), topology.dead_letter_queue(service)))
+    waiting = sum(queues[queue]["messages"] if queue in queues else 0 for service in topology.SUBSCRIPTIONS
+                  for queue in (*topology.waiting_queues(service), topology.dead_letter_queue(service)))
     return pending == 0 and waiting == 0
 
 

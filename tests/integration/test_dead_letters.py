@@ -110,6 +110,6 @@ def test_a_replayed_letter_the_broker_once_parked_is_retried_after_failing_again
         runner.stop.set()
         if consuming.is_alive():
             consuming.join(timeout=10)
-        for queue in (work, dead, topology.retry_queue(service, 200)):
+        for queue in (work, dead, topology.returned_queue(service), topology.retry_queue(service, 200)):
             connection.channel().queue_delete(queue)
         connection.close()

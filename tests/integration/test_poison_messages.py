@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
 from devtools.client import poll
+from shared.config import Settings
 from shared.messaging import connection as amqp
 from shared.messaging import dead_letters, topology
-from shared.messaging.consumer import RETURNS_BEFORE_PARKING
+from shared.messaging.consumer import RETURNS_BEFORE_PARKING, ConsumerRunner, DependencyDown, Pause
 from shared.messaging.envelope import Envelope
 from tests.integration import dying_consumer
+from tests.unit.shared.fake_broker import NoTransaction
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = 5
@@ -76,3 +79,54 @@ def test_a_message_that_kills_its_consumer_is_parked_alone_and_those_it_held_are
             for queue in queues:
                 connection.channel().queue_delete(queue)
             connection.close()
+
+
+def test_a_returned_message_waits_out_a_dependency_outage_pause_after_pause_and_is_not_parked(infra, monkeypatch):
+    """Read with a subscription of prefetch 1, the lane's one message, put back at each pause's
+    start, came again at once and was turned away by the pause's cancel: each pause counted a
+    return against it, and a minute's outage parked it as a message that kills its consumer."""
+    service = f"lane-test-{uuid.uuid4().hex[:8]}"
+    event_type = f"{service}.happened"
+    monkeypatch.setattr(topology, "SUBSCRIPTIONS", {service: (event_type,)})
+    settings = Settings(service_name=service, amqp_url=infra.amqp_url, retry_delays_ms=(200,), max_attempts=3)
+    down, tries, sent = threading.Event(), [], []
+    down.set()
+
+    def handler(envelope, uow):
+        tries.append(envelope.id)
+        if down.is_set():
+            raise DependencyDown("SMTP: connection refused")
+        sent.append(envelope.id)
+
+    runner = ConsumerRunner(settings, {event_type: handler}, NoTransaction, "tests", inbox=False)
+    runner.pause = Pause(first=0.05, longest=0.05)
+    consuming = threading.Thread(target=runner.run, name="lane-test-consumer")
+    envelope = Envelope(type=event_type, data={}, source="tests")
+    connection = amqp.connect(infra.amqp_url, "tests")
+    try:
+        channel = connection.channel()
+        topology.declare(channel, settings.retry_delays_ms)
+        channel.confirm_delivery()
+        properties = envelope.properties()
+        properties.headers = {**(properties.headers or {}), "x-returns": RETURNS_BEFORE_PARKING - 1}
+        channel.basic_publish("", topology.returned_queue(service), envelope.to_json(), properties, mandatory=True)
+
+        consuming.start()
+        def parked() -> int:
+            return channel.queue_declare(topology.dead_letter_queue(service), passive=True).method.message_count
+
+        poll(lambda: len(tries) >= 20 or parked(), timeout=60, interval=0.05, what="twenty tries, a pause after each")
+        assert not parked(), f"parked after {len(tries)} tries"
+        down.clear()
+        poll(lambda: sent, timeout=30, interval=0.05, what="the message handled once the dependency is back")
+
+        assert sent == [envelope.id]
+        assert dead_letters.parked(infra.amqp_url, service) == []
+    finally:
+        runner.stop.set()
+        if consuming.is_alive():
+            consuming.join(timeout=10)
+        for queue in (*topology.waiting_queues(service), topology.dead_letter_queue(service),
+                      topology.retry_queue(service, 200)):
+            connection.channel().queue_delete(queue)
+        connection.close()

@@ -50,7 +50,7 @@ def settled(stack) -> bool:
     """Every committed event published and every notification handled."""
     return (
         scalar(stack, "checkout", "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
-        and queue_depth(stack, topology.work_queue("notifications")) == 0
+        and not any(queue_depth(stack, queue) for queue in topology.waiting_queues("notifications"))
     )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.messaging import topology
+
 from deploy import policy, validate
 
 TARGETS = validate.TARGETS
@@ -100,6 +102,9 @@ def test_keda_scales_notifications_on_its_work_queue(targets, target):
     assert targets[target].extra == []
     scaled = policy.of_kind(targets[target].objects, "ScaledObject")
     assert [s["spec"]["scaleTargetRef"]["name"] for s in scaled] == ["notifications-consumer"]
+    [consumer] = scaled  # on every email waiting: in the work queue and in the lane of those given back
+    assert [t["metadata"]["queueName"] for t in consumer["spec"]["triggers"]] == list(topology.waiting_queues(
+        "notifications"))
 
 
 def test_keda_must_be_given_a_broker_address_it_can_resolve(targets):

@@ -177,12 +177,15 @@ class QueueConnection:
         self.is_open = True
         self.lost = False
         self.consumers: dict[str, tuple[QueueChannel, str, object]] = {}
+        self.channels: list[QueueChannel] = []
         self.unacked: dict[int, tuple[str, Message, QueueChannel]] = {}
         self._tags = itertools.count(1)
         self._callbacks: queues.Queue = queues.Queue()
 
     def channel(self) -> "QueueChannel":
-        return QueueChannel(self)
+        channel = QueueChannel(self)
+        self.channels.append(channel)
+        return channel
 
     def add_callback_threadsafe(self, callback) -> None:
         if not self.is_open:
@@ -239,6 +242,7 @@ class QueueChannel:
         self.connection = connection
         self.prefetch = 0
         self.on_cancel: list = []
+        self.got_from: set[str] = set()  # the queues it read with basic_get
         self.closed_by_broker = False  # as RabbitMQ closes a channel (its delivery-acknowledgement timeout)
 
     @property
@@ -271,6 +275,16 @@ class QueueChannel:
 
     def basic_cancel(self, consumer_tag):
         self.connection.consumers.pop(consumer_tag, None)
+
+    def basic_get(self, queue):
+        self.got_from.add(queue)
+        waiting = self.connection.broker.queues[queue]
+        if not waiting:
+            return None, None, None
+        message = waiting.popleft()
+        tag = next(self.connection._tags)
+        self.connection.unacked[tag] = (queue, message, self)
+        return SimpleNamespace(delivery_tag=tag, redelivered=message.returns > 0), message.properties, message.body
 
     def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         assert exchange == "" and routing_key in self.connection.broker.queues, f"unroutable: {routing_key}"

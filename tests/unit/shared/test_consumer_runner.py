@@ -337,7 +337,10 @@ def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker
     with running(runner):
         eventually(lambda: broker.consuming(), "a consumer")
         [connection] = [c for c in broker.connections if c.is_open]
-        [channel] = [channel for channel, consumed, _ in connection.consumers.values() if consumed == queue]
+        eventually(lambda: any(RETURNED in channel.got_from for channel in connection.channels), "the lane read")
+        [channel] = [channel for channel in connection.channels
+                     if queue in channel.got_from or any(c is channel and consumed == queue
+                                                         for c, consumed, _ in connection.consumers.values())]
         channel.closed_by_broker = True
         eventually(lambda: len(broker.connections) >= 2 and broker.consuming(), "a new connection consuming")
         envelope = refund_requested(broker)
