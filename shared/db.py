@@ -55,13 +55,16 @@ def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
 
 
 def answers(unit_of_work: Callable[[], object]) -> bool:
-    """Whether a fresh unit of work (`unit_of_work()`) can run a statement."""
+    """Whether the database answers a fresh unit of work (`unit_of_work()`): False only when its
+    `SELECT 1` fails as the database being away (`unavailable`). Any other failure (a refused
+    password, too many connections) is an answer: the work's own failure then counts as such,
+    and reaches the retry tiers and the alerts, instead of waiting for good as an outage."""
     try:
         with unit_of_work() as uow:
             uow.session.execute(sa.text("SELECT 1"))
         return True
-    except sa.exc.SQLAlchemyError:
-        return False
+    except Exception as error:  # noqa: BLE001 - only an outage says no
+        return not unavailable(error)
 
 
 def make_engine(url: str, pool_size: int = 5, prepared_statements: bool = True, **kwargs) -> sa.Engine:

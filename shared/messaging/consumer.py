@@ -111,10 +111,12 @@ class DatabaseAway(DependencyDown):
     """The service's own database is away (`shared.db.away`). Waited on like any dependency, but
     a message only so many times (`MAX_DATABASE_WAITS`): one whose every try finds the database
     away may be what takes it away (a statement that crashes its backend restarts them all, and
-    recovery answers nobody), and uncounted it would never be parked. After a pause for the
-    database, the runner tries no message until the database answers a `SELECT 1` again, so a
-    wait is counted only against a message whose try found it gone when it had just answered:
-    an outage, however long, counts none past the one each message was tried at as it began."""
+    recovery answers nobody), and uncounted it would never be parked. As the process starts, and
+    after a pause for the database, the runner tries no message until the database answers a
+    `SELECT 1` (a refused password is an answer; only `shared.db.unavailable` is not), so a wait
+    is counted only against a message whose try found it gone when it had just answered: an
+    outage, however long, counts one wait against each message in hand as it began, and none
+    after."""
 
 
 # A message waits for its database this many times at most, counted only when the database
@@ -275,16 +277,22 @@ class Pause:
         self._first, self._longest = first, longest
         self._next = first
         self._until = 0.0
-        self._database = False
+        self._database = True  # nothing known of it yet: a new replica in an outage probes first
         self._lock = threading.Lock()
 
     def active(self) -> bool:
         return time.monotonic() < self._until
 
     def for_the_database(self) -> bool:
-        """Whether a pause was begun for the database (`DatabaseAway`) and no message went
-        through since: the database is to answer before a message is tried."""
+        """Whether the database is to answer a `SELECT 1` before the next message is tried: as
+        the process starts, and after a pause begun for it (`DatabaseAway`), until a probe gets
+        its answer (`database_answered`). A message that went through does not say so: it may
+        have needed no statement (an email addressed to nobody), or committed before the pause."""
         return self._database
+
+    def database_answered(self) -> None:
+        with self._lock:
+            self._database = False
 
     def begin(self, why: str | None, database: bool = False) -> None:
         with self._lock:
@@ -299,7 +307,15 @@ class Pause:
     def went_through(self) -> None:
         with self._lock:
             self._next = self._first
-            self._database = False
+
+
+@dataclass
+class Taken:
+    """The message the runner took from the returned lane, on connection `conn`."""
+
+    conn: object
+    future: Future
+    settled: bool = False
 
 
 class ConsumerRunner:
@@ -331,17 +347,23 @@ class ConsumerRunner:
         self._finished = 0.0  # when a handling last finished (monotonic)
         self._handling_lock = threading.Lock()
         self._told_stuck = 0.0
-        self._returned: Future | None = None  # the handling of the message taken from the returned lane
+        self._returned_since: float | None = None  # when the lane's handler took its message (monotonic)
+        # The message taken from the returned lane: its handling, the connection it came on, and
+        # whether it was settled there (connection thread only).
+        self._returned: Taken | None = None
         self._returned_empty_until = 0.0  # monotonic
 
     def stuck_for(self) -> float:
-        """How long handlers have been at work with none finishing, when past `stuck_after`; else 0."""
+        """How long the work queue's handlers have been at work with none finishing, or the
+        returned lane's one handler at its message, when past `stuck_after`; else 0. Judged
+        apart: the lane's finishes do not hide a stuck work thread, nor theirs a stuck lane."""
         with self._handling_lock:
             earliest = min(self._handling.values(), default=None)
             finished = self._finished
-        if earliest is None:
-            return 0.0
-        idle = time.monotonic() - max(earliest, finished)
+            lane_since = self._returned_since
+        now = time.monotonic()
+        idle = max(now - max(earliest, finished) if earliest is not None else 0.0,
+                   now - lane_since if lane_since is not None else 0.0)
         return idle if idle > self.stuck_after else 0.0
 
     def _beat_unless_stuck(self) -> None:
@@ -420,7 +442,7 @@ class ConsumerRunner:
             if tag is not None:
                 work.basic_cancel(tag)
             _cancel_waiting(in_flight)
-            while in_flight or (self._returned is not None and not self._returned.done()):
+            while in_flight or (self._returned is not None and not self._returned.future.done()):
                 conn.process_data_events(time_limit=0.1)
             conn.process_data_events(time_limit=0)
         finally:
@@ -432,15 +454,20 @@ class ConsumerRunner:
 
     def _take_returned(self, channel, worker: ThreadPoolExecutor, conn, republish) -> None:
         """Take the next message of the returned lane and start handling it on the lane's own
-        thread, unless the last one taken is still being handled (or the lane was empty a moment
-        ago). Deliveries of the work queue go on meanwhile."""
-        if (self._returned is not None and not self._returned.done()) or time.monotonic() < self._returned_empty_until:
+        thread, unless the last one taken is not settled yet (being handled, or its ack queued
+        on this connection; taken on a lost one, until its handling is over), or the lane was
+        empty a moment ago. Deliveries of the work queue go on meanwhile."""
+        taken = self._returned
+        if taken is not None and ((taken.conn is conn and not taken.settled) or not taken.future.done()):
+            return
+        if time.monotonic() < self._returned_empty_until:
             return
         method, properties, body = channel.basic_get(self.returned)
         if method is None:
             self._returned, self._returned_empty_until = None, time.monotonic() + RETURNED_EMPTY_SECONDS
             return
-        self._returned = worker.submit(self._handle, conn, channel, republish, self.returned, method, properties, body)
+        self._returned = Taken(conn, worker.submit(self._handle, conn, channel, republish, self.returned, method,
+                                                   properties, body))
 
     def _submit(self, worker: ThreadPoolExecutor, in_flight: set[Future], conn, republish, queue: str,
                 channel, method, properties, body) -> None:
@@ -458,14 +485,18 @@ class ConsumerRunner:
         # message, never acked, would hold a prefetch slot until the connection closed.
         with logs.log_context(request_id=request_id):
             attempt = _previous_attempts(headers, properties.message_id) + 1
+            lane = queue == self.returned
             with self._handling_lock:
-                self._handling[threading.get_ident()] = time.monotonic()
+                if lane:
+                    self._returned_since = time.monotonic()
+                else:
+                    self._handling[threading.get_ident()] = time.monotonic()
             try:
                 if method.redelivered:  # its consumer stopped with it in hand: not handled here
                     outcome = returned_outcome(queue == self.returned, headers, properties.message_id)
                 elif self.pause.active():  # not even tried: its dependency is down
                     outcome = Outcome("wait", error="consuming paused: a dependency is down")
-                elif self.pause.for_the_database() and not db.answers(self.uow_factory):
+                elif self.pause.for_the_database() and not self._database_answers():
                     # not tried either: its try would count a wait against it for an outage
                     outcome = Outcome("wait", error="the database is not answering yet")
                     self.pause.begin(outcome.error, database=True)
@@ -478,8 +509,11 @@ class ConsumerRunner:
                     outcome = retry_or_park(attempt, self.settings, f"consumer: {error!r}")
             finally:
                 with self._handling_lock:
-                    self._handling.pop(threading.get_ident(), None)
-                    self._finished = time.monotonic()
+                    if lane:
+                        self._returned_since = None
+                    else:
+                        self._handling.pop(threading.get_ident(), None)
+                        self._finished = time.monotonic()
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
         settle = functools.partial(self._settle, channel, republish, queue, method, properties, body, attempt,
                                    outcome, request_id, order_id)
@@ -487,6 +521,12 @@ class ConsumerRunner:
             conn.add_callback_threadsafe(settle)
         except Exception:  # the connection died; the broker redelivers the message
             log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
+
+    def _database_answers(self) -> bool:
+        if not db.answers(self.uow_factory):
+            return False
+        self.pause.database_answered()
+        return True
 
     def _handle_now(self, body: bytes, attempt: int, properties, headers: Mapping, queue: str) -> Outcome:
         if attempt == 1:  # a retry is late already
@@ -524,6 +564,8 @@ class ConsumerRunner:
                     target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
                               else topology.dead_letter_queue(service))
                     headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
+                    if outcome.action == "retry":  # handled to its end: it did not take its consumer down
+                        headers.pop("x-returns", None)
                 if outcome.action == "aside" or outcome.returns:
                     headers["x-returns"] = outcome.returns
                 copy = pika.BasicProperties(
@@ -549,6 +591,8 @@ class ConsumerRunner:
                                "error": outcome.error},
                     )
             channel.basic_ack(method.delivery_tag)
+            if queue == self.returned and self._returned is not None:
+                self._returned.settled = True
 
 
 def _previous_attempts(headers: Mapping, message_id: str | None) -> int:

@@ -285,23 +285,48 @@ def test_however_long_the_database_is_away_a_message_waits_for_it_uncounted_past
 
     def handler(envelope, uow):
         tries.append(envelope.id)
-        if database.down:
+        if envelope.data.get("order_id") == "o-1" and database.down:
             raise DatabaseAway("the database is not answering")
 
+    first = refund_requested(broker)
+    runner = ConsumerRunner(Settings(service_name=SERVICE, retry_delays_ms=(100, 1000), max_attempts=3),
+                            {EVENT: handler}, database, "tests", inbox=False)
+    runner.pause = Pause(first=0.01, longest=0.02)
+    with running(runner):
+        eventually(lambda: len(broker.acked) == 1, "the first message handled")
+        database.down = True
+        envelope = refund_requested(broker)
+        eventually(lambda: database.probes > MAX_DATABASE_WAITS + 5 or broker.queues[RETRY],
+                   "pause after pause, or the message counted")
+        assert not broker.queues[RETRY] and not broker.queues[DEAD]
+        database.down = False
+        eventually(lambda: tries.count(envelope.id) == 2 and not broker.queues[WORK], "handled once the database is back")
+
+    # as the outage began, and once it was over; its one wait counted, the first try's
+    assert tries == [first.id, envelope.id, envelope.id]
+    assert max((message.properties.headers or {}).get("x-database-waits", 0) for message in broker.acked) == 1
+    assert not broker.queues[RETRY] and not broker.queues[DEAD]
+
+
+def test_a_consumer_started_while_its_database_is_away_tries_nothing_until_it_answers(broker):
+    """A replica started in an outage (KEDA scales notifications on its growing queue) tried its
+    first messages unprobed, each counting a wait."""
+    database, tries = Database(), []
     database.down = True
+
+    def handler(envelope, uow):
+        tries.append(envelope.id)
+
     envelope = refund_requested(broker)
     runner = ConsumerRunner(Settings(service_name=SERVICE, retry_delays_ms=(100, 1000), max_attempts=3),
                             {EVENT: handler}, database, "tests", inbox=False)
     runner.pause = Pause(first=0.01, longest=0.02)
     with running(runner):
-        eventually(lambda: len(tries) + database.probes > 3 * MAX_DATABASE_WAITS or broker.queues[RETRY],
-                   "pause after pause, or the message counted")
-        assert not broker.queues[RETRY] and not broker.queues[DEAD]
+        eventually(lambda: database.probes >= 3, "probes while the database is away")
+        assert tries == []
         database.down = False
-        eventually(lambda: envelope.id in tries[1:] and broker.acked and not broker.queues[WORK], "handled")
-
-    assert tries == [envelope.id, envelope.id]  # as the outage began, and once it was over
-    assert not broker.queues[RETRY] and not broker.queues[DEAD]
+        eventually(lambda: tries == [envelope.id], "tried once it answers")
+    assert not any("x-database-waits" in (message.properties.headers or {}) for message in broker.acked)
 
 
 def test_a_handler_stuck_at_one_message_stops_the_heartbeat_so_the_pod_is_restarted(broker, monkeypatch, tmp_path):
@@ -377,14 +402,16 @@ def test_one_slow_handler_among_others_that_finish_is_not_stuck(broker, monkeypa
 
 def dies_at(broker: QueueBroker, poison: str, handled: list[tuple[str, int]]):
     """A handler that records (message id, attempt) and, at the `poison` message, takes its
-    consumer down as a dying process would: the connection is lost, and nothing else is handled
-    before it closes (what it held goes back to the broker, counted)."""
+    consumer down as a dying process would: the connection is lost (what it held goes back to
+    the broker, counted), and this thread handles nothing more until the runner has connected
+    again, past dropping what it had not started."""
     def handler(envelope, uow):
         handled.append((envelope.id, current_attempt.get()))
         if envelope.id == poison:
             [connection] = [c for c in broker.connections if c.is_open]
+            opened = len(broker.connections)
             broker.lose(connection)
-            eventually(lambda: not connection.is_open, "the consumer's connection gone")
+            eventually(lambda: len(broker.connections) > opened, "the consumer connected again")
     return handler
 
 
