@@ -56,9 +56,9 @@ def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
 
 def answers(unit_of_work: Callable[[], object]) -> bool:
     """Whether the database answers a fresh unit of work (`unit_of_work()`): False only when its
-    `SELECT 1` fails as the database being away (`unavailable`). Any other failure (a refused
-    password, too many connections) is an answer: the work's own failure then counts as such,
-    and reaches the retry tiers and the alerts, instead of waiting for good as an outage."""
+    `SELECT 1` fails as the database being away (`unavailable`); any other failure is an answer,
+    and the work's own failure then counts as such. (A connection refused as it starts, a wrong
+    password or too many clients, comes from psycopg without a SQLSTATE: it reads as away.)"""
     try:
         with unit_of_work() as uow:
             uow.session.execute(sa.text("SELECT 1"))

@@ -30,8 +30,8 @@ from shared.config import Settings
 KINDS = ("api", "consumer", "relay", "sweeper", "admitter", "line-status", "job")
 # Database connections each kind of process keeps (its engine's pool_size; the ceiling is twice
 # that), unless its service's bootstrap says otherwise (its POOL_SIZES). An API's request threads
-# and a consumer's handler threads each hold one at a time (a consumer's thread for its returned
-# lane, and its probes of the database after a pause, within the ceiling). deploy/pooling.py sizes PgBouncer
+# and a consumer's handler threads each hold one at a time; a consumer's thread for its returned
+# lane, and a probe of the database (`db.away`, after a pause), take theirs from the ceiling. deploy/pooling.py sizes PgBouncer
 # from these same numbers, through `pool_size`.
 DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "admitter": 1,
                                          "line-status": 1, "job": 1}

@@ -113,10 +113,12 @@ class DatabaseAway(DependencyDown):
     away may be what takes it away (a statement that crashes its backend restarts them all, and
     recovery answers nobody), and uncounted it would never be parked. As the process starts, and
     after a pause for the database, the runner tries no message until the database answers a
-    `SELECT 1` (a refused password is an answer; only `shared.db.unavailable` is not), so a wait
-    is counted only against a message whose try found it gone when it had just answered: an
-    outage, however long, counts one wait against each message in hand as it began, and none
-    after."""
+    `SELECT 1` (an error `shared.db.unavailable` does not call an outage is an answer), so a
+    wait is counted only against a message whose try found it gone when it had just answered:
+    an outage, however long, counts one wait against each message in hand as it began, and none
+    after. A connection refused at its start (a wrong password, too many clients) is taken as
+    the database away, psycopg giving it no SQLSTATE: messages wait, uncounted, while every API
+    of the service fails alike and its alerts fire; parked, they would need an admin's replay."""
 
 
 # A message waits for its database this many times at most, counted only when the database
@@ -129,7 +131,8 @@ MAX_DATABASE_WAITS = 20
 # heartbeat, so the pod is restarted (liveness) and the outage shows (`worker_heartbeats`),
 # instead of the pod looking healthy while every message behind the stuck ones waits. Longer
 # than any handling's own limits (notifications' SMTP send: about three minutes at most); two
-# of one order's emails sent one after the other each finish, which is progress.
+# of one order's emails sent one after the other each finish, which is progress. (The returned
+# lane's one handler is judged on its own, at twice this: `ConsumerRunner.stuck_for`.)
 STUCK_HANDLER_SECONDS = 300.0
 
 # A message set aside in `<service>.returned` is parked when it comes back from there this many
@@ -278,6 +281,7 @@ class Pause:
         self._next = first
         self._until = 0.0
         self._database = True  # nothing known of it yet: a new replica in an outage probes first
+        self._generation = 0
         self._lock = threading.Lock()
 
     def active(self) -> bool:
@@ -290,13 +294,22 @@ class Pause:
         have needed no statement (an email addressed to nobody), or committed before the pause."""
         return self._database
 
-    def database_answered(self) -> None:
+    def database_generation(self) -> int:
+        """How many pauses were begun for the database: read before a probe, handed to
+        `database_answered`, so that a probe that answered before a newer pause began does not
+        end that pause's probing."""
+        return self._generation
+
+    def database_answered(self, generation: int) -> None:
         with self._lock:
-            self._database = False
+            if generation == self._generation:
+                self._database = False
 
     def begin(self, why: str | None, database: bool = False) -> None:
         with self._lock:
-            self._database = self._database or database
+            if database:
+                self._database = True
+                self._generation += 1
             if self.active():
                 return
             self._until = time.monotonic() + self._next
@@ -354,17 +367,22 @@ class ConsumerRunner:
         self._returned_empty_until = 0.0  # monotonic
 
     def stuck_for(self) -> float:
-        """How long the work queue's handlers have been at work with none finishing, or the
-        returned lane's one handler at its message, when past `stuck_after`; else 0. Judged
-        apart: the lane's finishes do not hide a stuck work thread, nor theirs a stuck lane."""
+        """How long the work queue's handlers have been at work with no handling finishing, past
+        `stuck_after`, or the returned lane's one handler at its message, past twice that; else
+        0. The lane is judged on its own clock, so the work threads' finishes do not hide it
+        stuck; it is allowed two handlings' time, as it may wait on a work thread's handling
+        (two of one order's emails take turns on the order's row) before its own; and its
+        finishes count as progress for the work threads, which may wait on it likewise."""
         with self._handling_lock:
             earliest = min(self._handling.values(), default=None)
             finished = self._finished
             lane_since = self._returned_since
         now = time.monotonic()
-        idle = max(now - max(earliest, finished) if earliest is not None else 0.0,
-                   now - lane_since if lane_since is not None else 0.0)
-        return idle if idle > self.stuck_after else 0.0
+        work = now - max(earliest, finished) if earliest is not None else 0.0
+        lane = now - lane_since if lane_since is not None else 0.0
+        if work > self.stuck_after:
+            return work
+        return lane if lane > 2 * self.stuck_after else 0.0
 
     def _beat_unless_stuck(self) -> None:
         stuck = self.stuck_for()
@@ -513,7 +531,7 @@ class ConsumerRunner:
                         self._returned_since = None
                     else:
                         self._handling.pop(threading.get_ident(), None)
-                        self._finished = time.monotonic()
+                    self._finished = time.monotonic()
             order_id = logs.order_id_var.get()  # bound by the handler, if it names an order
         settle = functools.partial(self._settle, channel, republish, queue, method, properties, body, attempt,
                                    outcome, request_id, order_id)
@@ -523,9 +541,10 @@ class ConsumerRunner:
             log.warning("could not settle; message will be redelivered", extra={"message_id": properties.message_id})
 
     def _database_answers(self) -> bool:
+        generation = self.pause.database_generation()
         if not db.answers(self.uow_factory):
             return False
-        self.pause.database_answered()
+        self.pause.database_answered(generation)
         return True
 
     def _handle_now(self, body: bytes, attempt: int, properties, headers: Mapping, queue: str) -> Outcome:
@@ -607,7 +626,7 @@ def _header_count(headers: Mapping, name: str, message_id: str | None) -> int:
     value = headers.get(name, 0) or 0
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         log.warning(f"malformed {name} header, counted as none",
                     extra={"message_id": message_id, "header": name, "value": repr(value)[:100]})
         return 0

@@ -311,7 +311,15 @@ def parked_by_the_delivery_limit(queue: str, event_type: str) -> dict:
 
 
 class NoTransaction:
-    """A unit of work for handlers that touch no database: entered, committed, nothing kept."""
+    """A unit of work for handlers that touch no database: entered, committed, nothing kept; a
+    statement (the consumer's `SELECT 1` probe) is answered."""
+
+    @property
+    def session(self):
+        return self
+
+    def execute(self, statement):
+        return None
 
     def __enter__(self):
         return self
