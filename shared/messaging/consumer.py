@@ -578,6 +578,7 @@ class ConsumerRunner:
                                                                     properties.message_id) + 1
                 elif outcome.action == "aside":  # not handled: its attempts stay as they were
                     target = self.returned
+                    headers["x-returns"] = outcome.returns
                     self._returned_empty_until = 0.0  # the lane has one now
                 else:
                     target = (topology.retry_queue(service, outcome.delay_ms) if outcome.action == "retry"
@@ -585,8 +586,8 @@ class ConsumerRunner:
                     headers.update({"x-attempt": attempt, "x-last-error": outcome.error or ""})
                     if outcome.action == "retry":  # handled to its end: it did not take its consumer down
                         headers.pop("x-returns", None)
-                if outcome.action == "aside" or outcome.returns:
-                    headers["x-returns"] = outcome.returns
+                    elif outcome.returns:  # parked for them (`returned_outcome`)
+                        headers["x-returns"] = outcome.returns
                 copy = pika.BasicProperties(
                     message_id=properties.message_id,
                     type=properties.type,

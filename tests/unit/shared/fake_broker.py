@@ -242,7 +242,7 @@ class QueueChannel:
         self.connection = connection
         self.prefetch = 0
         self.on_cancel: list = []
-        self.got_from: set[str] = set()  # the queues it read with basic_get
+        self.queues_read: set[str] = set()  # consumed, or read with basic_get
         self.closed_by_broker = False  # as RabbitMQ closes a channel (its delivery-acknowledgement timeout)
 
     @property
@@ -269,6 +269,7 @@ class QueueChannel:
         self.on_cancel.append(callback)
 
     def basic_consume(self, queue, on_message_callback, **kwargs):
+        self.queues_read.add(queue)
         tag = f"ctag-{len(self.connection.consumers) + 1}"
         self.connection.consumers[tag] = (self, queue, on_message_callback)
         return tag
@@ -277,7 +278,7 @@ class QueueChannel:
         self.connection.consumers.pop(consumer_tag, None)
 
     def basic_get(self, queue):
-        self.got_from.add(queue)
+        self.queues_read.add(queue)
         waiting = self.connection.broker.queues[queue]
         if not waiting:
             return None, None, None

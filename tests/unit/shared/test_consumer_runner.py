@@ -387,10 +387,8 @@ def test_a_channel_the_broker_closed_is_noticed_and_the_runner_reconnects(broker
     with running(runner):
         eventually(lambda: broker.consuming(), "a consumer")
         [connection] = [c for c in broker.connections if c.is_open]
-        eventually(lambda: any(RETURNED in channel.got_from for channel in connection.channels), "the lane read")
-        [channel] = [channel for channel in connection.channels
-                     if queue in channel.got_from or any(c is channel and consumed == queue
-                                                         for c, consumed, _ in connection.consumers.values())]
+        eventually(lambda: any(RETURNED in channel.queues_read for channel in connection.channels), "the lane read")
+        [channel] = [channel for channel in connection.channels if queue in channel.queues_read]
         channel.closed_by_broker = True
         eventually(lambda: len(broker.connections) >= 2 and broker.consuming(), "a new connection consuming")
         envelope = refund_requested(broker)
