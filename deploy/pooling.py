@@ -28,13 +28,16 @@ the rest in proportion to each service's client connections, i.e. to the pods it
 from __future__ import annotations
 
 import configparser
+import functools
 import importlib
 import math
 import re
 import sys
 from dataclasses import dataclass
 
-from deploy import policy
+import yaml
+
+from deploy import policy, render
 from shared import service as service_root
 from shared.config import api_process_shape
 
@@ -120,7 +123,8 @@ def _environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str
 
 
 def ceiling(objects: list[dict], workload: dict) -> int:
-    """The most pods of `workload` there may be: its autoscaler's ceiling, else its replica count."""
+    """The most pods of `workload` there may be: its autoscaler's ceiling, else its replica count
+    or an optional component's autoscaler's ceiling, the higher."""
     name = workload["metadata"]["name"]
     for hpa in policy.of_kind(objects, "HorizontalPodAutoscaler"):
         if hpa["spec"]["scaleTargetRef"]["name"] == name:
@@ -130,7 +134,20 @@ def ceiling(objects: list[dict], workload: dict) -> int:
             return scaled["spec"].get("maxReplicaCount", 100)
     if workload["kind"] in ("Job", "CronJob"):
         return 1
-    return replicas(workload)
+    optional = [s["spec"].get("maxReplicaCount", 100) for s in optional_autoscalers()
+                if s["spec"]["scaleTargetRef"]["name"] == name]
+    return max([replicas(workload), *optional])
+
+
+@functools.cache
+def optional_autoscalers() -> tuple[dict, ...]:
+    """The ScaledObjects an optional component (deploy/k8s/components: KEDA) adds. A rendering
+    without the component has the same pgbouncer.ini as one with it, so its workloads are counted
+    at the component's ceiling too: prod's PgBouncer holds prod+keda's consumers."""
+    found = []
+    for path in sorted((render.K8S_DIR / "components").glob("*/*.yaml")):
+        found += [o for o in yaml.safe_load_all(path.read_text()) if o and o.get("kind") == "ScaledObject"]
+    return tuple(found)
 
 
 def replicas(deployment: dict) -> int:

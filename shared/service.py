@@ -30,11 +30,16 @@ from shared.config import Settings
 KINDS = ("api", "consumer", "relay", "sweeper", "admitter", "line-status", "job")
 # Database connections each kind of process keeps (its engine's pool_size; the ceiling is twice
 # that), unless its service's bootstrap says otherwise (its POOL_SIZES). An API's request threads
-# and a consumer's handler threads each hold one at a time; a consumer's thread for its returned
-# lane, and a probe of the database (`db.away`, after a pause), take theirs from the ceiling. deploy/pooling.py sizes PgBouncer
-# from these same numbers, through `pool_size`.
-DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 2, "relay": 1, "sweeper": 1, "admitter": 1,
+# hold one each at a time; a consumer's are sized by `pool_size` from its threads.
+# deploy/pooling.py sizes PgBouncer from these same numbers, through `pool_size`.
+DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 0, "relay": 1, "sweeper": 1, "admitter": 1,
                                          "line-status": 1, "job": 1}
+# The threads of a consumer process that hold a connection besides its handlers (CONSUMER_THREADS):
+# the returned lane's (shared/messaging/consumer.py), the housekeeper's and the heartbeat's
+# (`LastSeen`). Each holds one at a time, so they are the consumer's pool; a probe of the database
+# after a connection was lost (`db.away`, from a handler still holding its own, or from the
+# connection thread after a pause) takes one more, from the ceiling, which holds one per thread.
+CONSUMER_OWN_THREADS = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,16 +79,17 @@ class Root:
 
 def pool_size(kind: str, settings: Settings, overrides: Mapping[str, int] | None = None) -> int:
     """The pool a process of `kind` opens with `settings`: the service's own figure, else the
-    default; a consumer keeps at least one connection per handler thread (CONSUMER_THREADS), and
-    an API whose orders hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a
-    ceiling (twice the pool: `db.make_engine`'s overflow) that covers them all: orders in flight
-    never wait for each other's connections (the API's other requests may wait, briefly, while all
-    are in orders). The process and PgBouncer's sizing (deploy/pooling.py) both ask here."""
+    default; a consumer keeps at least one connection per thread that holds one (CONSUMER_THREADS
+    handlers and `CONSUMER_OWN_THREADS`), its ceiling one more each for a probe; an API whose orders
+    hold their connection through a call (checkout's MAX_ORDERS_IN_FLIGHT) a ceiling (twice the
+    pool: `db.make_engine`'s overflow) that covers them all: orders in flight never wait for each
+    other's connections (the API's other requests may wait, briefly, while all are in orders).
+    The process and PgBouncer's sizing (deploy/pooling.py) both ask here."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of process {kind!r}; one of {', '.join(KINDS)}")
     size = {**DEFAULT_POOL_SIZES, **(overrides or {})}[kind]
     if kind == "consumer":
-        return max(size, settings.consumer_threads)
+        return max(size, settings.consumer_threads + CONSUMER_OWN_THREADS)
     if kind == "api":
         return max(size, math.ceil(getattr(settings, "max_orders_in_flight", 0) / 2))
     return size

@@ -58,6 +58,21 @@ def test_the_line_status_edge_at_its_ceiling_is_counted_against_checkouts_pgboun
         == ceiling * per_pod
 
 
+def test_the_drops_pooler_sizes_hold_the_consumers_keda_may_add(targets, drop):
+    """prod with the KEDA component shares prod's pgbouncer.ini: the drop's plan counts
+    notifications' consumer at KEDA's ceiling, each consumer at its engine's ceiling (a pool of
+    a connection per handler, the returned lane, the housekeeper and the heartbeat; twice that)."""
+    with_keda = targets["prod+keda"].objects
+    scaled = policy.find(with_keda, "ScaledObject", "notifications-consumer")["spec"]["maxReplicaCount"]
+    consumer = _deployment(drop, "notifications-consumer")
+    assert pooling.ceiling(drop, consumer) == scaled > pooling.replicas(consumer)
+    assert pooling.client_connections(drop)["notifications"] == pooling.client_connections(with_keda)["notifications"]
+    per_pod = 2 * pooling.process_pool_size("notifications", "consumer", {"CONSUMER_THREADS": "4"})
+    assert per_pod == 2 * (4 + 3)
+    written = dict(pooling.pooler_settings(with_keda))["notifications"][1]
+    assert int(written["max_client_conn"]) >= pooling.client_connections(with_keda)["notifications"] >= scaled * per_pod
+
+
 def test_dev_postgresql_is_given_room_for_the_poolers(dev):
     assert pooling.max_connections(dev) == 200
     assert pooling.server_connections(dev) <= 200

@@ -1,12 +1,12 @@
 """Engines through a transaction pooler prepare nothing on the server; engines straight to
-PostgreSQL keep psycopg's default. No database is contacted: the arguments psycopg would be
-called with are caught on the way."""
+PostgreSQL keep psycopg's default; a consumer's pool holds what its threads hold at once. No
+database is contacted: the arguments psycopg would be called with are caught on the way."""
 from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
 
-from shared import db
+from shared import db, service
 from shared.config import Settings
 
 URL = "postgresql+psycopg://floodgate@127.0.0.1:6432/floodgate_checkout"
@@ -49,3 +49,20 @@ def test_every_engine_gives_up_on_a_database_host_that_went_silent():
     idle, interval, count = (arguments[name] for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"))
     assert arguments["keepalives"] == 1 and idle + interval * count <= 30 and arguments["tcp_user_timeout"] <= 30_000
     assert arguments["connect_timeout"] <= 5
+
+
+@pytest.mark.parametrize("handlers", [1, 4])
+def test_a_consumers_threads_each_keep_a_connection_and_can_probe_the_database_without_waiting(handlers):
+    """Its handlers, returned lane, housekeeper and heartbeat each hold a connection; a probe after
+    a lost connection (`db.away`, from a handler or the lane still holding theirs, or from the
+    connection thread) takes one more. Waiting on a full pool ends as a pool timeout, read as the
+    database away: a healthy database would hold messages back."""
+    settings = Settings.from_env({"DATABASE_URL": URL, "CONSUMER_THREADS": str(handlers)}, service_name="checkout")
+    engine = service.database(settings, "consumer")["engine"]
+    try:
+        holders = handlers + 3
+        probes = handlers + 2
+        assert engine.pool.size() == holders  # kept open, not made and closed at each use
+        assert engine.pool.size() + engine.pool._max_overflow >= holders + probes
+    finally:
+        engine.dispose()
