@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -490,3 +491,76 @@ def test_a_probe_that_answered_before_a_newer_pause_for_the_database_does_not_en
     assert pause.for_the_database()
     pause.database_answered(pause.database_generation())
     assert not pause.for_the_database()
+
+
+def in_the_returned_lane(broker: QueueBroker, headers: dict | None = None) -> Envelope:
+    """An event set aside in the lane by a consumer that stopped with it in hand (`headers`)."""
+    envelope = Envelope(type=EVENT, data={"order_id": "o-lane"}, source="checkout")
+    broker.put(RETURNED, envelope.to_json(), message_id=envelope.id, type=EVENT, headers=headers)
+    return envelope
+
+
+def test_a_returned_message_whose_handler_fails_is_retried_with_its_count_of_returns_forgotten(broker):
+    """It was handled to its end (it failed, it did not take its consumer down): a retry copy
+    that kept `x-returns` would bring it nearer to being parked as a killer at its next stop."""
+    envelope = in_the_returned_lane(broker, {"x-returns": RETURNS_BEFORE_PARKING - 1, "x-attempt": 0})
+
+    with running(runner_of(raising(RuntimeError("SMTP said 451")))):
+        eventually(lambda: broker.queues[RETRY], "retried")
+
+    [copy] = broker.queues[RETRY]
+    assert copy.properties.message_id == envelope.id
+    assert copy.properties.headers["x-attempt"] == 1 and "x-returns" not in copy.properties.headers
+
+
+def test_a_graceful_stop_finishes_the_returned_message_in_hand_and_settles_it(broker):
+    """A rollout's SIGTERM while the lane's thread handles a message: given back instead, it would
+    count one more return (five park it as a killer) and be handled again."""
+    envelope = in_the_returned_lane(broker, {"x-returns": 1})
+    started, release = threading.Event(), threading.Event()
+
+    def handler(envelope, uow):
+        started.set()
+        release.wait(GIVE_UP_SECONDS)
+
+    runner = runner_of(handler)
+    thread = threading.Thread(target=runner.run, name="consumer", daemon=True)
+    thread.start()
+    try:
+        assert started.wait(GIVE_UP_SECONDS), "the lane's message was not taken"
+        runner.stop.set()
+        eventually(lambda: not broker.consuming(), "the work queue's consumer cancelled")
+        release.set()
+        thread.join(GIVE_UP_SECONDS)
+    finally:
+        release.set()
+        runner.stop.set()
+    assert not thread.is_alive(), "the runner did not stop"
+    assert [message.properties.message_id for message in broker.acked] == [envelope.id]
+    assert not broker.queues[RETURNED] and not broker.queues[DEAD]
+
+
+def test_the_next_returned_message_is_taken_only_once_the_last_ones_ack_went_out(broker):
+    """The lane holds one message at a time: handled, its ack still queued for the connection
+    thread, the next one taken beside it would be given back with it if the consumer died then,
+    and each would count a return it did not cause."""
+    first, second = in_the_returned_lane(broker), in_the_returned_lane(broker)
+    runner = runner_of()
+    connection = broker.connect("amqp://", "tests")
+    channel = connection.channel()
+    submitted = []
+
+    class Worker:
+        def submit(self, *arguments):
+            submitted.append(arguments)
+            handled = Future()
+            handled.set_result(None)
+            return handled
+
+    runner._take_returned(channel, Worker(), connection, republish=None)
+    assert [json.loads(arguments[-1])["id"] for arguments in submitted] == [first.id]
+    runner._take_returned(channel, Worker(), connection, republish=None)  # handled, not yet acked
+    assert len(submitted) == 1 and len(broker.queues[RETURNED]) == 1
+    runner._returned.settled = True  # what `_settle` says once its ack went out
+    runner._take_returned(channel, Worker(), connection, republish=None)
+    assert [json.loads(arguments[-1])["id"] for arguments in submitted] == [first.id, second.id]
