@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Mapping
@@ -143,9 +144,38 @@ def floodgate(stack) -> Floodgate:
     return Floodgate(stack)
 
 
+# An access token lasts 15 minutes (accounts' ACCESS_TOKEN_TTL_SECONDS): a test is handed one
+# signed in at most this long ago, so it has at least 5 minutes to run.
+ADMIN_SIGNED_IN_AGAIN_AFTER_SECONDS = 600
+
+
+class SessionAdmin:
+    """The run's admin, signed in again when its token is `ADMIN_SIGNED_IN_AGAIN_AFTER_SECONDS` old."""
+
+    password = "admin password for tests"
+
+    def __init__(self, floodgate: Floodgate):
+        self.floodgate = floodgate
+        self.email = f"admin-{uuid.uuid4().hex[:6]}@floodgate.test"
+        self._token = floodgate.create_admin(self.email, self.password)
+        self._signed_in = time.monotonic()
+
+    def token(self) -> str:
+        if time.monotonic() - self._signed_in > ADMIN_SIGNED_IN_AGAIN_AFTER_SECONDS:
+            self._token, self._signed_in = self.floodgate.login(self.email, self.password), time.monotonic()
+        return self._token
+
+
 @pytest.fixture(scope="session")
-def admin_token(floodgate) -> str:
-    return floodgate.create_admin(f"admin-{uuid.uuid4().hex[:6]}@floodgate.test", "admin password for tests")
+def session_admin(floodgate) -> SessionAdmin:
+    return SessionAdmin(floodgate)
+
+
+@pytest.fixture
+def admin_token(session_admin) -> str:
+    """An admin's access token with minutes to run. One token for the whole run ran out in a
+    run slower than 15 minutes, and every test after it read 401."""
+    return session_admin.token()
 
 
 @pytest.fixture
