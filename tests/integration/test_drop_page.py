@@ -790,3 +790,52 @@ def test_a_page_told_sold_out_keeps_following_the_line_and_lets_its_buyer_in_whe
     # the pass opens the form, whatever the page's older copies of the drop and the line say
     expect(page.locator("#order-fields")).to_be_enabled()
     expect(page.locator("#order-gate")).to_have_text("It's your turn: order now.")
+
+
+def on_the_pages_clock(page: Page, moment: datetime) -> float:
+    """`moment` (the server's time) on the page's clock, installed and flowing: in seconds, as
+    `page.clock.pause_at` takes a number."""
+    behind = datetime.now(timezone.utc).timestamp() - page.evaluate("Date.now()") / 1000
+    return moment.timestamp() - behind
+
+
+def test_at_the_drops_closing_the_order_button_is_disabled_at_once(floodgate, admin_token, buyer_page):
+    """The form followed the drop's state as last read (every 10 s while it is open): for up to
+    10 s after the closing, "Place order" stayed enabled, and its order was refused."""
+    page = buyer_page
+    page.clock.install()  # time flows until the test pauses it
+    closing = datetime.now(timezone.utc) + timedelta(seconds=60)
+    drop = schedule_drop(floodgate, admin_token, opens_in=-1, closes_at=closing.isoformat())
+    open_drop_page(page, floodgate, drop)
+    sign_up(page)
+    fill_in_toronto(page, "CA")
+    place = page.get_by_role("button", name="Place order")
+
+    page.clock.pause_at(on_the_pages_clock(page, closing - timedelta(seconds=1)))
+    expect(place).to_be_enabled()
+    page.clock.run_for(1500)  # the closing passes; the drop's next read is seconds away
+    expect(place).to_be_disabled()
+    expect(page.locator("#order-gate")).to_have_text("The drop is closed.")
+
+
+def test_at_its_pass_s_expiry_the_order_button_is_disabled_at_once(floodgate, admin_token, buyer_page):
+    """The form followed the ticket as last read: for up to a poll's interval after the pass ran
+    out, "Place order" stayed enabled, and its order was refused."""
+    page = buyer_page
+    page.clock.install()  # time flows until the test pauses it
+    tickets = []  # the ticket as the page read it, from the line's edge or from checkout
+    page.on("response", lambda response: tickets.append(response)
+            if response.ok and response.request.method == "GET" and "/line/tickets/" in response.url else None)
+    in_the_pre_queue(page, floodgate, admin_token, opens_in=2)
+    expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=30_000)
+    fill_in_toronto(page, "CA")
+    expires = next(datetime.fromisoformat(answer["pass_expires_at"]) for answer in
+                   reversed([ticket.json() for ticket in tickets]) if answer.get("pass_expires_at"))
+    place = page.get_by_role("button", name="Place order")
+
+    page.clock.pause_at(on_the_pages_clock(page, expires - timedelta(seconds=1)))
+    expect(place).to_be_enabled()
+    page.clock.run_for(1500)  # the pass runs out; the ticket's next read is seconds away
+    expect(place).to_be_disabled()
+    expect(page.locator("#order-gate")).to_have_text("Your pass expired before you ordered.")
+    expect(page.locator("#line-news")).to_have_text("Your pass has expired.")
