@@ -34,6 +34,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -122,7 +123,7 @@ def _environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str
     return env
 
 
-def ceiling(objects: list[dict], workload: dict) -> int:
+def ceiling(objects: list[dict], workload: dict, k8s_dir: Path = render.K8S_DIR) -> int:
     """The most pods of `workload` there may be: its autoscaler's ceiling, else its replica count
     or an optional component's autoscaler's ceiling, the higher."""
     name = workload["metadata"]["name"]
@@ -134,18 +135,18 @@ def ceiling(objects: list[dict], workload: dict) -> int:
             return scaled["spec"].get("maxReplicaCount", 100)
     if workload["kind"] in ("Job", "CronJob"):
         return 1
-    optional = [s["spec"].get("maxReplicaCount", 100) for s in optional_autoscalers()
+    optional = [s["spec"].get("maxReplicaCount", 100) for s in optional_autoscalers(k8s_dir)
                 if s["spec"]["scaleTargetRef"]["name"] == name]
     return max([replicas(workload), *optional])
 
 
 @functools.cache
-def optional_autoscalers() -> tuple[dict, ...]:
-    """The ScaledObjects an optional component (deploy/k8s/components: KEDA) adds. A rendering
+def optional_autoscalers(k8s_dir: Path = render.K8S_DIR) -> tuple[dict, ...]:
+    """The ScaledObjects an optional component (`k8s_dir`/components: KEDA) adds. A rendering
     without the component has the same pgbouncer.ini as one with it, so its workloads are counted
     at the component's ceiling too: prod's PgBouncer holds prod+keda's consumers."""
     found = []
-    for path in sorted((render.K8S_DIR / "components").glob("*/*.yaml")):
+    for path in sorted((k8s_dir / "components").glob("*/*.yaml")):
         found += [o for o in yaml.safe_load_all(path.read_text()) if o and o.get("kind") == "ScaledObject"]
     return tuple(found)
 
@@ -174,7 +175,7 @@ def component(workload: dict) -> str:
     return policy.pod_labels(workload).get("app.kubernetes.io/component", "")
 
 
-def client_connections(objects: list[dict]) -> dict[str, int]:
+def client_connections(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> dict[str, int]:
     """service -> connections its processes (not its migrations) may open, at their ceilings."""
     config_maps = _config_maps(objects)
     totals: dict[str, int] = {}
@@ -189,7 +190,7 @@ def client_connections(objects: list[dict]) -> dict[str, int]:
             per_pod = workers * min(threads, ceiling_per_process)
         else:
             per_pod = ceiling_per_process
-        totals[service] = totals.get(service, 0) + ceiling(objects, workload) * per_pod
+        totals[service] = totals.get(service, 0) + ceiling(objects, workload, k8s_dir) * per_pod
     return totals
 
 
@@ -241,12 +242,12 @@ def server_connections(objects: list[dict]) -> int:
     return total
 
 
-def check(objects: list[dict]) -> list[str]:
+def check(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> list[str]:
     """A rendering's PgBouncers in transaction mode, holding every client its pods may open, and
     their server connections, with the migrations' and the reserved ones, within max_connections."""
     problems = []
     poolers = pooler_settings(objects)
-    clients = client_connections(objects)
+    clients = client_connections(objects, k8s_dir)
     for service in sorted(set(clients) - set(poolers)):
         problems.append(f"{service}: no PgBouncer Deployment (component {POOLER}) in front of its database")
     for service, (deployment, section) in sorted(poolers.items()):

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{target.name}.yaml").write_text(render.dump(target.objects))
         problems = (schema_errors(target.objects, versions) + policy.check_all(target.objects, target.dev)
-                    + pooling.check(target.objects) + pooling.check_processes_use_the_pooler(target.objects)
+                    + pooling.check(target.objects, args.k8s_dir) + pooling.check_processes_use_the_pooler(target.objects)
                     + target.extra)
         status = "FAIL" if problems else "ok"
         print(f"{status:4} {target.name}: {len(target.objects)} objects, Kubernetes {', '.join(versions)} "

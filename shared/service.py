@@ -36,9 +36,10 @@ DEFAULT_POOL_SIZES: Mapping[str, int] = {"api": 5, "consumer": 0, "relay": 1, "s
                                          "line-status": 1, "job": 1}
 # The threads of a consumer process that hold a connection besides its handlers (CONSUMER_THREADS):
 # the returned lane's (shared/messaging/consumer.py), the housekeeper's and the heartbeat's
-# (`LastSeen`). Each holds one at a time, so they are the consumer's pool; a probe of the database
-# after a connection was lost (`db.away`, from a handler still holding its own, or from the
-# connection thread after a pause) takes one more, from the ceiling, which holds one per thread.
+# (`LastSeen`). Each holds one at a time, so they are the consumer's pool. A handler's or the
+# lane's probe of the database (`db.away` after a lost connection, `db.answers` after a pause)
+# takes one more while notifications' handler still holds its own: from the ceiling, which has
+# one more per thread.
 CONSUMER_OWN_THREADS = 3
 
 

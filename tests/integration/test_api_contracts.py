@@ -30,8 +30,8 @@ RUN_TIMEOUT_SECONDS = 300
 
 @pytest.fixture(scope="module")
 def real_data(floodgate, stack):
-    """The FLOODGATE_* variables `schemathesis.toml` reads. Its own fresh tokens: the session's admin
-    token may be near the end of its 15 minutes by the time this module runs."""
+    """The FLOODGATE_* variables `schemathesis.toml` reads. Its own fresh tokens, made for the
+    module (the admin token the tests are given is made for each test)."""
     admin = floodgate.create_admin(f"contracts-{uuid.uuid4().hex[:6]}@floodgate.test", "admin password for tests")
     _, buyer = floodgate.register()
     drop = floodgate.create_drop(admin, quantity=1000, per_buyer_limit=10)

@@ -4,12 +4,13 @@ process but the migrations goes through it without preparing statements."""
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from deploy import policy, pooling, validate
+from deploy import policy, pooling, render, validate
 
 SERVICES = policy.FLOODGATE_SERVICES
 
@@ -71,6 +72,18 @@ def test_the_drops_pooler_sizes_hold_the_consumers_keda_may_add(targets, drop):
     assert per_pod == 2 * (4 + 3)
     written = dict(pooling.pooler_settings(with_keda))["notifications"][1]
     assert int(written["max_client_conn"]) >= pooling.client_connections(with_keda)["notifications"] >= scaled * per_pod
+
+
+def test_a_keda_ceiling_past_what_notifications_pgbouncer_holds_is_refused_without_the_component_too(tmp_path, prod):
+    """prod's rendering has no ScaledObject, but its pgbouncer.ini is the one prod+keda runs with:
+    the component's ceiling, in the tree being checked (`--k8s-dir`), counts there too."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(render.K8S_DIR, copy)
+    scaled = copy / "components" / "keda" / "scaledobject.yaml"
+    scaled.write_text(scaled.read_text().replace("maxReplicaCount: 10", "maxReplicaCount: 40"))
+    assert pooling.check(prod) == []
+    assert any(p.startswith("Deployment/notifications-pgbouncer (pgbouncer.ini): max_client_conn 300 <")
+               for p in pooling.check(prod, copy))
 
 
 def test_dev_postgresql_is_given_room_for_the_poolers(dev):

@@ -53,15 +53,15 @@ def test_every_engine_gives_up_on_a_database_host_that_went_silent():
 
 @pytest.mark.parametrize("handlers", [1, 4])
 def test_a_consumers_threads_each_keep_a_connection_and_can_probe_the_database_without_waiting(handlers):
-    """Its handlers, returned lane, housekeeper and heartbeat each hold a connection; a probe after
-    a lost connection (`db.away`, from a handler or the lane still holding theirs, or from the
-    connection thread) takes one more. Waiting on a full pool ends as a pool timeout, read as the
+    """Its handlers, returned lane, housekeeper and heartbeat each hold a connection; a handler's
+    or the lane's probe after a lost connection (`db.away`, from notifications' handler still
+    holding its own) takes one more. Waiting on a full pool ends as a pool timeout, read as the
     database away: a healthy database would hold messages back."""
     settings = Settings.from_env({"DATABASE_URL": URL, "CONSUMER_THREADS": str(handlers)}, service_name="checkout")
     engine = service.database(settings, "consumer")["engine"]
     try:
         holders = handlers + 3
-        probes = handlers + 2
+        probes = handlers + 1
         assert engine.pool.size() == holders  # kept open, not made and closed at each use
         assert engine.pool.size() + engine.pool._max_overflow >= holders + probes
     finally:
