@@ -813,7 +813,7 @@ def test_at_the_drops_closing_the_order_button_is_disabled_at_once(floodgate, ad
 
     page.clock.pause_at(on_the_pages_clock(page, closing - timedelta(seconds=1)))
     expect(place).to_be_enabled()
-    page.clock.run_for(1500)  # the closing passes; the drop's next read is seconds away
+    page.clock.run_for(3000)  # the closing passes; the drop's next read is seconds away
     expect(place).to_be_disabled()
     expect(page.locator("#order-gate")).to_have_text("The drop is closed.")
 
@@ -826,7 +826,7 @@ def test_at_its_pass_s_expiry_the_order_button_is_disabled_at_once(floodgate, ad
     tickets = []  # the ticket as the page read it, from the line's edge or from checkout
     page.on("response", lambda response: tickets.append(response)
             if response.ok and response.request.method == "GET" and "/line/tickets/" in response.url else None)
-    in_the_pre_queue(page, floodgate, admin_token, opens_in=2)
+    in_the_pre_queue(page, floodgate, admin_token, opens_in=OPENS_IN_SECONDS)
     expect(page.locator("#ticket-state")).to_have_text("Admitted", timeout=30_000)
     fill_in_toronto(page, "CA")
     expires = next(datetime.fromisoformat(answer["pass_expires_at"]) for answer in
@@ -835,7 +835,7 @@ def test_at_its_pass_s_expiry_the_order_button_is_disabled_at_once(floodgate, ad
 
     page.clock.pause_at(on_the_pages_clock(page, expires - timedelta(seconds=1)))
     expect(place).to_be_enabled()
-    page.clock.run_for(1500)  # the pass runs out; the ticket's next read is seconds away
+    page.clock.run_for(3000)  # the pass runs out; the ticket's next read is seconds away
     expect(place).to_be_disabled()
     expect(page.locator("#order-gate")).to_have_text("Your pass expired before you ordered.")
     expect(page.locator("#line-news")).to_have_text("Your pass has expired.")
