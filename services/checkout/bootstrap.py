@@ -8,13 +8,14 @@ them).
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.checkout import config
-from services.checkout.repository import CheckoutUnitOfWork
+from services.checkout.repository import CheckoutUnitOfWork, purge_refused_keys
 from shared import service
 
 if TYPE_CHECKING:
@@ -75,5 +76,7 @@ def bootstrap(kind: str, settings: config.Settings | None = None, inventory: Inv
     provider = provider or HttpPaymentProvider(settings.payment_provider_url, settings.payment_webhook_secret)
     if kind == "consumer":
         return Checkout(**database, migrations=MIGRATIONS, provider=provider,
-                        event_handlers=handlers.event_handlers(provider, settings))
+                        event_handlers=handlers.event_handlers(provider, settings),
+                        purges={"refused idempotency keys": functools.partial(
+                            purge_refused_keys, database["unit_of_work"], settings.refused_key_retention_seconds)})
     return Checkout(**database, migrations=MIGRATIONS, inventory=inventory, provider=provider)

@@ -12,7 +12,7 @@ class Settings(CommonSettings):
     POSITIVE = CommonSettings.POSITIVE | {
         "inventory_timeout_seconds", "max_orders_in_flight", "inventory_hold_batch_size",
         "inventory_hold_calls", "admitter_interval_seconds", "line_positions_per_turn", "line_status_refresh_seconds",
-        "per_address_limit", "web_concurrency"}
+        "per_address_limit", "web_concurrency", "refused_key_retention_seconds"}
     DEVELOPMENT_SECRETS = {**CommonSettings.DEVELOPMENT_SECRETS, "payment_webhook_secret": DEV_WEBHOOK_SECRET,
                            "line_pass_secret": DEV_LINE_PASS_SECRET}
     # the API checks service keys, webhooks and passes and calls inventory; the admitter calls
@@ -30,6 +30,11 @@ class Settings(CommonSettings):
     payment_webhook_previous_secret: str = ""
     webhook_tolerance_seconds: int = 300
     public_url: str = "http://127.0.0.1:8003"
+    # how long an Idempotency-Key refused for good (sold out, a limit, a bad address) keeps its
+    # answer: a retry within it hears the refusal again; past it the key is deleted by the
+    # consumer's housekeeping (a lineless drop's crowd leaves one such key per buyer) and a request
+    # with it is handled afresh. A key that placed an order keeps its answer as long as the order.
+    refused_key_retention_seconds: float = 24 * 3600
     # resellers share addresses: units of one drop per shipping address, across buyers
     per_address_limit: int = 2
     # load shedding: orders handled at once per process (of its 24 request threads: the rest serve

@@ -164,6 +164,21 @@ class IdempotencyKeys:
         """Keep `status` and `body` as the key's answer."""
         _REMEMBER_RESPONSE.run(self._session, {"buyer_id": buyer_id, "key": key, "status": status, "body": body})
 
+    def purge_refused(self, retention_seconds: float, batch_size: int) -> int:
+        """Delete one batch of keys whose answer was a refusal (4xx) and that were sent more than
+        `retention_seconds` ago; how many went. A key that placed an order stays as long as its
+        order. Keys another purge is deleting, or a retry holds, are skipped (SKIP LOCKED)."""
+        return int(_PURGE_REFUSED_KEYS.scalar(self._session, {"retention": retention_seconds, "batch": batch_size}))
+
+
+def purge_refused_keys(unit_of_work, retention_seconds: float, batch_size: int) -> int:
+    """One batch of checkout's consumer's housekeeping (shared/messaging/housekeeping.py): the
+    refused keys past `retention_seconds` go; how many went."""
+    with unit_of_work() as uow:
+        deleted = uow.idempotency_keys.purge_refused(retention_seconds, batch_size)
+        uow.commit()
+    return deleted
+
 
 class AddressAllowances:
     def __init__(self, session: orm.Session):
@@ -244,6 +259,20 @@ _FIND_KEY = Statement(
     "SELECT fingerprint, response_status, response_body FROM idempotency_keys WHERE buyer_id = :buyer_id AND key = :key"
 )
 _LOCK_KEY = Statement(_FIND_KEY.sql + " FOR UPDATE")
+# no index on created_at, as the inbox has none (shared/messaging/housekeeping.py): one would be written by every order
+_PURGE_REFUSED_KEYS = Statement(
+    """
+    WITH aged AS (
+        SELECT buyer_id, key FROM idempotency_keys
+        WHERE created_at < now() - make_interval(secs => :retention) AND response_status >= 400
+        LIMIT :batch FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM idempotency_keys AS k USING aged WHERE k.buyer_id = aged.buyer_id AND k.key = aged.key
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+    """
+)
 _REMEMBER_RESPONSE = Statement(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body WHERE buyer_id = :buyer_id AND key = :key"
 )

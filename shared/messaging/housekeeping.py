@@ -6,6 +6,10 @@
   parked has no inbox row until it is handled. Kept for good, the table grew by every event.
 - Notifications' delivery log (`DELIVERY_LOG_RETENTION_SECONDS`, 30 days): see
   services/notifications/repository.py `DeliveryLog.purge_finished`.
+- Checkout's refused idempotency keys (`REFUSED_KEY_RETENTION_SECONDS`, a day): a key whose
+  answer was a refusal (sold out, a limit, a bad address). A lineless drop's crowd leaves one per
+  buyer; the drop page sends a new key after a refusal, and a retry of a lost answer comes within
+  seconds. A key that placed an order stays as long as its order (services/checkout/idempotency.py).
 
 Every `HOUSEKEEPING_INTERVAL_SECONDS` (an hour; the first round `FIRST_ROUND_SECONDS`, 15
 minutes, after the consumer starts, so that a rollout has replaced every API pod before the first
@@ -20,8 +24,10 @@ most: on a box shared with the APIs a drop's rush comes first, and a machine tha
 still purges. A failed round is logged and the next one tries again; consuming is never held up
 by it. The thread runs at the consumer's background priority.
 
-The inbox has no index on `received_at`: a round reads the table once (a week of message ids),
-an hour apart; an index would be written by every message a consumer handles.
+The inbox has no index on `received_at`, nor the idempotency keys on `created_at`: a round reads
+the table once (a week of message ids; the keys of a day's refusals and of every order), an hour
+apart, oldest rows first; an index would be written by every message a consumer handles, and by
+every order.
 """
 from __future__ import annotations
 

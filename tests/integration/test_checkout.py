@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -10,8 +11,11 @@ import time
 import uuid
 
 import jwt
+import sqlalchemy as sa
+from sqlalchemy import orm
 
 from devtools.client import CANADIAN_ADDRESS, poll
+from services.checkout.repository import CheckoutUnitOfWork, purge_refused_keys
 from tests.integration.database import scalar
 
 # checkout's transactions left open (waiting on something outside the database) for over 0.5 s
@@ -92,6 +96,33 @@ def expired_order(floodgate, admin_token, quantity: int) -> tuple[dict, str, dic
     order = floodgate.place_order(token, drop["id"]).json()
     floodgate.wait_for_status(token, order["id"], "expired", timeout=30)
     return drop, token, order
+
+
+def test_a_refused_key_is_answered_alike_until_its_retention_and_afresh_after(floodgate, stack, admin_token):
+    """A lineless drop's crowd leaves one refused key per buyer (sold out), which was kept for
+    ever. Past its retention the consumer's housekeeping deletes it (here asked at once, with a
+    retention of 0), and a request with the key is then handled as a new one."""
+    drop = floodgate.create_drop(admin_token, quantity=1, hold_ttl_seconds=3)
+    _, first = floodgate.register()
+    held = floodgate.place_order(first, drop["id"])
+    assert held.status_code == 201, held.text
+    _, late = floodgate.register()
+    key = str(uuid.uuid4())
+    refused = definitive(floodgate, late, drop["id"], key)
+    assert refused.status_code == 409 and refused.json()["type"].endswith("/sold-out"), refused.text
+    floodgate.wait_for_status(first, held.json()["id"], "expired", timeout=30)  # the unit is back
+
+    again = definitive(floodgate, late, drop["id"], key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (409, "true")  # within its retention
+    engine = sa.create_engine(stack.infra.database_url("checkout"), poolclass=sa.pool.NullPool)
+    try:
+        purged = purge_refused_keys(functools.partial(CheckoutUnitOfWork, orm.sessionmaker(engine), "checkout"),
+                                    retention_seconds=0, batch_size=10_000)
+    finally:
+        engine.dispose()
+    assert purged >= 1
+    afresh = definitive(floodgate, late, drop["id"], key)
+    assert afresh.status_code == 201 and "Idempotent-Replayed" not in afresh.headers, afresh.text
 
 
 def definitive(floodgate, token, drop_id, key, address=None):

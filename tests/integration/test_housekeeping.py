@@ -4,6 +4,7 @@ batches, from consumers purging side by side; what is still needed stays, and /m
 totals never go back."""
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from services.checkout.bootstrap import MIGRATIONS as CHECKOUT_MIGRATIONS
+from services.checkout.repository import CheckoutUnitOfWork, purge_refused_keys
 from services.notifications.bootstrap import MIGRATIONS as NOTIFICATIONS_MIGRATIONS
 from services.notifications.repository import UnitOfWork, purge_delivery_log
 from shared.messaging.housekeeping import purge, purge_inbox
@@ -110,3 +112,25 @@ def test_inbox_ids_past_the_retention_go_and_recent_ones_stay(checkout_engine):
     with checkout_engine.connect() as connection:
         left = set(connection.execute(sa.text("SELECT message_id FROM inbox")).scalars())
     assert left == {"recent", "now"}
+
+
+def test_refused_idempotency_keys_past_the_retention_go_and_those_that_placed_orders_stay(checkout_engine):
+    retention = DAY
+    with checkout_engine.begin() as connection:
+        def keys(prefix: str, count: int, status: int | None, age: float) -> None:
+            connection.execute(sa.text(
+                "INSERT INTO idempotency_keys (buyer_id, key, fingerprint, response_status, response_body, created_at) "
+                "SELECT 'buyer-' || n, :prefix || n, 'f', :status, '{}', now() - make_interval(secs => :age) "
+                "FROM generate_series(1, :count) n"), {"prefix": prefix, "count": count, "status": status, "age": age})
+        keys("sold-out-", 17, 409, retention + 60)
+        keys("bad-address-", 3, 422, retention + 60)
+        keys("ordered-", 4, 201, retention + 60)  # kept as long as their orders
+        keys("unanswered-", 1, None, retention + 60)  # a claim only an older version could leave
+        keys("refused-today-", 2, 409, retention - 60)
+
+    unit_of_work = functools.partial(CheckoutUnitOfWork, orm.sessionmaker(checkout_engine), "checkout")
+    assert purged_side_by_side(lambda size: purge_refused_keys(unit_of_work, retention, size)) == 20
+    with checkout_engine.connect() as connection:
+        left = set(connection.execute(sa.text("SELECT key FROM idempotency_keys")).scalars())
+    assert left == {"ordered-1", "ordered-2", "ordered-3", "ordered-4", "unanswered-1", "refused-today-1",
+                    "refused-today-2"}

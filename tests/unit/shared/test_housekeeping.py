@@ -105,14 +105,15 @@ def test_the_thread_stops_when_the_consumer_does_between_batches():
     poll(lambda: not rounds.thread.is_alive(), timeout=5, what="the thread to end on the stop")
 
 
-def test_checkout_purges_its_inbox_and_notifications_its_delivery_log_past_their_retentions():
+def test_checkout_purges_its_inbox_and_refused_keys_and_notifications_its_delivery_log_past_their_retentions():
     checkout = checkout_bootstrap("consumer", CheckoutSettings(service_name="checkout", database_url=DATABASE,
                                                                inbox_retention_seconds=3600))
     notifications = notifications_bootstrap("consumer", NotificationsSettings(
         service_name="notifications", database_url=DATABASE), mailer=object())
     try:
-        [(name, task)] = housekeeping_tasks(checkout)
-        assert name == "inbox" and task.args[1] == 3600
+        [(inbox, task), (keys, purge_keys)] = housekeeping_tasks(checkout)
+        assert inbox == "inbox" and task.args[1] == 3600
+        assert keys == "refused idempotency keys" and purge_keys.args[1] == 24 * 3600
         [(name, task)] = housekeeping_tasks(notifications)  # no inbox: its delivery log is keyed by event id
         assert name == "delivery log" and task.args[1] == 30 * 24 * 3600
     finally:
