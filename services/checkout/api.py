@@ -74,7 +74,8 @@ def init_app(app, settings) -> None:
     headers={"Idempotency-Key": {
         "description": "Unique per purchase intent: a retry with the same key and body gets the same answer "
                        "(header `Idempotent-Replayed: true`); the same key with another body answers 422, naming "
-                       "the order the key placed (`order_id`, `order`) if it placed one.",
+                       "the order the key placed (`order_id`, `order`) if it placed one. A refusal is kept as the "
+                       "key's answer for two days (`REFUSED_KEY_RETENTION_SECONDS`): after that the key is new.",
         "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     }},
 )

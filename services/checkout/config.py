@@ -33,8 +33,10 @@ class Settings(CommonSettings):
     # how long an Idempotency-Key refused for good (sold out, a limit, a bad address) keeps its
     # answer: a retry within it hears the refusal again; past it the key is deleted by the
     # consumer's housekeeping (a lineless drop's crowd leaves one such key per buyer) and a request
-    # with it is handled afresh. A key that placed an order keeps its answer as long as the order.
-    refused_key_retention_seconds: float = 24 * 3600
+    # with it is handled afresh. Longer than the longest hold (inventory's MAX_HOLD_TTL_SECONDS, a
+    # day): a hold a refused attempt left behind has run out and been swept by then, so a fresh
+    # attempt never orders on it. A key that placed an order keeps its answer as long as the order.
+    refused_key_retention_seconds: float = 2 * 24 * 3600
     # resellers share addresses: units of one drop per shipping address, across buyers
     per_address_limit: int = 2
     # load shedding: orders handled at once per process (of its 24 request threads: the rest serve

@@ -49,7 +49,7 @@ answered key's retry is answered from the database when inventory fails or check
 and a refused key's retry may hold a unit for a moment before its answer gives it back.
 
 A definitive refusal (a 4xx other than 429: sold out, not open, a limit reached) is the key's
-answer for `REFUSED_KEY_RETENTION_SECONDS` (a day); then the consumer's housekeeping deletes the
+answer for `REFUSED_KEY_RETENTION_SECONDS` (two days, longer than any hold); then the consumer's housekeeping deletes the
 key (a lineless drop's crowd leaves one per buyer), and a request with it is handled as a new one
 (no order ever had its order id: it may place one now). A key that placed an order keeps its
 answer as long as the order. A 5xx or a 429 is not remembered: nothing is committed, and the buyer's

@@ -115,7 +115,7 @@ def test_inbox_ids_past_the_retention_go_and_recent_ones_stay(checkout_engine):
 
 
 def test_refused_idempotency_keys_past_the_retention_go_and_those_that_placed_orders_stay(checkout_engine):
-    retention = DAY
+    retention = 2 * DAY
     with checkout_engine.begin() as connection:
         def keys(prefix: str, count: int, status: int | None, age: float) -> None:
             connection.execute(sa.text(

@@ -113,7 +113,7 @@ def test_checkout_purges_its_inbox_and_refused_keys_and_notifications_its_delive
     try:
         [(inbox, task), (keys, purge_keys)] = housekeeping_tasks(checkout)
         assert inbox == "inbox" and task.args[1] == 3600
-        assert keys == "refused idempotency keys" and purge_keys.args[1] == 24 * 3600
+        assert keys == "refused idempotency keys" and purge_keys.args[1] == 2 * 24 * 3600
         [(name, task)] = housekeeping_tasks(notifications)  # no inbox: its delivery log is keyed by event id
         assert name == "delivery log" and task.args[1] == 30 * 24 * 3600
     finally:
