@@ -72,6 +72,13 @@ def refund_requested(broker: QueueBroker, headers: dict | None = None) -> Envelo
     return envelope
 
 
+def in_the_returned_lane(broker: QueueBroker, headers: dict | None = None) -> Envelope:
+    """An event set aside in the lane by a consumer that stopped with it in hand (`headers`)."""
+    envelope = Envelope(type=EVENT, data={"order_id": "o-lane"}, source="checkout")
+    broker.put(RETURNED, envelope.to_json(), message_id=envelope.id, type=EVENT, headers=headers)
+    return envelope
+
+
 def raising(error: Exception):
     def handler(envelope, uow):
         raise error
@@ -363,8 +370,7 @@ def test_a_handler_stuck_at_a_returned_message_is_stuck_while_the_work_queue_flo
         if envelope.data.get("order_id") == "o-lane":
             release.wait(GIVE_UP_SECONDS)
 
-    held = Envelope(type=EVENT, data={"order_id": "o-lane"}, source="checkout")
-    broker.put(RETURNED, held.to_json(), message_id=held.id, type=EVENT)
+    in_the_returned_lane(broker)
     runner = runner_of(handler)
     try:
         with running(runner):
@@ -491,13 +497,6 @@ def test_a_probe_that_answered_before_a_newer_pause_for_the_database_does_not_en
     assert pause.for_the_database()
     pause.database_answered(pause.database_generation())
     assert not pause.for_the_database()
-
-
-def in_the_returned_lane(broker: QueueBroker, headers: dict | None = None) -> Envelope:
-    """An event set aside in the lane by a consumer that stopped with it in hand (`headers`)."""
-    envelope = Envelope(type=EVENT, data={"order_id": "o-lane"}, source="checkout")
-    broker.put(RETURNED, envelope.to_json(), message_id=envelope.id, type=EVENT, headers=headers)
-    return envelope
 
 
 def test_a_returned_message_whose_handler_fails_is_retried_with_its_count_of_returns_forgotten(broker):
