@@ -103,7 +103,7 @@ def test_a_broker_that_drops_the_relay_at_once_is_tried_ever_more_slowly(monkeyp
 
     broker.connect = dropped_at_once
     with relay_running(monkeypatch, broker, FakeEngine(), heartbeat):
-        eventually(lambda: len(broker.connections) >= 4, "four connections")
+        eventually(lambda: len(pauses) >= 4, "four reconnect waits")
 
     assert pauses[:4] == [1, 2, 3, 4]
     assert not heartbeat.exists()
