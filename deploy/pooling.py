@@ -10,7 +10,12 @@ pooling; deploy/k8s/README.md, "PgBouncer"). Two numbers matter:
   PgBouncer's `max_client_conn` must hold them all (times CLIENT_HEADROOM), on one pod: the
   Service balances connections, not load, so one PgBouncer pod may get most of them.
 - server connections, on PostgreSQL's side: each PgBouncer pod opens at most
-  `max_db_connections`. Summed over every PgBouncer pod of every service, plus one per migration
+  `max_db_connections`. A transaction takes one for its length, which is a few milliseconds
+  everywhere but in notifications' consumer: its handler keeps its transaction open while SMTP
+  takes the message (`TRANSACTION_ACROSS_A_SEND`), so each of its PgBouncer pods gives every such
+  handler of every consumer at the ceiling a server connection at once: one pod may hold them
+  all, as for `max_client_conn` (a consumer keeps its connections, and those of a PgBouncer pod
+  being replaced all open again on the other). Summed over every PgBouncer pod of every service, plus one per migration
   Job (they go straight to PostgreSQL) and RESERVED_CONNECTIONS, they must fit the server's
   `max_connections`. The four databases may share one server (dev's does), so the sum is over all
   four: it then fits four servers as well.
@@ -21,8 +26,9 @@ lost node keeps its backends at PostgreSQL until the server's TCP keepalive give
 service's PgBouncer is counted with SURGE_PODS more pods than its replicas, all four at once (a
 node holding one pod of each drained).
 
-`plan()` shares the server's connections out: MIN_SERVER_CONNECTIONS per PgBouncer pod first,
-the rest in proportion to each service's client connections, i.e. to the pods it may run.
+`plan()` shares the server's connections out: per PgBouncer pod MIN_SERVER_CONNECTIONS, or
+the transactions held across a send, first; the rest in proportion to each service's
+client connections, i.e. to the pods it may run.
 `check()` holds a rendering to it (make k8s-validate, tests/k8s/test_pooling.py).
 """
 from __future__ import annotations
@@ -63,6 +69,16 @@ MAX_IDLE_TRANSACTION_SECONDS = 300
 
 POOLER = "pgbouncer"
 
+# The processes (service, component) whose transactions stay open across a call that may take
+# seconds: notifications' consumer writes the delivery log, then hands the email to SMTP, then
+# commits (services/notifications/handlers.py: `send_notification`), so that a mail once accepted
+# is never lost to a failed commit. Each of its handler threads and its returned lane's thread may
+# hold one at once. Fewer server connections than that, and the consumers KEDA adds wait at
+# PgBouncer instead of sending; one that waits past `query_wait_timeout` pauses as for a database
+# outage. Other processes' transactions last milliseconds: they wait their turn briefly.
+TRANSACTION_ACROSS_A_SEND = frozenset({("notifications", "consumer")})
+LANE_THREADS = 1
+
 
 def process_pool_size(service: str, kind: str, env: dict[str, str]) -> int:
     """The engine pool_size of one process of `service`'s `kind` (a pod's component) with the pod's
@@ -86,19 +102,22 @@ class PoolerSize:
 
 
 def plan(client_connections: dict[str, int], max_connections: int, pooler_replicas: dict[str, int],
-         migrations: int) -> dict[str, PoolerSize]:
+         migrations: int, held: dict[str, int] | None = None) -> dict[str, PoolerSize]:
     """Each service's PgBouncer sizes for `client_connections` (service -> connections its pods may
     open) on a server of `max_connections`, with `pooler_replicas` PgBouncer pods per service
-    (and SURGE_PODS more of each while pods are replaced)."""
+    (and SURGE_PODS more of each while pods are replaced). `held`: service -> the transactions its
+    processes may hold at once across a send (`held_across_a_send`), which each of its PgBouncer
+    pods gives a server connection each."""
     pods = {service: count + SURGE_PODS for service, count in pooler_replicas.items()}
+    floors = {service: max(MIN_SERVER_CONNECTIONS, (held or {}).get(service, 0)) for service in client_connections}
     budget = max_connections - RESERVED_CONNECTIONS - migrations * MIGRATION_CONNECTIONS
-    floor = sum(MIN_SERVER_CONNECTIONS * pods[s] for s in client_connections)
-    spare, demand = budget - floor, sum(client_connections.values())
+    spare = budget - sum(floors[s] * pods[s] for s in client_connections)
+    demand = sum(client_connections.values())
     if spare < 0:
-        raise ValueError(f"{max_connections} connections cannot give every PgBouncer pod {MIN_SERVER_CONNECTIONS}")
+        raise ValueError(f"{max_connections} connections cannot give every PgBouncer pod its floor {floors}")
     sizes = {}
     for service, clients in client_connections.items():
-        share = MIN_SERVER_CONNECTIONS * pods[service] + spare * clients // demand
+        share = floors[service] * pods[service] + spare * clients // demand
         sizes[service] = PoolerSize(service, clients, _round_up(clients * CLIENT_HEADROOM, 100),
                                     share // pods[service])
     return sizes
@@ -194,6 +213,23 @@ def client_connections(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
     return totals
 
 
+def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> dict[str, int]:
+    """service -> the transactions its processes may hold open across a send at once, at their
+    ceilings: each `TRANSACTION_ACROSS_A_SEND` pod's handler threads (CONSUMER_THREADS) and its
+    returned lane's."""
+    config_maps = _config_maps(objects)
+    totals: dict[str, int] = {}
+    for workload in policy.of_kind(objects, *policy.WORKLOADS):
+        service, kind = policy.pod_labels(workload).get("app.kubernetes.io/name"), component(workload)
+        if (service, kind) not in TRANSACTION_ACROSS_A_SEND:
+            continue
+        env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
+        threads = importlib.import_module(f"services.{service}.config").Settings.from_env(
+            env, service_name=service).consumer_threads
+        totals[service] = totals.get(service, 0) + ceiling(objects, workload, k8s_dir) * (threads + LANE_THREADS)
+    return totals
+
+
 def pooler_settings(objects: list[dict]) -> dict[str, tuple[dict, dict[str, str]]]:
     """service -> (its PgBouncer Deployment, the [pgbouncer] section of its pgbouncer.ini)."""
     config_maps = _config_maps(objects)
@@ -228,7 +264,7 @@ def rendered_plan(objects: list[dict]) -> dict[str, PoolerSize]:
     poolers = pooler_settings(objects)
     migrations = len([j for j in policy.of_kind(objects, "Job") if component(j) == "migration"])
     return plan(client_connections(objects), max_connections(objects),
-                {s: replicas(d) for s, (d, _) in poolers.items()}, migrations)
+                {s: replicas(d) for s, (d, _) in poolers.items()}, migrations, held_across_a_send(objects))
 
 
 def server_connections(objects: list[dict]) -> int:
@@ -248,6 +284,7 @@ def check(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> list[str]:
     problems = []
     poolers = pooler_settings(objects)
     clients = client_connections(objects, k8s_dir)
+    held = held_across_a_send(objects, k8s_dir)
     for service in sorted(set(clients) - set(poolers)):
         problems.append(f"{service}: no PgBouncer Deployment (component {POOLER}) in front of its database")
     for service, (deployment, section) in sorted(poolers.items()):
@@ -260,6 +297,11 @@ def check(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> list[str]:
         if int(section.get("max_client_conn", 100)) < clients.get(service, 0):
             problems.append(f"{where}: max_client_conn {section.get('max_client_conn', 100)} < the "
                             f"{clients[service]} connections {service}'s pods may open at their ceilings")
+        if int(section["max_db_connections"]) < held.get(service, 0):
+            problems.append(f"{where}: max_db_connections {section['max_db_connections']} < the {held[service]} "
+                            f"transactions {service}'s consumers at their ceiling keep open while SMTP takes a "
+                            f"message: the consumers past them would wait at PgBouncer, not send "
+                            f"(python -m deploy.pooling)")
         if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
             problems.append(f"{where}: default_pool_size above max_db_connections")
         if service not in section.get("stats_users", "").replace(" ", "").split(","):

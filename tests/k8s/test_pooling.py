@@ -80,10 +80,48 @@ def test_a_keda_ceiling_past_what_notifications_pgbouncer_holds_is_refused_witho
     copy = tmp_path / "k8s"
     shutil.copytree(render.K8S_DIR, copy)
     scaled = copy / "components" / "keda" / "scaledobject.yaml"
-    scaled.write_text(scaled.read_text().replace("maxReplicaCount: 10", "maxReplicaCount: 40"))
+    scaled.write_text(scaled.read_text().replace("maxReplicaCount: 4", "maxReplicaCount: 40"))
     assert pooling.check(prod) == []
-    assert any(p.startswith("Deployment/notifications-pgbouncer (pgbouncer.ini): max_client_conn 300 <")
+    assert any(p.startswith("Deployment/notifications-pgbouncer (pgbouncer.ini): max_client_conn 200 <")
                for p in pooling.check(prod, copy))
+
+
+@pytest.mark.parametrize("target", ["prod", "prod+keda", "dev+keda"])
+def test_each_notifications_pgbouncer_pod_gives_every_email_in_flight_at_the_keda_ceiling_a_server_connection(
+        tmp_path, targets, target):
+    """A consumer's handlers and its lane keep their transactions open while SMTP takes a message:
+    at KEDA's ceiling, one PgBouncer pod (the other being replaced) gives them all one each. Once
+    it gave 6 a pod to ten consumers' fifty: past about two consumers the rest waited at PgBouncer,
+    and paused as for a database outage past its query_wait_timeout."""
+    objects = targets[target].objects
+    ceiling = pooling.ceiling(objects, _deployment(objects, "notifications-consumer"))
+    ini = dict(pooling.pooler_settings(objects))["notifications"][1]
+    assert pooling.held_across_a_send(objects) == {"notifications": ceiling * (4 + 1)}
+    assert int(ini["max_db_connections"]) >= ceiling * (4 + 1)
+
+    # one consumer more: in the rendering's ScaledObject, and in the component prod's ini is for
+    objects = copy.deepcopy(objects)
+    for scaled in policy.of_kind(objects, "ScaledObject"):
+        scaled["spec"]["maxReplicaCount"] += 1
+    tree = tmp_path / "k8s"
+    shutil.copytree(render.K8S_DIR, tree)
+    component = tree / "components" / "keda" / "scaledobject.yaml"
+    component.write_text(component.read_text().replace(f"maxReplicaCount: {ceiling}", f"maxReplicaCount: {ceiling + 1}"))
+    problems = [p for p in pooling.check(objects, tree) if "transactions" in p]
+    assert problems == [f"Deployment/notifications-pgbouncer (pgbouncer.ini): max_db_connections "
+                        f"{ini['max_db_connections']} < the {(ceiling + 1) * 5} transactions notifications's consumers "
+                        f"at their ceiling keep open while SMTP takes a message: the consumers past them would wait "
+                        f"at PgBouncer, not send (python -m deploy.pooling)"]
+
+
+def test_the_plan_gives_a_pgbouncer_pod_the_transactions_held_across_a_send_first():
+    clients = {"checkout": 2000, "notifications": 100}
+    without = pooling.plan(clients, 200, {"checkout": 2, "notifications": 2}, migrations=2)
+    held = pooling.plan(clients, 200, {"checkout": 2, "notifications": 2}, migrations=2, held={"notifications": 30})
+    assert without["notifications"].max_db_connections < 30 <= held["notifications"].max_db_connections
+    assert held["checkout"].max_db_connections < without["checkout"].max_db_connections
+    for sizes in (without, held):  # with the pod being replaced, within the budget
+        assert sum(3 * size.max_db_connections for size in sizes.values()) <= 200 - 10 - 2
 
 
 def test_dev_postgresql_is_given_room_for_the_poolers(dev):
