@@ -219,7 +219,7 @@ def test_a_buyer_whose_token_ran_out_while_waiting_in_the_line_is_still_signed_i
     # before their turn was told "Your session has ended" at the moment the line let them in, and
     # lost their ticket while signing in again on the pass's clock.
     page = buyer_page
-    drop = in_the_pre_queue(page, floodgate, admin_token, opens_in=25)
+    in_the_pre_queue(page, floodgate, admin_token, opens_in=25)
 
     renewals = []
     page.on("response", lambda response: renewals.append(response.status)
@@ -726,7 +726,7 @@ def test_while_the_lines_edge_fails_a_waiting_page_backs_off_and_leaves_checkout
     # a database read): a crowd of waiting pages moved onto checkout just as the database struggled.
     page = buyer_page
     page.clock.install()  # the page's timers on a clock the test moves
-    drop = in_the_pre_queue(page, floodgate, admin_token, opens_in=600)
+    in_the_pre_queue(page, floodgate, admin_token, opens_in=600)
 
     edge = floodgate.stack.url("line-status")
     edge_polls, checkout_reads = [], []

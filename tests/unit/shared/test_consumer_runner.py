@@ -421,7 +421,7 @@ def test_one_slow_handler_among_others_that_finish_is_not_stuck(broker, monkeypa
             refund_requested(broker)
             eventually(lambda: first, "the slow handling to start")
             for _ in range(4):  # others finish every 0.3 s beside it
-                envelope = refund_requested(broker)
+                refund_requested(broker)
                 eventually(lambda: not broker.queues[WORK], "the next message taken")
                 threading.Event().wait(0.3)
                 assert runner.stuck_for() == 0

@@ -71,8 +71,8 @@ def test_a_busy_machine_puts_the_round_off_for_a_while_not_for_good():
         looked.append(True)
         return True
 
-    rounds = running(Housekeeper([("inbox", inbox)], stop, interval_seconds=3600, busy=busy, batch_size=10,
-                                 first_round_seconds=0.01, catch_up_seconds=0.01, max_put_off_seconds=0.045))
+    running(Housekeeper([("inbox", inbox)], stop, interval_seconds=3600, busy=busy, batch_size=10,
+                        first_round_seconds=0.01, catch_up_seconds=0.01, max_put_off_seconds=0.045))
     try:
         poll(lambda: inbox.sizes, timeout=5, interval=0.01, what="the round, put off no longer")
         assert len(looked) == 5  # put off a catch-up wait at a time, up to its bound
@@ -83,8 +83,8 @@ def test_a_busy_machine_puts_the_round_off_for_a_while_not_for_good():
 def test_a_round_that_stops_at_its_bound_is_followed_by_another_soon_not_an_interval_later():
     stop = threading.Event()
     backlog = Batches(*[10] * 45)  # twenty batches a round: three rounds
-    rounds = running(Housekeeper([("inbox", backlog)], stop, interval_seconds=3600, batch_size=10,
-                                 first_round_seconds=0.01, catch_up_seconds=0.01))
+    running(Housekeeper([("inbox", backlog)], stop, interval_seconds=3600, batch_size=10,
+                        first_round_seconds=0.01, catch_up_seconds=0.01))
     try:
         poll(lambda: not backlog.counts and len(backlog.sizes) == 46, timeout=5, interval=0.01,
              what="the backlog purged over three rounds")
