@@ -11,13 +11,14 @@ pooling; deploy/k8s/README.md, "PgBouncer"). Two numbers matter:
   Service balances connections, not load, so one PgBouncer pod may get most of them.
 - server connections, on PostgreSQL's side: each PgBouncer pod opens at most
   `max_db_connections`. A transaction takes one for its length, which is a few milliseconds
-  everywhere but in notifications' consumer: its handler keeps its transaction open while SMTP
-  takes the message (`TRANSACTION_ACROSS_A_SEND`), so each of its PgBouncer pods gives every such
-  handler of every consumer at the ceiling a server connection at once: one pod may hold them
-  all, as for `max_client_conn` (a consumer keeps its connections, and those of a PgBouncer pod
-  being replaced all open again on the other). Summed over every PgBouncer pod of every service, plus one per migration
-  Job (they go straight to PostgreSQL) and RESERVED_CONNECTIONS, they must fit the server's
-  `max_connections`. The four databases may share one server (dev's does), so the sum is over all
+  everywhere but in two consumers: notifications' keeps its transaction open while SMTP takes
+  the message, checkout's while the payment provider takes a refund (`TRANSACTION_ACROSS_A_SEND`).
+  Each PgBouncer pod of theirs gives every such thread of every consumer at the ceiling a server
+  connection at once, and MIN_SERVER_CONNECTIONS more: one pod may hold them all, as for
+  `max_client_conn` (a consumer keeps its connections, and those of a PgBouncer pod being
+  replaced all open again on the other). Summed over every PgBouncer pod of every service, plus
+  one per migration Job (they go straight to PostgreSQL) and RESERVED_CONNECTIONS, they must fit
+  the server's `max_connections`. The four databases may share one server (dev's does), so the sum is over all
   four: it then fits four servers as well.
 
 A PgBouncer pod being replaced still holds its server connections for a while: a rollout starts
@@ -26,7 +27,7 @@ lost node keeps its backends at PostgreSQL until the server's TCP keepalive give
 service's PgBouncer is counted with SURGE_PODS more pods than its replicas, all four at once (a
 node holding one pod of each drained).
 
-`plan()` shares the server's connections out: per PgBouncer pod MIN_SERVER_CONNECTIONS, or
+`plan()` shares the server's connections out: per PgBouncer pod MIN_SERVER_CONNECTIONS, and
 the transactions held across a send, first; the rest in proportion to each service's
 client connections, i.e. to the pods it may run.
 `check()` holds a rendering to it (make k8s-validate, tests/k8s/test_pooling.py).
@@ -70,13 +71,17 @@ MAX_IDLE_TRANSACTION_SECONDS = 300
 POOLER = "pgbouncer"
 
 # The processes (service, component) whose transactions stay open across a call that may take
-# seconds: notifications' consumer writes the delivery log, then hands the email to SMTP, then
+# seconds. Notifications' consumer writes the delivery log, then hands the email to SMTP, then
 # commits (services/notifications/handlers.py: `send_notification`), so that a mail once accepted
-# is never lost to a failed commit. Each of its handler threads and its returned lane's thread may
-# hold one at once. Fewer server connections than that, and the consumers KEDA adds wait at
-# PgBouncer instead of sending; one that waits past `query_wait_timeout` pauses as for a database
-# outage. Other processes' transactions last milliseconds: they wait their turn briefly.
-TRANSACTION_ACROSS_A_SEND = frozenset({("notifications", "consumer")})
+# is never lost to a failed commit; checkout's locks the order while the payment provider takes a
+# refund (services/checkout/handlers.py: `on_refund_requested`). Each handler thread and the
+# returned lane's thread of every such pod may hold one at once, and a pod being replaced finishes
+# those in hand while its successor starts (SURGE_PODS more). Fewer server connections than that,
+# and the consumers an autoscaler adds wait at PgBouncer instead of sending; one that waits past
+# `query_wait_timeout` pauses as for a database outage. Other transactions last milliseconds (a
+# relay's across its publish's confirms, an API's, a housekeeping batch): they share
+# MIN_SERVER_CONNECTIONS more.
+TRANSACTION_ACROSS_A_SEND = frozenset({("notifications", "consumer"), ("checkout", "consumer")})
 LANE_THREADS = 1
 
 
@@ -109,7 +114,7 @@ def plan(client_connections: dict[str, int], max_connections: int, pooler_replic
     processes may hold at once across a send (`held_across_a_send`), which each of its PgBouncer
     pods gives a server connection each."""
     pods = {service: count + SURGE_PODS for service, count in pooler_replicas.items()}
-    floors = {service: max(MIN_SERVER_CONNECTIONS, (held or {}).get(service, 0)) for service in client_connections}
+    floors = {service: MIN_SERVER_CONNECTIONS + (held or {}).get(service, 0) for service in client_connections}
     budget = max_connections - RESERVED_CONNECTIONS - migrations * MIGRATION_CONNECTIONS
     spare = budget - sum(floors[s] * pods[s] for s in client_connections)
     demand = sum(client_connections.values())
@@ -215,8 +220,8 @@ def client_connections(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
 
 def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> dict[str, int]:
     """service -> the transactions its processes may hold open across a send at once, at their
-    ceilings: each `TRANSACTION_ACROSS_A_SEND` pod's handler threads (CONSUMER_THREADS) and its
-    returned lane's."""
+    ceilings and with one pod more being replaced: each `TRANSACTION_ACROSS_A_SEND` pod's handler
+    threads (CONSUMER_THREADS) and its returned lane's."""
     config_maps = _config_maps(objects)
     totals: dict[str, int] = {}
     for workload in policy.of_kind(objects, *policy.WORKLOADS):
@@ -226,7 +231,8 @@ def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
         env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
         threads = importlib.import_module(f"services.{service}.config").Settings.from_env(
             env, service_name=service).consumer_threads
-        totals[service] = totals.get(service, 0) + ceiling(objects, workload, k8s_dir) * (threads + LANE_THREADS)
+        pods = ceiling(objects, workload, k8s_dir) + SURGE_PODS
+        totals[service] = totals.get(service, 0) + pods * (threads + LANE_THREADS)
     return totals
 
 
@@ -297,11 +303,13 @@ def check(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> list[str]:
         if int(section.get("max_client_conn", 100)) < clients.get(service, 0):
             problems.append(f"{where}: max_client_conn {section.get('max_client_conn', 100)} < the "
                             f"{clients[service]} connections {service}'s pods may open at their ceilings")
-        if int(section["max_db_connections"]) < held.get(service, 0):
-            problems.append(f"{where}: max_db_connections {section['max_db_connections']} < the {held[service]} "
-                            f"transactions {service}'s consumers at their ceiling keep open while SMTP takes a "
-                            f"message: the consumers past them would wait at PgBouncer, not send "
-                            f"(python -m deploy.pooling)")
+        # one database and role: its pool is the smaller of the two
+        servers = min(int(section.get("default_pool_size", 20)), int(section["max_db_connections"]))
+        if servers < MIN_SERVER_CONNECTIONS + held.get(service, 0):
+            problems.append(f"{where}: a pool of {servers} server connections < the {held[service]} transactions "
+                            f"{service}'s consumers at their ceiling keep open across a send (SMTP, a refund) + "
+                            f"{MIN_SERVER_CONNECTIONS} for its other processes: the consumers past them would "
+                            f"wait at PgBouncer, not send (python -m deploy.pooling)")
         if int(section.get("default_pool_size", 20)) > int(section["max_db_connections"]):
             problems.append(f"{where}: default_pool_size above max_db_connections")
         if service not in section.get("stats_users", "").replace(" ", "").split(","):

@@ -4,6 +4,7 @@ process but the migrations goes through it without preparing statements."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -80,9 +81,9 @@ def test_a_keda_ceiling_past_what_notifications_pgbouncer_holds_is_refused_witho
     copy = tmp_path / "k8s"
     shutil.copytree(render.K8S_DIR, copy)
     scaled = copy / "components" / "keda" / "scaledobject.yaml"
-    scaled.write_text(scaled.read_text().replace("maxReplicaCount: 4", "maxReplicaCount: 40"))
+    scaled.write_text(scaled.read_text().replace("maxReplicaCount: 3", "maxReplicaCount: 40"))
     assert pooling.check(prod) == []
-    assert any(p.startswith("Deployment/notifications-pgbouncer (pgbouncer.ini): max_client_conn 200 <")
+    assert any(p.startswith("Deployment/notifications-pgbouncer (pgbouncer.ini): max_client_conn 100 <")
                for p in pooling.check(prod, copy))
 
 
@@ -90,14 +91,16 @@ def test_a_keda_ceiling_past_what_notifications_pgbouncer_holds_is_refused_witho
 def test_each_notifications_pgbouncer_pod_gives_every_email_in_flight_at_the_keda_ceiling_a_server_connection(
         tmp_path, targets, target):
     """A consumer's handlers and its lane keep their transactions open while SMTP takes a message:
-    at KEDA's ceiling, one PgBouncer pod (the other being replaced) gives them all one each. Once
-    it gave 6 a pod to ten consumers' fifty: past about two consumers the rest waited at PgBouncer,
-    and paused as for a database outage past its query_wait_timeout."""
+    at KEDA's ceiling, with a consumer more being replaced, one PgBouncer pod (the other being
+    replaced) gives them all one each, and its other processes some. It once gave 6 a pod to ten
+    consumers' fifty: past about two consumers the rest waited at PgBouncer, and paused as for a
+    database outage past its query_wait_timeout."""
     objects = targets[target].objects
     ceiling = pooling.ceiling(objects, _deployment(objects, "notifications-consumer"))
+    in_flight = (ceiling + 1) * (4 + 1)
     ini = dict(pooling.pooler_settings(objects))["notifications"][1]
-    assert pooling.held_across_a_send(objects) == {"notifications": ceiling * (4 + 1)}
-    assert int(ini["max_db_connections"]) >= ceiling * (4 + 1)
+    assert pooling.held_across_a_send(objects)["notifications"] == in_flight
+    assert int(ini["max_db_connections"]) == int(ini["default_pool_size"]) >= in_flight + pooling.MIN_SERVER_CONNECTIONS
 
     # one consumer more: in the rendering's ScaledObject, and in the component prod's ini is for
     objects = copy.deepcopy(objects)
@@ -107,18 +110,34 @@ def test_each_notifications_pgbouncer_pod_gives_every_email_in_flight_at_the_ked
     shutil.copytree(render.K8S_DIR, tree)
     component = tree / "components" / "keda" / "scaledobject.yaml"
     component.write_text(component.read_text().replace(f"maxReplicaCount: {ceiling}", f"maxReplicaCount: {ceiling + 1}"))
-    problems = [p for p in pooling.check(objects, tree) if "transactions" in p]
-    assert problems == [f"Deployment/notifications-pgbouncer (pgbouncer.ini): max_db_connections "
-                        f"{ini['max_db_connections']} < the {(ceiling + 1) * 5} transactions notifications's consumers "
-                        f"at their ceiling keep open while SMTP takes a message: the consumers past them would wait "
-                        f"at PgBouncer, not send (python -m deploy.pooling)"]
+    problems = [p for p in pooling.check(objects, tree) if "keep open across a send" in p]
+    assert problems == [f"Deployment/notifications-pgbouncer (pgbouncer.ini): a pool of {ini['max_db_connections']} "
+                        f"server connections < the {in_flight + 5} transactions notifications's consumers at their "
+                        f"ceiling keep open across a send (SMTP, a refund) + 5 for its other processes: the "
+                        f"consumers past them would wait at PgBouncer, not send (python -m deploy.pooling)"]
+
+
+def test_a_pool_smaller_than_its_max_db_connections_is_what_the_sends_get(prod):
+    """PgBouncer gives one database and role `default_pool_size` server connections, however high
+    `max_db_connections` is."""
+    objects = copy.deepcopy(prod)
+    config = next(c for c in policy.of_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("notifications-pgbouncer"))
+    config["data"]["pgbouncer.ini"] = re.sub(r"default_pool_size = \d+", "default_pool_size = 6", config["data"]["pgbouncer.ini"])
+    assert any("a pool of 6 server connections" in p for p in pooling.check(objects))
+    assert not any("keep open across a send" in p for p in pooling.check(prod))
+
+
+def test_checkouts_refunds_are_counted_as_held_across_a_send(drop):
+    """Its consumer locks the order while the payment provider takes a refund."""
+    consumer = _deployment(drop, "checkout-consumer")
+    assert pooling.held_across_a_send(drop)["checkout"] == (pooling.ceiling(drop, consumer) + 1) * (1 + 1)
 
 
 def test_the_plan_gives_a_pgbouncer_pod_the_transactions_held_across_a_send_first():
     clients = {"checkout": 2000, "notifications": 100}
     without = pooling.plan(clients, 200, {"checkout": 2, "notifications": 2}, migrations=2)
     held = pooling.plan(clients, 200, {"checkout": 2, "notifications": 2}, migrations=2, held={"notifications": 30})
-    assert without["notifications"].max_db_connections < 30 <= held["notifications"].max_db_connections
+    assert without["notifications"].max_db_connections < 30 + 5 <= held["notifications"].max_db_connections
     assert held["checkout"].max_db_connections < without["checkout"].max_db_connections
     for sizes in (without, held):  # with the pod being replaced, within the budget
         assert sum(3 * size.max_db_connections for size in sizes.values()) <= 200 - 10 - 2
