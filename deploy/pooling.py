@@ -79,8 +79,8 @@ POOLER = "pgbouncer"
 # those in hand while its successor starts (SURGE_PODS more). Fewer server connections than that,
 # and the consumers an autoscaler adds wait at PgBouncer instead of sending; one that waits past
 # `query_wait_timeout` pauses as for a database outage. Other transactions last milliseconds (a
-# relay's across its publish's confirms, an API's, a housekeeping batch): they share
-# MIN_SERVER_CONNECTIONS more.
+# relay's across its publish's confirms, an API's but for a rare retry's call to inventory with
+# its key's claim held, a housekeeping batch): they share MIN_SERVER_CONNECTIONS more.
 TRANSACTION_ACROSS_A_SEND = frozenset({("notifications", "consumer"), ("checkout", "consumer")})
 LANE_THREADS = 1
 
@@ -181,15 +181,15 @@ def replicas(deployment: dict) -> int:
     return count if isinstance(count, int) else 1
 
 
-def surge(deployment: dict) -> int:
-    """How many pods more than its replicas a Deployment's rolling update may start (Kubernetes
-    rounds a percentage up; its default is 25%)."""
+def surge(deployment: dict, pods: int | None = None) -> int:
+    """How many pods more than its replicas (or `pods`, an autoscaler's count) a Deployment's
+    rolling update may start (Kubernetes rounds a percentage up; its default is 25%)."""
     strategy = deployment["spec"].get("strategy", {})
     if strategy.get("type") == "Recreate":
         return 0
     value = strategy.get("rollingUpdate", {}).get("maxSurge", "25%")
     if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
-        return math.ceil(replicas(deployment) * int(value[:-1]) / 100)
+        return math.ceil((replicas(deployment) if pods is None else pods) * int(value[:-1]) / 100)
     return value if isinstance(value, int) else 1
 
 
@@ -220,8 +220,9 @@ def client_connections(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
 
 def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> dict[str, int]:
     """service -> the transactions its processes may hold open across a send at once, at their
-    ceilings and with one pod more being replaced: each `TRANSACTION_ACROSS_A_SEND` pod's handler
-    threads (CONSUMER_THREADS) and its returned lane's."""
+    ceilings and while a rollout starts pods beside them (its maxSurge at the ceiling, at least
+    SURGE_PODS: a terminating pod finishing its sends is not counted against maxSurge): each
+    `TRANSACTION_ACROSS_A_SEND` pod's handler threads (CONSUMER_THREADS) and its returned lane's."""
     config_maps = _config_maps(objects)
     totals: dict[str, int] = {}
     for workload in policy.of_kind(objects, *policy.WORKLOADS):
@@ -231,7 +232,8 @@ def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
         env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
         threads = importlib.import_module(f"services.{service}.config").Settings.from_env(
             env, service_name=service).consumer_threads
-        pods = ceiling(objects, workload, k8s_dir) + SURGE_PODS
+        most = ceiling(objects, workload, k8s_dir)
+        pods = most + max(SURGE_PODS, surge(workload, most))
         totals[service] = totals.get(service, 0) + pods * (threads + LANE_THREADS)
     return totals
 
@@ -306,7 +308,7 @@ def check(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> list[str]:
         # one database and role: its pool is the smaller of the two
         servers = min(int(section.get("default_pool_size", 20)), int(section["max_db_connections"]))
         if servers < MIN_SERVER_CONNECTIONS + held.get(service, 0):
-            problems.append(f"{where}: a pool of {servers} server connections < the {held[service]} transactions "
+            problems.append(f"{where}: a pool of {servers} server connections < the {held.get(service, 0)} transactions "
                             f"{service}'s consumers at their ceiling keep open across a send (SMTP, a refund) + "
                             f"{MIN_SERVER_CONNECTIONS} for its other processes: the consumers past them would "
                             f"wait at PgBouncer, not send (python -m deploy.pooling)")

@@ -127,6 +127,21 @@ def test_a_pool_smaller_than_its_max_db_connections_is_what_the_sends_get(prod):
     assert not any("keep open across a send" in p for p in pooling.check(prod))
 
 
+def test_a_pool_under_the_floor_of_a_service_that_holds_nothing_across_a_send_is_reported(dev):
+    objects = copy.deepcopy(dev)
+    config = next(c for c in policy.of_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("accounts-pgbouncer"))
+    config["data"]["pgbouncer.ini"] = re.sub(r"default_pool_size = \d+", "default_pool_size = 4", config["data"]["pgbouncer.ini"])
+    assert any(p.startswith("Deployment/accounts-pgbouncer") and "a pool of 4 server connections < the 0 transactions" in p
+               for p in pooling.check(objects))
+
+
+def test_a_consumer_at_a_higher_ceiling_is_counted_with_its_rollouts_surge(targets):
+    """maxSurge 25% of 8 consumers starts 2 more beside them during a rollout."""
+    objects = copy.deepcopy(targets["prod+keda"].objects)
+    policy.find(objects, "ScaledObject", "notifications-consumer")["spec"]["maxReplicaCount"] = 8
+    assert pooling.held_across_a_send(objects)["notifications"] == (8 + 2) * (4 + 1)
+
+
 def test_checkouts_refunds_are_counted_as_held_across_a_send(drop):
     """Its consumer locks the order while the payment provider takes a refund."""
     consumer = _deployment(drop, "checkout-consumer")
