@@ -13,7 +13,7 @@ help:
 	@echo "make unit            - the unit tests alone (no network)"
 	@echo "make integration     - the integration tests alone (real processes and servers)"
 	@echo "make k8s-validate    - render every overlay, validate strictly, policies, alert rules (promtool) and their tests"
-	@echo "make k8s-drop OPENS_AT=...  - the drop overlay for an opening time, on stdout"
+	@echo "make k8s-drop OPENS_AT=... [COMPONENTS=keda]  - the drop overlay for an opening time, on stdout"
 	@echo "make images          - build the four service images and smoke-test them (installs podman if no Docker)"
 	@echo "make images-smoke    - smoke-test the images already built"
 	@echo "make bench           - cost per order: orders/s, latency, CPU per order split per process"
@@ -72,13 +72,17 @@ clean:
 # --- Kubernetes (deploy/k8s; see deploy/k8s/README.md) -----------------------------------------
 K8S_STAMP := $(VENV)/.installed-k8s
 OPENS_AT  ?=
+# the optional components the cluster runs, every one its applies name: COMPONENTS="keda tracing"
+COMPONENTS ?=
 
 .PHONY: k8s-validate k8s-drop
 
+# quiet, and on stderr: `make k8s-drop > drop-manifests.yaml` may install these first
 $(K8S_STAMP): requirements-k8s.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-k8s.txt
-	touch $(K8S_STAMP)
+	@echo "installing the Kubernetes tools (requirements-k8s.txt) into $(VENV)" >&2
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-k8s.txt >&2
+	@touch $(K8S_STAMP)
 
 # render every overlay, validate strictly against two Kubernetes versions, policies, hadolint, tests
 k8s-validate: $(STAMP) $(K8S_STAMP) promtool
@@ -88,7 +92,7 @@ k8s-validate: $(STAMP) $(K8S_STAMP) promtool
 # the drop overlay for an opening time, with the floors of this moment (deploy/k8s/README.md):
 #   make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop-manifests.yaml
 k8s-drop: $(K8S_STAMP)
-	@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)")
+	@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)") $(foreach c,$(COMPONENTS),--component $(c))
 
 # holds per second with 1 and 16 stock rows, next to pgbench on the same SQL (not a test)
 bench-inventory: $(STAMP)

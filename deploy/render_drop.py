@@ -1,4 +1,5 @@
-"""Render the drop overlay for an opening time: `python -m deploy.render_drop [--opens-at ISO] [--at ISO]`.
+"""Render the drop overlay for an opening time: `python -m deploy.render_drop [--opens-at ISO] [--at ISO]
+[--component NAME ...]` (the optional components the cluster runs, as its every apply names them).
 
 Everything about a drop is set in deploy/k8s/overlays/drop/drop.yaml: when it opens, how long it
 lasts, and each autoscaler's floor outside the drop, floor during it and ceiling. This renders the
@@ -25,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -179,11 +181,24 @@ def placeholder_addresses(objects: list[dict]) -> list[str]:
             if "ipBlock" in peer and ipaddress.ip_network(peer["ipBlock"]["cidr"]).subnet_of(DOCUMENTATION_ADDRESSES)]
 
 
+def components_of(overlay: Path) -> list[str]:
+    """The optional components beside `overlay` (its k8s directory's `components/`)."""
+    return sorted(path.name for path in (overlay.parent.parent / "components").iterdir() if path.is_dir())
+
+
 def render_drop(opens_at: str | None = None, overlay: Path = OVERLAY, config: Path | None = None,
-                at: datetime | None = None) -> tuple[Drop, list[dict]]:
-    """The drop's configuration and the overlay rendered for it, with the floors of moment `at` (default now)."""
+                at: datetime | None = None, components: Sequence[str] = ()) -> tuple[Drop, list[dict]]:
+    """The drop's configuration and the overlay rendered for it, with the floors of moment `at`
+    (default now), and the optional `components` the cluster runs (KEDA, tracing, monitoring): an
+    apply without one takes back what it added (KEDA's consumer gets prod's fixed count again,
+    which the autoscaler then fights; the processes lose their tracing settings and roll out)."""
     drop = load_config(config or overlay / "drop.yaml", opens_at)
-    return drop, fill(render.render(overlay), drop, at or now())
+    unknown = sorted(set(components) - set(components_of(overlay)))
+    if unknown:
+        raise DropConfigError(f"no such component: {', '.join(unknown)} (there are: {', '.join(components_of(overlay))})")
+    objects = (render.render_with_components(overlay, [overlay.parent.parent / "components" / c for c in components])
+               if components else render.render(overlay))
+    return drop, fill(objects, drop, at or now())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at", default=None,
                         help="ISO 8601 moment whose floors to render, with offset (default: now)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
+    parser.add_argument("--component", action="append", default=[],
+                        help="add deploy/k8s/components/NAME, as every apply of the cluster does (repeatable)")
     args = parser.parse_args(argv)
     try:
         at = parse_time(args.at, "--at") if args.at else now()
-        drop, objects = render_drop(args.opens_at or None, args.overlay, at=at)
+        drop, objects = render_drop(args.opens_at or None, args.overlay, at=at, components=args.component)
     except (DropConfigError, render.RenderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

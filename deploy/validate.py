@@ -1,7 +1,7 @@
 """`make k8s-validate`'s checker: `python -m deploy.validate [--k8s-dir DIR] [--versions 1.35,1.37]`.
 
 1. renders every overlay (dev, prod, drop for drop.yaml's opening time as it would be applied now,
-   and dev and prod with each optional component: KEDA, monitoring, tracing) with the venv's
+   and dev, prod and drop with each optional component: KEDA, monitoring, tracing) with the venv's
    `kubectl kustomize`;
 2. validates every object strictly (unknown fields are errors) against the Kubernetes schemas of
    each version given (kubernetes-validate); a kind without a schema is an error, except the KEDA
@@ -62,8 +62,8 @@ def schema_errors(objects: list[dict], versions: tuple[str, ...]) -> list[str]:
     return problems
 
 
-TARGETS = ("dev", "prod", "drop", "dev+keda", "prod+keda", "dev+monitoring", "prod+monitoring",
-           "dev+tracing", "prod+tracing")
+TARGETS = ("dev", "prod", "drop", "dev+keda", "prod+keda", "drop+keda", "dev+monitoring", "prod+monitoring",
+           "drop+monitoring", "dev+tracing", "prod+tracing", "drop+tracing")
 # what each optional component's rendering must also pass
 COMPONENT_CHECKS = {"keda": policy.check_keda, "monitoring": policy.check_monitoring, "tracing": policy.check_tracing}
 
@@ -71,12 +71,13 @@ COMPONENT_CHECKS = {"keda": policy.check_keda, "monitoring": policy.check_monito
 def build(name: str, k8s_dir: Path) -> Target:
     """Render one target: an overlay, or an overlay with an optional component."""
     overlays, components = k8s_dir / "overlays", k8s_dir / "components"
-    if name == "drop":
-        at = render_drop.now()
-        drop, objects = render_drop.render_drop(overlay=overlays / "drop", at=at)
-        prod = render.render(overlays / "prod")
-        return Target(name, objects, dev=False, extra=policy.check_drop(objects, drop, prod, at))
     overlay, _, component = name.partition("+")
+    if overlay == "drop":  # with a component: as a cluster running it renders its drop
+        at = render_drop.now()
+        drop, objects = render_drop.render_drop(overlay=overlays / "drop", at=at, components=[component] if component else [])
+        prod = render.render(overlays / "prod")
+        extra = policy.check_drop(objects, drop, prod, at) + (COMPONENT_CHECKS[component](objects) if component else [])
+        return Target(name, objects, dev=False, extra=extra)
     if component:
         objects = render.render_with_components(overlays / overlay, [components / component])
         return Target(name, objects, dev=overlay == "dev", extra=COMPONENT_CHECKS[component](objects))

@@ -30,10 +30,11 @@ PROD_MONITORING = f"{PYTHON} prod --component monitoring"
 PROD_TRACING = f"{PYTHON} prod --component tracing"
 PROD_FROM_CLIENT_SIDE = f"{PYTHON} prod --force-conflicts"
 RENDER_DROP = "make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 > drop-manifests.yaml"
+RENDER_DROP_KEDA = 'make k8s-drop OPENS_AT=2026-12-05T18:00:00+01:00 COMPONENTS="keda tracing" > drop-manifests.yaml'
 APPLY_DROP = f"{PYTHON} drop-manifests.yaml"
 REAPPLY_DROP = f"{RENDER_DROP} && {APPLY_DROP}"
 RUNBOOK = {NAMESPACE, DEV, DEV_KEDA, PROD_FIRST, PROD, PROD_KEDA, PROD_MONITORING, PROD_TRACING, PROD_FROM_CLIENT_SIDE,
-           RENDER_DROP, APPLY_DROP, REAPPLY_DROP}
+           RENDER_DROP, RENDER_DROP_KEDA, APPLY_DROP, REAPPLY_DROP}
 
 OPENS_AT = datetime(2026, 12, 5, 17, 0, tzinfo=timezone.utc)  # RENDER_DROP's opening time
 DROP_SCALER = "floodgate-drop-scaler"  # set_floor.py's field manager
@@ -55,6 +56,8 @@ class Operator:
                 # the Makefile's recipe (checked below), at this moment
                 opens_at = [a.partition("=")[2] for a in argv if a.startswith("OPENS_AT=")]
                 args = ["--opens-at", *opens_at] if opens_at else []
+                for named in (a.partition("=")[2] for a in argv if a.startswith("COMPONENTS=")):
+                    args += [arg for component in named.split() for arg in ("--component", component)]
                 assert render_drop.main(args + ["--at", at.isoformat(), "--output", argv[argv.index(">") + 1]]) == 0
             else:
                 raise AssertionError(f"no way to run {command!r}")
@@ -179,6 +182,33 @@ def test_a_floor_raised_by_hand_during_the_window_holds_until_drop_yaml_says_it(
     assert operator.server.min_replicas("checkout-api") == 4
     operator.run(PROD, drop.lower_at + timedelta(hours=1))
     assert operator.server.min_replicas("checkout-api") == 4
+
+
+def test_a_cluster_running_components_renders_its_drop_with_them_and_keeps_kedas_count(operator):
+    """A drop rendered without the components the cluster runs gave prod's fixed count (2) back to
+    KEDA's consumer, refused as a conflict once KEDA had changed it, and rolled every process back
+    untraced. Rendered with them (COMPONENTS), it applies and changes neither."""
+    prod_running(operator, OPENS_AT - timedelta(days=7))
+    day_before = OPENS_AT - timedelta(days=1)
+    operator.run(f"{PROD_KEDA} --component tracing", day_before - timedelta(days=1))
+    operator.server.settle()
+    operator.server.update("Deployment", "notifications-consumer", "replicas", 1, "keda-operator")  # idle
+    traced = policy.find(render.load(render.dump(render_drop.render_drop(
+        OPENS_AT.isoformat(), at=day_before, components=["keda", "tracing"])[1])), "Deployment", "checkout-api")
+
+    operator.run(RENDER_DROP, day_before)
+    operator.run(APPLY_DROP, day_before, expect=1)  # prod's count of 2 against KEDA's 1
+    assert operator.server.replicas("notifications-consumer") == 1
+
+    operator.run(RENDER_DROP_KEDA, day_before)
+    rendered = render.load(open("drop-manifests.yaml").read())
+    assert policy.find(rendered, "ScaledObject", "notifications-consumer") is not None
+    assert "replicas" not in policy.find(rendered, "Deployment", "notifications-consumer")["spec"]
+    assert policy.find(rendered, "Deployment", "checkout-api")["spec"]["template"] == traced["spec"]["template"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in policy.env_of(
+        policy.pod_spec(policy.find(rendered, "Deployment", "checkout-api"))["containers"][0])
+    operator.run(APPLY_DROP, day_before)
+    assert operator.server.replicas("notifications-consumer") == 1
 
 
 def test_a_consumer_scaled_by_hand_is_handed_back_before_the_next_apply_as_the_runbook_says(operator):
@@ -354,7 +384,19 @@ def test_the_runbook_applies_exactly_as_these_tests_do():
     assert runbook_lines() == RUNBOOK
 
 
-def test_make_k8s_drop_is_render_drop_with_the_opening_time_only():
+def test_make_k8s_drop_is_render_drop_with_the_opening_time_and_the_components_only():
     makefile = (render.ROOT / "Makefile").read_text()
     recipe = re.search(r"^k8s-drop:.*\n\t(.*)$", makefile, re.M).group(1)
-    assert recipe == '@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)")'
+    assert recipe == ('@$(BIN)/python -m deploy.render_drop $(if $(OPENS_AT),--opens-at "$(OPENS_AT)") '
+                      '$(foreach c,$(COMPONENTS),--component $(c))')
+
+
+def test_make_k8s_drop_writes_nothing_but_the_rendering_to_stdout_even_while_it_installs_first():
+    """`make k8s-drop > drop-manifests.yaml` installs requirements-k8s.txt first when it changed:
+    make echoed those recipe lines, and pip's output, into the file, which deploy.apply could not
+    read at T-30 min."""
+    makefile = (render.ROOT / "Makefile").read_text()
+    stamp = re.search(r"^\$\(K8S_STAMP\):.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    for line in stamp.splitlines():
+        assert line.startswith("\t@"), line
+        assert line.endswith(">&2") or line.startswith("\t@touch"), line

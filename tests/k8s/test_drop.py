@@ -176,3 +176,8 @@ def test_the_drop_checks_catch_a_floor_not_above_prod_and_a_stale_schedule(drop_
     longer = dataclasses.replace(drop_config, window_minutes=drop_config.window_minutes + 30)
     problems = policy.check_drop(drop, longer, prod, at)
     assert len(problems) == 1 and problems[0].startswith("CronJob/drop-lower-floor: schedule")
+
+
+def test_an_unknown_component_is_refused_by_name():
+    with pytest.raises(render_drop.DropConfigError, match="no such component: kedda .*there are: keda, monitoring, tracing"):
+        render_drop.render_drop("2027-01-01T00:10:00Z", components=["kedda"])
