@@ -211,6 +211,36 @@ def test_a_cluster_running_components_renders_its_drop_with_them_and_keeps_kedas
     assert operator.server.replicas("notifications-consumer") == 1
 
 
+def test_a_window_extended_after_the_lower_job_gets_its_floors_back_as_the_runbook_says(operator, tmp_path, monkeypatch):
+    """The control room extends a drop after its close, once the lower job has lowered the floors:
+    the rendering for the new window is refused on the autoscalers but moves the CronJobs; the
+    raise job run by hand raises them, and the same rendering then applies."""
+    prod_running(operator, OPENS_AT - timedelta(days=7))
+    operator.run(REAPPLY_DROP, OPENS_AT - timedelta(days=1))
+    operator.scheduled_job("drop-raise-floor", "drop-manifests.yaml")
+    operator.scheduled_job("drop-lower-floor", "drop-manifests.yaml")
+    operator.server.settle()
+    assert operator.server.min_replicas("checkout-api") == 4
+
+    drop = render_drop.load_config(render_drop.OVERLAY / "drop.yaml", OPENS_AT.isoformat())
+    reopened = drop.lower_at + timedelta(minutes=5)
+    extended = tmp_path / "extended-drop.yaml"
+    text = (render_drop.OVERLAY / "drop.yaml").read_text()
+    assert text.count("window_minutes: 60") == 1
+    extended.write_text(text.replace("window_minutes: 60", "window_minutes: 120"))
+    load_config = render_drop.load_config
+    monkeypatch.setattr(render_drop, "load_config", lambda path, opens_at=None: load_config(extended, opens_at))
+    operator.run(REAPPLY_DROP, reopened, expect=1)  # the scaler owns the normal floors
+    assert operator.server.min_replicas("checkout-api") == 4
+
+    operator.scheduled_job("drop-raise-floor", "drop-manifests.yaml")  # kubectl create job --from=cronjob/...
+    operator.server.settle()
+    operator.run(REAPPLY_DROP, reopened)
+    assert operator.server.min_replicas("checkout-api") == 40
+    lower = policy.find(render.load(open("drop-manifests.yaml").read()), "CronJob", "drop-lower-floor")
+    assert lower["spec"]["schedule"] == render_drop.cron(drop.lower_at + timedelta(minutes=60))
+
+
 def test_a_consumer_scaled_by_hand_is_handed_back_before_the_next_apply_as_the_runbook_says(operator):
     """The backlog alerts' remedy is `kubectl scale deploy <service>-consumer`: kubectl then owns the
     count, and the drop's re-render (to raise a floor mid-drop) is refused as a conflict on it. The
