@@ -90,6 +90,16 @@ def operator(tmp_path, monkeypatch) -> Operator:
     return Operator(ApiServer())
 
 
+def drop_yaml_edited(tmp_path, monkeypatch, line: str, edited: str) -> None:
+    """The operator changes one line of drop.yaml (in a copy the renderings read from now on)."""
+    copy = tmp_path / "edited-drop.yaml"
+    text = (render_drop.OVERLAY / "drop.yaml").read_text()
+    assert text.count(line) == 1
+    copy.write_text(text.replace(line, edited))
+    load_config = render_drop.load_config
+    monkeypatch.setattr(render_drop, "load_config", lambda path, opens_at=None: load_config(copy, opens_at))
+
+
 def prod_running(operator: Operator, at: datetime) -> None:
     for line in (NAMESPACE, PROD_FIRST, PROD):
         operator.run(line, at)
@@ -168,12 +178,7 @@ def test_a_floor_raised_by_hand_during_the_window_holds_until_drop_yaml_says_it(
     operator.run(REAPPLY_DROP, during, expect=1)
     assert operator.server.min_replicas("checkout-api") == 60
 
-    raised = tmp_path / "raised-drop.yaml"
-    text = (render_drop.OVERLAY / "drop.yaml").read_text()
-    assert text.count("drop_min: 40") == 1
-    raised.write_text(text.replace("drop_min: 40", "drop_min: 60"))
-    load_config = render_drop.load_config
-    monkeypatch.setattr(render_drop, "load_config", lambda path, opens_at=None: load_config(raised, opens_at))
+    drop_yaml_edited(tmp_path, monkeypatch, "drop_min: 40", "drop_min: 60")
     operator.run(REAPPLY_DROP, during)
     assert operator.server.min_replicas("checkout-api") == 60
 
@@ -224,12 +229,7 @@ def test_a_window_extended_after_the_lower_job_gets_its_floors_back_as_the_runbo
 
     drop = render_drop.load_config(render_drop.OVERLAY / "drop.yaml", OPENS_AT.isoformat())
     reopened = drop.lower_at + timedelta(minutes=5)
-    extended = tmp_path / "extended-drop.yaml"
-    text = (render_drop.OVERLAY / "drop.yaml").read_text()
-    assert text.count("window_minutes: 60") == 1
-    extended.write_text(text.replace("window_minutes: 60", "window_minutes: 120"))
-    load_config = render_drop.load_config
-    monkeypatch.setattr(render_drop, "load_config", lambda path, opens_at=None: load_config(extended, opens_at))
+    drop_yaml_edited(tmp_path, monkeypatch, "window_minutes: 60", "window_minutes: 120")
     operator.run(REAPPLY_DROP, reopened, expect=1)  # the scaler owns the normal floors
     assert operator.server.min_replicas("checkout-api") == 4
 
