@@ -186,7 +186,9 @@ def grouping_labels(expr: str) -> set[str]:
             if label.strip()}
 
 
-_ADDED_BY_PROMETHEUS = {"job", "instance", "namespace", "pod", "container", "__name__"}
+# The labels every scraped series gets from its target: Prometheus' own, and those the Prometheus
+# Operator's PodMonitor sets (`endpoint` is the scraped port's name, "metrics").
+_ADDED_BY_PROMETHEUS = {"job", "instance", "namespace", "pod", "container", "endpoint", "__name__"}
 _LABEL_REPLACE = re.compile(r"label_replace\s*\(.*?,\s*\"([A-Za-z_][A-Za-z0-9_]*)\"", re.DOTALL)
 
 
@@ -209,6 +211,16 @@ def unknown_metrics(expressions: dict[str, str], defined: dict[str, set[str]]) -
             problems.append(f"{where}: no metric it names has the label(s) "
                             f"{', '.join(sorted(grouping_labels(expr) - known))}")
     return problems
+
+
+def overwritten_labels(defined: dict[str, set[str]]) -> list[str]:
+    """Problems: metrics the code exports with a label the scrape sets on its target. Prometheus
+    keeps the target's (honor_labels is off) and renames the exported one `exported_<label>`, so a
+    rule matching the code's label finds nothing: `endpoint="/orders"` met `endpoint="metrics"`,
+    and every alert on the order path was silent."""
+    return [f"{name}: its label {label} is one the scrape sets on every target (Prometheus renames the "
+            f"exported one exported_{label}, and rules matching it find nothing)"
+            for name, labels in sorted(defined.items()) for label in sorted(labels & _ADDED_BY_PROMETHEUS)]
 
 
 def main() -> int:

@@ -730,6 +730,7 @@ def check_monitoring(objects: list[dict]) -> list[str]:
     if [r["spec"] for r in rules] != [monitoring.rules()]:
         problems.append(f"PrometheusRule differs from {monitoring.RULES.relative_to(monitoring.ROOT)}: "
                         "run `python -m deploy.monitoring`")
+    problems += monitoring.overwritten_labels(monitoring.defined_metrics())
     apis = list(filter(is_scraped, of_kind(objects, "Deployment")))
     monitors = of_kind(objects, "PodMonitor")
     if not monitors:

@@ -22,12 +22,12 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("floodgate.metrics")
 
 HTTP_REQUESTS = Counter(
-    "floodgate_http_requests_total", "HTTP requests served", ["service", "method", "endpoint", "status"]
+    "floodgate_http_requests_total", "HTTP requests served", ["service", "method", "route", "status"]
 )
 HTTP_LATENCY = Histogram(
     "floodgate_http_request_seconds",
     "HTTP request latency",
-    ["service", "method", "endpoint"],
+    ["service", "method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 

@@ -257,18 +257,18 @@ def _finish_request(response: Response) -> Response:
     # excluded): what each kind of request costs, read off the log of a rehearsal or a drop
     cpu = time.thread_time() - g.get("cpu_started", time.thread_time())
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    route = request.url_rule.rule if request.url_rule else "unmatched"
     service = root().service
     method = request.method if request.method in _METHODS else "other"
-    metrics.HTTP_REQUESTS.labels(service, method, endpoint, response.status_code).inc()
-    metrics.HTTP_LATENCY.labels(service, method, endpoint).observe(elapsed)
-    if endpoint not in ("/healthz", "/readyz", "/metrics"):
+    metrics.HTTP_REQUESTS.labels(service, method, route, response.status_code).inc()
+    metrics.HTTP_LATENCY.labels(service, method, route).observe(elapsed)
+    if route not in ("/healthz", "/readyz", "/metrics"):
         log.info(
             "request",
             extra={
                 "method": request.method,
                 "path": request.path,
-                "route": endpoint,
+                "route": route,
                 "status": response.status_code,
                 "duration_ms": round(elapsed * 1000, 2),
                 "cpu_ms": round(cpu * 1000, 2),

@@ -42,6 +42,6 @@ def order_answers(service: str, registry: CollectorRegistry | None = None) -> di
         for sample in family.samples:
             labels = sample.labels
             if (sample.name == "floodgate_http_requests_total" and labels.get("service") == service
-                    and labels.get("method") == "POST" and labels.get("endpoint") == ORDERS_PATH):
+                    and labels.get("method") == "POST" and labels.get("route") == ORDERS_PATH):
                 counted[str(labels.get("status"))] += int(sample.value)
     return dict(sorted(counted.items()))

@@ -82,7 +82,7 @@ def answered_orders(floodgate: Floodgate, status: int) -> int:
     pattern = re.compile(r'^floodgate_http_requests_total\{([^}]*)\} ([0-9.e+]+)$', re.MULTILINE)
     total = 0.0
     for labels, value in pattern.findall(text):
-        if {'endpoint="/orders"', 'method="POST"', f'status="{status}"', 'service="checkout"'} <= set(labels.split(",")):
+        if {'route="/orders"', 'method="POST"', f'status="{status}"', 'service="checkout"'} <= set(labels.split(",")):
             total += float(value)
     return int(total)
 

@@ -43,12 +43,12 @@ def test_a_drop_without_orders_has_zeros():
 
 
 def counted(*answers) -> CollectorRegistry:
-    """A registry whose HTTP counter holds `answers`: (service, method, endpoint, status, count)."""
+    """A registry whose HTTP counter holds `answers`: (service, method, route, status, count)."""
     registry = CollectorRegistry()
     requests = Counter("floodgate_http_requests_total", "HTTP requests served",
-                       ["service", "method", "endpoint", "status"], registry=registry)
-    for service, method, endpoint, status, times in answers:
-        requests.labels(service, method, endpoint, status).inc(times)
+                       ["service", "method", "route", "status"], registry=registry)
+    for service, method, route, status, times in answers:
+        requests.labels(service, method, route, status).inc(times)
     return registry
 
 
