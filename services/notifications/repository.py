@@ -30,10 +30,14 @@ class DeliveryLog:
 
     def newer_state_mailed(self, order_id: str | None, version: int | None) -> bool:
         """Whether an email of a newer version of the order than `version` was accepted. Waits for
-        one being mailed now (its transaction holds the order's row until it commits; the row is
-        there from the order's first email, its "pay by")."""
+        one being mailed now: its transaction holds the order's row until it commits, and may be
+        inserting it (the order's first email mailed: its "pay by" was not, its time gone after an
+        outage, or still retrying). A read alone would not see an uncommitted row, nor wait for
+        it; an insert of the row does (at version 0, below any order's: nothing is superseded by
+        it), and then the read holds it shared, so a newer state's email waits for this one."""
         if order_id is None or version is None:
             return False
+        _ORDER_ROW.run(self._session, {"order_id": order_id})
         newest = self._session.scalar(sa.select(OrderEmailVersion.newest_version)
                                       .where(OrderEmailVersion.order_id == order_id).with_for_update(read=True))
         return newest is not None and newest > version
@@ -187,6 +191,12 @@ _UPSERT = Statement(
     WHERE deliveries.status <> '{SENT}'
     RETURNING status
     """
+)
+
+
+_ORDER_ROW = Statement(
+    "INSERT INTO order_email_versions (order_id, newest_version) VALUES (CAST(:order_id AS varchar), 0) "
+    "ON CONFLICT (order_id) DO NOTHING"
 )
 
 
