@@ -440,6 +440,35 @@ def test_units_given_back_after_a_batchs_read_go_to_its_orders_not_a_sold_out(se
     assert _remaining(machine) == 0
 
 
+def test_an_order_bigger_than_a_batchs_read_after_a_wait_is_answered_from_a_fresh_read(session_factory):
+    """The batch read 1 unit left, then waited for ana's allowance while an expired hold's 2
+    units came back. Ben's order of 2, more than the read showed, was refused `409
+    not-enough-stock` ("only 1 left") from that read, seconds old, while 2 were free."""
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=3, shards=1)
+    expiring = ReserveStock(uuid.uuid4(), machine.drop_id, "early", 2)
+    machine.run(lambda uow: reservations.reserve(expiring, uow, TTL))
+    orders = [ReserveStock(uuid.uuid4(), machine.drop_id, "ana", 1), ReserveStock(uuid.uuid4(), machine.drop_id, "ben", 2)]
+    with machine.uow() as anas_other_hold:
+        allowance = {"drop_id": machine.drop_id, "buyer_id": "ana", "quantity": 1, "limit": LIMIT}
+        assert reservations._TAKE_BUYER_ALLOWANCE.first(anas_other_hold.session, allowance) is not None
+        batch = _in_a_thread(lambda: machine.run(lambda uow: reservations.reserve_many(orders, uow, TTL)),
+                             what="the batch")
+        poll(lambda: _waiting_for_a_lock(machine, "INSERT INTO buyer_allowances"), timeout=10,
+             what="the batch to wait for ana's allowance")
+        machine.run(lambda uow: uow.session.execute(
+            sa.text("UPDATE reservations SET hold_expires_at = now() - interval '1 second' WHERE order_id = :o"),
+            {"o": expiring.order_id}))
+        assert machine.run(lambda uow: expiry.release_expired_holds(uow, 500)) == 1
+        anas_other_hold.rollback()
+    assert [(outcome.status, outcome.refusal) for outcome in batch.wait(10)] == [(201, None)] * 2
+    assert _remaining(machine) == 0
+    # a batch that read too few units and waited for nothing refuses at once, as one hold does
+    late = [ReserveStock(uuid.uuid4(), machine.drop_id, "cy", 1)]
+    [refused] = machine.run(lambda uow: reservations.reserve_many(late, uow, TTL))
+    assert (refused.status, refused.refusal.slug) == (409, "sold-out")
+
+
 def test_a_database_error_in_a_batch_answers_503_for_its_orders_and_holds_nothing(session_factory):
     machine = Inventory(session_factory)
     machine.schedule(quantity=3, shards=1)

@@ -439,6 +439,7 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
     _GROUP_SAVEPOINT.run(session, {})
     held: list[tuple[int, dict]] = []
     units = 0
+    waited = False  # whether an allowance's update (which may wait for another hold) came since the read
     for index in indices:
         cmd = cmds[index]
         if any(values["order_id"] == cmd.order_id for _, values in held):
@@ -447,12 +448,17 @@ def _hold_together(cmds: list[ReserveStock], indices: list[int], uow, hold_ttl_s
         try:
             drop.check_reservable(cmd.quantity, now, cmd.buyer_tier, cmd.shipping_country, invited_only=cmd.invited_only)
             if remaining < cmd.quantity:
-                raise _too_few(remaining)  # too few units at the read, whatever this batch holds
+                if waited:
+                    # The read may be seconds old: units may have come back while an earlier
+                    # order's allowance waited. `reserve` answers it after the commit, afresh.
+                    continue
+                raise _too_few(remaining)  # too few units at a read just made, as `reserve` refuses it
             if remaining < units + cmd.quantity:
                 # Short only because of this batch's own holds, on a read that units may have come
                 # back since (a release, an expiry, a restock): a sold-out here would be final for
                 # checkout. `reserve` answers it on its own after the commit, from a fresh read.
                 continue
+            waited = True
             if _TAKE_BUYER_ALLOWANCE.first(session, {**allowance, "limit": drop.per_buyer_limit}) is None:
                 raise _limit_exceeded(drop)
         except Problem as refusal:
