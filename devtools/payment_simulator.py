@@ -42,7 +42,8 @@ from flask import Flask, jsonify, request
 from urllib3.util import Retry
 
 # the signature scheme both ends of the provider's API follow (checkout's copy of its contract)
-from services.checkout.payments import REFUND_REQUEST_ID_HEADER, SIGNATURE_HEADER, sign, signature_is_valid
+from services.checkout.payments import (ALREADY_REFUNDED, REFUND_REQUEST_ID_HEADER, SIGNATURE_HEADER, sign,
+                                        signature_is_valid)
 from shared import logs
 
 # Development default: the same public value checkout uses unless PAYMENT_WEBHOOK_SECRET is set.
@@ -252,8 +253,9 @@ def create_app(webhook_url: str, secret: str, redeliver_for_seconds: float = 360
             done, news = refunds.get(capture_id), None
             asked_as = request.headers.get(REFUND_REQUEST_ID_HEADER)
             if done is not None and done.get("request_id") != asked_as:
-                # given back already, in the dashboard or by a chargeback: PayPal refuses it
-                return jsonify(error="the capture has been refunded already"), 422
+                # given back already, in the dashboard or by a chargeback: PayPal refuses it, naming why
+                return jsonify(error="the capture has been refunded already",
+                               details=[{"issue": ALREADY_REFUNDED}]), 422
             if done is None:
                 done, news = give_back(payment, "REFUNDED", amount)
                 done["request_id"] = asked_as  # a retry with the same id is the same refund

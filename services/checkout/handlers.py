@@ -13,7 +13,8 @@ from datetime import datetime
 from services.checkout import errors, line as waiting_room, orders
 from services.checkout.inventory_client import Hold, InventoryClient
 from services.checkout.models import CAPTURE_COMPLETED, Order
-from services.checkout.payments import CAPTURE_UNDONE, PaymentProvider, Refund, RefundFailed, RefundRefused
+from services.checkout.payments import (CAPTURE_UNDONE, PaymentProvider, Refund, RefundAlreadyMade, RefundFailed,
+                                        RefundRefused)
 from shared.errors import Problem
 from shared.logs import bind_order_id
 from shared.messaging.consumer import PartnerDown, PermanentFailure
@@ -655,6 +656,11 @@ def on_refund_requested(envelope, uow, provider: PaymentProvider, settings) -> N
     else:
         try:
             refund = provider.refund(data["capture_id"], left, data["currency"])
+        except RefundAlreadyMade as made:
+            # given back at the provider (its dashboard, a chargeback) before its news came: not
+            # money owed; retried, as for an outage, until the news leaves nothing to give back
+            raise PartnerDown(f"the provider has given capture {data['capture_id']} back already; "
+                              f"waiting for its news: {made}") from made
         except RefundRefused as refused:  # parked at once, where the dead-letter alert shows money owed
             raise PermanentFailure(f"the provider refused the refund of capture {data['capture_id']}: {refused}") from refused
         except RefundFailed as failed:  # the provider away: retried for a day, not checkout's five attempts

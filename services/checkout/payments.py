@@ -65,6 +65,12 @@ class RefundFailed(Exception):
     """The provider did not confirm the refund; the consumer retries it."""
 
 
+class RefundAlreadyMade(RefundFailed):
+    """The provider refused the refund because the capture was given back already (in its
+    dashboard, by a chargeback) and its news has not reached checkout yet: retried until the
+    news comes, when nothing is left to give back."""
+
+
 class RefundRefused(RefundFailed):
     """The provider refused the refund as asked (a 4xx other than `_RETRYABLE_4XX`): asking again
     cannot change its answer, so a person must look at it now."""
@@ -74,6 +80,18 @@ class RefundRefused(RefundFailed):
 # and 401, which a signature outside the provider's clock tolerance, a secret mid-rotation (or,
 # at PayPal, an expired access token) earns: one bad secret rollout must not park a drop's refunds.
 _RETRYABLE_4XX = frozenset({401, 408, 409, 425, 429})
+# PayPal's reason for refusing a refund of a capture given back in full already (a 422's `details`)
+ALREADY_REFUNDED = "CAPTURE_FULLY_REFUNDED"
+
+
+def _names_issue(response: requests.Response, issue: str) -> bool:
+    """Whether a refusal's body names `issue` among its `details`, as PayPal's errors do."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    details = body.get("details") if isinstance(body, dict) else None
+    return isinstance(details, list) and any(isinstance(d, dict) and d.get("issue") == issue for d in details)
 
 
 class PaymentProvider(Protocol):
@@ -116,7 +134,8 @@ class HttpPaymentProvider:
         except requests.RequestException as error:
             raise RefundFailed(f"provider unreachable: {error!r}") from error
         if response.status_code not in (200, 201):
-            failure = (RefundRefused if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX
+            failure = (RefundAlreadyMade if response.status_code == 422 and _names_issue(response, ALREADY_REFUNDED)
+                       else RefundRefused if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX
                        else RefundFailed)
             raise failure(f"provider answered {response.status_code}: {response.text[:200]}")
         answer = response.json()

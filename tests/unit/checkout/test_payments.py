@@ -559,6 +559,27 @@ def test_a_refund_asked_for_a_payment_the_provider_gave_back_meanwhile_is_not_as
     assert order.refund_id == "REV-7"
 
 
+def test_a_refund_refused_as_given_back_already_waits_for_the_providers_news_not_parked_as_owed(checkout):
+    """The dashboard refund (or a chargeback) came before checkout's refund and its news after:
+    PayPal refuses the refund (422 CAPTURE_FULLY_REFUNDED), which was parked as money owed, a
+    critical page inviting a second refund by hand."""
+    from services.checkout.payments import RefundAlreadyMade
+    from shared.messaging.consumer import PartnerDown
+
+    order = checkout.place()
+    confirmed(checkout, order)
+    _, events = checkout.cancel(order)
+    request = requested_refund(events)
+    checkout.provider.failure = RefundAlreadyMade("provider answered 422: CAPTURE_FULLY_REFUNDED")
+    with pytest.raises(PartnerDown, match="has given capture CAP-0 back already"):
+        checkout.deliver("payment.refund_requested", request)
+
+    assert checkout.pay(given_back(order, "REFUNDED", capture_id="CAP-0", undone_by="REF-8"))[0] == "refunded-noted"
+    events = checkout.deliver("payment.refund_requested", request)  # its retry
+    [(event_type, data)] = events
+    assert (event_type, data["refund"]["refund_id"], data["already_returned"]) == ("payment.refunded", "REF-8", True)
+
+
 def test_part_given_back_before_its_capture_completes_still_adds_up_with_the_rest(checkout):
     """Webhooks come in any order: a part refunded in the dashboard told before the capture's
     completion was forgotten, and a chargeback of the rest left the order confirmed."""
@@ -692,29 +713,30 @@ def test_a_buyer_who_gave_up_on_an_expired_or_declined_order_cancels_it_and_a_la
 
 
 class ProviderAnswer:
-    def __init__(self, status_code=201):
+    def __init__(self, status_code=201, body=None):
         self.status_code, self.text = status_code, "answer"
+        self.body = {"refund_id": "REF-1", "amount": 29900, "currency": "CAD"} if body is None else body
 
     def json(self):
-        return {"refund_id": "REF-1", "amount": 29900, "currency": "CAD"}
+        return self.body
 
 
 class ProviderSession:
     """The provider's HTTP session: answers every POST with `status_code`, keeping the headers."""
 
-    def __init__(self, status_code=201):
-        self.sent, self.status_code = [], status_code
+    def __init__(self, status_code=201, body=None):
+        self.sent, self.status_code, self.body = [], status_code, body
 
     def post(self, url, data, headers, timeout):
         self.sent.append(headers)
-        return ProviderAnswer(self.status_code)
+        return ProviderAnswer(self.status_code, self.body)
 
 
-def provider_answering(status_code=201):
+def provider_answering(status_code=201, body=None):
     from services.checkout.payments import HttpPaymentProvider
 
     provider = HttpPaymentProvider("http://provider.test", "secret")
-    provider._http = ProviderSession(status_code)
+    provider._http = ProviderSession(status_code, body)
     return provider
 
 
@@ -725,6 +747,20 @@ def test_a_refund_the_provider_refuses_for_good_is_told_apart_from_one_to_retry(
 
     with pytest.raises(payments.RefundFailed) as raised:
         provider_answering(status).refund("CAP-1", 29900, "CAD")
+    assert type(raised.value) is getattr(payments, failure)
+
+
+@pytest.mark.parametrize("body, failure", [
+    ({"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "CAPTURE_FULLY_REFUNDED"}]}, "RefundAlreadyMade"),
+    ({"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "REFUND_AMOUNT_EXCEEDED"}]}, "RefundRefused"),
+    (["CAPTURE_FULLY_REFUNDED"], "RefundRefused"),
+    ({"details": "CAPTURE_FULLY_REFUNDED"}, "RefundRefused"),
+])
+def test_a_refund_refused_because_the_capture_was_given_back_already_is_told_apart(body, failure):
+    from services.checkout import payments
+
+    with pytest.raises(payments.RefundFailed) as raised:
+        provider_answering(422, body).refund("CAP-1", 29900, "CAD")
     assert type(raised.value) is getattr(payments, failure)
 
 
