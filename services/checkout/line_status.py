@@ -355,14 +355,31 @@ class Joiner:
 
     def _make(self, batch: list) -> None:
         """On a database thread: make the batch, and hand each request its answer."""
-        try:
-            with self.unit_of_work() as uow:
-                answers = waiting_room.join_many([request for request, _ in batch], uow)
-        except Exception as error:  # the database is away: nobody in this batch joined
-            log.warning("joins failed", extra={"joins": len(batch), "error": repr(error)})
-            answers = [errors.DatabaseUnavailable("Could not join just now; try again shortly.")] * len(batch)
+        answers = self._join_many([request for request, _ in batch])
         for (_, future), answer in zip(batch, answers):
             future.get_loop().call_soon_threadsafe(_settle, future, answer)
+
+    def _join_many(self, requests: list) -> list:
+        """Each request's ticket, or the database's refusal for all of them. A batch PostgreSQL
+        gave up on for a deadlock is made once more: another edge's batch held some of its
+        buyers' new tickets while waiting for others of this one's (a buyer's first joins from
+        two devices, in two batches in the other order), and every join of this batch would have
+        been refused for it."""
+        for tries_left in (1, 0):
+            try:
+                with self.unit_of_work() as uow:
+                    return waiting_room.join_many(requests, uow)
+            except Exception as error:  # the database is away: nobody in this batch joined
+                if tries_left and _deadlocked(error):
+                    log.info("joins deadlocked with another batch; making them again", extra={"joins": len(requests)})
+                    continue
+                log.warning("joins failed", extra={"joins": len(requests), "error": repr(error)})
+                return [errors.DatabaseUnavailable("Could not join just now; try again shortly.")] * len(requests)
+
+
+def _deadlocked(error: Exception) -> bool:
+    """PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01)."""
+    return getattr(getattr(error, "orig", error), "sqlstate", None) == "40P01"
 
 
 def _settle(future: asyncio.Future, answer) -> None:

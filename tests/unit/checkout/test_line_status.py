@@ -283,6 +283,34 @@ def test_joins_arriving_together_are_made_in_one_batch_and_a_second_join_returns
     assert again[0] == 200 and again[1]["ticket_id"] == next(b["ticket_id"] for s, b in answers[7:8])
 
 
+class Deadlocked(Exception):
+    """What psycopg raises when PostgreSQL breaks a deadlock."""
+    sqlstate = "40P01"
+
+
+def test_a_batch_postgresql_gave_up_on_for_a_deadlock_is_made_again_and_joins():
+    """Two edges' batches held each other's buyers' new tickets (a buyer's first joins from two
+    devices): PostgreSQL ended one, and every join of it was answered 503."""
+    app, uow = joining_app()
+    join_many, failures = uow.lines.join_many, [Deadlocked("deadlock detected")]
+    uow.lines.join_many = lambda wanted: join_many(wanted) if not failures else (_ for _ in ()).throw(failures.pop())
+    answers = join(app, *(f"token-buyer-{n}" for n in range(5)))
+    assert sorted(status for status, _ in answers) == [201] * 5
+    assert len(uow.lines.tickets(DROP)) == 5
+
+
+@pytest.mark.parametrize("failures, tries", [([Deadlocked("deadlock"), Deadlocked("deadlock again")], 2),
+                                             ([RuntimeError("connection lost")], 1)])
+def test_a_batch_deadlocked_twice_or_failing_otherwise_is_answered_503(failures, tries):
+    app, uow = joining_app()
+    tried = []
+    uow.lines.join_many = lambda wanted: tried.append(1) or (_ for _ in ()).throw(failures.pop(0))
+    answers = join(app, "token-ann", "token-bob")
+    assert [status for status, _ in answers] == [503, 503]
+    assert len(tried) == tries
+    assert uow.lines.tickets(DROP) == []
+
+
 def test_a_join_without_a_good_token_or_to_no_line_is_refused_and_nothing_is_made():
     app, uow = joining_app()
     [(status, body)] = join(app, "forged")
