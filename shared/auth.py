@@ -35,6 +35,9 @@ from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
 ALGORITHMS = ("ES256",)
 TOKEN_ROLES = ("buyer", "admin")
 WARM_UP_MAX_DELAY_SECONDS = 10.0
+# After a failed fetch, an unknown key id fetches again this soon (not min_refresh_seconds): a key
+# accounts has just begun signing with is learnt within seconds once accounts answers again.
+FAILED_FETCH_RETRY_SECONDS = 2.0
 log = logging.getLogger("floodgate.auth")
 
 
@@ -72,6 +75,7 @@ class KeySet:
         self._fetch = fetch or _http_fetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
+        self._last_fetch_failed = False
         self._lock = threading.Lock()
         # The last good JWKS is kept on disk, so a worker started while accounts is down (after
         # another one crashed, say) still knows the keys its siblings verified with.
@@ -83,14 +87,22 @@ class KeySet:
                 log.warning("ignoring unreadable JWKS cache", extra={"path": str(self._cache)})
 
     def key(self, kid: str) -> jwt.PyJWK | None:
-        """The public key with id `kid`, refreshing the set once if it is unknown and allowed."""
+        """The public key with id `kid`, refreshing the set once if it is unknown and allowed:
+        every `min_refresh_seconds`, or every FAILED_FETCH_RETRY_SECONDS after a fetch failed."""
         found = self._keys.get(kid)
         if found is not None:
             return found
         with self._lock:
-            if kid not in self._keys and time.monotonic() - self._last_fetch >= self._min_refresh:
+            wait = min(self._min_refresh, FAILED_FETCH_RETRY_SECONDS) if self._last_fetch_failed else self._min_refresh
+            if kid not in self._keys and time.monotonic() - self._last_fetch >= wait:
                 self._refresh()
         return self._keys.get(kid)
+
+    @property
+    def last_fetch_failed(self) -> bool:
+        """Whether the last fetch of the set brought no usable key (accounts away, swamped, or
+        answering something else): an unknown key id may be a new key not fetched yet."""
+        return self._last_fetch_failed
 
     @property
     def loaded(self) -> bool:
@@ -123,6 +135,7 @@ class KeySet:
     def _refresh(self, quiet: bool = False) -> bool:
         """Fetch the key set; True when it brought usable keys (they replace the ones held)."""
         self._last_fetch = time.monotonic()
+        self._last_fetch_failed = True
         try:
             document = self._fetch(self._url)
             keys = _usable_keys(document)
@@ -132,6 +145,7 @@ class KeySet:
         if not keys:  # a set with no usable key (a proxy's answer, a bad deploy) is not a rotation
             log.warning("JWKS has no usable key; keeping the keys we have", extra={"jwks_url": self._url})
             return False
+        self._last_fetch_failed = False
         retired = self._keys.keys() - keys.keys()
         if retired:
             log.info("JWKS keys no longer published; tokens they signed are refused",
@@ -237,6 +251,12 @@ class TokenVerifier:
             # cannot tell a good token from a bad one: the buyer's token may be fine, so not 401,
             # which would send them to sign in again, into the storm.
             raise ServiceUnavailable("The keys that verify access tokens are not here yet; retry shortly.",
+                                     retry_after=2)
+        if key is None and self._keys.last_fetch_failed:
+            # Likely a key accounts began signing with while this process could not fetch the
+            # set (accounts swamped by a sign-in rush as the new key takes over): every buyer
+            # signed in since would be told 401 and sent to sign in again, into that rush.
+            raise ServiceUnavailable("The keys that verify access tokens could not be fetched just now; retry shortly.",
                                      retry_after=2)
         if key is None:
             raise Unauthorized("The access token was signed by an unknown key.")

@@ -87,6 +87,38 @@ def test_unknown_key_ids_refetch_at_a_bounded_rate(verifier, jwks):
     assert jwks.fetches == 1
 
 
+def test_a_new_key_met_while_its_fetch_fails_answers_503_and_is_fetched_again_within_seconds(jwks, monkeypatch):
+    """A worker knew key k1; accounts began signing with k2 in a sign-in rush, and the fetch that
+    k2's first token set off timed out. Every buyer signed in since was answered 401 ("unknown
+    key") for the next 30 s, and again after each fetch that failed."""
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    verifier = TokenVerifier(KeySet("http://accounts/jwks", min_refresh_seconds=30, fetch=jwks), ISSUER, AUDIENCE)
+    assert verifier.verify(jwks.token()).subject == "buyer-1"
+    old_key, jwks.key, jwks.kid = jwks.key, ec.generate_private_key(ec.SECP256R1()), "k2"
+    fetch, down = jwks.__call__, [True]
+    verifier._keys._fetch = lambda url: (_ for _ in ()).throw(TimeoutError("accounts swamped")) if down[0] else fetch(url)
+    clock.now += 31
+
+    with pytest.raises(ServiceUnavailable) as busy:
+        verifier.verify(jwks.token(kid="k2"))
+    assert busy.value.status == 503 and busy.value.headers["Retry-After"] == "2"
+    clock.now += 1
+    with pytest.raises(ServiceUnavailable):  # not fetched again at once: forged ids cannot flood it
+        verifier.verify(jwks.token(kid="k2"))
+    down[0] = False
+    clock.now += 1.5
+    assert verifier.verify(jwks.token(kid="k2")).subject == "buyer-1"
+    # fetched fine: an unknown id is refused again, and fetched no sooner than every 30 s
+    fetches = jwks.fetches
+    with pytest.raises(Unauthorized):
+        verifier.verify(jwks.token(kid="forged", key=old_key))
+    clock.now += 5
+    with pytest.raises(Unauthorized):
+        verifier.verify(jwks.token(kid="forged", key=old_key))
+    assert jwks.fetches == fetches
+
+
 def test_a_token_not_valid_yet_says_so(verifier, jwks):
     with pytest.raises(Unauthorized) as refused:
         verifier.verify(jwks.token(nbf=int(time.time()) + 600))
@@ -257,6 +289,8 @@ def test_a_jwks_answer_with_no_usable_key_keeps_the_keys_already_held(answer):
     verifier = TokenVerifier(KeySet("http://accounts/jwks", min_refresh_seconds=0, fetch=fetch), ISSUER, AUDIENCE)
     assert verifier.verify(jwks.token()).subject == "buyer-1"
     good["answer"] = answer
-    with pytest.raises(Unauthorized):
-        verifier.verify(jwks.token(kid="k9"))  # an unknown kid refreshes the set: no 500, no keys lost
+    # an unknown kid refreshes the set: no 500, no keys lost; and no 401 for what may be a new key
+    # the set could not bring
+    with pytest.raises(ServiceUnavailable):
+        verifier.verify(jwks.token(kid="k9"))
     assert verifier.verify(jwks.token(sub="buyer-2")).subject == "buyer-2"  # verified in full, by k1
