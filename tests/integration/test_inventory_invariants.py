@@ -412,19 +412,11 @@ def test_a_batch_whose_units_ran_out_under_it_answers_every_order_again_on_its_o
     assert _remaining(machine) == 0
 
 
-def test_units_given_back_after_a_batchs_read_go_to_its_orders_not_a_sold_out(session_factory):
-    """The batch read the drop with 1 unit left, then waited for its first buyer's allowance; the
-    sweeper meanwhile gave an expired hold's 2 units back. The first order takes the unit read;
-    the two others, short only because of the batch's own hold, are answered on their own from
-    a fresh read and get the units that came back. They were once refused `409 sold-out`, which
-    checkout keeps as the order's final answer, while the drop had their units."""
-    machine = Inventory(session_factory)
-    machine.schedule(quantity=3, shards=1)
-    expiring = ReserveStock(uuid.uuid4(), machine.drop_id, "early", 2)
-    machine.run(lambda uow: reservations.reserve(expiring, uow, TTL))
-    orders = [ReserveStock(uuid.uuid4(), machine.drop_id, buyer, 1) for buyer in BUYERS]  # ana's first
+def _batched_while_a_hold_expires(machine, orders: list, expiring: ReserveStock) -> list:
+    """`orders` made as one batch (ana's first) that reads the drop, then waits for ana's
+    allowance, held by another hold of hers in flight, while `expiring`'s hold expires and the
+    sweeper gives its units back: the batch's outcomes."""
     with machine.uow() as anas_other_hold:
-        # another hold of ana's, in flight, has her allowance row: the batch waits on it after its read
         allowance = {"drop_id": machine.drop_id, "buyer_id": "ana", "quantity": 1, "limit": LIMIT}
         assert reservations._TAKE_BUYER_ALLOWANCE.first(anas_other_hold.session, allowance) is not None
         batch = _in_a_thread(lambda: machine.run(lambda uow: reservations.reserve_many(orders, uow, TTL)),
@@ -436,7 +428,22 @@ def test_units_given_back_after_a_batchs_read_go_to_its_orders_not_a_sold_out(se
             {"o": expiring.order_id}))
         assert machine.run(lambda uow: expiry.release_expired_holds(uow, 500)) == 1
         anas_other_hold.rollback()
-    assert [(outcome.status, outcome.refusal) for outcome in batch.wait(10)] == [(201, None)] * 3
+    return batch.wait(10)
+
+
+def test_units_given_back_after_a_batchs_read_go_to_its_orders_not_a_sold_out(session_factory):
+    """The batch read the drop with 1 unit left, then waited for its first buyer's allowance; the
+    sweeper meanwhile gave an expired hold's 2 units back. The first order takes the unit read;
+    the two others, short only because of the batch's own hold, are answered on their own from
+    a fresh read and get the units that came back. They were once refused `409 sold-out`, which
+    checkout keeps as the order's final answer, while the drop had their units."""
+    machine = Inventory(session_factory)
+    machine.schedule(quantity=3, shards=1)
+    expiring = ReserveStock(uuid.uuid4(), machine.drop_id, "early", 2)
+    machine.run(lambda uow: reservations.reserve(expiring, uow, TTL))
+    orders = [ReserveStock(uuid.uuid4(), machine.drop_id, buyer, 1) for buyer in BUYERS]  # ana's first
+    outcomes = _batched_while_a_hold_expires(machine, orders, expiring)
+    assert [(outcome.status, outcome.refusal) for outcome in outcomes] == [(201, None)] * 3
     assert _remaining(machine) == 0
 
 
@@ -449,19 +456,8 @@ def test_an_order_bigger_than_a_batchs_read_after_a_wait_is_answered_from_a_fres
     expiring = ReserveStock(uuid.uuid4(), machine.drop_id, "early", 2)
     machine.run(lambda uow: reservations.reserve(expiring, uow, TTL))
     orders = [ReserveStock(uuid.uuid4(), machine.drop_id, "ana", 1), ReserveStock(uuid.uuid4(), machine.drop_id, "ben", 2)]
-    with machine.uow() as anas_other_hold:
-        allowance = {"drop_id": machine.drop_id, "buyer_id": "ana", "quantity": 1, "limit": LIMIT}
-        assert reservations._TAKE_BUYER_ALLOWANCE.first(anas_other_hold.session, allowance) is not None
-        batch = _in_a_thread(lambda: machine.run(lambda uow: reservations.reserve_many(orders, uow, TTL)),
-                             what="the batch")
-        poll(lambda: _waiting_for_a_lock(machine, "INSERT INTO buyer_allowances"), timeout=10,
-             what="the batch to wait for ana's allowance")
-        machine.run(lambda uow: uow.session.execute(
-            sa.text("UPDATE reservations SET hold_expires_at = now() - interval '1 second' WHERE order_id = :o"),
-            {"o": expiring.order_id}))
-        assert machine.run(lambda uow: expiry.release_expired_holds(uow, 500)) == 1
-        anas_other_hold.rollback()
-    assert [(outcome.status, outcome.refusal) for outcome in batch.wait(10)] == [(201, None)] * 2
+    outcomes = _batched_while_a_hold_expires(machine, orders, expiring)
+    assert [(outcome.status, outcome.refusal) for outcome in outcomes] == [(201, None)] * 2
     assert _remaining(machine) == 0
     # a batch that read too few units and waited for nothing refuses at once, as one hold does
     late = [ReserveStock(uuid.uuid4(), machine.drop_id, "cy", 1)]
