@@ -18,8 +18,8 @@ pooling; deploy/k8s/README.md, "PgBouncer"). Two numbers matter:
   `max_client_conn` (a consumer keeps its connections, and those of a PgBouncer pod being
   replaced all open again on the other). Summed over every PgBouncer pod of every service, plus
   one per migration Job (they go straight to PostgreSQL) and RESERVED_CONNECTIONS, they must fit
-  the server's `max_connections`. The four databases may share one server (dev's does), so the sum is over all
-  four: it then fits four servers as well.
+  the server's `max_connections`. The four databases may share one server (dev's does), so the
+  sum is over all four: it then fits four servers as well.
 
 A PgBouncer pod being replaced still holds its server connections for a while: a rollout starts
 the new pod first (maxSurge), a pod draining keeps its clients until they let go, and a pod on a
@@ -90,8 +90,13 @@ def process_pool_size(service: str, kind: str, env: dict[str, str]) -> int:
     environment `env`: what the process itself opens (shared/service.py's `pool_size`, its
     bootstrap's POOL_SIZES and its settings read from `env`); its ceiling is twice that."""
     bootstrap = importlib.import_module(f"services.{service}.bootstrap")
-    settings = importlib.import_module(f"services.{service}.config").Settings.from_env(env, service_name=service)
-    return service_root.pool_size(kind if kind in service_root.KINDS else "job", settings, bootstrap.POOL_SIZES)
+    return service_root.pool_size(kind if kind in service_root.KINDS else "job", _settings(service, env),
+                                  bootstrap.POOL_SIZES)
+
+
+def _settings(service: str, env: dict[str, str]):
+    """`service`'s settings as a pod with the environment `env` reads them."""
+    return importlib.import_module(f"services.{service}.config").Settings.from_env(env, service_name=service)
 
 
 @dataclass(frozen=True)
@@ -230,8 +235,7 @@ def held_across_a_send(objects: list[dict], k8s_dir: Path = render.K8S_DIR) -> d
         if (service, kind) not in TRANSACTION_ACROSS_A_SEND:
             continue
         env = _environment(policy.pod_spec(workload)["containers"][0], config_maps)
-        threads = importlib.import_module(f"services.{service}.config").Settings.from_env(
-            env, service_name=service).consumer_threads
+        threads = _settings(service, env).consumer_threads
         most = ceiling(objects, workload, k8s_dir)
         pods = most + max(SURGE_PODS, surge(workload, most))
         totals[service] = totals.get(service, 0) + pods * (threads + LANE_THREADS)

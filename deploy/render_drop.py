@@ -181,9 +181,14 @@ def placeholder_addresses(objects: list[dict]) -> list[str]:
             if "ipBlock" in peer and ipaddress.ip_network(peer["ipBlock"]["cidr"]).subnet_of(DOCUMENTATION_ADDRESSES)]
 
 
+def components_dir(overlay: Path) -> Path:
+    """The optional components beside `overlay`: its k8s directory's `components/`."""
+    return overlay.parent.parent / "components"
+
+
 def components_of(overlay: Path) -> list[str]:
-    """The optional components beside `overlay` (its k8s directory's `components/`)."""
-    return sorted(path.name for path in (overlay.parent.parent / "components").iterdir() if path.is_dir())
+    """The names of the optional components beside `overlay`."""
+    return sorted(path.name for path in components_dir(overlay).iterdir() if path.is_dir())
 
 
 def render_drop(opens_at: str | None = None, overlay: Path = OVERLAY, config: Path | None = None,
@@ -196,7 +201,7 @@ def render_drop(opens_at: str | None = None, overlay: Path = OVERLAY, config: Pa
     unknown = sorted(set(components) - set(components_of(overlay)))
     if unknown:
         raise DropConfigError(f"no such component: {', '.join(unknown)} (there are: {', '.join(components_of(overlay))})")
-    objects = (render.render_with_components(overlay, [overlay.parent.parent / "components" / c for c in components])
+    objects = (render.render_with_components(overlay, [components_dir(overlay) / c for c in components])
                if components else render.render(overlay))
     return drop, fill(objects, drop, at or now())
 

@@ -246,17 +246,12 @@ class TokenVerifier:
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized("The access token's algorithm is not accepted.")
         key = self._keys.key(str(header.get("kid", "")))
-        if key is None and not self._keys.loaded:
-            # A process that has never had the keys (a new pod while accounts is down or swamped)
-            # cannot tell a good token from a bad one: the buyer's token may be fine, so not 401,
-            # which would send them to sign in again, into the storm.
+        if key is None and (not self._keys.loaded or self._keys.last_fetch_failed):
+            # A process that has never had the keys (a new pod while accounts is down or swamped),
+            # or whose last fetch failed (likely as accounts, swamped by a sign-in rush, began
+            # signing with a new key), cannot tell a good token from a bad one: the buyer's token
+            # may be fine, so not 401, which would send them to sign in again, into the storm.
             raise ServiceUnavailable("The keys that verify access tokens are not here yet; retry shortly.",
-                                     retry_after=2)
-        if key is None and self._keys.last_fetch_failed:
-            # Likely a key accounts began signing with while this process could not fetch the
-            # set (accounts swamped by a sign-in rush as the new key takes over): every buyer
-            # signed in since would be told 401 and sent to sign in again, into that rush.
-            raise ServiceUnavailable("The keys that verify access tokens could not be fetched just now; retry shortly.",
                                      retry_after=2)
         if key is None:
             raise Unauthorized("The access token was signed by an unknown key.")

@@ -45,6 +45,12 @@ def unavailable(error: BaseException) -> bool:
     return state is None or state.startswith(AWAY)
 
 
+def deadlocked(error: BaseException) -> bool:
+    """Whether PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01): the same
+    work, made again, may well go through."""
+    return getattr(getattr(error, "orig", error), "sqlstate", None) == "40P01"
+
+
 def away(error: BaseException, unit_of_work: Callable[[], object]) -> bool:
     """Whether `error` came of the database being away, and it still is: `unavailable(error)`,
     and a fresh unit of work (`unit_of_work()`) cannot run a statement either. A failure that

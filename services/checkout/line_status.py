@@ -66,7 +66,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from services.checkout import errors as checkout_errors, line as waiting_room
 from services.checkout.schemas import TicketSchema
-from shared import errors
+from shared import db, errors
 from shared.auth import TokenVerifier
 from shared.config import keepalive_seconds, metrics_address
 from shared.values import utc_now
@@ -370,16 +370,11 @@ class Joiner:
                 with self.unit_of_work() as uow:
                     return waiting_room.join_many(requests, uow)
             except Exception as error:  # the database is away: nobody in this batch joined
-                if tries_left and _deadlocked(error):
+                if tries_left and db.deadlocked(error):
                     log.info("joins deadlocked with another batch; making them again", extra={"joins": len(requests)})
                     continue
                 log.warning("joins failed", extra={"joins": len(requests), "error": repr(error)})
                 return [errors.DatabaseUnavailable("Could not join just now; try again shortly.")] * len(requests)
-
-
-def _deadlocked(error: Exception) -> bool:
-    """PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01)."""
-    return getattr(getattr(error, "orig", error), "sqlstate", None) == "40P01"
 
 
 def _settle(future: asyncio.Future, answer) -> None:
